@@ -142,6 +142,16 @@ class ImageRecord:
 
 
 @dataclass
+class Sample:
+    """One image-caption pair as written into a shard: ``<key>.<ext>``, ``<key>.txt``, ``<key>.json``."""
+
+    key: str
+    image: ImageRecord
+    caption: str
+    meta: dict[str, Any]   # values for SAMPLE_FIELDS
+
+
+@dataclass
 class LedgerEntry:
     kind: str              # "article" | "figure" | "file"
     id: str                # pmcid / sample key / file name
@@ -216,6 +226,15 @@ ARTICLE_FIELDS: list[tuple[str, str, str]] = [
     ("publication_types", "list<string>", "PubMed publication types"),
     ("n_figures", "int32", "number of <fig> parsed"),
     ("n_samples", "int32", "number of samples written for the article"),
+]
+
+# Columns a shard's Parquet adds to SAMPLE_FIELDS: where the sample lives in its tar.
+SHARD_INDEX_FIELDS: list[tuple[str, str, str]] = [
+    ("shard", "string", "tar file, relative to the dataset root"),
+    ("tar_offset", "int64", "byte offset of the sample's first tar header"),
+    ("tar_size", "int64", "bytes from the sample's first header to the end of its last member"),
+    ("image_offset", "int64", "byte offset of the image bytes in the tar"),
+    ("image_size", "int64", "size of the image bytes"),
 ]
 
 LEDGER_FIELDS: list[tuple[str, str, str]] = [

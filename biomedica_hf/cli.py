@@ -1,0 +1,164 @@
+"""The ``biomedica`` command line."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+SAMPLE_DIR = Path(__file__).parent / "sample_data"
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="biomedica")
+def main() -> None:
+    """Build the BIOMEDICA image-caption dataset from PubMed Central Open Access, the Hugging Face way.
+
+    \b
+    Typical use:
+      biomedica build --sample --out demo_out                       # bundled real sample, offline
+      biomedica build --source cloud --pmcids ids.txt --out ds       # today's PMC Cloud Service
+      biomedica build --source legacy --input /mirror --filelist /mirror/oa_file_list.csv --out ds
+      biomedica build --source local --input ./packages --out ds    # extracted or .tar.gz packages
+      biomedica inspect article.nxml                                 # what the parser sees
+    """
+
+
+def source_options(source: str, input_path: Path | None, base_url: str | None, filelist: Path | None,
+                   pmcids: Path | None, list_all: bool, rate: float | None) -> dict:
+    """Translate CLI flags into the keyword arguments of ``make_source(source, ...)``."""
+    if source == "local":
+        if input_path is None:
+            raise click.UsageError("--source local needs --input PATH")
+        return {"path": str(input_path)}
+    download = {"rate": rate} if rate else {}
+    if source == "cloud":
+        if not (pmcids or filelist or list_all):
+            raise click.UsageError("--source cloud needs --pmcids FILE, --filelist FILE or --all")
+        opts = {"pmcid_file": str(pmcids) if pmcids else None, "filelist": str(filelist) if filelist else None,
+                "list_all": list_all, **download}
+        if base_url:
+            opts["base_url"] = base_url
+        return opts
+    if source == "legacy":
+        root = base_url or (str(input_path) if input_path else None)
+        if root is None:
+            raise click.UsageError("--source legacy needs --base-url URL or --input MIRROR_DIR")
+        list_path = filelist or (Path(input_path) / "oa_file_list.csv" if input_path else None)
+        if list_path is None:
+            raise click.UsageError("--source legacy needs --filelist FILE")
+        return {"base_url_or_root": root, "filelist": str(list_path), **download}
+    raise click.UsageError(f"unknown source {source!r}")
+
+
+def _parse_bytes(text: str) -> int:
+    units = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+    t = text.strip().lower().removesuffix("b")
+    return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+
+
+@main.command()
+@click.option("--source", type=click.Choice(["cloud", "legacy", "local"]), default="local", show_default=True,
+              help="cloud: PMC Cloud Service (2026 layout); legacy: oa_file_list.csv + oa_package mirror; "
+                   "local: a folder of extracted packages, .tar.gz packages or Cloud-layout folders.")
+@click.option("--sample", is_flag=True, help="Build from the real sample bundled with the package (offline).")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), help="Local folder / legacy mirror root.")
+@click.option("--base-url", help="Cloud bucket URL (default https://pmc-oa-opendata.s3.amazonaws.com) or legacy mirror URL.")
+@click.option("--filelist", type=click.Path(path_type=Path, exists=True),
+              help="oa_file_list.csv / bulk *.filelist.csv / Cloud *.filelist.csv.")
+@click.option("--pmcids", type=click.Path(path_type=Path, exists=True),
+              help="Text file of PMCIDs (PMC123 or PMC123.2 for a version), one per line.")
+@click.option("--all", "list_all", is_flag=True, help="Cloud: list every article of the bucket (ListObjectsV2).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output dataset folder.")
+@click.option("--workers", type=int, default=None, help="Processes for parse/decode/write [default: CPU count].")
+@click.option("--limit", type=int, default=None, help="Only the first N listed articles.")
+@click.option("--shard-samples", type=int, default=10_000, show_default=True, help="Max samples per shard.")
+@click.option("--shard-bytes", default="1GB", show_default=True, help="Target max shard size (e.g. 500MB).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the write-time shard shuffle.")
+@click.option("--min-side", type=int, default=20, show_default=True, help="Skip images narrower/shorter than this.")
+@click.option("--keep-empty-captions", is_flag=True, help="Keep figures whose caption is empty (default: ledgered).")
+@click.option("--keep-downloads", is_flag=True, help="Keep fetched packages in OUT/_work/cache after staging.")
+@click.option("--rate", type=float, default=None, help="Max HTTP requests per second (politeness limit).")
+@click.option("--enrich", is_flag=True, help="After the build, add PubMed MeSH terms etc. (see `biomedica enrich`).")
+@click.option("--eutils-url", default=None, help="E-utilities base URL for --enrich.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out, workers, limit, shard_samples,
+          shard_bytes, seed, min_side, keep_empty_captions, keep_downloads, rate, enrich, eutils_url, no_progress,
+          verbose):
+    """Build WebDataset shards (per licence subset) + articles table + ledger from PMC-OA.
+
+    Rerunning the same command resumes: finished articles and shards are skipped. Every article,
+    figure and file ends up in OUT/ledger.parquet as kept, skipped or failed, with a reason.
+    Exits non-zero only on fatal errors.
+    """
+    from .pipeline import BuildConfig, build as run_build
+    from .samples import MediaOptions
+
+    _setup_logging(verbose)
+    if sample:
+        source, input_path = "local", SAMPLE_DIR / "articles"
+    opts = source_options(source, input_path, base_url, filelist, pmcids, list_all, rate)
+    cfg = BuildConfig(
+        out=out, source=source, source_opts=opts, workers=workers or os.cpu_count() or 1, limit=limit,
+        shard_max_samples=shard_samples, shard_max_bytes=_parse_bytes(shard_bytes), seed=seed,
+        media=MediaOptions(min_side=min_side, keep_empty_captions=keep_empty_captions),
+        keep_downloads=keep_downloads, progress=not no_progress,
+        command=" ".join(["biomedica", *sys.argv[1:]]))
+    report = run_build(cfg)
+    click.echo(report.text())
+    if enrich:
+        _run_enrich(out, eutils_url, None)
+    click.echo(f"Dataset folder: {Path(out).resolve()}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a text report.")
+def inspect(path, as_json):
+    """Show what the parser extracts from one XML file or one .tar.gz package.
+
+    Articles, licence (normalised code and subset), figures with captions, graphics and in-text
+    references: the tool to debug one article.
+    """
+    from .parse import format_inspection, inspect_path
+
+    report = inspect_path(path)
+    click.echo(json.dumps(report, indent=2, ensure_ascii=False) if as_json else format_inspection(report))
+
+
+def _run_enrich(out: Path, base_url: str | None, api_key: str | None) -> None:
+    from .enrich import EutilsClient, enrich_articles_parquet
+
+    client = EutilsClient(**({"base_url": base_url} if base_url else {}), **({"api_key": api_key} if api_key else {}))
+    report = enrich_articles_parquet(Path(out) / "articles.parquet", client, Path(out) / "_work" / "pubmed")
+    click.echo(str(report))
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--base-url", default=None, help="E-utilities base URL (default NCBI).")
+@click.option("--api-key", default=None, envvar="NCBI_API_KEY", help="NCBI API key (10 requests/s instead of 3).")
+def enrich(dataset, base_url, api_key):
+    """Add PubMed metadata (MeSH terms, publication types, missing abstracts) to DATASET/articles.parquet.
+
+    Batches of <= 200 PMIDs via efetch, rate-limited, cached in DATASET/_work/pubmed (reruns only
+    fetch what is missing); records are joined by PMID, and PMIDs PubMed did not return are reported.
+    """
+    if not (Path(dataset) / "articles.parquet").exists():
+        raise click.UsageError(f"{dataset} has no articles.parquet: run `biomedica build` first")
+    _run_enrich(dataset, base_url, api_key)
+
+
+if __name__ == "__main__":
+    main()

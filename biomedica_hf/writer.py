@@ -1,0 +1,139 @@
+"""Shard writer: WebDataset tar + per-sample Parquet + stats JSON (the completion marker).
+
+Layout per subset folder (img2dataset style)::
+
+    commercial/000000.tar          <key>.jpg|png, <key>.txt, <key>.json for every sample
+    commercial/000000.parquet      one row per sample: SAMPLE_FIELDS + SHARD_INDEX_FIELDS
+    commercial/000000_stats.json   written last; its presence means the shard is complete
+
+Tars are byte-reproducible (fixed mtime, owner and mode; members in plan order), so a resumed
+build produces exactly the shards of an uninterrupted one. Every file is written to a temporary
+name in the same folder and renamed into place.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tarfile
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import SAMPLE_FIELDS, SHARD_INDEX_FIELDS, Sample, arrow_schema
+
+TAR_MTIME = 1_577_836_800  # 2020-01-01T00:00:00Z: fixed so that tars are reproducible
+SHARD_SCHEMA = arrow_schema(SAMPLE_FIELDS, SHARD_INDEX_FIELDS)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode())
+
+
+def write_parquet(path: Path, rows: list[dict], schema: pa.Schema) -> None:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def shard_name(subset: str, index: int) -> str:
+    return f"{subset}/{index:06d}"
+
+
+def shard_files(out: Path, subset: str, index: int) -> tuple[Path, Path, Path]:
+    base = Path(out) / shard_name(subset, index)
+    return base.with_suffix(".tar"), base.with_suffix(".parquet"), base.parent / f"{base.name}_stats.json"
+
+
+def shard_done(out: Path, subset: str, index: int, digest: str) -> bool:
+    """A shard is finished when its stats file exists and was written for the same plan digest."""
+    tar, parquet, stats = shard_files(out, subset, index)
+    if not (stats.exists() and tar.exists() and parquet.exists()):
+        return False
+    try:
+        return json.loads(stats.read_text()).get("digest") == digest
+    except (OSError, ValueError):
+        return False
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = TAR_MTIME
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
+    """The members of one sample, in the order they are written."""
+    meta = json.dumps(sample.meta, ensure_ascii=False, separators=(",", ":")).encode()
+    return [
+        (f"{sample.key}.{sample.image.ext}", sample.image.data),
+        (f"{sample.key}.txt", sample.caption.encode()),
+        (f"{sample.key}.json", meta),
+    ]
+
+
+def write_shard(out: Path, subset: str, index: int, samples: Iterable[Sample], digest: str) -> dict:
+    """Write one complete shard atomically and return its stats."""
+    tar_path, parquet_path, stats_path = shard_files(out, subset, index)
+    rel = f"{shard_name(subset, index)}.tar"
+    rows: list[dict] = []
+    formats: Counter[str] = Counter()
+    image_bytes = caption_chars = 0
+    with atomic_path(tar_path) as tmp:
+        with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for sample in samples:
+                start = tar.offset
+                image_offset = None
+                for name, data in sample_members(sample):
+                    info = _tarinfo(name, len(data))
+                    tar.addfile(info, io.BytesIO(data))
+                    if image_offset is None:  # data ends the member, padded to whole blocks
+                        image_offset = tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                row = {n: sample.meta.get(n) for n, _, _ in SAMPLE_FIELDS}
+                row.update(shard=rel, tar_offset=start, tar_size=tar.offset - start,
+                           image_offset=image_offset, image_size=len(sample.image.data))
+                rows.append(row)
+                formats[sample.image.ext] += 1
+                image_bytes += len(sample.image.data)
+                caption_chars += len(sample.caption)
+    write_parquet(parquet_path, rows, SHARD_SCHEMA)
+    stats = {
+        "shard": rel,
+        "subset": subset,
+        "index": index,
+        "count": len(rows),
+        "tar_bytes": tar_path.stat().st_size,
+        "image_bytes": image_bytes,
+        "caption_chars": caption_chars,
+        "image_ext": dict(sorted(formats.items())),
+        "digest": digest,
+    }
+    atomic_write_json(stats_path, stats)
+    return stats
