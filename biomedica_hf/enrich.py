@@ -471,8 +471,8 @@ class EutilsClient:
                 if status in (408, 429) or 500 <= status < 600:
                     retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
                     last = EutilsHTTPError(status, snippet, retry_after)
-                    if retry_after is not None:
-                        delay = max(delay, retry_after)
+                    if retry_after is not None:   # honoured, within reason (10 min)
+                        delay = max(delay, min(retry_after, 600.0))
                     if status == 429:
                         self.limiter.pause(delay)   # slow every thread down, not just this one
                 else:
@@ -626,6 +626,9 @@ class EnrichReport:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def __str__(self) -> str:  # what the CLI prints; repr keeps every field
+        return self.summary()
 
     def summary(self) -> str:
         return (f"{self.n_records} records ({self.n_with_pmid} with PMID, {self.n_without_pmid} without); "

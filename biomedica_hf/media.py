@@ -119,14 +119,22 @@ def is_image_name(name: str) -> bool:
     return bool(_split_ext(name, IMAGE_EXTENSIONS)[1])
 
 
+def _clean_path(name: str) -> str:
+    """Forward slashes, no empty or ``.`` segments: ``".\\fig\\a.jpg"`` -> ``"fig/a.jpg"``."""
+    return "/".join(p for p in name.replace("\\", "/").split("/") if p not in ("", "."))
+
+
 def _normalise_href(href: str) -> str:
-    """Strip URL scheme/host, ``./``, leading slashes and backslashes from an href."""
-    h = unquote(href.strip()).replace("\\", "/")
+    """An href as a relative path: URL scheme/host, query, fragment and %-escapes removed."""
+    h = unquote(href.strip())
     if "://" in h:
         h = h.split("://", 1)[1].split("/", 1)[-1]
-    h = h.split("?", 1)[0].split("#", 1)[0]
-    parts = [p for p in h.split("/") if p not in ("", ".")]
-    return "/".join(parts)
+    return _clean_path(h.split("?", 1)[0].split("#", 1)[0])
+
+
+def _key_stem(name: str) -> str:
+    """Lower-case relative path of a package file without its image extension."""
+    return _split_ext(_clean_path(name).lower(), IMAGE_EXTENSIONS)[0]
 
 
 def _file_size(path: Path | str) -> int:
@@ -155,42 +163,35 @@ def resolve_graphic(href: str, files: Mapping[str, Path]) -> str | None:
     if not h:
         return None
     images = [k for k in files if is_image_name(k)]
-    if not images:
-        return None
-
-    exact = h if h in files and is_image_name(h) else None
-    if exact is not None and _split_ext(exact, IMAGE_EXTENSIONS)[1] != "gif":
-        return exact
+    for exact in (href.strip(), h):
+        if exact in files and is_image_name(exact):
+            if _split_ext(exact, IMAGE_EXTENSIONS)[1] != "gif":
+                return exact
+            break  # a .gif: look for a better rendition of the same stem below
 
     full = h.lower()
     stems = {full, _split_ext(full, _STRIPPABLE_EXTENSIONS)[0]}
-    same_path = [k for k in images
-                 if _split_ext(_normalise_href(k).lower(), IMAGE_EXTENSIONS)[0] in stems]
+    same_path = [k for k in images if _key_stem(k) in stems]
     if same_path:
         return _best(same_path, files)
-    if exact is not None:
-        return exact
 
     base_stems = {posixpath.basename(s) for s in stems}
-    same_base = [k for k in images
-                 if posixpath.basename(_split_ext(k.lower(), IMAGE_EXTENSIONS)[0]) in base_stems]
+    same_base = [k for k in images if posixpath.basename(_key_stem(k)) in base_stems]
     return _best(same_base, files) if same_base else None
 
 
 def alternate_renditions(name: str, files: Mapping[str, Path]) -> list[str]:
     """Other image files with the same folder and stem as ``name`` (e.g. the ``.gif`` thumbnail)."""
-    stem = _split_ext(_normalise_href(name).lower(), IMAGE_EXTENSIONS)[0]
-    return sorted(k for k in files
-                  if k != name and is_image_name(k)
-                  and _split_ext(_normalise_href(k).lower(), IMAGE_EXTENSIONS)[0] == stem)
+    stem = _key_stem(name)
+    return sorted(k for k in files if k != name and is_image_name(k) and _key_stem(k) == stem)
 
 
 # --------------------------------------------------------------------------------------------
 # Decoding / normalising
 # --------------------------------------------------------------------------------------------
 
-#: formats Pillow may open (an allow-list; "JPEG" also opens MPO; EPS/PDF-like formats that would shell out or are not
-#: raster figures are refused as ``unsupported_format``)
+#: formats Pillow may open: an allow-list ("JPEG" also opens MPO).  Anything else - EPS (would
+#: run Ghostscript), PDF, office files, exotic rasters - is ``unsupported_format``.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "BMP", "WEBP", "JPEG2000", "PPM")
 
 #: sources kept byte for byte: format -> (accepted modes, shard extension)
@@ -316,97 +317,145 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and value in _ORIENTATION else 1
 
 
-def _encode_png(im: Image.Image, icc: bytes | None) -> bytes:
-    """Deterministic PNG: no metadata chunks except a matching ICC profile."""
-    clean = im.copy() if im.info else im
-    clean.info = {}
-    keep_icc = bool(icc) and len(icc) >= 20 and icc[16:20] == _ICC_SPACE.get(clean.mode)
+def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int) -> bytes:
+    """Deterministic PNG: no metadata chunks except a matching ICC profile.
+
+    Clears ``im.info`` (Pillow's PNG writer would pick up transparency / ICC from it); callers
+    pass an image they own.
+    """
+    im.info = {}
+    keep_icc = bool(icc) and len(icc) >= 20 and icc[16:20] == _ICC_SPACE.get(im.mode)
     buf = io.BytesIO()
-    clean.save(buf, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL,
+    im.save(buf, format="PNG", optimize=False, compress_level=compress_level,
                icc_profile=icc if keep_icc else None)
     return buf.getvalue()
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
-    """``Image.open`` with Pillow's bomb warning promoted to an error (locally, not globally)."""
+def _bomb_action(max_pixels: int) -> str:
+    """Filter action for Pillow's ``DecompressionBombWarning`` (> ``Image.MAX_IMAGE_PIXELS``).
+
+    Our header check enforces ``max_pixels``; the warning is promoted to an error whenever
+    Pillow's threshold is at least as strict, and ignored when the caller allows more.
+    Pillow's hard error (> 2 * ``MAX_IMAGE_PIXELS``) always applies.
+    """
     pil_limit = Image.MAX_IMAGE_PIXELS
-    # Our own header check below enforces ``max_pixels``; Pillow's warning (> MAX_IMAGE_PIXELS)
-    # is an error whenever it is at least as strict, and silenced when the caller allows more.
-    # Pillow's hard error (> 2 * MAX_IMAGE_PIXELS) always applies.
-    action = "error" if pil_limit is not None and max_pixels <= pil_limit else "ignore"
-    with warnings.catch_warnings():
-        warnings.simplefilter(action, Image.DecompressionBombWarning)
-        try:
-            return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise MediaError("decompression_bomb", str(e)) from e
-        except UnidentifiedImageError as e:
-            reason = "decode_error" if _looks_like_image(data) else "unsupported_format"
-            raise MediaError(reason, "cannot identify image") from e
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-            raise MediaError("decode_error", f"{type(e).__name__}: {e}") from e
+    return "error" if pil_limit is not None and max_pixels <= pil_limit else "ignore"
+
+
+def _open(data: bytes) -> Image.Image:
+    """``Image.open`` restricted to :data:`ALLOWED_FORMATS`; classify failures."""
+    try:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaError("decompression_bomb", str(e)) from e
+    except UnidentifiedImageError as e:
+        reason = "decode_error" if _looks_like_image(data) else "unsupported_format"
+        raise MediaError(reason, "cannot identify image") from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise MediaError("decode_error", f"{type(e).__name__}: {e}") from e
+
+
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# TIFF (offsets, byte counts) tag pairs: strips, tiles
+_TIFF_EXTENTS = ((273, 279), (324, 325))
+
+
+def _missing_tail(im: Image.Image, data: bytes) -> str:
+    """Why the file is cut short, checked from the header before decoding ("" when complete).
+
+    A PNG cut after its last pixel row decodes without complaint but lacks IEND (and the kept
+    bytes would be incomplete); a TIFF whose strips/tiles run past the end of the file is
+    reported by libtiff only as a generic "decoder error -2".  Data after the pixels (e.g.
+    Photoshop layers in eLife TIFFs) may be missing without harm.
+    """
+    if im.format == "PNG" and data.rfind(_PNG_IEND) < 0:
+        return "PNG has no IEND chunk"
+    tags = getattr(im, "tag_v2", None)
+    if im.format == "TIFF" and tags is not None:
+        for off_tag, count_tag in _TIFF_EXTENTS:
+            offsets, counts = tags.get(off_tag), tags.get(count_tag)
+            if offsets is None or counts is None:
+                continue
+            offsets = offsets if isinstance(offsets, tuple) else (offsets,)
+            counts = counts if isinstance(counts, tuple) else (counts,)
+            end = max((int(o) + int(c) for o, c in zip(offsets, counts)), default=0)
+            if end > len(data):
+                return f"TIFF image data ends at byte {end}, file has {len(data)}"
+    return ""
 
 
 def _load(im: Image.Image) -> None:
     """Force a full decode of the (first) frame; classify failures."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            im.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise MediaError("decompression_bomb", str(e)) from e
-        except _DECODE_ERRORS as e:
-            msg = str(e)
-            truncated = isinstance(e, EOFError) or "truncated" in msg.lower() or "premature" in msg
-            raise MediaError("truncated_image" if truncated else "decode_error",
-                             f"{type(e).__name__}: {msg}") from e
+    try:
+        im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaError("decompression_bomb", str(e)) from e
+    except _DECODE_ERRORS as e:
+        msg = str(e)
+        truncated = isinstance(e, EOFError) or "truncated" in msg.lower() or "premature" in msg
+        raise MediaError("truncated_image" if truncated else "decode_error",
+                         f"{type(e).__name__}: {msg}") from e
 
 
 def process_image(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
-                  min_side: int = 20, keep_16bit_png: bool = False) -> ImageRecord:
+                  min_side: int = 20, keep_16bit_png: bool = False,
+                  compress_level: int = PNG_COMPRESS_LEVEL) -> ImageRecord:
     """Decode, verify and normalise one image file; see the module docstring for the policy.
 
     Raises :class:`MediaError` (``decode_error``, ``truncated_image``, ``decompression_bomb``,
     ``too_small``, ``unsupported_format``).  The pixel limit is checked on the header size
     before any pixel is decoded; Pillow's own hard limit (2 * ``Image.MAX_IMAGE_PIXELS``) also
     applies.  ``keep_16bit_png=True`` keeps 16-bit grayscale PNGs as they are.
+    ``compress_level`` (zlib 0-9) of converted PNGs trades speed for size (on the fixture TIFFs
+    level 1 encodes 2-5x faster than 6 and is 15-80 % larger); output bytes depend on it.  Pillow's
+    ``UserWarning``s about damaged metadata ("Corrupt EXIF data") are silenced: the pixels are
+    what is verified.  Warning filters are changed only inside ``warnings.catch_warnings()``.
     """
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone flipped the global: truncation would pass
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must be False")
     if not data:
         raise MediaError("decode_error", "empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter(_bomb_action(max_pixels), Image.DecompressionBombWarning)
+        im = _open(data)
+        try:
+            return _process(im, data, name, max_pixels, min_side, keep_16bit_png, compress_level)
+        except MediaError:
+            raise
+        except _DECODE_ERRORS as e:
+            raise MediaError("decode_error", f"{type(e).__name__}: {e}") from e
+        finally:
+            im.close()
 
-    im = _open(data, max_pixels)
-    try:
-        fmt = im.format or ""
-        mode = im.mode
-        w, h = im.size
-        if w * h > max_pixels:
-            raise MediaError("decompression_bomb", f"{w}x{h} = {w * h} pixels > {max_pixels}")
-        if w < min_side or h < min_side:
-            raise MediaError("too_small", f"{w}x{h} < {min_side}")
-        _load(im)
-        orientation = _orientation(im)
 
-        modes, ext = KEEP_ORIGINAL.get(fmt, (frozenset(), ""))
-        if mode in modes or (keep_16bit_png and fmt == "PNG" and mode in HIGH_BIT_DEPTH):
-            if orientation in (5, 6, 7, 8):
-                w, h = h, w
-            return ImageRecord(data=data, ext=ext, width=w, height=h, orig_format=fmt,
-                               orig_mode=mode, sha256=sha256_bytes(data), reencoded=False,
-                               source_name=name)
+def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side: int,
+             keep_16bit_png: bool, compress_level: int) -> ImageRecord:
+    fmt = im.format or ""
+    mode = im.mode
+    w, h = im.size
+    if w * h > max_pixels:
+        raise MediaError("decompression_bomb", f"{w}x{h} = {w * h} pixels > {max_pixels}")
+    if w < min_side or h < min_side:
+        raise MediaError("too_small", f"{w}x{h} < {min_side}")
+    if reason := _missing_tail(im, data):
+        raise MediaError("truncated_image", reason)
+    _load(im)
+    orientation = _orientation(im)
 
-        icc = im.info.get("icc_profile") if mode != "CMYK" else None
-        out = _to_output_mode(im)
-        if orientation != 1:
-            out = out.transpose(_ORIENTATION[orientation])
-        png = _encode_png(out, icc)
-        return ImageRecord(data=png, ext="png", width=out.width, height=out.height,
-                           orig_format=fmt, orig_mode=mode, sha256=sha256_bytes(png),
-                           reencoded=True, source_name=name)
-    except MediaError:
-        raise
-    except _DECODE_ERRORS as e:
-        raise MediaError("decode_error", f"{type(e).__name__}: {e}") from e
-    finally:
-        im.close()
+    modes, ext = KEEP_ORIGINAL.get(fmt, (frozenset(), ""))
+    if mode in modes or (keep_16bit_png and fmt == "PNG" and mode in HIGH_BIT_DEPTH):
+        if orientation in (5, 6, 7, 8):
+            w, h = h, w
+        return ImageRecord(data=data, ext=ext, width=w, height=h, orig_format=fmt,
+                           orig_mode=mode, sha256=sha256_bytes(data), reencoded=False,
+                           source_name=name)
+
+    icc = im.info.get("icc_profile") if mode != "CMYK" else None
+    out = _to_output_mode(im)
+    if orientation != 1:
+        out = out.transpose(_ORIENTATION[orientation])
+    png = _encode_png(out, icc, compress_level)
+    return ImageRecord(data=png, ext="png", width=out.width, height=out.height,
+                       orig_format=fmt, orig_mode=mode, sha256=sha256_bytes(png),
+                       reencoded=True, source_name=name)
