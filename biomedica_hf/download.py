@@ -255,46 +255,67 @@ class Downloader:
         self.fsync = fsync
         self.on_bytes = on_bytes
         self.stats = DownloadStats()
-        self._local = threading.local()
-        self._sessions: list[requests.Session] = []
-        self._sessions_lock = threading.Lock()
-        self._dest_locks: dict[str, threading.Lock] = {}
+        self._idle_sessions: list[requests.Session] = []   # at most max_connections ever exist
+        self._all_sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+        self._dest_locks: dict[str, list[Any]] = {}          # dest -> [lock, users] (dropped when unused)
         self._closed = False
 
     # ------------------------------------------------------------------ plumbing
-    def _session(self) -> requests.Session:
-        s = getattr(self._local, "session", None)
-        if s is None:
-            s = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
-            s.mount("http://", adapter)
-            s.mount("https://", adapter)
-            s.headers.update({"User-Agent": self.user_agent, "Accept-Encoding": "identity"})
-            self._local.session = s
-            with self._sessions_lock:
-                self._sessions.append(s)
+    def _new_session(self) -> requests.Session:
+        s = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=1, max_retries=0)
+        s.mount("http://", adapter)
+        s.mount("https://", adapter)
+        s.headers.update({"User-Agent": self.user_agent, "Accept-Encoding": "identity"})
         return s
 
     @contextmanager
-    def _slot(self) -> Iterator[None]:
+    def _slot(self) -> Iterator[requests.Session]:
+        """Rate-limit token, one of ``max_connections`` slots and a session nobody else is using.
+
+        Sessions live in a pool (not per thread), so short-lived worker threads never leak
+        connections: there are never more than ``max_connections`` sessions.
+        """
         if self.limiter is not None:
             self.limiter.acquire()
         with self._slots:
-            yield
+            with self._lock:
+                if self._idle_sessions:
+                    session = self._idle_sessions.pop()
+                else:
+                    session = self._new_session()
+                    self._all_sessions.append(session)
+            try:
+                yield session
+            finally:
+                with self._lock:
+                    self._idle_sessions.append(session)
 
-    def _dest_lock(self, dest: Path) -> threading.Lock:
+    @contextmanager
+    def _dest_guard(self, dest: Path) -> Iterator[None]:
+        """Serialise downloads to the same ``dest`` (its ``.part``); entries vanish when unused."""
         key = str(dest)
-        with self._sessions_lock:
-            lock = self._dest_locks.get(key)
-            if lock is None:
-                lock = self._dest_locks[key] = threading.Lock()
-            return lock
+        with self._lock:
+            entry = self._dest_locks.get(key)
+            if entry is None:
+                entry = self._dest_locks[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    self._dest_locks.pop(key, None)
 
-    def _open(self, url: str, headers: dict[str, str] | None = None, method: str = "GET") -> requests.Response:
+    def _open(self, session: requests.Session, url: str, headers: dict[str, str] | None = None,
+              method: str = "GET") -> requests.Response:
         self.stats.add(requests=1)
         try:
-            resp = self._session().request(method, url, headers=headers, stream=True,
-                                           timeout=self.timeout, allow_redirects=True)
+            resp = session.request(method, url, headers=headers, stream=True, timeout=self.timeout,
+                                   allow_redirects=True)
         except (requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout) as e:
             raise DownloadError(url, TIMEOUT, str(e)) from None
         except requests.exceptions.ConnectionError as e:
@@ -367,8 +388,8 @@ class Downloader:
 
         def attempt() -> bytes:
             buf = bytearray()
-            with self._slot():
-                resp = self._open(req_url)
+            with self._slot() as session:
+                resp = self._open(session, req_url)
                 with resp:
                     self._raise_for_status(req_url, resp)
                     cl = resp.headers.get("Content-Length")
@@ -389,8 +410,8 @@ class Downloader:
     def head(self, url: str) -> requests.structures.CaseInsensitiveDict:
         """HEAD with retries; returns the response headers."""
         def attempt():
-            with self._slot():
-                resp = self._open(url, method="HEAD")
+            with self._slot() as session:
+                resp = self._open(session, url, method="HEAD")
                 with resp:
                     self._raise_for_status(url, resp)
                     return resp.headers
@@ -407,7 +428,7 @@ class Downloader:
         md5 = (md5 or url_md5 or "").lower() or None
         dest = Path(dest)
         part = dest.with_name(dest.name + ".part")
-        with self._dest_lock(dest):
+        with self._dest_guard(dest):
             if dest.exists():
                 if self._verified(dest, md5, size) is None:
                     self.stats.add(skipped=1)
@@ -455,8 +476,8 @@ class Downloader:
             self._finish(url, dest, part, md5, size)  # a previous run got every byte
             return
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        with self._slot():
-            resp = self._open(url, headers)
+        with self._slot() as session:
+            resp = self._open(session, url, headers)
             with resp:
                 if resp.status_code == 416 and offset:
                     _, _, total = _parse_content_range(resp.headers.get("Content-Range"))
@@ -505,7 +526,10 @@ class Downloader:
             except Exception as e:  # noqa: BLE001 - recorded, never lost
                 r.error = DownloadError(r.item.url, INTERNAL, f"{type(e).__name__}: {e}", retryable=False)
             if on_result is not None:
-                on_result(r)
+                try:
+                    on_result(r)
+                except Exception:  # noqa: BLE001 - a progress callback must not lose results
+                    pass
 
         if not norm:
             return results
@@ -516,8 +540,8 @@ class Downloader:
         return results
 
     def close(self) -> None:
-        with self._sessions_lock:
-            sessions, self._sessions = self._sessions, []
+        with self._lock:
+            sessions, self._all_sessions, self._idle_sessions = self._all_sessions, [], []
         for s in sessions:
             s.close()
         self._closed = True

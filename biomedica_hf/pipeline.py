@@ -51,6 +51,7 @@ class BuildConfig:
     shard_max_samples: int = 10_000
     shard_max_bytes: int = 1_000_000_000
     seed: int = 0
+    dedup_images: bool = True                     # exact duplicate images kept once
     media: MediaOptions = field(default_factory=MediaOptions)
     keep_downloads: bool = False
     progress: bool = True
@@ -239,10 +240,18 @@ def _duplicate_rows(plan: Plan) -> list[dict]:
             for c, d in sorted(rows.items())]
 
 
+def _remove_partial_files(out: Path) -> None:
+    """Temporary files of a killed run (``.<name>.tmp-<pid>``): never complete, safe to drop."""
+    for p in Path(out).rglob(".*.tmp-*"):
+        if p.is_file():
+            p.unlink()
+
+
 def build(cfg: BuildConfig) -> BuildReport:
     t0 = time.time()
     out, work = Path(cfg.out), cfg.work
     work.mkdir(parents=True, exist_ok=True)
+    _remove_partial_files(out)
     source = make_source(cfg.source, **cfg.source_opts)
     try:
         refs, listing_entries = list_refs(source, cfg.limit)
@@ -274,7 +283,8 @@ def build(cfg: BuildConfig) -> BuildReport:
 
         # ---- plan
         articles, planned, ledger = collect(work, refs)
-        plan = make_plan(planned, max_samples=cfg.shard_max_samples, max_bytes=cfg.shard_max_bytes, seed=cfg.seed)
+        plan = make_plan(planned, max_samples=cfg.shard_max_samples, max_bytes=cfg.shard_max_bytes, seed=cfg.seed,
+                         dedup_images=cfg.dedup_images)
         _mark_duplicates(ledger, plan)
 
         # ---- write shards
@@ -311,7 +321,7 @@ def build(cfg: BuildConfig) -> BuildReport:
     atomic_write_json(out / "build_summary.json", {
         "version": __version__, "command": cfg.command, "source": cfg.source,
         "source_opts": {k: str(v) for k, v in cfg.source_opts.items()},
-        "seed": cfg.seed, "shard_max_samples": cfg.shard_max_samples, "shard_max_bytes": cfg.shard_max_bytes,
+        "seed": cfg.seed, "dedup_images": cfg.dedup_images, "shard_max_samples": cfg.shard_max_samples, "shard_max_bytes": cfg.shard_max_bytes,
         "media": dataclasses.asdict(cfg.media), "articles_listed": len(refs), "articles": len(articles),
         "samples": per_subset, "duplicates_removed": len(plan.duplicates),
         "shards": {s: [x.name + ".tar" for x in plan.shards if x.subset == s] for s in SUBSETS},
