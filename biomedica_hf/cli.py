@@ -85,6 +85,7 @@ def _parse_bytes(text: str) -> int:
 @click.option("--shard-samples", type=int, default=10_000, show_default=True, help="Max samples per shard.")
 @click.option("--shard-bytes", default="1GB", show_default=True, help="Target max shard size (e.g. 500MB).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the write-time shard shuffle.")
+@click.option("--no-dedup", is_flag=True, help="Keep every occurrence of an image (default: exact duplicates once).")
 @click.option("--min-side", type=int, default=20, show_default=True, help="Skip images narrower/shorter than this.")
 @click.option("--keep-empty-captions", is_flag=True, help="Keep figures whose caption is empty (default: ledgered).")
 @click.option("--keep-downloads", is_flag=True, help="Keep fetched packages in OUT/_work/cache after staging.")
@@ -94,7 +95,7 @@ def _parse_bytes(text: str) -> int:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out, workers, limit, shard_samples,
-          shard_bytes, seed, min_side, keep_empty_captions, keep_downloads, rate, enrich, eutils_url, no_progress,
+          shard_bytes, seed, no_dedup, min_side, keep_empty_captions, keep_downloads, rate, enrich, eutils_url, no_progress,
           verbose):
     """Build WebDataset shards (per licence subset) + articles table + ledger from PMC-OA.
 
@@ -112,6 +113,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
     cfg = BuildConfig(
         out=out, source=source, source_opts=opts, workers=workers or os.cpu_count() or 1, limit=limit,
         shard_max_samples=shard_samples, shard_max_bytes=_parse_bytes(shard_bytes), seed=seed,
+        dedup_images=not no_dedup,
         media=MediaOptions(min_side=min_side, keep_empty_captions=keep_empty_captions),
         keep_downloads=keep_downloads, progress=not no_progress,
         command=" ".join(["biomedica", *sys.argv[1:]]))

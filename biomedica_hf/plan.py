@@ -100,7 +100,7 @@ def assign_shards(samples: list[PlannedSample], *, max_samples: int, max_bytes: 
 
 
 def make_plan(samples: list[PlannedSample], *, max_samples: int = 10_000, max_bytes: int = 1_000_000_000,
-              seed: int = 0) -> Plan:
+              seed: int = 0, dedup_images: bool = True) -> Plan:
     unknown = {s.subset for s in samples} - set(SUBSETS)
     if unknown:
         raise ValueError(f"samples with unknown subset(s): {sorted(unknown)}")
@@ -108,7 +108,7 @@ def make_plan(samples: list[PlannedSample], *, max_samples: int = 10_000, max_by
     if len(keys) != len(set(keys)):
         dupes = sorted({k for k in keys if keys.count(k) > 1})[:5]
         raise ValueError(f"sample keys are not unique, e.g. {dupes}")
-    kept, dup_of, groups = dedup(samples)
+    kept, dup_of, groups = dedup(samples) if dedup_images else (sorted(samples, key=lambda s: s.key), {}, {})
     plan = Plan(duplicates=dup_of, duplicate_groups=groups, location={s.key: s.ref_id for s in kept})
     for subset, shards in assign_shards(kept, max_samples=max_samples, max_bytes=max_bytes, seed=seed).items():
         for index, members in enumerate(shards):
