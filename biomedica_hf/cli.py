@@ -35,13 +35,13 @@ def main() -> None:
 
 
 def source_options(source: str, input_path: Path | None, base_url: str | None, filelist: Path | None,
-                   pmcids: Path | None, list_all: bool, rate: float | None) -> dict:
+                   pmcids: Path | None, list_all: bool, rate: float | None, retries: int | None = None) -> dict:
     """Translate CLI flags into the keyword arguments of ``make_source(source, ...)``."""
     if source == "local":
         if input_path is None:
             raise click.UsageError("--source local needs --input PATH")
         return {"path": str(input_path)}
-    download = {"rate": rate} if rate else {}
+    download = {k: v for k, v in (("rate", rate), ("retries", retries)) if v is not None}
     if source == "cloud":
         if not (pmcids or filelist or list_all):
             raise click.UsageError("--source cloud needs --pmcids FILE, --filelist FILE or --all")
@@ -88,14 +88,19 @@ def _parse_bytes(text: str) -> int:
 @click.option("--no-dedup", is_flag=True, help="Keep every occurrence of an image (default: exact duplicates once).")
 @click.option("--min-side", type=int, default=20, show_default=True, help="Skip images narrower/shorter than this.")
 @click.option("--keep-empty-captions", is_flag=True, help="Keep figures whose caption is empty (default: ledgered).")
+@click.option("--retry-failed", is_flag=True,
+              help="Re-process articles whose earlier run left failed items (downloads, images).")
 @click.option("--keep-downloads", is_flag=True, help="Keep fetched packages in OUT/_work/cache after staging.")
-@click.option("--rate", type=float, default=None, help="Max HTTP requests per second (politeness limit).")
+@click.option("--rate", type=float, default=20.0, show_default=True,
+              help="Max HTTP requests per second for the whole build (cloud/legacy politeness limit).")
+@click.option("--retries", type=int, default=5, show_default=True,
+              help="Retries per download (5xx, 429, timeouts, dropped or truncated bodies, bad checksums).")
 @click.option("--enrich", is_flag=True, help="After the build, add PubMed MeSH terms etc. (see `biomedica enrich`).")
 @click.option("--eutils-url", default=None, help="E-utilities base URL for --enrich.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out, workers, limit, shard_samples,
-          shard_bytes, seed, no_dedup, min_side, keep_empty_captions, keep_downloads, rate, enrich, eutils_url, no_progress,
+          shard_bytes, seed, no_dedup, min_side, keep_empty_captions, retry_failed, keep_downloads, rate, retries, enrich, eutils_url, no_progress,
           verbose):
     """Build WebDataset shards (per licence subset) + articles table + ledger from PMC-OA.
 
@@ -109,13 +114,13 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
     _setup_logging(verbose)
     if sample:
         source, input_path = "local", SAMPLE_DIR / "articles"
-    opts = source_options(source, input_path, base_url, filelist, pmcids, list_all, rate)
+    opts = source_options(source, input_path, base_url, filelist, pmcids, list_all, rate, retries)
     cfg = BuildConfig(
         out=out, source=source, source_opts=opts, workers=workers or os.cpu_count() or 1, limit=limit,
         shard_max_samples=shard_samples, shard_max_bytes=_parse_bytes(shard_bytes), seed=seed,
         dedup_images=not no_dedup,
         media=MediaOptions(min_side=min_side, keep_empty_captions=keep_empty_captions),
-        keep_downloads=keep_downloads, progress=not no_progress,
+        keep_downloads=keep_downloads, retry_failed=retry_failed, progress=not no_progress,
         command=" ".join(["biomedica", *sys.argv[1:]]))
     report = run_build(cfg)
     click.echo(report.text())

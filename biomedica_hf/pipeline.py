@@ -54,6 +54,7 @@ class BuildConfig:
     dedup_images: bool = True                     # exact duplicate images kept once
     media: MediaOptions = field(default_factory=MediaOptions)
     keep_downloads: bool = False
+    retry_failed: bool = False                    # re-process staged articles that have failed items
     progress: bool = True
     command: str = ""
 
@@ -213,6 +214,10 @@ def collect(work: Path, refs: list[ArticleRef]) -> tuple[list[dict], list[Planne
     return articles, planned, ledger
 
 
+def _has_failures(work: Path, ref_id: str) -> bool:
+    return any(e["state"] == FAILED for e in read_unit(unit_paths(work, ref_id)[0])["ledger"])
+
+
 def _mark_duplicates(ledger: list[LedgerEntry], plan: Plan) -> None:
     for e in ledger:
         if e.kind == "figure" and e.state == KEPT and e.id in plan.duplicates:
@@ -260,10 +265,14 @@ def build(cfg: BuildConfig) -> BuildReport:
     log.info("listed %d articles", len(refs))
 
     # ---- stage
-    todo = [r for r in refs if not is_staged(work, r.pmcid)]
+    todo = [r for r in refs if not is_staged(work, r.pmcid)
+            or (cfg.retry_failed and _has_failures(work, r.pmcid))]
     n_resumed = len(refs) - len(todo)
     transient: list[LedgerEntry] = []
-    init = (cfg.source, cfg.source_opts, str(work), cfg.media, cfg.keep_downloads)
+    worker_opts = dict(cfg.source_opts)
+    if worker_opts.get("rate"):  # the politeness limit is for the whole build: split it across workers
+        worker_opts["rate"] = worker_opts["rate"] / max(1, cfg.workers)
+    init = (cfg.source, worker_opts, str(work), cfg.media, cfg.keep_downloads)
     executor = ProcessPoolExecutor(cfg.workers, initializer=_init_worker, initargs=init) if cfg.workers > 1 else None
     if executor is None:
         _init_worker(*init)

@@ -193,12 +193,13 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
     pmcid = article.pmcid
     if not fig.caption and not opts.keep_empty_captions:
         return LedgerEntry("figure", key, pmcid, SKIPPED, "empty_caption", href)
-    name = resolve_graphic(href, pkg.files)
+    # resolve as if the files we failed to obtain were there: a failed full-size image must fail the
+    # panel, not silently fall back to its .gif thumbnail
+    name = resolve_graphic(href, {**pkg.files, **{p: Path(p) for p in problems if p not in pkg.files}})
     if name is None:
-        missing = [p for p in problems if PurePosixPath(p).stem == PurePosixPath(href).stem
-                   or PurePosixPath(p).name == href]
-        reason = problems[missing[0]] if missing else "image_missing"
-        return LedgerEntry("figure", key, pmcid, FAILED, reason, href)
+        return LedgerEntry("figure", key, pmcid, FAILED, "image_missing", href)
+    if name in problems:
+        return LedgerEntry("figure", key, pmcid, FAILED, problems[name], f"{href}: {name}")
     for alt in alternate_renditions(name, pkg.files):
         used.setdefault(alt, (SKIPPED, "alternate_rendition"))
     try:

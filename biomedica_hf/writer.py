@@ -91,7 +91,8 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
     """The members of one sample, in the order they are written."""
-    meta = json.dumps(sample.meta, ensure_ascii=False, separators=(",", ":")).encode()
+    ordered = {n: sample.meta.get(n) for n, _, _ in SAMPLE_FIELDS}  # same keys, same order, every sample
+    meta = json.dumps(ordered, ensure_ascii=False, separators=(",", ":")).encode()
     return [
         (f"{sample.key}.{sample.image.ext}", sample.image.data),
         (f"{sample.key}.txt", sample.caption.encode()),
