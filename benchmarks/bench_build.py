@@ -117,7 +117,7 @@ def main() -> None:
         out = root / f"out_w{w}"
         shutil.rmtree(out, ignore_errors=True)
         dt, n, peak = run_build(src, out, w)
-        rows.append((f"biomedica build (parse+media+ledger+shards)", w, n, dt, peak))
+        rows.append(("biomedica build (parse+media+ledger+shards)", w, n, dt, peak))
 
     print("| pipeline | workers | pairs | seconds | pairs/s | pairs/s per core | peak RSS (MB) |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -146,19 +146,16 @@ class _Text:
         if not s:
             return
         words = s.split()
-        if s[0].isspace() or not words:
+        if not words:
             self.space = True
-        for i, word in enumerate(words):
-            if self.space and self.length:
-                self.parts.append(" ")
-                self.length += 1
-            self.space = False
-            self.parts.append(word)
-            self.length += len(word)
-            if i < len(words) - 1:
-                self.space = True
-        if s[-1].isspace():
-            self.space = True
+            return
+        if (self.space or s[0].isspace()) and self.length:
+            self.parts.append(" ")
+            self.length += 1
+        chunk = " ".join(words)
+        self.parts.append(chunk)
+        self.length += len(chunk)
+        self.space = s[-1].isspace()
 
     def next_offset(self) -> int:
         """Offset at which the next word will start."""
@@ -302,7 +299,7 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
 
 
 def _is_abbreviation(text: str, dot: int) -> bool:
-    word = re.search(r"[^\s(\[]*$", text[:dot]).group(0)
+    word = re.search(r"[^\s(\[]*$", text[max(0, dot - 64):dot]).group(0)  # bounded: no quadratic scan
     if not word:
         return False
     if word.lower() in _ABBREVIATIONS:

@@ -31,7 +31,7 @@ from .samples import MediaOptions, PackageResult, process_package
 from .schema import (ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema)
 from .sources import make_source
 from .sources.base import FetchError, Source
-from .staging import is_staged, load_samples, read_unit, unit_ledger, unit_paths, write_unit
+from .staging import is_staged, iter_samples, read_unit, unit_ledger, unit_paths, write_unit
 from .writer import atomic_write_json, shard_done, write_parquet, write_shard
 
 log = logging.getLogger("biomedica_hf.build")
@@ -126,18 +126,13 @@ def _stage_ref(ref: ArticleRef) -> dict:
 
 def _write_shard_task(args: tuple) -> dict:
     out, work, subset, index, keys, locations, also_in, digest = args
-    by_unit: dict[str, set[str]] = defaultdict(set)
-    for k in keys:
-        by_unit[locations[k]].add(k)
-    loaded = {}
-    for ref_id, ks in by_unit.items():
-        loaded.update(load_samples(Path(work), ref_id, ks))
-    samples = []
-    for k in keys:
-        s = loaded[k]
-        s.meta["also_in"] = also_in.get(k, [])
-        samples.append(s)
-    return write_shard(Path(out), subset, index, samples, digest)
+
+    def samples():
+        for s in iter_samples(Path(work), keys, locations):
+            s.meta["also_in"] = also_in.get(s.key, [])
+            yield s
+
+    return write_shard(Path(out), subset, index, samples(), digest)
 
 
 def _run(executor: Executor | None, fn: Callable, items: Iterable, window: int) -> Iterable:
@@ -297,7 +292,8 @@ def build(cfg: BuildConfig) -> BuildReport:
         _mark_duplicates(ledger, plan)
 
         # ---- write shards
-        tasks = [(str(out), str(work), s.subset, s.index, s.keys, plan.location, s.also_in, s.digest)
+        tasks = [(str(out), str(work), s.subset, s.index, s.keys, {k: plan.location[k] for k in s.keys},
+                  s.also_in, s.digest)
                  for s in plan.shards if not shard_done(out, s.subset, s.index, s.digest)]
         skipped = len(plan.shards) - len(tasks)
         bar = tqdm(total=len(tasks), desc="shards", unit="shard", disable=not cfg.progress)

@@ -28,6 +28,7 @@ class MediaOptions:
     min_side: int = 20
     max_pixels: int = 178_956_970
     keep_empty_captions: bool = False
+    png_compress_level: int = 3    # converted images only; 3 is ~3x faster than 6 for ~10% more bytes
 
 
 @dataclass
@@ -204,7 +205,8 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
         used.setdefault(alt, (SKIPPED, "alternate_rendition"))
     try:
         data = Path(pkg.files[name]).read_bytes()
-        image = process_image(data, name, max_pixels=opts.max_pixels, min_side=opts.min_side)
+        image = process_image(data, name, max_pixels=opts.max_pixels, min_side=opts.min_side,
+                              compress_level=opts.png_compress_level)
     except MediaError as e:
         state = SKIPPED if e.reason in SKIP_MEDIA_REASONS else FAILED
         used[name] = (state, f"image_{e.reason}")

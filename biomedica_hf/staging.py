@@ -11,6 +11,7 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from .schema import ImageRecord, LedgerEntry, Sample
 from .samples import PackageResult
@@ -62,15 +63,26 @@ def unit_ledger(doc: dict) -> list[LedgerEntry]:
     return [LedgerEntry(**e) for e in doc["ledger"]]
 
 
-def load_samples(work: Path, ref_id: str, keys: set[str]) -> dict[str, Sample]:
-    """The requested samples of one unit, with their image bytes."""
-    meta_path, bin_path = unit_paths(work, ref_id)
-    doc = read_unit(meta_path)
-    out = {}
-    with open(bin_path, "rb") as fh:
-        for s in doc["samples"]:
-            if s["key"] in keys:
-                fh.seek(s["offset"])
-                image = ImageRecord(data=fh.read(s["length"]), **s["image"])
-                out[s["key"]] = Sample(s["key"], image, s["caption"], dict(s["meta"]))
-    return out
+def iter_samples(work: Path, keys: list[str], location: dict[str, str]) -> Iterator[Sample]:
+    """Samples in the order of ``keys``, streaming: metadata of every unit is read once, and only
+    one image is in memory at a time (a shard's images never are all at once)."""
+    entries: dict[str, tuple[Path, dict]] = {}
+    for ref_id in dict.fromkeys(location[k] for k in keys):
+        meta_path, bin_path = unit_paths(work, ref_id)
+        for s in read_unit(meta_path)["samples"]:
+            entries[s["key"]] = (bin_path, s)
+    handles: dict[Path, BinaryIO] = {}
+    try:
+        for key in keys:
+            bin_path, s = entries[key]
+            fh = handles.get(bin_path)
+            if fh is None:
+                if len(handles) >= 64:
+                    handles.pop(next(iter(handles))).close()
+                fh = handles[bin_path] = open(bin_path, "rb")
+            fh.seek(s["offset"])
+            image = ImageRecord(data=fh.read(s["length"]), **s["image"])
+            yield Sample(key, image, s["caption"], dict(s["meta"]))
+    finally:
+        for fh in handles.values():
+            fh.close()

@@ -16,7 +16,6 @@ import pytest
 
 from biomedica_hf.parse import ParseError, parse_jats
 from biomedica_hf.pipeline import BuildConfig, build, shard_paths
-from biomedica_hf.samples import MediaOptions
 from biomedica_hf.schema import SUBSETS, webdataset_features
 
 REPO = Path(__file__).resolve().parents[1]
