@@ -126,7 +126,26 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
     click.echo(report.text())
     if enrich:
         _run_enrich(out, eutils_url, None)
+    _write_card(out, None)
     click.echo(f"Dataset folder: {Path(out).resolve()}")
+
+
+def _write_card(out: Path, repo_id: str | None) -> None:
+    from .card import write_card
+
+    path = write_card(out, repo_id=repo_id)
+    click.echo(f"Dataset card: {path} (plots in {path.parent / 'card'})")
+
+
+@main.command()
+@click.option("--out", "dataset", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="The dataset folder (output of `biomedica build`).")
+@click.option("--repo-id", default=None, help="Hub repo id used in the card's usage examples (ORG/NAME).")
+def card(dataset, repo_id):
+    """Write the dataset card: DATASET/README.md with the YAML Hugging Face reads (configs per subset,
+    `all`, `articles`, `figures`; features; licence; tags) and a body from the folder's real statistics,
+    with PNG plots in DATASET/card/. `biomedica build` runs this at the end."""
+    _write_card(dataset, repo_id)
 
 
 @main.command()

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 from tqdm.auto import tqdm
 
 from . import __version__
+from .index import build_figures_index
 from .ledger import check_unique, format_summary, write_ledger
 from .plan import Plan, PlannedSample, make_plan
 from .samples import MediaOptions, PackageResult, process_package
@@ -319,6 +320,7 @@ def build(cfg: BuildConfig) -> BuildReport:
     summary = write_ledger(out, entries)
     _write_duplicates(out, plan)
     per_subset = _write_sizes(out, plan)
+    build_figures_index(out)
     report = BuildReport(out=out, summary=summary, n_listed=len(refs), n_staged_now=len(todo) - len(transient),
                          n_resumed=n_resumed, shards_written=len(tasks), shards_skipped=skipped,
                          samples_per_subset=per_subset, n_duplicates=len(plan.duplicates),

@@ -237,6 +237,17 @@ SHARD_INDEX_FIELDS: list[tuple[str, str, str]] = [
     ("image_size", "int64", "size of the image bytes"),
 ]
 
+# The ``figures.parquet`` index of a dataset folder: one row per sample, every shard.
+FIGURES_INDEX_FIELDS: list[tuple[str, str, str]] = SAMPLE_FIELDS + SHARD_INDEX_FIELDS + [
+    ("caption_chars", "int32", "length of the caption in characters"),
+]
+
+# Columns of the ``figures`` config (tars of JSON rows that ``load_dataset(DIR, "figures")`` reads):
+# the index without the long text fields, which the shards and figures.parquet carry.
+FIGURES_CONFIG_FIELDS: list[tuple[str, str, str]] = [
+    f for f in FIGURES_INDEX_FIELDS if f[0] not in ("caption", "caption_title", "references", "reference_paragraphs")
+]
+
 LEDGER_FIELDS: list[tuple[str, str, str]] = [
     ("kind", "string", "article | figure | file"),
     ("id", "string", "pmcid, sample key or file name"),
@@ -300,3 +311,4 @@ def webdataset_features(image_ext: str | None = None):
     feats["txt"] = Value("string")
     feats["json"] = sample_json_features()
     return Features(feats)
+

@@ -138,3 +138,16 @@ def write_shard(out: Path, subset: str, index: int, samples: Iterable[Sample], d
     }
     atomic_write_json(stats_path, stats)
     return stats
+
+
+def write_json_tar(path: Path, records: Iterable[tuple[str, dict]]) -> int:
+    """A WebDataset tar of ``<key>.json`` members (tables that ``datasets`` must load as a config)."""
+    n = 0
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for key, record in records:
+                data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+                tar.addfile(_tarinfo(f"{key}.json", len(data)), io.BytesIO(data))
+                n += 1
+    return n
+

@@ -1,0 +1,232 @@
+"""The dataset card: ``README.md`` with the YAML Hugging Face reads (``configs:``, ``dataset_info``
+features, licence, task categories, size category, tags) and a body generated from the real
+statistics of the folder, with PNG plots in ``card/``. Templates live in ``dataset_card/``.
+
+No loading script: the folder is data + YAML, which ``datasets >= 4`` loads directly::
+
+    load_dataset(DIR, "commercial", streaming=True)   # WebDataset shards
+    load_dataset(DIR, "articles")                       # articles.parquet
+    load_dataset(DIR, "figures")                        # figures.parquet (the per-sample index)
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from . import __version__
+from .index import FIGURES_INDEX, TABLE_CONFIGS, table_config_columns, write_table_configs
+from .schema import ARTICLE_FIELDS, SAMPLE_FIELDS, SUBSETS, webdataset_features
+from .writer import atomic_write_bytes
+
+CARD_DIR = "card"
+TOP_JOURNALS = 20
+MAX_SHARD_ROWS = 50
+TASK_CATEGORIES = ["image-to-text", "zero-shot-image-classification", "image-feature-extraction",
+                   "image-text-to-text"]
+TAGS = ["biology", "medical", "biomedical", "pubmed", "pmc", "scientific-figures", "image-text", "webdataset"]
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def size_category(n: int) -> str:
+    """Hugging Face's size_categories bucket for n samples."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    return next((label for bound, label in bounds if n < bound), "1B<n<10B")
+
+
+def subsets_present(out: Path) -> list[str]:
+    return [s for s in SUBSETS if any((Path(out) / s).glob("[0-9]*.tar"))]
+
+
+def card_configs(out: Path, extra: list[dict] | None = None) -> list[dict]:
+    """``configs:`` entries: one per subset (commercial is the default), ``all``, the tables, extras."""
+    present = subsets_present(out)
+    configs = [{"config_name": s, "data_files": [{"split": "train", "path": f"{s}/*.tar"}],
+                **({"default": True} if s == "commercial" else {})} for s in present]
+    if present and "commercial" not in present:
+        configs[0]["default"] = True
+    if present:
+        configs.append({"config_name": "all", "data_files": [{"split": "train", "path": [f"{s}/*.tar" for s in present]}]})
+    for table in TABLE_CONFIGS:  # WebDataset-of-JSON copies of the Parquet tables (see index.py)
+        configs.append({"config_name": table, "data_files": [{"split": "train", "path": f"{table}/*.tar"}]})
+    return configs + list(extra or [])
+
+
+def _features_for(config: dict, out: Path):
+    name = config["config_name"]
+    if name in TABLE_CONFIGS:
+        from datasets import Features, Value
+
+        source = TABLE_CONFIGS[name][0]
+        row = Features.from_arrow_schema(pq.read_schema(Path(out) / source))
+        return Features({"__key__": Value("string"), "__url__": Value("string"),
+                         "json": {c: row[c] for c in table_config_columns(out, name)}})
+    paths = config["data_files"][0]["path"]
+    if all(str(p).endswith(".tar") for p in ([paths] if isinstance(paths, str) else paths)):
+        return webdataset_features()
+    return None
+
+
+def yaml_header(out: Path, stats: dict, extra_configs: list[dict] | None = None) -> str:
+    """The YAML front matter (without the ``---`` fences)."""
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    configs = card_configs(out, extra_configs)
+    data = DatasetCardData(
+        pretty_name=stats["pretty_name"], license="other", license_name="pmc-open-access-subset",
+        license_link="https://pmc.ncbi.nlm.nih.gov/tools/openftlist/",
+        task_categories=TASK_CATEGORIES, size_categories=[size_category(stats["total_samples"])],
+        language=["en"], tags=TAGS, configs=configs,
+    )
+    infos = {}
+    for c in configs:
+        feats = _features_for(c, out)
+        if feats is not None:
+            infos[c["config_name"]] = DatasetInfo(features=feats, config_name=c["config_name"])
+    DatasetInfosDict(infos).to_dataset_card_data(data)
+    return data.to_yaml()
+
+
+def collect_stats(out: Path) -> dict[str, Any]:
+    """Everything the card says, from the files of the folder (never from memory of the build)."""
+    out = Path(out)
+    summary = json.loads((out / "build_summary.json").read_text()) if (out / "build_summary.json").exists() else {}
+    cols = ["key", "pmcid", "subset", "license_code", "year", "shard"]
+    schema_names = pq.read_schema(out / FIGURES_INDEX).names
+    concepts_col = "concepts" in schema_names
+    figs = pq.read_table(out / FIGURES_INDEX, columns=cols + (["concepts"] if concepts_col else []))
+    articles = pq.read_table(out / "articles.parquet", columns=["pmcid", "journal"])
+    journal_of = dict(zip(articles["pmcid"].to_pylist(), articles["journal"].to_pylist()))
+
+    subsets, shards = [], []
+    for s in subsets_present(out):
+        stats_files = sorted((out / s).glob("[0-9]*_stats.json"))
+        st = [json.loads(p.read_text()) for p in stats_files]
+        size = sum((out / x["shard"]).stat().st_size for x in st)
+        subsets.append({"name": s, "samples": sum(x["count"] for x in st), "shards": len(st), "bytes": size,
+                        "size": human_size(size)})
+        shards += [{"name": x["shard"], "count": x["count"], "bytes": x["tar_bytes"]} for x in st]
+
+    years = Counter(figs["year"].to_pylist())
+    licenses = Counter(zip(figs["license_code"].to_pylist(), figs["subset"].to_pylist()))
+    journals = Counter(journal_of.get(p) or "(unknown)" for p in figs["pmcid"].to_pylist())
+    concepts = Counter()
+    if concepts_col:
+        concepts.update(c for row in figs["concepts"].to_pylist() for c in (row or []))
+    ledger = summary.get("ledger", {})
+    total = sum(s["samples"] for s in subsets)
+    return {
+        "pretty_name": "BIOMEDICA (biomedica-hf build)",
+        "version": summary.get("version", __version__),
+        "command": summary.get("command") or "biomedica build",
+        "source": summary.get("source", "?"),
+        "seed": summary.get("seed", 0),
+        "shard_max_samples": summary.get("shard_max_samples", 10_000),
+        "built": _dt.datetime.fromtimestamp((out / "build_summary.json").stat().st_mtime, _dt.timezone.utc)
+                 .strftime("%Y-%m-%d") if summary else "?",
+        "subsets": subsets,
+        "total_samples": total,
+        "total_shards": sum(s["shards"] for s in subsets),
+        "total_size": human_size(sum(s["bytes"] for s in subsets)),
+        "n_articles": articles.num_rows,
+        "n_articles_with_samples": len(set(figs["pmcid"].to_pylist())),
+        "n_duplicates": summary.get("duplicates_removed", 0),
+        "years": [{"year": y if y is not None else "unknown", "n": n}
+                  for y, n in sorted(years.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))],
+        "licenses": [{"code": c, "subset": s, "n": n} for (c, s), n in licenses.most_common()],
+        "journals": [{"name": j, "n": n} for j, n in journals.most_common(TOP_JOURNALS)],
+        "concepts": [{"name": c, "n": n} for c, n in concepts.most_common()],
+        "shards": shards[:MAX_SHARD_ROWS],
+        "shards_more": max(0, len(shards) - MAX_SHARD_ROWS),
+        "ledger": [{"kind": k, **v} for k, v in ledger.items()],
+    }
+
+
+def make_plots(stats: dict, folder: Path) -> list[Path]:
+    """PNG bar charts of the card's statistics, written atomically into ``folder``."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def bar(name: str, labels: list, values: list, title: str, horizontal: bool = False) -> Path:
+        fig, ax = plt.subplots(figsize=(7, max(2.5, 0.28 * len(labels) + 1)) if horizontal else (7, 3.2),
+                               dpi=110)
+        if horizontal:
+            ax.barh([str(x) for x in labels][::-1], values[::-1], color="#3b7dd8")
+            ax.set_xlabel("samples")
+        else:
+            ax.bar([str(x) for x in labels], values, color="#3b7dd8")
+            ax.set_ylabel("samples")
+            if len(labels) > 12:
+                ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+        ax.set_title(title)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        plt.close(fig)
+        path = folder / f"{name}.png"
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [
+        bar("subsets", [s["name"] for s in stats["subsets"]], [s["samples"] for s in stats["subsets"]],
+            "Samples per subset"),
+        bar("years", [y["year"] for y in stats["years"]], [y["n"] for y in stats["years"]],
+            "Samples per publication year"),
+        bar("journals", [j["name"][:45] for j in stats["journals"]], [j["n"] for j in stats["journals"]],
+            f"Top {len(stats['journals'])} journals", horizontal=True),
+        bar("licenses", [f"{x['code']} ({x['subset']})" for x in stats["licenses"]],
+            [x["n"] for x in stats["licenses"]], "Samples per licence", horizontal=True),
+    ]
+    if stats["concepts"]:
+        paths.append(bar("concepts", [c["name"] for c in stats["concepts"][:30]],
+                         [c["n"] for c in stats["concepts"][:30]], "Samples per concept", horizontal=True))
+    return paths
+
+
+def render_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] | None = None) -> str:
+    from jinja2 import Environment, StrictUndefined
+
+    stats = collect_stats(out)
+    template = resources.files("dataset_card").joinpath("README.md.j2").read_text()
+    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(template).render(
+        **stats, yaml=yaml_header(out, stats, extra_configs).strip(), repo=repo_id or "ORG/biomedica",
+        config_names=[c["config_name"] for c in card_configs(out, extra_configs)],
+        sample_fields=[{"name": n, "type": t, "doc": d} for n, t, d in SAMPLE_FIELDS],
+        article_fields=[{"name": n} for n, _, _ in ARTICLE_FIELDS],
+    )
+
+
+def write_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] | None = None) -> Path:
+    """Write ``README.md`` and ``card/*.png`` into the dataset folder ``out``."""
+    out = Path(out)
+    if not (out / FIGURES_INDEX).exists():
+        raise FileNotFoundError(f"{out} has no {FIGURES_INDEX}: run `biomedica build` first")
+    write_table_configs(out)
+    make_plots(collect_stats(out), out / CARD_DIR)
+    path = out / "README.md"
+    atomic_write_bytes(path, render_card(out, repo_id, extra_configs).encode())
+    return path
+
+
+__all__ = ["write_card", "render_card", "card_configs", "collect_stats", "make_plots", "human_size",
+           "size_category"]
