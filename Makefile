@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0           # the CPU wheel; must come before everything else
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python .ci/torchvision_cpu_shim.py     # PyPI torchvision is CUDA-built: see the script
 	touch $(STAMP)
 
 install: $(STAMP)
