@@ -82,9 +82,9 @@ def raw_baseline(src: Path) -> int:
     return n
 
 
-def run_build(src: Path, out: Path, workers: int) -> tuple[float, int, float]:
+def run_build(src: Path, out: Path, workers: int, executor: str = "local") -> tuple[float, int, float]:
     cmd = [str(Path(sys.executable).parent / "biomedica"), "build", "--input", str(src), "--out", str(out),
-           "--workers", str(workers), "--no-dedup", "--no-progress"]
+           "--workers", str(workers), "--no-dedup", "--no-progress", "--executor", executor, "--address", "local"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
@@ -96,10 +96,29 @@ def run_build(src: Path, out: Path, workers: int) -> tuple[float, int, float]:
     return dt, samples, peak
 
 
+def _noop(x):
+    return x
+
+
+def task_overhead(n: int = 400) -> dict[str, float]:
+    """Milliseconds per no-op task through each executor (start-up excluded)."""
+    from biomedica_hf.executors import make_executor
+
+    out = {}
+    for kind in ("local", "ray"):
+        with make_executor(kind, workers=2, address="local") as ex:
+            list(ex.map(_noop, range(20)))  # warm the workers
+            t0 = time.perf_counter()
+            assert len(list(ex.map(_noop, range(n)))) == n
+            out[kind] = (time.perf_counter() - t0) / n * 1000
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--min-figures", type=int, default=2000)
     ap.add_argument("--keep", type=Path, default=None, help="keep inputs/outputs in this folder")
+    ap.add_argument("--ray", action="store_true", help="also run with --executor ray (local Ray instance)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_build_")) if args.keep is None else args.keep
     src = root / "input"
@@ -113,17 +132,22 @@ def main() -> None:
     dt = time.perf_counter() - t0
     rows.append(("raw: read packages + decode every image", 1, n_raw, dt,
                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-    for w in (1, 2):
-        out = root / f"out_w{w}"
-        shutil.rmtree(out, ignore_errors=True)
-        dt, n, peak = run_build(src, out, w)
-        rows.append(("biomedica build (parse+media+ledger+shards)", w, n, dt, peak))
+    for executor in ("local", "ray") if args.ray else ("local",):
+        for w in (1, 2):
+            out = root / f"out_{executor}_w{w}"
+            shutil.rmtree(out, ignore_errors=True)
+            dt, n, peak = run_build(src, out, w, executor)
+            rows.append((f"biomedica build --executor {executor}", w, n, dt, peak))
 
     print("| pipeline | workers | pairs | seconds | pairs/s | pairs/s per core | peak RSS (MB) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, w, n, dt, peak in rows:
         print(f"| {name} | {w} | {n} | {dt:.1f} | {n / dt:.1f} | {n / dt / w:.1f} | {peak:.0f} |")
     print("| BIOMEDICA serializer (published) | 1 | - | - | ~2 | ~2 | - |")
+    if args.ray:
+        print("\nper-task overhead (no-op task, 2 workers):")
+        for kind, ms in task_overhead().items():
+            print(f"- {kind}: {ms:.2f} ms per task")
     print("\nraw counts every image file (thumbnails too); build counts written pairs. "
           "Peak RSS of the build is the largest single process (driver or worker).")
     if args.keep is None:

@@ -80,7 +80,14 @@ def _parse_bytes(text: str) -> int:
               help="Text file of PMCIDs (PMC123 or PMC123.2 for a version), one per line.")
 @click.option("--all", "list_all", is_flag=True, help="Cloud: list every article of the bucket (ListObjectsV2).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output dataset folder.")
-@click.option("--workers", type=int, default=None, help="Processes for parse/decode/write [default: CPU count].")
+@click.option("--workers", type=int, default=None,
+              help="Processes for parse/decode/write [default: CPU count]; with --executor ray and "
+                   "--address local, the CPUs of the local Ray instance.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: a process pool on this machine; ray: tasks on a Ray cluster (pip install "
+                   "'biomedica-hf[ray]'). Same tasks and completion markers: either can resume the other.")
+@click.option("--address", "ray_address", default="auto", show_default=True,
+              help="Ray cluster address: auto, ray://HOST:10001, or local (start a Ray instance here).")
 @click.option("--limit", type=int, default=None, help="Only the first N listed articles.")
 @click.option("--shard-samples", type=int, default=10_000, show_default=True, help="Max samples per shard.")
 @click.option("--shard-bytes", default="1GB", show_default=True, help="Target max shard size (e.g. 500MB).")
@@ -99,7 +106,7 @@ def _parse_bytes(text: str) -> int:
 @click.option("--eutils-url", default=None, help="E-utilities base URL for --enrich.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out, workers, limit, shard_samples,
+def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out, workers, executor, ray_address, limit, shard_samples,
           shard_bytes, seed, no_dedup, min_side, keep_empty_captions, retry_failed, keep_downloads, rate, retries, enrich, eutils_url, no_progress,
           verbose):
     """Build WebDataset shards (per licence subset) + articles table + ledger from PMC-OA.
@@ -121,6 +128,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         dedup_images=not no_dedup,
         media=MediaOptions(min_side=min_side, keep_empty_captions=keep_empty_captions),
         keep_downloads=keep_downloads, retry_failed=retry_failed, progress=not no_progress,
+        executor=executor, ray_address=ray_address,
         command=" ".join(["biomedica", *sys.argv[1:]]))
     report = run_build(cfg)
     click.echo(report.text())

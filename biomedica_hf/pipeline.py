@@ -17,14 +17,14 @@ import logging
 import shutil
 import time
 from collections import defaultdict
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from . import __version__
+from .executors import make_executor
 from .index import build_figures_index
 from .ledger import check_unique, format_summary, write_ledger
 from .plan import Plan, PlannedSample, make_plan
@@ -56,6 +56,8 @@ class BuildConfig:
     media: MediaOptions = field(default_factory=MediaOptions)
     keep_downloads: bool = False
     retry_failed: bool = False                    # re-process staged articles that have failed items
+    executor: str = "local"                       # local (process pool) | ray
+    ray_address: str | None = None                # ray: "auto", "ray://host:10001" or "local"
     progress: bool = True
     command: str = ""
 
@@ -134,23 +136,6 @@ def _write_shard_task(args: tuple) -> dict:
             yield s
 
     return write_shard(Path(out), subset, index, samples(), digest)
-
-
-def _run(executor: Executor | None, fn: Callable, items: Iterable, window: int) -> Iterable:
-    """Map ``fn`` over ``items`` with at most ``window`` tasks in flight; results in completion order."""
-    if executor is None:
-        for it in items:
-            yield fn(it)
-        return
-    pending: set[Future] = set()
-    for it in items:
-        pending.add(executor.submit(fn, it))
-        if len(pending) >= window:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                yield f.result()
-    for f in pending:
-        yield f.result()
 
 
 # ----------------------------------------------------------------------------------- stages
@@ -265,18 +250,19 @@ def build(cfg: BuildConfig) -> BuildReport:
             or (cfg.retry_failed and _has_failures(work, r.pmcid))]
     n_resumed = len(refs) - len(todo)
     transient: list[LedgerEntry] = []
-    worker_opts = dict(cfg.source_opts)
-    if worker_opts.get("rate"):  # the politeness limit is for the whole build: split it across workers
-        worker_opts["rate"] = worker_opts["rate"] / max(1, cfg.workers)
-    init = (cfg.source, worker_opts, str(work), cfg.media, cfg.keep_downloads)
-    executor = ProcessPoolExecutor(cfg.workers, initializer=_init_worker, initargs=init) if cfg.workers > 1 else None
-    if executor is None:
-        _init_worker(*init)
+    def init_args(slots: int) -> tuple:
+        opts = dict(cfg.source_opts)
+        if opts.get("rate"):  # the politeness limit is for the whole build: split it across task slots
+            opts["rate"] = opts["rate"] / slots
+        return cfg.source, opts, str(work), cfg.media, cfg.keep_downloads
+
+    executor = make_executor(cfg.executor, workers=cfg.workers, address=cfg.ray_address,
+                             initializer=_init_worker, initargs=init_args)
     n_samples = n_bytes = 0
     t_stage = time.time()
     try:
         bar = tqdm(total=len(todo), desc="articles", unit="art", disable=not cfg.progress)
-        for r in _run(executor, _stage_ref, todo, window=max(4, 4 * cfg.workers)):
+        for r in executor.map(_stage_ref, todo):
             if not r["staged"]:
                 transient.append(LedgerEntry(**r["transient"]))
             n_samples += r.get("samples", 0)
@@ -298,12 +284,11 @@ def build(cfg: BuildConfig) -> BuildReport:
                  for s in plan.shards if not shard_done(out, s.subset, s.index, s.digest)]
         skipped = len(plan.shards) - len(tasks)
         bar = tqdm(total=len(tasks), desc="shards", unit="shard", disable=not cfg.progress)
-        for _ in _run(executor, _write_shard_task, tasks, window=max(2, 2 * cfg.workers)):
+        for _ in executor.map(_write_shard_task, tasks):
             bar.update(1)
         bar.close()
     finally:
-        if executor is not None:
-            executor.shutdown()
+        executor.close()
         if "source" in _WORKER:
             _WORKER["source"].close()
         _WORKER.clear()
@@ -328,7 +313,7 @@ def build(cfg: BuildConfig) -> BuildReport:
     atomic_write_json(out / "build_summary.json", {
         "version": __version__, "command": cfg.command, "source": cfg.source,
         "source_opts": {k: str(v) for k, v in cfg.source_opts.items()},
-        "seed": cfg.seed, "dedup_images": cfg.dedup_images, "shard_max_samples": cfg.shard_max_samples, "shard_max_bytes": cfg.shard_max_bytes,
+        "executor": cfg.executor, "seed": cfg.seed, "dedup_images": cfg.dedup_images, "shard_max_samples": cfg.shard_max_samples, "shard_max_bytes": cfg.shard_max_bytes,
         "media": dataclasses.asdict(cfg.media), "articles_listed": len(refs), "articles": len(articles),
         "samples": per_subset, "duplicates_removed": len(plan.duplicates),
         "shards": {s: [x.name + ".tar" for x in plan.shards if x.subset == s] for s in SUBSETS},

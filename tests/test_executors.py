@@ -1,0 +1,104 @@
+"""`--executor ray` against a real local Ray instance (2 CPUs): identical output to `--executor local`,
+a killed worker's task is retried, a killed driver resumes without redoing finished work."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("ray")
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent / "biomedica"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_build import replicate  # noqa: E402  (real fixture articles with fresh PMCIDs)
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and "_work" not in p.parts and not p.name.endswith("_stats.json")
+            and p.name not in ("build_summary.json", "README.md")}
+
+
+def _args(inp: Path, out: Path, *extra: str) -> list[str]:
+    return [str(BIN), "build", "--input", str(inp), "--out", str(out), "--no-progress", "--shard-samples", "40",
+            "--workers", "2", *extra]
+
+
+RAY = ("--executor", "ray", "--address", "local")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    inp = tmp_path_factory.mktemp("ray_in")
+    replicate(inp, 150)
+    ref = tmp_path_factory.mktemp("ray_ref")
+    r = subprocess.run(_args(inp, ref, "--executor", "local"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return inp, ref
+
+
+def test_ray_output_equals_local_byte_for_byte(corpus, tmp_path):
+    inp, ref = corpus
+    out = tmp_path / "ray"
+    r = subprocess.run(_args(inp, out, *RAY), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert _outputs(out) == _outputs(ref)
+    assert '"executor": "ray"' in (out / "build_summary.json").read_text()
+
+
+def _ray_task_workers() -> list[psutil.Process]:
+    """Ray worker processes that are running one of our tasks right now (process title ray::<task>)."""
+    return [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith("ray::_ray_call")]
+
+
+def test_killed_worker_task_is_retried(corpus, tmp_path):
+    inp, ref = corpus
+    out = tmp_path / "ray_kill"
+    proc = subprocess.Popen(_args(inp, out, *RAY), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    t0 = time.time()
+    while killed is None and time.time() - t0 < 300 and proc.poll() is None:
+        staged = list((out / "_work" / "staged").glob("*.json")) if (out / "_work" / "staged").is_dir() else []
+        if len(staged) >= 10:
+            workers = _ray_task_workers()
+            if workers:
+                killed = workers[0].pid
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.005)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert killed is not None, "no running Ray task worker was seen"
+    assert proc.returncode == 0, stderr[-3000:]
+    ledger = pq.read_table(out / "ledger.parquet").to_pylist()
+    assert not [r for r in ledger if r["reason"] == "internal_error"]
+    assert _outputs(out) == _outputs(ref)
+
+
+def test_driver_killed_then_resumed_by_the_other_executor(corpus, tmp_path):
+    inp, ref = corpus
+    out = tmp_path / "ray_driver"
+    staged_dir = out / "_work" / "staged"
+    proc = subprocess.Popen(_args(inp, out, *RAY), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    t0 = time.time()
+    while time.time() - t0 < 300 and proc.poll() is None:
+        if staged_dir.is_dir() and len(list(staged_dir.glob("*.json"))) >= 40:
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+    proc.wait()
+    n_done = len(list(staged_dir.glob("*.json")))
+    assert n_done >= 40 and not (out / "ledger.parquet").exists()
+    r = subprocess.run(_args(inp, out, "--executor", "local"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    resumed = int(re.search(r"resumed: (\d+)", r.stdout).group(1))
+    assert resumed >= n_done
+    assert _outputs(out) == _outputs(ref)
