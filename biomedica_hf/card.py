@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from . import __version__
+from .hub import human_size
 from .index import FIGURES_INDEX, TABLE_CONFIGS, table_config_columns, write_table_configs
 from .schema import ARTICLE_FIELDS, SAMPLE_FIELDS, SUBSETS, webdataset_features
 from .writer import atomic_write_bytes
@@ -30,14 +31,6 @@ MAX_SHARD_ROWS = 50
 TASK_CATEGORIES = ["image-to-text", "zero-shot-image-classification", "image-feature-extraction",
                    "image-text-to-text"]
 TAGS = ["biology", "medical", "biomedical", "pubmed", "pmc", "scientific-figures", "image-text", "webdataset"]
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def size_category(n: int) -> str:

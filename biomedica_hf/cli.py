@@ -194,5 +194,32 @@ def enrich(dataset, base_url, api_key):
     _run_enrich(dataset, base_url, api_key)
 
 
+@main.command()
+@click.argument("dataset", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--repo-id", required=True, help="Hub dataset repository, ORG/NAME.")
+@click.option("--private", is_flag=True, help="Create the repository private (refused if it exists and is public).")
+@click.option("--revision", default=None, help="Branch to push to (created if missing) [default: main].")
+@click.option("--dry-run", is_flag=True, help="Only print the plan: files, sizes, what is left out and why.")
+@click.option("--num-workers", type=int, default=None,
+              help="Parallel uploads (upload_large_folder on huggingface_hub < 2; 2.x manages this itself).")
+def push(dataset, repo_id, private, revision, dry_run, num_workers):
+    """Upload DATASET to the Hugging Face Hub as a dataset repository.
+
+    Idempotent and resumable: the repository is created if missing, unchanged files are skipped, and
+    an interrupted push is completed by running the same command again. The work folder (_work/) and
+    temporary files are never uploaded; an unfinished build or a missing dataset card blocks the push.
+    """
+    from .hub import HubError, push_folder
+
+    try:
+        plan = push_folder(dataset, repo_id, private=private, revision=revision, dry_run=dry_run,
+                           num_workers=num_workers)
+    except HubError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(plan.text())
+    if not dry_run:
+        click.echo(f"Pushed to https://huggingface.co/datasets/{repo_id}")
+
+
 if __name__ == "__main__":
     main()
