@@ -221,5 +221,15 @@ def push(dataset, repo_id, private, revision, dry_run, num_workers):
         click.echo(f"Pushed to https://huggingface.co/datasets/{repo_id}")
 
 
+def _register_commands() -> None:
+    """Commands of the other stages live next to their code; their modules import only click at load."""
+    from .eval.cli import COMMANDS as EVAL_COMMANDS
+
+    for command in EVAL_COMMANDS:
+        main.add_command(command)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()

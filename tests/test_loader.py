@@ -1,0 +1,342 @@
+"""``load_biomedica`` on a real build of the fixture corpus (many small shards, all three subsets)."""
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from datasets import Dataset, IterableDataset
+from datasets.distributed import split_dataset_by_node
+
+from biomedica_hf.loader import ShardRanges, dataset_file_url, load_biomedica, split_units
+from biomedica_hf.pipeline import BuildConfig, build
+from biomedica_hf.schema import SUBSETS
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch):
+    """Tests start outside torchrun: no inherited WORLD_SIZE changes the units."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, articles_dir) -> tuple[Path, list[dict]]:
+    """The fixture corpus built with 4 samples per shard, and its index rows."""
+    out = tmp_path_factory.mktemp("loader_ds")
+    build(BuildConfig(out=out, source="local", source_opts={"path": str(articles_dir)}, shard_max_samples=4,
+                      progress=False))
+    rows = pq.read_table(out / "figures.parquet").to_pylist()
+    assert len({r["shard"] for r in rows}) >= 5 and {r["subset"] for r in rows} == set(SUBSETS)
+    return out, rows
+
+
+def _keys(ds) -> list[str]:
+    return [ex["key"] for ex in ds]
+
+
+def _index_keys(rows: list[dict], pred) -> list[str]:
+    return sorted(r["key"] for r in rows if pred(r))
+
+
+def _tar_samples(out: Path) -> dict[str, dict[str, bytes]]:
+    """Every sample of every shard, read with tarfile: key -> {ext: bytes}."""
+    samples: dict[str, dict[str, bytes]] = {}
+    for tar_path in sorted(out.glob("*/*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar:
+                key, _, ext = m.name.partition(".")
+                samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return samples
+
+
+class _Recorder:
+    """Counting wrapper of ``fsspec.open``: the files opened and every (url, position, length) read."""
+
+    def __init__(self, real) -> None:
+        self.real, self.opened, self.reads = real, [], []
+
+    def __call__(self, url, mode="rb", **kwargs):
+        self.opened.append(url)
+        return _RecordingFile(self.real(url, mode, **kwargs), url, self.reads)
+
+
+class _RecordingFile:
+    def __init__(self, open_file, url: str, reads: list) -> None:
+        self.open_file, self.url, self.reads = open_file, url, reads
+
+    def __enter__(self):
+        self.f = self.open_file.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.open_file.__exit__(*exc)
+
+    def seek(self, pos: int) -> int:
+        return self.f.seek(pos)
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self.f.tell()
+        data = self.f.read(n)
+        self.reads.append((self.url, pos, len(data)))
+        return data
+
+
+# ---------------------------------------------------------------------------------- selection
+@pytest.mark.parametrize("subset", [*SUBSETS, "all", ["commercial", "other"]])
+def test_counts_per_subset_equal_the_index(built, subset):
+    out, rows = built
+    wanted = set(SUBSETS) if subset == "all" else {subset} if isinstance(subset, str) else set(subset)
+    ds = load_biomedica(out, subset=subset, decode=False)
+    assert isinstance(ds, IterableDataset)
+    keys = _keys(ds)
+    assert len(keys) == len(set(keys))
+    assert sorted(keys) == _index_keys(rows, lambda r: r["subset"] in wanted)
+
+
+def test_filters_give_exactly_the_index_selection(built):
+    out, rows = built
+    years = sorted({r["year"] for r in rows if r["year"] is not None})
+    lo, hi = years[0], years[len(years) // 2]
+    licenses = sorted({r["license_code"] for r in rows})[:2]
+    median = sorted(r["caption_chars"] for r in rows)[len(rows) // 2]
+    cases = [
+        ({"licenses": licenses[0]}, lambda r: r["license_code"] == licenses[0]),
+        ({"licenses": licenses}, lambda r: r["license_code"] in licenses),
+        ({"years": lo}, lambda r: r["year"] == lo),
+        ({"years": [lo, hi]}, lambda r: r["year"] in (lo, hi)),
+        ({"years": (lo, hi)}, lambda r: r["year"] is not None and lo <= r["year"] <= hi),
+        ({"years": (hi, None)}, lambda r: r["year"] is not None and r["year"] >= hi),
+        ({"min_caption_chars": median}, lambda r: r["caption_chars"] >= median),
+        ({"years": (lo, None), "min_caption_chars": median, "licenses": licenses},
+         lambda r: r["year"] is not None and r["year"] >= lo and r["caption_chars"] >= median
+         and r["license_code"] in licenses),
+    ]
+    for kwargs, pred in cases:
+        expected = _index_keys(rows, pred)
+        assert expected and len(expected) < len(rows), kwargs
+        assert sorted(_keys(load_biomedica(out, subset="all", decode=False, **kwargs))) == expected, kwargs
+
+
+def test_samples_equal_tar_members_byte_for_byte(built):
+    out, rows = built
+    members = _tar_samples(out)
+    seen = set()
+    for ex in load_biomedica(out, subset="all", decode=False):
+        m = members[ex["key"]]
+        ext = next(e for e in m if e not in ("txt", "json"))
+        assert ex["image"] == {"bytes": m[ext], "path": f"{ex['key']}.{ext}"}
+        assert ex["caption"] == m["txt"].decode()
+        assert ex["metadata"] == json.loads(m["json"])
+        seen.add(ex["key"])
+    assert seen == set(members) == {r["key"] for r in rows}
+
+
+def test_decoded_images_and_map_style_dataset(built, tmp_path):
+    out, rows = built
+    ds = load_biomedica(out, subset="other", streaming=False, cache_dir=str(tmp_path))
+    assert isinstance(ds, Dataset)
+    assert sorted(ds["key"]) == _index_keys(rows, lambda r: r["subset"] == "other")
+    for ex in ds:
+        assert ex["image"].size == (ex["metadata"]["width"], ex["metadata"]["height"])
+
+
+def test_shards_without_wanted_samples_are_never_opened(built, monkeypatch):
+    out, rows = built
+    lic = Counter(r["license_code"] for r in rows).most_common()[-1][0]
+    wanted = [r for r in rows if r["license_code"] == lic]
+    ds = load_biomedica(out, subset="all", licenses=lic, decode=False)
+    rec = _Recorder(fsspec.open)
+    monkeypatch.setattr(fsspec, "open", rec)
+    keys = _keys(ds)
+    assert sorted(keys) == sorted(r["key"] for r in wanted)
+    wanted_shards = {str(out / r["shard"]) for r in wanted}
+    assert len(wanted_shards) < len({r["shard"] for r in rows})
+    assert sorted(rec.opened) == sorted(wanted_shards)
+    # every byte read belongs to a wanted sample: unwanted samples are neither read nor decoded
+    spans = {(str(out / r["shard"]), r["tar_offset"], r["tar_offset"] + r["tar_size"]) for r in wanted}
+    read_bytes = 0
+    for url, pos, n in rec.reads:
+        covered = sorted((a, b) for u, a, b in spans if u == url and a < pos + n and b > pos)
+        assert covered and covered[0][0] == pos and covered[-1][1] == pos + n
+        assert sum(b - a for a, b in covered) == n              # no gap: no unwanted byte in the read
+        read_bytes += n
+    assert read_bytes == sum(r["tar_size"] for r in wanted)
+
+
+def test_contiguous_samples_are_read_in_one_read(built, monkeypatch):
+    out, rows = built
+    rec = _Recorder(fsspec.open)
+    monkeypatch.setattr(fsspec, "open", rec)
+    assert len(_keys(load_biomedica(out, subset="all", decode=False))) == len(rows)
+    assert len(rec.reads) == len(rec.opened) == len({r["shard"] for r in rows})
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_no_match_warns_and_is_empty(built, streaming, tmp_path):
+    out, _ = built
+    with pytest.warns(UserWarning, match="no sample"):
+        ds = load_biomedica(out, subset="all", years=1800, streaming=streaming,
+                            **({} if streaming else {"cache_dir": str(tmp_path)}))
+    assert _keys(ds) == []
+
+
+# ---------------------------------------------------------------------------------- concepts
+@pytest.fixture(scope="module")
+def with_concepts(built, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A copy of the dataset whose index has ``concepts`` / ``local_concepts`` assigned here."""
+    out, _ = built
+    copy = tmp_path_factory.mktemp("concepts") / "ds"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("_work"))
+    table = pq.read_table(copy / "figures.parquet")
+    global_ = [[["microscopy"], ["chart", "plot"], []][i % 3] for i in range(table.num_rows)]
+    local = [["fluorescence"] if i % 4 == 0 else [] for i in range(table.num_rows)]
+    table = table.append_column("concepts", pa.array(global_, pa.list_(pa.string())))
+    table = table.append_column("local_concepts", pa.array(local, pa.list_(pa.string())))
+    pq.write_table(table, copy / "figures.parquet")
+    return copy, table.to_pylist()
+
+
+@pytest.mark.parametrize("kwargs, pred", [
+    ({"concepts": ["plot"]}, lambda r: "plot" in r["concepts"]),
+    ({"concepts": "fluorescence"}, lambda r: "fluorescence" in r["local_concepts"]),
+    ({"concepts": ["microscopy", "fluorescence"]},
+     lambda r: "microscopy" in r["concepts"] or "fluorescence" in r["local_concepts"]),
+    ({"exclude_concepts": ["microscopy"]}, lambda r: "microscopy" not in r["concepts"]),
+    ({"concepts": ["chart", "microscopy"], "exclude_concepts": "fluorescence"},
+     lambda r: bool({"chart", "microscopy"} & set(r["concepts"])) and "fluorescence" not in r["local_concepts"]),
+])
+def test_concept_filters(with_concepts, kwargs, pred):
+    copy, rows = with_concepts
+    expected = _index_keys(rows, pred)
+    assert expected and len(expected) < len(rows)
+    assert sorted(_keys(load_biomedica(copy, subset="all", decode=False, **kwargs))) == expected
+
+
+def test_concepts_without_the_column_is_a_clear_error(built):
+    out, _ = built
+    with pytest.raises(ValueError, match="no `concepts` column"):
+        load_biomedica(out, subset="all", concepts=["microscopy"])
+    with pytest.raises(ValueError, match="no `concepts` column"):
+        load_biomedica(out, subset="all", exclude_concepts="microscopy")
+
+
+# ---------------------------------------------------------------------------------- locations
+def test_dataset_file_url_local_and_hub(tmp_path):
+    assert dataset_file_url(tmp_path, "other/000001.tar") == str(tmp_path.resolve() / "other" / "000001.tar")
+    assert dataset_file_url(str(tmp_path), "figures.parquet") == str(tmp_path.resolve() / "figures.parquet")
+    with pytest.raises(ValueError, match="local folder"):
+        dataset_file_url(tmp_path, "figures.parquet", revision="v1")
+    assert dataset_file_url("org/biomedica", "figures.parquet") == "hf://datasets/org/biomedica@main/figures.parquet"
+    assert (dataset_file_url("org/biomedica", "commercial/000000.tar", revision="v1.0")
+            == "hf://datasets/org/biomedica@v1.0/commercial/000000.tar")
+    assert (dataset_file_url("org/biomedica", "figures.parquet", revision="refs/pr/3")
+            == "hf://datasets/org/biomedica@refs%2Fpr%2F3/figures.parquet")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        dataset_file_url(str(tmp_path / "missing"), "figures.parquet")
+
+
+def test_missing_index_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no figures\.parquet.*biomedica build"):
+        load_biomedica(tmp_path)
+
+
+# ---------------------------------------------------------------------------------- distribution
+def test_split_units_makes_the_count_divisible_and_keeps_order():
+    units = [ShardRanges("a", np.array([[0, 10], [10, 10], [20, 5], [40, 5], [45, 5]])),
+             ShardRanges("b", np.array([[0, 7]])), ShardRanges("c", np.array([[0, 3], [3, 3]]))]
+    split = split_units(units, 4)
+    assert len(split) == 4 and all(len(u.ranges) for u in split)
+    for url in "abc":
+        parts = [u.ranges for u in split if u.url == url]
+        orig = next(u.ranges for u in units if u.url == url)
+        assert np.array_equal(np.concatenate(parts), orig)
+    assert [len(u.ranges) for u in split] == [3, 2, 1, 2]
+    assert split_units(units, 3) is units                     # already divisible
+    assert split_units(units, 16) is units                    # 8 samples cannot make 16 units
+
+
+def test_units_divisible_by_ranks_times_workers(built, monkeypatch):
+    out, rows = built
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = load_biomedica(out, subset="all", world_size=2, num_workers=2, decode=False)
+        assert ds.num_shards % 4 == 0
+        assert sorted(_keys(ds)) == sorted(r["key"] for r in rows)
+        n_commercial = sum(r["subset"] == "commercial" for r in rows)
+        assert load_biomedica(out, world_size=n_commercial).num_shards == n_commercial
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert load_biomedica(out, subset="other").num_shards % 2 == 0
+    with pytest.warns(UserWarning, match=r"cannot be made a multiple of world_size x num_workers.*every rank read all"):
+        load_biomedica(out, world_size=n_commercial + 1)
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.warns(UserWarning, match="some stay idle"):
+        load_biomedica(out, num_workers=n_commercial + 1)
+
+
+def test_split_dataset_by_node_partitions(built):
+    out, rows = built
+    ds = load_biomedica(out, subset="all", world_size=2, decode=False).shuffle(seed=3, buffer_size=5)
+    parts = [_keys(split_dataset_by_node(ds, rank=r, world_size=2)) for r in range(2)]
+    assert all(parts) and not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == sorted(r["key"] for r in rows)
+    assert split_dataset_by_node(ds, rank=0, world_size=2).num_shards == ds.num_shards // 2
+
+
+def _collate(batch: list[dict]) -> list[str]:
+    return [ex["key"] for ex in batch]
+
+
+def test_dataloader_two_workers_yields_every_sample_once(built):
+    from torch.utils.data import DataLoader
+
+    out, rows = built
+    ds = load_biomedica(out, subset="all", num_workers=2, decode=False)
+    keys = [ex["key"] for ex in DataLoader(ds, num_workers=2, batch_size=None)]
+    assert Counter(keys) == Counter(r["key"] for r in rows)
+    decoded = load_biomedica(out, subset="other", num_workers=2)
+    batches = list(DataLoader(decoded, num_workers=2, batch_size=3, collate_fn=_collate))
+    assert sorted(k for b in batches for k in b) == _index_keys(rows, lambda r: r["subset"] == "other")
+
+
+def test_shuffle_is_a_seeded_permutation(built):
+    out, rows = built
+    ds = load_biomedica(out, subset="all", decode=False)
+    a, b = _keys(ds.shuffle(seed=1, buffer_size=6)), _keys(ds.shuffle(seed=1, buffer_size=6))
+    assert a == b and a != _keys(ds) and sorted(a) == sorted(r["key"] for r in rows)
+
+
+@pytest.mark.parametrize("k", [1, 4, 9, 22])
+def test_state_dict_resumes_with_exactly_the_remaining_samples(built, k):
+    out, _ = built
+    full = _keys(load_biomedica(out, subset="all", decode=False))
+    ds = load_biomedica(out, subset="all", decode=False)
+    head = []
+    for ex in ds:
+        head.append(ex["key"])
+        if len(head) == k:
+            state = ds.state_dict()
+            break
+    resumed = load_biomedica(out, subset="all", decode=False)
+    resumed.load_state_dict(json.loads(json.dumps(state)))   # a checkpoint survives serialisation
+    assert head + _keys(resumed) == full
+
+
+def test_stale_index_is_a_clear_error(built, tmp_path):
+    out, _ = built
+    copy = tmp_path / "ds"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("_work"))
+    table = pq.read_table(copy / "figures.parquet")
+    shifted = pc.add(table["tar_offset"], 512)
+    pq.write_table(table.set_column(table.schema.get_field_index("tar_offset"), "tar_offset", shifted),
+                   copy / "figures.parquet")
+    with pytest.raises(ValueError, match="index is stale"):
+        _keys(load_biomedica(copy, subset="all", decode=False))
