@@ -1,0 +1,36 @@
+"""Evaluation harness: zero-shot classification and image-text retrieval of CLIP-style models.
+
+>>> from biomedica_hf.eval import load_model, resolve_tasks, run_eval
+>>> results, summary = run_eval("ViT-B-32:laion2b_s34b_b79k", resolve_tasks("@fixtures"), out="runs/vitb32")
+
+Modules: ``adapters`` (model SPECs -> ``ModelAdapter``), ``tasks`` (registry), ``evalset`` (the
+eval-set Parquet layout), ``metrics`` (pure metrics, tie rule), ``retrieval`` (chunked exact ranks),
+``zeroshot``, ``runner``, ``report``, ``cli`` (``COMMANDS`` for the top-level ``biomedica`` group).
+Heavy imports (torch, open_clip, transformers) happen inside these modules, not here.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "ModelAdapter": "adapters", "OpenClipAdapter": "adapters", "TransformersClipAdapter": "adapters",
+    "load_model": "adapters", "parse_model_spec": "adapters", "save_open_clip_folder": "adapters",
+    "Task": "tasks", "DataContext": "tasks", "resolve_tasks": "tasks", "get_task": "tasks", "register": "tasks",
+    "retrieval_task": "tasks", "run_eval": "runner", "run_task": "runner", "EvalConfig": "runner",
+    "write_evalset": "evalset", "read_evalset": "evalset", "DataNotFoundError": "evalset",
+    "write_clip_tokenizer": "hf_tokenizer",
+}
+
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .adapters import ModelAdapter, load_model  # noqa: F401
+    from .runner import run_eval  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(name)

@@ -1,0 +1,44 @@
+"""A transformers ``CLIPTokenizer`` folder built offline from open_clip's bundled BPE vocabulary.
+
+``CLIPTokenizer(vocab_file=..., merges_file=...)`` silently builds a 2-token tokenizer in
+transformers 5.x; writing the files into a folder and calling ``from_pretrained(folder)`` works, and
+gives the same ids as ``open_clip.get_tokenizer`` (49,408 tokens, <|startoftext|> 49406, <|endoftext|> 49407).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    from open_clip.tokenizer import bytes_to_unicode
+
+    return bytes_to_unicode()
+
+
+def write_clip_tokenizer(out_dir: str | os.PathLike, model_max_length: int = 77):
+    """Write vocab.json, merges.txt and the tokenizer configs into ``out_dir``; returns the loaded tokenizer."""
+    from open_clip.tokenizer import default_bpe
+    from transformers import CLIPTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with gzip.open(default_bpe()) as fh:
+        merges = fh.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    base = list(_bytes_to_unicode().values())
+    vocab = base + [v + "</w>" for v in base] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+               "pad_token": "<|endoftext|>"}
+    (out / "special_tokens_map.json").write_text(json.dumps(special))
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "CLIPTokenizer", "model_max_length": model_max_length, "do_lower_case": True, **special}))
+    tok = CLIPTokenizer.from_pretrained(str(out))
+    if len(tok) != len(vocab):
+        raise RuntimeError(f"CLIPTokenizer built {len(tok)} tokens, expected {len(vocab)}")
+    tok.save_pretrained(str(out))
+    return tok

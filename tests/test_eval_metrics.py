@@ -1,0 +1,176 @@
+"""Pure metric functions of the evaluation harness, against hand-computed values (ties included)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from biomedica_hf.eval.metrics import (
+    classification_report,
+    rank_counts_dense,
+    ranks_from_counts,
+    recall_at_k,
+    retrieval_metrics,
+    tie_aware_predictions,
+    zero_shot_metrics,
+)
+from biomedica_hf.eval.report import compare_markdown, domain_summary, markdown_report, model_index_yaml
+from biomedica_hf.eval.retrieval import chunked_rank_counts, retrieval_scores
+
+# 3 queries x 4 gallery items, correct item of query i is gallery i
+SIM = np.array([[0.9, 0.9, 0.1, 0.5],     # tie with one other item           -> higher 0, ties 1
+                [0.8, 0.3, 0.3, 0.3],     # one better, tie with two others    -> higher 1, ties 2
+                [0.2, 0.1, 0.7, 0.0]])    # clear first                        -> higher 0, ties 0
+
+
+def test_rank_counts_by_hand():
+    higher, ties = rank_counts_dense(SIM)
+    assert higher.tolist() == [0, 1, 0] and ties.tolist() == [1, 2, 0]
+    assert ranks_from_counts(higher, ties, "pessimistic").tolist() == [2, 4, 1]
+    assert ranks_from_counts(higher, ties, "optimistic").tolist() == [1, 2, 1]
+    assert ranks_from_counts(higher, ties, "expected").tolist() == [1.5, 3, 1]
+
+
+@pytest.mark.parametrize("rule,k,expected", [
+    ("pessimistic", 1, 1 / 3), ("pessimistic", 2, 2 / 3), ("pessimistic", 4, 1.0),
+    ("optimistic", 1, 2 / 3), ("optimistic", 2, 1.0),
+    # random tie-break expectation: q0 1/2, q1 (k - 1) / 3 clipped, q2 1
+    ("expected", 1, (0.5 + 0 + 1) / 3), ("expected", 2, (1 + 1 / 3 + 1) / 3), ("expected", 3, (1 + 2 / 3 + 1) / 3),
+])
+def test_recall_at_k_tie_rules(rule, k, expected):
+    higher, ties = rank_counts_dense(SIM)
+    assert recall_at_k(higher, ties, k, rule) == pytest.approx(expected)
+
+
+def test_retrieval_metrics_mean_and_median_rank():
+    m = retrieval_metrics(*rank_counts_dense(SIM), ks=(1, 2))
+    assert m == pytest.approx({"R@1": 1 / 3, "R@2": 2 / 3, "mean_rank": 7 / 3, "median_rank": 2.0, "n_queries": 3})
+    assert retrieval_metrics(*rank_counts_dense(SIM), ks=(1,), rule="expected")["mean_rank"] == pytest.approx(5.5 / 3)
+
+
+def test_chunked_counts_exact_ties_by_hand():
+    # dot products 1, 1, 0, 0.5 are exact in float32: the correct item (0) ties with item 1
+    q = torch.tensor([[1.0, 0.0]])
+    g = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    for chunk in (1, 2, 3, 4):
+        h, t = chunked_rank_counts(q, g, query_chunk=1, gallery_chunk=chunk, tie_eps=0.0)
+        assert (h.tolist(), t.tolist()) == ([0], [1])
+    h, t = chunked_rank_counts(q, g, targets=torch.tensor([3]), gallery_chunk=3, tie_eps=0.0)
+    assert (h.tolist(), t.tolist()) == ([2], [0])       # 0.5 is beaten by the two 1.0 items
+
+
+@pytest.mark.parametrize("qc,gc", [(1, 1), (2, 3), (7, 5), (64, 64)])
+def test_chunked_counts_match_dense_with_duplicates(qc, gc):
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(23, 8, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(23, 8, generator=g), dim=-1)
+    txt[5] = txt[9]                  # duplicate captions: a real tie for queries 5 and 9 ...
+    img[3] = img[4]                  # ... and duplicate images
+    for q, gal in ((img, txt), (txt, img)):
+        dense = rank_counts_dense((q.double() @ gal.double().T).numpy())
+        h, t = chunked_rank_counts(q, gal, query_chunk=qc, gallery_chunk=gc)
+        assert h.tolist() == dense[0].tolist() and t.tolist() == dense[1].tolist()
+    h, t = chunked_rank_counts(img, txt)
+    assert t[5] == 1 and t[9] == 1    # each duplicate ties with the other: pessimistic rank >= 2
+    scores = retrieval_scores(img, txt, ks=(1, 100))
+    assert scores["image_to_text"]["R@100"] == 1.0 and scores["image_to_text"]["n_queries"] == 23
+
+
+def test_chunked_counts_reject_bad_targets():
+    with pytest.raises(ValueError):
+        chunked_rank_counts(torch.ones(2, 2), torch.ones(3, 2), targets=torch.tensor([0, 3]))
+
+
+# -------------------------------------------------------------------------------- classification
+SCORES = np.array([[0.5, 0.5, 0.1],    # true 0 ties with 1            -> predicted 1 (error)
+                   [0.2, 0.9, 0.9],    # true 2 ties with 1            -> predicted 1 (error)
+                   [0.7, 0.1, 0.2],    # true 0, clear                 -> 0
+                   [0.3, 0.3, 0.3],    # true 1, three-way tie          -> 0 (lowest other)
+                   [0.1, 0.8, 0.2]])   # true 1, clear                 -> 1
+LABELS = np.array([0, 2, 0, 1, 1])
+
+
+def test_tie_aware_predictions_by_hand():
+    assert tie_aware_predictions(SCORES, LABELS).tolist() == [1, 1, 0, 0, 1]
+    # within tie_eps counts as a tie; exact comparison does not
+    near = np.array([[0.5, 0.5 + 1e-9]])
+    assert tie_aware_predictions(near, np.array([1])).tolist() == [1]
+    assert tie_aware_predictions(near, np.array([1]), tie_eps=1e-6).tolist() == [0]
+
+
+def test_zero_shot_metrics_by_hand():
+    m = zero_shot_metrics(SCORES, LABELS, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(2 / 5)
+    # recalls: a 1/2, b 1/2, c 0 ; precisions: a 1/2, b 1/3, c 0 ; F1: a 1/2, b 2/5, c 0
+    assert m["balanced_accuracy"] == pytest.approx(1 / 3)
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.4 + 0) / 3)
+    pc = {c["class"]: c for c in m["per_class"]}
+    assert pc["b"]["precision"] == pytest.approx(1 / 3) and pc["b"]["f1"] == pytest.approx(0.4)
+    assert pc["c"] == {"class": "c", "support": 1, "predicted": 0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert m["confusion_matrix"] == [[1, 1, 0], [1, 1, 0], [0, 1, 0]]
+
+
+def test_classification_report_agrees_with_sklearn():
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    labels, preds = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    m = classification_report(labels, preds, list("wxyz"))
+    assert m["accuracy"] == pytest.approx(accuracy_score(labels, preds))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, preds))
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, preds, average="macro"))
+
+
+def test_constant_scores_are_never_correct():
+    # a model that cannot tell classes apart gets 0 accuracy, not 1/K by argmax order
+    m = zero_shot_metrics(np.zeros((4, 2)), np.array([0, 0, 1, 1]), ["x", "y"])
+    assert m["accuracy"] == 0.0 and m["balanced_accuracy"] == 0.0
+
+
+def test_absent_options_are_excluded():
+    scores = np.array([[0.9, -np.inf, 0.1], [-np.inf, 0.2, 0.3]])
+    assert tie_aware_predictions(scores, np.array([0, 1])).tolist() == [0, 2]
+
+
+# --------------------------------------------------------------------------------------- report
+def _result(task, domain, acc, kind="zero-shot"):
+    if kind == "retrieval":
+        d = {"R@1": acc, "R@5": acc, "R@10": acc, "R@100": 1.0, "mean_rank": 2.0, "median_rank": 1.0, "n_queries": 5}
+        metrics = {"image_to_text": d, "text_to_image": d, "mean_recall": acc}
+        return {"task": task, "domain": domain, "kind": kind, "n": 5, "metrics": metrics, "primary": acc,
+                "primary_metric": "mean_recall", "dataset": {"name": task, "type": "folder", "split": "test"}}
+    metrics = {"accuracy": acc, "balanced_accuracy": acc / 2, "macro_f1": acc / 4}
+    return {"task": task, "domain": domain, "kind": kind, "n": 10, "metrics": metrics, "primary": acc,
+            "primary_metric": "accuracy", "classes": ["a", "b"], "dataset": {"name": task, "type": "x/y", "split": "test"}}
+
+
+def test_domain_summary_markdown_and_model_index():
+    results = [_result("t1", "radiology", 0.5), _result("t2", "radiology", 0.7), _result("t3", "pathology", 0.9),
+               _result("r", "retrieval", 0.25, "retrieval")]
+    dom = domain_summary(results)
+    assert dom["radiology"]["accuracy"] == pytest.approx(0.6) and dom["radiology"]["n_tasks"] == 2
+    md = markdown_report("m", results)
+    assert "| **average** (2 tasks) | | | **60.00** | **30.00** | **15.00** |" in md
+    assert "| **zero-shot, all tasks** | 3 | accuracy | **70.00** |" in md
+    card = yaml.safe_load(model_index_yaml('model "x"', results))
+    entry = card["model-index"][0]
+    assert entry["name"] == 'model "x"'
+    first = entry["results"][0]
+    assert first["task"]["type"] == "zero-shot-image-classification"
+    assert first["dataset"] == {"name": "t1", "type": "x/y", "split": "test"}
+    assert {"type": "accuracy", "value": 50.0, "name": "Accuracy"} in first["metrics"]
+    assert entry["results"][-1]["task"]["type"] == "image-text-retrieval"
+
+
+def test_compare_markdown_deltas():
+    a = {"model": "A", "tasks": {"t1": {"domain": "radiology", "primary": 0.5, "primary_metric": "accuracy"},
+                                 "t2": {"domain": "radiology", "primary": 0.7, "primary_metric": "accuracy"},
+                                 "only_a": {"domain": "x", "primary": 0.1, "primary_metric": "accuracy"}}}
+    b = {"model": "B", "tasks": {"t1": {"domain": "radiology", "primary": 0.6, "primary_metric": "accuracy"},
+                                 "t2": {"domain": "radiology", "primary": 0.65, "primary_metric": "accuracy"}}}
+    md = compare_markdown(a, b)
+    assert "| t1 | radiology | accuracy | 50.00 | 60.00 | +10.00 |" in md
+    assert "| t2 | radiology | accuracy | 70.00 | 65.00 | -5.00 |" in md
+    assert "| radiology | 2 | 60.00 | 62.50 | +2.50 |" in md
+    assert "only in A): only_a" in md
