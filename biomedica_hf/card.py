@@ -189,9 +189,6 @@ def make_plots(stats: dict, folder: Path) -> list[Path]:
         bar("licenses", [f"{x['code']} ({x['subset']})" for x in stats["licenses"]],
             [x["n"] for x in stats["licenses"]], "Samples per licence", horizontal=True),
     ]
-    if stats["concepts"]:
-        paths.append(bar("concepts", [c["name"] for c in stats["concepts"][:30]],
-                         [c["n"] for c in stats["concepts"][:30]], "Samples per concept", horizontal=True))
     return paths
 
 
@@ -201,8 +198,11 @@ def render_card(out: Path, repo_id: str | None = None, extra_configs: list[dict]
     stats = collect_stats(out)
     template = resources.files("dataset_card").joinpath("README.md.j2").read_text()
     env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
+    from .concepts.label import has_labels
+    from .concepts.plots import card_markdown
+
     return env.from_string(template).render(
-        **stats, yaml=yaml_header(out, stats, extra_configs).strip(), repo=repo_id or "ORG/biomedica",
+        **stats, concept_section=card_markdown(out) if has_labels(out) else "", yaml=yaml_header(out, stats, extra_configs).strip(), repo=repo_id or "ORG/biomedica",
         config_names=[c["config_name"] for c in card_configs(out, extra_configs)],
         sample_fields=[{"name": n, "type": t, "doc": d} for n, t, d in SAMPLE_FIELDS],
         article_fields=[{"name": n} for n, _, _ in ARTICLE_FIELDS],
@@ -210,14 +210,25 @@ def render_card(out: Path, repo_id: str | None = None, extra_configs: list[dict]
 
 
 def write_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] | None = None) -> Path:
-    """Write ``README.md`` and ``card/*.png`` into the dataset folder ``out``."""
+    """Write ``README.md`` and ``card/*.png`` into the dataset folder ``out``.
+
+    Concept annotation (``biomedica label``), when present, adds its subset configs, plots and section.
+    """
+    from .concepts.label import has_labels
+    from .concepts.plots import concept_plots
+    from .concepts.subsets import concept_card_configs
+
     out = Path(out)
     if not (out / FIGURES_INDEX).exists():
         raise FileNotFoundError(f"{out} has no {FIGURES_INDEX}: run `biomedica build` first")
     write_table_configs(out)
     make_plots(collect_stats(out), out / CARD_DIR)
+    extra = concept_card_configs(out) + [c for c in (extra_configs or [])
+                                         if c["config_name"] not in {x["config_name"] for x in concept_card_configs(out)}]
+    if has_labels(out):
+        concept_plots(out)
     path = out / "README.md"
-    atomic_write_bytes(path, render_card(out, repo_id, extra_configs).encode())
+    atomic_write_bytes(path, render_card(out, repo_id, extra).encode())
     return path
 
 

@@ -223,9 +223,10 @@ def push(dataset, repo_id, private, revision, dry_run, num_workers):
 
 def _register_commands() -> None:
     """Commands of the other stages live next to their code; their modules import only click at load."""
+    from .concepts.cli import COMMANDS as CONCEPT_COMMANDS
     from .eval.cli import COMMANDS as EVAL_COMMANDS
 
-    for command in EVAL_COMMANDS:
+    for command in CONCEPT_COMMANDS + EVAL_COMMANDS:
         main.add_command(command)
 
 

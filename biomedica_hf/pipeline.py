@@ -24,6 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import __version__
+from .concepts.label import labels_extra_columns
 from .executors import make_executor
 from .index import build_figures_index
 from .ledger import check_unique, format_summary, write_ledger
@@ -305,7 +306,7 @@ def build(cfg: BuildConfig) -> BuildReport:
     summary = write_ledger(out, entries)
     _write_duplicates(out, plan)
     per_subset = _write_sizes(out, plan)
-    build_figures_index(out)
+    build_figures_index(out, extra_columns=labels_extra_columns(out))  # concept labels survive a rebuild
     report = BuildReport(out=out, summary=summary, n_listed=len(refs), n_staged_now=len(todo) - len(transient),
                          n_resumed=n_resumed, shards_written=len(tasks), shards_skipped=skipped,
                          samples_per_subset=per_subset, n_duplicates=len(plan.duplicates),

@@ -1,0 +1,43 @@
+"""Concept annotation, after BIOMEDICA: DINOv2 embeddings -> PCA + k-means clusters -> expert labels
+(contact sheets, majority vote over annotators, taxonomy validation) -> labels on every sample ->
+concept subsets (``concept-filtered``, ``concept-balanced``) and card plots.
+
+One module per step (torch / transformers / scikit-learn are imported only where needed)::
+
+    embed.py     embed_dataset        DIR/embeddings/<subset>/NNNNNN.npy (+ keys, completion marker)
+    cluster.py   fit_clusters         DIR/concepts/cluster_model.npz, clusters.parquet
+    sheets.py    annotation_sheets    DIR/concepts/sheets/cluster_XXXX.png, index.html, blank annotations
+    label.py     apply_labels         votes -> figures.parquet / per-shard Parquet / labels.parquet columns
+    subsets.py   build_concept_subsets  DIR/concepts/<name>.parquet + DIR/<name>/*.tar + card configs
+    plots.py     concept_plots        DIR/card/*.png for the dataset card
+    cli.py       COMMANDS             the click commands
+    vocab.py     load_vocabulary      the shipped taxonomy (taxonomy/, MIT) and panel vocabulary
+    layout.py    file layout and byte-range reading
+"""
+from __future__ import annotations
+
+from .cluster import ClusterModel, fit_clusters, load_cluster_model
+from .embed import DEFAULT_MODEL, embed_dataset
+from .label import AnnotationError, apply_labels, labels_extra_columns, read_labels
+from .plots import card_markdown, concept_plots
+from .sheets import annotation_sheets
+from .subsets import build_concept_subsets, concept_card_configs
+from .vocab import load_vocabulary
+
+__all__ = [
+           "DEFAULT_MODEL",
+           "AnnotationError",
+           "ClusterModel",
+           "annotation_sheets",
+           "apply_labels",
+           "build_concept_subsets",
+           "card_markdown",
+           "concept_card_configs",
+           "concept_plots",
+           "embed_dataset",
+           "fit_clusters",
+           "labels_extra_columns",
+           "load_cluster_model",
+           "load_vocabulary",
+           "read_labels",
+]

@@ -1,0 +1,302 @@
+"""Concept subsets: selections of the figures index, materialised as WebDataset shards + card configs.
+
+* ``concept-filtered``: every labelled sample except those carrying an excluded global (or local)
+  concept. By default ``Plots and Charts`` is excluded, BIOMEDICA's over-represented concept (~51%
+  of pairs); the paper's best training set filtered over-represented concepts. Samples whose cluster
+  has no global concept are kept unless ``keep_unlabelled=False``.
+* ``concept-balanced``: at most ``cap`` samples per concept, chosen deterministically. Concepts are
+  filled rarest first; each takes its samples in seeded priority order (``layout.key_priority``),
+  counting samples already taken through a co-occurring concept, so a rare concept keeps all its
+  samples and a frequent one is cut to ``cap``. A concept can exceed ``cap`` only through samples
+  taken for a rarer co-occurring concept. ``cap`` defaults to the median concept size.
+
+Each selection is written as ``concepts/<name>.parquet`` (key, subset, source shard and offsets,
+labels, and ``out_shard`` / ``out_offset`` in the materialised copy) and materialised as
+``<name>/<subset>-NNNNNN.tar``: ``tar[tar_offset : tar_offset + tar_size]`` of a source shard is a
+self-contained run of the sample's three tar members, so concatenating the selected ranges and
+ending with two 512-byte zero blocks gives a valid tar with byte-identical members (no
+re-encoding). Shards never mix licence subsets (the file name says which: ``commercial-000000.tar``),
+so ``<name>/commercial-*.tar`` is the commercially usable part. ``datasets`` infers one builder per
+folder (WebDataset here), which is why a config's data files must be tars and not the Parquet list.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..schema import SUBSETS
+from ..writer import atomic_path, atomic_write_json
+from .layout import concepts_dir, figures_index_path, key_priority, write_table
+from .vocab import PLOTS_AND_CHARTS
+
+log = logging.getLogger(__name__)
+FILTERED = "concept-filtered"
+BALANCED = "concept-balanced"
+DEFAULT_EXCLUDE = (PLOTS_AND_CHARTS,)
+SHARD_SAMPLES = 10_000
+SHARD_BYTES = 1_000_000_000
+END_OF_ARCHIVE = b"\0" * 1024
+SELECTION_COLUMNS = ["key", "subset", "shard", "tar_offset", "tar_size", "image_offset", "image_size",
+                     "cluster", "panel_type", "concepts", "local_concepts"]
+
+
+# ------------------------------------------------------------------------------------ selections (pure)
+def _flat(lists: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(row index, value code, value names) of every element of a list<string> column (vectorised:
+    dictionary-encoded, no Python object per element)."""
+    arr = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+    rows = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+    encoded = pc.dictionary_encode(pc.list_flatten(arr))
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return rows, codes, encoded.dictionary.to_pylist()
+
+
+def has_any(lists: pa.Array | pa.ChunkedArray, values: Iterable[str]) -> np.ndarray:
+    """Per row: does the list contain any of ``values``."""
+    rows, codes, names = _flat(lists)
+    out = np.zeros(len(lists), bool)
+    wanted = [i for i, name in enumerate(names) if name in set(values)]
+    if wanted:
+        out[rows[np.isin(codes, wanted)]] = True
+    return out
+
+
+def filtered_mask(concepts: pa.Array | pa.ChunkedArray, exclude: Iterable[str] = DEFAULT_EXCLUDE,
+                  local_concepts: pa.Array | pa.ChunkedArray | None = None, exclude_local: Iterable[str] = (),
+                  keep_unlabelled: bool = True) -> np.ndarray:
+    """Rows kept by ``concept-filtered``: no excluded global / local concept."""
+    keep = ~has_any(concepts, exclude)
+    if local_concepts is not None and exclude_local:
+        keep &= ~has_any(local_concepts, exclude_local)
+    if not keep_unlabelled:
+        keep &= pc.list_value_length(concepts).to_numpy(zero_copy_only=False) > 0
+    return keep
+
+
+def default_cap(concepts: pa.Array | pa.ChunkedArray) -> int:
+    """The median number of samples per concept (concepts present at least once)."""
+    _, codes, _ = _flat(concepts)
+    counts = np.bincount(codes)
+    counts = counts[counts > 0]
+    return int(np.median(counts)) if len(counts) else 0
+
+
+def balanced_mask(concepts: pa.Array | pa.ChunkedArray, keys: Sequence[str], cap: int | None = None, seed: int = 0,
+                  keep_unlabelled: bool = False) -> np.ndarray:
+    """Rows kept by ``concept-balanced`` (module doc): rarest concept first, seeded order, ``cap`` each.
+
+    With ``keep_unlabelled`` the samples without a concept form one more group, capped the same way.
+    """
+    n = len(keys)
+    rows, codes, names = _flat(concepts)
+    if keep_unlabelled:
+        empty = np.flatnonzero(pc.list_value_length(concepts).to_numpy(zero_copy_only=False) == 0)
+        rows = np.concatenate([rows, empty])
+        codes = np.concatenate([codes, np.full(len(empty), len(names), np.int64)])
+        names = names + ["\0unlabelled"]
+    cap = default_cap(concepts) if cap is None else int(cap)
+    prio = key_priority(keys, seed)
+    selected = np.zeros(n, bool)
+    counts = np.bincount(codes, minlength=len(names))
+    order = sorted((c for c in range(len(names)) if counts[c]), key=lambda c: (counts[c], names[c]))
+    by_code = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[by_code], np.arange(len(names) + 1))
+    for code in order:                                   # rarest first, ties by name
+        members = rows[by_code[starts[code]:starts[code + 1]]]
+        room = cap - int(selected[members].sum())
+        if room <= 0:
+            continue
+        candidates = members[~selected[members]]
+        candidates = candidates[np.lexsort((candidates, prio[candidates]))][:room]
+        selected[candidates] = True
+    return selected
+
+
+# ------------------------------------------------------------------------------------ files
+def read_index(out: Path) -> pa.Table:
+    """The columns of ``figures.parquet`` a selection needs; fails clearly before labelling."""
+    path = figures_index_path(out)
+    names = pq.read_schema(path).names
+    if "concepts" not in names:
+        raise ValueError(f"{path} has no `concepts` column: run `biomedica label {out} --annotations ...` first")
+    return pq.read_table(path, columns=[c for c in SELECTION_COLUMNS if c in names])
+
+
+def plan_shards(selection: pa.Table, shard_samples: int = SHARD_SAMPLES, shard_bytes: int = SHARD_BYTES) -> pa.Table:
+    """``selection`` with ``out_shard`` / ``out_offset``: per licence subset, runs of at most
+    ``shard_samples`` samples / ``shard_bytes`` bytes, in index order."""
+    subsets = selection["subset"].to_pylist()
+    sizes = selection["tar_size"].to_numpy()
+    out_shard: list[str] = [""] * len(subsets)
+    out_offset = np.zeros(len(subsets), np.int64)
+    for subset in [s for s in SUBSETS if s in set(subsets)] + sorted(set(subsets) - set(SUBSETS)):
+        index, count, offset = 0, 0, 0
+        for i in (i for i, s in enumerate(subsets) if s == subset):
+            if count and (count >= shard_samples or offset + sizes[i] > shard_bytes):
+                index, count, offset = index + 1, 0, 0
+            out_shard[i] = f"{subset}-{index:06d}.tar"
+            out_offset[i] = offset
+            count += 1
+            offset += int(sizes[i])
+    return selection.append_column("out_shard", pa.array(out_shard, pa.string())) \
+                    .append_column("out_offset", pa.array(out_offset, pa.int64()))
+
+
+def _digest(rows: list[dict]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(f"{r['key']}\t{r['shard']}\t{r['tar_offset']}\t{r['tar_size']}\n".encode())
+    return h.hexdigest()
+
+
+def copy_ranges(root: Path, rows: list[dict], dest: Path) -> int:
+    """Write ``dest`` (atomic): the rows' byte ranges of their source tars, then the end-of-archive blocks."""
+    written = 0
+    with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
+        for shard, run in itertools.groupby(rows, key=lambda r: r["shard"]):   # each source opened once per run
+            with open(root / shard, "rb") as src:
+                for r in run:
+                    src.seek(int(r["tar_offset"]))
+                    data = src.read(int(r["tar_size"]))
+                    if len(data) != int(r["tar_size"]) or len(data) % 512:
+                        raise OSError(f"{shard}: bad range for {r['key']} ({r['tar_offset']}+{r['tar_size']})")
+                    fh.write(data)
+                    written += len(data)
+        fh.write(END_OF_ARCHIVE)
+    return written + len(END_OF_ARCHIVE)
+
+
+def materialise(dataset_dir: str | Path, name: str, selection: pa.Table) -> dict[str, Any]:
+    """Copy the planned selection (with ``out_shard``/``out_offset``) into ``DIR/<name>/``; resumable:
+    a tar whose ``_stats.json`` digest matches its planned samples is kept as is."""
+    root = Path(dataset_dir)
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    ordered = selection.select(["key", "shard", "tar_offset", "tar_size", "out_shard", "out_offset"]) \
+        .sort_by([("out_shard", "ascending"), ("out_offset", "ascending")])
+    names = ordered["out_shard"].to_numpy(zero_copy_only=False)
+    bounds = np.flatnonzero(np.r_[True, names[1:] != names[:-1], True]) if len(names) else np.array([0])
+    planned = set()
+    sizes, written, kept = {}, 0, 0
+    for start, stop in itertools.pairwise(bounds):           # one output shard at a time
+        rows = ordered.slice(int(start), int(stop - start)).to_pylist()
+        out_shard = rows[0]["out_shard"]
+        planned.add(out_shard)
+        tar = folder / out_shard
+        stats_path = folder / out_shard.replace(".tar", "_stats.json")
+        digest = _digest(rows)
+        try:
+            done = json.loads(stats_path.read_text()).get("digest") == digest and tar.exists()
+        except (OSError, ValueError):
+            done = False
+        if done:
+            kept += 1
+        else:
+            size = copy_ranges(root, rows, tar)
+            atomic_write_json(stats_path, {"shard": f"{name}/{out_shard}", "count": len(rows), "tar_bytes": size,
+                                           "digest": digest})
+            written += 1
+        sizes[out_shard] = len(rows)
+    for stale in list(folder.glob("*.tar")) + list(folder.glob("*_stats.json")):
+        if stale.name.replace("_stats.json", ".tar") not in planned:
+            stale.unlink()
+    atomic_write_json(folder / "sizes.json", sizes)
+    return {"name": name, "samples": selection.num_rows, "shards": len(planned), "written": written, "kept": kept}
+
+
+def card_config(name: str) -> dict[str, Any]:
+    """A ``configs:`` entry of the dataset card for a materialised subset."""
+    return {"config_name": name, "data_files": [{"split": "train", "path": f"{name}/*.tar"}]}
+
+
+def concept_card_configs(dataset_dir: str | Path) -> list[dict[str, Any]]:
+    """Card configs of the concept subsets materialised in the folder (for ``write_card(extra_configs=)``)."""
+    root = Path(dataset_dir)
+    summary = concepts_dir(root) / "subsets.json"
+    names = list(json.loads(summary.read_text())) if summary.exists() else []
+    names.sort(key=lambda n: ([FILTERED, BALANCED] + [n]).index(n))
+    return [card_config(n) for n in names if any((root / n).glob("*.tar"))]
+
+
+def write_selection(dataset_dir: str | Path, name: str, mask: np.ndarray, index: pa.Table,
+                    shard_samples: int = SHARD_SAMPLES, shard_bytes: int = SHARD_BYTES,
+                    params: dict | None = None) -> dict[str, Any]:
+    """Plan, save (``concepts/<name>.parquet``) and materialise one selection; returns its summary."""
+    root = Path(dataset_dir)
+    selection = plan_shards(index.filter(pa.array(mask)), shard_samples, shard_bytes)
+    write_table(concepts_dir(root) / f"{name}.parquet", selection)
+    stats = materialise(root, name, selection)
+    counts = _concept_counts(selection["concepts"]) if selection.num_rows else {}
+    by_subset = dict(zip(*_value_counts(selection["subset"]))) if selection.num_rows else {}
+    summary = {**stats, "params": params or {}, "concept_counts": counts, "by_subset": by_subset}
+    return summary
+
+
+def _value_counts(column: pa.ChunkedArray) -> tuple[list, list]:
+    vc = pc.value_counts(column.combine_chunks())
+    return vc.field("values").to_pylist(), vc.field("counts").to_pylist()
+
+
+def _concept_counts(concepts: pa.ChunkedArray) -> dict[str, int]:
+    flat = pc.list_flatten(concepts.combine_chunks())
+    if not len(flat):
+        return {}
+    values, counts = _value_counts(pa.chunked_array([flat]))
+    return dict(sorted(zip(values, counts), key=lambda kv: (-kv[1], kv[0])))
+
+
+def build_concept_subsets(dataset_dir: str | Path, exclude: Sequence[str] = DEFAULT_EXCLUDE,
+                          exclude_local: Sequence[str] = (), cap: int | None = None, seed: int = 0,
+                          keep_unlabelled: bool = True, shard_samples: int = SHARD_SAMPLES,
+                          shard_bytes: int = SHARD_BYTES) -> list[dict[str, Any]]:
+    """Write ``concept-filtered`` and ``concept-balanced``; returns their card configs.
+
+    Also writes ``concepts/subsets.json`` (parameters, sizes, concept counts per subset).
+    """
+    root = Path(dataset_dir)
+    index = read_index(root)
+    keys = index["key"].to_pylist()
+    cap_used = default_cap(index["concepts"]) if cap is None else int(cap)
+    masks = {
+        FILTERED: (filtered_mask(index["concepts"], exclude, index["local_concepts"], exclude_local, keep_unlabelled),
+                   {"exclude": list(exclude), "exclude_local": list(exclude_local), "keep_unlabelled": keep_unlabelled}),
+        BALANCED: (balanced_mask(index["concepts"], keys, cap_used, seed),
+                   {"cap": cap_used, "cap_rule": "given" if cap is not None else "median concept size", "seed": seed,
+                    "column": "concepts"}),
+    }
+    summary = {"source_samples": index.num_rows, "source_concept_counts": _concept_counts(index["concepts"])}
+    subsets = {}
+    for name, (mask, params) in masks.items():
+        subsets[name] = write_selection(root, name, mask, index, shard_samples, shard_bytes, params)
+        log.info("%s: %d of %d samples", name, int(mask.sum()), index.num_rows)
+    atomic_write_json(concepts_dir(root) / "subsets.json", {n: {**s, **summary} for n, s in subsets.items()})
+    empty = [n for n, s in subsets.items() if not s["samples"]]
+    if empty:
+        log.warning("empty concept subset(s) %s: no card config", ", ".join(empty))
+    return [card_config(n) for n in masks if n not in empty]
+
+
+__all__ = [
+    "BALANCED",
+    "DEFAULT_EXCLUDE",
+    "FILTERED",
+    "balanced_mask",
+    "build_concept_subsets",
+    "card_config",
+    "concept_card_configs",
+    "copy_ranges",
+    "default_cap",
+    "filtered_mask",
+    "materialise",
+    "plan_shards",
+]
