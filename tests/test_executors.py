@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,3 +103,32 @@ def test_driver_killed_then_resumed_by_the_other_executor(corpus, tmp_path):
     resumed = int(re.search(r"resumed: (\d+)", r.stdout).group(1))
     assert resumed >= n_done
     assert _outputs(out) == _outputs(ref)
+
+
+def test_embed_on_ray_equals_local(tmp_path, articles_dir):
+    """`biomedica embed --executor ray`: one task per shard, same files as the local run."""
+    import numpy as np
+    from transformers import AutoModel, BitImageProcessor, Dinov2WithRegistersConfig
+
+    from biomedica_hf.concepts.embed import embed_dataset
+    from biomedica_hf.pipeline import BuildConfig, build
+
+    model_dir = tmp_path / "dino"
+    config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                                       image_size=56, patch_size=14, num_register_tokens=2)
+    AutoModel.from_config(config).save_pretrained(model_dir)
+    BitImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(model_dir)
+    ds = tmp_path / "ds"
+    build(BuildConfig(out=ds, source="local", source_opts={"path": str(articles_dir)}, shard_max_samples=6,
+                      progress=False))
+    local = tmp_path / "local"
+    shutil.copytree(ds, local)
+    embed_dataset(local, model_dir, batch_size=4, device="cpu", image_size=56, progress=False)
+    embed_dataset(ds, model_dir, batch_size=4, device="cpu", image_size=56, progress=False, executor="ray",
+                  address="local")
+    a = sorted((local / "embeddings").rglob("*.npy"))
+    b = sorted((ds / "embeddings").rglob("*.npy"))
+    assert [p.relative_to(local) for p in a] == [p.relative_to(ds) for p in b] and len(a) > 2
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(np.load(x), np.load(y), atol=1e-5)

@@ -34,8 +34,13 @@ def refresh_card(dataset: Path, repo_id: str | None = None) -> Path:
               help="pad: whole figure on a white square; crop: centre crop; squash: ignore aspect ratio.")
 @click.option("--workers", type=int, default=None, help="Image decoding threads (default: min(4, CPUs)).")
 @click.option("--force", is_flag=True, help="Recompute every shard (default: resume, skip finished shards).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: one task per shard on a Ray cluster (a GPU per task on CUDA).")
+@click.option("--address", "ray_address", default="auto", show_default=True,
+              help="Ray cluster address: auto, ray://HOST:10001, or local.")
 @PROGRESS
-def embed_cmd(dataset, model, batch_size, device, image_size, fit, workers, force, progress):
+def embed_cmd(dataset, model, batch_size, device, image_size, fit, workers, force, executor, ray_address,
+              progress):
     """Image embeddings for every sample: DIR/embeddings/<subset>/NNNNNN.npy.
 
     \b
@@ -47,7 +52,8 @@ def embed_cmd(dataset, model, batch_size, device, image_size, fit, workers, forc
     from .embed import embed_dataset, read_info
 
     folder = embed_dataset(dataset, model, batch_size=batch_size, device=device, image_size=image_size,
-                           progress=progress, fit=fit, workers=workers, force=force)
+                           progress=progress, fit=fit, workers=workers, force=force, executor=executor,
+                           address=ray_address)
     run = read_info(dataset).get("last_run", {})
     click.echo(f"Embeddings: {folder} ({len(run.get('computed', []))} shards computed, "
                f"{len(run.get('skipped', []))} already done; {run.get('samples_per_s') or '-'} images/s "

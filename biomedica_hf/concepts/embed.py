@@ -267,13 +267,52 @@ def _results(futures: list[Future], job: ShardJob, first: int) -> list[Any]:
     return images
 
 
+_EMBED_WORKER: dict[str, Any] = {}
+
+
+def _init_embed_worker(model: Any, processor: Any, device: str, batch_size: int, image_size: int, fit: str,
+                       settings: dict[str, Any], workers: int | None) -> None:
+    """Load the model once per worker process (or once in-process for the local executor)."""
+    net, proc, _ = load_model(model, processor)
+    _EMBED_WORKER.update(net=net.to(device), proc=proc, device=device, batch_size=batch_size,
+                         image_size=image_size, fit=fit, settings=settings,
+                         workers=workers or min(4, os.cpu_count() or 1))
+
+
+def _embed_shard_task(args: tuple) -> tuple[str, int, int]:
+    """One task unit: embed one shard and write its outputs + completion marker. (shard, count, dim)."""
+    out, path, bar = args
+    w = _EMBED_WORKER
+    job = load_job(path)
+    t0 = time.perf_counter()
+    parts = []
+    with ThreadPoolExecutor(max_workers=w["workers"]) as pool:
+        for images in _decoded_batches(out / job.shard, job, w["batch_size"], pool, w["image_size"], w["fit"]):
+            parts.append(embed_images(w["net"], w["proc"], images, w["device"]))
+            if bar is not None:
+                bar.update(len(images))
+    emb = np.concatenate(parts)
+    dim = int(emb.shape[1])
+    npy, keys_path, done = shard_outputs(out, job.shard)
+    save_npy(npy, emb)
+    write_table(keys_path, pa.table({"key": pa.array(job.keys, pa.string()),
+                                     "tar_offset": pa.array(job.tar_offsets, pa.int64())}))
+    atomic_write_json(done, {**w["settings"], "shard": job.shard, "count": len(job.keys), "dim": dim,
+                             "keys_sha256": job.keys_sha256, "pooling": POOLING, "device": w["device"],
+                             "seconds": round(time.perf_counter() - t0, 3)})
+    return job.shard, len(job.keys), dim
+
+
 def embed_dataset(dataset_dir: str | os.PathLike, model: Any = DEFAULT_MODEL, batch_size: int = 32,
                   device: str = "auto", image_size: int = 224, progress: bool = True, *, processor: Any = None,
-                  fit: str = "pad", workers: int | None = None, force: bool = False) -> Path:
+                  fit: str = "pad", workers: int | None = None, force: bool = False, executor: str = "local",
+                  address: str | None = None) -> Path:
     """Embed every sample of ``dataset_dir``; returns the ``embeddings/`` folder.
 
     Resumable per shard (see module doc); ``force`` recomputes everything. ``model`` is a Hub id or a
-    local ``save_pretrained`` folder (or a model object, then ``processor`` is required).
+    local ``save_pretrained`` folder (or a model object, then ``processor`` is required). One shard is
+    one task: ``executor="ray"`` runs them on a Ray cluster (a GPU per task when ``device`` is CUDA),
+    with the same outputs and markers as the local run, so either can resume the other.
     """
     from tqdm.auto import tqdm
 
@@ -304,30 +343,30 @@ def embed_dataset(dataset_dir: str | os.PathLike, model: Any = DEFAULT_MODEL, ba
     started = time.perf_counter()
     dev = pick_device(device)
     dim = info.get("dim") if info.get("model") == name else None
+    compute_started = time.perf_counter()
     if todo:
-        net, proc, _ = load_model(model, processor)
-        net = net.to(dev)
-        compute_started = time.perf_counter()
-        workers = workers or min(4, os.cpu_count() or 1)
         bar = tqdm(total=n_todo, unit="img", desc="embed", disable=not progress)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for path in todo:
-                job = load_job(path)
-                bar.set_postfix_str(job.shard)
-                t0 = time.perf_counter()
-                parts = []
-                for images in _decoded_batches(out / job.shard, job, batch_size, pool, image_size, fit):
-                    parts.append(embed_images(net, proc, images, dev))
-                    bar.update(len(images))
-                emb = np.concatenate(parts)
-                dim = int(emb.shape[1])
-                npy, keys_path, done = shard_outputs(out, job.shard)
-                save_npy(npy, emb)
-                write_table(keys_path, pa.table({"key": pa.array(job.keys, pa.string()),
-                                                 "tar_offset": pa.array(job.tar_offsets, pa.int64())}))
-                atomic_write_json(done, {**settings, "shard": job.shard, "count": len(job.keys), "dim": dim,
-                                         "keys_sha256": job.keys_sha256, "pooling": POOLING, "device": dev,
-                                         "seconds": round(time.perf_counter() - t0, 3)})
+        if executor == "local":
+            _init_embed_worker(model, processor, dev, batch_size, image_size, fit, settings, workers)
+            results = (_embed_shard_task((out, p, bar)) for p in todo)
+        else:
+            if not isinstance(model, (str, os.PathLike)):
+                raise ValueError("executor='ray' needs model as a Hub id or a local folder (workers load it)")
+            from ..executors import make_executor
+
+            ex = make_executor(executor, address=address, workers=os.cpu_count() or 1,
+                               num_gpus=1 if dev.startswith("cuda") else 0, initializer=_init_embed_worker,
+                               initargs=(os.fspath(model), None, dev, batch_size, image_size, fit, settings, workers))
+            results = ex.map(_embed_shard_task, ((out, p, None) for p in todo))
+        try:
+            for shard, count, shard_dim in results:
+                dim = shard_dim
+                bar.update(0 if executor == "local" else count)
+                bar.set_postfix_str(shard)
+        finally:
+            if executor != "local":
+                ex.close()
+            _EMBED_WORKER.clear()
         bar.close()
     seconds = time.perf_counter() - started
     compute_seconds = time.perf_counter() - compute_started if todo else 0.0
