@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean serve
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,23 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/biomedica build --sample --out $(DEMO_OUT) --workers 2
 
-test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+# the search page is tested in a real headless Chromium (Debian's; playwright drives it)
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: the browser tests will fail (BIOMEDICA_REQUIRE_BROWSER=1)"
+
+test: $(STAMP) $(CHROMIUM)
+	HF_HUB_OFFLINE=1 BIOMEDICA_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_build.py
+	$(BIN)/python benchmarks/bench_stream.py
+
+serve: $(STAMP)
+	$(BIN)/biomedica index $(DEMO_OUT) --encoder minilm
+	$(BIN)/biomedica serve $(DEMO_OUT)/search_index --dataset $(DEMO_OUT)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

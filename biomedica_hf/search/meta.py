@@ -1,0 +1,148 @@
+"""Figure metadata of an index (``meta.parquet``): row lookups, filter masks and facet counts."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+# columns meta.parquet takes from figures.parquet (those present), then from articles.parquet
+FIGURE_COLUMNS = ("key", "pmcid", "figure_label", "caption", "references", "subset", "license_code", "year",
+                  "concepts", "panel_type", "image_ext", "width", "height", "shard", "image_offset", "image_size")
+ARTICLE_COLUMNS = ("title", "journal")
+ARTICLE_TABLE_COLUMNS = ("pmcid", "pmid", "doi", "title", "journal", "publisher", "pub_date", "year", "article_type",
+                         "license_code", "license_url", "subset", "abstract", "keywords", "subjects", "mesh_terms",
+                         "n_figures", "n_samples")
+MISSING_YEAR = -1
+
+
+@dataclass
+class Filters:
+    """Within a field any value matches (OR); across fields all must match (AND)."""
+
+    subsets: Sequence[str] = ()
+    licenses: Sequence[str] = ()
+    year_min: int | None = None
+    year_max: int | None = None
+    concepts: Sequence[str] = ()
+
+    def active(self) -> bool:
+        return bool(self.subsets or self.licenses or self.concepts or self.year_min is not None
+                    or self.year_max is not None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"subset": list(self.subsets), "license": list(self.licenses), "year_min": self.year_min,
+                "year_max": self.year_max, "concept": list(self.concepts)}
+
+
+def build_meta_table(figures: pa.Table, articles: pa.Table | None) -> pa.Table:
+    """meta.parquet: the figure columns plus article title/journal joined by pmcid (row order kept)."""
+    cols = [c for c in FIGURE_COLUMNS if c in figures.column_names]
+    table = figures.select(cols)
+    if "concepts" not in cols:
+        table = table.append_column("concepts", pa.array([[]] * table.num_rows, pa.list_(pa.string())))
+    titles: dict[str, tuple[str | None, str | None]] = {}
+    if articles is not None and articles.num_rows:
+        have = [c for c in ("pmcid", *ARTICLE_COLUMNS) if c in articles.column_names]
+        for row in articles.select(have).to_pylist():
+            titles[row["pmcid"]] = (row.get("title"), row.get("journal"))
+    pmcids = table["pmcid"].to_pylist()
+    for i, name in enumerate(ARTICLE_COLUMNS):
+        table = table.append_column(name, pa.array([titles.get(p, (None, None))[i] for p in pmcids], pa.string()))
+    return table
+
+
+def article_table(articles: pa.Table) -> pa.Table:
+    """The article columns the index keeps (no full text)."""
+    return articles.select([c for c in ARTICLE_TABLE_COLUMNS if c in articles.column_names])
+
+
+@dataclass
+class Metadata:
+    """meta.parquet in memory, with numpy columns for fast filter masks."""
+
+    table: pa.Table
+    subset: np.ndarray = field(init=False)
+    license_codes: np.ndarray = field(init=False)
+    license_values: list[str] = field(init=False)
+    year: np.ndarray = field(init=False)
+    key_to_row: dict[str, int] = field(init=False)
+    _concepts: dict[str, np.ndarray] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        t = self.table
+        enc = pc.fill_null(t["subset"], "").combine_chunks().dictionary_encode()
+        self.subset_values = [str(v) for v in enc.dictionary.to_pylist()]
+        self.subset = enc.indices.to_numpy(zero_copy_only=False).astype(np.int16)
+        enc = pc.fill_null(t["license_code"], "unknown").combine_chunks().dictionary_encode()
+        self.license_values = [str(v) for v in enc.dictionary.to_pylist()]
+        self.license_codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int16)
+        self.year = pc.fill_null(pc.cast(t["year"], pa.int32()), MISSING_YEAR).to_numpy(zero_copy_only=False)
+        self.key_to_row = {k: i for i, k in enumerate(t["key"].to_pylist())}
+
+    @classmethod
+    def load(cls, path: Path) -> "Metadata":
+        return cls(pq.read_table(path))
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def concept_rows(self) -> dict[str, np.ndarray]:
+        """concept (lower case) -> sorted row ids; built on first use."""
+        if self._concepts is None:
+            index: dict[str, list[int]] = {}
+            for row, values in enumerate(self.table["concepts"].to_pylist()):
+                for v in values or ():
+                    index.setdefault(v.lower(), []).append(row)
+            self._concepts = {c: np.asarray(r, np.int64) for c, r in index.items()}
+        return self._concepts
+
+    def _codes(self, values: Sequence[str], vocab: list[str]) -> list[int]:
+        lower = {v.lower(): i for i, v in enumerate(vocab)}
+        return [lower[v.lower()] for v in values if v.lower() in lower]
+
+    def mask(self, f: Filters) -> np.ndarray | None:
+        """Boolean row mask for the filters (None: no filter)."""
+        if not f.active():
+            return None
+        m = np.ones(len(self), bool)
+        if f.subsets:
+            m &= np.isin(self.subset, self._codes(f.subsets, self.subset_values))
+        if f.licenses:
+            m &= np.isin(self.license_codes, self._codes(f.licenses, self.license_values))
+        if f.year_min is not None:
+            m &= (self.year >= f.year_min) & (self.year != MISSING_YEAR)
+        if f.year_max is not None:
+            m &= (self.year <= f.year_max) & (self.year != MISSING_YEAR)
+        if f.concepts:
+            keep = np.zeros(len(self), bool)
+            for c in f.concepts:
+                rows = self.concept_rows.get(c.lower())
+                if rows is not None:
+                    keep[rows] = True
+            m &= keep
+        return m
+
+    def rows(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """The metadata of the given rows, in order."""
+        if not len(ids):
+            return []
+        return self.table.take(pa.array(np.asarray(ids, np.int64))).to_pylist()
+
+    def facets(self, top_concepts: int = 200) -> dict[str, Any]:
+        """Counts for the search page's filters."""
+        def counts(codes: np.ndarray, vocab: list[str]) -> dict[str, int]:
+            c = np.bincount(codes, minlength=len(vocab))
+            return {vocab[i]: int(c[i]) for i in np.argsort(-c, kind="stable") if c[i]}
+        years = self.year[self.year != MISSING_YEAR]
+        concepts = sorted(((c, len(r)) for c, r in self.concept_rows.items()), key=lambda x: (-x[1], x[0]))
+        return {"total": len(self), "subset": counts(self.subset, self.subset_values),
+                "license": counts(self.license_codes, self.license_values),
+                "year": {"min": int(years.min()) if len(years) else None,
+                         "max": int(years.max()) if len(years) else None},
+                "concept": dict(concepts[:top_concepts])}
