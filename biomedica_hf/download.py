@@ -78,33 +78,37 @@ def _rebuild_error(url, reason, detail, status, retryable, retry_after):
 
 
 class RateLimiter:
-    """Thread-safe token bucket: on average ``rate_per_s`` acquisitions a second, bursts up to ``burst``.
+    """Thread-safe token bucket (GCRA form): at most ``rate_per_s`` acquisitions per second on average.
 
-    ``acquire`` reserves a token (the bucket may go into debt) and sleeps outside the lock, so
-    waiting threads are served in order and ``N`` acquisitions from a full bucket take at least
-    ``(N - burst) / rate_per_s`` seconds.
+    With ``burst=1`` (default) acquisitions are spaced by at least ``1/rate_per_s`` seconds, so no
+    one-second window ever holds more than ``rate_per_s`` of them.
     """
 
-    def __init__(self, rate_per_s: float, burst: int = 1) -> None:
-        if rate_per_s <= 0:
-            raise ValueError("rate_per_s must be > 0")
+    def __init__(self, rate_per_s: float, burst: int = 1, clock=time.monotonic, sleep=time.sleep):
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("rate_per_s must be > 0 and burst >= 1")
         self.rate = float(rate_per_s)
-        self.capacity = float(max(1, burst))
-        self._tokens = self.capacity
-        self._last = time.monotonic()
+        self.interval = 1.0 / rate_per_s
+        self.tolerance = (burst - 1) * self.interval
+        self._tat = 0.0  # theoretical arrival time of the next request
         self._lock = threading.Lock()
+        self._clock, self._sleep = clock, sleep
 
-    def acquire(self, tokens: float = 1.0) -> float:
-        """Take ``tokens``; returns the seconds slept."""
+    def acquire(self) -> float:
+        """Block until a request may start; returns the seconds waited."""
         with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            self._tokens -= tokens
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+            now = self._clock()
+            tat = max(self._tat, now)
+            wait = max(0.0, tat - self.tolerance - now)
+            self._tat = tat + self.interval
         if wait > 0:
-            time.sleep(wait)
+            self._sleep(wait)
         return wait
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller back for ``seconds`` from now (server asked us to slow down)."""
+        with self._lock:
+            self._tat = max(self._tat, self._clock() + seconds)
 
 
 @dataclass
@@ -188,7 +192,8 @@ def file_md5(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or bad."""
     if not value:
         return None
     value = value.strip()
@@ -332,7 +337,7 @@ class Downloader:
         if code in (404, 410):
             raise DownloadError(url, NOT_FOUND, f"HTTP {code}", status=code, retryable=False)
         raise DownloadError(url, HTTP_ERROR, f"HTTP {code} {resp.reason or ''}".strip(), status=code,
-                            retry_after=_parse_retry_after(resp.headers.get("Retry-After")))
+                            retry_after=parse_retry_after(resp.headers.get("Retry-After")))
 
     def _copy_body(self, url: str, resp: requests.Response, write: Callable[[bytes], Any],
                    expected: int | None) -> int:

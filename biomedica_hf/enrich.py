@@ -26,7 +26,6 @@ publication types, keywords; no MeSH); ``DeleteCitation`` entries are ignored.
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from typing import Any, Protocol
 import requests
 from lxml import etree
 
+from .download import RateLimiter, parse_retry_after
 from .schema import ARTICLE_FIELDS, arrow_schema
 
 log = logging.getLogger(__name__)
@@ -329,54 +329,6 @@ class EutilsRetryError(EutilsError):
     """Retries exhausted; ``__cause__`` is the last error."""
 
 
-class RateLimiter:
-    """Thread-safe token bucket (GCRA form): at most ``rate`` acquisitions per second on average.
-
-    With ``burst=1`` (default) acquisitions are spaced by at least ``1/rate`` seconds, so no
-    one-second window ever holds more than ``rate`` of them.
-    """
-
-    def __init__(self, rate: float, burst: int = 1, clock=time.monotonic, sleep=time.sleep):
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be > 0 and burst >= 1")
-        self.interval = 1.0 / rate
-        self.tolerance = (burst - 1) * self.interval
-        self._tat = 0.0  # theoretical arrival time of the next request
-        self._lock = threading.Lock()
-        self._clock, self._sleep = clock, sleep
-
-    def acquire(self) -> float:
-        """Block until a request may start; returns the seconds waited."""
-        with self._lock:
-            now = self._clock()
-            tat = max(self._tat, now)
-            wait = max(0.0, tat - self.tolerance - now)
-            self._tat = tat + self.interval
-        if wait > 0:
-            self._sleep(wait)
-        return wait
-
-    def pause(self, seconds: float) -> None:
-        """Hold every caller back for ``seconds`` from now (server asked us to slow down)."""
-        with self._lock:
-            self._tat = max(self._tat, self._clock() + seconds)
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 class EfetchClient(Protocol):
     def efetch_pubmed(self, pmids: list[str]) -> bytes: ...
 
@@ -469,7 +421,7 @@ class EutilsClient:
                     return resp.content
                 snippet = " ".join(resp.text[:300].split())
                 if status in (408, 429) or 500 <= status < 600:
-                    retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     last = EutilsHTTPError(status, snippet, retry_after)
                     if retry_after is not None:   # honoured, within reason (10 min)
                         delay = max(delay, min(retry_after, 600.0))

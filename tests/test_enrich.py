@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from lxml import etree
 
+from biomedica_hf.download import parse_retry_after
 from biomedica_hf.enrich import (
     EnrichReport,
     EutilsClient,
@@ -30,7 +31,6 @@ from biomedica_hf.enrich import (
     PubmedCache,
     PubmedParseError,
     RateLimiter,
-    _parse_retry_after,
     enrich_articles_parquet,
     enrich_records,
     normalize_pmid,
@@ -323,9 +323,9 @@ def test_rate_limiter_spacing_fake_clock():
 
 
 def test_retry_after_parsing():
-    assert _parse_retry_after("2") == 2.0
-    assert _parse_retry_after(None) is None and _parse_retry_after("soon") is None
-    assert 0 <= _parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") < 1   # past date -> now
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") < 1   # past date -> now
 
 
 def test_default_rate_and_env(monkeypatch):
