@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import save_tiny_dinov2
 from click.testing import CliRunner
 from conftest import SHARED
 from PIL import Image
@@ -60,18 +61,7 @@ def single_threaded_blas():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoModel, BitImageProcessor, Dinov2WithRegistersConfig
-
-    folder = tmp_path_factory.mktemp("tiny-dinov2")
-    torch.manual_seed(0)
-    # transformers 5 DINOv2 configs size the MLP with mlp_ratio (intermediate = 2 x 32 = 64)
-    config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-                                       image_size=IMAGE_SIZE, patch_size=14, num_register_tokens=4)
-    AutoModel.from_config(config).save_pretrained(folder)
-    BitImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
-    return folder
+    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"), IMAGE_SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+from conftest import save_tiny_dinov2
 import pyarrow.parquet as pq
 import pytest
 
@@ -108,17 +109,10 @@ def test_driver_killed_then_resumed_by_the_other_executor(corpus, tmp_path):
 def test_embed_on_ray_equals_local(tmp_path, articles_dir):
     """`biomedica embed --executor ray`: one task per shard, same files as the local run."""
     import numpy as np
-    from transformers import AutoModel, BitImageProcessor, Dinov2WithRegistersConfig
-
     from biomedica_hf.concepts.embed import embed_dataset
     from biomedica_hf.pipeline import BuildConfig, build
 
-    model_dir = tmp_path / "dino"
-    config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-                                       image_size=56, patch_size=14, num_register_tokens=2)
-    AutoModel.from_config(config).save_pretrained(model_dir)
-    BitImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(model_dir)
+    model_dir = save_tiny_dinov2(tmp_path / "dino")
     ds = tmp_path / "ds"
     build(BuildConfig(out=ds, source="local", source_opts={"path": str(articles_dir)}, shard_max_samples=6,
                       progress=False))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import save_tiny_dinov2
 
 from test_search_support import dataset, image_bytes
 
@@ -19,17 +20,7 @@ IMAGE_SIZE = 56
 @pytest.fixture(scope="module")
 def tiny_dinov2(tmp_path_factory) -> Path:
     """A random 2-layer DINOv2 (with registers) + image processor saved like a real checkpoint."""
-    import torch
-    from transformers import AutoModel, BitImageProcessor, Dinov2WithRegistersConfig
-
-    folder = tmp_path_factory.mktemp("search-dinov2")
-    torch.manual_seed(0)
-    config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-                                       image_size=IMAGE_SIZE, patch_size=14, num_register_tokens=4)
-    AutoModel.from_config(config).save_pretrained(folder)
-    BitImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
-    return folder
+    return save_tiny_dinov2(tmp_path_factory.mktemp("search-dinov2"), IMAGE_SIZE)
 
 
 @pytest.mark.parametrize("spec,message", [
