@@ -1,0 +1,124 @@
+"""Model card (README.md) for an exported CLIP, rendered from ``model_cards/clip_model_card.md``.
+
+YAML front matter: library_name, pipeline_tag ``zero-shot-image-classification``, base_model, datasets,
+license, tags, widget candidate_labels, and the eval harness's ``model-index`` block when a
+``model_index.yaml`` (``biomedica-eval`` run folder) is given. Body: data + subset, recipe,
+hyper-parameters, eval table (``results.md`` next to ``model_index.yaml``), intended use, limitations.
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TEMPLATE = Path(str(resources.files("model_cards").joinpath("clip_model_card.md")))  # packaged with the wheel
+WIDGET_LABELS = ["chest X-ray", "brain MRI", "histopathology slide", "bar chart", "fluorescence microscopy"]
+
+_FORMATS = {
+    "open_clip": ("open_clip", "open_clip hf-hub layout: open_clip_config.json + open_clip_model.safetensors",
+                  ("import open_clip\n"
+                   "model, preprocess = open_clip.create_model_from_pretrained('hf-hub:{repo}')  # or 'local-dir:PATH'\n"
+                   "tokenizer = open_clip.get_tokenizer('hf-hub:{repo}')")),
+    "transformers": ("transformers", "transformers CLIPModel + CLIPProcessor",
+                     ("from transformers import pipeline\n"
+                      "clf = pipeline('zero-shot-image-classification', model='{repo}')\n"
+                      "clf('figure.png', candidate_labels={labels})")),
+}
+
+
+def _base_model(model_cfg: dict) -> str:
+    if model_cfg.get("kind") == "transformers":
+        return str(model_cfg.get("name_or_path") or "custom")
+    name, tag = model_cfg.get("name", "custom"), model_cfg.get("pretrained")
+    if model_cfg.get("model_cfg"):
+        return f"{name} (custom config, random initialisation)"
+    return f"{name}:{tag}" if tag else name
+
+
+def _hub_base_model(model_cfg: dict) -> str | None:
+    """A Hub id for ``base_model`` when one is known (open_clip tags map to laion/ repos)."""
+    if model_cfg.get("kind") == "transformers":
+        p = model_cfg.get("name_or_path")
+        return p if p and not os.path.exists(p) and p.count("/") == 1 else None
+    known = {("ViT-L-14", "commonpool_xl_clip_s13b_b90k"): "laion/CLIP-ViT-L-14-CommonPool.XL.clip-s13B-b90K",
+             ("ViT-B-16", "laion2b_s34b_b88k"): "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"}
+    name = model_cfg.get("name", "")
+    if name.startswith("hf-hub:"):
+        return name.removeprefix("hf-hub:")
+    return known.get((name, model_cfg.get("pretrained")))
+
+
+def render_model_card(cfg: dict, fmt: str, stats: dict[str, Any], template: str | os.PathLike | None = None) -> str:
+    """The card text for one export format (``open_clip`` or ``transformers``)."""
+    from jinja2 import Template
+
+    template = Path(template or TEMPLATE)
+    if not template.is_file():
+        raise FileNotFoundError(f"model card template {template} not found")
+    t, d, e = cfg["train"], cfg["data"], cfg["export"]
+    subset = d.get("subset", "commercial")
+    subset_s = subset if isinstance(subset, str) else ", ".join(subset)
+    lib, hint, usage = _FORMATS[fmt]
+    repo = e.get("repo_id") or "OWNER/NAME"
+    meta: dict[str, Any] = {
+        "library_name": lib,
+        "pipeline_tag": "zero-shot-image-classification",
+        "license": e.get("license") or ("cc-by-4.0" if subset_s == "commercial" else "other"),
+        "datasets": [e.get("dataset_id") or "BIOMEDICA/biomedica"],
+        "tags": ["clip", "biomedical", "biomedica", "pubmed-central", "zero-shot-image-classification", lib]
+                + (["lora", "peft"] if cfg["lora"].get("enabled") else []),
+        "widget": [{"candidate_labels": ", ".join(WIDGET_LABELS)}],
+    }
+    hub_base = _hub_base_model(cfg["model"])
+    if hub_base:
+        meta["base_model"] = hub_base
+    eval_section = "No evaluation yet: run `biomedica-eval` on the exported folder and regenerate this card."
+    mi = e.get("model_index")
+    if mi and Path(mi).is_file():
+        meta.update(yaml.safe_load(Path(mi).read_text()) or {})
+        results = Path(mi).with_name("results.md")
+        eval_section = results.read_text().split("\n", 1)[1].strip() if results.is_file() else \
+            "See the `model-index` block in the metadata above."
+    lora = cfg["lora"]
+    rows = {
+        "global batch (per step)": t["batch_size"] * stats.get("world_size", 1) * t.get("grad_accum", 1),
+        "per-process micro-batch": t["batch_size"], "processes": stats.get("world_size", 1),
+        "gradient accumulation": t.get("grad_accum", 1), "learning rate": t["lr"],
+        "AdamW betas": tuple(t["betas"]), "eps": t.get("eps"), "weight decay": t.get("weight_decay"),
+        "warmup steps": t["warmup_steps"], "schedule": "cosine", "max steps": t["max_steps"],
+        "gradient clipping (norm)": t.get("grad_clip"), "precision": t.get("mixed_precision"),
+        "gradient checkpointing": t.get("grad_checkpointing"), "shuffle buffer": d.get("shuffle_buffer", 0),
+        "reference sentences as captions (prob.)": d.get("reference_prob", 0.0),
+    }
+    if lora.get("enabled"):
+        rows.update({"LoRA r": lora["r"], "LoRA alpha": lora["alpha"], "LoRA dropout": lora["dropout"]})
+    if cfg["wise_ft"].get("alpha") is not None:
+        rows["WiSE-FT alpha"] = cfg["wise_ft"]["alpha"]
+    filters = "".join(f", {k} {d[k]}" for k in ("concepts", "exclude_concepts", "licenses", "years",
+                                                "min_caption_chars") if d.get(k))
+    final = stats.get("final_loss")
+    return Template(template.read_text()).render(
+        metadata=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
+        title=e.get("title") or f"BMC-CLIP {cfg['model'].get('name') or cfg['model'].get('name_or_path') or ''}".strip(),
+        base_model=_base_model(cfg["model"]), format_name=lib, format_hint=hint,
+        usage=usage.format(repo=repo, labels=WIDGET_LABELS[:3]), dataset_id=meta["datasets"][0], subset=subset_s,
+        filters=f" (filters{filters})" if filters else "",
+        reference_note=("in-text reference sentences replace the caption with probability "
+                        f"{d.get('reference_prob')}." if d.get("reference_prob") else "the figure caption is the text."),
+        shuffle_buffer=d.get("shuffle_buffer", 0), world_size=stats.get("world_size", 1),
+        lora_note=f", LoRA (r={lora['r']}) on attention/MLP projections of both towers, merged" if lora.get("enabled") else "",
+        wise_note=(f", WiSE-FT interpolation with the base weights (alpha={cfg['wise_ft']['alpha']})"
+                   if cfg["wise_ft"].get("alpha") is not None else ""),
+        hparams="\n".join(f"| {k} | {v} |" for k, v in rows.items()), steps=stats.get("step", "?"),
+        samples=stats.get("samples", "?"), final_loss="-" if final is None else f"{final:.4f}",
+        eval_section=eval_section)
+
+
+def write_model_card(folder: str | os.PathLike, cfg: dict, fmt: str, stats: dict[str, Any],
+                     template: str | os.PathLike | None = None) -> Path:
+    path = Path(folder) / "README.md"
+    path.write_text(render_model_card(cfg, fmt, stats, template))
+    return path

@@ -1,0 +1,284 @@
+"""CLIP continual pre-training recipe: loss, data, training under accelerate (2 CPU processes), resume,
+export round-trips (open_clip hf-hub layout, transformers conversion, LoRA), WiSE-FT, model card."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import ARTICLES, REPO
+
+BIN = Path(sys.executable).parent
+ACCELERATE = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+TRAIN = str(REPO / "finetune" / "clip" / "train.py")
+SMOKE = str(REPO / "finetune" / "clip" / "configs" / "cpu_smoke.yaml")
+ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+       "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, articles_dir) -> Path:
+    out = tmp_path_factory.mktemp("clip") / "ds"
+    r = subprocess.run([str(BIN / "biomedica"), "build", "--input", str(ARTICLES), "--out", str(out), "--no-progress",
+                        "--shard-samples", "4"], capture_output=True, text=True, env=ENV, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+def _launch(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    r = subprocess.run(ACCELERATE + args, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=timeout,
+                       check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return r
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _tiny_oc(seed: int = 0, **kw):
+    from biomedica_hf.eval.tiny import TINY_OPEN_CLIP_CFG
+    from biomedica_hf.models import build_model
+
+    return build_model({"kind": "open_clip", "name": "tiny", "model_cfg": TINY_OPEN_CLIP_CFG,
+                        "train_augment": False, **kw}, seed=seed)
+
+
+def _tiny_hf(tok_dir, seed: int = 0):
+    from biomedica_hf.eval.tiny import tiny_clip_config
+    from biomedica_hf.models import build_model
+
+    return build_model({"kind": "transformers", "config": tiny_clip_config().to_dict(), "tokenizer_dir": str(tok_dir),
+                        "train_augment": False}, seed=seed)
+
+
+def _embed(clip, pixels, texts):
+    clip.eval()
+    with torch.no_grad():
+        img, txt, _ = clip(pixels, **clip.tokenize(texts))
+    return torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
+
+
+TEXTS = ["a chest X-ray of a child", "fluorescence microscopy of HeLa cells", "bar chart"]
+
+
+# --------------------------------------------------------------------------- distributed training
+def test_gathered_loss_equals_single_process(tmp_path):
+    out = tmp_path / "gather.json"
+    _launch([str(REPO / "finetune" / "clip" / "check_gather.py"), str(out)])
+    res = json.loads(out.read_text())
+    assert res["world_size"] == 2
+    assert res["distributed_loss"] == pytest.approx(res["single_process_loss"], rel=1e-5)
+    assert res["max_grad_abs_diff"] < 1e-5
+
+
+def test_open_clip_two_processes_resume_and_export(dataset, tmp_path):
+    run, resumed = tmp_path / "run", tmp_path / "resumed"
+    common = ["--config", SMOKE, "--threads", "1", "--set", f"data.path={dataset}"]
+    _launch([TRAIN, *common, "--set", f"output_dir={run}"])
+    log = _log(run)
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert {"loss", "lr", "samples_per_s", "data_wait_frac", "grad_norm", "logit_scale"} <= set(log[0])
+    assert log[-1]["samples"] == 4 * 4 * 2
+    ckpt = run / "checkpoints" / "step_2"
+    assert {"model.safetensors", "optimizer.bin", "trainer_state.json", "data_state_rank0.json",
+            "data_state_rank1.json"} <= {p.name for p in ckpt.iterdir()}
+    # exact resume: the steps after the checkpoint give the same losses
+    _launch([TRAIN, *common, "--set", f"output_dir={resumed}", "--set", f"train.resume_from={ckpt}",
+             "--set", "export.enabled=false"])
+    after = _log(resumed)
+    assert [r["step"] for r in after] == [3, 4]
+    for a, b in zip(after, log[2:]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-6)
+        assert a["lr"] == pytest.approx(b["lr"])
+    # exports: open_clip local-dir and transformers folders give the same embeddings as each other
+    import open_clip
+    from transformers import CLIPModel, CLIPProcessor
+
+    oc_dir, hf_dir = run / "export" / "open_clip", run / "export" / "transformers"
+    model, _ = open_clip.create_model_from_pretrained(f"local-dir:{oc_dir}")
+    hf = CLIPModel.from_pretrained(hf_dir).eval()
+    proc = CLIPProcessor.from_pretrained(hf_dir)
+    pixels = torch.randn(2, 3, 32, 32)
+    tokens = open_clip.tokenize(TEXTS, context_length=16)
+    hf_tokens = proc.tokenizer(TEXTS, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        from biomedica_hf.eval.adapters import _features
+
+        assert torch.allclose(model.encode_image(pixels), _features(hf.get_image_features(pixel_values=pixels)),
+                              atol=1e-5)
+        assert torch.allclose(model.encode_text(tokens), _features(hf.get_text_features(**hf_tokens)), atol=1e-5)
+    card = (oc_dir / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "open_clip" and meta["pipeline_tag"] == "zero-shot-image-classification"
+    assert "candidate_labels" in meta["widget"][0]
+    assert yaml.safe_load((hf_dir / "README.md").read_text().split("---")[1])["library_name"] == "transformers"
+
+
+def test_transformers_lora_two_processes(dataset, tmp_path):
+    run = tmp_path / "hf"
+    from biomedica_hf.eval.tiny import tiny_clip_config
+
+    cfg = yaml.safe_load(Path(SMOKE).read_text())
+    cfg["model"] = {"kind": "transformers", "config": tiny_clip_config().to_dict(), "train_augment": False,
+                    "tokenizer_dir": str(tmp_path / "tok")}
+    cfg.update(output_dir=str(run), lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
+               wise_ft={"alpha": 0.5})
+    cfg["data"]["path"] = str(dataset)
+    cfg["train"].update(max_steps=2, save_every=None, grad_checkpointing=True)
+    cfg["export"].update(lora="adapter")
+    config = tmp_path / "hf.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    _launch([TRAIN, "--config", str(config), "--threads", "1"])
+    assert [r["step"] for r in _log(run)] == [1, 2]
+    export = run / "export"
+    assert (export / "lora_adapter" / "adapter_config.json").is_file()
+    assert not (export / "open_clip").exists()   # a transformers model has no open_clip layout: skipped
+    from biomedica_hf.eval.adapters import load_model
+
+    adapter = load_model(f"transformers:{export / 'transformers'}", device="cpu")
+    assert adapter.encode_texts(TEXTS).shape == (3, 32)
+    assert "lora" in yaml.safe_load((export / "transformers" / "README.md").read_text().split("---")[1])["tags"]
+
+
+# --------------------------------------------------------------------------- in-process checks
+@pytest.mark.parametrize("kind", ["open_clip", "transformers"])
+def test_loss_decreases_on_repeated_batch(dataset, kind, tmp_path):
+    from biomedica_hf.models.data import Collate, build_stream
+    from biomedica_hf.models.loss import ClipLoss
+
+    clip = _tiny_oc() if kind == "open_clip" else _tiny_hf(tmp_path / "tok")
+    ds = build_stream({"path": str(dataset), "subset": "all"})
+    batch = Collate(clip)(list(ds.take(8)))
+    opt = torch.optim.AdamW(clip.parameters(), lr=3e-3, betas=(0.9, 0.95))
+    losses = []
+    clip.train()
+    for _ in range(6):
+        loss = ClipLoss()(*clip(batch["pixel_values"], **{k: batch[k] for k in ("input_ids", "attention_mask")
+                                                           if k in batch}))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_open_clip_export_round_trip_and_hf_conversion(tmp_path):
+    import open_clip
+
+    from biomedica_hf.eval.adapters import load_model
+    from biomedica_hf.models import export_model
+
+    clip = _tiny_oc(seed=3)
+    pixels = torch.randn(3, 3, 32, 32)
+    img0, txt0 = _embed(clip, pixels, TEXTS)
+    written = export_model(clip, tmp_path / "export")
+    assert set(written) == {"open_clip", "transformers"}
+    model, _ = open_clip.create_model_from_pretrained(f"local-dir:{written['open_clip']}")
+    tok = open_clip.get_tokenizer(f"local-dir:{written['open_clip']}")
+    with torch.no_grad():
+        img1 = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
+        txt1 = torch.nn.functional.normalize(model.encode_text(tok(TEXTS)), dim=-1)
+    assert torch.allclose(img0, img1, atol=1e-6) and torch.allclose(txt0, txt1, atol=1e-6)
+    # transformers conversion: same embeddings through the adapters (own processors/tokenizers)
+    oc, hf = load_model(written["open_clip"], device="cpu"), load_model(written["transformers"], device="cpu")
+    assert torch.allclose(oc.encode_texts(TEXTS), hf.encode_texts(TEXTS), atol=1e-5)
+    assert oc.logit_scale == pytest.approx(hf.logit_scale)
+    from PIL import Image
+
+    images = [Image.fromarray((torch.rand(48, 40, 3) * 255).byte().numpy()) for _ in range(2)]
+    # PIL vs torchvision resize differ slightly: compare the embeddings loosely
+    assert (oc.encode_images(images) * hf.encode_images(images)).sum(-1).min() > 0.99
+
+
+def test_conversion_refuses_unmappable():
+    from biomedica_hf.models import convert_open_clip_to_hf
+
+    clip = _tiny_oc()
+    clip.model.text_pool_type = "first"
+    with pytest.raises(ValueError, match="does not map"):
+        convert_open_clip_to_hf(clip.model)
+
+
+def test_lora_merge_keeps_embeddings(tmp_path):
+    clip = _tiny_oc(seed=1)
+    clip.apply_lora(r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():   # make the adapters non-trivial
+        for n, p in clip.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    pixels = torch.randn(2, 3, 32, 32)
+    before = _embed(clip, pixels, TEXTS)
+    trainable = {n for n, p in clip.named_parameters() if p.requires_grad}
+    assert any("logit_scale" in n for n in trainable) and all("lora" in n or "logit_scale" in n for n in trainable)
+    assert any(".attn." in n for n in trainable) and any("visual" in n for n in trainable)
+    clip.merge_lora()
+    after = _embed(clip, pixels, TEXTS)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(before, after))
+
+
+def test_wise_ft_interpolates():
+    from biomedica_hf.models import wise_ft
+
+    base, ft = _tiny_oc(seed=0).model, _tiny_oc(seed=1).model
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+    ft_state = {k: v.clone() for k, v in ft.state_dict().items()}
+    wise_ft(ft, base_state, 0.25)
+    k = "visual.conv1.weight"
+    assert torch.allclose(ft.state_dict()[k], 0.75 * base_state[k] + 0.25 * ft_state[k])
+    with pytest.raises(ValueError):
+        wise_ft(ft, base_state, 1.5)
+
+
+def test_reference_captions_and_card_model_index(tmp_path):
+    from biomedica_hf.models.card import render_model_card
+    from biomedica_hf.models.data import pick_caption
+    from biomedica_hf.models.trainer import load_config
+
+    ex = {"key": "k1", "caption": "cap", "metadata": {"references": ["ref one", "ref two"]}}
+    assert pick_caption(ex, 0.0, 0, 0) == "cap"
+    assert pick_caption(ex, 1.0, 0, 0) in {"ref one", "ref two"}
+    assert pick_caption(ex, 1.0, 0, 3) == pick_caption(ex, 1.0, 0, 3)
+    assert pick_caption({**ex, "metadata": {"references": []}}, 1.0, 0, 0) == "cap"
+    cfg = load_config(REPO / "finetune/clip/configs/bmc_clip_vitl14_8gpu.yaml", ["train.max_steps=7"])
+    assert cfg["model"]["name"] == "ViT-L-14" and cfg["train"]["max_steps"] == 7
+    assert cfg["train"]["betas"] == [0.9, 0.95] and cfg["train"]["lr"] == 1e-6
+    (tmp_path / "model_index.yaml").write_text("model-index:\n- name: m\n  results: []\n")
+    (tmp_path / "results.md").write_text("# Evaluation of `m`\n\n| task | acc |\n|---|---|\n| x | 50.00 |\n")
+    cfg["export"]["model_index"] = str(tmp_path / "model_index.yaml")
+    card = render_model_card(cfg, "open_clip", {"step": 7, "samples": 100, "world_size": 8, "final_loss": 1.0})
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["base_model"] == "laion/CLIP-ViT-L-14-CommonPool.XL.clip-s13B-b90K"
+    assert meta["model-index"][0]["name"] == "m" and meta["datasets"]
+    assert "| x | 50.00 |" in card and "| AdamW betas | (0.9, 0.95) |" in card
+    assert "## Limitations" in card and "## Intended use" in card
+
+
+def test_transformers_lora_export_round_trip(tmp_path):
+    from transformers import CLIPModel
+
+    from biomedica_hf.models import export_model
+
+    clip = _tiny_hf(tmp_path / "tok", seed=2)
+    clip.apply_lora(r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for n, p in clip.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    pixels = torch.randn(2, 3, 32, 32)
+    img0, txt0 = _embed(clip, pixels, TEXTS)
+    written = export_model(clip, tmp_path / "export", lora="adapter")
+    assert (Path(written["lora_adapter"]) / "adapter_config.json").is_file()
+    assert "open_clip" in json.loads(written["skipped"])
+    loaded = CLIPModel.from_pretrained(written["transformers"]).eval()
+    clip.model = loaded   # same adapter (tokenizer, transforms) around the reloaded weights
+    img1, txt1 = _embed(clip, pixels, TEXTS)
+    assert torch.allclose(img0, img1, atol=1e-5) and torch.allclose(txt0, txt1, atol=1e-5)
