@@ -226,8 +226,9 @@ def _register_commands() -> None:
     from .concepts.cli import COMMANDS as CONCEPT_COMMANDS
     from .eval.cli import COMMANDS as EVAL_COMMANDS
     from .search.cli import COMMANDS as SEARCH_COMMANDS
+    from .vlm.cli import COMMANDS as VLM_COMMANDS
 
-    for command in CONCEPT_COMMANDS + EVAL_COMMANDS + SEARCH_COMMANDS:
+    for command in CONCEPT_COMMANDS + EVAL_COMMANDS + SEARCH_COMMANDS + VLM_COMMANDS:
         main.add_command(command)
 
 

@@ -1,0 +1,51 @@
+"""SmolVLM fine-tuning on BIOMEDICA (transformers + PEFT LoRA/QLoRA, accelerate).
+
+    accelerate launch finetune/smolvlm/train.py --config finetune/smolvlm/configs/smolvlm_256m_lora.yaml \
+        --set data.path=DATASET_DIR
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 finetune/smolvlm/train.py \
+        --config finetune/smolvlm/configs/cpu_smoke.yaml --set data.path=DATASET_DIR --threads 1
+    python finetune/smolvlm/train.py --config ... --set train.max_steps=10 --set output_dir=runs/x
+
+The library lives in ``biomedica_hf.vlm`` (data/tasks, trainer, export, card, inference).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="recipe YAML (finetune/smolvlm/configs/*.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. train.max_steps=100 (value parsed as YAML)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from biomedica_hf.vlm.trainer import load_config, train
+
+    cfg = load_config(args.config, args.set)
+    if not cfg["data"].get("path"):
+        parser.error("data.path is not set (a `biomedica build` folder or Hub dataset id): --set data.path=DIR")
+    try:
+        result = train(cfg)
+    except RuntimeError as exc:
+        if "QLoRA" in str(exc):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in result.items() if k != "losses"}
+                         | {"first_loss": (result["losses"] or [None])[0], "last_loss": (result["losses"] or [None])[-1]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
