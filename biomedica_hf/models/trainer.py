@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -29,6 +28,7 @@ import torch
 from .adapter import build_model
 from .data import Collate, build_stream
 from .loss import ClipLoss
+from ..recipe_config import load_recipe_config
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -46,26 +46,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def merge_config(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = merge_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> dict:
-    """YAML config over :data:`DEFAULTS`, then ``a.b.c=value`` overrides (values parsed as YAML)."""
-    import yaml
-
-    cfg = merge_config(DEFAULTS, yaml.safe_load(Path(path).read_text()) if path else {})
-    for item in overrides:
-        key, _, raw = item.partition("=")
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = yaml.safe_load(raw)
-    return cfg
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict:
+    """DEFAULTS <- YAML file <- ``key.sub=value`` overrides (values parsed as YAML)."""
+    return load_recipe_config(DEFAULTS, path, overrides or ())
 
 
 def lr_lambda(warmup: int, total: int):

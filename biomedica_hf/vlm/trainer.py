@@ -13,7 +13,6 @@ the latest one and fast-forwards the data stream without decoding images.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ..recipe_config import load_recipe_config
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +44,9 @@ DEFAULTS: dict[str, Any] = {
 
 
 # --------------------------------------------------------------------------------------------- config
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict:
     """DEFAULTS <- YAML file <- ``key.sub=value`` overrides (values parsed as YAML)."""
-    cfg = copy.deepcopy(DEFAULTS)
-    if path:
-        cfg = _merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
-    for item in overrides or []:
-        key, _, raw = item.partition("=")
-        node = cfg
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
-    return cfg
+    return load_recipe_config(DEFAULTS, path, overrides or ())
 
 
 # --------------------------------------------------------------------------------------------- model
