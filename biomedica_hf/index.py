@@ -13,9 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import re
-
-from .schema import FIGURES_CONFIG_FIELDS, FIGURES_INDEX_FIELDS, SUBSETS, arrow_schema
+from .schema import FIGURES_CONFIG_FIELDS, FIGURES_INDEX_FIELDS, SUBSETS, arrow_schema, safe_key
 from .writer import atomic_path, write_json_tar
 
 FIGURES_INDEX = "figures.parquet"
@@ -27,7 +25,6 @@ TABLE_CONFIGS = {
                 tuple(n for n, _, _ in FIGURES_INDEX_FIELDS if n not in {f[0] for f in FIGURES_CONFIG_FIELDS})),
 }
 ROWS_PER_TABLE_TAR = 100_000
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 INDEX_SCHEMA = arrow_schema(FIGURES_INDEX_FIELDS)
 
 
@@ -73,7 +70,7 @@ def write_table_configs(out: Path) -> dict[str, int]:
         n_tars = max(1, -(-table.num_rows // ROWS_PER_TABLE_TAR))
         for i in range(n_tars):
             rows = table.slice(i * ROWS_PER_TABLE_TAR, ROWS_PER_TABLE_TAR).to_pylist()
-            write_json_tar(folder / f"{i:06d}.tar", ((_KEY_UNSAFE.sub("_", r[key_col]), r) for r in rows))
+            write_json_tar(folder / f"{i:06d}.tar", ((safe_key(r[key_col]), r) for r in rows))
         for stale in folder.glob("[0-9]*.tar"):
             if int(stale.stem) >= n_tars:
                 stale.unlink()

@@ -7,20 +7,16 @@ duplicates across articles and shard assignment are decided later by :mod:`biome
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .licenses import normalize_license
-from .media import MediaError, alternate_renditions, process_image, resolve_graphic
+from .media import MediaError, alternate_renditions, is_image_name, process_image, resolve_graphic
 from .parse import ParseError, parse_jats
-from .schema import (FAILED, KEPT, SKIPPED, Article, ArticlePackage, Figure, LedgerEntry, Sample)
+from .schema import FAILED, KEPT, SKIPPED, Article, ArticlePackage, Figure, LedgerEntry, Sample, safe_key
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".tif", ".tiff", ".bmp", ".webp"}
-XML_EXTS = {".xml", ".nxml"}
 # media errors that mean "not a usable figure" rather than "broken input"
 SKIP_MEDIA_REASONS = {"too_small"}
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 @dataclass
@@ -44,10 +40,8 @@ class PackageResult:
 def sample_key(pmcid: str, href: str, taken: set[str]) -> str:
     """Dot-free, unique key ``<pmcid>_<graphic stem>`` (``PMC7159286_gr3a_lrg``)."""
     name = PurePosixPath(href.replace("\\", "/")).name
-    stem, ext = (name.rsplit(".", 1) + [""])[:2] if "." in name else (name, "")
-    if ext and f".{ext.lower()}" not in IMAGE_EXTS:
-        stem = name  # "fig.1" is a name with a dot, not an extension
-    base = _KEY_UNSAFE.sub("_", f"{pmcid}_{stem}").strip("_")
+    stem = name.rsplit(".", 1)[0] if is_image_name(name) else name  # "fig.1" has a dot, not an extension
+    base = safe_key(f"{pmcid}_{stem}").strip("_")
     key, n = base, 1
     while key in taken:
         n += 1
@@ -94,8 +88,7 @@ def _file_fate(name: str, used: dict[str, tuple[str, str]],
         return state, reason
     if name in used:
         return used[name]
-    ext = PurePosixPath(name).suffix.lower()
-    if ext in IMAGE_EXTS:
+    if is_image_name(name):
         return SKIPPED, "image_not_a_figure"   # inline formulas, table images, supplementary images
     if name.lower().endswith((".tar.gz", ".tgz")):
         return SKIPPED, "archive_copy"

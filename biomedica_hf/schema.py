@@ -16,6 +16,7 @@ Data flows one way: source -> parse -> media -> shard writer -> Hub folder.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,14 @@ LEDGER_FIELDS: list[tuple[str, str, str]] = [
     ("detail", "string", "detail"),
     ("source", "string", "where the item came from"),
 ]
+
+
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def safe_key(text: str) -> str:
+    """A WebDataset key: every run of characters other than letters, digits, ``_`` and ``-`` -> ``_``."""
+    return _KEY_UNSAFE.sub("_", text)
 
 
 def _arrow_type(name: str):
