@@ -192,17 +192,20 @@ def make_plots(stats: dict, folder: Path) -> list[Path]:
     return paths
 
 
-def render_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] | None = None) -> str:
+def render_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] | None = None,
+                stats: dict[str, Any] | None = None) -> str:
+    """The card's text; ``stats`` from :func:`collect_stats` when the caller already has them."""
     from jinja2 import Environment, StrictUndefined
 
-    stats = collect_stats(out)
-    template = resources.files("dataset_card").joinpath("README.md.j2").read_text()
-    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
     from .concepts.label import has_labels
     from .concepts.plots import card_markdown
 
+    stats = stats if stats is not None else collect_stats(out)
+    template = resources.files("dataset_card").joinpath("README.md.j2").read_text()
+    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
     return env.from_string(template).render(
-        **stats, concept_section=card_markdown(out) if has_labels(out) else "", yaml=yaml_header(out, stats, extra_configs).strip(), repo=repo_id or "ORG/biomedica",
+        **stats, concept_section=card_markdown(out) if has_labels(out) else "",
+        yaml=yaml_header(out, stats, extra_configs).strip(), repo=repo_id or "ORG/biomedica",
         config_names=[c["config_name"] for c in card_configs(out, extra_configs)],
         sample_fields=[{"name": n, "type": t, "doc": d} for n, t, d in SAMPLE_FIELDS],
         article_fields=[{"name": n} for n, _, _ in ARTICLE_FIELDS],
@@ -222,13 +225,15 @@ def write_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] 
     if not (out / FIGURES_INDEX).exists():
         raise FileNotFoundError(f"{out} has no {FIGURES_INDEX}: run `biomedica build` first")
     write_table_configs(out)
-    make_plots(collect_stats(out), out / CARD_DIR)
-    extra = concept_card_configs(out) + [c for c in (extra_configs or [])
-                                         if c["config_name"] not in {x["config_name"] for x in concept_card_configs(out)}]
+    stats = collect_stats(out)
+    make_plots(stats, out / CARD_DIR)
+    concept_configs = concept_card_configs(out)
+    names = {c["config_name"] for c in concept_configs}
+    extra = concept_configs + [c for c in (extra_configs or []) if c["config_name"] not in names]
     if has_labels(out):
         concept_plots(out)
     path = out / "README.md"
-    atomic_write_bytes(path, render_card(out, repo_id, extra).encode())
+    atomic_write_bytes(path, render_card(out, repo_id, extra, stats).encode())
     return path
 
 
