@@ -1,6 +1,7 @@
 """Recipe configs (CLIP and SmolVLM training): defaults <- a YAML file <- ``a.b.c=value`` overrides."""
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 from pathlib import Path
@@ -28,3 +29,22 @@ def load_recipe_config(defaults: dict, path: str | os.PathLike | None, overrides
             node = node.setdefault(p, {})
         node[leaf] = yaml.safe_load(raw)
     return cfg
+
+
+def parse_recipe_args(description: str | None, configs: str,
+                      argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The command line every ``finetune/*/train.py`` takes: ``--config``, ``--set KEY=VALUE``, ``--threads``.
+
+    Sets torch's CPU threads when ``--threads`` is given; returns the parser (for ``parser.error``) and args.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help=f"recipe YAML ({configs})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. train.max_steps=100 (value parsed as YAML)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return parser, args

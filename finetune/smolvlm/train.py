@@ -10,7 +10,6 @@ The library lives in ``biomedica_hf.vlm`` (data/tasks, trainer, export, card, in
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,16 +18,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="recipe YAML (finetune/smolvlm/configs/*.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. train.max_steps=100 (value parsed as YAML)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    args = parser.parse_args(argv)
-    import torch
+    from biomedica_hf.recipe_config import parse_recipe_args
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parser, args = parse_recipe_args(__doc__, "finetune/smolvlm/configs/*.yaml", argv)
     from biomedica_hf.vlm.trainer import load_config, train
 
     cfg = load_config(args.config, args.set)
