@@ -53,3 +53,84 @@ def save_tiny_dinov2(folder: Path, image_size: int = 56) -> Path:
     BitImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                       image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
     return folder
+
+
+# ------------------------------------------------------------------ recipes under `accelerate launch` (2 CPU ranks)
+BIN = Path(__import__("sys").executable).parent
+ACCELERATE = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+RECIPE_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+              "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+
+
+def free_port() -> int:
+    """A free TCP port for the rendezvous: the default 29500 collides with other accelerate runs on the machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants. Not a process-group kill: torch elastic starts every rank in
+    a session of its own, so killing the launcher's group leaves the ranks running (and holding our pipes)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
+def launch_recipe(args: list[str], timeout: int = 240, probe: Path | None = None):
+    """``accelerate launch`` 2 CPU ranks on ``args`` (script + its arguments); asserts a zero exit. On a timeout
+    the launcher and both ranks are killed and the test fails with their output (it never waits forever).
+    ``probe``: run the script under ``ddp_probe.py``, which records its DDP teardown order into that folder."""
+    import subprocess
+
+    if probe is not None:
+        args = [DDP_PROBE, str(probe), *args]
+    cmd = [*ACCELERATE, "--main_process_port", str(free_port()), *args]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=RECIPE_ENV, cwd=REPO)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(p.pid)
+        out, err = p.communicate(timeout=60)
+        pytest.fail(f"{' '.join(args[:1])} timed out after {timeout}s:\n{out[-2000:]}\n{err[-3000:]}")
+    assert p.returncode == 0, out[-3000:] + err[-5000:]
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def build_recipe_dataset(out: Path) -> Path:
+    """The fixture articles built into ``out`` with 4-sample shards (several shards per subset for 2 ranks)."""
+    import subprocess
+
+    r = subprocess.run([str(BIN / "biomedica"), "build", "--input", str(ARTICLES), "--out", str(out), "--no-progress",
+                        "--shard-samples", "4"], capture_output=True, text=True, env=RECIPE_ENV, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def recipe_dataset(tmp_path_factory, articles_dir) -> Path:
+    """One build of the fixture articles shared (read-only) by the CLIP and SmolVLM recipe tests."""
+    return build_recipe_dataset(tmp_path_factory.mktemp("recipes") / "ds")
+
+
+DDP_PROBE = str(REPO / "tests" / "ddp_probe.py")
+
+
+def ddp_teardown(out: Path) -> list[list[bool]]:
+    """What ``ddp_probe.py`` recorded for ranks 0 and 1 (see ``launch_recipe(..., probe=out)``)."""
+    import json
+
+    return [json.loads((out / f"ddp_rank{r}.json").read_text()) for r in (0, 1)]

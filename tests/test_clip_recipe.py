@@ -3,41 +3,17 @@ export round-trips (open_clip hf-hub layout, transformers conversion, LoRA), WiS
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import ARTICLES, REPO
+from conftest import REPO, ddp_teardown, launch_recipe
 
-BIN = Path(sys.executable).parent
-ACCELERATE = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]
 TRAIN = str(REPO / "finetune" / "clip" / "train.py")
 SMOKE = str(REPO / "finetune" / "clip" / "configs" / "cpu_smoke.yaml")
-ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-       "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory, articles_dir) -> Path:
-    out = tmp_path_factory.mktemp("clip") / "ds"
-    r = subprocess.run([str(BIN / "biomedica"), "build", "--input", str(ARTICLES), "--out", str(out), "--no-progress",
-                        "--shard-samples", "4"], capture_output=True, text=True, env=ENV, check=False)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return out
-
-
-def _launch(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
-    r = subprocess.run(ACCELERATE + args, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=timeout,
-                       check=False)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    return r
 
 
 def _log(run: Path) -> list[dict]:
@@ -73,17 +49,18 @@ TEXTS = ["a chest X-ray of a child", "fluorescence microscopy of HeLa cells", "b
 # --------------------------------------------------------------------------- distributed training
 def test_gathered_loss_equals_single_process(tmp_path):
     out = tmp_path / "gather.json"
-    _launch([str(REPO / "finetune" / "clip" / "check_gather.py"), str(out)])
+    launch_recipe([str(REPO / "finetune" / "clip" / "check_gather.py"), str(out)])
     res = json.loads(out.read_text())
     assert res["world_size"] == 2
     assert res["distributed_loss"] == pytest.approx(res["single_process_loss"], rel=1e-5)
     assert res["max_grad_abs_diff"] < 1e-5
 
 
-def test_open_clip_two_processes_resume_and_export(dataset, tmp_path):
+def test_open_clip_two_processes_resume_and_export(recipe_dataset, tmp_path):
     run, resumed = tmp_path / "run", tmp_path / "resumed"
-    common = ["--config", SMOKE, "--threads", "1", "--set", f"data.path={dataset}"]
-    _launch([TRAIN, *common, "--set", f"output_dir={run}"])
+    common = ["--config", SMOKE, "--threads", "1", "--set", f"data.path={recipe_dataset}"]
+    launch_recipe([TRAIN, *common, "--set", f"output_dir={run}"], probe=tmp_path)
+    assert ddp_teardown(tmp_path) == [[True], [True]]   # DDP freed before the process group (no gloo deadlock)
     log = _log(run)
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert {"loss", "lr", "samples_per_s", "data_wait_frac", "grad_norm", "logit_scale"} <= set(log[0])
@@ -92,8 +69,8 @@ def test_open_clip_two_processes_resume_and_export(dataset, tmp_path):
     assert {"model.safetensors", "optimizer.bin", "trainer_state.json", "data_state_rank0.json",
             "data_state_rank1.json"} <= {p.name for p in ckpt.iterdir()}
     # exact resume: the steps after the checkpoint give the same losses
-    _launch([TRAIN, *common, "--set", f"output_dir={resumed}", "--set", f"train.resume_from={ckpt}",
-             "--set", "export.enabled=false"])
+    launch_recipe([TRAIN, *common, "--set", f"output_dir={resumed}", "--set", f"train.resume_from={ckpt}",
+                   "--set", "export.enabled=false"])
     after = _log(resumed)
     assert [r["step"] for r in after] == [3, 4]
     for a, b in zip(after, log[2:]):
@@ -123,7 +100,7 @@ def test_open_clip_two_processes_resume_and_export(dataset, tmp_path):
     assert yaml.safe_load((hf_dir / "README.md").read_text().split("---")[1])["library_name"] == "transformers"
 
 
-def test_transformers_lora_two_processes(dataset, tmp_path):
+def test_transformers_lora_two_processes(recipe_dataset, tmp_path):
     run = tmp_path / "hf"
     from biomedica_hf.eval.tiny import tiny_clip_config
 
@@ -132,12 +109,12 @@ def test_transformers_lora_two_processes(dataset, tmp_path):
                     "tokenizer_dir": str(tmp_path / "tok")}
     cfg.update(output_dir=str(run), lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
                wise_ft={"alpha": 0.5})
-    cfg["data"]["path"] = str(dataset)
+    cfg["data"]["path"] = str(recipe_dataset)
     cfg["train"].update(max_steps=2, save_every=None, grad_checkpointing=True)
     cfg["export"].update(lora="adapter")
     config = tmp_path / "hf.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    _launch([TRAIN, "--config", str(config), "--threads", "1"])
+    launch_recipe([TRAIN, "--config", str(config), "--threads", "1"])
     assert [r["step"] for r in _log(run)] == [1, 2]
     export = run / "export"
     assert (export / "lora_adapter" / "adapter_config.json").is_file()
@@ -151,12 +128,12 @@ def test_transformers_lora_two_processes(dataset, tmp_path):
 
 # --------------------------------------------------------------------------- in-process checks
 @pytest.mark.parametrize("kind", ["open_clip", "transformers"])
-def test_loss_decreases_on_repeated_batch(dataset, kind, tmp_path):
+def test_loss_decreases_on_repeated_batch(recipe_dataset, kind, tmp_path):
     from biomedica_hf.models.data import Collate, build_stream
     from biomedica_hf.models.loss import ClipLoss
 
     clip = _tiny_oc() if kind == "open_clip" else _tiny_hf(tmp_path / "tok")
-    ds = build_stream({"path": str(dataset), "subset": "all"})
+    ds = build_stream({"path": str(recipe_dataset), "subset": "all"})
     batch = Collate(clip)(list(ds.take(8)))
     opt = torch.optim.AdamW(clip.parameters(), lr=3e-3, betas=(0.9, 0.95))
     losses = []

@@ -7,38 +7,21 @@ import json
 import math
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ARTICLES, PMC, REPO
+from conftest import PMC, REPO, ddp_teardown, launch_recipe
 
 pytest.importorskip("num2words")  # SmolVLMProcessor needs it; the pipeline imports only transformers/peft
 
-BIN = Path(sys.executable).parent
-ACCELERATE = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]
 TRAIN = str(REPO / "finetune" / "smolvlm" / "train.py")
 SMOKE = str(REPO / "finetune" / "smolvlm" / "configs" / "cpu_smoke.yaml")
-ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-       "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
 BIG_TIF = next((PMC / "images_other" / "pmc_packages_without_nxml" / "PMC11286954").glob("*MOESM2_ESM.tif"))
 FIG_JPG = next((PMC / "images_other" / "pmc_packages_without_nxml" / "PMC11286954").glob("*Fig1_HTML.jpg"))
 
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("smolvlm") / "ds"
-    r = subprocess.run([str(BIN / "biomedica"), "build", "--input", str(ARTICLES), "--out", str(out), "--no-progress",
-                        "--shard-samples", "4"], capture_output=True, text=True, env=ENV, check=False)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -56,36 +39,16 @@ def processor(tiny_dir):
 
 
 @pytest.fixture(scope="module")
-def run(dataset, tmp_path_factory) -> Path:
+def run(recipe_dataset, tmp_path_factory) -> Path:
     """6 optimizer steps (2 procs x batch 2 x accumulation 2), checkpoints every 2 steps."""
     out = tmp_path_factory.mktemp("run") / "smoke"
-    _launch(["--config", SMOKE, "--set", f"data.path={dataset}", "--set", f"output_dir={out}",
+    _launch(["--config", SMOKE, "--set", f"data.path={recipe_dataset}", "--set", f"output_dir={out}",
              "--set", "train.max_steps=6", "--threads", "1"])
     return out
 
 
-def _free_port() -> int:
-    """A free TCP port for the rendezvous: the default 29500 collides with other accelerate runs on the machine."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
-    cmd = [*ACCELERATE, "--main_process_port", str(_free_port()), TRAIN, *args]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO,
-                         start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)                 # the launcher and both ranks, nothing else
-        out, err = p.communicate()
-        pytest.fail(f"training timed out after {timeout}s: {out[-2000:]}{err[-3000:]}")
-    r = subprocess.CompletedProcess(cmd, p.returncode, out, err)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    return r
+def _launch(args: list[str], timeout: int = 240, probe: Path | None = None):
+    return launch_recipe([TRAIN, *args], timeout, probe)
 
 
 def _log(run: Path) -> list[dict]:
@@ -298,12 +261,13 @@ def test_train_two_processes_exports_and_card(run):
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in w.items())
 
 
-def test_resume_from_checkpoint_repeats_the_same_steps(run, dataset, tmp_path):
+def test_resume_from_checkpoint_repeats_the_same_steps(run, recipe_dataset, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(run, out, ignore=shutil.ignore_patterns("step_6", "adapter", "merged"))
     (out / "log.jsonl").write_text("\n".join(json.dumps(r) for r in _log(run)[:4]) + "\n")
-    r = _launch(["--config", SMOKE, "--set", f"data.path={dataset}", "--set", f"output_dir={out}",
-                 "--set", "train.max_steps=6", "--threads", "1"])
+    r = _launch(["--config", SMOKE, "--set", f"data.path={recipe_dataset}", "--set", f"output_dir={out}",
+                 "--set", "train.max_steps=6", "--threads", "1"], probe=tmp_path)
+    assert ddp_teardown(tmp_path) == [[True], [True]]   # DDP freed before the process group (no gloo deadlock)
     assert "resumed from" in r.stdout + r.stderr and "step_4" in r.stdout + r.stderr
     a, b = _log(run), _log(out)
     assert [x["step"] for x in b] == [1, 2, 3, 4, 5, 6]

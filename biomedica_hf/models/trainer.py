@@ -28,6 +28,7 @@ import torch
 from .adapter import build_model
 from .data import Collate, build_stream
 from .loss import ClipLoss
+from ..distributed import end_run
 from ..recipe_config import load_recipe_config
 
 DEFAULTS: dict[str, Any] = {
@@ -105,13 +106,21 @@ class _Batches:
 def train(cfg: dict) -> dict:
     """Run a recipe; returns ``{"step", "log", "export", ...}`` (on every rank)."""
     from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    mp = cfg["train"].get("mixed_precision", "auto")
+    mp = ("bf16" if cuda and torch.cuda.is_bf16_supported() else "no") if mp == "auto" else mp
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=mp)
+    result = _train(accelerator, cfg)   # the model, optimizer and stream die with its frame ...
+    end_run(accelerator)                # ... before the process group is destroyed
+    return result
+
+
+def _train(accelerator, cfg: dict) -> dict:
     from accelerate.utils import set_seed
 
     t_cfg, d_cfg = cfg["train"], cfg["data"]
     cuda = torch.cuda.is_available()
-    mp = t_cfg.get("mixed_precision", "auto")
-    mp = ("bf16" if cuda and torch.cuda.is_bf16_supported() else "no") if mp == "auto" else mp
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=mp)
     rank, world = accelerator.process_index, accelerator.num_processes
     seed = int(cfg["seed"])
     set_seed(seed)
@@ -251,7 +260,6 @@ def train(cfg: dict) -> dict:
                                                                      losses[-1] if losses else None})
         result["export"] = written
     accelerator.wait_for_everyone()
-    accelerator.end_training()
     return result
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ..distributed import end_run
 from ..recipe_config import load_recipe_config
 
 log = logging.getLogger(__name__)
@@ -148,19 +149,27 @@ def _dataset_captions(path: str, n: int = 2000) -> list[str]:
 
 
 def train(cfg: dict) -> dict:
-    import torch
     from accelerate import Accelerator
+
+    tcfg = cfg["train"]
+    quantization_config(cfg["model"])          # fail fast (before any download) when QLoRA cannot run here
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(gradient_accumulation_steps=tcfg["grad_accum"], mixed_precision=tcfg["mixed_precision"],
+                              cpu=bool(tcfg.get("cpu")))
+    result = _train(accelerator, cfg, out)    # the model, optimizer and stream die with its frame ...
+    end_run(accelerator)                      # ... before the process group is destroyed
+    return result
+
+
+def _train(accelerator, cfg: dict, out: Path) -> dict:
+    import torch
     from accelerate.utils import set_seed
     from transformers import AutoProcessor, get_scheduler
 
     from .data import SkipLog, collate, example_stream, set_longest_edge
 
     tcfg, dcfg = cfg["train"], cfg["data"]
-    quantization_config(cfg["model"])          # fail fast (before any download) when QLoRA cannot run here
-    out = Path(cfg["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(gradient_accumulation_steps=tcfg["grad_accum"], mixed_precision=tcfg["mixed_precision"],
-                              cpu=bool(tcfg.get("cpu")))
     set_seed(cfg["seed"])
     model_dir = resolve_model_dir(cfg, accelerator, _dataset_captions(dcfg["path"]) if cfg["model"].get("tiny") else ())
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -243,7 +252,6 @@ def train(cfg: dict) -> dict:
 
             write_model_card(out, cfg, result)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
     return result
 
 
