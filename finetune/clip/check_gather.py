@@ -24,13 +24,20 @@ class Towers(torch.nn.Module):
         return self.img(x), self.txt(t), self.logit_scale.exp()
 
 
-def main(out_path: str, global_batch: int = 8) -> None:
+def main(out_path: str) -> None:
     from accelerate import Accelerator
 
-    from biomedica_hf.models.loss import ClipLoss
+    from biomedica_hf.distributed import end_run
 
     torch.set_num_threads(1)
     acc = Accelerator(cpu=True)
+    check(acc, out_path)     # the DDP model dies with its frame, before the process group (see end_run)
+    end_run(acc)
+
+
+def check(acc, out_path: str, global_batch: int = 8) -> None:
+    from biomedica_hf.models.loss import ClipLoss
+
     torch.manual_seed(0)
     model = Towers()
     x, t = torch.randn(global_batch, 12), torch.randn(global_batch, 10)
