@@ -1,11 +1,13 @@
 """Training throughput: our CLIP recipe loop vs open_clip's own training loop (``open_clip_train``).
 
-    python benchmarks/bench_clip.py [--data DATASET_DIR] [--steps 48] [--batch-size 4] [--workers 1]
+    python benchmarks/bench_clip.py [--data DATASET_DIR] [--min-figures 400] [--steps 100] [--batch-size 4] [--workers 1]
 
 Same tiny random open_clip model (``TINY_OPEN_CLIP_CFG``), same shards (all subsets of a ``biomedica
-build`` folder; built from the PMC fixtures when ``--data`` is not given), one process each, fp32, CPU
-(or CUDA when present). Reported samples/s exclude the first step (start-up); "data wait" is the
-fraction of step time spent waiting for the next batch.
+build`` folder; when ``--data`` is not given, the fixture articles replicated to >= --min-figures
+figures, as in ``bench_stream.py``: the ~23 fixture samples alone make an epoch every 5 steps, and the
+loaders' per-epoch restarts then dominate), one process each, fp32, CPU (or CUDA when present).
+Reported samples/s exclude the first step (start-up); "data wait" is the fraction of step time spent
+waiting for the next batch.
 
 open_clip_train 3.x wants an old webdataset: with webdataset >= 1.0 its ``group_by_keys_nothrow`` gets
 the end-of-shard marker ``{}`` and fails with ``KeyError: 'fname'``; the benchmark runs it with
@@ -27,6 +29,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench_stream import build_dataset
+
 from biomedica_hf.eval.tiny import TINY_OPEN_CLIP_CFG
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -43,15 +47,6 @@ from open_clip_train.main import main
 main(sys.argv[1:])
 """
 LINE = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/.*Data \(t\): ([\d.]+) Batch \(t\): ([\d.]+)")
-
-
-def build(out: Path) -> Path:
-    r = subprocess.run([str(BIN / "biomedica"), "build", "--input", str(REPO.parent / "shared/fixtures/pmc/articles"),
-                        "--out", str(out), "--no-progress", "--shard-samples", "4"], env=ENV, capture_output=True,
-                       text=True, check=False)
-    if r.returncode:
-        raise SystemExit(r.stdout + r.stderr)
-    return out
 
 
 def n_samples(data: Path) -> int:
@@ -120,16 +115,18 @@ def _cuda() -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, help="a `biomedica build` folder (default: built from the PMC fixtures)")
-    ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--min-figures", type=int, default=400, help="replicate the fixtures to this many (no --data)")
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers (both loops)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_clip_") as tmp:
         work = Path(tmp)
-        data = a.data or build(work / "ds")
+        data = a.data or build_dataset(work, a.min_figures)
+        n = n_samples(data)
         results = {"ours (biomedica_hf.models, load_biomedica stream)": ours(data, work, a.steps, a.batch_size, a.workers),
                    "open_clip_train (webdataset)": open_clip_loop(data, work, a.steps, a.batch_size, a.workers)}
-    print(f"\ntiny open_clip model, {n_samples(data) if a.data else '~23'} samples, batch {a.batch_size}, "
+    print(f"\ntiny open_clip model, {n} samples, batch {a.batch_size}, "
           f"{a.steps} steps, workers {a.workers}, 1 process, {'CUDA' if _cuda() else 'CPU'}\n")
     print("| loop | steps | samples/s (excl. 1st step) | data wait | wall s (incl. start-up) | last loss |")
     print("|---|---:|---:|---:|---:|---:|")
