@@ -35,7 +35,6 @@ from biomedica_hf.eval.tiny import TINY_OPEN_CLIP_CFG
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-BIN = Path(sys.executable).parent
 
 OPEN_CLIP_MAIN = """
 import functools, sys

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,12 @@ def save_tiny_dinov2(folder: Path, image_size: int = 56) -> Path:
 
 
 # ------------------------------------------------------------------ recipes under `accelerate launch` (2 CPU ranks)
-BIN = Path(__import__("sys").executable).parent
+BIN = Path(sys.executable).parent
 ACCELERATE = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no"]
 RECIPE_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
               "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+DDP_PROBE = str(REPO / "tests" / "ddp_probe.py")
 
 
 def free_port() -> int:
@@ -110,23 +112,17 @@ def launch_recipe(args: list[str], timeout: int = 240, probe: Path | None = None
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
-def build_recipe_dataset(out: Path) -> Path:
-    """The fixture articles built into ``out`` with 4-sample shards (several shards per subset for 2 ranks)."""
+@pytest.fixture(scope="session")
+def recipe_dataset(tmp_path_factory, articles_dir) -> Path:
+    """The fixture articles built with 4-sample shards (several per subset for 2 ranks), shared read-only by
+    the CLIP and SmolVLM recipe tests."""
     import subprocess
 
+    out = tmp_path_factory.mktemp("recipes") / "ds"
     r = subprocess.run([str(BIN / "biomedica"), "build", "--input", str(ARTICLES), "--out", str(out), "--no-progress",
                         "--shard-samples", "4"], capture_output=True, text=True, env=RECIPE_ENV, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     return out
-
-
-@pytest.fixture(scope="session")
-def recipe_dataset(tmp_path_factory, articles_dir) -> Path:
-    """One build of the fixture articles shared (read-only) by the CLIP and SmolVLM recipe tests."""
-    return build_recipe_dataset(tmp_path_factory.mktemp("recipes") / "ds")
-
-
-DDP_PROBE = str(REPO / "tests" / "ddp_probe.py")
 
 
 def ddp_teardown(out: Path) -> list[list[bool]]:
