@@ -125,6 +125,13 @@ def recipe_dataset(tmp_path_factory, articles_dir) -> Path:
     return out
 
 
+def recipe_log(run: Path) -> list[dict]:
+    """A recipe run's ``log.jsonl``, one dict per logged step."""
+    import json
+
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
 def ddp_teardown(out: Path) -> list[list[bool]]:
     """What ``ddp_probe.py`` recorded for ranks 0 and 1 (see ``launch_recipe(..., probe=out)``)."""
     import json

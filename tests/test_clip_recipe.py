@@ -8,16 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, ddp_teardown, launch_recipe
+from conftest import REPO, ddp_teardown, launch_recipe, recipe_log
 
 TRAIN = str(REPO / "finetune" / "clip" / "train.py")
 SMOKE = str(REPO / "finetune" / "clip" / "configs" / "cpu_smoke.yaml")
 
 torch.set_num_threads(1)
-
-
-def _log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
 def _tiny_oc(seed: int = 0, **kw):
@@ -61,7 +57,7 @@ def test_open_clip_two_processes_resume_and_export(recipe_dataset, tmp_path):
     common = ["--config", SMOKE, "--threads", "1", "--set", f"data.path={recipe_dataset}"]
     launch_recipe([TRAIN, *common, "--set", f"output_dir={run}"], probe=tmp_path)
     assert ddp_teardown(tmp_path) == [[True], [True]]   # DDP freed before the process group (no gloo deadlock)
-    log = _log(run)
+    log = recipe_log(run)
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert {"loss", "lr", "samples_per_s", "data_wait_frac", "grad_norm", "logit_scale"} <= set(log[0])
     assert log[-1]["samples"] == 4 * 4 * 2
@@ -71,7 +67,7 @@ def test_open_clip_two_processes_resume_and_export(recipe_dataset, tmp_path):
     # exact resume: the steps after the checkpoint give the same losses
     launch_recipe([TRAIN, *common, "--set", f"output_dir={resumed}", "--set", f"train.resume_from={ckpt}",
                    "--set", "export.enabled=false"])
-    after = _log(resumed)
+    after = recipe_log(resumed)
     assert [r["step"] for r in after] == [3, 4]
     for a, b in zip(after, log[2:]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-6)
@@ -115,7 +111,7 @@ def test_transformers_lora_two_processes(recipe_dataset, tmp_path):
     config = tmp_path / "hf.yaml"
     config.write_text(yaml.safe_dump(cfg))
     launch_recipe([TRAIN, "--config", str(config), "--threads", "1"])
-    assert [r["step"] for r in _log(run)] == [1, 2]
+    assert [r["step"] for r in recipe_log(run)] == [1, 2]
     export = run / "export"
     assert (export / "lora_adapter" / "adapter_config.json").is_file()
     assert not (export / "open_clip").exists()   # a transformers model has no open_clip layout: skipped

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PMC, REPO, ddp_teardown, launch_recipe
+from conftest import PMC, REPO, ddp_teardown, launch_recipe, recipe_log
 
 pytest.importorskip("num2words")  # SmolVLMProcessor needs it; the pipeline imports only transformers/peft
 
@@ -49,10 +49,6 @@ def run(recipe_dataset, tmp_path_factory) -> Path:
 
 def _launch(args: list[str], timeout: int = 240, probe: Path | None = None):
     return launch_recipe([TRAIN, *args], timeout, probe)
-
-
-def _log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
 # ------------------------------------------------------------------------------------------ processor / data
@@ -246,7 +242,7 @@ def test_train_two_processes_exports_and_card(run):
     assert res["world_size"] == 2 and res["steps"] == 6
     assert res["samples"] == 6 * 2 * 2 * 2                # steps x batch x accumulation x processes
     assert all(math.isfinite(v) and v < 20 for v in res["losses"])
-    assert [r["step"] for r in _log(run)] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in recipe_log(run)] == [1, 2, 3, 4, 5, 6]
     assert res["merge_max_abs_diff"] < 1e-4
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"step_2", "step_4", "step_6"}
     assert (run / "adapter" / "adapter_config.json").exists()
@@ -264,12 +260,12 @@ def test_train_two_processes_exports_and_card(run):
 def test_resume_from_checkpoint_repeats_the_same_steps(run, recipe_dataset, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(run, out, ignore=shutil.ignore_patterns("step_6", "adapter", "merged"))
-    (out / "log.jsonl").write_text("\n".join(json.dumps(r) for r in _log(run)[:4]) + "\n")
+    (out / "log.jsonl").write_text("\n".join(json.dumps(r) for r in recipe_log(run)[:4]) + "\n")
     r = _launch(["--config", SMOKE, "--set", f"data.path={recipe_dataset}", "--set", f"output_dir={out}",
                  "--set", "train.max_steps=6", "--threads", "1"], probe=tmp_path)
     assert ddp_teardown(tmp_path) == [[True], [True]]   # DDP freed before the process group (no gloo deadlock)
     assert "resumed from" in r.stdout + r.stderr and "step_4" in r.stdout + r.stderr
-    a, b = _log(run), _log(out)
+    a, b = recipe_log(run), recipe_log(out)
     assert [x["step"] for x in b] == [1, 2, 3, 4, 5, 6]
     for x, y in zip(a[4:], b[4:], strict=True):
         assert x["lr"] == pytest.approx(y["lr"])

@@ -120,7 +120,7 @@ def _train(accelerator, cfg: dict) -> dict:
     from accelerate.utils import set_seed
 
     t_cfg, d_cfg = cfg["train"], cfg["data"]
-    cuda = torch.cuda.is_available()
+    cuda = accelerator.device.type == "cuda"
     rank, world = accelerator.process_index, accelerator.num_processes
     seed = int(cfg["seed"])
     set_seed(seed)
