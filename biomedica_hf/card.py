@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import __version__
@@ -40,19 +42,42 @@ def size_category(n: int) -> str:
     return next((label for bound, label in bounds if n < bound), "1B<n<10B")
 
 
+SPLIT_ORDER = ("train", "validation", "test")
+
+
 def subsets_present(out: Path) -> list[str]:
-    return [s for s in SUBSETS if any((Path(out) / s).glob("[0-9]*.tar"))]
+    return [s for s in SUBSETS if any((Path(out) / s).glob("*.tar"))]
+
+
+def splits_present(out: Path, subset: str) -> list[str]:
+    """Splits that have shards in a subset folder (names ``<subset>-<split>-...tar``); a folder of older,
+    split-less shards counts as ``train``."""
+    found = set()
+    for p in (Path(out) / subset).glob("*.tar"):
+        parts = p.stem.split("-")
+        found.add(parts[1] if len(parts) > 2 and parts[0] == subset and parts[1] in SPLIT_ORDER else "")
+    return [s for s in SPLIT_ORDER if s in found] + ([""] if "" in found else [])
+
+
+def _split_files(out: Path, subsets: list[str]) -> list[dict]:
+    by_split: dict[str, list[str]] = {}
+    for s in subsets:
+        for split in splits_present(out, s):
+            glob = f"{s}/{s}-{split}-*.tar" if split else f"{s}/*.tar"
+            by_split.setdefault(split or "train", []).append(glob)
+    return [{"split": sp, "path": paths[0] if len(paths) == 1 else paths}
+            for sp in SPLIT_ORDER for paths in [by_split.get(sp)] if paths]
 
 
 def card_configs(out: Path, extra: list[dict] | None = None) -> list[dict]:
     """``configs:`` entries: one per subset (commercial is the default), ``all``, the tables, extras."""
     present = subsets_present(out)
-    configs = [{"config_name": s, "data_files": [{"split": "train", "path": f"{s}/*.tar"}],
+    configs = [{"config_name": s, "data_files": _split_files(out, [s]),
                 **({"default": True} if s == "commercial" else {})} for s in present]
     if present and "commercial" not in present:
         configs[0]["default"] = True
     if present:
-        configs.append({"config_name": "all", "data_files": [{"split": "train", "path": [f"{s}/*.tar" for s in present]}]})
+        configs.append({"config_name": "all", "data_files": _split_files(out, present)})
     for table in TABLE_CONFIGS:  # WebDataset-of-JSON copies of the Parquet tables (see index.py)
         configs.append({"config_name": table, "data_files": [{"split": "train", "path": f"{table}/*.tar"}]})
     return configs + list(extra or [])
@@ -98,28 +123,42 @@ def collect_stats(out: Path) -> dict[str, Any]:
     """Everything the card says, from the files of the folder (never from memory of the build)."""
     out = Path(out)
     summary = json.loads((out / "build_summary.json").read_text()) if (out / "build_summary.json").exists() else {}
-    cols = ["key", "pmcid", "subset", "license_code", "year", "shard"]
     schema_names = pq.read_schema(out / FIGURES_INDEX).names
     concepts_col = "concepts" in schema_names
-    figs = pq.read_table(out / FIGURES_INDEX, columns=cols + (["concepts"] if concepts_col else []))
-    articles = pq.read_table(out / "articles.parquet", columns=["pmcid", "journal"])
-    journal_of = dict(zip(articles["pmcid"].to_pylist(), articles["journal"].to_pylist()))
+    cols = ["pmcid", "subset", "license_code", "year"] + (["concepts"] if concepts_col else [])
+    years: Counter = Counter()
+    licenses: Counter = Counter()
+    concepts: Counter = Counter()
+    pmcids_with_samples = 0
+    for batch in pq.ParquetFile(out / FIGURES_INDEX).iter_batches(batch_size=200_000, columns=cols):
+        t = pa.Table.from_batches([batch])      # streamed: the index is never held whole
+        for row in t.group_by("year").aggregate([("pmcid", "count")]).to_pylist():
+            years[row["year"]] += row["pmcid_count"]
+        for row in t.group_by(["license_code", "subset"]).aggregate([("pmcid", "count")]).to_pylist():
+            licenses[(row["license_code"], row["subset"])] += row["pmcid_count"]
+        if concepts_col:
+            flat = pc.list_flatten(t["concepts"])
+            for v in pc.value_counts(flat).to_pylist():
+                concepts[v["values"]] += v["counts"]
+    journals: Counter = Counter()
+    n_articles = 0
+    for batch in pq.ParquetFile(out / "articles.parquet").iter_batches(batch_size=200_000,
+                                                                      columns=["journal", "n_samples"]):
+        t = pa.Table.from_batches([batch])
+        n_articles += t.num_rows
+        has = t.filter(pc.greater(pc.fill_null(t["n_samples"], 0), 0))
+        pmcids_with_samples += has.num_rows
+        for row in has.group_by("journal").aggregate([("n_samples", "sum")]).to_pylist():
+            journals[row["journal"] or "(unknown)"] += row["n_samples_sum"]
 
     subsets, shards = [], []
     for s in subsets_present(out):
-        stats_files = sorted((out / s).glob("[0-9]*_stats.json"))
-        st = [json.loads(p.read_text()) for p in stats_files]
-        size = sum((out / x["shard"]).stat().st_size for x in st)
+        st = [json.loads(p.read_text()) for p in sorted((out / s).glob("*_stats.json"))]
+        size = sum(x["tar_bytes"] for x in st)
         subsets.append({"name": s, "samples": sum(x["count"] for x in st), "shards": len(st), "bytes": size,
                         "size": human_size(size)})
         shards += [{"name": x["shard"], "count": x["count"], "bytes": x["tar_bytes"]} for x in st]
 
-    years = Counter(figs["year"].to_pylist())
-    licenses = Counter(zip(figs["license_code"].to_pylist(), figs["subset"].to_pylist()))
-    journals = Counter(journal_of.get(p) or "(unknown)" for p in figs["pmcid"].to_pylist())
-    concepts = Counter()
-    if concepts_col:
-        concepts.update(c for row in figs["concepts"].to_pylist() for c in (row or []))
     ledger = summary.get("ledger", {})
     total = sum(s["samples"] for s in subsets)
     return {
@@ -135,8 +174,8 @@ def collect_stats(out: Path) -> dict[str, Any]:
         "total_samples": total,
         "total_shards": sum(s["shards"] for s in subsets),
         "total_size": human_size(sum(s["bytes"] for s in subsets)),
-        "n_articles": articles.num_rows,
-        "n_articles_with_samples": len(set(figs["pmcid"].to_pylist())),
+        "n_articles": n_articles,
+        "n_articles_with_samples": pmcids_with_samples,
         "n_duplicates": summary.get("duplicates_removed", 0),
         "years": [{"year": y if y is not None else "unknown", "n": n}
                   for y, n in sorted(years.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))],
@@ -237,5 +276,12 @@ def write_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] 
     return path
 
 
-__all__ = ["write_card", "render_card", "card_configs", "collect_stats", "make_plots", "human_size",
-           "size_category"]
+__all__ = [
+    "card_configs",
+    "collect_stats",
+    "human_size",
+    "make_plots",
+    "render_card",
+    "size_category",
+    "write_card",
+]

@@ -61,6 +61,17 @@ def source_options(source: str, input_path: Path | None, base_url: str | None, f
     raise click.UsageError(f"unknown source {source!r}")
 
 
+def _parse_splits(text: str) -> tuple[float, float, float]:
+    try:
+        parts = [float(x) for x in text.replace(",", "/").split("/")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise click.BadParameter(f"--splits wants three percentages like 98/1/1, got {text!r}")
+    total = sum(parts)
+    return tuple(p / total for p in parts)  # type: ignore[return-value]
+
+
 def _parse_bytes(text: str) -> int:
     units = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
     t = text.strip().lower().removesuffix("b")
@@ -102,20 +113,33 @@ def _parse_bytes(text: str) -> int:
               help="Max HTTP requests per second for the whole build (cloud/legacy politeness limit).")
 @click.option("--retries", type=int, default=5, show_default=True,
               help="Retries per download (5xx, 429, timeouts, dropped or truncated bodies, bad checksums).")
+@click.option("--splits", default="98/1/1", show_default=True,
+              help="train/validation/test percentages, by a stable hash of the PMCID (an article's figures stay in "
+                   "one split; an article never changes split across updates).")
+@click.option("--partition-size", type=int, default=2000, show_default=True,
+              help="Articles per partition (the unit of work of a worker; 1-5k is right for PMC-OA).")
+@click.option("--allow-shrink", is_flag=True,
+              help="Update: accept a listing that drops more than half of the dataset's articles (withdrawn).")
 @click.option("--enrich", is_flag=True, help="After the build, add PubMed MeSH terms etc. (see `biomedica enrich`).")
 @click.option("--eutils-url", default=None, help="E-utilities base URL for --enrich.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out, workers, executor, ray_address, limit, shard_samples,
-          shard_bytes, seed, no_dedup, min_side, keep_empty_captions, retry_failed, keep_downloads, rate, retries, enrich, eutils_url, no_progress,
-          verbose):
-    """Build WebDataset shards (per licence subset) + articles table + ledger from PMC-OA.
+          shard_bytes, seed, no_dedup, min_side, keep_empty_captions, retry_failed, keep_downloads, rate, retries, splits,
+          partition_size, allow_shrink, enrich, eutils_url, no_progress, verbose):
+    """Build WebDataset shards (per licence subset and split) + articles table + ledger from PMC-OA.
 
-    Rerunning the same command resumes: finished articles and shards are skipped. Every article,
-    figure and file ends up in OUT/ledger.parquet as kept, skipped or failed, with a reason.
-    Exits non-zero only on fatal errors.
+    \b
+    The listing is cut into partitions by a stable hash of the PMCID; each partition is processed,
+    deduplicated against the whole build and written as its own shards, so memory and disk stay flat.
+    Rerunning the same command resumes a killed build (byte-identical output). Rerunning against a
+    newer listing updates the folder: new articles and versions are added as new shards; retracted,
+    withdrawn and superseded articles are removed (only the shards holding them are rewritten, under
+    new names). Every article, figure and file ends up in OUT/ledger.parquet as kept, skipped or
+    failed, with a reason. Exits non-zero only on fatal errors (disk full, another build running).
     """
-    from .pipeline import BuildConfig, build as run_build
+    from .lock import BuildLockedError
+    from .pipeline import BuildConfig, FatalBuildError, build as run_build
     from .samples import MediaOptions
 
     _setup_logging(verbose)
@@ -128,9 +152,13 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         dedup_images=not no_dedup,
         media=MediaOptions(min_side=min_side, keep_empty_captions=keep_empty_captions),
         keep_downloads=keep_downloads, retry_failed=retry_failed, progress=not no_progress,
-        executor=executor, ray_address=ray_address,
+        executor=executor, ray_address=ray_address, split_fractions=_parse_splits(splits),
+        partition_target=partition_size, allow_shrink=allow_shrink,
         command=" ".join(["biomedica", *sys.argv[1:]]))
-    report = run_build(cfg)
+    try:
+        report = run_build(cfg)
+    except (BuildLockedError, FatalBuildError) as e:
+        raise click.ClickException(str(e)) from None
     click.echo(report.text())
     if enrich:
         _run_enrich(out, eutils_url, None)

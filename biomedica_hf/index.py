@@ -30,23 +30,37 @@ INDEX_SCHEMA = arrow_schema(FIGURES_INDEX_FIELDS)
 
 def shard_tables(out: Path) -> list[Path]:
     """Per-shard Parquet files of every subset, in subset then shard order."""
-    return [p for s in SUBSETS for p in sorted((Path(out) / s).glob("[0-9]*.parquet"))]
+    return [p for s in SUBSETS for p in sorted((Path(out) / s).glob("*.parquet"))]
 
 
 def build_figures_index(out: Path, extra_columns: dict[str, pa.Array] | None = None) -> Path:
-    """Concatenate the per-shard tables into ``figures.parquet`` (atomic); returns its path."""
-    tables = [pq.read_table(p) for p in shard_tables(out)]
-    if tables:
-        table = pa.concat_tables(tables, promote_options="default")
-        table = table.append_column("caption_chars", pc.cast(pc.utf8_length(table["caption"]), pa.int32()))
-        table = table.select([f.name for f in INDEX_SCHEMA]).cast(INDEX_SCHEMA)
-    else:
-        table = INDEX_SCHEMA.empty_table()
-    for name, column in (extra_columns or {}).items():
-        table = table.append_column(name, column)
+    """Stream the per-shard tables into ``figures.parquet`` (atomic); returns its path.
+
+    One shard table is in memory at a time; ``extra_columns`` (concept labels) are aligned with the
+    concatenation of the shard tables in :func:`shard_tables` order."""
+    extra = extra_columns or {}
+    schema = INDEX_SCHEMA
+    for name, column in extra.items():
+        schema = schema.append(pa.field(name, column.type))
     path = Path(out) / FIGURES_INDEX
+    offset = 0
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=100_000)
+        writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+        try:
+            for p in shard_tables(out):
+                table = pq.read_table(p)
+                table = table.append_column("caption_chars", pc.cast(pc.utf8_length(table["caption"]), pa.int32()))
+                for f in INDEX_SCHEMA:
+                    if f.name not in table.column_names:   # a shard written before the column existed
+                        table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+                table = table.select([f.name for f in INDEX_SCHEMA]).cast(INDEX_SCHEMA)
+                for name, column in extra.items():
+                    table = table.append_column(name, column.slice(offset, table.num_rows))
+                offset += table.num_rows
+                if table.num_rows:
+                    writer.write_table(table, row_group_size=100_000)
+        finally:
+            writer.close()
     return path
 
 
@@ -66,14 +80,19 @@ def write_table_configs(out: Path) -> dict[str, int]:
     for name, (source, key_col, _) in TABLE_CONFIGS.items():
         folder = Path(out) / name
         folder.mkdir(parents=True, exist_ok=True)
-        table = pq.read_table(Path(out) / source, columns=table_config_columns(out, name))
-        n_tars = max(1, -(-table.num_rows // ROWS_PER_TABLE_TAR))
-        for i in range(n_tars):
-            rows = table.slice(i * ROWS_PER_TABLE_TAR, ROWS_PER_TABLE_TAR).to_pylist()
-            write_json_tar(folder / f"{i:06d}.tar", ((safe_key(r[key_col]), r) for r in rows))
-        for stale in folder.glob("[0-9]*.tar"):
-            if int(stale.stem) >= n_tars:
+        pf = pq.ParquetFile(Path(out) / source)
+        n_tars = 0
+        for i, batch in enumerate(pf.iter_batches(batch_size=ROWS_PER_TABLE_TAR,
+                                                  columns=table_config_columns(out, name))):
+            rows = batch.to_pylist()
+            write_json_tar(folder / f"{name}-{i:06d}.tar", ((safe_key(r[key_col]), r) for r in rows))
+            n_tars = i + 1
+        if n_tars == 0:
+            write_json_tar(folder / f"{name}-000000.tar", iter(()))
+            n_tars = 1
+        for stale in folder.glob("*.tar"):
+            stem = stale.stem.rsplit("-", 1)[-1]
+            if not stale.stem.startswith(f"{name}-") or not stem.isdigit() or int(stem) >= n_tars:
                 stale.unlink()
-        counts[name] = table.num_rows
+        counts[name] = pf.metadata.num_rows
     return counts
-

@@ -3,8 +3,8 @@ state (kept / skipped / failed) with a reason. Written as ``ledger.parquet`` plu
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .schema import FAILED, KEPT, LEDGER_FIELDS, SKIPPED, STATES, LedgerEntry, arrow_schema
 from .writer import atomic_write_bytes, write_parquet
@@ -24,16 +24,41 @@ def summarize(entries: list[LedgerEntry], top: int = 10) -> dict:
     counts: dict[str, dict[str, int]] = {k: {s: 0 for s in STATES} for k in KINDS}
     reasons: dict[str, Counter] = defaultdict(Counter)
     errors: Counter = Counter()
+    examples: dict[str, str] = {}
     for e in entries:
         counts.setdefault(e.kind, {s: 0 for s in STATES})[e.state] += 1
         if e.state != KEPT:
             reasons[f"{e.kind}/{e.state}"][e.reason] += 1
         if e.state == FAILED:
-            errors[f"{e.reason}: {e.detail[:120]}" if e.detail else e.reason] += 1
+            errors[e.reason] += 1
+            examples.setdefault(e.reason, e.detail[:160] if e.detail else "")
     return {
         "counts": counts,
         "reasons": {k: dict(v.most_common()) for k, v in sorted(reasons.items())},
-        "top_errors": errors.most_common(top),
+        "top_errors": [[r, n, examples.get(r, "")] for r, n in errors.most_common(top)],
+    }
+
+
+def merge_summaries(summaries: Iterable[dict], top: int = 10) -> dict:
+    """One summary from per-partition summaries (bounded: counts by kind/state/reason, not rows)."""
+    counts: dict[str, dict[str, int]] = {k: {s: 0 for s in STATES} for k in KINDS}
+    reasons: dict[str, Counter] = defaultdict(Counter)
+    errors: Counter = Counter()
+    examples: dict[str, str] = {}
+    for sm in summaries:
+        for kind, c in sm["counts"].items():
+            for state, n in c.items():
+                counts.setdefault(kind, {s: 0 for s in STATES})[state] += n
+        for group, rs in sm["reasons"].items():
+            reasons[group].update(rs)
+        for reason, n, *example in sm["top_errors"]:
+            errors[reason] += n
+            if example and example[0]:
+                examples.setdefault(reason, example[0])
+    return {
+        "counts": counts,
+        "reasons": {k: dict(v.most_common()) for k, v in sorted(reasons.items())},
+        "top_errors": [[r, n, examples.get(r, "")] for r, n in errors.most_common(top)],
     }
 
 
@@ -46,8 +71,10 @@ def format_summary(summary: dict) -> str:
         lines.append(f"\n{group}:")
         lines.extend(f"  {n:7d}  {r}" for r, n in reasons.items())
     if summary["top_errors"]:
-        lines.append("\nTop errors:")
-        lines.extend(f"  {n:7d}  {msg}" for msg, n in summary["top_errors"])
+        lines.append("\nTop errors (by reason, with an example):")
+        for reason, n, *example in summary["top_errors"]:
+            ex = f"  e.g. {example[0]}" if example and example[0] else ""
+            lines.append(f"  {n:7d}  {reason}{ex}")
     return "\n".join(lines) + "\n"
 
 
@@ -60,4 +87,24 @@ def write_ledger(out: Path, entries: list[LedgerEntry]) -> dict:
     return summary
 
 
-__all__ = ["KEPT", "SKIPPED", "FAILED", "check_unique", "summarize", "format_summary", "write_ledger"]
+def write_ledger_parts(out: Path, parts: list[Path]) -> int:
+    """``ledger.parquet`` streamed from per-partition parts (never one list of every row)."""
+    import pyarrow.parquet as pq
+
+    from .writer import atomic_path
+
+    n = 0
+    with atomic_path(Path(out) / "ledger.parquet") as tmp:
+        writer = pq.ParquetWriter(tmp, LEDGER_SCHEMA, compression="zstd")
+        try:
+            for p in parts:
+                t = pq.read_table(p, schema=LEDGER_SCHEMA)
+                if t.num_rows:
+                    writer.write_table(t)
+                    n += t.num_rows
+        finally:
+            writer.close()
+    return n
+
+
+__all__ = ["FAILED", "KEPT", "SKIPPED", "check_unique", "format_summary", "merge_summaries", "summarize", "write_ledger", "write_ledger_parts"]

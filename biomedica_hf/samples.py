@@ -2,7 +2,7 @@
 and account for every article, figure panel and file in ledger entries.
 
 This is the per-article unit of work of a build (one call per listed article), free of global state:
-duplicates across articles and shard assignment are decided later by :mod:`biomedica_hf.plan`.
+duplicates across articles and shard assignment are decided later by :mod:`biomedica_hf.dedup` and :mod:`biomedica_hf.pipeline`.
 """
 from __future__ import annotations
 

@@ -198,6 +198,7 @@ SAMPLE_FIELDS: list[tuple[str, str, str]] = [
     ("license_code", "string", "normalised licence of the article"),
     ("subset", "string", "commercial / noncommercial / other"),
     ("year", "int32", "publication year of the article"),
+    ("split", "string", "train / validation / test, by a stable hash of the PMCID (every panel of an article)"),
 ]
 
 ARTICLE_FIELDS: list[tuple[str, str, str]] = [

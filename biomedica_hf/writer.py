@@ -2,9 +2,12 @@
 
 Layout per subset folder (img2dataset style)::
 
-    commercial/000000.tar          <key>.jpg|png, <key>.txt, <key>.json for every sample
-    commercial/000000.parquet      one row per sample: SAMPLE_FIELDS + SHARD_INDEX_FIELDS
-    commercial/000000_stats.json   written last; its presence means the shard is complete
+    commercial/commercial-train-s000-p00017-000.tar          <key>.jpg|png, <key>.txt, <key>.json
+    commercial/commercial-train-s000-p00017-000.parquet      one row per sample: SAMPLE_FIELDS + SHARD_INDEX_FIELDS
+    commercial/commercial-train-s000-p00017-000_stats.json   written last: the shard is complete
+
+Shard names are unique across the whole dataset (subset, split, snapshot, partition, number), so tools
+that look shards up by base name (open_clip's ``sizes.json``) never confuse two of them.
 
 Tars are byte-reproducible (fixed mtime, owner and mode; members in plan order), so a resumed
 build produces exactly the shards of an uninterrupted one. Every file is written to a temporary
@@ -18,8 +21,8 @@ import json
 import os
 import tarfile
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,18 +62,22 @@ def write_parquet(path: Path, rows: list[dict], schema: pa.Schema) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
-def shard_name(subset: str, index: int) -> str:
-    return f"{subset}/{index:06d}"
+def shard_name(subset: str, split: str, pid_tail: str, index: int, revision: int | None = None) -> str:
+    """``commercial/commercial-train-s000-p00017-000`` (``-r001`` when revised by snapshot 1)."""
+    name = f"{subset}/{subset}-{split}-{pid_tail}-{index:03d}"
+    return name + (f"-r{revision:03d}" if revision else "")
 
 
-def shard_files(out: Path, subset: str, index: int) -> tuple[Path, Path, Path]:
-    base = Path(out) / shard_name(subset, index)
-    return base.with_suffix(".tar"), base.with_suffix(".parquet"), base.parent / f"{base.name}_stats.json"
+def shard_files(out: Path, name: str) -> tuple[Path, Path, Path]:
+    """(tar, parquet, stats) of shard ``name`` (``subset/stem``)."""
+    base = Path(out) / name
+    return (base.parent / f"{base.name}.tar", base.parent / f"{base.name}.parquet",
+            base.parent / f"{base.name}_stats.json")
 
 
-def shard_done(out: Path, subset: str, index: int, digest: str) -> bool:
-    """A shard is finished when its stats file exists and was written for the same plan digest."""
-    tar, parquet, stats = shard_files(out, subset, index)
+def shard_done(out: Path, name: str, digest: str) -> bool:
+    """A shard is finished when its stats file exists and was written for the same digest."""
+    tar, parquet, stats = shard_files(out, name)
     if not (stats.exists() and tar.exists() and parquet.exists()):
         return False
     try:
@@ -100,10 +107,11 @@ def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
     ]
 
 
-def write_shard(out: Path, subset: str, index: int, samples: Iterable[Sample], digest: str) -> dict:
-    """Write one complete shard atomically and return its stats."""
-    tar_path, parquet_path, stats_path = shard_files(out, subset, index)
-    rel = f"{shard_name(subset, index)}.tar"
+def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, extra_stats: dict | None = None) -> dict:
+    """Write one complete shard ``name`` (``subset/stem``) atomically and return its stats."""
+    tar_path, parquet_path, stats_path = shard_files(out, name)
+    rel = f"{name}.tar"
+    subset = name.split("/")[0]
     rows: list[dict] = []
     formats: Counter[str] = Counter()
     image_bytes = caption_chars = 0
@@ -128,13 +136,13 @@ def write_shard(out: Path, subset: str, index: int, samples: Iterable[Sample], d
     stats = {
         "shard": rel,
         "subset": subset,
-        "index": index,
         "count": len(rows),
         "tar_bytes": tar_path.stat().st_size,
         "image_bytes": image_bytes,
         "caption_chars": caption_chars,
         "image_ext": dict(sorted(formats.items())),
         "digest": digest,
+        **(extra_stats or {}),
     }
     atomic_write_json(stats_path, stats)
     return stats
@@ -151,3 +159,41 @@ def write_json_tar(path: Path, records: Iterable[tuple[str, dict]]) -> int:
                 n += 1
     return n
 
+
+
+def revise_shard(out: Path, old: str, new: str, drop_keys: set[str], digest: str,
+                 extra_stats: dict | None = None) -> dict:
+    """Copy shard ``old`` to ``new`` without the samples in ``drop_keys`` (raw byte ranges: the kept
+    samples' members are bit-identical), with its Parquet and stats; then delete ``old``'s files.
+
+    Used by updates (retracted / withdrawn / superseded articles): untouched shards are never rewritten,
+    and a revised shard gets a new name so that mirrors and the Hub see a new file.
+    """
+    old_tar, old_parquet, old_stats = shard_files(out, old)
+    tar_path, parquet_path, stats_path = shard_files(out, new)
+    rows = [r for r in pq.read_table(old_parquet).to_pylist() if r["key"] not in drop_keys]
+    rows.sort(key=lambda r: r["tar_offset"])
+    rel = f"{new}.tar"
+    formats: Counter[str] = Counter()
+    image_bytes = caption_chars = 0
+    with atomic_path(tar_path) as tmp, open(old_tar, "rb") as src, open(tmp, "wb") as dst:
+        for r in rows:
+            src.seek(r["tar_offset"])
+            start = dst.tell()
+            dst.write(src.read(r["tar_size"]))
+            r["image_offset"] += start - r["tar_offset"]
+            r["tar_offset"], r["shard"] = start, rel
+            formats[r["image_ext"]] += 1
+            image_bytes += r["image_size"]
+            caption_chars += len(r["caption"] or "")
+        end = dst.tell() + 2 * tarfile.BLOCKSIZE            # end-of-archive blocks, padded like tarfile
+        dst.write(b"\0" * (2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE))
+    write_parquet(parquet_path, rows, SHARD_SCHEMA)
+    stats = {"shard": rel, "subset": new.split("/")[0], "count": len(rows), "tar_bytes": tar_path.stat().st_size,
+             "image_bytes": image_bytes, "caption_chars": caption_chars, "image_ext": dict(sorted(formats.items())),
+             "digest": digest, "revised_from": f"{old}.tar", **(extra_stats or {})}
+    atomic_write_json(stats_path, stats)
+    if old != new:
+        for p in (old_stats, old_parquet, old_tar):   # the marker first: a half-deleted shard is never "done"
+            p.unlink(missing_ok=True)
+    return stats

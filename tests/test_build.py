@@ -163,15 +163,20 @@ def _kill_when(proc, cond, timeout=120):
 
 
 def test_sigkill_and_rerun_gives_identical_shards(tmp_path, articles_dir):
-    args = ["build", "--input", str(articles_dir), "--workers", "1", "--shard-samples", "6", "--no-progress"]
+    args = ["build", "--input", str(articles_dir), "--workers", "1", "--shard-samples", "6", "--no-progress",
+            "--partition-size", "15", "--splits", "80/10/10"]
     ref = tmp_path / "ref"
     assert subprocess.run([str(BIN / "biomedica"), *args, "--out", str(ref)], capture_output=True).returncode == 0
 
     out = tmp_path / "killed"
-    staged = out / "_work" / "staged"
-    # 1st kill: while articles are being staged
+    stage = out / "_work" / "stage"
+
+    def staged_articles() -> int:
+        return sum(len(p.read_bytes().splitlines()) for p in stage.glob("*/log.jsonl")) if stage.is_dir() else 0
+
+    # 1st kill: in the middle of a partition, while its articles are being staged
     p = _run_cli([*args, "--out", str(out)])
-    assert _kill_when(p, lambda: staged.is_dir() and len(list(staged.glob("*.json"))) >= 20)
+    assert _kill_when(p, lambda: staged_articles() >= 20)
     assert not (out / "ledger.parquet").exists()
     # 2nd kill: while shards are being written
     p = _run_cli([*args, "--out", str(out)])

@@ -38,6 +38,12 @@ def _args(inp: Path, out: Path, *extra: str) -> list[str]:
 RAY = ("--executor", "ray", "--address", "local")
 
 
+def _staged_articles(out: Path) -> int:
+    """Articles finished in the staging logs of every partition (``_work/stage/<pid>/log.jsonl``)."""
+    stage = out / "_work" / "stage"
+    return sum(len(p.read_bytes().splitlines()) for p in stage.glob("*/log.jsonl")) if stage.is_dir() else 0
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     inp = tmp_path_factory.mktemp("ray_in")
@@ -69,8 +75,7 @@ def test_killed_worker_task_is_retried(corpus, tmp_path):
     killed = None
     t0 = time.time()
     while killed is None and time.time() - t0 < 300 and proc.poll() is None:
-        staged = list((out / "_work" / "staged").glob("*.json")) if (out / "_work" / "staged").is_dir() else []
-        if len(staged) >= 10:
+        if _staged_articles(out) >= 10:
             workers = _ray_task_workers()
             if workers:
                 killed = workers[0].pid
@@ -87,17 +92,16 @@ def test_killed_worker_task_is_retried(corpus, tmp_path):
 def test_driver_killed_then_resumed_by_the_other_executor(corpus, tmp_path):
     inp, ref = corpus
     out = tmp_path / "ray_driver"
-    staged_dir = out / "_work" / "staged"
     proc = subprocess.Popen(_args(inp, out, *RAY), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     t0 = time.time()
     while time.time() - t0 < 300 and proc.poll() is None:
-        if staged_dir.is_dir() and len(list(staged_dir.glob("*.json"))) >= 40:
+        if _staged_articles(out) >= 40:
             break
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
     proc.wait()
-    n_done = len(list(staged_dir.glob("*.json")))
+    n_done = _staged_articles(out)
     assert n_done >= 40 and not (out / "ledger.parquet").exists()
     r = subprocess.run(_args(inp, out, "--executor", "local"), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr

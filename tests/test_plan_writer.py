@@ -1,63 +1,59 @@
-"""Plan (dedup + shuffled shards) and shard writer, on real fixture images."""
+"""Exact-duplicate decisions, shard cutting and the shard writer (write / revise), on real fixture images."""
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import random
 import tarfile
 
+import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
-from biomedica_hf.plan import PlannedSample, assign_shards, make_plan
+from biomedica_hf.dedup import HASH_SCHEMA, PUBLISHED, decide, decide_bucket, decisions_for, write_hash_rows
+from biomedica_hf.pipeline import _cut
 from biomedica_hf.schema import ImageRecord, Sample
-from biomedica_hf.writer import shard_done, shard_files, write_shard
+from biomedica_hf.writer import revise_shard, shard_done, shard_files, write_shard
 
 
-def _ps(key, subset="commercial", sha=None, size=100, pmcid=None):
-    return PlannedSample(key, pmcid or key.split("_")[0], subset, sha or hashlib.sha256(key.encode()).hexdigest(),
-                         size, key.split("_")[0])
+def _h(key, subset="commercial", sha=None, pid="s000-train-p00000"):
+    return {"key": key, "sha256": sha or hashlib.sha256(key.encode()).hexdigest(), "subset": subset,
+            "pmcid": key.split("_")[0], "pid": pid}
 
 
 def test_dedup_keeps_most_permissive_subset_and_lists_articles():
-    samples = [_ps("PMC2_a", "noncommercial", "h1"), _ps("PMC1_a", "other", "h1"), _ps("PMC3_a", "commercial", "h1"),
-               _ps("PMC4_a", "commercial", "h2")]
-    plan = make_plan(samples, seed=1)
-    kept = [k for s in plan.shards for k in s.keys]
-    assert sorted(kept) == ["PMC3_a", "PMC4_a"]
-    assert plan.duplicates == {"PMC1_a": "PMC3_a", "PMC2_a": "PMC3_a"}
-    assert plan.duplicate_groups["PMC3_a"][0] == "PMC3"
-    assert set(plan.duplicate_groups["PMC3_a"]) == {"PMC1", "PMC2", "PMC3"}
-    shard = next(s for s in plan.shards if "PMC3_a" in s.keys)
-    assert sorted(shard.also_in["PMC3_a"]) == ["PMC1", "PMC2"]
+    rows = [_h("PMC2_a", "noncommercial", "a1"), _h("PMC1_a", "other", "a1"), _h("PMC3_a", "commercial", "a1"),
+            _h("PMC4_a", "commercial", "b2")]
+    out = decide_bucket(pa.Table.from_pylist(rows, schema=HASH_SCHEMA))
+    dropped = {r["key"]: r["canonical"] for r in out if r["canonical"]}
+    assert dropped == {"PMC1_a": "PMC3_a", "PMC2_a": "PMC3_a"}
+    kept = [r for r in out if r["canonical"] is None]
+    assert [r["key"] for r in kept] == ["PMC3_a"] and sorted(kept[0]["also_in"]) == ["PMC1", "PMC2"]
 
 
-def test_plan_is_independent_of_input_order_and_shuffles():
-    samples = [_ps(f"PMC{i:03d}_f") for i in range(200)]
-    a = make_plan(samples, max_samples=30, seed=7)
-    shuffled = samples[:]
-    random.Random(3).shuffle(shuffled)
-    b = make_plan(shuffled, max_samples=30, seed=7)
-    assert [s.keys for s in a.shards] == [s.keys for s in b.shards]
-    assert [s.digest for s in a.shards] == [s.digest for s in b.shards]
-    assert [len(s.keys) for s in a.shards] == [30] * 6 + [20]
-    flat = [k for s in a.shards for k in s.keys]
-    assert flat != sorted(flat)                      # shuffled at write time
-    assert make_plan(samples, max_samples=30, seed=8).shards[0].keys != a.shards[0].keys
+def test_published_samples_win_and_decisions_are_order_independent(tmp_path):
+    rows = [_h("PMC9_a", "commercial", "c3", pid="s001-train-p00000"),
+            _h("PMC8_a", "other", "c3", pid=PUBLISHED + "other/other-train-s000-p00000-000.tar")]
+    out = decide_bucket(pa.Table.from_pylist(rows, schema=HASH_SCHEMA))
+    assert {r["key"]: r["canonical"] for r in out} == {"PMC8_a": None, "PMC9_a": "PMC8_a"}
+    # bucketed on disk: same decisions whatever the partition order, one bucket in memory at a time
+    many = [_h(f"PMC{i}_x", "commercial", f"{i % 50:08x}" + "0" * 56, pid=f"s000-train-p{i % 7:05d}")
+            for i in range(700)]
+    for order, folder in ((many, tmp_path / "a"), (many[::-1], tmp_path / "b")):
+        for pid in sorted({r["pid"] for r in order}):
+            write_hash_rows(folder / "h", pid, [r for r in order if r["pid"] == pid], 4)
+        assert decide(folder / "h", 4, folder / "d.parquet") == 700 - 50
+    assert pq.read_table(tmp_path / "a" / "d.parquet").sort_by("key") == \
+        pq.read_table(tmp_path / "b" / "d.parquet").sort_by("key")
+    drop, also = decisions_for(tmp_path / "a" / "d.parquet", "s000-train-p00003")
+    assert drop and all(k not in also for k in drop)
 
 
-def test_byte_budget_and_oversized_sample():
-    samples = [_ps("PMC1_a", size=60), _ps("PMC2_a", size=60), _ps("PMC3_a", size=500), _ps("PMC4_a", size=10)]
-    shards = assign_shards(samples, max_samples=100, max_bytes=100, seed=0)["commercial"]
-    assert sorted(k.key for s in shards for k in s) == ["PMC1_a", "PMC2_a", "PMC3_a", "PMC4_a"]
-    for s in shards:
-        assert sum(x.size for x in s) <= 100 or len(s) == 1
-
-
-def test_duplicate_keys_are_refused():
-    with pytest.raises(ValueError, match="not unique"):
-        make_plan([_ps("PMC1_a", sha="x"), _ps("PMC1_a", sha="y")])
+def test_shards_respect_both_budgets_and_oversized_samples():
+    def s(key, n):
+        return {"key": key, "length": n, "caption": ""}
+    cut = list(_cut([s("a", 60), s("b", 60), s("c", 5000), s("d", 10)], max_samples=100, max_bytes=4200))
+    assert [[x["key"] for x in c] for c in cut] == [["a"], ["b"], ["c"], ["d"]]
+    assert [len(c) for c in _cut([s(str(i), 1) for i in range(25)], 10, 10**9)] == [10, 10, 5]
 
 
 def _real_samples(articles_dir, n=3):
@@ -78,13 +74,14 @@ def _real_samples(articles_dir, n=3):
 
 def test_write_shard_offsets_reproducible_and_marker(tmp_path, articles_dir):
     samples = _real_samples(articles_dir)
-    stats = write_shard(tmp_path / "a", "other", 0, samples, "d1")
-    write_shard(tmp_path / "b", "other", 0, samples, "d1")
-    tar_a, pq_a, stats_a = shard_files(tmp_path / "a", "other", 0)
-    tar_b, _, _ = shard_files(tmp_path / "b", "other", 0)
+    name = "other/other-train-s000-p00000-000"
+    stats = write_shard(tmp_path / "a", name, samples, "d1")
+    write_shard(tmp_path / "b", name, samples, "d1")
+    tar_a, pq_a, stats_a = shard_files(tmp_path / "a", name)
+    tar_b, _, _ = shard_files(tmp_path / "b", name)
     assert tar_a.read_bytes() == tar_b.read_bytes()
     assert stats["count"] == 3 and json.loads(stats_a.read_text())["digest"] == "d1"
-    assert shard_done(tmp_path / "a", "other", 0, "d1") and not shard_done(tmp_path / "a", "other", 0, "d2")
+    assert shard_done(tmp_path / "a", name, "d1") and not shard_done(tmp_path / "a", name, "d2")
     rows = pq.read_table(pq_a).to_pylist()
     raw = tar_a.read_bytes()
     for row, s in zip(rows, samples):
@@ -95,3 +92,25 @@ def test_write_shard_offsets_reproducible_and_marker(tmp_path, articles_dir):
             assert t.getnames() == [f"{s.key}.jpg", f"{s.key}.txt", f"{s.key}.json"]
             assert t.extractfile(f"{s.key}.txt").read().decode() == s.caption
     assert not list((tmp_path / "a" / "other").glob(".*tmp*"))
+
+
+def test_revise_shard_drops_samples_and_keeps_the_rest_bit_identical(tmp_path, articles_dir):
+    samples = _real_samples(articles_dir)
+    old, new = "other/other-train-s000-p00000-000", "other/other-train-s000-p00000-000-r001"
+    write_shard(tmp_path, old, samples, "d1")
+    before = {r["key"]: r for r in pq.read_table(shard_files(tmp_path, old)[1]).to_pylist()}
+    raw_old = shard_files(tmp_path, old)[0].read_bytes()
+    stats = revise_shard(tmp_path, old, new, {samples[1].key}, "d2")
+    assert not shard_files(tmp_path, old)[0].exists() and not shard_files(tmp_path, old)[2].exists()
+    tar, parquet, _ = shard_files(tmp_path, new)
+    raw = tar.read_bytes()
+    rows = pq.read_table(parquet).to_pylist()
+    assert stats["count"] == 2 and [r["key"] for r in rows] == [samples[0].key, samples[2].key]
+    for r in rows:
+        b = before[r["key"]]
+        assert raw[r["tar_offset"]:r["tar_offset"] + r["tar_size"]] == raw_old[b["tar_offset"]:b["tar_offset"] + b["tar_size"]]
+        assert r["shard"] == f"{new}.tar"
+    with tarfile.open(tar) as t:                 # a valid tar that tarfile reads to the end
+        assert len(t.getnames()) == 6
+        assert t.extractfile(f"{samples[2].key}.jpg").read() == samples[2].image.data
+    assert len(raw) % tarfile.RECORDSIZE == 0
