@@ -282,3 +282,31 @@ def test_a_second_build_into_the_same_folder_is_refused(corpus, tmp_path):
     lock.write_text(json.dumps({"pid": 999999, "host": "elsewhere", "started": "2020-01-01"}))
     third = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stderr[-2000:]
+
+
+def test_killing_the_driver_leaves_no_orphan_workers(corpus, tmp_path):
+    import psutil
+
+    out = tmp_path / "ds"
+    p = subprocess.Popen([str(BIN), "build", "--input", str(corpus), "--no-progress", "--workers", "2",
+                          "--partition-size", "8", "--splits", "60/20/20", "--out", str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids: list[int] = []
+    t0 = time.time()
+    while len(kids) < 2 and time.time() - t0 < 120 and p.poll() is None:
+        kids = _children(p.pid)
+        time.sleep(0.01)
+    assert kids, "the pool's workers were seen"
+    os.kill(p.pid, signal.SIGKILL)           # the driver only, not its process group
+    p.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(psutil.pid_exists(k) and psutil.Process(k).status() != "zombie"
+                                         for k in kids):
+        time.sleep(0.1)
+    alive = [k for k in kids if psutil.pid_exists(k) and psutil.Process(k).status() != "zombie"]
+    assert not alive, f"orphan workers {alive}"
+    # and the next build takes over the dead driver's lock and finishes
+    r = subprocess.run([str(BIN), "build", "--input", str(corpus), "--no-progress", "--workers", "2",
+                        "--partition-size", "8", "--splits", "60/20/20", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
