@@ -25,6 +25,7 @@ TABLE_CONFIGS = {
                 tuple(n for n, _, _ in FIGURES_INDEX_FIELDS if n not in {f[0] for f in FIGURES_CONFIG_FIELDS})),
 }
 ROWS_PER_TABLE_TAR = 100_000
+BATCH_ROWS = 1_000          # rows in memory at a time when streaming a table
 INDEX_SCHEMA = arrow_schema(FIGURES_INDEX_FIELDS)
 
 
@@ -81,18 +82,31 @@ def write_table_configs(out: Path) -> dict[str, int]:
         folder = Path(out) / name
         folder.mkdir(parents=True, exist_ok=True)
         pf = pq.ParquetFile(Path(out) / source)
-        n_tars = 0
-        for i, batch in enumerate(pf.iter_batches(batch_size=ROWS_PER_TABLE_TAR,
-                                                  columns=table_config_columns(out, name))):
-            rows = batch.to_pylist()
-            write_json_tar(folder / f"{name}-{i:06d}.tar", ((safe_key(r[key_col]), r) for r in rows))
-            n_tars = i + 1
-        if n_tars == 0:
-            write_json_tar(folder / f"{name}-000000.tar", iter(()))
-            n_tars = 1
+        total = pf.metadata.num_rows
+        batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=table_config_columns(out, name))
+        n_tars = max(1, -(-total // ROWS_PER_TABLE_TAR))
+
+        def rows(limit: int):
+            """The next ``limit`` rows, a small batch at a time (the articles carry their full text)."""
+            nonlocal pending
+            left = limit
+            while left > 0:
+                if not pending:
+                    batch = next(batches, None)
+                    if batch is None:
+                        return
+                    pending = batch.to_pylist()
+                take, pending = pending[:left], pending[left:]
+                left -= len(take)
+                for r in take:
+                    yield safe_key(r[key_col]), r
+
+        pending: list[dict] = []
+        for i in range(n_tars):
+            write_json_tar(folder / f"{name}-{i:06d}.tar", rows(ROWS_PER_TABLE_TAR))
         for stale in folder.glob("*.tar"):
             stem = stale.stem.rsplit("-", 1)[-1]
             if not stale.stem.startswith(f"{name}-") or not stem.isdigit() or int(stem) >= n_tars:
                 stale.unlink()
-        counts[name] = pf.metadata.num_rows
+        counts[name] = total
     return counts

@@ -296,10 +296,10 @@ def _finish_stage(work: Work, pid: PartitionId, stage: PartitionStage, n_bytes: 
             hash_rows.append({"key": s["key"], "sha256": s["image"]["sha256"], "subset": s["meta"]["subset"],
                               "pmcid": s["meta"]["pmcid"]})
         for e in unit["ledger"]:
-            if e["kind"] == "article" and e["state"] == FAILED:
-                failed.append(e["pmcid"])
-                if e["reason"] in TRANSIENT_REASONS:
-                    retry.append(e["pmcid"])
+            if e["state"] == FAILED and e["pmcid"]:
+                failed.append(e["pmcid"])          # any failed item: --retry-failed re-processes the article
+                if e["kind"] == "article" and e["reason"] in TRANSIENT_REASONS:
+                    retry.append(e["pmcid"])       # retried by any rerun
     if _WORKER.get("dedup", True):
         write_hash_rows(work.hashes(pid.snapshot), pid.name, hash_rows, _WORKER["n_hash"])
     info = {"pid": pid.name, "samples": n_samples, "bytes": n_bytes, "failed": sorted(set(failed)),
@@ -717,7 +717,7 @@ def consolidate_tables(work: Work, k: int) -> None:
                 writer = pq.ParquetWriter(tmp, schema, compression="zstd")
                 try:
                     if k > 0 and (out / name).exists():
-                        for batch in pq.ParquetFile(out / name).iter_batches(batch_size=50_000):
+                        for batch in pq.ParquetFile(out / name).iter_batches(batch_size=2_000):
                             t = pa.Table.from_batches([batch]).cast(schema)
                             if kind == "articles":
                                 t = t.filter(pc.invert(pc.is_in(t["pmcid"], value_set=gone_set)))
@@ -726,9 +726,8 @@ def consolidate_tables(work: Work, k: int) -> None:
                             if t.num_rows:
                                 writer.write_table(t)
                     for part in _all_parts(work, kind):
-                        t = pq.read_table(part, schema=schema)
-                        if t.num_rows:
-                            writer.write_table(t)
+                        for batch in pq.ParquetFile(part).iter_batches(batch_size=2_000):
+                            writer.write_table(pa.Table.from_batches([batch]).cast(schema))
                 finally:
                     writer.close()
         ready.write_text("ready\n")

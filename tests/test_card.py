@@ -42,7 +42,12 @@ def test_yaml_front_matter(folder):
     configs = {c["config_name"]: c for c in meta["configs"]}
     assert set(configs) == {*SUBSETS, "all", "articles", "figures"}
     assert configs["commercial"]["default"] is True and sum(bool(c.get("default")) for c in configs.values()) == 1
-    assert configs["other"]["data_files"] == [{"split": "train", "path": "other/*.tar"}]
+    # one data-files entry per split that has shards (the sample's six articles all hash into train)
+    splits = sorted({p.name.split("-")[1] for p in (folder / "other").glob("*.tar")})
+    assert configs["other"]["data_files"] == [{"split": sp, "path": f"other/other-{sp}-*.tar"}
+                                              for sp in ("train", "validation", "test") if sp in splits]
+    assert {d["split"] for d in configs["all"]["data_files"]} == {d["split"] for c in SUBSETS
+                                                                  for d in configs[c]["data_files"]}
     assert meta["size_categories"] == ["n<1K"] and "image-to-text" in meta["task_categories"]
     assert meta["license"] == "other" and meta["pretty_name"]
     infos = {i["config_name"]: i for i in meta["dataset_info"]}

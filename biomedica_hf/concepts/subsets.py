@@ -12,11 +12,11 @@
 
 Each selection is written as ``concepts/<name>.parquet`` (key, subset, source shard and offsets,
 labels, and ``out_shard`` / ``out_offset`` in the materialised copy) and materialised as
-``<name>/<subset>-NNNNNN.tar``: ``tar[tar_offset : tar_offset + tar_size]`` of a source shard is a
+``<name>/<name>-<subset>-<split>-NNNNNN.tar``: ``tar[tar_offset : tar_offset + tar_size]`` of a source shard is a
 self-contained run of the sample's three tar members, so concatenating the selected ranges and
 ending with two 512-byte zero blocks gives a valid tar with byte-identical members (no
-re-encoding). Shards never mix licence subsets (the file name says which: ``commercial-000000.tar``),
-so ``<name>/commercial-*.tar`` is the commercially usable part. ``datasets`` infers one builder per
+re-encoding). Shards never mix licence subsets (the file name says which: ``concept-filtered-commercial-train-000000.tar``),
+so ``<name>/<name>-commercial-*.tar`` is the commercially usable part. ``datasets`` infers one builder per
 folder (WebDataset here), which is why a config's data files must be tars and not the Parquet list.
 """
 from __future__ import annotations
@@ -47,7 +47,8 @@ SHARD_SAMPLES = 10_000
 SHARD_BYTES = 1_000_000_000
 END_OF_ARCHIVE = b"\0" * 1024
 SELECTION_COLUMNS = ["key", "subset", "shard", "tar_offset", "tar_size", "image_offset", "image_size",
-                     "cluster", "panel_type", "concepts", "local_concepts"]
+                     "cluster", "panel_type", "concepts", "local_concepts", "split"]
+SPLITS = ("train", "validation", "test")
 
 
 # ------------------------------------------------------------------------------------ selections (pure)
@@ -132,19 +133,26 @@ def read_index(out: Path) -> pa.Table:
     return pq.read_table(path, columns=[c for c in SELECTION_COLUMNS if c in names])
 
 
-def plan_shards(selection: pa.Table, shard_samples: int = SHARD_SAMPLES, shard_bytes: int = SHARD_BYTES) -> pa.Table:
-    """``selection`` with ``out_shard`` / ``out_offset``: per licence subset, runs of at most
-    ``shard_samples`` samples / ``shard_bytes`` bytes, in index order."""
+def plan_shards(selection: pa.Table, shard_samples: int = SHARD_SAMPLES, shard_bytes: int = SHARD_BYTES,
+                prefix: str = "") -> pa.Table:
+    """``selection`` with ``out_shard`` / ``out_offset``: per licence subset (and split, when the index has
+    splits), runs of at most ``shard_samples`` samples / ``shard_bytes`` bytes, in index order. Names are
+    ``<prefix><subset>-<split>-NNNNNN.tar`` (``prefix`` = the selection's name: unique across the dataset)."""
     subsets = selection["subset"].to_pylist()
+    splits = selection["split"].to_pylist() if "split" in selection.column_names else [None] * len(subsets)
     sizes = selection["tar_size"].to_numpy()
     out_shard: list[str] = [""] * len(subsets)
     out_offset = np.zeros(len(subsets), np.int64)
-    for subset in [s for s in SUBSETS if s in set(subsets)] + sorted(set(subsets) - set(SUBSETS)):
+    groups = sorted(set(zip(subsets, splits)), key=lambda g: (
+        SUBSETS.index(g[0]) if g[0] in SUBSETS else len(SUBSETS), g[0],
+        SPLITS.index(g[1]) if g[1] in SPLITS else len(SPLITS), g[1] or ""))
+    for subset, split in groups:
         index, count, offset = 0, 0, 0
-        for i in (i for i, s in enumerate(subsets) if s == subset):
+        stem = f"{prefix}{subset}-{split}" if split else f"{prefix}{subset}"
+        for i in (i for i, g in enumerate(zip(subsets, splits)) if g == (subset, split)):
             if count and (count >= shard_samples or offset + sizes[i] > shard_bytes):
                 index, count, offset = index + 1, 0, 0
-            out_shard[i] = f"{subset}-{index:06d}.tar"
+            out_shard[i] = f"{stem}-{index:06d}.tar"
             out_offset[i] = offset
             count += 1
             offset += int(sizes[i])
@@ -214,9 +222,14 @@ def materialise(dataset_dir: str | Path, name: str, selection: pa.Table) -> dict
     return {"name": name, "samples": selection.num_rows, "shards": len(planned), "written": written, "kept": kept}
 
 
-def card_config(name: str) -> dict[str, Any]:
-    """A ``configs:`` entry of the dataset card for a materialised subset."""
-    return {"config_name": name, "data_files": [{"split": "train", "path": f"{name}/*.tar"}]}
+def card_config(name: str, root: Path | None = None) -> dict[str, Any]:
+    """A ``configs:`` entry of the dataset card for a materialised subset, one data-files entry per split
+    present (shards of an index without splits are all ``train``)."""
+    tars = [p.name for p in (Path(root) / name).glob("*.tar")] if root is not None else []
+    present = [sp for sp in SPLITS if any(f"-{sp}-" in t for t in tars)]
+    if not present or any(not any(f"-{sp}-" in t for sp in SPLITS) for t in tars):
+        return {"config_name": name, "data_files": [{"split": "train", "path": f"{name}/*.tar"}]}
+    return {"config_name": name, "data_files": [{"split": sp, "path": f"{name}/*-{sp}-*.tar"} for sp in present]}
 
 
 def concept_card_configs(dataset_dir: str | Path) -> list[dict[str, Any]]:
@@ -225,7 +238,7 @@ def concept_card_configs(dataset_dir: str | Path) -> list[dict[str, Any]]:
     summary = concepts_dir(root) / "subsets.json"
     names = list(json.loads(summary.read_text())) if summary.exists() else []
     names.sort(key=lambda n: ([FILTERED, BALANCED] + [n]).index(n))
-    return [card_config(n) for n in names if any((root / n).glob("*.tar"))]
+    return [card_config(n, root) for n in names if any((root / n).glob("*.tar"))]
 
 
 def write_selection(dataset_dir: str | Path, name: str, mask: np.ndarray, index: pa.Table,
@@ -233,7 +246,7 @@ def write_selection(dataset_dir: str | Path, name: str, mask: np.ndarray, index:
                     params: dict | None = None) -> dict[str, Any]:
     """Plan, save (``concepts/<name>.parquet``) and materialise one selection; returns its summary."""
     root = Path(dataset_dir)
-    selection = plan_shards(index.filter(pa.array(mask)), shard_samples, shard_bytes)
+    selection = plan_shards(index.filter(pa.array(mask)), shard_samples, shard_bytes, prefix=f"{name}-")
     write_table(concepts_dir(root) / f"{name}.parquet", selection)
     stats = materialise(root, name, selection)
     counts = _concept_counts(selection["concepts"]) if selection.num_rows else {}
