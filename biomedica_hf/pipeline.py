@@ -32,7 +32,7 @@ from .plan import Plan, PlannedSample, make_plan
 from .samples import MediaOptions, PackageResult, process_package
 from .schema import (ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema)
 from .sources import make_source
-from .sources.base import FetchError, Source
+from .sources.base import FatalBuildError, FetchError, Source, is_disk_error
 from .staging import is_staged, iter_samples, read_unit, unit_ledger, unit_paths, write_unit
 from .writer import atomic_write_json, shard_done, write_parquet, write_shard
 
@@ -116,6 +116,8 @@ def _stage_ref(ref: ArticleRef) -> dict:
     try:
         result = process_package(pkg, _WORKER["media"])
     except Exception as e:  # noqa: BLE001 - one article's bug must not sink the build; it is ledgered
+        if isinstance(e, FatalBuildError) or is_disk_error(e):
+            raise
         log.exception("internal error on %s", ref.pmcid)
         entry = LedgerEntry("article", ref.pmcid, ref.pmcid, FAILED, "internal_error",
                             f"{type(e).__name__}: {e}"[:500], ref.location)
@@ -250,6 +252,10 @@ def build(cfg: BuildConfig) -> BuildReport:
     todo = [r for r in refs if not is_staged(work, r.pmcid)
             or (cfg.retry_failed and _has_failures(work, r.pmcid))]
     n_resumed = len(refs) - len(todo)
+    if cfg.retry_failed:  # a failed package's cached extraction / download would be reused as it is
+        for r in todo:
+            if is_staged(work, r.pmcid):
+                source.discard(r, work / "cache")
     transient: list[LedgerEntry] = []
     def init_args(slots: int) -> tuple:
         opts = dict(cfg.source_opts)

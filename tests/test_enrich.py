@@ -443,7 +443,7 @@ def test_missing_pmids_reported_and_refreshed(server, tmp_path):
     with PubmedCache(cache) as c:
         assert c.missing() == ["888888", "999999"]
     server.missing = {"888888"}                                   # NCBI now has 999999
-    r3 = enrich_records(records, make_client(server), cache, refresh=True, progress=False)
+    r3 = enrich_records(records, make_client(server), cache, refresh="missing", progress=False)
     assert [h.ids for h in server.efetch_hits] == [["999999", "888888"]]
     assert r3.missing == ["888888"] and r3.n_fetched == 1 and r3.n_cached == 1
     assert records[1]["abstract"].startswith("BACKGROUND: [999999]")

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from biomedica_hf.schema import ArticlePackage, ArticleRef
-from biomedica_hf.sources.base import (BAD_PACKAGE, NOT_FOUND, XML_SUFFIXES, FetchError, Source, looks_like_jats,
+from biomedica_hf.sources.base import (BAD_PACKAGE, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PACKAGE_BYTES, NOT_FOUND,
+                                       OUTSIDE_INPUT, XML_SUFFIXES, FetchError, Source, looks_like_jats,
                                        package_from_dir, pmcid_in, safe_id)
 from biomedica_hf.sources.filelists import parse_metadata_key
-from biomedica_hf.sources.legacy import package_from_archive
+from biomedica_hf.sources.legacy import ArchiveLimits, package_from_archive
 
 TAR_SUFFIXES = (".tar.gz", ".tgz")
 _CLOUD_DIR_RE = re.compile(r"^(PMC\d+)\.(\d+)$")
@@ -55,10 +56,18 @@ def _tar_stem(name: str) -> str:
 class LocalSource(Source):
     name = "local"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, max_package_bytes: int | None = None,
+                 max_member_bytes: int | None = None) -> None:
         super().__init__()
         self.path = Path(path)
+        self.limits = ArchiveLimits(max_package_bytes or DEFAULT_MAX_PACKAGE_BYTES,
+                                    max_member_bytes or DEFAULT_MAX_MEMBER_BYTES)
         self._entries: dict[str, _Entry] | None = None
+
+    @property
+    def confine(self) -> Path | None:
+        """The folder every file must resolve into (symlinks followed); None for a single-file input."""
+        return self.path if self.path.is_dir() else None
 
     # ------------------------------------------------------------------ scan
     def scan(self) -> list[_Entry]:
@@ -156,27 +165,40 @@ class LocalSource(Source):
             raise FetchError(NOT_FOUND, f"{path} does not exist")
         kind = ref.extra.get("kind") or (TAR if path.name.lower().endswith(TAR_SUFFIXES)
                                           else XML if path.is_file() else DIR)
+        confine = self.confine
+        if confine is not None and not _inside(path, confine):
+            raise FetchError(BAD_PACKAGE, f"{OUTSIDE_INPUT}: {path} resolves to {path.resolve()}, outside {confine}")
         if kind == TAR:
-            return package_from_archive(ref, path, Path(cache_dir) / safe_id(ref.pmcid))
+            return package_from_archive(ref, path, Path(cache_dir) / safe_id(ref.pmcid), self.limits)
         if kind == XML:
-            pkg = package_from_dir(ref, path.parent, recursive=False)
+            pkg = package_from_dir(ref, path.parent, recursive=False, confine=confine)
+            if path.name not in pkg.files:
+                raise FetchError(BAD_PACKAGE, f"{OUTSIDE_INPUT}: {path}")
             pkg.xml_files = [path.name]
             return pkg
         metadata: dict[str, Any] = {}
         if kind == CLOUD:
             mp = ref.extra.get("metadata_path")
+            if mp and confine is not None and not _inside(Path(mp), confine):
+                mp = None  # metadata JSON symlinked from outside: ignored
             metadata = _read_json(Path(mp)) if mp else {}
-            pkg = package_from_dir(ref, path, metadata=metadata)
+            pkg = package_from_dir(ref, path, metadata=metadata, confine=confine)
             main = f"{path.name}.xml"
             if main in pkg.files:
                 pkg.xml_files = [main] + [x for x in pkg.xml_files if x != main]
             return pkg
         try:
-            return package_from_dir(ref, path)
+            return package_from_dir(ref, path, confine=confine)
         except FetchError:
             raise
         except OSError as e:
             raise FetchError(BAD_PACKAGE, f"{path}: {e}") from e
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Does ``path`` (symlinks resolved) lie in ``root`` (or is it ``root``)?"""
+    real, top = Path(path).resolve(), Path(root).resolve()
+    return real == top or top in real.parents
 
 
 def _read_json(path: Path) -> dict[str, Any]:
