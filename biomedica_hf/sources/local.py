@@ -11,7 +11,8 @@
 
 Everything left out is reported in ``unlisted`` as ``(path, reason)``: ``no_xml`` (a folder with
 files but no XML or package), ``no_article_xml`` (XML that is not an article), ``older_version``,
-``duplicate_id``. The listing is sorted by path (deterministic).
+``duplicate_id``, ``outside_input`` (an XML or package that is a symlink resolving outside the input
+folder; such files inside an article are refused at fetch time, as ``ArticlePackage.problems``). The listing is sorted by path (deterministic).
 """
 from __future__ import annotations
 
@@ -97,9 +98,10 @@ class LocalSource(Source):
             d = Path(dirpath)
             xmls = [f for f in filenames if f.lower().endswith(XML_SUFFIXES)]
             if xmls:
-                jats = [f for f in xmls if looks_like_jats(d / f)]
+                inside = [f for f in xmls if _inside(d / f, top)]   # never read a file outside the input
+                jats = [f for f in inside if looks_like_jats(d / f)]
                 m = _CLOUD_DIR_RE.match(d.name)
-                if m and f"{d.name}.xml" in filenames:
+                if m and f"{d.name}.xml" in inside:
                     meta = d / f"{d.name}.json"
                     if not meta.is_file():
                         alt = d.parent / "metadata" / f"{d.name}.json"
@@ -112,9 +114,14 @@ class LocalSource(Source):
                     found.append(_Entry(pmcid_in(d.name, *jats) or safe_id(d.name), DIR, d))
                     dirnames[:] = []
                     continue
-                self.unlisted.append((str(d), "no_article_xml"))
+                self.unlisted.extend((str(d / f), OUTSIDE_INPUT) for f in xmls if f not in inside)
+                if inside:
+                    self.unlisted.append((str(d), "no_article_xml"))
             tarballs = [f for f in filenames if f.lower().endswith(TAR_SUFFIXES)]
             for t in tarballs:
+                if not _inside(d / t, top):
+                    self.unlisted.append((str(d / t), OUTSIDE_INPUT))
+                    continue
                 found.append(_Entry(pmcid_in(t) or safe_id(_tar_stem(t)), TAR, d / t))
             if filenames and not xmls and not tarballs:
                 if d.name == "metadata" and all(parse_metadata_key(f) for f in filenames):
