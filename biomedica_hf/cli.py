@@ -215,12 +215,13 @@ def inspect(path, as_json):
 
 
 def _run_enrich(out: Path, base_url: str | None, api_key: str | None, refresh: bool | str = False,
-                fatal: bool = True) -> None:
+                fatal: bool = True, retries: int | None = None) -> None:
     """Enrich ``out``/articles.parquet; when every efetch request failed, one clear line: an error
     (exit 1) with ``fatal``, else a warning (``build --enrich`` keeps the built dataset)."""
     from .enrich import EutilsClient, enrich_articles_parquet
 
-    client = EutilsClient(**({"base_url": base_url} if base_url else {}), **({"api_key": api_key} if api_key else {}))
+    client = EutilsClient(**({"base_url": base_url} if base_url else {}), **({"api_key": api_key} if api_key else {}),
+                          **({"max_retries": retries} if retries is not None else {}))
     report = enrich_articles_parquet(Path(out) / "articles.parquet", client, Path(out) / "_work" / "pubmed",
                                      refresh=refresh)
     click.echo(str(report))
@@ -240,7 +241,9 @@ def _run_enrich(out: Path, base_url: str | None, api_key: str | None, refresh: b
 @click.option("--api-key", default=None, envvar="NCBI_API_KEY", help="NCBI API key (10 requests/s instead of 3).")
 @click.option("--refresh", is_flag=True, help="Fetch every PMID again, ignoring the cache (e.g. after a bad run).")
 @click.option("--refresh-missing", is_flag=True, help="Fetch again only the PMIDs PubMed did not return last time.")
-def enrich(dataset, base_url, api_key, refresh, refresh_missing):
+@click.option("--retries", type=int, default=5, show_default=True,
+              help="Retries per efetch request (429, 5xx, timeouts, dropped connections, answers cut short).")
+def enrich(dataset, base_url, api_key, refresh, refresh_missing, retries):
     """Add PubMed metadata (MeSH terms, publication types, missing abstracts) to DATASET/articles.parquet.
 
     Batches of <= 200 PMIDs via efetch, rate-limited, cached in DATASET/_work/pubmed (reruns only
@@ -250,7 +253,10 @@ def enrich(dataset, base_url, api_key, refresh, refresh_missing):
     """
     if not (Path(dataset) / "articles.parquet").exists():
         raise click.UsageError(f"{dataset} has no articles.parquet: run `biomedica build` first")
-    _run_enrich(dataset, base_url, api_key, refresh=True if refresh else ("missing" if refresh_missing else False))
+    if retries < 0:
+        raise click.UsageError("--retries must be >= 0")
+    _run_enrich(dataset, base_url, api_key, refresh=True if refresh else ("missing" if refresh_missing else False),
+                retries=retries)
 
 
 @main.command()
