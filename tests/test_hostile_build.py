@@ -113,12 +113,14 @@ def test_archive_budget_cli_flags(tmp_path):
                                            ("PMC900004/fig1.jpg", small_jpeg(5)), ("PMC900004/big.dat", 5 << 20)])
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "biomedica_hf.cli", "build", "--input", str(inp), "--out", str(out),
-                        "--workers", "1", "--no-progress", "--max-member-bytes", "4MiB"],
+                        "--workers", "1", "--no-progress", "--max-member-bytes", "4MiB", "--max-pixels", "2000"],
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     ledger = _ledger(out)
     assert ledger[("file", "PMC900004/big.dat")]["reason"] == "archive_too_large"
-    assert "PMC900004_fig1" in _samples(out)
+    fig = pq.read_table(out / "figures.parquet").to_pylist()
+    assert [(f["key"], f["width"] * f["height"] <= 2000, f["reencoded"]) for f in fig] == [
+        ("PMC900004_fig1", True, True)]                        # 64x48 = 3072 pixels, reduced by --max-pixels
 
 
 # ------------------------------------------------------------------------------------ images
@@ -150,23 +152,23 @@ except MediaError as e:
 
 
 def test_max_pixels_reduces_within_budget(huge_images):
-    """--max-pixels: the 16-bit PNG is decoded within a raised budget and reduced, RSS < 1 GB; the output
-    is a real ramp (not black)."""
-    png16, _ = huge_images
-    m = run_measured(f"""
+    """--max-pixels: the 16-bit PNG and the float TIFF are decoded within a raised budget and reduced, with
+    RSS < 1 GB; the outputs are real ramps (not black)."""
+    for path, mode in zip(huge_images, ("I;16", "F")):
+        m = run_measured(f"""
 import io
 from pathlib import Path
 from PIL import Image
 from biomedica_hf.media import process_image
-rec = process_image(Path({str(png16)!r}).read_bytes(), "x", reduce_to_pixels=4_000_000, max_image_bytes=300_000_000)
+rec = process_image(Path({str(path)!r}).read_bytes(), "x", reduce_to_pixels=4_000_000, max_image_bytes=600_000_000)
 im = Image.open(io.BytesIO(rec.data))
 RESULT = [rec.width, rec.height, rec.reencoded, rec.orig_mode, im.mode, im.getextrema()]
 """)
-    w, h, reencoded, orig_mode, mode, extrema = m["result"]
-    print(f"\n16-bit 12000x12000 reduced to {w}x{h}: peak RSS {m['max_rss_mb']:.0f} MB")
-    assert w * h <= 4_000_000 and w == h and w >= 1990 and reencoded and orig_mode == "I;16" and mode == "L"
-    assert extrema[0] == 0 and extrema[1] == 255          # the ramp is stretched, not a black image
-    assert m["max_rss_mb"] < 1024
+        w, h, reencoded, orig_mode, out_mode, extrema = m["result"]
+        print(f"\n{path.name} 12000x12000 reduced to {w}x{h}: peak RSS {m['max_rss_mb']:.0f} MB")
+        assert w * h <= 4_000_000 and w == h and w >= 1990 and reencoded and orig_mode == mode and out_mode == "L"
+        assert extrema[0] == 0 and extrema[1] == 255          # the ramp is stretched, not a black image
+        assert m["max_rss_mb"] < 1024
 
 
 def test_max_pixels_jpeg_draft_never_decodes_full_size():
