@@ -94,16 +94,21 @@ class _WriteError(Exception):
     """Internal: writing the body to local storage failed; ``args[0]`` is the ``OSError``."""
 
 
-_HTML_START = (b"<!doctype html", b"<html")
+_HTML_START = (b"<!doctype html", b"<html", b"<head", b"<body")
+_HTML_TAGS = (b"<html", b"<body", b"<title")
 
 
 def _is_html_url(url: str) -> bool:
     return urlsplit(url).path.lower().endswith((".html", ".htm", "/"))
 
 
-def _looks_like_html(first: bytes) -> bool:
-    head = first[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    return head.startswith(_HTML_START)
+def _looks_like_html(first: bytes, content_type: str) -> bool:
+    """An HTML page: the body starts like one, or it is declared ``text/html`` and has HTML tags
+    near the start (a declared type alone is not enough: some stores label any object ``text/html``)."""
+    head = first[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(_HTML_START):
+        return True
+    return content_type.lower().startswith("text/html") and any(t in head for t in _HTML_TAGS)
 
 
 @dataclass
@@ -391,8 +396,7 @@ class Downloader:
         whole chunk. An ``OSError`` from ``write`` raises :class:`_WriteError`."""
         n = 0
         html_check = resp.status_code == 200 and not _is_html_url(url)
-        if html_check and (resp.headers.get("Content-Type") or "").lower().startswith("text/html"):
-            raise DownloadError(url, HTML_PAGE, f"HTTP 200 with Content-Type {resp.headers.get('Content-Type')}")
+        ctype = resp.headers.get("Content-Type") or ""
         try:
             while True:
                 if deadline_at is not None and time.monotonic() > deadline_at:
@@ -401,8 +405,8 @@ class Downloader:
                 chunk = resp.raw.read1(self.chunk_size, decode_content=False)
                 if not chunk:
                     break
-                if html_check and n == 0 and _looks_like_html(chunk):
-                    raise DownloadError(url, HTML_PAGE, "HTTP 200 with an HTML page as body")
+                if html_check and n == 0 and _looks_like_html(chunk, ctype):
+                    raise DownloadError(url, HTML_PAGE, f"HTTP 200 with an HTML page as body ({ctype or 'no type'})")
                 try:
                     write(chunk)
                 except OSError as e:

@@ -130,3 +130,12 @@ def test_retry_failed_discards_the_cached_failed_package(mirror, tmp_path):
     assert ledger[("article", "PMC900010")]["state"] == "kept"
     keys = set(pq.read_table(out / "figures.parquet", columns=["key"]).column("key").to_pylist())
     assert keys == {"PMC900010_fig1", "PMC900010_fig2", "PMC900011_fig1"}
+
+
+def test_html_sniff_needs_the_body_not_just_the_type():
+    from biomedica_hf.download import _looks_like_html
+
+    assert _looks_like_html(b"\n  <!DOCTYPE HTML PUBLIC>", "")
+    assert _looks_like_html(b"<!-- proxy --><html><title>502</title>", "text/html; charset=utf-8")
+    assert not _looks_like_html(b'<?xml version="1.0"?>\n<!DOCTYPE article><article>', "text/html")
+    assert not _looks_like_html(b"\x89PNG\r\n", "text/html")
