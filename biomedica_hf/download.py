@@ -600,7 +600,7 @@ class Downloader:
             expected = int(cl) if cl and cl.isdigit() else None
             mode = "wb"
         try:
-            f = open(part, mode)
+            f = open(part, mode)  # noqa: SIM115 - used in `with f` below; an open error is a disk error
         except OSError as e:
             raise _WriteError(e) from e
         with f:

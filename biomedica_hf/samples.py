@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .licenses import normalize_license
-from .media import DEFAULT_MAX_IMAGE_BYTES, MediaError, alternate_renditions, is_image_name, process_image, resolve_graphic
+from .media import (DEFAULT_MAX_IMAGE_BYTES, MediaError, alternate_renditions, is_image_name, process_image,
+                    resolve_graphic)
 from .parse import ParseError, parse_jats
 from .schema import FAILED, KEPT, SKIPPED, Article, ArticlePackage, Figure, LedgerEntry, Sample, safe_key
 

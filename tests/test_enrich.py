@@ -629,7 +629,8 @@ def test_refresh_refetches_every_pmid(server, tmp_path):
 def _cli(*args: str) -> subprocess.CompletedProcess:
     repo = Path(__file__).resolve().parents[1]
     return subprocess.run([sys.executable, "-m", "biomedica_hf.cli", *args], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(repo), NCBI_API_KEY="", NCBI_EMAIL=""), timeout=120)
+                          env=dict(os.environ, PYTHONPATH=str(repo), NCBI_API_KEY="", NCBI_EMAIL=""), timeout=120,
+                          check=False)
 
 
 def test_cli_enrich_refresh_and_exit_codes(server, tmp_path):

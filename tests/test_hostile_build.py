@@ -12,6 +12,17 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from hostile_inputs import (
+    REPO,
+    article_xml,
+    float_tiff_stream,
+    noise_png,
+    png16_stream,
+    run_measured,
+    small_jpeg,
+    write_targz,
+)
+from pmc_server import PMCServer
 
 from biomedica_hf.download import Downloader
 from biomedica_hf.media import MediaError, decoded_bytes, process_image
@@ -19,9 +30,6 @@ from biomedica_hf.pipeline import BuildConfig, build
 from biomedica_hf.sources.base import OUTSIDE_INPUT, looks_like_jats
 from biomedica_hf.sources.legacy import ARCHIVE_PROBLEM, ArchiveLimits, extract_package
 from biomedica_hf.sources.local import LocalSource
-from hostile_inputs import (REPO, article_xml, float_tiff_stream, noise_png, png16_stream, run_measured,
-                            small_jpeg, write_targz)
-from pmc_server import PMCServer
 
 GIB = 1 << 30
 
@@ -114,7 +122,8 @@ def test_archive_budget_cli_flags(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "biomedica_hf.cli", "build", "--input", str(inp), "--out", str(out),
                         "--workers", "1", "--no-progress", "--max-member-bytes", "4MiB", "--max-pixels", "2000"],
-                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300,
+                       check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     ledger = _ledger(out)
     assert ledger[("file", "PMC900004/big.dat")]["reason"] == "archive_too_large"
@@ -262,17 +271,18 @@ def small_tmpfs(tmp_path):
     """A real 8 MiB tmpfs (we run as root); skipped where mounting is not permitted."""
     mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True,
+                       check=False)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "biomedica_hf.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "biomedica_hf.cli", *args], capture_output=True, text=True, check=False,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
 
 

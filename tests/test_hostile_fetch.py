@@ -4,24 +4,23 @@ HTTP server on 127.0.0.1 (tests/pmc_server.py) with injected faults; packages ge
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from hostile_inputs import article_xml, small_jpeg, write_targz
+from pmc_server import pmc_server  # noqa: F401 - pytest fixture
 
-from biomedica_hf.download import DEADLINE, HTML_PAGE, DownloadError, Downloader
+from biomedica_hf.download import DEADLINE, HTML_PAGE, Downloader, DownloadError
 from biomedica_hf.pipeline import BuildConfig, build
 from biomedica_hf.sources.base import DOWNLOAD_FAILED, FetchError
 from biomedica_hf.sources.legacy import LegacySource
-from hostile_inputs import article_xml, small_jpeg, write_targz
-from pmc_server import pmc_server  # noqa: F401 - pytest fixture
 
 HEADER = "File,Article Citation,Accession ID,Last Updated (YYYY-MM-DD HH:MM:SS),PMID,License\r\n"
 PKG = "oa_package/aa/bb/PMC900010.tar.gz"
 
 
 def fast(**kw) -> Downloader:
-    opts = dict(backoff=0.01, backoff_max=0.05, retries=2, timeout=5, chunk_size=16384)
+    opts = {"backoff": 0.01, "backoff_max": 0.05, "retries": 2, "timeout": 5, "chunk_size": 16384}
     opts.update(kw)
     return Downloader(**opts)
 
@@ -75,9 +74,8 @@ def test_short_body_without_length_is_transient(mirror, tmp_path):
     # cut on every attempt: download_failed (retried by the next run), never a bad package
     mirror.clear_log()
     mirror.add_fault("/" + PKG, "no_length", times=None, at=size // 2)
-    with LegacySource(mirror.url, downloader=fast(retries=2)) as src:
-        with pytest.raises(FetchError) as ei:
-            src.fetch(_ref(src, "PMC900010"), tmp_path / "cache2")
+    with LegacySource(mirror.url, downloader=fast(retries=2)) as src, pytest.raises(FetchError) as ei:
+        src.fetch(_ref(src, "PMC900010"), tmp_path / "cache2")
     assert ei.value.reason == DOWNLOAD_FAILED and "Content-Length" in ei.value.detail
     assert len(mirror.requests_for("/" + PKG)) == 3
     assert not (tmp_path / "cache2" / "PMC900010").exists()        # nothing cached as a finished extraction
@@ -96,9 +94,8 @@ def test_html_error_page_with_200_is_transient(mirror, tmp_path, ctype):
     assert sorted(pkg.files) == ["fig1.jpg", "fig2.jpg", "main.nxml"]
     assert [r.fault for r in mirror.requests_for("/" + PKG)] == ["html_200", "html_200", None]
     mirror.add_fault("/" + PKG, "html_200", times=None, content_type=ctype)
-    with LegacySource(mirror.url, downloader=fast(retries=1)) as src:
-        with pytest.raises(FetchError) as ei:
-            src.fetch(_ref(src, "PMC900010"), tmp_path / "cache2")
+    with LegacySource(mirror.url, downloader=fast(retries=1)) as src, pytest.raises(FetchError) as ei:
+        src.fetch(_ref(src, "PMC900010"), tmp_path / "cache2")
     assert ei.value.reason == DOWNLOAD_FAILED and HTML_PAGE in str(ei.value)
     # a page the URL asks for is still downloaded
     (mirror.root / "index.html").write_text("<!DOCTYPE html><html></html>")

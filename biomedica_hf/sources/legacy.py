@@ -99,7 +99,7 @@ def extract_package(archive: Path, dest: Path, limits: ArchiveLimits | None = No
         tmp.mkdir(parents=True)
         out = Extracted()
         try:
-            raw = open(archive, "rb")
+            raw = open(archive, "rb")  # noqa: SIM115 - closed by the `with raw` below; open errors differ
         except OSError as e:  # the archive itself could not be read
             out.problems.append((ARCHIVE_PROBLEM, "bad_archive"))
             out.detail = f"{type(e).__name__}: {e}"
@@ -212,7 +212,7 @@ def _copy_member(tf: tarfile.TarFile, m: tarfile.TarInfo, part: Path, chunk: int
     assert src is not None
     n = 0
     try:
-        f = open(part, "wb")
+        f = open(part, "wb")  # noqa: SIM115 - used in `with f` below; an open error is a disk error
     except OSError as e:
         raise _DiskError(e) from e
     with f:
