@@ -321,3 +321,33 @@ def test_download_disk_full_raises_enospc_and_keeps_no_part(tmp_path, small_tmpf
         assert ei.value.errno == errno.ENOSPC
         assert len(srv.requests_for("/big.bin")) == 1          # not retried as if the network failed
     assert list(small_tmpfs.iterdir()) == []                    # no .part left filling the disk
+
+
+def test_disk_full_while_downloading_stops_the_build(tmp_path, small_tmpfs):
+    """Legacy mirror over HTTP: the package download hits ENOSPC -> one fatal line, no ledger; with space,
+    the rerun downloads it again and keeps its figure (never a truncated or bad package)."""
+    root = tmp_path / "mirror"
+    key = "oa_package/aa/bb/PMC900020.tar.gz"
+    (root / key).parent.mkdir(parents=True)
+    write_targz(root / key, [("PMC900020/main.nxml", article_xml("PMC900020", ["fig1"])),
+                             ("PMC900020/fig1.png", noise_png(13, (2000, 1700)))])
+    (root / "oa_file_list.csv").write_text(
+        "File,Article Citation,Accession ID,Last Updated (YYYY-MM-DD HH:MM:SS),PMID,License\r\n"
+        f"{key},J. 2020,PMC900020,2020-01-01 00:00:00,,CC BY\r\n")
+    out = small_tmpfs / "out"
+    with PMCServer(root) as srv:
+        args = ("build", "--source", "legacy", "--base-url", srv.url, "--filelist", str(root / "oa_file_list.csv"),
+                "--out", str(out), "--workers", "1", "--no-progress", "--retries", "1")
+        r = _cli(*args)
+        assert r.returncode == 1, r.stdout + r.stderr
+        err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("Error: build stopped: disk full"), r.stderr
+        assert len(srv.requests_for("/" + key)) == 1          # a full disk is not retried as a network error
+        assert not list(out.rglob("*.part")) and not (out / "ledger.parquet").exists()
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
+        r = _cli(*args)
+        assert r.returncode == 0, r.stderr[-2000:]
+    ledger = _ledger(out)
+    assert (ledger[("article", "PMC900020")]["state"], ledger[("article", "PMC900020")]["reason"]) == (
+        "kept", "has_samples")
+    assert _samples(out) == {"PMC900020_fig1"}
