@@ -280,6 +280,7 @@ class Downloader:
     timeout: seconds, or (connect, read) seconds, per request; the read timeout is an inactivity limit.
     deadline: the most seconds one file (or object) may take, all attempts and waits included;
         None for no limit. Over it: ``DownloadError(deadline)`` (the ``.part`` is kept for a rerun).
+        It is checked between reads, so it is overrun by at most one read (bounded by the read timeout).
     rate_per_s / burst: request rate limit shared by all threads (None: unlimited).
     max_connections: concurrent requests in flight, all threads together.
     """

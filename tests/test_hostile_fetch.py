@@ -136,3 +136,36 @@ def test_html_sniff_needs_the_body_not_just_the_type():
     assert _looks_like_html(b"<!-- proxy --><html><title>502</title>", "text/html; charset=utf-8")
     assert not _looks_like_html(b'<?xml version="1.0"?>\n<!DOCTYPE article><article>', "text/html")
     assert not _looks_like_html(b"\x89PNG\r\n", "text/html")
+
+
+def test_chunked_bodies_still_stream(tmp_path):
+    """The body is now read with ``read1`` (what the socket has) to enforce the deadline: chunked
+    transfer-encoding must still decode exactly."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    blocks = [bytes([i]) * (1000 + i) for i in range(60)]
+
+    class Chunked(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for b in blocks:
+                self.wfile.write(b"%x\r\n" % len(b) + b + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Chunked)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/x.bin"
+        assert fast().get_bytes(url) == b"".join(blocks)
+        assert fast().download(url, tmp_path / "x.bin").read_bytes() == b"".join(blocks)
+    finally:
+        srv.shutdown()
+        srv.server_close()
