@@ -35,13 +35,18 @@ def main() -> None:
 
 
 def source_options(source: str, input_path: Path | None, base_url: str | None, filelist: Path | None,
-                   pmcids: Path | None, list_all: bool, rate: float | None, retries: int | None = None) -> dict:
+                   pmcids: Path | None, list_all: bool, rate: float | None, retries: int | None = None,
+                   timeout: float | None = None, deadline: float | None = None, max_package_bytes: int | None = None,
+                   max_member_bytes: int | None = None) -> dict:
     """Translate CLI flags into the keyword arguments of ``make_source(source, ...)``."""
+    archive = {k: v for k, v in (("max_package_bytes", max_package_bytes), ("max_member_bytes", max_member_bytes))
+               if v is not None}
     if source == "local":
         if input_path is None:
             raise click.UsageError("--source local needs --input PATH")
-        return {"path": str(input_path)}
-    download = {k: v for k, v in (("rate", rate), ("retries", retries)) if v is not None}
+        return {"path": str(input_path), **archive}
+    download = {k: v for k, v in (("rate", rate), ("retries", retries), ("timeout", timeout),
+                                  ("deadline", deadline)) if v is not None}
     if source == "cloud":
         if not (pmcids or filelist or list_all):
             raise click.UsageError("--source cloud needs --pmcids FILE, --filelist FILE or --all")
@@ -57,7 +62,7 @@ def source_options(source: str, input_path: Path | None, base_url: str | None, f
         list_path = filelist or (Path(input_path) / "oa_file_list.csv" if input_path else None)
         if list_path is None:
             raise click.UsageError("--source legacy needs --filelist FILE")
-        return {"base_url_or_root": root, "filelist": str(list_path), **download}
+        return {"base_url_or_root": root, "filelist": str(list_path), **download, **archive}
     raise click.UsageError(f"unknown source {source!r}")
 
 
@@ -73,9 +78,15 @@ def _parse_splits(text: str) -> tuple[float, float, float]:
 
 
 def _parse_bytes(text: str) -> int:
+    """``"500MB"`` -> 500_000_000, ``"2GiB"`` -> 2 * 2**30, ``"1234"`` -> 1234."""
     units = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-    t = text.strip().lower().removesuffix("b")
-    return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    t = str(text).strip().lower().removesuffix("b")
+    try:
+        if t.endswith("i") and t[-2:-1] in units:
+            return int(float(t[:-2]) * 1024 ** ("kmgt".index(t[-2]) + 1))
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        raise click.BadParameter(f"not a size: {text!r} (e.g. 500MB, 2GiB, 1234)") from None
 
 
 @main.command()
@@ -120,13 +131,32 @@ def _parse_bytes(text: str) -> int:
               help="Articles per partition (the unit of work of a worker; 1-5k is right for PMC-OA).")
 @click.option("--allow-shrink", is_flag=True,
               help="Update: accept a listing that drops more than half of the dataset's articles (withdrawn).")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds without a byte before a download attempt is abandoned (inactivity; retried) "
+                   "[default: 10 s to connect, 60 s between bytes].")
+@click.option("--deadline", type=float, default=None,
+              help="Most seconds one file may take to download, every attempt and wait included "
+                   "(a server trickling bytes fails here; the partial file is resumed by a rerun) [default: 1800].")
+@click.option("--max-package-bytes", default="2GiB", show_default=True,
+              help="Budget on a package archive's uncompressed bytes; over it the rest of the archive is "
+                   "not extracted (ledger: archive_too_large).")
+@click.option("--max-member-bytes", default="1GiB", show_default=True,
+              help="Budget on one archive member's uncompressed bytes; over it the member is skipped "
+                   "(ledger: archive_too_large).")
+@click.option("--max-image-bytes", default="256MiB", show_default=True,
+              help="Decode budget per image: width x height x bands x bytes per band, checked from the header "
+                   "before decoding; over it the figure is ledgered image_too_large.")
+@click.option("--max-pixels", type=int, default=None,
+              help="Downscale images with more pixels than this (aspect kept; JPEGs decoded at reduced scale) "
+                   "instead of keeping them at full size; the decode budget still applies.")
 @click.option("--enrich", is_flag=True, help="After the build, add PubMed MeSH terms etc. (see `biomedica enrich`).")
 @click.option("--eutils-url", default=None, help="E-utilities base URL for --enrich.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out, workers, executor, ray_address, limit, shard_samples,
           shard_bytes, seed, no_dedup, min_side, keep_empty_captions, retry_failed, keep_downloads, rate, retries, splits,
-          partition_size, allow_shrink, enrich, eutils_url, no_progress, verbose):
+          partition_size, allow_shrink, timeout, deadline, max_package_bytes, max_member_bytes, max_image_bytes,
+          max_pixels, enrich, eutils_url, no_progress, verbose):
     """Build WebDataset shards (per licence subset and split) + articles table + ledger from PMC-OA.
 
     \b
@@ -136,32 +166,44 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
     newer listing updates the folder: new articles and versions are added as new shards; retracted,
     withdrawn and superseded articles are removed (only the shards holding them are rewritten, under
     new names). Every article, figure and file ends up in OUT/ledger.parquet as kept, skipped or
-    failed, with a reason. Exits non-zero only on fatal errors (disk full, another build running).
+    failed, with a reason. Exits non-zero only on fatal errors (disk full: one line; rerun the same
+    command once there is space, and what was cut short is redone; another build running).
     """
     from .lock import BuildLockedError
-    from .pipeline import BuildConfig, FatalBuildError, build as run_build
+    from .pipeline import BuildConfig, build as run_build
     from .samples import MediaOptions
+    from .sources.base import FatalBuildError, fatal_disk_error, is_disk_error
 
     _setup_logging(verbose)
     if sample:
         source, input_path = "local", SAMPLE_DIR / "articles"
-    opts = source_options(source, input_path, base_url, filelist, pmcids, list_all, rate, retries)
+    if max_pixels is not None and max_pixels < 1:
+        raise click.UsageError("--max-pixels must be >= 1")
+    opts = source_options(source, input_path, base_url, filelist, pmcids, list_all, rate, retries, timeout,
+                          deadline, _parse_bytes(max_package_bytes), _parse_bytes(max_member_bytes))
     cfg = BuildConfig(
         out=out, source=source, source_opts=opts, workers=workers or os.cpu_count() or 1, limit=limit,
         shard_max_samples=shard_samples, shard_max_bytes=_parse_bytes(shard_bytes), seed=seed,
         dedup_images=not no_dedup,
-        media=MediaOptions(min_side=min_side, keep_empty_captions=keep_empty_captions),
+        media=MediaOptions(min_side=min_side, keep_empty_captions=keep_empty_captions,
+                           max_image_bytes=_parse_bytes(max_image_bytes), reduce_to_pixels=max_pixels),
         keep_downloads=keep_downloads, retry_failed=retry_failed, progress=not no_progress,
         executor=executor, ray_address=ray_address, split_fractions=_parse_splits(splits),
         partition_target=partition_size, allow_shrink=allow_shrink,
         command=" ".join(["biomedica", *sys.argv[1:]]))
     try:
         report = run_build(cfg)
-    except (BuildLockedError, FatalBuildError) as e:
+    except BuildLockedError as e:
         raise click.ClickException(str(e)) from None
+    except FatalBuildError as e:
+        raise click.ClickException(f"build stopped: {e}") from None
+    except OSError as e:
+        if not is_disk_error(e):
+            raise
+        raise click.ClickException(f"build stopped: {fatal_disk_error(e)}") from None
     click.echo(report.text())
     if enrich:
-        _run_enrich(out, eutils_url, None)
+        _run_enrich(out, eutils_url, None, fatal=False)
     _write_card(out, None)
     click.echo(f"Dataset folder: {Path(out).resolve()}")
 
@@ -199,27 +241,49 @@ def inspect(path, as_json):
     click.echo(json.dumps(report, indent=2, ensure_ascii=False) if as_json else format_inspection(report))
 
 
-def _run_enrich(out: Path, base_url: str | None, api_key: str | None) -> None:
+def _run_enrich(out: Path, base_url: str | None, api_key: str | None, refresh: bool | str = False,
+                fatal: bool = True, retries: int | None = None) -> None:
+    """Enrich ``out``/articles.parquet; when every efetch request failed, one clear line: an error
+    (exit 1) with ``fatal``, else a warning (``build --enrich`` keeps the built dataset)."""
     from .enrich import EutilsClient, enrich_articles_parquet
 
-    client = EutilsClient(**({"base_url": base_url} if base_url else {}), **({"api_key": api_key} if api_key else {}))
-    report = enrich_articles_parquet(Path(out) / "articles.parquet", client, Path(out) / "_work" / "pubmed")
+    client = EutilsClient(**({"base_url": base_url} if base_url else {}), **({"api_key": api_key} if api_key else {}),
+                          **({"max_retries": retries} if retries is not None else {}))
+    report = enrich_articles_parquet(Path(out) / "articles.parquet", client, Path(out) / "_work" / "pubmed",
+                                     refresh=refresh)
     click.echo(str(report))
+    if report.n_requests and len(report.failed_batches) == report.n_requests:
+        first = " ".join(report.failed_batches[0].error.split())[:300]
+        msg = (f"enrich: every efetch request failed ({report.n_requests} batches, {len(report.failed_pmids)} "
+               f"PMIDs), nothing enriched; first error: {first}. Check the network (or --base-url) and rerun: "
+               "only what is missing is fetched.")
+        if fatal:
+            raise click.ClickException(msg)
+        click.echo(f"Warning: {msg}", err=True)
 
 
 @main.command()
 @click.argument("dataset", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--base-url", default=None, help="E-utilities base URL (default NCBI).")
 @click.option("--api-key", default=None, envvar="NCBI_API_KEY", help="NCBI API key (10 requests/s instead of 3).")
-def enrich(dataset, base_url, api_key):
+@click.option("--refresh", is_flag=True, help="Fetch every PMID again, ignoring the cache (e.g. after a bad run).")
+@click.option("--refresh-missing", is_flag=True, help="Fetch again only the PMIDs PubMed did not return last time.")
+@click.option("--retries", type=int, default=5, show_default=True,
+              help="Retries per efetch request (429, 5xx, timeouts, dropped connections, answers cut short).")
+def enrich(dataset, base_url, api_key, refresh, refresh_missing, retries):
     """Add PubMed metadata (MeSH terms, publication types, missing abstracts) to DATASET/articles.parquet.
 
     Batches of <= 200 PMIDs via efetch, rate-limited, cached in DATASET/_work/pubmed (reruns only
     fetch what is missing); records are joined by PMID, and PMIDs PubMed did not return are reported.
+    Answers cut short or malformed are asked again and never cached. Exits 1 with one line when
+    every request failed (no network, wrong --base-url).
     """
     if not (Path(dataset) / "articles.parquet").exists():
         raise click.UsageError(f"{dataset} has no articles.parquet: run `biomedica build` first")
-    _run_enrich(dataset, base_url, api_key)
+    if retries < 0:
+        raise click.UsageError("--retries must be >= 0")
+    _run_enrich(dataset, base_url, api_key, refresh=True if refresh else ("missing" if refresh_missing else False),
+                retries=retries)
 
 
 @main.command()

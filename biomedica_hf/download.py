@@ -7,6 +7,14 @@ One :class:`Downloader` is shared by every thread of a source. It
 * resumes partial downloads with HTTP ``Range`` (``dest.part`` survives between attempts and runs;
   a server that ignores ``Range`` and answers 200 restarts the file cleanly; 416 is understood);
 * verifies md5 (PMC Cloud URLs carry ``?md5=<hex>``) and/or size, deletes and retries on mismatch;
+* bounds each file in time twice: ``timeout`` is the inactivity limit of one read, ``deadline`` the
+  most seconds one file may take, every attempt and backoff wait included (a server trickling one
+  byte every few seconds never resets it);
+* treats an HTML page served with status 200 for a non-HTML URL (a proxy or portal error page) as a
+  transient error, never as the file;
+* never mistakes a local disk error for a network one: ``ENOSPC`` and other errors writing ``dest``
+  propagate as the ``OSError`` (the ``.part`` is removed) so a build can stop instead of
+  recording a bad package;
 * is atomic: the final file only appears (``os.replace``) once complete and verified;
 * is polite: a shared token-bucket :class:`RateLimiter`, a cap on concurrent connections and a
   User-Agent naming biomedica-hf.
@@ -17,6 +25,7 @@ Errors are :class:`DownloadError` with a machine-friendly ``reason`` (see :data:
 from __future__ import annotations
 
 import email.utils
+import errno
 import hashlib
 import os
 import random
@@ -46,9 +55,13 @@ SIZE_MISMATCH = "size_mismatch"
 TRUNCATED = "truncated"
 CONNECTION = "connection"
 TIMEOUT = "timeout"
+DEADLINE = "deadline"          # the file took longer than ``deadline`` seconds in all
+HTML_PAGE = "html_page"        # an HTML page answered with 200 instead of the file
 INTERNAL = "error"  # unexpected exception (only from download_many, which never loses an item)
-REASONS = (NOT_FOUND, HTTP_ERROR, CHECKSUM_MISMATCH, SIZE_MISMATCH, TRUNCATED, CONNECTION, TIMEOUT, INTERNAL)
+REASONS = (NOT_FOUND, HTTP_ERROR, CHECKSUM_MISMATCH, SIZE_MISMATCH, TRUNCATED, CONNECTION, TIMEOUT, DEADLINE,
+           HTML_PAGE, INTERNAL)
 
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _MD5_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 
@@ -64,7 +77,7 @@ class DownloadError(Exception):
         self.status = status
         self.retry_after = retry_after
         if retryable is None:
-            retryable = reason in (TRUNCATED, CONNECTION, TIMEOUT, CHECKSUM_MISMATCH, SIZE_MISMATCH) or (
+            retryable = reason in (TRUNCATED, CONNECTION, TIMEOUT, CHECKSUM_MISMATCH, SIZE_MISMATCH, HTML_PAGE) or (
                 reason == HTTP_ERROR and status in _RETRY_STATUS)
         self.retryable = retryable
         super().__init__(f"{reason}: {url}" + (f" ({detail})" if detail else ""))
@@ -75,6 +88,37 @@ class DownloadError(Exception):
 
 def _rebuild_error(url, reason, detail, status, retryable, retry_after):
     return DownloadError(url, reason, detail, status=status, retryable=retryable, retry_after=retry_after)
+
+
+class _WriteError(Exception):
+    """Internal: writing the body to local storage failed; ``args[0]`` is the ``OSError``."""
+
+
+_HTML_START = (b"<!doctype html", b"<html", b"<head", b"<body")
+_HTML_TAGS = (b"<html", b"<body", b"<title")
+
+
+def _is_html_url(url: str) -> bool:
+    return urlsplit(url).path.lower().endswith((".html", ".htm", "/"))
+
+
+def _looks_like_html(first: bytes, content_type: str) -> bool:
+    """An HTML page: the body starts like one, or it is declared ``text/html`` and has HTML tags
+    near the start (a declared type alone is not enough: some stores label any object ``text/html``)."""
+    head = first[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(_HTML_START):
+        return True
+    return content_type.lower().startswith("text/html") and any(t in head for t in _HTML_TAGS)
+
+
+@dataclass
+class Fetched:
+    """A finished :meth:`Downloader.fetch_file`: the path, and whether its completeness was checked
+    (the server's Content-Length, or a caller's md5 / size). An unverified body that turns out
+    short (no Content-Length, connection closed early) can only be caught by its content."""
+
+    path: Path
+    verified: bool
 
 
 class RateLimiter:
@@ -233,14 +277,17 @@ class Downloader:
     backoff / backoff_max / jitter: delay before retry ``i`` is ``min(backoff_max, backoff * 2**i)``
         times ``1 + jitter*U(0,1)``; a ``Retry-After`` answer waits at least that long
         (capped by ``max_retry_after``).
-    timeout: seconds, or (connect, read) seconds, per request.
+    timeout: seconds, or (connect, read) seconds, per request; the read timeout is an inactivity limit.
+    deadline: the most seconds one file (or object) may take, all attempts and waits included;
+        None for no limit. Over it: ``DownloadError(deadline)`` (the ``.part`` is kept for a rerun).
+        It is checked between reads, so it is overrun by at most one read (bounded by the read timeout).
     rate_per_s / burst: request rate limit shared by all threads (None: unlimited).
     max_connections: concurrent requests in flight, all threads together.
     """
 
     def __init__(self, *, retries: int = 5, backoff: float = 0.5, backoff_max: float = 30.0,
                  jitter: float = 0.5, max_retry_after: float = 120.0,
-                 timeout: float | tuple[float, float] = (10.0, 60.0),
+                 timeout: float | tuple[float, float] = (10.0, 60.0), deadline: float | None = 1800.0,
                  rate_per_s: float | None = None, burst: int | None = None, max_connections: int = 16,
                  user_agent: str = USER_AGENT, chunk_size: int = 1 << 16, fsync: bool = False,
                  on_bytes: Callable[[int], None] | None = None) -> None:
@@ -252,6 +299,9 @@ class Downloader:
         self.jitter = jitter
         self.max_retry_after = max_retry_after
         self.timeout = timeout
+        if deadline is not None and deadline <= 0:
+            raise ValueError("deadline must be > 0 seconds (or None)")
+        self.deadline = deadline
         self.limiter = RateLimiter(rate_per_s, burst or max(1, int(rate_per_s))) if rate_per_s else None
         self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
@@ -340,14 +390,28 @@ class Downloader:
                             retry_after=parse_retry_after(resp.headers.get("Retry-After")))
 
     def _copy_body(self, url: str, resp: requests.Response, write: Callable[[bytes], Any],
-                   expected: int | None) -> int:
-        """Stream the raw (undecoded) body into ``write``; raise on truncation."""
+                   expected: int | None, deadline_at: float | None = None) -> int:
+        """Stream the raw (undecoded) body into ``write``; raise on truncation, on an HTML page
+        where a file was expected, and when ``deadline_at`` (monotonic) passes. Reads return what
+        the socket has (``read1``), so a trickling server is caught at the deadline, not after a
+        whole chunk. An ``OSError`` from ``write`` raises :class:`_WriteError`."""
         n = 0
+        html_check = resp.status_code == 200 and not _is_html_url(url)
+        ctype = resp.headers.get("Content-Type") or ""
         try:
-            for chunk in resp.raw.stream(self.chunk_size, decode_content=False):
+            while True:
+                if deadline_at is not None and time.monotonic() > deadline_at:
+                    raise DownloadError(url, DEADLINE, f"over the {self.deadline:g} s deadline after {n} bytes",
+                                        retryable=False)
+                chunk = resp.raw.read1(self.chunk_size, decode_content=False)
                 if not chunk:
-                    continue
-                write(chunk)
+                    break
+                if html_check and n == 0 and _looks_like_html(chunk, ctype):
+                    raise DownloadError(url, HTML_PAGE, f"HTTP 200 with an HTML page as body ({ctype or 'no type'})")
+                try:
+                    write(chunk)
+                except OSError as e:
+                    raise _WriteError(e) from e
                 n += len(chunk)
                 self.stats.add(bytes=len(chunk))
                 if self.on_bytes is not None:
@@ -368,17 +432,23 @@ class Downloader:
             d = max(d, min(retry_after, self.max_retry_after))
         return d
 
-    def _with_retries(self, url: str, attempt_fn: Callable[[], Any]) -> Any:
+    def _deadline_at(self) -> float | None:
+        return None if self.deadline is None else time.monotonic() + self.deadline
+
+    def _with_retries(self, url: str, attempt_fn: Callable[[], Any], deadline_at: float | None = None) -> Any:
         attempt = 0
         while True:
             try:
                 return attempt_fn()
             except DownloadError as e:
+                delay = self._delay(attempt, e.retry_after) if e.retryable else 0.0
+                if e.retryable and deadline_at is not None and time.monotonic() + delay > deadline_at:
+                    e.detail = f"{e.detail}; no time left before the {self.deadline:g} s deadline"
+                    e.retryable = False
                 if not e.retryable or attempt >= self.retries:
                     if attempt and e.detail and "attempt" not in e.detail:
                         e.detail = f"{e.detail}; after {attempt + 1} attempts"
                     raise
-                delay = self._delay(attempt, e.retry_after)
                 self.stats.add(retries=1)
                 attempt += 1
                 if delay > 0:
@@ -390,6 +460,7 @@ class Downloader:
         or when the URL carries ``?md5=``)."""
         req_url, url_md5 = split_md5(url)
         md5 = (md5 or url_md5 or "").lower() or None
+        deadline_at = self._deadline_at()
 
         def attempt() -> bytes:
             buf = bytearray()
@@ -398,14 +469,15 @@ class Downloader:
                 with resp:
                     self._raise_for_status(req_url, resp)
                     cl = resp.headers.get("Content-Length")
-                    self._copy_body(req_url, resp, buf.extend, int(cl) if cl and cl.isdigit() else None)
+                    self._copy_body(req_url, resp, buf.extend, int(cl) if cl and cl.isdigit() else None,
+                                    deadline_at)
             data = bytes(buf)
             if md5 is not None and hashlib.md5(data).hexdigest() != md5:
                 raise DownloadError(req_url, CHECKSUM_MISMATCH, f"md5 {hashlib.md5(data).hexdigest()} != {md5}")
             return data
 
         try:
-            data = self._with_retries(req_url, attempt)
+            data = self._with_retries(req_url, attempt, deadline_at)
         except DownloadError:
             self.stats.add(failed=1)
             raise
@@ -428,7 +500,12 @@ class Downloader:
         A verified ``dest`` that already exists is not fetched again. ``dest.part`` holds the bytes
         received so far and is resumed with ``Range`` (also across runs). On md5/size mismatch the
         partial file is deleted and the download retried; after the last attempt nothing is left.
+        An error writing ``dest`` (disk full) raises the ``OSError`` and removes ``dest.part``.
         """
+        return self.fetch_file(url, dest, md5=md5, size=size).path
+
+    def fetch_file(self, url: str, dest: Path | str, *, md5: str | None = None, size: int | None = None) -> Fetched:
+        """:meth:`download`, also saying whether the body's completeness was verified (see :class:`Fetched`)."""
         req_url, url_md5 = split_md5(url)
         md5 = (md5 or url_md5 or "").lower() or None
         dest = Path(dest)
@@ -437,20 +514,27 @@ class Downloader:
             if dest.exists():
                 if self._verified(dest, md5, size) is None:
                     self.stats.add(skipped=1)
-                    return dest
+                    return Fetched(dest, md5 is not None or size is not None)
                 dest.unlink()
             dest.parent.mkdir(parents=True, exist_ok=True)
+            deadline_at = self._deadline_at()
             try:
-                self._with_retries(req_url, lambda: self._attempt_download(req_url, dest, part, md5, size))
+                checked = self._with_retries(
+                    req_url, lambda: self._attempt_download(req_url, dest, part, md5, size, deadline_at), deadline_at)
             except DownloadError as e:
                 self.stats.add(failed=1)
                 # keep .part only where it is a valid prefix a later run can resume
-                resumable = e.reason in (TRUNCATED, CONNECTION, TIMEOUT) or (e.reason == HTTP_ERROR and e.retryable)
+                resumable = e.reason in (TRUNCATED, CONNECTION, TIMEOUT, DEADLINE, HTML_PAGE) or (
+                    e.reason == HTTP_ERROR and e.retryable)
                 if not resumable:
                     part.unlink(missing_ok=True)
                 raise
+            except _WriteError as e:
+                self.stats.add(failed=1)
+                part.unlink(missing_ok=True)  # may end in a torn write; frees the space
+                raise e.args[0] from None
             self.stats.add(completed=1)
-            return dest
+            return Fetched(dest, bool(checked) or md5 is not None or size is not None)
 
     @staticmethod
     def _verified(path: Path, md5: str | None, size: int | None) -> str | None:
@@ -472,14 +556,17 @@ class Downloader:
             raise DownloadError(url, SIZE_MISMATCH if bad.startswith("size") else CHECKSUM_MISMATCH, bad)
         os.replace(part, dest)
 
-    def _attempt_download(self, url: str, dest: Path, part: Path, md5: str | None, size: int | None) -> None:
+    def _attempt_download(self, url: str, dest: Path, part: Path, md5: str | None, size: int | None,
+                          deadline_at: float | None = None) -> bool:
+        """One request; True when the server stated the body's length (and it was all received)."""
         offset = part.stat().st_size if part.exists() else 0
         if size is not None and offset > size:
             part.unlink()
             offset = 0
         if size is not None and offset == size and offset > 0:
             self._finish(url, dest, part, md5, size)  # a previous run got every byte
-            return
+            return True
+        checked = False
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         with self._slot() as session:
             resp = self._open(session, url, headers)
@@ -491,12 +578,15 @@ class Downloader:
                         raise DownloadError(url, HTTP_ERROR, f"HTTP 416 for Range from {offset}", status=416,
                                             retryable=True)
                     # else: the partial file already holds the whole object
+                    checked = True
                 else:
                     self._raise_for_status(url, resp)
-                    self._write_part(url, resp, part, offset)
+                    checked = self._write_part(url, resp, part, offset, deadline_at)
         self._finish(url, dest, part, md5, size)
+        return checked
 
-    def _write_part(self, url: str, resp: requests.Response, part: Path, offset: int) -> None:
+    def _write_part(self, url: str, resp: requests.Response, part: Path, offset: int,
+                    deadline_at: float | None = None) -> bool:
         if resp.status_code == 206 and offset:
             start, end, _ = _parse_content_range(resp.headers.get("Content-Range"))
             if start != offset or end is None:
@@ -510,17 +600,28 @@ class Downloader:
             cl = resp.headers.get("Content-Length")
             expected = int(cl) if cl and cl.isdigit() else None
             mode = "wb"
-        with open(part, mode) as f:
-            self._copy_body(url, resp, f.write, expected)
-            if self.fsync:
+        try:
+            f = open(part, mode)  # noqa: SIM115 - used in `with f` below; an open error is a disk error
+        except OSError as e:
+            raise _WriteError(e) from e
+        with f:
+            self._copy_body(url, resp, f.write, expected, deadline_at)
+            try:
                 f.flush()
-                os.fsync(f.fileno())
+                if self.fsync:
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise _WriteError(e) from e
+        return expected is not None
 
     def download_many(self, items: Iterable[DownloadItem | tuple | dict], max_workers: int = 8,
                       on_result: Callable[[DownloadResult], None] | None = None) -> list[DownloadResult]:
-        """Download concurrently; one result per item, in input order (never loses an item)."""
+        """Download concurrently; one result per item, in input order (never loses an item).
+
+        An ``OSError`` writing a file (disk full) is raised after every item has ended."""
         norm = [_as_item(it) for it in items]
         results: list[DownloadResult] = [DownloadResult(item=it) for it in norm]
+        disk_errors: list[OSError] = []
 
         def one(i: int) -> None:
             r = results[i]
@@ -528,6 +629,10 @@ class Downloader:
                 r.path = self.download(r.item.url, r.item.dest, md5=r.item.md5, size=r.item.size)
             except DownloadError as e:
                 r.error = e
+            except OSError as e:
+                r.error = DownloadError(r.item.url, INTERNAL, f"{type(e).__name__}: {e}", retryable=False)
+                if e.errno in _DISK_ERRNOS:  # local disk: not the item's fault; raised once all items ended
+                    disk_errors.append(e)
             except Exception as e:  # noqa: BLE001 - recorded, never lost
                 r.error = DownloadError(r.item.url, INTERNAL, f"{type(e).__name__}: {e}", retryable=False)
             if on_result is not None:
@@ -542,6 +647,8 @@ class Downloader:
                                 thread_name_prefix="biomedica-dl") as pool:
             for fut in [pool.submit(one, i) for i in range(len(norm))]:
                 fut.result()
+        if disk_errors:
+            raise disk_errors[0]
         return results
 
     def close(self) -> None:

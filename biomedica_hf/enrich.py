@@ -12,8 +12,10 @@ Layers, from pure to I/O:
 * :class:`PubmedCache` - one SQLite file ``<cache_dir>/pubmed.sqlite``: one row per PMID, state
   ``ok`` (parsed record as JSON) or ``missing`` (NCBI answered without it). Each efetch batch is
   stored in one transaction, so an interrupted run loses at most the batch in flight and a rerun
-  fetches only PMIDs not yet cached. ``missing`` PMIDs are reported and refetched only with
-  ``refresh=True``.
+  fetches only PMIDs not yet cached. Only answers that parse completely are stored: a reply cut
+  short (status 200, no Content-Length) or malformed is asked again and, if it stays bad, the
+  batch is reported failed with nothing cached. ``missing`` PMIDs are reported and refetched with
+  ``refresh="missing"``; ``refresh=True`` (``biomedica enrich --refresh``) refetches every PMID.
 * :func:`enrich_records` / :func:`enrich_articles_parquet` - the joins (by PMID).
 
 Choices: ``mesh_terms`` holds the MeSH *descriptor* names (deduplicated, PubMed order) - the column
@@ -249,18 +251,25 @@ def _parse_book(el: etree._Element) -> PubmedRecord | None:
     )
 
 
-def parse_pubmed_xml(data: bytes) -> dict[str, PubmedRecord]:
+def parse_pubmed_xml(data: bytes, *, strict: bool = False) -> dict[str, PubmedRecord]:
     """Parse an efetch ``db=pubmed&retmode=xml`` answer into ``{pmid: PubmedRecord}``.
 
-    Empty input gives ``{}``. Raises :class:`PubmedParseError` for an E-utilities error document
-    or a root other than ``PubmedArticleSet`` / ``PubmedBookArticleSet``. Malformed XML is parsed
-    in lxml's recover mode as a fallback (whatever complete records survive are returned).
+    Empty input gives ``{}`` (``strict``: an error). Raises :class:`PubmedParseError` for an
+    E-utilities error document or a root other than ``PubmedArticleSet`` / ``PubmedBookArticleSet``.
+    Malformed XML is parsed in lxml's recover mode as a fallback (whatever complete records survive
+    are returned); with ``strict=True`` it raises :class:`PubmedParseError` instead - what the cache
+    uses, since a reply cut short (status 200, no Content-Length) is not well-formed and must be
+    fetched again rather than stored as partial records plus "missing" PMIDs.
     """
     if not data or not data.strip():
+        if strict:
+            raise PubmedParseError("empty efetch answer")
         return {}
     try:
         root = etree.fromstring(data, _safe_parser())
     except etree.XMLSyntaxError as exc:
+        if strict:
+            raise PubmedParseError(f"efetch answer is not well-formed (cut short?): {exc}") from exc
         root = etree.fromstring(data, _safe_parser(recover=True))
         if root is None:
             raise PubmedParseError(f"unparsable efetch answer: {exc}") from exc
@@ -620,20 +629,44 @@ def _count_pmids(values: Iterable[Any], report: EnrichReport) -> list[str | None
     return out
 
 
+def _fetch_batch(client: EfetchClient, batch: list[str]) -> dict[str, PubmedRecord]:
+    """One batch, parsed strictly: a reply that is cut short, malformed or not a PubmedArticleSet
+    is asked again (the client's retries and backoff), never returned partially."""
+    attempts = int(getattr(client, "max_retries", 2)) + 1
+    backoff = float(getattr(client, "backoff", 1.0))
+    cap = float(getattr(client, "max_backoff", 60.0))
+    last: PubmedParseError | None = None
+    for attempt in range(attempts):
+        try:
+            return parse_pubmed_xml(client.efetch_pubmed(batch), strict=True)
+        except PubmedParseError as exc:
+            last = exc
+            if attempt + 1 < attempts:
+                log.warning("efetch answer for %d PMIDs unusable (%s); asking again", len(batch), exc)
+                time.sleep(min(cap, backoff * 2 ** attempt))
+    assert last is not None
+    raise PubmedParseError(f"{last} (after {attempts} attempts)")
+
+
 def fetch_into_cache(pmids: Iterable[str], client: EfetchClient, cache: PubmedCache,
                      report: EnrichReport, *, batch_size: int = MAX_EFETCH_IDS,
-                     refresh: bool = False, progress: bool = True) -> None:
-    """Fetch the PMIDs the cache lacks (and, with ``refresh``, those cached as missing).
+                     refresh: bool | str = False, progress: bool = True) -> None:
+    """Fetch the PMIDs the cache lacks; ``refresh=True`` (or ``"all"``) fetches every PMID again,
+    ``refresh="missing"`` only those cached as missing.
 
-    Each batch is stored in one transaction right after it arrives; a failing batch is recorded in
-    ``report.failed_batches`` and the others go on. Updates the PMID counters of ``report``.
+    Each batch is stored in one transaction right after it arrives, and only when the answer parsed
+    completely (see :func:`_fetch_batch`); a failing batch is recorded in ``report.failed_batches``
+    (nothing cached for it) and the others go on. Updates the PMID counters of ``report``.
     """
+    if refresh not in (False, True, "all", "missing"):
+        raise ValueError(f"refresh must be False, True, 'all' or 'missing', not {refresh!r}")
+    refresh_all = refresh in (True, "all")
     from tqdm import tqdm
 
     batch_size = _clamp_batch(batch_size)
     unique = list(dict.fromkeys(p for p in pmids if p))
     report.n_unique_pmids = len(unique)
-    states = cache.states(unique)
+    states = {} if refresh_all else cache.states(unique)
     report.n_cached = sum(1 for s in states.values() if s == OK)
     todo = [p for p in unique if p not in states or (refresh and states[p] == MISSING)]
     missing = {p for p, s in states.items() if s == MISSING and not refresh}
@@ -642,7 +675,7 @@ def fetch_into_cache(pmids: Iterable[str], client: EfetchClient, cache: PubmedCa
         for batch in batches:
             report.n_requests += 1
             try:
-                found = parse_pubmed_xml(client.efetch_pubmed(batch))
+                found = _fetch_batch(client, batch)
                 got = [found[p] for p in batch if p in found]
                 lost = [p for p in batch if p not in found]
                 cache.store(got, lost)
@@ -658,7 +691,7 @@ def fetch_into_cache(pmids: Iterable[str], client: EfetchClient, cache: PubmedCa
 
 def enrich_records(records: list[dict[str, Any]], client: EfetchClient,
                    cache_dir: str | Path | PubmedCache, *, batch_size: int = MAX_EFETCH_IDS,
-                   refresh: bool = False, progress: bool = True) -> EnrichReport:
+                   refresh: bool | str = False, progress: bool = True) -> EnrichReport:
     """Enrich article dicts (keys as :class:`~biomedica_hf.schema.Article` fields) **in place**.
 
     Joins on ``pmid`` (records without one are counted and left alone); fills ``mesh_terms`` and
@@ -706,7 +739,7 @@ def _compression(pf) -> str:
 
 def enrich_articles_parquet(path: str | Path, client: EfetchClient,
                             cache_dir: str | Path | PubmedCache, *, batch_size: int = MAX_EFETCH_IDS,
-                            refresh: bool = False, progress: bool = True) -> EnrichReport:
+                            refresh: bool | str = False, progress: bool = True) -> EnrichReport:
     """Enrich an ``articles.parquet`` file and rewrite it atomically (temp file + ``os.replace``).
 
     Streams: pass 1 reads the ``pmid`` column and fills the cache; pass 2 rewrites row group by

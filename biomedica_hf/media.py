@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import posixpath
 import struct
 import warnings
@@ -63,7 +64,21 @@ MEDIA_REASONS = (
     "decompression_bomb",  # header claims more than ``max_pixels`` pixels
     "too_small",           # a side is below ``min_side``
     "unsupported_format",  # not an image / a format we do not accept
+    "image_too_large",     # decoding would need more than ``max_image_bytes`` of memory
 )
+
+#: default decode budget: the bytes Pillow would allocate for the decoded pixels (see :func:`decoded_bytes`)
+DEFAULT_MAX_IMAGE_BYTES = 256 << 20
+
+# bytes per pixel of Pillow's in-memory storage, by mode (3-band 8-bit images are padded to 4)
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def decoded_bytes(mode: str, size: tuple[int, int]) -> int:
+    """Memory the decoded pixels take: width x height x bands x bytes per band, as Pillow stores
+    them (``L`` 1, ``I;16`` 2, ``RGB``/``RGBA``/``CMYK``/``I``/``F`` 4 bytes a pixel)."""
+    w, h = size
+    return w * h * _PIXEL_BYTES.get(mode, 4)
 
 
 class MediaError(Exception):
@@ -256,24 +271,38 @@ def _looks_like_image(data: bytes) -> bool:
     return data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
+def _row_blocks(im: Image.Image, budget: int = 16 << 20):
+    """``(y0, block)`` crops of whole rows, each about ``budget`` bytes as float64."""
+    w, h = im.size
+    rows = max(1, budget // max(1, w * 8))
+    for y in range(0, h, rows):
+        yield y, im.crop((0, y, w, min(h, y + rows)))
+
+
 def _stretch_to_l(im: Image.Image) -> Image.Image:
     """8-bit ``L`` from a high-bit-depth single-band image: linear map of min..max to 0..255.
 
-    A constant image falls back to the nominal range (0..65535, or 0..1 for float).
+    A constant image falls back to the nominal range (0..65535, or 0..1 for float). Works in row
+    blocks, so the extra memory is the 8-bit output plus one block (not 8 bytes a pixel).
     """
     import numpy as np
 
-    a = np.asarray(im).astype(np.float64)
-    finite = np.isfinite(a)
-    if not finite.all():
-        a = np.where(finite, a, np.nan)
-    if not finite.any():
-        return Image.new("L", im.size, 0)
-    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    lo, hi = np.inf, -np.inf
+    for _, block in _row_blocks(im):
+        a = np.asarray(block).astype(np.float64)
+        a = a[np.isfinite(a)]
+        if a.size:
+            lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
+    out = Image.new("L", im.size, 0)
+    if not np.isfinite(lo):  # no finite pixel
+        return out
     if hi <= lo:
         lo, hi = (0.0, 1.0) if im.mode == "F" else (0.0, 65535.0)
-    out = np.nan_to_num((a - lo) * (255.0 / (hi - lo)), nan=0.0)
-    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "L")
+    for y, block in _row_blocks(im):
+        a = np.asarray(block).astype(np.float64)
+        a = np.nan_to_num((np.where(np.isfinite(a), a, np.nan) - lo) * (255.0 / (hi - lo)), nan=0.0)
+        out.paste(Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L"), (0, y))
+    return out
 
 
 def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
@@ -399,13 +428,20 @@ def _load(im: Image.Image) -> None:
 
 def process_image(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
                   min_side: int = 20, keep_16bit_png: bool = False,
-                  compress_level: int = PNG_COMPRESS_LEVEL) -> ImageRecord:
+                  compress_level: int = PNG_COMPRESS_LEVEL, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                  reduce_to_pixels: int | None = None) -> ImageRecord:
     """Decode, verify and normalise one image file; see the module docstring for the policy.
 
     Raises :class:`MediaError` (``decode_error``, ``truncated_image``, ``decompression_bomb``,
     ``too_small``, ``unsupported_format``).  The pixel limit is checked on the header size
     before any pixel is decoded; Pillow's own hard limit (2 * ``Image.MAX_IMAGE_PIXELS``) also
     applies.  ``keep_16bit_png=True`` keeps 16-bit grayscale PNGs as they are.
+    Decode budget: ``max_image_bytes`` bounds the memory of the decoded pixels
+    (:func:`decoded_bytes`: bit depth and bands count), checked from the header before the decoder
+    allocates; over it ``image_too_large``.  ``reduce_to_pixels``: images with more pixels are
+    downscaled (aspect kept) to at most that many and re-encoded as PNG; JPEGs are decoded at a
+    reduced DCT scale (``draft``: the full-size pixels never exist), other formats are decoded
+    (within the budget) and then reduced.
     ``compress_level`` (zlib 0-9) of converted PNGs trades speed for size (on the fixture TIFFs
     level 1 encodes 2-5x faster than 6 and is 15-80 % larger); output bytes depend on it.  Pillow's
     ``UserWarning``s about damaged metadata ("Corrupt EXIF data") are silenced: the pixels are
@@ -420,7 +456,8 @@ def process_image(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
         warnings.simplefilter(_bomb_action(max_pixels), Image.DecompressionBombWarning)
         im = _open(data)
         try:
-            return _process(im, data, name, max_pixels, min_side, keep_16bit_png, compress_level)
+            return _process(im, data, name, max_pixels, min_side, keep_16bit_png, compress_level,
+                            max_image_bytes, reduce_to_pixels)
         except MediaError:
             raise
         except _DECODE_ERRORS as e:
@@ -429,26 +466,69 @@ def process_image(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
             im.close()
 
 
+def _target_size(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """The largest size with the same aspect and at most ``max_pixels`` pixels (sides >= 1)."""
+    w, h = size
+    scale = math.sqrt(max_pixels / (w * h))
+    tw, th = max(1, int(w * scale)), max(1, int(h * scale))
+    while tw * th > max_pixels and (tw > 1 or th > 1):
+        tw, th = max(1, tw - (tw >= th)), max(1, th - (th > tw))
+    return tw, th
+
+
+def _reduce(im: Image.Image, max_pixels: int) -> Image.Image:
+    """Downscale a loaded image to at most ``max_pixels`` pixels: integer ``reduce`` (box average,
+    cheap) where the mode allows, then an exact LANCZOS resize to the target size."""
+    if im.mode in HIGH_BIT_DEPTH and im.mode not in ("I", "F"):
+        im = _stretch_to_l(im)
+    elif im.mode in ("1", "P", "PA"):
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else TARGET_MODE[im.mode])
+    tw, th = _target_size(im.size, max_pixels)
+    factor = min(im.width // tw, im.height // th)
+    if factor >= 2:
+        im = im.reduce(factor)
+    if im.width * im.height > max_pixels:
+        im = im.resize((tw, th), Image.Resampling.LANCZOS)
+    return im
+
+
 def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side: int,
-             keep_16bit_png: bool, compress_level: int) -> ImageRecord:
+             keep_16bit_png: bool, compress_level: int, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+             reduce_to_pixels: int | None = None) -> ImageRecord:
     fmt = im.format or ""
-    mode = im.mode
+    mode = orig_mode = im.mode
     w, h = im.size
-    if w * h > max_pixels:
-        raise MediaError("decompression_bomb", f"{w}x{h} = {w * h} pixels > {max_pixels}")
+    drafted = False
+    if reduce_to_pixels and w * h > reduce_to_pixels and fmt in ("JPEG", "MPO"):
+        im.draft(mode, _target_size((w, h), reduce_to_pixels))  # DCT scaling: never decodes full size
+        drafted = im.size != (w, h)
+    dw, dh = im.size
+    if dw * dh > max_pixels:
+        raise MediaError("decompression_bomb", f"{dw}x{dh} = {dw * dh} pixels > {max_pixels}")
     if w < min_side or h < min_side:
         raise MediaError("too_small", f"{w}x{h} < {min_side}")
+    need = decoded_bytes(im.mode, im.size)
+    if need > max_image_bytes:
+        raise MediaError("image_too_large", f"{dw}x{dh} {im.mode}: decoding needs {need} bytes > "
+                                            f"{max_image_bytes} (--max-image-bytes)")
     if reason := _missing_tail(im, data):
         raise MediaError("truncated_image", reason)
     _load(im)
     orientation = _orientation(im)
+    reduced = drafted
+    if reduce_to_pixels and im.width * im.height > reduce_to_pixels:
+        im = _reduce(im, reduce_to_pixels)
+        reduced = True
+    mode = im.mode if reduced else mode
 
     modes, ext = KEEP_ORIGINAL.get(fmt, (frozenset(), ""))
-    if mode in modes or (keep_16bit_png and fmt == "PNG" and mode in HIGH_BIT_DEPTH):
+    if reduced:
+        pass
+    elif mode in modes or (keep_16bit_png and fmt == "PNG" and mode in HIGH_BIT_DEPTH):
         if orientation in (5, 6, 7, 8):
             w, h = h, w
         return ImageRecord(data=data, ext=ext, width=w, height=h, orig_format=fmt,
-                           orig_mode=mode, sha256=sha256_bytes(data), reencoded=False,
+                           orig_mode=orig_mode, sha256=sha256_bytes(data), reencoded=False,
                            source_name=name)
 
     icc = im.info.get("icc_profile") if mode != "CMYK" else None
@@ -457,5 +537,5 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
         out = out.transpose(_ORIENTATION[orientation])
     png = _encode_png(out, icc, compress_level)
     return ImageRecord(data=png, ext="png", width=out.width, height=out.height,
-                       orig_format=fmt, orig_mode=mode, sha256=sha256_bytes(png),
+                       orig_format=fmt, orig_mode=orig_mode, sha256=sha256_bytes(png),
                        reencoded=True, source_name=name)

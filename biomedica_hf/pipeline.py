@@ -71,7 +71,7 @@ from .partition import (
 from .samples import MediaOptions, PackageResult, process_package
 from .schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
 from .sources import make_source
-from .sources.base import FetchError, Source
+from .sources.base import FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error
 from .staging import PartitionStage
 from .writer import atomic_path, atomic_write_json, revise_shard, shard_done, shard_files, shard_name, write_shard
 
@@ -82,10 +82,6 @@ ARTICLE_SCHEMA = arrow_schema(ARTICLE_FIELDS)
 PERMANENT_FETCH = {"not_open_access": SKIPPED, "retracted": SKIPPED, "not_found": FAILED, "bad_package": FAILED}
 TRANSIENT_REASONS = {"download_failed"}
 MAX_STARTS = 2                  # an article that was started this often without finishing is ledgered
-
-
-class FatalBuildError(RuntimeError):
-    """Stops the build (disk full, ...): nothing is recorded as the article's fault; rerun to repair."""
 
 
 @dataclass
@@ -199,16 +195,18 @@ _DRIVER_PID: list[int] = []
 
 
 def _init_worker(source_kind: str, source_opts: dict, out: str, media: MediaOptions, keep_downloads: bool,
-                 n_hash: int, dedup: bool) -> None:
+                 n_hash: int, dedup: bool, discard: bool = False) -> None:
     if os.getpid() not in _DRIVER_PID:
         _die_with_parent()
     _WORKER.update(source=make_source(source_kind, **source_opts), work=Work(Path(out)), media=media,
-                   keep_downloads=keep_downloads, n_hash=n_hash, dedup=dedup)
+                   keep_downloads=keep_downloads, n_hash=n_hash, dedup=dedup,
+                   discard=discard)
 
 
 def _is_enospc(e: BaseException) -> bool:
+    """A disk error (ENOSPC, EDQUOT, EROFS) anywhere in the exception's chain."""
     while e is not None:
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if isinstance(e, FatalBuildError) or is_disk_error(e):
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -217,6 +215,8 @@ def _is_enospc(e: BaseException) -> bool:
 def _process_ref(ref: ArticleRef, source: Source, work: Work, media: MediaOptions, keep: bool) -> PackageResult:
     """One article -> staged result. Every failure of the article itself ends in its ledger rows."""
     cache = work.root / "cache"
+    if _WORKER.get("discard"):      # --retry-failed: a failed package's cached extraction is not reused
+        source.discard(ref, cache)
     if ref.retracted:
         return PackageResult(ref.pmcid, ledger=[LedgerEntry("article", ref.pmcid, ref.pmcid, SKIPPED, "retracted",
                                                             "marked retracted in the listing", ref.location)])
@@ -233,6 +233,12 @@ def _process_ref(ref: ArticleRef, source: Source, work: Work, media: MediaOption
         if not keep and cache.resolve() in root.parents:
             shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+def _fatal(e: BaseException, where: str) -> FatalBuildError:
+    while not isinstance(e, OSError) and (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return fatal_disk_error(e, where) if isinstance(e, OSError) else FatalBuildError(str(e))
 
 
 def _internal_error(ref: ArticleRef, e: BaseException, reason: str = "internal_error") -> PackageResult:
@@ -279,7 +285,7 @@ def stage_partition(pid_name: str) -> dict:
             n_bytes += stage.append(result)
         except Exception as e:  # noqa: BLE001 - the article's record could not be staged: ledger it
             if _is_enospc(e):
-                raise FatalBuildError(f"disk full while staging partition {pid_name}; free space and rerun") from e
+                raise _fatal(e, f"the staging of partition {pid_name}") from e
             log.exception("could not stage %s", rid)
             stage.open()                       # cut back what the failed append wrote
             failed = _internal_error(ref, e)
@@ -806,7 +812,8 @@ def _build(cfg: BuildConfig) -> BuildReport:
         opts = dict(cfg.source_opts)
         if opts.get("rate"):  # the politeness limit is for the whole build: split it across task slots
             opts["rate"] = opts["rate"] / slots
-        return cfg.source, opts, str(out), cfg.media, cfg.keep_downloads, n_hash, cfg.dedup_images
+        return (cfg.source, opts, str(out), cfg.media, cfg.keep_downloads, n_hash, cfg.dedup_images,
+                cfg.retry_failed and k > 0)
 
     def make():
         return make_executor(cfg.executor, workers=cfg.workers, address=cfg.ray_address,
@@ -840,7 +847,7 @@ def _build(cfg: BuildConfig) -> BuildReport:
         raise
     except OSError as e:
         if _is_enospc(e):
-            raise FatalBuildError(f"disk full ({e}); free space and rerun: the build resumes") from e
+            raise _fatal(e, str(out)) from e
         raise
     finally:
         if "source" in _WORKER:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .licenses import normalize_license
-from .media import MediaError, alternate_renditions, is_image_name, process_image, resolve_graphic
+from .media import (DEFAULT_MAX_IMAGE_BYTES, MediaError, alternate_renditions, is_image_name, process_image,
+                    resolve_graphic)
 from .parse import ParseError, parse_jats
 from .schema import FAILED, KEPT, SKIPPED, Article, ArticlePackage, Figure, LedgerEntry, Sample, safe_key
 
@@ -25,6 +26,8 @@ class MediaOptions:
     max_pixels: int = 178_956_970
     keep_empty_captions: bool = False
     png_compress_level: int = 3    # converted images only; 3 is ~3x faster than 6 for ~10% more bytes
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES   # decode budget (bit depth and bands count): image_too_large
+    reduce_to_pixels: int | None = None              # `build --max-pixels`: downscale larger images instead
 
 
 @dataclass
@@ -199,7 +202,8 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
     try:
         data = Path(pkg.files[name]).read_bytes()
         image = process_image(data, name, max_pixels=opts.max_pixels, min_side=opts.min_side,
-                              compress_level=opts.png_compress_level)
+                              compress_level=opts.png_compress_level, max_image_bytes=opts.max_image_bytes,
+                              reduce_to_pixels=opts.reduce_to_pixels)
     except MediaError as e:
         state = SKIPPED if e.reason in SKIP_MEDIA_REASONS else FAILED
         used[name] = (state, f"image_{e.reason}")

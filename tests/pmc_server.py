@@ -42,7 +42,11 @@ except ImportError:  # pragma: no cover - used outside pytest
     ARTICLES, FILELISTS = _SHARED / "articles", _SHARED / "filelists"
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
-FAULT_KINDS = ("status", "retry_after", "drop", "truncate", "corrupt", "not_found", "ignore_range", "delay")
+FAULT_KINDS = ("status", "retry_after", "drop", "truncate", "corrupt", "not_found", "ignore_range", "delay",
+               "trickle", "no_length", "html_200")
+
+HTML_ERROR_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Service temporarily unavailable</title></head>"
+                   b"<body><h1>Maintenance</h1><p>Please try again later.</p></body></html>\n")
 
 
 @dataclass
@@ -57,7 +61,13 @@ class Fault:
       ``corrupt``      send the right length with wrong bytes (md5 mismatch);
       ``not_found``    answer 404;
       ``ignore_range`` answer 200 with the whole file even when a Range was asked;
-      ``delay``        sleep ``seconds`` before answering normally (client timeouts).
+      ``delay``        sleep ``seconds`` before answering normally (client timeouts);
+      ``trickle``      send the headers (full Content-Length), then one body byte every ``seconds``
+                       (never idle long enough for a read timeout);
+      ``no_length``    answer 200 without Content-Length (``Connection: close``), send ``at`` body bytes and
+                       close cleanly: a short body the client cannot tell from a complete one;
+      ``html_200``     answer 200 with an HTML error page (``Content-Type`` from ``content_type``,
+                       default ``text/html``) instead of the file.
     times: how many requests the fault applies to (``None``: every request).
     at: bytes of the body to send before dropping/truncating (default: half of the body).
     """
@@ -68,6 +78,7 @@ class Fault:
     retry_after: float | str | None = None
     at: int | None = None
     seconds: float = 0.0
+    content_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -345,6 +356,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._s3_error(rec, fault.status or 429, "SlowDown", head, {"Retry-After": str(ra)})
             elif fault.kind == "not_found":
                 return self._s3_error(rec, 404, "NoSuchKey", head)
+            elif fault.kind == "html_200":
+                return self._simple(rec, 200, HTML_ERROR_PAGE, head, ctype=fault.content_type or "text/html")
 
         if path == "/" and query.get("list-type", [""])[0] == "2":
             q = {k: v[0] for k, v in query.items()}
@@ -376,6 +389,17 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "corrupt":
             body = bytes(b ^ 0x5A for b in body)
 
+        if fault is not None and fault.kind == "no_length":
+            rec.status = 200
+            self.send_response(200)
+            self.send_header("Content-Type", mimetypes.guess_type(file.name)[0] or "application/octet-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if not head:
+                at = fault.at if fault.at is not None else len(data) // 2
+                self.wfile.write(data[:max(0, min(at, len(data)))])
+            return self._abort(rst=False)
+
         rec.status = status
         self.send_response(status)
         ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
@@ -393,6 +417,15 @@ class _Handler(BaseHTTPRequestHandler):
             at = fault.at if fault.at is not None else len(body) // 2
             self.wfile.write(body[: max(0, min(at, len(body) - 1))])
             return self._abort(rst=fault.kind == "drop")
+        if fault is not None and fault.kind == "trickle":
+            try:
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(fault.seconds or 2.0)
+            except OSError:  # the client gave up
+                self.close_connection = True
+            return
         self.wfile.write(body)
 
 

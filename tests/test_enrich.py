@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -94,7 +98,7 @@ class EfetchServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), EfetchHandler)
         self.fixture = fixture
         self.hits: list[Hit] = []
-        self.faults: deque[str] = deque()   # "429", "500", "400", "404", "timeout", "drop"
+        self.faults: deque[str] = deque()   # "429", "500", "400", "404", "timeout", "drop", "truncate", "html"
         self.missing: set[str] = set()
         self.order = "asis"                 # or "reverse"
         self.retry_after = "1"
@@ -162,6 +166,21 @@ class EfetchHandler(BaseHTTPRequestHandler):
                               "application/json", {"Retry-After": srv.retry_after})
         elif fault in ("400", "404", "500", "502", "503"):
             return self._send(int(fault), f"error {fault}".encode(), "text/plain")
+        elif fault == "truncate":            # 200, no Content-Length, half the body, clean close
+            body = srv.answer(ids)
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/xml; charset=UTF-8")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body[:len(body) // 2])
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
+            return
+        elif fault == "html":                # a portal's error page served with 200
+            return self._send(200, b"<!DOCTYPE html><html><body><h1>Down for maintenance</h1></body></html>",
+                              "text/html")
         self._send(200, srv.answer(ids))
 
 
@@ -443,7 +462,7 @@ def test_missing_pmids_reported_and_refreshed(server, tmp_path):
     with PubmedCache(cache) as c:
         assert c.missing() == ["888888", "999999"]
     server.missing = {"888888"}                                   # NCBI now has 999999
-    r3 = enrich_records(records, make_client(server), cache, refresh=True, progress=False)
+    r3 = enrich_records(records, make_client(server), cache, refresh="missing", progress=False)
     assert [h.ids for h in server.efetch_hits] == [["999999", "888888"]]
     assert r3.missing == ["888888"] and r3.n_fetched == 1 and r3.n_cached == 1
     assert records[1]["abstract"].startswith("BACKGROUND: [999999]")
@@ -557,3 +576,79 @@ def test_enrich_articles_parquet_rejects_wrong_schema(server, tmp_path):
 def test_report_type():
     r = EnrichReport()
     assert r.ok and r.failed_pmids == [] and r.to_dict()["missing"] == []
+
+
+# --------------------------------------------------------------------------------------------
+# hostile answers (issue 13) and exit codes (issue 17)
+# --------------------------------------------------------------------------------------------
+
+
+def test_truncated_or_malformed_reply_is_retried_never_cached(server, tmp_path):
+    pmids = [REAL, "4101", "4102", "4103"]
+    server.faults.extend(["truncate", "html"])
+    records = [rec(p) for p in pmids]
+    report = enrich_records(records, make_client(server), tmp_path / "c", progress=False)
+    assert [h.fault for h in server.efetch_hits] == ["truncate", "html", None]
+    assert report.ok and report.n_fetched == 4 and report.missing == []
+    assert all(r["abstract"].startswith("BACKGROUND") for r in records)
+    # every attempt cut short: the batch fails and nothing (neither records nor "missing") is cached
+    server.hits.clear()
+    server.faults.extend(["truncate"] * 3)
+    other = [rec(p) for p in ("5101", "5102")]
+    report = enrich_records(other, make_client(server, max_retries=2), tmp_path / "c", progress=False)
+    assert len(server.efetch_hits) == 3 and not report.ok and report.missing == []
+    assert "not well-formed" in report.failed_batches[0].error
+    with PubmedCache(tmp_path / "c") as c:
+        assert c.states(["5101", "5102"]) == {} and len(c) == 4
+    retry = enrich_records(other, make_client(server), tmp_path / "c", progress=False)
+    assert retry.ok and retry.n_fetched == 2
+
+
+def test_strict_parse_rejects_what_recover_mode_would_keep(fixture_xml):
+    body = fixture_xml.header + b"<PubmedArticleSet>" + fixture_xml.real_record + fixture_xml.record("77") \
+        + b"</PubmedArticleSet>"
+    cut = body[: len(body) - 400]
+    assert REAL in parse_pubmed_xml(cut)                     # lenient: a partial answer
+    with pytest.raises(PubmedParseError, match="not well-formed"):
+        parse_pubmed_xml(cut, strict=True)
+    with pytest.raises(PubmedParseError):
+        parse_pubmed_xml(b"", strict=True)
+
+
+def test_refresh_refetches_every_pmid(server, tmp_path):
+    records = [rec(REAL), rec("6101")]
+    enrich_records(records, make_client(server), tmp_path / "c", progress=False)
+    server.hits.clear()
+    assert enrich_records(records, make_client(server), tmp_path / "c", progress=False).n_cached == 2
+    assert server.efetch_hits == []
+    report = enrich_records(records, make_client(server), tmp_path / "c", refresh=True, progress=False)
+    assert [sorted(h.ids) for h in server.efetch_hits] == [sorted([REAL, "6101"])]
+    assert report.n_fetched == 2 and report.n_cached == 0
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "biomedica_hf.cli", *args], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(repo), NCBI_API_KEY="", NCBI_EMAIL=""), timeout=120,
+                          check=False)
+
+
+def test_cli_enrich_refresh_and_exit_codes(server, tmp_path):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    pq.write_table(_articles_table(), ds / "articles.parquet")
+    r = _cli("enrich", str(ds), "--base-url", server.base_url)
+    assert r.returncode == 0, r.stderr
+    n = len(server.efetch_hits)
+    assert _cli("enrich", str(ds), "--base-url", server.base_url).returncode == 0
+    assert len(server.efetch_hits) == n                      # all cached: nothing asked
+    r = _cli("enrich", str(ds), "--base-url", server.base_url, "--refresh")
+    assert r.returncode == 0 and len(server.efetch_hits) == n + 1
+    # nothing reachable: every request fails -> exit 1 with one line, no traceback
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/entrez/eutils"
+    r = _cli("enrich", str(ds), "--base-url", dead, "--retries", "0", "--refresh")
+    assert r.returncode == 1, r.stdout + r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(err) == 1 and "every efetch request failed" in err[0] and "Traceback" not in r.stderr

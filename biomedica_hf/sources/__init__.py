@@ -14,7 +14,9 @@ SOURCE_KINDS = ("cloud", "legacy", "local")
 # make_source options that configure the Downloader (``rate`` is requests/s shared by all threads)
 DOWNLOAD_OPTIONS = {"rate": "rate_per_s", "rate_per_s": "rate_per_s", "burst": "burst",
                     "max_connections": "max_connections", "retries": "retries", "timeout": "timeout",
-                    "backoff": "backoff", "user_agent": "user_agent"}
+                    "deadline": "deadline", "backoff": "backoff", "user_agent": "user_agent"}
+# archive budgets (uncompressed bytes): legacy and local sources; the cloud source has no archives
+ARCHIVE_OPTIONS = ("max_package_bytes", "max_member_bytes")
 
 
 def make_source(kind: str, **opts: Any) -> Source:
@@ -25,10 +27,18 @@ def make_source(kind: str, **opts: Any) -> Source:
     ``make_source("local", path="/data/pmc")``.
 
     Download settings (``rate``/``rate_per_s``, ``burst``, ``max_connections``, ``retries``,
-    ``timeout``, ``backoff``, ``user_agent``) build the source's :class:`~biomedica_hf.download.Downloader`
+    ``timeout``, ``deadline``, ``backoff``, ``user_agent``) build the source's :class:`~biomedica_hf.download.Downloader`
     when no ``downloader`` is given; ``None`` values are ignored; the local source ignores them.
+    ``max_package_bytes`` / ``max_member_bytes`` budget the uncompressed bytes of archives (legacy,
+    local; ignored by the cloud source).
     """
     kind = kind.lower()
+    if kind not in ("legacy", "local"):
+        for k in ARCHIVE_OPTIONS:
+            opts.pop(k, None)
+    for k in ARCHIVE_OPTIONS:
+        if opts.get(k, 0) is None:
+            opts.pop(k)
     dl_opts = {DOWNLOAD_OPTIONS[k]: opts.pop(k) for k in list(opts) if k in DOWNLOAD_OPTIONS}
     dl_opts = {k: v for k, v in dl_opts.items() if v is not None}
     own = kind in ("cloud", "legacy") and bool(dl_opts) and opts.get("downloader") is None

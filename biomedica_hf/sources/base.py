@@ -12,7 +12,9 @@ for things skipped on purpose (folders without XML, older versions, duplicates);
 from __future__ import annotations
 
 import abc
+import errno
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,13 @@ NOT_FOUND = "not_found"
 DOWNLOAD_FAILED = "download_failed"
 BAD_PACKAGE = "bad_package"
 FETCH_REASONS = (NOT_OPEN_ACCESS, RETRACTED, NOT_FOUND, DOWNLOAD_FAILED, BAD_PACKAGE)
+
+# budgets on the uncompressed bytes of one package (all members) and of one member (see legacy.extract_package)
+DEFAULT_MAX_PACKAGE_BYTES = 2 << 30
+DEFAULT_MAX_MEMBER_BYTES = 1 << 30
+
+# errno values that mean "this machine cannot write": never a property of the article
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 XML_SUFFIXES = (".xml", ".nxml")
 _JATS_ROOT_RE = re.compile(rb"<(?:[\w.-]+:)?(?:article|sub-article|articles|pmc-articleset|OAI-PMH)[\s>/]")
@@ -41,6 +50,36 @@ class FetchError(Exception):
 
     def __reduce__(self):
         return (FetchError, (self.reason, self.detail))
+
+
+class FatalBuildError(RuntimeError):
+    """The build cannot go on (disk full, quota, read-only output): no article is at fault.
+
+    Sources and workers raise it instead of ledgering anything; the pipeline re-raises it and the
+    CLI prints its one line and exits non-zero. A rerun once the cause is fixed repairs what was cut
+    (nothing cut short was recorded as complete).
+    """
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        self.errno = errno_
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (FatalBuildError, (str(self), self.errno))
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    """True for an ``OSError`` meaning the local disk cannot take more (ENOSPC, EDQUOT, EROFS)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+
+
+def fatal_disk_error(exc: OSError, where: str = "") -> FatalBuildError:
+    """The :class:`FatalBuildError` for a disk error, one clear line."""
+    what = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
+    name = what.get(exc.errno or 0, "disk error")
+    target = f" while writing {exc.filename or where}" if (exc.filename or where) else ""
+    return FatalBuildError(f"{name}{target} ({exc.strerror or exc}): free space and rerun the same command; "
+                           "work cut short is redone", exc.errno)
 
 
 class Source(abc.ABC):
@@ -60,6 +99,15 @@ class Source(abc.ABC):
     def fetch(self, ref: ArticleRef, cache_dir: Path) -> ArticlePackage:
         """Bring ``ref``'s files to local disk under ``cache_dir``; raises :class:`FetchError`."""
 
+    def discard(self, ref: ArticleRef, cache_dir: Path) -> None:
+        """Forget what an earlier ``fetch(ref, cache_dir)`` left in ``cache_dir`` (an extraction, a
+        partial download), so the next fetch asks the source again (``build --retry-failed``)."""
+        for p in _cache_paths(ref, Path(cache_dir)):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists() or p.is_symlink():
+                p.unlink(missing_ok=True)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release network sessions / temporary files."""
 
@@ -70,17 +118,62 @@ class Source(abc.ABC):
         self.close()
 
 
-def looks_like_jats(path: Path, head_bytes: int = 65536) -> bool:
+def _cache_paths(ref: ArticleRef, cache_dir: Path) -> list[Path]:
+    """What a fetch of ``ref`` may have left in ``cache_dir`` (extraction, its temp folder, archives)."""
+    ids = {ref.pmcid, safe_id(ref.pmcid)}
+    out = []
+    for i in ids:
+        out += [cache_dir / i, cache_dir / f"{i}.extracting"]
+    loc = str(ref.location or "").rsplit("/", 1)[-1]
+    if loc:
+        out += [cache_dir / "_archives" / loc, cache_dir / "_archives" / f"{loc}.part"]
+    return out
+
+
+#: the most bytes :func:`looks_like_jats` reads to get past a prolog (comments, DOCTYPE, PIs)
+MAX_PROLOG_BYTES = 16 << 20
+_ROOT_NAMES = frozenset({"article", "sub-article", "articles", "pmc-articleset", "OAI-PMH"})
+
+
+def looks_like_jats(path: Path, head_bytes: int = 65536, max_prolog: int = MAX_PROLOG_BYTES) -> bool:
     """Cheap sniff: does the XML file start like an article (JATS, OAI-PMH, ``<articles>``)?
 
     Used to keep non-article XML (a Texture ``manifest.xml``, an S3 listing) out of ``xml_files``.
+    Fast path: an article root tag in the first ``head_bytes``. Otherwise the file is fed, in
+    ``head_bytes`` chunks, to a safe pull parser (no DTD loading, no entities, no network) until
+    the root element starts, so a prolog longer than the window (comments, a DOCTYPE with an
+    internal subset) is skipped properly; at most ``max_prolog`` bytes are read.
     """
     try:
         with open(path, "rb") as f:
             head = f.read(head_bytes)
+            if _JATS_ROOT_RE.search(head):
+                return True
+            if len(head) < head_bytes:
+                return False
+            return _root_after_prolog(f, head, head_bytes, max_prolog)
     except OSError:
         return False
-    return bool(_JATS_ROOT_RE.search(head))
+
+
+def _root_after_prolog(f, head: bytes, chunk: int, max_prolog: int) -> bool:
+    from lxml import etree
+
+    parser = etree.XMLPullParser(events=("start",), resolve_entities=False, no_network=True, load_dtd=False,
+                                 huge_tree=False, remove_comments=True, remove_pis=True)
+    data, read = head, len(head)
+    try:
+        while data:
+            parser.feed(data)
+            for _, el in parser.read_events():
+                return etree.QName(el).localname in _ROOT_NAMES
+            if read >= max_prolog:
+                return False
+            data = f.read(min(chunk, max_prolog - read))
+            read += len(data)
+    except etree.XMLSyntaxError:
+        return False
+    return False
 
 
 def order_xml_files(names: list[str], root: Path) -> list[str]:
@@ -94,15 +187,23 @@ def order_xml_files(names: list[str], root: Path) -> list[str]:
     return jats + [n for n in xmls if n not in jats]
 
 
+OUTSIDE_INPUT = "outside_input"   # a (symlinked) file that resolves outside the input folder
+
+
 def package_from_dir(ref: ArticleRef, root: Path, *, recursive: bool = True, metadata: dict[str, Any] | None = None,
-                     problems: list[tuple[str, str]] | None = None, exclude: tuple[str, ...] = ()) -> ArticlePackage:
+                     problems: list[tuple[str, str]] | None = None, exclude: tuple[str, ...] = (),
+                     confine: Path | None = None) -> ArticlePackage:
     """An :class:`ArticlePackage` over the files of ``root`` (names relative to it, posix style).
 
     ``xml_files`` are the article XMLs directly in ``root``. Hidden files (``.name``), ``*.part``
-    leftovers and names in ``exclude`` are skipped. Raises ``FetchError(bad_package)`` without XML.
+    leftovers and names in ``exclude`` are skipped. With ``confine`` (the input folder), a file
+    whose real path (symlinks resolved) is not inside it is left out and recorded in ``problems``
+    as ``(name, "outside_input")``. Raises ``FetchError(bad_package)`` without XML.
     """
     root = Path(root)
     files: dict[str, Path] = {}
+    problems = list(problems or [])
+    real_confine = Path(confine).resolve() if confine is not None else None
     it = root.rglob("*") if recursive else root.iterdir()
     for p in sorted(it):
         if not p.is_file():
@@ -110,13 +211,18 @@ def package_from_dir(ref: ArticleRef, root: Path, *, recursive: bool = True, met
         rel = p.relative_to(root).as_posix()
         if any(part.startswith(".") for part in rel.split("/")) or rel.endswith(".part") or rel in exclude:
             continue
+        if real_confine is not None and real_confine not in p.resolve().parents:
+            problems.append((rel, OUTSIDE_INPUT))
+            continue
         files[rel] = p
     top = [n for n in files if "/" not in n]
     xml_files = order_xml_files(top, root)
     if not xml_files:
-        raise FetchError(BAD_PACKAGE, f"no XML in {root}")
+        outside = [n for n, r in problems if r == OUTSIDE_INPUT and n.lower().endswith(XML_SUFFIXES)]
+        detail = f" ({OUTSIDE_INPUT}: {', '.join(outside)})" if outside else ""
+        raise FetchError(BAD_PACKAGE, f"no XML in {root}{detail}")
     return ArticlePackage(ref=ref, root=root, files=files, xml_files=xml_files, metadata=dict(metadata or {}),
-                          problems=list(problems or []))
+                          problems=problems)
 
 
 _SAFE_ID_RE = re.compile(r"[^A-Za-z0-9_-]+")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -20,6 +21,7 @@ from biomedica_hf.download import NOT_FOUND as DL_NOT_FOUND
 from biomedica_hf.download import DownloadError, Downloader, DownloadItem
 from biomedica_hf.schema import ArticlePackage, ArticleRef
 from biomedica_hf.sources.base import (DOWNLOAD_FAILED, NOT_FOUND, NOT_OPEN_ACCESS, RETRACTED, FetchError,
+                                       fatal_disk_error, is_disk_error,
                                        Source)
 from biomedica_hf.sources.filelists import (normalize_pmcid, parse_cloud_metadata, parse_metadata_key,
                                             parse_pmcid_list, parse_s3_list, read_listing, versions_from_prefixes)
@@ -258,7 +260,12 @@ class CloudSource(Source):
                 continue
             seen_names.add(name)
             items.append(DownloadItem(self.key_url(key, meta["bucket"]), pdir / name, md5=md5, key=(kind, name)))
-        results = self.downloader.download_many(items, max_workers=self.file_workers)
+        try:
+            results = self.downloader.download_many(items, max_workers=self.file_workers)
+        except OSError as e:
+            if is_disk_error(e):
+                raise fatal_disk_error(e, str(pdir)) from e
+            raise
 
         files: dict[str, Path] = {meta_name: cached}
         xml_name = None
@@ -287,6 +294,15 @@ class CloudSource(Source):
                           retracted=meta["is_retracted"], extra=extra)
         return ArticlePackage(ref=out_ref, root=pdir, files=files, xml_files=[xml_name], metadata=raw,
                               problems=problems)
+
+    def discard(self, ref: ArticleRef, cache_dir: Path) -> None:
+        """Forget every cached version folder of ``ref``'s PMCID (``build --retry-failed``)."""
+        parsed = normalize_pmcid(ref.pmcid)
+        if parsed is None:
+            return
+        for d in Path(cache_dir).glob(f"{parsed[0]}.*"):
+            if d.is_dir() and not d.is_symlink() and d.name.split(".", 1)[1].isdigit():
+                shutil.rmtree(d, ignore_errors=True)
 
     def close(self) -> None:
         if self._own_downloader:

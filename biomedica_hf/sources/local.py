@@ -11,7 +11,8 @@
 
 Everything left out is reported in ``unlisted`` as ``(path, reason)``: ``no_xml`` (a folder with
 files but no XML or package), ``no_article_xml`` (XML that is not an article), ``older_version``,
-``duplicate_id``. The listing is sorted by path (deterministic).
+``duplicate_id``, ``outside_input`` (an XML or package that is a symlink resolving outside the input
+folder; such files inside an article are refused at fetch time, as ``ArticlePackage.problems``). The listing is sorted by path (deterministic).
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from biomedica_hf.schema import ArticlePackage, ArticleRef
-from biomedica_hf.sources.base import (BAD_PACKAGE, NOT_FOUND, XML_SUFFIXES, FetchError, Source, looks_like_jats,
+from biomedica_hf.sources.base import (BAD_PACKAGE, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PACKAGE_BYTES, NOT_FOUND,
+                                       OUTSIDE_INPUT, XML_SUFFIXES, FetchError, Source, looks_like_jats,
                                        package_from_dir, pmcid_in, safe_id)
 from biomedica_hf.sources.filelists import parse_metadata_key
-from biomedica_hf.sources.legacy import package_from_archive
+from biomedica_hf.sources.legacy import ArchiveLimits, package_from_archive
 
 TAR_SUFFIXES = (".tar.gz", ".tgz")
 _CLOUD_DIR_RE = re.compile(r"^(PMC\d+)\.(\d+)$")
@@ -55,10 +57,18 @@ def _tar_stem(name: str) -> str:
 class LocalSource(Source):
     name = "local"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, max_package_bytes: int | None = None,
+                 max_member_bytes: int | None = None) -> None:
         super().__init__()
         self.path = Path(path)
+        self.limits = ArchiveLimits(max_package_bytes or DEFAULT_MAX_PACKAGE_BYTES,
+                                    max_member_bytes or DEFAULT_MAX_MEMBER_BYTES)
         self._entries: dict[str, _Entry] | None = None
+
+    @property
+    def confine(self) -> Path | None:
+        """The folder every file must resolve into (symlinks followed); None for a single-file input."""
+        return self.path if self.path.is_dir() else None
 
     # ------------------------------------------------------------------ scan
     def scan(self) -> list[_Entry]:
@@ -88,9 +98,10 @@ class LocalSource(Source):
             d = Path(dirpath)
             xmls = [f for f in filenames if f.lower().endswith(XML_SUFFIXES)]
             if xmls:
-                jats = [f for f in xmls if looks_like_jats(d / f)]
+                inside = [f for f in xmls if _inside(d / f, top)]   # never read a file outside the input
+                jats = [f for f in inside if looks_like_jats(d / f)]
                 m = _CLOUD_DIR_RE.match(d.name)
-                if m and f"{d.name}.xml" in filenames:
+                if m and f"{d.name}.xml" in inside:
                     meta = d / f"{d.name}.json"
                     if not meta.is_file():
                         alt = d.parent / "metadata" / f"{d.name}.json"
@@ -103,9 +114,14 @@ class LocalSource(Source):
                     found.append(_Entry(pmcid_in(d.name, *jats) or safe_id(d.name), DIR, d))
                     dirnames[:] = []
                     continue
-                self.unlisted.append((str(d), "no_article_xml"))
+                self.unlisted.extend((str(d / f), OUTSIDE_INPUT) for f in xmls if f not in inside)
+                if inside:
+                    self.unlisted.append((str(d), "no_article_xml"))
             tarballs = [f for f in filenames if f.lower().endswith(TAR_SUFFIXES)]
             for t in tarballs:
+                if not _inside(d / t, top):
+                    self.unlisted.append((str(d / t), OUTSIDE_INPUT))
+                    continue
                 found.append(_Entry(pmcid_in(t) or safe_id(_tar_stem(t)), TAR, d / t))
             if filenames and not xmls and not tarballs:
                 if d.name == "metadata" and all(parse_metadata_key(f) for f in filenames):
@@ -156,27 +172,40 @@ class LocalSource(Source):
             raise FetchError(NOT_FOUND, f"{path} does not exist")
         kind = ref.extra.get("kind") or (TAR if path.name.lower().endswith(TAR_SUFFIXES)
                                           else XML if path.is_file() else DIR)
+        confine = self.confine
+        if confine is not None and not _inside(path, confine):
+            raise FetchError(BAD_PACKAGE, f"{OUTSIDE_INPUT}: {path} resolves to {path.resolve()}, outside {confine}")
         if kind == TAR:
-            return package_from_archive(ref, path, Path(cache_dir) / safe_id(ref.pmcid))
+            return package_from_archive(ref, path, Path(cache_dir) / safe_id(ref.pmcid), self.limits)
         if kind == XML:
-            pkg = package_from_dir(ref, path.parent, recursive=False)
+            pkg = package_from_dir(ref, path.parent, recursive=False, confine=confine)
+            if path.name not in pkg.files:
+                raise FetchError(BAD_PACKAGE, f"{OUTSIDE_INPUT}: {path}")
             pkg.xml_files = [path.name]
             return pkg
         metadata: dict[str, Any] = {}
         if kind == CLOUD:
             mp = ref.extra.get("metadata_path")
+            if mp and confine is not None and not _inside(Path(mp), confine):
+                mp = None  # metadata JSON symlinked from outside: ignored
             metadata = _read_json(Path(mp)) if mp else {}
-            pkg = package_from_dir(ref, path, metadata=metadata)
+            pkg = package_from_dir(ref, path, metadata=metadata, confine=confine)
             main = f"{path.name}.xml"
             if main in pkg.files:
                 pkg.xml_files = [main] + [x for x in pkg.xml_files if x != main]
             return pkg
         try:
-            return package_from_dir(ref, path)
+            return package_from_dir(ref, path, confine=confine)
         except FetchError:
             raise
         except OSError as e:
             raise FetchError(BAD_PACKAGE, f"{path}: {e}") from e
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Does ``path`` (symlinks resolved) lie in ``root`` (or is it ``root``)?"""
+    real, top = Path(path).resolve(), Path(root).resolve()
+    return real == top or top in real.parents
 
 
 def _read_json(path: Path) -> dict[str, Any]:
