@@ -388,6 +388,8 @@ def write_partition(task: tuple) -> dict:
     stats["summary"] = summarize(entries)
     stats["clashes"] = _clashes(entries)
     stats["duplicates_dropped"] = sum(dropped_per_pmcid.values())
+    staged_info = json.loads(stage.marker.read_text()) if stage.marker.exists() else {}
+    stats["failed"], stats["retry"] = staged_info.get("failed", []), staged_info.get("retry", [])
     atomic_write_json(marker, stats)
     stage.remove()
     return stats
