@@ -188,6 +188,64 @@ def collect_stats(out: Path) -> dict[str, Any]:
     }
 
 
+def bar_figure(labels: list, values: list, title: str, horizontal: bool = False):
+    """A matplotlib bar chart of sample counts: whole-number ticks on the count axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.28 * len(labels) + 1)) if horizontal else (7, 3.2), dpi=110)
+    if horizontal:
+        ax.barh([str(x) for x in labels][::-1], values[::-1], color="#3b7dd8")
+        ax.set_xlabel("samples")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax.bar([str(x) for x in labels], values, color="#3b7dd8")
+        ax.set_ylabel("samples")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(labels) > 12:
+            ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+# What the card says about where the articles came from, per ``build_summary.json``'s ``source``.
+PROVENANCE = {
+    "cloud": {"pipeline": "list (PMC Cloud Service metadata) → fetch (md5-verified)",
+              "access": "accessed from the PMC Cloud Service (AWS Open Data, `pmc-oa-opendata`)"},
+    "legacy": {"pipeline": "list (`oa_file_list.csv`) → fetch from a mirror of PMC's legacy OA layout "
+                           "(`oa_package/`)",
+               "access": "obtained from a mirror of the PMC OA Subset's legacy package layout"},
+    "local": {"pipeline": "read from a local folder of PMC articles (packages or extracted files; not "
+                          "checksummed against PMC)",
+              "access": "obtained from local copies of PMC Open Access articles"},
+}
+PROVENANCE_UNKNOWN = {"pipeline": "read PMC articles (source not recorded)",
+                      "access": "obtained from the PMC Open Access Subset"}
+
+
+def provenance(source: str | None) -> dict[str, str]:
+    """The card's pipeline and data-access sentences for a build ``source`` (cloud / legacy / local)."""
+    return PROVENANCE.get(source or "", PROVENANCE_UNKNOWN)
+
+
+def project_url() -> str | None:
+    """The project's home page from the installed package metadata (``[project.urls]``), or None."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        meta = metadata("biomedica-hf")
+    except PackageNotFoundError:
+        return None
+    urls = [u.split(",", 1)[-1].strip() for u in meta.get_all("Project-URL") or []]
+    urls += [meta.get("Home-page") or ""]
+    return next((u for u in urls if u.startswith("http") and u.rstrip("/") not in (
+        "https://github.com", "http://github.com")), None)
+
+
 def make_plots(stats: dict, folder: Path) -> list[Path]:
     """PNG bar charts of the card's statistics, written atomically into ``folder``."""
     import io
@@ -198,18 +256,7 @@ def make_plots(stats: dict, folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     def bar(name: str, labels: list, values: list, title: str, horizontal: bool = False) -> Path:
-        fig, ax = plt.subplots(figsize=(7, max(2.5, 0.28 * len(labels) + 1)) if horizontal else (7, 3.2),
-                               dpi=110)
-        if horizontal:
-            ax.barh([str(x) for x in labels][::-1], values[::-1], color="#3b7dd8")
-            ax.set_xlabel("samples")
-        else:
-            ax.bar([str(x) for x in labels], values, color="#3b7dd8")
-            ax.set_ylabel("samples")
-            if len(labels) > 12:
-                ax.tick_params(axis="x", labelrotation=90, labelsize=7)
-        ax.set_title(title)
-        fig.tight_layout()
+        fig = bar_figure(labels, values, title, horizontal)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", metadata={"Software": None})
         plt.close(fig)
@@ -248,6 +295,7 @@ def render_card(out: Path, repo_id: str | None = None, extra_configs: list[dict]
         config_names=[c["config_name"] for c in card_configs(out, extra_configs)],
         sample_fields=[{"name": n, "type": t, "doc": d} for n, t, d in SAMPLE_FIELDS],
         article_fields=[{"name": n} for n, _, _ in ARTICLE_FIELDS],
+        provenance=provenance(stats.get("source")), project_url=project_url(),
     )
 
 

@@ -19,9 +19,59 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _debug_env() -> bool:
+    return os.environ.get("BIOMEDICA_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """A known failure of a library below us as a :class:`BiomedicaError` (else ``exc`` itself)."""
+    from .errors import BiomedicaError, NetworkError, unreachable
+
+    if isinstance(exc, BiomedicaError) or not isinstance(exc, Exception):
+        return exc
+    if unreachable(exc):
+        return NetworkError(f"a server could not be reached ({type(exc).__name__}: {_first_line(exc)})",
+                            "check the network connection (or the proxy / *_URL / HF_ENDPOINT settings) "
+                            "and rerun the same command")
+    return exc
+
+
+def _raised_in(exc: BaseException, package: str) -> bool:
+    """The innermost frame of ``exc``'s traceback is in ``package`` (an installed top-level package)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else "")[:200]
+
+
+class BiomedicaGroup(click.Group):
+    """The error layer: a :class:`~biomedica_hf.errors.BiomedicaError` (raised where the failure
+    happens, or translated from a network failure) becomes one ``Error: ...`` line on stderr and its
+    exit code; ``--debug`` / ``BIOMEDICA_DEBUG=1`` lets the traceback through instead."""
+
+    def invoke(self, ctx: click.Context):
+        from .errors import BiomedicaError
+
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # noqa: BLE001 - translated or re-raised unchanged
+            err = _translate(exc)
+            if not isinstance(err, BiomedicaError) or ctx.params.get("debug") or _debug_env():
+                raise
+            click.echo(f"Error: {err.line()}", err=True)
+            ctx.exit(err.exit_code)
+
+
+@click.group(cls=BiomedicaGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="biomedica")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error instead of one line "
+                                            "(also BIOMEDICA_DEBUG=1).")
+def main(debug: bool) -> None:
     """Build the BIOMEDICA image-caption dataset from PubMed Central Open Access, the Hugging Face way.
 
     \b
@@ -31,6 +81,9 @@ def main() -> None:
       biomedica build --source legacy --input /mirror --filelist /mirror/oa_file_list.csv --out ds
       biomedica build --source local --input ./packages --out ds    # extracted or .tar.gz packages
       biomedica inspect article.nxml                                 # what the parser sees
+
+    Errors a user can fix (missing model weights, no network, no Ray cluster, a model of the wrong
+    kind) are printed as one line with the fix; `biomedica --debug CMD` shows the traceback.
     """
 
 
@@ -201,6 +254,14 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         if not is_disk_error(e):
             raise
         raise click.ClickException(f"build stopped: {fatal_disk_error(e)}") from None
+    except ConnectionError as exc:
+        if executor == "ray" and _raised_in(exc, "ray"):
+            from .errors import NoClusterError
+
+            raise NoClusterError(f"no Ray cluster at --address {ray_address} ({_first_line(exc)})",
+                                 "pass --address local to start Ray on this machine, or ray://HOST:10001 "
+                                 "for a running cluster") from exc
+        raise
     click.echo(report.text())
     if enrich:
         _run_enrich(out, eutils_url, None, fatal=False)
@@ -232,13 +293,26 @@ def card(dataset, repo_id):
 def inspect(path, as_json):
     """Show what the parser extracts from one XML file or one .tar.gz package.
 
+    Exits 1 with one line when no article could be parsed (not XML, not JATS, no XML in the package).
     Articles, licence (normalised code and subset), figures with captions, graphics and in-text
     references: the tool to debug one article.
     """
     from .parse import format_inspection, inspect_path
 
     report = inspect_path(path)
-    click.echo(json.dumps(report, indent=2, ensure_ascii=False) if as_json else format_inspection(report))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+    if not report["articles"]:  # nothing the parser could read: say why on one line, exit 1
+        why = "; ".join(report["warnings"]) or "no JATS article in it"
+        raise click.ClickException(f"{path}: no article parsed ({_clip_line(why)}): inspect takes a JATS "
+                                   ".xml/.nxml file or a PMC .tar.gz package")
+    if not as_json:
+        click.echo(format_inspection(report))
+
+
+def _clip_line(text: str, width: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _run_enrich(out: Path, base_url: str | None, api_key: str | None, refresh: bool | str = False,
@@ -308,6 +382,14 @@ def push(dataset, repo_id, private, revision, dry_run, num_workers):
                            num_workers=num_workers)
     except HubError as e:
         raise click.ClickException(str(e)) from e
+    except Exception as e:  # noqa: BLE001 - only a network failure is translated
+        from .errors import NetworkError, unreachable
+
+        if not unreachable(e):
+            raise
+        raise NetworkError(f"the Hugging Face Hub could not be reached ({type(e).__name__}: {_first_line(e)})",
+                           "check the network (or HF_ENDPOINT) and rerun the same command: the push resumes; "
+                           "--dry-run checks the folder offline") from e
     click.echo(plan.text())
     if not dry_run:
         click.echo(f"Pushed to https://huggingface.co/datasets/{repo_id}")

@@ -7,8 +7,15 @@ subset with plain-text content are decoded here; external entities become nothin
 Text rules (captions, titles, paragraphs): inline markup adds no space (``Student's
 <italic>t</italic>-test`` -> ``Student's t-test``); block elements (paragraphs, list items, table
 cells, ``<break/>``) are separated by one space; runs of whitespace collapse to one space.
-A caption's paragraphs are joined by a single space; ``full_text`` and ``abstract`` separate
-blocks (section titles, paragraphs) by a blank line.
+An inline formula reads as its MathML / TeX text, else its alt text, else ``[formula]``; an inline
+graphic as its alt text, else ``[graphic]`` (never a silent gap).
+A caption's paragraphs are separated by a newline, and a trailing DOI line ("DOI:
+http://dx.doi.org/10.7554/eLife.00005.003", eLife) moves to ``Figure.caption_doi``; ``full_text`` and
+``abstract`` separate blocks (section titles, paragraphs) by a blank line.
+
+In-text references are the sentences of body paragraphs and table cells citing a figure; captions,
+front matter and back matter (``<back>`` but for appendices, acknowledgements, author contributions,
+footnotes, declarations) are never references.
 """
 from __future__ import annotations
 
@@ -55,7 +62,19 @@ _NOT_IN_PARAGRAPH = frozenset({
 _NOT_IN_FULL_TEXT = frozenset({"fig", "fig-group", "supplementary-material", "media", "ref-list",
                                "sub-article", "front-stub"})
 # Ancestors that keep a paragraph's figure xrefs from becoming in-text references.
-_NOT_CITING = frozenset({"caption", "ref-list", "front", "front-stub", "article-meta"})
+_NOT_CITING = frozenset({"caption", "ref-list", "front", "front-stub", "article-meta", "back", "ack",
+                         "fn", "fn-group", "author-notes", "notes", "glossary", "bio"})
+# ... unless one of these is nearer (an appendix in <back> is article text).
+_CITING_IN_BACK = frozenset({"app", "app-group"})
+# Sections that are back matter wherever they sit (@sec-type or title, lower-cased, in words).
+_BACK_MATTER_SECTIONS = re.compile(
+    r"\b(acknowledge?ments?|author'?s?'? contributions?|contributions? of authors|competing interests?|"
+    r"conflicts? of interests?|coi[- ]statement|declarations? of interests?|funding|financial disclosure|"
+    r"data availability|ethics statement|footnotes?)\b")
+# A caption paragraph that is only a DOI (eLife): moved to Figure.caption_doi.
+_CAPTION_DOI = re.compile(r"(?:^|\s)DOI:\s*(?:https?://(?:dx\.)?doi\.org/)?(10\.\d{4,9}/\S+?)[.\s]*$", re.I)
+# Caption children that are paragraphs of their own (separated by a newline).
+_CAPTION_BLOCKS = frozenset({"p", "list", "def-list", "disp-quote", "disp-formula", "table-wrap", "boxed-text"})
 # A graphic below one of these (inside a <fig>) is not an image of the figure.
 _NOT_PANEL = frozenset({"caption", "disp-formula", "inline-formula", "table-wrap",
                         "supplementary-material", "media", "chem-struct-wrap", "label"})
@@ -181,23 +200,63 @@ def _walk(el: etree._Element, out: _Text, ctx: _Walk) -> None:
     """Append the text of ``el``'s content (not its tail) to ``out``."""
     out.add(el.text)
     for child in el:
-        if isinstance(child, etree._Entity):
-            out.add(_entity_text(child, ctx.entities))
-        elif isinstance(child.tag, str):
-            name = _local(child)
-            if name in _NEVER_TEXT:
-                pass
-            elif name in ctx.skip:
-                out.space = True
-            elif name == "alternatives":
-                choice = _text_alternative(child)
-                if choice is not None:
-                    _walk_element(choice, out, ctx)
-            elif name == "tex-math":
-                out.add(_tex_body("".join(child.itertext())))
+        _walk_child(child, out, ctx)
+
+
+def _walk_child(child: etree._Element, out: _Text, ctx: _Walk) -> None:
+    """Append one child node and its tail to ``out``."""
+    if isinstance(child, etree._Entity):
+        out.add(_entity_text(child, ctx.entities))
+    elif isinstance(child.tag, str):
+        name = _local(child)
+        if name in _NEVER_TEXT:
+            pass
+        elif name in ctx.skip:
+            out.space = True
+        elif name == "alternatives":
+            choice = _text_alternative(child)
+            if choice is not None:
+                _walk_element(choice, out, ctx)
             else:
-                _walk_element(child, out, ctx)
-        out.add(_LINEBREAK_BEFORE_CLOSER.sub("", child.tail or ""))
+                out.add(_alt_text(child) or "[graphic]")
+        elif name == "tex-math":
+            out.add(_tex_body("".join(child.itertext())))
+        elif name in ("inline-formula", "disp-formula"):
+            _walk_formula(child, out, ctx)
+        elif name == "inline-graphic":
+            out.add(_alt_text(child) or "[graphic]")
+        else:
+            _walk_element(child, out, ctx)
+    out.add(_LINEBREAK_BEFORE_CLOSER.sub("", child.tail or ""))
+
+
+def _alt_text(el: etree._Element) -> str:
+    """``<alt-text>`` of ``el`` or of the graphic / math inside it, or MathML's @alttext."""
+    for node in el.iter():
+        if not isinstance(node.tag, str):
+            continue
+        if _local(node) == "alt-text":
+            text = " ".join("".join(node.itertext()).split())
+            if text:
+                return text
+        alt = (node.get("alttext") or "").strip()
+        if alt:
+            return " ".join(alt.split())
+    return ""
+
+
+def _walk_formula(el: etree._Element, out: _Text, ctx: _Walk) -> None:
+    """A formula's MathML / TeX text; its alt text, or ``[formula]``, when it is only an image."""
+    inner = _Text()
+    sub = _Walk(skip=ctx.skip | {"inline-graphic", "graphic"}, entities=ctx.entities)
+    _walk(el, inner, sub)
+    text = inner.value() or _alt_text(el) or "[formula]"
+    block = _local(el) in _BLOCK
+    if block:
+        out.space = True
+    out.add(text)
+    if block:
+        out.space = True
 
 
 def _walk_element(el: etree._Element, out: _Text, ctx: _Walk) -> None:
@@ -289,13 +348,22 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
         nxt = text[m.end():].lstrip()
         if not nxt or not (nxt[0].isupper() or nxt[0].isdigit() or nxt[0] in _SENTENCE_OPENERS):
             continue
-        if m.group(0)[0] == "." and _is_abbreviation(text, m.start()):
+        if m.group(0)[0] == "." and (_is_abbreviation(text, m.start()) or _is_panel_after_number(text, m.start(), nxt)):
             continue
         spans.append((start, m.end()))
         start = m.end() + (len(text[m.end():]) - len(nxt))
     if start < len(text):
         spans.append((start, len(text)))
     return spans
+
+
+_FIGURE_NUMBER_BEFORE = re.compile(r"\b(?:fig|figs|figure|figures|table|tables|suppl|supplementary)\.?\s+[A-Z]?\d+[A-Za-z]?$",
+                                   re.I)
+
+
+def _is_panel_after_number(text: str, dot: int, nxt: str) -> bool:
+    """"(Fig. 9. B)": a figure number, a dot, then a lone panel letter is one citation, not two sentences."""
+    return bool(re.match(r"[A-Z][)\]},;:\u2013-]", nxt)) and bool(_FIGURE_NUMBER_BEFORE.search(text[max(0, dot - 40):dot]))
 
 
 def _is_abbreviation(text: str, dot: int) -> bool:
@@ -521,12 +589,13 @@ def _figure(fig: etree._Element, position: int, group_id: str | None,
     ctx = _Walk(entities=entities)
     caption = fig.find("caption")
     sub = next(fig.iterancestors("sub-article"), None)
+    caption_text, caption_doi = _caption_text(caption, entities)
     return Figure(
         fig_id=_fig_id(fig, position),
         label=_text(fig.find("label"), ctx),
         caption_title=_text(caption.find("title") if caption is not None else None, ctx),
-        caption_text=_text(caption, _Walk(skip=frozenset({"title", "label"}),
-                                          entities=entities)),
+        caption_text=caption_text,
+        caption_doi=caption_doi,
         graphics=_graphics(fig),
         fig_type=fig.get("fig-type"),
         in_sub_article=sub is not None,
@@ -535,6 +604,36 @@ def _figure(fig: etree._Element, position: int, group_id: str | None,
         fig_group_id=group_id,
         position=position,
     )
+
+
+def _caption_text(caption: etree._Element | None, entities: dict[str, str]) -> tuple[str, str | None]:
+    """(caption body without title and label, one line per paragraph; DOI of a trailing DOI line)."""
+    if caption is None:
+        return "", None
+    ctx = _Walk(skip=frozenset({"title", "label"}), entities=entities)
+    paragraphs: list[str] = []
+    loose = _Text()  # text and inline markup directly in <caption>, between paragraphs
+    loose.add(caption.text)
+    for child in caption:
+        if isinstance(child.tag, str) and _local(child) in _CAPTION_BLOCKS:
+            paragraphs.append(loose.value())
+            block = _Text()
+            _walk_child(child, block, ctx)
+            paragraphs.append(block.value())  # the tail is in there: rare, and it stays in its paragraph
+            loose = _Text()
+        else:
+            _walk_child(child, loose, ctx)
+    paragraphs.append(loose.value())
+    lines = [p.strip() for p in paragraphs if p.strip()]
+    doi = None
+    if lines:
+        m = _CAPTION_DOI.search(lines[-1])
+        if m:
+            doi = m.group(1)
+            lines[-1] = lines[-1][:m.start()].rstrip()
+            if not lines[-1]:
+                lines.pop()
+    return "\n".join(lines), doi
 
 
 def _fig_id(fig: etree._Element, position: int) -> str:
@@ -572,12 +671,33 @@ def _cited(xref: etree._Element, targets: dict[str, list[int]]) -> list[int]:
     return list(dict.fromkeys(i for rid in rids for i in targets.get(rid, ())))
 
 
+def _citing(p: etree._Element, scope: etree._Element) -> bool:
+    """A paragraph / table cell whose figure xrefs are in-text references: article text, not a caption,
+    front matter or back matter (acknowledgements, author contributions, footnotes, declarations)."""
+    for anc in p.iterancestors():
+        if anc is scope:
+            return True
+        name = _local(anc)
+        if name in _CITING_IN_BACK:
+            return True
+        if name in _NOT_CITING:
+            return False
+        if name == "sec":
+            title = anc.find("title")
+            label = f"{anc.get('sec-type') or ''} {_text(title) if title is not None else ''}".lower()
+            if _BACK_MATTER_SECTIONS.search(label.replace("-", " ").replace("_", " ")):
+                return False
+    return True
+
+
 def _attach_references(scope: etree._Element, figs: list[Figure],
                        targets: dict[str, list[int]], entities: dict[str, str]) -> None:
     seen: set[tuple[int, str]] = set()
-    for p in scope.iter("p"):
-        if not any(x.get("rid") for x in p.iter("xref")) or _has_ancestor(p, _NOT_CITING, scope):
+    for p in scope.iter("p", "td", "th"):
+        if not any(x.get("rid") for x in p.iter("xref")) or not _citing(p, scope):
             continue
+        if _local(p) != "p" and any(True for _ in p.iter("p")):
+            continue  # a table cell of paragraphs: its paragraphs are read as paragraphs
         ctx = _Walk(skip=_NOT_IN_PARAGRAPH, entities=entities, xrefs=[])
         paragraph = _text(p, ctx)
         spans = sentence_spans(paragraph)

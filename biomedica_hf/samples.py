@@ -68,6 +68,7 @@ def _figure_meta(article: Article, fig: Figure, panel: int, href: str) -> dict:
         "figure_label": fig.label,
         "caption_title": fig.caption_title,
         "caption": fig.caption,
+        "caption_doi": fig.caption_doi,
         "panel_index": panel,
         "panel_count": len(fig.graphics),
         "image_href": href,

@@ -106,7 +106,8 @@ class Figure:
     fig_id: str                           # @id or a positional id ("fig-3") when absent
     label: str = ""
     caption_title: str = ""
-    caption_text: str = ""                # caption body (without the title)
+    caption_text: str = ""                # caption body (without the title): one line per paragraph
+    caption_doi: str | None = None        # DOI of the figure stated at the caption's end (eLife), moved out
     graphics: list[str] = field(default_factory=list)  # xlink:href of each graphic, in order
     fig_type: str | None = None
     in_sub_article: bool = False
@@ -177,7 +178,8 @@ SAMPLE_FIELDS: list[tuple[str, str, str]] = [
     ("figure_id", "string", "@id of the <fig>"),
     ("figure_label", "string", "figure label, e.g. 'Figure 3'"),
     ("caption_title", "string", "caption title"),
-    ("caption", "string", "full caption (title + text), the .txt member"),
+    ("caption", "string", "full caption (title + text, paragraphs separated by a newline), the .txt member"),
+    ("caption_doi", "string", "DOI of the figure when its caption ended with one (eLife), moved out of the caption"),
     ("panel_index", "int32", "index of this graphic within its figure"),
     ("panel_count", "int32", "number of graphics in the figure (>1: panels of one figure)"),
     ("image_href", "string", "xlink:href of the graphic"),

@@ -115,3 +115,38 @@ def test_card_is_reproducible(folder):
 
 def test_size_categories():
     assert [size_category(n) for n in (0, 999, 1000, 24_076_288)] == ["n<1K", "n<1K", "1K<n<10K", "10M<n<100M"]
+
+
+def test_card_provenance_follows_the_source_and_links_no_placeholder(folder, tmp_path):
+    """The fixture folder is a --source local build: the card must not claim the Cloud Service or md5 checks."""
+    import shutil
+
+    from biomedica_hf.card import render_card
+
+    card = (folder / "README.md").read_text()
+    assert json.loads((folder / "build_summary.json").read_text())["source"] == "local"
+    assert "https://github.com/)" not in card and "](https://github.com)" not in card
+    assert "PMC Cloud Service" not in card and "md5" not in card
+    assert "read from a local folder of PMC articles" in card
+    assert "obtained from local copies of PMC Open Access articles" in card
+    # the same folder, as if built from the Cloud Service: now it says so
+    cloud = tmp_path / "cloud"
+    shutil.copytree(folder, cloud, ignore=shutil.ignore_patterns("_work"))
+    summary = json.loads((cloud / "build_summary.json").read_text())
+    (cloud / "build_summary.json").write_text(json.dumps({**summary, "source": "cloud"}))
+    text = render_card(cloud, "biomedica/test")
+    assert "accessed from the PMC Cloud Service" in text and "fetch (md5-verified)" in text
+    assert "local copies" not in text
+
+
+def test_count_plots_have_integer_ticks():
+    import matplotlib.pyplot as plt
+
+    from biomedica_hf.card import bar_figure
+
+    for horizontal in (False, True):
+        fig = bar_figure(["commercial", "noncommercial", "other"], [1, 2, 1], "Samples per subset", horizontal)
+        ax = fig.axes[0]
+        ticks = [t for t in (ax.get_xticks() if horizontal else ax.get_yticks()) if 0 <= t <= 2]
+        plt.close(fig)
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks

@@ -141,7 +141,7 @@ def test_graphical_abstract_has_empty_caption_and_neighbour_keeps_its_own(articl
     assert (figs[0].fig_id, figs[0].label, figs[0].caption, figs[0].graphics) == (
         "undfig1", "", "", ["fx1"])
     assert figs[1].fig_id == "fig1" and figs[1].label == "Figure 1"
-    assert figs[1].caption.startswith("High-throughput screening strategy and validation (A) ")
+    assert figs[1].caption.startswith("High-throughput screening strategy and validation\n(A) ")
     assert all(f.caption != figs[0].caption for f in figs[1:])
 
 
@@ -174,7 +174,7 @@ def test_figure_with_two_graphics(articles_dir):
     figs = by_id(parse1(articles_dir, "PMC7159286/main.nxml"))
     assert figs["fig3"].graphics == ["gr3a_lrg", "gr3b_lrg"]
     assert figs["fig3"].label == "Figure 3"
-    assert figs["fig3"].caption.startswith("Phylogenetic trees of genetic sequences (A) Amplicon")
+    assert figs["fig3"].caption.startswith("Phylogenetic trees of genetic sequences\n(A) Amplicon")
     assert [len(f.graphics) for f in figs.values()] == [1, 1, 2, 1]
 
 
@@ -213,7 +213,7 @@ def test_graphic_selection_rules():
       <p><inline-graphic xlink:href="i2"/></p></body></article>"""
     figs = parse_jats(xml)[0].figures
     assert [(f.fig_id, f.graphics, f.caption) for f in figs] == [
-        ("f1", ["big.tif", "panel-b"], "One and ."),
+        ("f1", ["big.tif", "panel-b"], "One [graphic] and [formula]."),
         ("fig-1", ["nocaption"], ""),
         ("f3", [], "No image.")]
 
@@ -285,8 +285,8 @@ def test_whitespace_at_inline_markup(articles_dir):
            "</title><p>a<break/>b</p><p>c\n\n  d <xref rid='x'>Fig 2</xref>.</p></caption>"
            "</fig></body></article>")
     fig = parse_jats(xml)[0].figures[0]
-    assert (fig.caption_title, fig.caption_text) == ("Student's t-test", "a b c d Fig 2.")
-    assert fig.caption == "Student's t-test a b c d Fig 2."
+    assert (fig.caption_title, fig.caption_text) == ("Student's t-test", "a b\nc d Fig 2.")
+    assert fig.caption == "Student's t-test a b\nc d Fig 2."
 
 
 def test_pretty_printed_line_break_before_punctuation(articles_dir):
@@ -472,3 +472,110 @@ def test_inspect_complete_package_and_xml(articles_dir):
     assert x["kind"] == "xml" and x["articles"][0]["figures"][0]["flags"] == ["empty_caption"]
     bad = inspect_path(articles_dir / "eLife_32671_texture/manifest.xml")
     assert bad["articles"] == [] and "not_jats" in bad["warnings"][0]
+
+
+# --------------------------------------------------------------------------------------------
+# captions: paragraphs, formulas, DOI boilerplate (issue 17)
+# --------------------------------------------------------------------------------------------
+
+def _all_figures(articles_dir):
+    for path in sorted(articles_dir.rglob("*")):
+        if path.suffix.lower() in (".xml", ".nxml"):
+            try:
+                parsed = parse_jats(path)
+            except ParseError:
+                continue
+            for art in parsed:
+                yield path, art.figures
+
+
+def test_caption_paragraphs_are_separated_by_a_newline(articles_dir):
+    figs = by_id(parse1(articles_dir, "PMC7159286/main.nxml"))
+    wuhan = next(f for f in figs.values() if "Shenzhen family cluster" in f.caption)
+    assert "their contacts in Wuhan\nDates filled in red" in wuhan.caption
+    assert "Wuhan Dates" not in wuhan.caption
+
+
+def test_inline_formula_and_graphic_text_or_visible_placeholder(articles_dir):
+    fig = parse1(articles_dir, "PLOS_pcbi.1002484/journal.pcbi.1002484.xml").figures[0]
+    assert "(here plotted as [formula]) for a 5 kb plasmid" in fig.caption   # formula only as an image
+    assert "()" not in fig.caption and "as )" not in fig.caption
+    mml = "http://www.w3.org/1998/Math/MathML"
+    xml = f"""<article xmlns:mml="{mml}" xmlns:xlink="http://www.w3.org/1999/xlink"><body><fig id="f">
+      <caption><p>TeX <inline-formula><tex-math>\\alpha_1</tex-math></inline-formula>, MathML
+      <inline-formula><mml:math><mml:msup><mml:mi>x</mml:mi><mml:mn>2</mml:mn></mml:msup></mml:math></inline-formula>,
+      alt <inline-formula><alt-text>delta G</alt-text><inline-graphic xlink:href="e1"/></inline-formula>,
+      mathml alttext <inline-formula><mml:math alttext="k_on"/></inline-formula>, bare
+      <inline-formula><inline-graphic xlink:href="e2"/></inline-formula>, icon
+      <inline-graphic xlink:href="i1"><alt-text>arrow</alt-text></inline-graphic> and
+      <inline-graphic xlink:href="i2"/>.</p></caption><graphic xlink:href="g"/></fig></body></article>"""
+    text = parse_jats(xml)[0].figures[0].caption_text
+    assert text == ("TeX \\alpha_1, MathML x2, alt delta G, mathml alttext k_on, bare [formula], icon arrow "
+                    "and [graphic].")
+
+
+def test_elife_doi_boilerplate_moves_to_caption_doi(articles_dir):
+    doi = re.compile(r"DOI:|dx\.doi\.org|doi\.org/10\.7554", re.I)
+    elife = moved = 0
+    for path, figures in _all_figures(articles_dir):
+        for f in figures:
+            assert not doi.search(f.caption), (path.name, f.fig_id, f.caption[-120:])
+            if path.parent.name.startswith("eLife"):
+                elife += 1
+                moved += f.caption_doi is not None
+    assert elife > 100 and moved >= 50
+    fig1 = by_id(parse1(articles_dir, "eLife_00005/elife00005.xml"))["fig1"]
+    assert fig1.caption_doi == "10.7554/eLife.00005.003"
+    assert fig1.caption.endswith("particles of the PRC2-AEBP2 complex.")
+    # the DOI of the figure stays available, in the sample's metadata
+    from biomedica_hf.samples import _figure_meta
+
+    assert _figure_meta(parse1(articles_dir, "eLife_00005/elife00005.xml").article, fig1, 0, "g")[
+        "caption_doi"] == "10.7554/eLife.00005.003"
+    xml = ("<article><body><fig id='f'><caption><p>Cells. DOI: http://dx.doi.org/10.7554/eLife.1.002</p>"
+           "</caption></fig><fig id='g'><caption><p>See doi:10.1/x in the text.</p></caption></fig></body></article>")
+    f, g = parse_jats(xml)[0].figures
+    assert (f.caption, f.caption_doi) == ("Cells.", "10.7554/eLife.1.002")
+    assert (g.caption, g.caption_doi) == ("See doi:10.1/x in the text.", None)
+
+
+# --------------------------------------------------------------------------------------------
+# in-text references: back matter out, table cells in, "Fig. 9. B" one sentence (issue 17)
+# --------------------------------------------------------------------------------------------
+
+def test_back_matter_is_not_an_in_text_reference(articles_dir):
+    figs = by_id(parse1(articles_dir, "PMC9500000/PMC9500000.oai.xml"))
+    sentences = [r.sentence for f in figs.values() for r in f.references]
+    assert sentences and not [s for s in sentences if "performed experiments related to" in s
+                              or "differentiated cells for experiments" in s]
+    assert all("Author contributions" not in r.paragraph for f in figs.values() for r in f.references)
+    assert figs["fig1"].references and figs["fig4"].references   # the body still cites them
+    xml = """<article><body><p>Body cites <xref ref-type="fig" rid="f1">Fig 1</xref>.</p>
+      <fig id="f1"><caption><p>Cap cites <xref ref-type="fig" rid="f1">Fig 1</xref>.</p></caption></fig>
+      <sec sec-type="author-contributions"><p>A did <xref ref-type="fig" rid="f1">Fig 1</xref>.</p></sec>
+      <sec><title>Acknowledgements</title><p>Thanks for <xref ref-type="fig" rid="f1">Fig 1</xref>.</p></sec>
+      <p>Note<fn><p>Footnote on <xref ref-type="fig" rid="f1">Fig 1</xref>.</p></fn></p></body>
+      <back><ack><p>We thank X (<xref ref-type="fig" rid="f1">Fig 1</xref>).</p></ack>
+      <fn-group><fn><p>See <xref ref-type="fig" rid="f1">Fig 1</xref>.</p></fn></fn-group>
+      <app-group><app><p>Appendix text on <xref ref-type="fig" rid="f1">Fig 1</xref>.</p></app></app-group>
+      </back></article>"""
+    refs = [r.sentence for r in parse_jats(xml)[0].figures[0].references]
+    assert refs == ["Body cites Fig 1.", "Appendix text on Fig 1."]
+
+
+def test_table_cells_cite_figures(articles_dir):
+    fig4 = by_id(parse1(articles_dir, "PMC9000000/PMC9000000.oai.xml"))["Fig4"]
+    in_table = [r.sentence for r in fig4.references if "denoted by" in r.sentence]
+    assert len(in_table) == 3, [r.sentence for r in fig4.references]
+    assert in_table[0].startswith("Displacement (using (5)) of the six specific points as marked in Fig. 4")
+    assert all("Fig. 4" in r.xref_text or r.xref_text == "4" for r in fig4.references if r.sentence in in_table)
+
+
+def test_panel_letter_after_figure_number_is_not_a_sentence_end(articles_dir):
+    t = "Signal was seen in muscle (Fig. 9. B). Second, we checked. See Figure 2. A new idea. In Table 3. C was low."
+    assert [t[a:b] for a, b in sentence_spans(t)] == [
+        "Signal was seen in muscle (Fig. 9. B).", "Second, we checked.", "See Figure 2.", "A new idea.",
+        "In Table 3.", "C was low."]
+    figs = by_id(parse1(articles_dir, "eLife_103870_reviewed_preprint/elife-preprint-103870-v2.xml"))
+    (sentence,) = [r.sentence for r in figs["fig9"].references if "9. B" in r.xref_text]
+    assert sentence.startswith("Indeed, a clear ER-localized signal") and sentence.endswith("in muscle (Fig. 9. B).")

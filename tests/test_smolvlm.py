@@ -282,3 +282,42 @@ def test_caption_command_merged_and_adapter(run):
         r = CliRunner().invoke(caption, [str(FIG_JPG), "--model", str(run / d), "--max-new-tokens", "5"])
         assert r.exit_code == 0, (r.output, r.exception)
         assert r.output.strip()
+
+
+def test_caption_many_images_to_jsonl(tiny_dir, tmp_path):
+    """`biomedica caption DIR|GLOB --out captions.jsonl`: one JSON line per image, in order; an unreadable
+    image is a line with an error, not a crash; a single image still prints just its caption."""
+    from click.testing import CliRunner
+
+    from biomedica_hf.cli import main
+
+    figs = tmp_path / "figs"
+    (figs / "sub").mkdir(parents=True)
+    jpgs = sorted(FIG_JPG.parent.glob("*_HTML.jpg"))[:3]
+    for i, src in enumerate(jpgs):
+        shutil.copy(src, (figs / "sub" if i == 2 else figs) / src.name)
+    (figs / "broken.png").write_bytes(b"not a png")
+    (figs / "notes.txt").write_text("not an image")
+    common = ["--model", str(tiny_dir), "--max-new-tokens", "3"]
+    out = tmp_path / "captions.jsonl"
+    r = CliRunner().invoke(main, ["caption", str(figs), "--out", str(out), *common])
+    assert r.exit_code == 0, (r.output, r.exception)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [Path(x["image"]).name for x in rows] == sorted(
+        ["broken.png", jpgs[0].name, jpgs[1].name, jpgs[2].name], key=lambda n: (n == jpgs[2].name, n))
+    broken = next(x for x in rows if x["image"].endswith("broken.png"))
+    assert broken["caption"] is None and "UnidentifiedImageError" in broken["error"]
+    good = [x for x in rows if x is not broken]
+    assert all(isinstance(x["caption"], str) and "error" not in x for x in good)
+    assert "3 captions, 1 unreadable images" in r.output
+    # a glob prints JSON lines on stdout; one image prints its caption as before (greedy: the same text)
+    g = CliRunner().invoke(main, ["caption", str(figs / "*.jpg"), *common])
+    assert g.exit_code == 0, (g.output, g.exception)
+    assert [Path(json.loads(x)["image"]).name for x in g.stdout.splitlines()] == [jpgs[0].name, jpgs[1].name]
+    one = CliRunner().invoke(main, ["caption", str(figs / jpgs[0].name), *common])
+    assert one.exit_code == 0 and one.stdout.rstrip("\n") == good[0]["caption"]
+    # nothing captionable: non-zero, and a pattern matching nothing is a usage error
+    bad = CliRunner().invoke(main, ["caption", str(figs / "broken.png"), "--out", str(tmp_path / "b.jsonl"), *common])
+    assert bad.exit_code == 1 and "no image could be captioned" in bad.output
+    none = CliRunner().invoke(main, ["caption", str(figs / "*.tif"), *common])
+    assert none.exit_code == 2 and "no image file there" in none.output

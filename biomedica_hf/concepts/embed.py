@@ -124,15 +124,31 @@ def prepare_image(data: bytes, image_size: int = 224, fit: str = "pad"):
     return canvas
 
 
+def _raise_missing_weights(name: str, exc: OSError) -> None:
+    """A Hub id that is neither cached nor downloadable: say so, and that ``--model PATH`` fixes it."""
+    from ..errors import MissingWeightsError, hub_offline, is_local_path, unreachable
+
+    if is_local_path(name) or not (hub_offline() or unreachable(exc)):
+        return
+    why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face Hub cannot be reached"
+    raise MissingWeightsError(f"embedding model {name!r} is not in the local Hugging Face cache and {why}",
+                              "pass --model PATH to a local model folder (save_pretrained layout), or run once "
+                              "with network to cache it") from exc
+
+
 def load_model(model: Any = DEFAULT_MODEL, processor: Any = None) -> tuple[Any, Any, str]:
     """(model, processor, name): from a Hub id / local folder via ``from_pretrained``, or objects as given."""
     from transformers import AutoImageProcessor, AutoModel
 
     if isinstance(model, (str, os.PathLike)):
         name = os.fspath(model)
-        net = AutoModel.from_pretrained(name)
-        if processor is None:
-            processor = AutoImageProcessor.from_pretrained(name)
+        try:
+            net = AutoModel.from_pretrained(name)
+            if processor is None:
+                processor = AutoImageProcessor.from_pretrained(name)
+        except OSError as exc:
+            _raise_missing_weights(name, exc)
+            raise
     else:
         net = model
         if processor is None:
@@ -345,9 +361,10 @@ def embed_dataset(dataset_dir: str | os.PathLike, model: Any = DEFAULT_MODEL, ba
     dim = info.get("dim") if info.get("model") == name else None
     compute_started = time.perf_counter()
     if todo:
+        if executor == "local":  # the model first: a missing model fails before any progress bar
+            _init_embed_worker(model, processor, dev, batch_size, image_size, fit, settings, workers)
         bar = tqdm(total=n_todo, unit="img", desc="embed", disable=not progress)
         if executor == "local":
-            _init_embed_worker(model, processor, dev, batch_size, image_size, fit, settings, workers)
             results = (_embed_shard_task((out, p, bar)) for p in todo)
         else:
             if not isinstance(model, (str, os.PathLike)):

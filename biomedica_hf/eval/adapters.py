@@ -182,6 +182,28 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "auto") -> Mo
     """Load a model SPEC into a :class:`ModelAdapter` on ``device``."""
     parsed = parse_model_spec(spec) if isinstance(spec, str) else spec
     dev = resolve_device(device) if isinstance(device, str) else device
+    try:
+        return _load_model(parsed, dev)
+    except (OSError, RuntimeError) as exc:
+        _raise_missing_weights(parsed, exc)
+        raise
+
+
+def _raise_missing_weights(parsed: ModelSpec, exc: BaseException) -> None:
+    """Weights that are neither local nor cached while the Hub is unreachable: say what fixes it."""
+    from ..errors import MissingWeightsError, hub_offline, is_local_path, unreachable
+
+    local = parsed.name.startswith("local-dir:") or (parsed.kind == "transformers" and is_local_path(parsed.name))
+    if local or not (hub_offline() or unreachable(exc)):
+        return
+    why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face Hub cannot be reached"
+    raise MissingWeightsError(
+        f"the weights of {parsed.display!r} are not in the local cache and {why}",
+        "pass --model PATH to a local open_clip folder (open_clip_config.json) or transformers CLIP folder, "
+        "or run once with network to cache them") from exc
+
+
+def _load_model(parsed: ModelSpec, dev: torch.device) -> ModelAdapter:
     if parsed.kind == "transformers":
         from transformers import CLIPModel, CLIPProcessor
 

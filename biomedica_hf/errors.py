@@ -1,0 +1,95 @@
+"""Errors a user can fix: each says what is missing and the flag or variable that fixes it.
+
+The ``biomedica`` CLI prints such an error as one line (``Error: ...``) and exits with its
+``exit_code``; ``--debug`` or ``BIOMEDICA_DEBUG=1`` shows the traceback instead. Library callers get
+ordinary exceptions (:class:`MissingWeightsError` is also an ``OSError``, like the ``from_pretrained``
+error it replaces; :class:`WrongModelError` a ``ValueError``).
+
+:func:`unreachable` tells whether an exception (or one it was raised from) means that a server could
+not be reached, so callers can translate library-specific network failures in one place.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+__all__ = ["BiomedicaError", "MissingWeightsError", "NetworkError", "NoClusterError", "WrongModelError",
+           "unreachable", "hub_offline", "is_local_path"]
+
+
+class BiomedicaError(Exception):
+    """A failure with a one-line explanation and a hint (the flag / variable that fixes it)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message if not hint else f"{message}; {hint}")
+        self.message = message
+        self.hint = hint
+
+    def line(self) -> str:
+        """The whole error on one line."""
+        return " ".join(str(self).split())
+
+
+class MissingWeightsError(BiomedicaError, OSError):
+    """Model weights are neither a local folder nor cached, and the Hub cannot be reached."""
+
+    exit_code = 3
+
+
+class NetworkError(BiomedicaError, ConnectionError):
+    """A server the command needs (Hub, NCBI, PMC) cannot be reached."""
+
+    exit_code = 4
+
+
+class NoClusterError(BiomedicaError, ConnectionError):
+    """``--executor ray`` found no running Ray cluster at the address."""
+
+    exit_code = 5
+
+
+class WrongModelError(BiomedicaError, ValueError):
+    """The model given is of another kind than the command needs (e.g. a CLIP folder for ``caption``)."""
+
+    exit_code = 6
+
+
+_UNREACHABLE_NAMES = frozenset({
+    # requests / urllib3 / httpx / huggingface_hub: the server could not be reached at all
+    "ConnectionError", "ConnectError", "ConnectTimeout", "NewConnectionError", "MaxRetryError",
+    "NameResolutionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "ProxyError",
+})
+
+
+def _chain(exc: BaseException):
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` or an exception it came from says a server could not be reached."""
+    for e in _chain(exc):
+        if isinstance(e, (socket.gaierror, ConnectionRefusedError, ConnectionResetError, TimeoutError)):
+            return True
+        if any(t.__name__ in _UNREACHABLE_NAMES for t in type(e).__mro__):
+            return True
+        text = str(e)
+        if "couldn't connect to" in text or "cannot find the requested files in the local cache" in text:
+            return True
+    return False
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set to a true value."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def is_local_path(name: str) -> bool:
+    """``name`` names something on this machine (an existing path), not a Hub id."""
+    return os.path.exists(os.path.expanduser(name))
