@@ -57,7 +57,7 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     mix = np.uint64(0x9E3779B97F4A7C15)
     out = np.empty((len(signatures), bands), dtype=np.uint64)
     for b in range(bands):
-        h = np.full(len(signatures), np.uint64(b + 1) * np.uint64(0xD6E8FEB86659FD93), dtype=np.uint64)
+        h = np.full(len(signatures), ((b + 1) * 0xD6E8FEB86659FD93) % (1 << 64), dtype=np.uint64)
         for r in range(rows):
             h = (h ^ signatures[:, b * rows + r].astype(np.uint64)) * mix
             h ^= h >> np.uint64(29)

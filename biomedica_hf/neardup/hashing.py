@@ -102,10 +102,15 @@ def bytes_phash(data: bytes) -> str:
 def hex_to_words(hexes, bits: int = HASH_BITS) -> np.ndarray:
     """Hex hashes -> ``uint64`` array of shape (n, bits // 64), big-endian words (bit order kept)."""
     nbytes = bits // 8
-    buf = b"".join(bytes.fromhex(h) for h in hexes)
+    try:
+        buf = b"".join(bytes.fromhex(h) for h in hexes)
+    except (ValueError, TypeError):
+        buf = b""
     if len(buf) != nbytes * len(hexes):
-        bad = next(h for h in hexes if len(h) != 2 * nbytes)
-        raise ValueError(f"hash {bad!r} is not {bits} bits ({2 * nbytes} hex characters)")
+        bad = next((h for h in hexes if not isinstance(h, str) or len(h) != 2 * nbytes), None)
+        if bad is None:
+            bad = next(h for h in hexes if any(c not in "0123456789abcdefABCDEF" for c in h))
+        raise ValueError(f"hash {bad!r} is not {bits} bits in hex ({2 * nbytes} hexadecimal characters)")
     return np.frombuffer(buf, dtype=">u8").astype(np.uint64).reshape(len(hexes), bits // 64)
 
 
