@@ -183,11 +183,19 @@ def contact_sheet(pairs: list[dict], eval_bytes: dict[tuple[str, str], bytes], d
         draw.text((10, 10), "no contaminated pairs", fill="black")
     for i, p in enumerate(rows):
         y = 10 + i * (cell + 10)
-        for j, im in enumerate([open_image(eval_bytes[(p["task"], p["eval_image"])]),
-                                _image_of(dataset_dir, p["shard"], p["image_offset"], p["image_size"])]):
-            im = im.convert("RGB")
+        loaders = [lambda: open_image(eval_bytes[(p["task"], p["eval_image"])]),
+                   lambda: _image_of(dataset_dir, p["shard"], p["image_offset"], p["image_size"])]
+        for j, load in enumerate(loaders):
+            x = 10 + j * (cell + 10)
+            try:
+                im = load().convert("RGB")
+            except Exception as exc:   # noqa: BLE001 - a missing shard leaves a grey cell, not a failed run
+                log.warning("contact sheet: image unavailable (%s)", exc)
+                draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(200, 200, 200))
+                draw.text((x + 8, y + cell // 2), "image unavailable", fill="black")
+                continue
             im.thumbnail((cell, cell))
-            sheet.paste(im, (10 + j * (cell + 10), y))
+            sheet.paste(im, (x, y))
         draw.text((2 * cell + 40, y + 10), f"{p['task']}\neval: {p['eval_image']}\ntrain: {p['key']}\n"
                                            f"distance: {p['distance']} bits", fill="black")
     with atomic_path(path) as tmp:
