@@ -126,6 +126,7 @@ def caption_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | o
                 stats.candidate_pairs += len(idx)
                 stats.verified_pairs += len(idx)
                 forest(rec["row"][idx], rec["row"][src]).tofile(fh)
+                del rec, idx, src
         nodes, roots = components(edge_file)
         if not len(nodes):
             stats.seconds = time.perf_counter() - t0

@@ -65,8 +65,8 @@ def card_section(dataset_dir: str | os.PathLike) -> str:
     if s["near"] is not None:
         out.append(f"* **Near duplicates** (re-encoded / resized copies; {s['hash_bits']}-bit pHash, distance <= "
                    f"{s['threshold']} bits): {s['near']['duplicates']:,} samples{pct(s['near']['duplicates'])} in "
-                   f"{s['near']['groups']:,} groups, flagged in `near_dup_of` (the key kept for the group). "
-                   "`load_biomedica(..., near_duplicates=\"drop\")` leaves them out.")
+                   f"{s['near']['groups']:,} groups, flagged in `near_dup_of` (the key kept for the group, "
+                   "chosen like exact duplicates: the most permissive subset, then the smallest key).")
     else:
         out.append("* **Near duplicates**: not computed for this folder (no `near_dup_of` column).")
     if s["caption"] is not None:

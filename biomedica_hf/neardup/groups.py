@@ -10,7 +10,7 @@ key are verified with the exact Hamming distance (hashes read from a memory-mapp
 the connected components of those forests.
 
 Memory: one partition (``memory_budget`` / 4 of records) plus O(rows that have a near duplicate);
-disk: 32 bytes per row for the hashes + 12 bytes per row and table for the records (~11 GB at 24 M,
+disk: 32 bytes per row for the hashes + 8 bytes per row and table for the records (~7 GB at 24 M,
 read once and deleted).
 
 Kept sample of a group: the exact-duplicate policy (most permissive subset, then the smallest key);
@@ -44,6 +44,7 @@ KEY_BITS = 26
 PERMUTATIONS = 4
 LSH_SEED = 16
 BATCH_ROWS = 65_536
+KEY_ROWS = 8_192
 BIG_RUN = 4_096             # runs longer than this are verified block by block
 SUBSET_RANK = {s: i for i, s in enumerate(SUBSETS)}
 
@@ -51,6 +52,8 @@ SUBSET_RANK = {s: i for i, s in enumerate(SUBSETS)}
 def lsh_tables(bits: int = HASH_BITS, key_bits: int = KEY_BITS, permutations: int = PERMUTATIONS,
                seed: int = LSH_SEED) -> np.ndarray:
     """(tables, key_bits) bit positions: ``permutations`` seeded permutations cut into disjoint keys."""
+    if key_bits > 26 or permutations * (bits // key_bits) > 64:
+        raise ValueError("table index (6 bits) + key must fit in 32 bits")
     rng = np.random.default_rng(seed)
     per = bits // key_bits
     return np.concatenate([rng.permutation(bits)[:per * key_bits].reshape(per, key_bits)
@@ -58,15 +61,15 @@ def lsh_tables(bits: int = HASH_BITS, key_bits: int = KEY_BITS, permutations: in
 
 
 def table_keys(words: np.ndarray, tables: np.ndarray) -> np.ndarray:
-    """(n, tables) uint64 keys: table index in the high 32 bits, the sampled bits in the low 32."""
+    """(n, tables) keys below 2**32: the table index above the ``key_bits`` sampled bits."""
     raw = words.astype(">u8").view(np.uint8).reshape(len(words), -1)
     bits = np.unpackbits(raw, axis=1)                                    # (n, HASH_BITS), MSB first
     sel = bits[:, tables]                                                # (n, T, K)
     packed = np.packbits(sel, axis=2)                                    # (n, T, ceil(K/8))
     pad = np.zeros((len(words), len(tables), 4), dtype=np.uint8)
     pad[:, :, :packed.shape[2]] = packed
-    low = pad.view(">u4").reshape(len(words), len(tables)).astype(np.uint64)
-    return (np.arange(len(tables), dtype=np.uint64) << np.uint64(32)) | low
+    low = pad.view(">u4").reshape(len(words), len(tables)).astype(np.uint64) >> np.uint64(32 - tables.shape[1])
+    return (np.arange(len(tables), dtype=np.uint64) << np.uint64(tables.shape[1])) | low
 
 
 @dataclass
@@ -133,11 +136,11 @@ def _fingerprint(h: np.ndarray) -> np.ndarray:
 
 def _verify_partition(hashes: _Hashes, rec: np.ndarray, threshold: int, stats: GroupStats):
     """Edges (a, b) within ``threshold`` bits between rows sharing a key in one sorted partition."""
-    starts, lengths = runs(rec["key"])
+    starts, lengths = runs((rec >> np.uint64(32)).astype(np.uint32))
     if not len(starts):
         return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
     idx = expand(starts, lengths)
-    keys, rows = rec["key"][idx], rec["row"][idx]
+    keys, rows = rec[idx] >> np.uint64(32), (rec[idx] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     h = hashes.get(rows)
     # identical hashes (blank panels, re-used logos) join their first row directly: a star, not all pairs
     order = np.lexsort((rows, _fingerprint(h), keys))
@@ -227,7 +230,7 @@ def find_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | os.P
     tmp = Path(tempfile.mkdtemp(prefix="neardup-", dir=workdir))
     try:
         hashes = _Hashes(tmp / "hashes.u64", HASH_BITS // 64)
-        spill = Spill(tmp / "records", stats.rows * len(tables), memory_budget // 4)
+        spill = Spill(tmp / "records", stats.rows * len(tables), memory_budget // 4, packed=True)
         stats.partitions = spill.n_parts
         for path, off in zip(paths, offsets):
             pf = pq.ParquetFile(path)
@@ -246,15 +249,18 @@ def find_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | os.P
                 hashes.append(words)
                 ids = np.arange(row, row + len(words), dtype=np.uint32)
                 stats.rows_without_hash += int((~valid).sum())
-                if valid.any():
-                    keys = table_keys(words[valid], tables)
-                    spill.add(keys.reshape(-1), np.repeat(ids[valid], len(tables)))
+                for lo in range(0, len(words), KEY_ROWS):      # small steps: the bit matrix is 36x the hashes
+                    v = valid[lo:lo + KEY_ROWS]
+                    if v.any():
+                        keys = table_keys(words[lo:lo + KEY_ROWS][v], tables)
+                        spill.add(keys.reshape(-1), np.repeat(ids[lo:lo + KEY_ROWS][v], len(tables)))
                 row += len(words)
         edge_file = tmp / "forest.edges"
         with open(edge_file, "wb") as fh:
             for rec in spill.partitions():
                 a, b = _verify_partition(hashes, rec, threshold, stats)
                 forest(a, b).tofile(fh)
+                del rec, a, b                      # before the next partition is read
         nodes, roots = components(edge_file)
         if not len(nodes):
             stats.seconds = time.perf_counter() - t0
