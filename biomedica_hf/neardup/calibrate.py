@@ -136,7 +136,7 @@ def calibrate(files: Sequence[Path], names: Sequence[str] = tuple(HASHERS)) -> C
 
 
 def choose_threshold(cal: Calibration, name: str) -> int:
-    """The midpoint of the gap between the largest positive and the 0.1st percentile of negatives."""
+    """The midpoint of the gap between the largest copy distance and the smallest distinct-pair distance."""
     pos_max = int(cal.all_positives(name).max())
-    neg_low = int(np.percentile(np.asarray(cal.negatives[name]), 0.1))
-    return (pos_max + neg_low) // 2 if neg_low > pos_max else pos_max
+    neg_min = int(min(cal.negatives[name]))
+    return (pos_max + neg_min) // 2 if neg_min > pos_max else pos_max
