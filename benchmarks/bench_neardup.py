@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("BIOMEDICA_SHARED", REPO.parent / "shared"))
 
-from biomedica_hf.neardup.calibrate import calibrate, choose_threshold, figure_files  # noqa: E402
-from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD  # noqa: E402
-from biomedica_hf.neardup.hashing import HASHERS, _gray, image_phash, open_image  # noqa: E402
+from biomedica_hf.neardup.calibrate import calibrate, choose_threshold, figure_files
+from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD
+from biomedica_hf.neardup.hashing import HASHERS, _gray, image_phash, open_image
 
 
 def peak_mb() -> float:

@@ -9,10 +9,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from biomedica_hf.neardup import (DEFAULT_THRESHOLD, HASH_BITS, GroupStats, bytes_phash,
-                                  caption_near_duplicates, find_near_duplicates, hex_distance, image_phash)
+from biomedica_hf.neardup import (
+    DEFAULT_THRESHOLD,
+    HASH_BITS,
+    GroupStats,
+    bytes_phash,
+    caption_near_duplicates,
+    find_near_duplicates,
+    hex_distance,
+    image_phash,
+)
 from biomedica_hf.neardup.calibrate import calibrate, copies, figure_files
 from biomedica_hf.neardup.hashing import hex_to_words
 
@@ -53,7 +61,7 @@ def test_hash_is_256_bits_and_the_same_from_bytes_or_image(figures):
     assert hex_distance(image_phash(sixteen), h) <= DEFAULT_THRESHOLD
     for mode in ("P", "CMYK", "1", "LA"):
         assert len(image_phash(rgb.convert(mode))) == 64
-    with pytest.raises(Exception):
+    with pytest.raises(UnidentifiedImageError):
         bytes_phash(b"not an image")
 
 

@@ -24,7 +24,7 @@ SHARED_EVAL = Path(os.environ.get("BIOMEDICA_SHARED", REPO.parent / "shared")) /
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "biomedica_hf.cli", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "biomedica_hf.cli", *args], env=env, cwd=cwd, check=False,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-import zlib
 import shutil
 import tempfile
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 

@@ -75,9 +75,10 @@ def card_section(dataset_dir: str | os.PathLike) -> str:
                    f"{s['caption']['groups']:,} groups, flagged in `caption_dup_of`, not dropped.")
     c = s["contamination"]
     if c:
-        out += ["", f"**Evaluation contamination** (`biomedica decontaminate`, {c.get('hash', HASH_NAME)}, "
-                    f"distance <= {c.get('threshold')} bits; exclusion list: `decontamination/exclusions.txt`, "
-                    f"{c.get('excluded_keys', 0):,} keys):", "",
+        head = (f"**Evaluation contamination** (`biomedica decontaminate`, {c.get('hash', HASH_NAME)}, "
+                f"distance <= {c.get('threshold')} bits; exclusion list: `decontamination/exclusions.txt`, "
+                f"{c.get('excluded_keys', 0):,} keys):")
+        out += ["", head, "",
                 "| task | eval images | contaminated eval images | % | matched training samples |",
                 "|---|---:|---:|---:|---:|"]
         for name, t in sorted(c.get("tasks", {}).items()):

@@ -13,7 +13,6 @@ key, distance), ``report.json`` and ``contact_sheet.png`` (example pairs) into `
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -183,12 +182,11 @@ def contact_sheet(pairs: list[dict], eval_bytes: dict[tuple[str, str], bytes], d
         draw.text((10, 10), "no contaminated pairs", fill="black")
     for i, p in enumerate(rows):
         y = 10 + i * (cell + 10)
-        loaders = [lambda: open_image(eval_bytes[(p["task"], p["eval_image"])]),
-                   lambda: _image_of(dataset_dir, p["shard"], p["image_offset"], p["image_size"])]
-        for j, load in enumerate(loaders):
+        for j in range(2):
             x = 10 + j * (cell + 10)
             try:
-                im = load().convert("RGB")
+                im = (open_image(eval_bytes[(p["task"], p["eval_image"])]) if j == 0 else
+                      _image_of(dataset_dir, p["shard"], p["image_offset"], p["image_size"])).convert("RGB")
             except Exception as exc:   # noqa: BLE001 - a missing shard leaves a grey cell, not a failed run
                 log.warning("contact sheet: image unavailable (%s)", exc)
                 draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(200, 200, 200))

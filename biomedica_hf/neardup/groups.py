@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..schema import SUBSETS
-from .buckets import EDGE, Spill, components, forest, runs
+from .buckets import Spill, components, forest, runs
 from .hashing import HASH_BITS, hamming, hex_to_words
 
 log = logging.getLogger(__name__)
