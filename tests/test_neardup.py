@@ -178,3 +178,13 @@ def test_caption_near_duplicates_flag_templates_not_distinct_captions(articles_d
     out = dict(caption_near_duplicates([tmp_path / "b.parquet", tmp_path / "a.parquet"], tmp_path / "w", stats=stats))
     assert out == {"PMC9000_same": "PMC0003_f", "PMC0000_edit": "PMC0003_f", "PMC9001_template": "PMC0010_f"}
     assert stats.rows_without_hash == 1
+
+
+def test_no_parts_and_no_duplicates_give_nothing(tmp_path):
+    assert list(find_near_duplicates([], tmp_path / "w")) == []
+    rows = [{"key": f"k{i}", "subset": "other", "phash": f"{i:064x}"[::-1]} for i in range(1, 4)]
+    rows = [{**r, "phash": h} for r, h in zip(rows, ["0" * 64, "f" * 64, "0f" * 32])]   # 256 / 128 bits apart
+    assert list(find_near_duplicates(_write_parts(rows, tmp_path / "p", 2, 0), tmp_path / "w")) == []
+    with pytest.raises(ValueError, match="missing"):
+        pq.write_table(pa.table({"key": ["a"], "phash": ["0" * 64]}), tmp_path / "nosubset.parquet")
+        list(find_near_duplicates([tmp_path / "nosubset.parquet"], tmp_path / "w"))
