@@ -399,10 +399,11 @@ def _register_commands() -> None:
     """Commands of the other stages live next to their code; their modules import only click at load."""
     from .concepts.cli import COMMANDS as CONCEPT_COMMANDS
     from .eval.cli import COMMANDS as EVAL_COMMANDS
+    from .neardup.cli import COMMANDS as NEARDUP_COMMANDS
     from .search.cli import COMMANDS as SEARCH_COMMANDS
     from .vlm.cli import COMMANDS as VLM_COMMANDS
 
-    for command in CONCEPT_COMMANDS + EVAL_COMMANDS + SEARCH_COMMANDS + VLM_COMMANDS:
+    for command in CONCEPT_COMMANDS + EVAL_COMMANDS + NEARDUP_COMMANDS + SEARCH_COMMANDS + VLM_COMMANDS:
         main.add_command(command)
 
 
