@@ -296,7 +296,23 @@ def render_card(out: Path, repo_id: str | None = None, extra_configs: list[dict]
         sample_fields=[{"name": n, "type": t, "doc": d} for n, t, d in SAMPLE_FIELDS],
         article_fields=[{"name": n} for n, _, _ in ARTICLE_FIELDS],
         provenance=provenance(stats.get("source")), project_url=project_url(),
+        dedup_section=_dedup_section(out), splits=_splits_text(out),
     )
+
+
+def _dedup_section(out: Path) -> str:
+    from .neardup import card_section
+
+    try:
+        return card_section(out)
+    except Exception:  # noqa: BLE001 - a folder without the tables the section reads
+        return ""
+
+
+def _splits_text(out: Path) -> str:
+    path = Path(out) / "build_summary.json"
+    fractions = json.loads(path.read_text()).get("splits", {}).get("fractions") if path.exists() else None
+    return " / ".join(f"{100 * f:g}%" for f in fractions) if fractions else "not recorded"
 
 
 def write_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] | None = None) -> Path:

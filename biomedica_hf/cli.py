@@ -182,6 +182,10 @@ def _parse_bytes(text: str) -> int:
                    "one split; an article never changes split across updates).")
 @click.option("--partition-size", type=int, default=2000, show_default=True,
               help="Articles per partition (the unit of work of a worker; 1-5k is right for PMC-OA).")
+@click.option("--near-dedup", is_flag=True,
+              help="Drop near-duplicate images (256-bit pHash within 20 bits: re-encoded / resized copies) like "
+                   "exact duplicates, keeping the most permissive copy; by default they are only flagged "
+                   "(near_dup_of in figures.parquet).")
 @click.option("--allow-shrink", is_flag=True,
               help="Update: accept a listing that drops more than half of the dataset's articles (withdrawn).")
 @click.option("--timeout", type=float, default=None,
@@ -208,7 +212,7 @@ def _parse_bytes(text: str) -> int:
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out, workers, executor, ray_address, limit, shard_samples,
           shard_bytes, seed, no_dedup, min_side, keep_empty_captions, retry_failed, keep_downloads, rate, retries, splits,
-          partition_size, allow_shrink, timeout, deadline, max_package_bytes, max_member_bytes, max_image_bytes,
+          partition_size, near_dedup, allow_shrink, timeout, deadline, max_package_bytes, max_member_bytes, max_image_bytes,
           max_pixels, enrich, eutils_url, no_progress, verbose):
     """Build WebDataset shards (per licence subset and split) + articles table + ledger from PMC-OA.
 
@@ -242,7 +246,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
                            max_image_bytes=_parse_bytes(max_image_bytes), reduce_to_pixels=max_pixels),
         keep_downloads=keep_downloads, retry_failed=retry_failed, progress=not no_progress,
         executor=executor, ray_address=ray_address, split_fractions=_parse_splits(splits),
-        partition_target=partition_size, allow_shrink=allow_shrink,
+        partition_target=partition_size, allow_shrink=allow_shrink, near_dedup=near_dedup,
         command=" ".join(["biomedica", *sys.argv[1:]]))
     try:
         report = run_build(cfg)

@@ -26,9 +26,9 @@ from .writer import atomic_path
 
 SUBSET_RANK = {s: i for i, s in enumerate(SUBSETS)}
 HASH_SCHEMA = pa.schema([("key", pa.string()), ("sha256", pa.string()), ("subset", pa.string()),
-                         ("pmcid", pa.string()), ("pid", pa.string())])
+                         ("pmcid", pa.string()), ("pid", pa.string()), ("phash", pa.string())])
 DECISION_SCHEMA = pa.schema([("pid", pa.string()), ("key", pa.string()), ("canonical", pa.string()),
-                             ("also_in", pa.list_(pa.string()))])
+                             ("also_in", pa.list_(pa.string())), ("kind", pa.string())])   # kind: exact | near
 PUBLISHED = "published:"
 ROWS_PER_BUCKET = 1_000_000
 
@@ -46,7 +46,8 @@ def write_hash_rows(folder: Path, pid: str, rows: list[dict], n_buckets: int) ->
     """Spill one partition's hash rows into the bucket files (atomic, one file per non-empty bucket)."""
     by_bucket: dict[int, list[dict]] = {}
     for r in rows:
-        by_bucket.setdefault(hash_bucket(r["sha256"], n_buckets), []).append({**r, "pid": r.get("pid", pid)})
+        by_bucket.setdefault(hash_bucket(r["sha256"], n_buckets), []).append(
+            {**r, "pid": r.get("pid", pid), "phash": r.get("phash")})
     for b, rs in by_bucket.items():
         path = Path(folder) / f"h{b:04d}" / f"{pid.replace(':', '_').replace('/', '_')}.parquet"
         with atomic_path(path) as tmp:
@@ -72,8 +73,9 @@ def decide_bucket(table: pa.Table) -> list[dict]:
         canon, rest = group[0], group[1:]
         pmcids = list(dict.fromkeys(r["pmcid"] for r in group))
         out.append({"pid": canon["pid"], "key": canon["key"], "canonical": None,
-                    "also_in": [p for p in pmcids if p != canon["pmcid"]]})
-        out.extend({"pid": r["pid"], "key": r["key"], "canonical": canon["key"], "also_in": []} for r in rest)
+                    "also_in": [p for p in pmcids if p != canon["pmcid"]], "kind": "exact"})
+        out.extend({"pid": r["pid"], "key": r["key"], "canonical": canon["key"], "also_in": [], "kind": "exact"}
+                   for r in rest)
     return out
 
 
@@ -98,15 +100,34 @@ def decide(hash_folder: Path, n_buckets: int, out_path: Path, extra_folders: Ite
     return dropped
 
 
-def decisions_for(path: Path, pid: str) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """(dropped key -> canonical key, kept key -> also_in) for one partition."""
+def hash_files(folders: Iterable[Path]) -> list[Path]:
+    """Every hash-bucket file under ``folders`` (the near-duplicate pass reads them all)."""
+    return [p for f in folders for p in sorted(Path(f).glob("h*/*.parquet"))]
+
+
+def add_decisions(path: Path, rows: list[dict]) -> None:
+    """Append decision rows (near-duplicate drops) to a decisions file; kept keys' ``also_in`` merge."""
+    old = pq.read_table(path).to_pylist() if Path(path).exists() else []
+    merged: dict[tuple[str, str], dict] = {}
+    for r in old + rows:
+        k = (r["pid"], r["key"])
+        if k in merged and r["canonical"] is None and merged[k]["canonical"] is None:
+            merged[k]["also_in"] = list(dict.fromkeys(merged[k]["also_in"] + r["also_in"]))
+        elif k not in merged or r["canonical"] is not None:
+            merged[k] = dict(r)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(list(merged.values()), schema=DECISION_SCHEMA), tmp, compression="zstd")
+
+
+def decisions_for(path: Path, pid: str) -> tuple[dict[str, tuple[str, str]], dict[str, list[str]]]:
+    """(dropped key -> (canonical key, exact | near), kept key -> also_in) for one partition."""
     if not Path(path).exists():
         return {}, {}
     t = pq.read_table(path, filters=[("pid", "==", pid)])
     drop, also = {}, {}
     for r in t.to_pylist():
         if r["canonical"] is not None:
-            drop[r["key"]] = r["canonical"]
+            drop[r["key"]] = (r["canonical"], r.get("kind") or "exact")
         elif r["also_in"]:
             also[r["key"]] = r["also_in"]
     return drop, also

@@ -40,6 +40,7 @@ def build_figures_index(out: Path, extra_columns: dict[str, pa.Array] | None = N
     One shard table is in memory at a time; ``extra_columns`` (concept labels) are aligned with the
     concatenation of the shard tables in :func:`shard_tables` order."""
     extra = extra_columns or {}
+    maps = _dup_maps(out)
     schema = INDEX_SCHEMA
     for name, column in extra.items():
         schema = schema.append(pa.field(name, column.type))
@@ -54,6 +55,10 @@ def build_figures_index(out: Path, extra_columns: dict[str, pa.Array] | None = N
                 for f in INDEX_SCHEMA:
                     if f.name not in table.column_names:   # a shard written before the column existed
                         table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+                for name, mapping in maps.items():
+                    keys = table["key"].to_pylist()
+                    table = table.drop_columns([name]).append_column(
+                        name, pa.array([mapping.get(key) for key in keys], pa.string()))
                 table = table.select([f.name for f in INDEX_SCHEMA]).cast(INDEX_SCHEMA)
                 for name, column in extra.items():
                     table = table.append_column(name, column.slice(offset, table.num_rows))
@@ -63,6 +68,20 @@ def build_figures_index(out: Path, extra_columns: dict[str, pa.Array] | None = N
         finally:
             writer.close()
     return path
+
+
+DUP_TABLES = {"near_dup_of": "near_duplicates.parquet", "caption_dup_of": "caption_duplicates.parquet"}
+
+
+def _dup_maps(out: Path) -> dict[str, dict[str, str]]:
+    """key -> kept key of the near-duplicate tables (only the non-kept members: a few % of the samples)."""
+    maps = {}
+    for column, name in DUP_TABLES.items():
+        path = Path(out) / name
+        if path.exists():
+            t = pq.read_table(path, columns=["key", column])
+            maps[column] = dict(zip(t["key"].to_pylist(), t[column].to_pylist()))
+    return maps
 
 
 def table_config_columns(out: Path, name: str) -> list[str]:

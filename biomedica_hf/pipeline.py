@@ -106,6 +106,8 @@ class BuildConfig:
     partition_target: int = DEFAULT_TARGET        # articles per partition
     max_attempts: int = 3                         # tries of a partition whose worker died
     allow_shrink: bool = False                    # an update may withdraw more than half of the articles
+    near_dedup: bool = False                      # drop near-duplicate images too (default: flag them)
+    caption_dups: bool = True                     # flag near-duplicate captions (MinHash)
 
     @property
     def work(self) -> Path:
@@ -300,14 +302,13 @@ def _finish_stage(work: Work, pid: PartitionId, stage: PartitionStage, n_bytes: 
         for s in unit["samples"]:
             n_samples += 1
             hash_rows.append({"key": s["key"], "sha256": s["image"]["sha256"], "subset": s["meta"]["subset"],
-                              "pmcid": s["meta"]["pmcid"]})
+                              "pmcid": s["meta"]["pmcid"], "phash": s["meta"].get("phash")})
         for e in unit["ledger"]:
             if e["state"] == FAILED and e["pmcid"]:
                 failed.append(e["pmcid"])          # any failed item: --retry-failed re-processes the article
                 if e["kind"] == "article" and e["reason"] in TRANSIENT_REASONS:
                     retry.append(e["pmcid"])       # retried by any rerun
-    if _WORKER.get("dedup", True):
-        write_hash_rows(work.hashes(pid.snapshot), pid.name, hash_rows, _WORKER["n_hash"])
+    write_hash_rows(work.hashes(pid.snapshot), pid.name, hash_rows, _WORKER["n_hash"])
     info = {"pid": pid.name, "samples": n_samples, "bytes": n_bytes, "failed": sorted(set(failed)),
             "retry": sorted(set(retry))}
     stage.mark_staged(info)
@@ -358,7 +359,11 @@ def write_partition(task: tuple) -> dict:
                     samples.append(s)
             for e in unit["ledger"]:
                 if e["kind"] == "figure" and e["state"] == KEPT and e["id"] in drop:
-                    e.update(state=SKIPPED, reason="duplicate_image", detail=f"same bytes as {drop[e['id']]}")
+                    canon, kind = drop[e["id"]]
+                    if kind == "near":
+                        e.update(state=SKIPPED, reason="near_duplicate_image", detail=f"near copy of {canon}")
+                    else:
+                        e.update(state=SKIPPED, reason="duplicate_image", detail=f"same bytes as {canon}")
                 if e["kind"] == "file":
                     e["id"] = f"{unit['ref_id']}/{e['id']}"
                 ledger.append(e)
@@ -831,15 +836,19 @@ def _build(cfg: BuildConfig) -> BuildReport:
         for _ in run_tasks(make, stage_partition, todo, max_attempts=cfg.max_attempts, desc="stage",
                            progress=cfg.progress, on_give_up=lambda p, n, err: _give_up_partition(p, n, err)):
             pass
-        # ---- dedup
+        # ---- dedup: exact (same bytes), then near-duplicate images (perceptual hash)
         decisions = work.decisions(k)
+        near = work.snap(k) / "near.parquet"
+        published = work.root / "published_hashes"
+        if k > 0 and not (decisions.exists() and near.exists()):
+            _spill_published(work, k, n_hash)
         if cfg.dedup_images and not decisions.exists():
-            extra = []
-            if k > 0:
-                extra = [_spill_published(work, k, n_hash)]
-            decide(work.hashes(k), n_hash, decisions, extra_folders=extra)
+            decide(work.hashes(k), n_hash, decisions, extra_folders=[published] if k > 0 else [])
+        if not near.exists():
+            near_duplicates_pass(work, k, [work.hashes(k)] + ([published] if k > 0 else []), decisions, near,
+                                 drop=cfg.near_dedup)
         # ---- write
-        tasks = [(p, cfg.seed, cfg.shard_max_samples, cfg.shard_max_bytes, str(decisions) if cfg.dedup_images
+        tasks = [(p, cfg.seed, cfg.shard_max_samples, cfg.shard_max_bytes, str(decisions) if decisions.exists()
                   else None) for p in pids]
         pending = [t for t in tasks if not work.done(t[0]).exists()]
         for _ in run_tasks(make, write_partition, pending, max_attempts=cfg.max_attempts, desc="write",
@@ -884,6 +893,69 @@ def read_manifest_count(work: Work, pid: PartitionId) -> int:
     return pq.ParquetFile(p).metadata.num_rows if p.exists() else 0
 
 
+NEAR_SCHEMA = pa.schema([("key", pa.string()), ("near_dup_of", pa.string()), ("distance", pa.int32())])
+CAPTION_SCHEMA = pa.schema([("key", pa.string()), ("caption_dup_of", pa.string())])
+
+
+def near_duplicates_pass(work: Work, k: int, folders: list[Path], decisions: Path, near: Path, *,
+                         drop: bool) -> int:
+    """Group near-duplicate images over every hash file (this snapshot + the published samples), with the
+    bounded-memory grouping of :mod:`biomedica_hf.neardup`; writes ``near.parquet`` (key -> kept key).
+
+    Samples dropped as exact duplicates are left out. With ``drop`` (``--near-dedup``) the new (not yet
+    published) members are dropped like exact duplicates: the kept sample gets their PMCIDs in ``also_in``."""
+    from .dedup import add_decisions, hash_files
+    from .neardup import find_near_duplicates
+
+    files = hash_files(folders)
+    exact = set()
+    if decisions.exists():
+        t = pq.read_table(decisions, columns=["key", "canonical"])
+        exact = {key for key, c in zip(t["key"].to_pylist(), t["canonical"].to_pylist()) if c is not None}
+    rows = []
+    if files:
+        for key, kept, dist in find_near_duplicates(files, work.root / "neardup"):
+            if key not in exact and kept not in exact:
+                rows.append({"key": key, "near_dup_of": kept, "distance": int(dist)})
+    if drop and rows:
+        wanted = pa.array(sorted({r["key"] for r in rows} | {r["near_dup_of"] for r in rows}), pa.string())
+        info = {}
+        for p in files:
+            t = pq.read_table(p, columns=["key", "pmcid", "pid"])
+            t = t.filter(pc.is_in(t["key"], value_set=wanted))
+            info.update({r["key"]: r for r in t.to_pylist()})
+        extra, dropped = [], set()
+        for r in rows:
+            member, kept = info.get(r["key"]), info.get(r["near_dup_of"])
+            if member is None or kept is None or member["pid"].startswith(PUBLISHED):
+                continue                                      # a published sample is never rewritten
+            extra.append({"pid": member["pid"], "key": r["key"], "canonical": r["near_dup_of"], "also_in": [],
+                          "kind": "near"})
+            extra.append({"pid": kept["pid"], "key": r["near_dup_of"], "canonical": None,
+                          "also_in": [member["pmcid"]] if member["pmcid"] != kept["pmcid"] else [], "kind": "near"})
+            dropped.add(r["key"])
+        add_decisions(decisions, [e for e in extra if not e["pid"].startswith(PUBLISHED)])
+        rows = [r for r in rows if r["key"] not in dropped]
+    with atomic_path(near) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=NEAR_SCHEMA), tmp, compression="zstd")
+    shutil.rmtree(work.root / "neardup", ignore_errors=True)
+    return len(rows)
+
+
+def caption_duplicates_pass(work: Work, out: Path) -> int:
+    """``caption_duplicates.parquet``: MinHash near-duplicate captions over every shard's Parquet (flagged,
+    never dropped)."""
+    from .index import shard_tables
+    from .neardup import caption_near_duplicates
+
+    rows = [{"key": key, "caption_dup_of": kept}
+            for key, kept in caption_near_duplicates(shard_tables(out), work.root / "captiondup")]
+    with atomic_path(out / "caption_duplicates.parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=CAPTION_SCHEMA), tmp, compression="zstd")
+    shutil.rmtree(work.root / "captiondup", ignore_errors=True)
+    return len(rows)
+
+
 def _spill_published(work: Work, k: int, n_hash: int) -> Path:
     """The hashes of samples already published (earlier snapshots), into hash buckets, streaming."""
     folder = work.root / "published_hashes"
@@ -893,12 +965,12 @@ def _spill_published(work: Work, k: int, n_hash: int) -> Path:
         return folder
     removed = pq.read_table(work.snap(k) / "removed.parquet", columns=["pmcid"])["pmcid"]
     pf = pq.ParquetFile(index)
-    for i, batch in enumerate(pf.iter_batches(batch_size=200_000, columns=["key", "sha256", "subset", "pmcid",
-                                                                           "shard"])):
+    cols = ["key", "sha256", "subset", "pmcid", "shard"] + (["phash"] if "phash" in pf.schema_arrow.names else [])
+    for i, batch in enumerate(pf.iter_batches(batch_size=200_000, columns=cols)):
         t = pa.Table.from_batches([batch])
         t = t.filter(pc.invert(pc.is_in(t["pmcid"], value_set=removed)))
         rows = [{"key": r["key"], "sha256": r["sha256"], "subset": r["subset"], "pmcid": r["pmcid"],
-                 "pid": PUBLISHED + r["shard"]} for r in t.to_pylist()]
+                 "pid": PUBLISHED + r["shard"], "phash": r.get("phash")} for r in t.to_pylist()]
         write_hash_rows(folder, f"published-{i:06d}", rows, n_hash)
     return folder
 
@@ -930,6 +1002,9 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
     summary = ledger_summary(out / "ledger.parquet")
     atomic_write_bytes_text(out / "ledger_summary.txt", format_summary(summary))
     _write_duplicates(work, out)
+    _write_near_duplicates(work, k, out)
+    if cfg.caption_dups:
+        caption_duplicates_pass(work, out)
     build_figures_index(out, extra_columns=labels_extra_columns(out))  # concept labels survive a rebuild
     prev = {}
     if (out / "build_summary.json").exists():
@@ -986,6 +1061,8 @@ def _write_duplicates(work: Work, out: Path) -> None:
         if not p.exists():
             continue
         for r in pq.read_table(p).to_pylist():
+            if r.get("kind") == "near":
+                continue                         # duplicates.parquet is for exact duplicates
             if r["canonical"] is None:
                 g = groups.setdefault(r["key"], {"key": r["key"], "duplicate_keys": [], "pmcids": []})
                 g["pmcids"] = list(dict.fromkeys(g["pmcids"] + r["also_in"]))
@@ -995,6 +1072,16 @@ def _write_duplicates(work: Work, out: Path) -> None:
     rows = [groups[key] for key in sorted(groups) if groups[key]["duplicate_keys"]]
     with atomic_path(out / "duplicates.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp, compression="zstd")
+
+
+def _write_near_duplicates(work: Work, k: int, out: Path) -> None:
+    """``near_duplicates.parquet``: the snapshot's near-duplicate map. It covers every sample of the folder:
+    the pass saw this snapshot's samples and every published one (less the removed articles), and left out
+    the samples dropped as duplicates."""
+    near = work.snap(k) / "near.parquet"
+    if near.exists():
+        with atomic_path(out / "near_duplicates.parquet") as tmp:
+            shutil.copyfile(near, tmp)
 
 
 def _write_sizes(out: Path, shards: dict[str, list[dict]]) -> None:

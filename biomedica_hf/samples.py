@@ -99,6 +99,16 @@ def _file_fate(name: str, used: dict[str, tuple[str, str]],
     return SKIPPED, "not_figure_media"         # pdf, txt, supplementary data, videos, ...
 
 
+def _phash(data: bytes) -> str | None:
+    """The sample's perceptual hash (near-duplicate grouping); None when the image cannot be hashed."""
+    from .neardup.hashing import bytes_phash
+
+    try:
+        return bytes_phash(data)
+    except Exception:  # noqa: BLE001 - a hash is a hint: never fails the figure
+        return None
+
+
 def process_package(pkg: ArticlePackage, opts: MediaOptions | None = None) -> PackageResult:
     """Parse, resolve and decode everything in one package; never raises for bad content."""
     opts = opts or MediaOptions()
@@ -214,6 +224,7 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
     used[name] = (KEPT, "figure_image")
     meta = {"key": key, **_figure_meta(article, fig, panel, href), "image_file": name,
             "image_format": image.orig_format, "image_ext": image.ext, "width": image.width,
-            "height": image.height, "sha256": image.sha256, "reencoded": image.reencoded}
+            "height": image.height, "sha256": image.sha256, "reencoded": image.reencoded,
+            "phash": _phash(image.data)}
     res.samples.append(Sample(key=key, image=image, caption=fig.caption, meta=meta))
     return LedgerEntry("figure", key, pmcid, KEPT, "sample", name)

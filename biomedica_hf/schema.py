@@ -189,6 +189,7 @@ SAMPLE_FIELDS: list[tuple[str, str, str]] = [
     ("width", "int32", "image width in pixels"),
     ("height", "int32", "image height in pixels"),
     ("sha256", "string", "SHA-256 of the image bytes in the shard"),
+    ("phash", "string", "256-bit perceptual hash (pHash, hex) of the image: near-duplicates within 20 bits"),
     ("reencoded", "bool", "True when the image was converted (not the original bytes)"),
     ("fig_type", "string", "@fig-type"),
     ("in_sub_article", "bool", "figure comes from a <sub-article> (peer review, reply, ...)"),
@@ -244,6 +245,8 @@ SHARD_INDEX_FIELDS: list[tuple[str, str, str]] = [
 # The ``figures.parquet`` index of a dataset folder: one row per sample, every shard.
 FIGURES_INDEX_FIELDS: list[tuple[str, str, str]] = SAMPLE_FIELDS + SHARD_INDEX_FIELDS + [
     ("caption_chars", "int32", "length of the caption in characters"),
+    ("near_dup_of", "string", "key kept for this sample's near-duplicate image group (null: kept or unique)"),
+    ("caption_dup_of", "string", "key kept for this sample's near-duplicate caption group (null: kept or unique)"),
 ]
 
 # Columns of the ``figures`` config (tars of JSON rows that ``load_dataset(DIR, "figures")`` reads):

@@ -338,7 +338,9 @@ def test_concept_subsets_materialise_and_load(labelled):
     summary = json.loads((ds / "concepts" / "subsets.json").read_text())
     assert summary["concept-filtered"]["written"] == 0 < summary["concept-filtered"]["kept"]
     assert [c["config_name"] for c in configs] == ["concept-filtered", "concept-balanced"]
-    assert configs[0]["data_files"] == [{"split": "train", "path": "concept-filtered/*.tar"}]
+    splits = [sp for sp in ("train", "validation", "test") if any(r["split"] == sp for r in
+                                                                  pq.read_table(ds / "concepts" / "concept-filtered.parquet").to_pylist())]
+    assert configs[0]["data_files"] == [{"split": sp, "path": f"concept-filtered/*-{sp}-*.tar"} for sp in splits]
     index = pq.read_table(ds / "figures.parquet").to_pylist()
     src = {r["key"]: r for r in index}
     want_filtered = [r["key"] for r in index if "Plots and Charts" not in r["concepts"]]
@@ -353,16 +355,18 @@ def test_concept_subsets_materialise_and_load(labelled):
             got = Counter(c for k in keys for c in src[k]["concepts"])
             assert all(got[c] == min(2, n) for c, n in counts.items()), (got, counts)
         tars = sorted((ds / name).glob("*.tar"))
-        assert len(tars) == sum(-(-n // 2) for n in Counter(r["subset"] for r in selection).values())
+        assert len(tars) == sum(-(-n // 2) for n in Counter((r["subset"], r["split"]) for r in selection).values())
+        assert len({t.name for t in tars} & {p.name for p in ds.glob("*/*.tar") if p.parent.name != name}) == 0
         seen = []
         for tar in tars:
-            subset = tar.name.split("-")[0]
+            subset, split = tar.name.removeprefix(f"{name}-").split("-")[:2]
+            assert split in ("train", "validation", "test")
             with tarfile.open(tar) as tf:
                 members = tf.getmembers()
                 assert len(members) % 3 == 0 and 0 < len(members) <= 6
                 for m in members:
                     key, ext = m.name.split(".", 1)
-                    assert src[key]["subset"] == subset
+                    assert src[key]["subset"] == subset and src[key]["split"] == split
                     if ext in ("jpg", "png"):   # byte-identical to the source shard
                         with open(ds / src[key]["shard"], "rb") as fh:
                             fh.seek(src[key]["image_offset"])

@@ -310,3 +310,59 @@ def test_killing_the_driver_leaves_no_orphan_workers(corpus, tmp_path):
                         "--partition-size", "8", "--splits", "60/20/20", "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _real_figures(n: int = 4) -> list[bytes]:
+    """Real fixture figure JPEGs (distinct figures of one article)."""
+    src = sorted((REPO.parent / "shared" / "fixtures" / "pmc" / "articles" / "PMC7159286").glob("*.jpg"))
+    if len(src) < n:
+        src = sorted((REPO / "biomedica_hf" / "sample_data" / "articles" / "PMC10802347").glob("*.jpg")) * n
+    return [p.read_bytes() for p in src[:n]]
+
+
+def _copy(data: bytes, scale: float, quality: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    im = im.resize((max(32, int(im.width * scale)), max(32, int(im.height * scale))))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _put_figures(folder: Path, figures: list[bytes]) -> None:
+    for i, data in enumerate(figures, 1):
+        (folder / f"nihpp-2023.12.31.573776v1-f000{i}.jpg").write_bytes(data)
+
+
+@pytest.mark.parametrize("near_dedup", [False, True])
+def test_near_duplicate_copies_are_grouped_across_partitions(tmp_path, near_dedup):
+    figs = _real_figures()
+    inp = tmp_path / "in"
+    synth_corpus(inp, 12, start=95_500_000)                       # distinct noise figures
+    _put_figures(synth_article(inp, 95_599_001, commercial=True), figs)                      # the originals
+    _put_figures(synth_article(inp, 95_599_002), [_copy(d, 0.75, 70) for d in figs])        # re-encoded, resized
+    _put_figures(synth_article(inp, 95_599_003), [_copy(d, 1.5, 90) for d in figs])         # upscaled copies
+    out = tmp_path / "ds"
+    build(_cfg(inp, out, split_fractions=(1.0, 0.0, 0.0), near_dedup=near_dedup))
+    index = {r["key"]: r for r in pq.read_table(out / "figures.parquet").to_pylist()}
+    assert all(r["phash"] and len(r["phash"]) == 64 for r in index.values())
+    originals = sorted(k for k in index if k.startswith("PMC95599001"))
+    assert len(originals) == 4 and all(index[k]["near_dup_of"] is None for k in originals)
+    distinct = [r for k, r in index.items() if not k.startswith("PMC955990")]
+    assert len(distinct) == 48 and all(r["near_dup_of"] is None for r in distinct)   # noise figures stay apart
+    copies = [k for k in index if k.startswith(("PMC95599002", "PMC95599003"))]
+    near = {r["key"]: r for r in pq.read_table(out / "near_duplicates.parquet").to_pylist()}
+    if near_dedup:
+        assert copies == [] and len(near) == 0
+        ledger = pq.read_table(out / "ledger.parquet").to_pylist()
+        dropped = [r for r in ledger if r["reason"] == "near_duplicate_image"]
+        assert len(dropped) == 8 and {r["pmcid"] for r in dropped} == {"PMC95599002", "PMC95599003"}
+        assert all(sorted(index[k]["also_in"]) == ["PMC95599002", "PMC95599003"] for k in originals)
+    else:
+        assert len(copies) == 8
+        for k in copies:   # each copy points at the original of its figure (same figure number)
+            assert index[k]["near_dup_of"] == k.replace(k[:11], "PMC95599001"), (k, index[k]["near_dup_of"])
+            assert near[k]["distance"] <= 20
