@@ -26,7 +26,9 @@ TINY_CLIP = {
     "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
 }
 # concept labels added to the fixture dataset's figures.parquet (as the concept stage would)
-CONCEPTS = {"PMC7159286": ["phylogenetics", "radiology"], "PMC7112410": ["microscopy"]}
+# (spelled as the taxonomy spells them: the API must return them as stored, e.g. "Plots and Charts")
+CONCEPTS = {"PMC7159286": ["Phylogenetics", "Radiology"], "PMC7112410": ["Microscopy"],
+            "PMC10802347": ["Plots and Charts"]}
 _CACHE: dict[str, object] = {}
 
 
