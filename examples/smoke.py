@@ -60,7 +60,7 @@ class Smoke:
         cmd = [str(c) for c in cmd]
         print(f"\n=== {stage}: {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**self.env, **(env or {})},
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, env={**self.env, **(env or {})},
                            timeout=self.timeout)
         seconds = round(time.perf_counter() - t0, 1)
         if r.returncode != 0:

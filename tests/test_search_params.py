@@ -12,14 +12,13 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
-
 from test_search_support import REPO, dataset, engine, image_bytes
 
 fastapi = pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from biomedica_hf.search import Retriever  # noqa: E402
-from biomedica_hf.search.app import PARAMS, create_app  # noqa: E402
+from biomedica_hf.search import Retriever
+from biomedica_hf.search.app import PARAMS, create_app
 
 GIBBERISH = "zzzzqqq xxyy"
 MULTI_PANEL = ("PMC7159286", "fig3")  # Figure 3 of PMC7159286 has two <graphic>s: gr3a and gr3b

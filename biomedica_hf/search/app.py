@@ -273,7 +273,8 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
             hints = [f"{k!r} -> use {HINTS[k]!r}" for k in unknown if k in HINTS]
             raise HTTPException(422, f"unknown parameter(s) {', '.join(unknown)} in the {where}"
                                      + (f" ({'; '.join(hints)})" if hints else "")
-                                     + f": /search takes {', '.join(PARAMS)}" + (" and image" if where != "query string" else ""))
+                                     + f": /search takes {', '.join(PARAMS)}"
+                                     + (" and image" if where != "query string" else ""))
         data: dict[str, Any] = {}
         for k, v in items:
             if k in LIST_PARAMS:

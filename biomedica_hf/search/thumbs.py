@@ -23,7 +23,7 @@ import threading
 import warnings
 import zlib
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 SIZES = (64, 128, 160, 256, 320, 512, 768, 1024)
 MASTER_SIDE = 1024
@@ -83,7 +83,7 @@ def png_reduce(data: bytes, factor: int):
             idat.append(payload)
     if header is None:
         raise ValueError("PNG without IHDR")
-    width, height, depth, ctype, comp, filt, interlace = struct.unpack(">IIBBBBB", header[:13])
+    width, height, depth, ctype, comp, filt, _interlace = struct.unpack(">IIBBBBB", header[:13])
     row_bytes = 1 + width * _PNG_CHANNELS[ctype]
     rows_per_strip = max(factor, (STRIP_BYTES // row_bytes) // factor * factor)
     inflater = zlib.decompressobj()
