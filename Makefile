@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test install bench clean serve
+.PHONY: demo test install bench clean serve smoke
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ $(CHROMIUM):
 test: $(STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 BIOMEDICA_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
+# every stage end to end on the bundled sample, offline, CPU, with TINY RANDOM models (see examples/smoke/)
+SMOKE_OUT ?= smoke_out
+smoke: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/smoke.py --out $(SMOKE_OUT) --clean
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_build.py
 	$(BIN)/python benchmarks/bench_stream.py
@@ -39,4 +44,4 @@ serve: $(STAMP)
 	$(BIN)/biomedica serve $(DEMO_OUT)/search_index --dataset $(DEMO_OUT)
 
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache
+	rm -rf $(DEMO_OUT) $(SMOKE_OUT) .pytest_cache

@@ -215,7 +215,7 @@ def test_search_api_get_and_post(client, tmp_path_factory, rows):
     assert res.status_code == 200, res.text
     assert res.json()["results"][0]["key"] == r["key"] and res.json()["sources"] == ["image"]
     res = client.post("/search", files={"image": ("q.png", data, "image/png")},
-                      data={"text": "texture", "subset": ["commercial", "other"], "year_max": "2030"})
+                      data={"q": "virus", "subset": ["commercial", "other"], "year_max": "2030"})
     assert res.status_code == 200 and res.json()["sources"] == ["bm25", "text", "image"]
 
 
@@ -239,7 +239,8 @@ def test_figure_article_health_docs(client, tmp_path_factory, rows):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["figures"] == 23 and health["dataset_available"]
     facets = client.get("/facets").json()
-    assert facets["subset"]["other"] >= 1 and facets["concept"]["microscopy"] == 4
+    assert facets["subset"]["other"] >= 1 and facets["concept"]["Microscopy"] == 4
+    assert facets["concept"]["Plots and Charts"] == 4 and "plots and charts" not in facets["concept"]
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/search", "/figure/{key}", "/figure/{key}/image", "/article/{pmcid}", "/health"} <= set(paths)
@@ -249,7 +250,13 @@ def test_figure_article_health_docs(client, tmp_path_factory, rows):
 
 
 @pytest.mark.parametrize("method,path,kwargs,status,pattern", [
-    ("get", "/search", {}, 422, r"q: Field required"),
+    ("get", "/search", {}, 422, r"empty query: give q"),
+    ("get", "/search", {"params": {"q": "virus", "top_k": 3}}, 422, r"unknown parameter\(s\) top_k .*'limit'"),
+    ("post", "/search", {"data": {"text": "virus"}}, 422, r"unknown parameter\(s\) text in the form .*'q'"),
+    ("post", "/search", {"json": {"q": "virus", "topk": 3, "x": 1}}, 422, r"unknown parameter\(s\) topk, x in the JSON"),
+    ("post", "/search", {"json": {"q": "virus", "limit": "many"}}, 422, r"limit: Input should be a valid integer"),
+    ("post", "/search", {"json": ["virus"]}, 422, r"JSON body must be an object"),
+    ("post", "/search", {"content": b"q=virus", "headers": {"content-type": "text/plain"}}, 415, r"content type"),
     ("get", "/search", {"params": {"q": "x" * 201}}, 422, r"exceeds the limit of 200"),
     ("get", "/search", {"params": {"q": "virus", "limit": 21}}, 422, r"limit"),
     ("get", "/search", {"params": {"q": "virus", "limit": 0}}, 422, r"limit"),
@@ -261,8 +268,9 @@ def test_figure_article_health_docs(client, tmp_path_factory, rows):
     ("get", "/search", {"params": {"q": "virus", "sources": "magic"}}, 400, r"unknown source"),
     ("get", "/search", {"params": {"q": "virus", "sources": "image2text"}}, 400, r"not available"),
     ("get", "/search", {"params": {"q": "virus", "sources": "image"}}, 400, r"need a image query"),
-    ("post", "/search", {"data": {"limit": "3"}}, 400, r"empty query"),
-    ("post", "/search", {"data": {"text": "   "}}, 400, r"empty query"),
+    ("post", "/search", {"data": {"limit": "3"}}, 422, r"empty query"),
+    ("post", "/search", {"data": {"q": "   "}}, 422, r"empty query"),
+    ("post", "/search", {"json": {"q": ""}}, 422, r"empty query"),
     ("post", "/search", {"files": {"image": ("a.txt", b"just some text", "text/plain")}}, 415, r"not a JPEG"),
     ("post", "/search", {"files": {"image": ("a.png", _png(2000, 1500), "image/png")}}, 413, r"pixels exceeds"),
     ("post", "/search", {"files": {"image": ("a.bin", b"\0" * 400_000, "image/png")}}, 413, r"exceeds the limit"),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from test_search_support import dataset, hybrid_index, image_bytes, serve, stop
+from test_search_support import dataset, hybrid_index, image_bytes, serve, stop, text_index
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("BIOMEDICA_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -121,3 +121,39 @@ def test_image_query_and_error_message(browser, server, tmp_path, tmp_path_facto
     page.wait_for_selector("#error", state="visible")
     assert "not a JPEG" in page.inner_text("#error") and page.locator("article.card").count() == 0
     assert outside == [] and errors == [], (outside, errors)
+
+
+def test_multi_panel_figure_is_one_card(browser, server):
+    page, outside, errors = _page(browser, server)
+    page.goto(server + "/?q=" + "onset of illness family members")
+    page.wait_for_selector("article.card")
+    page.wait_for_function("document.getElementById('status').textContent.includes('results')")
+    keys = page.eval_on_selector_all("article.card", "cs => cs.map(c => c.dataset.key)")
+    fig3 = [k for k in keys if k.startswith("PMC7159286_gr3")]
+    assert len(fig3) == 1, keys
+    card = page.locator(f"article.card[data-key='{fig3[0]}']")
+    assert card.locator(".chip.panels").inner_text() == "2 panels"
+    assert outside == [] and errors == [], (outside, errors)
+
+
+def test_text_only_index_offers_no_image_search(browser, tmp_path_factory, tmp_path, server):
+    """An index without an image encoder: the page hides the image drop zone; the hybrid one shows it."""
+    page, outside, errors = _page(browser, server)
+    page.goto(server + "/")
+    page.wait_for_function("document.getElementById('about').textContent.includes('figures')")
+    assert page.locator("#drop").is_visible() and "drop an image" in page.inner_text("#status")
+    proc, base = serve(text_index(tmp_path_factory), tmp_path / "serve_text.log")
+    try:
+        page, outside, errors = _page(browser, base)
+        page.goto(base + "/")
+        page.wait_for_function("document.getElementById('about').textContent.includes('23 figures')")
+        assert not page.locator("#drop").is_visible()
+        assert page.inner_text("#status") == "Type a query."
+        page.fill("#q", "coronavirus pneumonia")
+        page.press("#q", "Enter")
+        page.wait_for_selector("article.card")
+        first = page.locator("article.card").first
+        assert "coronavirus" in (first.locator(".title").inner_text() + first.locator(".caption").inner_text()).lower()
+        assert outside == [] and errors == [], (outside, errors)
+    finally:
+        stop(proc)

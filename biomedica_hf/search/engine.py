@@ -109,6 +109,12 @@ class SearchEngine:
     def joint(self) -> bool:
         return bool(self.manifest["encoder"].get("joint"))
 
+    @property
+    def image_search(self) -> bool:
+        """Whether image queries can be answered: image (or joint caption) vectors and an image encoder."""
+        has_vectors = "image" in self.dense or (self.joint and "caption" in self.dense)
+        return has_vectors and self.encoders is not None and self.encoders.image is not None
+
     def available_sources(self) -> list[str]:
         have = ["bm25"]
         if "caption" in self.dense:
@@ -182,10 +188,22 @@ class SearchEngine:
     def search(self, text: str | None = None, image: bytes | Any | None = None, filters: Filters | None = None,
                offset: int = 0, limit: int = 10, sources: Sequence[str] | None = None,
                depth: int | None = None) -> SearchResponse:
-        """One page of hybrid results for a text and/or image query."""
+        """One page of hybrid results for a text and/or image query: one hit per figure.
+
+        * Panels of one figure (the ``<graphic>`` s of one ``<fig>``, same caption) are one hit, ranked by
+          its best panel, with every panel listed in ``hit["panels"]``.
+        * With the default sources, a text query none of whose terms occurs in any caption or reference
+          (``zzzzqqq xxyy``) has no hits: the dense lists are nearest neighbours of anything and would
+          otherwise return every figure. Ask for ``sources=["text"]`` for purely semantic search.
+        * ``total`` counts the figures in the fused lists (each list holds the figures it matched, at most
+          ``depth`` of them).
+        """
         t0 = time.perf_counter()
         text = (text or "").strip() or None
         chosen = self._resolve_sources(sources, text is not None, image is not None)
+        matched_terms = self.bm25.query_ids(text) if text else []
+        if not sources and text and not matched_terms:  # no lexical evidence: text-derived lists say nothing
+            chosen = [s for s in chosen if s not in ("bm25", "text", "text2image")]
         timings: dict[str, float] = {}
         text_vec = image_vec = None
         if any(s in ("text", "text2image") for s in chosen):
@@ -195,21 +213,42 @@ class SearchEngine:
         t1 = time.perf_counter()
         timings["encode"] = (t1 - t0) * 1000
         mask = self.meta.mask(filters or Filters())
-        depth = max(depth or DEFAULT_DEPTH, offset + limit)
-        lists = self.rank(chosen, text, text_vec, image_vec, mask, depth)
+        want = offset + limit
+        depth = max(depth or DEFAULT_DEPTH, want)
+        while True:  # panels collapse into figures: deepen the lists until the page is full or they are exhausted
+            lists = self.rank(chosen, text, text_vec, image_vec, mask, depth)
+            figures = self._collapse(rrf(lists, k=self.rrf_k))
+            if len(figures) >= want or all(len(v) < depth for v in lists.values()) or depth >= len(self.meta):
+                break
+            depth = min(depth * 2, len(self.meta))
         t2 = time.perf_counter()
         timings["retrieve"] = (t2 - t1) * 1000
-        fused = rrf(lists, k=self.rrf_k)
-        page = fused[offset:offset + limit]
+        page = figures[offset:offset + limit]
         rows = self.meta.rows([d for d, _, _ in page])
         hits = []
         for i, ((doc, score, ranks), row) in enumerate(zip(page, rows)):
-            row.update(rank=offset + i + 1, row=doc, score=round(score, 6), ranks=ranks, pmc_url=pmc_url(row["pmcid"]))
+            panel_rows = self.meta.panels(doc)
+            panels = ([{"key": p["key"], "panel_index": p.get("panel_index")} for p in self.meta.rows(panel_rows)]
+                      if len(panel_rows) > 1 else [{"key": row["key"], "panel_index": row.get("panel_index")}])
+            row.update(rank=offset + i + 1, row=doc, score=round(score, 6), ranks=ranks, panels=panels,
+                       pmc_url=pmc_url(row["pmcid"]))
             hits.append(row)
         timings["fuse"] = (time.perf_counter() - t2) * 1000
         timings["total"] = (time.perf_counter() - t0) * 1000
-        return SearchResponse(total=len(fused), offset=offset, limit=limit, hits=hits, sources=chosen,
+        return SearchResponse(total=len(figures), offset=offset, limit=limit, hits=hits, sources=chosen,
                               timings_ms={k: round(v, 3) for k, v in timings.items()})
+
+    def _collapse(self, fused: list[tuple[int, float, dict[str, int]]]) -> list[tuple[int, float, dict[str, int]]]:
+        """One entry per figure: its best-ranked panel (fused score and ranks of that panel)."""
+        group = self.meta.group
+        seen: set[int] = set()
+        out = []
+        for doc, score, ranks in fused:
+            g = int(group[doc])
+            if g not in seen:
+                seen.add(g)
+                out.append((doc, score, ranks))
+        return out
 
     # ------------------------------------------------------------------ lookups
     def figure(self, key: str) -> dict[str, Any] | None:

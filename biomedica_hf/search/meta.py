@@ -11,8 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 # columns meta.parquet takes from figures.parquet (those present), then from articles.parquet
-FIGURE_COLUMNS = ("key", "pmcid", "figure_label", "caption", "references", "subset", "license_code", "year",
-                  "concepts", "panel_type", "image_ext", "width", "height", "shard", "image_offset", "image_size")
+FIGURE_COLUMNS = ("key", "pmcid", "figure_id", "figure_label", "caption", "references", "subset", "license_code",
+                  "year", "concepts", "panel_type", "panel_index", "panel_count", "image_ext", "width", "height",
+                  "shard", "image_offset", "image_size")
 ARTICLE_COLUMNS = ("title", "journal")
 ARTICLE_TABLE_COLUMNS = ("pmcid", "pmid", "doi", "title", "journal", "publisher", "pub_date", "year", "article_type",
                          "license_code", "license_url", "subset", "abstract", "keywords", "subjects", "mesh_terms",
@@ -71,7 +72,10 @@ class Metadata:
     license_values: list[str] = field(init=False)
     year: np.ndarray = field(init=False)
     key_to_row: dict[str, int] = field(init=False)
+    group: np.ndarray = field(init=False)            # row -> figure id (panels of one <fig> share it)
+    group_rows: dict[int, list[int]] = field(init=False)  # figure id -> its rows, in panel order (multi-panel only)
     _concepts: dict[str, np.ndarray] | None = field(init=False, default=None)
+    _concept_names: dict[str, str] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         t = self.table
@@ -83,6 +87,33 @@ class Metadata:
         self.license_codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int16)
         self.year = pc.fill_null(pc.cast(t["year"], pa.int32()), MISSING_YEAR).to_numpy(zero_copy_only=False)
         self.key_to_row = {k: i for i, k in enumerate(t["key"].to_pylist())}
+        self._group_panels()
+
+    def _group_panels(self) -> None:
+        """Panels (several ``<graphic>`` of one ``<fig>``) share a figure id: (pmcid, figure_id) when the index
+        has ``figure_id`` (indexes built before it have one figure per row)."""
+        t = self.table
+        n = t.num_rows
+        self.group = np.arange(n, dtype=np.int64)
+        self.group_rows = {}
+        if "figure_id" not in t.column_names or not n:
+            return
+        pmcids, figs = t["pmcid"].to_pylist(), t["figure_id"].to_pylist()
+        panel = t["panel_index"].to_pylist() if "panel_index" in t.column_names else [0] * n
+        first: dict[tuple[str, str], int] = {}
+        for row, (p, f) in enumerate(zip(pmcids, figs)):
+            if f is None or f == "":
+                continue
+            g = first.setdefault((p, f), row)
+            self.group[row] = g
+            if g != row:
+                self.group_rows.setdefault(g, [g]).append(row)
+        for g, rows in self.group_rows.items():
+            rows.sort(key=lambda r: (panel[r] if panel[r] is not None else 0, r))
+
+    def panels(self, row: int) -> list[int]:
+        """All rows of the figure ``row`` belongs to, in panel order (``[row]`` for a single-panel figure)."""
+        return self.group_rows.get(int(self.group[row]), [row])
 
     @classmethod
     def load(cls, path: Path) -> "Metadata":
@@ -93,14 +124,25 @@ class Metadata:
 
     @property
     def concept_rows(self) -> dict[str, np.ndarray]:
-        """concept (lower case) -> sorted row ids; built on first use."""
+        """concept (lower case, for case-insensitive filters) -> sorted row ids; built on first use."""
         if self._concepts is None:
             index: dict[str, list[int]] = {}
+            spellings: dict[str, dict[str, int]] = {}
             for row, values in enumerate(self.table["concepts"].to_pylist()):
-                for v in values or ():
+                for v in dict.fromkeys(values or ()):
                     index.setdefault(v.lower(), []).append(row)
-            self._concepts = {c: np.asarray(r, np.int64) for c, r in index.items()}
+                    seen = spellings.setdefault(v.lower(), {})
+                    seen[v] = seen.get(v, 0) + 1
+            self._concepts = {c: np.unique(np.asarray(r, np.int64)) for c, r in index.items()}
+            # the name as stored (the most frequent spelling when several differ only in case)
+            self._concept_names = {c: max(s, key=lambda v: (s[v], v)) for c, s in spellings.items()}
         return self._concepts
+
+    @property
+    def concept_names(self) -> dict[str, str]:
+        """concept (lower case) -> the name as stored, e.g. ``"plots and charts" -> "Plots and Charts"``."""
+        self.concept_rows
+        return self._concept_names or {}
 
     def _codes(self, values: Sequence[str], vocab: list[str]) -> list[int]:
         lower = {v.lower(): i for i, v in enumerate(vocab)}
@@ -140,7 +182,8 @@ class Metadata:
             c = np.bincount(codes, minlength=len(vocab))
             return {vocab[i]: int(c[i]) for i in np.argsort(-c, kind="stable") if c[i]}
         years = self.year[self.year != MISSING_YEAR]
-        concepts = sorted(((c, len(r)) for c, r in self.concept_rows.items()), key=lambda x: (-x[1], x[0]))
+        names = self.concept_names
+        concepts = sorted(((names[c], len(r)) for c, r in self.concept_rows.items()), key=lambda x: (-x[1], x[0]))
         return {"total": len(self), "subset": counts(self.subset, self.subset_values),
                 "license": counts(self.license_codes, self.license_values),
                 "year": {"min": int(years.min()) if len(years) else None,

@@ -19,6 +19,7 @@ PAGE_HTML = r"""<!doctype html>
   .row { display:flex; gap:8px; align-items:stretch; flex-wrap:wrap; }
   #q { flex:1 1 380px; min-width:200px; font-size:16px; padding:9px 12px; border:1px solid var(--line); border-radius:8px; }
   #q:focus { outline:2px solid var(--accent); outline-offset:-1px; }
+  #drop[hidden] { display:none; }
   #drop { flex:0 0 auto; display:flex; align-items:center; gap:8px; padding:4px 10px; border:1.5px dashed #9aa6b5;
           border-radius:8px; color:var(--muted); cursor:pointer; font-size:13px; min-height:40px; background:#fafbfc; }
   #drop.over { border-color:var(--accent); background:#eef4ff; }
@@ -68,7 +69,7 @@ PAGE_HTML = r"""<!doctype html>
   <form id="form" autocomplete="off">
     <div class="row">
       <input id="q" name="q" type="search" placeholder="Search figures and captions, e.g. chest CT ground-glass opacity" maxlength="1000">
-      <label id="drop" title="Drop an image here or click to choose one">
+      <label id="drop" title="Drop an image here or click to choose one" hidden>
         <input id="file" type="file" accept="image/*" hidden>
         <svg class="icon" width="18" height="18" viewBox="0 0 24 24" aria-hidden="true"><path fill="currentColor" d="M21 19V5a2 2 0 0 0-2-2H5a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h14a2 2 0 0 0 2-2zM8.5 13.5l2.5 3 3.5-4.5 4.5 6H5l3.5-4.5z"/></svg>
         <span id="drop-text">Drop an image or click</span>
@@ -86,7 +87,7 @@ PAGE_HTML = r"""<!doctype html>
 </header>
 <main>
   <div id="error" role="alert"></div>
-  <p id="status">Type a query or drop an image.</p>
+  <p id="status">Type a query.</p>
   <section id="results" aria-live="polite"></section>
   <nav class="pager" id="pager" hidden>
     <button id="prev" type="button">&larr; Previous</button><span id="page"></span><button id="next" type="button">Next &rarr;</button>
@@ -96,7 +97,8 @@ PAGE_HTML = r"""<!doctype html>
 "use strict";
 const PAGE = 24;
 const $ = (id) => document.getElementById(id);
-const state = { offset: 0, file: null };
+const state = { offset: 0, file: null, imageSearch: false };
+const HINT = () => state.imageSearch ? "Type a query or drop an image." : "Type a query.";
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -112,6 +114,10 @@ async function loadFacets() {
   try {
     const [health, facets] = await Promise.all([fetch("health").then(r => r.json()), fetch("facets").then(r => r.json())]);
     $("about").textContent = `${health.figures.toLocaleString()} figures \u00b7 ${health.sources.join(", ")}`;
+    state.imageSearch = !!health.image_search;  // an index without an image encoder cannot answer image queries
+    $("drop").hidden = !state.imageSearch;
+    $("q").placeholder = state.imageSearch ? "Search figures and captions, or drop an image" : $("q").placeholder;
+    if (!state.offset && !$("q").value) $("status").textContent = HINT();
     const subsets = $("subsets");
     for (const [name, n] of Object.entries(facets.subset)) {
       const box = el("input", { type: "checkbox", value: name, class: "subset" });
@@ -141,7 +147,7 @@ function showError(msg) { const e = $("error"); e.textContent = msg; e.style.dis
 
 async function search(offset) {
   const q = $("q").value.trim();
-  if (!q && !state.file) { $("status").textContent = "Type a query or drop an image."; return; }
+  if (!q && !state.file) { $("status").textContent = HINT(); return; }
   state.offset = offset;
   showError("");
   $("status").textContent = "Searching\u2026";
@@ -150,7 +156,7 @@ async function search(offset) {
   try {
     if (state.file) {
       const fd = new FormData();
-      if (q) fd.append("text", q);
+      if (q) fd.append("q", q);
       fd.append("image", state.file);
       for (const [k, v] of params) fd.append(k, v);
       resp = await fetch("search", { method: "POST", body: fd });
@@ -196,6 +202,7 @@ function card(h) {
   if (h.subset) chips.append(el("span", { class: "chip " + h.subset, text: h.subset }));
   if (h.license_code) chips.append(el("span", { class: "chip", text: h.license_code }));
   for (const c of (h.concepts || []).slice(0, 3)) chips.append(el("span", { class: "chip", text: c }));
+  if ((h.panels || []).length > 1) chips.append(el("span", { class: "chip panels", text: `${h.panels.length} panels` }));
   const links = el("div", { class: "links" });
   if (h.pmc_url) links.append(el("a", { class: "pmc", href: h.pmc_url, target: "_blank", rel: "noopener", text: h.pmcid + " \u2197" }));
   else links.append(el("span", { text: h.pmcid }));

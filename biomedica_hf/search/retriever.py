@@ -26,7 +26,7 @@ def _clip(text: str, limit: int) -> str:
 
 @dataclass
 class Passage:
-    """One retrieved figure."""
+    """One retrieved figure (all its panels: one passage, one caption)."""
 
     n: int                         # citation number, from 1
     key: str
@@ -40,13 +40,15 @@ class Passage:
     year: int | None = None
     license_code: str | None = None
     url: str | None = None         # PMC article page (only for real PMCIDs)
+    panels: list[str] = field(default_factory=list)  # keys of the figure's panels (several for a multi-panel figure)
 
     def format(self, max_caption_chars: int = 700, max_references: int = 2, max_reference_chars: int = 300) -> str:
         """``[n] Figure 2 of "Title" (PMC123, 2020, CC BY; figure PMC123_gr2)`` + caption + citing sentences."""
         head = f"[{self.n}] " + (f"{self.figure_label} of " if self.figure_label else "Figure of ")
         head += f"\"{_clip(self.title or 'untitled article', 200)}\""
         facts = ", ".join(str(x) for x in (self.pmcid, self.year, self.license_code) if x)
-        lines = [f"{head} ({facts}; figure {self.key})", f"Caption: {_clip(self.caption, max_caption_chars)}"]
+        where = f"figure {self.key}" if len(self.panels) < 2 else f"figure {self.key}, {len(self.panels)} panels"
+        lines = [f"{head} ({facts}; {where})", f"Caption: {_clip(self.caption, max_caption_chars)}"]
         refs = [_clip(r, max_reference_chars) for r in self.references[:max_references] if r and r.strip()]
         if refs:
             lines.append("Cited in the text: " + " ".join(f"\"{r}\"" for r in refs))
@@ -97,7 +99,8 @@ class Retriever:
         return [Passage(n=i, key=h["key"], pmcid=h["pmcid"], caption=h.get("caption") or "",
                         references=list(h.get("references") or []), title=h.get("title"), score=float(h["score"]),
                         figure_label=h.get("figure_label"), journal=h.get("journal"), year=h.get("year"),
-                        license_code=h.get("license_code"), url=h.get("pmc_url"))
+                        license_code=h.get("license_code"), url=h.get("pmc_url"),
+                        panels=[p["key"] for p in h.get("panels") or []])
                 for i, h in enumerate(res.hits, start=1)]
 
     def context(self, query: str, k: int | None = None, **kwargs: Any) -> Context:
