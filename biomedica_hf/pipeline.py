@@ -81,6 +81,7 @@ ARTICLE_SCHEMA = arrow_schema(ARTICLE_FIELDS)
 # fetch errors that will not change on retry
 PERMANENT_FETCH = {"not_open_access": SKIPPED, "retracted": SKIPPED, "not_found": FAILED, "bad_package": FAILED}
 TRANSIENT_REASONS = {"download_failed"}
+TABLE_BATCH = 256              # article rows in memory at a time (they carry the full text)
 MAX_STARTS = 2                  # an article that was started this often without finishing is ledgered
 
 
@@ -433,6 +434,27 @@ def _cut(members: list[dict], max_samples: int, max_bytes: int) -> Iterator[list
         yield cur
 
 
+# ------------------------------------------------------------------------------ timings
+class StageClock:
+    """Seconds and the driver's peak RSS at the end of each stage (logged; kept in ``build_summary.json``)."""
+
+    def __init__(self) -> None:
+        self.t0 = self.last = time.time()
+        self.stages: dict[str, dict[str, float]] = {}
+
+    def lap(self, name: str) -> None:
+        import resource
+
+        now = time.time()
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: kB
+        self.stages[name] = {"seconds": round(now - self.last, 3), "driver_peak_rss_mb": round(rss, 1)}
+        log.info("stage %s: %.1f s (driver peak RSS %.0f MB)", name, now - self.last, rss)
+        self.last = now
+
+    def as_dict(self) -> dict:
+        return {"stages": self.stages, "elapsed_seconds": round(time.time() - self.t0, 3)}
+
+
 # ------------------------------------------------------------------------- task running
 def run_tasks(make: Callable[[], Any], fn: Callable, items: list, *, max_attempts: int, desc: str,
               progress: bool, on_give_up: Callable[[Any, int, str], Any] | None = None) -> Iterator[Any]:
@@ -730,7 +752,7 @@ def consolidate_tables(work: Work, k: int) -> None:
                 writer = pq.ParquetWriter(tmp, schema, compression="zstd")
                 try:
                     if k > 0 and (out / name).exists():
-                        for batch in pq.ParquetFile(out / name).iter_batches(batch_size=2_000):
+                        for batch in pq.ParquetFile(out / name).iter_batches(batch_size=TABLE_BATCH):
                             t = pa.Table.from_batches([batch]).cast(schema)
                             if kind == "articles":
                                 t = t.filter(pc.invert(pc.is_in(t["pmcid"], value_set=gone_set)))
@@ -739,7 +761,7 @@ def consolidate_tables(work: Work, k: int) -> None:
                             if t.num_rows:
                                 writer.write_table(t)
                     for part in _all_parts(work, kind):
-                        for batch in pq.ParquetFile(part).iter_batches(batch_size=2_000):
+                        for batch in pq.ParquetFile(part).iter_batches(batch_size=TABLE_BATCH):
                             writer.write_table(pa.Table.from_batches([batch]).cast(schema))
                 finally:
                     writer.close()
@@ -807,8 +829,10 @@ def _build(cfg: BuildConfig) -> BuildReport:
     work = Work(out)
     work.root.mkdir(parents=True, exist_ok=True)
     _remove_partial_files(out)
+    clock = StageClock()
     k, resumed = _current_snapshot(work)
     layout = work.layout(k) if resumed else plan_snapshot(cfg, work, k)
+    clock.lap("list")
     if layout is None:
         return _up_to_date_report(work, k - 1, t0)
     meta = json.loads((work.snap(k) / "layout.json").read_text())
@@ -836,6 +860,7 @@ def _build(cfg: BuildConfig) -> BuildReport:
         for _ in run_tasks(make, stage_partition, todo, max_attempts=cfg.max_attempts, desc="stage",
                            progress=cfg.progress, on_give_up=lambda p, n, err: _give_up_partition(p, n, err)):
             pass
+        clock.lap("stage")
         # ---- dedup: exact (same bytes), then near-duplicate images (perceptual hash)
         decisions = work.decisions(k)
         near = work.snap(k) / "near.parquet"
@@ -844,9 +869,12 @@ def _build(cfg: BuildConfig) -> BuildReport:
             _spill_published(work, k, n_hash)
         if cfg.dedup_images and not decisions.exists():
             decide(work.hashes(k), n_hash, decisions, extra_folders=[published] if k > 0 else [])
-        if not near.exists():
-            near_duplicates_pass(work, k, [work.hashes(k)] + ([published] if k > 0 else []), decisions, near,
-                                 drop=cfg.near_dedup)
+        clock.lap("dedup")
+        if not near.exists():   # in a worker: its memory is bounded, but not the driver's business
+            folders = [str(work.hashes(k))] + ([str(published)] if k > 0 else [])
+            list(run_tasks(make, _near_task, [("near", k, folders, str(decisions), str(near), cfg.near_dedup)],
+                           max_attempts=cfg.max_attempts, desc="near-duplicates", progress=False))
+        clock.lap("near_duplicates")
         # ---- write
         tasks = [(p, cfg.seed, cfg.shard_max_samples, cfg.shard_max_bytes, str(decisions) if decisions.exists()
                   else None) for p in pids]
@@ -864,10 +892,17 @@ def _build(cfg: BuildConfig) -> BuildReport:
         if "source" in _WORKER:
             _WORKER["source"].close()
         _WORKER.clear()
+    clock.lap("write")
     # ---- remove (updates)
     n_removed = apply_removals(work, k)
+    clock.lap("remove")
+    if cfg.caption_dups:    # over every shard's Parquet, in a worker (bounded there, never in the driver)
+        list(run_tasks(make, _caption_task, [("captions",)], max_attempts=cfg.max_attempts, desc="captions",
+                       progress=False))
+        _WORKER.clear()
+        clock.lap("caption_duplicates")
     # ---- finish
-    report = finish(cfg, work, k, meta, n_staged=n_now, n_removed=n_removed, t0=t0)
+    report = finish(cfg, work, k, meta, n_staged=n_now, n_removed=n_removed, t0=t0, clock=clock)
     atomic_write_json(work.snap(k) / "complete.json", {"snapshot": k, "finished": time.time()})
     shutil.rmtree(work.root / "stage", ignore_errors=True)
     shutil.rmtree(work.hashes(k), ignore_errors=True)
@@ -895,6 +930,15 @@ def read_manifest_count(work: Work, pid: PartitionId) -> int:
 
 NEAR_SCHEMA = pa.schema([("key", pa.string()), ("near_dup_of", pa.string()), ("distance", pa.int32())])
 CAPTION_SCHEMA = pa.schema([("key", pa.string()), ("caption_dup_of", pa.string())])
+
+
+def _near_task(args: tuple) -> int:
+    _, k, folders, decisions, near, drop = args
+    return near_duplicates_pass(_WORKER["work"], k, [Path(f) for f in folders], Path(decisions), Path(near), drop=drop)
+
+
+def _caption_task(args: tuple) -> int:
+    return caption_duplicates_pass(_WORKER["work"], _WORKER["work"].out)
 
 
 def near_duplicates_pass(work: Work, k: int, folders: list[Path], decisions: Path, near: Path, *,
@@ -981,7 +1025,7 @@ def _all_parts(work: Work, kind: str) -> list[Path]:
 
 
 def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n_removed: int,
-           t0: float) -> BuildReport:
+           t0: float, clock: StageClock | None = None) -> BuildReport:
     out = work.out
     # shards: every stats file of the folder (all snapshots)
     shards: dict[str, list[dict]] = {s: [] for s in SUBSETS}
@@ -998,14 +1042,16 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
     if clashes:
         raise RuntimeError(f"ledger has items with more than one fate, e.g. {clashes[:5]}")
     consolidate_tables(work, k)
+    if clock:
+        clock.lap("tables")
     n_articles = pq.ParquetFile(out / "articles.parquet").metadata.num_rows
     summary = ledger_summary(out / "ledger.parquet")
     atomic_write_bytes_text(out / "ledger_summary.txt", format_summary(summary))
     _write_duplicates(work, out)
     _write_near_duplicates(work, k, out)
-    if cfg.caption_dups:
-        caption_duplicates_pass(work, out)
     build_figures_index(out, extra_columns=labels_extra_columns(out))  # concept labels survive a rebuild
+    if clock:
+        clock.lap("index")
     prev = {}
     if (out / "build_summary.json").exists():
         try:
@@ -1029,6 +1075,7 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
         "snapshots": history,
         "shards": {s: sorted(x["shard"].split("/")[-1] for x in shards[s]) for s in SUBSETS},
         "ledger": summary["counts"],
+        "timings": clock.as_dict() if clock else {},
     })
     n_shards = sum(len(v) for v in shards.values())
     return BuildReport(out=out, summary=summary, n_listed=meta.get("listed") or 0, n_staged_now=n_staged,
