@@ -264,7 +264,7 @@ def compare_markdown(a: dict, b: dict) -> str:
     for t in common:
         ta, tb = a["tasks"][t], b["tasks"][t]
         key = ta["primary_metric"]
-        ba, bb = ta["metrics"].get("balanced_accuracy"), tb["metrics"].get("balanced_accuracy")
+        ba, bb = ta.get("metrics", {}).get("balanced_accuracy"), tb.get("metrics", {}).get("balanced_accuracy")
         lines.append(f"| {t} | {ta['domain']} | {key} | {fmt_metric(key, ta['primary'])} | "
                      f"{fmt_metric(key, tb['primary'])} | {delta(key, ta['primary'], tb['primary'])} | "
                      f"{pct(ba)} | {pct(bb)} | {delta('balanced_accuracy', ba, bb)} |")
