@@ -230,7 +230,8 @@ def test_reference_captions_and_card_model_index(tmp_path):
     card = render_model_card(cfg, "open_clip", {"step": 7, "samples": 100, "world_size": 8, "final_loss": 1.0})
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["base_model"] == "laion/CLIP-ViT-L-14-CommonPool.XL.clip-s13B-b90K"
-    assert meta["model-index"][0]["name"] == "m" and meta["datasets"]
+    # this config streams BIOMEDICA/biomedica from the Hub: the one Hub id it really used
+    assert meta["model-index"][0]["name"] == "m" and meta["datasets"] == ["BIOMEDICA/biomedica"]
     assert "| x | 50.00 |" in card and "| AdamW betas | (0.9, 0.95) |" in card
     assert "## Limitations" in card and "## Intended use" in card
 
@@ -350,3 +351,46 @@ def test_preprocessor_crop_arithmetic_is_measured(tmp_path):
             assert a["max_abs_diff"] > 0.0          # a shifted crop: other pixels
         else:
             assert a["max_abs_diff"] == 0.0 and b["max_abs_diff"] < 0.02
+
+
+def test_card_from_facts_local_folder_and_real_eval_run(tmp_path):
+    """Trained on a local folder: no `datasets:` and no Hub link, the folder in prose; the model-index of a real
+    `biomedica eval` run on an ImageFolder names that folder; only commands that exist are suggested."""
+    import csv
+    import shutil
+
+    from biomedica_hf.eval.runner import run_eval
+    from biomedica_hf.eval.tasks import DataContext, resolve_tasks
+    from biomedica_hf.eval.tiny import tiny_open_clip
+    from biomedica_hf.models.card import hub_dataset_id, render_model_card
+    from biomedica_hf.models.trainer import load_config
+
+    assert hub_dataset_id("BIOMEDICA/biomedica") == "BIOMEDICA/biomedica"
+    assert hub_dataset_id("hf://datasets/org/name/commercial/x.tar") == "org/name"
+    assert hub_dataset_id(str(tmp_path)) is None and hub_dataset_id("demo_out") is None
+    local = tmp_path / "my_ds"
+    local.mkdir()
+    cfg = load_config(SMOKE, [f"data.path={local}"])
+    card = render_model_card(cfg, "transformers", {"step": 3, "samples": 12})
+    meta = yaml.safe_load(card.split("---")[1])
+    assert "datasets" not in meta and "huggingface.co/datasets" not in card and str(local) in card
+    assert "biomedica-eval" not in card and "biomedica eval --model" in card
+    assert meta["library_name"] == "transformers"
+    # a real eval run on an ImageFolder of real crops; its model-index goes into the card
+    images = tmp_path / "cells"
+    for r in list(csv.DictReader(open(REPO.parent / "shared/fixtures/eval/bccd_cells/labels.csv")))[::20]:
+        (images / r["label"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO.parent / "shared/fixtures/eval/bccd_cells" / r["file"], images / r["label"])
+    ctx = DataContext(data_dir=tmp_path / "none", cache_dir=tmp_path / "cache", allow_download=False)
+    adapter, _, _ = tiny_open_clip(seed=0)
+    run_eval(adapter, resolve_tasks(f"imagefolder:{images}", ctx), tmp_path / "run", ctx, name="my-clip")
+    cfg["export"]["model_index"] = str(tmp_path / "run" / "model_index.yaml")
+    card = render_model_card(cfg, "open_clip", {"step": 3, "samples": 12})
+    meta = yaml.safe_load(card.split("---")[1])
+    result = meta["model-index"][0]["results"][0]
+    assert result["dataset"] == {"name": "cells", "type": str(images.resolve()), "split": "test"}
+    assert f"imagefolder:{images.resolve()}" in card and "Biomedica2025EvalSet" not in card
+    # the user states the local folder was published: then (and only then) its Hub id is listed
+    cfg["export"]["dataset_id"] = "me/my-pmc-figures"
+    meta = yaml.safe_load(render_model_card(cfg, "open_clip", {}).split("---")[1])
+    assert meta["datasets"] == ["me/my-pmc-figures"]
