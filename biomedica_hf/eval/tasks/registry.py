@@ -156,6 +156,11 @@ def resolve_tasks(spec: str, ctx: DataContext | None = None, skip_missing: bool 
                 raise KeyError(f"no task matches {item!r}; registered: {', '.join(sorted(REGISTRY))}, "
                                f"suites: {', '.join('@' + s for s in SUITES)}")
         for t in found:
+            if t.name in out and out[t.name].source != t.source and t.source is not None:
+                from .user import UserDataError
+
+                raise UserDataError(f"two different sets are both named {t.name!r} ({out[t.name].source.describe()} "
+                                    f"and {t.source.describe()}): give each its own task file with its own name")
             out.setdefault(t.name, t)
     if missing:
         msg = _missing_message(missing)
