@@ -134,6 +134,11 @@ def test_flat_folder_with_task_file_and_list(bccd_folder, ctx, tmp_path):
     assert res.exit_code == 0 and res.output.split("\t")[0] == "my-lab/cells"
     assert res.output.strip().endswith(f"imagefolder:{flat.resolve()}")
     _no_suite_claim(res.output)
+    # two sets under one name would overwrite each other's results: refused
+    twin = tmp_path / "cells_copy"
+    shutil.copytree(flat, twin)
+    with pytest.raises(UserDataError, match="both named 'my-lab/cells'"):
+        resolve_tasks(f"{flat},{twin}", ctx)
     # a typo in the task file is refused with the known keys
     (flat / "task.yaml").write_text("nmae: x\n")
     with pytest.raises(UserDataError, match="unknown task-file keys"):
