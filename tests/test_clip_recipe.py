@@ -266,8 +266,14 @@ def test_transformers_export_every_entry_point_matches_open_clip(tmp_path, dim):
     import copy
 
     from PIL import Image
-    from transformers import (AutoModel, AutoProcessor, CLIPModel, CLIPTextModelWithProjection,
-                              CLIPVisionModelWithProjection, pipeline)
+    from transformers import (
+        AutoModel,
+        AutoProcessor,
+        CLIPModel,
+        CLIPTextModelWithProjection,
+        CLIPVisionModelWithProjection,
+        pipeline,
+    )
 
     from biomedica_hf.eval.tiny import TINY_OPEN_CLIP_CFG
     from biomedica_hf.models import build_model, export_model
@@ -378,7 +384,7 @@ def test_card_from_facts_local_folder_and_real_eval_run(tmp_path):
     assert meta["library_name"] == "transformers"
     # a real eval run on an ImageFolder of real crops; its model-index goes into the card
     images = tmp_path / "cells"
-    for r in list(csv.DictReader(open(REPO.parent / "shared/fixtures/eval/bccd_cells/labels.csv")))[::20]:
+    for r in list(csv.DictReader((REPO.parent / "shared/fixtures/eval/bccd_cells/labels.csv").read_text().splitlines()))[::20]:
         (images / r["label"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO.parent / "shared/fixtures/eval/bccd_cells" / r["file"], images / r["label"])
     ctx = DataContext(data_dir=tmp_path / "none", cache_dir=tmp_path / "cache", allow_download=False)

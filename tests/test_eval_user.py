@@ -19,12 +19,12 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from biomedica_hf.eval.adapters import save_open_clip_folder
 from biomedica_hf.eval.cli import compare_cmd, eval_cmd
-from biomedica_hf.eval.evalset import read_evalset, write_evalset
+from biomedica_hf.eval.evalset import read_evalset
 from biomedica_hf.eval.runner import EvalConfig, run_eval, run_task
 from biomedica_hf.eval.tasks import DataContext, UserDataError, get_task, resolve_tasks
 from biomedica_hf.eval.tiny import tiny_open_clip
-from biomedica_hf.eval.adapters import save_open_clip_folder
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
@@ -50,7 +50,7 @@ def ctx(tmp_path_factory) -> DataContext:
 def bccd_folder(tmp_path_factory) -> Path:
     """The real BCCD crops as PATH/{train,val,test}/<class>/*.png (BCCD's own splits), plus one corrupt file."""
     root = tmp_path_factory.mktemp("user") / "blood_cells"
-    for r in csv.DictReader(open(EVAL / "bccd_cells" / "labels.csv")):
+    for r in csv.DictReader((EVAL / "bccd_cells" / "labels.csv").read_text().splitlines()):
         d = root / r["bccd_split"] / r["label"]
         d.mkdir(parents=True, exist_ok=True)
         shutil.copy(EVAL / "bccd_cells" / r["file"], d / Path(r["file"]).name)
@@ -187,7 +187,7 @@ def test_npz_needs_class_names_then_runs_with_qwk(breast_npz, ctx, tmp_path):
 def test_csv_parquet_and_hub_layout(bccd_folder, ctx, tmp_path):
     import datasets
 
-    labels = list(csv.DictReader(open(EVAL / "bccd_cells" / "labels.csv")))[::9][:120]   # all three classes
+    labels = list(csv.DictReader((EVAL / "bccd_cells" / "labels.csv").read_text().splitlines()))[::9][:120]   # all three classes
     table = tmp_path / "cells.csv"
     with open(table, "w", newline="") as fh:
         w = csv.writer(fh)

@@ -87,7 +87,7 @@ def linear_probe(s: Splits, class_names: Sequence[str], ordered: bool = False, g
     c, curve = choose_c(s.x_train, s.y_train, s.x_val, s.y_val, k, grid)
     clf = _fit(np.concatenate([s.x_train, s.x_val]), np.concatenate([s.y_train, s.y_val]), c, k)
     res = zero_shot_metrics(_scores(clf, s.x_test, k), s.y_test, class_names, tie_eps, ordered)
-    res.update(C=c, c_curve=curve, n_train=int(len(s.y_train)), n_val=int(len(s.y_val)), n_test=int(len(s.y_test)))
+    res.update(C=c, c_curve=curve, n_train=len(s.y_train), n_val=len(s.y_val), n_test=len(s.y_test))
     return res
 
 
@@ -115,7 +115,7 @@ def few_shot(s: Splits, class_names: Sequence[str], shots: Sequence[int] = SHOTS
             c, _ = choose_c(s.x_train[idx], s.y_train[idx], s.x_val, s.y_val, k_classes, grid, seed)
             clf = _fit(s.x_train[idx], s.y_train[idx], c, k_classes, seed)
             m = zero_shot_metrics(_scores(clf, s.x_test, k_classes), s.y_test, class_names, tie_eps, ordered)
-            runs.append({"seed": int(seed), "C": c, "n_train": int(len(idx)),
+            runs.append({"seed": int(seed), "C": c, "n_train": len(idx),
                          **{key: m[key] for key in SUMMARY_KEYS if key in m}})
         if not runs:
             continue

@@ -160,8 +160,8 @@ def model_index_yaml(model: str, results: Sequence[dict]) -> str:
                     metrics.append(("cohen_kappa", f"{k}-shot quadratic weighted kappa (mean of {v['seeds']} seeds)",
                                     v["quadratic_kappa"]))
         else:
-            task_type, task_name = (("image-classification", "Linear probe (logistic regression on frozen image "
-                                     "embeddings)") if r["kind"] == "linear-probe" else
+            task_type, task_name = (("image-classification", ("Linear probe (logistic regression on frozen image "
+                                                              "embeddings)")) if r["kind"] == "linear-probe" else
                                     ("zero-shot-image-classification", "Zero-shot image classification"))
             metrics = [("accuracy", "Accuracy", r["metrics"]["accuracy"]),
                        ("balanced_accuracy", "Balanced accuracy", r["metrics"]["balanced_accuracy"]),
@@ -251,8 +251,8 @@ def compare_markdown(a: dict, b: dict) -> str:
     """Per-task and per-domain deltas (B - A, percentage points) of two run summaries."""
     common = [t for t in a["tasks"] if t in b["tasks"]]
     lines = [f"# `{b['model']}` vs `{a['model']}`", "",
-             "Δ = B − A in percentage points (kappa: in kappa units). Balanced accuracy is shown beside the primary "
-             "metric: a constant predictor scores 1/K on it, whatever the class shares.", "",
+             ("Δ = B − A in percentage points (kappa: in kappa units). Balanced accuracy is shown beside the primary "
+              "metric: a constant predictor scores 1/K on it, whatever the class shares."), "",
              "| task | domain | metric | A | B | Δ | bal. acc. A | bal. acc. B | Δ bal. acc. |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
 

@@ -168,12 +168,12 @@ def probe_splits(task: Task, ctx: DataContext, cfg: EvalConfig) -> tuple[EvalRow
             return train, val, test, "the data's train / val / test splits"
         _, y = class_space(train)
         parts = stratified_split(y, train.image_ids, (0.8, 0.2, 0.0))
-        pick = lambda name: [i for i, p in enumerate(parts) if p == name]  # noqa: E731
+        pick = lambda name: [i for i, p in enumerate(parts) if p == name]
         return train.take(pick("train")), train.take(pick("val")), test, \
             "the data's train split (80/20 train/val by id hash) and test split"
     _, y = class_space(test)
     parts = stratified_split(y, test.image_ids, (0.6, 0.2, 0.2))
-    pick = lambda name: [i for i, p in enumerate(parts) if p == name]  # noqa: E731
+    pick = lambda name: [i for i, p in enumerate(parts) if p == name]
     return test.take(pick("train")), test.take(pick("val")), test.take(pick("test")), \
         "no train split in the data: a stratified 60/20/20 train/val/test split of its images by id hash"
 

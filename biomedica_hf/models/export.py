@@ -192,7 +192,7 @@ def crop_offsets(height: int, width: int, size: int) -> dict[str, tuple[int, int
     short, long_ = (height, width) if height <= width else (width, height)
     new_long = int(size * long_ / short)
     new_h, new_w = (size, new_long) if height <= width else (new_long, size)
-    tv = (int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0)))
+    tv = (int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0)))  # noqa: RUF046 - torchvision's own words
     hf = ((new_h - size) // 2, (new_w - size) // 2)
     return {"open_clip": tv, "transformers": hf}
 

@@ -30,7 +30,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -276,7 +276,7 @@ def hf_rows(location: str, config: str | None, classes: Sequence[str] | None, im
 
     try:
         dd = datasets.load_dataset(location, config)
-    except Exception as exc:  # noqa: BLE001 - offline, absent, gated: say so with the cause
+    except Exception as exc:
         raise DataNotFoundError(f"{DATA_HINT} (hf:{location}{':' + config if config else ''}: "
                                 f"{type(exc).__name__}: {exc})") from exc
     first = next(iter(dd.values()))
@@ -315,8 +315,12 @@ def stratified_split(labels: Sequence[int], ids: Sequence[str], fractions=(0.6, 
     for members in by_class.values():
         members.sort(key=lambda i: hashlib.sha1(ids[i].encode()).hexdigest())
         n = len(members)
-        n_train = max(1, round(fractions[0] * n)) if n >= 3 else max(0, n - 2)
-        n_val = max(1, round(fractions[1] * n)) if n >= 3 else (1 if n == 2 else 0)
+        if fractions[2] == 0:                    # train / val only: nothing is left over
+            n_val = max(1, round(fractions[1] * n)) if n >= 2 else 0
+            n_train = n - n_val
+        else:
+            n_train = max(1, round(fractions[0] * n)) if n >= 3 else max(0, n - 2)
+            n_val = max(1, round(fractions[1] * n)) if n >= 3 else (1 if n == 2 else 0)
         for j, i in enumerate(members):
             out[i] = "train" if j < n_train else "val" if j < n_train + n_val else "test"
     return out
