@@ -105,9 +105,9 @@ def _norm_split(name: str | None) -> str | None:
 
 
 def _class_order(found: Sequence[str], declared: Sequence[str] | None, where: str) -> list[str]:
-    """Declared classes (task file / --classes) in their order, else the sorted found names."""
+    """Declared classes (task file / --classes) in their order, else the found names (in the order given)."""
     if not declared:
-        return sorted(found)
+        return list(found)
     declared = [str(c) for c in declared]
     missing = sorted(set(found) - set(declared))
     if missing:
@@ -137,7 +137,7 @@ def imagefolder_rows(root: Path, classes: Sequence[str] | None, skipped: list) -
     if not items:
         raise UserDataError(f"{root}: no images in class folders (expected PATH/<class>/* or "
                             "PATH/{train,val,test}/<class>/*)")
-    names = _class_order(list(found), classes, str(root))
+    names = _class_order(sorted(found), classes, str(root))
     rows = []
     for f, label, split in items:
         data = f.read_bytes()
@@ -218,7 +218,8 @@ def _labels_to_rows(records: list[dict], labels: list, classes: Sequence[str] | 
         if min(idx) < 0 or max(idx) >= len(names):
             raise UserDataError(f"{where}: label indices span {min(idx)}..{max(idx)}, {len(names)} classes declared")
     else:
-        names = _class_order(sorted({str(x) for x in labels}), classes, where)
+        found = sorted({str(x) for x in labels}, key=lambda v: (int(v), v) if ints else (0, v))   # 2 before 10
+        names = _class_order(found, classes, where)
         idx = [names.index(str(x)) for x in labels]
     for r, i in zip(records, idx):
         r["answer_idx"], r["label"] = i, names[i]
