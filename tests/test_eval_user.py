@@ -162,6 +162,16 @@ def test_npz_needs_class_names_then_runs_with_qwk(breast_npz, ctx, tmp_path):
     # --classes gives names by label index; MedMNIST: 0 = malignant, 1 = normal/benign
     task = resolve_tasks(f"npz:{breast_npz}", ctx, classes=["malignant", "benign"])[0]
     assert len(read_evalset(task.source.files(ctx), None, "test")) == 156
+    # one command: zero-shot + linear probe on the user's .npz, named by its path
+    _, model, cfg = tiny_open_clip(seed=2)
+    folder = save_open_clip_folder(model, cfg, tmp_path / "m")
+    res = CliRunner().invoke(eval_cmd, ["--model", str(folder), "--tasks", f"npz:{breast_npz}", "--classes",
+                                        "malignant,benign", "--protocol", "zero-shot,linear-probe",
+                                        "--cache-dir", str(ctx.cache_dir), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    lp = json.loads((tmp_path / "run" / "tasks" / "npz__my_breast_us.npz_linear-probe.json").read_text())
+    assert lp["splits"] == {"train": 546, "val": 78, "test": 156} and lp["classes"] == ["malignant", "benign"]
+    assert lp["dataset"]["type"] == str(breast_npz.resolve()) and str(breast_npz.resolve()) in res.output
     # a sidecar JSON + an ordinal task file (benign < malignant): QWK is computed and is the primary metric
     breast_npz.with_suffix(".json").write_text(json.dumps({"labels": {"0": "malignant", "1": "normal, benign"}}))
     tf = tmp_path / "task.json"
