@@ -230,7 +230,8 @@ def test_reference_captions_and_card_model_index(tmp_path):
     card = render_model_card(cfg, "open_clip", {"step": 7, "samples": 100, "world_size": 8, "final_loss": 1.0})
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["base_model"] == "laion/CLIP-ViT-L-14-CommonPool.XL.clip-s13B-b90K"
-    assert meta["model-index"][0]["name"] == "m" and meta["datasets"]
+    # this config streams BIOMEDICA/biomedica from the Hub: the one Hub id it really used
+    assert meta["model-index"][0]["name"] == "m" and meta["datasets"] == ["BIOMEDICA/biomedica"]
     assert "| x | 50.00 |" in card and "| AdamW betas | (0.9, 0.95) |" in card
     assert "## Limitations" in card and "## Intended use" in card
 
@@ -255,3 +256,147 @@ def test_transformers_lora_export_round_trip(tmp_path):
     clip.model = loaded   # same adapter (tokenizer, transforms) around the reloaded weights
     img1, txt1 = _embed(clip, pixels, TEXTS)
     assert torch.allclose(img0, img1, atol=1e-5) and torch.allclose(txt0, txt1, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [24, 48])
+def test_transformers_export_every_entry_point_matches_open_clip(tmp_path, dim):
+    """The exported folder loads through CLIPModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection,
+    AutoModel and the zero-shot pipeline at two embedding sizes (neither the tower width nor 512), and each gives
+    open_clip's embeddings / probabilities on the same pixels."""
+    import copy
+
+    from PIL import Image
+    from transformers import (
+        AutoModel,
+        AutoProcessor,
+        CLIPModel,
+        CLIPTextModelWithProjection,
+        CLIPVisionModelWithProjection,
+        pipeline,
+    )
+
+    from biomedica_hf.eval.tiny import TINY_OPEN_CLIP_CFG
+    from biomedica_hf.models import build_model, export_model
+
+    cfg = copy.deepcopy(TINY_OPEN_CLIP_CFG)
+    cfg["embed_dim"] = dim
+    clip = build_model({"kind": "open_clip", "name": "tiny", "model_cfg": cfg, "train_augment": False}, seed=5)
+    oc = clip.model.eval()
+    written = export_model(clip, tmp_path / "export", formats=("transformers",))
+    folder = written["transformers"]
+    config = json.loads((Path(folder) / "config.json").read_text())
+    assert config["projection_dim"] == config["text_config"]["projection_dim"] == \
+        config["vision_config"]["projection_dim"] == dim
+
+    # identical pixels: 32x32 real fixture crops need no resize or crop, so both pipelines see the same tensor
+    cells = sorted((REPO.parent / "shared" / "fixtures" / "eval" / "bccd_cells" / "RBC").glob("*.png"))[:3]
+    images = [Image.open(p).convert("RGB").resize((32, 32)) for p in cells]
+    pixels = torch.stack([clip.preprocess_val(im) for im in images])
+    processor = AutoProcessor.from_pretrained(folder)
+    assert torch.allclose(processor(images=images, return_tensors="pt")["pixel_values"], pixels, atol=1e-6)
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tokens = SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])(TEXTS)
+    with torch.no_grad():
+        oc_img = torch.nn.functional.normalize(oc.encode_image(pixels), dim=-1)
+        oc_txt = torch.nn.functional.normalize(oc.encode_text(tokens), dim=-1)
+    enc = processor.tokenizer(TEXTS, padding=True, return_tensors="pt")
+
+    def n(x):
+        return torch.nn.functional.normalize(x if isinstance(x, torch.Tensor) else x.pooler_output, dim=-1)
+
+    with torch.no_grad():
+        for cls in (CLIPModel, AutoModel):
+            m = cls.from_pretrained(folder).eval()
+            assert type(m).__name__ == "CLIPModel"
+            assert torch.allclose(n(m.get_image_features(pixel_values=pixels)), oc_img, atol=1e-5)
+            assert torch.allclose(n(m.get_text_features(**enc)), oc_txt, atol=1e-5)
+        text_model = CLIPTextModelWithProjection.from_pretrained(folder).eval()
+        assert torch.allclose(n(text_model(**enc).text_embeds), oc_txt, atol=1e-5)
+        vision_model = CLIPVisionModelWithProjection.from_pretrained(folder).eval()
+        assert torch.allclose(n(vision_model(pixel_values=pixels).image_embeds), oc_img, atol=1e-5)
+    labels = ["red blood cell", "bar chart", "brain MRI"]
+    clf = pipeline("zero-shot-image-classification", model=folder)
+    template = "This is a photo of {}."
+    with torch.no_grad():
+        t = torch.nn.functional.normalize(oc.encode_text(SimpleTokenizer(context_length=16)(
+            [template.format(x) for x in labels])), dim=-1)
+        probs = (oc.logit_scale.exp() * oc_img @ t.T).softmax(-1)
+    for im, p in zip(images, probs):
+        out = {d["label"]: d["score"] for d in clf(im, candidate_labels=labels, hypothesis_template=template)}
+        assert [out[x] for x in labels] == pytest.approx(p.tolist(), abs=1e-5)
+    assert open_clip  # imported for the tokenizer's package
+
+
+def test_preprocessor_crop_arithmetic_is_measured(tmp_path):
+    """CLIPImageProcessor starts the centre crop at floor((L - S) / 2), torchvision's CenterCrop (open_clip) at
+    round-half-even((L - S) / 2): one pixel apart when L - S = 3 mod 4. Elsewhere the PIL backend's pixels are
+    identical to open_clip's and the default torchvision backend's within 0.02 (bicubic on tensors vs PIL)."""
+    import open_clip
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from biomedica_hf.models.export import compare_preprocessing, crop_offsets
+
+    assert crop_offsets(32, 35, 32) == {"open_clip": (0, 2), "transformers": (0, 1)}
+    assert crop_offsets(32, 37, 32)["open_clip"] == crop_offsets(32, 37, 32)["transformers"] == (0, 2)
+    assert crop_offsets(224, 231, 224) == {"open_clip": (0, 4), "transformers": (0, 3)}
+    files = sorted((REPO.parent / "shared" / "fixtures" / "eval" / "skimage_biomed").iterdir())
+    src = Image.open(files[0]).convert("RGB")
+    images = [Image.open(f) for f in files] + [src.crop((0, 0, 35, 32)), src.crop((0, 0, 37, 32))]   # L - S = 3, 5
+    kw = {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32},
+          "image_mean": list(open_clip.OPENAI_DATASET_MEAN), "image_std": list(open_clip.OPENAI_DATASET_STD)}
+    transform = open_clip.image_transform(32, is_train=False)
+    pil = compare_preprocessing(transform, CLIPImageProcessorPil(**kw), images)
+    tv = compare_preprocessing(transform, CLIPImageProcessor(**kw), images)
+    assert [r["crop_differs"] for r in pil[-2:]] == [True, False]
+    for a, b in zip(pil, tv):
+        if a["crop_differs"]:
+            assert a["max_abs_diff"] > 0.0          # a shifted crop: other pixels
+        else:
+            assert a["max_abs_diff"] == 0.0 and b["max_abs_diff"] < 0.02
+
+
+def test_card_from_facts_local_folder_and_real_eval_run(tmp_path):
+    """Trained on a local folder: no `datasets:` and no Hub link, the folder in prose; the model-index of a real
+    `biomedica eval` run on an ImageFolder names that folder; only commands that exist are suggested."""
+    import csv
+    import shutil
+
+    from biomedica_hf.eval.runner import run_eval
+    from biomedica_hf.eval.tasks import DataContext, resolve_tasks
+    from biomedica_hf.eval.tiny import tiny_open_clip
+    from biomedica_hf.models.card import hub_dataset_id, render_model_card
+    from biomedica_hf.models.trainer import load_config
+
+    assert hub_dataset_id("BIOMEDICA/biomedica") == "BIOMEDICA/biomedica"
+    assert hub_dataset_id("hf://datasets/org/name/commercial/x.tar") == "org/name"
+    assert hub_dataset_id(str(tmp_path)) is None and hub_dataset_id("demo_out") is None
+    local = tmp_path / "my_ds"
+    local.mkdir()
+    cfg = load_config(SMOKE, [f"data.path={local}"])
+    card = render_model_card(cfg, "transformers", {"step": 3, "samples": 12})
+    meta = yaml.safe_load(card.split("---")[1])
+    assert "datasets" not in meta and "huggingface.co/datasets" not in card and str(local) in card
+    assert "biomedica-eval" not in card and "biomedica eval --model" in card
+    assert meta["library_name"] == "transformers"
+    # a real eval run on an ImageFolder of real crops; its model-index goes into the card
+    images = tmp_path / "cells"
+    for r in list(csv.DictReader((REPO.parent / "shared/fixtures/eval/bccd_cells/labels.csv").read_text().splitlines()))[::20]:
+        (images / r["label"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO.parent / "shared/fixtures/eval/bccd_cells" / r["file"], images / r["label"])
+    ctx = DataContext(data_dir=tmp_path / "none", cache_dir=tmp_path / "cache", allow_download=False)
+    adapter, _, _ = tiny_open_clip(seed=0)
+    run_eval(adapter, resolve_tasks(f"imagefolder:{images}", ctx), tmp_path / "run", ctx, name="my-clip")
+    cfg["export"]["model_index"] = str(tmp_path / "run" / "model_index.yaml")
+    card = render_model_card(cfg, "open_clip", {"step": 3, "samples": 12})
+    meta = yaml.safe_load(card.split("---")[1])
+    result = meta["model-index"][0]["results"][0]
+    assert result["dataset"] == {"name": "cells", "type": str(images.resolve()), "split": "test"}
+    assert f"imagefolder:{images.resolve()}" in card and "Biomedica2025EvalSet" not in card
+    # the user states the local folder was published: then (and only then) its Hub id is listed
+    cfg["export"]["dataset_id"] = "me/my-pmc-figures"
+    meta = yaml.safe_load(render_model_card(cfg, "open_clip", {}).split("---")[1])
+    assert meta["datasets"] == ["me/my-pmc-figures"]

@@ -151,8 +151,9 @@ def test_domain_summary_markdown_and_model_index():
     dom = domain_summary(results)
     assert dom["radiology"]["accuracy"] == pytest.approx(0.6) and dom["radiology"]["n_tasks"] == 2
     md = markdown_report("m", results)
-    assert "| **average** (2 tasks) | | | **60.00** | **30.00** | **15.00** |" in md
-    assert "| **zero-shot, all tasks** | 3 | accuracy | **70.00** |" in md
+    assert "| **average** (2 tasks) | | | | **60.00** | **30.00** | **15.00** |" in md
+    # the headline over all zero-shot tasks is balanced accuracy (a constant predictor cannot inflate it)
+    assert "| **zero-shot, all tasks** | 3 | balanced accuracy | **35.00** |" in md
     card = yaml.safe_load(model_index_yaml('model "x"', results))
     entry = card["model-index"][0]
     assert entry["name"] == 'model "x"'
@@ -170,7 +171,52 @@ def test_compare_markdown_deltas():
     b = {"model": "B", "tasks": {"t1": {"domain": "radiology", "primary": 0.6, "primary_metric": "accuracy"},
                                  "t2": {"domain": "radiology", "primary": 0.65, "primary_metric": "accuracy"}}}
     md = compare_markdown(a, b)
-    assert "| t1 | radiology | accuracy | 50.00 | 60.00 | +10.00 |" in md
+    assert "| t1 | radiology | accuracy | 50.00 | 60.00 | +10.00 | - | - | - |" in md     # summaries without metrics
     assert "| t2 | radiology | accuracy | 70.00 | 65.00 | -5.00 |" in md
+    a["tasks"]["t1"]["metrics"] = {"balanced_accuracy": 0.5}
+    b["tasks"]["t1"]["metrics"] = {"balanced_accuracy": 0.75}
+    assert "| t1 | radiology | accuracy | 50.00 | 60.00 | +10.00 | 50.00 | 75.00 | +25.00 |" in compare_markdown(a, b)
     assert "| radiology | 2 | 60.00 | 62.50 | +2.50 |" in md
     assert "only in A): only_a" in md
+
+
+def test_quadratic_weighted_kappa_agrees_with_sklearn_and_by_hand():
+    from sklearn.metrics import cohen_kappa_score
+
+    from biomedica_hf.eval.metrics import quadratic_weighted_kappa
+
+    rng = np.random.default_rng(0)
+    for k in (2, 3, 5):
+        y = rng.integers(0, k, 300)
+        p = np.clip(y + rng.integers(-1, 2, 300), 0, k - 1)
+        assert quadratic_weighted_kappa(y, p, k) == pytest.approx(cohen_kappa_score(y, p, weights="quadratic"))
+    # by hand, K = 3: weights 0, 1/4, 1; y = [0, 1, 2, 2], p = [0, 2, 2, 1]
+    # observed weighted disagreement (counts): 1/4 + 1/4 = 0.5; expected r_i c_j / n from marginals (1,1,2)x(1,1,2):
+    # (2 * 1/4 * 1 + 2 * 1 * 2 + 2 * 1/4 * 2) / 4 = 5.5 / 4 = 1.375
+    assert quadratic_weighted_kappa([0, 1, 2, 2], [0, 2, 2, 1], 3) == pytest.approx(1 - 0.5 / 1.375)
+    assert quadratic_weighted_kappa([0, 1, 2], [0, 1, 2], 3) == 1.0
+    assert np.isnan(quadratic_weighted_kappa([1, 1], [1, 1], 3))       # no expected disagreement
+
+
+def test_linear_probe_and_few_shot_on_separable_embeddings():
+    """Two Gaussian clusters per class in 8-d: the probe is near perfect, few-shot improves with k on average,
+    and the shots drawn are k per class and depend on the seed."""
+    from biomedica_hf.eval.probe import Splits, few_shot, linear_probe, sample_shots
+
+    rng = np.random.default_rng(1)
+    centers = rng.normal(0, 1, (3, 8))
+
+    def draw(n):
+        y = np.repeat(np.arange(3), n)
+        return centers[y] + rng.normal(0, 0.6, (len(y), 8)), y
+
+    s = Splits(*draw(40), *draw(10), *draw(30))
+    lp = linear_probe(s, ["a", "b", "c"], ordered=True)
+    assert lp["balanced_accuracy"] > 0.9 and lp["n_train"] == 120 and lp["n_test"] == 90
+    assert "quadratic_kappa" in lp and lp["C"] in dict(lp["c_curve"])
+    idx = sample_shots(s.y_train, 2, seed=0)
+    assert np.bincount(s.y_train[idx]).tolist() == [2, 2, 2]
+    assert not np.array_equal(idx, sample_shots(s.y_train, 2, seed=1))
+    fs = few_shot(s, ["a", "b", "c"], shots=(1, 16), seeds=(0, 1, 2, 3))
+    assert fs["16"]["accuracy"] >= fs["1"]["accuracy"] - 0.02 and fs["16"]["seeds"] == 4
+    assert fs["1"]["accuracy_std"] == pytest.approx(np.std([r["accuracy"] for r in fs["1"]["runs"]], ddof=1))

@@ -31,6 +31,9 @@ def test_registry_names_and_domains():
     assert get_task("medmnist/DermaMNIST").domain == "dermatology"
     assert get_task("medmnist/OrganAMNIST").domain == "radiology"
     assert get_task("biomedflickr").kind == "retrieval"
+    # suite tasks prompt with sentences around the option text, not the bare option alone
+    derm = get_task("medmnist/DermaMNIST").templates
+    assert derm[0] == "{}" and len(derm) > 1 and all("{}" in t for t in derm)
     assert MEDMNIST_DOMAINS["RetinaMNIST"] == "ophthalmology"
     assert SUITES["ubench"].skip_tasks == {"unknown"}
     with pytest.raises(KeyError, match="unknown task"):

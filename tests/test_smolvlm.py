@@ -321,3 +321,36 @@ def test_caption_many_images_to_jsonl(tiny_dir, tmp_path):
     assert bad.exit_code == 1 and "no image could be captioned" in bad.output
     none = CliRunner().invoke(main, ["caption", str(figs / "*.tif"), *common])
     assert none.exit_code == 2 and "no image file there" in none.output
+
+
+def test_cards_per_folder_state_the_truth(tmp_path):
+    """merged/: library_name transformers + base_model; adapter/: peft; a local dataset is prose, not `datasets:`."""
+    import yaml
+
+    from biomedica_hf.vlm.card import write_model_card
+    from biomedica_hf.vlm.trainer import load_config
+
+    out = tmp_path / "run"
+    for d in ("merged", "adapter"):
+        (out / d).mkdir(parents=True)
+    data = tmp_path / "ds"
+    data.mkdir()
+    cfg = load_config(None, [f"output_dir={out}", f"data.path={data}"])
+    result = {"losses": [2.0, 1.5], "steps": 2, "world_size": 1}
+    write_model_card(out, cfg, result)
+
+    def meta(p):
+        return yaml.safe_load((p / "README.md").read_text().split("---")[1])
+
+    merged, adapter, run = meta(out / "merged"), meta(out / "adapter"), meta(out)
+    assert merged["library_name"] == "transformers" and adapter["library_name"] == "peft"
+    assert merged["base_model"] == adapter["base_model"] == cfg["model"]["name"] == "HuggingFaceTB/SmolVLM-256M-Instruct"
+    assert merged["pipeline_tag"] == "image-text-to-text" and run["library_name"] == "transformers"
+    for m in (merged, adapter, run):
+        assert "datasets" not in m
+    text = (out / "merged" / "README.md").read_text()
+    assert str(data) in text and "not on the Hub" in text and "merged model" in text
+    # data streamed from the Hub: its id is listed; the tiny smoke model has no Hub base_model
+    cfg = load_config(None, [f"output_dir={out}", "data.path=me/pmc-figures", "model.tiny=true"])
+    write_model_card(out, cfg, result)
+    assert meta(out / "merged")["datasets"] == ["me/pmc-figures"] and "base_model" not in meta(out / "merged")

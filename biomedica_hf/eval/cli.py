@@ -30,7 +30,22 @@ def _slug(text: str) -> str:
                    "or a model folder (open_clip layout or transformers CLIP). Required unless --list.")
 @click.option("--tasks", "task_spec", default="@biomedica", show_default=True,
               help="Comma-separated task names, globs (medmnist/*), groups (@fixtures, @biomedica, @<suite>, "
-                   "@domain:<d>) or retrieval:DATASET_DIR[#subset].")
+                   "@domain:<d>), retrieval:DATASET_DIR[#config], or your own labelled set: imagefolder:PATH, "
+                   "npz:PATH, csv:PATH, parquet:PATH, hf:ORG/NAME[:config] (or just the path).")
+@click.option("--protocol", "protocols", default="zero-shot", show_default=True,
+              help="Comma-separated: zero-shot, linear-probe (logistic regression on frozen image embeddings of "
+                   "the train split, C chosen on val), few-shot (k images per class, mean ± s.d. over seeds).")
+@click.option("--shots", default="1,2,4,8,16", show_default=True, help="Few-shot k values (images per class).")
+@click.option("--seeds", type=int, default=5, show_default=True, help="Few-shot draws per k (seeds 0..N-1).")
+@click.option("--task-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="YAML/JSON for your own sets: name, domain, classes (order), ordered (adds quadratic weighted "
+                   "kappa), phrases, templates, primary_metric, license, image_column, label_column. "
+                   "Default: task.yaml / task.json inside the set's folder.")
+@click.option("--classes", default=None,
+              help="Comma-separated class names in label-index order (npz / integer labels), or the class order.")
+@click.option("--retrieval-split", default="auto", show_default=True,
+              help="Retrieval folders: auto (the held-out 'test' split when figures.parquet has a split column "
+                   "with test rows, else everything), all, or a split name.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder [default: eval_runs/<model>].")
 @click.option("--name", default=None, help="Model name in the reports and model-index [default: the SPEC].")
@@ -47,35 +62,46 @@ def _slug(text: str) -> str:
 @click.option("--skip-missing", is_flag=True, help="Skip tasks whose data is absent instead of failing.")
 @click.option("--list", "list_only", is_flag=True, help="List the resolved tasks and exit (no model is loaded).")
 @click.option("-v", "--verbose", count=True, help="More logging.")
-def eval_cmd(model_spec, task_spec, out, name, batch, device, data_dir, fixtures_dir, cache_dir, revision, limit,
-             skip_missing, list_only, verbose):
-    """Zero-shot classification and image-text retrieval of a CLIP-style model.
+def eval_cmd(model_spec, task_spec, protocols, shots, seeds, task_file, classes, retrieval_split, out, name, batch,
+             device, data_dir, fixtures_dir, cache_dir, revision, limit, skip_missing, list_only, verbose):
+    """Zero-shot classification, linear probe, few-shot and image-text retrieval of a CLIP-style model.
 
     \b
     Examples:
       biomedica eval --model ViT-B-16:laion2b_s34b_b88k --tasks @biomedica --data-dir evalset/
       biomedica eval --model ./my_clip --tasks @fixtures,retrieval:ds_heldout
+      biomedica eval --model ./my_clip --tasks imagefolder:./my_set --protocol zero-shot,linear-probe,few-shot
+      biomedica eval --model ./my_clip --tasks npz:breastmnist.npz --classes malignant,benign
       biomedica eval --model transformers:openai/clip-vit-base-patch32 --tasks @domain:pathology
     """
     from .evalset import DataNotFoundError
-    from .runner import EvalConfig, check_data, run_eval
-    from .tasks import DataContext, resolve_tasks
+    from .runner import EvalConfig, check_data, run_eval, task_provenance
+    from .tasks import DataContext, UserDataError, resolve_tasks
 
     logging.basicConfig(level=max(logging.DEBUG, logging.WARNING - 10 * verbose),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = DataContext.from_env(data_dir, fixtures_dir, cache_dir, revision)
     try:
-        tasks = resolve_tasks(task_spec, ctx, skip_missing=skip_missing or list_only)
-    except (KeyError, DataNotFoundError) as exc:
+        cfg = EvalConfig(batch=batch, limit=limit, protocols=tuple(p.strip() for p in protocols.split(",") if p.strip()),
+                         shots=tuple(int(k) for k in shots.split(",") if k.strip()), seeds=tuple(range(seeds)))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    class_list = [c.strip() for c in classes.split(",")] if classes else None
+    try:
+        tasks = resolve_tasks(task_spec, ctx, skip_missing=skip_missing or list_only, task_file=task_file,
+                              classes=class_list, retrieval_split=retrieval_split)
+    except (KeyError, DataNotFoundError, UserDataError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
     if list_only:
         for t in tasks:
             try:
                 check_data(t, ctx)
                 status = "data present"
-            except DataNotFoundError:
-                status = "data missing"
-            click.echo(f"{t.name}\t{t.domain}\t{t.kind}\t{status}\t{(t.source or t.retrieval_source).describe()}")
+                where = task_provenance(t, ctx)["source"]
+            except (DataNotFoundError, UserDataError) as exc:
+                status = "data missing" if isinstance(exc, DataNotFoundError) else f"unreadable: {exc}"
+                where = (t.source or t.retrieval_source).describe()
+            click.echo(f"{t.name}\t{t.domain}\t{t.kind}\t{status}\t{where}")
         return
     if model_spec is None:
         raise click.UsageError("--model is required (except with --list)")
@@ -83,9 +109,8 @@ def eval_cmd(model_spec, task_spec, out, name, batch, device, data_dir, fixtures
         raise click.ClickException("no task to run")
     out = out or Path("eval_runs") / _slug(model_spec)
     try:
-        run_eval(model_spec, tasks, out, ctx, EvalConfig(batch=batch, limit=limit), device,
-                 skip_missing=skip_missing, name=name)
-    except DataNotFoundError as exc:
+        run_eval(model_spec, tasks, out, ctx, cfg, device, skip_missing=skip_missing, name=name)
+    except (DataNotFoundError, UserDataError) as exc:
         raise click.ClickException(str(exc)) from exc
     except ValueError as exc:          # bad model SPEC
         raise click.ClickException(str(exc)) from exc

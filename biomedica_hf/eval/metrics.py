@@ -87,10 +87,37 @@ def classification_report(labels: np.ndarray, preds: np.ndarray, class_names: Se
     }
 
 
+def quadratic_weighted_kappa(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> float:
+    """Cohen's kappa with quadratic weights ``(i - j)^2 / (K - 1)^2`` for ordinal classes 0..K-1.
+
+    1 = perfect agreement, 0 = chance (the product of the marginals), negative = worse than chance;
+    NaN when the expected disagreement is 0 (e.g. every label and prediction in one class).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    preds = np.asarray(preds, dtype=np.int64)
+    k = int(n_classes)
+    if k < 2 or labels.size == 0:
+        return float("nan")
+    observed = confusion_matrix(labels, preds, k).astype(np.float64)
+    n = observed.sum()
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / n
+    i, j = np.indices((k, k))
+    weights = (i - j) ** 2 / (k - 1) ** 2
+    denom = (weights * expected).sum()
+    return float(1.0 - (weights * observed).sum() / denom) if denom > 0 else float("nan")
+
+
 def zero_shot_metrics(scores: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-                      tie_eps: float = 0.0) -> dict:
-    """Classification metrics from a (n, K) score matrix, ties counted against the true class."""
-    return classification_report(labels, tie_aware_predictions(scores, labels, tie_eps), class_names)
+                      tie_eps: float = 0.0, ordered: bool = False) -> dict:
+    """Classification metrics from a (n, K) score matrix, ties counted against the true class.
+
+    ``ordered``: the classes are ordinal in the given order; adds ``quadratic_kappa``.
+    """
+    preds = tie_aware_predictions(scores, labels, tie_eps)
+    out = classification_report(labels, preds, class_names)
+    if ordered:
+        out["quadratic_kappa"] = quadratic_weighted_kappa(labels, preds, len(class_names))
+    return out
 
 
 # ------------------------------------------------------------------------------------ retrieval

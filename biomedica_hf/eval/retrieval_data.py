@@ -5,13 +5,24 @@ A dataset folder is read through its ``figures.parquet`` index (``key``, ``capti
 ``open(DIR/shard).seek(image_offset).read(image_size)``, so only the images are read, never whole shards.
 A Parquet file or folder with ``image`` (bytes or ``{bytes, path}``) and ``caption`` (or ``text``)
 columns works too.
+
+Configs: a licence subset (``commercial``, ...) filters the ``subset`` column; ``all`` takes every row;
+any other config (``concept-filtered``, ``concept-balanced``, ...) lives in its own shard folder
+``DIR/<config>/*.tar`` (its samples are copies, so their ``subset`` column still says ``commercial`` etc.,
+which is why filtering ``figures.parquet`` by the config's name found nothing): its tars are read directly
+(member offsets from the tar headers) and captions come from the tars' ``.txt`` members.
+
+Splits: when ``figures.parquet`` has a ``split`` column with ``test`` rows, ``split="auto"`` (the default)
+keeps only those (the held-out split of a partitioned build); ``"all"`` keeps everything.
 """
 from __future__ import annotations
 
 import os
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -29,6 +40,7 @@ class Pairs:
     offsets: list[int] | None = None
     sizes: list[int] | None = None
     blobs: list[bytes] | None = None    # Parquet source: bytes in memory
+    split: str | None = None            # the split these pairs are (None: the whole folder / table)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -49,20 +61,78 @@ class Pairs:
         return [out[i] for i in indices]
 
 
-def load_pairs(path: str | os.PathLike, subset: str | None = None, limit: int | None = None) -> Pairs:
-    """Pairs from a dataset folder (``figures.parquet``) or eval Parquet; ``subset`` filters a folder's subset."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp")
+
+
+def _split_filter(table, split: str):
+    """(table, split label) after the split rule: ``auto`` keeps ``test`` rows when any exist."""
+    if "split" not in table.column_names or split == "all":
+        return table, None
+    want = "test" if split == "auto" else split
+    kept = table.filter(pc.equal(table["split"], want))
+    if split == "auto" and kept.num_rows == 0:
+        return table, None
+    return kept, want
+
+
+def _scan_config(root: Path, config: str) -> dict[str, dict]:
+    """key -> {caption, shard, image_offset, image_size} for every sample of ``DIR/<config>/*.tar``."""
+    out: dict[str, dict] = {}
+    for tar in sorted((root / config).glob("*.tar")):
+        members: dict[str, dict] = {}
+        with tarfile.open(tar, "r:") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                key, _, ext = m.name.rpartition(".")
+                entry = members.setdefault(key, {"shard": f"{config}/{tar.name}"})
+                if f".{ext.lower()}" in IMAGE_SUFFIXES:
+                    entry["image_offset"], entry["image_size"] = m.offset_data, m.size
+                elif ext == "txt":
+                    entry["caption"] = tf.extractfile(m).read().decode("utf-8")
+        out.update({k: v for k, v in members.items() if "image_offset" in v})
+    return out
+
+
+def _config_names(root: Path, table) -> list[str]:
+    names = sorted(set(table["subset"].to_pylist())) + ["all"]
+    return names + sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.tar"))
+                          and p.name not in names)
+
+
+def load_pairs(path: str | os.PathLike, subset: str | None = None, limit: int | None = None,
+               split: str = "auto") -> Pairs:
+    """Pairs from a dataset folder (``figures.parquet``; ``subset`` = a config) or eval Parquet.
+
+    See the module docstring for configs and the ``split`` rule.
+    """
     root = Path(path)
     index = root / "figures.parquet"
     if index.is_file():
-        table = pq.read_table(index, columns=["key", "caption", "shard", "image_offset", "image_size", "subset"])
-        if subset and subset != "all":
+        names = pq.read_schema(index).names
+        cols = ["key", "caption", "shard", "image_offset", "image_size", "subset"] + (["split"] if "split" in names
+                                                                                       else [])
+        table = pq.read_table(index, columns=cols)
+        own = None
+        if subset and subset != "all" and subset not in set(table["subset"].to_pylist()):
+            if not (root / subset).is_dir() or not any((root / subset).glob("*.tar")):
+                raise DataNotFoundError(f"{root}: no config {subset!r}; configs: "
+                                        f"{', '.join(_config_names(root, table))}")
+            own = _scan_config(root, subset)
+            table = table.filter(pc.is_in(table["key"], pa.array(list(own), pa.string())))
+        elif subset and subset != "all":
             table = table.filter(pc.equal(table["subset"], subset))
+        table, used_split = _split_filter(table, split)
         table = table.filter(pc.greater(pc.utf8_length(pc.fill_null(table["caption"], "")), 0))
         table = table.sort_by([("key", "ascending")])
         if limit:
             table = table.slice(0, limit)
-        cols = table.to_pydict()
-        return Pairs(cols["key"], cols["caption"], root, cols["shard"], cols["image_offset"], cols["image_size"])
+        c = table.to_pydict()
+        if own is not None:       # read the config's own shards (byte-identical copies of the samples)
+            loc = [own[k] for k in c["key"]]
+            return Pairs(c["key"], c["caption"], root, [x["shard"] for x in loc], [x["image_offset"] for x in loc],
+                         [x["image_size"] for x in loc], split=used_split)
+        return Pairs(c["key"], c["caption"], root, c["shard"], c["image_offset"], c["image_size"], split=used_split)
     files = parquet_files(root) if root.exists() else []
     if not files:
         raise DataNotFoundError(f"{DATA_HINT} (no figures.parquet or Parquet pairs at {root})")
@@ -73,7 +143,8 @@ def load_pairs(path: str | os.PathLike, subset: str | None = None, limit: int | 
         if "image" not in names or text not in names:
             raise DataNotFoundError(f"{f}: retrieval Parquet needs 'image' and 'caption' (or 'text') columns")
         key = "key" if "key" in names else ("image_id" if "image_id" in names else None)
-        t = pq.read_table(f, columns=["image", text] + ([key] if key else []))
+        t = pq.read_table(f, columns=["image", text] + ([key] if key else []) + (["split"] if "split" in names else []))
+        t, _ = _split_filter(t, split)
         for r in t.to_pylist():
             img = r["image"]
             blobs.append(img["bytes"] if isinstance(img, dict) else img)
@@ -91,6 +162,7 @@ class RetrievalSource:
     path: Path | None = None
     name: str | None = None
     subset: str | None = None
+    split: str = "auto"                 # auto: the test split when the folder has one
 
     def locate(self, ctx) -> Path:
         if self.path is not None:
@@ -103,7 +175,7 @@ class RetrievalSource:
                                 "a dataset folder or Parquet with image + caption)")
 
     def load(self, ctx, limit: int | None = None) -> Pairs:
-        return load_pairs(self.locate(ctx), self.subset, limit)
+        return load_pairs(self.locate(ctx), self.subset, limit, self.split)
 
     def describe(self) -> str:
         return str(self.path) if self.path else f"DATA_DIR/{self.name}"

@@ -28,10 +28,13 @@ from .metrics import TieRule
 from .report import domain_summary, flat_metrics, markdown_report, model_index_yaml, plot_domains
 from .retrieval import DEFAULT_TIE_EPS, retrieval_scores
 from .tasks.base import DataContext, Task
-from .zeroshot import encode_in_batches, evaluate_zero_shot, image_embeddings
+from .zeroshot import class_space, encode_in_batches, evaluate_zero_shot, image_embeddings
 
 log = logging.getLogger(__name__)
 PAPER_KS = (1, 10, 100)   # BIOMEDICA reports Recall@1/10/100; mean_recall averages these, both directions
+
+
+PROTOCOLS = ("zero-shot", "linear-probe", "few-shot")
 
 
 @dataclass
@@ -39,10 +42,18 @@ class EvalConfig:
     """Knobs of a run (recorded in summary.json)."""
 
     batch: int = 64
-    limit: int | None = None          # at most this many images per task (deterministic subset)
+    limit: int | None = None          # at most this many images per task and split (deterministic subset)
     tie_eps: float = DEFAULT_TIE_EPS
     tie_rule: TieRule = "pessimistic"
     ks: tuple[int, ...] = (1, 5, 10, 100)
+    protocols: tuple[str, ...] = ("zero-shot",)    # for classification tasks; see PROTOCOLS
+    shots: tuple[int, ...] = (1, 2, 4, 8, 16)      # few-shot: examples per class
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)       # few-shot: one draw of the shots per seed
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        if bad or not self.protocols:
+            raise ValueError(f"unknown protocol(s) {bad}; choose from {', '.join(PROTOCOLS)}")
 
 
 def check_data(task: Task, ctx: DataContext) -> None:
@@ -53,36 +64,164 @@ def check_data(task: Task, ctx: DataContext) -> None:
         task.source.files(ctx)
 
 
-def load_rows(task: Task, ctx: DataContext, limit: int | None = None) -> EvalRows:
-    """The task's rows; ``limit`` keeps a deterministic subset (smallest sha1 of image_id)."""
-    rows = read_evalset(task.source.files(ctx), task.task_filter, task.split)
+def _subset(rows: EvalRows, limit: int | None) -> EvalRows:
+    """A deterministic subset of at most ``limit`` rows (smallest sha1 of image_id)."""
     if limit and len(rows) > limit:
         keys = [hashlib.sha1(i.encode()).hexdigest() for i in rows.image_ids]
         rows = rows.take(sorted(np.argsort(keys, kind="stable")[:limit].tolist()))
     return rows
 
 
-def _base(task: Task, adapter: ModelAdapter) -> dict:
-    return {"task": task.name, "kind": task.kind, "domain": task.domain, "model": adapter.name,
-            "dataset": {"name": task.dataset_name or task.name, "type": task.dataset_type or task.name,
-                        "split": task.split or "test"},
-            "source": (task.source or task.retrieval_source).describe(), "description": task.description,
-            "reference": task.reference, "primary_metric": task.primary_metric}
+def load_rows(task: Task, ctx: DataContext, limit: int | None = None) -> EvalRows:
+    """The task's rows; ``limit`` keeps a deterministic subset (smallest sha1 of image_id)."""
+    return _subset(read_evalset(task.source.files(ctx), task.task_filter, task.split), limit)
 
 
-def run_zero_shot(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: EvalConfig) -> dict:
+def load_split_rows(task: Task, ctx: DataContext, split: str, limit: int | None = None) -> EvalRows:
+    """Rows of another split of the task's data (empty when the data has no such split)."""
+    from .evalset import DataNotFoundError
+
+    src = task.source
+    if hasattr(src, "with_split"):             # fixtures: one converted file per split
+        try:
+            files = src.with_split(split).files(ctx)
+        except (DataNotFoundError, KeyError, ValueError):
+            return read_evalset([], None)
+        return _subset(read_evalset(files, task.task_filter, split), limit)
+    files = src.files(ctx)
+    import pyarrow.parquet as pq
+
+    if not any("split" in pq.read_schema(f).names for f in files):
+        return read_evalset([], None)
+    return _subset(read_evalset(files, task.task_filter, split), limit)
+
+
+def task_provenance(task: Task, ctx: DataContext) -> dict:
+    """{name, type, split, source}: the dataset a result is about, as it really is.
+
+    Suite tasks read from a local folder that is not a Hub snapshot of the eval set are named by that
+    folder, never as the BIOMEDICA suite.
+    """
+    src = task.source or task.retrieval_source
+    name, dtype, where = task.dataset_name or task.name, task.dataset_type or task.name, src.describe()
+    if hasattr(src, "provenance"):
+        prov = src.provenance(ctx)
+        if not prov["from_hub"]:
+            name = f"{task.task_filter or task.name} (local data: {prov['source']})"
+            dtype, where = prov["type"], prov["source"]
+    return {"name": name, "type": dtype, "split": task.split or "test", "source": where}
+
+
+def _base(task: Task, adapter: ModelAdapter, ctx: DataContext, protocol: str | None = None) -> dict:
+    prov = task_provenance(task, ctx)
+    description = task.description
+    if prov["source"] != (task.source or task.retrieval_source).describe():
+        description = f"{task.task_filter or task.name}: eval-set Parquet read from {prov['source']}"
+    return {"task": task.name if protocol in (None, "zero-shot") else f"{task.name}@{protocol}",
+            "base_task": task.name, "kind": protocol or task.kind, "domain": task.domain, "model": adapter.name,
+            "dataset": {k: prov[k] for k in ("name", "type", "split")}, "source": prov["source"],
+            "description": description, "reference": task.reference, "primary_metric": task.primary_metric}
+
+
+CLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "chance_balanced_accuracy", "quadratic_kappa")
+
+
+def _ordered(task: Task, classes: list[str]) -> bool:
+    if not task.ordered_classes:
+        return False
+    if list(task.ordered_classes) != list(classes):
+        raise ValueError(f"{task.name}: class order {classes} differs from the declared {list(task.ordered_classes)}")
+    return True
+
+
+def run_zero_shot(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: EvalConfig,
+                  rows: EvalRows | None = None) -> dict:
     """One zero-shot task -> result dict."""
-    rows = load_rows(task, ctx, cfg.limit)
+    rows = rows if rows is not None else load_rows(task, ctx, cfg.limit)
     if not len(rows):
         raise ValueError(f"{task.name}: no rows")
-    res = evaluate_zero_shot(adapter, rows, task.templates, task.phrase, cfg.batch, cfg.tie_eps)
-    metrics = {k: res[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "chance_balanced_accuracy")}
-    return {**_base(task, adapter), "n": res["n"], "metrics": metrics, "primary": metrics[task.primary_metric],
+    classes, _ = class_space(rows)
+    res = evaluate_zero_shot(adapter, rows, task.templates, task.phrase, cfg.batch, cfg.tie_eps,
+                             ordered=_ordered(task, classes))
+    metrics = {k: res[k] for k in CLASS_METRICS if k in res}
+    return {**_base(task, adapter, ctx), "n": res["n"], "metrics": metrics, "primary": metrics[task.primary_metric],
             "chance": metrics["chance_balanced_accuracy"], "classes": [c["class"] for c in res["per_class"]],
             "class_phrases": [task.phrase(c["class"]) for c in res["per_class"]], "templates": list(task.templates),
             "per_class": res["per_class"], "confusion_matrix": res["confusion_matrix"],
             "timing": {k: res[k] for k in ("text_seconds", "image_seconds", "images_per_second")},
             "tie_rule": "pessimistic (a tie with the true class is an error)", "tie_eps": cfg.tie_eps}
+
+
+def probe_splits(task: Task, ctx: DataContext, cfg: EvalConfig) -> tuple[EvalRows, EvalRows, EvalRows, str]:
+    """(train, val, test) rows for the probes and a note on where they come from.
+
+    The data's own splits when it has a train split (val carved from train, stratified, when absent);
+    otherwise a stratified 60/20/20 split of the evaluated rows by the sha1 of their ids.
+    """
+    from .tasks.user import stratified_split
+
+    test = load_rows(task, ctx, cfg.limit)
+    train = load_split_rows(task, ctx, "train", cfg.limit)
+    if len(train):
+        val = load_split_rows(task, ctx, "val", cfg.limit)
+        if len(val):
+            return train, val, test, "the data's train / val / test splits"
+        _, y = class_space(train)
+        parts = stratified_split(y, train.image_ids, (0.8, 0.2, 0.0))
+        pick = lambda name: [i for i, p in enumerate(parts) if p == name]
+        return train.take(pick("train")), train.take(pick("val")), test, \
+            "the data's train split (80/20 train/val by id hash) and test split"
+    _, y = class_space(test)
+    parts = stratified_split(y, test.image_ids, (0.6, 0.2, 0.2))
+    pick = lambda name: [i for i, p in enumerate(parts) if p == name]
+    return test.take(pick("train")), test.take(pick("val")), test.take(pick("test")), \
+        "no train split in the data: a stratified 60/20/20 train/val/test split of its images by id hash"
+
+
+def run_probes(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: EvalConfig) -> list[dict]:
+    """Linear-probe and/or few-shot results (per ``cfg.protocols``) on frozen image embeddings."""
+    from .probe import Splits, few_shot, linear_probe
+
+    train, val, test, note = probe_splits(task, ctx, cfg)
+    all_rows = [train, val, test]
+    classes: dict[str, int] = {}
+    for part in all_rows:
+        for c in class_space(part)[0]:
+            classes.setdefault(c, len(classes))
+    if task.ordered_classes:
+        classes = {c: i for i, c in enumerate(task.ordered_classes)}
+    names = list(classes)
+    t0 = time.perf_counter()
+    emb = [image_embeddings(adapter, part.images, cfg.batch).double().numpy() for part in all_rows]
+    seconds = time.perf_counter() - t0
+    ys = [np.array([classes[o[a]] for o, a in zip(part.options, part.answer_idx)], dtype=np.int64) for part in all_rows]
+    splits = Splits(emb[0], ys[0], emb[1], ys[1], emb[2], ys[2])
+    ordered = bool(task.ordered_classes)
+    sizes = {"train": len(train), "val": len(val), "test": len(test)}
+    out = []
+    if "linear-probe" in cfg.protocols:
+        res = linear_probe(splits, names, ordered, tie_eps=0.0)
+        metrics = {k: res[k] for k in CLASS_METRICS if k in res}
+        out.append({**_base(task, adapter, ctx, "linear-probe"), "n": res["n"], "metrics": metrics,
+                    "primary": metrics[task.primary_metric], "chance": metrics["chance_balanced_accuracy"],
+                    "classes": names, "per_class": res["per_class"], "confusion_matrix": res["confusion_matrix"],
+                    "C": res["C"], "c_curve": res["c_curve"], "splits": sizes, "split_note": note,
+                    "method": "sklearn LogisticRegression (lbfgs) on L2-normalised frozen image embeddings; "
+                              "C chosen on val by balanced accuracy, refit on train + val",
+                    "timing": {"embed_seconds": seconds}})
+    if "few-shot" in cfg.protocols:
+        shots = few_shot(splits, names, cfg.shots, cfg.seeds, ordered)
+        if shots:
+            last = shots[max(shots, key=int)]
+            metrics = {"shots": shots, **{k: last[k] for k in CLASS_METRICS if k in last}}
+            out.append({**_base(task, adapter, ctx, "few-shot"), "n": len(test), "metrics": metrics,
+                        "primary": last[task.primary_metric], "chance": 1.0 / len(set(ys[2].tolist())),
+                        "classes": names, "splits": sizes, "split_note": note, "seeds": list(cfg.seeds),
+                        "method": f"k examples per class from train (k in {list(cfg.shots)}), one draw per seed; "
+                                  "LogisticRegression with C chosen on val; mean and s.d. over seeds; headline "
+                                  f"metrics at k={last['k']}",
+                        "timing": {"embed_seconds": seconds}})
+    return out
 
 
 def run_retrieval(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: EvalConfig) -> dict:
@@ -100,7 +239,9 @@ def run_retrieval(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: Eval
     metrics = retrieval_scores(img, txt, ks=ks, rule=cfg.tie_rule, tie_eps=cfg.tie_eps)
     metrics["mean_recall"] = float(np.mean([metrics[d][f"R@{k}"] for d in ("image_to_text", "text_to_image")
                                             for k in PAPER_KS]))
-    return {**_base(task, adapter), "n": len(pairs), "metrics": metrics, "primary": metrics["mean_recall"],
+    base = _base(task, adapter, ctx)
+    base["dataset"]["split"] = pairs.split or "all"
+    return {**base, "n": len(pairs), "metrics": metrics, "primary": metrics["mean_recall"],
             "chance": None, "timing": {"image_seconds": t1 - t0, "text_seconds": t2 - t1,
                                        "images_per_second": len(pairs) / (t1 - t0) if t1 > t0 else float("nan"),
                                        "rank_seconds": time.perf_counter() - t2},
@@ -108,8 +249,18 @@ def run_retrieval(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: Eval
 
 
 def run_task(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: EvalConfig) -> dict:
-    """Dispatch on the task kind."""
+    """The task's zero-shot (or retrieval) result."""
     return (run_retrieval if task.kind == "retrieval" else run_zero_shot)(adapter, task, ctx, cfg)
+
+
+def run_task_protocols(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: EvalConfig) -> list[dict]:
+    """Every result of a task under ``cfg.protocols`` (retrieval tasks: retrieval only)."""
+    if task.kind == "retrieval":
+        return [run_retrieval(adapter, task, ctx, cfg)]
+    out = [run_zero_shot(adapter, task, ctx, cfg)] if "zero-shot" in cfg.protocols else []
+    if {"linear-probe", "few-shot"} & set(cfg.protocols):
+        out += run_probes(adapter, task, ctx, cfg)
+    return out
 
 
 def _slug(name: str) -> str:
@@ -127,7 +278,7 @@ def write_run(out: Path, model: str, results: Sequence[dict], cfg: EvalConfig, e
         "config": asdict(cfg) | (extra or {}),
         "tasks": {r["task"]: {"domain": r["domain"], "kind": r["kind"], "n": r["n"], "primary_metric": r["primary_metric"],
                               "primary": r["primary"], "chance": r.get("chance"), "metrics": flat_metrics(r),
-                              "dataset": r["dataset"]} for r in results},
+                              "dataset": r["dataset"], "source": r.get("source")} for r in results},
         "domains": domain_summary(results),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -165,11 +316,12 @@ def run_eval(model: str | ModelAdapter, tasks: Sequence[Task], out: str | os.Pat
     results = []
     for t in ready:
         t0 = time.perf_counter()
-        r = run_task(adapter, t, ctx, cfg)
-        r["elapsed_seconds"] = time.perf_counter() - t0
-        log.info("%s: %s = %.4f (%d items, %.1fs)", t.name, r["primary_metric"], r["primary"], r["n"],
-                 r["elapsed_seconds"])
-        results.append(r)
+        for r in run_task_protocols(adapter, t, ctx, cfg):
+            r["elapsed_seconds"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            log.info("%s: %s = %.4f (%d items, %.1fs)", r["task"], r["primary_metric"], r["primary"], r["n"],
+                     r["elapsed_seconds"])
+            results.append(r)
     summary = None
     if out is not None:
         summary = write_run(Path(out), name or adapter.name, results, cfg,

@@ -54,8 +54,11 @@ def score_matrix(image_emb: torch.Tensor, prototypes: torch.Tensor, rows: EvalRo
 
 
 def evaluate_zero_shot(adapter: ModelAdapter, rows: EvalRows, templates: Sequence[str] = ("{}",),
-                       phrase=lambda c: c, batch: int = 64, tie_eps: float = 1e-6) -> dict:
-    """Metrics of ``adapter`` on ``rows`` (accuracy, balanced accuracy, macro-F1, per-class report, timing)."""
+                       phrase=lambda c: c, batch: int = 64, tie_eps: float = 1e-6, ordered: bool = False) -> dict:
+    """Metrics of ``adapter`` on ``rows`` (accuracy, balanced accuracy, macro-F1, per-class report, timing).
+
+    ``ordered``: the classes (first-seen option order) are ordinal; adds quadratic weighted kappa.
+    """
     classes, labels = class_space(rows)
     t0 = time.perf_counter()
     protos = class_prototypes(adapter, [phrase(c) for c in classes], templates, batch=max(batch, 64))
@@ -63,7 +66,7 @@ def evaluate_zero_shot(adapter: ModelAdapter, rows: EvalRows, templates: Sequenc
     img = image_embeddings(adapter, rows.images, batch)
     t2 = time.perf_counter()
     scores = score_matrix(img, protos, rows, classes)
-    result = zero_shot_metrics(scores, labels, classes, tie_eps=tie_eps)
+    result = zero_shot_metrics(scores, labels, classes, tie_eps=tie_eps, ordered=ordered)
     result.update(text_seconds=t1 - t0, image_seconds=t2 - t1,
                   images_per_second=len(rows) / (t2 - t1) if t2 > t1 else float("nan"))
     return result

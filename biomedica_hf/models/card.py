@@ -1,13 +1,18 @@
 """Model card (README.md) for an exported CLIP, rendered from ``model_cards/clip_model_card.md``.
 
-YAML front matter: library_name, pipeline_tag ``zero-shot-image-classification``, base_model, datasets,
-license, tags, widget candidate_labels, and the eval harness's ``model-index`` block when a
-``model_index.yaml`` (``biomedica-eval`` run folder) is given. Body: data + subset, recipe,
-hyper-parameters, eval table (``results.md`` next to ``model_index.yaml``), intended use, limitations.
+YAML front matter: library_name, pipeline_tag ``zero-shot-image-classification``, base_model (a Hub id, when
+one is known), datasets, license, tags, widget candidate_labels, and the ``model-index`` block of a real
+``biomedica eval`` run when its ``model_index.yaml`` is given. Body: data + subset, recipe, hyper-parameters,
+eval table (``results.md`` next to ``model_index.yaml``), intended use, limitations.
+
+Facts only: ``datasets:`` lists Hub ids only - the training data's own id when it was streamed from the Hub
+(``data.path`` = ``ORG/NAME`` or ``hf://datasets/ORG/NAME``), or ``export.dataset_id`` when the user states the
+local folder was published under that id; a local folder is otherwise described in prose, never linked.
 """
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,6 +56,51 @@ def _hub_base_model(model_cfg: dict) -> str | None:
     return known.get((name, model_cfg.get("pretrained")))
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_dataset_id(path: str | None) -> str | None:
+    """The Hub id of a dataset reference (``ORG/NAME``, ``hf://datasets/ORG/NAME[/...]``), None for a local folder."""
+    if not path:
+        return None
+    p = str(path)
+    if p.startswith("hf://datasets/"):
+        parts = p.removeprefix("hf://datasets/").split("/")
+        return "/".join(parts[:2]).split("@")[0] if len(parts) >= 2 else None
+    if os.path.exists(p) or not HUB_ID.match(p):
+        return None
+    return p
+
+
+def training_data(cfg: dict) -> dict:
+    """{hub_id, local, prose}: what the model was trained on, from the config (see the module docstring)."""
+    d, e = cfg.get("data", {}), cfg.get("export", {})
+    path = d.get("path")
+    hub = hub_dataset_id(path)
+    if hub:
+        return {"hub_id": hub, "local": None,
+                "prose": f"[{hub}](https://huggingface.co/datasets/{hub}) (streamed from the Hub)"}
+    declared = hub_dataset_id(e.get("dataset_id"))
+    local = str(path) if path else "a local folder"
+    if declared:
+        return {"hub_id": declared, "local": local,
+                "prose": f"the local folder `{local}`, published as "
+                         f"[{declared}](https://huggingface.co/datasets/{declared})"}
+    return {"hub_id": None, "local": local,
+            "prose": f"a dataset folder built locally with `biomedica build` from PMC-OA (`{local}`; not on the Hub)"}
+
+
+def _eval_sources(model_index: Path) -> list[str]:
+    """``dataset (source)`` lines of the run whose ``model_index.yaml`` is given (from its summary.json)."""
+    import json
+
+    summary = model_index.with_name("summary.json")
+    if not summary.is_file():
+        return []
+    tasks = json.loads(summary.read_text()).get("tasks", {})
+    return list(dict.fromkeys(f"`{t.get('source') or t['dataset']['type']}` ({name})" for name, t in tasks.items()))
+
+
 def render_model_card(cfg: dict, fmt: str, stats: dict[str, Any], template: str | os.PathLike | None = None) -> str:
     """The card text for one export format (``open_clip`` or ``transformers``)."""
     from jinja2 import Template
@@ -67,21 +117,28 @@ def render_model_card(cfg: dict, fmt: str, stats: dict[str, Any], template: str 
         "library_name": lib,
         "pipeline_tag": "zero-shot-image-classification",
         "license": e.get("license") or ("cc-by-4.0" if subset_s == "commercial" else "other"),
-        "datasets": [e.get("dataset_id") or "BIOMEDICA/biomedica"],
         "tags": ["clip", "biomedical", "biomedica", "pubmed-central", "zero-shot-image-classification", lib]
                 + (["lora", "peft"] if cfg["lora"].get("enabled") else []),
         "widget": [{"candidate_labels": ", ".join(WIDGET_LABELS)}],
     }
+    data = training_data(cfg)
+    if data["hub_id"]:
+        meta["datasets"] = [data["hub_id"]]
     hub_base = _hub_base_model(cfg["model"])
     if hub_base:
         meta["base_model"] = hub_base
-    eval_section = "No evaluation yet: run `biomedica-eval` on the exported folder and regenerate this card."
+    eval_section = ("No evaluation yet: run `biomedica eval --model THIS_FOLDER --tasks ...` (for example "
+                    "`--tasks imagefolder:PATH` on your own labelled images) and regenerate this card with "
+                    "`export.model_index` pointing at the run's `model_index.yaml`.")
     mi = e.get("model_index")
     if mi and Path(mi).is_file():
         meta.update(yaml.safe_load(Path(mi).read_text()) or {})
         results = Path(mi).with_name("results.md")
         eval_section = results.read_text().split("\n", 1)[1].strip() if results.is_file() else \
             "See the `model-index` block in the metadata above."
+        sources = _eval_sources(Path(mi))
+        if sources:
+            eval_section = ("Evaluated with `biomedica eval` on: " + "; ".join(sources) + ".\n\n" + eval_section)
     lora = cfg["lora"]
     rows = {
         "global batch (per step)": t["batch_size"] * stats.get("world_size", 1) * t.get("grad_accum", 1),
@@ -104,7 +161,7 @@ def render_model_card(cfg: dict, fmt: str, stats: dict[str, Any], template: str 
         metadata=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
         title=e.get("title") or f"BMC-CLIP {cfg['model'].get('name') or cfg['model'].get('name_or_path') or ''}".strip(),
         base_model=_base_model(cfg["model"]), format_name=lib, format_hint=hint,
-        usage=usage.format(repo=repo, labels=WIDGET_LABELS[:3]), dataset_id=meta["datasets"][0], subset=subset_s,
+        usage=usage.format(repo=repo, labels=WIDGET_LABELS[:3]), data_prose=data["prose"], subset=subset_s,
         filters=f" (filters{filters})" if filters else "",
         reference_note=("in-text reference sentences replace the caption with probability "
                         f"{d.get('reference_prob')}." if d.get("reference_prob") else "the figure caption is the text."),

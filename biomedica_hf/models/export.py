@@ -104,8 +104,11 @@ def open_clip_to_hf_config(model: torch.nn.Module):
     text = {**_tower_cfg(model.transformer, model.token_embedding.embedding_dim),
             "vocab_size": model.token_embedding.num_embeddings, "max_position_embeddings": model.context_length,
             "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=model.text_projection.shape[1],
-                      logit_scale_init_value=float(model.logit_scale.item()))
+    dim = int(model.text_projection.shape[1])
+    # the sub-configs carry their own projection_dim: CLIPTextModelWithProjection / CLIPVisionModelWithProjection
+    # build their projection from it (left at the 512 default they fail to load any other size)
+    return CLIPConfig(text_config={**text, "projection_dim": dim}, vision_config={**vision, "projection_dim": dim},
+                      projection_dim=dim, logit_scale_init_value=float(model.logit_scale.item()))
 
 
 def _blocks(prefix_oc: str, prefix_hf: str, n: int, sd: dict, out: dict) -> None:
@@ -165,6 +168,52 @@ def convert_open_clip_to_hf(model: torch.nn.Module):
     return hf.eval()
 
 
+def sync_projection_dims(config) -> None:
+    """Copy the top-level ``projection_dim`` into the text and vision sub-configs (in place).
+
+    ``CLIPModel`` reads the top-level value, ``CLIPTextModelWithProjection`` / ``CLIPVisionModelWithProjection``
+    read the sub-config's; a sub-config left at its default (512) makes them fail on any other size.
+    """
+    dim = int(config.projection_dim)
+    for sub in (config.text_config, config.vision_config):
+        if getattr(sub, "projection_dim", None) != dim:
+            sub.projection_dim = dim
+
+
+# ---------------------------------------------------------------------- preprocessing agreement
+def crop_offsets(height: int, width: int, size: int) -> dict[str, tuple[int, int]]:
+    """(top, left) of the centre crop after a shortest-edge resize to ``size``, by open_clip and transformers.
+
+    open_clip's eval transform is torchvision ``Resize(size)`` + ``CenterCrop(size)``: the long side becomes
+    ``int(size * long / short)`` and the crop starts at ``int(round((L - size) / 2))`` (round half to even).
+    transformers' ``CLIPImageProcessor`` (both backends, 5.x) resizes the same way but starts the crop at
+    ``int((L - size) / 2)`` / ``(L - size) // 2``: one pixel apart whenever ``L - size`` is 3 mod 4.
+    """
+    short, long_ = (height, width) if height <= width else (width, height)
+    new_long = int(size * long_ / short)
+    new_h, new_w = (size, new_long) if height <= width else (new_long, size)
+    tv = (int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0)))  # noqa: RUF046 - torchvision's own words
+    hf = ((new_h - size) // 2, (new_w - size) // 2)
+    return {"open_clip": tv, "transformers": hf}
+
+
+def compare_preprocessing(open_clip_transform, image_processor, images) -> list[dict]:
+    """Per image: the crop offsets and the max / mean absolute difference of the two pixel tensors."""
+    import numpy as np
+
+    rows = []
+    for im in images:
+        im = im.convert("RGB")
+        a = open_clip_transform(im).numpy()
+        b = image_processor(images=[im], return_tensors="pt")["pixel_values"][0].numpy()
+        size = a.shape[-1]
+        off = crop_offsets(im.height, im.width, size)
+        rows.append({"size": [im.width, im.height], "crop_open_clip": off["open_clip"],
+                     "crop_transformers": off["transformers"], "crop_differs": off["open_clip"] != off["transformers"],
+                     "max_abs_diff": float(np.abs(a - b).max()), "mean_abs_diff": float(np.abs(a - b).mean())})
+    return rows
+
+
 # ---------------------------------------------------------------------- export
 def _hf_processor(clip, config, out: Path):
     from transformers import CLIPImageProcessor, CLIPProcessor
@@ -196,6 +245,7 @@ def export_transformers(clip, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = clip.base_core() if clip.kind == "transformers" else convert_open_clip_to_hf(clip.base_core())
+    sync_projection_dims(model.config)
     processor = _hf_processor(clip, model.config, out)
     model.save_pretrained(out)
     processor.save_pretrained(out)

@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "lora": {"enabled": False, "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": None},
     "wise_ft": {"alpha": None},
     "export": {"enabled": True, "formats": ["open_clip", "transformers"], "lora": "merge", "card": True,
-               "model_index": None, "repo_id": None, "dataset_id": "BIOMEDICA/biomedica"},
+               "model_index": None, "repo_id": None, "dataset_id": None},
 }
 
 

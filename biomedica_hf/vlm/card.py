@@ -1,4 +1,15 @@
-"""Model card for a SmolVLM fine-tuning run, from ``model_cards/smolvlm_model_card.md``."""
+"""Model cards for a SmolVLM fine-tuning run, from ``model_cards/smolvlm_model_card.md``.
+
+One card per folder, each with the front matter that is true for it:
+
+* ``merged/`` (LoRA merged into the weights; a plain transformers model): ``library_name: transformers``;
+* ``adapter/`` (the PEFT adapter): ``library_name: peft``;
+* the run folder: describes both, ``library_name: transformers`` when a merged model exists.
+
+``base_model`` is the Hub id of the model that was fine-tuned (omitted for the tiny random smoke-test model);
+``datasets:`` lists Hub ids only (the training data's own id when it was read from the Hub); a local folder is
+described in prose.
+"""
 from __future__ import annotations
 
 from importlib import resources
@@ -6,18 +17,53 @@ from pathlib import Path
 
 import yaml
 
+from ..models.card import hub_dataset_id
+
 TEMPLATE = Path(str(resources.files("model_cards").joinpath("smolvlm_model_card.md")))  # packaged with the wheel
 _FALLBACK = "# {run_name}\n\nBase model: {base_model}\n\nDataset: {dataset}\n\nResults: {tokens_per_s} tokens/s\n\n```yaml\n{config}\n```\n"
 
 
-def render(cfg: dict, result: dict, template: str | None = None) -> str:
+def _hub_model_id(cfg: dict) -> str | None:
+    name = cfg["model"].get("name")
+    if cfg["model"].get("tiny") or not name or Path(name).exists() or name.count("/") != 1:
+        return None
+    return name
+
+
+def front_matter(cfg: dict, kind: str) -> dict:
+    """The YAML metadata of the card in folder ``kind`` (``merged``, ``adapter`` or ``run``)."""
+    meta: dict = {"license": "apache-2.0", "library_name": "peft" if kind == "adapter" else "transformers",
+                  "pipeline_tag": "image-text-to-text"}
+    base = _hub_model_id(cfg)
+    if base:
+        meta["base_model"] = base
+        if kind == "merged":
+            meta["base_model_relation"] = "finetune"
+    tags = ["biomedical", "smolvlm", "idefics3", "lora", "biomedica"] + (["peft"] if kind == "adapter" else [])
+    meta["tags"] = tags
+    hub = hub_dataset_id(cfg["data"].get("path"))
+    if hub:
+        meta["datasets"] = [hub]
+    return meta
+
+
+def render(cfg: dict, result: dict, template: str | None = None, kind: str = "run") -> str:
     t = cfg["train"]
     losses = result.get("losses") or []
+    hub = hub_dataset_id(cfg["data"].get("path"))
+    what = {"merged": "the merged model (LoRA folded into the weights; loads with transformers alone)",
+            "adapter": "the LoRA adapter (load it on top of the base model with peft)",
+            "run": "the run folder (`merged/`: the merged model; `adapter/`: the LoRA adapter)"}[kind]
     fields = {
+        "metadata": yaml.safe_dump(front_matter(cfg, kind), sort_keys=False).strip(),
+        "folder": what,
+        "library_name": "peft" if kind == "adapter" else "transformers",
         "run_name": Path(cfg["output_dir"]).name,
         "base_model": "tiny random Idefics3 (smoke test)" if cfg["model"].get("tiny") else cfg["model"]["name"],
         "qlora": " (QLoRA, 4-bit nf4)" if cfg["model"].get("quantization") else "",
-        "dataset": cfg["data"]["path"], "subset": cfg["data"]["subset"],
+        "dataset": (f"[{hub}](https://huggingface.co/datasets/{hub})" if hub else
+                    f"a dataset folder built locally with `biomedica build` (`{cfg['data']['path']}`; not on the Hub)"),
+        "subset": cfg["data"]["subset"],
         "tasks": ", ".join(f"{k} {v}" for k, v in cfg["data"]["tasks"].items()),
         "longest_edge": cfg["data"].get("longest_edge") or "processor default", "max_length": cfg["data"]["max_length"],
         "skips": ", ".join(f"{k}: {v}" for k, v in (result.get("skips_rank0") or {}).items()) or "none",
@@ -39,8 +85,8 @@ def render(cfg: dict, result: dict, template: str | None = None) -> str:
 
 def write_model_card(out: Path, cfg: dict, result: dict) -> Path:
     tpl = cfg.get("card", {}).get("template")
-    text = render(cfg, result, Path(tpl).read_text() if tpl else None)
-    for d in (out, out / "merged", out / "adapter"):
+    template = Path(tpl).read_text() if tpl else None
+    for d, kind in ((out, "run"), (out / "merged", "merged"), (out / "adapter", "adapter")):
         if d.is_dir():
-            (d / "README.md").write_text(text)
+            (d / "README.md").write_text(render(cfg, result, template, kind))
     return out / "README.md"

@@ -3,6 +3,7 @@ from .base import EVALSET_REPO, DataContext, ParquetSource, SuiteSource, Task
 from .biomedica import MEDMNIST_DOMAINS, MICROBENCH_COARSE, SUITES, discover_suite
 from .fixtures import FIXTURE_TASKS, FixtureSource
 from .registry import REGISTRY, get_task, register, resolve_tasks, retrieval_task
+from .user import UserDataError, UserSource, load_task_file, parse_user_item, user_task
 
 __all__ = [
            "EVALSET_REPO",
@@ -16,9 +17,14 @@ __all__ = [
            "ParquetSource",
            "SuiteSource",
            "Task",
+           "UserDataError",
+           "UserSource",
            "discover_suite",
            "get_task",
+           "load_task_file",
+           "parse_user_item",
            "register",
            "resolve_tasks",
            "retrieval_task",
+           "user_task",
 ]

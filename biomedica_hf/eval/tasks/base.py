@@ -105,6 +105,21 @@ class SuiteSource:
     def describe(self) -> str:
         return f"hf://datasets/{self.repo_id}/**/{self.suite}"
 
+    def provenance(self, ctx: DataContext) -> dict:
+        """Where the suite's files really came from: the Hub (a snapshot download) or a local folder.
+
+        A folder counts as the Hub eval set only when ``snapshot_download`` wrote it (its
+        ``.cache/huggingface`` marker); any other local folder in the same layout is named by its path,
+        so a user's own data converted to this layout is never reported as the BIOMEDICA suite.
+        """
+        files = self.files(ctx)
+        folder = files[0].parent
+        for parent in [folder, *folder.parents]:
+            if (parent / ".cache" / "huggingface").is_dir():
+                return {"from_hub": True, "source": f"hf://datasets/{self.repo_id}/**/{self.suite}",
+                        "type": self.repo_id}
+        return {"from_hub": False, "source": str(folder), "type": str(folder)}
+
 
 @dataclass(frozen=True)
 class ParquetSource:
@@ -140,6 +155,7 @@ class Task:
     reference: str = ""                         # where the task and its name come from
     retrieval_source: object | None = None      # retrieval: a RetrievalSource
     primary_metric: str = "accuracy"
+    ordered_classes: tuple[str, ...] | None = None   # ordinal classes, in order: adds quadratic weighted kappa
 
     def phrase(self, option: str) -> str:
         """The class phrase put into the templates for an option text."""

@@ -57,13 +57,25 @@ MEDMNIST_DOMAINS = {
 
 MICROBENCH_COARSE = ("domain", "modality", "submodality", "stain")   # paper Table 5 (DM, MD, SMD, ST)
 
+# Prompt templates per domain ("{}" = the option text), ensembled with the bare option text. The suite's
+# options are short labels ("adipose", "malignant"); a sentence around them is what CLIP models were trained on.
+DOMAIN_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "radiology": ("{}", "a radiology image showing {}.", "a medical scan of {}."),
+    "pathology": ("{}", "a histopathology image of {}.", "an H&E stained tissue section showing {}."),
+    "dermatology": ("{}", "a dermatoscopy image of {}.", "a photo of a skin lesion: {}."),
+    "ophthalmology": ("{}", "a retinal image showing {}.", "an eye scan showing {}."),
+    "cell biology": ("{}", "a microscopy image of {}.", "a blood smear showing {}."),
+    "microscopy": ("{}", "a microscopy image of {}.", "a light or electron micrograph showing {}."),
+    "surgery": ("{}", "a surgical video frame showing {}.", "an endoscopic image of {}."),
+}
+
 
 def suite_task(suite: Suite, task: str | None, name: str | None = None) -> Task:
     """A zero-shot task reading rows of ``task`` (None: the whole suite) from one suite."""
     domain = MEDMNIST_DOMAINS.get(task or "", suite.domain) if suite.name == "medmnist" else suite.domain
     label = task or suite.dataset
     return Task(name=name or f"{suite.name}/{task}", domain=domain, kind="zero-shot",
-                source=SuiteSource(suite.name), task_filter=task, templates=("{}",),
+                source=SuiteSource(suite.name), task_filter=task, templates=DOMAIN_TEMPLATES.get(domain, ("{}",)),
                 dataset_name=f"{suite.dataset}: {label}" if task and label != suite.dataset else suite.dataset,
                 dataset_type=EVALSET_REPO, description=f"{suite.dataset} ({suite.name} suite of {EVALSET_REPO})",
                 reference=f"{PAPER}; {suite.reference}")

@@ -5,6 +5,7 @@
 * BCCD blood cells (MIT): single-cell crops, RBC / WBC / Platelets, BCCD's own split from ``labels.csv``.
 
 The converted file is reused while the source files are unchanged (size + mtime fingerprint).
+Their ``dataset_type`` (the model-index ``type``) is the fixture path, not a Hub id: these are local copies.
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ FIXTURE_TASKS: list[Task] = [
          source=FixtureSource("breastmnist", ("medmnist/breastmnist.npz", "medmnist/INFO.json"), _breast),
          templates=("a breast ultrasound image showing {}.", "an ultrasound scan of the breast with {}.", "{}"),
          classnames={"malignant": "a malignant tumor", "normal, benign": "normal tissue or a benign lesion"},
-         dataset_name="BreastMNIST", dataset_type="medmnist/breastmnist",
+         dataset_name="BreastMNIST", dataset_type="fixtures/eval/medmnist/breastmnist.npz",
          description="Breast ultrasound, malignant vs normal/benign (MedMNIST v2 test split, 156 images)",
          reference="MedMNIST v2 (Yang et al., Scientific Data 2023); ../shared/fixtures/eval/medmnist"),
     Task(name="fixtures/pneumoniamnist", domain="radiology", kind="zero-shot",
@@ -114,14 +115,14 @@ FIXTURE_TASKS: list[Task] = [
                               _pneumonia),
          templates=("a chest x-ray showing {}.", "a pediatric chest radiograph with {}.", "{}"),
          classnames={"normal": "normal lungs", "pneumonia": "pneumonia"},
-         dataset_name="PneumoniaMNIST", dataset_type="medmnist/pneumoniamnist",
+         dataset_name="PneumoniaMNIST", dataset_type="fixtures/eval/medmnist/pneumoniamnist_varun19424.npz",
          description="Pediatric chest X-ray, normal vs pneumonia (MedMNIST v2 test split, 624 images)",
          reference="MedMNIST v2 (Kermany et al. 2018 source); ../shared/fixtures/eval/medmnist"),
     Task(name="fixtures/bccd", domain="cell biology", kind="zero-shot",
          source=FixtureSource("bccd", ("bccd_cells/labels.csv",), _bccd),
          templates=("a microscopy image of {}.", "a blood smear showing {}.", "{}"),
          classnames={"RBC": "a red blood cell", "WBC": "a white blood cell", "Platelets": "platelets"},
-         dataset_name="BCCD blood cells", dataset_type="Shenggan/BCCD_Dataset",
+         dataset_name="BCCD blood cells", dataset_type="fixtures/eval/bccd_cells",
          description="Blood-smear single-cell crops, RBC / WBC / Platelets (BCCD test split, 217 crops)",
          reference="BCCD (github.com/Shenggan/BCCD_Dataset, MIT); ../shared/fixtures/eval/bccd_cells"),
 ]

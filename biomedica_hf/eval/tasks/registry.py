@@ -6,8 +6,13 @@ A SPEC is a comma-separated list of:
 * a glob over names: ``fixtures/*``, ``medmnist/*``;
 * a group: ``@fixtures``, ``@biomedica`` (every suite + BioMed-Flickr), ``@<suite>`` (``@medmnist``, ...),
   ``@domain:<domain>`` (over the registered tasks and the suites whose data is present);
-* ``retrieval:PATH`` or ``retrieval:PATH#subset``: a dataset folder built by ``biomedica build``
-  (or a Parquet with image + caption) as a retrieval set.
+* ``retrieval:PATH`` or ``retrieval:PATH#config``: a dataset folder built by ``biomedica build``
+  (or a Parquet with image + caption) as a retrieval set; ``config`` is a licence subset, ``all`` or a
+  materialised config such as ``concept-filtered``;
+* your own labelled set (:mod:`.user`): ``imagefolder:PATH``, ``npz:PATH``, ``csv:PATH``, ``parquet:PATH``,
+  ``hf:ORG/NAME[:config]`` or a bare existing path;
+* ``<folder>`` or ``<folder>/<task>`` for a folder of eval-set Parquet under the data dir that is not a
+  BIOMEDICA suite (named by its path, not as the suite).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from ..retrieval_data import RetrievalSource
 from .base import DataContext, Task
 from .biomedica import STATIC_TASKS, SUITES, discover_suite
 from .fixtures import FIXTURE_TASKS
+from .user import parse_user_item, user_task
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +50,43 @@ def get_task(name: str) -> Task:
     return REGISTRY[name]
 
 
-def retrieval_task(path: str | Path, subset: str | None = None) -> Task:
-    """A retrieval task over a dataset folder (held-out shards) or Parquet pairs."""
+def retrieval_task(path: str | Path, subset: str | None = None, split: str = "auto") -> Task:
+    """A retrieval task over a dataset folder (a config of it; its ``test`` split when it has one) or Parquet pairs.
+
+    ``split``: ``auto`` (the ``test`` rows when ``figures.parquet`` has a ``split`` column with any, else all),
+    ``all``, or a split name.
+    """
     p = Path(path).expanduser().resolve()
     label = p.name + (f"#{subset}" if subset else "")
     return Task(name=f"retrieval/{label}", domain="retrieval", kind="retrieval",
-                retrieval_source=RetrievalSource(path=p, subset=subset), dataset_name=label,
+                retrieval_source=RetrievalSource(path=p, subset=subset, split=split), dataset_name=label,
                 dataset_type=str(p), primary_metric="mean_recall",
-                description=f"image <-> caption retrieval on {p}" + (f" (subset {subset})" if subset else ""),
+                description=f"image <-> caption retrieval on {p}" + (f" (config {subset})" if subset else ""),
                 reference="a dataset folder built by `biomedica build` (figures.parquet)")
+
+
+def _local_folder_tasks(item: str, ctx: DataContext) -> list[Task]:
+    """Tasks of ``DATA_DIR/<folder>`` (eval-set Parquet, not a known suite), named by the folder's path."""
+    from ..evalset import parquet_files, task_names
+    from .base import ParquetSource
+
+    top, _, pattern = item.removeprefix("@").partition("/")
+    if ctx.data_dir is None or not top or top in SUITES or not (ctx.data_dir / top).is_dir():
+        return []
+    folder = (ctx.data_dir / top).resolve()
+    files = parquet_files(folder)
+    if not files:
+        return []
+    out = []
+    for name in task_names(files):
+        full = f"{top}/{name}"
+        if pattern and not fnmatch.fnmatchcase(full, item.removeprefix("@")):
+            continue
+        out.append(Task(name=full, domain="custom", kind="zero-shot", source=ParquetSource(folder), task_filter=name,
+                        dataset_name=f"{name} ({folder})", dataset_type=str(folder),
+                        description=f"task {name!r} of the eval-set Parquet in {folder}",
+                        reference=f"local data: {folder}"))
+    return out
 
 
 def _suite_tasks(name: str, ctx: DataContext, missing: list[DataNotFoundError]) -> list[Task]:
@@ -72,10 +106,14 @@ def _missing_message(missing: list[DataNotFoundError]) -> str:
     return f"{DATA_HINT} ({'; '.join(parts)})"
 
 
-def resolve_tasks(spec: str, ctx: DataContext | None = None, skip_missing: bool = False) -> list[Task]:
+def resolve_tasks(spec: str, ctx: DataContext | None = None, skip_missing: bool = False,
+                  task_file: str | Path | None = None, classes: list[str] | None = None,
+                  retrieval_split: str = "auto") -> list[Task]:
     """Tasks named by a SPEC, in order, without duplicates.
 
     Suites whose data is absent raise :class:`DataNotFoundError` (``skip_missing``: a warning instead).
+    ``task_file`` / ``classes`` apply to the user sets in the SPEC (:mod:`.user`); ``retrieval_split`` to
+    the retrieval folders.
     """
     ctx = ctx or DataContext.from_env()
     out: dict[str, Task] = {}
@@ -86,7 +124,9 @@ def resolve_tasks(spec: str, ctx: DataContext | None = None, skip_missing: bool 
         found: list[Task] = []
         if item.startswith("retrieval:"):
             path, _, subset = item.removeprefix("retrieval:").partition("#")
-            found = [retrieval_task(path, subset or None)]
+            found = [retrieval_task(path, subset or None, retrieval_split)]
+        elif item not in REGISTRY and not item.startswith("@") and (user := parse_user_item(item)) is not None:
+            found = [user_task(user, task_file, classes)]
         elif item == "@fixtures":
             found = list(FIXTURE_TASKS)
         elif item == "@biomedica":
@@ -102,6 +142,8 @@ def resolve_tasks(spec: str, ctx: DataContext | None = None, skip_missing: bool 
             found = [t for t in pool if t.domain.lower() == domain]
         elif item.startswith("@") and item[1:] in SUITES:
             found = _suite_tasks(item[1:], ctx, missing)
+        elif item.startswith("@") and (local := _local_folder_tasks(item, ctx)):
+            found = local
         elif item in REGISTRY:
             found = [REGISTRY[item]]
         else:
@@ -109,11 +151,16 @@ def resolve_tasks(spec: str, ctx: DataContext | None = None, skip_missing: bool 
             pool = list(REGISTRY.values())
             if suite in SUITES:
                 pool += _suite_tasks(suite, ctx, missing)
-            found = [t for t in pool if fnmatch.fnmatchcase(t.name, item)]
+            found = [t for t in pool if fnmatch.fnmatchcase(t.name, item)] or _local_folder_tasks(item, ctx)
             if not found and not (suite in SUITES and missing):
                 raise KeyError(f"no task matches {item!r}; registered: {', '.join(sorted(REGISTRY))}, "
                                f"suites: {', '.join('@' + s for s in SUITES)}")
         for t in found:
+            if t.name in out and out[t.name].source != t.source and t.source is not None:
+                from .user import UserDataError
+
+                raise UserDataError(f"two different sets are both named {t.name!r} ({out[t.name].source.describe()} "
+                                    f"and {t.source.describe()}): give each its own task file with its own name")
             out.setdefault(t.name, t)
     if missing:
         msg = _missing_message(missing)
