@@ -311,7 +311,7 @@ def test_labels_land_in_the_index_and_labels_table(labelled):
     assert schema.field("panel_type").type == pa.string() and schema.field("cluster").type == pa.int32()
     assert schema.names[: len(schema.names) - 5] == [f.name for f in pq.read_schema(next((ds / "other").glob("*.parquet")))
                                                      if f.name not in ("cluster", "panel_type", "panel_subtype",
-                                                                       "concepts", "local_concepts")] + ["caption_chars"]
+                                                                       "concepts", "local_concepts")] + ["caption_chars", "near_dup_of", "caption_dup_of"]
     tables = [figures, pq.read_table(ds / "concepts" / "labels.parquet")]
     tables += [pq.read_table(p) for s in ("commercial", "noncommercial", "other") for p in sorted(ds.glob(f"{s}/*.parquet"))]
     assert sum(t.num_rows for t in tables[2:]) == figures.num_rows

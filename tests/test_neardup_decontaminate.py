@@ -83,7 +83,7 @@ def test_decontaminate_lists_exactly_the_shared_samples(built, evalset, tmp_path
     t = report["tasks"]["test/shared"]
     assert (t["eval_images"], t["contaminated_eval_images"], t["matched_training_samples"]) == (evalset["n"], 3, 3)
     assert report["threshold"] == DEFAULT_THRESHOLD and report["hash"] == "phash256"
-    assert report["training_hashes_from"] == "shard images"
+    assert report["training_hashes_from"] == "figures.parquet phash"     # the build writes the hashes
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
     pairs = pq.read_table(tmp_path / "out" / "pairs.parquet").to_pylist()
     assert sorted(p["eval_image"] for p in pairs) == ["copy_0", "copy_1", "copy_2"]
@@ -93,8 +93,8 @@ def test_decontaminate_lists_exactly_the_shared_samples(built, evalset, tmp_path
 
 
 def test_cli_against_a_registry_spec_and_the_index_hashes(built, evalset, tmp_path):
-    """The CLI through the registry (a retrieval spec of Parquet pairs); then with figures.parquet carrying
-    ``phash`` (as the build will write it) the same samples come out without opening a shard."""
+    """The CLI through the registry (a retrieval spec of Parquet pairs) on the index's hashes (the shards are
+    emptied: never read); then on an older folder whose index has no ``phash``: the shard images are hashed."""
     r = _cli("decontaminate", str(built), "--against", f"retrieval:{evalset['pairs']}", "--out", str(tmp_path / "a"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "a" / "exclusions.txt").read_text().split() == evalset["keys"]
@@ -103,8 +103,7 @@ def test_cli_against_a_registry_spec_and_the_index_hashes(built, evalset, tmp_pa
     ds = tmp_path / "ds"
     shutil.copytree(built, ds, ignore=shutil.ignore_patterns("_work"))
     fig = pq.read_table(ds / "figures.parquet")
-    hashes = [bytes_phash(_sample_bytes(ds, row)) for row in fig.to_pylist()]
-    pq.write_table(fig.append_column("phash", pa.array(hashes)), ds / "figures.parquet")
+    assert fig["phash"].to_pylist() == [bytes_phash(_sample_bytes(ds, row)) for row in fig.to_pylist()]
     for tar in ds.glob("*/*.tar"):           # the shards are not read when the index has the hashes
         tar.write_bytes(b"")
     r = _cli("decontaminate", str(ds), "--against", f"retrieval:{evalset['pairs']}", "--threshold", "12")
@@ -112,6 +111,14 @@ def test_cli_against_a_registry_spec_and_the_index_hashes(built, evalset, tmp_pa
     assert (ds / "decontamination" / "exclusions.txt").read_text().split() == evalset["keys"]
     report = json.loads((ds / "decontamination" / "report.json").read_text())
     assert report["training_hashes_from"] == "figures.parquet phash" and report["threshold"] == 12
+
+    old = tmp_path / "old"
+    shutil.copytree(built, old, ignore=shutil.ignore_patterns("_work"))
+    pq.write_table(pq.read_table(old / "figures.parquet").drop_columns(["phash"]), old / "figures.parquet")
+    r = _cli("decontaminate", str(old), "--against", f"retrieval:{evalset['pairs']}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (old / "decontamination" / "exclusions.txt").read_text().split() == evalset["keys"]
+    assert json.loads((old / "decontamination" / "report.json").read_text())["training_hashes_from"] == "shard images"
 
 
 def test_imagefolder_spec_when_the_registry_has_it(built, evalset, tmp_path):
@@ -129,14 +136,19 @@ def test_imagefolder_spec_when_the_registry_has_it(built, evalset, tmp_path):
 def test_card_section_reports_what_the_folder_has(built, evalset, tmp_path):
     ds = tmp_path / "ds"
     shutil.copytree(built, ds, ignore=shutil.ignore_patterns("_work"))
-    s = card_stats(ds)
-    assert s["exact"] == {"groups": 0, "duplicates": 0} and s["near"] is None and s["contamination"] is None
-    text = card_section(ds)
-    assert "not computed for this folder (no `near_dup_of` column)" in text and "no report yet" in text
+    s = card_stats(ds)   # the build wrote near_dup_of (the sample has no copies) and no contamination report
+    assert s["exact"] == {"groups": 0, "duplicates": 0} and s["near"] == {"groups": 0, "duplicates": 0}
+    assert s["contamination"] is None and "no report yet" in card_section(ds)
+    older = tmp_path / "older"
+    shutil.copytree(ds, older)
+    pq.write_table(pq.read_table(older / "figures.parquet").drop_columns(["near_dup_of"]), older / "figures.parquet")
+    assert card_stats(older)["near"] is None
+    assert "not computed for this folder (no `near_dup_of` column)" in card_section(older)
 
     fig = pq.read_table(ds / "figures.parquet")
     keys = sorted(fig["key"].to_pylist())
     near = {keys[1]: keys[0], keys[2]: keys[0], keys[5]: keys[4]}
+    fig = fig.drop_columns(["near_dup_of"])
     pq.write_table(fig.append_column("near_dup_of", pa.array([near.get(k) for k in fig["key"].to_pylist()],
                                                              pa.string())), ds / "figures.parquet")
     task = Task(name="test/shared", domain="test", kind="zero-shot", source=ParquetSource(evalset["parquet"]))

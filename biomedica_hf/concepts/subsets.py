@@ -296,7 +296,7 @@ def build_concept_subsets(dataset_dir: str | Path, exclude: Sequence[str] = DEFA
     empty = [n for n, s in subsets.items() if not s["samples"]]
     if empty:
         log.warning("empty concept subset(s) %s: no card config", ", ".join(empty))
-    return [card_config(n) for n in masks if n not in empty]
+    return [card_config(n, Path(dataset_dir)) for n in masks if n not in empty]
 
 
 __all__ = [
