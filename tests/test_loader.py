@@ -8,7 +8,6 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,6 +16,7 @@ import pytest
 from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 
+from biomedica_hf import remote
 from biomedica_hf.loader import ShardRanges, dataset_file_url, load_biomedica, split_units
 from biomedica_hf.pipeline import BuildConfig, build
 from biomedica_hf.schema import SUBSETS
@@ -59,35 +59,24 @@ def _tar_samples(out: Path) -> dict[str, dict[str, bytes]]:
 
 
 class _Recorder:
-    """Counting wrapper of ``fsspec.open``: the files opened and every (url, position, length) read."""
+    """Records every real read of the range reader on local files: the files opened and (url, position, length)."""
 
-    def __init__(self, real) -> None:
-        self.real, self.opened, self.reads = real, [], []
+    def __init__(self, monkeypatch) -> None:
+        self.opened, self.reads = [], []
+        real_init, real_fetch = remote._LocalSource.__init__, remote._LocalSource.fetch
+        rec = self
 
-    def __call__(self, url, mode="rb", **kwargs):
-        self.opened.append(url)
-        return _RecordingFile(self.real(url, mode, **kwargs), url, self.reads)
+        def init(source, path):
+            rec.opened.append(path)
+            real_init(source, path)
 
+        def fetch(source, start, end):
+            data = real_fetch(source, start, end)
+            rec.reads.append((source.url, start, len(data)))
+            return data
 
-class _RecordingFile:
-    def __init__(self, open_file, url: str, reads: list) -> None:
-        self.open_file, self.url, self.reads = open_file, url, reads
-
-    def __enter__(self):
-        self.f = self.open_file.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.open_file.__exit__(*exc)
-
-    def seek(self, pos: int) -> int:
-        return self.f.seek(pos)
-
-    def read(self, n: int = -1) -> bytes:
-        pos = self.f.tell()
-        data = self.f.read(n)
-        self.reads.append((self.url, pos, len(data)))
-        return data
+        monkeypatch.setattr(remote._LocalSource, "__init__", init)
+        monkeypatch.setattr(remote._LocalSource, "fetch", fetch)
 
 
 # ---------------------------------------------------------------------------------- selection
@@ -154,8 +143,7 @@ def test_shards_without_wanted_samples_are_never_opened(built, monkeypatch):
     lic = Counter(r["license_code"] for r in rows).most_common()[-1][0]
     wanted = [r for r in rows if r["license_code"] == lic]
     ds = load_biomedica(out, subset="all", licenses=lic, decode=False)
-    rec = _Recorder(fsspec.open)
-    monkeypatch.setattr(fsspec, "open", rec)
+    rec = _Recorder(monkeypatch)
     keys = _keys(ds)
     assert sorted(keys) == sorted(r["key"] for r in wanted)
     wanted_shards = {str(out / r["shard"]) for r in wanted}
@@ -174,8 +162,7 @@ def test_shards_without_wanted_samples_are_never_opened(built, monkeypatch):
 
 def test_contiguous_samples_are_read_in_one_read(built, monkeypatch):
     out, rows = built
-    rec = _Recorder(fsspec.open)
-    monkeypatch.setattr(fsspec, "open", rec)
+    rec = _Recorder(monkeypatch)
     assert len(_keys(load_biomedica(out, subset="all", decode=False))) == len(rows)
     assert len(rec.reads) == len(rec.opened) == len({r["shard"] for r in rows})
 
