@@ -23,6 +23,8 @@ import hashlib
 import json
 import os
 import re
+import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -57,6 +59,30 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.open_sockets: set[socket.socket] = set()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.open_sockets.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.open_sockets.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Drop kept-alive connections: a later server on the same port must not find them answered by us."""
+        for sock in list(self.open_sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):   # a client that hung up
+            super().handle_error(request, client_address)
+
 
 class HubServer:
     """Serve ``repos`` (``{"org/name": folder}``) like the Hub serves dataset repos, read-only."""
@@ -82,6 +108,7 @@ class HubServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
+        self.server.close_connections()
         self.server.server_close()
 
     def env(self) -> dict[str, str]:
