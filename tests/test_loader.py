@@ -521,3 +521,20 @@ def test_missing_or_truncated_shard_raises(built, tmp_path):
     tar.unlink()
     with pytest.raises(FileNotFoundError, match="other/000000.tar: shard listed in the index is missing"):
         _keys(load_biomedica(copy, subset="other", decode=False))
+
+
+@pytest.mark.parametrize("threads", [0, 4])
+def test_state_dict_resume_with_threaded_decoding(built, threads):
+    out, _ = built
+    full = [ex["key"] for ex in load_biomedica(out, subset="all", decode_threads=threads)]
+    ds = load_biomedica(out, subset="all", decode_threads=threads)
+    head = []
+    for ex in ds:
+        assert ex["image"].size == (ex["metadata"]["width"], ex["metadata"]["height"])
+        head.append(ex["key"])
+        if len(head) == 7:
+            state = json.loads(json.dumps(ds.state_dict()))
+            break
+    resumed = load_biomedica(out, subset="all", decode_threads=threads)
+    resumed.load_state_dict(state)
+    assert head + [ex["key"] for ex in resumed] == full
