@@ -14,7 +14,8 @@ range's bytes in order. The ranges are first planned into *pieces* (:func:`plan_
 Pieces are fetched by a thread pool, at most ``in_flight`` ahead of the consumer (memory is bounded by
 ``in_flight x piece_bytes``). The same code reads a local file (``os.pread``) and a Hub file
 (``hf://datasets/{repo}@{rev}/{path}``, through the Hub's ``/resolve/`` URL with ``Range`` and the
-``huggingface_hub`` token headers; a redirect to a CDN is followed once and its target reused).
+``huggingface_hub`` token headers, with ``requests``; a redirect to a CDN is followed once and its target
+reused).
 Errors say what is wrong: a missing file (``FileNotFoundError``), a file shorter than the index says
 (``ShardTruncatedError``), a server that ignores ranges.
 """
@@ -110,21 +111,18 @@ class _LocalSource:
         os.close(self.fd)
 
 
-_clients: dict[int, Any] = {}
+_local = threading.local()
 _clients_lock = threading.Lock()
 
 
-def _client() -> Any:
-    """One ``httpx.Client`` per process (keep-alive connections shared by the reader threads)."""
-    import httpx
+def _session() -> Any:
+    """A ``requests.Session`` per thread and process (keep-alive connections reused by that reader thread)."""
+    import requests
 
     pid = os.getpid()
-    with _clients_lock:
-        if pid not in _clients:
-            _clients[pid] = httpx.Client(follow_redirects=True, http2=False,
-                                         limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
-                                         timeout=httpx.Timeout(60.0, connect=30.0))
-        return _clients[pid]
+    if getattr(_local, "pid", None) != pid:
+        _local.pid, _local.session = pid, requests.Session()
+    return _local.session
 
 
 def http_url(url: str) -> str:
@@ -149,18 +147,16 @@ class _HttpSource:
         self.size: int | None = None
 
     def fetch(self, start: int, end: int) -> bytes:
-        import httpx
+        import requests
 
-        client = _client()
         delay = 0.5
         for attempt in range(self.options.retries + 1):
             url = self.target
-            headers = {**self.headers, "Range": f"bytes={start}-{end - 1}"} if url == self.resolve_url else \
-                {"Range": f"bytes={start}-{end - 1}"}
+            headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
+            if url == self.resolve_url:
+                headers.update(self.headers)
             try:
-                buf = bytearray(end - start)
-                n = 0
-                with client.stream("GET", url, headers=headers, timeout=self.options.timeout) as r:
+                with _session().get(url, headers=headers, stream=True, timeout=self.options.timeout) as r:
                     if r.status_code == 404:
                         raise FileNotFoundError(f"{self.url}: shard listed in the index is missing on the Hub "
                                                 f"(404 from {self.resolve_url})")
@@ -171,22 +167,25 @@ class _HttpSource:
                         self.target = self.resolve_url  # an expired signed CDN URL: resolve again
                         continue
                     if r.status_code == 429 or r.status_code >= 500:
-                        raise httpx.TransportError(f"HTTP {r.status_code}")
+                        raise requests.ConnectionError(f"HTTP {r.status_code}")
                     r.raise_for_status()
                     if r.status_code != 206:
                         raise OSError(f"{self.resolve_url}: the server ignored the byte range (status "
                                       f"{r.status_code}); range reads need a server that answers 206")
-                    if str(r.url) != url:
-                        self.target = str(r.url)
-                    for chunk in r.iter_raw():
-                        k = min(len(chunk), len(buf) - n)
-                        buf[n:n + k] = chunk[:k]
+                    if r.url != url:
+                        self.target = r.url     # a CDN redirect: later ranges go there directly
+                    buf = bytearray(end - start)
+                    view, n = memoryview(buf), 0
+                    while n < len(buf):
+                        k = r.raw.readinto(view[n:])
+                        if not k:
+                            break
                         n += k
                 if n != end - start:
                     raise ShardTruncatedError(f"{self.url}: the server sent {n:,} of the {end - start:,} bytes "
                                               f"at {start:,} (truncated shard?)")
                 return bytes(buf)
-            except (httpx.TransportError, httpx.StreamError) as e:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
                 if attempt == self.options.retries:
                     raise OSError(f"{self.url}: bytes {start}..{end} failed after {attempt + 1} attempts: {e}") from e
                 time.sleep(delay)

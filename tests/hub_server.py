@@ -206,9 +206,11 @@ class HubServer:
         split = urlsplit(h.path)
         path, query = unquote(split.path), parse_qs(split.query)
         body = h.rfile.read(int(h.headers.get("Content-Length") or 0)) if method == "POST" else b""
-        if self.latency:
-            time.sleep(self.latency)
         try:
+            if path.startswith("/_loopback/"):     # control routes for a server in another process
+                return self._control(h, method, path, query)
+            if self.latency:
+                time.sleep(self.latency)
             if m := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
                 return self._resolve(h, method, m[1], m[2], m[3])
             if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/revision/(.+))?", path):
@@ -222,6 +224,22 @@ class HubServer:
             self._json(h, method, "other", 404, {"error": f"no route {method} {path}"})
         except (BrokenPipeError, ConnectionResetError):
             h.close_connection = True
+
+    def _control(self, h: BaseHTTPRequestHandler, method: str, path: str, query: dict[str, list[str]]) -> None:
+        """``/_loopback/stats`` (counters), ``/_loopback/reset``, ``/_loopback/link?latency=&bandwidth=``.
+        Not counted, and answered without the link's latency or bandwidth."""
+        if path == "/_loopback/reset":
+            self.reset_counters()
+        elif path == "/_loopback/link":
+            bw = query.get("bandwidth", [""])[0]
+            self.set_link(float(query.get("latency", ["0"])[0]), float(bw) if bw else None)
+        data = json.dumps({"requests": dict(self.requests), "bytes_sent": self.bytes_sent,
+                           "latency": self.latency, "bandwidth": self.bucket.rate}).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
 
     def _check(self, h: BaseHTTPRequestHandler, method: str, route: str, repo: str, rev: str) -> bool:
         if repo not in self.repos:
@@ -358,3 +376,23 @@ def point_libraries_at(url: str, monkeypatch: Any) -> None:
     from huggingface_hub import HfFileSystem
 
     HfFileSystem.clear_instance_cache()
+
+
+def main() -> None:
+    """Serve folders until killed: ``python tests/hub_server.py org/name=DIR [...] [--latency S] [--bandwidth B/s]``.
+    Prints ``URL`` on its first line of stdout."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("repos", nargs="+", help="REPO_ID=FOLDER")
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    ap.add_argument("--bandwidth", type=float, default=None, help="bytes/s shared by all connections")
+    args = ap.parse_args()
+    repos = dict(r.split("=", 1) for r in args.repos)
+    server = HubServer(repos, latency=args.latency, bandwidth=args.bandwidth)
+    print(server.url, flush=True)
+    server.server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
