@@ -51,12 +51,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="rounds per latency; the best time is reported")
     args = ap.parse_args()
 
-    sys.path.insert(0, str(HERE))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from bench_stream import build_dataset   # builds offline, before the Hub libraries are pointed anywhere
-
     root = Path(tempfile.mkdtemp(prefix="bench_stream_remote_")) if args.keep is None else args.keep
-    ds = build_dataset(root, args.min_figures)
+    # built in a child process: bench_stream imports datasets offline, and this process must import it online
+    code = f"from bench_stream import build_dataset; build_dataset(__import__('pathlib').Path({str(root)!r}), " \
+           f"{args.min_figures})"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=HERE,
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])})
+    ds = root / "ds"
     if not (ds / "README.md").exists():
         subprocess.run([str(Path(sys.executable).parent / "biomedica"), "card", str(ds)], check=True,
                        capture_output=True)

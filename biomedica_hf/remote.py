@@ -11,8 +11,8 @@ range's bytes in order. The ranges are first planned into *pieces* (:func:`plan_
   contiguous run is fetched as several plain range GETs of whole samples, ``in_flight`` of them at once,
   each streamed straight into its buffer (no read-ahead buffer, no byte outside the planned pieces).
 
-Pieces are fetched by a thread pool, at most ``in_flight`` ahead of the consumer (memory is bounded by
-``in_flight x piece_bytes``). The same code reads a local file (``os.pread``) and a Hub file
+Pieces are fetched by a thread pool, at most ``in_flight`` requests and ``in_flight_bytes`` ahead of the
+consumer (the memory bound). The same code reads a local file (``os.pread``) and a Hub file
 (``hf://datasets/{repo}@{rev}/{path}``, through the Hub's ``/resolve/`` URL with ``Range`` and the
 ``huggingface_hub`` token headers, with ``requests``; a redirect to a CDN is followed once and its target
 reused).
@@ -49,6 +49,7 @@ class ReadOptions:
         latency: seconds a request costs before its first byte, as assumed for the gap (remote files).
         bandwidth: bytes/s of the link, as assumed for the gap (remote files).
         in_flight: requests open at a time per reader (prefetch depth); 1 disables prefetch.
+        in_flight_bytes: bytes of the requests open at a time (with ``in_flight``, bounds the memory).
         piece_bytes: largest single request; longer runs are split at sample boundaries.
         gap_bytes: read through gaps up to this many bytes between wanted ranges; ``None``:
             ``latency * bandwidth / in_flight`` for remote files, 0 for local files.
@@ -56,9 +57,10 @@ class ReadOptions:
         timeout: seconds without progress before a request fails (remote).
     """
 
-    latency: float = 0.05
-    bandwidth: float = 200e6
-    in_flight: int = 8
+    latency: float = 0.03
+    bandwidth: float = 100e6
+    in_flight: int = 32
+    in_flight_bytes: int = 64 * 2**20
     piece_bytes: int = 8 * 2**20
     gap_bytes: int | None = None
     retries: int = 4
@@ -234,16 +236,19 @@ class RangeReader:
         pool = _pool(depth) if depth > 1 and len(self.pieces) > 1 else None
         queue: deque[tuple[tuple[int, int, int, int], Future | bytes]] = deque()
         todo = iter(self.pieces)
+        piece = next(todo, None)
+        queued_bytes = 0
         try:
             while True:
-                while len(queue) < depth:
-                    piece = next(todo, None)
-                    if piece is None:
-                        break
+                while piece is not None and len(queue) < depth and (
+                        not queue or queued_bytes + piece[1] - piece[0] <= self.options.in_flight_bytes):
                     queue.append((piece, pool.submit(source.fetch, piece[0], piece[1]) if pool else piece))
+                    queued_bytes += piece[1] - piece[0]
+                    piece = next(todo, None)
                 if not queue:
                     return
                 (start, end, first, last), job = queue.popleft()
+                queued_bytes -= end - start
                 data = job.result() if isinstance(job, Future) else source.fetch(start, end)
                 view = memoryview(data)
                 for i in range(first, last):

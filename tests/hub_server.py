@@ -97,6 +97,7 @@ class HubServer:
         self.bytes_sent = 0
         self.log: list[dict[str, Any]] = []
         self._hashes: dict[tuple[str, int, int], tuple[str, str | None]] = {}
+        self._listing_cache: dict[str, dict[str, Path]] = {}
         self.server = _Server(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -127,14 +128,26 @@ class HubServer:
 
     # ----------------------------------------------------------------------------- repo content
     def _files(self, repo: str) -> dict[str, Path]:
+        """The repo's files (hidden names, ``_work/`` and symlinks left out), listed afresh."""
         root = self.repos[repo]
         out = {}
-        for p in sorted(root.rglob("*")):
-            rel = p.relative_to(root).as_posix()
-            if p.is_file() and not p.is_symlink() and not any(part.startswith((".", "_work")) for part in
-                                                               rel.split("/")):
-                out[rel] = p
+        for dirpath, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_work")))
+            rel_dir = Path(dirpath).relative_to(root).as_posix()
+            for name in sorted(files):
+                p = Path(dirpath) / name
+                if not name.startswith(".") and not p.is_symlink():
+                    out[name if rel_dir == "." else f"{rel_dir}/{name}"] = p
+        with self.lock:
+            self._listing_cache[repo] = out
         return out
+
+    def _file(self, repo: str, rel: str) -> Path | None:
+        """One file for ``resolve``: from the cached listing, listed again when it is not there or gone."""
+        path = self._listing_cache.get(repo, {}).get(rel)
+        if path is None or not path.is_file():
+            path = self._files(repo).get(rel)
+        return path
 
     def _oids(self, path: Path) -> tuple[str, str | None]:
         """(git blob sha1, sha256 for LFS-sized files else None), cached by (path, size, mtime)."""
@@ -301,7 +314,7 @@ class HubServer:
     def _resolve(self, h: BaseHTTPRequestHandler, method: str, repo: str, rev: str, rel: str) -> None:
         if not self._check(h, method, "resolve", repo, rev):
             return
-        path = self._files(repo).get(rel)
+        path = self._file(repo, rel)
         if path is None:
             self._json(h, method, "resolve", 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound",
                                                                                 "X-Repo-Commit": self.commit})
@@ -390,6 +403,9 @@ def main() -> None:
     args = ap.parse_args()
     repos = dict(r.split("=", 1) for r in args.repos)
     server = HubServer(repos, latency=args.latency, bandwidth=args.bandwidth)
+    for repo in server.repos:     # hash every file now, not inside the first timed listing
+        for path in server._files(repo).values():
+            server._oids(path)
     print(server.url, flush=True)
     server.server.serve_forever()
 
