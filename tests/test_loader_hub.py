@@ -200,3 +200,46 @@ def test_datasets_load_dataset_all_and_articles(built, hub):
         sorted(r["key"] for r in rows)
     arts = list(load_dataset(REPO, "articles", split="train", streaming=True))
     assert len(arts) == pq.read_metadata(out / "articles.parquet").num_rows > 0
+
+
+def test_loopback_hub_resolve_semantics(built, hub):
+    """What huggingface_hub relies on: Range forms, 206/416, ETag, X-Repo-Commit, HEAD without a body."""
+    import hashlib
+
+    import requests
+
+    out, _ = built
+    data = (out / "other" / "000000.tar").read_bytes()
+    url = f"{hub.url}/datasets/{REPO}/resolve/main/other/000000.tar"
+    head = requests.head(url, timeout=10)
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(len(data)) and not head.content
+    assert head.headers["X-Repo-Commit"] == hub.commit
+    assert head.headers["ETag"] == f'"{hashlib.sha256(data).hexdigest()}"'       # LFS-style: the sha256
+    for rng, body in (("bytes=10-19", data[10:20]), ("bytes=100-", data[100:]), ("bytes=-7", data[-7:])):
+        r = requests.get(url, headers={"Range": rng}, timeout=10)
+        assert r.status_code == 206 and r.content == body, rng
+        assert r.headers["Content-Range"].endswith(f"/{len(data)}")
+    assert requests.get(url, headers={"Range": f"bytes={len(data)}-"}, timeout=10).status_code == 416
+    assert requests.get(f"{hub.url}/datasets/{REPO}/resolve/nope/other/000000.tar", timeout=10).status_code == 404
+    assert requests.get(f"{hub.url}/datasets/{REPO}/resolve/main/_work/x", timeout=10).status_code == 404
+    assert hub.requests["resolve"] == 7 and hub.bytes_sent >= 10 + len(data) - 100 + 7
+
+
+def test_loopback_hub_latency_and_bandwidth(built, hub):
+    import time
+
+    import requests
+
+    url = f"{hub.url}/datasets/{REPO}/resolve/main/figures.parquet"
+    hub.set_link(latency=0.05, bandwidth=2e6)
+    t0 = time.perf_counter()
+    r = requests.get(url, headers={"Range": "bytes=0-199999"}, timeout=30)
+    dt = time.perf_counter() - t0
+    assert r.status_code == 206 and len(r.content) == min(200_000, (built[0] / "figures.parquet").stat().st_size)
+    assert dt >= 0.05 + len(r.content) / 2e6 * 0.9
+
+
+def test_verify_on_the_hub(built, hub):
+    _, rows = built
+    assert sorted(ex["key"] for ex in load_biomedica(REPO, subset="all", decode=False, verify=True)) == \
+        sorted(r["key"] for r in rows)
