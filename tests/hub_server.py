@@ -208,12 +208,19 @@ class HubServer:
 
         return Handler
 
-    def _count(self, route: str, method: str, path: str, rng: str | None, status: int, n: int) -> None:
+    def _count(self, route: str, method: str, path: str, rng: str | None, status: int, n: int) -> dict[str, Any]:
+        """Record a request BEFORE its body is sent (a client that has its answer finds it counted)."""
+        entry = {"route": route, "method": method, "path": path, "range": rng, "status": status, "bytes": n}
         with self.lock:
             self.requests[route] += 1
             self.bytes_sent += n
-            self.log.append({"route": route, "method": method, "path": path, "range": rng, "status": status,
-                             "bytes": n})
+            self.log.append(entry)
+        return entry
+
+    def _sent(self, entry: dict[str, Any], n: int) -> None:
+        with self.lock:
+            entry["bytes"] += n
+            self.bytes_sent += n
 
     def _serve(self, h: BaseHTTPRequestHandler, method: str) -> None:
         split = urlsplit(h.path)
@@ -272,10 +279,10 @@ class HubServer:
         h.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             h.send_header(k, v)
+        self._count(route, method, h.path, None, status, 0 if method == "HEAD" else len(data))
         h.end_headers()
         if method != "HEAD":
             h.wfile.write(data)
-        self._count(route, method, h.path, None, status, 0 if method == "HEAD" else len(data))
 
     def _info(self, h: BaseHTTPRequestHandler, method: str, repo: str, rev: str) -> None:
         if not self._check(h, method, "info", repo, rev):
@@ -345,23 +352,21 @@ class HubServer:
         for k, v in headers.items():
             h.send_header(k, v)
         h.send_header("Content-Length", str(end - start))
+        entry = self._count("resolve", method, h.path, rng, status, 0)
         h.end_headers()
+        if method != "GET":
+            return
         sent = 0
-        if method == "GET":
-            try:
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    while sent < end - start:
-                        chunk = f.read(min(CHUNK, end - start - sent))
-                        if not chunk:
-                            break
-                        self.bucket.take(len(chunk))
-                        h.wfile.write(chunk)
-                        sent += len(chunk)
-            finally:
-                self._count("resolve", method, h.path, rng, status, sent)
-        else:
-            self._count("resolve", method, h.path, rng, status, 0)
+        with open(path, "rb") as f:
+            f.seek(start)
+            while sent < end - start:
+                chunk = f.read(min(CHUNK, end - start - sent))
+                if not chunk:
+                    break
+                self.bucket.take(len(chunk))
+                self._sent(entry, len(chunk))
+                h.wfile.write(chunk)
+                sent += len(chunk)
 
 
 def point_libraries_at(url: str, monkeypatch: Any) -> None:
