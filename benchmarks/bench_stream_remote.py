@@ -80,9 +80,9 @@ def main() -> None:
 
 def run(url: str, ds: Path, args: argparse.Namespace) -> None:
     import datasets
-    import requests
     import numpy as np
     import pyarrow.parquet as pq
+    import requests
     import webdataset as wds
     from huggingface_hub import hf_hub_url
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load_biomedica", "__version__"]
+__all__ = ["__version__", "load_biomedica"]
 
 
 def __getattr__(name: str) -> Any:

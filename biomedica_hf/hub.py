@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path

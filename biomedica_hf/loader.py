@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from .index import FIGURES_INDEX
-from .remote import ReadOptions, RangeReader
+from .remote import RangeReader, ReadOptions
 
 if TYPE_CHECKING:
     from datasets import Dataset, Features, IterableDataset
@@ -75,7 +75,7 @@ class ShardRanges(NamedTuple):
 
     url: str
     ranges: np.ndarray        # int64, shape (n, 2): (tar_offset, tar_size), sorted by offset
-    columns: dict[str, list] = {}   # per-range index values: EXTRA_COLUMNS present, plus key/sha256 to verify
+    columns: dict[str, list] = {}   # noqa: RUF012 - NamedTuple default, never mutated; per-range index values: EXTRA_COLUMNS present, plus key/sha256 to verify
 
 
 # ------------------------------------------------------------------------------------ locations

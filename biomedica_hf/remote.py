@@ -259,6 +259,6 @@ class RangeReader:
                 if isinstance(job, Future) and not job.cancel():
                     try:
                         job.result()
-                    except Exception:  # noqa: BLE001 - the consumer has stopped; its error is not ours
+                    except Exception:  # noqa: BLE001, S110 - the consumer has stopped; this error is not its
                         pass
             source.close()

@@ -197,7 +197,7 @@ def verify_folder(folder: str | os.PathLike, deep: bool = False) -> VerifyReport
 
 def _check_tar(folder: Path, tar: Path, rel: str, rows: list[dict], deep: bool, report: VerifyReport) -> None:
     problems = report.problems
-    members, end, error = _tar_members(tar)
+    members, _, error = _tar_members(tar)
     if error:
         problems.append(f"{rel}: {error}")
     at = {m[1]: i for i, m in enumerate(members)}

@@ -103,11 +103,11 @@ class HubServer:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     # ----------------------------------------------------------------------------- lifecycle
-    def __enter__(self) -> HubServer:
+    def __enter__(self) -> HubServer:  # noqa: PYI034
         self.thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.close_connections()
         self.server.server_close()

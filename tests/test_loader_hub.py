@@ -13,13 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hub_server import HubServer, point_libraries_at  # noqa: E402
+from hub_server import HubServer, point_libraries_at
 
-from biomedica_hf.card import write_card  # noqa: E402
-from biomedica_hf.loader import load_biomedica  # noqa: E402
-from biomedica_hf.pipeline import BuildConfig, build  # noqa: E402
-from biomedica_hf.remote import ReadOptions, ShardTruncatedError, plan_pieces  # noqa: E402
-from biomedica_hf.schema import SUBSETS  # noqa: E402
+from biomedica_hf.card import write_card
+from biomedica_hf.loader import load_biomedica
+from biomedica_hf.pipeline import BuildConfig, build
+from biomedica_hf.remote import ReadOptions, ShardTruncatedError, plan_pieces
 
 REPO = "bmd-lab/biomedica"
 
@@ -78,8 +77,8 @@ def test_load_biomedica_from_the_hub_equals_the_local_folder(built, hub):
 
 
 def test_filtered_stream_transfers_only_the_wanted_bytes(built, hub):
-    out, rows = built
-    lic = sorted({r["license_code"] for r in rows})[0]
+    _, rows = built
+    lic = min({r["license_code"] for r in rows})
     wanted = [r for r in rows if r["license_code"] == lic]
     exact = ReadOptions(gap_bytes=0)
     keys = sorted(ex["key"] for ex in load_biomedica(REPO, subset="all", licenses=lic, decode=False,
@@ -182,7 +181,7 @@ def test_hub_errors_are_clear(built, hub):
 def test_datasets_load_dataset_streams_the_configs(built, hub, config):
     from datasets import load_dataset
 
-    out, rows = built
+    _, rows = built
     ds = load_dataset(REPO, config, split="train", streaming=True)
     got = {ex["__key__"]: ex for ex in ds}
     assert sorted(got) == sorted(r["key"] for r in rows if r["subset"] == config)
