@@ -1,12 +1,22 @@
 """biomedica-hf: PMC-OA -> Hugging Face-native biomedical image-caption dataset."""
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "load_biomedica"]
 
 
-def load_biomedica(*args, **kwargs):
-    """Filtered streaming of a biomedica-hf dataset (see :func:`biomedica_hf.loader.load_biomedica`)."""
-    from .loader import load_biomedica as _load
+def __getattr__(name: str) -> Any:
+    """``biomedica_hf.load_biomedica`` is :func:`biomedica_hf.loader.load_biomedica` itself (real signature and
+    docstring for ``help()``), imported on first use so that ``import biomedica_hf`` stays light."""
+    if name == "load_biomedica":
+        from .loader import load_biomedica
 
-    return _load(*args, **kwargs)
+        globals()["load_biomedica"] = load_biomedica
+        return load_biomedica
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["load_biomedica", "__version__"]
+def __dir__() -> list[str]:
+    return sorted([*globals(), "load_biomedica"])

@@ -375,9 +375,13 @@ def enrich(dataset, base_url, api_key, refresh, refresh_missing, retries):
 def push(dataset, repo_id, private, revision, dry_run, num_workers):
     """Upload DATASET to the Hugging Face Hub as a dataset repository.
 
-    Idempotent and resumable: the repository is created if missing, unchanged files are skipped, and
-    an interrupted push is completed by running the same command again. The work folder (_work/) and
-    temporary files are never uploaded; an unfinished build or a missing dataset card blocks the push.
+    Uploads exactly the dataset's own files (shards with their Parquet and stats, sizes.json, the
+    tables, README.md, the plots the card links, the table-config tars), never _work/, symlinks, hidden,
+    temporary or stray files. Runs `biomedica verify`'s fast check first: an unfinished build, shards that
+    disagree with the index or a missing card block the push. Only files that differ from the remote
+    (size and hash from the Hub API) are uploaded, and remote dataset files the folder no longer has
+    (e.g. shards replaced by an update) are deleted in the same commit. Run the same command again to
+    complete an interrupted push.
     """
     from .hub import HubError, push_folder
 
@@ -396,7 +400,33 @@ def push(dataset, repo_id, private, revision, dry_run, num_workers):
                            "--dry-run checks the folder offline") from e
     click.echo(plan.text())
     if not dry_run:
-        click.echo(f"Pushed to https://huggingface.co/datasets/{repo_id}")
+        from huggingface_hub import constants
+
+        click.echo(f"Uploaded {len(plan.uploaded or [])} new or changed file(s), deleted {len(plan.deleted or [])} "
+                   f"remote file(s) the dataset no longer has"
+                   + (": " + ", ".join(plan.deleted[:10]) if plan.deleted else "") + ".")
+        click.echo(f"Pushed to {constants.ENDPOINT}/datasets/{repo_id}")
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--deep", is_flag=True, help="Also read every image and check its sha256 against figures.parquet.")
+def verify(dataset, deep):
+    """Check every shard of DATASET against its _stats.json, sizes.json and figures.parquet.
+
+    \b
+    Fast (default): shard files paired by stem (<subset>/*.tar with .parquet and _stats.json), tar sizes
+    and sample counts against the stats, sizes.json listing exactly the shards, the index listing only
+    existing shards (paths inside the dataset, no key twice, no stale or duplicated shard), and every tar
+    header where the index puts it. --deep: plus the sha256 of every image.
+    Exit status 0 when consistent, 1 with the list of problems otherwise. `biomedica push` runs the fast check.
+    """
+    from .verify import verify_folder
+
+    report = verify_folder(dataset, deep=deep)
+    click.echo(report.text())
+    if not report.ok:
+        sys.exit(1)
 
 
 def _register_commands() -> None:

@@ -2,24 +2,26 @@
 
 Two layers:
 
-* :func:`plan_upload` (pure, local, no network): which files of the folder would be uploaded, with
-  sizes and kinds, what is left out and why, and the problems that must block an upload (no dataset
-  card, an unfinished build, shards that do not match their completion markers).
+* :func:`plan_upload` (pure, local, no network): exactly the dataset's own files (shards paired by stem
+  with their Parquet and stats, ``sizes.json``, the tables, ``README.md``, the plots the card links, the
+  table-config tars and the files of the card's configs), with sizes and kinds; what is left out and why
+  (symlinks, hidden files, other files under ``card/``, stray files); and the problems that block an
+  upload (no card, an unfinished build, and everything ``biomedica verify``'s fast check finds: shards
+  that disagree with their stats, ``sizes.json`` or ``figures.parquet``, stale or duplicated shards).
 * :func:`push_folder`: validate the plan, then ``create_repo`` (idempotent), ``create_branch`` for a
-  revision other than ``main``, and a resumable folder upload restricted by :data:`UPLOAD_ALLOW` /
-  :data:`UPLOAD_IGNORE`. Re-running the same push resumes an interrupted one; unchanged files are not
-  committed again.
+  revision other than ``main``, compare with the remote's file list (sizes, git / LFS hashes from the Hub
+  API) and upload only the files that changed, deleting in the same commit the remote dataset files the
+  folder no longer has (shards replaced by an update). Re-running the same push resumes an interrupted one.
 
-The plan applies exactly the pattern matching ``huggingface_hub`` applies (``filter_repo_objects``
-with its default ignores), so the dry run lists what the real upload sends.
+The upload is given the planned paths themselves as ``allow_patterns``, so nothing outside the plan is sent.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -66,7 +68,11 @@ UPLOAD_ALLOW: tuple[str, ...] = (
 KINDS: tuple[str, ...] = ("shard", "index", "stats", "table", "summary", "card", "plot", "config", "other")
 SHARED = "(shared)"  # the by_subset bucket of files outside the licence subsets (tables, card, summaries)
 
-_SHARD_RE = re.compile(r"^(?P<subset>[^/]+)/(?P<stem>\d+)(?P<suffix>\.tar|\.parquet|_stats\.json)$")
+_SHARD_RE = re.compile(r"^(?P<subset>[^/]+)/(?P<stem>[^/]+?)(?P<suffix>_stats\.json|\.tar|\.parquet)$")
+#: The tables at the folder root that are part of the dataset (anything else at the root stays local).
+ROOT_FILES: tuple[str, ...] = (CARD, "articles.parquet", "figures.parquet", "ledger.parquet", "duplicates.parquet",
+                               "ledger_summary.txt", BUILD_SUMMARY)
+_CARD_LINK_RE = re.compile(r"""(?:\]\(\s*<?|src\s*=\s*["']|href\s*=\s*["'])(?:\./)?(card/[^)"'\s#?>]+)""")
 _PLOT_EXT = (".png", ".jpg", ".jpeg", ".svg", ".webp", ".gif")
 _REPO_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 # Folders never walked: their contents are all ignored, and _work/ may hold millions of files.
@@ -124,6 +130,8 @@ class UploadPlan:
     excluded: list[ExcludedEntry] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    uploaded: list[str] | None = None   # after a push: the files sent (changed or new)
+    deleted: list[str] | None = None    # after a push: remote files removed (no longer in the dataset)
 
     @property
     def ok(self) -> bool:
@@ -182,8 +190,11 @@ class UploadPlan:
 # --------------------------------------------------------------------------------------- planning
 
 
-def plan_upload(folder: str | Path) -> UploadPlan:
-    """Plan the upload of a dataset folder (local only; reads the folder, never writes)."""
+def plan_upload(folder: str | Path, verify: bool = True) -> UploadPlan:
+    """Plan the upload of a dataset folder (local only; reads the folder, never writes).
+
+    With ``verify`` (default) the fast ``biomedica verify`` check runs and its problems block the upload.
+    """
     folder = Path(folder)
     plan = UploadPlan(folder=folder)
     if not folder.is_dir():
@@ -191,32 +202,70 @@ def plan_upload(folder: str | Path) -> UploadPlan:
         return plan
 
     card_patterns = _card_patterns(folder, plan)
-    plan.allow_patterns += [p for p in card_patterns if p not in plan.allow_patterns]
-    sizes, pruned = _walk(folder)
+    card_res = [_glob_regex(p.removeprefix("./")) for p in card_patterns]
+    links = _card_links(folder)
+    sizes, pruned, links_out = _walk(folder)
     plan.excluded += [ExcludedEntry(f"{d}/", _PRUNED[d]) for d in pruned]
-    uploaded = set(filter_paths(sizes, plan.allow_patterns, plan.ignore_patterns))
-    card_res = [_glob_regex(p) for p in card_patterns]
     for rel in sorted(sizes):
-        if rel in uploaded:
+        own = _is_dataset_file(rel, links) or (any(r.fullmatch(rel) for r in card_res) and not _hidden(rel))
+        if own:
             kind, subset = classify(rel)
-            if kind == "other" and any(r.fullmatch(rel) for r in card_res):
+            if kind == "other":
                 kind = "config"
             plan.files.append(PlannedFile(rel, sizes[rel], kind, subset))
         else:
-            plan.excluded.append(ExcludedEntry(rel, exclusion_reason(rel), sizes[rel]))
+            reason = exclusion_reason(rel)
+            if reason == "not part of the dataset layout" and rel.startswith(f"{CARD_DIR}/"):
+                reason = f"not linked from {CARD}"
+            plan.excluded.append(ExcludedEntry(rel, reason, sizes[rel]))
+    plan.excluded += [ExcludedEntry(rel, "symbolic link: never uploaded (it may point outside the dataset)")
+                      for rel in links_out]
+    plan.excluded.sort(key=lambda e: e.path)
+    plan.allow_patterns = [f.path for f in plan.files]
 
     _check_card(folder, plan, card_patterns)
     _check_shards(folder, plan)
+    if verify and not any("no shards" in p for p in plan.problems):
+        from .verify import verify_folder
+
+        plan.problems += [p for p in verify_folder(folder).problems if p not in plan.problems]
     _check_build_summary(folder, plan)
     temps = [e.path for e in plan.excluded if e.reason.startswith("temporary")]
     if temps:
         plan.warnings.append(f"{len(temps)} temporary file(s) of an interrupted write left out, e.g. {temps[0]} "
                              "(`biomedica build` removes them when it resumes)")
-    strays = [f.path for f in plan.files if f.kind == "other"]  # matched by a broad pattern such as *.parquet
+    strays = [e.path for e in plan.excluded if e.reason in ("not part of the dataset layout", "symbolic link")]
     if strays:
-        plan.warnings.append(f"{len(strays)} file(s) match the upload patterns but are not part of the dataset "
-                             f"layout and will be uploaded: {', '.join(strays[:5])}")
+        plan.warnings.append(f"{len(strays)} file(s) in the folder are not part of the dataset and stay local: "
+                             f"{', '.join(strays[:5])}")
     return plan
+
+
+def _hidden(rel: str) -> bool:
+    return any(p.startswith(".") for p in rel.split("/"))
+
+
+def _is_dataset_file(rel: str, card_links: set[str]) -> bool:
+    """A file of the published layout (see the module doc); hidden and temporary names never are."""
+    if _hidden(rel) or rel.endswith((".part", ".tmp")):
+        return False
+    parts = rel.split("/")
+    if len(parts) == 1:
+        return rel in ROOT_FILES
+    if len(parts) == 2 and parts[0] in SUBSETS:
+        return parts[1] == "sizes.json" or bool(_SHARD_RE.match(rel))
+    if len(parts) == 2 and parts[0] in TABLE_CONFIGS:
+        return parts[1].endswith(".tar")
+    return parts[0] == CARD_DIR and rel in card_links
+
+
+def _card_links(folder: Path) -> set[str]:
+    """The ``card/...`` files the card's Markdown / HTML links to."""
+    try:
+        text = (folder / CARD).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    return {m.group(1) for m in _CARD_LINK_RE.finditer(text)}
 
 
 def filter_paths(paths: Any, allow: Any = UPLOAD_ALLOW, ignore: Any = UPLOAD_IGNORE) -> list[str]:
@@ -241,7 +290,7 @@ def classify(rel: str) -> tuple[str, str | None]:
         return ("plot" if rel.lower().endswith(_PLOT_EXT) else "card"), None
     if len(parts) == 1 and rel.endswith(".parquet"):
         return "table", None
-    if len(parts) == 2 and parts[0] in TABLE_CONFIGS and re.fullmatch(r"\d+\.tar", parts[1]):
+    if len(parts) == 2 and parts[0] in TABLE_CONFIGS and parts[1].endswith(".tar"):
         return "table", None
     if rel in (BUILD_SUMMARY, "ledger_summary.txt"):
         return "summary", None
@@ -273,22 +322,27 @@ def human_size(n: float) -> str:
     return f"{n:.2f} {unit}" if n < 9.995 else f"{n:.1f} {unit}" if n < 99.95 else f"{n:.0f} {unit}"
 
 
-def _walk(folder: Path) -> tuple[dict[str, int], list[str]]:
-    """``{relative path: size}`` of the regular files, and the top-level folders skipped unwalked."""
+def _walk(folder: Path) -> tuple[dict[str, int], list[str], list[str]]:
+    """``{relative path: size}`` of the regular files, the top-level folders skipped unwalked, and the
+    symbolic links (files or folders; never followed, never uploaded)."""
     sizes: dict[str, int] = {}
     pruned: list[str] = []
-    for root, dirs, files in os.walk(folder):
+    links: list[str] = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
         rel_root = Path(root).relative_to(folder).as_posix()
         if rel_root == ".":
             pruned = sorted(d for d in dirs if d in _PRUNED)
             dirs[:] = [d for d in dirs if d not in _PRUNED]
-        dirs.sort()
+        prefix = "" if rel_root == "." else f"{rel_root}/"
+        links += [f"{prefix}{d}/" for d in dirs if (Path(root) / d).is_symlink()]
+        dirs[:] = sorted(d for d in dirs if not (Path(root) / d).is_symlink())
         for name in files:
             p = Path(root) / name
-            if p.is_file():  # follows symlinks, as huggingface_hub does
-                rel = name if rel_root == "." else f"{rel_root}/{name}"
-                sizes[rel] = p.stat().st_size
-    return sizes, pruned
+            if p.is_symlink():
+                links.append(f"{prefix}{name}")
+            elif p.is_file():
+                sizes[f"{prefix}{name}"] = p.stat().st_size
+    return sizes, pruned, sorted(links)
 
 
 def _card_metadata(folder: Path) -> dict[str, Any] | None:
@@ -376,44 +430,9 @@ def _check_card(folder: Path, plan: UploadPlan, card_patterns: list[str]) -> Non
 
 
 def _check_shards(folder: Path, plan: UploadPlan) -> None:
-    """Every shard complete: tar + parquet + stats marker, stats matching the tar, sizes.json listing them."""
-    shards: dict[tuple[str, str], dict[str, PlannedFile]] = defaultdict(dict)
-    for f in plan.files:
-        m = _SHARD_RE.match(f.path)
-        if m and f.subset:
-            shards[(f.subset, m["stem"])][m["suffix"]] = f
-    if not any(".tar" in parts for parts in shards.values()):
-        plan.problems.append("no shards (<subset>/NNNNNN.tar) to upload: is this a `biomedica build` output folder?")
-    for (subset, stem), parts in sorted(shards.items()):
-        base = f"{subset}/{stem}"
-        if ".tar" not in parts:
-            plan.problems.append(f"{base}.tar is missing but {', '.join(base + s for s in sorted(parts))} exist(s): "
-                                 "the build did not finish (rerun `biomedica build` with the same options)")
-            continue
-        if "_stats.json" not in parts:
-            plan.problems.append(f"{base}.tar has no completion marker {base}_stats.json: the build did not finish "
-                                 "(rerun `biomedica build` with the same options to resume)")
-            continue
-        if ".parquet" not in parts:
-            plan.problems.append(f"{base}.tar has no index {base}.parquet: the build did not finish "
-                                 "(rerun `biomedica build` with the same options)")
-        stats = _read_json(folder / f"{base}_stats.json", plan)
-        tar_bytes = stats.get("tar_bytes") if isinstance(stats, dict) else None
-        if isinstance(tar_bytes, int) and tar_bytes != parts[".tar"].size:
-            plan.problems.append(f"{base}.tar is {parts['.tar'].size:,} bytes but {base}_stats.json records "
-                                 f"{tar_bytes:,}: the shard changed or is truncated (rerun `biomedica build`)")
-    for subset in SUBSETS:
-        tars = sorted(f"{stem}.tar" for (s, stem), parts in shards.items() if s == subset and ".tar" in parts)
-        if not tars:
-            continue
-        sizes_path = folder / subset / "sizes.json"
-        if not sizes_path.is_file():
-            plan.problems.append(f"{subset}/sizes.json is missing: the build did not finish (rerun `biomedica build`)")
-            continue
-        listed = _read_json(sizes_path, plan)
-        if isinstance(listed, dict) and sorted(listed) != tars:
-            plan.problems.append(f"{subset}/sizes.json lists {sorted(listed)} but the folder has {tars}: "
-                                 "rerun `biomedica build` to bring the folder up to date")
+    """There must be shards; their consistency is ``biomedica verify``'s fast check (run by :func:`plan_upload`)."""
+    if not any(f.kind == "shard" for f in plan.files):
+        plan.problems.append("no shards (<subset>/*.tar) to upload: is this a `biomedica build` output folder?")
 
 
 def _check_build_summary(folder: Path, plan: UploadPlan) -> None:
@@ -493,8 +512,10 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     Raises :class:`InvalidRepoIdError` or :class:`UploadBlockedError` before any network call.
     With ``dry_run`` nothing else happens (no network). Otherwise: ``create_repo(exist_ok=True)``,
     refuse to push to an existing public repo when ``private`` was asked, ``create_branch`` for a
-    ``revision`` other than ``main``, then a resumable upload of the planned files (re-running the same
-    push resumes; unchanged files are not committed again). ``num_workers`` is used where the installed
+    ``revision`` other than ``main``, then the remote's file list is compared with the plan
+    (:func:`remote_changes`) and only new or changed files are uploaded, remote dataset files the folder no
+    longer has being deleted in the same commit (``plan.uploaded`` / ``plan.deleted`` say what happened;
+    re-running the same push resumes an interrupted one). ``num_workers`` is used where the installed
     ``huggingface_hub`` has ``upload_large_folder``; ``api`` may be an ``HfApi(endpoint=...)``.
     """
     validate_repo_id(repo_id)
@@ -522,18 +543,98 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     if revision and revision != DEFAULT_REVISION and not revision.startswith("refs/"):
         api.create_branch(repo_id, branch=revision, repo_type=REPO_TYPE, exist_ok=True, token=token)
 
-    allow, ignore = list(plan.allow_patterns), list(plan.ignore_patterns)  # copies: hf extends ignore in place
+    changed, deleted = remote_changes(api, repo_id, plan, revision=revision, token=token)
+    plan.uploaded, plan.deleted = changed, deleted
+    if not changed and not deleted:
+        log.info("%s is up to date with %s: nothing to upload", repo_id, plan.folder)
+        return plan
+    message = commit_message or _commit_message(Path(folder))
+    allow, ignore = [_fn_escape(p) for p in changed], list(plan.ignore_patterns)  # hf extends ignore in place
     large = getattr(api, "upload_large_folder", None)
     if large is not None:  # huggingface_hub 0.25-1.x: resumable, state in FOLDER/.cache/huggingface/
-        large(repo_id=repo_id, folder_path=str(folder), repo_type=REPO_TYPE, revision=revision, private=private,
-              allow_patterns=allow, ignore_patterns=ignore, num_workers=num_workers)
-    else:  # huggingface_hub 2.x: upload_folder is streamed, multi-commit and resumable (hf_xet)
+        if changed:
+            large(repo_id=repo_id, folder_path=str(folder), repo_type=REPO_TYPE, revision=revision,
+                  private=private, allow_patterns=allow, ignore_patterns=ignore, num_workers=num_workers)
+        if deleted:
+            _delete(api, repo_id, deleted, revision, token, message)
+    elif changed:  # huggingface_hub 2.x: upload_folder is streamed, multi-commit and resumable (hf_xet)
         if num_workers is not None:
             log.info("num_workers is not used by this huggingface_hub (upload_folder manages its concurrency)")
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=REPO_TYPE, revision=revision,
-                          allow_patterns=allow, ignore_patterns=ignore, token=token,
-                          commit_message=commit_message or _commit_message(Path(folder)))
+                          allow_patterns=allow, ignore_patterns=ignore, token=token, commit_message=message,
+                          delete_patterns=[_fn_escape(p) for p in deleted] or None)
+    else:
+        _delete(api, repo_id, deleted, revision, token, message)
     return plan
+
+
+def _fn_escape(path: str) -> str:
+    """``path`` as an fnmatch pattern matching only itself."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
+
+
+def _delete(api: HfApi, repo_id: str, paths: list[str], revision: str | None, token: str | None,
+            message: str) -> None:
+    from huggingface_hub import CommitOperationDelete
+
+    api.create_commit(repo_id, [CommitOperationDelete(path_in_repo=p) for p in paths], commit_message=message,
+                      repo_type=REPO_TYPE, revision=revision, token=token)
+
+
+def _owned_remote(path: str, plan: UploadPlan) -> bool:
+    """A remote path this tool publishes (so it may delete it when the folder no longer has it)."""
+    parts = path.split("/")
+    if _hidden(path):
+        return False
+    if len(parts) == 1:
+        return path in ROOT_FILES
+    config_dirs = {p.split("/", 1)[0] for p in plan.paths if "/" in p}
+    return parts[0] in (*SUBSETS, *TABLE_CONFIGS, CARD_DIR) or parts[0] in config_dirs
+
+
+def _git_blob_sha1(path: Path) -> str:
+    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def remote_changes(api: HfApi, repo_id: str, plan: UploadPlan, revision: str | None = None,
+                   token: str | None = None) -> tuple[list[str], list[str]]:
+    """``(changed, deleted)``: planned files missing on the remote or different there (size, then the git blob
+    sha1 or LFS sha256 the Hub API lists), and remote dataset files the plan no longer has."""
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.hf_api import RepoFile
+
+    try:
+        entries = list(api.list_repo_tree(repo_id, recursive=True, repo_type=REPO_TYPE, revision=revision,
+                                          token=token))
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+        entries = []
+    remote = {e.path: e for e in entries if isinstance(e, RepoFile)}
+    changed = []
+    for f in plan.files:
+        r = remote.get(f.path)
+        local = plan.folder / f.path
+        if r is None or r.size != f.size:
+            changed.append(f.path)
+        elif r.lfs is not None:
+            if _sha256(local) != r.lfs.sha256:
+                changed.append(f.path)
+        elif _git_blob_sha1(local) != r.blob_id:
+            changed.append(f.path)
+    planned = set(plan.paths)
+    deleted = sorted(p for p in remote if p not in planned and _owned_remote(p, plan))
+    return changed, deleted
 
 
 def _commit_message(folder: Path) -> str:
@@ -562,5 +663,6 @@ __all__ = [
     "human_size",
     "plan_upload",
     "push_folder",
+    "remote_changes",
     "validate_repo_id",
 ]

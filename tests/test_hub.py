@@ -151,7 +151,7 @@ def test_card_configs_must_match_uploaded_files(ds):
     (ds / "ghost" / "000000.tar").write_bytes(b"\0" * 1024)
     plan = plan_upload(ds)  # a config's files are uploaded even outside the built-in layout
     assert plan.ok and {f.path: f.kind for f in plan.files}["ghost/000000.tar"] == "config"
-    assert "ghost/*.tar" in plan.allow_patterns and "ghost/*.tar" not in UPLOAD_ALLOW
+    assert "ghost/000000.tar" in plan.allow_patterns and "ghost/*.tar" not in UPLOAD_ALLOW
     (ds / "README.md").write_text("---\nconfigs: [unclosed\n---\n# x\n")
     assert any("front matter is invalid" in p for p in plan_upload(ds).problems)
 
@@ -328,7 +328,7 @@ class FakeHub:
         return Handler
 
     def _route(self, method: str, path: str, body: bytes) -> tuple[str, int, Any, dict[str, str] | None]:
-        m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/(branch|preupload|commit|revision)/(.+))?", path)
+        m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/(branch|preupload|commit|revision|tree)/([^/]+).*)?", path)
         name = ("create" if path == "/api/repos/create" else "validate-yaml" if path == "/api/validate-yaml"
                 else (m.group(2) or "info") if m else "other")
         if self.fail.get(name):
@@ -359,6 +359,11 @@ class FakeHub:
             if rev not in repo.branches:
                 return name, 404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"}
             files = repo.branches[rev]
+            if name == "tree":   # recursive listing of the branch (what list_repo_tree / list_repo_files read)
+                dirs = sorted({"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)})
+                return name, 200, [{"type": "directory", "oid": "0" * 40, "path": d} for d in dirs] + [
+                    {"type": "file", "oid": _git_oid(data), "size": len(data), "path": p}
+                    for p, data in sorted(files.items())], None
             if name == "preupload":
                 return name, 200, {"files": [
                     {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
@@ -369,6 +374,8 @@ class FakeHub:
                     item = json.loads(line)
                     if item["key"] == "file":
                         files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                    elif item["key"] == "deletedFile":
+                        files.pop(item["value"]["path"], None)
                     elif item["key"] != "header":
                         return name, 400, {"error": f"unexpected commit item {item['key']}"}, None
                 repo.commits += 1
@@ -432,7 +439,8 @@ def test_push_uploads_exactly_the_plan(ds, fake_hub):
     assert UPLOAD_IGNORE is ignore_before and list(UPLOAD_IGNORE) == list(hub.UPLOAD_IGNORE)
     assert not [c for c in fake_hub.log if c["status"] >= 500]
     assert [c["name"] for c in fake_hub.log if c["name"] != "other"] == \
-        ["create", "info", "validate-yaml", "preupload", "commit"]
+        ["create", "info", "tree", "validate-yaml", "preupload", "commit"]
+    assert plan.uploaded == plan.paths and plan.deleted == []
 
 
 def test_second_push_is_idempotent_and_only_commits_changes(ds, fake_hub):
@@ -516,10 +524,10 @@ def test_upload_large_folder_is_used_where_available(ds, fake_hub):
     plan = push_folder(ds, "bmd/biomedica", private=True, revision="v2", num_workers=3,
                 api=LegacyApi(endpoint=fake_hub.url, token=TOKEN))
     assert seen == {"repo_id": "bmd/biomedica", "folder_path": str(ds), "repo_type": "dataset", "revision": "v2",
-                    "private": True, "allow_patterns": list(UPLOAD_ALLOW), "ignore_patterns": list(UPLOAD_IGNORE),
+                    "private": True, "allow_patterns": plan.paths, "ignore_patterns": list(UPLOAD_IGNORE),
                     "num_workers": 3}
-    assert seen["allow_patterns"] == plan.allow_patterns  # the card's configs add no pattern beyond UPLOAD_ALLOW here
-    assert [c["name"] for c in fake_hub.log if c["name"] != "other"] == ["create", "info", "branch"]
+    assert plan.uploaded == plan.paths and plan.deleted == []   # a new branch: every file is new
+    assert [c["name"] for c in fake_hub.log if c["name"] != "other"] == ["create", "info", "branch", "tree"]
 
 
 class _NoNetwork:
@@ -528,3 +536,143 @@ class _NoNetwork:
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"network API used: {name}")
 
+
+
+# ------------------------------------------------------------------------ exactly the dataset's files
+
+
+def test_plan_leaves_out_secrets_symlinks_hidden_and_stray_files(ds, tmp_path):
+    before = plan_upload(ds).paths
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    (ds / "card" / "credentials.json").write_text('{"token": "x"}')
+    (ds / "card" / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+    (ds / "card" / "unlinked.png").write_bytes(b"\x89PNG")
+    (ds / "card" / "link.png").symlink_to(outside)
+    (ds / "commercial" / "evil.tar").symlink_to(outside)
+    (ds / "secrets.parquet").write_bytes(b"PAR1")
+    (ds / ".env").write_text("HF_TOKEN=x")
+    (ds / "other" / ".hidden.tar").write_bytes(b"x")
+    (ds / "linked_dir").symlink_to(tmp_path, target_is_directory=True)
+    plan = plan_upload(ds)
+    assert plan.ok, plan.problems
+    assert plan.paths == before and plan.allow_patterns == before
+    reasons = {e.path: e.reason for e in plan.excluded}
+    assert reasons["card/credentials.json"] == reasons["card/id_rsa"] == "not linked from README.md"
+    assert reasons["card/unlinked.png"] == "not linked from README.md"
+    assert reasons["card/link.png"].startswith("symbolic link") and reasons["commercial/evil.tar"].startswith("symbolic")
+    assert reasons["linked_dir/"].startswith("symbolic link")
+    assert reasons["secrets.parquet"] == "not part of the dataset layout"
+    assert reasons[".env"] == reasons["other/.hidden.tar"] == "hidden file"
+    linked = sorted(p for p in before if p.startswith("card/"))
+    assert linked and all(f"]({p})" in (ds / "README.md").read_text() or p in (ds / "README.md").read_text()
+                          for p in linked)
+
+
+def test_push_sends_nothing_outside_the_plan(ds, fake_hub, tmp_path):
+    (ds / "card" / "credentials.json").write_text('{"token": "x"}')
+    (ds / "secrets.parquet").write_bytes(b"PAR1")
+    (tmp_path / "outside.bin").write_bytes(b"outside")
+    (ds / "card" / "link.png").symlink_to(tmp_path / "outside.bin")
+    plan = push_folder(ds, "bmd/biomedica", api=_api(fake_hub))
+    assert sorted(fake_hub.repos["bmd/biomedica"].branches["main"]) == plan.paths
+    sent = [json.loads(x)["value"]["path"] for c in fake_hub.calls("commit") for x in c["body"].splitlines()
+            if json.loads(x)["key"] == "file"]
+    assert sorted(sent) == plan.paths
+
+
+def test_push_refuses_a_duplicated_shard_from_a_killed_rebuild(ds):
+    """A rebuild with another shard size killed midway leaves complete shards the index does not list."""
+    name = "commercial/commercial-train-s000-p00001-000"
+    for suffix in (".tar", ".parquet", "_stats.json"):
+        shutil.copy(ds / f"commercial/000000{suffix}", ds / f"{name}{suffix}")
+    plan = plan_upload(ds)
+    assert any(f"{name}.tar is not in figures.parquet" in p and "stale or duplicated" in p for p in plan.problems)
+    with pytest.raises(UploadBlockedError, match="stale or duplicated"):
+        push_folder(ds, "org/name", dry_run=True)
+
+
+def test_push_refuses_shards_that_disagree_with_the_index(ds):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(ds / "figures.parquet")
+    offsets = table["tar_offset"].to_pylist()
+    offsets[0] += 512
+    table = table.set_column(table.schema.get_field_index("tar_offset"), "tar_offset",
+                             __import__("pyarrow").array(offsets, __import__("pyarrow").int64()))
+    pq.write_table(table, ds / "figures.parquet")
+    assert any("the index is stale" in p for p in plan_upload(ds).problems)
+
+
+def _rename_shard(ds: Path, subset: str, old: str, new: str) -> None:
+    """What an update does to a shard: a new name (and index, sizes.json, build summary pointing at it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for suffix in (".tar", ".parquet", "_stats.json"):
+        (ds / subset / f"{old}{suffix}").rename(ds / subset / f"{new}{suffix}")
+    table = pq.read_table(ds / "figures.parquet")
+    shards = [f"{subset}/{new}.tar" if s == f"{subset}/{old}.tar" else s for s in table["shard"].to_pylist()]
+    pq.write_table(table.set_column(table.schema.get_field_index("shard"), "shard", pa.array(shards)),
+                   ds / "figures.parquet")
+    sizes = json.loads((ds / subset / "sizes.json").read_text())
+    sizes[f"{new}.tar"] = sizes.pop(f"{old}.tar")
+    (ds / subset / "sizes.json").write_text(json.dumps(sizes))
+    summary = json.loads((ds / "build_summary.json").read_text())
+    summary["shards"][subset] = [n.replace(old, new) for n in summary["shards"][subset]]
+    (ds / "build_summary.json").write_text(json.dumps(summary))
+
+
+def test_update_uploads_only_what_changed_and_deletes_replaced_shards(ds, fake_hub):
+    api = _api(fake_hub)
+    push_folder(ds, "bmd/biomedica", api=api)
+    assert push_folder(ds, "bmd/biomedica", api=api).uploaded == []       # unchanged: nothing sent
+    new = "other-train-s000-p00000-000"
+    _rename_shard(ds, "other", "000000", new)
+    plan = push_folder(ds, "bmd/biomedica", api=api)
+    assert plan.ok
+    assert sorted(plan.uploaded) == sorted([f"other/{new}.tar", f"other/{new}.parquet", f"other/{new}_stats.json",
+                                            "other/sizes.json", "figures.parquet", "build_summary.json"])
+    assert plan.deleted == ["other/000000.parquet", "other/000000.tar", "other/000000_stats.json"]
+    files = fake_hub.repos["bmd/biomedica"].branches["main"]
+    assert sorted(files) == plan.paths
+    assert all(files[p] == (ds / p).read_bytes() for p in plan.paths)
+    last = [json.loads(x) for x in fake_hub.calls("commit")[-1]["body"].splitlines()]
+    assert sorted(i["value"]["path"] for i in last if i["key"] == "deletedFile") == plan.deleted
+    assert fake_hub.repos["bmd/biomedica"].commits == 2
+
+
+def test_remote_files_outside_the_dataset_layout_are_not_deleted(ds, fake_hub):
+    api = _api(fake_hub)
+    push_folder(ds, "bmd/biomedica", api=api)
+    main = fake_hub.repos["bmd/biomedica"].branches["main"]
+    main[".gitattributes"] = b"*.tar filter=lfs\n"
+    main["LICENSE"] = b"theirs"
+    main["commercial/999999.tar"] = b"old shard"
+    plan = push_folder(ds, "bmd/biomedica", api=api)
+    assert plan.deleted == ["commercial/999999.tar"] and plan.uploaded == []
+    assert {".gitattributes", "LICENSE"} <= set(main) and "commercial/999999.tar" not in main
+
+
+def test_verify_cli_fast_and_deep(ds):
+    r = subprocess.run([str(BIOMEDICA), "verify", str(ds)], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0 and "OK:" in r.stdout, r.stdout + r.stderr
+    import pyarrow.parquet as pq
+
+    row = next(x for x in pq.read_table(ds / "figures.parquet").to_pylist() if x["subset"] == "other")
+    tar = ds / row["shard"]
+    data = bytearray(tar.read_bytes())
+    data[row["image_offset"] + 100] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    fast = subprocess.run([str(BIOMEDICA), "verify", str(ds)], capture_output=True, text=True, timeout=120, check=False)
+    assert fast.returncode == 0   # sizes and headers are intact: only --deep sees flipped image bytes
+    deep = subprocess.run([str(BIOMEDICA), "verify", "--deep", str(ds)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert deep.returncode == 1 and f"sample {row['key']}: image sha256 differs" in deep.stdout
+    other = ds / "commercial" / "000000.tar"
+    other.write_bytes(other.read_bytes()[:-1024])
+    (ds / "noncommercial" / "000000_stats.json").unlink()
+    r = subprocess.run([str(BIOMEDICA), "verify", str(ds)], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 1
+    assert "commercial/000000.tar is" in r.stdout and "truncated" in r.stdout
+    assert "noncommercial/000000.tar has no completion marker" in r.stdout

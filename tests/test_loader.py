@@ -8,7 +8,6 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,6 +16,7 @@ import pytest
 from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 
+from biomedica_hf import remote
 from biomedica_hf.loader import ShardRanges, dataset_file_url, load_biomedica, split_units
 from biomedica_hf.pipeline import BuildConfig, build
 from biomedica_hf.schema import SUBSETS
@@ -59,35 +59,24 @@ def _tar_samples(out: Path) -> dict[str, dict[str, bytes]]:
 
 
 class _Recorder:
-    """Counting wrapper of ``fsspec.open``: the files opened and every (url, position, length) read."""
+    """Records every real read of the range reader on local files: the files opened and (url, position, length)."""
 
-    def __init__(self, real) -> None:
-        self.real, self.opened, self.reads = real, [], []
+    def __init__(self, monkeypatch) -> None:
+        self.opened, self.reads = [], []
+        real_init, real_fetch = remote._LocalSource.__init__, remote._LocalSource.fetch
+        rec = self
 
-    def __call__(self, url, mode="rb", **kwargs):
-        self.opened.append(url)
-        return _RecordingFile(self.real(url, mode, **kwargs), url, self.reads)
+        def init(source, path):
+            rec.opened.append(path)
+            real_init(source, path)
 
+        def fetch(source, start, end):
+            data = real_fetch(source, start, end)
+            rec.reads.append((source.url, start, len(data)))
+            return data
 
-class _RecordingFile:
-    def __init__(self, open_file, url: str, reads: list) -> None:
-        self.open_file, self.url, self.reads = open_file, url, reads
-
-    def __enter__(self):
-        self.f = self.open_file.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.open_file.__exit__(*exc)
-
-    def seek(self, pos: int) -> int:
-        return self.f.seek(pos)
-
-    def read(self, n: int = -1) -> bytes:
-        pos = self.f.tell()
-        data = self.f.read(n)
-        self.reads.append((self.url, pos, len(data)))
-        return data
+        monkeypatch.setattr(remote._LocalSource, "__init__", init)
+        monkeypatch.setattr(remote._LocalSource, "fetch", fetch)
 
 
 # ---------------------------------------------------------------------------------- selection
@@ -154,8 +143,7 @@ def test_shards_without_wanted_samples_are_never_opened(built, monkeypatch):
     lic = Counter(r["license_code"] for r in rows).most_common()[-1][0]
     wanted = [r for r in rows if r["license_code"] == lic]
     ds = load_biomedica(out, subset="all", licenses=lic, decode=False)
-    rec = _Recorder(fsspec.open)
-    monkeypatch.setattr(fsspec, "open", rec)
+    rec = _Recorder(monkeypatch)
     keys = _keys(ds)
     assert sorted(keys) == sorted(r["key"] for r in wanted)
     wanted_shards = {str(out / r["shard"]) for r in wanted}
@@ -174,8 +162,7 @@ def test_shards_without_wanted_samples_are_never_opened(built, monkeypatch):
 
 def test_contiguous_samples_are_read_in_one_read(built, monkeypatch):
     out, rows = built
-    rec = _Recorder(fsspec.open)
-    monkeypatch.setattr(fsspec, "open", rec)
+    rec = _Recorder(monkeypatch)
     assert len(_keys(load_biomedica(out, subset="all", decode=False))) == len(rows)
     assert len(rec.reads) == len(rec.opened) == len({r["shard"] for r in rows})
 
@@ -340,3 +327,214 @@ def test_stale_index_is_a_clear_error(built, tmp_path):
                    copy / "figures.parquet")
     with pytest.raises(ValueError, match="index is stale"):
         _keys(load_biomedica(copy, subset="all", decode=False))
+
+
+# ---------------------------------------------------------------------------------- index columns and hooks
+@pytest.fixture(scope="module")
+def annotated(built, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A copy whose index has concepts, split and near_dup_of columns (as the partitioned build will write)."""
+    out, _ = built
+    copy = tmp_path_factory.mktemp("annotated") / "ds"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("_work"))
+    table = pq.read_table(copy / "figures.parquet")
+    n = table.num_rows
+    keys = table["key"].to_pylist()
+    table = table.append_column("concepts", pa.array([[["Microscopy"], ["Plots and Charts"], []][i % 3]
+                                                      for i in range(n)], pa.list_(pa.string())))
+    table = table.append_column("local_concepts", pa.array([["Fluorescence"] if i % 4 == 0 else []
+                                                            for i in range(n)], pa.list_(pa.string())))
+    table = table.append_column("split", pa.array([("train", "validation", "test")[i % 3] for i in range(n)]))
+    table = table.append_column("near_dup_of", pa.array([keys[0] if i % 5 == 4 else None for i in range(n)],
+                                                        pa.string()))
+    pq.write_table(table, copy / "figures.parquet")
+    return copy, table.to_pylist()
+
+
+def test_rows_carry_the_index_columns_in_metadata(annotated):
+    copy, rows = annotated
+    by_key = {r["key"]: r for r in rows}
+    ds = load_biomedica(copy, subset="all", decode=False, concepts=["Microscopy"])
+    got = list(ds)
+    assert sorted(ex["key"] for ex in got) == _index_keys(rows, lambda r: "Microscopy" in r["concepts"])
+    for ex in got:
+        for col in ("concepts", "local_concepts", "split", "near_dup_of"):
+            assert ex["metadata"][col] == by_key[ex["key"]][col], col
+    assert ds.features["metadata"]["concepts"].feature.dtype == "string"
+
+
+def test_rows_of_an_older_index_have_no_extra_columns(built):
+    out, _ = built
+    ex = next(iter(load_biomedica(out, subset="all", decode=False)))
+    assert not {"concepts", "local_concepts", "split", "near_dup_of"} & set(ex["metadata"])
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_split_filters_on_the_index(annotated, split):
+    copy, rows = annotated
+    keys = _keys(load_biomedica(copy, subset="all", decode=False, split=split))
+    assert sorted(keys) == _index_keys(rows, lambda r: r["split"] == split) and keys
+
+
+def test_split_errors(annotated, built):
+    with pytest.raises(ValueError, match=r"split must be one of \['train', 'validation', 'test'\]"):
+        load_biomedica(annotated[0], split="dev")
+    with pytest.raises(ValueError, match="no `split` column.*no train/validation/test splits"):
+        load_biomedica(built[0], split="train")
+
+
+def test_exclude_from_keys_txt_parquet_and_json(annotated, tmp_path):
+    copy, rows = annotated
+    drop = sorted(r["key"] for r in rows)[::3]
+    expected = _index_keys(rows, lambda r: r["key"] not in drop)
+    (tmp_path / "keys.txt").write_text("\n".join(drop) + "\n\n")
+    pq.write_table(pa.table({"key": drop, "other": list(range(len(drop)))}), tmp_path / "keys.parquet")
+    (tmp_path / "keys.json").write_text(json.dumps([{"key": k} for k in drop]))
+    for exclude in (drop, set(drop), tmp_path / "keys.txt", str(tmp_path / "keys.parquet"), tmp_path / "keys.json"):
+        assert sorted(_keys(load_biomedica(copy, subset="all", decode=False, exclude=exclude))) == expected, exclude
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_biomedica(copy, exclude=tmp_path / "nope.txt")
+    pq.write_table(pa.table({"id": drop}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="no `key` column"):
+        load_biomedica(copy, exclude=tmp_path / "bad.parquet")
+
+
+def test_near_duplicates_drop(annotated, built):
+    copy, rows = annotated
+    kept = _keys(load_biomedica(copy, subset="all", decode=False, near_duplicates="drop"))
+    assert sorted(kept) == _index_keys(rows, lambda r: r["near_dup_of"] is None) and len(kept) < len(rows)
+    assert len(_keys(load_biomedica(copy, subset="all", decode=False, near_duplicates="keep"))) == len(rows)
+    with pytest.raises(ValueError, match="no `near_dup_of` column"):
+        load_biomedica(built[0], near_duplicates="drop")
+    with pytest.raises(ValueError, match="near_duplicates must be one of"):
+        load_biomedica(copy, near_duplicates="yes")
+
+
+# ---------------------------------------------------------------------------------- validation
+def test_licence_codes_are_case_insensitive_and_unknown_ones_raise(built):
+    out, rows = built
+    lic = min({r["license_code"] for r in rows})
+    assert sorted(_keys(load_biomedica(out, subset="all", decode=False, licenses=lic.lower()))) == \
+        _index_keys(rows, lambda r: r["license_code"] == lic)
+    with pytest.raises(ValueError, match=r"unknown licence code\(s\) \['CC-BY-4'\].*the index has \[") as exc:
+        load_biomedica(out, licenses=["CC-BY-4", lic])
+    assert all(repr(v) in str(exc.value) for v in {r["license_code"] for r in rows})
+
+
+def test_unknown_concepts_and_subsets_raise_with_the_valid_values(annotated):
+    copy, _ = annotated
+    with pytest.raises(ValueError, match=r"unknown concept\(s\) \['Microscpy'\].*'Fluorescence', 'Microscopy', "
+                                         r"'Plots and Charts'"):
+        load_biomedica(copy, concepts=["Microscpy"])
+    with pytest.raises(ValueError, match=r"unknown concept"):
+        load_biomedica(copy, exclude_concepts="Nope")
+    with pytest.raises(ValueError, match=r"subset must be 'all' or among \['commercial', 'noncommercial', 'other'\]"):
+        load_biomedica(copy, subset="comercial")
+
+
+def _no_match_call(out):
+    return load_biomedica(out, subset="all", years=1800)   # the line the warning must point at
+
+
+def test_no_match_warns_on_every_call_at_the_callers_line(built):
+    import inspect
+
+    from biomedica_hf.loader import NoMatchWarning
+
+    out, _ = built
+    line = inspect.getsourcelines(_no_match_call)[1] + 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            _no_match_call(out)
+    hits = [w for w in caught if issubclass(w.category, NoMatchWarning)]
+    assert len(hits) == 3
+    assert all(w.filename == __file__ and w.lineno == line for w in hits)
+    assert "years=1800" in str(hits[0].message)
+
+
+def test_help_shows_the_real_signature():
+    import inspect
+
+    import biomedica_hf
+    from biomedica_hf import load_biomedica as top
+
+    assert top is load_biomedica and biomedica_hf.load_biomedica is load_biomedica
+    params = inspect.signature(biomedica_hf.load_biomedica).parameters
+    assert {"subset", "concepts", "licenses", "split", "exclude", "near_duplicates", "verify"} <= set(params)
+    assert "Hub dataset repo id" in biomedica_hf.load_biomedica.__doc__
+
+
+# ---------------------------------------------------------------------------------- integrity
+def _copy(out: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(out, tmp_path / "ds", ignore=shutil.ignore_patterns("_work")))
+
+
+@pytest.mark.parametrize("bad", ["../../outside.tar", "/etc/passwd", "commercial/../../x.tar",
+                                 "hf://datasets/evil/repo@main/x.tar", "other@evil/x.tar", "C:\\x.tar"])
+def test_shard_paths_must_stay_inside_the_dataset(built, tmp_path, bad):
+    copy = _copy(built[0], tmp_path)
+    (tmp_path / "outside.tar").write_bytes((copy / "other" / "000000.tar").read_bytes())
+    table = pq.read_table(copy / "figures.parquet")
+    col = table.schema.get_field_index("shard")
+    table = table.set_column(col, "shard", pa.array([bad] + table["shard"].to_pylist()[1:]))
+    pq.write_table(table, copy / "figures.parquet")
+    with pytest.raises(ValueError, match="not a relative path inside the dataset"):
+        load_biomedica(copy, subset="all")
+
+
+def test_symlinked_subset_folder_is_followed(built, tmp_path):
+    """Links the folder's owner made (a subset on another disk) are followed; only the index's paths are checked."""
+    out, rows = built
+    view = tmp_path / "view"
+    view.mkdir()
+    for sub in SUBSETS:
+        (view / sub).symlink_to(out / sub, target_is_directory=True)
+    shutil.copy(out / "figures.parquet", view / "figures.parquet")
+    assert sorted(_keys(load_biomedica(view, subset="all", decode=False))) == sorted(r["key"] for r in rows)
+
+
+def test_verify_catches_flipped_image_bytes(built, tmp_path):
+    out, rows = built
+    copy = _copy(out, tmp_path)
+    row = next(r for r in rows if r["subset"] == "other")
+    tar = copy / row["shard"]
+    data = bytearray(tar.read_bytes())
+    pos = row["image_offset"] + row["image_size"] // 2
+    data[pos] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    assert len(_keys(load_biomedica(copy, subset="other", decode=False))) >= 1   # unverified: not noticed
+    with pytest.raises(ValueError, match=rf"sample {row['key']} .*sha256.*corrupted"):
+        _keys(load_biomedica(copy, subset="other", decode=False, verify=True))
+    assert sorted(_keys(load_biomedica(out, subset="all", decode=False, verify=True))) == \
+        sorted(r["key"] for r in rows)
+
+
+def test_missing_or_truncated_shard_raises(built, tmp_path):
+    from biomedica_hf.remote import ShardTruncatedError
+
+    copy = _copy(built[0], tmp_path)
+    tar = copy / "other" / "000000.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ShardTruncatedError, match="truncated"):
+        _keys(load_biomedica(copy, subset="other", decode=False))
+    tar.unlink()
+    with pytest.raises(FileNotFoundError, match="other/000000.tar: shard listed in the index is missing"):
+        _keys(load_biomedica(copy, subset="other", decode=False))
+
+
+@pytest.mark.parametrize("threads", [0, 4])
+def test_state_dict_resume_with_threaded_decoding(built, threads):
+    out, _ = built
+    full = [ex["key"] for ex in load_biomedica(out, subset="all", decode_threads=threads)]
+    ds = load_biomedica(out, subset="all", decode_threads=threads)
+    head = []
+    for ex in ds:
+        assert ex["image"].size == (ex["metadata"]["width"], ex["metadata"]["height"])
+        head.append(ex["key"])
+        if len(head) == 7:
+            state = json.loads(json.dumps(ds.state_dict()))
+            break
+    resumed = load_biomedica(out, subset="all", decode_threads=threads)
+    resumed.load_state_dict(state)
+    assert head + [ex["key"] for ex in resumed] == full

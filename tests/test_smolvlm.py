@@ -257,6 +257,26 @@ def test_train_two_processes_exports_and_card(run):
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in w.items())
 
 
+def test_each_rank_reads_only_its_share(run, recipe_dataset):
+    """The stream is split once (by work unit), not read whole by every rank and filtered by i % world_size."""
+    import pyarrow.parquet as pq
+    from datasets.distributed import split_dataset_by_node
+
+    from biomedica_hf.loader import load_biomedica
+
+    every = {r["key"] for r in pq.read_table(recipe_dataset / "figures.parquet", columns=["key"]).to_pylist()}
+    reads = [json.loads((run / f"data_rank{r}_reads.json").read_text()) for r in range(2)]
+    ds = load_biomedica(recipe_dataset, subset="all", decode=False, world_size=2, num_workers=0)
+    shares = [{ex["key"] for ex in split_dataset_by_node(ds, rank=r, world_size=2)} for r in range(2)]
+    assert not shares[0] & shares[1] and shares[0] | shares[1] == every and all(shares)
+    for rank in range(2):
+        assert reads[rank] and set(reads[rank]) <= shares[rank], rank      # never a row of the other rank
+        # a rank cycles over its share: each pass reads the share once, so the I/O is 1/world_size of the data
+        first_pass = reads[rank][:len(shares[rank])]
+        assert sorted(first_pass) == sorted(shares[rank])
+    assert len(reads[0]) + len(reads[1]) >= 6 * 2 * 2 * 2   # the run consumed at least its 48 samples
+
+
 def test_resume_from_checkpoint_repeats_the_same_steps(run, recipe_dataset, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(run, out, ignore=shutil.ignore_patterns("step_6", "adapter", "merged"))

@@ -26,6 +26,8 @@ def build_stream(data_cfg: dict, rank: int = 0, world_size: int = 1, seed: int =
                         concepts=data_cfg.get("concepts"), exclude_concepts=data_cfg.get("exclude_concepts"),
                         licenses=data_cfg.get("licenses"), years=data_cfg.get("years"),
                         min_caption_chars=data_cfg.get("min_caption_chars"), streaming=True,
+                        split=data_cfg.get("split"), exclude=data_cfg.get("exclude"),
+                        near_duplicates=data_cfg.get("near_duplicates", "keep"),
                         world_size=world_size, num_workers=num_workers)
     buffer = int(data_cfg.get("shuffle_buffer", 0))
     if buffer > 0:   # shuffles unit order (seeded, per epoch) and samples within a buffer

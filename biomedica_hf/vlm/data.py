@@ -187,27 +187,41 @@ def decode_image(image: Any):
     return image.convert("RGB")
 
 
+READ_LOG_LIMIT = 10_000   # keys of the rows read that ``position["read_keys"]`` keeps (the first ones)
+
+
 def example_stream(path: str, processor, *, subset: str | Sequence[str] = "all", tasks: dict[str, float] | None = None,
                    max_length: int = 2048, min_answer_tokens: int = 8, rank: int = 0, world_size: int = 1,
                    seed: int = 0, skip_samples: int = 0, skips: SkipLog | None = None, cycle: bool = True,
                    load_kwargs: dict | None = None, position: dict | None = None) -> Iterator[Encoded]:
-    """Endless (``cycle``) stream of encoded examples for one rank: sample ``i`` of each pass goes to rank
-    ``i % world_size``, so every rank always has data (no DDP hang on uneven shards) and the split is done
-    once (not by both ``datasets`` and ``accelerate``). ``skip_samples`` fast-forwards (resume) without
-    decoding images; ``position["seen"]`` is kept up to date with this rank's samples pulled so far."""
+    """Endless (``cycle``) stream of encoded examples for one rank.
+
+    The data is split ONCE, like the CLIP recipe: ``load_biomedica(world_size=)`` cuts the work units into a
+    multiple of ``world_size`` and ``split_dataset_by_node`` gives each rank its own units, so a rank reads
+    only its share of the bytes (not the whole stream to keep 1 sample in ``world_size``). No DDP hang on
+    uneven shards: each rank cycles over its own share, so every rank always has a next batch whatever the
+    sizes of the shares. ``skip_samples`` fast-forwards (resume) without decoding images;
+    ``position["seen"]`` is kept up to date with this rank's samples pulled so far, ``position["read_keys"]``
+    with the keys of the first :data:`READ_LOG_LIMIT` rows read."""
+    from datasets.distributed import split_dataset_by_node
+
     from ..loader import load_biomedica
 
     tasks = tasks or DEFAULT_TASKS
-    ds = load_biomedica(path, subset=subset, streaming=True, decode=False, world_size=1, **(load_kwargs or {}))
+    ds = load_biomedica(path, subset=subset, streaming=True, decode=False, world_size=world_size, num_workers=0,
+                        **(load_kwargs or {}))
+    if world_size > 1:
+        ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
     epoch = 0
     seen = 0
+    read_keys = position.setdefault("read_keys", []) if position is not None else None
     while True:
         produced = False
-        for i, row in enumerate(ds):
-            if i % world_size != rank:
-                continue
+        for row in ds:
             produced = True
             seen += 1
+            if read_keys is not None and len(read_keys) < READ_LOG_LIMIT:
+                read_keys.append(row["key"])
             if position is not None:
                 position["seen"] = seen
             if seen <= skip_samples:

@@ -234,6 +234,8 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
             _save_checkpoint(accelerator, out, step, consumed)
     elapsed = time.perf_counter() - t0
     _save_checkpoint(accelerator, out, step, consumed)
+    # the rows this rank read (first ones): the data is split once, each rank reads only its share
+    (out / f"data_rank{accelerator.process_index}_reads.json").write_text(json.dumps(position.get("read_keys", [])))
     totals = accelerator.reduce(torch.tensor([tokens, samples], dtype=torch.float64, device=accelerator.device),
                                 reduction="sum").tolist()
     result = {"steps": step, "losses": losses, "trainable_params": n_trainable, "total_params": n_total,

@@ -1,0 +1,264 @@
+"""Read the wanted byte ranges of a shard, locally or over HTTP, at the link's speed.
+
+One :class:`RangeReader` reads a sorted list of ``(offset, size)`` ranges of one file and yields each
+range's bytes in order. The ranges are first planned into *pieces* (:func:`plan_pieces`):
+
+* ranges separated by a gap of at most ``gap_bytes`` are read in one request, gap included: a request
+  costs about ``latency`` seconds, which the link would have filled with ``latency x bandwidth`` bytes,
+  shared among the ``in_flight`` requests open at a time - so the default gap is
+  ``latency x bandwidth / in_flight`` (0 for a local file: only adjacent ranges are joined);
+* a piece holds at most ``piece_bytes`` (a range larger than that is a piece of its own), so a long
+  contiguous run is fetched as several plain range GETs of whole samples, ``in_flight`` of them at once,
+  each streamed straight into its buffer (no read-ahead buffer, no byte outside the planned pieces).
+
+Pieces are fetched by a thread pool, at most ``in_flight`` requests and ``in_flight_bytes`` ahead of the
+consumer (the memory bound). The same code reads a local file (``os.pread``) and a Hub file
+(``hf://datasets/{repo}@{rev}/{path}``, through the Hub's ``/resolve/`` URL with ``Range`` and the
+``huggingface_hub`` token headers, with ``requests``; a redirect to a CDN is followed once and its target
+reused).
+Errors say what is wrong: a missing file (``FileNotFoundError``), a file shorter than the index says
+(``ShardTruncatedError``), a server that ignores ranges.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+
+HF_URL = re.compile(r"^hf://datasets/(?P<repo>[^/@]+/[^/@]+)@(?P<rev>[^/]+)/(?P<path>.+)$")
+
+
+class ShardTruncatedError(OSError):
+    """A shard file ends before a range the index lists in it."""
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How :class:`RangeReader` reads. Defaults suit a Hub link (tens of ms per request, ~100 MB/s+).
+
+    Attributes:
+        latency: seconds a request costs before its first byte, as assumed for the gap (remote files).
+        bandwidth: bytes/s of the link, as assumed for the gap (remote files).
+        in_flight: requests open at a time per reader (prefetch depth); 1 disables prefetch.
+        in_flight_bytes: bytes of the requests open at a time (with ``in_flight``, bounds the memory).
+        piece_bytes: largest single request; longer runs are split at sample boundaries.
+        gap_bytes: read through gaps up to this many bytes between wanted ranges; ``None``:
+            ``latency * bandwidth / in_flight`` for remote files, 0 for local files.
+        retries: attempts per request on a connection error, 5xx or 429 (remote).
+        timeout: seconds without progress before a request fails (remote).
+    """
+
+    latency: float = 0.03
+    bandwidth: float = 100e6
+    in_flight: int = 32
+    in_flight_bytes: int = 64 * 2**20
+    piece_bytes: int = 8 * 2**20
+    gap_bytes: int | None = None
+    retries: int = 4
+    timeout: float = 60.0
+
+    def gap_for(self, remote: bool) -> int:
+        if self.gap_bytes is not None:
+            return int(self.gap_bytes)
+        return int(self.latency * self.bandwidth / max(1, self.in_flight)) if remote else 0
+
+
+# ------------------------------------------------------------------------------------ planning
+def plan_pieces(ranges: np.ndarray, gap: int, piece_bytes: int) -> list[tuple[int, int, int, int]]:
+    """``(start, end, first, last)`` requests covering ``ranges`` (sorted ``(offset, size)`` rows):
+    ranges ``first..last-1`` lie in ``[start, end)``; gaps up to ``gap`` bytes are read through."""
+    pieces: list[tuple[int, int, int, int]] = []
+    start = end = first = 0
+    for i, (offset, size) in enumerate(ranges.tolist()):
+        if i and offset - end <= gap and offset >= end and offset + size - start <= piece_bytes:
+            end = offset + size
+            continue
+        if i:
+            pieces.append((start, end, first, i))
+        start, end, first = offset, offset + size, i
+    if len(ranges):
+        pieces.append((start, end, first, len(ranges)))
+    return pieces
+
+
+# ------------------------------------------------------------------------------------ sources
+class _LocalSource:
+    def __init__(self, path: str) -> None:
+        self.url = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: shard listed in the index is missing") from None
+        self.size = os.fstat(self.fd).st_size
+
+    def fetch(self, start: int, end: int) -> bytes:
+        if end > self.size:
+            raise ShardTruncatedError(f"{self.url} is {self.size:,} bytes but the index lists bytes up to {end:,}: "
+                                      f"the shard is truncated or the index is stale (rebuild the dataset)")
+        data = os.pread(self.fd, end - start, start)
+        if len(data) != end - start:
+            raise ShardTruncatedError(f"{self.url}: short read at {start:,} ({len(data)} of {end - start} bytes)")
+        return data
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+_local = threading.local()
+_clients_lock = threading.Lock()
+
+
+def _session() -> Any:
+    """A ``requests.Session`` per thread and process (keep-alive connections reused by that reader thread)."""
+    import requests
+
+    pid = os.getpid()
+    if getattr(_local, "pid", None) != pid:
+        _local.pid, _local.session = pid, requests.Session()
+    return _local.session
+
+
+def http_url(url: str) -> str:
+    """The HTTP URL of ``hf://datasets/{repo}@{rev}/{path}`` (``HF_ENDPOINT``'s ``/resolve/``), or ``url``."""
+    m = HF_URL.match(url)
+    if not m:
+        return url
+    from huggingface_hub import constants, hf_hub_url
+
+    return hf_hub_url(m["repo"], unquote(m["path"]), repo_type="dataset", revision=unquote(m["rev"]),
+                      endpoint=constants.ENDPOINT)
+
+
+class _HttpSource:
+    def __init__(self, url: str, token: str | bool | None, options: ReadOptions) -> None:
+        from huggingface_hub.utils import build_hf_headers
+
+        self.url, self.resolve_url = url, http_url(url)
+        self.target = self.resolve_url              # a redirect target, once known
+        self.headers = build_hf_headers(token=token)
+        self.options = options
+        self.size: int | None = None
+
+    def fetch(self, start: int, end: int) -> bytes:
+        import requests
+
+        delay = 0.5
+        for attempt in range(self.options.retries + 1):
+            url = self.target
+            headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
+            if url == self.resolve_url:
+                headers.update(self.headers)
+            try:
+                with _session().get(url, headers=headers, stream=True, timeout=self.options.timeout) as r:
+                    if r.status_code == 404:
+                        raise FileNotFoundError(f"{self.url}: shard listed in the index is missing on the Hub "
+                                                f"(404 from {self.resolve_url})")
+                    if r.status_code == 416:
+                        raise ShardTruncatedError(f"{self.url} ends before byte {end:,} that the index lists: the "
+                                                  f"shard is truncated or the index is stale")
+                    if r.status_code in (403, 410) and url != self.resolve_url:
+                        self.target = self.resolve_url  # an expired signed CDN URL: resolve again
+                        continue
+                    if r.status_code == 429 or r.status_code >= 500:
+                        raise requests.ConnectionError(f"HTTP {r.status_code}")
+                    r.raise_for_status()
+                    if r.status_code != 206:
+                        raise OSError(f"{self.resolve_url}: the server ignored the byte range (status "
+                                      f"{r.status_code}); range reads need a server that answers 206")
+                    if r.url != url:
+                        self.target = r.url     # a CDN redirect: later ranges go there directly
+                    buf = bytearray(end - start)
+                    view, n = memoryview(buf), 0
+                    while n < len(buf):
+                        k = r.raw.readinto(view[n:])
+                        if not k:
+                            break
+                        n += k
+                if n != end - start:
+                    raise ShardTruncatedError(f"{self.url}: the server sent {n:,} of the {end - start:,} bytes "
+                                              f"at {start:,} (truncated shard?)")
+                return bytes(buf)
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+                if attempt == self.options.retries:
+                    raise OSError(f"{self.url}: bytes {start}..{end} failed after {attempt + 1} attempts: {e}") from e
+                time.sleep(delay)
+                delay *= 2
+        raise OSError(f"{self.url}: bytes {start}..{end} could not be read")
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(url: str, token: str | bool | None = None, options: ReadOptions | None = None) -> Any:
+    """A source with ``fetch(start, end) -> bytes``: local path, ``hf://datasets/...`` or ``http(s)://``."""
+    if url.startswith(("hf://", "http://", "https://")):
+        return _HttpSource(url, token, options or ReadOptions())
+    return _LocalSource(url)
+
+
+# ------------------------------------------------------------------------------------ reader
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    key = (os.getpid(), n)
+    with _clients_lock:
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="biomedica-read")
+        return _pools[key]
+
+
+class RangeReader:
+    """Yield the bytes of each wanted range of one file, in order, with prefetch (see the module doc)."""
+
+    def __init__(self, url: str, ranges: np.ndarray, options: ReadOptions | None = None,
+                 token: str | bool | None = None) -> None:
+        self.options = options or ReadOptions()
+        self.url, self.ranges = url, ranges
+        self.remote = url.startswith(("hf://", "http://", "https://"))
+        self.pieces = plan_pieces(ranges, self.options.gap_for(self.remote), self.options.piece_bytes)
+        self.token = token
+        self.bytes_read = sum(e - s for s, e, _, _ in self.pieces)
+
+    def __iter__(self) -> Iterator[tuple[int, memoryview]]:
+        """``(index of the range, its bytes)`` for every range."""
+        source = open_source(self.url, self.token, self.options)
+        depth = max(1, self.options.in_flight)
+        pool = _pool(depth) if depth > 1 and len(self.pieces) > 1 else None
+        queue: deque[tuple[tuple[int, int, int, int], Future | bytes]] = deque()
+        todo = iter(self.pieces)
+        piece = next(todo, None)
+        queued_bytes = 0
+        try:
+            while True:
+                while piece is not None and len(queue) < depth and (
+                        not queue or queued_bytes + piece[1] - piece[0] <= self.options.in_flight_bytes):
+                    queue.append((piece, pool.submit(source.fetch, piece[0], piece[1]) if pool else piece))
+                    queued_bytes += piece[1] - piece[0]
+                    piece = next(todo, None)
+                if not queue:
+                    return
+                (start, end, first, last), job = queue.popleft()
+                queued_bytes -= end - start
+                data = job.result() if isinstance(job, Future) else source.fetch(start, end)
+                view = memoryview(data)
+                for i in range(first, last):
+                    offset, size = int(self.ranges[i, 0]), int(self.ranges[i, 1])
+                    yield i, view[offset - start:offset - start + size]
+        finally:
+            for _, job in queue:   # let fetches already running finish before the file is closed
+                if isinstance(job, Future) and not job.cancel():
+                    try:
+                        job.result()
+                    except Exception:  # noqa: BLE001, S110 - the consumer has stopped; this error is not its
+                        pass
+            source.close()
