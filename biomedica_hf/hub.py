@@ -27,7 +27,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .index import TABLE_CONFIGS
+from .index import DUP_TABLES, TABLE_CONFIGS
 from .schema import SUBSETS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,6 +71,7 @@ SHARED = "(shared)"  # the by_subset bucket of files outside the licence subsets
 _SHARD_RE = re.compile(r"^(?P<subset>[^/]+)/(?P<stem>[^/]+?)(?P<suffix>_stats\.json|\.tar|\.parquet)$")
 #: The tables at the folder root that are part of the dataset (anything else at the root stays local).
 ROOT_FILES: tuple[str, ...] = (CARD, "articles.parquet", "figures.parquet", "ledger.parquet", "duplicates.parquet",
+                               *DUP_TABLES.values(),   # near_duplicates.parquet, caption_duplicates.parquet
                                "ledger_summary.txt", BUILD_SUMMARY)
 _CARD_LINK_RE = re.compile(r"""(?:\]\(\s*<?|src\s*=\s*["']|href\s*=\s*["'])(?:\./)?(card/[^)"'\s#?>]+)""")
 _PLOT_EXT = (".png", ".jpg", ".jpeg", ".svg", ".webp", ".gif")

@@ -77,6 +77,16 @@ def ds(built, tmp_path) -> Path:
     return Path(shutil.copytree(built, tmp_path / "ds"))
 
 
+SHARD_NAME_RE = re.compile(r"(?P<subset>[a-z]+)-(?:train|validation|test)-s\d{3}-p\d{5}-\d{3}(?:-r\d{3})?")
+
+
+def _stem(folder: Path, subset: str) -> str:
+    """The stem of the first shard (sorted) of a subset folder: ``other-train-s000-p00000-000``."""
+    tars = sorted((folder / subset).glob("*.tar"))
+    assert tars, f"no shard in {folder / subset}"
+    return tars[0].stem
+
+
 def dataset_files(folder: Path) -> dict[str, int]:
     """{relative path: size} of every file outside _work/: what a finished build + card publishes."""
     return {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*")
@@ -90,11 +100,16 @@ def test_plan_lists_exactly_the_dataset_files(ds):
     plan = plan_upload(ds)
     assert plan.ok, plan.problems
     expected = dataset_files(ds)
+    stems = {s: _stem(ds, s) for s in SUBSETS}
     assert {p for p in expected if p.endswith(".tar") and "/" in p and p.split("/")[0] in SUBSETS} == \
-        {f"{s}/000000.tar" for s in SUBSETS}
-    assert {"README.md", "figures.parquet", "articles.parquet", "ledger.parquet",
-            "duplicates.parquet", "ledger_summary.txt", "build_summary.json", "commercial/sizes.json",
-            "commercial/000000_stats.json", "commercial/000000.parquet"} <= set(expected)
+        {f"{s}/{stems[s]}.tar" for s in SUBSETS}   # the sample build: one shard per subset
+    for s, stem in stems.items():
+        m = SHARD_NAME_RE.fullmatch(stem)
+        assert m and m["subset"] == s, stem
+    c = stems["commercial"]
+    assert {"README.md", "figures.parquet", "articles.parquet", "ledger.parquet", "duplicates.parquet",
+            "near_duplicates.parquet", "caption_duplicates.parquet", "ledger_summary.txt", "build_summary.json",
+            "commercial/sizes.json", f"commercial/{c}_stats.json", f"commercial/{c}.parquet"} <= set(expected)
     assert plan.paths == sorted(expected)
     assert not [p for p in plan.paths if p.startswith("_work")]
     assert (ds / "_work").is_dir() and [e.path for e in plan.excluded] == ["_work/"]
@@ -102,9 +117,11 @@ def test_plan_lists_exactly_the_dataset_files(ds):
         assert f.size == (ds / f.path).stat().st_size
     assert plan.total_bytes == sum(expected.values())
     kinds = {f.path: f.kind for f in plan.files}
-    assert kinds["other/000000.tar"] == "shard" and kinds["other/000000.parquet"] == "index"
-    assert kinds["other/000000_stats.json"] == "stats" and kinds["other/sizes.json"] == "stats"
+    o = stems["other"]
+    assert kinds[f"other/{o}.tar"] == "shard" and kinds[f"other/{o}.parquet"] == "index"
+    assert kinds[f"other/{o}_stats.json"] == "stats" and kinds["other/sizes.json"] == "stats"
     assert kinds["figures.parquet"] == "table" and kinds["README.md"] == "card"
+    assert kinds["near_duplicates.parquet"] == kinds["caption_duplicates.parquet"] == "table"
     assert [p for p, k in kinds.items() if k == "plot"] == sorted(p for p in expected if p.startswith("card/"))
     assert all(kinds[p] == "table" for p in expected if p.startswith(("articles/", "figures/")))
     assert kinds["build_summary.json"] == "summary"
@@ -120,10 +137,11 @@ def test_plan_matches_what_huggingface_hub_would_upload(ds):
     """The plan uses the patterns exactly as upload_folder applies them to the whole folder (_work/ included)."""
     from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
-    (ds / "commercial" / ".000001.tar.tmp-42").write_bytes(b"partial")
+    (ds / "commercial" / f".{_stem(ds, 'commercial')}.tar.tmp-42").write_bytes(b"partial")
     (ds / ".cache" / "huggingface" / "upload").mkdir(parents=True)
     (ds / ".cache" / "huggingface" / "upload" / "x.parquet").write_text("{}")
-    (ds / "_work" / "staged" / "leftover.parquet").write_bytes(b"x")
+    (ds / "_work" / "stage" / "p00000").mkdir(parents=True, exist_ok=True)
+    (ds / "_work" / "stage" / "p00000" / "leftover.parquet").write_bytes(b"x")
     every = sorted(p.relative_to(ds).as_posix() for p in ds.glob("**/*") if p.is_file())
     hf = list(filter_repo_objects(every, allow_patterns=list(UPLOAD_ALLOW),
                                   ignore_patterns=list(UPLOAD_IGNORE) + DEFAULT_IGNORE_PATTERNS))
@@ -163,29 +181,33 @@ def test_card_without_front_matter_warns(ds):
 
 
 def test_shard_without_stats_marker_blocks(ds):
-    (ds / "other" / "000000_stats.json").unlink()
+    o = _stem(ds, "other")
+    (ds / "other" / f"{o}_stats.json").unlink()
     plan = plan_upload(ds)
     assert len(plan.problems) == 1
-    assert "other/000000.tar" in plan.problems[0] and "other/000000_stats.json" in plan.problems[0]
-    with pytest.raises(UploadBlockedError, match="other/000000_stats.json"):
+    assert f"other/{o}.tar" in plan.problems[0] and f"other/{o}_stats.json" in plan.problems[0]
+    with pytest.raises(UploadBlockedError, match=re.escape(f"other/{o}_stats.json")):
         push_folder(ds, "org/name", dry_run=True)
 
 
 def test_truncated_shard_and_unfinished_build_block(ds):
-    tar = ds / "commercial" / "000000.tar"
+    c = _stem(ds, "commercial")
+    tar = ds / "commercial" / f"{c}.tar"
     tar.write_bytes(tar.read_bytes()[:-512])
     (ds / "build_summary.json").unlink()
     problems = plan_upload(ds).problems
-    assert any("commercial/000000.tar" in p and "truncated" in p for p in problems)
+    assert any(f"commercial/{c}.tar" in p and "truncated" in p for p in problems)
     assert any("build_summary.json" in p for p in problems)
 
 
 def test_stale_shard_blocks(ds):
+    o = _stem(ds, "other")
+    stale = o[:-3] + f"{int(o[-3:]) + 1:03d}"      # the next shard number of the same partition
     for suffix in (".tar", ".parquet", "_stats.json"):
-        shutil.copy(ds / "other" / f"000000{suffix}", ds / "other" / f"000001{suffix}")
+        shutil.copy(ds / "other" / f"{o}{suffix}", ds / "other" / f"{stale}{suffix}")
     problems = plan_upload(ds).problems
     assert any("other/sizes.json" in p for p in problems)
-    assert any("not listed in build_summary.json" in p and "other/000001.tar" in p for p in problems)
+    assert any("not listed in build_summary.json" in p and f"other/{stale}.tar" in p for p in problems)
 
 
 def test_empty_or_missing_folder(tmp_path):
@@ -224,9 +246,11 @@ def test_dry_run_text_has_totals(ds):
     assert f"Ready to upload {n} files, {total}." in text
     for kind in ("shard", "index", "stats", "table", "card", "plot"):
         assert re.search(rf"^{kind}\s+\d+", text, re.MULTILINE)
-    assert "other/000000.tar" in text and "_work/" in text
+    shard = f"other/{_stem(ds, 'other')}.tar"
+    assert shard in text and "_work/" in text
+    assert "near_duplicates.parquet" in text.split("Not uploaded")[0]   # a dataset table: uploaded
     short = plan.text(max_files=3)
-    assert f"... and {n - 3} more" in short and "other/000000.tar" not in short.split("Not uploaded")[0]
+    assert f"... and {n - 3} more" in short and shard not in short.split("Not uploaded")[0]
 
 
 def test_human_size():
@@ -464,7 +488,7 @@ def test_push_to_a_branch(ds, fake_hub):
     assert [(c["path"], c["status"]) for c in fake_hub.calls("branch")] == \
         [("/api/datasets/bmd/biomedica/branch/v1.0", 200), ("/api/datasets/bmd/biomedica/branch/v1.0", 409)]
     repo = fake_hub.repos["bmd/biomedica"]
-    assert repo.branches["main"] == {} and "other/000000.tar" in repo.branches["v1.0"]
+    assert repo.branches["main"] == {} and f"other/{_stem(ds, 'other')}.tar" in repo.branches["v1.0"]
     assert {c["path"] for c in fake_hub.calls("commit")} == {"/api/datasets/bmd/biomedica/commit/v1.0"}
 
 
@@ -583,9 +607,11 @@ def test_push_sends_nothing_outside_the_plan(ds, fake_hub, tmp_path):
 
 def test_push_refuses_a_duplicated_shard_from_a_killed_rebuild(ds):
     """A rebuild with another shard size killed midway leaves complete shards the index does not list."""
+    c = _stem(ds, "commercial")
     name = "commercial/commercial-train-s000-p00001-000"
+    assert not (ds / f"{name}.tar").exists()
     for suffix in (".tar", ".parquet", "_stats.json"):
-        shutil.copy(ds / f"commercial/000000{suffix}", ds / f"{name}{suffix}")
+        shutil.copy(ds / f"commercial/{c}{suffix}", ds / f"{name}{suffix}")
     plan = plan_upload(ds)
     assert any(f"{name}.tar is not in figures.parquet" in p and "stale or duplicated" in p for p in plan.problems)
     with pytest.raises(UploadBlockedError, match="stale or duplicated"):
@@ -627,13 +653,14 @@ def test_update_uploads_only_what_changed_and_deletes_replaced_shards(ds, fake_h
     api = _api(fake_hub)
     push_folder(ds, "bmd/biomedica", api=api)
     assert push_folder(ds, "bmd/biomedica", api=api).uploaded == []       # unchanged: nothing sent
-    new = "other-train-s000-p00000-000"
-    _rename_shard(ds, "other", "000000", new)
+    old = _stem(ds, "other")
+    new = f"{old}-r001"   # the name an update gives a shard it rewrites
+    _rename_shard(ds, "other", old, new)
     plan = push_folder(ds, "bmd/biomedica", api=api)
     assert plan.ok
     assert sorted(plan.uploaded) == sorted([f"other/{new}.tar", f"other/{new}.parquet", f"other/{new}_stats.json",
                                             "other/sizes.json", "figures.parquet", "build_summary.json"])
-    assert plan.deleted == ["other/000000.parquet", "other/000000.tar", "other/000000_stats.json"]
+    assert plan.deleted == [f"other/{old}.parquet", f"other/{old}.tar", f"other/{old}_stats.json"]
     files = fake_hub.repos["bmd/biomedica"].branches["main"]
     assert sorted(files) == plan.paths
     assert all(files[p] == (ds / p).read_bytes() for p in plan.paths)
@@ -669,10 +696,11 @@ def test_verify_cli_fast_and_deep(ds):
     deep = subprocess.run([str(BIOMEDICA), "verify", "--deep", str(ds)], capture_output=True, text=True,
                           timeout=120, check=False)
     assert deep.returncode == 1 and f"sample {row['key']}: image sha256 differs" in deep.stdout
-    other = ds / "commercial" / "000000.tar"
+    c, n = _stem(ds, "commercial"), _stem(ds, "noncommercial")
+    other = ds / "commercial" / f"{c}.tar"
     other.write_bytes(other.read_bytes()[:-1024])
-    (ds / "noncommercial" / "000000_stats.json").unlink()
+    (ds / "noncommercial" / f"{n}_stats.json").unlink()
     r = subprocess.run([str(BIOMEDICA), "verify", str(ds)], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 1
-    assert "commercial/000000.tar is" in r.stdout and "truncated" in r.stdout
-    assert "noncommercial/000000.tar has no completion marker" in r.stdout
+    assert f"commercial/{c}.tar is" in r.stdout and "truncated" in r.stdout
+    assert f"noncommercial/{n}.tar has no completion marker" in r.stdout
