@@ -105,7 +105,7 @@ def write_table_configs(out: Path) -> dict[str, int]:
         batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=table_config_columns(out, name))
         n_tars = max(1, -(-total // ROWS_PER_TABLE_TAR))
 
-        def rows(limit: int):
+        def rows(limit: int, batches=batches, key_col=key_col):
             """The next ``limit`` rows, a small batch at a time (the articles carry their full text)."""
             nonlocal pending
             left = limit

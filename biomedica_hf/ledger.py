@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .schema import FAILED, KEPT, LEDGER_FIELDS, SKIPPED, STATES, LedgerEntry, arrow_schema
-from .writer import atomic_write_bytes, write_parquet
 
 LEDGER_SCHEMA = arrow_schema(LEDGER_FIELDS)
 KINDS = ("article", "figure", "file")
@@ -39,29 +38,6 @@ def summarize(entries: list[LedgerEntry], top: int = 10) -> dict:
     }
 
 
-def merge_summaries(summaries: Iterable[dict], top: int = 10) -> dict:
-    """One summary from per-partition summaries (bounded: counts by kind/state/reason, not rows)."""
-    counts: dict[str, dict[str, int]] = {k: {s: 0 for s in STATES} for k in KINDS}
-    reasons: dict[str, Counter] = defaultdict(Counter)
-    errors: Counter = Counter()
-    examples: dict[str, str] = {}
-    for sm in summaries:
-        for kind, c in sm["counts"].items():
-            for state, n in c.items():
-                counts.setdefault(kind, {s: 0 for s in STATES})[state] += n
-        for group, rs in sm["reasons"].items():
-            reasons[group].update(rs)
-        for reason, n, *example in sm["top_errors"]:
-            errors[reason] += n
-            if example and example[0]:
-                examples.setdefault(reason, example[0])
-    return {
-        "counts": counts,
-        "reasons": {k: dict(v.most_common()) for k, v in sorted(reasons.items())},
-        "top_errors": [[r, n, examples.get(r, "")] for r, n in errors.most_common(top)],
-    }
-
-
 def format_summary(summary: dict) -> str:
     lines = ["Ledger", "------", f"{'':10s}{'kept':>9s}{'skipped':>9s}{'failed':>9s}{'total':>9s}"]
     for kind, c in summary["counts"].items():
@@ -78,33 +54,30 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_ledger(out: Path, entries: list[LedgerEntry]) -> dict:
-    """Write ``ledger.parquet`` (sorted, reproducible) and ``ledger_summary.txt``; return the summary."""
-    rows = sorted((e.as_dict() for e in entries), key=lambda r: (KINDS.index(r["kind"]), r["pmcid"], r["id"]))
-    write_parquet(Path(out) / "ledger.parquet", rows, LEDGER_SCHEMA)
-    summary = summarize(entries)
-    atomic_write_bytes(Path(out) / "ledger_summary.txt", format_summary(summary).encode())
-    return summary
-
-
-def write_ledger_parts(out: Path, parts: list[Path]) -> int:
-    """``ledger.parquet`` streamed from per-partition parts (never one list of every row)."""
+def ledger_summary(path: Path, top: int = 10) -> dict:
+    """:func:`summarize` of a ``ledger.parquet``, streamed batch by batch (pyarrow group-by: bounded memory)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .writer import atomic_path
+    counts = {kind: {st: 0 for st in STATES} for kind in KINDS}
+    reasons: dict[str, Counter] = {}
+    errors: Counter = Counter()
+    examples: dict[str, str] = {}
+    if Path(path).exists():
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=200_000,
+                                                       columns=["kind", "state", "reason", "detail"]):
+            t = pa.Table.from_batches([batch])
+            g = t.group_by(["kind", "state", "reason"]).aggregate([("reason", "count"), ("detail", "max")])
+            for r in g.to_pylist():
+                counts.setdefault(r["kind"], {st: 0 for st in STATES})[r["state"]] += r["reason_count"]
+                if r["state"] != KEPT:
+                    reasons.setdefault(f"{r['kind']}/{r['state']}", Counter())[r["reason"]] += r["reason_count"]
+                if r["state"] == FAILED:
+                    errors[r["reason"]] += r["reason_count"]
+                    if r["detail_max"]:
+                        examples.setdefault(r["reason"], r["detail_max"][:160])
+    return {"counts": counts, "reasons": {k: dict(v.most_common()) for k, v in sorted(reasons.items())},
+            "top_errors": [[r, n, examples.get(r, "")] for r, n in errors.most_common(top)]}
 
-    n = 0
-    with atomic_path(Path(out) / "ledger.parquet") as tmp:
-        writer = pq.ParquetWriter(tmp, LEDGER_SCHEMA, compression="zstd")
-        try:
-            for p in parts:
-                t = pq.read_table(p, schema=LEDGER_SCHEMA)
-                if t.num_rows:
-                    writer.write_table(t)
-                    n += t.num_rows
-        finally:
-            writer.close()
-    return n
 
-
-__all__ = ["FAILED", "KEPT", "SKIPPED", "check_unique", "format_summary", "merge_summaries", "summarize", "write_ledger", "write_ledger_parts"]
+__all__ = ["FAILED", "KEPT", "SKIPPED", "check_unique", "format_summary", "ledger_summary", "summarize"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import datetime as _dt
-import errno
 import hashlib
 import json
 import logging
@@ -52,7 +51,7 @@ from .concepts.label import labels_extra_columns
 from .dedup import PUBLISHED, decide, decisions_for, n_hash_buckets, write_hash_rows
 from .executors import make_executor
 from .index import FIGURES_INDEX, build_figures_index
-from .ledger import LEDGER_SCHEMA, format_summary, summarize
+from .ledger import LEDGER_SCHEMA, format_summary, ledger_summary, summarize
 from .lock import BuildLock
 from .partition import (
     DEFAULT_SPLIT_FRACTIONS,
@@ -286,7 +285,7 @@ def stage_partition(pid_name: str) -> dict:
             result.ref_id = rid
         try:
             n_bytes += stage.append(result)
-        except Exception as e:  # noqa: BLE001 - the article's record could not be staged: ledger it
+        except Exception as e:
             if _is_enospc(e):
                 raise _fatal(e, f"the staging of partition {pid_name}") from e
             log.exception("could not stage %s", rid)
@@ -771,29 +770,6 @@ def consolidate_tables(work: Work, k: int) -> None:
             os.replace(path, out / name)
     shutil.rmtree(work.root / "parts" / "articles", ignore_errors=True)
     shutil.rmtree(work.root / "parts" / "ledger", ignore_errors=True)
-
-
-def ledger_summary(path: Path, top: int = 10) -> dict:
-    """Counts by kind/state, reasons and top errors, streamed from ``ledger.parquet``."""
-    counts = {kind: {st: 0 for st in (KEPT, SKIPPED, FAILED)} for kind in ("article", "figure", "file")}
-    reasons: dict[str, Counter] = {}
-    errors: Counter = Counter()
-    examples: dict[str, str] = {}
-    if Path(path).exists():
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=200_000,
-                                                       columns=["kind", "state", "reason", "detail"]):
-            t = pa.Table.from_batches([batch])
-            g = t.group_by(["kind", "state", "reason"]).aggregate([("reason", "count"), ("detail", "max")])
-            for r in g.to_pylist():
-                counts.setdefault(r["kind"], {st: 0 for st in (KEPT, SKIPPED, FAILED)})[r["state"]] += r["reason_count"]
-                if r["state"] != KEPT:
-                    reasons.setdefault(f"{r['kind']}/{r['state']}", Counter())[r["reason"]] += r["reason_count"]
-                if r["state"] == FAILED:
-                    errors[r["reason"]] += r["reason_count"]
-                    if r["detail_max"]:
-                        examples.setdefault(r["reason"], r["detail_max"][:160])
-    return {"counts": counts, "reasons": {k: dict(v.most_common()) for k, v in sorted(reasons.items())},
-            "top_errors": [[r, n, examples.get(r, "")] for r, n in errors.most_common(top)]}
 
 
 # ---------------------------------------------------------------------------------- build
