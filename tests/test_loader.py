@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tarfile
 import warnings
@@ -17,7 +18,7 @@ from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 
 from biomedica_hf import remote
-from biomedica_hf.loader import ShardRanges, dataset_file_url, load_biomedica, split_units
+from biomedica_hf.loader import EXTRA_COLUMNS, ShardRanges, dataset_file_url, load_biomedica, split_units
 from biomedica_hf.pipeline import BuildConfig, build
 from biomedica_hf.schema import SUBSETS
 
@@ -47,10 +48,17 @@ def _index_keys(rows: list[dict], pred) -> list[str]:
     return sorted(r["key"] for r in rows if pred(r))
 
 
+def _first_shard(out: Path, subset: str) -> Path:
+    """The first shard (sorted) of a subset folder: ``other/other-train-s000-p00000-000.tar``."""
+    tars = sorted((out / subset).glob("*.tar"))
+    assert tars, f"no shard in {out / subset}"
+    return tars[0]
+
+
 def _tar_samples(out: Path) -> dict[str, dict[str, bytes]]:
-    """Every sample of every shard, read with tarfile: key -> {ext: bytes}."""
+    """Every sample of every shard (``<subset>/*.tar``), read with tarfile: key -> {ext: bytes}."""
     samples: dict[str, dict[str, bytes]] = {}
-    for tar_path in sorted(out.glob("*/*.tar")):
+    for tar_path in [t for s in SUBSETS for t in sorted((out / s).glob("*.tar"))]:
         with tarfile.open(tar_path) as tar:
             for m in tar:
                 key, _, ext = m.name.partition(".")
@@ -118,13 +126,19 @@ def test_filters_give_exactly_the_index_selection(built):
 def test_samples_equal_tar_members_byte_for_byte(built):
     out, rows = built
     members = _tar_samples(out)
+    by_key = {r["key"]: r for r in rows}
     seen = set()
     for ex in load_biomedica(out, subset="all", decode=False):
         m = members[ex["key"]]
         ext = next(e for e in m if e not in ("txt", "json"))
         assert ex["image"] == {"bytes": m[ext], "path": f"{ex['key']}.{ext}"}
         assert ex["caption"] == m["txt"].decode()
-        assert ex["metadata"] == json.loads(m["json"])
+        sample_json = json.loads(m["json"])
+        assert sample_json["split"] == by_key[ex["key"]]["split"]   # the JSON and the index agree
+        # metadata: the tar's JSON, plus the index-only columns of the row (near_dup_of, ...)
+        index_cols = {c: by_key[ex["key"]][c] for c in EXTRA_COLUMNS if c in by_key[ex["key"]]}
+        assert "near_dup_of" in index_cols
+        assert ex["metadata"] == {**sample_json, **index_cols}
         seen.add(ex["key"])
     assert seen == set(members) == {r["key"] for r in rows}
 
@@ -330,13 +344,31 @@ def test_stale_index_is_a_clear_error(built, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- index columns and hooks
+#: The index columns added after the first release: an index written before them has none of them.
+NEWER_INDEX_COLUMNS = ("split", "near_dup_of", "caption_dup_of")
+
+
+@pytest.fixture(scope="module")
+def older(built, tmp_path_factory) -> Path:
+    """A copy whose index is as an older build wrote it: no split, near_dup_of or caption_dup_of column."""
+    out, _ = built
+    copy = tmp_path_factory.mktemp("older") / "ds"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("_work"))
+    table = pq.read_table(copy / "figures.parquet")
+    assert set(NEWER_INDEX_COLUMNS) <= set(table.column_names)   # the build writes them
+    pq.write_table(table.drop_columns(list(NEWER_INDEX_COLUMNS)), copy / "figures.parquet")
+    return copy
+
+
 @pytest.fixture(scope="module")
 def annotated(built, tmp_path_factory) -> tuple[Path, list[dict]]:
-    """A copy whose index has concepts, split and near_dup_of columns (as the partitioned build will write)."""
+    """A copy whose index has concepts, and split / near_dup_of columns (replacing the build's) with every
+    split and some near-duplicates represented."""
     out, _ = built
     copy = tmp_path_factory.mktemp("annotated") / "ds"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("_work"))
     table = pq.read_table(copy / "figures.parquet")
+    table = table.drop_columns([c for c in ("split", "near_dup_of") if c in table.column_names])
     n = table.num_rows
     keys = table["key"].to_pylist()
     table = table.append_column("concepts", pa.array([[["Microscopy"], ["Plots and Charts"], []][i % 3]
@@ -362,10 +394,11 @@ def test_rows_carry_the_index_columns_in_metadata(annotated):
     assert ds.features["metadata"]["concepts"].feature.dtype == "string"
 
 
-def test_rows_of_an_older_index_have_no_extra_columns(built):
-    out, _ = built
-    ex = next(iter(load_biomedica(out, subset="all", decode=False)))
-    assert not {"concepts", "local_concepts", "split", "near_dup_of"} & set(ex["metadata"])
+def test_rows_of_an_older_index_have_no_extra_columns(older, built):
+    ex = next(iter(load_biomedica(older, subset="all", decode=False)))
+    assert not {"concepts", "local_concepts", "near_dup_of", "caption_dup_of"} & set(ex["metadata"])
+    # split is also a field of the sample's JSON: it comes from the tar, as the build wrote it
+    assert ex["metadata"]["split"] == next(r["split"] for r in built[1] if r["key"] == ex["key"])
 
 
 @pytest.mark.parametrize("split", ["train", "validation", "test"])
@@ -375,11 +408,18 @@ def test_split_filters_on_the_index(annotated, split):
     assert sorted(keys) == _index_keys(rows, lambda r: r["split"] == split) and keys
 
 
-def test_split_errors(annotated, built):
+def test_split_errors(annotated, older):
     with pytest.raises(ValueError, match=r"split must be one of \['train', 'validation', 'test'\]"):
         load_biomedica(annotated[0], split="dev")
     with pytest.raises(ValueError, match="no `split` column.*no train/validation/test splits"):
-        load_biomedica(built[0], split="train")
+        load_biomedica(older, split="train")
+
+
+def test_split_of_the_build_is_the_index_column(built):
+    out, rows = built
+    for split in {r["split"] for r in rows}:
+        assert sorted(_keys(load_biomedica(out, subset="all", decode=False, split=split))) == \
+            _index_keys(rows, lambda r, s=split: r["split"] == s)
 
 
 def test_exclude_from_keys_txt_parquet_and_json(annotated, tmp_path):
@@ -398,13 +438,16 @@ def test_exclude_from_keys_txt_parquet_and_json(annotated, tmp_path):
         load_biomedica(copy, exclude=tmp_path / "bad.parquet")
 
 
-def test_near_duplicates_drop(annotated, built):
+def test_near_duplicates_drop(annotated, built, older):
     copy, rows = annotated
     kept = _keys(load_biomedica(copy, subset="all", decode=False, near_duplicates="drop"))
     assert sorted(kept) == _index_keys(rows, lambda r: r["near_dup_of"] is None) and len(kept) < len(rows)
     assert len(_keys(load_biomedica(copy, subset="all", decode=False, near_duplicates="keep"))) == len(rows)
+    out, built_rows = built   # the build's own near_dup_of column
+    assert sorted(_keys(load_biomedica(out, subset="all", decode=False, near_duplicates="drop"))) == \
+        _index_keys(built_rows, lambda r: r["near_dup_of"] is None)
     with pytest.raises(ValueError, match="no `near_dup_of` column"):
-        load_biomedica(built[0], near_duplicates="drop")
+        load_biomedica(older, near_duplicates="drop")
     with pytest.raises(ValueError, match="near_duplicates must be one of"):
         load_biomedica(copy, near_duplicates="yes")
 
@@ -473,7 +516,7 @@ def _copy(out: Path, tmp_path: Path) -> Path:
                                  "hf://datasets/evil/repo@main/x.tar", "other@evil/x.tar", "C:\\x.tar"])
 def test_shard_paths_must_stay_inside_the_dataset(built, tmp_path, bad):
     copy = _copy(built[0], tmp_path)
-    (tmp_path / "outside.tar").write_bytes((copy / "other" / "000000.tar").read_bytes())
+    (tmp_path / "outside.tar").write_bytes(_first_shard(copy, "other").read_bytes())
     table = pq.read_table(copy / "figures.parquet")
     col = table.schema.get_field_index("shard")
     table = table.set_column(col, "shard", pa.array([bad] + table["shard"].to_pylist()[1:]))
@@ -513,13 +556,13 @@ def test_missing_or_truncated_shard_raises(built, tmp_path):
     from biomedica_hf.remote import ShardTruncatedError
 
     copy = _copy(built[0], tmp_path)
-    tar = copy / "other" / "000000.tar"
+    tar = _first_shard(copy, "other")
     data = tar.read_bytes()
     tar.write_bytes(data[: len(data) // 2])
     with pytest.raises(ShardTruncatedError, match="truncated"):
         _keys(load_biomedica(copy, subset="other", decode=False))
     tar.unlink()
-    with pytest.raises(FileNotFoundError, match="other/000000.tar: shard listed in the index is missing"):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"other/{tar.name}: shard listed in the index is missing")):
         _keys(load_biomedica(copy, subset="other", decode=False))
 
 
