@@ -254,11 +254,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         raise click.ClickException(str(e)) from None
     except FatalBuildError as e:
         raise click.ClickException(f"build stopped: {e}") from None
-    except OSError as e:
-        if not is_disk_error(e):
-            raise
-        raise click.ClickException(f"build stopped: {fatal_disk_error(e)}") from None
-    except ConnectionError as exc:
+    except ConnectionError as exc:  # before OSError: ConnectionError is an OSError
         if executor == "ray" and _raised_in(exc, "ray"):
             from .errors import NoClusterError
 
@@ -266,6 +262,10 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
                                  "pass --address local to start Ray on this machine, or ray://HOST:10001 "
                                  "for a running cluster") from exc
         raise
+    except OSError as e:
+        if not is_disk_error(e):
+            raise
+        raise click.ClickException(f"build stopped: {fatal_disk_error(e)}") from None
     click.echo(report.text())
     if enrich:
         _run_enrich(out, eutils_url, None, fatal=False)
