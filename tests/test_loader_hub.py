@@ -57,6 +57,13 @@ def hub(built, monkeypatch, tmp_path):
         yield server
 
 
+def _first_shard(out: Path, subset: str) -> Path:
+    """The first shard (sorted) of a subset folder: ``other/other-train-s000-p00000-000.tar``."""
+    tars = sorted((out / subset).glob("*.tar"))
+    assert tars, f"no shard in {out / subset}"
+    return tars[0]
+
+
 def _local(out: Path, **kw) -> dict[str, dict]:
     return {ex["key"]: ex for ex in load_biomedica(out, decode=False, **kw)}
 
@@ -166,10 +173,10 @@ def test_hub_errors_are_clear(built, hub):
         load_biomedica("bmd-lab/scratch", subset="all")
     (scratch / "figures.parquet").write_bytes(original)
     HfFileSystem.clear_instance_cache()     # a new commit for the client (its listings are cached per revision)
-    (scratch / "other" / "000000.tar").unlink()
+    _first_shard(scratch, "other").unlink()
     with pytest.raises(FileNotFoundError, match="missing on the Hub"):
         list(load_biomedica("bmd-lab/scratch", subset="other", decode=False))
-    tar = scratch / "commercial" / "000000.tar"
+    tar = _first_shard(scratch, "commercial")
     tar.write_bytes(tar.read_bytes()[:1024])
     with pytest.raises(ShardTruncatedError, match="truncated"):
         list(load_biomedica("bmd-lab/scratch", subset="commercial", decode=False))
@@ -208,8 +215,10 @@ def test_loopback_hub_resolve_semantics(built, hub):
     import requests
 
     out, _ = built
-    data = (out / "other" / "000000.tar").read_bytes()
-    url = f"{hub.url}/datasets/{REPO}/resolve/main/other/000000.tar"
+    shard = _first_shard(out, "other")
+    rel = f"other/{shard.name}"
+    data = shard.read_bytes()
+    url = f"{hub.url}/datasets/{REPO}/resolve/main/{rel}"
     head = requests.head(url, timeout=10)
     assert head.status_code == 200 and head.headers["Content-Length"] == str(len(data)) and not head.content
     assert head.headers["X-Repo-Commit"] == hub.commit
@@ -219,7 +228,7 @@ def test_loopback_hub_resolve_semantics(built, hub):
         assert r.status_code == 206 and r.content == body, rng
         assert r.headers["Content-Range"].endswith(f"/{len(data)}")
     assert requests.get(url, headers={"Range": f"bytes={len(data)}-"}, timeout=10).status_code == 416
-    assert requests.get(f"{hub.url}/datasets/{REPO}/resolve/nope/other/000000.tar", timeout=10).status_code == 404
+    assert requests.get(f"{hub.url}/datasets/{REPO}/resolve/nope/{rel}", timeout=10).status_code == 404
     assert requests.get(f"{hub.url}/datasets/{REPO}/resolve/main/_work/x", timeout=10).status_code == 404
     assert hub.requests["resolve"] == 7 and hub.bytes_sent >= 10 + len(data) - 100 + 7
 
