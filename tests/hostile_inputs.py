@@ -7,7 +7,7 @@
 * :func:`png16_stream` / :func:`float_tiff_stream` - 16-bit PNG and float32 TIFF of any size, written row
   block by row block through zlib (12000x12000 takes ~300 kB and a few MB of memory);
 * :func:`run_measured` - run Python code in a fresh interpreter and return its peak RSS and bytes
-  written (``resource.getrusage`` and ``/proc/self/io``) with whatever JSON it printed last.
+  written (``VmHWM`` of ``/proc/self/status`` and ``/proc/self/io``) with whatever JSON it printed last.
 """
 from __future__ import annotations
 
@@ -160,10 +160,14 @@ def float_tiff_stream(path: Path, width: int, height: int, rows_per_strip: int =
     return path
 
 
+# Peak RSS is this process's own VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across execve,
+# and subprocess spawns with vfork, so ru_maxrss would report the peak of the (possibly large) pytest
+# process that started the measurement instead of the measured code's.
 MEASURE_TAIL = """
-import json as _json, resource as _resource
+import json as _json
 _io = dict(l.split(": ") for l in open("/proc/self/io").read().split("\\n") if l)
-print("MEASURED " + _json.dumps({"max_rss_mb": _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 1024,
+_hwm_kb = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
+print("MEASURED " + _json.dumps({"max_rss_mb": _hwm_kb / 1024,
                                  "written_mb": int(_io["wchar"]) / 1e6, "result": RESULT}, default=str))
 """
 
