@@ -332,9 +332,13 @@ def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path
     assert pairs.image_bytes(list(range(len(pairs)))) == [src[k] for k in pairs.keys]
     with pytest.raises(Exception, match="no config 'nope'.*concept-filtered"):
         load_pairs(ds, "nope")
-    # a partitioned build's `split` column: the test split by default, everything with split="all"
+    # a partitioned build's `split` column (every build writes one; replaced here with a known assignment):
+    # the test split by default, everything with split="all"
     split = ["test" if i % 4 == 0 else "train" for i in range(len(keys))]
-    pq.write_table(pq.read_table(ds / "figures.parquet").append_column("split", pa.array(split)), ds / "figures.parquet")
+    built = pq.read_table(ds / "figures.parquet")
+    assert built["key"].to_pylist() == keys
+    built = built.set_column(built.schema.get_field_index("split"), "split", pa.array(split))
+    pq.write_table(built, ds / "figures.parquet")
     r = run_task(adapter, resolve_tasks(f"retrieval:{ds}", ctx)[0], ctx, EvalConfig())
     test_keys = {k for k, s in zip(keys, split) if s == "test"} & set(full.keys)
     assert r["n"] == len(test_keys) and r["dataset"]["split"] == "test"
