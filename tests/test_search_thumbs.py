@@ -117,7 +117,10 @@ def big_folder(tmp_path_factory) -> Path:
         Image.MAX_IMAGE_PIXELS = 89_478_485
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = root / "ds"
-    for cmd in (["build", "--source", "local", "--input", str(root / "input"), "--out", str(out), "--no-progress"],
+    # decoding a 12000x12000 RGB PNG takes 576 MB (Pillow pads RGB to 4 bytes), over the default 256 MiB decode
+    # budget (image_too_large): this build raises it to keep the figure at full size
+    for cmd in (["build", "--source", "local", "--input", str(root / "input"), "--out", str(out), "--no-progress",
+                 "--max-image-bytes", "600MB"],
                 ["index", str(out), "--encoder", "minilm", "--no-progress"]):
         r = subprocess.run([str(BIN / "biomedica"), *cmd], check=False, capture_output=True, text=True, env=env,
                            timeout=600)
