@@ -25,7 +25,8 @@ TABLE_CONFIGS = {
                 tuple(n for n, _, _ in FIGURES_INDEX_FIELDS if n not in {f[0] for f in FIGURES_CONFIG_FIELDS})),
 }
 ROWS_PER_TABLE_TAR = 100_000
-BATCH_ROWS = 1_000          # rows in memory at a time when streaming a table
+INDEX_ROW_GROUP = 4_000      # rows per row group of figures.parquet
+BATCH_ROWS = 128            # rows in memory at a time when streaming a table
 INDEX_SCHEMA = arrow_schema(FIGURES_INDEX_FIELDS)
 
 
@@ -37,8 +38,8 @@ def shard_tables(out: Path) -> list[Path]:
 def build_figures_index(out: Path, extra_columns: dict[str, pa.Array] | None = None) -> Path:
     """Stream the per-shard tables into ``figures.parquet`` (atomic); returns its path.
 
-    One shard table is in memory at a time; ``extra_columns`` (concept labels) are aligned with the
-    concatenation of the shard tables in :func:`shard_tables` order."""
+    A few thousand rows are in memory at a time (row groups of ``INDEX_ROW_GROUP`` rows); ``extra_columns``
+    (concept labels) are aligned with the concatenation of the shard tables in :func:`shard_tables` order."""
     extra = extra_columns or {}
     maps = _dup_maps(out)
     schema = INDEX_SCHEMA
@@ -49,25 +50,34 @@ def build_figures_index(out: Path, extra_columns: dict[str, pa.Array] | None = N
     with atomic_path(path) as tmp:
         writer = pq.ParquetWriter(tmp, schema, compression="zstd")
         try:
+            pending: list[pa.Table] = []
             for p in shard_tables(out):
-                table = pq.read_table(p)
-                table = table.append_column("caption_chars", pc.cast(pc.utf8_length(table["caption"]), pa.int32()))
-                for f in INDEX_SCHEMA:
-                    if f.name not in table.column_names:   # a shard written before the column existed
-                        table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
-                for name, mapping in maps.items():
-                    keys = table["key"].to_pylist()
-                    table = table.drop_columns([name]).append_column(
-                        name, pa.array([mapping.get(key) for key in keys], pa.string()))
-                table = table.select([f.name for f in INDEX_SCHEMA]).cast(INDEX_SCHEMA)
-                for name, column in extra.items():
-                    table = table.append_column(name, column.slice(offset, table.num_rows))
-                offset += table.num_rows
-                if table.num_rows:
-                    writer.write_table(table, row_group_size=100_000)
+                for batch in pq.ParquetFile(p).iter_batches(batch_size=1_000):   # a row group at a time
+                    pending.append(_index_batch(pa.Table.from_batches([batch]), maps, extra, offset))
+                    offset += batch.num_rows
+                    if sum(t.num_rows for t in pending) >= INDEX_ROW_GROUP:
+                        writer.write_table(pa.concat_tables(pending))
+                        pending = []
+            if pending:
+                writer.write_table(pa.concat_tables(pending))
         finally:
             writer.close()
     return path
+
+
+def _index_batch(table: pa.Table, maps: dict, extra: dict, offset: int) -> pa.Table:
+    """One batch of a shard's rows as index rows (schema columns, duplicate maps, extra columns)."""
+    table = table.append_column("caption_chars", pc.cast(pc.utf8_length(table["caption"]), pa.int32()))
+    for f in INDEX_SCHEMA:
+        if f.name not in table.column_names:   # a shard written before the column existed
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    for name, mapping in maps.items():
+        keys = table["key"].to_pylist()
+        table = table.drop_columns([name]).append_column(name, pa.array([mapping.get(k) for k in keys], pa.string()))
+    table = table.select([f.name for f in INDEX_SCHEMA]).cast(INDEX_SCHEMA)
+    for name, column in extra.items():
+        table = table.append_column(name, column.slice(offset, table.num_rows))
+    return table
 
 
 DUP_TABLES = {"near_dup_of": "near_duplicates.parquet", "caption_dup_of": "caption_duplicates.parquet"}

@@ -56,10 +56,13 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode())
 
 
-def write_parquet(path: Path, rows: list[dict], schema: pa.Schema) -> None:
+SHARD_ROW_GROUP = 1_000   # rows per row group of a shard's Parquet: readers stream it in small batches
+
+
+def write_parquet(path: Path, rows: list[dict], schema: pa.Schema, row_group_size: int | None = None) -> None:
     table = pa.Table.from_pylist(rows, schema=schema)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
 
 
 def shard_name(subset: str, split: str, pid_tail: str, index: int, revision: int | None = None) -> str:
@@ -132,7 +135,7 @@ def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, ex
                 formats[sample.image.ext] += 1
                 image_bytes += len(sample.image.data)
                 caption_chars += len(sample.caption)
-    write_parquet(parquet_path, rows, SHARD_SCHEMA)
+    write_parquet(parquet_path, rows, SHARD_SCHEMA, SHARD_ROW_GROUP)
     stats = {
         "shard": rel,
         "subset": subset,
@@ -188,7 +191,7 @@ def revise_shard(out: Path, old: str, new: str, drop_keys: set[str], digest: str
             caption_chars += len(r["caption"] or "")
         end = dst.tell() + 2 * tarfile.BLOCKSIZE            # end-of-archive blocks, padded like tarfile
         dst.write(b"\0" * (2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE))
-    write_parquet(parquet_path, rows, SHARD_SCHEMA)
+    write_parquet(parquet_path, rows, SHARD_SCHEMA, SHARD_ROW_GROUP)
     stats = {"shard": rel, "subset": new.split("/")[0], "count": len(rows), "tar_bytes": tar_path.stat().st_size,
              "image_bytes": image_bytes, "caption_chars": caption_chars, "image_ext": dict(sorted(formats.items())),
              "digest": digest, "revised_from": f"{old}.tar", **(extra_stats or {})}
