@@ -217,7 +217,7 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
                               reduce_to_pixels=opts.reduce_to_pixels)
     except MediaError as e:
         state = SKIPPED if e.reason in SKIP_MEDIA_REASONS else FAILED
-        used[name] = (state, f"image_{e.reason}")
+        used[name] = (state, e.reason if e.reason.startswith("image_") else f"image_{e.reason}")
         return LedgerEntry("figure", key, pmcid, state, e.reason, f"{name}: {e.detail}"[:500])
     except OSError as e:
         return LedgerEntry("figure", key, pmcid, FAILED, "read_error", f"{name}: {e}"[:500])
