@@ -90,6 +90,19 @@ def hub_offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick request to the Hub endpoint (``HF_ENDPOINT``), no retries: a missing model fails in seconds
+    instead of after huggingface_hub's retry back-off (~50 s when the Hub cannot be reached)."""
+    import requests
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        requests.head(endpoint, timeout=timeout, allow_redirects=False)
+    except requests.RequestException:
+        return False
+    return True
+
+
 def is_local_path(name: str) -> bool:
     """``name`` names something on this machine (an existing path), not a Hub id."""
     return os.path.exists(os.path.expanduser(name))

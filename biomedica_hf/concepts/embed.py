@@ -136,12 +136,32 @@ def _raise_missing_weights(name: str, exc: OSError) -> None:
                               "with network to cache it") from exc
 
 
+def _fail_fast_when_unreachable(name: str) -> None:
+    """A Hub id that is not cached, with a Hub that does not answer: the one-line error now, not after the
+    download client's retries."""
+    from ..errors import hub_offline, hub_reachable, is_local_path
+
+    if is_local_path(name) or hub_offline():
+        return
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(name, local_files_only=True, allow_patterns=["config.json"])
+        return                                  # cached: from_pretrained will not need the network
+    except Exception:  # noqa: BLE001 - not cached (or not a repo id): ask the network
+        pass
+    if not hub_reachable():
+        _raise_missing_weights(name, ConnectionError(f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co')} "
+                                                     "cannot be reached"))
+
+
 def load_model(model: Any = DEFAULT_MODEL, processor: Any = None) -> tuple[Any, Any, str]:
     """(model, processor, name): from a Hub id / local folder via ``from_pretrained``, or objects as given."""
     from transformers import AutoImageProcessor, AutoModel
 
     if isinstance(model, (str, os.PathLike)):
         name = os.fspath(model)
+        _fail_fast_when_unreachable(name)
         try:
             net = AutoModel.from_pretrained(name)
             if processor is None:
