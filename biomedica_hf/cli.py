@@ -180,8 +180,9 @@ def _parse_bytes(text: str) -> int:
 @click.option("--splits", default="98/1/1", show_default=True,
               help="train/validation/test percentages, by a stable hash of the PMCID (an article's figures stay in "
                    "one split; an article never changes split across updates).")
-@click.option("--partition-size", type=int, default=2000, show_default=True,
-              help="Articles per partition (the unit of work of a worker; 1-5k is right for PMC-OA).")
+@click.option("--partition-size", type=int, default=None,
+              help="Articles per partition, the unit of work of a worker [default: chosen from the listing "
+                   "size: 2,000 at PMC-OA scale, fewer (>= 64) for small listings so that every worker has work].")
 @click.option("--near-dedup", is_flag=True,
               help="Drop near-duplicate images (256-bit pHash within 20 bits: re-encoded / resized copies) like "
                    "exact duplicates, keeping the most permissive copy; by default they are only flagged "

@@ -34,7 +34,9 @@ from .writer import atomic_path, atomic_write_json
 FINE_BUCKETS = 4096
 SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.98, 0.01, 0.01)
-DEFAULT_TARGET = 2000           # articles per partition
+DEFAULT_TARGET = 2000           # articles per partition at most (PMC-OA: ~3,000 partitions)
+MIN_TARGET = 64                 # articles per partition at least
+MIN_PARTITIONS = 64             # a listing this many times MIN_TARGET gets at least this many partitions
 SPOOL_FLUSH_LINES = 20_000
 
 MANIFEST_SCHEMA = pa.schema([("pmcid", pa.string()), ("bucket", pa.int32()), ("seq", pa.int64()),
@@ -144,9 +146,19 @@ class Layout:
         return cls(d["snapshot"], tuple(d["fractions"]), dict(d["partitions"]))
 
 
+def auto_target(n_articles: int) -> int:
+    """Articles per partition for a listing of ``n_articles``: ``DEFAULT_TARGET`` at scale, smaller for small
+    listings so that a build of a few thousand articles still has enough partitions to keep every worker busy
+    (partitions are the unit of parallelism); depends on the listing only, never on the number of workers."""
+    return min(DEFAULT_TARGET, max(MIN_TARGET, math.ceil(n_articles / MIN_PARTITIONS)))
+
+
 def choose_layout(snapshot: int, bucket_counts: list[int], fractions: tuple[float, ...],
-                  target: int = DEFAULT_TARGET) -> Layout:
-    """Partitions per split: ceil(articles / target), at most one per bucket of the split."""
+                  target: int | None = DEFAULT_TARGET) -> Layout:
+    """Partitions per split: ceil(articles / target), at most one per bucket of the split; ``target=None``:
+    :func:`auto_target` of the listing's size."""
+    if target is None:
+        target = auto_target(sum(bucket_counts))
     layout = Layout(snapshot, tuple(fractions))
     for split, (lo, hi) in layout.ranges.items():
         n = sum(bucket_counts[lo:hi])

@@ -55,7 +55,6 @@ from .ledger import LEDGER_SCHEMA, format_summary, ledger_summary, summarize
 from .lock import BuildLock
 from .partition import (
     DEFAULT_SPLIT_FRACTIONS,
-    DEFAULT_TARGET,
     FINE_BUCKETS,
     Layout,
     ListingSpool,
@@ -103,7 +102,7 @@ class BuildConfig:
     progress: bool = True
     command: str = ""
     split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS
-    partition_target: int = DEFAULT_TARGET        # articles per partition
+    partition_target: int | None = None           # articles per partition (None: partition.auto_target)
     max_attempts: int = 3                         # tries of a partition whose worker died
     allow_shrink: bool = False                    # an update may withdraw more than half of the articles
     near_dedup: bool = False                      # drop near-duplicate images too (default: flag them)

@@ -86,10 +86,18 @@ def image_phash(img: Image.Image) -> str:
 
 
 def open_image(data: bytes) -> Image.Image:
-    """Decode image bytes (the first frame); warnings about odd metadata are not errors here."""
+    """Decode image bytes (the first frame); warnings about odd metadata are not errors here.
+
+    A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps it at least ``_REDUCE_TO`` pixels
+    on its short side (``draft``): the hash only ever looks at ~256 px, and this makes hashing in the build
+    ~4x cheaper than a full decode."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img = Image.open(io.BytesIO(data))
+        if img.format == "JPEG" and min(img.size) > 2 * _REDUCE_TO:
+            w, h = img.size
+            scale = _REDUCE_TO / min(w, h)
+            img.draft(img.mode, (max(1, int(w * scale)), max(1, int(h * scale))))
         img.load()
     return img
 
