@@ -14,7 +14,7 @@ import os
 import socket
 
 __all__ = ["BiomedicaError", "MissingWeightsError", "NetworkError", "NoClusterError", "WrongModelError",
-           "unreachable", "hub_offline", "is_local_path"]
+           "exception_chain", "hub_offline", "hub_reachable", "is_local_path", "unreachable"]
 
 
 class BiomedicaError(Exception):
@@ -63,7 +63,8 @@ _UNREACHABLE_NAMES = frozenset({
 })
 
 
-def _chain(exc: BaseException):
+def exception_chain(exc: BaseException):
+    """``exc`` and the exceptions it came from (``__cause__`` / ``__context__``), each once."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -73,7 +74,7 @@ def _chain(exc: BaseException):
 
 def unreachable(exc: BaseException) -> bool:
     """True when ``exc`` or an exception it came from says a server could not be reached."""
-    for e in _chain(exc):
+    for e in exception_chain(exc):
         if isinstance(e, (socket.gaierror, ConnectionRefusedError, ConnectionResetError, TimeoutError)):
             return True
         if any(t.__name__ in _UNREACHABLE_NAMES for t in type(e).__mro__):

@@ -51,7 +51,7 @@ from .concepts.label import labels_extra_columns
 from .dedup import PUBLISHED, decide, decisions_for, n_hash_buckets, write_hash_rows
 from .executors import make_executor
 from .index import FIGURES_INDEX, build_figures_index
-from .ledger import LEDGER_SCHEMA, format_summary, ledger_summary, summarize
+from .ledger import LEDGER_SCHEMA, check_unique, format_summary, ledger_summary
 from .lock import BuildLock
 from .partition import (
     DEFAULT_SPLIT_FRACTIONS,
@@ -71,7 +71,16 @@ from .schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, 
 from .sources import make_source
 from .sources.base import FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error
 from .staging import PartitionStage
-from .writer import atomic_path, atomic_write_json, revise_shard, shard_done, shard_files, shard_name, write_shard
+from .writer import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    revise_shard,
+    shard_done,
+    shard_files,
+    shard_name,
+    write_shard,
+)
 
 log = logging.getLogger("biomedica_hf.build")
 
@@ -204,13 +213,11 @@ def _init_worker(source_kind: str, source_opts: dict, out: str, media: MediaOpti
                    discard=discard)
 
 
-def _is_enospc(e: BaseException) -> bool:
-    """A disk error (ENOSPC, EDQUOT, EROFS) anywhere in the exception's chain."""
-    while e is not None:
-        if isinstance(e, FatalBuildError) or is_disk_error(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+def _disk_error(e: BaseException) -> BaseException | None:
+    """The disk error (ENOSPC, EDQUOT, EROFS) or :class:`FatalBuildError` in ``e``'s chain, None without one."""
+    from .errors import exception_chain
+
+    return next((x for x in exception_chain(e) if isinstance(x, FatalBuildError) or is_disk_error(x)), None)
 
 
 def _process_ref(ref: ArticleRef, source: Source, work: Work, media: MediaOptions, keep: bool) -> PackageResult:
@@ -237,9 +244,11 @@ def _process_ref(ref: ArticleRef, source: Source, work: Work, media: MediaOption
 
 
 def _fatal(e: BaseException, where: str) -> FatalBuildError:
-    while not isinstance(e, OSError) and (e.__cause__ or e.__context__) is not None:
-        e = e.__cause__ or e.__context__
-    return fatal_disk_error(e, where) if isinstance(e, OSError) else FatalBuildError(str(e))
+    """The one-line fatal error for the disk error in ``e``'s chain."""
+    found = _disk_error(e)
+    if isinstance(found, FatalBuildError):
+        return found
+    return fatal_disk_error(found, where) if found is not None else FatalBuildError(str(e))
 
 
 def _internal_error(ref: ArticleRef, e: BaseException, reason: str = "internal_error") -> PackageResult:
@@ -276,7 +285,7 @@ def stage_partition(pid_name: str) -> dict:
             try:
                 result = _process_ref(ref, _WORKER["source"], work, _WORKER["media"], _WORKER["keep_downloads"])
             except Exception as e:
-                if _is_enospc(e):
+                if _disk_error(e) is not None:
                     raise FatalBuildError(f"disk full while processing {ref.pmcid} ({e}); free space and rerun: "
                                           "the build resumes and repairs what was cut") from e
                 log.exception("internal error on %s", ref.pmcid)
@@ -285,7 +294,7 @@ def stage_partition(pid_name: str) -> dict:
         try:
             n_bytes += stage.append(result)
         except Exception as e:
-            if _is_enospc(e):
+            if _disk_error(e) is not None:
                 raise _fatal(e, f"the staging of partition {pid_name}") from e
             log.exception("could not stage %s", rid)
             stage.open()                       # cut back what the failed append wrote
@@ -388,20 +397,13 @@ def write_partition(task: tuple) -> dict:
             stats["samples"][subset] += len(shard)
     with atomic_path(work.part("ledger", pid_name)) as tmp:
         pq.write_table(pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA), tmp, compression="zstd")
-    entries = [LedgerEntry(**e) for e in ledger]
-    stats["summary"] = summarize(entries)
-    stats["clashes"] = _clashes(entries)
+    stats["clashes"] = [f"{kind}:{item}" for kind, item in check_unique(LedgerEntry(**e) for e in ledger)][:5]
     stats["duplicates_dropped"] = sum(dropped_per_pmcid.values())
     staged_info = json.loads(stage.marker.read_text()) if stage.marker.exists() else {}
     stats["failed"], stats["retry"] = staged_info.get("failed", []), staged_info.get("retry", [])
     atomic_write_json(marker, stats)
     stage.remove()
     return stats
-
-
-def _clashes(entries: list[LedgerEntry]) -> list[str]:
-    seen = Counter((e.kind, e.id) for e in entries)
-    return [f"{k}:{i}" for (k, i), n in seen.items() if n > 1][:5]
 
 
 def _write_articles(writer: pq.ParquetWriter, rows: list[dict], dropped: Counter) -> None:
@@ -860,7 +862,7 @@ def _build(cfg: BuildConfig) -> BuildReport:
     except FatalBuildError:
         raise
     except OSError as e:
-        if _is_enospc(e):
+        if _disk_error(e) is not None:
             raise _fatal(e, str(out)) from e
         raise
     finally:
@@ -1021,7 +1023,7 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
         clock.lap("tables")
     n_articles = pq.ParquetFile(out / "articles.parquet").metadata.num_rows
     summary = ledger_summary(out / "ledger.parquet")
-    atomic_write_bytes_text(out / "ledger_summary.txt", format_summary(summary))
+    atomic_write_bytes(out / "ledger_summary.txt", format_summary(summary).encode())
     _write_duplicates(work, out)
     _write_near_duplicates(work, k, out)
     build_figures_index(out, extra_columns=labels_extra_columns(out))  # concept labels survive a rebuild
@@ -1057,12 +1059,6 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
                        n_resumed=max(0, (meta.get("articles") or 0) - n_staged), shards_written=n_shards, shards_skipped=0, samples_per_subset=per_subset,
                        n_duplicates=dropped, elapsed_s=time.time() - t0, snapshot=k,
                        changes=dict(meta.get("changes", {})))
-
-
-def atomic_write_bytes_text(path: Path, text: str) -> None:
-    from .writer import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode())
 
 
 def _count_duplicates(out: Path) -> int:
