@@ -118,3 +118,20 @@ def components(edge_file: Path) -> tuple[np.ndarray, np.ndarray]:
     edges = np.fromfile(edge_file, dtype=EDGE) if edge_file.exists() else np.zeros(0, dtype=EDGE)
     f = forest(edges["a"], edges["b"])
     return f["a"].astype(np.int64), f["b"].astype(np.int64)
+
+
+def column_batches(paths, offsets, column: str, batch_size: int):
+    """``(path, first row id, batch of column)`` over Parquet ``paths`` whose rows are numbered from ``offsets``;
+    every part must have ``key``, ``subset`` and ``column`` (a clear error names the part that does not)."""
+    import pyarrow.parquet as pq
+
+    needs = ("key", "subset", column)
+    for path, off in zip(paths, offsets):
+        pf = pq.ParquetFile(path)
+        missing = set(needs) - set(pf.schema_arrow.names)
+        if missing:
+            raise ValueError(f"{path}: needs columns {', '.join(needs)} (missing {sorted(missing)})")
+        row = off
+        for batch in pf.iter_batches(batch_size=batch_size, columns=[column]):
+            yield path, row, batch.column(0)
+            row += batch.num_rows

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from .buckets import Spill, components, forest, runs
+from .buckets import Spill, column_batches, components, forest, runs
 from .groups import BATCH_ROWS, GroupStats, _pick_kept, _read_members, expand, part_rows
 
 log = logging.getLogger(__name__)
@@ -100,21 +99,14 @@ def caption_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | o
     try:
         spill = Spill(tmp / "records", stats.rows * bands, memory_budget // 4)
         stats.partitions = spill.n_parts
-        for path, off in zip(paths, offsets):
-            pf = pq.ParquetFile(path)
-            missing = {"key", "subset", "caption"} - set(pf.schema_arrow.names)
-            if missing:
-                raise ValueError(f"{path}: needs columns key, subset, caption (missing {sorted(missing)})")
-            row = off
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS // 8, columns=["caption"]):
-                caps = batch.column(0).to_pylist()
-                sigs, ok = signatures(caps)
-                ids = np.arange(row, row + len(caps), dtype=np.uint32)[ok]
-                stats.rows_without_hash += int((~ok).sum())
-                if ok.any():
-                    keys = band_keys(sigs[ok], bands, rows_per_band)
-                    spill.add(keys.reshape(-1), np.repeat(ids, bands))
-                row += len(caps)
+        for _, row, col in column_batches(paths, offsets, "caption", BATCH_ROWS // 8):
+            caps = col.to_pylist()
+            sigs, ok = signatures(caps)
+            ids = np.arange(row, row + len(caps), dtype=np.uint32)[ok]
+            stats.rows_without_hash += int((~ok).sum())
+            if ok.any():
+                keys = band_keys(sigs[ok], bands, rows_per_band)
+                spill.add(keys.reshape(-1), np.repeat(ids, bands))
         edge_file = tmp / "forest.edges"
         with open(edge_file, "wb") as fh:
             for rec in spill.partitions():

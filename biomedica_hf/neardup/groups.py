@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..schema import SUBSETS
-from .buckets import Spill, components, forest, runs
+from .buckets import Spill, column_batches, components, forest, runs
 from .hashing import HASH_BITS, hamming, hex_to_words
 
 log = logging.getLogger(__name__)
@@ -232,29 +232,21 @@ def find_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | os.P
         hashes = _Hashes(tmp / "hashes.u64", HASH_BITS // 64)
         spill = Spill(tmp / "records", stats.rows * len(tables), memory_budget // 4, packed=True)
         stats.partitions = spill.n_parts
-        for path, off in zip(paths, offsets):
-            pf = pq.ParquetFile(path)
-            missing = {"key", "subset", "phash"} - set(pf.schema_arrow.names)
-            if missing:
-                raise ValueError(f"{path}: needs columns key, subset, phash (missing {sorted(missing)})")
-            row = off
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=["phash"]):
-                col = batch.column(0)
-                valid = np.asarray(col.is_valid())
-                hexes = col.fill_null("0" * (HASH_BITS // 4)).to_pylist()
-                try:
-                    words = hex_to_words(hexes)
-                except ValueError as exc:
-                    raise ValueError(f"{path}: {exc}") from None
-                hashes.append(words)
-                ids = np.arange(row, row + len(words), dtype=np.uint32)
-                stats.rows_without_hash += int((~valid).sum())
-                for lo in range(0, len(words), KEY_ROWS):      # small steps: the bit matrix is 36x the hashes
-                    v = valid[lo:lo + KEY_ROWS]
-                    if v.any():
-                        keys = table_keys(words[lo:lo + KEY_ROWS][v], tables)
-                        spill.add(keys.reshape(-1), np.repeat(ids[lo:lo + KEY_ROWS][v], len(tables)))
-                row += len(words)
+        for path, row, col in column_batches(paths, offsets, "phash", BATCH_ROWS):
+            valid = np.asarray(col.is_valid())
+            hexes = col.fill_null("0" * (HASH_BITS // 4)).to_pylist()
+            try:
+                words = hex_to_words(hexes)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+            hashes.append(words)
+            ids = np.arange(row, row + len(words), dtype=np.uint32)
+            stats.rows_without_hash += int((~valid).sum())
+            for lo in range(0, len(words), KEY_ROWS):      # small steps: the bit matrix is 36x the hashes
+                v = valid[lo:lo + KEY_ROWS]
+                if v.any():
+                    keys = table_keys(words[lo:lo + KEY_ROWS][v], tables)
+                    spill.add(keys.reshape(-1), np.repeat(ids[lo:lo + KEY_ROWS][v], len(tables)))
         edge_file = tmp / "forest.edges"
         with open(edge_file, "wb") as fh:
             for rec in spill.partitions():
