@@ -369,6 +369,18 @@ class HubServer:
                 sent += len(chunk)
 
 
+def loopback_only(monkeypatch: Any) -> None:
+    """Make any connection outside loopback fail the test (``socket.connect`` guarded for its duration)."""
+    connect = socket.socket.connect
+
+    def guarded(sock: socket.socket, address: Any) -> Any:
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            raise AssertionError(f"connection outside loopback: {address}")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
 def point_libraries_at(url: str, monkeypatch: Any) -> None:
     """Re-point the imported ``huggingface_hub`` and ``datasets`` at ``url`` (what ``HF_ENDPOINT`` does at import)."""
     from huggingface_hub import constants

@@ -3,17 +3,15 @@ real loopback Hub (``tests/hub_server.py``) serving a real build of the fixture 
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hub_server import HubServer, point_libraries_at
+from hub_server import HubServer, loopback_only, point_libraries_at
 
 from biomedica_hf.card import write_card
 from biomedica_hf.loader import load_biomedica
@@ -43,14 +41,7 @@ def hub(built, monkeypatch, tmp_path):
     scratch = Path(shutil.copytree(built[0], tmp_path / "scratch", ignore=shutil.ignore_patterns("_work")))
     with HubServer({REPO: built[0], "bmd-lab/scratch": scratch}) as server:
         server.scratch = scratch
-        connect = socket.socket.connect
-
-        def loopback_only(sock: socket.socket, address: Any) -> Any:
-            if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
-                raise AssertionError(f"connection outside loopback: {address}")
-            return connect(sock, address)
-
-        monkeypatch.setattr(socket.socket, "connect", loopback_only)
+        loopback_only(monkeypatch)
         point_libraries_at(server.url, monkeypatch)
         monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
