@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench_stream import build_dataset
 
-from biomedica_hf.eval.tiny import TINY_OPEN_CLIP_CFG
+from biomedica_hf.clip.tiny import TINY_OPEN_CLIP_CFG
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
@@ -123,7 +123,7 @@ def main() -> None:
         work = Path(tmp)
         data = a.data or build_dataset(work, a.min_figures)
         n = n_samples(data)
-        results = {"ours (biomedica_hf.models, load_biomedica stream)": ours(data, work, a.steps, a.batch_size, a.workers),
+        results = {"ours (biomedica_hf.clip, load_biomedica stream)": ours(data, work, a.steps, a.batch_size, a.workers),
                    "open_clip_train (webdataset)": open_clip_loop(data, work, a.steps, a.batch_size, a.workers)}
     print(f"\ntiny open_clip model, {n} samples, batch {a.batch_size}, "
           f"{a.steps} steps, workers {a.workers}, 1 process, {'CUDA' if _cuda() else 'CPU'}\n")

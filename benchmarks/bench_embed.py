@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_build import replicate
 
+from biomedica_hf.build.pipeline import BuildConfig, build
 from biomedica_hf.concepts.embed import embed_dataset, embed_images, load_job, prepare_image, read_info
 from biomedica_hf.concepts.layout import read_ranges, shard_index_files
-from biomedica_hf.pipeline import BuildConfig, build
 
 IMAGE_SIZE = 224
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]   # DINOv2's processor normalisation

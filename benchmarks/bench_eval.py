@@ -29,11 +29,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from biomedica_hf.eval.adapters import load_model
+from biomedica_hf.clip.adapters import load_model
+from biomedica_hf.clip.tiny import tiny_open_clip
 from biomedica_hf.eval.evalset import decode_image, read_evalset
 from biomedica_hf.eval.retrieval import chunked_rank_counts
 from biomedica_hf.eval.tasks import DataContext, get_task
-from biomedica_hf.eval.tiny import tiny_open_clip
 from biomedica_hf.eval.zeroshot import image_embeddings
 
 
@@ -101,7 +101,7 @@ def bench_pixels(fixtures: str) -> list[tuple]:
     from transformers import CLIPImageProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from biomedica_hf.models.export import compare_preprocessing
+    from biomedica_hf.clip.export import compare_preprocessing
 
     root = Path(fixtures).parent
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".gif", ".tif", ".tiff")

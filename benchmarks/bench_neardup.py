@@ -268,9 +268,9 @@ def bench_captions(articles: Path, tmp: Path, copies: int = 200) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from biomedica_hf.build.parse import ParseError, parse_jats
     from biomedica_hf.neardup.captions import caption_near_duplicates
     from biomedica_hf.neardup.groups import GroupStats
-    from biomedica_hf.parse import ParseError, parse_jats
 
     caps = []
     for xml in sorted(articles.glob("*/*.xml")):

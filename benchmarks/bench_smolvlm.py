@@ -37,9 +37,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import AutoProcessor
 
+    from biomedica_hf.train.smolvlm import DEFAULTS, load_model
     from biomedica_hf.vlm.data import collate, example_stream, set_longest_edge
     from biomedica_hf.vlm.tiny import save_tiny_model
-    from biomedica_hf.vlm.trainer import DEFAULTS, load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_smolvlm_"))
     ds = args.dataset

@@ -47,7 +47,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_build import replicate
 
-from biomedica_hf.loader import load_biomedica, select_ranges
+from biomedica_hf.dataset.loader import load_biomedica, select_ranges
 from biomedica_hf.schema import SUBSETS, webdataset_features
 
 datasets.disable_progress_bars()

@@ -86,7 +86,7 @@ def run(url: str, ds: Path, args: argparse.Namespace) -> None:
     import webdataset as wds
     from huggingface_hub import hf_hub_url
 
-    from biomedica_hf.loader import load_biomedica
+    from biomedica_hf.dataset.loader import load_biomedica
 
     datasets.disable_progress_bars()
     index = pq.read_table(ds / "figures.parquet", columns=["key", "shard", "tar_size"])

@@ -8,10 +8,10 @@ __all__ = ["__version__", "load_biomedica"]
 
 
 def __getattr__(name: str) -> Any:
-    """``biomedica_hf.load_biomedica`` is :func:`biomedica_hf.loader.load_biomedica` itself (real signature and
+    """``biomedica_hf.load_biomedica`` is :func:`biomedica_hf.dataset.loader.load_biomedica` itself (real signature and
     docstring for ``help()``), imported on first use so that ``import biomedica_hf`` stays light."""
     if name == "load_biomedica":
-        from .loader import load_biomedica
+        from biomedica_hf.dataset.loader import load_biomedica
 
         globals()["load_biomedica"] = load_biomedica
         return load_biomedica

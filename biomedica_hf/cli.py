@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from biomedica_hf import __version__
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 
@@ -25,7 +25,7 @@ def _debug_env() -> bool:
 
 def _translate(exc: BaseException) -> BaseException:
     """A known failure of a library below us as a :class:`BiomedicaError` (else ``exc`` itself)."""
-    from .errors import BiomedicaError, NetworkError, unreachable
+    from biomedica_hf.errors import BiomedicaError, NetworkError, unreachable
 
     if isinstance(exc, BiomedicaError) or not isinstance(exc, Exception):
         return exc
@@ -55,7 +55,7 @@ class BiomedicaGroup(click.Group):
     exit code; ``--debug`` / ``BIOMEDICA_DEBUG=1`` lets the traceback through instead."""
 
     def invoke(self, ctx: click.Context):
-        from .errors import BiomedicaError
+        from biomedica_hf.errors import BiomedicaError
 
         try:
             return super().invoke(ctx)
@@ -227,10 +227,11 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
     failed, with a reason. Exits non-zero only on fatal errors (disk full: one line; rerun the same
     command once there is space, and what was cut short is redone; another build running).
     """
-    from .lock import BuildLockedError
-    from .pipeline import BuildConfig, build as run_build
-    from .samples import MediaOptions
-    from .sources.base import FatalBuildError, fatal_disk_error, is_disk_error
+    from biomedica_hf.build.article import MediaOptions
+    from biomedica_hf.build.lock import BuildLockedError
+    from biomedica_hf.build.pipeline import BuildConfig
+    from biomedica_hf.build.pipeline import build as run_build
+    from biomedica_hf.build.sources.base import FatalBuildError, fatal_disk_error, is_disk_error
 
     _setup_logging(verbose)
     if sample:
@@ -257,7 +258,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         raise click.ClickException(f"build stopped: {e}") from None
     except ConnectionError as exc:  # before OSError: ConnectionError is an OSError
         if executor == "ray" and _raised_in(exc, "ray"):
-            from .errors import NoClusterError
+            from biomedica_hf.errors import NoClusterError
 
             raise NoClusterError(f"no Ray cluster at --address {ray_address} ({_first_line(exc)})",
                                  "pass --address local to start Ray on this machine, or ray://HOST:10001 "
@@ -275,7 +276,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
 
 
 def _write_card(out: Path, repo_id: str | None) -> None:
-    from .card import write_card
+    from biomedica_hf.dataset.card import write_card
 
     path = write_card(out, repo_id=repo_id)
     click.echo(f"Dataset card: {path} (plots in {path.parent / 'card'})")
@@ -302,7 +303,7 @@ def inspect(path, as_json):
     Articles, licence (normalised code and subset), figures with captions, graphics and in-text
     references: the tool to debug one article.
     """
-    from .parse import format_inspection, inspect_path
+    from biomedica_hf.build.parse import format_inspection, inspect_path
 
     report = inspect_path(path)
     if as_json:
@@ -324,7 +325,7 @@ def _run_enrich(out: Path, base_url: str | None, api_key: str | None, refresh: b
                 fatal: bool = True, retries: int | None = None) -> None:
     """Enrich ``out``/articles.parquet; when every efetch request failed, one clear line: an error
     (exit 1) with ``fatal``, else a warning (``build --enrich`` keeps the built dataset)."""
-    from .enrich import EutilsClient, enrich_articles_parquet
+    from biomedica_hf.dataset.enrich import EutilsClient, enrich_articles_parquet
 
     client = EutilsClient(**({"base_url": base_url} if base_url else {}), **({"api_key": api_key} if api_key else {}),
                           **({"max_retries": retries} if retries is not None else {}))
@@ -384,7 +385,7 @@ def push(dataset, repo_id, private, revision, dry_run, num_workers):
     (e.g. shards replaced by an update) are deleted in the same commit. Run the same command again to
     complete an interrupted push.
     """
-    from .hub import HubError, push_folder
+    from biomedica_hf.dataset.hub import HubError, push_folder
 
     try:
         plan = push_folder(dataset, repo_id, private=private, revision=revision, dry_run=dry_run,
@@ -392,7 +393,7 @@ def push(dataset, repo_id, private, revision, dry_run, num_workers):
     except HubError as e:
         raise click.ClickException(str(e)) from e
     except Exception as e:  # noqa: BLE001 - only a network failure is translated
-        from .errors import NetworkError, unreachable
+        from biomedica_hf.errors import NetworkError, unreachable
 
         if not unreachable(e):
             raise
@@ -422,7 +423,7 @@ def verify(dataset, deep):
     header where the index puts it. --deep: plus the sha256 of every image.
     Exit status 0 when consistent, 1 with the list of problems otherwise. `biomedica push` runs the fast check.
     """
-    from .verify import verify_folder
+    from biomedica_hf.dataset.verify import verify_folder
 
     report = verify_folder(dataset, deep=deep)
     click.echo(report.text())
@@ -432,11 +433,11 @@ def verify(dataset, deep):
 
 def _register_commands() -> None:
     """Commands of the other stages live next to their code; their modules import only click at load."""
-    from .concepts.cli import COMMANDS as CONCEPT_COMMANDS
-    from .eval.cli import COMMANDS as EVAL_COMMANDS
-    from .neardup.cli import COMMANDS as NEARDUP_COMMANDS
-    from .search.cli import COMMANDS as SEARCH_COMMANDS
-    from .vlm.cli import COMMANDS as VLM_COMMANDS
+    from biomedica_hf.concepts.cli import COMMANDS as CONCEPT_COMMANDS
+    from biomedica_hf.eval.cli import COMMANDS as EVAL_COMMANDS
+    from biomedica_hf.eval.decontaminate_cli import COMMANDS as NEARDUP_COMMANDS
+    from biomedica_hf.search.cli import COMMANDS as SEARCH_COMMANDS
+    from biomedica_hf.vlm.cli import COMMANDS as VLM_COMMANDS
 
     for command in CONCEPT_COMMANDS + EVAL_COMMANDS + NEARDUP_COMMANDS + SEARCH_COMMANDS + VLM_COMMANDS:
         main.add_command(command)

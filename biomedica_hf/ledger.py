@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from .schema import FAILED, KEPT, LEDGER_FIELDS, SKIPPED, STATES, LedgerEntry, arrow_schema
+from biomedica_hf.schema import FAILED, KEPT, LEDGER_FIELDS, SKIPPED, STATES, LedgerEntry, arrow_schema
 
 LEDGER_SCHEMA = arrow_schema(LEDGER_FIELDS)
 KINDS = ("article", "figure", "file")

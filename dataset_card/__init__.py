@@ -1,1 +1,1 @@
-"""Templates of the dataset card (README.md of the Hub dataset folder), rendered by biomedica_hf.card."""
+"""Templates of the dataset card (README.md of the Hub dataset folder), rendered by biomedica_hf.dataset.card."""

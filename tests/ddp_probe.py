@@ -2,7 +2,7 @@
 
 Records, per rank in ``OUT_DIR/ddp_rank{RANK}.json``, for every ``DistributedDataParallel`` wrapper the
 script built, whether the process group was still initialised when the wrapper was collected. A recipe must
-free its DDP model before it destroys the process group (see ``biomedica_hf.distributed``): ``[true]``.
+free its DDP model before it destroys the process group (see ``biomedica_hf.train.distributed``): ``[true]``.
 """
 from __future__ import annotations
 

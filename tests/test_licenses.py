@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from biomedica_hf.build.parse import parse_jats
 from biomedica_hf.licenses import normalize_license, subset_for
-from biomedica_hf.parse import parse_jats
 
 
 @pytest.mark.parametrize("url, code", [

@@ -16,13 +16,13 @@ One module per step (torch / transformers / scikit-learn are imported only where
 """
 from __future__ import annotations
 
-from .cluster import ClusterModel, fit_clusters, load_cluster_model
-from .embed import DEFAULT_MODEL, embed_dataset
-from .label import AnnotationError, apply_labels, labels_extra_columns, read_labels
-from .plots import card_markdown, concept_plots
-from .sheets import annotation_sheets
-from .subsets import build_concept_subsets, concept_card_configs
-from .vocab import load_vocabulary
+from biomedica_hf.concepts.cluster import ClusterModel, fit_clusters, load_cluster_model
+from biomedica_hf.concepts.embed import DEFAULT_MODEL, embed_dataset
+from biomedica_hf.concepts.label import AnnotationError, apply_labels, labels_extra_columns, read_labels
+from biomedica_hf.concepts.plots import card_markdown, concept_plots
+from biomedica_hf.concepts.sheets import annotation_sheets
+from biomedica_hf.concepts.subsets import build_concept_subsets, concept_card_configs
+from biomedica_hf.concepts.vocab import load_vocabulary
 
 __all__ = [
            "DEFAULT_MODEL",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from .embed import DEFAULT_MODEL, FITS
-from .subsets import DEFAULT_EXCLUDE
+from biomedica_hf.concepts.embed import DEFAULT_MODEL, FITS
+from biomedica_hf.concepts.subsets import DEFAULT_EXCLUDE
 
 DATASET = click.argument("dataset", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
 PROGRESS = click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
@@ -18,7 +18,7 @@ PROGRESS = click.option("--progress/--no-progress", default=True, show_default=T
 
 def refresh_card(dataset: Path, repo_id: str | None = None) -> Path:
     """Rewrite the dataset card: ``write_card`` picks up the concept configs, plots and section."""
-    from ..card import write_card
+    from biomedica_hf.dataset.card import write_card
 
     return write_card(dataset, repo_id)
 
@@ -49,7 +49,7 @@ def embed_cmd(dataset, model, batch_size, device, image_size, fit, workers, forc
     CLS token (pooler output), float32, L2-normalised; images are read from the shards by byte
     offset. Resumable: a shard with a completion marker for the same model and settings is skipped.
     """
-    from .embed import embed_dataset, read_info
+    from biomedica_hf.concepts.embed import embed_dataset, read_info
 
     folder = embed_dataset(dataset, model, batch_size=batch_size, device=device, image_size=image_size,
                            progress=progress, fit=fit, workers=workers, force=force, executor=executor,
@@ -75,7 +75,7 @@ def cluster_cmd(dataset, pca_dims, k, batch_size, epochs, seed, progress):
     \b
       biomedica cluster DIR --pca 25 --k 2000
     """
-    from .cluster import fit_clusters
+    from biomedica_hf.concepts.cluster import fit_clusters
 
     model = fit_clusters(dataset, pca_dims=pca_dims, k=k, batch_size=batch_size, seed=seed, epochs=epochs,
                          progress=progress)
@@ -97,7 +97,7 @@ def sheets_cmd(dataset, per_cluster, out, seed, progress):
     \b
       biomedica annotation-sheets DIR --per-cluster 16
     """
-    from .sheets import BLANK_FILE, annotation_sheets
+    from biomedica_hf.concepts.sheets import BLANK_FILE, annotation_sheets
 
     folder = annotation_sheets(dataset, per_cluster=per_cluster, out=out, seed=seed, progress=progress)
     click.echo(f"Sheets: {folder / 'index.html'}\nBlank annotation file: {folder / BLANK_FILE}")
@@ -124,7 +124,7 @@ def subset_options(f):
 
 
 def _subsets(dataset, exclude, exclude_local, cap, seed, shard_samples, card, repo_id) -> None:
-    from .subsets import build_concept_subsets
+    from biomedica_hf.concepts.subsets import build_concept_subsets
 
     configs = build_concept_subsets(dataset, exclude=exclude, exclude_local=exclude_local, cap=cap, seed=seed,
                                     shard_samples=shard_samples)
@@ -159,7 +159,7 @@ def label_cmd(dataset, more_annotations, annotations, taxonomy, subsets, exclude
     per-shard Parquet files, writes DIR/concepts/labels.parquet and label_report.json (ties and
     disagreements), then builds the concept subsets and refreshes the card.
     """
-    from .label import apply_labels
+    from biomedica_hf.concepts.label import apply_labels
 
     files = list(annotations) + list(more_annotations)
     try:

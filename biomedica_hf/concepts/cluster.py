@@ -39,9 +39,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..writer import atomic_path
-from .embed import embedded_shards, embedding_keys, read_info
-from .layout import CLUSTER_MODEL, CLUSTERS, PROJECTED_DIR, concepts_dir, save_npy, shard_stem
+from biomedica_hf.concepts.embed import embedded_shards, embedding_keys, read_info
+from biomedica_hf.concepts.layout import CLUSTER_MODEL, CLUSTERS, PROJECTED_DIR, concepts_dir, save_npy, shard_stem
+from biomedica_hf.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 PREDICT_CHUNK = 4096

@@ -42,8 +42,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..writer import atomic_write_json
-from .layout import EMBED_DIR, read_ranges, read_shard_index, save_npy, shard_index_files, shard_stem, write_table
+from biomedica_hf.concepts.layout import (
+    EMBED_DIR,
+    read_ranges,
+    read_shard_index,
+    save_npy,
+    shard_index_files,
+    shard_stem,
+    write_table,
+)
+from biomedica_hf.io.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +134,7 @@ def prepare_image(data: bytes, image_size: int = 224, fit: str = "pad"):
 
 def _raise_missing_weights(name: str, exc: OSError) -> None:
     """A Hub id that is neither cached nor downloadable: say so, and that ``--model PATH`` fixes it."""
-    from ..errors import MissingWeightsError, hub_offline, is_local_path, unreachable
+    from biomedica_hf.errors import MissingWeightsError, hub_offline, is_local_path, unreachable
 
     if is_local_path(name) or not (hub_offline() or unreachable(exc)):
         return
@@ -139,7 +147,7 @@ def _raise_missing_weights(name: str, exc: OSError) -> None:
 def _fail_fast_when_unreachable(name: str) -> None:
     """A Hub id that is not cached, with a Hub that does not answer: the one-line error now, not after the
     download client's retries."""
-    from ..errors import hub_offline, hub_reachable, is_local_path
+    from biomedica_hf.errors import hub_offline, hub_reachable, is_local_path
 
     if is_local_path(name) or hub_offline():
         return
@@ -389,7 +397,7 @@ def embed_dataset(dataset_dir: str | os.PathLike, model: Any = DEFAULT_MODEL, ba
         else:
             if not isinstance(model, (str, os.PathLike)):
                 raise ValueError("executor='ray' needs model as a Hub id or a local folder (workers load it)")
-            from ..executors import make_executor
+            from biomedica_hf.build.executors import make_executor
 
             ex = make_executor(executor, address=address, workers=os.cpu_count() or 1,
                                num_gpus=1 if dev.startswith("cuda") else 0, initializer=_init_embed_worker,

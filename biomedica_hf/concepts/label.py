@@ -47,9 +47,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from ..writer import atomic_path, atomic_write_json
-from .cluster import load_cluster_model
-from .layout import (
+from biomedica_hf.concepts.cluster import load_cluster_model
+from biomedica_hf.concepts.layout import (
     LABEL_COLUMNS,
     LABEL_REPORT,
     LABEL_SCHEMA,
@@ -59,7 +58,8 @@ from .layout import (
     shard_index_files,
     write_table,
 )
-from .vocab import ANNOTATION_FIELDS, Vocabulary, load_vocabulary
+from biomedica_hf.concepts.vocab import ANNOTATION_FIELDS, Vocabulary, load_vocabulary
+from biomedica_hf.io.atomic import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 SCALAR_FIELDS = ("panel_type", "panel_subtype")

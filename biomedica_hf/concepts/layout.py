@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..index import FIGURES_INDEX, shard_tables
+from biomedica_hf.layout import FIGURES_INDEX, shard_tables
 
 EMBED_DIR = "embeddings"
 CONCEPTS_DIR = "concepts"
@@ -87,7 +87,7 @@ def figures_index_path(out: Path) -> Path:
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     """``np.save`` to a temporary file + rename (np.save(path) would append ``.npy`` to a temp name)."""
-    from ..writer import atomic_path
+    from biomedica_hf.io.atomic import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array, allow_pickle=False)
@@ -95,7 +95,7 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 def write_table(path: Path, table: pa.Table, **kwargs) -> None:
     """Atomic Parquet write (zstd)."""
-    from ..writer import atomic_path
+    from biomedica_hf.io.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", **kwargs)

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..writer import atomic_write_bytes
-from .cluster import load_cluster_model, projected_path
-from .layout import LABELS, concepts_dir, key_priority
+from biomedica_hf.concepts.cluster import load_cluster_model, projected_path
+from biomedica_hf.concepts.layout import LABELS, concepts_dir, key_priority
+from biomedica_hf.io.atomic import atomic_write_bytes
 
 CARD_DIR = "card"
 MAP_POINTS = 5000

@@ -25,11 +25,19 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from ..writer import atomic_write_bytes, atomic_write_json
-from .cluster import load_cluster_model, read_clusters
-from .embed import flatten_to_rgb
-from .layout import CLUSTERS, SHEETS_DIR, concepts_dir, figures_index_path, image_from_bytes, key_priority, read_ranges
-from .vocab import Vocabulary, blank_annotation, load_vocabulary
+from biomedica_hf.concepts.cluster import load_cluster_model, read_clusters
+from biomedica_hf.concepts.embed import flatten_to_rgb
+from biomedica_hf.concepts.layout import (
+    CLUSTERS,
+    SHEETS_DIR,
+    concepts_dir,
+    figures_index_path,
+    image_from_bytes,
+    key_priority,
+    read_ranges,
+)
+from biomedica_hf.concepts.vocab import Vocabulary, blank_annotation, load_vocabulary
+from biomedica_hf.io.atomic import atomic_write_bytes, atomic_write_json
 
 THUMB = 200            # thumbnail box, pixels
 COLUMNS = 4

@@ -34,10 +34,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..schema import SUBSETS
-from ..writer import atomic_path, atomic_write_json
-from .layout import concepts_dir, figures_index_path, key_priority, write_table
-from .vocab import PLOTS_AND_CHARTS
+from biomedica_hf.concepts.layout import concepts_dir, figures_index_path, key_priority, write_table
+from biomedica_hf.concepts.vocab import PLOTS_AND_CHARTS
+from biomedica_hf.io.atomic import atomic_path, atomic_write_json
+from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger(__name__)
 FILTERED = "concept-filtered"

@@ -13,24 +13,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "ModelAdapter": "adapters", "OpenClipAdapter": "adapters", "TransformersClipAdapter": "adapters",
-    "load_model": "adapters", "parse_model_spec": "adapters", "save_open_clip_folder": "adapters",
+    "ModelAdapter": "biomedica_hf.clip.adapters", "OpenClipAdapter": "biomedica_hf.clip.adapters",
+    "TransformersClipAdapter": "biomedica_hf.clip.adapters", "load_model": "biomedica_hf.clip.adapters",
+    "parse_model_spec": "biomedica_hf.clip.adapters", "save_open_clip_folder": "biomedica_hf.clip.adapters",
     "Task": "tasks", "DataContext": "tasks", "resolve_tasks": "tasks", "get_task": "tasks", "register": "tasks",
     "retrieval_task": "tasks", "run_eval": "runner", "run_task": "runner", "EvalConfig": "runner",
     "write_evalset": "evalset", "read_evalset": "evalset", "DataNotFoundError": "evalset",
-    "write_clip_tokenizer": "hf_tokenizer",
+    "write_clip_tokenizer": "biomedica_hf.clip.tokenizer",
 }
 
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .adapters import ModelAdapter, load_model  # noqa: F401
-    from .runner import run_eval  # noqa: F401
+    from biomedica_hf.clip.adapters import ModelAdapter, load_model  # noqa: F401
+    from biomedica_hf.eval.runner import run_eval  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         import importlib
 
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        where = _EXPORTS[name]
+        return getattr(importlib.import_module(where if "." in where else f".{where}", __name__), name)
     raise AttributeError(name)

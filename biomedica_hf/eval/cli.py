@@ -74,9 +74,9 @@ def eval_cmd(model_spec, task_spec, protocols, shots, seeds, task_file, classes,
       biomedica eval --model ./my_clip --tasks npz:breastmnist.npz --classes malignant,benign
       biomedica eval --model transformers:openai/clip-vit-base-patch32 --tasks @domain:pathology
     """
-    from .evalset import DataNotFoundError
-    from .runner import EvalConfig, check_data, run_eval, task_provenance
-    from .tasks import DataContext, UserDataError, resolve_tasks
+    from biomedica_hf.eval.evalset import DataNotFoundError
+    from biomedica_hf.eval.runner import EvalConfig, check_data, run_eval, task_provenance
+    from biomedica_hf.eval.tasks import DataContext, UserDataError, resolve_tasks
 
     logging.basicConfig(level=max(logging.DEBUG, logging.WARNING - 10 * verbose),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -125,7 +125,7 @@ def eval_cmd(model_spec, task_spec, protocols, shots, seeds, task_file, classes,
               help="Folder for compare.md and compare.png (default: print only).")
 def compare_cmd(run_a, run_b, out):
     """Per-task and per-domain deltas of two `biomedica eval` runs (B - A)."""
-    from .report import compare_markdown, plot_comparison
+    from biomedica_hf.eval.report import compare_markdown, plot_comparison
 
     a, b = _load_summary(run_a), _load_summary(run_b)
     if not set(a["tasks"]) & set(b["tasks"]):

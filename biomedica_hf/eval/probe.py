@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import zero_shot_metrics
+from biomedica_hf.eval.metrics import zero_shot_metrics
 
 C_GRID = tuple(float(c) for c in np.logspace(-2, 3, 11))
 SHOTS = (1, 2, 4, 8, 16)

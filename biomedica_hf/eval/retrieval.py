@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .metrics import TieRule, retrieval_metrics
+from biomedica_hf.eval.metrics import TieRule, retrieval_metrics
 
 DEFAULT_QUERY_CHUNK = 1024
 DEFAULT_GALLERY_CHUNK = 16384

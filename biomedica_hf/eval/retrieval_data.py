@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .evalset import DATA_HINT, DataNotFoundError, parquet_files
+from biomedica_hf.eval.evalset import DATA_HINT, DataNotFoundError, parquet_files
 
 
 @dataclass

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapters import ModelAdapter, load_model
-from .evalset import EvalRows, read_evalset
-from .metrics import TieRule
-from .report import domain_summary, flat_metrics, markdown_report, model_index_yaml, plot_domains
-from .retrieval import DEFAULT_TIE_EPS, retrieval_scores
-from .tasks.base import DataContext, Task
-from .zeroshot import class_space, encode_in_batches, evaluate_zero_shot, image_embeddings
+from biomedica_hf.clip.adapters import ModelAdapter, load_model
+from biomedica_hf.eval.evalset import EvalRows, read_evalset
+from biomedica_hf.eval.metrics import TieRule
+from biomedica_hf.eval.report import domain_summary, flat_metrics, markdown_report, model_index_yaml, plot_domains
+from biomedica_hf.eval.retrieval import DEFAULT_TIE_EPS, retrieval_scores
+from biomedica_hf.eval.tasks.base import DataContext, Task
+from biomedica_hf.eval.zeroshot import class_space, encode_in_batches, evaluate_zero_shot, image_embeddings
 
 log = logging.getLogger(__name__)
 PAPER_KS = (1, 10, 100)   # BIOMEDICA reports Recall@1/10/100; mean_recall averages these, both directions
@@ -79,7 +79,7 @@ def load_rows(task: Task, ctx: DataContext, limit: int | None = None) -> EvalRow
 
 def load_split_rows(task: Task, ctx: DataContext, split: str, limit: int | None = None) -> EvalRows:
     """Rows of another split of the task's data (empty when the data has no such split)."""
-    from .evalset import DataNotFoundError
+    from biomedica_hf.eval.evalset import DataNotFoundError
 
     src = task.source
     if hasattr(src, "with_split"):             # fixtures: one converted file per split
@@ -158,7 +158,7 @@ def probe_splits(task: Task, ctx: DataContext, cfg: EvalConfig) -> tuple[EvalRow
     The data's own splits when it has a train split (val carved from train, stratified, when absent);
     otherwise a stratified 60/20/20 split of the evaluated rows by the sha1 of their ids.
     """
-    from .tasks.user import stratified_split
+    from biomedica_hf.eval.tasks.user import stratified_split
 
     test = load_rows(task, ctx, cfg.limit)
     train = load_split_rows(task, ctx, "train", cfg.limit)
@@ -180,7 +180,7 @@ def probe_splits(task: Task, ctx: DataContext, cfg: EvalConfig) -> tuple[EvalRow
 
 def run_probes(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: EvalConfig) -> list[dict]:
     """Linear-probe and/or few-shot results (per ``cfg.protocols``) on frozen image embeddings."""
-    from .probe import Splits, few_shot, linear_probe
+    from biomedica_hf.eval.probe import Splits, few_shot, linear_probe
 
     train, val, test, note = probe_splits(task, ctx, cfg)
     all_rows = [train, val, test]
@@ -298,7 +298,7 @@ def run_eval(model: str | ModelAdapter, tasks: Sequence[Task], out: str | os.Pat
 
     Data presence is checked for every task before the model is loaded.
     """
-    from .evalset import DataNotFoundError
+    from biomedica_hf.eval.evalset import DataNotFoundError
 
     ctx = ctx or DataContext.from_env()
     cfg = cfg or EvalConfig()

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .adapters import ModelAdapter
-from .evalset import EvalRows, decode_image
-from .metrics import zero_shot_metrics
+from biomedica_hf.clip.adapters import ModelAdapter
+from biomedica_hf.eval.evalset import EvalRows, decode_image
+from biomedica_hf.eval.metrics import zero_shot_metrics
 
 
 def encode_in_batches(fn, items: Sequence, batch: int) -> torch.Tensor:

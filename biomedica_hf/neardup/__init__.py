@@ -6,14 +6,14 @@ Entry points (the build calls the first three; see ``README.md`` here for the ca
 * :func:`find_near_duplicates`: groups over Parquet parts (``key``, ``subset``, ``phash``) with bounded memory,
   ``DEFAULT_THRESHOLD`` bits;
 * :func:`caption_near_duplicates`: MinHash LSH over caption shingles;
-* :func:`decontaminate`: training samples that near-duplicate an evaluation image (``biomedica decontaminate``);
+* training samples that near-duplicate an evaluation image: :func:`biomedica_hf.eval.decontaminate.decontaminate`
+  (``biomedica decontaminate``, in the evaluation layer because it reads evaluation tasks);
 * :func:`card_section` / :func:`card_stats`: what the dataset card reports.
 """
-from .captions import caption_near_duplicates
-from .card import card_section, card_stats
-from .decontaminate import decontaminate
-from .groups import DEFAULT_THRESHOLD, GroupStats, find_near_duplicates
-from .hashing import HASH_BITS, HASH_NAME, bytes_phash, hex_distance, image_phash
+from biomedica_hf.neardup.captions import caption_near_duplicates
+from biomedica_hf.neardup.card import card_section, card_stats
+from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD, GroupStats, find_near_duplicates
+from biomedica_hf.neardup.hashing import HASH_BITS, HASH_NAME, bytes_phash, hex_distance, image_phash
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -24,7 +24,6 @@ __all__ = [
     "caption_near_duplicates",
     "card_section",
     "card_stats",
-    "decontaminate",
     "find_near_duplicates",
     "hex_distance",
     "image_phash",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .hashing import HASHERS, hex_distance, image_hashes, open_image
+from biomedica_hf.neardup.hashing import HASHERS, hex_distance, image_hashes, open_image
 
 FIGURE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 MIN_SIDE = 64

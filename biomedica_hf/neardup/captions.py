@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from .buckets import Spill, column_batches, components, forest, runs
-from .groups import BATCH_ROWS, GroupStats, _pick_kept, _read_members, expand, part_rows
+from biomedica_hf.neardup.buckets import Spill, column_batches, components, forest, runs
+from biomedica_hf.neardup.groups import BATCH_ROWS, GroupStats, _pick_kept, _read_members, expand, part_rows
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .groups import DEFAULT_THRESHOLD
-from .hashing import HASH_BITS, HASH_NAME
+from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD
+from biomedica_hf.neardup.hashing import HASH_BITS, HASH_NAME
 
 
 def _column(path: Path, name: str):

@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..schema import SUBSETS
-from .buckets import Spill, column_batches, components, forest, runs
-from .hashing import HASH_BITS, hamming, hex_to_words
+from biomedica_hf.neardup.buckets import Spill, column_batches, components, forest, runs
+from biomedica_hf.neardup.hashing import HASH_BITS, hamming, hex_to_words
+from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger(__name__)
 

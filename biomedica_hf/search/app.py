@@ -22,12 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from ..schema import SUBSETS
-from .engine import QueryError, SearchEngine, SearchResponse
-from .meta import Filters
-from .page import PAGE_HTML
-from .thumbs import SIZES, Thumbnailer, TooLarge
+from biomedica_hf import __version__
+from biomedica_hf.schema import SUBSETS
+from biomedica_hf.search.engine import QueryError, SearchEngine, SearchResponse
+from biomedica_hf.search.meta import Filters
+from biomedica_hf.search.page import PAGE_HTML
+from biomedica_hf.search.thumbs import SIZES, Thumbnailer, TooLarge
 
 log = logging.getLogger(__name__)
 IMAGE_FORMATS = {"JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP"}

@@ -21,13 +21,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..writer import atomic_path, atomic_write_bytes
-from . import layout
-from .bm25 import BM25Index, document_text
-from .dense import FLAT_MAX, build_index, choose_params, write_f16
-from .encoders import EncoderSet, load_encoders
-from .fusion import RRF_K
-from .meta import article_table, build_meta_table
+from biomedica_hf.io.atomic import atomic_path, atomic_write_bytes
+from biomedica_hf.search import layout
+from biomedica_hf.search.bm25 import BM25Index, document_text
+from biomedica_hf.search.dense import FLAT_MAX, build_index, choose_params, write_f16
+from biomedica_hf.search.encoders import EncoderSet, load_encoders
+from biomedica_hf.search.fusion import RRF_K
+from biomedica_hf.search.meta import article_table, build_meta_table
 
 log = logging.getLogger(__name__)
 DEFAULT_BUDGET = 2 * 1024**3
@@ -136,7 +136,7 @@ def reusable_image_embeddings(dataset: Path, keys: Sequence[str], encoder) -> np
     if settings is None:
         return None
     try:
-        from ..concepts import embed as concept_embed
+        from biomedica_hf.concepts import embed as concept_embed
     except ImportError:
         return None
     info = concept_embed.read_info(dataset)
@@ -226,7 +226,7 @@ def build_search_index(dataset: str | os.PathLike, out: str | os.PathLike | None
         dim = int(chunks[0].shape[1])
         params = choose_params(len(keys), dim, per_index_budget, cfg.flat_max)
         index = build_index(chunks, params)
-        from .dense import DenseIndex
+        from biomedica_hf.search.dense import DenseIndex
 
         DenseIndex(index, params).save(layout.faiss_path(index_dir, name))
         if params.refine:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .dense import FLAT_MAX
+from biomedica_hf.search.dense import FLAT_MAX
 
 
 def _parse_bytes(text: str) -> int:
@@ -39,7 +39,7 @@ def index_cmd(dataset: Path, encoder: str, out: Path | None, memory_budget: str,
       biomedica index ds --encoder clip:ViT-B-32@/models/biomedclip.pt
       biomedica index ds --encoder text=minilm,image=hf:/models/dinov2-base --memory-budget 8GB
     """
-    from .build import IndexConfig, build_search_index
+    from biomedica_hf.search.build import IndexConfig, build_search_index
 
     cfg = IndexConfig(encoder=encoder, memory_budget=_parse_bytes(memory_budget), chunk_size=chunk_size,
                       batch_size=batch_size, flat_max=flat_max, reuse_embeddings=not no_reuse_embeddings,
@@ -71,8 +71,8 @@ def serve_cmd(index: Path, host: str, port: int, dataset: Path | None, max_uploa
     """Serve the search API and page (http://HOST:PORT/, API docs at /docs)."""
     import uvicorn
 
-    from .app import Limits, create_app
-    from .engine import SearchEngine
+    from biomedica_hf.search.app import Limits, create_app
+    from biomedica_hf.search.engine import SearchEngine
 
     engine = SearchEngine(index, dataset=dataset, mmap=mmap, threads=threads)
     app = create_app(engine, Limits(max_upload_bytes=_parse_bytes(max_upload)))

@@ -110,7 +110,7 @@ def write_f16(path: Path, vectors: np.ndarray | Sequence[np.ndarray], dim: int) 
     """The float16 copy used for re-ranking, written chunk by chunk (atomic)."""
     from numpy.lib.format import open_memmap
 
-    from ..writer import atomic_path
+    from biomedica_hf.io.atomic import atomic_path
 
     chunks = _as_chunks(vectors)
     with atomic_path(Path(path)) as tmp:
@@ -138,7 +138,7 @@ class DenseIndex:
     def save(self, path: Path) -> None:
         import faiss
 
-        from ..writer import atomic_path
+        from biomedica_hf.io.atomic import atomic_path
 
         with atomic_path(Path(path)) as tmp:
             faiss.write_index(self.index, str(tmp))

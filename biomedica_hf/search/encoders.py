@@ -171,7 +171,7 @@ class HFImageModel:
     def __init__(self, path: str, image_size: int = 224, fit: str = "pad"):
         import torch
 
-        from ..concepts.embed import load_model
+        from biomedica_hf.concepts.embed import load_model
 
         self.name = path
         with torch.random.fork_rng():
@@ -185,7 +185,7 @@ class HFImageModel:
         self.concept_settings = {"model": path, "image_size": image_size, "fit": fit}
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
-        from ..concepts.embed import embed_images, prepare_image
+        from biomedica_hf.concepts.embed import embed_images, prepare_image
 
         prepared = [prepare_image(_as_bytes(im), self.image_size, self.fit) for im in images]
         return _normalise(embed_images(self.model, self.processor, prepared))

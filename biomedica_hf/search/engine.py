@@ -23,12 +23,12 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
-from . import layout
-from .bm25 import BM25Index
-from .dense import DenseIndex, DenseParams
-from .encoders import EncoderSet, load_encoders
-from .fusion import RRF_K, rrf
-from .meta import Filters, Metadata
+from biomedica_hf.search import layout
+from biomedica_hf.search.bm25 import BM25Index
+from biomedica_hf.search.dense import DenseIndex, DenseParams
+from biomedica_hf.search.encoders import EncoderSet, load_encoders
+from biomedica_hf.search.fusion import RRF_K, rrf
+from biomedica_hf.search.meta import Filters, Metadata
 
 SOURCES = ("bm25", "text", "text2image", "image", "image2text")
 DEFAULT_DEPTH = 100

@@ -61,7 +61,7 @@ def read_manifest(index_dir: Path) -> dict[str, Any]:
 
 
 def write_manifest(index_dir: Path, manifest: dict[str, Any]) -> Path:
-    from ..writer import atomic_write_bytes
+    from biomedica_hf.io.atomic import atomic_write_bytes
 
     path = Path(index_dir) / MANIFEST
     atomic_write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())

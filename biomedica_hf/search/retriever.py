@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .engine import SearchEngine
-from .meta import Filters
+from biomedica_hf.search.engine import SearchEngine
+from biomedica_hf.search.meta import Filters
 
 INSTRUCTIONS = ("Answer the question using only the numbered figure sources below. Cite the sources you use "
                 "by their number in square brackets, e.g. [1] or [2][3]. If the sources do not answer the "

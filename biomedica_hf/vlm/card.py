@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..models.card import hub_dataset_id
+from biomedica_hf.clip.card import hub_dataset_id
 
 TEMPLATE = Path(str(resources.files("model_cards").joinpath("smolvlm_model_card.md")))  # packaged with the wheel
 _FALLBACK = "# {run_name}\n\nBase model: {base_model}\n\nDataset: {dataset}\n\nResults: {tokens_per_s} tokens/s\n\n```yaml\n{config}\n```\n"

@@ -30,8 +30,8 @@ def caption(images: tuple[str, ...], model_dir: str, out: Path | None, prompt: s
     One JSON line per image: {"image": PATH, "caption": TEXT}; an unreadable image gets
     "caption": null and an "error". Exits non-zero when no image could be captioned.
     """
-    from .data import PROMPTS
-    from .infer import caption_images, find_images, generate_caption, load_for_inference
+    from biomedica_hf.vlm.data import PROMPTS
+    from biomedica_hf.vlm.infer import caption_images, find_images, generate_caption, load_for_inference
 
     try:
         paths = find_images(images)
@@ -51,7 +51,7 @@ def caption(images: tuple[str, ...], model_dir: str, out: Path | None, prompt: s
             ok, failed = ok + (row["caption"] is not None), failed + (row["caption"] is None)
             click.echo(json.dumps(row, ensure_ascii=False))
     else:
-        from ..writer import atomic_path
+        from biomedica_hf.io.atomic import atomic_path
 
         with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for row in rows:

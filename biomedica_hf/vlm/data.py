@@ -205,7 +205,7 @@ def example_stream(path: str, processor, *, subset: str | Sequence[str] = "all",
     with the keys of the first :data:`READ_LOG_LIMIT` rows read."""
     from datasets.distributed import split_dataset_by_node
 
-    from ..loader import load_biomedica
+    from biomedica_hf.dataset.loader import load_biomedica
 
     tasks = tasks or DEFAULT_TASKS
     ds = load_biomedica(path, subset=subset, streaming=True, decode=False, world_size=world_size, num_workers=0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .data import PROMPTS, decode_image, messages, set_longest_edge
+from biomedica_hf.vlm.data import PROMPTS, decode_image, messages, set_longest_edge
 
 
 def load_for_inference(model_dir: str | os.PathLike, dtype=None):
@@ -39,7 +39,7 @@ def check_model_kind(model_dir: str) -> None:
 
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    from ..errors import WrongModelError
+    from biomedica_hf.errors import WrongModelError
 
     config = Path(model_dir) / "config.json"
     if not config.is_file():
@@ -59,7 +59,7 @@ def check_model_kind(model_dir: str) -> None:
 
 
 def _raise_missing_base(base_id: str, model_dir: str, exc: OSError) -> None:
-    from ..errors import MissingWeightsError, hub_offline, is_local_path, unreachable
+    from biomedica_hf.errors import MissingWeightsError, hub_offline, is_local_path, unreachable
 
     if is_local_path(base_id) or not (hub_offline() or unreachable(exc)):
         return

@@ -3,7 +3,7 @@
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 finetune/clip/check_gather.py OUT.json
 
 A tiny two-tower linear model is trained one step on a fixed global batch: every rank takes its slice,
-computes :class:`biomedica_hf.models.ClipLoss` (local logits vs gathered features) under DDP, and the
+computes :class:`biomedica_hf.clip.ClipLoss` (local logits vs gathered features) under DDP, and the
 rank-mean loss and the averaged gradients are compared with one process computing the same global batch.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Towers(torch.nn.Module):
 def main(out_path: str) -> None:
     from accelerate import Accelerator
 
-    from biomedica_hf.distributed import end_run
+    from biomedica_hf.train.distributed import end_run
 
     torch.set_num_threads(1)
     acc = Accelerator(cpu=True)
@@ -36,7 +36,7 @@ def main(out_path: str) -> None:
 
 
 def check(acc, out_path: str, global_batch: int = 8) -> None:
-    from biomedica_hf.models.loss import ClipLoss
+    from biomedica_hf.clip.loss import ClipLoss
 
     torch.manual_seed(0)
     model = Towers()

@@ -5,7 +5,7 @@
         --config finetune/clip/configs/cpu_smoke.yaml --set data.path=DATASET_DIR
     python finetune/clip/train.py --config ... --set train.max_steps=10 --set output_dir=runs/x
 
-The library lives in ``biomedica_hf.models`` (adapter, data, loss, trainer, export, card).
+The library lives in ``biomedica_hf.clip`` (adapter, data, loss, trainer, export, card).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from biomedica_hf.recipe_config import parse_recipe_args
+    from biomedica_hf.train.config import parse_recipe_args
 
     _, args = parse_recipe_args(__doc__, "finetune/clip/configs/*.yaml", argv)
-    from biomedica_hf.models.trainer import load_config, train
+    from biomedica_hf.train.clip import load_config, train
 
     cfg = load_config(args.config, args.set)
     result = train(cfg)

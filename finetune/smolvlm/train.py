@@ -18,10 +18,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from biomedica_hf.recipe_config import parse_recipe_args
+    from biomedica_hf.train.config import parse_recipe_args
 
     parser, args = parse_recipe_args(__doc__, "finetune/smolvlm/configs/*.yaml", argv)
-    from biomedica_hf.vlm.trainer import load_config, train
+    from biomedica_hf.train.smolvlm import load_config, train
 
     cfg = load_config(args.config, args.set)
     if not cfg["data"].get("path"):

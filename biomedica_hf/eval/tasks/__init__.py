@@ -1,9 +1,9 @@
 """Task registry: the BIOMEDICA suite, local fixture tasks and retrieval sets (see :mod:`.registry`)."""
-from .base import EVALSET_REPO, DataContext, ParquetSource, SuiteSource, Task
-from .biomedica import MEDMNIST_DOMAINS, MICROBENCH_COARSE, SUITES, discover_suite
-from .fixtures import FIXTURE_TASKS, FixtureSource
-from .registry import REGISTRY, get_task, register, resolve_tasks, retrieval_task
-from .user import UserDataError, UserSource, load_task_file, parse_user_item, user_task
+from biomedica_hf.eval.tasks.base import EVALSET_REPO, DataContext, ParquetSource, SuiteSource, Task
+from biomedica_hf.eval.tasks.biomedica import MEDMNIST_DOMAINS, MICROBENCH_COARSE, SUITES, discover_suite
+from biomedica_hf.eval.tasks.fixtures import FIXTURE_TASKS, FixtureSource
+from biomedica_hf.eval.tasks.registry import REGISTRY, get_task, register, resolve_tasks, retrieval_task
+from biomedica_hf.eval.tasks.user import UserDataError, UserSource, load_task_file, parse_user_item, user_task
 
 __all__ = [
            "EVALSET_REPO",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..evalset import DATA_HINT, DataNotFoundError, parquet_files
+from biomedica_hf.eval.evalset import DATA_HINT, DataNotFoundError, parquet_files
 
 EVALSET_REPO = "BIOMEDICA/Biomedica2025EvalSet"
 

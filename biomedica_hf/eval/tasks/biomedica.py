@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..evalset import task_names
-from ..retrieval_data import RetrievalSource
-from .base import EVALSET_REPO, DataContext, SuiteSource, Task
+from biomedica_hf.eval.evalset import task_names
+from biomedica_hf.eval.retrieval_data import RetrievalSource
+from biomedica_hf.eval.tasks.base import EVALSET_REPO, DataContext, SuiteSource, Task
 
 PAPER = "BIOMEDICA (Lozano et al., arXiv:2501.07171, CVPR 2025)"
 

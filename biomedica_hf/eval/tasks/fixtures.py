@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evalset import DATA_HINT, DataNotFoundError, write_evalset
-from .base import DataContext, Task
+from biomedica_hf.eval.evalset import DATA_HINT, DataNotFoundError, write_evalset
+from biomedica_hf.eval.tasks.base import DataContext, Task
 
 CONVERTER_VERSION = 1
 

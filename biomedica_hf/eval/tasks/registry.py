@@ -21,12 +21,12 @@ import fnmatch
 import logging
 from pathlib import Path
 
-from ..evalset import DATA_HINT, DataNotFoundError
-from ..retrieval_data import RetrievalSource
-from .base import DataContext, Task
-from .biomedica import STATIC_TASKS, SUITES, discover_suite
-from .fixtures import FIXTURE_TASKS
-from .user import parse_user_item, user_task
+from biomedica_hf.eval.evalset import DATA_HINT, DataNotFoundError
+from biomedica_hf.eval.retrieval_data import RetrievalSource
+from biomedica_hf.eval.tasks.base import DataContext, Task
+from biomedica_hf.eval.tasks.biomedica import STATIC_TASKS, SUITES, discover_suite
+from biomedica_hf.eval.tasks.fixtures import FIXTURE_TASKS
+from biomedica_hf.eval.tasks.user import parse_user_item, user_task
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def retrieval_task(path: str | Path, subset: str | None = None, split: str = "au
 
 def _local_folder_tasks(item: str, ctx: DataContext) -> list[Task]:
     """Tasks of ``DATA_DIR/<folder>`` (eval-set Parquet, not a known suite), named by the folder's path."""
-    from ..evalset import parquet_files, task_names
-    from .base import ParquetSource
+    from biomedica_hf.eval.evalset import parquet_files, task_names
+    from biomedica_hf.eval.tasks.base import ParquetSource
 
     top, _, pattern = item.removeprefix("@").partition("/")
     if ctx.data_dir is None or not top or top in SUITES or not (ctx.data_dir / top).is_dir():
@@ -157,7 +157,7 @@ def resolve_tasks(spec: str, ctx: DataContext | None = None, skip_missing: bool 
                                f"suites: {', '.join('@' + s for s in SUITES)}")
         for t in found:
             if t.name in out and out[t.name].source != t.source and t.source is not None:
-                from .user import UserDataError
+                from biomedica_hf.eval.tasks.user import UserDataError
 
                 raise UserDataError(f"two different sets are both named {t.name!r} ({out[t.name].source.describe()} "
                                     f"and {t.source.describe()}): give each its own task file with its own name")

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evalset import DATA_HINT, DataNotFoundError, write_evalset
-from .base import DataContext, Task
+from biomedica_hf.eval.evalset import DATA_HINT, DataNotFoundError, write_evalset
+from biomedica_hf.eval.tasks.base import DataContext, Task
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def table_rows(path: Path, kind: str, classes: Sequence[str] | None, image_col: 
     else:
         import pyarrow.parquet as pq
 
-        from ..evalset import parquet_files
+        from biomedica_hf.eval.evalset import parquet_files
 
         table = [r for f in parquet_files(path) for r in pq.read_table(f).to_pylist()]
         columns = list(table[0]) if table else []
@@ -436,7 +436,7 @@ def _sidecar_task_file(path: Path) -> Path | None:
 def _is_evalset_parquet(path: Path) -> bool:
     import pyarrow.parquet as pq
 
-    from ..evalset import parquet_files
+    from biomedica_hf.eval.evalset import parquet_files
 
     files = parquet_files(path)
     return bool(files) and {"options", "answer_idx"} <= set(pq.read_schema(files[0]).names)
@@ -471,7 +471,7 @@ def parse_user_item(item: str) -> UserSpec | None:
 def user_task(spec: UserSpec, task_file: str | os.PathLike | None = None,
               classes: Sequence[str] | None = None) -> Task:
     """A zero-shot :class:`Task` (and the data for probes) over a user's set, named after the set itself."""
-    from .base import ParquetSource
+    from biomedica_hf.eval.tasks.base import ParquetSource
 
     loc = Path(spec.location)
     tf_path = task_file or (_sidecar_task_file(loc) if loc.exists() else None)

@@ -1,0 +1,541 @@
+"""Images: resolve a JATS ``xlink:href`` to a package file, and decode / verify / normalise it.
+
+Two pure entry points:
+
+* :func:`resolve_graphic` maps an ``xlink:href`` to the best image file of the package
+  (extension-less hrefs, wrong extensions, case, path prefixes, full image over ``.gif`` thumbnail);
+  :func:`alternate_renditions` names the other renditions of the same figure, for the ledger.
+* :func:`process_image` turns the bytes of one file into an :class:`ImageRecord`: the bytes that go
+  into the shard (``jpg`` or ``png``) plus size, source format / mode and SHA-256.
+
+Output policy of :func:`process_image` ("original bytes, or lossless PNG"):
+
+* JPEG (``L``/``RGB``) and PNG (8-bit modes) that decode completely are kept byte for byte
+  (``reencoded=False``): no generation loss, and identical files keep identical hashes.
+* Everything else is converted to PNG (``reencoded=True``); the pipeline never adds lossy
+  compression.  That covers GIF, TIFF, BMP, WebP, ..., CMYK/YCCK JPEG (many viewers and ML
+  loaders mis-render CMYK; converted via the embedded ICC profile when there is one) and
+  16-bit grayscale PNG (``datasets.Image`` decodes it as ``I;16`` and the usual
+  ``.convert("RGB")`` clips it to almost pure white - see ``keep_16bit_png``).
+* Mode handling is the explicit table :data:`TARGET_MODE`.  High bit depth (``I;16*``, ``I``,
+  ``F``) is stretched linearly from the image's actual min..max to 0..255 (no clipping; 12-bit
+  data stored in 16 bits stays visible); non-finite floats map to 0.  Alpha is kept (``RGBA``/
+  ``LA``) unless every pixel is opaque, in which case it is dropped (lossless).
+* Only the first frame of multi-frame files (animated GIF, multi-page TIFF) is used.
+* EXIF orientation: kept originals keep their tag (``datasets.Image`` applies it on decode);
+  converted images have it applied to the pixels, because the tag is not carried over.
+  ``width``/``height`` are the *displayed* size, i.e. after orientation, in both cases.
+* Converted PNGs carry no metadata (no text, time, EXIF, dpi); the ICC profile is kept only when
+  it matches the output colour space (RGB profile on RGB/RGBA, gray profile on L/LA).  Output is
+  deterministic: same input bytes and settings -> same output bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import posixpath
+import struct
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import unquote
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from biomedica_hf.schema import ImageRecord
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MEDIA_REASONS",
+    "MediaError",
+    "TARGET_MODE",
+    "alternate_renditions",
+    "is_image_name",
+    "process_image",
+    "resolve_graphic",
+    "sha256_bytes",
+]
+
+MEDIA_REASONS = (
+    "image_missing",       # href resolves to no file of the package
+    "decode_error",        # bytes are an image format we know, but cannot be decoded
+    "truncated_image",     # decoding ran out of data
+    "decompression_bomb",  # header claims more than ``max_pixels`` pixels
+    "too_small",           # a side is below ``min_side``
+    "unsupported_format",  # not an image / a format we do not accept
+    "image_too_large",     # decoding would need more than ``max_image_bytes`` of memory
+)
+
+#: default decode budget: the bytes Pillow would allocate for the decoded pixels (see :func:`decoded_bytes`)
+DEFAULT_MAX_IMAGE_BYTES = 256 << 20
+
+# bytes per pixel of Pillow's in-memory storage, by mode (3-band 8-bit images are padded to 4)
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def decoded_bytes(mode: str, size: tuple[int, int]) -> int:
+    """Memory the decoded pixels take: width x height x bands x bytes per band, as Pillow stores
+    them (``L`` 1, ``I;16`` 2, ``RGB``/``RGBA``/``CMYK``/``I``/``F`` 4 bytes a pixel)."""
+    w, h = size
+    return w * h * _PIXEL_BYTES.get(mode, 4)
+
+
+class MediaError(Exception):
+    """An image that cannot go into the dataset; ``reason`` is one of :data:`MEDIA_REASONS`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in MEDIA_REASONS:
+            raise ValueError(f"unknown media reason {reason!r}")
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Resolving xlink:href -> package file
+# --------------------------------------------------------------------------------------------
+
+#: image file extensions -> rendition priority (lower is better).  ``.gif`` is last: in PMC
+#: packages a ``.gif`` next to a ``.jpg`` of the same stem is the thumbnail.
+IMAGE_EXTENSIONS: dict[str, int] = {
+    "jpg": 0, "jpeg": 0,
+    "png": 1,
+    "tif": 2, "tiff": 2,
+    "webp": 3, "bmp": 3,
+    "gif": 4,
+}
+
+# Extensions stripped from an href before stem matching ("fig1.eps" declared, "fig1.jpg" shipped).
+# A fixed list, not "anything after the last dot": PLOS / bioRxiv stems contain dots
+# ("journal.pone.0067380.g001", "nihpp-2023.12.31.573776v1-f0001").
+_STRIPPABLE_EXTENSIONS = frozenset(IMAGE_EXTENSIONS) | {
+    "eps", "ps", "pdf", "svg", "ai", "psd", "jp2", "pct", "pict", "wmf", "emf", "jpe", "jfif",
+}
+
+
+def _split_ext(name: str, known: frozenset[str] | Mapping[str, int]) -> tuple[str, str]:
+    """``("dir/fig1", "jpg")`` for ``"dir/fig1.JPG"`` when the extension is in ``known``."""
+    base = posixpath.basename(name)
+    if "." in base:
+        stem, ext = name.rsplit(".", 1)
+        if ext.lower() in known:
+            return stem, ext.lower()
+    return name, ""
+
+
+def is_image_name(name: str) -> bool:
+    """True when the file name has an image extension (:data:`IMAGE_EXTENSIONS`)."""
+    return bool(_split_ext(name, IMAGE_EXTENSIONS)[1])
+
+
+def _clean_path(name: str) -> str:
+    """Forward slashes, no empty or ``.`` segments: ``".\\fig\\a.jpg"`` -> ``"fig/a.jpg"``."""
+    return "/".join(p for p in name.replace("\\", "/").split("/") if p not in ("", "."))
+
+
+def _normalise_href(href: str) -> str:
+    """An href as a relative path: URL scheme/host, query, fragment and %-escapes removed."""
+    h = unquote(href.strip())
+    if "://" in h:
+        h = h.split("://", 1)[1].split("/", 1)[-1]
+    return _clean_path(h.split("?", 1)[0].split("#", 1)[0])
+
+
+def _key_stem(name: str) -> str:
+    """Lower-case relative path of a package file without its image extension."""
+    return _split_ext(_clean_path(name).lower(), IMAGE_EXTENSIONS)[0]
+
+
+def _file_size(path: Path | str) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def _best(names: list[str], files: Mapping[str, Path]) -> str:
+    """Best rendition: extension priority, then larger file, then name (deterministic)."""
+    return min(names, key=lambda n: (IMAGE_EXTENSIONS[_split_ext(n, IMAGE_EXTENSIONS)[1]],
+                                     -_file_size(files[n]), n))
+
+
+def resolve_graphic(href: str, files: Mapping[str, Path]) -> str | None:
+    """Key of ``files`` that an ``xlink:href`` refers to, or None.
+
+    Tried in order, first hit wins: (1) exact key, unless it is a ``.gif`` with a better
+    same-stem rendition; (2) same relative path and stem, case-insensitive, any image extension;
+    (3) same base-name stem in any folder.  Within (2)/(3) the best rendition is chosen by
+    :data:`IMAGE_EXTENSIONS` priority (jpg > png > tif > webp/bmp > gif), then the larger file.
+    Non-image files are never returned.  Only ``stat`` is used (for the size tie-break).
+    """
+    h = _normalise_href(href)
+    if not h:
+        return None
+    images = [k for k in files if is_image_name(k)]
+    for exact in (href.strip(), h):
+        if exact in files and is_image_name(exact):
+            if _split_ext(exact, IMAGE_EXTENSIONS)[1] != "gif":
+                return exact
+            break  # a .gif: look for a better rendition of the same stem below
+
+    full = h.lower()
+    stems = {full, _split_ext(full, _STRIPPABLE_EXTENSIONS)[0]}
+    same_path = [k for k in images if _key_stem(k) in stems]
+    if same_path:
+        return _best(same_path, files)
+
+    base_stems = {posixpath.basename(s) for s in stems}
+    same_base = [k for k in images if posixpath.basename(_key_stem(k)) in base_stems]
+    return _best(same_base, files) if same_base else None
+
+
+def alternate_renditions(name: str, files: Mapping[str, Path]) -> list[str]:
+    """Other image files with the same folder and stem as ``name`` (e.g. the ``.gif`` thumbnail)."""
+    stem = _key_stem(name)
+    return sorted(k for k in files if k != name and is_image_name(k) and _key_stem(k) == stem)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding / normalising
+# --------------------------------------------------------------------------------------------
+
+#: formats Pillow may open: an allow-list ("JPEG" also opens MPO).  Anything else - EPS (would
+#: run Ghostscript), PDF, office files, exotic rasters - is ``unsupported_format``.
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "BMP", "WEBP", "JPEG2000", "PPM")
+
+#: sources kept byte for byte: format -> (accepted modes, shard extension)
+KEEP_ORIGINAL: dict[str, tuple[frozenset[str], str]] = {
+    "JPEG": (frozenset({"L", "RGB"}), "jpg"),
+    "MPO": (frozenset({"L", "RGB"}), "jpg"),
+    "PNG": (frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"}), "png"),
+}
+
+#: source mode -> mode of the converted PNG.  "P" becomes "RGBA" when the palette has a
+#: transparent entry; any alpha that is fully opaque is dropped afterwards.
+TARGET_MODE: dict[str, str] = {
+    "1": "L",
+    "L": "L",
+    "LA": "LA",
+    "La": "LA",        # premultiplied alpha -> straight alpha
+    "P": "RGB",
+    "PA": "RGBA",
+    "RGB": "RGB",
+    "RGBA": "RGBA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "CMYK": "RGB",     # via the embedded ICC profile when present
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
+    "I;16": "L",       # high bit depth: min..max stretch (see _stretch_to_l)
+    "I;16B": "L",
+    "I;16L": "L",
+    "I;16N": "L",
+    "I": "L",
+    "F": "L",
+}
+HIGH_BIT_DEPTH = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+# EXIF orientation -> transpose that displays the image upright (as PIL.ImageOps.exif_transpose)
+_ORIENTATION: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION = 0x0112
+
+# ICC header bytes 16..20: data colour space, checked against the output mode
+_ICC_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "L": b"GRAY", "LA": b"GRAY"}
+
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*",
+          b"BM", b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")
+
+PNG_COMPRESS_LEVEL = 6
+
+# what Pillow raises on malformed input (plugins are not consistent about it)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+                  ZeroDivisionError, struct.error)
+
+
+def _looks_like_image(data: bytes) -> bool:
+    return data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _row_blocks(im: Image.Image, budget: int = 16 << 20):
+    """``(y0, block)`` crops of whole rows, each about ``budget`` bytes as float64."""
+    w, h = im.size
+    rows = max(1, budget // max(1, w * 8))
+    for y in range(0, h, rows):
+        yield y, im.crop((0, y, w, min(h, y + rows)))
+
+
+def _stretch_to_l(im: Image.Image) -> Image.Image:
+    """8-bit ``L`` from a high-bit-depth single-band image: linear map of min..max to 0..255.
+
+    A constant image falls back to the nominal range (0..65535, or 0..1 for float). Works in row
+    blocks, so the extra memory is the 8-bit output plus one block (not 8 bytes a pixel).
+    """
+    import numpy as np
+
+    lo, hi = np.inf, -np.inf
+    for _, block in _row_blocks(im):
+        a = np.asarray(block).astype(np.float64)
+        a = a[np.isfinite(a)]
+        if a.size:
+            lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
+    out = Image.new("L", im.size, 0)
+    if not np.isfinite(lo):  # no finite pixel
+        return out
+    if hi <= lo:
+        lo, hi = (0.0, 1.0) if im.mode == "F" else (0.0, 65535.0)
+    for y, block in _row_blocks(im):
+        a = np.asarray(block).astype(np.float64)
+        a = np.nan_to_num((np.where(np.isfinite(a), a, np.nan) - lo) * (255.0 / (hi - lo)), nan=0.0)
+        out.paste(Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L"), (0, y))
+    return out
+
+
+def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
+    """CMYK -> RGB through the embedded ICC profile when there is one, else Pillow's formula."""
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"),
+                                             outputMode="RGB")
+        except Exception:  # noqa: BLE001 - broken profile / no littlecms: fall back
+            pass
+    return im.convert("RGB")
+
+
+def _to_output_mode(im: Image.Image) -> Image.Image:
+    """Apply :data:`TARGET_MODE` to a loaded image."""
+    mode = im.mode
+    if mode not in TARGET_MODE:
+        raise MediaError("unsupported_format", f"image mode {mode}")
+    if mode in HIGH_BIT_DEPTH:
+        return _stretch_to_l(im)
+    if mode == "CMYK":
+        return _cmyk_to_rgb(im)
+    target = TARGET_MODE[mode]
+    if mode == "P" and "transparency" in im.info:
+        target = "RGBA"
+    out = im if mode == target else im.convert(target)
+    if "A" in out.getbands() and out.getchannel("A").getextrema() == (255, 255):
+        out = out.convert(out.mode[:-1])  # fully opaque: RGBA -> RGB, LA -> L
+    return out
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - malformed EXIF must not fail an otherwise good image
+        return 1
+    return value if isinstance(value, int) and value in _ORIENTATION else 1
+
+
+def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int) -> bytes:
+    """Deterministic PNG: no metadata chunks except a matching ICC profile.
+
+    Clears ``im.info`` (Pillow's PNG writer would pick up transparency / ICC from it); callers
+    pass an image they own.
+    """
+    im.info = {}
+    keep_icc = bool(icc) and len(icc) >= 20 and icc[16:20] == _ICC_SPACE.get(im.mode)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=False, compress_level=compress_level,
+               icc_profile=icc if keep_icc else None)
+    return buf.getvalue()
+
+
+def _bomb_action(max_pixels: int) -> str:
+    """Filter action for Pillow's ``DecompressionBombWarning`` (> ``Image.MAX_IMAGE_PIXELS``).
+
+    Our header check enforces ``max_pixels``; the warning is promoted to an error whenever
+    Pillow's threshold is at least as strict, and ignored when the caller allows more.
+    Pillow's hard error (> 2 * ``MAX_IMAGE_PIXELS``) always applies.
+    """
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    return "error" if pil_limit is not None and max_pixels <= pil_limit else "ignore"
+
+
+def _open(data: bytes) -> Image.Image:
+    """``Image.open`` restricted to :data:`ALLOWED_FORMATS`; classify failures."""
+    try:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaError("decompression_bomb", str(e)) from e
+    except UnidentifiedImageError as e:
+        reason = "decode_error" if _looks_like_image(data) else "unsupported_format"
+        raise MediaError(reason, "cannot identify image") from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise MediaError("decode_error", f"{type(e).__name__}: {e}") from e
+
+
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# TIFF (offsets, byte counts) tag pairs: strips, tiles
+_TIFF_EXTENTS = ((273, 279), (324, 325))
+
+
+def _missing_tail(im: Image.Image, data: bytes) -> str:
+    """Why the file is cut short, checked from the header before decoding ("" when complete).
+
+    A PNG cut after its last pixel row decodes without complaint but lacks IEND (and the kept
+    bytes would be incomplete); a TIFF whose strips/tiles run past the end of the file is
+    reported by libtiff only as a generic "decoder error -2".  Data after the pixels (e.g.
+    Photoshop layers in eLife TIFFs) may be missing without harm.
+    """
+    if im.format == "PNG" and data.rfind(_PNG_IEND) < 0:
+        return "PNG has no IEND chunk"
+    tags = getattr(im, "tag_v2", None)
+    if im.format == "TIFF" and tags is not None:
+        for off_tag, count_tag in _TIFF_EXTENTS:
+            offsets, counts = tags.get(off_tag), tags.get(count_tag)
+            if offsets is None or counts is None:
+                continue
+            offsets = offsets if isinstance(offsets, tuple) else (offsets,)
+            counts = counts if isinstance(counts, tuple) else (counts,)
+            end = max((int(o) + int(c) for o, c in zip(offsets, counts)), default=0)
+            if end > len(data):
+                return f"TIFF image data ends at byte {end}, file has {len(data)}"
+    return ""
+
+
+def _load(im: Image.Image) -> None:
+    """Force a full decode of the (first) frame; classify failures."""
+    try:
+        im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaError("decompression_bomb", str(e)) from e
+    except _DECODE_ERRORS as e:
+        msg = str(e)
+        truncated = isinstance(e, EOFError) or "truncated" in msg.lower() or "premature" in msg
+        raise MediaError("truncated_image" if truncated else "decode_error",
+                         f"{type(e).__name__}: {msg}") from e
+
+
+def process_image(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
+                  min_side: int = 20, keep_16bit_png: bool = False,
+                  compress_level: int = PNG_COMPRESS_LEVEL, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                  reduce_to_pixels: int | None = None) -> ImageRecord:
+    """Decode, verify and normalise one image file; see the module docstring for the policy.
+
+    Raises :class:`MediaError` (``decode_error``, ``truncated_image``, ``decompression_bomb``,
+    ``too_small``, ``unsupported_format``).  The pixel limit is checked on the header size
+    before any pixel is decoded; Pillow's own hard limit (2 * ``Image.MAX_IMAGE_PIXELS``) also
+    applies.  ``keep_16bit_png=True`` keeps 16-bit grayscale PNGs as they are.
+    Decode budget: ``max_image_bytes`` bounds the memory of the decoded pixels
+    (:func:`decoded_bytes`: bit depth and bands count), checked from the header before the decoder
+    allocates; over it ``image_too_large``.  ``reduce_to_pixels``: images with more pixels are
+    downscaled (aspect kept) to at most that many and re-encoded as PNG; JPEGs are decoded at a
+    reduced DCT scale (``draft``: the full-size pixels never exist), other formats are decoded
+    (within the budget) and then reduced.
+    ``compress_level`` (zlib 0-9) of converted PNGs trades speed for size (on the fixture TIFFs
+    level 1 encodes 2-5x faster than 6 and is 15-80 % larger); output bytes depend on it.  Pillow's
+    ``UserWarning``s about damaged metadata ("Corrupt EXIF data") are silenced: the pixels are
+    what is verified.  Warning filters are changed only inside ``warnings.catch_warnings()``.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone flipped the global: truncation would pass
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must be False")
+    if not data:
+        raise MediaError("decode_error", "empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter(_bomb_action(max_pixels), Image.DecompressionBombWarning)
+        im = _open(data)
+        try:
+            return _process(im, data, name, max_pixels, min_side, keep_16bit_png, compress_level,
+                            max_image_bytes, reduce_to_pixels)
+        except MediaError:
+            raise
+        except _DECODE_ERRORS as e:
+            raise MediaError("decode_error", f"{type(e).__name__}: {e}") from e
+        finally:
+            im.close()
+
+
+def _target_size(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """The largest size with the same aspect and at most ``max_pixels`` pixels (sides >= 1)."""
+    w, h = size
+    scale = math.sqrt(max_pixels / (w * h))
+    tw, th = max(1, int(w * scale)), max(1, int(h * scale))
+    while tw * th > max_pixels and (tw > 1 or th > 1):
+        tw, th = max(1, tw - (tw >= th)), max(1, th - (th > tw))
+    return tw, th
+
+
+def _reduce(im: Image.Image, max_pixels: int) -> Image.Image:
+    """Downscale a loaded image to at most ``max_pixels`` pixels: integer ``reduce`` (box average,
+    cheap) where the mode allows, then an exact LANCZOS resize to the target size."""
+    if im.mode in HIGH_BIT_DEPTH and im.mode not in ("I", "F"):
+        im = _stretch_to_l(im)
+    elif im.mode in ("1", "P", "PA"):
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else TARGET_MODE[im.mode])
+    tw, th = _target_size(im.size, max_pixels)
+    factor = min(im.width // tw, im.height // th)
+    if factor >= 2:
+        im = im.reduce(factor)
+    if im.width * im.height > max_pixels:
+        im = im.resize((tw, th), Image.Resampling.LANCZOS)
+    return im
+
+
+def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side: int,
+             keep_16bit_png: bool, compress_level: int, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+             reduce_to_pixels: int | None = None) -> ImageRecord:
+    fmt = im.format or ""
+    mode = orig_mode = im.mode
+    w, h = im.size
+    drafted = False
+    if reduce_to_pixels and w * h > reduce_to_pixels and fmt in ("JPEG", "MPO"):
+        im.draft(mode, _target_size((w, h), reduce_to_pixels))  # DCT scaling: never decodes full size
+        drafted = im.size != (w, h)
+    dw, dh = im.size
+    if dw * dh > max_pixels:
+        raise MediaError("decompression_bomb", f"{dw}x{dh} = {dw * dh} pixels > {max_pixels}")
+    if w < min_side or h < min_side:
+        raise MediaError("too_small", f"{w}x{h} < {min_side}")
+    need = decoded_bytes(im.mode, im.size)
+    if need > max_image_bytes:
+        raise MediaError("image_too_large", f"{dw}x{dh} {im.mode}: decoding needs {need} bytes > "
+                                            f"{max_image_bytes} (--max-image-bytes)")
+    if reason := _missing_tail(im, data):
+        raise MediaError("truncated_image", reason)
+    _load(im)
+    orientation = _orientation(im)
+    reduced = drafted
+    if reduce_to_pixels and im.width * im.height > reduce_to_pixels:
+        im = _reduce(im, reduce_to_pixels)
+        reduced = True
+    mode = im.mode if reduced else mode
+
+    modes, ext = KEEP_ORIGINAL.get(fmt, (frozenset(), ""))
+    if reduced:
+        pass
+    elif mode in modes or (keep_16bit_png and fmt == "PNG" and mode in HIGH_BIT_DEPTH):
+        if orientation in (5, 6, 7, 8):
+            w, h = h, w
+        return ImageRecord(data=data, ext=ext, width=w, height=h, orig_format=fmt,
+                           orig_mode=orig_mode, sha256=sha256_bytes(data), reencoded=False,
+                           source_name=name)
+
+    icc = im.info.get("icc_profile") if mode != "CMYK" else None
+    out = _to_output_mode(im)
+    if orientation != 1:
+        out = out.transpose(_ORIENTATION[orientation])
+    png = _encode_png(out, icc, compress_level)
+    return ImageRecord(data=png, ext="png", width=out.width, height=out.height,
+                       orig_format=fmt, orig_mode=orig_mode, sha256=sha256_bytes(png),
+                       reencoded=True, source_name=name)

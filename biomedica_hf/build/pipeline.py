@@ -1,0 +1,1111 @@
+"""``biomedica build``: a partitioned build whose driver holds O(partitions), never O(articles).
+
+Stages of one **snapshot** (a build, or an update of an earlier build against a newer listing):
+
+1. **list**      the source's listing is streamed into per-bucket spool files, then cut into partition
+                 manifests (Parquet) by a stable hash of the PMCID (:mod:`biomedica_hf.build.partition`). An
+                 update keeps only new articles, new versions and retried failures, and records the
+                 articles that were retracted, withdrawn or superseded.
+2. **stage**     per partition (a task on the local pool or Ray): fetch, parse and decode its articles into
+                 ``_work/stage/<pid>/`` (resumable article by article; an article that kills its worker
+                 twice is ledgered), and spill the samples' hashes into hash buckets.
+3. **dedup**     exact duplicate images across the whole build, one hash bucket at a time.
+4. **write**     per partition: shuffle its samples (seeded), write its own shards per subset, its
+                 article and ledger parts and its completion marker, then delete its staging.
+5. **remove**    (updates) shards holding samples of removed articles are copied without them under a new
+                 name; untouched shards are never rewritten.
+6. **finish**    ``figures.parquet``, ``articles.parquet``, ``ledger.parquet`` streamed from the parts;
+                 ``sizes.json``, ``duplicates.parquet``, ``build_summary.json`` (with the snapshot history).
+
+Any exception on one article becomes a ``failed`` ledger row (``internal_error``); a worker that dies gets
+its partition retried a bounded number of times; a full disk stops the build with one fatal error and a
+rerun repairs what was cut. One build per folder (:mod:`biomedica_hf.build.lock`).
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from biomedica_hf import __version__
+from biomedica_hf.concepts.label import labels_extra_columns
+from biomedica_hf.build.dedup import PUBLISHED, decide, decisions_for, n_hash_buckets, write_hash_rows
+from biomedica_hf.build.executors import make_executor
+from biomedica_hf.layout import FIGURES_INDEX
+from biomedica_hf.build.figures import build_figures_index
+from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique, format_summary, ledger_summary
+from biomedica_hf.build.lock import BuildLock
+from biomedica_hf.build.partition import (
+    DEFAULT_SPLIT_FRACTIONS, FINE_BUCKETS, Layout, ListingSpool, PartitionId, choose_layout, read_manifest,
+    ref_from_json, ref_revision, spool_rows, write_manifest
+)
+from biomedica_hf.build.article import MediaOptions, PackageResult, process_package
+from biomedica_hf.schema import (
+    ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
+)
+from biomedica_hf.build.sources import make_source
+from biomedica_hf.build.sources.base import FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error
+from biomedica_hf.build.staging import PartitionStage
+from biomedica_hf.io.atomic import atomic_path, atomic_write_bytes, atomic_write_json
+from biomedica_hf.build.shards import revise_shard, shard_done, shard_files, shard_name, write_shard
+
+log = logging.getLogger("biomedica_hf.build")
+
+ARTICLE_SCHEMA = arrow_schema(ARTICLE_FIELDS)
+# fetch errors that will not change on retry
+PERMANENT_FETCH = {"not_open_access": SKIPPED, "retracted": SKIPPED, "not_found": FAILED, "bad_package": FAILED}
+TRANSIENT_REASONS = {"download_failed"}
+TABLE_BATCH = 256              # article rows in memory at a time (they carry the full text)
+MAX_STARTS = 2                  # an article that was started this often without finishing is ledgered
+
+
+@dataclass
+class BuildConfig:
+    out: Path
+    source: str = "local"                         # cloud | legacy | local
+    source_opts: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
+    limit: int | None = None
+    shard_max_samples: int = 10_000
+    shard_max_bytes: int = 1_000_000_000
+    seed: int = 0
+    dedup_images: bool = True                     # exact duplicate images kept once
+    media: MediaOptions = field(default_factory=MediaOptions)
+    keep_downloads: bool = False
+    retry_failed: bool = False                    # re-process articles whose earlier run failed
+    executor: str = "local"                       # local (process pool) | ray
+    ray_address: str | None = None                # ray: "auto", "ray://host:10001" or "local"
+    progress: bool = True
+    command: str = ""
+    split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS
+    partition_target: int | None = None           # articles per partition (None: partition.auto_target)
+    max_attempts: int = 3                         # tries of a partition whose worker died
+    allow_shrink: bool = False                    # an update may withdraw more than half of the articles
+    near_dedup: bool = False                      # drop near-duplicate images too (default: flag them)
+    caption_dups: bool = True                     # flag near-duplicate captions (MinHash)
+
+    @property
+    def work(self) -> Path:
+        return Path(self.out) / "_work"
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    summary: dict
+    n_listed: int
+    n_staged_now: int
+    n_resumed: int
+    shards_written: int
+    shards_skipped: int
+    samples_per_subset: dict[str, int]
+    n_duplicates: int
+    elapsed_s: float
+    snapshot: int = 0
+    changes: dict[str, int] = field(default_factory=dict)
+
+    def text(self) -> str:
+        s = [f"Output: {self.out}",
+             f"Snapshot {self.snapshot}: " + ", ".join(f"{k} {v}" for k, v in self.changes.items()),
+             f"Articles listed: {self.n_listed} (processed now: {self.n_staged_now}, resumed: {self.n_resumed})",
+             "Samples: " + ", ".join(f"{k} {v}" for k, v in self.samples_per_subset.items()),
+             f"Exact duplicate images removed: {self.n_duplicates}",
+             f"Shards written: {self.shards_written} (already complete: {self.shards_skipped})",
+             f"Time: {self.elapsed_s:.1f} s", "", format_summary(self.summary)]
+        return "\n".join(s)
+
+
+# ------------------------------------------------------------------------------------- paths
+class Work:
+    """The resume state under ``OUT/_work``."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.root = self.out / "_work"
+
+    def snap(self, k: int) -> Path:
+        return self.root / "snapshots" / f"s{k:03d}"
+
+    def manifest(self, pid: PartitionId) -> Path:
+        return self.snap(pid.snapshot) / "partitions" / f"{pid.name}.parquet"
+
+    def stage(self, pid: PartitionId) -> PartitionStage:
+        return PartitionStage(self.root / "stage" / pid.name)
+
+    def hashes(self, k: int) -> Path:
+        return self.snap(k) / "hashes"
+
+    def decisions(self, k: int) -> Path:
+        return self.snap(k) / "decisions.parquet"
+
+    def part(self, kind: str, pid_name: str) -> Path:
+        return self.root / "parts" / kind / f"{pid_name}.parquet"
+
+    def done(self, pid_name: str) -> Path:
+        return self.root / "parts" / "done" / f"{pid_name}.json"
+
+    def snapshots(self) -> list[int]:
+        d = self.root / "snapshots"
+        return sorted(int(p.name[1:]) for p in d.glob("s[0-9][0-9][0-9]")) if d.is_dir() else []
+
+    def layout(self, k: int) -> Layout | None:
+        p = self.snap(k) / "layout.json"
+        return Layout.from_json(json.loads(p.read_text())) if p.exists() else None
+
+    def complete(self, k: int) -> bool:
+        return (self.snap(k) / "complete.json").exists()
+
+
+# ----------------------------------------------------------------------------------- workers
+_WORKER: dict[str, Any] = {}
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGKILL when the driver dies, so a killed driver leaves no orphans."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+_DRIVER_PID: list[int] = []
+
+
+def _init_worker(source_kind: str, source_opts: dict, out: str, media: MediaOptions, keep_downloads: bool,
+                 n_hash: int, dedup: bool, discard: bool = False) -> None:
+    if os.getpid() not in _DRIVER_PID:
+        _die_with_parent()
+    _WORKER.update(source=make_source(source_kind, **source_opts), work=Work(Path(out)), media=media,
+                   keep_downloads=keep_downloads, n_hash=n_hash, dedup=dedup,
+                   discard=discard)
+
+
+def _disk_error(e: BaseException) -> BaseException | None:
+    """The disk error (ENOSPC, EDQUOT, EROFS) or :class:`FatalBuildError` in ``e``'s chain, None without one."""
+    from biomedica_hf.errors import exception_chain
+
+    return next((x for x in exception_chain(e) if isinstance(x, FatalBuildError) or is_disk_error(x)), None)
+
+
+def _process_ref(ref: ArticleRef, source: Source, work: Work, media: MediaOptions, keep: bool) -> PackageResult:
+    """One article -> staged result. Every failure of the article itself ends in its ledger rows."""
+    cache = work.root / "cache"
+    if _WORKER.get("discard"):      # --retry-failed: a failed package's cached extraction is not reused
+        source.discard(ref, cache)
+    if ref.retracted:
+        return PackageResult(ref.pmcid, ledger=[LedgerEntry("article", ref.pmcid, ref.pmcid, SKIPPED, "retracted",
+                                                            "marked retracted in the listing", ref.location)])
+    try:
+        pkg = source.fetch(ref, cache)
+    except FetchError as e:
+        state = PERMANENT_FETCH.get(e.reason, FAILED)
+        return PackageResult(ref.pmcid, ledger=[LedgerEntry("article", ref.pmcid, ref.pmcid, state, e.reason,
+                                                            str(e.detail)[:500], ref.location)])
+    try:
+        result = process_package(pkg, media)
+    finally:
+        root = Path(pkg.root).resolve()
+        if not keep and cache.resolve() in root.parents:
+            shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def _fatal(e: BaseException, where: str) -> FatalBuildError:
+    """The one-line fatal error for the disk error in ``e``'s chain."""
+    found = _disk_error(e)
+    if isinstance(found, FatalBuildError):
+        return found
+    return fatal_disk_error(found, where) if found is not None else FatalBuildError(str(e))
+
+
+def _internal_error(ref: ArticleRef, e: BaseException, reason: str = "internal_error") -> PackageResult:
+    return PackageResult(ref.pmcid, ledger=[LedgerEntry("article", ref.pmcid, ref.pmcid, FAILED, reason,
+                                                        f"{type(e).__name__}: {e}"[:500], ref.location)])
+
+
+def stage_partition(pid_name: str) -> dict:
+    """Stage every article of one partition (resumable article by article)."""
+    work: Work = _WORKER["work"]
+    pid = PartitionId.parse(pid_name)
+    stage = work.stage(pid)
+    if stage.is_staged():
+        return json.loads(stage.marker.read_text())
+    rows = read_manifest(work.manifest(pid))
+    done, _ = stage.open()
+    starts = stage.start_counts()
+    n_bytes = 0
+    for row in rows:
+        ref = ref_from_json(row["ref"])
+        rid = f"{ref.pmcid}@{ref.location}" if row["duplicate"] else ref.pmcid
+        if rid in done:
+            continue
+        if row["duplicate"]:
+            result = PackageResult(rid, ledger=[LedgerEntry("article", rid, ref.pmcid, SKIPPED, "duplicate_listing",
+                                                            "", ref.location)])
+        elif starts[rid] >= MAX_STARTS:
+            result = PackageResult(rid, ledger=[LedgerEntry(
+                "article", ref.pmcid, ref.pmcid, FAILED, "worker_died",
+                f"the worker processing this article died {starts[rid]} times (out of memory or killed)",
+                ref.location)])
+        else:
+            stage.mark_start(rid)
+            try:
+                result = _process_ref(ref, _WORKER["source"], work, _WORKER["media"], _WORKER["keep_downloads"])
+            except Exception as e:
+                if _disk_error(e) is not None:
+                    raise FatalBuildError(f"disk full while processing {ref.pmcid} ({e}); free space and rerun: "
+                                          "the build resumes and repairs what was cut") from e
+                log.exception("internal error on %s", ref.pmcid)
+                result = _internal_error(ref, e)
+            result.ref_id = rid
+        try:
+            n_bytes += stage.append(result)
+        except Exception as e:
+            if _disk_error(e) is not None:
+                raise _fatal(e, f"the staging of partition {pid_name}") from e
+            log.exception("could not stage %s", rid)
+            stage.open()                       # cut back what the failed append wrote
+            failed = _internal_error(ref, e)
+            failed.ref_id = rid
+            stage.append(failed)
+    return _finish_stage(work, pid, stage, n_bytes)
+
+
+def _finish_stage(work: Work, pid: PartitionId, stage: PartitionStage, n_bytes: int) -> dict:
+    hash_rows, n_samples, retry, failed = [], 0, [], []
+    for unit in stage.units():
+        for s in unit["samples"]:
+            n_samples += 1
+            hash_rows.append({"key": s["key"], "sha256": s["image"]["sha256"], "subset": s["meta"]["subset"],
+                              "pmcid": s["meta"]["pmcid"], "phash": s["meta"].get("phash")})
+        for e in unit["ledger"]:
+            if e["state"] == FAILED and e["pmcid"]:
+                failed.append(e["pmcid"])          # any failed item: --retry-failed re-processes the article
+                if e["kind"] == "article" and e["reason"] in TRANSIENT_REASONS:
+                    retry.append(e["pmcid"])       # retried by any rerun
+    write_hash_rows(work.hashes(pid.snapshot), pid.name, hash_rows, _WORKER["n_hash"])
+    info = {"pid": pid.name, "samples": n_samples, "bytes": n_bytes, "failed": sorted(set(failed)),
+            "retry": sorted(set(retry))}
+    stage.mark_staged(info)
+    return info
+
+
+def _give_up_partition(pid_name: str, attempts: int, error: str) -> dict:
+    """A partition whose worker died ``attempts`` times: its unfinished articles are ledgered."""
+    work: Work = _WORKER["work"]
+    pid = PartitionId.parse(pid_name)
+    stage = work.stage(pid)
+    done, _ = stage.open()
+    for row in read_manifest(work.manifest(pid)):
+        ref = ref_from_json(row["ref"])
+        rid = f"{ref.pmcid}@{ref.location}" if row["duplicate"] else ref.pmcid
+        if rid not in done:
+            res = PackageResult(rid, ledger=[LedgerEntry("article", rid, ref.pmcid, FAILED, "worker_died",
+                                                         f"partition {pid_name} failed {attempts} times: {error}"[:500],
+                                                         ref.location)])
+            stage.append(res)
+    return _finish_stage(work, pid, stage, 0)
+
+
+def write_partition(task: tuple) -> dict:
+    """Shuffle, shard and write one staged partition; its parts and marker; then delete its staging."""
+    pid_name, seed, max_samples, max_bytes, decisions_path = task
+    work: Work = _WORKER["work"]
+    marker = work.done(pid_name)
+    if marker.exists():
+        return json.loads(marker.read_text())
+    pid = PartitionId.parse(pid_name)
+    stage = work.stage(pid)
+    drop, also = decisions_for(Path(decisions_path), pid_name) if decisions_path else ({}, {})
+    samples: list[dict] = []
+    ledger: list[dict] = []
+    articles_path = work.part("articles", pid_name)
+    dropped_per_pmcid: Counter = Counter()
+    with atomic_path(articles_path) as tmp:
+        writer = pq.ParquetWriter(tmp, ARTICLE_SCHEMA, compression="zstd")
+        batch: list[dict] = []
+        for unit in stage.units():
+            for s in unit["samples"]:
+                if s["key"] in drop:
+                    dropped_per_pmcid[s["meta"]["pmcid"]] += 1
+                else:
+                    s["meta"]["also_in"] = also.get(s["key"], [])
+                    s["meta"]["split"] = pid.split
+                    samples.append(s)
+            for e in unit["ledger"]:
+                if e["kind"] == "figure" and e["state"] == KEPT and e["id"] in drop:
+                    canon, kind = drop[e["id"]]
+                    if kind == "near":
+                        e.update(state=SKIPPED, reason="near_duplicate_image", detail=f"near copy of {canon}")
+                    else:
+                        e.update(state=SKIPPED, reason="duplicate_image", detail=f"same bytes as {canon}")
+                if e["kind"] == "file":
+                    e["id"] = f"{unit['ref_id']}/{e['id']}"
+                ledger.append(e)
+            batch.extend(unit["articles"])
+            if len(batch) >= 256:
+                _write_articles(writer, batch, dropped_per_pmcid)
+                batch = []
+        _write_articles(writer, batch, dropped_per_pmcid)
+        writer.close()
+
+    stats: dict[str, Any] = {"pid": pid_name, "shards": [], "samples": {s: 0 for s in SUBSETS}}
+    samples.sort(key=lambda s: s["key"])
+    for subset in SUBSETS:
+        members = [s for s in samples if s["meta"]["subset"] == subset]
+        random.Random(f"{seed}:{pid_name}:{subset}").shuffle(members)
+        for i, shard in enumerate(_cut(members, max_samples, max_bytes)):
+            name = shard_name(subset, pid.split, f"s{pid.snapshot:03d}-p{pid.index:05d}", i)
+            digest = hashlib.sha256(json.dumps([[s["key"], s["image"]["sha256"], s["meta"]["also_in"]]
+                                                for s in shard]).encode()).hexdigest()
+            if not shard_done(work.out, name, digest):
+                write_shard(work.out, name, stage.read_samples(shard), digest, {"partition": pid_name})
+            stats["shards"].append({"name": name, "count": len(shard)})
+            stats["samples"][subset] += len(shard)
+    with atomic_path(work.part("ledger", pid_name)) as tmp:
+        pq.write_table(pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA), tmp, compression="zstd")
+    stats["clashes"] = [f"{kind}:{item}" for kind, item in check_unique(LedgerEntry(**e) for e in ledger)][:5]
+    stats["duplicates_dropped"] = sum(dropped_per_pmcid.values())
+    staged_info = json.loads(stage.marker.read_text()) if stage.marker.exists() else {}
+    stats["failed"], stats["retry"] = staged_info.get("failed", []), staged_info.get("retry", [])
+    atomic_write_json(marker, stats)
+    stage.remove()
+    return stats
+
+
+def _write_articles(writer: pq.ParquetWriter, rows: list[dict], dropped: Counter) -> None:
+    if not rows:
+        return
+    out = []
+    for a in rows:
+        r = {n: a.get(n) for n, _, _ in ARTICLE_FIELDS}
+        if r.get("n_samples") is not None:
+            r["n_samples"] = r["n_samples"] - dropped.get(r["pmcid"], 0)
+        out.append(r)
+    writer.write_table(pa.Table.from_pylist(out, schema=ARTICLE_SCHEMA))
+
+
+def _cut(members: list[dict], max_samples: int, max_bytes: int) -> Iterator[list[dict]]:
+    if max_samples < 1 or max_bytes < 1:
+        raise ValueError("shard limits must be positive")
+    cur: list[dict] = []
+    size = 0
+    for s in members:
+        n = s["length"] + len(s["caption"].encode()) + 2048
+        if cur and (len(cur) >= max_samples or size + n > max_bytes):
+            yield cur
+            cur, size = [], 0
+        cur.append(s)
+        size += n
+    if cur:
+        yield cur
+
+
+# ------------------------------------------------------------------------------ timings
+class StageClock:
+    """Seconds and the driver's peak RSS at the end of each stage (logged; kept in ``build_summary.json``)."""
+
+    def __init__(self) -> None:
+        self.t0 = self.last = time.time()
+        self.stages: dict[str, dict[str, float]] = {}
+
+    def lap(self, name: str) -> None:
+        import resource
+
+        now = time.time()
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: kB
+        self.stages[name] = {"seconds": round(now - self.last, 3), "driver_peak_rss_mb": round(rss, 1)}
+        log.info("stage %s: %.1f s (driver peak RSS %.0f MB)", name, now - self.last, rss)
+        self.last = now
+
+    def as_dict(self) -> dict:
+        return {"stages": self.stages, "elapsed_seconds": round(time.time() - self.t0, 3)}
+
+
+# ------------------------------------------------------------------------- task running
+def run_tasks(make: Callable[[], Any], fn: Callable, items: list, *, max_attempts: int, desc: str,
+              progress: bool, on_give_up: Callable[[Any, int, str], Any] | None = None) -> Iterator[Any]:
+    """Run ``fn`` over ``items``; a dead worker (``BrokenProcessPool``, Ray's crashed worker) restarts the
+    pool and the tasks that were in flight are tried again, ``max_attempts`` times at most."""
+    attempts: Counter = Counter()
+    remaining = list(items)
+    bar = tqdm(total=len(items), desc=desc, unit="part", disable=not progress)
+    while remaining:
+        executor = make()
+        finished: set = set()
+        try:
+            for key, result in executor.map(_keyed, [(fn, it) for it in remaining]):
+                finished.add(key)
+                bar.update(1)
+                yield result
+            remaining = []
+        except FatalBuildError:
+            raise
+        except Exception as e:
+            if not _worker_died(e):
+                raise
+            log.warning("a worker died (%s: %s); retrying the unfinished partitions", type(e).__name__, e)
+            remaining = [it for it in remaining if _item_key(it) not in finished]
+            for it in remaining:
+                attempts[_item_key(it)] += 1
+            given_up = [it for it in remaining if attempts[_item_key(it)] >= max_attempts]
+            for it in given_up:
+                if on_give_up is None:
+                    raise
+                bar.update(1)
+                yield on_give_up(it, attempts[_item_key(it)], f"{type(e).__name__}: {e}")
+            remaining = [it for it in remaining if it not in given_up]
+        finally:
+            executor.close()
+    bar.close()
+
+
+def _item_key(item: Any) -> str:
+    return item if isinstance(item, str) else item[0]
+
+
+def _keyed(args: tuple) -> tuple[str, Any]:
+    fn, item = args
+    return _item_key(item), fn(item)
+
+
+def _worker_died(e: BaseException) -> bool:
+    if isinstance(e, BrokenProcessPool):
+        return True
+    name = type(e).__name__
+    return name in {"WorkerCrashedError", "RayTaskError", "NodeDiedError", "OutOfMemoryError"} and \
+        "FatalBuildError" not in str(e)
+
+
+# ------------------------------------------------------------------------------- listing
+def _drain_listing(source: Source, k: int, writer_rows: list[dict]) -> None:
+    for path, reason in getattr(source, "unlisted", []) or []:
+        writer_rows.append(LedgerEntry("file", f"{path}" + (f"@s{k:03d}" if k else ""), "", SKIPPED, reason, "",
+                                       str(path)).as_dict())
+    for line, reason in getattr(source, "listing_problems", []) or []:
+        writer_rows.append(LedgerEntry("file", f"listing:{line}" + (f"@s{k:03d}" if k else ""), "", FAILED,
+                                       "bad_listing_row", str(reason)[:500], "").as_dict())
+    if getattr(source, "unlisted", None):
+        source.unlisted.clear()
+    if getattr(source, "listing_problems", None):
+        source.listing_problems.clear()
+
+
+def list_snapshot(cfg: BuildConfig, work: Work, k: int) -> tuple[ListingSpool, int]:
+    """Stream the source's listing into bucket spools; listing-level ledger rows into a part."""
+    spool = ListingSpool(work.snap(k) / "spool")
+    source = make_source(cfg.source, **cfg.source_opts)
+    ledger_rows: list[dict] = []
+    n = 0
+    path = work.part("ledger", f"s{k:03d}-listing")
+    with atomic_path(path) as tmp:
+        writer = pq.ParquetWriter(tmp, LEDGER_SCHEMA, compression="zstd")
+        try:
+            bar = tqdm(desc="listing", unit="art", disable=not cfg.progress)
+            for ref in source.list_articles():
+                if cfg.limit is not None and n >= cfg.limit:
+                    break
+                spool.add(ref)
+                n += 1
+                bar.update(1)
+                if len(ledger_rows) >= 10_000 or (n % 10_000 == 0):
+                    _drain_listing(source, k, ledger_rows)
+                    if ledger_rows:
+                        writer.write_table(pa.Table.from_pylist(ledger_rows, schema=LEDGER_SCHEMA))
+                        ledger_rows = []
+            bar.close()
+            _drain_listing(source, k, ledger_rows)
+            if ledger_rows:
+                writer.write_table(pa.Table.from_pylist(ledger_rows, schema=LEDGER_SCHEMA))
+        finally:
+            writer.close()
+            source.close()
+    spool.flush()
+    return spool, n
+
+
+def _old_entries(work: Work, k: int, bucket: int, removed: set[tuple[str, int]],
+                 cache: dict[int, tuple[str, dict]]) -> dict[str, dict]:
+    """Current (not removed) entries of earlier snapshots for one bucket: pmcid -> row (+ snapshot)."""
+    cur: dict[str, dict] = {}
+    for j in range(k):
+        layout = work.layout(j)
+        if layout is None:
+            continue
+        pid = layout.partition_of_bucket(bucket)
+        cached = cache.get(j)
+        if cached is None or cached[0] != pid.name:
+            path = work.manifest(pid)
+            by_bucket: dict[int, list[dict]] = {}
+            if path.exists():
+                for r in read_manifest(path):
+                    by_bucket.setdefault(r["bucket"], []).append(r)
+            cache[j] = cached = (pid.name, by_bucket)
+        for r in cached[1].get(bucket, []):
+            if not r["duplicate"] and (r["pmcid"], j) not in removed:
+                cur[r["pmcid"]] = {**r, "snapshot": j, "pid": pid.name}
+    return cur
+
+
+REMOVED_SCHEMA = pa.schema([("pmcid", pa.string()), ("snapshot", pa.int32()), ("pid", pa.string()),
+                            ("reason", pa.string())])
+
+
+def _removed_records(work: Work, upto: int, reason: str | None = None) -> set[tuple[str, int]]:
+    """(pmcid, snapshot of the removed entry) of every removal so far (bounded by churn, not corpus)."""
+    out = set()
+    for j in range(upto):
+        p = work.snap(j) / "removed.parquet"
+        if p.exists():
+            t = pq.read_table(p, columns=["pmcid", "snapshot", "reason"])
+            out.update((pm, sn) for pm, sn, why in zip(t["pmcid"].to_pylist(), t["snapshot"].to_pylist(),
+                                                      t["reason"].to_pylist()) if reason in (None, why))
+    return out
+
+
+def _failed_pmcids(work: Work, transient_only: bool) -> set[str]:
+    out: set[str] = set()
+    d = work.root / "parts" / "done"
+    for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+        info = json.loads(p.read_text())
+        out.update(info.get("retry" if transient_only else "failed", []))
+    return out
+
+
+def plan_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
+    """List, diff against earlier snapshots (updates), write the manifests and the layout."""
+    spool, n_listed = list_snapshot(cfg, work, k)
+    changes = Counter()
+    removed_rows: list[dict] = []
+    if k == 0:
+        counts = spool.counts
+        source_folder = spool.folder
+    else:
+        removed = _removed_records(work, k)
+        retracted_before = _removed_records(work, k, reason="retracted")
+        retracted_before = {p for p, _ in retracted_before}
+        retry = _failed_pmcids(work, transient_only=not cfg.retry_failed)
+        delta = ListingSpool(work.snap(k) / "delta")
+        cache: dict[int, tuple[str, dict]] = {}
+        n_old = 0
+        for b in range(FINE_BUCKETS):
+            old = _old_entries(work, k, b, removed, cache)
+            n_old += len(old)
+            new_seen: set[str] = set()
+            for seq, ref in sorted(spool_rows(spool.folder, b), key=lambda r: r[0]):
+                if ref.pmcid in new_seen:
+                    continue
+                new_seen.add(ref.pmcid)
+                prev = old.get(ref.pmcid)
+                if prev is None and ref.retracted and ref.pmcid in retracted_before:
+                    continue                    # still retracted: already removed, nothing to do
+                if prev is None:
+                    changes["added"] += 1
+                    delta.seq = seq
+                    delta.add(ref)
+                elif prev["revision"] != ref_revision(ref) or ref.pmcid in retry:
+                    why = "superseded" if prev["revision"] != ref_revision(ref) else "retried"
+                    changes["replaced" if why == "superseded" else "retried"] += 1
+                    removed_rows.append({"pmcid": ref.pmcid, "snapshot": prev["snapshot"], "pid": prev["pid"],
+                                         "reason": why})
+                    delta.seq = seq
+                    delta.add(ref)
+                elif ref.retracted and not ref_from_json(prev["ref"]).retracted:
+                    changes["retracted"] += 1
+                    removed_rows.append({"pmcid": ref.pmcid, "snapshot": prev["snapshot"], "pid": prev["pid"],
+                                         "reason": "retracted"})
+            for pmcid, prev in old.items():
+                if pmcid not in new_seen:
+                    changes["withdrawn"] += 1
+                    removed_rows.append({"pmcid": pmcid, "snapshot": prev["snapshot"], "pid": prev["pid"],
+                                         "reason": "withdrawn"})
+        delta.flush()
+        if cfg.limit is None and not cfg.allow_shrink and n_old and changes["withdrawn"] > n_old // 2:
+            raise FatalBuildError(
+                f"the new listing drops {changes['withdrawn']} of {n_old} articles of this dataset; if PMC really "
+                "withdrew them, rerun with --allow-shrink")
+        if cfg.limit is not None:   # a truncated listing says nothing about the articles it did not reach
+            removed_rows = [r for r in removed_rows if r["reason"] != "withdrawn"]
+            changes.pop("withdrawn", None)
+        counts = delta.counts
+        source_folder = delta.folder
+        if not sum(counts) and not removed_rows:
+            shutil.rmtree(work.snap(k), ignore_errors=True)   # nothing changed: no snapshot
+            return None
+    layout = choose_layout(k, counts, tuple(cfg.split_fractions), cfg.partition_target)
+    if k == 0:
+        changes["added"] = sum(counts)
+    for pid in layout.all_partitions():
+        rows = [r for b in layout.buckets_of(pid) for r in spool_rows(source_folder, b)]
+        write_manifest(work.manifest(pid), rows)
+    with atomic_path(work.snap(k) / "removed.parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist(removed_rows, schema=REMOVED_SCHEMA), tmp)
+    n_articles = sum(counts)
+    extra = {"listed": n_listed, "articles": n_articles, "changes": dict(changes),
+             "hash_buckets": n_hash_buckets(4 * n_articles),
+             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(work.snap(k) / "layout.json", {**layout.to_json(), **extra})
+    shutil.rmtree(spool.folder, ignore_errors=True)
+    shutil.rmtree(work.snap(k) / "delta", ignore_errors=True)
+    return layout
+
+
+# ------------------------------------------------------------------------------- removal
+def apply_removals(work: Work, k: int) -> int:
+    """Remove the samples, articles and kept ledger rows of articles removed by snapshot ``k``."""
+    path = work.snap(k) / "removed.parquet"
+    if not path.exists() or (work.snap(k) / "removals.done").exists():
+        return 0
+    removed = pq.read_table(path).to_pylist()
+    if not removed:
+        (work.snap(k) / "removals.done").write_text("0\n")
+        return 0
+    by_pmcid = {r["pmcid"]: r for r in removed}
+    pmcids = pa.array(sorted(by_pmcid), pa.string())
+    n = 0
+    index = work.out / FIGURES_INDEX
+    if index.exists():
+        import pyarrow.dataset as ds
+
+        t = ds.dataset(index).to_table(columns=["key", "shard", "pmcid"], filter=pc.is_in(pc.field("pmcid"),
+                                                                                          value_set=pmcids))
+        by_shard: dict[str, set[str]] = {}
+        for key, shard in zip(t["key"].to_pylist(), t["shard"].to_pylist()):
+            by_shard.setdefault(shard.removesuffix(".tar"), set()).add(key)
+        for old, keys in sorted(by_shard.items()):
+            base = old.rsplit("-r", 1)[0] if "-r" in old.rsplit("/", 1)[-1][-5:] else old
+            new = f"{base}-r{k:03d}"
+            tar = shard_files(work.out, old)[0]
+            digest = hashlib.sha256(json.dumps([old, sorted(keys)]).encode()).hexdigest()
+            if shard_done(work.out, new, digest) and not tar.exists():
+                continue
+            if tar.exists():
+                revise_shard(work.out, old, new, keys, digest)
+                n += len(keys)
+    (work.snap(k) / "removals.done").write_text(f"{n}\n")
+    return n
+
+
+def _ledger_after_removals(batch: pa.Table, gone: dict[str, dict]) -> pa.Table:
+    """Ledger rows of removed articles: skipped with the removal reason, ids suffixed ``@sNNN`` (the
+    snapshot they came from) so that a new version's rows never clash with the old ones."""
+    if not gone or not pc.any(pc.is_in(batch["pmcid"], value_set=pa.array(sorted(gone), pa.string()))).as_py():
+        return batch
+    rows = batch.to_pylist()
+    for r in rows:
+        g = gone.get(r["pmcid"])
+        if g is None or r["id"].endswith(f"@s{g['snapshot']:03d}"):
+            continue
+        r["detail"] = f"was {r['state']}/{r['reason']}; {g['reason']} in a later snapshot"[:500]
+        r["id"] = f"{r['id']}@s{g['snapshot']:03d}"
+        r["state"], r["reason"] = SKIPPED, (g["reason"] if r["kind"] == "article" else f"article_{g['reason']}")
+    return pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
+
+
+def consolidate_tables(work: Work, k: int) -> None:
+    """``articles.parquet`` and ``ledger.parquet`` = the previous tables (minus / marking the removed
+    articles) + this snapshot's parts, streamed batch by batch; then the parts are deleted, so the
+    article text is stored once. Crash-safe: both tables are staged, then moved into place."""
+    out, snap = work.out, work.snap(k)
+    staged = {"articles.parquet": snap / "articles.parquet", "ledger.parquet": snap / "ledger.parquet"}
+    ready = snap / "finish.ready"
+    if not ready.exists():
+        removed = pq.read_table(snap / "removed.parquet").to_pylist() if (snap / "removed.parquet").exists() else []
+        gone = {r["pmcid"]: r for r in removed}
+        gone_set = pa.array(sorted(gone), pa.string())
+        for name, schema, kind in (("articles.parquet", ARTICLE_SCHEMA, "articles"),
+                                   ("ledger.parquet", LEDGER_SCHEMA, "ledger")):
+            with atomic_path(staged[name]) as tmp:
+                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+                try:
+                    if k > 0 and (out / name).exists():
+                        for batch in pq.ParquetFile(out / name).iter_batches(batch_size=TABLE_BATCH):
+                            t = pa.Table.from_batches([batch]).cast(schema)
+                            if kind == "articles":
+                                t = t.filter(pc.invert(pc.is_in(t["pmcid"], value_set=gone_set)))
+                            else:
+                                t = _ledger_after_removals(t, gone)
+                            if t.num_rows:
+                                writer.write_table(t)
+                    for part in _all_parts(work, kind):
+                        for batch in pq.ParquetFile(part).iter_batches(batch_size=TABLE_BATCH):
+                            writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+                finally:
+                    writer.close()
+        ready.write_text("ready\n")
+    for name, path in staged.items():
+        if path.exists():
+            os.replace(path, out / name)
+    shutil.rmtree(work.root / "parts" / "articles", ignore_errors=True)
+    shutil.rmtree(work.root / "parts" / "ledger", ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------- build
+def _remove_partial_files(out: Path) -> None:
+    """Temporary files of a killed run (``.<name>.tmp-<pid>``): never complete, safe to drop."""
+    for p in Path(out).rglob(".*.tmp-*"):
+        if p.is_file():
+            p.unlink()
+
+
+def build(cfg: BuildConfig) -> BuildReport:
+    with BuildLock(Path(cfg.out)):
+        return _build(cfg)
+
+
+def _current_snapshot(work: Work) -> tuple[int, bool]:
+    """(snapshot to work on, whether it is a resumed one)."""
+    snaps = work.snapshots()
+    if not snaps:
+        return 0, False
+    last = snaps[-1]
+    if work.layout(last) is not None and not work.complete(last):
+        return last, True
+    if work.layout(last) is None:          # killed while listing: list again
+        shutil.rmtree(work.snap(last), ignore_errors=True)
+        return last, False
+    return last + 1, False
+
+
+def _build(cfg: BuildConfig) -> BuildReport:
+    t0 = time.time()
+    out = Path(cfg.out)
+    work = Work(out)
+    work.root.mkdir(parents=True, exist_ok=True)
+    _remove_partial_files(out)
+    clock = StageClock()
+    k, resumed = _current_snapshot(work)
+    layout = work.layout(k) if resumed else plan_snapshot(cfg, work, k)
+    clock.lap("list")
+    if layout is None:
+        return _up_to_date_report(work, k - 1, t0)
+    meta = json.loads((work.snap(k) / "layout.json").read_text())
+    pids = [p.name for p in layout.all_partitions() if read_manifest_count(work, p)]
+    n_hash = meta["hash_buckets"]
+
+    def init_args(slots: int) -> tuple:
+        opts = dict(cfg.source_opts)
+        if opts.get("rate"):  # the politeness limit is for the whole build: split it across task slots
+            opts["rate"] = opts["rate"] / slots
+        return (cfg.source, opts, str(out), cfg.media, cfg.keep_downloads, n_hash, cfg.dedup_images,
+                cfg.retry_failed and k > 0)
+
+    def make():
+        return make_executor(cfg.executor, workers=cfg.workers, address=cfg.ray_address,
+                             initializer=_init_worker, initargs=init_args)
+
+    _DRIVER_PID[:] = [os.getpid()]
+    _init_worker(*init_args(1))   # the driver runs give-up bookkeeping itself
+    try:
+        # ---- stage
+        todo = [p for p in pids if not work.stage(PartitionId.parse(p)).is_staged() and not work.done(p).exists()]
+        n_now = sum(read_manifest_count(work, PartitionId.parse(p)) - len(work.stage(PartitionId.parse(p)).finished()[0])
+                    for p in todo)
+        for _ in run_tasks(make, stage_partition, todo, max_attempts=cfg.max_attempts, desc="stage",
+                           progress=cfg.progress, on_give_up=lambda p, n, err: _give_up_partition(p, n, err)):
+            pass
+        clock.lap("stage")
+        # ---- dedup: exact (same bytes), then near-duplicate images (perceptual hash)
+        decisions = work.decisions(k)
+        near = work.snap(k) / "near.parquet"
+        published = work.root / "published_hashes"
+        if k > 0 and not (decisions.exists() and near.exists()):
+            _spill_published(work, k, n_hash)
+        if cfg.dedup_images and not decisions.exists():
+            decide(work.hashes(k), n_hash, decisions, extra_folders=[published] if k > 0 else [])
+        clock.lap("dedup")
+        if not near.exists():   # in a worker: its memory is bounded, but not the driver's business
+            folders = [str(work.hashes(k))] + ([str(published)] if k > 0 else [])
+            list(run_tasks(make, _near_task, [("near", k, folders, str(decisions), str(near), cfg.near_dedup)],
+                           max_attempts=cfg.max_attempts, desc="near-duplicates", progress=False))
+        clock.lap("near_duplicates")
+        # ---- write
+        tasks = [(p, cfg.seed, cfg.shard_max_samples, cfg.shard_max_bytes, str(decisions) if decisions.exists()
+                  else None) for p in pids]
+        pending = [t for t in tasks if not work.done(t[0]).exists()]
+        for _ in run_tasks(make, write_partition, pending, max_attempts=cfg.max_attempts, desc="write",
+                           progress=cfg.progress):
+            pass
+    except FatalBuildError:
+        raise
+    except OSError as e:
+        if _disk_error(e) is not None:
+            raise _fatal(e, str(out)) from e
+        raise
+    finally:
+        if "source" in _WORKER:
+            _WORKER["source"].close()
+        _WORKER.clear()
+    clock.lap("write")
+    # ---- remove (updates)
+    n_removed = apply_removals(work, k)
+    clock.lap("remove")
+    if cfg.caption_dups:    # over every shard's Parquet, in a worker (bounded there, never in the driver)
+        list(run_tasks(make, _caption_task, [("captions",)], max_attempts=cfg.max_attempts, desc="captions",
+                       progress=False))
+        _WORKER.clear()
+        clock.lap("caption_duplicates")
+    # ---- finish
+    report = finish(cfg, work, k, meta, n_staged=n_now, n_removed=n_removed, t0=t0, clock=clock)
+    atomic_write_json(work.snap(k) / "complete.json", {"snapshot": k, "finished": time.time()})
+    shutil.rmtree(work.root / "stage", ignore_errors=True)
+    shutil.rmtree(work.hashes(k), ignore_errors=True)
+    shutil.rmtree(work.root / "published_hashes", ignore_errors=True)
+    return report
+
+
+def _up_to_date_report(work: Work, k: int, t0: float) -> BuildReport:
+    """The listing holds nothing new: the folder is left exactly as it is."""
+    summary_path = work.out / "build_summary.json"
+    bs = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = ledger_summary(work.out / "ledger.parquet")
+    n = bs.get("articles_listed") or 0
+    log.info("the listing has no new, changed or removed article: nothing to do")
+    return BuildReport(out=work.out, summary=summary, n_listed=n, n_staged_now=0, n_resumed=n, shards_written=0,
+                       shards_skipped=sum(len(v) for v in bs.get("shards", {}).values()),
+                       samples_per_subset=bs.get("samples", {}), n_duplicates=bs.get("duplicates_removed", 0),
+                       elapsed_s=time.time() - t0, snapshot=k, changes={"up to date": 1})
+
+
+def read_manifest_count(work: Work, pid: PartitionId) -> int:
+    p = work.manifest(pid)
+    return pq.ParquetFile(p).metadata.num_rows if p.exists() else 0
+
+
+NEAR_SCHEMA = pa.schema([("key", pa.string()), ("near_dup_of", pa.string()), ("distance", pa.int32())])
+CAPTION_SCHEMA = pa.schema([("key", pa.string()), ("caption_dup_of", pa.string())])
+
+
+def _near_task(args: tuple) -> int:
+    _, k, folders, decisions, near, drop = args
+    return near_duplicates_pass(_WORKER["work"], k, [Path(f) for f in folders], Path(decisions), Path(near), drop=drop)
+
+
+def _caption_task(args: tuple) -> int:
+    return caption_duplicates_pass(_WORKER["work"], _WORKER["work"].out)
+
+
+def near_duplicates_pass(work: Work, k: int, folders: list[Path], decisions: Path, near: Path, *,
+                         drop: bool) -> int:
+    """Group near-duplicate images over every hash file (this snapshot + the published samples), with the
+    bounded-memory grouping of :mod:`biomedica_hf.neardup`; writes ``near.parquet`` (key -> kept key).
+
+    Samples dropped as exact duplicates are left out. With ``drop`` (``--near-dedup``) the new (not yet
+    published) members are dropped like exact duplicates: the kept sample gets their PMCIDs in ``also_in``."""
+    from biomedica_hf.build.dedup import add_decisions, hash_files
+    from biomedica_hf.neardup import find_near_duplicates
+
+    files = hash_files(folders)
+    exact = set()
+    if decisions.exists():
+        t = pq.read_table(decisions, columns=["key", "canonical"])
+        exact = {key for key, c in zip(t["key"].to_pylist(), t["canonical"].to_pylist()) if c is not None}
+    rows = []
+    if files:
+        for key, kept, dist in find_near_duplicates(files, work.root / "neardup"):
+            if key not in exact and kept not in exact:
+                rows.append({"key": key, "near_dup_of": kept, "distance": int(dist)})
+    if drop and rows:
+        wanted = pa.array(sorted({r["key"] for r in rows} | {r["near_dup_of"] for r in rows}), pa.string())
+        info = {}
+        for p in files:
+            t = pq.read_table(p, columns=["key", "pmcid", "pid"])
+            t = t.filter(pc.is_in(t["key"], value_set=wanted))
+            info.update({r["key"]: r for r in t.to_pylist()})
+        extra, dropped = [], set()
+        for r in rows:
+            member, kept = info.get(r["key"]), info.get(r["near_dup_of"])
+            if member is None or kept is None or member["pid"].startswith(PUBLISHED):
+                continue                                      # a published sample is never rewritten
+            extra.append({"pid": member["pid"], "key": r["key"], "canonical": r["near_dup_of"], "also_in": [],
+                          "kind": "near"})
+            extra.append({"pid": kept["pid"], "key": r["near_dup_of"], "canonical": None,
+                          "also_in": [member["pmcid"]] if member["pmcid"] != kept["pmcid"] else [], "kind": "near"})
+            dropped.add(r["key"])
+        add_decisions(decisions, [e for e in extra if not e["pid"].startswith(PUBLISHED)])
+        rows = [r for r in rows if r["key"] not in dropped]
+    with atomic_path(near) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=NEAR_SCHEMA), tmp, compression="zstd")
+    shutil.rmtree(work.root / "neardup", ignore_errors=True)
+    return len(rows)
+
+
+def caption_duplicates_pass(work: Work, out: Path) -> int:
+    """``caption_duplicates.parquet``: MinHash near-duplicate captions over every shard's Parquet (flagged,
+    never dropped)."""
+    from biomedica_hf.layout import shard_tables
+    from biomedica_hf.neardup import caption_near_duplicates
+
+    rows = [{"key": key, "caption_dup_of": kept}
+            for key, kept in caption_near_duplicates(shard_tables(out), work.root / "captiondup")]
+    with atomic_path(out / "caption_duplicates.parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=CAPTION_SCHEMA), tmp, compression="zstd")
+    shutil.rmtree(work.root / "captiondup", ignore_errors=True)
+    return len(rows)
+
+
+def _spill_published(work: Work, k: int, n_hash: int) -> Path:
+    """The hashes of samples already published (earlier snapshots), into hash buckets, streaming."""
+    folder = work.root / "published_hashes"
+    shutil.rmtree(folder, ignore_errors=True)
+    index = work.out / FIGURES_INDEX
+    if not index.exists():
+        return folder
+    removed = pq.read_table(work.snap(k) / "removed.parquet", columns=["pmcid"])["pmcid"]
+    pf = pq.ParquetFile(index)
+    cols = ["key", "sha256", "subset", "pmcid", "shard"] + (["phash"] if "phash" in pf.schema_arrow.names else [])
+    for i, batch in enumerate(pf.iter_batches(batch_size=200_000, columns=cols)):
+        t = pa.Table.from_batches([batch])
+        t = t.filter(pc.invert(pc.is_in(t["pmcid"], value_set=removed)))
+        rows = [{"key": r["key"], "sha256": r["sha256"], "subset": r["subset"], "pmcid": r["pmcid"],
+                 "pid": PUBLISHED + r["shard"], "phash": r.get("phash")} for r in t.to_pylist()]
+        write_hash_rows(folder, f"published-{i:06d}", rows, n_hash)
+    return folder
+
+
+def _all_parts(work: Work, kind: str) -> list[Path]:
+    d = work.root / "parts" / kind
+    return sorted(d.glob("*.parquet")) if d.is_dir() else []
+
+
+def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n_removed: int,
+           t0: float, clock: StageClock | None = None) -> BuildReport:
+    out = work.out
+    # shards: every stats file of the folder (all snapshots)
+    shards: dict[str, list[dict]] = {s: [] for s in SUBSETS}
+    for s in SUBSETS:
+        for p in sorted((out / s).glob("*_stats.json")) if (out / s).is_dir() else []:
+            shards[s].append(json.loads(p.read_text()))
+    per_subset = {s: sum(x["count"] for x in shards[s]) for s in SUBSETS}
+    _write_sizes(out, shards)
+    clashes, dropped = [], 0
+    for p in sorted((work.root / "parts" / "done").glob("*.json")):
+        info = json.loads(p.read_text())
+        clashes += info.get("clashes", [])
+        dropped += info.get("duplicates_dropped", 0) if p.stem.startswith(f"s{k:03d}-") else 0
+    if clashes:
+        raise RuntimeError(f"ledger has items with more than one fate, e.g. {clashes[:5]}")
+    consolidate_tables(work, k)
+    if clock:
+        clock.lap("tables")
+    n_articles = pq.ParquetFile(out / "articles.parquet").metadata.num_rows
+    summary = ledger_summary(out / "ledger.parquet")
+    atomic_write_bytes(out / "ledger_summary.txt", format_summary(summary).encode())
+    _write_duplicates(work, out)
+    _write_near_duplicates(work, k, out)
+    build_figures_index(out, extra_columns=labels_extra_columns(out))  # concept labels survive a rebuild
+    if clock:
+        clock.lap("index")
+    prev = {}
+    if (out / "build_summary.json").exists():
+        try:
+            prev = json.loads((out / "build_summary.json").read_text())
+        except ValueError:
+            prev = {}
+    history = [h for h in prev.get("snapshots", []) if h.get("snapshot") != k]
+    history.append({"snapshot": k, "date": meta.get("date"), "command": cfg.command, "listed": meta.get("listed"),
+                    "articles_processed": meta.get("articles"), **{c: meta.get("changes", {}).get(c, 0) for c in
+                    ("added", "replaced", "retried", "retracted", "withdrawn")},
+                    "samples_removed": n_removed, "partitions": meta.get("partitions")})
+    atomic_write_json(out / "build_summary.json", {
+        "version": __version__, "command": cfg.command, "source": cfg.source,
+        "source_opts": {k2: str(v) for k2, v in cfg.source_opts.items()},
+        "executor": cfg.executor, "seed": cfg.seed, "dedup_images": cfg.dedup_images,
+        "shard_max_samples": cfg.shard_max_samples, "shard_max_bytes": cfg.shard_max_bytes,
+        "media": dataclasses.asdict(cfg.media), "articles_listed": meta.get("listed"), "articles": n_articles,
+        "samples": per_subset, "duplicates_removed": _count_duplicates(out),
+        "splits": {"fractions": list(cfg.split_fractions), "by": "sha256 of the PMCID (partition.split_of)"},
+        "partitioning": {key: meta[key] for key in ("fine_buckets", "hash", "fractions") if key in meta},
+        "snapshots": history,
+        "shards": {s: sorted(x["shard"].split("/")[-1] for x in shards[s]) for s in SUBSETS},
+        "ledger": summary["counts"],
+        "timings": clock.as_dict() if clock else {},
+    })
+    n_shards = sum(len(v) for v in shards.values())
+    return BuildReport(out=out, summary=summary, n_listed=meta.get("listed") or 0, n_staged_now=n_staged,
+                       n_resumed=max(0, (meta.get("articles") or 0) - n_staged), shards_written=n_shards, shards_skipped=0, samples_per_subset=per_subset,
+                       n_duplicates=dropped, elapsed_s=time.time() - t0, snapshot=k,
+                       changes=dict(meta.get("changes", {})))
+
+
+def _count_duplicates(out: Path) -> int:
+    p = out / "duplicates.parquet"
+    if not p.exists():
+        return 0
+    t = pq.read_table(p, columns=["duplicate_keys"])
+    return int(pc.sum(pc.list_value_length(t["duplicate_keys"])).as_py() or 0) if t.num_rows else 0
+
+
+def _write_duplicates(work: Work, out: Path) -> None:
+    """``duplicates.parquet``: per kept key, the dropped keys and the PMCIDs that used the image."""
+    schema = pa.schema([("key", pa.string()), ("duplicate_keys", pa.list_(pa.string())),
+                        ("pmcids", pa.list_(pa.string()))])
+    groups: dict[str, dict] = {}
+    for k in work.snapshots():
+        p = work.decisions(k)
+        if not p.exists():
+            continue
+        for r in pq.read_table(p).to_pylist():
+            if r.get("kind") == "near":
+                continue                         # duplicates.parquet is for exact duplicates
+            if r["canonical"] is None:
+                g = groups.setdefault(r["key"], {"key": r["key"], "duplicate_keys": [], "pmcids": []})
+                g["pmcids"] = list(dict.fromkeys(g["pmcids"] + r["also_in"]))
+            else:
+                g = groups.setdefault(r["canonical"], {"key": r["canonical"], "duplicate_keys": [], "pmcids": []})
+                g["duplicate_keys"] = sorted(set(g["duplicate_keys"]) | {r["key"]})
+    rows = [groups[key] for key in sorted(groups) if groups[key]["duplicate_keys"]]
+    with atomic_path(out / "duplicates.parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp, compression="zstd")
+
+
+def _write_near_duplicates(work: Work, k: int, out: Path) -> None:
+    """``near_duplicates.parquet``: the snapshot's near-duplicate map. It covers every sample of the folder:
+    the pass saw this snapshot's samples and every published one (less the removed articles), and left out
+    the samples dropped as duplicates."""
+    near = work.snap(k) / "near.parquet"
+    if near.exists():
+        with atomic_path(out / "near_duplicates.parquet") as tmp:
+            shutil.copyfile(near, tmp)
+
+
+def _write_sizes(out: Path, shards: dict[str, list[dict]]) -> None:
+    """``<subset>/sizes.json``: {tar base name: samples} of the folder's shards, for open_clip / webdataset.
+
+    Base names are unique across the dataset, so open_clip (which reads the ``sizes.json`` of the first
+    shard's folder for every shard) can no longer miscount joined subsets silently: a shard of another
+    folder is a KeyError there, and ``--train-num-samples`` gives the joined count."""
+    for s in SUBSETS:
+        path = Path(out) / s / "sizes.json"
+        if shards[s]:
+            atomic_write_json(path, {x["shard"].split("/")[-1]: x["count"]
+                                     for x in sorted(shards[s], key=lambda x: x["shard"])})
+        elif path.exists():
+            path.unlink()
+
+
+def shard_paths(out: Path, subset: str) -> list[Path]:
+    """The tar files of one subset, in name order."""
+    return sorted(p for p in (Path(out) / subset).glob("*.tar"))
+
+
+__all__ = ["BuildConfig", "BuildReport", "FatalBuildError", "build", "shard_paths"]

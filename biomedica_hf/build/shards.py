@@ -1,0 +1,151 @@
+"""Shard writer: WebDataset tar + per-sample Parquet + stats JSON (the completion marker).
+
+Layout per subset folder (img2dataset style)::
+
+    commercial/commercial-train-s000-p00017-000.tar          <key>.jpg|png, <key>.txt, <key>.json
+    commercial/commercial-train-s000-p00017-000.parquet      one row per sample: SAMPLE_FIELDS + SHARD_INDEX_FIELDS
+    commercial/commercial-train-s000-p00017-000_stats.json   written last: the shard is complete
+
+Shard names are unique across the whole dataset (subset, split, snapshot, partition, number), so tools
+that look shards up by base name (open_clip's ``sizes.json``) never confuse two of them.
+
+Tars are byte-reproducible (fixed mtime, owner and mode; members in plan order), so a resumed
+build produces exactly the shards of an uninterrupted one. Every file is written to a temporary
+name in the same folder and renamed into place.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from biomedica_hf.io.atomic import atomic_path, atomic_write_json, write_parquet
+from biomedica_hf.io.tars import tarinfo
+from biomedica_hf.schema import SAMPLE_FIELDS, SHARD_INDEX_FIELDS, Sample, arrow_schema
+
+SHARD_SCHEMA = arrow_schema(SAMPLE_FIELDS, SHARD_INDEX_FIELDS)
+
+
+SHARD_ROW_GROUP = 1_000   # rows per row group of a shard's Parquet: readers stream it in small batches
+
+
+def shard_name(subset: str, split: str, pid_tail: str, index: int, revision: int | None = None) -> str:
+    """``commercial/commercial-train-s000-p00017-000`` (``-r001`` when revised by snapshot 1)."""
+    name = f"{subset}/{subset}-{split}-{pid_tail}-{index:03d}"
+    return name + (f"-r{revision:03d}" if revision else "")
+
+
+def shard_files(out: Path, name: str) -> tuple[Path, Path, Path]:
+    """(tar, parquet, stats) of shard ``name`` (``subset/stem``)."""
+    base = Path(out) / name
+    return (base.parent / f"{base.name}.tar", base.parent / f"{base.name}.parquet",
+            base.parent / f"{base.name}_stats.json")
+
+
+def shard_done(out: Path, name: str, digest: str) -> bool:
+    """A shard is finished when its stats file exists and was written for the same digest."""
+    tar, parquet, stats = shard_files(out, name)
+    if not (stats.exists() and tar.exists() and parquet.exists()):
+        return False
+    try:
+        return json.loads(stats.read_text()).get("digest") == digest
+    except (OSError, ValueError):
+        return False
+
+
+def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
+    """The members of one sample, in the order they are written."""
+    ordered = {n: sample.meta.get(n) for n, _, _ in SAMPLE_FIELDS}  # same keys, same order, every sample
+    meta = json.dumps(ordered, ensure_ascii=False, separators=(",", ":")).encode()
+    return [
+        (f"{sample.key}.{sample.image.ext}", sample.image.data),
+        (f"{sample.key}.txt", sample.caption.encode()),
+        (f"{sample.key}.json", meta),
+    ]
+
+
+def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, extra_stats: dict | None = None) -> dict:
+    """Write one complete shard ``name`` (``subset/stem``) atomically and return its stats."""
+    tar_path, parquet_path, stats_path = shard_files(out, name)
+    rel = f"{name}.tar"
+    subset = name.split("/")[0]
+    rows: list[dict] = []
+    formats: Counter[str] = Counter()
+    image_bytes = caption_chars = 0
+    with atomic_path(tar_path) as tmp:
+        with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for sample in samples:
+                start = tar.offset
+                image_offset = None
+                for name, data in sample_members(sample):
+                    info = tarinfo(name, len(data))
+                    tar.addfile(info, io.BytesIO(data))
+                    if image_offset is None:  # data ends the member, padded to whole blocks
+                        image_offset = tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                row = {n: sample.meta.get(n) for n, _, _ in SAMPLE_FIELDS}
+                row.update(shard=rel, tar_offset=start, tar_size=tar.offset - start,
+                           image_offset=image_offset, image_size=len(sample.image.data))
+                rows.append(row)
+                formats[sample.image.ext] += 1
+                image_bytes += len(sample.image.data)
+                caption_chars += len(sample.caption)
+    write_parquet(parquet_path, rows, SHARD_SCHEMA, SHARD_ROW_GROUP)
+    stats = {
+        "shard": rel,
+        "subset": subset,
+        "count": len(rows),
+        "tar_bytes": tar_path.stat().st_size,
+        "image_bytes": image_bytes,
+        "caption_chars": caption_chars,
+        "image_ext": dict(sorted(formats.items())),
+        "digest": digest,
+        **(extra_stats or {}),
+    }
+    atomic_write_json(stats_path, stats)
+    return stats
+
+
+def revise_shard(out: Path, old: str, new: str, drop_keys: set[str], digest: str,
+                 extra_stats: dict | None = None) -> dict:
+    """Copy shard ``old`` to ``new`` without the samples in ``drop_keys`` (raw byte ranges: the kept
+    samples' members are bit-identical), with its Parquet and stats; then delete ``old``'s files.
+
+    Used by updates (retracted / withdrawn / superseded articles): untouched shards are never rewritten,
+    and a revised shard gets a new name so that mirrors and the Hub see a new file.
+    """
+    old_tar, old_parquet, old_stats = shard_files(out, old)
+    tar_path, parquet_path, stats_path = shard_files(out, new)
+    rows = [r for r in pq.read_table(old_parquet).to_pylist() if r["key"] not in drop_keys]
+    rows.sort(key=lambda r: r["tar_offset"])
+    rel = f"{new}.tar"
+    formats: Counter[str] = Counter()
+    image_bytes = caption_chars = 0
+    with atomic_path(tar_path) as tmp, open(old_tar, "rb") as src, open(tmp, "wb") as dst:
+        for r in rows:
+            src.seek(r["tar_offset"])
+            start = dst.tell()
+            dst.write(src.read(r["tar_size"]))
+            r["image_offset"] += start - r["tar_offset"]
+            r["tar_offset"], r["shard"] = start, rel
+            formats[r["image_ext"]] += 1
+            image_bytes += r["image_size"]
+            caption_chars += len(r["caption"] or "")
+        end = dst.tell() + 2 * tarfile.BLOCKSIZE            # end-of-archive blocks, padded like tarfile
+        dst.write(b"\0" * (2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE))
+    write_parquet(parquet_path, rows, SHARD_SCHEMA, SHARD_ROW_GROUP)
+    stats = {"shard": rel, "subset": new.split("/")[0], "count": len(rows), "tar_bytes": tar_path.stat().st_size,
+             "image_bytes": image_bytes, "caption_chars": caption_chars, "image_ext": dict(sorted(formats.items())),
+             "digest": digest, "revised_from": f"{old}.tar", **(extra_stats or {})}
+    atomic_write_json(stats_path, stats)
+    if old != new:
+        for p in (old_stats, old_parquet, old_tar):   # the marker first: a half-deleted shard is never "done"
+            p.unlink(missing_ok=True)
+    return stats

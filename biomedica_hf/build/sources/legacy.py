@@ -1,0 +1,385 @@
+"""Legacy PMC-OA mirror: ``oa_file_list.csv`` + ``oa_package/xx/yy/PMCid.tar.gz``.
+
+The layout PMC served until 2026 (moved under ``deprecated/`` on 2026-04-13, removed August 2026)
+and which existing mirrors and archives still have. ``base_url_or_root`` is an HTTP(S) base URL or a
+local mirror directory. Packages are downloaded (resumable, length-checked) and extracted safely;
+a truncated gzip keeps every member read before the error.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote
+
+from biomedica_hf.build.download import NOT_FOUND as DL_NOT_FOUND
+from biomedica_hf.build.download import DownloadError, Downloader
+from biomedica_hf.schema import ArticlePackage, ArticleRef
+from biomedica_hf.build.sources.base import (
+    BAD_PACKAGE, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PACKAGE_BYTES, DOWNLOAD_FAILED, NOT_FOUND, RETRACTED,
+    FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error, package_from_dir
+)
+from biomedica_hf.build.sources.filelists import FileListReader
+
+ARCHIVE_PROBLEM = "<archive>"
+MARKER = ".biomedica_package.json"   # written last into an extracted package: extraction complete
+ARCHIVE_TOO_LARGE = "archive_too_large"   # over the uncompressed-bytes budget (member or package)
+DUPLICATE_MEMBER = "duplicate_member"     # a second member with the same name (once the top folder is dropped)
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Budgets on uncompressed bytes: all members of one package, and one member."""
+
+    max_package_bytes: int = DEFAULT_MAX_PACKAGE_BYTES
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_package_bytes < 1 or self.max_member_bytes < 1:
+            raise ValueError("archive budgets must be >= 1 byte")
+
+
+class _DiskError(Exception):
+    """Internal: writing the extraction failed (wraps the OSError, never a property of the archive)."""
+
+
+@dataclass
+class Extracted:
+    files: dict[str, Path] = field(default_factory=dict)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    truncated: bool = False
+    detail: str = ""
+
+
+def _member_relpath(name: str) -> str | None:
+    """A safe relative path for a tar member, without the package's top folder; None if unsafe."""
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return None
+    parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    if len(parts) > 1:  # PMCid/main.nxml -> main.nxml
+        parts = parts[1:]
+    return "/".join(parts)
+
+
+_TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
+def extract_package(archive: Path, dest: Path, limits: ArchiveLimits | None = None) -> Extracted:
+    """Extract ``archive`` (tar, tar.gz) into ``dest`` safely and atomically.
+
+    Only regular files are written; absolute names, ``..`` and links are refused (problem
+    ``unsafe_member``); member names lose the package's top folder (``PMC123/x.jpg`` -> ``x.jpg``).
+    A second member that maps to a name already extracted is never written over the first: it is
+    recorded as ``(member name, "duplicate_member")``.
+    Budgets (``limits``, on uncompressed bytes, checked from the member headers before a byte is
+    written and enforced while copying): a member over ``max_member_bytes`` is skipped as
+    ``(member, "archive_too_large")``; once the members seen add up to more than
+    ``max_package_bytes`` the rest of the archive is not read and ``("<archive>",
+    "archive_too_large")`` is recorded (members extracted before stay).
+    A truncated/corrupt archive keeps every complete member read before the error and records
+    ``("<archive>", "truncated_archive")`` (and ``(member, "truncated")`` for the member cut short).
+    ``dest`` is replaced as a whole once extraction ends; a completion marker is written last.
+    A full disk (or any error writing under ``dest``) is never blamed on the archive: it raises
+    :class:`~biomedica_hf.build.sources.base.FatalBuildError` (disk full, quota) or the ``OSError``,
+    leaves no marker, and the next call starts over.
+    """
+    archive, dest = Path(archive), Path(dest)
+    limits = limits or ArchiveLimits()
+    tmp = dest.with_name(dest.name + ".extracting")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        out = Extracted()
+        try:
+            raw = open(archive, "rb")  # noqa: SIM115 - closed by the `with raw` below; open errors differ
+        except OSError as e:  # the archive itself could not be read
+            out.problems.append((ARCHIVE_PROBLEM, "bad_archive"))
+            out.detail = f"{type(e).__name__}: {e}"
+            raw = None
+        if raw is not None:
+            with raw:
+                try:
+                    tf = tarfile.open(fileobj=raw, mode="r|*")
+                except _TAR_ERRORS as e:
+                    out.problems.append((ARCHIVE_PROBLEM, "bad_archive"))
+                    out.detail = f"{type(e).__name__}: {e}"
+                    tf = None
+                if tf is not None:
+                    with tf:
+                        _extract_members(tf, tmp, out, limits)
+        (tmp / MARKER).write_text(json.dumps({"archive": archive.name, "problems": out.problems,
+                                              "files": sorted(out.files)}))
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except _DiskError as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees the space; the rerun extracts again
+        err = e.args[0]
+        raise (fatal_disk_error(err, str(tmp)) if is_disk_error(err) else err) from err
+    except OSError as e:
+        if is_disk_error(e):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise fatal_disk_error(e, str(tmp)) from e
+        raise
+    out.files = {n: dest / n for n in out.files}
+    return out
+
+
+def _problem_name(name: str, taken: set[str]) -> str:
+    """A ledger name for a member that is not among the extracted files (unique in the package)."""
+    n, i = name, 1
+    while n in taken:
+        i += 1
+        n = f"{name}#{i}"
+    return n
+
+
+def _extract_members(tf: tarfile.TarFile, root: Path, out: Extracted, limits: ArchiveLimits) -> None:
+    total = 0
+    real_root = root.resolve()
+    while True:
+        try:
+            m = tf.next()
+        except _TAR_ERRORS:
+            out.problems.append((ARCHIVE_PROBLEM, "truncated_archive"))
+            out.truncated = True
+            return
+        if m is None:
+            return
+        if m.isdir():
+            continue
+        rel = _member_relpath(m.name)
+        taken = set(out.files) | {p[0] for p in out.problems}
+        if not m.isfile() or rel is None:
+            reason = "unsafe_member" if (rel is None or m.issym() or m.islnk()) else "skipped_member"
+            out.problems.append((_problem_name(m.name, taken), reason))
+            continue
+        total += m.size
+        if total > limits.max_package_bytes:
+            out.problems.append((_problem_name(rel, taken), ARCHIVE_TOO_LARGE))
+            out.problems.append((ARCHIVE_PROBLEM, ARCHIVE_TOO_LARGE))
+            out.detail = (f"members add up to more than {limits.max_package_bytes} bytes uncompressed "
+                          f"(at {m.name}, {m.size} bytes); the rest of the archive was not read")
+            return
+        if m.size > limits.max_member_bytes:
+            out.problems.append((_problem_name(rel, taken), ARCHIVE_TOO_LARGE))
+            continue  # the stream skips its bytes without writing them
+        if rel in out.files:
+            out.problems.append((_problem_name(m.name, taken), DUPLICATE_MEMBER))
+            continue
+        target = root / rel
+        if real_root not in target.resolve().parents:
+            out.problems.append((_problem_name(m.name, taken), "unsafe_member"))
+            continue
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if is_disk_error(e):
+                raise _DiskError(e) from e
+            out.problems.append((_problem_name(m.name, taken), "unsafe_member"))  # a file where a folder goes
+            continue
+        part = target.with_name(target.name + ".part")
+        try:
+            _copy_member(tf, m, part)
+        except _DiskError:
+            part.unlink(missing_ok=True)
+            raise
+        except _TAR_ERRORS:
+            part.unlink(missing_ok=True)
+            out.problems.append((rel, "truncated"))
+            out.problems.append((ARCHIVE_PROBLEM, "truncated_archive"))
+            out.truncated = True
+            return
+        try:
+            part.replace(target)
+        except OSError as e:
+            raise _DiskError(e) from e
+        out.files[rel] = target
+
+
+def _copy_member(tf: tarfile.TarFile, m: tarfile.TarInfo, part: Path, chunk: int = 1 << 20) -> None:
+    """Copy one member to ``part``: archive errors raise as they are (the archive is bad), errors
+    writing ``part`` raise :class:`_DiskError`; never more than ``m.size`` bytes are written."""
+    src = tf.extractfile(m)
+    assert src is not None
+    n = 0
+    try:
+        f = open(part, "wb")  # noqa: SIM115 - used in `with f` below; an open error is a disk error
+    except OSError as e:
+        raise _DiskError(e) from e
+    with f:
+        while n < m.size:
+            block = src.read(min(chunk, m.size - n))
+            if not block:
+                break
+            try:
+                f.write(block)
+            except OSError as e:
+                raise _DiskError(e) from e
+            n += len(block)
+        try:
+            f.flush()
+        except OSError as e:
+            raise _DiskError(e) from e
+    if n != m.size:
+        raise EOFError(f"member {m.name}: {n} of {m.size} bytes")
+
+
+def load_extracted(dest: Path) -> Extracted | None:
+    """The result of a finished earlier extraction into ``dest`` (resume), else None."""
+    marker = Path(dest) / MARKER
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    files = {n: Path(dest) / n for n in info.get("files", [])}
+    if not all(p.is_file() for p in files.values()):
+        return None
+    return Extracted(files=files, problems=[tuple(p) for p in info.get("problems", [])],
+                     truncated=any(p[1] == "truncated_archive" for p in info.get("problems", [])))
+
+
+def package_from_archive(ref: ArticleRef, archive: Path, dest: Path,
+                         limits: ArchiveLimits | None = None) -> ArticlePackage:
+    """Extract (or reuse a finished extraction of) ``archive`` into ``dest`` -> package.
+
+    Raises ``FetchError(bad_package)`` when the package holds no XML.
+    """
+    ext = load_extracted(dest) or extract_package(archive, dest, limits)
+    if not any(n.lower().endswith((".xml", ".nxml")) and "/" not in n for n in ext.files):
+        detail = f"no XML in {archive.name}"
+        if ext.problems:
+            detail += f" ({', '.join(f'{a}: {b}' for a, b in ext.problems)})"
+        if ext.detail:
+            detail += f" [{ext.detail}]"
+        raise FetchError(BAD_PACKAGE, detail)
+    return package_from_dir(ref, dest, problems=ext.problems)
+
+
+def _is_url(s: str | Path) -> bool:
+    return isinstance(s, str) and s.startswith(("http://", "https://"))
+
+
+class LegacySource(Source):
+    """Articles of a legacy ``oa_file_list.csv`` mirror (HTTP base URL or local directory).
+
+    ``filelist``: path or URL of the list; default ``<base>/oa_file_list.csv``; a relative path
+    that does not exist locally is taken relative to the base.
+    """
+
+    name = "legacy"
+
+    def __init__(self, base_url_or_root: str | Path, filelist: str | Path | None = None, *,
+                 downloader: Downloader | None = None, skip_retracted: bool = True,
+                 keep_archives: bool = False, max_package_bytes: int | None = None,
+                 max_member_bytes: int | None = None) -> None:
+        super().__init__()
+        self.limits = ArchiveLimits(max_package_bytes or DEFAULT_MAX_PACKAGE_BYTES,
+                                    max_member_bytes or DEFAULT_MAX_MEMBER_BYTES)
+        self.remote = _is_url(base_url_or_root)
+        self.base = str(base_url_or_root).rstrip("/") if self.remote else Path(base_url_or_root)
+        self.filelist = filelist if filelist is not None else "oa_file_list.csv"
+        self.skip_retracted = skip_retracted
+        self.keep_archives = keep_archives
+        self._own_downloader = downloader is None and self.remote
+        self.downloader = downloader or (Downloader() if self.remote else None)
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def _location(self, rel: str) -> str:
+        if self.remote:
+            return f"{self.base}/{quote(rel.lstrip('/'))}"
+        return str(Path(self.base) / rel)
+
+    def _filelist_path(self) -> Path:
+        fl = self.filelist
+        if isinstance(fl, Path) or (not _is_url(fl) and (Path(fl).is_absolute() or Path(fl).exists())):
+            return Path(fl)
+        url = fl if _is_url(fl) else None
+        if url is None:
+            if not self.remote:
+                return Path(self.base) / fl
+            url = self._location(str(fl))
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="biomedica-filelist-")
+        dest = Path(self._tmp.name) / (url.rsplit("/", 1)[-1] or "filelist.csv")
+        assert self.downloader is not None
+        return self.downloader.download(url, dest)
+
+    def list_articles(self) -> Iterator[ArticleRef]:
+        self.unlisted = []
+        self.listing_problems = []
+        path = self._filelist_path()
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            reader = FileListReader(f, str(self.filelist))
+            for ref in reader:
+                rel = ref.location
+                ref.extra["package"] = rel
+                yield replace(ref, location=self._location(rel))
+        self.listing_problems.extend((f"{self.filelist}:{line}", reason) for line, reason in reader.bad_rows)
+
+    def fetch(self, ref: ArticleRef, cache_dir: Path) -> ArticlePackage:
+        if ref.retracted and self.skip_retracted:
+            raise FetchError(RETRACTED, f"{ref.pmcid} is marked retracted in the file list")
+        cache_dir = Path(cache_dir)
+        dest = cache_dir / ref.pmcid
+        if load_extracted(dest) is not None:  # finished earlier: no download
+            return package_from_archive(ref, Path(ref.location), dest, self.limits)
+        if not self.remote:
+            archive = Path(ref.location)
+            if not archive.is_file():
+                raise FetchError(NOT_FOUND, f"package {archive} not in mirror")
+            return package_from_archive(ref, archive, dest, self.limits)
+        archive = cache_dir / "_archives" / ref.location.rsplit("/", 1)[-1]
+        try:
+            self._download_complete(ref, archive, dest)
+            return package_from_archive(ref, archive, dest, self.limits)
+        except FatalBuildError:
+            archive.unlink(missing_ok=True)  # fetched again on the rerun; frees space now
+            raise
+        finally:
+            if not self.keep_archives:
+                archive.unlink(missing_ok=True)
+
+    def _download_complete(self, ref: ArticleRef, archive: Path, dest: Path) -> None:
+        """Download and extract ``ref``'s package into ``dest``. A body whose length nobody stated
+        (no Content-Length, no size in the list) that extracts as a truncated or unreadable archive
+        was most likely cut in transit: it is discarded and fetched again (up to the downloader's
+        retries), then reported as ``download_failed`` (transient), never as a bad package."""
+        assert self.downloader is not None
+        dl = self.downloader
+        for attempt in range(dl.retries + 1):
+            try:
+                got = dl.fetch_file(ref.location, archive)
+            except DownloadError as e:
+                raise FetchError(NOT_FOUND if e.reason == DL_NOT_FOUND else DOWNLOAD_FAILED, str(e)) from e
+            except OSError as e:
+                if is_disk_error(e):
+                    raise fatal_disk_error(e, str(archive)) from e
+                raise
+            ext = extract_package(archive, dest, self.limits)
+            cut = ext.truncated or (ARCHIVE_PROBLEM, "bad_archive") in ext.problems
+            if got.verified or not cut:
+                return
+            shutil.rmtree(dest, ignore_errors=True)
+            archive.unlink(missing_ok=True)
+            if attempt < dl.retries:
+                dl.stats.add(retries=1)
+                time.sleep(dl._delay(attempt, None))
+        raise FetchError(DOWNLOAD_FAILED, f"{ref.location}: body without Content-Length ended early "
+                                          f"(archive truncated) in {dl.retries + 1} attempts")
+
+    def close(self) -> None:
+        if self._own_downloader and self.downloader is not None:
+            self.downloader.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None

@@ -1,0 +1,62 @@
+"""The training stream: ``load_biomedica`` -> shuffle -> split by node -> DataLoader -> model inputs.
+
+Sharding is done ONCE, by ``datasets``: ``load_biomedica(world_size=, num_workers=)`` cuts the work units
+into a multiple of ``world_size x num_workers``, ``split_dataset_by_node`` gives every rank its own units,
+and DataLoader workers split a rank's units again. The DataLoader is therefore NOT passed to
+``accelerator.prepare`` (that would shard a second time: every rank would keep 1/world_size of an
+already split stream); batches are moved to the device by the trainer.
+"""
+from __future__ import annotations
+
+import random
+import zlib
+from typing import Any
+
+import torch
+
+from biomedica_hf.dataset.loader import load_biomedica
+
+
+def build_stream(data_cfg: dict, rank: int = 0, world_size: int = 1, seed: int = 0):
+    """The rank's ``datasets.IterableDataset`` of ``{key, image, caption, metadata}``."""
+    from datasets.distributed import split_dataset_by_node
+
+    num_workers = int(data_cfg.get("num_workers", 0))
+    ds = load_biomedica(data_cfg["path"], subset=data_cfg.get("subset", "commercial"),
+                        concepts=data_cfg.get("concepts"), exclude_concepts=data_cfg.get("exclude_concepts"),
+                        licenses=data_cfg.get("licenses"), years=data_cfg.get("years"),
+                        min_caption_chars=data_cfg.get("min_caption_chars"), streaming=True,
+                        split=data_cfg.get("split"), exclude=data_cfg.get("exclude"),
+                        near_duplicates=data_cfg.get("near_duplicates", "keep"),
+                        world_size=world_size, num_workers=num_workers)
+    buffer = int(data_cfg.get("shuffle_buffer", 0))
+    if buffer > 0:   # shuffles unit order (seeded, per epoch) and samples within a buffer
+        ds = ds.shuffle(seed=seed, buffer_size=buffer)
+    if world_size > 1:
+        ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
+    return ds
+
+
+def pick_caption(example: dict, prob: float, seed: int, epoch: int) -> str:
+    """The caption, or (with probability ``prob``) one of the in-text reference sentences.
+
+    Deterministic in (key, seed, epoch), so a resumed run and every rank make the same choices.
+    """
+    refs = [r for r in ((example.get("metadata") or {}).get("references") or []) if r and r.strip()]
+    if prob <= 0 or not refs:
+        return example["caption"]
+    rng = random.Random(zlib.crc32(f"{seed}:{epoch}:{example['key']}".encode()))
+    return rng.choice(refs) if rng.random() < prob else example["caption"]
+
+
+class Collate:
+    """PIL images + captions -> ``{pixel_values, input_ids[, attention_mask], n}`` for a TrainableClip."""
+
+    def __init__(self, clip: Any, reference_prob: float = 0.0, seed: int = 0, train: bool = True) -> None:
+        self.clip, self.reference_prob, self.seed, self.epoch = clip, reference_prob, seed, 0
+        self.transform = clip.preprocess_train if train else clip.preprocess_val
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        images = torch.stack([self.transform(ex["image"].convert("RGB")) for ex in examples])
+        texts = [pick_caption(ex, self.reference_prob, self.seed, self.epoch) for ex in examples]
+        return {"pixel_values": images, **self.clip.tokenize(texts), "keys": [ex["key"] for ex in examples]}

@@ -1,0 +1,352 @@
+"""The dataset card: ``README.md`` with the YAML Hugging Face reads (``configs:``, ``dataset_info``
+features, licence, task categories, size category, tags) and a body generated from the real
+statistics of the folder, with PNG plots in ``card/``. Templates live in ``dataset_card/``.
+
+No loading script: the folder is data + YAML, which ``datasets >= 4`` loads directly::
+
+    load_dataset(DIR, "commercial", streaming=True)   # WebDataset shards
+    load_dataset(DIR, "articles")                       # articles.parquet
+    load_dataset(DIR, "figures")                        # figures.parquet (the per-sample index)
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from biomedica_hf import __version__
+from biomedica_hf.dataset.hub import human_size
+from biomedica_hf.dataset.tables import table_config_columns, write_table_configs
+from biomedica_hf.io.atomic import atomic_write_bytes
+from biomedica_hf.layout import FIGURES_INDEX, TABLE_CONFIGS
+from biomedica_hf.schema import ARTICLE_FIELDS, SAMPLE_FIELDS, SUBSETS, webdataset_features
+
+CARD_DIR = "card"
+TOP_JOURNALS = 20
+MAX_SHARD_ROWS = 50
+TASK_CATEGORIES = ["image-to-text", "zero-shot-image-classification", "image-feature-extraction",
+                   "image-text-to-text"]
+TAGS = ["biology", "medical", "biomedical", "pubmed", "pmc", "scientific-figures", "image-text", "webdataset"]
+
+
+def size_category(n: int) -> str:
+    """Hugging Face's size_categories bucket for n samples."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    return next((label for bound, label in bounds if n < bound), "1B<n<10B")
+
+
+SPLIT_ORDER = ("train", "validation", "test")
+
+
+def subsets_present(out: Path) -> list[str]:
+    return [s for s in SUBSETS if any((Path(out) / s).glob("*.tar"))]
+
+
+def splits_present(out: Path, subset: str) -> list[str]:
+    """Splits that have shards in a subset folder (names ``<subset>-<split>-...tar``); a folder of older,
+    split-less shards counts as ``train``."""
+    found = set()
+    for p in (Path(out) / subset).glob("*.tar"):
+        parts = p.stem.split("-")
+        found.add(parts[1] if len(parts) > 2 and parts[0] == subset and parts[1] in SPLIT_ORDER else "")
+    return [s for s in SPLIT_ORDER if s in found] + ([""] if "" in found else [])
+
+
+def _split_files(out: Path, subsets: list[str]) -> list[dict]:
+    by_split: dict[str, list[str]] = {}
+    for s in subsets:
+        for split in splits_present(out, s):
+            glob = f"{s}/{s}-{split}-*.tar" if split else f"{s}/*.tar"
+            by_split.setdefault(split or "train", []).append(glob)
+    return [{"split": sp, "path": paths[0] if len(paths) == 1 else paths}
+            for sp in SPLIT_ORDER for paths in [by_split.get(sp)] if paths]
+
+
+def card_configs(out: Path, extra: list[dict] | None = None) -> list[dict]:
+    """``configs:`` entries: one per subset (commercial is the default), ``all``, the tables, extras."""
+    present = subsets_present(out)
+    configs = [{"config_name": s, "data_files": _split_files(out, [s]),
+                **({"default": True} if s == "commercial" else {})} for s in present]
+    if present and "commercial" not in present:
+        configs[0]["default"] = True
+    if present:
+        configs.append({"config_name": "all", "data_files": _split_files(out, present)})
+    for table in TABLE_CONFIGS:  # WebDataset-of-JSON copies of the Parquet tables (see index.py)
+        configs.append({"config_name": table, "data_files": [{"split": "train", "path": f"{table}/*.tar"}]})
+    return configs + list(extra or [])
+
+
+def _features_for(config: dict, out: Path):
+    name = config["config_name"]
+    if name in TABLE_CONFIGS:
+        from datasets import Features, Value
+
+        source = TABLE_CONFIGS[name][0]
+        row = Features.from_arrow_schema(pq.read_schema(Path(out) / source))
+        return Features({"__key__": Value("string"), "__url__": Value("string"),
+                         "json": {c: row[c] for c in table_config_columns(out, name)}})
+    paths = config["data_files"][0]["path"]
+    if all(str(p).endswith(".tar") for p in ([paths] if isinstance(paths, str) else paths)):
+        return webdataset_features()
+    return None
+
+
+def yaml_header(out: Path, stats: dict, extra_configs: list[dict] | None = None) -> str:
+    """The YAML front matter (without the ``---`` fences)."""
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    configs = card_configs(out, extra_configs)
+    data = DatasetCardData(
+        pretty_name=stats["pretty_name"], license="other", license_name="pmc-open-access-subset",
+        license_link="https://pmc.ncbi.nlm.nih.gov/tools/openftlist/",
+        task_categories=TASK_CATEGORIES, size_categories=[size_category(stats["total_samples"])],
+        language=["en"], tags=TAGS, configs=configs,
+    )
+    infos = {}
+    for c in configs:
+        feats = _features_for(c, out)
+        if feats is not None:
+            infos[c["config_name"]] = DatasetInfo(features=feats, config_name=c["config_name"])
+    DatasetInfosDict(infos).to_dataset_card_data(data)
+    return data.to_yaml()
+
+
+def collect_stats(out: Path) -> dict[str, Any]:
+    """Everything the card says, from the files of the folder (never from memory of the build)."""
+    out = Path(out)
+    summary = json.loads((out / "build_summary.json").read_text()) if (out / "build_summary.json").exists() else {}
+    schema_names = pq.read_schema(out / FIGURES_INDEX).names
+    concepts_col = "concepts" in schema_names
+    cols = ["pmcid", "subset", "license_code", "year"] + (["concepts"] if concepts_col else [])
+    years: Counter = Counter()
+    licenses: Counter = Counter()
+    concepts: Counter = Counter()
+    pmcids_with_samples = 0
+    for batch in pq.ParquetFile(out / FIGURES_INDEX).iter_batches(batch_size=200_000, columns=cols):
+        t = pa.Table.from_batches([batch])      # streamed: the index is never held whole
+        for row in t.group_by("year").aggregate([("pmcid", "count")]).to_pylist():
+            years[row["year"]] += row["pmcid_count"]
+        for row in t.group_by(["license_code", "subset"]).aggregate([("pmcid", "count")]).to_pylist():
+            licenses[(row["license_code"], row["subset"])] += row["pmcid_count"]
+        if concepts_col:
+            flat = pc.list_flatten(t["concepts"])
+            for v in pc.value_counts(flat).to_pylist():
+                concepts[v["values"]] += v["counts"]
+    journals: Counter = Counter()
+    n_articles = 0
+    for batch in pq.ParquetFile(out / "articles.parquet").iter_batches(batch_size=200_000,
+                                                                      columns=["journal", "n_samples"]):
+        t = pa.Table.from_batches([batch])
+        n_articles += t.num_rows
+        has = t.filter(pc.greater(pc.fill_null(t["n_samples"], 0), 0))
+        pmcids_with_samples += has.num_rows
+        for row in has.group_by("journal").aggregate([("n_samples", "sum")]).to_pylist():
+            journals[row["journal"] or "(unknown)"] += row["n_samples_sum"]
+
+    subsets, shards = [], []
+    for s in subsets_present(out):
+        st = [json.loads(p.read_text()) for p in sorted((out / s).glob("*_stats.json"))]
+        size = sum(x["tar_bytes"] for x in st)
+        subsets.append({"name": s, "samples": sum(x["count"] for x in st), "shards": len(st), "bytes": size,
+                        "size": human_size(size)})
+        shards += [{"name": x["shard"], "count": x["count"], "bytes": x["tar_bytes"]} for x in st]
+
+    ledger = summary.get("ledger", {})
+    total = sum(s["samples"] for s in subsets)
+    return {
+        "pretty_name": "BIOMEDICA (biomedica-hf build)",
+        "version": summary.get("version", __version__),
+        "command": summary.get("command") or "biomedica build",
+        "source": summary.get("source", "?"),
+        "seed": summary.get("seed", 0),
+        "shard_max_samples": summary.get("shard_max_samples", 10_000),
+        "built": _dt.datetime.fromtimestamp((out / "build_summary.json").stat().st_mtime, _dt.timezone.utc)
+                 .strftime("%Y-%m-%d") if summary else "?",
+        "subsets": subsets,
+        "total_samples": total,
+        "total_shards": sum(s["shards"] for s in subsets),
+        "total_size": human_size(sum(s["bytes"] for s in subsets)),
+        "n_articles": n_articles,
+        "n_articles_with_samples": pmcids_with_samples,
+        "n_duplicates": summary.get("duplicates_removed", 0),
+        "years": [{"year": y if y is not None else "unknown", "n": n}
+                  for y, n in sorted(years.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))],
+        "licenses": [{"code": c, "subset": s, "n": n} for (c, s), n in licenses.most_common()],
+        "journals": [{"name": j, "n": n} for j, n in journals.most_common(TOP_JOURNALS)],
+        "concepts": [{"name": c, "n": n} for c, n in concepts.most_common()],
+        "shards": shards[:MAX_SHARD_ROWS],
+        "shards_more": max(0, len(shards) - MAX_SHARD_ROWS),
+        "ledger": [{"kind": k, **v} for k, v in ledger.items()],
+    }
+
+
+def bar_figure(labels: list, values: list, title: str, horizontal: bool = False):
+    """A matplotlib bar chart of sample counts: whole-number ticks on the count axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.28 * len(labels) + 1)) if horizontal else (7, 3.2), dpi=110)
+    if horizontal:
+        ax.barh([str(x) for x in labels][::-1], values[::-1], color="#3b7dd8")
+        ax.set_xlabel("samples")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax.bar([str(x) for x in labels], values, color="#3b7dd8")
+        ax.set_ylabel("samples")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(labels) > 12:
+            ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+# What the card says about where the articles came from, per ``build_summary.json``'s ``source``.
+PROVENANCE = {
+    "cloud": {"pipeline": "list (PMC Cloud Service metadata) → fetch (md5-verified)",
+              "access": "accessed from the PMC Cloud Service (AWS Open Data, `pmc-oa-opendata`)"},
+    "legacy": {"pipeline": "list (`oa_file_list.csv`) → fetch from a mirror of PMC's legacy OA layout "
+                           "(`oa_package/`)",
+               "access": "obtained from a mirror of the PMC OA Subset's legacy package layout"},
+    "local": {"pipeline": "read from a local folder of PMC articles (packages or extracted files; not "
+                          "checksummed against PMC)",
+              "access": "obtained from local copies of PMC Open Access articles"},
+}
+PROVENANCE_UNKNOWN = {"pipeline": "read PMC articles (source not recorded)",
+                      "access": "obtained from the PMC Open Access Subset"}
+
+
+def provenance(source: str | None) -> dict[str, str]:
+    """The card's pipeline and data-access sentences for a build ``source`` (cloud / legacy / local)."""
+    return PROVENANCE.get(source or "", PROVENANCE_UNKNOWN)
+
+
+def project_url() -> str | None:
+    """The project's home page from the installed package metadata (``[project.urls]``), or None."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        meta = metadata("biomedica-hf")
+    except PackageNotFoundError:
+        return None
+    urls = [u.split(",", 1)[-1].strip() for u in meta.get_all("Project-URL") or []]
+    urls += [meta.get("Home-page") or ""]
+    return next((u for u in urls if u.startswith("http") and u.rstrip("/") not in (
+        "https://github.com", "http://github.com")), None)
+
+
+def make_plots(stats: dict, folder: Path) -> list[Path]:
+    """PNG bar charts of the card's statistics, written atomically into ``folder``."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def bar(name: str, labels: list, values: list, title: str, horizontal: bool = False) -> Path:
+        fig = bar_figure(labels, values, title, horizontal)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        plt.close(fig)
+        path = folder / f"{name}.png"
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [
+        bar("subsets", [s["name"] for s in stats["subsets"]], [s["samples"] for s in stats["subsets"]],
+            "Samples per subset"),
+        bar("years", [y["year"] for y in stats["years"]], [y["n"] for y in stats["years"]],
+            "Samples per publication year"),
+        bar("journals", [j["name"][:45] for j in stats["journals"]], [j["n"] for j in stats["journals"]],
+            f"Top {len(stats['journals'])} journals", horizontal=True),
+        bar("licenses", [f"{x['code']} ({x['subset']})" for x in stats["licenses"]],
+            [x["n"] for x in stats["licenses"]], "Samples per licence", horizontal=True),
+    ]
+    return paths
+
+
+def render_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] | None = None,
+                stats: dict[str, Any] | None = None) -> str:
+    """The card's text; ``stats`` from :func:`collect_stats` when the caller already has them."""
+    from jinja2 import Environment, StrictUndefined
+
+    from biomedica_hf.concepts.label import has_labels
+    from biomedica_hf.concepts.plots import card_markdown
+
+    stats = stats if stats is not None else collect_stats(out)
+    template = resources.files("dataset_card").joinpath("README.md.j2").read_text()
+    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(template).render(
+        **stats, concept_section=card_markdown(out) if has_labels(out) else "",
+        yaml=yaml_header(out, stats, extra_configs).strip(), repo=repo_id or "ORG/biomedica",
+        config_names=[c["config_name"] for c in card_configs(out, extra_configs)],
+        sample_fields=[{"name": n, "type": t, "doc": d} for n, t, d in SAMPLE_FIELDS],
+        article_fields=[{"name": n} for n, _, _ in ARTICLE_FIELDS],
+        provenance=provenance(stats.get("source")), project_url=project_url(),
+        dedup_section=_dedup_section(out), splits=_splits_text(out),
+    )
+
+
+def _dedup_section(out: Path) -> str:
+    from biomedica_hf.neardup import card_section
+
+    try:
+        return card_section(out)
+    except Exception:  # noqa: BLE001 - a folder without the tables the section reads
+        return ""
+
+
+def _splits_text(out: Path) -> str:
+    path = Path(out) / "build_summary.json"
+    fractions = json.loads(path.read_text()).get("splits", {}).get("fractions") if path.exists() else None
+    return " / ".join(f"{100 * f:g}%" for f in fractions) if fractions else "not recorded"
+
+
+def write_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] | None = None) -> Path:
+    """Write ``README.md`` and ``card/*.png`` into the dataset folder ``out``.
+
+    Concept annotation (``biomedica label``), when present, adds its subset configs, plots and section.
+    """
+    from biomedica_hf.concepts.label import has_labels
+    from biomedica_hf.concepts.plots import concept_plots
+    from biomedica_hf.concepts.subsets import concept_card_configs
+
+    out = Path(out)
+    if not (out / FIGURES_INDEX).exists():
+        raise FileNotFoundError(f"{out} has no {FIGURES_INDEX}: run `biomedica build` first")
+    write_table_configs(out)
+    stats = collect_stats(out)
+    make_plots(stats, out / CARD_DIR)
+    concept_configs = concept_card_configs(out)
+    names = {c["config_name"] for c in concept_configs}
+    extra = concept_configs + [c for c in (extra_configs or []) if c["config_name"] not in names]
+    if has_labels(out):
+        concept_plots(out)
+    path = out / "README.md"
+    atomic_write_bytes(path, render_card(out, repo_id, extra, stats).encode())
+    return path
+
+
+__all__ = [
+    "card_configs",
+    "collect_stats",
+    "human_size",
+    "make_plots",
+    "render_card",
+    "size_category",
+    "write_card",
+]

@@ -1,0 +1,566 @@
+"""``load_biomedica``: filter on ``figures.parquet`` first, then stream only the wanted samples.
+
+1. **Index** - ``figures.parquet`` is read with pyarrow (only the columns the filters need, row
+   groups pruned by the scalar filters). The result is, per shard file, the sorted byte ranges
+   ``(tar_offset, tar_size)`` of the wanted samples. Shards without a wanted sample are never opened.
+2. **Work units** - one unit per shard file (its URL + its wanted ranges), the list given to
+   ``IterableDataset.from_generator(gen_kwargs={"shards": units})``: ``datasets`` shuffles, splits
+   across nodes (``split_dataset_by_node``) and DataLoader workers by unit. With ``world_size`` /
+   ``num_workers`` (or env ``WORLD_SIZE``) units are cut into contiguous runs of samples until their
+   number is a multiple of ``world_size * max(1, num_workers)``, so that every rank gets whole units
+   (``split_dataset_by_node`` otherwise makes every rank read everything and keep 1 example in
+   ``world_size``) and no worker idles; a warning says when that is impossible.
+3. **Read** - the generator reads each unit's wanted ranges with :class:`biomedica_hf.io.ranges.RangeReader`
+   (the same code for a local folder and ``hf://datasets/...``): ranges are coalesced across gaps
+   smaller than ``latency x bandwidth / in_flight`` (local: only adjacent ones), long runs are cut into
+   pieces fetched as plain range requests, ``in_flight`` at a time, and no byte outside the planned
+   pieces is requested. Members are parsed from the tar headers; images are decoded by
+   ``datasets.Image`` on a thread pool (``decode_threads``) only when ``decode=True``.
+4. **Checks** - shard paths from the index must stay inside the dataset; a missing or truncated shard
+   raises; with ``verify=True`` every image's sha256 is checked against the index.
+
+Resume: ``ds.state_dict()`` is ``datasets``' ``{"shard_idx", "shard_example_idx"}`` (unit index and
+examples yielded within it). ``load_state_dict`` restarts the current unit and skips what was already
+yielded: those samples are read again but not decoded, so the cost is bounded by the unit size.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import heapq
+import io
+import json
+import numbers
+import operator
+import os
+import posixpath
+import sys
+import tarfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import quote
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from biomedica_hf.io.ranges import RangeReader, ReadOptions
+from biomedica_hf.layout import FIGURES_INDEX
+
+if TYPE_CHECKING:
+    from datasets import Dataset, Features, IterableDataset
+from biomedica_hf.schema import SUBSETS, sample_json_features
+
+CONCEPT_COLUMNS = ("concepts", "local_concepts")
+INDEX_COLUMNS = ["shard", "tar_offset", "tar_size"]
+#: Index columns copied into each row's ``metadata`` when the index has them.
+EXTRA_COLUMNS = ("concepts", "local_concepts", "split", "near_dup_of")
+SPLITS = ("train", "validation", "test")
+NEAR_DUPLICATES = ("keep", "drop")
+DEFAULT_DECODE_THREADS = 8
+
+
+class NoMatchWarning(UserWarning):
+    """``load_biomedica``'s filters select no sample (issued on every call, at the caller's line)."""
+
+Years = int | Sequence[int] | tuple[int | None, int | None]
+
+
+class ShardRanges(NamedTuple):
+    """One unit of work: a shard file and the sorted byte ranges of its wanted samples."""
+
+    url: str
+    ranges: np.ndarray        # int64, shape (n, 2): (tar_offset, tar_size), sorted by offset
+    columns: dict[str, list] = {}   # noqa: RUF012 - NamedTuple default, never mutated; per-range index values: EXTRA_COLUMNS present, plus key/sha256 to verify
+
+
+# ------------------------------------------------------------------------------------ locations
+def is_local(path_or_repo_id: str | os.PathLike) -> bool:
+    """A local dataset folder (else a Hub dataset repo id)."""
+    return os.path.isdir(path_or_repo_id)
+
+
+def dataset_file_url(path_or_repo_id: str | os.PathLike, relpath: str, revision: str | None = None) -> str:
+    """Where ``relpath`` of the dataset lives: a local path, or ``hf://datasets/{repo}@{revision}/{relpath}``.
+
+    Revisions are percent-encoded (``refs/pr/1`` -> ``refs%2Fpr%2F1``), as ``HfFileSystem`` expects.
+    """
+    root = os.fspath(path_or_repo_id)
+    if is_local(root):
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} applies to Hub repos; {root} is a local folder")
+        return os.path.join(os.path.abspath(root), *relpath.split("/"))
+    if os.path.isabs(root) or root.startswith((".", "~")) or root.count("/") > 1:
+        raise FileNotFoundError(f"{root}: no such folder (and not a Hub dataset repo id like 'owner/name')")
+    return f"hf://datasets/{root}@{quote(revision or 'main', safe='')}/{relpath}"
+
+
+# ------------------------------------------------------------------------------------ index filters
+def _subsets(subset: str | Sequence[str]) -> list[str]:
+    names = list(SUBSETS) if subset == "all" else [subset] if isinstance(subset, str) else list(subset)
+    unknown = sorted(set(names) - set(SUBSETS))
+    if unknown or not names:
+        raise ValueError(f"subset must be 'all' or among {list(SUBSETS)} (or a list of them), got {subset!r}")
+    return names
+
+
+def _years_expr(years: Years) -> pc.Expression:
+    """int: that year; list: any of them; tuple (min, max): inclusive range, None for an open end."""
+    field = pc.field("year")
+    if isinstance(years, numbers.Integral):
+        return field == int(years)
+    if not isinstance(years, tuple):
+        return field.isin([int(y) for y in years])
+    if len(years) != 2 or years == (None, None):
+        raise ValueError(f"years as a tuple is a (min, max) range with at least one bound, got {years!r}")
+    lo, hi = years
+    bounds = []
+    if lo is not None:
+        bounds.append(field >= lo)
+    if hi is not None:
+        bounds.append(field <= hi)
+    return functools.reduce(operator.and_, bounds)
+
+
+def _has_any(column: pa.ChunkedArray, values: Sequence[str]) -> np.ndarray:
+    """Boolean mask: rows of a list<string> column containing any of ``values``."""
+    mask = np.zeros(len(column), dtype=bool)
+    offset = 0
+    for chunk in column.chunks:
+        hit = pc.is_in(pc.list_flatten(chunk), value_set=pa.array(list(values), pa.string()))
+        rows = pc.filter(pc.list_parent_indices(chunk), hit).to_numpy()
+        mask[offset + rows] = True
+        offset += len(chunk)
+    return mask
+
+
+def _as_list(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _distinct(dataset: pads.Dataset, column: str) -> list[str]:
+    """The distinct non-null values of a string (or list<string>) column of the index."""
+    values: set[str] = set()
+    for batch in dataset.to_batches(columns=[column]):
+        col = batch.column(0)
+        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            col = pc.list_flatten(col)
+        values.update(v for v in pc.unique(col).to_pylist() if v is not None)
+    return sorted(values)
+
+
+def _licenses(dataset: pads.Dataset, licenses: str | Sequence[str], where: str) -> list[str]:
+    """The index's spelling of each asked licence code (case-insensitive); unknown codes raise."""
+    valid = _distinct(dataset, "license_code")
+    by_lower = {v.lower(): v for v in valid}
+    asked = _as_list(licenses)
+    unknown = [c for c in asked if not isinstance(c, str) or c.strip().lower() not in by_lower]
+    if unknown:
+        raise ValueError(f"unknown licence code(s) {unknown} for {where}: the index has {valid}")
+    return [by_lower[c.strip().lower()] for c in asked]
+
+
+def _check_concepts(dataset: pads.Dataset, cols: list[str], values: Sequence[str], where: str) -> None:
+    valid = sorted({v for c in cols for v in _distinct(dataset, c)})
+    unknown = [v for v in values if v not in valid]
+    if unknown:
+        raise ValueError(f"unknown concept(s) {unknown} for {where}: the index has {valid}")
+
+
+def read_keys(exclude: str | os.PathLike | Iterable[str]) -> list[str]:
+    """Keys to exclude: an iterable of keys, or a ``.txt`` (one per line), ``.parquet`` or ``.json`` file with
+    a ``key`` column (JSON: a list of keys, a list of ``{"key": ...}`` rows, or ``{"key": [...]}``)."""
+    if isinstance(exclude, (str, os.PathLike)):
+        path = Path(exclude)
+        if not path.is_file():
+            raise FileNotFoundError(f"exclude={os.fspath(exclude)!r}: no such file (give keys, or a .txt, .parquet "
+                                    f"or .json file of keys)")
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            if "key" not in pq.read_schema(path).names:
+                raise ValueError(f"exclude={os.fspath(path)!r} has no `key` column")
+            return [k for k in pq.read_table(path, columns=["key"])["key"].to_pylist() if k]
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "key" in data:
+                data = data["key"]
+            if isinstance(data, list):
+                return [str(x["key"] if isinstance(x, dict) else x) for x in data
+                        if (x.get("key") if isinstance(x, dict) else x)]
+            raise ValueError(f"exclude={os.fspath(path)!r}: expected a list of keys, rows with a `key`, "
+                             f"or {{'key': [...]}}")
+        if suffix in (".txt", ".lst", ""):
+            return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise ValueError(f"exclude={os.fspath(path)!r}: use a .txt, .parquet or .json file")
+    if isinstance(exclude, bytes):
+        raise TypeError("exclude= takes keys (str), not bytes")
+    return [str(k) for k in exclude]
+
+
+def check_shard_path(rel: str) -> str:
+    """``rel`` if it is a relative path inside the dataset (``subset/name.tar``), else ``ValueError``."""
+    if (not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or "\\" in rel or ":" in rel
+            or "@" in rel or posixpath.normpath(rel) != rel or ".." in rel.split("/") or "\0" in rel):
+        raise ValueError(f"{FIGURES_INDEX} lists shard {rel!r}, which is not a relative path inside the dataset "
+                         f"(absolute, '..', another repo or a URL): refusing to read it; rebuild the index")
+    return rel
+
+
+def select_ranges(index_url: str, subset: str | Sequence[str] = "commercial", concepts: Sequence[str] | None = None,
+                  exclude_concepts: Sequence[str] | None = None, licenses: str | Sequence[str] | None = None,
+                  years: Years | None = None, min_caption_chars: int | None = None,
+                  storage_options: dict[str, Any] | None = None, *, split: str | None = None,
+                  exclude: str | os.PathLike | Iterable[str] | None = None, near_duplicates: str = "keep",
+                  columns: Sequence[str] = (), with_columns: bool = False,
+                  ) -> dict[str, np.ndarray] | dict[str, tuple[np.ndarray, dict[str, list]]]:
+    """Wanted samples per shard (``shard`` relpath -> sorted ``(tar_offset, tar_size)``), in index order.
+
+    With ``with_columns``: ``shard -> (ranges, {column: values aligned with ranges})`` for the
+    :data:`EXTRA_COLUMNS` the index has, plus ``columns`` (e.g. ``key``, ``sha256``).
+    """
+    fs, path = fsspec.core.url_to_fs(index_url, **(storage_options or {}))
+    try:
+        fs.info(path)   # not fs.exists: offline / auth errors must surface as themselves
+    except FileNotFoundError:
+        folder = index_url.rsplit("/", 1)[0] if index_url.startswith("hf://") else os.path.dirname(index_url)
+        raise FileNotFoundError(f"{folder} has no {FIGURES_INDEX}: build the dataset with `biomedica build` "
+                                f"(or regenerate the index and card of an existing folder with `biomedica card`)"
+                                ) from None
+    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    names = set(dataset.schema.names)
+    where = index_url
+    if near_duplicates not in NEAR_DUPLICATES:
+        raise ValueError(f"near_duplicates must be one of {list(NEAR_DUPLICATES)}, got {near_duplicates!r}")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)} (or None for all), got {split!r}")
+    used = {"subset": subset, "license_code": licenses, "year": years, "caption_chars": min_caption_chars,
+            "split": split, "near_dup_of": near_duplicates if near_duplicates == "drop" else None,
+            "key": exclude}
+    list_filters = [(v, keep) for v, keep in ((concepts, True), (exclude_concepts, False)) if v is not None]
+    if list_filters and "concepts" not in names:
+        raise ValueError(f"{index_url} has no `concepts` column: concepts= / exclude_concepts= need the concept "
+                         f"annotation stage to have been run on this dataset")
+    if split is not None and "split" not in names:
+        raise ValueError(f"{index_url} has no `split` column: this dataset has no train/validation/test splits "
+                         f"(rebuild it with a biomedica version that assigns them), so split={split!r} cannot apply")
+    if near_duplicates == "drop" and "near_dup_of" not in names:
+        raise ValueError(f"{index_url} has no `near_dup_of` column: near-duplicate detection has not been run on "
+                         f"this dataset, so near_duplicates='drop' cannot apply")
+    missing = [c for c, value in used.items() if value is not None and c not in names]
+    missing += [c for c in (*INDEX_COLUMNS, *columns) if c not in names]
+    if missing:
+        raise ValueError(f"{index_url} lacks column(s) {missing}: rebuild it with `biomedica build`")
+    exprs = []
+    if set(_subsets(subset)) != set(SUBSETS):
+        exprs.append(pc.field("subset").isin(_subsets(subset)))
+    if licenses is not None:
+        exprs.append(pc.field("license_code").isin(_licenses(dataset, licenses, where)))
+    if years is not None:
+        exprs.append(_years_expr(years))
+    if min_caption_chars is not None:
+        exprs.append(pc.field("caption_chars") >= min_caption_chars)
+    if split is not None:
+        exprs.append(pc.field("split") == split)
+    if near_duplicates == "drop":
+        exprs.append(pc.field("near_dup_of").is_null())
+    if exclude is not None:
+        keys = read_keys(exclude)
+        if keys:
+            exprs.append(~pc.field("key").isin(pa.array(keys, pa.string())))
+    concept_cols = [c for c in CONCEPT_COLUMNS if c in names] if list_filters else []
+    for values, _ in list_filters:
+        _check_concepts(dataset, concept_cols, _as_list(values), where)
+    extra = [c for c in EXTRA_COLUMNS if c in names] if with_columns else []
+    wanted_cols = list(dict.fromkeys([*INDEX_COLUMNS, *concept_cols, *extra, *columns]))
+    expr = functools.reduce(operator.and_, exprs) if exprs else None
+    table = dataset.to_table(columns=wanted_cols, filter=expr)
+    if list_filters:
+        keep = np.ones(table.num_rows, dtype=bool)
+        for values, include in list_filters:
+            hit = np.zeros(table.num_rows, dtype=bool)
+            for col in concept_cols:
+                hit |= _has_any(table[col], _as_list(values))
+            keep &= hit if include else ~hit
+        table = table.filter(pa.array(keep))
+    shard = pc.dictionary_encode(table["shard"]).combine_chunks()
+    codes = shard.indices.to_numpy(zero_copy_only=False)
+    offsets = table["tar_offset"].to_numpy()
+    sizes = table["tar_size"].to_numpy()
+    order = np.lexsort((offsets, codes))
+    codes, ranges = codes[order], np.stack([offsets[order], sizes[order]], axis=1).astype(np.int64)
+    bounds = np.flatnonzero(np.diff(codes)) + 1
+    groups = [(shard.dictionary[int(g[0])].as_py(), r, idx) for g, r, idx in
+              zip(np.split(codes, bounds), np.split(ranges, bounds), np.split(order, bounds)) if len(r)]
+    for rel, _, _ in groups:
+        check_shard_path(rel)
+    if not with_columns:
+        return {rel: r for rel, r, _ in groups}
+    cols = {c: table[c] for c in dict.fromkeys([*extra, *columns])}
+    return {rel: (r, {c: col.take(pa.array(idx)).to_pylist() for c, col in cols.items()}) for rel, r, idx in groups}
+
+
+# ------------------------------------------------------------------------------------ work units
+def split_units(units: list[ShardRanges], readers: int) -> list[ShardRanges]:
+    """Cut units into contiguous runs of samples until their number is a multiple of ``readers``.
+
+    The fewest extra cuts are made, each on the unit with the most samples per piece, so pieces stay
+    balanced. When no multiple of ``readers`` lies between ``len(units)`` and the number of samples,
+    the units are returned unchanged.
+    """
+    n_samples = sum(len(u.ranges) for u in units)
+    target = -(-len(units) // readers) * readers
+    if not units or target == len(units) or target > n_samples:
+        return units
+    pieces = [1] * len(units)
+    heap = [(-len(u.ranges), i) for i, u in enumerate(units) if len(u.ranges) > 1]
+    heapq.heapify(heap)
+    for _ in range(target - len(units)):
+        _, i = heapq.heappop(heap)
+        pieces[i] += 1
+        if pieces[i] < len(units[i].ranges):
+            heapq.heappush(heap, (-len(units[i].ranges) / pieces[i], i))
+    out = []
+    for u, k in zip(units, pieces):
+        for idx in np.array_split(np.arange(len(u.ranges)), k):
+            lo, hi = (int(idx[0]), int(idx[-1]) + 1) if len(idx) else (0, 0)
+            out.append(ShardRanges(u.url, u.ranges[lo:hi], {c: v[lo:hi] for c, v in u.columns.items()}))
+    return out
+
+
+def _readers(world_size: int | None, num_workers: int | None) -> tuple[int, int] | None:
+    """(ranks, DataLoader workers per rank) to divide the units among; None when not distributed."""
+    if world_size is None and os.environ.get("WORLD_SIZE"):
+        world_size = int(os.environ["WORLD_SIZE"])
+    if world_size is None and num_workers is None:
+        return None
+    return max(1, world_size or 1), max(1, num_workers or 0)
+
+
+def _warn_uneven(n_units: int, n_samples: int, world_size: int, num_workers: int) -> None:
+    """Say what happens when the units do not divide among ranks x workers."""
+    readers = world_size * num_workers
+    consequences = []
+    if n_units % world_size:
+        consequences.append(f"split_dataset_by_node(world_size={world_size}) will make every rank read all "
+                            f"{n_samples} samples and keep 1 in {world_size}")
+    per_rank = n_units / world_size if n_units % world_size == 0 else n_units
+    if per_rank % num_workers:
+        consequences.append(f"the {num_workers} DataLoader workers of a rank get unequal numbers of units"
+                            + (" and some stay idle" if per_rank < num_workers else ""))
+    warnings.warn(f"load_biomedica: {n_units} work unit(s) ({n_samples} wanted samples) cannot be made a multiple of "
+                  f"world_size x num_workers = {world_size} x {num_workers} = {readers}: "
+                  + "; ".join(consequences) + ".", UserWarning, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------ reading
+def _octal(field: bytes) -> int:
+    field = field.rstrip(b"\0 ").lstrip(b" ")
+    return int(field, 8) if field else 0
+
+
+def _members(data: memoryview) -> Iterator[tuple[str, memoryview]]:
+    """``(name, bytes)`` of the regular members of a run of whole tar members (ustar; pax/GNU via tarfile)."""
+    pos, n = 0, len(data)
+    while pos + 512 <= n:
+        header = bytes(data[pos:pos + 512])
+        if header == b"\0" * 512:
+            return
+        kind = header[156:157]
+        if kind not in (b"0", b"\0") or header[257:262] != b"ustar":
+            yield from _members_tarfile(data[pos:])
+            return
+        name = header[:100].split(b"\0", 1)[0].decode()
+        prefix = header[345:500].split(b"\0", 1)[0].decode()
+        size = _octal(header[124:136])
+        start = pos + 512
+        if start + size > n:
+            raise tarfile.ReadError(f"member {name!r} runs past the end of the range")
+        yield (f"{prefix}/{name}" if prefix else name), data[start:start + size]
+        pos = start + -(-size // 512) * 512
+
+
+def _members_tarfile(data: memoryview) -> Iterator[tuple[str, memoryview]]:
+    with tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:") as tar:
+        for member in tar:
+            if member.isfile():
+                yield member.name, memoryview(tar.extractfile(member).read())
+
+
+def _sample(data: memoryview) -> dict[str, Any]:
+    """The sample of one wanted range: ``<key>.<image ext>``, ``<key>.txt``, ``<key>.json``."""
+    key, members = None, {}
+    for name, payload in _members(data):
+        k, _, ext = name.partition(".")
+        if key is not None and k != key:
+            raise tarfile.ReadError(f"range holds members of two samples ({key}, {k})")
+        key, members[ext] = k, payload
+    image_ext = [e for e in members if e not in ("txt", "json")]
+    if key is None or len(image_ext) != 1 or "txt" not in members or "json" not in members:
+        raise tarfile.ReadError(f"range is not one whole sample (members: {sorted(members)})")
+    ext = image_ext[0]
+    return {"key": key, "image": {"bytes": bytes(members[ext]), "path": f"{key}.{ext}"},
+            "caption": bytes(members["txt"]).decode(), "metadata": json.loads(bytes(members["json"]))}
+
+
+def generate_samples(shards: list[ShardRanges], storage_options: dict[str, Any],
+                     read_options: ReadOptions | None = None, verify: bool = False) -> Iterator[dict[str, Any]]:
+    """The ``from_generator`` generator: every wanted sample of every unit, in order.
+
+    Index columns carried by the unit (:data:`EXTRA_COLUMNS`) are added to each row's ``metadata``.
+    """
+    token = (storage_options or {}).get("token")
+    for unit in shards:
+        extra = {c: v for c, v in unit.columns.items() if c in EXTRA_COLUMNS}
+        for i, data in RangeReader(unit.url, unit.ranges, read_options, token=token):
+            offset, size = int(unit.ranges[i, 0]), int(unit.ranges[i, 1])
+            try:
+                sample = _sample(data)
+            except (tarfile.TarError, UnicodeDecodeError, ValueError):
+                sample = None
+            key = unit.columns["key"][i] if "key" in unit.columns else None
+            if sample is None or (key is not None and sample["key"] != key):
+                raise ValueError(f"{unit.url}: bytes {offset}..{offset + size} do not hold the sample "
+                                 f"{key or ''} that {FIGURES_INDEX} lists there; the index is stale, rebuild the "
+                                 f"dataset (or run `biomedica verify`)")
+            if verify:
+                digest = hashlib.sha256(sample["image"]["bytes"]).hexdigest()
+                expected = unit.columns["sha256"][i]
+                if digest != expected:
+                    raise ValueError(f"{unit.url}: sample {sample['key']} (bytes {offset}..{offset + size}) has image "
+                                     f"sha256 {digest}, but {FIGURES_INDEX} records {expected}: the shard is "
+                                     f"corrupted (run `biomedica verify --deep` on the dataset)")
+            for c, values in extra.items():
+                sample["metadata"][c] = values[i]
+            yield sample
+
+
+def features(decode: bool = True, extra_columns: Sequence[str] = ()) -> Features:
+    """``datasets.Features`` of the loaded samples: key, image, caption and the per-sample metadata
+    (plus the index columns ``extra_columns`` among :data:`EXTRA_COLUMNS`)."""
+    from datasets import Features, Image, List, Value
+
+    metadata = dict(sample_json_features())
+    for c in extra_columns:
+        metadata[c] = List(Value("string")) if c in CONCEPT_COLUMNS else Value("string")
+    return Features({"key": Value("string"), "image": Image(decode=decode), "caption": Value("string"),
+                     "metadata": metadata})
+
+
+def _caller() -> tuple[str, int, str]:
+    """(filename, line, module) of the first frame outside this package: where a warning should point."""
+    frame = sys._getframe(1)
+    package = os.path.dirname(os.path.abspath(__file__))
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame = frame.f_back
+    if frame is None:   # pragma: no cover
+        return "<unknown>", 0, "<unknown>"
+    return frame.f_code.co_filename, frame.f_lineno, frame.f_globals.get("__name__", "<unknown>")
+
+
+def _warn_no_match(where: str, filters: dict[str, Any]) -> None:
+    """Warn at the caller's line, on every call (``warn_explicit`` without a once-per-line registry)."""
+    asked = ", ".join(f"{k}={v!r}" for k, v in filters.items() if v is not None) or "no filter"
+    filename, lineno, module = _caller()
+    warnings.warn_explicit(f"load_biomedica: no sample of {where} matches the filters ({asked}); the dataset is "
+                           f"empty", NoMatchWarning, filename, lineno, module=module, registry=None)
+
+
+# ------------------------------------------------------------------------------------ entry point
+def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[str] = "commercial",
+                   concepts: str | Sequence[str] | None = None, exclude_concepts: str | Sequence[str] | None = None,
+                   licenses: str | Sequence[str] | None = None, years: Years | None = None,
+                   min_caption_chars: int | None = None, streaming: bool = True, *, split: str | None = None,
+                   exclude: str | os.PathLike | Iterable[str] | None = None, near_duplicates: str = "keep",
+                   revision: str | None = None, decode: bool = True, decode_threads: int | None = None,
+                   verify: bool = False, read_options: ReadOptions | None = None, world_size: int | None = None,
+                   num_workers: int | None = None, token: str | bool | None = None,
+                   **load_dataset_kwargs: Any) -> IterableDataset | Dataset:
+    """Load a BIOMEDICA dataset folder or Hub repo, filtered on its ``figures.parquet`` index.
+
+    Args:
+        path_or_repo_id: a local dataset folder, or a Hub dataset repo id (``owner/name``).
+        subset: ``"commercial"``, ``"noncommercial"``, ``"other"``, ``"all"`` or a list of subsets.
+        concepts: keep samples having any of these in ``concepts`` or ``local_concepts``.
+        exclude_concepts: drop samples having any of these (same columns).
+        licenses: licence code(s) of ``license_code`` (``"CC BY"``, ``"cc0"``, ...), matched case-insensitively.
+        years: a year, a list of years, or an inclusive ``(min, max)`` tuple (``None``: open end).
+        min_caption_chars: keep captions of at least this many characters.
+        streaming: ``True``: a ``datasets.IterableDataset``; ``False``: a ``datasets.Dataset`` (cached).
+        split: ``"train"``, ``"validation"`` or ``"test"``: the index's ``split`` column (by a stable hash of the
+            PMCID); ``None``: every split.
+        exclude: keys to leave out: an iterable of keys, or a ``.txt`` (one key per line), ``.parquet`` or ``.json``
+            file with a ``key`` column (e.g. an evaluation set's contamination list).
+        near_duplicates: ``"keep"`` or ``"drop"`` (samples whose ``near_dup_of`` is set).
+        revision: Hub branch, tag or commit (default ``main``).
+        decode: decode images to PIL (``False``: ``{"bytes", "path"}``).
+        decode_threads: threads decoding images ahead of the consumer (default 8; 0: in the main thread).
+        verify: check every image's sha256 against the index (a mismatch raises ``ValueError``).
+        read_options: :class:`biomedica_hf.io.ranges.ReadOptions`: requests in flight (32, at most 64 MiB), the
+            largest request (8 MiB), the gap read through between wanted samples (remote: latency x bandwidth /
+            in flight, assuming 30 ms and 100 MB/s, i.e. ~94 kB; local: 0).
+        world_size, num_workers: ranks and DataLoader workers per rank (``WORLD_SIZE`` from the
+            environment by default); work units are split so that their number is a multiple of
+            ``world_size * max(1, num_workers)`` when there are enough samples, else a warning is issued.
+        token: Hub token.
+        **load_dataset_kwargs: forwarded to ``IterableDataset.from_generator`` (``split``) or, with
+            ``streaming=False``, ``Dataset.from_generator`` (``cache_dir``, ``keep_in_memory``, ``num_proc``, ...).
+
+    Rows: ``key``, ``image``, ``caption`` and ``metadata`` (the ``SAMPLE_FIELDS`` of the sample's JSON, plus
+    ``concepts``, ``local_concepts``, ``split`` and ``near_dup_of`` when the index has them).
+
+    Raises:
+        ValueError: an unknown subset, licence code, concept or split (the message lists the valid values),
+            a filter on a column the index lacks, a shard path outside the dataset; while reading: a stale
+            index or (``verify=True``) a corrupted image.
+        FileNotFoundError: no index; while reading: a shard the index lists is missing.
+        biomedica_hf.io.ranges.ShardTruncatedError: while reading, a shard shorter than the index says.
+    """
+    from datasets import Dataset, IterableDataset
+    from datasets.fingerprint import Hasher
+
+    local = is_local(path_or_repo_id)
+    storage_options = {} if local or token is None else {"token": token}
+    index_url = dataset_file_url(path_or_repo_id, FIGURES_INDEX, revision)
+    wanted = select_ranges(index_url, subset, concepts, exclude_concepts, licenses, years, min_caption_chars,
+                           storage_options, split=split, exclude=exclude, near_duplicates=near_duplicates,
+                           columns=("key", "sha256") if verify else (), with_columns=True)
+    units = [ShardRanges(_shard_url(path_or_repo_id, shard, revision), r, cols)
+             for shard, (r, cols) in wanted.items()]
+    extra = [c for c in EXTRA_COLUMNS if units and c in units[0].columns]
+    n_samples = sum(len(u.ranges) for u in units)
+    if not units:
+        _warn_no_match(os.fspath(path_or_repo_id), {
+            "subset": subset, "concepts": concepts, "exclude_concepts": exclude_concepts, "licenses": licenses,
+            "years": years, "min_caption_chars": min_caption_chars, "split": split,
+            "exclude": None if exclude is None else "...", "near_duplicates": None if near_duplicates == "keep"
+            else near_duplicates})
+    readers = _readers(world_size, num_workers)
+    if streaming and readers is not None and units:
+        units = split_units(units, readers[0] * readers[1])
+        if len(units) % (readers[0] * readers[1]):
+            _warn_uneven(len(units), n_samples, *readers)
+    gen_kwargs = {"shards": units, "storage_options": storage_options, "read_options": read_options,
+                  "verify": verify}
+    feats = features(decode, extra)
+    if streaming:
+        ds = IterableDataset.from_generator(generate_samples, features=feats, gen_kwargs=gen_kwargs,
+                                            **load_dataset_kwargs)
+        threads = DEFAULT_DECODE_THREADS if decode_threads is None else decode_threads
+        return ds.decode(True, num_threads=threads) if decode and threads > 0 else ds
+    if not units:   # Dataset.from_generator refuses an empty split
+        return Dataset.from_dict({name: [] for name in feats}, features=feats)
+    fs, path = fsspec.core.url_to_fs(index_url, **storage_options)
+    load_dataset_kwargs.setdefault("fingerprint", Hasher.hash([fs.ukey(path), units, decode, verify]))
+    return Dataset.from_generator(generate_samples, features=feats, gen_kwargs=gen_kwargs, **load_dataset_kwargs)
+
+
+def _shard_url(path_or_repo_id: str | os.PathLike, rel: str, revision: str | None) -> str:
+    """The URL of a shard, its index path checked to stay inside the dataset (links the folder's owner made,
+    e.g. subset folders on another disk, are followed: the check is on what the index says)."""
+    return dataset_file_url(path_or_repo_id, check_shard_path(rel), revision)

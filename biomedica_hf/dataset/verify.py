@@ -1,0 +1,242 @@
+"""``biomedica verify DIR``: every shard of a dataset folder against its stats, ``sizes.json`` and the index.
+
+Fast (default; reads only tar headers and the small JSON / Parquet files):
+
+* shard files are found by globbing ``<subset>/*.tar`` and paired by stem with ``<stem>.parquet`` and
+  ``<stem>_stats.json`` (any naming: ``000000.tar`` or ``commercial-train-s000-p00017-000.tar``);
+* each shard has its stats marker and Parquet; the tar's size equals the stats' ``tar_bytes``;
+  the stats' ``count`` equals the samples the index lists in it;
+* ``<subset>/sizes.json`` lists exactly the subset's shards with their sample counts;
+* ``figures.parquet`` lists only shards that exist (paths inside the dataset), no key twice, and no
+  shard on disk is missing from it (a stale or duplicated shard left by a killed rebuild);
+* the tar structure: walking the headers, every member is where the index says (key, ``tar_offset``,
+  ``tar_size``, ``image_offset``, ``image_size``), three members per sample, nothing after the last sample
+  but the end-of-archive blocks.
+
+``--deep`` also reads every image and checks its sha256 against the index.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from biomedica_hf.layout import FIGURES_INDEX
+from biomedica_hf.schema import SUBSETS
+
+STATS_SUFFIX = "_stats.json"
+MAX_LISTED = 50
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_folder` checked and the problems it found (empty: the folder is consistent)."""
+
+    folder: Path
+    deep: bool
+    shards: int = 0
+    samples: int = 0
+    bytes_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def text(self) -> str:
+        mode = "deep (sha256 of every image)" if self.deep else "fast (sizes, counts, tar headers)"
+        head = f"verify {self.folder}: {self.shards} shard(s), {self.samples} sample(s), {mode}"
+        if self.ok:
+            return f"{head}\nOK: every shard agrees with its stats, sizes.json and {FIGURES_INDEX}."
+        shown = self.problems[:MAX_LISTED]
+        more = len(self.problems) - len(shown)
+        return "\n".join([head, f"{len(self.problems)} problem(s):", *(f"  - {p}" for p in shown),
+                          *([f"  ... and {more} more"] if more else [])])
+
+
+def shard_files(folder: Path, subsets: tuple[str, ...] = SUBSETS) -> dict[str, dict[str, Path]]:
+    """``{"<subset>/<stem>": {".tar"|".parquet"|"_stats.json": path}}`` of the subset folders, paired by stem."""
+    out: dict[str, dict[str, Path]] = defaultdict(dict)
+    for subset in subsets:
+        d = folder / subset
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            name = p.name
+            if name.startswith(".") or p.is_symlink() or not p.is_file():   # links are never published
+                continue
+            for suffix in (STATS_SUFFIX, ".tar", ".parquet"):
+                if name.endswith(suffix):
+                    out[f"{subset}/{name[:-len(suffix)]}"][suffix] = p
+                    break
+    return dict(sorted(out.items()))
+
+
+def _octal(b: bytes) -> int:
+    b = b.rstrip(b"\0 ").lstrip(b" ")
+    return int(b, 8) if b else 0
+
+
+def _tar_members(path: Path) -> tuple[list[tuple[str, int, int, int]], int, str | None]:
+    """``[(name, header offset, data offset, size)]`` of a tar read header by header, the end of the last
+    member, and a structural problem (or None)."""
+    members = []
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        pos = 0
+        while pos + 512 <= size:
+            f.seek(pos)
+            header = f.read(512)
+            if header == b"\0" * 512:
+                rest_ok = all(c == 0 for c in f.read(min(size - pos - 512, 1 << 20)))
+                return members, pos, None if rest_ok else f"data after the end-of-archive marker at {pos}"
+            if sum(header[:148]) + 8 * 32 + sum(header[156:]) != _octal(header[148:156]):
+                return members, pos, f"bad tar header checksum at byte {pos}"
+            if header[156:157] not in (b"0", b"\0"):
+                return members, pos, f"member at byte {pos} is not a regular file (type {header[156:157]!r})"
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") if header[257:262] == b"ustar" \
+                else ""
+            n = _octal(header[124:136])
+            members.append((f"{prefix}/{name}" if prefix else name, pos, pos + 512, n))
+            pos += 512 + -(-n // 512) * 512
+        if pos > size:
+            return members, pos, f"truncated: the last member runs to byte {pos} of a {size}-byte file"
+        return members, pos, "no end-of-archive marker (truncated?)"
+
+
+def verify_folder(folder: str | os.PathLike, deep: bool = False) -> VerifyReport:
+    """Check every shard of ``folder`` (see the module doc); never writes."""
+    import pyarrow.parquet as pq
+
+    from biomedica_hf.dataset.loader import check_shard_path
+
+    folder = Path(folder)
+    report = VerifyReport(folder=folder, deep=deep)
+    problems = report.problems
+    index_path = folder / FIGURES_INDEX
+    if not index_path.is_file():
+        problems.append(f"no {FIGURES_INDEX}: not a finished `biomedica build` folder")
+        return report
+    cols = ["key", "shard", "tar_offset", "tar_size", "image_offset", "image_size", "image_ext"]
+    names = pq.read_schema(index_path).names
+    if deep:
+        cols.append("sha256")
+    missing_cols = [c for c in cols if c not in names]
+    if missing_cols:
+        problems.append(f"{FIGURES_INDEX} lacks column(s) {missing_cols}: rebuild it with `biomedica build`")
+        return report
+    rows = pq.read_table(index_path, columns=cols).to_pylist()
+    by_shard: dict[str, list[dict]] = defaultdict(list)
+    seen_keys: dict[str, str] = {}
+    for r in rows:
+        try:
+            check_shard_path(r["shard"])
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        by_shard[r["shard"]].append(r)
+        if r["key"] in seen_keys:
+            problems.append(f"key {r['key']} is listed twice in {FIGURES_INDEX} ({seen_keys[r['key']]} and "
+                            f"{r['shard']})")
+        seen_keys[r["key"]] = r["shard"]
+    report.samples = len(rows)
+    subsets = tuple(dict.fromkeys([*SUBSETS, *(s.split("/", 1)[0] for s in by_shard)]))
+    files = shard_files(folder, subsets)
+    report.shards = sum(".tar" in parts for parts in files.values())
+    on_disk = {f"{base}.tar" for base, parts in files.items() if ".tar" in parts}
+    for rel in sorted(set(by_shard) - on_disk):
+        problems.append(f"{rel} is listed in {FIGURES_INDEX} ({len(by_shard[rel])} samples) but missing")
+    for rel in sorted(on_disk - set(by_shard)):
+        problems.append(f"{rel} is not in {FIGURES_INDEX}: a stale or duplicated shard (left by an interrupted "
+                        f"rebuild?); rerun `biomedica build` or remove it")
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for base, parts in files.items():
+        subset = base.split("/", 1)[0]
+        if ".tar" not in parts:
+            problems.append(f"{', '.join(p.relative_to(folder).as_posix() for p in parts.values())} without "
+                            f"{base}.tar: an unfinished shard")
+            continue
+        tar = parts[".tar"]
+        rel = f"{base}.tar"
+        for suffix, what in ((STATS_SUFFIX, "completion marker"), (".parquet", "per-shard index")):
+            if suffix not in parts:
+                problems.append(f"{rel} has no {what} {base}{suffix}: the build did not finish")
+        stats = _json(parts.get(STATS_SUFFIX), folder, problems)
+        size = tar.stat().st_size
+        if isinstance(stats, dict):
+            if stats.get("tar_bytes") is not None and stats["tar_bytes"] != size:
+                problems.append(f"{rel} is {size:,} bytes but its stats record {stats['tar_bytes']:,} (truncated or "
+                                f"changed)")
+            if stats.get("count") is not None and rel in by_shard and stats["count"] != len(by_shard[rel]):
+                problems.append(f"{rel}: stats count {stats['count']} but {FIGURES_INDEX} lists "
+                                f"{len(by_shard[rel])} samples")
+        counts[subset][tar.name] = stats.get("count") if isinstance(stats, dict) else None
+        if rel in by_shard:
+            _check_tar(folder, tar, rel, by_shard[rel], deep, report)
+    for subset, tars in counts.items():
+        sizes_path = folder / subset / "sizes.json"
+        if not sizes_path.is_file():
+            problems.append(f"{subset}/sizes.json is missing")
+            continue
+        listed = _json(sizes_path, folder, problems)
+        if not isinstance(listed, dict):
+            continue
+        if sorted(listed) != sorted(tars):
+            extra, gone = sorted(set(listed) - set(tars)), sorted(set(tars) - set(listed))
+            problems.append(f"{subset}/sizes.json disagrees with the folder: " + "; ".join(
+                x for x in (f"lists missing {extra}" if extra else "", f"omits {gone}" if gone else "") if x))
+        for name, n in tars.items():
+            if name in listed and n is not None and listed[name] != n:
+                problems.append(f"{subset}/sizes.json says {name} holds {listed[name]} samples, its stats {n}")
+    return report
+
+
+def _check_tar(folder: Path, tar: Path, rel: str, rows: list[dict], deep: bool, report: VerifyReport) -> None:
+    problems = report.problems
+    members, _, error = _tar_members(tar)
+    if error:
+        problems.append(f"{rel}: {error}")
+    at = {m[1]: i for i, m in enumerate(members)}
+    rows = sorted(rows, key=lambda r: r["tar_offset"])
+    for r in rows:
+        i = at.get(r["tar_offset"])
+        group = members[i:i + 3] if i is not None else []
+        names = [m[0] for m in group]
+        image_name = f"{r['key']}.{r['image_ext']}"
+        if (i is None or len(group) != 3 or any(n.partition(".")[0] != r["key"] for n in names)
+                or image_name not in names):
+            problems.append(f"{rel}: sample {r['key']} is not at byte {r['tar_offset']} as {FIGURES_INDEX} says "
+                            f"(found {names or 'no member'}): the index is stale")
+            continue
+        last = group[-1]
+        span = last[2] + -(-last[3] // 512) * 512 - r["tar_offset"]
+        image = group[names.index(image_name)]
+        if span != r["tar_size"] or image[2] != r["image_offset"] or image[3] != r["image_size"]:
+            problems.append(f"{rel}: sample {r['key']} spans {span} bytes, image at {image[2]} ({image[3]} bytes); "
+                            f"{FIGURES_INDEX} says {r['tar_size']}, {r['image_offset']} ({r['image_size']})")
+            continue
+        if deep:
+            with open(tar, "rb") as f:
+                f.seek(image[2])
+                data = f.read(image[3])
+            report.bytes_checked += len(data)
+            if hashlib.sha256(data).hexdigest() != r["sha256"]:
+                problems.append(f"{rel}: sample {r['key']}: image sha256 differs from {FIGURES_INDEX} "
+                                f"(corrupted bytes at {image[2]}..{image[2] + image[3]})")
+    if not error and len(members) != 3 * len(rows):
+        problems.append(f"{rel} holds {len(members)} members but {FIGURES_INDEX} lists {len(rows)} samples "
+                        f"({3 * len(rows)} members)")
+
+
+def _json(path: Path | None, folder: Path, problems: list[str]) -> object:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        problems.append(f"{path.relative_to(folder).as_posix()} is unreadable ({e})")
+        return None

@@ -1,0 +1,34 @@
+"""Byte-reproducible tar members (fixed mtime, owner and mode) and tars of JSON rows."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from biomedica_hf.io.atomic import atomic_path
+
+TAR_MTIME = 1_577_836_800  # 2020-01-01T00:00:00Z: fixed so that tars are reproducible
+
+
+def tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = TAR_MTIME
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def write_json_tar(path: Path, records: Iterable[tuple[str, dict]]) -> int:
+    """A WebDataset tar of ``<key>.json`` members (tables that ``datasets`` must load as a config)."""
+    n = 0
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for key, record in records:
+                data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+                tar.addfile(tarinfo(f"{key}.json", len(data)), io.BytesIO(data))
+                n += 1
+    return n

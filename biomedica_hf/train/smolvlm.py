@@ -1,0 +1,319 @@
+"""SmolVLM fine-tuning under ``accelerate``: LoRA / QLoRA (PEFT), gradient checkpointing, accumulation,
+warmup, checkpoints + resume, adapter save, merge-and-unload export and a model card.
+
+Config (YAML, see ``finetune/smolvlm/configs``): ``model`` (``name`` or ``tiny: true``, ``dtype``,
+``quantization: nf4|null``, ``gradient_checkpointing``), ``lora`` (``r``, ``alpha``, ``dropout``,
+``target_modules``), ``data`` (``path``, ``subset``, ``tasks``, ``longest_edge``, ``max_length``,
+``min_answer_tokens``), ``train`` (``batch_size`` per process, ``grad_accum``, ``lr``, ``warmup_steps``,
+``max_steps``, ``save_every``, ``resume``), ``export`` (``merge``), ``card``.
+
+Checkpoints: ``output_dir/checkpoints/step_N`` holds ``accelerator.save_state`` (model, optimizer,
+scheduler, RNG) and ``trainer_state.json`` (step, samples consumed per rank); ``train.resume: auto`` picks
+the latest one and fast-forwards the data stream without decoding images.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from biomedica_hf.train.config import load_recipe_config
+from biomedica_hf.train.distributed import end_run
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "output_dir": "runs/smolvlm",
+    "model": {"name": "HuggingFaceTB/SmolVLM-256M-Instruct", "tiny": False, "dtype": "bfloat16",
+              "quantization": None, "gradient_checkpointing": True, "attn_implementation": None},
+    "lora": {"enabled": True, "r": 8, "alpha": 8, "dropout": 0.1, "target_modules": DEFAULT_TARGETS,
+             "init_lora_weights": "gaussian"},
+    "data": {"path": None, "subset": "all", "tasks": {"caption": 1.0, "reference": 0.5, "concepts": 0.5},
+             "longest_edge": None, "max_length": 2048, "min_answer_tokens": 8},
+    "train": {"batch_size": 4, "grad_accum": 4, "lr": 1.0e-4, "weight_decay": 0.01, "warmup_steps": 50,
+              "scheduler": "linear", "max_steps": 1000, "grad_clip": 1.0, "mixed_precision": "no",
+              "log_every": 10, "save_every": 250, "resume": "auto", "cpu": False},
+    "export": {"adapter": True, "merge": True},
+    "card": {"enabled": True, "template": None},
+}
+
+
+# --------------------------------------------------------------------------------------------- config
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict:
+    """DEFAULTS <- YAML file <- ``key.sub=value`` overrides (values parsed as YAML)."""
+    return load_recipe_config(DEFAULTS, path, overrides or ())
+
+
+# --------------------------------------------------------------------------------------------- model
+def _dtype(name: str | None):
+    import torch
+
+    return {None: torch.float32, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
+
+
+def quantization_config(mcfg: dict):
+    """``BitsAndBytesConfig`` for QLoRA (nf4, double quant), or a clear error when it cannot run here."""
+    q = mcfg.get("quantization")
+    if not q:
+        return None
+    if q != "nf4":
+        raise ValueError(f"model.quantization must be 'nf4' or null, got {q!r}")
+    import importlib.util
+
+    import torch
+
+    missing = [w for w, ok in (("the bitsandbytes package (pip install bitsandbytes)",
+                                importlib.util.find_spec("bitsandbytes") is not None),
+                               ("a CUDA GPU", torch.cuda.is_available())) if not ok]
+    if missing:
+        raise RuntimeError("QLoRA (model.quantization: nf4) needs " + " and ".join(missing)
+                           + "; use a LoRA config (model.quantization: null) on this machine.")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=_dtype(mcfg.get("dtype") or "bfloat16"))
+
+
+def resolve_model_dir(cfg: dict, accelerator=None, texts=()) -> str:
+    """The model to load: ``model.name`` (Hub id or folder), or for ``model.tiny`` a random tiny Idefics3
+    written once to ``output_dir/base_model`` (rank 0 writes, others wait)."""
+    mcfg = cfg["model"]
+    if not mcfg.get("tiny"):
+        return mcfg["name"]
+    out = os.path.join(cfg["output_dir"], "base_model")
+    if not os.path.exists(os.path.join(out, "config.json")) and (accelerator is None or accelerator.is_main_process):
+        from biomedica_hf.vlm.tiny import save_tiny_model
+
+        save_tiny_model(out, texts, seed=cfg["seed"])
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return out
+
+
+def load_model(model_dir: str, mcfg: dict, lora: dict | None):
+    """``AutoModelForImageTextToText`` (+ 4-bit quantization) wrapped with a PEFT LoRA adapter."""
+    from transformers import AutoModelForImageTextToText
+
+    kwargs: dict[str, Any] = {}
+    qc = quantization_config(mcfg)
+    if qc is not None:
+        kwargs["quantization_config"] = qc
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    if mcfg.get("attn_implementation"):
+        kwargs["attn_implementation"] = mcfg["attn_implementation"]
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=_dtype(mcfg.get("dtype")), **kwargs)
+    if mcfg.get("gradient_checkpointing"):
+        if hasattr(model, "activation_checkpointing_enable"):      # transformers >= 5.2x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if qc is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(mcfg.get("gradient_checkpointing")),
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora and lora.get("enabled", True):
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+            target_modules=list(lora["target_modules"]), init_lora_weights=lora.get("init_lora_weights", True),
+            task_type=None))
+    return model
+
+
+# --------------------------------------------------------------------------------------------- train
+def _latest_checkpoint(out: Path) -> Path | None:
+    ck = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    ck = [c for c in ck if (c / "trainer_state.json").exists()]
+    return ck[-1] if ck else None
+
+
+def _dataset_captions(path: str, n: int = 2000) -> list[str]:
+    import pyarrow.parquet as pq
+
+    f = Path(path) / "figures.parquet"
+    if not f.exists():
+        return []
+    cols = pq.read_schema(f).names
+    col = "caption" if "caption" in cols else None
+    return [] if col is None else [c for c in pq.read_table(f, columns=[col]).column(col).to_pylist()[:n] if c]
+
+
+def train(cfg: dict) -> dict:
+    from accelerate import Accelerator
+
+    tcfg = cfg["train"]
+    quantization_config(cfg["model"])          # fail fast (before any download) when QLoRA cannot run here
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(gradient_accumulation_steps=tcfg["grad_accum"], mixed_precision=tcfg["mixed_precision"],
+                              cpu=bool(tcfg.get("cpu")))
+    result = _train(accelerator, cfg, out)    # the model, optimizer and stream die with its frame ...
+    end_run(accelerator)                      # ... before the process group is destroyed
+    return result
+
+
+def _train(accelerator, cfg: dict, out: Path) -> dict:
+    import torch
+    from accelerate.utils import set_seed
+    from transformers import AutoProcessor, get_scheduler
+
+    from biomedica_hf.vlm.data import SkipLog, collate, example_stream, set_longest_edge
+
+    tcfg, dcfg = cfg["train"], cfg["data"]
+    set_seed(cfg["seed"])
+    model_dir = resolve_model_dir(cfg, accelerator, _dataset_captions(dcfg["path"]) if cfg["model"].get("tiny") else ())
+    processor = AutoProcessor.from_pretrained(model_dir)
+    set_longest_edge(processor, dcfg.get("longest_edge"))
+    model = load_model(model_dir, cfg["model"], cfg["lora"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    sched = get_scheduler(tcfg["scheduler"], opt, num_warmup_steps=tcfg["warmup_steps"],
+                          num_training_steps=tcfg["max_steps"])
+    # the scheduler is stepped by hand once per optimizer step (a prepared one steps num_processes times)
+    model, opt = accelerator.prepare(model, opt)
+    accelerator.register_for_checkpointing(sched)
+
+    step, consumed = 0, 0
+    resume = tcfg.get("resume")
+    ck = _latest_checkpoint(out) if resume == "auto" else (Path(resume) if resume else None)
+    if ck is not None:
+        accelerator.load_state(str(ck))
+        step = json.loads((ck / "trainer_state.json").read_text())["step"]
+        consumed = json.loads((ck / f"data_rank{accelerator.process_index}.json").read_text())["seen"]
+        accelerator.print(f"resumed from {ck} at step {step}")
+
+    skips = SkipLog()
+    position = {"seen": consumed}
+    stream = example_stream(dcfg["path"], processor, subset=dcfg["subset"], tasks=dcfg["tasks"],
+                            max_length=dcfg["max_length"], min_answer_tokens=dcfg["min_answer_tokens"],
+                            rank=accelerator.process_index, world_size=accelerator.num_processes, seed=cfg["seed"],
+                            skip_samples=consumed, skips=skips, position=position)
+    pad_id = processor.tokenizer.pad_token_id
+    bs = tcfg["batch_size"]
+    losses: list[float] = []
+    tokens = samples = 0
+    t0 = time.perf_counter()
+    model.train()
+    while step < tcfg["max_steps"]:
+        batch_ex = [next(stream) for _ in range(bs)]
+        # samples consumed from the stream (skipped ones included) for exact fast-forward on resume
+        batch = {k: v.to(accelerator.device) for k, v in collate(batch_ex, pad_id).items()}
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and tcfg.get("grad_clip"):
+                accelerator.clip_grad_norm_(params, tcfg["grad_clip"])
+            opt.step()
+            if accelerator.sync_gradients:
+                sched.step()
+            opt.zero_grad()
+        tokens += int(batch["attention_mask"].sum())
+        samples += len(batch_ex)
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        consumed = position["seen"]
+        lv = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+        losses.append(lv)
+        if accelerator.is_main_process and (step % tcfg["log_every"] == 0 or step == tcfg["max_steps"]):
+            with open(out / "log.jsonl", "a") as logf:
+                logf.write(json.dumps({"step": step, "loss": lv, "lr": sched.get_last_lr()[0],
+                                       "elapsed_s": round(time.perf_counter() - t0, 3)}) + "\n")
+        if tcfg.get("save_every") and step % tcfg["save_every"] == 0 and step < tcfg["max_steps"]:
+            _save_checkpoint(accelerator, out, step, consumed)
+    elapsed = time.perf_counter() - t0
+    _save_checkpoint(accelerator, out, step, consumed)
+    # the rows this rank read (first ones): the data is split once, each rank reads only its share
+    (out / f"data_rank{accelerator.process_index}_reads.json").write_text(json.dumps(position.get("read_keys", [])))
+    totals = accelerator.reduce(torch.tensor([tokens, samples], dtype=torch.float64, device=accelerator.device),
+                                reduction="sum").tolist()
+    result = {"steps": step, "losses": losses, "trainable_params": n_trainable, "total_params": n_total,
+              "tokens": int(totals[0]), "samples": int(totals[1]), "elapsed_s": round(elapsed, 3),
+              "tokens_per_s": round(totals[0] / max(elapsed, 1e-9), 1),
+              "samples_per_s": round(totals[1] / max(elapsed, 1e-9), 2),
+              "skips_rank0": skips.counts, "skip_examples_rank0": skips.examples[:5],
+              "world_size": accelerator.num_processes, "model_dir": model_dir}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        result |= export(accelerator.unwrap_model(model), processor, out, cfg)
+        (out / "results.json").write_text(json.dumps(result, indent=2))
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        if cfg["card"].get("enabled"):
+            from biomedica_hf.vlm.card import write_model_card
+
+            write_model_card(out, cfg, result)
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _save_checkpoint(accelerator, out: Path, step: int, consumed: int) -> None:
+    ck = out / "checkpoints" / f"step_{step}"
+    accelerator.save_state(str(ck))
+    ck.mkdir(parents=True, exist_ok=True)
+    # each rank's own stream position (skipped samples make them differ)
+    (ck / f"data_rank{accelerator.process_index}.json").write_text(json.dumps({"seen": consumed}))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (ck / "trainer_state.json").write_text(json.dumps({"step": step, "world_size": accelerator.num_processes}))
+    accelerator.wait_for_everyone()
+
+
+# --------------------------------------------------------------------------------------------- export
+def export(model, processor, out: Path, cfg: dict) -> dict:
+    """Save the adapter (``out/adapter``) and the merged full model (``out/merged``), both with the processor,
+    and check the round trip: merged.from_pretrained logits == adapter logits on a probe batch."""
+    import torch
+
+    res: dict[str, Any] = {}
+    is_peft = hasattr(model, "peft_config")
+    if is_peft and cfg["export"].get("adapter", True):
+        model.save_pretrained(out / "adapter")
+        processor.save_pretrained(out / "adapter")
+        res["adapter_dir"] = str(out / "adapter")
+    if cfg["export"].get("merge", True):
+        if is_peft and cfg["model"].get("quantization"):
+            # merging into 4-bit weights is lossy: reload the base in the compute dtype and merge there
+            from peft import PeftModel
+            from transformers import AutoModelForImageTextToText
+
+            base = AutoModelForImageTextToText.from_pretrained(model.peft_config["default"].base_model_name_or_path,
+                                                               dtype=_dtype(cfg["model"].get("dtype")))
+            merged = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
+        else:
+            model.eval()
+            probe = _probe_batch(processor, model)
+            with torch.no_grad():
+                before = model(**probe).logits.float()
+            merged = model.merge_and_unload() if is_peft else model
+            with torch.no_grad():
+                after = merged(**probe).logits.float()
+            res["merge_max_abs_diff"] = float((before - after).abs().max())
+        merged.save_pretrained(out / "merged")
+        processor.save_pretrained(out / "merged")
+        res["merged_dir"] = str(out / "merged")
+    return res
+
+
+def _probe_batch(processor, model):
+    from PIL import Image
+
+    from biomedica_hf.vlm.data import messages
+
+    img = Image.new("RGB", (48, 40), (200, 30, 30))
+    text = processor.apply_chat_template(messages("Describe this figure.", "A red square."), tokenize=False)
+    b = processor(text=[text], images=[[img]], return_tensors="pt")
+    dev = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    return {k: (v.to(dev, dtype) if k == "pixel_values" else v.to(dev)) for k, v in b.items()}

@@ -1,0 +1,233 @@
+"""End-to-end builds on the real fixture corpus: ledger accounting, resume, SIGKILL, loaders."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from biomedica_hf.build.parse import ParseError, parse_jats
+from biomedica_hf.build.pipeline import BuildConfig, build, shard_paths
+from biomedica_hf.schema import SUBSETS, webdataset_features
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _cfg(inp: Path, out: Path, **kw) -> BuildConfig:
+    kw.setdefault("progress", False)
+    return BuildConfig(out=out, source="local", source_opts={"path": str(inp)}, **kw)
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    """Every dataset file (not work files, not stats markers) by relative path."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and "_work" not in p.parts and not p.name.endswith("_stats.json")
+            and p.name not in ("build_summary.json", "README.md")}  # these two name the command and date
+
+
+@pytest.fixture(scope="module")
+def corpus_build(tmp_path_factory, articles_dir):
+    out = tmp_path_factory.mktemp("corpus")
+    report = build(_cfg(articles_dir, out, workers=2, shard_max_samples=8))
+    return out, report
+
+
+def test_every_article_figure_and_file_is_accounted_for(corpus_build, articles_dir):
+    out, report = corpus_build
+    ledger = pq.read_table(out / "ledger.parquet").to_pylist()
+    keys = Counter((r["kind"], r["id"]) for r in ledger)
+    assert all(n == 1 for n in keys.values())
+    assert {r["state"] for r in ledger} <= {"kept", "skipped", "failed"}
+    assert all(r["reason"] for r in ledger if r["state"] != "kept")
+
+    # every file of every article folder has exactly one fate
+    file_ids = {r["id"] for r in ledger if r["kind"] == "file"}
+    article_dirs = sorted(d for d in articles_dir.iterdir() if d.is_dir())
+    n_files = 0
+    for d in article_dirs:
+        for f in d.rglob("*"):
+            if f.is_file():
+                n_files += 1
+                assert any(i.endswith("/" + f.relative_to(d).as_posix()) for i in file_ids), f
+    # every figure panel the parser sees (computed independently here) has one ledger row
+    expected_panels = 0
+    for d in article_dirs:
+        for xml in sorted([*d.glob("*.xml"), *d.glob("*.nxml")]):
+            try:
+                parsed = parse_jats(xml)
+            except ParseError:
+                continue
+            expected_panels += sum(max(1, len(f.graphics)) for a in parsed for f in a.figures)
+    figure_rows = [r for r in ledger if r["kind"] == "figure"]
+    assert len(figure_rows) == expected_panels
+    # one article per folder
+    article_rows = [r for r in ledger if r["kind"] == "article"]
+    assert len(article_rows) == len(article_dirs) > 60
+    # what is kept is exactly what is in the shards
+    kept = {r["id"] for r in figure_rows if r["state"] == "kept"}
+    in_shards = set()
+    for subset in SUBSETS:
+        for tar in shard_paths(out, subset):
+            in_shards.update(pq.read_table(tar.with_suffix(".parquet")).column("key").to_pylist())
+    assert kept == in_shards
+    assert sum(report.samples_per_subset.values()) == len(kept) > 20
+
+
+def test_real_messiness_outcomes(corpus_build):
+    out, _ = corpus_build
+    ledger = {(r["kind"], r["id"]): r for r in pq.read_table(out / "ledger.parquet").to_pylist()}
+    idx = {}
+    for subset in SUBSETS:
+        for tar in shard_paths(out, subset):
+            for row in pq.read_table(tar.with_suffix(".parquet")).to_pylist():
+                idx[row["key"]] = row
+    # full image preferred over the .gif thumbnail, original JPEG bytes kept
+    s = idx["PMC7112410_gr1_lrg"]
+    assert (s["image_file"], s["image_ext"], s["reencoded"]) == ("gr1_lrg.jpg", "jpg", False)
+    assert ledger[("file", "PMC7112410/gr1_lrg.gif")]["reason"] == "alternate_rendition"
+    assert ledger[("file", "PMC7112410/package/PMC7112410.tar.gz")]["state"] == "skipped"
+    # a figure that exists only as GIF is converted to PNG
+    gif_only = [r for k, r in idx.items() if k.startswith("PMC10802347") and r["image_format"] == "GIF"]
+    assert gif_only and all(r["image_ext"] == "png" and r["reencoded"] for r in gif_only)
+    assert idx[gif_only[0]["key"]]["subset"] == "noncommercial"
+    # two graphics in one figure: two samples, marked as panels of one figure
+    panels = sorted((r["panel_index"], r["panel_count"], r["figure_id"]) for k, r in idx.items()
+                    if k.startswith("PMC7159286_gr3"))
+    assert [p[:2] for p in panels] == [(0, 2), (1, 2)] and panels[0][2] == panels[1][2]
+    # TIFF without extension in the href
+    assert idx["eLife_19405_elife-19405-fig1"]["image_format"] == "TIFF"
+    # XML-only articles: figures failed with a reason, never silently dropped
+    missing = [r for (k, _), r in ledger.items() if k == "figure" and r["reason"] == "image_missing"]
+    assert len(missing) > 100
+    # a non-JATS XML beside the article is a skipped file
+    assert ledger[("file", "eLife_32671_texture/manifest.xml")]["reason"] == "not_jats"
+    # the article table has one row per article with licence subsets
+    arts = pq.read_table(out / "articles.parquet").to_pylist()
+    by = {a["pmcid"]: a for a in arts}
+    assert by["PMC10802347"]["subset"] == "noncommercial"
+    assert by["PMC10400000"]["subset"] == "commercial" and by["PMC10400000"]["full_text"]
+
+
+def test_duplicate_images_kept_once_with_articles_listed(tmp_path, articles_dir):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copytree(articles_dir / "eLife_39122_subarticles", inp / "eLife_39122_subarticles")
+    shutil.copytree(articles_dir / "eLife_39122_subarticles", inp / "eLife_39122_copy")
+    out = tmp_path / "out"
+    report = build(_cfg(inp, out))
+    assert report.n_duplicates == 2
+    rows = [r for t in shard_paths(out, "other") for r in pq.read_table(t.with_suffix(".parquet")).to_pylist()]
+    assert len(rows) == 2 and all(r["also_in"] == ["eLife_39122_subarticles"] for r in rows)
+    dups = pq.read_table(out / "duplicates.parquet").to_pylist()
+    assert sorted(d["key"] for d in dups) == sorted(r["key"] for r in rows)
+    ledger = pq.read_table(out / "ledger.parquet").to_pylist()
+    assert sum(r["reason"] == "duplicate_image" for r in ledger) == 2
+
+
+def test_rerun_resumes_and_changes_nothing(tmp_path):
+    from biomedica_hf.cli import SAMPLE_DIR
+
+    out = tmp_path / "out"
+    first = build(_cfg(SAMPLE_DIR / "articles", out))
+    before = _outputs(out)
+    second = build(_cfg(SAMPLE_DIR / "articles", out))
+    assert second.n_resumed == first.n_listed and second.n_staged_now == 0
+    assert second.shards_written == 0 and second.shards_skipped == first.shards_written
+    assert _outputs(out) == before
+
+
+def _run_cli(args, **kw):
+    return subprocess.Popen([str(BIN / "biomedica"), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def _kill_when(proc, cond, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    raise TimeoutError
+
+
+def test_sigkill_and_rerun_gives_identical_shards(tmp_path, articles_dir):
+    args = ["build", "--input", str(articles_dir), "--workers", "1", "--shard-samples", "6", "--no-progress",
+            "--partition-size", "15", "--splits", "80/10/10"]
+    ref = tmp_path / "ref"
+    assert subprocess.run([str(BIN / "biomedica"), *args, "--out", str(ref)], capture_output=True).returncode == 0
+
+    out = tmp_path / "killed"
+    stage = out / "_work" / "stage"
+
+    def staged_articles() -> int:
+        return sum(len(p.read_bytes().splitlines()) for p in stage.glob("*/log.jsonl")) if stage.is_dir() else 0
+
+    # 1st kill: in the middle of a partition, while its articles are being staged
+    p = _run_cli([*args, "--out", str(out)])
+    assert _kill_when(p, lambda: staged_articles() >= 20)
+    assert not (out / "ledger.parquet").exists()
+    # 2nd kill: while shards are being written
+    p = _run_cli([*args, "--out", str(out)])
+    _kill_when(p, lambda: any(out.glob("*/*_stats.json")))  # may finish first on a fast machine
+    # rerun to completion
+    done = subprocess.run([str(BIN / "biomedica"), *args, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resumed" in done.stdout
+    assert _outputs(out) == _outputs(ref)
+    assert not list(out.rglob(".*.tmp-*"))
+
+
+def test_loads_with_datasets_and_webdataset(corpus_build):
+    import datasets
+    import webdataset as wds
+
+    out, report = corpus_build
+    for subset in SUBSETS:
+        tars = [str(p) for p in shard_paths(out, subset)]
+        sizes = json.loads((out / subset / "sizes.json").read_text())
+        assert sum(sizes.values()) == report.samples_per_subset[subset]
+        ds = datasets.load_dataset("webdataset", data_files={"train": tars}, split="train", streaming=True,
+                                   features=webdataset_features())
+        n = 0
+        for ex in ds:
+            image = ex["jpg"] if ex["jpg"] is not None else ex["png"]
+            assert image.size == (ex["json"]["width"], ex["json"]["height"])
+            assert ex["txt"] == ex["json"]["caption"] and ex["__key__"] == ex["json"]["key"]
+            assert "." not in ex["__key__"]
+            n += 1
+        assert n == report.samples_per_subset[subset]
+        m = 0
+        for sample in wds.WebDataset(tars, shardshuffle=False).decode("pil"):
+            image = sample.get("jpg") or sample.get("png")
+            assert image.size == (sample["json"]["width"], sample["json"]["height"])
+            m += 1
+        assert m == n
+
+
+def test_cli_build_sample_and_inspect(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([str(BIN / "biomedica"), "build", "--sample", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "Ledger" in r.stdout and str(out.resolve()) in r.stdout
+    summary = json.loads((out / "build_summary.json").read_text())
+    assert all(summary["samples"][s] > 0 for s in SUBSETS)
+    r = subprocess.run([str(BIN / "biomedica"), "inspect", str(REPO / "biomedica_hf/sample_data/articles/eLife_19405/elife-19405.xml"), "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["articles"]
+    bad = subprocess.run([str(BIN / "biomedica"), "build", "--source", "cloud", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--pmcids" in bad.stderr

@@ -1,0 +1,492 @@
+"""Concept annotation on a real built folder: embed -> resume -> cluster -> sheets -> label -> subsets -> card.
+
+A tiny random DINOv2-with-registers (saved with ``save_pretrained`` + a locally built
+``BitImageProcessor``) goes through the same ``from_pretrained`` path as the real checkpoint.
+"""
+from __future__ import annotations
+
+import html.parser
+import io
+import json
+import tarfile
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+
+import click
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from conftest import SHARED, save_tiny_dinov2
+from PIL import Image
+
+from biomedica_hf.build.pipeline import BuildConfig, build
+from biomedica_hf.concepts.cli import COMMANDS
+from biomedica_hf.concepts.cluster import fit_clusters, iter_batches, load_cluster_model
+from biomedica_hf.concepts.embed import embed_images, load_model, pick_device, prepare_image, read_info, shard_outputs
+from biomedica_hf.concepts.label import AnnotationError, apply_labels, labels_extra_columns, read_annotation, validate
+from biomedica_hf.concepts.layout import save_npy, write_table
+from biomedica_hf.concepts.sheets import COLUMNS, PAD, THUMB
+from biomedica_hf.concepts.subsets import balanced_mask, build_concept_subsets, filtered_mask
+from biomedica_hf.concepts.vocab import load_vocabulary
+
+IMAGE_SIZE = 56
+CLI = click.Group("biomedica", commands={c.name: c for c in COMMANDS})
+
+
+def run_cli(*args: str) -> str:
+    result = CliRunner().invoke(CLI, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+# ---------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(autouse=True, scope="module")
+def single_threaded_blas():
+    """One BLAS / OpenMP thread: on a shared 2-core machine OpenBLAS threads that wait for busy cores
+    made the small SVDs of IncrementalPCA 15x slower (17 s instead of 1 s for the streaming test)."""
+    # load the BLAS / OpenMP libraries first: threadpool_limits only limits those already loaded
+    import sklearn.cluster
+    import sklearn.decomposition  # noqa: F401
+    import torch  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"), IMAGE_SIZE)
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory, articles_dir) -> Path:
+    out = tmp_path_factory.mktemp("concepts") / "ds"
+    build(BuildConfig(out=out, source="local", source_opts={"path": str(articles_dir)}, shard_max_samples=4,
+                      progress=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def embedded(ds, tiny_model) -> Path:
+    run_cli("embed", ds, "--model", tiny_model, "--batch", 3, "--device", "auto", "--image-size", IMAGE_SIZE,
+            "--no-progress")
+    return ds
+
+
+@pytest.fixture(scope="module")
+def clustered(embedded) -> Path:
+    out = run_cli("cluster", embedded, "--pca", 8, "--k", 4, "--no-progress")
+    assert "k=4" in out
+    return embedded
+
+
+@pytest.fixture(scope="module")
+def annotations(clustered, tmp_path_factory) -> list[Path]:
+    """Three annotators, real taxonomy labels: agreement, a 2-1 disagreement, a 1-1 tie, no majority."""
+    a = {"0": {"panel_type": "multiple", "panel_subtype": "multiple panels: images & plots",
+               "global_class": ["Plots and Charts"], "local_class": ["bar plot"]},
+         "1": {"panel_type": "single", "panel_subtype": "single panel", "global_class": ["Microscopy"],
+               "local_class": ["light microscopy"]},
+         "2": {"panel_type": "single", "panel_subtype": "single panel", "global_class": ["Clinical Imaging"],
+               "local_class": ["x-ray radiography"]},
+         "3": {"panel_type": "single", "panel_subtype": "single panel", "global_class": ["Illustrative Diagrams"],
+               "local_class": ["flowchart"]}}
+    b = json.loads(json.dumps(a))
+    b["0"]["local_class"] = ["line plot"]
+    b["2"].update(panel_type="multiple", panel_subtype="multiple panels: images",
+                  global_class=["Clinical Imaging", "Microscopy"])
+    b["3"]["local_class"] = ["diagram"]
+    c = json.loads(json.dumps(a))
+    c["0"] = {"panel_type": "single", "panel_subtype": "single panel", "global_class": ["Tables"],
+              "local_class": ["table"]}
+    c["2"] = {"panel_type": "", "panel_subtype": "", "global_class": [], "local_class": []}   # not labelled
+    c["3"]["local_class"] = ["flow diagram"]
+    folder = tmp_path_factory.mktemp("annotations")
+    paths = []
+    for name, data in (("alice", a), ("bob", b), ("carol", c)):
+        paths.append(folder / f"{name}.json")
+        paths[-1].write_text(json.dumps(data, indent=1))
+    return paths
+
+
+EXPECTED = {  # the vote for the annotations above
+    0: ("multiple", ["Plots and Charts"], []),
+    1: ("single", ["Microscopy"], ["light microscopy"]),
+    2: ("single", ["Clinical Imaging"], ["x-ray radiography"]),
+    3: ("single", ["Illustrative Diagrams"], []),
+}
+
+
+@pytest.fixture(scope="module")
+def labelled(clustered, annotations) -> tuple[Path, dict]:
+    run_cli("label", clustered, "--annotations", *annotations, "--no-subsets", "--no-card")
+    return clustered, json.loads((clustered / "concepts" / "label_report.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------- embed
+def _samples_in(tar: Path) -> int:
+    with tarfile.open(tar) as tf:
+        return len(tf.getmembers()) // 3
+
+
+def _tar_member(tar: Path, name: str) -> bytes:
+    with tarfile.open(tar) as tf:
+        return tf.extractfile(name).read()
+
+
+def test_embeddings_per_shard(embedded, tiny_model):
+    index = pq.read_table(embedded / "figures.parquet").to_pylist()
+    by_shard: dict[str, list[dict]] = {}
+    for r in index:
+        by_shard.setdefault(r["shard"], []).append(r)
+    info = read_info(embedded)
+    assert info["model"] == str(tiny_model) and info["dim"] == 32 and info["samples"] == len(index)
+    assert sorted(info["last_run"]["computed"]) == sorted(by_shard) and info["last_run"]["device"] == "cpu"
+    for shard, rows in by_shard.items():
+        npy, keys_file, done = shard_outputs(embedded, shard)
+        emb = np.load(npy)
+        rows.sort(key=lambda r: r["tar_offset"])
+        assert emb.dtype == np.float32 and emb.shape == (len(rows), 32)
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+        assert pq.read_table(keys_file)["key"].to_pylist() == [r["key"] for r in rows]
+        assert json.loads(done.read_text())["count"] == len(rows)
+    # one sample recomputed independently: image bytes taken with tarfile, not with the byte offsets
+    row = next(r for r in index if r["image_ext"] == "png")
+    data = _tar_member(embedded / row["shard"], f"{row['key']}.png")
+    model, processor, _ = load_model(str(tiny_model))
+    expected = embed_images(model, processor, [prepare_image(data, IMAGE_SIZE)])[0]
+    keys = pq.read_table(shard_outputs(embedded, row["shard"])[1])["key"].to_pylist()
+    np.testing.assert_allclose(np.load(shard_outputs(embedded, row["shard"])[0])[keys.index(row["key"])], expected,
+                               atol=1e-5)
+
+
+def test_embed_resumes_only_the_unfinished_shard(embedded, tiny_model):
+    shards = read_info(embedded)["last_run"]["computed"] + read_info(embedded)["last_run"]["skipped"]
+    before = {s: (shard_outputs(embedded, s)[0].stat().st_mtime_ns, np.load(shard_outputs(embedded, s)[0]))
+              for s in shards}
+    victim = max(shards)
+    shard_outputs(embedded, victim)[2].unlink()          # the completion marker
+    run_cli("embed", embedded, "--model", tiny_model, "--image-size", IMAGE_SIZE, "--no-progress")
+    run = read_info(embedded)["last_run"]
+    assert run["computed"] == [victim] and sorted(run["skipped"]) == sorted(set(shards) - {victim})
+    for s in shards:
+        mtime, emb = before[s]
+        assert (shard_outputs(embedded, s)[0].stat().st_mtime_ns != mtime) == (s == victim)
+        np.testing.assert_allclose(np.load(shard_outputs(embedded, s)[0]), emb, atol=1e-6)   # deterministic
+    run_cli("embed", embedded, "--model", tiny_model, "--image-size", IMAGE_SIZE, "--no-progress")
+    assert read_info(embedded)["last_run"]["computed"] == []   # everything done: nothing recomputed
+
+
+def test_prepare_image_fits_and_flattens():
+    def png(img: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
+    wide = prepare_image(png(Image.new("RGB", (300, 100), (255, 0, 0))), 60, "pad")
+    assert wide.size == (60, 60) and wide.getpixel((30, 2)) == (255, 255, 255) and wide.getpixel((30, 30)) == (255, 0, 0)
+    assert prepare_image(png(Image.new("RGB", (300, 100), (255, 0, 0))), 60, "crop").getpixel((30, 2)) == (255, 0, 0)
+    transparent = prepare_image(png(Image.new("RGBA", (80, 80), (0, 0, 0, 0))), 40)
+    assert transparent.mode == "RGB" and transparent.getpixel((20, 20)) == (255, 255, 255)
+    deep = prepare_image(png(Image.fromarray(np.full((50, 50), 40000, np.uint16))), 40)
+    assert deep.mode == "RGB" and deep.size == (40, 40)
+    assert pick_device("cpu") == "cpu" and pick_device("auto") in ("cuda", "mps", "cpu")
+    with pytest.raises(ValueError, match="fit"):
+        prepare_image(png(Image.new("RGB", (8, 8))), 8, "stretch")
+
+
+# ---------------------------------------------------------------------------------------- cluster
+def test_clusters(clustered):
+    model = load_cluster_model(clustered)
+    clusters = pq.read_table(clustered / "concepts" / "clusters.parquet")
+    index = pq.read_table(clustered / "figures.parquet", columns=["key", "shard"])
+    assert sorted(clusters["key"].to_pylist()) == sorted(index["key"].to_pylist())
+    assert clusters.schema.field("cluster").type == pa.int32()
+    assert model.k == 4 and model.components.shape == (8, 32) and model.centroids.shape == (4, 8)
+    assert model.params["sizes"] == np.bincount(clusters["cluster"].to_numpy(), minlength=4).tolist()
+    # the stored assignment is the model's own prediction from the embeddings
+    for shard in set(index["shard"].to_pylist()):
+        npy, keys_file, _ = shard_outputs(clustered, shard)
+        labels, _ = model.predict(model.transform(np.load(npy)))
+        got = dict(zip(clusters["key"].to_pylist(), clusters["cluster"].to_pylist()))
+        assert [got[k] for k in pq.read_table(keys_file)["key"].to_pylist()] == labels.tolist()
+
+
+# ---------------------------------------------------------------------------------------- sheets
+class _Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.links += [v for k, v in attrs if k in ("src", "href") and v and not v.startswith("#")]
+
+
+def test_annotation_sheets(clustered):
+    out = run_cli("annotation-sheets", clustered, "--per-cluster", 5, "--no-progress")
+    folder = clustered / "concepts" / "sheets"
+    assert str(folder / "index.html") in out
+    sizes = load_cluster_model(clustered).params["sizes"]
+    for c, size in enumerate(sizes):
+        png = folder / f"cluster_{c:04d}.png"
+        assert png.exists() == (size > 0)
+        if size:
+            with Image.open(png) as img:
+                img.load()
+                shown = min(size, 5)
+                assert img.format == "PNG" and img.width == PAD + COLUMNS * (THUMB + PAD)
+                rows = -(-shown // COLUMNS)
+                assert THUMB * rows < img.height < (THUMB + 100) * rows + 80
+    parser = _Links()
+    parser.feed((folder / "index.html").read_text())
+    assert {f"cluster_{c:04d}.png" for c, n in enumerate(sizes) if n} <= set(parser.links)
+    assert all((folder / link).is_file() for link in parser.links)     # relative links resolve
+    blank = json.loads((folder / "annotations_blank.json").read_text())
+    assert blank == {str(c): {"panel_type": "", "panel_subtype": "", "global_class": [], "local_class": []}
+                     for c in range(4)}
+    shown = json.loads((folder / "sheets.json").read_text())["shown"]
+    assert [len(shown[str(c)]) for c in range(4)] == [min(n, 5) for n in sizes]
+
+
+# ---------------------------------------------------------------------------------------- label
+def test_majority_vote_ties_and_disagreements(labelled, annotations):
+    _, report = labelled
+    for c, (panel, global_, local) in EXPECTED.items():
+        got = report["clusters"][str(c)]
+        assert (got["panel_type"], got["global_class"], got["local_class"]) == (panel, global_, local), c
+    assert report["clusters"]["2"]["annotators"] == [str(annotations[0]), str(annotations[1])]
+    ties = {(t["cluster"], t["field"]): t for t in report["ties"]}
+    assert ties[(2, "panel_type")]["chosen"] == "single"            # 1-1: the first annotator's answer
+    assert ties[(2, "global_class")]["candidates"] == ["Microscopy"]  # 1 of 2: not a majority
+    disagreements = {(d["cluster"], d["field"]) for d in report["disagreements"]}
+    assert {(0, "panel_type"), (0, "global_class"), (0, "local_class"), (2, "panel_type"),
+            (3, "local_class")} <= disagreements
+    assert (1, "global_class") not in disagreements and (1, "panel_type") not in disagreements
+    assert {(n["cluster"], n["field"]) for n in report["no_majority"]} == {(0, "local_class"), (3, "local_class")}
+
+
+def test_unknown_label_names_cluster_and_file(labelled, annotations, tmp_path):
+    ds, _ = labelled
+    bad = json.loads(annotations[1].read_text())
+    bad["2"]["global_class"] = ["Plots & Charts"]
+    path = tmp_path / "dave.json"
+    path.write_text(json.dumps(bad))
+    before = (ds / "figures.parquet").stat().st_mtime_ns
+    with pytest.raises(AnnotationError) as err:
+        apply_labels(ds, [annotations[0], path])
+    assert "dave.json: cluster 2" in str(err.value) and "Plots & Charts" in str(err.value)
+    bad["2"]["global_class"] = ["Clinical Imaging"]
+    bad["7"] = {"panel_type": "single", "panel_subtype": "", "global_class": [], "local_class": []}
+    path.write_text(json.dumps(bad))
+    with pytest.raises(AnnotationError, match="dave.json: cluster 7: no such cluster"):
+        apply_labels(ds, [path])
+    result = CliRunner().invoke(CLI, ["label", str(ds), "--annotations", str(path)])
+    assert result.exit_code != 0 and "cluster 7" in result.output
+    assert (ds / "figures.parquet").stat().st_mtime_ns == before     # nothing written
+
+
+def test_reference_cluster_labels_validate():
+    ref = SHARED / "reference" / "biomedica-taxonomy" / "cluster_labels.json"
+    if not ref.exists():
+        pytest.skip("reference taxonomy not found")
+    assert validate(read_annotation(ref), load_vocabulary(), k=2000, name=ref.name) == []
+    shipped = load_vocabulary()
+    assert "Plots and Charts" in shipped.global_concepts and "bar plot" in shipped.local_concepts
+    assert json.loads((ref.parent / "taxonomy_collapsed_and_filtered.json").read_text()) == shipped.taxonomy
+
+
+def test_labels_land_in_the_index_and_labels_table(labelled):
+    ds, _ = labelled
+    cluster_of = dict(zip(*pq.read_table(ds / "concepts" / "clusters.parquet", columns=["key", "cluster"])
+                          .to_pydict().values()))
+    figures = pq.read_table(ds / "figures.parquet")
+    schema = figures.schema
+    assert schema.field("concepts").type == pa.list_(pa.string()) == schema.field("local_concepts").type
+    assert schema.field("panel_type").type == pa.string() and schema.field("cluster").type == pa.int32()
+    assert schema.names[: len(schema.names) - 5] == [f.name for f in pq.read_schema(next((ds / "other").glob("*.parquet")))
+                                                     if f.name not in ("cluster", "panel_type", "panel_subtype",
+                                                                       "concepts", "local_concepts")] + ["caption_chars", "near_dup_of", "caption_dup_of"]
+    tables = [figures, pq.read_table(ds / "concepts" / "labels.parquet")]
+    tables += [pq.read_table(p) for s in ("commercial", "noncommercial", "other") for p in sorted(ds.glob(f"{s}/*.parquet"))]
+    assert sum(t.num_rows for t in tables[2:]) == figures.num_rows
+    for table in tables:
+        for r in table.select(["key", "cluster", "panel_type", "concepts", "local_concepts"]).to_pylist():
+            panel, global_, local = EXPECTED[cluster_of[r["key"]]]
+            assert (r["cluster"], r["panel_type"], r["concepts"], r["local_concepts"]) == \
+                   (cluster_of[r["key"]], panel, global_, local)
+    # the pipeline hook: a rebuilt index gets the same columns back
+    extra = labels_extra_columns(ds)
+    from biomedica_hf.build.figures import build_figures_index
+
+    build_figures_index(ds, extra_columns=extra)
+    assert pq.read_table(ds / "figures.parquet").select(["key", "concepts", "cluster"]).equals(
+        figures.select(["key", "concepts", "cluster"]))
+
+
+# ---------------------------------------------------------------------------------------- subsets
+def test_concept_subsets_materialise_and_load(labelled):
+    ds, _ = labelled
+    out = run_cli("concept-subsets", ds, "--shard-samples", 2, "--cap", 2, "--no-card")
+    assert "concept-filtered" in out
+    configs = build_concept_subsets(ds, shard_samples=2, cap=2)          # resumable: same tars kept
+    summary = json.loads((ds / "concepts" / "subsets.json").read_text())
+    assert summary["concept-filtered"]["written"] == 0 < summary["concept-filtered"]["kept"]
+    assert [c["config_name"] for c in configs] == ["concept-filtered", "concept-balanced"]
+    splits = [sp for sp in ("train", "validation", "test") if any(r["split"] == sp for r in
+                                                                  pq.read_table(ds / "concepts" / "concept-filtered.parquet").to_pylist())]
+    assert configs[0]["data_files"] == [{"split": sp, "path": f"concept-filtered/*-{sp}-*.tar"} for sp in splits]
+    index = pq.read_table(ds / "figures.parquet").to_pylist()
+    src = {r["key"]: r for r in index}
+    want_filtered = [r["key"] for r in index if "Plots and Charts" not in r["concepts"]]
+    assert 0 < len(want_filtered) < len(index)
+    counts = Counter(c for r in index for c in r["concepts"])
+    for name in ("concept-filtered", "concept-balanced"):
+        selection = pq.read_table(ds / "concepts" / f"{name}.parquet").to_pylist()
+        keys = [r["key"] for r in selection]
+        if name == "concept-filtered":
+            assert keys == want_filtered
+        else:
+            got = Counter(c for k in keys for c in src[k]["concepts"])
+            assert all(got[c] == min(2, n) for c, n in counts.items()), (got, counts)
+        tars = sorted((ds / name).glob("*.tar"))
+        assert len(tars) == sum(-(-n // 2) for n in Counter((r["subset"], r["split"]) for r in selection).values())
+        assert len({t.name for t in tars} & {p.name for p in ds.glob("*/*.tar") if p.parent.name != name}) == 0
+        seen = []
+        for tar in tars:
+            subset, split = tar.name.removeprefix(f"{name}-").split("-")[:2]
+            assert split in ("train", "validation", "test")
+            with tarfile.open(tar) as tf:
+                members = tf.getmembers()
+                assert len(members) % 3 == 0 and 0 < len(members) <= 6
+                for m in members:
+                    key, ext = m.name.split(".", 1)
+                    assert src[key]["subset"] == subset and src[key]["split"] == split
+                    if ext in ("jpg", "png"):   # byte-identical to the source shard
+                        with open(ds / src[key]["shard"], "rb") as fh:
+                            fh.seek(src[key]["image_offset"])
+                            assert tf.extractfile(m).read() == fh.read(src[key]["image_size"])
+            import webdataset as wds
+
+            samples = list(wds.WebDataset(str(tar), shardshuffle=False))
+            assert all({"txt", "json"} <= set(s) and ({"jpg", "png"} & set(s)) for s in samples)
+            seen += [s["__key__"] for s in samples]
+        assert sorted(seen) == sorted(keys)
+        assert json.loads((ds / name / "sizes.json").read_text()) == {t.name: _samples_in(t) for t in tars}
+
+    from biomedica_hf.dataset.card import write_card
+
+    write_card(ds, extra_configs=configs)
+    for name in ("concept-filtered", "concept-balanced"):
+        rows = list(datasets.load_dataset(str(ds), name, split="train", streaming=True))
+        selection = pq.read_table(ds / "concepts" / f"{name}.parquet", columns=["key"])["key"].to_pylist()
+        assert sorted(r["__key__"] for r in rows) == sorted(selection)
+        first = rows[0]
+        image = first["jpg"] if first["jpg"] is not None else first["png"]
+        assert image.size[0] > 0 and first["json"]["key"] == first["__key__"] and first["txt"]
+
+
+def test_selection_rules():
+    concepts = pa.array([["A"], ["A", "B"], ["B"], [], ["C"], ["A"], ["A"], ["B"]], pa.list_(pa.string()))
+    keys = [f"k{i}" for i in range(8)]
+    assert filtered_mask(concepts, ["A"]).tolist() == [False, False, True, True, True, False, False, True]
+    assert filtered_mask(concepts, ["A"], keep_unlabelled=False).tolist()[3] is False
+    picked = balanced_mask(concepts, keys, cap=2)
+    assert picked[4] and picked[[1, 2, 7]].sum() == 2                    # rare C kept, B capped at 2
+    assert picked[[0, 1, 5, 6]].sum() == 2                               # A capped (incl. the shared row)
+    assert (balanced_mask(concepts, keys, cap=2, seed=1) == balanced_mask(concepts, keys, cap=2, seed=1)).all()
+
+
+def test_label_cli_builds_subsets_and_card(labelled, annotations):
+    ds, _ = labelled
+    out = run_cli("label", ds, "--annotations", *annotations, "--shard-samples", 3)
+    assert "concept-balanced" in out and "Dataset card" in out
+    readme = (ds / "README.md").read_text()
+    assert "config_name: concept-filtered" in readme and "card/embeddings_2d.png" in readme
+    for name in ("concepts_global", "concepts_local", "cluster_sizes", "embeddings_2d"):
+        with Image.open(ds / "card" / f"{name}.png") as img:
+            assert img.format == "PNG" and img.width > 400 and img.height > 150
+
+
+def test_cli_help_texts():
+    for command, expected in (("embed", ("biomedica embed DIR [--model facebook/dinov2-with-registers-large] "
+                                         "[--batch N] [--device auto]")),
+                              ("cluster", "biomedica cluster DIR --pca 25 --k 2000"),
+                              ("annotation-sheets", "biomedica annotation-sheets DIR --per-cluster 16"),
+                              ("label", "biomedica label DIR --annotations a.json b.json c.json")):
+        assert expected in run_cli(command, "--help")
+
+
+# ---------------------------------------------------------------------------------------- streaming fit
+def _synthetic_folder(root: Path, n_shards: int, per_shard: int, dim: int, seed: int = 0) -> np.ndarray:
+    """A folder with only what clustering reads: per-shard index Parquet + embedding files. Returns
+    the true blob of every row: 6 well separated blobs in an 8-dimensional subspace, plus noise."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(dim, 8)))[0].T
+    centres = rng.normal(scale=4.0, size=(6, 8))
+    truth = []
+    for s in range(n_shards):
+        shard = f"commercial/{s:06d}.tar"
+        blob = rng.integers(0, 6, per_shard)
+        x = (centres[blob] + rng.normal(scale=0.3, size=(per_shard, 8))) @ basis
+        x += rng.normal(scale=0.01, size=x.shape)
+        keys = [f"S{s}_{i}" for i in range(per_shard)]
+        write_table(root / "commercial" / f"{s:06d}.parquet", pa.table({
+            "key": keys, "shard": [shard] * per_shard, "tar_offset": np.arange(per_shard, dtype=np.int64) * 1024,
+            "image_offset": np.zeros(per_shard, np.int64), "image_size": np.zeros(per_shard, np.int64)}))
+        npy, keys_file, done = shard_outputs(root, shard)
+        save_npy(npy, x.astype(np.float32))
+        write_table(keys_file, pa.table({"key": keys}))
+        done.write_text("{}")
+        truth.append(blob)
+    return np.concatenate(truth)
+
+
+def test_streaming_fit_matches_one_shot_with_bounded_memory(tmp_path):
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import adjusted_rand_score
+
+    n_shards, per_shard, dim = 30, 2000, 128
+    truth = _synthetic_folder(tmp_path, n_shards, per_shard, dim)
+    data_bytes = n_shards * per_shard * dim * 4                  # 30.7 MB of embeddings
+    tracemalloc.start()
+    model = fit_clusters(tmp_path, pca_dims=8, k=6, batch_size=1000, seed=0, epochs=2, progress=False)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < data_bytes / 4, f"peak {peak / 1e6:.1f} MB for {data_bytes / 1e6:.1f} MB of embeddings"
+
+    x = np.concatenate([np.load(shard_outputs(tmp_path, f"commercial/{s:06d}.tar")[0]) for s in range(n_shards)])
+    one_shot = PCA(n_components=8).fit(x)
+    cosines = np.linalg.svd(model.components @ one_shot.components_.T, compute_uv=False)
+    assert cosines.min() > 0.999                                  # same principal subspace
+    np.testing.assert_allclose(model.mean, one_shot.mean_, atol=1e-5)
+    got = pq.read_table(tmp_path / "concepts" / "clusters.parquet")["cluster"].to_numpy()
+    assert adjusted_rand_score(truth, got) > 0.99
+    full = KMeans(n_clusters=6, n_init=3, random_state=0).fit_predict(one_shot.transform(x))
+    assert adjusted_rand_score(full, got) > 0.99
+
+    again = fit_clusters(tmp_path, pca_dims=8, k=6, batch_size=1000, seed=0, epochs=2, progress=False)
+    np.testing.assert_array_equal(again.centroids, model.centroids)   # deterministic for a seed
+
+    tracemalloc.start()                                           # the same fit in one batch: memory ~ data
+    fit_clusters(tmp_path, pca_dims=8, k=6, batch_size=n_shards * per_shard, seed=0, epochs=1, progress=False)
+    _, one_batch_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert one_batch_peak > data_bytes > 4 * peak
+
+
+def test_batches_and_clamping(tmp_path):
+    arrays = [np.arange(i * 10, i * 10 + n, dtype=np.float32).reshape(-1, 1) for i, n in enumerate((3, 0, 7, 4))]
+    batches = list(iter_batches(arrays, [0, 1, 2, 3], 4))
+    assert [len(b) for b in batches] == [4, 4, 6]                 # the remainder joins the last batch
+    assert np.concatenate(batches).ravel().tolist() == np.concatenate(arrays).ravel().tolist()
+    assert [len(b) for b in iter_batches(arrays, [3], 10)] == [4]
+    _synthetic_folder(tmp_path, 1, 5, 16)
+    with pytest.warns(UserWarning, match="k=10 > 5 samples"):
+        model = fit_clusters(tmp_path, pca_dims=3, k=10, progress=False)
+    assert model.k == 5 and model.params["pca_dims"] == 3

@@ -1,0 +1,152 @@
+"""The Hub dataset folder: card YAML, configs loadable with `datasets.load_dataset`, statistics, plots."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from biomedica_hf.build.pipeline import BuildConfig, build
+from biomedica_hf.dataset.card import collect_stats, size_category
+from biomedica_hf.schema import SAMPLE_FIELDS, SUBSETS
+
+BIN = Path(sys.executable).parent / "biomedica"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, articles_dir):
+    out = tmp_path_factory.mktemp("hub")
+    build(BuildConfig(out=out, source="local", source_opts={"path": str(articles_dir)}, shard_max_samples=4,
+                      progress=False))
+    r = subprocess.run([str(BIN), "card", "--out", str(out), "--repo-id", "biomedica/test"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _front_matter(out: Path) -> dict:
+    text = (out / "README.md").read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_yaml_front_matter(folder):
+    meta = _front_matter(folder)
+    configs = {c["config_name"]: c for c in meta["configs"]}
+    assert set(configs) == {*SUBSETS, "all", "articles", "figures"}
+    assert configs["commercial"]["default"] is True and sum(bool(c.get("default")) for c in configs.values()) == 1
+    # one data-files entry per split that has shards (the sample's six articles all hash into train)
+    splits = sorted({p.name.split("-")[1] for p in (folder / "other").glob("*.tar")})
+    assert configs["other"]["data_files"] == [{"split": sp, "path": f"other/other-{sp}-*.tar"}
+                                              for sp in ("train", "validation", "test") if sp in splits]
+    assert {d["split"] for d in configs["all"]["data_files"]} == {d["split"] for c in SUBSETS
+                                                                  for d in configs[c]["data_files"]}
+    assert meta["size_categories"] == ["n<1K"] and "image-to-text" in meta["task_categories"]
+    assert meta["license"] == "other" and meta["pretty_name"]
+    infos = {i["config_name"]: i for i in meta["dataset_info"]}
+    json_feature = next(f for f in infos["commercial"]["features"] if f["name"] == "json")
+    assert [f["name"] for f in json_feature["struct"]] == [n for n, _, _ in SAMPLE_FIELDS]
+    assert not (folder / "README.md").read_text().count("loading script")
+
+
+def test_every_config_loads_with_datasets(folder):
+    index = pq.read_table(folder / "figures.parquet").to_pylist()
+    per_subset = Counter(r["subset"] for r in index)
+    for subset in SUBSETS:
+        ds = datasets.load_dataset(str(folder), subset, split="train", streaming=True)
+        rows = list(ds)
+        assert len(rows) == per_subset[subset] > 0
+        assert all(r["json"]["subset"] == subset for r in rows)
+        assert all((r["jpg"] or r["png"]).size == (r["json"]["width"], r["json"]["height"]) for r in rows)
+    assert ds.n_shards == len(list((folder / subset).glob("*.tar")))
+    default = datasets.load_dataset(str(folder), split="train", streaming=True)
+    assert {r["json"]["subset"] for r in default} == {"commercial"}
+    everything = datasets.load_dataset(str(folder), "all", split="train", streaming=True)
+    assert sorted(r["__key__"] for r in everything) == sorted(r["key"] for r in index)
+    articles = datasets.load_dataset(str(folder), "articles", split="train")
+    table = pq.read_table(folder / "articles.parquet")
+    assert articles.num_rows == table.num_rows
+    assert sorted(a["pmcid"] for a in articles["json"]) == sorted(table["pmcid"].to_pylist())
+    figures = datasets.load_dataset(str(folder), "figures", split="train")
+    assert sorted(f["key"] for f in figures["json"]) == sorted(r["key"] for r in index)
+    assert {"shard", "tar_offset", "sha256", "caption_chars"} <= set(figures.features["json"])
+
+
+def test_card_statistics_match_the_folder(folder):
+    stats = collect_stats(folder)
+    index = pq.read_table(folder / "figures.parquet").to_pylist()
+    assert stats["total_samples"] == len(index)
+    assert {s["name"]: s["samples"] for s in stats["subsets"]} == dict(Counter(r["subset"] for r in index))
+    assert sum(y["n"] for y in stats["years"]) == len(index)
+    assert stats["journals"][0] == {"name": "Lancet (London, England)", "n": 10}
+    assert {(x["code"], x["subset"]) for x in stats["licenses"]} >= {("CC BY", "commercial"),
+                                                                      ("CC BY-NC-ND", "noncommercial")}
+    assert len(stats["shards"]) == sum(len(list((folder / s).glob("*.tar"))) for s in SUBSETS)
+    card = (folder / "README.md").read_text()
+    assert "| `commercial` | 2 |" in card and "biomedica/test" in card
+    for shard in stats["shards"]:
+        assert f"`{shard['name']}`" in card
+    sizes = json.loads((folder / "other" / "sizes.json").read_text())
+    assert sum(sizes.values()) == Counter(r["subset"] for r in index)["other"]
+
+
+def test_plots_are_real_pngs(folder):
+    for name in ("subsets", "years", "journals", "licenses"):
+        path = folder / "card" / f"{name}.png"
+        assert f"card/{name}.png" in (folder / "README.md").read_text()
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.width > 300 and im.height > 150
+            assert len(im.convert("L").getcolors(256) or []) > 10   # not a blank canvas
+
+
+def test_card_is_reproducible(folder):
+    before = (folder / "README.md").read_bytes()
+    r = subprocess.run([str(BIN), "card", "--out", str(folder), "--repo-id", "biomedica/test"], capture_output=True)
+    assert r.returncode == 0
+    assert (folder / "README.md").read_bytes() == before
+
+
+def test_size_categories():
+    assert [size_category(n) for n in (0, 999, 1000, 24_076_288)] == ["n<1K", "n<1K", "1K<n<10K", "10M<n<100M"]
+
+
+def test_card_provenance_follows_the_source_and_links_no_placeholder(folder, tmp_path):
+    """The fixture folder is a --source local build: the card must not claim the Cloud Service or md5 checks."""
+    import shutil
+
+    from biomedica_hf.dataset.card import render_card
+
+    card = (folder / "README.md").read_text()
+    assert json.loads((folder / "build_summary.json").read_text())["source"] == "local"
+    assert "https://github.com/)" not in card and "](https://github.com)" not in card
+    assert "PMC Cloud Service" not in card and "md5" not in card
+    assert "read from a local folder of PMC articles" in card
+    assert "obtained from local copies of PMC Open Access articles" in card
+    # the same folder, as if built from the Cloud Service: now it says so
+    cloud = tmp_path / "cloud"
+    shutil.copytree(folder, cloud, ignore=shutil.ignore_patterns("_work"))
+    summary = json.loads((cloud / "build_summary.json").read_text())
+    (cloud / "build_summary.json").write_text(json.dumps({**summary, "source": "cloud"}))
+    text = render_card(cloud, "biomedica/test")
+    assert "accessed from the PMC Cloud Service" in text and "fetch (md5-verified)" in text
+    assert "local copies" not in text
+
+
+def test_count_plots_have_integer_ticks():
+    import matplotlib.pyplot as plt
+
+    from biomedica_hf.dataset.card import bar_figure
+
+    for horizontal in (False, True):
+        fig = bar_figure(["commercial", "noncommercial", "other"], [1, 2, 1], "Samples per subset", horizontal)
+        ax = fig.axes[0]
+        ticks = [t for t in (ax.get_xticks() if horizontal else ax.get_yticks()) if 0 <= t <= 2]
+        plt.close(fig)
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
