@@ -1,0 +1,67 @@
+"""Extension points: an upper layer adds to a lower one without the lower one importing it.
+
+The build writes ``figures.parquet`` and the dataset layer writes the card; concept labels (``biomedica_hf.concepts``,
+a higher layer) must appear in both. Instead of being imported by the build or the card, ``concepts`` provides
+functions for these groups:
+
+* ``INDEX_COLUMNS`` — ``fn(dataset_dir) -> dict[str, pyarrow.Array] | None``: extra columns of ``figures.parquet``,
+  aligned with the concatenation of the shard tables (``layout.shard_tables`` order);
+* ``CARD_SECTIONS`` — ``fn(dataset_dir) -> str | None``: a Markdown section of the dataset card;
+* ``CARD_CONFIGS`` — ``fn(dataset_dir) -> list[dict]``: extra ``configs:`` entries of the card's YAML;
+* ``CARD_FILES`` — ``fn(dataset_dir) -> None``: files the card links to (plots), written before the card.
+
+A provider is found two ways: declared as an entry point of the group in a package's metadata (this package
+declares its own in ``pyproject.toml``, so an installed ``biomedica_hf`` needs no import order), or registered at
+run time with :func:`register` (for code that is not installed, and tests). Providers run in a stable order
+(entry points by name, then registrations in order); a provider is never run twice.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+INDEX_COLUMNS = "biomedica_hf.index_columns"
+CARD_SECTIONS = "biomedica_hf.card_sections"
+CARD_CONFIGS = "biomedica_hf.card_configs"
+CARD_FILES = "biomedica_hf.card_files"
+GROUPS = (INDEX_COLUMNS, CARD_SECTIONS, CARD_CONFIGS, CARD_FILES)
+
+log = logging.getLogger(__name__)
+_registered: dict[str, list[Callable[..., Any]]] = {g: [] for g in GROUPS}
+
+
+def register(group: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``fn`` to ``group`` (idempotent); returns ``fn`` so that it can be used as a decorator argument."""
+    if group not in _registered:
+        raise ValueError(f"unknown hook group {group!r}; valid: {', '.join(GROUPS)}")
+    if fn not in _registered[group]:
+        _registered[group].append(fn)
+    return fn
+
+
+def unregister(group: str, fn: Callable[..., Any]) -> None:
+    if fn in _registered.get(group, []):
+        _registered[group].remove(fn)
+
+
+def providers(group: str) -> list[Callable[..., Any]]:
+    """The functions of ``group``: entry points (sorted by name), then run-time registrations, without repeats."""
+    if group not in _registered:
+        raise ValueError(f"unknown hook group {group!r}; valid: {', '.join(GROUPS)}")
+    found: list[Callable[..., Any]] = []
+    for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
+        try:
+            fn = ep.load()
+        except Exception as e:  # a broken third-party plugin must not stop a build: say so and go on
+            log.warning("hook %s=%s of %s could not be loaded: %s", ep.name, ep.value, group, e)
+            continue
+        if fn not in found:
+            found.append(fn)
+    return found + [fn for fn in _registered[group] if fn not in found]
+
+
+def run(group: str, *args: Any, **kwargs: Any) -> list[Any]:
+    """Call every provider of ``group``; returns their results (``None`` results are left out)."""
+    return [r for fn in providers(group) if (r := fn(*args, **kwargs)) is not None]
