@@ -1,4 +1,5 @@
-"""Model card (README.md) for an exported CLIP, rendered from ``model_cards/clip_model_card.md``.
+"""Model card (README.md) for an exported CLIP, rendered from ``biomedica_hf/templates/clip_model_card.md.j2``
+(also at ``model_cards/clip_model_card.md``).
 
 YAML front matter: library_name, pipeline_tag ``zero-shot-image-classification``, base_model (a Hub id, when
 one is known), datasets, license, tags, widget candidate_labels, and the ``model-index`` block of a real
@@ -13,13 +14,13 @@ from __future__ import annotations
 
 import os
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-TEMPLATE = Path(str(resources.files("model_cards").joinpath("clip_model_card.md")))  # packaged with the wheel
+from biomedica_hf import templates
+
 WIDGET_LABELS = ["chest X-ray", "brain MRI", "histopathology slide", "bar chart", "fluorescence microscopy"]
 
 _FORMATS = {
@@ -102,11 +103,9 @@ def _eval_sources(model_index: Path) -> list[str]:
 
 
 def render_model_card(cfg: dict, fmt: str, stats: dict[str, Any], template: str | os.PathLike | None = None) -> str:
-    """The card text for one export format (``open_clip`` or ``transformers``)."""
-    from jinja2 import Template
-
-    template = Path(template or TEMPLATE)
-    if not template.is_file():
+    """The card text for one export format (``open_clip`` or ``transformers``); ``template``: a path to a Jinja
+    template of your own instead of the packaged one."""
+    if template is not None and not Path(template).is_file():
         raise FileNotFoundError(f"model card template {template} not found")
     t, d, e = cfg["train"], cfg["data"], cfg["export"]
     subset = d.get("subset", "commercial")
@@ -157,7 +156,8 @@ def render_model_card(cfg: dict, fmt: str, stats: dict[str, Any], template: str 
     filters = "".join(f", {k} {d[k]}" for k in ("concepts", "exclude_concepts", "licenses", "years",
                                                 "min_caption_chars") if d.get(k))
     final = stats.get("final_loss")
-    return Template(template.read_text()).render(
+    return _render(
+        template,
         metadata=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
         title=e.get("title") or f"BMC-CLIP {cfg['model'].get('name') or cfg['model'].get('name_or_path') or ''}".strip(),
         base_model=_base_model(cfg["model"]), format_name=lib, format_hint=hint,
@@ -172,6 +172,12 @@ def render_model_card(cfg: dict, fmt: str, stats: dict[str, Any], template: str 
         hparams="\n".join(f"| {k} | {v} |" for k, v in rows.items()), steps=stats.get("step", "?"),
         samples=stats.get("samples", "?"), final_loss="-" if final is None else f"{final:.4f}",
         eval_section=eval_section)
+
+
+def _render(template: str | os.PathLike | None, **fields: Any) -> str:
+    if template is None:
+        return templates.render(templates.CLIP_MODEL_CARD, **fields)
+    return templates.render_string(Path(template).read_text(encoding="utf-8"), **fields)
 
 
 def write_model_card(folder: str | os.PathLike, cfg: dict, fmt: str, stats: dict[str, Any],

@@ -1,6 +1,8 @@
 """The dataset card: ``README.md`` with the YAML Hugging Face reads (``configs:``, ``dataset_info``
 features, licence, task categories, size category, tags) and a body generated from the real
-statistics of the folder, with PNG plots in ``card/``. Templates live in ``dataset_card/``.
+statistics of the folder, with PNG plots in ``card/``. The template is ``biomedica_hf/templates/dataset_card.md.j2``
+(also at ``dataset_card/README.md.j2``). Higher layers add sections, configs and plots through
+:mod:`biomedica_hf.hooks` (concept labels: ``biomedica_hf.concepts.hooks``); this module never imports them.
 
 No loading script: the folder is data + YAML, which ``datasets >= 4`` loads directly::
 
@@ -13,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from collections import Counter
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from biomedica_hf import __version__
+from biomedica_hf import __version__, hooks, templates
 from biomedica_hf.dataset.hub import human_size
 from biomedica_hf.dataset.tables import table_config_columns, write_table_configs
 from biomedica_hf.io.atomic import atomic_write_bytes
@@ -281,17 +282,12 @@ def make_plots(stats: dict, folder: Path) -> list[Path]:
 
 def render_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] | None = None,
                 stats: dict[str, Any] | None = None) -> str:
-    """The card's text; ``stats`` from :func:`collect_stats` when the caller already has them."""
-    from jinja2 import Environment, StrictUndefined
-
-    from biomedica_hf.concepts.label import has_labels
-    from biomedica_hf.concepts.plots import card_markdown
-
+    """The card's text; ``stats`` from :func:`collect_stats` when the caller already has them. Sections of higher
+    layers (``hooks.CARD_SECTIONS``, e.g. concepts) come after the statistics."""
     stats = stats if stats is not None else collect_stats(out)
-    template = resources.files("dataset_card").joinpath("README.md.j2").read_text()
-    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
-    return env.from_string(template).render(
-        **stats, concept_section=card_markdown(out) if has_labels(out) else "",
+    return templates.render(
+        templates.DATASET_CARD,
+        **stats, sections=[s for s in hooks.run(hooks.CARD_SECTIONS, out) if s],
         yaml=yaml_header(out, stats, extra_configs).strip(), repo=repo_id or "ORG/biomedica",
         config_names=[c["config_name"] for c in card_configs(out, extra_configs)],
         sample_fields=[{"name": n, "type": t, "doc": d} for n, t, d in SAMPLE_FIELDS],
@@ -319,23 +315,20 @@ def _splits_text(out: Path) -> str:
 def write_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] | None = None) -> Path:
     """Write ``README.md`` and ``card/*.png`` into the dataset folder ``out``.
 
-    Concept annotation (``biomedica label``), when present, adds its subset configs, plots and section.
+    Higher layers add configs, files and sections through :mod:`biomedica_hf.hooks` (``CARD_CONFIGS``,
+    ``CARD_FILES``, ``CARD_SECTIONS``): concept annotation (``biomedica label``), when present, adds its subset
+    configs, plots and section. Their configs come first; an ``extra_configs`` entry of the same name is dropped.
     """
-    from biomedica_hf.concepts.label import has_labels
-    from biomedica_hf.concepts.plots import concept_plots
-    from biomedica_hf.concepts.subsets import concept_card_configs
-
     out = Path(out)
     if not (out / FIGURES_INDEX).exists():
         raise FileNotFoundError(f"{out} has no {FIGURES_INDEX}: run `biomedica build` first")
     write_table_configs(out)
     stats = collect_stats(out)
     make_plots(stats, out / CARD_DIR)
-    concept_configs = concept_card_configs(out)
-    names = {c["config_name"] for c in concept_configs}
-    extra = concept_configs + [c for c in (extra_configs or []) if c["config_name"] not in names]
-    if has_labels(out):
-        concept_plots(out)
+    hook_configs = [c for configs in hooks.run(hooks.CARD_CONFIGS, out) for c in configs]
+    names = {c["config_name"] for c in hook_configs}
+    extra = hook_configs + [c for c in (extra_configs or []) if c["config_name"] not in names]
+    hooks.run(hooks.CARD_FILES, out)
     path = out / "README.md"
     atomic_write_bytes(path, render_card(out, repo_id, extra, stats).encode())
     return path

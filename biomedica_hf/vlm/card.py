@@ -1,4 +1,5 @@
-"""Model cards for a SmolVLM fine-tuning run, from ``model_cards/smolvlm_model_card.md``.
+"""Model cards for a SmolVLM fine-tuning run, from ``biomedica_hf/templates/smolvlm_model_card.md.j2`` (also at
+``model_cards/smolvlm_model_card.md``; a Jinja template, like a user's own ``card.template``).
 
 One card per folder, each with the front matter that is true for it:
 
@@ -12,15 +13,12 @@ described in prose.
 """
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import yaml
 
+from biomedica_hf import templates
 from biomedica_hf.clip.card import hub_dataset_id
-
-TEMPLATE = Path(str(resources.files("model_cards").joinpath("smolvlm_model_card.md")))  # packaged with the wheel
-_FALLBACK = "# {run_name}\n\nBase model: {base_model}\n\nDataset: {dataset}\n\nResults: {tokens_per_s} tokens/s\n\n```yaml\n{config}\n```\n"
 
 
 def _hub_model_id(cfg: dict) -> str | None:
@@ -48,6 +46,7 @@ def front_matter(cfg: dict, kind: str) -> dict:
 
 
 def render(cfg: dict, result: dict, template: str | None = None, kind: str = "run") -> str:
+    """The card of folder ``kind``; ``template``: the text of a Jinja template of your own instead of the packaged one."""
     t = cfg["train"]
     losses = result.get("losses") or []
     hub = hub_dataset_id(cfg["data"].get("path"))
@@ -78,14 +77,14 @@ def render(cfg: dict, result: dict, template: str | None = None, kind: str = "ru
         "merge_diff": result.get("merge_max_abs_diff", "n/a"),
         "config": yaml.safe_dump(cfg, sort_keys=False).strip(),
     }
-    if template is None:
-        template = TEMPLATE.read_text() if TEMPLATE.exists() else _FALLBACK
-    return template.format(**fields)
+    if template is not None:
+        return templates.render_string(template, **fields)
+    return templates.render(templates.SMOLVLM_MODEL_CARD, **fields)
 
 
 def write_model_card(out: Path, cfg: dict, result: dict) -> Path:
     tpl = cfg.get("card", {}).get("template")
-    template = Path(tpl).read_text() if tpl else None
+    template = Path(tpl).read_text(encoding="utf-8") if tpl else None
     for d, kind in ((out, "run"), (out / "merged", "merged"), (out / "adapter", "adapter")):
         if d.is_dir():
             (d / "README.md").write_text(render(cfg, result, template, kind))

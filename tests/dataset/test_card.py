@@ -26,7 +26,7 @@ def folder(tmp_path_factory, articles_dir):
     build(BuildConfig(out=out, source="local", source_opts={"path": str(articles_dir)}, shard_max_samples=4,
                       progress=False))
     r = subprocess.run([str(BIN), "card", "--out", str(out), "--repo-id", "biomedica/test"], capture_output=True,
-                       text=True)
+                       text=True, check=False)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -108,7 +108,8 @@ def test_plots_are_real_pngs(folder):
 
 def test_card_is_reproducible(folder):
     before = (folder / "README.md").read_bytes()
-    r = subprocess.run([str(BIN), "card", "--out", str(folder), "--repo-id", "biomedica/test"], capture_output=True)
+    r = subprocess.run([str(BIN), "card", "--out", str(folder), "--repo-id", "biomedica/test"], capture_output=True,
+                       check=False)
     assert r.returncode == 0
     assert (folder / "README.md").read_bytes() == before
 
@@ -150,3 +151,45 @@ def test_count_plots_have_integer_ticks():
         ticks = [t for t in (ax.get_xticks() if horizontal else ax.get_yticks()) if 0 <= t <= 2]
         plt.close(fig)
         assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_higher_layers_add_to_the_card_through_hooks(folder, tmp_path):
+    """Sections, configs and files of a higher layer come through biomedica_hf.hooks (as concepts' do): a section
+    after the statistics, configs before the caller's (a caller's config of the same name is dropped), files written
+    before the card; without providers the card is the one `biomedica card` wrote."""
+    import shutil
+
+    from biomedica_hf import hooks
+    from biomedica_hf.dataset.card import write_card
+
+    out = tmp_path / "ds"
+    shutil.copytree(folder, out, ignore=shutil.ignore_patterns("_work"))
+    hook_config = {"config_name": "picked", "data_files": [{"split": "train", "path": "commercial/*.tar"}]}
+
+    def section(d):
+        return f"## Picked\n\n{len(list((Path(d) / 'commercial').glob('*.tar')))} shards picked."
+
+    def configs(d):
+        return [hook_config]
+
+    def files(d):
+        (Path(d) / "card" / "picked.txt").write_text("written before the card")
+
+    providers = ((hooks.CARD_SECTIONS, section), (hooks.CARD_CONFIGS, configs), (hooks.CARD_FILES, files))
+    for group, fn in providers:
+        hooks.register(group, fn)
+    try:
+        mine = {"config_name": "mine", "data_files": [{"split": "train", "path": "other/*.tar"}]}
+        clash = {"config_name": "picked", "data_files": [{"split": "train", "path": "other/*.tar"}]}
+        text = write_card(out, "biomedica/test", extra_configs=[clash, mine]).read_text()
+    finally:
+        for group, fn in providers:
+            hooks.unregister(group, fn)
+    meta = yaml.safe_load(text.split("---\n")[1])
+    names = [c["config_name"] for c in meta["configs"]]
+    assert names[-2:] == ["picked", "mine"] and names.count("picked") == 1
+    assert next(c for c in meta["configs"] if c["config_name"] == "picked")["data_files"] == hook_config["data_files"]
+    n = len(list((out / "commercial").glob("*.tar")))
+    assert f"## Picked\n\n{n} shards picked.\n\n## Sample schema" in text
+    assert text.index("### Shards") < text.index("## Picked") and (out / "card" / "picked.txt").is_file()
+    assert write_card(out, "biomedica/test").read_bytes() == (folder / "README.md").read_bytes()

@@ -1,0 +1,53 @@
+"""What concept labels add to lower layers, through :mod:`biomedica_hf.hooks` (those layers never import concepts).
+
+Dataset card (``biomedica_hf.dataset.card``): a section (how the concepts were made, the plots, the concept
+subsets), the ``configs:`` of the concept subsets, and the plots the section links to. Each function does nothing
+(returns ``None`` / ``[]``) for a folder without labels.
+
+Found two ways (see :mod:`biomedica_hf.hooks`): the entry points this package declares in ``pyproject.toml``
+(``[project.entry-points."biomedica_hf.card_sections"]`` etc.), and :func:`register_card_hooks`, called when
+``biomedica_hf.concepts`` is imported (a checkout that is not installed). The modules that do the work are imported
+only when a function runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from biomedica_hf import hooks
+
+
+def card_section(dataset_dir: str | Path) -> str | None:
+    """``CARD_SECTIONS``: the card's "Concepts" section (Markdown), None without labels."""
+    from biomedica_hf.concepts.label import has_labels
+    from biomedica_hf.concepts.plots import card_markdown
+
+    return card_markdown(dataset_dir) if has_labels(dataset_dir) else None
+
+
+def card_configs(dataset_dir: str | Path) -> list[dict[str, Any]]:
+    """``CARD_CONFIGS``: the ``configs:`` entries of the concept subsets materialised in the folder."""
+    from biomedica_hf.concepts.subsets import concept_card_configs
+
+    return concept_card_configs(dataset_dir)
+
+
+def card_files(dataset_dir: str | Path) -> None:
+    """``CARD_FILES``: the concept plots (``card/*.png``) the section links to."""
+    from biomedica_hf.concepts.label import has_labels
+    from biomedica_hf.concepts.plots import concept_plots
+
+    if has_labels(dataset_dir):
+        concept_plots(dataset_dir)
+
+
+CARD_HOOKS = {hooks.CARD_SECTIONS: card_section, hooks.CARD_CONFIGS: card_configs, hooks.CARD_FILES: card_files}
+
+
+def register_card_hooks() -> None:
+    """Register the card functions at run time (idempotent; an installed package also finds them as entry points)."""
+    for group, fn in CARD_HOOKS.items():
+        hooks.register(group, fn)
+
+
+__all__ = ["CARD_HOOKS", "card_configs", "card_files", "card_section", "register_card_hooks"]
