@@ -47,7 +47,6 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from biomedica_hf import __version__
-from biomedica_hf.concepts.label import labels_extra_columns
 from biomedica_hf.build.dedup import PUBLISHED, decide, decisions_for, n_hash_buckets, write_hash_rows
 from biomedica_hf.build.executors import make_executor
 from biomedica_hf.layout import FIGURES_INDEX
@@ -1012,7 +1011,7 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
     atomic_write_bytes(out / "ledger_summary.txt", format_summary(summary).encode())
     _write_duplicates(work, out)
     _write_near_duplicates(work, k, out)
-    build_figures_index(out, extra_columns=labels_extra_columns(out))  # concept labels survive a rebuild
+    build_figures_index(out)   # + the hooks' columns (concept labels survive a rebuild)
     if clock:
         clock.lap("index")
     prev = {}

@@ -13,16 +13,21 @@ One module per step (torch / transformers / scikit-learn are imported only where
     cli.py       COMMANDS             the click commands
     vocab.py     load_vocabulary      the shipped taxonomy (taxonomy/, MIT) and panel vocabulary
     layout.py    file layout and byte-range reading
+    hooks.py     index_columns        what the build and the card get through biomedica_hf.hooks
 """
 from __future__ import annotations
 
+from biomedica_hf import hooks as _hooks
 from biomedica_hf.concepts.cluster import ClusterModel, fit_clusters, load_cluster_model
 from biomedica_hf.concepts.embed import DEFAULT_MODEL, embed_dataset
+from biomedica_hf.concepts.hooks import index_columns
 from biomedica_hf.concepts.label import AnnotationError, apply_labels, labels_extra_columns, read_labels
 from biomedica_hf.concepts.plots import card_markdown, concept_plots
 from biomedica_hf.concepts.sheets import annotation_sheets
 from biomedica_hf.concepts.subsets import build_concept_subsets, concept_card_configs
 from biomedica_hf.concepts.vocab import load_vocabulary
+
+_hooks.register(_hooks.INDEX_COLUMNS, index_columns)   # labels survive a rebuilt index (uninstalled checkouts too)
 
 __all__ = [
            "DEFAULT_MODEL",
