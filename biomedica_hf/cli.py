@@ -227,6 +227,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
     failed, with a reason. Exits non-zero only on fatal errors (disk full: one line; rerun the same
     command once there is space, and what was cut short is redone; another build running).
     """
+    import biomedica_hf.concepts  # noqa: F401 - registers its hooks: labels survive a rebuilt index uninstalled too
     from biomedica_hf.build.article import MediaOptions
     from biomedica_hf.build.lock import BuildLockedError
     from biomedica_hf.build.pipeline import BuildConfig

@@ -10,14 +10,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from biomedica_hf.licenses import normalize_license
 from biomedica_hf.build.media import (
-    DEFAULT_MAX_IMAGE_BYTES, MediaError, alternate_renditions, is_image_name, process_image, resolve_graphic
+    DEFAULT_MAX_IMAGE_BYTES,
+    MediaError,
+    alternate_renditions,
+    is_image_name,
+    process_image,
+    resolve_graphic,
 )
 from biomedica_hf.build.parse import ParseError, parse_jats
-from biomedica_hf.schema import (
-    FAILED, KEPT, SKIPPED, Article, ArticlePackage, Figure, LedgerEntry, Sample, safe_key
-)
+from biomedica_hf.build.timings import timed
+from biomedica_hf.licenses import normalize_license
+from biomedica_hf.schema import FAILED, KEPT, SKIPPED, Article, ArticlePackage, Figure, LedgerEntry, Sample, safe_key
 
 # media errors that mean "not a usable figure" rather than "broken input"
 SKIP_MEDIA_REASONS = {"too_small"}
@@ -41,6 +45,7 @@ class PackageResult:
     articles: list[dict] = field(default_factory=list)    # Article fields + n_figures, n_samples
     samples: list[Sample] = field(default_factory=list)
     ledger: list[LedgerEntry] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (build.timings.ARTICLE_STAGES)
 
 
 def sample_key(pmcid: str, href: str, taken: set[str]) -> str:
@@ -125,7 +130,8 @@ def process_package(pkg: ArticlePackage, opts: MediaOptions | None = None) -> Pa
     parsed_all = []
     for xml_name in pkg.xml_files:
         try:
-            parsed = parse_jats(pkg.files[xml_name], source_file=xml_name)
+            with timed(res.timings, "parse"):
+                parsed = parse_jats(pkg.files[xml_name], source_file=xml_name)
         except ParseError as e:
             state = SKIPPED if e.reason == "not_jats" else FAILED
             xml_fates[xml_name] = (state, e.reason, str(e.detail)[:500])
@@ -214,10 +220,11 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
     for alt in alternate_renditions(name, pkg.files):
         used.setdefault(alt, (SKIPPED, "alternate_rendition"))
     try:
-        data = Path(pkg.files[name]).read_bytes()
-        image = process_image(data, name, max_pixels=opts.max_pixels, min_side=opts.min_side,
-                              compress_level=opts.png_compress_level, max_image_bytes=opts.max_image_bytes,
-                              reduce_to_pixels=opts.reduce_to_pixels)
+        with timed(res.timings, "media"):
+            data = Path(pkg.files[name]).read_bytes()
+            image = process_image(data, name, max_pixels=opts.max_pixels, min_side=opts.min_side,
+                                  compress_level=opts.png_compress_level, max_image_bytes=opts.max_image_bytes,
+                                  reduce_to_pixels=opts.reduce_to_pixels)
     except MediaError as e:
         state = SKIPPED if e.reason in SKIP_MEDIA_REASONS else FAILED
         used[name] = (state, e.reason if e.reason.startswith("image_") else f"image_{e.reason}")
@@ -225,9 +232,11 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
     except OSError as e:
         return LedgerEntry("figure", key, pmcid, FAILED, "read_error", f"{name}: {e}"[:500])
     used[name] = (KEPT, "figure_image")
+    with timed(res.timings, "media"):
+        phash = _phash(image.data)
     meta = {"key": key, **_figure_meta(article, fig, panel, href), "image_file": name,
             "image_format": image.orig_format, "image_ext": image.ext, "width": image.width,
             "height": image.height, "sha256": image.sha256, "reencoded": image.reencoded,
-            "phash": _phash(image.data)}
+            "phash": phash}
     res.samples.append(Sample(key=key, image=image, caption=fig.caption, meta=meta))
     return LedgerEntry("figure", key, pmcid, KEPT, "sample", name)

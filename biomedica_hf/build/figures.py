@@ -4,6 +4,9 @@ in the tar, subset, licence, year, caption length, image size, sha256, ...).
 Built from the per-shard Parquet files, so it is always consistent with the shards on disk. The
 loader filters on it first: shards without a wanted sample are never opened, and unwanted samples
 are never read.
+
+Upper layers add columns (concept labels) through the ``hooks.INDEX_COLUMNS`` extension point, so that a
+rebuilt index keeps them without the build importing them.
 """
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from biomedica_hf import hooks
+from biomedica_hf.io.atomic import atomic_path
 from biomedica_hf.layout import DUP_TABLES, FIGURES_INDEX, shard_tables
 from biomedica_hf.schema import FIGURES_INDEX_FIELDS, arrow_schema
-from biomedica_hf.io.atomic import atomic_path
 
 INDEX_ROW_GROUP = 4_000      # rows per row group of figures.parquet
 INDEX_SCHEMA = arrow_schema(FIGURES_INDEX_FIELDS)
@@ -24,9 +28,16 @@ INDEX_SCHEMA = arrow_schema(FIGURES_INDEX_FIELDS)
 def build_figures_index(out: Path, extra_columns: dict[str, pa.Array] | None = None) -> Path:
     """Stream the per-shard tables into ``figures.parquet`` (atomic); returns its path.
 
-    A few thousand rows are in memory at a time (row groups of ``INDEX_ROW_GROUP`` rows); ``extra_columns``
-    (concept labels) are aligned with the concatenation of the shard tables in :func:`shard_tables` order."""
-    extra = extra_columns or {}
+    A few thousand rows are in memory at a time (row groups of ``INDEX_ROW_GROUP`` rows). ``extra_columns``
+    are aligned with the concatenation of the shard tables in :func:`shard_tables` order; None (the default)
+    means the columns of every ``hooks.INDEX_COLUMNS`` provider (concept labels, when the folder has them)."""
+    extra = index_hook_columns(out) if extra_columns is None else extra_columns
+    n_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shard_tables(out)) if extra else 0
+    for name, column in extra.items():
+        if name in INDEX_SCHEMA.names:
+            raise ValueError(f"extra index column {name!r} is already a column of {FIGURES_INDEX}")
+        if len(column) != n_rows:
+            raise ValueError(f"extra index column {name!r} has {len(column)} rows; the shards have {n_rows}")
     maps = _dup_maps(out)
     schema = INDEX_SCHEMA
     for name, column in extra.items():
@@ -49,6 +60,18 @@ def build_figures_index(out: Path, extra_columns: dict[str, pa.Array] | None = N
         finally:
             writer.close()
     return path
+
+
+def index_hook_columns(out: Path) -> dict[str, pa.Array]:
+    """The extra columns of every ``hooks.INDEX_COLUMNS`` provider, merged; two providers of one column
+    name are an error (neither may silently win)."""
+    merged: dict[str, pa.Array] = {}
+    for columns in hooks.run(hooks.INDEX_COLUMNS, Path(out)):
+        for name, column in columns.items():
+            if name in merged:
+                raise ValueError(f"two {hooks.INDEX_COLUMNS} providers add the index column {name!r}")
+            merged[name] = column
+    return merged
 
 
 def _index_batch(table: pa.Table, maps: dict, extra: dict, offset: int) -> pa.Table:

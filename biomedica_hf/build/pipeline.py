@@ -47,26 +47,33 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from biomedica_hf import __version__
-from biomedica_hf.concepts.label import labels_extra_columns
+from biomedica_hf.build.article import MediaOptions, PackageResult, process_package
 from biomedica_hf.build.dedup import PUBLISHED, decide, decisions_for, n_hash_buckets, write_hash_rows
 from biomedica_hf.build.executors import make_executor
-from biomedica_hf.layout import FIGURES_INDEX
 from biomedica_hf.build.figures import build_figures_index
-from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique, format_summary, ledger_summary
 from biomedica_hf.build.lock import BuildLock
 from biomedica_hf.build.partition import (
-    DEFAULT_SPLIT_FRACTIONS, FINE_BUCKETS, Layout, ListingSpool, PartitionId, choose_layout, read_manifest,
-    ref_from_json, ref_revision, spool_rows, write_manifest
+    DEFAULT_SPLIT_FRACTIONS,
+    FINE_BUCKETS,
+    Layout,
+    ListingSpool,
+    PartitionId,
+    choose_layout,
+    read_manifest,
+    ref_from_json,
+    ref_revision,
+    spool_rows,
+    write_manifest,
 )
-from biomedica_hf.build.article import MediaOptions, PackageResult, process_package
-from biomedica_hf.schema import (
-    ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
-)
+from biomedica_hf.build.shards import revise_shard, shard_done, shard_files, shard_name, write_shard
 from biomedica_hf.build.sources import make_source
 from biomedica_hf.build.sources.base import FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error
 from biomedica_hf.build.staging import PartitionStage
+from biomedica_hf.build.timings import StageClock, add, rounded, timed
 from biomedica_hf.io.atomic import atomic_path, atomic_write_bytes, atomic_write_json
-from biomedica_hf.build.shards import revise_shard, shard_done, shard_files, shard_name, write_shard
+from biomedica_hf.layout import FIGURES_INDEX
+from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique, format_summary, ledger_summary
+from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
 
 log = logging.getLogger("biomedica_hf.build")
 
@@ -214,18 +221,21 @@ def _process_ref(ref: ArticleRef, source: Source, work: Work, media: MediaOption
     if ref.retracted:
         return PackageResult(ref.pmcid, ledger=[LedgerEntry("article", ref.pmcid, ref.pmcid, SKIPPED, "retracted",
                                                             "marked retracted in the listing", ref.location)])
+    fetch: dict[str, float] = {}
     try:
-        pkg = source.fetch(ref, cache)
+        with timed(fetch, "fetch"):
+            pkg = source.fetch(ref, cache)
     except FetchError as e:
         state = PERMANENT_FETCH.get(e.reason, FAILED)
         return PackageResult(ref.pmcid, ledger=[LedgerEntry("article", ref.pmcid, ref.pmcid, state, e.reason,
-                                                            str(e.detail)[:500], ref.location)])
+                                                            str(e.detail)[:500], ref.location)], timings=fetch)
     try:
         result = process_package(pkg, media)
     finally:
         root = Path(pkg.root).resolve()
         if not keep and cache.resolve() in root.parents:
             shutil.rmtree(root, ignore_errors=True)
+    add(result.timings, fetch)
     return result
 
 
@@ -340,16 +350,23 @@ def write_partition(task: tuple) -> dict:
     ledger: list[dict] = []
     articles_path = work.part("articles", pid_name)
     dropped_per_pmcid: Counter = Counter()
+    unit_timings: dict[str, dict[str, float]] = {}      # ref id -> its seconds per stage
+    kept_of: Counter = Counter()                          # ref id -> its samples written to shards
+    work_timings: dict[str, float] = {}                   # the partition's work: every article, every shard
     with atomic_path(articles_path) as tmp:
         writer = pq.ParquetWriter(tmp, ARTICLE_SCHEMA, compression="zstd")
         batch: list[dict] = []
         for unit in stage.units():
+            unit_timings[unit["ref_id"]] = unit["timings"]
+            add(work_timings, unit["timings"])
             for s in unit["samples"]:
                 if s["key"] in drop:
                     dropped_per_pmcid[s["meta"]["pmcid"]] += 1
                 else:
                     s["meta"]["also_in"] = also.get(s["key"], [])
                     s["meta"]["split"] = pid.split
+                    s["ref_id"] = unit["ref_id"]
+                    kept_of[unit["ref_id"]] += 1
                     samples.append(s)
             for e in unit["ledger"]:
                 if e["kind"] == "figure" and e["state"] == KEPT and e["id"] in drop:
@@ -378,7 +395,10 @@ def write_partition(task: tuple) -> dict:
             digest = hashlib.sha256(json.dumps([[s["key"], s["image"]["sha256"], s["meta"]["also_in"]]
                                                 for s in shard]).encode()).hexdigest()
             if not shard_done(work.out, name, digest):
-                write_shard(work.out, name, stage.read_samples(shard), digest, {"partition": pid_name})
+                shard_timings = _shard_timings(shard, unit_timings, kept_of)
+                with timed(work_timings, "shard_write"):
+                    write_shard(work.out, name, stage.read_samples(shard), digest, {"partition": pid_name},
+                                timings=shard_timings)
             stats["shards"].append({"name": name, "count": len(shard)})
             stats["samples"][subset] += len(shard)
     with atomic_path(work.part("ledger", pid_name)) as tmp:
@@ -387,9 +407,19 @@ def write_partition(task: tuple) -> dict:
     stats["duplicates_dropped"] = sum(dropped_per_pmcid.values())
     staged_info = json.loads(stage.marker.read_text()) if stage.marker.exists() else {}
     stats["failed"], stats["retry"] = staged_info.get("failed", []), staged_info.get("retry", [])
+    stats["timings"] = rounded(work_timings, elapsed=False)
     atomic_write_json(marker, stats)
     stage.remove()
     return stats
+
+
+def _shard_timings(shard: list[dict], unit_timings: dict[str, dict[str, float]], kept_of: Counter) -> dict:
+    """The seconds of the articles whose samples are in ``shard``, each article's shared out over its samples
+    written to shards (so that the shards of a partition add up to the work of its articles with samples)."""
+    out: dict[str, float] = {}
+    for s in shard:
+        add(out, unit_timings.get(s["ref_id"], {}), 1 / kept_of[s["ref_id"]])
+    return out
 
 
 def _write_articles(writer: pq.ParquetWriter, rows: list[dict], dropped: Counter) -> None:
@@ -418,27 +448,6 @@ def _cut(members: list[dict], max_samples: int, max_bytes: int) -> Iterator[list
         size += n
     if cur:
         yield cur
-
-
-# ------------------------------------------------------------------------------ timings
-class StageClock:
-    """Seconds and the driver's peak RSS at the end of each stage (logged; kept in ``build_summary.json``)."""
-
-    def __init__(self) -> None:
-        self.t0 = self.last = time.time()
-        self.stages: dict[str, dict[str, float]] = {}
-
-    def lap(self, name: str) -> None:
-        import resource
-
-        now = time.time()
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: kB
-        self.stages[name] = {"seconds": round(now - self.last, 3), "driver_peak_rss_mb": round(rss, 1)}
-        log.info("stage %s: %.1f s (driver peak RSS %.0f MB)", name, now - self.last, rss)
-        self.last = now
-
-    def as_dict(self) -> dict:
-        return {"stages": self.stages, "elapsed_seconds": round(time.time() - self.t0, 3)}
 
 
 # ------------------------------------------------------------------------- task running
@@ -997,11 +1006,13 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
             shards[s].append(json.loads(p.read_text()))
     per_subset = {s: sum(x["count"] for x in shards[s]) for s in SUBSETS}
     _write_sizes(out, shards)
-    clashes, dropped = [], 0
+    clashes, dropped, work_timings = [], 0, {}
     for p in sorted((work.root / "parts" / "done").glob("*.json")):
         info = json.loads(p.read_text())
         clashes += info.get("clashes", [])
-        dropped += info.get("duplicates_dropped", 0) if p.stem.startswith(f"s{k:03d}-") else 0
+        if p.stem.startswith(f"s{k:03d}-"):           # this snapshot's partitions (this run's and resumed ones)
+            dropped += info.get("duplicates_dropped", 0)
+            add(work_timings, info.get("timings", {}))
     if clashes:
         raise RuntimeError(f"ledger has items with more than one fate, e.g. {clashes[:5]}")
     consolidate_tables(work, k)
@@ -1012,7 +1023,7 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
     atomic_write_bytes(out / "ledger_summary.txt", format_summary(summary).encode())
     _write_duplicates(work, out)
     _write_near_duplicates(work, k, out)
-    build_figures_index(out, extra_columns=labels_extra_columns(out))  # concept labels survive a rebuild
+    build_figures_index(out)   # + the hooks' columns (concept labels survive a rebuild)
     if clock:
         clock.lap("index")
     prev = {}
@@ -1021,11 +1032,14 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
             prev = json.loads((out / "build_summary.json").read_text())
         except ValueError:
             prev = {}
+    timings = clock.as_dict(work=work_timings) if clock else {
+        "stages": {}, "work": rounded(work_timings, elapsed=False), "elapsed_seconds": round(time.time() - t0, 3)}
     history = [h for h in prev.get("snapshots", []) if h.get("snapshot") != k]
     history.append({"snapshot": k, "date": meta.get("date"), "command": cfg.command, "listed": meta.get("listed"),
                     "articles_processed": meta.get("articles"), **{c: meta.get("changes", {}).get(c, 0) for c in
                     ("added", "replaced", "retried", "retracted", "withdrawn")},
-                    "samples_removed": n_removed, "partitions": meta.get("partitions")})
+                    "samples_removed": n_removed, "partitions": meta.get("partitions"),
+                    "elapsed_seconds": timings["elapsed_seconds"]})
     atomic_write_json(out / "build_summary.json", {
         "version": __version__, "command": cfg.command, "source": cfg.source,
         "source_opts": {k2: str(v) for k2, v in cfg.source_opts.items()},
@@ -1038,7 +1052,7 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
         "snapshots": history,
         "shards": {s: sorted(x["shard"].split("/")[-1] for x in shards[s]) for s in SUBSETS},
         "ledger": summary["counts"],
-        "timings": clock.as_dict() if clock else {},
+        "timings": timings,
     })
     n_shards = sum(len(v) for v in shards.values())
     return BuildReport(out=out, summary=summary, n_listed=meta.get("listed") or 0, n_staged_now=n_staged,

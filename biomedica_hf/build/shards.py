@@ -15,18 +15,17 @@ name in the same folder and renamed into place.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import tarfile
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from biomedica_hf.build.timings import rounded
 from biomedica_hf.io.atomic import atomic_path, atomic_write_json, write_parquet
 from biomedica_hf.io.tars import tarinfo
 from biomedica_hf.schema import SAMPLE_FIELDS, SHARD_INDEX_FIELDS, Sample, arrow_schema
@@ -72,8 +71,13 @@ def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
     ]
 
 
-def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, extra_stats: dict | None = None) -> dict:
-    """Write one complete shard ``name`` (``subset/stem``) atomically and return its stats."""
+def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, extra_stats: dict | None = None,
+                timings: dict[str, float] | None = None) -> dict:
+    """Write one complete shard ``name`` (``subset/stem``) atomically and return its stats.
+
+    With ``timings`` (the seconds per stage of the shard's samples), the stats get ``timings``: those, the
+    seconds of this write (``shard_write``) and ``elapsed`` (see :mod:`biomedica_hf.build.timings`)."""
+    t0 = time.perf_counter()
     tar_path, parquet_path, stats_path = shard_files(out, name)
     rel = f"{name}.tar"
     subset = name.split("/")[0]
@@ -109,6 +113,8 @@ def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, ex
         "digest": digest,
         **(extra_stats or {}),
     }
+    if timings is not None:
+        stats["timings"] = rounded({**timings, "shard_write": time.perf_counter() - t0})
     atomic_write_json(stats_path, stats)
     return stats
 
@@ -119,11 +125,18 @@ def revise_shard(out: Path, old: str, new: str, drop_keys: set[str], digest: str
     samples' members are bit-identical), with its Parquet and stats; then delete ``old``'s files.
 
     Used by updates (retracted / withdrawn / superseded articles): untouched shards are never rewritten,
-    and a revised shard gets a new name so that mirrors and the Hub see a new file.
+    and a revised shard gets a new name so that mirrors and the Hub see a new file. The old shard's
+    ``timings`` are kept for the kept samples' share, with the seconds of this copy as ``shard_write``.
     """
+    t0 = time.perf_counter()
     old_tar, old_parquet, old_stats = shard_files(out, old)
     tar_path, parquet_path, stats_path = shard_files(out, new)
-    rows = [r for r in pq.read_table(old_parquet).to_pylist() if r["key"] not in drop_keys]
+    try:
+        old_timings = json.loads(old_stats.read_text()).get("timings")
+    except (OSError, ValueError):
+        old_timings = None
+    all_rows = pq.read_table(old_parquet).to_pylist()
+    rows = [r for r in all_rows if r["key"] not in drop_keys]
     rows.sort(key=lambda r: r["tar_offset"])
     rel = f"{new}.tar"
     formats: Counter[str] = Counter()
@@ -144,6 +157,10 @@ def revise_shard(out: Path, old: str, new: str, drop_keys: set[str], digest: str
     stats = {"shard": rel, "subset": new.split("/")[0], "count": len(rows), "tar_bytes": tar_path.stat().st_size,
              "image_bytes": image_bytes, "caption_chars": caption_chars, "image_ext": dict(sorted(formats.items())),
              "digest": digest, "revised_from": f"{old}.tar", **(extra_stats or {})}
+    if old_timings is not None:
+        share = len(rows) / len(all_rows) if all_rows else 0.0
+        kept = {k: v * share for k, v in old_timings.items() if k not in ("shard_write", "elapsed")}
+        stats["timings"] = rounded({**kept, "shard_write": time.perf_counter() - t0})
     atomic_write_json(stats_path, stats)
     if old != new:
         for p in (old_stats, old_parquet, old_tar):   # the marker first: a half-deleted shard is never "done"

@@ -3,8 +3,9 @@
 * ``images.bin``  per finished article, the processed image bytes of its samples back to back, then its
   record (article rows with the full text, sample metadata with the offsets of their images, ledger
   rows) as zstd-compressed JSON: staging costs about what the output will, not 4x for the text;
-* ``log.jsonl``   one small line per finished article: where its record is and the end offset of
-  ``images.bin`` after it;
+* ``log.jsonl``   one small line per finished article: where its record is, the end offset of
+  ``images.bin`` after it and its seconds per stage (:mod:`biomedica_hf.build.timings`; kept out of
+  ``images.bin`` so that the staged bytes do not depend on them);
 * ``starts.txt``  one line per article *started*: an article started twice without finishing killed its
   worker twice (OOM, SIGKILL), and is then ledgered instead of tried again;
 * ``staged.json`` written last: the partition is staged.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +26,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from biomedica_hf.build.article import PackageResult
-from biomedica_hf.schema import ImageRecord, Sample
 from biomedica_hf.io.atomic import atomic_write_json
+from biomedica_hf.schema import ImageRecord, Sample
 
 
 def _clean(obj):
@@ -106,6 +108,7 @@ class PartitionStage:
 
         Not fsync'ed: a killed process loses nothing the kernel has; a crash of the machine is
         recovered by the torn-line check of :meth:`finished`."""
+        t0 = time.perf_counter()
         samples = []
         with open(self.bin, "ab") as fh:
             offset = fh.tell()
@@ -122,7 +125,9 @@ class PartitionStage:
             rec_offset = offset + n
             fh.write(blob)
             end = fh.tell()
-        line = json.dumps({"ref_id": result.ref_id, "record": [rec_offset, len(blob), len(record)], "bin_end": end})
+        timings = {**result.timings, "stage_write": result.timings.get("stage_write", 0.0) + time.perf_counter() - t0}
+        line = json.dumps({"ref_id": result.ref_id, "record": [rec_offset, len(blob), len(record)], "bin_end": end,
+                           "timings": {k: round(v, 6) for k, v in timings.items()}})
         with open(self.log, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
         return n
@@ -132,7 +137,7 @@ class PartitionStage:
 
     # ---------------------------------------------------------------- reading
     def units(self) -> Iterator[dict]:
-        """Finished units in order: ``ref_id``, ``articles``, ``samples``, ``ledger``."""
+        """Finished units in order: ``ref_id``, ``articles``, ``samples``, ``ledger``, ``timings``."""
         if not self.log.exists():
             return
         with open(self.log, encoding="utf-8") as fh, open(self.bin, "rb") as data:
@@ -143,7 +148,7 @@ class PartitionStage:
                 off, size, raw = d["record"]
                 data.seek(off)
                 rec = json.loads(pa.decompress(data.read(size), decompressed_size=raw, codec="zstd", asbytes=True))
-                yield {"ref_id": d["ref_id"], **rec}
+                yield {"ref_id": d["ref_id"], **rec, "timings": d.get("timings", {})}
 
     def read_samples(self, rows: list[dict]) -> Iterator[Sample]:
         """Samples for staged sample rows, in the given order, one image in memory at a time."""

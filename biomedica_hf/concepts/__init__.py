@@ -14,19 +14,20 @@ One module per step (torch / transformers / scikit-learn are imported only where
     cli.py       COMMANDS             the click commands
     vocab.py     load_vocabulary      the shipped taxonomy (taxonomy/, MIT) and panel vocabulary
     layout.py    file layout and byte-range reading
+    hooks.py     index_columns        what the build and the card get through biomedica_hf.hooks
 """
 from __future__ import annotations
 
 from biomedica_hf.concepts.cluster import ClusterModel, fit_clusters, load_cluster_model
 from biomedica_hf.concepts.embed import DEFAULT_MODEL, embed_dataset
-from biomedica_hf.concepts.hooks import register_card_hooks
+from biomedica_hf.concepts.hooks import register_hooks
 from biomedica_hf.concepts.label import AnnotationError, apply_labels, labels_extra_columns, read_labels
 from biomedica_hf.concepts.plots import card_markdown, concept_plots
 from biomedica_hf.concepts.sheets import annotation_sheets
 from biomedica_hf.concepts.subsets import build_concept_subsets, concept_card_configs
 from biomedica_hf.concepts.vocab import load_vocabulary
 
-register_card_hooks()   # the dataset card's concept section, configs and plots (biomedica_hf.hooks)
+register_hooks()   # index columns, card section/configs/plots (biomedica_hf.hooks; uninstalled checkouts too)
 
 __all__ = [
            "DEFAULT_MODEL",

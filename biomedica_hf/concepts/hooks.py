@@ -1,11 +1,13 @@
 """What concept labels add to lower layers, through :mod:`biomedica_hf.hooks` (those layers never import concepts).
 
-Dataset card (``biomedica_hf.dataset.card``): a section (how the concepts were made, the plots, the concept
-subsets), the ``configs:`` of the concept subsets, and the plots the section links to. Each function does nothing
-(returns ``None`` / ``[]``) for a folder without labels.
+* ``figures.parquet`` (``biomedica_hf.build.figures``): the label columns, so that an index rebuilt by the build
+  keeps the labels;
+* the dataset card (``biomedica_hf.dataset.card``): a section (how the concepts were made, the plots, the concept
+  subsets), the ``configs:`` of the concept subsets, and the plots the section links to.
+Each function does nothing (returns ``None`` / ``[]``) for a folder without labels.
 
 Found two ways (see :mod:`biomedica_hf.hooks`): the entry points this package declares in ``pyproject.toml``
-(``[project.entry-points."biomedica_hf.card_sections"]`` etc.), and :func:`register_card_hooks`, called when
+(``[project.entry-points."biomedica_hf.card_sections"]`` etc.), and :func:`register_hooks`, called when
 ``biomedica_hf.concepts`` is imported (a checkout that is not installed). The modules that do the work are imported
 only when a function runs.
 """
@@ -14,7 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from biomedica_hf import hooks
+
+
+def index_columns(dataset_dir: str | Path) -> dict[str, pa.Array] | None:
+    """``INDEX_COLUMNS``: the label columns of ``figures.parquet`` (aligned with the shard tables); None without
+    labels."""
+    from biomedica_hf.concepts.label import labels_extra_columns
+
+    return labels_extra_columns(dataset_dir)
 
 
 def card_section(dataset_dir: str | Path) -> str | None:
@@ -41,13 +53,14 @@ def card_files(dataset_dir: str | Path) -> None:
         concept_plots(dataset_dir)
 
 
-CARD_HOOKS = {hooks.CARD_SECTIONS: card_section, hooks.CARD_CONFIGS: card_configs, hooks.CARD_FILES: card_files}
+HOOKS = {hooks.INDEX_COLUMNS: index_columns, hooks.CARD_SECTIONS: card_section, hooks.CARD_CONFIGS: card_configs,
+         hooks.CARD_FILES: card_files}
 
 
-def register_card_hooks() -> None:
-    """Register the card functions at run time (idempotent; an installed package also finds them as entry points)."""
-    for group, fn in CARD_HOOKS.items():
+def register_hooks() -> None:
+    """Register every function at run time (idempotent; an installed package also finds them as entry points)."""
+    for group, fn in HOOKS.items():
         hooks.register(group, fn)
 
 
-__all__ = ["CARD_HOOKS", "card_configs", "card_files", "card_section", "register_card_hooks"]
+__all__ = ["HOOKS", "card_configs", "card_files", "card_section", "index_columns", "register_hooks"]

@@ -318,9 +318,9 @@ def has_labels(dataset_dir: str | Path) -> bool:
 def labels_extra_columns(dataset_dir: str | Path) -> dict[str, pa.Array] | None:
     """Label columns aligned with a fresh ``build_figures_index`` (per-shard tables in index order).
 
-    For the pipeline: ``build_figures_index(out, extra_columns=labels_extra_columns(out))`` keeps the
-    labels when the index is rebuilt (``build_figures_index`` keeps only the schema's columns).
-    None when the folder has no labels.
+    The concepts' ``hooks.INDEX_COLUMNS`` provider (:func:`biomedica_hf.concepts.hooks.index_columns`): the
+    build's ``build_figures_index`` keeps only the schema's columns and asks the hooks for the rest, so the
+    labels survive a rebuilt index. None when the folder has no labels.
     """
     out = Path(dataset_dir)
     if not has_labels(out):

@@ -16,6 +16,7 @@ import pytest
 
 from biomedica_hf.build.parse import ParseError, parse_jats
 from biomedica_hf.build.pipeline import BuildConfig, build, shard_paths
+from biomedica_hf.build.timings import WORK_STAGES
 from biomedica_hf.schema import SUBSETS, webdataset_features
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,10 +29,16 @@ def _cfg(inp: Path, out: Path, **kw) -> BuildConfig:
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
-    """Every dataset file (not work files, not stats markers) by relative path."""
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and "_work" not in p.parts and not p.name.endswith("_stats.json")
+    """Every dataset file (not work files) by relative path; the shards' stats without their timings."""
+    return {p.relative_to(out).as_posix(): _without_timings(p) if p.name.endswith("_stats.json") else p.read_bytes()
+            for p in sorted(out.rglob("*")) if p.is_file() and "_work" not in p.parts
             and p.name not in ("build_summary.json", "README.md")}  # these two name the command and date
+
+
+def _without_timings(stats: Path) -> bytes:
+    d = json.loads(stats.read_text())
+    assert set(d.pop("timings")) == {*WORK_STAGES, "elapsed"}
+    return json.dumps(d, sort_keys=True).encode()
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +238,27 @@ def test_cli_build_sample_and_inspect(tmp_path):
     bad = subprocess.run([str(BIN / "biomedica"), "build", "--source", "cloud", "--out", str(out)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--pmcids" in bad.stderr
+
+
+def test_timings_in_shard_stats_and_build_summary(corpus_build):
+    """Every shard's stats have its articles' share of the work stages and its own write; the summary has the
+    driver's stages, the work totals and the elapsed seconds; the shards add up to no more than the totals."""
+    out, report = corpus_build
+    stats = [json.loads(p.read_text()) for s in SUBSETS for p in sorted((out / s).glob("*_stats.json"))]
+    assert len(stats) > 3
+    for st in stats:
+        t = st["timings"]
+        assert set(t) == {*WORK_STAGES, "elapsed"} and all(v >= 0 and round(v, 3) == v for v in t.values())
+        assert abs(t["elapsed"] - sum(t[s] for s in WORK_STAGES)) < 0.004
+        assert t["media"] > 0 and t["parse"] > 0       # every shard holds decoded images of parsed articles
+    summary = json.loads((out / "build_summary.json").read_text())
+    timings = summary["timings"]
+    assert {"list", "stage", "dedup", "near_duplicates", "write", "remove", "tables", "index"} <= set(timings["stages"])
+    assert set(timings["work"]) == set(WORK_STAGES) and timings["work"]["fetch"] > 0
+    for stage in WORK_STAGES:       # articles without samples count in the totals only
+        assert sum(st["timings"][stage] for st in stats) <= timings["work"][stage] + 0.001 * len(stats)
+    # the articles' media seconds of a build with samples in every shard are mostly in the shards
+    assert sum(st["timings"]["media"] for st in stats) > 0.5 * timings["work"]["media"]
+    driver = sum(v["seconds"] for v in timings["stages"].values())
+    assert driver - 0.01 <= timings["elapsed_seconds"] <= report.elapsed_s + 0.01
+    assert summary["snapshots"][-1]["elapsed_seconds"] == timings["elapsed_seconds"]

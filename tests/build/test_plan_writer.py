@@ -114,3 +114,24 @@ def test_revise_shard_drops_samples_and_keeps_the_rest_bit_identical(tmp_path, a
         assert len(t.getnames()) == 6
         assert t.extractfile(f"{samples[2].key}.jpg").read() == samples[2].image.data
     assert len(raw) % tarfile.RECORDSIZE == 0
+
+
+def test_shard_timings_are_in_the_stats_only(tmp_path, articles_dir):
+    """Timings go to ``_stats.json`` (work stages given, the write measured, ``elapsed`` their sum) and never
+    into the tar or the Parquet; a revised shard keeps the kept samples' share and times its own copy."""
+    samples = _real_samples(articles_dir)
+    name = "other/other-train-s000-p00000-000"
+    given = {"fetch": 0.3, "parse": 0.15, "media": 1.2, "stage_write": 0.0304}
+    stats = write_shard(tmp_path / "a", name, samples, "d1", timings=given)
+    plain = write_shard(tmp_path / "b", name, samples, "d1")
+    tar_a, pq_a, stats_a = shard_files(tmp_path / "a", name)
+    tar_b, pq_b, _ = shard_files(tmp_path / "b", name)
+    assert tar_a.read_bytes() == tar_b.read_bytes() and pq.read_table(pq_a).equals(pq.read_table(pq_b))
+    t = json.loads(stats_a.read_text())["timings"]
+    assert t == stats["timings"] and "timings" not in plain
+    assert set(t) == {"fetch", "parse", "media", "stage_write", "shard_write", "elapsed"}
+    assert {k: t[k] for k in given} == {"fetch": 0.3, "parse": 0.15, "media": 1.2, "stage_write": 0.03}
+    assert 0 < t["shard_write"] < 60 and abs(t["elapsed"] - sum(given.values()) - t["shard_write"]) < 0.002
+    revised = revise_shard(tmp_path / "a", name, name + "-r001", {samples[1].key}, "d2")["timings"]
+    assert {k: revised[k] for k in given} == {"fetch": 0.2, "parse": 0.1, "media": 0.8, "stage_write": 0.02}
+    assert set(revised) == set(t) and abs(revised["elapsed"] - 1.12 - revised["shard_write"]) < 0.002

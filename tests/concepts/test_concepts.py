@@ -8,6 +8,7 @@ from __future__ import annotations
 import html.parser
 import io
 import json
+import shutil
 import tarfile
 import tracemalloc
 from collections import Counter
@@ -319,13 +320,38 @@ def test_labels_land_in_the_index_and_labels_table(labelled):
             panel, global_, local = EXPECTED[cluster_of[r["key"]]]
             assert (r["cluster"], r["panel_type"], r["concepts"], r["local_concepts"]) == \
                    (cluster_of[r["key"]], panel, global_, local)
-    # the pipeline hook: a rebuilt index gets the same columns back
-    extra = labels_extra_columns(ds)
+    # the index hook: an index rebuilt by the build (which never imports concepts) gets the same columns back
+    from biomedica_hf import hooks
     from biomedica_hf.build.figures import build_figures_index
+    from biomedica_hf.concepts.hooks import index_columns
 
-    build_figures_index(ds, extra_columns=extra)
-    assert pq.read_table(ds / "figures.parquet").select(["key", "concepts", "cluster"]).equals(
-        figures.select(["key", "concepts", "cluster"]))
+    assert index_columns in hooks.providers(hooks.INDEX_COLUMNS)        # registered by `import biomedica_hf.concepts`
+    assert set(labels_extra_columns(ds)) == {"cluster", "panel_type", "panel_subtype", "concepts", "local_concepts"}
+    build_figures_index(ds)
+    assert pq.read_table(ds / "figures.parquet").equals(figures)
+    build_figures_index(ds, extra_columns={})                            # no hook: the build's own columns only
+    assert pq.read_schema(ds / "figures.parquet").names == schema.names[:-5]
+    with pytest.raises(ValueError, match="has 1 rows"):                  # a misaligned column is refused
+        build_figures_index(ds, extra_columns={"x": pa.array([1])})
+    build_figures_index(ds)
+    assert pq.read_table(ds / "figures.parquet").equals(figures)
+
+
+def test_labels_survive_an_update_build(labelled, articles_dir, tmp_path):
+    """A real update of a labelled folder (``retry_failed``: the articles with failures are staged again and
+    ``figures.parquet`` is rebuilt by the build, which never imports concepts) keeps every sample's labels:
+    the concepts' index hook gives them back (without it, this test fails)."""
+    ds, _ = labelled
+    copy = tmp_path / "ds"
+    shutil.copytree(ds, copy)
+    columns = ["key", "cluster", "panel_type", "concepts", "local_concepts"]
+    before = pq.read_table(copy / "figures.parquet", columns=columns).sort_by("key")
+    written = (copy / "figures.parquet").stat().st_mtime_ns
+    report = build(BuildConfig(out=copy, source="local", source_opts={"path": str(articles_dir)}, shard_max_samples=4,
+                               progress=False, retry_failed=True))
+    assert report.snapshot == 1 and report.changes.get("retried", 0) > 0
+    assert (copy / "figures.parquet").stat().st_mtime_ns != written        # the build wrote a new index
+    assert pq.read_table(copy / "figures.parquet", columns=columns).sort_by("key").equals(before)
 
 
 # ---------------------------------------------------------------------------------------- subsets
