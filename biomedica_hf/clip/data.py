@@ -50,7 +50,7 @@ def pick_caption(example: dict, prob: float, seed: int, epoch: int) -> str:
 
 
 class Collate:
-    """PIL images + captions -> ``{pixel_values, input_ids[, attention_mask], n}`` for a TrainableClip."""
+    """PIL images + captions -> ``{pixel_values, input_ids[, attention_mask], n}`` for a :class:`~biomedica_hf.clip.model.ClipModel`."""
 
     def __init__(self, clip: Any, reference_prob: float = 0.0, seed: int = 0, train: bool = True) -> None:
         self.clip, self.reference_prob, self.seed, self.epoch = clip, reference_prob, seed, 0
