@@ -19,14 +19,7 @@ from biomedica_hf.clip.tiny import TINY_OPEN_CLIP_CFG, tiny_open_clip
 BCCD = FIXTURES / "eval" / "bccd_cells"
 TEXTS = ["a blood smear showing platelets.", "a white blood cell", "CT of the chest"]
 TINY_NAME = "biomedica-tiny-test"      # registered with open_clip below, as a built-in config
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,18 +27,9 @@ from biomedica_hf.eval.zeroshot import class_prototypes
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO.parent / "shared" / "fixtures"
 EVAL_FIXTURES = FIXTURES / "eval"
-pytestmark = pytest.mark.skipif(not EVAL_FIXTURES.is_dir(), reason=f"eval fixtures not found at {EVAL_FIXTURES}")
+pytestmark = [pytest.mark.skipif(not EVAL_FIXTURES.is_dir(), reason=f"eval fixtures not found at {EVAL_FIXTURES}"),
+              pytest.mark.usefixtures("one_thread")]
 STEPS = 200
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine a second torch
-    process makes OpenMP workers spin: one thread is ~3x faster here under contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

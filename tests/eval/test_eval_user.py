@@ -29,15 +29,8 @@ from biomedica_hf.eval.tasks import DataContext, UserDataError, get_task, resolv
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO.parent / "shared" / "fixtures"
 EVAL = FIXTURES / "eval"
-pytestmark = pytest.mark.skipif(not EVAL.is_dir(), reason=f"eval fixtures not found at {EVAL}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.skipif(not EVAL.is_dir(), reason=f"eval fixtures not found at {EVAL}"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
