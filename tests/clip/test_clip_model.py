@@ -127,6 +127,29 @@ def test_training_builder_is_the_same_class(images, tmp_path):
     assert float(scale) == pytest.approx(clip.logit_scale)
 
 
+def test_image_backbones_take_clip_specs_and_dinov2_folders(images, tmp_path):
+    """clip.vision (the concept embedder's and search's image side): a CLIP SPEC gives the CLIP image tower, a
+    DINOv2 folder the AutoModel backbone; both give L2-normalised float32 rows for fitted images."""
+    from conftest import save_tiny_dinov2
+
+    from biomedica_hf.clip.vision import embed_images, load_image_model, prepare_image
+
+    clip, model, cfg = tiny_open_clip(seed=2)
+    folder = save_open_clip_folder(model, cfg, tmp_path / "oc")
+    prepared = [prepare_image(_png(im), 48, "pad") for im in images]
+    for spec in (str(folder), f"clip:local-dir:{folder}"):
+        net, proc, name = load_image_model(spec)
+        assert isinstance(net, ClipModel) and proc is None and name == spec
+        vecs = embed_images(net, proc, prepared)
+        assert vecs.dtype == np.float32 and np.allclose(vecs, clip.encode_images(prepared).numpy(), atol=1e-5)
+    dino = save_tiny_dinov2(tmp_path / "dino", 56)
+    net, proc, name = load_image_model(str(dino))
+    assert not isinstance(net, ClipModel) and proc is not None and name == str(dino)
+    vecs = embed_images(net, proc, [prepare_image(_png(im), 56, "pad") for im in images])
+    assert vecs.shape == (len(images), net.config.hidden_size)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+
+
 def test_transformers_tokenizer_ids_match_open_clip(tmp_path):
     import open_clip
 
