@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from biomedica_hf.clip.adapters import load_model
+from biomedica_hf.clip.model import load_model
 from biomedica_hf.clip.tiny import tiny_open_clip
 from biomedica_hf.eval.evalset import decode_image, read_evalset
 from biomedica_hf.eval.retrieval import chunked_rank_counts

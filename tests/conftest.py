@@ -41,6 +41,19 @@ def pubmed_dir() -> Path:
     return PUBMED
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine a second torch
+    process makes OpenMP workers spin: one thread is ~3x faster there under contention. Use per module:
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def save_tiny_dinov2(folder: Path, image_size: int = 56) -> Path:
     """A random 2-layer DINOv2 (with registers) + image processor saved like a real checkpoint."""
     import torch

@@ -1,10 +1,29 @@
-"""CLIP continual pre-training on BIOMEDICA: model adapters, data, loss, trainer, export, model cards.
+"""The CLIP model library: one model class and SPEC grammar (``model``), the image side shared with the concept
+embedder and search (``vision``), training data (``data``), ``loss``, ``export``, model cards (``card``), an offline
+transformers tokenizer (``tokenizer``) and tiny random models for tests and smoke runs (``tiny``).
 
-Library code (open_clip style); the training entry point is ``finetune/clip/train.py``.
+Library code (open_clip style): it never imports the harnesses above it (``eval``, ``train``, ``search``). The
+names below load on first use, so importing ``biomedica_hf.clip.vision`` does not import torch.
 """
-from biomedica_hf.clip.export import convert_open_clip_to_hf, export_model, wise_ft
-from biomedica_hf.clip.loss import ClipLoss, gather_features
-from biomedica_hf.clip.model import TrainableClip, build_model
+from __future__ import annotations
 
-__all__ = ["ClipLoss", "TrainableClip", "build_model", "convert_open_clip_to_hf", "export_model", "gather_features",
-           "wise_ft"]
+from typing import Any
+
+_EXPORTS = {
+    "ClipModel": "model", "ModelAdapter": "model", "ModelSpec": "model",
+    "build_model": "model", "load_model": "model", "parse_model_spec": "model",
+    "ClipLoss": "loss", "gather_features": "loss",
+    "convert_open_clip_to_hf": "export", "export_model": "export", "save_open_clip_folder": "export",
+    "wise_ft": "export",
+}
+__all__ = ["ClipLoss", "ClipModel", "ModelAdapter", "ModelSpec", "build_model",
+           "convert_open_clip_to_hf", "export_model", "gather_features", "load_model", "parse_model_spec",
+           "save_open_clip_folder", "wise_ft"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(name)

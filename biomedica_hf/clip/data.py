@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from biomedica_hf.clip.vision import flatten_to_rgb
 from biomedica_hf.dataset.loader import load_biomedica
 
 
@@ -50,13 +51,13 @@ def pick_caption(example: dict, prob: float, seed: int, epoch: int) -> str:
 
 
 class Collate:
-    """PIL images + captions -> ``{pixel_values, input_ids[, attention_mask], n}`` for a TrainableClip."""
+    """PIL images + captions -> ``{pixel_values, input_ids[, attention_mask], n}`` for a ``ClipModel``."""
 
     def __init__(self, clip: Any, reference_prob: float = 0.0, seed: int = 0, train: bool = True) -> None:
         self.clip, self.reference_prob, self.seed, self.epoch = clip, reference_prob, seed, 0
         self.transform = clip.preprocess_train if train else clip.preprocess_val
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        images = torch.stack([self.transform(ex["image"].convert("RGB")) for ex in examples])
+        images = torch.stack([self.transform(flatten_to_rgb(ex["image"])) for ex in examples])
         texts = [pick_caption(ex, self.reference_prob, self.seed, self.epoch) for ex in examples]
         return {"pixel_values": images, **self.clip.tokenize(texts), "keys": [ex["key"] for ex in examples]}

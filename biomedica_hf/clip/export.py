@@ -1,4 +1,4 @@
-"""Export a trained :class:`~.adapter.TrainableClip`: open_clip hf-hub layout, transformers folder, LoRA.
+"""Export a trained :class:`~biomedica_hf.clip.model.ClipModel`: open_clip hf-hub layout, transformers folder, LoRA.
 
 * ``open_clip`` - ``open_clip_config.json`` + ``open_clip_model.safetensors`` (loadable with
   ``open_clip.create_model_from_pretrained("local-dir:DIR")`` and pushable as an ``hf-hub:`` repo).
@@ -17,7 +17,19 @@ from typing import Any
 
 import torch
 
-from biomedica_hf.clip.adapters import save_open_clip_folder
+
+def save_open_clip_folder(model: torch.nn.Module, model_cfg: dict, out_dir: str | os.PathLike,
+                          preprocess_cfg: dict | None = None) -> Path:
+    """Write ``model`` in open_clip's hf-hub layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    (out / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "open_clip_model.safetensors"))
+    return out
 
 
 # ---------------------------------------------------------------------- WiSE-FT
@@ -234,7 +246,7 @@ def export_open_clip(clip, out_dir: str | os.PathLike) -> Path:
     if clip.kind != "open_clip":
         raise ValueError("open_clip export needs an open_clip model")
     if not clip.model_cfg:
-        raise ValueError(f"{clip.name}: model config unknown (hf-hub:/local-dir: start): cannot write open_clip_config.json")
+        raise ValueError(f"{clip.name}: model config unknown (an hf-hub: start): cannot write open_clip_config.json")
     preprocess = {"size": clip.image_size, "mean": list(clip.mean), "std": list(clip.std),
                   "interpolation": "bicubic", "resize_mode": "shortest"}
     return save_open_clip_folder(clip.base_core(), clip.model_cfg, out_dir, preprocess)

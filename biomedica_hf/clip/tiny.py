@@ -18,18 +18,13 @@ TINY_OPEN_CLIP_CFG: dict = {
 
 
 def tiny_open_clip(cfg: dict | None = None, seed: int = 0, name: str = "tiny-open-clip"):
-    """(adapter, model, cfg) for an open_clip ``CLIP`` built from ``cfg`` with seeded random weights."""
-    import open_clip
-    from open_clip.tokenizer import SimpleTokenizer
-
-    from biomedica_hf.clip.adapters import OpenClipAdapter
+    """(clip, model, cfg): a :class:`~biomedica_hf.clip.model.ClipModel` (evaluation mode) around an open_clip
+    ``CLIP`` built from ``cfg`` with seeded random weights, that inner model, and the config."""
+    from biomedica_hf.clip.model import build_model
 
     cfg = copy.deepcopy(cfg or TINY_OPEN_CLIP_CFG)
-    torch.manual_seed(seed)
-    model = open_clip.model.CLIP(**cfg)
-    preprocess = open_clip.image_transform(cfg["vision_cfg"]["image_size"], is_train=False)
-    tokenizer = SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
-    return OpenClipAdapter(model, preprocess, tokenizer, name), model, cfg
+    clip = build_model({"kind": "open_clip", "name": name, "model_cfg": cfg, "train_augment": False}, seed=seed)
+    return clip.eval(), clip.model, cfg
 
 
 def tiny_clip_config(image_size: int = 32, patch_size: int = 4, hidden: int = 32, context: int = 16):
@@ -44,13 +39,14 @@ def tiny_clip_config(image_size: int = 32, patch_size: int = 4, hidden: int = 32
 
 
 def tiny_transformers_clip(folder, seed: int = 0, config=None):
-    """A random transformers ``CLIPModel`` + ``CLIPProcessor`` saved to ``folder``; returns the adapter.
+    """A random transformers ``CLIPModel`` + ``CLIPProcessor`` saved to ``folder``; returns it loaded as
+    :class:`~biomedica_hf.clip.model.ClipModel` (evaluation mode, the processor's own preprocessing).
 
-    The tokenizer is built offline from open_clip's BPE (:func:`..hf_tokenizer.write_clip_tokenizer`).
+    The tokenizer is built offline from open_clip's BPE (:func:`biomedica_hf.clip.tokenizer.write_clip_tokenizer`).
     """
     from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from biomedica_hf.clip.adapters import TransformersClipAdapter
+    from biomedica_hf.clip.model import ProcessorTransform, wrap_transformers
     from biomedica_hf.clip.tokenizer import write_clip_tokenizer
 
     config = config or tiny_clip_config()
@@ -62,4 +58,5 @@ def tiny_transformers_clip(folder, seed: int = 0, config=None):
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    return TransformersClipAdapter(model, processor, f"transformers:{folder}")
+    return wrap_transformers(model, processor, f"transformers:{folder}", train_augment=False,
+                             preprocess=ProcessorTransform(processor)).eval()

@@ -26,7 +26,8 @@ def refresh_card(dataset: Path, repo_id: str | None = None) -> Path:
 @click.command("embed")
 @DATASET
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Hub id or local folder (save_pretrained) of an image model with an AutoImageProcessor.")
+              help="Hub id or local folder (save_pretrained) of an image model with an AutoImageProcessor, "
+                   "or a CLIP model SPEC (as `biomedica eval --model`: its image tower).")
 @click.option("--batch", "batch_size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cuda, cuda:1, mps, cpu.")
 @click.option("--image-size", type=int, default=224, show_default=True, help="Model input side in pixels.")

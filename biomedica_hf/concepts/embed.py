@@ -1,8 +1,10 @@
 """Image embeddings for every sample of a dataset folder (DINOv2 by default, any ``AutoModel``).
 
 * **Model.** ``transformers`` ``AutoModel`` + ``AutoImageProcessor`` from a Hub id or a local folder
-  (``save_pretrained`` output); a model object + processor can be passed instead. The default is
-  ``facebook/dinov2-with-registers-large`` (ViT-L/14 with registers, as BIOMEDICA).
+  (``save_pretrained`` output), or a CLIP model SPEC (``biomedica_hf.clip.model``: its image tower); a
+  model object + processor can be passed instead. The default is ``facebook/dinov2-with-registers-large``
+  (ViT-L/14 with registers, as BIOMEDICA). Loading, image preparation and pooling live in
+  ``biomedica_hf.clip.vision`` (shared with search).
 * **Feature.** ``pooler_output`` when the model has one, else the CLS token ``last_hidden_state[:, 0]``.
   For DINOv2 both are the same vector (the CLS token after the final layer norm; register tokens
   are never pooled). Cast to float32 and L2-normalised, so a dot product is the cosine similarity.
@@ -25,14 +27,12 @@
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from biomedica_hf.clip.vision import FITS, embed_images, load_image_model, pick_device, prepare_image
 from biomedica_hf.concepts.layout import (
     EMBED_DIR,
     read_ranges,
@@ -56,7 +57,6 @@ from biomedica_hf.io.atomic import atomic_write_json
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "facebook/dinov2-with-registers-large"
-FITS = ("pad", "crop", "squash")
 POOLING = "pooler_output (else CLS token of last_hidden_state), float32, L2-normalised"
 INFO = "info.json"
 
@@ -74,134 +74,6 @@ class ShardJob:
     @property
     def keys_sha256(self) -> str:
         return hashlib.sha256("\n".join(self.keys).encode()).hexdigest()
-
-
-# ------------------------------------------------------------------------------------ pure parts
-def pick_device(device: str = "auto") -> str:
-    """``auto``: cuda > mps > cpu; anything else is returned as given."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def flatten_to_rgb(img):
-    """RGB image; transparent pixels become white (figures are drawn on white)."""
-    from PIL import Image
-
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode == "I;16" or img.mode == "I":
-        arr = np.asarray(img, dtype=np.float32)
-        hi = float(arr.max()) or 1.0
-        img = Image.fromarray((arr * (255.0 / hi)).astype(np.uint8), "L")
-    return img.convert("RGB")
-
-
-def prepare_image(data: bytes, image_size: int = 224, fit: str = "pad"):
-    """Decode image bytes into an ``image_size`` x ``image_size`` RGB image (see module doc for ``fit``)."""
-    from PIL import Image
-
-    if fit not in FITS:
-        raise ValueError(f"fit={fit!r}: expected one of {FITS}")
-    img = Image.open(io.BytesIO(data))
-    img.draft("RGB", (image_size, image_size))  # JPEG: decode at 1/2..1/8 scale, never below the target
-    img = flatten_to_rgb(img)
-    w, h = img.size
-    bicubic = Image.Resampling.BICUBIC
-    if fit == "squash":
-        return img.resize((image_size, image_size), bicubic, reducing_gap=3.0)
-    if fit == "crop":
-        scale = image_size / min(w, h)
-        nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-        img = img.resize((nw, nh), bicubic, reducing_gap=3.0)
-        left, top = (nw - image_size) // 2, (nh - image_size) // 2
-        return img.crop((left, top, left + image_size, top + image_size))
-    scale = image_size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    canvas = Image.new("RGB", (image_size, image_size), (255, 255, 255))
-    canvas.paste(img.resize((nw, nh), bicubic, reducing_gap=3.0), ((image_size - nw) // 2, (image_size - nh) // 2))
-    return canvas
-
-
-def _raise_missing_weights(name: str, exc: OSError) -> None:
-    """A Hub id that is neither cached nor downloadable: say so, and that ``--model PATH`` fixes it."""
-    from biomedica_hf.errors import MissingWeightsError, hub_offline, is_local_path, unreachable
-
-    if is_local_path(name) or not (hub_offline() or unreachable(exc)):
-        return
-    why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face Hub cannot be reached"
-    raise MissingWeightsError(f"embedding model {name!r} is not in the local Hugging Face cache and {why}",
-                              "pass --model PATH to a local model folder (save_pretrained layout), or run once "
-                              "with network to cache it") from exc
-
-
-def _fail_fast_when_unreachable(name: str) -> None:
-    """A Hub id that is not cached, with a Hub that does not answer: the one-line error now, not after the
-    download client's retries."""
-    from biomedica_hf.errors import hub_offline, hub_reachable, is_local_path
-
-    if is_local_path(name) or hub_offline():
-        return
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(name, local_files_only=True, allow_patterns=["config.json"])
-        return                                  # cached: from_pretrained will not need the network
-    except Exception:  # noqa: BLE001 - not cached (or not a repo id): ask the network
-        pass
-    if not hub_reachable():
-        _raise_missing_weights(name, ConnectionError(f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co')} "
-                                                     "cannot be reached"))
-
-
-def load_model(model: Any = DEFAULT_MODEL, processor: Any = None) -> tuple[Any, Any, str]:
-    """(model, processor, name): from a Hub id / local folder via ``from_pretrained``, or objects as given."""
-    from transformers import AutoImageProcessor, AutoModel
-
-    if isinstance(model, (str, os.PathLike)):
-        name = os.fspath(model)
-        _fail_fast_when_unreachable(name)
-        try:
-            net = AutoModel.from_pretrained(name)
-            if processor is None:
-                processor = AutoImageProcessor.from_pretrained(name)
-        except OSError as exc:
-            _raise_missing_weights(name, exc)
-            raise
-    else:
-        net = model
-        if processor is None:
-            raise ValueError("a model object needs its image processor (processor=...)")
-        name = getattr(net.config, "name_or_path", "") or type(net).__name__
-    if isinstance(processor, (str, os.PathLike)):
-        processor = AutoImageProcessor.from_pretrained(os.fspath(processor))
-    return net.eval(), processor, name
-
-
-def embed_images(model: Any, processor: Any, images: Sequence[Any], device: str = "cpu") -> np.ndarray:
-    """float32 ``[len(images), dim]``, L2-normalised: pooler_output, else the CLS token."""
-    import torch
-
-    switches = {k: False for k in ("do_resize", "do_center_crop") if hasattr(processor, k)}
-    pixels = processor(images=list(images), return_tensors="pt", **switches)["pixel_values"]
-    pixels = pixels.to(device, non_blocking=True)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda")
-                else contextlib.nullcontext())
-    with torch.inference_mode(), autocast:
-        out = model(pixel_values=pixels)
-        pooled = getattr(out, "pooler_output", None)
-        feats = pooled if pooled is not None else out.last_hidden_state[:, 0]
-        feats = torch.nn.functional.normalize(feats.float(), dim=-1)
-    return feats.cpu().numpy().astype(np.float32, copy=False)
 
 
 # ------------------------------------------------------------------------------------ files
@@ -317,7 +189,7 @@ _EMBED_WORKER: dict[str, Any] = {}
 def _init_embed_worker(model: Any, processor: Any, device: str, batch_size: int, image_size: int, fit: str,
                        settings: dict[str, Any], workers: int | None) -> None:
     """Load the model once per worker process (or once in-process for the local executor)."""
-    net, proc, _ = load_model(model, processor)
+    net, proc, _ = load_image_model(model, processor)
     _EMBED_WORKER.update(net=net.to(device), proc=proc, device=device, batch_size=batch_size,
                          image_size=image_size, fit=fit, settings=settings,
                          workers=workers or min(4, os.cpu_count() or 1))
@@ -433,7 +305,7 @@ __all__ = [
     "embedded_shards",
     "embedding_keys",
     "iter_embeddings",
-    "load_model",
+    "load_image_model",
     "pick_device",
     "prepare_image",
     "read_info",

@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from biomedica_hf.clip.vision import flatten_to_rgb
 from biomedica_hf.concepts.cluster import load_cluster_model, read_clusters
-from biomedica_hf.concepts.embed import flatten_to_rgb
 from biomedica_hf.concepts.layout import (
     CLUSTERS,
     SHEETS_DIR,

@@ -3,7 +3,8 @@
 >>> from biomedica_hf.eval import load_model, resolve_tasks, run_eval
 >>> results, summary = run_eval("ViT-B-32:laion2b_s34b_b79k", resolve_tasks("@fixtures"), out="runs/vitb32")
 
-Modules: ``adapters`` (model SPECs -> ``ModelAdapter``), ``tasks`` (registry), ``evalset`` (the
+Models come from the CLIP library (``biomedica_hf.clip.model``: model SPECs -> ``ClipModel``, a
+``ModelAdapter``); modules here: ``tasks`` (registry), ``evalset`` (the
 eval-set Parquet layout), ``metrics`` (pure metrics, tie rule), ``retrieval`` (chunked exact ranks),
 ``zeroshot``, ``runner``, ``report``, ``cli`` (``COMMANDS`` for the top-level ``biomedica`` group).
 Heavy imports (torch, open_clip, transformers) happen inside these modules, not here.
@@ -13,9 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "ModelAdapter": "biomedica_hf.clip.adapters", "OpenClipAdapter": "biomedica_hf.clip.adapters",
-    "TransformersClipAdapter": "biomedica_hf.clip.adapters", "load_model": "biomedica_hf.clip.adapters",
-    "parse_model_spec": "biomedica_hf.clip.adapters", "save_open_clip_folder": "biomedica_hf.clip.adapters",
+    "ModelAdapter": "biomedica_hf.clip.model", "ClipModel": "biomedica_hf.clip.model",
+    "load_model": "biomedica_hf.clip.model", "parse_model_spec": "biomedica_hf.clip.model",
+    "save_open_clip_folder": "biomedica_hf.clip.export",
     "Task": "tasks", "DataContext": "tasks", "resolve_tasks": "tasks", "get_task": "tasks", "register": "tasks",
     "retrieval_task": "tasks", "run_eval": "runner", "run_task": "runner", "EvalConfig": "runner",
     "write_evalset": "evalset", "read_evalset": "evalset", "DataNotFoundError": "evalset",
@@ -25,7 +26,7 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from biomedica_hf.clip.adapters import ModelAdapter, load_model  # noqa: F401
+    from biomedica_hf.clip.model import ModelAdapter, load_model  # noqa: F401
     from biomedica_hf.eval.runner import run_eval  # noqa: F401
 
 

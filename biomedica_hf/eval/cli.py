@@ -27,7 +27,8 @@ def _slug(text: str) -> str:
 @click.command("eval")
 @click.option("--model", "model_spec", default=None,
               help="open_clip name[:pretrained_tag], hf-hub:org/name, local-dir:PATH, transformers:ID_OR_PATH, "
-                   "or a model folder (open_clip layout or transformers CLIP). Required unless --list.")
+                   "clip:NAME[@tag] (= NAME:tag), or a model folder (open_clip layout or transformers CLIP). "
+                   "Required unless --list.")
 @click.option("--tasks", "task_spec", default="@biomedica", show_default=True,
               help="Comma-separated task names, globs (medmnist/*), groups (@fixtures, @biomedica, @<suite>, "
                    "@domain:<d>), retrieval:DATASET_DIR[#config], or your own labelled set: imagefolder:PATH, "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedica_hf.clip.adapters import ModelAdapter, load_model
+from biomedica_hf.clip.model import ModelAdapter, load_model
 from biomedica_hf.eval.evalset import EvalRows, read_evalset
 from biomedica_hf.eval.metrics import TieRule
 from biomedica_hf.eval.report import domain_summary, flat_metrics, markdown_report, model_index_yaml, plot_domains

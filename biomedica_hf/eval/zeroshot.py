@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from biomedica_hf.clip.adapters import ModelAdapter
+from biomedica_hf.clip.model import ModelAdapter
 from biomedica_hf.eval.evalset import EvalRows, decode_image
 from biomedica_hf.eval.metrics import zero_shot_metrics
 

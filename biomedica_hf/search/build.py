@@ -129,17 +129,36 @@ def _text_encode_fn(captions: Sequence[str], encoder, batch_size: int) -> Callab
     return encode
 
 
+CONCEPT_EMBEDDINGS = "embeddings"   # DATASET/embeddings/ of the concept stage (`biomedica embed`)
+
+
+def concept_embeddings(dataset: Path) -> tuple[dict[str, Any], Iterator[tuple[list[str], np.ndarray]]]:
+    """The concept stage's ``DATASET/embeddings/`` as written on disk: ``info.json`` (model, image size, fit)
+    and, for every shard whose ``NNNNNN_done.json`` marker exists, its row keys (``NNNNNN.parquet``) and
+    vectors (``NNNNNN.npy``, memory-mapped). Read as a file format, so search does not import ``concepts``."""
+    root = Path(dataset) / CONCEPT_EMBEDDINGS
+    info_path = root / "info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+
+    def shards() -> Iterator[tuple[list[str], np.ndarray]]:
+        for done in sorted(root.rglob("*_done.json")):
+            base = done.with_name(done.name.removesuffix("_done.json"))
+            keys = pq.read_table(base.with_suffix(".parquet"), columns=["key"])["key"].to_pylist()
+            emb = np.load(base.with_suffix(".npy"), mmap_mode="r")
+            if emb.shape[0] != len(keys):
+                raise ValueError(f"{base}.npy: {emb.shape[0]} rows for {len(keys)} keys")
+            yield keys, emb
+    return info, shards()
+
+
 def reusable_image_embeddings(dataset: Path, keys: Sequence[str], encoder) -> np.ndarray | None:
     """The concept stage's image embeddings in ``keys`` order, if made by this encoder's model and
     preprocessing and complete; else None."""
     settings = getattr(encoder, "concept_settings", None)
     if settings is None:
         return None
-    try:
-        from biomedica_hf.concepts import embed as concept_embed
-    except ImportError:
-        return None
-    info = concept_embed.read_info(dataset)
+    info, shards = concept_embeddings(dataset)
+
     def same(key: str) -> bool:
         a, b = info.get(key), settings[key]
         return a == b or (key == "model" and isinstance(a, str) and Path(a).exists()
@@ -149,11 +168,11 @@ def reusable_image_embeddings(dataset: Path, keys: Sequence[str], encoder) -> np
     row_of = {k: i for i, k in enumerate(keys)}
     out = np.full((len(keys), encoder.dim), np.nan, np.float32)
     try:
-        for _shard, shard_keys, emb in concept_embed.iter_embeddings(dataset):
+        for shard_keys, emb in shards:
             rows = [row_of.get(k, -1) for k in shard_keys]
             sel = [j for j, r in enumerate(rows) if r >= 0]
             out[[rows[j] for j in sel]] = np.asarray(emb[sel], np.float32)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         log.info("concept embeddings not reusable: %s", exc)
         return None
     if np.isnan(out).any():

@@ -18,7 +18,8 @@ def _parse_bytes(text: str) -> int:
 @click.command("index")
 @click.argument("dataset", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--encoder", required=True, metavar="SPEC",
-              help="clip:NAME[@WEIGHTS] | local-dir:PATH (open_clip) | hf:PATH | st:PATH | minilm | "
+              help="a CLIP model SPEC (as `biomedica eval --model`: NAME[:TAG], clip:NAME[@TAG], hf-hub:ORG/NAME, "
+                   "local-dir:PATH, transformers:ID_OR_PATH, a model folder) | hf:PATH | st:PATH | minilm | "
                    "text=SPEC,image=SPEC (separate spaces, e.g. text=minilm,image=hf:/models/dinov2).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Index folder [default: DATASET/search_index].")

@@ -2,8 +2,9 @@
 
 ``--encoder SPEC`` grammar::
 
-    clip:NAME[@PRETRAINED]      open_clip model (built-in config); PRETRAINED = tag or checkpoint file
-    local-dir:PATH | PATH       a folder with ``open_clip_config.json`` (weights from the folder if any)
+    CLIP SPEC                   any model SPEC of ``biomedica_hf.clip.model`` (the one of ``biomedica eval
+                                --model``): NAME[:TAG], hf-hub:ORG/NAME, local-dir:PATH, an open_clip or
+                                transformers CLIP folder, transformers:ID_OR_PATH, clip:NAME[@TAG] (= NAME:TAG)
     hf:PATH[?OPTIONS]           a transformers folder: text model (mean pooling; ?max_length=256) or vision
                                 model (DINOv2 / ViT, the concept stage's preprocessing; ?image_size=224&fit=pad)
     st:PATH                     a sentence-transformers folder
@@ -11,8 +12,10 @@
     text=SPEC,image=SPEC        separate spaces (either part may be left out)
 
 One CLIP spec (or the same CLIP spec for both parts) puts text and images in one space (``joint``):
-text queries then also search the image vectors. Models without weights are built from a seeded
-RNG, so the index and the server that loads it get the same (random) model; ``fingerprint`` checks it.
+text queries then also search the image vectors. CLIP models are :class:`biomedica_hf.clip.model.ClipModel`
+(images and vision backbones go through ``biomedica_hf.clip.vision``, as in the concept stage). Models
+without weights are built from a seeded RNG, so the index and the server that loads it get the same
+(random) model; ``fingerprint`` checks it.
 """
 from __future__ import annotations
 
@@ -20,9 +23,10 @@ import hashlib
 import io
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -62,54 +66,24 @@ def _param_fingerprint(module) -> str:
     return h.hexdigest()[:16]
 
 
-def load_pil(data: bytes | Any, max_side: int = MAX_DECODE_SIDE):
-    """Decode image bytes (or pass a PIL image through) as RGB; JPEGs are draft-decoded when large."""
-    from PIL import Image
+class ClipEncoder:
+    """A CLIP model SPEC as text and image encoder (both towers, one space), numpy out, on the CPU."""
 
-    img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
-    if img.format == "JPEG" and max(img.size) > 2 * max_side:
-        img.draft("RGB", (max_side, max_side))
-    return img.convert("RGB")
+    def __init__(self, spec: str):
+        from biomedica_hf.clip.model import load_model
 
-
-class OpenClipModel:
-    """An open_clip model: image and text towers in one space."""
-
-    def __init__(self, name: str, pretrained: str | None = None):
-        import open_clip
-        import torch
-
-        self.name = name + (f"@{pretrained}" if pretrained else "")
-        with torch.random.fork_rng():
-            torch.manual_seed(RANDOM_SEED)
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
-        self.model = model.eval()
-        self.preprocess = preprocess
-        self.tokenizer = open_clip.get_tokenizer(name)
-        with torch.no_grad():
-            self.dim = int(self.model.encode_text(self.tokenizer(["x"])).shape[-1])
-        self.random_weights = pretrained is None and not _has_local_weights(name)
-        self.fingerprint = _param_fingerprint(self.model)
+        self.clip = load_model(spec, "cpu", seed=RANDOM_SEED)
+        self.name = self.clip.name
+        self.dim = self.clip.dim
+        self.random_weights = self.clip.random_weights
+        self.fingerprint = _param_fingerprint(self.clip.model)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return _normalise(self.model.encode_text(self.tokenizer(list(texts))).float())
+        return self.clip.encode_texts(texts).numpy()
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
-        import torch
-
-        batch = torch.stack([self.preprocess(load_pil(im)) for im in images])
-        with torch.inference_mode():
-            return _normalise(self.model.encode_image(batch).float())
-
-
-def _has_local_weights(name: str) -> bool:
-    if not name.startswith("local-dir:"):
-        return False
-    folder = Path(name[len("local-dir:"):])
-    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) or any(folder.glob("*.pt"))
+        """Image bytes or PIL images."""
+        return self.clip.encode_images(images).numpy()
 
 
 class HFTextModel:
@@ -165,18 +139,18 @@ class STTextModel:
 
 class HFImageModel:
     """A transformers vision model (DINOv2, ViT, ...) with the concept stage's preprocessing and pooling
-    (``biomedica_hf.concepts.embed``: pad to a white square, pooler output / CLS token), so its vectors
+    (``biomedica_hf.clip.vision``: pad to a white square, pooler output / CLS token), so its vectors
     match - and can reuse - ``DATASET/embeddings/``."""
 
     def __init__(self, path: str, image_size: int = 224, fit: str = "pad"):
         import torch
 
-        from biomedica_hf.concepts.embed import load_model
+        from biomedica_hf.clip.vision import load_image_model
 
         self.name = path
         with torch.random.fork_rng():
             torch.manual_seed(RANDOM_SEED)
-            self.model, self.processor, _ = load_model(path)
+            self.model, self.processor, _ = load_image_model(path)
         self.image_size, self.fit = image_size, fit
         cfg = self.model.config
         self.dim = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "projection_dim", 0))
@@ -185,7 +159,7 @@ class HFImageModel:
         self.concept_settings = {"model": path, "image_size": image_size, "fit": fit}
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
-        from biomedica_hf.concepts.embed import embed_images, prepare_image
+        from biomedica_hf.clip.vision import embed_images, prepare_image
 
         prepared = [prepare_image(_as_bytes(im), self.image_size, self.fit) for im in images]
         return _normalise(embed_images(self.model, self.processor, prepared))
@@ -260,17 +234,14 @@ def _options(query: str) -> dict[str, str]:
 def _load_one(spec: str, role: str, cache: dict[str, Any]):
     if spec in cache:
         return cache[spec]
+    from biomedica_hf.clip.model import clip_spec
+
+    path, _, query = (spec.removeprefix("hf:")).partition("?")
     if spec == "minilm":
         model = HFTextModel(minilm_path())
-    elif spec.startswith("clip:"):
-        name, _, pretrained = spec[len("clip:"):].partition("@")
-        model = OpenClipModel(name, pretrained or None)
-    elif spec.startswith("local-dir:"):
-        model = OpenClipModel(spec)
     elif spec.startswith("st:"):
         model = STTextModel(spec[3:])
-    elif spec.startswith("hf:") or (Path(spec.split("?")[0]) / "config.json").is_file():
-        path, _, query = (spec[3:] if spec.startswith("hf:") else spec).partition("?")
+    elif spec.startswith("hf:") or ((Path(path) / "config.json").is_file() and clip_spec(spec) is None):
         opts = _options(query)
         if _is_vision_config(Path(path)):
             model = HFImageModel(path, image_size=int(opts.pop("image_size", 224)), fit=opts.pop("fit", "pad"))
@@ -278,16 +249,12 @@ def _load_one(spec: str, role: str, cache: dict[str, Any]):
             model = HFTextModel(path, max_length=int(opts.pop("max_length", 256)))
         if opts:
             raise ValueError(f"unknown option(s) {sorted(opts)} in {spec!r}")
-    elif Path(spec).is_dir() and (Path(spec) / "open_clip_config.json").exists():
-        model = OpenClipModel(f"local-dir:{spec}")
+    elif clip_spec(spec) is not None:
+        model = ClipEncoder(spec)
     else:
-        import open_clip
-
-        if spec in open_clip.list_models():
-            model = OpenClipModel(spec)
-        else:
-            raise ValueError(f"unknown encoder {spec!r} for {role}: use clip:NAME, local-dir:PATH, hf:PATH, st:PATH, "
-                             "minilm or text=...,image=...")
+        raise ValueError(f"unknown encoder {spec!r} for {role}: use a CLIP model SPEC (NAME[:TAG], clip:NAME[@TAG], "
+                         "hf-hub:ORG/NAME, local-dir:PATH, transformers:ID_OR_PATH), hf:PATH, st:PATH, minilm or "
+                         "text=...,image=...")
     cache[spec] = model
     return model
 

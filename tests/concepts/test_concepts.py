@@ -25,9 +25,10 @@ from conftest import SHARED, save_tiny_dinov2
 from PIL import Image
 
 from biomedica_hf.build.pipeline import BuildConfig, build
+from biomedica_hf.clip.vision import embed_images, load_image_model, pick_device, prepare_image
 from biomedica_hf.concepts.cli import COMMANDS
 from biomedica_hf.concepts.cluster import fit_clusters, iter_batches, load_cluster_model
-from biomedica_hf.concepts.embed import embed_images, load_model, pick_device, prepare_image, read_info, shard_outputs
+from biomedica_hf.concepts.embed import read_info, shard_outputs
 from biomedica_hf.concepts.label import AnnotationError, apply_labels, labels_extra_columns, read_annotation, validate
 from biomedica_hf.concepts.layout import save_npy, write_table
 from biomedica_hf.concepts.sheets import COLUMNS, PAD, THUMB
@@ -159,7 +160,7 @@ def test_embeddings_per_shard(embedded, tiny_model):
     # one sample recomputed independently: image bytes taken with tarfile, not with the byte offsets
     row = next(r for r in index if r["image_ext"] == "png")
     data = _tar_member(embedded / row["shard"], f"{row['key']}.png")
-    model, processor, _ = load_model(str(tiny_model))
+    model, processor, _ = load_image_model(str(tiny_model))
     expected = embed_images(model, processor, [prepare_image(data, IMAGE_SIZE)])[0]
     keys = pq.read_table(shard_outputs(embedded, row["shard"])[1])["key"].to_pylist()
     np.testing.assert_allclose(np.load(shard_outputs(embedded, row["shard"])[0])[keys.index(row["key"])], expected,

@@ -19,7 +19,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from biomedica_hf.clip.adapters import save_open_clip_folder
+from biomedica_hf.clip.export import save_open_clip_folder
 from biomedica_hf.clip.tiny import tiny_open_clip
 from biomedica_hf.eval.cli import compare_cmd, eval_cmd
 from biomedica_hf.eval.evalset import read_evalset
@@ -29,15 +29,8 @@ from biomedica_hf.eval.tasks import DataContext, UserDataError, get_task, resolv
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO.parent / "shared" / "fixtures"
 EVAL = FIXTURES / "eval"
-pytestmark = pytest.mark.skipif(not EVAL.is_dir(), reason=f"eval fixtures not found at {EVAL}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.skipif(not EVAL.is_dir(), reason=f"eval fixtures not found at {EVAL}"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +257,7 @@ def test_local_copy_in_suite_layout_is_named_by_its_path(ctx, tmp_path, model_di
 
 def test_compare_shows_balanced_accuracy(ctx, tmp_path):
     """A model whose scores ignore the image scores its majority-class share on accuracy, 1/K on balanced accuracy."""
-    from biomedica_hf.clip.adapters import ModelAdapter
+    from biomedica_hf.clip.model import ModelAdapter
 
     class Constant(ModelAdapter):
         name, device = "constant", torch.device("cpu")

@@ -32,6 +32,29 @@ def test_bad_specs_are_explained(spec, message):
         load_encoders(spec)
 
 
+def test_concept_embedder_and_search_share_one_clip_spec(tmp_path_factory, tmp_path):
+    """`biomedica embed --model SPEC` takes the CLIP grammar of `biomedica eval` and `biomedica index`: the
+    concept stage's vectors are the search encoder's image vectors of the fitted (white-padded) images."""
+    from test_search_support import tiny_clip_dir
+
+    from biomedica_hf.clip.vision import prepare_image
+    from biomedica_hf.concepts.embed import embed_dataset, iter_embeddings, read_info
+
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset(tmp_path_factory), ds, ignore=shutil.ignore_patterns("_work"))
+    spec = f"clip:local-dir:{tiny_clip_dir(tmp_path_factory)}"
+    embed_dataset(ds, model=spec, image_size=IMAGE_SIZE, progress=False, device="cpu")
+    assert read_info(ds)["model"] == spec and read_info(ds)["dim"] == 64
+    encoder = load_encoders(spec).image
+    rows = {r["key"]: r for r in pq.read_table(ds / "figures.parquet").to_pylist()}
+    n = 0
+    for _, keys, emb in iter_embeddings(ds):
+        mine = encoder.encode_images([prepare_image(image_bytes(ds, rows[k]), IMAGE_SIZE) for k in keys])
+        assert np.allclose(np.asarray(emb), mine, atol=1e-5)
+        n += len(keys)
+    assert n == len(rows) == 23
+
+
 def test_dinov2_index_reuses_concept_embeddings(tmp_path_factory, tmp_path, tiny_dinov2):
     from biomedica_hf.concepts.embed import embed_dataset, iter_embeddings
     from biomedica_hf.search.build import IndexConfig, build_search_index

@@ -84,11 +84,11 @@ def test_open_clip_two_processes_resume_and_export(recipe_dataset, tmp_path):
     tokens = open_clip.tokenize(TEXTS, context_length=16)
     hf_tokens = proc.tokenizer(TEXTS, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
     with torch.no_grad():
-        from biomedica_hf.clip.adapters import _features
+        from biomedica_hf.clip.model import hf_features
 
-        assert torch.allclose(model.encode_image(pixels), _features(hf.get_image_features(pixel_values=pixels)),
+        assert torch.allclose(model.encode_image(pixels), hf_features(hf.get_image_features(pixel_values=pixels)),
                               atol=1e-5)
-        assert torch.allclose(model.encode_text(tokens), _features(hf.get_text_features(**hf_tokens)), atol=1e-5)
+        assert torch.allclose(model.encode_text(tokens), hf_features(hf.get_text_features(**hf_tokens)), atol=1e-5)
     card = (oc_dir / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] == "open_clip" and meta["pipeline_tag"] == "zero-shot-image-classification"
@@ -115,7 +115,7 @@ def test_transformers_lora_two_processes(recipe_dataset, tmp_path):
     export = run / "export"
     assert (export / "lora_adapter" / "adapter_config.json").is_file()
     assert not (export / "open_clip").exists()   # a transformers model has no open_clip layout: skipped
-    from biomedica_hf.clip.adapters import load_model
+    from biomedica_hf.clip.model import load_model
 
     adapter = load_model(f"transformers:{export / 'transformers'}", device="cpu")
     assert adapter.encode_texts(TEXTS).shape == (3, 32)
@@ -148,7 +148,7 @@ def test_open_clip_export_round_trip_and_hf_conversion(tmp_path):
     import open_clip
 
     from biomedica_hf.clip import export_model
-    from biomedica_hf.clip.adapters import load_model
+    from biomedica_hf.clip.model import load_model
 
     clip = _tiny_oc(seed=3)
     pixels = torch.randn(3, 3, 32, 32)
