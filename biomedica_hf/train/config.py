@@ -95,7 +95,7 @@ class TrainBase:
 
 
 @dataclass
-class LoraBase:
+class LoraConfig:
     enabled: bool = False
     r: int = 16
     alpha: int = 32
@@ -142,11 +142,6 @@ class ClipTrain(TrainBase):
 
 
 @dataclass
-class ClipLora(LoraBase):
-    pass
-
-
-@dataclass
 class WiseFT:
     alpha: float | None = None
 
@@ -170,7 +165,7 @@ class ClipConfig:
     model: ClipModel = field(default_factory=ClipModel)
     data: ClipData = field(default_factory=ClipData)
     train: ClipTrain = field(default_factory=ClipTrain)
-    lora: ClipLora = field(default_factory=ClipLora)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     wise_ft: WiseFT = field(default_factory=WiseFT)
     export: ClipExport = field(default_factory=ClipExport)
     card: CardConfig = field(default_factory=CardConfig)
@@ -215,7 +210,7 @@ class SmolVLMTrain(TrainBase):
 
 
 @dataclass
-class SmolVLMLora(LoraBase):
+class SmolVLMLora(LoraConfig):
     enabled: bool = True
     r: int = 8
     alpha: int = 8

@@ -110,7 +110,7 @@ def test_transformers_lora_two_processes(recipe_dataset, tmp_path):
     cfg["export"].update(adapter=True)
     config = tmp_path / "hf.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    launch_recipe([TRAIN, "--config", str(config), "--threads", "1"])
+    launch_recipe(["-m", "biomedica_hf.train.clip", "--config", str(config), "--threads", "1"])   # the package's entry
     assert [r["step"] for r in recipe_log(run)] == [1, 2]
     export = run / "export"
     assert (export / "lora_adapter" / "adapter_config.json").is_file()

@@ -42,8 +42,9 @@ def processor(tiny_dir):
 def run(recipe_dataset, tmp_path_factory) -> Path:
     """6 optimizer steps (2 procs x batch 2 x accumulation 2), checkpoints every 2 steps."""
     out = tmp_path_factory.mktemp("run") / "smoke"
-    _launch(["--config", SMOKE, "--set", f"data.path={recipe_dataset}", "--set", f"output_dir={out}",
-             "--set", "train.max_steps=6", "--threads", "1"])
+    # the installed entry point and a bundled config name (the resume test runs finetune/smolvlm/train.py)
+    launch_recipe(["-m", "biomedica_hf.train.smolvlm", "--config", "cpu_smoke", "--set", f"data.path={recipe_dataset}",
+                   "--set", f"output_dir={out}", "--set", "train.max_steps=6", "--threads", "1"])
     return out
 
 
