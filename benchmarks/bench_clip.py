@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from bench_stream import build_dataset
 
 from biomedica_hf.clip.tiny import TINY_OPEN_CLIP_CFG
+from biomedica_hf.train.config import bundled_configs
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
@@ -53,7 +54,7 @@ def n_samples(data: Path) -> int:
 
 
 def ours(data: Path, work: Path, steps: int, bs: int, workers: int) -> dict:
-    cfg = yaml.safe_load((REPO / "finetune/clip/configs/cpu_smoke.yaml").read_text())
+    cfg = yaml.safe_load(bundled_configs("clip")["cpu_smoke"].read_text())
     cfg["output_dir"] = str(work / "ours")
     cfg["data"].update(path=str(data), num_workers=workers)
     cfg["train"].update(batch_size=bs, max_steps=steps, save_every=None, log_every=1, warmup_steps=1, max_epochs=10**6)

@@ -5,7 +5,7 @@
 
 build -> card -> embed -> cluster -> annotation-sheets -> label (a generated annotation file) -> CLIP
 recipe -> SmolVLM recipe -> caption -> eval -> index -> serve + one query -> RAG example. Only the
-public command lines are called (``biomedica ...``, ``accelerate launch finetune/...``,
+public command lines are called (``biomedica ...``, ``accelerate launch -m biomedica_hf.train.<recipe>``,
 ``examples/rag_agent.py``). The models are ``tiny-random-*`` (configs in ``examples/smoke/``, random
 weights): the run checks that each stage works and feeds the next, never the quality of what comes out.
 Writes ``OUT/smoke_summary.json`` (each stage: command, seconds, what it produced) and exits non-zero
@@ -212,12 +212,12 @@ class Smoke:
         self.run("label", [bm, "label", self.ds, "--annotations", self.annotation_file()],
                  self.ds / "concepts" / "labels.parquet")
         clip_run = self.out / "runs" / "clip"
-        self.run("CLIP recipe", [*accelerate, "finetune/clip/train.py", "--config",
-                                 "finetune/clip/configs/cpu_smoke.yaml", "--set", f"data.path={self.ds}",
+        self.run("CLIP recipe", [*accelerate, "-m", "biomedica_hf.train.clip", "--config",
+                                 "cpu_smoke", "--set", f"data.path={self.ds}",
                                  "--set", f"output_dir={clip_run}"], clip_run / "export" / "open_clip", env=cpu)
         vlm_run = self.out / "runs" / "smolvlm"
-        self.run("SmolVLM recipe", [*accelerate, "finetune/smolvlm/train.py", "--config",
-                                    "finetune/smolvlm/configs/cpu_smoke.yaml", "--set", f"data.path={self.ds}",
+        self.run("SmolVLM recipe", [*accelerate, "-m", "biomedica_hf.train.smolvlm", "--config",
+                                    "cpu_smoke", "--set", f"data.path={self.ds}",
                                     "--set", f"output_dir={vlm_run}", "--threads", 1], vlm_run / "merged", env=cpu)
         figure = self.out / "figure.jpg"
         self._first_image(figure)

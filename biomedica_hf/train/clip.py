@@ -1,55 +1,51 @@
-"""The CLIP continual pre-training loop (one loop for open_clip and transformers models).
+r"""The CLIP continual pre-training loop (one loop for open_clip and transformers models).
+
+    accelerate launch -m biomedica_hf.train.clip --config bmc_clip_vitl14_8gpu      # a bundled config
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m biomedica_hf.train.clip \
+        --config cpu_smoke --set data.path=DATASET_DIR
+    python -m biomedica_hf.train.clip --config my.yaml --set train.max_steps=10 --set output_dir=runs/x
+    python -m biomedica_hf.train.clip --list-configs
 
 ``train(config)`` runs under ``accelerate launch`` (or plain ``python`` for one process):
 
-* data: :func:`.data.build_stream` (sharded once, by node; the DataLoader is not ``prepare``d);
-  ranks stop together when any rank runs out (an all-reduce per micro-batch), so unequal data never hangs;
-* loss: :class:`.loss.ClipLoss`, local logits against gathered features (exact for world size > 1);
+* data: :func:`biomedica_hf.clip.data.build_stream` (sharded once, by node; the DataLoader is not
+  ``prepare``d); ranks stop together when any rank runs out (an all-reduce per micro-batch), so unequal data
+  never hangs;
+* loss: :class:`biomedica_hf.clip.loss.ClipLoss`, local logits against gathered features (exact for world size > 1);
 * AdamW (config betas), linear warmup + cosine decay, gradient accumulation (each micro-batch is its own
   contrastive batch of ``batch_size x world_size``), grad-norm clipping, bf16 autocast on CUDA,
   gradient checkpointing and PEFT LoRA options, WiSE-FT with the base weights after training;
-* checkpoints ``output_dir/checkpoints/step_N``: ``accelerator.save_state`` (model, optimizer, scheduler,
-  RNG) + every rank's ``IterableDataset.state_dict()`` + step/epoch; ``train.resume_from`` resumes exactly
-  (with ``num_workers: 0``; the shuffle buffer's content is not part of a ``datasets`` state and is
-  refilled on resume, so use ``shuffle_buffer: 0`` where bit-exact resume matters);
+* checkpoints ``output_dir/checkpoints/step_N`` (:mod:`biomedica_hf.train.checkpoint`): ``accelerator.save_state``
+  (model, optimizer, scheduler, RNG) + every rank's ``IterableDataset.state_dict()`` + step/epoch;
+  ``train.resume`` (``auto`` | PATH | null) resumes exactly (with ``num_workers: 0``; the shuffle buffer's
+  content is not part of a ``datasets`` state and is refilled on resume, so use ``shuffle_buffer: 0`` where
+  bit-exact resume matters);
 * logs: ``output_dir/log.jsonl``: step, epoch, loss, lr, logit_scale, grad_norm, samples/s, data-wait fraction.
+
+The config (:class:`biomedica_hf.train.config.ClipConfig`) is checked: unknown keys are errors.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from biomedica_hf.clip.data import Collate, build_stream
-from biomedica_hf.clip.loss import ClipLoss
-from biomedica_hf.clip.model import build_model
-from biomedica_hf.train.config import load_recipe_config
+from biomedica_hf.train import checkpoint
+from biomedica_hf.train.config import check_config, resolve_precision, to_dict
+from biomedica_hf.train.config import load_config as _load_config
 from biomedica_hf.train.distributed import end_run
 
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "output_dir": "runs/clip",
-    "model": {"kind": "open_clip", "name": "ViT-L-14", "pretrained": "commonpool_xl_clip_s13b_b90k"},
-    "data": {"path": None, "subset": "commercial", "shuffle_buffer": 0, "num_workers": 0, "reference_prob": 0.0},
-    "train": {"batch_size": 1024, "grad_accum": 1, "lr": 1e-6, "betas": [0.9, 0.95], "eps": 1e-6,
-              "weight_decay": 0.2, "warmup_steps": 1000, "max_steps": None, "max_epochs": 1000, "grad_clip": 1.0,
-              "mixed_precision": "auto", "grad_checkpointing": False, "log_every": 10, "save_every": None,
-              "resume_from": None, "max_logit_scale": 100.0},
-    "lora": {"enabled": False, "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": None},
-    "wise_ft": {"alpha": None},
-    "export": {"enabled": True, "formats": ["open_clip", "transformers"], "lora": "merge", "card": True,
-               "model_index": None, "repo_id": None, "dataset_id": None},
-}
+if TYPE_CHECKING:
+    import torch
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict:
-    """DEFAULTS <- YAML file <- ``key.sub=value`` overrides (values parsed as YAML)."""
-    return load_recipe_config(DEFAULTS, path, overrides or ())
+    """Defaults <- YAML file (a path or a bundled name) <- ``key.sub=value`` overrides, checked (a plain dict)."""
+    return _load_config("clip", path, overrides or ())
 
 
 def lr_lambda(warmup: int, total: int):
@@ -76,7 +72,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 class _Batches:
     """Micro-batches for ever (epoch after epoch), synchronised across ranks: all stop when one runs out."""
 
-    def __init__(self, accelerator, ds, loader_factory, collate: Collate, epoch: int, max_epochs: int) -> None:
+    def __init__(self, accelerator, ds, loader_factory, collate, epoch: int, max_epochs: int) -> None:
         self.acc, self.ds, self.factory, self.collate = accelerator, ds, loader_factory, collate
         self.epoch, self.max_epochs, self.it, self.wait = epoch, max_epochs, None, 0.0
 
@@ -86,6 +82,8 @@ class _Batches:
         self.it = iter(self.factory())
 
     def next(self) -> dict | None:
+        import torch
+
         t0 = time.perf_counter()
         try:
             while self.epoch < self.max_epochs:
@@ -104,20 +102,27 @@ class _Batches:
 
 
 def train(cfg: dict) -> dict:
-    """Run a recipe; returns ``{"step", "log", "export", ...}`` (on every rank)."""
+    """Run a recipe (a config dict or :class:`~biomedica_hf.train.config.ClipConfig`, checked here);
+    returns ``{"step", "log", "export", ...}`` (on every rank)."""
+    import torch
     from accelerate import Accelerator
 
-    cuda = torch.cuda.is_available()
-    mp = cfg["train"].get("mixed_precision", "auto")
-    mp = ("bf16" if cuda and torch.cuda.is_bf16_supported() else "no") if mp == "auto" else mp
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=mp)
+    cfg = to_dict(check_config("clip", cfg))
+    cpu = cfg["train"]["cpu"] or not torch.cuda.is_available()
+    bf16_ok = not cpu and torch.cuda.is_bf16_supported()
+    accelerator = Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg["train"]["mixed_precision"], bf16_ok))
     result = _train(accelerator, cfg)   # the model, optimizer and stream die with its frame ...
     end_run(accelerator)                # ... before the process group is destroyed
     return result
 
 
 def _train(accelerator, cfg: dict) -> dict:
+    import torch
     from accelerate.utils import set_seed
+
+    from biomedica_hf.clip.data import Collate, build_stream
+    from biomedica_hf.clip.loss import ClipLoss
+    from biomedica_hf.clip.model import build_model
 
     t_cfg, d_cfg = cfg["train"], cfg["data"]
     cuda = accelerator.device.type == "cuda"
@@ -158,15 +163,16 @@ def _train(accelerator, cfg: dict) -> dict:
                                            drop_last=True, pin_memory=cuda)
 
     step, epoch, samples = 0, 0, 0
-    resume = t_cfg.get("resume_from")
-    if resume:
-        accelerator.load_state(resume)
-        state = json.loads((Path(resume) / "trainer_state.json").read_text())
+    ck = checkpoint.resume_checkpoint(t_cfg["resume"], out)
+    if ck is not None:
+        accelerator.load_state(str(ck))
+        state = checkpoint.read_trainer_state(ck)
         step, epoch, samples = state["step"], state["epoch"], state["samples"]
-        data_state = Path(resume) / f"data_state_rank{rank}.json"
         ds.set_epoch(epoch)
-        if num_workers == 0 and data_state.is_file():
-            ds.load_state_dict(json.loads(data_state.read_text()))
+        data_state = checkpoint.read_data_state(ck, rank) if num_workers == 0 else None
+        if data_state is not None:
+            ds.load_state_dict(data_state)
+        accelerator.print(f"resumed from {ck} at step {step}")
     batches = _Batches(accelerator, ds, loader, collate, epoch, int(t_cfg.get("max_epochs") or 10**9))
 
     loss_fn = ClipLoss()
@@ -181,10 +187,10 @@ def _train(accelerator, cfg: dict) -> dict:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(dirname))
         if num_workers == 0:
-            (dirname / f"data_state_rank{rank}.json").write_text(json.dumps(ds.state_dict()))
+            checkpoint.write_data_state(dirname, rank, ds.state_dict())
         if accelerator.is_main_process:
-            (dirname / "trainer_state.json").write_text(json.dumps(
-                {"step": step, "epoch": batches.epoch, "samples": samples, "world_size": world}))
+            checkpoint.write_trainer_state(dirname, {"step": step, "epoch": batches.epoch, "samples": samples,
+                                                     "world_size": world})
         accelerator.wait_for_everyone()
 
     done = False
@@ -229,35 +235,36 @@ def _train(accelerator, cfg: dict) -> dict:
             with log_path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
         if save_every and step % int(save_every) == 0:
-            save(out / "checkpoints" / f"step_{step}")
+            save(checkpoint.checkpoint_dir(out, step))
 
     accelerator.wait_for_everyone()
     result: dict[str, Any] = {"step": step, "samples": samples, "losses": losses, "log": str(log_path)}
     if step and (not save_every or step % int(save_every)):
-        save(out / "checkpoints" / f"step_{step}")
+        save(checkpoint.checkpoint_dir(out, step))
     clip = accelerator.unwrap_model(model)
     e_cfg = cfg["export"]
     export_dir = out / "export"
-    if clip.is_lora and e_cfg.get("enabled") and e_cfg.get("lora") == "adapter" and accelerator.is_main_process:
+    if clip.is_lora and e_cfg["enabled"] and e_cfg["adapter"] and accelerator.is_main_process:
         clip.model.save_pretrained(export_dir / "lora_adapter")   # the trained adapter, before any WiSE-FT
     if cfg["wise_ft"].get("alpha") is not None:
         from biomedica_hf.clip.export import wise_ft
 
         clip.merge_lora()
         wise_ft(clip.base_core(), base_state, float(cfg["wise_ft"]["alpha"]))
-    if e_cfg.get("enabled") and accelerator.is_main_process:
+    if e_cfg["enabled"] and accelerator.is_main_process:
         from biomedica_hf.clip.card import write_model_card
         from biomedica_hf.clip.export import export_model
 
         written = export_model(clip, export_dir, tuple(e_cfg["formats"]), "merge")   # adapter saved above
         if (export_dir / "lora_adapter").is_dir():
             written["lora_adapter"] = str(export_dir / "lora_adapter")
-        if e_cfg.get("card", True):
+        if cfg["card"]["enabled"]:
             for fmt in ("open_clip", "transformers"):
                 if fmt in written:
                     write_model_card(Path(written[fmt]), cfg, fmt, {"step": step, "samples": samples,
                                                                      "world_size": world, "final_loss":
-                                                                     losses[-1] if losses else None})
+                                                                     losses[-1] if losses else None},
+                                     cfg["card"]["template"])
         result["export"] = written
     accelerator.wait_for_everyone()
     return result
@@ -269,3 +276,18 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def _summary(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "losses"} | {"last_loss": (result["losses"] or [None])[-1]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m biomedica_hf.train.clip`` (and ``finetune/clip/train.py``)."""
+    from biomedica_hf.train.cli import run_recipe
+
+    return run_recipe("clip", __doc__, argv, train, _summary)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,11 +1,362 @@
-"""Recipe configs (CLIP and SmolVLM training): defaults <- a YAML file <- ``a.b.c=value`` overrides."""
+"""Recipe configs (CLIP and SmolVLM training), typed: defaults <- a YAML file <- ``a.b.c=value`` overrides.
+
+Each recipe's config is a dataclass (:class:`ClipConfig`, :class:`SmolVLMConfig`) of sections. Loading merges
+the YAML and the ``--set`` overrides (values parsed as YAML) into the defaults, then checks the result against
+the dataclass: a key that is not a field is an error naming the valid keys (and the closest one), a value of
+the wrong type is an error naming the type (numbers written as strings, ``1e-6`` in YAML, are converted),
+a key of the old vocabulary is an error naming its new key (:data:`RENAMED`).
+
+One vocabulary for both recipes (issue 18):
+
+* ``output_dir``; ``train.resume: auto | PATH | null`` (``auto``: the latest checkpoint in
+  ``output_dir/checkpoints``, if any); ``train.grad_checkpointing``; ``train.mixed_precision: auto | no |
+  bf16 | fp16`` (``auto``: bf16 on a CUDA GPU with bf16, else no); ``train.cpu``;
+* ``export.enabled``, ``export.adapter`` (also save the PEFT LoRA adapter); ``card.enabled``, ``card.template``;
+* ``data.path``, ``data.subset`` and the ``load_biomedica`` filters (``concepts``, ``exclude_concepts``,
+  ``licenses``, ``years``, ``min_caption_chars``, ``split``, ``exclude``, ``near_duplicates``);
+* checkpoints ``output_dir/checkpoints/step_N`` with ``data_state_rank{r}.json`` (see ``checkpoint.py``).
+
+Bundled configs are package data: ``biomedica_hf/train/configs/<recipe>/<name>.yaml``; ``--config NAME``
+resolves one of them, ``--config PATH`` a file.
+"""
 from __future__ import annotations
 
-import argparse
 import copy
+import dataclasses
+import difflib
 import os
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Literal, Union
+
+from biomedica_hf.errors import BiomedicaError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# old key -> (new key, note): both recipes used other words for the same things before issue 18
+RENAMED: dict[str, tuple[str, str]] = {
+    "train.resume_from": ("train.resume", "auto | PATH | null"),
+    "export.card": ("card.enabled", "true | false"),
+    "export.lora": ("export.adapter", "`lora: adapter` is `adapter: true`, `lora: merge` is `adapter: false`"),
+    "model.gradient_checkpointing": ("train.grad_checkpointing", "true | false"),
+}
+
+
+class ConfigError(BiomedicaError, ValueError):
+    """A recipe config that cannot run: an unknown or renamed key, a value of the wrong type, a missing file."""
+
+    exit_code = 2
+
+
+# --------------------------------------------------------------------------------------------- sections
+Precision = Literal["auto", "no", "bf16", "fp16"]
+
+
+@dataclass
+class DataBase:
+    """What both recipes read: a ``biomedica build`` folder or Hub dataset id, filtered by ``load_biomedica``."""
+
+    path: str | None = None
+    subset: str | list[str] = "commercial"
+    concepts: str | list[str] | None = None
+    exclude_concepts: str | list[str] | None = None
+    licenses: str | list[str] | None = None
+    years: int | list[int] | None = None
+    min_caption_chars: int | None = None
+    split: Literal["train", "validation", "test"] | None = None
+    exclude: str | None = None
+    near_duplicates: Literal["keep", "drop"] = "keep"
+
+
+FILTERS = ("concepts", "exclude_concepts", "licenses", "years", "min_caption_chars", "split", "exclude",
+           "near_duplicates")
+
+
+@dataclass
+class TrainBase:
+    """The optimisation words both recipes share."""
+
+    batch_size: int = 4                  # per process
+    grad_accum: int = 1
+    lr: float = 1.0e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_steps: int | None = None
+    grad_clip: float | None = 1.0
+    mixed_precision: Precision = "auto"
+    grad_checkpointing: bool = False
+    log_every: int = 10
+    save_every: int | None = None
+    resume: str | None = None            # auto | PATH | null
+    cpu: bool = False                    # train on CPU even when a GPU is present
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+
+
+@dataclass
+class CardConfig:
+    enabled: bool = True
+    template: str | None = None          # a template file instead of the bundled one
+
+
+# --------------------------------------------------------------------------------------------- CLIP
+@dataclass
+class ClipModel:
+    kind: Literal["open_clip", "transformers"] = "open_clip"
+    name: str | None = "ViT-L-14"        # open_clip model name, hf-hub:ORG/NAME or local-dir:PATH
+    pretrained: str | None = "commonpool_xl_clip_s13b_b90k"
+    model_cfg: dict[str, Any] | None = None   # open_clip: a model config (random initialisation)
+    name_or_path: str | None = None      # transformers: Hub id or folder
+    config: dict[str, Any] | None = None      # transformers: a CLIPConfig dict (random initialisation)
+    tokenizer_dir: str | None = None
+    train_augment: bool = True
+
+
+@dataclass
+class ClipData(DataBase):
+    shuffle_buffer: int = 0
+    num_workers: int = 0
+    reference_prob: float = 0.0
+
+
+@dataclass
+class ClipTrain(TrainBase):
+    batch_size: int = 1024
+    lr: float = 1.0e-6
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1.0e-6
+    weight_decay: float = 0.2
+    warmup_steps: int = 1000
+    max_epochs: int | None = 1000
+    max_logit_scale: float = 100.0
+
+
+@dataclass
+class WiseFT:
+    alpha: float | None = None
+
+
+@dataclass
+class ClipExport:
+    enabled: bool = True
+    formats: list[Literal["open_clip", "transformers"]] = field(default_factory=lambda: ["open_clip", "transformers"])
+    adapter: bool = False                # also save the LoRA adapter (export/lora_adapter, before WiSE-FT)
+    model_index: str | None = None       # a `biomedica eval` run's model_index.yaml, for the card
+    repo_id: str | None = None
+    dataset_id: str | None = None
+    license: str | None = None
+    title: str | None = None
+
+
+@dataclass
+class ClipConfig:
+    seed: int = 0
+    output_dir: str = "runs/clip"
+    model: ClipModel = field(default_factory=ClipModel)
+    data: ClipData = field(default_factory=ClipData)
+    train: ClipTrain = field(default_factory=ClipTrain)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    wise_ft: WiseFT = field(default_factory=WiseFT)
+    export: ClipExport = field(default_factory=ClipExport)
+    card: CardConfig = field(default_factory=CardConfig)
+
+
+# --------------------------------------------------------------------------------------------- SmolVLM
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class SmolVLMModel:
+    name: str = "HuggingFaceTB/SmolVLM-256M-Instruct"
+    tiny: bool = False                   # a random tiny Idefics3 written to output_dir/base_model
+    dtype: Literal["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] | None = "bfloat16"
+    quantization: Literal["nf4"] | None = None
+    attn_implementation: str | None = None
+
+
+Task = Literal["caption", "reference", "concepts"]     # biomedica_hf.vlm.data.PROMPTS
+
+
+@dataclass
+class SmolVLMData(DataBase):
+    subset: str | list[str] = "all"
+    tasks: dict[Task, float] = field(default_factory=lambda: {"caption": 1.0, "reference": 0.5, "concepts": 0.5})
+    longest_edge: int | None = None
+    max_length: int = 2048
+    min_answer_tokens: int = 8
+
+
+@dataclass
+class SmolVLMTrain(TrainBase):
+    grad_accum: int = 4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    max_steps: int = 1000
+    mixed_precision: Precision = "no"
+    grad_checkpointing: bool = True
+    save_every: int | None = 250
+    resume: str | None = "auto"
+    scheduler: str = "linear"            # a transformers.get_scheduler name
+
+
+@dataclass
+class SmolVLMLora(LoraConfig):
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 8
+    dropout: float = 0.1
+    target_modules: list[str] | None = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    init_lora_weights: bool | Literal["gaussian"] = "gaussian"
+
+
+@dataclass
+class SmolVLMExport:
+    enabled: bool = True
+    adapter: bool = True                 # output_dir/adapter
+    merge: bool = True                   # output_dir/merged (merge-and-unload)
+
+
+@dataclass
+class SmolVLMConfig:
+    seed: int = 0
+    output_dir: str = "runs/smolvlm"
+    model: SmolVLMModel = field(default_factory=SmolVLMModel)
+    lora: SmolVLMLora = field(default_factory=SmolVLMLora)
+    data: SmolVLMData = field(default_factory=SmolVLMData)
+    train: SmolVLMTrain = field(default_factory=SmolVLMTrain)
+    export: SmolVLMExport = field(default_factory=SmolVLMExport)
+    card: CardConfig = field(default_factory=CardConfig)
+
+
+RECIPES: dict[str, type] = {"clip": ClipConfig, "smolvlm": SmolVLMConfig}
+
+
+# --------------------------------------------------------------------------------------------- checking
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (ints and floats written as strings are converted), or a :class:`ConfigError`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                if dataclasses.is_dataclass(a) or typing.get_origin(a) is dict:
+                    raise              # a mapping's own error (an unknown key inside it) says more
+        raise bad
+    if origin is Literal:
+        if value is False and "no" in args:     # YAML 1.1 reads an unquoted `no` as false
+            return "no"
+        if value in args and not (isinstance(value, bool) and all(not isinstance(a, bool) for a in args)):
+            return value
+        raise bad
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value)
+            except ValueError:
+                raise bad from None
+            if f.is_integer():
+                return int(f)
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise bad
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise bad
+        if len(args) == 2:
+            return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+        return copy.deepcopy(value)
+    raise TypeError(f"{key}: unsupported config type {tp!r}")
+
+
+def _build(cls: type, raw: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key in names:
+            continue
+        if full in RENAMED:
+            new, note = RENAMED[full]
+            raise ConfigError(f"{full} was renamed: use {new} ({note})")
+        close = difflib.get_close_matches(str(key), names, n=1)
+        where = f"of {prefix}" if prefix else "at the top level"
+        raise ConfigError(f"unknown config key {full!r}" + (f"; did you mean {_join(prefix, close[0])!r}?" if close else "")
+                          + f" Valid keys {where}: {', '.join(names)}")
+    return cls(**{k: _coerce(v, hints[k], _join(prefix, k)) for k, v in raw.items()})
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
 
 
 def merge_config(base: dict, over: dict | None) -> dict:
@@ -16,35 +367,85 @@ def merge_config(base: dict, over: dict | None) -> dict:
     return out
 
 
-def load_recipe_config(defaults: dict, path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> dict:
-    """``defaults`` <- YAML at ``path`` <- ``key.sub=value`` overrides (values parsed as YAML)."""
+def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
+    """``key.sub=value`` items (values parsed as YAML) set into ``cfg`` (in place)."""
     import yaml
 
-    cfg = merge_config(defaults, yaml.safe_load(Path(path).read_text()) if path else {})
     for item in overrides or ():
-        key, _, raw = item.partition("=")
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.max_steps=100")
         node = cfg
         *parents, leaf = key.strip().split(".")
         for p in parents:
+            if not isinstance(node.get(p, {}), dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a mapping")
             node = node.setdefault(p, {})
         node[leaf] = yaml.safe_load(raw)
     return cfg
 
 
-def parse_recipe_args(description: str | None, configs: str,
-                      argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    """The command line every ``finetune/*/train.py`` takes: ``--config``, ``--set KEY=VALUE``, ``--threads``.
+def check_config(recipe: str, cfg: dict | Any) -> Any:
+    """``cfg`` (a dict or already the recipe's dataclass) as the recipe's dataclass, checked."""
+    cls = RECIPES[recipe]
+    if isinstance(cfg, cls):
+        return cfg
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"a {recipe} config must be a mapping, got {type(cfg).__name__}")
+    return _build(cls, cfg)
 
-    Sets torch's CPU threads when ``--threads`` is given; returns the parser (for ``parser.error``) and args.
-    """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help=f"recipe YAML ({configs})")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. train.max_steps=100 (value parsed as YAML)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    args = parser.parse_args(argv)
-    if args.threads:
-        import torch
 
-        torch.set_num_threads(args.threads)
-    return parser, args
+def resolve_precision(value: str, bf16_ok: bool) -> str:
+    """``train.mixed_precision`` for ``Accelerator``: ``auto`` is bf16 where the device has it, else no."""
+    return ("bf16" if bf16_ok else "no") if value == "auto" else value
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------------------------- files
+def bundled_configs(recipe: str) -> dict[str, Path]:
+    """The recipe's bundled configs, name -> file."""
+    return {p.stem: p for p in sorted((CONFIG_DIR / recipe).glob("*.yaml"))}
+
+
+def describe(path: Path) -> str:
+    """A config file's first comment line (its one-line description)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def resolve_config(recipe: str, name_or_path: str | os.PathLike) -> Path:
+    """A config file: ``name_or_path`` when it is a file, else the bundled config of that name."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    named = bundled_configs(recipe)
+    stem = p.name.removesuffix(".yaml").removesuffix(".yml")
+    if p.parent == Path(".") and stem in named:
+        return named[stem]
+    close = difflib.get_close_matches(stem, list(named), n=1)
+    raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor a bundled {recipe} config"
+                      + (f"; did you mean {close[0]!r}?" if close else "")
+                      + f" Bundled: {', '.join(named)} (--list-configs)")
+
+
+def load_config(recipe: str, path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> dict:
+    """The recipe's defaults <- the YAML at ``path`` (a file or a bundled name) <- ``key.sub=value`` overrides,
+    checked against the recipe's dataclass; returned as a plain dict (every key present)."""
+    import yaml
+
+    raw = yaml.safe_load(resolve_config(recipe, path).read_text()) if path else {}
+    if not isinstance(raw or {}, dict):
+        raise ConfigError(f"{path}: a recipe config is a YAML mapping, got {type(raw).__name__}")
+    try:
+        check_config(recipe, raw or {})        # the file's own keys first: its errors name the file
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    cfg = apply_overrides(merge_config(to_dict(RECIPES[recipe]()), raw), overrides)
+    return to_dict(check_config(recipe, cfg))

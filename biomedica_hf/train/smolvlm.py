@@ -1,54 +1,57 @@
-"""SmolVLM fine-tuning under ``accelerate``: LoRA / QLoRA (PEFT), gradient checkpointing, accumulation,
+r"""SmolVLM fine-tuning under ``accelerate``: LoRA / QLoRA (PEFT), gradient checkpointing, accumulation,
 warmup, checkpoints + resume, adapter save, merge-and-unload export and a model card.
 
-Config (YAML, see ``finetune/smolvlm/configs``): ``model`` (``name`` or ``tiny: true``, ``dtype``,
-``quantization: nf4|null``, ``gradient_checkpointing``), ``lora`` (``r``, ``alpha``, ``dropout``,
-``target_modules``), ``data`` (``path``, ``subset``, ``tasks``, ``longest_edge``, ``max_length``,
-``min_answer_tokens``), ``train`` (``batch_size`` per process, ``grad_accum``, ``lr``, ``warmup_steps``,
-``max_steps``, ``save_every``, ``resume``), ``export`` (``merge``), ``card``.
+    accelerate launch -m biomedica_hf.train.smolvlm --config smolvlm_256m_lora --set data.path=DATASET_DIR
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m biomedica_hf.train.smolvlm \
+        --config cpu_smoke --set data.path=DATASET_DIR --threads 1
+    python -m biomedica_hf.train.smolvlm --config my.yaml --set train.max_steps=10 --set output_dir=runs/x
+    python -m biomedica_hf.train.smolvlm --list-configs
 
-Checkpoints: ``output_dir/checkpoints/step_N`` holds ``accelerator.save_state`` (model, optimizer,
-scheduler, RNG) and ``trainer_state.json`` (step, samples consumed per rank); ``train.resume: auto`` picks
-the latest one and fast-forwards the data stream without decoding images.
+Config (:class:`biomedica_hf.train.config.SmolVLMConfig`, bundled ones in ``biomedica_hf/train/configs/smolvlm``):
+``model`` (``name`` or ``tiny: true``, ``dtype``, ``quantization: nf4|null``), ``lora`` (``r``, ``alpha``,
+``dropout``, ``target_modules``), ``data`` (``path``, ``subset``, the ``load_biomedica`` filters, ``tasks``,
+``longest_edge``, ``max_length``, ``min_answer_tokens``), ``train`` (``batch_size`` per process,
+``grad_accum``, ``lr``, ``warmup_steps``, ``max_steps``, ``grad_checkpointing``, ``save_every``, ``resume``),
+``export`` (``enabled``, ``adapter``, ``merge``), ``card`` (``enabled``, ``template``). Unknown keys are errors.
+
+Checkpoints (:mod:`biomedica_hf.train.checkpoint`): ``output_dir/checkpoints/step_N`` holds
+``accelerator.save_state`` (model, optimizer, scheduler, RNG), ``trainer_state.json`` (step) and
+``data_state_rank{r}.json`` (samples consumed by that rank); ``train.resume: auto`` picks the latest one and
+fast-forwards the data stream without decoding images.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from biomedica_hf.train.config import load_recipe_config
+from biomedica_hf.errors import BiomedicaError
+from biomedica_hf.train import checkpoint
+from biomedica_hf.train.config import DEFAULT_TARGETS, FILTERS, check_config, resolve_precision, to_dict
+from biomedica_hf.train.config import load_config as _load_config
 from biomedica_hf.train.distributed import end_run
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "output_dir": "runs/smolvlm",
-    "model": {"name": "HuggingFaceTB/SmolVLM-256M-Instruct", "tiny": False, "dtype": "bfloat16",
-              "quantization": None, "gradient_checkpointing": True, "attn_implementation": None},
-    "lora": {"enabled": True, "r": 8, "alpha": 8, "dropout": 0.1, "target_modules": DEFAULT_TARGETS,
-             "init_lora_weights": "gaussian"},
-    "data": {"path": None, "subset": "all", "tasks": {"caption": 1.0, "reference": 0.5, "concepts": 0.5},
-             "longest_edge": None, "max_length": 2048, "min_answer_tokens": 8},
-    "train": {"batch_size": 4, "grad_accum": 4, "lr": 1.0e-4, "weight_decay": 0.01, "warmup_steps": 50,
-              "scheduler": "linear", "max_steps": 1000, "grad_clip": 1.0, "mixed_precision": "no",
-              "log_every": 10, "save_every": 250, "resume": "auto", "cpu": False},
-    "export": {"adapter": True, "merge": True},
-    "card": {"enabled": True, "template": None},
-}
+__all__ = ["DEFAULT_TARGETS", "QLoRAUnavailable", "export", "load_config", "load_model", "main", "quantization_config",
+           "resolve_model_dir", "train"]
 
 
-# --------------------------------------------------------------------------------------------- config
+class QLoRAUnavailable(BiomedicaError, RuntimeError):
+    """QLoRA was asked for where it cannot run (no bitsandbytes or no CUDA GPU)."""
+
+    exit_code = 2
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict:
-    """DEFAULTS <- YAML file <- ``key.sub=value`` overrides (values parsed as YAML)."""
-    return load_recipe_config(DEFAULTS, path, overrides or ())
+    """Defaults <- YAML file (a path or a bundled name) <- ``key.sub=value`` overrides, checked (a plain dict)."""
+    return _load_config("smolvlm", path, overrides or ())
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -74,7 +77,7 @@ def quantization_config(mcfg: dict):
                                 importlib.util.find_spec("bitsandbytes") is not None),
                                ("a CUDA GPU", torch.cuda.is_available())) if not ok]
     if missing:
-        raise RuntimeError("QLoRA (model.quantization: nf4) needs " + " and ".join(missing)
+        raise QLoRAUnavailable("QLoRA (model.quantization: nf4) needs " + " and ".join(missing)
                            + "; use a LoRA config (model.quantization: null) on this machine.")
     from transformers import BitsAndBytesConfig
 
@@ -98,7 +101,7 @@ def resolve_model_dir(cfg: dict, accelerator=None, texts=()) -> str:
     return out
 
 
-def load_model(model_dir: str, mcfg: dict, lora: dict | None):
+def load_model(model_dir: str, mcfg: dict, lora: dict | None, grad_checkpointing: bool = False):
     """``AutoModelForImageTextToText`` (+ 4-bit quantization) wrapped with a PEFT LoRA adapter."""
     from transformers import AutoModelForImageTextToText
 
@@ -110,7 +113,7 @@ def load_model(model_dir: str, mcfg: dict, lora: dict | None):
     if mcfg.get("attn_implementation"):
         kwargs["attn_implementation"] = mcfg["attn_implementation"]
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=_dtype(mcfg.get("dtype")), **kwargs)
-    if mcfg.get("gradient_checkpointing"):
+    if grad_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):      # transformers >= 5.2x name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
@@ -119,7 +122,7 @@ def load_model(model_dir: str, mcfg: dict, lora: dict | None):
     if qc is not None:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(mcfg.get("gradient_checkpointing")),
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora and lora.get("enabled", True):
         from peft import LoraConfig, get_peft_model
@@ -132,12 +135,6 @@ def load_model(model_dir: str, mcfg: dict, lora: dict | None):
 
 
 # --------------------------------------------------------------------------------------------- train
-def _latest_checkpoint(out: Path) -> Path | None:
-    ck = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    ck = [c for c in ck if (c / "trainer_state.json").exists()]
-    return ck[-1] if ck else None
-
-
 def _dataset_captions(path: str, n: int = 2000) -> list[str]:
     import pyarrow.parquet as pq
 
@@ -150,14 +147,19 @@ def _dataset_captions(path: str, n: int = 2000) -> list[str]:
 
 
 def train(cfg: dict) -> dict:
+    """Run the recipe (a config dict or :class:`~biomedica_hf.train.config.SmolVLMConfig`, checked here)."""
+    import torch
     from accelerate import Accelerator
 
+    cfg = to_dict(check_config("smolvlm", cfg))
     tcfg = cfg["train"]
     quantization_config(cfg["model"])          # fail fast (before any download) when QLoRA cannot run here
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(gradient_accumulation_steps=tcfg["grad_accum"], mixed_precision=tcfg["mixed_precision"],
-                              cpu=bool(tcfg.get("cpu")))
+    cpu = tcfg["cpu"] or not torch.cuda.is_available()
+    accelerator = Accelerator(gradient_accumulation_steps=tcfg["grad_accum"], cpu=tcfg["cpu"],
+                              mixed_precision=resolve_precision(tcfg["mixed_precision"],
+                                                                not cpu and torch.cuda.is_bf16_supported()))
     result = _train(accelerator, cfg, out)    # the model, optimizer and stream die with its frame ...
     end_run(accelerator)                      # ... before the process group is destroyed
     return result
@@ -175,7 +177,7 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
     model_dir = resolve_model_dir(cfg, accelerator, _dataset_captions(dcfg["path"]) if cfg["model"].get("tiny") else ())
     processor = AutoProcessor.from_pretrained(model_dir)
     set_longest_edge(processor, dcfg.get("longest_edge"))
-    model = load_model(model_dir, cfg["model"], cfg["lora"])
+    model = load_model(model_dir, cfg["model"], cfg["lora"], tcfg["grad_checkpointing"])
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
@@ -186,12 +188,15 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
     accelerator.register_for_checkpointing(sched)
 
     step, consumed = 0, 0
-    resume = tcfg.get("resume")
-    ck = _latest_checkpoint(out) if resume == "auto" else (Path(resume) if resume else None)
+    ck = checkpoint.resume_checkpoint(tcfg["resume"], out)
     if ck is not None:
         accelerator.load_state(str(ck))
-        step = json.loads((ck / "trainer_state.json").read_text())["step"]
-        consumed = json.loads((ck / f"data_rank{accelerator.process_index}.json").read_text())["seen"]
+        step = checkpoint.read_trainer_state(ck)["step"]
+        data_state = checkpoint.read_data_state(ck, accelerator.process_index)
+        if data_state is None:
+            raise FileNotFoundError(f"{ck} has no {checkpoint.data_state_file(accelerator.process_index)}: "
+                                    f"was it written with another number of processes?")
+        consumed = data_state["seen"]
         accelerator.print(f"resumed from {ck} at step {step}")
 
     skips = SkipLog()
@@ -199,7 +204,8 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
     stream = example_stream(dcfg["path"], processor, subset=dcfg["subset"], tasks=dcfg["tasks"],
                             max_length=dcfg["max_length"], min_answer_tokens=dcfg["min_answer_tokens"],
                             rank=accelerator.process_index, world_size=accelerator.num_processes, seed=cfg["seed"],
-                            skip_samples=consumed, skips=skips, position=position)
+                            skip_samples=consumed, skips=skips, position=position,
+                            load_kwargs={k: dcfg[k] for k in FILTERS if dcfg[k] is not None})
     pad_id = processor.tokenizer.pad_token_id
     bs = tcfg["batch_size"]
     losses: list[float] = []
@@ -247,7 +253,8 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
               "world_size": accelerator.num_processes, "model_dir": model_dir}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        result |= export(accelerator.unwrap_model(model), processor, out, cfg)
+        if cfg["export"]["enabled"]:
+            result |= export(accelerator.unwrap_model(model), processor, out, cfg)
         (out / "results.json").write_text(json.dumps(result, indent=2))
         (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         if cfg["card"].get("enabled"):
@@ -259,14 +266,13 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
 
 
 def _save_checkpoint(accelerator, out: Path, step: int, consumed: int) -> None:
-    ck = out / "checkpoints" / f"step_{step}"
+    ck = checkpoint.checkpoint_dir(out, step)
     accelerator.save_state(str(ck))
-    ck.mkdir(parents=True, exist_ok=True)
     # each rank's own stream position (skipped samples make them differ)
-    (ck / f"data_rank{accelerator.process_index}.json").write_text(json.dumps({"seen": consumed}))
+    checkpoint.write_data_state(ck, accelerator.process_index, {"seen": consumed})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (ck / "trainer_state.json").write_text(json.dumps({"step": step, "world_size": accelerator.num_processes}))
+        checkpoint.write_trainer_state(ck, {"step": step, "world_size": accelerator.num_processes})
     accelerator.wait_for_everyone()
 
 
@@ -278,11 +284,11 @@ def export(model, processor, out: Path, cfg: dict) -> dict:
 
     res: dict[str, Any] = {}
     is_peft = hasattr(model, "peft_config")
-    if is_peft and cfg["export"].get("adapter", True):
+    if is_peft and cfg["export"]["adapter"]:
         model.save_pretrained(out / "adapter")
         processor.save_pretrained(out / "adapter")
         res["adapter_dir"] = str(out / "adapter")
-    if cfg["export"].get("merge", True):
+    if cfg["export"]["merge"]:
         if is_peft and cfg["model"].get("quantization"):
             # merging into 4-bit weights is lossy: reload the base in the compute dtype and merge there
             from peft import PeftModel
@@ -317,3 +323,19 @@ def _probe_batch(processor, model):
     dev = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     return {k: (v.to(dev, dtype) if k == "pixel_values" else v.to(dev)) for k, v in b.items()}
+
+
+def _summary(result: dict) -> dict:
+    losses = result["losses"] or [None]
+    return {k: v for k, v in result.items() if k != "losses"} | {"first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m biomedica_hf.train.smolvlm`` (and ``finetune/smolvlm/train.py``)."""
+    from biomedica_hf.train.cli import run_recipe
+
+    return run_recipe("smolvlm", __doc__, argv, train, _summary)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,8 +10,8 @@ import torch
 import yaml
 from conftest import REPO, ddp_teardown, launch_recipe, recipe_log
 
-TRAIN = str(REPO / "finetune" / "clip" / "train.py")
-SMOKE = str(REPO / "finetune" / "clip" / "configs" / "cpu_smoke.yaml")
+TRAIN = str(REPO / "finetune" / "clip" / "train.py")      # the thin script README users run
+SMOKE = str(REPO / "finetune" / "clip" / "configs" / "cpu_smoke.yaml")   # a path through finetune/clip/configs
 
 torch.set_num_threads(1)
 
@@ -65,7 +65,7 @@ def test_open_clip_two_processes_resume_and_export(recipe_dataset, tmp_path):
     assert {"model.safetensors", "optimizer.bin", "trainer_state.json", "data_state_rank0.json",
             "data_state_rank1.json"} <= {p.name for p in ckpt.iterdir()}
     # exact resume: the steps after the checkpoint give the same losses
-    launch_recipe([TRAIN, *common, "--set", f"output_dir={resumed}", "--set", f"train.resume_from={ckpt}",
+    launch_recipe([TRAIN, *common, "--set", f"output_dir={resumed}", "--set", f"train.resume={ckpt}",
                    "--set", "export.enabled=false"])
     after = recipe_log(resumed)
     assert [r["step"] for r in after] == [3, 4]
@@ -107,10 +107,10 @@ def test_transformers_lora_two_processes(recipe_dataset, tmp_path):
                wise_ft={"alpha": 0.5})
     cfg["data"]["path"] = str(recipe_dataset)
     cfg["train"].update(max_steps=2, save_every=None, grad_checkpointing=True)
-    cfg["export"].update(lora="adapter")
+    cfg["export"].update(adapter=True)
     config = tmp_path / "hf.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    launch_recipe([TRAIN, "--config", str(config), "--threads", "1"])
+    launch_recipe(["-m", "biomedica_hf.train.clip", "--config", str(config), "--threads", "1"])   # the package's entry
     assert [r["step"] for r in recipe_log(run)] == [1, 2]
     export = run / "export"
     assert (export / "lora_adapter" / "adapter_config.json").is_file()
@@ -221,7 +221,7 @@ def test_reference_captions_and_card_model_index(tmp_path):
     assert pick_caption(ex, 1.0, 0, 0) in {"ref one", "ref two"}
     assert pick_caption(ex, 1.0, 0, 3) == pick_caption(ex, 1.0, 0, 3)
     assert pick_caption({**ex, "metadata": {"references": []}}, 1.0, 0, 0) == "cap"
-    cfg = load_config(REPO / "finetune/clip/configs/bmc_clip_vitl14_8gpu.yaml", ["train.max_steps=7"])
+    cfg = load_config("bmc_clip_vitl14_8gpu", ["train.max_steps=7"])      # a bundled config, by name
     assert cfg["model"]["name"] == "ViT-L-14" and cfg["train"]["max_steps"] == 7
     assert cfg["train"]["betas"] == [0.9, 0.95] and cfg["train"]["lr"] == 1e-6
     (tmp_path / "model_index.yaml").write_text("model-index:\n- name: m\n  results: []\n")

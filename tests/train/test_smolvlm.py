@@ -42,8 +42,9 @@ def processor(tiny_dir):
 def run(recipe_dataset, tmp_path_factory) -> Path:
     """6 optimizer steps (2 procs x batch 2 x accumulation 2), checkpoints every 2 steps."""
     out = tmp_path_factory.mktemp("run") / "smoke"
-    _launch(["--config", SMOKE, "--set", f"data.path={recipe_dataset}", "--set", f"output_dir={out}",
-             "--set", "train.max_steps=6", "--threads", "1"])
+    # the installed entry point and a bundled config name (the resume test runs finetune/smolvlm/train.py)
+    launch_recipe(["-m", "biomedica_hf.train.smolvlm", "--config", "cpu_smoke", "--set", f"data.path={recipe_dataset}",
+                   "--set", f"output_dir={out}", "--set", "train.max_steps=6", "--threads", "1"])
     return out
 
 
@@ -217,7 +218,7 @@ def test_qlora_without_bitsandbytes_or_gpu_is_a_clear_error():
 
     from biomedica_hf.train.smolvlm import load_config, quantization_config
 
-    cfg = load_config(REPO / "finetune" / "smolvlm" / "configs" / "smolvlm_2.2b_qlora.yaml")
+    cfg = load_config("smolvlm_2.2b_qlora")
     assert cfg["model"]["quantization"] == "nf4" and cfg["lora"]["r"] == 8 and cfg["train"]["lr"] == 1e-4
     if importlib.util.find_spec("bitsandbytes") and torch.cuda.is_available():
         assert quantization_config(cfg["model"]).bnb_4bit_quant_type == "nf4"
@@ -227,9 +228,10 @@ def test_qlora_without_bitsandbytes_or_gpu_is_a_clear_error():
 
 
 def test_configs_load_with_real_model_names():
+    from biomedica_hf.train.config import bundled_configs
     from biomedica_hf.train.smolvlm import load_config
 
-    names = {p.name: load_config(p)["model"] for p in (REPO / "finetune" / "smolvlm" / "configs").glob("*.yaml")}
+    names = {p.name: load_config(p)["model"] for p in bundled_configs("smolvlm").values()}
     assert names["smolvlm_256m_lora.yaml"]["name"] == "HuggingFaceTB/SmolVLM-256M-Instruct"
     assert names["smolvlm_500m_lora.yaml"]["name"] == "HuggingFaceTB/SmolVLM-500M-Instruct"
     assert names["smolvlm_2.2b_lora.yaml"]["name"] == "HuggingFaceTB/SmolVLM-Instruct"
@@ -278,8 +280,14 @@ def test_each_rank_reads_only_its_share(run, recipe_dataset):
 
 
 def test_resume_from_checkpoint_repeats_the_same_steps(run, recipe_dataset, tmp_path):
+    """``train.resume: auto`` picks the latest checkpoint; a checkpoint of a run made before issue 18 (data
+    state under its old name, ``data_rank{r}.json``) resumes the same way."""
     out = tmp_path / "resumed"
     shutil.copytree(run, out, ignore=shutil.ignore_patterns("step_6", "adapter", "merged"))
+    for r in range(2):
+        state = out / "checkpoints" / "step_4" / f"data_state_rank{r}.json"
+        assert json.loads(state.read_text())["seen"] > 0
+        state.rename(state.with_name(f"data_rank{r}.json"))
     (out / "log.jsonl").write_text("\n".join(json.dumps(r) for r in recipe_log(run)[:4]) + "\n")
     r = _launch(["--config", SMOKE, "--set", f"data.path={recipe_dataset}", "--set", f"output_dir={out}",
                  "--set", "train.max_steps=6", "--threads", "1"], probe=tmp_path)
