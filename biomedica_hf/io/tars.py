@@ -22,6 +22,13 @@ def tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def end_of_archive(offset: int) -> bytes:
+    """The zero blocks that end a tar whose members end at ``offset``: two blocks, padded to a whole
+    record as ``tarfile`` writes them."""
+    end = offset + 2 * tarfile.BLOCKSIZE
+    return b"\0" * (2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE)
+
+
 def write_json_tar(path: Path, records: Iterable[tuple[str, dict]]) -> int:
     """A WebDataset tar of ``<key>.json`` members (tables that ``datasets`` must load as a config)."""
     n = 0

@@ -8,7 +8,6 @@ Each article version has a prefix ``PMCid.V/`` holding ``PMCid.V.xml`` (JATS), `
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator
@@ -19,6 +18,7 @@ from urllib.parse import quote, urlencode
 
 from biomedica_hf.build.download import NOT_FOUND as DL_NOT_FOUND
 from biomedica_hf.build.download import DownloadError, Downloader, DownloadItem
+from biomedica_hf.io.atomic import atomic_write_bytes
 from biomedica_hf.schema import ArticlePackage, ArticleRef
 from biomedica_hf.build.sources.base import (
     DOWNLOAD_FAILED, NOT_FOUND, NOT_OPEN_ACCESS, RETRACTED, FetchError, fatal_disk_error, is_disk_error, Source
@@ -239,9 +239,7 @@ class CloudSource(Source):
             raise FetchError(DOWNLOAD_FAILED, f"{prefix}: metadata has no xml_url")
         pdir.mkdir(parents=True, exist_ok=True)
         if not cached.is_file():
-            tmp = cached.with_name(meta_name + ".part")
-            tmp.write_text(json.dumps(raw))
-            os.replace(tmp, cached)
+            atomic_write_bytes(cached, json.dumps(raw).encode())
 
         problems: list[tuple[str, str]] = []
         wanted: list[tuple[str, str, str | None]] = []  # (kind, key, md5)
