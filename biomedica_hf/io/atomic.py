@@ -33,15 +33,24 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+class KeepOld(Exception):
+    """Raise inside an :func:`atomic_path` / :func:`atomic_open` block to keep the old file (the writer found
+    nothing to change): the temporary is dropped and the block ends without an error."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success (after an
-    ``fsync`` of its bytes when asked). On failure the temporary is removed and ``path`` is untouched."""
+    ``fsync`` of its bytes when asked). On failure (or :class:`KeepOld`) the temporary is removed and
+    ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except KeepOld:
+            return
         if fsync:
             _fsync(tmp)
         os.replace(tmp, path)

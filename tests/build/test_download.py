@@ -11,8 +11,9 @@ import pytest
 
 from biomedica_hf.build.download import (
     CHECKSUM_MISMATCH, CONNECTION, HTTP_ERROR, NOT_FOUND, SIZE_MISMATCH, TIMEOUT, DownloadError, Downloader,
-    DownloadItem, RateLimiter, split_md5
+    DownloadItem, split_md5
 )
+from biomedica_hf.io.retry import RateLimiter
 from pmc_server import pmc_server  # noqa: F401 - pytest fixture
 
 REAL_JPG = "PMC7112410/gr2_lrg.jpg"      # 154,468 bytes

@@ -30,7 +30,6 @@ from efetch_server import (  # noqa: F401 - pytest fixtures
     server,
 )
 
-from biomedica_hf.build.download import parse_retry_after
 from biomedica_hf.dataset.enrich import (
     EnrichReport,
     EutilsClient,
@@ -38,12 +37,12 @@ from biomedica_hf.dataset.enrich import (
     EutilsRetryError,
     PubmedCache,
     PubmedParseError,
-    RateLimiter,
     enrich_articles_parquet,
     enrich_records,
     normalize_pmid,
     parse_pubmed_xml,
 )
+from biomedica_hf.io.retry import RateLimiter, parse_retry_after
 from biomedica_hf.schema import ARTICLE_FIELDS, arrow_schema
 
 
