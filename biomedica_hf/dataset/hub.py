@@ -27,6 +27,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from biomedica_hf.io.sizes import human_size
 from biomedica_hf.layout import DUP_TABLES, TABLE_CONFIGS
 from biomedica_hf.schema import SUBSETS
 
@@ -310,17 +311,6 @@ def exclusion_reason(rel: str) -> str:
     if any(p.startswith(".") for p in rel.split("/")):
         return "hidden file"
     return "not part of the dataset layout"
-
-
-def human_size(n: float) -> str:
-    """Decimal units as the Hub shows them: ``1.09 MB``."""
-    if n < 1000:
-        return f"{int(n)} B"
-    for unit in ("kB", "MB", "GB", "TB", "PB"):
-        n /= 1000
-        if n < 999.5 or unit == "PB":
-            break
-    return f"{n:.2f} {unit}" if n < 9.995 else f"{n:.1f} {unit}" if n < 99.95 else f"{n:.0f} {unit}"
 
 
 def _walk(folder: Path) -> tuple[dict[str, int], list[str], list[str]]:
@@ -661,7 +651,6 @@ __all__ = [
     "classify",
     "exclusion_reason",
     "filter_paths",
-    "human_size",
     "plan_upload",
     "push_folder",
     "remote_changes",
