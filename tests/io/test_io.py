@@ -11,6 +11,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -147,10 +148,9 @@ def test_atomic_writes_leave_no_temporary_on_failure(tmp_path):
     path = tmp_path / "d" / "table.parquet"
     write_table(path, pa.table({"a": [1, 2]}))
     before = path.read_bytes()
-    with pytest.raises(RuntimeError):
-        with atomic_open(path) as fh:
-            fh.write(b"half a file")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_open(path) as fh:
+        fh.write(b"half a file")
+        raise RuntimeError("killed mid-write")
     assert path.read_bytes() == before and not list(tmp_path.rglob(TEMP_GLOB))
     npy = tmp_path / "d" / "x.npy"
     with pytest.raises(ValueError, match="allow_pickle"):   # the temporary is open when numpy refuses
@@ -239,18 +239,17 @@ def test_range_helpers_say_what_is_wrong(sample_ds, tmp_path):
         read_range(tmp_path / "nope.tar", 0, 1)
     with pytest.raises(ShardTruncatedError):
         list(iter_many(tmp_path, ["cut.tar"], [r["image_offset"]], [r["image_size"]]))
-    with pytest.raises(OSError, match="512-byte"):
-        with io.BytesIO() as sink:
-            copy_ranges(out / r["shard"], [r["tar_offset"]], [r["tar_size"] - 1], sink,
-                        check=lambda off, size, data: (_ for _ in ()).throw(OSError("not 512-byte blocks"))
-                        if size % 512 else None)
+    with pytest.raises(OSError, match="512-byte"), io.BytesIO() as sink:
+        copy_ranges(out / r["shard"], [r["tar_offset"]], [r["tar_size"] - 1], sink,
+                    check=lambda off, size, data: (_ for _ in ()).throw(OSError("not 512-byte blocks"))
+                    if size % 512 else None)
 
 
 # ------------------------------------------------------------------------------------ XML
 class _Counting(http.server.BaseHTTPRequestHandler):
-    hits: list[str] = []
+    hits: ClassVar[list[str]] = []
 
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         type(self).hits.append(self.path)
         body = b'<!ENTITY leak "FROM-THE-NETWORK">'
         self.send_response(200)
@@ -330,9 +329,9 @@ def test_rate_limiter_spaces_requests():
 
 
 class _SlowDown(http.server.BaseHTTPRequestHandler):
-    seen: list[float] = []
+    seen: ClassVar[list[float]] = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         type(self).seen.append(time.monotonic())
         if len(type(self).seen) == 1:
             self.send_response(429)
