@@ -2,6 +2,7 @@
 sizes - on a real dataset folder built from the bundled sample, real files and real loopback servers."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
@@ -11,7 +12,6 @@ import tarfile
 import threading
 import time
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -245,31 +245,40 @@ def test_range_helpers_say_what_is_wrong(sample_ds, tmp_path):
                     if size % 512 else None)
 
 
+# ------------------------------------------------------------------------------------ loopback server
+@contextlib.contextmanager
+def loopback(answers):
+    """A real HTTP server on 127.0.0.1 answering the n-th GET with ``answers(n, path)`` =
+    ``(status, body, headers)``; yields its URL and the (time, path) of each request."""
+    seen: list[tuple[float, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((time.monotonic(), self.path))
+            status, body, headers = answers(len(seen), self.path)
+            self.send_response(status)
+            for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", seen
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 # ------------------------------------------------------------------------------------ XML
-class _Counting(http.server.BaseHTTPRequestHandler):
-    hits: ClassVar[list[str]] = []
-
-    def do_GET(self):
-        type(self).hits.append(self.path)
-        body = b'<!ENTITY leak "FROM-THE-NETWORK">'
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def counting_server():
-    _Counting.hits = []
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", _Counting.hits
-    srv.shutdown()
-    srv.server_close()
+    with loopback(lambda n, path: (200, b'<!ENTITY leak "FROM-THE-NETWORK">', {})) as (url, seen):
+        yield url, seen
 
 
 def test_safe_parser_refuses_entities_and_network(tmp_path, counting_server):
@@ -328,39 +337,14 @@ def test_rate_limiter_spaces_requests():
     assert slept[-1] == 2.0
 
 
-class _SlowDown(http.server.BaseHTTPRequestHandler):
-    seen: ClassVar[list[float]] = []
-
-    def do_GET(self):
-        type(self).seen.append(time.monotonic())
-        if len(type(self).seen) == 1:
-            self.send_response(429)
-            self.send_header("Retry-After", "1")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = b"payload"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_downloader_honours_retry_after_on_a_real_server():
-    _SlowDown.seen = []
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowDown)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        with Downloader(backoff=0.01, backoff_max=0.05, retries=2, timeout=5) as dl:
-            data = dl.get_bytes(f"http://127.0.0.1:{srv.server_address[1]}/x.bin")
-    finally:
-        srv.shutdown()
-        srv.server_close()
-    assert data == b"payload" and len(_SlowDown.seen) == 2
-    assert _SlowDown.seen[1] - _SlowDown.seen[0] >= 0.95      # backoff alone would have waited <= 0.075 s
+    def answers(n, path):
+        return (429, b"", {"Retry-After": "1"}) if n == 1 else (200, b"payload", {})
+
+    with loopback(answers) as (url, seen), Downloader(backoff=0.01, backoff_max=0.05, retries=2, timeout=5) as dl:
+        data = dl.get_bytes(f"{url}/x.bin")
+    assert data == b"payload" and len(seen) == 2
+    assert seen[1][0] - seen[0][0] >= 0.95      # backoff alone would have waited <= 0.075 s
 
 
 # ------------------------------------------------------------------------------------ sizes
