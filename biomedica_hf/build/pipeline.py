@@ -70,6 +70,7 @@ from biomedica_hf.io.atomic import (
     write_table,
 )
 from biomedica_hf.io.markers import STATS, read_marker, write_marker
+from biomedica_hf.io.sizes import human_size
 from biomedica_hf.build.shards import revise_shard, shard_done, shard_files, shard_name, write_shard
 
 log = logging.getLogger("biomedica_hf.build")
@@ -438,7 +439,7 @@ class StageClock:
         now = time.time()
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: kB
         self.stages[name] = {"seconds": round(now - self.last, 3), "driver_peak_rss_mb": round(rss, 1)}
-        log.info("stage %s: %.1f s (driver peak RSS %.0f MB)", name, now - self.last, rss)
+        log.info("stage %s: %.1f s (driver peak RSS %s)", name, now - self.last, human_size(rss * 2**20))
         self.last = now
 
     def as_dict(self) -> dict:

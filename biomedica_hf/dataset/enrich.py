@@ -737,7 +737,7 @@ def _compression(pf) -> str:
 def enrich_articles_parquet(path: str | Path, client: EfetchClient,
                             cache_dir: str | Path | PubmedCache, *, batch_size: int = MAX_EFETCH_IDS,
                             refresh: bool | str = False, progress: bool = True) -> EnrichReport:
-    """Enrich an ``articles.parquet`` file and rewrite it atomically (temp file + ``os.replace``).
+    """Enrich an ``articles.parquet`` file and rewrite it atomically (``io.atomic.atomic_path``).
 
     Streams: pass 1 reads the ``pmid`` column and fills the cache; pass 2 rewrites row group by
     row group, touching only ``abstract`` / ``mesh_terms`` / ``publication_types``. Schema (with

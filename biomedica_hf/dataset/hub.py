@@ -27,6 +27,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from biomedica_hf.io.atomic import TEMP_GLOB
+from biomedica_hf.io.markers import STATS
 from biomedica_hf.io.sizes import human_size
 from biomedica_hf.layout import DUP_TABLES, TABLE_CONFIGS
 from biomedica_hf.schema import SUBSETS
@@ -48,7 +50,7 @@ UPLOAD_IGNORE: tuple[str, ...] = (
     f"{WORK_DIR}/**",          # build staging and caches
     ".cache/**",               # huggingface_hub's resumable-upload state (.cache/huggingface/)
     "**/.cache/**",
-    ".*.tmp-*", "**/.*.tmp-*",  # atomic-write temp files of an interrupted build
+    TEMP_GLOB, f"**/{TEMP_GLOB}",  # atomic-write temp files of an interrupted build
     "*.part", "**/*.part",      # partial downloads
     "*.tmp", "**/*.tmp",
     ".*", "**/.*",              # any other hidden file or folder (.DS_Store, .git, editor swap files)
@@ -58,7 +60,7 @@ UPLOAD_IGNORE: tuple[str, ...] = (
 UPLOAD_ALLOW: tuple[str, ...] = (
     CARD,
     f"{CARD_DIR}/*",
-    *(p for s in SUBSETS for p in (f"{s}/*.tar", f"{s}/*.parquet", f"{s}/*_stats.json", f"{s}/sizes.json")),
+    *(p for s in SUBSETS for p in (f"{s}/*.tar", f"{s}/*.parquet", f"{s}/*{STATS}", f"{s}/sizes.json")),
     *(f"{t}/*.tar" for t in TABLE_CONFIGS),  # the tables again as WebDataset configs (articles/, figures/)
     "*.parquet",
     "ledger_summary.txt",
@@ -304,7 +306,7 @@ def exclusion_reason(rel: str) -> str:
     name = rel.rsplit("/", 1)[-1]
     if rel.split("/", 1)[0] in _PRUNED:
         return _PRUNED[rel.split("/", 1)[0]]
-    if fnmatchcase(name, ".*.tmp-*") or fnmatchcase(name, "*.tmp"):
+    if fnmatchcase(name, TEMP_GLOB) or fnmatchcase(name, "*.tmp"):
         return "temporary file of an interrupted write"
     if name.endswith(".part"):
         return "partial download"
