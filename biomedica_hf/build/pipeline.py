@@ -682,7 +682,7 @@ def apply_removals(work: Work, k: int) -> int:
         return 0
     removed = pq.read_table(path).to_pylist()
     if not removed:
-        (work.snap(k) / "removals.done").write_text("0\n")
+        atomic_write_bytes(work.snap(k) / "removals.done", b"0\n")
         return 0
     by_pmcid = {r["pmcid"]: r for r in removed}
     pmcids = pa.array(sorted(by_pmcid), pa.string())
@@ -706,7 +706,7 @@ def apply_removals(work: Work, k: int) -> int:
             if tar.exists():
                 revise_shard(work.out, old, new, keys, digest)
                 n += len(keys)
-    (work.snap(k) / "removals.done").write_text(f"{n}\n")
+    atomic_write_bytes(work.snap(k) / "removals.done", f"{n}\n".encode())
     return n
 
 
@@ -756,7 +756,7 @@ def consolidate_tables(work: Work, k: int) -> None:
                             writer.write_table(pa.Table.from_batches([batch]).cast(schema))
                 finally:
                     writer.close()
-        ready.write_text("ready\n")
+        atomic_write_bytes(ready, b"ready\n")
     for name, path in staged.items():
         if path.exists():
             move_into_place(path, out / name)
