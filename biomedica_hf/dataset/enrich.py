@@ -7,8 +7,8 @@ Layers, from pure to I/O:
   (``BookDocument/PMID`` for books), never by position in the answer.
 * :func:`apply_pubmed` - pure: copy a :class:`PubmedRecord` into one article dict.
 * :class:`EutilsClient` - HTTP: thread-safe rate limiting (3 req/s, 10 with an API key; the
-  :class:`~biomedica_hf.io.retry.RateLimiter`), retries with exponential backoff on 429 (``Retry-After`` honoured), 408, 5xx, timeouts
-  and dropped connections; other 4xx fail at once.
+  :class:`~biomedica_hf.io.retry.RateLimiter`), retries with exponential backoff on 429
+  (``Retry-After`` honoured), 408, 5xx, timeouts and dropped connections; other 4xx fail at once.
 * :class:`PubmedCache` - one SQLite file ``<cache_dir>/pubmed.sqlite``: one row per PMID, state
   ``ok`` (parsed record as JSON) or ``missing`` (NCBI answered without it). Each efetch batch is
   stored in one transaction, so an interrupted run loses at most the batch in flight and a rerun

@@ -370,7 +370,7 @@ class LegacySource(Source):
             archive.unlink(missing_ok=True)
             if attempt < dl.retries:
                 dl.stats.add(retries=1)
-                time.sleep(dl._delay(attempt, None))
+                time.sleep(dl.schedule.delay(attempt))
         raise FetchError(DOWNLOAD_FAILED, f"{ref.location}: body without Content-Length ended early "
                                           f"(archive truncated) in {dl.retries + 1} attempts")
 
