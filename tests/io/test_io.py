@@ -322,19 +322,34 @@ def test_backoff_schedule_and_retry_after():
     assert b.delay(0, retry_after=3600.0) == 30.0                     # ... within reason
     assert parse_retry_after("7") == 7.0 and parse_retry_after("-3") == 0.0
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") < 1   # past date -> now
     future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 120))
     assert 100 < parse_retry_after(future) <= 120
 
 
-def test_rate_limiter_spaces_requests():
-    now, slept = [0.0], []
-    lim = RateLimiter(4, clock=lambda: now[0], sleep=slept.append)
-    for _ in range(3):
+def test_rate_limiter_spacing_fake_clock():
+    now = [0.0]
+    waits = []
+
+    def sleep(s):
+        waits.append(s)
+        now[0] += s
+
+    lim = RateLimiter(4, clock=lambda: now[0], sleep=sleep)
+    starts = []
+    for _ in range(5):
         lim.acquire()
-    assert slept == [0.25, 0.5]
-    lim.pause(2.0)
+        starts.append(now[0])
+    assert starts == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+    burst = RateLimiter(2, burst=3, clock=lambda: now[0], sleep=sleep)
+    t0 = now[0]
+    for _ in range(5):
+        burst.acquire()
+    assert now[0] - t0 == pytest.approx(1.0)   # 3 at once, then 0.5 s apart
+    lim.pause(2.0)                             # a 429: every caller waits
+    t0 = now[0]
     lim.acquire()
-    assert slept[-1] == 2.0
+    assert now[0] - t0 == pytest.approx(2.0)
 
 
 def test_downloader_honours_retry_after_on_a_real_server():
