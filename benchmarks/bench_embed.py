@@ -34,7 +34,8 @@ from bench_build import replicate
 from biomedica_hf.build.pipeline import BuildConfig, build
 from biomedica_hf.clip.vision import embed_images, prepare_image
 from biomedica_hf.concepts.embed import embed_dataset, load_job, read_info
-from biomedica_hf.concepts.layout import read_ranges, shard_index_files
+from biomedica_hf.concepts.layout import shard_index_files
+from biomedica_hf.io.ranges import LocalFile
 
 IMAGE_SIZE = 224
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]   # DINOv2's processor normalisation
@@ -59,8 +60,8 @@ def all_image_bytes(ds: Path) -> list[bytes]:
         job = load_job(path)
         if job is None:
             continue
-        with open(ds / job.shard, "rb") as fh:
-            out += list(read_ranges(fh, job.image_offsets, job.image_sizes))
+        with LocalFile(ds / job.shard) as fh:
+            out += list(fh.ranges(job.image_offsets, job.image_sizes))
     return out
 
 

@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from biomedica_hf.io.xml import safe_parser
 from biomedica_hf.search.bm25 import BM25Index  # noqa: E402
 from biomedica_hf.search.dense import DenseIndex, build_index, choose_params, write_f16  # noqa: E402
 from biomedica_hf.search.fusion import rrf  # noqa: E402
@@ -115,7 +116,7 @@ def real_sentences(limit: int) -> list[str]:
     for root in roots:
         for xml in sorted(root.rglob("*.*xml")):
             try:
-                tree = etree.parse(str(xml), etree.XMLParser(resolve_entities=False, no_network=True, recover=True))
+                tree = etree.parse(str(xml), safe_parser(recover=True))
             except (etree.XMLSyntaxError, OSError):
                 continue
             for p in tree.iter("{*}p", "p"):

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_build import replicate
 
 from biomedica_hf.dataset.loader import load_biomedica, select_ranges
+from biomedica_hf.io.sizes import human_size
 from biomedica_hf.schema import SUBSETS, webdataset_features
 
 datasets.disable_progress_bars()
@@ -164,7 +165,7 @@ def main() -> None:
     times = timed(runs, args.repeat)
     raw_n, raw_t = times[runs[0][0]]
 
-    print(f"{len(tars)} shards, {sum(p.stat().st_size for p in tars) / 1e6:.0f} MB, {raw_n} samples in {ds}; "
+    print(f"{len(tars)} shards, {human_size(sum(p.stat().st_size for p in tars))}, {raw_n} samples in {ds}; "
           f"one process, page cache warm, best of {args.repeat} interleaved rounds\n")
     print("| pipeline | samples | seconds | samples/s | samples/s vs raw |")
     print("|---|---:|---:|---:|---:|")

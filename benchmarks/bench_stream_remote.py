@@ -87,6 +87,7 @@ def run(url: str, ds: Path, args: argparse.Namespace) -> None:
     from huggingface_hub import hf_hub_url
 
     from biomedica_hf.dataset.loader import load_biomedica
+    from biomedica_hf.io.sizes import human_size
 
     datasets.disable_progress_bars()
     index = pq.read_table(ds / "figures.parquet", columns=["key", "shard", "tar_size"])
@@ -125,7 +126,7 @@ def run(url: str, ds: Path, args: argparse.Namespace) -> None:
          lambda: sum(1 for _ in load_biomedica(REPO, subset="all", decode=False, exclude=drop_file)), tenth_bytes),
     ]
     bw = args.bandwidth or None
-    print(f"{len(shards)} shards, {sum((ds / s).stat().st_size for s in shards) / 1e6:.0f} MB, {len(keys)} samples; "
+    print(f"{len(shards)} shards, {human_size(sum((ds / s).stat().st_size for s in shards))}, {len(keys)} samples; "
           f"loopback Hub link {'unlimited' if bw is None else f'{bw / 1e6:.0f} MB/s'}, one reader process, "
           f"best of {args.repeat}\n")
     for latency in (float(x) for x in args.latencies.split(",")):

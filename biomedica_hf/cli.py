@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from biomedica_hf import __version__
+from biomedica_hf.io.sizes import parse_size
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 
@@ -132,14 +133,10 @@ def _parse_splits(text: str) -> tuple[float, float, float]:
 
 def _parse_bytes(text: str) -> int:
     """``"500MB"`` -> 500_000_000, ``"2GiB"`` -> 2 * 2**30, ``"1234"`` -> 1234."""
-    units = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-    t = str(text).strip().lower().removesuffix("b")
     try:
-        if t.endswith("i") and t[-2:-1] in units:
-            return int(float(t[:-2]) * 1024 ** ("kmgt".index(t[-2]) + 1))
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    except ValueError:
-        raise click.BadParameter(f"not a size: {text!r} (e.g. 500MB, 2GiB, 1234)") from None
+        return parse_size(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @main.command()

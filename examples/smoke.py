@@ -251,11 +251,11 @@ class Smoke:
         import pyarrow.parquet as pq
         from PIL import Image
 
+        from biomedica_hf.io.ranges import read_range
+
         row = pq.read_table(self.ds / "figures.parquet", columns=["shard", "image_offset", "image_size"]).slice(0, 1)
         row = row.to_pylist()[0]
-        with open(self.ds / row["shard"], "rb") as fh:
-            fh.seek(row["image_offset"])
-            data = fh.read(row["image_size"])
+        data = read_range(self.ds / row["shard"], row["image_offset"], row["image_size"])
         Image.open(io.BytesIO(data)).convert("RGB").save(dest, "JPEG")
 
 

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from biomedica_hf.schema import SUBSETS
 from biomedica_hf.io.atomic import atomic_path
+from biomedica_hf.schema import SUBSETS
 
 SUBSET_RANK = {s: i for i, s in enumerate(SUBSETS)}
 HASH_SCHEMA = pa.schema([("key", pa.string()), ("sha256", pa.string()), ("subset", pa.string()),

@@ -15,7 +15,7 @@ One :class:`Downloader` is shared by every thread of a source. It
 * never mistakes a local disk error for a network one: ``ENOSPC`` and other errors writing ``dest``
   propagate as the ``OSError`` (the ``.part`` is removed) so a build can stop instead of
   recording a bad package;
-* is atomic: the final file only appears (``os.replace``) once complete and verified;
+* is atomic: the final file only appears (renamed into place) once complete and verified;
 * is polite: a shared token-bucket :class:`RateLimiter`, a cap on concurrent connections and a
   User-Agent naming biomedica-hf.
 
@@ -24,11 +24,9 @@ Errors are :class:`DownloadError` with a machine-friendly ``reason`` (see :data:
 """
 from __future__ import annotations
 
-import email.utils
 import errno
 import hashlib
 import os
-import random
 import re
 import threading
 import time
@@ -44,6 +42,8 @@ import requests
 import urllib3
 
 from biomedica_hf import __version__
+from biomedica_hf.io.atomic import move_into_place
+from biomedica_hf.io.retry import Backoff, RateLimiter, parse_retry_after
 
 USER_AGENT = f"biomedica-hf/{__version__} (PMC-OA image-caption dataset builder; python-requests/{requests.__version__})"
 
@@ -119,40 +119,6 @@ class Fetched:
 
     path: Path
     verified: bool
-
-
-class RateLimiter:
-    """Thread-safe token bucket (GCRA form): at most ``rate_per_s`` acquisitions per second on average.
-
-    With ``burst=1`` (default) acquisitions are spaced by at least ``1/rate_per_s`` seconds, so no
-    one-second window ever holds more than ``rate_per_s`` of them.
-    """
-
-    def __init__(self, rate_per_s: float, burst: int = 1, clock=time.monotonic, sleep=time.sleep):
-        if rate_per_s <= 0 or burst < 1:
-            raise ValueError("rate_per_s must be > 0 and burst >= 1")
-        self.rate = float(rate_per_s)
-        self.interval = 1.0 / rate_per_s
-        self.tolerance = (burst - 1) * self.interval
-        self._tat = 0.0  # theoretical arrival time of the next request
-        self._lock = threading.Lock()
-        self._clock, self._sleep = clock, sleep
-
-    def acquire(self) -> float:
-        """Block until a request may start; returns the seconds waited."""
-        with self._lock:
-            now = self._clock()
-            tat = max(self._tat, now)
-            wait = max(0.0, tat - self.tolerance - now)
-            self._tat = tat + self.interval
-        if wait > 0:
-            self._sleep(wait)
-        return wait
-
-    def pause(self, seconds: float) -> None:
-        """Hold every caller back for ``seconds`` from now (server asked us to slow down)."""
-        with self._lock:
-            self._tat = max(self._tat, self._clock() + seconds)
 
 
 @dataclass
@@ -236,24 +202,6 @@ def file_md5(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
 
 
@@ -294,10 +242,7 @@ class Downloader:
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self.retries = retries
-        self.backoff = backoff
-        self.backoff_max = backoff_max
-        self.jitter = jitter
-        self.max_retry_after = max_retry_after
+        self.schedule = Backoff(base=backoff, cap=backoff_max, jitter=jitter, max_retry_after=max_retry_after)
         self.timeout = timeout
         if deadline is not None and deadline <= 0:
             raise ValueError("deadline must be > 0 seconds (or None)")
@@ -426,12 +371,6 @@ class Downloader:
             raise DownloadError(url, TRUNCATED, f"got {n} of {expected} bytes")
         return n
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        d = min(self.backoff_max, self.backoff * (2 ** attempt)) * (1.0 + self.jitter * random.random())
-        if retry_after is not None:
-            d = max(d, min(retry_after, self.max_retry_after))
-        return d
-
     def _deadline_at(self) -> float | None:
         return None if self.deadline is None else time.monotonic() + self.deadline
 
@@ -441,7 +380,7 @@ class Downloader:
             try:
                 return attempt_fn()
             except DownloadError as e:
-                delay = self._delay(attempt, e.retry_after) if e.retryable else 0.0
+                delay = self.schedule.delay(attempt, e.retry_after) if e.retryable else 0.0
                 if e.retryable and deadline_at is not None and time.monotonic() + delay > deadline_at:
                     e.detail = f"{e.detail}; no time left before the {self.deadline:g} s deadline"
                     e.retryable = False
@@ -554,7 +493,7 @@ class Downloader:
         if bad is not None:
             part.unlink(missing_ok=True)
             raise DownloadError(url, SIZE_MISMATCH if bad.startswith("size") else CHECKSUM_MISMATCH, bad)
-        os.replace(part, dest)
+        move_into_place(part, dest)
 
     def _attempt_download(self, url: str, dest: Path, part: Path, md5: str | None, size: int | None,
                           deadline_at: float | None = None) -> bool:

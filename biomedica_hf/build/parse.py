@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 from lxml import etree
 
+from biomedica_hf.io.xml import safe_parser
 from biomedica_hf.licenses import normalize_license
 from biomedica_hf.schema import Article, Figure, ParsedArticle, Reference
 
@@ -102,11 +103,6 @@ class ParseError(Exception):
 # loading
 # --------------------------------------------------------------------------------------------
 
-def _xml_parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                           huge_tree=False, recover=False)
-
-
 def _read_source(source: bytes | str | os.PathLike[str]) -> tuple[bytes | str, str | None]:
     """(XML data, file name); a ``str`` starting with ``<`` is XML text, any other a path."""
     if isinstance(source, bytes):
@@ -124,7 +120,7 @@ def _parse_tree(data: bytes | str) -> etree._Element:
     if not blank:
         raise ParseError("empty", "no content")
     try:
-        return etree.fromstring(data, _xml_parser())
+        return etree.fromstring(data, safe_parser())
     except (etree.XMLSyntaxError, ValueError) as exc:
         raise ParseError("xml_syntax", str(exc)) from exc
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from biomedica_hf.schema import ArticleRef
 from biomedica_hf.io.atomic import atomic_path, atomic_write_json
+from biomedica_hf.schema import ArticleRef
 
 FINE_BUCKETS = 4096
 SPLITS = ("train", "validation", "test")

@@ -70,7 +70,16 @@ from biomedica_hf.build.sources import make_source
 from biomedica_hf.build.sources.base import FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error
 from biomedica_hf.build.staging import PartitionStage
 from biomedica_hf.build.timings import StageClock, add, rounded, timed
-from biomedica_hf.io.atomic import atomic_path, atomic_write_bytes, atomic_write_json
+from biomedica_hf.io.atomic import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    move_into_place,
+    remove_temporaries,
+    write_parquet,
+    write_table,
+)
+from biomedica_hf.io.markers import STATS, read_marker, write_marker
 from biomedica_hf.layout import FIGURES_INDEX
 from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique, format_summary, ledger_summary
 from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
@@ -258,7 +267,7 @@ def stage_partition(pid_name: str) -> dict:
     pid = PartitionId.parse(pid_name)
     stage = work.stage(pid)
     if stage.is_staged():
-        return json.loads(stage.marker.read_text())
+        return stage.staged_info()
     rows = read_manifest(work.manifest(pid))
     done, _ = stage.open()
     starts = stage.start_counts()
@@ -341,8 +350,9 @@ def write_partition(task: tuple) -> dict:
     pid_name, seed, max_samples, max_bytes, decisions_path = task
     work: Work = _WORKER["work"]
     marker = work.done(pid_name)
-    if marker.exists():
-        return json.loads(marker.read_text())
+    finished = read_marker(marker)
+    if finished is not None:
+        return finished
     pid = PartitionId.parse(pid_name)
     stage = work.stage(pid)
     drop, also = decisions_for(Path(decisions_path), pid_name) if decisions_path else ({}, {})
@@ -401,14 +411,13 @@ def write_partition(task: tuple) -> dict:
                                 timings=shard_timings)
             stats["shards"].append({"name": name, "count": len(shard)})
             stats["samples"][subset] += len(shard)
-    with atomic_path(work.part("ledger", pid_name)) as tmp:
-        pq.write_table(pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA), tmp, compression="zstd")
+    write_parquet(work.part("ledger", pid_name), ledger, LEDGER_SCHEMA)
     stats["clashes"] = [f"{kind}:{item}" for kind, item in check_unique(LedgerEntry(**e) for e in ledger)][:5]
     stats["duplicates_dropped"] = sum(dropped_per_pmcid.values())
-    staged_info = json.loads(stage.marker.read_text()) if stage.marker.exists() else {}
+    staged_info = stage.staged_info()
     stats["failed"], stats["retry"] = staged_info.get("failed", []), staged_info.get("retry", [])
     stats["timings"] = rounded(work_timings, elapsed=False)
-    atomic_write_json(marker, stats)
+    write_marker(marker, stats)
     stage.remove()
     return stats
 
@@ -666,8 +675,8 @@ def plan_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
     for pid in layout.all_partitions():
         rows = [r for b in layout.buckets_of(pid) for r in spool_rows(source_folder, b)]
         write_manifest(work.manifest(pid), rows)
-    with atomic_path(work.snap(k) / "removed.parquet") as tmp:
-        pq.write_table(pa.Table.from_pylist(removed_rows, schema=REMOVED_SCHEMA), tmp)
+    write_table(work.snap(k) / "removed.parquet", pa.Table.from_pylist(removed_rows, schema=REMOVED_SCHEMA),
+                compression="snappy")
     n_articles = sum(counts)
     extra = {"listed": n_listed, "articles": n_articles, "changes": dict(changes),
              "hash_buckets": n_hash_buckets(4 * n_articles),
@@ -686,7 +695,7 @@ def apply_removals(work: Work, k: int) -> int:
         return 0
     removed = pq.read_table(path).to_pylist()
     if not removed:
-        (work.snap(k) / "removals.done").write_text("0\n")
+        atomic_write_bytes(work.snap(k) / "removals.done", b"0\n")
         return 0
     by_pmcid = {r["pmcid"]: r for r in removed}
     pmcids = pa.array(sorted(by_pmcid), pa.string())
@@ -710,7 +719,7 @@ def apply_removals(work: Work, k: int) -> int:
             if tar.exists():
                 revise_shard(work.out, old, new, keys, digest)
                 n += len(keys)
-    (work.snap(k) / "removals.done").write_text(f"{n}\n")
+    atomic_write_bytes(work.snap(k) / "removals.done", f"{n}\n".encode())
     return n
 
 
@@ -760,22 +769,15 @@ def consolidate_tables(work: Work, k: int) -> None:
                             writer.write_table(pa.Table.from_batches([batch]).cast(schema))
                 finally:
                     writer.close()
-        ready.write_text("ready\n")
+        atomic_write_bytes(ready, b"ready\n")
     for name, path in staged.items():
         if path.exists():
-            os.replace(path, out / name)
+            move_into_place(path, out / name)
     shutil.rmtree(work.root / "parts" / "articles", ignore_errors=True)
     shutil.rmtree(work.root / "parts" / "ledger", ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------- build
-def _remove_partial_files(out: Path) -> None:
-    """Temporary files of a killed run (``.<name>.tmp-<pid>``): never complete, safe to drop."""
-    for p in Path(out).rglob(".*.tmp-*"):
-        if p.is_file():
-            p.unlink()
-
-
 def build(cfg: BuildConfig) -> BuildReport:
     with BuildLock(Path(cfg.out)):
         return _build(cfg)
@@ -800,7 +802,7 @@ def _build(cfg: BuildConfig) -> BuildReport:
     out = Path(cfg.out)
     work = Work(out)
     work.root.mkdir(parents=True, exist_ok=True)
-    _remove_partial_files(out)
+    remove_temporaries(out)   # a killed run's temporaries are never complete: safe to drop
     clock = StageClock()
     k, resumed = _current_snapshot(work)
     layout = work.layout(k) if resumed else plan_snapshot(cfg, work, k)
@@ -952,8 +954,7 @@ def near_duplicates_pass(work: Work, k: int, folders: list[Path], decisions: Pat
             dropped.add(r["key"])
         add_decisions(decisions, [e for e in extra if not e["pid"].startswith(PUBLISHED)])
         rows = [r for r in rows if r["key"] not in dropped]
-    with atomic_path(near) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=NEAR_SCHEMA), tmp, compression="zstd")
+    write_parquet(near, rows, NEAR_SCHEMA)
     shutil.rmtree(work.root / "neardup", ignore_errors=True)
     return len(rows)
 
@@ -966,8 +967,7 @@ def caption_duplicates_pass(work: Work, out: Path) -> int:
 
     rows = [{"key": key, "caption_dup_of": kept}
             for key, kept in caption_near_duplicates(shard_tables(out), work.root / "captiondup")]
-    with atomic_path(out / "caption_duplicates.parquet") as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=CAPTION_SCHEMA), tmp, compression="zstd")
+    write_parquet(out / "caption_duplicates.parquet", rows, CAPTION_SCHEMA)
     shutil.rmtree(work.root / "captiondup", ignore_errors=True)
     return len(rows)
 
@@ -1002,7 +1002,7 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
     # shards: every stats file of the folder (all snapshots)
     shards: dict[str, list[dict]] = {s: [] for s in SUBSETS}
     for s in SUBSETS:
-        for p in sorted((out / s).glob("*_stats.json")) if (out / s).is_dir() else []:
+        for p in sorted((out / s).glob(f"*{STATS}")) if (out / s).is_dir() else []:
             shards[s].append(json.loads(p.read_text()))
     per_subset = {s: sum(x["count"] for x in shards[s]) for s in SUBSETS}
     _write_sizes(out, shards)
@@ -1088,8 +1088,7 @@ def _write_duplicates(work: Work, out: Path) -> None:
                 g = groups.setdefault(r["canonical"], {"key": r["canonical"], "duplicate_keys": [], "pmcids": []})
                 g["duplicate_keys"] = sorted(set(g["duplicate_keys"]) | {r["key"]})
     rows = [groups[key] for key in sorted(groups) if groups[key]["duplicate_keys"]]
-    with atomic_path(out / "duplicates.parquet") as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp, compression="zstd")
+    write_parquet(out / "duplicates.parquet", rows, schema)
 
 
 def _write_near_duplicates(work: Work, k: int, out: Path) -> None:

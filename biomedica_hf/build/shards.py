@@ -26,8 +26,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from biomedica_hf.build.timings import rounded
-from biomedica_hf.io.atomic import atomic_path, atomic_write_json, write_parquet
-from biomedica_hf.io.tars import tarinfo
+from biomedica_hf.io.atomic import atomic_open, write_parquet
+from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, write_marker
+from biomedica_hf.io.ranges import copy_ranges
+from biomedica_hf.io.tars import end_of_archive, tarinfo
 from biomedica_hf.schema import SAMPLE_FIELDS, SHARD_INDEX_FIELDS, Sample, arrow_schema
 
 SHARD_SCHEMA = arrow_schema(SAMPLE_FIELDS, SHARD_INDEX_FIELDS)
@@ -45,19 +47,13 @@ def shard_name(subset: str, split: str, pid_tail: str, index: int, revision: int
 def shard_files(out: Path, name: str) -> tuple[Path, Path, Path]:
     """(tar, parquet, stats) of shard ``name`` (``subset/stem``)."""
     base = Path(out) / name
-    return (base.parent / f"{base.name}.tar", base.parent / f"{base.name}.parquet",
-            base.parent / f"{base.name}_stats.json")
+    return base.parent / f"{base.name}.tar", base.parent / f"{base.name}.parquet", marker_path(base, STATS)
 
 
 def shard_done(out: Path, name: str, digest: str) -> bool:
     """A shard is finished when its stats file exists and was written for the same digest."""
     tar, parquet, stats = shard_files(out, name)
-    if not (stats.exists() and tar.exists() and parquet.exists()):
-        return False
-    try:
-        return json.loads(stats.read_text()).get("digest") == digest
-    except (OSError, ValueError):
-        return False
+    return is_done(stats, {"digest": digest}, files=[tar, parquet])
 
 
 def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
@@ -84,23 +80,23 @@ def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, ex
     rows: list[dict] = []
     formats: Counter[str] = Counter()
     image_bytes = caption_chars = 0
-    with atomic_path(tar_path) as tmp:
-        with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for sample in samples:
-                start = tar.offset
-                image_offset = None
-                for name, data in sample_members(sample):
-                    info = tarinfo(name, len(data))
-                    tar.addfile(info, io.BytesIO(data))
-                    if image_offset is None:  # data ends the member, padded to whole blocks
-                        image_offset = tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-                row = {n: sample.meta.get(n) for n, _, _ in SAMPLE_FIELDS}
-                row.update(shard=rel, tar_offset=start, tar_size=tar.offset - start,
-                           image_offset=image_offset, image_size=len(sample.image.data))
-                rows.append(row)
-                formats[sample.image.ext] += 1
-                image_bytes += len(sample.image.data)
-                caption_chars += len(sample.caption)
+    clear_marker(stats_path)
+    with atomic_open(tar_path) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for sample in samples:
+            start = tar.offset
+            image_offset = None
+            for member, data in sample_members(sample):
+                info = tarinfo(member, len(data))
+                tar.addfile(info, io.BytesIO(data))
+                if image_offset is None:  # data ends the member, padded to whole blocks
+                    image_offset = tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            row = {n: sample.meta.get(n) for n, _, _ in SAMPLE_FIELDS}
+            row.update(shard=rel, tar_offset=start, tar_size=tar.offset - start,
+                       image_offset=image_offset, image_size=len(sample.image.data))
+            rows.append(row)
+            formats[sample.image.ext] += 1
+            image_bytes += len(sample.image.data)
+            caption_chars += len(sample.caption)
     write_parquet(parquet_path, rows, SHARD_SCHEMA, SHARD_ROW_GROUP)
     stats = {
         "shard": rel,
@@ -115,7 +111,7 @@ def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, ex
     }
     if timings is not None:
         stats["timings"] = rounded({**timings, "shard_write": time.perf_counter() - t0})
-    atomic_write_json(stats_path, stats)
+    write_marker(stats_path, stats)
     return stats
 
 
@@ -141,18 +137,18 @@ def revise_shard(out: Path, old: str, new: str, drop_keys: set[str], digest: str
     rel = f"{new}.tar"
     formats: Counter[str] = Counter()
     image_bytes = caption_chars = 0
-    with atomic_path(tar_path) as tmp, open(old_tar, "rb") as src, open(tmp, "wb") as dst:
-        for r in rows:
-            src.seek(r["tar_offset"])
-            start = dst.tell()
-            dst.write(src.read(r["tar_size"]))
-            r["image_offset"] += start - r["tar_offset"]
-            r["tar_offset"], r["shard"] = start, rel
-            formats[r["image_ext"]] += 1
-            image_bytes += r["image_size"]
-            caption_chars += len(r["caption"] or "")
-        end = dst.tell() + 2 * tarfile.BLOCKSIZE            # end-of-archive blocks, padded like tarfile
-        dst.write(b"\0" * (2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE))
+    clear_marker(stats_path)
+    with atomic_open(tar_path) as dst:
+        end = copy_ranges(old_tar, [r["tar_offset"] for r in rows], [r["tar_size"] for r in rows], dst)
+        dst.write(end_of_archive(end))
+    start = 0
+    for r in rows:                                        # the kept samples, back to back from byte 0
+        r["image_offset"] += start - r["tar_offset"]
+        r["tar_offset"], r["shard"] = start, rel
+        start += r["tar_size"]
+        formats[r["image_ext"]] += 1
+        image_bytes += r["image_size"]
+        caption_chars += len(r["caption"] or "")
     write_parquet(parquet_path, rows, SHARD_SCHEMA, SHARD_ROW_GROUP)
     stats = {"shard": rel, "subset": new.split("/")[0], "count": len(rows), "tar_bytes": tar_path.stat().st_size,
              "image_bytes": image_bytes, "caption_chars": caption_chars, "image_ext": dict(sorted(formats.items())),
@@ -161,8 +157,9 @@ def revise_shard(out: Path, old: str, new: str, drop_keys: set[str], digest: str
         share = len(rows) / len(all_rows) if all_rows else 0.0
         kept = {k: v * share for k, v in old_timings.items() if k not in ("shard_write", "elapsed")}
         stats["timings"] = rounded({**kept, "shard_write": time.perf_counter() - t0})
-    atomic_write_json(stats_path, stats)
+    write_marker(stats_path, stats)
     if old != new:
-        for p in (old_stats, old_parquet, old_tar):   # the marker first: a half-deleted shard is never "done"
+        clear_marker(old_stats)                       # the marker first: a half-deleted shard is never "done"
+        for p in (old_parquet, old_tar):
             p.unlink(missing_ok=True)
     return stats

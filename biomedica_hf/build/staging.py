@@ -26,7 +26,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from biomedica_hf.build.article import PackageResult
-from biomedica_hf.io.atomic import atomic_write_json
+from biomedica_hf.io.markers import STAGED, is_done, read_marker, write_marker
+from biomedica_hf.io.ranges import LocalFile
 from biomedica_hf.schema import ImageRecord, Sample
 
 
@@ -57,11 +58,15 @@ class PartitionStage:
         self.bin = self.folder / "images.bin"
         self.log = self.folder / "log.jsonl"
         self.starts = self.folder / "starts.txt"
-        self.marker = self.folder / "staged.json"
+        self.marker = self.folder / STAGED
 
     # ---------------------------------------------------------------- state
     def is_staged(self) -> bool:
-        return self.marker.exists()
+        return is_done(self.marker)
+
+    def staged_info(self) -> dict:
+        """What :meth:`mark_staged` recorded (``{}`` while the partition is not staged)."""
+        return read_marker(self.marker) or {}
 
     def finished(self) -> tuple[set[str], int]:
         """Ids of finished units and the end offset of the last one (0 when none).
@@ -133,29 +138,28 @@ class PartitionStage:
         return n
 
     def mark_staged(self, info: dict) -> None:
-        atomic_write_json(self.marker, info)
+        write_marker(self.marker, info)
 
     # ---------------------------------------------------------------- reading
     def units(self) -> Iterator[dict]:
         """Finished units in order: ``ref_id``, ``articles``, ``samples``, ``ledger``, ``timings``."""
         if not self.log.exists():
             return
-        with open(self.log, encoding="utf-8") as fh, open(self.bin, "rb") as data:
+        with open(self.log, encoding="utf-8") as fh, LocalFile(self.bin, "staging file") as data:
             for line in fh:
                 if not line.strip():
                     continue
                 d = json.loads(line)
                 off, size, raw = d["record"]
-                data.seek(off)
-                rec = json.loads(pa.decompress(data.read(size), decompressed_size=raw, codec="zstd", asbytes=True))
+                rec = json.loads(pa.decompress(data.read(off, size), decompressed_size=raw, codec="zstd",
+                                               asbytes=True))
                 yield {"ref_id": d["ref_id"], **rec, "timings": d.get("timings", {})}
 
     def read_samples(self, rows: list[dict]) -> Iterator[Sample]:
         """Samples for staged sample rows, in the given order, one image in memory at a time."""
-        with open(self.bin, "rb") as fh:
+        with LocalFile(self.bin, "staging file") as fh:
             for s in rows:
-                fh.seek(s["offset"])
-                image = ImageRecord(data=fh.read(s["length"]), **s["image"])
+                image = ImageRecord(data=fh.read(s["offset"], s["length"]), **s["image"])
                 yield Sample(s["key"], image, s["caption"], dict(s["meta"]))
 
     def remove(self) -> None:

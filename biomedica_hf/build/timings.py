@@ -22,6 +22,8 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
+from biomedica_hf.io.sizes import human_size
+
 log = logging.getLogger("biomedica_hf.build")
 
 ARTICLE_STAGES = ("fetch", "parse", "media", "stage_write")
@@ -78,7 +80,7 @@ class StageClock:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: kB
         before = self.stages.get(name, {}).get("seconds", 0.0)
         self.stages[name] = {"seconds": round(before + seconds, 3), "driver_peak_rss_mb": round(rss, 1)}
-        log.info("stage %s: %.1f s (driver peak RSS %.0f MB)", name, seconds, rss)
+        log.info("stage %s: %.1f s (driver peak RSS %s)", name, seconds, human_size(rss * 2**20))
         self.last = now
         return seconds
 

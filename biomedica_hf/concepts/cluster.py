@@ -40,8 +40,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from biomedica_hf.concepts.embed import embedded_shards, embedding_keys, read_info
-from biomedica_hf.concepts.layout import CLUSTER_MODEL, CLUSTERS, PROJECTED_DIR, concepts_dir, save_npy, shard_stem
-from biomedica_hf.io.atomic import atomic_path
+from biomedica_hf.concepts.layout import CLUSTER_MODEL, CLUSTERS, PROJECTED_DIR, concepts_dir, shard_stem
+from biomedica_hf.io.atomic import atomic_open, atomic_path, save_npy
 
 log = logging.getLogger(__name__)
 PREDICT_CHUNK = 4096
@@ -70,7 +70,7 @@ class ClusterModel:
         return nearest_centroid(z, self.centroids)
 
     def save(self, path: Path) -> Path:
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        with atomic_open(path) as fh:
             np.savez(fh, components=self.components, mean=self.mean,
                      explained_variance_ratio=self.explained_variance_ratio, centroids=self.centroids,
                      params=np.array(json.dumps(self.params, sort_keys=True)))

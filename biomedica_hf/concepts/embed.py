@@ -43,16 +43,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from biomedica_hf.clip.vision import FITS, embed_images, load_image_model, pick_device, prepare_image
-from biomedica_hf.concepts.layout import (
-    EMBED_DIR,
-    read_ranges,
-    read_shard_index,
-    save_npy,
-    shard_index_files,
-    shard_stem,
-    write_table,
-)
-from biomedica_hf.io.atomic import atomic_write_json
+from biomedica_hf.concepts.layout import EMBED_DIR, read_shard_index, shard_index_files, shard_stem
+from biomedica_hf.io.atomic import atomic_write_json, save_npy, write_table
+from biomedica_hf.io.markers import DONE, clear_marker, is_done, marker_path, read_marker, write_marker
+from biomedica_hf.io.ranges import LocalFile
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +78,7 @@ def embeddings_dir(out: Path) -> Path:
 def shard_outputs(out: Path, shard: str) -> tuple[Path, Path, Path]:
     """(``.npy``, keys ``.parquet``, ``_done.json``) of one shard's embeddings."""
     base = embeddings_dir(out) / shard_stem(shard)
-    return base.with_suffix(".npy"), base.with_suffix(".parquet"), base.parent / f"{base.name}_done.json"
+    return base.with_suffix(".npy"), base.with_suffix(".parquet"), marker_path(base, DONE)
 
 
 def load_job(index_file: Path) -> ShardJob | None:
@@ -107,14 +101,7 @@ def shard_jobs(out: Path) -> Iterator[ShardJob]:
 def marker_matches(out: Path, job: ShardJob, settings: dict[str, Any]) -> bool:
     """True when the shard's embeddings exist and were computed with ``settings`` for its current keys."""
     npy, keys, done = shard_outputs(out, job.shard)
-    if not (done.exists() and npy.exists() and keys.exists()):
-        return False
-    try:
-        marker = json.loads(done.read_text())
-    except (OSError, ValueError):
-        return False
-    return (all(marker.get(k) == v for k, v in settings.items()) and marker.get("keys_sha256") == job.keys_sha256
-            and marker.get("count") == len(job.keys))
+    return is_done(done, {**settings, "keys_sha256": job.keys_sha256, "count": len(job.keys)}, files=[npy, keys])
 
 
 def iter_embeddings(out: Path, mmap: bool = True) -> Iterator[tuple[str, list[str], np.ndarray]]:
@@ -126,7 +113,7 @@ def iter_embeddings(out: Path, mmap: bool = True) -> Iterator[tuple[str, list[st
 def load_shard_embeddings(out: Path, shard: str, rows: int | None = None, mmap: bool = True) -> np.ndarray:
     """One shard's embedding matrix (memory-mapped by default), checked against its marker."""
     npy, _, done = shard_outputs(out, shard)
-    if not done.exists():
+    if read_marker(done) is None:
         raise FileNotFoundError(f"{shard} has no embeddings ({done} missing): run `biomedica embed {out}`")
     arr = np.load(npy, mmap_mode="r" if mmap else None)
     if rows is not None and arr.shape[0] != rows:
@@ -161,10 +148,10 @@ def _decoded_batches(tar: Path, job: ShardJob, batch_size: int, pool: ThreadPool
                      fit: str) -> Iterator[list[Any]]:
     """Decoded images of a shard in batches; the next batch decodes while the caller runs the model."""
     pending: list[Future] | None = None
-    with open(tar, "rb") as fh:
+    with LocalFile(tar) as fh:
         for start in range(0, len(job.keys), batch_size):
             stop = start + batch_size
-            datas = read_ranges(fh, job.image_offsets[start:stop], job.image_sizes[start:stop])
+            datas = fh.ranges(job.image_offsets[start:stop], job.image_sizes[start:stop])
             futures = [pool.submit(prepare_image, d, image_size, fit) for d in datas]
             if pending is not None:
                 yield _results(pending, job, start - batch_size)
@@ -210,12 +197,13 @@ def _embed_shard_task(args: tuple) -> tuple[str, int, int]:
     emb = np.concatenate(parts)
     dim = int(emb.shape[1])
     npy, keys_path, done = shard_outputs(out, job.shard)
+    clear_marker(done)          # a crash while the files are replaced leaves no marker over them
     save_npy(npy, emb)
     write_table(keys_path, pa.table({"key": pa.array(job.keys, pa.string()),
                                      "tar_offset": pa.array(job.tar_offsets, pa.int64())}))
-    atomic_write_json(done, {**w["settings"], "shard": job.shard, "count": len(job.keys), "dim": dim,
-                             "keys_sha256": job.keys_sha256, "pooling": POOLING, "device": w["device"],
-                             "seconds": round(time.perf_counter() - t0, 3)})
+    write_marker(done, {**w["settings"], "shard": job.shard, "count": len(job.keys), "dim": dim,
+                        "keys_sha256": job.keys_sha256, "pooling": POOLING, "device": w["device"],
+                        "seconds": round(time.perf_counter() - t0, 3)})
     return job.shard, len(job.keys), dim
 
 

@@ -56,10 +56,9 @@ from biomedica_hf.concepts.layout import (
     concepts_dir,
     figures_index_path,
     shard_index_files,
-    write_table,
 )
 from biomedica_hf.concepts.vocab import ANNOTATION_FIELDS, Vocabulary, load_vocabulary
-from biomedica_hf.io.atomic import atomic_path, atomic_write_json
+from biomedica_hf.io.atomic import atomic_path, atomic_write_json, write_table
 
 log = logging.getLogger(__name__)
 SCALAR_FIELDS = ("panel_type", "panel_subtype")

@@ -15,16 +15,16 @@
     DIR/concepts/<subset-name>.parquet          a concept subset: keys + where they live
     DIR/<subset-name>/*.tar                     the subset materialised as WebDataset shards
 
-Samples are read with the byte offsets the shard writer recorded (``image_offset``/``image_size``):
+Samples are read with the byte offsets the shard writer recorded (``image_offset``/``image_size``, through
+``biomedica_hf.io.ranges``; files are written with ``biomedica_hf.io.atomic``):
 the per-shard Parquet files hold the same rows as ``figures.parquet`` (which is their concatenation),
 one shard at a time, so memory stays bounded by one shard's index.
 """
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -71,34 +71,8 @@ def read_shard_index(path: Path, columns: Iterable[str] = LOCATION_COLUMNS) -> p
     return table
 
 
-def read_ranges(fh: BinaryIO, offsets: Iterable[int], sizes: Iterable[int]) -> Iterator[bytes]:
-    """The byte ranges ``[offset, offset + size)`` of an open file, in the order given."""
-    for offset, size in zip(offsets, sizes):
-        fh.seek(int(offset))
-        data = fh.read(int(size))
-        if len(data) != int(size):
-            raise OSError(f"{getattr(fh, 'name', fh)}: short read at {offset} ({len(data)} of {size} bytes)")
-        yield data
-
-
 def figures_index_path(out: Path) -> Path:
     return Path(out) / FIGURES_INDEX
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file + rename (np.save(path) would append ``.npy`` to a temp name)."""
-    from biomedica_hf.io.atomic import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-
-
-def write_table(path: Path, table: pa.Table, **kwargs) -> None:
-    """Atomic Parquet write (zstd)."""
-    from biomedica_hf.io.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", **kwargs)
 
 
 def image_from_bytes(data: bytes):

@@ -34,10 +34,10 @@ from biomedica_hf.concepts.layout import (
     figures_index_path,
     image_from_bytes,
     key_priority,
-    read_ranges,
 )
 from biomedica_hf.concepts.vocab import Vocabulary, blank_annotation, load_vocabulary
 from biomedica_hf.io.atomic import atomic_write_bytes, atomic_write_json
+from biomedica_hf.io.ranges import read_many
 
 THUMB = 200            # thumbnail box, pixels
 COLUMNS = 4
@@ -238,17 +238,9 @@ def annotation_sheets(dataset_dir: str | Path, per_cluster: int = 16, out: str |
 
 def _read_images(root: Path, rows: list[dict]) -> dict[str, bytes]:
     """Image bytes of the given index rows, each shard opened once and read in offset order."""
-    out: dict[str, bytes] = {}
-    by_shard: dict[str, list[dict]] = {}
-    for r in rows:
-        by_shard.setdefault(r["shard"], []).append(r)
-    for shard, items in by_shard.items():
-        items.sort(key=lambda r: r["image_offset"])
-        with open(root / shard, "rb") as fh:
-            for r, data in zip(items, read_ranges(fh, [r["image_offset"] for r in items],
-                                                  [r["image_size"] for r in items])):
-                out[r["key"]] = data
-    return out
+    datas = read_many(root, [r["shard"] for r in rows], [r["image_offset"] for r in rows],
+                      [r["image_size"] for r in rows])
+    return {r["key"]: data for r, data in zip(rows, datas)}
 
 
 __all__ = ["annotation_sheets", "first_words", "pick_samples", "render_sheet", "sheet_name", "wrap"]

@@ -34,9 +34,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from biomedica_hf.concepts.layout import concepts_dir, figures_index_path, key_priority, write_table
+from biomedica_hf.concepts.layout import concepts_dir, figures_index_path, key_priority
 from biomedica_hf.concepts.vocab import PLOTS_AND_CHARTS
-from biomedica_hf.io.atomic import atomic_path, atomic_write_json
+from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
+from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, piece_stem, write_marker
+from biomedica_hf.io.ranges import copy_ranges
 from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger(__name__)
@@ -167,26 +169,25 @@ def _digest(rows: list[dict]) -> str:
     return h.hexdigest()
 
 
-def copy_ranges(root: Path, rows: list[dict], dest: Path) -> int:
+def write_subset_tar(root: Path, rows: list[dict], dest: Path) -> int:
     """Write ``dest`` (atomic): the rows' byte ranges of their source tars, then the end-of-archive blocks."""
     written = 0
-    with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
+    with atomic_open(dest) as fh:
         for shard, run in itertools.groupby(rows, key=lambda r: r["shard"]):   # each source opened once per run
-            with open(root / shard, "rb") as src:
-                for r in run:
-                    src.seek(int(r["tar_offset"]))
-                    data = src.read(int(r["tar_size"]))
-                    if len(data) != int(r["tar_size"]) or len(data) % 512:
-                        raise OSError(f"{shard}: bad range for {r['key']} ({r['tar_offset']}+{r['tar_size']})")
-                    fh.write(data)
-                    written += len(data)
+            def whole_blocks(offset: int, size: int, data: bytes, shard: str = shard) -> None:
+                if size % 512:
+                    raise OSError(f"{shard}: bad sample range {offset}+{size} (not whole 512-byte tar blocks)")
+
+            run = list(run)
+            written += copy_ranges(root / shard, [r["tar_offset"] for r in run], [r["tar_size"] for r in run], fh,
+                                   check=whole_blocks)
         fh.write(END_OF_ARCHIVE)
     return written + len(END_OF_ARCHIVE)
 
 
 def materialise(dataset_dir: str | Path, name: str, selection: pa.Table) -> dict[str, Any]:
     """Copy the planned selection (with ``out_shard``/``out_offset``) into ``DIR/<name>/``; resumable:
-    a tar whose ``_stats.json`` digest matches its planned samples is kept as is."""
+    a tar whose ``_stats.json`` marker's digest matches its planned samples is kept as is."""
     root = Path(dataset_dir)
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -201,22 +202,20 @@ def materialise(dataset_dir: str | Path, name: str, selection: pa.Table) -> dict
         out_shard = rows[0]["out_shard"]
         planned.add(out_shard)
         tar = folder / out_shard
-        stats_path = folder / out_shard.replace(".tar", "_stats.json")
+        stats_path = marker_path(folder / out_shard.removesuffix(".tar"), STATS)
         digest = _digest(rows)
-        try:
-            done = json.loads(stats_path.read_text()).get("digest") == digest and tar.exists()
-        except (OSError, ValueError):
-            done = False
-        if done:
+        if is_done(stats_path, {"digest": digest}, files=[tar]):
             kept += 1
         else:
-            size = copy_ranges(root, rows, tar)
-            atomic_write_json(stats_path, {"shard": f"{name}/{out_shard}", "count": len(rows), "tar_bytes": size,
-                                           "digest": digest})
+            clear_marker(stats_path)
+            size = write_subset_tar(root, rows, tar)
+            write_marker(stats_path, {"shard": f"{name}/{out_shard}", "count": len(rows), "tar_bytes": size,
+                                      "digest": digest})
             written += 1
         sizes[out_shard] = len(rows)
-    for stale in list(folder.glob("*.tar")) + list(folder.glob("*_stats.json")):
-        if stale.name.replace("_stats.json", ".tar") not in planned:
+    for stale in list(folder.glob(f"*{STATS}")) + list(folder.glob("*.tar")):   # markers first
+        tar_name = f"{piece_stem(stale, STATS)}.tar" if stale.name.endswith(STATS) else stale.name
+        if tar_name not in planned:
             stale.unlink()
     atomic_write_json(folder / "sizes.json", sizes)
     return {"name": name, "samples": selection.num_rows, "shards": len(planned), "written": written, "kept": kept}
@@ -307,9 +306,9 @@ __all__ = [
     "build_concept_subsets",
     "card_config",
     "concept_card_configs",
-    "copy_ranges",
     "default_cap",
     "filtered_mask",
     "materialise",
     "plan_shards",
+    "write_subset_tar",
 ]

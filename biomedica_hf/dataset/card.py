@@ -23,9 +23,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from biomedica_hf import __version__, hooks, templates
-from biomedica_hf.dataset.hub import human_size
 from biomedica_hf.dataset.tables import table_config_columns, write_table_configs
 from biomedica_hf.io.atomic import atomic_write_bytes
+from biomedica_hf.io.sizes import human_size
 from biomedica_hf.layout import FIGURES_INDEX, TABLE_CONFIGS
 from biomedica_hf.schema import ARTICLE_FIELDS, SAMPLE_FIELDS, SUBSETS, webdataset_features
 

@@ -6,9 +6,9 @@ Layers, from pure to I/O:
   no network, no DTD loading, no entity expansion). Records are keyed by ``MedlineCitation/PMID``
   (``BookDocument/PMID`` for books), never by position in the answer.
 * :func:`apply_pubmed` - pure: copy a :class:`PubmedRecord` into one article dict.
-* :class:`RateLimiter` / :class:`EutilsClient` - HTTP: thread-safe rate limiting (3 req/s, 10 with an
-  API key), retries with exponential backoff on 429 (``Retry-After`` honoured), 408, 5xx, timeouts
-  and dropped connections; other 4xx fail at once.
+* :class:`EutilsClient` - HTTP: thread-safe rate limiting (3 req/s, 10 with an API key; the
+  :class:`~biomedica_hf.io.retry.RateLimiter`), retries with exponential backoff on 429
+  (``Retry-After`` honoured), 408, 5xx, timeouts and dropped connections; other 4xx fail at once.
 * :class:`PubmedCache` - one SQLite file ``<cache_dir>/pubmed.sqlite``: one row per PMID, state
   ``ok`` (parsed record as JSON) or ``missing`` (NCBI answered without it). Each efetch batch is
   stored in one transaction, so an interrupted run loses at most the batch in flight and a rerun
@@ -31,10 +31,8 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import re
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -45,7 +43,9 @@ from typing import Any, Protocol
 import requests
 from lxml import etree
 
-from biomedica_hf.build.download import RateLimiter, parse_retry_after
+from biomedica_hf.io.atomic import KeepOld, atomic_path
+from biomedica_hf.io.retry import Backoff, RateLimiter, parse_retry_after
+from biomedica_hf.io.xml import safe_parser
 from biomedica_hf.schema import ARTICLE_FIELDS, arrow_schema
 
 log = logging.getLogger(__name__)
@@ -97,12 +97,6 @@ class PubmedRecord:
         """Inverse of :meth:`to_dict`; unknown keys (newer cache rows) are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def _safe_parser(recover: bool = False) -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                           dtd_validation=False, huge_tree=False, remove_comments=True,
-                           remove_pis=True, recover=recover)
 
 
 _TIGHT_INLINE = {"sub", "sup"}
@@ -266,11 +260,11 @@ def parse_pubmed_xml(data: bytes, *, strict: bool = False) -> dict[str, PubmedRe
             raise PubmedParseError("empty efetch answer")
         return {}
     try:
-        root = etree.fromstring(data, _safe_parser())
+        root = etree.fromstring(data, safe_parser(remove_comments=True, remove_pis=True))
     except etree.XMLSyntaxError as exc:
         if strict:
             raise PubmedParseError(f"efetch answer is not well-formed (cut short?): {exc}") from exc
-        root = etree.fromstring(data, _safe_parser(recover=True))
+        root = etree.fromstring(data, safe_parser(remove_comments=True, remove_pis=True, recover=True))
         if root is None:
             raise PubmedParseError(f"unparsable efetch answer: {exc}") from exc
         log.warning("efetch answer is not well-formed (%s); parsed in recover mode", exc)
@@ -342,6 +336,13 @@ class EfetchClient(Protocol):
     def efetch_pubmed(self, pmids: list[str]) -> bytes: ...
 
 
+def client_backoff(client: object) -> Backoff:
+    """The retry schedule of an E-utilities client (its ``backoff`` / ``max_backoff``; 10 minutes at most
+    for a ``Retry-After``)."""
+    return Backoff(base=float(getattr(client, "backoff", 1.0)), cap=float(getattr(client, "max_backoff", 60.0)),
+                   jitter=0.25, max_retry_after=600.0)
+
+
 class EutilsClient:
     """Minimal NCBI E-utilities client (efetch for PubMed) with rate limiting and retries.
 
@@ -349,7 +350,8 @@ class EutilsClient:
     ``NCBI_API_KEY``). ``email`` defaults to env ``NCBI_EMAIL``. Parameters travel in a POST body
     (``method="GET"`` puts them in the query string), which keeps the API key out of URLs and logs.
     Retries: ``max_retries`` more attempts after the first, waiting ``backoff * 2**attempt``
-    (jittered, capped at ``max_backoff``) or the server's ``Retry-After`` when longer.
+    (capped at ``max_backoff``, jittered: :class:`~biomedica_hf.io.retry.Backoff`) or the server's
+    ``Retry-After`` when longer (up to 10 minutes).
     """
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str | None = None,
@@ -367,6 +369,7 @@ class EutilsClient:
         self.max_retries = max(0, int(max_retries))
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.schedule = client_backoff(self)
         self.method = method.upper()
         if self.method not in ("GET", "POST"):
             raise ValueError("method must be GET or POST")
@@ -402,10 +405,6 @@ class EutilsClient:
             p["api_key"] = self.api_key
         return p
 
-    def _delay(self, attempt: int) -> float:
-        base = min(self.max_backoff, self.backoff * (2 ** attempt))
-        return base * (0.75 + 0.25 * random.random())
-
     def request(self, endpoint: str, params: dict[str, str]) -> bytes:
         """One E-utilities call (e.g. ``efetch.fcgi``) with rate limit and retries; returns the body."""
         url = f"{self.base_url}/{endpoint}"
@@ -415,7 +414,7 @@ class EutilsClient:
             self.limiter.acquire()
             with self._count_lock:
                 self.n_requests += 1
-            delay = self._delay(attempt)
+            delay = self.schedule.delay(attempt)
             try:
                 if self.method == "POST":
                     resp = self._get_session().post(url, data=params, timeout=self.timeout)
@@ -432,8 +431,7 @@ class EutilsClient:
                 if status in (408, 429) or 500 <= status < 600:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     last = EutilsHTTPError(status, snippet, retry_after)
-                    if retry_after is not None:   # honoured, within reason (10 min)
-                        delay = max(delay, min(retry_after, 600.0))
+                    delay = self.schedule.delay(attempt, retry_after)
                     if status == 429:
                         self.limiter.pause(delay)   # slow every thread down, not just this one
                 else:
@@ -633,8 +631,7 @@ def _fetch_batch(client: EfetchClient, batch: list[str]) -> dict[str, PubmedReco
     """One batch, parsed strictly: a reply that is cut short, malformed or not a PubmedArticleSet
     is asked again (the client's retries and backoff), never returned partially."""
     attempts = int(getattr(client, "max_retries", 2)) + 1
-    backoff = float(getattr(client, "backoff", 1.0))
-    cap = float(getattr(client, "max_backoff", 60.0))
+    schedule = client_backoff(client)
     last: PubmedParseError | None = None
     for attempt in range(attempts):
         try:
@@ -643,7 +640,7 @@ def _fetch_batch(client: EfetchClient, batch: list[str]) -> dict[str, PubmedReco
             last = exc
             if attempt + 1 < attempts:
                 log.warning("efetch answer for %d PMIDs unusable (%s); asking again", len(batch), exc)
-                time.sleep(min(cap, backoff * 2 ** attempt))
+                time.sleep(schedule.delay(attempt))
     assert last is not None
     raise PubmedParseError(f"{last} (after {attempts} attempts)")
 
@@ -740,7 +737,7 @@ def _compression(pf) -> str:
 def enrich_articles_parquet(path: str | Path, client: EfetchClient,
                             cache_dir: str | Path | PubmedCache, *, batch_size: int = MAX_EFETCH_IDS,
                             refresh: bool | str = False, progress: bool = True) -> EnrichReport:
-    """Enrich an ``articles.parquet`` file and rewrite it atomically (temp file + ``os.replace``).
+    """Enrich an ``articles.parquet`` file and rewrite it atomically (``io.atomic.atomic_path``).
 
     Streams: pass 1 reads the ``pmid`` column and fills the cache; pass 2 rewrites row group by
     row group, touching only ``abstract`` / ``mesh_terms`` / ``publication_types``. Schema (with
@@ -753,7 +750,6 @@ def enrich_articles_parquet(path: str | Path, client: EfetchClient,
     path = Path(path)
     report = EnrichReport()
     cache, owned = _open_cache(cache_dir)
-    tmp: str | None = None
     pf = None
     try:
         pf = pq.ParquetFile(path)
@@ -762,42 +758,36 @@ def enrich_articles_parquet(path: str | Path, client: EfetchClient,
         pmids = _count_pmids(pf.read(columns=["pmid"]).column("pmid").to_pylist(), report)
         fetch_into_cache([p for p in pmids if p], client, cache, report, batch_size=batch_size,
                          refresh=refresh, progress=progress)
-        changed = False
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        with pq.ParquetWriter(tmp, schema, compression=_compression(pf)) as writer:
-            for i in range(pf.num_row_groups):
-                table = pf.read_row_group(i)
-                rows = table.select(list(ENRICH_COLUMNS)).to_pylist()
-                pubs = cache.get_many([p for p in (normalize_pmid(r["pmid"]) for r in rows) if p])
-                touched = False
-                for row in rows:
-                    pub = pubs.get(normalize_pmid(row["pmid"]) or "")
-                    if pub is None:
-                        continue
-                    before = (row["abstract"], row["mesh_terms"], row["publication_types"])
-                    report.n_enriched += 1
-                    report.n_filled_abstract += apply_pubmed(row, pub)
-                    touched |= before != (row["abstract"], row["mesh_terms"], row["publication_types"])
-                if touched:
-                    changed = True
-                    for name in ENRICH_COLUMNS[1:]:
-                        idx = schema.get_field_index(name)
-                        table = table.set_column(idx, schema.field(idx),
-                                                 pa.array([r[name] for r in rows], type=schema.field(idx).type))
-                writer.write_table(table, row_group_size=max(1, table.num_rows))
-            if pf.num_row_groups == 0:
-                writer.write_table(schema.empty_table())
-        if changed:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            tmp = None
+        with atomic_path(path, fsync=True) as tmp:
+            changed = False
+            with pq.ParquetWriter(tmp, schema, compression=_compression(pf)) as writer:
+                for i in range(pf.num_row_groups):
+                    table = pf.read_row_group(i)
+                    rows = table.select(list(ENRICH_COLUMNS)).to_pylist()
+                    pubs = cache.get_many([p for p in (normalize_pmid(r["pmid"]) for r in rows) if p])
+                    touched = False
+                    for row in rows:
+                        pub = pubs.get(normalize_pmid(row["pmid"]) or "")
+                        if pub is None:
+                            continue
+                        before = (row["abstract"], row["mesh_terms"], row["publication_types"])
+                        report.n_enriched += 1
+                        report.n_filled_abstract += apply_pubmed(row, pub)
+                        touched |= before != (row["abstract"], row["mesh_terms"], row["publication_types"])
+                    if touched:
+                        changed = True
+                        for name in ENRICH_COLUMNS[1:]:
+                            idx = schema.get_field_index(name)
+                            table = table.set_column(idx, schema.field(idx),
+                                                     pa.array([r[name] for r in rows], type=schema.field(idx).type))
+                    writer.write_table(table, row_group_size=max(1, table.num_rows))
+                if pf.num_row_groups == 0:
+                    writer.write_table(schema.empty_table())
+            if not changed:
+                raise KeepOld   # nothing new: the file stays as it was, byte for byte
     finally:
         if pf is not None and hasattr(pf, "close"):
             pf.close()
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         if owned:
             cache.close()
     return report
@@ -806,6 +796,6 @@ def enrich_articles_parquet(path: str | Path, client: EfetchClient,
 __all__ = [
     "DEFAULT_BASE_URL", "MAX_EFETCH_IDS", "EnrichReport", "EutilsClient", "EutilsError",
     "EutilsHTTPError", "EutilsRetryError", "FailedBatch", "PubmedCache", "PubmedParseError",
-    "PubmedRecord", "RateLimiter", "apply_pubmed", "enrich_articles_parquet", "enrich_records",
+    "PubmedRecord", "apply_pubmed", "enrich_articles_parquet", "enrich_records",
     "fetch_into_cache", "normalize_pmid", "parse_pubmed_xml",
 ]

@@ -27,6 +27,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from biomedica_hf.io.atomic import TEMP_GLOB
+from biomedica_hf.io.markers import STATS
+from biomedica_hf.io.sizes import human_size
 from biomedica_hf.layout import DUP_TABLES, TABLE_CONFIGS
 from biomedica_hf.schema import SUBSETS
 
@@ -47,7 +50,7 @@ UPLOAD_IGNORE: tuple[str, ...] = (
     f"{WORK_DIR}/**",          # build staging and caches
     ".cache/**",               # huggingface_hub's resumable-upload state (.cache/huggingface/)
     "**/.cache/**",
-    ".*.tmp-*", "**/.*.tmp-*",  # atomic-write temp files of an interrupted build
+    TEMP_GLOB, f"**/{TEMP_GLOB}",  # atomic-write temp files of an interrupted build
     "*.part", "**/*.part",      # partial downloads
     "*.tmp", "**/*.tmp",
     ".*", "**/.*",              # any other hidden file or folder (.DS_Store, .git, editor swap files)
@@ -57,7 +60,7 @@ UPLOAD_IGNORE: tuple[str, ...] = (
 UPLOAD_ALLOW: tuple[str, ...] = (
     CARD,
     f"{CARD_DIR}/*",
-    *(p for s in SUBSETS for p in (f"{s}/*.tar", f"{s}/*.parquet", f"{s}/*_stats.json", f"{s}/sizes.json")),
+    *(p for s in SUBSETS for p in (f"{s}/*.tar", f"{s}/*.parquet", f"{s}/*{STATS}", f"{s}/sizes.json")),
     *(f"{t}/*.tar" for t in TABLE_CONFIGS),  # the tables again as WebDataset configs (articles/, figures/)
     "*.parquet",
     "ledger_summary.txt",
@@ -303,24 +306,13 @@ def exclusion_reason(rel: str) -> str:
     name = rel.rsplit("/", 1)[-1]
     if rel.split("/", 1)[0] in _PRUNED:
         return _PRUNED[rel.split("/", 1)[0]]
-    if fnmatchcase(name, ".*.tmp-*") or fnmatchcase(name, "*.tmp"):
+    if fnmatchcase(name, TEMP_GLOB) or fnmatchcase(name, "*.tmp"):
         return "temporary file of an interrupted write"
     if name.endswith(".part"):
         return "partial download"
     if any(p.startswith(".") for p in rel.split("/")):
         return "hidden file"
     return "not part of the dataset layout"
-
-
-def human_size(n: float) -> str:
-    """Decimal units as the Hub shows them: ``1.09 MB``."""
-    if n < 1000:
-        return f"{int(n)} B"
-    for unit in ("kB", "MB", "GB", "TB", "PB"):
-        n /= 1000
-        if n < 999.5 or unit == "PB":
-            break
-    return f"{n:.2f} {unit}" if n < 9.995 else f"{n:.1f} {unit}" if n < 99.95 else f"{n:.0f} {unit}"
 
 
 def _walk(folder: Path) -> tuple[dict[str, int], list[str], list[str]]:
@@ -661,7 +653,6 @@ __all__ = [
     "classify",
     "exclusion_reason",
     "filter_paths",
-    "human_size",
     "plan_upload",
     "push_folder",
     "remote_changes",

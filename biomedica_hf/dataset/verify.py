@@ -24,10 +24,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from biomedica_hf.io.markers import STATS
+from biomedica_hf.io.ranges import LocalFile, read_range
 from biomedica_hf.layout import FIGURES_INDEX
 from biomedica_hf.schema import SUBSETS
 
-STATS_SUFFIX = "_stats.json"
 MAX_LISTED = 50
 
 
@@ -68,7 +69,7 @@ def shard_files(folder: Path, subsets: tuple[str, ...] = SUBSETS) -> dict[str, d
             name = p.name
             if name.startswith(".") or p.is_symlink() or not p.is_file():   # links are never published
                 continue
-            for suffix in (STATS_SUFFIX, ".tar", ".parquet"):
+            for suffix in (STATS, ".tar", ".parquet"):
                 if name.endswith(suffix):
                     out[f"{subset}/{name[:-len(suffix)]}"][suffix] = p
                     break
@@ -84,14 +85,12 @@ def _tar_members(path: Path) -> tuple[list[tuple[str, int, int, int]], int, str 
     """``[(name, header offset, data offset, size)]`` of a tar read header by header, the end of the last
     member, and a structural problem (or None)."""
     members = []
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        pos = 0
+    with LocalFile(path) as f:
+        size, pos = f.size, 0
         while pos + 512 <= size:
-            f.seek(pos)
-            header = f.read(512)
+            header = f.read(pos, 512)
             if header == b"\0" * 512:
-                rest_ok = all(c == 0 for c in f.read(min(size - pos - 512, 1 << 20)))
+                rest_ok = all(c == 0 for c in f.read(pos + 512, min(size - pos - 512, 1 << 20)))
                 return members, pos, None if rest_ok else f"data after the end-of-archive marker at {pos}"
             if sum(header[:148]) + 8 * 32 + sum(header[156:]) != _octal(header[148:156]):
                 return members, pos, f"bad tar header checksum at byte {pos}"
@@ -162,10 +161,10 @@ def verify_folder(folder: str | os.PathLike, deep: bool = False) -> VerifyReport
             continue
         tar = parts[".tar"]
         rel = f"{base}.tar"
-        for suffix, what in ((STATS_SUFFIX, "completion marker"), (".parquet", "per-shard index")):
+        for suffix, what in ((STATS, "completion marker"), (".parquet", "per-shard index")):
             if suffix not in parts:
                 problems.append(f"{rel} has no {what} {base}{suffix}: the build did not finish")
-        stats = _json(parts.get(STATS_SUFFIX), folder, problems)
+        stats = _json(parts.get(STATS), folder, problems)
         size = tar.stat().st_size
         if isinstance(stats, dict):
             if stats.get("tar_bytes") is not None and stats["tar_bytes"] != size:
@@ -220,9 +219,11 @@ def _check_tar(folder: Path, tar: Path, rel: str, rows: list[dict], deep: bool, 
                             f"{FIGURES_INDEX} says {r['tar_size']}, {r['image_offset']} ({r['image_size']})")
             continue
         if deep:
-            with open(tar, "rb") as f:
-                f.seek(image[2])
-                data = f.read(image[3])
+            try:
+                data = read_range(tar, image[2], image[3])
+            except OSError as e:
+                problems.append(f"{rel}: sample {r['key']}: image unreadable ({e})")
+                continue
             report.bytes_checked += len(data)
             if hashlib.sha256(data).hexdigest() != r["sha256"]:
                 problems.append(f"{rel}: sample {r['key']}: image sha256 differs from {FIGURES_INDEX} "

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from biomedica_hf.io.atomic import atomic_path
+from biomedica_hf.io.ranges import ShardFiles, read_range
 from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD, lsh_tables, table_keys
 from biomedica_hf.neardup.hashing import HASH_BITS, HASH_NAME, bytes_phash, hamming, hex_to_words, open_image
 
@@ -137,36 +138,33 @@ def training_hashes(dataset_dir: Path, progress: bool = False) -> Iterator[pa.Ta
         from tqdm import tqdm
 
         bar = tqdm(total=pf.metadata.num_rows, desc="hash training images", unit="img")
-    for batch in pf.iter_batches(batch_size=BATCH, columns=cols):
-        t = pa.Table.from_batches([batch])
-        if "phash" in names and t["phash"].null_count == 0:
-            yield t
-            continue
-        have = t["phash"].to_pylist() if "phash" in names else [None] * t.num_rows
-        hashes = []
-        for key, shard, off, size, h in zip(t["key"].to_pylist(), t["shard"].to_pylist(),
-                                            t["image_offset"].to_pylist(), t["image_size"].to_pylist(), have):
-            if h is None:
-                try:
-                    with open(dataset_dir / shard, "rb") as fh:
-                        fh.seek(off)
-                        h = bytes_phash(fh.read(size))
-                except Exception as exc:   # noqa: BLE001 - counted as unhashed in the report
-                    log.warning("training sample %s unreadable (%s)", key, exc)
-            hashes.append(h)
-            if bar is not None:
-                bar.update(1)
-        if "phash" in t.column_names:
-            t = t.drop_columns(["phash"])
-        yield t.append_column("phash", pa.array(hashes, pa.string()))
+    with ShardFiles(dataset_dir) as shards:
+        for batch in pf.iter_batches(batch_size=BATCH, columns=cols):
+            t = pa.Table.from_batches([batch])
+            if "phash" in names and t["phash"].null_count == 0:
+                yield t
+                continue
+            have = t["phash"].to_pylist() if "phash" in names else [None] * t.num_rows
+            hashes = []
+            for key, shard, off, size, h in zip(t["key"].to_pylist(), t["shard"].to_pylist(),
+                                                t["image_offset"].to_pylist(), t["image_size"].to_pylist(), have):
+                if h is None:
+                    try:
+                        h = bytes_phash(shards.read(shard, off, size))
+                    except Exception as exc:   # noqa: BLE001 - counted as unhashed in the report
+                        log.warning("training sample %s unreadable (%s)", key, exc)
+                hashes.append(h)
+                if bar is not None:
+                    bar.update(1)
+            if "phash" in t.column_names:
+                t = t.drop_columns(["phash"])
+            yield t.append_column("phash", pa.array(hashes, pa.string()))
     if bar is not None:
         bar.close()
 
 
 def _image_of(dataset_dir: Path, shard: str, off: int, size: int):
-    with open(dataset_dir / shard, "rb") as fh:
-        fh.seek(off)
-        return open_image(fh.read(size))
+    return open_image(read_range(dataset_dir / shard, off, size))
 
 
 def contact_sheet(pairs: list[dict], eval_bytes: dict[tuple[str, str], bytes], dataset_dir: Path, path: Path,

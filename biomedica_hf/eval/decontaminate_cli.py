@@ -34,7 +34,7 @@ def decontaminate_cmd(dataset, tasks, out, threshold, data_dir, fixtures_dir, ca
     """
     import logging
 
-    from biomedica_hf.eval import decontaminate
+    from biomedica_hf.eval.decontaminate import decontaminate
     from biomedica_hf.eval.tasks.base import DataContext
     from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD
 

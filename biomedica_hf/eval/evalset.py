@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from biomedica_hf.io.atomic import write_table
+
 EVALSET_COLUMNS = ("image", "task", "options", "answer_idx", "label", "image_id", "provenance_license")
 EVALSET_SCHEMA = pa.schema([
     pa.field("image", pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])),
@@ -80,10 +82,7 @@ def write_evalset(rows: Iterable[dict], path: str | os.PathLike) -> Path:
     table = pa.Table.from_pylist(records, schema=EVALSET_SCHEMA)
     table = table.replace_schema_metadata({"huggingface": json.dumps(_HF_FEATURES)})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=1000)
-    os.replace(tmp, path)
+    write_table(path, table, row_group_size=1000)
     return path
 
 

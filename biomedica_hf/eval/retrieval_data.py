@@ -2,7 +2,8 @@
 
 A dataset folder is read through its ``figures.parquet`` index (``key``, ``caption``, ``shard``,
 ``image_offset``, ``image_size``, ``subset``): an image's bytes are
-``open(DIR/shard).seek(image_offset).read(image_size)``, so only the images are read, never whole shards.
+``DIR/shard[image_offset:image_offset + image_size]`` (``io.ranges.read_many``), so only the images
+are read, never whole shards.
 A Parquet file or folder with ``image`` (bytes or ``{bytes, path}``) and ``caption`` (or ``text``)
 columns works too.
 
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from biomedica_hf.eval.evalset import DATA_HINT, DataNotFoundError, parquet_files
+from biomedica_hf.io.ranges import read_many
 
 
 @dataclass
@@ -49,16 +51,8 @@ class Pairs:
         """Encoded images of ``indices`` (read in offset order per shard, returned in the given order)."""
         if self.blobs is not None:
             return [self.blobs[i] for i in indices]
-        out: dict[int, bytes] = {}
-        by_shard: dict[str, list[int]] = {}
-        for i in sorted(indices, key=lambda i: (self.shards[i], self.offsets[i])):
-            by_shard.setdefault(self.shards[i], []).append(i)
-        for shard, members in by_shard.items():
-            with open(self.root / shard, "rb") as handle:
-                for i in members:
-                    handle.seek(self.offsets[i])
-                    out[i] = handle.read(self.sizes[i])
-        return [out[i] for i in indices]
+        return read_many(self.root, [self.shards[i] for i in indices], [self.offsets[i] for i in indices],
+                         [self.sizes[i] for i in indices])
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp")

@@ -1,4 +1,13 @@
-"""Core I/O that every stage uses: atomic writes, reproducible tars, shard byte-range reads (local and remote).
+"""Core I/O that every stage uses, one home per job:
+
+* ``atomic``  - atomic writes (temporary beside the file + rename): bytes, JSON, Parquet, ``.npy``, streams;
+* ``markers`` - completion markers (written last; "is this piece done, and for this input?");
+* ``ranges``  - shard byte ranges: the prefetching :class:`~biomedica_hf.io.ranges.RangeReader` (local and
+  remote) and the small synchronous local helpers;
+* ``tars``    - byte-reproducible tar members;
+* ``retry``   - backoff schedule, ``Retry-After``, rate limiter;
+* ``xml``     - the safe lxml parser;
+* ``sizes``   - byte counts for people (``1.09 MB``, ``2GiB``).
 
 Nothing here knows about PMC, the build or models; everything above imports from here instead of writing its own.
 """

@@ -18,6 +18,11 @@ consumer (the memory bound). The same code reads a local file (``os.pread``) and
 reused).
 Errors say what is wrong: a missing file (``FileNotFoundError``), a file shorter than the index says
 (``ShardTruncatedError``), a server that ignores ranges.
+
+The small synchronous helpers read local files the same way (``os.pread``, the same errors), for every other
+reader of ``tar[offset:offset + size]``: :class:`LocalFile` (one open file: one range, or ranges in the order
+given), :func:`read_range`, :class:`ShardFiles` (shards of a folder, each opened once), :func:`read_many` /
+:func:`iter_many` (rows of an index across shards) and :func:`copy_ranges` (ranges appended to another file).
 """
 from __future__ import annotations
 
@@ -26,14 +31,17 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote
 
 import numpy as np
 
+from biomedica_hf.io.retry import Backoff, parse_retry_after
+
+RANGE_BACKOFF = Backoff(base=0.5, cap=8.0, jitter=0.5, max_retry_after=30.0)  # between attempts of a range GET
 HF_URL = re.compile(r"^hf://datasets/(?P<repo>[^/@]+/[^/@]+)@(?P<rev>[^/]+)/(?P<path>.+)$")
 
 
@@ -91,16 +99,23 @@ def plan_pieces(ranges: np.ndarray, gap: int, piece_bytes: int) -> list[tuple[in
 
 
 # ------------------------------------------------------------------------------------ sources
-class _LocalSource:
-    def __init__(self, path: str) -> None:
-        self.url = path
+class LocalFile:
+    """One local file opened for positional reads (``os.pread``: no shared position, safe across threads).
+
+    ``read(offset, size)`` returns exactly ``size`` bytes or raises :class:`ShardTruncatedError`; a missing
+    file raises ``FileNotFoundError`` (``what`` names the file in the message: a shard, a staging file).
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str = "shard listed in the index") -> None:
+        self.url = os.fspath(path)
         try:
-            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self.fd = os.open(self.url, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: shard listed in the index is missing") from None
+            raise FileNotFoundError(f"{self.url}: {what} is missing") from None
         self.size = os.fstat(self.fd).st_size
 
     def fetch(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` (the source interface of :class:`RangeReader`)."""
         if end > self.size:
             raise ShardTruncatedError(f"{self.url} is {self.size:,} bytes but the index lists bytes up to {end:,}: "
                                       f"the shard is truncated or the index is stale (rebuild the dataset)")
@@ -109,8 +124,94 @@ class _LocalSource:
             raise ShardTruncatedError(f"{self.url}: short read at {start:,} ({len(data)} of {end - start} bytes)")
         return data
 
+    def read(self, offset: int, size: int) -> bytes:
+        """The ``size`` bytes at ``offset``."""
+        return self.fetch(int(offset), int(offset) + int(size))
+
+    def ranges(self, offsets: Iterable[int], sizes: Iterable[int]) -> Iterator[bytes]:
+        """The ranges ``[offset, offset + size)``, in the order given (give them in offset order for speed)."""
+        for offset, size in zip(offsets, sizes):
+            yield self.read(offset, size)
+
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_range(path: str | os.PathLike, offset: int, size: int) -> bytes:
+    """One range of one local file (see :class:`LocalFile` for the errors)."""
+    with LocalFile(path) as f:
+        return f.read(offset, size)
+
+
+def copy_ranges(path: str | os.PathLike, offsets: Iterable[int], sizes: Iterable[int], dst: BinaryIO,
+                check: Callable[[int, int, bytes], None] | None = None) -> int:
+    """Append the ranges of ``path`` to the open file ``dst`` in the order given; returns the bytes written.
+    ``check(offset, size, data)`` may raise to refuse a range (a tar range must be whole 512-byte blocks)."""
+    written = 0
+    with LocalFile(path) as f:
+        for offset, size in zip(offsets, sizes):
+            data = f.read(offset, size)
+            if check is not None:
+                check(int(offset), int(size), data)
+            dst.write(data)
+            written += len(data)
+    return written
+
+
+class ShardFiles:
+    """Local shards below ``root`` by relative name, each opened once (on first use) until :meth:`close`."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = os.fspath(root)
+        self._open: dict[str, LocalFile] = {}
+
+    def file(self, shard: str) -> LocalFile:
+        f = self._open.get(shard)
+        if f is None:
+            f = self._open[shard] = LocalFile(os.path.join(self.root, shard))
+        return f
+
+    def read(self, shard: str, offset: int, size: int) -> bytes:
+        return self.file(shard).read(offset, size)
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_many(root: str | os.PathLike, shards: Sequence[str], offsets: Sequence[int],
+              sizes: Sequence[int]) -> list[bytes]:
+    """The bytes of rows ``i`` (``shards[i]``, ``offsets[i]``, ``sizes[i]``) in the order given, read one
+    shard at a time in offset order (each shard opened once)."""
+    out: list[bytes] = [b""] * len(shards)
+    order = sorted(range(len(shards)), key=lambda i: (shards[i], int(offsets[i])))
+    with ShardFiles(root) as files:
+        for i in order:
+            out[i] = files.read(shards[i], offsets[i], sizes[i])
+    return out
+
+
+def iter_many(root: str | os.PathLike, shards: Iterable[str], offsets: Iterable[int],
+              sizes: Iterable[int]) -> Iterator[bytes]:
+    """Like :func:`read_many`, streamed in the order given (one range in memory at a time)."""
+    with ShardFiles(root) as files:
+        for shard, offset, size in zip(shards, offsets, sizes):
+            yield files.read(shard, offset, size)
 
 
 _local = threading.local()
@@ -151,7 +252,7 @@ class _HttpSource:
     def fetch(self, start: int, end: int) -> bytes:
         import requests
 
-        delay = 0.5
+        retry_after: float | None = None
         for attempt in range(self.options.retries + 1):
             url = self.target
             headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
@@ -169,6 +270,7 @@ class _HttpSource:
                         self.target = self.resolve_url  # an expired signed CDN URL: resolve again
                         continue
                     if r.status_code == 429 or r.status_code >= 500:
+                        retry_after = parse_retry_after(r.headers.get("Retry-After"))
                         raise requests.ConnectionError(f"HTTP {r.status_code}")
                     r.raise_for_status()
                     if r.status_code != 206:
@@ -190,8 +292,8 @@ class _HttpSource:
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
                 if attempt == self.options.retries:
                     raise OSError(f"{self.url}: bytes {start}..{end} failed after {attempt + 1} attempts: {e}") from e
-                time.sleep(delay)
-                delay *= 2
+                time.sleep(RANGE_BACKOFF.delay(attempt, retry_after))
+                retry_after = None
         raise OSError(f"{self.url}: bytes {start}..{end} could not be read")
 
     def close(self) -> None:
@@ -202,7 +304,7 @@ def open_source(url: str, token: str | bool | None = None, options: ReadOptions 
     """A source with ``fetch(start, end) -> bytes``: local path, ``hf://datasets/...`` or ``http(s)://``."""
     if url.startswith(("hf://", "http://", "https://")):
         return _HttpSource(url, token, options or ReadOptions())
-    return _LocalSource(url)
+    return LocalFile(url)
 
 
 # ------------------------------------------------------------------------------------ reader

@@ -7,7 +7,7 @@ import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from biomedica_hf.io.atomic import atomic_path
+from biomedica_hf.io.atomic import atomic_open
 
 TAR_MTIME = 1_577_836_800  # 2020-01-01T00:00:00Z: fixed so that tars are reproducible
 
@@ -22,13 +22,19 @@ def tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def end_of_archive(offset: int) -> bytes:
+    """The zero blocks that end a tar whose members end at ``offset``: two blocks, padded to a whole
+    record as ``tarfile`` writes them."""
+    end = offset + 2 * tarfile.BLOCKSIZE
+    return b"\0" * (2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE)
+
+
 def write_json_tar(path: Path, records: Iterable[tuple[str, dict]]) -> int:
     """A WebDataset tar of ``<key>.json`` members (tables that ``datasets`` must load as a config)."""
     n = 0
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for key, record in records:
-                data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
-                tar.addfile(tarinfo(f"{key}.json", len(data)), io.BytesIO(data))
-                n += 1
+    with atomic_open(path) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for key, record in records:
+            data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+            tar.addfile(tarinfo(f"{key}.json", len(data)), io.BytesIO(data))
+            n += 1
     return n

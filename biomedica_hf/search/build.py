@@ -14,14 +14,17 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from biomedica_hf.io.atomic import atomic_path, atomic_write_bytes
+from biomedica_hf.io.atomic import save_npy, write_table
+from biomedica_hf.io.markers import CHUNK_DONE, clear_marker, is_done, marker_path, write_marker
+from biomedica_hf.io.ranges import iter_many
 from biomedica_hf.search import layout
 from biomedica_hf.search.bm25 import BM25Index, document_text
 from biomedica_hf.search.dense import FLAT_MAX, build_index, choose_params, write_f16
@@ -52,7 +55,7 @@ def _keys_sha(keys: Sequence[str]) -> str:
 
 def _chunk_paths(index_dir: Path, name: str, i: int) -> tuple[Path, Path]:
     base = Path(index_dir) / layout.EMBED_DIR / name / f"{i:06d}"
-    return base.with_suffix(".npy"), base.with_suffix(".done.json")
+    return base.with_suffix(".npy"), marker_path(base, CHUNK_DONE)
 
 
 def embed_in_chunks(index_dir: Path, name: str, keys: Sequence[str], encode: Callable[[int, int], np.ndarray],
@@ -66,40 +69,15 @@ def embed_in_chunks(index_dir: Path, name: str, keys: Sequence[str], encode: Cal
         stop = min(start + chunk_size, len(keys))
         npy, done = _chunk_paths(index_dir, name, i)
         marker = {**fingerprint, "start": start, "rows": stop - start, "keys_sha256": _keys_sha(keys[start:stop])}
-        if done.exists() and npy.exists():
-            try:
-                old = json.loads(done.read_text())
-            except ValueError:
-                old = {}
-            if {k: old.get(k) for k in marker} == marker:
-                chunks.append(np.load(npy, mmap_mode="r"))
-                continue
-        done.unlink(missing_ok=True)
+        if is_done(done, marker, files=[npy]):
+            chunks.append(np.load(npy, mmap_mode="r"))
+            continue
+        clear_marker(done)
         vectors = np.ascontiguousarray(encode(start, stop), dtype=np.float32)
-        with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, vectors, allow_pickle=False)
-        atomic_write_bytes(done, json.dumps({**marker, "dim": int(vectors.shape[1])}).encode())
+        save_npy(npy, vectors)
+        write_marker(done, {**marker, "dim": int(vectors.shape[1])})
         chunks.append(np.load(npy, mmap_mode="r"))
     return chunks
-
-
-def iter_image_bytes(dataset: Path, shards: Sequence[str], offsets: Sequence[int],
-                     sizes: Sequence[int]) -> Iterator[bytes]:
-    """Image bytes of the given rows, in order (each shard opened once per run of rows)."""
-    handles: dict[str, Any] = {}
-    try:
-        for shard, off, size in zip(shards, offsets, sizes):
-            fh = handles.get(shard)
-            if fh is None:
-                fh = handles[shard] = open(Path(dataset) / shard, "rb")
-            fh.seek(int(off))
-            data = fh.read(int(size))
-            if len(data) != int(size):
-                raise OSError(f"{shard}: short read at {off}")
-            yield data
-    finally:
-        for fh in handles.values():
-            fh.close()
 
 
 def _image_encode_fn(dataset: Path, meta, encoder, batch_size: int) -> Callable[[int, int], np.ndarray]:
@@ -109,7 +87,7 @@ def _image_encode_fn(dataset: Path, meta, encoder, batch_size: int) -> Callable[
 
     def encode(start: int, stop: int) -> np.ndarray:
         out = []
-        datas = iter_image_bytes(dataset, shards[start:stop], offsets[start:stop], sizes[start:stop])
+        datas = iter_many(dataset, shards[start:stop], offsets[start:stop], sizes[start:stop])
         batch: list[bytes] = []
         for data in datas:
             batch.append(data)
@@ -211,11 +189,9 @@ def build_search_index(dataset: str | os.PathLike, out: str | os.PathLike | None
     meta = build_meta_table(figures, articles)
     if meta.num_rows == 0:
         raise ValueError(f"{dataset}: figures.parquet has no rows")
-    with atomic_path(index_dir / layout.META) as tmp:
-        pq.write_table(meta, tmp, compression="zstd")
+    write_table(index_dir / layout.META, meta)
     if articles is not None:
-        with atomic_path(index_dir / layout.ARTICLES) as tmp:
-            pq.write_table(article_table(articles), tmp, compression="zstd")
+        write_table(index_dir / layout.ARTICLES, article_table(articles))
 
     encoders = encoders or load_encoders(cfg.encoder)
     keys = meta["key"].to_pylist()

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import click
 
+from biomedica_hf.io.sizes import human_size, parse_size
 from biomedica_hf.search.dense import FLAT_MAX
 
 
 def _parse_bytes(text: str) -> int:
-    units = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    """``2GB`` -> 2 * 2**30: this command's sizes count in powers of 1024, with or without the ``i``."""
+    try:
+        return parse_size(text, binary=True)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @click.command("index")
@@ -52,7 +55,7 @@ def index_cmd(dataset: Path, encoder: str, out: Path | None, memory_budget: str,
     manifest = json.loads((path / "index.json").read_text())
     click.echo(f"Index: {path}  ({manifest['dataset']['num_figures']} figures)")
     for name, p in manifest["dense"].items():
-        click.echo(f"  {name:8s} {p['factory']:18s} {p['ntotal']} x {p['dim']}  ~{p['estimated_bytes'] / 1e6:.1f} MB")
+        click.echo(f"  {name:8s} {p['factory']:18s} {p['ntotal']} x {p['dim']}  ~{human_size(p['estimated_bytes'])}")
     click.echo(f"  bm25     captions + references   ({manifest['timings']['total_s']:.1f} s in all)")
 
 

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
+from biomedica_hf.io.ranges import read_range
 from biomedica_hf.search import layout
 from biomedica_hf.search.bm25 import BM25Index
 from biomedica_hf.search.dense import DenseIndex, DenseParams
@@ -269,9 +270,7 @@ class SearchEngine:
         if self.dataset is None:
             raise FileNotFoundError("the dataset folder with the shards is not available (serve --dataset DIR)")
         fig = self.meta.rows([row])[0]
-        with open(self.dataset / fig["shard"], "rb") as fh:
-            fh.seek(int(fig["image_offset"]))
-            data = fh.read(int(fig["image_size"]))
+        data = read_range(self.dataset / fig["shard"], fig["image_offset"], fig["image_size"])
         return data, MIME.get(str(fig.get("image_ext") or "").lower(), "application/octet-stream")
 
     def article(self, pmcid: str, with_figures: bool = True) -> dict[str, Any] | None:

@@ -25,6 +25,8 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 
+from biomedica_hf.io.sizes import human_size
+
 SIZES = (64, 128, 160, 256, 320, 512, 768, 1024)
 MASTER_SIDE = 1024
 STRIP_BYTES = 8 << 20          # raw PNG bytes per strip (~8 MB)
@@ -209,8 +211,8 @@ class Thumbnailer:
                 img.draft("RGB", (max(1, img.size[0] // factor), max(1, img.size[1] // factor)))
             need = img.size[0] * img.size[1] * _bytes_per_pixel(img) * (4 if img.mode in ("P", "1") else 1)
             if need > self.decode_budget:
-                raise TooLarge(f"decoding this {img.size[0]}x{img.size[1]} {img.format} image needs ~{need >> 20} MB,"
-                               f" over the server's decode budget of {self.decode_budget >> 20} MB")
+                raise TooLarge(f"decoding this {img.size[0]}x{img.size[1]} {img.format} image needs ~{human_size(need)},"
+                               f" over the server's decode budget of {human_size(self.decode_budget)}")
             with self._reserve(need):
                 img.load()
                 if img.mode in ("P", "1"):

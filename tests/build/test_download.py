@@ -8,12 +8,21 @@ import threading
 import time
 
 import pytest
+from pmc_server import pmc_server  # noqa: F401 - pytest fixture
 
 from biomedica_hf.build.download import (
-    CHECKSUM_MISMATCH, CONNECTION, HTTP_ERROR, NOT_FOUND, SIZE_MISMATCH, TIMEOUT, DownloadError, Downloader,
-    DownloadItem, RateLimiter, split_md5
+    CHECKSUM_MISMATCH,
+    CONNECTION,
+    HTTP_ERROR,
+    NOT_FOUND,
+    SIZE_MISMATCH,
+    TIMEOUT,
+    Downloader,
+    DownloadError,
+    DownloadItem,
+    split_md5,
 )
-from pmc_server import pmc_server  # noqa: F401 - pytest fixture
+from biomedica_hf.io.retry import RateLimiter
 
 REAL_JPG = "PMC7112410/gr2_lrg.jpg"      # 154,468 bytes
 REAL_JPG2 = "PMC7159286/gr1_lrg.jpg"     # 187,292 bytes

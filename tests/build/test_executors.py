@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import psutil
-from conftest import save_tiny_dinov2
 import pyarrow.parquet as pq
 import pytest
+from conftest import save_tiny_dinov2
 
 pytest.importorskip("ray")
 
@@ -113,8 +113,9 @@ def test_driver_killed_then_resumed_by_the_other_executor(corpus, tmp_path):
 def test_embed_on_ray_equals_local(tmp_path, articles_dir):
     """`biomedica embed --executor ray`: one task per shard, same files as the local run."""
     import numpy as np
-    from biomedica_hf.concepts.embed import embed_dataset
+
     from biomedica_hf.build.pipeline import BuildConfig, build
+    from biomedica_hf.concepts.embed import embed_dataset
 
     model_dir = save_tiny_dinov2(tmp_path / "dino")
     ds = tmp_path / "ds"

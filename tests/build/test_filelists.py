@@ -7,9 +7,21 @@ from collections import Counter
 import pytest
 
 from biomedica_hf.build.sources.filelists import (
-    AWS, BULK, LEGACY, LEGACY_TXT, PMCIDS, normalize_date, normalize_pmcid, parse_cloud_metadata,
-    parse_metadata_key, parse_pmcid_list, parse_s3_list, read_file_list, read_listing, split_s3_url,
-    versions_from_prefixes
+    AWS,
+    BULK,
+    LEGACY,
+    LEGACY_TXT,
+    PMCIDS,
+    normalize_date,
+    normalize_pmcid,
+    parse_cloud_metadata,
+    parse_metadata_key,
+    parse_pmcid_list,
+    parse_s3_list,
+    read_file_list,
+    read_listing,
+    split_s3_url,
+    versions_from_prefixes,
 )
 
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")

@@ -14,8 +14,14 @@ import pytest
 from PIL import Image, ImageFile
 
 from biomedica_hf.build.media import (
-    TARGET_MODE, MediaError, _to_output_mode, alternate_renditions, is_image_name, process_image, resolve_graphic,
-    sha256_bytes
+    TARGET_MODE,
+    MediaError,
+    _to_output_mode,
+    alternate_renditions,
+    is_image_name,
+    process_image,
+    resolve_graphic,
+    sha256_bytes,
 )
 
 OTHER = "images_other/pmc_packages_without_nxml"

@@ -17,7 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from biomedica_hf.build.partition import (
-    FINE_BUCKETS, Layout, PartitionId, bucket_of, choose_layout, split_of, split_ranges
+    FINE_BUCKETS,
+    Layout,
+    PartitionId,
+    bucket_of,
+    choose_layout,
+    split_of,
+    split_ranges,
 )
 from biomedica_hf.build.pipeline import BuildConfig, build
 

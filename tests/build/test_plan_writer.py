@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 
 from biomedica_hf.build.dedup import HASH_SCHEMA, PUBLISHED, decide, decide_bucket, decisions_for, write_hash_rows
 from biomedica_hf.build.pipeline import _cut
-from biomedica_hf.schema import ImageRecord, Sample
 from biomedica_hf.build.shards import revise_shard, shard_done, shard_files, write_shard
+from biomedica_hf.schema import ImageRecord, Sample
 
 
 def _h(key, subset="commercial", sha=None, pid="s000-train-p00000"):

@@ -9,15 +9,24 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from pmc_server import (  # noqa: F401
+    NON_OA_PMCID,
+    TWO_VERSION_PMCID,
+    PMCServer,
+    build_cloud_tree,
+    cloud_server,
+    cloud_tree,
+    legacy_server,
+    legacy_tree,
+    tar_members,
+)
 
 from biomedica_hf.build.download import Downloader
-from biomedica_hf.schema import ArticlePackage
 from biomedica_hf.build.sources import FetchError, make_source
 from biomedica_hf.build.sources.cloud import CloudSource
 from biomedica_hf.build.sources.legacy import LegacySource, extract_package
 from biomedica_hf.build.sources.local import LocalSource
-from pmc_server import (NON_OA_PMCID, TWO_VERSION_PMCID, PMCServer, build_cloud_tree, cloud_server,  # noqa: F401
-                        cloud_tree, legacy_server, legacy_tree, tar_members)
+from biomedica_hf.schema import ArticlePackage
 
 
 def fast() -> Downloader:

@@ -30,10 +30,10 @@ from biomedica_hf.concepts.cli import COMMANDS
 from biomedica_hf.concepts.cluster import fit_clusters, iter_batches, load_cluster_model
 from biomedica_hf.concepts.embed import read_info, shard_outputs
 from biomedica_hf.concepts.label import AnnotationError, apply_labels, labels_extra_columns, read_annotation, validate
-from biomedica_hf.concepts.layout import save_npy, write_table
 from biomedica_hf.concepts.sheets import COLUMNS, PAD, THUMB
 from biomedica_hf.concepts.subsets import balanced_mask, build_concept_subsets, filtered_mask
 from biomedica_hf.concepts.vocab import load_vocabulary
+from biomedica_hf.io.atomic import save_npy, write_table
 
 IMAGE_SIZE = 56
 CLI = click.Group("biomedica", commands={c.name: c for c in COMMANDS})

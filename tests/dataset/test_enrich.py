@@ -30,7 +30,6 @@ from efetch_server import (  # noqa: F401 - pytest fixtures
     server,
 )
 
-from biomedica_hf.build.download import parse_retry_after
 from biomedica_hf.dataset.enrich import (
     EnrichReport,
     EutilsClient,
@@ -38,7 +37,6 @@ from biomedica_hf.dataset.enrich import (
     EutilsRetryError,
     PubmedCache,
     PubmedParseError,
-    RateLimiter,
     enrich_articles_parquet,
     enrich_records,
     normalize_pmid,
@@ -139,33 +137,6 @@ def test_normalize_pmid():
     assert normalize_pmid("29768149.0") == "29768149"
     for bad in (None, "", "  ", "PMC123", "0", "12a", True):
         assert normalize_pmid(bad) is None
-
-
-def test_rate_limiter_spacing_fake_clock():
-    now = [0.0]
-    waits = []
-
-    def sleep(s):
-        waits.append(s)
-        now[0] += s
-
-    lim = RateLimiter(4, clock=lambda: now[0], sleep=sleep)
-    starts = []
-    for _ in range(5):
-        lim.acquire()
-        starts.append(now[0])
-    assert starts == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
-    burst = RateLimiter(2, burst=3, clock=lambda: now[0], sleep=sleep)
-    t0 = now[0]
-    for _ in range(5):
-        burst.acquire()
-    assert now[0] - t0 == pytest.approx(1.0)   # 3 at once, then 0.5 s apart
-
-
-def test_retry_after_parsing():
-    assert parse_retry_after("2") == 2.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") < 1   # past date -> now
 
 
 def test_default_rate_and_env(monkeypatch):

@@ -37,6 +37,7 @@ from biomedica_hf.dataset.hub import (
     push_folder,
     validate_repo_id,
 )
+from biomedica_hf.io.sizes import human_size
 from biomedica_hf.schema import SUBSETS
 
 BIOMEDICA = Path(sys.executable).parent / "biomedica"
@@ -241,7 +242,7 @@ def test_temp_files_and_upload_cache_are_excluded(ds):
 def test_dry_run_text_has_totals(ds):
     plan = push_folder(ds, "org/biomedica", dry_run=True, api=_NoNetwork())
     text = plan.text()
-    n, total = len(plan.files), hub.human_size(plan.total_bytes)
+    n, total = len(plan.files), human_size(plan.total_bytes)
     assert re.search(rf"^total\s+{n}\s+{re.escape(total)}$", text, re.MULTILINE), text
     assert f"Ready to upload {n} files, {total}." in text
     for kind in ("shard", "index", "stats", "table", "card", "plot"):
@@ -251,11 +252,6 @@ def test_dry_run_text_has_totals(ds):
     assert "near_duplicates.parquet" in text.split("Not uploaded")[0]   # a dataset table: uploaded
     short = plan.text(max_files=3)
     assert f"... and {n - 3} more" in short and shard not in short.split("Not uploaded")[0]
-
-
-def test_human_size():
-    assert [hub.human_size(n) for n in (0, 999, 1000, 15_006, 1_085_440, 99_960, 4_180_000_000_000)] == \
-        ["0 B", "999 B", "1.00 kB", "15.0 kB", "1.09 MB", "100 kB", "4.18 TB"]
 
 
 @pytest.mark.parametrize("bad", ["biomedica", "org/", "/name", "a/b/c", "org/na me", "-org/name", "org/name-",

@@ -71,20 +71,20 @@ class _Recorder:
 
     def __init__(self, monkeypatch) -> None:
         self.opened, self.reads = [], []
-        real_init, real_fetch = remote._LocalSource.__init__, remote._LocalSource.fetch
+        real_init, real_fetch = remote.LocalFile.__init__, remote.LocalFile.fetch
         rec = self
 
-        def init(source, path):
+        def init(source, path, *args):
             rec.opened.append(path)
-            real_init(source, path)
+            real_init(source, path, *args)
 
         def fetch(source, start, end):
             data = real_fetch(source, start, end)
             rec.reads.append((source.url, start, len(data)))
             return data
 
-        monkeypatch.setattr(remote._LocalSource, "__init__", init)
-        monkeypatch.setattr(remote._LocalSource, "fetch", fetch)
+        monkeypatch.setattr(remote.LocalFile, "__init__", init)
+        monkeypatch.setattr(remote.LocalFile, "fetch", fetch)
 
 
 # ---------------------------------------------------------------------------------- selection

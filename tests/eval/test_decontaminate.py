@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from biomedica_hf.eval import decontaminate
+from biomedica_hf.eval.decontaminate import decontaminate
 from biomedica_hf.eval.evalset import write_evalset
 from biomedica_hf.eval.tasks.base import DataContext, ParquetSource, Task
 from biomedica_hf.neardup import DEFAULT_THRESHOLD, bytes_phash, card_section, card_stats

@@ -8,7 +8,6 @@ Each article version has a prefix ``PMCid.V/`` holding ``PMCid.V.xml`` (JATS), `
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator
@@ -18,15 +17,28 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from biomedica_hf.build.download import NOT_FOUND as DL_NOT_FOUND
-from biomedica_hf.build.download import DownloadError, Downloader, DownloadItem
-from biomedica_hf.schema import ArticlePackage, ArticleRef
+from biomedica_hf.build.download import Downloader, DownloadError, DownloadItem
 from biomedica_hf.build.sources.base import (
-    DOWNLOAD_FAILED, NOT_FOUND, NOT_OPEN_ACCESS, RETRACTED, FetchError, fatal_disk_error, is_disk_error, Source
+    DOWNLOAD_FAILED,
+    NOT_FOUND,
+    NOT_OPEN_ACCESS,
+    RETRACTED,
+    FetchError,
+    Source,
+    fatal_disk_error,
+    is_disk_error,
 )
 from biomedica_hf.build.sources.filelists import (
-    normalize_pmcid, parse_cloud_metadata, parse_metadata_key, parse_pmcid_list, parse_s3_list, read_listing,
-    versions_from_prefixes
+    normalize_pmcid,
+    parse_cloud_metadata,
+    parse_metadata_key,
+    parse_pmcid_list,
+    parse_s3_list,
+    read_listing,
+    versions_from_prefixes,
 )
+from biomedica_hf.io.atomic import atomic_write_bytes
+from biomedica_hf.schema import ArticlePackage, ArticleRef
 
 DEFAULT_BASE_URL = "https://pmc-oa-opendata.s3.amazonaws.com"
 DEFAULT_BUCKET = "pmc-oa-opendata"
@@ -239,9 +251,7 @@ class CloudSource(Source):
             raise FetchError(DOWNLOAD_FAILED, f"{prefix}: metadata has no xml_url")
         pdir.mkdir(parents=True, exist_ok=True)
         if not cached.is_file():
-            tmp = cached.with_name(meta_name + ".part")
-            tmp.write_text(json.dumps(raw))
-            os.replace(tmp, cached)
+            atomic_write_bytes(cached, json.dumps(raw).encode())
 
         problems: list[tuple[str, str]] = []
         wanted: list[tuple[str, str, str | None]] = []  # (kind, key, md5)

@@ -335,9 +335,10 @@ def parse_s3_list(data: bytes | str) -> S3ListPage:
     """One S3 ListObjectsV2 answer (namespaced or not) -> :class:`S3ListPage`."""
     from lxml import etree
 
+    from biomedica_hf.io.xml import safe_parser
+
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
-    root = etree.fromstring(raw, parser)
+    root = etree.fromstring(raw, safe_parser())
     if etree.QName(root).localname == "Error":
         code = root.findtext("Code") or "?"
         raise ValueError(f"S3 error answer: {code}")

@@ -7,7 +7,6 @@ a truncated gzip keeps every member read before the error.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tarfile
 import tempfile
@@ -19,13 +18,24 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from biomedica_hf.build.download import NOT_FOUND as DL_NOT_FOUND
-from biomedica_hf.build.download import DownloadError, Downloader
-from biomedica_hf.schema import ArticlePackage, ArticleRef
+from biomedica_hf.build.download import Downloader, DownloadError
 from biomedica_hf.build.sources.base import (
-    BAD_PACKAGE, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PACKAGE_BYTES, DOWNLOAD_FAILED, NOT_FOUND, RETRACTED,
-    FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error, package_from_dir
+    BAD_PACKAGE,
+    DEFAULT_MAX_MEMBER_BYTES,
+    DEFAULT_MAX_PACKAGE_BYTES,
+    DOWNLOAD_FAILED,
+    NOT_FOUND,
+    RETRACTED,
+    FatalBuildError,
+    FetchError,
+    Source,
+    fatal_disk_error,
+    is_disk_error,
+    package_from_dir,
 )
 from biomedica_hf.build.sources.filelists import FileListReader
+from biomedica_hf.io.markers import read_marker, write_marker
+from biomedica_hf.schema import ArticlePackage, ArticleRef
 
 ARCHIVE_PROBLEM = "<archive>"
 MARKER = ".biomedica_package.json"   # written last into an extracted package: extraction complete
@@ -116,8 +126,7 @@ def extract_package(archive: Path, dest: Path, limits: ArchiveLimits | None = No
                 if tf is not None:
                     with tf:
                         _extract_members(tf, tmp, out, limits)
-        (tmp / MARKER).write_text(json.dumps({"archive": archive.name, "problems": out.problems,
-                                              "files": sorted(out.files)}))
+        write_marker(tmp / MARKER, {"archive": archive.name, "problems": out.problems, "files": sorted(out.files)})
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -236,10 +245,8 @@ def _copy_member(tf: tarfile.TarFile, m: tarfile.TarInfo, part: Path, chunk: int
 
 def load_extracted(dest: Path) -> Extracted | None:
     """The result of a finished earlier extraction into ``dest`` (resume), else None."""
-    marker = Path(dest) / MARKER
-    try:
-        info = json.loads(marker.read_text())
-    except (OSError, ValueError):
+    info = read_marker(Path(dest) / MARKER)
+    if info is None:
         return None
     files = {n: Path(dest) / n for n in info.get("files", [])}
     if not all(p.is_file() for p in files.values()):
@@ -373,7 +380,7 @@ class LegacySource(Source):
             archive.unlink(missing_ok=True)
             if attempt < dl.retries:
                 dl.stats.add(retries=1)
-                time.sleep(dl._delay(attempt, None))
+                time.sleep(dl.schedule.delay(attempt))
         raise FetchError(DOWNLOAD_FAILED, f"{ref.location}: body without Content-Length ended early "
                                           f"(archive truncated) in {dl.retries + 1} attempts")
 

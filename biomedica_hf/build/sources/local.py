@@ -24,13 +24,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from biomedica_hf.schema import ArticlePackage, ArticleRef
 from biomedica_hf.build.sources.base import (
-    BAD_PACKAGE, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PACKAGE_BYTES, NOT_FOUND, OUTSIDE_INPUT, XML_SUFFIXES,
-    FetchError, Source, looks_like_jats, package_from_dir, pmcid_in, safe_id
+    BAD_PACKAGE,
+    DEFAULT_MAX_MEMBER_BYTES,
+    DEFAULT_MAX_PACKAGE_BYTES,
+    NOT_FOUND,
+    OUTSIDE_INPUT,
+    XML_SUFFIXES,
+    FetchError,
+    Source,
+    looks_like_jats,
+    package_from_dir,
+    pmcid_in,
+    safe_id,
 )
 from biomedica_hf.build.sources.filelists import parse_metadata_key
 from biomedica_hf.build.sources.legacy import ArchiveLimits, package_from_archive
+from biomedica_hf.schema import ArticlePackage, ArticleRef
 
 TAR_SUFFIXES = (".tar.gz", ".tgz")
 _CLOUD_DIR_RE = re.compile(r"^(PMC\d+)\.(\d+)$")

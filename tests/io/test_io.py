@@ -1,0 +1,377 @@
+"""Core I/O (``biomedica_hf.io``): markers, atomic writes, shard range helpers, the safe XML parser, retry and
+sizes - on a real dataset folder built from the bundled sample, real files and real loopback servers."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import io
+import json
+import random
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from biomedica_hf.build.download import Downloader
+from biomedica_hf.build.pipeline import BuildConfig, build
+from biomedica_hf.build.shards import shard_done, shard_files
+from biomedica_hf.build.sources.filelists import parse_s3_list
+from biomedica_hf.build.staging import PartitionStage
+from biomedica_hf.concepts.embed import shard_outputs
+from biomedica_hf.io.atomic import (
+    TEMP_GLOB,
+    KeepOld,
+    atomic_open,
+    atomic_path,
+    atomic_write_json,
+    remove_temporaries,
+    save_npy,
+    write_table,
+)
+from biomedica_hf.io.markers import (
+    CHUNK_DONE,
+    DONE,
+    STAGED,
+    STATS,
+    clear_marker,
+    is_done,
+    marker_path,
+    piece_stem,
+    read_marker,
+    write_marker,
+)
+from biomedica_hf.io.ranges import (
+    LocalFile,
+    RangeReader,
+    ReadOptions,
+    ShardFiles,
+    ShardTruncatedError,
+    copy_ranges,
+    iter_many,
+    read_many,
+    read_range,
+)
+from biomedica_hf.io.retry import Backoff, RateLimiter, parse_retry_after
+from biomedica_hf.io.sizes import human_size, parse_size
+from biomedica_hf.io.tars import end_of_archive
+from biomedica_hf.io.xml import safe_parser
+
+SAMPLE = Path(__file__).resolve().parents[2] / "biomedica_hf" / "sample_data" / "articles"
+
+
+@pytest.fixture(scope="module")
+def sample_ds(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """The bundled sample built by the pipeline (4 samples per shard), and its index rows."""
+    out = tmp_path_factory.mktemp("io") / "ds"
+    build(BuildConfig(out=out, source="local", source_opts={"path": str(SAMPLE)}, shard_max_samples=4,
+                      progress=False))
+    rows = pq.read_table(out / "figures.parquet").to_pylist()
+    assert len({r["shard"] for r in rows}) >= 3
+    return out, rows
+
+
+# ------------------------------------------------------------------------------------ markers
+def test_marker_round_trip_and_done_rules(tmp_path):
+    piece = tmp_path / "sub" / "000007"
+    m = marker_path(piece, DONE)
+    assert m == tmp_path / "sub" / "000007_done.json" and piece_stem(m, DONE) == "000007"
+    assert read_marker(m) is None and not is_done(m)
+    data = piece.with_suffix(".npy")
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"x")
+    write_marker(m, {"digest": "d1", "count": 3})
+    assert read_marker(m) == {"digest": "d1", "count": 3}
+    assert is_done(m, {"digest": "d1"}, files=[data]) and is_done(m)
+    assert not is_done(m, {"digest": "d2"}, files=[data])           # made for another input
+    assert not is_done(m, {"digest": "d1"}, files=[data, tmp_path / "gone"])   # a file of the piece is missing
+    m.write_text("{half")                                            # a torn marker is "not done", never an error
+    assert read_marker(m) is None and not is_done(m)
+    m.write_text("[1, 2]")
+    assert read_marker(m) is None
+    clear_marker(m)
+    clear_marker(m)
+    assert not m.exists()
+    with pytest.raises(ValueError):
+        piece_stem(m, STATS)
+
+
+def test_every_stage_keeps_its_marker_name(tmp_path):
+    """The four spellings are data of the one API: old folders keep resuming."""
+    assert shard_files(tmp_path, "commercial/x-000")[2].name == "x-000_stats.json"
+    assert shard_outputs(tmp_path, "commercial/000001.tar")[2].name == "000001_done.json"
+    assert PartitionStage(tmp_path / "p").marker.name == STAGED == "staged.json"
+    from biomedica_hf.search.build import _chunk_paths
+
+    assert _chunk_paths(tmp_path, "image", 3)[1].name == "000003" + CHUNK_DONE == "000003.done.json"
+
+
+def test_old_search_chunk_marker_resumes(tmp_path):
+    """A chunk marked done by the previous code (compact JSON) is reused: nothing is encoded again."""
+    from biomedica_hf.search.build import _chunk_paths, _keys_sha, embed_in_chunks
+
+    keys = ["a", "b", "c"]
+    npy, done = _chunk_paths(tmp_path, "image", 0)
+    npy.parent.mkdir(parents=True)
+    np.save(npy, np.ones((3, 2), np.float32))
+    fingerprint = {"encoder": "x", "dim": 2}
+    done.write_bytes(json.dumps({**fingerprint, "start": 0, "rows": 3, "keys_sha256": _keys_sha(keys)}).encode())
+
+    def never(start, stop):
+        raise AssertionError("a finished chunk was encoded again")
+
+    chunks = embed_in_chunks(tmp_path, "image", keys, never, fingerprint, chunk_size=3, progress=False)
+    assert np.asarray(chunks[0]).tolist() == [[1.0, 1.0]] * 3
+    # another encoder: the chunk is redone and re-marked
+    calls = []
+    chunks = embed_in_chunks(tmp_path, "image", keys, lambda s, e: calls.append((s, e)) or np.zeros((e - s, 2)),
+                             {"encoder": "y", "dim": 2}, chunk_size=3, progress=False)
+    assert calls == [(0, 3)] and read_marker(done)["encoder"] == "y" and not list(tmp_path.rglob(TEMP_GLOB))
+
+
+def test_built_shards_are_done_by_their_stats_marker(sample_ds):
+    out, rows = sample_ds
+    name = rows[0]["shard"].removesuffix(".tar")
+    tar, parquet, stats = shard_files(out, name)
+    digest = read_marker(stats)["digest"]
+    assert shard_done(out, name, digest) and not shard_done(out, name, "other")
+    assert is_done(stats, {"count": sum(r["shard"] == rows[0]["shard"] for r in rows)}, files=[tar, parquet])
+
+
+# ------------------------------------------------------------------------------------ atomic
+def test_atomic_writes_leave_no_temporary_on_failure(tmp_path):
+    path = tmp_path / "d" / "table.parquet"
+    write_table(path, pa.table({"a": [1, 2]}))
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError), atomic_open(path) as fh:
+        fh.write(b"half a file")
+        raise RuntimeError("killed mid-write")
+    assert path.read_bytes() == before and not list(tmp_path.rglob(TEMP_GLOB))
+    npy = tmp_path / "d" / "x.npy"
+    with pytest.raises(ValueError, match="allow_pickle"):   # the temporary is open when numpy refuses
+        save_npy(npy, np.array([{"an": "object"}], dtype=object))
+    assert not npy.exists() and not list(tmp_path.rglob(TEMP_GLOB))
+    with atomic_path(path, fsync=True) as tmp:      # KeepOld: nothing changed, the old bytes stay
+        tmp.write_bytes(b"new")
+        raise KeepOld
+    assert path.read_bytes() == before and not list(tmp_path.rglob(TEMP_GLOB))
+    assert pq.read_table(path)["a"].to_pylist() == [1, 2]
+
+
+def test_atomic_helpers_write_complete_files(tmp_path):
+    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+    save_npy(tmp_path / "x.npy", arr)                # np.save(path) would have appended .npy to a temp name
+    assert np.array_equal(np.load(tmp_path / "x.npy"), arr) and sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+    atomic_write_json(tmp_path / "m.json", {"b": 1, "a": "é"})
+    assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8")) == {"a": "é", "b": 1}
+    stray = tmp_path / "deep" / ".shard.tar.tmp-4242"  # what a killed run leaves
+    stray.parent.mkdir()
+    stray.write_bytes(b"partial")
+    (tmp_path / "deep" / "keep.tmp").write_bytes(b"not ours")
+    assert remove_temporaries(tmp_path) == 1 and not stray.exists() and (tmp_path / "deep" / "keep.tmp").exists()
+
+
+# ------------------------------------------------------------------------------------ ranges
+def test_range_helpers_read_the_indexed_samples(sample_ds):
+    out, rows = sample_ds
+    for r in rows:
+        data = read_range(out / r["shard"], r["image_offset"], r["image_size"])
+        assert hashlib.sha256(data).hexdigest() == r["sha256"]
+    order = list(range(len(rows)))
+    random.Random(0).shuffle(order)
+    order += order[:2]                                  # repeated rows are read again
+    shards = [rows[i]["shard"] for i in order]
+    offsets = [rows[i]["image_offset"] for i in order]
+    sizes = [rows[i]["image_size"] for i in order]
+    many = read_many(out, shards, offsets, sizes)
+    assert [hashlib.sha256(d).hexdigest() for d in many] == [rows[i]["sha256"] for i in order]
+    assert list(iter_many(out, shards, offsets, sizes)) == many
+    with ShardFiles(out) as files:
+        assert files.read(shards[0], offsets[0], sizes[0]) == many[0]
+        assert files.file(shards[0]) is files.file(shards[0])     # opened once
+
+
+def test_sync_helpers_agree_with_the_range_reader(sample_ds):
+    out, rows = sample_ds
+    shard = rows[0]["shard"]
+    mine = sorted((r for r in rows if r["shard"] == shard), key=lambda r: r["tar_offset"])
+    ranges = np.array([[r["tar_offset"], r["tar_size"]] for r in mine], dtype=np.int64)
+    prefetched = [bytes(v) for _, v in RangeReader(str(out / shard), ranges, ReadOptions(in_flight=4))]
+    with LocalFile(out / shard) as f:
+        assert list(f.ranges(ranges[:, 0], ranges[:, 1])) == prefetched
+
+
+def test_copy_ranges_makes_a_valid_tar_of_chosen_samples(sample_ds, tmp_path):
+    out, rows = sample_ds
+    by_shard: dict[str, list[dict]] = {}
+    for r in rows:
+        by_shard.setdefault(r["shard"], []).append(r)
+    picked = [sorted(rs, key=lambda r: r["tar_offset"])[-1:] for rs in by_shard.values()]   # last sample of each
+    dest = tmp_path / "picked.tar"
+    with atomic_open(dest) as fh:
+        n = sum(copy_ranges(out / rs[0]["shard"], [r["tar_offset"] for r in rs], [r["tar_size"] for r in rs], fh)
+                for rs in picked)
+        fh.write(end_of_archive(n))
+    assert dest.stat().st_size % tarfile.RECORDSIZE == 0
+    with tarfile.open(dest) as tf:
+        names = tf.getnames()
+        keys = [rs[0]["key"] for rs in picked]
+        assert sorted({m.partition(".")[0] for m in names}) == sorted(keys) and len(names) == 3 * len(keys)
+        for rs in picked:
+            r = rs[0]
+            data = tf.extractfile(f"{r['key']}.{r['image_ext']}").read()
+            assert hashlib.sha256(data).hexdigest() == r["sha256"]
+
+
+def test_range_helpers_say_what_is_wrong(sample_ds, tmp_path):
+    out, rows = sample_ds
+    r = rows[0]
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes((out / r["shard"]).read_bytes()[:r["image_offset"] + 10])
+    with pytest.raises(ShardTruncatedError, match="truncated"):
+        read_range(cut, r["image_offset"], r["image_size"])
+    with pytest.raises(FileNotFoundError, match="missing"):
+        read_range(tmp_path / "nope.tar", 0, 1)
+    with pytest.raises(ShardTruncatedError):
+        list(iter_many(tmp_path, ["cut.tar"], [r["image_offset"]], [r["image_size"]]))
+    with pytest.raises(OSError, match="512-byte"), io.BytesIO() as sink:
+        copy_ranges(out / r["shard"], [r["tar_offset"]], [r["tar_size"] - 1], sink,
+                    check=lambda off, size, data: (_ for _ in ()).throw(OSError("not 512-byte blocks"))
+                    if size % 512 else None)
+
+
+# ------------------------------------------------------------------------------------ loopback server
+@contextlib.contextmanager
+def loopback(answers):
+    """A real HTTP server on 127.0.0.1 answering the n-th GET with ``answers(n, path)`` =
+    ``(status, body, headers)``; yields its URL and the (time, path) of each request."""
+    seen: list[tuple[float, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((time.monotonic(), self.path))
+            status, body, headers = answers(len(seen), self.path)
+            self.send_response(status)
+            for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", seen
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+# ------------------------------------------------------------------------------------ XML
+@pytest.fixture
+def counting_server():
+    with loopback(lambda n, path: (200, b'<!ENTITY leak "FROM-THE-NETWORK">', {})) as (url, seen):
+        yield url, seen
+
+
+def test_safe_parser_refuses_entities_and_network(tmp_path, counting_server):
+    from lxml import etree
+
+    url, hits = counting_server
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    local = (f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY inner "EXPANDED"><!ENTITY file SYSTEM "{secret.as_uri()}">]>'
+             f"<r><a>&inner;</a><b>&file;</b></r>").encode()
+    root = etree.fromstring(local, safe_parser())
+    text = etree.tostring(root).decode()
+    assert "EXPANDED" not in text and "TOP-SECRET" not in text
+    remote = (f'<?xml version="1.0"?><!DOCTYPE r SYSTEM "{url}/evil.dtd">'
+              f'<!-- --><r>&leak;</r>').encode()
+    for parser in (safe_parser(), safe_parser(recover=True), safe_parser(huge_tree=True)):
+        try:
+            root = etree.fromstring(remote, parser)
+        except etree.XMLSyntaxError:
+            continue
+        assert "FROM-THE-NETWORK" not in etree.tostring(root).decode()
+    assert hits == []          # no request ever left (no_network; some libxml2 builds have no HTTP client at all)
+    with pytest.raises(ValueError, match="resolve_entities"):
+        safe_parser(resolve_entities=True)
+    with pytest.raises(ValueError, match="no_network"):
+        safe_parser(no_network=False)
+    # a caller: an S3 listing cannot smuggle a file in through an entity
+    listing = (f'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY f SYSTEM "{secret.as_uri()}">]>'
+               '<ListBucketResult><Prefix>&f;</Prefix><IsTruncated>false</IsTruncated></ListBucketResult>')
+    assert "TOP-SECRET" not in repr(parse_s3_list(listing))
+
+
+# ------------------------------------------------------------------------------------ retry
+def test_backoff_schedule_and_retry_after():
+    b = Backoff(base=0.5, cap=4.0, jitter=0.5, max_retry_after=30.0)
+    assert [b.delay(i, rand=lambda: 0.0) for i in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert [b.delay(i, rand=lambda: 1.0) for i in range(3)] == [0.75, 1.5, 3.0]
+    assert all(0.5 <= b.delay(0) <= 0.75 for _ in range(50))
+    assert b.delay(0, retry_after=10.0, rand=lambda: 0.0) == 10.0     # the server's wait wins when longer
+    assert b.delay(3, retry_after=1.0, rand=lambda: 0.0) == 4.0       # ... never shortens ours
+    assert b.delay(0, retry_after=3600.0) == 30.0                     # ... within reason
+    assert parse_retry_after("7") == 7.0 and parse_retry_after("-3") == 0.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") < 1   # past date -> now
+    future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 120))
+    assert 100 < parse_retry_after(future) <= 120
+
+
+def test_rate_limiter_spacing_fake_clock():
+    now = [0.0]
+    waits = []
+
+    def sleep(s):
+        waits.append(s)
+        now[0] += s
+
+    lim = RateLimiter(4, clock=lambda: now[0], sleep=sleep)
+    starts = []
+    for _ in range(5):
+        lim.acquire()
+        starts.append(now[0])
+    assert starts == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+    burst = RateLimiter(2, burst=3, clock=lambda: now[0], sleep=sleep)
+    t0 = now[0]
+    for _ in range(5):
+        burst.acquire()
+    assert now[0] - t0 == pytest.approx(1.0)   # 3 at once, then 0.5 s apart
+    lim.pause(2.0)                             # a 429: every caller waits
+    t0 = now[0]
+    lim.acquire()
+    assert now[0] - t0 == pytest.approx(2.0)
+
+
+def test_downloader_honours_retry_after_on_a_real_server():
+    def answers(n, path):
+        return (429, b"", {"Retry-After": "1"}) if n == 1 else (200, b"payload", {})
+
+    with loopback(answers) as (url, seen), Downloader(backoff=0.01, backoff_max=0.05, retries=2, timeout=5) as dl:
+        data = dl.get_bytes(f"{url}/x.bin")
+    assert data == b"payload" and len(seen) == 2
+    assert seen[1][0] - seen[0][0] >= 0.95      # backoff alone would have waited <= 0.075 s
+
+
+# ------------------------------------------------------------------------------------ sizes
+def test_human_size():
+    assert [human_size(n) for n in (0, 999, 1000, 15_006, 1_085_440, 99_960, 4_180_000_000_000)] == \
+        ["0 B", "999 B", "1.00 kB", "15.0 kB", "1.09 MB", "100 kB", "4.18 TB"]
+
+
+def test_parse_size():
+    assert [parse_size(t) for t in ("500MB", "2GiB", "1234", "1.5kb", "3k", "256MiB")] == \
+        [500_000_000, 2 * 2**30, 1234, 1500, 3000, 256 * 2**20]
+    assert parse_size("2GB", binary=True) == 2 * 2**30 == parse_size("2gib", binary=True)
+    for bad in ("", "lots", "1.5", "MB"):
+        with pytest.raises(ValueError, match="not a size"):
+            parse_size(bad)
