@@ -310,11 +310,12 @@ def sample_json_features():
     return {n: hf_value(t) for n, t, _ in SAMPLE_FIELDS}
 
 
-def webdataset_features(image_ext: str | None = None):
+def webdataset_features(image_ext: str | None = None, json_extra: dict | None = None):
     """Explicit ``datasets.Features`` for a shard: images, caption and the metadata JSON.
 
     Every sample carries exactly one image member, ``jpg`` or ``png``; ``datasets``' webdataset
     builder maps each member extension to a column, so both are declared (one is None per row).
+    ``json_extra``: fields some configs' samples carry beyond the schema's (the concept configs' labels).
     """
     from datasets import Features, Image, Value
 
@@ -324,6 +325,6 @@ def webdataset_features(image_ext: str | None = None):
     if image_ext in (None, "png"):
         feats["png"] = Image()
     feats["txt"] = Value("string")
-    feats["json"] = sample_json_features()
+    feats["json"] = {**sample_json_features(), **(json_extra or {})}
     return Features(feats)
 

@@ -13,18 +13,22 @@
 Each selection is written as ``concepts/<name>.parquet`` (key, subset, source shard and offsets,
 labels, and ``out_shard`` / ``out_offset`` in the materialised copy) and materialised as
 ``<name>/<name>-<subset>-<split>-NNNNNN.tar``: ``tar[tar_offset : tar_offset + tar_size]`` of a source shard is a
-self-contained run of the sample's three tar members, so concatenating the selected ranges and
-ending with two 512-byte zero blocks gives a valid tar with byte-identical members (no
-re-encoding). Shards never mix licence subsets (the file name says which: ``concept-filtered-commercial-train-000000.tar``),
+self-contained run of the sample's three tar members: the image and caption members are copied byte for byte (no
+re-encoding) and the ``json`` member gains the sample's labels (:data:`JSON_LABELS`: ``panel_type``, ``concepts``,
+``local_concepts``), so that ``datasets.load_dataset(repo, "concept-filtered")`` rows show the concepts they were
+selected by (the card declares these fields, typed from ``figures.parquet``). ``out_offset`` is the sample's
+offset in the written copy. Shards never mix licence subsets (the file name says which: ``concept-filtered-commercial-train-000000.tar``),
 so ``<name>/<name>-commercial-*.tar`` is the commercially usable part. ``datasets`` infers one builder per
 folder (WebDataset here), which is why a config's data files must be tars and not the Parquet list.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import logging
+import tarfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +41,9 @@ import pyarrow.parquet as pq
 from biomedica_hf.concepts.layout import concepts_dir, figures_index_path, key_priority
 from biomedica_hf.concepts.vocab import PLOTS_AND_CHARTS
 from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
-from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, piece_stem, write_marker
-from biomedica_hf.io.ranges import copy_ranges
+from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, piece_stem, read_marker, write_marker
+from biomedica_hf.io.ranges import ShardFiles
+from biomedica_hf.io.tars import tarinfo
 from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ END_OF_ARCHIVE = b"\0" * 1024
 SELECTION_COLUMNS = ["key", "subset", "shard", "tar_offset", "tar_size", "image_offset", "image_size",
                      "cluster", "panel_type", "concepts", "local_concepts", "split"]
 SPLITS = ("train", "validation", "test")
+JSON_LABELS = ("panel_type", "concepts", "local_concepts")   # added to each sample's json member in the copies
 
 
 # ------------------------------------------------------------------------------------ selections (pure)
@@ -163,36 +169,70 @@ def plan_shards(selection: pa.Table, shard_samples: int = SHARD_SAMPLES, shard_b
 
 
 def _digest(rows: list[dict]) -> str:
+    """What a written copy depends on: the samples, where they come from and their labels (a relabelled sample is
+    written again)."""
     h = hashlib.sha256()
     for r in rows:
-        h.update(f"{r['key']}\t{r['shard']}\t{r['tar_offset']}\t{r['tar_size']}\n".encode())
+        labels = json.dumps([r.get(c) for c in JSON_LABELS], ensure_ascii=False, separators=(",", ":"))
+        h.update(f"{r['key']}\t{r['shard']}\t{r['tar_offset']}\t{r['tar_size']}\t{labels}\n".encode())
     return h.hexdigest()
 
 
-def write_subset_tar(root: Path, rows: list[dict], dest: Path) -> int:
-    """Write ``dest`` (atomic): the rows' byte ranges of their source tars, then the end-of-archive blocks."""
-    written = 0
-    with atomic_open(dest) as fh:
-        for shard, run in itertools.groupby(rows, key=lambda r: r["shard"]):   # each source opened once per run
-            def whole_blocks(offset: int, size: int, data: bytes, shard: str = shard) -> None:
-                if size % 512:
-                    raise OSError(f"{shard}: bad sample range {offset}+{size} (not whole 512-byte tar blocks)")
+def _member_bytes(name: str, data: bytes) -> bytes:
+    """One tar member exactly as the shard writer writes it (reproducible header, data padded to whole blocks)."""
+    header = tarinfo(name, len(data)).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+    return header + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
 
-            run = list(run)
-            written += copy_ranges(root / shard, [r["tar_offset"] for r in run], [r["tar_size"] for r in run], fh,
-                                   check=whole_blocks)
-        fh.write(END_OF_ARCHIVE)
-    return written + len(END_OF_ARCHIVE)
+
+def labelled_sample(data: bytes, labels: dict[str, Any], where: str = "") -> bytes:
+    """A sample's tar range with ``labels`` added to its ``json`` member; the other members byte for byte."""
+    if len(data) % tarfile.BLOCKSIZE:
+        raise OSError(f"{where}: bad sample range of {len(data)} bytes (not whole 512-byte tar blocks)")
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(data + END_OF_ARCHIVE), mode="r:") as tf:
+        for m in tf:
+            content = tf.extractfile(m).read() if m.isfile() else b""
+            if m.name.endswith(".json"):
+                meta = json.loads(content)
+                meta.update(labels)
+                content = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+            out.append(_member_bytes(m.name, content))
+    return b"".join(out)
+
+
+def write_subset_tar(root: Path, rows: list[dict], dest: Path) -> tuple[int, list[int]]:
+    """Write ``dest`` (atomic): each row's sample from its source tar with its labels in the ``json`` member
+    (:func:`labelled_sample`), then the end-of-archive blocks; returns the bytes written and each sample's offset."""
+    offsets = []
+    files = ShardFiles(root)
+    try:
+        with atomic_open(dest) as fh:
+            pos = 0
+            for r in rows:
+                data = files.read(r["shard"], int(r["tar_offset"]), int(r["tar_size"]))
+                sample = labelled_sample(data, {c: r.get(c) for c in JSON_LABELS},
+                                         f"{r['shard']} ({r['key']} at {r['tar_offset']})")
+                fh.write(sample)
+                offsets.append(pos)
+                pos += len(sample)
+            fh.write(END_OF_ARCHIVE)
+    finally:
+        files.close()
+    return pos + len(END_OF_ARCHIVE), offsets
 
 
 def materialise(dataset_dir: str | Path, name: str, selection: pa.Table) -> dict[str, Any]:
-    """Copy the planned selection (with ``out_shard``/``out_offset``) into ``DIR/<name>/``; resumable:
-    a tar whose ``_stats.json`` marker's digest matches its planned samples is kept as is."""
+    """Copy the planned selection (with ``out_shard``) into ``DIR/<name>/``; resumable: a tar whose ``_stats.json``
+    marker's digest matches its planned samples (and labels) is kept as is. Returns the summary and the selection
+    with ``out_offset`` set to each sample's offset in its copy."""
     root = Path(dataset_dir)
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
-    ordered = selection.select(["key", "shard", "tar_offset", "tar_size", "out_shard", "out_offset"]) \
-        .sort_by([("out_shard", "ascending"), ("out_offset", "ascending")])
+    order = pc.sort_indices(selection, [("out_shard", "ascending"), ("out_offset", "ascending")]).to_numpy()
+    columns = ["key", "shard", "tar_offset", "tar_size", "out_shard", *(c for c in JSON_LABELS if c in
+                                                                       selection.column_names)]
+    ordered = selection.select(columns).take(pa.array(order))
+    out_offsets = np.zeros(selection.num_rows, np.int64)
     names = ordered["out_shard"].to_numpy(zero_copy_only=False)
     bounds = np.flatnonzero(np.r_[True, names[1:] != names[:-1], True]) if len(names) else np.array([0])
     planned = set()
@@ -204,21 +244,26 @@ def materialise(dataset_dir: str | Path, name: str, selection: pa.Table) -> dict
         tar = folder / out_shard
         stats_path = marker_path(folder / out_shard.removesuffix(".tar"), STATS)
         digest = _digest(rows)
-        if is_done(stats_path, {"digest": digest}, files=[tar]):
+        done = is_done(stats_path, {"digest": digest}, files=[tar])
+        offsets = (read_marker(stats_path) or {}).get("offsets") if done else None
+        if done and offsets is not None and len(offsets) == len(rows):
             kept += 1
         else:
             clear_marker(stats_path)
-            size = write_subset_tar(root, rows, tar)
+            size, offsets = write_subset_tar(root, rows, tar)
             write_marker(stats_path, {"shard": f"{name}/{out_shard}", "count": len(rows), "tar_bytes": size,
-                                      "digest": digest})
+                                      "digest": digest, "offsets": offsets})
             written += 1
+        out_offsets[order[int(start):int(stop)]] = offsets
         sizes[out_shard] = len(rows)
     for stale in list(folder.glob(f"*{STATS}")) + list(folder.glob("*.tar")):   # markers first
         tar_name = f"{piece_stem(stale, STATS)}.tar" if stale.name.endswith(STATS) else stale.name
         if tar_name not in planned:
             stale.unlink()
     atomic_write_json(folder / "sizes.json", sizes)
-    return {"name": name, "samples": selection.num_rows, "shards": len(planned), "written": written, "kept": kept}
+    stats = {"name": name, "samples": selection.num_rows, "shards": len(planned), "written": written, "kept": kept}
+    i = selection.column_names.index("out_offset")
+    return stats, selection.set_column(i, "out_offset", pa.array(out_offsets, pa.int64()))
 
 
 def card_config(name: str, root: Path | None = None) -> dict[str, Any]:
@@ -246,8 +291,8 @@ def write_selection(dataset_dir: str | Path, name: str, mask: np.ndarray, index:
     """Plan, save (``concepts/<name>.parquet``) and materialise one selection; returns its summary."""
     root = Path(dataset_dir)
     selection = plan_shards(index.filter(pa.array(mask)), shard_samples, shard_bytes, prefix=f"{name}-")
+    stats, selection = materialise(root, name, selection)
     write_table(concepts_dir(root) / f"{name}.parquet", selection)
-    stats = materialise(root, name, selection)
     counts = _concept_counts(selection["concepts"]) if selection.num_rows else {}
     by_subset = dict(zip(*_value_counts(selection["subset"]))) if selection.num_rows else {}
     summary = {**stats, "params": params or {}, "concept_counts": counts, "by_subset": by_subset}
@@ -302,12 +347,14 @@ __all__ = [
     "BALANCED",
     "DEFAULT_EXCLUDE",
     "FILTERED",
+    "JSON_LABELS",
     "balanced_mask",
     "build_concept_subsets",
     "card_config",
     "concept_card_configs",
     "default_cap",
     "filtered_mask",
+    "labelled_sample",
     "materialise",
     "plan_shards",
     "write_subset_tar",

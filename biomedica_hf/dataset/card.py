@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,29 @@ def _features_for(config: dict, out: Path):
         return Features({"__key__": Value("string"), "__url__": Value("string"),
                          "json": {c: row[c] for c in table_config_columns(out, name)}})
     paths = config["data_files"][0]["path"]
-    if all(str(p).endswith(".tar") for p in ([paths] if isinstance(paths, str) else paths)):
-        return webdataset_features()
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if all(str(p).endswith(".tar") for p in paths):
+        return webdataset_features(json_extra=_json_extra(out, paths))
     return None
+
+
+def _json_extra(out: Path, patterns: list[str]) -> dict:
+    """Fields that a config's samples carry beyond the schema's (the concept configs add their labels), read from
+    the first sample of its first tar and typed like the same columns of ``figures.parquet``."""
+    from datasets import Features
+
+    first = next((t for pattern in patterns for t in sorted(Path(out).glob(pattern))), None)
+    if first is None:
+        return {}
+    with tarfile.open(first) as tf:
+        member = next((m for m in tf if m.name.endswith(".json")), None)
+        meta = json.loads(tf.extractfile(member).read()) if member is not None else {}
+    known = {n for n, _, _ in SAMPLE_FIELDS}
+    extra = [k for k in meta if k not in known]
+    if not extra or not (Path(out) / FIGURES_INDEX).exists():
+        return {}
+    typed = Features.from_arrow_schema(pq.read_schema(Path(out) / FIGURES_INDEX))
+    return {k: typed[k] for k in extra if k in typed}
 
 
 def yaml_header(out: Path, stats: dict, extra_configs: list[dict] | None = None) -> str:

@@ -404,6 +404,15 @@ def test_concept_subsets_materialise_and_load(labelled):
             seen += [s["__key__"] for s in samples]
         assert sorted(seen) == sorted(keys)
         assert json.loads((ds / name / "sizes.json").read_text()) == {t.name: _samples_in(t) for t in tars}
+        for r in selection:   # out_offset: where the sample starts in its copy; its json carries its labels
+            with tarfile.open(ds / name / r["out_shard"]) as tf:
+                tf.fileobj.seek(r["out_offset"])
+                first = tarfile.TarInfo.frombuf(tf.fileobj.read(512), tarfile.ENCODING, "surrogateescape")
+                assert first.name.split(".", 1)[0] == r["key"]
+                meta = json.loads(tf.extractfile(f"{r['key']}.json").read())
+            assert meta["concepts"] == src[r["key"]]["concepts"] == r["concepts"]
+            assert meta["local_concepts"] == src[r["key"]]["local_concepts"]
+            assert meta["panel_type"] == src[r["key"]]["panel_type"]
 
     from biomedica_hf.dataset.card import write_card
 
@@ -415,6 +424,11 @@ def test_concept_subsets_materialise_and_load(labelled):
         first = rows[0]
         image = first["jpg"] if first["jpg"] is not None else first["png"]
         assert image.size[0] > 0 and first["json"]["key"] == first["__key__"] and first["txt"]
+        for r in rows:   # the Hub config shows the concepts each sample was selected by
+            assert r["json"]["concepts"] == src[r["__key__"]]["concepts"]
+            assert r["json"]["local_concepts"] == src[r["__key__"]]["local_concepts"]
+        if name == "concept-filtered":
+            assert all("Plots and Charts" not in r["json"]["concepts"] for r in rows)
 
 
 def test_selection_rules():
