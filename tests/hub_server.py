@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -97,10 +98,19 @@ class HubServer:
         self.bytes_sent = 0
         self.log: list[dict[str, Any]] = []
         self._hashes: dict[tuple[str, int, int], tuple[str, str | None]] = {}
+        self.commits = [commit]
         self._listing_cache: dict[str, dict[str, Path]] = {}
         self.server = _Server(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def new_commit(self) -> str:
+        """Call after changing a served file, as a push would: the Hub gives every change a new commit, and
+        clients (``hf_hub_download``'s cache, ``HfFileSystem``'s listings) key what they keep by commit."""
+        self.commit = hashlib.sha1(f"{self.commits[0]}:{len(self.commits)}".encode()).hexdigest()
+        self.commits.append(self.commit)
+        self._listing_cache.clear()
+        return self.commit
 
     # ----------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> HubServer:  # noqa: PYI034
@@ -392,6 +402,8 @@ def point_libraries_at(url: str, monkeypatch: Any) -> None:
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
                         constants.HUGGINGFACE_CO_URL_TEMPLATE.replace(old, url))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # a cache of this server's files only (the loopback repos reuse names and commits across tests)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", tempfile.mkdtemp(prefix="loopback-hub-cache-"))
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True, raising=False)
     try:
         import datasets.config as dconfig

@@ -10,7 +10,7 @@
    number is a multiple of ``world_size * max(1, num_workers)``, so that every rank gets whole units
    (``split_dataset_by_node`` otherwise makes every rank read everything and keep 1 example in
    ``world_size``) and no worker idles; a warning says when that is impossible.
-3. **Read** - the generator reads each unit's wanted ranges with :class:`biomedica_hf.io.ranges.RangeReader`
+3. **Read** - the generator reads each unit's wanted ranges with :func:`biomedica_hf.io.ranges.read_files`
    (the same code for a local folder and ``hf://datasets/...``): ranges are coalesced across gaps
    smaller than ``latency x bandwidth / in_flight`` (local: only adjacent ones), long runs are cut into
    pieces fetched as plain range requests, ``in_flight`` at a time, and no byte outside the planned
@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import fsspec
 import numpy as np
@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from biomedica_hf.io.ranges import RangeReader, ReadOptions
+from biomedica_hf.io.ranges import HF_URL, ReadOptions, read_files
 from biomedica_hf.layout import FIGURES_INDEX
 
 if TYPE_CHECKING:
@@ -97,6 +97,50 @@ def dataset_file_url(path_or_repo_id: str | os.PathLike, relpath: str, revision:
     if os.path.isabs(root) or root.startswith((".", "~")) or root.count("/") > 1:
         raise FileNotFoundError(f"{root}: no such folder (and not a Hub dataset repo id like 'owner/name')")
     return f"hf://datasets/{root}@{quote(revision or 'main', safe='')}/{relpath}"
+
+
+def index_file(index_url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """``(filesystem, path)`` of the figures index to scan.
+
+    A Hub index is downloaded once per commit into the Hugging Face cache (``hf_hub_download``: one metadata
+    request, then one GET only for a new commit; the ranks of one machine share the file) and scanned locally:
+    filtering it remotely costs a round trip per Parquet footer, row group and column chunk, in sequence. At the
+    size of the whole of PMC-OA (~24 M rows) that file is a small part of what a training run streams (see the
+    README's Performance section). A missing index is a ``FileNotFoundError`` naming the fix; offline and
+    authentication errors surface as themselves.
+    """
+    m = HF_URL.match(index_url)
+    if m:
+        return fsspec.filesystem("file"), _download_index(index_url, m["repo"], unquote(m["rev"]),
+                                                          unquote(m["path"]), storage_options)
+    fs, path = fsspec.core.url_to_fs(index_url, **(storage_options or {}))
+    try:
+        fs.info(path)   # not fs.exists: offline / auth errors must surface as themselves
+    except FileNotFoundError:
+        raise _no_index(index_url) from None
+    return fs, path
+
+
+def _download_index(index_url: str, repo: str, rev: str, path: str, storage_options: dict[str, Any] | None) -> str:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return hf_hub_download(repo, path, repo_type="dataset", revision=rev,
+                               token=(storage_options or {}).get("token"))
+    except EntryNotFoundError:
+        raise _no_index(index_url) from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"dataset repo {repo} has no revision {rev!r}") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{repo}: no such local folder, and no dataset repo of that name on the Hub "
+                                f"(a private or gated repo needs token=)") from None
+
+
+def _no_index(index_url: str) -> FileNotFoundError:
+    folder = index_url.rsplit("/", 1)[0] if index_url.startswith("hf://") else os.path.dirname(index_url)
+    return FileNotFoundError(f"{folder} has no {FIGURES_INDEX}: build the dataset with `biomedica build` "
+                             f"(or regenerate the index and card of an existing folder with `biomedica card`)")
 
 
 # ------------------------------------------------------------------------------------ index filters
@@ -224,14 +268,7 @@ def select_ranges(index_url: str, subset: str | Sequence[str] = "commercial", co
     With ``with_columns``: ``shard -> (ranges, {column: values aligned with ranges})`` for the
     :data:`EXTRA_COLUMNS` the index has, plus ``columns`` (e.g. ``key``, ``sha256``).
     """
-    fs, path = fsspec.core.url_to_fs(index_url, **(storage_options or {}))
-    try:
-        fs.info(path)   # not fs.exists: offline / auth errors must surface as themselves
-    except FileNotFoundError:
-        folder = index_url.rsplit("/", 1)[0] if index_url.startswith("hf://") else os.path.dirname(index_url)
-        raise FileNotFoundError(f"{folder} has no {FIGURES_INDEX}: build the dataset with `biomedica build` "
-                                f"(or regenerate the index and card of an existing folder with `biomedica card`)"
-                                ) from None
+    fs, path = index_file(index_url, storage_options)
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
     names = set(dataset.schema.names)
     where = index_url
@@ -415,29 +452,30 @@ def generate_samples(shards: list[ShardRanges], storage_options: dict[str, Any],
     Index columns carried by the unit (:data:`EXTRA_COLUMNS`) are added to each row's ``metadata``.
     """
     token = (storage_options or {}).get("token")
-    for unit in shards:
-        extra = {c: v for c, v in unit.columns.items() if c in EXTRA_COLUMNS}
-        for i, data in RangeReader(unit.url, unit.ranges, read_options, token=token):
-            offset, size = int(unit.ranges[i, 0]), int(unit.ranges[i, 1])
-            try:
-                sample = _sample(data)
-            except (tarfile.TarError, UnicodeDecodeError, ValueError):
-                sample = None
-            key = unit.columns["key"][i] if "key" in unit.columns else None
-            if sample is None or (key is not None and sample["key"] != key):
-                raise ValueError(f"{unit.url}: bytes {offset}..{offset + size} do not hold the sample "
-                                 f"{key or ''} that {FIGURES_INDEX} lists there; the index is stale, rebuild the "
-                                 f"dataset (or run `biomedica verify`)")
-            if verify:
-                digest = hashlib.sha256(sample["image"]["bytes"]).hexdigest()
-                expected = unit.columns["sha256"][i]
-                if digest != expected:
-                    raise ValueError(f"{unit.url}: sample {sample['key']} (bytes {offset}..{offset + size}) has image "
-                                     f"sha256 {digest}, but {FIGURES_INDEX} records {expected}: the shard is "
-                                     f"corrupted (run `biomedica verify --deep` on the dataset)")
-            for c, values in extra.items():
-                sample["metadata"][c] = values[i]
-            yield sample
+    extras = [{c: v for c, v in unit.columns.items() if c in EXTRA_COLUMNS} for unit in shards]
+    # one prefetch window over all units: the next shard's first ranges are fetched while this one ends
+    for u, i, data in read_files([(unit.url, unit.ranges) for unit in shards], read_options, token):
+        unit, extra = shards[u], extras[u]
+        offset, size = int(unit.ranges[i, 0]), int(unit.ranges[i, 1])
+        try:
+            sample = _sample(data)
+        except (tarfile.TarError, UnicodeDecodeError, ValueError):
+            sample = None
+        key = unit.columns["key"][i] if "key" in unit.columns else None
+        if sample is None or (key is not None and sample["key"] != key):
+            raise ValueError(f"{unit.url}: bytes {offset}..{offset + size} do not hold the sample "
+                             f"{key or ''} that {FIGURES_INDEX} lists there; the index is stale, rebuild the "
+                             f"dataset (or run `biomedica verify`)")
+        if verify:
+            digest = hashlib.sha256(sample["image"]["bytes"]).hexdigest()
+            expected = unit.columns["sha256"][i]
+            if digest != expected:
+                raise ValueError(f"{unit.url}: sample {sample['key']} (bytes {offset}..{offset + size}) has image "
+                                 f"sha256 {digest}, but {FIGURES_INDEX} records {expected}: the shard is "
+                                 f"corrupted (run `biomedica verify --deep` on the dataset)")
+        for c, values in extra.items():
+            sample["metadata"][c] = values[i]
+        yield sample
 
 
 def features(decode: bool = True, extra_columns: Sequence[str] = ()) -> Features:
@@ -555,7 +593,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
         return ds.decode(True, num_threads=threads) if decode and threads > 0 else ds
     if not units:   # Dataset.from_generator refuses an empty split
         return Dataset.from_dict({name: [] for name in feats}, features=feats)
-    fs, path = fsspec.core.url_to_fs(index_url, **storage_options)
+    fs, path = index_file(index_url, storage_options)
     load_dataset_kwargs.setdefault("fingerprint", Hasher.hash([fs.ukey(path), units, decode, verify]))
     return Dataset.from_generator(generate_samples, features=feats, gen_kwargs=gen_kwargs, **load_dataset_kwargs)
 

@@ -333,34 +333,61 @@ class RangeReader:
 
     def __iter__(self) -> Iterator[tuple[int, memoryview]]:
         """``(index of the range, its bytes)`` for every range."""
-        source = open_source(self.url, self.token, self.options)
-        depth = max(1, self.options.in_flight)
-        pool = _pool(depth) if depth > 1 and len(self.pieces) > 1 else None
-        queue: deque[tuple[tuple[int, int, int, int], Future | bytes]] = deque()
-        todo = iter(self.pieces)
-        piece = next(todo, None)
-        queued_bytes = 0
-        try:
-            while True:
-                while piece is not None and len(queue) < depth and (
-                        not queue or queued_bytes + piece[1] - piece[0] <= self.options.in_flight_bytes):
-                    queue.append((piece, pool.submit(source.fetch, piece[0], piece[1]) if pool else piece))
-                    queued_bytes += piece[1] - piece[0]
-                    piece = next(todo, None)
-                if not queue:
-                    return
-                (start, end, first, last), job = queue.popleft()
-                queued_bytes -= end - start
-                data = job.result() if isinstance(job, Future) else source.fetch(start, end)
-                view = memoryview(data)
-                for i in range(first, last):
-                    offset, size = int(self.ranges[i, 0]), int(self.ranges[i, 1])
-                    yield i, view[offset - start:offset - start + size]
-        finally:
-            for _, job in queue:   # let fetches already running finish before the file is closed
-                if isinstance(job, Future) and not job.cancel():
-                    try:
-                        job.result()
-                    except Exception:  # noqa: BLE001, S110 - the consumer has stopped; this error is not its
-                        pass
+        for _, i, view in read_files([(self.url, self.ranges)], self.options, self.token, [self.pieces]):
+            yield i, view
+
+
+def read_files(files: Sequence[tuple[str, np.ndarray]], options: ReadOptions | None = None,
+               token: str | bool | None = None, pieces: Sequence[list] | None = None,
+               ) -> Iterator[tuple[int, int, memoryview]]:
+    """``(index of the file, index of the range, its bytes)`` for every wanted range of several files, in order.
+
+    One prefetch window (``in_flight`` requests, ``in_flight_bytes``) spans the files: the first requests of the
+    next file are already under way while the last ranges of this one are consumed, so a stream of many small
+    selections (a filter that keeps a few samples per shard) pays the request latency once, not once per file.
+    A file is opened when its first piece is requested and closed when its last range has been consumed.
+    """
+    options = options or ReadOptions()
+    plans = list(pieces) if pieces is not None else [
+        plan_pieces(r, options.gap_for(url.startswith(("hf://", "http://", "https://"))), options.piece_bytes)
+        for url, r in files]
+    depth = max(1, options.in_flight)
+    total = sum(len(p) for p in plans)
+    pool = _pool(depth) if depth > 1 and total > 1 else None
+    todo = ((f, piece, k == len(plan) - 1) for f, plan in enumerate(plans) for k, piece in enumerate(plan))
+    sources: dict[int, Any] = {}
+    queue: deque[tuple[int, tuple[int, int, int, int], bool, Future | None]] = deque()
+    queued_bytes = 0
+    nxt = next(todo, None)
+    try:
+        while True:
+            while nxt is not None and len(queue) < depth and (
+                    not queue or queued_bytes + nxt[1][1] - nxt[1][0] <= options.in_flight_bytes):
+                f, piece, last_of_file = nxt
+                if f not in sources:
+                    sources[f] = open_source(files[f][0], token, options)
+                job = pool.submit(sources[f].fetch, piece[0], piece[1]) if pool else None
+                queue.append((f, piece, last_of_file, job))
+                queued_bytes += piece[1] - piece[0]
+                nxt = next(todo, None)
+            if not queue:
+                return
+            f, (start, end, first, last), last_of_file, job = queue.popleft()
+            queued_bytes -= end - start
+            data = job.result() if job is not None else sources[f].fetch(start, end)
+            view = memoryview(data)
+            ranges = files[f][1]
+            for i in range(first, last):
+                offset, size = int(ranges[i, 0]), int(ranges[i, 1])
+                yield f, i, view[offset - start:offset - start + size]
+            if last_of_file:
+                sources.pop(f).close()
+    finally:
+        for _, _, _, job in queue:   # let fetches already running finish before their files are closed
+            if job is not None and not job.cancel():
+                try:
+                    job.result()
+                except Exception:  # noqa: BLE001, S110 - the consumer has stopped; this error is not its
+                    pass
+        for source in sources.values():
             source.close()

@@ -159,16 +159,19 @@ def test_hub_errors_are_clear(built, hub):
     table = table.set_column(table.schema.get_field_index("shard"), "shard",
                              pa.array(["../../outside.tar"] + shards[1:]))
     pq.write_table(table, scratch / "figures.parquet")
+    hub.new_commit()                        # every change is a new commit (clients cache per commit)
     HfFileSystem.clear_instance_cache()
     with pytest.raises(ValueError, match="not a relative path inside the dataset"):
         load_biomedica("bmd-lab/scratch", subset="all")
     (scratch / "figures.parquet").write_bytes(original)
-    HfFileSystem.clear_instance_cache()     # a new commit for the client (its listings are cached per revision)
     _first_shard(scratch, "other").unlink()
+    hub.new_commit()
+    HfFileSystem.clear_instance_cache()
     with pytest.raises(FileNotFoundError, match="missing on the Hub"):
         list(load_biomedica("bmd-lab/scratch", subset="other", decode=False))
     tar = _first_shard(scratch, "commercial")
     tar.write_bytes(tar.read_bytes()[:1024])
+    hub.new_commit()
     with pytest.raises(ShardTruncatedError, match="truncated"):
         list(load_biomedica("bmd-lab/scratch", subset="commercial", decode=False))
     with pytest.raises(FileNotFoundError):
