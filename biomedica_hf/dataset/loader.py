@@ -29,6 +29,7 @@ import functools
 import hashlib
 import heapq
 import io
+import itertools
 import json
 import numbers
 import operator
@@ -370,6 +371,41 @@ def split_units(units: list[ShardRanges], readers: int) -> list[ShardRanges]:
     return out
 
 
+#: samples per group of units (:func:`group_units`): one reader's prefetch window spans a group's shards
+GROUP_SAMPLES = 1024
+
+
+def n_groups(n_units: int, n_samples: int, readers: int = 1) -> int:
+    """How many groups to make of ``n_units`` units: about one per :data:`GROUP_SAMPLES` samples, a multiple of
+    ``readers`` (so ranks x workers still get whole groups), at most ``n_units`` (then every unit is a group)."""
+    if n_units <= readers:
+        return n_units
+    per_reader = max(1, min(n_units // readers, round(n_samples / (readers * GROUP_SAMPLES))))
+    return readers * per_reader
+
+
+def group_units(units: list[ShardRanges], groups: int) -> list[list[ShardRanges]]:
+    """``groups`` contiguous runs of ``units`` (every one non-empty), balanced by samples.
+
+    ``datasets`` calls the generator once per element of the ``shards`` list it is given (that list is what it
+    splits among ranks and DataLoader workers, and what ``shuffle`` reorders); giving it groups of units lets one
+    prefetch window span a group's shards, so a selective filter (a few samples per shard) and the end of every
+    shard no longer wait a request latency each. ``ds.n_shards`` is the number of groups.
+    """
+    n = len(units)
+    groups = max(1, min(groups, n)) if n else 0
+    if groups == n:
+        return [[u] for u in units]
+    counts = np.cumsum([len(u.ranges) for u in units])
+    ends: list[int] = []
+    for k in range(1, groups):   # group k-1 ends where the running count passes k/groups of the samples
+        end = int(np.searchsorted(counts, counts[-1] * k / groups, side="left")) + 1
+        end = max(end, (ends[-1] if ends else 0) + 1)      # non-empty
+        ends.append(min(end, n - (groups - k)))           # leave one unit for each later group
+    bounds = [0, *ends, n]
+    return [units[a:b] for a, b in itertools.pairwise(bounds)]
+
+
 def _readers(world_size: int | None, num_workers: int | None) -> tuple[int, int] | None:
     """(ranks, DataLoader workers per rank) to divide the units among; None when not distributed."""
     if world_size is None and os.environ.get("WORLD_SIZE"):
@@ -445,12 +481,14 @@ def _sample(data: memoryview) -> dict[str, Any]:
             "caption": bytes(members["txt"]).decode(), "metadata": json.loads(bytes(members["json"]))}
 
 
-def generate_samples(shards: list[ShardRanges], storage_options: dict[str, Any],
+def generate_samples(shards: list[list[ShardRanges]], storage_options: dict[str, Any],
                      read_options: ReadOptions | None = None, verify: bool = False) -> Iterator[dict[str, Any]]:
-    """The ``from_generator`` generator: every wanted sample of every unit, in order.
+    """The ``from_generator`` generator: every wanted sample of every unit of the given groups of units
+    (:func:`group_units`), in order, read through one prefetch window.
 
     Index columns carried by the unit (:data:`EXTRA_COLUMNS`) are added to each row's ``metadata``.
     """
+    shards = [unit for group in shards for unit in group]
     token = (storage_options or {}).get("token")
     extras = [{c: v for c, v in unit.columns.items() if c in EXTRA_COLUMNS} for unit in shards]
     # one prefetch window over all units: the next shard's first ranges are fetched while this one ends
@@ -579,11 +617,15 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
             "exclude": None if exclude is None else "...", "near_duplicates": None if near_duplicates == "keep"
             else near_duplicates})
     readers = _readers(world_size, num_workers)
+    n_readers = 1
     if streaming and readers is not None and units:
-        units = split_units(units, readers[0] * readers[1])
-        if len(units) % (readers[0] * readers[1]):
+        n_readers = readers[0] * readers[1]
+        units = split_units(units, n_readers)
+        if len(units) % n_readers:
             _warn_uneven(len(units), n_samples, *readers)
-    gen_kwargs = {"shards": units, "storage_options": storage_options, "read_options": read_options,
+            n_readers = 1
+    groups = group_units(units, n_groups(len(units), n_samples, n_readers))
+    gen_kwargs = {"shards": groups, "storage_options": storage_options, "read_options": read_options,
                   "verify": verify}
     feats = features(decode, extra)
     if streaming:
@@ -594,7 +636,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
     if not units:   # Dataset.from_generator refuses an empty split
         return Dataset.from_dict({name: [] for name in feats}, features=feats)
     fs, path = index_file(index_url, storage_options)
-    load_dataset_kwargs.setdefault("fingerprint", Hasher.hash([fs.ukey(path), units, decode, verify]))
+    load_dataset_kwargs.setdefault("fingerprint", Hasher.hash([fs.ukey(path), groups, decode, verify]))
     return Dataset.from_generator(generate_samples, features=feats, gen_kwargs=gen_kwargs, **load_dataset_kwargs)
 
 

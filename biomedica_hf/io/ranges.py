@@ -67,7 +67,7 @@ class ReadOptions:
 
     latency: float = 0.03
     bandwidth: float = 100e6
-    in_flight: int = 32
+    in_flight: int = 64
     in_flight_bytes: int = 64 * 2**20
     piece_bytes: int = 8 * 2**20
     gap_bytes: int | None = None
