@@ -27,8 +27,9 @@ $(CHROMIUM):
 	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the browser tests will fail (BIOMEDICA_REQUIRE_BROWSER=1)"
 
+# two pytest workers (pytest-xdist), a test file per worker at a time: 8.6 min instead of 13.4 on 2 cores
 test: $(STAMP) $(CHROMIUM)
-	HF_HUB_OFFLINE=1 BIOMEDICA_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	HF_HUB_OFFLINE=1 BIOMEDICA_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 # every stage end to end on the bundled sample, offline, CPU, with TINY RANDOM models (see examples/smoke/)
 SMOKE_OUT ?= smoke_out
