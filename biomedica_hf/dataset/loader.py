@@ -100,42 +100,55 @@ def dataset_file_url(path_or_repo_id: str | os.PathLike, relpath: str, revision:
     return f"hf://datasets/{root}@{quote(revision or 'main', safe='')}/{relpath}"
 
 
-def index_file(index_url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
-    """``(filesystem, path)`` of the figures index to scan.
+#: the index columns a filter can read: everything but the text (captions, references), which is most of the bytes
+FILTER_COLUMNS = ("key", "subset", "license_code", "year", "caption_chars", "split", "near_dup_of", "shard",
+                  "tar_offset", "tar_size", "sha256", "concepts", "local_concepts")
 
-    A Hub index is downloaded once per commit into the Hugging Face cache (``hf_hub_download``: one metadata
-    request, then one GET only for a new commit; the ranks of one machine share the file) and scanned locally:
-    filtering it remotely costs a round trip per Parquet footer, row group and column chunk, in sequence. At the
-    size of the whole of PMC-OA (~24 M rows) that file is a small part of what a training run streams (see the
-    README's Performance section). A missing index is a ``FileNotFoundError`` naming the fix; offline and
-    authentication errors surface as themselves.
+
+def index_cache_dir() -> Path:
+    """Where sparse copies of Hub indexes are kept: ``$BIOMEDICA_CACHE/index``, else ``biomedica/index`` beside
+    the Hugging Face hub cache (``~/.cache/huggingface/biomedica/index``)."""
+    from huggingface_hub import constants
+
+    root = os.environ.get("BIOMEDICA_CACHE")
+    return Path(root) / "index" if root else Path(constants.HF_HUB_CACHE).parent / "biomedica" / "index"
+
+
+def index_file(index_url: str, storage_options: dict[str, Any] | None = None,
+               columns: Sequence[str] = ()) -> tuple[Any, str]:
+    """``(filesystem, path)`` of the figures index to scan for the :data:`FILTER_COLUMNS` (and ``columns``).
+
+    A Hub index is read through a sparse local copy (:class:`biomedica_hf.io.sparse_parquet.SparseParquet`): one
+    metadata request, the footer, then the filter columns' chunks of every row group fetched in parallel and kept
+    (per ETag: a new commit of the index is a new copy; the ranks of a machine share it). The text columns, most
+    of the index's bytes, are never fetched. A missing index is a ``FileNotFoundError`` naming the fix; offline
+    and authentication errors surface as themselves.
     """
     m = HF_URL.match(index_url)
     if m:
-        return fsspec.filesystem("file"), _download_index(index_url, m["repo"], unquote(m["rev"]),
-                                                          unquote(m["path"]), storage_options)
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+        from biomedica_hf.io.sparse_parquet import SparseParquet
+
+        repo, rev = m["repo"], unquote(m["rev"])
+        try:
+            sparse = SparseParquet(index_url, index_cache_dir(), (storage_options or {}).get("token"))
+        except EntryNotFoundError:
+            raise _no_index(index_url) from None
+        except RevisionNotFoundError:
+            raise FileNotFoundError(f"dataset repo {repo} has no revision {rev!r}") from None
+        except RepositoryNotFoundError:
+            raise FileNotFoundError(f"{repo}: no such local folder, and no dataset repo of that name on the Hub "
+                                    f"(a private or gated repo needs token=)") from None
+        names = set(sparse.schema.names)
+        path = sparse.ensure([c for c in (*FILTER_COLUMNS, *columns) if c in names])
+        return fsspec.filesystem("file"), str(path)
     fs, path = fsspec.core.url_to_fs(index_url, **(storage_options or {}))
     try:
         fs.info(path)   # not fs.exists: offline / auth errors must surface as themselves
     except FileNotFoundError:
         raise _no_index(index_url) from None
     return fs, path
-
-
-def _download_index(index_url: str, repo: str, rev: str, path: str, storage_options: dict[str, Any] | None) -> str:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        return hf_hub_download(repo, path, repo_type="dataset", revision=rev,
-                               token=(storage_options or {}).get("token"))
-    except EntryNotFoundError:
-        raise _no_index(index_url) from None
-    except RevisionNotFoundError:
-        raise FileNotFoundError(f"dataset repo {repo} has no revision {rev!r}") from None
-    except RepositoryNotFoundError:
-        raise FileNotFoundError(f"{repo}: no such local folder, and no dataset repo of that name on the Hub "
-                                f"(a private or gated repo needs token=)") from None
 
 
 def _no_index(index_url: str) -> FileNotFoundError:
@@ -269,7 +282,7 @@ def select_ranges(index_url: str, subset: str | Sequence[str] = "commercial", co
     With ``with_columns``: ``shard -> (ranges, {column: values aligned with ranges})`` for the
     :data:`EXTRA_COLUMNS` the index has, plus ``columns`` (e.g. ``key``, ``sha256``).
     """
-    fs, path = index_file(index_url, storage_options)
+    fs, path = index_file(index_url, storage_options, columns)
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
     names = set(dataset.schema.names)
     where = index_url
