@@ -150,3 +150,18 @@ def ddp_teardown(out: Path) -> list[list[bool]]:
     import json
 
     return [json.loads((out / f"ddp_rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def built_dataset(tmp_path_factory) -> Path:
+    """The real PMC fixture articles built by `biomedica build` (the command a user runs), once per test module."""
+    import subprocess
+
+    if not (FIXTURES / "pmc" / "articles").is_dir():
+        pytest.skip("PMC fixtures absent")
+    out = tmp_path_factory.mktemp("ds") / "ds"
+    exe = Path(sys.executable).with_name("biomedica")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "biomedica_hf.cli"]
+    subprocess.run([*cmd, "build", "--input", str(FIXTURES / "pmc" / "articles"), "--out", str(out), "--no-progress"],
+                   check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return out

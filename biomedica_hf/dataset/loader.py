@@ -102,7 +102,7 @@ def dataset_file_url(path_or_repo_id: str | os.PathLike, relpath: str, revision:
 
 #: the index columns a filter can read: everything but the text (captions, references), which is most of the bytes
 FILTER_COLUMNS = ("key", "subset", "license_code", "year", "caption_chars", "split", "near_dup_of", "shard",
-                  "tar_offset", "tar_size", "sha256", "concepts", "local_concepts")
+                  "tar_offset", "tar_size", "concepts", "local_concepts")
 
 
 def index_cache_dir() -> Path:

@@ -3,9 +3,6 @@ their save / reload through both model SPEC kinds, retrieval on a real built dat
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,19 +72,6 @@ def trained_open_clip(bccd_train):
                       [adapter.tokenizer(c) for c in captions])
     model.eval()
     return adapter, model, cfg
-
-
-@pytest.fixture(scope="module")
-def built_dataset(tmp_path_factory) -> Path:
-    """The real PMC fixture articles built by `biomedica build` (23 figure-caption pairs)."""
-    if not (FIXTURES / "pmc" / "articles").is_dir():
-        pytest.skip("PMC fixtures absent")
-    out = tmp_path_factory.mktemp("ds") / "ds"
-    exe = Path(sys.executable).with_name("biomedica")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "biomedica_hf.cli"]
-    subprocess.run([*cmd, "build", "--input", str(FIXTURES / "pmc" / "articles"), "--out", str(out), "--no-progress"],
-                   check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return out
 
 
 def _sd_balanced_accuracy(per_class) -> float:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -284,19 +281,6 @@ def test_compare_shows_balanced_accuracy(ctx, tmp_path):
     assert "bal. acc. A" in res.output
     row = next(line for line in res.output.splitlines() if line.startswith("| fixtures/breastmnist"))
     assert "| 73.08 |" in row and "| 50.00 |" in row
-
-
-@pytest.fixture(scope="module")
-def built_dataset(tmp_path_factory) -> Path:
-    """The real PMC fixture articles built by `biomedica build`."""
-    if not (FIXTURES / "pmc" / "articles").is_dir():
-        pytest.skip("PMC fixtures absent")
-    out = tmp_path_factory.mktemp("ds") / "ds"
-    exe = Path(sys.executable).with_name("biomedica")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "biomedica_hf.cli"]
-    subprocess.run([*cmd, "build", "--input", str(FIXTURES / "pmc" / "articles"), "--out", str(out), "--no-progress"],
-                   check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return out
 
 
 def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path):
