@@ -76,7 +76,8 @@ class ShardRanges(NamedTuple):
 
     url: str
     ranges: np.ndarray        # int64, shape (n, 2): (tar_offset, tar_size), sorted by offset
-    columns: dict[str, list] = {}   # noqa: RUF012 - NamedTuple default, never mutated; per-range index values: EXTRA_COLUMNS present, plus key/sha256 to verify
+    # per-range index values, as Arrow arrays (no Python object per sample): EXTRA_COLUMNS present, key/sha256 to verify
+    columns: dict[str, pa.Array] = {}   # noqa: RUF012 - NamedTuple default, never mutated
 
 
 # ------------------------------------------------------------------------------------ locations
@@ -275,14 +276,15 @@ def select_ranges(index_url: str, subset: str | Sequence[str] = "commercial", co
                   years: Years | None = None, min_caption_chars: int | None = None,
                   storage_options: dict[str, Any] | None = None, *, split: str | None = None,
                   exclude: str | os.PathLike | Iterable[str] | None = None, near_duplicates: str = "keep",
-                  columns: Sequence[str] = (), with_columns: bool = False,
-                  ) -> dict[str, np.ndarray] | dict[str, tuple[np.ndarray, dict[str, list]]]:
+                  columns: Sequence[str] = (), with_columns: bool = False, index: tuple[Any, str] | None = None,
+                  ) -> dict[str, np.ndarray] | dict[str, tuple[np.ndarray, dict[str, pa.Array]]]:
     """Wanted samples per shard (``shard`` relpath -> sorted ``(tar_offset, tar_size)``), in index order.
 
-    With ``with_columns``: ``shard -> (ranges, {column: values aligned with ranges})`` for the
-    :data:`EXTRA_COLUMNS` the index has, plus ``columns`` (e.g. ``key``, ``sha256``).
+    With ``with_columns``: ``shard -> (ranges, {column: Arrow array aligned with ranges})`` for the
+    :data:`EXTRA_COLUMNS` the index has, plus ``columns`` (e.g. ``key``, ``sha256``). ``index``: the
+    ``(filesystem, path)`` :func:`index_file` already resolved for ``index_url`` (else it is resolved here).
     """
-    fs, path = index_file(index_url, storage_options, columns)
+    fs, path = index if index is not None else index_file(index_url, storage_options, columns)
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
     names = set(dataset.schema.names)
     where = index_url
@@ -353,7 +355,8 @@ def select_ranges(index_url: str, subset: str | Sequence[str] = "commercial", co
     if not with_columns:
         return {rel: r for rel, r, _ in groups}
     cols = {c: table[c] for c in dict.fromkeys([*extra, *columns])}
-    return {rel: (r, {c: col.take(pa.array(idx)).to_pylist() for c, col in cols.items()}) for rel, r, idx in groups}
+    return {rel: (r, {c: col.take(pa.array(idx)).combine_chunks() for c, col in cols.items()})
+            for rel, r, idx in groups}
 
 
 # ------------------------------------------------------------------------------------ work units
@@ -512,20 +515,20 @@ def generate_samples(shards: list[list[ShardRanges]], storage_options: dict[str,
             sample = _sample(data)
         except (tarfile.TarError, UnicodeDecodeError, ValueError):
             sample = None
-        key = unit.columns["key"][i] if "key" in unit.columns else None
+        key = unit.columns["key"][i].as_py() if "key" in unit.columns else None
         if sample is None or (key is not None and sample["key"] != key):
             raise ValueError(f"{unit.url}: bytes {offset}..{offset + size} do not hold the sample "
                              f"{key or ''} that {FIGURES_INDEX} lists there; the index is stale, rebuild the "
                              f"dataset (or run `biomedica verify`)")
         if verify:
             digest = hashlib.sha256(sample["image"]["bytes"]).hexdigest()
-            expected = unit.columns["sha256"][i]
+            expected = unit.columns["sha256"][i].as_py()
             if digest != expected:
                 raise ValueError(f"{unit.url}: sample {sample['key']} (bytes {offset}..{offset + size}) has image "
                                  f"sha256 {digest}, but {FIGURES_INDEX} records {expected}: the shard is "
                                  f"corrupted (run `biomedica verify --deep` on the dataset)")
         for c, values in extra.items():
-            sample["metadata"][c] = values[i]
+            sample["metadata"][c] = values[i].as_py()
         yield sample
 
 
@@ -616,9 +619,11 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
     local = is_local(path_or_repo_id)
     storage_options = {} if local or token is None else {"token": token}
     index_url = dataset_file_url(path_or_repo_id, FIGURES_INDEX, revision)
+    checked = ("key", "sha256") if verify else ()
+    index = index_file(index_url, storage_options, checked)     # resolved once (a Hub index: one metadata request)
     wanted = select_ranges(index_url, subset, concepts, exclude_concepts, licenses, years, min_caption_chars,
                            storage_options, split=split, exclude=exclude, near_duplicates=near_duplicates,
-                           columns=("key", "sha256") if verify else (), with_columns=True)
+                           columns=checked, with_columns=True, index=index)
     units = [ShardRanges(_shard_url(path_or_repo_id, shard, revision), r, cols)
              for shard, (r, cols) in wanted.items()]
     extra = [c for c in EXTRA_COLUMNS if units and c in units[0].columns]
@@ -648,7 +653,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
         return ds.decode(True, num_threads=threads) if decode and threads > 0 else ds
     if not units:   # Dataset.from_generator refuses an empty split
         return Dataset.from_dict({name: [] for name in feats}, features=feats)
-    fs, path = index_file(index_url, storage_options)
+    fs, path = index
     load_dataset_kwargs.setdefault("fingerprint", Hasher.hash([fs.ukey(path), groups, decode, verify]))
     return Dataset.from_generator(generate_samples, features=feats, gen_kwargs=gen_kwargs, **load_dataset_kwargs)
 
