@@ -22,10 +22,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
-from biomedica_hf.neardup.buckets import Spill, column_batches, components, forest, runs
-from biomedica_hf.neardup.groups import BATCH_ROWS, GroupStats, _pick_kept, _read_members, expand, part_rows
+from biomedica_hf.neardup.buckets import Spill, column_batches, forest, runs
+from biomedica_hf.neardup.groups import BATCH_ROWS, GroupStats, expand, grouped_members, open_parts
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +87,7 @@ def caption_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | o
     """
     stats = stats if stats is not None else GroupStats()
     t0 = time.perf_counter()
-    paths = [Path(p) for p in parts]
-    counts = part_rows(paths)
-    offsets = list(np.cumsum([0, *counts[:-1]]).tolist()) if paths else []
-    stats.rows = int(sum(counts))
+    paths, offsets = open_parts(parts, stats)
     bands, rows_per_band = band_params(threshold)
     stats.tables = bands
     Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -120,16 +116,10 @@ def caption_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | o
                 stats.verified_pairs += len(idx)
                 forest(rec["row"][idx], rec["row"][src]).tofile(fh)
                 del rec, idx, src
-        nodes, roots = components(edge_file)
-        if not len(nodes):
-            stats.seconds = time.perf_counter() - t0
-            return
-        members = _read_members(paths, offsets, np.unique(np.concatenate([nodes, roots])), ["key", "subset"])
-        t = _pick_kept(members, nodes, roots)
-        t = t.filter(pc.not_equal(t["key"], t["kept_key"])).sort_by([("key", "ascending")])
-        stats.groups = len(np.unique(roots))
-        stats.near_duplicates = t.num_rows
+        t = grouped_members(edge_file, paths, offsets, stats)
         stats.seconds = time.perf_counter() - t0
+        if t is None:
+            return
         yield from zip(t["key"].to_pylist(), t["kept_key"].to_pylist())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

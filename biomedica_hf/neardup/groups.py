@@ -208,6 +208,29 @@ def part_rows(paths: list[Path]) -> list[int]:
     return [pq.ParquetFile(p).metadata.num_rows for p in paths]
 
 
+def open_parts(parts: Iterable[str | os.PathLike], stats: GroupStats) -> tuple[list[Path], list[int]]:
+    """The parts as paths and the global row number of each part's first row; counts ``stats.rows``."""
+    paths = [Path(p) for p in parts]
+    counts = part_rows(paths)
+    stats.rows = int(sum(counts))
+    return paths, (list(np.cumsum([0, *counts[:-1]]).tolist()) if paths else [])
+
+
+def grouped_members(edge_file: Path, paths: list[Path], offsets: list[int], stats: GroupStats) -> pa.Table | None:
+    """The members of the groups the forest in ``edge_file`` links, except each group's kept sample, sorted by key
+    (columns ``row``, ``key``, ``kept_row``, ``kept_key``, ...); None when nothing is linked. Counts the groups and
+    the duplicates in ``stats``."""
+    nodes, roots = components(edge_file)
+    if not len(nodes):
+        return None
+    members = _read_members(paths, offsets, np.unique(np.concatenate([nodes, roots])), ["key", "subset"])
+    t = _pick_kept(members, nodes, roots)
+    t = t.filter(pc.not_equal(t["key"], t["kept_key"])).sort_by([("key", "ascending")])
+    stats.groups = len(np.unique(roots))
+    stats.near_duplicates = t.num_rows
+    return t
+
+
 def find_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | os.PathLike,
                          threshold: int = DEFAULT_THRESHOLD, *, memory_budget: int = 512 << 20,
                          stats: GroupStats | None = None) -> Iterator[tuple[str, str, int]]:
@@ -220,10 +243,7 @@ def find_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | os.P
     """
     stats = stats if stats is not None else GroupStats()
     t0 = time.perf_counter()
-    paths = [Path(p) for p in parts]
-    counts = part_rows(paths)
-    offsets = list(np.cumsum([0, *counts[:-1]]).tolist()) if paths else []
-    stats.rows = int(sum(counts))
+    paths, offsets = open_parts(parts, stats)
     tables = lsh_tables()
     stats.tables = len(tables)
     Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -253,18 +273,13 @@ def find_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | os.P
                 a, b = _verify_partition(hashes, rec, threshold, stats)
                 forest(a, b).tofile(fh)
                 del rec, a, b                      # before the next partition is read
-        nodes, roots = components(edge_file)
-        if not len(nodes):
+        t = grouped_members(edge_file, paths, offsets, stats)
+        if t is None:
             stats.seconds = time.perf_counter() - t0
             return
-        members = _read_members(paths, offsets, np.unique(np.concatenate([nodes, roots])), ["key", "subset"])
-        t = _pick_kept(members, nodes, roots)
-        t = t.filter(pc.not_equal(t["key"], t["kept_key"]))
         rows, kept = t["row"].to_numpy(), t["kept_row"].to_numpy()
         dist = hamming(hashes.get(rows), hashes.get(kept)) if len(rows) else np.zeros(0, np.int64)
-        t = t.append_column("distance", pa.array(dist)).sort_by([("key", "ascending")])
-        stats.groups = len(np.unique(roots))
-        stats.near_duplicates = t.num_rows
+        t = t.append_column("distance", pa.array(dist))
         stats.seconds = time.perf_counter() - t0
         log.info("near duplicates: %s", json.dumps(asdict(stats)))
         for key, dup_of, d in zip(t["key"].to_pylist(), t["kept_key"].to_pylist(), t["distance"].to_pylist()):
