@@ -43,7 +43,7 @@ from biomedica_hf.concepts.vocab import PLOTS_AND_CHARTS
 from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, piece_stem, read_marker, write_marker
 from biomedica_hf.io.ranges import ShardFiles
-from biomedica_hf.io.tars import tarinfo
+from biomedica_hf.io.tars import member_bytes
 from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger(__name__)
@@ -178,12 +178,6 @@ def _digest(rows: list[dict]) -> str:
     return h.hexdigest()
 
 
-def _member_bytes(name: str, data: bytes) -> bytes:
-    """One tar member exactly as the shard writer writes it (reproducible header, data padded to whole blocks)."""
-    header = tarinfo(name, len(data)).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
-    return header + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
-
-
 def labelled_sample(data: bytes, labels: dict[str, Any], where: str = "") -> bytes:
     """A sample's tar range with ``labels`` added to its ``json`` member; the other members byte for byte."""
     if len(data) % tarfile.BLOCKSIZE:
@@ -196,7 +190,7 @@ def labelled_sample(data: bytes, labels: dict[str, Any], where: str = "") -> byt
                 meta = json.loads(content)
                 meta.update(labels)
                 content = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
-            out.append(_member_bytes(m.name, content))
+            out.append(member_bytes(m.name, content))
     return b"".join(out)
 
 

@@ -22,6 +22,13 @@ def tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def member_bytes(name: str, data: bytes) -> bytes:
+    """One member as raw tar bytes, exactly as ``tarfile`` writes :func:`tarinfo` members in PAX format (header,
+    data padded to whole blocks): for tars assembled from byte ranges."""
+    header = tarinfo(name, len(data)).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+    return header + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
 def end_of_archive(offset: int) -> bytes:
     """The zero blocks that end a tar whose members end at ``offset``: two blocks, padded to a whole
     record as ``tarfile`` writes them."""

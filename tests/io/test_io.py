@@ -375,3 +375,15 @@ def test_parse_size():
     for bad in ("", "lots", "1.5", "MB"):
         with pytest.raises(ValueError, match="not a size"):
             parse_size(bad)
+
+
+def test_member_bytes_are_what_tarfile_writes():
+    from biomedica_hf.io.tars import member_bytes, tarinfo
+
+    members = [("PMC1_f1.jpg", bytes(range(256)) * 7), ("PMC1_f1.txt", "café ü".encode()), ("PMC1_f1.json", b"{}")]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            tar.addfile(tarinfo(name, len(data)), io.BytesIO(data))
+    raw = b"".join(member_bytes(name, data) for name, data in members)
+    assert buf.getvalue()[:len(raw)] == raw and len(raw) % tarfile.BLOCKSIZE == 0
