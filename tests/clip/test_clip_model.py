@@ -165,6 +165,26 @@ def test_transformers_tokenizer_ids_match_open_clip(tmp_path):
     assert len(tok) == 49408 and tok.convert_tokens_to_ids("<|endoftext|>") == 49407
 
 
+
+def test_ranks_sharing_a_tokenizer_folder_never_read_half_a_file(tmp_path):
+    """Processes writing the same tokenizer_dir at once (the ranks of a run): every one gets a whole tokenizer,
+    the folder ends complete and no temporary folder is left."""
+    import multiprocessing
+
+    out = tmp_path / "tok"
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        sizes = pool.map(_tokenizer_size, [str(out)] * 3)
+    assert sizes == [49408] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
+    assert json.loads((out / "vocab.json").read_text())["<|endoftext|>"] == 49407
+
+
+def _tokenizer_size(out: str) -> int:
+    from biomedica_hf.clip.tokenizer import write_clip_tokenizer
+
+    return len(write_clip_tokenizer(out))
+
 def _png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
