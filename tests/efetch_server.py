@@ -101,6 +101,7 @@ class EfetchServer(ThreadingHTTPServer):
 
 class EfetchHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True   # TCP_NODELAY, as real servers: no ~40 ms delayed-ACK stall per response
     server: EfetchServer
 
     def log_message(self, *args) -> None:  # quiet

@@ -282,6 +282,7 @@ class _QuietServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True   # TCP_NODELAY, as real servers: no ~40 ms delayed-ACK stall per response
     server_version = "pmc-test-server/1.0"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr

@@ -600,8 +600,8 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
             environment by default); work units are split so that their number is a multiple of
             ``world_size * max(1, num_workers)`` when there are enough samples, else a warning is issued.
         token: Hub token.
-        **load_dataset_kwargs: forwarded to ``IterableDataset.from_generator`` (``split``) or, with
-            ``streaming=False``, ``Dataset.from_generator`` (``cache_dir``, ``keep_in_memory``, ``num_proc``, ...).
+        **load_dataset_kwargs: with ``streaming=False``, forwarded to ``Dataset.from_generator`` (``cache_dir``,
+            ``keep_in_memory``, ``num_proc``, ...); a streaming load takes none.
 
     Rows: ``key``, ``image``, ``caption`` and ``metadata`` (the ``SAMPLE_FIELDS`` of the sample's JSON, plus
     ``concepts``, ``local_concepts``, ``split`` and ``near_dup_of`` when the index has them).
@@ -613,7 +613,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
         FileNotFoundError: no index; while reading: a shard the index lists is missing.
         biomedica_hf.io.ranges.ShardTruncatedError: while reading, a shard shorter than the index says.
     """
-    from datasets import Dataset, IterableDataset
+    from datasets import Dataset
     from datasets.fingerprint import Hasher
 
     local = is_local(path_or_repo_id)
@@ -647,8 +647,11 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
                   "verify": verify}
     feats = features(decode, extra)
     if streaming:
-        ds = IterableDataset.from_generator(generate_samples, features=feats, gen_kwargs=gen_kwargs,
-                                            **load_dataset_kwargs)
+        if load_dataset_kwargs:
+            raise TypeError(f"load_biomedica(streaming=True) got unexpected keyword argument(s) "
+                            f"{sorted(load_dataset_kwargs)} (only a streaming=False load forwards keywords, to "
+                            f"Dataset.from_generator)")
+        ds = _iterable_dataset(feats, gen_kwargs)
         threads = DEFAULT_DECODE_THREADS if decode_threads is None else decode_threads
         return ds.decode(True, num_threads=threads) if decode and threads > 0 else ds
     if not units:   # Dataset.from_generator refuses an empty split
@@ -656,6 +659,24 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
     fs, path = index
     load_dataset_kwargs.setdefault("fingerprint", Hasher.hash([fs.ukey(path), groups, decode, verify]))
     return Dataset.from_generator(generate_samples, features=feats, gen_kwargs=gen_kwargs, **load_dataset_kwargs)
+
+
+def _keyed_samples(**gen_kwargs: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    for sample in generate_samples(**gen_kwargs):
+        yield sample["key"], sample
+
+
+def _iterable_dataset(feats: Features, gen_kwargs: dict[str, Any]) -> IterableDataset:
+    """What ``IterableDataset.from_generator(generate_samples, feats, gen_kwargs)`` returns (the same
+    examples iterable: one generator call per element of ``gen_kwargs["shards"]``, the same ``state_dict``), built
+    directly: ``from_generator`` goes through a builder whose config id pickles and hashes every ``gen_kwargs``,
+    i.e. every wanted sample's range and index values (about 1 s per 2.4 M samples, in every process that
+    loads), for a fingerprint a streaming dataset never uses."""
+    from datasets import DatasetInfo, IterableDataset, NamedSplit
+    from datasets.iterable_dataset import ExamplesIterable
+
+    return IterableDataset(ExamplesIterable(_keyed_samples, gen_kwargs), info=DatasetInfo(features=feats),
+                           split=NamedSplit("train"))
 
 
 def _shard_url(path_or_repo_id: str | os.PathLike, rel: str, revision: str | None) -> str:

@@ -342,10 +342,15 @@ def read_files(files: Sequence[tuple[str, np.ndarray]], options: ReadOptions | N
                ) -> Iterator[tuple[int, int, memoryview]]:
     """``(index of the file, index of the range, its bytes)`` for every wanted range of several files, in order.
 
-    One prefetch window (``in_flight`` requests, ``in_flight_bytes``) spans the files: the first requests of the
-    next file are already under way while the last ranges of this one are consumed, so a stream of many small
-    selections (a filter that keeps a few samples per shard) pays the request latency once, not once per file.
-    A file is opened when its first piece is requested and closed when its last range has been consumed.
+    One prefetch window spans the files: the first requests of the next file are already under way while the
+    last ranges of this one are consumed, so a stream of many small selections (a filter that keeps a few samples
+    per shard) pays the request latency once, not once per file. A file is opened when its first piece is
+    requested and closed when its last range has been consumed.
+
+    The window is refilled as requests *complete*, not as the consumer reaches them: at most ``in_flight``
+    requests are on the wire, and at most ``in_flight_bytes`` are requested but not yet consumed (the memory
+    bound). Refilling on completion keeps requests staggered, so the link is not left idle for a request's
+    latency after each batch of requests that finished together.
     """
     options = options or ReadOptions()
     plans = list(pieces) if pieces is not None else [
@@ -357,21 +362,44 @@ def read_files(files: Sequence[tuple[str, np.ndarray]], options: ReadOptions | N
     todo = ((f, piece, k == len(plan) - 1) for f, plan in enumerate(plans) for k, piece in enumerate(plan))
     sources: dict[int, Any] = {}
     queue: deque[tuple[int, tuple[int, int, int, int], bool, Future | None]] = deque()
-    queued_bytes = 0
+    queued_bytes = 0                      # requested and not yet consumed
+    on_wire = [0]                         # requested and not yet complete
+    done = threading.Condition()
+
+    def completed(_: Future) -> None:
+        with done:
+            on_wire[0] -= 1
+            done.notify()
+
+    def room() -> bool:
+        return nxt is not None and on_wire[0] < depth and (
+            not queue or queued_bytes + nxt[1][1] - nxt[1][0] <= options.in_flight_bytes)
+
     nxt = next(todo, None)
     try:
         while True:
-            while nxt is not None and len(queue) < depth and (
-                    not queue or queued_bytes + nxt[1][1] - nxt[1][0] <= options.in_flight_bytes):
+            while room():
                 f, piece, last_of_file = nxt
                 if f not in sources:
                     sources[f] = open_source(files[f][0], token, options)
-                job = pool.submit(sources[f].fetch, piece[0], piece[1]) if pool else None
+                job = None
+                if pool is not None:
+                    with done:
+                        on_wire[0] += 1
+                    job = pool.submit(sources[f].fetch, piece[0], piece[1])
+                    job.add_done_callback(completed)
                 queue.append((f, piece, last_of_file, job))
                 queued_bytes += piece[1] - piece[0]
                 nxt = next(todo, None)
             if not queue:
                 return
+            job = queue[0][3]
+            if job is not None and not job.done():
+                with done:                # sleep until the head is ready or a request completes (room to refill)
+                    while not job.done() and not room():
+                        done.wait()
+                if not job.done():
+                    continue
             f, (start, end, first, last), last_of_file, job = queue.popleft()
             queued_bytes -= end - start
             data = job.result() if job is not None else sources[f].fetch(start, end)

@@ -54,6 +54,7 @@ from biomedica_hf.io.ranges import (
     ShardTruncatedError,
     copy_ranges,
     iter_many,
+    read_files,
     read_many,
     read_range,
 )
@@ -269,6 +270,64 @@ def loopback(answers):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{srv.server_address[1]}", seen
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_prefetch_refills_as_requests_complete_not_as_they_are_consumed():
+    """A slow first request must not stall the window: the requests behind it complete, and their slots go to
+    the next pieces at once. A real HTTP server answers byte ranges of a real file, but holds the answer for the
+    first piece until the last piece has been requested (or 10 s). A window refilled only when the consumer
+    reaches a request would wait the 10 s, then ask for the last piece after the first was answered."""
+    body = bytes(random.Random(0).randbytes(6 * 1000))
+    last_asked, log = threading.Event(), []
+
+    def answer(n, path, rng):
+        start, end = (int(x) for x in rng.removeprefix("bytes=").split("-"))
+        if start == 5000:
+            log.append("last asked")
+            last_asked.set()
+        if start == 0:
+            last_asked.wait(10)
+            log.append("first answered")
+        return 206, body[start:end + 1], {"Content-Range": f"bytes {start}-{end}/{len(body)}"}
+
+    ranges = np.array([[i * 1000, 900] for i in range(6)], dtype=np.int64)    # gaps: six requests
+    with ranged_loopback(answer) as url:
+        t0 = time.monotonic()
+        got = [bytes(v) for _, _, v in read_files([(url, ranges)], ReadOptions(in_flight=4, gap_bytes=0))]
+        elapsed = time.monotonic() - t0
+    assert got == [body[i * 1000:i * 1000 + 900] for i in range(6)]
+    assert log == ["last asked", "first answered"], log
+    assert elapsed < 5
+
+
+@contextlib.contextmanager
+def ranged_loopback(answers):
+    """A real threaded HTTP/1.1 server on 127.0.0.1: ``answers(n, path, range header)`` -> (status, body, headers)."""
+    count = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            count.append(1)
+            status, data, headers = answers(len(count), self.path, self.headers.get("Range", ""))
+            self.send_response(status)
+            for k, v in {**headers, "Content-Length": str(len(data))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/shard.tar"
     finally:
         srv.shutdown()
         srv.server_close()
