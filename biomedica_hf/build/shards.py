@@ -29,7 +29,7 @@ from biomedica_hf.build.timings import rounded
 from biomedica_hf.io.atomic import atomic_open, write_parquet
 from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, write_marker
 from biomedica_hf.io.ranges import copy_ranges
-from biomedica_hf.io.tars import end_of_archive, tarinfo
+from biomedica_hf.io.tars import end_of_archive, room_json, tarinfo
 from biomedica_hf.schema import SAMPLE_FIELDS, SHARD_INDEX_FIELDS, Sample, arrow_schema
 
 SHARD_SCHEMA = arrow_schema(SAMPLE_FIELDS, SHARD_INDEX_FIELDS)
@@ -59,7 +59,7 @@ def shard_done(out: Path, name: str, digest: str) -> bool:
 def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
     """The members of one sample, in the order they are written."""
     ordered = {n: sample.meta.get(n) for n, _, _ in SAMPLE_FIELDS}  # same keys, same order, every sample
-    meta = json.dumps(ordered, ensure_ascii=False, separators=(",", ":")).encode()
+    meta = room_json(ordered)      # with room for the labels the concept stage writes in place later
     return [
         (f"{sample.key}.{sample.image.ext}", sample.image.data),
         (f"{sample.key}.txt", sample.caption.encode()),

@@ -290,12 +290,16 @@ def apply_labels(dataset_dir: str | Path, annotation_files: Sequence[str | Path]
     labels, report = vote(annotations, k)
     labels_path = write_labels_table(out, cluster_label_arrays(labels, k))
     counts = propagate(out, labels_path)
+    from .stamp import stamp_labels
+
+    stamped = stamp_labels(out)            # the labels into the licence shards' json members, in place
     table = pq.read_table(labels_path, columns=["cluster", "concepts"])
     labelled = np.isin(table["cluster"].to_numpy(), np.array(sorted(labels), dtype=np.int64))
     report["taxonomy"] = vocab.source
     report["samples"] = {"total": table.num_rows, "in_labelled_clusters": int(labelled.sum()),
                          "with_global_concept": int((pc.list_value_length(table["concepts"]).to_numpy() > 0).sum())}
     report["updated"] = counts
+    report["shards_stamped"] = stamped
     atomic_write_json(concepts_dir(out) / LABEL_REPORT, report)
     log.info("labels: %d of %d clusters labelled, %d ties, %d disagreements", len(labels), k, len(report["ties"]),
              len(report["disagreements"]))

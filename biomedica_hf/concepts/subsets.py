@@ -43,7 +43,7 @@ from biomedica_hf.concepts.vocab import PLOTS_AND_CHARTS
 from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, piece_stem, read_marker, write_marker
 from biomedica_hf.io.ranges import ShardFiles
-from biomedica_hf.io.tars import member_bytes
+from biomedica_hf.io.tars import END_OF_ARCHIVE, member_bytes
 from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ BALANCED = "concept-balanced"
 DEFAULT_EXCLUDE = (PLOTS_AND_CHARTS,)
 SHARD_SAMPLES = 10_000
 SHARD_BYTES = 1_000_000_000
-END_OF_ARCHIVE = b"\0" * 1024
 SELECTION_COLUMNS = ["key", "subset", "shard", "tar_offset", "tar_size", "image_offset", "image_size",
                      "cluster", "panel_type", "concepts", "local_concepts", "split"]
 SPLITS = ("train", "validation", "test")

@@ -59,7 +59,7 @@ from biomedica_hf.schema import SUBSETS, sample_json_features
 CONCEPT_COLUMNS = ("concepts", "local_concepts")
 INDEX_COLUMNS = ["shard", "tar_offset", "tar_size"]
 #: Index columns copied into each row's ``metadata`` when the index has them.
-EXTRA_COLUMNS = ("concepts", "local_concepts", "split", "near_dup_of")
+EXTRA_COLUMNS = ("panel_type", "concepts", "local_concepts", "split", "near_dup_of")
 SPLITS = ("train", "validation", "test")
 NEAR_DUPLICATES = ("keep", "drop")
 DEFAULT_DECODE_THREADS = 8
@@ -103,7 +103,7 @@ def dataset_file_url(path_or_repo_id: str | os.PathLike, relpath: str, revision:
 
 #: the index columns a filter can read: everything but the text (captions, references), which is most of the bytes
 FILTER_COLUMNS = ("key", "subset", "license_code", "year", "caption_chars", "split", "near_dup_of", "shard",
-                  "tar_offset", "tar_size", "concepts", "local_concepts")
+                  "tar_offset", "tar_size", "panel_type", "concepts", "local_concepts")
 
 
 def index_cache_dir() -> Path:
@@ -604,7 +604,8 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
             ``keep_in_memory``, ``num_proc``, ...); a streaming load takes none.
 
     Rows: ``key``, ``image``, ``caption`` and ``metadata`` (the ``SAMPLE_FIELDS`` of the sample's JSON, plus
-    ``concepts``, ``local_concepts``, ``split`` and ``near_dup_of`` when the index has them).
+    ``panel_type``, ``concepts``, ``local_concepts``, ``split`` and ``near_dup_of`` when the index has them:
+    the index's values, which the labelled shards' JSON also carries).
 
     Raises:
         ValueError: an unknown subset, licence code, concept or split (the message lists the valid values),

@@ -5,6 +5,7 @@ A tiny random DINOv2-with-registers (saved with ``save_pretrained`` + a locally 
 """
 from __future__ import annotations
 
+import hashlib
 import html.parser
 import io
 import json
@@ -34,6 +35,7 @@ from biomedica_hf.concepts.sheets import COLUMNS, PAD, THUMB
 from biomedica_hf.concepts.subsets import balanced_mask, build_concept_subsets, filtered_mask
 from biomedica_hf.concepts.vocab import load_vocabulary
 from biomedica_hf.io.atomic import save_npy, write_table
+from biomedica_hf.io.tars import member_spans
 
 IMAGE_SIZE = 56
 CLI = click.Group("biomedica", commands={c.name: c for c in COMMANDS})
@@ -353,6 +355,107 @@ def test_labels_survive_an_update_build(labelled, articles_dir, tmp_path):
     assert report.snapshot == 1 and report.changes.get("retried", 0) > 0
     assert (copy / "figures.parquet").stat().st_mtime_ns != written        # the build wrote a new index
     assert pq.read_table(copy / "figures.parquet", columns=columns).sort_by("key").equals(before)
+
+
+def _shard_json(ds: Path) -> dict[str, tuple[dict, bytes]]:
+    """key -> (its json member parsed, its raw bytes), read with tarfile from every licence shard."""
+    out = {}
+    for tar in sorted(p for s in ("commercial", "noncommercial", "other") for p in (ds / s).glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf:
+                if m.name.endswith(".json"):
+                    raw = tf.extractfile(m).read()
+                    out[m.name.removesuffix(".json")] = (json.loads(raw), raw)
+    return out
+
+
+def _check_shards_carry(ds: Path) -> list[dict]:
+    """Every licence-shard sample's json carries its index labels; offsets, sizes and image bytes are the index's."""
+    figures = pq.read_table(ds / "figures.parquet").to_pylist()
+    members = _shard_json(ds)
+    assert sorted(members) == sorted(r["key"] for r in figures)
+    for r in figures:
+        meta, _ = members[r["key"]]
+        assert (meta["panel_type"], meta["concepts"], meta["local_concepts"]) == \
+               (r["panel_type"], r["concepts"], r["local_concepts"]), r["key"]
+        assert meta["key"] == r["key"] and meta["caption"] == r["caption"] and meta["split"] == r["split"]
+        with open(ds / r["shard"], "rb") as fh:
+            fh.seek(r["image_offset"])
+            assert hashlib.sha256(fh.read(r["image_size"])).hexdigest() == r["sha256"]
+            fh.seek(r["tar_offset"])
+            names = [n for n, _, _ in member_spans(fh.read(r["tar_size"]))]   # the range is the whole sample
+        assert sorted(n.split(".", 1)[1] for n in names) == sorted(["json", "txt", r["image_ext"]])
+        assert all(n.split(".", 1)[0] == r["key"] for n in names)
+    return figures
+
+
+def test_labels_are_written_into_the_licence_shards_in_place(labelled, annotations, tmp_path):
+    """`biomedica label` writes each sample's labels into the json member of its licence shard, in the room the
+    build left: same member size, so every offset of the index stays valid and the images are untouched; a
+    relabel rewrites only what changed, a rerun nothing; the licence configs of the Hub layout show the labels."""
+    ds, report = labelled
+    assert report["shards_stamped"]["shards"].get("stamped", 0) > 0 and not report["shards_stamped"]["no_room"]
+    _check_shards_carry(ds)
+    copy = tmp_path / "ds"
+    shutil.copytree(ds, copy)
+    tars = sorted(p for s in ("commercial", "noncommercial", "other") for p in (copy / s).glob("*.tar"))
+    sizes = {t: t.stat().st_size for t in tars}
+    before = _shard_json(copy)
+    # a second round of annotations changes cluster 1's local concept only
+    changed = []
+    for i, path in enumerate(annotations):
+        data = json.loads(path.read_text())
+        data["1"]["local_class"] = ["electron microscopy"]
+        changed.append(tmp_path / f"again{i}.json")
+        changed[-1].write_text(json.dumps(data))
+    stamped = apply_labels(copy, changed)["shards_stamped"]
+    figures = _check_shards_carry(copy)
+    assert {t: t.stat().st_size for t in tars} == sizes
+    in_cluster_1 = {r["key"] for r in figures if r["cluster"] == 1}
+    after = _shard_json(copy)
+    assert in_cluster_1 and {k for k in after if after[k][1] != before[k][1]} == in_cluster_1
+    assert all(after[k][0]["local_concepts"] == ["electron microscopy"] for k in in_cluster_1)
+    assert stamped["samples_written"] == len(in_cluster_1) and stamped["shards"].get("kept", 0) > 0
+    from biomedica_hf.concepts.stamp import stamp_labels, stamp_shard
+
+    again = stamp_labels(copy)
+    assert again["samples_written"] == 0 and set(again["shards"]) == {"kept"}
+
+    # the licence configs of the Hub layout carry the labels, typed like figures.parquet's columns
+    from biomedica_hf.dataset.card import write_card
+
+    write_card(copy)
+    by_key = {r["key"]: r for r in figures}
+    for config in sorted({r["subset"] for r in figures}):
+        rows = list(datasets.load_dataset(str(copy), config, split="train", streaming=True))
+        assert sorted(r["__key__"] for r in rows) == sorted(k for k, r in by_key.items() if r["subset"] == config)
+        for r in rows:
+            src = by_key[r["__key__"]]
+            assert (r["json"]["panel_type"], r["json"]["concepts"], r["json"]["local_concepts"]) == \
+                   (src["panel_type"], src["concepts"], src["local_concepts"])
+
+    # a json member cut by a crash is rebuilt from the shard's Parquet row
+    victim = figures[0]
+    shard_parquet = (copy / victim["shard"]).with_suffix(".parquet")
+    with open(copy / victim["shard"], "r+b") as fh:
+        raw = after[victim["key"]][1]
+        start = fh.read().index(raw)
+        fh.seek(start)
+        fh.write(b"\0" * 40)
+    (copy / "concepts" / "stamped" / victim["shard"].replace(".tar", "_done.json")).unlink()
+    assert stamp_shard(copy, shard_parquet)["state"] == "stamped"
+    assert _shard_json(copy)[victim["key"]][0] == after[victim["key"]][0]
+
+    # labels that do not fit the room: the shard is reported and left byte for byte as it was
+    table = pq.read_table(shard_parquet)
+    huge = [f"local concept {i:03d} with a long name" for i in range(60)]
+    rows = table.to_pylist()
+    rows[0]["local_concepts"] = huge
+    write_table(shard_parquet, pa.Table.from_pylist(rows, schema=table.schema))
+    whole = (copy / victim["shard"]).read_bytes()
+    result = stamp_shard(copy, shard_parquet)
+    assert result["state"] == "no_room" and result["no_room"] == 1
+    assert (copy / victim["shard"]).read_bytes() == whole
 
 
 # ---------------------------------------------------------------------------------------- subsets
