@@ -251,6 +251,7 @@ class _HttpSource:
 
     def fetch(self, start: int, end: int) -> bytes:
         import requests
+        import urllib3
 
         retry_after: float | None = None
         for attempt in range(self.options.retries + 1):
@@ -278,18 +279,19 @@ class _HttpSource:
                                       f"{r.status_code}); range reads need a server that answers 206")
                     if r.url != url:
                         self.target = r.url     # a CDN redirect: later ranges go there directly
-                    buf = bytearray(end - start)
-                    view, n = memoryview(buf), 0
-                    while n < len(buf):
-                        k = r.raw.readinto(view[n:])
-                        if not k:
-                            break
-                        n += k
-                if n != end - start:
-                    raise ShardTruncatedError(f"{self.url}: the server sent {n:,} of the {end - start:,} bytes "
-                                              f"at {start:,} (truncated shard?)")
-                return bytes(buf)
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+                    # one read of the whole body: urllib3 fills it from the socket in one buffer (readinto
+                    # through urllib3, or a bytearray copied to bytes, costs two more copies of every byte)
+                    data = r.raw.read(end - start, decode_content=False)
+                    promised = r.headers.get("Content-Length")
+                if len(data) < end - start and promised == str(end - start):   # promised whole, then cut off
+                    raise requests.ConnectionError(f"connection dropped after {len(data):,} of {end - start:,} bytes")
+                if len(data) != end - start:
+                    raise ShardTruncatedError(f"{self.url}: the server sent {len(data):,} of the {end - start:,} "
+                                              f"bytes at {start:,} (truncated shard?)")
+                return data
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError) as e:
+                # urllib3's own errors: a connection dropped or stalled mid-body (read outside requests' wrapping)
                 if attempt == self.options.retries:
                     raise OSError(f"{self.url}: bytes {start}..{end} failed after {attempt + 1} attempts: {e}") from e
                 time.sleep(RANGE_BACKOFF.delay(attempt, retry_after))

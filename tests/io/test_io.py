@@ -303,6 +303,31 @@ def test_prefetch_refills_as_requests_complete_not_as_they_are_consumed():
     assert elapsed < 5
 
 
+def test_a_connection_dropped_mid_body_is_retried():
+    """The server promises a range, sends half of it and hangs up (a dropped connection): the request is retried
+    and the bytes are whole; a server that always does so ends in an error naming the range, not in short data."""
+    body = bytes(random.Random(1).randbytes(4000))
+    asked = []
+
+    def answer(n, path, rng, always=False):
+        start, end = (int(x) for x in rng.removeprefix("bytes=").split("-"))
+        asked.append(start)
+        headers = {"Content-Range": f"bytes {start}-{end}/{len(body)}"}
+        if always or len(asked) == 1:
+            return 206, body[start:start + 100], {**headers, "Content-Length": str(end + 1 - start),
+                                                  "Connection": "close"}
+        return 206, body[start:end + 1], headers
+
+    ranges = np.array([[0, 1000], [2000, 1000]], dtype=np.int64)
+    fast = ReadOptions(in_flight=1, gap_bytes=0, retries=2, timeout=5)
+    with ranged_loopback(answer) as url:
+        got = [bytes(v) for _, _, v in read_files([(url, ranges)], fast)]
+    assert got == [body[:1000], body[2000:3000]] and asked == [0, 0, 2000]
+    with ranged_loopback(lambda n, path, rng: answer(n, path, rng, always=True)) as url, \
+            pytest.raises(OSError, match=r"bytes 0\.\.1000 failed after 3 attempts"):
+        list(read_files([(url, ranges)], fast))
+
+
 @contextlib.contextmanager
 def ranged_loopback(answers):
     """A real threaded HTTP/1.1 server on 127.0.0.1: ``answers(n, path, range header)`` -> (status, body, headers)."""
@@ -315,10 +340,11 @@ def ranged_loopback(answers):
             count.append(1)
             status, data, headers = answers(len(count), self.path, self.headers.get("Range", ""))
             self.send_response(status)
-            for k, v in {**headers, "Content-Length": str(len(data))}.items():
+            for k, v in {"Content-Length": str(len(data)), **headers}.items():   # answers may promise more
                 self.send_header(k, v)
             self.end_headers()
             self.wfile.write(data)
+            self.close_connection = headers.get("Connection") == "close"
 
         def log_message(self, *args):
             pass
