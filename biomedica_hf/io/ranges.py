@@ -14,7 +14,8 @@ range's bytes in order. The ranges are first planned into *pieces* (:func:`plan_
 Pieces are fetched by a thread pool, at most ``in_flight`` requests and ``in_flight_bytes`` ahead of the
 consumer (the memory bound). The same code reads a local file (``os.pread``) and a Hub file
 (``hf://datasets/{repo}@{rev}/{path}``, through the Hub's ``/resolve/`` URL with ``Range`` and the
-``huggingface_hub`` token headers, with ``requests``; a redirect to a CDN is followed once and its target
+``huggingface_hub`` token headers, with ``urllib3`` (connections kept alive per process; proxies and CA bundle from the
+environment as ``requests`` reads them); a redirect to a CDN is followed once and its target
 reused).
 Errors say what is wrong: a missing file (``FileNotFoundError``), a file shorter than the index says
 (``ShardTruncatedError``), a server that ignores ranges.
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
-from urllib.parse import unquote
+from urllib.parse import unquote, urljoin, urlsplit
 
 import numpy as np
 
@@ -214,18 +215,40 @@ def iter_many(root: str | os.PathLike, shards: Iterable[str], offsets: Iterable[
             yield files.read(shard, offset, size)
 
 
-_local = threading.local()
 _clients_lock = threading.Lock()
+_managers: dict[tuple[int, str | None], Any] = {}
+MAX_CONNECTIONS = 256          # kept-alive connections per host and process (above: opened, used, then closed)
+REDIRECTS = 5
 
 
-def _session() -> Any:
-    """A ``requests.Session`` per thread and process (keep-alive connections reused by that reader thread)."""
-    import requests
+def _http(proxy: str | None) -> Any:
+    """The process's ``urllib3`` pool manager (one per proxy): thread-safe, connections kept alive and shared by
+    the reader threads. ``urllib3`` directly, not ``requests``: a third of the CPU per request (no session merge
+    of environment, cookies and hooks), which a filtered stream of many small ranges spends in the GIL.
+    Certificates as ``requests`` verifies them (``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, else ``certifi``)."""
+    key = (os.getpid(), proxy)
+    with _clients_lock:
+        manager = _managers.get(key)
+        if manager is None:
+            import certifi
+            import urllib3
 
-    pid = os.getpid()
-    if getattr(_local, "pid", None) != pid:
-        _local.pid, _local.session = pid, requests.Session()
-    return _local.session
+            ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+            options = {"maxsize": MAX_CONNECTIONS, "block": False, "cert_reqs": "CERT_REQUIRED", "ca_certs": ca}
+            manager = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+            _managers[key] = manager
+        return manager
+
+
+def _proxy(url: str) -> str | None:
+    """The proxy for ``url`` from the environment (``HTTPS_PROXY``, ``NO_PROXY``, ...), as ``requests`` picks it."""
+    from requests.utils import get_environ_proxies, select_proxy
+
+    return select_proxy(url, get_environ_proxies(url))
+
+
+class _Retry(OSError):
+    """A transient failure of one attempt (connection dropped, 429, 5xx): the request is tried again."""
 
 
 def http_url(url: str) -> str:
@@ -248,9 +271,32 @@ class _HttpSource:
         self.headers = build_hf_headers(token=token)
         self.options = options
         self.size: int | None = None
+        self._proxies: dict[str, str | None] = {}   # per host: the environment is read once, not per request
+
+    def _get(self, url: str, headers: dict[str, str]) -> tuple[Any, str]:
+        """``(response, its URL)``: a GET following redirects (Hub ``/resolve/`` -> CDN), the token sent only to
+        the host it was meant for."""
+        import urllib3
+
+        timeout = urllib3.Timeout(connect=self.options.timeout, read=self.options.timeout)
+        for _ in range(REDIRECTS + 1):
+            host = urlsplit(url).netloc
+            if host not in self._proxies:
+                self._proxies[host] = _proxy(url)
+            r = _http(self._proxies[host]).request("GET", url, headers=headers, preload_content=False,
+                                                   redirect=False, retries=False, timeout=timeout)
+            location = r.headers.get("Location")
+            if r.status not in (301, 302, 303, 307, 308) or not location:
+                return r, url
+            r.drain_conn()
+            r.release_conn()
+            target = urljoin(url, location)
+            if urlsplit(target).netloc != host:
+                headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "cookie")}
+            url = target
+        raise OSError(f"{self.resolve_url}: more than {REDIRECTS} redirects")
 
     def fetch(self, start: int, end: int) -> bytes:
-        import requests
         import urllib3
 
         retry_after: float | None = None
@@ -260,38 +306,45 @@ class _HttpSource:
             if url == self.resolve_url:
                 headers.update(self.headers)
             try:
-                with _session().get(url, headers=headers, stream=True, timeout=self.options.timeout) as r:
-                    if r.status_code == 404:
+                r, final = self._get(url, headers)
+                complete = False
+                try:
+                    if r.status == 404:
                         raise FileNotFoundError(f"{self.url}: shard listed in the index is missing on the Hub "
                                                 f"(404 from {self.resolve_url})")
-                    if r.status_code == 416:
+                    if r.status == 416:
                         raise ShardTruncatedError(f"{self.url} ends before byte {end:,} that the index lists: the "
                                                   f"shard is truncated or the index is stale")
-                    if r.status_code in (403, 410) and url != self.resolve_url:
+                    if r.status in (403, 410) and url != self.resolve_url:
                         self.target = self.resolve_url  # an expired signed CDN URL: resolve again
                         continue
-                    if r.status_code == 429 or r.status_code >= 500:
+                    if r.status == 429 or r.status >= 500:
                         retry_after = parse_retry_after(r.headers.get("Retry-After"))
-                        raise requests.ConnectionError(f"HTTP {r.status_code}")
-                    r.raise_for_status()
-                    if r.status_code != 206:
+                        raise _Retry(f"HTTP {r.status}")
+                    if r.status >= 400:
+                        hint = " (a private or gated repo needs token=)" if r.status in (401, 403) else ""
+                        raise OSError(f"{self.resolve_url}: HTTP {r.status} {r.reason}{hint}")
+                    if r.status != 206:
                         raise OSError(f"{self.resolve_url}: the server ignored the byte range (status "
-                                      f"{r.status_code}); range reads need a server that answers 206")
-                    if r.url != url:
-                        self.target = r.url     # a CDN redirect: later ranges go there directly
-                    # one read of the whole body: urllib3 fills it from the socket in one buffer (readinto
-                    # through urllib3, or a bytearray copied to bytes, costs two more copies of every byte)
-                    data = r.raw.read(end - start, decode_content=False)
+                                      f"{r.status}); range reads need a server that answers 206")
+                    if final != url:
+                        self.target = final     # a CDN redirect: later ranges go there directly
+                    # one read of the whole body, filled from the socket into one buffer
+                    data = r.read(end - start, decode_content=False)
                     promised = r.headers.get("Content-Length")
+                    complete = len(data) == end - start and promised == str(end - start)
+                finally:
+                    if complete:
+                        r.release_conn()        # the body was read whole: the connection is reused
+                    else:
+                        r.close()               # an error, or a body not read to its end: never reused
                 if len(data) < end - start and promised == str(end - start):   # promised whole, then cut off
-                    raise requests.ConnectionError(f"connection dropped after {len(data):,} of {end - start:,} bytes")
+                    raise _Retry(f"connection dropped after {len(data):,} of {end - start:,} bytes")
                 if len(data) != end - start:
                     raise ShardTruncatedError(f"{self.url}: the server sent {len(data):,} of the {end - start:,} "
                                               f"bytes at {start:,} (truncated shard?)")
                 return data
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                    urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError) as e:
-                # urllib3's own errors: a connection dropped or stalled mid-body (read outside requests' wrapping)
+            except (_Retry, urllib3.exceptions.HTTPError) as e:   # HTTPError: connect, read, timeout, protocol
                 if attempt == self.options.retries:
                     raise OSError(f"{self.url}: bytes {start}..{end} failed after {attempt + 1} attempts: {e}") from e
                 time.sleep(RANGE_BACKOFF.delay(attempt, retry_after))

@@ -283,8 +283,8 @@ def test_prefetch_refills_as_requests_complete_not_as_they_are_consumed():
     body = bytes(random.Random(0).randbytes(6 * 1000))
     last_asked, log = threading.Event(), []
 
-    def answer(n, path, rng):
-        start, end = (int(x) for x in rng.removeprefix("bytes=").split("-"))
+    def answer(n, path, headers):
+        start, end = (int(x) for x in headers["Range"].removeprefix("bytes=").split("-"))
         if start == 5000:
             log.append("last asked")
             last_asked.set()
@@ -294,7 +294,7 @@ def test_prefetch_refills_as_requests_complete_not_as_they_are_consumed():
         return 206, body[start:end + 1], {"Content-Range": f"bytes {start}-{end}/{len(body)}"}
 
     ranges = np.array([[i * 1000, 900] for i in range(6)], dtype=np.int64)    # gaps: six requests
-    with ranged_loopback(answer) as url:
+    with ranged_loopback(answer) as (url, _):
         t0 = time.monotonic()
         got = [bytes(v) for _, _, v in read_files([(url, ranges)], ReadOptions(in_flight=4, gap_bytes=0))]
         elapsed = time.monotonic() - t0
@@ -309,8 +309,8 @@ def test_a_connection_dropped_mid_body_is_retried():
     body = bytes(random.Random(1).randbytes(4000))
     asked = []
 
-    def answer(n, path, rng, always=False):
-        start, end = (int(x) for x in rng.removeprefix("bytes=").split("-"))
+    def answer(n, path, request, always=False):
+        start, end = (int(x) for x in request["Range"].removeprefix("bytes=").split("-"))
         asked.append(start)
         headers = {"Content-Range": f"bytes {start}-{end}/{len(body)}"}
         if always or len(asked) == 1:
@@ -320,25 +320,55 @@ def test_a_connection_dropped_mid_body_is_retried():
 
     ranges = np.array([[0, 1000], [2000, 1000]], dtype=np.int64)
     fast = ReadOptions(in_flight=1, gap_bytes=0, retries=2, timeout=5)
-    with ranged_loopback(answer) as url:
+    with ranged_loopback(answer) as (url, _):
         got = [bytes(v) for _, _, v in read_files([(url, ranges)], fast)]
     assert got == [body[:1000], body[2000:3000]] and asked == [0, 0, 2000]
-    with ranged_loopback(lambda n, path, rng: answer(n, path, rng, always=True)) as url, \
+    with ranged_loopback(lambda n, path, request: answer(n, path, request, always=True)) as (url, _), \
             pytest.raises(OSError, match=r"bytes 0\.\.1000 failed after 3 attempts"):
         list(read_files([(url, ranges)], fast))
 
 
+def test_a_cdn_redirect_is_followed_without_the_token_and_resolved_again_when_it_expires():
+    """As the Hub does: ``/resolve/`` answers 302 to a signed CDN URL on another host. The token goes to the Hub
+    only; later ranges go straight to the CDN; a 403 from the CDN (the signature expired) resolves again."""
+    body = bytes(random.Random(2).randbytes(4000))
+
+    def cdn(n, path, request):
+        if "Authorization" in request:
+            return 400, b"token leaked to the CDN", {}
+        if n == 3:
+            return 403, b"expired", {}
+        start, end = (int(x) for x in request["Range"].removeprefix("bytes=").split("-"))
+        return 206, body[start:end + 1], {"Content-Range": f"bytes {start}-{end}/{len(body)}"}
+
+    ranges = np.array([[i * 1000, 500] for i in range(4)], dtype=np.int64)
+    with ranged_loopback(cdn) as (cdn_url, cdn_log):
+        def hub(n, path, request):
+            if request.get("Authorization") != "Bearer hf_secret":
+                return 401, b"", {}
+            return 302, b"", {"Location": f"{cdn_url}?signature={n}"}
+
+        with ranged_loopback(hub) as (hub_url, hub_log):
+            got = [bytes(v) for _, _, v in read_files([(hub_url, ranges)], ReadOptions(in_flight=1, gap_bytes=0),
+                                                      token="hf_secret")]
+    assert got == [body[i * 1000:i * 1000 + 500] for i in range(4)]
+    assert len(hub_log) == 2                                             # once, then again after the expiry
+    assert [p for p, _ in cdn_log] == ["/shard.tar?signature=1"] * 3 + ["/shard.tar?signature=2"] * 2
+    assert not any("Authorization" in h for _, h in cdn_log)
+
+
 @contextlib.contextmanager
 def ranged_loopback(answers):
-    """A real threaded HTTP/1.1 server on 127.0.0.1: ``answers(n, path, range header)`` -> (status, body, headers)."""
-    count = []
+    """A real threaded HTTP/1.1 server on 127.0.0.1: ``answers(n, path, request headers)`` -> (status, body,
+    headers); yields ``(url of /shard.tar, [(path, request headers)])``."""
+    log = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
-            count.append(1)
-            status, data, headers = answers(len(count), self.path, self.headers.get("Range", ""))
+            log.append((self.path, dict(self.headers)))
+            status, data, headers = answers(len(log), self.path, self.headers)
             self.send_response(status)
             for k, v in {"Content-Length": str(len(data)), **headers}.items():   # answers may promise more
                 self.send_header(k, v)
@@ -353,7 +383,7 @@ def ranged_loopback(answers):
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/shard.tar"
+        yield f"http://127.0.0.1:{srv.server_address[1]}/shard.tar", log
     finally:
         srv.shutdown()
         srv.server_close()
