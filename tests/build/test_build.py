@@ -250,7 +250,8 @@ def test_timings_in_shard_stats_and_build_summary(corpus_build):
         t = st["timings"]
         assert set(t) == {*WORK_STAGES, "elapsed"} and all(v >= 0 and round(v, 3) == v for v in t.values())
         assert abs(t["elapsed"] - sum(t[s] for s in WORK_STAGES)) < 0.004
-        assert t["media"] > 0 and t["parse"] > 0       # every shard holds decoded images of parsed articles
+        assert t["media"] > 0       # every shard holds decoded images (a parse share can round to 0.000 s)
+    assert all(sum(st["timings"][stage] for st in stats) > 0 for stage in ("parse", "media", "stage_write"))
     summary = json.loads((out / "build_summary.json").read_text())
     timings = summary["timings"]
     assert {"list", "stage", "dedup", "near_duplicates", "write", "remove", "tables", "index"} <= set(timings["stages"])
