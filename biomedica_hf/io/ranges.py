@@ -82,21 +82,36 @@ class ReadOptions:
 
 
 # ------------------------------------------------------------------------------------ planning
-def plan_pieces(ranges: np.ndarray, gap: int, piece_bytes: int) -> list[tuple[int, int, int, int]]:
+def plan_pieces(ranges: np.ndarray, gap: int, piece_bytes: int,
+                first_caps: Sequence[int] = ()) -> list[tuple[int, int, int, int]]:
     """``(start, end, first, last)`` requests covering ``ranges`` (sorted ``(offset, size)`` rows):
-    ranges ``first..last-1`` lie in ``[start, end)``; gaps up to ``gap`` bytes are read through."""
+    ranges ``first..last-1`` lie in ``[start, end)``; gaps up to ``gap`` bytes are read through. Piece ``k``
+    holds at most ``first_caps[k]`` bytes (``piece_bytes`` after them; a single range may exceed either)."""
     pieces: list[tuple[int, int, int, int]] = []
     start = end = first = 0
+    cap = first_caps[0] if first_caps else piece_bytes
     for i, (offset, size) in enumerate(ranges.tolist()):
-        if i and offset - end <= gap and offset >= end and offset + size - start <= piece_bytes:
+        if i and offset - end <= gap and offset >= end and offset + size - start <= cap:
             end = offset + size
             continue
         if i:
             pieces.append((start, end, first, i))
+            cap = first_caps[len(pieces)] if len(pieces) < len(first_caps) else piece_bytes
         start, end, first = offset, offset + size, i
     if len(ranges):
         pieces.append((start, end, first, len(ranges)))
     return pieces
+
+
+def ramp_caps(options: ReadOptions) -> list[int]:
+    """Byte caps of a stream's first pieces: ``piece_bytes x k / n`` for ``k = 1..n``, ``n = 2 x in_flight_bytes /
+    piece_bytes``. Pieces of one size that start together share the link and end together, and a window refilled
+    then leaves the link idle for a request's latency, every window (``in_flight_bytes``) of the stream: 15 x 30 ms
+    over 980 MB. Graduated first pieces end one after another, so the refills stay staggered from then on (a
+    processor-sharing model of the link gives 3.95 s for those 980 MB at 250 MB/s and 30 ms, the wire's
+    own time, against 4.39 s without)."""
+    n = max(1, round(2 * options.in_flight_bytes / max(1, options.piece_bytes)))
+    return [max(1, options.piece_bytes * k // n) for k in range(1, n + 1)] if n > 1 else []
 
 
 # ------------------------------------------------------------------------------------ sources
@@ -408,9 +423,14 @@ def read_files(files: Sequence[tuple[str, np.ndarray]], options: ReadOptions | N
     latency after each batch of requests that finished together.
     """
     options = options or ReadOptions()
-    plans = list(pieces) if pieces is not None else [
-        plan_pieces(r, options.gap_for(url.startswith(("hf://", "http://", "https://"))), options.piece_bytes)
-        for url, r in files]
+    if pieces is not None:
+        plans = list(pieces)
+    else:
+        plans, caps = [], ramp_caps(options)     # the stream's first pieces graduated (see ramp_caps)
+        for url, r in files:
+            plans.append(plan_pieces(r, options.gap_for(url.startswith(("hf://", "http://", "https://"))),
+                                     options.piece_bytes, caps))
+            caps = caps[len(plans[-1]):]
     depth = max(1, options.in_flight)
     total = sum(len(p) for p in plans)
     pool = _pool(depth) if depth > 1 and total > 1 else None

@@ -16,7 +16,7 @@ from hub_server import HubServer, loopback_only, point_libraries_at
 from biomedica_hf.build.pipeline import BuildConfig, build
 from biomedica_hf.dataset.card import write_card
 from biomedica_hf.dataset.loader import load_biomedica
-from biomedica_hf.io.ranges import ReadOptions, ShardTruncatedError, plan_pieces
+from biomedica_hf.io.ranges import ReadOptions, ShardTruncatedError, plan_pieces, ramp_caps
 
 REPO = "bmd-lab/biomedica"
 
@@ -113,6 +113,12 @@ def test_plan_pieces():
     assert plan_pieces(ranges, 5, 1000) == [(0, 30, 0, 3), (100, 210, 3, 5)]
     assert plan_pieces(ranges, 100, 1000) == [(0, 210, 0, 5)]
     assert plan_pieces(ranges, 100, 60) == [(0, 30, 0, 3), (100, 150, 3, 4), (150, 210, 4, 5)]
+    # graduated first pieces: at most 10, then 20 bytes, then piece_bytes; a range larger than its cap stays whole
+    assert plan_pieces(ranges, 100, 1000, [10, 20]) == [(0, 10, 0, 1), (10, 30, 1, 3), (100, 210, 3, 5)]
+    assert plan_pieces(ranges, 100, 1000, [10, 40, 40, 40]) == [(0, 10, 0, 1), (10, 30, 1, 3), (100, 150, 3, 4),
+                                                                (150, 210, 4, 5)]
+    assert ramp_caps(ReadOptions(piece_bytes=8, in_flight_bytes=32)) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert ramp_caps(ReadOptions(piece_bytes=64, in_flight_bytes=32)) == []      # one piece fills the window
     assert ReadOptions(latency=0.03, bandwidth=100e6, in_flight=4).gap_for(remote=True) == 750_000
     assert ReadOptions().gap_for(remote=False) == 0
 
