@@ -593,7 +593,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
         decode: decode images to PIL (``False``: ``{"bytes", "path"}``).
         decode_threads: threads decoding images ahead of the consumer (default 8; 0: in the main thread).
         verify: check every image's sha256 against the index (a mismatch raises ``ValueError``).
-        read_options: :class:`biomedica_hf.io.ranges.ReadOptions`: requests in flight (32, at most 64 MiB), the
+        read_options: :class:`biomedica_hf.io.ranges.ReadOptions`: requests in flight (64, at most 64 MiB), the
             largest request (8 MiB), the gap read through between wanted samples (remote: latency x bandwidth /
             in flight, assuming 30 ms and 100 MB/s, i.e. ~94 kB; local: 0).
         world_size, num_workers: ranks and DataLoader workers per rank (``WORLD_SIZE`` from the

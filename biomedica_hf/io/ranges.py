@@ -57,7 +57,9 @@ class ReadOptions:
     Attributes:
         latency: seconds a request costs before its first byte, as assumed for the gap (remote files).
         bandwidth: bytes/s of the link, as assumed for the gap (remote files).
-        in_flight: requests open at a time per reader (prefetch depth); 1 disables prefetch.
+        in_flight: requests open at a time per reader (prefetch depth); 1 disables prefetch. Sparse selections
+            (many small requests) on slow links want more: at 100 ms, 128 read a random 10% in 0.31 s instead
+            of 0.42 s on the loopback Hub (each is a connection to the server).
         in_flight_bytes: bytes of the requests open at a time (with ``in_flight``, bounds the memory).
         piece_bytes: largest single request; longer runs are split at sample boundaries.
         gap_bytes: read through gaps up to this many bytes between wanted ranges; ``None``:
