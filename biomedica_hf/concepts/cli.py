@@ -157,8 +157,10 @@ def label_cmd(dataset, more_annotations, annotations, taxonomy, subsets, exclude
       biomedica label DIR --annotations a.json b.json c.json
 
     Adds concepts / local_concepts / panel_type / panel_subtype / cluster to figures.parquet and the
-    per-shard Parquet files, writes DIR/concepts/labels.parquet and label_report.json (ties and
-    disagreements), then builds the concept subsets and refreshes the card.
+    per-shard Parquet files, writes panel_type / concepts / local_concepts into each sample's json member
+    of its licence shard (in place, in the room the build left: no offset moves), writes
+    DIR/concepts/labels.parquet and label_report.json (ties and disagreements), then builds the concept
+    subsets and refreshes the card.
     """
     from biomedica_hf.concepts.label import apply_labels
 
@@ -172,6 +174,13 @@ def label_cmd(dataset, more_annotations, annotations, taxonomy, subsets, exclude
                f"{len(files)} annotators; {len(report['ties'])} ties, {len(report['disagreements'])} disagreements "
                f"({dataset / 'concepts' / 'label_report.json'}); {s['with_global_concept']} of {s['total']} samples have a "
                "global concept")
+    stamped = report["shards_stamped"]
+    click.echo(f"Labels in the licence shards' json members: {stamped['samples_written']} rewritten in place "
+               f"(shards: {', '.join(f'{n} {k}' for k, n in sorted(stamped['shards'].items())) or 'none'})")
+    for entry in stamped["no_room"]:
+        click.echo(f"  {entry['shard']}: no room for the labels of {entry['without_room']} of {entry['samples']} "
+                   f"samples (built before the json room existed?): left as it was; its labels are in "
+                   f"figures.parquet and the concept configs", err=True)
     if subsets:
         _subsets(dataset, exclude, exclude_local, cap, seed, shard_samples, card, repo_id)
     elif card:
