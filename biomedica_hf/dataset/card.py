@@ -103,18 +103,21 @@ def _features_for(config: dict, out: Path):
 
 
 def _json_extra(out: Path, patterns: list[str]) -> dict:
-    """Fields that a config's samples carry beyond the schema's (the concept configs add their labels), read from
-    the first sample of its first tar and typed like the same columns of ``figures.parquet``."""
+    """Fields that a config's samples carry beyond the schema's (labels: the concept configs' copies, and licence
+    shards that labelling wrote them into), typed like the same columns of ``figures.parquet``.
+
+    Every shard's first sample is read (a shard's samples all have the same fields), and the union is declared:
+    ``datasets`` fills a declared field a shard lacks with null, but refuses a row with an undeclared one, so a
+    folder whose update added unlabelled shards beside labelled ones still loads."""
     from datasets import Features
 
-    first = next((t for pattern in patterns for t in sorted(Path(out).glob(pattern))), None)
-    if first is None:
-        return {}
-    with tarfile.open(first) as tf:
-        member = next((m for m in tf if m.name.endswith(".json")), None)
-        meta = json.loads(tf.extractfile(member).read()) if member is not None else {}
     known = {n for n, _, _ in SAMPLE_FIELDS}
-    extra = [k for k in meta if k not in known]
+    extra: list[str] = []
+    for tar in (t for pattern in patterns for t in sorted(Path(out).glob(pattern))):
+        with tarfile.open(tar) as tf:
+            member = next((m for m in tf if m.name.endswith(".json")), None)
+            meta = json.loads(tf.extractfile(member).read()) if member is not None else {}
+        extra += [k for k in meta if k not in known and k not in extra]
     if not extra or not (Path(out) / FIGURES_INDEX).exists():
         return {}
     typed = Features.from_arrow_schema(pq.read_schema(Path(out) / FIGURES_INDEX))

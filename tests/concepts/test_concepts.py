@@ -355,6 +355,33 @@ def test_labels_survive_an_update_build(labelled, articles_dir, tmp_path):
     assert report.snapshot == 1 and report.changes.get("retried", 0) > 0
     assert (copy / "figures.parquet").stat().st_mtime_ns != written        # the build wrote a new index
     assert pq.read_table(copy / "figures.parquet", columns=columns).sort_by("key").equals(before)
+    # a shard an update writes later is never labelled: its json lacks the labels the older shards' json carries
+    # (made here by writing one labelled shard's json members back without them, in place); the card declares
+    # the union, so every licence config still loads (an undeclared field would be refused)
+    from biomedica_hf.io.tars import refill_json
+
+    config = max(("commercial", "noncommercial", "other"), key=lambda s: len(list((copy / s).glob("*.tar"))))
+    last = sorted((copy / config).glob("*.tar"))[0]      # the first shard of a config with several
+    assert len(list((copy / config).glob("*.tar"))) > 1
+    with tarfile.open(last) as tf:
+        spans = [(m.offset_data, m.size, json.loads(tf.extractfile(m).read())) for m in tf if m.name.endswith(".json")]
+    with open(last, "r+b") as fh:
+        for at, size, meta in spans:
+            fh.seek(at)
+            fh.write(refill_json({k: v for k, v in meta.items() if k not in ("panel_type", "concepts",
+                                                                              "local_concepts")}, size))
+    members = _shard_json(copy)
+    assert {"concepts" in meta for meta, _ in members.values()} == {True, False}
+    from biomedica_hf.dataset.card import write_card
+
+    write_card(copy)
+    labels = {r["key"]: r for r in pq.read_table(copy / "figures.parquet", columns=columns).to_pylist()}
+    for config in ("commercial", "noncommercial", "other"):
+        if not list((copy / config).glob("*.tar")):
+            continue
+        for row in datasets.load_dataset(str(copy), config, split="train", streaming=True):
+            stamped = "concepts" in members[row["__key__"]][0]
+            assert row["json"]["concepts"] == (labels[row["__key__"]]["concepts"] if stamped else None)
 
 
 def _shard_json(ds: Path) -> dict[str, tuple[dict, bytes]]:
