@@ -19,10 +19,12 @@ Used through the endpoint: ``HubServer.env()`` gives ``HF_ENDPOINT`` for a subpr
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -394,8 +396,11 @@ def loopback_only(monkeypatch: Any) -> None:
     monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
-def point_libraries_at(url: str, monkeypatch: Any) -> None:
-    """Re-point the imported ``huggingface_hub`` and ``datasets`` at ``url`` (what ``HF_ENDPOINT`` does at import)."""
+def point_libraries_at(url: str, monkeypatch: Any, cache_dir: str | os.PathLike | None = None) -> None:
+    """Re-point the imported ``huggingface_hub`` and ``datasets`` at ``url`` (what ``HF_ENDPOINT`` does at import).
+
+    ``cache_dir``: the hub cache for this server's files (give a test's ``tmp_path``: it goes with it); None: a
+    new temporary folder, removed at exit."""
     from huggingface_hub import constants
 
     monkeypatch.setenv("HF_ENDPOINT", url)
@@ -406,7 +411,10 @@ def point_libraries_at(url: str, monkeypatch: Any) -> None:
                         constants.HUGGINGFACE_CO_URL_TEMPLATE.replace(old, url))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     # a cache of this server's files only (the loopback repos reuse names and commits across tests)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", tempfile.mkdtemp(prefix="loopback-hub-cache-"))
+    if cache_dir is None:
+        cache_dir = tempfile.mkdtemp(prefix="loopback-hub-cache-")
+        atexit.register(shutil.rmtree, cache_dir, True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", os.fspath(cache_dir))
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True, raising=False)
     try:
         import datasets.config as dconfig

@@ -42,7 +42,7 @@ def hub(built, monkeypatch, tmp_path):
     with HubServer({REPO: built[0], "bmd-lab/scratch": scratch}) as server:
         server.scratch = scratch
         loopback_only(monkeypatch)
-        point_libraries_at(server.url, monkeypatch)
+        point_libraries_at(server.url, monkeypatch, tmp_path / "hub_cache")
         monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
         yield server

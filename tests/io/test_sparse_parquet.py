@@ -37,7 +37,7 @@ def hub(tmp_path, monkeypatch):
     pq.write_table(_index(20_000, 0), folder / "figures.parquet", row_group_size=4_000, compression="zstd")
     with HubServer({REPO: folder}) as server:
         loopback_only(monkeypatch)
-        point_libraries_at(server.url, monkeypatch)
+        point_libraries_at(server.url, monkeypatch, tmp_path / "hub_cache")
         server.folder = folder
         yield server
 
