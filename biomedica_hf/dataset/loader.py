@@ -106,6 +106,10 @@ FILTER_COLUMNS = ("key", "subset", "license_code", "year", "caption_chars", "spl
                   "tar_offset", "tar_size", "panel_type", "concepts", "local_concepts")
 
 
+#: index columns read as Arrow dictionaries (a few distinct values repeated on every row)
+DICTIONARY_COLUMNS = ("shard", "split", "panel_type", "subset", "license_code")
+
+
 def index_cache_dir() -> Path:
     """Where sparse copies of Hub indexes are kept: ``$BIOMEDICA_CACHE/index``, else ``biomedica/index`` beside
     the Hugging Face hub cache (``~/.cache/huggingface/biomedica/index``)."""
@@ -285,7 +289,9 @@ def select_ranges(index_url: str, subset: str | Sequence[str] = "commercial", co
     ``(filesystem, path)`` :func:`index_file` already resolved for ``index_url`` (else it is resolved here).
     """
     fs, path = index if index is not None else index_file(index_url, storage_options, columns)
-    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    # repetitive string columns read as dictionaries: a shard name per row would be ~60 B x 24 M rows
+    dataset = pads.dataset(path, filesystem=fs, format=pads.ParquetFileFormat(
+        read_options=pads.ParquetReadOptions(dictionary_columns=list(DICTIONARY_COLUMNS))))
     names = set(dataset.schema.names)
     where = index_url
     if near_duplicates not in NEAR_DUPLICATES:
@@ -341,7 +347,10 @@ def select_ranges(index_url: str, subset: str | Sequence[str] = "commercial", co
                 hit |= _has_any(table[col], _as_list(values))
             keep &= hit if include else ~hit
         table = table.filter(pa.array(keep))
-    shard = pc.dictionary_encode(table["shard"]).combine_chunks()
+    if pa.types.is_dictionary(table.schema.field("shard").type):
+        shard = table.unify_dictionaries()["shard"].combine_chunks()
+    else:
+        shard = pc.dictionary_encode(table["shard"]).combine_chunks()
     codes = shard.indices.to_numpy(zero_copy_only=False)
     offsets = table["tar_offset"].to_numpy()
     sizes = table["tar_size"].to_numpy()
