@@ -447,6 +447,10 @@ def test_labels_are_written_into_the_licence_shards_in_place(labelled, annotatio
 
     again = stamp_labels(copy)
     assert again["samples_written"] == 0 and set(again["shards"]) == {"kept"}
+    from biomedica_hf.dataset.verify import verify_folder
+
+    checked = verify_folder(copy, deep=True)          # every shard against its stats, sizes and the index
+    assert checked.ok, checked.problems
 
     # the licence configs of the Hub layout carry the labels, typed like figures.parquet's columns
     from biomedica_hf.dataset.card import write_card
