@@ -683,10 +683,14 @@ def _iterable_dataset(feats: Features, gen_kwargs: dict[str, Any]) -> IterableDa
     i.e. every wanted sample's range and index values (about 1 s per 2.4 M samples, in every process that
     loads), for a fingerprint a streaming dataset never uses."""
     from datasets import DatasetInfo, IterableDataset, NamedSplit
-    from datasets.iterable_dataset import ExamplesIterable
 
-    return IterableDataset(ExamplesIterable(_keyed_samples, gen_kwargs), info=DatasetInfo(features=feats),
-                           split=NamedSplit("train"))
+    try:
+        from datasets.iterable_dataset import ExamplesIterable
+
+        examples = ExamplesIterable(_keyed_samples, gen_kwargs)
+    except (ImportError, TypeError):      # pragma: no cover - a datasets release that reshaped its internals
+        return IterableDataset.from_generator(generate_samples, features=feats, gen_kwargs=gen_kwargs)
+    return IterableDataset(examples, info=DatasetInfo(features=feats), split=NamedSplit("train"))
 
 
 def _shard_url(path_or_repo_id: str | os.PathLike, rel: str, revision: str | None) -> str:

@@ -331,6 +331,27 @@ def test_state_dict_resumes_with_exactly_the_remaining_samples(built, k):
     assert head + _keys(resumed) == full
 
 
+def test_the_stream_is_what_from_generator_would_build(built):
+    """The loader builds its IterableDataset without ``from_generator`` (whose config id pickles and hashes every
+    unit): the same shards, features, rows, split among ranks the same way, and the same resume state."""
+    from biomedica_hf.dataset.loader import generate_samples
+
+    out, _ = built
+    ds = load_biomedica(out, subset="all", decode=False, world_size=2)
+    ref = IterableDataset.from_generator(generate_samples, features=ds.features, gen_kwargs=ds._ex_iterable.kwargs)
+    assert ds.n_shards == ref.n_shards > 1 and ds.features == ref.features and ds.split == ref.split
+    assert [r["key"] for r in ds] == [r["key"] for r in ref]
+    for rank in range(2):
+        assert _keys(split_dataset_by_node(ds, rank, 2)) == _keys(split_dataset_by_node(ref, rank, 2))
+    states = []
+    for d in (ds, ref):
+        it = iter(d)
+        for _ in range(3):
+            next(it)
+        states.append(d.state_dict())
+    assert states[0] == states[1]
+
+
 def test_stale_index_is_a_clear_error(built, tmp_path):
     out, _ = built
     copy = tmp_path / "ds"
