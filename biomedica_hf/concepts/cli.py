@@ -5,6 +5,7 @@ The main command group registers them with ``for c in COMMANDS: main.add_command
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -148,9 +149,14 @@ def _subsets(dataset, exclude, exclude_local, cap, seed, shard_samples, card, re
               help="Taxonomy JSON {global: [local, ...]} (default: the shipped BIOMEDICA taxonomy).")
 @click.option("--subsets/--no-subsets", default=True, show_default=True,
               help="Also build the concept-filtered and concept-balanced subsets.")
+@click.option("--workers", type=int, default=None,
+              help="Shards whose json members are labelled at once (default: the CPUs).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: processes on this machine; ray: one task per shard on a Ray cluster.")
+@click.option("--address", "ray_address", default=None, help="Ray cluster address (auto, ray://HOST:10001, local).")
 @subset_options
-def label_cmd(dataset, more_annotations, annotations, taxonomy, subsets, exclude, exclude_local, cap, seed,
-              shard_samples, card, repo_id):
+def label_cmd(dataset, more_annotations, annotations, taxonomy, subsets, workers, executor, ray_address, exclude,
+              exclude_local, cap, seed, shard_samples, card, repo_id):
     """Majority-vote the annotators' cluster labels and propagate them to every sample.
 
     \b
@@ -166,7 +172,8 @@ def label_cmd(dataset, more_annotations, annotations, taxonomy, subsets, exclude
 
     files = list(annotations) + list(more_annotations)
     try:
-        report = apply_labels(dataset, files, taxonomy=taxonomy)
+        report = apply_labels(dataset, files, taxonomy=taxonomy, workers=workers or os.cpu_count() or 1,
+                              executor=executor, address=ray_address)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     s = report["samples"]

@@ -270,7 +270,8 @@ def propagate(out: Path, labels_path: Path) -> dict[str, int]:
 
 
 def apply_labels(dataset_dir: str | Path, annotation_files: Sequence[str | Path],
-                 taxonomy: str | Path | dict | None = None, panels: str | Path | dict | None = None) -> dict[str, Any]:
+                 taxonomy: str | Path | dict | None = None, panels: str | Path | dict | None = None,
+                 workers: int = 1, executor: str = "local", address: str | None = None) -> dict[str, Any]:
     """Vote, validate and propagate cluster labels; returns the report (also ``concepts/label_report.json``).
 
     ``taxonomy`` defaults to the shipped ``taxonomy_collapsed_and_filtered.json``; raises
@@ -292,7 +293,8 @@ def apply_labels(dataset_dir: str | Path, annotation_files: Sequence[str | Path]
     counts = propagate(out, labels_path)
     from .stamp import stamp_labels
 
-    stamped = stamp_labels(out)            # the labels into the licence shards' json members, in place
+    # the labels into the licence shards' json members, in place (shards in parallel)
+    stamped = stamp_labels(out, workers=workers, executor=executor, address=address)
     table = pq.read_table(labels_path, columns=["cluster", "concepts"])
     labelled = np.isin(table["cluster"].to_numpy(), np.array(sorted(labels), dtype=np.int64))
     report["taxonomy"] = vocab.source

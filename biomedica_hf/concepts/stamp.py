@@ -133,15 +133,24 @@ def stamp_shard(out: Path, table_path: Path) -> dict[str, Any]:
     return {**info, "written": len(writes), "state": "stamped"}
 
 
-def stamp_labels(dataset_dir: str | Path, progress: bool = False) -> dict[str, Any]:
-    """Stamp every licence shard of a labelled folder; returns counts per state, samples rewritten and the
-    shards left without room (also logged)."""
+def _stamp_task(task: tuple[str, str]) -> dict[str, Any]:
+    return stamp_shard(Path(task[0]), Path(task[1]))
+
+
+def stamp_labels(dataset_dir: str | Path, progress: bool = False, workers: int = 1, executor: str = "local",
+                 address: str | None = None) -> dict[str, Any]:
+    """Stamp every licence shard of a labelled folder, ``workers`` shards at a time (``executor``: ``local``
+    processes, or ``ray`` tasks on the cluster at ``address``: shards are independent); returns counts per state,
+    samples rewritten and the shards left without room (also logged)."""
     from tqdm.auto import tqdm
+
+    from biomedica_hf.build.executors import make_executor
 
     out = Path(dataset_dir)
     report: dict[str, Any] = {"shards": {}, "samples_written": 0, "no_room": []}
-    for path in tqdm(shard_index_files(out), desc="labels into shards", unit="shard", disable=not progress):
-        r = stamp_shard(out, path)
+    tasks = [(str(out), str(p)) for p in shard_index_files(out)]
+    results = make_executor(executor, workers=max(1, workers), address=address).map(_stamp_task, tasks)
+    for r in tqdm(results, total=len(tasks), desc="labels into shards", unit="shard", disable=not progress):
         report["shards"][r["state"]] = report["shards"].get(r["state"], 0) + 1
         report["samples_written"] += r["written"] if r["state"] == "stamped" else 0
         if r["state"] == "no_room":
