@@ -490,8 +490,12 @@ def _members_tarfile(data: memoryview) -> Iterator[tuple[str, memoryview]]:
                 yield member.name, memoryview(tar.extractfile(member).read())
 
 
-def _sample(data: memoryview) -> dict[str, Any]:
-    """The sample of one wanted range: ``<key>.<image ext>``, ``<key>.txt``, ``<key>.json``."""
+def _sample(data: memoryview, shard: str = "") -> dict[str, Any]:
+    """The sample of one wanted range: ``<key>.<image ext>``, ``<key>.txt``, ``<key>.json``.
+
+    The image's ``path`` is ``<shard>/<member>``: the member's name under its shard's path or URL, which can
+    never be a file (a path below a tar file). A bare ``<key>.<ext>`` would be looked up in the working
+    directory by ``datasets.Image``, which drops the shard's bytes for any file of that name it finds there."""
     key, members = None, {}
     for name, payload in _members(data):
         k, _, ext = name.partition(".")
@@ -502,7 +506,8 @@ def _sample(data: memoryview) -> dict[str, Any]:
     if key is None or len(image_ext) != 1 or "txt" not in members or "json" not in members:
         raise tarfile.ReadError(f"range is not one whole sample (members: {sorted(members)})")
     ext = image_ext[0]
-    return {"key": key, "image": {"bytes": bytes(members[ext]), "path": f"{key}.{ext}"},
+    return {"key": key, "image": {"bytes": bytes(members[ext]), "path": f"{shard}/{key}.{ext}" if shard else
+                                  f"{key}.{ext}"},
             "caption": bytes(members["txt"]).decode(), "metadata": json.loads(bytes(members["json"]))}
 
 
@@ -521,7 +526,7 @@ def generate_samples(shards: list[list[ShardRanges]], storage_options: dict[str,
         unit, extra = shards[u], extras[u]
         offset, size = int(unit.ranges[i, 0]), int(unit.ranges[i, 1])
         try:
-            sample = _sample(data)
+            sample = _sample(data, unit.url)
         except (tarfile.TarError, UnicodeDecodeError, ValueError):
             sample = None
         key = unit.columns["key"][i].as_py() if "key" in unit.columns else None
@@ -599,7 +604,8 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
             file with a ``key`` column (e.g. an evaluation set's contamination list).
         near_duplicates: ``"keep"`` or ``"drop"`` (samples whose ``near_dup_of`` is set).
         revision: Hub branch, tag or commit (default ``main``).
-        decode: decode images to PIL (``False``: ``{"bytes", "path"}``).
+        decode: decode images to PIL (``False``: ``{"bytes", "path"}``, the path being ``<shard>/<member>``, the
+            member's name under its shard's path or ``hf://`` URL).
         decode_threads: threads decoding images ahead of the consumer (default 8; 0: in the main thread).
         verify: check every image's sha256 against the index (a mismatch raises ``ValueError``).
         read_options: :class:`biomedica_hf.io.ranges.ReadOptions`: requests in flight (64, at most 64 MiB), the

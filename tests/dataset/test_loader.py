@@ -131,7 +131,8 @@ def test_samples_equal_tar_members_byte_for_byte(built):
     for ex in load_biomedica(out, subset="all", decode=False):
         m = members[ex["key"]]
         ext = next(e for e in m if e not in ("txt", "json"))
-        assert ex["image"] == {"bytes": m[ext], "path": f"{ex['key']}.{ext}"}
+        # the path: the member's name under its shard's path (see the working-directory test)
+        assert ex["image"] == {"bytes": m[ext], "path": f"{out / by_key[ex['key']]['shard']}/{ex['key']}.{ext}"}
         assert ex["caption"] == m["txt"].decode()
         sample_json = json.loads(m["json"])
         assert sample_json["split"] == by_key[ex["key"]]["split"]   # the JSON and the index agree
@@ -350,6 +351,22 @@ def test_the_stream_is_what_from_generator_would_build(built):
             next(it)
         states.append(d.state_dict())
     assert states[0] == states[1]
+
+
+def test_a_file_named_like_a_sample_in_the_working_directory_is_not_read(built, tmp_path, monkeypatch):
+    """``datasets.Image`` replaces an image's bytes by the file at its ``path`` when that file exists: the path is
+    ``<shard>/<member>`` (below a tar file: never a file), so a stray ``<key>.png`` in the working directory is
+    not read instead of the shard's bytes."""
+    out, _ = built
+    first = next(iter(load_biomedica(out, subset="all", decode=False)))
+    name = first["image"]["path"].rsplit("/", 1)
+    assert name[0].endswith(".tar") and (out / Path(name[0]).relative_to(out)).is_file()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name[1]).write_bytes(b"a stray file, not the figure")
+    again = next(iter(load_biomedica(out, subset="all", decode=False)))
+    assert again["image"]["bytes"] == first["image"]["bytes"] and len(first["image"]["bytes"]) > 1000
+    decoded = next(iter(load_biomedica(out, subset="all", decode_threads=0)))   # PIL from the shard bytes
+    assert decoded["image"].size[0] > 0
 
 
 def test_stale_index_is_a_clear_error(built, tmp_path):

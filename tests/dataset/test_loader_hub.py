@@ -66,7 +66,14 @@ def _shard_bytes(server: HubServer) -> int:
 def test_load_biomedica_from_the_hub_equals_the_local_folder(built, hub):
     out, rows = built
     remote = {ex["key"]: ex for ex in load_biomedica(REPO, subset="all", decode=False)}
-    assert remote == _local(out, subset="all") and len(remote) == len(rows)
+    local = _local(out, subset="all")
+    shard = {r["key"]: r["shard"] for r in rows}
+    for key, ex in remote.items():      # the image path is the member under its shard: the Hub URL / the folder
+        member = ex["image"]["path"].rsplit("/", 1)[1]
+        assert ex["image"]["path"] == f"hf://datasets/{REPO}@main/{shard[key]}/{member}"
+        assert local[key]["image"]["path"] == f"{out / shard[key]}/{member}"
+        ex["image"]["path"] = local[key]["image"]["path"]
+    assert remote == local and len(remote) == len(rows)
     tars = {e["path"].split("/resolve/main/")[1] for e in hub.log if e["route"] == "resolve"
             and e["path"].endswith(".tar")}
     assert tars == {r["shard"] for r in rows}
