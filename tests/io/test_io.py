@@ -249,24 +249,30 @@ def test_range_helpers_say_what_is_wrong(sample_ds, tmp_path):
 # ------------------------------------------------------------------------------------ loopback server
 @contextlib.contextmanager
 def loopback(answers):
-    """A real HTTP server on 127.0.0.1 answering the n-th GET with ``answers(n, path)`` =
-    ``(status, body, headers)``; yields its URL and the (time, path) of each request."""
-    seen: list[tuple[float, str]] = []
+    """A real threaded HTTP/1.1 server on 127.0.0.1 answering the n-th GET with ``answers(n, path, request
+    headers)`` = ``(status, body, headers)`` (the headers may promise another ``Content-Length``, and
+    ``Connection: close`` hangs up after the body); yields its URL and the (time, path, request headers) of each
+    request."""
+    seen: list[tuple[float, str, dict]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def do_GET(self):
-            seen.append((time.monotonic(), self.path))
-            status, body, headers = answers(len(seen), self.path)
+            seen.append((time.monotonic(), self.path, dict(self.headers)))
+            status, body, headers = answers(len(seen), self.path, self.headers)
             self.send_response(status)
-            for k, v in {**headers, "Content-Length": str(len(body))}.items():
+            for k, v in {"Content-Length": str(len(body)), **headers}.items():
                 self.send_header(k, v)
             self.end_headers()
             self.wfile.write(body)
+            self.close_connection = headers.get("Connection") == "close"
 
         def log_message(self, *args):
             pass
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{srv.server_address[1]}", seen
@@ -294,9 +300,10 @@ def test_prefetch_refills_as_requests_complete_not_as_they_are_consumed():
         return 206, body[start:end + 1], {"Content-Range": f"bytes {start}-{end}/{len(body)}"}
 
     ranges = np.array([[i * 1000, 900] for i in range(6)], dtype=np.int64)    # gaps: six requests
-    with ranged_loopback(answer) as (url, _):
+    with loopback(answer) as (url, _):
         t0 = time.monotonic()
-        got = [bytes(v) for _, _, v in read_files([(url, ranges)], ReadOptions(in_flight=4, gap_bytes=0))]
+        got = [bytes(v) for _, _, v in read_files([(f"{url}/shard.tar", ranges)], ReadOptions(in_flight=4,
+                                                                                             gap_bytes=0))]
         elapsed = time.monotonic() - t0
     assert got == [body[i * 1000:i * 1000 + 900] for i in range(6)]
     assert log == ["last asked", "first answered"], log
@@ -320,12 +327,12 @@ def test_a_connection_dropped_mid_body_is_retried():
 
     ranges = np.array([[0, 1000], [2000, 1000]], dtype=np.int64)
     fast = ReadOptions(in_flight=1, gap_bytes=0, retries=2, timeout=5)
-    with ranged_loopback(answer) as (url, _):
-        got = [bytes(v) for _, _, v in read_files([(url, ranges)], fast)]
+    with loopback(answer) as (url, _):
+        got = [bytes(v) for _, _, v in read_files([(f"{url}/shard.tar", ranges)], fast)]
     assert got == [body[:1000], body[2000:3000]] and asked == [0, 0, 2000]
-    with ranged_loopback(lambda n, path, request: answer(n, path, request, always=True)) as (url, _), \
+    with loopback(lambda n, path, request: answer(n, path, request, always=True)) as (url, _), \
             pytest.raises(OSError, match=r"bytes 0\.\.1000 failed after 3 attempts"):
-        list(read_files([(url, ranges)], fast))
+        list(read_files([(f"{url}/shard.tar", ranges)], fast))
 
 
 def test_a_cdn_redirect_is_followed_without_the_token_and_resolved_again_when_it_expires():
@@ -342,57 +349,25 @@ def test_a_cdn_redirect_is_followed_without_the_token_and_resolved_again_when_it
         return 206, body[start:end + 1], {"Content-Range": f"bytes {start}-{end}/{len(body)}"}
 
     ranges = np.array([[i * 1000, 500] for i in range(4)], dtype=np.int64)
-    with ranged_loopback(cdn) as (cdn_url, cdn_log):
+    with loopback(cdn) as (cdn_url, cdn_log):
         def hub(n, path, request):
             if request.get("Authorization") != "Bearer hf_secret":
                 return 401, b"", {}
-            return 302, b"", {"Location": f"{cdn_url}?signature={n}"}
+            return 302, b"", {"Location": f"{cdn_url}/shard.tar?signature={n}"}
 
-        with ranged_loopback(hub) as (hub_url, hub_log):
-            got = [bytes(v) for _, _, v in read_files([(hub_url, ranges)], ReadOptions(in_flight=1, gap_bytes=0),
-                                                      token="hf_secret")]
+        with loopback(hub) as (hub_url, hub_log):
+            got = [bytes(v) for _, _, v in read_files([(f"{hub_url}/shard.tar", ranges)],
+                                                      ReadOptions(in_flight=1, gap_bytes=0), token="hf_secret")]
     assert got == [body[i * 1000:i * 1000 + 500] for i in range(4)]
     assert len(hub_log) == 2                                             # once, then again after the expiry
-    assert [p for p, _ in cdn_log] == ["/shard.tar?signature=1"] * 3 + ["/shard.tar?signature=2"] * 2
-    assert not any("Authorization" in h for _, h in cdn_log)
-
-
-@contextlib.contextmanager
-def ranged_loopback(answers):
-    """A real threaded HTTP/1.1 server on 127.0.0.1: ``answers(n, path, request headers)`` -> (status, body,
-    headers); yields ``(url of /shard.tar, [(path, request headers)])``."""
-    log = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            log.append((self.path, dict(self.headers)))
-            status, data, headers = answers(len(log), self.path, self.headers)
-            self.send_response(status)
-            for k, v in {"Content-Length": str(len(data)), **headers}.items():   # answers may promise more
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-            self.close_connection = headers.get("Connection") == "close"
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/shard.tar", log
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    assert [p for _, p, _ in cdn_log] == ["/shard.tar?signature=1"] * 3 + ["/shard.tar?signature=2"] * 2
+    assert not any("Authorization" in h for _, _, h in cdn_log)
 
 
 # ------------------------------------------------------------------------------------ XML
 @pytest.fixture
 def counting_server():
-    with loopback(lambda n, path: (200, b'<!ENTITY leak "FROM-THE-NETWORK">', {})) as (url, seen):
+    with loopback(lambda n, path, request: (200, b'<!ENTITY leak "FROM-THE-NETWORK">', {})) as (url, seen):
         yield url, seen
 
 
@@ -468,7 +443,7 @@ def test_rate_limiter_spacing_fake_clock():
 
 
 def test_downloader_honours_retry_after_on_a_real_server():
-    def answers(n, path):
+    def answers(n, path, request):
         return (429, b"", {"Retry-After": "1"}) if n == 1 else (200, b"payload", {})
 
     with loopback(answers) as (url, seen), Downloader(backoff=0.01, backoff_max=0.05, retries=2, timeout=5) as dl:
