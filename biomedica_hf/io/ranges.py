@@ -448,8 +448,8 @@ def read_files(files: Sequence[tuple[str, np.ndarray]], options: ReadOptions | N
             on_wire[0] -= 1
             done.notify()
 
-    def room() -> bool:
-        return nxt is not None and on_wire[0] < depth and (
+    def room() -> bool:      # without a pool, a queued piece is fetched when reached: the queue is the window
+        return nxt is not None and (on_wire[0] if pool is not None else len(queue)) < depth and (
             not queue or queued_bytes + nxt[1][1] - nxt[1][0] <= options.in_flight_bytes)
 
     nxt = next(todo, None)
