@@ -31,9 +31,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from biomedica_hf.io.markers import DONE, STATS, clear_marker, is_done, marker_path, read_marker, write_marker
+from biomedica_hf.build.shards import shard_files
+from biomedica_hf.io.markers import DONE, clear_marker, is_done, marker_path, read_marker, write_marker
 from biomedica_hf.io.ranges import LocalFile
-from biomedica_hf.io.tars import member_spans, refill_json
+from biomedica_hf.io.tars import compact_json, member_spans, refill_json
 from biomedica_hf.schema import SAMPLE_FIELDS
 
 from .layout import concepts_dir, shard_index_files, shard_stem
@@ -58,7 +59,7 @@ def _digest(build_digest: Any, rows: list[dict[str, Any]]) -> str:
     h = hashlib.sha256(f"{build_digest}\n".encode())
     for r in rows:
         h.update(f"{r['key']}\t{r['tar_offset']}\t{r['tar_size']}\t".encode())
-        h.update(json.dumps(_labels(r), ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+        h.update(compact_json(_labels(r)) + b"\n")
     return h.hexdigest()
 
 
@@ -105,7 +106,7 @@ def stamp_shard(out: Path, table_path: Path) -> dict[str, Any]:
     rows = table.sort_by("tar_offset").to_pylist()
     shard = rows[0]["shard"]
     tar = Path(out) / shard
-    build = read_marker(marker_path(tar.with_suffix(""), STATS)) or {}
+    build = read_marker(shard_files(Path(out), shard_stem(shard))[2]) or {}
     digest = _digest(build.get("digest"), rows)
     marker = stamp_marker(Path(out), shard)
     info = {"shard": shard, "samples": len(rows), "written": 0}

@@ -43,7 +43,7 @@ from biomedica_hf.concepts.vocab import PLOTS_AND_CHARTS
 from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, piece_stem, read_marker, write_marker
 from biomedica_hf.io.ranges import ShardFiles
-from biomedica_hf.io.tars import END_OF_ARCHIVE, member_bytes
+from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes
 from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def labelled_sample(data: bytes, labels: dict[str, Any], where: str = "") -> byt
             if m.name.endswith(".json"):
                 meta = json.loads(content)
                 meta.update(labels)
-                content = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+                content = compact_json(meta)
             out.append(member_bytes(m.name, content))
     return b"".join(out)
 

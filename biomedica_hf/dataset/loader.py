@@ -490,7 +490,7 @@ def _members_tarfile(data: memoryview) -> Iterator[tuple[str, memoryview]]:
                 yield member.name, memoryview(tar.extractfile(member).read())
 
 
-def _sample(data: memoryview, shard: str = "") -> dict[str, Any]:
+def _sample(data: memoryview, shard: str) -> dict[str, Any]:
     """The sample of one wanted range: ``<key>.<image ext>``, ``<key>.txt``, ``<key>.json``.
 
     The image's ``path`` is ``<shard>/<member>``: the member's name under its shard's path or URL, which can
@@ -506,8 +506,7 @@ def _sample(data: memoryview, shard: str = "") -> dict[str, Any]:
     if key is None or len(image_ext) != 1 or "txt" not in members or "json" not in members:
         raise tarfile.ReadError(f"range is not one whole sample (members: {sorted(members)})")
     ext = image_ext[0]
-    return {"key": key, "image": {"bytes": bytes(members[ext]), "path": f"{shard}/{key}.{ext}" if shard else
-                                  f"{key}.{ext}"},
+    return {"key": key, "image": {"bytes": bytes(members[ext]), "path": f"{shard}/{key}.{ext}"},
             "caption": bytes(members["txt"]).decode(), "metadata": json.loads(bytes(members["json"]))}
 
 

@@ -6,6 +6,7 @@ import json
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from biomedica_hf.io.atomic import atomic_open
 
@@ -16,16 +17,21 @@ END_OF_ARCHIVE = b"\0" * (2 * tarfile.BLOCKSIZE)   # the two zero blocks that en
 JSON_ROOM = 1024
 
 
+def compact_json(record: Any) -> bytes:
+    """The JSON encoding of every ``json`` member (UTF-8, no spaces)."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def room_json(record: dict) -> bytes:
     """A sample's ``json`` member: compact JSON, then spaces (:data:`JSON_ROOM`, up to whole tar blocks)."""
-    data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+    data = compact_json(record)
     return data + b" " * (JSON_ROOM + (-(len(data) + JSON_ROOM)) % tarfile.BLOCKSIZE)
 
 
 def refill_json(record: dict, size: int) -> bytes | None:
     """``record`` as a ``json`` member of exactly ``size`` bytes (compact JSON, then spaces), or None when it does
     not fit."""
-    data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+    data = compact_json(record)
     return data + b" " * (size - len(data)) if len(data) <= size else None
 
 
@@ -71,7 +77,7 @@ def write_json_tar(path: Path, records: Iterable[tuple[str, dict]]) -> int:
     n = 0
     with atomic_open(path) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for key, record in records:
-            data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+            data = compact_json(record)
             tar.addfile(tarinfo(f"{key}.json", len(data)), io.BytesIO(data))
             n += 1
     return n
