@@ -188,6 +188,9 @@ def label_cmd(dataset, more_annotations, annotations, taxonomy, subsets, workers
         click.echo(f"  {entry['shard']}: no room for the labels of {entry['without_room']} of {entry['samples']} "
                    f"samples (built before the json room existed?): left as it was; its labels are in "
                    f"figures.parquet and the concept configs", err=True)
+    for entry in stamped["failed"]:
+        click.echo(f"  {entry['shard']}: not labelled ({entry['error']}); run `biomedica verify` on the folder",
+                   err=True)
     if subsets:
         _subsets(dataset, exclude, exclude_local, cap, seed, shard_samples, card, repo_id)
     elif card:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,9 @@ def _planned_writes(f: LocalFile, rows: list[dict[str, Any]]) -> tuple[list[tupl
 
 def stamp_shard(out: Path, table_path: Path) -> dict[str, Any]:
     """Stamp one shard (see the module doc); returns ``{"shard", "samples", "written", "state"}`` with state
-    ``stamped``, ``kept`` (already done for these labels), ``no_room`` or ``unlabelled`` (no label columns)."""
+    ``stamped``, ``kept`` (already done for these labels), ``no_room``, ``unlabelled`` (no label columns) or
+    ``failed`` (the shard is missing, cut short or not the tar its index describes; ``error`` says how; nothing
+    was written to it)."""
     table = pq.read_table(table_path)
     if "concepts" not in table.column_names or not table.num_rows:
         return {"shard": str(table_path), "samples": table.num_rows, "written": 0, "state": "unlabelled"}
@@ -113,8 +116,12 @@ def stamp_shard(out: Path, table_path: Path) -> dict[str, Any]:
     if is_done(marker, {"digest": digest}, files=[tar]):
         return {**info, "written": (read_marker(marker) or {}).get("written", 0), "state": "kept"}
     clear_marker(marker)
-    with LocalFile(tar) as f:
-        writes, no_room = _planned_writes(f, rows)
+    try:
+        with LocalFile(tar) as f:
+            writes, no_room = _planned_writes(f, rows)
+    except (OSError, ValueError, tarfile.TarError) as e:   # a missing, cut or malformed shard: reported, not fatal
+        log.warning("%s: not labelled: %s", shard, e)
+        return {**info, "error": f"{type(e).__name__}: {e}", "state": "failed"}
     if no_room:
         log.warning("%s: %d of %d samples have no room for their labels in their json member (built before the "
                     "room was reserved?); the shard is left as it is, its labels are in figures.parquet",
@@ -142,13 +149,14 @@ def stamp_labels(dataset_dir: str | Path, progress: bool = False, workers: int =
                  address: str | None = None) -> dict[str, Any]:
     """Stamp every licence shard of a labelled folder, ``workers`` shards at a time (``executor``: ``local``
     processes, or ``ray`` tasks on the cluster at ``address``: shards are independent); returns counts per state,
-    samples rewritten and the shards left without room (also logged)."""
+    samples rewritten, and the shards left without room or failed, with the reason (also logged): one bad shard
+    does not stop the others."""
     from tqdm.auto import tqdm
 
     from biomedica_hf.build.executors import make_executor
 
     out = Path(dataset_dir)
-    report: dict[str, Any] = {"shards": {}, "samples_written": 0, "no_room": []}
+    report: dict[str, Any] = {"shards": {}, "samples_written": 0, "no_room": [], "failed": []}
     tasks = [(str(out), str(p)) for p in shard_index_files(out)]
     results = make_executor(executor, workers=max(1, workers), address=address).map(_stamp_task, tasks)
     for r in tqdm(results, total=len(tasks), desc="labels into shards", unit="shard", disable=not progress):
@@ -156,5 +164,7 @@ def stamp_labels(dataset_dir: str | Path, progress: bool = False, workers: int =
         report["samples_written"] += r["written"] if r["state"] == "stamped" else 0
         if r["state"] == "no_room":
             report["no_room"].append({"shard": r["shard"], "samples": r["samples"], "without_room": r["no_room"]})
+        if r["state"] == "failed":
+            report["failed"].append({"shard": r["shard"], "samples": r["samples"], "error": r["error"]})
     log.info("labels into shards: %s, %d json members rewritten", report["shards"], report["samples_written"])
     return report

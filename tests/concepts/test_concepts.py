@@ -488,6 +488,19 @@ def test_labels_are_written_into_the_licence_shards_in_place(labelled, annotatio
     assert result["state"] == "no_room" and result["no_room"] == 1
     assert (copy / victim["shard"]).read_bytes() == whole
 
+    # a shard cut short is reported with its reason and the others are still stamped: one bad shard, not the run
+    rows[0]["local_concepts"] = ["electron microscopy"]
+    write_table(shard_parquet, pa.Table.from_pylist(rows, schema=table.schema))
+    cut = max(figures, key=lambda r: r["tar_offset"])
+    with open(copy / cut["shard"], "r+b") as fh:
+        fh.truncate(cut["tar_offset"] + 512)
+    for marker in (copy / "concepts" / "stamped").rglob("*_done.json"):
+        marker.unlink()
+    report = stamp_labels(copy)
+    assert [f["shard"] for f in report["failed"]] == [cut["shard"]] and "ShardTruncatedError" in \
+        report["failed"][0]["error"]
+    assert report["shards"]["failed"] == 1 and report["shards"]["stamped"] == len(tars) - 1
+
 
 # ---------------------------------------------------------------------------------------- subsets
 def test_concept_subsets_materialise_and_load(labelled):
