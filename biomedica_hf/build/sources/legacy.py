@@ -25,6 +25,7 @@ from biomedica_hf.build.sources.base import (
     DEFAULT_MAX_PACKAGE_BYTES,
     DOWNLOAD_FAILED,
     NOT_FOUND,
+    OUTSIDE_INPUT,
     RETRACTED,
     FatalBuildError,
     FetchError,
@@ -272,6 +273,18 @@ def package_from_archive(ref: ArticleRef, archive: Path, dest: Path,
     return package_from_dir(ref, dest, problems=ext.problems)
 
 
+def mirror_relpath(rel: str) -> str | None:
+    """A file-list ``File`` path as a path inside the mirror (``oa_package/ac/6a/PMC1.tar.gz``), or None when it
+    could leave it: absolute (``/x``, ``C:x``, ``\\x``), with a ``..`` part, a backslash or a NUL. Pure; the same
+    rule as the local source's: a listing never makes a build read a file outside its input."""
+    if not rel or "\\" in rel or "\0" in rel or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
+        return None
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return "/".join(parts)
+
+
 def _is_url(s: str | Path) -> bool:
     return isinstance(s, str) and s.startswith(("http://", "https://"))
 
@@ -280,7 +293,9 @@ class LegacySource(Source):
     """Articles of a legacy ``oa_file_list.csv`` mirror (HTTP base URL or local directory).
 
     ``filelist``: path or URL of the list; default ``<base>/oa_file_list.csv``; a relative path
-    that does not exist locally is taken relative to the base.
+    that does not exist locally is taken relative to the base. Whatever the list's origin, its package paths
+    resolve inside the mirror only (:func:`mirror_relpath`; a local mirror's links are resolved too): a row
+    with ``..`` or an absolute path is refused at fetch (``bad_package``, detail ``outside_input: ...``).
     """
 
     name = "legacy"
@@ -333,9 +348,26 @@ class LegacySource(Source):
                 yield replace(ref, location=self._location(rel))
         self.listing_problems.extend((f"{self.filelist}:{line}", reason) for line, reason in reader.bad_rows)
 
+    def _check_inside(self, ref: ArticleRef) -> None:
+        """Refuse (``bad_package``, ``outside_input``) a file-list path that leaves the mirror: ``..``, absolute,
+        or (local mirror) a link resolving outside it."""
+        rel = ref.extra.get("package")
+        if rel is None:
+            return
+        where = self.base if self.remote else Path(self.base).resolve()
+        if mirror_relpath(rel) is None:
+            raise FetchError(BAD_PACKAGE, f"{OUTSIDE_INPUT}: file list path {rel!r} is not a path inside the "
+                                          f"mirror {where}")
+        if not self.remote:
+            real = Path(self.base, rel).resolve()
+            if real != where and where not in real.parents:
+                raise FetchError(BAD_PACKAGE, f"{OUTSIDE_INPUT}: file list path {rel!r} resolves to {real}, "
+                                              f"outside the mirror {where}")
+
     def fetch(self, ref: ArticleRef, cache_dir: Path) -> ArticlePackage:
         if ref.retracted and self.skip_retracted:
             raise FetchError(RETRACTED, f"{ref.pmcid} is marked retracted in the file list")
+        self._check_inside(ref)
         cache_dir = Path(cache_dir)
         dest = cache_dir / ref.pmcid
         if load_extracted(dest) is not None:  # finished earlier: no download
