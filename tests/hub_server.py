@@ -101,6 +101,7 @@ class HubServer:
         self.log: list[dict[str, Any]] = []
         self._hashes: dict[tuple[str, int, int], tuple[str, str | None]] = {}
         self.commits = [commit]
+        self.snapshots: dict[tuple[str, str], Path] = {}     # (repo, older commit) -> its folder (push)
         self._listing_cache: dict[str, dict[str, Path]] = {}
         self.server = _Server(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -113,6 +114,18 @@ class HubServer:
         self.commits.append(self.commit)
         self._listing_cache.clear()
         return self.commit
+
+    def push(self, repo: str, folder: str | os.PathLike) -> str:
+        """A new commit whose tree is ``folder`` (``main`` moves to it); the previous commit stays served at
+        ``resolve/<its sha>`` as the Hub keeps every commit. Returns the new commit's sha."""
+        with self.lock:
+            self.snapshots[(repo, self.commit)] = self.repos[repo]
+            self.repos[repo] = Path(folder)
+        return self.new_commit()
+
+    def _root(self, repo: str, rev: str) -> Path:
+        """The folder serving ``repo`` at ``rev`` (``main`` and the current commit: the repo's folder)."""
+        return self.snapshots.get((repo, rev), self.repos[repo])
 
     # ----------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> HubServer:  # noqa: PYI034
@@ -139,9 +152,9 @@ class HubServer:
         self.latency, self.bucket = latency, _Bucket(bandwidth)
 
     # ----------------------------------------------------------------------------- repo content
-    def _files(self, repo: str) -> dict[str, Path]:
-        """The repo's files (hidden names, ``_work/`` and symlinks left out), listed afresh."""
-        root = self.repos[repo]
+    def _files(self, repo: str, rev: str = "main") -> dict[str, Path]:
+        """The repo's files at ``rev`` (hidden names, ``_work/`` and symlinks left out), listed afresh."""
+        root = self._root(repo, rev)
         out = {}
         for dirpath, dirs, files in os.walk(root):
             dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_work")))
@@ -151,14 +164,14 @@ class HubServer:
                 if not name.startswith(".") and not p.is_symlink():
                     out[name if rel_dir == "." else f"{rel_dir}/{name}"] = p
         with self.lock:
-            self._listing_cache[repo] = out
+            self._listing_cache[str(root)] = out
         return out
 
-    def _file(self, repo: str, rel: str) -> Path | None:
+    def _file(self, repo: str, rel: str, rev: str = "main") -> Path | None:
         """One file for ``resolve``: from the cached listing, listed again when it is not there or gone."""
-        path = self._listing_cache.get(repo, {}).get(rel)
+        path = self._listing_cache.get(str(self._root(repo, rev)), {}).get(rel)
         if path is None or not path.is_file():
-            path = self._files(repo).get(rel)
+            path = self._files(repo, rev).get(rel)
         return path
 
     def _oids(self, path: Path) -> tuple[str, str | None]:
@@ -183,8 +196,8 @@ class HubServer:
             entry["lfs"] = {"oid": lfs, "size": size, "pointerSize": 134}
         return entry
 
-    def _listing(self, repo: str, folder: str, recursive: bool) -> list[dict[str, Any]] | None:
-        files = self._files(repo)
+    def _listing(self, repo: str, folder: str, recursive: bool, rev: str = "main") -> list[dict[str, Any]] | None:
+        files = self._files(repo, rev)
         prefix = folder + "/" if folder else ""
         if folder and not any(f.startswith(prefix) for f in files):
             return None
@@ -280,7 +293,7 @@ class HubServer:
         if repo not in self.repos:
             self._json(h, method, route, 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
             return False
-        if rev not in ("main", self.commit):
+        if rev not in ("main", self.commit) and (repo, rev) not in self.snapshots:
             self._json(h, method, route, 404, {"error": f"Invalid rev id: {rev}"},
                        {"X-Error-Code": "RevisionNotFound"})
             return False
@@ -302,17 +315,17 @@ class HubServer:
     def _info(self, h: BaseHTTPRequestHandler, method: str, repo: str, rev: str) -> None:
         if not self._check(h, method, "info", repo, rev):
             return
-        files = self._files(repo)
+        files = self._files(repo, rev)
         self._json(h, method, "info", 200, {
             "_id": hashlib.sha1(repo.encode()).hexdigest()[:24], "id": repo, "author": repo.split("/")[0],
-            "sha": self.commit, "private": False, "gated": False, "disabled": False, "downloads": 0, "likes": 0,
+            "sha": rev if (repo, rev) in self.snapshots else self.commit, "private": False, "gated": False, "disabled": False, "downloads": 0, "likes": 0,
             "tags": [], "lastModified": "2026-12-01T00:00:00.000Z", "createdAt": "2026-12-01T00:00:00.000Z",
             "cardData": {}, "siblings": [{"rfilename": rel} for rel in files]})
 
     def _paths_info(self, h: BaseHTTPRequestHandler, method: str, repo: str, rev: str, paths: list[str]) -> None:
         if not self._check(h, method, "paths-info", repo, rev):
             return
-        files = self._files(repo)
+        files = self._files(repo, rev)
         out = []
         for p in paths:
             p = p.strip("/")
@@ -326,7 +339,7 @@ class HubServer:
               recursive: bool) -> None:
         if not self._check(h, method, "tree", repo, rev):
             return
-        listing = self._listing(repo, folder, recursive)
+        listing = self._listing(repo, folder, recursive, rev)
         if listing is None:
             self._json(h, method, "tree", 404, {"error": f"{folder} does not exist on {rev}"},
                        {"X-Error-Code": "EntryNotFound"})
@@ -336,14 +349,15 @@ class HubServer:
     def _resolve(self, h: BaseHTTPRequestHandler, method: str, repo: str, rev: str, rel: str) -> None:
         if not self._check(h, method, "resolve", repo, rev):
             return
-        path = self._file(repo, rel)
+        path = self._file(repo, rel, rev)
+        commit = rev if (repo, rev) in self.snapshots else self.commit
         if path is None:
             self._json(h, method, "resolve", 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound",
-                                                                                "X-Repo-Commit": self.commit})
+                                                                                "X-Repo-Commit": commit})
             return
         size = path.stat().st_size
         sha1, lfs = self._oids(path)
-        headers = {"ETag": f'"{lfs or sha1}"', "X-Repo-Commit": self.commit, "Accept-Ranges": "bytes",
+        headers = {"ETag": f'"{lfs or sha1}"', "X-Repo-Commit": commit, "Accept-Ranges": "bytes",
                    "Content-Type": "application/octet-stream", "Content-Disposition":
                    f"inline; filename*=UTF-8''{quote(rel.rsplit('/', 1)[-1])}"}
         if lfs:

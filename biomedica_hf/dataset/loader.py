@@ -121,7 +121,16 @@ def index_cache_dir() -> Path:
 
 def index_file(index_url: str, storage_options: dict[str, Any] | None = None,
                columns: Sequence[str] = ()) -> tuple[Any, str]:
-    """``(filesystem, path)`` of the figures index to scan for the :data:`FILTER_COLUMNS` (and ``columns``).
+    """``(filesystem, path)`` of the figures index to scan for the :data:`FILTER_COLUMNS` (and ``columns``)."""
+    fs, path, _ = index_source(index_url, storage_options, columns)
+    return fs, path
+
+
+def index_source(index_url: str, storage_options: dict[str, Any] | None = None,
+                 columns: Sequence[str] = ()) -> tuple[Any, str, str | None]:
+    """``(filesystem, path, commit)`` of the figures index to scan for the :data:`FILTER_COLUMNS` (and ``columns``):
+    ``commit`` is the Hub commit sha the index was read from (``None`` for a local folder), the revision every
+    shard of the same stream must be read at (:func:`load_biomedica` pins it).
 
     A Hub index is read through a sparse local copy (:class:`biomedica_hf.io.sparse_parquet.SparseParquet`): one
     metadata request, the footer, then the filter columns' chunks of every row group fetched in parallel and kept
@@ -147,13 +156,13 @@ def index_file(index_url: str, storage_options: dict[str, Any] | None = None,
                                     f"(a private or gated repo needs token=)") from None
         names = set(sparse.schema.names)
         path = sparse.ensure([c for c in (*FILTER_COLUMNS, *columns) if c in names])
-        return fsspec.filesystem("file"), str(path)
+        return fsspec.filesystem("file"), str(path), sparse.commit
     fs, path = fsspec.core.url_to_fs(index_url, **(storage_options or {}))
     try:
         fs.info(path)   # not fs.exists: offline / auth errors must surface as themselves
     except FileNotFoundError:
         raise _no_index(index_url) from None
-    return fs, path
+    return fs, path, None
 
 
 def _no_index(index_url: str) -> FileNotFoundError:
@@ -602,7 +611,8 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
         exclude: keys to leave out: an iterable of keys, or a ``.txt`` (one key per line), ``.parquet`` or ``.json``
             file with a ``key`` column (e.g. an evaluation set's contamination list).
         near_duplicates: ``"keep"`` or ``"drop"`` (samples whose ``near_dup_of`` is set).
-        revision: Hub branch, tag or commit (default ``main``).
+        revision: Hub branch, tag or commit (default ``main``); a branch is resolved once, to the commit the
+            index is read from, and every shard is read at that commit (``resolve/<sha>``).
         decode: decode images to PIL (``False``: ``{"bytes", "path"}``, the path being ``<shard>/<member>``, the
             member's name under its shard's path or ``hf://`` URL).
         decode_threads: threads decoding images ahead of the consumer (default 8; 0: in the main thread).
@@ -635,11 +645,14 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
     storage_options = {} if local or token is None else {"token": token}
     index_url = dataset_file_url(path_or_repo_id, FIGURES_INDEX, revision)
     checked = ("key", "sha256") if verify else ()
-    index = index_file(index_url, storage_options, checked)     # resolved once (a Hub index: one metadata request)
+    *index, commit = index_source(index_url, storage_options, checked)   # one metadata request for a Hub index
     wanted = select_ranges(index_url, subset, concepts, exclude_concepts, licenses, years, min_caption_chars,
                            storage_options, split=split, exclude=exclude, near_duplicates=near_duplicates,
-                           columns=checked, with_columns=True, index=index)
-    units = [ShardRanges(_shard_url(path_or_repo_id, shard, revision), r, cols)
+                           columns=checked, with_columns=True, index=tuple(index))
+    # every shard is read at the commit the index came from: a commit pushed mid-stream (an update renaming or
+    # rewriting shards) never mixes into a stream, which finishes from the commit it started on
+    pinned = commit or revision
+    units = [ShardRanges(_shard_url(path_or_repo_id, shard, pinned), r, cols)
              for shard, (r, cols) in wanted.items()]
     extra = [c for c in EXTRA_COLUMNS if units and c in units[0].columns]
     n_samples = sum(len(u.ranges) for u in units)

@@ -5,7 +5,8 @@ shard and byte offsets) and never its text (captions, reference paragraphs: most
 whole of PMC-OA). Scanning it through ``HfFileSystem`` costs one round trip per footer, row group and column chunk,
 one after the other; downloading it whole costs its full size. Instead :class:`SparseParquet`:
 
-1. asks the file's metadata once (``huggingface_hub.get_hf_file_metadata``: size, ETag, commit);
+1. asks the file's metadata once (``huggingface_hub.get_hf_file_metadata``: size, ETag, commit); a Hub URL is
+   then read at that commit (``@<sha>``), so a commit pushed meanwhile cannot mix into the copy;
 2. reads the footer with one suffix request (two if the footer is longer than the first read);
 3. fetches the byte ranges of the wanted column chunks of every row group with the range reader
    (:func:`biomedica_hf.io.ranges.read_files`: coalesced, many requests in flight) and writes them at their own
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from biomedica_hf.io.atomic import atomic_write_json
-from biomedica_hf.io.ranges import ReadOptions, http_url, read_files
+from biomedica_hf.io.ranges import HF_URL, ReadOptions, http_url, read_files
 
 FOOTER_GUESS = 64 * 2**10   # the first suffix read: the footer of a file of a few thousand row groups fits
 
@@ -89,6 +90,9 @@ class SparseParquet:
         if meta.size is None or meta.etag is None:
             raise OSError(f"{url}: the server did not say the file's size and ETag; cannot cache it")
         self.size, self.etag, self.commit = int(meta.size), meta.etag, meta.commit_hash
+        m = HF_URL.match(url)
+        if m and self.commit:   # the bytes are fetched at the commit the metadata came from, not a moving branch
+            self.url = f"hf://datasets/{m['repo']}@{self.commit}/{m['path']}"
         folder = Path(cache_dir)
         folder.mkdir(parents=True, exist_ok=True)
         name = "".join(ch if ch.isalnum() else "_" for ch in self.etag)

@@ -70,11 +70,11 @@ def test_load_biomedica_from_the_hub_equals_the_local_folder(built, hub):
     shard = {r["key"]: r["shard"] for r in rows}
     for key, ex in remote.items():      # the image path is the member under its shard: the Hub URL / the folder
         member = ex["image"]["path"].rsplit("/", 1)[1]
-        assert ex["image"]["path"] == f"hf://datasets/{REPO}@main/{shard[key]}/{member}"
+        assert ex["image"]["path"] == f"hf://datasets/{REPO}@{hub.commit}/{shard[key]}/{member}"   # pinned
         assert local[key]["image"]["path"] == f"{out / shard[key]}/{member}"
         ex["image"]["path"] = local[key]["image"]["path"]
     assert remote == local and len(remote) == len(rows)
-    tars = {e["path"].split("/resolve/main/")[1] for e in hub.log if e["route"] == "resolve"
+    tars = {e["path"].split(f"/resolve/{hub.commit}/")[1] for e in hub.log if e["route"] == "resolve"
             and e["path"].endswith(".tar")}
     assert tars == {r["shard"] for r in rows}
     assert all(e["status"] in (200, 206) for e in hub.log if e["route"] == "resolve")
@@ -90,7 +90,7 @@ def test_filtered_stream_transfers_only_the_wanted_bytes(built, hub):
                                                      read_options=exact))
     assert keys == sorted(r["key"] for r in wanted) and len(wanted) < len(rows)
     assert _shard_bytes(hub) == sum(r["tar_size"] for r in wanted)
-    assert {e["path"].split("/resolve/main/")[1] for e in hub.log if e["path"].endswith(".tar")} == \
+    assert {e["path"].split(f"/resolve/{hub.commit}/")[1] for e in hub.log if e["path"].endswith(".tar")} == \
         {r["shard"] for r in wanted}
     for e in (e for e in hub.log if e["path"].endswith(".tar")):
         assert e["range"] and e["status"] == 206        # range GETs only, never a whole file
@@ -258,3 +258,23 @@ def test_verify_on_the_hub(built, hub):
     _, rows = built
     assert sorted(ex["key"] for ex in load_biomedica(REPO, subset="all", decode=False, verify=True)) == \
         sorted(r["key"] for r in rows)
+
+
+def test_stream_pins_the_commit_its_index_came_from(built, hub, tmp_path):
+    """A new commit pushed mid-stream (an update that revised every shard: the old names are gone from ``main``):
+    the reader finishes from the commit its index came from, ``resolve/<sha>`` for every shard."""
+    out, rows = built
+    old = hub.commit
+    new = Path(shutil.copytree(out, tmp_path / "v2", ignore=shutil.ignore_patterns("_work")))
+    for tar in new.glob("*/*.tar"):         # the update's revised shards: new names, the old ones deleted
+        tar.rename(tar.with_name(tar.stem + "-r001.tar"))
+    one = ReadOptions(in_flight=1, gap_bytes=0, piece_bytes=1)      # one sample per request, nothing ahead
+    stream = iter(load_biomedica(REPO, subset="all", decode=False, read_options=one))
+    first = next(stream)
+    assert hub.push(REPO, new) != old
+    keys = [first["key"]] + [ex["key"] for ex in stream]
+    assert sorted(keys) == sorted(r["key"] for r in rows)
+    assert first["image"]["path"].startswith(f"hf://datasets/{REPO}@{old}/")
+    tars = [e["path"] for e in hub.log if e["route"] == "resolve" and e["path"].endswith(".tar")]
+    assert tars and all(f"/resolve/{old}/" in p for p in tars)
+    assert all(e["status"] in (200, 206) for e in hub.log if e["route"] == "resolve")
