@@ -12,8 +12,10 @@ from pathlib import Path, PurePosixPath
 
 from biomedica_hf.build.media import (
     DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_METADATA_BYTES,
     MediaError,
     alternate_renditions,
+    check_image_file,
     is_image_name,
     process_image,
     resolve_graphic,
@@ -35,6 +37,7 @@ class MediaOptions:
     png_compress_level: int = 3    # converted images only; 3 is ~3x faster than 6 for ~10% more bytes
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES   # decode budget (bit depth and bands count): image_too_large
     reduce_to_pixels: int | None = None              # `build --max-pixels`: downscale larger images instead
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES   # JPEG/PNG metadata budget: metadata_too_large
 
 
 @dataclass
@@ -221,7 +224,10 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
         used.setdefault(alt, (SKIPPED, "alternate_rendition"))
     try:
         with timed(res.timings, "media"):
-            data = Path(pkg.files[name]).read_bytes()
+            with open(pkg.files[name], "rb") as f:     # budgets checked before the file is read whole
+                check_image_file(f, name, opts.max_metadata_bytes)
+                f.seek(0)
+                data = f.read()
             image = process_image(data, name, max_pixels=opts.max_pixels, min_side=opts.min_side,
                                   compress_level=opts.png_compress_level, max_image_bytes=opts.max_image_bytes,
                                   reduce_to_pixels=opts.reduce_to_pixels)

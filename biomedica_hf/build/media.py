@@ -65,6 +65,8 @@ MEDIA_REASONS = (
     "too_small",           # a side is below ``min_side``
     "unsupported_format",  # not an image / a format we do not accept
     "image_too_large",     # decoding would need more than ``max_image_bytes`` of memory
+    "not_an_image",        # named as an image, but its first bytes are no image signature (check_image_file)
+    "metadata_too_large",  # JPEG/PNG metadata over ``max_metadata_bytes`` (check_image_file)
 )
 
 #: default decode budget: the bytes Pillow would allocate for the decoded pixels (see :func:`decoded_bytes`)
@@ -353,7 +355,7 @@ def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int) -> byte
     pass an image they own.
     """
     im.info = {}
-    keep_icc = bool(icc) and len(icc) >= 20 and icc[16:20] == _ICC_SPACE.get(im.mode)
+    keep_icc = bool(icc) and 20 <= len(icc) <= MAX_ICC_BYTES and icc[16:20] == _ICC_SPACE.get(im.mode)
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=False, compress_level=compress_level,
                icc_profile=icc if keep_icc else None)
@@ -539,3 +541,75 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
     return ImageRecord(data=png, ext="png", width=out.width, height=out.height,
                        orig_format=fmt, orig_mode=orig_mode, sha256=sha256_bytes(png),
                        reencoded=True, source_name=name)
+
+
+# --------------------------------------------------------------------------------------------
+# Byte budgets checked on the file, before it is read whole (issue 24)
+# --------------------------------------------------------------------------------------------
+
+#: the head of a file that must carry an image signature (:func:`sniff_image`, archive extraction)
+SNIFF_BYTES = 64 << 10
+#: default budget on the metadata of a JPEG or PNG (the formats kept byte for byte): JPEG APPn/COM segments (ICC,
+#: EXIF, XMP, Photoshop), PNG chunks other than IHDR/PLTE/IDAT/IEND (iCCP, eXIf, text) and bytes after IEND. The
+#: largest ICC profile a JPEG can carry (255 APP2 segments) fits; a figure over it is ledgered ``metadata_too_large``
+#: without being read. ``MediaOptions.max_metadata_bytes`` sets it per build.
+DEFAULT_MAX_METADATA_BYTES = 16 << 20
+#: an ICC profile is carried into a converted PNG only up to this size
+MAX_ICC_BYTES = DEFAULT_MAX_METADATA_BYTES
+_PNG_PIXEL_CHUNKS = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
+
+
+def sniff_image(name: str, head: bytes) -> bool:
+    """False when ``name`` claims an image (:data:`IMAGE_EXTENSIONS`) and ``head`` (its first bytes, up to
+    :data:`SNIFF_BYTES`) starts with no image signature. Any accepted signature counts, not only the one of the
+    extension: packages ship PNGs named ``.jpg``, which decode fine."""
+    head = bytes(head[:16])
+    return not is_image_name(name) or _looks_like_image(head) or head.startswith((b"II+\x00", b"MM\x00+"))
+
+
+def check_image_file(f, name: str = "", max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES) -> None:
+    """Check an open image file (binary, seekable) before it is read whole; raises :class:`MediaError`
+    ``not_an_image`` (no image signature at its start) or ``metadata_too_large`` (JPEG/PNG metadata over
+    ``max_metadata_bytes``, see :data:`DEFAULT_MAX_METADATA_BYTES`). Reads a few bytes per segment / chunk (the
+    segment lengths), never the metadata itself; stops as soon as the budget is passed."""
+    head = f.read(16)
+    if not sniff_image(name or "x.jpg", head):
+        raise MediaError("not_an_image", f"first bytes {head[:8].hex()} are no image signature")
+    total = 0
+    if head.startswith(b"\xff\xd8"):                     # JPEG: markers up to the first scan
+        pos = 2
+        while total <= max_metadata_bytes:
+            f.seek(pos)
+            b = f.read(4)
+            if len(b) < 4 or b[0] != 0xFF:
+                break                                   # malformed: the decoder says what is wrong
+            marker = b[1]
+            if marker == 0xFF:                          # fill byte
+                pos += 1
+                continue
+            if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+                pos += 2
+                continue
+            if marker in (0xDA, 0xD9):                  # start of scan / end of image
+                break
+            length = int.from_bytes(b[2:4], "big")
+            if 0xE0 <= marker <= 0xEF or marker == 0xFE:
+                total += 2 + length
+            pos += 2 + length
+    elif head.startswith(b"\x89PNG\r\n\x1a\n"):          # PNG: every chunk but the pixel ones, and a tail
+        pos = 8
+        while total <= max_metadata_bytes:
+            f.seek(pos)
+            b = f.read(8)
+            if len(b) < 8:
+                break
+            length, kind = int.from_bytes(b[:4], "big"), b[4:8]
+            pos += 12 + length
+            if kind not in _PNG_PIXEL_CHUNKS:
+                total += 12 + length
+            if kind == b"IEND":
+                total += max(0, f.seek(0, io.SEEK_END) - pos)
+                break
+    if total > max_metadata_bytes:
+        raise MediaError("metadata_too_large", f"over {total} bytes of metadata (ICC, EXIF, XMP, text) > "
+                                               f"{max_metadata_bytes} (max_metadata_bytes)")

@@ -277,7 +277,8 @@ def test_extraction_is_safe(tmp_path, articles_dir):
     hard = tarfile.TarInfo("PMCX/hard.jpg")
     hard.type, hard.linkname = tarfile.LNKTYPE, "PMCX/main.nxml"
     arc = _tar_with([_file("PMCX/main.nxml", xml), _file("/abs/evil.txt", b"x"), _file("PMCX/../../evil.txt", b"x"),
-                     (link, None), (hard, None), _file("PMCX/sub/fig.jpg", b"jpg")], tmp_path / "evil.tar.gz")
+                     (link, None), (hard, None), _file("PMCX/sub/fig.jpg", b"\xff\xd8\xffjpg")],
+                    tmp_path / "evil.tar.gz")
     out = extract_package(arc, tmp_path / "out" / "PMCX")
     assert sorted(out.files) == ["main.nxml", "sub/fig.jpg"]
     assert sorted(n for n, r in out.problems if r == "unsafe_member") == [

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from biomedica_hf.build.download import NOT_FOUND as DL_NOT_FOUND
 from biomedica_hf.build.download import Downloader, DownloadError
+from biomedica_hf.build.media import SNIFF_BYTES, sniff_image
 from biomedica_hf.build.sources.base import (
     BAD_PACKAGE,
     DEFAULT_MAX_MEMBER_BYTES,
@@ -42,6 +43,7 @@ ARCHIVE_PROBLEM = "<archive>"
 MARKER = ".biomedica_package.json"   # written last into an extracted package: extraction complete
 ARCHIVE_TOO_LARGE = "archive_too_large"   # over the uncompressed-bytes budget (member or package)
 DUPLICATE_MEMBER = "duplicate_member"     # a second member with the same name (once the top folder is dropped)
+NOT_AN_IMAGE = "not_an_image"             # named as an image, no image signature in its first 64 kB: not written
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,8 @@ def extract_package(archive: Path, dest: Path, limits: ArchiveLimits | None = No
     Only regular files are written; absolute names, ``..`` and links are refused (problem
     ``unsafe_member``); member names lose the package's top folder (``PMC123/x.jpg`` -> ``x.jpg``).
     A second member that maps to a name already extracted is never written over the first: it is
-    recorded as ``(member name, "duplicate_member")``.
+    recorded as ``(member name, "duplicate_member")``. A member named as an image whose first 64 kB carry no
+    image signature is recorded as ``(member, "not_an_image")`` after that first block: not written to disk.
     Budgets (``limits``, on uncompressed bytes, checked from the member headers before a byte is
     written and enforced while copying): a member over ``max_member_bytes`` is skipped as
     ``(member, "archive_too_large")``; once the members seen add up to more than
@@ -199,10 +202,14 @@ def _extract_members(tf: tarfile.TarFile, root: Path, out: Extracted, limits: Ar
             continue
         part = target.with_name(target.name + ".part")
         try:
-            _copy_member(tf, m, part)
+            _copy_member(tf, m, part, sniff=rel)
         except _DiskError:
             part.unlink(missing_ok=True)
             raise
+        except _NotAnImage:     # the stream skips the rest of its bytes without writing them
+            part.unlink(missing_ok=True)
+            out.problems.append((rel, NOT_AN_IMAGE))
+            continue
         except _TAR_ERRORS:
             part.unlink(missing_ok=True)
             out.problems.append((rel, "truncated"))
@@ -216,9 +223,17 @@ def _extract_members(tf: tarfile.TarFile, root: Path, out: Extracted, limits: Ar
         out.files[rel] = target
 
 
-def _copy_member(tf: tarfile.TarFile, m: tarfile.TarInfo, part: Path, chunk: int = 1 << 20) -> None:
+class _NotAnImage(Exception):
+    """Internal: a member named as an image whose first bytes are no image signature."""
+
+
+def _copy_member(tf: tarfile.TarFile, m: tarfile.TarInfo, part: Path, chunk: int = 1 << 20,
+                 sniff: str | None = None) -> None:
     """Copy one member to ``part``: archive errors raise as they are (the archive is bad), errors
-    writing ``part`` raise :class:`_DiskError`; never more than ``m.size`` bytes are written."""
+    writing ``part`` raise :class:`_DiskError`; never more than ``m.size`` bytes are written.
+    ``sniff``: the member's name; one that claims an image and whose first :data:`SNIFF_BYTES` carry no image
+    signature raises :class:`_NotAnImage` after that first block, before a byte is written (the stream then
+    skips the rest of the member)."""
     src = tf.extractfile(m)
     assert src is not None
     n = 0
@@ -228,9 +243,11 @@ def _copy_member(tf: tarfile.TarFile, m: tarfile.TarInfo, part: Path, chunk: int
         raise _DiskError(e) from e
     with f:
         while n < m.size:
-            block = src.read(min(chunk, m.size - n))
+            block = src.read(min(max(chunk, SNIFF_BYTES), m.size - n))
             if not block:
                 break
+            if n == 0 and sniff is not None and not sniff_image(sniff, block[:SNIFF_BYTES]):
+                raise _NotAnImage(sniff)
             try:
                 f.write(block)
             except OSError as e:
