@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 SCALAR_FIELDS = ("panel_type", "panel_subtype")
 LIST_FIELDS = ("global_class", "local_class")
 MAX_ERRORS = 25
+CLUSTER_ID_DIGITS = 9
+CLUSTER_ID = re.compile(rf"[0-9]{{1,{CLUSTER_ID_DIGITS}}}")
 
 Annotation = dict[int, dict[str, Any]]
 
@@ -76,18 +79,36 @@ class AnnotationError(ValueError):
 def read_annotation(path: str | Path) -> Annotation:
     """Parse one annotation file into ``{cluster: {field: value}}`` (structure only; see ``validate``)."""
     path = Path(path)
+    repeated: list[str] = []
+
+    def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                repeated.append(k)
+            out[k] = v
+        return out
+
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise AnnotationError(f"{path}: not a readable JSON file: {exc}") from exc
+        raw = json.loads(path.read_text(), object_pairs_hook=no_repeats)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise AnnotationError(f"{path}: not a readable JSON file: {type(exc).__name__}: {exc}") from exc
+    if repeated:     # JSON keeps the last of a repeated key: an annotator's first answer would vanish silently
+        raise AnnotationError(f"{path}: key(s) {sorted(set(repeated))} repeated; each cluster (and each field of "
+                              f"a cluster) must appear once")
     if not isinstance(raw, dict):
         raise AnnotationError(f"{path}: expected a JSON object {{cluster id: labels}}")
-    errors, out = [], {}
+    errors, out, spelled = [], {}, {}
     for key, entry in raw.items():
         where = f"{path}: cluster {key}"
-        if not str(key).isdigit():
-            errors.append(f"{where}: cluster ids are non-negative integers")
+        if not CLUSTER_ID.fullmatch(key):
+            errors.append(f"{where}: cluster ids are non-negative integers (ASCII digits, at most "
+                          f"{CLUSTER_ID_DIGITS})")
             continue
+        if int(key) in spelled:       # "3" and "03": the same cluster twice
+            errors.append(f"{where}: cluster ids {spelled[int(key)]!r} and {key!r} are the same cluster {int(key)}")
+            continue
+        spelled[int(key)] = key
         if not isinstance(entry, dict):
             errors.append(f"{where}: expected an object with {', '.join(ANNOTATION_FIELDS)}")
             continue

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -259,10 +260,61 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+#: integers in a config are 64-bit (counts, steps, seeds); YAML numbers with more digits are refused by key
+MAX_INT_DIGITS = 19
+INT_RANGE = 2**63
+
+
+class _Overlong(str):
+    """A YAML integer of more than :data:`MAX_INT_DIGITS` digits, kept as its text (never given to ``int()``,
+    which refuses over 4,300 digits with a traceback) so that :func:`_coerce` refuses it naming its key."""
+
+
+def _config_loader() -> type:
+    """A YAML SafeLoader that refuses a key repeated in one mapping (naming it) and keeps overlong integers as
+    :class:`_Overlong` text."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise ConfigError(f"key {key!r} repeated (lines {seen[key] + 1} and "
+                                      f"{key_node.start_mark.line + 1}): YAML would keep only the last one")
+                if isinstance(key, typing.Hashable):
+                    seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep)
+
+    def construct_int(loader: Any, node: Any) -> Any:
+        text = loader.construct_scalar(node)
+        if len(text.replace("_", "").lstrip("+-")) > MAX_INT_DIGITS:
+            return _Overlong(text)
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+    Loader.add_constructor("tag:yaml.org,2002:int", construct_int)
+    return Loader
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as a config reads it: safe, a repeated key refused, overlong integers kept for :func:`_coerce`."""
+    import yaml
+
+    return yaml.load(text, Loader=_config_loader())  # noqa: S506 - a SafeLoader subclass
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """``value`` as type ``tp`` (ints and floats written as strings are converted), or a :class:`ConfigError`."""
+    """``value`` as type ``tp`` (ints and floats written as strings are converted), or a :class:`ConfigError`.
+    NaN and infinite numbers are refused, as are integers out of 64-bit range (or over :data:`MAX_INT_DIGITS`)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if isinstance(value, _Overlong):
+        raise ConfigError(f"{key}: an integer of {len(value)} digits (at most {MAX_INT_DIGITS}): {value[:20]}...")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT_RANGE <= value < INT_RANGE:
+        raise ConfigError(f"{key}: integer {str(value)[:20]}... out of range (64-bit)")
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
@@ -305,7 +357,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 f = float(value)
             except ValueError:
                 raise bad from None
-            if f.is_integer():
+            if f.is_integer() and -INT_RANGE <= f < INT_RANGE:
                 return int(f)
         raise bad
     if tp is float:
@@ -315,9 +367,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         if isinstance(value, str):
             try:
-                return float(value)
+                f = float(value)
             except ValueError:
                 raise bad from None
+            if not math.isfinite(f):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            return f
         raise bad
     if tp is str:
         if isinstance(value, str):
@@ -369,8 +424,6 @@ def merge_config(base: dict, over: dict | None) -> dict:
 
 def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     """``key.sub=value`` items (values parsed as YAML) set into ``cfg`` (in place)."""
-    import yaml
-
     for item in overrides or ():
         key, eq, raw = item.partition("=")
         if not eq or not key.strip():
@@ -381,7 +434,7 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
             if not isinstance(node.get(p, {}), dict):
                 raise ConfigError(f"--set {item!r}: {p} is not a mapping")
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = load_yaml(raw)
     return cfg
 
 
@@ -438,9 +491,10 @@ def resolve_config(recipe: str, name_or_path: str | os.PathLike) -> Path:
 def load_config(recipe: str, path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> dict:
     """The recipe's defaults <- the YAML at ``path`` (a file or a bundled name) <- ``key.sub=value`` overrides,
     checked against the recipe's dataclass; returned as a plain dict (every key present)."""
-    import yaml
-
-    raw = yaml.safe_load(resolve_config(recipe, path).read_text()) if path else {}
+    try:
+        raw = load_yaml(resolve_config(recipe, path).read_text()) if path else {}
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(raw or {}, dict):
         raise ConfigError(f"{path}: a recipe config is a YAML mapping, got {type(raw).__name__}")
     try:
