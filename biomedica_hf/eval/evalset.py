@@ -4,6 +4,11 @@ One row per image: ``image`` (struct ``{bytes, path}``, as ``datasets.Image`` st
 ``options`` (candidate class texts), ``answer_idx`` (index of the correct option), ``label`` (its
 text), ``image_id`` and ``provenance_license`` (plus ``split`` in files this package writes).
 ``BIOMEDICA/Biomedica2025EvalSet`` on the Hub uses this layout with one folder per suite.
+
+Many classes: when every row of a file shares one list of more than :data:`SHARED_OPTIONS_MIN` options (a user
+set of 10,000 classes), the list is stored once, in the file's metadata (``biomedica_options``), and the rows'
+``options`` are null; :func:`read_evalset` gives every such row the same tuple. In memory, rows with equal
+options share one tuple, so memory grows with the rows plus the classes, never rows x classes.
 """
 from __future__ import annotations
 
@@ -73,14 +78,29 @@ class EvalRows:
                         [self.image_ids[i] for i in idx], [self.licenses[i] for i in idx] if self.licenses else [])
 
 
+#: a list of options shared by every row of a file is stored once (file metadata) above this many options
+SHARED_OPTIONS_MIN = 64
+SHARED_OPTIONS_KEY = b"biomedica_options"
+
+
 def write_evalset(rows: Iterable[dict], path: str | os.PathLike) -> Path:
-    """Write rows (dicts with the layout's keys; ``image`` as bytes or ``{bytes, path}``) atomically."""
+    """Write rows (dicts with the layout's keys; ``image`` as bytes or ``{bytes, path}``) atomically; options
+    shared by every row, when there are more than :data:`SHARED_OPTIONS_MIN`, are stored once."""
+    rows = list(rows)
+    first = rows[0].get("options") if rows else None
+    shared = (list(first) if first is not None and len(first) > SHARED_OPTIONS_MIN
+              and all(r.get("options") is first or r.get("options") == first for r in rows) else None)
     records = []
     for r in rows:
         image = r["image"] if isinstance(r["image"], dict) else {"bytes": r["image"], "path": None}
         records.append({**{k: r.get(k) for k in EVALSET_SCHEMA.names}, "image": image})
+        if shared is not None:
+            records[-1]["options"] = None
     table = pa.Table.from_pylist(records, schema=EVALSET_SCHEMA)
-    table = table.replace_schema_metadata({"huggingface": json.dumps(_HF_FEATURES)})
+    meta = {"huggingface": json.dumps(_HF_FEATURES)}
+    if shared is not None:
+        meta[SHARED_OPTIONS_KEY.decode()] = json.dumps(shared)
+    table = table.replace_schema_metadata(meta)
     path = Path(path)
     write_table(path, table, row_group_size=1000)
     return path
@@ -108,15 +128,20 @@ def read_evalset(files: Sequence[Path], task: str | None = None, split: str | No
     Rows with fewer than ``min_options`` options (a free point) or an out-of-range ``answer_idx`` are dropped.
     """
     images, options, answers, labels, ids, lic = [], [], [], [], [], []
+    same: dict[tuple[str, ...], tuple[str, ...]] = {}     # one tuple per distinct options list
     for f in files:
-        names = pq.read_schema(f).names
+        schema = pq.read_schema(f)
+        names = schema.names
+        shared = (schema.metadata or {}).get(SHARED_OPTIONS_KEY)
+        shared_opts = tuple(json.loads(shared)) if shared else ()
         cols = [c for c in EVALSET_COLUMNS if c in names] + (["split"] if "split" in names else [])
         filters = [("task", "=", task)] if task is not None else []
         if split is not None and "split" in names:
             filters.append(("split", "=", split))
         table = pq.read_table(f, columns=cols, filters=filters or None)   # row groups pruned by statistics
         for r in table.to_pylist():
-            opts = tuple(r["options"] or ())
+            opts = tuple(r["options"]) if r["options"] is not None else shared_opts
+            opts = same.setdefault(opts, opts)
             a = r["answer_idx"]
             if len(opts) < min_options or a is None or not 0 <= a < len(opts):
                 continue

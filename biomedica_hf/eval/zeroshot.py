@@ -34,7 +34,11 @@ def image_embeddings(adapter: ModelAdapter, blobs: Sequence[bytes], batch: int =
 def class_space(rows: EvalRows) -> tuple[list[str], np.ndarray]:
     """Classes = distinct options in first-seen order; the class index of every row's answer."""
     classes: dict[str, int] = {}
+    seen: set[int] = set()
     for opts in rows.options:
+        if id(opts) in seen:     # rows share their options tuple (read_evalset): each distinct list once
+            continue
+        seen.add(id(opts))
         for o in opts:
             classes.setdefault(o, len(classes))
     labels = np.array([classes[opts[a]] for opts, a in zip(rows.options, rows.answer_idx)], dtype=np.int64)
@@ -47,8 +51,11 @@ def score_matrix(image_emb: torch.Tensor, prototypes: torch.Tensor, rows: EvalRo
     index = {c: i for i, c in enumerate(classes)}
     if any(len(o) != len(classes) for o in rows.options):
         allowed = np.zeros_like(scores, dtype=bool)
+        cols: dict[int, list[int]] = {}      # per distinct options tuple
         for r, opts in enumerate(rows.options):
-            allowed[r, [index[o] for o in opts]] = True
+            if (c := cols.get(id(opts))) is None:
+                c = cols[id(opts)] = [index[o] for o in opts]
+            allowed[r, c] = True
         scores = np.where(allowed, scores, -np.inf)
     return scores
 

@@ -3,7 +3,14 @@ from biomedica_hf.eval.tasks.base import EVALSET_REPO, DataContext, ParquetSourc
 from biomedica_hf.eval.tasks.biomedica import MEDMNIST_DOMAINS, MICROBENCH_COARSE, SUITES, discover_suite
 from biomedica_hf.eval.tasks.fixtures import FIXTURE_TASKS, FixtureSource
 from biomedica_hf.eval.tasks.registry import REGISTRY, get_task, register, resolve_tasks, retrieval_task
-from biomedica_hf.eval.tasks.user import UserDataError, UserSource, load_task_file, parse_user_item, user_task
+from biomedica_hf.eval.tasks.user import (
+    TaskFileError,
+    UserDataError,
+    UserSource,
+    load_task_file,
+    parse_user_item,
+    user_task,
+)
 
 __all__ = [
            "EVALSET_REPO",
@@ -17,6 +24,7 @@ __all__ = [
            "ParquetSource",
            "SuiteSource",
            "Task",
+           "TaskFileError",
            "UserDataError",
            "UserSource",
            "discover_suite",

@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,44 @@ class UserDataError(ValueError):
     """A user set that cannot be read as asked; the message says what is wrong and how to fix it."""
 
 
+class TaskFileError(UserDataError):
+    """A task-file key whose value has the wrong type; ``key`` names it."""
+
+    def __init__(self, path: str | os.PathLike, key: str, expected: str, value: object) -> None:
+        super().__init__(f"{path}: task-file key {key!r} must be {expected}, not {type(value).__name__} "
+                         f"({str(value)[:80]!r})")
+        self.key = key
+
+
+_TEXT = (str, int, float)   # scalars a YAML author may write unquoted (a name 2024, a licence 4.0)
+#: task-file key -> (accepted types, what the message says)
+TASK_FILE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": (_TEXT, "a string"), "domain": (_TEXT, "a string"), "primary_metric": ((str,), "a string"),
+    "license": (_TEXT, "a string"), "description": ((str,), "a string"), "image_column": ((str,), "a string"),
+    "label_column": ((str,), "a string"), "dataset_name": (_TEXT, "a string"), "ordered": ((bool,), "true or false"),
+    "classes": ((list,), "a list of class names"), "phrases": ((dict,), "a mapping class -> phrase"),
+    "templates": ((list,), "a non-empty list of strings with '{}' for the class phrase"),
+}
+
+
+def _check_task_file_types(path: Path, data: dict) -> None:
+    for key, value in data.items():
+        types, expected = TASK_FILE_TYPES[key]
+        if value is None:             # `key:` with nothing after it: unset
+            continue
+        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
+            raise TaskFileError(path, key, expected, value)
+        if key == "classes" and not all(isinstance(c, _TEXT) and not isinstance(c, bool) for c in value):
+            raise TaskFileError(path, key, "a list of class names (strings)", value)
+        if key == "classes" and len({str(c) for c in value}) != len(value):
+            dup = sorted(c for c, k in Counter(str(c) for c in value).items() if k > 1)
+            raise TaskFileError(path, key, f"a list of distinct class names (repeated: {dup[:5]})", value)
+        if key == "phrases" and not all(isinstance(v, _TEXT) and not isinstance(v, bool) for v in value.values()):
+            raise TaskFileError(path, key, "a mapping class -> phrase (strings)", value)
+        if key == "templates" and not all(isinstance(t, str) for t in value):
+            raise TaskFileError(path, key, expected, value)
+
+
 def load_task_file(path: str | os.PathLike | None) -> dict:
     """A task file (YAML or JSON) as a dict; unknown keys are an error (a typo must not pass silently)."""
     if path is None:
@@ -76,7 +115,9 @@ def load_task_file(path: str | os.PathLike | None) -> dict:
     if unknown:
         raise UserDataError(f"{path}: unknown task-file keys {sorted(unknown)}; known: {sorted(TASK_FILE_KEYS)}")
     if "templates" in data and (isinstance(data["templates"], str) or not data["templates"]):
-        raise UserDataError(f"{path}: templates is a non-empty list of strings with '{{}}' for the class phrase")
+        raise TaskFileError(path, "templates", "a non-empty list of strings with '{}' for the class phrase",
+                            data["templates"])
+    _check_task_file_types(path, data)
     return data
 
 
@@ -98,6 +139,24 @@ def _check_image(data: bytes) -> str | None:
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason to skip the file
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def _shown(path: Path) -> str:
+    """A path as text that always encodes: undecodable bytes of a file name as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:      # a file name that is not UTF-8 (its bytes kept as surrogates by the OS layer)
+        return False
+    return True
+
+
+def _inside(path: Path, root: Path) -> bool:
+    real, top = path.resolve(), root.resolve()
+    return real == top or top in real.parents
 
 
 def _norm_split(name: str | None) -> str | None:
@@ -131,21 +190,39 @@ def imagefolder_rows(root: Path, classes: Sequence[str] | None, skipped: list) -
     items = []
     for folder, split in layout:
         for cdir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for f in sorted(p for p in cdir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS):
+            rel_dir = cdir.relative_to(root)
+            if not _utf8(cdir.name):
+                skipped.append({"file": _shown(rel_dir) + "/", "reason": "class folder name is not valid UTF-8: "
+                                "rename it (its images are left out)"})
+                continue
+            images = sorted(p for p in cdir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+            if not images:    # reported: an empty class must not vanish silently
+                skipped.append({"file": f"{rel_dir.as_posix()}/", "reason": "empty class folder: no images, the "
+                                "class is left out" + (" of this split" if split else "")})
+            for f in images:
                 found.setdefault(cdir.name, None)
                 items.append((f, cdir.name, split))
     if not items:
         raise UserDataError(f"{root}: no images in class folders (expected PATH/<class>/* or "
                             "PATH/{train,val,test}/<class>/*)")
     names = _class_order(sorted(found), classes, str(root))
+    index = {n: i for i, n in enumerate(names)}
     rows = []
     for f, label, split in items:
-        data = f.read_bytes()
-        if (why := _check_image(data)) is not None:
-            skipped.append({"file": str(f.relative_to(root)), "reason": why})
+        rel = f.relative_to(root)
+        if not _utf8(str(rel)):
+            skipped.append({"file": _shown(rel), "reason": "file name is not valid UTF-8: rename it"})
             continue
-        rows.append({"image": data, "answer_idx": names.index(label), "label": label,
-                     "image_id": str(f.relative_to(root)), "split": split})
+        try:
+            data = f.read_bytes()
+        except OSError as exc:
+            skipped.append({"file": str(rel), "reason": f"{type(exc).__name__}: {exc.strerror or exc}"})
+            continue
+        if (why := _check_image(data)) is not None:
+            skipped.append({"file": str(rel), "reason": why})
+            continue
+        rows.append({"image": data, "answer_idx": index[label], "label": label,
+                     "image_id": str(rel), "split": split})
     return rows, names
 
 
@@ -180,6 +257,7 @@ def npz_rows(path: Path, classes: Sequence[str] | None) -> tuple[list[dict], lis
         raise UserDataError(f"{path}: class names unknown: pass --classes a,b,... (names in label-index order) or "
                             f"write {path.with_suffix('.json').name} ({{\"labels\": {{\"0\": \"name\", ...}}}})")
     names = _class_order(by_index, classes, str(path))
+    index = {n: i for i, n in enumerate(names)}
     rows = []
     for split in splits:
         images, labels = data[f"{split}_images"], data[f"{split}_labels"]
@@ -191,7 +269,7 @@ def npz_rows(path: Path, classes: Sequence[str] | None) -> tuple[list[dict], lis
                                 "are given")
         for i, (img, lab) in enumerate(zip(images, labels)):
             name = by_index[int(lab)]
-            rows.append({"image": _png(img), "answer_idx": names.index(name), "label": name,
+            rows.append({"image": _png(img), "answer_idx": index[name], "label": name,
                          "image_id": f"{split}/{i}", "split": split})
     return rows, names
 
@@ -220,7 +298,8 @@ def _labels_to_rows(records: list[dict], labels: list, classes: Sequence[str] | 
     else:
         found = sorted({str(x) for x in labels}, key=lambda v: (int(v), v) if ints else (0, v))   # 2 before 10
         names = _class_order(found, classes, where)
-        idx = [names.index(str(x)) for x in labels]
+        index = {n: i for i, n in enumerate(names)}
+        idx = [index[str(x)] for x in labels]
     for r, i in zip(records, idx):
         r["answer_idx"], r["label"] = i, names[i]
     return names
@@ -248,11 +327,16 @@ def table_rows(path: Path, kind: str, classes: Sequence[str] | None, image_col: 
     records, labels = [], []
     for n, r in enumerate(table):
         img, ident = r[icol], None
+        if isinstance(img, dict) and not img.get("bytes"):
+            img = img.get("path")
         if isinstance(img, dict):
-            ident, img = img.get("path"), img.get("bytes") or (img.get("path") and (base / img["path"]).read_bytes())
+            ident, img = img.get("path"), img.get("bytes")
         elif isinstance(img, str):
             ident = img
             f = base / img
+            if not _inside(f, base):     # a row names files in the table's folder only (no `..`, no absolute path)
+                skipped.append({"file": img, "reason": f"refused: the path leaves the table's folder {base}"})
+                continue
             if not f.is_file():
                 skipped.append({"file": img, "reason": "file not found"})
                 continue
