@@ -266,6 +266,12 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
     async def query_error(request: Request, exc: QueryError):
         return _error(400, "bad_request", str(exc))
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        """The safety net: anything a route let escape is the API's JSON error (logged with its traceback)."""
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal_error", f"internal error ({type(exc).__name__}); the server log has the details")
+
     def parse_params(items: list[tuple[str, Any]], where: str) -> SearchParams:
         """One :class:`SearchParams` from (name, value) pairs: unknown names and repeated scalars are 422."""
         unknown = sorted({k for k, _ in items if k not in PARAMS})
@@ -347,6 +353,8 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
         if ctype == "application/json":
             try:
                 body = await request.json()
+            except RecursionError:       # json's parser refuses deep nesting this way, not as a ValueError
+                raise HTTPException(400, "the body is not valid JSON: nested too deeply") from None
             except ValueError as exc:
                 raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
             if not isinstance(body, dict):
