@@ -132,3 +132,12 @@ def test_empty_class_folder_is_reported(tmp_path):
     rows, names, skipped = UserSource("imagefolder", str(root)).convert()
     assert names == ["a", "b"] and len(rows) == 2
     assert skipped == [{"file": "c/", "reason": "empty class folder: no images, the class is left out"}]
+
+
+def test_csv_that_is_not_utf8_names_the_file(tmp_path):
+    from biomedica_hf.eval.tasks import UserDataError
+
+    table = tmp_path / "labels.csv"
+    table.write_bytes("image,label\nimg/ok.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserDataError, match=r"labels.csv: not UTF-8 text \(byte 26"):
+        UserSource("csv", str(table)).convert()

@@ -309,8 +309,12 @@ def table_rows(path: Path, kind: str, classes: Sequence[str] | None, image_col: 
                skipped: list) -> tuple[list[dict], list[str]]:
     """Rows of a CSV / Parquet table with an image column and a label column (and optionally ``split``)."""
     if kind == "csv":
-        with open(path, newline="") as fh:
-            table = list(csv.DictReader(fh))
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                table = list(csv.DictReader(fh))
+        except UnicodeDecodeError as exc:
+            raise UserDataError(f"{_shown(path)}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the table "
+                                f"as UTF-8") from None
         columns = list(table[0]) if table else []
     else:
         import pyarrow.parquet as pq
