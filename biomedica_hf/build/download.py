@@ -12,6 +12,8 @@ One :class:`Downloader` is shared by every thread of a source. It
   byte every few seconds never resets it);
 * treats an HTML page served with status 200 for a non-HTML URL (a proxy or portal error page) as a
   transient error, never as the file;
+* stops a file named as an image, without an md5 to check it, whose first bytes carry no image signature
+  (``not_an_image``, not retried): nothing of it is kept (with an md5, the md5 decides);
 * never mistakes a local disk error for a network one: ``ENOSPC`` and other errors writing ``dest``
   propagate as the ``OSError`` (the ``.part`` is removed) so a build can stop instead of
   recording a bad package;
@@ -36,12 +38,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import requests
 import urllib3
 
 from biomedica_hf import __version__
+from biomedica_hf.build.media import is_image_name, sniff_image
 from biomedica_hf.io.atomic import move_into_place
 from biomedica_hf.io.retry import Backoff, RateLimiter, parse_retry_after
 
@@ -57,9 +60,10 @@ CONNECTION = "connection"
 TIMEOUT = "timeout"
 DEADLINE = "deadline"          # the file took longer than ``deadline`` seconds in all
 HTML_PAGE = "html_page"        # an HTML page answered with 200 instead of the file
+NOT_AN_IMAGE = "not_an_image"  # a file named as an image whose first bytes are no image signature: not kept
 INTERNAL = "error"  # unexpected exception (only from download_many, which never loses an item)
 REASONS = (NOT_FOUND, HTTP_ERROR, CHECKSUM_MISMATCH, SIZE_MISMATCH, TRUNCATED, CONNECTION, TIMEOUT, DEADLINE,
-           HTML_PAGE, INTERNAL)
+           HTML_PAGE, NOT_AN_IMAGE, INTERNAL)
 
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -335,7 +339,7 @@ class Downloader:
                             retry_after=parse_retry_after(resp.headers.get("Retry-After")))
 
     def _copy_body(self, url: str, resp: requests.Response, write: Callable[[bytes], Any],
-                   expected: int | None, deadline_at: float | None = None) -> int:
+                   expected: int | None, deadline_at: float | None = None, sniff: bool = False) -> int:
         """Stream the raw (undecoded) body into ``write``; raise on truncation, on an HTML page
         where a file was expected, and when ``deadline_at`` (monotonic) passes. Reads return what
         the socket has (``read1``), so a trickling server is caught at the deadline, not after a
@@ -343,16 +347,25 @@ class Downloader:
         n = 0
         html_check = resp.status_code == 200 and not _is_html_url(url)
         ctype = resp.headers.get("Content-Type") or ""
+        # ``sniff`` (a file without an md5 to check it): a body named as an image is sniffed in its first bytes,
+        # no image signature -> stop, nothing kept. With an md5, the md5 decides (a mismatch is retried).
+        name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+        head: bytes | None = b"" if sniff and resp.status_code == 200 and is_image_name(name) else None
         try:
             while True:
                 if deadline_at is not None and time.monotonic() > deadline_at:
                     raise DownloadError(url, DEADLINE, f"over the {self.deadline:g} s deadline after {n} bytes",
                                         retryable=False)
                 chunk = resp.raw.read1(self.chunk_size, decode_content=False)
+                if html_check and n == 0 and chunk and _looks_like_html(chunk, ctype):
+                    raise DownloadError(url, HTML_PAGE, f"HTTP 200 with an HTML page as body ({ctype or 'no type'})")
+                if head is not None and len(head) < 16:
+                    head += chunk[:16 - len(head)]
+                    if (len(head) >= 16 or not chunk) and not sniff_image(name, head):
+                        raise DownloadError(url, NOT_AN_IMAGE, f"{name}: first bytes {head[:8].hex()} are no "
+                                                               f"image signature", retryable=False)
                 if not chunk:
                     break
-                if html_check and n == 0 and _looks_like_html(chunk, ctype):
-                    raise DownloadError(url, HTML_PAGE, f"HTTP 200 with an HTML page as body ({ctype or 'no type'})")
                 try:
                     write(chunk)
                 except OSError as e:
@@ -520,12 +533,12 @@ class Downloader:
                     checked = True
                 else:
                     self._raise_for_status(url, resp)
-                    checked = self._write_part(url, resp, part, offset, deadline_at)
+                    checked = self._write_part(url, resp, part, offset, deadline_at, sniff=md5 is None)
         self._finish(url, dest, part, md5, size)
         return checked
 
     def _write_part(self, url: str, resp: requests.Response, part: Path, offset: int,
-                    deadline_at: float | None = None) -> bool:
+                    deadline_at: float | None = None, sniff: bool = False) -> bool:
         if resp.status_code == 206 and offset:
             start, end, _ = _parse_content_range(resp.headers.get("Content-Range"))
             if start != offset or end is None:
@@ -544,7 +557,7 @@ class Downloader:
         except OSError as e:
             raise _WriteError(e) from e
         with f:
-            self._copy_body(url, resp, f.write, expected, deadline_at)
+            self._copy_body(url, resp, f.write, expected, deadline_at, sniff)
             try:
                 f.flush()
                 if self.fsync:

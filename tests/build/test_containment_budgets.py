@@ -250,3 +250,38 @@ RESULT = 0
         assert (ledger[("figure", key)]["state"], ledger[("figure", key)]["reason"]) == ("failed", "not_an_image")
     assert ledger[("file", "PMC900060/fig1.jpg")]["reason"] == "not_an_image"
     assert _samples(out) == {"PMC900060_fig2"}
+
+
+def test_downloaded_figure_that_is_not_an_image_stops_at_its_first_bytes(tmp_path):
+    """The cloud source fetches figures one by one: 64 MiB of zeros served as ``fig1.jpg`` is stopped after its
+    first chunk (``not_an_image``, not retried, no ``.part`` kept); a real JPEG beside it downloads."""
+    from biomedica_hf.build.download import NOT_AN_IMAGE, Downloader, DownloadError
+
+    root = tmp_path / "srv"
+    root.mkdir()
+    with open(root / "fig1.jpg", "wb") as f:
+        f.truncate(64 << 20)
+    (root / "fig2.jpg").write_bytes(small_jpeg(70))
+    with PMCServer(root) as srv:
+        dl = Downloader(retries=2, backoff=0.01, timeout=5)
+        with pytest.raises(DownloadError) as ei:
+            dl.download(srv.url_for("fig1.jpg"), tmp_path / "got" / "fig1.jpg")
+        assert ei.value.reason == NOT_AN_IMAGE and not ei.value.retryable
+        assert len(srv.requests_for("fig1.jpg", "GET")) == 1
+        assert dl.download(srv.url_for("fig2.jpg"), tmp_path / "got" / "fig2.jpg").read_bytes() == small_jpeg(70)
+        dl.close()
+    assert sorted(p.name for p in (tmp_path / "got").iterdir()) == ["fig2.jpg"]
+    assert dl.stats.bytes < 8 << 20, dl.stats.bytes
+
+
+def test_every_real_fixture_image_passes_the_file_checks(pmc_dir):
+    """No false alarm on real PMC figures (JPEG, PNG, GIF, TIFF from packages and publishers)."""
+    from biomedica_hf.build.media import SNIFF_BYTES, check_image_file, is_image_name, sniff_image
+
+    files = [p for p in sorted(pmc_dir.rglob("*")) if p.is_file() and is_image_name(p.name)]
+    assert len(files) > 100
+    for p in files:
+        with open(p, "rb") as f:
+            check_image_file(f, p.name)
+            f.seek(0)
+            assert sniff_image(p.name, f.read(SNIFF_BYTES)), p
