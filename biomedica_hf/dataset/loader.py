@@ -645,10 +645,11 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
     storage_options = {} if local or token is None else {"token": token}
     index_url = dataset_file_url(path_or_repo_id, FIGURES_INDEX, revision)
     checked = ("key", "sha256") if verify else ()
-    *index, commit = index_source(index_url, storage_options, checked)   # one metadata request for a Hub index
+    index_fs, index_path, commit = index_source(index_url, storage_options, checked)   # a Hub index: one request
+    index = (index_fs, index_path)
     wanted = select_ranges(index_url, subset, concepts, exclude_concepts, licenses, years, min_caption_chars,
                            storage_options, split=split, exclude=exclude, near_duplicates=near_duplicates,
-                           columns=checked, with_columns=True, index=tuple(index))
+                           columns=checked, with_columns=True, index=index)
     # every shard is read at the commit the index came from: a commit pushed mid-stream (an update renaming or
     # rewriting shards) never mixes into a stream, which finishes from the commit it started on
     pinned = commit or revision
