@@ -140,8 +140,11 @@ def read_evalset(files: Sequence[Path], task: str | None = None, split: str | No
             filters.append(("split", "=", split))
         table = pq.read_table(f, columns=cols, filters=filters or None)   # row groups pruned by statistics
         for r in table.to_pylist():
-            opts = tuple(r["options"]) if r["options"] is not None else shared_opts
-            opts = same.setdefault(opts, opts)
+            if r["options"] is None:
+                opts = shared_opts           # one tuple for the file, not hashed per row
+            else:
+                opts = tuple(r["options"])
+                opts = same.setdefault(opts, opts)
             a = r["answer_idx"]
             if len(opts) < min_options or a is None or not 0 <= a < len(opts):
                 continue
