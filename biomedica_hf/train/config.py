@@ -90,7 +90,8 @@ class TrainBase:
     grad_checkpointing: bool = False
     log_every: int = 10
     save_every: int | None = None
-    resume: str | None = None            # auto | PATH | null
+    resume: str | None = "auto"          # auto | PATH | null (biomedica_hf.train.rundir)
+    overwrite: bool = False              # clear output_dir first (--overwrite)
     cpu: bool = False                    # train on CPU even when a GPU is present
 
 
@@ -205,7 +206,6 @@ class SmolVLMTrain(TrainBase):
     mixed_precision: Precision = "no"
     grad_checkpointing: bool = True
     save_every: int | None = 250
-    resume: str | None = "auto"
     scheduler: str = "linear"            # a transformers.get_scheduler name
 
 
