@@ -245,6 +245,7 @@ def _train(accelerator, cfg: dict) -> dict:
     batches = _Batches(accelerator, ds, loader, collate, epoch, max_epochs, bs, template, epoch_samples)
 
     loss_fn = ClipLoss()
+    record_keys = bool(d_cfg.get("record_keys"))
     log_every, save_every = int(t_cfg.get("log_every") or 1), t_cfg.get("save_every")
     max_scale = math.log(float(t_cfg.get("max_logit_scale", 100.0)))
     log_path = out / "log.jsonl"
@@ -281,7 +282,8 @@ def _train(accelerator, cfg: dict) -> dict:
                                          "rank_samples": per_rank, "samples": sum(per_rank)}) + "\n")
 
     done = False
-    while step < max_steps and not done:
+    until_data_ends = not t_cfg.get("max_steps")     # max_epochs: the last epoch ends when its data does
+    while (until_data_ends or step < max_steps) and not done:
         t0, batches.wait, step_loss, n_local = time.perf_counter(), 0.0, 0.0, 0
         micro = 0
         for micro in range(accum):
@@ -290,7 +292,7 @@ def _train(accelerator, cfg: dict) -> dict:
             if batch is None:
                 done = True
                 break
-            valid = batch["valid"].to(accelerator.device)
+            valid, keys = batch["valid"].to(accelerator.device), batch.get("keys") or []
             batch = {k: v.to(accelerator.device) for k, v in batch.items()
                      if isinstance(v, torch.Tensor) and k != "valid"}
             sync = accelerator.no_sync(model) if micro < accum - 1 else _nullcontext()
@@ -300,7 +302,11 @@ def _train(accelerator, cfg: dict) -> dict:
                     loss = loss_fn(img, txt, scale, valid)
                 accelerator.backward(loss / accum)
             step_loss += loss.detach() / accum
-            n_local += int(valid.sum())
+            n_real = int(valid.sum())
+            n_local += n_real
+            if record_keys and n_real:
+                with (out / f"keys_rank{rank}.jsonl").open("a") as fh:
+                    fh.write(json.dumps({"step": step + 1, "epoch": batches.epoch, "keys": keys[:n_real]}) + "\n")
         else:
             micro = accum
         if done and micro == 0:

@@ -128,6 +128,7 @@ class ClipData(DataBase):
     shuffle_buffer: int = 0
     num_workers: int = 0
     reference_prob: float = 0.0
+    record_keys: bool = False            # each rank appends the keys it trains on to output_dir/keys_rank{r}.jsonl
 
 
 @dataclass
