@@ -155,6 +155,19 @@ def test_refusal_is_one_line_exit_2(recipe_dataset, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "--overwrite" in err[0]
     assert main([*common, "--set", "train.max_steps=2", "--overwrite"]) == 0
     assert [r["step"] for r in recipe_log(out)] == [1, 2]
+    # the run's log drawn by `biomedica train-plot`
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from biomedica_hf.cli import main as cli
+
+    res = CliRunner().invoke(cli, ["train-plot", str(out)])
+    assert res.exit_code == 0, res.output
+    with Image.open(out / "training.png") as png:
+        assert png.format == "PNG" and png.size == (800, 600)
+        assert len(png.convert("L").getcolors(10**6)) > 10            # curves and labels, not a blank page
+    res = CliRunner().invoke(cli, ["train-plot", str(tmp_path)])
+    assert res.exit_code == 1 and "no training log" in res.output
 
 
 # --------------------------------------------------------------------------- launch check
