@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from biomedica_hf.errors import BiomedicaError
 from biomedica_hf.io.ranges import HF_URL, ReadOptions, read_files
 from biomedica_hf.layout import FIGURES_INDEX
 
@@ -63,6 +64,37 @@ EXTRA_COLUMNS = ("panel_type", "concepts", "local_concepts", "split", "near_dup_
 SPLITS = ("train", "validation", "test")
 NEAR_DUPLICATES = ("keep", "drop")
 DEFAULT_DECODE_THREADS = 8
+
+
+class DatasetNotFoundError(BiomedicaError, FileNotFoundError):
+    """``path_or_repo_id`` is neither an existing local folder nor a Hub dataset repo (exit 2 in the CLI and the
+    recipes); the message names both tries: the folder resolved against the working directory, and the Hub id."""
+
+    exit_code = 2
+
+
+def _not_found(root: str, hub: str) -> DatasetNotFoundError:
+    folder = os.path.abspath(os.path.expanduser(root))
+    where = ("" if os.path.isabs(os.path.expanduser(root))
+             else f" (relative paths resolve against the working directory {os.getcwd()})")
+    return DatasetNotFoundError(f"dataset {root!r} not found: no folder {folder}{where}, and {hub}",
+                                "give a `biomedica build` output folder or a Hub dataset id (owner/name)")
+
+
+def check_dataset_path(path_or_repo_id: str | os.PathLike) -> None:
+    """Raise :class:`DatasetNotFoundError` when ``path_or_repo_id`` is no local folder and cannot be a Hub dataset
+    id (``owner/name``); a well-formed id is looked up on the Hub when the index is read. No network here."""
+    root = os.fspath(path_or_repo_id)
+    if is_local(root):
+        return
+    if os.path.exists(root):
+        raise DatasetNotFoundError(f"dataset {root!r}: {os.path.abspath(root)} is a file, not a dataset folder",
+                                   "give the folder `biomedica build --out` wrote")
+    if not _REPO_ID.fullmatch(root):
+        raise _not_found(root, f"{root!r} is not a Hub dataset id (owner/name)")
+
+
+_REPO_ID = __import__("re").compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 
 
 class NoMatchWarning(UserWarning):
@@ -126,8 +158,9 @@ def index_file(index_url: str, storage_options: dict[str, Any] | None = None,
     A Hub index is read through a sparse local copy (:class:`biomedica_hf.io.sparse_parquet.SparseParquet`): one
     metadata request, the footer, then the filter columns' chunks of every row group fetched in parallel and kept
     (per ETag: a new commit of the index is a new copy; the ranks of a machine share it). The text columns, most
-    of the index's bytes, are never fetched. A missing index is a ``FileNotFoundError`` naming the fix; offline
-    and authentication errors surface as themselves.
+    of the index's bytes, are never fetched. A missing index is a ``FileNotFoundError`` naming the fix; a repo
+    that does not exist, or a Hub that cannot be reached (offline), is a :class:`DatasetNotFoundError` naming the
+    local folder tried too; authentication errors surface as themselves.
     """
     m = HF_URL.match(index_url)
     if m:
@@ -143,8 +176,15 @@ def index_file(index_url: str, storage_options: dict[str, Any] | None = None,
         except RevisionNotFoundError:
             raise FileNotFoundError(f"dataset repo {repo} has no revision {rev!r}") from None
         except RepositoryNotFoundError:
-            raise FileNotFoundError(f"{repo}: no such local folder, and no dataset repo of that name on the Hub "
-                                    f"(a private or gated repo needs token=)") from None
+            raise _not_found(repo, f"no dataset repo {repo!r} on the Hub (a private or gated repo needs token=)"
+                             ) from None
+        except Exception as exc:
+            from biomedica_hf.errors import unreachable
+
+            if unreachable(exc):    # neither a folder nor a Hub repo we could see: say both, with the reason
+                raise _not_found(repo, f"the Hub could not be asked about dataset repo {repo!r} "
+                                 f"({' '.join(str(exc).split())[:160]})") from exc
+            raise
         names = set(sparse.schema.names)
         path = sparse.ensure([c for c in (*FILTER_COLUMNS, *columns) if c in names])
         return fsspec.filesystem("file"), str(path)
@@ -683,6 +723,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
     from datasets import Dataset
     from datasets.fingerprint import Hasher
 
+    check_dataset_path(path_or_repo_id)
     local = is_local(path_or_repo_id)
     storage_options = {} if local or token is None else {"token": token}
     index_url = dataset_file_url(path_or_repo_id, FIGURES_INDEX, revision)

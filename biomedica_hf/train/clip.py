@@ -154,6 +154,9 @@ def train(cfg: dict) -> dict:
     from accelerate import Accelerator
 
     cfg = to_dict(check_config("clip", cfg))
+    from biomedica_hf.dataset.loader import check_dataset_path
+
+    check_dataset_path(cfg["data"]["path"])       # a wrong data.path: one line, before any model is built
     cpu = cfg["train"]["cpu"] or not torch.cuda.is_available()
     bf16_ok = not cpu and torch.cuda.is_bf16_supported()
     accelerator = Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg["train"]["mixed_precision"], bf16_ok))

@@ -150,6 +150,9 @@ def train(cfg: dict) -> dict:
     from accelerate import Accelerator
 
     cfg = to_dict(check_config("smolvlm", cfg))
+    from biomedica_hf.dataset.loader import check_dataset_path
+
+    check_dataset_path(cfg["data"]["path"])       # a wrong data.path: one line, before any model is loaded
     tcfg = cfg["train"]
     quantization_config(cfg["model"])          # fail fast (before any download) when QLoRA cannot run here
     out = Path(cfg["output_dir"])

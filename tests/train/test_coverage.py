@@ -194,3 +194,29 @@ def test_one_process_launch_that_asked_for_two_says_so(recipe_dataset, tmp_path)
     warnings = [line for line in p.stderr.splitlines() if "asked for 2 processes" in line]
     assert len(warnings) == 1 and "--multi_gpu" in warnings[0]
     assert "world size 1" in p.stderr
+
+
+# --------------------------------------------------------------------------- data paths
+def test_wrong_data_path_is_a_typed_error_naming_both_tries(tmp_path, monkeypatch):
+    from biomedica_hf.dataset.loader import DatasetNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=rf"no folder {tmp_path}/my_ds_typo \(relative paths resolve "
+                                                   rf"against the working directory {tmp_path}\).*not a Hub dataset id"):
+        load_biomedica("my_ds_typo")
+    # a well-formed Hub id, with the Hub out of reach (HF_HUB_OFFLINE): the folder and the Hub both named
+    with pytest.raises(DatasetNotFoundError, match=r"no folder .*/owner/name .*the Hub could not be asked"):
+        load_biomedica("owner/name")
+    assert issubclass(DatasetNotFoundError, FileNotFoundError) and DatasetNotFoundError.exit_code == 2
+
+
+@pytest.mark.parametrize("recipe", ["clip", "smolvlm"])
+def test_recipe_with_a_wrong_data_path_exits_2_in_one_line(recipe, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(f"biomedica_hf.train.{recipe}").main
+    assert main(["--config", "cpu_smoke", "--set", "data.path=demo_out", "--set", f"output_dir={tmp_path}/run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: dataset 'demo_out' not found: no folder ")
+    assert str(tmp_path) in err[0] and not (tmp_path / "run").exists()     # nothing written
