@@ -357,7 +357,13 @@ def _train(accelerator, cfg: dict) -> dict:
     e_cfg = cfg["export"]
     export_dir = out / "export"
     if clip.is_lora and e_cfg["enabled"] and e_cfg["adapter"] and accelerator.is_main_process:
-        clip.model.save_pretrained(export_dir / "lora_adapter")   # the trained adapter, before any WiSE-FT
+        from biomedica_hf.clip.export import save_lora_adapter
+
+        m_cfg = cfg["model"]
+        save_lora_adapter(clip, export_dir / "lora_adapter",     # the trained adapter, before any WiSE-FT
+                          m_cfg.get("name_or_path") if m_cfg["kind"] == "transformers" else m_cfg.get("name"),
+                          {"kind": m_cfg["kind"], "pretrained": m_cfg.get("pretrained") if m_cfg["kind"] == "open_clip"
+                           else None, "data": d_cfg["path"], "subset": d_cfg.get("subset"), "steps": step})
     if cfg["wise_ft"].get("alpha") is not None:
         from biomedica_hf.clip.export import wise_ft
 
