@@ -316,11 +316,14 @@ def export(model, processor, out: Path, cfg: dict) -> dict:
     and check the round trip: merged.from_pretrained logits == adapter logits on a probe batch."""
     import torch
 
+    from biomedica_hf.vlm.compat import make_legacy_compatible
+
     res: dict[str, Any] = {}
     is_peft = hasattr(model, "peft_config")
     if is_peft and cfg["export"]["adapter"]:
         model.save_pretrained(out / "adapter")
         processor.save_pretrained(out / "adapter")
+        make_legacy_compatible(out / "adapter")
         res["adapter_dir"] = str(out / "adapter")
     if cfg["export"]["merge"]:
         if is_peft and cfg["model"].get("quantization"):
@@ -342,6 +345,7 @@ def export(model, processor, out: Path, cfg: dict) -> dict:
             res["merge_max_abs_diff"] = float((before - after).abs().max())
         merged.save_pretrained(out / "merged")
         processor.save_pretrained(out / "merged")
+        make_legacy_compatible(out / "merged")      # loads with transformers 4.46 too (biomedica_hf.vlm.compat)
         res["merged_dir"] = str(out / "merged")
     return res
 
