@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from biomedica_hf.clip.vision import flatten_to_rgb
+from biomedica_hf.images import to_rgb as flatten_to_rgb
 from biomedica_hf.dataset.loader import load_biomedica
 
 

@@ -295,9 +295,11 @@ def compare_preprocessing(open_clip_transform, image_processor, images) -> list[
     """Per image: the crop offsets and the max / mean absolute difference of the two pixel tensors."""
     import numpy as np
 
+    from biomedica_hf.images import to_rgb
+
     rows = []
     for im in images:
-        im = im.convert("RGB")
+        im = to_rgb(im)
         a = open_clip_transform(im).numpy()
         b = image_processor(images=[im], return_tensors="pt")["pixel_values"][0].numpy()
         size = a.shape[-1]

@@ -7,7 +7,6 @@ text), ``image_id`` and ``provenance_license`` (plus ``split`` in files this pac
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -131,9 +130,8 @@ def read_evalset(files: Sequence[Path], task: str | None = None, split: str | No
 
 
 def decode_image(data: bytes):
-    """PIL image from encoded bytes (loaded, so the buffer can be dropped)."""
-    from PIL import Image
+    """RGB PIL image from encoded bytes by the one image policy (:func:`biomedica_hf.images.to_rgb`; loaded, so
+    the buffer can be dropped)."""
+    from biomedica_hf.images import to_rgb
 
-    im = Image.open(io.BytesIO(data))
-    im.load()
-    return im
+    return to_rgb(data)

@@ -20,7 +20,6 @@ cut inside them. When prompt + answer exceeds ``max_length`` the *answer* is sho
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -179,12 +178,11 @@ def collate(batch: Sequence[Encoded], pad_id: int):
 
 
 def decode_image(image: Any):
-    """PIL RGB image from a ``datasets`` image dict ({bytes, path}) or a PIL image."""
-    from PIL import Image
+    """PIL RGB image from a ``datasets`` image dict ({bytes, path}), bytes or a PIL image, by the one image policy
+    (:func:`biomedica_hf.images.to_rgb`: transparency onto white, as CLIP, concepts and eval see it)."""
+    from biomedica_hf.images import to_rgb
 
-    if isinstance(image, dict):
-        image = Image.open(io.BytesIO(image["bytes"])) if image.get("bytes") else Image.open(image["path"])
-    return image.convert("RGB")
+    return to_rgb(image)
 
 
 READ_LOG_LIMIT = 10_000   # keys of the rows read that ``position["read_keys"]`` keeps (the first ones)
