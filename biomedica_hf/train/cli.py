@@ -61,7 +61,9 @@ def run_recipe(recipe: str, description: str | None, argv: list[str] | None,
     try:
         result = train(cfg)
     except BiomedicaError as exc:
-        print(f"error: {exc.line()}", file=sys.stderr)
+        # a usage error (exit 2: config, data path, output folder) is raised alike by every rank: say it once
+        if exc.exit_code != 2 or int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {exc.line()}", file=sys.stderr)
         return exc.exit_code
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary(result)))

@@ -8,19 +8,25 @@ r"""The CLIP continual pre-training loop (one loop for open_clip and transformer
 
 ``train(config)`` runs under ``accelerate launch`` (or plain ``python`` for one process):
 
-* data: :func:`biomedica_hf.clip.data.build_stream` (sharded once, by node; the DataLoader is not
-  ``prepare``d); ranks stop together when any rank runs out (an all-reduce per micro-batch), so unequal data
-  never hangs;
+* data: :func:`biomedica_hf.clip.data.build_stream` (each rank reads its own contiguous share of the selected
+  samples, shares differ by at most one; the DataLoader is not ``prepare``d); micro-batches are padded to
+  ``batch_size`` with masked rows and the epoch ends when every rank's share is done (an all-reduce per
+  micro-batch; a rank that ran out joins with an all-padding batch), so every sample is trained on exactly once
+  per epoch and unequal data never hangs (:class:`_Batches`); ``train.max_epochs`` alone trains whole epochs;
 * loss: :class:`biomedica_hf.clip.loss.ClipLoss`, local logits against gathered features (exact for world size > 1);
 * AdamW (config betas), linear warmup + cosine decay, gradient accumulation (each micro-batch is its own
   contrastive batch of ``batch_size x world_size``), grad-norm clipping, bf16 autocast on CUDA,
   gradient checkpointing and PEFT LoRA options, WiSE-FT with the base weights after training;
 * checkpoints ``output_dir/checkpoints/step_N`` (:mod:`biomedica_hf.train.checkpoint`): ``accelerator.save_state``
   (model, optimizer, scheduler, RNG) + every rank's ``IterableDataset.state_dict()`` + step/epoch;
-  ``train.resume`` (``auto`` | PATH | null) resumes exactly (with ``num_workers: 0``; the shuffle buffer's
+  ``train.resume`` (``auto``, the default | PATH | null; :mod:`biomedica_hf.train.rundir`: an output folder
+  holds one run, ``--overwrite`` clears it) resumes exactly (with ``num_workers: 0``; the shuffle buffer's
   content is not part of a ``datasets`` state and is refilled on resume, so use ``shuffle_buffer: 0`` where
   bit-exact resume matters);
-* logs: ``output_dir/log.jsonl``: step, epoch, loss, lr, logit_scale, grad_norm, samples/s, data-wait fraction.
+* output: a start line (world size, device, samples per rank, steps per epoch), a progress bar on rank 0
+  (:mod:`biomedica_hf.train.progress`); ``output_dir/log.jsonl``: step, epoch, samples, loss, lr, logit_scale,
+  grad_norm, samples/s, data-wait fraction, plus ``start`` and ``epoch_end`` events (per-rank sample counts);
+  see docs/training.md.
 
 The config (:class:`biomedica_hf.train.config.ClipConfig`) is checked: unknown keys are errors.
 """

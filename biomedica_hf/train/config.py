@@ -8,8 +8,9 @@ a key of the old vocabulary is an error naming its new key (:data:`RENAMED`).
 
 One vocabulary for both recipes (issue 18):
 
-* ``output_dir``; ``train.resume: auto | PATH | null`` (``auto``: the latest checkpoint in
-  ``output_dir/checkpoints``, if any); ``train.grad_checkpointing``; ``train.mixed_precision: auto | no |
+* ``output_dir``; ``train.resume: auto | PATH | null`` (default ``auto``: the latest checkpoint in
+  ``output_dir/checkpoints`` of the same config, if any; :mod:`biomedica_hf.train.rundir`), ``train.overwrite``
+  (``--overwrite``: clear ``output_dir`` first); ``train.grad_checkpointing``; ``train.mixed_precision: auto | no |
   bf16 | fp16`` (``auto``: bf16 on a CUDA GPU with bf16, else no); ``train.cpu``;
 * ``export.enabled``, ``export.adapter`` (also save the PEFT LoRA adapter); ``card.enabled``, ``card.template``;
 * ``data.path``, ``data.subset`` and the ``load_biomedica`` filters (``concepts``, ``exclude_concepts``,

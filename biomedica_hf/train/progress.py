@@ -16,7 +16,7 @@ import time
 from typing import TextIO
 
 
-def asked_processes(environ: dict[str, str] | None = None, parent_cmdline: list[str] | None = None) -> int | None:
+def asked_processes(parent_cmdline: list[str] | None = None) -> int | None:
     """How many processes the launcher was asked for: ``--num_processes N`` / ``--num-processes N`` /
     ``--nproc_per_node N`` on the parent's command line (``accelerate launch``, ``torchrun``), else None."""
     if parent_cmdline is None:
@@ -39,10 +39,9 @@ def asked_processes(environ: dict[str, str] | None = None, parent_cmdline: list[
     return None
 
 
-def launch_warning(num_processes: int, environ: dict[str, str] | None = None,
-                   parent_cmdline: list[str] | None = None) -> str | None:
+def launch_warning(num_processes: int, parent_cmdline: list[str] | None = None) -> str | None:
     """One line when the launch asked for more processes than the run has, else None."""
-    asked = asked_processes(environ, parent_cmdline)
+    asked = asked_processes(parent_cmdline)
     if asked is None or asked <= num_processes:
         return None
     return (f"warning: the launch asked for {asked} processes but this run has {num_processes} (accelerate launch "

@@ -16,8 +16,12 @@ Config (:class:`biomedica_hf.train.config.SmolVLMConfig`, bundled ones in ``biom
 
 Checkpoints (:mod:`biomedica_hf.train.checkpoint`): ``output_dir/checkpoints/step_N`` holds
 ``accelerator.save_state`` (model, optimizer, scheduler, RNG), ``trainer_state.json`` (step) and
-``data_state_rank{r}.json`` (samples consumed by that rank); ``train.resume: auto`` picks the latest one and
-fast-forwards the data stream without decoding images.
+``data_state_rank{r}.json`` (samples consumed by that rank); ``train.resume: auto`` (the default) picks the
+latest one of the same config and fast-forwards the data stream without decoding images; another config over
+the folder is refused unless ``--overwrite`` (:mod:`biomedica_hf.train.rundir`). Each rank reads its own share of
+the selected samples (``load_biomedica(rank=)``, shares differ by at most one sample); rank 0 prints a start
+line and a progress bar; ``log.jsonl`` is described in docs/training.md. Exports load with transformers 4.46 too
+(:mod:`biomedica_hf.vlm.compat`).
 """
 from __future__ import annotations
 
