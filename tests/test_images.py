@@ -48,7 +48,7 @@ def _stages(data: bytes) -> dict[str, np.ndarray]:
         "vlm_train": vlm_decode({"bytes": data, "path": "shard.tar/k.png"}),
         "vlm_decoded": vlm_decode(decoded),
         "concepts": concept_sheets(decoded),
-        "eval": eval_decode(data),
+        "eval": open_rgb(eval_decode(data)),            # eval decodes, its encoders' encode_images apply open_rgb
         "search_thumbs": search_thumbs(Image.open(io.BytesIO(data))).convert("RGB"),
     }
     for name, img in out.items():

@@ -7,6 +7,7 @@ text), ``image_id`` and ``provenance_license`` (plus ``split`` in files this pac
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -130,8 +131,10 @@ def read_evalset(files: Sequence[Path], task: str | None = None, split: str | No
 
 
 def decode_image(data: bytes):
-    """RGB PIL image from encoded bytes by the one image policy (:func:`biomedica_hf.images.to_rgb`; loaded, so
-    the buffer can be dropped)."""
-    from biomedica_hf.images import to_rgb
+    """PIL image from encoded bytes, in its own mode (loaded, so the buffer can be dropped); the encoders make it
+    RGB by the one image policy (``encode_images`` -> :func:`biomedica_hf.images.to_rgb`)."""
+    from PIL import Image
 
-    return to_rgb(data)
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
