@@ -259,7 +259,7 @@ def _train(accelerator, cfg: dict) -> dict:
     max_scale = math.log(float(t_cfg.get("max_logit_scale", 100.0)))
     log_path = out / "log.jsonl"
     losses: list[float] = []
-    device = f"{accelerator.device.type}" + (f", {accelerator.distributed_type}" if world > 1 else "")
+    device = f"{accelerator.device.type}" + (f", {accelerator.distributed_type.value}" if world > 1 else "")
     if accelerator.is_main_process:
         print(banner("clip", world, device, rank_samples, steps_per_epoch, bs, accum, max_steps, step),
               file=sys.stderr, flush=True)

@@ -230,7 +230,7 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
         raise BiomedicaError(f"{sum(rank_samples)} selected sample(s) for {world} processes: every process needs "
                              f"at least one", "use fewer processes or select more data")
     steps_per_epoch = -(-max(rank_samples) // (bs * tcfg["grad_accum"]))
-    device = accelerator.device.type + (f", {accelerator.distributed_type}" if world > 1 else "")
+    device = accelerator.device.type + (f", {accelerator.distributed_type.value}" if world > 1 else "")
     if accelerator.is_main_process:
         rundir.trim_log(out, step)
         print(banner("smolvlm", world, device, rank_samples, steps_per_epoch, bs, tcfg["grad_accum"],
