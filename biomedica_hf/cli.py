@@ -435,9 +435,10 @@ def _register_commands() -> None:
     from biomedica_hf.eval.cli import COMMANDS as EVAL_COMMANDS
     from biomedica_hf.eval.decontaminate_cli import COMMANDS as NEARDUP_COMMANDS
     from biomedica_hf.search.cli import COMMANDS as SEARCH_COMMANDS
+    from biomedica_hf.train.plot import COMMANDS as TRAIN_COMMANDS
     from biomedica_hf.vlm.cli import COMMANDS as VLM_COMMANDS
 
-    for command in CONCEPT_COMMANDS + EVAL_COMMANDS + NEARDUP_COMMANDS + SEARCH_COMMANDS + VLM_COMMANDS:
+    for command in CONCEPT_COMMANDS + EVAL_COMMANDS + NEARDUP_COMMANDS + SEARCH_COMMANDS + VLM_COMMANDS + TRAIN_COMMANDS:
         main.add_command(command)
 
 

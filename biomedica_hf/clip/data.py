@@ -1,10 +1,11 @@
 """The training stream: ``load_biomedica`` -> shuffle -> split by node -> DataLoader -> model inputs.
 
-Sharding is done ONCE, by ``datasets``: ``load_biomedica(world_size=, num_workers=)`` cuts the work units
-into a multiple of ``world_size x num_workers``, ``split_dataset_by_node`` gives every rank its own units,
-and DataLoader workers split a rank's units again. The DataLoader is therefore NOT passed to
+Sharding is done ONCE, by the loader: ``load_biomedica(world_size=, rank=, num_workers=)`` gives every rank a
+contiguous run of the selected samples (runs differ by at most one sample, cut inside shards where needed),
+cut into groups that the DataLoader workers share. The DataLoader is therefore NOT passed to
 ``accelerator.prepare`` (that would shard a second time: every rank would keep 1/world_size of an
-already split stream); batches are moved to the device by the trainer.
+already split stream); batches are moved to the device by the trainer, which pads the uneven last ones
+(:class:`biomedica_hf.train.clip._Batches`).
 """
 from __future__ import annotations
 
@@ -14,14 +15,13 @@ from typing import Any
 
 import torch
 
-from biomedica_hf.clip.vision import flatten_to_rgb
+from biomedica_hf.images import to_rgb as flatten_to_rgb
 from biomedica_hf.dataset.loader import load_biomedica
 
 
 def build_stream(data_cfg: dict, rank: int = 0, world_size: int = 1, seed: int = 0):
-    """The rank's ``datasets.IterableDataset`` of ``{key, image, caption, metadata}``."""
-    from datasets.distributed import split_dataset_by_node
-
+    """The rank's ``datasets.IterableDataset`` of ``{key, image, caption, metadata}``
+    (``ds.info.splits["train"].num_examples``: the rank's number of samples)."""
     num_workers = int(data_cfg.get("num_workers", 0))
     ds = load_biomedica(data_cfg["path"], subset=data_cfg.get("subset", "commercial"),
                         concepts=data_cfg.get("concepts"), exclude_concepts=data_cfg.get("exclude_concepts"),
@@ -29,12 +29,10 @@ def build_stream(data_cfg: dict, rank: int = 0, world_size: int = 1, seed: int =
                         min_caption_chars=data_cfg.get("min_caption_chars"), streaming=True,
                         split=data_cfg.get("split"), exclude=data_cfg.get("exclude"),
                         near_duplicates=data_cfg.get("near_duplicates", "keep"),
-                        world_size=world_size, num_workers=num_workers)
+                        world_size=world_size, rank=rank, num_workers=num_workers)
     buffer = int(data_cfg.get("shuffle_buffer", 0))
-    if buffer > 0:   # shuffles unit order (seeded, per epoch) and samples within a buffer
+    if buffer > 0:   # shuffles the rank's group order (seeded, per epoch) and samples within a buffer
         ds = ds.shuffle(seed=seed, buffer_size=buffer)
-    if world_size > 1:
-        ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
     return ds
 
 

@@ -5,7 +5,10 @@
 * ``transformers`` - ``CLIPModel`` + ``CLIPProcessor`` (``save_pretrained``). An open_clip model is
   converted when its architecture maps (:func:`convert_open_clip_to_hf`): a ViT image tower with class
   token pooling and the standard causal text tower with argmax (EOT) pooling.
-* LoRA - merged into the weights (default) or saved as a PEFT adapter folder (``lora_adapter/``).
+* LoRA - merged into the weights (default) or saved as a PEFT adapter folder (``lora_adapter/``,
+  :func:`save_lora_adapter`): the adapter, ``base_model_name_or_path``, every trained parameter outside the
+  adapted layers (the temperature ``logit_scale``, any unfrozen projection) in
+  ``trained_parameters.safetensors``, and a README saying how to load it (:func:`load_lora_adapter`).
 * :func:`wise_ft` - WiSE-FT weight-space ensembling with the base model.
 """
 from __future__ import annotations
@@ -30,6 +33,85 @@ def save_open_clip_folder(model: torch.nn.Module, model_cfg: dict, out_dir: str 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(out / "open_clip_model.safetensors"))
     return out
+
+
+# ---------------------------------------------------------------------- LoRA adapter
+#: the adapter folder's side file: trained parameters outside the LoRA layers (PEFT saves only the adapters,
+#: and ``modules_to_save`` takes modules, not a bare parameter such as CLIP's ``logit_scale``)
+TRAINED_PARAMETERS = "trained_parameters.safetensors"
+
+ADAPTER_README = """---
+library_name: peft
+base_model: {base}
+tags: [biomedica, clip, lora]
+---
+# LoRA adapter: {base}
+
+A PEFT LoRA adapter of the {kind} CLIP model `{base}`{pretrained}, trained by the biomedica-hf CLIP recipe
+(`python -m biomedica_hf.train.clip`) on `{data}` (subset `{subset}`) for {steps} steps.
+
+* `adapter_config.json`, `adapter_model.safetensors`: the LoRA weights (r={r}, alpha={alpha}) on {targets};
+* `{side}`: the trained parameters outside the adapted layers ({extra}). PEFT does not load this file:
+  apply it as below, or the model keeps the base model's values (e.g. its temperature) and its logits differ.
+
+## Load
+
+```python
+from peft import PeftModel
+from safetensors.torch import load_file
+
+base = ...   # the base model: {load_base}
+model = PeftModel.from_pretrained(base, "ADAPTER_DIR")
+missing, unexpected = model.get_base_model().load_state_dict(load_file("ADAPTER_DIR/{side}"), strict=False)
+assert not unexpected
+```
+
+or `biomedica_hf.clip.export.load_lora_adapter(base, "ADAPTER_DIR")`, which does the same. The merged model
+(`export/open_clip`, `export/transformers`) gives the same logits without PEFT.
+"""
+
+
+def save_lora_adapter(clip, out_dir: str | os.PathLike, base: str | None = None,
+                      info: dict[str, Any] | None = None) -> Path:
+    """Save ``clip``'s PEFT adapter with ``base_model_name_or_path``, its trained non-LoRA parameters
+    (:data:`TRAINED_PARAMETERS`) and a README (base, data, how to load). ``info``: ``kind``, ``pretrained``,
+    ``data``, ``subset``, ``steps`` for the README."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    info = dict(info or {})
+    peft_model = clip.model
+    config = peft_model.peft_config["default"]
+    base = base or config.base_model_name_or_path or getattr(clip, "name", None) or "unknown"
+    config.base_model_name_or_path = base
+    peft_model.save_pretrained(out)
+    extra = {n: p.detach().contiguous().cpu() for n, p in peft_model.get_base_model().named_parameters()
+             if p.requires_grad and "lora_" not in n}
+    save_file(extra, str(out / TRAINED_PARAMETERS))
+    kind = info.get("kind", getattr(clip, "kind", "open_clip"))
+    load_base = (f'open_clip.create_model_and_transforms("{base}"'
+                 + (f', pretrained="{info["pretrained"]}")[0]' if info.get("pretrained") else ")[0]")
+                 if kind == "open_clip" else f'transformers.CLIPModel.from_pretrained("{base}")')
+    (out / "README.md").write_text(ADAPTER_README.format(
+        base=base, kind=kind, pretrained=f" (weights `{info['pretrained']}`)" if info.get("pretrained") else "",
+        data=info.get("data", "a BIOMEDICA dataset"), subset=info.get("subset", "all"), steps=info.get("steps", "?"),
+        r=config.r, alpha=config.lora_alpha, targets=", ".join(f"`{t}`" for t in sorted(config.target_modules or [])),
+        side=TRAINED_PARAMETERS, extra=", ".join(f"`{n}`" for n in extra) or "none", load_base=load_base))
+    return out
+
+
+def load_lora_adapter(base: torch.nn.Module, adapter_dir: str | os.PathLike):
+    """``PeftModel.from_pretrained(base, adapter_dir)`` with the adapter's :data:`TRAINED_PARAMETERS` applied."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    side = Path(adapter_dir) / TRAINED_PARAMETERS
+    if side.is_file():
+        _, unexpected = model.get_base_model().load_state_dict(load_file(str(side)), strict=False)
+        if unexpected:
+            raise ValueError(f"{side}: parameters {unexpected[:5]} are not in the base model: another base?")
+    return model
 
 
 # ---------------------------------------------------------------------- WiSE-FT
@@ -213,9 +295,11 @@ def compare_preprocessing(open_clip_transform, image_processor, images) -> list[
     """Per image: the crop offsets and the max / mean absolute difference of the two pixel tensors."""
     import numpy as np
 
+    from biomedica_hf.images import to_rgb
+
     rows = []
     for im in images:
-        im = im.convert("RGB")
+        im = to_rgb(im)
         a = open_clip_transform(im).numpy()
         b = image_processor(images=[im], return_tensors="pt")["pixel_values"][0].numpy()
         size = a.shape[-1]
@@ -276,7 +360,7 @@ def export_model(clip, out_dir: str | os.PathLike, formats: tuple[str, ...] = ("
     written: dict[str, str] = {}
     if clip.is_lora:
         if lora == "adapter":
-            clip.model.save_pretrained(out / "lora_adapter")
+            save_lora_adapter(clip, out / "lora_adapter")
             written["lora_adapter"] = str(out / "lora_adapter")
         clip.merge_lora()
     skipped = {}

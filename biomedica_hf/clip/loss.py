@@ -6,6 +6,12 @@ gradient and keeps the local slice, so the gradient of every rank's loss reaches
 produced it: with the per-rank loss being the mean over local rows, the mean over ranks is exactly the
 single-process loss on the global batch, and DDP's gradient averaging gives exactly its gradient.
 (All-reduce instead of reduce-scatter so that gloo / CPU runs work too.)
+
+Uneven data: every rank's micro-batch is padded to the same size and ``valid`` marks its real rows. Padding
+rows are neither anchors nor negatives (their logits columns are masked, their rows weigh 0), and the loss is
+the sum over the real rows divided by the mean number of real rows per rank, so that DDP's gradient average is
+exactly the gradient of the mean loss over the real rows of the global batch (a rank with no real row gives a
+zero loss that still takes part in every collective).
 """
 from __future__ import annotations
 
@@ -29,6 +35,15 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
 
 
+def gather_mask(valid: torch.Tensor) -> torch.Tensor:
+    """The ``valid`` masks of all ranks, concatenated in rank order (no gradient)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return valid
+    out = [torch.empty_like(valid) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, valid.contiguous())
+    return torch.cat(out, 0)
+
+
 def gather_features(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(features of all ranks concatenated in rank order, offset of this rank's rows)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -37,7 +52,8 @@ def gather_features(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 class ClipLoss(torch.nn.Module):
-    """Symmetric InfoNCE on L2-normalised features; equal local batch sizes on every rank are required.
+    """Symmetric InfoNCE on L2-normalised features; equal local batch sizes on every rank are required (pad
+    them and pass ``valid``, the mask of real rows, for uneven data).
 
     ``gather=False`` computes the loss of the local batch only (a single-process reference).
     """
@@ -47,7 +63,7 @@ class ClipLoss(torch.nn.Module):
         self.gather = gather
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
-                logit_scale: torch.Tensor) -> torch.Tensor:
+                logit_scale: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         image_features = F.normalize(image_features.float(), dim=-1)
         text_features = F.normalize(text_features.float(), dim=-1)
         if self.gather:
@@ -59,4 +75,14 @@ class ClipLoss(torch.nn.Module):
         logits_per_image = scale * image_features @ all_texts.T
         logits_per_text = scale * text_features @ all_images.T
         labels = torch.arange(image_features.shape[0], device=image_features.device) + offset
-        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        if valid is None:
+            return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        valid = valid.to(device=image_features.device, dtype=torch.float32)
+        all_valid = gather_mask(valid) if self.gather else valid
+        pad_columns = all_valid[None, :] == 0
+        logits_per_image = logits_per_image.masked_fill(pad_columns, -1e4)
+        logits_per_text = logits_per_text.masked_fill(pad_columns, -1e4)
+        per_row = (F.cross_entropy(logits_per_image, labels, reduction="none")
+                   + F.cross_entropy(logits_per_text, labels, reduction="none")) / 2
+        ranks = all_valid.shape[0] / valid.shape[0]
+        return (per_row * valid).sum() / (all_valid.sum() / ranks).clamp_min(1e-9)

@@ -5,8 +5,8 @@ Used by the CLIP wrapper (:mod:`biomedica_hf.clip.model`), the concept stage's e
 embedded the same way wherever it is seen.
 
 * :func:`pick_device` - ``auto`` -> cuda, else mps, else cpu.
-* :func:`open_rgb` / :func:`flatten_to_rgb` - bytes or a PIL image -> RGB; transparency becomes white
-  (figures are drawn on white), 16-bit greyscale is scaled to 8 bits; large JPEGs decode at reduced scale.
+* :func:`open_rgb` / :func:`flatten_to_rgb` - bytes or a PIL image -> RGB by :func:`biomedica_hf.images.to_rgb`
+  (the policy every stage shares); large JPEGs decode at reduced scale.
 * :func:`prepare_image` - bytes -> ``image_size`` square: ``pad`` (white), ``crop`` (centre) or ``squash``.
 * :func:`load_image_model` / :func:`embed_images` - an image backbone (DINOv2 or any transformers
   ``AutoModel`` + ``AutoImageProcessor``, Hub id or local folder; or any CLIP model SPEC of
@@ -44,20 +44,11 @@ def pick_device(device: str = "auto") -> str:
 
 # ------------------------------------------------------------------------------------ images
 def flatten_to_rgb(img):
-    """RGB image; transparent pixels become white (figures are drawn on white)."""
-    from PIL import Image
+    """RGB image by the one image policy (:func:`biomedica_hf.images.to_rgb`: upright, transparency onto white,
+    16-bit stretched, CMYK through its profile)."""
+    from biomedica_hf.images import to_rgb
 
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode == "I;16" or img.mode == "I":
-        arr = np.asarray(img, dtype=np.float32)
-        hi = float(arr.max()) or 1.0
-        img = Image.fromarray((arr * (255.0 / hi)).astype(np.uint8), "L")
-    return img.convert("RGB")
+    return to_rgb(img)
 
 
 def open_rgb(data: bytes | Any, max_side: int = MAX_DECODE_SIDE):

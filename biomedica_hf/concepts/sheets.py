@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from biomedica_hf.clip.vision import flatten_to_rgb
+from biomedica_hf.images import to_rgb as flatten_to_rgb
 from biomedica_hf.concepts.cluster import load_cluster_model, read_clusters
 from biomedica_hf.concepts.layout import (
     CLUSTERS,

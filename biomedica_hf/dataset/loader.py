@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from biomedica_hf.errors import BiomedicaError
 from biomedica_hf.io.ranges import HF_URL, ReadOptions, read_files
 from biomedica_hf.layout import FIGURES_INDEX
 
@@ -63,6 +64,37 @@ EXTRA_COLUMNS = ("panel_type", "concepts", "local_concepts", "split", "near_dup_
 SPLITS = ("train", "validation", "test")
 NEAR_DUPLICATES = ("keep", "drop")
 DEFAULT_DECODE_THREADS = 8
+
+
+class DatasetNotFoundError(BiomedicaError, FileNotFoundError):
+    """``path_or_repo_id`` is neither an existing local folder nor a Hub dataset repo (exit 2 in the CLI and the
+    recipes); the message names both tries: the folder resolved against the working directory, and the Hub id."""
+
+    exit_code = 2
+
+
+def _not_found(root: str, hub: str) -> DatasetNotFoundError:
+    folder = os.path.abspath(os.path.expanduser(root))
+    where = ("" if os.path.isabs(os.path.expanduser(root))
+             else f" (relative paths resolve against the working directory {os.getcwd()})")
+    return DatasetNotFoundError(f"dataset {root!r} not found: no folder {folder}{where}, and {hub}",
+                                "give a `biomedica build` output folder or a Hub dataset id (owner/name)")
+
+
+def check_dataset_path(path_or_repo_id: str | os.PathLike) -> None:
+    """Raise :class:`DatasetNotFoundError` when ``path_or_repo_id`` is no local folder and cannot be a Hub dataset
+    id (``owner/name``); a well-formed id is looked up on the Hub when the index is read. No network here."""
+    root = os.fspath(path_or_repo_id)
+    if is_local(root):
+        return
+    if os.path.exists(root):
+        raise DatasetNotFoundError(f"dataset {root!r}: {os.path.abspath(root)} is a file, not a dataset folder",
+                                   "give the folder `biomedica build --out` wrote")
+    if not _REPO_ID.fullmatch(root):
+        raise _not_found(root, f"{root!r} is not a Hub dataset id (owner/name)")
+
+
+_REPO_ID = __import__("re").compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 
 
 class NoMatchWarning(UserWarning):
@@ -135,8 +167,9 @@ def index_source(index_url: str, storage_options: dict[str, Any] | None = None,
     A Hub index is read through a sparse local copy (:class:`biomedica_hf.io.sparse_parquet.SparseParquet`): one
     metadata request, the footer, then the filter columns' chunks of every row group fetched in parallel and kept
     (per ETag: a new commit of the index is a new copy; the ranks of a machine share it). The text columns, most
-    of the index's bytes, are never fetched. A missing index is a ``FileNotFoundError`` naming the fix; offline
-    and authentication errors surface as themselves.
+    of the index's bytes, are never fetched. A missing index is a ``FileNotFoundError`` naming the fix; a repo
+    that does not exist, or a Hub that cannot be reached (offline), is a :class:`DatasetNotFoundError` naming the
+    local folder tried too; authentication errors surface as themselves.
     """
     m = HF_URL.match(index_url)
     if m:
@@ -152,8 +185,15 @@ def index_source(index_url: str, storage_options: dict[str, Any] | None = None,
         except RevisionNotFoundError:
             raise FileNotFoundError(f"dataset repo {repo} has no revision {rev!r}") from None
         except RepositoryNotFoundError:
-            raise FileNotFoundError(f"{repo}: no such local folder, and no dataset repo of that name on the Hub "
-                                    f"(a private or gated repo needs token=)") from None
+            raise _not_found(repo, f"no dataset repo {repo!r} on the Hub (a private or gated repo needs token=)"
+                             ) from None
+        except Exception as exc:
+            from biomedica_hf.errors import unreachable
+
+            if unreachable(exc):    # neither a folder nor a Hub repo we could see: say both, with the reason
+                raise _not_found(repo, f"the Hub could not be asked about dataset repo {repo!r} "
+                                 f"({' '.join(str(exc).split())[:160]})") from exc
+            raise
         names = set(sparse.schema.names)
         path = sparse.ensure([c for c in (*FILTER_COLUMNS, *columns) if c in names])
         return fsspec.filesystem("file"), str(path), sparse.commit
@@ -440,6 +480,54 @@ def group_units(units: list[ShardRanges], groups: int) -> list[list[ShardRanges]
     return [units[a:b] for a, b in itertools.pairwise(bounds)]
 
 
+def balanced_sizes(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` sizes that differ by at most one (the larger ones first)."""
+    q, r = divmod(int(total), max(1, int(parts)))
+    return [q + (i < r) for i in range(max(1, int(parts)))]
+
+
+def cut_samples(units: Sequence[ShardRanges], sizes: Sequence[int]) -> list[list[ShardRanges]]:
+    """The units' samples (in order) cut into consecutive runs of ``sizes`` samples, each run a list of unit
+    slices (a run may end inside one shard and go on in the next; a slice is read by its byte ranges only)."""
+    out: list[list[ShardRanges]] = []
+    u, pos = 0, 0                          # current unit, first sample of it not yet given
+    for size in sizes:
+        run, need = [], int(size)
+        while need > 0 and u < len(units):
+            unit = units[u]
+            take = min(need, len(unit.ranges) - pos)
+            if take > 0:
+                run.append(ShardRanges(unit.url, unit.ranges[pos:pos + take],
+                                       {c: v[pos:pos + take] for c, v in unit.columns.items()}))
+            pos, need = pos + take, need - take
+            if pos >= len(unit.ranges):
+                u, pos = u + 1, 0
+        out.append(run)
+    return out
+
+
+def plan_rank(units: Sequence[ShardRanges], world_size: int, rank: int,
+              num_workers: int = 0) -> list[list[ShardRanges]]:
+    """The groups of units (:func:`group_units`' shape) rank ``rank`` of ``world_size`` reads: the selected
+    samples, in index order, cut into ``world_size`` contiguous runs whose sizes differ by at most one sample
+    (:func:`balanced_sizes`); the rank's run is cut again into groups of equal size (+-1 sample), about one per
+    :data:`GROUP_SAMPLES`, their number a multiple of ``max(1, num_workers)`` so that the DataLoader workers get
+    the same number of groups. A rank without a sample (fewer samples than ranks) gets one empty group."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    n = sum(len(u.ranges) for u in units)
+    sizes = balanced_sizes(n, world_size)
+    start = sum(sizes[:rank])
+    mine = cut_samples(units, [start, sizes[rank]])[1]
+    n_rank = sizes[rank]
+    if n_rank == 0:
+        return [[]]
+    workers = max(1, num_workers)
+    per_worker = max(1, round(n_rank / (workers * GROUP_SAMPLES)))
+    groups = min(n_rank, workers * per_worker)
+    return cut_samples(mine, balanced_sizes(n_rank, groups))
+
+
 def _readers(world_size: int | None, num_workers: int | None) -> tuple[int, int] | None:
     """(ranks, DataLoader workers per rank) to divide the units among; None when not distributed."""
     if world_size is None and os.environ.get("WORLD_SIZE"):
@@ -593,7 +681,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
                    exclude: str | os.PathLike | Iterable[str] | None = None, near_duplicates: str = "keep",
                    revision: str | None = None, decode: bool = True, decode_threads: int | None = None,
                    verify: bool = False, read_options: ReadOptions | None = None, world_size: int | None = None,
-                   num_workers: int | None = None, token: str | bool | None = None,
+                   num_workers: int | None = None, token: str | bool | None = None, rank: int | None = None,
                    **load_dataset_kwargs: Any) -> IterableDataset | Dataset:
     """Load a BIOMEDICA dataset folder or Hub repo, filtered on its ``figures.parquet`` index.
 
@@ -623,6 +711,10 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
         world_size, num_workers: ranks and DataLoader workers per rank (``WORLD_SIZE`` from the
             environment by default); work units are split so that their number is a multiple of
             ``world_size * max(1, num_workers)`` when there are enough samples, else a warning is issued.
+        rank: with ``world_size``, return only this rank's share (no ``split_dataset_by_node`` afterwards): the
+            selected *samples* are cut into ``world_size`` contiguous runs whose sizes differ by at most one
+            (:func:`plan_rank`), read by byte range like any other unit, so an epoch of every rank covers every
+            sample exactly once. ``ds.info.splits["train"].num_examples`` is the rank's number of samples.
         token: Hub token.
         **load_dataset_kwargs: with ``streaming=False``, forwarded to ``Dataset.from_generator`` (``cache_dir``,
             ``keep_in_memory``, ``num_proc``, ...); a streaming load takes none.
@@ -641,6 +733,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
     from datasets import Dataset
     from datasets.fingerprint import Hasher
 
+    check_dataset_path(path_or_repo_id)
     local = is_local(path_or_repo_id)
     storage_options = {} if local or token is None else {"token": token}
     index_url = dataset_file_url(path_or_repo_id, FIGURES_INDEX, revision)
@@ -665,6 +758,19 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
             else near_duplicates})
     readers = _readers(world_size, num_workers)
     n_readers = 1
+    if rank is not None:
+        if not streaming or world_size is None:
+            raise ValueError("rank= needs world_size= and streaming=True")
+        groups = plan_rank(units, int(world_size), int(rank), num_workers or 0)
+        n_rank = sum(len(u.ranges) for g in groups for u in g)
+        gen_kwargs = {"shards": groups, "storage_options": storage_options, "read_options": read_options,
+                      "verify": verify}
+        if load_dataset_kwargs:
+            raise TypeError(f"load_biomedica(streaming=True) got unexpected keyword argument(s) "
+                            f"{sorted(load_dataset_kwargs)}")
+        ds = _iterable_dataset(features(decode, extra), gen_kwargs, n_rank)
+        threads = DEFAULT_DECODE_THREADS if decode_threads is None else decode_threads
+        return ds.decode(True, num_threads=threads) if decode and threads > 0 else ds
     if streaming and readers is not None and units:
         n_readers = readers[0] * readers[1]
         units = split_units(units, n_readers)
@@ -695,7 +801,7 @@ def _keyed_samples(**gen_kwargs: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         yield sample["key"], sample
 
 
-def _iterable_dataset(feats: Features, gen_kwargs: dict[str, Any]) -> IterableDataset:
+def _iterable_dataset(feats: Features, gen_kwargs: dict[str, Any], n_examples: int | None = None) -> IterableDataset:
     """What ``IterableDataset.from_generator(generate_samples, feats, gen_kwargs)`` returns (the same
     examples iterable: one generator call per element of ``gen_kwargs["shards"]``, the same ``state_dict``), built
     directly: ``from_generator`` goes through a builder whose config id pickles and hashes every ``gen_kwargs``,
@@ -709,7 +815,12 @@ def _iterable_dataset(feats: Features, gen_kwargs: dict[str, Any]) -> IterableDa
         examples = ExamplesIterable(_keyed_samples, gen_kwargs)
     except (ImportError, TypeError):      # pragma: no cover - a datasets release that reshaped its internals
         return IterableDataset.from_generator(generate_samples, features=feats, gen_kwargs=gen_kwargs)
-    return IterableDataset(examples, info=DatasetInfo(features=feats), split=NamedSplit("train"))
+    info = DatasetInfo(features=feats)
+    if n_examples is not None:       # a rank's share (load_biomedica(rank=)): its number of samples is known
+        from datasets.splits import SplitDict, SplitInfo
+
+        info.splits = SplitDict({"train": SplitInfo(name="train", num_examples=int(n_examples))})
+    return IterableDataset(examples, info=info, split=NamedSplit("train"))
 
 
 def _shard_url(path_or_repo_id: str | os.PathLike, rel: str, revision: str | None) -> str:

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from biomedica_hf.images import to_rgb
 from biomedica_hf.io.atomic import atomic_path
 from biomedica_hf.io.ranges import ShardFiles, read_range
 from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD, lsh_tables, table_keys
@@ -183,8 +184,8 @@ def contact_sheet(pairs: list[dict], eval_bytes: dict[tuple[str, str], bytes], d
         for j in range(2):
             x = 10 + j * (cell + 10)
             try:
-                im = (open_image(eval_bytes[(p["task"], p["eval_image"])]) if j == 0 else
-                      _image_of(dataset_dir, p["shard"], p["image_offset"], p["image_size"])).convert("RGB")
+                im = to_rgb(open_image(eval_bytes[(p["task"], p["eval_image"])]) if j == 0 else
+                            _image_of(dataset_dir, p["shard"], p["image_offset"], p["image_size"]))
             except Exception as exc:   # noqa: BLE001 - a missing shard leaves a grey cell, not a failed run
                 log.warning("contact sheet: image unavailable (%s)", exc)
                 draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(200, 200, 200))

@@ -159,7 +159,8 @@ def read_evalset(files: Sequence[Path], task: str | None = None, split: str | No
 
 
 def decode_image(data: bytes):
-    """PIL image from encoded bytes (loaded, so the buffer can be dropped)."""
+    """PIL image from encoded bytes, in its own mode (loaded, so the buffer can be dropped); the encoders make it
+    RGB by the one image policy (``encode_images`` -> :func:`biomedica_hf.images.to_rgb`)."""
     from PIL import Image
 
     im = Image.open(io.BytesIO(data))

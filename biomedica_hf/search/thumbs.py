@@ -243,20 +243,8 @@ def _lanczos():
 
 
 def _flatten(img):
-    """RGB or L (what JPEG stores): alpha composited over white, other modes converted (a small image by now)."""
-    from PIL import Image
+    """RGB or L (what JPEG stores) by the one image policy (:func:`biomedica_hf.images.to_rgb`: upright,
+    transparency onto white, 16-bit stretched; a small image by now)."""
+    from biomedica_hf.images import to_rgb
 
-    if img.mode in ("RGB", "L"):
-        return img
-    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGB", rgba.size, (255, 255, 255))
-        bg.paste(rgba, mask=rgba.getchannel("A"))
-        return bg
-    if img.mode.startswith("I") or img.mode == "F":
-        import numpy as np
-
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        return Image.fromarray(((arr - lo) * (255.0 / (hi - lo) if hi > lo else 0)).astype(np.uint8), "L")
-    return img.convert("RGB")
+    return to_rgb(img, keep_gray=True)

@@ -26,6 +26,9 @@ def parse_args(recipe: str, description: str | None,
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. train.max_steps=100 (value parsed as YAML); repeatable")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="clear output_dir first (else a folder holding another run is refused; "
+                             "a run of the same config resumes: train.resume=auto)")
     parser.add_argument("--list-configs", action="store_true", help="list the bundled configs and exit")
     args = parser.parse_args(argv)
     if args.list_configs:
@@ -50,7 +53,7 @@ def run_recipe(recipe: str, description: str | None, argv: list[str] | None,
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser, args = parse_args(recipe, description, argv)
     try:
-        cfg = load_config(recipe, args.config, args.set)
+        cfg = load_config(recipe, args.config, [*args.set, *(["train.overwrite=true"] if args.overwrite else [])])
     except ConfigError as exc:
         parser.error(exc.line())
     if not cfg["data"]["path"]:
@@ -58,7 +61,9 @@ def run_recipe(recipe: str, description: str | None, argv: list[str] | None,
     try:
         result = train(cfg)
     except BiomedicaError as exc:
-        print(f"error: {exc.line()}", file=sys.stderr)
+        # a usage error (exit 2: config, data path, output folder) is raised alike by every rank: say it once
+        if exc.exit_code != 2 or int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {exc.line()}", file=sys.stderr)
         return exc.exit_code
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary(result)))

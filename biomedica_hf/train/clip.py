@@ -8,19 +8,25 @@ r"""The CLIP continual pre-training loop (one loop for open_clip and transformer
 
 ``train(config)`` runs under ``accelerate launch`` (or plain ``python`` for one process):
 
-* data: :func:`biomedica_hf.clip.data.build_stream` (sharded once, by node; the DataLoader is not
-  ``prepare``d); ranks stop together when any rank runs out (an all-reduce per micro-batch), so unequal data
-  never hangs;
+* data: :func:`biomedica_hf.clip.data.build_stream` (each rank reads its own contiguous share of the selected
+  samples, shares differ by at most one; the DataLoader is not ``prepare``d); micro-batches are padded to
+  ``batch_size`` with masked rows and the epoch ends when every rank's share is done (an all-reduce per
+  micro-batch; a rank that ran out joins with an all-padding batch), so every sample is trained on exactly once
+  per epoch and unequal data never hangs (:class:`_Batches`); ``train.max_epochs`` alone trains whole epochs;
 * loss: :class:`biomedica_hf.clip.loss.ClipLoss`, local logits against gathered features (exact for world size > 1);
 * AdamW (config betas), linear warmup + cosine decay, gradient accumulation (each micro-batch is its own
   contrastive batch of ``batch_size x world_size``), grad-norm clipping, bf16 autocast on CUDA,
   gradient checkpointing and PEFT LoRA options, WiSE-FT with the base weights after training;
 * checkpoints ``output_dir/checkpoints/step_N`` (:mod:`biomedica_hf.train.checkpoint`): ``accelerator.save_state``
   (model, optimizer, scheduler, RNG) + every rank's ``IterableDataset.state_dict()`` + step/epoch;
-  ``train.resume`` (``auto`` | PATH | null) resumes exactly (with ``num_workers: 0``; the shuffle buffer's
+  ``train.resume`` (``auto``, the default | PATH | null; :mod:`biomedica_hf.train.rundir`: an output folder
+  holds one run, ``--overwrite`` clears it) resumes exactly (with ``num_workers: 0``; the shuffle buffer's
   content is not part of a ``datasets`` state and is refilled on resume, so use ``shuffle_buffer: 0`` where
   bit-exact resume matters);
-* logs: ``output_dir/log.jsonl``: step, epoch, loss, lr, logit_scale, grad_norm, samples/s, data-wait fraction.
+* output: a start line (world size, device, samples per rank, steps per epoch), a progress bar on rank 0
+  (:mod:`biomedica_hf.train.progress`); ``output_dir/log.jsonl``: step, epoch, samples, loss, lr, logit_scale,
+  grad_norm, samples/s, data-wait fraction, plus ``start`` and ``epoch_end`` events (per-rank sample counts);
+  see docs/training.md.
 
 The config (:class:`biomedica_hf.train.config.ClipConfig`) is checked: unknown keys are errors.
 """
@@ -69,17 +75,46 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-class _Batches:
-    """Micro-batches for ever (epoch after epoch), synchronised across ranks: all stop when one runs out."""
+def pad_batch(batch: dict, size: int) -> dict:
+    """``batch`` padded to ``size`` rows (copies of its first row) with ``valid`` marking the real ones."""
+    import torch
 
-    def __init__(self, accelerator, ds, loader_factory, collate, epoch: int, max_epochs: int) -> None:
+    n = batch["pixel_values"].shape[0]
+    out = {k: v for k, v in batch.items() if not isinstance(v, torch.Tensor)}
+    idx = torch.cat([torch.arange(n), torch.zeros(max(0, size - n), dtype=torch.long)])
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and k != "valid":
+            out[k] = v if n == size else v.index_select(0, idx)
+    out["valid"] = torch.arange(size) < n
+    return out
+
+
+class _Batches:
+    """Micro-batches epoch after epoch, the same number on every rank, every sample once per epoch.
+
+    Every rank reads its own share of the selected samples (``load_biomedica(rank=)``: shares differ by at most
+    one sample) and pads its micro-batches to ``batch_size`` (``valid`` marks the real rows; DataLoader workers
+    each end with a partial batch). The epoch ends when every rank's share is exhausted: a rank that ran out
+    first joins the remaining micro-batches with an all-padding batch (weight 0), so no sample is dropped and no
+    rank waits forever. One all-reduce per micro-batch decides; at the end of an epoch the ranks' counts of real
+    samples are gathered (``epoch_counts``, the run log's ``epoch_end`` record)."""
+
+    def __init__(self, accelerator, ds, loader_factory, collate, epoch: int, max_epochs: int, batch_size: int,
+                 template_factory, epoch_samples: int = 0) -> None:
         self.acc, self.ds, self.factory, self.collate = accelerator, ds, loader_factory, collate
         self.epoch, self.max_epochs, self.it, self.wait = epoch, max_epochs, None, 0.0
+        self.batch_size, self.template_factory, self.template = batch_size, template_factory, None
+        self.epoch_samples, self.exhausted, self.ended = epoch_samples, False, []
 
     def _start(self) -> None:
         self.ds.set_epoch(self.epoch)
         self.collate.epoch = self.epoch
         self.it = iter(self.factory())
+
+    def _dummy(self) -> dict:
+        if self.template is None:        # resumed after this rank's share ended: one sample of a fresh stream
+            self.template = pad_batch(self.template_factory(), self.batch_size)
+        return self.template | {"valid": torch_zeros_like(self.template["valid"])}
 
     def next(self) -> dict | None:
         import torch
@@ -89,16 +124,33 @@ class _Batches:
             while self.epoch < self.max_epochs:
                 if self.it is None:
                     self._start()
-                batch = next(self.it, None)
-                ok = torch.tensor([0 if batch is None else 1], device=self.acc.device)
+                batch = None if self.exhausted else next(self.it, None)
+                self.exhausted = batch is None
+                more = torch.tensor([0 if batch is None else 1], device=self.acc.device)
                 if self.acc.num_processes > 1:   # every rank must take the same decision
-                    ok = self.acc.reduce(ok, reduction="sum") == self.acc.num_processes
-                if bool(ok.all()):
+                    more = self.acc.reduce(more, reduction="sum")
+                if int(more.item()) > 0:
+                    if batch is None:
+                        return self._dummy()
+                    n = batch["pixel_values"].shape[0]
+                    self.epoch_samples += n
+                    batch = pad_batch(batch, self.batch_size)
+                    self.template = batch
                     return batch
-                self.epoch, self.it = self.epoch + 1, None
+                counts = torch.tensor([self.epoch_samples], device=self.acc.device)
+                if self.acc.num_processes > 1:
+                    counts = self.acc.gather(counts)
+                self.ended.append((self.epoch, [int(c) for c in counts.tolist()]))
+                self.epoch, self.it, self.exhausted, self.epoch_samples = self.epoch + 1, None, False, 0
             return None
         finally:
             self.wait += time.perf_counter() - t0
+
+
+def torch_zeros_like(t):
+    import torch
+
+    return torch.zeros_like(t)
 
 
 def train(cfg: dict) -> dict:
@@ -108,6 +160,9 @@ def train(cfg: dict) -> dict:
     from accelerate import Accelerator
 
     cfg = to_dict(check_config("clip", cfg))
+    from biomedica_hf.dataset.loader import check_dataset_path
+
+    check_dataset_path(cfg["data"]["path"])       # a wrong data.path: one line, before any model is built
     cpu = cfg["train"]["cpu"] or not torch.cuda.is_available()
     bf16_ok = not cpu and torch.cuda.is_bf16_supported()
     accelerator = Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg["train"]["mixed_precision"], bf16_ok))
@@ -123,6 +178,8 @@ def _train(accelerator, cfg: dict) -> dict:
     from biomedica_hf.clip.data import Collate, build_stream
     from biomedica_hf.clip.loss import ClipLoss
     from biomedica_hf.clip.model import build_model
+    from biomedica_hf.train import rundir
+    from biomedica_hf.train.progress import Progress, banner, launch_warning, micro_batches
 
     t_cfg, d_cfg = cfg["train"], cfg["data"]
     cuda = accelerator.device.type == "cuda"
@@ -130,9 +187,13 @@ def _train(accelerator, cfg: dict) -> dict:
     seed = int(cfg["seed"])
     set_seed(seed)
     out = Path(cfg["output_dir"])
+    if accelerator.is_main_process and (warning := launch_warning(world)):
+        print(warning, file=sys.stderr, flush=True)
+    rundir.check_output_dir(out, cfg, t_cfg.get("overwrite", False))     # every rank, before anything is written
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(__import__("yaml").safe_dump(cfg, sort_keys=False))
+        rundir.start_run(out, cfg, t_cfg.get("overwrite", False))
+    accelerator.wait_for_everyone()
 
     clip = build_model(cfg["model"], seed=seed)
     base_state = ({k: v.detach().clone().cpu() for k, v in clip.base_core().state_dict().items()}
@@ -143,26 +204,40 @@ def _train(accelerator, cfg: dict) -> dict:
     if lora.get("enabled"):
         clip.apply_lora(lora["r"], lora["alpha"], lora["dropout"], lora.get("target_modules"))
 
-    max_steps = t_cfg.get("max_steps")
-    if not max_steps:
-        raise ValueError("train.max_steps is required (a stream has no known length; it sets the cosine schedule)")
-    optimizer = torch.optim.AdamW(_param_groups(clip, float(t_cfg["weight_decay"])), lr=float(t_cfg["lr"]),
-                                  betas=tuple(float(b) for b in t_cfg["betas"]), eps=float(t_cfg["eps"]))
-    # not prepare()d: accelerate's scheduler wrapper would step it once per process
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(t_cfg["warmup_steps"]), int(max_steps)))
-    model, optimizer = accelerator.prepare(clip, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-
     ds = build_stream(d_cfg, rank, world, seed)
     collate = Collate(clip, float(d_cfg.get("reference_prob", 0.0)), seed)
     num_workers = int(d_cfg.get("num_workers", 0))
     bs = int(t_cfg["batch_size"])
+    accum = int(t_cfg.get("grad_accum", 1))
+    n_local = ds.info.splits["train"].num_examples
+    counts = torch.tensor([n_local], device=accelerator.device)
+    rank_samples = [int(c) for c in (accelerator.gather(counts) if world > 1 else counts).tolist()]
+    if min(rank_samples) == 0:
+        from biomedica_hf.errors import BiomedicaError
+
+        raise BiomedicaError(f"{sum(rank_samples)} selected sample(s) for {world} processes: every process needs "
+                             f"at least one", "use fewer processes or select more data")
+    steps_per_epoch = math.ceil(max(micro_batches(n, bs, num_workers) for n in rank_samples) / accum)
+    max_epochs = int(t_cfg.get("max_epochs") or 10**9)
+    max_steps = t_cfg.get("max_steps") or (steps_per_epoch * max_epochs if t_cfg.get("max_epochs") else None)
+    if not max_steps:
+        raise ValueError("train.max_steps (or train.max_epochs) is required: it sets the cosine schedule")
+    max_steps = int(max_steps)
+    optimizer = torch.optim.AdamW(_param_groups(clip, float(t_cfg["weight_decay"])), lr=float(t_cfg["lr"]),
+                                  betas=tuple(float(b) for b in t_cfg["betas"]), eps=float(t_cfg["eps"]))
+    # not prepare()d: accelerate's scheduler wrapper would step it once per process
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(t_cfg["warmup_steps"]), max_steps))
+    model, optimizer = accelerator.prepare(clip, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
 
     def loader():
         return torch.utils.data.DataLoader(ds, batch_size=bs, collate_fn=collate, num_workers=num_workers,
-                                           drop_last=True, pin_memory=cuda)
+                                           drop_last=False, pin_memory=cuda)
 
-    step, epoch, samples = 0, 0, 0
+    def template():     # one sample of the rank's share, for an all-padding batch after a resume at its end
+        return collate(list(build_stream(d_cfg, rank, world, seed).take(1)))
+
+    step, epoch, samples, epoch_samples = 0, 0, 0, 0
     ck = checkpoint.resume_checkpoint(t_cfg["resume"], out)
     if ck is not None:
         accelerator.load_state(str(ck))
@@ -171,48 +246,88 @@ def _train(accelerator, cfg: dict) -> dict:
         ds.set_epoch(epoch)
         data_state = checkpoint.read_data_state(ck, rank) if num_workers == 0 else None
         if data_state is not None:
-            ds.load_state_dict(data_state)
+            epoch_samples = int(data_state.pop("epoch_samples", 0))
+            ds.load_state_dict(data_state.get("stream", data_state))
         accelerator.print(f"resumed from {ck} at step {step}")
-    batches = _Batches(accelerator, ds, loader, collate, epoch, int(t_cfg.get("max_epochs") or 10**9))
+    if accelerator.is_main_process:
+        rundir.trim_log(out, step)
+    batches = _Batches(accelerator, ds, loader, collate, epoch, max_epochs, bs, template, epoch_samples)
 
     loss_fn = ClipLoss()
-    accum = int(t_cfg.get("grad_accum", 1))
+    record_keys = bool(d_cfg.get("record_keys"))
     log_every, save_every = int(t_cfg.get("log_every") or 1), t_cfg.get("save_every")
     max_scale = math.log(float(t_cfg.get("max_logit_scale", 100.0)))
     log_path = out / "log.jsonl"
     losses: list[float] = []
+    device = f"{accelerator.device.type}" + (f", {accelerator.distributed_type.value}" if world > 1 else "")
+    if accelerator.is_main_process:
+        print(banner("clip", world, device, rank_samples, steps_per_epoch, bs, accum, max_steps, step),
+              file=sys.stderr, flush=True)
+        with log_path.open("a") as fh:
+            fh.write(json.dumps({"event": "start", "step": step, "world_size": world, "device": device,
+                                 "rank_samples": rank_samples, "steps_per_epoch": steps_per_epoch,
+                                 "max_steps": max_steps, "batch_size": bs, "grad_accum": accum,
+                                 "num_workers": num_workers}) + "\n")
+    progress = Progress(max_steps, step, accelerator.is_main_process, desc="clip")
     model.train()
 
     def save(dirname: Path) -> None:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(dirname))
         if num_workers == 0:
-            checkpoint.write_data_state(dirname, rank, ds.state_dict())
+            checkpoint.write_data_state(dirname, rank, {"stream": ds.state_dict(),
+                                                        "epoch_samples": batches.epoch_samples})
         if accelerator.is_main_process:
             checkpoint.write_trainer_state(dirname, {"step": step, "epoch": batches.epoch, "samples": samples,
                                                      "world_size": world})
         accelerator.wait_for_everyone()
 
+    def log_epochs() -> None:
+        while batches.ended:
+            ended, per_rank = batches.ended.pop(0)
+            if accelerator.is_main_process:
+                with log_path.open("a") as fh:
+                    fh.write(json.dumps({"event": "epoch_end", "step": step, "epoch": ended,
+                                         "rank_samples": per_rank, "samples": sum(per_rank)}) + "\n")
+
     done = False
-    while step < max_steps and not done:
+    until_data_ends = not t_cfg.get("max_steps")     # max_epochs: the last epoch ends when its data does
+    while (until_data_ends or step < max_steps) and not done:
         t0, batches.wait, step_loss, n_local = time.perf_counter(), 0.0, 0.0, 0
+        micro = 0
         for micro in range(accum):
             batch = batches.next()
+            log_epochs()
             if batch is None:
                 done = True
                 break
-            batch = {k: v.to(accelerator.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            valid, keys = batch["valid"].to(accelerator.device), batch.get("keys") or []
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()
+                     if isinstance(v, torch.Tensor) and k != "valid"}
             sync = accelerator.no_sync(model) if micro < accum - 1 else _nullcontext()
             with sync:
                 with accelerator.autocast():
                     img, txt, scale = model(**batch)
-                    loss = loss_fn(img, txt, scale)
+                    loss = loss_fn(img, txt, scale, valid)
                 accelerator.backward(loss / accum)
             step_loss += loss.detach() / accum
-            n_local += batch["pixel_values"].shape[0]
-        if done:   # the stream ended: an incomplete accumulation is dropped
+            n_real = int(valid.sum())
+            n_local += n_real
+            if record_keys and n_real:
+                with (out / f"keys_rank{rank}.jsonl").open("a") as fh:
+                    fh.write(json.dumps({"step": step + 1, "epoch": batches.epoch, "keys": keys[:n_real]}) + "\n")
+        else:
+            micro = accum
+        if done and micro == 0:
             optimizer.zero_grad(set_to_none=True)
             break
+        if done:   # the data ended inside an accumulation: average the micro-batches it had, on every rank
+            for p in model.parameters():
+                if p.grad is not None:
+                    if world > 1:
+                        p.grad = accelerator.reduce(p.grad, reduction="mean")
+                    p.grad.mul_(accum / micro)
+            step_loss = step_loss * (accum / micro)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), float(t_cfg["grad_clip"])) \
             if t_cfg.get("grad_clip") else None
         optimizer.step()
@@ -221,11 +336,13 @@ def _train(accelerator, cfg: dict) -> dict:
         with torch.no_grad():
             clip.base_core().logit_scale.clamp_(0, max_scale)
         step += 1
-        n_global = n_local * world
+        n_global = int(accelerator.reduce(torch.tensor([n_local], device=accelerator.device), reduction="sum").item()) \
+            if world > 1 else n_local
         samples += n_global
         loss_value = float(accelerator.reduce(step_loss.reshape(1), reduction="mean").item())
         losses.append(loss_value)
         dt = time.perf_counter() - t0
+        progress.update(step, batches.epoch, loss_value, n_global / dt)
         if accelerator.is_main_process and (step % log_every == 0 or step == max_steps):
             record = {"step": step, "epoch": batches.epoch, "samples": samples, "loss": loss_value,
                       "lr": scheduler.get_last_lr()[0],
@@ -236,6 +353,7 @@ def _train(accelerator, cfg: dict) -> dict:
                 fh.write(json.dumps(record) + "\n")
         if save_every and step % int(save_every) == 0:
             save(checkpoint.checkpoint_dir(out, step))
+    progress.close()
 
     accelerator.wait_for_everyone()
     result: dict[str, Any] = {"step": step, "samples": samples, "losses": losses, "log": str(log_path)}
@@ -245,7 +363,13 @@ def _train(accelerator, cfg: dict) -> dict:
     e_cfg = cfg["export"]
     export_dir = out / "export"
     if clip.is_lora and e_cfg["enabled"] and e_cfg["adapter"] and accelerator.is_main_process:
-        clip.model.save_pretrained(export_dir / "lora_adapter")   # the trained adapter, before any WiSE-FT
+        from biomedica_hf.clip.export import save_lora_adapter
+
+        m_cfg = cfg["model"]
+        save_lora_adapter(clip, export_dir / "lora_adapter",     # the trained adapter, before any WiSE-FT
+                          m_cfg.get("name_or_path") if m_cfg["kind"] == "transformers" else m_cfg.get("name"),
+                          {"kind": m_cfg["kind"], "pretrained": m_cfg.get("pretrained") if m_cfg["kind"] == "open_clip"
+                           else None, "data": d_cfg["path"], "subset": d_cfg.get("subset"), "steps": step})
     if cfg["wise_ft"].get("alpha") is not None:
         from biomedica_hf.clip.export import wise_ft
 

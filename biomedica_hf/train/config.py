@@ -8,8 +8,9 @@ a key of the old vocabulary is an error naming its new key (:data:`RENAMED`).
 
 One vocabulary for both recipes (issue 18):
 
-* ``output_dir``; ``train.resume: auto | PATH | null`` (``auto``: the latest checkpoint in
-  ``output_dir/checkpoints``, if any); ``train.grad_checkpointing``; ``train.mixed_precision: auto | no |
+* ``output_dir``; ``train.resume: auto | PATH | null`` (default ``auto``: the latest checkpoint in
+  ``output_dir/checkpoints`` of the same config, if any; :mod:`biomedica_hf.train.rundir`), ``train.overwrite``
+  (``--overwrite``: clear ``output_dir`` first); ``train.grad_checkpointing``; ``train.mixed_precision: auto | no |
   bf16 | fp16`` (``auto``: bf16 on a CUDA GPU with bf16, else no); ``train.cpu``;
 * ``export.enabled``, ``export.adapter`` (also save the PEFT LoRA adapter); ``card.enabled``, ``card.template``;
 * ``data.path``, ``data.subset`` and the ``load_biomedica`` filters (``concepts``, ``exclude_concepts``,
@@ -91,7 +92,8 @@ class TrainBase:
     grad_checkpointing: bool = False
     log_every: int = 10
     save_every: int | None = None
-    resume: str | None = None            # auto | PATH | null
+    resume: str | None = "auto"          # auto | PATH | null (biomedica_hf.train.rundir)
+    overwrite: bool = False              # clear output_dir first (--overwrite)
     cpu: bool = False                    # train on CPU even when a GPU is present
 
 
@@ -128,6 +130,7 @@ class ClipData(DataBase):
     shuffle_buffer: int = 0
     num_workers: int = 0
     reference_prob: float = 0.0
+    record_keys: bool = False            # each rank appends the keys it trains on to output_dir/keys_rank{r}.jsonl
 
 
 @dataclass
@@ -206,7 +209,6 @@ class SmolVLMTrain(TrainBase):
     mixed_precision: Precision = "no"
     grad_checkpointing: bool = True
     save_every: int | None = 250
-    resume: str | None = "auto"
     scheduler: str = "linear"            # a transformers.get_scheduler name
 
 

@@ -16,8 +16,12 @@ Config (:class:`biomedica_hf.train.config.SmolVLMConfig`, bundled ones in ``biom
 
 Checkpoints (:mod:`biomedica_hf.train.checkpoint`): ``output_dir/checkpoints/step_N`` holds
 ``accelerator.save_state`` (model, optimizer, scheduler, RNG), ``trainer_state.json`` (step) and
-``data_state_rank{r}.json`` (samples consumed by that rank); ``train.resume: auto`` picks the latest one and
-fast-forwards the data stream without decoding images.
+``data_state_rank{r}.json`` (samples consumed by that rank); ``train.resume: auto`` (the default) picks the
+latest one of the same config and fast-forwards the data stream without decoding images; another config over
+the folder is refused unless ``--overwrite`` (:mod:`biomedica_hf.train.rundir`). Each rank reads its own share of
+the selected samples (``load_biomedica(rank=)``, shares differ by at most one sample); rank 0 prints a start
+line and a progress bar; ``log.jsonl`` is described in docs/training.md. Exports load with transformers 4.46 too
+(:mod:`biomedica_hf.vlm.compat`).
 """
 from __future__ import annotations
 
@@ -28,8 +32,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from biomedica_hf.errors import BiomedicaError
 from biomedica_hf.train import checkpoint
@@ -152,6 +154,9 @@ def train(cfg: dict) -> dict:
     from accelerate import Accelerator
 
     cfg = to_dict(check_config("smolvlm", cfg))
+    from biomedica_hf.dataset.loader import check_dataset_path
+
+    check_dataset_path(cfg["data"]["path"])       # a wrong data.path: one line, before any model is loaded
     tcfg = cfg["train"]
     quantization_config(cfg["model"])          # fail fast (before any download) when QLoRA cannot run here
     out = Path(cfg["output_dir"])
@@ -172,8 +177,19 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
 
     from biomedica_hf.vlm.data import SkipLog, collate, example_stream, set_longest_edge
 
+    from biomedica_hf.train import rundir
+    from biomedica_hf.train.progress import Progress, banner, launch_warning
+
     tcfg, dcfg = cfg["train"], cfg["data"]
     set_seed(cfg["seed"])
+    world = accelerator.num_processes
+    if accelerator.is_main_process and (warning := launch_warning(world)):
+        print(warning, file=sys.stderr, flush=True)
+    rundir.check_output_dir(out, cfg, tcfg.get("overwrite", False))     # every rank, before anything is written
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        rundir.start_run(out, cfg, tcfg.get("overwrite", False))
+    accelerator.wait_for_everyone()
     model_dir = resolve_model_dir(cfg, accelerator, _dataset_captions(dcfg["path"]) if cfg["model"].get("tiny") else ())
     processor = AutoProcessor.from_pretrained(model_dir)
     set_longest_edge(processor, dcfg.get("longest_edge"))
@@ -208,6 +224,24 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
                             load_kwargs={k: dcfg[k] for k in FILTERS if dcfg[k] is not None})
     pad_id = processor.tokenizer.pad_token_id
     bs = tcfg["batch_size"]
+    counts = torch.tensor([position["rank_samples"]], device=accelerator.device)
+    rank_samples = [int(c) for c in (accelerator.gather(counts) if world > 1 else counts).tolist()]
+    if min(rank_samples) == 0:
+        raise BiomedicaError(f"{sum(rank_samples)} selected sample(s) for {world} processes: every process needs "
+                             f"at least one", "use fewer processes or select more data")
+    steps_per_epoch = -(-max(rank_samples) // (bs * tcfg["grad_accum"]))
+    device = accelerator.device.type + (f", {accelerator.distributed_type.value}" if world > 1 else "")
+    if accelerator.is_main_process:
+        rundir.trim_log(out, step)
+        print(banner("smolvlm", world, device, rank_samples, steps_per_epoch, bs, tcfg["grad_accum"],
+                     tcfg["max_steps"], step), file=sys.stderr, flush=True)
+        with open(out / "log.jsonl", "a") as logf:
+            logf.write(json.dumps({"event": "start", "step": step, "world_size": world, "device": device,
+                                   "rank_samples": rank_samples, "steps_per_epoch": steps_per_epoch,
+                                   "max_steps": tcfg["max_steps"], "batch_size": bs,
+                                   "grad_accum": tcfg["grad_accum"]}) + "\n")
+    progress = Progress(tcfg["max_steps"], step, accelerator.is_main_process, desc="smolvlm")
+    t_step = time.perf_counter()
     losses: list[float] = []
     tokens = samples = 0
     t0 = time.perf_counter()
@@ -233,12 +267,17 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
         consumed = position["seen"]
         lv = accelerator.reduce(loss.detach().float(), reduction="mean").item()
         losses.append(lv)
+        now = time.perf_counter()
+        progress.update(step, consumed // max(1, max(rank_samples)), lv,
+                        bs * tcfg["grad_accum"] * world / max(now - t_step, 1e-9))
+        t_step = now
         if accelerator.is_main_process and (step % tcfg["log_every"] == 0 or step == tcfg["max_steps"]):
             with open(out / "log.jsonl", "a") as logf:
-                logf.write(json.dumps({"step": step, "loss": lv, "lr": sched.get_last_lr()[0],
+                logf.write(json.dumps({"step": step, "epoch": consumed // max(1, max(rank_samples)), "loss": lv, "lr": sched.get_last_lr()[0],
                                        "elapsed_s": round(time.perf_counter() - t0, 3)}) + "\n")
         if tcfg.get("save_every") and step % tcfg["save_every"] == 0 and step < tcfg["max_steps"]:
             _save_checkpoint(accelerator, out, step, consumed)
+    progress.close()
     elapsed = time.perf_counter() - t0
     _save_checkpoint(accelerator, out, step, consumed)
     # the rows this rank read (first ones): the data is split once, each rank reads only its share
@@ -256,7 +295,6 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
         if cfg["export"]["enabled"]:
             result |= export(accelerator.unwrap_model(model), processor, out, cfg)
         (out / "results.json").write_text(json.dumps(result, indent=2))
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         if cfg["card"].get("enabled"):
             from biomedica_hf.vlm.card import write_model_card
 
@@ -282,11 +320,14 @@ def export(model, processor, out: Path, cfg: dict) -> dict:
     and check the round trip: merged.from_pretrained logits == adapter logits on a probe batch."""
     import torch
 
+    from biomedica_hf.vlm.compat import make_legacy_compatible
+
     res: dict[str, Any] = {}
     is_peft = hasattr(model, "peft_config")
     if is_peft and cfg["export"]["adapter"]:
         model.save_pretrained(out / "adapter")
         processor.save_pretrained(out / "adapter")
+        make_legacy_compatible(out / "adapter")
         res["adapter_dir"] = str(out / "adapter")
     if cfg["export"]["merge"]:
         if is_peft and cfg["model"].get("quantization"):
@@ -308,6 +349,7 @@ def export(model, processor, out: Path, cfg: dict) -> dict:
             res["merge_max_abs_diff"] = float((before - after).abs().max())
         merged.save_pretrained(out / "merged")
         processor.save_pretrained(out / "merged")
+        make_legacy_compatible(out / "merged")      # loads with transformers 4.46 too (biomedica_hf.vlm.compat)
         res["merged_dir"] = str(out / "merged")
     return res
 

@@ -20,7 +20,6 @@ cut inside them. When prompt + answer exceeds ``max_length`` the *answer* is sho
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -179,12 +178,11 @@ def collate(batch: Sequence[Encoded], pad_id: int):
 
 
 def decode_image(image: Any):
-    """PIL RGB image from a ``datasets`` image dict ({bytes, path}) or a PIL image."""
-    from PIL import Image
+    """PIL RGB image from a ``datasets`` image dict ({bytes, path}), bytes or a PIL image, by the one image policy
+    (:func:`biomedica_hf.images.to_rgb`: transparency onto white, as CLIP, concepts and eval see it)."""
+    from biomedica_hf.images import to_rgb
 
-    if isinstance(image, dict):
-        image = Image.open(io.BytesIO(image["bytes"])) if image.get("bytes") else Image.open(image["path"])
-    return image.convert("RGB")
+    return to_rgb(image)
 
 
 READ_LOG_LIMIT = 10_000   # keys of the rows read that ``position["read_keys"]`` keeps (the first ones)
@@ -196,22 +194,26 @@ def example_stream(path: str, processor, *, subset: str | Sequence[str] = "all",
                    load_kwargs: dict | None = None, position: dict | None = None) -> Iterator[Encoded]:
     """Endless (``cycle``) stream of encoded examples for one rank.
 
-    The data is split ONCE, like the CLIP recipe: ``load_biomedica(world_size=)`` cuts the work units into a
-    multiple of ``world_size`` and ``split_dataset_by_node`` gives each rank its own units, so a rank reads
-    only its share of the bytes (not the whole stream to keep 1 sample in ``world_size``). No DDP hang on
-    uneven shards: each rank cycles over its own share, so every rank always has a next batch whatever the
-    sizes of the shares. ``skip_samples`` fast-forwards (resume) without decoding images;
-    ``position["seen"]`` is kept up to date with this rank's samples pulled so far, ``position["read_keys"]``
-    with the keys of the first :data:`READ_LOG_LIMIT` rows read."""
-    from datasets.distributed import split_dataset_by_node
-
+    The data is split ONCE, like the CLIP recipe: ``load_biomedica(world_size=, rank=)`` gives each rank a
+    contiguous run of the selected samples (runs differ by at most one sample), so a rank reads only its share
+    of the bytes. No DDP hang on uneven shares: each rank cycles over its own share, so every rank always has a
+    next batch; ``ceil(max share / batch_size)`` steps see every sample. ``skip_samples`` fast-forwards
+    (resume) without decoding images; ``position["rank_samples"]`` is the rank's share (set before the first
+    example), ``position["seen"]`` is kept up to date with this rank's samples pulled so far,
+    ``position["read_keys"]`` with the keys of the first :data:`READ_LOG_LIMIT` rows read."""
     from biomedica_hf.dataset.loader import load_biomedica
 
     tasks = tasks or DEFAULT_TASKS
-    ds = load_biomedica(path, subset=subset, streaming=True, decode=False, world_size=world_size, num_workers=0,
-                        **(load_kwargs or {}))
-    if world_size > 1:
-        ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
+    ds = load_biomedica(path, subset=subset, streaming=True, decode=False, world_size=world_size, rank=rank,
+                        num_workers=0, **(load_kwargs or {}))
+    if position is not None:
+        position["rank_samples"] = ds.info.splits["train"].num_examples
+    return _examples(ds, processor, tasks, max_length, min_answer_tokens, seed, skip_samples, skips, cycle,
+                     position)
+
+
+def _examples(ds, processor, tasks: dict[str, float], max_length: int, min_answer_tokens: int, seed: int,
+              skip_samples: int, skips: SkipLog | None, cycle: bool, position: dict | None) -> Iterator[Encoded]:
     epoch = 0
     seen = 0
     read_keys = position.setdefault("read_keys", []) if position is not None else None

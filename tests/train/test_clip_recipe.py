@@ -60,7 +60,12 @@ def test_open_clip_two_processes_resume_and_export(recipe_dataset, tmp_path):
     log = recipe_log(run)
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert {"loss", "lr", "samples_per_s", "data_wait_frac", "grad_norm", "logit_scale"} <= set(log[0])
-    assert log[-1]["samples"] == 4 * 4 * 2
+    # 23 samples, shares of 12 / 11: epoch 0 is 3 steps (8 + 8 + 7 real samples), step 4 starts epoch 1
+    events = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"event"' in line]
+    assert events[0]["event"] == "start" and events[0]["rank_samples"] == [12, 11]
+    assert events[0]["steps_per_epoch"] == 3 and events[0]["world_size"] == 2
+    assert events[1] == {"event": "epoch_end", "step": 3, "epoch": 0, "rank_samples": [12, 11], "samples": 23}
+    assert [r["samples"] for r in log] == [8, 16, 23, 31] and [r["epoch"] for r in log] == [0, 0, 0, 1]
     ckpt = run / "checkpoints" / "step_2"
     assert {"model.safetensors", "optimizer.bin", "trainer_state.json", "data_state_rank0.json",
             "data_state_rank1.json"} <= {p.name for p in ckpt.iterdir()}

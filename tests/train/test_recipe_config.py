@@ -150,7 +150,8 @@ def test_one_vocabulary_for_both_recipes():
     assert shared <= clip & vlm
     for old in RENAMED:
         assert old not in clip | vlm
-    assert ClipTrain().resume is None and RECIPES["smolvlm"]().train.resume == "auto"   # defaults kept
+    assert ClipTrain().resume == "auto" and RECIPES["smolvlm"]().train.resume == "auto"   # issue 23: auto for both
+    assert ClipTrain().overwrite is False and RECIPES["smolvlm"]().train.overwrite is False
 
 
 # ------------------------------------------------------------------------------------------ bundled configs

@@ -260,17 +260,20 @@ def test_train_two_processes_exports_and_card(run):
 
 
 def test_each_rank_reads_only_its_share(run, recipe_dataset):
-    """The stream is split once (by work unit), not read whole by every rank and filtered by i % world_size."""
+    """The stream is split once (by sample: ``load_biomedica(rank=)``), not read whole by every rank and
+    filtered by i % world_size; the shares differ by at most one sample."""
     import pyarrow.parquet as pq
-    from datasets.distributed import split_dataset_by_node
 
     from biomedica_hf.dataset.loader import load_biomedica
 
     every = {r["key"] for r in pq.read_table(recipe_dataset / "figures.parquet", columns=["key"]).to_pylist()}
     reads = [json.loads((run / f"data_rank{r}_reads.json").read_text()) for r in range(2)]
-    ds = load_biomedica(recipe_dataset, subset="all", decode=False, world_size=2, num_workers=0)
-    shares = [{ex["key"] for ex in split_dataset_by_node(ds, rank=r, world_size=2)} for r in range(2)]
+    shares = [{ex["key"] for ex in load_biomedica(recipe_dataset, subset="all", decode=False, world_size=2, rank=r,
+                                                  num_workers=0)} for r in range(2)]
     assert not shares[0] & shares[1] and shares[0] | shares[1] == every and all(shares)
+    assert sorted(map(len, shares)) == [11, 12]
+    start = json.loads((run / "log.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "start" and start["rank_samples"] == [12, 11] and start["world_size"] == 2
     for rank in range(2):
         assert reads[rank] and set(reads[rank]) <= shares[rank], rank      # never a row of the other rank
         # a rank cycles over its share: each pass reads the share once, so the I/O is 1/world_size of the data
