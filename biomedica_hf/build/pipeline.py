@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -122,6 +123,8 @@ class BuildConfig:
     allow_shrink: bool = False                    # an update may withdraw more than half of the articles
     near_dedup: bool = False                      # drop near-duplicate images too (default: flag them)
     caption_dups: bool = True                     # flag near-duplicate captions (MinHash)
+    allow_downgrade: bool = False                 # an update may replace an article by an older version
+    rebuild_state: bool = False                   # a folder whose _work/ is gone: reconstruct it first
 
     @property
     def work(self) -> Path:
@@ -260,13 +263,55 @@ def _process_ref(ref: ArticleRef, source: Source, work: Work, media: MediaOption
         return PackageResult(ref.pmcid, ledger=[LedgerEntry("article", ref.pmcid, ref.pmcid, state, e.reason,
                                                             str(e.detail)[:500], ref.location)], timings=fetch)
     try:
-        result = process_package(pkg, media)
+        result = reconcile_identity(ref, process_package(pkg, media))
     finally:
         root = Path(pkg.root).resolve()
         if not keep and cache.resolve() in root.parents:
             shutil.rmtree(root, ignore_errors=True)
     add(result.timings, fetch)
     return result
+
+
+_LISTED_PMCID = re.compile(r"PMC\d+")
+
+
+def reconcile_identity(ref: ArticleRef, result: PackageResult) -> PackageResult:
+    """One identity per article: the listing's PMCID against the ids the package's XML gives its articles.
+
+    An article whose XML names another PMCID than the listing (``PMC…99.1/`` holding another article's XML)
+    is not published under either id: the listed id is ledgered ``failed / id_mismatch`` with both ids, and
+    nothing of the other article is kept (it has its own listing row, or it is not in this snapshot), so
+    neither two fates nor duplicate keys can arise. Listing ids that are not PMCIDs (a local folder's name)
+    take the XML's id, as before."""
+    if not _LISTED_PMCID.fullmatch(ref.pmcid):
+        return result
+    listed = ref.pmcid.upper()
+
+    def foreign(pmcid: str | None) -> bool:
+        p = (pmcid or listed).upper()
+        return p != listed and not p.startswith(listed + "_")
+
+    others = sorted({a["pmcid"] for a in result.articles if foreign(a.get("pmcid"))})
+    if not others:
+        return result
+    detail = f"listed as {ref.pmcid}, the XML names {', '.join(others)}"[:500]
+    kept = [a for a in result.articles if not foreign(a.get("pmcid"))]
+    ledger = []
+    for e in result.ledger:
+        if e.kind == "file":
+            if not kept and e.state == KEPT:
+                e = dataclasses.replace(e, state=SKIPPED, reason="id_mismatch", detail=detail)
+            ledger.append(e)
+        elif not foreign(e.pmcid):
+            ledger.append(e)
+    if not kept:
+        ledger.append(LedgerEntry("article", ref.pmcid, ref.pmcid, FAILED, "id_mismatch", detail, ref.location))
+    else:
+        ledger.extend(LedgerEntry("article", f"{p}@{ref.pmcid}", ref.pmcid, SKIPPED, "id_mismatch", detail,
+                                  ref.location) for p in others)
+    return PackageResult(result.ref_id, articles=kept,
+                         samples=[s for s in result.samples if not foreign(s.meta.get("pmcid"))],
+                         ledger=ledger, timings=result.timings)
 
 
 def _fatal(e: BaseException, where: str) -> FatalBuildError:
@@ -546,6 +591,9 @@ def _write_partition(task: tuple, work: Work, pid: PartitionId, stage: Partition
         _write_articles(writer, batch, dropped_per_pmcid)
         writer.close()
 
+    expected = stage.staged_info().get("units")
+    if expected is not None and n_units != expected:
+        raise StateError(f"partition {pid_name}: its staging holds {n_units} articles, {expected} were staged")
     stats: dict[str, Any] = {"pid": pid_name, "shards": [], "samples": {s: 0 for s in SUBSETS}}
     samples.sort(key=lambda s: s["key"])
     for subset in SUBSETS:
@@ -834,10 +882,18 @@ def plan_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
                 prev = old.get(ref.pmcid)
                 if prev is None and ref.retracted and ref.pmcid in retracted_before:
                     continue                    # still retracted: already removed, nothing to do
+                old_version = ref_from_json(prev["ref"]).version if prev is not None else None
                 if prev is None:
                     changes["added"] += 1
                     delta.seq = seq
                     delta.add(ref)
+                elif (old_version is not None and ref.version is not None and ref.version < old_version
+                      and not cfg.allow_downgrade):        # versions only move forward
+                    changes["older_version_listed"] += 1
+                    plan_rows.append(LedgerEntry(
+                        "file", f"listing:{ref.pmcid}.{ref.version}@s{k:03d}", ref.pmcid, SKIPPED,
+                        "older_version_listed", f"the listing has version {ref.version}, the dataset version "
+                        f"{old_version} (kept; --allow-downgrade replaces it)", ref.location).as_dict())
                 elif prev["revision"] != ref_revision(ref) or ref.pmcid in retry:
                     why = "superseded" if prev["revision"] != ref_revision(ref) else "retried"
                     changes["replaced" if why == "superseded" else "retried"] += 1
@@ -864,7 +920,7 @@ def plan_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
             changes.pop("withdrawn", None)
         counts = delta.counts
         source_folder = delta.folder
-        if not sum(counts) and not removed_rows:
+        if not sum(counts) and not removed_rows and not plan_rows:
             shutil.rmtree(work.snap(k), ignore_errors=True)   # nothing changed: no snapshot
             return None
     layout = choose_layout(k, counts, tuple(cfg.split_fractions), cfg.partition_target)
@@ -901,21 +957,46 @@ def plan_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
 
 # ------------------------------------------------------------------------------- removal
 def apply_removals(work: Work, k: int) -> int:
-    """Remove the samples, articles and kept ledger rows of articles removed by snapshot ``k``."""
+    """Remove the samples of articles removed by snapshot ``k`` from the shards; returns how many.
+
+    The plan (which shard loses which keys, and its new name) is sealed in ``removals.json`` before anything
+    is written, so a resumed update counts and revises exactly the same, wherever it was stopped. Each shard
+    is copied without the keys under a new name (``-rNNN``; none when nothing of it is left); only then are
+    the old files moved out of the dataset into ``_work/snapshots/sNNN/retired/`` (deleted once the snapshot is
+    complete: never before the new shards and the index are in place)."""
     path = work.snap(k) / "removed.parquet"
-    if not path.exists() or (work.snap(k) / "removals.done").exists():
+    if not path.exists():
         return 0
-    removed = pq.read_table(path).to_pylist()
-    if not removed:
-        atomic_write_bytes(work.snap(k) / "removals.done", b"0\n")
-        return 0
-    by_pmcid = {r["pmcid"]: r for r in removed}
-    pmcids = pa.array(sorted(by_pmcid), pa.string())
-    n = 0
+    plan_path = work.snap(k) / "removals.json"
+    retired = work.snap(k) / "retired"
+    plan = read_sealed(plan_path)
+    if plan is None:
+        if retired.exists() and any(retired.rglob("*")):
+            raise FatalBuildError(f"{plan_path} is damaged after shards were retired; restore the folder from a "
+                                  f"copy or rerun with --rebuild-state")
+        plan = _removal_plan(work, k, pq.read_table(path).to_pylist())
+        write_sealed(plan_path, plan)
+    for old, new, keys, digest in plan["shards"]:
+        if new is not None and not shard_done(work.out, new, digest):
+            revise_shard(work.out, old, new, set(keys), digest)
+            checkpoint("revised")
+    for old, *_ in plan["shards"]:
+        for f in sorted(shard_files(work.out, old), key=lambda f: not f.name.endswith(STATS)):   # stats first
+            if f.exists():
+                move_into_place(f, retired / f.relative_to(work.out))
+    if plan["shards"]:
+        checkpoint("retired")
+    return plan["samples"]
+
+
+def _removal_plan(work: Work, k: int, removed: list[dict]) -> dict:
+    """``{"shards": [[old, new or None, keys, digest]], "samples": n}`` from the published index."""
     index = work.out / FIGURES_INDEX
-    if index.exists():
+    shards, n = [], 0
+    if removed and index.exists():
         import pyarrow.dataset as ds
 
+        pmcids = pa.array(sorted({r["pmcid"] for r in removed}), pa.string())
         t = ds.dataset(index).to_table(columns=["key", "shard", "pmcid"], filter=pc.is_in(pc.field("pmcid"),
                                                                                           value_set=pmcids))
         by_shard: dict[str, set[str]] = {}
@@ -923,16 +1004,12 @@ def apply_removals(work: Work, k: int) -> int:
             by_shard.setdefault(shard.removesuffix(".tar"), set()).add(key)
         for old, keys in sorted(by_shard.items()):
             base = old.rsplit("-r", 1)[0] if "-r" in old.rsplit("/", 1)[-1][-5:] else old
-            new = f"{base}-r{k:03d}"
-            tar = shard_files(work.out, old)[0]
+            stats = read_marker(shard_files(work.out, old)[2]) or {}
+            left = stats.get("count", len(keys) + 1) - len(keys)
             digest = hashlib.sha256(json.dumps([old, sorted(keys)]).encode()).hexdigest()
-            if shard_done(work.out, new, digest) and not tar.exists():
-                continue
-            if tar.exists():
-                revise_shard(work.out, old, new, keys, digest)
-                n += len(keys)
-    atomic_write_bytes(work.snap(k) / "removals.done", f"{n}\n".encode())
-    return n
+            shards.append([old, f"{base}-r{k:03d}" if left > 0 else None, sorted(keys), digest])
+            n += len(keys)
+    return {"shards": shards, "samples": n}
 
 
 def _ledger_after_removals(batch: pa.Table, gone: dict[str, dict]) -> pa.Table:
@@ -981,7 +1058,7 @@ def consolidate_tables(work: Work, k: int) -> None:
                             writer.write_table(pa.Table.from_batches([batch]).cast(schema))
                 finally:
                     writer.close()
-        atomic_write_bytes(ready, b"ready\n")
+        write_sealed(ready, {"tables": {name: file_seal(path) for name, path in staged.items()}})
     checkpoint("tables_ready")
     for name, path in staged.items():
         if path.exists():
@@ -1019,6 +1096,16 @@ def discard_snapshot(work: Work, k: int) -> None:
     """Forget every piece of the unfinished snapshot ``k``: its folder, the staging, parts and done markers of
     its partitions, and the shards its partitions wrote (never a shard of an earlier snapshot)."""
     log.warning("snapshot %d is redone from its listing", k)
+    retired = work.snap(k) / "retired"
+    for f in sorted(retired.rglob("*")) if retired.is_dir() else []:
+        if f.is_file():                          # the previous snapshot's shards go back first
+            move_into_place(f, work.out / f.relative_to(retired))
+    for subset in SUBSETS:
+        folder = work.out / subset
+        for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+            stem = p.name.removesuffix(STATS).removesuffix(".tar").removesuffix(".parquet")
+            if stem.endswith(f"-r{k:03d}"):
+                p.unlink()
     shutil.rmtree(work.snap(k), ignore_errors=True)
     prefix = f"s{k:03d}-"
     stage_root = work.root / "stage"
@@ -1037,6 +1124,31 @@ def discard_snapshot(work: Work, k: int) -> None:
                 p.unlink()
 
 
+def _check_ready(work: Work, k: int) -> bool:
+    """Whether snapshot ``k``'s tables are staged and check (``finish.ready``: each table's length and sha256,
+    staged or already moved into place). Damaged staged tables are made again from the partitions, which are
+    redone for their parts; once a table of an update replaced the previous one that is no longer possible."""
+    ready = work.snap(k) / "finish.ready"
+    if not ready.exists():
+        return False
+    info = read_sealed(ready)
+    tables = (info or {}).get("tables", {})
+    moved = [n for n, seal in tables.items() if not (work.snap(k) / n).exists() and matches(work.out / n, seal)]
+    if info is not None and all(n in moved or matches(work.snap(k) / n, seal) for n, seal in tables.items()):
+        return True
+    if k > 0 and moved:
+        raise FatalBuildError(f"snapshot {k}: {work.snap(k) / 'finish.ready'} or a staged table is damaged after "
+                              f"{moved[0]} was already replaced; restore the folder from a copy or rerun with "
+                              f"--rebuild-state")
+    log.warning("snapshot %d: its staged tables are damaged: the partitions are written again", k)
+    ready.unlink()
+    for name in ("articles.parquet", "ledger.parquet"):
+        (work.snap(k) / name).unlink(missing_ok=True)
+    for p in sorted((work.root / "parts" / "done").glob(f"s{k:03d}-*.json")):
+        p.unlink()
+    return False
+
+
 def _check_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
     """A resumed snapshot: every piece of its state is checked before anything trusts it.
 
@@ -1049,7 +1161,7 @@ def _check_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
     if layout is None or "manifests" not in meta:
         discard_snapshot(work, k)
         return plan_snapshot(cfg, work, k)
-    ready = (work.snap(k) / "finish.ready").exists()
+    ready = _check_ready(work, k)
     bad = [name for name, seal in meta["manifests"].items()
            if list(manifest_digest(work.manifest(PartitionId.parse(name))) or ()) != list(seal)]
     if not matches(work.snap(k) / "removed.parquet", meta.get("removed")):
@@ -1096,6 +1208,14 @@ def _build(cfg: BuildConfig) -> BuildReport:
     work = Work(out)
     work.root.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out)   # a killed run's temporaries are never complete: safe to drop
+    if not work.snapshots() and ((out / FIGURES_INDEX).exists() or (out / "build_summary.json").exists()):
+        if not cfg.rebuild_state:
+            raise FatalBuildError(f"{out} holds a built dataset but its resume state {work.root} is gone: building "
+                                  f"into it would publish its articles twice. Rerun with --rebuild-state to "
+                                  f"reconstruct the state from the published files, or build into a new folder")
+        from biomedica_hf.build.rebuild_state import rebuild_state
+
+        rebuild_state(work.out, tuple(cfg.split_fractions))
     clock = StageClock()
     k, resumed = _current_snapshot(work)
     layout = _check_snapshot(cfg, work, k) if resumed else plan_snapshot(cfg, work, k)
@@ -1193,16 +1313,46 @@ def _build(cfg: BuildConfig) -> BuildReport:
     report = finish(cfg, work, k, meta, n_staged=n_now, n_removed=n_removed, t0=t0, clock=clock)
     checkpoint("summary_written")
     atomic_write_json(work.snap(k) / "complete.json", {"snapshot": k, "finished": time.time()})
+    shutil.rmtree(work.snap(k) / "retired", ignore_errors=True)     # the old shards: after the commit only
     shutil.rmtree(work.root / "stage", ignore_errors=True)
     shutil.rmtree(work.hashes(k), ignore_errors=True)
     shutil.rmtree(work.root / "published_hashes", ignore_errors=True)
     return report
 
 
+SUMMARY_COPY = "build_summary.sealed.json"
+
+
+def _previous_summary(work: Work) -> dict:
+    """``build_summary.json`` as the last snapshot wrote it. A cut or damaged one is restored from its sealed
+    copy in ``_work/`` (its snapshot history is never dropped silently); without a good copy: a fatal error."""
+    path = work.out / "build_summary.json"
+    if not path.exists():
+        return {}
+    try:
+        bs = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(bs, dict) and isinstance(bs.get("snapshots", []), list):
+            return bs
+    except (OSError, ValueError):
+        pass
+    copy = read_sealed(work.root / SUMMARY_COPY)
+    if copy is None or not isinstance(copy.get("summary"), dict):
+        raise FatalBuildError(f"{path} is cut or damaged and {work.root / SUMMARY_COPY} cannot replace it: its "
+                              f"snapshot history would be lost; restore it from a copy of the dataset")
+    log.warning("%s was cut or damaged: restored from %s", path, work.root / SUMMARY_COPY)
+    atomic_write_json(path, copy["summary"])
+    return copy["summary"]
+
+
+def _write_summary(work: Work, summary: dict) -> None:
+    """``build_summary.json`` and its sealed copy in ``_work/`` (what :func:`_previous_summary` restores)."""
+    write_sealed(work.root / SUMMARY_COPY, {"summary": summary})
+    atomic_write_json(work.out / "build_summary.json", summary)
+
+
 def _up_to_date_report(work: Work, k: int, t0: float) -> BuildReport:
     """The listing holds nothing new: the folder is left exactly as it is."""
-    summary_path = work.out / "build_summary.json"
-    bs = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    bs = _previous_summary(work)
     summary = ledger_summary(work.out / "ledger.parquet")
     n = bs.get("articles_listed") or 0
     log.info("the listing has no new, changed or removed article: nothing to do")
@@ -1352,12 +1502,7 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
     checkpoint("index_written")
     if clock:
         clock.lap("index")
-    prev = {}
-    if (out / "build_summary.json").exists():
-        try:
-            prev = json.loads((out / "build_summary.json").read_text())
-        except ValueError:
-            prev = {}
+    prev = _previous_summary(work)
     timings = clock.as_dict(work=work_timings) if clock else {
         "stages": {}, "work": rounded(work_timings, elapsed=False), "elapsed_seconds": round(time.time() - t0, 3)}
     history = [h for h in prev.get("snapshots", []) if h.get("snapshot") != k]
@@ -1366,7 +1511,7 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
                     ("added", "replaced", "retried", "retracted", "withdrawn")},
                     "samples_removed": n_removed, "partitions": meta.get("partitions"),
                     "elapsed_seconds": timings["elapsed_seconds"]})
-    atomic_write_json(out / "build_summary.json", {
+    _write_summary(work, {
         "version": __version__, "command": cfg.command, "source": cfg.source,
         "source_opts": {k2: str(v) for k2, v in cfg.source_opts.items()},
         "executor": cfg.executor, "seed": cfg.seed, "dedup_images": cfg.dedup_images,

@@ -33,7 +33,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from biomedica_hf.build.article import PackageResult
-from biomedica_hf.build.state import StateError, read_sealed, write_sealed
+from biomedica_hf.build.state import StateError, file_seal, matches, read_sealed, write_sealed
 from biomedica_hf.io.markers import STAGED
 from biomedica_hf.io.ranges import LocalFile
 from biomedica_hf.schema import ImageRecord, Sample
@@ -74,9 +74,10 @@ class PartitionStage:
 
     # ---------------------------------------------------------------- state
     def is_staged(self, manifest_digest: str | None = None) -> bool:
-        """A valid (sealed) marker, for the given manifest when one is given."""
+        """A valid (sealed) marker, for the given manifest when one is given, over the log it sealed."""
         info = read_sealed(self.marker)
-        return info is not None and (manifest_digest is None or info.get("manifest") == manifest_digest)
+        return (info is not None and (manifest_digest is None or info.get("manifest") == manifest_digest)
+                and ("log" not in info or matches(self.log, info["log"])))
 
     def staged_info(self) -> dict:
         """What :meth:`mark_staged` recorded (``{}`` while the partition is not staged or its marker is bad)."""
@@ -170,7 +171,8 @@ class PartitionStage:
         return n
 
     def mark_staged(self, info: dict) -> None:
-        write_sealed(self.marker, info)
+        """Seal the staging: the marker records ``info`` and the log's length and sha256."""
+        write_sealed(self.marker, {**info, "log": file_seal(self.log) if self.log.exists() else [0, ""]})
 
     # ---------------------------------------------------------------- reading
     def units(self) -> Iterator[dict]:

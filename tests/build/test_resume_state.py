@@ -146,3 +146,192 @@ def test_lost_manifest_then_an_update_is_refused_not_duplicated(corpus, newer, r
     with pytest.raises(FatalBuildError, match="--rebuild-state"):
         build(_cfg(newer, out))
     assert _outputs(out) == reference["base_out"]
+
+
+# ------------------------------------------------------------------------- fault injection
+# (kill point, its n-th passage, a _work/ file that exists there): every kind of file a rerun trusts
+WORK_FILES = [
+    ("staged_article", 5, "stage/*/log.jsonl"),
+    ("staged_article", 5, "stage/*/images.bin"),
+    ("staged_article", 5, "stage/*/starts.txt"),
+    ("staged_article", 5, "stage/*/for.json"),
+    ("staged_article", 5, "snapshots/s000/layout.json"),
+    ("staged_article", 5, "snapshots/s000/partitions/*.parquet"),
+    ("staged_article", 5, "snapshots/s000/removed.parquet"),
+    ("staged_article", 5, "parts/ledger/s000-listing.parquet"),
+    ("staged", 2, "stage/*/staged.json"),
+    ("staged", 2, "snapshots/s000/hashes/h*/*.parquet"),
+    ("deduped", 1, "snapshots/s000/decisions.parquet"),
+    ("deduped", 1, "snapshots/s000/near.parquet"),
+    ("deduped", 1, "snapshots/s000/dedup.json"),
+    ("deduped", 1, "stage/*/images.bin"),
+    ("partition_written", 2, "parts/done/*.json"),
+    ("partition_written", 2, "parts/articles/*.parquet"),
+    ("partition_written", 2, "parts/ledger/s000-*-p*.parquet"),
+    ("tables_ready", 1, "snapshots/s000/articles.parquet"),
+    ("tables_ready", 1, "snapshots/s000/ledger.parquet"),
+    ("tables_ready", 1, "snapshots/s000/finish.ready"),
+    ("summary_written", 1, "snapshots/s000/layout.json"),
+    ("", 0, "snapshots/s000/complete.json"),      # "": after a complete build
+    ("", 0, "parts/done/*.json"),
+]
+OPS = ("delete", "cut", "flip", "junk")
+
+
+def _damage(path: Path, op: str) -> None:
+    data = path.read_bytes()
+    if op == "delete":
+        path.unlink()
+    elif op == "cut":
+        path.write_bytes(data[: len(data) // 2])
+    elif op == "flip":
+        b = bytearray(data)
+        i = len(b) // 2 if b else 0
+        if b:
+            b[i] ^= 0x10
+        path.write_bytes(bytes(b))
+    else:
+        path.write_bytes(data + b"\x00junk\xff" * 16)
+
+
+def _target(out: Path, pattern: str) -> Path:
+    found = sorted(p for p in (out / "_work").glob(pattern) if p.is_file() and p.stat().st_size)
+    assert found, f"no {pattern} at that point"
+    return found[-1] if "images.bin" in pattern else found[0]
+
+
+def _check_damage_then_rerun(corpus, reference, tmp_path, point, nth, pattern, op):
+    out = tmp_path / "ds"
+    if point:
+        assert _killed(_cfg(corpus, out), point, nth)
+    else:
+        shutil.copytree(reference["base"], out)
+    _damage(_target(out, pattern), op)
+    before = _outputs(out)
+    try:
+        build(_cfg(corpus, out))
+    except FatalBuildError as e:        # refused loudly: one clear line, nothing changed
+        assert "\n" not in str(e) and _outputs(out) == before
+        return
+    assert _outputs(out) == reference["base_out"]
+    _listed_fates(out, _ids(corpus))
+
+
+@pytest.mark.parametrize("point,nth,pattern", WORK_FILES, ids=[w[2] for w in WORK_FILES])
+def test_each_work_file_damaged_is_redone(corpus, reference, tmp_path, point, nth, pattern):
+    """One damage per kind of file (rotating delete / cut / flip / junk); the exhaustive cross is slow."""
+    op = OPS[WORK_FILES.index((point, nth, pattern)) % len(OPS)]
+    _check_damage_then_rerun(corpus, reference, tmp_path, point, nth, pattern, op)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("point,nth,pattern", WORK_FILES, ids=[w[2] for w in WORK_FILES])
+def test_every_damage_of_every_work_file(corpus, reference, tmp_path, point, nth, pattern, op):
+    _check_damage_then_rerun(corpus, reference, tmp_path, point, nth, pattern, op)
+
+
+BUILD_POINTS = [p for p in state.FAULT_POINTS if p not in ("revised", "retired")]
+
+
+@pytest.mark.parametrize("point", BUILD_POINTS)
+def test_build_killed_at_every_stage_boundary(corpus, reference, tmp_path, point):
+    out = tmp_path / "ds"
+    assert _killed(_cfg(corpus, out), point, 2 if point in ("staged_article", "staged", "shard_written") else 1)
+    build(_cfg(corpus, out))
+    assert _outputs(out) == reference["base_out"]
+
+
+@pytest.mark.parametrize("point", state.FAULT_POINTS)
+def test_update_killed_at_every_stage_boundary(newer, reference, tmp_path, point):
+    out = tmp_path / "ds"
+    shutil.copytree(reference["base"], out)
+    assert _killed(_cfg(newer, out), point)
+    build(_cfg(newer, out))
+    assert _outputs(out) == reference["updated_out"]
+    _listed_fates(out, _ids(newer))
+
+
+# ------------------------------------------------------------------------------- identity
+def _impostor(inp: Path, listed: int, actual: int) -> None:
+    """A folder ``PMC<listed>.1`` holding the XML (and figures) of article ``actual``."""
+    tmp = inp.parent / "impostor"
+    d = synth_article(tmp, actual, image_seed=actual * 10)
+    target = inp / f"PMC{listed}.1"
+    shutil.move(str(d), target)
+    (target / f"PMC{actual}.1.xml").rename(target / f"PMC{listed}.1.xml")
+    shutil.rmtree(tmp)
+
+
+@pytest.mark.parametrize("partition_target", [100, 1], ids=["same-partition", "different-partitions"])
+def test_listing_id_and_xml_id_are_reconciled(tmp_path, partition_target):
+    """Row 3: a listed folder holding another listed article's XML. Before: the same partition died at the end
+    ("more than one fate"); different partitions published duplicate keys and lost the listed id."""
+    inp = tmp_path / "in"
+    synth_corpus(inp, 4, start=95_800_000)
+    _impostor(inp, 95_800_099, 95_800_001)
+    out = tmp_path / "ds"
+    build(_cfg(inp, out, partition_target=partition_target, split_fractions=(1.0, 0.0, 0.0)))
+    _listed_fates(out, _ids(inp))
+    ledger = {(r["kind"], r["id"]): r for r in pq.read_table(out / "ledger.parquet").to_pylist()}
+    bad = ledger[("article", "PMC95800099")]
+    assert (bad["state"], bad["reason"]) == ("failed", "id_mismatch")
+    assert "PMC95800099" in bad["detail"] and "PMC95800001" in bad["detail"]
+    assert ledger[("article", "PMC95800001")]["state"] == "kept"
+    index = pq.read_table(out / "figures.parquet").to_pylist()
+    assert sorted({r["pmcid"] for r in index}) == [f"PMC{95_800_000 + i}" for i in range(4)]
+    assert len(index) == 16
+
+
+# ------------------------------------------------------------------------------- versions
+def test_versions_only_move_forward_unless_allowed(tmp_path):
+    inp = tmp_path / "in"
+    synth_corpus(inp, 3, start=95_810_000)
+    synth_article(inp, 95_810_050, version=2, image_seed=500)
+    out = tmp_path / "ds"
+    build(_cfg(inp, out))
+    before = pq.read_table(out / "figures.parquet").to_pylist()
+    older = tmp_path / "older"
+    shutil.copytree(inp, older)
+    shutil.rmtree(older / "PMC95810050.2")
+    synth_article(older, 95_810_050, version=1, image_seed=900)
+    report = build(_cfg(older, out))
+    assert report.changes.get("older_version_listed") == 1 and not report.changes.get("replaced")
+    assert pq.read_table(out / "figures.parquet").to_pylist() == before, "v2 stays"
+    ledger = {(r["kind"], r["id"]): r for r in pq.read_table(out / "ledger.parquet").to_pylist()}
+    row = ledger[("file", "listing:PMC95810050.1@s001")]
+    assert (row["state"], row["reason"]) == ("skipped", "older_version_listed")
+    assert ledger[("article", "PMC95810050")]["state"] == "kept"
+    again = build(_cfg(older, out, allow_downgrade=True))
+    assert again.changes.get("replaced") == 1
+    shas = {r["sha256"] for r in pq.read_table(out / "figures.parquet").to_pylist() if r["pmcid"] == "PMC95810050"}
+    assert shas and not shas & {r["sha256"] for r in before if r["pmcid"] == "PMC95810050"}
+    _listed_fates(out, _ids(older))
+
+
+def test_a_5000_digit_version_in_a_listing_is_one_bad_row(tmp_path):
+    """Row: the whole build died with int()'s ValueError; now that row is ledgered and the build goes on."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from hostile_inputs import article_xml, small_jpeg, write_targz
+    from pmc_server import PMCServer
+
+    root = tmp_path / "mirror"
+    rows = ["File,Article Citation,Accession ID,Last Updated (YYYY-MM-DD HH:MM:SS),PMID,License"]
+    for i, pmcid in enumerate(("PMC900030", "PMC900031")):
+        key = f"oa_package/aa/b{i}/{pmcid}.tar.gz"
+        (root / key).parent.mkdir(parents=True)
+        write_targz(root / key, [(f"{pmcid}/main.nxml", article_xml(pmcid, ["fig1"])),
+                                 (f"{pmcid}/fig1.jpg", small_jpeg(30 + i))])
+        rows.append(f"{key},J. 2020,{pmcid},2020-01-01 00:00:00,,CC BY")
+    rows.append(f"oa_package/aa/b9/PMC900032.tar.gz,J. 2020,PMC900032.{'9' * 5000},2020-01-01 00:00:00,,CC BY")
+    (root / "oa_file_list.csv").write_text("\r\n".join(rows) + "\r\n")
+    out = tmp_path / "ds"
+    with PMCServer(root) as srv:
+        build(BuildConfig(out=out, source="legacy", workers=1, progress=False,
+                          source_opts={"base_url_or_root": srv.url, "filelist": str(root / "oa_file_list.csv"),
+                                       "retries": 1, "rate": 1000}))
+    ledger = pq.read_table(out / "ledger.parquet").to_pylist()
+    assert {r["pmcid"] for r in ledger if r["kind"] == "article" and r["state"] == "kept"} == {"PMC900030",
+                                                                                            "PMC900031"}
+    bad = [r for r in ledger if r["reason"] == "bad_listing_row"]
+    assert len(bad) == 1 and "bad_pmcid" in bad[0]["detail"] and len(bad[0]["detail"]) <= 500
