@@ -335,3 +335,97 @@ def test_a_5000_digit_version_in_a_listing_is_one_bad_row(tmp_path):
                                                                                             "PMC900031"}
     bad = [r for r in ledger if r["reason"] == "bad_listing_row"]
     assert len(bad) == 1 and "bad_pmcid" in bad[0]["detail"] and len(bad[0]["detail"]) <= 500
+
+
+# ------------------------------------------------------------------------------ transactions
+def test_update_killed_inside_shard_revision_completes_on_rerun(newer, reference, tmp_path):
+    """Row: old .parquet unlinked, old .tar not yet -> FileNotFoundError on every rerun. Now no old file is
+    deleted before the new shards exist; the previous snapshot's shards are all still there after the kill."""
+    out = tmp_path / "ds"
+    shutil.copytree(reference["base"], out)
+    before = set(reference["base_out"])
+    assert _killed(_cfg(newer, out), "revised")
+    assert before <= set(_outputs(out)), "every file of the previous snapshot is still in place"
+    problems = verify_folder(out).problems        # only the update's new, not yet published shards
+    assert problems and all("-s001-" in p or "-r001" in p for p in problems), problems
+    build(_cfg(newer, out))
+    assert _outputs(out) == reference["updated_out"]
+    history = json.loads((out / "build_summary.json").read_text())["snapshots"]
+    want = json.loads((reference["updated"] / "build_summary.json").read_text())["snapshots"]
+    assert history[1]["samples_removed"] == want[1]["samples_removed"] == 8   # re-versioned + withdrawn: 4 + 4
+
+
+@pytest.mark.parametrize("point", ["revised", "retired", "tables_ready", "index_written", "summary_written"])
+def test_samples_removed_is_right_wherever_the_update_was_killed(newer, reference, tmp_path, point):
+    """Row: history said 10, 5 or 0 instead of 12 depending on where the kill hit."""
+    out = tmp_path / "ds"
+    shutil.copytree(reference["base"], out)
+    assert _killed(_cfg(newer, out), point)
+    build(_cfg(newer, out))
+    history = json.loads((out / "build_summary.json").read_text())["snapshots"]
+    assert [h["snapshot"] for h in history] == [0, 1] and history[1]["samples_removed"] == 8
+
+
+def test_an_update_removing_every_sample_of_a_shard_leaves_a_consistent_folder(tmp_path):
+    """Row: a 0-sample -r001 shard not in figures.parquet; verify failed, push refused, reruns "up to date"."""
+    inp = tmp_path / "in"
+    synth_corpus(inp, 6, start=95_820_000)
+    out = tmp_path / "ds"
+    cfg = dict(partition_target=100, split_fractions=(1.0, 0.0, 0.0))
+    build(BuildConfig(out=out, source="local", source_opts={"path": str(inp)}, workers=1, progress=False,
+                      shard_max_samples=4, caption_dups=False, **cfg))
+    index = pq.read_table(out / "figures.parquet").to_pylist()
+    shard = index[0]["shard"]
+    doomed = {r["pmcid"] for r in index if r["shard"] == shard}
+    newer = tmp_path / "newer"
+    shutil.copytree(inp, newer)
+    for pmcid in doomed:                   # withdraw every article with a sample in that shard
+        shutil.rmtree(newer / f"{pmcid}.1")
+    build(BuildConfig(out=out, source="local", source_opts={"path": str(newer)}, workers=1, progress=False,
+                      shard_max_samples=4, caption_dups=False, allow_shrink=True, **cfg))
+    assert verify_folder(out).ok, verify_folder(out).text()
+    assert not (out / shard).exists() and not list(out.glob(f"{shard.removesuffix('.tar')}-r001*"))
+    after = pq.read_table(out / "figures.parquet").to_pylist()
+    assert not {r["pmcid"] for r in after} & doomed
+    sizes = json.loads((out / "noncommercial" / "sizes.json").read_text())
+    assert all(n > 0 for n in sizes.values())
+    _listed_fates(out, _ids(newer))
+
+
+def test_a_folder_without_its_work_state_refuses_an_update_then_rebuilds_it(newer, reference, tmp_path):
+    """Row: `_work/` deleted, then an update: rebuilt as snapshot 0 over the old shards, keys listed twice."""
+    out = tmp_path / "ds"
+    shutil.copytree(reference["base"], out)
+    shutil.rmtree(out / "_work")
+    with pytest.raises(FatalBuildError, match="resume state .* is gone.*--rebuild-state") as e:
+        build(_cfg(newer, out))
+    assert "\n" not in str(e.value)
+    assert _outputs(out) == reference["base_out"]
+    report = build(_cfg(newer, out, rebuild_state=True))
+    assert report.snapshot == 1
+    assert report.changes == {"added": 2, "replaced": 1, "withdrawn": 1}
+    _listed_fates(out, _ids(newer))
+    index = pq.read_table(out / "figures.parquet").to_pylist()
+    ref_index = pq.read_table(reference["updated"] / "figures.parquet").to_pylist()
+    assert sorted(r["key"] for r in index) == sorted(r["key"] for r in ref_index)
+    assert build(_cfg(newer, out)).changes == {"up to date": 1}
+
+
+@pytest.mark.parametrize("how", ["cut", "junk"])
+def test_a_truncated_build_summary_keeps_its_history(corpus, newer, reference, tmp_path, how):
+    """Row: an update silently dropped the snapshot history; an up-to-date rerun then tracebacked."""
+    out = tmp_path / "ds"
+    shutil.copytree(reference["base"], out)
+    _damage(out / "build_summary.json", how)
+    assert build(_cfg(corpus, out)).changes == {"up to date": 1}
+    assert json.loads((out / "build_summary.json").read_text())["snapshots"][0]["snapshot"] == 0
+    _damage(out / "build_summary.json", how)
+    build(_cfg(newer, out))
+    assert [h["snapshot"] for h in json.loads((out / "build_summary.json").read_text())["snapshots"]] == [0, 1]
+    # without the sealed copy the damage is refused in one line, nothing changed
+    _damage(out / "build_summary.json", how)
+    (out / "_work" / "build_summary.sealed.json").unlink()
+    before = (out / "build_summary.json").read_bytes()
+    with pytest.raises(FatalBuildError, match="build_summary.json is cut or damaged"):
+        build(_cfg(newer, out))
+    assert (out / "build_summary.json").read_bytes() == before
