@@ -429,3 +429,23 @@ def test_a_truncated_build_summary_keeps_its_history(corpus, newer, reference, t
     with pytest.raises(FatalBuildError, match="build_summary.json is cut or damaged"):
         build(_cfg(newer, out))
     assert (out / "build_summary.json").read_bytes() == before
+
+
+def test_sigkill_hook_in_a_subprocess(corpus, reference, tmp_path):
+    """``BIOMEDICA_FAULT_AT`` kills the process for real (SIGKILL: no ``finally``, temporaries left behind);
+    the rerun gives the uninterrupted folder."""
+    import os
+    import signal
+    import subprocess
+
+    out = tmp_path / "ds"
+    script = (f"from pathlib import Path\nfrom biomedica_hf.build.pipeline import BuildConfig, build\n"
+              f"build(BuildConfig(out=Path({str(out)!r}), source='local', source_opts={{'path': {str(corpus)!r}}}, "
+              f"workers=1, progress=False, shard_max_samples=6, caption_dups=False, partition_target=4, "
+              f"split_fractions=(0.6, 0.2, 0.2)))\n")
+    env = dict(os.environ, BIOMEDICA_FAULT_AT="shard_written:3", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert not (out / "figures.parquet").exists()
+    build(_cfg(corpus, out))
+    assert _outputs(out) == reference["base_out"]
