@@ -1208,7 +1208,8 @@ def _build(cfg: BuildConfig) -> BuildReport:
     work = Work(out)
     work.root.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out)   # a killed run's temporaries are never complete: safe to drop
-    if not work.snapshots() and ((out / FIGURES_INDEX).exists() or (out / "build_summary.json").exists()):
+    if cfg.rebuild_state or (not work.snapshots() and ((out / FIGURES_INDEX).exists()
+                                                       or (out / "build_summary.json").exists())):
         if not cfg.rebuild_state:
             raise FatalBuildError(f"{out} holds a built dataset but its resume state {work.root} is gone: building "
                                   f"into it would publish its articles twice. Rerun with --rebuild-state to "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -41,6 +42,21 @@ from biomedica_hf.schema import FAILED, ArticleRef
 
 log = logging.getLogger("biomedica_hf.build")
 
+def _check_published(out: Path) -> None:
+    """The published shards are exactly those ``figures.parquet`` lists (an unfinished update's shards, or
+    shards it moved out, cannot be told apart from the published state: refused)."""
+    index = out / "figures.parquet"
+    if not index.exists():
+        raise FatalBuildError(f"--rebuild-state needs {index}; build into a new folder")
+    listed = set(pq.read_table(index, columns=["shard"])["shard"].to_pylist())
+    on_disk = {p.relative_to(out).as_posix() for p in out.glob("*/*.tar")}
+    if listed != on_disk:
+        diff = sorted(listed ^ on_disk)
+        raise FatalBuildError(f"--rebuild-state: the shards on disk differ from {index.name} ({len(diff)}, e.g. "
+                              f"{diff[0]}): an update was interrupted; run `biomedica verify {out}` and restore the "
+                              f"folder first")
+
+
 REMOVED_SCHEMA = pa.schema([("pmcid", pa.string()), ("snapshot", pa.int32()), ("pid", pa.string()),
                             ("reason", pa.string())])
 
@@ -53,6 +69,14 @@ def rebuild_state(out: Path, fractions: tuple[float, ...]) -> list[str]:
     if not ledger_path.exists() or not articles_path.exists():
         raise FatalBuildError(f"--rebuild-state needs {ledger_path.name} and {articles_path.name} in {out}: "
                               f"without them the published articles are unknown; build into a new folder")
+    _check_published(out)
+    old = [work / name for name in ("snapshots", "parts", "stage") if (work / name).exists()]
+    if old:                                    # damaged state: kept aside, never deleted
+        aside = work / f"damaged-{int(time.time())}"
+        aside.mkdir(parents=True)
+        for p in old:
+            p.rename(aside / p.name)
+        log.warning("--rebuild-state: the old resume state is kept in %s", aside)
     try:
         summary = json.loads((out / "build_summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

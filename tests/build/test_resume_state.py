@@ -449,3 +449,16 @@ def test_sigkill_hook_in_a_subprocess(corpus, reference, tmp_path):
     assert not (out / "figures.parquet").exists()
     build(_cfg(corpus, out))
     assert _outputs(out) == reference["base_out"]
+
+
+def test_damaged_history_is_refused_then_rebuilt_from_the_published_files(newer, reference, tmp_path):
+    out = tmp_path / "ds"
+    shutil.copytree(reference["base"], out)
+    _damage(out / "_work" / "snapshots" / "s000" / "layout.json", "cut")
+    with pytest.raises(FatalBuildError, match="--rebuild-state"):
+        build(_cfg(newer, out))
+    assert _outputs(out) == reference["base_out"]
+    report = build(_cfg(newer, out, rebuild_state=True))
+    assert report.changes == {"added": 2, "replaced": 1, "withdrawn": 1}
+    assert list((out / "_work").glob("damaged-*/snapshots/s000/layout.json")), "the old state is kept aside"
+    _listed_fates(out, _ids(newer))
