@@ -613,6 +613,8 @@ def _write_partition(task: tuple, work: Work, pid: PartitionId, stage: Partition
             stats["samples"][subset] += len(shard)
     write_parquet(work.part("ledger", pid_name), ledger, LEDGER_SCHEMA)
     stats["clashes"] = [f"{kind}:{item}" for kind, item in check_unique(LedgerEntry(**e) for e in ledger)][:5]
+    if stats["clashes"]:                 # known here: stop now, not after every other partition
+        raise FatalBuildError(f"partition {pid_name}: ledger items with more than one fate, e.g. {stats['clashes']}")
     stats["duplicates_dropped"] = sum(dropped_per_pmcid.values())
     staged_info = stage.staged_info()
     stats["failed"], stats["retry"] = staged_info.get("failed", []), staged_info.get("retry", [])
@@ -1490,7 +1492,7 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
             dropped += info.get("duplicates_dropped", 0)
             add(work_timings, info.get("timings", {}))
     if clashes:
-        raise RuntimeError(f"ledger has items with more than one fate, e.g. {clashes[:5]}")
+        raise FatalBuildError(f"ledger has items with more than one fate, e.g. {clashes[:5]}")
     consolidate_tables(work, k)
     if clock:
         clock.lap("tables")
