@@ -84,7 +84,7 @@ from biomedica_hf.io.atomic import (
     write_parquet,
     write_table,
 )
-from biomedica_hf.io.markers import STATS, read_marker, write_marker
+from biomedica_hf.io.markers import STATS, read_marker
 from biomedica_hf.layout import FIGURES_INDEX
 from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique, format_summary, ledger_summary
 from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema

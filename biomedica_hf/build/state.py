@@ -50,7 +50,8 @@ class SimulatedKill(BaseException):
     """Raised by an armed :func:`checkpoint` (tests): the build stops there as if killed."""
 
 
-_ARMED: dict[str, int] = {}
+_ARMED: dict[str, int] = {}     # point -> passages left before the simulated kill (arm)
+_COUNTS: dict[str, int] = {}    # point -> passages so far (BIOMEDICA_FAULT_AT)
 
 
 def arm(point: str, nth: int = 1) -> None:
@@ -76,13 +77,10 @@ def checkpoint(point: str) -> None:
     if env:
         name, _, nth = env.partition(":")
         if name == point:
-            key = f"_fault_count_{point}"
-            n = _COUNTS[key] = _COUNTS.get(key, 0) + 1
+            n = _COUNTS[point] = _COUNTS.get(point, 0) + 1
             if n >= int(nth or 1):
                 os.kill(os.getpid(), signal.SIGKILL)
 
-
-_COUNTS: dict[str, int] = {}
 
 
 # ------------------------------------------------------------------------------- sealed records
