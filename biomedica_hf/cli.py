@@ -186,6 +186,12 @@ def _parse_bytes(text: str) -> int:
                    "(near_dup_of in figures.parquet).")
 @click.option("--allow-shrink", is_flag=True,
               help="Update: accept a listing that drops more than half of the dataset's articles (withdrawn).")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Update: accept a listing whose version of an article is older than the dataset's (by default "
+                   "the newer version stays and the listing row is ledgered older_version_listed).")
+@click.option("--rebuild-state", is_flag=True,
+              help="The folder's _work/ resume state is gone: reconstruct it from the published files before "
+                   "updating (says what it cannot reconstruct); without it such a folder is refused.")
 @click.option("--timeout", type=float, default=None,
               help="Seconds without a byte before a download attempt is abandoned (inactivity; retried) "
                    "[default: 10 s to connect, 60 s between bytes].")
@@ -210,7 +216,7 @@ def _parse_bytes(text: str) -> int:
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out, workers, executor, ray_address, limit, shard_samples,
           shard_bytes, seed, no_dedup, min_side, keep_empty_captions, retry_failed, keep_downloads, rate, retries, splits,
-          partition_size, near_dedup, allow_shrink, timeout, deadline, max_package_bytes, max_member_bytes, max_image_bytes,
+          partition_size, near_dedup, allow_shrink, allow_downgrade, rebuild_state, timeout, deadline, max_package_bytes, max_member_bytes, max_image_bytes,
           max_pixels, enrich, eutils_url, no_progress, verbose):
     """Build WebDataset shards (per licence subset and split) + articles table + ledger from PMC-OA.
 
@@ -247,6 +253,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         keep_downloads=keep_downloads, retry_failed=retry_failed, progress=not no_progress,
         executor=executor, ray_address=ray_address, split_fractions=_parse_splits(splits),
         partition_target=partition_size, allow_shrink=allow_shrink, near_dedup=near_dedup,
+        allow_downgrade=allow_downgrade, rebuild_state=rebuild_state,
         command=" ".join(["biomedica", *sys.argv[1:]]))
     try:
         report = run_build(cfg)

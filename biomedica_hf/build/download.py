@@ -556,14 +556,17 @@ class Downloader:
             f = open(part, mode)  # noqa: SIM115 - used in `with f` below; an open error is a disk error
         except OSError as e:
             raise _WriteError(e) from e
-        with f:
-            self._copy_body(url, resp, f.write, expected, deadline_at, sniff)
-            try:
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
-            except OSError as e:
-                raise _WriteError(e) from e
+        try:
+            with f:
+                self._copy_body(url, resp, f.write, expected, deadline_at, sniff)
+                try:
+                    f.flush()
+                    if self.fsync:
+                        os.fsync(f.fileno())
+                except OSError as e:
+                    raise _WriteError(e) from e
+        except OSError as e:     # close() flushes what is buffered: a full disk can surface there too
+            raise _WriteError(e) from e
         return expected is not None
 
     def download_many(self, items: Iterable[DownloadItem | tuple | dict], max_workers: int = 8,

@@ -13,6 +13,9 @@ The listing is streamed once into per-bucket spool files (JSON lines, buffered; 
 the buffers and one counter per bucket), then each partition's manifest is written as Parquet
 (``_work/snapshots/sNNN/partitions/<pid>.parquet``): the refs of the partition sorted by PMCID, with the
 listing's own duplicates marked. Memory is O(buckets + partitions), never O(articles).
+
+Each manifest's row count and content digest (:func:`manifest_digest`) are recorded in the snapshot's sealed
+``layout.json`` (:func:`write_layout`): a manifest that is lost or changed is found before anything trusts it.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from biomedica_hf.io.atomic import atomic_path, atomic_write_json
+from biomedica_hf.io.atomic import atomic_path
 from biomedica_hf.schema import ArticleRef
 
 FINE_BUCKETS = 4096
@@ -229,8 +232,25 @@ def read_manifest(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
+def rows_digest(rows: list[dict]) -> str:
+    """The content digest of a manifest's rows (what ``layout.json`` records for it)."""
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def manifest_digest(path: Path) -> tuple[int, str] | None:
+    """(rows, content digest) of a manifest file; None when it is missing or unreadable (cut)."""
+    try:
+        rows = read_manifest(path)
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    return len(rows), rows_digest(rows)
+
+
 def write_layout(path: Path, layout: Layout, extra: dict | None = None) -> None:
-    atomic_write_json(path, {**layout.to_json(), **(extra or {})})
+    """The snapshot's layout as a sealed record (:func:`biomedica_hf.build.state.write_sealed`)."""
+    from biomedica_hf.build.state import write_sealed
+
+    write_sealed(path, {**layout.to_json(), **(extra or {})})
 
 
 __all__ = [
@@ -242,9 +262,12 @@ __all__ = [
     "PartitionId",
     "bucket_of",
     "choose_layout",
+    "manifest_digest",
     "read_manifest",
+    "rows_digest",
     "ref_revision",
     "split_of",
     "split_ranges",
+    "write_layout",
     "write_manifest",
 ]

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -59,16 +60,20 @@ from biomedica_hf.build.partition import (
     ListingSpool,
     PartitionId,
     choose_layout,
+    manifest_digest,
     read_manifest,
     ref_from_json,
     ref_revision,
+    rows_digest,
     spool_rows,
+    write_layout,
     write_manifest,
 )
 from biomedica_hf.build.shards import revise_shard, shard_done, shard_files, shard_name, write_shard
 from biomedica_hf.build.sources import make_source
 from biomedica_hf.build.sources.base import FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error
 from biomedica_hf.build.staging import PartitionStage
+from biomedica_hf.build.state import StateError, checkpoint, file_seal, matches, read_sealed, write_sealed
 from biomedica_hf.build.timings import StageClock, add, rounded, timed
 from biomedica_hf.io.atomic import (
     atomic_path,
@@ -79,7 +84,7 @@ from biomedica_hf.io.atomic import (
     write_parquet,
     write_table,
 )
-from biomedica_hf.io.markers import STATS, read_marker, write_marker
+from biomedica_hf.io.markers import STATS, read_marker
 from biomedica_hf.layout import FIGURES_INDEX
 from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique, format_summary, ledger_summary
 from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
@@ -118,6 +123,8 @@ class BuildConfig:
     allow_shrink: bool = False                    # an update may withdraw more than half of the articles
     near_dedup: bool = False                      # drop near-duplicate images too (default: flag them)
     caption_dups: bool = True                     # flag near-duplicate captions (MinHash)
+    allow_downgrade: bool = False                 # an update may replace an article by an older version
+    rebuild_state: bool = False                   # a folder whose _work/ is gone: reconstruct it first
 
     @property
     def work(self) -> Path:
@@ -183,9 +190,26 @@ class Work:
         d = self.root / "snapshots"
         return sorted(int(p.name[1:]) for p in d.glob("s[0-9][0-9][0-9]")) if d.is_dir() else []
 
-    def layout(self, k: int) -> Layout | None:
+    def meta(self, k: int) -> dict | None:
+        """The snapshot's sealed ``layout.json`` (None when missing, cut or changed). A complete snapshot of a
+        folder built before layouts were sealed is read as it is."""
         p = self.snap(k) / "layout.json"
-        return Layout.from_json(json.loads(p.read_text())) if p.exists() else None
+        info = read_sealed(p)
+        if info is None and self.complete(k):
+            legacy = read_marker(p)
+            if legacy is not None and "_seal" not in legacy:
+                return legacy
+        return info
+
+    def layout(self, k: int) -> Layout | None:
+        meta = self.meta(k)
+        try:
+            return Layout.from_json(meta) if meta is not None else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def hash_files(self, k: int, pid_name: str) -> list[Path]:
+        return sorted(self.hashes(k).glob(f"h*/{pid_name}.parquet"))
 
     def complete(self, k: int) -> bool:
         return (self.snap(k) / "complete.json").exists()
@@ -239,13 +263,55 @@ def _process_ref(ref: ArticleRef, source: Source, work: Work, media: MediaOption
         return PackageResult(ref.pmcid, ledger=[LedgerEntry("article", ref.pmcid, ref.pmcid, state, e.reason,
                                                             str(e.detail)[:500], ref.location)], timings=fetch)
     try:
-        result = process_package(pkg, media)
+        result = reconcile_identity(ref, process_package(pkg, media))
     finally:
         root = Path(pkg.root).resolve()
         if not keep and cache.resolve() in root.parents:
             shutil.rmtree(root, ignore_errors=True)
     add(result.timings, fetch)
     return result
+
+
+_LISTED_PMCID = re.compile(r"PMC\d+")
+
+
+def reconcile_identity(ref: ArticleRef, result: PackageResult) -> PackageResult:
+    """One identity per article: the listing's PMCID against the ids the package's XML gives its articles.
+
+    An article whose XML names another PMCID than the listing (``PMC…99.1/`` holding another article's XML)
+    is not published under either id: the listed id is ledgered ``failed / id_mismatch`` with both ids, and
+    nothing of the other article is kept (it has its own listing row, or it is not in this snapshot), so
+    neither two fates nor duplicate keys can arise. Listing ids that are not PMCIDs (a local folder's name)
+    take the XML's id, as before."""
+    if not _LISTED_PMCID.fullmatch(ref.pmcid):
+        return result
+    listed = ref.pmcid.upper()
+
+    def foreign(pmcid: str | None) -> bool:
+        p = (pmcid or listed).upper()
+        return p != listed and not p.startswith(listed + "_")
+
+    others = sorted({a["pmcid"] for a in result.articles if foreign(a.get("pmcid"))})
+    if not others:
+        return result
+    detail = f"listed as {ref.pmcid}, the XML names {', '.join(others)}"[:500]
+    kept = [a for a in result.articles if not foreign(a.get("pmcid"))]
+    ledger = []
+    for e in result.ledger:
+        if e.kind == "file":
+            if not kept and e.state == KEPT:
+                e = dataclasses.replace(e, state=SKIPPED, reason="id_mismatch", detail=detail)
+            ledger.append(e)
+        elif not foreign(e.pmcid):
+            ledger.append(e)
+    if not kept:
+        ledger.append(LedgerEntry("article", ref.pmcid, ref.pmcid, FAILED, "id_mismatch", detail, ref.location))
+    else:
+        ledger.extend(LedgerEntry("article", f"{p}@{ref.pmcid}", ref.pmcid, SKIPPED, "id_mismatch", detail,
+                                  ref.location) for p in others)
+    return PackageResult(result.ref_id, articles=kept,
+                         samples=[s for s in result.samples if not foreign(s.meta.get("pmcid"))],
+                         ledger=ledger, timings=result.timings)
 
 
 def _fatal(e: BaseException, where: str) -> FatalBuildError:
@@ -261,15 +327,75 @@ def _internal_error(ref: ArticleRef, e: BaseException, reason: str = "internal_e
                                                         f"{type(e).__name__}: {e}"[:500], ref.location)])
 
 
-def stage_partition(pid_name: str) -> dict:
+def _task(item: str | tuple) -> tuple[str, str | None]:
+    """(partition name, manifest digest) of a stage task."""
+    return (item, None) if isinstance(item, str) else (item[0], item[1])
+
+
+def _manifest_rows(work: Work, pid: PartitionId, digest: str | None) -> list[dict]:
+    """The partition's manifest, checked against the digest ``layout.json`` recorded for it."""
+    try:
+        rows = read_manifest(work.manifest(pid))
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise StateError(f"the manifest of {pid.name} is missing or cut ({e})") from None
+    if digest is not None and rows_digest(rows) != digest:
+        raise StateError(f"the manifest of {pid.name} changed since the snapshot was planned")
+    return rows
+
+
+def _open_stage(stage: PartitionStage, digest: str | None) -> set[str]:
+    """Open the partition's staging for appending; staging that does not check, or that was made for another
+    manifest, is discarded (the partition is redone from its inputs)."""
+    bound = read_sealed(stage.folder / "for.json")
+    if stage.folder.exists() and (bound is None or bound.get("manifest") != digest):
+        if any(stage.folder.iterdir()):
+            log.warning("staging of %s was made for another manifest or is damaged: redone", stage.folder.name)
+        stage.remove()
+    if not stage.folder.exists():
+        stage.folder.mkdir(parents=True)
+        write_sealed(stage.folder / "for.json", {"manifest": digest})
+    try:
+        return stage.open()[0]
+    except StateError as e:
+        log.warning("%s: the partition's staging is redone", e)
+        stage.remove()
+        return _open_stage(stage, digest)
+
+
+def stage_partition(item: str | tuple) -> dict:
     """Stage every article of one partition (resumable article by article)."""
+    pid_name, digest = _task(item)
     work: Work = _WORKER["work"]
     pid = PartitionId.parse(pid_name)
     stage = work.stage(pid)
-    if stage.is_staged():
+    if stage.is_staged(digest) and _hashes_match(work, pid, stage.staged_info()):
         return stage.staged_info()
-    rows = read_manifest(work.manifest(pid))
-    done, _ = stage.open()
+    rows = _manifest_rows(work, pid, digest)
+    for attempt in range(2):
+        done = _open_stage(stage, digest)
+        try:
+            return _stage_rows(work, pid, stage, rows, done, digest)
+        except StateError as e:
+            if attempt:
+                raise FatalBuildError(f"partition {pid_name}: its staging is damaged again after being redone "
+                                      f"({e}); is the disk failing?") from e
+            log.warning("%s: the partition's staging is redone", e)
+            stage.remove()
+    raise AssertionError("unreachable")
+
+
+def _hashes_match(work: Work, pid: PartitionId, info: dict) -> bool:
+    """The partition's hash files are the ones its staging wrote (each file's length and sha256)."""
+    want = info.get("hashes")
+    if want is None:
+        return False
+    have = {p.relative_to(work.hashes(pid.snapshot)).as_posix(): p for p in work.hash_files(pid.snapshot, pid.name)}
+    return set(have) == set(want) and all(matches(have[n], want[n]) for n in want)
+
+
+def _stage_rows(work: Work, pid: PartitionId, stage: PartitionStage, rows: list[dict], done: set[str],
+                digest: str | None) -> dict:
+    pid_name = pid.name
     starts = stage.start_counts()
     n_bytes = 0
     for row in rows:
@@ -306,12 +432,28 @@ def stage_partition(pid_name: str) -> dict:
             failed = _internal_error(ref, e)
             failed.ref_id = rid
             stage.append(failed)
-    return _finish_stage(work, pid, stage, n_bytes)
+        checkpoint("staged_article")
+    return _finish_stage(work, pid, stage, n_bytes, rows, digest)
 
 
-def _finish_stage(work: Work, pid: PartitionId, stage: PartitionStage, n_bytes: int) -> dict:
+def _rids(rows: list[dict]) -> list[str]:
+    """The staging unit id of each manifest row (a listing's duplicate row is its own unit)."""
+    out = []
+    for row in rows:
+        ref = ref_from_json(row["ref"])
+        out.append(f"{ref.pmcid}@{ref.location}" if row["duplicate"] else ref.pmcid)
+    return out
+
+
+def _finish_stage(work: Work, pid: PartitionId, stage: PartitionStage, n_bytes: int, rows: list[dict],
+                  digest: str | None) -> dict:
     hash_rows, n_samples, retry, failed = [], 0, [], []
+    seen: Counter = Counter()
+    no_fate: list[str] = []
     for unit in stage.units():
+        seen[unit["ref_id"]] += 1
+        if not any(e["kind"] == "article" for e in unit["ledger"]):
+            no_fate.append(unit["ref_id"])
         for s in unit["samples"]:
             n_samples += 1
             hash_rows.append({"key": s["key"], "sha256": s["image"]["sha256"], "subset": s["meta"]["subset"],
@@ -321,20 +463,33 @@ def _finish_stage(work: Work, pid: PartitionId, stage: PartitionStage, n_bytes: 
                 failed.append(e["pmcid"])          # any failed item: --retry-failed re-processes the article
                 if e["kind"] == "article" and e["reason"] in TRANSIENT_REASONS:
                     retry.append(e["pmcid"])       # retried by any rerun
+    listed = set(_rids(rows))
+    if set(seen) != listed or any(n > 1 for n in seen.values()) or no_fate:      # every listed article exactly once, each with its fate
+        raise StateError(f"partition {pid.name}: staged articles differ from its manifest (missing "
+                         f"{sorted(listed - set(seen))[:5]}, extra {sorted(set(seen) - listed)[:5]}, without an article "
+                         f"fate {no_fate[:5]})")
+    for old in work.hash_files(pid.snapshot, pid.name):
+        old.unlink()
     write_hash_rows(work.hashes(pid.snapshot), pid.name, hash_rows, _WORKER["n_hash"])
+    hashes = {p.relative_to(work.hashes(pid.snapshot)).as_posix(): file_seal(p)
+              for p in work.hash_files(pid.snapshot, pid.name)}
     info = {"pid": pid.name, "samples": n_samples, "bytes": n_bytes, "failed": sorted(set(failed)),
-            "retry": sorted(set(retry))}
+            "retry": sorted(set(retry)), "manifest": digest, "units": sum(seen.values()), "hashes": hashes,
+            "hash_digest": hashlib.sha256(json.dumps(sorted(hashes.items())).encode()).hexdigest()}
     stage.mark_staged(info)
+    checkpoint("staged")
     return info
 
 
-def _give_up_partition(pid_name: str, attempts: int, error: str) -> dict:
+def _give_up_partition(item: str | tuple, attempts: int, error: str) -> dict:
     """A partition whose worker died ``attempts`` times: its unfinished articles are ledgered."""
+    pid_name, digest = _task(item)
     work: Work = _WORKER["work"]
     pid = PartitionId.parse(pid_name)
     stage = work.stage(pid)
-    done, _ = stage.open()
-    for row in read_manifest(work.manifest(pid)):
+    done = _open_stage(stage, digest)
+    rows = _manifest_rows(work, pid, digest)
+    for row in rows:
         ref = ref_from_json(row["ref"])
         rid = f"{ref.pmcid}@{ref.location}" if row["duplicate"] else ref.pmcid
         if rid not in done:
@@ -342,19 +497,58 @@ def _give_up_partition(pid_name: str, attempts: int, error: str) -> dict:
                                                          f"partition {pid_name} failed {attempts} times: {error}"[:500],
                                                          ref.location)])
             stage.append(res)
-    return _finish_stage(work, pid, stage, 0)
+    return _finish_stage(work, pid, stage, 0, rows, digest)
+
+
+def read_done(work: Work, pid_name: str, digest: str | None = None, check_parts: bool = True) -> dict | None:
+    """A partition's done marker when it checks: sealed, for the manifest ``digest`` (when given), with its
+    table parts as they were written (``check_parts``: until they are merged into the tables)."""
+    info = read_sealed(work.done(pid_name))
+    if info is None or (digest is not None and info.get("manifest") != digest):
+        return None
+    if check_parts and not all(matches(work.part(kind, pid_name), seal)
+                               for kind, seal in (info.get("parts") or {}).items()):
+        return None
+    return info
 
 
 def write_partition(task: tuple) -> dict:
-    """Shuffle, shard and write one staged partition; its parts and marker; then delete its staging."""
-    pid_name, seed, max_samples, max_bytes, decisions_path = task
+    """Shuffle, shard and write one staged partition; its parts and marker; then delete its staging.
+
+    A partition whose staging is gone or does not check (a lost done marker, a flipped image) is staged again
+    from its inputs first; it must stage the same hash rows that the duplicate decisions were made from."""
+    pid_name, digest = task[0], (task[5] if len(task) > 5 else None)
     work: Work = _WORKER["work"]
-    marker = work.done(pid_name)
-    finished = read_marker(marker)
+    finished = read_done(work, pid_name, digest, check_parts=not (work.snap(PartitionId.parse(pid_name).snapshot)
+                                                                 / "finish.ready").exists())
     if finished is not None:
         return finished
     pid = PartitionId.parse(pid_name)
     stage = work.stage(pid)
+    decided = task[6] if len(task) > 6 else None
+    for attempt in range(2):
+        if not stage.is_staged(digest):
+            stage_partition((pid_name, digest))
+        info = stage.staged_info()
+        if decided is not None and info.get("hash_digest") != decided:
+            raise FatalBuildError(
+                f"partition {pid_name} staged other images than when the duplicates were decided (its input "
+                f"changed during the build?); remove {work.snap(pid.snapshot)} and the folder's unfinished "
+                f"shards, or build into a new folder")
+        try:
+            return _write_partition(task, work, pid, stage, digest)
+        except StateError as e:
+            if attempt:
+                raise FatalBuildError(f"partition {pid_name}: its staging is damaged again after being redone "
+                                      f"({e}); is the disk failing?") from e
+            log.warning("%s: partition %s is staged again from its inputs", e, pid_name)
+            stage.remove()
+    raise AssertionError("unreachable")
+
+
+def _write_partition(task: tuple, work: Work, pid: PartitionId, stage: PartitionStage, manifest: str | None) -> dict:
+    pid_name, seed, max_samples, max_bytes, decisions_path = task[:5]
+    marker = work.done(pid_name)
     drop, also = decisions_for(Path(decisions_path), pid_name) if decisions_path else ({}, {})
     samples: list[dict] = []
     ledger: list[dict] = []
@@ -366,7 +560,9 @@ def write_partition(task: tuple) -> dict:
     with atomic_path(articles_path) as tmp:
         writer = pq.ParquetWriter(tmp, ARTICLE_SCHEMA, compression="zstd")
         batch: list[dict] = []
+        n_units = 0
         for unit in stage.units():
+            n_units += 1
             unit_timings[unit["ref_id"]] = unit["timings"]
             add(work_timings, unit["timings"])
             for s in unit["samples"]:
@@ -395,6 +591,9 @@ def write_partition(task: tuple) -> dict:
         _write_articles(writer, batch, dropped_per_pmcid)
         writer.close()
 
+    expected = stage.staged_info().get("units")
+    if expected is not None and n_units != expected:
+        raise StateError(f"partition {pid_name}: its staging holds {n_units} articles, {expected} were staged")
     stats: dict[str, Any] = {"pid": pid_name, "shards": [], "samples": {s: 0 for s in SUBSETS}}
     samples.sort(key=lambda s: s["key"])
     for subset in SUBSETS:
@@ -409,15 +608,22 @@ def write_partition(task: tuple) -> dict:
                 with timed(work_timings, "shard_write"):
                     write_shard(work.out, name, stage.read_samples(shard), digest, {"partition": pid_name},
                                 timings=shard_timings)
-            stats["shards"].append({"name": name, "count": len(shard)})
+                checkpoint("shard_written")
+            stats["shards"].append({"name": name, "count": len(shard), "digest": digest})
             stats["samples"][subset] += len(shard)
     write_parquet(work.part("ledger", pid_name), ledger, LEDGER_SCHEMA)
     stats["clashes"] = [f"{kind}:{item}" for kind, item in check_unique(LedgerEntry(**e) for e in ledger)][:5]
+    if stats["clashes"]:                 # known here: stop now, not after every other partition
+        raise FatalBuildError(f"partition {pid_name}: ledger items with more than one fate, e.g. {stats['clashes']}")
     stats["duplicates_dropped"] = sum(dropped_per_pmcid.values())
     staged_info = stage.staged_info()
     stats["failed"], stats["retry"] = staged_info.get("failed", []), staged_info.get("retry", [])
     stats["timings"] = rounded(work_timings, elapsed=False)
-    write_marker(marker, stats)
+    stats.update(manifest=manifest, units=n_units, hash_digest=staged_info.get("hash_digest"),
+                 hashes=staged_info.get("hashes"),
+                 parts={kind: file_seal(work.part(kind, pid_name)) for kind in ("articles", "ledger")})
+    write_sealed(marker, stats)
+    checkpoint("partition_written")
     stage.remove()
     return stats
 
@@ -600,13 +806,53 @@ def _removed_records(work: Work, upto: int, reason: str | None = None) -> set[tu
     return out
 
 
+def _done_record(p: Path) -> dict | None:
+    """A done marker's record: sealed, or (a folder built before markers were sealed) plain JSON without a seal."""
+    info = read_sealed(p)
+    if info is None:
+        legacy = read_marker(p)
+        info = legacy if legacy is not None and "_seal" not in legacy else None
+    return info
+
+
 def _failed_pmcids(work: Work, transient_only: bool) -> set[str]:
     out: set[str] = set()
     d = work.root / "parts" / "done"
+    damaged = []
     for p in sorted(d.glob("*.json")) if d.is_dir() else []:
-        info = json.loads(p.read_text())
+        info = _done_record(p)
+        if info is None:
+            damaged.append(p.name)
+            continue
         out.update(info.get("retry" if transient_only else "failed", []))
+    if damaged:     # the ledger says the same: its failed rows (those of articles still in the dataset)
+        log.warning("done marker(s) %s damaged: the articles to retry are read from the ledger", damaged[:5])
+        path = work.out / "ledger.parquet"
+        if path.exists():
+            t = pq.read_table(path, columns=["kind", "id", "pmcid", "state", "reason"]).to_pylist()
+            out.update(r["pmcid"] for r in t if r["state"] == FAILED and r["pmcid"] and "@s" not in r["id"]
+                       and (not transient_only or (r["kind"] == "article" and r["reason"] in TRANSIENT_REASONS)))
     return out
+
+
+def _check_history(work: Work, k: int) -> None:
+    """Before an update diffs against them: the manifests and removal records of snapshots ``0..k-1`` are the
+    ones their layouts recorded (a lost one would re-add its articles as duplicates)."""
+    damaged = []
+    for j in range(k):
+        meta = work.meta(j)
+        if meta is None:
+            damaged.append(f"{work.snap(j) / 'layout.json'}")
+            continue
+        for name, seal in (meta.get("manifests") or {}).items():
+            if list(manifest_digest(work.manifest(PartitionId.parse(name))) or ()) != list(seal):
+                damaged.append(str(work.manifest(PartitionId.parse(name))))
+        if "removed" in meta and not matches(work.snap(j) / "removed.parquet", meta["removed"]):
+            damaged.append(str(work.snap(j) / "removed.parquet"))
+    if damaged:
+        raise FatalBuildError(f"the resume state of this dataset is damaged ({', '.join(damaged[:3])}"
+                              f"{' ...' if len(damaged) > 3 else ''} missing or changed): an update would add its "
+                              f"articles twice. Rerun with --rebuild-state to reconstruct it from the published files")
 
 
 def plan_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
@@ -614,10 +860,12 @@ def plan_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
     spool, n_listed = list_snapshot(cfg, work, k)
     changes = Counter()
     removed_rows: list[dict] = []
+    plan_rows: list[dict] = []          # ledger rows of the diff itself (a version going backward)
     if k == 0:
         counts = spool.counts
         source_folder = spool.folder
     else:
+        _check_history(work, k)
         removed = _removed_records(work, k)
         retracted_before = _removed_records(work, k, reason="retracted")
         retracted_before = {p for p, _ in retracted_before}
@@ -636,10 +884,18 @@ def plan_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
                 prev = old.get(ref.pmcid)
                 if prev is None and ref.retracted and ref.pmcid in retracted_before:
                     continue                    # still retracted: already removed, nothing to do
+                old_version = ref_from_json(prev["ref"]).version if prev is not None else None
                 if prev is None:
                     changes["added"] += 1
                     delta.seq = seq
                     delta.add(ref)
+                elif (old_version is not None and ref.version is not None and ref.version < old_version
+                      and not cfg.allow_downgrade):        # versions only move forward
+                    changes["older_version_listed"] += 1
+                    plan_rows.append(LedgerEntry(
+                        "file", f"listing:{ref.pmcid}.{ref.version}@s{k:03d}", ref.pmcid, SKIPPED,
+                        "older_version_listed", f"the listing has version {ref.version}, the dataset version "
+                        f"{old_version} (kept; --allow-downgrade replaces it)", ref.location).as_dict())
                 elif prev["revision"] != ref_revision(ref) or ref.pmcid in retry:
                     why = "superseded" if prev["revision"] != ref_revision(ref) else "retried"
                     changes["replaced" if why == "superseded" else "retried"] += 1
@@ -666,22 +922,36 @@ def plan_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
             changes.pop("withdrawn", None)
         counts = delta.counts
         source_folder = delta.folder
-        if not sum(counts) and not removed_rows:
+        if not sum(counts) and not removed_rows and not plan_rows:
             shutil.rmtree(work.snap(k), ignore_errors=True)   # nothing changed: no snapshot
             return None
     layout = choose_layout(k, counts, tuple(cfg.split_fractions), cfg.partition_target)
     if k == 0:
         changes["added"] = sum(counts)
+    manifests = {}
     for pid in layout.all_partitions():
         rows = [r for b in layout.buckets_of(pid) for r in spool_rows(source_folder, b)]
         write_manifest(work.manifest(pid), rows)
+        manifests[pid.name] = manifest_digest(work.manifest(pid))
+    n_articles = sum(counts)
+    if sum(n for n, _ in manifests.values()) != n_articles:    # the listing is the truth: every row planned
+        raise FatalBuildError(f"snapshot {k}: the partition manifests hold {sum(n for n, _ in manifests.values())} "
+                              f"articles but the listing gave {n_articles}; rerun the build")
     write_table(work.snap(k) / "removed.parquet", pa.Table.from_pylist(removed_rows, schema=REMOVED_SCHEMA),
                 compression="snappy")
-    n_articles = sum(counts)
+    if plan_rows:
+        write_parquet(work.part("ledger", f"s{k:03d}-plan"), plan_rows, LEDGER_SCHEMA)
+    else:
+        work.part("ledger", f"s{k:03d}-plan").unlink(missing_ok=True)
+    checkpoint("listed")
     extra = {"listed": n_listed, "articles": n_articles, "changes": dict(changes),
              "hash_buckets": n_hash_buckets(4 * n_articles),
-             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_json(work.snap(k) / "layout.json", {**layout.to_json(), **extra})
+             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+             "manifests": manifests, "removed": file_seal(work.snap(k) / "removed.parquet"),
+             "parts": {name: file_seal(work.part("ledger", name)) for name in (f"s{k:03d}-listing", f"s{k:03d}-plan")
+                       if work.part("ledger", name).exists()}}
+    write_layout(work.snap(k) / "layout.json", layout, extra)
+    checkpoint("planned")
     shutil.rmtree(spool.folder, ignore_errors=True)
     shutil.rmtree(work.snap(k) / "delta", ignore_errors=True)
     return layout
@@ -689,21 +959,46 @@ def plan_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
 
 # ------------------------------------------------------------------------------- removal
 def apply_removals(work: Work, k: int) -> int:
-    """Remove the samples, articles and kept ledger rows of articles removed by snapshot ``k``."""
+    """Remove the samples of articles removed by snapshot ``k`` from the shards; returns how many.
+
+    The plan (which shard loses which keys, and its new name) is sealed in ``removals.json`` before anything
+    is written, so a resumed update counts and revises exactly the same, wherever it was stopped. Each shard
+    is copied without the keys under a new name (``-rNNN``; none when nothing of it is left); only then are
+    the old files moved out of the dataset into ``_work/snapshots/sNNN/retired/`` (deleted once the snapshot is
+    complete: never before the new shards and the index are in place)."""
     path = work.snap(k) / "removed.parquet"
-    if not path.exists() or (work.snap(k) / "removals.done").exists():
+    if not path.exists():
         return 0
-    removed = pq.read_table(path).to_pylist()
-    if not removed:
-        atomic_write_bytes(work.snap(k) / "removals.done", b"0\n")
-        return 0
-    by_pmcid = {r["pmcid"]: r for r in removed}
-    pmcids = pa.array(sorted(by_pmcid), pa.string())
-    n = 0
+    plan_path = work.snap(k) / "removals.json"
+    retired = work.snap(k) / "retired"
+    plan = read_sealed(plan_path)
+    if plan is None:
+        if retired.exists() and any(retired.rglob("*")):
+            raise FatalBuildError(f"{plan_path} is damaged after shards were retired; restore the folder from a "
+                                  f"copy or rerun with --rebuild-state")
+        plan = _removal_plan(work, k, pq.read_table(path).to_pylist())
+        write_sealed(plan_path, plan)
+    for old, new, keys, digest in plan["shards"]:
+        if new is not None and not shard_done(work.out, new, digest):
+            revise_shard(work.out, old, new, set(keys), digest)
+            checkpoint("revised")
+    for old, *_ in plan["shards"]:
+        for f in sorted(shard_files(work.out, old), key=lambda f: not f.name.endswith(STATS)):   # stats first
+            if f.exists():
+                move_into_place(f, retired / f.relative_to(work.out))
+    if plan["shards"]:
+        checkpoint("retired")
+    return plan["samples"]
+
+
+def _removal_plan(work: Work, k: int, removed: list[dict]) -> dict:
+    """``{"shards": [[old, new or None, keys, digest]], "samples": n}`` from the published index."""
     index = work.out / FIGURES_INDEX
-    if index.exists():
+    shards, n = [], 0
+    if removed and index.exists():
         import pyarrow.dataset as ds
 
+        pmcids = pa.array(sorted({r["pmcid"] for r in removed}), pa.string())
         t = ds.dataset(index).to_table(columns=["key", "shard", "pmcid"], filter=pc.is_in(pc.field("pmcid"),
                                                                                           value_set=pmcids))
         by_shard: dict[str, set[str]] = {}
@@ -711,16 +1006,12 @@ def apply_removals(work: Work, k: int) -> int:
             by_shard.setdefault(shard.removesuffix(".tar"), set()).add(key)
         for old, keys in sorted(by_shard.items()):
             base = old.rsplit("-r", 1)[0] if "-r" in old.rsplit("/", 1)[-1][-5:] else old
-            new = f"{base}-r{k:03d}"
-            tar = shard_files(work.out, old)[0]
+            stats = read_marker(shard_files(work.out, old)[2]) or {}
+            left = stats.get("count", len(keys) + 1) - len(keys)
             digest = hashlib.sha256(json.dumps([old, sorted(keys)]).encode()).hexdigest()
-            if shard_done(work.out, new, digest) and not tar.exists():
-                continue
-            if tar.exists():
-                revise_shard(work.out, old, new, keys, digest)
-                n += len(keys)
-    atomic_write_bytes(work.snap(k) / "removals.done", f"{n}\n".encode())
-    return n
+            shards.append([old, f"{base}-r{k:03d}" if left > 0 else None, sorted(keys), digest])
+            n += len(keys)
+    return {"shards": shards, "samples": n}
 
 
 def _ledger_after_removals(batch: pa.Table, gone: dict[str, dict]) -> pa.Table:
@@ -769,7 +1060,8 @@ def consolidate_tables(work: Work, k: int) -> None:
                             writer.write_table(pa.Table.from_batches([batch]).cast(schema))
                 finally:
                     writer.close()
-        atomic_write_bytes(ready, b"ready\n")
+        write_sealed(ready, {"tables": {name: file_seal(path) for name, path in staged.items()}})
+    checkpoint("tables_ready")
     for name, path in staged.items():
         if path.exists():
             move_into_place(path, out / name)
@@ -789,12 +1081,127 @@ def _current_snapshot(work: Work) -> tuple[int, bool]:
     if not snaps:
         return 0, False
     last = snaps[-1]
+    for j in snaps:
+        if work.complete(j) and work.layout(j) is None:
+            raise FatalBuildError(f"the resume state of snapshot {j} is damaged ({work.snap(j) / 'layout.json'} "
+                                  f"is missing or cut); rerun with --rebuild-state to reconstruct it from the "
+                                  f"published files")
     if work.layout(last) is not None and not work.complete(last):
         return last, True
-    if work.layout(last) is None:          # killed while listing: list again
-        shutil.rmtree(work.snap(last), ignore_errors=True)
+    if work.layout(last) is None:          # killed while listing, or its layout is damaged: list again
+        discard_snapshot(work, last)
         return last, False
     return last + 1, False
+
+
+def discard_snapshot(work: Work, k: int) -> None:
+    """Forget every piece of the unfinished snapshot ``k``: its folder, the staging, parts and done markers of
+    its partitions, and the shards its partitions wrote (never a shard of an earlier snapshot)."""
+    log.warning("snapshot %d is redone from its listing", k)
+    retired = work.snap(k) / "retired"
+    for f in sorted(retired.rglob("*")) if retired.is_dir() else []:
+        if f.is_file():                          # the previous snapshot's shards go back first
+            move_into_place(f, work.out / f.relative_to(retired))
+    for subset in SUBSETS:
+        folder = work.out / subset
+        for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+            stem = p.name.removesuffix(STATS).removesuffix(".tar").removesuffix(".parquet")
+            if stem.endswith(f"-r{k:03d}"):
+                p.unlink()
+    shutil.rmtree(work.snap(k), ignore_errors=True)
+    prefix = f"s{k:03d}-"
+    stage_root = work.root / "stage"
+    for d in sorted(stage_root.iterdir()) if stage_root.is_dir() else []:
+        if d.name.startswith(prefix):
+            shutil.rmtree(d, ignore_errors=True)
+    for kind in ("done", "articles", "ledger"):
+        for p in sorted((work.root / "parts" / kind).glob(f"{prefix}*")) if (work.root / "parts" / kind).is_dir() \
+                else []:
+            p.unlink()
+    shutil.rmtree(work.root / "published_hashes", ignore_errors=True)
+    for subset in SUBSETS:
+        folder = work.out / subset
+        for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if f"-s{k:03d}-p" in p.name and not p.name.startswith("."):
+                p.unlink()
+
+
+def _check_ready(work: Work, k: int) -> bool:
+    """Whether snapshot ``k``'s tables are staged and check (``finish.ready``: each table's length and sha256,
+    staged or already moved into place). Damaged staged tables are made again from the partitions, which are
+    redone for their parts; once a table of an update replaced the previous one that is no longer possible."""
+    ready = work.snap(k) / "finish.ready"
+    if not ready.exists():
+        return False
+    info = read_sealed(ready)
+    tables = (info or {}).get("tables", {})
+    moved = [n for n, seal in tables.items() if not (work.snap(k) / n).exists() and matches(work.out / n, seal)]
+    if info is not None and all(n in moved or matches(work.snap(k) / n, seal) for n, seal in tables.items()):
+        return True
+    if k > 0 and moved:
+        raise FatalBuildError(f"snapshot {k}: {work.snap(k) / 'finish.ready'} or a staged table is damaged after "
+                              f"{moved[0]} was already replaced; restore the folder from a copy or rerun with "
+                              f"--rebuild-state")
+    log.warning("snapshot %d: its staged tables are damaged: the partitions are written again", k)
+    ready.unlink()
+    for name in ("articles.parquet", "ledger.parquet"):
+        (work.snap(k) / name).unlink(missing_ok=True)
+    for p in sorted((work.root / "parts" / "done").glob(f"s{k:03d}-*.json")):
+        p.unlink()
+    return False
+
+
+def _check_snapshot(cfg: BuildConfig, work: Work, k: int) -> Layout | None:
+    """A resumed snapshot: every piece of its state is checked before anything trusts it.
+
+    A lost or changed manifest is planned again from the listing (the listing is the truth): when the new
+    manifests are the recorded ones the snapshot goes on, else it is redone. A partition whose done marker,
+    parts or hash files do not check loses them and is redone from its staging or from its inputs; damaged
+    duplicate decisions are decided again."""
+    meta = work.meta(k)
+    layout = work.layout(k)
+    if layout is None or "manifests" not in meta:
+        discard_snapshot(work, k)
+        return plan_snapshot(cfg, work, k)
+    ready = _check_ready(work, k)
+    bad = [name for name, seal in meta["manifests"].items()
+           if list(manifest_digest(work.manifest(PartitionId.parse(name))) or ()) != list(seal)]
+    if not matches(work.snap(k) / "removed.parquet", meta.get("removed")):
+        bad.append("removed.parquet")
+    if not ready:
+        bad += [name for name, seal in meta.get("parts", {}).items() if not matches(work.part("ledger", name), seal)]
+    if bad:
+        log.warning("snapshot %d: %s missing or damaged: planned again from the listing", k, ", ".join(bad[:5]))
+        again = plan_snapshot(cfg, work, k)
+        if again is None or work.meta(k)["manifests"] != meta["manifests"]:
+            discard_snapshot(work, k)
+            return plan_snapshot(cfg, work, k)
+        meta, layout = work.meta(k), again
+    dedup = read_sealed(work.snap(k) / "dedup.json")
+    if dedup is None or not all(matches(work.snap(k) / name, seal) for name, seal in dedup["files"].items()):
+        for name in ("dedup.json", "decisions.parquet", "near.parquet"):
+            (work.snap(k) / name).unlink(missing_ok=True)
+        dedup = None
+    for pid in layout.all_partitions():
+        n, digest = meta["manifests"][pid.name]
+        if not n:
+            continue
+        stage = work.stage(pid)
+        done = read_done(work, pid.name, digest, check_parts=not ready)
+        if done is None or done.get("units") != n:
+            if done is not None or work.done(pid.name).exists():
+                log.warning("partition %s: its done marker or parts do not check: redone", pid.name)
+            work.done(pid.name).unlink(missing_ok=True)
+            if not ready:
+                for kind in ("articles", "ledger"):
+                    work.part(kind, pid.name).unlink(missing_ok=True)
+            done = None
+        if dedup is None and not ready:        # the decisions are made again: from hash files that check
+            info = done if done is not None else stage.staged_info()
+            if not _hashes_match(work, pid, info):
+                work.done(pid.name).unlink(missing_ok=True)
+                stage.marker.unlink(missing_ok=True)
+    return layout
 
 
 def _build(cfg: BuildConfig) -> BuildReport:
@@ -803,15 +1210,29 @@ def _build(cfg: BuildConfig) -> BuildReport:
     work = Work(out)
     work.root.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out)   # a killed run's temporaries are never complete: safe to drop
+    if cfg.rebuild_state or (not work.snapshots() and ((out / FIGURES_INDEX).exists()
+                                                       or (out / "build_summary.json").exists())):
+        if not cfg.rebuild_state:
+            raise FatalBuildError(f"{out} holds a built dataset but its resume state {work.root} is gone: building "
+                                  f"into it would publish its articles twice. Rerun with --rebuild-state to "
+                                  f"reconstruct the state from the published files, or build into a new folder")
+        from biomedica_hf.build.rebuild_state import rebuild_state
+
+        rebuild_state(work.out, tuple(cfg.split_fractions))
     clock = StageClock()
     k, resumed = _current_snapshot(work)
-    layout = work.layout(k) if resumed else plan_snapshot(cfg, work, k)
+    layout = _check_snapshot(cfg, work, k) if resumed else plan_snapshot(cfg, work, k)
     clock.lap("list")
     if layout is None:
         return _up_to_date_report(work, k - 1, t0)
-    meta = json.loads((work.snap(k) / "layout.json").read_text())
-    pids = [p.name for p in layout.all_partitions() if read_manifest_count(work, p)]
+    meta = work.meta(k)
+    seals = {name: seal[1] for name, seal in meta["manifests"].items() if seal[0]}
+    pids = [p.name for p in layout.all_partitions() if p.name in seals]
     n_hash = meta["hash_buckets"]
+    ready = (work.snap(k) / "finish.ready").exists()
+
+    def is_done(p: str) -> bool:
+        return read_done(work, p, seals[p], check_parts=not ready) is not None
 
     def init_args(slots: int) -> tuple:
         opts = dict(cfg.source_opts)
@@ -828,9 +1249,10 @@ def _build(cfg: BuildConfig) -> BuildReport:
     _init_worker(*init_args(1))   # the driver runs give-up bookkeeping itself
     try:
         # ---- stage
-        todo = [p for p in pids if not work.stage(PartitionId.parse(p)).is_staged() and not work.done(p).exists()]
-        n_now = sum(read_manifest_count(work, PartitionId.parse(p)) - len(work.stage(PartitionId.parse(p)).finished()[0])
-                    for p in todo)
+        todo = [(p, seals[p]) for p in pids if not work.stage(PartitionId.parse(p)).is_staged(seals[p])
+                and not is_done(p)]
+        n_now = sum(read_manifest_count(work, PartitionId.parse(p)) - _n_finished(work.stage(PartitionId.parse(p)))
+                    for p, _ in todo)
         for _ in run_tasks(make, stage_partition, todo, max_attempts=cfg.max_attempts, desc="stage",
                            progress=cfg.progress, on_give_up=lambda p, n, err: _give_up_partition(p, n, err)):
             pass
@@ -841,6 +1263,13 @@ def _build(cfg: BuildConfig) -> BuildReport:
         published = work.root / "published_hashes"
         if k > 0 and not (decisions.exists() and near.exists()):
             _spill_published(work, k, n_hash)
+        dedup_path = work.snap(k) / "dedup.json"
+        dedup = read_sealed(dedup_path)
+        if dedup is None:
+            for p in (decisions, near):
+                p.unlink(missing_ok=True)
+            if k > 0:
+                _spill_published(work, k, n_hash)
         if cfg.dedup_images and not decisions.exists():
             decide(work.hashes(k), n_hash, decisions, extra_folders=[published] if k > 0 else [])
         clock.lap("dedup")
@@ -848,11 +1277,19 @@ def _build(cfg: BuildConfig) -> BuildReport:
             folders = [str(work.hashes(k))] + ([str(published)] if k > 0 else [])
             list(run_tasks(make, _near_task, [("near", k, folders, str(decisions), str(near), cfg.near_dedup)],
                            max_attempts=cfg.max_attempts, desc="near-duplicates", progress=False))
+        if dedup is None:
+            inputs = {}
+            for p in pids:
+                info = read_done(work, p, seals[p], check_parts=False) or work.stage(PartitionId.parse(p)).staged_info()
+                inputs[p] = info.get("hash_digest")
+            dedup = {"files": {p.name: file_seal(p) for p in (decisions, near) if p.exists()}, "inputs": inputs}
+            write_sealed(dedup_path, dedup)
+            checkpoint("deduped")
         clock.lap("near_duplicates")
         # ---- write
         tasks = [(p, cfg.seed, cfg.shard_max_samples, cfg.shard_max_bytes, str(decisions) if decisions.exists()
-                  else None) for p in pids]
-        pending = [t for t in tasks if not work.done(t[0]).exists()]
+                  else None, seals[p], dedup["inputs"].get(p)) for p in pids]
+        pending = [t for t in tasks if not is_done(t[0])]
         for _ in run_tasks(make, write_partition, pending, max_attempts=cfg.max_attempts, desc="write",
                            progress=cfg.progress):
             pass
@@ -877,17 +1314,48 @@ def _build(cfg: BuildConfig) -> BuildReport:
         clock.lap("caption_duplicates")
     # ---- finish
     report = finish(cfg, work, k, meta, n_staged=n_now, n_removed=n_removed, t0=t0, clock=clock)
+    checkpoint("summary_written")
     atomic_write_json(work.snap(k) / "complete.json", {"snapshot": k, "finished": time.time()})
+    shutil.rmtree(work.snap(k) / "retired", ignore_errors=True)     # the old shards: after the commit only
     shutil.rmtree(work.root / "stage", ignore_errors=True)
     shutil.rmtree(work.hashes(k), ignore_errors=True)
     shutil.rmtree(work.root / "published_hashes", ignore_errors=True)
     return report
 
 
+SUMMARY_COPY = "build_summary.sealed.json"
+
+
+def _previous_summary(work: Work) -> dict:
+    """``build_summary.json`` as the last snapshot wrote it. A cut or damaged one is restored from its sealed
+    copy in ``_work/`` (its snapshot history is never dropped silently); without a good copy: a fatal error."""
+    path = work.out / "build_summary.json"
+    if not path.exists():
+        return {}
+    try:
+        bs = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(bs, dict) and isinstance(bs.get("snapshots", []), list):
+            return bs
+    except (OSError, ValueError):
+        pass
+    copy = read_sealed(work.root / SUMMARY_COPY)
+    if copy is None or not isinstance(copy.get("summary"), dict):
+        raise FatalBuildError(f"{path} is cut or damaged and {work.root / SUMMARY_COPY} cannot replace it: its "
+                              f"snapshot history would be lost; restore it from a copy of the dataset")
+    log.warning("%s was cut or damaged: restored from %s", path, work.root / SUMMARY_COPY)
+    atomic_write_json(path, copy["summary"])
+    return copy["summary"]
+
+
+def _write_summary(work: Work, summary: dict) -> None:
+    """``build_summary.json`` and its sealed copy in ``_work/`` (what :func:`_previous_summary` restores)."""
+    write_sealed(work.root / SUMMARY_COPY, {"summary": summary})
+    atomic_write_json(work.out / "build_summary.json", summary)
+
+
 def _up_to_date_report(work: Work, k: int, t0: float) -> BuildReport:
     """The listing holds nothing new: the folder is left exactly as it is."""
-    summary_path = work.out / "build_summary.json"
-    bs = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    bs = _previous_summary(work)
     summary = ledger_summary(work.out / "ledger.parquet")
     n = bs.get("articles_listed") or 0
     log.info("the listing has no new, changed or removed article: nothing to do")
@@ -895,6 +1363,13 @@ def _up_to_date_report(work: Work, k: int, t0: float) -> BuildReport:
                        shards_skipped=sum(len(v) for v in bs.get("shards", {}).values()),
                        samples_per_subset=bs.get("samples", {}), n_duplicates=bs.get("duplicates_removed", 0),
                        elapsed_s=time.time() - t0, snapshot=k, changes={"up to date": 1})
+
+
+def _n_finished(stage: PartitionStage) -> int:
+    try:
+        return len(stage.finished()[0])
+    except StateError:
+        return 0
 
 
 def read_manifest_count(work: Work, pid: PartitionId) -> int:
@@ -1007,14 +1482,17 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
     per_subset = {s: sum(x["count"] for x in shards[s]) for s in SUBSETS}
     _write_sizes(out, shards)
     clashes, dropped, work_timings = [], 0, {}
+    _check_fates(work, k)
     for p in sorted((work.root / "parts" / "done").glob("*.json")):
-        info = json.loads(p.read_text())
+        info = _done_record(p)
+        if info is None:
+            continue                                  # an earlier snapshot's (its fates are in the tables)
         clashes += info.get("clashes", [])
         if p.stem.startswith(f"s{k:03d}-"):           # this snapshot's partitions (this run's and resumed ones)
             dropped += info.get("duplicates_dropped", 0)
             add(work_timings, info.get("timings", {}))
     if clashes:
-        raise RuntimeError(f"ledger has items with more than one fate, e.g. {clashes[:5]}")
+        raise FatalBuildError(f"ledger has items with more than one fate, e.g. {clashes[:5]}")
     consolidate_tables(work, k)
     if clock:
         clock.lap("tables")
@@ -1024,14 +1502,10 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
     _write_duplicates(work, out)
     _write_near_duplicates(work, k, out)
     build_figures_index(out)   # + the hooks' columns (concept labels survive a rebuild)
+    checkpoint("index_written")
     if clock:
         clock.lap("index")
-    prev = {}
-    if (out / "build_summary.json").exists():
-        try:
-            prev = json.loads((out / "build_summary.json").read_text())
-        except ValueError:
-            prev = {}
+    prev = _previous_summary(work)
     timings = clock.as_dict(work=work_timings) if clock else {
         "stages": {}, "work": rounded(work_timings, elapsed=False), "elapsed_seconds": round(time.time() - t0, 3)}
     history = [h for h in prev.get("snapshots", []) if h.get("snapshot") != k]
@@ -1040,7 +1514,7 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
                     ("added", "replaced", "retried", "retracted", "withdrawn")},
                     "samples_removed": n_removed, "partitions": meta.get("partitions"),
                     "elapsed_seconds": timings["elapsed_seconds"]})
-    atomic_write_json(out / "build_summary.json", {
+    _write_summary(work, {
         "version": __version__, "command": cfg.command, "source": cfg.source,
         "source_opts": {k2: str(v) for k2, v in cfg.source_opts.items()},
         "executor": cfg.executor, "seed": cfg.seed, "dedup_images": cfg.dedup_images,
@@ -1059,6 +1533,22 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
                        n_resumed=max(0, (meta.get("articles") or 0) - n_staged), shards_written=n_shards, shards_skipped=0, samples_per_subset=per_subset,
                        n_duplicates=dropped, elapsed_s=time.time() - t0, snapshot=k,
                        changes=dict(meta.get("changes", {})))
+
+
+def _check_fates(work: Work, k: int) -> None:
+    """The listing is the truth: every partition of snapshot ``k`` with listed articles has a done marker that
+    checks and accounts for each of them (one staged unit, with its article fate, per manifest row)."""
+    meta = work.meta(k) or {}
+    missing = []
+    for name, (n, digest) in (meta.get("manifests") or {}).items():
+        if not n:
+            continue
+        info = read_done(work, name, digest, check_parts=False)
+        if info is None or info.get("units") != n:
+            missing.append(f"{name} ({n} listed, {info.get('units') if info else 'no valid marker'})")
+    if missing:
+        raise FatalBuildError(f"snapshot {k}: listed articles without a fate in partition(s) {', '.join(missing[:5])}; "
+                              f"rerun the build to redo them")
 
 
 def _count_duplicates(out: Path) -> int:

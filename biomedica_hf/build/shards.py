@@ -118,7 +118,8 @@ def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, ex
 def revise_shard(out: Path, old: str, new: str, drop_keys: set[str], digest: str,
                  extra_stats: dict | None = None) -> dict:
     """Copy shard ``old`` to ``new`` without the samples in ``drop_keys`` (raw byte ranges: the kept
-    samples' members are bit-identical), with its Parquet and stats; then delete ``old``'s files.
+    samples' members are bit-identical), with its Parquet and stats. ``old``'s files are left in place: the
+    caller retires them once the new ones exist (an update killed here still has every old file).
 
     Used by updates (retracted / withdrawn / superseded articles): untouched shards are never rewritten,
     and a revised shard gets a new name so that mirrors and the Hub see a new file. The old shard's
@@ -158,8 +159,4 @@ def revise_shard(out: Path, old: str, new: str, drop_keys: set[str], digest: str
         kept = {k: v * share for k, v in old_timings.items() if k not in ("shard_write", "elapsed")}
         stats["timings"] = rounded({**kept, "shard_write": time.perf_counter() - t0})
     write_marker(stats_path, stats)
-    if old != new:
-        clear_marker(old_stats)                       # the marker first: a half-deleted shard is never "done"
-        for p in (old_parquet, old_tar):
-            p.unlink(missing_ok=True)
     return stats

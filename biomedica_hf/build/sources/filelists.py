@@ -35,7 +35,7 @@ AWS = "aws"                  # Key,ETag,Article Citation,AccessionID,Last Update
 LEGACY_TXT = "legacy_txt"    # oa_file_list.txt: timestamp line, then File<TAB>Citation<TAB>PMCID<TAB>PMID:n<TAB>License
 PMCIDS = "pmcids"            # one PMCID per line
 
-_PMCID_RE = re.compile(r"^(?:PMC)?(\d{1,10})(?:\.(\d+))?$", re.IGNORECASE)
+_PMCID_RE = re.compile(r"^(?:PMC)?(\d{1,10})(?:\.(\d{1,9}))?$", re.IGNORECASE)   # bounded: no 5,000-digit int()
 _PMC_IN_TEXT_RE = re.compile(r"PMC\d+")
 
 # canonical column -> header spellings (compared after lower-casing and dropping non-alphanumerics
@@ -368,7 +368,7 @@ def parse_s3_list(data: bytes | str) -> S3ListPage:
     return page
 
 
-_VERSION_DIR_RE = re.compile(r"^(PMC\d+)\.(\d+)$")
+_VERSION_DIR_RE = re.compile(r"^(PMC\d+)\.(\d{1,9})$")
 
 
 def versions_from_prefixes(prefixes: Iterable[str], pmcid: str | None = None) -> list[int]:
@@ -381,7 +381,7 @@ def versions_from_prefixes(prefixes: Iterable[str], pmcid: str | None = None) ->
     return sorted(out)
 
 
-_METADATA_KEY_RE = re.compile(r"(?:^|/)(PMC\d+)\.(\d+)\.json$")
+_METADATA_KEY_RE = re.compile(r"(?:^|/)(PMC\d+)\.(\d{1,9})\.json$")
 
 
 def parse_metadata_key(key: str) -> tuple[str, int] | None:

@@ -44,6 +44,7 @@ from biomedica_hf.schema import ArticlePackage, ArticleRef
 
 TAR_SUFFIXES = (".tar.gz", ".tgz")
 _CLOUD_DIR_RE = re.compile(r"^(PMC\d+)\.(\d+)$")
+MAX_VERSION_DIGITS = 9
 
 DIR, TAR, CLOUD, XML = "dir", "tar", "cloud", "xml"
 
@@ -112,6 +113,10 @@ class LocalSource(Source):
                 inside = [f for f in xmls if _inside(d / f, top)]   # never read a file outside the input
                 jats = [f for f in inside if looks_like_jats(d / f)]
                 m = _CLOUD_DIR_RE.match(d.name)
+                if m and len(m.group(2)) > MAX_VERSION_DIGITS:     # an integer from input is bounded
+                    self.unlisted.append((str(d), f"bad_version: {len(m.group(2))} digits"))
+                    dirnames[:] = []
+                    continue
                 if m and f"{d.name}.xml" in inside:
                     meta = d / f"{d.name}.json"
                     if not meta.is_file():
