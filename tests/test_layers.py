@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 CORE = ("__init__", "errors", "schema", "licenses", "ledger", "layout", "hooks", "io", "neardup", "templates", "sample_data")
 LAYERS: dict[str, int] = {**dict.fromkeys(CORE, 0), "build": 1, "dataset": 2,
-                          "concepts": 3, "clip": 3, "vlm": 3, "train": 4, "eval": 4, "search": 4, "cli": 5}
+                          "concepts": 3, "panels": 3, "clip": 3, "vlm": 3, "train": 4, "eval": 4, "search": 4, "cli": 5}
 LAYER_NAMES = ["core", "build", "dataset", "concepts/clip/vlm", "train/eval/search", "cli"]
 # peers that still must not import each other: (importer, imported) -> why
 FORBIDDEN_PEERS = {("search", "concepts"): "shared model code belongs in clip or core"}

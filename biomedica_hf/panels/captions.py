@@ -66,7 +66,7 @@ _PAREN = re.compile(rf"\(\s*(?:{_PANEL_WORD}\s+)?({_LIST})\s*\)|\(\s*(?:({_POS})
 # "(A)–(C)" / "(A) and (D)" / "(A), (B)": consecutive parenthesised markers, one group
 _PAREN_RUN = re.compile(rf"(?:\(\s*(?:{_PANEL_WORD}\s+)?{_LIST}\s*\)|\(\s*(?:{_POS})(?:\s+{_PANEL_WORD})?\s*\))"
                         rf"(?:{_JOIN}(?:\(\s*(?:{_PANEL_WORD}\s+)?{_LIST}\s*\)|\(\s*(?:{_POS})\s*\)))*", re.I)
-_BARE = re.compile(rf"(?:{_PANEL_WORD}\s+)?({_LIST})\s*([,.:)]|\s(?=\S))", re.I)
+_BARE = re.compile(rf"(?<![\w\-.])(?:{_PANEL_WORD}\s+)?({_LIST})\s*([,.:)](?=\s)|\s(?=\S))", re.I)
 _BARE_POS = re.compile(rf"({_POS})(?:\s+{_PANEL_WORD})?\s*([,:.)]|\s(?=\())", re.I)
 _PHRASE = re.compile(rf"\b(?:in|from|of|see)\s+(?:the\s+)?{_PANEL_WORD}\s+({_LIST})\b", re.I)
 _CITATION_BEFORE = re.compile(r"(?:\b(?:fig|figs|figure|figures|table|tables|movie|movies|video|videos|suppl\w*|"
@@ -662,6 +662,15 @@ def _split_trailing(text: str, family: str, trailing: list[Marker]) -> Subcaptio
             if shared_end is None:
                 shared_end = a
             current = tuple(dict.fromkeys(lab for m in inside for lab in m.labels))
+            after_last = text[inside[-1].end:b].strip(" .;,")
+            if len(inside) > 1 and len(after_last.split()) <= 2:
+                # "man with sigmoid primary (A) and carcinoma of left colon (B).": each marker closes a clause
+                lo = a
+                for m in inside:
+                    for lab in m.labels:
+                        parts.setdefault(lab, []).append(_clean(text[lo:m.start]))
+                    lo = m.end
+                continue
             body = _without(text, inside, a, b)
         elif current:
             body = _clean(text[a:b])
@@ -676,20 +685,44 @@ def _split_trailing(text: str, family: str, trailing: list[Marker]) -> Subcaptio
 
 
 def _references(text: str, markers: Sequence[Marker], parts: dict[str, list[str]]) -> None:
-    """Labels named only in passing ("... 20 standard cuvettes (B).") get the sentences naming them."""
+    """Labels named only in passing get the sentences naming them: gaps in the run ("... 20 standard cuvettes
+    (B)." inside (A)'s text) and labels continuing it ("... increased migration rate (F) and protrusions (G)"
+    after the last opener (E)); a sentence that names only such labels is taken out of the opener's text."""
+    if not markers:
+        return
+    family = markers[0].family
+    if family == POSITION:
+        return
     spans = _sentences(text)
-    family = markers[0].family if markers else None
-    top = max((label_rank(lab, family) for lab in parts), default=-1) if family != POSITION else -1
+    described = max((label_rank(lab, family) for lab in parts), default=-1)
+    top = described
+    # a group that also names a described label ("lobes (A, B, C, D)" in (A)'s text) is a cross-reference
+    named = {label_rank(lab, family) for m in markers if not any(lab in parts for lab in m.labels)
+             for lab in m.labels}
+    while top + 1 in named:
+        top += 1
+    taken: dict[tuple[int, int], list[str]] = {}
     for m in markers:
-        new = [lab for lab in m.labels if lab not in parts and label_rank(lab, m.family) < top]
+        fresh = not any(lab in parts for lab in m.labels)
+        new = [lab for lab in m.labels if lab not in parts and (label_rank(lab, family) < described or
+                                                                 (fresh and label_rank(lab, family) <= top))]
         if not new:
             continue
         for a, b in spans:
             if a <= m.start < b:
-                body = _clean(text[a:b])
-                for lab in new:
-                    parts.setdefault(lab, []).append(body)
+                taken.setdefault((a, b), [])
+                taken[(a, b)] += [lab for lab in new if lab not in taken[(a, b)]]
                 break
+    for (a, b), labs in taken.items():
+        inside = [m for m in markers if a <= m.start < b]
+        body = _without(text, inside, a, b)
+        for lab in labs:
+            parts.setdefault(lab, []).append(body)
+        if all(lab in labs for m in inside for lab in m.labels):
+            raw = _clean(text[a:b])
+            for lab, segs in parts.items():
+                if lab not in labs:
+                    parts[lab] = [seg.replace(raw, "").strip() if raw in seg and seg != raw else seg for seg in segs]
 
 
 def _clean_shared(s: str) -> str:
