@@ -1,9 +1,11 @@
-"""Compound figures -> panels with subcaptions (beside ``concepts``; the build never imports this package).
+"""Compound figures -> panels with subcaptions. Same layer as ``concepts``; the build does not import it.
 
-    split.py     split_image          the CPU splitter: panel boxes in reading order
-    labels.py    label_panels         the printed panel letters (OCR)
+    split.py     split_image          the CPU splitter: panel boxes in reading order (i25a)
+    labels.py    label_panels         the printed panel labels (OCR, weights inside the wheel)
+    metrics.py   ImageCLEF figure-separation metrics (benchmarks)
     captions.py  split_caption        a caption -> shared part + one text per panel label
-    align.py     align_panels         each panel its subcaption (by label, reading order, or shared only)
+    align.py     align_panels         each panel its subcaption (by label, position, reading order, or shared)
+    textscore.py token-F1 scoring of subcaptions against hand-written truth
 """
 from __future__ import annotations
 
