@@ -584,7 +584,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
                    exclude: str | os.PathLike | Iterable[str] | None = None, near_duplicates: str = "keep",
                    revision: str | None = None, decode: bool = True, decode_threads: int | None = None,
                    verify: bool = False, read_options: ReadOptions | None = None, world_size: int | None = None,
-                   num_workers: int | None = None, token: str | bool | None = None,
+                   num_workers: int | None = None, token: str | bool | None = None, level: str = "figure",
                    **load_dataset_kwargs: Any) -> IterableDataset | Dataset:
     """Load a BIOMEDICA dataset folder or Hub repo, filtered on its ``figures.parquet`` index.
 
@@ -614,6 +614,10 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
             environment by default); work units are split so that their number is a multiple of
             ``world_size * max(1, num_workers)`` when there are enough samples, else a warning is issued.
         token: Hub token.
+        level: ``"figure"`` (the default: one row per figure image) or ``"panel"``: one row per panel that
+            ``biomedica panels`` cut out (``panels.parquet`` + the ``<licence>-panels`` shards; ``subset``, ``split``,
+            ``streaming``, ``decode``, ``revision`` and ``token`` apply, the other filters do not; see
+            :func:`biomedica_hf.dataset.panel_loader.load_panels`).
         **load_dataset_kwargs: with ``streaming=False``, forwarded to ``Dataset.from_generator`` (``cache_dir``,
             ``keep_in_memory``, ``num_proc``, ...); a streaming load takes none.
 
@@ -631,6 +635,13 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
     from datasets import Dataset
     from datasets.fingerprint import Hasher
 
+    if level != "figure":
+        from biomedica_hf.dataset.panel_loader import load_panels
+
+        if level != "panel":
+            raise ValueError(f"unknown level {level!r}; valid: figure, panel")
+        return load_panels(path_or_repo_id, subset, split=split, streaming=streaming, decode=decode,
+                           revision=revision, token=token)
     local = is_local(path_or_repo_id)
     storage_options = {} if local or token is None else {"token": token}
     index_url = dataset_file_url(path_or_repo_id, FIGURES_INDEX, revision)

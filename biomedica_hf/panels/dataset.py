@@ -40,12 +40,11 @@ from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import DONE, clear_marker, is_done, marker_path, read_marker, write_marker
 from biomedica_hf.io.ranges import LocalFile
 from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes
-from biomedica_hf.layout import shard_tables
+from biomedica_hf.layout import PANELS_INDEX, shard_tables
 
 log = logging.getLogger(__name__)
 
 PANELS_DIR = "panels"
-PANELS_INDEX = "panels.parquet"
 CONFIG_SUFFIX = "-panels"
 VERSION = 1                      # bump when a change to the splitting should redo every shard
 JPEG_QUALITY = 95
