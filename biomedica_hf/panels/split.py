@@ -144,7 +144,7 @@ def _empty_lines(counts: np.ndarray, length: int, tol: int, rule_max: int) -> np
 
 
 def xy_cut(mask: np.ndarray, min_gap: int, *, rule_max: int = 0, tol_frac: float = 0.0,
-           min_area: int = 1) -> list[Box]:
+           min_area: int = 1, frame_skip: bool = False) -> list[Box]:
     """Leaves of a recursive XY-cut of a boolean foreground mask, as tight boxes (x0, y0, x1, y1) in mask pixels,
     in cut order (top to bottom, left to right within each cut)."""
     out: list[Box] = []
@@ -152,9 +152,12 @@ def xy_cut(mask: np.ndarray, min_gap: int, *, rule_max: int = 0, tol_frac: float
     while stack:
         x0, y0, x1, y1 = stack.pop()
         sub = mask[y0:y1, x0:x1]
-        rows = sub.sum(axis=1)
-        cols = sub.sum(axis=0)
         h, w = sub.shape
+        # a 1-2 px frame drawn round the region would block every cut: profiles skip the outermost 2 px
+        ex = 2 if w > 40 and frame_skip else 0
+        ey = 2 if h > 40 and frame_skip else 0
+        rows = sub[:, ex:w - ex].sum(axis=1)
+        cols = sub[ey:h - ey, :].sum(axis=0)
         erows = _empty_lines(rows, w, int(tol_frac * w), rule_max)
         ecols = _empty_lines(cols, h, int(tol_frac * h), rule_max)
         ry = np.flatnonzero(~erows)
@@ -295,7 +298,7 @@ def _panels_small(mask: np.ndarray) -> tuple[list[Box], float]:
     content = (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1)
     long_side = max(h, w)
     min_gap = max(2, round(0.006 * long_side))
-    leaves = xy_cut(mask, min_gap, rule_max=max(1, round(0.004 * long_side)), tol_frac=0.002)
+    leaves = xy_cut(mask, min_gap, rule_max=max(1, round(0.004 * long_side)), tol_frac=0.002, frame_skip=True)
     if len(leaves) <= 1:
         return [content], 0.95
     panels = [b for b in leaves if _is_panel(b, mask, content)]
@@ -317,23 +320,101 @@ def _panels_small(mask: np.ndarray) -> tuple[list[Box], float]:
     return panels, 0.85
 
 
+def _backgrounds(rgb: np.ndarray) -> list[np.ndarray]:
+    """Background colours to try, the border's first: a grid of photos that fill the figure to its edges has a
+    border of photo pixels, and its gutters are white (or black)."""
+    first = background(rgb)
+    out = [first]
+    if first.min() < 200:
+        out.append(np.array([255, 255, 255], dtype=np.int32))
+    if first.max() > 60:
+        out.append(np.array([0, 0, 0], dtype=np.int32))
+    return out
+
+
+def is_regular(boxes: list[Box], tol: float = 0.03) -> bool:
+    """Whether the panels form a grid-like layout: nearly every panel lines up with another one -- same top or
+    bottom edge while overlapping it vertically, or same left or right edge while overlapping it horizontally,
+    within ``tol`` of the layout's size. Charts and photos in rows and columns are regular; the blocks of a
+    scheme or a pathway that happen to be separated by white space are not."""
+    if len(boxes) < 2:
+        return False
+    W = max(b[2] for b in boxes) - min(b[0] for b in boxes)
+    H = max(b[3] for b in boxes) - min(b[1] for b in boxes)
+    tx, ty = max(3, tol * W), max(3, tol * H)
+
+    def lined_up(a: Box, b: Box) -> bool:
+        vov = min(a[3], b[3]) - max(a[1], b[1])
+        hov = min(a[2], b[2]) - max(a[0], b[0])
+        row = vov >= 0.5 * min(a[3] - a[1], b[3] - b[1]) and (abs(a[1] - b[1]) <= ty or abs(a[3] - b[3]) <= ty)
+        col = hov >= 0.5 * min(a[2] - a[0], b[2] - b[0]) and (abs(a[0] - b[0]) <= tx or abs(a[2] - b[2]) <= tx)
+        return row or col
+
+    areas = [_area(b) for b in boxes]
+    if max(areas) > 4 * max(1, min(areas)):             # a grid's panels are of a size
+        return False
+    aligned = sum(_area(a) for i, a in enumerate(boxes) if any(lined_up(a, b) for j, b in enumerate(boxes) if i != j))
+    return aligned >= 0.8 * sum(areas)
+
+
+def labels_evidence(labels: list[str | None]) -> bool:
+    """Whether the labels read at the panels' corners look like a figure's panel labels: at least two, distinct,
+    of one family, starting near its beginning (a, b, c / A, B, C / 1, 2, 3 / i, ii, iii / 1A, 1B)."""
+    read = [lab for lab in labels if lab]
+    if len(read) < 2 or len(set(read)) < len(read):
+        return False
+    roman = ("i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii")
+    if all(lab in roman for lab in read) and any(lab in ("i", "ii") for lab in read):
+        return True
+    if all(lab.isdigit() for lab in read):
+        return min(int(lab) for lab in read) <= 3
+    if all(len(lab) > 1 and lab[:-1].isdigit() and lab[-1].isalpha() for lab in read):
+        return True
+    if all(len(lab) == 1 and lab.isalpha() for lab in read):
+        if not (all(lab.isupper() for lab in read) or all(lab.islower() for lab in read)):
+            return False
+        first = min(ord(lab.lower()) - ord("a") for lab in read)
+        span = max(ord(lab.lower()) - ord("a") for lab in read) - first
+        return first <= 2 and span <= len(labels) + 2
+    return False
+
+
 def split_image(image: Image.Image, *, labels: bool = True) -> list[Panel]:
     """The panels of ``image`` in reading order; a single-panel figure gives exactly one panel (its content box).
     Boxes are in the original pixels. With ``labels``, each panel's printed label is read (``labels.label_panels``).
-    Any image PIL opens gives a result (tiny, blank, CMYK, 16-bit, palette, alpha)."""
+
+    A split is kept when its panels form a regular layout (most of the area in panels of one size) or when panel
+    labels are read at their corners; otherwise the figure is one panel (schemes, pathways and diagrams whose
+    parts are separated by white space are not cut up). Any image PIL opens gives a result (tiny, blank, CMYK,
+    16-bit, palette, alpha)."""
+    from biomedica_hf.panels.labels import label_panels
     W, H = image.size
     if W < 8 or H < 8:
-        boxes, score = [(0, 0, W, H)], 0.5
-    else:
-        rgb, sx, sy = _prepare(image)
-        mask = foreground(rgb, background(rgb))
+        return [Panel((0, 0, W, H), 0.5)]
+    rgb, sx, sy = _prepare(image)
+    small, score, content = [], 0.95, None
+    for bg in _backgrounds(rgb):
+        mask = foreground(rgb, bg)
         small, score = _panels_small(mask)
-        boxes = [_to_original(b, sx, sy, W, H) for b in small]
-        boxes = [boxes[i] for i in reading_order(boxes)]
-    if labels and len(boxes) > 1:
-        from biomedica_hf.panels.labels import label_panels
-        return label_panels(image, boxes, [score] * len(boxes))
-    return [Panel(b, score) for b in boxes]
+        if content is None:
+            content = small[0] if len(small) == 1 else None
+        if len(small) > 1:
+            break
+    if len(small) <= 1:
+        box = content if content is not None else small[0]
+        return [Panel(_to_original(box, sx, sy, W, H), score)]
+    boxes = [_to_original(b, sx, sy, W, H) for b in small]
+    boxes = [boxes[i] for i in reading_order(boxes)]
+    regular = is_regular(boxes)
+    panels = label_panels(image, boxes, [score] * len(boxes)) if (labels or not regular) else None
+    if not regular and not labels_evidence([p.label for p in panels]):
+        mask = foreground(rgb, background(rgb))
+        ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        box = (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1) if ys.size else (0, 0, rgb.shape[1], rgb.shape[0])
+        return [Panel(_to_original(box, sx, sy, W, H), 0.6)]
+    if not labels:
+        return [Panel(b, score) for b in boxes]
+    return panels
 
 
 def xy_cut_baseline(image: Image.Image) -> list[Box]:
