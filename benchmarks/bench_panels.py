@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['set']} | {r['method']} | {r['figures']} | {fmt(r['imageclef'])} | "
               f"{fmt(r['imageclef_compound'])} | {fmt(r['imageclef_single'])} | {fmt(r['f1_iou50'])} | "
               f"{fmt(r['singles_whole'])} | {lab} | {fmt(r['figures_per_s'], pct=False)} |")
+    import bench_subcaptions  # noqa: E402 - subcaption accuracy and panel-subcaption pairing (i25b), same run
+    bench_subcaptions.print_tables(pairing=True)
     if args.failures:
         for f in failures:
             print(*f, sep="\t")
