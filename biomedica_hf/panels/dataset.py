@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import DONE, clear_marker, is_done, marker_path, read_marker, write_marker
-from biomedica_hf.io.ranges import LocalFile
+from biomedica_hf.io.ranges import LocalFile, ShardTruncatedError
 from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes
 from biomedica_hf.layout import PANELS_INDEX, shard_tables
 
@@ -48,6 +48,7 @@ PANELS_DIR = "panels"
 CONFIG_SUFFIX = "-panels"
 VERSION = 1                      # bump when a change to the splitting should redo every shard
 JPEG_QUALITY = 95
+DETECTOR_BATCH = 8               # images per detector call
 ROW_COLUMNS = ["key", "pmcid", "figure_id", "caption", "subset", "license_code", "split", "year", "shard",
                "tar_offset", "image_offset", "image_size", "image_ext"]
 PANEL_SCHEMA = pa.schema([
@@ -123,16 +124,45 @@ def _get_detector(spec: str | None):
     return _detectors[spec]
 
 
-def _figure_panels(data: bytes, row: dict[str, Any], labels: bool, detector: str | None):
-    """(decoded image, split_figure result) of one sample's image bytes."""
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:300]
+
+
+def _results(src: LocalFile, rows: list[dict[str, Any]], labels: bool, detector: str | None,
+             batch: int = DETECTOR_BATCH):
+    """``(row, image, split_figure result, error)`` per row, in order. With a detector, images are decoded
+    ``batch`` at a time and detected in one call. A figure that fails gives its error (the others go on); a cut
+    shard (``ShardTruncatedError``) stops the shard."""
     from PIL import Image
 
-    from biomedica_hf.panels.figure import figure_result, find_panels
+    from biomedica_hf.panels.figure import figure_result, find_panels, panels_from_boxes
 
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    panels = find_panels(img, labels=labels, detector=_get_detector(detector))
-    return img, figure_result(img.size, panels, row.get("caption"))
+    det = _get_detector(detector)
+    size = max(1, batch) if det is not None else 1
+    for start in range(0, len(rows), size):
+        decoded = []
+        for row in rows[start:start + size]:
+            try:
+                img = Image.open(io.BytesIO(src.read(int(row["image_offset"]), int(row["image_size"]))))
+                img.load()
+                decoded.append((row, img, None))
+            except ShardTruncatedError:
+                raise
+            except Exception as e:  # noqa: BLE001 - undecodable image: reported, the shard goes on
+                decoded.append((row, None, _error(e)))
+        good = [img for _, img, err in decoded if err is None]
+        boxes = iter(det.detect(good)) if det is not None and good else iter(())
+        for row, img, err in decoded:
+            if err is not None:
+                yield row, None, None, err
+                continue
+            found = next(boxes) if det is not None else None
+            try:
+                panels = panels_from_boxes(img, found, labels=labels) if det is not None else \
+                    find_panels(img, labels=labels)
+                yield row, img, figure_result(img.size, panels, row.get("caption")), None
+            except Exception as e:  # noqa: BLE001
+                yield row, None, None, _error(e)
 
 
 def split_shard(out: Path, table_path: Path, labels: bool = True, detector: str | None = None,
@@ -172,17 +202,16 @@ def split_shard(out: Path, table_path: Path, labels: bool = True, detector: str 
     tar.parent.mkdir(parents=True, exist_ok=True)
     with src, atomic_open(tar) as fh:
         pos = 0
-        for row in rows:
-            try:
-                data = src.read(int(row["image_offset"]), int(row["image_size"]))
-                img, result = _figure_panels(data, row, labels, detector)
-                ext = "png" if row.get("image_ext") == "png" else "jpg"
-                crops = [encode_crop(img, tuple(p["bbox"]), ext) for p in result["panels"]]
-            except Exception as e:  # noqa: BLE001 - one bad figure is reported, the shard goes on
-                if isinstance(e, OSError) and "shorter" in str(e):
-                    raise
-                failed.append({"key": row["key"], "error": f"{type(e).__name__}: {e}"[:300]})
-                log.warning("%s: %s not split: %s", shard, row["key"], e)
+        for row, img, result, err in _results(src, rows, labels, detector):
+            if err is None:
+                try:
+                    ext = "png" if row.get("image_ext") == "png" else "jpg"
+                    crops = [encode_crop(img, tuple(p["bbox"]), ext) for p in result["panels"]]
+                except Exception as e:  # noqa: BLE001 - a crop that cannot be encoded: the figure is reported
+                    err = _error(e)
+            if err is not None:
+                failed.append({"key": row["key"], "error": err})
+                log.warning("%s: %s not split: %s", shard, row["key"], err)
                 continue
             n = len(result["panels"])
             for i, (p, crop) in enumerate(zip(result["panels"], crops)):

@@ -91,3 +91,26 @@ def test_cli_split_with_detector(tiny_detr, articles_dir):
     r = subprocess.run([str(BIN), "panels", "split", imgs[0], "--detector", "yolo:/x"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "transformers:PATH" in r.stderr
+
+
+@pytest.mark.slow
+def test_dataset_stage_with_a_detector(tiny_detr, built_dataset, tmp_path):
+    """``biomedica panels DIR --detector``: batched over each shard's figures; new settings split every shard."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from biomedica_hf.panels.dataset import PANELS_INDEX, panel_dataset
+
+    out = tmp_path / "ds"
+    shutil.copytree(built_dataset, out)
+    first = panel_dataset(out, labels=False)
+    report = panel_dataset(out, labels=False, detector=f"transformers:{tiny_detr}")
+    assert report["split"] == first["split"] + first["kept"] and not report["figures_failed"]
+    panels = pq.read_table(out / PANELS_INDEX).to_pylist()
+    figures = pq.read_table(out / "figures.parquet", columns=["key", "width", "height"]).to_pylist()
+    size = {f["key"]: (f["width"], f["height"]) for f in figures}
+    assert {p["parent_key"] for p in panels} == set(size)
+    for p in panels:
+        w, h = size[p["parent_key"]]
+        assert 0 <= p["x0"] < p["x1"] <= w and 0 <= p["y0"] < p["y1"] <= h
