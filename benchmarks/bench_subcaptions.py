@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_subcaptions.py [--json]
 
 Rows (same captions, same run):
-  parser            split_caption(caption) alone, no image labels
+  parser            split_caption(caption) alone, no image labels (and its dev / held-out parts: the held-out
+                    captions were labelled after the parser was written)
   aligned, labels   align_panels: one panel per truth label, the panel's printed label read right (OCR ideal)
   aligned, order    align_panels: as many panels as truth labels, no label read (reading order = label order)
   whole caption     baseline: every panel gets the whole caption (Open-PMC-18M's pairing)
@@ -39,6 +40,10 @@ def rows(figures: list[dict]) -> dict[str, dict]:
     t0 = time.perf_counter()
     out["parser"] = score((f["parts"], split_caption(f["caption"]).parts) for f in figures)
     dt = time.perf_counter() - t0
+    out["parser, dev part"] = score((f["parts"], split_caption(f["caption"]).parts) for f in figures
+                                    if not f.get("held_out"))
+    out["parser, held-out"] = score((f["parts"], split_caption(f["caption"]).parts) for f in figures
+                                    if f.get("held_out"))
 
     def aligned(read: bool):
         for f in figures:
@@ -145,11 +150,12 @@ def print_tables(pairing: bool = False, as_json: bool = False) -> None:
         print(json.dumps({"subcaptions": table, "pairing": pairs}, indent=1))
         return
     n = sum(1 for f in figures if f["parts"])
-    print(f"{n} captions with markers ({sum(len(f['parts']) for f in figures)} labels), "
-          f"{len(figures) - n} without; right = token F1 >= {RIGHT_F1}")
-    print(f"{'row':18} {'right':>9} {'accuracy':>9} {'mean F1':>8} {'negatives kept':>15}")
+    print(f"{n} captions with markers ({sum(len(f['parts']) for f in figures)} labels; "
+          f"{sum(1 for f in figures if f.get('held_out'))} held out), {len(figures) - n} without; "
+          f"right = token F1 >= {RIGHT_F1}")
+    print(f"{'row':20} {'right':>9} {'accuracy':>9} {'mean F1':>8} {'negatives kept':>15}")
     for name, r in table.items():
-        print(f"{name:18} {r['right']:>4}/{r['labels']:<4} {r['accuracy']:>9.3f} {r['mean_token_f1']:>8.3f} "
+        print(f"{name:20} {r['right']:>4}/{r['labels']:<4} {r['accuracy']:>9.3f} {r['mean_token_f1']:>8.3f} "
               f"{r['negatives_kept']:>15}")
     if pairs:
         n = len(pair_figures)

@@ -574,6 +574,7 @@ def _split_lead(text: str, family: str, markers: list[Marker], leads: list[Marke
     ends = [o.start for o in openers[1:]] + [foot]
     raw: list[tuple[Marker, int, int]] = [(o, o.end, e) for o, e in zip(openers, ends)]
     parts: dict[str, list[str]] = {}
+    trailing_shared = ""
     i = 0
     while i < len(raw):
         o, lo, hi = raw[i]
@@ -584,18 +585,31 @@ def _split_lead(text: str, family: str, markers: list[Marker], leads: list[Marke
                 and re.search(r"(?:,|\band|\bor|\bvs\.?)\s*$", text[raw[j][1]:raw[j][2]].strip()):
             j += 1
         if j > i:
-            run_lo = o.start if o.boundary else _sentence_start(text, o.start, 0)
             run_hi = raw[j][2]
             sentence_end = min(_sentence_end(text, raw[j][1]), run_hi)
-            body = _strip_run(text, [r[0] for r in raw[i:j + 1]], raw[i][1], sentence_end)
             tail = text[sentence_end:run_hi]
-            for k in range(i, j + 1):
-                for lab in raw[k][0].labels:
-                    parts.setdefault(lab, []).append(_clean(body))
-            if _clean(tail):
-                for lab in raw[j][0].labels:
-                    parts.setdefault(lab, []).append(_clean(tail))
-            del run_lo
+            if len(text[raw[j][1]:sentence_end].split()) <= 8:
+                # short items to the sentence's end ("a left CPGL, b right CPGL, and c right VPGL."): each is its
+                # label's own text; what follows the sentence at the caption's end is every panel's (footer)
+                for k in range(i, j + 1):
+                    item_end = raw[k][2] if k < j else sentence_end
+                    for lab in raw[k][0].labels:
+                        parts.setdefault(lab, []).append(_clean(text[raw[k][1]:item_end]))
+                if _clean(tail) and j == len(raw) - 1:
+                    trailing_shared = _clean(tail)
+                elif _clean(tail):
+                    for lab in raw[j][0].labels:
+                        parts.setdefault(lab, []).append(_clean(tail))
+            else:
+                # items sharing the sentence's tail ("(B) Invasive index, (C) maximum migration rate and (D)
+                # number of strand protrusions of mono-culture spheroids ..."): every label gets the sentence
+                body = _strip_run(text, [r[0] for r in raw[i:j + 1]], raw[i][1], sentence_end)
+                for k in range(i, j + 1):
+                    for lab in raw[k][0].labels:
+                        parts.setdefault(lab, []).append(_clean(body))
+                if _clean(tail):
+                    for lab in raw[j][0].labels:
+                        parts.setdefault(lab, []).append(_clean(tail))
             i = j + 1
             continue
         seg = _clean(_strip_markers(text, markers, lo, hi))
@@ -604,8 +618,38 @@ def _split_lead(text: str, family: str, markers: list[Marker], leads: list[Marke
         i += 1
     _references(text, markers, parts)
     footer = text[foot:].strip() if foot < len(text) else ""
+    # closing sentences of the last part that describe every panel ("Scale bar: 100 µm. Data are mean ± s.e.m.")
+    moved = _closing_boilerplate(parts, last.labels)
+    footer = " ".join(t for t in (trailing_shared, moved, footer) if t)
     return Subcaptions(caption=text, shared=_clean_shared(shared), parts=_join(parts, family), family=family,
                        mode=LEAD, footer=footer, markers=tuple(openers))
+
+
+_BOILERPLATE = re.compile(
+    r"^(?:the\s+)?(?:scale\s+bars?|data\s+(?:are|were|is|pooled|represent|shown)|error\s+bars?|values\s+(?:are|were)|"
+    r"results\s+(?:are|were)|mean\s*±|means?\s+(?:±|and)|\*|n\s*=|p\s*[<>≤=]|statistical|statistics|"
+    r"(?:one|two)-way\s+anova|student's|all\s+(?:experiments|data|images|panels|micropattern)|"
+    r"representative\s+of|experiments\s+were|ns\b|n\.s\.|not\s+significant|no\s+significant\s+differences?|[a-z\s]{0,30}\b(?:indicates?|denotes?|represents?)\b)", re.I)
+
+
+def _closing_boilerplate(parts: dict[str, list[str]], last_labels: Sequence[str]) -> str:
+    """Take the run of closing sentences of the last part that are about every panel (scale bars, statistics,
+    symbol legends) out of it; returns them (for the footer). A part is never emptied."""
+    if not last_labels or last_labels[0] not in parts or not parts[last_labels[0]]:
+        return ""
+    seg = parts[last_labels[0]][-1]
+    spans = _sentences(seg)
+    k = len(spans)
+    while k > 1 and _BOILERPLATE.match(seg[spans[k - 1][0]:spans[k - 1][1]].strip()):
+        k -= 1
+    if k == len(spans):
+        return ""
+    cut = spans[k][0]
+    moved, kept = seg[cut:].strip(), seg[:cut].strip()
+    for lab in last_labels:
+        if parts.get(lab) and parts[lab][-1] == seg:
+            parts[lab][-1] = kept
+    return moved
 
 
 def _strip_run(text: str, run: list[Marker], lo: int, hi: int) -> str:
