@@ -450,7 +450,7 @@ def _score(markers: list[Marker], family: str, image_labels: Sequence[str] | Non
         while run in ranks:
             run += 1
     leads = sum(1 for m in markers if m.lead and m.boundary)
-    return (overlap, exact, run, leads, -FAMILIES.index(family))
+    return (overlap, run, exact, leads, -FAMILIES.index(family))   # a longer run beats a case match
 
 
 def find_markers(caption: str, image_labels: Sequence[str] | None = None) -> tuple[str | None, list[Marker]]:

@@ -165,3 +165,12 @@ def test_truth_set_accuracy_meets_the_goal():
     s = score((f["parts"], split_caption(f["caption"]).parts) for f in figures)
     assert s.accuracy >= 0.8, s
     assert s.negatives_kept == s.negatives
+
+
+@needs_fixtures
+def test_a_lone_read_i_does_not_turn_a_letter_caption_roman():
+    """Real: "A. … I. Brown adipose tissue …"; the OCR read only "i" on one panel: still letters A–J."""
+    caption = fixture_caption("PMC10802347", "F1")
+    sub = split_caption(caption, image_labels=["i"])
+    assert sub.family == UPPER and sorted(sub.parts) == list("ABCDEFGHIJ")
+    assert sub.part("i").startswith("Brown adipose tissue isolated mitochondrial bioenergetics")
