@@ -125,7 +125,7 @@ def corner_region(box: Box, W: int, H: int) -> Box:
     size = max(W, H)
     pad = max(4, int(0.015 * size))
     cw = min(w, max(int(0.25 * w), int(0.07 * size), 40))
-    ch = min(h, max(int(0.2 * h), int(0.06 * size), 36))
+    ch = min(h, max(int(0.25 * h), int(0.07 * size), 36))
     return (max(0, x0 - pad), max(0, y0 - pad), min(W, x0 + cw), min(H, y0 + ch))
 
 
@@ -254,12 +254,14 @@ def _settle_family(reads: list[tuple[str | None, float, Box | None, bool]], rgb:
     out: list[tuple[str | None, float]] = []
     upper = sum(1 for lab in letters if lab.isupper() and lab not in _AMBIGUOUS_CASE)
     lower = sum(1 for lab in letters if lab.islower() and lab not in _AMBIGUOUS_CASE)
+    if upper + lower >= 3 and min(upper, lower) == 1:   # one odd case among several: a misread ("a" for "A")
+        upper, lower = (upper, 0) if upper > lower else (0, lower)
     for label, conf, tbox, light in reads:
         if label and label.isdigit() and len(letters) > len(digits) and tbox is not None:
             text, c2 = _BACKENDS[backend](token_image(rgb, tbox, light), letters_only=True)
             again = normalise_label(text)
             label, conf = (again, c2) if again and again.isalpha() and len(again) == 1 else (None, 0.0)
-        if label and len(label) == 1 and label in _AMBIGUOUS_CASE:
+        if label and len(label) == 1 and label.isalpha() and (label in _AMBIGUOUS_CASE or min(upper, lower) == 0):
             if upper > lower:
                 label = label.upper()
             elif lower > upper:
@@ -291,3 +293,91 @@ def label_panels(image: Image.Image, bboxes: list[Box], scores: list[float] | No
     settled = _settle_family(reads, rgb, backend)
     return [Panel(tuple(int(v) for v in b), float(s), label, float(conf) if label else 0.0)
             for b, s, (label, conf) in zip(bboxes, scores, settled)]
+
+
+# ---------------------------------------------------------------------------------------------- labels anywhere
+
+def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 12,
+                backend: str = "tesseract") -> list[tuple[Box, str, float]]:
+    """Panel labels anywhere in the figure (``rgb`` pixels): short glyph groups with nothing to their left or
+    above (a label opens its panel), the tallest ``max_reads`` of them read; those that read as labels, as
+    (token box, label, confidence). Used to split figures whose panels touch (no gutter) by their labels."""
+    from scipy import ndimage
+    fg = np.abs(rgb.astype(np.int16) - bg.astype(np.int16)).max(axis=2) > 70
+    size = max(rgb.shape[:2])
+    hmin, hmax = max(6, int(0.008 * size)), max(16, int(0.05 * size))
+    lab, _ = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
+    glyphs: list[Box] = []
+    for sl in ndimage.find_objects(lab):
+        if sl is None:
+            continue
+        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        h, w = y1 - y0, x1 - x0
+        if hmin <= h <= hmax and 0.15 * h <= w <= 1.6 * h:
+            glyphs.append((x0, y0, x1, y1))
+    integral = np.pad(fg.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+
+    def ink(x0: int, y0: int, x1: int, y1: int) -> int:
+        x0, y0 = max(0, x0), max(0, y0)
+        x1, y1 = min(fg.shape[1], x1), min(fg.shape[0], y1)
+        if x1 <= x0 or y1 <= y0:
+            return 0
+        return int(integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0])
+
+    cands = []
+    for g in glyphs:
+        x0, y0, x1, y1 = g
+        h = y1 - y0
+        # the glyph plus what follows it at letter spacing ("(a)", "1A", "B.")
+        tx1 = x1
+        for other in glyphs:
+            if other[0] >= tx1 and other[0] - tx1 <= 0.25 * h and abs(other[3] - y1) <= 0.3 * h:
+                tx1 = max(tx1, other[2])
+        if tx1 - x0 > 3.0 * h:
+            continue
+        left = ink(x0 - int(1.2 * h), y0 - int(0.3 * h), x0 - 1, y1 + int(0.3 * h))
+        above = ink(x0 - int(0.3 * h), y0 - int(0.7 * h), tx1 + int(0.3 * h), y0 - 1)
+        if left == 0 and above == 0:
+            cands.append((x0, y0, tx1, y1))
+    cands = sorted(set(cands), key=lambda b: -(b[3] - b[1]))[:max_reads]
+    out = []
+    for b in cands:
+        text, conf = _BACKENDS[backend](token_image(rgb, b))
+        label = normalise_label(text)
+        if label is not None and conf >= 0.5:
+            out.append((b, label, conf))
+    return out
+
+
+def label_sequence(found: list[tuple[Box, str, float]]) -> list[tuple[Box, str, float]]:
+    """The labels of one family that make a panel sequence (a, b, c... / A, B, C... / 1, 2, 3...; distinct,
+    starting at the first or second member), best-read first where a label was found twice."""
+    best: list[tuple[Box, str, float]] = []
+    families = {
+        "upper": lambda t: len(t) == 1 and t.isupper(),
+        "lower": lambda t: len(t) == 1 and t.islower() and t not in ("i",),
+        "digit": lambda t: t.isdigit() and 1 <= int(t) <= 30,
+        "roman": lambda t: t in _ROMAN,
+    }
+    order = {
+        "upper": lambda t: ord(t) - ord("A"), "lower": lambda t: ord(t) - ord("a"),
+        "digit": lambda t: int(t) - 1, "roman": lambda t: _ROMAN.index(t),
+    }
+    for fam, member in families.items():
+        chosen: dict[str, tuple[Box, str, float]] = {}
+        for b, t, c in found:
+            if member(t) and (t not in chosen or c > chosen[t][2]):
+                chosen[t] = (b, t, c)
+        if len(chosen) < 2:
+            continue
+        ranks = sorted(order[fam](t) for t in chosen)
+        if ranks[0] > 1 or ranks[-1] - ranks[0] > len(ranks) + 1:
+            continue
+        if fam == "digit":       # numbers in one column are a list or an axis, not panel labels
+            xs = sorted(b[0] for b, _, _ in chosen.values())
+            h = max(b[3] - b[1] for b, _, _ in chosen.values())
+            if xs[-1] - xs[0] <= 2 * h:
+                continue
+        if len(chosen) > len(best):
+            best = list(chosen.values())
+    return best

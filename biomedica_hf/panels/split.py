@@ -255,6 +255,8 @@ def _is_panel(box: Box, mask: np.ndarray, content: Box) -> bool:
     fill = sub.mean()
     if fill > 0.35:                            # photos, heatmaps, gels on a background
         return True
+    if w * h >= 0.05 * cw * ch and w >= 0.15 * cw and h >= 0.15 * ch and h >= 4 * text_h:
+        return True                            # a big block is a panel whatever its drawing (sparse schemes too)
     return _largest_structure(sub) >= 2.2 * text_h
 
 
@@ -306,7 +308,18 @@ def _panels_small(mask: np.ndarray) -> tuple[list[Box], float]:
         return [content], 0.9
     rest = [b for b in leaves if b not in panels]
     # fragments (letters, axis titles, tick labels, legends) join the nearest panel, preferring one they line up with
+    fw, fh = 0.06 * w, 0.06 * h
     for f in rest:
+        # a panel letter just above-left of a panel's top-left corner is that panel's, however close the panel
+        # above it is
+        if f[2] - f[0] <= fw and f[3] - f[1] <= fh:
+            owners = [i for i, p in enumerate(panels)
+                      if p[1] - 0.08 * h <= f[1] and f[3] <= p[1] + 0.03 * h and abs(f[0] - p[0]) <= 0.05 * w]
+            if owners:
+                k = min(owners, key=lambda i: abs(f[0] - panels[i][0]) + abs(f[3] - panels[i][1]))
+                panels[k] = _union(panels[k], f)
+                continue
+
         def cost(p: Box, f: Box = f) -> float:
             overlap_x = min(p[2], f[2]) - max(p[0], f[0])
             overlap_y = min(p[3], f[3]) - max(p[1], f[1])
@@ -346,8 +359,10 @@ def is_regular(boxes: list[Box], tol: float = 0.03) -> bool:
     def lined_up(a: Box, b: Box) -> bool:
         vov = min(a[3], b[3]) - max(a[1], b[1])
         hov = min(a[2], b[2]) - max(a[0], b[0])
-        row = vov >= 0.5 * min(a[3] - a[1], b[3] - b[1]) and (abs(a[1] - b[1]) <= ty or abs(a[3] - b[3]) <= ty)
-        col = hov >= 0.5 * min(a[2] - a[0], b[2] - b[0]) and (abs(a[0] - b[0]) <= tx or abs(a[2] - b[2]) <= tx)
+        row = vov >= 0.5 * min(a[3] - a[1], b[3] - b[1]) and (
+            abs(a[1] - b[1]) <= ty or abs(a[3] - b[3]) <= ty or abs(a[1] + a[3] - b[1] - b[3]) <= 2 * ty)
+        col = hov >= 0.5 * min(a[2] - a[0], b[2] - b[0]) and (
+            abs(a[0] - b[0]) <= tx or abs(a[2] - b[2]) <= tx or abs(a[0] + a[2] - b[0] - b[2]) <= 2 * tx)
         return row or col
 
     areas = [_area(b) for b in boxes]
@@ -379,6 +394,55 @@ def labels_evidence(labels: list[str | None]) -> bool:
     return False
 
 
+def first_label(label: str | None) -> bool:
+    return label in ("A", "a", "1", "i", "1A", "1a")
+
+
+def label_layout(anchors: list[Box], mask: np.ndarray) -> list[Box]:
+    """Panel boxes from the positions of their printed labels (mask pixels): each label opens its panel at its
+    top-left; the panel reaches right to the next label of its row and down to the next label below it that
+    overlaps its columns (or the content's edge); each box is then tightened to the foreground inside it."""
+    ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if ys.size == 0:
+        return []
+    right, bottom = int(xs[-1]) + 1, int(ys[-1]) + 1
+    boxes = []
+    for a in anchors:
+        h = a[3] - a[1]
+        row_next = [b[0] for b in anchors if b is not a and b[0] > a[0] + h and abs(b[1] - a[1]) <= 2.5 * h]
+        x1 = min(row_next, default=right)
+        below = [b[1] for b in anchors if b is not a and b[1] > a[1] + 2.5 * h and b[0] < x1 - h and b[2] > a[0] - h]
+        y1 = min(below, default=bottom)
+        x0, y0 = a[0], a[1]
+        sub = mask[y0:y1, x0:x1]
+        r, c = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
+        if r.size and c.size:
+            boxes.append((x0 + int(c[0]), y0 + int(r[0]), x0 + int(c[-1]) + 1, y0 + int(r[-1]) + 1))
+    return boxes
+
+
+def _by_labels(image: Image.Image, rgb: np.ndarray, sx: float, sy: float) -> list[Panel] | None:
+    """The figure split at its printed labels (at least two of one sequence), or None."""
+    from biomedica_hf.panels.labels import find_labels, label_sequence
+    bg = background(rgb)
+    seq = label_sequence(find_labels(rgb, bg))
+    if len(seq) < 2:
+        return None
+    W, H = image.size
+    mask = foreground(rgb, bg)
+    boxes = label_layout([b for b, _, _ in seq], mask)
+    if len(boxes) != len(seq):
+        return None
+    ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    cw, ch = int(xs[-1]) + 1 - int(xs[0]), int(ys[-1]) + 1 - int(ys[0])
+    # a label opens a panel: tick labels, list numbers or stray letters give slivers, not panels
+    if any(_area(b) < 0.03 * cw * ch or b[2] - b[0] < 0.12 * cw or b[3] - b[1] < 0.12 * ch for b in boxes):
+        return None
+    panels = [Panel(_to_original(b, sx, sy, W, H), 0.7, t, c) for b, (_, t, c) in zip(boxes, seq)]
+    order = reading_order([p.bbox for p in panels])
+    return [panels[i] for i in order]
+
+
 def split_image(image: Image.Image, *, labels: bool = True) -> list[Panel]:
     """The panels of ``image`` in reading order; a single-panel figure gives exactly one panel (its content box).
     Boxes are in the original pixels. With ``labels``, each panel's printed label is read (``labels.label_panels``).
@@ -400,21 +464,25 @@ def split_image(image: Image.Image, *, labels: bool = True) -> list[Panel]:
             content = small[0] if len(small) == 1 else None
         if len(small) > 1:
             break
-    if len(small) <= 1:
-        box = content if content is not None else small[0]
-        return [Panel(_to_original(box, sx, sy, W, H), score)]
-    boxes = [_to_original(b, sx, sy, W, H) for b in small]
-    boxes = [boxes[i] for i in reading_order(boxes)]
-    regular = is_regular(boxes)
-    panels = label_panels(image, boxes, [score] * len(boxes)) if (labels or not regular) else None
-    if not regular and not labels_evidence([p.label for p in panels]):
+    if len(small) > 1:
+        boxes = [_to_original(b, sx, sy, W, H) for b in small]
+        boxes = [boxes[i] for i in reading_order(boxes)]
+        regular = is_regular(boxes)
+        panels = label_panels(image, boxes, [score] * len(boxes)) if (labels or not regular) else None
+        read = [p.label for p in panels] if panels else []
+        two_with_a = len(read) == 2 and first_label(read[0]) and read[1] is None
+        if regular or labels_evidence(read) or two_with_a:
+            return panels if labels else [Panel(b, score) for b in boxes]
+    # no gutters between the panels, or a split nothing confirms: the printed labels, where there are some
+    by_labels = _by_labels(image, rgb, sx, sy)
+    if by_labels is not None:
+        return by_labels if labels else [Panel(p.bbox, p.score) for p in by_labels]
+    if content is None or len(small) > 1:
         mask = foreground(rgb, background(rgb))
         ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        box = (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1) if ys.size else (0, 0, rgb.shape[1], rgb.shape[0])
-        return [Panel(_to_original(box, sx, sy, W, H), 0.6)]
-    if not labels:
-        return [Panel(b, score) for b in boxes]
-    return panels
+        content = (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1) if ys.size else (0, 0, rgb.shape[1], rgb.shape[0])
+        score = 0.6
+    return [Panel(_to_original(content, sx, sy, W, H), score)]
 
 
 def xy_cut_baseline(image: Image.Image) -> list[Box]:
