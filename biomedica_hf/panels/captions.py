@@ -364,7 +364,11 @@ def _candidates(text: str) -> list[tuple[int, int, list[tuple[str, str]], bool, 
         if start and not (text[start - 1].isspace() or text[start - 1] in "([:;,"):
             continue        # "BA.1.15", "x.b"
         if not punct:
-            # "a The plot ...", "b Survival ...", "a, b Eight-week-old ...": lower-case letters opening a clause
+            # "a The plot ...", "b Survival ...", "a, b Eight-week-old ...": lower-case letters opening a clause;
+            # a capital with no punctuation ("A Whole cell ... B. Cell growth") only where the next letter follows
+            if re.fullmatch(r"[A-Z]", tokstr) and tokstr not in "IV" and nxt[0].isupper():
+                add(start, end, items, True, True, "bare-weak")
+                continue
             if not re.fullmatch(rf"[a-z](?:\s*[,{_D}]\s*[a-z])*", tokstr):
                 continue
         elif punct == ".":
@@ -411,6 +415,12 @@ def _sequence(markers: list[Marker], family: str, image_labels: Sequence[str] | 
         return []
     if family == POSITION:
         return markers
+    # "A Whole cell ...": a bare capital without punctuation counts only if the next letter opens a clause too
+    opening = {label_rank(lab, family) for m in markers if m.boundary and m.style in ("bare", "paren")
+               for lab in m.labels}
+    markers = [m for m in markers if m.style != "bare-weak" or label_rank(m.labels[0], family) + 1 in opening]
+    if not markers:
+        return []
     ranks = {label_rank(lab, family) for m in markers for lab in m.labels}
     wanted = {normalise_label(x).lower() for x in image_labels or ()}
     has_image = bool(wanted & {lab.lower() for m in markers for lab in m.labels})
@@ -422,9 +432,9 @@ def _sequence(markers: list[Marker], family: str, image_labels: Sequence[str] | 
         if m.style == "bare-mid":
             if r != last + 1:
                 continue
-        if m.style == "bare" and not m.boundary:
+        if m.style in ("bare", "bare-weak") and not m.boundary:
             continue
-        if m.style == "bare" and not (last < r <= last + 2):
+        if m.style in ("bare", "bare-weak") and not (last < r <= last + 2):
             continue        # "D: dorsal; V: ventral; A: anterior" are not panels
         kept.append(m)
         if m.lead or m.style == "paren":

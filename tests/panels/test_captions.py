@@ -39,6 +39,8 @@ needs_fixtures = pytest.mark.skipif(not FIXTURES.exists(), reason="shared fixtur
     ("PLOS_pcbi.1002484", "pcbi-1002484-g006", LOWER, ["a", "b"], {"b": "Probability of denaturation"}),
     # "A) ..."
     ("PLOS_pgen.1003316", "pgen-1003316-g003", UPPER, ["A", "B", "C"], {"C": "Principal component analysis"}),
+    # "A Whole cell ..." (no full stop after the A), then "B. Cell growth ..."
+    ("PMC10802347", "F4", UPPER, list("ABCDEF"), {"A": "Whole cell metabolite abundance"}),
     # "A, ..."
     ("PMC3460867", "pone-0046493-g002", UPPER, ["A", "B"], {"B": "Residual activities of LipC"}),
     # Nature style "a The body weights ... b Survival ..."
@@ -107,6 +109,7 @@ def test_real_captions_without_panel_markers_are_not_split(article, fig):
     "Synthesis of (E)-4-hydroxy-2-nonenal and (S)-ketamine from (R)-precursors.",
     "Caenorhabditis elegans. C. elegans and E. coli OP50 were grown at 20 °C. A total of 20 worms were scored.",
     "Levels of vitamin C, vitamin A and vitamin E in the serum of patients from cohort (B) only.",
+    "A Novel Model of Disease Progression. B cells were counted in every sample.",
     "",
     None,
 ])
