@@ -299,6 +299,7 @@ def _candidates(text: str) -> list[tuple[int, int, list[tuple[str, str]], bool, 
         if _cited(text, start):
             continue
         items: list[tuple[str, str]] = []
+        prev_end = start
         for k, m in enumerate(_PAREN.finditer(text, start, end)):
             if m.group(2):
                 items.append((normalise_label(m.group(2)), ""))
@@ -639,7 +640,8 @@ _BOILERPLATE = re.compile(
     r"^(?:the\s+)?(?:scale\s+bars?|data\s+(?:are|were|is|pooled|represent|shown)|error\s+bars?|values\s+(?:are|were)|"
     r"results\s+(?:are|were)|mean\s*±|means?\s+(?:±|and)|\*|n\s*=|p\s*[<>≤=]|statistical|statistics|"
     r"(?:one|two)-way\s+anova|student's|all\s+(?:experiments|data|images|panels|micropattern)|"
-    r"representative\s+of|experiments\s+were|ns\b|n\.s\.|not\s+significant|no\s+significant\s+differences?|[a-z\s]{0,30}\b(?:indicates?|denotes?|represents?)\b)", re.I)
+    r"representative\s+of|experiments\s+were|ns\b|n\.s\.|not\s+significant|no\s+significant\s+differences?|"
+    r"[a-z\s]{0,30}\b(?:indicates?|denotes?|represents?)\b)", re.I)
 
 
 def _closing_boilerplate(parts: dict[str, list[str]], last_labels: Sequence[str]) -> str:

@@ -197,7 +197,7 @@ def split_shard(out: Path, table_path: Path, labels: bool = True, detector: str 
         src = LocalFile(out / shard)
     except OSError as e:
         log.warning("%s: not split: %s", shard, e)
-        return {**info, "panels": 0, "state": "failed", "error": f"{type(e).__name__}: {e}", "methods": {},
+        return {**info, "panels": 0, "state": "failed", "error": _error(e), "methods": {},
                 "figures_failed": []}
     tar.parent.mkdir(parents=True, exist_ok=True)
     with src, atomic_open(tar) as fh:
@@ -251,7 +251,7 @@ def _task(task: tuple[str, str, bool, str | None, bool]) -> dict[str, Any]:
     try:
         return split_shard(Path(out), Path(table), labels, detector, force)
     except (OSError, ValueError) as e:     # a missing or cut shard: reported, the other shards go on
-        return {"shard": str(table), "figures": 0, "panels": 0, "state": "failed", "error": f"{type(e).__name__}: {e}"[:300],
+        return {"shard": str(table), "figures": 0, "panels": 0, "state": "failed", "error": _error(e),
                 "methods": {}, "figures_failed": []}
 
 

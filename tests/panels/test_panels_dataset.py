@@ -148,7 +148,8 @@ def test_update_rebuilt_and_removed_shards(paneled):
     panels = pq.read_table(out / PANELS_INDEX)
     assert not gone_keys & set(panels["parent_key"].to_pylist())
     assert not panel_files(out, f"{gone.parent.name}/{gone.stem}.tar")[1].exists()
-    assert pq.read_table(out / "figures.parquet").num_rows == sum(pq.read_metadata(p).num_rows for p in shard_tables(out))
+    n_rows = sum(pq.read_metadata(p).num_rows for p in shard_tables(out))
+    assert pq.read_table(out / "figures.parquet").num_rows == n_rows
 
 
 def test_a_bad_figure_is_reported_and_its_shard_goes_on(built_dataset, tmp_path):
