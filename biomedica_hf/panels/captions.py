@@ -788,7 +788,9 @@ def _clean_shared(s: str) -> str:
 def _join(parts: dict[str, list[str]], family: str) -> dict[str, str]:
     out = {}
     for lab, texts in parts.items():
-        t = " ".join(x for x in texts if x).strip()
+        pieces = [x.strip() for x in texts if x and x.strip()]
+        # pieces from different places: each ends a sentence ("... wind-down recovery. The center of mass ...")
+        t = " ".join(p if i == len(pieces) - 1 or p[-1] in ".!?;:" else p + "." for i, p in enumerate(pieces))
         t = re.sub(r"\s+([.,;:])", r"\1", t)
         out[lab] = t
     return out

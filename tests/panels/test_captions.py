@@ -148,6 +148,20 @@ def test_crafted_marker_styles(caption, family, expect):
     assert sub.parts == expect
 
 
+@needs_fixtures
+def test_real_trailing_digit_ranges_with_image_labels():
+    """Real: still frames numbered 1–15 in the image, "(1–3)", "(4–6)", "(7–10)" closing the sentences. Without
+    image labels digits are not trusted; with the digits read from the image they are the family."""
+    caption = fixture_caption("PLOS_pone.0067380", "pone-0067380-g004")
+    assert split_caption(caption).parts == {}
+    sub = split_caption(caption, image_labels=[str(i) for i in range(1, 16)])
+    assert sub.family == "digit" and sub.mode == "trailing" and list(sub.parts)[:3] == ["1", "2", "3"]
+    assert sub.parts["2"] == "A thresher shark lunged at the bait ball in the horizontal plane."
+    assert "precipitating forward" in sub.parts["8"] and "trebuchet catapult" in sub.parts["8"]
+    assert sub.parts["12"].startswith("The shark returned its pitch to the horizontal plane in a wind-down recovery.")
+    assert "(Movie S1)" in sub.shared
+
+
 def test_image_labels_choose_the_family():
     caption = "Overview. (A) Whole mount. (B) Section. (i) Detail one. (ii) Detail two."
     assert split_caption(caption).family == UPPER
