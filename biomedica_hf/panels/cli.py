@@ -37,6 +37,7 @@ def panels_group():
       biomedica panels split IMAGE... [--caption TEXT] [--json]     one image at a time
       biomedica panels split --manifest FILE --json                  JSON lines {"image": PATH, "caption": TEXT}
       biomedica panels DIR [--workers N] [--executor ray]           a built dataset folder (resumable)
+      biomedica panels dataset DIR ...                               the same (for a folder named "split")
 
     Every panel: bbox (original pixels, x1/y1 exclusive), printed label (OCR), subcaption, score, and how it
     was paired with its text (method label / position / order / shared / single) with a confidence.

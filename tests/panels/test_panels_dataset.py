@@ -183,3 +183,25 @@ def test_cli_dataset_command(built_dataset, tmp_path):
     r = subprocess.run([str(BIN), "panels", str(out), "--no-labels", "--no-progress", "--no-card"],
                        capture_output=True, text=True)
     assert "0 shards split" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_local_output(built_dataset, tmp_path):
+    """``--executor ray`` (a local Ray instance, 2 workers): the same panel files, byte for byte."""
+    pytest.importorskip("ray")
+    local = tmp_path / "local"
+    shutil.copytree(built_dataset, local)
+    panel_dataset(local, labels=False)
+    out = tmp_path / "ds"
+    shutil.copytree(built_dataset, out)
+    r = subprocess.run([str(BIN), "panels", str(out), "--no-labels", "--no-progress", "--no-card", "--workers", "2",
+                        "--executor", "ray", "--address", "local"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def files(root: Path) -> dict[str, bytes]:
+        keep = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".tar", ".parquet")
+                and (p.parts[len(root.parts)] == "panels" or p.parent.name.endswith("-panels"))]
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in keep}
+    got, want = files(out), files(local)
+    assert got and got == want
+    assert pq.read_table(out / PANELS_INDEX).equals(pq.read_table(local / PANELS_INDEX))
