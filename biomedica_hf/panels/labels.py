@@ -133,19 +133,26 @@ def corner_region(box: Box, W: int, H: int) -> Box:
 
 def label_tokens(rgb: np.ndarray, region: Box, bg: np.ndarray) -> list[tuple[Box, bool]]:
     """Short glyph groups in ``region`` of ``rgb`` that could be a printed label, as (box in ``rgb`` pixels,
-    light-on-dark), unordered. Inside a photo the local median colour is the background."""
-    from scipy import ndimage
+    light-on-dark), unordered: ink against the figure's background, and where the corner is mostly covered (a
+    photo, a filled panel) also ink against the corner's own median colour."""
     x0, y0, x1, y1 = region
     crop = rgb[y0:y1, x0:x1].astype(np.int16)
     if crop.size == 0 or min(crop.shape[:2]) < 5:
         return []
     fg = np.abs(crop - bg.astype(np.int16)).max(axis=2) > 70
-    local_bg = bg
-    if fg.mean() > 0.45:                                    # a photo or a filled panel: local background
+    out = _tokens(fg, region, rgb.shape, float(np.mean(bg)) < 110)
+    if fg.mean() > 0.3:
         local_bg = np.median(crop.reshape(-1, 3), axis=0)
-        fg = np.abs(crop - local_bg.astype(np.int16)).max(axis=2) > 70
-    light = float(np.mean(local_bg)) < 110                  # light text on a dark background
-    size = max(rgb.shape[:2])
+        local = np.abs(crop - local_bg.astype(np.int16)).max(axis=2) > 70
+        seen = {b for b, _ in out}
+        out += [t for t in _tokens(local, region, rgb.shape, float(np.mean(local_bg)) < 110) if t[0] not in seen]
+    return out
+
+
+def _tokens(fg: np.ndarray, region: Box, shape: tuple, light: bool) -> list[tuple[Box, bool]]:
+    from scipy import ndimage
+    x0, y0 = region[0], region[1]
+    size = max(shape[:2])
     hmin, hmax = max(5, int(0.006 * size)), max(14, int(0.06 * size))
     lab, n = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
     glyphs: list[Box] = []
@@ -225,22 +232,36 @@ def token_image(rgb: np.ndarray, box: Box, light: bool | None = None) -> Image.I
     return Image.fromarray(np.pad(out, pad, constant_values=255))
 
 
+def _ranked(tokens: list[tuple[Box, bool]], anchor: tuple[int, int]) -> list[tuple[Box, bool]]:
+    """Labels are set larger than tick labels and axis text: the tallest tokens first, then the nearest."""
+    tallest = max((t[0][3] - t[0][1] for t in tokens), default=0)
+    return sorted(tokens, key=lambda t: (t[0][3] - t[0][1] < 0.75 * tallest,
+                                         ((t[0][0] - anchor[0]) ** 2 + (t[0][1] - anchor[1]) ** 2) ** 0.5))
+
+
 def read_corner(rgb: np.ndarray, box: Box, bg: np.ndarray, backend: str = "tesseract",
                 tries: int = 3) -> tuple[str | None, float, Box | None, bool]:
-    """(label, confidence, token box, light) read at the top-left corner of ``box`` (``rgb`` pixels)."""
+    """(label, confidence, token box, light) read at the top-left corner of ``box`` (``rgb`` pixels): the
+    tokens inked against the figure's background first, then those against a covered corner's own colour."""
     read = _BACKENDS[backend]
     region = corner_region(box, rgb.shape[1], rgb.shape[0])
-    tokens = label_tokens(rgb, region, bg)
-    ax, ay = box[0], box[1]
-    # labels are set larger than tick labels and axis text: the tallest tokens first, then the nearest
-    tallest = max((t[0][3] - t[0][1] for t in tokens), default=0)
-    tokens.sort(key=lambda t: (t[0][3] - t[0][1] < 0.75 * tallest,
-                               ((t[0][0] - ax) ** 2 + (t[0][1] - ay) ** 2) ** 0.5))
-    for tbox, light in tokens[:tries]:
-        text, conf = read(token_image(rgb, tbox, light))
-        label = normalise_label(text)
-        if label is not None and conf >= 0.3:
-            return label, conf, tbox, light
+    x0, y0, x1, y1 = region
+    crop = rgb[y0:y1, x0:x1].astype(np.int16)
+    if crop.size == 0 or min(crop.shape[:2]) < 5:
+        return None, 0.0, None, False
+    fg = np.abs(crop - bg.astype(np.int16)).max(axis=2) > 70
+    groups = [_ranked(_tokens(fg, region, rgb.shape, float(np.mean(bg)) < 110), box[:2])[:tries]]
+    if fg.mean() > 0.3:
+        local_bg = np.median(crop.reshape(-1, 3), axis=0)
+        local = np.abs(crop - local_bg.astype(np.int16)).max(axis=2) > 70
+        inside = _ranked(_tokens(local, region, rgb.shape, float(np.mean(local_bg)) < 110), box[:2])[:2]
+        groups = [inside, groups[0]] if fg.mean() > 0.45 else [groups[0], inside]   # a photo's corner: its own first
+    for tokens in groups:
+        for tbox, light in tokens:
+            text, conf = read(token_image(rgb, tbox, light))
+            label = normalise_label(text)
+            if label is not None and conf >= 0.3:
+                return label, conf, tbox, light
     return None, 0.0, None, False
 
 

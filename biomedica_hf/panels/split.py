@@ -52,7 +52,7 @@ def reduced_copy(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
         try:
             src = Image.open(image.filename)
             src.draft(None, (max(1, int(W / factor)), max(1, int(H / factor))))
-        except OSError:
+        except (OSError, Image.DecompressionBombError):   # the caller opened it; we decode it as it is
             src = image
     w, h = src.size
     k = math.ceil(max(w, h) / max_side)
