@@ -14,8 +14,9 @@ label       the panel's printed label (OCR) names a part of the caption ("A" <->
             when the caption's family differs in case)                                                   label score
 position    the caption's markers are position words (left/right/top/bottom...) and there are as many      0.6
             panels as positions: each position takes the panel nearest to it
-order       the panels left without a readable label are as many as the caption parts left: they are      0.5
-            paired in reading order with the parts in label order
+order       panels without a readable label: between two labelled panels (reading order), the parts whose   0.5
+            labels lie between theirs, when as many; else, when the panels left are as many as the parts
+            left, paired in reading order with the parts in label order
 shared      anything else (no markers, markers that match no panel, counts that differ): the panel's        0.2
             text is the shared part (and footer) only, ``subcaption`` is None
 ==========  ===========================================================================================  ==========
@@ -102,6 +103,31 @@ def _by_position(panels: Sequence[Any], labels: list[str], size: tuple[int, int]
     return out if len(out) == len(panels) else None
 
 
+def _fill_gaps(assigned: dict[int, tuple[str, str, float]], used: set[str], parts: list[str], family: str,
+               n: int) -> None:
+    """Unlabelled panels between labelled ones, in reading order, take the caption parts whose labels fall between
+    their neighbours' ("B", ?, "D" -> the ? is "C"), when the gap holds as many panels as such parts (method
+    ``order``). Gaps before the first and after the last labelled panel count too."""
+    rank = {c: label_rank(c, family) for c in parts}
+    i = 0
+    while i < n:
+        if i in assigned:
+            i += 1
+            continue
+        j = i
+        while j < n and j not in assigned:
+            j += 1
+        lo = rank[assigned[i - 1][0]] if i > 0 else -1
+        hi = rank[assigned[j][0]] if j < n else float("inf")
+        if lo < hi:
+            cands = sorted((c for c in parts if c not in used and lo < rank[c] < hi), key=lambda c: rank[c])
+            if len(cands) == j - i:
+                for k, c in zip(range(i, j), cands):
+                    assigned[k] = (c, ORDER, CONFIDENCE[ORDER])
+                    used.add(c)
+        i = j
+
+
 def align_panels(panels: Sequence[Any], caption: str | None, *, size: tuple[int, int] | None = None,
                  subcaptions: Subcaptions | None = None) -> list[AlignedPanel]:
     """Pair each panel with its part of ``caption`` (module doc); ``size`` = (width, height) of the image (the
@@ -135,6 +161,8 @@ def align_panels(panels: Sequence[Any], caption: str | None, *, size: tuple[int,
                 exact = hit == lab
                 ls = float(_get(panels[i], "label_score", 0.0) or 0.0)
                 assigned[i] = (hit, LABEL, (0.6 + 0.4 * max(0.0, min(1.0, ls))) * (1.0 if exact else 0.9))
+        if sub.family and assigned:
+            _fill_gaps(assigned, used, parts, sub.family, n)
         rest_panels = [i for i in range(n) if i not in assigned]
         rest_parts = [c for c in parts if c not in used]
         if rest_panels and len(rest_panels) == len(rest_parts):

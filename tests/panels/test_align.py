@@ -84,3 +84,17 @@ def test_truth_set_through_alignment():
             yield f["parts"], {lab: p.subcaption for lab, p in zip(labels, got)}
     assert score(run(True)).accuracy >= 0.8
     assert score(run(False)).accuracy >= 0.75
+
+
+def test_gaps_between_read_labels_are_filled_in_order():
+    caption = "Title. (A) One. (B) Two. (C) Three. (D) Four. (E) Five. (F) Six."
+    # A and E unread; 5 panels for 6 parts (the splitter merged C and D): the gaps still pin A and E
+    panels = [panel(0), panel(1, "B", 0.9), panel(2, "C", 0.9), panel(3, "D", 0.9), panel(4), panel(5, "F", 0.9)]
+    got = align_panels(panels[:2] + panels[3:], caption.replace("(C) Three. ", ""))
+    assert [(p.caption_label, p.method) for p in got] == [("A", "order"), ("B", "label"), ("D", "label"),
+                                                          ("E", "order"), ("F", "label")]
+    # a gap with more panels than the labels between its neighbours stays shared
+    got = align_panels([panel(0, "A", 0.9), panel(1), panel(2), panel(3, "C", 0.9), panel(4)],
+                       "T. (A) a1. (B) b1. (C) c1. (D) d1.")
+    assert [(p.caption_label, p.method) for p in got] == [("A", "label"), (None, "shared"), (None, "shared"),
+                                                          ("C", "label"), ("D", "order")]
