@@ -434,15 +434,25 @@ def _register_commands() -> None:
     from biomedica_hf.concepts.cli import COMMANDS as CONCEPT_COMMANDS
     from biomedica_hf.eval.cli import COMMANDS as EVAL_COMMANDS
     from biomedica_hf.eval.decontaminate_cli import COMMANDS as NEARDUP_COMMANDS
-    from biomedica_hf.panels.cli import COMMANDS as PANEL_COMMANDS
     from biomedica_hf.search.cli import COMMANDS as SEARCH_COMMANDS
     from biomedica_hf.vlm.cli import COMMANDS as VLM_COMMANDS
 
-    for command in CONCEPT_COMMANDS + EVAL_COMMANDS + NEARDUP_COMMANDS + SEARCH_COMMANDS + VLM_COMMANDS + PANEL_COMMANDS:
+    for command in CONCEPT_COMMANDS + EVAL_COMMANDS + NEARDUP_COMMANDS + SEARCH_COMMANDS + VLM_COMMANDS:
         main.add_command(command)
 
 
 _register_commands()
+
+
+def _register_panel_commands() -> None:
+    """``biomedica panels ...`` (biomedica_hf/panels/cli.py)."""
+    from biomedica_hf.panels.cli import COMMANDS as PANEL_COMMANDS
+
+    for command in PANEL_COMMANDS:
+        main.add_command(command)
+
+
+_register_panel_commands()
 
 if __name__ == "__main__":
     main()
