@@ -7,8 +7,7 @@ functions for these groups:
 * ``INDEX_COLUMNS`` — ``fn(dataset_dir) -> dict[str, pyarrow.Array] | None``: extra columns of ``figures.parquet``,
   aligned with the concatenation of the shard tables (``layout.shard_tables`` order);
 * ``CARD_SECTIONS`` — ``fn(dataset_dir) -> str | None``: a Markdown section of the dataset card;
-* ``CARD_CONFIGS`` — ``fn(dataset_dir) -> list[dict]``: extra ``configs:`` entries of the card's YAML (an entry may
-  carry ``features``, the ``datasets.Features`` its ``dataset_info`` declares; it is not written into the entry);
+* ``CARD_CONFIGS`` — ``fn(dataset_dir) -> list[dict]``: extra ``configs:`` entries of the card's YAML;
 * ``CARD_FILES`` — ``fn(dataset_dir) -> None``: files the card links to (plots), written before the card.
 
 A provider is found two ways: declared as an entry point of the group in a package's metadata (this package
