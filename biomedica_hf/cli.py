@@ -451,5 +451,16 @@ def _register_commands() -> None:
 
 _register_commands()
 
+
+def _register_panel_commands() -> None:
+    """``biomedica panels ...`` (biomedica_hf/panels/cli.py)."""
+    from biomedica_hf.panels.cli import COMMANDS as PANEL_COMMANDS
+
+    for command in PANEL_COMMANDS:
+        main.add_command(command)
+
+
+_register_panel_commands()
+
 if __name__ == "__main__":
     main()

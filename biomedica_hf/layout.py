@@ -10,6 +10,7 @@ from biomedica_hf.schema import FIGURES_CONFIG_FIELDS, FIGURES_INDEX_FIELDS, SUB
 
 FIGURES_INDEX = "figures.parquet"
 ARTICLES_TABLE = "articles.parquet"
+PANELS_INDEX = "panels.parquet"           # written by ``biomedica panels`` (biomedica_hf.panels), read by the loader
 # table configs: folder of JSON-row tars -> (parquet source, key column, columns left out)
 TABLE_CONFIGS = {
     "articles": (ARTICLES_TABLE, "pmcid", ()),

@@ -1,6 +1,6 @@
 """The import rule: a module of ``biomedica_hf`` imports only its own layer or lower ones.
 
-Layers, lowest first: core -> build -> dataset -> (concepts, clip, vlm) -> (train, eval, search) -> cli.
+Layers, lowest first: core -> build -> dataset -> (concepts, clip, vlm, panels) -> (train, eval, search) -> cli.
 Peers of one layer may import each other, except the pairs in ``FORBIDDEN_PEERS``. Every import counts,
 wherever it is written: module level, inside functions, under ``if TYPE_CHECKING:``, and
 ``importlib.import_module("...")`` / ``__import__("...")`` with a literal name.
@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 CORE = ("__init__", "errors", "images", "schema", "licenses", "ledger", "layout", "hooks", "io", "neardup", "templates", "sample_data")
 LAYERS: dict[str, int] = {**dict.fromkeys(CORE, 0), "build": 1, "dataset": 2,
-                          "concepts": 3, "clip": 3, "vlm": 3, "train": 4, "eval": 4, "search": 4, "cli": 5}
-LAYER_NAMES = ["core", "build", "dataset", "concepts/clip/vlm", "train/eval/search", "cli"]
+                          "concepts": 3, "clip": 3, "vlm": 3, "panels": 3, "train": 4, "eval": 4, "search": 4, "cli": 5}
+LAYER_NAMES = ["core", "build", "dataset", "concepts/clip/vlm/panels", "train/eval/search", "cli"]
 # peers that still must not import each other: (importer, imported) -> why
 FORBIDDEN_PEERS = {("search", "concepts"): "shared model code belongs in clip or core"}
 

@@ -130,6 +130,9 @@ def yaml_header(out: Path, stats: dict, extra_configs: list[dict] | None = None)
     from huggingface_hub import DatasetCardData
 
     configs = card_configs(out, extra_configs)
+    # a config may bring its own features (panel configs: their json is not a sample's); not part of the YAML entry
+    own = {c["config_name"]: c["features"] for c in configs if "features" in c}
+    configs = [{k: v for k, v in c.items() if k != "features"} for c in configs]
     data = DatasetCardData(
         pretty_name=stats["pretty_name"], license="other", license_name="pmc-open-access-subset",
         license_link="https://pmc.ncbi.nlm.nih.gov/tools/openftlist/",
@@ -138,7 +141,7 @@ def yaml_header(out: Path, stats: dict, extra_configs: list[dict] | None = None)
     )
     infos = {}
     for c in configs:
-        feats = _features_for(c, out)
+        feats = own.get(c["config_name"]) or _features_for(c, out)
         if feats is not None:
             infos[c["config_name"]] = DatasetInfo(features=feats, config_name=c["config_name"])
     DatasetInfosDict(infos).to_dataset_card_data(data)

@@ -678,6 +678,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
                    concepts: str | Sequence[str] | None = None, exclude_concepts: str | Sequence[str] | None = None,
                    licenses: str | Sequence[str] | None = None, years: Years | None = None,
                    min_caption_chars: int | None = None, streaming: bool = True, *, split: str | None = None,
+                   level: str = "figure",
                    exclude: str | os.PathLike | Iterable[str] | None = None, near_duplicates: str = "keep",
                    revision: str | None = None, decode: bool = True, decode_threads: int | None = None,
                    verify: bool = False, read_options: ReadOptions | None = None, world_size: int | None = None,
@@ -696,6 +697,10 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
         streaming: ``True``: a ``datasets.IterableDataset``; ``False``: a ``datasets.Dataset`` (cached).
         split: ``"train"``, ``"validation"`` or ``"test"``: the index's ``split`` column (by a stable hash of the
             PMCID); ``None``: every split.
+        level: ``"figure"`` (the default: one row per figure image) or ``"panel"``: one row per panel that
+            ``biomedica panels`` cut out (``panels.parquet`` + the ``<licence>-panels`` shards; ``subset``, ``split``,
+            ``streaming``, ``decode``, ``revision`` and ``token`` apply, the other filters do not; see
+            :func:`biomedica_hf.dataset.panel_loader.load_panels`).
         exclude: keys to leave out: an iterable of keys, or a ``.txt`` (one key per line), ``.parquet`` or ``.json``
             file with a ``key`` column (e.g. an evaluation set's contamination list).
         near_duplicates: ``"keep"`` or ``"drop"`` (samples whose ``near_dup_of`` is set).
@@ -730,6 +735,13 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
         FileNotFoundError: no index; while reading: a shard the index lists is missing.
         biomedica_hf.io.ranges.ShardTruncatedError: while reading, a shard shorter than the index says.
     """
+    if level != "figure":
+        from biomedica_hf.dataset.panel_loader import load_panels
+
+        if level != "panel":
+            raise ValueError(f"unknown level {level!r}; valid: figure, panel")
+        return load_panels(path_or_repo_id, subset, split=split, streaming=streaming, decode=decode,
+                           revision=revision, token=token)
     from datasets import Dataset
     from datasets.fingerprint import Hasher
 
