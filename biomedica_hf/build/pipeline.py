@@ -845,7 +845,7 @@ def _build(cfg: BuildConfig) -> BuildReport:
         todo = [p for p in pids if not work.stage(PartitionId.parse(p)).is_staged() and not work.done(p).exists()]
         n_now = sum(read_manifest_count(work, PartitionId.parse(p)) - len(work.stage(PartitionId.parse(p)).finished()[0])
                     for p in todo)
-        prog.line(f"list: {meta.get('listed')} article(s) listed, {n_now} to process in {len(todo)} partition(s)")
+        prog.line(f"stage: {n_now} of {meta.get('listed')} listed article(s) to process, in {len(todo)} partition(s)")
         with prog.articles(n_now, work.root / "progress"):   # one bar over articles, not partitions
             for _ in run_tasks(make, stage_partition, todo, max_attempts=cfg.max_attempts, desc="stage",
                                progress=False, on_give_up=lambda p, n, err: _give_up_partition(p, n, err)):

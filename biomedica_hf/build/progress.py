@@ -100,11 +100,13 @@ class BuildProgress:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
         if not self.enabled or total <= 0:
-            yield
+            try:
+                yield
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
             return
         t0 = time.monotonic()
         stop = threading.Event()
-        self.line(f"{desc}: {total:,} article(s) to process")
         if self.tty:
             self._bar = tqdm(total=total, desc=desc, unit="article", file=self.stream, dynamic_ncols=True,
                              smoothing=0.1)
