@@ -20,13 +20,19 @@ from biomedica_hf.licenses import COMMERCIAL, NONCOMMERCIAL, OTHER, PHE, UNKNOWN
 LICENSE_CODES: tuple[str, ...] = tuple(sorted(COMMERCIAL | NONCOMMERCIAL | {PHE, OTHER, UNKNOWN}))
 
 
+def _folded(text: str) -> str:
+    """Lower case, letters and digits only: ``"CC-BY-4"`` and ``"CC BY"`` compare as ``ccby4`` / ``ccby``."""
+    return "".join(ch for ch in str(text).lower() if ch.isalnum())
+
+
 def closest(value: str, choices: Iterable[str], n: int = 3) -> list[str]:
-    """Up to ``n`` of ``choices`` closest to ``value`` (case-insensitive ``difflib`` ratio >= 0.5)."""
-    by_lower: dict[str, str] = {}
+    """Up to ``n`` of ``choices`` closest to ``value`` (``difflib`` ratio >= 0.5 on case- and punctuation-folded
+    text)."""
+    by_folded: dict[str, str] = {}
     for c in choices:
-        by_lower.setdefault(c.lower(), c)
-    hits = difflib.get_close_matches(str(value).strip().lower(), list(by_lower), n=n, cutoff=0.5)
-    return [by_lower[h] for h in hits]
+        by_folded.setdefault(_folded(c), c)
+    hits = difflib.get_close_matches(_folded(value), list(by_folded), n=n, cutoff=0.5)
+    return [by_folded[h] for h in hits]
 
 
 class UnknownFilterValue(ValueError):
