@@ -449,7 +449,7 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
     @app.get("/health", summary="Liveness and what the index holds")
     def health() -> dict:
         m = engine.manifest
-        return {"status": "ok", "version": __version__, "figures": len(engine.meta),
+        return {"status": "ok", "version": __version__, "figures": engine.meta.n_figures, "panels": len(engine.meta),
                 "encoder": m["encoder"]["spec"], "joint": engine.joint, "sources": engine.available_sources(),
                 "image_search": engine.image_search,
                 "dense": {n: p["factory"] for n, p in m["dense"].items()},
