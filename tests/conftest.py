@@ -165,3 +165,42 @@ def built_dataset(tmp_path_factory) -> Path:
     subprocess.run([*cmd, "build", "--input", str(FIXTURES / "pmc" / "articles"), "--out", str(out), "--no-progress"],
                    check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return out
+
+
+# ------------------------------------------------------------------ test kinds (`make test-fast` leaves three out)
+# New tests mark themselves (`@pytest.mark.slow`, `@pytest.mark.browser`, `@pytest.mark.multiprocess`); the tests
+# below, written before the markers, are marked here by node id (a file, or file::test). See docs/contributing.md.
+KIND_OF_TESTS = {
+    "browser": ["tests/search/test_search_page.py"],                     # a real Chromium (playwright)
+    "multiprocess": [                                                    # several processes: DDP, Ray, pools, kills
+        "tests/build/test_executors.py",
+        "tests/build/test_partitioned_build.py::test_killed_worker_partition_is_retried",
+        "tests/build/test_partitioned_build.py::test_killing_the_driver_leaves_no_orphan_workers",
+        "tests/dataset/test_loader.py::test_units_divisible_by_ranks_times_workers",
+        "tests/dataset/test_loader.py::test_dataloader_two_workers_yields_every_sample_once",
+        "tests/dataset/test_loader_hub.py::test_hub_dataloader_workers_and_resume",
+        "tests/search/test_search.py::test_concurrent_requests_on_a_real_uvicorn_server",
+        "tests/search/test_search_thumbs.py::test_eight_concurrent_thumbnails_of_a_12000px_figure_stay_under_1gb",
+        "tests/test_cli_errors.py::test_build_ray_without_cluster_hints_address_local",
+        "tests/train/test_clip_recipe.py::test_gathered_loss_equals_single_process",
+        "tests/train/test_clip_recipe.py::test_open_clip_two_processes_resume_and_export",
+        "tests/train/test_clip_recipe.py::test_transformers_lora_two_processes",
+        "tests/train/test_smolvlm.py::test_train_two_processes_exports_and_card",
+        "tests/train/test_smolvlm.py::test_each_rank_reads_only_its_share",
+        "tests/train/test_smolvlm.py::test_resume_from_checkpoint_repeats_the_same_steps",
+        "tests/train/test_smolvlm.py::test_caption_command_merged_and_adapter",
+    ],
+    "slow": [                                                            # minutes, or the end-to-end runs
+        "tests/test_smoke.py",
+        "tests/train/test_openclip_train.py",
+    ],
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        node = item.nodeid.split("[", 1)[0]
+        for kind, prefixes in KIND_OF_TESTS.items():
+            if any(node == p or node.startswith(p + "::") or (p.endswith(".py") and node.startswith(p))
+                   for p in prefixes):
+                item.add_marker(getattr(pytest.mark, kind))
