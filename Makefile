@@ -1,11 +1,11 @@
-# Two commands for a fresh machine:  `make demo`  and  `make test`.
+# Two commands for a fresh machine:  `make demo`  and  `make test`.  Contributors: `make test-fast` (docs/contributing.md).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test install bench clean serve smoke
+.PHONY: demo test test-fast install bench clean serve smoke
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ $(CHROMIUM):
 # two pytest workers (pytest-xdist), a test file per worker at a time: 8.6 min instead of 13.4 on 2 cores
 test: $(STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 BIOMEDICA_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+
+# the contributor's loop: unit and single-process tests, no browser, no multi-process runs, no smoke (pytest markers
+# in tests/conftest.py and pyproject.toml); `make test` stays the full suite and the CI command (.ci/run)
+FAST_MARKERS ?= not slow and not browser and not multiprocess
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "$(FAST_MARKERS)"
 
 # every stage end to end on the bundled sample, offline, CPU, with TINY RANDOM models (see examples/smoke/)
 SMOKE_OUT ?= smoke_out

@@ -81,7 +81,8 @@ def main(debug: bool) -> None:
       biomedica build --source cloud --pmcids ids.txt --out ds       # today's PMC Cloud Service
       biomedica build --source legacy --input /mirror --filelist /mirror/oa_file_list.csv --out ds
       biomedica build --source local --input ./packages --out ds    # extracted or .tar.gz packages
-      biomedica inspect article.nxml                                 # what the parser sees
+      biomedica inspect article.nxml                                 # what the parser sees (a folder too)
+      biomedica card DATASET                                         # rewrite the dataset card
 
     Errors a user can fix (missing model weights, no network, no Ray cluster, a model of the wrong
     kind) are printed as one line with the fix; `biomedica --debug CMD` shows the traceback.
@@ -144,7 +145,8 @@ def _parse_bytes(text: str) -> int:
               help="cloud: PMC Cloud Service (2026 layout); legacy: oa_file_list.csv + oa_package mirror; "
                    "local: a folder of extracted packages, .tar.gz packages or Cloud-layout folders.")
 @click.option("--sample", is_flag=True, help="Build from the real sample bundled with the package (offline).")
-@click.option("--input", "input_path", type=click.Path(path_type=Path), help="Local folder / legacy mirror root.")
+@click.option("--input", "input_path", type=click.Path(path_type=Path, readable=False),   # checked by check_input
+              help="Local folder / legacy mirror root.")
 @click.option("--base-url", help="Cloud bucket URL (default https://pmc-oa-opendata.s3.amazonaws.com) or legacy mirror URL.")
 @click.option("--filelist", type=click.Path(path_type=Path, exists=True),
               help="oa_file_list.csv / bulk *.filelist.csv / Cloud *.filelist.csv.")
@@ -212,12 +214,15 @@ def _parse_bytes(text: str) -> int:
                    "instead of keeping them at full size; the decode budget still applies.")
 @click.option("--enrich", is_flag=True, help="After the build, add PubMed MeSH terms etc. (see `biomedica enrich`).")
 @click.option("--eutils-url", default=None, help="E-utilities base URL for --enrich.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--no-progress", is_flag=True, help="No progress output (no bar, no stage lines).")
+@click.option("--progress-every", type=float, default=30.0, show_default=True,
+              help="Without a terminal (a log file, CI): seconds between progress lines (articles, rate, ETA); "
+                   "on a terminal a bar over articles is shown instead.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out, workers, executor, ray_address, limit, shard_samples,
           shard_bytes, seed, no_dedup, min_side, keep_empty_captions, retry_failed, keep_downloads, rate, retries, splits,
           partition_size, near_dedup, allow_shrink, allow_downgrade, rebuild_state, timeout, deadline, max_package_bytes, max_member_bytes, max_image_bytes,
-          max_pixels, enrich, eutils_url, no_progress, verbose):
+          max_pixels, enrich, eutils_url, no_progress, progress_every, verbose):
     """Build WebDataset shards (per licence subset and split) + articles table + ledger from PMC-OA.
 
     \b
@@ -227,11 +232,14 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
     newer listing updates the folder: new articles and versions are added as new shards; retracted,
     withdrawn and superseded articles are removed (only the shards holding them are rewritten, under
     new names). Every article, figure and file ends up in OUT/ledger.parquet as kept, skipped or
-    failed, with a reason. Exits non-zero only on fatal errors (disk full: one line; rerun the same
-    command once there is space, and what was cut short is redone; another build running).
+    failed, with a reason. A partly failed build exits 0 with its summary. Errors are one line with the
+    fix: --input missing or unreadable, a folder with no article or an empty listing (exit 7, nothing
+    written); a build that kept no figure (exit 1, the ledger's top reasons); a full disk (exit 1: rerun
+    the same command once there is space, and what was cut short is redone); another build running.
     """
     import biomedica_hf.concepts  # noqa: F401 - registers its hooks: labels survive a rebuilt index uninstalled too
     from biomedica_hf.build.article import MediaOptions
+    from biomedica_hf.build.inputs import check_input, nothing_kept
     from biomedica_hf.build.lock import BuildLockedError
     from biomedica_hf.build.pipeline import BuildConfig
     from biomedica_hf.build.pipeline import build as run_build
@@ -244,6 +252,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         raise click.UsageError("--max-pixels must be >= 1")
     opts = source_options(source, input_path, base_url, filelist, pmcids, list_all, rate, retries, timeout,
                           deadline, _parse_bytes(max_package_bytes), _parse_bytes(max_member_bytes))
+    check_input(source, None if base_url and source == "legacy" else input_path, filelist)   # before any write
     cfg = BuildConfig(
         out=out, source=source, source_opts=opts, workers=workers or os.cpu_count() or 1, limit=limit,
         shard_max_samples=shard_samples, shard_max_bytes=_parse_bytes(shard_bytes), seed=seed,
@@ -251,6 +260,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         media=MediaOptions(min_side=min_side, keep_empty_captions=keep_empty_captions,
                            max_image_bytes=_parse_bytes(max_image_bytes), reduce_to_pixels=max_pixels),
         keep_downloads=keep_downloads, retry_failed=retry_failed, progress=not no_progress,
+        progress_every=progress_every,
         executor=executor, ray_address=ray_address, split_fractions=_parse_splits(splits),
         partition_target=partition_size, allow_shrink=allow_shrink, near_dedup=near_dedup,
         allow_downgrade=allow_downgrade, rebuild_state=rebuild_state,
@@ -274,6 +284,9 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
             raise
         raise click.ClickException(f"build stopped: {fatal_disk_error(e)}") from None
     click.echo(report.text())
+    empty = nothing_kept(report.summary, out, sum(report.samples_per_subset.values()))
+    if empty is not None:   # every article failed or was skipped: exit 1 with the ledger's top reasons, no card
+        raise empty
     if enrich:
         _run_enrich(out, eutils_url, None, fatal=False)
     _write_card(out, None)
@@ -288,13 +301,20 @@ def _write_card(out: Path, repo_id: str | None) -> None:
 
 
 @main.command()
-@click.option("--out", "dataset", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
-              help="The dataset folder (output of `biomedica build`).")
+@click.argument("dataset", required=False, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", "out_alias", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="The dataset folder, as the older spelling `biomedica card --out DATASET`.")
 @click.option("--repo-id", default=None, help="Hub repo id used in the card's usage examples (ORG/NAME).")
-def card(dataset, repo_id):
-    """Write the dataset card: DATASET/README.md with the YAML Hugging Face reads (configs per subset,
-    `all`, `articles`, `figures`; features; licence; tags) and a body from the folder's real statistics,
-    with PNG plots in DATASET/card/. `biomedica build` runs this at the end."""
+def card(dataset, out_alias, repo_id):
+    """Write the dataset card of DATASET (the output of `biomedica build`): DATASET/README.md with the
+    YAML Hugging Face reads (configs per subset, `all`, `articles`, `figures`; features; licence; tags)
+    and a body from the folder's real statistics, with PNG plots in DATASET/card/. `biomedica build`
+    runs this at the end."""
+    if dataset is not None and out_alias is not None and Path(dataset).resolve() != Path(out_alias).resolve():
+        raise click.UsageError(f"two dataset folders: DATASET {dataset} and --out {out_alias}; give one")
+    dataset = dataset if dataset is not None else out_alias
+    if dataset is None:
+        raise click.UsageError("give the dataset folder: biomedica card DATASET")
     _write_card(dataset, repo_id)
 
 
@@ -302,23 +322,24 @@ def card(dataset, repo_id):
 @click.argument("path", type=click.Path(path_type=Path, exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a text report.")
 def inspect(path, as_json):
-    """Show what the parser extracts from one XML file or one .tar.gz package.
+    """Show what the parser extracts from PATH: an XML file, a .tar.gz package, an article folder
+    or a folder of them (listed as `build --source local --input PATH` lists it).
 
-    Exits 1 with one line when no article could be parsed (not XML, not JATS, no XML in the package).
-    Articles, licence (normalised code and subset), figures with captions, graphics and in-text
-    references: the tool to debug one article.
+    Exits 1 with one line when no article could be parsed (not XML, not JATS, no XML in the package,
+    no article in the folder). Articles, licence (normalised code and subset), figures with captions,
+    graphics and in-text references: the tool to debug one article.
     """
-    from biomedica_hf.build.parse import format_inspection, inspect_path
+    from biomedica_hf.build.inspect import format_any, inspect_any
 
-    report = inspect_path(path)
+    report = inspect_any(path)
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
     if not report["articles"]:  # nothing the parser could read: say why on one line, exit 1
         why = "; ".join(report["warnings"]) or "no JATS article in it"
         raise click.ClickException(f"{path}: no article parsed ({_clip_line(why)}): inspect takes a JATS "
-                                   ".xml/.nxml file or a PMC .tar.gz package")
+                                   ".xml/.nxml file, a PMC .tar.gz package or a folder of them")
     if not as_json:
-        click.echo(format_inspection(report))
+        click.echo(format_any(report))
 
 
 def _clip_line(text: str, width: int = 200) -> str:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import socket
 
-__all__ = ["BiomedicaError", "MissingWeightsError", "NetworkError", "NoClusterError", "WrongModelError",
+__all__ = ["BiomedicaError", "InputError", "MissingWeightsError", "NetworkError", "NoClusterError", "NothingKeptError",
+           "WrongModelError",
            "exception_chain", "hub_offline", "hub_reachable", "is_local_path", "unreachable"]
 
 
@@ -54,6 +55,19 @@ class WrongModelError(BiomedicaError, ValueError):
     """The model given is of another kind than the command needs (e.g. a CLIP folder for ``caption``)."""
 
     exit_code = 6
+
+
+class InputError(BiomedicaError, ValueError):
+    """The build's input holds nothing to build: ``--input`` missing or unreadable, a folder with no article,
+    a listing that is empty once parsed. Raised before anything is written (the output folder is left as it was)."""
+
+    exit_code = 7
+
+
+class NothingKeptError(BiomedicaError):
+    """A build ran but the dataset holds no sample (every article failed or was skipped): the ledger says why."""
+
+    exit_code = 1
 
 
 _UNREACHABLE_NAMES = frozenset({

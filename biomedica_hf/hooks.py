@@ -8,7 +8,9 @@ functions for these groups:
   aligned with the concatenation of the shard tables (``layout.shard_tables`` order);
 * ``CARD_SECTIONS`` — ``fn(dataset_dir) -> str | None``: a Markdown section of the dataset card;
 * ``CARD_CONFIGS`` — ``fn(dataset_dir) -> list[dict]``: extra ``configs:`` entries of the card's YAML;
-* ``CARD_FILES`` — ``fn(dataset_dir) -> None``: files the card links to (plots), written before the card.
+* ``CARD_FILES`` — ``fn(dataset_dir) -> None``: files the card links to (plots), written before the card;
+* ``CONCEPT_NAMES`` — ``fn() -> Iterable[str]``: every concept name of the label vocabulary, so that a filter can
+  tell a valid concept this build lacks (an empty selection) from a misspelt one (an error).
 
 A provider is found two ways: declared as an entry point of the group in a package's metadata (this package
 declares its own in ``pyproject.toml``, so an installed ``biomedica_hf`` needs no import order), or registered at
@@ -26,7 +28,8 @@ INDEX_COLUMNS = "biomedica_hf.index_columns"
 CARD_SECTIONS = "biomedica_hf.card_sections"
 CARD_CONFIGS = "biomedica_hf.card_configs"
 CARD_FILES = "biomedica_hf.card_files"
-GROUPS = (INDEX_COLUMNS, CARD_SECTIONS, CARD_CONFIGS, CARD_FILES)
+CONCEPT_NAMES = "biomedica_hf.concept_names"
+GROUPS = (INDEX_COLUMNS, CARD_SECTIONS, CARD_CONFIGS, CARD_FILES, CONCEPT_NAMES)
 
 log = logging.getLogger(__name__)
 _registered: dict[str, list[Callable[..., Any]]] = {g: [] for g in GROUPS}
@@ -60,6 +63,11 @@ def providers(group: str) -> list[Callable[..., Any]]:
         if fn not in found:
             found.append(fn)
     return found + [fn for fn in _registered[group] if fn not in found]
+
+
+def concept_names() -> set[str]:
+    """Every concept of the label vocabulary (the ``CONCEPT_NAMES`` providers'; empty without one)."""
+    return {str(name) for names in run(CONCEPT_NAMES) for name in names}
 
 
 def run(group: str, *args: Any, **kwargs: Any) -> list[Any]:

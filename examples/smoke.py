@@ -203,7 +203,7 @@ class Smoke:
         self.make_models()
         self.run("build", [bm, "build", "--sample", "--out", self.ds, "--workers", 2, "--no-progress"],
                  self.ds / "figures.parquet")
-        self.run("card", [bm, "card", "--out", self.ds], self.ds / "README.md")
+        self.run("card", [bm, "card", self.ds], self.ds / "README.md")
         self.run("embed", [bm, "embed", self.ds, "--model", self.models / "tiny-random-dinov2", "--batch", 8,
                            "--device", "cpu", "--image-size", 56, "--no-progress"], self.ds / "embeddings")
         self.run("cluster", [bm, "cluster", self.ds, "--pca", 8, "--k", 4, "--no-progress"], self.ds / "concepts")

@@ -165,3 +165,98 @@ def built_dataset(tmp_path_factory) -> Path:
     subprocess.run([*cmd, "build", "--input", str(FIXTURES / "pmc" / "articles"), "--out", str(out), "--no-progress"],
                    check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return out
+
+
+# ------------------------------------------------------------------ test kinds (`make test-fast` leaves three out)
+# New tests mark themselves (`@pytest.mark.slow`, `@pytest.mark.browser`, `@pytest.mark.multiprocess`); the tests
+# below, written before the markers, are marked here by node id (a file, or file::test). See docs/contributing.md.
+KIND_OF_TESTS = {
+    "browser": ["tests/search/test_search_page.py"],                     # a real Chromium (playwright)
+    "multiprocess": [                                                    # several processes: DDP, Ray, pools, kills
+        "tests/build/test_executors.py",
+        "tests/build/test_partitioned_build.py::test_killed_worker_partition_is_retried",
+        "tests/build/test_partitioned_build.py::test_killing_the_driver_leaves_no_orphan_workers",
+        "tests/dataset/test_loader.py::test_units_divisible_by_ranks_times_workers",
+        "tests/dataset/test_loader.py::test_dataloader_two_workers_yields_every_sample_once",
+        "tests/dataset/test_loader_hub.py::test_hub_dataloader_workers_and_resume",
+        "tests/search/test_search.py::test_concurrent_requests_on_a_real_uvicorn_server",
+        "tests/search/test_search_thumbs.py::test_eight_concurrent_thumbnails_of_a_12000px_figure_stay_under_1gb",
+        "tests/test_cli_errors.py::test_build_ray_without_cluster_hints_address_local",
+        "tests/train/test_clip_recipe.py::test_gathered_loss_equals_single_process",
+        "tests/train/test_clip_recipe.py::test_open_clip_two_processes_resume_and_export",
+        "tests/train/test_clip_recipe.py::test_transformers_lora_two_processes",
+        "tests/train/test_smolvlm.py::test_train_two_processes_exports_and_card",
+        "tests/train/test_smolvlm.py::test_each_rank_reads_only_its_share",
+        "tests/train/test_smolvlm.py::test_resume_from_checkpoint_repeats_the_same_steps",
+        "tests/train/test_smolvlm.py::test_caption_command_merged_and_adapter",
+    ],
+    "slow": [                                                            # minutes, or the end-to-end runs
+        "tests/test_smoke.py",
+        "tests/train/test_openclip_train.py",
+        # integration tests of 10 s or more on the busy 2-core build machine (pytest --durations, 2026-12-05):
+        # `make test` runs them, the fast loop does not
+        "tests/build/test_build.py::test_cli_build_sample_and_inspect",
+        "tests/build/test_build.py::test_sigkill_and_rerun_gives_identical_shards",
+        "tests/build/test_build_remote.py::test_cloud_build_with_faults_then_retry",
+        "tests/build/test_build_remote.py::test_enrich_command_against_loopback_eutils",
+        "tests/build/test_build_remote.py::test_legacy_mirror_build_with_truncated_and_missing_packages",
+        "tests/build/test_hostile_build.py::test_archive_budget_cli_flags",
+        "tests/build/test_hostile_build.py::test_disk_full_stops_the_build_and_a_rerun_repairs",
+        "tests/build/test_hostile_build.py::test_disk_full_while_downloading_stops_the_build",
+        "tests/build/test_hostile_build.py::test_max_pixels_reduces_within_budget",
+        "tests/build/test_hostile_build.py::test_zero_member_over_budget_is_ledgered_not_written",
+        "tests/build/test_hostile_fetch.py::test_trickling_server_fails_at_the_deadline",
+        "tests/build/test_inspect_cli.py::test_a_folder_of_articles_and_packages_shows_every_article",
+        "tests/build/test_inspect_cli.py::test_an_article_folder_is_inspected_like_its_xml",
+        "tests/build/test_media.py::test_all_fixture_images_process",
+        "tests/build/test_partitioned_build.py::test_a_second_build_into_the_same_folder_is_refused",
+        "tests/build/test_partitioned_build.py::test_hostile_names_and_malformed_metadata_leave_the_others_written",
+        "tests/build/test_partitioned_build.py::test_partitions_splits_and_configs",
+        "tests/build/test_partitioned_build.py::test_update_adds_reversions_retracts_and_withdraws",
+        "tests/build/test_progress.py::test_a_terminal_gets_one_bar_over_articles_with_rate_and_eta",
+        "tests/build/test_progress.py::test_no_progress_is_quiet",
+        "tests/build/test_progress.py::test_without_a_terminal_a_line_every_n_seconds",
+        "tests/clip/test_clip_model.py::test_ranks_sharing_a_tokenizer_folder_never_read_half_a_file",
+        "tests/concepts/test_concepts.py::test_concept_subsets_materialise_and_load",
+        "tests/concepts/test_concepts.py::test_label_cli_builds_subsets_and_card",
+        "tests/concepts/test_concepts.py::test_labels_are_written_into_the_licence_shards_in_place",
+        "tests/concepts/test_concepts.py::test_labels_survive_an_update_build",
+        "tests/concepts/test_concepts.py::test_streaming_fit_matches_one_shot_with_bounded_memory",
+        "tests/dataset/test_card.py::test_card_is_reproducible",
+        "tests/dataset/test_card.py::test_card_takes_the_dataset_as_a_positional_argument_like_its_siblings",
+        "tests/dataset/test_enrich.py::test_cli_enrich_refresh_and_exit_codes",
+        "tests/dataset/test_hub.py::test_verify_cli_fast_and_deep",
+        "tests/eval/test_decontaminate.py::test_cli_against_a_registry_spec_and_the_index_hashes",
+        "tests/eval/test_eval_metrics.py::test_linear_probe_and_few_shot_on_separable_embeddings",
+        "tests/eval/test_eval_models.py::test_cli_eval_writes_run_and_compare",
+        "tests/eval/test_eval_models.py::test_transformers_folder_train_save_reload",
+        "tests/eval/test_eval_user.py::test_imagefolder_one_command_all_protocols",
+        "tests/eval/test_eval_user.py::test_npz_needs_class_names_then_runs_with_qwk",
+        "tests/neardup/test_neardup.py::test_threshold_separates_copies_from_distinct_figures",
+        "tests/search/test_search.py::test_every_image_query_finds_its_own_figure_first",
+        "tests/search/test_search.py::test_index_folder_manifest_and_metadata",
+        "tests/search/test_search_rag.py::test_example_script_end_to_end",
+        "tests/search/test_search_rag.py::test_retriever_passages_and_prompt",
+        "tests/test_cli_errors.py::test_build_folder_without_article_names_what_was_looked_for",
+        "tests/test_cli_errors.py::test_build_partly_failed_exits_0_with_its_summary",
+        "tests/test_cli_errors.py::test_caption_with_a_clip_folder_is_wrong_model",
+        "tests/test_cli_errors.py::test_debug_flag_and_env_show_the_traceback",
+        "tests/test_cli_errors.py::test_embed_default_model_offline_is_one_line_naming_model_flag",
+        "tests/test_cli_errors.py::test_embed_without_network_names_the_hub_and_the_flag",
+        "tests/test_cli_errors.py::test_eval_pretrained_tag_offline_is_one_line",
+        "tests/test_cli_errors.py::test_inspect_non_xml_exits_nonzero_with_one_line",
+        "tests/test_test_kinds.py::test_the_markers_leave_out_browser_multiprocess_and_slow_tests",
+        "tests/train/test_clip_recipe.py::test_open_clip_export_round_trip_and_hf_conversion",
+        "tests/train/test_clip_recipe.py::test_transformers_export_every_entry_point_matches_open_clip",
+        "tests/train/test_clip_recipe.py::test_transformers_lora_export_round_trip",
+    ],
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        node = item.nodeid.split("[", 1)[0]
+        for kind, prefixes in KIND_OF_TESTS.items():
+            if any(node == p or node.startswith(p + "::") or (p.endswith(".py") and node.startswith(p))
+                   for p in prefixes):
+                item.add_marker(getattr(pytest.mark, kind))

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from conftest import REPO, free_port, save_tiny_dinov2
 
-from biomedica_hf.errors import MissingWeightsError, NetworkError, NoClusterError, WrongModelError
+from biomedica_hf.errors import (
+    InputError,
+    MissingWeightsError,
+    NetworkError,
+    NoClusterError,
+    NothingKeptError,
+    WrongModelError,
+)
 
 EVAL_IMAGE = next((REPO.parent / "shared" / "fixtures" / "eval").rglob("*.png"), None)
 
@@ -132,3 +139,107 @@ def test_inspect_non_xml_exits_nonzero_with_one_line(tmp_path):
     jats = next((REPO / "biomedica_hf" / "sample_data" / "articles").rglob("*.nxml"))
     ok = biomedica("inspect", str(jats))
     assert ok.returncode == 0 and "figures:" in ok.stdout
+
+
+# ------------------------------------------------------------------------ build input errors (issue 27)
+def _nothing_written(out: Path) -> None:
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))   # no _work/, no card, no lock
+
+
+def test_build_missing_input_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "x1"
+    r = biomedica("build", "--source", "local", "--input", str(tmp_path / "does" / "not" / "exist"), "--out", str(out))
+    line = error_line(r)
+    assert r.returncode == InputError.exit_code == 7
+    assert "does not exist" in line and "--input" in line and "--sample" in line
+    _nothing_written(out)
+
+
+def test_build_unreadable_input_is_one_line(tmp_path):
+    """A folder its reader may not open (root reads everything: the command then runs without the capabilities
+    that bypass file permissions)."""
+    import shutil
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o000)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "biomedica_hf.cli", "build", "--input", str(locked), "--out", str(out)]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: permissions cannot be enforced")
+        drop = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", "--", *cmd]
+    env = {k: v for k, v in os.environ.items() if k != "BIOMEDICA_DEBUG"}
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONPATH": str(REPO),
+                                                                       "HF_HUB_OFFLINE": "1"}, timeout=300, cwd=REPO)
+    finally:
+        locked.chmod(0o700)
+    line = error_line(r)
+    assert r.returncode == 7
+    assert "cannot be read" in line and "Permission denied" in line and "ls -ld" in line
+    _nothing_written(out)
+
+
+def test_build_folder_without_article_names_what_was_looked_for(tmp_path):
+    inp = tmp_path / "papers"
+    (inp / "notes").mkdir(parents=True)
+    (inp / "notes" / "readme.txt").write_text("not an article")
+    (inp / "feed").mkdir()
+    (inp / "feed" / "rss.xml").write_text("<rss><channel><title>news</title></channel></rss>")
+    out = tmp_path / "ds"
+    r = biomedica("build", "--input", str(inp), "--out", str(out), "--no-progress")
+    line = error_line(r)
+    assert r.returncode == 7
+    for looked_for in ("*.nxml", "*.xml", "*.tar.gz", "PMCid.V/"):
+        assert looked_for in line
+    assert "1 no_xml" in line and "1 no_article_xml" in line and "biomedica inspect" in line
+    _nothing_written(out)
+    # an existing output folder is left as it was (no _work/ inside it)
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = biomedica("build", "--input", str(tmp_path / "papers"), "--out", str(out), "--no-progress")
+    assert r.returncode == 7 and sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_build_empty_listing_is_one_line(tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# no article yet\n\n")
+    out = tmp_path / "ds"
+    r = biomedica("build", "--source", "cloud", "--pmcids", str(ids), "--out", str(out), "--no-progress",
+                  "--base-url", f"http://127.0.0.1:{free_port()}")
+    line = error_line(r)
+    assert r.returncode == 7
+    assert "listing is empty" in line and str(ids) in line and "one PMCID per line" in line
+    _nothing_written(out)
+
+
+def test_build_where_every_article_failed_exits_1_with_the_top_reasons(tmp_path):
+    """`--source cloud` with no network (a closed port): every fetch fails -> exit 1 naming the reason, no card."""
+    ids = tmp_path / "ids.txt"
+    ids.write_text("PMC7112410\nPMC7135076\n")
+    out = tmp_path / "ds"
+    r = biomedica("build", "--source", "cloud", "--pmcids", str(ids), "--out", str(out), "--no-progress",
+                  "--workers", "1", "--retries", "0", "--timeout", "2", "--base-url", f"http://127.0.0.1:{free_port()}")
+    line = error_line(r)
+    assert r.returncode == NothingKeptError.exit_code == 1
+    assert "kept no figure: 2 of 2 article(s) failed" in line and "ledger.parquet" in line
+    assert "Articles listed: 2" in r.stdout                  # the summary comes first
+    assert (out / "ledger.parquet").exists() and not (out / "README.md").exists()
+    reason = line.split("failed: ", 1)[1].split(" ", 1)[0]
+    assert reason in ("download_failed", "not_found")        # the ledger's own reason, named
+
+
+def test_build_partly_failed_exits_0_with_its_summary(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    src = REPO / "biomedica_hf" / "sample_data" / "articles" / "eLife_39122_subarticles"
+    import shutil
+
+    shutil.copytree(src, inp / src.name)
+    (inp / "PMC999.tar.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    out = tmp_path / "ds"
+    r = biomedica("build", "--input", str(inp), "--out", str(out), "--no-progress", "--workers", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Error:" not in r.stderr and "failed" in r.stdout and (out / "README.md").exists()

@@ -52,6 +52,7 @@ from biomedica_hf.build.article import MediaOptions, PackageResult, process_pack
 from biomedica_hf.build.dedup import PUBLISHED, decide, decisions_for, n_hash_buckets, write_hash_rows
 from biomedica_hf.build.executors import make_executor
 from biomedica_hf.build.figures import build_figures_index
+from biomedica_hf.build.inputs import nothing_listed
 from biomedica_hf.build.lock import BuildLock
 from biomedica_hf.build.partition import (
     DEFAULT_SPLIT_FRACTIONS,
@@ -69,12 +70,14 @@ from biomedica_hf.build.partition import (
     write_layout,
     write_manifest,
 )
+from biomedica_hf.build.progress import BuildProgress, bars_on, tick
 from biomedica_hf.build.shards import revise_shard, shard_done, shard_files, shard_name, write_shard
 from biomedica_hf.build.sources import make_source
 from biomedica_hf.build.sources.base import FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error
 from biomedica_hf.build.staging import PartitionStage
 from biomedica_hf.build.state import StateError, checkpoint, file_seal, matches, read_sealed, write_sealed
 from biomedica_hf.build.timings import StageClock, add, rounded, timed
+from biomedica_hf.errors import InputError
 from biomedica_hf.io.atomic import (
     atomic_path,
     atomic_write_bytes,
@@ -116,6 +119,7 @@ class BuildConfig:
     executor: str = "local"                       # local (process pool) | ray
     ray_address: str | None = None                # ray: "auto", "ray://host:10001" or "local"
     progress: bool = True
+    progress_every: float = 30.0                  # seconds between progress lines when stderr is not a terminal
     command: str = ""
     split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS
     partition_target: int | None = None           # articles per partition (None: partition.auto_target)
@@ -433,6 +437,7 @@ def _stage_rows(work: Work, pid: PartitionId, stage: PartitionStage, rows: list[
             failed.ref_id = rid
             stage.append(failed)
         checkpoint("staged_article")
+        tick(work.root / "progress", pid_name)   # the driver's bar over articles
     return _finish_stage(work, pid, stage, n_bytes, rows, digest)
 
 
@@ -744,7 +749,7 @@ def list_snapshot(cfg: BuildConfig, work: Work, k: int) -> tuple[ListingSpool, i
     with atomic_path(path) as tmp:
         writer = pq.ParquetWriter(tmp, LEDGER_SCHEMA, compression="zstd")
         try:
-            bar = tqdm(desc="listing", unit="art", disable=not cfg.progress)
+            bar = tqdm(desc="listing", unit="art", disable=not bars_on(cfg.progress))
             for ref in source.list_articles():
                 if cfg.limit is not None and n >= cfg.limit:
                     break
@@ -757,6 +762,8 @@ def list_snapshot(cfg: BuildConfig, work: Work, k: int) -> tuple[ListingSpool, i
                         writer.write_table(pa.Table.from_pylist(ledger_rows, schema=LEDGER_SCHEMA))
                         ledger_rows = []
             bar.close()
+            if n == 0 and k == 0:   # nothing to build: one line naming what was looked for (build() cleans up)
+                raise nothing_listed(cfg.source, cfg.source_opts, source)
             _drain_listing(source, k, ledger_rows)
             if ledger_rows:
                 writer.write_table(pa.Table.from_pylist(ledger_rows, schema=LEDGER_SCHEMA))
@@ -1071,8 +1078,14 @@ def consolidate_tables(work: Work, k: int) -> None:
 
 # ---------------------------------------------------------------------------------- build
 def build(cfg: BuildConfig) -> BuildReport:
-    with BuildLock(Path(cfg.out)):
-        return _build(cfg)
+    fresh = [p for p in (Path(cfg.out), cfg.work) if not p.exists()]   # what an input error must not leave behind
+    try:
+        with BuildLock(Path(cfg.out)):
+            return _build(cfg)
+    except InputError:
+        if fresh:
+            shutil.rmtree(fresh[0], ignore_errors=True)
+        raise
 
 
 def _current_snapshot(work: Work) -> tuple[int, bool]:
@@ -1219,7 +1232,8 @@ def _build(cfg: BuildConfig) -> BuildReport:
         from biomedica_hf.build.rebuild_state import rebuild_state
 
         rebuild_state(work.out, tuple(cfg.split_fractions))
-    clock = StageClock()
+    prog = BuildProgress(cfg.progress, cfg.progress_every)
+    clock = prog.clock()
     k, resumed = _current_snapshot(work)
     layout = _check_snapshot(cfg, work, k) if resumed else plan_snapshot(cfg, work, k)
     clock.lap("list")
@@ -1253,9 +1267,11 @@ def _build(cfg: BuildConfig) -> BuildReport:
                 and not is_done(p)]
         n_now = sum(read_manifest_count(work, PartitionId.parse(p)) - _n_finished(work.stage(PartitionId.parse(p)))
                     for p, _ in todo)
-        for _ in run_tasks(make, stage_partition, todo, max_attempts=cfg.max_attempts, desc="stage",
-                           progress=cfg.progress, on_give_up=lambda p, n, err: _give_up_partition(p, n, err)):
-            pass
+        prog.line(f"stage: {n_now} of {meta.get('listed')} listed article(s) to process, in {len(todo)} partition(s)")
+        with prog.articles(n_now, work.root / "progress"):   # one bar over articles, not partitions
+            for _ in run_tasks(make, stage_partition, todo, max_attempts=cfg.max_attempts, desc="stage",
+                               progress=False, on_give_up=lambda p, n, err: _give_up_partition(p, n, err)):
+                pass
         clock.lap("stage")
         # ---- dedup: exact (same bytes), then near-duplicate images (perceptual hash)
         decisions = work.decisions(k)
@@ -1291,7 +1307,7 @@ def _build(cfg: BuildConfig) -> BuildReport:
                   else None, seals[p], dedup["inputs"].get(p)) for p in pids]
         pending = [t for t in tasks if not is_done(t[0])]
         for _ in run_tasks(make, write_partition, pending, max_attempts=cfg.max_attempts, desc="write",
-                           progress=cfg.progress):
+                           progress=prog.bars):
             pass
     except FatalBuildError:
         raise

@@ -53,8 +53,16 @@ def card_files(dataset_dir: str | Path) -> None:
         concept_plots(dataset_dir)
 
 
+def concept_names() -> list[str]:
+    """``CONCEPT_NAMES``: every global and local concept of the shipped taxonomy."""
+    from biomedica_hf.concepts.vocab import load_vocabulary
+
+    vocab = load_vocabulary()
+    return sorted(vocab.global_concepts | vocab.local_concepts)
+
+
 HOOKS = {hooks.INDEX_COLUMNS: index_columns, hooks.CARD_SECTIONS: card_section, hooks.CARD_CONFIGS: card_configs,
-         hooks.CARD_FILES: card_files}
+         hooks.CARD_FILES: card_files, hooks.CONCEPT_NAMES: concept_names}
 
 
 def register_hooks() -> None:
@@ -63,4 +71,4 @@ def register_hooks() -> None:
         hooks.register(group, fn)
 
 
-__all__ = ["HOOKS", "card_configs", "card_files", "card_section", "index_columns", "register_hooks"]
+__all__ = ["HOOKS", "card_configs", "card_files", "card_section", "concept_names", "index_columns", "register_hooks"]

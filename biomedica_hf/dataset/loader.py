@@ -50,6 +50,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from biomedica_hf.errors import BiomedicaError
+from biomedica_hf import hooks
+from biomedica_hf.filters import LICENSE_CODES, resolve
 from biomedica_hf.io.ranges import HF_URL, ReadOptions, read_files
 from biomedica_hf.layout import FIGURES_INDEX
 
@@ -265,22 +267,23 @@ def _distinct(dataset: pads.Dataset, column: str) -> list[str]:
     return sorted(values)
 
 
-def _licenses(dataset: pads.Dataset, licenses: str | Sequence[str], where: str) -> list[str]:
-    """The index's spelling of each asked licence code (case-insensitive); unknown codes raise."""
-    valid = _distinct(dataset, "license_code")
-    by_lower = {v.lower(): v for v in valid}
-    asked = _as_list(licenses)
-    unknown = [c for c in asked if not isinstance(c, str) or c.strip().lower() not in by_lower]
-    if unknown:
-        raise ValueError(f"unknown licence code(s) {unknown} for {where}: the index has {valid}")
-    return [by_lower[c.strip().lower()] for c in asked]
+def _licenses(dataset: pads.Dataset, licenses: str | Sequence[str], where: str,
+              notes: list[str] | None = None) -> list[str]:
+    """The index's spelling of each asked licence code (case-insensitive, :func:`biomedica_hf.filters.resolve`): a
+    valid code this build lacks selects nothing (noted in ``notes``); a misspelt one raises with the closest codes."""
+    r = resolve("licence code(s)", licenses, _distinct(dataset, "license_code"), LICENSE_CODES, where)
+    if notes is not None and r.absent:
+        notes.append(r.note("licence code"))
+    return r.values
 
 
-def _check_concepts(dataset: pads.Dataset, cols: list[str], values: Sequence[str], where: str) -> None:
-    valid = sorted({v for c in cols for v in _distinct(dataset, c)})
-    unknown = [v for v in values if v not in valid]
-    if unknown:
-        raise ValueError(f"unknown concept(s) {unknown} for {where}: the index has {valid}")
+def _concepts(dataset: pads.Dataset, cols: list[str], values: Sequence[str], where: str,
+              notes: list[str] | None = None) -> list[str]:
+    """The same rule for concepts (vocabulary: the label taxonomy, through ``hooks.concept_names``)."""
+    r = resolve("concept(s)", values, {v for c in cols for v in _distinct(dataset, c)}, hooks.concept_names(), where)
+    if notes is not None and r.absent:
+        notes.append(r.note("concept"))
+    return r.values
 
 
 def read_keys(exclude: str | os.PathLike | Iterable[str]) -> list[str]:
@@ -330,12 +333,13 @@ def select_ranges(index_url: str, subset: str | Sequence[str] = "commercial", co
                   storage_options: dict[str, Any] | None = None, *, split: str | None = None,
                   exclude: str | os.PathLike | Iterable[str] | None = None, near_duplicates: str = "keep",
                   columns: Sequence[str] = (), with_columns: bool = False, index: tuple[Any, str] | None = None,
-                  ) -> dict[str, np.ndarray] | dict[str, tuple[np.ndarray, dict[str, pa.Array]]]:
+                  notes: list[str] | None = None) -> dict[str, np.ndarray] | dict[str, tuple[np.ndarray, dict[str, pa.Array]]]:
     """Wanted samples per shard (``shard`` relpath -> sorted ``(tar_offset, tar_size)``), in index order.
 
     With ``with_columns``: ``shard -> (ranges, {column: Arrow array aligned with ranges})`` for the
     :data:`EXTRA_COLUMNS` the index has, plus ``columns`` (e.g. ``key``, ``sha256``). ``index``: the
     ``(filesystem, path)`` :func:`index_file` already resolved for ``index_url`` (else it is resolved here).
+    ``notes``: receives a line per valid licence code / concept that this build lacks (they select nothing).
     """
     fs, path = index if index is not None else index_file(index_url, storage_options, columns)
     # repetitive string columns read as dictionaries: a shard name per row would be ~60 B x 24 M rows
@@ -368,7 +372,7 @@ def select_ranges(index_url: str, subset: str | Sequence[str] = "commercial", co
     if set(_subsets(subset)) != set(SUBSETS):
         exprs.append(pc.field("subset").isin(_subsets(subset)))
     if licenses is not None:
-        exprs.append(pc.field("license_code").isin(_licenses(dataset, licenses, where)))
+        exprs.append(pc.field("license_code").isin(_licenses(dataset, licenses, where, notes)))
     if years is not None:
         exprs.append(_years_expr(years))
     if min_caption_chars is not None:
@@ -382,8 +386,8 @@ def select_ranges(index_url: str, subset: str | Sequence[str] = "commercial", co
         if keys:
             exprs.append(~pc.field("key").isin(pa.array(keys, pa.string())))
     concept_cols = [c for c in CONCEPT_COLUMNS if c in names] if list_filters else []
-    for values, _ in list_filters:
-        _check_concepts(dataset, concept_cols, _as_list(values), where)
+    list_filters = [(_concepts(dataset, concept_cols, _as_list(values), where, notes), keep)
+                    for values, keep in list_filters]   # the index's spelling: matched case-insensitively
     extra = [c for c in EXTRA_COLUMNS if c in names] if with_columns else []
     wanted_cols = list(dict.fromkeys([*INDEX_COLUMNS, *concept_cols, *extra, *columns]))
     expr = functools.reduce(operator.and_, exprs) if exprs else None
@@ -665,12 +669,14 @@ def _caller() -> tuple[str, int, str]:
     return frame.f_code.co_filename, frame.f_lineno, frame.f_globals.get("__name__", "<unknown>")
 
 
-def _warn_no_match(where: str, filters: dict[str, Any]) -> None:
-    """Warn at the caller's line, on every call (``warn_explicit`` without a once-per-line registry)."""
+def _warn_no_match(where: str, filters: dict[str, Any], notes: Sequence[str] = ()) -> None:
+    """Warn at the caller's line, on every call (``warn_explicit`` without a once-per-line registry); ``notes``
+    name the asked values this build lacks and what it has."""
     asked = ", ".join(f"{k}={v!r}" for k, v in filters.items() if v is not None) or "no filter"
     filename, lineno, module = _caller()
+    why = "".join(f"; {n}" for n in notes)
     warnings.warn_explicit(f"load_biomedica: no sample of {where} matches the filters ({asked}); the dataset is "
-                           f"empty", NoMatchWarning, filename, lineno, module=module, registry=None)
+                           f"empty{why}", NoMatchWarning, filename, lineno, module=module, registry=None)
 
 
 # ------------------------------------------------------------------------------------ entry point
@@ -729,7 +735,8 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
     the index's values, which the labelled shards' JSON also carries).
 
     Raises:
-        ValueError: an unknown subset, licence code, concept or split (the message lists the valid values),
+        ValueError: an unknown subset, licence code, concept or split (the message names the closest valid values;
+            a licence code or concept of the vocabulary that this build lacks is no error: it selects nothing),
             a filter on a column the index lacks, a shard path outside the dataset; while reading: a stale
             index or (``verify=True``) a corrupted image.
         FileNotFoundError: no index; while reading: a shard the index lists is missing.
@@ -752,9 +759,10 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
     checked = ("key", "sha256") if verify else ()
     index_fs, index_path, commit = index_source(index_url, storage_options, checked)   # a Hub index: one request
     index = (index_fs, index_path)
+    notes: list[str] = []
     wanted = select_ranges(index_url, subset, concepts, exclude_concepts, licenses, years, min_caption_chars,
                            storage_options, split=split, exclude=exclude, near_duplicates=near_duplicates,
-                           columns=checked, with_columns=True, index=index)
+                           columns=checked, with_columns=True, index=index, notes=notes)
     # every shard is read at the commit the index came from: a commit pushed mid-stream (an update renaming or
     # rewriting shards) never mixes into a stream, which finishes from the commit it started on
     pinned = commit or revision
@@ -767,7 +775,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
             "subset": subset, "concepts": concepts, "exclude_concepts": exclude_concepts, "licenses": licenses,
             "years": years, "min_caption_chars": min_caption_chars, "split": split,
             "exclude": None if exclude is None else "...", "near_duplicates": None if near_duplicates == "keep"
-            else near_duplicates})
+            else near_duplicates}, notes)
     readers = _readers(world_size, num_workers)
     n_readers = 1
     if rank is not None:

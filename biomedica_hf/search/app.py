@@ -4,7 +4,8 @@ Routes: ``/`` (search page), ``/search`` (GET query string, POST form / multipar
 POST JSON: the same parameters, :class:`SearchParams`), ``/figure/{key}``, ``/figure/{key}/image``
 (``?size=`` for a thumbnail), ``/article/{pmcid}``, ``/facets``, ``/health``; OpenAPI at ``/docs``.
 Every error is JSON: ``{"error": {"status", "code", "message"}, "detail": ...}``; unknown parameters
-are a 422 that names them.
+are a 422 that names them, and so are unknown filter values (a misspelt licence or concept: the message names the
+closest valid ones); a valid licence or concept the index lacks finds nothing (``notes`` says so).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from biomedica_hf import __version__
+from biomedica_hf import __version__, hooks
+from biomedica_hf.filters import LICENSE_CODES, UnknownFilterValue, resolve
 from biomedica_hf.schema import SUBSETS
 from biomedica_hf.search.engine import QueryError, SearchEngine, SearchResponse
 from biomedica_hf.search.meta import Filters
@@ -55,11 +57,13 @@ class SearchParams(BaseModel):
     q: Optional[str] = Field(None, description="query text (a POST may send an `image` instead or as well)")
     subset: list[str] = Field([], description="commercial / noncommercial / other (any of; repeat the parameter "
                                               "or give a JSON list)")
-    license: list[str] = Field([], description="licence codes, e.g. 'CC BY' (any of)")
+    license: list[str] = Field([], description="licence codes, e.g. 'CC BY' (any of; case-insensitive; a code this "
+                                               "index lacks finds nothing, a misspelt one is a 422)")
     year_min: Optional[int] = Field(None, ge=0, le=9999, description="first publication year")
     year_max: Optional[int] = Field(None, ge=0, le=9999, description="last publication year")
-    concept: list[str] = Field([], description="concept labels as stored, e.g. 'Plots and Charts' (any of; "
-                                               "case-insensitive)")
+    concept: list[str] = Field([], description="concept labels, e.g. 'Plots and Charts' (any of; case-insensitive; "
+                                               "a taxonomy concept this index lacks finds nothing, a misspelt one is "
+                                               "a 422)")
     offset: int = Field(0, ge=0, description="figures to skip (paging)")
     limit: int = Field(10, ge=1, description="figures per page (at most the server's max_limit, 100 by default)")
     sources: Optional[str] = Field(None, description="comma list of ranked lists to fuse: bm25, text, "
@@ -114,6 +118,7 @@ class SearchOut(BaseModel):
     sources: list[str]
     timings_ms: dict[str, float]
     results: list[Hit]
+    notes: list[str] = Field([], description="filter values valid but absent from this index (they select nothing)")
 
 
 class ErrorBody(BaseModel):
@@ -314,8 +319,14 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
                 raise HTTPException(422, f"at most {lim.max_filter_values} {name} values")
         if text is not None and len(text) > lim.max_query_chars:
             raise HTTPException(422, f"query of {len(text)} characters exceeds the limit of {lim.max_query_chars}")
-        filters = Filters(subsets=p.subset, licenses=p.license, year_min=p.year_min, year_max=p.year_max,
-                          concepts=p.concept)
+        try:   # one rule with load_biomedica (biomedica_hf.filters): absent-but-valid finds nothing, misspelt is 422
+            lic = resolve("license value(s)", p.license, engine.meta.license_values, LICENSE_CODES)
+            con = resolve("concept value(s)", p.concept, engine.meta.concept_names.values(), hooks.concept_names())
+        except UnknownFilterValue as e:
+            raise HTTPException(422, str(e)) from None
+        notes = [n for n in (lic.note("license"), con.note("concept")) if n]
+        filters = Filters(subsets=p.subset, licenses=lic.values, year_min=p.year_min, year_max=p.year_max,
+                          concepts=con.values)
         res: SearchResponse = engine.search(text=text, image=image, filters=filters, offset=p.offset, limit=p.limit,
                                             sources=_split_sources(p.sources))
         results = []
@@ -331,7 +342,7 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
             results.append(h)
         return {"query": {"q": text, "image": image is not None, **filters.as_dict()}, "total": res.total,
                 "offset": res.offset, "limit": res.limit, "sources": res.sources, "timings_ms": res.timings_ms,
-                "results": results}
+                "results": results, "notes": notes}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
@@ -446,7 +457,7 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
     @app.get("/health", summary="Liveness and what the index holds")
     def health() -> dict:
         m = engine.manifest
-        return {"status": "ok", "version": __version__, "figures": len(engine.meta),
+        return {"status": "ok", "version": __version__, "figures": engine.meta.n_figures, "panels": len(engine.meta),
                 "encoder": m["encoder"]["spec"], "joint": engine.joint, "sources": engine.available_sources(),
                 "image_search": engine.image_search,
                 "dense": {n: p["factory"] for n, p in m["dense"].items()},

@@ -123,6 +123,16 @@ class Metadata:
         return self.table.num_rows
 
     @property
+    def figure_rows(self) -> np.ndarray:
+        """One row per figure (the first row of its panels): what ``total``, ``/health`` and the facets count."""
+        return np.flatnonzero(self.group == np.arange(len(self)))
+
+    @property
+    def n_figures(self) -> int:
+        """Figures, not panels: a search result is a figure (panels of one ``<fig>`` are one hit)."""
+        return len(self.figure_rows)
+
+    @property
     def concept_rows(self) -> dict[str, np.ndarray]:
         """concept (lower case, for case-insensitive filters) -> sorted row ids; built on first use."""
         if self._concepts is None:
@@ -177,14 +187,17 @@ class Metadata:
         return self.table.take(pa.array(np.asarray(ids, np.int64))).to_pylist()
 
     def facets(self, top_concepts: int = 200) -> dict[str, Any]:
-        """Counts for the search page's filters."""
+        """Counts for the search page's filters, in figures (like the results: panels of one figure count once)."""
+        figures = self.figure_rows
+
         def counts(codes: np.ndarray, vocab: list[str]) -> dict[str, int]:
-            c = np.bincount(codes, minlength=len(vocab))
+            c = np.bincount(codes[figures], minlength=len(vocab))
             return {vocab[i]: int(c[i]) for i in np.argsort(-c, kind="stable") if c[i]}
         years = self.year[self.year != MISSING_YEAR]
         names = self.concept_names
-        concepts = sorted(((names[c], len(r)) for c, r in self.concept_rows.items()), key=lambda x: (-x[1], x[0]))
-        return {"total": len(self), "subset": counts(self.subset, self.subset_values),
+        concepts = sorted(((names[c], len(np.unique(self.group[r]))) for c, r in self.concept_rows.items()),
+                          key=lambda x: (-x[1], x[0]))
+        return {"total": len(figures), "subset": counts(self.subset, self.subset_values),
                 "license": counts(self.license_codes, self.license_values),
                 "year": {"min": int(years.min()) if len(years) else None,
                          "max": int(years.max()) if len(years) else None},

@@ -193,3 +193,22 @@ def test_higher_layers_add_to_the_card_through_hooks(folder, tmp_path):
     assert f"## Picked\n\n{n} shards picked.\n\n## Sample schema" in text
     assert text.index("### Shards") < text.index("## Picked") and (out / "card" / "picked.txt").is_file()
     assert write_card(out, "biomedica/test").read_bytes() == (folder / "README.md").read_bytes()
+
+
+def test_card_takes_the_dataset_as_a_positional_argument_like_its_siblings(folder, tmp_path):
+    """Issue 27: `biomedica card DIR`, like verify / push / embed; `--out DIR` stays as the older spelling."""
+    readme = folder / "README.md"
+    before = readme.read_text()
+    readme.unlink()
+    r = subprocess.run([str(BIN), "card", str(folder), "--repo-id", "biomedica/test"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert readme.read_text() == before                                   # the same card as `card --out DIR`
+    same = subprocess.run([str(BIN), "card", str(folder), "--out", str(folder), "--repo-id", "biomedica/test"],
+                          capture_output=True, text=True)
+    assert same.returncode == 0, same.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    both = subprocess.run([str(BIN), "card", str(folder), "--out", str(other)], capture_output=True, text=True)
+    assert both.returncode == 2 and "two dataset folders" in both.stderr
+    none = subprocess.run([str(BIN), "card"], capture_output=True, text=True)
+    assert none.returncode == 2 and "biomedica card DATASET" in none.stderr

@@ -512,6 +512,41 @@ def test_unknown_concepts_and_subsets_raise_with_the_valid_values(annotated):
         load_biomedica(copy, subset="comercial")
 
 
+def test_valid_but_absent_filter_values_select_nothing_and_name_what_the_build_has(annotated):
+    """Issue 27: a licence code or concept of the vocabulary that this build lacks is no error (the README's own
+    `licenses=["CC BY", "CC0"]` on a build without CC0); a misspelt one is, naming the closest valid values."""
+    from biomedica_hf import hooks
+    from biomedica_hf.dataset.loader import NoMatchWarning
+    from biomedica_hf.filters import LICENSE_CODES
+
+    copy, rows = annotated
+    have = sorted({r["license_code"] for r in rows})
+    absent = next(c for c in LICENSE_CODES if c not in have)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _keys(load_biomedica(copy, subset="all", decode=False, licenses=absent.lower())) == []
+        mixed = sorted(_keys(load_biomedica(copy, subset="all", decode=False, licenses=[have[0], absent])))
+    msgs = [str(w.message) for w in caught if issubclass(w.category, NoMatchWarning)]
+    assert len(msgs) == 1 and f"licence code {absent!r} not in this build, which has {have}" in msgs[0]
+    assert mixed == _index_keys(rows, lambda r: r["license_code"] == have[0])   # no warning: it selected some
+    concepts = {"Microscopy", "Plots and Charts", "Fluorescence"}
+    missing = sorted(hooks.concept_names() - concepts)[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _keys(load_biomedica(copy, subset="all", decode=False, concepts=[missing])) == []
+        kept = sorted(_keys(load_biomedica(copy, subset="all", decode=False, exclude_concepts=missing)))
+    msgs = [str(w.message) for w in caught if issubclass(w.category, NoMatchWarning)]
+    assert len(msgs) == 1 and f"concept {missing!r} not in this build" in msgs[0] and "'Microscopy'" in msgs[0]
+    assert kept == sorted(r["key"] for r in rows)
+    # case-insensitive, like the licence codes and the search API
+    assert sorted(_keys(load_biomedica(copy, subset="all", decode=False, concepts="plots AND charts"))) == \
+        _index_keys(rows, lambda r: "Plots and Charts" in r["concepts"])
+    with pytest.raises(ValueError, match=r"'CC-BY-4': did you mean 'CC BY'"):
+        load_biomedica(copy, licenses="CC-BY-4")
+    with pytest.raises(ValueError, match=r"'Microscpy': did you mean 'Microscopy'"):
+        load_biomedica(copy, concepts="Microscpy")
+
+
 def _no_match_call(out):
     return load_biomedica(out, subset="all", years=1800)   # the line the warning must point at
 

@@ -68,7 +68,7 @@ def _shot(page, path: Path) -> Path:
 def test_type_query_see_cards_filter_and_screenshot(browser, server, tmp_path):
     page, outside, errors = _page(browser, server)
     page.goto(server + "/")
-    page.wait_for_function("document.getElementById('about').textContent.includes('23 figures')")
+    page.wait_for_function("document.getElementById('about').textContent.includes('22 figures')")
     assert page.locator("input.subset").count() == 3
     page.fill("#q", "coronavirus pneumonia family cluster")
     page.press("#q", "Enter")
@@ -145,7 +145,7 @@ def test_text_only_index_offers_no_image_search(browser, tmp_path_factory, tmp_p
     try:
         page, outside, errors = _page(browser, base)
         page.goto(base + "/")
-        page.wait_for_function("document.getElementById('about').textContent.includes('23 figures')")
+        page.wait_for_function("document.getElementById('about').textContent.includes('22 figures')")
         assert not page.locator("#drop").is_visible()
         assert page.inner_text("#status") == "Type a query."
         page.fill("#q", "coronavirus pneumonia")

@@ -12,7 +12,7 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
-from test_search_support import REPO, dataset, engine, image_bytes
+from test_search_support import CONCEPTS, REPO, dataset, engine, image_bytes
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
@@ -139,7 +139,7 @@ def test_retriever_one_context_block_per_figure(tmp_path_factory):
     assert text.count(" ".join(fig3.caption.split())[:60]) == 1 and "2 panels" in text
 
 
-def test_docs_and_readme_agree(client):
+def test_docs_and_the_search_page_agree(client):
     spec = client.get("/openapi.json").json()
     get = spec["paths"]["/search"]["get"]
     assert [p["name"] for p in get["parameters"]] == PARAMS
@@ -150,9 +150,7 @@ def test_docs_and_readme_agree(client):
     for ctype in body:
         assert set(PARAMS) <= set(body[ctype]["schema"]["properties"])
     assert body["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Search"):]
-    section = section[:section.index("\n## ", 5)]
+    section = (REPO / "docs" / "search.md").read_text()
     for name in PARAMS:
         assert f"`{name}`" in section, name
     assert "`top_k` → use `limit`" in section and "top_k=" not in section
@@ -161,3 +159,44 @@ def test_docs_and_readme_agree(client):
         assert "127.0.0.1:8000/search" in line
     facets = client.get("/facets").json()
     assert "Plots and Charts" in facets["concept"]
+
+
+def test_filter_values_follow_the_loaders_rule(client, rows):
+    """Issue 27: one rule with load_biomedica. A misspelt licence or concept is a 422 naming the closest valid
+    values; a valid one this index lacks finds nothing (200) with a note naming what the index has; both match
+    case-insensitively."""
+    from biomedica_hf import hooks
+    from biomedica_hf.filters import LICENSE_CODES
+
+    q = {"q": "cells patients figure", "sources": "bm25", "limit": 50}
+    bad = client.get("/search", params={**q, "license": "CC-BY-4"})
+    assert bad.status_code == 422 and "did you mean 'CC BY'" in bad.json()["error"]["message"]
+    bad = client.post("/search", json={**q, "concept": ["Microscpy"]})
+    assert bad.status_code == 422 and "did you mean 'Microscopy'" in bad.json()["error"]["message"]
+    have = sorted({r["license_code"] for r in rows})
+    absent = next(c for c in LICENSE_CODES if c not in have)
+    res = client.get("/search", params={**q, "license": absent.lower()})
+    assert res.status_code == 200 and res.json()["total"] == 0 and res.json()["results"] == []
+    assert res.json()["notes"] == [f"license {absent!r} not in this build, which has {have}"]
+    labelled = {c for cs in CONCEPTS.values() for c in cs}
+    missing = sorted(hooks.concept_names() - labelled)[0]
+    res = client.get("/search", params={**q, "concept": missing}).json()
+    assert res["total"] == 0 and missing in res["notes"][0] and "'Microscopy'" in res["notes"][0]
+    for field, value in (("license", "CC BY"), ("concept", "Plots and Charts")):
+        exact = client.get("/search", params={**q, field: value}).json()
+        folded = client.get("/search", params={**q, field: value.swapcase()}).json()
+        assert exact["results"] and [h["key"] for h in folded["results"]] == [h["key"] for h in exact["results"]]
+        assert exact["notes"] == folded["notes"] == []
+
+
+def test_health_facets_and_totals_count_figures_like_the_results(client, rows):
+    """The page's header ("N figures", from /health) and its facet counts count what a result is, a figure (panels
+    of one <fig> are one hit): before, they counted panels (23 figures for 22 results here)."""
+    figures = {(r["pmcid"], r["figure_id"]) for r in rows}
+    assert len(figures) == len(rows) - 1                      # PMC7159286's Figure 3 has two panels
+    health = client.get("/health").json()
+    assert (health["figures"], health["panels"]) == (len(figures), len(rows))
+    everything = client.get("/search", params={"q": "figure", "sources": "text", "limit": 100}).json()
+    assert everything["total"] == len(everything["results"]) == health["figures"]
+    facets = client.get("/facets").json()
+    assert facets["total"] == sum(facets["subset"].values()) == sum(facets["license"].values()) == len(figures)
