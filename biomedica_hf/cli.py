@@ -229,6 +229,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
     from biomedica_hf.build.lock import BuildLockedError
     from biomedica_hf.build.pipeline import BuildConfig
     from biomedica_hf.build.pipeline import build as run_build
+    from biomedica_hf.build.provenance import public_command
     from biomedica_hf.build.sources.base import FatalBuildError, fatal_disk_error, is_disk_error
 
     _setup_logging(verbose)
@@ -247,7 +248,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         keep_downloads=keep_downloads, retry_failed=retry_failed, progress=not no_progress,
         executor=executor, ray_address=ray_address, split_fractions=_parse_splits(splits),
         partition_target=partition_size, allow_shrink=allow_shrink, near_dedup=near_dedup,
-        command=" ".join(["biomedica", *sys.argv[1:]]))
+        command=public_command("biomedica", sys.argv[1:]))
     try:
         report = run_build(cfg)
     except BuildLockedError as e:

@@ -203,6 +203,7 @@ def collect_stats(out: Path) -> dict[str, Any]:
         "n_articles": n_articles,
         "n_articles_with_samples": pmcids_with_samples,
         "n_duplicates": summary.get("duplicates_removed", 0),
+        "n_near_duplicates": summary.get("near_duplicates_removed", 0),
         "years": [{"year": y if y is not None else "unknown", "n": n}
                   for y, n in sorted(years.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))],
         "licenses": [{"code": c, "subset": s, "n": n} for (c, s), n in licenses.most_common()],

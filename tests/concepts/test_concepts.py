@@ -30,6 +30,7 @@ from biomedica_hf.clip.vision import embed_images, load_image_model, pick_device
 from biomedica_hf.concepts.cli import COMMANDS
 from biomedica_hf.concepts.cluster import fit_clusters, iter_batches, load_cluster_model
 from biomedica_hf.concepts.embed import read_info, shard_outputs
+from biomedica_hf.schema import SUBSETS
 from biomedica_hf.concepts.label import AnnotationError, apply_labels, labels_extra_columns, read_annotation, validate
 from biomedica_hf.concepts.sheets import COLUMNS, PAD, THUMB
 from biomedica_hf.concepts.subsets import balanced_mask, build_concept_subsets, filtered_mask
@@ -510,10 +511,16 @@ def test_concept_subsets_materialise_and_load(labelled):
     configs = build_concept_subsets(ds, shard_samples=2, cap=2)          # resumable: same tars kept
     summary = json.loads((ds / "concepts" / "subsets.json").read_text())
     assert summary["concept-filtered"]["written"] == 0 < summary["concept-filtered"]["kept"]
-    assert [c["config_name"] for c in configs] == ["concept-filtered", "concept-balanced"]
-    splits = [sp for sp in ("train", "validation", "test") if any(r["split"] == sp for r in
-                                                                  pq.read_table(ds / "concepts" / "concept-filtered.parquet").to_pylist())]
-    assert configs[0]["data_files"] == [{"split": sp, "path": f"concept-filtered/*-{sp}-*.tar"} for sp in splits]
+    # one config per selection and licence subset: a config never mixes licences
+    present = {n: [s for s in SUBSETS if any(r["subset"] == s for r in pq.read_table(
+        ds / "concepts" / f"{n}.parquet").to_pylist())] for n in ("concept-filtered", "concept-balanced")}
+    assert len(present["concept-filtered"]) >= 2
+    assert [c["config_name"] for c in configs] == [f"{s}-{n}" for n in present for s in present[n]]
+    first = present["concept-filtered"][0]
+    rows0 = [r for r in pq.read_table(ds / "concepts" / "concept-filtered.parquet").to_pylist() if r["subset"] == first]
+    splits = [sp for sp in ("train", "validation", "test") if any(r["split"] == sp for r in rows0)]
+    assert configs[0]["data_files"] == [{"split": sp, "path": f"concept-filtered/concept-filtered-{first}-{sp}-*.tar"}
+                                        for sp in splits]
     index = pq.read_table(ds / "figures.parquet").to_pylist()
     src = {r["key"]: r for r in index}
     want_filtered = [r["key"] for r in index if "Plots and Charts" not in r["concepts"]]
@@ -564,8 +571,17 @@ def test_concept_subsets_materialise_and_load(labelled):
     from biomedica_hf.dataset.card import write_card
 
     write_card(ds, extra_configs=configs)
+    readme = (ds / "README.md").read_text()
     for name in ("concept-filtered", "concept-balanced"):
-        rows = list(datasets.load_dataset(str(ds), name, split="train", streaming=True))
+        rows = []
+        for subset in present[name]:
+            assert f"| `{subset}-{name}` |" in readme      # the card names each config's licences
+            mine = [r for sp in ("train", "validation", "test")
+                    for r in (datasets.load_dataset(str(ds), f"{subset}-{name}", split=sp, streaming=True)
+                              if any(d["split"] == sp for c in configs if c["config_name"] == f"{subset}-{name}"
+                                     for d in c["data_files"]) else [])]
+            assert mine and all(r["json"]["subset"] == subset for r in mine)
+            rows += mine
         selection = pq.read_table(ds / "concepts" / f"{name}.parquet", columns=["key"])["key"].to_pylist()
         assert sorted(r["__key__"] for r in rows) == sorted(selection)
         first = rows[0]
@@ -594,7 +610,8 @@ def test_label_cli_builds_subsets_and_card(labelled, annotations):
     out = run_cli("label", ds, "--annotations", *annotations, "--shard-samples", 3)
     assert "concept-balanced" in out and "Dataset card" in out
     readme = (ds / "README.md").read_text()
-    assert "config_name: concept-filtered" in readme and "card/embeddings_2d.png" in readme
+    assert "config_name: commercial-concept-filtered" in readme and "card/embeddings_2d.png" in readme
+    assert "config_name: concept-filtered\n" not in readme
     for name in ("concepts_global", "concepts_local", "cluster_sizes", "embeddings_2d"):
         with Image.open(ds / "card" / f"{name}.png") as img:
             assert img.format == "PNG" and img.width > 400 and img.height > 150
