@@ -309,6 +309,11 @@ def export(model, processor, out: Path, cfg: dict) -> dict:
         merged.save_pretrained(out / "merged")
         processor.save_pretrained(out / "merged")
         res["merged_dir"] = str(out / "merged")
+    from biomedica_hf.io.atomic import share_tree
+
+    for key in ("adapter_dir", "merged_dir"):
+        if res.get(key):
+            share_tree(res[key])      # 0755/0644 unless the umask says otherwise (safetensors writes 0600)
     return res
 
 
