@@ -98,7 +98,7 @@ def _features_for(config: dict, out: Path):
     paths = config["data_files"][0]["path"]
     paths = [paths] if isinstance(paths, str) else list(paths)
     if all(str(p).endswith(".tar") for p in paths):
-        return webdataset_features(json_extra=_json_extra(out, paths))
+        return webdataset_features(json_extra=_json_extra(out, paths), labels=False)   # what the shards hold
     return None
 
 

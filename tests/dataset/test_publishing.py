@@ -127,3 +127,32 @@ def test_decontaminate_with_any_out_updates_the_card_and_push_uploads_the_report
     (ds / "decontamination" / "exclusions.txt").unlink()
     plan = plan_upload(ds)
     assert any("links decontamination/exclusions.txt" in p for p in plan.problems), plan.problems
+
+
+def test_webdataset_features_keep_the_labels_of_a_labelled_folder(built_dataset, tmp_path):
+    """The documented loading code, ``load_dataset("webdataset", data_files=..., features=webdataset_features())``,
+    keeps ``panel_type`` / ``concepts`` / ``local_concepts`` of labelled shards (it silently dropped them), and
+    still loads unlabelled shards (null labels)."""
+    import datasets
+
+    from biomedica_hf.concepts.subsets import write_subset_tar
+    from biomedica_hf.schema import webdataset_features
+
+    index = pq.read_table(built_dataset / "figures.parquet").to_pylist()
+    rows = [r for r in index if r["subset"] == "other"]
+    labels = {}
+    for i, r in enumerate(rows):     # labels as `biomedica label` writes them into the json member
+        labels[r["key"]] = {"panel_type": "Microscopy" if i % 2 else "Chart", "concepts": [f"concept {i % 3}"],
+                            "local_concepts": [] if i % 2 else ["local a", "local b"]}
+        r.update(labels[r["key"]])
+    labelled = tmp_path / "labelled-other-000000.tar"
+    write_subset_tar(built_dataset, sorted(rows, key=lambda r: (r["shard"], r["tar_offset"])), labelled)
+    unlabelled = sorted((built_dataset / "commercial").glob("*.tar"))[0]
+    ds = datasets.load_dataset("webdataset", data_files={"train": [str(labelled), str(unlabelled)]}, split="train",
+                               features=webdataset_features())
+    got = {r["__key__"]: r["json"] for r in ds}
+    assert set(labels) <= set(got)
+    for key, want in labels.items():
+        assert {k: got[key][k] for k in want} == want
+    plain = [v for k, v in got.items() if k not in labels]
+    assert plain and all(v["concepts"] is None and v["panel_type"] is None for v in plain)
