@@ -53,6 +53,7 @@ from biomedica_hf.build.executors import make_executor
 from biomedica_hf.build.figures import build_figures_index
 from biomedica_hf.build.lock import BuildLock
 from biomedica_hf.build.provenance import public_options
+from biomedica_hf.layout import write_dataset_sizes
 from biomedica_hf.build.partition import (
     DEFAULT_SPLIT_FRACTIONS,
     FINE_BUCKETS,
@@ -1108,18 +1109,13 @@ def _write_near_duplicates(work: Work, k: int, out: Path) -> None:
 
 
 def _write_sizes(out: Path, shards: dict[str, list[dict]]) -> None:
-    """``<subset>/sizes.json``: {tar base name: samples} of the folder's shards, for open_clip / webdataset.
-
-    Base names are unique across the dataset, so open_clip (which reads the ``sizes.json`` of the first
-    shard's folder for every shard) can no longer miscount joined subsets silently: a shard of another
-    folder is a KeyError there, and ``--train-num-samples`` gives the joined count."""
+    """``<folder>/sizes.json``: {tar base name: samples} of EVERY shard of the dataset (base names are unique), in
+    every shard folder, for open_clip / webdataset: open_clip reads the ``sizes.json`` of the first shard's folder
+    for every shard, so ``::``-joined subsets count without ``--train-num-samples`` (``layout.write_dataset_sizes``)."""
     for s in SUBSETS:
-        path = Path(out) / s / "sizes.json"
-        if shards[s]:
-            atomic_write_json(path, {x["shard"].split("/")[-1]: x["count"]
-                                     for x in sorted(shards[s], key=lambda x: x["shard"])})
-        elif path.exists():
-            path.unlink()
+        if not shards[s] and (Path(out) / s / "sizes.json").exists():
+            (Path(out) / s / "sizes.json").unlink()
+    write_dataset_sizes(out)
 
 
 def shard_paths(out: Path, subset: str) -> list[Path]:

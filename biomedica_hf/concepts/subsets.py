@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from biomedica_hf.concepts.layout import concepts_dir, figures_index_path, key_priority
 from biomedica_hf.concepts.vocab import PLOTS_AND_CHARTS
+from biomedica_hf.layout import write_dataset_sizes
 from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, piece_stem, read_marker, write_marker
 from biomedica_hf.io.ranges import ShardFiles
@@ -255,7 +256,7 @@ def materialise(dataset_dir: str | Path, name: str, selection: pa.Table) -> dict
         tar_name = f"{piece_stem(stale, STATS)}.tar" if stale.name.endswith(STATS) else stale.name
         if tar_name not in planned:
             stale.unlink()
-    atomic_write_json(folder / "sizes.json", sizes)
+    write_dataset_sizes(root)   # every folder's sizes.json lists every shard of the dataset (open_clip joins)
     stats = {"name": name, "samples": selection.num_rows, "shards": len(planned), "written": written, "kept": kept}
     i = selection.column_names.index("out_offset")
     return stats, selection.set_column(i, "out_offset", pa.array(out_offsets, pa.int64()))
@@ -359,6 +360,7 @@ def build_concept_subsets(dataset_dir: str | Path, exclude: Sequence[str] = DEFA
         subsets[name] = write_selection(root, name, mask, index, shard_samples, shard_bytes, params)
         log.info("%s: %d of %d samples", name, int(mask.sum()), index.num_rows)
     atomic_write_json(concepts_dir(root) / "subsets.json", {n: {**s, **summary} for n, s in subsets.items()})
+    write_dataset_sizes(root)   # now that every selection is written: each folder's sizes.json lists them all
     empty = [n for n, s in subsets.items() if not s["samples"]]
     if empty:
         log.warning("empty concept subset(s) %s: no card config", ", ".join(empty))

@@ -557,7 +557,9 @@ def test_concept_subsets_materialise_and_load(labelled):
             assert all({"txt", "json"} <= set(s) and ({"jpg", "png"} & set(s)) for s in samples)
             seen += [s["__key__"] for s in samples]
         assert sorted(seen) == sorted(keys)
-        assert json.loads((ds / name / "sizes.json").read_text()) == {t.name: _samples_in(t) for t in tars}
+        sizes = json.loads((ds / name / "sizes.json").read_text())      # every shard of the dataset, these too
+        assert {t.name: sizes[t.name] for t in tars} == {t.name: _samples_in(t) for t in tars}
+        assert {p.name for p in ds.glob("*/*.tar") if p.parent.name not in ("articles", "figures")} <= set(sizes)
         for r in selection:   # out_offset: where the sample starts in its copy; its json carries its labels
             with tarfile.open(ds / name / r["out_shard"]) as tf:
                 tf.fileobj.seek(r["out_offset"])

@@ -630,9 +630,10 @@ def _rename_shard(ds: Path, subset: str, old: str, new: str) -> None:
     shards = [f"{subset}/{new}.tar" if s == f"{subset}/{old}.tar" else s for s in table["shard"].to_pylist()]
     pq.write_table(table.set_column(table.schema.get_field_index("shard"), "shard", pa.array(shards)),
                    ds / "figures.parquet")
-    sizes = json.loads((ds / subset / "sizes.json").read_text())
-    sizes[f"{new}.tar"] = sizes.pop(f"{old}.tar")
-    (ds / subset / "sizes.json").write_text(json.dumps(sizes))
+    for folder in SUBSETS:   # every folder's sizes.json lists every shard of the dataset
+        sizes = json.loads((ds / folder / "sizes.json").read_text())
+        sizes[f"{new}.tar"] = sizes.pop(f"{old}.tar")
+        (ds / folder / "sizes.json").write_text(json.dumps(sizes))
     summary = json.loads((ds / "build_summary.json").read_text())
     summary["shards"][subset] = [n.replace(old, new) for n in summary["shards"][subset]]
     (ds / "build_summary.json").write_text(json.dumps(summary))
@@ -648,7 +649,8 @@ def test_update_uploads_only_what_changed_and_deletes_replaced_shards(ds, fake_h
     plan = push_folder(ds, "bmd/biomedica", api=api)
     assert plan.ok
     assert sorted(plan.uploaded) == sorted([f"other/{new}.tar", f"other/{new}.parquet", f"other/{new}_stats.json",
-                                            "other/sizes.json", "figures.parquet", "build_summary.json"])
+                                            *(f"{s}/sizes.json" for s in SUBSETS), "figures.parquet",
+                                            "build_summary.json"])
     assert plan.deleted == [f"other/{old}.parquet", f"other/{old}.tar", f"other/{old}_stats.json"]
     files = fake_hub.repos["bmd/biomedica"].branches["main"]
     assert sorted(files) == plan.paths
