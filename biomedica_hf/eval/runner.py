@@ -112,25 +112,12 @@ def task_provenance(task: Task, ctx: DataContext) -> dict:
     return {"name": name, "type": dtype, "split": task.split or "test", "source": where}
 
 
-def rows_split(task: Task, ctx: DataContext) -> str:
-    """The split the task's rows really are: ``task.split`` when the data has a ``split`` column holding it, else
-    ``all`` (the task read every image: a folder or table without splits)."""
-    import pyarrow.parquet as pq
-
-    if not task.split or task.source is None:
-        return "all"
+def rows_split(task: Task, ctx: DataContext) -> str | None:
+    """``all`` when the task's data named no split (a folder of class folders, a table without a ``split`` column:
+    every image was read, though converted as ``test``); None when the task's own split label holds."""
     if hasattr(task.source, "split_given") and not task.source.split_given(ctx):
         return "all"
-    try:
-        files = task.source.files(ctx)
-    except Exception:  # noqa: BLE001 - the data is checked (and its errors raised) where it is read
-        return task.split
-    for f in files:
-        if "split" in pq.read_schema(f).names:
-            col = pq.read_table(f, columns=["split"])["split"]
-            if task.split in set(col.drop_null().to_pylist()):
-                return task.split
-    return "all"
+    return None
 
 
 def _base(task: Task, adapter: ModelAdapter, ctx: DataContext, protocol: str | None = None) -> dict:
@@ -166,7 +153,7 @@ def run_zero_shot(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: Eval
                              ordered=_ordered(task, classes))
     metrics = {k: res[k] for k in CLASS_METRICS if k in res}
     base = _base(task, adapter, ctx)
-    if task.source is not None:          # the split the images really came from ("all": a folder without splits)
+    if task.source is not None and rows_split(task, ctx):   # every image of a folder without splits
         base["dataset"]["split"] = rows_split(task, ctx)
     return {**base, "n": res["n"], "metrics": metrics, "primary": metrics[task.primary_metric],
             "chance": metrics["chance_balanced_accuracy"], "classes": [c["class"] for c in res["per_class"]],
