@@ -9,6 +9,7 @@ import hashlib
 import html.parser
 import io
 import json
+import sys
 import shutil
 import tarfile
 import tracemalloc
@@ -697,3 +698,68 @@ def test_batches_and_clamping(tmp_path):
     with pytest.warns(UserWarning, match="k=10 > 5 samples"):
         model = fit_clusters(tmp_path, pca_dims=3, k=10, progress=False)
     assert model.k == 5 and model.params["pca_dims"] == 3
+
+
+@pytest.mark.slow
+def test_labelled_folder_round_trips_through_the_loopback_hub(labelled, annotations, tmp_path, monkeypatch):
+    """Push a labelled folder (licence shards with labels, concept configs per licence subset, card) to the loopback
+    Hub, serve what the Hub received, and read every config of the card back with `datasets`: the same samples
+    as the local folder. The concept configs' sizes.json and stats go up with their tars (they were left out)."""
+    import importlib.util
+    import shutil
+
+    import datasets
+    import yaml
+    from hub_server import HubServer, loopback_only, point_libraries_at
+    from huggingface_hub import HfApi, constants
+
+    from biomedica_hf.dataset.hub import plan_upload, push_folder
+
+    spec = importlib.util.spec_from_file_location("push_hub", Path(__file__).parents[1] / "dataset" / "test_hub.py")
+    push_hub = importlib.util.module_from_spec(spec)
+    sys.modules["push_hub"] = push_hub              # its dataclasses look their module up
+    spec.loader.exec_module(push_hub)
+    ds = Path(shutil.copytree(labelled[0], tmp_path / "ds", ignore=shutil.ignore_patterns("_work")))
+    run_cli("label", ds, "--annotations", *annotations, "--shard-samples", 3)
+    plan = plan_upload(ds)
+    assert plan.ok, plan.problems
+    for name in ("concept-filtered", "concept-balanced"):
+        tars = sorted(p.name for p in (ds / name).glob("*.tar"))
+        assert f"{name}/sizes.json" in plan.paths and tars
+        assert all(f"{name}/{t.removesuffix('.tar')}_stats.json" in plan.paths for t in tars)
+    hub = push_hub.FakeHub()
+    hub.thread.start()
+    loopback_only(monkeypatch)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(constants, "HF_HUB_OFFLINE", False)
+            m.setattr(constants, "ENDPOINT", hub.url)
+            push_folder(ds, "bmd/labelled", api=HfApi(endpoint=hub.url, token=push_hub.TOKEN))
+        files = dict(hub.repos["bmd/labelled"].branches["main"])
+        commits = [len(c["body"].splitlines()) - 1 for c in hub.calls("commit")]   # header + one line per file
+    finally:
+        hub.server.shutdown()
+    assert commits and max(commits) < 100
+    assert sorted(files) == plan.paths
+    mirror = tmp_path / "mirror"
+    for rel, data in files.items():
+        (mirror / rel).parent.mkdir(parents=True, exist_ok=True)
+        (mirror / rel).write_bytes(data)
+    configs = yaml.safe_load((ds / "README.md").read_text().split("---")[1])["configs"]
+    names = [c["config_name"] for c in configs]
+    assert {"commercial-concept-filtered", "articles", "figures", "all"} <= set(names)
+    local = {}
+    for c in configs:
+        for f in c["data_files"]:
+            rows = datasets.load_dataset(str(ds), c["config_name"], split=f["split"], streaming=True)
+            local[(c["config_name"], f["split"])] = sorted(r["__key__"] for r in rows)
+    with HubServer({"bmd/labelled": mirror}) as server:
+        point_libraries_at(server.url, monkeypatch, tmp_path / "hub_cache")
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+        for (name, split), keys in local.items():
+            rows = list(datasets.load_dataset("bmd/labelled", name, split=split, streaming=True))
+            assert sorted(r["__key__"] for r in rows) == keys and keys, (name, split)
+            if name.endswith("concept-filtered") or name.endswith("concept-balanced"):
+                subset = name.split("-", 1)[0]
+                assert all(r["json"]["subset"] == subset and "concepts" in r["json"] for r in rows)
