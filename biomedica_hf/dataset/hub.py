@@ -576,15 +576,62 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
                   private=private, allow_patterns=allow, ignore_patterns=ignore, num_workers=num_workers)
         if deleted:
             _delete(api, repo_id, deleted, revision, token, message)
-    elif changed:  # huggingface_hub 2.x: upload_folder is streamed, multi-commit and resumable (hf_xet)
+    elif changed:  # huggingface_hub 2.x: upload_folder, in commits of < 100 files (the Hub's limit over HTTP)
         if num_workers is not None:
             log.info("num_workers is not used by this huggingface_hub (upload_folder manages its concurrency)")
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=REPO_TYPE, revision=revision,
-                          allow_patterns=allow, ignore_patterns=ignore, token=token, commit_message=message,
-                          delete_patterns=[_fn_escape(p) for p in deleted] or None)
+        batches = commit_batches(changed)
+        for i, batch in enumerate(batches, 1):
+            last = i == len(batches)
+            suffix = f" ({i}/{len(batches)})" if len(batches) > 1 else ""
+            log.info("commit %d/%d: %d file(s)", i, len(batches), len(batch))
+            _with_rate_limit(lambda batch=batch, last=last, suffix=suffix: api.upload_folder(
+                repo_id=repo_id, folder_path=str(folder), repo_type=REPO_TYPE, revision=revision,
+                allow_patterns=[_fn_escape(p) for p in batch], ignore_patterns=list(ignore), token=token,
+                commit_message=message + suffix,
+                delete_patterns=([_fn_escape(p) for p in deleted] or None) if last else None))
     else:
         _delete(api, repo_id, deleted, revision, token, message)
     return plan
+
+
+#: files per commit: the Hub refuses 100 or more over its HTTP API
+FILES_PER_COMMIT = 90
+#: the Hub allows 128 commits per hour per repository; a 429 answer is waited out this many times
+RATE_LIMIT_RETRIES = 5
+
+
+def commit_batches(paths: list[str], size: int = FILES_PER_COMMIT) -> list[list[str]]:
+    """``paths`` in commits of at most ``size`` files: shards and their indexes first, each shard with its index and
+    stats in one commit where possible, the card and ``build_summary.json`` in the last one, so that an interrupted
+    push never leaves a card that cites files the repository does not have yet (a rerun uploads what is missing)."""
+    last = [p for p in paths if p in (CARD, BUILD_SUMMARY)]
+    rest = sorted((p for p in paths if p not in last), key=lambda p: (p.rsplit("/", 1)[0], p))
+    batches = [rest[i:i + size] for i in range(0, len(rest), size)]
+    if last:
+        if batches and len(batches[-1]) + len(last) <= size:
+            batches[-1] += last
+        else:
+            batches.append(last)
+    return batches
+
+
+def _with_rate_limit(commit: Any) -> Any:
+    """Run one commit; a 429 (128 commits per hour) is waited out (``Retry-After``, else a minute) and retried."""
+    import time
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for attempt in range(RATE_LIMIT_RETRIES + 1):
+        try:
+            return commit()
+        except HfHubHTTPError as e:
+            response = getattr(e, "response", None)
+            if response is None or response.status_code != 429 or attempt == RATE_LIMIT_RETRIES:
+                raise
+            wait = float(response.headers.get("Retry-After") or 60)
+            log.warning("the Hub rate-limits commits (429): waiting %.0f s", wait)
+            time.sleep(wait)
+    return None
 
 
 def _fn_escape(path: str) -> str:
@@ -677,6 +724,7 @@ __all__ = [
     "UploadBlockedError",
     "UploadPlan",
     "classify",
+    "commit_batches",
     "exclusion_reason",
     "filter_paths",
     "plan_upload",

@@ -695,3 +695,24 @@ def test_verify_cli_fast_and_deep(ds):
     assert r.returncode == 1
     assert f"commercial/{c}.tar is" in r.stdout and "truncated" in r.stdout
     assert f"noncommercial/{n}.tar has no completion marker" in r.stdout
+
+
+def test_push_commits_fewer_than_100_files_at_a_time(tmp_path, fake_hub):
+    """The Hub refuses commits of 100 files or more over HTTP: a folder of hundreds of files (one sample per shard)
+    goes up in several commits of < 100 files each, and all of it arrives."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bench_scale import synth_corpus
+
+    inp, out = tmp_path / "in", tmp_path / "many"
+    synth_corpus(inp, 15)                       # 15 articles x 4 distinct figures
+    r = subprocess.run([str(BIOMEDICA), "build", "--input", str(inp), "--out", str(out), "--workers", "1",
+                        "--shard-samples", "1", "--no-progress"], capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    plan = plan_upload(out)
+    assert plan.ok and len(plan.paths) > 150, (len(plan.paths), plan.problems)
+    push_folder(out, "bmd/many", api=_api(fake_hub))
+    sizes = [sum(1 for line in c["body"].splitlines() if b'"file"' in line or b'"lfsFile"' in line)
+             for c in fake_hub.calls("commit")]
+    assert len(sizes) >= 2 and max(sizes) < 100 and sum(sizes) == len(plan.paths), sizes
+    assert sorted(fake_hub.repos["bmd/many"].branches["main"]) == plan.paths
