@@ -88,7 +88,8 @@ def main() -> None:
                folders={f["folder"]: [f["entries"], f["entries_after_updates"]] for f in plan["folders"]},
                files=[plan["files_total"], plan["files_total_after_updates"]], commits=plan["commits"],
                push_hours=round(plan["push_hours"], 1), build_hours=round(plan["build_hours"], 1),
-               bytes_tb=round(plan["bytes_total"] / 1e12, 2), checks=[(c["what"], c["value"], c["ok"])
+               bytes_tb=round(plan["bytes_total"] / 1e12, 2),
+               nested=[plan["nested_folder_example"], plan["nested_folders"], plan["nested_max_entries"]], checks=[(c["what"], c["value"], c["ok"])
                                                                        for c in plan["checks"]])
     print(json.dumps(res, indent=2))
 

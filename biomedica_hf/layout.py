@@ -66,3 +66,21 @@ def write_dataset_sizes(out: Path) -> dict[str, int]:
         elif (folder / SIZES).exists():
             (folder / SIZES).unlink()
     return sizes
+
+
+#: partitions whose shards share one sub-folder in the Hub-scale layout (module ``shard_folder``)
+PARTITIONS_PER_FOLDER = 500
+
+
+def shard_folder(subset: str, snapshot: int, partition: int, nested: bool = True) -> str:
+    """The folder of a shard in the Hub-scale layout: ``<subset>/s<snapshot>/g<partition // 500>``
+    (``commercial/s000/g003``), so that no folder holds more than ~5,000 entries at PMC scale after a year of
+    monthly updates (each snapshot in its own folder; 500 partitions x 3 files per shard, with the validation and
+    test partitions beside the first train ones, stays under 5,000 while a partition writes <= 3 shards per subset).
+    ``nested=False``: the flat layout (``<subset>``) that folders built so far use, which every reader still reads.
+
+    The grammar of the planned layout, used by ``biomedica build --dry-run`` to project folder sizes; the writer
+    still writes the flat layout (see docs/publishing.md)."""
+    if not nested:
+        return subset
+    return f"{subset}/s{snapshot:03d}/g{partition // PARTITIONS_PER_FOLDER:03d}"

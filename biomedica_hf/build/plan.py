@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from biomedica_hf.build.partition import FINE_BUCKETS, SPLITS, auto_target, bucket_of, choose_layout
+from biomedica_hf.layout import PARTITIONS_PER_FOLDER, shard_folder
 from biomedica_hf.licenses import normalize_license
 from biomedica_hf.schema import SUBSETS
 
@@ -113,6 +114,9 @@ class BuildPlan:
     updates: int
     update_articles: int
     update_partitions: int
+    nested_folder_example: str = ""          # the planned sub-folder layout (layout.shard_folder)
+    nested_folders: int = 0                  # shard folders after the updates in that layout
+    nested_max_entries: int = 0              # entries of its largest folder
     checks: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -144,7 +148,10 @@ class BuildPlan:
                   f"Expected bytes: {human_size(self.bytes_total)} (largest shard ~{human_size(self.largest_shard_bytes)})",
                   f"Push: {self.commits:,} commits of <= {HUB_FILES_PER_COMMIT} files, >= {self.push_hours:.1f} h at "
                   f"{HUB_COMMITS_PER_HOUR} commits/hour",
-                  f"Build time: ~{self.build_hours:.1f} h with {self.workers} worker(s)", "", "Hub limits:"]
+                  f"Build time: ~{self.build_hours:.1f} h with {self.workers} worker(s)",
+                  f"Sub-folder layout ({self.nested_folder_example}/..., planned): {self.nested_folders:,} shard "
+                  f"folders after the updates, the largest with {self.nested_max_entries:,} entries",
+                  "", "Hub limits (the flat layout the build writes today):"]
         lines += [f"  [{'ok' if c['ok'] else 'OVER'}] {c['what']}: {c['value']:,} (limit {c['limit']:,})"
                   for c in self.checks]
         return "\n".join(lines)
@@ -232,6 +239,19 @@ def plan_build(source: Any, *, source_name: str = "", out: Path | None = None, l
         largest_shard_bytes=largest, commits=commits, push_hours=commits / HUB_COMMITS_PER_HOUR,
         build_hours=n * rates.article_seconds_per_worker / max(1, workers) / 3600, workers=workers,
         updates=updates, update_articles=update_articles, update_partitions=upd_parts)
+    # the planned sub-folder layout: per snapshot, groups of PARTITIONS_PER_FOLDER partition indexes
+    per_part = {s: _shards_per_partition(samples[s] / max(1, n_parts), rates, shard_max_samples, shard_max_bytes)
+                for s in SUBSETS}
+    group_parts: Counter = Counter()
+    for split, count in layout.partitions.items():
+        for i in range(count):
+            group_parts[i // PARTITIONS_PER_FOLDER] += 1
+    worst = max(per_part.values(), default=0)
+    plan.nested_max_entries = max((c * worst * FILES_PER_SHARD + 1 for c in group_parts.values()), default=0)
+    plan.nested_max_entries = max(plan.nested_max_entries, upd_parts * worst * FILES_PER_SHARD + 1)
+    plan.nested_folders = len(SUBSETS) * (len(group_parts) + updates * max(1, math.ceil(
+        upd_parts / PARTITIONS_PER_FOLDER)))
+    plan.nested_folder_example = shard_folder("commercial", 0, 0)
     biggest = max((f.entries for f in folders), default=0)
     biggest_after = max((f.entries_after_updates for f in folders), default=0)
     plan.checks = [
@@ -242,6 +262,8 @@ def plan_build(source: Any, *, source_name: str = "", out: Path | None = None, l
         {"what": f"files in the repository after {updates} updates", "value": files_after, "limit": HUB_REPO_FILES,
          "ok": files_after < HUB_REPO_FILES},
         {"what": "bytes of the largest shard", "value": largest, "limit": HUB_FILE_BYTES, "ok": largest < HUB_FILE_BYTES},
+        {"what": "entries in the largest folder of the planned sub-folder layout", "value": plan.nested_max_entries,
+         "limit": FOLDER_TARGET, "ok": plan.nested_max_entries <= FOLDER_TARGET},
     ]
     return plan
 
