@@ -309,6 +309,12 @@ def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path
     assert pairs.image_bytes(list(range(len(pairs)))) == [src[k] for k in pairs.keys]
     with pytest.raises(Exception, match="no config 'nope'.*concept-filtered"):
         load_pairs(ds, "nope")
+    # the card's per-licence config name: that licence subset's tars of the folder
+    sub = load_pairs(ds, "other-concept-filtered", split="all")
+    other = {r["key"] for r in pq.read_table(ds / "figures.parquet", columns=["key", "subset"]).to_pylist()
+             if r["subset"] == "other"}
+    assert sub.keys and set(sub.keys) == {k for k in wanted if k in other}
+    assert all(s_.startswith("concept-filtered/concept-filtered-other-") for s_ in sub.shards)
     # a partitioned build's `split` column (every build writes one; replaced here with a known assignment):
     # the test split by default, everything with split="all"
     split = ["test" if i % 4 == 0 else "train" for i in range(len(keys))]
