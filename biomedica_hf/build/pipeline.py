@@ -52,8 +52,6 @@ from biomedica_hf.build.dedup import PUBLISHED, decide, decisions_for, n_hash_bu
 from biomedica_hf.build.executors import make_executor
 from biomedica_hf.build.figures import build_figures_index
 from biomedica_hf.build.lock import BuildLock
-from biomedica_hf.build.provenance import public_options
-from biomedica_hf.layout import write_dataset_sizes
 from biomedica_hf.build.partition import (
     DEFAULT_SPLIT_FRACTIONS,
     FINE_BUCKETS,
@@ -67,6 +65,7 @@ from biomedica_hf.build.partition import (
     spool_rows,
     write_manifest,
 )
+from biomedica_hf.build.provenance import public_options
 from biomedica_hf.build.shards import revise_shard, shard_done, shard_files, shard_name, write_shard
 from biomedica_hf.build.sources import make_source
 from biomedica_hf.build.sources.base import FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error
@@ -82,7 +81,7 @@ from biomedica_hf.io.atomic import (
     write_table,
 )
 from biomedica_hf.io.markers import STATS, read_marker, write_marker
-from biomedica_hf.layout import FIGURES_INDEX
+from biomedica_hf.layout import FIGURES_INDEX, write_dataset_sizes
 from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique, format_summary, ledger_summary, removals
 from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
 

@@ -203,11 +203,11 @@ def plan_build(source: Any, *, source_name: str = "", out: Path | None = None, l
     listing_seconds = time.perf_counter() - t0
     rates = rates or (measured_rates(out) if out is not None else None) or DEFAULT_RATES
     from_hint = sum(subsets.values())
-    subset_articles = {s: int(round(subsets[s] + unknown * PMC_SUBSET_SHARES[s])) for s in SUBSETS}
+    subset_articles = {s: round(subsets[s] + unknown * PMC_SUBSET_SHARES[s]) for s in SUBSETS}
     target = partition_target or auto_target(n)
     layout = choose_layout(0, buckets, fractions, target)
     n_parts = sum(layout.partitions.values())
-    samples = {s: int(round(subset_articles[s] * rates.samples_per_article)) for s in SUBSETS}
+    samples = {s: round(subset_articles[s] * rates.samples_per_article) for s in SUBSETS}
     shards, folders = {}, []
     # an update's own partitions (the build partitions each snapshot's new articles by itself)
     upd_parts = sum(choose_layout(1, [update_articles // FINE_BUCKETS] * FINE_BUCKETS, fractions,
@@ -243,7 +243,7 @@ def plan_build(source: Any, *, source_name: str = "", out: Path | None = None, l
     per_part = {s: _shards_per_partition(samples[s] / max(1, n_parts), rates, shard_max_samples, shard_max_bytes)
                 for s in SUBSETS}
     group_parts: Counter = Counter()
-    for split, count in layout.partitions.items():
+    for count in layout.partitions.values():
         for i in range(count):
             group_parts[i // PARTITIONS_PER_FOLDER] += 1
     worst = max(per_part.values(), default=0)

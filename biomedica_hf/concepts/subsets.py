@@ -42,11 +42,11 @@ import pyarrow.parquet as pq
 
 from biomedica_hf.concepts.layout import concepts_dir, figures_index_path, key_priority
 from biomedica_hf.concepts.vocab import PLOTS_AND_CHARTS
-from biomedica_hf.layout import write_dataset_sizes
 from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, piece_stem, read_marker, write_marker
 from biomedica_hf.io.ranges import ShardFiles
 from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes
+from biomedica_hf.layout import write_dataset_sizes
 from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger(__name__)

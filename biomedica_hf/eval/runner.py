@@ -210,7 +210,7 @@ def run_probes(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: EvalCon
     ordered = bool(task.ordered_classes)
     sizes = {"train": len(train), "val": len(val), "test": len(test)}
     # the split the probe results are scored on: the data's test split, or the held-out part of a split made here
-    test_split = "test" if note.endswith("test splits") or note.endswith("and test split") else \
+    test_split = "test" if note.endswith(("test splits", "and test split")) else \
         "held-out 20% of all images (stratified, by id hash)"
     out = []
     if "linear-probe" in cfg.protocols:

@@ -51,7 +51,7 @@ def test_clip_card_license_from_the_training_data(built_dataset, tmp_path):
     assert meta["license"] == "other" and meta["license_link"] == "LICENSES.md"
     assert meta["license_name"] == "mixed-training-data-licences"
     licences = (folder / "LICENSES.md").read_text()
-    for code, n in Counter(r["license_code"] for r in rows).items():
+    for code in Counter(r["license_code"] for r in rows).keys():
         assert f"| {code} |" in licences
     assert f"| **total** | | | {len(rows):,} |" in licences and "subset `all`" in licences
     card = (folder / "README.md").read_text()

@@ -9,8 +9,8 @@ import hashlib
 import html.parser
 import io
 import json
-import sys
 import shutil
+import sys
 import tarfile
 import tracemalloc
 from collections import Counter
@@ -31,13 +31,13 @@ from biomedica_hf.clip.vision import embed_images, load_image_model, pick_device
 from biomedica_hf.concepts.cli import COMMANDS
 from biomedica_hf.concepts.cluster import fit_clusters, iter_batches, load_cluster_model
 from biomedica_hf.concepts.embed import read_info, shard_outputs
-from biomedica_hf.schema import SUBSETS
 from biomedica_hf.concepts.label import AnnotationError, apply_labels, labels_extra_columns, read_annotation, validate
 from biomedica_hf.concepts.sheets import COLUMNS, PAD, THUMB
 from biomedica_hf.concepts.subsets import balanced_mask, build_concept_subsets, filtered_mask
 from biomedica_hf.concepts.vocab import load_vocabulary
 from biomedica_hf.io.atomic import save_npy, write_table
 from biomedica_hf.io.tars import member_spans
+from biomedica_hf.schema import SUBSETS
 
 IMAGE_SIZE = 56
 CLI = click.Group("biomedica", commands={c.name: c for c in COMMANDS})
@@ -363,7 +363,7 @@ def test_labels_survive_an_update_build(labelled, articles_dir, tmp_path):
     from biomedica_hf.io.tars import refill_json
 
     config = max(("commercial", "noncommercial", "other"), key=lambda s: len(list((copy / s).glob("*.tar"))))
-    last = sorted((copy / config).glob("*.tar"))[0]      # the first shard of a config with several
+    last = min((copy / config).glob("*.tar"))      # the first shard of a config with several
     assert len(list((copy / config).glob("*.tar"))) > 1
     with tarfile.open(last) as tf:
         spans = [(m.offset_data, m.size, json.loads(tf.extractfile(m).read())) for m in tf if m.name.endswith(".json")]
@@ -760,6 +760,6 @@ def test_labelled_folder_round_trips_through_the_loopback_hub(labelled, annotati
         for (name, split), keys in local.items():
             rows = list(datasets.load_dataset("bmd/labelled", name, split=split, streaming=True))
             assert sorted(r["__key__"] for r in rows) == keys and keys, (name, split)
-            if name.endswith("concept-filtered") or name.endswith("concept-balanced"):
+            if name.endswith(("concept-filtered", "concept-balanced")):
                 subset = name.split("-", 1)[0]
                 assert all(r["json"]["subset"] == subset and "concepts" in r["json"] for r in rows)

@@ -26,7 +26,7 @@ BIN = Path(sys.executable).parent / "biomedica"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 MARK = "ZZlocalZZmachineZZ"
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_scale import synth_article  # noqa: E402
+from bench_scale import synth_article  # noqa: E402 - after the path insert
 
 
 def _copy(data: bytes, scale: float, quality: int) -> bytes:
@@ -147,7 +147,7 @@ def test_webdataset_features_keep_the_labels_of_a_labelled_folder(built_dataset,
         r.update(labels[r["key"]])
     labelled = tmp_path / "labelled-other-000000.tar"
     write_subset_tar(built_dataset, sorted(rows, key=lambda r: (r["shard"], r["tar_offset"])), labelled)
-    unlabelled = sorted((built_dataset / "commercial").glob("*.tar"))[0]
+    unlabelled = min((built_dataset / "commercial").glob("*.tar"))
     ds = datasets.load_dataset("webdataset", data_files={"train": [str(labelled), str(unlabelled)]}, split="train",
                                features=webdataset_features())
     got = {r["__key__"]: r["json"] for r in ds}
