@@ -218,11 +218,16 @@ def _parse_bytes(text: str) -> int:
 @click.option("--progress-every", type=float, default=30.0, show_default=True,
               help="Without a terminal (a log file, CI): seconds between progress lines (articles, rate, ETA); "
                    "on a terminal a bar over articles is shown instead.")
+@click.option("--dry-run", is_flag=True,
+              help="List and partition the source without fetching or writing anything and print the plan: "
+                   "articles, partitions, expected shards, files per folder and in total against the Hub's limits, "
+                   "expected bytes and time (rates measured on OUT's build when there is one).")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out, workers, executor, ray_address, limit, shard_samples,
           shard_bytes, seed, no_dedup, min_side, keep_empty_captions, retry_failed, keep_downloads, rate, retries, splits,
           partition_size, near_dedup, allow_shrink, allow_downgrade, rebuild_state, timeout, deadline, max_package_bytes, max_member_bytes, max_image_bytes,
-          max_pixels, enrich, eutils_url, no_progress, progress_every, verbose):
+          max_pixels, enrich, eutils_url, no_progress, progress_every, dry_run, as_json, verbose):
     """Build WebDataset shards (per licence subset and split) + articles table + ledger from PMC-OA.
 
     \b
@@ -243,6 +248,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
     from biomedica_hf.build.lock import BuildLockedError
     from biomedica_hf.build.pipeline import BuildConfig
     from biomedica_hf.build.pipeline import build as run_build
+    from biomedica_hf.build.provenance import public_command
     from biomedica_hf.build.sources.base import FatalBuildError, fatal_disk_error, is_disk_error
 
     _setup_logging(verbose)
@@ -253,6 +259,10 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
     opts = source_options(source, input_path, base_url, filelist, pmcids, list_all, rate, retries, timeout,
                           deadline, _parse_bytes(max_package_bytes), _parse_bytes(max_member_bytes))
     check_input(source, None if base_url and source == "legacy" else input_path, filelist)   # before any write
+    if dry_run:
+        _dry_run(source, opts, out, limit, _parse_splits(splits), partition_size, shard_samples,
+                 _parse_bytes(shard_bytes), workers or os.cpu_count() or 1, as_json, not no_progress)
+        return
     cfg = BuildConfig(
         out=out, source=source, source_opts=opts, workers=workers or os.cpu_count() or 1, limit=limit,
         shard_max_samples=shard_samples, shard_max_bytes=_parse_bytes(shard_bytes), seed=seed,
@@ -264,7 +274,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         executor=executor, ray_address=ray_address, split_fractions=_parse_splits(splits),
         partition_target=partition_size, allow_shrink=allow_shrink, near_dedup=near_dedup,
         allow_downgrade=allow_downgrade, rebuild_state=rebuild_state,
-        command=" ".join(["biomedica", *sys.argv[1:]]))
+        command=public_command("biomedica", sys.argv[1:]))
     try:
         report = run_build(cfg)
     except BuildLockedError as e:
@@ -291,6 +301,24 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         _run_enrich(out, eutils_url, None, fatal=False)
     _write_card(out, None)
     click.echo(f"Dataset folder: {Path(out).resolve()}")
+
+
+def _dry_run(source: str, opts: dict, out: Path, limit: int | None, fractions: tuple, partition_size: int | None,
+             shard_samples: int, shard_bytes: int, workers: int, as_json: bool, progress: bool) -> None:
+    """``build --dry-run``: the plan (biomedica_hf.build.plan), nothing fetched, nothing written."""
+    import json as _json
+
+    from biomedica_hf.build.plan import plan_build
+    from biomedica_hf.build.sources import make_source
+
+    src = make_source(source, **opts)
+    try:
+        plan = plan_build(src, source_name=source, out=out, limit=limit, fractions=fractions,
+                          partition_target=partition_size, shard_max_samples=shard_samples, shard_max_bytes=shard_bytes,
+                          workers=workers, progress=progress and not as_json)
+    finally:
+        src.close()
+    click.echo(_json.dumps(plan.to_json(), indent=2) if as_json else plan.text())
 
 
 def _write_card(out: Path, repo_id: str | None) -> None:

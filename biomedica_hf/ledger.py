@@ -80,4 +80,17 @@ def ledger_summary(path: Path, top: int = 10) -> dict:
             "top_errors": [[r, n, examples.get(r, "")] for r, n in errors.most_common(top)]}
 
 
-__all__ = ["FAILED", "KEPT", "SKIPPED", "check_unique", "format_summary", "ledger_summary", "summarize"]
+#: ledger reasons of the figures a build removed as duplicates (exact bytes / near copies with --near-dedup)
+EXACT_DUPLICATE = "duplicate_image"
+NEAR_DUPLICATE = "near_duplicate_image"
+
+
+def removals(summary: dict) -> dict[str, int]:
+    """``{"exact": n, "near": m}``: figures removed as exact / near duplicates, from the ledger's reasons — the one
+    source the console, ``build_summary.json`` and the card all report."""
+    skipped = summary.get("reasons", {}).get("figure/skipped", {})
+    return {"exact": int(skipped.get(EXACT_DUPLICATE, 0)), "near": int(skipped.get(NEAR_DUPLICATE, 0))}
+
+
+__all__ = ["EXACT_DUPLICATE", "FAILED", "KEPT", "NEAR_DUPLICATE", "SKIPPED", "check_unique", "format_summary",
+           "ledger_summary", "removals", "summarize"]

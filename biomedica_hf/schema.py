@@ -310,12 +310,24 @@ def sample_json_features():
     return {n: hf_value(t) for n, t, _ in SAMPLE_FIELDS}
 
 
-def webdataset_features(image_ext: str | None = None, json_extra: dict | None = None):
+#: the label fields ``biomedica label`` writes into each sample's ``json`` member (licence shards and concept
+#: configs): (name, arrow type name, description)
+LABEL_JSON_FIELDS: list[tuple[str, str, str]] = [
+    ("panel_type", "string", "panel type of the sample's cluster (concept labels)"),
+    ("concepts", "list<string>", "global concepts of the sample's cluster (concept labels)"),
+    ("local_concepts", "list<string>", "local concepts of the sample's cluster (concept labels)"),
+]
+
+
+def webdataset_features(image_ext: str | None = None, json_extra: dict | None = None, labels: bool = True):
     """Explicit ``datasets.Features`` for a shard: images, caption and the metadata JSON.
 
     Every sample carries exactly one image member, ``jpg`` or ``png``; ``datasets``' webdataset
     builder maps each member extension to a column, so both are declared (one is None per row).
-    ``json_extra``: fields some configs' samples carry beyond the schema's (the concept configs' labels).
+    ``labels`` (default): the concept label fields (:data:`LABEL_JSON_FIELDS`) are declared too, so that
+    ``load_dataset("webdataset", ..., features=webdataset_features())`` keeps them on a labelled folder (an
+    undeclared field is silently dropped); on unlabelled shards they are null.
+    ``json_extra``: fields some configs' samples carry beyond these.
     """
     from datasets import Features, Image, Value
 
@@ -325,6 +337,7 @@ def webdataset_features(image_ext: str | None = None, json_extra: dict | None = 
     if image_ext in (None, "png"):
         feats["png"] = Image()
     feats["txt"] = Value("string")
-    feats["json"] = {**sample_json_features(), **(json_extra or {})}
+    label_feats = {n: hf_value(t) for n, t, _ in LABEL_JSON_FIELDS} if labels else {}
+    feats["json"] = {**sample_json_features(), **label_feats, **(json_extra or {})}
     return Features(feats)
 

@@ -198,4 +198,4 @@ def test_cards_from_an_installed_wheel(tmp_path):
     assert (outside / "clip.md").read_text() == render_model_card(CLIP_CFG, "open_clip", CLIP_STATS)
     assert (outside / "smolvlm.md").read_text() == render(SMOLVLM_CFG, SMOLVLM_RESULT, kind="merged")
     card = (tmp_path / "from_wheel" / "README.md").read_bytes()
-    assert b"config_name: concept-filtered" in card and card == expected
+    assert b"config_name: commercial-concept-filtered" in card and card == expected

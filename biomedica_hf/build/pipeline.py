@@ -71,6 +71,7 @@ from biomedica_hf.build.partition import (
     write_manifest,
 )
 from biomedica_hf.build.progress import BuildProgress, bars_on, tick
+from biomedica_hf.build.provenance import public_options
 from biomedica_hf.build.shards import revise_shard, shard_done, shard_files, shard_name, write_shard
 from biomedica_hf.build.sources import make_source
 from biomedica_hf.build.sources.base import FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error
@@ -87,9 +88,9 @@ from biomedica_hf.io.atomic import (
     write_parquet,
     write_table,
 )
-from biomedica_hf.io.markers import STATS, read_marker
-from biomedica_hf.layout import FIGURES_INDEX
-from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique, format_summary, ledger_summary
+from biomedica_hf.io.markers import STATS, read_marker, write_marker
+from biomedica_hf.layout import FIGURES_INDEX, write_dataset_sizes
+from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique, format_summary, ledger_summary, removals
 from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
 
 log = logging.getLogger("biomedica_hf.build")
@@ -149,6 +150,7 @@ class BuildReport:
     elapsed_s: float
     snapshot: int = 0
     changes: dict[str, int] = field(default_factory=dict)
+    n_near_duplicates: int = 0                    # removed with --near-dedup (the ledger's count, like n_duplicates)
 
     def text(self) -> str:
         s = [f"Output: {self.out}",
@@ -156,6 +158,7 @@ class BuildReport:
              f"Articles listed: {self.n_listed} (processed now: {self.n_staged_now}, resumed: {self.n_resumed})",
              "Samples: " + ", ".join(f"{k} {v}" for k, v in self.samples_per_subset.items()),
              f"Exact duplicate images removed: {self.n_duplicates}",
+             f"Near-duplicate images removed: {self.n_near_duplicates}",
              f"Shards written: {self.shards_written} (already complete: {self.shards_skipped})",
              f"Time: {self.elapsed_s:.1f} s", "", format_summary(self.summary)]
         return "\n".join(s)
@@ -1378,6 +1381,7 @@ def _up_to_date_report(work: Work, k: int, t0: float) -> BuildReport:
     return BuildReport(out=work.out, summary=summary, n_listed=n, n_staged_now=0, n_resumed=n, shards_written=0,
                        shards_skipped=sum(len(v) for v in bs.get("shards", {}).values()),
                        samples_per_subset=bs.get("samples", {}), n_duplicates=bs.get("duplicates_removed", 0),
+                       n_near_duplicates=bs.get("near_duplicates_removed", 0),
                        elapsed_s=time.time() - t0, snapshot=k, changes={"up to date": 1})
 
 
@@ -1532,11 +1536,13 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
                     "elapsed_seconds": timings["elapsed_seconds"]})
     _write_summary(work, {
         "version": __version__, "command": cfg.command, "source": cfg.source,
-        "source_opts": {k2: str(v) for k2, v in cfg.source_opts.items()},
+        "source_opts": public_options(cfg.source_opts),   # local paths by their role: the summary is published
         "executor": cfg.executor, "seed": cfg.seed, "dedup_images": cfg.dedup_images,
         "shard_max_samples": cfg.shard_max_samples, "shard_max_bytes": cfg.shard_max_bytes,
         "media": dataclasses.asdict(cfg.media), "articles_listed": meta.get("listed"), "articles": n_articles,
-        "samples": per_subset, "duplicates_removed": _count_duplicates(out),
+        # removals from the ledger: the one source of the console, this summary and the card
+        "samples": per_subset, "duplicates_removed": removals(summary)["exact"],
+        "near_duplicates_removed": removals(summary)["near"],
         "splits": {"fractions": list(cfg.split_fractions), "by": "sha256 of the PMCID (partition.split_of)"},
         "partitioning": {key: meta[key] for key in ("fine_buckets", "hash", "fractions") if key in meta},
         "snapshots": history,
@@ -1547,8 +1553,8 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
     n_shards = sum(len(v) for v in shards.values())
     return BuildReport(out=out, summary=summary, n_listed=meta.get("listed") or 0, n_staged_now=n_staged,
                        n_resumed=max(0, (meta.get("articles") or 0) - n_staged), shards_written=n_shards, shards_skipped=0, samples_per_subset=per_subset,
-                       n_duplicates=dropped, elapsed_s=time.time() - t0, snapshot=k,
-                       changes=dict(meta.get("changes", {})))
+                       n_duplicates=removals(summary)["exact"], elapsed_s=time.time() - t0, snapshot=k,
+                       changes=dict(meta.get("changes", {})), n_near_duplicates=removals(summary)["near"])
 
 
 def _check_fates(work: Work, k: int) -> None:
@@ -1608,18 +1614,13 @@ def _write_near_duplicates(work: Work, k: int, out: Path) -> None:
 
 
 def _write_sizes(out: Path, shards: dict[str, list[dict]]) -> None:
-    """``<subset>/sizes.json``: {tar base name: samples} of the folder's shards, for open_clip / webdataset.
-
-    Base names are unique across the dataset, so open_clip (which reads the ``sizes.json`` of the first
-    shard's folder for every shard) can no longer miscount joined subsets silently: a shard of another
-    folder is a KeyError there, and ``--train-num-samples`` gives the joined count."""
+    """``<folder>/sizes.json``: {tar base name: samples} of EVERY shard of the dataset (base names are unique), in
+    every shard folder, for open_clip / webdataset: open_clip reads the ``sizes.json`` of the first shard's folder
+    for every shard, so ``::``-joined subsets count without ``--train-num-samples`` (``layout.write_dataset_sizes``)."""
     for s in SUBSETS:
-        path = Path(out) / s / "sizes.json"
-        if shards[s]:
-            atomic_write_json(path, {x["shard"].split("/")[-1]: x["count"]
-                                     for x in sorted(shards[s], key=lambda x: x["shard"])})
-        elif path.exists():
-            path.unlink()
+        if not shards[s] and (Path(out) / s / "sizes.json").exists():
+            (Path(out) / s / "sizes.json").unlink()
+    write_dataset_sizes(out)
 
 
 def shard_paths(out: Path, subset: str) -> list[Path]:

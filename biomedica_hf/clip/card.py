@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from biomedica_hf import templates
+from biomedica_hf.dataset.licences import DataLicences, data_licences, write_licences
 
 WIDGET_LABELS = ["chest X-ray", "brain MRI", "histopathology slide", "bar chart", "fluorescence microscopy"]
 
@@ -83,12 +84,23 @@ def training_data(cfg: dict) -> dict:
                 "prose": f"[{hub}](https://huggingface.co/datasets/{hub}) (streamed from the Hub)"}
     declared = hub_dataset_id(e.get("dataset_id"))
     local = str(path) if path else "a local folder"
+    # the card names no local path (it is published): the folder's own name only
+    name = Path(local).name if path else ""
     if declared:
         return {"hub_id": declared, "local": local,
-                "prose": f"the local folder `{local}`, published as "
+                "prose": f"a local dataset folder, published as "
                          f"[{declared}](https://huggingface.co/datasets/{declared})"}
     return {"hub_id": None, "local": local,
-            "prose": f"a dataset folder built locally with `biomedica build` from PMC-OA (`{local}`; not on the Hub)"}
+            "prose": "a dataset folder built locally with `biomedica build` from PMC-OA"
+                     + (f" (`{name}`; not on the Hub)" if name else " (not on the Hub)")}
+
+
+def training_licences(cfg: dict) -> DataLicences:
+    """The licences of the samples the config's ``data`` selects (subset + filters), read from the dataset."""
+    d = cfg.get("data", {})
+    data = training_data(cfg)
+    return data_licences(d.get("path"), d.get("subset", "commercial"), d,
+                         data=data["hub_id"] or "a local dataset folder built with `biomedica build`")
 
 
 def _eval_sources(model_index: Path) -> list[str]:
@@ -102,9 +114,11 @@ def _eval_sources(model_index: Path) -> list[str]:
     return list(dict.fromkeys(f"`{t.get('source') or t['dataset']['type']}` ({name})" for name, t in tasks.items()))
 
 
-def render_model_card(cfg: dict, fmt: str, stats: dict[str, Any], template: str | os.PathLike | None = None) -> str:
+def render_model_card(cfg: dict, fmt: str, stats: dict[str, Any], template: str | os.PathLike | None = None,
+                      licences: DataLicences | None = None) -> str:
     """The card text for one export format (``open_clip`` or ``transformers``); ``template``: a path to a Jinja
-    template of your own instead of the packaged one."""
+    template of your own instead of the packaged one. ``licences``: the training data's licences
+    (:func:`training_licences`, read here when not given) decide ``license`` (see ``dataset.licences``)."""
     if template is not None and not Path(template).is_file():
         raise FileNotFoundError(f"model card template {template} not found")
     t, d, e = cfg["train"], cfg["data"], cfg["export"]
@@ -112,10 +126,14 @@ def render_model_card(cfg: dict, fmt: str, stats: dict[str, Any], template: str 
     subset_s = subset if isinstance(subset, str) else ", ".join(subset)
     lib, hint, usage = _FORMATS[fmt]
     repo = e.get("repo_id") or "OWNER/NAME"
+    licences = licences if licences is not None else training_licences(cfg)
+    licence_meta = licences.front_matter()
+    if not licences.counts and e.get("license"):   # facts first; a stated licence only when none could be read
+        licence_meta = {"license": e["license"]}
     meta: dict[str, Any] = {
         "library_name": lib,
         "pipeline_tag": "zero-shot-image-classification",
-        "license": e.get("license") or ("cc-by-4.0" if subset_s == "commercial" else "other"),
+        **licence_meta,
         "tags": ["clip", "biomedical", "biomedica", "pubmed-central", "zero-shot-image-classification", lib]
                 + (["lora", "peft"] if cfg["lora"].get("enabled") else []),
         "widget": [{"candidate_labels": ", ".join(WIDGET_LABELS)}],
@@ -162,7 +180,7 @@ def render_model_card(cfg: dict, fmt: str, stats: dict[str, Any], template: str 
         title=e.get("title") or f"BMC-CLIP {cfg['model'].get('name') or cfg['model'].get('name_or_path') or ''}".strip(),
         base_model=_base_model(cfg["model"]), format_name=lib, format_hint=hint,
         usage=usage.format(repo=repo, labels=WIDGET_LABELS[:3]), data_prose=data["prose"], subset=subset_s,
-        filters=f" (filters{filters})" if filters else "",
+        filters=f" (filters{filters})" if filters else "", licences=licences.summary(),
         reference_note=("in-text reference sentences replace the caption with probability "
                         f"{d.get('reference_prob')}." if d.get("reference_prob") else "the figure caption is the text."),
         shuffle_buffer=d.get("shuffle_buffer", 0), world_size=stats.get("world_size", 1),
@@ -181,7 +199,10 @@ def _render(template: str | os.PathLike | None, **fields: Any) -> str:
 
 
 def write_model_card(folder: str | os.PathLike, cfg: dict, fmt: str, stats: dict[str, Any],
-                     template: str | os.PathLike | None = None) -> Path:
+                     template: str | os.PathLike | None = None, licences: DataLicences | None = None) -> Path:
+    """``README.md`` and ``LICENSES.md`` (the training data's licences and counts) of an exported model folder."""
+    licences = licences if licences is not None else training_licences(cfg)
+    write_licences(folder, licences)
     path = Path(folder) / "README.md"
-    path.write_text(render_model_card(cfg, fmt, stats, template))
+    path.write_text(render_model_card(cfg, fmt, stats, template, licences))
     return path

@@ -372,4 +372,9 @@ def export_model(clip, out_dir: str | os.PathLike, formats: tuple[str, ...] = ("
             skipped[fmt] = str(exc)
     if skipped:
         written["skipped"] = json.dumps(skipped)
+    from biomedica_hf.io.atomic import share_tree
+
+    for key, path in written.items():
+        if key != "skipped":
+            share_tree(path)      # 0755/0644 unless the umask says otherwise (mkdtemp / safetensors write 0700/0600)
     return written

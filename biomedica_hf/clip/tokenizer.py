@@ -29,9 +29,12 @@ def write_clip_tokenizer(out_dir: str | os.PathLike, model_max_length: int = 77)
     from open_clip.tokenizer import default_bpe
     from transformers import CLIPTokenizer
 
+    from biomedica_hf.io.atomic import current_umask
+
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())   # mkdtemp makes 0700: the placed folder gets a plain mkdir's mode
     try:
         with gzip.open(default_bpe()) as fh:
             merges = fh.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]

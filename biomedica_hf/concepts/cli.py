@@ -131,9 +131,9 @@ def _subsets(dataset, exclude, exclude_local, cap, seed, shard_samples, card, re
     configs = build_concept_subsets(dataset, exclude=exclude, exclude_local=exclude_local, cap=cap, seed=seed,
                                     shard_samples=shard_samples)
     summary = json.loads((dataset / "concepts" / "subsets.json").read_text())
-    for c in configs:
-        s = summary[c["config_name"]]
-        click.echo(f"{c['config_name']}: {s['samples']} samples in {s['shards']} shards ({dataset / c['config_name']})")
+    for name, s in summary.items():
+        click.echo(f"{name}: {s['samples']} samples in {s['shards']} shards ({dataset / name})")
+    click.echo("configs (one per licence subset): " + ", ".join(c["config_name"] for c in configs))
     if card:
         click.echo(f"Dataset card: {refresh_card(dataset, repo_id)}")
 

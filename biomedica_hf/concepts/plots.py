@@ -185,12 +185,21 @@ def card_markdown(dataset_dir: str | Path) -> str:
         "![cluster sizes](card/cluster_sizes.png)", "", "![embedding map](card/embeddings_2d.png)", "",
     ]
     if subsets:
-        lines += ["| config | samples | shards | selection |", "|---|---:|---:|---|"]
+        from biomedica_hf.concepts.subsets import licence_counts
+        from biomedica_hf.schema import SUBSETS
+
+        lines += ["Each selection is published as one config per licence subset (a config never mixes licences):",
+                  "", "| config | samples | licences (samples) | selection |", "|---|---:|---|---|"]
         for name, s in sorted(subsets.items(), key=lambda kv: kv[0] != "concept-filtered"):
             p = s.get("params", {})
             rule = (f"excludes {', '.join(p['exclude'])}" if "exclude" in p
                     else f"at most {p.get('cap')} samples per concept (seed {p.get('seed')})")
-            lines.append(f"| `{name}` | {s['samples']:,} | {s['shards']} | {rule} |")
+            codes = licence_counts(out, name)
+            for subset in SUBSETS:
+                n = (s.get("by_subset") or {}).get(subset, 0)
+                if n:
+                    lic = ", ".join(f"{c} ({k:,})" for c, k in codes.get(subset, {}).items()) or "?"
+                    lines.append(f"| `{subset}-{name}` | {n:,} | {subset}: {lic} | {rule} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -18,7 +18,9 @@ re-encoding) and the ``json`` member gains the sample's labels (:data:`JSON_LABE
 ``local_concepts``), so that ``datasets.load_dataset(repo, "concept-filtered")`` rows show the concepts they were
 selected by (the card declares these fields, typed from ``figures.parquet``). ``out_offset`` is the sample's
 offset in the written copy. Shards never mix licence subsets (the file name says which: ``concept-filtered-commercial-train-000000.tar``),
-so ``<name>/<name>-commercial-*.tar`` is the commercially usable part. ``datasets`` infers one builder per
+so ``<name>/<name>-commercial-*.tar`` is the commercially usable part, and the card has one config per selection
+and licence subset (``commercial-concept-filtered``, ``noncommercial-concept-filtered``, ...: a config never
+mixes licences; the card's concept section names each one's licences). ``datasets`` infers one builder per
 folder (WebDataset here), which is why a config's data files must be tars and not the Parquet list.
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, piece_stem, read_marker, write_marker
 from biomedica_hf.io.ranges import ShardFiles
 from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes
+from biomedica_hf.layout import write_dataset_sizes
 from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger(__name__)
@@ -253,29 +256,56 @@ def materialise(dataset_dir: str | Path, name: str, selection: pa.Table) -> dict
         tar_name = f"{piece_stem(stale, STATS)}.tar" if stale.name.endswith(STATS) else stale.name
         if tar_name not in planned:
             stale.unlink()
-    atomic_write_json(folder / "sizes.json", sizes)
+    write_dataset_sizes(root)   # every folder's sizes.json lists every shard of the dataset (open_clip joins)
     stats = {"name": name, "samples": selection.num_rows, "shards": len(planned), "written": written, "kept": kept}
     i = selection.column_names.index("out_offset")
     return stats, selection.set_column(i, "out_offset", pa.array(out_offsets, pa.int64()))
 
 
-def card_config(name: str, root: Path | None = None) -> dict[str, Any]:
-    """A ``configs:`` entry of the dataset card for a materialised subset, one data-files entry per split
-    present (shards of an index without splits are all ``train``)."""
-    tars = [p.name for p in (Path(root) / name).glob("*.tar")] if root is not None else []
-    present = [sp for sp in SPLITS if any(f"-{sp}-" in t for t in tars)]
-    if not present or any(not any(f"-{sp}-" in t for sp in SPLITS) for t in tars):
-        return {"config_name": name, "data_files": [{"split": "train", "path": f"{name}/*.tar"}]}
-    return {"config_name": name, "data_files": [{"split": sp, "path": f"{name}/*-{sp}-*.tar"} for sp in present]}
+def card_config(name: str, root: Path | None = None) -> list[dict[str, Any]]:
+    """The ``configs:`` entries of the dataset card for a materialised subset: one per licence subset present
+    (``commercial-concept-filtered``, ``noncommercial-concept-filtered``, ...), so that a config never mixes
+    licences, each with one data-files entry per split present (shards of an index without splits are all
+    ``train``)."""
+    tars = sorted(p.name for p in (Path(root) / name).glob("*.tar")) if root is not None else []
+    configs = []
+    for subset in SUBSETS:
+        mine = [t for t in tars if t.startswith(f"{name}-{subset}-")]
+        if not mine:
+            continue
+        present = [sp for sp in SPLITS if any(t.startswith(f"{name}-{subset}-{sp}-") for t in mine)]
+        if not present or any(not any(t.startswith(f"{name}-{subset}-{sp}-") for sp in SPLITS) for t in mine):
+            files = [{"split": "train", "path": f"{name}/{name}-{subset}-*.tar"}]
+        else:
+            files = [{"split": sp, "path": f"{name}/{name}-{subset}-{sp}-*.tar"} for sp in present]
+        configs.append({"config_name": f"{subset}-{name}", "data_files": files})
+    return configs
 
 
 def concept_card_configs(dataset_dir: str | Path) -> list[dict[str, Any]]:
-    """Card configs of the concept subsets materialised in the folder (for ``write_card(extra_configs=)``)."""
+    """Card configs of the concept subsets materialised in the folder (for ``write_card(extra_configs=)``): one per
+    selection and licence subset."""
     root = Path(dataset_dir)
     summary = concepts_dir(root) / "subsets.json"
     names = list(json.loads(summary.read_text())) if summary.exists() else []
     names.sort(key=lambda n: ([FILTERED, BALANCED] + [n]).index(n))
-    return [card_config(n, root) for n in names if any((root / n).glob("*.tar"))]
+    return [c for n in names for c in card_config(n, root)]
+
+
+def licence_counts(dataset_dir: str | Path, name: str) -> dict[str, dict[str, int]]:
+    """``{licence subset: {license_code: samples}}`` of a materialised selection (from ``concepts/<name>.parquet``
+    joined with ``figures.parquet`` on ``key``)."""
+    root = Path(dataset_dir)
+    path = concepts_dir(root) / f"{name}.parquet"
+    if not path.exists():
+        return {}
+    sel = pq.read_table(path, columns=["key", "subset"])
+    idx = pq.read_table(figures_index_path(root), columns=["key", "license_code"])
+    joined = sel.join(idx, "key", join_type="left outer")
+    out: dict[str, dict[str, int]] = {}
+    for row in joined.group_by(["subset", "license_code"]).aggregate([("key", "count")]).to_pylist():
+        out.setdefault(row["subset"], {})[row["license_code"] or "unknown"] = row["key_count"]
+    return {s: dict(sorted(v.items(), key=lambda kv: -kv[1])) for s, v in out.items()}
 
 
 def write_selection(dataset_dir: str | Path, name: str, mask: np.ndarray, index: pa.Table,
@@ -330,10 +360,11 @@ def build_concept_subsets(dataset_dir: str | Path, exclude: Sequence[str] = DEFA
         subsets[name] = write_selection(root, name, mask, index, shard_samples, shard_bytes, params)
         log.info("%s: %d of %d samples", name, int(mask.sum()), index.num_rows)
     atomic_write_json(concepts_dir(root) / "subsets.json", {n: {**s, **summary} for n, s in subsets.items()})
+    write_dataset_sizes(root)   # now that every selection is written: each folder's sizes.json lists them all
     empty = [n for n, s in subsets.items() if not s["samples"]]
     if empty:
         log.warning("empty concept subset(s) %s: no card config", ", ".join(empty))
-    return [card_config(n, Path(dataset_dir)) for n in masks if n not in empty]
+    return [c for n in masks if n not in empty for c in card_config(n, Path(dataset_dir))]
 
 
 __all__ = [
@@ -348,6 +379,7 @@ __all__ = [
     "default_cap",
     "filtered_mask",
     "labelled_sample",
+    "licence_counts",
     "materialise",
     "plan_shards",
     "write_subset_tar",

@@ -98,7 +98,7 @@ def _features_for(config: dict, out: Path):
     paths = config["data_files"][0]["path"]
     paths = [paths] if isinstance(paths, str) else list(paths)
     if all(str(p).endswith(".tar") for p in paths):
-        return webdataset_features(json_extra=_json_extra(out, paths))
+        return webdataset_features(json_extra=_json_extra(out, paths), labels=False)   # what the shards hold
     return None
 
 
@@ -206,6 +206,7 @@ def collect_stats(out: Path) -> dict[str, Any]:
         "n_articles": n_articles,
         "n_articles_with_samples": pmcids_with_samples,
         "n_duplicates": summary.get("duplicates_removed", 0),
+        "n_near_duplicates": summary.get("near_duplicates_removed", 0),
         "years": [{"year": y if y is not None else "unknown", "n": n}
                   for y, n in sorted(years.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))],
         "licenses": [{"code": c, "subset": s, "n": n} for (c, s), n in licenses.most_common()],

@@ -76,7 +76,7 @@ _SHARD_RE = re.compile(r"^(?P<subset>[^/]+)/(?P<stem>[^/]+?)(?P<suffix>_stats\.j
 ROOT_FILES: tuple[str, ...] = (CARD, "articles.parquet", "figures.parquet", "ledger.parquet", "duplicates.parquet",
                                *DUP_TABLES.values(),   # near_duplicates.parquet, caption_duplicates.parquet
                                "ledger_summary.txt", BUILD_SUMMARY)
-_CARD_LINK_RE = re.compile(r"""(?:\]\(\s*<?|src\s*=\s*["']|href\s*=\s*["'])(?:\./)?(card/[^)"'\s#?>]+)""")
+_CARD_LINK_RE = re.compile(r"""(?:\]\(\s*<?|src\s*=\s*["']|href\s*=\s*["'])(?:\./)?([^)"'\s#?>]+)""")
 _PLOT_EXT = (".png", ".jpg", ".jpeg", ".svg", ".webp", ".gif")
 _REPO_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 # Folders never walked: their contents are all ignored, and _work/ may hold millions of files.
@@ -210,12 +210,17 @@ def plan_upload(folder: str | Path, verify: bool = True) -> UploadPlan:
     links = _card_links(folder)
     sizes, pruned, links_out = _walk(folder)
     plan.excluded += [ExcludedEntry(f"{d}/", _PRUNED[d]) for d in pruned]
+    # the folders of the card's other configs (concept subsets, ...): their sizes.json and stats go with their tars
+    config_dirs = {rel.rsplit("/", 1)[0] for rel in sizes if "/" in rel and not _hidden(rel)
+                   and rel.split("/", 1)[0] not in (*SUBSETS, *TABLE_CONFIGS, CARD_DIR)
+                   and any(r.fullmatch(rel) for r in card_res)}
     for rel in sorted(sizes):
-        own = _is_dataset_file(rel, links) or (any(r.fullmatch(rel) for r in card_res) and not _hidden(rel))
+        own = (_is_dataset_file(rel, links) or (any(r.fullmatch(rel) for r in card_res) and not _hidden(rel))
+               or _config_companion(rel, config_dirs))
         if own:
             kind, subset = classify(rel)
             if kind == "other":
-                kind = "config"
+                kind = "stats" if _config_companion(rel, config_dirs) else "card" if rel in links else "config"
             plan.files.append(PlannedFile(rel, sizes[rel], kind, subset))
         else:
             reason = exclusion_reason(rel)
@@ -228,6 +233,7 @@ def plan_upload(folder: str | Path, verify: bool = True) -> UploadPlan:
     plan.allow_patterns = [f.path for f in plan.files]
 
     _check_card(folder, plan, card_patterns)
+    _check_card_links(plan, links)
     _check_shards(folder, plan)
     if verify and not any("no shards" in p for p in plan.problems):
         from biomedica_hf.dataset.verify import verify_folder
@@ -249,10 +255,18 @@ def _hidden(rel: str) -> bool:
     return any(p.startswith(".") for p in rel.split("/"))
 
 
+def _config_companion(rel: str, config_dirs: set[str]) -> bool:
+    """``sizes.json`` or a shard's ``*_stats.json`` in the folder of one of the card's configs."""
+    folder, _, name = rel.rpartition("/")
+    return folder in config_dirs and (name == "sizes.json" or name.endswith(STATS))
+
+
 def _is_dataset_file(rel: str, card_links: set[str]) -> bool:
     """A file of the published layout (see the module doc); hidden and temporary names never are."""
     if _hidden(rel) or rel.endswith((".part", ".tmp")):
         return False
+    if rel in card_links and rel.split("/", 1)[0] not in _PRUNED:   # a file the card links (plots, reports)
+        return True
     parts = rel.split("/")
     if len(parts) == 1:
         return rel in ROOT_FILES
@@ -264,12 +278,24 @@ def _is_dataset_file(rel: str, card_links: set[str]) -> bool:
 
 
 def _card_links(folder: Path) -> set[str]:
-    """The ``card/...`` files the card's Markdown / HTML links to."""
+    """The files of the folder the card's Markdown / HTML links to (relative links: ``card/*.png``,
+    ``decontamination/report.json``, ...; URLs and anchors are not files of the folder)."""
     try:
         text = (folder / CARD).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return set()
-    return {m.group(1) for m in _CARD_LINK_RE.finditer(text)}
+    links = {m.group(1) for m in _CARD_LINK_RE.finditer(text)}
+    return {link for link in links if not re.match(r"^[a-zA-Z][\w+.-]*:", link) and not link.startswith(("/", "#"))
+            and ".." not in link.split("/")}
+
+
+def _check_card_links(plan: UploadPlan, links: set[str]) -> None:
+    """Every file the card links must be uploaded: a card must not cite what the repository will not have."""
+    planned = set(plan.paths)
+    for link in sorted(links - planned):
+        plan.problems.append(f"{CARD} links {link}, which would not be uploaded (missing from the folder or not part "
+                             f"of the dataset): regenerate the card with `biomedica card {plan.folder}` or add the "
+                             "file")
 
 
 def filter_paths(paths: Any, allow: Any = UPLOAD_ALLOW, ignore: Any = UPLOAD_IGNORE) -> list[str]:
@@ -550,15 +576,62 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
                   private=private, allow_patterns=allow, ignore_patterns=ignore, num_workers=num_workers)
         if deleted:
             _delete(api, repo_id, deleted, revision, token, message)
-    elif changed:  # huggingface_hub 2.x: upload_folder is streamed, multi-commit and resumable (hf_xet)
+    elif changed:  # huggingface_hub 2.x: upload_folder, in commits of < 100 files (the Hub's limit over HTTP)
         if num_workers is not None:
             log.info("num_workers is not used by this huggingface_hub (upload_folder manages its concurrency)")
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=REPO_TYPE, revision=revision,
-                          allow_patterns=allow, ignore_patterns=ignore, token=token, commit_message=message,
-                          delete_patterns=[_fn_escape(p) for p in deleted] or None)
+        batches = commit_batches(changed)
+        for i, batch in enumerate(batches, 1):
+            last = i == len(batches)
+            suffix = f" ({i}/{len(batches)})" if len(batches) > 1 else ""
+            log.info("commit %d/%d: %d file(s)", i, len(batches), len(batch))
+            _with_rate_limit(lambda batch=batch, last=last, suffix=suffix: api.upload_folder(
+                repo_id=repo_id, folder_path=str(folder), repo_type=REPO_TYPE, revision=revision,
+                allow_patterns=[_fn_escape(p) for p in batch], ignore_patterns=list(ignore), token=token,
+                commit_message=message + suffix,
+                delete_patterns=([_fn_escape(p) for p in deleted] or None) if last else None))
     else:
         _delete(api, repo_id, deleted, revision, token, message)
     return plan
+
+
+#: files per commit: the Hub refuses 100 or more over its HTTP API
+FILES_PER_COMMIT = 90
+#: the Hub allows 128 commits per hour per repository; a 429 answer is waited out this many times
+RATE_LIMIT_RETRIES = 5
+
+
+def commit_batches(paths: list[str], size: int = FILES_PER_COMMIT) -> list[list[str]]:
+    """``paths`` in commits of at most ``size`` files: shards and their indexes first, each shard with its index and
+    stats in one commit where possible, the card and ``build_summary.json`` in the last one, so that an interrupted
+    push never leaves a card that cites files the repository does not have yet (a rerun uploads what is missing)."""
+    last = [p for p in paths if p in (CARD, BUILD_SUMMARY)]
+    rest = sorted((p for p in paths if p not in last), key=lambda p: (p.rsplit("/", 1)[0], p))
+    batches = [rest[i:i + size] for i in range(0, len(rest), size)]
+    if last:
+        if batches and len(batches[-1]) + len(last) <= size:
+            batches[-1] += last
+        else:
+            batches.append(last)
+    return batches
+
+
+def _with_rate_limit(commit: Any) -> Any:
+    """Run one commit; a 429 (128 commits per hour) is waited out (``Retry-After``, else a minute) and retried."""
+    import time
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for attempt in range(RATE_LIMIT_RETRIES + 1):
+        try:
+            return commit()
+        except HfHubHTTPError as e:
+            response = getattr(e, "response", None)
+            if response is None or response.status_code != 429 or attempt == RATE_LIMIT_RETRIES:
+                raise
+            wait = float(response.headers.get("Retry-After") or 60)
+            log.warning("the Hub rate-limits commits (429): waiting %.0f s", wait)
+            time.sleep(wait)
+    return None
 
 
 def _fn_escape(path: str) -> str:
@@ -651,6 +724,7 @@ __all__ = [
     "UploadBlockedError",
     "UploadPlan",
     "classify",
+    "commit_batches",
     "exclusion_reason",
     "filter_paths",
     "plan_upload",

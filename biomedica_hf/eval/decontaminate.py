@@ -199,13 +199,26 @@ def contact_sheet(pairs: list[dict], eval_bytes: dict[tuple[str, str], bytes], d
         sheet.save(tmp, format="PNG")
 
 
+def _public(source: str | None) -> str | None:
+    """A task source as the published report names it: a local path by its last component."""
+    if not source:
+        return source
+    spec, sep, rest = source.partition(":")
+    if sep and os.path.isabs(rest):
+        return f"{spec}:{Path(rest).name}"
+    return Path(source).name if os.path.isabs(source) else source
+
+
 def decontaminate(dataset_dir: str | os.PathLike, tasks: str | Sequence, out_dir: str | os.PathLike | None = None,
-                  threshold: int = DEFAULT_THRESHOLD, ctx=None, progress: bool = False) -> dict:
+                  threshold: int = DEFAULT_THRESHOLD, ctx=None, progress: bool = False, update_card: bool = True) -> dict:
     """Find training samples of ``dataset_dir`` that near-duplicate an image of any of ``tasks``.
 
     ``tasks``: a registry SPEC (``"@fixtures,imagefolder:PATH"``) or resolved ``Task`` objects. Writes
     ``exclusions.txt``, ``pairs.parquet``, ``report.json`` and ``contact_sheet.png`` into ``out_dir``
-    (default ``DIR/decontamination``) and returns the report.
+    (default ``DIR/decontamination``) and returns the report. Whatever ``out_dir``, the dataset keeps the copy its
+    card cites (``DIR/decontamination/report.json`` and ``exclusions.txt``, which ``biomedica push`` uploads), and
+    with ``update_card`` an existing card (``DIR/README.md``) is rewritten so its contamination section says what
+    this run found. The report names no local path (it is published): the dataset and local task sources by name.
     """
     from biomedica_hf.eval.tasks.base import DataContext
     from biomedica_hf.eval.tasks.registry import resolve_tasks
@@ -238,13 +251,13 @@ def decontaminate(dataset_dir: str | os.PathLike, tasks: str | Sequence, out_dir
     per_task = {}
     for e in evals:
         mine = [p for p in found if p["task"] == e.task]
-        per_task[e.task] = {"source": e.source, "eval_images": len(e.ids), "eval_unreadable": e.unreadable,
+        per_task[e.task] = {"source": _public(e.source), "eval_images": len(e.ids), "eval_unreadable": e.unreadable,
                             "contaminated_eval_images": len({p["eval_image"] for p in mine}),
                             "matched_training_samples": len({p["key"] for p in mine}),
                             "pairs": len(mine),
                             "fraction_contaminated": round(len({p["eval_image"] for p in mine}) / len(e.ids), 6)
                             if e.ids else 0.0}
-    report = {"dataset": str(root.resolve()), "hash": HASH_NAME, "hash_bits": HASH_BITS, "threshold": threshold,
+    report = {"dataset": root.resolve().name, "hash": HASH_NAME, "hash_bits": HASH_BITS, "threshold": threshold,
               "training_samples": train_total, "training_unhashed": train_unhashed,
               "training_hashes_from": "figures.parquet phash" if from_index else "shard images",
               "excluded_keys": len(keys), "tasks": per_task,
@@ -268,6 +281,21 @@ def decontaminate(dataset_dir: str | os.PathLike, tasks: str | Sequence, out_dir
     contact_sheet(sheet_pairs, eval_bytes, root, out / "contact_sheet.png")
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
+    published = root / "decontamination"
+    if out.resolve() != published.resolve():   # the copy the card cites and push uploads
+        published.mkdir(parents=True, exist_ok=True)
+        for name in ("exclusions.txt", "report.json"):
+            with atomic_path(published / name) as tmp:
+                tmp.write_bytes((out / name).read_bytes())
+    if update_card and (root / "README.md").is_file():
+        from biomedica_hf.dataset.card import write_card
+
+        try:
+            write_card(root)
+            log.info("dataset card rewritten: %s", root / "README.md")
+        except Exception as e:  # noqa: BLE001 - the report stands; the card is regenerated with `biomedica card`
+            report["card_error"] = f"{type(e).__name__}: {e}"
+            log.warning("the dataset card was not rewritten (%s): run `biomedica card %s`", e, root)
     log.info("decontamination: %d training samples near-duplicate evaluation images", len(keys))
     return report
 

@@ -4,9 +4,11 @@
   train split; ``LogisticRegression`` (L-BFGS, multinomial) with the inverse regularisation ``C`` chosen on
   the val split from a log-spaced grid (by balanced accuracy, ties to the smaller ``C``), then refit on
   train + val and scored on test.
-* **Few-shot**: for each ``k`` in ``shots`` and each seed, ``k`` images per class drawn from the train split
-  (all of a class when it has fewer), the same logistic regression with ``C`` chosen on val; mean and
-  standard deviation over the seeds.
+* **Few-shot**: for each ``k`` in ``shots`` and each seed, ``k`` images per class drawn from the train split, the
+  same logistic regression with ``C`` chosen on val; mean and standard deviation over the seeds. A ``k`` the data
+  cannot support (a class of the train split has fewer than ``k`` images: every seed would draw the same whole
+  class, and the result would not be ``k``-shot) is skipped and reported by :func:`unsupported_shots`; each result
+  says the ``k`` it used per class (``k_per_class``).
 
 Metrics are those of zero-shot (:func:`.metrics.zero_shot_metrics`: accuracy, balanced accuracy, macro-F1,
 quadratic weighted kappa for ordered classes) on the same test images.
@@ -101,12 +103,35 @@ def sample_shots(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(idx, dtype=np.int64))
 
 
+def train_counts(y_train: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
+    """Images per class in the train split (classes present there)."""
+    values, counts = np.unique(y_train, return_counts=True)
+    return {class_names[int(v)]: int(n) for v, n in zip(values, counts)}
+
+
+def unsupported_shots(y_train: np.ndarray, class_names: Sequence[str], shots: Sequence[int]) -> dict[str, dict]:
+    """``{k: {"reason", "train_per_class"}}`` for each ``k`` some train class has fewer than ``k`` images of."""
+    counts = train_counts(y_train, class_names)
+    out = {}
+    for k in shots:
+        short = {c: n for c, n in counts.items() if n < k}
+        if short:
+            out[str(k)] = {"reason": f"{len(short)} class(es) have fewer than {k} train images ("
+                                     + ", ".join(f"{c}: {n}" for c, n in sorted(short.items(), key=lambda kv: kv[1]))
+                                     + ")", "train_per_class": counts}
+    return out
+
+
 def few_shot(s: Splits, class_names: Sequence[str], shots: Sequence[int] = SHOTS, seeds: Sequence[int] = (0, 1, 2),
              ordered: bool = False, grid: Sequence[float] = C_GRID, tie_eps: float = 0.0) -> dict:
-    """Per k: mean and std over seeds of the test metrics of a probe trained on k examples per class."""
+    """Per supported k: mean and std over seeds of the test metrics of a probe trained on k examples per class
+    (``k_per_class``: what was used); the k values of :func:`unsupported_shots` are left out."""
     k_classes = len(class_names)
     out: dict[str, dict] = {}
+    skip = unsupported_shots(s.y_train, class_names, shots)
     for k in shots:
+        if str(k) in skip:
+            continue
         runs = []
         for seed in seeds:
             idx = sample_shots(s.y_train, k, seed)
@@ -125,5 +150,6 @@ def few_shot(s: Splits, class_names: Sequence[str], shots: Sequence[int] = SHOTS
             if vals.size:
                 summary[key] = float(np.mean(vals))
                 summary[f"{key}_std"] = float(np.std(vals, ddof=1)) if vals.size > 1 else 0.0
-        out[str(k)] = {"k": int(k), "seeds": len(runs), **summary, "runs": runs}
+        used = train_counts(s.y_train[sample_shots(s.y_train, k, seeds[0])], class_names)
+        out[str(k)] = {"k": int(k), "k_per_class": used, "seeds": len(runs), **summary, "runs": runs}
     return out

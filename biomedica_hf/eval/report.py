@@ -76,8 +76,10 @@ def _probe_sections(results: Sequence[dict]) -> list[str]:
     fs = [r for r in results if r["kind"] == "few-shot"]
     if fs:
         ks = sorted({int(k) for r in fs for k in r["metrics"]["shots"]})
-        lines += ["## few-shot", "", "Mean ± s.d. over seeds of a logistic regression on k images per class.", "",
-                  "| task | metric | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|---|" + "---:|" * len(ks)]
+        lines += ["## few-shot", "", "Mean ± s.d. over seeds of a logistic regression on k train images per class, "
+                  "scored on the split named in the table.", "",
+                  "| task | split | metric | " + " | ".join(f"k={k}" for k in ks) + " |",
+                  "|---|---|---|" + "---:|" * len(ks)]
         for r in fs:
             shots = r["metrics"]["shots"]
             for key in dict.fromkeys([r["primary_metric"], "balanced_accuracy"]):
@@ -86,7 +88,16 @@ def _probe_sections(results: Sequence[dict]) -> list[str]:
                     v = shots.get(str(k))
                     cells.append("-" if not v or key not in v else
                                  f"{fmt_metric(key, v[key])} ± {fmt_metric(key, v[key + '_std'])}")
-                lines.append(f"| {r['base_task']} | {METRIC_LABELS.get(key, key)} | " + " | ".join(cells) + " |")
+                lines.append(f"| {r['base_task']} | {r['dataset'].get('split', '?')} | {METRIC_LABELS.get(key, key)} | "
+                             + " | ".join(cells) + " |")
+        lines.append("")
+        for r in fs:
+            for k, v in sorted(r["metrics"]["shots"].items(), key=lambda kv: int(kv[0])):
+                if v.get("k_per_class"):
+                    lines.append(f"* {r['base_task']}, k={k}: " + ", ".join(
+                        f"{c} {n}" for c, n in v["k_per_class"].items()) + " train images per class")
+            for k, why in (r.get("shots_skipped") or {}).items():
+                lines.append(f"* {r['base_task']}, k={k}: **skipped** ({why['reason']})")
         lines.append("")
     return lines
 
@@ -153,11 +164,13 @@ def model_index_yaml(model: str, results: Sequence[dict]) -> str:
             task_type, task_name = "image-classification", "Few-shot linear probe (frozen image embeddings)"
             metrics = []
             for k, v in r["metrics"]["shots"].items():
-                metrics += [("accuracy", f"{k}-shot accuracy (mean of {v['seeds']} seeds)", v["accuracy"]),
-                            ("balanced_accuracy", f"{k}-shot balanced accuracy (mean of {v['seeds']} seeds)",
+                per = v.get("k_per_class")
+                seeds = (f"{k} per class, " if per and set(per.values()) == {int(k)} else "") + f"mean of {v['seeds']} seeds"
+                metrics += [("accuracy", f"{k}-shot accuracy ({seeds})", v["accuracy"]),
+                            ("balanced_accuracy", f"{k}-shot balanced accuracy ({seeds})",
                              v["balanced_accuracy"])]
                 if "quadratic_kappa" in v:
-                    metrics.append(("cohen_kappa", f"{k}-shot quadratic weighted kappa (mean of {v['seeds']} seeds)",
+                    metrics.append(("cohen_kappa", f"{k}-shot quadratic weighted kappa ({seeds})",
                                     v["quadratic_kappa"]))
         else:
             task_type, task_name = (("image-classification", ("Linear probe (logistic regression on frozen image "
@@ -251,10 +264,13 @@ def compare_markdown(a: dict, b: dict) -> str:
     """Per-task and per-domain deltas (B - A, percentage points) of two run summaries."""
     common = [t for t in a["tasks"] if t in b["tasks"]]
     lines = [f"# `{b['model']}` vs `{a['model']}`", "",
+             f"**A** = `{a['model']}`, **B** = `{b['model']}`.", "",
              ("Δ = B − A in percentage points (kappa: in kappa units). Balanced accuracy is shown beside the primary "
-              "metric: a constant predictor scores 1/K on it, whatever the class shares."), "",
-             "| task | domain | metric | A | B | Δ | bal. acc. A | bal. acc. B | Δ bal. acc. |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+              "metric: a constant predictor scores 1/K on it, whatever the class shares. `protocol` is how the "
+              "model was evaluated, `split` the images scored (A's; B's when they differ)."), "",
+             "| task | domain | protocol | split | metric | A: primary | B: primary | Δ primary | A: bal. acc. | "
+             "B: bal. acc. | Δ bal. acc. |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
 
     def delta(key: str, x, y) -> str:
         if x is None or y is None or (isinstance(x, float) and math.isnan(x)) or (isinstance(y, float) and math.isnan(y)):
@@ -265,10 +281,14 @@ def compare_markdown(a: dict, b: dict) -> str:
         ta, tb = a["tasks"][t], b["tasks"][t]
         key = ta["primary_metric"]
         ba, bb = ta.get("metrics", {}).get("balanced_accuracy"), tb.get("metrics", {}).get("balanced_accuracy")
-        lines.append(f"| {t} | {ta['domain']} | {key} | {fmt_metric(key, ta['primary'])} | "
+        sa, sb = (ta.get("dataset") or {}).get("split", "?"), (tb.get("dataset") or {}).get("split", "?")
+        split = sa if sa == sb else f"A: {sa}; B: {sb}"
+        lines.append(f"| {t} | {ta['domain']} | {ta.get('kind', 'zero-shot')} | {split} | {METRIC_LABELS.get(key, key)} | "
+                     f"{fmt_metric(key, ta['primary'])} | "
                      f"{fmt_metric(key, tb['primary'])} | {delta(key, ta['primary'], tb['primary'])} | "
                      f"{pct(ba)} | {pct(bb)} | {delta('balanced_accuracy', ba, bb)} |")
-    lines += ["", "| domain | tasks | A | B | Δ |", "|---|---:|---:|---:|---:|"]
+    lines += ["", "Domain means of the primary metric (zero-shot and retrieval tasks):", "",
+              "| domain | tasks | A: mean | B: mean | Δ |", "|---|---:|---:|---:|---:|"]
     for d in sorted({a["tasks"][t]["domain"] for t in common
                      if a["tasks"][t].get("kind", "zero-shot") in ("zero-shot", "retrieval")}):
         ts = [t for t in common if a["tasks"][t]["domain"] == d

@@ -8,7 +8,8 @@ A Parquet file or folder with ``image`` (bytes or ``{bytes, path}``) and ``capti
 columns works too.
 
 Configs: a licence subset (``commercial``, ...) filters the ``subset`` column; ``all`` takes every row;
-any other config (``concept-filtered``, ``concept-balanced``, ...) lives in its own shard folder
+any other config (``concept-filtered``, ``concept-balanced``, ..., or the card's per-licence
+``commercial-concept-filtered``: that folder's ``commercial`` tars) lives in its own shard folder
 ``DIR/<config>/*.tar`` (its samples are copies, so their ``subset`` column still says ``commercial`` etc.,
 which is why filtering ``figures.parquet`` by the config's name found nothing): its tars are read directly
 (member offsets from the tar headers) and captions come from the tars' ``.txt`` members.
@@ -69,10 +70,22 @@ def _split_filter(table, split: str):
     return kept, want
 
 
+def _config_folder(root: Path, config: str) -> tuple[str, str]:
+    """``(folder, tar glob)`` of a materialised config: ``concept-filtered`` -> all its tars; the card's per-licence
+    name ``commercial-concept-filtered`` -> ``concept-filtered/concept-filtered-commercial-*.tar``."""
+    if (root / config).is_dir():
+        return config, "*.tar"
+    subset, _, name = config.partition("-")
+    if subset in ("commercial", "noncommercial", "other") and name and (root / name).is_dir():
+        return name, f"{name}-{subset}-*.tar"
+    return config, "*.tar"
+
+
 def _scan_config(root: Path, config: str) -> dict[str, dict]:
     """key -> {caption, shard, image_offset, image_size} for every sample of ``DIR/<config>/*.tar``."""
     out: dict[str, dict] = {}
-    for tar in sorted((root / config).glob("*.tar")):
+    config, pattern = _config_folder(root, config)
+    for tar in sorted((root / config).glob(pattern)):
         members: dict[str, dict] = {}
         with tarfile.open(tar, "r:") as tf:
             for m in tf:
@@ -109,7 +122,8 @@ def load_pairs(path: str | os.PathLike, subset: str | None = None, limit: int | 
         table = pq.read_table(index, columns=cols)
         own = None
         if subset and subset != "all" and subset not in set(table["subset"].to_pylist()):
-            if not (root / subset).is_dir() or not any((root / subset).glob("*.tar")):
+            folder, pattern = _config_folder(root, subset)
+            if not (root / folder).is_dir() or not any((root / folder).glob(pattern)):
                 raise DataNotFoundError(f"{root}: no config {subset!r}; configs: "
                                         f"{', '.join(_config_names(root, table))}")
             own = _scan_config(root, subset)

@@ -112,6 +112,14 @@ def task_provenance(task: Task, ctx: DataContext) -> dict:
     return {"name": name, "type": dtype, "split": task.split or "test", "source": where}
 
 
+def rows_split(task: Task, ctx: DataContext) -> str | None:
+    """``all`` when the task's data named no split (a folder of class folders, a table without a ``split`` column:
+    every image was read, though converted as ``test``); None when the task's own split label holds."""
+    if hasattr(task.source, "split_given") and not task.source.split_given(ctx):
+        return "all"
+    return None
+
+
 def _base(task: Task, adapter: ModelAdapter, ctx: DataContext, protocol: str | None = None) -> dict:
     prov = task_provenance(task, ctx)
     description = task.description
@@ -144,7 +152,10 @@ def run_zero_shot(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: Eval
     res = evaluate_zero_shot(adapter, rows, task.templates, task.phrase, cfg.batch, cfg.tie_eps,
                              ordered=_ordered(task, classes))
     metrics = {k: res[k] for k in CLASS_METRICS if k in res}
-    return {**_base(task, adapter, ctx), "n": res["n"], "metrics": metrics, "primary": metrics[task.primary_metric],
+    base = _base(task, adapter, ctx)
+    if task.source is not None and rows_split(task, ctx):   # every image of a folder without splits
+        base["dataset"]["split"] = rows_split(task, ctx)
+    return {**base, "n": res["n"], "metrics": metrics, "primary": metrics[task.primary_metric],
             "chance": metrics["chance_balanced_accuracy"], "classes": [c["class"] for c in res["per_class"]],
             "class_phrases": [task.phrase(c["class"]) for c in res["per_class"]], "templates": list(task.templates),
             "per_class": res["per_class"], "confusion_matrix": res["confusion_matrix"],
@@ -198,11 +209,16 @@ def run_probes(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: EvalCon
     splits = Splits(emb[0], ys[0], emb[1], ys[1], emb[2], ys[2])
     ordered = bool(task.ordered_classes)
     sizes = {"train": len(train), "val": len(val), "test": len(test)}
+    # the split the probe results are scored on: the data's test split, or the held-out part of a split made here
+    test_split = "test" if note.endswith(("test splits", "and test split")) else \
+        "held-out 20% of all images (stratified, by id hash)"
     out = []
     if "linear-probe" in cfg.protocols:
         res = linear_probe(splits, names, ordered, tie_eps=0.0)
         metrics = {k: res[k] for k in CLASS_METRICS if k in res}
-        out.append({**_base(task, adapter, ctx, "linear-probe"), "n": res["n"], "metrics": metrics,
+        base = _base(task, adapter, ctx, "linear-probe")
+        base["dataset"]["split"] = test_split
+        out.append({**base, "n": res["n"], "metrics": metrics,
                     "primary": metrics[task.primary_metric], "chance": metrics["chance_balanced_accuracy"],
                     "classes": names, "per_class": res["per_class"], "confusion_matrix": res["confusion_matrix"],
                     "C": res["C"], "c_curve": res["c_curve"], "splits": sizes, "split_note": note,
@@ -210,18 +226,37 @@ def run_probes(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: EvalCon
                               "C chosen on val by balanced accuracy, refit on train + val",
                     "timing": {"embed_seconds": seconds}})
     if "few-shot" in cfg.protocols:
+        from biomedica_hf.eval.probe import unsupported_shots
+
         shots = few_shot(splits, names, cfg.shots, cfg.seeds, ordered)
+        skipped = unsupported_shots(splits.y_train, names, cfg.shots)
+        for k, why in skipped.items():
+            log.warning("%s few-shot: k=%s skipped: %s", task.name, k, why["reason"])
         if shots:
             last = shots[max(shots, key=int)]
             metrics = {"shots": shots, **{k: last[k] for k in CLASS_METRICS if k in last}}
-            out.append({**_base(task, adapter, ctx, "few-shot"), "n": len(test), "metrics": metrics,
+            base = _base(task, adapter, ctx, "few-shot")
+            base["dataset"]["split"] = test_split
+            out.append({**base, "n": len(test), "metrics": metrics,
                         "primary": last[task.primary_metric], "chance": 1.0 / len(set(ys[2].tolist())),
                         "classes": names, "splits": sizes, "split_note": note, "seeds": list(cfg.seeds),
-                        "method": f"k examples per class from train (k in {list(cfg.shots)}), one draw per seed; "
-                                  "LogisticRegression with C chosen on val; mean and s.d. over seeds; headline "
-                                  f"metrics at k={last['k']}",
+                        "shots_skipped": skipped,
+                        "method": f"k examples per class from train (k in {sorted(int(k) for k in shots)}; "
+                                  + (f"k={', '.join(skipped)} skipped: a class has fewer train images; "
+                                     if skipped else "")
+                                  + "one draw per seed; LogisticRegression with C chosen on val; mean and s.d. over "
+                                  f"seeds; headline metrics at k={last['k']}",
                         "timing": {"embed_seconds": seconds}})
+        elif skipped:
+            log.warning("%s few-shot: no k of %s is supported by the train split (%s): no few-shot result",
+                        task.name, list(cfg.shots), train_counts_text(splits.y_train, names))
     return out
+
+
+def train_counts_text(y_train, names) -> str:
+    from biomedica_hf.eval.probe import train_counts
+
+    return ", ".join(f"{c}: {n}" for c, n in train_counts(y_train, names).items())
 
 
 def run_retrieval(adapter: ModelAdapter, task: Task, ctx: DataContext, cfg: EvalConfig) -> dict:

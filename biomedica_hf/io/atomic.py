@@ -72,6 +72,25 @@ def move_into_place(src: Path, dest: Path) -> None:
     os.replace(src, dest)
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_tree(folder: str | os.PathLike) -> None:
+    """Give ``folder`` and everything under it the modes a plain ``mkdir`` / ``open`` gives under the umask
+    (0755 / 0644 under umask 022): writers that create 0700 folders (``tempfile.mkdtemp``) or 0600 files
+    (safetensors) would otherwise leave an exported model unreadable by the other users of a shared machine."""
+    mask = current_umask()
+    root = Path(folder)
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def remove_temporaries(folder: Path) -> int:
     """Delete the temporaries (:data:`TEMP_GLOB`) a killed run left below ``folder``; returns how many."""
     n = 0

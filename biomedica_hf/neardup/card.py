@@ -24,13 +24,20 @@ def card_stats(dataset_dir: str | os.PathLike) -> dict:
     (``decontamination/report.json`` when present). Absent sources give ``None``, never an error."""
     root = Path(dataset_dir)
     stats: dict = {"hash": HASH_NAME, "hash_bits": HASH_BITS, "threshold": DEFAULT_THRESHOLD}
+    summary_path = root / "build_summary.json"
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except ValueError:
+        summary = {}
     dup = root / "duplicates.parquet"
     if dup.is_file():
         t = pq.read_table(dup)
         n = sum(len(x or []) for x in t["duplicate_keys"].to_pylist()) if "duplicate_keys" in t.column_names else 0
-        stats["exact"] = {"groups": t.num_rows, "duplicates": n}
+        # the removals the build counted from its ledger (the one source of the console, the summary and the card)
+        stats["exact"] = {"groups": t.num_rows, "duplicates": int(summary.get("duplicates_removed", n))}
     else:
         stats["exact"] = None
+    stats["near_removed"] = int(summary.get("near_duplicates_removed", 0) or 0)
     figures = root / "figures.parquet"
     stats["samples"] = pq.ParquetFile(figures).metadata.num_rows if figures.is_file() else None
     for col, name in (("near_dup_of", "near"), ("caption_dup_of", "caption")):
@@ -62,11 +69,16 @@ def card_section(dataset_dir: str | os.PathLike) -> str:
                    "other articles).")
     else:
         out.append("* **Exact duplicates**: not computed for this folder (no `duplicates.parquet`).")
+    removed = s["near_removed"]
+    removed_text = (f" {removed:,} near-duplicate images were removed by the build (`--near-dedup`), like exact "
+                    "duplicates (ledger reason `near_duplicate_image`)." if removed else "")
     if s["near"] is not None:
         out.append(f"* **Near duplicates** (re-encoded / resized copies; {s['hash_bits']}-bit pHash, distance <= "
                    f"{s['threshold']} bits): {s['near']['duplicates']:,} samples{pct(s['near']['duplicates'])} in "
                    f"{s['near']['groups']:,} groups, flagged in `near_dup_of` (the key kept for the group, "
-                   "chosen like exact duplicates: the most permissive subset, then the smallest key).")
+                   "chosen like exact duplicates: the most permissive subset, then the smallest key)." + removed_text)
+    elif removed:
+        out.append("* **Near duplicates**:" + removed_text)
     else:
         out.append("* **Near duplicates**: not computed for this folder (no `near_dup_of` column).")
     if s["caption"] is not None:
@@ -76,7 +88,9 @@ def card_section(dataset_dir: str | os.PathLike) -> str:
     c = s["contamination"]
     if c:
         head = (f"**Evaluation contamination** (`biomedica decontaminate`, {c.get('hash', HASH_NAME)}, "
-                f"distance <= {c.get('threshold')} bits; exclusion list: `decontamination/exclusions.txt`, "
+                f"distance <= {c.get('threshold')} bits; exclusion list: "
+                "[decontamination/exclusions.txt](decontamination/exclusions.txt), report: "
+                "[decontamination/report.json](decontamination/report.json), "
                 f"{c.get('excluded_keys', 0):,} keys):")
         out += ["", head, "",
                 "| task | eval images | contaminated eval images | % | matched training samples |",

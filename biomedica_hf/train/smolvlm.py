@@ -351,6 +351,11 @@ def export(model, processor, out: Path, cfg: dict) -> dict:
         processor.save_pretrained(out / "merged")
         make_legacy_compatible(out / "merged")      # loads with transformers 4.46 too (biomedica_hf.vlm.compat)
         res["merged_dir"] = str(out / "merged")
+    from biomedica_hf.io.atomic import share_tree
+
+    for key in ("adapter_dir", "merged_dir"):
+        if res.get(key):
+            share_tree(res[key])      # 0755/0644 unless the umask says otherwise (safetensors writes 0600)
     return res
 
 

@@ -19,6 +19,35 @@ import yaml
 
 from biomedica_hf import templates
 from biomedica_hf.clip.card import hub_dataset_id
+from biomedica_hf.dataset.licences import DataLicences, data_licences, write_licences
+
+
+def training_licences(cfg: dict) -> DataLicences:
+    """The licences of the samples the config's ``data`` selects (subset + filters), read from the dataset."""
+    d = cfg["data"]
+    hub = hub_dataset_id(d.get("path"))
+    return data_licences(d.get("path"), d.get("subset", "commercial"), d,
+                         data=hub or "a local dataset folder built with `biomedica build`")
+
+
+def public_config(cfg: dict) -> dict:
+    """The config as the card shows it: local paths (the data folder, the output folder) replaced by their role."""
+    import copy
+    import os
+
+    out = copy.deepcopy(cfg)
+    path = out.get("data", {}).get("path")
+    if path and not hub_dataset_id(path):
+        out["data"]["path"] = "<data>"
+    for key in ("output_dir",):
+        if out.get(key):
+            out[key] = Path(str(out[key])).name
+    for section in out.values():
+        if isinstance(section, dict):
+            for k, v in section.items():
+                if isinstance(v, str) and os.path.isabs(v) and k != "path":
+                    section[k] = f"<{k}>"
+    return out
 
 
 def _hub_model_id(cfg: dict) -> str | None:
@@ -28,9 +57,11 @@ def _hub_model_id(cfg: dict) -> str | None:
     return name
 
 
-def front_matter(cfg: dict, kind: str) -> dict:
-    """The YAML metadata of the card in folder ``kind`` (``merged``, ``adapter`` or ``run``)."""
-    meta: dict = {"license": "apache-2.0", "library_name": "peft" if kind == "adapter" else "transformers",
+def front_matter(cfg: dict, kind: str, licences: DataLicences | None = None) -> dict:
+    """The YAML metadata of the card in folder ``kind`` (``merged``, ``adapter`` or ``run``); ``license`` from the
+    training data's licences (``dataset.licences``; read here when not given)."""
+    licences = licences if licences is not None else training_licences(cfg)
+    meta: dict = {**licences.front_matter(), "library_name": "peft" if kind == "adapter" else "transformers",
                   "pipeline_tag": "image-text-to-text"}
     base = _hub_model_id(cfg)
     if base:
@@ -45,8 +76,10 @@ def front_matter(cfg: dict, kind: str) -> dict:
     return meta
 
 
-def render(cfg: dict, result: dict, template: str | None = None, kind: str = "run") -> str:
+def render(cfg: dict, result: dict, template: str | None = None, kind: str = "run",
+           licences: DataLicences | None = None) -> str:
     """The card of folder ``kind``; ``template``: the text of a Jinja template of your own instead of the packaged one."""
+    licences = licences if licences is not None else training_licences(cfg)
     t = cfg["train"]
     losses = result.get("losses") or []
     hub = hub_dataset_id(cfg["data"].get("path"))
@@ -54,15 +87,20 @@ def render(cfg: dict, result: dict, template: str | None = None, kind: str = "ru
             "adapter": "the LoRA adapter (load it on top of the base model with peft)",
             "run": "the run folder (`merged/`: the merged model; `adapter/`: the LoRA adapter)"}[kind]
     fields = {
-        "metadata": yaml.safe_dump(front_matter(cfg, kind), sort_keys=False).strip(),
+        "metadata": yaml.safe_dump(front_matter(cfg, kind, licences), sort_keys=False).strip(),
         "folder": what,
         "library_name": "peft" if kind == "adapter" else "transformers",
         "run_name": Path(cfg["output_dir"]).name,
         "base_model": "tiny random Idefics3 (smoke test)" if cfg["model"].get("tiny") else cfg["model"]["name"],
         "qlora": " (QLoRA, 4-bit nf4)" if cfg["model"].get("quantization") else "",
         "dataset": (f"[{hub}](https://huggingface.co/datasets/{hub})" if hub else
-                    f"a dataset folder built locally with `biomedica build` (`{cfg['data']['path']}`; not on the Hub)"),
+                    f"a dataset folder built locally with `biomedica build` (`{Path(str(cfg['data']['path'])).name}`; "
+                    "not on the Hub)"),
         "subset": cfg["data"]["subset"],
+        "filters": ", ".join(f"{k} {cfg['data'][k]!r}" for k in ("concepts", "exclude_concepts", "licenses", "years",
+                                                                  "min_caption_chars", "split", "exclude")
+                             if cfg["data"].get(k) is not None) or "none",
+        "licences": licences.summary(),
         "tasks": ", ".join(f"{k} {v}" for k, v in cfg["data"]["tasks"].items()),
         "longest_edge": cfg["data"].get("longest_edge") or "processor default", "max_length": cfg["data"]["max_length"],
         "skips": ", ".join(f"{k}: {v}" for k, v in (result.get("skips_rank0") or {}).items()) or "none",
@@ -75,7 +113,7 @@ def render(cfg: dict, result: dict, template: str | None = None, kind: str = "ru
         "tokens_per_s": result.get("tokens_per_s"), "samples_per_s": result.get("samples_per_s"),
         "world_size": result.get("world_size", 1),
         "merge_diff": result.get("merge_max_abs_diff", "n/a"),
-        "config": yaml.safe_dump(cfg, sort_keys=False).strip(),
+        "config": yaml.safe_dump(public_config(cfg), sort_keys=False).strip(),
     }
     if template is not None:
         return templates.render_string(template, **fields)
@@ -85,7 +123,9 @@ def render(cfg: dict, result: dict, template: str | None = None, kind: str = "ru
 def write_model_card(out: Path, cfg: dict, result: dict) -> Path:
     tpl = cfg.get("card", {}).get("template")
     template = Path(tpl).read_text(encoding="utf-8") if tpl else None
+    licences = training_licences(cfg)
     for d, kind in ((out, "run"), (out / "merged", "merged"), (out / "adapter", "adapter")):
         if d.is_dir():
-            (d / "README.md").write_text(render(cfg, result, template, kind))
+            write_licences(d, licences)
+            (d / "README.md").write_text(render(cfg, result, template, kind, licences))
     return out / "README.md"

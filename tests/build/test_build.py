@@ -203,8 +203,9 @@ def test_loads_with_datasets_and_webdataset(corpus_build):
     out, report = corpus_build
     for subset in SUBSETS:
         tars = [str(p) for p in shard_paths(out, subset)]
-        sizes = json.loads((out / subset / "sizes.json").read_text())
-        assert sum(sizes.values()) == report.samples_per_subset[subset]
+        sizes = json.loads((out / subset / "sizes.json").read_text())   # every shard of the dataset
+        assert sum(sizes[Path(t).name] for t in tars) == report.samples_per_subset[subset]
+        assert sum(sizes.values()) == sum(report.samples_per_subset.values())
         ds = datasets.load_dataset("webdataset", data_files={"train": tars}, split="train", streaming=True,
                                    features=webdataset_features())
         n = 0

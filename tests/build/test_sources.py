@@ -245,7 +245,7 @@ def test_legacy_resume_and_flaky_download(legacy_server, legacy_tree, tmp_path):
 def test_legacy_local_mirror(legacy_tree, tmp_path):
     src = make_source("legacy", root=legacy_tree.root)
     refs = list(src.list_articles())
-    assert refs[0].location == str(legacy_tree.root / "oa_package/ac/6a/PMC7112410.tar.gz")
+    assert refs[0].location == "oa_package/ac/6a/PMC7112410.tar.gz"     # relative to the mirror: ledger-safe
     pkg = src.fetch(refs[1], tmp_path)
     assert pkg.xml_files == ["main.nxml"] and sorted(pkg.files) == ["gr1_lrg.gif", "gr1_lrg.jpg", "main.nxml",
                                                                    "main.pdf"]
@@ -315,7 +315,8 @@ def test_local_fixture_folder(pmc_dir, articles_dir, tmp_path):
     expected = _xml_dirs(articles_dir)
     assert len(expected) >= 70  # 72 in this checkout (the MANIFEST's 77 includes articles kept aside)
     assert len(refs) == len(expected)
-    assert sorted(r.location for r in refs) == sorted(str(d) for d in expected)
+    # locations relative to the input root (they become the ledger's `source`, which is published)
+    assert sorted(r.location for r in refs) == sorted(d.relative_to(pmc_dir).as_posix() for d in expected)
     assert [r.location for r in refs] == sorted(r.location for r in refs), "sorted listing"
     ids = [r.pmcid for r in refs]
     assert ids.count("PMC7112410") == 1 and len(set(ids)) == len(ids)
@@ -323,9 +324,9 @@ def test_local_fixture_folder(pmc_dir, articles_dir, tmp_path):
     unlisted = dict(src.unlisted)
     others = pmc_dir / "images_other"
     for d in sorted((others / "pmc_packages_without_nxml").iterdir()):
-        assert unlisted[str(d)] == "no_xml"
-    assert unlisted[str(others / "misc")] == "no_xml"
-    assert unlisted[str(pmc_dir / "filelists" / "pmc_cloud_2026")] == "no_article_xml"
+        assert unlisted[d.relative_to(pmc_dir).as_posix()] == "no_xml"
+    assert unlisted["images_other/misc"] == "no_xml"
+    assert unlisted["filelists/pmc_cloud_2026"] == "no_article_xml"
     assert [r.pmcid for r in LocalSource(pmc_dir).list_articles()] == ids, "deterministic"
 
     by = {r.pmcid: r for r in refs}
@@ -341,7 +342,7 @@ def test_local_cloud_layout(cloud_tree, tmp_path):
     refs = list(src.list_articles())
     assert sorted((r.pmcid, r.version) for r in refs) == sorted(
         {(a.pmcid, cloud_tree.latest(a.pmcid).version) for a in cloud_tree.articles.values()})
-    assert src.unlisted == [(str(cloud_tree.root / f"{TWO_VERSION_PMCID}.1"), f"older_version: {TWO_VERSION_PMCID}.2 listed")]
+    assert src.unlisted == [(f"{TWO_VERSION_PMCID}.1", f"older_version: {TWO_VERSION_PMCID}.2 listed")]
     by = {r.pmcid: r for r in refs}
     assert by["PMC90000353"].license_hint == "CC BY"  # metadata inside the prefix
     assert by["PMC7112410"].license_hint == "NO-CC CODE" and by["PMC7112410"].pmid == "12781535"
@@ -360,7 +361,7 @@ def test_local_tarballs_and_single_paths(articles_dir, tmp_path):
     src = LocalSource(lib)
     refs = list(src.list_articles())
     assert [(r.pmcid, r.extra["kind"]) for r in refs] == [("PMC7135076", "dir"), ("PMC10802347", "tar")]  # dup/ < nested/
-    assert src.unlisted == [(str(lib / "PMC7135076.tar.gz"), f"duplicate_id: PMC7135076 (kept {lib / 'dup' / 'PMC7135076'})")]
+    assert src.unlisted == [("PMC7135076.tar.gz", "duplicate_id: PMC7135076 (kept dup/PMC7135076)")]
     cache = tmp_path / "cache"
     t = src.fetch(refs[1], cache)
     assert t.root == cache / "PMC10802347" and ("<archive>", "truncated_archive") in t.problems

@@ -189,3 +189,28 @@ def _png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_exported_folders_follow_the_umask(tmp_path, umask):
+    """Exported model folders get the mode a plain mkdir gives (0755/0644 under umask 022): the transformers folder
+    was 0700 (built with tempfile.mkdtemp), unreadable by the other users of a shared cluster."""
+    import copy
+    import os
+    import stat
+
+    from biomedica_hf.clip import export_model
+
+    cfg = copy.deepcopy(TINY_OPEN_CLIP_CFG)
+    clip = build_model({"kind": "open_clip", "name": "tiny", "model_cfg": cfg, "train_augment": False}, seed=1)
+    old = os.umask(umask)
+    try:
+        written = export_model(clip, tmp_path / "export")
+    finally:
+        os.umask(old)
+    for fmt in ("open_clip", "transformers"):
+        folder = Path(written[fmt])
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask, (fmt, oct(folder.stat().st_mode))
+        for f in folder.rglob("*"):
+            want = (0o777 if f.is_dir() else 0o666) & ~umask
+            assert stat.S_IMODE(f.stat().st_mode) == want, (f, oct(f.stat().st_mode))

@@ -10,6 +10,7 @@ import html.parser
 import io
 import json
 import shutil
+import sys
 import tarfile
 import tracemalloc
 from collections import Counter
@@ -36,6 +37,7 @@ from biomedica_hf.concepts.subsets import balanced_mask, build_concept_subsets, 
 from biomedica_hf.concepts.vocab import load_vocabulary
 from biomedica_hf.io.atomic import save_npy, write_table
 from biomedica_hf.io.tars import member_spans
+from biomedica_hf.schema import SUBSETS
 
 IMAGE_SIZE = 56
 CLI = click.Group("biomedica", commands={c.name: c for c in COMMANDS})
@@ -361,7 +363,7 @@ def test_labels_survive_an_update_build(labelled, articles_dir, tmp_path):
     from biomedica_hf.io.tars import refill_json
 
     config = max(("commercial", "noncommercial", "other"), key=lambda s: len(list((copy / s).glob("*.tar"))))
-    last = sorted((copy / config).glob("*.tar"))[0]      # the first shard of a config with several
+    last = min((copy / config).glob("*.tar"))      # the first shard of a config with several
     assert len(list((copy / config).glob("*.tar"))) > 1
     with tarfile.open(last) as tf:
         spans = [(m.offset_data, m.size, json.loads(tf.extractfile(m).read())) for m in tf if m.name.endswith(".json")]
@@ -510,10 +512,16 @@ def test_concept_subsets_materialise_and_load(labelled):
     configs = build_concept_subsets(ds, shard_samples=2, cap=2)          # resumable: same tars kept
     summary = json.loads((ds / "concepts" / "subsets.json").read_text())
     assert summary["concept-filtered"]["written"] == 0 < summary["concept-filtered"]["kept"]
-    assert [c["config_name"] for c in configs] == ["concept-filtered", "concept-balanced"]
-    splits = [sp for sp in ("train", "validation", "test") if any(r["split"] == sp for r in
-                                                                  pq.read_table(ds / "concepts" / "concept-filtered.parquet").to_pylist())]
-    assert configs[0]["data_files"] == [{"split": sp, "path": f"concept-filtered/*-{sp}-*.tar"} for sp in splits]
+    # one config per selection and licence subset: a config never mixes licences
+    present = {n: [s for s in SUBSETS if any(r["subset"] == s for r in pq.read_table(
+        ds / "concepts" / f"{n}.parquet").to_pylist())] for n in ("concept-filtered", "concept-balanced")}
+    assert len(present["concept-filtered"]) >= 2
+    assert [c["config_name"] for c in configs] == [f"{s}-{n}" for n in present for s in present[n]]
+    first = present["concept-filtered"][0]
+    rows0 = [r for r in pq.read_table(ds / "concepts" / "concept-filtered.parquet").to_pylist() if r["subset"] == first]
+    splits = [sp for sp in ("train", "validation", "test") if any(r["split"] == sp for r in rows0)]
+    assert configs[0]["data_files"] == [{"split": sp, "path": f"concept-filtered/concept-filtered-{first}-{sp}-*.tar"}
+                                        for sp in splits]
     index = pq.read_table(ds / "figures.parquet").to_pylist()
     src = {r["key"]: r for r in index}
     want_filtered = [r["key"] for r in index if "Plots and Charts" not in r["concepts"]]
@@ -550,7 +558,9 @@ def test_concept_subsets_materialise_and_load(labelled):
             assert all({"txt", "json"} <= set(s) and ({"jpg", "png"} & set(s)) for s in samples)
             seen += [s["__key__"] for s in samples]
         assert sorted(seen) == sorted(keys)
-        assert json.loads((ds / name / "sizes.json").read_text()) == {t.name: _samples_in(t) for t in tars}
+        sizes = json.loads((ds / name / "sizes.json").read_text())      # every shard of the dataset, these too
+        assert {t.name: sizes[t.name] for t in tars} == {t.name: _samples_in(t) for t in tars}
+        assert {p.name for p in ds.glob("*/*.tar") if p.parent.name not in ("articles", "figures")} <= set(sizes)
         for r in selection:   # out_offset: where the sample starts in its copy; its json carries its labels
             with tarfile.open(ds / name / r["out_shard"]) as tf:
                 tf.fileobj.seek(r["out_offset"])
@@ -564,8 +574,17 @@ def test_concept_subsets_materialise_and_load(labelled):
     from biomedica_hf.dataset.card import write_card
 
     write_card(ds, extra_configs=configs)
+    readme = (ds / "README.md").read_text()
     for name in ("concept-filtered", "concept-balanced"):
-        rows = list(datasets.load_dataset(str(ds), name, split="train", streaming=True))
+        rows = []
+        for subset in present[name]:
+            assert f"| `{subset}-{name}` |" in readme      # the card names each config's licences
+            mine = [r for sp in ("train", "validation", "test")
+                    for r in (datasets.load_dataset(str(ds), f"{subset}-{name}", split=sp, streaming=True)
+                              if any(d["split"] == sp for c in configs if c["config_name"] == f"{subset}-{name}"
+                                     for d in c["data_files"]) else [])]
+            assert mine and all(r["json"]["subset"] == subset for r in mine)
+            rows += mine
         selection = pq.read_table(ds / "concepts" / f"{name}.parquet", columns=["key"])["key"].to_pylist()
         assert sorted(r["__key__"] for r in rows) == sorted(selection)
         first = rows[0]
@@ -594,7 +613,8 @@ def test_label_cli_builds_subsets_and_card(labelled, annotations):
     out = run_cli("label", ds, "--annotations", *annotations, "--shard-samples", 3)
     assert "concept-balanced" in out and "Dataset card" in out
     readme = (ds / "README.md").read_text()
-    assert "config_name: concept-filtered" in readme and "card/embeddings_2d.png" in readme
+    assert "config_name: commercial-concept-filtered" in readme and "card/embeddings_2d.png" in readme
+    assert "config_name: concept-filtered\n" not in readme
     for name in ("concepts_global", "concepts_local", "cluster_sizes", "embeddings_2d"):
         with Image.open(ds / "card" / f"{name}.png") as img:
             assert img.format == "PNG" and img.width > 400 and img.height > 150
@@ -678,3 +698,68 @@ def test_batches_and_clamping(tmp_path):
     with pytest.warns(UserWarning, match="k=10 > 5 samples"):
         model = fit_clusters(tmp_path, pca_dims=3, k=10, progress=False)
     assert model.k == 5 and model.params["pca_dims"] == 3
+
+
+@pytest.mark.slow
+def test_labelled_folder_round_trips_through_the_loopback_hub(labelled, annotations, tmp_path, monkeypatch):
+    """Push a labelled folder (licence shards with labels, concept configs per licence subset, card) to the loopback
+    Hub, serve what the Hub received, and read every config of the card back with `datasets`: the same samples
+    as the local folder. The concept configs' sizes.json and stats go up with their tars (they were left out)."""
+    import importlib.util
+    import shutil
+
+    import datasets
+    import yaml
+    from hub_server import HubServer, loopback_only, point_libraries_at
+    from huggingface_hub import HfApi, constants
+
+    from biomedica_hf.dataset.hub import plan_upload, push_folder
+
+    spec = importlib.util.spec_from_file_location("push_hub", Path(__file__).parents[1] / "dataset" / "test_hub.py")
+    push_hub = importlib.util.module_from_spec(spec)
+    sys.modules["push_hub"] = push_hub              # its dataclasses look their module up
+    spec.loader.exec_module(push_hub)
+    ds = Path(shutil.copytree(labelled[0], tmp_path / "ds", ignore=shutil.ignore_patterns("_work")))
+    run_cli("label", ds, "--annotations", *annotations, "--shard-samples", 3)
+    plan = plan_upload(ds)
+    assert plan.ok, plan.problems
+    for name in ("concept-filtered", "concept-balanced"):
+        tars = sorted(p.name for p in (ds / name).glob("*.tar"))
+        assert f"{name}/sizes.json" in plan.paths and tars
+        assert all(f"{name}/{t.removesuffix('.tar')}_stats.json" in plan.paths for t in tars)
+    hub = push_hub.FakeHub()
+    hub.thread.start()
+    loopback_only(monkeypatch)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(constants, "HF_HUB_OFFLINE", False)
+            m.setattr(constants, "ENDPOINT", hub.url)
+            push_folder(ds, "bmd/labelled", api=HfApi(endpoint=hub.url, token=push_hub.TOKEN))
+        files = dict(hub.repos["bmd/labelled"].branches["main"])
+        commits = [len(c["body"].splitlines()) - 1 for c in hub.calls("commit")]   # header + one line per file
+    finally:
+        hub.server.shutdown()
+    assert commits and max(commits) < 100
+    assert sorted(files) == plan.paths
+    mirror = tmp_path / "mirror"
+    for rel, data in files.items():
+        (mirror / rel).parent.mkdir(parents=True, exist_ok=True)
+        (mirror / rel).write_bytes(data)
+    configs = yaml.safe_load((ds / "README.md").read_text().split("---")[1])["configs"]
+    names = [c["config_name"] for c in configs]
+    assert {"commercial-concept-filtered", "articles", "figures", "all"} <= set(names)
+    local = {}
+    for c in configs:
+        for f in c["data_files"]:
+            rows = datasets.load_dataset(str(ds), c["config_name"], split=f["split"], streaming=True)
+            local[(c["config_name"], f["split"])] = sorted(r["__key__"] for r in rows)
+    with HubServer({"bmd/labelled": mirror}) as server:
+        point_libraries_at(server.url, monkeypatch, tmp_path / "hub_cache")
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+        for (name, split), keys in local.items():
+            rows = list(datasets.load_dataset("bmd/labelled", name, split=split, streaming=True))
+            assert sorted(r["__key__"] for r in rows) == keys and keys, (name, split)
+            if name.endswith(("concept-filtered", "concept-balanced")):
+                subset = name.split("-", 1)[0]
+                assert all(r["json"]["subset"] == subset and "concepts" in r["json"] for r in rows)

@@ -630,9 +630,10 @@ def _rename_shard(ds: Path, subset: str, old: str, new: str) -> None:
     shards = [f"{subset}/{new}.tar" if s == f"{subset}/{old}.tar" else s for s in table["shard"].to_pylist()]
     pq.write_table(table.set_column(table.schema.get_field_index("shard"), "shard", pa.array(shards)),
                    ds / "figures.parquet")
-    sizes = json.loads((ds / subset / "sizes.json").read_text())
-    sizes[f"{new}.tar"] = sizes.pop(f"{old}.tar")
-    (ds / subset / "sizes.json").write_text(json.dumps(sizes))
+    for folder in SUBSETS:   # every folder's sizes.json lists every shard of the dataset
+        sizes = json.loads((ds / folder / "sizes.json").read_text())
+        sizes[f"{new}.tar"] = sizes.pop(f"{old}.tar")
+        (ds / folder / "sizes.json").write_text(json.dumps(sizes))
     summary = json.loads((ds / "build_summary.json").read_text())
     summary["shards"][subset] = [n.replace(old, new) for n in summary["shards"][subset]]
     (ds / "build_summary.json").write_text(json.dumps(summary))
@@ -648,7 +649,8 @@ def test_update_uploads_only_what_changed_and_deletes_replaced_shards(ds, fake_h
     plan = push_folder(ds, "bmd/biomedica", api=api)
     assert plan.ok
     assert sorted(plan.uploaded) == sorted([f"other/{new}.tar", f"other/{new}.parquet", f"other/{new}_stats.json",
-                                            "other/sizes.json", "figures.parquet", "build_summary.json"])
+                                            *(f"{s}/sizes.json" for s in SUBSETS), "figures.parquet",
+                                            "build_summary.json"])
     assert plan.deleted == [f"other/{old}.parquet", f"other/{old}.tar", f"other/{old}_stats.json"]
     files = fake_hub.repos["bmd/biomedica"].branches["main"]
     assert sorted(files) == plan.paths
@@ -693,3 +695,24 @@ def test_verify_cli_fast_and_deep(ds):
     assert r.returncode == 1
     assert f"commercial/{c}.tar is" in r.stdout and "truncated" in r.stdout
     assert f"noncommercial/{n}.tar has no completion marker" in r.stdout
+
+
+def test_push_commits_fewer_than_100_files_at_a_time(tmp_path, fake_hub):
+    """The Hub refuses commits of 100 files or more over HTTP: a folder of hundreds of files (one sample per shard)
+    goes up in several commits of < 100 files each, and all of it arrives."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bench_scale import synth_corpus
+
+    inp, out = tmp_path / "in", tmp_path / "many"
+    synth_corpus(inp, 15)                       # 15 articles x 4 distinct figures
+    r = subprocess.run([str(BIOMEDICA), "build", "--input", str(inp), "--out", str(out), "--workers", "1",
+                        "--shard-samples", "1", "--no-progress"], capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    plan = plan_upload(out)
+    assert plan.ok and len(plan.paths) > 150, (len(plan.paths), plan.problems)
+    push_folder(out, "bmd/many", api=_api(fake_hub))
+    sizes = [sum(1 for line in c["body"].splitlines() if b'"file"' in line or b'"lfsFile"' in line)
+             for c in fake_hub.calls("commit")]
+    assert len(sizes) >= 2 and max(sizes) < 100 and sum(sizes) == len(plan.paths), sizes
+    assert sorted(fake_hub.repos["bmd/many"].branches["main"]) == plan.paths

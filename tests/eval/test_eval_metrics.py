@@ -171,13 +171,51 @@ def test_compare_markdown_deltas():
     b = {"model": "B", "tasks": {"t1": {"domain": "radiology", "primary": 0.6, "primary_metric": "accuracy"},
                                  "t2": {"domain": "radiology", "primary": 0.65, "primary_metric": "accuracy"}}}
     md = compare_markdown(a, b)
-    assert "| t1 | radiology | accuracy | 50.00 | 60.00 | +10.00 | - | - | - |" in md     # summaries without metrics
-    assert "| t2 | radiology | accuracy | 70.00 | 65.00 | -5.00 |" in md
+    # summaries without metrics, kind or split (older runs)
+    assert "| t1 | radiology | zero-shot | ? | accuracy | 50.00 | 60.00 | +10.00 | - | - | - |" in md
+    assert "| t2 | radiology | zero-shot | ? | accuracy | 70.00 | 65.00 | -5.00 |" in md
     a["tasks"]["t1"]["metrics"] = {"balanced_accuracy": 0.5}
     b["tasks"]["t1"]["metrics"] = {"balanced_accuracy": 0.75}
-    assert "| t1 | radiology | accuracy | 50.00 | 60.00 | +10.00 | 50.00 | 75.00 | +25.00 |" in compare_markdown(a, b)
+    assert "| t1 | radiology | zero-shot | ? | accuracy | 50.00 | 60.00 | +10.00 | 50.00 | 75.00 | +25.00 |" \
+        in compare_markdown(a, b)
     assert "| radiology | 2 | 60.00 | 62.50 | +2.50 |" in md
     assert "only in A): only_a" in md
+
+
+def test_compare_labels_its_columns():
+    """Each column says whose number it is (A / B named by their models), the protocol and the split scored."""
+    a = {"model": "base-clip", "tasks": {"t1@few-shot": {"domain": "cells", "primary": 0.5, "primary_metric":
+                                                         "balanced_accuracy", "kind": "few-shot",
+                                                         "dataset": {"split": "test"}}}}
+    b = {"model": "my-clip", "tasks": {"t1@few-shot": {"domain": "cells", "primary": 0.6, "primary_metric":
+                                                       "balanced_accuracy", "kind": "few-shot",
+                                                       "dataset": {"split": "all"}}}}
+    md = compare_markdown(a, b)
+    assert "**A** = `base-clip`, **B** = `my-clip`" in md
+    assert "| task | domain | protocol | split | metric | A: primary | B: primary | Δ primary |" in md
+    assert "| t1@few-shot | cells | few-shot | A: test; B: all | balanced accuracy | 50.00 | 60.00 | +10.00 |" in md
+
+
+def test_few_shot_reports_the_k_it_used_and_skips_what_the_data_cannot_support():
+    """64 images in 3 classes (38 train, the smallest class 7): k=16 was reported as 16-shot though every seed
+    trained on all 38 train images; now k=16 is skipped (with the reason) and each k says its per-class counts."""
+    from biomedica_hf.eval.probe import Splits, few_shot, unsupported_shots
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (3, 8))
+
+    def draw(counts):
+        y = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+        return centers[y] + rng.normal(0, 0.6, (len(y), 8)), y
+
+    s = Splits(*draw((20, 11, 7)), *draw((4, 3, 3)), *draw((6, 5, 5)))
+    names = ["a", "b", "c"]
+    fs = few_shot(s, names, shots=(1, 4, 16), seeds=(0, 1, 2))
+    assert sorted(fs, key=int) == ["1", "4"]
+    assert fs["4"]["k_per_class"] == {"a": 4, "b": 4, "c": 4} and {r["n_train"] for r in fs["4"]["runs"]} == {12}
+    skipped = unsupported_shots(s.y_train, names, (1, 4, 16))
+    assert list(skipped) == ["16"] and "c: 7" in skipped["16"]["reason"] and "b: 11" in skipped["16"]["reason"]
+    assert skipped["16"]["train_per_class"] == {"a": 20, "b": 11, "c": 7}
 
 
 def test_quadratic_weighted_kappa_agrees_with_sklearn_and_by_hand():

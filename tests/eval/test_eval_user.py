@@ -278,9 +278,9 @@ def test_compare_shows_balanced_accuracy(ctx, tmp_path):
     assert a["metrics"]["accuracy"] == pytest.approx(114 / 156) and a["metrics"]["balanced_accuracy"] == 0.5
     res = CliRunner().invoke(compare_cmd, [str(tmp_path / "a"), str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
-    assert "bal. acc. A" in res.output
+    assert "A: bal. acc." in res.output and "**A** = `constant`, **B** = `tiny-open-clip`" in res.output
     row = next(line for line in res.output.splitlines() if line.startswith("| fixtures/breastmnist"))
-    assert "| 73.08 |" in row and "| 50.00 |" in row
+    assert "| 73.08 |" in row and "| 50.00 |" in row and "| zero-shot | test |" in row
 
 
 def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path):
@@ -309,6 +309,12 @@ def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path
     assert pairs.image_bytes(list(range(len(pairs)))) == [src[k] for k in pairs.keys]
     with pytest.raises(Exception, match="no config 'nope'.*concept-filtered"):
         load_pairs(ds, "nope")
+    # the card's per-licence config name: that licence subset's tars of the folder
+    sub = load_pairs(ds, "other-concept-filtered", split="all")
+    other = {r["key"] for r in pq.read_table(ds / "figures.parquet", columns=["key", "subset"]).to_pylist()
+             if r["subset"] == "other"}
+    assert sub.keys and set(sub.keys) == {k for k in wanted if k in other}
+    assert all(s_.startswith("concept-filtered/concept-filtered-other-") for s_ in sub.shards)
     # a partitioned build's `split` column (every build writes one; replaced here with a known assignment):
     # the test split by default, everything with split="all"
     split = ["test" if i % 4 == 0 else "train" for i in range(len(keys))]
@@ -323,3 +329,34 @@ def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path
     assert r_all["n"] == len(full) and r_all["dataset"]["split"] == "all"
     r_cf = run_task(adapter, resolve_tasks(f"retrieval:{ds}#concept-filtered", ctx)[0], ctx, EvalConfig())
     assert r_cf["n"] == len(wanted & test_keys)
+
+
+def test_small_flat_folder_labels_split_and_shots_truthfully(ctx, tmp_path):
+    """The issue's run: 64 real crops in 3 classes, no split folders. Zero-shot scored every image: its split is
+    ``all`` (was "test"); the probes' held-out part is named as such; few-shot k=16 cannot be 16-shot (a class has
+    fewer train images), so it is skipped with its reason instead of being headlined, and model_index.yaml and
+    results.md say the k actually used per class."""
+    rows = list(csv.DictReader((EVAL / "bccd_cells" / "labels.csv").read_text().splitlines()))
+    folder = tmp_path / "cells64"
+    want = {"RBC": 40, "WBC": 14, "Platelets": 10}
+    for r in rows:
+        if want.get(r["label"], 0) > 0:
+            want[r["label"]] -= 1
+            (folder / r["label"]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(EVAL / "bccd_cells" / r["file"], folder / r["label"] / Path(r["file"]).name)
+    assert sum(1 for _ in folder.rglob("*.png")) + sum(1 for _ in folder.rglob("*.jpg")) == 64
+    task = resolve_tasks(f"imagefolder:{folder}", ctx)[0]
+    adapter, _, _ = tiny_open_clip(seed=0)
+    cfg = EvalConfig(protocols=("zero-shot", "few-shot"), shots=(1, 4, 16), seeds=(0, 1, 2))
+    results, _ = run_eval(adapter, [task], tmp_path / "run", ctx, cfg)
+    zs, fs = results
+    assert zs["n"] == 64 and zs["dataset"]["split"] == "all"
+    assert fs["dataset"]["split"].startswith("held-out 20%")
+    assert sorted(fs["metrics"]["shots"], key=int) == ["1", "4"] and list(fs["shots_skipped"]) == ["16"]
+    assert fs["metrics"]["shots"]["4"]["k_per_class"] == {"Platelets": 4, "RBC": 4, "WBC": 4}
+    assert "k=4" in fs["method"] and "k=16 skipped" in fs["method"]
+    mi = (tmp_path / "run" / "model_index.yaml").read_text()
+    assert "16-shot" not in mi and "4-shot accuracy (4 per class, mean of 3 seeds)" in mi
+    assert 'split: "all"' in mi
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "k=16: **skipped**" in md and "Platelets 4, RBC 4, WBC 4 train images per class" in md

@@ -384,7 +384,8 @@ def test_card_from_facts_local_folder_and_real_eval_run(tmp_path):
     cfg = load_config(SMOKE, [f"data.path={local}"])
     card = render_model_card(cfg, "transformers", {"step": 3, "samples": 12})
     meta = yaml.safe_load(card.split("---")[1])
-    assert "datasets" not in meta and "huggingface.co/datasets" not in card and str(local) in card
+    assert "datasets" not in meta and "huggingface.co/datasets" not in card
+    assert str(local) not in card and f"`{local.name}`" in card     # the folder by name: the card is published
     assert "biomedica-eval" not in card and "biomedica eval --model" in card
     assert meta["library_name"] == "transformers"
     # a real eval run on an ImageFolder of real crops; its model-index goes into the card

@@ -45,19 +45,22 @@ def readme_block() -> str:
     return section[section.index("```bash") + 7:section.index("```", section.index("```bash") + 7)]
 
 
-def _train(ds: Path, model_dir: Path, logs: Path, pythonpath: str) -> subprocess.CompletedProcess:
-    """The README's command: every shard of the three subsets (globbed, joined by ``::``), 8 samples, batch 4."""
+def _train(ds: Path, model_dir: Path, logs: Path, pythonpath: str, num_samples: int | None = 8
+           ) -> subprocess.CompletedProcess:
+    """The README's command: every shard of the three subsets (globbed, joined by ``::``), 8 samples, batch 4
+    (``num_samples=None``: no ``--train-num-samples``, open_clip counts the samples from ``sizes.json``)."""
     shards = [str(p) for subset in SUBSETS for p in sorted((ds / subset).glob("*.tar"))]
     # the README's SHARDS line, run by bash in the dataset's parent folder, gives the same list
     line = next(x for x in readme_block().splitlines() if x.startswith("SHARDS="))
     bash = subprocess.run(["bash", "-c", line.replace("ds/", f"{ds.name}/") + '; printf %s "$SHARDS"'],
                           capture_output=True, text=True, cwd=ds.parent, check=True)
     assert bash.stdout == "::".join(str(Path(x).relative_to(ds.parent)) for x in shards)
-    samples = sum(sum(json.loads((ds / s / "sizes.json").read_text()).values()) for s in SUBSETS
-                  if (ds / s / "sizes.json").exists())
+    samples = sum(json.loads((ds / s / "sizes.json").read_text())[Path(x).name] for x in shards
+                  for s in [Path(x).parent.name])
     assert shards and samples >= 8
+    count = ["--train-num-samples", str(num_samples)] if num_samples is not None else []
     cmd = [sys.executable, "-m", "open_clip_train.main", "--model", f"local-dir:{model_dir}",
-           "--train-data", "::".join(shards), "--dataset-type", "webdataset", "--train-num-samples", "8",
+           "--train-data", "::".join(shards), "--dataset-type", "webdataset", *count,
            "--batch-size", "4", "--epochs", "1", "--workers", "0", "--device", "cpu", "--precision", "fp32",
            "--lr", "1e-4", "--warmup", "1", "--seed", "0", "--log-every-n-steps", "1", "--save-frequency", "1",
            "--report-to", "", "--logs", str(logs), "--name", "tiny"]
@@ -92,3 +95,22 @@ def test_open_clip_train_runs_on_a_built_folder_with_webdataset_0_2_86(recipe_da
     if webdataset.__version__.startswith("1."):
         r = _train(recipe_dataset, model_dir, tmp_path / "logs_new", str(REPO))
         assert r.returncode != 0 and "KeyError: 'fname'" in r.stderr, (r.stdout + r.stderr)[-3000:]
+
+
+def test_open_clip_train_counts_joined_subsets_from_sizes_json(recipe_dataset, old_webdataset, tmp_path):
+    """``commercial::noncommercial::other`` without ``--train-num-samples``: open_clip looks every shard up in the
+    FIRST shard's folder's ``sizes.json``, which lists every shard of the dataset (names are unique), so it counts
+    them all (it was ``KeyError: 'noncommercial-train-s000-p00000-000.tar'``)."""
+    ds = recipe_dataset
+    shards = [p for subset in SUBSETS for p in sorted((ds / subset).glob("*.tar"))]
+    first = json.loads((ds / SUBSETS[0] / "sizes.json").read_text())
+    assert {p.name for p in shards} <= set(first)
+    total = sum(first[p.name] for p in shards)
+    model_dir = tmp_path / "tiny-random-clip"
+    model_dir.mkdir()
+    (model_dir / "open_clip_config.json").write_text(json.dumps(TINY))
+    r = _train(ds, model_dir, tmp_path / "logs", f"{old_webdataset}{os.pathsep}{REPO}", num_samples=None)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    epoch = -(-total // 4) * 4          # open_clip rounds the count up to whole batches of 4
+    assert re.search(rf"Train Epoch: 0 \[\s*{epoch}/{epoch} \(100%\)", out), out[-3000:]

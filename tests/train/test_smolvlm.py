@@ -380,7 +380,7 @@ def test_cards_per_folder_state_the_truth(tmp_path):
     for m in (merged, adapter, run):
         assert "datasets" not in m
     text = (out / "merged" / "README.md").read_text()
-    assert str(data) in text and "not on the Hub" in text and "merged model" in text
+    assert str(data) not in text and "`ds`" in text and "not on the Hub" in text and "merged model" in text
     # data streamed from the Hub: its id is listed; the tiny smoke model has no Hub base_model
     cfg = load_config(None, [f"output_dir={out}", "data.path=me/pmc-figures", "model.tiny=true"])
     write_model_card(out, cfg, result)

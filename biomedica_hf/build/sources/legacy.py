@@ -334,9 +334,15 @@ class LegacySource(Source):
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     def _location(self, rel: str) -> str:
+        """Where a package is: its URL on a remote mirror; on a local mirror its path relative to the mirror root
+        (resolved by :meth:`_local`), so that the ledger never names a path of this machine."""
         if self.remote:
             return f"{self.base}/{quote(rel.lstrip('/'))}"
-        return str(Path(self.base) / rel)
+        return rel.lstrip("/")
+
+    def _local(self, location: str) -> Path:
+        p = Path(location)
+        return p if p.is_absolute() else Path(self.base) / p
 
     def _filelist_path(self) -> Path:
         fl = self.filelist
@@ -346,7 +352,7 @@ class LegacySource(Source):
         if url is None:
             if not self.remote:
                 return Path(self.base) / fl
-            url = self._location(str(fl))
+            url = f"{self.base}/{quote(str(fl).lstrip('/'))}"
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="biomedica-filelist-")
         dest = Path(self._tmp.name) / (url.rsplit("/", 1)[-1] or "filelist.csv")
@@ -363,7 +369,8 @@ class LegacySource(Source):
                 rel = ref.location
                 ref.extra["package"] = rel
                 yield replace(ref, location=self._location(rel))
-        self.listing_problems.extend((f"{self.filelist}:{line}", reason) for line, reason in reader.bad_rows)
+        name = str(self.filelist).rsplit("/", 1)[-1]    # the file's name: never a path of this machine
+        self.listing_problems.extend((f"{name}:{line}", reason) for line, reason in reader.bad_rows)
 
     def _check_inside(self, ref: ArticleRef) -> None:
         """Refuse (``bad_package``, ``outside_input``) a file-list path that leaves the mirror: ``..``, absolute,
@@ -388,11 +395,12 @@ class LegacySource(Source):
         cache_dir = Path(cache_dir)
         dest = cache_dir / ref.pmcid
         if load_extracted(dest) is not None:  # finished earlier: no download
-            return package_from_archive(ref, Path(ref.location), dest, self.limits)
+            return package_from_archive(ref, self._local(ref.location) if not self.remote else Path(ref.location),
+                                        dest, self.limits)
         if not self.remote:
-            archive = Path(ref.location)
+            archive = self._local(ref.location)
             if not archive.is_file():
-                raise FetchError(NOT_FOUND, f"package {archive} not in mirror")
+                raise FetchError(NOT_FOUND, f"package {ref.location} not in mirror")
             return package_from_archive(ref, archive, dest, self.limits)
         archive = cache_dir / "_archives" / ref.location.rsplit("/", 1)[-1]
         try:

@@ -78,6 +78,29 @@ class LocalSource(Source):
         self._entries: dict[str, _Entry] | None = None
 
     @property
+    def root(self) -> Path:
+        """The input root: listing locations (and so the ledger's ``source``) are relative to it, never absolute
+        paths of this machine (the ledger is published)."""
+        return self.path if self.path.is_dir() else self.path.parent
+
+    def public(self, path: str | Path) -> str:
+        """``path`` relative to the input root (posix), as the listing and the ledger name it."""
+        try:
+            rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(self.root)).as_posix()
+        except ValueError:
+            return Path(path).name
+        return rel or "."
+
+    def _resolve(self, location: str) -> Path:
+        p = Path(location)
+        return p if p.is_absolute() else self.root / p
+
+    def _publish_unlisted(self) -> None:
+        root = os.path.abspath(self.root)
+        self.unlisted = [(self.public(path), reason.replace(root + os.sep, "").replace(root, "."))
+                         for path, reason in self.unlisted]
+
+    @property
     def confine(self) -> Path | None:
         """The folder every file must resolve into (symlinks followed); None for a single-file input."""
         return self.path if self.path.is_dir() else None
@@ -99,7 +122,9 @@ class LocalSource(Source):
                 self.unlisted.append((str(p), "not_xml_or_package"))
         else:
             found = self._walk(p)
-        return self._dedupe(found)
+        out = self._dedupe(found)
+        self._publish_unlisted()
+        return out
 
     def _walk(self, top: Path) -> list[_Entry]:
         found: list[_Entry] = []
@@ -171,7 +196,7 @@ class LocalSource(Source):
 
     def _ref(self, e: _Entry) -> ArticleRef:
         extra: dict[str, Any] = {"kind": e.kind}
-        ref = ArticleRef(pmcid=e.id, location=str(e.path), version=e.version, extra=extra)
+        ref = ArticleRef(pmcid=e.id, location=self.public(e.path), version=e.version, extra=extra)
         if e.metadata is not None:
             extra["metadata_path"] = str(e.metadata)
             meta = _read_json(e.metadata)
@@ -183,20 +208,20 @@ class LocalSource(Source):
         return ref
 
     def fetch(self, ref: ArticleRef, cache_dir: Path) -> ArticlePackage:
-        path = Path(ref.location)
+        path = self._resolve(ref.location)
         if not path.exists():
-            raise FetchError(NOT_FOUND, f"{path} does not exist")
+            raise FetchError(NOT_FOUND, f"{ref.location} does not exist")
         kind = ref.extra.get("kind") or (TAR if path.name.lower().endswith(TAR_SUFFIXES)
                                           else XML if path.is_file() else DIR)
         confine = self.confine
         if confine is not None and not _inside(path, confine):
-            raise FetchError(BAD_PACKAGE, f"{OUTSIDE_INPUT}: {path} resolves to {path.resolve()}, outside {confine}")
+            raise FetchError(BAD_PACKAGE, f"{OUTSIDE_INPUT}: {ref.location} resolves outside the input folder")
         if kind == TAR:
             return package_from_archive(ref, path, Path(cache_dir) / safe_id(ref.pmcid), self.limits)
         if kind == XML:
             pkg = package_from_dir(ref, path.parent, recursive=False, confine=confine)
             if path.name not in pkg.files:
-                raise FetchError(BAD_PACKAGE, f"{OUTSIDE_INPUT}: {path}")
+                raise FetchError(BAD_PACKAGE, f"{OUTSIDE_INPUT}: {ref.location}")
             pkg.xml_files = [path.name]
             return pkg
         metadata: dict[str, Any] = {}
@@ -215,7 +240,7 @@ class LocalSource(Source):
         except FetchError:
             raise
         except OSError as e:
-            raise FetchError(BAD_PACKAGE, f"{path}: {e}") from e
+            raise FetchError(BAD_PACKAGE, f"{ref.location}: {e}") from e
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -416,6 +416,9 @@ def stratified_split(labels: Sequence[int], ids: Sequence[str], fractions=(0.6, 
 
 
 # ------------------------------------------------------------------------------------------- source
+NO_SPLIT = "no split given: every image converted as test"
+
+
 @dataclass(frozen=True)
 class UserSource:
     """A user's labelled set, converted on first use to ``CACHE/user/<slug>-<hash>.parquet`` (all splits)."""
@@ -471,6 +474,7 @@ class UserSource:
         if all(r["split"] is None for r in rows):
             for r in rows:
                 r["split"] = "test"        # no split given: every image is evaluated (zero-shot)
+            skipped.append({"file": "", "reason": NO_SPLIT})   # so results say "all", not "test"
         elif any(r["split"] is None for r in rows):
             raise UserDataError(f"{task}: some rows have a split and some do not")
         return rows, names, skipped
@@ -487,12 +491,20 @@ class UserSource:
             done = False
         if not done:
             rows, names, skipped = self.convert()
+            split_given = not any(s["reason"] == NO_SPLIT for s in skipped)
+            skipped = [s for s in skipped if s["reason"] != NO_SPLIT]
             for s in skipped:
                 log.warning("%s: skipped %s (%s)", self.describe(), s["file"], s["reason"])
             write_evalset(rows, out)
-            stamp.write_text(json.dumps({"fingerprint": fp, "classes": names, "rows": len(rows), "skipped": skipped},
-                                        indent=1))
+            stamp.write_text(json.dumps({"fingerprint": fp, "classes": names, "rows": len(rows), "skipped": skipped,
+                                         "split_given": split_given}, indent=1))
         return [out]
+
+    def split_given(self, ctx: DataContext) -> bool:
+        """Did the data name its splits (split folders, a ``split`` column, MedMNIST arrays)? Without, every image
+        was converted as ``test`` and a result over them is over ``all`` the images."""
+        self.files(ctx)
+        return bool(self.conversion_report(ctx).get("split_given", True))
 
     def conversion_report(self, ctx: DataContext) -> dict:
         """classes, rows and skipped files of the last conversion."""
