@@ -64,7 +64,7 @@ def test_dry_run_cli_fetches_and_writes_nothing_and_measures_rates_on_a_build(bu
                         "--no-progress"], capture_output=True, text=True, env=ENV, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not out.exists()                                   # nothing written
-    assert "Build plan (dry run" in r.stdout and "Hub limits:" in r.stdout and "defaults (BIOMEDICA" in r.stdout
+    assert "Build plan (dry run" in r.stdout and "Hub limits (the flat layout" in r.stdout and "defaults (BIOMEDICA" in r.stdout
     # --json, with the rates of the build already in OUT
     r = subprocess.run([str(BIN), "build", "--input", str(articles_dir), "--out", str(built_dataset), "--dry-run",
                         "--json"], capture_output=True, text=True, env=ENV, timeout=120, check=False)
