@@ -6,7 +6,10 @@ Two pure entry points:
   (extension-less hrefs, wrong extensions, case, path prefixes, full image over ``.gif`` thumbnail);
   :func:`alternate_renditions` names the other renditions of the same figure, for the ledger.
 * :func:`process_image` turns the bytes of one file into an :class:`ImageRecord`: the bytes that go
-  into the shard (``jpg`` or ``png``) plus size, source format / mode and SHA-256.
+  into the shard (``jpg`` or ``png``) plus size, source format / mode and SHA-256;
+  :func:`process_figure` (what the build calls) also returns the image's perceptual hash, from the same
+  decode: each figure is decoded once (a kept JPEG at a reduced DCT scale, which still reads the whole
+  entropy-coded stream, so truncation is caught as by a full decode).
 
 Output policy of :func:`process_image` ("original bytes, or lossless PNG"):
 
@@ -43,6 +46,7 @@ from urllib.parse import unquote
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from biomedica_hf.neardup.hashing import draft_for_hash, image_phash
 from biomedica_hf.schema import ImageRecord
 
 __all__ = [
@@ -52,6 +56,7 @@ __all__ = [
     "TARGET_MODE",
     "alternate_renditions",
     "is_image_name",
+    "process_figure",
     "process_image",
     "resolve_graphic",
     "sha256_bytes",
@@ -430,7 +435,25 @@ def process_image(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
                   min_side: int = 20, keep_16bit_png: bool = False,
                   compress_level: int = PNG_COMPRESS_LEVEL, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
                   reduce_to_pixels: int | None = None) -> ImageRecord:
-    """Decode, verify and normalise one image file; see the module docstring for the policy.
+    """Decode, verify and normalise one image file; see the module docstring for the policy and
+    :func:`process_figure` for the options. A JPEG kept byte for byte is decoded at 1/8 scale (``draft``):
+    the whole entropy-coded stream is still read, so truncation and corrupt data are still caught."""
+    return process_figure(data, name, max_pixels=max_pixels, min_side=min_side, keep_16bit_png=keep_16bit_png,
+                          compress_level=compress_level, max_image_bytes=max_image_bytes,
+                          reduce_to_pixels=reduce_to_pixels, phash=False)[0]
+
+
+def process_figure(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
+                   min_side: int = 20, keep_16bit_png: bool = False,
+                   compress_level: int = PNG_COMPRESS_LEVEL, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                   reduce_to_pixels: int | None = None, phash: bool = True) -> tuple[ImageRecord, str | None]:
+    """Decode, verify and normalise one image file, and (``phash=True``) hash it, from one decode.
+
+    Returns the :class:`ImageRecord` and the 256-bit pHash of the written image
+    (:func:`biomedica_hf.neardup.hashing.bytes_phash` of ``record.data``, bit for bit, computed from the pixels
+    this call decodes anyway: a kept JPEG at the DCT scale the hash uses, a kept PNG as decoded, a converted
+    image from the pixels it encodes); the hash is None when ``phash=False`` or when hashing fails (a hash is a
+    hint, never a reason to fail a figure).
 
     Raises :class:`MediaError` (``decode_error``, ``truncated_image``, ``decompression_bomb``,
     ``too_small``, ``unsupported_format``).  The pixel limit is checked on the header size
@@ -457,7 +480,7 @@ def process_image(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
         im = _open(data)
         try:
             return _process(im, data, name, max_pixels, min_side, keep_16bit_png, compress_level,
-                            max_image_bytes, reduce_to_pixels)
+                            max_image_bytes, reduce_to_pixels, phash)
         except MediaError:
             raise
         except _DECODE_ERRORS as e:
@@ -492,9 +515,16 @@ def _reduce(im: Image.Image, max_pixels: int) -> Image.Image:
     return im
 
 
+def _phash(im: Image.Image) -> str | None:
+    try:
+        return image_phash(im)
+    except Exception:  # noqa: BLE001 - a hash is a hint: never fails the figure
+        return None
+
+
 def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side: int,
              keep_16bit_png: bool, compress_level: int, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-             reduce_to_pixels: int | None = None) -> ImageRecord:
+             reduce_to_pixels: int | None = None, phash: bool = False) -> tuple[ImageRecord, str | None]:
     fmt = im.format or ""
     mode = orig_mode = im.mode
     w, h = im.size
@@ -513,6 +543,16 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
                                             f"{max_image_bytes} (--max-image-bytes)")
     if reason := _missing_tail(im, data):
         raise MediaError("truncated_image", reason)
+    modes, ext = KEEP_ORIGINAL.get(fmt, (frozenset(), ""))
+    keep = not drafted and not (reduce_to_pixels and w * h > reduce_to_pixels) and (
+        mode in modes or (keep_16bit_png and fmt == "PNG" and mode in HIGH_BIT_DEPTH))
+    if keep and fmt in ("JPEG", "MPO"):
+        # the kept bytes need no pixels, only a complete decode: at a DCT scale (the hash's, else 1/8) libjpeg
+        # still reads every entropy-coded block, so a cut or corrupt stream fails as it would at full size
+        if phash:
+            draft_for_hash(im)
+        else:
+            im.draft(mode, (1, 1))
     _load(im)
     orientation = _orientation(im)
     reduced = drafted
@@ -521,15 +561,12 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
         reduced = True
     mode = im.mode if reduced else mode
 
-    modes, ext = KEEP_ORIGINAL.get(fmt, (frozenset(), ""))
-    if reduced:
-        pass
-    elif mode in modes or (keep_16bit_png and fmt == "PNG" and mode in HIGH_BIT_DEPTH):
+    if keep:
         if orientation in (5, 6, 7, 8):
             w, h = h, w
         return ImageRecord(data=data, ext=ext, width=w, height=h, orig_format=fmt,
                            orig_mode=orig_mode, sha256=sha256_bytes(data), reencoded=False,
-                           source_name=name)
+                           source_name=name), _phash(im) if phash else None
 
     icc = im.info.get("icc_profile") if mode != "CMYK" else None
     out = _to_output_mode(im)
@@ -538,4 +575,4 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
     png = _encode_png(out, icc, compress_level)
     return ImageRecord(data=png, ext="png", width=out.width, height=out.height,
                        orig_format=fmt, orig_mode=orig_mode, sha256=sha256_bytes(png),
-                       reencoded=True, source_name=name)
+                       reencoded=True, source_name=name), _phash(out) if phash else None
