@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from biomedica_hf.build.media import (
     DEFAULT_MAX_IMAGE_BYTES,
+    PNG_STRATEGY,
     MediaError,
     alternate_renditions,
     is_image_name,
@@ -32,7 +33,8 @@ class MediaOptions:
     min_side: int = 20
     max_pixels: int = 178_956_970
     keep_empty_captions: bool = False
-    png_compress_level: int = 3    # converted images only; 3 is ~3x faster than 6 for ~10% more bytes
+    png_compress_level: int = 3    # converted images only; with png_strategy "default": 3 is ~3x faster than 6
+    png_strategy: str = PNG_STRATEGY   # converted images: zlib RLE, level 6's size at level 1's speed (media.py)
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES   # decode budget (bit depth and bands count): image_too_large
     reduce_to_pixels: int | None = None              # `build --max-pixels`: downscale larger images instead
 
@@ -215,7 +217,7 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
             # one decode verifies the file, converts it when needed and gives the pixels of its perceptual hash
             image, phash = process_figure(data, name, max_pixels=opts.max_pixels, min_side=opts.min_side,
                                           compress_level=opts.png_compress_level,
-                                          max_image_bytes=opts.max_image_bytes,
+                                          png_strategy=opts.png_strategy, max_image_bytes=opts.max_image_bytes,
                                           reduce_to_pixels=opts.reduce_to_pixels)
     except MediaError as e:
         state = SKIPPED if e.reason in SKIP_MEDIA_REASONS else FAILED

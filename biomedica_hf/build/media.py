@@ -28,6 +28,8 @@ Output policy of :func:`process_image` ("original bytes, or lossless PNG"):
 * EXIF orientation: kept originals keep their tag (``datasets.Image`` applies it on decode);
   converted images have it applied to the pixels, because the tag is not carried over.
   ``width``/``height`` are the *displayed* size, i.e. after orientation, in both cases.
+* Converted PNGs are deflated with zlib's RLE strategy (:data:`PNG_STRATEGY`: level 6's size at level 1's
+  speed on the fixtures' TIFF/GIF figures).
 * Converted PNGs carry no metadata (no text, time, EXIF, dpi); the ICC profile is kept only when
   it matches the output colour space (RGB profile on RGB/RGBA, gray profile on L/LA).  Output is
   deterministic: same input bytes and settings -> same output bytes.
@@ -40,6 +42,7 @@ import math
 import posixpath
 import struct
 import warnings
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
@@ -267,6 +270,13 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00
 
 PNG_COMPRESS_LEVEL = 6
 
+#: zlib strategies for converted PNGs. ``rle`` (the default) was chosen by measurement on the fixtures' converted
+#: TIFF/GIF figures (Pillow 13, zlib-ng; docs/scale-and-performance.md): the size of level 6 (-12 % bytes against
+#: level 3) at the speed of level 1 (-20 % encoding time against level 3); RLE does not depend on the level
+#: (except 0, stored). ``default`` is zlib's usual LZ77 at ``compress_level``.
+PNG_STRATEGIES = {"default": zlib.Z_DEFAULT_STRATEGY, "filtered": zlib.Z_FILTERED, "rle": zlib.Z_RLE}
+PNG_STRATEGY = "rle"
+
 # what Pillow raises on malformed input (plugins are not consistent about it)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
                   ZeroDivisionError, struct.error)
@@ -351,7 +361,7 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and value in _ORIENTATION else 1
 
 
-def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int) -> bytes:
+def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int, strategy: str = PNG_STRATEGY) -> bytes:
     """Deterministic PNG: no metadata chunks except a matching ICC profile.
 
     Clears ``im.info`` (Pillow's PNG writer would pick up transparency / ICC from it); callers
@@ -361,7 +371,7 @@ def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int) -> byte
     keep_icc = bool(icc) and len(icc) >= 20 and icc[16:20] == _ICC_SPACE.get(im.mode)
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=False, compress_level=compress_level,
-               icc_profile=icc if keep_icc else None)
+            compress_type=PNG_STRATEGIES[strategy], icc_profile=icc if keep_icc else None)
     return buf.getvalue()
 
 
@@ -434,19 +444,20 @@ def _load(im: Image.Image) -> None:
 def process_image(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
                   min_side: int = 20, keep_16bit_png: bool = False,
                   compress_level: int = PNG_COMPRESS_LEVEL, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-                  reduce_to_pixels: int | None = None) -> ImageRecord:
+                  reduce_to_pixels: int | None = None, png_strategy: str = PNG_STRATEGY) -> ImageRecord:
     """Decode, verify and normalise one image file; see the module docstring for the policy and
     :func:`process_figure` for the options. A JPEG kept byte for byte is decoded at 1/8 scale (``draft``):
     the whole entropy-coded stream is still read, so truncation and corrupt data are still caught."""
     return process_figure(data, name, max_pixels=max_pixels, min_side=min_side, keep_16bit_png=keep_16bit_png,
                           compress_level=compress_level, max_image_bytes=max_image_bytes,
-                          reduce_to_pixels=reduce_to_pixels, phash=False)[0]
+                          reduce_to_pixels=reduce_to_pixels, png_strategy=png_strategy, phash=False)[0]
 
 
 def process_figure(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
                    min_side: int = 20, keep_16bit_png: bool = False,
                    compress_level: int = PNG_COMPRESS_LEVEL, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-                   reduce_to_pixels: int | None = None, phash: bool = True) -> tuple[ImageRecord, str | None]:
+                   reduce_to_pixels: int | None = None, png_strategy: str = PNG_STRATEGY,
+                   phash: bool = True) -> tuple[ImageRecord, str | None]:
     """Decode, verify and normalise one image file, and (``phash=True``) hash it, from one decode.
 
     Returns the :class:`ImageRecord` and the 256-bit pHash of the written image
@@ -465,8 +476,9 @@ def process_figure(data: bytes, name: str = "", *, max_pixels: int = 178_956_970
     downscaled (aspect kept) to at most that many and re-encoded as PNG; JPEGs are decoded at a
     reduced DCT scale (``draft``: the full-size pixels never exist), other formats are decoded
     (within the budget) and then reduced.
-    ``compress_level`` (zlib 0-9) of converted PNGs trades speed for size (on the fixture TIFFs
-    level 1 encodes 2-5x faster than 6 and is 15-80 % larger); output bytes depend on it.  Pillow's
+    ``compress_level`` (zlib 0-9) and ``png_strategy`` (:data:`PNG_STRATEGIES`) of converted PNGs trade speed
+    for size; output bytes depend on them. With the default ``rle`` the level does not matter (except 0); with
+    ``default``, on the fixture TIFFs level 1 encodes 2-5x faster than 6 and is 15-80 % larger.  Pillow's
     ``UserWarning``s about damaged metadata ("Corrupt EXIF data") are silenced: the pixels are
     what is verified.  Warning filters are changed only inside ``warnings.catch_warnings()``.
     """
@@ -480,7 +492,7 @@ def process_figure(data: bytes, name: str = "", *, max_pixels: int = 178_956_970
         im = _open(data)
         try:
             return _process(im, data, name, max_pixels, min_side, keep_16bit_png, compress_level,
-                            max_image_bytes, reduce_to_pixels, phash)
+                            max_image_bytes, reduce_to_pixels, phash, png_strategy)
         except MediaError:
             raise
         except _DECODE_ERRORS as e:
@@ -524,7 +536,8 @@ def _phash(im: Image.Image) -> str | None:
 
 def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side: int,
              keep_16bit_png: bool, compress_level: int, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-             reduce_to_pixels: int | None = None, phash: bool = False) -> tuple[ImageRecord, str | None]:
+             reduce_to_pixels: int | None = None, phash: bool = False,
+             png_strategy: str = PNG_STRATEGY) -> tuple[ImageRecord, str | None]:
     fmt = im.format or ""
     mode = orig_mode = im.mode
     w, h = im.size
@@ -572,7 +585,7 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
     out = _to_output_mode(im)
     if orientation != 1:
         out = out.transpose(_ORIENTATION[orientation])
-    png = _encode_png(out, icc, compress_level)
+    png = _encode_png(out, icc, compress_level, png_strategy)
     return ImageRecord(data=png, ext="png", width=out.width, height=out.height,
                        orig_format=fmt, orig_mode=orig_mode, sha256=sha256_bytes(png),
                        reencoded=True, source_name=name), _phash(out) if phash else None
