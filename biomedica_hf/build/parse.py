@@ -126,7 +126,10 @@ def _parse_tree(data: bytes | str) -> etree._Element:
 
 
 def _local(el: etree._Element) -> str:
-    return etree.QName(el).localname if isinstance(el.tag, str) else ""
+    """Local name of an element's tag (``etree.QName(el).localname`` without building a QName: this runs for
+    every node of every article)."""
+    tag = el.tag
+    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
 
 
 def _strip_namespace(root: etree._Element) -> None:
@@ -223,7 +226,8 @@ def _walk_child(child: etree._Element, out: _Text, ctx: _Walk) -> None:
             out.add(_alt_text(child) or "[graphic]")
         else:
             _walk_element(child, out, ctx)
-    out.add(_LINEBREAK_BEFORE_CLOSER.sub("", child.tail or ""))
+    if child.tail:
+        out.add(_LINEBREAK_BEFORE_CLOSER.sub("", child.tail))
 
 
 def _alt_text(el: etree._Element) -> str:
