@@ -247,6 +247,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         keep_downloads=keep_downloads, retry_failed=retry_failed, progress=not no_progress,
         executor=executor, ray_address=ray_address, split_fractions=_parse_splits(splits),
         partition_target=partition_size, allow_shrink=allow_shrink, near_dedup=near_dedup,
+        preload=("datasets", "matplotlib.pyplot"),   # the card's imports, while the workers stage (issue 28)
         command=" ".join(["biomedica", *sys.argv[1:]]))
     try:
         report = run_build(cfg)
