@@ -694,13 +694,14 @@ def _attach_references(scope: etree._Element, figs: list[Figure],
                        targets: dict[str, list[int]], entities: dict[str, str]) -> None:
     seen: set[tuple[int, str]] = set()
     for p in scope.iter("p", "td", "th"):
-        if not any(x.get("rid") for x in p.iter("xref")) or not _citing(p, scope):
+        # only paragraphs with an xref to a figure are walked (most cite references, tables, equations only)
+        if not any(_cited(x, targets) for x in p.iter("xref")) or not _citing(p, scope):
             continue
         if _local(p) != "p" and any(True for _ in p.iter("p")):
             continue  # a table cell of paragraphs: its paragraphs are read as paragraphs
         ctx = _Walk(skip=_NOT_IN_PARAGRAPH, entities=entities, xrefs=[])
         paragraph = _text(p, ctx)
-        spans = sentence_spans(paragraph)
+        spans = None                                         # split into sentences when first needed
         marks = [(x, s, e, _cited(x, targets)) for x, s, e in ctx.xrefs]
         for k, (xref, start, end, cited) in enumerate(marks):
             if not cited:
@@ -714,6 +715,8 @@ def _attach_references(scope: etree._Element, figs: list[Figure],
                 if first < last:
                     cited = list(range(first, last + 1))
                     xref_text = paragraph[start:nxt[2]]
+            if spans is None:
+                spans = sentence_spans(paragraph)
             sentence = next((paragraph[a:b] for a, b in spans if a <= start < b), paragraph)
             for i in cited:
                 if (i, sentence) not in seen:
