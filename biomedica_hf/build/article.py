@@ -13,11 +13,12 @@ from pathlib import Path, PurePosixPath
 from biomedica_hf.build.media import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_METADATA_BYTES,
+    PNG_STRATEGY,
     MediaError,
     alternate_renditions,
     check_image_file,
     is_image_name,
-    process_image,
+    process_figure,
     resolve_graphic,
 )
 from biomedica_hf.build.parse import ParseError, parse_jats
@@ -34,7 +35,8 @@ class MediaOptions:
     min_side: int = 20
     max_pixels: int = 178_956_970
     keep_empty_captions: bool = False
-    png_compress_level: int = 3    # converted images only; 3 is ~3x faster than 6 for ~10% more bytes
+    png_compress_level: int = 3    # converted images only; with png_strategy "default": 3 is ~3x faster than 6
+    png_strategy: str = PNG_STRATEGY   # converted images: zlib RLE, level 6's size at level 1's speed (media.py)
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES   # decode budget (bit depth and bands count): image_too_large
     reduce_to_pixels: int | None = None              # `build --max-pixels`: downscale larger images instead
     max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES   # JPEG/PNG metadata budget: metadata_too_large
@@ -108,16 +110,6 @@ def _file_fate(name: str, used: dict[str, tuple[str, str]],
     if name.lower().endswith((".tar.gz", ".tgz")):
         return SKIPPED, "archive_copy"
     return SKIPPED, "not_figure_media"         # pdf, txt, supplementary data, videos, ...
-
-
-def _phash(data: bytes) -> str | None:
-    """The sample's perceptual hash (near-duplicate grouping); None when the image cannot be hashed."""
-    from biomedica_hf.neardup.hashing import bytes_phash
-
-    try:
-        return bytes_phash(data)
-    except Exception:  # noqa: BLE001 - a hash is a hint: never fails the figure
-        return None
 
 
 def process_package(pkg: ArticlePackage, opts: MediaOptions | None = None) -> PackageResult:
@@ -228,9 +220,11 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
                 check_image_file(f, name, opts.max_metadata_bytes)
                 f.seek(0)
                 data = f.read()
-            image = process_image(data, name, max_pixels=opts.max_pixels, min_side=opts.min_side,
-                                  compress_level=opts.png_compress_level, max_image_bytes=opts.max_image_bytes,
-                                  reduce_to_pixels=opts.reduce_to_pixels)
+            # one decode verifies the file, converts it when needed and gives the pixels of its perceptual hash
+            image, phash = process_figure(data, name, max_pixels=opts.max_pixels, min_side=opts.min_side,
+                                          compress_level=opts.png_compress_level,
+                                          png_strategy=opts.png_strategy, max_image_bytes=opts.max_image_bytes,
+                                          reduce_to_pixels=opts.reduce_to_pixels)
     except MediaError as e:
         state = SKIPPED if e.reason in SKIP_MEDIA_REASONS else FAILED
         used[name] = (state, e.reason if e.reason.startswith("image_") else f"image_{e.reason}")
@@ -238,8 +232,6 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
     except OSError as e:
         return LedgerEntry("figure", key, pmcid, FAILED, "read_error", f"{name}: {e}"[:500])
     used[name] = (KEPT, "figure_image")
-    with timed(res.timings, "media"):
-        phash = _phash(image.data)
     meta = {"key": key, **_figure_meta(article, fig, panel, href), "image_file": name,
             "image_format": image.orig_format, "image_ext": image.ext, "width": image.width,
             "height": image.height, "sha256": image.sha256, "reencoded": image.reencoded,

@@ -6,7 +6,10 @@ Two pure entry points:
   (extension-less hrefs, wrong extensions, case, path prefixes, full image over ``.gif`` thumbnail);
   :func:`alternate_renditions` names the other renditions of the same figure, for the ledger.
 * :func:`process_image` turns the bytes of one file into an :class:`ImageRecord`: the bytes that go
-  into the shard (``jpg`` or ``png``) plus size, source format / mode and SHA-256.
+  into the shard (``jpg`` or ``png``) plus size, source format / mode and SHA-256;
+  :func:`process_figure` (what the build calls) also returns the image's perceptual hash, from the same
+  decode: each figure is decoded once (a kept JPEG at a reduced DCT scale, which still reads the whole
+  entropy-coded stream, so truncation is caught as by a full decode).
 
 Output policy of :func:`process_image` ("original bytes, or lossless PNG"):
 
@@ -25,6 +28,8 @@ Output policy of :func:`process_image` ("original bytes, or lossless PNG"):
 * EXIF orientation: kept originals keep their tag (``datasets.Image`` applies it on decode);
   converted images have it applied to the pixels, because the tag is not carried over.
   ``width``/``height`` are the *displayed* size, i.e. after orientation, in both cases.
+* Converted PNGs are deflated with zlib's RLE strategy (:data:`PNG_STRATEGY`: level 6's size at level 1's
+  speed on the fixtures' TIFF/GIF figures).
 * Converted PNGs carry no metadata (no text, time, EXIF, dpi); the ICC profile is kept only when
   it matches the output colour space (RGB profile on RGB/RGBA, gray profile on L/LA).  Output is
   deterministic: same input bytes and settings -> same output bytes.
@@ -37,12 +42,14 @@ import math
 import posixpath
 import struct
 import warnings
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from biomedica_hf.neardup.hashing import draft_for_hash, image_phash
 from biomedica_hf.schema import ImageRecord
 
 __all__ = [
@@ -52,6 +59,7 @@ __all__ = [
     "TARGET_MODE",
     "alternate_renditions",
     "is_image_name",
+    "process_figure",
     "process_image",
     "resolve_graphic",
     "sha256_bytes",
@@ -264,6 +272,13 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00
 
 PNG_COMPRESS_LEVEL = 6
 
+#: zlib strategies for converted PNGs. ``rle`` (the default) was chosen by measurement on the fixtures' converted
+#: TIFF/GIF figures (Pillow 13, zlib-ng; docs/scale-and-performance.md): the size of level 6 (-12 % bytes against
+#: level 3) at the speed of level 1 (-20 % encoding time against level 3); RLE does not depend on the level
+#: (except 0, stored). ``default`` is zlib's usual LZ77 at ``compress_level``.
+PNG_STRATEGIES = {"default": zlib.Z_DEFAULT_STRATEGY, "filtered": zlib.Z_FILTERED, "rle": zlib.Z_RLE}
+PNG_STRATEGY = "rle"
+
 # what Pillow raises on malformed input (plugins are not consistent about it)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
                   ZeroDivisionError, struct.error)
@@ -348,7 +363,7 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and value in _ORIENTATION else 1
 
 
-def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int) -> bytes:
+def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int, strategy: str = PNG_STRATEGY) -> bytes:
     """Deterministic PNG: no metadata chunks except a matching ICC profile.
 
     Clears ``im.info`` (Pillow's PNG writer would pick up transparency / ICC from it); callers
@@ -358,7 +373,7 @@ def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int) -> byte
     keep_icc = bool(icc) and 20 <= len(icc) <= MAX_ICC_BYTES and icc[16:20] == _ICC_SPACE.get(im.mode)
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=False, compress_level=compress_level,
-               icc_profile=icc if keep_icc else None)
+            compress_type=PNG_STRATEGIES[strategy], icc_profile=icc if keep_icc else None)
     return buf.getvalue()
 
 
@@ -431,8 +446,27 @@ def _load(im: Image.Image) -> None:
 def process_image(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
                   min_side: int = 20, keep_16bit_png: bool = False,
                   compress_level: int = PNG_COMPRESS_LEVEL, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-                  reduce_to_pixels: int | None = None) -> ImageRecord:
-    """Decode, verify and normalise one image file; see the module docstring for the policy.
+                  reduce_to_pixels: int | None = None, png_strategy: str = PNG_STRATEGY) -> ImageRecord:
+    """Decode, verify and normalise one image file; see the module docstring for the policy and
+    :func:`process_figure` for the options. A JPEG kept byte for byte is decoded at 1/8 scale (``draft``):
+    the whole entropy-coded stream is still read, so truncation and corrupt data are still caught."""
+    return process_figure(data, name, max_pixels=max_pixels, min_side=min_side, keep_16bit_png=keep_16bit_png,
+                          compress_level=compress_level, max_image_bytes=max_image_bytes,
+                          reduce_to_pixels=reduce_to_pixels, png_strategy=png_strategy, phash=False)[0]
+
+
+def process_figure(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
+                   min_side: int = 20, keep_16bit_png: bool = False,
+                   compress_level: int = PNG_COMPRESS_LEVEL, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                   reduce_to_pixels: int | None = None, png_strategy: str = PNG_STRATEGY,
+                   phash: bool = True) -> tuple[ImageRecord, str | None]:
+    """Decode, verify and normalise one image file, and (``phash=True``) hash it, from one decode.
+
+    Returns the :class:`ImageRecord` and the 256-bit pHash of the written image
+    (:func:`biomedica_hf.neardup.hashing.bytes_phash` of ``record.data``, bit for bit, computed from the pixels
+    this call decodes anyway: a kept JPEG at the DCT scale the hash uses, a kept PNG as decoded, a converted
+    image from the pixels it encodes); the hash is None when ``phash=False`` or when hashing fails (a hash is a
+    hint, never a reason to fail a figure).
 
     Raises :class:`MediaError` (``decode_error``, ``truncated_image``, ``decompression_bomb``,
     ``too_small``, ``unsupported_format``).  The pixel limit is checked on the header size
@@ -444,8 +478,9 @@ def process_image(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
     downscaled (aspect kept) to at most that many and re-encoded as PNG; JPEGs are decoded at a
     reduced DCT scale (``draft``: the full-size pixels never exist), other formats are decoded
     (within the budget) and then reduced.
-    ``compress_level`` (zlib 0-9) of converted PNGs trades speed for size (on the fixture TIFFs
-    level 1 encodes 2-5x faster than 6 and is 15-80 % larger); output bytes depend on it.  Pillow's
+    ``compress_level`` (zlib 0-9) and ``png_strategy`` (:data:`PNG_STRATEGIES`) of converted PNGs trade speed
+    for size; output bytes depend on them. With the default ``rle`` the level does not matter (except 0); with
+    ``default``, on the fixture TIFFs level 1 encodes 2-5x faster than 6 and is 15-80 % larger.  Pillow's
     ``UserWarning``s about damaged metadata ("Corrupt EXIF data") are silenced: the pixels are
     what is verified.  Warning filters are changed only inside ``warnings.catch_warnings()``.
     """
@@ -459,7 +494,7 @@ def process_image(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
         im = _open(data)
         try:
             return _process(im, data, name, max_pixels, min_side, keep_16bit_png, compress_level,
-                            max_image_bytes, reduce_to_pixels)
+                            max_image_bytes, reduce_to_pixels, phash, png_strategy)
         except MediaError:
             raise
         except _DECODE_ERRORS as e:
@@ -494,9 +529,17 @@ def _reduce(im: Image.Image, max_pixels: int) -> Image.Image:
     return im
 
 
+def _phash(im: Image.Image) -> str | None:
+    try:
+        return image_phash(im)
+    except Exception:  # noqa: BLE001 - a hash is a hint: never fails the figure
+        return None
+
+
 def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side: int,
              keep_16bit_png: bool, compress_level: int, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-             reduce_to_pixels: int | None = None) -> ImageRecord:
+             reduce_to_pixels: int | None = None, phash: bool = False,
+             png_strategy: str = PNG_STRATEGY) -> tuple[ImageRecord, str | None]:
     fmt = im.format or ""
     mode = orig_mode = im.mode
     w, h = im.size
@@ -515,6 +558,16 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
                                             f"{max_image_bytes} (--max-image-bytes)")
     if reason := _missing_tail(im, data):
         raise MediaError("truncated_image", reason)
+    modes, ext = KEEP_ORIGINAL.get(fmt, (frozenset(), ""))
+    keep = not drafted and not (reduce_to_pixels and w * h > reduce_to_pixels) and (
+        mode in modes or (keep_16bit_png and fmt == "PNG" and mode in HIGH_BIT_DEPTH))
+    if keep and fmt in ("JPEG", "MPO"):
+        # the kept bytes need no pixels, only a complete decode: at a DCT scale (the hash's, else 1/8) libjpeg
+        # still reads every entropy-coded block, so a cut or corrupt stream fails as it would at full size
+        if phash:
+            draft_for_hash(im)
+        else:
+            im.draft(mode, (1, 1))
     _load(im)
     orientation = _orientation(im)
     reduced = drafted
@@ -523,24 +576,21 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
         reduced = True
     mode = im.mode if reduced else mode
 
-    modes, ext = KEEP_ORIGINAL.get(fmt, (frozenset(), ""))
-    if reduced:
-        pass
-    elif mode in modes or (keep_16bit_png and fmt == "PNG" and mode in HIGH_BIT_DEPTH):
+    if keep:
         if orientation in (5, 6, 7, 8):
             w, h = h, w
         return ImageRecord(data=data, ext=ext, width=w, height=h, orig_format=fmt,
                            orig_mode=orig_mode, sha256=sha256_bytes(data), reencoded=False,
-                           source_name=name)
+                           source_name=name), _phash(im) if phash else None
 
     icc = im.info.get("icc_profile") if mode != "CMYK" else None
     out = _to_output_mode(im)
     if orientation != 1:
         out = out.transpose(_ORIENTATION[orientation])
-    png = _encode_png(out, icc, compress_level)
+    png = _encode_png(out, icc, compress_level, png_strategy)
     return ImageRecord(data=png, ext="png", width=out.width, height=out.height,
                        orig_format=fmt, orig_mode=orig_mode, sha256=sha256_bytes(png),
-                       reencoded=True, source_name=name)
+                       reencoded=True, source_name=name), _phash(out) if phash else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -126,7 +126,10 @@ def _parse_tree(data: bytes | str) -> etree._Element:
 
 
 def _local(el: etree._Element) -> str:
-    return etree.QName(el).localname if isinstance(el.tag, str) else ""
+    """Local name of an element's tag (``etree.QName(el).localname`` without building a QName: this runs for
+    every node of every article)."""
+    tag = el.tag
+    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
 
 
 def _strip_namespace(root: etree._Element) -> None:
@@ -223,7 +226,8 @@ def _walk_child(child: etree._Element, out: _Text, ctx: _Walk) -> None:
             out.add(_alt_text(child) or "[graphic]")
         else:
             _walk_element(child, out, ctx)
-    out.add(_LINEBREAK_BEFORE_CLOSER.sub("", child.tail or ""))
+    if child.tail:
+        out.add(_LINEBREAK_BEFORE_CLOSER.sub("", child.tail))
 
 
 def _alt_text(el: etree._Element) -> str:
@@ -690,13 +694,14 @@ def _attach_references(scope: etree._Element, figs: list[Figure],
                        targets: dict[str, list[int]], entities: dict[str, str]) -> None:
     seen: set[tuple[int, str]] = set()
     for p in scope.iter("p", "td", "th"):
-        if not any(x.get("rid") for x in p.iter("xref")) or not _citing(p, scope):
+        # only paragraphs with an xref to a figure are walked (most cite references, tables, equations only)
+        if not any(_cited(x, targets) for x in p.iter("xref")) or not _citing(p, scope):
             continue
         if _local(p) != "p" and any(True for _ in p.iter("p")):
             continue  # a table cell of paragraphs: its paragraphs are read as paragraphs
         ctx = _Walk(skip=_NOT_IN_PARAGRAPH, entities=entities, xrefs=[])
         paragraph = _text(p, ctx)
-        spans = sentence_spans(paragraph)
+        spans = None                                         # split into sentences when first needed
         marks = [(x, s, e, _cited(x, targets)) for x, s, e in ctx.xrefs]
         for k, (xref, start, end, cited) in enumerate(marks):
             if not cited:
@@ -710,6 +715,8 @@ def _attach_references(scope: etree._Element, figs: list[Figure],
                 if first < last:
                     cited = list(range(first, last + 1))
                     xref_text = paragraph[start:nxt[2]]
+            if spans is None:
+                spans = sentence_spans(paragraph)
             sentence = next((paragraph[a:b] for a, b in spans if a <= start < b), paragraph)
             for i in cited:
                 if (i, sentence) not in seen:

@@ -124,6 +124,16 @@ def _json_extra(out: Path, patterns: list[str]) -> dict:
     return {k: typed[k] for k in extra if k in typed}
 
 
+def _png_encoding(media: dict) -> str:
+    """How the build deflated converted PNGs (``build_summary.json`` ``media``); "" when not recorded."""
+    if "png_compress_level" not in media:
+        return ""
+    strategy = media.get("png_strategy", "default")
+    if strategy == "rle":
+        return "deflate with zlib's RLE strategy"
+    return f"zlib level {media['png_compress_level']}" + (f", strategy {strategy}" if strategy != "default" else "")
+
+
 def yaml_header(out: Path, stats: dict, extra_configs: list[dict] | None = None) -> str:
     """The YAML front matter (without the ``---`` fences)."""
     from datasets.info import DatasetInfo, DatasetInfosDict
@@ -197,6 +207,7 @@ def collect_stats(out: Path) -> dict[str, Any]:
         "source": summary.get("source", "?"),
         "seed": summary.get("seed", 0),
         "shard_max_samples": summary.get("shard_max_samples", 10_000),
+        "png_encoding": _png_encoding(summary.get("media") or {}),
         "built": _dt.datetime.fromtimestamp((out / "build_summary.json").stat().st_mtime, _dt.timezone.utc)
                  .strftime("%Y-%m-%d") if summary else "?",
         "subsets": subsets,

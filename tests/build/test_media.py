@@ -545,3 +545,58 @@ def test_mode_table(pmc, mode):
         with_alpha.putalpha(128)
         im = _in_mode(with_alpha, mode)
         assert _to_output_mode(im).mode == expected
+
+
+# ------------------------------------------------------------------------------------------
+# process_figure: one decode for verification, conversion and the perceptual hash
+# ------------------------------------------------------------------------------------------
+
+def test_process_figure_hash_is_bytes_phash_of_the_written_image(pmc):
+    """Every real fixture image (JPEG kept at the hash's DCT scale, PNG kept, GIF/TIFF converted): the hash from
+    the one decode is bit for bit the hash of the written bytes, and the record is process_image's."""
+    from biomedica_hf.build.media import process_figure
+    from biomedica_hf.neardup.hashing import bytes_phash
+
+    images = sorted(p for p in pmc.rglob("*") if p.is_file() and is_image_name(p.name))
+    kinds = set()
+    for path in images:
+        data = path.read_bytes()
+        try:
+            record, phash = process_figure(data, path.name)
+        except MediaError:
+            continue
+        assert record == process_image(data, path.name), path
+        assert phash is not None and phash == bytes_phash(record.data), path
+        kinds.add((record.orig_format, record.reencoded))
+    assert {("JPEG", False), ("PNG", False), ("GIF", True), ("TIFF", True)} <= kinds
+    assert process_figure(read(pmc, "articles/PMC7112410/gr2_lrg.jpg"), phash=False)[1] is None
+
+
+@pytest.mark.parametrize("rel", ["articles/PMC7112410/gr2_lrg.jpg", "articles/eLife_32671_texture/fig3.jpg",
+                                 "articles/PMC10802347/nihpp-2023.12.31.573776v1-f0004.jpg"])
+def test_reduced_scale_decode_still_catches_cut_and_corrupt_jpegs(pmc, rel):
+    """A kept JPEG is decoded at a DCT scale (1/8, or the hash's), never at full size: libjpeg still reads every
+    entropy-coded block, so a stream cut anywhere (even 2 bytes short of EOI) or corrupted mid-way fails exactly
+    as a full decode does."""
+    from biomedica_hf.build.media import process_figure
+
+    data = read(pmc, rel)
+    corrupt = bytearray(data)
+    corrupt[len(data) // 2: len(data) // 2 + 64] = bytes(b ^ 0x5A for b in corrupt[len(data) // 2: len(data) // 2 + 64])
+    failures = 0
+    for bad in [data[: int(len(data) * f)] for f in (0.3, 0.6, 0.9, 0.99)] + [data[:-2], bytes(corrupt)]:
+        full = Image.open(io.BytesIO(bad))
+        try:
+            full.load()
+            expected = None
+        except OSError as e:
+            expected = "truncated_image" if "truncated" in str(e) else "decode_error"
+        for run in (lambda b: process_image(b), lambda b: process_figure(b)[0]):
+            if expected is None:
+                assert run(bad).sha256 == sha256_bytes(bad)
+            else:
+                with pytest.raises(MediaError) as ei:
+                    run(bad)
+                assert ei.value.reason == expected, (rel, len(bad))
+        failures += expected is not None
+    assert failures >= 4       # every cut at least: the full decode rejects them, so must the reduced one

@@ -95,6 +95,8 @@ def test_card_statistics_match_the_folder(folder):
         assert f"`{shard['name']}`" in card
     sizes = json.loads((folder / "other" / "sizes.json").read_text())
     assert sum(sizes[t.name] for t in (folder / "other").glob("*.tar")) == Counter(r["subset"] for r in index)["other"]
+    # how converted images were encoded (a format choice of the build: issue 28)
+    assert "lossless PNGs: deflate with zlib's RLE strategy" in card
 
 
 def test_plots_are_real_pngs(folder):
