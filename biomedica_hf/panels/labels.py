@@ -466,6 +466,9 @@ def label_sequence(found: list[tuple[Box, str, float]]) -> list[tuple[Box, str, 
                 chosen[t] = (b, t, c)
         if len(chosen) < 2:
             continue
+        # stray reads far down the alphabet ("S" from a word) drop out before the run is judged
+        while len(chosen) > 2 and max(order[fam](t) for t in chosen) > len(chosen) + 2:
+            del chosen[max(chosen, key=lambda t: order[fam](t))]
         ranks = sorted(order[fam](t) for t in chosen)
         if ranks[0] > 1 or ranks[-1] - ranks[0] > len(ranks) + 1:
             continue

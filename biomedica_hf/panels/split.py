@@ -421,20 +421,29 @@ def first_label(label: str | None) -> bool:
 
 def label_layout(anchors: list[Box], mask: np.ndarray) -> list[Box]:
     """Panel boxes from the positions of their printed labels (mask pixels): each label opens its panel at its
-    top-left; the panel reaches right to the next label of its row and down to the next label below it that
-    overlaps its columns (or the content's edge); each box is then tightened to the foreground inside it."""
+    top-left; the panel reaches right to the next label of its row (or the content's edge) and down to the
+    first label below whose panel shares its columns (or the content's edge); each box is then tightened to
+    the foreground inside it."""
     ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if ys.size == 0:
         return []
-    right, bottom = int(xs[-1]) + 1, int(ys[-1]) + 1
-    boxes = []
+    right, bottom, top = int(xs[-1]) + 1, int(ys[-1]) + 1, int(ys[0])
+    x1s = []
     for a in anchors:
         h = a[3] - a[1]
-        row_next = [b[0] for b in anchors if b is not a and b[0] > a[0] + h and abs(b[1] - a[1]) <= 2.5 * h]
-        x1 = min(row_next, default=right)
-        below = [b[1] for b in anchors if b is not a and b[1] > a[1] + 2.5 * h and b[0] < x1 - h and b[2] > a[0] - h]
+        # labels to the right that start about level with this one (a panel to the right may start a little
+        # higher, as a panel below a tall neighbour does) close this panel on the right
+        row_next = [b[0] for b in anchors
+                    if b is not a and b[0] > a[0] + h and abs(b[1] - a[1]) <= max(2.5 * h, 0.1 * (bottom - top))]
+        x1s.append(min(row_next, default=right))
+    boxes = []
+    for i, a in enumerate(anchors):
+        h = a[3] - a[1]
+        x0, x1 = a[0], x1s[i]
+        below = [b[1] for j, b in enumerate(anchors)
+                 if j != i and b[1] > a[1] + 2.5 * h and b[0] < x1 - h and x1s[j] > x0 + h]
         y1 = min(below, default=bottom)
-        x0, y0 = a[0], a[1]
+        y0 = a[1]
         sub = mask[y0:y1, x0:x1]
         r, c = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
         if r.size and c.size:
@@ -457,7 +466,7 @@ def _by_labels(image: Image.Image, rgb: np.ndarray, sx: float, sy: float) -> lis
     ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     cw, ch = int(xs[-1]) + 1 - int(xs[0]), int(ys[-1]) + 1 - int(ys[0])
     # a label opens a panel: tick labels, list numbers or stray letters give slivers, not panels
-    if any(_area(b) < 0.03 * cw * ch or b[2] - b[0] < 0.12 * cw or b[3] - b[1] < 0.12 * ch for b in boxes):
+    if any(_area(b) < 0.015 * cw * ch or b[2] - b[0] < 0.1 * cw or b[3] - b[1] < 0.1 * ch for b in boxes):
         return None
     panels = [Panel(_to_original(b, sx, sy, W, H), 0.7, t, c) for b, (_, t, c) in zip(boxes, seq)]
     order = reading_order([p.bbox for p in panels])
