@@ -387,7 +387,7 @@ def is_regular(boxes: list[Box], tol: float = 0.03) -> bool:
         return row or col
 
     areas = [_area(b) for b in boxes]
-    if max(areas) > 4 * max(1, min(areas)):             # a grid's panels are of a size
+    if max(areas) > 2.5 * max(1, min(areas)):           # a grid's panels are of a size
         return False
     aligned = sum(_area(a) for i, a in enumerate(boxes) if any(lined_up(a, b) for j, b in enumerate(boxes) if i != j))
     return aligned >= 0.8 * sum(areas)
@@ -403,7 +403,8 @@ def labels_evidence(labels: list[str | None]) -> bool:
     if all(lab in roman for lab in read) and any(lab in ("i", "ii") for lab in read):
         return True
     if all(lab.isdigit() for lab in read):
-        return min(int(lab) for lab in read) <= 3
+        nums = sorted(int(lab) for lab in read)
+        return nums[0] >= 1 and nums[0] <= 2 and nums[-1] - nums[0] <= len(labels) + 1
     if all(len(lab) > 1 and lab[:-1].isdigit() and lab[-1].isalpha() for lab in read):
         return True
     if all(len(lab) == 1 and lab.isalpha() for lab in read):
@@ -498,6 +499,10 @@ def split_image(image: Image.Image, *, labels: bool = True) -> list[Panel]:
         boxes = [_to_original(b, sx, sy, W, H) for b in small]
         boxes = [boxes[i] for i in reading_order(boxes)]
         regular = is_regular(boxes)
+        if regular and len(small) == 2:
+            # two unlabelled parts side by side are a figure and its key as often as two panels: only two
+            # photos, plots or drawings that fill their boxes count as a grid
+            regular = all(mask[b[1]:b[3], b[0]:b[2]].mean() > 0.2 for b in small)
         panels = label_panels(image, boxes, [score] * len(boxes)) if (labels or not regular) else None
         read = [p.label for p in panels] if panels else []
         two_with_a = len(read) == 2 and first_label(read[0]) and read[1] is None
