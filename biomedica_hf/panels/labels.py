@@ -21,7 +21,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from biomedica_hf.panels.split import Panel, background, reduced_copy, to_rgb_array
+from biomedica_hf.panels.split import Panel, background, foreground, reduced_copy, to_rgb_array
 
 LABEL_SIDE = 2048        # the long side of the copy labels are read from
 BINARISE = False
@@ -61,14 +61,14 @@ def _tesseract(letters_only: bool, word: bool = False):
     return api
 
 
-def _read_tesseract(crop: Image.Image, letters_only: bool = False) -> tuple[str, float]:
+def _read_tesseract(crop: Image.Image, letters_only: bool = False, fallback: bool = True) -> tuple[str, float]:
     """Read as one text line; where that gives no label, as one word (each segmentation recovers glyphs the
     other drops)."""
     api = _tesseract(letters_only)
     api.SetImage(crop)
     text = api.GetUTF8Text().strip()
     conf = max(0.0, api.MeanTextConf()) / 100.0
-    if normalise_label(text) is None:
+    if fallback and normalise_label(text) is None:
         word = _tesseract(letters_only, word=True)
         word.SetImage(crop)
         text2 = word.GetUTF8Text().strip()
@@ -399,7 +399,7 @@ def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 12,
     above (a label opens its panel), the tallest ``max_reads`` of them read; those that read as labels, as
     (token box, label, confidence). Used to split figures whose panels touch (no gutter) by their labels."""
     from scipy import ndimage
-    fg = np.abs(rgb.astype(np.int16) - bg.astype(np.int16)).max(axis=2) > 70
+    fg = foreground(rgb, bg, 70)
     size = max(rgb.shape[:2])
     hmin, hmax = max(6, int(0.008 * size)), max(16, int(0.05 * size))
     lab, _ = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
@@ -438,7 +438,8 @@ def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 12,
     cands = sorted(set(cands), key=lambda b: -(b[3] - b[1]))[:max_reads]
     out = []
     for b in cands:
-        text, conf = _BACKENDS[backend](token_image(rgb, b))
+        read = _BACKENDS[backend]
+        text, conf = read(token_image(rgb, b), fallback=False) if read is _read_tesseract else read(token_image(rgb, b))
         label = normalise_label(text)
         if label is not None and conf >= 0.5:
             out.append((b, label, conf))

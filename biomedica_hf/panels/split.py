@@ -97,8 +97,17 @@ def background(rgb: np.ndarray) -> np.ndarray:
 
 
 def foreground(rgb: np.ndarray, bg: np.ndarray, threshold: int = FG_THRESHOLD) -> np.ndarray:
-    diff = np.abs(rgb.astype(np.int16) - bg.astype(np.int16)).max(axis=2)
-    return diff > threshold
+    """Pixels whose largest channel difference from ``bg`` exceeds ``threshold``."""
+    out = np.zeros(rgb.shape[:2], dtype=bool)
+    for c in range(3):
+        ch = rgb[:, :, c]
+        b = int(bg[c])
+        # |ch - b| > t  <=>  ch > b + t  or  ch < b - t   (uint8 compares, no signed copy)
+        if b + threshold < 255:
+            out |= ch > b + threshold
+        if b - threshold > 0:
+            out |= ch < b - threshold
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- XY-cut
