@@ -425,6 +425,15 @@ def labels_evidence(labels: list[str | None]) -> bool:
     return False
 
 
+def _complete(labels: list[str | None]) -> bool:
+    """Whether every panel's label was read and they run in sequence (A, B, C... in reading order)."""
+    if not labels or any(lab is None for lab in labels):
+        return False
+    if not labels_evidence(labels):
+        return False
+    return len(set(labels)) == len(labels)
+
+
 def first_label(label: str | None) -> bool:
     return label in ("A", "a", "1", "i", "1A", "1a")
 
@@ -516,6 +525,12 @@ def split_image(image: Image.Image, *, labels: bool = True) -> list[Panel]:
         read = [p.label for p in panels] if panels else []
         two_with_a = len(read) == 2 and first_label(read[0]) and read[1] is None
         if regular or labels_evidence(read) or two_with_a:
+            if panels is not None and not _complete(read):
+                # letters missing or out of sequence at the corners: panels may share a box; the labels found
+                # anywhere can tell (a longer sequence than the boxes wins)
+                by_labels = _by_labels(image, rgb, sx, sy)
+                if by_labels is not None and len(by_labels) > len(boxes):
+                    return by_labels if labels else [Panel(p.bbox, p.score) for p in by_labels]
             return panels if labels else [Panel(b, score) for b in boxes]
     # no gutters between the panels, or a split nothing confirms: the printed labels, where there are some
     by_labels = _by_labels(image, rgb, sx, sy)
