@@ -242,8 +242,15 @@ def reading_order(boxes: list[Box]) -> list[int]:
 
 # ------------------------------------------------------------------------------------------------- the splitter
 
+MIN_SIDE = 400           # thumbnails are enlarged to this long side, so gutters and letters have pixels to work with
+
+
 def _prepare(image: Image.Image) -> tuple[np.ndarray, float, float]:
     small = reduced_copy(image)
+    if max(small.size) < MIN_SIDE and min(small.size) >= 8:
+        k = MIN_SIDE / max(small.size)
+        small = small.convert("RGB") if small.mode not in ("RGB", "L") else small
+        small = small.resize((max(1, round(small.width * k)), max(1, round(small.height * k))), Image.BICUBIC)
     rgb = to_rgb_array(small)
     W, H = image.size
     return rgb, W / rgb.shape[1], H / rgb.shape[0]
