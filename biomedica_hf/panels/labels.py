@@ -393,7 +393,7 @@ def label_panels(image: Image.Image, bboxes: list[Box], scores: list[float] | No
 
 # ---------------------------------------------------------------------------------------------- labels anywhere
 
-def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 12,
+def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 10,
                 backend: str = "tesseract") -> list[tuple[Box, str, float]]:
     """Panel labels anywhere in the figure (``rgb`` pixels): short glyph groups with nothing to their left or
     above (a label opens its panel), the tallest ``max_reads`` of them read; those that read as labels, as
