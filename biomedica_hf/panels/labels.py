@@ -337,6 +337,49 @@ def _by_sequence(cands: list[list[tuple[str, float, Box, bool]]]) -> list[tuple[
     return out
 
 
+def _votes(cands: list[list]) -> Counter:
+    votes: Counter = Counter()
+    for k, c in enumerate(cands):
+        if c:
+            seq = _sequence_of(c[0][0])
+            if seq:
+                votes[(seq[0], seq[1] - k)] += 1
+    return votes
+
+
+def _inside(cands: list[list], boxes: list[Box], rgb: np.ndarray, bg: np.ndarray, backend: str) -> None:
+    """Labels printed inside a panel rather than at its corner (a letter set inside a plot). When the corner
+    reads agree on a sequence, panels with nothing read there are searched inside for the label the sequence
+    expects; when they agree on none (tick labels read at every corner), every panel is searched inside, and
+    the inside reads that run in sequence by themselves replace the corner reads. A label is only ever taken
+    where it was read. Fills ``cands`` in place."""
+    votes = _votes(cands)
+    best = votes.most_common(1)
+    agreed = bool(best) and best[0][1] >= 2
+    if agreed and all(cands):
+        return
+    found = {}
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        if agreed and cands[k]:
+            continue
+        found[k] = [(lab, conf, (tb[0] + x0, tb[1] + y0, tb[2] + x0, tb[3] + y0), False)
+                    for tb, lab, conf in find_labels(rgb[y0:y1, x0:x1], bg, max_reads=3, backend=backend)]
+    if not agreed:
+        inside_votes: Counter = Counter()
+        for k, reads in found.items():
+            for seq in {_sequence_of(lab) for lab, _, _, _ in reads} - {None}:
+                inside_votes[(seq[0], seq[1] - k)] += 1
+        best = inside_votes.most_common(1)
+        if not best or best[0][1] < max(2, (len(boxes) + 1) // 2):
+            return
+    (family, offset), _ = best[0]
+    for k, reads in found.items():
+        expected = _member(family, k + offset)
+        hit = [c for c in reads if c[0] == expected][:1]
+        if hit:
+            cands[k] = hit
+
+
 def _settle_family(reads: list[tuple[str | None, float, Box | None, bool]], rgb: np.ndarray,
                    backend: str) -> list[tuple[str | None, float]]:
     """Make the labels of one figure agree: digits re-read as letters when letters dominate; the case of
@@ -380,11 +423,14 @@ def label_panels(image: Image.Image, bboxes: list[Box], scores: list[float] | No
     rgb = to_rgb_array(reduced_copy(image, LABEL_SIDE))
     bg = background(rgb)
     sx, sy = rgb.shape[1] / W, rgb.shape[0] / H
-    cands = []
+    cands, small = [], []
     for b in bboxes:
         sb = (int(b[0] * sx), int(b[1] * sy), max(int(b[0] * sx) + 1, int(round(b[2] * sx))),
               max(int(b[1] * sy) + 1, int(round(b[3] * sy))))
+        small.append(sb)
         cands.append(corner_candidates(rgb, sb, bg, backend))
+    if len(bboxes) > 1:
+        _inside(cands, small, rgb, bg, backend)
     reads = _by_sequence(cands)
     settled = _settle_family(reads, rgb, backend)
     return [Panel(tuple(int(v) for v in b), float(s), label, float(conf) if label else 0.0)
