@@ -77,7 +77,7 @@ def _read_tesseract(crop: Image.Image, letters_only: bool = False, fallback: boo
     return text, conf
 
 
-def _read_rapidocr(crop: Image.Image, letters_only: bool = False) -> tuple[str, float]:
+def _read_rapidocr(crop: Image.Image, letters_only: bool = False, fallback: bool = True) -> tuple[str, float]:
     engine = getattr(_local, "rapid", None)
     if engine is None:
         try:
@@ -485,7 +485,7 @@ def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 10,
     out = []
     for b in cands:
         read = _BACKENDS[backend]
-        text, conf = read(token_image(rgb, b), fallback=False) if read is _read_tesseract else read(token_image(rgb, b))
+        text, conf = read(token_image(rgb, b), fallback=False)
         label = normalise_label(text)
         if label is not None and conf >= 0.5:
             out.append((b, label, conf))
