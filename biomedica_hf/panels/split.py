@@ -1,12 +1,15 @@
 """Split a compound figure into its panels, on the CPU, with no model weights.
 
-The image is reduced (JPEG draft decoding / ``Image.reduce``) to at most ``MAX_SIDE`` pixels on its long side, the
-background colour is estimated from the border, and every pixel that differs from it by more than JPEG noise is
-foreground. A recursive XY-cut along gutters (near-background bands; thin rules between gutters count as gutter)
-gives leaf blocks; connected components split leaves whose layout is irregular. Blocks that cannot be a panel on
-their own (text lines, panel letters, axis titles, tick labels, legends, tiny fragments) are merged into the panel
-nearest to them; overlapping results are merged. With fewer than two real panels the figure is one panel (its
-content box). Boxes are mapped back to the original pixels (x1/y1 exclusive) and returned in reading order.
+The image is reduced (JPEG draft decoding / ``Image.reduce``) to at most ``MAX_SIDE`` pixels on its long side
+(thumbnails are enlarged to ``MIN_SIDE``), the background colour is estimated from the border, and every pixel
+that differs from it by more than JPEG noise is ink. A two-level recursive XY-cut along gutters (near-background
+bands; thin rules between gutters and 1-2 px frames count as gutter) gives blocks: wide gutters first, narrow ones
+only inside a block where they give two panel-sized parts. Blocks that cannot be a panel on their own (text lines,
+panel letters, axis titles, tick labels, legends, fragments) join the panel nearest to them; overlapping results
+are merged. The split is kept when the panels form a grid or when panel labels are read at their corners;
+otherwise the figure's labels are searched for everywhere and, where they run in sequence, lay the panels out;
+with neither the figure is one panel (its content box). Boxes are mapped back to the original pixels (x1/y1
+exclusive) and returned in reading order.
 
 ``xy_cut_baseline`` is the plain recursive XY-cut (white background, fixed gutter, no merging) that
 ``benchmarks/bench_panels.py`` compares against.
@@ -49,7 +52,8 @@ def reduced_copy(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
     W, H = image.size
     factor = max(W, H) / max_side
     src = image
-    if factor > 1 and getattr(image, "format", None) == "JPEG" and _not_loaded(image) and getattr(image, "filename", ""):
+    lazy_jpeg = getattr(image, "format", None) == "JPEG" and _not_loaded(image) and getattr(image, "filename", "")
+    if factor > 1 and lazy_jpeg:
         try:
             src = Image.open(image.filename)
             src.draft(None, (max(1, int(W / factor)), max(1, int(H / factor))))
@@ -546,7 +550,8 @@ def split_image(image: Image.Image, *, labels: bool = True) -> list[Panel]:
     if content is None or len(small) > 1:
         mask = foreground(rgb, background(rgb))
         ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        content = (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1) if ys.size else (0, 0, rgb.shape[1], rgb.shape[0])
+        content = ((int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1) if ys.size
+                   else (0, 0, rgb.shape[1], rgb.shape[0]))
         score = 0.6
     return [Panel(_to_original(content, sx, sy, W, H), score)]
 

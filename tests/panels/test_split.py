@@ -46,7 +46,8 @@ def _grid(rows: int, cols: int, cell=(200, 150), gap=20, labels: str | None = No
             if labels:
                 d.text((x0, y0), labels[k], font=font, fill="black")
                 top, y0 = y0, y0 + 24
-            d.rectangle([x0, y0, x0 + cell[0] - 1, y0 + cell[1] - 1], fill=tuple(int(v) for v in rng.integers(0, 160, 3)))
+            colour = tuple(int(v) for v in rng.integers(0, 160, 3))
+            d.rectangle([x0, y0, x0 + cell[0] - 1, y0 + cell[1] - 1], fill=colour)
             boxes.append((x0, top, x0 + cell[0], y0 + cell[1]))
             k += 1
     return im, boxes
