@@ -222,3 +222,16 @@ def test_ocr_reads_real_printed_labels():
     # "A".."D" printed inside each plot, far from its corner (where only tick labels are)
     im, true, labels = _truth("images_other/pmc_packages_without_nxml/PMC3479416/1471-2105-13-236-3.jpg")
     assert [p.label for p in label_panels(im, true)] == ["A", "B", "C", "D"]
+
+
+@needs_fixtures
+@pytest.mark.parametrize("path", [
+    "articles/PMC10802347/nihpp-2023.12.31.573776v1-f0002.jpg",          # split by its labels
+    "images_other/pmc_packages_without_nxml/PMC3479416/1471-2105-13-236-3.jpg",  # a grid
+    "images_other/pmc_packages_without_nxml/PMC10487465/ijms-24-13282-g005.jpg",  # a scheme, kept whole
+])
+def test_labels_flag_changes_labels_not_boxes(path):
+    im, _, _ = _truth(path)
+    with_labels, without = split_image(im), split_image(im, labels=False)
+    assert [p.bbox for p in with_labels] == [p.bbox for p in without]
+    assert all(p.label is None and p.label_score == 0.0 for p in without)
