@@ -125,6 +125,11 @@ def normalise_label(text: str) -> str | None:
         return None
     if len(t) == 2 and t[0] != t[1] and t[0].lower() == t[1].lower():   # "Cc", "oO": one glyph read twice
         t = t[0]
+    if len(t) >= 2:                     # roman numerals: i, l, I, 1 and | are one stroke ("ll" -> "ii", "IV" -> "iv")
+        roman = re.sub(r"[iIl1|]", "i", t)
+        roman = re.sub(r"[vV]", "v", roman).replace("X", "x")
+        if roman in _ROMAN and not t.isdigit():
+            return roman
     if t in _ROMAN:
         return t
     if _LABEL.match(t):

@@ -108,6 +108,8 @@ def test_label_normalisation():
     assert [normalise_label(t) for t in ("(a)", "B.", "c)", "1A", "(ii)", "A:", "Cc", "12")] == \
         ["a", "B", "c", "1A", "ii", "A", "C", "12"]
     assert [normalise_label(t) for t in ("Basal", "123", "()", "", "ABC")] == [None] * 5
+    # roman numerals read with look-alike strokes
+    assert [normalise_label(t) for t in ("ll", "Il", "IV", "(vi)", "11")] == ["ii", "ii", "iv", "vi", "11"]
 
 
 def test_label_panels_checks_its_arguments():
