@@ -18,8 +18,7 @@ from biomedica_hf.panels.split import Panel, split_image, xy_cut_baseline
 
 HERE = Path(__file__).resolve().parent
 TRUTH = json.loads((HERE / "truth.json").read_text())
-FIXTURES = (HERE / TRUTH["fixtures_root"]).resolve() if (HERE / TRUTH["fixtures_root"]).exists() else \
-    HERE.parents[2] / "shared" / "fixtures" / "pmc"
+FIXTURES = (HERE.parents[1] / TRUTH["fixtures_root"]).resolve()     # relative to the repository root
 BY_NAME = {e["image"]: e for e in TRUTH["figures"]}
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared/fixtures/pmc not found")
 
