@@ -23,8 +23,34 @@ DUP_TABLES = {"near_dup_of": "near_duplicates.parquet", "caption_dup_of": "capti
 
 
 def shard_tables(out: Path) -> list[Path]:
-    """Per-shard Parquet files of every subset, in subset then shard order."""
-    return [p for s in SUBSETS for p in sorted((Path(out) / s).glob("*.parquet"))]
+    """Per-shard Parquet files of every subset, in subset then shard order (flat and sub-folder layouts)."""
+    return [p for s in SUBSETS for p in folder_files(Path(out) / s, "*.parquet")]
+
+
+#: the sub-folders of a shard folder in the Hub-scale layout (:func:`shard_folder`): ``sNNN/gNNN``
+SUB_FOLDER_GLOB = "s[0-9][0-9][0-9]/g[0-9][0-9][0-9]"
+
+
+def shard_dirs(folder: Path) -> list[Path]:
+    """The directories of one shard folder (a licence subset, a config folder) that may hold shards: the folder
+    itself (the flat layout of folders built before the sub-folder layout, concept configs) and its
+    ``sNNN/gNNN`` sub-folders (:func:`shard_folder`), in name order. Only these: a stray ``.cache/`` is never read."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [folder] + sorted(p for p in folder.glob(SUB_FOLDER_GLOB) if p.is_dir())
+
+
+def folder_files(folder: Path, pattern: str) -> list[Path]:
+    """The files matching ``pattern`` (``*.tar``, ``*_stats.json``) of one shard folder, flat and in its
+    sub-folders, in relative-path order."""
+    return [p for d in shard_dirs(folder) for p in sorted(d.glob(pattern)) if p.is_file()]
+
+
+def data_files_glob(folder: str, pattern: str = "*.tar") -> str:
+    """The ``data_files`` pattern of a config whose shards are in ``folder``, flat or in sub-folders:
+    ``commercial/**/*.tar`` (``**`` matches no directory too, so a flat folder matches as well)."""
+    return f"{folder}/**/{pattern}"
 
 
 STATS_SUFFIX = "_stats.json"   # a shard's completion marker (biomedica_hf.io.markers.STATS)
@@ -36,7 +62,7 @@ def shard_folders(out: Path) -> list[Path]:
     other configs' folders (concept subsets, ...), by name."""
     root = Path(out)
     others = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in SUBSETS and p.name not in TABLE_CONFIGS
-                    and not p.name.startswith(("_", ".")) and any(p.glob(f"*{STATS_SUFFIX}"))) if root.is_dir() else []
+                    and not p.name.startswith(("_", ".")) and folder_files(p, f"*{STATS_SUFFIX}")) if root.is_dir() else []
     return [root / s for s in SUBSETS if (root / s).is_dir()] + others
 
 
@@ -45,27 +71,35 @@ def dataset_sizes(out: Path) -> dict[str, int]:
     the shards' stats. Base names are unique across the dataset, so one mapping serves every folder."""
     sizes: dict[str, int] = {}
     for folder in shard_folders(out):
-        for p in sorted(folder.glob(f"*{STATS_SUFFIX}")):
+        for p in folder_files(folder, f"*{STATS_SUFFIX}"):
             stats = json.loads(p.read_text())
             name = str(stats.get("shard") or p.name.removesuffix(STATS_SUFFIX) + ".tar").rsplit("/", 1)[-1]
-            if (folder / name).is_file():
+            if (p.parent / name).is_file():
                 sizes[name] = int(stats["count"])
     return dict(sorted(sizes.items()))
 
 
+def sizes_dirs(out: Path) -> list[Path]:
+    """Every directory of the dataset that holds tars (a flat shard folder, each ``sNNN/gNNN`` sub-folder): each
+    has its ``sizes.json``."""
+    return [d for folder in shard_folders(out) for d in shard_dirs(folder) if any(d.glob("*.tar"))]
+
+
 def write_dataset_sizes(out: Path) -> dict[str, int]:
-    """Write :func:`dataset_sizes` as ``sizes.json`` into every shard folder: open_clip (webdataset) looks each shard
-    up by base name in the ``sizes.json`` of the *first* shard's folder, so ``::``-joined folders
-    (``commercial::noncommercial::other``, a concept config with a licence subset) count without
-    ``--train-num-samples`` only when every folder's ``sizes.json`` lists every shard."""
+    """Write :func:`dataset_sizes` as ``sizes.json`` into every directory that holds tars (:func:`sizes_dirs`):
+    open_clip (webdataset) looks each shard up by base name in the ``sizes.json`` of the *first* shard's own
+    directory, so ``::``-joined folders (``commercial::noncommercial::other``, a concept config with a licence
+    subset) and shards spread over sub-folders count without ``--train-num-samples`` only when every such
+    directory's ``sizes.json`` lists every shard. A directory without tars loses its stale ``sizes.json``."""
     from biomedica_hf.io.atomic import atomic_write_json
 
     sizes = dataset_sizes(out)
     for folder in shard_folders(out):
-        if any(folder.glob("*.tar")):
-            atomic_write_json(folder / SIZES, sizes)
-        elif (folder / SIZES).exists():
-            (folder / SIZES).unlink()
+        for d in shard_dirs(folder):
+            if any(d.glob("*.tar")):
+                atomic_write_json(d / SIZES, sizes)
+            elif (d / SIZES).exists():
+                (d / SIZES).unlink()
     return sizes
 
 
@@ -78,10 +112,10 @@ def shard_folder(subset: str, snapshot: int, partition: int, nested: bool = True
     (``commercial/s000/g003``), so that no folder holds more than ~5,000 entries at PMC scale after a year of
     monthly updates (each snapshot in its own folder; 500 partitions x 3 files per shard, with the validation and
     test partitions beside the first train ones, stays under 5,000 while a partition writes <= 3 shards per subset).
-    ``nested=False``: the flat layout (``<subset>``) that folders built so far use, which every reader still reads.
+    ``nested=False``: the flat layout (``<subset>``) of folders built before, which every reader still reads.
 
-    The grammar of the planned layout, used by ``biomedica build --dry-run`` to project folder sizes; the writer
-    still writes the flat layout (see docs/publishing.md)."""
+    The one home of the path grammar: the shard writer (``build.shards.shard_name``) writes here, and
+    ``biomedica build --dry-run`` projects folder sizes from it (see docs/publishing.md)."""
     if not nested:
         return subset
     return f"{subset}/s{snapshot:03d}/g{partition // PARTITIONS_PER_FOLDER:03d}"

@@ -89,7 +89,7 @@ from biomedica_hf.io.atomic import (
     write_table,
 )
 from biomedica_hf.io.markers import STATS, read_marker, write_marker
-from biomedica_hf.layout import FIGURES_INDEX, write_dataset_sizes
+from biomedica_hf.layout import FIGURES_INDEX, folder_files, shard_dirs, shard_folder, write_dataset_sizes
 from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique, format_summary, ledger_summary, removals
 from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
 
@@ -656,7 +656,8 @@ def _write_partition(task: tuple, work: Work, pid: PartitionId, stage: Partition
         members = [s for s in samples if s["meta"]["subset"] == subset]
         random.Random(f"{seed}:{pid_name}:{subset}").shuffle(members)
         for i, shard in enumerate(_cut(members, max_samples, max_bytes)):
-            name = shard_name(subset, pid.split, f"s{pid.snapshot:03d}-p{pid.index:05d}", i)
+            name = shard_name(subset, pid.split, f"s{pid.snapshot:03d}-p{pid.index:05d}", i,
+                              folder=shard_folder(subset, pid.snapshot, pid.index))
             digest = hashlib.sha256(json.dumps([[s["key"], s["image"]["sha256"], s["meta"]["also_in"]]
                                                 for s in shard]).encode()).hexdigest()
             if not shard_done(work.out, name, digest):
@@ -1167,11 +1168,11 @@ def discard_snapshot(work: Work, k: int) -> None:
         if f.is_file():                          # the previous snapshot's shards go back first
             move_into_place(f, work.out / f.relative_to(retired))
     for subset in SUBSETS:
-        folder = work.out / subset
-        for p in sorted(folder.iterdir()) if folder.is_dir() else []:
-            stem = p.name.removesuffix(STATS).removesuffix(".tar").removesuffix(".parquet")
-            if stem.endswith(f"-r{k:03d}"):
-                p.unlink()
+        for folder in shard_dirs(work.out / subset):
+            for p in sorted(q for q in folder.iterdir() if q.is_file()):
+                stem = p.name.removesuffix(STATS).removesuffix(".tar").removesuffix(".parquet")
+                if stem.endswith(f"-r{k:03d}"):
+                    p.unlink()
     shutil.rmtree(work.snap(k), ignore_errors=True)
     prefix = f"s{k:03d}-"
     stage_root = work.root / "stage"
@@ -1184,10 +1185,10 @@ def discard_snapshot(work: Work, k: int) -> None:
             p.unlink()
     shutil.rmtree(work.root / "published_hashes", ignore_errors=True)
     for subset in SUBSETS:
-        folder = work.out / subset
-        for p in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if f"-s{k:03d}-p" in p.name and not p.name.startswith("."):
-                p.unlink()
+        for folder in shard_dirs(work.out / subset):
+            for p in sorted(q for q in folder.iterdir() if q.is_file()):
+                if f"-s{k:03d}-p" in p.name and not p.name.startswith("."):
+                    p.unlink()
 
 
 def _check_ready(work: Work, k: int) -> bool:
@@ -1559,7 +1560,7 @@ def finish(cfg: BuildConfig, work: Work, k: int, meta: dict, *, n_staged: int, n
     # shards: every stats file of the folder (all snapshots)
     shards: dict[str, list[dict]] = {s: [] for s in SUBSETS}
     for s in SUBSETS:
-        for p in sorted((out / s).glob(f"*{STATS}")) if (out / s).is_dir() else []:
+        for p in folder_files(out / s, f"*{STATS}"):
             shards[s].append(json.loads(p.read_text()))
     per_subset = {s: sum(x["count"] for x in shards[s]) for s in SUBSETS}
     _write_sizes(out, shards)
@@ -1680,14 +1681,15 @@ def _write_sizes(out: Path, shards: dict[str, list[dict]]) -> None:
     every shard folder, for open_clip / webdataset: open_clip reads the ``sizes.json`` of the first shard's folder
     for every shard, so ``::``-joined subsets count without ``--train-num-samples`` (``layout.write_dataset_sizes``)."""
     for s in SUBSETS:
-        if not shards[s] and (Path(out) / s / "sizes.json").exists():
-            (Path(out) / s / "sizes.json").unlink()
+        for d in shard_dirs(Path(out) / s) if not shards[s] else []:
+            if (d / "sizes.json").exists():
+                (d / "sizes.json").unlink()
     write_dataset_sizes(out)
 
 
 def shard_paths(out: Path, subset: str) -> list[Path]:
-    """The tar files of one subset, in name order."""
-    return sorted(p for p in (Path(out) / subset).glob("*.tar"))
+    """The tar files of one subset (flat and in its ``sNNN/gNNN`` sub-folders), in relative-path order."""
+    return folder_files(Path(out) / subset, "*.tar")
 
 
 __all__ = ["BuildConfig", "BuildReport", "FatalBuildError", "build", "shard_paths"]

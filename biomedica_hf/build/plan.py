@@ -8,8 +8,10 @@ them, with rates measured on a real build, the plan says:
 
 * articles, partitions per split, expected samples per licence subset;
 * expected shards (each shard is 3 files: ``.tar``, ``.parquet``, ``_stats.json``) and the entries of the largest
-  folder, now and after ``updates`` monthly updates of ``update_articles`` articles each (an update writes its own
-  partitions' shards beside the old ones);
+  folder of the layout the build writes (``<subset>/sNNN/gNNN/``, :func:`biomedica_hf.layout.shard_folder`: each
+  snapshot in its own folder, groups of partitions, a ``sizes.json`` in each), now and after ``updates`` monthly
+  updates of ``update_articles`` articles each (an update writes its partitions' shards in its own snapshot
+  folder); the flat layout of folders built before (every shard in ``<subset>/``) is shown for comparison;
 * files in the repository, commits (< 100 files each) and hours of pushing at the Hub's 128 commits per hour;
 * expected bytes and hours of building at ``workers`` processes;
 
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from biomedica_hf.build.partition import FINE_BUCKETS, SPLITS, auto_target, bucket_of, choose_layout
-from biomedica_hf.layout import PARTITIONS_PER_FOLDER, shard_folder
+from biomedica_hf.layout import PARTITIONS_PER_FOLDER, STATS_SUFFIX, folder_files, shard_folder
 from biomedica_hf.licenses import normalize_license
 from biomedica_hf.schema import SUBSETS
 
@@ -71,7 +73,7 @@ def measured_rates(out: Path) -> Rates | None:
         articles = int(summary.get("articles") or 0)
         samples = sum(int(v) for v in summary.get("samples", {}).values())
         nbytes = sum(json.loads(p.read_text()).get("tar_bytes", 0) for s in SUBSETS
-                     for p in (Path(out) / s).glob("*_stats.json"))
+                     for p in folder_files(Path(out) / s, f"*{STATS_SUFFIX}"))
         elapsed = float((summary.get("timings") or {}).get("elapsed_seconds") or 0)
         workers = max(1, int(summary.get("workers") or 1))
     except (OSError, ValueError, TypeError):
@@ -86,8 +88,12 @@ def measured_rates(out: Path) -> Rates | None:
 class FolderPlan:
     folder: str
     shards: int
-    entries: int                         # files in the folder (shards x 3 + sizes.json)
+    entries: int                         # files of the subset (shards x 3 + a sizes.json per sub-folder)
     entries_after_updates: int
+    sub_folders: int = 1                 # its sNNN/gNNN folders (the layout the build writes)
+    sub_folders_after_updates: int = 1
+    flat_entries: int = 0                # the entries of the one folder of the flat layout (folders built before)
+    flat_entries_after_updates: int = 0
 
 
 @dataclass
@@ -114,9 +120,10 @@ class BuildPlan:
     updates: int
     update_articles: int
     update_partitions: int
-    nested_folder_example: str = ""          # the planned sub-folder layout (layout.shard_folder)
+    nested_folder_example: str = ""          # the sub-folder layout the build writes (layout.shard_folder)
     nested_folders: int = 0                  # shard folders after the updates in that layout
-    nested_max_entries: int = 0              # entries of its largest folder
+    nested_max_entries: int = 0              # entries of its largest folder after the updates
+    nested_max_entries_now: int = 0          # ... of the first build alone
     checks: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -140,8 +147,11 @@ class BuildPlan:
                  f"{self.rates['article_seconds_per_worker']:.2f} s/article/worker — {self.rates['source']}",
                  "Expected samples: " + ", ".join(f"{s} {n:,}" for s, n in self.samples.items()),
                  "Expected shards: " + ", ".join(f"{s} {n:,}" for s, n in self.shards.items()),
-                 "", f"{'folder':<16}{'shards':>10}{'entries':>10}{'after ' + str(self.updates) + ' updates':>20}"]
-        lines += [f"{f.folder:<16}{f.shards:>10,}{f.entries:>10,}{f.entries_after_updates:>20,}" for f in self.folders]
+                 "", f"{'subset':<16}{'shards':>10}{'files':>10}{'sub-folders':>13}{'after ' + str(self.updates) + ' updates':>20}"
+                     f"{'flat folder':>13}{'flat after':>12}"]
+        lines += [f"{f.folder:<16}{f.shards:>10,}{f.entries:>10,}{f.sub_folders:>13,}"
+                  f"{f'{f.entries_after_updates:,} in {f.sub_folders_after_updates:,}':>20}{f.flat_entries:>13,}"
+                  f"{f.flat_entries_after_updates:>12,}" for f in self.folders]
         lines += ["", f"Files in the repository: {self.files_total:,} (after {self.updates} monthly updates of "
                       f"{self.update_articles:,} articles, {self.update_partitions} partitions each: "
                       f"{self.files_total_after_updates:,})",
@@ -149,9 +159,11 @@ class BuildPlan:
                   f"Push: {self.commits:,} commits of <= {HUB_FILES_PER_COMMIT} files, >= {self.push_hours:.1f} h at "
                   f"{HUB_COMMITS_PER_HOUR} commits/hour",
                   f"Build time: ~{self.build_hours:.1f} h with {self.workers} worker(s)",
-                  f"Sub-folder layout ({self.nested_folder_example}/..., planned): {self.nested_folders:,} shard "
-                  f"folders after the updates, the largest with {self.nested_max_entries:,} entries",
-                  "", "Hub limits (the flat layout the build writes today):"]
+                  f"Sub-folder layout the build writes ({self.nested_folder_example}/...): {self.nested_folders:,} "
+                  f"shard folders after the updates, the largest with {self.nested_max_entries:,} entries "
+                  f"(a flat folder of a build made before it: "
+                  f"{max((f.flat_entries_after_updates for f in self.folders), default=0):,})",
+                  "", f"Hub limits (the sub-folder layout the build writes, {self.nested_folder_example}/...):"]
         lines += [f"  [{'ok' if c['ok'] else 'OVER'}] {c['what']}: {c['value']:,} (limit {c['limit']:,})"
                   for c in self.checks]
         return "\n".join(lines)
@@ -213,6 +225,12 @@ def plan_build(source: Any, *, source_name: str = "", out: Path | None = None, l
     upd_parts = sum(choose_layout(1, [update_articles // FINE_BUCKETS] * FINE_BUCKETS, fractions,
                                   auto_target(update_articles)).partitions.values()) if updates else 0
     total_after = 0
+    # the layout the build writes: per snapshot, groups of PARTITIONS_PER_FOLDER partition indexes (all splits)
+    group_parts: Counter = Counter()
+    for count in layout.partitions.values():
+        for i in range(count):
+            group_parts[i // PARTITIONS_PER_FOLDER] += 1
+    upd_groups = max(1, math.ceil(upd_parts / PARTITIONS_PER_FOLDER)) if upd_parts else 0
     for s in SUBSETS:
         per_part = samples[s] / max(1, n_parts)
         k = n_parts * _shards_per_partition(per_part, rates, shard_max_samples, shard_max_bytes)
@@ -220,9 +238,13 @@ def plan_build(source: Any, *, source_name: str = "", out: Path | None = None, l
         upd_per_part = update_articles * share * rates.samples_per_article / max(1, upd_parts)
         k_upd = updates * upd_parts * _shards_per_partition(upd_per_part, rates, shard_max_samples, shard_max_bytes)
         shards[s] = k
-        entries = k * FILES_PER_SHARD + (1 if k else 0)
-        after = (k + k_upd) * FILES_PER_SHARD + (1 if k + k_upd else 0)
-        folders.append(FolderPlan(f"{s}/", k, entries, after))
+        subs = len(group_parts) if k else 0
+        subs_after = subs + (updates * upd_groups if k_upd else 0)
+        entries = k * FILES_PER_SHARD + subs                       # a sizes.json in each sub-folder
+        after = (k + k_upd) * FILES_PER_SHARD + subs_after
+        folders.append(FolderPlan(f"{s}/", k, entries, after, subs, subs_after,
+                                  k * FILES_PER_SHARD + (1 if k else 0),
+                                  (k + k_upd) * FILES_PER_SHARD + (1 if k + k_upd else 0)))
         total_after += after
     n_samples = sum(samples.values())
     root_files = 10 + 8 + 2 * max(1, math.ceil(n_samples / 100_000))   # tables, card + plots, table-config tars
@@ -239,31 +261,31 @@ def plan_build(source: Any, *, source_name: str = "", out: Path | None = None, l
         largest_shard_bytes=largest, commits=commits, push_hours=commits / HUB_COMMITS_PER_HOUR,
         build_hours=n * rates.article_seconds_per_worker / max(1, workers) / 3600, workers=workers,
         updates=updates, update_articles=update_articles, update_partitions=upd_parts)
-    # the planned sub-folder layout: per snapshot, groups of PARTITIONS_PER_FOLDER partition indexes
+    # the largest folder of the sub-folder layout: a group folder of the first build or of an update
     per_part = {s: _shards_per_partition(samples[s] / max(1, n_parts), rates, shard_max_samples, shard_max_bytes)
                 for s in SUBSETS}
-    group_parts: Counter = Counter()
-    for count in layout.partitions.values():
-        for i in range(count):
-            group_parts[i // PARTITIONS_PER_FOLDER] += 1
     worst = max(per_part.values(), default=0)
-    plan.nested_max_entries = max((c * worst * FILES_PER_SHARD + 1 for c in group_parts.values()), default=0)
-    plan.nested_max_entries = max(plan.nested_max_entries, upd_parts * worst * FILES_PER_SHARD + 1)
-    plan.nested_folders = len(SUBSETS) * (len(group_parts) + updates * max(1, math.ceil(
-        upd_parts / PARTITIONS_PER_FOLDER)))
+    plan.nested_max_entries_now = max((min(c, PARTITIONS_PER_FOLDER) * worst * FILES_PER_SHARD + 1
+                                       for c in group_parts.values()), default=0)
+    upd_worst = max((_shards_per_partition(update_articles * subset_articles[s] / max(1, n)
+                                           * rates.samples_per_article / max(1, upd_parts), rates, shard_max_samples,
+                                           shard_max_bytes) for s in SUBSETS), default=0)
+    plan.nested_max_entries = max(plan.nested_max_entries_now, min(upd_parts, PARTITIONS_PER_FOLDER) * upd_worst
+                                  * FILES_PER_SHARD + 1 if updates else 0)
+    plan.nested_folders = sum(f.sub_folders_after_updates for f in folders)
     plan.nested_folder_example = shard_folder("commercial", 0, 0)
-    biggest = max((f.entries for f in folders), default=0)
-    biggest_after = max((f.entries_after_updates for f in folders), default=0)
+    biggest, biggest_after = plan.nested_max_entries_now, plan.nested_max_entries
+    # a subset folder holds its snapshot folders (sNNN/), a snapshot folder its groups (gNNN/): a few entries each
     plan.checks = [
         {"what": "entries in the largest folder", "value": biggest, "limit": FOLDER_TARGET, "ok": biggest <= FOLDER_TARGET},
         {"what": f"entries in the largest folder after {updates} updates", "value": biggest_after,
          "limit": FOLDER_TARGET, "ok": biggest_after <= FOLDER_TARGET},
+        {"what": f"snapshot folders in a subset folder after {updates} updates", "value": 1 + updates,
+         "limit": FOLDER_TARGET, "ok": 1 + updates <= FOLDER_TARGET},
         {"what": "files in the repository", "value": files, "limit": HUB_REPO_FILES, "ok": files < HUB_REPO_FILES},
         {"what": f"files in the repository after {updates} updates", "value": files_after, "limit": HUB_REPO_FILES,
          "ok": files_after < HUB_REPO_FILES},
         {"what": "bytes of the largest shard", "value": largest, "limit": HUB_FILE_BYTES, "ok": largest < HUB_FILE_BYTES},
-        {"what": "entries in the largest folder of the planned sub-folder layout", "value": plan.nested_max_entries,
-         "limit": FOLDER_TARGET, "ok": plan.nested_max_entries <= FOLDER_TARGET},
     ]
     return plan
 

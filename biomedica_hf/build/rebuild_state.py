@@ -38,6 +38,7 @@ from biomedica_hf.build.partition import (
 from biomedica_hf.build.sources.base import FatalBuildError
 from biomedica_hf.build.state import file_seal, write_sealed
 from biomedica_hf.io.atomic import atomic_write_json, write_table
+from biomedica_hf.layout import folder_files
 from biomedica_hf.schema import FAILED, ArticleRef
 
 log = logging.getLogger("biomedica_hf.build")
@@ -49,7 +50,8 @@ def _check_published(out: Path) -> None:
     if not index.exists():
         raise FatalBuildError(f"--rebuild-state needs {index}; build into a new folder")
     listed = set(pq.read_table(index, columns=["shard"])["shard"].to_pylist())
-    on_disk = {p.relative_to(out).as_posix() for p in out.glob("*/*.tar")}
+    on_disk = {p.relative_to(out).as_posix() for d in sorted(out.iterdir()) if d.is_dir()
+               for p in folder_files(d, "*.tar")}
     if listed != on_disk:
         diff = sorted(listed ^ on_disk)
         raise FatalBuildError(f"--rebuild-state: the shards on disk differ from {index.name} ({len(diff)}, e.g. "

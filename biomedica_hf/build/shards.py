@@ -1,10 +1,11 @@
 """Shard writer: WebDataset tar + per-sample Parquet + stats JSON (the completion marker).
 
-Layout per subset folder (img2dataset style)::
+Layout per shard folder (img2dataset style), in the Hub-scale sub-folder of its subset, snapshot and partition
+group (``biomedica_hf.layout.shard_folder``; folders built before hold the same files flat in ``commercial/``)::
 
-    commercial/commercial-train-s000-p00017-000.tar          <key>.jpg|png, <key>.txt, <key>.json
-    commercial/commercial-train-s000-p00017-000.parquet      one row per sample: SAMPLE_FIELDS + SHARD_INDEX_FIELDS
-    commercial/commercial-train-s000-p00017-000_stats.json   written last: the shard is complete
+    commercial/s000/g000/commercial-train-s000-p00017-000.tar          <key>.jpg|png, <key>.txt, <key>.json
+    commercial/s000/g000/commercial-train-s000-p00017-000.parquet      one row per sample + byte offsets
+    commercial/s000/g000/commercial-train-s000-p00017-000_stats.json   written last: the shard is complete
 
 Shard names are unique across the whole dataset (subset, split, snapshot, partition, number), so tools
 that look shards up by base name (open_clip's ``sizes.json``) never confuse two of them.
@@ -38,14 +39,17 @@ SHARD_SCHEMA = arrow_schema(SAMPLE_FIELDS, SHARD_INDEX_FIELDS)
 SHARD_ROW_GROUP = 1_000   # rows per row group of a shard's Parquet: readers stream it in small batches
 
 
-def shard_name(subset: str, split: str, pid_tail: str, index: int, revision: int | None = None) -> str:
-    """``commercial/commercial-train-s000-p00017-000`` (``-r001`` when revised by snapshot 1)."""
-    name = f"{subset}/{subset}-{split}-{pid_tail}-{index:03d}"
+def shard_name(subset: str, split: str, pid_tail: str, index: int, revision: int | None = None,
+               folder: str | None = None) -> str:
+    """``commercial/s000/g000/commercial-train-s000-p00017-000`` with ``folder`` (``layout.shard_folder``), else
+    the flat ``commercial/commercial-train-s000-p00017-000`` (``-r001`` when revised by snapshot 1): the shard's
+    path relative to the dataset folder, without suffix."""
+    name = f"{folder or subset}/{subset}-{split}-{pid_tail}-{index:03d}"
     return name + (f"-r{revision:03d}" if revision else "")
 
 
 def shard_files(out: Path, name: str) -> tuple[Path, Path, Path]:
-    """(tar, parquet, stats) of shard ``name`` (``subset/stem``)."""
+    """(tar, parquet, stats) of shard ``name`` (``subset/stem`` or ``subset/sNNN/gNNN/stem``)."""
     base = Path(out) / name
     return base.parent / f"{base.name}.tar", base.parent / f"{base.name}.parquet", marker_path(base, STATS)
 

@@ -27,7 +27,7 @@ from biomedica_hf import __version__, hooks, templates
 from biomedica_hf.dataset.tables import table_config_columns, write_table_configs
 from biomedica_hf.io.atomic import atomic_write_bytes
 from biomedica_hf.io.sizes import human_size
-from biomedica_hf.layout import FIGURES_INDEX, TABLE_CONFIGS
+from biomedica_hf.layout import FIGURES_INDEX, STATS_SUFFIX, TABLE_CONFIGS, data_files_glob, folder_files
 from biomedica_hf.schema import ARTICLE_FIELDS, SAMPLE_FIELDS, SUBSETS, webdataset_features
 
 CARD_DIR = "card"
@@ -49,14 +49,14 @@ SPLIT_ORDER = ("train", "validation", "test")
 
 
 def subsets_present(out: Path) -> list[str]:
-    return [s for s in SUBSETS if any((Path(out) / s).glob("*.tar"))]
+    return [s for s in SUBSETS if folder_files(Path(out) / s, "*.tar")]
 
 
 def splits_present(out: Path, subset: str) -> list[str]:
-    """Splits that have shards in a subset folder (names ``<subset>-<split>-...tar``); a folder of older,
-    split-less shards counts as ``train``."""
+    """Splits that have shards in a subset folder (names ``<subset>-<split>-...tar``, flat or in its ``sNNN/gNNN``
+    sub-folders); a folder of older, split-less shards counts as ``train``."""
     found = set()
-    for p in (Path(out) / subset).glob("*.tar"):
+    for p in folder_files(Path(out) / subset, "*.tar"):
         parts = p.stem.split("-")
         found.add(parts[1] if len(parts) > 2 and parts[0] == subset and parts[1] in SPLIT_ORDER else "")
     return [s for s in SPLIT_ORDER if s in found] + ([""] if "" in found else [])
@@ -66,7 +66,7 @@ def _split_files(out: Path, subsets: list[str]) -> list[dict]:
     by_split: dict[str, list[str]] = {}
     for s in subsets:
         for split in splits_present(out, s):
-            glob = f"{s}/{s}-{split}-*.tar" if split else f"{s}/*.tar"
+            glob = data_files_glob(s, f"{s}-{split}-*.tar" if split else "*.tar")   # flat and sub-folders
             by_split.setdefault(split or "train", []).append(glob)
     return [{"split": sp, "path": paths[0] if len(paths) == 1 else paths}
             for sp in SPLIT_ORDER for paths in [by_split.get(sp)] if paths]
@@ -192,7 +192,7 @@ def collect_stats(out: Path) -> dict[str, Any]:
 
     subsets, shards = [], []
     for s in subsets_present(out):
-        st = [json.loads(p.read_text()) for p in sorted((out / s).glob("*_stats.json"))]
+        st = [json.loads(p.read_text()) for p in folder_files(out / s, f"*{STATS_SUFFIX}")]
         size = sum(x["tar_bytes"] for x in st)
         subsets.append({"name": s, "samples": sum(x["count"] for x in st), "shards": len(st), "bytes": size,
                         "size": human_size(size)})

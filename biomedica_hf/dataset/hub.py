@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from biomedica_hf.io.atomic import TEMP_GLOB
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.io.sizes import human_size
-from biomedica_hf.layout import DUP_TABLES, TABLE_CONFIGS
+from biomedica_hf.layout import DUP_TABLES, SUB_FOLDER_GLOB, TABLE_CONFIGS
 from biomedica_hf.schema import SUBSETS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,7 +60,8 @@ UPLOAD_IGNORE: tuple[str, ...] = (
 UPLOAD_ALLOW: tuple[str, ...] = (
     CARD,
     f"{CARD_DIR}/*",
-    *(p for s in SUBSETS for p in (f"{s}/*.tar", f"{s}/*.parquet", f"{s}/*{STATS}", f"{s}/sizes.json")),
+    *(p for s in SUBSETS for d in (s, f"{s}/{SUB_FOLDER_GLOB}")   # flat and in sub-folders (layout.shard_folder)
+      for p in (f"{d}/*.tar", f"{d}/*.parquet", f"{d}/*{STATS}", f"{d}/sizes.json")),
     *(f"{t}/*.tar" for t in TABLE_CONFIGS),  # the tables again as WebDataset configs (articles/, figures/)
     "*.parquet",
     "ledger_summary.txt",
@@ -71,7 +72,10 @@ UPLOAD_ALLOW: tuple[str, ...] = (
 KINDS: tuple[str, ...] = ("shard", "index", "stats", "table", "summary", "card", "plot", "config", "other")
 SHARED = "(shared)"  # the by_subset bucket of files outside the licence subsets (tables, card, summaries)
 
-_SHARD_RE = re.compile(r"^(?P<subset>[^/]+)/(?P<stem>[^/]+?)(?P<suffix>_stats\.json|\.tar|\.parquet)$")
+#: a shard's file, flat (``commercial/<stem>.tar``) or in its Hub-scale sub-folder (``commercial/s000/g000/...``)
+_SHARD_RE = re.compile(r"^(?P<subset>[^/]+)/(?:s\d{3}/g\d{3}/)?(?P<stem>[^/]+?)(?P<suffix>_stats\.json|\.tar|"
+                       r"\.parquet)$")
+_SIZES_RE = re.compile(r"^(?P<subset>[^/]+)/(?:s\d{3}/g\d{3}/)?sizes\.json$")
 #: The tables at the folder root that are part of the dataset (anything else at the root stays local).
 ROOT_FILES: tuple[str, ...] = (CARD, "articles.parquet", "figures.parquet", "ledger.parquet", "duplicates.parquet",
                                *DUP_TABLES.values(),   # near_duplicates.parquet, caption_duplicates.parquet
@@ -270,8 +274,8 @@ def _is_dataset_file(rel: str, card_links: set[str]) -> bool:
     parts = rel.split("/")
     if len(parts) == 1:
         return rel in ROOT_FILES
-    if len(parts) == 2 and parts[0] in SUBSETS:
-        return parts[1] == "sizes.json" or bool(_SHARD_RE.match(rel))
+    if parts[0] in SUBSETS:
+        return bool(_SIZES_RE.match(rel) or _SHARD_RE.match(rel))
     if len(parts) == 2 and parts[0] in TABLE_CONFIGS:
         return parts[1].endswith(".tar")
     return parts[0] == CARD_DIR and rel in card_links
@@ -312,7 +316,7 @@ def classify(rel: str) -> tuple[str, str | None]:
     if m and m["subset"] in SUBSETS:
         return {".tar": "shard", ".parquet": "index", "_stats.json": "stats"}[m["suffix"]], m["subset"]
     parts = rel.split("/")
-    if len(parts) == 2 and parts[0] in SUBSETS and parts[1] == "sizes.json":
+    if parts[0] in SUBSETS and _SIZES_RE.match(rel):
         return "stats", parts[0]
     if rel == CARD:
         return "card", None
@@ -463,8 +467,9 @@ def _check_build_summary(folder: Path, plan: UploadPlan) -> None:
     listed = summary.get("shards") if isinstance(summary, dict) else None
     if not isinstance(listed, dict):
         return
-    expected = {n if "/" in n else f"{s}/{n}" for s, names in listed.items() for n in (names or [])}
-    present = {f.path for f in plan.files if f.kind == "shard"}
+    # by subset and base name (names are unique): flat (``commercial/<name>``) or in sub-folders (``sNNN/gNNN/``)
+    expected = {f"{s}/{n.rsplit('/', 1)[-1]}" for s, names in listed.items() for n in (names or [])}
+    present = {f"{f.subset}/{f.path.rsplit('/', 1)[-1]}" for f in plan.files if f.kind == "shard"}
     missing, extra = sorted(expected - present), sorted(present - expected)
     if missing:
         plan.problems.append(f"{BUILD_SUMMARY} lists shard(s) missing from the folder: {', '.join(missing[:5])}")

@@ -2,11 +2,13 @@
 
 Fast (default; reads only tar headers and the small JSON / Parquet files):
 
-* shard files are found by globbing ``<subset>/*.tar`` and paired by stem with ``<stem>.parquet`` and
+* shard files are found by globbing ``<subset>/*.tar`` and ``<subset>/sNNN/gNNN/*.tar`` (the sub-folder layout,
+  ``layout.shard_dirs``) and paired by stem with ``<stem>.parquet`` and
   ``<stem>_stats.json`` (any naming: ``000000.tar`` or ``commercial-train-s000-p00017-000.tar``);
 * each shard has its stats marker and Parquet; the tar's size equals the stats' ``tar_bytes``;
   the stats' ``count`` equals the samples the index lists in it;
-* ``<subset>/sizes.json`` lists exactly the subset's shards with their sample counts;
+* the ``sizes.json`` of every directory holding tars lists each of its shards with its sample count (and may list
+  the dataset's other shards, never one the dataset lacks);
 * ``figures.parquet`` lists only shards that exist (paths inside the dataset), no key twice, and no
   shard on disk is missing from it (a stale or duplicated shard left by a killed rebuild);
 * the tar structure: walking the headers, every member is where the index says (key, ``tar_offset``,
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.io.ranges import LocalFile, read_range
-from biomedica_hf.layout import FIGURES_INDEX
+from biomedica_hf.layout import FIGURES_INDEX, folder_files, shard_dirs
 from biomedica_hf.schema import SUBSETS
 
 MAX_LISTED = 50
@@ -59,20 +61,20 @@ class VerifyReport:
 
 
 def shard_files(folder: Path, subsets: tuple[str, ...] = SUBSETS) -> dict[str, dict[str, Path]]:
-    """``{"<subset>/<stem>": {".tar"|".parquet"|"_stats.json": path}}`` of the subset folders, paired by stem."""
+    """``{"<subset>/<stem>": {".tar"|".parquet"|"_stats.json": path}}`` of the subset folders, paired by stem
+    (``<subset>/sNNN/gNNN/<stem>`` for shards in the sub-folder layout, ``layout.shard_dirs``)."""
     out: dict[str, dict[str, Path]] = defaultdict(dict)
     for subset in subsets:
-        d = folder / subset
-        if not d.is_dir():
-            continue
-        for p in d.iterdir():
-            name = p.name
-            if name.startswith(".") or p.is_symlink() or not p.is_file():   # links are never published
-                continue
-            for suffix in (STATS, ".tar", ".parquet"):
-                if name.endswith(suffix):
-                    out[f"{subset}/{name[:-len(suffix)]}"][suffix] = p
-                    break
+        for d in shard_dirs(folder / subset):
+            rel = d.relative_to(folder).as_posix()
+            for p in d.iterdir():
+                name = p.name
+                if name.startswith(".") or p.is_symlink() or not p.is_file():   # links are never published
+                    continue
+                for suffix in (STATS, ".tar", ".parquet"):
+                    if name.endswith(suffix):
+                        out[f"{rel}/{name[:-len(suffix)]}"][suffix] = p
+                        break
     return dict(sorted(out.items()))
 
 
@@ -154,7 +156,7 @@ def verify_folder(folder: str | os.PathLike, deep: bool = False) -> VerifyReport
                         f"rebuild?); rerun `biomedica build` or remove it")
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     for base, parts in files.items():
-        subset = base.split("/", 1)[0]
+        subset = base.rsplit("/", 1)[0]          # the directory holding the shard: its sizes.json lists it
         if ".tar" not in parts:
             problems.append(f"{', '.join(p.relative_to(folder).as_posix() for p in parts.values())} without "
                             f"{base}.tar: an unfinished shard")
@@ -186,7 +188,7 @@ def verify_folder(folder: str | os.PathLike, deep: bool = False) -> VerifyReport
             continue
         # every shard of the folder must be listed; it may list the dataset's other shards too (names are unique:
         # open_clip reads one folder's sizes.json for ::-joined folders), but no shard the dataset lacks
-        known = {p.name for p in folder.glob("*/*.tar")}
+        known = {p.name for d in sorted(folder.iterdir()) if d.is_dir() for p in folder_files(d, "*.tar")}
         if not set(tars) <= set(listed) or not set(listed) <= known:
             extra, gone = sorted(set(listed) - known), sorted(set(tars) - set(listed))
             problems.append(f"{subset}/sizes.json disagrees with the folder: " + "; ".join(

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from biomedica_hf.eval.evalset import DATA_HINT, DataNotFoundError, parquet_files
 from biomedica_hf.io.ranges import read_many
+from biomedica_hf.layout import folder_files
 
 
 @dataclass
@@ -85,14 +86,14 @@ def _scan_config(root: Path, config: str) -> dict[str, dict]:
     """key -> {caption, shard, image_offset, image_size} for every sample of ``DIR/<config>/*.tar``."""
     out: dict[str, dict] = {}
     config, pattern = _config_folder(root, config)
-    for tar in sorted((root / config).glob(pattern)):
+    for tar in folder_files(root / config, pattern):    # flat or in sNNN/gNNN sub-folders (layout.shard_dirs)
         members: dict[str, dict] = {}
         with tarfile.open(tar, "r:") as tf:
             for m in tf:
                 if not m.isfile():
                     continue
                 key, _, ext = m.name.rpartition(".")
-                entry = members.setdefault(key, {"shard": f"{config}/{tar.name}"})
+                entry = members.setdefault(key, {"shard": tar.relative_to(root).as_posix()})
                 if f".{ext.lower()}" in IMAGE_SUFFIXES:
                     entry["image_offset"], entry["image_size"] = m.offset_data, m.size
                 elif ext == "txt":
@@ -103,7 +104,7 @@ def _scan_config(root: Path, config: str) -> dict[str, dict]:
 
 def _config_names(root: Path, table) -> list[str]:
     names = sorted(set(table["subset"].to_pylist())) + ["all"]
-    return names + sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.tar"))
+    return names + sorted(p.name for p in root.iterdir() if p.is_dir() and folder_files(p, "*.tar")
                           and p.name not in names)
 
 

@@ -78,9 +78,10 @@ def source_stem(shard: str) -> str:
 
 
 def panel_files(out: Path, shard: str) -> tuple[Path, Path, Path]:
-    """(panel parquet, panel tar, marker) of a source shard."""
+    """(panel parquet, panel tar, marker) of a source shard (flat ``commercial/<stem>.tar`` or in its sub-folder
+    ``commercial/s000/g000/<stem>.tar``: shard names are unique, so the panel files go flat by base name)."""
     stem = source_stem(shard)
-    subset, name = stem.split("/", 1)
+    subset, name = stem.split("/", 1)[0], stem.rsplit("/", 1)[-1]
     rest = name[len(subset) + 1:] if name.startswith(f"{subset}-") else name
     base = Path(out) / PANELS_DIR / subset / name
     tar = Path(out) / config_name(subset) / f"{config_name(subset)}-{rest}.tar"
@@ -260,7 +261,7 @@ def remove_stale(out: Path) -> int:
     out = Path(out)
     live = set()
     for p in shard_tables(out):
-        shard = f"{p.parent.name}/{p.stem}.tar"
+        shard = f"{p.relative_to(out).with_suffix('').as_posix()}.tar"
         live.update(str(f) for f in panel_files(out, shard))
     removed = 0
     root = out / PANELS_DIR
@@ -289,7 +290,7 @@ def write_panels_index(out: Path) -> Path:
         writer = pq.ParquetWriter(tmp, PANEL_SCHEMA, compression="zstd")
         try:
             for p in shard_tables(out):
-                parquet, _, marker = panel_files(out, f"{p.parent.name}/{p.stem}.tar")
+                parquet, _, marker = panel_files(out, f"{p.relative_to(out).with_suffix('').as_posix()}.tar")
                 if parquet.exists() and marker.exists():
                     writer.write_table(pq.read_table(parquet, schema=PANEL_SCHEMA))
         finally:

@@ -43,7 +43,7 @@ def index_columns(dataset_dir: str | Path) -> dict[str, pa.Array] | None:
     values: list[int | None] = []
     for p in shard_tables(out):
         keys = pq.read_table(p, columns=["key"])["key"].to_pylist()
-        parquet, _, marker = panel_files(out, f"{p.parent.name}/{p.stem}.tar")
+        parquet, _, marker = panel_files(out, f"{p.relative_to(out).with_suffix('').as_posix()}.tar")
         if parquet.exists() and is_done(marker, files=[parquet]):
             counts = Counter(pq.read_table(parquet, columns=["parent_key"])["parent_key"].to_pylist())
             values += [counts.get(k) for k in keys]     # a figure that failed to split: null

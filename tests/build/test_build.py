@@ -17,6 +17,7 @@ import pytest
 from biomedica_hf.build.parse import ParseError, parse_jats
 from biomedica_hf.build.pipeline import BuildConfig, build, shard_paths
 from biomedica_hf.build.timings import WORK_STAGES
+from biomedica_hf.layout import folder_files
 from biomedica_hf.schema import SUBSETS, webdataset_features
 
 REPO = Path(__file__).resolve().parents[2]
@@ -203,9 +204,10 @@ def test_loads_with_datasets_and_webdataset(corpus_build):
     out, report = corpus_build
     for subset in SUBSETS:
         tars = [str(p) for p in shard_paths(out, subset)]
-        sizes = json.loads((out / subset / "sizes.json").read_text())   # every shard of the dataset
-        assert sum(sizes[Path(t).name] for t in tars) == report.samples_per_subset[subset]
-        assert sum(sizes.values()) == sum(report.samples_per_subset.values())
+        for t in tars:   # the sizes.json beside each shard (open_clip reads the first shard's) lists every shard
+            sizes = json.loads((Path(t).parent / "sizes.json").read_text())
+            assert sum(sizes[Path(u).name] for u in tars) == report.samples_per_subset[subset]
+            assert sum(sizes.values()) == sum(report.samples_per_subset.values())
         ds = datasets.load_dataset("webdataset", data_files={"train": tars}, split="train", streaming=True,
                                    features=webdataset_features())
         n = 0
@@ -245,7 +247,7 @@ def test_timings_in_shard_stats_and_build_summary(corpus_build):
     """Every shard's stats have its articles' share of the work stages and its own write; the summary has the
     driver's stages, the work totals and the elapsed seconds; the shards add up to no more than the totals."""
     out, report = corpus_build
-    stats = [json.loads(p.read_text()) for s in SUBSETS for p in sorted((out / s).glob("*_stats.json"))]
+    stats = [json.loads(p.read_text()) for s in SUBSETS for p in folder_files(out / s, "*_stats.json")]
     assert len(stats) > 3
     for st in stats:
         t = st["timings"]
@@ -264,3 +266,32 @@ def test_timings_in_shard_stats_and_build_summary(corpus_build):
     driver = sum(v["seconds"] for v in timings["stages"].values())
     assert driver - 0.01 <= timings["elapsed_seconds"] <= report.elapsed_s + 0.01
     assert summary["snapshots"][-1]["elapsed_seconds"] == timings["elapsed_seconds"]
+
+
+def test_shards_are_written_in_hub_scale_sub_folders(corpus_build):
+    """Each shard's three files are in ``layout.shard_folder`` (``<subset>/sNNN/gNNN/``), none flat in the subset
+    folder; every sub-folder has its sizes.json listing every shard of the dataset; the index's ``shard`` column is
+    the tar's path relative to the dataset folder."""
+    import pyarrow.parquet as pq
+
+    from biomedica_hf.layout import PARTITIONS_PER_FOLDER, shard_dirs, shard_folder, sizes_dirs
+
+    out, report = corpus_build
+    tars = [p for s in SUBSETS for p in shard_paths(out, s)]
+    assert len(tars) > 3
+    for s in SUBSETS:
+        assert not list((out / s).glob("*.tar")) and not list((out / s).glob("*.json"))   # nothing flat
+        assert [d.relative_to(out).as_posix() for d in shard_dirs(out / s)][1:] == [f"{s}/s000/g000"]
+    for tar in tars:
+        subset, split, snap, part, _ = tar.stem.split("-")
+        assert split in ("train", "validation", "test") and int(part[1:]) < PARTITIONS_PER_FOLDER
+        assert tar.parent == out / shard_folder(subset, int(snap[1:]), int(part[1:]))
+        assert tar.with_suffix(".parquet").is_file() and (tar.parent / f"{tar.stem}_stats.json").is_file()
+    assert sorted(sizes_dirs(out)) == sorted({t.parent for t in tars})
+    every = {t.name for t in tars}
+    for d in sizes_dirs(out):
+        assert set(json.loads((d / "sizes.json").read_text())) == every
+    index = pq.read_table(out / "figures.parquet", columns=["shard"])["shard"].to_pylist()
+    assert set(index) == {t.relative_to(out).as_posix() for t in tars}
+    summary = json.loads((out / "build_summary.json").read_text())
+    assert {n for names in summary["shards"].values() for n in names} == every

@@ -48,8 +48,10 @@ def test_plan_partitions_like_the_build_in_bounded_memory():
     assert plan.subset_from_hint == 75_000
     assert plan.subset_articles["noncommercial"] > 25_000 and plan.subset_articles["commercial"] > 25_000
     assert [f.folder for f in plan.folders] == ["commercial/", "noncommercial/", "other/"]
-    for f in plan.folders:
-        assert f.entries == 3 * f.shards + 1 and f.entries_after_updates > f.entries
+    for f in plan.folders:   # the sub-folder layout the build writes: a sizes.json per sNNN/gNNN folder
+        assert f.entries == 3 * f.shards + f.sub_folders and f.entries_after_updates > f.entries
+        assert f.sub_folders_after_updates == f.sub_folders + 12        # an update's snapshot folder of its own
+        assert f.flat_entries == 3 * f.shards + 1 and f.flat_entries_after_updates > f.flat_entries
     assert plan.files_total >= sum(f.entries for f in plan.folders) and plan.commits == -(-plan.files_total // 100)
     assert plan.ok and "[ok] entries in the largest folder" in plan.text()
     # tiny shards: a folder over the Hub's recommendation is flagged
@@ -64,7 +66,7 @@ def test_dry_run_cli_fetches_and_writes_nothing_and_measures_rates_on_a_build(bu
                         "--no-progress"], capture_output=True, text=True, env=ENV, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not out.exists()                                   # nothing written
-    assert "Build plan (dry run" in r.stdout and "Hub limits (the flat layout" in r.stdout and "defaults (BIOMEDICA" in r.stdout
+    assert "Build plan (dry run" in r.stdout and "Hub limits (the sub-folder layout the build writes" in r.stdout and "defaults (BIOMEDICA" in r.stdout
     # --json, with the rates of the build already in OUT
     r = subprocess.run([str(BIN), "build", "--input", str(articles_dir), "--out", str(built_dataset), "--dry-run",
                         "--json"], capture_output=True, text=True, env=ENV, timeout=120, check=False)
