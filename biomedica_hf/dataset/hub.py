@@ -469,8 +469,8 @@ def _check_build_summary(folder: Path, plan: UploadPlan) -> None:
         return
     # by subset and base name (names are unique): flat (``commercial/<name>``) or in sub-folders (``sNNN/gNNN/``)
     expected = {f"{s}/{n.rsplit('/', 1)[-1]}" for s, names in listed.items() for n in (names or [])}
-    present = {f"{f.subset}/{f.path.rsplit('/', 1)[-1]}" for f in plan.files if f.kind == "shard"}
-    missing, extra = sorted(expected - present), sorted(present - expected)
+    present = {f"{f.subset}/{f.path.rsplit('/', 1)[-1]}": f.path for f in plan.files if f.kind == "shard"}
+    missing, extra = sorted(expected - set(present)), sorted(present[k] for k in set(present) - expected)
     if missing:
         plan.problems.append(f"{BUILD_SUMMARY} lists shard(s) missing from the folder: {', '.join(missing[:5])}")
     if extra:

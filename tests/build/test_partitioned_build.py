@@ -26,6 +26,7 @@ from biomedica_hf.build.partition import (
     split_ranges,
 )
 from biomedica_hf.build.pipeline import BuildConfig, build
+from biomedica_hf.layout import folder_files
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent / "biomedica"
@@ -51,7 +52,7 @@ def _build(cfg: BuildConfig):
 
 def _shard_files(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for s in ("commercial", "noncommercial", "other")
-            for p in sorted((out / s).glob("*.tar"))}
+            for p in folder_files(out / s, "*.tar")}
 
 
 # ----------------------------------------------------------------------------- partitions and splits
@@ -112,7 +113,7 @@ def test_partitions_splits_and_configs(corpus, tmp_path):
     assert summary["snapshots"][0]["added"] == 40 and summary["partitioning"]["fine_buckets"] == FINE_BUCKETS
     parts = {r["shard"].split("-p")[1][:5] for r in index}
     assert len(parts) > 2, "several partitions"
-    names = [p.name for p in (out / "noncommercial").glob("*.tar")]
+    names = [p.name for p in folder_files(out / "noncommercial", "*.tar")]
     assert len(names) == len(set(names)) and all("." not in n[:-4] for n in names)
     # the card declares the splits of every subset config
     card = (out / "README.md").read_text()

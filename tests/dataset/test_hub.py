@@ -38,6 +38,7 @@ from biomedica_hf.dataset.hub import (
     validate_repo_id,
 )
 from biomedica_hf.io.sizes import human_size
+from biomedica_hf.layout import folder_files, sizes_dirs
 from biomedica_hf.schema import SUBSETS
 
 BIOMEDICA = Path(sys.executable).parent / "biomedica"
@@ -46,7 +47,7 @@ license: other
 task_categories: [image-to-text]
 configs:
 - config_name: commercial
-  data_files: commercial/*.tar
+  data_files: commercial/**/*.tar
 ---
 # BIOMEDICA (test card)
 """
@@ -82,10 +83,16 @@ SHARD_NAME_RE = re.compile(r"(?P<subset>[a-z]+)-(?:train|validation|test)-s\d{3}
 
 
 def _stem(folder: Path, subset: str) -> str:
-    """The stem of the first shard (sorted) of a subset folder: ``other-train-s000-p00000-000``."""
-    tars = sorted((folder / subset).glob("*.tar"))
+    """The first shard (sorted) of a subset folder, relative to it, without suffix: the build writes it in its
+    Hub-scale sub-folder, ``s000/g000/other-train-s000-p00000-000`` (``layout.shard_folder``)."""
+    tars = folder_files(folder / subset, "*.tar")
     assert tars, f"no shard in {folder / subset}"
-    return tars[0].stem
+    return tars[0].relative_to(folder / subset).with_suffix("").as_posix()
+
+
+def _dir(stem: str) -> str:
+    """The sub-folder of a shard stem from :func:`_stem`: ``s000/g000``."""
+    return stem.rsplit("/", 1)[0]
 
 
 def dataset_files(folder: Path) -> dict[str, int]:
@@ -105,12 +112,13 @@ def test_plan_lists_exactly_the_dataset_files(ds):
     assert {p for p in expected if p.endswith(".tar") and "/" in p and p.split("/")[0] in SUBSETS} == \
         {f"{s}/{stems[s]}.tar" for s in SUBSETS}   # the sample build: one shard per subset
     for s, stem in stems.items():
-        m = SHARD_NAME_RE.fullmatch(stem)
+        m = SHARD_NAME_RE.fullmatch(stem.rsplit("/", 1)[-1])
         assert m and m["subset"] == s, stem
+        assert _dir(stem) == "s000/g000", stem              # the sub-folder layout the build writes
     c = stems["commercial"]
     assert {"README.md", "figures.parquet", "articles.parquet", "ledger.parquet", "duplicates.parquet",
             "near_duplicates.parquet", "caption_duplicates.parquet", "ledger_summary.txt", "build_summary.json",
-            "commercial/sizes.json", f"commercial/{c}_stats.json", f"commercial/{c}.parquet"} <= set(expected)
+            f"commercial/{_dir(c)}/sizes.json", f"commercial/{c}_stats.json", f"commercial/{c}.parquet"} <= set(expected)
     assert plan.paths == sorted(expected)
     assert not [p for p in plan.paths if p.startswith("_work")]
     assert (ds / "_work").is_dir() and [e.path for e in plan.excluded] == ["_work/"]
@@ -120,7 +128,7 @@ def test_plan_lists_exactly_the_dataset_files(ds):
     kinds = {f.path: f.kind for f in plan.files}
     o = stems["other"]
     assert kinds[f"other/{o}.tar"] == "shard" and kinds[f"other/{o}.parquet"] == "index"
-    assert kinds[f"other/{o}_stats.json"] == "stats" and kinds["other/sizes.json"] == "stats"
+    assert kinds[f"other/{o}_stats.json"] == "stats" and kinds[f"other/{_dir(o)}/sizes.json"] == "stats"
     assert kinds["figures.parquet"] == "table" and kinds["README.md"] == "card"
     assert kinds["near_duplicates.parquet"] == kinds["caption_duplicates.parquet"] == "table"
     assert [p for p, k in kinds.items() if k == "plot"] == sorted(p for p in expected if p.startswith("card/"))
@@ -138,7 +146,8 @@ def test_plan_matches_what_huggingface_hub_would_upload(ds):
     """The plan uses the patterns exactly as upload_folder applies them to the whole folder (_work/ included)."""
     from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
-    (ds / "commercial" / f".{_stem(ds, 'commercial')}.tar.tmp-42").write_bytes(b"partial")
+    c = _stem(ds, "commercial")
+    (ds / "commercial" / _dir(c) / f".{c.rsplit('/', 1)[-1]}.tar.tmp-42").write_bytes(b"partial")
     (ds / ".cache" / "huggingface" / "upload").mkdir(parents=True)
     (ds / ".cache" / "huggingface" / "upload" / "x.parquet").write_text("{}")
     (ds / "_work" / "stage" / "p00000").mkdir(parents=True, exist_ok=True)
@@ -207,7 +216,7 @@ def test_stale_shard_blocks(ds):
     for suffix in (".tar", ".parquet", "_stats.json"):
         shutil.copy(ds / "other" / f"{o}{suffix}", ds / "other" / f"{stale}{suffix}")
     problems = plan_upload(ds).problems
-    assert any("other/sizes.json" in p for p in problems)
+    assert any(f"other/{_dir(o)}/sizes.json" in p for p in problems)
     assert any("not listed in build_summary.json" in p and f"other/{stale}.tar" in p for p in problems)
 
 
@@ -597,7 +606,7 @@ def test_push_sends_nothing_outside_the_plan(ds, fake_hub, tmp_path):
 def test_push_refuses_a_duplicated_shard_from_a_killed_rebuild(ds):
     """A rebuild with another shard size killed midway leaves complete shards the index does not list."""
     c = _stem(ds, "commercial")
-    name = "commercial/commercial-train-s000-p00001-000"
+    name = f"commercial/{_dir(c)}/commercial-train-s000-p00001-000"
     assert not (ds / f"{name}.tar").exists()
     for suffix in (".tar", ".parquet", "_stats.json"):
         shutil.copy(ds / f"commercial/{c}{suffix}", ds / f"{name}{suffix}")
@@ -630,12 +639,13 @@ def _rename_shard(ds: Path, subset: str, old: str, new: str) -> None:
     shards = [f"{subset}/{new}.tar" if s == f"{subset}/{old}.tar" else s for s in table["shard"].to_pylist()]
     pq.write_table(table.set_column(table.schema.get_field_index("shard"), "shard", pa.array(shards)),
                    ds / "figures.parquet")
-    for folder in SUBSETS:   # every folder's sizes.json lists every shard of the dataset
-        sizes = json.loads((ds / folder / "sizes.json").read_text())
-        sizes[f"{new}.tar"] = sizes.pop(f"{old}.tar")
-        (ds / folder / "sizes.json").write_text(json.dumps(sizes))
+    old_name, new_name = old.rsplit("/", 1)[-1], new.rsplit("/", 1)[-1]
+    for folder in sizes_dirs(ds):   # every folder's sizes.json lists every shard of the dataset
+        sizes = json.loads((folder / "sizes.json").read_text())
+        sizes[f"{new_name}.tar"] = sizes.pop(f"{old_name}.tar")
+        (folder / "sizes.json").write_text(json.dumps(sizes))
     summary = json.loads((ds / "build_summary.json").read_text())
-    summary["shards"][subset] = [n.replace(old, new) for n in summary["shards"][subset]]
+    summary["shards"][subset] = [n.replace(old_name, new_name) for n in summary["shards"][subset]]
     (ds / "build_summary.json").write_text(json.dumps(summary))
 
 
@@ -649,7 +659,7 @@ def test_update_uploads_only_what_changed_and_deletes_replaced_shards(ds, fake_h
     plan = push_folder(ds, "bmd/biomedica", api=api)
     assert plan.ok
     assert sorted(plan.uploaded) == sorted([f"other/{new}.tar", f"other/{new}.parquet", f"other/{new}_stats.json",
-                                            *(f"{s}/sizes.json" for s in SUBSETS), "figures.parquet",
+                                            *(f"{s}/{_dir(old)}/sizes.json" for s in SUBSETS), "figures.parquet",
                                             "build_summary.json"])
     assert plan.deleted == [f"other/{old}.parquet", f"other/{old}.tar", f"other/{old}_stats.json"]
     files = fake_hub.repos["bmd/biomedica"].branches["main"]
