@@ -15,6 +15,7 @@ from PIL import Image
 
 from biomedica_hf.build.pipeline import BuildConfig, build
 from biomedica_hf.dataset.card import collect_stats, size_category
+from biomedica_hf.layout import folder_files
 from biomedica_hf.schema import SAMPLE_FIELDS, SUBSETS
 
 BIN = Path(sys.executable).parent / "biomedica"
@@ -43,8 +44,9 @@ def test_yaml_front_matter(folder):
     assert set(configs) == {*SUBSETS, "all", "articles", "figures"}
     assert configs["commercial"]["default"] is True and sum(bool(c.get("default")) for c in configs.values()) == 1
     # one data-files entry per split that has shards (the sample's six articles all hash into train)
-    splits = sorted({p.name.split("-")[1] for p in (folder / "other").glob("*.tar")})
-    assert configs["other"]["data_files"] == [{"split": sp, "path": f"other/other-{sp}-*.tar"}
+    splits = sorted({p.name.split("-")[1] for p in folder_files(folder / "other", "*.tar")})
+    # recursive patterns: the shards are in sub-folders (other/s000/g000/), a flat folder matches them too
+    assert configs["other"]["data_files"] == [{"split": sp, "path": f"other/**/other-{sp}-*.tar"}
                                               for sp in ("train", "validation", "test") if sp in splits]
     assert {d["split"] for d in configs["all"]["data_files"]} == {d["split"] for c in SUBSETS
                                                                   for d in configs[c]["data_files"]}
@@ -65,7 +67,7 @@ def test_every_config_loads_with_datasets(folder):
         assert len(rows) == per_subset[subset] > 0
         assert all(r["json"]["subset"] == subset for r in rows)
         assert all((r["jpg"] or r["png"]).size == (r["json"]["width"], r["json"]["height"]) for r in rows)
-    assert ds.n_shards == len(list((folder / subset).glob("*.tar")))
+    assert ds.n_shards == len(folder_files(folder / subset, "*.tar")) > 0
     default = datasets.load_dataset(str(folder), split="train", streaming=True)
     assert {r["json"]["subset"] for r in default} == {"commercial"}
     everything = datasets.load_dataset(str(folder), "all", split="train", streaming=True)
@@ -88,13 +90,14 @@ def test_card_statistics_match_the_folder(folder):
     assert stats["journals"][0] == {"name": "Lancet (London, England)", "n": 10}
     assert {(x["code"], x["subset"]) for x in stats["licenses"]} >= {("CC BY", "commercial"),
                                                                       ("CC BY-NC-ND", "noncommercial")}
-    assert len(stats["shards"]) == sum(len(list((folder / s).glob("*.tar"))) for s in SUBSETS)
+    assert len(stats["shards"]) == sum(len(folder_files(folder / s, "*.tar")) for s in SUBSETS)
     card = (folder / "README.md").read_text()
     assert "| `commercial` | 2 |" in card and "biomedica/test" in card
     for shard in stats["shards"]:
         assert f"`{shard['name']}`" in card
-    sizes = json.loads((folder / "other" / "sizes.json").read_text())
-    assert sum(sizes[t.name] for t in (folder / "other").glob("*.tar")) == Counter(r["subset"] for r in index)["other"]
+    tars = folder_files(folder / "other", "*.tar")
+    sizes = json.loads((tars[0].parent / "sizes.json").read_text())
+    assert sum(sizes[t.name] for t in tars) == Counter(r["subset"] for r in index)["other"]
     # how converted images were encoded (a format choice of the build: issue 28)
     assert "lossless PNGs: deflate with zlib's RLE strategy" in card
 
@@ -166,10 +169,10 @@ def test_higher_layers_add_to_the_card_through_hooks(folder, tmp_path):
 
     out = tmp_path / "ds"
     shutil.copytree(folder, out, ignore=shutil.ignore_patterns("_work"))
-    hook_config = {"config_name": "picked", "data_files": [{"split": "train", "path": "commercial/*.tar"}]}
+    hook_config = {"config_name": "picked", "data_files": [{"split": "train", "path": "commercial/**/*.tar"}]}
 
     def section(d):
-        return f"## Picked\n\n{len(list((Path(d) / 'commercial').glob('*.tar')))} shards picked."
+        return f"## Picked\n\n{len(folder_files(Path(d) / 'commercial', '*.tar'))} shards picked."
 
     def configs(d):
         return [hook_config]
@@ -191,7 +194,8 @@ def test_higher_layers_add_to_the_card_through_hooks(folder, tmp_path):
     names = [c["config_name"] for c in meta["configs"]]
     assert names[-2:] == ["picked", "mine"] and names.count("picked") == 1
     assert next(c for c in meta["configs"] if c["config_name"] == "picked")["data_files"] == hook_config["data_files"]
-    n = len(list((out / "commercial").glob("*.tar")))
+    n = len(folder_files(out / "commercial", "*.tar"))
+    assert n > 0
     assert f"## Picked\n\n{n} shards picked.\n\n## Sample schema" in text
     assert text.index("### Shards") < text.index("## Picked") and (out / "card" / "picked.txt").is_file()
     assert write_card(out, "biomedica/test").read_bytes() == (folder / "README.md").read_bytes()

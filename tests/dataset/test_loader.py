@@ -20,6 +20,7 @@ from datasets.distributed import split_dataset_by_node
 from biomedica_hf.build.pipeline import BuildConfig, build
 from biomedica_hf.dataset.loader import EXTRA_COLUMNS, ShardRanges, dataset_file_url, load_biomedica, split_units
 from biomedica_hf.io import ranges as remote
+from biomedica_hf.layout import folder_files
 from biomedica_hf.schema import SUBSETS
 
 
@@ -50,7 +51,7 @@ def _index_keys(rows: list[dict], pred) -> list[str]:
 
 def _first_shard(out: Path, subset: str) -> Path:
     """The first shard (sorted) of a subset folder: ``other/other-train-s000-p00000-000.tar``."""
-    tars = sorted((out / subset).glob("*.tar"))
+    tars = folder_files(out / subset, "*.tar")      # flat or in sub-folders (layout.shard_dirs)
     assert tars, f"no shard in {out / subset}"
     return tars[0]
 
@@ -58,7 +59,7 @@ def _first_shard(out: Path, subset: str) -> Path:
 def _tar_samples(out: Path) -> dict[str, dict[str, bytes]]:
     """Every sample of every shard (``<subset>/*.tar``), read with tarfile: key -> {ext: bytes}."""
     samples: dict[str, dict[str, bytes]] = {}
-    for tar_path in [t for s in SUBSETS for t in sorted((out / s).glob("*.tar"))]:
+    for tar_path in [t for s in SUBSETS for t in folder_files(out / s, "*.tar")]:
         with tarfile.open(tar_path) as tar:
             for m in tar:
                 key, _, ext = m.name.partition(".")

@@ -17,6 +17,8 @@ from biomedica_hf.build.pipeline import BuildConfig, build
 from biomedica_hf.dataset.card import write_card
 from biomedica_hf.dataset.loader import load_biomedica
 from biomedica_hf.io.ranges import ReadOptions, ShardTruncatedError, plan_pieces, ramp_caps
+from biomedica_hf.layout import folder_files
+from biomedica_hf.schema import SUBSETS
 
 REPO = "bmd-lab/biomedica"
 
@@ -50,7 +52,7 @@ def hub(built, monkeypatch, tmp_path):
 
 def _first_shard(out: Path, subset: str) -> Path:
     """The first shard (sorted) of a subset folder: ``other/other-train-s000-p00000-000.tar``."""
-    tars = sorted((out / subset).glob("*.tar"))
+    tars = folder_files(out / subset, "*.tar")      # flat or in sub-folders (layout.shard_dirs)
     assert tars, f"no shard in {out / subset}"
     return tars[0]
 
@@ -266,7 +268,8 @@ def test_stream_pins_the_commit_its_index_came_from(built, hub, tmp_path):
     out, rows = built
     old = hub.commit
     new = Path(shutil.copytree(out, tmp_path / "v2", ignore=shutil.ignore_patterns("_work")))
-    for tar in new.glob("*/*.tar"):         # the update's revised shards: new names, the old ones deleted
+    for tar in [t for s in SUBSETS for t in folder_files(new / s, "*.tar")]:   # the update's revised shards:
+        # new names, the old ones deleted
         tar.rename(tar.with_name(tar.stem + "-r001.tar"))
     one = ReadOptions(in_flight=1, gap_bytes=0, piece_bytes=1)      # one sample per request, nothing ahead
     stream = iter(load_biomedica(REPO, subset="all", decode=False, read_options=one))

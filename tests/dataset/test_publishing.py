@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from biomedica_hf.dataset.hub import plan_upload
+from biomedica_hf.layout import folder_files
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent / "biomedica"
@@ -147,7 +148,7 @@ def test_webdataset_features_keep_the_labels_of_a_labelled_folder(built_dataset,
         r.update(labels[r["key"]])
     labelled = tmp_path / "labelled-other-000000.tar"
     write_subset_tar(built_dataset, sorted(rows, key=lambda r: (r["shard"], r["tar_offset"])), labelled)
-    unlabelled = min((built_dataset / "commercial").glob("*.tar"))
+    unlabelled = min(folder_files(built_dataset / "commercial", "*.tar"))
     ds = datasets.load_dataset("webdataset", data_files={"train": [str(labelled), str(unlabelled)]}, split="train",
                                features=webdataset_features())
     got = {r["__key__"]: r["json"] for r in ds}
