@@ -225,7 +225,7 @@ def test_loopback_hub_resolve_semantics(built, hub):
 
     out, _ = built
     shard = _first_shard(out, "other")
-    rel = f"other/{shard.name}"
+    rel = shard.relative_to(out).as_posix()                 # other/s000/g000/<name>.tar
     data = shard.read_bytes()
     url = f"{hub.url}/datasets/{REPO}/resolve/main/{rel}"
     head = requests.head(url, timeout=10)
