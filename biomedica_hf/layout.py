@@ -27,6 +27,12 @@ def shard_tables(out: Path) -> list[Path]:
     return [p for s in SUBSETS for p in folder_files(Path(out) / s, "*.parquet")]
 
 
+def table_shard(out: Path, table: Path) -> str:
+    """The tar of a shard table (``shard_tables``), relative to the dataset folder: ``commercial/s000/g000/<stem>.tar``
+    (``commercial/<stem>.tar`` in a flat folder), as the index's ``shard`` column names it."""
+    return f"{Path(table).relative_to(out).with_suffix('').as_posix()}.tar"
+
+
 #: the sub-folders of a shard folder in the Hub-scale layout (:func:`shard_folder`): ``sNNN/gNNN``
 SUB_FOLDER_GLOB = "s[0-9][0-9][0-9]/g[0-9][0-9][0-9]"
 

@@ -40,7 +40,7 @@ from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import DONE, clear_marker, is_done, marker_path, read_marker, write_marker
 from biomedica_hf.io.ranges import LocalFile, ShardTruncatedError
 from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes
-from biomedica_hf.layout import PANELS_INDEX, shard_tables
+from biomedica_hf.layout import PANELS_INDEX, shard_tables, table_shard
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def remove_stale(out: Path) -> int:
     out = Path(out)
     live = set()
     for p in shard_tables(out):
-        shard = f"{p.relative_to(out).with_suffix('').as_posix()}.tar"
+        shard = table_shard(out, p)
         live.update(str(f) for f in panel_files(out, shard))
     removed = 0
     root = out / PANELS_DIR
@@ -290,7 +290,7 @@ def write_panels_index(out: Path) -> Path:
         writer = pq.ParquetWriter(tmp, PANEL_SCHEMA, compression="zstd")
         try:
             for p in shard_tables(out):
-                parquet, _, marker = panel_files(out, f"{p.relative_to(out).with_suffix('').as_posix()}.tar")
+                parquet, _, marker = panel_files(out, table_shard(out, p))
                 if parquet.exists() and marker.exists():
                     writer.write_table(pq.read_table(parquet, schema=PANEL_SCHEMA))
         finally:

@@ -34,7 +34,7 @@ def index_columns(dataset_dir: str | Path) -> dict[str, pa.Array] | None:
     from collections import Counter
 
     from biomedica_hf.io.markers import is_done
-    from biomedica_hf.layout import shard_tables
+    from biomedica_hf.layout import shard_tables, table_shard
     from biomedica_hf.panels.dataset import panel_files
 
     out = Path(dataset_dir)
@@ -43,7 +43,7 @@ def index_columns(dataset_dir: str | Path) -> dict[str, pa.Array] | None:
     values: list[int | None] = []
     for p in shard_tables(out):
         keys = pq.read_table(p, columns=["key"])["key"].to_pylist()
-        parquet, _, marker = panel_files(out, f"{p.relative_to(out).with_suffix('').as_posix()}.tar")
+        parquet, _, marker = panel_files(out, table_shard(out, p))
         if parquet.exists() and is_done(marker, files=[parquet]):
             counts = Counter(pq.read_table(parquet, columns=["parent_key"])["parent_key"].to_pylist())
             values += [counts.get(k) for k in keys]     # a figure that failed to split: null

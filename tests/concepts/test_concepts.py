@@ -37,6 +37,7 @@ from biomedica_hf.concepts.subsets import balanced_mask, build_concept_subsets, 
 from biomedica_hf.concepts.vocab import load_vocabulary
 from biomedica_hf.io.atomic import save_npy, write_table
 from biomedica_hf.io.tars import member_spans
+from biomedica_hf.layout import folder_files, sizes_dirs
 from biomedica_hf.schema import SUBSETS
 
 IMAGE_SIZE = 56
@@ -314,11 +315,11 @@ def test_labels_land_in_the_index_and_labels_table(labelled):
     schema = figures.schema
     assert schema.field("concepts").type == pa.list_(pa.string()) == schema.field("local_concepts").type
     assert schema.field("panel_type").type == pa.string() and schema.field("cluster").type == pa.int32()
-    assert schema.names[: len(schema.names) - 5] == [f.name for f in pq.read_schema(next((ds / "other").glob("*.parquet")))
+    assert schema.names[: len(schema.names) - 5] == [f.name for f in pq.read_schema(folder_files(ds / "other", "*.parquet")[0])
                                                      if f.name not in ("cluster", "panel_type", "panel_subtype",
                                                                        "concepts", "local_concepts")] + ["caption_chars", "near_dup_of", "caption_dup_of"]
     tables = [figures, pq.read_table(ds / "concepts" / "labels.parquet")]
-    tables += [pq.read_table(p) for s in ("commercial", "noncommercial", "other") for p in sorted(ds.glob(f"{s}/*.parquet"))]
+    tables += [pq.read_table(p) for s in ("commercial", "noncommercial", "other") for p in folder_files(ds / s, "*.parquet")]
     assert sum(t.num_rows for t in tables[2:]) == figures.num_rows
     for table in tables:
         for r in table.select(["key", "cluster", "panel_type", "concepts", "local_concepts"]).to_pylist():
@@ -362,9 +363,9 @@ def test_labels_survive_an_update_build(labelled, articles_dir, tmp_path):
     # the union, so every licence config still loads (an undeclared field would be refused)
     from biomedica_hf.io.tars import refill_json
 
-    config = max(("commercial", "noncommercial", "other"), key=lambda s: len(list((copy / s).glob("*.tar"))))
-    last = min((copy / config).glob("*.tar"))      # the first shard of a config with several
-    assert len(list((copy / config).glob("*.tar"))) > 1
+    config = max(("commercial", "noncommercial", "other"), key=lambda s: len(folder_files(copy / s, "*.tar")))
+    last = min(folder_files(copy / config, "*.tar"))      # the first shard of a config with several
+    assert len(folder_files(copy / config, "*.tar")) > 1
     with tarfile.open(last) as tf:
         spans = [(m.offset_data, m.size, json.loads(tf.extractfile(m).read())) for m in tf if m.name.endswith(".json")]
     with open(last, "r+b") as fh:
@@ -379,7 +380,7 @@ def test_labels_survive_an_update_build(labelled, articles_dir, tmp_path):
     write_card(copy)
     labels = {r["key"]: r for r in pq.read_table(copy / "figures.parquet", columns=columns).to_pylist()}
     for config in ("commercial", "noncommercial", "other"):
-        if not list((copy / config).glob("*.tar")):
+        if not folder_files(copy / config, "*.tar"):
             continue
         for row in datasets.load_dataset(str(copy), config, split="train", streaming=True):
             stamped = "concepts" in members[row["__key__"]][0]
@@ -389,7 +390,7 @@ def test_labels_survive_an_update_build(labelled, articles_dir, tmp_path):
 def _shard_json(ds: Path) -> dict[str, tuple[dict, bytes]]:
     """key -> (its json member parsed, its raw bytes), read with tarfile from every licence shard."""
     out = {}
-    for tar in sorted(p for s in ("commercial", "noncommercial", "other") for p in (ds / s).glob("*.tar")):
+    for tar in sorted(p for s in ("commercial", "noncommercial", "other") for p in folder_files(ds / s, "*.tar")):
         with tarfile.open(tar) as tf:
             for m in tf:
                 if m.name.endswith(".json"):
@@ -427,7 +428,7 @@ def test_labels_are_written_into_the_licence_shards_in_place(labelled, annotatio
     _check_shards_carry(ds)
     copy = tmp_path / "ds"
     shutil.copytree(ds, copy)
-    tars = sorted(p for s in ("commercial", "noncommercial", "other") for p in (copy / s).glob("*.tar"))
+    tars = sorted(p for s in ("commercial", "noncommercial", "other") for p in folder_files(copy / s, "*.tar"))
     sizes = {t: t.stat().st_size for t in tars}
     before = _shard_json(copy)
     # a second round of annotations changes cluster 1's local concept only
@@ -537,7 +538,8 @@ def test_concept_subsets_materialise_and_load(labelled):
             assert all(got[c] == min(2, n) for c, n in counts.items()), (got, counts)
         tars = sorted((ds / name).glob("*.tar"))
         assert len(tars) == sum(-(-n // 2) for n in Counter((r["subset"], r["split"]) for r in selection).values())
-        assert len({t.name for t in tars} & {p.name for p in ds.glob("*/*.tar") if p.parent.name != name}) == 0
+        assert len({t.name for t in tars} & {p.name for d in ds.iterdir() if d.is_dir() and d.name != name
+                                             for p in folder_files(d, "*.tar")}) == 0
         seen = []
         for tar in tars:
             subset, split = tar.name.removeprefix(f"{name}-").split("-")[:2]
@@ -560,7 +562,8 @@ def test_concept_subsets_materialise_and_load(labelled):
         assert sorted(seen) == sorted(keys)
         sizes = json.loads((ds / name / "sizes.json").read_text())      # every shard of the dataset, these too
         assert {t.name: sizes[t.name] for t in tars} == {t.name: _samples_in(t) for t in tars}
-        assert {p.name for p in ds.glob("*/*.tar") if p.parent.name not in ("articles", "figures")} <= set(sizes)
+        assert {p.name for d in sizes_dirs(ds) for p in d.glob("*.tar")} <= set(sizes)
+        assert {p.name for s in SUBSETS for p in folder_files(ds / s, "*.tar")} < set(sizes)
         for r in selection:   # out_offset: where the sample starts in its copy; its json carries its labels
             with tarfile.open(ds / name / r["out_shard"]) as tf:
                 tf.fileobj.seek(r["out_offset"])

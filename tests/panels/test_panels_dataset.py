@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from biomedica_hf.layout import shard_tables
+from biomedica_hf.layout import shard_tables, table_shard
 from biomedica_hf.panels.dataset import PANELS_INDEX, panel_dataset, panel_files
 
 BIN = Path(sys.executable).with_name("biomedica")
@@ -122,7 +122,7 @@ def test_configs_load_with_datasets_and_the_loader(paneled):
 
 def test_rerun_resumes_writing_nothing(paneled):
     out, first = paneled
-    files = [f for p in shard_tables(out) for f in panel_files(out, f"{p.parent.name}/{p.stem}.tar")]
+    files = [f for p in shard_tables(out) for f in panel_files(out, table_shard(out, p))]
     files += [out / PANELS_INDEX, out / "figures.parquet"]
     before = {f: f.stat().st_mtime_ns for f in files}
     report = panel_dataset(out, labels=False)
@@ -147,7 +147,7 @@ def test_update_rebuilt_and_removed_shards(paneled):
     assert report["removed"] == 1 and report["split"] == 1
     panels = pq.read_table(out / PANELS_INDEX)
     assert not gone_keys & set(panels["parent_key"].to_pylist())
-    assert not panel_files(out, f"{gone.parent.name}/{gone.stem}.tar")[1].exists()
+    assert not panel_files(out, table_shard(out, gone))[1].exists()
     n_rows = sum(pq.read_metadata(p).num_rows for p in shard_tables(out))
     assert pq.read_table(out / "figures.parquet").num_rows == n_rows
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from biomedica_hf.layout import folder_files
+
 pytest.importorskip("open_clip_train")
 WEBDATASET = "0.2.86"
 SUBSETS = ("commercial", "noncommercial", "other")
@@ -41,6 +43,8 @@ def old_webdataset(tmp_path_factory) -> Path:
 
 def readme_block() -> str:
     readme = (REPO / "README.md").read_text()
+    if "### With open_clip's own trainer" not in readme:       # the README's training section moved to docs/
+        readme = (REPO / "docs" / "training.md").read_text()
     section = readme[readme.index("### With open_clip's own trainer"):]
     return section[section.index("```bash") + 7:section.index("```", section.index("```bash") + 7)]
 
@@ -49,14 +53,13 @@ def _train(ds: Path, model_dir: Path, logs: Path, pythonpath: str, num_samples: 
            ) -> subprocess.CompletedProcess:
     """The README's command: every shard of the three subsets (globbed, joined by ``::``), 8 samples, batch 4
     (``num_samples=None``: no ``--train-num-samples``, open_clip counts the samples from ``sizes.json``)."""
-    shards = [str(p) for subset in SUBSETS for p in sorted((ds / subset).glob("*.tar"))]
+    shards = [str(p) for subset in SUBSETS for p in folder_files(ds / subset, "*.tar")]   # in sNNN/gNNN/
     # the README's SHARDS line, run by bash in the dataset's parent folder, gives the same list
     line = next(x for x in readme_block().splitlines() if x.startswith("SHARDS="))
     bash = subprocess.run(["bash", "-c", line.replace("ds/", f"{ds.name}/") + '; printf %s "$SHARDS"'],
                           capture_output=True, text=True, cwd=ds.parent, check=True)
     assert bash.stdout == "::".join(str(Path(x).relative_to(ds.parent)) for x in shards)
-    samples = sum(json.loads((ds / s / "sizes.json").read_text())[Path(x).name] for x in shards
-                  for s in [Path(x).parent.name])
+    samples = sum(json.loads((Path(x).parent / "sizes.json").read_text())[Path(x).name] for x in shards)
     assert shards and samples >= 8
     count = ["--train-num-samples", str(num_samples)] if num_samples is not None else []
     cmd = [sys.executable, "-m", "open_clip_train.main", "--model", f"local-dir:{model_dir}",
@@ -102,8 +105,9 @@ def test_open_clip_train_counts_joined_subsets_from_sizes_json(recipe_dataset, o
     FIRST shard's folder's ``sizes.json``, which lists every shard of the dataset (names are unique), so it counts
     them all (it was ``KeyError: 'noncommercial-train-s000-p00000-000.tar'``)."""
     ds = recipe_dataset
-    shards = [p for subset in SUBSETS for p in sorted((ds / subset).glob("*.tar"))]
-    first = json.loads((ds / SUBSETS[0] / "sizes.json").read_text())
+    shards = [p for subset in SUBSETS for p in folder_files(ds / subset, "*.tar")]
+    assert all(p.parent != ds / p.relative_to(ds).parts[0] for p in shards)   # in sub-folders, not flat
+    first = json.loads((shards[0].parent / "sizes.json").read_text())   # the folder open_clip reads
     assert {p.name for p in shards} <= set(first)
     total = sum(first[p.name] for p in shards)
     model_dir = tmp_path / "tiny-random-clip"
