@@ -472,8 +472,9 @@ def verify(dataset, deep):
     """Check every shard of DATASET against its _stats.json, sizes.json and figures.parquet.
 
     \b
-    Fast (default): shard files paired by stem (<subset>/*.tar with .parquet and _stats.json), tar sizes
-    and sample counts against the stats, sizes.json listing exactly the shards, the index listing only
+    Fast (default): shard files paired by stem (<subset>/sNNN/gNNN/*.tar, or <subset>/*.tar in folders built
+    before the sub-folder layout, with .parquet and _stats.json), tar sizes and sample counts against the
+    stats, each folder's sizes.json listing its shards, the index listing only
     existing shards (paths inside the dataset, no key twice, no stale or duplicated shard), and every tar
     header where the index puts it. --deep: plus the sha256 of every image.
     Exit status 0 when consistent, 1 with the list of problems otherwise. `biomedica push` runs the fast check.

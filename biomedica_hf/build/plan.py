@@ -169,6 +169,16 @@ class BuildPlan:
         return "\n".join(lines)
 
 
+def _group_partitions(partitions: dict[str, int]) -> Counter:
+    """Partitions per group folder of one snapshot (``layout.shard_folder``: partition index // 500, every split's
+    partitions of that index range together): ``{group: partitions}``."""
+    groups: Counter = Counter()
+    for count in partitions.values():
+        for i in range(count):
+            groups[i // PARTITIONS_PER_FOLDER] += 1
+    return groups
+
+
 def _shards_per_partition(samples: float, rates: Rates, max_samples: int, max_bytes: int) -> int:
     if samples <= 0:
         return 0
@@ -222,15 +232,13 @@ def plan_build(source: Any, *, source_name: str = "", out: Path | None = None, l
     samples = {s: round(subset_articles[s] * rates.samples_per_article) for s in SUBSETS}
     shards, folders = {}, []
     # an update's own partitions (the build partitions each snapshot's new articles by itself)
-    upd_parts = sum(choose_layout(1, [update_articles // FINE_BUCKETS] * FINE_BUCKETS, fractions,
-                                  auto_target(update_articles)).partitions.values()) if updates else 0
+    upd_layout = choose_layout(1, [update_articles // FINE_BUCKETS] * FINE_BUCKETS, fractions,
+                               auto_target(update_articles)).partitions if updates else {}
+    upd_parts = sum(upd_layout.values())
     total_after = 0
     # the layout the build writes: per snapshot, groups of PARTITIONS_PER_FOLDER partition indexes (all splits)
-    group_parts: Counter = Counter()
-    for count in layout.partitions.values():
-        for i in range(count):
-            group_parts[i // PARTITIONS_PER_FOLDER] += 1
-    upd_groups = max(1, math.ceil(upd_parts / PARTITIONS_PER_FOLDER)) if upd_parts else 0
+    group_parts, upd_group_parts = _group_partitions(layout.partitions), _group_partitions(upd_layout)
+    upd_groups = len(upd_group_parts)
     for s in SUBSETS:
         per_part = samples[s] / max(1, n_parts)
         k = n_parts * _shards_per_partition(per_part, rates, shard_max_samples, shard_max_bytes)
@@ -265,13 +273,12 @@ def plan_build(source: Any, *, source_name: str = "", out: Path | None = None, l
     per_part = {s: _shards_per_partition(samples[s] / max(1, n_parts), rates, shard_max_samples, shard_max_bytes)
                 for s in SUBSETS}
     worst = max(per_part.values(), default=0)
-    plan.nested_max_entries_now = max((min(c, PARTITIONS_PER_FOLDER) * worst * FILES_PER_SHARD + 1
-                                       for c in group_parts.values()), default=0)
+    plan.nested_max_entries_now = max((c * worst * FILES_PER_SHARD + 1 for c in group_parts.values()), default=0)
     upd_worst = max((_shards_per_partition(update_articles * subset_articles[s] / max(1, n)
                                            * rates.samples_per_article / max(1, upd_parts), rates, shard_max_samples,
                                            shard_max_bytes) for s in SUBSETS), default=0)
-    plan.nested_max_entries = max(plan.nested_max_entries_now, min(upd_parts, PARTITIONS_PER_FOLDER) * upd_worst
-                                  * FILES_PER_SHARD + 1 if updates else 0)
+    plan.nested_max_entries = max([plan.nested_max_entries_now, *(c * upd_worst * FILES_PER_SHARD + 1
+                                                                  for c in upd_group_parts.values())])
     plan.nested_folders = sum(f.sub_folders_after_updates for f in folders)
     plan.nested_folder_example = shard_folder("commercial", 0, 0)
     biggest, biggest_after = plan.nested_max_entries_now, plan.nested_max_entries
