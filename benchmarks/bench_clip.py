@@ -81,8 +81,10 @@ def open_clip_loop(data: Path, work: Path, steps: int, bs: int, workers: int) ->
     except Exception as exc:   # noqa: BLE001
         return {"error": f"open_clip_train not importable: {exc}"}
     (work / "tiny-bench.json").write_text(json.dumps(TINY_OPEN_CLIP_CFG))
-    shards = "::".join(str(p) for p in sorted(data.glob("*/*.tar")) if p.parent.name in
-                       ("commercial", "noncommercial", "other"))
+    from biomedica_hf.layout import folder_files
+
+    shards = "::".join(str(p) for s in ("commercial", "noncommercial", "other")
+                       for p in folder_files(data / s, "*.tar"))   # flat or in sub-folders
     per_epoch = n_samples(data) // bs * bs
     epochs = -(-steps * bs // per_epoch)
     args = [str(work / "tiny-bench.json"), "--train-data", shards, "--dataset-type", "webdataset",

@@ -100,7 +100,9 @@ def test_model_cards_render_from_the_packaged_and_a_users_template(tmp_path):
 
 def _fake_concept_subset(folder: Path) -> None:
     """A materialised concept subset (what `biomedica concept-subsets` leaves): its card config comes from the hook."""
-    shard = min((folder / "commercial").glob("*.tar"))
+    from biomedica_hf.layout import folder_files
+
+    shard = min(folder_files(folder / "commercial", "*.tar"))
     (folder / "concept-filtered").mkdir()
     shutil.copy(shard, folder / "concept-filtered" / f"concept-filtered-{shard.name}")
     (folder / "concepts").mkdir()

@@ -726,3 +726,55 @@ def test_push_commits_fewer_than_100_files_at_a_time(tmp_path, fake_hub):
              for c in fake_hub.calls("commit")]
     assert len(sizes) >= 2 and max(sizes) < 100 and sum(sizes) == len(plan.paths), sizes
     assert sorted(fake_hub.repos["bmd/many"].branches["main"]) == plan.paths
+
+
+def test_flat_and_sub_folder_layouts_push_and_read_back(ds, tmp_path, monkeypatch):
+    """The sub-folder layout the build writes and the flat one of folders built before both go up whole (every
+    folder's sizes.json, shards, stats) and every licence config reads back from the Hub with ``datasets``."""
+    import datasets
+    from flat_layout import flatten
+    from hub_server import HubServer, point_libraries_at
+
+    flat = Path(shutil.copytree(ds, tmp_path / "flat"))
+    flat_tars = flatten(flat)
+    nested_tars = [t.relative_to(ds).as_posix() for s in SUBSETS for t in folder_files(ds / s, "*.tar")]
+    assert all(t.count("/") == 3 for t in nested_tars) and all(t.count("/") == 1 for t in flat_tars)
+    from huggingface_hub import constants
+
+    fake_hub = FakeHub()
+    fake_hub.thread.start()
+    loopback_only(monkeypatch)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    plans = {}
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(constants, "HF_HUB_OFFLINE", False)
+            m.setattr(constants, "ENDPOINT", fake_hub.url)
+            for folder, repo in ((ds, "bmd/nested"), (flat, "bmd/flat")):
+                plans[repo] = push_folder(folder, repo, api=_api(fake_hub))
+    finally:
+        fake_hub.server.shutdown()
+    for folder, repo, tars in ((ds, "bmd/nested", nested_tars), (flat, "bmd/flat", flat_tars)):
+        plan = plans[repo]
+        files = fake_hub.repos[repo].branches["main"]
+        assert sorted(files) == plan.paths and set(tars) <= set(files)
+        assert {f"{Path(t).parent.as_posix()}/sizes.json" for t in tars} <= set(files)
+        mirror = tmp_path / repo.replace("/", "_")
+        for rel, data in files.items():
+            (mirror / rel).parent.mkdir(parents=True, exist_ok=True)
+            (mirror / rel).write_bytes(data)
+        index = pq_read(folder / "figures.parquet")
+        with HubServer({repo: mirror}) as server:
+            point_libraries_at(server.url, monkeypatch, tmp_path / f"cache_{repo.split('/')[1]}")
+            for subset in SUBSETS:
+                rows = list(datasets.load_dataset(repo, subset, split="train", streaming=True))
+                assert sorted(r["__key__"] for r in rows) == sorted(r["key"] for r in index
+                                                                    if r["subset"] == subset and r["split"] == "train")
+                assert rows
+
+
+def pq_read(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["key", "subset", "split"]).to_pylist()
