@@ -79,3 +79,14 @@ def test_dry_run_cli_fetches_and_writes_nothing_and_measures_rates_on_a_build(bu
     assert abs(plan["rates"]["samples_per_article"] - samples / summary["articles"]) < 1e-9
     assert plan["partitions"] == summary["snapshots"][-1]["partitions"]     # the partitions the build chose
     assert {c["what"] for c in plan["checks"]} >= {"entries in the largest folder", "files in the repository"}
+    # the plan's sub-folder layout is the one the build wrote: the same sub-folders per subset, same grammar
+    from biomedica_hf.layout import folder_files, shard_dirs, shard_folder
+
+    for f in plan["folders"]:
+        subset = f["folder"].rstrip("/")
+        built_dirs = shard_dirs(built_dataset / subset)[1:]
+        assert f["sub_folders"] == len(built_dirs) and f["shards"] > 0
+        assert built_dirs[0].relative_to(built_dataset).as_posix() == shard_folder(subset, 0, 0)
+        assert all(t.parent in built_dirs for t in folder_files(built_dataset / subset, "*.tar"))
+    assert plan["nested_folder_example"] == shard_folder("commercial", 0, 0)
+    assert all(c["ok"] for c in plan["checks"] if "folder" in c["what"])
