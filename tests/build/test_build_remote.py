@@ -51,7 +51,10 @@ def test_cloud_build_with_faults_then_retry(tmp_path, cloud_tree, cloud_server):
     assert arts[TWO_VERSION_PMCID]["version"] == 2                      # latest version by default
     assert ledger[("figure", f"{TWO_VERSION_PMCID}_nihpp-2023_12_31_573776v1-f0004")]["state"] == "kept"
     # every download of a kept image was verified against the md5 in the metadata URL
-    idx = [row for p in sorted(out.glob("*/*.parquet")) for row in pq.read_table(p).to_pylist()]
+    from biomedica_hf.layout import shard_tables
+
+    idx = [row for p in shard_tables(out) for row in pq.read_table(p).to_pylist()]   # flat or in sub-folders
+    assert idx
     files = {(row["pmcid"], row["image_file"]): row for row in idx}
     art = cloud_tree.latest("PMC7112410")
     import hashlib
