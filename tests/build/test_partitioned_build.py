@@ -119,7 +119,7 @@ def test_partitions_splits_and_configs(corpus, tmp_path):
     card = (out / "README.md").read_text()
     header = card.split("---")[1]
     for split in sorted({r["split"] for r in index}):
-        assert f"split: {split}" in header and f"noncommercial/noncommercial-{split}-*.tar" in header
+        assert f"split: {split}" in header and f"noncommercial/**/noncommercial-{split}-*.tar" in header
     for split in ("train", "test"):
         want = sorted(r["key"] for r in index if r["split"] == split)
         ds = datasets.load_dataset(str(out), "noncommercial", split=split, streaming=True)
