@@ -481,11 +481,25 @@ def label_layout(anchors: list[Box], mask: np.ndarray) -> list[Box]:
     return boxes
 
 
-def _by_labels(image: Image.Image, rgb: np.ndarray, sx: float, sy: float) -> list[Panel] | None:
-    """The figure split at its printed labels (at least two of one sequence), or None."""
+def caption_labels(caption: str | None) -> list[str]:
+    """The panel labels a caption's markers name, in caption order ([] without markers or with one only;
+    position words do not count)."""
+    if not caption:
+        return []
+    from biomedica_hf.panels.captions import split_caption
+    sub = split_caption(caption)
+    if sub.family in (None, "position") or len(sub.parts) < 2:
+        return []
+    return list(sub.parts)
+
+
+def _by_labels(image: Image.Image, rgb: np.ndarray, sx: float, sy: float,
+               expect: list[str] | None = None) -> list[Panel] | None:
+    """The figure split at its printed labels (at least two of one sequence), or None. ``expect``: the labels
+    the caption names (reads are matched to them, see ``labels.find_labels``)."""
     from biomedica_hf.panels.labels import find_labels, label_sequence
     bg = background(rgb)
-    seq = label_sequence(find_labels(rgb, bg))
+    seq = label_sequence(find_labels(rgb, bg, expect=expect))
     if len(seq) < 2:
         return None
     W, H = image.size
@@ -506,14 +520,7 @@ def _by_labels(image: Image.Image, rgb: np.ndarray, sx: float, sy: float) -> lis
 def caption_panel_count(caption: str | None) -> int:
     """How many panels the caption names with its markers ((A), a), 1A, i ...; position words do not count):
     0 when it has none or only one (``captions.split_caption``)."""
-    if not caption:
-        return 0
-    from biomedica_hf.panels.captions import split_caption
-    sub = split_caption(caption)
-    if sub.family in (None, "position"):
-        return 0
-    n = len(sub.parts)
-    return n if n >= 2 else 0
+    return len(caption_labels(caption))
 
 
 def _rows_or_columns(boxes: list[Box]) -> tuple[list[list[int]], list[list[int]]]:
@@ -610,16 +617,24 @@ def split_image(image: Image.Image, *, labels: bool = True, caption: str | None 
                 # letters missing or out of sequence at the corners: panels may share a box; the labels found
                 # anywhere can tell (a longer sequence than the boxes wins)
                 by_labels = _by_labels(image, rgb, sx, sy)
+                expect = caption_labels(caption)
+                if len(expect) > len(boxes) and (by_labels is None or len(by_labels) <= len(boxes)):
+                    # the caption names more panels than the gutters give: look for its labels
+                    by_labels = _by_labels(image, rgb, sx, sy, expect)
                 if by_labels is not None and len(by_labels) > len(boxes):
                     return by_labels if labels else [Panel(p.bbox, p.score) for p in by_labels]
             return panels if labels else [Panel(b, score) for b in boxes]
     # no gutters between the panels, or a split nothing confirms: the printed labels, where there are some
     by_labels = _by_labels(image, rgb, sx, sy)
+    expect = caption_labels(caption)
+    if by_labels is None and expect:
+        # the caption names the labels: look for them (more tokens, reads matched to the caption's labels)
+        by_labels = _by_labels(image, rgb, sx, sy, expect)
     if by_labels is not None:
         return by_labels if labels else [Panel(p.bbox, p.score) for p in by_labels]
     # the caption names as many panels as the gutters give (or as many rows / columns of them): the splitter's
     # gutter split first, then the plain XY-cut's leaves that are panel-sized
-    n = caption_panel_count(caption)
+    n = len(expect)
     if n:
         layout = caption_layout(boxes, n) if len(small) > 1 else None
         if layout is None:

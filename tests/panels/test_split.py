@@ -281,3 +281,14 @@ def test_heldout_set_is_well_formed():
         for p in e["panels"]:
             x0, y0, x1, y1 = p["bbox"]
             assert 0 <= x0 < x1 <= e["width"] and 0 <= y0 < y1 <= e["height"]
+
+
+def test_reads_are_matched_to_the_labels_the_caption_names():
+    from biomedica_hf.panels.labels import expected_read
+    from biomedica_hf.panels.split import caption_labels
+    roman = caption_labels("Cells. (i) Control. (ii) Treated. (iii) Washed. (iv) Recovered.")
+    assert roman == ["i", "ii", "iii", "iv"]
+    assert [expected_read(t, roman) for t in ("I", "ll", "1i", "IV", "v", None)] == ["i", "ii", "ii", "iv", None, None]
+    upper = caption_labels("Title. (A) One. (B) Two.")
+    assert [expected_read(t, upper) for t in ("a", "B", "C")] == ["A", "B", None]
+    assert caption_labels("No markers at all.") == [] and caption_labels(None) == []
