@@ -27,9 +27,20 @@ $(CHROMIUM):
 	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the browser tests will fail (BIOMEDICA_REQUIRE_BROWSER=1)"
 
+# the oldest transformers that pyproject allows, in a venv of its own that reaches the project's other packages:
+# tests/train/test_vlm_compat.py loads a SmolVLM export with it (a few MB, no torch of its own)
+OLD_TF := .venv-oldtf
+$(OLD_TF)/.installed-stamp: $(STAMP)
+	test -x $(OLD_TF)/bin/python || $(PYTHON) -m venv $(OLD_TF)
+	$(OLD_TF)/bin/pip install -q --no-deps transformers==4.46.3 tokenizers==0.20.3 huggingface_hub==0.26.5
+	echo "import site; site.addsitedir('$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")')" \
+	  > $$($(OLD_TF)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/project_venv.pth
+	touch $@
+
 # two pytest workers (pytest-xdist), a test file per worker at a time: 8.6 min instead of 13.4 on 2 cores
-test: $(STAMP) $(CHROMIUM)
-	HF_HUB_OFFLINE=1 BIOMEDICA_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+test: $(STAMP) $(CHROMIUM) $(OLD_TF)/.installed-stamp
+	HF_HUB_OFFLINE=1 BIOMEDICA_REQUIRE_BROWSER=1 BIOMEDICA_OLD_TRANSFORMERS_PYTHON=$(abspath $(OLD_TF))/bin/python \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 # the contributor's loop: unit and single-process tests, no browser, no multi-process runs, no smoke (pytest markers
 # in tests/conftest.py and pyproject.toml); `make test` stays the full suite and the CI command (.ci/run)

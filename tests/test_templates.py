@@ -192,8 +192,10 @@ def test_cards_from_an_installed_wheel(tmp_path):
                        check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     found = json.loads(r.stdout.strip().splitlines()[-1])
-    assert found[hooks.CARD_CONFIGS] == ["biomedica_hf.concepts.hooks:card_configs"]
-    assert found[hooks.CARD_SECTIONS] == ["biomedica_hf.concepts.hooks:card_section"]
+    assert sorted(found[hooks.CARD_CONFIGS]) == ["biomedica_hf.concepts.hooks:card_configs",
+                                                 "biomedica_hf.panels.hooks:card_configs"]
+    assert sorted(found[hooks.CARD_SECTIONS]) == ["biomedica_hf.concepts.hooks:card_section",
+                                                  "biomedica_hf.panels.hooks:card_section"]
 
     assert (outside / "clip.md").read_text() == render_model_card(CLIP_CFG, "open_clip", CLIP_STATS)
     assert (outside / "smolvlm.md").read_text() == render(SMOLVLM_CFG, SMOLVLM_RESULT, kind="merged")

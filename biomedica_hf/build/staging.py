@@ -124,7 +124,9 @@ class PartitionStage:
     def start_counts(self) -> Counter:
         if not self.starts.exists():
             return Counter()
-        return Counter(line.strip() for line in self.starts.read_text(encoding="utf-8").splitlines() if line.strip())
+        # advisory (give-up bookkeeping), never trusted for output: a damaged line counts for no article
+        text = self.starts.read_bytes().decode("utf-8", errors="replace")
+        return Counter(line.strip() for line in text.splitlines() if line.strip())
 
     def open(self) -> tuple[set[str], int]:
         """Prepare to append: cut ``images.bin`` back to the last finished unit."""

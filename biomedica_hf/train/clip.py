@@ -179,7 +179,7 @@ def _train(accelerator, cfg: dict) -> dict:
     from biomedica_hf.clip.loss import ClipLoss
     from biomedica_hf.clip.model import build_model
     from biomedica_hf.train import rundir
-    from biomedica_hf.train.progress import Progress, banner, launch_warning, micro_batches
+    from biomedica_hf.train.progress import Progress, banner, micro_batches
 
     t_cfg, d_cfg = cfg["train"], cfg["data"]
     cuda = accelerator.device.type == "cuda"
@@ -187,13 +187,7 @@ def _train(accelerator, cfg: dict) -> dict:
     seed = int(cfg["seed"])
     set_seed(seed)
     out = Path(cfg["output_dir"])
-    if accelerator.is_main_process and (warning := launch_warning(world)):
-        print(warning, file=sys.stderr, flush=True)
-    rundir.check_output_dir(out, cfg, t_cfg.get("overwrite", False))     # every rank, before anything is written
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        rundir.start_run(out, cfg, t_cfg.get("overwrite", False))
-    accelerator.wait_for_everyone()
+    rundir.open_run(accelerator, out, cfg, t_cfg.get("overwrite", False))   # warning, refusal or a clean start
 
     clip = build_model(cfg["model"], seed=seed)
     base_state = ({k: v.detach().clone().cpu() for k, v in clip.base_core().state_dict().items()}

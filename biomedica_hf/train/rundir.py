@@ -96,6 +96,23 @@ def start_run(out: Path, cfg: dict, overwrite: bool = False) -> None:
     tmp.replace(out / CONFIG_FILE)
 
 
+def open_run(accelerator, out: Path, cfg: dict, overwrite: bool = False) -> None:
+    """The start of every recipe, on every rank: the one-line warning of a launch that got one process where it
+    asked for more (rank 0), :func:`check_output_dir` on every rank before anything is written, then
+    :func:`start_run` on rank 0, the ranks waiting for each other between the steps."""
+    import sys
+
+    from biomedica_hf.train.progress import launch_warning
+
+    if accelerator.is_main_process and (warning := launch_warning(accelerator.num_processes)):
+        print(warning, file=sys.stderr, flush=True)
+    check_output_dir(out, cfg, overwrite)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        start_run(out, cfg, overwrite)
+    accelerator.wait_for_everyone()
+
+
 def trim_log(out: Path, step: int) -> None:
     """Keep the ``log.jsonl`` records up to ``step`` (rank 0, when a run resumes at ``step``)."""
     log = out / LOG_FILE

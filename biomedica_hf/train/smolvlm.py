@@ -178,18 +178,12 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
     from biomedica_hf.vlm.data import SkipLog, collate, example_stream, set_longest_edge
 
     from biomedica_hf.train import rundir
-    from biomedica_hf.train.progress import Progress, banner, launch_warning
+    from biomedica_hf.train.progress import Progress, banner
 
     tcfg, dcfg = cfg["train"], cfg["data"]
     set_seed(cfg["seed"])
     world = accelerator.num_processes
-    if accelerator.is_main_process and (warning := launch_warning(world)):
-        print(warning, file=sys.stderr, flush=True)
-    rundir.check_output_dir(out, cfg, tcfg.get("overwrite", False))     # every rank, before anything is written
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        rundir.start_run(out, cfg, tcfg.get("overwrite", False))
-    accelerator.wait_for_everyone()
+    rundir.open_run(accelerator, out, cfg, tcfg.get("overwrite", False))   # warning, refusal or a clean start
     model_dir = resolve_model_dir(cfg, accelerator, _dataset_captions(dcfg["path"]) if cfg["model"].get("tiny") else ())
     processor = AutoProcessor.from_pretrained(model_dir)
     set_longest_edge(processor, dcfg.get("longest_edge"))

@@ -400,7 +400,7 @@ def test_card_from_facts_local_folder_and_real_eval_run(tmp_path):
     card = render_model_card(cfg, "open_clip", {"step": 3, "samples": 12})
     meta = yaml.safe_load(card.split("---")[1])
     result = meta["model-index"][0]["results"][0]
-    assert result["dataset"] == {"name": "cells", "type": str(images.resolve()), "split": "test"}
+    assert result["dataset"] == {"name": "cells", "type": str(images.resolve()), "split": "all"}   # no split given: every image
     assert f"imagefolder:{images.resolve()}" in card and "Biomedica2025EvalSet" not in card
     # the user states the local folder was published: then (and only then) its Hub id is listed
     cfg["export"]["dataset_id"] = "me/my-pmc-figures"

@@ -40,7 +40,8 @@ def old_webdataset(tmp_path_factory) -> Path:
 
 
 def readme_block() -> str:
-    readme = (REPO / "README.md").read_text()
+    """The documented command (docs/training.md, linked from the README)."""
+    readme = (REPO / "docs" / "training.md").read_text()
     section = readme[readme.index("### With open_clip's own trainer"):]
     return section[section.index("```bash") + 7:section.index("```", section.index("```bash") + 7)]
 

@@ -416,9 +416,6 @@ def stratified_split(labels: Sequence[int], ids: Sequence[str], fractions=(0.6, 
 
 
 # ------------------------------------------------------------------------------------------- source
-NO_SPLIT = "no split given: every image converted as test"
-
-
 @dataclass(frozen=True)
 class UserSource:
     """A user's labelled set, converted on first use to ``CACHE/user/<slug>-<hash>.parquet`` (all splits)."""
@@ -458,6 +455,12 @@ class UserSource:
 
     def convert(self) -> tuple[list[dict], list[str], list[dict]]:
         """(rows in the eval-set layout, classes, skipped files with reasons)."""
+        rows, names, skipped, _ = self.convert_with_splits()
+        return rows, names, skipped
+
+    def convert_with_splits(self) -> tuple[list[dict], list[str], list[dict], bool]:
+        """:meth:`convert` and whether the set gave its own splits (without them every image is converted as
+        ``test`` and results say split ``all``)."""
         p = Path(self.location)
         skipped: list[dict] = []
         if self.kind == "imagefolder":
@@ -471,13 +474,13 @@ class UserSource:
         task = self.describe()
         for r in rows:
             r.update(task=task, options=names, provenance_license=self.license)
-        if all(r["split"] is None for r in rows):
+        split_given = not all(r["split"] is None for r in rows)
+        if not split_given:
             for r in rows:
                 r["split"] = "test"        # no split given: every image is evaluated (zero-shot)
-            skipped.append({"file": "", "reason": NO_SPLIT})   # so results say "all", not "test"
         elif any(r["split"] is None for r in rows):
             raise UserDataError(f"{task}: some rows have a split and some do not")
-        return rows, names, skipped
+        return rows, names, skipped, split_given
 
     def files(self, ctx: DataContext) -> list[Path]:
         if self.is_local and not Path(self.location).exists():
@@ -490,9 +493,7 @@ class UserSource:
         except (OSError, ValueError, KeyError):
             done = False
         if not done:
-            rows, names, skipped = self.convert()
-            split_given = not any(s["reason"] == NO_SPLIT for s in skipped)
-            skipped = [s for s in skipped if s["reason"] != NO_SPLIT]
+            rows, names, skipped, split_given = self.convert_with_splits()
             for s in skipped:
                 log.warning("%s: skipped %s (%s)", self.describe(), s["file"], s["reason"])
             write_evalset(rows, out)
