@@ -276,8 +276,9 @@ def test_heldout_set_is_well_formed():
     root = (HERE.parents[1] / doc["fixtures_root"]).resolve()
     assert len(doc["figures"]) >= 7
     for e in doc["figures"]:
-        with Image.open(root / e["image"]) as im:
-            assert im.size == (e["width"], e["height"])
+        if (root / e["image"]).is_file():       # the images are not redistributed (unknown licence): see "source"
+            with Image.open(root / e["image"]) as im:
+                assert im.size == (e["width"], e["height"])
         for p in e["panels"]:
             x0, y0, x1, y1 = p["bbox"]
             assert 0 <= x0 < x1 <= e["width"] and 0 <= y0 < y1 <= e["height"]
