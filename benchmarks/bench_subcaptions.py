@@ -130,6 +130,8 @@ def pairing_rows(figures: list[dict]) -> dict[str, dict]:
                                                      for p in f["panels"]]),
         "true boxes, no labels": score(lambda f: [Panel(tuple(p["bbox"]), 1.0) for p in f["panels"]]),
         "splitter + OCR labels": score(lambda f: split_image(Image.open(f["path"]), labels=True)),
+        "splitter + OCR + caption": score(lambda f: split_image(Image.open(f["path"]), labels=True,
+                                                                caption=f["caption"])),
     }
 
 

@@ -160,7 +160,7 @@ def _results(src: LocalFile, rows: list[dict[str, Any]], labels: bool, detector:
             found = next(boxes) if det is not None else None
             try:
                 panels = panels_from_boxes(img, found, labels=labels) if det is not None else \
-                    find_panels(img, labels=labels)
+                    find_panels(img, labels=labels, caption=row.get("caption"))
                 yield row, img, figure_result(img.size, panels, row.get("caption")), None
             except Exception as e:  # noqa: BLE001
                 yield row, None, None, _error(e)

@@ -41,13 +41,15 @@ def open_image(image: Image.Image | bytes | str | os.PathLike[str]) -> Image.Ima
     return Image.open(Path(image))
 
 
-def find_panels(image: Image.Image, *, labels: bool = True, detector: Detector | None = None) -> list[Any]:
+def find_panels(image: Image.Image, *, labels: bool = True, detector: Detector | None = None,
+                caption: str | None = None) -> list[Any]:
     """The panels of one image, in reading order, with their printed labels when ``labels``: the CPU splitter,
-    or ``detector``'s boxes read by the same label reader. Never empty: no box means the whole image."""
+    or ``detector``'s boxes read by the same label reader. Never empty: no box means the whole image.
+    ``caption`` lets the splitter keep a gutter split whose panel count the caption's markers confirm."""
     from biomedica_hf.panels.split import split_image
 
     if detector is None:
-        return split_image(image, labels=labels)
+        return split_image(image, labels=labels, caption=caption)
     boxes = detector.detect([image])[0]
     return panels_from_boxes(image, boxes, labels=labels)
 
@@ -97,7 +99,7 @@ def split_figure(image: Image.Image | bytes | str | os.PathLike[str], caption: s
     (:mod:`biomedica_hf.panels.detector`). Raises ``OSError`` / ``PIL.UnidentifiedImageError`` for a file that is
     not an image."""
     img = open_image(image)
-    panels = find_panels(img, labels=labels, detector=detector)
+    panels = find_panels(img, labels=labels, detector=detector, caption=caption)
     return figure_result(img.size, panels, caption)
 
 

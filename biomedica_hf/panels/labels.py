@@ -448,11 +448,32 @@ def label_panels(image: Image.Image, bboxes: list[Box], scores: list[float] | No
 
 # ---------------------------------------------------------------------------------------------- labels anywhere
 
+def expected_read(label: str | None, expect: list[str]) -> str | None:
+    """A read made to agree with the labels a caption names (``expect``, e.g. ["i", "ii", "iii"]): the case of
+    the caption's labels, and for roman numerals the glyphs OCR confuses with "i" ("I", "l", "1", "|"); None when
+    the read is none of them."""
+    if not label:
+        return None
+    if label in expect:
+        return label
+    low = label.lower()
+    if any(e in ("i", "ii", "iii", "iv", "v", "vi") for e in expect):
+        low = low.replace("l", "i").replace("1", "i").replace("|", "i")
+    for e in expect:
+        if low == e.lower():
+            return e
+    return None
+
+
 def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 10,
-                backend: str = "tesseract") -> list[tuple[Box, str, float]]:
+                backend: str = "tesseract", expect: list[str] | None = None) -> list[tuple[Box, str, float]]:
     """Panel labels anywhere in the figure (``rgb`` pixels): short glyph groups with nothing to their left or
     above (a label opens its panel), the tallest ``max_reads`` of them read; those that read as labels, as
-    (token box, label, confidence). Used to split figures whose panels touch (no gutter) by their labels."""
+    (token box, label, confidence). Used to split figures whose panels touch (no gutter) by their labels.
+    ``expect`` (the labels the caption names): more tokens are read, a lower confidence is taken, and only reads
+    that are one of those labels are kept (:func:`expected_read`)."""
+    if expect:
+        max_reads = max(max_reads, 3 * len(expect) + 6)
     from scipy import ndimage
     fg = foreground(rgb, bg, 70)
     size = max(rgb.shape[:2])
@@ -488,7 +509,8 @@ def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 10,
             continue
         left = ink(x0 - int(1.2 * h), y0 - int(0.3 * h), x0 - 1, y1 + int(0.3 * h))
         above = ink(x0 - int(0.3 * h), y0 - int(0.7 * h), tx1 + int(0.3 * h), y0 - 1)
-        if left == 0 and above == 0:
+        # with the caption's labels expected, a dot above (i, ii, iv) is not ink above the label
+        if left == 0 and above <= (0.1 * h * h if expect else 0):
             cands.append((x0, y0, tx1, y1))
     cands = sorted(set(cands), key=lambda b: -(b[3] - b[1]))[:max_reads]
     out = []
@@ -496,7 +518,11 @@ def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 10,
         read = _BACKENDS[backend]
         text, conf = read(token_image(rgb, b), fallback=False)
         label = normalise_label(text)
-        if label is not None and conf >= 0.5:
+        if expect:
+            label = expected_read(label, expect)
+            if label is not None and conf >= 0.3:
+                out.append((b, label, conf))
+        elif label is not None and conf >= 0.5:
             out.append((b, label, conf))
     return out
 

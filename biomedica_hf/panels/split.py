@@ -481,11 +481,25 @@ def label_layout(anchors: list[Box], mask: np.ndarray) -> list[Box]:
     return boxes
 
 
-def _by_labels(image: Image.Image, rgb: np.ndarray, sx: float, sy: float) -> list[Panel] | None:
-    """The figure split at its printed labels (at least two of one sequence), or None."""
+def caption_labels(caption: str | None) -> list[str]:
+    """The panel labels a caption's markers name, in caption order ([] without markers or with one only;
+    position words do not count)."""
+    if not caption:
+        return []
+    from biomedica_hf.panels.captions import split_caption
+    sub = split_caption(caption)
+    if sub.family in (None, "position") or len(sub.parts) < 2:
+        return []
+    return list(sub.parts)
+
+
+def _by_labels(image: Image.Image, rgb: np.ndarray, sx: float, sy: float,
+               expect: list[str] | None = None) -> list[Panel] | None:
+    """The figure split at its printed labels (at least two of one sequence), or None. ``expect``: the labels
+    the caption names (reads are matched to them, see ``labels.find_labels``)."""
     from biomedica_hf.panels.labels import find_labels, label_sequence
     bg = background(rgb)
-    seq = label_sequence(find_labels(rgb, bg))
+    seq = label_sequence(find_labels(rgb, bg, expect=expect))
     if len(seq) < 2:
         return None
     W, H = image.size
@@ -503,14 +517,77 @@ def _by_labels(image: Image.Image, rgb: np.ndarray, sx: float, sy: float) -> lis
     return [panels[i] for i in order]
 
 
-def split_image(image: Image.Image, *, labels: bool = True) -> list[Panel]:
+def caption_panel_count(caption: str | None) -> int:
+    """How many panels the caption names with its markers ((A), a), 1A, i ...; position words do not count):
+    0 when it has none or only one (``captions.split_caption``)."""
+    return len(caption_labels(caption))
+
+
+def _rows_or_columns(boxes: list[Box]) -> tuple[list[list[int]], list[list[int]]]:
+    """The panels grouped into rows (overlapping vertical spans) and into columns (overlapping horizontal spans)."""
+    def groups(lo: int, hi: int) -> list[list[int]]:
+        order = sorted(range(len(boxes)), key=lambda i: boxes[i][lo])
+        out: list[list[int]] = []
+        end = -1
+        for i in order:
+            b = boxes[i]
+            if out and b[lo] < end - 0.3 * (b[hi] - b[lo]):
+                out[-1].append(i)
+                end = max(end, b[hi])
+            else:
+                out.append([i])
+                end = b[hi]
+        return out
+    return groups(1, 3), groups(0, 2)
+
+
+def caption_layout(boxes: list[Box], n: int) -> list[Box] | None:
+    """Boxes of a clean gutter split that agree with a caption naming ``n`` panels: the boxes themselves when
+    there are ``n``; their rows (or columns) merged when the grid has ``n`` rows (or columns) -- a labelled panel
+    may hold a row of plots; otherwise None."""
+    if n < 2 or len(boxes) < 2:
+        return None
+    if len(boxes) == n:
+        return boxes
+    rows, cols = _rows_or_columns(boxes)
+    for groups in (rows, cols):
+        if len(groups) == n and all(len(g) >= 1 for g in groups) and len(boxes) % n == 0 and \
+                len({len(g) for g in groups}) == 1:
+            merged = []
+            for g in groups:
+                b = boxes[g[0]]
+                for i in g[1:]:
+                    b = _union(b, boxes[i])
+                merged.append(b)
+            if not _merge_overlapping(merged, 0.05) == merged:
+                continue
+            return merged
+    return None
+
+
+def _panel_sized(boxes: list[Box], W: int, H: int) -> list[Box]:
+    """The boxes that can be panels of a W x H figure (at least 4% of its area and 12% of each side); [] when any
+    box left over is more than a fragment (so the panels would not cover the figure)."""
+    keep = [b for b in boxes if _area(b) >= 0.04 * W * H and b[2] - b[0] >= 0.12 * W and b[3] - b[1] >= 0.12 * H]
+    rest = [b for b in boxes if b not in keep]
+    if sum(_area(b) for b in rest) > 0.05 * W * H:
+        return []
+    return [keep[i] for i in reading_order(keep)]
+
+
+def split_image(image: Image.Image, *, labels: bool = True, caption: str | None = None) -> list[Panel]:
     """The panels of ``image`` in reading order; a single-panel figure gives exactly one panel (its content box).
     Boxes are in the original pixels. With ``labels``, each panel's printed label is read (``labels.label_panels``).
 
     A split is kept when its panels form a regular layout (most of the area in panels of one size) or when panel
     labels are read at their corners; otherwise the figure is one panel (schemes, pathways and diagrams whose
     parts are separated by white space are not cut up). Any image PIL opens gives a result (tiny, blank, CMYK,
-    16-bit, palette, alpha)."""
+    16-bit, palette, alpha).
+
+    ``caption`` (optional) is evidence too: when it names at least two panels with its markers ("(A)", "a,",
+    "(1A)" ...), a clean gutter split that nothing else confirms is kept when its panel count agrees with the
+    caption's (as many boxes, or a grid with as many rows or columns, merged into them). A caption without
+    markers changes nothing."""
     from biomedica_hf.panels.labels import label_panels
     W, H = image.size
     if W < 8 or H < 8:
@@ -540,13 +617,36 @@ def split_image(image: Image.Image, *, labels: bool = True) -> list[Panel]:
                 # letters missing or out of sequence at the corners: panels may share a box; the labels found
                 # anywhere can tell (a longer sequence than the boxes wins)
                 by_labels = _by_labels(image, rgb, sx, sy)
+                expect = caption_labels(caption)
+                if len(expect) > len(boxes) and (by_labels is None or len(by_labels) <= len(boxes)):
+                    # the caption names more panels than the gutters give: look for its labels
+                    by_labels = _by_labels(image, rgb, sx, sy, expect)
                 if by_labels is not None and len(by_labels) > len(boxes):
                     return by_labels if labels else [Panel(p.bbox, p.score) for p in by_labels]
             return panels if labels else [Panel(b, score) for b in boxes]
     # no gutters between the panels, or a split nothing confirms: the printed labels, where there are some
     by_labels = _by_labels(image, rgb, sx, sy)
+    expect = caption_labels(caption)
+    if by_labels is None and expect:
+        # the caption names the labels: look for them (more tokens, reads matched to the caption's labels)
+        by_labels = _by_labels(image, rgb, sx, sy, expect)
     if by_labels is not None:
         return by_labels if labels else [Panel(p.bbox, p.score) for p in by_labels]
+    # the caption names as many panels as the gutters give (or as many rows / columns of them): the splitter's
+    # gutter split first, then the plain XY-cut's leaves that are panel-sized
+    n = len(expect)
+    if n:
+        layout = caption_layout(boxes, n) if len(small) > 1 else None
+        if layout is None:
+            leaves = _panel_sized(xy_cut_baseline(image), W, H)
+            layout = caption_layout(leaves, n) if is_regular(leaves, 0.05) else None
+        if layout is not None:
+            if layout is boxes and panels is not None:
+                return panels if labels else [Panel(p.bbox, p.score) for p in panels]
+            layout = [layout[i] for i in reading_order(layout)]
+            if labels:
+                return label_panels(image, layout, [0.6] * len(layout))
+            return [Panel(b, 0.6) for b in layout]
     if content is None or len(small) > 1:
         mask = foreground(rgb, background(rgb))
         ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))

@@ -236,3 +236,60 @@ def test_labels_flag_changes_labels_not_boxes(path):
     with_labels, without = split_image(im), split_image(im, labels=False)
     assert [p.bbox for p in with_labels] == [p.bbox for p in without]
     assert all(p.label is None and p.label_score == 0.0 for p in without)
+
+
+# ------------------------------------------------------------------------------------------------ caption evidence
+
+def _two_unequal_parts():
+    """A wide photo and a narrow chart-like strip beside it, a white gutter between, no printed labels: not a grid
+    (the areas differ by more than 2.5x), so without other evidence the figure stays whole."""
+    im = Image.new("RGB", (760, 340), "white")
+    d = ImageDraw.Draw(im)
+    d.rectangle([20, 20, 499, 319], fill=(90, 60, 140))
+    d.rectangle([560, 120, 739, 319], fill=(30, 120, 60))
+    return im, [(20, 20, 500, 320), (560, 120, 740, 320)]
+
+
+def test_caption_markers_confirm_a_gutter_split():
+    from biomedica_hf.panels.split import caption_panel_count
+    im, boxes = _two_unequal_parts()
+    assert len(split_image(im, labels=False)) == 1
+    assert len(split_image(im, labels=False, caption="Expression in tumours. No markers here.")) == 1
+    assert caption_panel_count("Expression. (A) Stained section of the tumour. (B) Quantification.") == 2
+    got = split_image(im, labels=False, caption="Expression. (A) Stained section of the tumour. (B) Quantification.")
+    assert [p.bbox for p in got] == boxes
+    # a caption naming three panels does not confirm two parts
+    assert len(split_image(im, labels=False, caption="T. (A) One. (B) Two. (C) Three.")) == 1
+
+
+@needs_fixtures
+def test_caption_with_markers_keeps_a_real_single_whole():
+    # gr3b is one image of a figure whose caption names (a), (b), (c): the image itself is one panel
+    im, true, _ = _truth("articles/PMC7159286/gr3b_lrg.jpg")
+    cap = "Chest CT. (a) Day 1: ground glass. (b) Day 5: consolidation. (c) Day 12: resolution."
+    assert len(split_image(im, caption=cap)) == len(true) == 1
+
+
+@needs_fixtures
+def test_heldout_set_is_well_formed():
+    doc = json.loads((HERE / "heldout.json").read_text())
+    root = (HERE.parents[1] / doc["fixtures_root"]).resolve()
+    assert len(doc["figures"]) >= 7
+    for e in doc["figures"]:
+        if (root / e["image"]).is_file():       # the images are not redistributed (unknown licence): see "source"
+            with Image.open(root / e["image"]) as im:
+                assert im.size == (e["width"], e["height"])
+        for p in e["panels"]:
+            x0, y0, x1, y1 = p["bbox"]
+            assert 0 <= x0 < x1 <= e["width"] and 0 <= y0 < y1 <= e["height"]
+
+
+def test_reads_are_matched_to_the_labels_the_caption_names():
+    from biomedica_hf.panels.labels import expected_read
+    from biomedica_hf.panels.split import caption_labels
+    roman = caption_labels("Cells. (i) Control. (ii) Treated. (iii) Washed. (iv) Recovered.")
+    assert roman == ["i", "ii", "iii", "iv"]
+    assert [expected_read(t, roman) for t in ("I", "ll", "1i", "IV", "v", None)] == ["i", "ii", "ii", "iv", None, None]
+    upper = caption_labels("Title. (A) One. (B) Two.")
+    assert [expected_read(t, upper) for t in ("a", "B", "C")] == ["A", "B", None]
+    assert caption_labels("No markers at all.") == [] and caption_labels(None) == []
