@@ -168,23 +168,25 @@ def label_tokens(rgb: np.ndarray, region: Box, bg: np.ndarray) -> list[tuple[Box
     return out
 
 
-def _tokens(fg: np.ndarray, region: Box, shape: tuple, light: bool) -> list[tuple[Box, bool]]:
+def _components(fg: np.ndarray) -> list[Box]:
+    """The bounding box of every 8-connected component of a foreground mask."""
     from scipy import ndimage
+    lab, _ = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
+    return [(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop) for sl in ndimage.find_objects(lab) if sl is not None]
+
+
+def _tokens(fg: np.ndarray, region: Box, shape: tuple, light: bool) -> list[tuple[Box, bool]]:
     x0, y0 = region[0], region[1]
     size = max(shape[:2])
     hmin, hmax = max(5, int(0.006 * size)), max(14, int(0.06 * size))
-    lab, n = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
     glyphs: list[Box] = []
     small: list[Box] = []
-    for sl in ndimage.find_objects(lab):
-        if sl is None:
-            continue
-        gy0, gy1, gx0, gx1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-        h, w = gy1 - gy0, gx1 - gx0
+    for box in _components(fg):
+        h, w = box[3] - box[1], box[2] - box[0]
         if hmin <= h <= hmax and w <= 2.2 * h:
-            glyphs.append((gx0, gy0, gx1, gy1))
+            glyphs.append(box)
         elif h < hmin and w < hmax:
-            small.append((gx0, gy0, gx1, gy1))
+            small.append(box)
     glyphs.sort()
     tokens: list[list[Box]] = []
     for g in glyphs:
@@ -474,19 +476,11 @@ def find_labels(rgb: np.ndarray, bg: np.ndarray, *, max_reads: int = 10,
     that are one of those labels are kept (:func:`expected_read`)."""
     if expect:
         max_reads = max(max_reads, 3 * len(expect) + 6)
-    from scipy import ndimage
     fg = foreground(rgb, bg, 70)
     size = max(rgb.shape[:2])
     hmin, hmax = max(6, int(0.008 * size)), max(16, int(0.05 * size))
-    lab, _ = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
-    glyphs: list[Box] = []
-    for sl in ndimage.find_objects(lab):
-        if sl is None:
-            continue
-        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-        h, w = y1 - y0, x1 - x0
-        if hmin <= h <= hmax and 0.15 * h <= w <= 1.6 * h:
-            glyphs.append((x0, y0, x1, y1))
+    glyphs = [b for b in _components(fg)
+              if hmin <= b[3] - b[1] <= hmax and 0.15 * (b[3] - b[1]) <= b[2] - b[0] <= 1.6 * (b[3] - b[1])]
     integral = np.pad(fg.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
 
     def ink(x0: int, y0: int, x1: int, y1: int) -> int:
