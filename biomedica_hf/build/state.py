@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from biomedica_hf.io.atomic import atomic_write_bytes
+from biomedica_hf.io.digest import file_sha256
 
 SEAL = "_seal"
 FAULT_ENV = "BIOMEDICA_FAULT_AT"
@@ -109,11 +110,8 @@ def read_sealed(path: Path) -> dict[str, Any] | None:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 of a file (:func:`biomedica_hf.io.digest.file_sha256`)."""
+    return file_sha256(path)
 
 
 def file_seal(path: Path) -> list:

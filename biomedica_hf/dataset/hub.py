@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from biomedica_hf.io.atomic import TEMP_GLOB
+from biomedica_hf.io.digest import file_sha256
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.io.sizes import human_size
 from biomedica_hf.layout import DUP_TABLES, SUB_FOLDER_GLOB, TABLE_CONFIGS
@@ -671,14 +672,6 @@ def _git_blob_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def remote_changes(api: HfApi, repo_id: str, plan: UploadPlan, revision: str | None = None,
                    token: str | None = None) -> tuple[list[str], list[str]]:
     """``(changed, deleted)``: planned files missing on the remote or different there (size, then the git blob
@@ -699,7 +692,7 @@ def remote_changes(api: HfApi, repo_id: str, plan: UploadPlan, revision: str | N
         if r is None or r.size != f.size:
             changed.append(f.path)
         elif r.lfs is not None:
-            if _sha256(local) != r.lfs.sha256:
+            if file_sha256(local) != r.lfs.sha256:
                 changed.append(f.path)
         elif _git_blob_sha1(local) != r.blob_id:
             changed.append(f.path)

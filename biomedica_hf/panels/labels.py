@@ -328,12 +328,7 @@ def _by_sequence(cands: list[list[tuple[str, float, Box, bool]]]) -> list[tuple[
     expected label wins over a better-scored one ("Cc" over a "T" read from an axis). Only labels actually read
     are chosen; nothing is filled in."""
     tops = [c[0] for c in cands if c]
-    votes: Counter = Counter()
-    for k, c in enumerate(cands):
-        if c:
-            seq = _sequence_of(c[0][0])
-            if seq:
-                votes[(seq[0], seq[1] - k)] += 1
+    votes = _votes(cands)
     out = []
     best = votes.most_common(1)
     if not best or best[0][1] < 2 or best[0][1] < 0.4 * len(tops):
