@@ -249,6 +249,24 @@ KIND_OF_TESTS = {
         "tests/train/test_clip_recipe.py::test_open_clip_export_round_trip_and_hf_conversion",
         "tests/train/test_clip_recipe.py::test_transformers_export_every_entry_point_matches_open_clip",
         "tests/train/test_clip_recipe.py::test_transformers_lora_export_round_trip",
+        # this round's integration tests of ~3 s or more on idle cores (pytest --durations, 2026-12-05): without them
+        # `make test-fast` fits its 2 minutes; the stage-boundary and damaged-file matrices keep their single cases
+        # (lost manifest, SIGKILL hook, truncated summary, ...) in the fast loop
+        "tests/build/test_plan.py::test_dry_run_cli_fetches_and_writes_nothing_and_measures_rates_on_a_build",
+        "tests/build/test_resume_state.py::test_build_killed_at_every_stage_boundary",
+        "tests/build/test_resume_state.py::test_each_work_file_damaged_is_redone",
+        "tests/build/test_resume_state.py::test_update_killed_at_every_stage_boundary",
+        "tests/dataset/test_hub.py::test_flat_and_sub_folder_layouts_push_and_read_back",
+        "tests/dataset/test_hub.py::test_push_commits_fewer_than_100_files_at_a_time",
+        "tests/dataset/test_loader_hub.py::test_stream_pins_the_commit_its_index_came_from",
+        "tests/dataset/test_publishing.py::test_decontaminate_with_any_out_updates_the_card_and_push_uploads_the_report",
+        "tests/dataset/test_publishing.py::test_webdataset_features_keep_the_labels_of_a_labelled_folder",
+        "tests/eval/test_eval_models.py",
+        "tests/io/test_io.py::test_a_connection_dropped_mid_body_is_retried",
+        "tests/panels/test_detector.py::test_cli_split_with_detector",
+        "tests/panels/test_panels_hub.py",
+        "tests/search/test_search.py::test_index_resumes_finished_chunks",
+        "tests/test_readme.py::test_runnable_blocks_run_on_the_sample_without_warnings",
     ],
 }
 

@@ -76,7 +76,7 @@ def sample_build(tmp_path_factory) -> Path:
     return out
 
 
-# the README's blocks in the fast loop; the docs pages' with the whole suite (minutes on a busy 2-core machine)
+# every page's blocks run with the whole suite (`make test`); the fast loop leaves this test out (tests/conftest.py)
 PAGES = ["README.md", *(pytest.param(f"docs/{p.name}", marks=pytest.mark.slow)
                         for p in sorted(DOCS.glob("*.md")) if runnable_blocks(p))]
 
