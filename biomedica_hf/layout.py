@@ -5,6 +5,7 @@ One place for the names that the build writes and every reader (loader, card, hu
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from biomedica_hf.schema import FIGURES_CONFIG_FIELDS, FIGURES_INDEX_FIELDS, SUBSETS
@@ -45,6 +46,22 @@ def shard_dirs(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return [folder] + sorted(p for p in folder.glob(SUB_FOLDER_GLOB) if p.is_dir())
+
+
+_GROUP_RE = re.compile(r"(?:^|/)(s[0-9]{3}/g[0-9]{3})/[^/]+$")
+
+
+def shard_group(shard: str) -> str:
+    """The ``sNNN/gNNN`` sub-folder of a shard path (``commercial/s000/g003/x.tar`` -> ``s000/g003``), ``""`` for a
+    shard of the flat layout (``commercial/x.tar``). A shard derived from another one (a concept copy, a panel
+    shard) goes into its source's group in its own config folder, so a derived folder is bounded like the source's."""
+    m = _GROUP_RE.search(shard)
+    return m.group(1) if m else ""
+
+
+def in_group(group: str, name: str) -> str:
+    """``name`` in the sub-folder ``group`` (:func:`shard_group`): ``s000/g003/name``, or ``name`` when flat."""
+    return f"{group}/{name}" if group else name
 
 
 def folder_files(folder: Path, pattern: str) -> list[Path]:

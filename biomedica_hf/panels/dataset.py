@@ -5,18 +5,21 @@ or Ray). A task reads its shard's Parquet rows, each image by byte range, finds 
 (:func:`biomedica_hf.panels.figure.find_panels`) and their subcaptions, and writes::
 
     DIR/panels/<subset>/<stem>.parquet            one row per panel (PANEL_SCHEMA), tar order
-    DIR/<subset>-panels/<subset>-panels-<rest>.tar the crops as WebDataset samples (<key>.jpg|png, .txt, .json)
+    DIR/<subset>-panels/sNNN/gNNN/<subset>-panels-<rest>.tar  the crops as WebDataset samples (.jpg|png, .txt, .json)
     DIR/panels/<subset>/<stem>_done.json          written last: the shard's completion marker
 
 ``<rest>`` is the source shard's name after ``<subset>-`` (``train-s000-p00017-000``), so a panel shard never mixes
-licences and its split shows in its name like the build's. The marker records a digest of the source shard's
+licences and its split shows in its name like the build's; ``sNNN/gNNN`` is the source shard's group
+(``layout.shard_group``: a panel shard sits in the same group as its source, so no folder outgrows the source's;
+flat for a source of the flat layout). The marker records a digest of the source shard's
 build digest and the settings (labels, detector, version): a rerun skips done shards, splits new or rebuilt ones,
 and deletes the files of shards that are gone (an update removed their parents). Then:
 
 * ``DIR/panels.parquet``: every shard's panel rows, in ``layout.shard_tables`` order;
 * ``figures.parquet`` is rebuilt (``build.figures.build_figures_index``): the ``image_panel_count`` column comes
   from :mod:`biomedica_hf.panels.hooks` (null for samples of shards not split yet);
-* ``DIR/<subset>-panels/sizes.json`` (open_clip's sample counts).
+* ``sizes.json`` in every directory of ``DIR/<subset>-panels/`` that holds tars (open_clip's sample counts: each
+  lists every shard of its config, since open_clip reads the first shard's directory only).
 
 Crops: a JPEG parent's crop is JPEG at quality 95 (4:4:4) with the parent's ICC profile; a PNG parent's is PNG
 (ICC kept). The crop's ``txt`` is the panel's caption: shared part + subcaption + footer (the whole caption for a
@@ -40,7 +43,16 @@ from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import DONE, clear_marker, is_done, marker_path, read_marker, write_marker
 from biomedica_hf.io.ranges import LocalFile, ShardTruncatedError
 from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes
-from biomedica_hf.layout import PANELS_INDEX, shard_tables, table_shard
+from biomedica_hf.layout import (
+    PANELS_INDEX,
+    SIZES,
+    folder_files,
+    in_group,
+    shard_dirs,
+    shard_group,
+    shard_tables,
+    table_shard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +91,14 @@ def source_stem(shard: str) -> str:
 
 def panel_files(out: Path, shard: str) -> tuple[Path, Path, Path]:
     """(panel parquet, panel tar, marker) of a source shard (flat ``commercial/<stem>.tar`` or in its sub-folder
-    ``commercial/s000/g000/<stem>.tar``: shard names are unique, so the panel files go flat by base name)."""
+    ``commercial/s000/g000/<stem>.tar``): the panel tar goes into the source's group of the config folder
+    (``commercial-panels/s000/g000/``); shard names are unique, so the local parquet and marker go flat by base
+    name."""
     stem = source_stem(shard)
     subset, name = stem.split("/", 1)[0], stem.rsplit("/", 1)[-1]
     rest = name[len(subset) + 1:] if name.startswith(f"{subset}-") else name
     base = Path(out) / PANELS_DIR / subset / name
-    tar = Path(out) / config_name(subset) / f"{config_name(subset)}-{rest}.tar"
+    tar = Path(out) / config_name(subset) / in_group(shard_group(shard), f"{config_name(subset)}-{rest}.tar")
     return base.with_suffix(".parquet"), tar, marker_path(base, DONE)
 
 
@@ -238,7 +252,7 @@ def split_shard(out: Path, table_path: Path, labels: bool = True, detector: str 
                     "caption_label": p["caption_label"], "subcaption": p["subcaption"], "shared": result["shared"],
                     "caption": p["caption"], "family": result["family"], "method": p["method"],
                     "confidence": p["confidence"], "score": p["score"], "image_ext": ext,
-                    "shard": f"{tar.parent.name}/{tar.name}", "tar_offset": pos, "tar_size": len(sample)})
+                    "shard": tar.relative_to(out).as_posix(), "tar_offset": pos, "tar_size": len(sample)})
                 pos += len(sample)
         fh.write(END_OF_ARCHIVE)
     write_table(parquet, pa.Table.from_pylist(panel_rows, schema=PANEL_SCHEMA))
@@ -274,7 +288,7 @@ def remove_stale(out: Path) -> int:
                 f.unlink(missing_ok=True)
             removed += 1
     for folder in out.glob(f"*{CONFIG_SUFFIX}"):
-        for t in folder.glob("*.tar"):
+        for t in folder_files(folder, "*.tar"):      # flat (written before the sub-folders) and in sub-folders
             if str(t) not in live:
                 t.unlink()
     return removed
@@ -304,18 +318,30 @@ def _count_by_subset(out: Path) -> dict[str, int]:
 
 
 def _sizes(out: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
+    """Write each panel config's ``sizes.json`` (``{shard base name: panels}``, every shard of the config) into
+    every directory of it that holds tars; drop the ``sizes.json`` of directories left without tars and config
+    folders left empty; returns the panels per config."""
+    counts: dict[str, dict[str, int]] = {}
     t = pq.read_table(Path(out) / PANELS_INDEX, columns=["subset", "shard"])
     for subset, shard in zip(t["subset"].to_pylist(), t["shard"].to_pylist()):
-        counts.setdefault(subset, {})
-        name = shard.split("/", 1)[1]
-        counts[subset][name] = counts[subset].get(name, 0) + 1
+        by_shard = counts.setdefault(subset, {})
+        name = shard.rsplit("/", 1)[-1]
+        by_shard[name] = by_shard.get(name, 0) + 1
     totals = {}
     for subset, by_shard in counts.items():
-        atomic_write_json(Path(out) / config_name(subset) / "sizes.json", by_shard)
+        by_shard = dict(sorted(by_shard.items()))
+        for d in shard_dirs(Path(out) / config_name(subset)):
+            if any(d.glob("*.tar")):
+                atomic_write_json(d / SIZES, by_shard)
         totals[config_name(subset)] = sum(by_shard.values())
     for folder in Path(out).glob(f"*{CONFIG_SUFFIX}"):
-        if folder.name not in totals and not any(folder.glob("*.tar")):
+        for d in reversed(shard_dirs(folder)):
+            if not any(d.glob("*.tar")):
+                (d / SIZES).unlink(missing_ok=True)
+                for p in (d, d.parent):
+                    if p != folder and p.is_dir() and not any(p.iterdir()):
+                        p.rmdir()
+        if folder.name not in totals and not folder_files(folder, "*.tar"):
             shutil.rmtree(folder, ignore_errors=True)
     return totals
 

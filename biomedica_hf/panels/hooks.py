@@ -69,6 +69,7 @@ def panel_features():
 def card_configs(dataset_dir: str | Path) -> list[dict[str, Any]]:
     """``CARD_CONFIGS``: one ``<licence>-panels`` config per licence subset with panel shards (splits from the
     shard names), each carrying its ``features`` for the card's ``dataset_info``."""
+    from biomedica_hf.layout import data_files_glob, folder_files
     from biomedica_hf.panels.dataset import config_name
     from biomedica_hf.schema import SUBSETS
 
@@ -76,14 +77,14 @@ def card_configs(dataset_dir: str | Path) -> list[dict[str, Any]]:
     configs = []
     for subset in SUBSETS:
         name = config_name(subset)
-        tars = sorted(p.name for p in (out / name).glob("*.tar"))
+        tars = sorted(p.name for p in folder_files(out / name, "*.tar"))   # flat or in sNNN/gNNN sub-folders
         if not tars:
             continue
         splits = [sp for sp in ("train", "validation", "test") if any(t.startswith(f"{name}-{sp}-") for t in tars)]
         if not splits or any(not any(t.startswith(f"{name}-{sp}-") for sp in splits) for t in tars):
-            files = [{"split": "train", "path": f"{name}/*.tar"}]
+            files = [{"split": "train", "path": data_files_glob(name)}]
         else:
-            files = [{"split": sp, "path": f"{name}/{name}-{sp}-*.tar"} for sp in splits]
+            files = [{"split": sp, "path": data_files_glob(name, f"{name}-{sp}-*.tar")} for sp in splits]
         configs.append({"config_name": name, "data_files": files, "features": panel_features()})
     return configs
 

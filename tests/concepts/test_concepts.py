@@ -37,7 +37,7 @@ from biomedica_hf.concepts.subsets import balanced_mask, build_concept_subsets, 
 from biomedica_hf.concepts.vocab import load_vocabulary
 from biomedica_hf.io.atomic import save_npy, write_table
 from biomedica_hf.io.tars import member_spans
-from biomedica_hf.layout import folder_files, sizes_dirs
+from biomedica_hf.layout import folder_files, shard_group, sizes_dirs
 from biomedica_hf.schema import SUBSETS
 
 IMAGE_SIZE = 56
@@ -521,7 +521,7 @@ def test_concept_subsets_materialise_and_load(labelled):
     first = present["concept-filtered"][0]
     rows0 = [r for r in pq.read_table(ds / "concepts" / "concept-filtered.parquet").to_pylist() if r["subset"] == first]
     splits = [sp for sp in ("train", "validation", "test") if any(r["split"] == sp for r in rows0)]
-    assert configs[0]["data_files"] == [{"split": sp, "path": f"concept-filtered/concept-filtered-{first}-{sp}-*.tar"}
+    assert configs[0]["data_files"] == [{"split": sp, "path": f"concept-filtered/**/concept-filtered-{first}-{sp}-*.tar"}
                                         for sp in splits]
     index = pq.read_table(ds / "figures.parquet").to_pylist()
     src = {r["key"]: r for r in index}
@@ -536,7 +536,11 @@ def test_concept_subsets_materialise_and_load(labelled):
         else:
             got = Counter(c for k in keys for c in src[k]["concepts"])
             assert all(got[c] == min(2, n) for c, n in counts.items()), (got, counts)
-        tars = sorted((ds / name).glob("*.tar"))
+        tars = folder_files(ds / name, "*.tar")
+        # each copy sits in the sNNN/gNNN group of the shards it was cut from (layout.shard_group), never flat here
+        assert tars and all(shard_group(t.relative_to(ds).as_posix()) == shard_group(src[r["key"]]["shard"]) != ""
+                            for t in tars for r in selection if (ds / name / r["out_shard"]) == t)
+        assert not list((ds / name).glob("*.tar"))
         assert len(tars) == sum(-(-n // 2) for n in Counter((r["subset"], r["split"]) for r in selection).values())
         assert len({t.name for t in tars} & {p.name for d in ds.iterdir() if d.is_dir() and d.name != name
                                              for p in folder_files(d, "*.tar")}) == 0
@@ -560,7 +564,7 @@ def test_concept_subsets_materialise_and_load(labelled):
             assert all({"txt", "json"} <= set(s) and ({"jpg", "png"} & set(s)) for s in samples)
             seen += [s["__key__"] for s in samples]
         assert sorted(seen) == sorted(keys)
-        sizes = json.loads((ds / name / "sizes.json").read_text())      # every shard of the dataset, these too
+        sizes = json.loads((tars[0].parent / "sizes.json").read_text())   # every shard of the dataset, these too
         assert {t.name: sizes[t.name] for t in tars} == {t.name: _samples_in(t) for t in tars}
         assert {p.name for d in sizes_dirs(ds) for p in d.glob("*.tar")} <= set(sizes)
         assert {p.name for s in SUBSETS for p in folder_files(ds / s, "*.tar")} < set(sizes)
@@ -727,9 +731,9 @@ def test_labelled_folder_round_trips_through_the_loopback_hub(labelled, annotati
     plan = plan_upload(ds)
     assert plan.ok, plan.problems
     for name in ("concept-filtered", "concept-balanced"):
-        tars = sorted(p.name for p in (ds / name).glob("*.tar"))
-        assert f"{name}/sizes.json" in plan.paths and tars
-        assert all(f"{name}/{t.removesuffix('.tar')}_stats.json" in plan.paths for t in tars)
+        tars = [p.relative_to(ds).as_posix() for p in folder_files(ds / name, "*.tar")]
+        assert tars and all(f"{Path(t).parent.as_posix()}/sizes.json" in plan.paths for t in tars)
+        assert all(f"{t.removesuffix('.tar')}_stats.json" in plan.paths for t in tars)
     hub = push_hub.FakeHub()
     hub.thread.start()
     loopback_only(monkeypatch)
