@@ -124,7 +124,7 @@ def load_pairs(path: str | os.PathLike, subset: str | None = None, limit: int | 
         own = None
         if subset and subset != "all" and subset not in set(table["subset"].to_pylist()):
             folder, pattern = _config_folder(root, subset)
-            if not (root / folder).is_dir() or not any((root / folder).glob(pattern)):
+            if not folder_files(root / folder, pattern):
                 raise DataNotFoundError(f"{root}: no config {subset!r}; configs: "
                                         f"{', '.join(_config_names(root, table))}")
             own = _scan_config(root, subset)
