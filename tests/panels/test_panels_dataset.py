@@ -217,3 +217,35 @@ def test_ray_executor_gives_the_local_output(built_dataset, tmp_path):
     got, want = files(out), files(local)
     assert got and got == want
     assert pq.read_table(out / PANELS_INDEX).equals(pq.read_table(local / PANELS_INDEX))
+
+
+def test_rerun_over_flat_panel_shards_of_before_moves_them_into_groups(paneled, tmp_path):
+    """Panel shards written flat (``commercial-panels/<name>.tar`` with a flat ``sizes.json``, as before the
+    sub-folders): a re-run splits those shards again into their source's group and leaves nothing flat; the
+    panels load and the push plan carries every panel tar with its directory's ``sizes.json``."""
+    from biomedica_hf.dataset.card import write_card
+    from biomedica_hf.dataset.hub import plan_upload
+    from biomedica_hf.dataset.loader import load_biomedica
+    from biomedica_hf.panels.hooks import register_hooks
+
+    out = Path(shutil.copytree(paneled[0], tmp_path / "ds"))
+    before = pq.read_table(out / PANELS_INDEX, columns=["key"])["key"].to_pylist()
+    moved = 0
+    for folder in out.glob("*-panels"):
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                f.rename(folder / f.name)
+                moved += f.suffix == ".tar"
+    assert moved and len(list(out.glob("*-panels/*.tar"))) == moved                    # flat now
+    report = panel_dataset(out, labels=False)
+    assert report["split"] == moved and not report["failed"]
+    assert not [p for f in out.glob("*-panels") for p in f.iterdir() if p.is_file()]     # nothing flat left
+    assert sorted(pq.read_table(out / PANELS_INDEX, columns=["key"])["key"].to_pylist()) == sorted(before)
+    register_hooks()
+    write_card(out)
+    plan = plan_upload(out)
+    assert plan.ok, plan.problems
+    tars = [p.relative_to(out).as_posix() for f in out.glob("*-panels") for p in folder_files(f, "*.tar")]
+    assert tars and all(t in plan.paths and f"{t.rsplit('/', 1)[0]}/sizes.json" in plan.paths for t in tars)
+    panels = list(load_biomedica(out, "all", level="panel", decode=False))
+    assert sorted(r["key"] for r in panels) == sorted(before)
