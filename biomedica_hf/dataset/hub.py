@@ -45,6 +45,10 @@ WORK_DIR = "_work"
 CARD = "README.md"
 CARD_DIR = "card"
 BUILD_SUMMARY = "build_summary.json"
+#: files per commit: the Hub refuses 100 or more over its HTTP API
+FILES_PER_COMMIT = 90
+#: the Hub allows 128 commits per hour per repository; a 429 answer is waited out this many times
+RATE_LIMIT_RETRIES = 5
 
 #: Never uploaded. Matched like ``huggingface_hub`` does (``fnmatch``: ``*`` also crosses ``/``).
 UPLOAD_IGNORE: tuple[str, ...] = (
@@ -531,7 +535,8 @@ def validate_repo_id(repo_id: str) -> str:
 
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
                 dry_run: bool = False, num_workers: int | None = None, token: str | None = None,
-                api: HfApi | None = None, commit_message: str | None = None) -> UploadPlan:
+                api: HfApi | None = None, commit_message: str | None = None,
+                files_per_commit: int = FILES_PER_COMMIT) -> UploadPlan:
     """Upload a built dataset folder to the dataset repository ``repo_id``; return the plan.
 
     Raises :class:`InvalidRepoIdError` or :class:`UploadBlockedError` before any network call.
@@ -541,7 +546,9 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     (:func:`remote_changes`) and only new or changed files are uploaded, remote dataset files the folder no
     longer has being deleted in the same commit (``plan.uploaded`` / ``plan.deleted`` say what happened;
     re-running the same push resumes an interrupted one). ``num_workers`` is used where the installed
-    ``huggingface_hub`` has ``upload_large_folder``; ``api`` may be an ``HfApi(endpoint=...)``.
+    ``huggingface_hub`` has ``upload_large_folder``; ``api`` may be an ``HfApi(endpoint=...)``. Otherwise files go
+    up in commits of at most ``files_per_commit`` (:func:`commit_batches`); a commit answered 429 is retried after
+    its ``Retry-After`` (:func:`_with_rate_limit`).
     """
     validate_repo_id(repo_id)
     if revision is not None and not revision.strip():
@@ -585,7 +592,7 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     elif changed:  # huggingface_hub 2.x: upload_folder, in commits of < 100 files (the Hub's limit over HTTP)
         if num_workers is not None:
             log.info("num_workers is not used by this huggingface_hub (upload_folder manages its concurrency)")
-        batches = commit_batches(changed)
+        batches = commit_batches(changed, files_per_commit)
         for i, batch in enumerate(batches, 1):
             last = i == len(batches)
             suffix = f" ({i}/{len(batches)})" if len(batches) > 1 else ""
@@ -600,10 +607,6 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     return plan
 
 
-#: files per commit: the Hub refuses 100 or more over its HTTP API
-FILES_PER_COMMIT = 90
-#: the Hub allows 128 commits per hour per repository; a 429 answer is waited out this many times
-RATE_LIMIT_RETRIES = 5
 
 
 def commit_batches(paths: list[str], size: int = FILES_PER_COMMIT) -> list[list[str]]:
@@ -621,8 +624,16 @@ def commit_batches(paths: list[str], size: int = FILES_PER_COMMIT) -> list[list[
     return batches
 
 
+
+
+class RateLimitedError(HubError):
+    """The Hub kept refusing commits (429) after every retry: rerun the push later, it resumes."""
+
+
 def _with_rate_limit(commit: Any) -> Any:
-    """Run one commit; a 429 (128 commits per hour) is waited out (``Retry-After``, else a minute) and retried."""
+    """Run one commit; a 429 (128 commits per hour) is waited out (``Retry-After``, else a minute) and retried,
+    :data:`RATE_LIMIT_RETRIES` times (on top of ``huggingface_hub``'s own retries, which honour ``Retry-After``
+    too); beyond, :class:`RateLimitedError` (what was committed stays: a rerun of the push uploads only the rest)."""
     import time
 
     from huggingface_hub.errors import HfHubHTTPError
@@ -632,9 +643,12 @@ def _with_rate_limit(commit: Any) -> Any:
             return commit()
         except HfHubHTTPError as e:
             response = getattr(e, "response", None)
-            if response is None or response.status_code != 429 or attempt == RATE_LIMIT_RETRIES:
+            if response is None or response.status_code != 429:
                 raise
             wait = float(response.headers.get("Retry-After") or 60)
+            if attempt == RATE_LIMIT_RETRIES:
+                raise RateLimitedError(f"the Hub still rate-limits commits (429, retry after {wait:.0f} s): rerun "
+                                       "the push later, it uploads only what is missing") from e
             log.warning("the Hub rate-limits commits (429): waiting %.0f s", wait)
             time.sleep(wait)
     return None
