@@ -850,3 +850,59 @@ def pq_read(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path, columns=["key", "subset", "split"]).to_pylist()
+
+
+#: the last commit whose build wrote every shard flat in ``<subset>/`` (the parent of the sub-folder layout's)
+FLAT_LAYOUT_COMMIT = "fc17ba7^"
+
+
+@pytest.mark.slow
+def test_a_build_begun_flat_by_the_old_code_and_resumed_by_the_new_one(articles_dir, fake_hub, tmp_path):
+    """Mixed layout for real: the code of before the sub-folders (``git archive``) builds with a SIGKILL after its
+    first partition (``BIOMEDICA_FAULT_AT``), leaving flat shards; this code resumes the build. The finished folder
+    mixes flat and sub-folder shards, verifies, holds every sample once with the very tars (by name and bytes) of a
+    fresh build by this code, loads every subset, and pushes every file once."""
+    import hashlib
+    import signal
+    import tarfile as _tarfile
+
+    from biomedica_hf.dataset.loader import load_biomedica
+    from biomedica_hf.dataset.verify import verify_folder
+
+    repo = Path(__file__).resolve().parents[2]
+    old = tmp_path / "old"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", FLAT_LAYOUT_COMMIT, "biomedica_hf"],
+                             capture_output=True)
+    if archive.returncode:
+        pytest.skip(f"no git history with {FLAT_LAYOUT_COMMIT}: {archive.stderr.decode()[-200:]}")
+    with _tarfile.open(fileobj=__import__("io").BytesIO(archive.stdout)) as tf:
+        tf.extractall(old, filter="data")
+    args = ["build", "--input", str(articles_dir), "--no-progress", "--workers", "1", "--partition-size", "8",
+            "--splits", "60/20/20"]
+    out, fresh = tmp_path / "ds", tmp_path / "fresh"
+    env = {**os.environ, "PYTHONPATH": str(old), "BIOMEDICA_FAULT_AT": "partition_written:2"}
+    r = subprocess.run([sys.executable, "-m", "biomedica_hf.cli", *args, "--out", str(out)], cwd=old, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    flat = sorted(p.relative_to(out).as_posix() for s in SUBSETS for p in (out / s).glob("*.tar"))
+    assert flat and not (out / "figures.parquet").exists()
+    biomedica = Path(sys.executable).with_name("biomedica")
+    for dest in (out, fresh):
+        r = subprocess.run([str(biomedica), *args, "--out", str(dest)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    tars = {d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for s in SUBSETS for p in folder_files(d / s, "*.tar")}
+            for d in (out, fresh)}
+    assert tars[out] == tars[fresh]                                   # the same shards, byte for byte
+    mixed = [p.relative_to(out).as_posix() for s in SUBSETS for p in folder_files(out / s, "*.tar")]
+    assert set(flat) < set(mixed) and any(t.count("/") == 3 for t in mixed)   # flat ones kept, new ones nested
+    report = verify_folder(out)
+    assert report.ok, report.problems
+    index = pq_read(out / "figures.parquet")
+    assert sorted(r["key"] for r in index) == sorted(r["key"] for r in pq_read(fresh / "figures.parquet"))
+    assert len({r["key"] for r in index}) == len(index)
+    loaded = [r["key"] for s in SUBSETS for r in load_biomedica(out, s, split=None, decode=False)]
+    assert sorted(loaded) == sorted(r["key"] for r in index)          # every sample once
+    plan = push_folder(out, "bmd/mixed", api=_api(fake_hub), files_per_commit=20)
+    committed = [p for batch in _committed(fake_hub) for p in batch]
+    assert sorted(committed) == sorted(set(committed)) == plan.paths and set(mixed) <= set(plan.paths)
