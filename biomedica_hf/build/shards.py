@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 
 from biomedica_hf.build.timings import rounded
 from biomedica_hf.io.atomic import atomic_open, write_parquet
-from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, write_marker
+from biomedica_hf.io.markers import clear_marker, is_done, write_marker
 from biomedica_hf.io.ranges import copy_ranges
 from biomedica_hf.io.tars import end_of_archive, room_json, tarinfo
+from biomedica_hf.layout import shard_paths
 from biomedica_hf.schema import SAMPLE_FIELDS, SHARD_INDEX_FIELDS, Sample, arrow_schema
 
 SHARD_SCHEMA = arrow_schema(SAMPLE_FIELDS, SHARD_INDEX_FIELDS)
@@ -48,10 +49,8 @@ def shard_name(subset: str, split: str, pid_tail: str, index: int, revision: int
     return name + (f"-r{revision:03d}" if revision else "")
 
 
-def shard_files(out: Path, name: str) -> tuple[Path, Path, Path]:
-    """(tar, parquet, stats) of shard ``name`` (``subset/stem`` or ``subset/sNNN/gNNN/stem``)."""
-    base = Path(out) / name
-    return base.parent / f"{base.name}.tar", base.parent / f"{base.name}.parquet", marker_path(base, STATS)
+#: (tar, parquet, stats) of a shard: ``layout.shard_paths`` (the old name, still used by ``build.pipeline``)
+shard_files = shard_paths
 
 
 def shard_done(out: Path, name: str, digest: str) -> bool:

@@ -48,6 +48,8 @@ from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, p
 from biomedica_hf.io.ranges import ShardFiles
 from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes
 from biomedica_hf.layout import (
+    CONCEPT_BALANCED,
+    CONCEPT_FILTERED,
     SIZES,
     data_files_glob,
     folder_files,
@@ -59,8 +61,8 @@ from biomedica_hf.layout import (
 from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger(__name__)
-FILTERED = "concept-filtered"
-BALANCED = "concept-balanced"
+FILTERED = CONCEPT_FILTERED
+BALANCED = CONCEPT_BALANCED
 DEFAULT_EXCLUDE = (PLOTS_AND_CHARTS,)
 SHARD_SAMPLES = 10_000
 SHARD_BYTES = 1_000_000_000

@@ -31,7 +31,17 @@ from biomedica_hf.io.atomic import TEMP_GLOB
 from biomedica_hf.io.digest import file_sha256
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.io.sizes import human_size
-from biomedica_hf.layout import DUP_TABLES, SUB_FOLDER_GLOB, TABLE_CONFIGS
+from biomedica_hf.layout import (
+    BUILD_SUMMARY,
+    CARD,
+    CARD_DIR,
+    LEDGER_SUMMARY,
+    ROOT_FILES,
+    SIZES,
+    SUB_FOLDER_GLOB,
+    TABLE_CONFIGS,
+    WORK_DIR,
+)
 from biomedica_hf.schema import SUBSETS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,10 +51,6 @@ log = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
 DEFAULT_REVISION = "main"
-WORK_DIR = "_work"
-CARD = "README.md"
-CARD_DIR = "card"
-BUILD_SUMMARY = "build_summary.json"
 #: files per commit: the Hub refuses 100 or more over its HTTP API
 FILES_PER_COMMIT = 90
 #: the Hub allows 128 commits per hour per repository; a 429 answer is waited out this many times
@@ -66,10 +72,10 @@ UPLOAD_ALLOW: tuple[str, ...] = (
     CARD,
     f"{CARD_DIR}/*",
     *(p for s in SUBSETS for d in (s, f"{s}/{SUB_FOLDER_GLOB}")   # flat and in sub-folders (layout.shard_folder)
-      for p in (f"{d}/*.tar", f"{d}/*.parquet", f"{d}/*{STATS}", f"{d}/sizes.json")),
+      for p in (f"{d}/*.tar", f"{d}/*.parquet", f"{d}/*{STATS}", f"{d}/{SIZES}")),
     *(f"{t}/*.tar" for t in TABLE_CONFIGS),  # the tables again as WebDataset configs (articles/, figures/)
     "*.parquet",
-    "ledger_summary.txt",
+    LEDGER_SUMMARY,
     BUILD_SUMMARY,
 )
 
@@ -81,10 +87,6 @@ SHARED = "(shared)"  # the by_subset bucket of files outside the licence subsets
 _SHARD_RE = re.compile(r"^(?P<subset>[^/]+)/(?:s\d{3}/g\d{3}/)?(?P<stem>[^/]+?)(?P<suffix>_stats\.json|\.tar|"
                        r"\.parquet)$")
 _SIZES_RE = re.compile(r"^(?P<subset>[^/]+)/(?:s\d{3}/g\d{3}/)?sizes\.json$")
-#: The tables at the folder root that are part of the dataset (anything else at the root stays local).
-ROOT_FILES: tuple[str, ...] = (CARD, "articles.parquet", "figures.parquet", "ledger.parquet", "duplicates.parquet",
-                               *DUP_TABLES.values(),   # near_duplicates.parquet, caption_duplicates.parquet
-                               "ledger_summary.txt", BUILD_SUMMARY)
 _CARD_LINK_RE = re.compile(r"""(?:\]\(\s*<?|src\s*=\s*["']|href\s*=\s*["'])(?:\./)?([^)"'\s#?>]+)""")
 _PLOT_EXT = (".png", ".jpg", ".jpeg", ".svg", ".webp", ".gif")
 _REPO_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
@@ -267,7 +269,7 @@ def _hidden(rel: str) -> bool:
 def _config_companion(rel: str, config_dirs: set[str]) -> bool:
     """``sizes.json`` or a shard's ``*_stats.json`` in the folder of one of the card's configs."""
     folder, _, name = rel.rpartition("/")
-    return folder in config_dirs and (name == "sizes.json" or name.endswith(STATS))
+    return folder in config_dirs and (name == SIZES or name.endswith(STATS))
 
 
 def _is_dataset_file(rel: str, card_links: set[str]) -> bool:
@@ -331,7 +333,7 @@ def classify(rel: str) -> tuple[str, str | None]:
         return "table", None
     if len(parts) == 2 and parts[0] in TABLE_CONFIGS and parts[1].endswith(".tar"):
         return "table", None
-    if rel in (BUILD_SUMMARY, "ledger_summary.txt"):
+    if rel in (BUILD_SUMMARY, LEDGER_SUMMARY):
         return "summary", None
     return "other", (parts[0] if parts[0] in SUBSETS else None)
 

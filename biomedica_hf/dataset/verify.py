@@ -28,7 +28,7 @@ from pathlib import Path
 
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.io.ranges import LocalFile, read_range
-from biomedica_hf.layout import FIGURES_INDEX, folder_files, shard_dirs
+from biomedica_hf.layout import FIGURES_INDEX, SIZES, folder_files, shard_dirs
 from biomedica_hf.schema import SUBSETS
 
 MAX_LISTED = 50
@@ -60,7 +60,7 @@ class VerifyReport:
                           *([f"  ... and {more} more"] if more else [])])
 
 
-def shard_files(folder: Path, subsets: tuple[str, ...] = SUBSETS) -> dict[str, dict[str, Path]]:
+def files_by_shard(folder: Path, subsets: tuple[str, ...] = SUBSETS) -> dict[str, dict[str, Path]]:
     """``{"<subset>/<stem>": {".tar"|".parquet"|"_stats.json": path}}`` of the subset folders, paired by stem
     (``<subset>/sNNN/gNNN/<stem>`` for shards in the sub-folder layout, ``layout.shard_dirs``)."""
     out: dict[str, dict[str, Path]] = defaultdict(dict)
@@ -146,7 +146,7 @@ def verify_folder(folder: str | os.PathLike, deep: bool = False) -> VerifyReport
         seen_keys[r["key"]] = r["shard"]
     report.samples = len(rows)
     subsets = tuple(dict.fromkeys([*SUBSETS, *(s.split("/", 1)[0] for s in by_shard)]))
-    files = shard_files(folder, subsets)
+    files = files_by_shard(folder, subsets)
     report.shards = sum(".tar" in parts for parts in files.values())
     on_disk = {f"{base}.tar" for base, parts in files.items() if ".tar" in parts}
     for rel in sorted(set(by_shard) - on_disk):
@@ -179,7 +179,7 @@ def verify_folder(folder: str | os.PathLike, deep: bool = False) -> VerifyReport
         if rel in by_shard:
             _check_tar(folder, tar, rel, by_shard[rel], deep, report)
     for subset, tars in counts.items():
-        sizes_path = folder / subset / "sizes.json"
+        sizes_path = folder / subset / SIZES
         if not sizes_path.is_file():
             problems.append(f"{subset}/sizes.json is missing")
             continue

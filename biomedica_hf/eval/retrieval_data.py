@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from biomedica_hf.eval.evalset import DATA_HINT, DataNotFoundError, parquet_files
 from biomedica_hf.io.ranges import read_many
-from biomedica_hf.layout import folder_files
+from biomedica_hf.layout import FIGURES_INDEX, TABLE_CONFIGS, config_folders, folder_files
 
 
 @dataclass
@@ -104,8 +104,8 @@ def _scan_config(root: Path, config: str) -> dict[str, dict]:
 
 def _config_names(root: Path, table) -> list[str]:
     names = sorted(set(table["subset"].to_pylist())) + ["all"]
-    return names + sorted(p.name for p in root.iterdir() if p.is_dir() and folder_files(p, "*.tar")
-                          and p.name not in names)
+    tables = [t for t in TABLE_CONFIGS if folder_files(root / t, "*.tar")]
+    return names + sorted(n for n in [*tables, *(p.name for p in config_folders(root))] if n not in names)
 
 
 def load_pairs(path: str | os.PathLike, subset: str | None = None, limit: int | None = None,
@@ -115,7 +115,7 @@ def load_pairs(path: str | os.PathLike, subset: str | None = None, limit: int | 
     See the module docstring for configs and the ``split`` rule.
     """
     root = Path(path)
-    index = root / "figures.parquet"
+    index = root / FIGURES_INDEX
     if index.is_file():
         names = pq.read_schema(index).names
         cols = ["key", "caption", "shard", "image_offset", "image_size", "subset"] + (["split"] if "split" in names

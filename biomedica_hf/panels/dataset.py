@@ -44,20 +44,22 @@ from biomedica_hf.io.markers import DONE, clear_marker, is_done, marker_path, re
 from biomedica_hf.io.ranges import LocalFile, ShardTruncatedError
 from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes
 from biomedica_hf.layout import (
+    PANEL_CONFIG_SUFFIX,
+    PANELS_DIR,
     PANELS_INDEX,
     SIZES,
     folder_files,
     in_group,
+    panel_config,
     shard_dirs,
     shard_group,
+    shard_paths,
     shard_tables,
     table_shard,
 )
 
 log = logging.getLogger(__name__)
 
-PANELS_DIR = "panels"
-CONFIG_SUFFIX = "-panels"
 VERSION = 1                      # bump when a change to the splitting should redo every shard
 JPEG_QUALITY = 95
 DETECTOR_BATCH = 8               # images per detector call
@@ -80,10 +82,6 @@ JSON_FIELDS = ("parent_key", "pmcid", "figure_id", "subset", "license_code", "sp
                "confidence", "score")
 
 
-def config_name(subset: str) -> str:
-    return f"{subset}{CONFIG_SUFFIX}"
-
-
 def source_stem(shard: str) -> str:
     """``commercial/commercial-train-s000-p00000-000.tar`` -> ``commercial/commercial-train-s000-p00000-000``."""
     return shard.removesuffix(".tar")
@@ -98,7 +96,7 @@ def panel_files(out: Path, shard: str) -> tuple[Path, Path, Path]:
     subset, name = stem.split("/", 1)[0], stem.rsplit("/", 1)[-1]
     rest = name[len(subset) + 1:] if name.startswith(f"{subset}-") else name
     base = Path(out) / PANELS_DIR / subset / name
-    tar = Path(out) / config_name(subset) / in_group(shard_group(shard), f"{config_name(subset)}-{rest}.tar")
+    tar = Path(out) / panel_config(subset) / in_group(shard_group(shard), f"{panel_config(subset)}-{rest}.tar")
     return base.with_suffix(".parquet"), tar, marker_path(base, DONE)
 
 
@@ -185,8 +183,6 @@ def split_shard(out: Path, table_path: Path, labels: bool = True, detector: str 
     """Split one source shard (module doc); returns ``{"shard", "figures", "panels", "state", "methods",
     "figures_failed"}`` with state ``split``, ``kept`` (done for these settings) or ``failed`` (the shard could
     not be read; ``error`` says why; nothing was written)."""
-    from biomedica_hf.build.shards import shard_files
-
     out = Path(out)
     names = pq.read_schema(table_path).names
     table = pq.read_table(table_path, columns=[c for c in ROW_COLUMNS if c in names])
@@ -196,7 +192,7 @@ def split_shard(out: Path, table_path: Path, labels: bool = True, detector: str 
                 "figures_failed": []}
     shard = rows[0]["shard"]
     parquet, tar, marker = panel_files(out, shard)
-    build = read_marker(shard_files(out, source_stem(shard))[2]) or {}
+    build = read_marker(shard_paths(out, source_stem(shard))[2]) or {}
     settings = _settings(labels, detector)
     digest = _digest(build.get("digest"), settings)
     info = {"shard": shard, "figures": len(rows)}
@@ -287,7 +283,7 @@ def remove_stale(out: Path) -> int:
             for f in (marker, parquet, tar):          # marker first: never a marker over missing files
                 f.unlink(missing_ok=True)
             removed += 1
-    for folder in out.glob(f"*{CONFIG_SUFFIX}"):
+    for folder in out.glob(f"*{PANEL_CONFIG_SUFFIX}"):
         for t in folder_files(folder, "*.tar"):      # flat (written before the sub-folders) and in sub-folders
             if str(t) not in live:
                 t.unlink()
@@ -330,11 +326,11 @@ def _sizes(out: Path) -> dict[str, int]:
     totals = {}
     for subset, by_shard in counts.items():
         by_shard = dict(sorted(by_shard.items()))
-        for d in shard_dirs(Path(out) / config_name(subset)):
+        for d in shard_dirs(Path(out) / panel_config(subset)):
             if any(d.glob("*.tar")):
                 atomic_write_json(d / SIZES, by_shard)
-        totals[config_name(subset)] = sum(by_shard.values())
-    for folder in Path(out).glob(f"*{CONFIG_SUFFIX}"):
+        totals[panel_config(subset)] = sum(by_shard.values())
+    for folder in Path(out).glob(f"*{PANEL_CONFIG_SUFFIX}"):
         for d in reversed(shard_dirs(folder)):
             if not any(d.glob("*.tar")):
                 (d / SIZES).unlink(missing_ok=True)
@@ -382,7 +378,7 @@ def panel_dataset(dataset_dir: str | Path, *, workers: int = 1, executor: str = 
     unchanged = (not report["split"] and not removed and (out / PANELS_INDEX).exists()
                  and INDEX_COLUMN in pq.read_schema(out / FIGURES_INDEX).names)
     if unchanged:              # a rerun over done shards writes nothing
-        report["configs"] = {config_name(s): n for s, n in _count_by_subset(out).items()}
+        report["configs"] = {panel_config(s): n for s, n in _count_by_subset(out).items()}
     else:
         write_panels_index(out)
         report["configs"] = _sizes(out)
@@ -392,5 +388,5 @@ def panel_dataset(dataset_dir: str | Path, *, workers: int = 1, executor: str = 
     return report
 
 
-__all__ = ["CONFIG_SUFFIX", "JSON_FIELDS", "PANELS_DIR", "PANELS_INDEX", "PANEL_SCHEMA", "config_name", "encode_crop",
+__all__ = ["JSON_FIELDS", "PANEL_SCHEMA", "encode_crop",
            "panel_dataset", "panel_files", "remove_stale", "split_shard", "write_panels_index"]

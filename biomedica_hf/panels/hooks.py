@@ -69,14 +69,13 @@ def panel_features():
 def card_configs(dataset_dir: str | Path) -> list[dict[str, Any]]:
     """``CARD_CONFIGS``: one ``<licence>-panels`` config per licence subset with panel shards (splits from the
     shard names), each carrying its ``features`` for the card's ``dataset_info``."""
-    from biomedica_hf.layout import data_files_glob, folder_files
-    from biomedica_hf.panels.dataset import config_name
+    from biomedica_hf.layout import data_files_glob, folder_files, panel_config
     from biomedica_hf.schema import SUBSETS
 
     out = Path(dataset_dir)
     configs = []
     for subset in SUBSETS:
-        name = config_name(subset)
+        name = panel_config(subset)
         tars = sorted(p.name for p in folder_files(out / name, "*.tar"))   # flat or in sNNN/gNNN sub-folders
         if not tars:
             continue
@@ -109,7 +108,7 @@ def _summary(out: Path) -> dict[str, Any]:
 
 def card_section(dataset_dir: str | Path) -> str | None:
     """``CARD_SECTIONS``: the card's "Panels" section (Markdown), None without panels."""
-    from biomedica_hf.panels.dataset import config_name
+    from biomedica_hf.layout import panel_config
 
     out = Path(dataset_dir)
     if not _has_panels(out):
@@ -125,11 +124,11 @@ def card_section(dataset_dir: str | Path) -> str | None:
              "label, its position, or reading order (`method`; `confidence` says how sure). "
              f"{s['with_subcaption']:,} panels have a subcaption of their own.", "",
              "| config | panels |", "|---|---:|"]
-    lines += [f"| `{config_name(k)}` | {v:,} |" for k, v in sorted(s["by_subset"].items())]
+    lines += [f"| `{panel_config(k)}` | {v:,} |" for k, v in sorted(s["by_subset"].items())]
     lines += ["", "| method | panels |", "|---|---:|"]
     lines += [f"| {k} | {v:,} |" for k, v in sorted(s["by_method"].items(), key=lambda kv: -kv[1])]
     lines += ["", "```python", "from datasets import load_dataset",
-              f'panels = load_dataset(REPO, "{config_name(next(iter(sorted(s["by_subset"]))))}", streaming=True)',
+              f'panels = load_dataset(REPO, "{panel_config(next(iter(sorted(s["by_subset"]))))}", streaming=True)',
               "# or: biomedica_hf.load_biomedica(REPO, level=\"panel\")", "```", "",
               "`panels.parquet` lists every panel (parent key, bbox, label, subcaption, shared part, method, scores); "
               "`figures.parquet` has `image_panel_count`.", ""]
