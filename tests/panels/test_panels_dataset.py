@@ -219,7 +219,7 @@ def test_ray_executor_gives_the_local_output(built_dataset, tmp_path):
     assert pq.read_table(out / PANELS_INDEX).equals(pq.read_table(local / PANELS_INDEX))
 
 
-def test_rerun_over_flat_panel_shards_of_before_moves_them_into_groups(paneled, tmp_path):
+def test_rerun_over_flat_panel_shards_of_before_moves_them_into_groups(built_dataset, tmp_path):
     """Panel shards written flat (``commercial-panels/<name>.tar`` with a flat ``sizes.json``, as before the
     sub-folders): a re-run splits those shards again into their source's group and leaves nothing flat; the
     panels load and the push plan carries every panel tar with its directory's ``sizes.json``."""
@@ -228,7 +228,8 @@ def test_rerun_over_flat_panel_shards_of_before_moves_them_into_groups(paneled, 
     from biomedica_hf.dataset.loader import load_biomedica
     from biomedica_hf.panels.hooks import register_hooks
 
-    out = Path(shutil.copytree(paneled[0], tmp_path / "ds"))
+    out = Path(shutil.copytree(built_dataset, tmp_path / "ds"))      # (``paneled`` is changed by other tests)
+    panel_dataset(out, labels=False)
     before = pq.read_table(out / PANELS_INDEX, columns=["key"])["key"].to_pylist()
     moved = 0
     for folder in out.glob("*-panels"):
