@@ -13,8 +13,8 @@
 Each selection is written as ``concepts/<name>.parquet`` (key, subset, source shard and offsets,
 labels, and ``out_shard`` / ``out_offset`` in the materialised copy) and materialised as
 ``<name>/sNNN/gNNN/<name>-<subset>-<split>-NNNNNN.tar`` (the ``sNNN/gNNN`` group of the source shards the copy
-was cut from, ``layout.shard_group``, so no folder outgrows its source's; flat for sources of the flat layout): ``tar[tar_offset : tar_offset + tar_size]`` of a source shard is a
-self-contained run of the sample's three tar members: the image and caption members are copied byte for byte (no
+was cut from, ``layout.shard_group``, so no folder outgrows its source's; flat for sources of the flat layout):
+``tar[tar_offset : tar_offset + tar_size]`` of a source shard is a self-contained run of the sample's three tar members: the image and caption members are copied byte for byte (no
 re-encoding) and the ``json`` member gains the sample's labels (:data:`JSON_LABELS`: ``panel_type``, ``concepts``,
 ``local_concepts``), so that ``datasets.load_dataset(repo, "concept-filtered")`` rows show the concepts they were
 selected by (the card declares these fields, typed from ``figures.parquet``). ``out_offset`` is the sample's
@@ -27,7 +27,6 @@ folder (WebDataset here), which is why a config's data files must be tars and no
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -46,7 +45,7 @@ from biomedica_hf.concepts.vocab import PLOTS_AND_CHARTS
 from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, piece_stem, read_marker, write_marker
 from biomedica_hf.io.ranges import ShardFiles
-from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes
+from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes, range_members
 from biomedica_hf.layout import (
     CONCEPT_BALANCED,
     CONCEPT_FILTERED,
@@ -203,14 +202,13 @@ def labelled_sample(data: bytes, labels: dict[str, Any], where: str = "") -> byt
     if len(data) % tarfile.BLOCKSIZE:
         raise OSError(f"{where}: bad sample range of {len(data)} bytes (not whole 512-byte tar blocks)")
     out = []
-    with tarfile.open(fileobj=io.BytesIO(data + END_OF_ARCHIVE), mode="r:") as tf:
-        for m in tf:
-            content = tf.extractfile(m).read() if m.isfile() else b""
-            if m.name.endswith(".json"):
-                meta = json.loads(content)
-                meta.update(labels)
-                content = compact_json(meta)
-            out.append(member_bytes(m.name, content))
+    for name, payload in range_members(data):              # io.tars: the one tar reader
+        content = bytes(payload)
+        if name.endswith(".json"):
+            meta = json.loads(content)
+            meta.update(labels)
+            content = compact_json(meta)
+        out.append(member_bytes(name, content))
     return b"".join(out)
 
 

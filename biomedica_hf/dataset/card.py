@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from biomedica_hf import __version__, hooks, templates
 from biomedica_hf.dataset.tables import table_config_columns, write_table_configs
 from biomedica_hf.io.atomic import atomic_write_bytes
 from biomedica_hf.io.sizes import human_size
+from biomedica_hf.io.tars import read_members
 from biomedica_hf.layout import (
     ARTICLES_TABLE,
     BUILD_SUMMARY,
@@ -123,9 +123,8 @@ def _json_extra(out: Path, patterns: list[str]) -> dict:
     known = {n for n, _, _ in SAMPLE_FIELDS}
     extra: list[str] = []
     for tar in (t for pattern in patterns for t in sorted(Path(out).glob(pattern))):
-        with tarfile.open(tar) as tf:
-            member = next((m for m in tf if m.name.endswith(".json")), None)
-            meta = json.loads(tf.extractfile(member).read()) if member is not None else {}
+        first = next(read_members(tar, lambda name: name.endswith(".json")), None)    # io.tars: headers only
+        meta = json.loads(first[1]) if first is not None else {}
         extra += [k for k in meta if k not in known and k not in extra]
     if not extra or not (Path(out) / FIGURES_INDEX).exists():
         return {}

@@ -20,7 +20,6 @@ keeps only those (the held-out split of a partitioned build); ``"all"`` keeps ev
 from __future__ import annotations
 
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import pyarrow.parquet as pq
 
 from biomedica_hf.eval.evalset import DATA_HINT, DataNotFoundError, parquet_files
 from biomedica_hf.io.ranges import read_many
+from biomedica_hf.io.tars import read_members, tar_members
 from biomedica_hf.layout import FIGURES_INDEX, TABLE_CONFIGS, config_folders, folder_files
 
 
@@ -88,16 +88,13 @@ def _scan_config(root: Path, config: str) -> dict[str, dict]:
     config, pattern = _config_folder(root, config)
     for tar in folder_files(root / config, pattern):    # flat or in sNNN/gNNN sub-folders (layout.shard_dirs)
         members: dict[str, dict] = {}
-        with tarfile.open(tar, "r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                key, _, ext = m.name.rpartition(".")
-                entry = members.setdefault(key, {"shard": tar.relative_to(root).as_posix()})
-                if f".{ext.lower()}" in IMAGE_SUFFIXES:
-                    entry["image_offset"], entry["image_size"] = m.offset_data, m.size
-                elif ext == "txt":
-                    entry["caption"] = tf.extractfile(m).read().decode("utf-8")
+        for m in tar_members(tar):                          # io.tars: the one tar reader (headers only)
+            key, _, ext = m.name.rpartition(".")
+            entry = members.setdefault(key, {"shard": tar.relative_to(root).as_posix()})
+            if f".{ext.lower()}" in IMAGE_SUFFIXES:
+                entry["image_offset"], entry["image_size"] = m.offset, m.size
+        for m, data in read_members(tar, lambda name: name.endswith(".txt")):     # captions by byte range
+            members.setdefault(m.name.rpartition(".")[0], {})["caption"] = data.decode("utf-8")
         out.update({k: v for k, v in members.items() if "image_offset" in v})
     return out
 

@@ -154,7 +154,7 @@ def contact_sheet(out: Path, dest: Path, n: int = SHEET_PANELS) -> Path | None:
 
     from biomedica_hf.io.atomic import atomic_write_bytes
     from biomedica_hf.io.ranges import ShardFiles
-    from biomedica_hf.io.tars import END_OF_ARCHIVE
+    from biomedica_hf.io.tars import range_members
     from biomedica_hf.panels.dataset import PANELS_INDEX
 
     t = pq.read_table(out / PANELS_INDEX, columns=["key", "shard", "tar_offset", "tar_size", "method", "subcaption",
@@ -168,14 +168,11 @@ def contact_sheet(out: Path, dest: Path, n: int = SHEET_PANELS) -> Path | None:
     cell, text_h, cols = 220, 90, 4
     sheet = Image.new("RGB", (cols * cell, -(-len(rows) // cols) * (cell + text_h)), "white")
     draw = ImageDraw.Draw(sheet)
-    import tarfile
-
     with ShardFiles(out) as files:
         for i, r in enumerate(rows):
             data = files.read(r["shard"], int(r["tar_offset"]), int(r["tar_size"]))
-            with tarfile.open(fileobj=io.BytesIO(data + END_OF_ARCHIVE)) as tf:
-                member = next(m for m in tf if m.name.endswith((".jpg", ".png")))
-                im = Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB")
+            image = next(bytes(v) for n, v in range_members(data) if n.endswith((".jpg", ".png")))   # io.tars
+            im = Image.open(io.BytesIO(image)).convert("RGB")
             im.thumbnail((cell - 10, cell - 10))
             x, y = (i % cols) * cell, (i // cols) * (cell + text_h)
             sheet.paste(im, (x + (cell - im.width) // 2, y + (cell - im.height) // 2))
