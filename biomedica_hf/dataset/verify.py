@@ -15,6 +15,10 @@ Fast (default; reads only tar headers and the small JSON / Parquet files):
   ``tar_size``, ``image_offset``, ``image_size``), three members per sample, nothing after the last sample
   but the end-of-archive blocks.
 
+The derived configs (concept selections, ``<licence>-panels``; ``layout.config_folders``), flat or in sub-folders:
+every tar is whole, its stats (where it has them) record its size, and its directory's ``sizes.json`` lists it with
+its samples (the ``sizes.json`` of another tool's config folder may be absent).
+
 ``--deep`` also reads every image and checks its sha256 against the index.
 """
 from __future__ import annotations
@@ -29,7 +33,15 @@ from pathlib import Path
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.io.ranges import read_range
 from biomedica_hf.io.tars import scan_file
-from biomedica_hf.layout import FIGURES_INDEX, SIZES, folder_files, shard_dirs
+from biomedica_hf.layout import (
+    CONCEPT_CONFIGS,
+    FIGURES_INDEX,
+    SIZES,
+    config_folders,
+    folder_files,
+    panel_config,
+    shard_dirs,
+)
 from biomedica_hf.schema import SUBSETS
 
 MAX_LISTED = 50
@@ -166,7 +178,40 @@ def verify_folder(folder: str | os.PathLike, deep: bool = False) -> VerifyReport
         for name, n in tars.items():
             if name in listed and n is not None and listed[name] != n:
                 problems.append(f"{subset}/sizes.json says {name} holds {listed[name]} samples, its stats {n}")
+    _check_config_folders(folder, report)
     return report
+
+
+def _check_config_folders(folder: Path, report: VerifyReport) -> None:
+    """The derived configs' folders (``layout.config_folders``: concept selections, ``<licence>-panels``), flat or
+    in sub-folders: every tar is whole (its headers walk to the end-of-archive blocks), its stats (where it has
+    them) record its size, and the ``sizes.json`` of its directory lists it with its samples (3 members each)."""
+    problems = report.problems
+    ours = {*CONCEPT_CONFIGS, *(panel_config(s) for s in SUBSETS)}   # a folder of another tool has no sizes.json
+    for config in config_folders(folder):
+        for d in shard_dirs(config):
+            tars = sorted(d.glob("*.tar"))
+            if not tars:
+                continue
+            where = d.relative_to(folder).as_posix()
+            listed = _json(d / SIZES, folder, problems) if (d / SIZES).is_file() else None
+            if listed is None and config.name in ours:
+                problems.append(f"{where}/{SIZES} is missing or unreadable")
+            for tar in tars:
+                rel = tar.relative_to(folder).as_posix()
+                scan = scan_file(tar)
+                if scan.problem:
+                    problems.append(f"{rel}: {scan.problem}")
+                    continue
+                n = len(scan.members) // 3
+                stats = _json(d / f"{tar.name.removesuffix('.tar')}{STATS}", folder, problems) \
+                    if (d / f"{tar.name.removesuffix('.tar')}{STATS}").is_file() else None
+                if isinstance(stats, dict) and stats.get("tar_bytes") not in (None, tar.stat().st_size):
+                    problems.append(f"{rel} is {tar.stat().st_size:,} bytes but its stats record "
+                                    f"{stats['tar_bytes']:,} (truncated or changed)")
+                if isinstance(listed, dict) and n and listed.get(tar.name) != n:
+                    problems.append(f"{where}/{SIZES} says {tar.name} holds {listed.get(tar.name)} samples, its "
+                                    f"tar {n}")
 
 
 def _check_tar(folder: Path, tar: Path, rel: str, rows: list[dict], deep: bool, report: VerifyReport) -> None:

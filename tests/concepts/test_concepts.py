@@ -833,6 +833,17 @@ def test_rerun_over_flat_copies_of_before_leaves_no_stale_flat_copy(labelled, tm
     assert plan.ok, plan.problems
     assert all(p.relative_to(ds).as_posix() in plan.paths for n in ("concept-filtered", "concept-balanced")
                for p in folder_files(ds / n, "*"))
+    from biomedica_hf.dataset.verify import verify_folder
+
+    tar = folder_files(ds / "concept-filtered", "*.tar")[0]       # verify follows the copies into their sub-folders
+    sizes = tar.parent / "sizes.json"
+    sizes.rename(tar.parent / "sizes.json.bak")
+    with open(tar, "r+b") as fh:
+        fh.truncate(tar.stat().st_size - 2048)
+    problems = verify_folder(ds).problems
+    rel = tar.relative_to(ds).as_posix()
+    assert any(p.startswith(f"{rel}: ") for p in problems), problems
+    assert f"{tar.parent.relative_to(ds).as_posix()}/sizes.json is missing or unreadable" in problems
 
 
 def _tar_keys(tar: Path) -> list[str]:
