@@ -155,7 +155,8 @@ def _strings(value: str | Iterable[str] | None) -> str | tuple[str, ...] | None:
     return tuple(value)
 
 
-def _as_list(value: str | Sequence[str]) -> list[str]:
+def as_list(value: str | Sequence[str]) -> list[str]:
+    """A filter's values as a list (one string: a list of it)."""
     return [value] if isinstance(value, str) else list(value)
 
 
@@ -357,7 +358,7 @@ class Selection:
         if not self.every_subset:
             exprs.append(pc.field("subset").isin(list(self.subsets)))
         if self.licenses is not None:
-            exprs.append(pc.field("license_code").isin(_as_list(self.licenses)))
+            exprs.append(pc.field("license_code").isin(as_list(self.licenses)))
         if self.years is not None:
             exprs.append(_years_expr(self.years))
         if self.min_caption_chars is not None:
@@ -376,7 +377,7 @@ class Selection:
     def concept_filters(self) -> list[tuple[list[str], bool]]:
         """``(values, keep)`` of the list filters: ``concepts`` (keep rows having any), ``exclude_concepts``
         (drop them)."""
-        return [(_as_list(v), keep) for v, keep in ((self.concepts, True), (self.exclude_concepts, False))
+        return [(as_list(v), keep) for v, keep in ((self.concepts, True), (self.exclude_concepts, False))
                 if v is not None]
 
     def concept_mask(self, table: pa.Table, columns: Sequence[str]) -> np.ndarray | None:
