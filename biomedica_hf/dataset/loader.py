@@ -632,10 +632,8 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
         FileNotFoundError: no index; while reading: a shard the index lists is missing.
         biomedica_hf.io.ranges.ShardTruncatedError: while reading, a shard shorter than the index says.
     """
-    selection = as_selection(selection, {
-        "subset": subset, "concepts": concepts, "exclude_concepts": exclude_concepts, "licenses": licenses,
-        "years": years, "min_caption_chars": min_caption_chars, "split": split, "exclude": exclude,
-        "near_duplicates": near_duplicates})
+    args = locals()
+    selection = as_selection(selection, {name: args[name] for name in FIELDS})   # the keywords are its fields
     if level != "figure":
         from biomedica_hf.dataset.panel_loader import load_panels
 
