@@ -531,7 +531,10 @@ def test_selection_or_keywords_not_both(annotated):
 
 
 def test_a_selection_is_checked_when_made():
+    import biomedica_hf
     from biomedica_hf.filters import Selection, YearRange
+
+    assert biomedica_hf.Selection is Selection                  # the public name, beside load_biomedica
 
     with pytest.raises(ValueError, match=r"subset must be 'all' or among"):
         Selection(subset="comercial")
