@@ -138,7 +138,7 @@ class YearRange:
             raise ValueError("years as a tuple is a (min, max) range with at least one bound, got (None, None)")
         for bound in (self.lo, self.hi):
             if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Integral)):
-                raise ValueError(f"years range bounds must be integers or None, got ({self.lo!r}, {self.hi!r})")
+                raise TypeError(f"years range bounds must be integers or None, got ({self.lo!r}, {self.hi!r})")
 
 
 #: how :meth:`Selection.resolved` names licence codes and concepts in its errors and notes: (what, note word)
@@ -164,8 +164,9 @@ def _years(years: Any) -> int | frozenset[int] | YearRange | None:
     """int: that year; a ``(min, max)`` tuple: a :class:`YearRange`; any other sequence: any of those years."""
     if years is None or isinstance(years, (YearRange, frozenset)):
         return years
-    if isinstance(years, bool) or isinstance(years, (str, bytes)):
-        raise ValueError(f"years must be a year, a list of years or a (min, max) tuple, got {years!r}")
+    bad = TypeError(f"years must be a year, a list of years or a (min, max) tuple, got {years!r}")
+    if isinstance(years, (bool, str, bytes, dict)):
+        raise bad
     if isinstance(years, numbers.Integral):
         return int(years)
     if isinstance(years, tuple):
@@ -173,12 +174,12 @@ def _years(years: Any) -> int | frozenset[int] | YearRange | None:
             raise ValueError(f"years as a tuple is a (min, max) range with at least one bound, got {years!r}")
         return YearRange(*years)
     try:
-        values = [int(y) for y in years if not isinstance(y, bool)] if not isinstance(years, dict) else None
-    except (TypeError, ValueError):
-        values = None
-    if values is None or len(values) != len(list(years)):
-        raise ValueError(f"years must be a year, a list of years or a (min, max) tuple, got {years!r}")
-    return frozenset(values)
+        values = list(years)
+    except TypeError:
+        raise bad from None
+    if not all(isinstance(y, numbers.Integral) and not isinstance(y, bool) for y in values):
+        raise bad
+    return frozenset(int(y) for y in values)
 
 
 def _exclude(exclude: Any) -> str | os.PathLike | frozenset[str] | None:

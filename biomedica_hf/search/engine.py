@@ -23,13 +23,13 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
+from biomedica_hf.filters import Selection
 from biomedica_hf.io.ranges import read_range
 from biomedica_hf.search import layout
 from biomedica_hf.search.bm25 import BM25Index
 from biomedica_hf.search.dense import DenseIndex, DenseParams
 from biomedica_hf.search.encoders import EncoderSet, load_encoders
 from biomedica_hf.search.fusion import RRF_K, rrf
-from biomedica_hf.filters import Selection
 from biomedica_hf.search.meta import Filters, Metadata
 
 SOURCES = ("bm25", "text", "text2image", "image", "image2text")

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from biomedica_hf.search.engine import SearchEngine
 from biomedica_hf.filters import Selection
+from biomedica_hf.search.engine import SearchEngine
 from biomedica_hf.search.meta import Filters
 
 INSTRUCTIONS = ("Answer the question using only the numbered figure sources below. Cite the sources you use "

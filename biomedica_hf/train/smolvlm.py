@@ -35,8 +35,16 @@ from typing import Any
 
 from biomedica_hf.errors import BiomedicaError
 from biomedica_hf.train import checkpoint
-from biomedica_hf.train.config import (DEFAULT_TARGETS, SmolVLMConfig, SmolVLMLora, SmolVLMModel, check_config,
-                                       resolve_precision, section, to_dict)
+from biomedica_hf.train.config import (
+    DEFAULT_TARGETS,
+    SmolVLMConfig,
+    SmolVLMLora,
+    SmolVLMModel,
+    check_config,
+    resolve_precision,
+    section,
+    to_dict,
+)
 from biomedica_hf.train.config import load_config as _load_config
 from biomedica_hf.train.distributed import end_run
 
@@ -181,10 +189,9 @@ def _train(accelerator, cfg: SmolVLMConfig, out: Path) -> dict:
     from accelerate.utils import set_seed
     from transformers import AutoProcessor, get_scheduler
 
-    from biomedica_hf.vlm.data import SkipLog, collate, example_stream, set_longest_edge
-
     from biomedica_hf.train import rundir
     from biomedica_hf.train.progress import Progress, banner
+    from biomedica_hf.vlm.data import SkipLog, collate, example_stream, set_longest_edge
 
     tcfg, dcfg = cfg.train, cfg.data
     set_seed(cfg.seed)

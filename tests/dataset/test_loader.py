@@ -557,7 +557,9 @@ def test_a_selection_is_checked_when_made():
     assert Selection(subset="all", years=[2021, 2019], exclude=["b", "a"]).describe() == \
         "subset='all', years=[2019, 2021], exclude='...'"
     with pytest.raises(ValueError, match="cannot be a \\(min, max\\) range"):
-        listed.year_bounds
+        _ = listed.year_bounds
+    with pytest.raises(TypeError, match="years must be a year, a list of years"):
+        Selection(years=["2019"])
 
 
 # ---------------------------------------------------------------------------------- validation
