@@ -34,7 +34,7 @@ def _stages(data: bytes) -> dict[str, np.ndarray]:
     import datasets
 
     from biomedica_hf.clip.data import flatten_to_rgb as clip_train
-    from biomedica_hf.clip.vision import open_rgb
+    from biomedica_hf.clip.pixels import open_rgb
     from biomedica_hf.concepts.sheets import flatten_to_rgb as concept_sheets
     from biomedica_hf.eval.evalset import decode_image as eval_decode
     from biomedica_hf.search.thumbs import _flatten as search_thumbs

@@ -128,11 +128,12 @@ def test_training_builder_is_the_same_class(images, tmp_path):
 
 
 def test_image_backbones_take_clip_specs_and_dinov2_folders(images, tmp_path):
-    """clip.vision (the concept embedder's and search's image side): a CLIP SPEC gives the CLIP image tower, a
+    """clip.backbones + clip.pixels (the concept embedder's and search's image side): a CLIP SPEC gives the CLIP image tower, a
     DINOv2 folder the AutoModel backbone; both give L2-normalised float32 rows for fitted images."""
     from conftest import save_tiny_dinov2
 
-    from biomedica_hf.clip.vision import embed_images, load_image_model, prepare_image
+    from biomedica_hf.clip.backbones import embed_images, load_image_model
+    from biomedica_hf.clip.pixels import prepare_image
 
     clip, model, cfg = tiny_open_clip(seed=2)
     folder = save_open_clip_folder(model, cfg, tmp_path / "oc")

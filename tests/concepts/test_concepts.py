@@ -27,7 +27,9 @@ from conftest import SHARED, save_tiny_dinov2
 from PIL import Image
 
 from biomedica_hf.build.pipeline import BuildConfig, build
-from biomedica_hf.clip.vision import embed_images, load_image_model, pick_device, prepare_image
+from biomedica_hf.clip.backbones import embed_images, load_image_model
+from biomedica_hf.clip.device import pick_device
+from biomedica_hf.clip.pixels import prepare_image
 from biomedica_hf.concepts.cli import COMMANDS
 from biomedica_hf.concepts.cluster import fit_clusters, iter_batches, load_cluster_model
 from biomedica_hf.concepts.embed import read_info, shard_outputs
