@@ -218,3 +218,55 @@ def test_card_takes_the_dataset_as_a_positional_argument_like_its_siblings(folde
     assert both.returncode == 2 and "two dataset folders" in both.stderr
     none = subprocess.run([str(BIN), "card"], capture_output=True, text=True)
     assert none.returncode == 2 and "biomedica card DATASET" in none.stderr
+
+
+def test_the_duplicates_section_comes_through_the_hooks(folder):
+    """Issue 29: neardup's section is a provider of hooks.CARD_QUALITY_SECTIONS (built in: no package metadata
+    needed), not an import of the card; it sits after the index description, before "How it was built"."""
+    from biomedica_hf import hooks
+    from biomedica_hf.neardup.card import card_section
+
+    assert card_section in hooks.providers(hooks.CARD_QUALITY_SECTIONS)
+    text = (folder / "README.md").read_text()
+    section = card_section(folder)
+    assert section.startswith("## Duplicates and evaluation contamination\n")
+    assert f"{section}\n## How it was built" in text
+
+
+def test_a_failing_card_section_is_reported_not_dropped(folder, tmp_path):
+    """A section whose provider fails (here: an unreadable contamination report, then a plugin that raises) stops
+    the card with a one-line error naming the provider and the file; the card already there is left as it was."""
+    import shutil
+
+    from biomedica_hf import hooks
+    from biomedica_hf.dataset.card import CardSectionError, write_card
+
+    out = tmp_path / "ds"
+    shutil.copytree(folder, out, ignore=shutil.ignore_patterns("_work"))
+    before = (out / "README.md").read_bytes()
+    report = out / "decontamination" / "report.json"
+    report.parent.mkdir()
+    report.write_text('{"tasks": ')                                   # cut short
+    with pytest.raises(CardSectionError) as err:
+        write_card(out, "biomedica/test")
+    assert "biomedica_hf.neardup.card.card_section" in str(err.value)
+    assert str(report) in str(err.value)
+    assert (out / "README.md").read_bytes() == before
+    r = subprocess.run([str(BIN), "card", str(out), "--repo-id", "biomedica/test"], capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    assert "Error: the card section of biomedica_hf.neardup.card.card_section failed" in r.stderr
+    assert "Traceback" not in r.stderr
+
+    report.unlink()
+
+    def broken(d):
+        raise KeyError("no such column")
+
+    hooks.register(hooks.CARD_SECTIONS, broken)
+    try:
+        with pytest.raises(CardSectionError, match="broken failed on .*KeyError: 'no such column'"):
+            write_card(out, "biomedica/test")
+    finally:
+        hooks.unregister(hooks.CARD_SECTIONS, broken)
+    assert (out / "README.md").read_bytes() == before
+    assert write_card(out, "biomedica/test").read_bytes() == before
