@@ -71,7 +71,7 @@ class TransformersDetector:
         self._torch = torch
 
     def detect(self, images: Sequence[Any]) -> list[list[tuple[tuple[int, int, int, int], float]]]:
-        from biomedica_hf.panels.split import reduced_copy
+        from biomedica_hf.panels.raster import reduced_copy
 
         out: list[list[tuple[tuple[int, int, int, int], float]]] = []
         for start in range(0, len(images), self.batch_size):
