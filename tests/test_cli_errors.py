@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, save_tiny_dinov2
+from support.models import save_tiny_dinov2
+from support.paths import REPO
+from support.recipes import free_port
 
 from biomedica_hf.errors import (
     InputError,

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support.paths import REPO
 
 README = REPO / "README.md"
 DOCS = REPO / "docs"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from support.paths import REPO
 
 STAGES = ["tiny random models", "build", "card", "embed", "cluster", "annotation-sheets", "label", "CLIP recipe",
           "SmolVLM recipe", "caption", "eval", "index", "serve + query", "RAG example"]

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+from support.paths import REPO
 
 FAST = "not slow and not browser and not multiprocess"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
+from support.paths import FIXTURES
 
 from biomedica_hf.clip.export import save_open_clip_folder
 from biomedica_hf.clip.model import ClipModel, build_model, load_model, parse_model_spec
@@ -130,7 +130,7 @@ def test_training_builder_is_the_same_class(images, tmp_path):
 def test_image_backbones_take_clip_specs_and_dinov2_folders(images, tmp_path):
     """clip.backbones + clip.pixels (the concept embedder's and search's image side): a CLIP SPEC gives the CLIP image tower, a
     DINOv2 folder the AutoModel backbone; both give L2-normalised float32 rows for fitted images."""
-    from conftest import save_tiny_dinov2
+    from support.models import save_tiny_dinov2
 
     from biomedica_hf.clip.backbones import embed_images, load_image_model
     from biomedica_hf.clip.pixels import prepare_image

@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import SHARED, save_tiny_dinov2
+from support.models import save_tiny_dinov2
+from support.paths import SHARED
 from PIL import Image
 
 from biomedica_hf.build.pipeline import BuildConfig, build
@@ -715,7 +716,7 @@ def test_labelled_folder_round_trips_through_the_loopback_hub(labelled, annotati
 
     import datasets
     import yaml
-    from hub_server import HubServer, loopback_only, point_libraries_at
+    from support.hub_server import HubServer, loopback_only, point_libraries_at
     from huggingface_hub import HfApi, constants
 
     from biomedica_hf.dataset.hub import plan_upload, push_folder

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from efetch_server import (  # noqa: F401 - pytest fixtures
+from support.efetch_server import (  # noqa: F401 - pytest fixtures
     FIXTURE_NAME,
     REAL,
     EfetchServer,

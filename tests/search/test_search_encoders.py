@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import save_tiny_dinov2
+from support.models import save_tiny_dinov2
 from test_search_support import dataset, image_bytes
 
 from biomedica_hf.search.encoders import load_encoders
