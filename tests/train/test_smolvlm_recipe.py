@@ -44,7 +44,9 @@ def test_qlora_without_bitsandbytes_or_gpu_is_a_clear_error():
     from biomedica_hf.train.smolvlm import load_config, quantization_config
 
     cfg = load_config("smolvlm_2.2b_qlora")
-    assert cfg["model"]["quantization"] == "nf4" and cfg["lora"]["r"] == 8 and cfg["train"]["lr"] == 1e-4
+    assert cfg["model"]["quantization"] == "nf4"
+    assert cfg["lora"]["r"] == 8
+    assert cfg["train"]["lr"] == 1e-4
     if importlib.util.find_spec("bitsandbytes") and torch.cuda.is_available():
         assert quantization_config(cfg["model"]).bnb_4bit_quant_type == "nf4"
         return
@@ -66,17 +68,22 @@ def test_configs_load_with_real_model_names():
 # ------------------------------------------------------------------------------------------ training
 def test_train_two_processes_exports_and_card(run):
     res = json.loads((run / "results.json").read_text())
-    assert res["world_size"] == 2 and res["steps"] == 6
+    assert res["world_size"] == 2
+    assert res["steps"] == 6
     assert res["samples"] == 6 * 2 * 2 * 2                # steps x batch x accumulation x processes
     assert all(math.isfinite(v) and v < 20 for v in res["losses"])
     assert [r["step"] for r in recipe_log(run)] == [1, 2, 3, 4, 5, 6]
     assert res["merge_max_abs_diff"] < 1e-4
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"step_2", "step_4", "step_6"}
     assert (run / "adapter" / "adapter_config.json").exists()
-    assert (run / "merged" / "config.json").exists() and (run / "merged" / "processor_config.json").exists()
+    assert (run / "merged" / "config.json").exists()
+    assert (run / "merged" / "processor_config.json").exists()
     card = (run / "README.md").read_text()
-    assert "tiny random Idefics3" in card and "q_proj" in card and f"{res['losses'][-1]:.4f}" in card
-    assert str(res["tokens_per_s"]) in card and (run / "merged" / "README.md").exists()
+    assert "tiny random Idefics3" in card
+    assert "q_proj" in card
+    assert f"{res['losses'][-1]:.4f}" in card
+    assert str(res["tokens_per_s"]) in card
+    assert (run / "merged" / "README.md").exists()
     # the adapter learnt something: LoRA B weights left their zero (gaussian) init
     from safetensors.torch import load_file
 
@@ -95,12 +102,17 @@ def test_each_rank_reads_only_its_share(run, recipe_dataset):
     reads = [json.loads((run / f"data_rank{r}_reads.json").read_text()) for r in range(2)]
     shares = [{ex["key"] for ex in load_biomedica(recipe_dataset, subset="all", decode=False, world_size=2, rank=r,
                                                   num_workers=0)} for r in range(2)]
-    assert not shares[0] & shares[1] and shares[0] | shares[1] == every and all(shares)
+    assert not shares[0] & shares[1]
+    assert shares[0] | shares[1] == every
+    assert all(shares)
     assert sorted(map(len, shares)) == [11, 12]
     start = json.loads((run / "log.jsonl").read_text().splitlines()[0])
-    assert start["event"] == "start" and start["rank_samples"] == [12, 11] and start["world_size"] == 2
+    assert start["event"] == "start"
+    assert start["rank_samples"] == [12, 11]
+    assert start["world_size"] == 2
     for rank in range(2):
-        assert reads[rank] and set(reads[rank]) <= shares[rank], rank      # never a row of the other rank
+        assert reads[rank], rank
+        assert set(reads[rank]) <= shares[rank], rank      # never a row of the other rank
         # a rank cycles over its share: each pass reads the share once, so the I/O is 1/world_size of the data
         first_pass = reads[rank][:len(shares[rank])]
         assert sorted(first_pass) == sorted(shares[rank])
@@ -120,7 +132,8 @@ def test_resume_from_checkpoint_repeats_the_same_steps(run, recipe_dataset, tmp_
     r = _launch(["--config", SMOKE, "--set", f"data.path={recipe_dataset}", "--set", f"output_dir={out}",
                  "--set", "train.max_steps=6", "--threads", "1"], probe=tmp_path)
     assert ddp_teardown(tmp_path) == [[True], [True]]   # DDP freed before the process group (no gloo deadlock)
-    assert "resumed from" in r.stdout + r.stderr and "step_4" in r.stdout + r.stderr
+    assert "resumed from" in r.stdout + r.stderr
+    assert "step_4" in r.stdout + r.stderr
     a, b = recipe_log(run), recipe_log(out)
     assert [x["step"] for x in b] == [1, 2, 3, 4, 5, 6]
     for x, y in zip(a[4:], b[4:], strict=True):

@@ -74,7 +74,8 @@ def test_labels_mask_prompt_image_and_padding_token_by_token(processor):
     img_ids = image_token_ids(processor)
     answer = "Scale bar, 10 um. (A) control cells."
     e = encode(processor, Image.open(FIG_JPG), "Describe this figure.", answer, max_length=512)
-    assert e is not None and e.truncated_from is None
+    assert e is not None
+    assert e.truncated_from is None
     # the ids are exactly the processor's encoding of the full chat-template conversation
     full = processor.apply_chat_template(messages("Describe this figure.", answer), tokenize=False)
     ref = processor(text=[full], images=[[Image.open(FIG_JPG)]])["input_ids"][0]
@@ -98,12 +99,14 @@ def test_labels_mask_prompt_image_and_padding_token_by_token(processor):
     b = collate([e, short], tok.pad_token_id)
     n = len(short.input_ids)
     assert b["input_ids"].shape[1] == len(e.input_ids)
-    assert (b["labels"][1, n:] == IGNORE_INDEX).all() and (b["attention_mask"][1, n:] == 0).all()
+    assert (b["labels"][1, n:] == IGNORE_INDEX).all()
+    assert (b["attention_mask"][1, n:] == 0).all()
     assert (b["input_ids"][1, n:] == tok.pad_token_id).all()
     assert b["labels"][1, :n].tolist() == short.labels
     # fewer tiles in the short image: its padding tiles are all zero (the model drops them)
     k = short.pixel_values.shape[0]
-    assert k < e.pixel_values.shape[0] and (b["pixel_values"][1, k:] == 0).all()
+    assert k < e.pixel_values.shape[0]
+    assert (b["pixel_values"][1, k:] == 0).all()
 
 
 def test_token_budget_guard_on_large_real_figure(tiny_dir, processor):
@@ -123,15 +126,18 @@ def test_token_budget_guard_on_large_real_figure(tiny_dir, processor):
     caption = "Supplementary figure. " * 40
     skips = SkipLog()
     assert encode(proc, big, "Describe this figure.", caption, max_length=96, key="big", skips=skips) is None
-    assert skips.counts == {"image_tokens_over_budget": 1} and "lower longest_edge" in skips.examples[0]
+    assert skips.counts == {"image_tokens_over_budget": 1}
+    assert "lower longest_edge" in skips.examples[0]
 
     full = encode(proc, big, "Describe this figure.", caption, max_length=4096)
-    assert full.image_tokens > 96 and full.pixel_values.shape[0] == 31
+    assert full.image_tokens > 96
+    assert full.pixel_values.shape[0] == 31
     n_img = sum(1 for t in full.input_ids if t == proc.image_token_id)
     assert n_img == 31 * proc.image_seq_len
     limit = full.prompt_len + 12
     e = encode(proc, big, "Describe this figure.", caption, max_length=limit, key="big", skips=skips)
-    assert len(e.input_ids) == limit and e.truncated_from == len(full.input_ids) - full.prompt_len
+    assert len(e.input_ids) == limit
+    assert e.truncated_from == len(full.input_ids) - full.prompt_len
     assert e.input_ids[:e.prompt_len] == full.input_ids[:full.prompt_len]      # no image token lost
     assert skips.counts["answer_shortened"] == 1
     model = AutoModelForImageTextToText.from_pretrained(tiny_dir)
@@ -141,7 +147,8 @@ def test_token_budget_guard_on_large_real_figure(tiny_dir, processor):
     # a smaller longest_edge is the fix: fewer tiles, fewer tokens
     set_longest_edge(proc, 64)
     small = encode(proc, big, "Describe this figure.", caption, max_length=96)
-    assert small is not None and small.pixel_values.shape[0] == 5   # 2 x 2 tiles (edges rounded up to whole tiles) + global
+    assert small is not None
+    assert small.pixel_values.shape[0] == 5   # 2 x 2 tiles (edges rounded up to whole tiles) + global
 
 
 def test_smolvlm_tile_costs_81_tokens():
@@ -219,7 +226,8 @@ def test_caption_many_images_to_jsonl(tiny_dir, tmp_path):
     assert [Path(x["image"]).name for x in rows] == sorted(
         ["broken.png", jpgs[0].name, jpgs[1].name, jpgs[2].name], key=lambda n: (n == jpgs[2].name, n))
     broken = next(x for x in rows if x["image"].endswith("broken.png"))
-    assert broken["caption"] is None and "UnidentifiedImageError" in broken["error"]
+    assert broken["caption"] is None
+    assert "UnidentifiedImageError" in broken["error"]
     good = [x for x in rows if x is not broken]
     assert all(isinstance(x["caption"], str) and "error" not in x for x in good)
     assert "3 captions, 1 unreadable images" in r.output
@@ -228,12 +236,15 @@ def test_caption_many_images_to_jsonl(tiny_dir, tmp_path):
     assert g.exit_code == 0, (g.output, g.exception)
     assert [Path(json.loads(x)["image"]).name for x in g.stdout.splitlines()] == [jpgs[0].name, jpgs[1].name]
     one = CliRunner().invoke(main, ["caption", str(figs / jpgs[0].name), *common])
-    assert one.exit_code == 0 and one.stdout.rstrip("\n") == good[0]["caption"]
+    assert one.exit_code == 0
+    assert one.stdout.rstrip("\n") == good[0]["caption"]
     # nothing captionable: non-zero, and a pattern matching nothing is a usage error
     bad = CliRunner().invoke(main, ["caption", str(figs / "broken.png"), "--out", str(tmp_path / "b.jsonl"), *common])
-    assert bad.exit_code == 1 and "no image could be captioned" in bad.output
+    assert bad.exit_code == 1
+    assert "no image could be captioned" in bad.output
     none = CliRunner().invoke(main, ["caption", str(figs / "*.tif"), *common])
-    assert none.exit_code == 2 and "no image file there" in none.output
+    assert none.exit_code == 2
+    assert "no image file there" in none.output
 
 
 def test_cards_per_folder_state_the_truth(tmp_path):
@@ -256,14 +267,20 @@ def test_cards_per_folder_state_the_truth(tmp_path):
         return yaml.safe_load((p / "README.md").read_text().split("---")[1])
 
     merged, adapter, run = meta(out / "merged"), meta(out / "adapter"), meta(out)
-    assert merged["library_name"] == "transformers" and adapter["library_name"] == "peft"
+    assert merged["library_name"] == "transformers"
+    assert adapter["library_name"] == "peft"
     assert merged["base_model"] == adapter["base_model"] == cfg["model"]["name"] == "HuggingFaceTB/SmolVLM-256M-Instruct"
-    assert merged["pipeline_tag"] == "image-text-to-text" and run["library_name"] == "transformers"
+    assert merged["pipeline_tag"] == "image-text-to-text"
+    assert run["library_name"] == "transformers"
     for m in (merged, adapter, run):
         assert "datasets" not in m
     text = (out / "merged" / "README.md").read_text()
-    assert str(data) not in text and "`ds`" in text and "not on the Hub" in text and "merged model" in text
+    assert str(data) not in text
+    assert "`ds`" in text
+    assert "not on the Hub" in text
+    assert "merged model" in text
     # data streamed from the Hub: its id is listed; the tiny smoke model has no Hub base_model
     cfg = load_config(None, [f"output_dir={out}", "data.path=me/pmc-figures", "model.tiny=true"])
     write_model_card(out, cfg, result)
-    assert meta(out / "merged")["datasets"] == ["me/pmc-figures"] and "base_model" not in meta(out / "merged")
+    assert meta(out / "merged")["datasets"] == ["me/pmc-figures"]
+    assert "base_model" not in meta(out / "merged")
