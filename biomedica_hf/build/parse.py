@@ -350,13 +350,14 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     spans = []
     start = 0
     for m in _SENTENCE_END.finditer(text):
-        nxt = text[m.end():].lstrip()
-        if not nxt or not (nxt[0].isupper() or nxt[0].isdigit() or nxt[0] in _SENTENCE_OPENERS):
+        at = _SPACES.match(text, m.end()).end()     # the next sentence's first character (no copy of the rest:
+        c = text[at:at + 1]                         # long paragraphs stay linear)
+        if not c or not (c.isupper() or c.isdigit() or c in _SENTENCE_OPENERS):
             continue
-        if m.group(0)[0] == "." and (_is_abbreviation(text, m.start()) or _is_panel_after_number(text, m.start(), nxt)):
+        if m.group(0)[0] == "." and (_is_abbreviation(text, m.start()) or _is_panel_after_number(text, m.start(), at)):
             continue
         spans.append((start, m.end()))
-        start = m.end() + (len(text[m.end():]) - len(nxt))
+        start = at
     if start < len(text):
         spans.append((start, len(text)))
     return spans
@@ -366,9 +367,14 @@ _FIGURE_NUMBER_BEFORE = re.compile(r"\b(?:fig|figs|figure|figures|table|tables|s
                                    re.I)
 
 
-def _is_panel_after_number(text: str, dot: int, nxt: str) -> bool:
-    """"(Fig. 9. B)": a figure number, a dot, then a lone panel letter is one citation, not two sentences."""
-    return bool(re.match(r"[A-Z][)\]},;:\u2013-]", nxt)) and bool(_FIGURE_NUMBER_BEFORE.search(text[max(0, dot - 40):dot]))
+_PANEL_LETTER = re.compile(r"[A-Z][)\]},;:\u2013-]")
+_SPACES = re.compile(r"\s*")
+
+
+def _is_panel_after_number(text: str, dot: int, at: int) -> bool:
+    """"(Fig. 9. B)": a figure number, a dot, then (at ``at``) a lone panel letter is one citation, not two
+    sentences."""
+    return bool(_PANEL_LETTER.match(text, at)) and bool(_FIGURE_NUMBER_BEFORE.search(text[max(0, dot - 40):dot]))
 
 
 def _is_abbreviation(text: str, dot: int) -> bool:
