@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from biomedica_hf.images import to_rgb
+
 MAX_SIDE = 1024          # the long side of the working copy
 FG_THRESHOLD = 40        # max channel difference from the background that still counts as background (JPEG noise)
 Box = tuple[int, int, int, int]
@@ -61,22 +63,10 @@ def reduced_copy(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """(h, w, 3) uint8 of any PIL mode: alpha composited on white, 16-bit / float stretched to 0..255, CMYK and
-    palettes converted."""
-    mode = image.mode
-    if mode in ("I", "F") or mode.startswith("I;16"):
-        a = np.asarray(image.convert("F") if mode != "F" else image, dtype=np.float32)
-        lo, hi = (np.percentile(a, [0.5, 99.5]) if a.size else (0.0, 1.0))
-        if hi <= lo:
-            hi = lo + 1
-        g = np.clip((a - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
-        return np.repeat(g[:, :, None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.asarray(image.convert("RGB"))
+    """(h, w, 3) uint8 of any PIL mode, by the one image policy (:func:`biomedica_hf.images.to_rgb`: alpha
+    composited on white, 16-bit / float stretched from their min..max, CMYK through its profile, palettes
+    converted), without applying EXIF orientation: panel boxes are in the stored image's coordinates."""
+    return np.asarray(to_rgb(image, orient=False))
 
 
 def background(rgb: np.ndarray) -> np.ndarray:
