@@ -28,7 +28,8 @@ r"""The CLIP continual pre-training loop (one loop for open_clip and transformer
   grad_norm, samples/s, data-wait fraction, plus ``start`` and ``epoch_end`` events (per-rank sample counts);
   see docs/training.md.
 
-The config (:class:`biomedica_hf.train.config.ClipConfig`) is checked: unknown keys are errors.
+The config (:class:`biomedica_hf.train.config.ClipConfig`) is checked (unknown keys are errors) and used as that
+typed object down to every value's use; only ``config.yaml`` and the model card see it as a mapping.
 """
 from __future__ import annotations
 

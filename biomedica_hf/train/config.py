@@ -13,8 +13,8 @@ One vocabulary for both recipes (issue 18):
   (``--overwrite``: clear ``output_dir`` first); ``train.grad_checkpointing``; ``train.mixed_precision: auto | no |
   bf16 | fp16`` (``auto``: bf16 on a CUDA GPU with bf16, else no); ``train.cpu``;
 * ``export.enabled``, ``export.adapter`` (also save the PEFT LoRA adapter); ``card.enabled``, ``card.template``;
-* ``data.path``, ``data.subset`` and the ``load_biomedica`` filters (``concepts``, ``exclude_concepts``,
-  ``licenses``, ``years``, ``min_caption_chars``, ``split``, ``exclude``, ``near_duplicates``);
+* ``data.path``, ``data.subset`` and the ``load_biomedica`` filters: the fields of one
+  :class:`biomedica_hf.filters.Selection` (:meth:`DataBase.selection`, checked with the config);
 * checkpoints ``output_dir/checkpoints/step_N`` with ``data_state_rank{r}.json`` (see ``checkpoint.py``).
 
 Bundled configs are package data: ``biomedica_hf/train/configs/<recipe>/<name>.yaml``; ``--config NAME``
