@@ -206,12 +206,11 @@ def range_spans(data: bytes | memoryview) -> Iterator[tuple[str, int, int]]:
         pos = start + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
-def range_members(data: bytes | memoryview) -> Iterator[tuple[str, memoryview]]:
+def range_members(data: bytes | memoryview) -> list[tuple[str, memoryview]]:
     """``(name, data)`` of the regular members of a byte range of whole tar members (:func:`range_spans`), views
     into ``data`` (no copy): the loader's hot path."""
     view = memoryview(data)
-    for name, start, size in range_spans(view):
-        yield name, view[start:start + size]
+    return [(name, view[start:start + size]) for name, start, size in range_spans(view)]
 
 
 def member_spans(data: bytes) -> list[tuple[str, int, int]]:
