@@ -1,6 +1,6 @@
 """``biomedica panels DIR``: every figure of a built dataset folder split into panels, resumable per shard.
 
-One task per source shard (``<subset>/<stem>.tar`` of the build), run by ``build.executors`` (local processes
+One task per source shard (``<subset>/<stem>.tar`` of the build), run by ``biomedica_hf.executors`` (local processes
 or Ray). A task reads its shard's Parquet rows, each image by byte range, finds the panels
 (:func:`biomedica_hf.panels.figure.find_panels`) and their subcaptions, and writes::
 
@@ -327,7 +327,7 @@ def panel_dataset(dataset_dir: str | Path, *, workers: int = 1, executor: str = 
     removed, methods, the panel configs with their sizes, failed shards and figures."""
     from tqdm.auto import tqdm
 
-    from biomedica_hf.build.executors import make_executor
+    from biomedica_hf.executors import make_executor
     from biomedica_hf.build.figures import build_figures_index
     from biomedica_hf.panels.hooks import register_hooks
 
