@@ -6,7 +6,6 @@ never in the driver).
 """
 from __future__ import annotations
 
-import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,6 @@ from biomedica_hf.build.dedup import PUBLISHED, write_hash_rows
 from biomedica_hf.build.work import Work
 from biomedica_hf.io.atomic import atomic_path, write_parquet
 from biomedica_hf.layout import FIGURES_INDEX
-
-log = logging.getLogger("biomedica_hf.build")
 
 
 NEAR_SCHEMA = pa.schema([("key", pa.string()), ("near_dup_of", pa.string()), ("distance", pa.int32())])

@@ -18,21 +18,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from biomedica_hf import __version__
+from biomedica_hf.build.duplicates import write_duplicates, write_near_duplicates
 from biomedica_hf.build.figures import build_figures_index
+from biomedica_hf.build.options import BuildOptions
 from biomedica_hf.build.provenance import public_options
+from biomedica_hf.build.removals import ledger_after_removals
 from biomedica_hf.build.sources.base import FatalBuildError
 from biomedica_hf.build.state import checkpoint, file_seal, read_sealed, write_sealed
+from biomedica_hf.build.task import ARTICLE_SCHEMA
 from biomedica_hf.build.timings import StageClock, add, rounded
+from biomedica_hf.build.work import Work, all_parts, done_record, read_done
 from biomedica_hf.io.atomic import atomic_path, atomic_write_bytes, atomic_write_json, move_into_place
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.layout import folder_files, shard_dirs, write_dataset_sizes
 from biomedica_hf.ledger import LEDGER_SCHEMA, format_summary, ledger_summary, removals
 from biomedica_hf.schema import SUBSETS
-from biomedica_hf.build.duplicates import write_duplicates, write_near_duplicates
-from biomedica_hf.build.options import BuildOptions
-from biomedica_hf.build.removals import ledger_after_removals
-from biomedica_hf.build.task import ARTICLE_SCHEMA
-from biomedica_hf.build.work import Work, all_parts, done_record, read_done
 
 log = logging.getLogger("biomedica_hf.build")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,14 +13,12 @@ import pyarrow.parquet as pq
 from biomedica_hf.build.shards import revise_shard, shard_done, shard_files
 from biomedica_hf.build.sources.base import FatalBuildError
 from biomedica_hf.build.state import checkpoint, read_sealed, write_sealed
+from biomedica_hf.build.work import Work
 from biomedica_hf.io.atomic import move_into_place
 from biomedica_hf.io.markers import STATS, read_marker
 from biomedica_hf.layout import FIGURES_INDEX
 from biomedica_hf.ledger import LEDGER_SCHEMA
 from biomedica_hf.schema import SKIPPED
-from biomedica_hf.build.work import Work
-
-log = logging.getLogger("biomedica_hf.build")
 
 
 def apply_removals(work: Work, k: int) -> int:

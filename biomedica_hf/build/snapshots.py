@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from biomedica_hf.build.dedup import n_hash_buckets
 from biomedica_hf.build.inputs import nothing_listed
+from biomedica_hf.build.options import BuildOptions
 from biomedica_hf.build.partition import (
     FINE_BUCKETS,
     Layout,
@@ -39,14 +40,13 @@ from biomedica_hf.build.progress import bars_on
 from biomedica_hf.build.sources import make_source
 from biomedica_hf.build.sources.base import FatalBuildError, Source
 from biomedica_hf.build.state import checkpoint, file_seal, matches, read_sealed
+from biomedica_hf.build.task import TRANSIENT_REASONS
+from biomedica_hf.build.work import Work, done_record, hashes_match, read_done
 from biomedica_hf.io.atomic import atomic_path, move_into_place, write_parquet, write_table
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.layout import shard_dirs
 from biomedica_hf.ledger import LEDGER_SCHEMA
 from biomedica_hf.schema import FAILED, SKIPPED, SUBSETS, LedgerEntry
-from biomedica_hf.build.options import BuildOptions
-from biomedica_hf.build.task import TRANSIENT_REASONS
-from biomedica_hf.build.work import Work, done_record, hashes_match, read_done
 
 log = logging.getLogger("biomedica_hf.build")
 

@@ -39,11 +39,11 @@ from biomedica_hf.build.sources.base import FatalBuildError, FetchError, Source,
 from biomedica_hf.build.staging import PartitionStage
 from biomedica_hf.build.state import StateError, checkpoint, file_seal, read_sealed, write_sealed
 from biomedica_hf.build.timings import add, rounded, timed
+from biomedica_hf.build.work import Work, hashes_match, read_done
 from biomedica_hf.io.atomic import atomic_path, write_parquet
 from biomedica_hf.layout import shard_folder
 from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique
 from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
-from biomedica_hf.build.work import Work, hashes_match, read_done
 
 log = logging.getLogger("biomedica_hf.build")
 

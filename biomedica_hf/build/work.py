@@ -4,7 +4,6 @@ marker and hash files, the parts of the tables).
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,8 +12,6 @@ from biomedica_hf.build.partition import Layout, PartitionId
 from biomedica_hf.build.staging import PartitionStage
 from biomedica_hf.build.state import StateError, matches, read_sealed
 from biomedica_hf.io.markers import read_marker
-
-log = logging.getLogger("biomedica_hf.build")
 
 
 class Work:
