@@ -152,9 +152,9 @@ def _build(cfg: BuildOptions) -> BuildReport:
     def is_done(p: str) -> bool:
         return read_done(work, p, seals[p], check_parts=not ready) is not None
 
-    job = PartitionJob(str(out), cfg.source, cfg.media, keep_downloads=cfg.keep_downloads, n_hash=n_hash,
-                       discard=cfg.retry_failed and k > 0, seed=cfg.seed, shard_max_samples=cfg.shard_max_samples,
-                       shard_max_bytes=cfg.shard_max_bytes)
+    job = PartitionJob(out=str(out), source=cfg.source, media=cfg.media, keep_downloads=cfg.keep_downloads,
+                       n_hash=n_hash, discard=cfg.retry_failed and k > 0, seed=cfg.seed,
+                       shard_max_samples=cfg.shard_max_samples, shard_max_bytes=cfg.shard_max_bytes)
 
     def make():
         return make_executor(cfg.executor, workers=cfg.workers, address=cfg.ray_address,

@@ -54,19 +54,20 @@ TRANSIENT_REASONS = {"download_failed"}
 MAX_STARTS = 2                  # an article that was started this often without finishing is ledgered
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PartitionJob:
-    """What every partition task of a snapshot shares: the folder, the source, the media policy, the shard limits."""
+    """What every partition task of a snapshot shares: the folder, the source, the media policy, the shard limits
+    (the build's options, :class:`~biomedica_hf.build.options.BuildOptions`, as one snapshot uses them)."""
 
     out: str
     source: SourceSpec
     media: MediaOptions
-    keep_downloads: bool = False
-    n_hash: int = 1                               # hash buckets of the snapshot (its layout.json)
-    discard: bool = False                         # --retry-failed on an update: cached extractions are not reused
-    seed: int = 0
-    shard_max_samples: int = 10_000
-    shard_max_bytes: int = 1_000_000_000
+    keep_downloads: bool
+    n_hash: int                                   # hash buckets of the snapshot (its layout.json)
+    discard: bool                                 # --retry-failed on an update: cached extractions are not reused
+    seed: int
+    shard_max_samples: int
+    shard_max_bytes: int
 
     @property
     def work(self) -> Work:

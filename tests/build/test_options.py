@@ -32,6 +32,12 @@ def _cli_options(*args: str) -> BuildOptions:
     return build_options(p, spec)
 
 
+def _job(cfg: BuildOptions) -> PartitionJob:
+    return PartitionJob(out=str(cfg.out), source=cfg.source, media=cfg.media, keep_downloads=cfg.keep_downloads,
+                        n_hash=4, discard=False, seed=cfg.seed, shard_max_samples=cfg.shard_max_samples,
+                        shard_max_bytes=cfg.shard_max_bytes)
+
+
 def test_cli_defaults_are_the_options_defaults(tmp_path):
     cfg = _cli_options("--input", str(SAMPLE), "--out", str(tmp_path / "out"))
     plain = BuildOptions(out=tmp_path / "out")
@@ -45,7 +51,7 @@ def test_cli_defaults_are_the_options_defaults(tmp_path):
 def test_max_image_bytes_walks_from_the_cli_through_the_options_to_the_task(tmp_path):
     cfg = _cli_options("--input", str(SAMPLE), "--out", str(tmp_path / "out"), "--max-image-bytes", "3MiB")
     assert cfg.media.max_image_bytes == 3 << 20
-    job = PartitionJob(str(cfg.out), cfg.source, cfg.media)
+    job = _job(cfg)
     task = pickle.loads(pickle.dumps(PartitionTask("s000-train-p00000", "digest", job)))
     assert task.job.media.max_image_bytes == 3 << 20
 
@@ -103,7 +109,7 @@ def test_build_options_turn_a_kind_and_its_options_into_a_spec(tmp_path):
 
 
 def test_partition_task_shares_the_rate_between_slots(tmp_path):
-    job = PartitionJob(str(tmp_path), SourceSpec("cloud", pmcids=("PMC1",), rate=20.0), MediaOptions())
+    job = _job(BuildOptions(out=tmp_path, source=SourceSpec("cloud", pmcids=("PMC1",), rate=20.0)))
     task = PartitionTask("s000-train-p00000", None, job)
     assert task.key == "s000-train-p00000"
     assert task.shared(4).job.source.rate == 5.0
