@@ -5,9 +5,23 @@ Stages, one module each, data flowing one way: ``sources`` (list and fetch packa
 driven partition by partition by ``pipeline`` under ``lock``: ``options`` (the frozen ``BuildOptions``),
 ``snapshots`` (planning, resuming), ``task`` (a partition's work as a task object run by
 :mod:`biomedica_hf.executors`: local processes or Ray), ``duplicates``, ``removals``, ``finish`` (tables, summary).
+
+The names below load on first use: importing ``biomedica_hf.build.options`` (the command line's defaults) does not
+import the whole build.
 """
-from biomedica_hf.build.options import BuildConfig, BuildOptions
-from biomedica_hf.build.pipeline import BuildReport, build
-from biomedica_hf.build.sources.spec import SourceSpec
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"BuildConfig": "options", "BuildOptions": "options", "BuildReport": "finish", "build": "pipeline",
+            "SourceSpec": "sources.spec"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["BuildConfig", "BuildOptions", "BuildReport", "SourceSpec", "build"]
