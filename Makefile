@@ -28,7 +28,7 @@ $(CHROMIUM):
 	  || echo "chromium not installed: the browser tests will fail (BIOMEDICA_REQUIRE_BROWSER=1)"
 
 # the oldest transformers that pyproject allows, in a venv of its own that reaches the project's other packages:
-# tests/train/test_vlm_compat.py loads a SmolVLM export with it (a few MB, no torch of its own)
+# tests/vlm/test_vlm_compat.py loads a SmolVLM export with it (a few MB, no torch of its own)
 OLD_TF := .venv-oldtf
 $(OLD_TF)/.installed-stamp: $(STAMP)
 	test -x $(OLD_TF)/bin/python || $(PYTHON) -m venv $(OLD_TF)

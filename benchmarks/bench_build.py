@@ -21,6 +21,11 @@ files/s, wall clock and CPU), the 2-worker speed-up and peak memory. On a shared
 noisy: compare CPU seconds, and rows of one run. BIOMEDICA's serializer did about 2 pairs/s per process.
 
     python benchmarks/bench_build.py [--min-figures 2000] [--corpus both|tiff-heavy|realistic] [--keep DIR]
+                                     [--baseline CHECKOUT]
+
+``--baseline CHECKOUT`` also runs another checkout's ``biomedica`` (``CHECKOUT/.venv/bin/biomedica``, e.g. a
+``git worktree`` of main with its own virtual environment) on the same corpora, alternating with this one in
+every repeat, so that a change is compared with what it replaces in one run (same load, same inputs).
 """
 from __future__ import annotations
 
@@ -136,9 +141,12 @@ def measure_raw(src: Path) -> Run:
                time.process_time() - c0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def run_build(src: Path, out: Path, workers: int, executor: str = "local") -> Run:
-    """One ``biomedica build`` in a child process; its own wall clock, CPU and peak RSS (``wait4``)."""
-    cmd = [str(Path(sys.executable).parent / "biomedica"), "build", "--input", str(src), "--out", str(out),
+def run_build(src: Path, out: Path, workers: int, executor: str = "local", exe: Path | None = None,
+              label: str = "") -> Run:
+    """One ``biomedica build`` in a child process; its own wall clock, CPU and peak RSS (``wait4``). ``exe``: the
+    ``biomedica`` to run (default: this environment's), ``label`` names it in the table."""
+    exe = exe or Path(sys.executable).parent / "biomedica"
+    cmd = [str(exe), "build", "--input", str(src), "--out", str(out),
            "--workers", str(workers), "--no-dedup", "--no-progress", "--executor", executor, "--address", "local"]
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -151,7 +159,7 @@ def run_build(src: Path, out: Path, workers: int, executor: str = "local") -> Ru
             log.seek(0)
             sys.exit(f"build failed ({proc.returncode}):\n{log.read().decode()[-3000:]}")
     samples = sum(json.loads((out / "build_summary.json").read_text())["samples"].values())
-    return Run(f"biomedica build --executor {executor}", workers, samples, dt, ru.ru_utime + ru.ru_stime,
+    return Run(f"{label}biomedica build --executor {executor}", workers, samples, dt, ru.ru_utime + ru.ru_stime,
                ru.ru_maxrss / 1024)
 
 
@@ -163,7 +171,7 @@ def best(runs: list[Run]) -> Run:
 
 def table(rows: list[Run]) -> str:
     raw = rows[0]
-    w1 = next((r for r in rows[1:] if r.workers == 1), None)
+    one = {r.name: r for r in rows[1:] if r.workers == 1}    # each build's own 1-worker row
     lines = ["| pipeline | workers | pairs | seconds | pairs/s | pairs/s per core | CPU s | pairs per CPU s | "
              "vs raw (wall) | vs raw (CPU) | speed-up vs 1 worker | peak RSS (MB) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -171,6 +179,7 @@ def table(rows: list[Run]) -> str:
         rate, per_cpu = r.n / r.seconds, r.n / r.cpu
         vs_wall = rate / (raw.n / raw.seconds)
         vs_cpu = per_cpu / (raw.n / raw.cpu)
+        w1 = one.get(r.name)
         speed = f"{w1.seconds / r.seconds:.2f}x" if r is not raw and w1 is not None else "-"
         lines.append(f"| {r.name} | {r.workers} | {r.n} | {r.seconds:.1f} | {rate:.1f} | {rate / r.workers:.1f} | "
                      f"{r.cpu:.1f} | {per_cpu:.1f} | {vs_wall:.2f} | {vs_cpu:.2f} | {speed} | {r.peak_mb:.0f} |")
@@ -203,7 +212,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each row (alternating); the best is reported")
     ap.add_argument("--keep", type=Path, default=None, help="keep inputs/outputs in this folder")
     ap.add_argument("--ray", action="store_true", help="also run with --executor ray (local Ray instance)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout (with its own .venv) whose build runs alternately with this one")
     args = ap.parse_args()
+    builds = [(None, "")]
+    if args.baseline is not None:
+        base = args.baseline.resolve() / ".venv" / "bin" / "biomedica"
+        if not base.exists():
+            sys.exit(f"--baseline: {base} does not exist")
+        builds = [(base, f"baseline ({args.baseline.name}): "), (None, "this checkout: ")]
     root = Path(tempfile.mkdtemp(prefix="bench_build_")) if args.keep is None else args.keep
     for mix in CORPORA if args.corpus == "both" else (args.corpus,):
         src = root / f"input-{mix}"
@@ -211,12 +228,15 @@ def main() -> None:
         src.mkdir(parents=True)
         n_pkg, n_img = replicate(src, args.min_figures, mix)
         print(f"\n### corpus {mix}: {n_pkg} packages, {n_img} image files (incl. .gif thumbnails) in {src}\n")
-        configs = [(e, w) for e in (("local", "ray") if args.ray else ("local",)) for w in (1, 2)]
+        configs = [(b, e, w) for w in (1, 2) for e in (("local", "ray") if args.ray else ("local",))
+                   for b in range(len(builds))]                # baseline and this checkout back to back
         runs: dict = {c: [] for c in [("raw", 1), *configs]}
         for _ in range(max(1, args.repeat)):
             runs[("raw", 1)].append(measure_raw(src))
-            for executor, w in configs:
-                runs[(executor, w)].append(run_build(src, root / f"out-{mix}-{executor}-w{w}", w, executor))
+            for b, executor, w in configs:
+                exe, label = builds[b]
+                runs[(b, executor, w)].append(run_build(src, root / f"out-{mix}-{b}-{executor}-w{w}", w, executor,
+                                                        exe, label))
         print(table([best(v) for v in runs.values()]))
     if args.ray:
         print("\nper-task overhead (no-op task, 2 workers):")

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_build import replicate
 
 from biomedica_hf.build.pipeline import BuildConfig, build
-from biomedica_hf.clip.vision import embed_images, prepare_image
+from biomedica_hf.clip.backbones import embed_images
+from biomedica_hf.clip.pixels import prepare_image
 from biomedica_hf.concepts.embed import embed_dataset, load_job, read_info
 from biomedica_hf.concepts.layout import shard_index_files
 from biomedica_hf.io.ranges import LocalFile

@@ -1,7 +1,7 @@
 """Streaming from a Hub: ``load_biomedica`` next to a plain download, ``datasets`` and ``webdataset``.
 
 The benchmark dataset of ``bench_stream.py`` (fixture articles replicated, ``--shard-samples 500``) is
-served by the loopback Hub (``tests/hub_server.py``, a separate process: real HTTP on 127.0.0.1 with the
+served by the loopback Hub (``tests/support/hub_server.py``, a separate process: real HTTP on 127.0.0.1 with the
 Hub's resolve / paths-info / tree / revision routes) whose link has ``--latency`` seconds per request (each
 of 0, 30 and 100 ms by default) and ``--bandwidth`` bytes/s shared by all connections. This process
 talks to it through ``HF_ENDPOINT``, as a user would talk to the Hub. For each latency, one after another:
@@ -61,7 +61,7 @@ def main() -> None:
     if not (ds / "README.md").exists():
         subprocess.run([str(Path(sys.executable).parent / "biomedica"), "card", str(ds)], check=True,
                        capture_output=True)
-    server = subprocess.Popen([sys.executable, str(HERE.parent / "tests" / "hub_server.py"), f"{REPO}={ds}"],
+    server = subprocess.Popen([sys.executable, str(HERE.parent / "tests" / "support" / "hub_server.py"), f"{REPO}={ds}"],
                               stdout=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().strip()

@@ -6,30 +6,39 @@ functions for these groups:
 
 * ``INDEX_COLUMNS`` — ``fn(dataset_dir) -> dict[str, pyarrow.Array] | None``: extra columns of ``figures.parquet``,
   aligned with the concatenation of the shard tables (``layout.shard_tables`` order);
-* ``CARD_SECTIONS`` — ``fn(dataset_dir) -> str | None``: a Markdown section of the dataset card;
+* ``CARD_SECTIONS`` — ``fn(dataset_dir) -> str | None``: a Markdown section of the dataset card (after the
+  statistics);
+* ``CARD_QUALITY_SECTIONS`` — ``fn(dataset_dir) -> str | None``: a Markdown section on the data's quality
+  (duplicates, evaluation contamination: ``biomedica_hf.neardup.card``), after the index description;
 * ``CARD_CONFIGS`` — ``fn(dataset_dir) -> list[dict]``: extra ``configs:`` entries of the card's YAML;
 * ``CARD_FILES`` — ``fn(dataset_dir) -> None``: files the card links to (plots), written before the card;
 * ``CONCEPT_NAMES`` — ``fn() -> Iterable[str]``: every concept name of the label vocabulary, so that a filter can
   tell a valid concept this build lacks (an empty selection) from a misspelt one (an error).
 
-A provider is found two ways: declared as an entry point of the group in a package's metadata (this package
-declares its own in ``pyproject.toml``, so an installed ``biomedica_hf`` needs no import order), or registered at
-run time with :func:`register` (for code that is not installed, and tests). Providers run in a stable order
-(entry points by name, then registrations in order); a provider is never run twice.
+A provider is found three ways: declared as an entry point of the group in a package's metadata (this package
+declares its own in ``pyproject.toml``, so an installed ``biomedica_hf`` needs no import order), named in
+:data:`BUILTIN` (providers of the core itself, found without metadata), or registered at run time with
+:func:`register` (for code that is not installed, and tests). Providers run in a stable order (entry points by
+name, then the built-in ones, then registrations in order); a provider is never run twice. A provider's error is
+not caught here: the caller reports it (the card names the section that failed).
 """
 from __future__ import annotations
 
 import logging
+import importlib
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
 INDEX_COLUMNS = "biomedica_hf.index_columns"
 CARD_SECTIONS = "biomedica_hf.card_sections"
+CARD_QUALITY_SECTIONS = "biomedica_hf.card_quality_sections"
 CARD_CONFIGS = "biomedica_hf.card_configs"
 CARD_FILES = "biomedica_hf.card_files"
 CONCEPT_NAMES = "biomedica_hf.concept_names"
-GROUPS = (INDEX_COLUMNS, CARD_SECTIONS, CARD_CONFIGS, CARD_FILES, CONCEPT_NAMES)
+GROUPS = (INDEX_COLUMNS, CARD_SECTIONS, CARD_QUALITY_SECTIONS, CARD_CONFIGS, CARD_FILES, CONCEPT_NAMES)
+#: providers of the core's own packages (``module:function``, imported when the group runs): no metadata needed
+BUILTIN: dict[str, tuple[str, ...]] = {CARD_QUALITY_SECTIONS: ("biomedica_hf.neardup.card:card_section",)}
 
 log = logging.getLogger(__name__)
 _registered: dict[str, list[Callable[..., Any]]] = {g: [] for g in GROUPS}
@@ -60,6 +69,11 @@ def providers(group: str) -> list[Callable[..., Any]]:
         except Exception as e:  # a broken third-party plugin must not stop a build: say so and go on
             log.warning("hook %s=%s of %s could not be loaded: %s", ep.name, ep.value, group, e)
             continue
+        if fn not in found:
+            found.append(fn)
+    for ref in BUILTIN.get(group, ()):
+        module, _, name = ref.partition(":")
+        fn = getattr(importlib.import_module(module), name)
         if fn not in found:
             found.append(fn)
     return found + [fn for fn in _registered[group] if fn not in found]

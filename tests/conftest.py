@@ -1,4 +1,6 @@
-"""Shared test fixtures: paths to the real PMC data in ../shared/fixtures."""
+"""Shared pytest fixtures (the real PMC data in ../shared/fixtures, built datasets, one torch thread) and the test
+kinds of ``make test-fast``. Helpers that tests import live in ``tests/support/`` (``from support.paths import
+REPO``), never here: a test never writes ``from conftest import``."""
 from __future__ import annotations
 
 import os
@@ -10,13 +12,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("BIOMEDICA_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures"
-PMC = FIXTURES / "pmc"
-ARTICLES = PMC / "articles"
-FILELISTS = PMC / "filelists"
-PUBMED = FIXTURES / "pubmed"
+from support.paths import ARTICLES, FILELISTS, FIXTURES, PMC, PUBMED  # noqa: E402 - after the offline switches
+from support.recipes import BIN, RECIPE_ENV  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -54,77 +51,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def save_tiny_dinov2(folder: Path, image_size: int = 56) -> Path:
-    """A random 2-layer DINOv2 (with registers) + image processor saved like a real checkpoint."""
-    import torch
-    from transformers import AutoModel, BitImageProcessor, Dinov2WithRegistersConfig
-
-    torch.manual_seed(0)
-    # transformers 5 DINOv2 configs size the MLP with mlp_ratio (intermediate = 2 x 32 = 64)
-    config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-                                       image_size=image_size, patch_size=14, num_register_tokens=4)
-    AutoModel.from_config(config).save_pretrained(folder)
-    BitImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
-    return folder
-
-
-# ------------------------------------------------------------------ recipes under `accelerate launch` (2 CPU ranks)
-BIN = Path(sys.executable).parent
-ACCELERATE = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]
-RECIPE_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-              "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-DDP_PROBE = str(REPO / "tests" / "ddp_probe.py")
-
-
-def free_port() -> int:
-    """A free TCP port for the rendezvous: the default 29500 collides with other accelerate runs on the machine."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants. Not a process-group kill: torch elastic starts every rank in
-    a session of its own, so killing the launcher's group leaves the ranks running (and holding our pipes)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [*root.children(recursive=True), root]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=30)
-
-
-def launch_recipe(args: list[str], timeout: int = 240, probe: Path | None = None):
-    """``accelerate launch`` 2 CPU ranks on ``args`` (script + its arguments); asserts a zero exit. On a timeout
-    the launcher and both ranks are killed and the test fails with their output (it never waits forever).
-    ``probe``: run the script under ``ddp_probe.py``, which records its DDP teardown order into that folder."""
-    import subprocess
-
-    if probe is not None:
-        args = [DDP_PROBE, str(probe), *args]
-    cmd = [*ACCELERATE, "--main_process_port", str(free_port()), *args]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=RECIPE_ENV, cwd=REPO)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(p.pid)
-        out, err = p.communicate(timeout=60)
-        pytest.fail(f"{' '.join(args[:1])} timed out after {timeout}s:\n{out[-2000:]}\n{err[-3000:]}")
-    assert p.returncode == 0, out[-3000:] + err[-5000:]
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
-
-
 @pytest.fixture(scope="session")
 def recipe_dataset(tmp_path_factory, articles_dir) -> Path:
     """The fixture articles built with 4-sample shards (several per subset for 2 ranks), shared read-only by
@@ -136,20 +62,6 @@ def recipe_dataset(tmp_path_factory, articles_dir) -> Path:
                         "--shard-samples", "4"], capture_output=True, text=True, env=RECIPE_ENV, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     return out
-
-
-def recipe_log(run: Path) -> list[dict]:
-    """A recipe run's ``log.jsonl``, one dict per logged step (``event`` records left out)."""
-    import json
-
-    return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "event" not in r]
-
-
-def ddp_teardown(out: Path) -> list[list[bool]]:
-    """What ``ddp_probe.py`` recorded for ranks 0 and 1 (see ``launch_recipe(..., probe=out)``)."""
-    import json
-
-    return [json.loads((out / f"ddp_rank{r}.json").read_text()) for r in (0, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +97,10 @@ KIND_OF_TESTS = {
         "tests/train/test_clip_recipe.py::test_gathered_loss_equals_single_process",
         "tests/train/test_clip_recipe.py::test_open_clip_two_processes_resume_and_export",
         "tests/train/test_clip_recipe.py::test_transformers_lora_two_processes",
-        "tests/train/test_smolvlm.py::test_train_two_processes_exports_and_card",
-        "tests/train/test_smolvlm.py::test_each_rank_reads_only_its_share",
-        "tests/train/test_smolvlm.py::test_resume_from_checkpoint_repeats_the_same_steps",
-        "tests/train/test_smolvlm.py::test_caption_command_merged_and_adapter",
+        "tests/train/test_smolvlm_recipe.py::test_train_two_processes_exports_and_card",
+        "tests/train/test_smolvlm_recipe.py::test_each_rank_reads_only_its_share",
+        "tests/train/test_smolvlm_recipe.py::test_resume_from_checkpoint_repeats_the_same_steps",
+        "tests/train/test_smolvlm_recipe.py::test_caption_command_merged_and_adapter",
     ],
     "slow": [                                                            # minutes, or the end-to-end runs
         "tests/test_smoke.py",

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, save_tiny_dinov2
+from support.models import save_tiny_dinov2
+from support.paths import REPO
+from support.recipes import free_port
 
 from biomedica_hf.errors import (
     InputError,
@@ -125,7 +127,9 @@ def test_caption_with_a_clip_folder_is_wrong_model(tmp_path):
     r = biomedica("caption", str(EVAL_IMAGE), "--model", str(tmp_path / "clip"))
     line = error_line(r)
     assert r.returncode == WrongModelError.exit_code == 6
-    assert "'clip' model (CLIPModel)" in line and "image-text-to-text" in line and "finetune/smolvlm" in line
+    assert "'clip' model (CLIPModel)" in line
+    assert "image-text-to-text" in line
+    assert "finetune/smolvlm" in line
     assert len(line) < 400   # not the ~100 config classes transformers lists
 
 
@@ -134,7 +138,9 @@ def test_inspect_non_xml_exits_nonzero_with_one_line(tmp_path):
     r = biomedica("inspect", str(EVAL_IMAGE))
     line = error_line(r)
     assert r.returncode == 1
-    assert EVAL_IMAGE.name in line and "no article parsed" in line and "xml_syntax" in line
+    assert EVAL_IMAGE.name in line
+    assert "no article parsed" in line
+    assert "xml_syntax" in line
     assert r.stdout == ""
     jats = next((REPO / "biomedica_hf" / "sample_data" / "articles").rglob("*.nxml"))
     ok = biomedica("inspect", str(jats))
@@ -151,7 +157,9 @@ def test_build_missing_input_is_one_line_and_writes_nothing(tmp_path):
     r = biomedica("build", "--source", "local", "--input", str(tmp_path / "does" / "not" / "exist"), "--out", str(out))
     line = error_line(r)
     assert r.returncode == InputError.exit_code == 7
-    assert "does not exist" in line and "--input" in line and "--sample" in line
+    assert "does not exist" in line
+    assert "--input" in line
+    assert "--sample" in line
     _nothing_written(out)
 
 
@@ -178,7 +186,9 @@ def test_build_unreadable_input_is_one_line(tmp_path):
         locked.chmod(0o700)
     line = error_line(r)
     assert r.returncode == 7
-    assert "cannot be read" in line and "Permission denied" in line and "ls -ld" in line
+    assert "cannot be read" in line
+    assert "Permission denied" in line
+    assert "ls -ld" in line
     _nothing_written(out)
 
 
@@ -194,7 +204,9 @@ def test_build_folder_without_article_names_what_was_looked_for(tmp_path):
     assert r.returncode == 7
     for looked_for in ("*.nxml", "*.xml", "*.tar.gz", "PMCid.V/"):
         assert looked_for in line
-    assert "1 no_xml" in line and "1 no_article_xml" in line and "biomedica inspect" in line
+    assert "1 no_xml" in line
+    assert "1 no_article_xml" in line
+    assert "biomedica inspect" in line
     _nothing_written(out)
     # an existing output folder is left as it was (no _work/ inside it)
     out.mkdir()
@@ -211,7 +223,9 @@ def test_build_empty_listing_is_one_line(tmp_path):
                   "--base-url", f"http://127.0.0.1:{free_port()}")
     line = error_line(r)
     assert r.returncode == 7
-    assert "listing is empty" in line and str(ids) in line and "one PMCID per line" in line
+    assert "listing is empty" in line
+    assert str(ids) in line
+    assert "one PMCID per line" in line
     _nothing_written(out)
 
 
@@ -242,4 +256,6 @@ def test_build_partly_failed_exits_0_with_its_summary(tmp_path):
     out = tmp_path / "ds"
     r = biomedica("build", "--input", str(inp), "--out", str(out), "--no-progress", "--workers", "1")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "Error:" not in r.stderr and "failed" in r.stdout and (out / "README.md").exists()
+    assert "Error:" not in r.stderr
+    assert "failed" in r.stdout
+    assert (out / "README.md").exists()

@@ -34,7 +34,7 @@ def _stages(data: bytes) -> dict[str, np.ndarray]:
     import datasets
 
     from biomedica_hf.clip.data import flatten_to_rgb as clip_train
-    from biomedica_hf.clip.vision import open_rgb
+    from biomedica_hf.clip.pixels import open_rgb
     from biomedica_hf.concepts.sheets import flatten_to_rgb as concept_sheets
     from biomedica_hf.eval.evalset import decode_image as eval_decode
     from biomedica_hf.search.thumbs import _flatten as search_thumbs
@@ -110,3 +110,24 @@ def test_the_policy_agrees_with_what_the_build_writes():
                  _transparent_png()):
         built = process_image(data, "fig.png")
         assert np.array_equal(np.asarray(to_rgb(built.data)), np.asarray(to_rgb(data)))
+
+
+def test_one_high_bit_depth_rule_for_the_build_the_stages_and_the_hash():
+    """A 16-bit figure (a wide range, and a constant one) becomes the same 8-bit gray in the build's conversion,
+    in every stage's RGB, in the panel splitter and in the perceptual hash's input: one rule (min..max stretched,
+    rounded)."""
+    from biomedica_hf.images import hash_gray, stretch_to_l, to_output_mode
+    from biomedica_hf.neardup.hashing import bytes_phash, image_phash
+    from biomedica_hf.panels.split import to_rgb_array
+
+    ramp = np.arange(64 * 48).reshape(48, 64) * 13 + 700
+    for a in (ramp, np.full((40, 30), 1234)):
+        img = _i16(a)
+        gray = np.asarray(stretch_to_l(img))
+        lo, hi = (a.min(), a.max()) if a.max() > a.min() else (0, 65535)
+        assert np.array_equal(gray, np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8))
+        assert np.array_equal(np.asarray(to_output_mode(img)), gray)
+        assert np.array_equal(np.asarray(to_rgb(_png(img)))[:, :, 0], gray)
+        assert np.array_equal(np.asarray(hash_gray(img, 256)), gray)
+        assert np.array_equal(to_rgb_array(img), np.repeat(gray[:, :, None], 3, axis=2))
+        assert image_phash(img) == image_phash(Image.fromarray(gray, "L")) == bytes_phash(_png(img))

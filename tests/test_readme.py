@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support.paths import REPO
 
 README = REPO / "README.md"
 DOCS = REPO / "docs"
@@ -32,7 +32,9 @@ def runnable_blocks(path: Path) -> list[tuple[str, str]]:
 def test_readme_is_a_short_front_door():
     text = README.read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 300
-    assert "make demo" in text and "make test" in text and "## Contents" in text
+    assert "make demo" in text
+    assert "make test" in text
+    assert "## Contents" in text
     headings = re.findall(r"^## (.+)$", text, re.M)
     for recipe in RECIPES:
         assert recipe in headings, recipe

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from support.paths import REPO
 
 STAGES = ["tiny random models", "build", "card", "embed", "cluster", "annotation-sheets", "label", "CLIP recipe",
           "SmolVLM recipe", "caption", "eval", "index", "serve + query", "RAG example"]
@@ -34,7 +34,9 @@ def smoke(tmp_path_factory) -> tuple[Path, str]:
 @pytest.mark.timeout(1500)
 def test_every_stage_runs_and_says_its_models_are_tiny_and_random(smoke):
     out, stdout = smoke
-    assert stdout.startswith("=" * 100) and "TINY RANDOM MODELS" in stdout and "meaningless" in stdout
+    assert stdout.startswith("=" * 100)
+    assert "TINY RANDOM MODELS" in stdout
+    assert "meaningless" in stdout
     summary = json.loads((out / "smoke_summary.json").read_text())
     assert summary["ok"] is True and [s["stage"] for s in summary["stages"]] == STAGES
     assert all(s["ok"] for s in summary["stages"])
@@ -61,4 +63,6 @@ def test_every_stage_runs_and_says_its_models_are_tiny_and_random(smoke):
     assert served["total"] > 0 and served["top"].startswith("eLife_19405_")
     # the RAG example retrieved numbered sources for its question
     rag = json.loads((out / "rag_answer.json").read_text())
-    assert rag["sources"] and rag["sources"][0]["n"] == 1 and "[1]" in rag["prompt"]
+    assert rag["sources"]
+    assert rag["sources"][0]["n"] == 1
+    assert "[1]" in rag["prompt"]

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+from support.paths import REPO
 
 FAST = "not slow and not browser and not multiprocess"
 
@@ -48,3 +48,35 @@ def test_the_markers_leave_out_browser_multiprocess_and_slow_tests():
     assert "tests/train/test_clip_recipe.py::test_wise_ft_interpolates" in fast        # a unit test stays
     for marker in ("slow", "browser", "multiprocess"):
         assert re.search(rf'"{marker}: ', (REPO / "pyproject.toml").read_text()), marker
+
+
+def test_every_node_id_of_the_kinds_names_a_real_test(request):
+    """A moved or renamed test must move in KIND_OF_TESTS too: a stale node id would silently put a slow or
+    multi-process test back into the fast loop. Checked against the source (no collection)."""
+    import ast
+
+    # the table of the conftest pytest loaded (a plugin), not an import of conftest
+    (kinds,) = [p.KIND_OF_TESTS for p in request.config.pluginmanager.get_plugins() if hasattr(p, "KIND_OF_TESTS")]
+    stale = []
+    for kind, ids in kinds.items():
+        for node in ids:
+            path, _, name = node.partition("::")
+            file = REPO / path
+            if not file.is_file():
+                stale.append(f"{kind}: {node} (no file {path})")
+                continue
+            tests = {n.name for n in ast.walk(ast.parse(file.read_text())) if isinstance(n, ast.FunctionDef)}
+            if name and name not in tests:
+                stale.append(f"{kind}: {node} (no test {name} in {path})")
+    assert not stale, "KIND_OF_TESTS in tests/conftest.py names tests that do not exist:\n" + "\n".join(stale)
+
+
+def test_helpers_live_in_tests_support():
+    """Issue 29: tests/ holds test modules, conftest.py and packages; helpers are modules of tests/support/, imported
+    as ``support.<module>``; no test module imports conftest."""
+    loose = sorted(p.name for p in (REPO / "tests").glob("*.py") if not p.name.startswith("test_")
+                   and p.name != "conftest.py")
+    assert loose == [], f"helpers loose in tests/ (move them to tests/support/): {loose}"
+    importing = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("*.py")
+                       if re.search(r"^\s*(from conftest import|import conftest)", p.read_text(), re.M))
+    assert importing == [], f"tests importing conftest (use tests/support/): {importing}"

@@ -20,7 +20,8 @@ Output policy of :func:`process_image` ("original bytes, or lossless PNG"):
   loaders mis-render CMYK; converted via the embedded ICC profile when there is one) and
   16-bit grayscale PNG (``datasets.Image`` decodes it as ``I;16`` and the usual
   ``.convert("RGB")`` clips it to almost pure white - see ``keep_16bit_png``).
-* Mode handling is the explicit table :data:`TARGET_MODE`.  High bit depth (``I;16*``, ``I``,
+* Mode handling is the explicit table :data:`~biomedica_hf.images.TARGET_MODE` of the core images module
+  (:func:`biomedica_hf.images.to_output_mode`, the one pixel policy of every stage).  High bit depth (``I;16*``, ``I``,
   ``F``) is stretched linearly from the image's actual min..max to 0..255 (no clipping; 12-bit
   data stored in 16 bits stays visible); non-finite floats map to 0.  Alpha is kept (``RGBA``/
   ``LA``) unless every pixel is opaque, in which case it is dropped (lossless).
@@ -49,6 +50,15 @@ from urllib.parse import unquote
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from biomedica_hf.images import (
+    HIGH_BIT_DEPTH,
+    TARGET_MODE,
+    UnsupportedMode,
+    apply_orientation,
+    exif_orientation,
+    stretch_to_l,
+    to_output_mode,
+)
 from biomedica_hf.neardup.hashing import draft_for_hash, image_phash
 from biomedica_hf.schema import ImageRecord
 
@@ -226,44 +236,6 @@ KEEP_ORIGINAL: dict[str, tuple[frozenset[str], str]] = {
     "PNG": (frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"}), "png"),
 }
 
-#: source mode -> mode of the converted PNG.  "P" becomes "RGBA" when the palette has a
-#: transparent entry; any alpha that is fully opaque is dropped afterwards.
-TARGET_MODE: dict[str, str] = {
-    "1": "L",
-    "L": "L",
-    "LA": "LA",
-    "La": "LA",        # premultiplied alpha -> straight alpha
-    "P": "RGB",
-    "PA": "RGBA",
-    "RGB": "RGB",
-    "RGBA": "RGBA",
-    "RGBa": "RGBA",
-    "RGBX": "RGB",
-    "CMYK": "RGB",     # via the embedded ICC profile when present
-    "YCbCr": "RGB",
-    "LAB": "RGB",
-    "HSV": "RGB",
-    "I;16": "L",       # high bit depth: min..max stretch (see _stretch_to_l)
-    "I;16B": "L",
-    "I;16L": "L",
-    "I;16N": "L",
-    "I": "L",
-    "F": "L",
-}
-HIGH_BIT_DEPTH = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
-
-# EXIF orientation -> transpose that displays the image upright (as PIL.ImageOps.exif_transpose)
-_ORIENTATION: dict[int, Image.Transpose] = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-_EXIF_ORIENTATION = 0x0112
-
 # ICC header bytes 16..20: data colour space, checked against the output mode
 _ICC_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "L": b"GRAY", "LA": b"GRAY"}
 
@@ -286,81 +258,6 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyErr
 
 def _looks_like_image(data: bytes) -> bool:
     return data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
-
-
-def _row_blocks(im: Image.Image, budget: int = 16 << 20):
-    """``(y0, block)`` crops of whole rows, each about ``budget`` bytes as float64."""
-    w, h = im.size
-    rows = max(1, budget // max(1, w * 8))
-    for y in range(0, h, rows):
-        yield y, im.crop((0, y, w, min(h, y + rows)))
-
-
-def _stretch_to_l(im: Image.Image) -> Image.Image:
-    """8-bit ``L`` from a high-bit-depth single-band image: linear map of min..max to 0..255.
-
-    A constant image falls back to the nominal range (0..65535, or 0..1 for float). Works in row
-    blocks, so the extra memory is the 8-bit output plus one block (not 8 bytes a pixel).
-    """
-    import numpy as np
-
-    lo, hi = np.inf, -np.inf
-    for _, block in _row_blocks(im):
-        a = np.asarray(block).astype(np.float64)
-        a = a[np.isfinite(a)]
-        if a.size:
-            lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
-    out = Image.new("L", im.size, 0)
-    if not np.isfinite(lo):  # no finite pixel
-        return out
-    if hi <= lo:
-        lo, hi = (0.0, 1.0) if im.mode == "F" else (0.0, 65535.0)
-    for y, block in _row_blocks(im):
-        a = np.asarray(block).astype(np.float64)
-        a = np.nan_to_num((np.where(np.isfinite(a), a, np.nan) - lo) * (255.0 / (hi - lo)), nan=0.0)
-        out.paste(Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L"), (0, y))
-    return out
-
-
-def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
-    """CMYK -> RGB through the embedded ICC profile when there is one, else Pillow's formula."""
-    icc = im.info.get("icc_profile")
-    if icc:
-        try:
-            from PIL import ImageCms
-
-            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"),
-                                             outputMode="RGB")
-        except Exception:  # noqa: BLE001 - broken profile / no littlecms: fall back
-            pass
-    return im.convert("RGB")
-
-
-def _to_output_mode(im: Image.Image) -> Image.Image:
-    """Apply :data:`TARGET_MODE` to a loaded image."""
-    mode = im.mode
-    if mode not in TARGET_MODE:
-        raise MediaError("unsupported_format", f"image mode {mode}")
-    if mode in HIGH_BIT_DEPTH:
-        return _stretch_to_l(im)
-    if mode == "CMYK":
-        return _cmyk_to_rgb(im)
-    target = TARGET_MODE[mode]
-    if mode == "P" and "transparency" in im.info:
-        target = "RGBA"
-    out = im if mode == target else im.convert(target)
-    if "A" in out.getbands() and out.getchannel("A").getextrema() == (255, 255):
-        out = out.convert(out.mode[:-1])  # fully opaque: RGBA -> RGB, LA -> L
-    return out
-
-
-def _orientation(im: Image.Image) -> int:
-    try:
-        value = im.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 - malformed EXIF must not fail an otherwise good image
-        return 1
-    return value if isinstance(value, int) and value in _ORIENTATION else 1
 
 
 def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int, strategy: str = PNG_STRATEGY) -> bytes:
@@ -517,7 +414,7 @@ def _reduce(im: Image.Image, max_pixels: int) -> Image.Image:
     """Downscale a loaded image to at most ``max_pixels`` pixels: integer ``reduce`` (box average,
     cheap) where the mode allows, then an exact LANCZOS resize to the target size."""
     if im.mode in HIGH_BIT_DEPTH and im.mode not in ("I", "F"):
-        im = _stretch_to_l(im)
+        im = stretch_to_l(im)
     elif im.mode in ("1", "P", "PA"):
         im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else TARGET_MODE[im.mode])
     tw, th = _target_size(im.size, max_pixels)
@@ -569,7 +466,7 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
         else:
             im.draft(mode, (1, 1))
     _load(im)
-    orientation = _orientation(im)
+    orientation = exif_orientation(im)
     reduced = drafted
     if reduce_to_pixels and im.width * im.height > reduce_to_pixels:
         im = _reduce(im, reduce_to_pixels)
@@ -584,9 +481,10 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
                            source_name=name), _phash(im) if phash else None
 
     icc = im.info.get("icc_profile") if mode != "CMYK" else None
-    out = _to_output_mode(im)
-    if orientation != 1:
-        out = out.transpose(_ORIENTATION[orientation])
+    try:
+        out = apply_orientation(to_output_mode(im), orientation)
+    except UnsupportedMode as e:
+        raise MediaError("unsupported_format", str(e)) from e
     png = _encode_png(out, icc, compress_level, png_strategy)
     return ImageRecord(data=png, ext="png", width=out.width, height=out.height,
                        orig_format=fmt, orig_mode=orig_mode, sha256=sha256_bytes(png),

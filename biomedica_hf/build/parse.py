@@ -306,8 +306,9 @@ def _has_ancestor(el: etree._Element, names: frozenset[str], stop: etree._Elemen
 
 
 def _blocks(container: etree._Element | None, exclude: frozenset[str],
-            entities: dict[str, str]) -> list[str]:
-    """Section titles and paragraphs below ``container``, in order, each as one string."""
+            entities: dict[str, str], walked: dict | None = None) -> list[str]:
+    """Section titles and paragraphs below ``container``, in order, each as one string. With ``walked``, each
+    element's text and xref offsets are also kept there (the references reuse them: one walk of the body)."""
     if container is None:
         return []
     ctx = _Walk(skip=_NOT_IN_PARAGRAPH, entities=entities)
@@ -315,7 +316,11 @@ def _blocks(container: etree._Element | None, exclude: frozenset[str],
     for el in container.iter("p", "title"):
         if _has_ancestor(el, exclude, container):
             continue
+        if walked is not None:
+            ctx.xrefs = []
         text = _text(el, ctx)
+        if walked is not None:
+            walked[el] = (text, ctx.xrefs)
         if text:
             blocks.append(text)
     return blocks
@@ -345,13 +350,14 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     spans = []
     start = 0
     for m in _SENTENCE_END.finditer(text):
-        nxt = text[m.end():].lstrip()
-        if not nxt or not (nxt[0].isupper() or nxt[0].isdigit() or nxt[0] in _SENTENCE_OPENERS):
+        at = _SPACES.match(text, m.end()).end()     # the next sentence's first character (no copy of the rest:
+        c = text[at:at + 1]                         # long paragraphs stay linear)
+        if not c or not (c.isupper() or c.isdigit() or c in _SENTENCE_OPENERS):
             continue
-        if m.group(0)[0] == "." and (_is_abbreviation(text, m.start()) or _is_panel_after_number(text, m.start(), nxt)):
+        if m.group(0)[0] == "." and (_is_abbreviation(text, m.start()) or _is_panel_after_number(text, m.start(), at)):
             continue
         spans.append((start, m.end()))
-        start = m.end() + (len(text[m.end():]) - len(nxt))
+        start = at
     if start < len(text):
         spans.append((start, len(text)))
     return spans
@@ -361,9 +367,14 @@ _FIGURE_NUMBER_BEFORE = re.compile(r"\b(?:fig|figs|figure|figures|table|tables|s
                                    re.I)
 
 
-def _is_panel_after_number(text: str, dot: int, nxt: str) -> bool:
-    """"(Fig. 9. B)": a figure number, a dot, then a lone panel letter is one citation, not two sentences."""
-    return bool(re.match(r"[A-Z][)\]},;:\u2013-]", nxt)) and bool(_FIGURE_NUMBER_BEFORE.search(text[max(0, dot - 40):dot]))
+_PANEL_LETTER = re.compile(r"[A-Z][)\]},;:\u2013-]")
+_SPACES = re.compile(r"\s*")
+
+
+def _is_panel_after_number(text: str, dot: int, at: int) -> bool:
+    """"(Fig. 9. B)": a figure number, a dot, then (at ``at``) a lone panel letter is one citation, not two
+    sentences."""
+    return bool(_PANEL_LETTER.match(text, at)) and bool(_FIGURE_NUMBER_BEFORE.search(text[max(0, dot - 40):dot]))
 
 
 def _is_abbreviation(text: str, dot: int) -> bool:
@@ -524,7 +535,7 @@ def _dtd(el: etree._Element) -> str | None:
 
 
 def _article_meta(el: etree._Element, source_file: str | None,
-                  entities: dict[str, str]) -> Article:
+                  entities: dict[str, str], walked: dict | None = None) -> Article:
     front = el.find("front")
     meta = _child(front, "article-meta")
     jmeta = _child(front, "journal-meta")
@@ -535,7 +546,7 @@ def _article_meta(el: etree._Element, source_file: str | None,
     journal = next(jmeta.iter("journal-title"), None) if jmeta is not None else None
     authors = 0 if meta is None else sum(
         1 for c in meta.iterfind("contrib-group/contrib") if c.get("contrib-type") == "author")
-    body_blocks = _blocks(el.find("body"), _NOT_IN_FULL_TEXT, entities)
+    body_blocks = _blocks(el.find("body"), _NOT_IN_FULL_TEXT, entities, walked)
     return Article(
         pmcid=_pmcid(meta),
         pmid=_article_id(meta, "pmid"),
@@ -691,18 +702,25 @@ def _citing(p: etree._Element, scope: etree._Element) -> bool:
 
 
 def _attach_references(scope: etree._Element, figs: list[Figure],
-                       targets: dict[str, list[int]], entities: dict[str, str]) -> None:
+                       targets: dict[str, list[int]], entities: dict[str, str],
+                       walked: dict | None = None) -> None:
+    """In-text references of the figures: the sentences of article paragraphs that cite them. A paragraph the
+    full text already walked (``walked``: element -> text, xref offsets) is not walked again."""
     seen: set[tuple[int, str]] = set()
+    walked = walked if walked is not None else {}
     for p in scope.iter("p", "td", "th"):
         # only paragraphs with an xref to a figure are walked (most cite references, tables, equations only)
         if not any(_cited(x, targets) for x in p.iter("xref")) or not _citing(p, scope):
             continue
         if _local(p) != "p" and any(True for _ in p.iter("p")):
             continue  # a table cell of paragraphs: its paragraphs are read as paragraphs
-        ctx = _Walk(skip=_NOT_IN_PARAGRAPH, entities=entities, xrefs=[])
-        paragraph = _text(p, ctx)
+        if p in walked:
+            paragraph, xrefs = walked[p]
+        else:
+            ctx = _Walk(skip=_NOT_IN_PARAGRAPH, entities=entities, xrefs=[])
+            paragraph, xrefs = _text(p, ctx), ctx.xrefs
         spans = None                                         # split into sentences when first needed
-        marks = [(x, s, e, _cited(x, targets)) for x, s, e in ctx.xrefs]
+        marks = [(x, s, e, _cited(x, targets)) for x, s, e in xrefs]
         for k, (xref, start, end, cited) in enumerate(marks):
             if not cited:
                 continue
@@ -731,12 +749,13 @@ def _attach_references(scope: etree._Element, figs: list[Figure],
 def _parse_one(scope: etree._Element, article: etree._Element | None,
                source_file: str | None, entities: dict[str, str]) -> ParsedArticle:
     """``article`` None: a fragment of sub-articles only (no metadata of its own)."""
-    meta = (_article_meta(article, source_file, entities) if article is not None
+    walked: dict = {}                # body paragraphs: walked once, for the full text and the references
+    meta = (_article_meta(article, source_file, entities, walked) if article is not None
             else Article(pmcid="", source_file=source_file))
     fig_elements = list(scope.iter("fig"))
     figures = [_figure(f, i, g, entities)
                for i, (f, g) in enumerate(zip(fig_elements, _group_ids(fig_elements)))]
-    _attach_references(scope, figures, _targets(fig_elements), entities)
+    _attach_references(scope, figures, _targets(fig_elements), entities, walked)
     return ParsedArticle(article=meta, figures=figures)
 
 

@@ -7,7 +7,7 @@ and sha256, by a sealed record (:func:`file_seal`: partition manifests in ``layo
 hash files in ``staged.json``, its table parts in its done marker). A rerun that finds a piece missing, cut
 or inconsistent discards that partition's state and redoes the partition from its inputs.
 
-:func:`checkpoint` is the fault-injection hook of the tests (``tests/build/test_faults.py``): with
+:func:`checkpoint` is the fault-injection hook of the tests (``tests/build/test_resume_state.py``): with
 ``BIOMEDICA_FAULT_AT=<point>`` in the environment the process SIGKILLs itself when it reaches that point
 (``<point>:<n>``: the n-th time); :func:`arm` does the same inside one process by raising
 :class:`SimulatedKill` (a ``BaseException``: nothing of the build catches it). Unarmed it costs one dict

@@ -1,9 +1,11 @@
 """The CLIP model library: one model class and SPEC grammar (``model``), the image side shared with the concept
-embedder and search (``vision``), training data (``data``), ``loss``, ``export``, model cards (``card``), an offline
-transformers tokenizer (``tokenizer``) and tiny random models for tests and smoke runs (``tiny``).
+embedder and search (``pixels``: bytes -> fitted RGB; ``backbones``: DINOv2 / CLIP image embeddings), the device
+(``device``), the missing-weights error (``weights``), training data (``data``), ``loss``, ``export``, model cards
+(``card``), an offline transformers tokenizer (``tokenizer``) and tiny random models for tests and smoke runs
+(``tiny``).
 
 Library code (open_clip style): it never imports the harnesses above it (``eval``, ``train``, ``search``). The
-names below load on first use, so importing ``biomedica_hf.clip.vision`` does not import torch.
+names below load on first use, so importing ``biomedica_hf.clip.pixels`` does not import torch.
 """
 from __future__ import annotations
 

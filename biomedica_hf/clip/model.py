@@ -46,7 +46,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from biomedica_hf.clip.vision import open_rgb, pick_device
+from biomedica_hf.clip.device import resolve_device
+from biomedica_hf.clip.pixels import open_rgb
+from biomedica_hf.clip.weights import raise_missing_weights
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,6 @@ LORA_TARGETS = {
     "transformers": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
 }
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda, else mps, else cpu, as a ``torch.device``."""
-    return device if isinstance(device, torch.device) else torch.device(pick_device(device))
 
 
 def hf_features(output: Any) -> torch.Tensor:
@@ -343,8 +340,6 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "auto", seed:
             torch.manual_seed(seed)
             clip = _load_model(parsed)
     except (OSError, RuntimeError) as exc:
-        from biomedica_hf.clip.vision import raise_missing_weights
-
         raise_missing_weights(f"the weights of {parsed.display!r} are", parsed.local, exc,
                               "pass --model PATH to a local open_clip folder (open_clip_config.json) or transformers "
                               "CLIP folder, or run once with network to cache them")

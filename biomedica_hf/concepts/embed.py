@@ -4,7 +4,7 @@
   (``save_pretrained`` output), or a CLIP model SPEC (``biomedica_hf.clip.model``: its image tower); a
   model object + processor can be passed instead. The default is ``facebook/dinov2-with-registers-large``
   (ViT-L/14 with registers, as BIOMEDICA). Loading, image preparation and pooling live in
-  ``biomedica_hf.clip.vision`` (shared with search).
+  ``biomedica_hf.clip.pixels`` and ``biomedica_hf.clip.backbones`` (shared with search).
 * **Feature.** ``pooler_output`` when the model has one, else the CLS token ``last_hidden_state[:, 0]``.
   For DINOv2 both are the same vector (the CLS token after the final layer norm; register tokens
   are never pooled). Cast to float32 and L2-normalised, so a dot product is the cosine similarity.
@@ -42,7 +42,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from biomedica_hf.clip.vision import FITS, embed_images, load_image_model, pick_device, prepare_image
+from biomedica_hf.clip.backbones import embed_images, load_image_model
+from biomedica_hf.clip.device import pick_device
+from biomedica_hf.clip.pixels import FITS, prepare_image
 from biomedica_hf.concepts.layout import EMBED_DIR, read_shard_index, shard_index_files, shard_stem
 from biomedica_hf.io.atomic import atomic_write_json, save_npy, write_table
 from biomedica_hf.io.markers import DONE, clear_marker, is_done, marker_path, read_marker, write_marker

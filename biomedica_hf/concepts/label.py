@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from biomedica_hf.concepts.cluster import load_cluster_model
@@ -251,6 +250,8 @@ def write_labels_table(out: Path, per_cluster: dict[str, pa.Array]) -> Path:
 
 
 def _labels_for(labels_path: Path, shards: Iterable[str]) -> pa.Table:
+    import pyarrow.dataset as pads   # here, not at import: it imports pandas (~0.3 CPU s in every command's start-up)
+
     return pads.dataset(labels_path).to_table(filter=pc.field("shard").isin(pa.array(sorted(set(shards)), pa.string())))
 
 

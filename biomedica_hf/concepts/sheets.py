@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from biomedica_hf.images import to_rgb as flatten_to_rgb
@@ -202,6 +201,7 @@ def _index_html(k: int, sizes: np.ndarray, shown: dict[int, list[str]], vocab: V
 def annotation_sheets(dataset_dir: str | Path, per_cluster: int = 16, out: str | Path | None = None, seed: int = 0,
                       columns: int = COLUMNS, thumb: int = THUMB, progress: bool = True) -> Path:
     """Render a contact sheet per cluster, ``index.html`` and ``annotations_blank.json``; returns the folder."""
+    import pyarrow.dataset as pads   # here, not at import: it imports pandas (every command's start-up)
     from tqdm.auto import tqdm
 
     root = Path(dataset_dir)

@@ -1,8 +1,9 @@
 """The dataset card: ``README.md`` with the YAML Hugging Face reads (``configs:``, ``dataset_info``
 features, licence, task categories, size category, tags) and a body generated from the real
 statistics of the folder, with PNG plots in ``card/``. The template is ``biomedica_hf/templates/dataset_card.md.j2``
-(also at ``dataset_card/README.md.j2``). Higher layers add sections, configs and plots through
-:mod:`biomedica_hf.hooks` (concept labels: ``biomedica_hf.concepts.hooks``); this module never imports them.
+(also at ``dataset_card/README.md.j2``). Other packages add sections, configs and plots through
+:mod:`biomedica_hf.hooks` (concept labels: ``biomedica_hf.concepts.hooks``; duplicates and contamination:
+``biomedica_hf.neardup.card``); this module never imports them, and a section that fails is an error naming it.
 
 No loading script: the folder is data + YAML, which ``datasets >= 4`` loads directly::
 
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 
 from biomedica_hf import __version__, hooks, templates
 from biomedica_hf.dataset.tables import table_config_columns, write_table_configs
+from biomedica_hf.errors import BiomedicaError
 from biomedica_hf.io.atomic import atomic_write_bytes
 from biomedica_hf.io.sizes import human_size
 from biomedica_hf.layout import FIGURES_INDEX, STATS_SUFFIX, TABLE_CONFIGS, data_files_glob, folder_files
@@ -326,23 +328,35 @@ def render_card(out: Path, repo_id: str | None = None, extra_configs: list[dict]
     stats = stats if stats is not None else collect_stats(out)
     return templates.render(
         templates.DATASET_CARD,
-        **stats, sections=[s for s in hooks.run(hooks.CARD_SECTIONS, out) if s],
+        **stats, sections=card_sections(hooks.CARD_SECTIONS, out),
         yaml=yaml_header(out, stats, extra_configs).strip(), repo=repo_id or "ORG/biomedica",
         config_names=[c["config_name"] for c in card_configs(out, extra_configs)],
         sample_fields=[{"name": n, "type": t, "doc": d} for n, t, d in SAMPLE_FIELDS],
         article_fields=[{"name": n} for n, _, _ in ARTICLE_FIELDS],
         provenance=provenance(stats.get("source")), project_url=project_url(),
-        dedup_section=_dedup_section(out), splits=_splits_text(out),
+        dedup_section="".join(card_sections(hooks.CARD_QUALITY_SECTIONS, out)), splits=_splits_text(out),
     )
 
 
-def _dedup_section(out: Path) -> str:
-    from biomedica_hf.neardup import card_section
+class CardSectionError(BiomedicaError):
+    """A section provider of the card (:mod:`biomedica_hf.hooks`) failed: the card is not written without it."""
 
-    try:
-        return card_section(out)
-    except Exception:  # noqa: BLE001 - a folder without the tables the section reads
-        return ""
+
+def card_sections(group: str, out: Path) -> list[str]:
+    """The Markdown sections of ``group``'s providers (``hooks.CARD_SECTIONS`` / ``CARD_QUALITY_SECTIONS``), empty
+    ones left out. A provider that fails raises :class:`CardSectionError` naming it and the folder (a section is
+    never dropped silently)."""
+    found = []
+    for fn in hooks.providers(group):
+        try:
+            section = fn(out)
+        except Exception as exc:  # noqa: BLE001 - re-raised, naming the section and the folder
+            raise CardSectionError(f"the card section of {fn.__module__}.{fn.__qualname__} failed on {out}: "
+                                   f"{type(exc).__name__}: {exc}", "fix or remove the file it names, then run "
+                                   "`biomedica card DATASET` again") from exc
+        if section:
+            found.append(section)
+    return found
 
 
 def _splits_text(out: Path) -> str:
@@ -374,7 +388,9 @@ def write_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] 
 
 
 __all__ = [
+    "CardSectionError",
     "card_configs",
+    "card_sections",
     "collect_stats",
     "human_size",
     "make_plots",

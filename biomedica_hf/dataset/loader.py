@@ -34,14 +34,13 @@ import json
 import numbers
 import operator
 import os
-import posixpath
 import sys
 import tarfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import fsspec
 import numpy as np
@@ -49,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from biomedica_hf.dataset.locations import check_shard_path, dataset_file_url, is_local
 from biomedica_hf.errors import BiomedicaError
 from biomedica_hf import hooks
 from biomedica_hf.filters import LICENSE_CODES, resolve
@@ -112,27 +112,6 @@ class ShardRanges(NamedTuple):
     ranges: np.ndarray        # int64, shape (n, 2): (tar_offset, tar_size), sorted by offset
     # per-range index values, as Arrow arrays (no Python object per sample): EXTRA_COLUMNS present, key/sha256 to verify
     columns: dict[str, pa.Array] = {}   # noqa: RUF012 - NamedTuple default, never mutated
-
-
-# ------------------------------------------------------------------------------------ locations
-def is_local(path_or_repo_id: str | os.PathLike) -> bool:
-    """A local dataset folder (else a Hub dataset repo id)."""
-    return os.path.isdir(path_or_repo_id)
-
-
-def dataset_file_url(path_or_repo_id: str | os.PathLike, relpath: str, revision: str | None = None) -> str:
-    """Where ``relpath`` of the dataset lives: a local path, or ``hf://datasets/{repo}@{revision}/{relpath}``.
-
-    Revisions are percent-encoded (``refs/pr/1`` -> ``refs%2Fpr%2F1``), as ``HfFileSystem`` expects.
-    """
-    root = os.fspath(path_or_repo_id)
-    if is_local(root):
-        if revision is not None:
-            raise ValueError(f"revision={revision!r} applies to Hub repos; {root} is a local folder")
-        return os.path.join(os.path.abspath(root), *relpath.split("/"))
-    if os.path.isabs(root) or root.startswith((".", "~")) or root.count("/") > 1:
-        raise FileNotFoundError(f"{root}: no such folder (and not a Hub dataset repo id like 'owner/name')")
-    return f"hf://datasets/{root}@{quote(revision or 'main', safe='')}/{relpath}"
 
 
 #: the index columns a filter can read: everything but the text (captions, references), which is most of the bytes
@@ -316,15 +295,6 @@ def read_keys(exclude: str | os.PathLike | Iterable[str]) -> list[str]:
     if isinstance(exclude, bytes):
         raise TypeError("exclude= takes keys (str), not bytes")
     return [str(k) for k in exclude]
-
-
-def check_shard_path(rel: str) -> str:
-    """``rel`` if it is a relative path inside the dataset (``subset/name.tar``), else ``ValueError``."""
-    if (not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or "\\" in rel or ":" in rel
-            or "@" in rel or posixpath.normpath(rel) != rel or ".." in rel.split("/") or "\0" in rel):
-        raise ValueError(f"{FIGURES_INDEX} lists shard {rel!r}, which is not a relative path inside the dataset "
-                         f"(absolute, '..', another repo or a URL): refusing to read it; rebuild the index")
-    return rel
 
 
 def select_ranges(index_url: str, subset: str | Sequence[str] = "commercial", concepts: Sequence[str] | None = None,

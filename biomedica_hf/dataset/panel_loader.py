@@ -107,7 +107,7 @@ def load_panels(path_or_repo_id: str | os.PathLike, subset: str | Sequence[str] 
     ``min_confidence``: of the alignment."""
     from datasets import Dataset, IterableDataset
 
-    from biomedica_hf.dataset.loader import check_shard_path, dataset_file_url
+    from biomedica_hf.dataset.locations import check_shard_path, dataset_file_url
 
     table = select_panels(_read_index(dataset_file_url(path_or_repo_id, PANELS_INDEX, revision), token),
                           subset, split, methods, min_confidence)

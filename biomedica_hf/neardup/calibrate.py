@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from biomedica_hf.images import HIGH_BIT_DEPTH, flatten_on_white, stretch_to_l
 from biomedica_hf.neardup.hashing import HASHERS, hex_distance, image_hashes, open_image
 
 FIGURE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -46,14 +47,10 @@ def figure_files(roots: Iterable[Path], min_side: int = MIN_SIDE) -> list[Path]:
 def _rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("RGB", "L"):
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = arr.min(), arr.max()
-        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else arr * 0
-        return Image.fromarray(arr.astype(np.uint8), "L")
+    if img.mode in HIGH_BIT_DEPTH:
+        return stretch_to_l(img)
     if "A" in img.getbands() or img.mode == "P":
-        rgba = img.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+        return flatten_on_white(img).convert("RGB")
     return img.convert("RGB")
 
 

@@ -1,4 +1,7 @@
-"""What the dataset card says about duplicates and contamination (the card module calls these)."""
+"""What the dataset card says about duplicates and contamination.
+
+:func:`card_section` is the built-in provider of ``hooks.CARD_QUALITY_SECTIONS`` (:mod:`biomedica_hf.hooks`), so
+the card never imports this package; an unreadable file it needs is an error naming the file."""
 from __future__ import annotations
 
 import json
@@ -50,7 +53,10 @@ def card_stats(dataset_dir: str | os.PathLike) -> dict:
     phash = _column(figures, "phash")
     stats["hashed"] = None if phash is None else len(phash) - phash.null_count
     report = root / "decontamination" / "report.json"
-    stats["contamination"] = json.loads(report.read_text()) if report.is_file() else None
+    try:
+        stats["contamination"] = json.loads(report.read_text()) if report.is_file() else None
+    except ValueError as exc:
+        raise ValueError(f"{report} is not a JSON report ({exc}): rerun `biomedica decontaminate`") from exc
     return stats
 
 

@@ -8,9 +8,10 @@ copies and distinct figures, and balanced bits (a median threshold sets half of 
 bucketed search in :mod:`.groups` even on the white-background plots that make dHash mostly zeros.
 
 Before hashing, a large image is box-reduced (``Image.reduce``, integer factor) to at most ~4x the DCT
-input, so a 4000x3000 figure costs about what a 256x256 one does; modes are normalised explicitly:
-alpha is composited on white (PMC's transparent PNGs are black-on-transparent), 16-bit and float
-images are scaled by their own range, palette images go through RGB(A).
+input, so a 4000x3000 figure costs about what a 256x256 one does; modes are normalised by the one image policy
+(:func:`biomedica_hf.images.hash_gray`): alpha is composited on white (PMC's transparent PNGs are
+black-on-transparent), 16-bit and float images are stretched by their own range (the build's rule), palette images go
+through RGB(A).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from biomedica_hf.images import hash_gray
+
 HASH_BITS = 256
 HASH_NAME = "phash256"          # recorded in reports and the card
 _DCT_SIDE = 64                  # imagehash.phash(hash_size=16, highfreq_factor=4) resizes to 64x64
@@ -27,25 +30,8 @@ _REDUCE_TO = 4 * _DCT_SIDE      # box-reduce larger images to about this before 
 
 
 def _gray(img: Image.Image) -> Image.Image:
-    """An 8-bit grayscale copy of ``img`` with alpha composited on white (reduced first when large)."""
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    factor = min(img.size) // _REDUCE_TO
-    if factor >= 2 and img.mode in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F", "I;16"):
-        try:
-            img = img.reduce(factor)
-        except (ValueError, NotImplementedError):   # a mode reduce() does not support: the resize copes
-            pass
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
-        return Image.fromarray(np.nan_to_num(arr).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("L")
-    return img if img.mode == "L" else img.convert("L")
+    """The hash's input: :func:`biomedica_hf.images.hash_gray` (8-bit gray, alpha on white, reduced when large)."""
+    return hash_gray(img, _REDUCE_TO)
 
 
 def _bits_phash(gray: Image.Image, hash_size: int) -> np.ndarray:

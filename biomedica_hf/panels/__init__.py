@@ -1,5 +1,6 @@
 """Compound figures -> panels with subcaptions. Same layer as ``concepts``; the build does not import it.
 
+    raster.py    Panel, reduced_copy  the working copy of a figure and its ink (shared by split and labels)
     split.py     split_image          the CPU splitter: panel boxes in reading order (i25a)
     labels.py    label_panels         the printed panel labels (OCR, weights inside the wheel)
     metrics.py   ImageCLEF figure-separation metrics (benchmarks)

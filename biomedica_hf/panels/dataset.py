@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PANELS_DIR = "panels"
 CONFIG_SUFFIX = "-panels"
+INDEX_COLUMN = "image_panel_count"   # the figures.parquet column panels add (through panels/hooks.py)
 VERSION = 1                      # bump when a change to the splitting should redo every shard
 JPEG_QUALITY = 95
 DETECTOR_BATCH = 8               # images per detector call
@@ -329,10 +330,8 @@ def panel_dataset(dataset_dir: str | Path, *, workers: int = 1, executor: str = 
 
     from biomedica_hf.executors import make_executor
     from biomedica_hf.build.figures import build_figures_index
-    from biomedica_hf.panels.hooks import register_hooks
 
-    register_hooks()
-    out = Path(dataset_dir)
+    out = Path(dataset_dir)   # the panels' hooks are registered: importing this module ran biomedica_hf.panels
     if not shard_tables(out):
         raise FileNotFoundError(f"{out}: no shard tables (<subset>/*.parquet): build the folder first")
     removed = remove_stale(out)
@@ -351,7 +350,6 @@ def panel_dataset(dataset_dir: str | Path, *, workers: int = 1, executor: str = 
         for m, n in r["methods"].items():
             report["methods"][m] = report["methods"].get(m, 0) + n
     from biomedica_hf.layout import FIGURES_INDEX
-    from biomedica_hf.panels.hooks import INDEX_COLUMN
 
     unchanged = (not report["split"] and not removed and (out / PANELS_INDEX).exists()
                  and INDEX_COLUMN in pq.read_schema(out / FIGURES_INDEX).names)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from biomedica_hf.clip.device import pick_device
+
 PREFIX = "transformers:"
 SCORE_THRESHOLD = 0.2
 NMS_IOU = 0.2
@@ -43,18 +45,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> list[int
     return keep
 
 
-def _device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 class TransformersDetector:
     """A loaded checkpoint; :meth:`detect` gives ``[(bbox, score), ...]`` per image (original pixels)."""
 
@@ -65,13 +55,13 @@ class TransformersDetector:
 
         self.path, self.threshold, self.iou = path, float(threshold), float(iou)
         self.batch_size, self.max_side = max(1, int(batch_size)), int(max_side)
-        self.device = _device(device)
+        self.device = pick_device(device)
         self.processor = AutoImageProcessor.from_pretrained(path)
         self.model = AutoModelForObjectDetection.from_pretrained(path).eval().to(self.device)
         self._torch = torch
 
     def detect(self, images: Sequence[Any]) -> list[list[tuple[tuple[int, int, int, int], float]]]:
-        from biomedica_hf.panels.split import reduced_copy
+        from biomedica_hf.panels.raster import reduced_copy
 
         out: list[list[tuple[tuple[int, int, int, int], float]]] = []
         for start in range(0, len(images), self.batch_size):

@@ -6,7 +6,8 @@
   licence, method and panel count, and a contact sheet of real crops with their subcaptions), and the sheet
   ``card/panels_sheet.png``.
 Every function does nothing (None / []) for a folder without panels. Found as entry points (``pyproject.toml``)
-and registered at run time by :func:`register_hooks` (called by ``panel_dataset``; uninstalled checkouts too).
+and registered at run time by :func:`register_hooks` (called when ``biomedica_hf.panels`` is imported, so by
+``panel_dataset`` too; uninstalled checkouts too).
 """
 from __future__ import annotations
 
@@ -20,11 +21,10 @@ from biomedica_hf import hooks
 
 SHEET = "panels_sheet.png"
 SHEET_PANELS = 12
-INDEX_COLUMN = "image_panel_count"
 
 
 def _has_panels(out: Path) -> bool:
-    from biomedica_hf.panels.dataset import PANELS_INDEX
+    from biomedica_hf.layout import PANELS_INDEX
 
     return (Path(out) / PANELS_INDEX).exists()
 
@@ -35,7 +35,7 @@ def index_columns(dataset_dir: str | Path) -> dict[str, pa.Array] | None:
 
     from biomedica_hf.io.markers import is_done
     from biomedica_hf.layout import shard_tables, table_shard
-    from biomedica_hf.panels.dataset import panel_files
+    from biomedica_hf.panels.dataset import INDEX_COLUMN, panel_files
 
     out = Path(dataset_dir)
     if not (out / "panels").is_dir():
@@ -89,7 +89,7 @@ def card_configs(dataset_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _summary(out: Path) -> dict[str, Any]:
-    from biomedica_hf.panels.dataset import PANELS_INDEX
+    from biomedica_hf.layout import PANELS_INDEX
 
     t = pq.read_table(out / PANELS_INDEX, columns=["parent_key", "subset", "method", "panel_count", "subcaption"])
     rows = t.to_pylist()
@@ -155,7 +155,7 @@ def contact_sheet(out: Path, dest: Path, n: int = SHEET_PANELS) -> Path | None:
     from biomedica_hf.io.atomic import atomic_write_bytes
     from biomedica_hf.io.ranges import ShardFiles
     from biomedica_hf.io.tars import END_OF_ARCHIVE
-    from biomedica_hf.panels.dataset import PANELS_INDEX
+    from biomedica_hf.layout import PANELS_INDEX
 
     t = pq.read_table(out / PANELS_INDEX, columns=["key", "shard", "tar_offset", "tar_size", "method", "subcaption",
                                                    "caption_label", "panel_count"])
@@ -199,5 +199,5 @@ def register_hooks() -> None:
         hooks.register(group, fn)
 
 
-__all__ = ["HOOKS", "INDEX_COLUMN", "card_configs", "card_files", "card_section", "contact_sheet", "index_columns",
+__all__ = ["HOOKS", "card_configs", "card_files", "card_section", "contact_sheet", "index_columns",
            "panel_features", "register_hooks"]

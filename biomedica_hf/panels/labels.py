@@ -24,7 +24,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from biomedica_hf.panels.split import Panel, background, foreground, reduced_copy, to_rgb_array
+from biomedica_hf.panels.raster import Panel, background, foreground, reduced_copy, to_rgb_array
 
 LABEL_SIDE = 2048        # the long side of the copy labels are read from
 BINARISE = False

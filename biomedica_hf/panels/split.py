@@ -1,6 +1,6 @@
 """Split a compound figure into its panels, on the CPU, with no model weights.
 
-The image is reduced (JPEG draft decoding / ``Image.reduce``) to at most ``MAX_SIDE`` pixels on its long side
+The image is reduced (JPEG draft decoding / ``Image.reduce``) to at most ``raster.MAX_SIDE`` pixels on its long side
 (thumbnails are enlarged to ``MIN_SIDE``), the background colour is estimated from the border, and every pixel
 that differs from it by more than JPEG noise is ink. A two-level recursive XY-cut along gutters (near-background
 bands; thin rules between gutters and 1-2 px frames count as gutter) gives blocks: wide gutters first, narrow ones
@@ -17,101 +17,13 @@ exclusive) and returned in reading order.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-MAX_SIDE = 1024          # the long side of the working copy
+from biomedica_hf.panels.raster import Box, Panel, background, foreground, reduced_copy, to_rgb_array
+
 WIDE_GAP = 0.016          # gutters at least this share of the long side cut blocks before narrower ones do
-FG_THRESHOLD = 40        # max channel difference from the background that still counts as background (JPEG noise)
-Box = tuple[int, int, int, int]
-
-
-@dataclass(frozen=True)
-class Panel:
-    """One panel of a figure: ``bbox`` in ORIGINAL pixels (x0, y0, x1, y1; x1/y1 exclusive), a confidence in [0, 1],
-    and the printed label read near it (normalised: "A", "b", "ii", "1A"), if any."""
-    bbox: tuple[int, int, int, int]
-    score: float
-    label: str | None = None
-    label_score: float = 0.0
-
-
-# ---------------------------------------------------------------------------------------------- the working copy
-
-def _not_loaded(image: Image.Image) -> bool:
-    return bool(getattr(image, "tile", None))
-
-
-def reduced_copy(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
-    """A copy of ``image`` whose long side is at most ``max_side``, made without decoding a full-size copy where
-    the format allows it: a not-yet-loaded JPEG is re-opened from its file and decoded at 1/2, 1/4 or 1/8 scale
-    (``Image.draft``); otherwise ``Image.reduce`` (box filter) or, for modes it does not take, a nearest resize.
-    The caller's image is never changed."""
-    W, H = image.size
-    factor = max(W, H) / max_side
-    src = image
-    lazy_jpeg = getattr(image, "format", None) == "JPEG" and _not_loaded(image) and getattr(image, "filename", "")
-    if factor > 1 and lazy_jpeg:
-        try:
-            src = Image.open(image.filename)
-            src.draft(None, (max(1, int(W / factor)), max(1, int(H / factor))))
-        except (OSError, Image.DecompressionBombError):   # the caller opened it; we decode it as it is
-            src = image
-    w, h = src.size
-    k = math.ceil(max(w, h) / max_side)
-    if k > 1:
-        try:
-            src = src.reduce(k)
-        except ValueError:               # modes reduce() does not take (P, 1, I;16 ...)
-            src = src.resize((max(1, w // k), max(1, h // k)), Image.NEAREST)
-    return src
-
-
-def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """(h, w, 3) uint8 of any PIL mode: alpha composited on white, 16-bit / float stretched to 0..255, CMYK and
-    palettes converted."""
-    mode = image.mode
-    if mode in ("I", "F") or mode.startswith("I;16"):
-        a = np.asarray(image.convert("F") if mode != "F" else image, dtype=np.float32)
-        lo, hi = (np.percentile(a, [0.5, 99.5]) if a.size else (0.0, 1.0))
-        if hi <= lo:
-            hi = lo + 1
-        g = np.clip((a - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
-        return np.repeat(g[:, :, None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.asarray(image.convert("RGB"))
-
-
-def background(rgb: np.ndarray) -> np.ndarray:
-    """The background colour: the commonest (coarsely binned) colour of the image border, white when no colour
-    dominates the border (panels that touch the edges)."""
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.int32)
-    codes = (border[:, 0] // 32) * 64 + (border[:, 1] // 32) * 8 + border[:, 2] // 32
-    counts = np.bincount(codes, minlength=512)
-    top = int(counts.argmax())
-    if counts[top] < 0.25 * len(codes):
-        return np.array([255, 255, 255], dtype=np.int32)
-    return np.median(border[codes == top], axis=0).astype(np.int32)
-
-
-def foreground(rgb: np.ndarray, bg: np.ndarray, threshold: int = FG_THRESHOLD) -> np.ndarray:
-    """Pixels whose largest channel difference from ``bg`` exceeds ``threshold``."""
-    out = np.zeros(rgb.shape[:2], dtype=bool)
-    for c in range(3):
-        ch = rgb[:, :, c]
-        b = int(bg[c])
-        # |ch - b| > t  <=>  ch > b + t  or  ch < b - t   (uint8 compares, no signed copy)
-        if b + threshold < 255:
-            out |= ch > b + threshold
-        if b - threshold > 0:
-            out |= ch < b - threshold
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- XY-cut

@@ -13,7 +13,7 @@
 
 One CLIP spec (or the same CLIP spec for both parts) puts text and images in one space (``joint``):
 text queries then also search the image vectors. CLIP models are :class:`biomedica_hf.clip.model.ClipModel`
-(images and vision backbones go through ``biomedica_hf.clip.vision``, as in the concept stage). Models
+(images and vision backbones go through ``biomedica_hf.clip.pixels`` / ``clip.backbones``, as in the concept stage). Models
 without weights are built from a seeded RNG, so the index and the server that loads it get the same
 (random) model; ``fingerprint`` checks it.
 """
@@ -139,13 +139,13 @@ class STTextModel:
 
 class HFImageModel:
     """A transformers vision model (DINOv2, ViT, ...) with the concept stage's preprocessing and pooling
-    (``biomedica_hf.clip.vision``: pad to a white square, pooler output / CLS token), so its vectors
+    (``biomedica_hf.clip.pixels`` / ``clip.backbones``: pad to a white square, pooler output / CLS token), so its vectors
     match - and can reuse - ``DATASET/embeddings/``."""
 
     def __init__(self, path: str, image_size: int = 224, fit: str = "pad"):
         import torch
 
-        from biomedica_hf.clip.vision import load_image_model
+        from biomedica_hf.clip.backbones import load_image_model
 
         self.name = path
         with torch.random.fork_rng():
@@ -159,7 +159,8 @@ class HFImageModel:
         self.concept_settings = {"model": path, "image_size": image_size, "fit": fit}
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
-        from biomedica_hf.clip.vision import embed_images, prepare_image
+        from biomedica_hf.clip.backbones import embed_images
+        from biomedica_hf.clip.pixels import prepare_image
 
         prepared = [prepare_image(_as_bytes(im), self.image_size, self.fit) for im in images]
         return _normalise(embed_images(self.model, self.processor, prepared))

@@ -114,7 +114,9 @@ class CardConfig:
 
 # --------------------------------------------------------------------------------------------- CLIP
 @dataclass
-class ClipModel:
+class ClipModelConfig:
+    """The ``model:`` section of a CLIP recipe (built by :func:`biomedica_hf.clip.model.build_model`)."""
+
     kind: Literal["open_clip", "transformers"] = "open_clip"
     name: str | None = "ViT-L-14"        # open_clip model name, hf-hub:ORG/NAME or local-dir:PATH
     pretrained: str | None = "commonpool_xl_clip_s13b_b90k"
@@ -166,7 +168,7 @@ class ClipExport:
 class ClipConfig:
     seed: int = 0
     output_dir: str = "runs/clip"
-    model: ClipModel = field(default_factory=ClipModel)
+    model: ClipModelConfig = field(default_factory=ClipModelConfig)
     data: ClipData = field(default_factory=ClipData)
     train: ClipTrain = field(default_factory=ClipTrain)
     lora: LoraConfig = field(default_factory=LoraConfig)

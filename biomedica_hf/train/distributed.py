@@ -10,7 +10,7 @@ last reference instead, PyTorch releases the GIL before destroying it and the wo
 So a recipe runs its training in a function whose frame owns every DDP model, optimizer and stream (the
 accelerator itself keeps only the unwrapped modules), and after it returns calls :func:`end_run`: the DDP
 wrappers are gone while the process group is still registered, and only then is the group destroyed.
-``tests/ddp_probe.py`` checks that order on both recipes.
+``tests/support/ddp_probe.py`` checks that order on both recipes.
 """
 from __future__ import annotations
 

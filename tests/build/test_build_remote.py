@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from efetch_server import fixture_path, fixture_xml, server  # noqa: F401  (real efetch server on loopback)
-from pmc_server import NON_OA_PMCID, TWO_VERSION_PMCID, cloud_server, cloud_tree, legacy_server, legacy_tree  # noqa: F401
+from support.efetch_server import fixture_path, fixture_xml, server  # noqa: F401  (real efetch server on loopback)
+from support.pmc_server import NON_OA_PMCID, TWO_VERSION_PMCID, cloud_server, cloud_tree, legacy_server, legacy_tree  # noqa: F401
 
 BIN = Path(sys.executable).parent / "biomedica"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from hostile_inputs import article_xml, run_measured, small_jpeg, write_targz
-from pmc_server import PMCServer
+from support.hostile_inputs import article_xml, run_measured, small_jpeg, write_targz
+from support.pmc_server import PMCServer
 
 from biomedica_hf.build.pipeline import BuildConfig, build
 from biomedica_hf.build.sources.legacy import LegacySource, mirror_relpath

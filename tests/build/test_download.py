@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from pmc_server import pmc_server  # noqa: F401 - pytest fixture
+from support.pmc_server import pmc_server  # noqa: F401 - pytest fixture
 
 from biomedica_hf.build.download import (
     CHECKSUM_MISMATCH,

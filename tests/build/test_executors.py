@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from conftest import save_tiny_dinov2
+from support.models import save_tiny_dinov2
 
 pytest.importorskip("ray")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from hostile_inputs import (
+from support.hostile_inputs import (
     REPO,
     article_xml,
     float_tiff_stream,
@@ -22,7 +22,7 @@ from hostile_inputs import (
     small_jpeg,
     write_targz,
 )
-from pmc_server import PMCServer
+from support.pmc_server import PMCServer
 
 from biomedica_hf.build.download import Downloader
 from biomedica_hf.build.media import MediaError, decoded_bytes, process_image

@@ -1,14 +1,14 @@
 """Hostile servers for downloads (issue 13, row 5): a trickling server, short bodies without
 Content-Length, HTML error pages served with 200, and `--retry-failed` on a failed package. A real
-HTTP server on 127.0.0.1 (tests/pmc_server.py) with injected faults; packages generated here."""
+HTTP server on 127.0.0.1 (tests/support/pmc_server.py) with injected faults; packages generated here."""
 from __future__ import annotations
 
 import time
 
 import pyarrow.parquet as pq
 import pytest
-from hostile_inputs import article_xml, small_jpeg, write_targz
-from pmc_server import pmc_server  # noqa: F401 - pytest fixture
+from support.hostile_inputs import article_xml, small_jpeg, write_targz
+from support.pmc_server import pmc_server  # noqa: F401 - pytest fixture
 
 from biomedica_hf.build.download import DEADLINE, HTML_PAGE, Downloader, DownloadError
 from biomedica_hf.build.pipeline import BuildConfig, build

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO
+from support.paths import REPO
 
 SAMPLE = REPO / "biomedica_hf" / "sample_data" / "articles"
 ENV = {**{k: v for k, v in os.environ.items() if k != "BIOMEDICA_DEBUG"}, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}

@@ -14,15 +14,14 @@ import pytest
 from PIL import Image, ImageFile
 
 from biomedica_hf.build.media import (
-    TARGET_MODE,
     MediaError,
-    _to_output_mode,
     alternate_renditions,
     is_image_name,
     process_image,
     resolve_graphic,
     sha256_bytes,
 )
+from biomedica_hf.images import TARGET_MODE, to_output_mode
 
 OTHER = "images_other/pmc_packages_without_nxml"
 
@@ -536,7 +535,7 @@ def test_mode_table(pmc, mode):
     rgb = load(pmc / "articles/PMC7112410/gr3_lrg.jpg").convert("RGB")
     im = _in_mode(rgb, mode)
     assert im.mode == mode
-    out = _to_output_mode(im)
+    out = to_output_mode(im)
     expected = TARGET_MODE[mode]
     assert out.mode == expected.removesuffix("A") if expected.endswith("A") else expected
     assert out.size == rgb.size
@@ -544,7 +543,7 @@ def test_mode_table(pmc, mode):
         with_alpha = rgb.convert("RGBA")
         with_alpha.putalpha(128)
         im = _in_mode(with_alpha, mode)
-        assert _to_output_mode(im).mode == expected
+        assert to_output_mode(im).mode == expected
 
 
 # ------------------------------------------------------------------------------------------

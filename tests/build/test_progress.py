@@ -13,7 +13,7 @@ import subprocess
 import sys
 import termios
 
-from conftest import REPO
+from support.paths import REPO
 
 ENV = {**{k: v for k, v in os.environ.items() if k != "BIOMEDICA_DEBUG"}, "PYTHONPATH": str(REPO),
        "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}

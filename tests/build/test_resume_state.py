@@ -311,9 +311,8 @@ def test_versions_only_move_forward_unless_allowed(tmp_path):
 
 def test_a_5000_digit_version_in_a_listing_is_one_bad_row(tmp_path):
     """Row: the whole build died with int()'s ValueError; now that row is ledgered and the build goes on."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from hostile_inputs import article_xml, small_jpeg, write_targz
-    from pmc_server import PMCServer
+    from support.hostile_inputs import article_xml, small_jpeg, write_targz
+    from support.pmc_server import PMCServer
 
     root = tmp_path / "mirror"
     rows = ["File,Article Citation,Accession ID,Last Updated (YYYY-MM-DD HH:MM:SS),PMID,License"]

@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from pmc_server import (  # noqa: F401
+from support.pmc_server import (  # noqa: F401
     NON_OA_PMCID,
     TWO_VERSION_PMCID,
     PMCServer,

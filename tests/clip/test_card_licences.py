@@ -27,13 +27,15 @@ def _index(ds: Path) -> list[dict]:
 def test_counts_are_the_index_counts(built_dataset):
     rows = _index(built_dataset)
     lic = data_licences(built_dataset, "all")
-    assert lic.error is None and lic.samples == len(rows)
+    assert lic.error is None
+    assert lic.samples == len(rows)
     by_code = Counter()
     for c in lic.counts:
         by_code[c.code] += c.samples
     assert by_code == Counter(r["license_code"] for r in rows)
     assert {(c.code, c.version) for c in lic.counts} >= {("CC BY", "4.0"), ("CC BY", "3.0"), ("CC BY-NC-ND", "4.0")}
-    assert cc_version("http://creativecommons.org/licenses/by-nc-sa/3.0/igo/") == "3.0" and cc_version(None) is None
+    assert cc_version("http://creativecommons.org/licenses/by-nc-sa/3.0/igo/") == "3.0"
+    assert cc_version(None) is None
 
 
 def test_clip_card_license_from_the_training_data(built_dataset, tmp_path):
@@ -48,14 +50,18 @@ def test_clip_card_license_from_the_training_data(built_dataset, tmp_path):
     folder.mkdir()
     write_model_card(folder, cfg, "open_clip", {"step": 1, "samples": 4})
     meta = _meta((folder / "README.md").read_text())
-    assert meta["license"] == "other" and meta["license_link"] == "LICENSES.md"
+    assert meta["license"] == "other"
+    assert meta["license_link"] == "LICENSES.md"
     assert meta["license_name"] == "mixed-training-data-licences"
     licences = (folder / "LICENSES.md").read_text()
     for code in Counter(r["license_code"] for r in rows).keys():
         assert f"| {code} |" in licences
-    assert f"| **total** | | | {len(rows):,} |" in licences and "subset `all`" in licences
+    assert f"| **total** | | | {len(rows):,} |" in licences
+    assert "subset `all`" in licences
     card = (folder / "README.md").read_text()
-    assert "subset **all**" in card and "[LICENSES.md](LICENSES.md)" in card and str(ds) not in card
+    assert "subset **all**" in card
+    assert "[LICENSES.md](LICENSES.md)" in card
+    assert str(ds) not in card
     # one licence, one version: its Hub id
     cfg = load_config(SMOKE, [f"data.path={ds}", "data.subset=noncommercial"])
     assert {r["license_code"] for r in rows if r["subset"] == "noncommercial"} == {"CC BY-NC-ND"}
@@ -63,11 +69,13 @@ def test_clip_card_license_from_the_training_data(built_dataset, tmp_path):
     # commercial = CC BY 3.0 + CC BY 4.0 articles here: not one Hub licence, so other (the old card said cc-by-4.0)
     cfg = load_config(SMOKE, [f"data.path={ds}", "data.subset=commercial"])
     meta = _meta(render_model_card(cfg, "transformers", {}))
-    assert meta["license"] == "other" and meta["license_link"] == "LICENSES.md"
+    assert meta["license"] == "other"
+    assert meta["license_link"] == "LICENSES.md"
     # the filters are named and applied: only the PHE articles of `other`
     cfg = load_config(SMOKE, [f"data.path={ds}", "data.subset=other", "data.licenses=PHE"])
     card = render_model_card(cfg, "open_clip", {})
-    assert _meta(card)["license_name"] == "phe" and "licenses PHE" in card
+    assert _meta(card)["license_name"] == "phe"
+    assert "licenses PHE" in card
     n_phe = sum(r["license_code"] == "PHE" for r in rows)
     assert f"PHE ({n_phe:,} samples)" in card
 
@@ -84,9 +92,11 @@ def test_smolvlm_cards_license_from_the_training_data(built_dataset, tmp_path):
     for folder in (out, out / "merged", out / "adapter"):
         text = (folder / "README.md").read_text()
         meta = _meta(text)
-        assert meta["license"] == "other" and meta["license_link"] == "LICENSES.md", meta   # was apache-2.0
+        assert meta["license"] == "other", meta
+        assert meta["license_link"] == "LICENSES.md", meta   # was apache-2.0
         assert "CC BY-NC-ND" in (folder / "LICENSES.md").read_text()
-        assert str(built_dataset) not in text and str(out) not in text        # the card names no local path
+        assert str(built_dataset) not in text
+        assert str(out) not in text        # the card names no local path
     cfg = load_config(None, [f"output_dir={out}", f"data.path={built_dataset}", "data.subset=noncommercial"])
     write_model_card(out, cfg, {"losses": [2.0], "steps": 1, "world_size": 1})
     assert _meta((out / "merged" / "README.md").read_text())["license"] == "cc-by-nc-nd-4.0"

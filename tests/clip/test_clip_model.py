@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
+from support.paths import FIXTURES
 
 from biomedica_hf.clip.export import save_open_clip_folder
 from biomedica_hf.clip.model import ClipModel, build_model, load_model, parse_model_spec
@@ -48,9 +48,13 @@ def tiny_builtin(tmp_path_factory) -> tuple[str, Path, ClipModel]:
 def test_both_spec_forms_load_the_same_model(tiny_builtin, images):
     name, ckpt, reference = tiny_builtin
     plain, alias = parse_model_spec(f"{name}:{ckpt}"), parse_model_spec(f"clip:{name}@{ckpt}")
-    assert plain == alias and plain.kind == "open_clip" and plain.pretrained == str(ckpt)
+    assert plain == alias
+    assert plain.kind == "open_clip"
+    assert plain.pretrained == str(ckpt)
     a, b = load_model(f"{name}:{ckpt}", "cpu"), load_model(f"clip:{name}@{ckpt}", "cpu")
-    assert not a.random_weights and not b.random_weights and a.name == b.name == f"{name}:{ckpt}"
+    assert not a.random_weights
+    assert not b.random_weights
+    assert a.name == b.name == f"{name}:{ckpt}"
     assert torch.equal(a.encode_images(images), b.encode_images(images))
     assert torch.equal(a.encode_texts(TEXTS), b.encode_texts(TEXTS))
     # the weights really are the checkpoint's: same vectors as the model that wrote it
@@ -58,13 +62,16 @@ def test_both_spec_forms_load_the_same_model(tiny_builtin, images):
     assert torch.allclose(a.encode_images(images), reference.encode_images(images), atol=1e-6)
     # no tag: random weights, seeded, so both spellings (and two loads) agree; a different seed differs
     r1, r2 = load_model(name, "cpu"), load_model(f"clip:{name}", "cpu")
-    assert r1.random_weights and torch.equal(r1.encode_texts(TEXTS), r2.encode_texts(TEXTS))
+    assert r1.random_weights
+    assert torch.equal(r1.encode_texts(TEXTS), r2.encode_texts(TEXTS))
     assert not torch.allclose(r1.encode_texts(TEXTS), load_model(name, "cpu", seed=1).encode_texts(TEXTS))
     # search accepts the same grammar: the same model and vectors under both spellings
     from biomedica_hf.search.encoders import load_encoders
 
     x, y = load_encoders(f"{name}:{ckpt}"), load_encoders(f"clip:{name}@{ckpt}")
-    assert x.joint and y.joint and x.text.fingerprint == y.text.fingerprint
+    assert x.joint
+    assert y.joint
+    assert x.text.fingerprint == y.text.fingerprint
     assert np.array_equal(x.text.encode_text(TEXTS), y.text.encode_text(TEXTS))
 
 
@@ -84,14 +91,16 @@ def test_open_clip_folder_roundtrip_with_and_without_weights(images, tmp_path):
     assert parse_model_spec(str(folder)).name == f"local-dir:{folder.resolve()}"
     for spec in (f"local-dir:{folder}", str(folder), f"clip:local-dir:{folder}"):
         reloaded = load_model(spec, "cpu")
-        assert not reloaded.random_weights and reloaded.model_cfg == cfg
+        assert not reloaded.random_weights
+        assert reloaded.model_cfg == cfg
         assert torch.allclose(reloaded.encode_images(images), clip.encode_images(images), atol=1e-5)
         assert torch.allclose(reloaded.encode_texts(TEXTS), clip.encode_texts(TEXTS), atol=1e-5)
         assert reloaded.logit_scale == pytest.approx(clip.logit_scale)
     # a config without weights: random (seeded), flagged, and the same in every load
     (folder / "open_clip_model.safetensors").unlink()
     r1, r2 = load_model(str(folder), "cpu"), load_model(str(folder), "cpu")
-    assert r1.random_weights and torch.equal(r1.encode_texts(TEXTS), r2.encode_texts(TEXTS))
+    assert r1.random_weights
+    assert torch.equal(r1.encode_texts(TEXTS), r2.encode_texts(TEXTS))
     assert not torch.allclose(r1.encode_texts(TEXTS), clip.encode_texts(TEXTS))
 
 
@@ -100,7 +109,8 @@ def test_images_as_bytes_or_pil_and_transparency_on_white(images):
     png = [_png(im) for im in images]
     assert torch.equal(clip.encode_images(png), clip.encode_images(images))
     emb = clip.encode_images(images)
-    assert emb.dtype == torch.float32 and torch.allclose(emb.norm(dim=-1), torch.ones(len(images)))
+    assert emb.dtype == torch.float32
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(len(images)))
     # transparent pixels are white, as the figures are drawn: same vector as the image pasted on white
     rgb = images[0].convert("RGB")
     rgba = rgb.convert("RGBA")
@@ -117,7 +127,9 @@ def test_training_builder_is_the_same_class(images, tmp_path):
     clip, model, cfg = tiny_open_clip(seed=5)
     folder = save_open_clip_folder(model, cfg, tmp_path / "oc")
     built = build_model({"spec": str(folder), "train_augment": False})
-    assert isinstance(built, ClipModel) and built.kind == "open_clip" and built.model_cfg == cfg
+    assert isinstance(built, ClipModel)
+    assert built.kind == "open_clip"
+    assert built.model_cfg == cfg
     pixels = torch.stack([built.preprocess_train(im.convert("RGB")) for im in images])
     built.eval()
     with torch.no_grad():
@@ -128,23 +140,29 @@ def test_training_builder_is_the_same_class(images, tmp_path):
 
 
 def test_image_backbones_take_clip_specs_and_dinov2_folders(images, tmp_path):
-    """clip.vision (the concept embedder's and search's image side): a CLIP SPEC gives the CLIP image tower, a
+    """clip.backbones + clip.pixels (the concept embedder's and search's image side): a CLIP SPEC gives the CLIP image tower, a
     DINOv2 folder the AutoModel backbone; both give L2-normalised float32 rows for fitted images."""
-    from conftest import save_tiny_dinov2
+    from support.models import save_tiny_dinov2
 
-    from biomedica_hf.clip.vision import embed_images, load_image_model, prepare_image
+    from biomedica_hf.clip.backbones import embed_images, load_image_model
+    from biomedica_hf.clip.pixels import prepare_image
 
     clip, model, cfg = tiny_open_clip(seed=2)
     folder = save_open_clip_folder(model, cfg, tmp_path / "oc")
     prepared = [prepare_image(_png(im), 48, "pad") for im in images]
     for spec in (str(folder), f"clip:local-dir:{folder}"):
         net, proc, name = load_image_model(spec)
-        assert isinstance(net, ClipModel) and proc is None and name == spec
+        assert isinstance(net, ClipModel)
+        assert proc is None
+        assert name == spec
         vecs = embed_images(net, proc, prepared)
-        assert vecs.dtype == np.float32 and np.allclose(vecs, clip.encode_images(prepared).numpy(), atol=1e-5)
+        assert vecs.dtype == np.float32
+        assert np.allclose(vecs, clip.encode_images(prepared).numpy(), atol=1e-5)
     dino = save_tiny_dinov2(tmp_path / "dino", 56)
     net, proc, name = load_image_model(str(dino))
-    assert not isinstance(net, ClipModel) and proc is not None and name == str(dino)
+    assert not isinstance(net, ClipModel)
+    assert proc is not None
+    assert name == str(dino)
     vecs = embed_images(net, proc, [prepare_image(_png(im), 56, "pad") for im in images])
     assert vecs.shape == (len(images), net.config.hidden_size)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
@@ -162,7 +180,8 @@ def test_transformers_tokenizer_ids_match_open_clip(tmp_path):
     for r, i in zip(ref, ids):
         n = int((r != 0).sum())
         assert r[:n].tolist() == i[:n].tolist()
-    assert len(tok) == 49408 and tok.convert_tokens_to_ids("<|endoftext|>") == 49407
+    assert len(tok) == 49408
+    assert tok.convert_tokens_to_ids("<|endoftext|>") == 49407
 
 
 

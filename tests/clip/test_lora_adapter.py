@@ -47,8 +47,11 @@ def test_adapter_through_peft_gives_the_merged_export_logits(tmp_path):
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "tiny"
     readme = (adapter / "README.md").read_text()
-    assert "BIOMEDICA/biomedica" in readme and "load_lora_adapter" in readme and TRAINED_PARAMETERS in readme
-    assert "logit_scale" in readme and "base_model: tiny" in readme
+    assert "BIOMEDICA/biomedica" in readme
+    assert "load_lora_adapter" in readme
+    assert TRAINED_PARAMETERS in readme
+    assert "logit_scale" in readme
+    assert "base_model: tiny" in readme
 
     pixels, tokens = torch.randn(2, 3, 32, 32), open_clip.tokenize(TEXTS, context_length=16)
     reference, _ = open_clip.create_model_from_pretrained(f"local-dir:{merged}")

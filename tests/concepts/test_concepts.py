@@ -23,11 +23,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import SHARED, save_tiny_dinov2
+from support.models import save_tiny_dinov2
+from support.paths import SHARED
 from PIL import Image
 
 from biomedica_hf.build.pipeline import BuildConfig, build
-from biomedica_hf.clip.vision import embed_images, load_image_model, pick_device, prepare_image
+from biomedica_hf.clip.backbones import embed_images, load_image_model
+from biomedica_hf.clip.device import pick_device
+from biomedica_hf.clip.pixels import prepare_image
 from biomedica_hf.concepts.cli import COMMANDS
 from biomedica_hf.concepts.cluster import fit_clusters, iter_batches, load_cluster_model
 from biomedica_hf.concepts.embed import read_info, shard_outputs
@@ -713,7 +716,7 @@ def test_labelled_folder_round_trips_through_the_loopback_hub(labelled, annotati
 
     import datasets
     import yaml
-    from hub_server import HubServer, loopback_only, point_libraries_at
+    from support.hub_server import HubServer, loopback_only, point_libraries_at
     from huggingface_hub import HfApi, constants
 
     from biomedica_hf.dataset.hub import plan_upload, push_folder

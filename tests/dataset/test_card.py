@@ -42,7 +42,8 @@ def test_yaml_front_matter(folder):
     meta = _front_matter(folder)
     configs = {c["config_name"]: c for c in meta["configs"]}
     assert set(configs) == {*SUBSETS, "all", "articles", "figures"}
-    assert configs["commercial"]["default"] is True and sum(bool(c.get("default")) for c in configs.values()) == 1
+    assert configs["commercial"]["default"] is True
+    assert sum(bool(c.get("default")) for c in configs.values()) == 1
     # one data-files entry per split that has shards (the sample's six articles all hash into train)
     splits = sorted({p.name.split("-")[1] for p in folder_files(folder / "other", "*.tar")})
     # recursive patterns: the shards are in sub-folders (other/s000/g000/), a flat folder matches them too
@@ -50,8 +51,10 @@ def test_yaml_front_matter(folder):
                                               for sp in ("train", "validation", "test") if sp in splits]
     assert {d["split"] for d in configs["all"]["data_files"]} == {d["split"] for c in SUBSETS
                                                                   for d in configs[c]["data_files"]}
-    assert meta["size_categories"] == ["n<1K"] and "image-to-text" in meta["task_categories"]
-    assert meta["license"] == "other" and meta["pretty_name"]
+    assert meta["size_categories"] == ["n<1K"]
+    assert "image-to-text" in meta["task_categories"]
+    assert meta["license"] == "other"
+    assert meta["pretty_name"]
     infos = {i["config_name"]: i for i in meta["dataset_info"]}
     json_feature = next(f for f in infos["commercial"]["features"] if f["name"] == "json")
     assert [f["name"] for f in json_feature["struct"]] == [n for n, _, _ in SAMPLE_FIELDS]
@@ -92,7 +95,8 @@ def test_card_statistics_match_the_folder(folder):
                                                                       ("CC BY-NC-ND", "noncommercial")}
     assert len(stats["shards"]) == sum(len(folder_files(folder / s, "*.tar")) for s in SUBSETS)
     card = (folder / "README.md").read_text()
-    assert "| `commercial` | 2 |" in card and "biomedica/test" in card
+    assert "| `commercial` | 2 |" in card
+    assert "biomedica/test" in card
     for shard in stats["shards"]:
         assert f"`{shard['name']}`" in card
     tars = folder_files(folder / "other", "*.tar")
@@ -107,7 +111,9 @@ def test_plots_are_real_pngs(folder):
         path = folder / "card" / f"{name}.png"
         assert f"card/{name}.png" in (folder / "README.md").read_text()
         with Image.open(path) as im:
-            assert im.format == "PNG" and im.width > 300 and im.height > 150
+            assert im.format == "PNG"
+            assert im.width > 300
+            assert im.height > 150
             assert len(im.convert("L").getcolors(256) or []) > 10   # not a blank canvas
 
 
@@ -131,8 +137,10 @@ def test_card_provenance_follows_the_source_and_links_no_placeholder(folder, tmp
 
     card = (folder / "README.md").read_text()
     assert json.loads((folder / "build_summary.json").read_text())["source"] == "local"
-    assert "https://github.com/)" not in card and "](https://github.com)" not in card
-    assert "PMC Cloud Service" not in card and "md5" not in card
+    assert "https://github.com/)" not in card
+    assert "](https://github.com)" not in card
+    assert "PMC Cloud Service" not in card
+    assert "md5" not in card
     assert "read from a local folder of PMC articles" in card
     assert "obtained from local copies of PMC Open Access articles" in card
     # the same folder, as if built from the Cloud Service: now it says so
@@ -141,7 +149,8 @@ def test_card_provenance_follows_the_source_and_links_no_placeholder(folder, tmp
     summary = json.loads((cloud / "build_summary.json").read_text())
     (cloud / "build_summary.json").write_text(json.dumps({**summary, "source": "cloud"}))
     text = render_card(cloud, "biomedica/test")
-    assert "accessed from the PMC Cloud Service" in text and "fetch (md5-verified)" in text
+    assert "accessed from the PMC Cloud Service" in text
+    assert "fetch (md5-verified)" in text
     assert "local copies" not in text
 
 
@@ -155,7 +164,8 @@ def test_count_plots_have_integer_ticks():
         ax = fig.axes[0]
         ticks = [t for t in (ax.get_xticks() if horizontal else ax.get_yticks()) if 0 <= t <= 2]
         plt.close(fig)
-        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+        assert len(ticks) >= 2, ticks
+        assert all(float(t).is_integer() for t in ticks), ticks
 
 
 def test_higher_layers_add_to_the_card_through_hooks(folder, tmp_path):
@@ -192,12 +202,14 @@ def test_higher_layers_add_to_the_card_through_hooks(folder, tmp_path):
             hooks.unregister(group, fn)
     meta = yaml.safe_load(text.split("---\n")[1])
     names = [c["config_name"] for c in meta["configs"]]
-    assert names[-2:] == ["picked", "mine"] and names.count("picked") == 1
+    assert names[-2:] == ["picked", "mine"]
+    assert names.count("picked") == 1
     assert next(c for c in meta["configs"] if c["config_name"] == "picked")["data_files"] == hook_config["data_files"]
     n = len(folder_files(out / "commercial", "*.tar"))
     assert n > 0
     assert f"## Picked\n\n{n} shards picked.\n\n## Sample schema" in text
-    assert text.index("### Shards") < text.index("## Picked") and (out / "card" / "picked.txt").is_file()
+    assert text.index("### Shards") < text.index("## Picked")
+    assert (out / "card" / "picked.txt").is_file()
     assert write_card(out, "biomedica/test").read_bytes() == (folder / "README.md").read_bytes()
 
 
@@ -215,6 +227,60 @@ def test_card_takes_the_dataset_as_a_positional_argument_like_its_siblings(folde
     other = tmp_path / "other"
     other.mkdir()
     both = subprocess.run([str(BIN), "card", str(folder), "--out", str(other)], capture_output=True, text=True)
-    assert both.returncode == 2 and "two dataset folders" in both.stderr
+    assert both.returncode == 2
+    assert "two dataset folders" in both.stderr
     none = subprocess.run([str(BIN), "card"], capture_output=True, text=True)
-    assert none.returncode == 2 and "biomedica card DATASET" in none.stderr
+    assert none.returncode == 2
+    assert "biomedica card DATASET" in none.stderr
+
+
+def test_the_duplicates_section_comes_through_the_hooks(folder):
+    """Issue 29: neardup's section is a provider of hooks.CARD_QUALITY_SECTIONS (built in: no package metadata
+    needed), not an import of the card; it sits after the index description, before "How it was built"."""
+    from biomedica_hf import hooks
+    from biomedica_hf.neardup.card import card_section
+
+    assert card_section in hooks.providers(hooks.CARD_QUALITY_SECTIONS)
+    text = (folder / "README.md").read_text()
+    section = card_section(folder)
+    assert section.startswith("## Duplicates and evaluation contamination\n")
+    assert f"{section}\n## How it was built" in text
+
+
+def test_a_failing_card_section_is_reported_not_dropped(folder, tmp_path):
+    """A section whose provider fails (here: an unreadable contamination report, then a plugin that raises) stops
+    the card with a one-line error naming the provider and the file; the card already there is left as it was."""
+    import shutil
+
+    from biomedica_hf import hooks
+    from biomedica_hf.dataset.card import CardSectionError, write_card
+
+    out = tmp_path / "ds"
+    shutil.copytree(folder, out, ignore=shutil.ignore_patterns("_work"))
+    before = (out / "README.md").read_bytes()
+    report = out / "decontamination" / "report.json"
+    report.parent.mkdir()
+    report.write_text('{"tasks": ')                                   # cut short
+    with pytest.raises(CardSectionError) as err:
+        write_card(out, "biomedica/test")
+    assert "biomedica_hf.neardup.card.card_section" in str(err.value)
+    assert str(report) in str(err.value)
+    assert (out / "README.md").read_bytes() == before
+    r = subprocess.run([str(BIN), "card", str(out), "--repo-id", "biomedica/test"], capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    assert "Error: the card section of biomedica_hf.neardup.card.card_section failed" in r.stderr
+    assert "Traceback" not in r.stderr
+
+    report.unlink()
+
+    def broken(d):
+        raise KeyError("no such column")
+
+    hooks.register(hooks.CARD_SECTIONS, broken)
+    try:
+        with pytest.raises(CardSectionError, match="broken failed on .*KeyError: 'no such column'"):
+            write_card(out, "biomedica/test")
+    finally:
+        hooks.unregister(hooks.CARD_SECTIONS, broken)
+    assert (out / "README.md").read_bytes() == before
+    assert write_card(out, "biomedica/test").read_bytes() == before

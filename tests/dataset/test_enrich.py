@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from efetch_server import (  # noqa: F401 - pytest fixtures
+from support.efetch_server import (  # noqa: F401 - pytest fixtures
     FIXTURE_NAME,
     REAL,
     EfetchServer,
@@ -120,10 +120,16 @@ def test_parse_book_delete_error_and_empty():
     recs = parse_pubmed_xml(xml)
     assert set(recs) == {"20301295", "7"}
     book = recs["20301295"]
-    assert book.is_book and book.title == "Alpha-Thalassemia" and book.year == 1993
+    assert book.is_book
+    assert book.title == "Alpha-Thalassemia"
+    assert book.year == 1993
     assert book.abstract == "CLINICAL CHARACTERISTICS: Two clinically significant forms.\nUnlabelled part."
-    assert book.publication_types == ["Review"] and book.keywords == ["HBA1"] and book.mesh_terms == []
-    assert recs["7"].year == 1998 and recs["7"].abstract == "" and recs["7"].keywords == ["alpha"]
+    assert book.publication_types == ["Review"]
+    assert book.keywords == ["HBA1"]
+    assert book.mesh_terms == []
+    assert recs["7"].year == 1998
+    assert recs["7"].abstract == ""
+    assert recs["7"].keywords == ["alpha"]
     assert parse_pubmed_xml(b"") == {} and parse_pubmed_xml(b"  \n") == {}
     with pytest.raises(PubmedParseError, match="Empty id list"):
         parse_pubmed_xml(b"<eFetchResult><ERROR>Empty id list - nothing todo</ERROR></eFetchResult>")
@@ -143,10 +149,14 @@ def test_default_rate_and_env(monkeypatch):
     monkeypatch.delenv("NCBI_API_KEY", raising=False)
     monkeypatch.setenv("NCBI_EMAIL", "someone@example.org")
     c = EutilsClient()
-    assert c.rate == 3 and c.api_key is None and c.email == "someone@example.org"
+    assert c.rate == 3
+    assert c.api_key is None
+    assert c.email == "someone@example.org"
     monkeypatch.setenv("NCBI_API_KEY", "abc123")
     c = EutilsClient()
-    assert c.rate == 10 and c.api_key == "abc123" and "abc123" not in repr(c)
+    assert c.rate == 10
+    assert c.api_key == "abc123"
+    assert "abc123" not in repr(c)
     assert EutilsClient(rate=5).rate == 5
 
 
@@ -183,7 +193,9 @@ def test_join_by_pmid_not_position(server, tmp_path):
     assert records[3]["mesh_terms"] == [] and records[3]["abstract"] == ""
     assert (report.n_records, report.n_with_pmid, report.n_without_pmid) == (5, 3, 2)
     assert (report.n_fetched, report.n_cached, report.n_enriched, report.n_filled_abstract) == (3, 0, 3, 2)
-    assert report.ok and report.missing == [] and "3 fetched" in str(report)
+    assert report.ok
+    assert report.missing == []
+    assert "3 fetched" in str(report)
 
 
 def test_batches_of_at_most_200(server, tmp_path):
@@ -194,7 +206,9 @@ def test_batches_of_at_most_200(server, tmp_path):
     sizes = [len(h.ids) for h in server.efetch_hits]
     assert sizes == [200, 200, 50]
     assert [p for h in server.efetch_hits for p in h.ids] == pmids
-    assert report.n_requests == 3 and report.n_fetched == 450 and report.n_enriched == 451
+    assert report.n_requests == 3
+    assert report.n_fetched == 450
+    assert report.n_enriched == 451
     assert all(r["abstract"].startswith(f"BACKGROUND: [{r['pmid']}]") for r in records)
     server.hits.clear()
     enrich_records([rec(str(5000 + i)) for i in range(30)], make_client(server), tmp_path / "c",
@@ -246,7 +260,9 @@ def test_missing_pmids_reported_and_refreshed(server, tmp_path):
     cache = tmp_path / "cache"
     records = [rec(REAL), rec("999999"), rec("888888")]
     r1 = enrich_records(records, make_client(server), cache, progress=False)
-    assert r1.missing == ["888888", "999999"] and r1.n_fetched == 1 and r1.ok
+    assert r1.missing == ["888888", "999999"]
+    assert r1.n_fetched == 1
+    assert r1.ok
     assert records[1]["abstract"] == ""
     server.hits.clear()
     r2 = enrich_records(records, make_client(server), cache, progress=False)
@@ -256,7 +272,9 @@ def test_missing_pmids_reported_and_refreshed(server, tmp_path):
     server.missing = {"888888"}                                   # NCBI now has 999999
     r3 = enrich_records(records, make_client(server), cache, refresh="missing", progress=False)
     assert [h.ids for h in server.efetch_hits] == [["999999", "888888"]]
-    assert r3.missing == ["888888"] and r3.n_fetched == 1 and r3.n_cached == 1
+    assert r3.missing == ["888888"]
+    assert r3.n_fetched == 1
+    assert r3.n_cached == 1
     assert records[1]["abstract"].startswith("BACKGROUND: [999999]")
 
 
@@ -304,12 +322,16 @@ def test_failed_batch_does_not_abort_others(server, tmp_path):
     assert len(report.failed_batches) == 1 and not report.ok
     assert report.failed_batches[0].pmids == pmids[:200]
     assert "400" in report.failed_batches[0].error
-    assert report.n_fetched == 250 and report.n_enriched == 250 and report.missing == []
+    assert report.n_fetched == 250
+    assert report.n_enriched == 250
+    assert report.missing == []
     assert records[0]["abstract"] == "" and records[200]["abstract"].startswith("BACKGROUND: [2200]")
     server.hits.clear()
     retry = enrich_records(records, make_client(server), tmp_path / "c", progress=False)
     assert [len(h.ids) for h in server.efetch_hits] == [200]      # only the failed batch again
-    assert retry.ok and retry.n_fetched == 200 and retry.n_cached == 250
+    assert retry.ok
+    assert retry.n_fetched == 200
+    assert retry.n_cached == 250
     assert records[0]["abstract"].startswith("BACKGROUND: [2000]")
 
 
@@ -332,8 +354,12 @@ def test_enrich_articles_parquet_round_trip(server, tmp_path):
     original = _articles_table()
     pq.write_table(original, path, row_group_size=2, compression="zstd")
     report = enrich_articles_parquet(path, make_client(server), tmp_path / "cache", progress=False)
-    assert report.n_records == 4 and report.n_with_pmid == 3 and report.n_without_pmid == 1
-    assert report.n_filled_abstract == 1 and report.n_enriched == 2 and report.missing == ["999999"]
+    assert report.n_records == 4
+    assert report.n_with_pmid == 3
+    assert report.n_without_pmid == 1
+    assert report.n_filled_abstract == 1
+    assert report.n_enriched == 2
+    assert report.missing == ["999999"]
     pf = pq.ParquetFile(path)
     assert pf.num_row_groups == 2
     assert pf.metadata.row_group(0).column(0).compression == "ZSTD"
@@ -345,7 +371,9 @@ def test_enrich_articles_parquet_round_trip(server, tmp_path):
     assert rows[1]["abstract"] == "Original abstract."                 # not empty: kept
     assert rows[0]["mesh_terms"][4] == "Asthma" and "Asthma" in rows[1]["mesh_terms"]
     assert rows[0]["publication_types"][2] == "Journal Article"
-    assert rows[2]["mesh_terms"] == [] and rows[3]["mesh_terms"] == [] and rows[3]["abstract"] == ""
+    assert rows[2]["mesh_terms"] == []
+    assert rows[3]["mesh_terms"] == []
+    assert rows[3]["abstract"] == ""
     untouched = [c for c in out.column_names if c not in ("abstract", "mesh_terms", "publication_types")]
     assert out.select(untouched).equals(original.select(untouched))
     assert not list(tmp_path.glob(".articles.parquet.*"))           # no temp file left
@@ -353,7 +381,9 @@ def test_enrich_articles_parquet_round_trip(server, tmp_path):
     server.hits.clear()
     mtime, data = path.stat().st_mtime_ns, path.read_bytes()
     again = enrich_articles_parquet(path, make_client(server), tmp_path / "cache", progress=False)
-    assert server.hits == [] and again.n_cached == 2 and again.missing == ["999999"]
+    assert server.hits == []
+    assert again.n_cached == 2
+    assert again.missing == ["999999"]
     assert path.stat().st_mtime_ns == mtime and path.read_bytes() == data
 
 
@@ -367,7 +397,9 @@ def test_enrich_articles_parquet_rejects_wrong_schema(server, tmp_path):
 
 def test_report_type():
     r = EnrichReport()
-    assert r.ok and r.failed_pmids == [] and r.to_dict()["missing"] == []
+    assert r.ok
+    assert r.failed_pmids == []
+    assert r.to_dict()["missing"] == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,14 +413,18 @@ def test_truncated_or_malformed_reply_is_retried_never_cached(server, tmp_path):
     records = [rec(p) for p in pmids]
     report = enrich_records(records, make_client(server), tmp_path / "c", progress=False)
     assert [h.fault for h in server.efetch_hits] == ["truncate", "html", None]
-    assert report.ok and report.n_fetched == 4 and report.missing == []
+    assert report.ok
+    assert report.n_fetched == 4
+    assert report.missing == []
     assert all(r["abstract"].startswith("BACKGROUND") for r in records)
     # every attempt cut short: the batch fails and nothing (neither records nor "missing") is cached
     server.hits.clear()
     server.faults.extend(["truncate"] * 3)
     other = [rec(p) for p in ("5101", "5102")]
     report = enrich_records(other, make_client(server, max_retries=2), tmp_path / "c", progress=False)
-    assert len(server.efetch_hits) == 3 and not report.ok and report.missing == []
+    assert len(server.efetch_hits) == 3
+    assert not report.ok
+    assert report.missing == []
     assert "not well-formed" in report.failed_batches[0].error
     with PubmedCache(tmp_path / "c") as c:
         assert c.states(["5101", "5102"]) == {} and len(c) == 4
@@ -443,4 +479,6 @@ def test_cli_enrich_refresh_and_exit_codes(server, tmp_path):
     r = _cli("enrich", str(ds), "--base-url", dead, "--retries", "0", "--refresh")
     assert r.returncode == 1, r.stdout + r.stderr
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(err) == 1 and "every efetch request failed" in err[0] and "Traceback" not in r.stderr
+    assert len(err) == 1
+    assert "every efetch request failed" in err[0]
+    assert "Traceback" not in r.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 import pytest
-from flat_layout import flatten
+from support.flat_layout import flatten
 
 from biomedica_hf.build.pipeline import BuildConfig, build, shard_paths
 from biomedica_hf.dataset.card import write_card

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from hub_server import loopback_only
+from support.hub_server import loopback_only
 
 from biomedica_hf.dataset import hub
 from biomedica_hf.dataset.hub import (
@@ -732,8 +732,8 @@ def test_flat_and_sub_folder_layouts_push_and_read_back(ds, tmp_path, monkeypatc
     """The sub-folder layout the build writes and the flat one of folders built before both go up whole (every
     folder's sizes.json, shards, stats) and every licence config reads back from the Hub with ``datasets``."""
     import datasets
-    from flat_layout import flatten
-    from hub_server import HubServer, point_libraries_at
+    from support.flat_layout import flatten
+    from support.hub_server import HubServer, point_libraries_at
 
     flat = Path(shutil.copytree(ds, tmp_path / "flat"))
     flat_tars = flatten(flat)

@@ -3,15 +3,13 @@ real loopback Hub (``tests/hub_server.py``) serving a real build of the fixture 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hub_server import HubServer, loopback_only, point_libraries_at
+from support.hub_server import HubServer, loopback_only, point_libraries_at
 
 from biomedica_hf.build.pipeline import BuildConfig, build
 from biomedica_hf.dataset.card import write_card

@@ -6,13 +6,11 @@ import csv
 import io
 import logging
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hostile_inputs import run_measured
+from support.hostile_inputs import run_measured
 
 from biomedica_hf.eval.tasks import DataContext, TaskFileError, UserSource, user_task
 from biomedica_hf.eval.tasks.user import parse_user_item

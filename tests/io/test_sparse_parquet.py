@@ -10,7 +10,7 @@ import string
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hub_server import HubServer, loopback_only, point_libraries_at
+from support.hub_server import HubServer, loopback_only, point_libraries_at
 
 from biomedica_hf.io.sparse_parquet import SparseParquet, _missing, column_chunk_ranges
 

@@ -117,7 +117,9 @@ def test_copies_as_separate_articles_are_grouped_and_distinct_figures_are_not(fi
     assert {k: v for k, v, _ in out} == expect
     assert [k for k, _, _ in out] == sorted(expect)
     assert all(0 <= d <= DEFAULT_THRESHOLD for _, _, d in out)
-    assert stats.rows_without_hash == 1 and stats.groups == 6 and stats.near_duplicates == 18
+    assert stats.rows_without_hash == 1
+    assert stats.groups == 6
+    assert stats.near_duplicates == 18
     # any file order, any partitioning: the same answer; nothing left in the work dir
     again = list(find_near_duplicates(_write_parts(rows, tmp_path / "b", 5, 1)[::-1], tmp_path / "work",
                                       memory_budget=1))

@@ -1,16 +1,14 @@
 """Panels from a Hub repo: ``load_biomedica("org/name", level="panel")`` and ``datasets.load_dataset("org/name",
-"<licence>-panels", streaming=True)`` against the real loopback Hub (``tests/hub_server.py``)."""
+"<licence>-panels", streaming=True)`` against the real loopback Hub (``tests/support/hub_server.py``)."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hub_server import HubServer, loopback_only, point_libraries_at
+from support.hub_server import HubServer, loopback_only, point_libraries_at
 
 from biomedica_hf.dataset.card import write_card
 from biomedica_hf.dataset.loader import load_biomedica

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import save_tiny_dinov2
+from support.models import save_tiny_dinov2
 from test_search_support import dataset, image_bytes
 
 from biomedica_hf.search.encoders import load_encoders
@@ -37,7 +37,7 @@ def test_concept_embedder_and_search_share_one_clip_spec(tmp_path_factory, tmp_p
     concept stage's vectors are the search encoder's image vectors of the fitted (white-padded) images."""
     from test_search_support import tiny_clip_dir
 
-    from biomedica_hf.clip.vision import prepare_image
+    from biomedica_hf.clip.pixels import prepare_image
     from biomedica_hf.concepts.embed import embed_dataset, iter_embeddings, read_info
 
     ds = tmp_path / "ds"

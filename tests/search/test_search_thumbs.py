@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ARTICLES
+from support.paths import ARTICLES
 from PIL import Image, ImageDraw
 from test_search_support import serve, stop
 

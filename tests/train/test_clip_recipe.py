@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, ddp_teardown, launch_recipe, recipe_log
+from support.paths import REPO
+from support.recipes import ddp_teardown, launch_recipe, recipe_log
 
 TRAIN = str(REPO / "finetune" / "clip" / "train.py")      # the thin script README users run
 SMOKE = str(REPO / "finetune" / "clip" / "configs" / "cpu_smoke.yaml")   # a path through finetune/clip/configs

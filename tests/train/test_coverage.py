@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import BIN, REPO, RECIPE_ENV, free_port, launch_recipe, recipe_log
+from support.paths import REPO
+from support.recipes import BIN, RECIPE_ENV, free_port, launch_recipe, recipe_log
 
 from biomedica_hf.dataset.loader import ShardRanges, balanced_sizes, load_biomedica, plan_rank
 

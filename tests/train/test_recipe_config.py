@@ -14,7 +14,7 @@ import sys
 import pytest
 import tomllib
 import yaml
-from conftest import REPO
+from support.paths import REPO
 
 from biomedica_hf.train import checkpoint
 from biomedica_hf.train.config import (

@@ -1,22 +1,20 @@
-"""SmolVLM fine-tuning recipe: tiny random Idefics3 + locally built processor (AutoProcessor round trip), task
-building, token-by-token label masking, the image-token budget guard on a large real figure, training under
-accelerate (2 CPU processes) with checkpoint resume, adapter save/load/merge logits, `caption`, model card."""
+"""The SmolVLM library (biomedica_hf.vlm): tiny random Idefics3 + locally built processor (AutoProcessor round trip),
+task building, token-by-token label masking, the image-token budget guard on a large real figure, adapter
+save/load/merge logits, `caption` over many images, model cards. The recipe under accelerate (2 CPU processes, resume,
+export) is tests/train/test_smolvlm_recipe.py."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import PMC, REPO, ddp_teardown, launch_recipe, recipe_log
+from support.paths import PMC
 
 pytest.importorskip("num2words")  # SmolVLMProcessor needs it; the pipeline imports only transformers/peft
 
-TRAIN = str(REPO / "finetune" / "smolvlm" / "train.py")
-SMOKE = str(REPO / "finetune" / "smolvlm" / "configs" / "cpu_smoke.yaml")
 BIG_TIF = next((PMC / "images_other" / "pmc_packages_without_nxml" / "PMC11286954").glob("*MOESM2_ESM.tif"))
 FIG_JPG = next((PMC / "images_other" / "pmc_packages_without_nxml" / "PMC11286954").glob("*Fig1_HTML.jpg"))
 
@@ -36,20 +34,6 @@ def processor(tiny_dir):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(tiny_dir)
-
-
-@pytest.fixture(scope="module")
-def run(recipe_dataset, tmp_path_factory) -> Path:
-    """6 optimizer steps (2 procs x batch 2 x accumulation 2), checkpoints every 2 steps."""
-    out = tmp_path_factory.mktemp("run") / "smoke"
-    # the installed entry point and a bundled config name (the resume test runs finetune/smolvlm/train.py)
-    launch_recipe(["-m", "biomedica_hf.train.smolvlm", "--config", "cpu_smoke", "--set", f"data.path={recipe_dataset}",
-                   "--set", f"output_dir={out}", "--set", "train.max_steps=6", "--threads", "1"])
-    return out
-
-
-def _launch(args: list[str], timeout: int = 240, probe: Path | None = None):
-    return launch_recipe([TRAIN, *args], timeout, probe)
 
 
 # ------------------------------------------------------------------------------------------ processor / data
@@ -90,7 +74,8 @@ def test_labels_mask_prompt_image_and_padding_token_by_token(processor):
     img_ids = image_token_ids(processor)
     answer = "Scale bar, 10 um. (A) control cells."
     e = encode(processor, Image.open(FIG_JPG), "Describe this figure.", answer, max_length=512)
-    assert e is not None and e.truncated_from is None
+    assert e is not None
+    assert e.truncated_from is None
     # the ids are exactly the processor's encoding of the full chat-template conversation
     full = processor.apply_chat_template(messages("Describe this figure.", answer), tokenize=False)
     ref = processor(text=[full], images=[[Image.open(FIG_JPG)]])["input_ids"][0]
@@ -114,12 +99,14 @@ def test_labels_mask_prompt_image_and_padding_token_by_token(processor):
     b = collate([e, short], tok.pad_token_id)
     n = len(short.input_ids)
     assert b["input_ids"].shape[1] == len(e.input_ids)
-    assert (b["labels"][1, n:] == IGNORE_INDEX).all() and (b["attention_mask"][1, n:] == 0).all()
+    assert (b["labels"][1, n:] == IGNORE_INDEX).all()
+    assert (b["attention_mask"][1, n:] == 0).all()
     assert (b["input_ids"][1, n:] == tok.pad_token_id).all()
     assert b["labels"][1, :n].tolist() == short.labels
     # fewer tiles in the short image: its padding tiles are all zero (the model drops them)
     k = short.pixel_values.shape[0]
-    assert k < e.pixel_values.shape[0] and (b["pixel_values"][1, k:] == 0).all()
+    assert k < e.pixel_values.shape[0]
+    assert (b["pixel_values"][1, k:] == 0).all()
 
 
 def test_token_budget_guard_on_large_real_figure(tiny_dir, processor):
@@ -139,15 +126,18 @@ def test_token_budget_guard_on_large_real_figure(tiny_dir, processor):
     caption = "Supplementary figure. " * 40
     skips = SkipLog()
     assert encode(proc, big, "Describe this figure.", caption, max_length=96, key="big", skips=skips) is None
-    assert skips.counts == {"image_tokens_over_budget": 1} and "lower longest_edge" in skips.examples[0]
+    assert skips.counts == {"image_tokens_over_budget": 1}
+    assert "lower longest_edge" in skips.examples[0]
 
     full = encode(proc, big, "Describe this figure.", caption, max_length=4096)
-    assert full.image_tokens > 96 and full.pixel_values.shape[0] == 31
+    assert full.image_tokens > 96
+    assert full.pixel_values.shape[0] == 31
     n_img = sum(1 for t in full.input_ids if t == proc.image_token_id)
     assert n_img == 31 * proc.image_seq_len
     limit = full.prompt_len + 12
     e = encode(proc, big, "Describe this figure.", caption, max_length=limit, key="big", skips=skips)
-    assert len(e.input_ids) == limit and e.truncated_from == len(full.input_ids) - full.prompt_len
+    assert len(e.input_ids) == limit
+    assert e.truncated_from == len(full.input_ids) - full.prompt_len
     assert e.input_ids[:e.prompt_len] == full.input_ids[:full.prompt_len]      # no image token lost
     assert skips.counts["answer_shortened"] == 1
     model = AutoModelForImageTextToText.from_pretrained(tiny_dir)
@@ -157,7 +147,8 @@ def test_token_budget_guard_on_large_real_figure(tiny_dir, processor):
     # a smaller longest_edge is the fix: fewer tiles, fewer tokens
     set_longest_edge(proc, 64)
     small = encode(proc, big, "Describe this figure.", caption, max_length=96)
-    assert small is not None and small.pixel_values.shape[0] == 5   # 2 x 2 tiles (edges rounded up to whole tiles) + global
+    assert small is not None
+    assert small.pixel_values.shape[0] == 5   # 2 x 2 tiles (edges rounded up to whole tiles) + global
 
 
 def test_smolvlm_tile_costs_81_tokens():
@@ -213,108 +204,6 @@ def test_adapter_save_load_merge_identical_logits(tiny_dir, processor, tmp_path)
         torch.testing.assert_close(again(**batch).logits, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_qlora_without_bitsandbytes_or_gpu_is_a_clear_error():
-    import importlib.util
-
-    from biomedica_hf.train.smolvlm import load_config, quantization_config
-
-    cfg = load_config("smolvlm_2.2b_qlora")
-    assert cfg["model"]["quantization"] == "nf4" and cfg["lora"]["r"] == 8 and cfg["train"]["lr"] == 1e-4
-    if importlib.util.find_spec("bitsandbytes") and torch.cuda.is_available():
-        assert quantization_config(cfg["model"]).bnb_4bit_quant_type == "nf4"
-        return
-    with pytest.raises(RuntimeError, match="QLoRA .* needs .*(bitsandbytes|CUDA GPU).*use a LoRA config"):
-        quantization_config(cfg["model"])
-
-
-def test_configs_load_with_real_model_names():
-    from biomedica_hf.train.config import bundled_configs
-    from biomedica_hf.train.smolvlm import load_config
-
-    names = {p.name: load_config(p)["model"] for p in bundled_configs("smolvlm").values()}
-    assert names["smolvlm_256m_lora.yaml"]["name"] == "HuggingFaceTB/SmolVLM-256M-Instruct"
-    assert names["smolvlm_500m_lora.yaml"]["name"] == "HuggingFaceTB/SmolVLM-500M-Instruct"
-    assert names["smolvlm_2.2b_lora.yaml"]["name"] == "HuggingFaceTB/SmolVLM-Instruct"
-    assert names["cpu_smoke.yaml"]["tiny"] is True
-
-
-# ------------------------------------------------------------------------------------------ training
-def test_train_two_processes_exports_and_card(run):
-    res = json.loads((run / "results.json").read_text())
-    assert res["world_size"] == 2 and res["steps"] == 6
-    assert res["samples"] == 6 * 2 * 2 * 2                # steps x batch x accumulation x processes
-    assert all(math.isfinite(v) and v < 20 for v in res["losses"])
-    assert [r["step"] for r in recipe_log(run)] == [1, 2, 3, 4, 5, 6]
-    assert res["merge_max_abs_diff"] < 1e-4
-    assert {p.name for p in (run / "checkpoints").iterdir()} == {"step_2", "step_4", "step_6"}
-    assert (run / "adapter" / "adapter_config.json").exists()
-    assert (run / "merged" / "config.json").exists() and (run / "merged" / "processor_config.json").exists()
-    card = (run / "README.md").read_text()
-    assert "tiny random Idefics3" in card and "q_proj" in card and f"{res['losses'][-1]:.4f}" in card
-    assert str(res["tokens_per_s"]) in card and (run / "merged" / "README.md").exists()
-    # the adapter learnt something: LoRA B weights left their zero (gaussian) init
-    from safetensors.torch import load_file
-
-    w = load_file(run / "adapter" / "adapter_model.safetensors")
-    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in w.items())
-
-
-def test_each_rank_reads_only_its_share(run, recipe_dataset):
-    """The stream is split once (by sample: ``load_biomedica(rank=)``), not read whole by every rank and
-    filtered by i % world_size; the shares differ by at most one sample."""
-    import pyarrow.parquet as pq
-
-    from biomedica_hf.dataset.loader import load_biomedica
-
-    every = {r["key"] for r in pq.read_table(recipe_dataset / "figures.parquet", columns=["key"]).to_pylist()}
-    reads = [json.loads((run / f"data_rank{r}_reads.json").read_text()) for r in range(2)]
-    shares = [{ex["key"] for ex in load_biomedica(recipe_dataset, subset="all", decode=False, world_size=2, rank=r,
-                                                  num_workers=0)} for r in range(2)]
-    assert not shares[0] & shares[1] and shares[0] | shares[1] == every and all(shares)
-    assert sorted(map(len, shares)) == [11, 12]
-    start = json.loads((run / "log.jsonl").read_text().splitlines()[0])
-    assert start["event"] == "start" and start["rank_samples"] == [12, 11] and start["world_size"] == 2
-    for rank in range(2):
-        assert reads[rank] and set(reads[rank]) <= shares[rank], rank      # never a row of the other rank
-        # a rank cycles over its share: each pass reads the share once, so the I/O is 1/world_size of the data
-        first_pass = reads[rank][:len(shares[rank])]
-        assert sorted(first_pass) == sorted(shares[rank])
-    assert len(reads[0]) + len(reads[1]) >= 6 * 2 * 2 * 2   # the run consumed at least its 48 samples
-
-
-def test_resume_from_checkpoint_repeats_the_same_steps(run, recipe_dataset, tmp_path):
-    """``train.resume: auto`` picks the latest checkpoint; a checkpoint of a run made before issue 18 (data
-    state under its old name, ``data_rank{r}.json``) resumes the same way."""
-    out = tmp_path / "resumed"
-    shutil.copytree(run, out, ignore=shutil.ignore_patterns("step_6", "adapter", "merged"))
-    for r in range(2):
-        state = out / "checkpoints" / "step_4" / f"data_state_rank{r}.json"
-        assert json.loads(state.read_text())["seen"] > 0
-        state.rename(state.with_name(f"data_rank{r}.json"))
-    (out / "log.jsonl").write_text("\n".join(json.dumps(r) for r in recipe_log(run)[:4]) + "\n")
-    r = _launch(["--config", SMOKE, "--set", f"data.path={recipe_dataset}", "--set", f"output_dir={out}",
-                 "--set", "train.max_steps=6", "--threads", "1"], probe=tmp_path)
-    assert ddp_teardown(tmp_path) == [[True], [True]]   # DDP freed before the process group (no gloo deadlock)
-    assert "resumed from" in r.stdout + r.stderr and "step_4" in r.stdout + r.stderr
-    a, b = recipe_log(run), recipe_log(out)
-    assert [x["step"] for x in b] == [1, 2, 3, 4, 5, 6]
-    for x, y in zip(a[4:], b[4:], strict=True):
-        assert x["lr"] == pytest.approx(y["lr"])
-        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
-
-
-def test_caption_command_merged_and_adapter(run):
-    from click.testing import CliRunner
-
-    from biomedica_hf.vlm.cli import COMMANDS
-
-    (caption,) = COMMANDS
-    for d in ("merged", "adapter"):
-        r = CliRunner().invoke(caption, [str(FIG_JPG), "--model", str(run / d), "--max-new-tokens", "5"])
-        assert r.exit_code == 0, (r.output, r.exception)
-        assert r.output.strip()
-
-
 def test_caption_many_images_to_jsonl(tiny_dir, tmp_path):
     """`biomedica caption DIR|GLOB --out captions.jsonl`: one JSON line per image, in order; an unreadable
     image is a line with an error, not a crash; a single image still prints just its caption."""
@@ -337,7 +226,8 @@ def test_caption_many_images_to_jsonl(tiny_dir, tmp_path):
     assert [Path(x["image"]).name for x in rows] == sorted(
         ["broken.png", jpgs[0].name, jpgs[1].name, jpgs[2].name], key=lambda n: (n == jpgs[2].name, n))
     broken = next(x for x in rows if x["image"].endswith("broken.png"))
-    assert broken["caption"] is None and "UnidentifiedImageError" in broken["error"]
+    assert broken["caption"] is None
+    assert "UnidentifiedImageError" in broken["error"]
     good = [x for x in rows if x is not broken]
     assert all(isinstance(x["caption"], str) and "error" not in x for x in good)
     assert "3 captions, 1 unreadable images" in r.output
@@ -346,12 +236,15 @@ def test_caption_many_images_to_jsonl(tiny_dir, tmp_path):
     assert g.exit_code == 0, (g.output, g.exception)
     assert [Path(json.loads(x)["image"]).name for x in g.stdout.splitlines()] == [jpgs[0].name, jpgs[1].name]
     one = CliRunner().invoke(main, ["caption", str(figs / jpgs[0].name), *common])
-    assert one.exit_code == 0 and one.stdout.rstrip("\n") == good[0]["caption"]
+    assert one.exit_code == 0
+    assert one.stdout.rstrip("\n") == good[0]["caption"]
     # nothing captionable: non-zero, and a pattern matching nothing is a usage error
     bad = CliRunner().invoke(main, ["caption", str(figs / "broken.png"), "--out", str(tmp_path / "b.jsonl"), *common])
-    assert bad.exit_code == 1 and "no image could be captioned" in bad.output
+    assert bad.exit_code == 1
+    assert "no image could be captioned" in bad.output
     none = CliRunner().invoke(main, ["caption", str(figs / "*.tif"), *common])
-    assert none.exit_code == 2 and "no image file there" in none.output
+    assert none.exit_code == 2
+    assert "no image file there" in none.output
 
 
 def test_cards_per_folder_state_the_truth(tmp_path):
@@ -374,14 +267,20 @@ def test_cards_per_folder_state_the_truth(tmp_path):
         return yaml.safe_load((p / "README.md").read_text().split("---")[1])
 
     merged, adapter, run = meta(out / "merged"), meta(out / "adapter"), meta(out)
-    assert merged["library_name"] == "transformers" and adapter["library_name"] == "peft"
+    assert merged["library_name"] == "transformers"
+    assert adapter["library_name"] == "peft"
     assert merged["base_model"] == adapter["base_model"] == cfg["model"]["name"] == "HuggingFaceTB/SmolVLM-256M-Instruct"
-    assert merged["pipeline_tag"] == "image-text-to-text" and run["library_name"] == "transformers"
+    assert merged["pipeline_tag"] == "image-text-to-text"
+    assert run["library_name"] == "transformers"
     for m in (merged, adapter, run):
         assert "datasets" not in m
     text = (out / "merged" / "README.md").read_text()
-    assert str(data) not in text and "`ds`" in text and "not on the Hub" in text and "merged model" in text
+    assert str(data) not in text
+    assert "`ds`" in text
+    assert "not on the Hub" in text
+    assert "merged model" in text
     # data streamed from the Hub: its id is listed; the tiny smoke model has no Hub base_model
     cfg = load_config(None, [f"output_dir={out}", "data.path=me/pmc-figures", "model.tiny=true"])
     write_model_card(out, cfg, result)
-    assert meta(out / "merged")["datasets"] == ["me/pmc-figures"] and "base_model" not in meta(out / "merged")
+    assert meta(out / "merged")["datasets"] == ["me/pmc-figures"]
+    assert "base_model" not in meta(out / "merged")

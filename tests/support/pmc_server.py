@@ -35,11 +35,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-try:  # paths of the real fixtures
-    from conftest import ARTICLES, FILELISTS
-except ImportError:  # pragma: no cover - used outside pytest
-    _SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pmc"
-    ARTICLES, FILELISTS = _SHARED / "articles", _SHARED / "filelists"
+from support.paths import ARTICLES, FILELISTS  # the real fixtures
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 FAULT_KINDS = ("status", "retry_after", "drop", "truncate", "corrupt", "not_found", "ignore_range", "delay",

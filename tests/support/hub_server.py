@@ -446,7 +446,7 @@ def point_libraries_at(url: str, monkeypatch: Any, cache_dir: str | os.PathLike 
 
 
 def main() -> None:
-    """Serve folders until killed: ``python tests/hub_server.py org/name=DIR [...] [--latency S] [--bandwidth B/s]``.
+    """Serve folders until killed: ``python tests/support/hub_server.py org/name=DIR [...] [--latency S] [--bandwidth B/s]``.
     Prints ``URL`` on its first line of stdout."""
     import argparse
 
