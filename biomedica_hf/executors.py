@@ -50,6 +50,14 @@ class Executor(abc.ABC):
     def close(self) -> None:
         """Release workers."""
 
+    def closing_map(self, fn: Callable[[Any], Any], items: Iterable[Any], *,
+                    window: int | None = None) -> Iterator[Any]:
+        """:meth:`map`, then :meth:`close` (also when the caller stops early: the generator is closed)."""
+        try:
+            yield from self.map(fn, items, window=window)
+        finally:
+            self.close()
+
     def __enter__(self) -> "Executor":
         return self
 

@@ -64,3 +64,15 @@ def test_item_keys():
     assert item_key(Task()) == "s000-train-p00001"
     assert item_key("p") == "p"
     assert item_key(("p", 1)) == "p"
+
+
+@pytest.mark.multiprocess
+def test_closing_map_releases_the_pool_when_done_or_dropped():
+    ex = make_executor("local", workers=2)
+    assert sorted(ex.closing_map(_echo, ["a", "b", "c"])) == ["a", "b", "c"]
+    assert ex._pool is None
+    ex = make_executor("local", workers=2)
+    it = ex.closing_map(_echo, ["a", "b", "c"])
+    next(it)
+    it.close()                                       # the caller stopped early
+    assert ex._pool is None

@@ -338,7 +338,7 @@ def panel_dataset(dataset_dir: str | Path, *, workers: int = 1, executor: str = 
     tasks = [(str(out), str(p), labels, detector, force) for p in shard_tables(out)]
     report: dict[str, Any] = {"figures": 0, "panels": 0, "split": 0, "kept": 0, "removed": removed, "methods": {},
                               "failed": [], "figures_failed": []}
-    results = make_executor(executor, workers=max(1, workers), address=address).map(_task, tasks)
+    results = make_executor(executor, workers=max(1, workers), address=address).closing_map(_task, tasks)
     for r in tqdm(results, total=len(tasks), desc="panels", unit="shard", disable=not progress):
         if r["state"] == "failed":
             report["failed"].append({"shard": r["shard"], "error": r["error"]})
