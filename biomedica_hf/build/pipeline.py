@@ -160,15 +160,12 @@ def _build(cfg: BuildOptions) -> BuildReport:
         return make_executor(cfg.executor, workers=cfg.workers, address=cfg.ray_address,
                              initializer=init_worker, initargs=(os.getpid(),))
 
-    def shared(task: PartitionTask, slots: int) -> PartitionTask:
-        return task.shared(slots)   # the politeness limit is for the whole build: split across task slots
-
     try:
         # ---- stage
         todo = [PartitionTask(p, seals[p], job) for p in pids
                 if not work.stage(PartitionId.parse(p)).is_staged(seals[p]) and not is_done(p)]
-        n_now = sum(read_manifest_count(work, PartitionId.parse(t.pid)) - n_finished(work.stage(PartitionId.parse(t.pid)))
-                    for t in todo)
+        n_now = sum(read_manifest_count(work, PartitionId.parse(t.pid))
+                    - n_finished(work.stage(PartitionId.parse(t.pid))) for t in todo)
         preload = _Preload((*cfg.preload, *(("datasketch",) if cfg.caption_dups else ()))
                            if cfg.workers > 1 else ())
 
@@ -182,7 +179,8 @@ def _build(cfg: BuildOptions) -> BuildReport:
         try:
             with prog.articles(n_now, work.root / "progress"):   # one bar over articles, not partitions
                 for _ in run_tasks(make_stage, PartitionTask.stage, todo, max_attempts=cfg.max_attempts,
-                                   desc="stage", progress=False, on_give_up=PartitionTask.give_up, bind=shared):
+                                   desc="stage", progress=False, on_give_up=PartitionTask.give_up,
+                                   bind=PartitionTask.shared):   # the request rate is the build's: split
                     preload.start()     # the pool's workers exist now: no fork while the thread imports
         finally:
             preload.join()
@@ -224,7 +222,7 @@ def _build(cfg: BuildOptions) -> BuildReport:
         order = {p: i for i, p in enumerate(_largest_first(work, [t.pid for t in pending]))}
         pending.sort(key=lambda t: order[t.pid])
         for _ in run_tasks(make, PartitionTask.write, pending, max_attempts=cfg.max_attempts, desc="write",
-                           progress=prog.bars, bind=shared):
+                           progress=prog.bars, bind=PartitionTask.shared):
             pass
     except FatalBuildError:
         raise
