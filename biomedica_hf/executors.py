@@ -38,7 +38,8 @@ def _resolve(initargs: InitArgs, slots: int) -> tuple:
 
 
 class Executor(abc.ABC):
-    """Maps a module-level function over task units, ``window`` tasks in flight at most."""
+    """Maps a picklable function (module-level, or a task class's method) over task units, ``window`` tasks in
+    flight at most."""
 
     name: str
     slots: int  # tasks that run at the same time (used to split global limits such as request rates)

@@ -116,6 +116,18 @@ def test_partition_task_shares_the_rate_between_slots(tmp_path):
     assert task.job.source.rate == 20.0             # frozen: the original is untouched
 
 
+def test_a_process_opens_each_source_once_and_closes_them():
+    from biomedica_hf.build.task import _SOURCES, close_sources, source_for
+
+    spec = SourceSpec("local", str(SAMPLE))
+    first = source_for(spec)
+    assert source_for(SourceSpec("local", str(SAMPLE))) is first      # keyed by the spec's value
+    assert source_for(spec.shared(2)) is first                         # no rate to share: the same spec
+    assert [r.pmcid for r in first.list_articles()]
+    close_sources()
+    assert not _SOURCES
+
+
 def test_pipeline_keeps_the_orchestration_only():
     pipeline = REPO / "biomedica_hf" / "build" / "pipeline.py"
     assert len(pipeline.read_text().splitlines()) < 400
