@@ -122,6 +122,25 @@ FIELDS: tuple[str, ...] = ("subset", "concepts", "exclude_concepts", "licenses",
 Years = int | Sequence[int] | tuple[int | None, int | None]
 
 
+def described_filters(values: Any) -> list[tuple[str, str]]:
+    """The filters a recipe config's ``data`` section (or any mapping of :data:`FIELDS`) sets beyond the subset, as
+    ``(field, text)`` for a model card: unset fields and the ``keep`` default of ``near_duplicates`` are left out,
+    and an ``exclude`` file is named by its file name only (a card names no local path), a key list by its size."""
+    out = []
+    for k in FIELDS:
+        v = values.get(k) if hasattr(values, "get") else getattr(values, k, None)
+        if k == "subset" or v is None or v == "" or (k == "near_duplicates" and v == "keep"):
+            continue
+        if k == "exclude":
+            v = Path(v).name if isinstance(v, (str, os.PathLike)) else f"{len(list(v))} keys"
+        elif isinstance(v, (list, tuple, frozenset, set)):
+            if not v:
+                continue
+            v = ", ".join(str(x) for x in (sorted(v) if isinstance(v, (set, frozenset)) else v))
+        out.append((k, str(v)))
+    return out
+
+
 class NoMatchWarning(UserWarning):
     """``load_biomedica``'s filters select no sample (issued on every call, at the caller's line)."""
 

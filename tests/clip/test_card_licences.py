@@ -118,3 +118,32 @@ def test_smolvlm_cards_license_from_the_training_data(built_dataset, tmp_path):
     cfg = load_config(None, [f"output_dir={out}", f"data.path={built_dataset}", "data.subset=noncommercial"])
     write_model_card(out, cfg, {"losses": [2.0], "steps": 1, "world_size": 1})
     assert _meta((out / "merged" / "README.md").read_text())["license"] == "cc-by-nc-nd-4.0"
+
+
+def test_model_cards_name_every_filter_of_the_selection_and_no_local_path(built_dataset, tmp_path):
+    """Split, exclusions and the near-duplicate policy shape the training data as much as licences do: both cards name
+    every filter the config sets (the Selection's fields), an exclusion file by its name only."""
+    from biomedica_hf.clip.card import render_model_card
+    from biomedica_hf.train.clip import load_config
+    from biomedica_hf.train.smolvlm import load_config as load_vlm_config
+    from biomedica_hf.vlm.card import write_model_card
+
+    excl = tmp_path / "private-dir-7f3a" / "exclusions.txt"
+    excl.parent.mkdir()
+    excl.write_text(pq.read_table(built_dataset / "figures.parquet", columns=["key"])["key"][0].as_py() + "\n")
+    sets = ["data.subset=all", "data.split=train", f"data.exclude={excl}", "data.near_duplicates=drop"]
+    card = render_model_card(load_config(SMOKE, [f"data.path={built_dataset}", *sets]), "open_clip", {})
+    assert "split train" in card
+    assert "exclude exclusions.txt" in card
+    assert "near_duplicates drop" in card
+    assert "private-dir-7f3a" not in card
+    out = tmp_path / "run"
+    for d in ("merged", "adapter"):
+        (out / d).mkdir(parents=True)
+    cfg = load_vlm_config(None, [f"output_dir={out}", f"data.path={built_dataset}", *sets])
+    write_model_card(out, cfg, {"losses": [2.0], "steps": 1, "world_size": 1})
+    text = (out / "merged" / "README.md").read_text()
+    assert "split train" in text
+    assert "exclude exclusions.txt" in text
+    assert "near_duplicates drop" in text
+    assert "private-dir-7f3a" not in text
