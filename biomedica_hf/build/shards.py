@@ -49,13 +49,9 @@ def shard_name(subset: str, split: str, pid_tail: str, index: int, revision: int
     return name + (f"-r{revision:03d}" if revision else "")
 
 
-#: (tar, parquet, stats) of a shard: ``layout.shard_paths`` (the old name, still used by ``build.pipeline``)
-shard_files = shard_paths
-
-
 def shard_done(out: Path, name: str, digest: str) -> bool:
     """A shard is finished when its stats file exists and was written for the same digest."""
-    tar, parquet, stats = shard_files(out, name)
+    tar, parquet, stats = shard_paths(out, name)
     return is_done(stats, {"digest": digest}, files=[tar, parquet])
 
 
@@ -77,7 +73,7 @@ def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, ex
     With ``timings`` (the seconds per stage of the shard's samples), the stats get ``timings``: those, the
     seconds of this write (``shard_write``) and ``elapsed`` (see :mod:`biomedica_hf.build.timings`)."""
     t0 = time.perf_counter()
-    tar_path, parquet_path, stats_path = shard_files(out, name)
+    tar_path, parquet_path, stats_path = shard_paths(out, name)
     rel = f"{name}.tar"
     subset = name.split("/")[0]
     rows: list[dict] = []
@@ -129,8 +125,8 @@ def revise_shard(out: Path, old: str, new: str, drop_keys: set[str], digest: str
     ``timings`` are kept for the kept samples' share, with the seconds of this copy as ``shard_write``.
     """
     t0 = time.perf_counter()
-    old_tar, old_parquet, old_stats = shard_files(out, old)
-    tar_path, parquet_path, stats_path = shard_files(out, new)
+    old_tar, old_parquet, old_stats = shard_paths(out, old)
+    tar_path, parquet_path, stats_path = shard_paths(out, new)
     try:
         old_timings = json.loads(old_stats.read_text()).get("timings")
     except (OSError, ValueError):

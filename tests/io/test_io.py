@@ -20,7 +20,7 @@ import pytest
 
 from biomedica_hf.build.download import Downloader
 from biomedica_hf.build.pipeline import BuildConfig, build
-from biomedica_hf.build.shards import shard_done, shard_files
+from biomedica_hf.build.shards import shard_done
 from biomedica_hf.build.sources.filelists import parse_s3_list
 from biomedica_hf.build.staging import PartitionStage
 from biomedica_hf.concepts.embed import shard_outputs
@@ -62,6 +62,7 @@ from biomedica_hf.io.retry import Backoff, RateLimiter, parse_retry_after
 from biomedica_hf.io.sizes import human_size, parse_size
 from biomedica_hf.io.tars import end_of_archive
 from biomedica_hf.io.xml import safe_parser
+from biomedica_hf.layout import shard_paths
 
 SAMPLE = Path(__file__).resolve().parents[2] / "biomedica_hf" / "sample_data" / "articles"
 
@@ -104,7 +105,7 @@ def test_marker_round_trip_and_done_rules(tmp_path):
 
 def test_every_stage_keeps_its_marker_name(tmp_path):
     """The four spellings are data of the one API: old folders keep resuming."""
-    assert shard_files(tmp_path, "commercial/x-000")[2].name == "x-000_stats.json"
+    assert shard_paths(tmp_path, "commercial/x-000")[2].name == "x-000_stats.json"
     assert shard_outputs(tmp_path, "commercial/000001.tar")[2].name == "000001_done.json"
     assert PartitionStage(tmp_path / "p").marker.name == STAGED == "staged.json"
     from biomedica_hf.search.build import _chunk_paths
@@ -138,7 +139,7 @@ def test_old_search_chunk_marker_resumes(tmp_path):
 def test_built_shards_are_done_by_their_stats_marker(sample_ds):
     out, rows = sample_ds
     name = rows[0]["shard"].removesuffix(".tar")
-    tar, parquet, stats = shard_files(out, name)
+    tar, parquet, stats = shard_paths(out, name)
     digest = read_marker(stats)["digest"]
     assert shard_done(out, name, digest) and not shard_done(out, name, "other")
     assert is_done(stats, {"count": sum(r["shard"] == rows[0]["shard"] for r in rows)}, files=[tar, parquet])
