@@ -25,6 +25,7 @@ CARD_DIR = "card"                         # the card's plots
 WORK_DIR = "_work"                        # build staging, state and caches: never published
 PANELS_INDEX = "panels.parquet"           # written by ``biomedica panels`` (biomedica_hf.panels), read by the loader
 PANELS_DIR = "panels"                     # per-shard panel tables and markers (local)
+DECONTAMINATION_DIR = "decontamination"   # `biomedica decontaminate`: report.json + exclusions.txt (published)
 CONCEPTS_DIR = "concepts"                 # embeddings, clusters, labels, selections (local)
 CONCEPT_FILTERED = "concept-filtered"     # the concept selections' folders (biomedica_hf.concepts.subsets)
 CONCEPT_BALANCED = "concept-balanced"
