@@ -57,7 +57,8 @@ def test_embed_default_model_offline_is_one_line_naming_model_flag(built, tmp_pa
     r = biomedica("embed", str(built), "--device", "cpu")
     line = error_line(r)
     assert r.returncode == MissingWeightsError.exit_code == 3
-    assert "facebook/dinov2-with-registers-large" in line and "HF_HUB_OFFLINE" in line
+    assert "facebook/dinov2-with-registers-large" in line
+    assert "HF_HUB_OFFLINE" in line
     assert "--model PATH" in line
     assert not (built / "embeddings" / "info.json").exists()
     # the hint works: a local folder embeds offline
@@ -83,7 +84,8 @@ def test_embed_without_network_names_the_hub_and_the_flag(built):
                        "HF_HUB_DOWNLOAD_TIMEOUT": "1"}, timeout=600)
     line = error_line(r)
     assert r.returncode == 3
-    assert "cannot be reached" in line and "--model PATH" in line
+    assert "cannot be reached" in line
+    assert "--model PATH" in line
 
 
 def test_build_ray_without_cluster_hints_address_local(tmp_path):
@@ -95,7 +97,8 @@ def test_build_ray_without_cluster_hints_address_local(tmp_path):
     r = biomedica("build", "--sample", "--executor", "ray", "--out", str(tmp_path / "ds"), "--no-progress")
     line = error_line(r)
     assert r.returncode == NoClusterError.exit_code == 5
-    assert "no Ray cluster" in line and "--address local" in line
+    assert "no Ray cluster" in line
+    assert "--address local" in line
 
 
 def test_push_without_network_is_one_line(built):
@@ -104,14 +107,16 @@ def test_push_without_network_is_one_line(built):
                        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_TOKEN": "hf_x"})
     line = error_line(r)
     assert r.returncode == NetworkError.exit_code == 4
-    assert "Hub could not be reached" in line and "--dry-run" in line
+    assert "Hub could not be reached" in line
+    assert "--dry-run" in line
 
 
 def test_eval_pretrained_tag_offline_is_one_line():
     r = biomedica("eval", "--model", "ViT-B-32:laion2b_s34b_b79k", "--tasks", "@fixtures")
     line = error_line(r)
     assert r.returncode == 3
-    assert "ViT-B-32:laion2b_s34b_b79k" in line and "--model PATH" in line
+    assert "ViT-B-32:laion2b_s34b_b79k" in line
+    assert "--model PATH" in line
 
 
 def test_caption_with_a_clip_folder_is_wrong_model(tmp_path):
@@ -144,7 +149,8 @@ def test_inspect_non_xml_exits_nonzero_with_one_line(tmp_path):
     assert r.stdout == ""
     jats = next((REPO / "biomedica_hf" / "sample_data" / "articles").rglob("*.nxml"))
     ok = biomedica("inspect", str(jats))
-    assert ok.returncode == 0 and "figures:" in ok.stdout
+    assert ok.returncode == 0
+    assert "figures:" in ok.stdout
 
 
 # ------------------------------------------------------------------------ build input errors (issue 27)
@@ -212,7 +218,8 @@ def test_build_folder_without_article_names_what_was_looked_for(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     r = biomedica("build", "--input", str(tmp_path / "papers"), "--out", str(out), "--no-progress")
-    assert r.returncode == 7 and sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert r.returncode == 7
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
 def test_build_empty_listing_is_one_line(tmp_path):
@@ -238,9 +245,11 @@ def test_build_where_every_article_failed_exits_1_with_the_top_reasons(tmp_path)
                   "--workers", "1", "--retries", "0", "--timeout", "2", "--base-url", f"http://127.0.0.1:{free_port()}")
     line = error_line(r)
     assert r.returncode == NothingKeptError.exit_code == 1
-    assert "kept no figure: 2 of 2 article(s) failed" in line and "ledger.parquet" in line
+    assert "kept no figure: 2 of 2 article(s) failed" in line
+    assert "ledger.parquet" in line
     assert "Articles listed: 2" in r.stdout                  # the summary comes first
-    assert (out / "ledger.parquet").exists() and not (out / "README.md").exists()
+    assert (out / "ledger.parquet").exists()
+    assert not (out / "README.md").exists()
     reason = line.split("failed: ", 1)[1].split(" ", 1)[0]
     assert reason in ("download_failed", "not_found")        # the ledger's own reason, named
 

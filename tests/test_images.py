@@ -94,11 +94,15 @@ def test_other_modes_agree_across_stages(kind):
     for name, pixels in stages.items():
         assert np.array_equal(pixels, ref), name
     if kind == "palette":
-        assert (ref[:, 8:] == 255).all() and tuple(ref[0, 3]) == (0, 128, 255)    # index 0 transparent: white
+        assert (ref[:, 8:] == 255).all()
+        assert tuple(ref[0, 3]) == (0, 128, 255)    # index 0 transparent: white
     if kind == "16bit":      # min..max stretch, not clipped to white
-        assert ref[..., 0].min() == 0 and ref[..., 0].max() == 255
+        assert ref[..., 0].min() == 0
+        assert ref[..., 0].max() == 255
     if kind == "rotated":
-        assert ref.shape[:2] == (20, 10) and (ref[:5, :, 2] == 255).all() and (ref[:5, :, 0] == 0).all()
+        assert ref.shape[:2] == (20, 10)
+        assert (ref[:5, :, 2] == 255).all()
+        assert (ref[:5, :, 0] == 0).all()
 
 
 def test_the_policy_agrees_with_what_the_build_writes():

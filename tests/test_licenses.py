@@ -143,4 +143,5 @@ def test_fixture_licence_fields(articles_dir):
     assert (b.license_url, b.license_type) == (
         "http://creativecommons.org/publicdomain/mark/1.0/", "public-domain")
     c = parse_jats(articles_dir / "PMC2994229/6605965a.nxml")[0].article
-    assert c.license_url is None and c.license_text == "Copyright © 2010 Cancer Research UK"
+    assert c.license_url is None
+    assert c.license_text == "Copyright © 2010 Cancer Research UK"

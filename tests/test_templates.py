@@ -59,7 +59,8 @@ def test_one_copy_of_each_template():
     for link, name in LINKS.items():
         path = REPO / link
         assert path.is_symlink() and not os.path.isabs(os.readlink(path)), link          # relative: survives a copy
-        assert path.resolve() == (TEMPLATES / name).resolve() and path.read_text() == templates.source(name)
+        assert path.resolve() == (TEMPLATES / name).resolve()
+        assert path.read_text() == templates.source(name)
     for folder in ("dataset_card", "model_cards"):   # read and edited there, no longer import packages
         assert not (REPO / folder / "__init__.py").exists()
     with pytest.raises(ValueError, match="unknown template"):
@@ -73,7 +74,8 @@ def test_one_environment_strict_verbatim_unescaped():
         templates.render_string("{{ missing }}")
     from biomedica_hf.search.page import PAGE_HTML
 
-    assert PAGE_HTML == (TEMPLATES / templates.SEARCH_PAGE).read_text() and PAGE_HTML.endswith("</html>\n")
+    assert PAGE_HTML == (TEMPLATES / templates.SEARCH_PAGE).read_text()
+    assert PAGE_HTML.endswith("</html>\n")
 
 
 def test_model_cards_render_from_the_packaged_and_a_users_template(tmp_path):
@@ -81,16 +83,20 @@ def test_model_cards_render_from_the_packaged_and_a_users_template(tmp_path):
     from biomedica_hf.vlm.card import render, write_model_card
 
     card = render_model_card(CLIP_CFG, "open_clip", CLIP_STATS)
-    assert card.startswith("---\nlibrary_name: open_clip\n") and "| LoRA r | 8 |" in card
-    assert "WiSE-FT interpolation with the base weights (alpha=0.5)" in card and "{{" not in card
+    assert card.startswith("---\nlibrary_name: open_clip\n")
+    assert "| LoRA r | 8 |" in card
+    assert "WiSE-FT interpolation with the base weights (alpha=0.5)" in card
+    assert "{{" not in card
     own = tmp_path / "mine.md.j2"
     own.write_text("# {{ title }} ({{ format_name }})\n")
     assert render_model_card(CLIP_CFG, "transformers", CLIP_STATS, own) == "# BMC-CLIP ViT-B-16 (transformers)\n"
     with pytest.raises(FileNotFoundError):
         render_model_card(CLIP_CFG, "open_clip", CLIP_STATS, tmp_path / "absent.md")
     text = render(SMOLVLM_CFG, SMOLVLM_RESULT, kind="adapter")
-    assert "# smolvlm-demo: HuggingFaceTB/SmolVLM-256M-Instruct fine-tuned" in text and "library_name: peft" in text
-    assert "| first / last training loss | 2.5000 / 1.2500 |" in text and "{{" not in text
+    assert "# smolvlm-demo: HuggingFaceTB/SmolVLM-256M-Instruct fine-tuned" in text
+    assert "library_name: peft" in text
+    assert "| first / last training loss | 2.5000 / 1.2500 |" in text
+    assert "{{" not in text
     (tmp_path / "own.j2").write_text("{{ run_name }} {{ first_loss }}\n")
     out = tmp_path / "run"
     (out / "merged").mkdir(parents=True)
@@ -202,4 +208,5 @@ def test_cards_from_an_installed_wheel(tmp_path):
     assert (outside / "clip.md").read_text() == render_model_card(CLIP_CFG, "open_clip", CLIP_STATS)
     assert (outside / "smolvlm.md").read_text() == render(SMOLVLM_CFG, SMOLVLM_RESULT, kind="merged")
     card = (tmp_path / "from_wheel" / "README.md").read_bytes()
-    assert b"config_name: commercial-concept-filtered" in card and card == expected
+    assert b"config_name: commercial-concept-filtered" in card
+    assert card == expected

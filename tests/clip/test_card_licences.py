@@ -46,14 +46,18 @@ def test_a_selection_counts_what_it_selects(built_dataset):
     rows = [r for r in _index(built_dataset) if r["subset"] != "other"]
     code = Counter(r["license_code"] for r in rows).most_common(1)[0][0]
     lic = data_licences(built_dataset, Selection(subset=["commercial", "noncommercial"], licenses=code.lower()))
-    assert lic.error is None and lic.subset == "commercial, noncommercial"
+    assert lic.error is None
+    assert lic.subset == "commercial, noncommercial"
     assert lic.filters == {"licenses": code.lower()}            # as asked (LICENSES.md shows the config's words)
-    assert {c.code for c in lic.counts} == {code} and lic.samples == sum(r["license_code"] == code for r in rows)
+    assert {c.code for c in lic.counts} == {code}
+    assert lic.samples == sum(r["license_code"] == code for r in rows)
     same = data_licences(built_dataset, ["commercial", "noncommercial"], {"licenses": code.lower(), "path": "x",
                                                                         "shuffle_buffer": 4, "years": None})
-    assert same.counts == lic.counts and same.filters == {"licenses": code.lower()}
+    assert same.counts == lic.counts
+    assert same.filters == {"licenses": code.lower()}
     bad = data_licences(built_dataset, "all", {"split": "dev"})
-    assert bad.counts == [] and "split must be one of" in bad.error
+    assert bad.counts == []
+    assert "split must be one of" in bad.error
 
 
 def test_clip_card_license_from_the_training_data(built_dataset, tmp_path):

@@ -155,13 +155,17 @@ def test_embeddings_per_shard(embedded, tiny_model):
     for r in index:
         by_shard.setdefault(r["shard"], []).append(r)
     info = read_info(embedded)
-    assert info["model"] == str(tiny_model) and info["dim"] == 32 and info["samples"] == len(index)
-    assert sorted(info["last_run"]["computed"]) == sorted(by_shard) and info["last_run"]["device"] == "cpu"
+    assert info["model"] == str(tiny_model)
+    assert info["dim"] == 32
+    assert info["samples"] == len(index)
+    assert sorted(info["last_run"]["computed"]) == sorted(by_shard)
+    assert info["last_run"]["device"] == "cpu"
     for shard, rows in by_shard.items():
         npy, keys_file, done = shard_outputs(embedded, shard)
         emb = np.load(npy)
         rows.sort(key=lambda r: r["tar_offset"])
-        assert emb.dtype == np.float32 and emb.shape == (len(rows), 32)
+        assert emb.dtype == np.float32
+        assert emb.shape == (len(rows), 32)
         np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
         assert pq.read_table(keys_file)["key"].to_pylist() == [r["key"] for r in rows]
         assert json.loads(done.read_text())["count"] == len(rows)
@@ -183,7 +187,8 @@ def test_embed_resumes_only_the_unfinished_shard(embedded, tiny_model):
     shard_outputs(embedded, victim)[2].unlink()          # the completion marker
     run_cli("embed", embedded, "--model", tiny_model, "--image-size", IMAGE_SIZE, "--no-progress")
     run = read_info(embedded)["last_run"]
-    assert run["computed"] == [victim] and sorted(run["skipped"]) == sorted(set(shards) - {victim})
+    assert run["computed"] == [victim]
+    assert sorted(run["skipped"]) == sorted(set(shards) - {victim})
     for s in shards:
         mtime, emb = before[s]
         assert (shard_outputs(embedded, s)[0].stat().st_mtime_ns != mtime) == (s == victim)
@@ -199,13 +204,18 @@ def test_prepare_image_fits_and_flattens():
         return buf.getvalue()
 
     wide = prepare_image(png(Image.new("RGB", (300, 100), (255, 0, 0))), 60, "pad")
-    assert wide.size == (60, 60) and wide.getpixel((30, 2)) == (255, 255, 255) and wide.getpixel((30, 30)) == (255, 0, 0)
+    assert wide.size == (60, 60)
+    assert wide.getpixel((30, 2)) == (255, 255, 255)
+    assert wide.getpixel((30, 30)) == (255, 0, 0)
     assert prepare_image(png(Image.new("RGB", (300, 100), (255, 0, 0))), 60, "crop").getpixel((30, 2)) == (255, 0, 0)
     transparent = prepare_image(png(Image.new("RGBA", (80, 80), (0, 0, 0, 0))), 40)
-    assert transparent.mode == "RGB" and transparent.getpixel((20, 20)) == (255, 255, 255)
+    assert transparent.mode == "RGB"
+    assert transparent.getpixel((20, 20)) == (255, 255, 255)
     deep = prepare_image(png(Image.fromarray(np.full((50, 50), 40000, np.uint16))), 40)
-    assert deep.mode == "RGB" and deep.size == (40, 40)
-    assert pick_device("cpu") == "cpu" and pick_device("auto") in ("cuda", "mps", "cpu")
+    assert deep.mode == "RGB"
+    assert deep.size == (40, 40)
+    assert pick_device("cpu") == "cpu"
+    assert pick_device("auto") in ("cuda", "mps", "cpu")
     with pytest.raises(ValueError, match="fit"):
         prepare_image(png(Image.new("RGB", (8, 8))), 8, "stretch")
 
@@ -217,7 +227,9 @@ def test_clusters(clustered):
     index = pq.read_table(clustered / "figures.parquet", columns=["key", "shard"])
     assert sorted(clusters["key"].to_pylist()) == sorted(index["key"].to_pylist())
     assert clusters.schema.field("cluster").type == pa.int32()
-    assert model.k == 4 and model.components.shape == (8, 32) and model.centroids.shape == (4, 8)
+    assert model.k == 4
+    assert model.components.shape == (8, 32)
+    assert model.centroids.shape == (4, 8)
     assert model.params["sizes"] == np.bincount(clusters["cluster"].to_numpy(), minlength=4).tolist()
     # the stored assignment is the model's own prediction from the embeddings
     for shard in set(index["shard"].to_pylist()):
@@ -249,7 +261,8 @@ def test_annotation_sheets(clustered):
             with Image.open(png) as img:
                 img.load()
                 shown = min(size, 5)
-                assert img.format == "PNG" and img.width == PAD + COLUMNS * (THUMB + PAD)
+                assert img.format == "PNG"
+                assert img.width == PAD + COLUMNS * (THUMB + PAD)
                 rows = -(-shown // COLUMNS)
                 assert THUMB * rows < img.height < (THUMB + 100) * rows + 80
     parser = _Links()
@@ -276,7 +289,8 @@ def test_majority_vote_ties_and_disagreements(labelled, annotations):
     disagreements = {(d["cluster"], d["field"]) for d in report["disagreements"]}
     assert {(0, "panel_type"), (0, "global_class"), (0, "local_class"), (2, "panel_type"),
             (3, "local_class")} <= disagreements
-    assert (1, "global_class") not in disagreements and (1, "panel_type") not in disagreements
+    assert (1, "global_class") not in disagreements
+    assert (1, "panel_type") not in disagreements
     assert {(n["cluster"], n["field"]) for n in report["no_majority"]} == {(0, "local_class"), (3, "local_class")}
 
 
@@ -289,14 +303,16 @@ def test_unknown_label_names_cluster_and_file(labelled, annotations, tmp_path):
     before = (ds / "figures.parquet").stat().st_mtime_ns
     with pytest.raises(AnnotationError) as err:
         apply_labels(ds, [annotations[0], path])
-    assert "dave.json: cluster 2" in str(err.value) and "Plots & Charts" in str(err.value)
+    assert "dave.json: cluster 2" in str(err.value)
+    assert "Plots & Charts" in str(err.value)
     bad["2"]["global_class"] = ["Clinical Imaging"]
     bad["7"] = {"panel_type": "single", "panel_subtype": "", "global_class": [], "local_class": []}
     path.write_text(json.dumps(bad))
     with pytest.raises(AnnotationError, match="dave.json: cluster 7: no such cluster"):
         apply_labels(ds, [path])
     result = CliRunner().invoke(CLI, ["label", str(ds), "--annotations", str(path)])
-    assert result.exit_code != 0 and "cluster 7" in result.output
+    assert result.exit_code != 0
+    assert "cluster 7" in result.output
     assert (ds / "figures.parquet").stat().st_mtime_ns == before     # nothing written
 
 
@@ -306,7 +322,8 @@ def test_reference_cluster_labels_validate():
         pytest.skip("reference taxonomy not found")
     assert validate(read_annotation(ref), load_vocabulary(), k=2000, name=ref.name) == []
     shipped = load_vocabulary()
-    assert "Plots and Charts" in shipped.global_concepts and "bar plot" in shipped.local_concepts
+    assert "Plots and Charts" in shipped.global_concepts
+    assert "bar plot" in shipped.local_concepts
     assert json.loads((ref.parent / "taxonomy_collapsed_and_filtered.json").read_text()) == shipped.taxonomy
 
 
@@ -317,7 +334,8 @@ def test_labels_land_in_the_index_and_labels_table(labelled):
     figures = pq.read_table(ds / "figures.parquet")
     schema = figures.schema
     assert schema.field("concepts").type == pa.list_(pa.string()) == schema.field("local_concepts").type
-    assert schema.field("panel_type").type == pa.string() and schema.field("cluster").type == pa.int32()
+    assert schema.field("panel_type").type == pa.string()
+    assert schema.field("cluster").type == pa.int32()
     assert schema.names[: len(schema.names) - 5] == [f.name for f in pq.read_schema(folder_files(ds / "other", "*.parquet")[0])
                                                      if f.name not in ("cluster", "panel_type", "panel_subtype",
                                                                        "concepts", "local_concepts")] + ["caption_chars", "near_dup_of", "caption_dup_of"]
@@ -358,7 +376,8 @@ def test_labels_survive_an_update_build(labelled, articles_dir, tmp_path):
     written = (copy / "figures.parquet").stat().st_mtime_ns
     report = build(BuildConfig(out=copy, source="local", source_opts={"path": str(articles_dir)}, shard_max_samples=4,
                                progress=False, retry_failed=True))
-    assert report.snapshot == 1 and report.changes.get("retried", 0) > 0
+    assert report.snapshot == 1
+    assert report.changes.get("retried", 0) > 0
     assert (copy / "figures.parquet").stat().st_mtime_ns != written        # the build wrote a new index
     assert pq.read_table(copy / "figures.parquet", columns=columns).sort_by("key").equals(before)
     # a shard an update writes later is never labelled: its json lacks the labels the older shards' json carries
@@ -411,7 +430,9 @@ def _check_shards_carry(ds: Path) -> list[dict]:
         meta, _ = members[r["key"]]
         assert (meta["panel_type"], meta["concepts"], meta["local_concepts"]) == \
                (r["panel_type"], r["concepts"], r["local_concepts"]), r["key"]
-        assert meta["key"] == r["key"] and meta["caption"] == r["caption"] and meta["split"] == r["split"]
+        assert meta["key"] == r["key"]
+        assert meta["caption"] == r["caption"]
+        assert meta["split"] == r["split"]
         with open(ds / r["shard"], "rb") as fh:
             fh.seek(r["image_offset"])
             assert hashlib.sha256(fh.read(r["image_size"])).hexdigest() == r["sha256"]
@@ -427,7 +448,8 @@ def test_labels_are_written_into_the_licence_shards_in_place(labelled, annotatio
     build left: same member size, so every offset of the index stays valid and the images are untouched; a
     relabel rewrites only what changed, a rerun nothing; the licence configs of the Hub layout show the labels."""
     ds, report = labelled
-    assert report["shards_stamped"]["shards"].get("stamped", 0) > 0 and not report["shards_stamped"]["no_room"]
+    assert report["shards_stamped"]["shards"].get("stamped", 0) > 0
+    assert not report["shards_stamped"]["no_room"]
     _check_shards_carry(ds)
     copy = tmp_path / "ds"
     shutil.copytree(ds, copy)
@@ -446,13 +468,16 @@ def test_labels_are_written_into_the_licence_shards_in_place(labelled, annotatio
     assert {t: t.stat().st_size for t in tars} == sizes
     in_cluster_1 = {r["key"] for r in figures if r["cluster"] == 1}
     after = _shard_json(copy)
-    assert in_cluster_1 and {k for k in after if after[k][1] != before[k][1]} == in_cluster_1
+    assert in_cluster_1
+    assert {k for k in after if after[k][1] != before[k][1]} == in_cluster_1
     assert all(after[k][0]["local_concepts"] == ["electron microscopy"] for k in in_cluster_1)
-    assert stamped["samples_written"] == len(in_cluster_1) and stamped["shards"].get("kept", 0) > 0
+    assert stamped["samples_written"] == len(in_cluster_1)
+    assert stamped["shards"].get("kept", 0) > 0
     from biomedica_hf.concepts.stamp import stamp_labels, stamp_shard
 
     again = stamp_labels(copy)
-    assert again["samples_written"] == 0 and set(again["shards"]) == {"kept"}
+    assert again["samples_written"] == 0
+    assert set(again["shards"]) == {"kept"}
     from biomedica_hf.dataset.verify import verify_folder
 
     checked = verify_folder(copy, deep=True)          # every shard against its stats, sizes and the index
@@ -491,7 +516,8 @@ def test_labels_are_written_into_the_licence_shards_in_place(labelled, annotatio
     write_table(shard_parquet, pa.Table.from_pylist(rows, schema=table.schema))
     whole = (copy / victim["shard"]).read_bytes()
     result = stamp_shard(copy, shard_parquet)
-    assert result["state"] == "no_room" and result["no_room"] == 1
+    assert result["state"] == "no_room"
+    assert result["no_room"] == 1
     assert (copy / victim["shard"]).read_bytes() == whole
 
     # a shard cut short is reported with its reason and the others are still stamped: one bad shard, not the run
@@ -503,9 +529,11 @@ def test_labels_are_written_into_the_licence_shards_in_place(labelled, annotatio
     for marker in (copy / "concepts" / "stamped").rglob("*_done.json"):
         marker.unlink()
     report = stamp_labels(copy)
-    assert [f["shard"] for f in report["failed"]] == [cut["shard"]] and "ShardTruncatedError" in \
-        report["failed"][0]["error"]
-    assert report["shards"]["failed"] == 1 and report["shards"]["stamped"] == len(tars) - 1
+    assert [f["shard"] for f in report["failed"]] == [cut["shard"]]
+    assert ("ShardTruncatedError" in \
+        report["failed"][0]["error"])
+    assert report["shards"]["failed"] == 1
+    assert report["shards"]["stamped"] == len(tars) - 1
 
 
 # ---------------------------------------------------------------------------------------- subsets
@@ -541,8 +569,9 @@ def test_concept_subsets_materialise_and_load(labelled):
             assert all(got[c] == min(2, n) for c, n in counts.items()), (got, counts)
         tars = folder_files(ds / name, "*.tar")
         # each copy sits in the sNNN/gNNN group of the shards it was cut from (layout.shard_group), never flat here
-        assert tars and all(shard_group(t.relative_to(ds).as_posix()) == shard_group(src[r["key"]]["shard"]) != ""
-                            for t in tars for r in selection if (ds / name / r["out_shard"]) == t)
+        assert tars
+        assert (all(shard_group(t.relative_to(ds).as_posix()) == shard_group(src[r["key"]]["shard"]) != ""
+                            for t in tars for r in selection if (ds / name / r["out_shard"]) == t))
         assert not list((ds / name).glob("*.tar"))
         assert len(tars) == sum(-(-n // 2) for n in Counter((r["subset"], r["split"]) for r in selection).values())
         assert len({t.name for t in tars} & {p.name for d in ds.iterdir() if d.is_dir() and d.name != name
@@ -553,10 +582,12 @@ def test_concept_subsets_materialise_and_load(labelled):
             assert split in ("train", "validation", "test")
             with tarfile.open(tar) as tf:
                 members = tf.getmembers()
-                assert len(members) % 3 == 0 and 0 < len(members) <= 6
+                assert len(members) % 3 == 0
+                assert 0 < len(members) <= 6
                 for m in members:
                     key, ext = m.name.split(".", 1)
-                    assert src[key]["subset"] == subset and src[key]["split"] == split
+                    assert src[key]["subset"] == subset
+                    assert src[key]["split"] == split
                     if ext in ("jpg", "png"):   # byte-identical to the source shard
                         with open(ds / src[key]["shard"], "rb") as fh:
                             fh.seek(src[key]["image_offset"])
@@ -593,13 +624,16 @@ def test_concept_subsets_materialise_and_load(labelled):
                     for r in (datasets.load_dataset(str(ds), f"{subset}-{name}", split=sp, streaming=True)
                               if any(d["split"] == sp for c in configs if c["config_name"] == f"{subset}-{name}"
                                      for d in c["data_files"]) else [])]
-            assert mine and all(r["json"]["subset"] == subset for r in mine)
+            assert mine
+            assert all(r["json"]["subset"] == subset for r in mine)
             rows += mine
         selection = pq.read_table(ds / "concepts" / f"{name}.parquet", columns=["key"])["key"].to_pylist()
         assert sorted(r["__key__"] for r in rows) == sorted(selection)
         first = rows[0]
         image = first["jpg"] if first["jpg"] is not None else first["png"]
-        assert image.size[0] > 0 and first["json"]["key"] == first["__key__"] and first["txt"]
+        assert image.size[0] > 0
+        assert first["json"]["key"] == first["__key__"]
+        assert first["txt"]
         for r in rows:   # the Hub config shows the concepts each sample was selected by
             assert r["json"]["concepts"] == src[r["__key__"]]["concepts"]
             assert r["json"]["local_concepts"] == src[r["__key__"]]["local_concepts"]
@@ -613,7 +647,8 @@ def test_selection_rules():
     assert filtered_mask(concepts, ["A"]).tolist() == [False, False, True, True, True, False, False, True]
     assert filtered_mask(concepts, ["A"], keep_unlabelled=False).tolist()[3] is False
     picked = balanced_mask(concepts, keys, cap=2)
-    assert picked[4] and picked[[1, 2, 7]].sum() == 2                    # rare C kept, B capped at 2
+    assert picked[4]
+    assert picked[[1, 2, 7]].sum() == 2                    # rare C kept, B capped at 2
     assert picked[[0, 1, 5, 6]].sum() == 2                               # A capped (incl. the shared row)
     assert (balanced_mask(concepts, keys, cap=2, seed=1) == balanced_mask(concepts, keys, cap=2, seed=1)).all()
 
@@ -621,13 +656,17 @@ def test_selection_rules():
 def test_label_cli_builds_subsets_and_card(labelled, annotations):
     ds, _ = labelled
     out = run_cli("label", ds, "--annotations", *annotations, "--shard-samples", 3)
-    assert "concept-balanced" in out and "Dataset card" in out
+    assert "concept-balanced" in out
+    assert "Dataset card" in out
     readme = (ds / "README.md").read_text()
-    assert "config_name: commercial-concept-filtered" in readme and "card/embeddings_2d.png" in readme
+    assert "config_name: commercial-concept-filtered" in readme
+    assert "card/embeddings_2d.png" in readme
     assert "config_name: concept-filtered\n" not in readme
     for name in ("concepts_global", "concepts_local", "cluster_sizes", "embeddings_2d"):
         with Image.open(ds / "card" / f"{name}.png") as img:
-            assert img.format == "PNG" and img.width > 400 and img.height > 150
+            assert img.format == "PNG"
+            assert img.width > 400
+            assert img.height > 150
 
 
 def test_cli_help_texts():
@@ -707,7 +746,8 @@ def test_batches_and_clamping(tmp_path):
     _synthetic_folder(tmp_path, 1, 5, 16)
     with pytest.warns(UserWarning, match="k=10 > 5 samples"):
         model = fit_clusters(tmp_path, pca_dims=3, k=10, progress=False)
-    assert model.k == 5 and model.params["pca_dims"] == 3
+    assert model.k == 5
+    assert model.params["pca_dims"] == 3
 
 
 @pytest.mark.slow
@@ -735,7 +775,8 @@ def test_labelled_folder_round_trips_through_the_loopback_hub(labelled, annotati
     assert plan.ok, plan.problems
     for name in ("concept-filtered", "concept-balanced"):
         tars = [p.relative_to(ds).as_posix() for p in folder_files(ds / name, "*.tar")]
-        assert tars and all(f"{Path(t).parent.as_posix()}/sizes.json" in plan.paths for t in tars)
+        assert tars
+        assert all(f"{Path(t).parent.as_posix()}/sizes.json" in plan.paths for t in tars)
         assert all(f"{t.removesuffix('.tar')}_stats.json" in plan.paths for t in tars)
     hub = push_hub.FakeHub()
     hub.thread.start()
@@ -750,7 +791,8 @@ def test_labelled_folder_round_trips_through_the_loopback_hub(labelled, annotati
         commits = [len(c["body"].splitlines()) - 1 for c in hub.calls("commit")]   # header + one line per file
     finally:
         hub.server.shutdown()
-    assert commits and max(commits) < 100
+    assert commits
+    assert max(commits) < 100
     assert sorted(files) == plan.paths
     mirror = tmp_path / "mirror"
     for rel, data in files.items():
@@ -801,7 +843,8 @@ def test_copies_follow_their_source_groups_so_no_folder_outgrows_the_source():
         assert 2 * n + 1 <= 3 * source_dirs[f"commercial/{group}"] + 1 <= 5_000
     assert len({c.rsplit("/", 1)[-1] for c in copies}) == len(copies)      # base names unique (sizes.json)
     runs = Counter(r["out_shard"] for r in planned)
-    assert max(runs.values()) == 20 and sum(runs.values()) == len(rows)
+    assert max(runs.values()) == 20
+    assert sum(runs.values()) == len(rows)
 
 
 def test_rerun_over_flat_copies_of_before_leaves_no_stale_flat_copy(labelled, tmp_path):
@@ -820,12 +863,14 @@ def test_rerun_over_flat_copies_of_before_leaves_no_stale_flat_copy(labelled, tm
             (d / "sizes.json").rename(ds / name / "sizes.json")
             d.rmdir()
             d.parent.rmdir()
-    assert flat and all(p.exists() for p in flat)
+    assert flat
+    assert all(p.exists() for p in flat)
     build_concept_subsets(ds, shard_samples=2)
     for name in ("concept-filtered", "concept-balanced"):
         assert not [p.name for p in (ds / name).iterdir() if p.is_file()]          # nothing left flat
         tars = folder_files(ds / name, "*.tar")
-        assert tars and all(t.parent.relative_to(ds / name).as_posix() == "s000/g000" for t in tars)
+        assert tars
+        assert all(t.parent.relative_to(ds / name).as_posix() == "s000/g000" for t in tars)
         keys = pq.read_table(ds / "concepts" / f"{name}.parquet", columns=["key"])["key"].to_pylist()
         assert sorted(k for t in tars for k in _tar_keys(t)) == sorted(keys)
     configs = build_concept_subsets(ds, shard_samples=2)

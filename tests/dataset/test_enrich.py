@@ -54,7 +54,8 @@ def test_parse_real_record(fixture_path, fixture_xml):
     assert r.journal == "The New England journal of medicine"
     assert r.year == 2018
     assert r.doi == "10.1056/NEJMoa1715274"
-    assert r.status == "MEDLINE" and not r.is_book
+    assert r.status == "MEDLINE"
+    assert not r.is_book
     assert len(r.mesh_terms) == 23
     assert r.mesh_terms[:3] == ["Administration, Inhalation", "Adolescent", "Adult"]
     for term in ("Asthma", "Budesonide", "Terbutaline", "Formoterol Fumarate", "Humans", "Young Adult"):
@@ -130,7 +131,8 @@ def test_parse_book_delete_error_and_empty():
     assert recs["7"].year == 1998
     assert recs["7"].abstract == ""
     assert recs["7"].keywords == ["alpha"]
-    assert parse_pubmed_xml(b"") == {} and parse_pubmed_xml(b"  \n") == {}
+    assert parse_pubmed_xml(b"") == {}
+    assert parse_pubmed_xml(b"  \n") == {}
     with pytest.raises(PubmedParseError, match="Empty id list"):
         parse_pubmed_xml(b"<eFetchResult><ERROR>Empty id list - nothing todo</ERROR></eFetchResult>")
     with pytest.raises(PubmedParseError):
@@ -175,7 +177,8 @@ def test_efetch_params_get_and_post(server):
                           "email": "me@example.org", "api_key": "KEY"}
     get = make_client(server, method="GET")
     assert REAL in parse_pubmed_xml(get.efetch_pubmed([REAL]))
-    assert server.efetch_hits[-1].method == "GET" and server.efetch_hits[-1].ids == [REAL]
+    assert server.efetch_hits[-1].method == "GET"
+    assert server.efetch_hits[-1].ids == [REAL]
     with pytest.raises(ValueError):
         client.efetch_pubmed([str(i) for i in range(1, 202)])
 
@@ -190,7 +193,8 @@ def test_join_by_pmid_not_position(server, tmp_path):
     assert records[2]["abstract"] == "Kept abstract."                 # not empty: kept
     assert all("Asthma" in r["mesh_terms"] for r in records[:3])
     assert records[2]["publication_types"][-1] == "Research Support, Non-U.S. Gov't"
-    assert records[3]["mesh_terms"] == [] and records[3]["abstract"] == ""
+    assert records[3]["mesh_terms"] == []
+    assert records[3]["abstract"] == ""
     assert (report.n_records, report.n_with_pmid, report.n_without_pmid) == (5, 3, 2)
     assert (report.n_fetched, report.n_cached, report.n_enriched, report.n_filled_abstract) == (3, 0, 3, 2)
     assert report.ok
@@ -239,7 +243,8 @@ def test_second_run_uses_cache_only(server, tmp_path):
     cache = tmp_path / "cache"
     records = [rec(REAL), rec("31"), rec("32")]
     first = enrich_records(records, make_client(server), cache, progress=False)
-    assert first.n_fetched == 3 and len(server.efetch_hits) == 1
+    assert first.n_fetched == 3
+    assert len(server.efetch_hits) == 1
     server.hits.clear()
     again = [rec(REAL), rec("31"), rec("32")]
     second = enrich_records(again, make_client(server), cache, progress=False)
@@ -251,7 +256,8 @@ def test_second_run_uses_cache_only(server, tmp_path):
     assert [h.ids for h in server.efetch_hits] == [["33"]]
     assert (third.n_cached, third.n_fetched) == (3, 1)
     with PubmedCache(cache) as c:
-        assert len(c) == 4 and c.get(REAL).mesh_terms[4] == "Asthma"
+        assert len(c) == 4
+        assert c.get(REAL).mesh_terms[4] == "Asthma"
         assert (cache / "pubmed.sqlite").is_file()
 
 
@@ -266,7 +272,8 @@ def test_missing_pmids_reported_and_refreshed(server, tmp_path):
     assert records[1]["abstract"] == ""
     server.hits.clear()
     r2 = enrich_records(records, make_client(server), cache, progress=False)
-    assert server.hits == [] and r2.missing == ["888888", "999999"]   # reported, not refetched
+    assert server.hits == []
+    assert r2.missing == ["888888", "999999"]   # reported, not refetched
     with PubmedCache(cache) as c:
         assert c.missing() == ["888888", "999999"]
     server.missing = {"888888"}                                   # NCBI now has 999999
@@ -298,7 +305,8 @@ def test_client_errors_not_retried(server):
     server.faults.append("400")
     with pytest.raises(EutilsHTTPError) as ei:
         client.efetch_pubmed([REAL])
-    assert ei.value.status == 400 and len(server.efetch_hits) == 1
+    assert ei.value.status == 400
+    assert len(server.efetch_hits) == 1
     server.faults.append("404")
     with pytest.raises(EutilsHTTPError, match="404"):
         client.efetch_pubmed([REAL])
@@ -310,7 +318,8 @@ def test_retries_exhausted(server):
     client = make_client(server, max_retries=2)
     with pytest.raises(EutilsRetryError, match="3 attempts") as ei:
         client.efetch_pubmed([REAL])
-    assert isinstance(ei.value.__cause__, EutilsHTTPError) and ei.value.__cause__.status == 500
+    assert isinstance(ei.value.__cause__, EutilsHTTPError)
+    assert ei.value.__cause__.status == 500
     assert len(server.efetch_hits) == 3
 
 
@@ -319,13 +328,15 @@ def test_failed_batch_does_not_abort_others(server, tmp_path):
     pmids = [str(2000 + i) for i in range(450)]
     records = [rec(p) for p in pmids]
     report = enrich_records(records, make_client(server), tmp_path / "c", progress=False)
-    assert len(report.failed_batches) == 1 and not report.ok
+    assert len(report.failed_batches) == 1
+    assert not report.ok
     assert report.failed_batches[0].pmids == pmids[:200]
     assert "400" in report.failed_batches[0].error
     assert report.n_fetched == 250
     assert report.n_enriched == 250
     assert report.missing == []
-    assert records[0]["abstract"] == "" and records[200]["abstract"].startswith("BACKGROUND: [2200]")
+    assert records[0]["abstract"] == ""
+    assert records[200]["abstract"].startswith("BACKGROUND: [2200]")
     server.hits.clear()
     retry = enrich_records(records, make_client(server), tmp_path / "c", progress=False)
     assert [len(h.ids) for h in server.efetch_hits] == [200]      # only the failed batch again
@@ -369,7 +380,8 @@ def test_enrich_articles_parquet_round_trip(server, tmp_path):
     rows = out.to_pylist()
     assert rows[0]["abstract"].startswith("BACKGROUND: In patients with mild asthma")
     assert rows[1]["abstract"] == "Original abstract."                 # not empty: kept
-    assert rows[0]["mesh_terms"][4] == "Asthma" and "Asthma" in rows[1]["mesh_terms"]
+    assert rows[0]["mesh_terms"][4] == "Asthma"
+    assert "Asthma" in rows[1]["mesh_terms"]
     assert rows[0]["publication_types"][2] == "Journal Article"
     assert rows[2]["mesh_terms"] == []
     assert rows[3]["mesh_terms"] == []
@@ -384,7 +396,8 @@ def test_enrich_articles_parquet_round_trip(server, tmp_path):
     assert server.hits == []
     assert again.n_cached == 2
     assert again.missing == ["999999"]
-    assert path.stat().st_mtime_ns == mtime and path.read_bytes() == data
+    assert path.stat().st_mtime_ns == mtime
+    assert path.read_bytes() == data
 
 
 def test_enrich_articles_parquet_rejects_wrong_schema(server, tmp_path):
@@ -427,9 +440,11 @@ def test_truncated_or_malformed_reply_is_retried_never_cached(server, tmp_path):
     assert report.missing == []
     assert "not well-formed" in report.failed_batches[0].error
     with PubmedCache(tmp_path / "c") as c:
-        assert c.states(["5101", "5102"]) == {} and len(c) == 4
+        assert c.states(["5101", "5102"]) == {}
+        assert len(c) == 4
     retry = enrich_records(other, make_client(server), tmp_path / "c", progress=False)
-    assert retry.ok and retry.n_fetched == 2
+    assert retry.ok
+    assert retry.n_fetched == 2
 
 
 def test_strict_parse_rejects_what_recover_mode_would_keep(fixture_xml):
@@ -451,7 +466,8 @@ def test_refresh_refetches_every_pmid(server, tmp_path):
     assert server.efetch_hits == []
     report = enrich_records(records, make_client(server), tmp_path / "c", refresh=True, progress=False)
     assert [sorted(h.ids) for h in server.efetch_hits] == [sorted([REAL, "6101"])]
-    assert report.n_fetched == 2 and report.n_cached == 0
+    assert report.n_fetched == 2
+    assert report.n_cached == 0
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -471,7 +487,8 @@ def test_cli_enrich_refresh_and_exit_codes(server, tmp_path):
     assert _cli("enrich", str(ds), "--base-url", server.base_url).returncode == 0
     assert len(server.efetch_hits) == n                      # all cached: nothing asked
     r = _cli("enrich", str(ds), "--base-url", server.base_url, "--refresh")
-    assert r.returncode == 0 and len(server.efetch_hits) == n + 1
+    assert r.returncode == 0
+    assert len(server.efetch_hits) == n + 1
     # nothing reachable: every request fails -> exit 1 with one line, no traceback
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

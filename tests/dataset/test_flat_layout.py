@@ -79,7 +79,8 @@ def flat(tmp_path_factory) -> tuple[Path, Path, list[str]]:
 
 def test_a_flat_folder_loads_verifies_and_plans_its_push(flat):
     _, out, tars = flat
-    assert tars and all(t.count("/") == 1 for t in tars)          # really flat: <subset>/<name>.tar
+    assert tars
+    assert all(t.count("/") == 1 for t in tars)          # really flat: <subset>/<name>.tar
     assert all(len(shard_dirs(out / s)) <= 1 for s in SUBSETS)     # no sub-folder left
     index = _check_reads(out)
     assert {r["shard"] for r in index} == set(tars)
@@ -107,10 +108,12 @@ def test_an_update_of_a_flat_folder_writes_its_shards_in_sub_folders(flat, tmp_p
     shards = {r["shard"] for r in after}
     assert gone not in {r["pmcid"] for r in after}
     new = {s for s in shards if "-s001-" in s}
-    assert new and all(Path(s).parent.as_posix() == shard_folder(s.split("/")[0], 1, int(s.split("-p")[1][:5]))
-                       for s in new)                               # the update's shards: <subset>/s001/gNNN/
+    assert new
+    assert (all(Path(s).parent.as_posix() == shard_folder(s.split("/")[0], 1, int(s.split("-p")[1][:5]))
+                       for s in new))                               # the update's shards: <subset>/s001/gNNN/
     kept_flat = {s for s in shards if s.count("/") == 1}
-    assert kept_flat and kept_flat <= set(tars) | {t.removesuffix(".tar") + "-r001.tar" for t in tars}
+    assert kept_flat
+    assert kept_flat <= set(tars) | {t.removesuffix(".tar") + "-r001.tar" for t in tars}
     assert any(s.endswith("-r001.tar") for s in kept_flat)        # the revised shard stays beside its original
     assert shards == kept_flat | new
     assert plan_upload(out).ok, plan_upload(out).problems

@@ -37,7 +37,8 @@ def built(tmp_path_factory, articles_dir) -> tuple[Path, list[dict]]:
     build(BuildConfig(out=out, source="local", source_opts={"path": str(articles_dir)}, shard_max_samples=4,
                       progress=False))
     rows = pq.read_table(out / "figures.parquet").to_pylist()
-    assert len({r["shard"] for r in rows}) >= 5 and {r["subset"] for r in rows} == set(SUBSETS)
+    assert len({r["shard"] for r in rows}) >= 5
+    assert {r["subset"] for r in rows} == set(SUBSETS)
     return out, rows
 
 
@@ -170,7 +171,9 @@ def test_shards_without_wanted_samples_are_never_opened(built, monkeypatch):
     read_bytes = 0
     for url, pos, n in rec.reads:
         covered = sorted((a, b) for u, a, b in spans if u == url and a < pos + n and b > pos)
-        assert covered and covered[0][0] == pos and covered[-1][1] == pos + n
+        assert covered
+        assert covered[0][0] == pos
+        assert covered[-1][1] == pos + n
         assert sum(b - a for a, b in covered) == n              # no gap: no unwanted byte in the read
         read_bytes += n
     assert read_bytes == sum(r["tar_size"] for r in wanted)
@@ -220,7 +223,8 @@ def with_concepts(built, tmp_path_factory) -> tuple[Path, list[dict]]:
 def test_concept_filters(with_concepts, kwargs, pred):
     copy, rows = with_concepts
     expected = _index_keys(rows, pred)
-    assert expected and len(expected) < len(rows)
+    assert expected
+    assert len(expected) < len(rows)
     assert sorted(_keys(load_biomedica(copy, subset="all", decode=False, **kwargs))) == expected
 
 
@@ -257,7 +261,8 @@ def test_split_units_makes_the_count_divisible_and_keeps_order():
     units = [ShardRanges("a", np.array([[0, 10], [10, 10], [20, 5], [40, 5], [45, 5]])),
              ShardRanges("b", np.array([[0, 7]])), ShardRanges("c", np.array([[0, 3], [3, 3]]))]
     split = split_units(units, 4)
-    assert len(split) == 4 and all(len(u.ranges) for u in split)
+    assert len(split) == 4
+    assert all(len(u.ranges) for u in split)
     for url in "abc":
         parts = [u.ranges for u in split if u.url == url]
         orig = next(u.ranges for u in units if u.url == url)
@@ -289,7 +294,8 @@ def test_split_dataset_by_node_partitions(built):
     out, rows = built
     ds = load_biomedica(out, subset="all", world_size=2, decode=False).shuffle(seed=3, buffer_size=5)
     parts = [_keys(split_dataset_by_node(ds, rank=r, world_size=2)) for r in range(2)]
-    assert all(parts) and not set(parts[0]) & set(parts[1])
+    assert all(parts)
+    assert not set(parts[0]) & set(parts[1])
     assert sorted(parts[0] + parts[1]) == sorted(r["key"] for r in rows)
     assert split_dataset_by_node(ds, rank=0, world_size=2).num_shards == ds.num_shards // 2
 
@@ -314,7 +320,9 @@ def test_shuffle_is_a_seeded_permutation(built):
     out, rows = built
     ds = load_biomedica(out, subset="all", decode=False)
     a, b = _keys(ds.shuffle(seed=1, buffer_size=6)), _keys(ds.shuffle(seed=1, buffer_size=6))
-    assert a == b and a != _keys(ds) and sorted(a) == sorted(r["key"] for r in rows)
+    assert a == b
+    assert a != _keys(ds)
+    assert sorted(a) == sorted(r["key"] for r in rows)
 
 
 @pytest.mark.parametrize("k", [1, 4, 9, 22])
@@ -341,7 +349,9 @@ def test_the_stream_is_what_from_generator_would_build(built):
     out, _ = built
     ds = load_biomedica(out, subset="all", decode=False, world_size=2)
     ref = IterableDataset.from_generator(generate_samples, features=ds.features, gen_kwargs=ds._ex_iterable.kwargs)
-    assert ds.n_shards == ref.n_shards > 1 and ds.features == ref.features and ds.split == ref.split
+    assert ds.n_shards == ref.n_shards > 1
+    assert ds.features == ref.features
+    assert ds.split == ref.split
     assert [r["key"] for r in ds] == [r["key"] for r in ref]
     for rank in range(2):
         assert _keys(split_dataset_by_node(ds, rank, 2)) == _keys(split_dataset_by_node(ref, rank, 2))
@@ -361,11 +371,13 @@ def test_a_file_named_like_a_sample_in_the_working_directory_is_not_read(built, 
     out, _ = built
     first = next(iter(load_biomedica(out, subset="all", decode=False)))
     name = first["image"]["path"].rsplit("/", 1)
-    assert name[0].endswith(".tar") and (out / Path(name[0]).relative_to(out)).is_file()
+    assert name[0].endswith(".tar")
+    assert (out / Path(name[0]).relative_to(out)).is_file()
     monkeypatch.chdir(tmp_path)
     (tmp_path / name[1]).write_bytes(b"a stray file, not the figure")
     again = next(iter(load_biomedica(out, subset="all", decode=False)))
-    assert again["image"]["bytes"] == first["image"]["bytes"] and len(first["image"]["bytes"]) > 1000
+    assert again["image"]["bytes"] == first["image"]["bytes"]
+    assert len(first["image"]["bytes"]) > 1000
     decoded = next(iter(load_biomedica(out, subset="all", decode_threads=0)))   # PIL from the shard bytes
     assert decoded["image"].size[0] > 0
 
@@ -444,7 +456,8 @@ def test_rows_of_an_older_index_have_no_extra_columns(older, built):
 def test_split_filters_on_the_index(annotated, split):
     copy, rows = annotated
     keys = _keys(load_biomedica(copy, subset="all", decode=False, split=split))
-    assert sorted(keys) == _index_keys(rows, lambda r: r["split"] == split) and keys
+    assert sorted(keys) == _index_keys(rows, lambda r: r["split"] == split)
+    assert keys
 
 
 def test_split_errors(annotated, older):
@@ -480,7 +493,8 @@ def test_exclude_from_keys_txt_parquet_and_json(annotated, tmp_path):
 def test_near_duplicates_drop(annotated, built, older):
     copy, rows = annotated
     kept = _keys(load_biomedica(copy, subset="all", decode=False, near_duplicates="drop"))
-    assert sorted(kept) == _index_keys(rows, lambda r: r["near_dup_of"] is None) and len(kept) < len(rows)
+    assert sorted(kept) == _index_keys(rows, lambda r: r["near_dup_of"] is None)
+    assert len(kept) < len(rows)
     assert len(_keys(load_biomedica(copy, subset="all", decode=False, near_duplicates="keep"))) == len(rows)
     out, built_rows = built   # the build's own near_dup_of column
     assert sorted(_keys(load_biomedica(out, subset="all", decode=False, near_duplicates="drop"))) == \
@@ -599,7 +613,8 @@ def test_valid_but_absent_filter_values_select_nothing_and_name_what_the_build_h
         assert _keys(load_biomedica(copy, subset="all", decode=False, licenses=absent.lower())) == []
         mixed = sorted(_keys(load_biomedica(copy, subset="all", decode=False, licenses=[have[0], absent])))
     msgs = [str(w.message) for w in caught if issubclass(w.category, NoMatchWarning)]
-    assert len(msgs) == 1 and f"licence code {absent!r} not in this build, which has {have}" in msgs[0]
+    assert len(msgs) == 1
+    assert f"licence code {absent!r} not in this build, which has {have}" in msgs[0]
     assert mixed == _index_keys(rows, lambda r: r["license_code"] == have[0])   # no warning: it selected some
     concepts = {"Microscopy", "Plots and Charts", "Fluorescence"}
     missing = sorted(hooks.concept_names() - concepts)[0]
@@ -608,7 +623,9 @@ def test_valid_but_absent_filter_values_select_nothing_and_name_what_the_build_h
         assert _keys(load_biomedica(copy, subset="all", decode=False, concepts=[missing])) == []
         kept = sorted(_keys(load_biomedica(copy, subset="all", decode=False, exclude_concepts=missing)))
     msgs = [str(w.message) for w in caught if issubclass(w.category, NoMatchWarning)]
-    assert len(msgs) == 1 and f"concept {missing!r} not in this build" in msgs[0] and "'Microscopy'" in msgs[0]
+    assert len(msgs) == 1
+    assert f"concept {missing!r} not in this build" in msgs[0]
+    assert "'Microscopy'" in msgs[0]
     assert kept == sorted(r["key"] for r in rows)
     # case-insensitive, like the licence codes and the search API
     assert sorted(_keys(load_biomedica(copy, subset="all", decode=False, concepts="plots AND charts"))) == \
@@ -646,7 +663,8 @@ def test_help_shows_the_real_signature():
     import biomedica_hf
     from biomedica_hf import load_biomedica as top
 
-    assert top is load_biomedica and biomedica_hf.load_biomedica is load_biomedica
+    assert top is load_biomedica
+    assert biomedica_hf.load_biomedica is load_biomedica
     params = inspect.signature(biomedica_hf.load_biomedica).parameters
     assert {"subset", "concepts", "licenses", "split", "exclude", "near_duplicates", "verify"} <= set(params)
     assert "Hub dataset repo id" in biomedica_hf.load_biomedica.__doc__

@@ -73,7 +73,8 @@ def test_load_biomedica_from_the_hub_equals_the_local_folder(built, hub):
         assert ex["image"]["path"] == f"hf://datasets/{REPO}@{hub.commit}/{shard[key]}/{member}"   # pinned
         assert local[key]["image"]["path"] == f"{out / shard[key]}/{member}"
         ex["image"]["path"] = local[key]["image"]["path"]
-    assert remote == local and len(remote) == len(rows)
+    assert remote == local
+    assert len(remote) == len(rows)
     tars = {e["path"].split(f"/resolve/{hub.commit}/")[1] for e in hub.log if e["route"] == "resolve"
             and e["path"].endswith(".tar")}
     assert tars == {r["shard"] for r in rows}
@@ -88,12 +89,14 @@ def test_filtered_stream_transfers_only_the_wanted_bytes(built, hub):
     exact = ReadOptions(gap_bytes=0)
     keys = sorted(ex["key"] for ex in load_biomedica(REPO, subset="all", licenses=lic, decode=False,
                                                      read_options=exact))
-    assert keys == sorted(r["key"] for r in wanted) and len(wanted) < len(rows)
+    assert keys == sorted(r["key"] for r in wanted)
+    assert len(wanted) < len(rows)
     assert _shard_bytes(hub) == sum(r["tar_size"] for r in wanted)
     assert {e["path"].split(f"/resolve/{hub.commit}/")[1] for e in hub.log if e["path"].endswith(".tar")} == \
         {r["shard"] for r in wanted}
     for e in (e for e in hub.log if e["path"].endswith(".tar")):
-        assert e["range"] and e["status"] == 206        # range GETs only, never a whole file
+        assert e["range"]
+        assert e["status"] == 206        # range GETs only, never a whole file
 
 
 def test_gap_reading_trades_bytes_for_requests(built, hub):
@@ -202,7 +205,8 @@ def test_datasets_load_dataset_streams_the_configs(built, hub, config):
     for ex in got.values():
         img = ex["jpg"] or ex["png"]
         assert img.size == (ex["json"]["width"], ex["json"]["height"])
-    assert hub.requests["resolve"] and not [e for e in hub.log if e["status"] >= 500]
+    assert hub.requests["resolve"]
+    assert not [e for e in hub.log if e["status"] >= 500]
 
 
 def test_datasets_load_dataset_all_and_articles(built, hub):
@@ -227,7 +231,9 @@ def test_loopback_hub_resolve_semantics(built, hub):
     data = shard.read_bytes()
     url = f"{hub.url}/datasets/{REPO}/resolve/main/{rel}"
     head = requests.head(url, timeout=10)
-    assert head.status_code == 200 and head.headers["Content-Length"] == str(len(data)) and not head.content
+    assert head.status_code == 200
+    assert head.headers["Content-Length"] == str(len(data))
+    assert not head.content
     assert head.headers["X-Repo-Commit"] == hub.commit
     assert head.headers["ETag"] == f'"{hashlib.sha256(data).hexdigest()}"'       # LFS-style: the sha256
     for rng, body in (("bytes=10-19", data[10:20]), ("bytes=100-", data[100:]), ("bytes=-7", data[-7:])):
@@ -237,7 +243,8 @@ def test_loopback_hub_resolve_semantics(built, hub):
     assert requests.get(url, headers={"Range": f"bytes={len(data)}-"}, timeout=10).status_code == 416
     assert requests.get(f"{hub.url}/datasets/{REPO}/resolve/nope/{rel}", timeout=10).status_code == 404
     assert requests.get(f"{hub.url}/datasets/{REPO}/resolve/main/_work/x", timeout=10).status_code == 404
-    assert hub.requests["resolve"] == 7 and hub.bytes_sent >= 10 + len(data) - 100 + 7
+    assert hub.requests["resolve"] == 7
+    assert hub.bytes_sent >= 10 + len(data) - 100 + 7
 
 
 def test_loopback_hub_latency_and_bandwidth(built, hub):
@@ -250,7 +257,8 @@ def test_loopback_hub_latency_and_bandwidth(built, hub):
     t0 = time.perf_counter()
     r = requests.get(url, headers={"Range": "bytes=0-199999"}, timeout=30)
     dt = time.perf_counter() - t0
-    assert r.status_code == 206 and len(r.content) == min(200_000, (built[0] / "figures.parquet").stat().st_size)
+    assert r.status_code == 206
+    assert len(r.content) == min(200_000, (built[0] / "figures.parquet").stat().st_size)
     assert dt >= 0.05 + len(r.content) / 2e6 * 0.9
 
 
@@ -277,5 +285,6 @@ def test_stream_pins_the_commit_its_index_came_from(built, hub, tmp_path):
     assert sorted(keys) == sorted(r["key"] for r in rows)
     assert first["image"]["path"].startswith(f"hf://datasets/{REPO}@{old}/")
     tars = [e["path"] for e in hub.log if e["route"] == "resolve" and e["path"].endswith(".tar")]
-    assert tars and all(f"/resolve/{old}/" in p for p in tars)
+    assert tars
+    assert all(f"/resolve/{old}/" in p for p in tars)
     assert all(e["status"] in (200, 206) for e in hub.log if e["route"] == "resolve")

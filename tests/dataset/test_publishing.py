@@ -77,7 +77,8 @@ def _leaks(folder: Path) -> list[str]:
 
 def test_no_local_path_in_any_published_file(built):
     out, stdout = built
-    assert MARK in str(out) and MARK in stdout          # the console may name the folder: it is not published
+    assert MARK in str(out)
+    assert MARK in stdout          # the console may name the folder: it is not published
     assert _leaks(out) == []
     summary = json.loads((out / "build_summary.json").read_text())
     assert summary["command"].startswith("biomedica build --input <input> --out=<out> --no-progress --workers 1")
@@ -85,7 +86,8 @@ def test_no_local_path_in_any_published_file(built):
     assert summary["source_opts"]["path"] == "<input>"
     ledger = pq.read_table(out / "ledger.parquet").to_pylist()
     sources = {r["source"] for r in ledger if r["source"]}
-    assert "eLife_39122_copy" in sources and "PMC95599001.1" in sources   # relative to the input root
+    assert "eLife_39122_copy" in sources
+    assert "PMC95599001.1" in sources   # relative to the input root
     assert not [s for s in sources if s.startswith("/")]
 
 
@@ -93,14 +95,17 @@ def test_duplicate_removals_agree_everywhere(built):
     out, stdout = built
     ledger = pq.read_table(out / "ledger.parquet", columns=["reason"]).column("reason").to_pylist()
     exact, near = ledger.count("duplicate_image"), ledger.count("near_duplicate_image")
-    assert exact >= 1 and near == 4                      # the eLife copy's figures; the 4 re-encoded copies
+    assert exact >= 1
+    assert near == 4                      # the eLife copy's figures; the 4 re-encoded copies
     summary = json.loads((out / "build_summary.json").read_text())
     assert (summary["duplicates_removed"], summary["near_duplicates_removed"]) == (exact, near)
     assert f"Exact duplicate images removed: {exact}\n" in stdout
     assert f"Near-duplicate images removed: {near}\n" in stdout
     card = (out / "README.md").read_text()
-    assert f"Exact duplicate images removed: {exact} " in card and f"near-duplicate images removed: {near}." in card
-    assert f"{exact} images removed" in card and f"{near} near-duplicate images were removed" in card
+    assert f"Exact duplicate images removed: {exact} " in card
+    assert f"near-duplicate images removed: {near}." in card
+    assert f"{exact} images removed" in card
+    assert f"{near} near-duplicate images were removed" in card
 
 
 def test_decontaminate_with_any_out_updates_the_card_and_push_uploads_the_report(built, tmp_path, articles_dir):
@@ -117,9 +122,11 @@ def test_decontaminate_with_any_out_updates_the_card_and_push_uploads_the_report
     assert r.returncode == 0, r.stderr[-3000:]
     assert (elsewhere / "report.json").is_file()
     card = (ds / "README.md").read_text()
-    assert "no report yet" not in card and "**Evaluation contamination**" in card
+    assert "no report yet" not in card
+    assert "**Evaluation contamination**" in card
     report = json.loads((ds / "decontamination" / "report.json").read_text())
-    assert report["excluded_keys"] >= 2 and f"{report['excluded_keys']:,} keys" in card
+    assert report["excluded_keys"] >= 2
+    assert f"{report['excluded_keys']:,} keys" in card
     plan = plan_upload(ds)
     assert plan.ok, plan.problems
     assert {"decontamination/exclusions.txt", "decontamination/report.json"} <= set(plan.paths)
@@ -156,4 +163,5 @@ def test_webdataset_features_keep_the_labels_of_a_labelled_folder(built_dataset,
     for key, want in labels.items():
         assert {k: got[key][k] for k in want} == want
     plain = [v for k, v in got.items() if k not in labels]
-    assert plain and all(v["concepts"] is None and v["panel_type"] is None for v in plain)
+    assert plain
+    assert all(v["concepts"] is None and v["panel_type"] is None for v in plain)

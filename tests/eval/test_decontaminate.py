@@ -85,14 +85,16 @@ def test_decontaminate_lists_exactly_the_shared_samples(built, evalset, tmp_path
     assert (tmp_path / "out" / "exclusions.txt").read_text().split() == evalset["keys"]
     t = report["tasks"]["test/shared"]
     assert (t["eval_images"], t["contaminated_eval_images"], t["matched_training_samples"]) == (evalset["n"], 3, 3)
-    assert report["threshold"] == DEFAULT_THRESHOLD and report["hash"] == "phash256"
+    assert report["threshold"] == DEFAULT_THRESHOLD
+    assert report["hash"] == "phash256"
     assert report["training_hashes_from"] == "figures.parquet phash"     # the build writes the hashes
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
     pairs = pq.read_table(tmp_path / "out" / "pairs.parquet").to_pylist()
     assert sorted(p["eval_image"] for p in pairs) == ["copy_0", "copy_1", "copy_2"]
     assert all(p["distance"] <= DEFAULT_THRESHOLD for p in pairs)
     sheet = Image.open(tmp_path / "out" / "contact_sheet.png")
-    assert sheet.format == "PNG" and sheet.height >= 3 * 160
+    assert sheet.format == "PNG"
+    assert sheet.height >= 3 * 160
 
 
 def test_cli_against_a_registry_spec_and_the_index_hashes(built, evalset, tmp_path):
@@ -115,7 +117,8 @@ def test_cli_against_a_registry_spec_and_the_index_hashes(built, evalset, tmp_pa
     assert r.returncode == 0, r.stderr[-2000:]
     assert (ds / "decontamination" / "exclusions.txt").read_text().split() == evalset["keys"]
     report = json.loads((ds / "decontamination" / "report.json").read_text())
-    assert report["training_hashes_from"] == "figures.parquet phash" and report["threshold"] == 12
+    assert report["training_hashes_from"] == "figures.parquet phash"
+    assert report["threshold"] == 12
 
     old = tmp_path / "old"
     shutil.copytree(built, old, ignore=shutil.ignore_patterns("_work"))
@@ -142,8 +145,10 @@ def test_card_section_reports_what_the_folder_has(built, evalset, tmp_path):
     ds = tmp_path / "ds"   # (earlier tests' reports, written to --out elsewhere, left the copy the card cites)
     shutil.copytree(built, ds, ignore=shutil.ignore_patterns("_work", "decontamination"))
     s = card_stats(ds)   # the build wrote near_dup_of (the sample has no copies) and no contamination report
-    assert s["exact"] == {"groups": 0, "duplicates": 0} and s["near"] == {"groups": 0, "duplicates": 0}
-    assert s["contamination"] is None and "no report yet" in card_section(ds)
+    assert s["exact"] == {"groups": 0, "duplicates": 0}
+    assert s["near"] == {"groups": 0, "duplicates": 0}
+    assert s["contamination"] is None
+    assert "no report yet" in card_section(ds)
     older = tmp_path / "older"
     shutil.copytree(ds, older)
     pq.write_table(pq.read_table(older / "figures.parquet").drop_columns(["near_dup_of"]), older / "figures.parquet")

@@ -73,11 +73,13 @@ def test_non_utf8_file_name_is_a_per_file_error(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         files = task.source.files(ctx)                               # the conversion goes on
     report = task.source.conversion_report(ctx)
-    assert report["rows"] == 4 and report["classes"] == ["a", "b"]
+    assert report["rows"] == 4
+    assert report["classes"] == ["a", "b"]
     skipped = {s["file"]: s["reason"] for s in report["skipped"]}
     assert skipped["a/caf\\xe9.png"].startswith("file name is not valid UTF-8")
     assert skipped["cl\\xe4ss/"].startswith("class folder name is not valid UTF-8")
-    assert "a/caf\\xe9.png" in caplog.text and files[0].is_file()
+    assert "a/caf\\xe9.png" in caplog.text
+    assert files[0].is_file()
 
 
 def test_csv_rows_are_contained_in_the_table_folder(tmp_path):
@@ -92,7 +94,8 @@ def test_csv_rows_are_contained_in_the_table_folder(tmp_path):
         w.writerows([["img/ok.png", "x"], ["img/ok2.png", "y"], ["../outside.png", "x"],
                      [str(tmp_path / "outside.png"), "y"], ["img/../../outside.png", "x"]])
     rows, names, skipped = UserSource("csv", str(table)).convert()
-    assert sorted(r["image_id"] for r in rows) == ["img/ok.png", "img/ok2.png"] and names == ["x", "y"]
+    assert sorted(r["image_id"] for r in rows) == ["img/ok.png", "img/ok2.png"]
+    assert names == ["x", "y"]
     refused = {s["file"] for s in skipped if s["reason"].startswith("refused: the path leaves the table's folder")}
     assert refused == {"../outside.png", str(tmp_path / "outside.png"), "img/../../outside.png"}
 
@@ -121,14 +124,17 @@ def test_task_file_with_right_types_still_loads(tmp_path):
     (tmp_path / "task.yaml").write_text("name: 2024\nclasses: [a, b]\nordered: true\nphrases: {a: alpha}\n"
                                         "templates: ['a {}']\nlicense:\n")
     task = user_task(parse_user_item(str(root)), tmp_path / "task.yaml")
-    assert task.name == "2024" and task.ordered_classes == ("a", "b") and task.classnames == {"a": "alpha"}
+    assert task.name == "2024"
+    assert task.ordered_classes == ("a", "b")
+    assert task.classnames == {"a": "alpha"}
 
 
 def test_empty_class_folder_is_reported(tmp_path):
     root = _folder(tmp_path / "set", {"a": 1, "b": 1, "c": 0})
     (root / "c" / "notes.txt").write_text("no images here")
     rows, names, skipped = UserSource("imagefolder", str(root)).convert()
-    assert names == ["a", "b"] and len(rows) == 2
+    assert names == ["a", "b"]
+    assert len(rows) == 2
     assert skipped == [{"file": "c/", "reason": "empty class folder: no images, the class is left out"}]
 
 

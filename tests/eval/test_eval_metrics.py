@@ -26,7 +26,8 @@ SIM = np.array([[0.9, 0.9, 0.1, 0.5],     # tie with one other item           ->
 
 def test_rank_counts_by_hand():
     higher, ties = rank_counts_dense(SIM)
-    assert higher.tolist() == [0, 1, 0] and ties.tolist() == [1, 2, 0]
+    assert higher.tolist() == [0, 1, 0]
+    assert ties.tolist() == [1, 2, 0]
     assert ranks_from_counts(higher, ties, "pessimistic").tolist() == [2, 4, 1]
     assert ranks_from_counts(higher, ties, "optimistic").tolist() == [1, 2, 1]
     assert ranks_from_counts(higher, ties, "expected").tolist() == [1.5, 3, 1]
@@ -70,11 +71,14 @@ def test_chunked_counts_match_dense_with_duplicates(qc, gc):
     for q, gal in ((img, txt), (txt, img)):
         dense = rank_counts_dense((q.double() @ gal.double().T).numpy())
         h, t = chunked_rank_counts(q, gal, query_chunk=qc, gallery_chunk=gc)
-        assert h.tolist() == dense[0].tolist() and t.tolist() == dense[1].tolist()
+        assert h.tolist() == dense[0].tolist()
+        assert t.tolist() == dense[1].tolist()
     h, t = chunked_rank_counts(img, txt)
-    assert t[5] == 1 and t[9] == 1    # each duplicate ties with the other: pessimistic rank >= 2
+    assert t[5] == 1
+    assert t[9] == 1    # each duplicate ties with the other: pessimistic rank >= 2
     scores = retrieval_scores(img, txt, ks=(1, 100))
-    assert scores["image_to_text"]["R@100"] == 1.0 and scores["image_to_text"]["n_queries"] == 23
+    assert scores["image_to_text"]["R@100"] == 1.0
+    assert scores["image_to_text"]["n_queries"] == 23
 
 
 def test_chunked_counts_reject_bad_targets():
@@ -106,7 +110,8 @@ def test_zero_shot_metrics_by_hand():
     assert m["balanced_accuracy"] == pytest.approx(1 / 3)
     assert m["macro_f1"] == pytest.approx((0.5 + 0.4 + 0) / 3)
     pc = {c["class"]: c for c in m["per_class"]}
-    assert pc["b"]["precision"] == pytest.approx(1 / 3) and pc["b"]["f1"] == pytest.approx(0.4)
+    assert pc["b"]["precision"] == pytest.approx(1 / 3)
+    assert pc["b"]["f1"] == pytest.approx(0.4)
     assert pc["c"] == {"class": "c", "support": 1, "predicted": 0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
     assert m["confusion_matrix"] == [[1, 1, 0], [1, 1, 0], [0, 1, 0]]
 
@@ -125,7 +130,8 @@ def test_classification_report_agrees_with_sklearn():
 def test_constant_scores_are_never_correct():
     # a model that cannot tell classes apart gets 0 accuracy, not 1/K by argmax order
     m = zero_shot_metrics(np.zeros((4, 2)), np.array([0, 0, 1, 1]), ["x", "y"])
-    assert m["accuracy"] == 0.0 and m["balanced_accuracy"] == 0.0
+    assert m["accuracy"] == 0.0
+    assert m["balanced_accuracy"] == 0.0
 
 
 def test_absent_options_are_excluded():
@@ -149,7 +155,8 @@ def test_domain_summary_markdown_and_model_index():
     results = [_result("t1", "radiology", 0.5), _result("t2", "radiology", 0.7), _result("t3", "pathology", 0.9),
                _result("r", "retrieval", 0.25, "retrieval")]
     dom = domain_summary(results)
-    assert dom["radiology"]["accuracy"] == pytest.approx(0.6) and dom["radiology"]["n_tasks"] == 2
+    assert dom["radiology"]["accuracy"] == pytest.approx(0.6)
+    assert dom["radiology"]["n_tasks"] == 2
     md = markdown_report("m", results)
     assert "| **average** (2 tasks) | | | | **60.00** | **30.00** | **15.00** |" in md
     # the headline over all zero-shot tasks is balanced accuracy (a constant predictor cannot inflate it)
@@ -212,9 +219,12 @@ def test_few_shot_reports_the_k_it_used_and_skips_what_the_data_cannot_support()
     names = ["a", "b", "c"]
     fs = few_shot(s, names, shots=(1, 4, 16), seeds=(0, 1, 2))
     assert sorted(fs, key=int) == ["1", "4"]
-    assert fs["4"]["k_per_class"] == {"a": 4, "b": 4, "c": 4} and {r["n_train"] for r in fs["4"]["runs"]} == {12}
+    assert fs["4"]["k_per_class"] == {"a": 4, "b": 4, "c": 4}
+    assert {r["n_train"] for r in fs["4"]["runs"]} == {12}
     skipped = unsupported_shots(s.y_train, names, (1, 4, 16))
-    assert list(skipped) == ["16"] and "c: 7" in skipped["16"]["reason"] and "b: 11" in skipped["16"]["reason"]
+    assert list(skipped) == ["16"]
+    assert "c: 7" in skipped["16"]["reason"]
+    assert "b: 11" in skipped["16"]["reason"]
     assert skipped["16"]["train_per_class"] == {"a": 20, "b": 11, "c": 7}
 
 
@@ -250,11 +260,15 @@ def test_linear_probe_and_few_shot_on_separable_embeddings():
 
     s = Splits(*draw(40), *draw(10), *draw(30))
     lp = linear_probe(s, ["a", "b", "c"], ordered=True)
-    assert lp["balanced_accuracy"] > 0.9 and lp["n_train"] == 120 and lp["n_test"] == 90
-    assert "quadratic_kappa" in lp and lp["C"] in dict(lp["c_curve"])
+    assert lp["balanced_accuracy"] > 0.9
+    assert lp["n_train"] == 120
+    assert lp["n_test"] == 90
+    assert "quadratic_kappa" in lp
+    assert lp["C"] in dict(lp["c_curve"])
     idx = sample_shots(s.y_train, 2, seed=0)
     assert np.bincount(s.y_train[idx]).tolist() == [2, 2, 2]
     assert not np.array_equal(idx, sample_shots(s.y_train, 2, seed=1))
     fs = few_shot(s, ["a", "b", "c"], shots=(1, 16), seeds=(0, 1, 2, 3))
-    assert fs["16"]["accuracy"] >= fs["1"]["accuracy"] - 0.02 and fs["16"]["seeds"] == 4
+    assert fs["16"]["accuracy"] >= fs["1"]["accuracy"] - 0.02
+    assert fs["16"]["seeds"] == 4
     assert fs["1"]["accuracy_std"] == pytest.approx(np.std([r["accuracy"] for r in fs["1"]["runs"]], ddof=1))

@@ -103,7 +103,8 @@ def test_trained_open_clip_beats_chance_on_held_out_images(trained_open_clip, ct
     task = get_task("fixtures/bccd")                     # BCCD test split: source images unseen in training
     before = run_task(untrained, task, ctx, EvalConfig())
     after = run_task(adapter, task, ctx, EvalConfig())
-    assert after["n"] == 217 and after["chance"] == pytest.approx(1 / 3)
+    assert after["n"] == 217
+    assert after["chance"] == pytest.approx(1 / 3)
     assert after["metrics"]["balanced_accuracy"] >= 0.75, after["metrics"]
     assert after["metrics"]["balanced_accuracy"] >= before["metrics"]["balanced_accuracy"] + 0.15
     assert min(c["recall"] for c in after["per_class"]) > 0.3
@@ -140,7 +141,8 @@ def test_rows_with_their_own_options(trained_open_clip, ctx, tmp_path):
                 classnames=bccd.classnames)
     two_way = run_task(adapter, task, ctx, EvalConfig())
     three_way = run_task(adapter, bccd, ctx, EvalConfig())
-    assert two_way["n"] == 217 and sorted(two_way["classes"]) == sorted(classes)
+    assert two_way["n"] == 217
+    assert sorted(two_way["classes"]) == sorted(classes)
     # each row has fewer distractors: never worse than the 3-way task on the same images
     assert two_way["metrics"]["accuracy"] >= three_way["metrics"]["accuracy"]
 
@@ -183,7 +185,8 @@ def test_retrieval_on_built_dataset_is_exact_and_pessimistic_on_ties(trained_ope
     assert r["metrics"]["image_to_text"]["R@100"] == 1.0
     # the fixture articles hold one caption used twice: both images tie on it, so neither can be ranked 1st
     dup = [i for i, c in enumerate(pairs.captions) if pairs.captions.count(c) > 1]
-    assert len(dup) == 2 and all(ties[i] >= 1 for i in dup)
+    assert len(dup) == 2
+    assert all(ties[i] >= 1 for i in dup)
     sub = run_task(adapter, resolve_tasks(f"retrieval:{built_dataset}#commercial", ctx)[0], ctx, EvalConfig())
     assert sub["n"] == 2
 
@@ -206,9 +209,13 @@ def test_cli_eval_writes_run_and_compare(trained_open_clip, built_dataset, ctx, 
                                                            "retrieval__ds.json"}
     assert (run / "plots" / "domains.png").stat().st_size > 1000
     md = (run / "results.md").read_text()
-    assert "## cell biology" in md and "## radiology" in md and "## retrieval" in md and "**average**" in md
+    assert "## cell biology" in md
+    assert "## radiology" in md
+    assert "## retrieval" in md
+    assert "**average**" in md
     card = yaml.safe_load((run / "model_index.yaml").read_text())["model-index"][0]
-    assert card["name"] == "tiny-b" and len(card["results"]) == 3
+    assert card["name"] == "tiny-b"
+    assert len(card["results"]) == 3
     res = runner.invoke(compare_cmd, [str(tmp_path / "a"), str(run), "--out", str(tmp_path / "cmp")])
     assert res.exit_code == 0, res.output
     bccd = [ln for ln in res.output.splitlines() if ln.startswith("| fixtures/bccd | cell biology | zero-shot | ")]
@@ -221,7 +228,9 @@ def test_cli_eval_writes_run_and_compare(trained_open_clip, built_dataset, ctx, 
     # missing data: a clear message, non-zero exit, no model loaded
     res = runner.invoke(eval_cmd, ["--model", str(trained), "--tasks", "@biomedica", "--data-dir", str(tmp_path / "x"),
                                    "--cache-dir", str(ctx.cache_dir)])
-    assert res.exit_code != 0 and "pass --data-dir or set BIOMEDICA_EVAL_DIR" in res.output
+    assert res.exit_code != 0
+    assert "pass --data-dir or set BIOMEDICA_EVAL_DIR" in res.output
     res = runner.invoke(eval_cmd, ["--tasks", "@fixtures", "--list", "--fixtures-dir", str(EVAL_FIXTURES),
                                    "--cache-dir", str(ctx.cache_dir)])
-    assert res.exit_code == 0 and res.output.count("fixtures/") == 3
+    assert res.exit_code == 0
+    assert res.output.count("fixtures/") == 3

@@ -33,7 +33,9 @@ def test_registry_names_and_domains():
     assert get_task("biomedflickr").kind == "retrieval"
     # suite tasks prompt with sentences around the option text, not the bare option alone
     derm = get_task("medmnist/DermaMNIST").templates
-    assert derm[0] == "{}" and len(derm) > 1 and all("{}" in t for t in derm)
+    assert derm[0] == "{}"
+    assert len(derm) > 1
+    assert all("{}" in t for t in derm)
     assert MEDMNIST_DOMAINS["RetinaMNIST"] == "ophthalmology"
     assert SUITES["ubench"].skip_tasks == {"unknown"}
     with pytest.raises(KeyError, match="unknown task"):
@@ -58,7 +60,9 @@ def test_resolve_groups_globs_and_retrieval(ctx, tmp_path):
         "fixtures/breastmnist", "fixtures/pneumoniamnist", "fixtures/bccd"]
     assert [t.name for t in resolve_tasks("@domain:cell biology", ctx)] == ["fixtures/bccd"]
     t = resolve_tasks(f"retrieval:{tmp_path}#commercial", ctx)[0]
-    assert t.kind == "retrieval" and t.retrieval_source.subset == "commercial" and t.name.endswith("#commercial")
+    assert t.kind == "retrieval"
+    assert t.retrieval_source.subset == "commercial"
+    assert t.name.endswith("#commercial")
     with pytest.raises(KeyError, match="no task matches"):
         resolve_tasks("fixtures/nothing*", ctx)
 
@@ -70,13 +74,15 @@ def test_breastmnist_converter_real_test_split(ctx):
     assert table.column_names == ["image", "task", "options", "answer_idx", "label", "image_id",
                                   "provenance_license", "split"]
     rows = read_evalset(files)
-    assert len(rows) == 156 and Counter(rows.labels) == {"malignant": 42, "normal, benign": 114}
+    assert len(rows) == 156
+    assert Counter(rows.labels) == {"malignant": 42, "normal, benign": 114}
     assert set(rows.options) == {("malignant", "normal, benign")}
     npz = np.load(FIXTURES / "medmnist" / "breastmnist.npz")
     assert rows.answer_idx.tolist() == npz["test_labels"].reshape(-1).tolist()
     from biomedica_hf.eval.evalset import decode_image
     im = decode_image(rows.images[7])
-    assert im.size == (28, 28) and np.array_equal(np.asarray(im), npz["test_images"][7])   # lossless
+    assert im.size == (28, 28)
+    assert np.array_equal(np.asarray(im), npz["test_images"][7])   # lossless
     assert json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["image"] == {"_type": "Image"}
     # cached: a second call reuses the file
     mtime = files[0].stat().st_mtime_ns
@@ -85,11 +91,13 @@ def test_breastmnist_converter_real_test_split(ctx):
 
 def test_pneumonia_and_bccd_converters(ctx):
     pneu = read_evalset(get_task("fixtures/pneumoniamnist").source.files(ctx))
-    assert len(pneu) == 624 and Counter(pneu.labels) == {"normal": 234, "pneumonia": 390}
+    assert len(pneu) == 624
+    assert Counter(pneu.labels) == {"normal": 234, "pneumonia": 390}
     bccd = get_task("fixtures/bccd")
     test = read_evalset(bccd.source.files(ctx))
     train = read_evalset(bccd.source.with_split("train").files(ctx))
-    assert len(test) == 217 and len(train) == 650
+    assert len(test) == 217
+    assert len(train) == 650
     assert set(test.image_ids).isdisjoint(train.image_ids)
     assert set(test.options) == {("RBC", "WBC", "Platelets")}
     assert bccd.phrase("WBC") == "a white blood cell"

@@ -69,7 +69,8 @@ def test_imagefolder_one_command_all_protocols(bccd_folder, model_dir, ctx, tmp_
                      "imagefolder__blood_cells_few-shot.json"}
     zs = json.loads((out / "tasks" / "imagefolder__blood_cells.json").read_text())
     # test split only (BCCD test: 217 crops), the corrupt file skipped, classes from folder names
-    assert zs["n"] == 217 and zs["classes"] == ["Platelets", "RBC", "WBC"]
+    assert zs["n"] == 217
+    assert zs["classes"] == ["Platelets", "RBC", "WBC"]
     assert zs["dataset"] == {"name": "blood_cells", "type": str(bccd_folder.resolve()), "split": "test"}
     assert zs["source"] == f"imagefolder:{bccd_folder.resolve()}"
     lp = json.loads((out / "tasks" / "imagefolder__blood_cells_linear-probe.json").read_text())
@@ -82,13 +83,18 @@ def test_imagefolder_one_command_all_protocols(bccd_folder, model_dir, ctx, tmp_
     shots = fs["metrics"]["shots"]
     assert sorted(shots, key=int) == ["1", "4", "16"]
     for k, v in shots.items():
-        assert v["seeds"] == 3 and len(v["runs"]) == 3 and v["accuracy_std"] >= 0
+        assert v["seeds"] == 3
+        assert len(v["runs"]) == 3
+        assert v["accuracy_std"] >= 0
         assert {r["n_train"] for r in v["runs"]} == {3 * int(k)}
         assert v["accuracy"] == pytest.approx(np.mean([r["accuracy"] for r in v["runs"]]))
         assert v["accuracy_std"] == pytest.approx(np.std([r["accuracy"] for r in v["runs"]], ddof=1))
     assert fs["primary"] == shots["16"]["accuracy"]
     md = (out / "results.md").read_text()
-    assert "## linear probe" in md and "## few-shot" in md and "| k=1 | k=4 | k=16 |" in md and " ± " in md
+    assert "## linear probe" in md
+    assert "## few-shot" in md
+    assert "| k=1 | k=4 | k=16 |" in md
+    assert " ± " in md
     for text in (md, (out / "model_index.yaml").read_text(), (out / "summary.json").read_text()):
         _no_suite_claim(text)
     mi = yaml.safe_load((out / "model_index.yaml").read_text())["model-index"][0]["results"]
@@ -98,7 +104,8 @@ def test_imagefolder_one_command_all_protocols(bccd_folder, model_dir, ctx, tmp_
     # the conversion recorded the corrupt file with its reason
     stamp = next((ctx.cache_dir / "user").glob("imagefolder-blood_cells-*.json"))
     skipped = json.loads(stamp.read_text())["skipped"]
-    assert [s["file"] for s in skipped] == ["test/RBC/broken.png"] and skipped[0]["reason"]
+    assert [s["file"] for s in skipped] == ["test/RBC/broken.png"]
+    assert skipped[0]["reason"]
 
 
 def test_flat_folder_with_task_file_and_list(bccd_folder, ctx, tmp_path):
@@ -111,17 +118,21 @@ def test_flat_folder_with_task_file_and_list(bccd_folder, ctx, tmp_path):
         "templates": ["a blood smear showing {}.", "{}"], "license": "MIT"}))
     task = resolve_tasks(str(flat), ctx)[0]                      # a bare folder with its own name is accepted
     assert (task.name, task.domain, task.dataset_type) == ("my-lab/cells", "hematology", str(flat.resolve()))
-    assert task.templates == ("a blood smear showing {}.", "{}") and task.phrase("WBC") == "a white blood cell"
+    assert task.templates == ("a blood smear showing {}.", "{}")
+    assert task.phrase("WBC") == "a white blood cell"
     rows = read_evalset(task.source.files(ctx), None, "test")
-    assert len(rows) == 217 and rows.options[0] == ("WBC", "RBC", "Platelets")   # the declared order
+    assert len(rows) == 217
+    assert rows.options[0] == ("WBC", "RBC", "Platelets")   # the declared order
     adapter, _, _ = tiny_open_clip(seed=0)
     zs, lp = run_eval(adapter, [task], None, ctx, EvalConfig(protocols=("zero-shot", "linear-probe")))[0]
-    assert zs["n"] == 217 and zs["class_phrases"] == ["a white blood cell", "a red blood cell", "platelets"]
+    assert zs["n"] == 217
+    assert zs["class_phrases"] == ["a white blood cell", "a red blood cell", "platelets"]
     # no train split: the probe uses a stratified 60/20/20 split of the images
     assert lp["splits"]["train"] + lp["splits"]["val"] + lp["splits"]["test"] == 217
     assert "60/20/20" in lp["split_note"]
     res = CliRunner().invoke(eval_cmd, ["--tasks", f"imagefolder:{flat}", "--list", "--cache-dir", str(ctx.cache_dir)])
-    assert res.exit_code == 0 and res.output.split("\t")[0] == "my-lab/cells"
+    assert res.exit_code == 0
+    assert res.output.split("\t")[0] == "my-lab/cells"
     assert res.output.strip().endswith(f"imagefolder:{flat.resolve()}")
     _no_suite_claim(res.output)
     # two sets under one name would overwrite each other's results: refused
@@ -160,14 +171,17 @@ def test_npz_needs_class_names_then_runs_with_qwk(breast_npz, ctx, tmp_path):
                                         "--cache-dir", str(ctx.cache_dir), "--out", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     lp = json.loads((tmp_path / "run" / "tasks" / "npz__my_breast_us.npz_linear-probe.json").read_text())
-    assert lp["splits"] == {"train": 546, "val": 78, "test": 156} and lp["classes"] == ["malignant", "benign"]
-    assert lp["dataset"]["type"] == str(breast_npz.resolve()) and str(breast_npz.resolve()) in res.output
+    assert lp["splits"] == {"train": 546, "val": 78, "test": 156}
+    assert lp["classes"] == ["malignant", "benign"]
+    assert lp["dataset"]["type"] == str(breast_npz.resolve())
+    assert str(breast_npz.resolve()) in res.output
     # a sidecar JSON + an ordinal task file (benign < malignant): QWK is computed and is the primary metric
     breast_npz.with_suffix(".json").write_text(json.dumps({"labels": {"0": "malignant", "1": "normal, benign"}}))
     tf = tmp_path / "task.json"
     tf.write_text(json.dumps({"classes": ["normal, benign", "malignant"], "ordered": True}))
     task = resolve_tasks(f"npz:{breast_npz}", ctx, task_file=tf)[0]
-    assert task.primary_metric == "quadratic_kappa" and task.ordered_classes == ("normal, benign", "malignant")
+    assert task.primary_metric == "quadratic_kappa"
+    assert task.ordered_classes == ("normal, benign", "malignant")
     rows = read_evalset(task.source.files(ctx), None, "test")
     # labels remapped by name into the declared order: index 1 (malignant) where MedMNIST says 0
     assert (rows.answer_idx == 1 - npz["test_labels"].reshape(-1)).all()
@@ -199,7 +213,8 @@ def test_csv_parquet_and_hub_layout(bccd_folder, ctx, tmp_path):
     (tmp_path / "cells.task.yaml").write_text("label_column: cell_type\n")
     t_csv = resolve_tasks(f"csv:{table}", ctx)[0]
     rows = read_evalset(t_csv.source.files(ctx))
-    assert len(rows) == 120 and set(rows.labels) == {r["label"] for r in labels}
+    assert len(rows) == 120
+    assert set(rows.labels) == {r["label"] for r in labels}
     assert t_csv.dataset_type == str(table.resolve())
     # Parquet with image bytes and integer labels + --classes
     order = ["Platelets", "RBC", "WBC"]
@@ -219,9 +234,11 @@ def test_csv_parquet_and_hub_layout(bccd_folder, ctx, tmp_path):
                                          "label": [r["label"] for r in part]}, features=feats)
         ds.to_parquet(str(hub / "data" / f"{split}-00000-of-00001.parquet"))
     t_hf = resolve_tasks(f"hf:{hub}", ctx)[0]
-    assert t_hf.name == "hf/hub_cells" and t_hf.dataset_type == str(hub.resolve())
+    assert t_hf.name == "hf/hub_cells"
+    assert t_hf.dataset_type == str(hub.resolve())
     test_rows = read_evalset(t_hf.source.files(ctx), None, "test")
-    assert len(test_rows) == sum(r["split"] == "test" for r in recs) and set(test_rows.options) == {tuple(order)}
+    assert len(test_rows) == sum(r["split"] == "test" for r in recs)
+    assert set(test_rows.options) == {tuple(order)}
     # an absent Hub id offline: a clear "data not found" with the cause
     from biomedica_hf.eval.evalset import DataNotFoundError
 
@@ -239,7 +256,9 @@ def test_local_copy_in_suite_layout_is_named_by_its_path(ctx, tmp_path, model_di
     adapter, _, _ = tiny_open_clip(seed=0)
     task = resolve_tasks("medmnist/BreastMNIST", local)[0]
     r = run_task(adapter, task, local, EvalConfig(limit=40))
-    assert r["dataset"]["type"] == str(data) and r["source"] == str(data) and str(data) in r["dataset"]["name"]
+    assert r["dataset"]["type"] == str(data)
+    assert r["source"] == str(data)
+    assert str(data) in r["dataset"]["name"]
     _no_suite_claim(json.dumps(r["dataset"]))
     (tmp_path / "evalset" / ".cache" / "huggingface").mkdir(parents=True)
     r = run_task(adapter, task, local, EvalConfig(limit=40))
@@ -249,7 +268,8 @@ def test_local_copy_in_suite_layout_is_named_by_its_path(ctx, tmp_path, model_di
     own.mkdir()
     shutil.copy(data / "mine.parquet", own / "x.parquet")
     t = resolve_tasks("ultrasound/*", local)
-    assert [x.name for x in t] == ["ultrasound/BreastMNIST"] and t[0].dataset_type == str(own.resolve())
+    assert [x.name for x in t] == ["ultrasound/BreastMNIST"]
+    assert t[0].dataset_type == str(own.resolve())
 
 
 def test_compare_shows_balanced_accuracy(ctx, tmp_path):
@@ -275,12 +295,16 @@ def test_compare_shows_balanced_accuracy(ctx, tmp_path):
     adapter, _, _ = tiny_open_clip(seed=1)
     run_eval(adapter, [task], tmp_path / "b", ctx)
     a = json.loads((tmp_path / "a" / "summary.json").read_text())["tasks"]["fixtures/breastmnist"]
-    assert a["metrics"]["accuracy"] == pytest.approx(114 / 156) and a["metrics"]["balanced_accuracy"] == 0.5
+    assert a["metrics"]["accuracy"] == pytest.approx(114 / 156)
+    assert a["metrics"]["balanced_accuracy"] == 0.5
     res = CliRunner().invoke(compare_cmd, [str(tmp_path / "a"), str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
-    assert "A: bal. acc." in res.output and "**A** = `constant`, **B** = `tiny-open-clip`" in res.output
+    assert "A: bal. acc." in res.output
+    assert "**A** = `constant`, **B** = `tiny-open-clip`" in res.output
     row = next(line for line in res.output.splitlines() if line.startswith("| fixtures/breastmnist"))
-    assert "| 73.08 |" in row and "| 50.00 |" in row and "| zero-shot | test |" in row
+    assert "| 73.08 |" in row
+    assert "| 50.00 |" in row
+    assert "| zero-shot | test |" in row
 
 
 def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path):
@@ -303,7 +327,8 @@ def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path
     wanted = {k for k, m in zip(keys, mask) if m} & set(full.keys)
     assert r["n"] == len(wanted) > 0
     pairs = task.retrieval_source.load(ctx)
-    assert set(pairs.keys) == wanted and all(s.startswith("concept-filtered/") for s in pairs.shards)
+    assert set(pairs.keys) == wanted
+    assert all(s.startswith("concept-filtered/") for s in pairs.shards)
     # the config's copies are byte-identical to the source shards' images
     src = {k: b for k, b in zip(full.keys, full.image_bytes(list(range(len(full)))))}
     assert pairs.image_bytes(list(range(len(pairs)))) == [src[k] for k in pairs.keys]
@@ -313,7 +338,8 @@ def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path
     sub = load_pairs(ds, "other-concept-filtered", split="all")
     other = {r["key"] for r in pq.read_table(ds / "figures.parquet", columns=["key", "subset"]).to_pylist()
              if r["subset"] == "other"}
-    assert sub.keys and set(sub.keys) == {k for k in wanted if k in other}
+    assert sub.keys
+    assert set(sub.keys) == {k for k in wanted if k in other}
     assert all(s_.startswith("concept-filtered/s000/g000/concept-filtered-other-") for s_ in sub.shards)
     # a partitioned build's `split` column (every build writes one; replaced here with a known assignment):
     # the test split by default, everything with split="all"
@@ -324,9 +350,11 @@ def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path
     pq.write_table(built, ds / "figures.parquet")
     r = run_task(adapter, resolve_tasks(f"retrieval:{ds}", ctx)[0], ctx, EvalConfig())
     test_keys = {k for k, s in zip(keys, split) if s == "test"} & set(full.keys)
-    assert r["n"] == len(test_keys) and r["dataset"]["split"] == "test"
+    assert r["n"] == len(test_keys)
+    assert r["dataset"]["split"] == "test"
     r_all = run_task(adapter, resolve_tasks(f"retrieval:{ds}", ctx, retrieval_split="all")[0], ctx, EvalConfig())
-    assert r_all["n"] == len(full) and r_all["dataset"]["split"] == "all"
+    assert r_all["n"] == len(full)
+    assert r_all["dataset"]["split"] == "all"
     r_cf = run_task(adapter, resolve_tasks(f"retrieval:{ds}#concept-filtered", ctx)[0], ctx, EvalConfig())
     assert r_cf["n"] == len(wanted & test_keys)
 
@@ -369,13 +397,18 @@ def test_small_flat_folder_labels_split_and_shots_truthfully(ctx, tmp_path):
     cfg = EvalConfig(protocols=("zero-shot", "few-shot"), shots=(1, 4, 16), seeds=(0, 1, 2))
     results, _ = run_eval(adapter, [task], tmp_path / "run", ctx, cfg)
     zs, fs = results
-    assert zs["n"] == 64 and zs["dataset"]["split"] == "all"
+    assert zs["n"] == 64
+    assert zs["dataset"]["split"] == "all"
     assert fs["dataset"]["split"].startswith("held-out 20%")
-    assert sorted(fs["metrics"]["shots"], key=int) == ["1", "4"] and list(fs["shots_skipped"]) == ["16"]
+    assert sorted(fs["metrics"]["shots"], key=int) == ["1", "4"]
+    assert list(fs["shots_skipped"]) == ["16"]
     assert fs["metrics"]["shots"]["4"]["k_per_class"] == {"Platelets": 4, "RBC": 4, "WBC": 4}
-    assert "k=4" in fs["method"] and "k=16 skipped" in fs["method"]
+    assert "k=4" in fs["method"]
+    assert "k=16 skipped" in fs["method"]
     mi = (tmp_path / "run" / "model_index.yaml").read_text()
-    assert "16-shot" not in mi and "4-shot accuracy (4 per class, mean of 3 seeds)" in mi
+    assert "16-shot" not in mi
+    assert "4-shot accuracy (4 per class, mean of 3 seeds)" in mi
     assert 'split: "all"' in mi
     md = (tmp_path / "run" / "results.md").read_text()
-    assert "k=16: **skipped**" in md and "Platelets 4, RBC 4, WBC 4 train images per class" in md
+    assert "k=16: **skipped**" in md
+    assert "Platelets 4, RBC 4, WBC 4 train images per class" in md

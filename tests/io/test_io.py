@@ -82,18 +82,22 @@ def sample_ds(tmp_path_factory) -> tuple[Path, list[dict]]:
 def test_marker_round_trip_and_done_rules(tmp_path):
     piece = tmp_path / "sub" / "000007"
     m = marker_path(piece, DONE)
-    assert m == tmp_path / "sub" / "000007_done.json" and piece_stem(m, DONE) == "000007"
-    assert read_marker(m) is None and not is_done(m)
+    assert m == tmp_path / "sub" / "000007_done.json"
+    assert piece_stem(m, DONE) == "000007"
+    assert read_marker(m) is None
+    assert not is_done(m)
     data = piece.with_suffix(".npy")
     data.parent.mkdir(parents=True)
     data.write_bytes(b"x")
     write_marker(m, {"digest": "d1", "count": 3})
     assert read_marker(m) == {"digest": "d1", "count": 3}
-    assert is_done(m, {"digest": "d1"}, files=[data]) and is_done(m)
+    assert is_done(m, {"digest": "d1"}, files=[data])
+    assert is_done(m)
     assert not is_done(m, {"digest": "d2"}, files=[data])           # made for another input
     assert not is_done(m, {"digest": "d1"}, files=[data, tmp_path / "gone"])   # a file of the piece is missing
     m.write_text("{half")                                            # a torn marker is "not done", never an error
-    assert read_marker(m) is None and not is_done(m)
+    assert read_marker(m) is None
+    assert not is_done(m)
     m.write_text("[1, 2]")
     assert read_marker(m) is None
     clear_marker(m)
@@ -133,7 +137,9 @@ def test_old_search_chunk_marker_resumes(tmp_path):
     calls = []
     chunks = embed_in_chunks(tmp_path, "image", keys, lambda s, e: calls.append((s, e)) or np.zeros((e - s, 2)),
                              {"encoder": "y", "dim": 2}, chunk_size=3, progress=False)
-    assert calls == [(0, 3)] and read_marker(done)["encoder"] == "y" and not list(tmp_path.rglob(TEMP_GLOB))
+    assert calls == [(0, 3)]
+    assert read_marker(done)["encoder"] == "y"
+    assert not list(tmp_path.rglob(TEMP_GLOB))
 
 
 def test_built_shards_are_done_by_their_stats_marker(sample_ds):
@@ -141,7 +147,8 @@ def test_built_shards_are_done_by_their_stats_marker(sample_ds):
     name = rows[0]["shard"].removesuffix(".tar")
     tar, parquet, stats = shard_paths(out, name)
     digest = read_marker(stats)["digest"]
-    assert shard_done(out, name, digest) and not shard_done(out, name, "other")
+    assert shard_done(out, name, digest)
+    assert not shard_done(out, name, "other")
     assert is_done(stats, {"count": sum(r["shard"] == rows[0]["shard"] for r in rows)}, files=[tar, parquet])
 
 
@@ -153,29 +160,35 @@ def test_atomic_writes_leave_no_temporary_on_failure(tmp_path):
     with pytest.raises(RuntimeError), atomic_open(path) as fh:
         fh.write(b"half a file")
         raise RuntimeError("killed mid-write")
-    assert path.read_bytes() == before and not list(tmp_path.rglob(TEMP_GLOB))
+    assert path.read_bytes() == before
+    assert not list(tmp_path.rglob(TEMP_GLOB))
     npy = tmp_path / "d" / "x.npy"
     with pytest.raises(ValueError, match="allow_pickle"):   # the temporary is open when numpy refuses
         save_npy(npy, np.array([{"an": "object"}], dtype=object))
-    assert not npy.exists() and not list(tmp_path.rglob(TEMP_GLOB))
+    assert not npy.exists()
+    assert not list(tmp_path.rglob(TEMP_GLOB))
     with atomic_path(path, fsync=True) as tmp:      # KeepOld: nothing changed, the old bytes stay
         tmp.write_bytes(b"new")
         raise KeepOld
-    assert path.read_bytes() == before and not list(tmp_path.rglob(TEMP_GLOB))
+    assert path.read_bytes() == before
+    assert not list(tmp_path.rglob(TEMP_GLOB))
     assert pq.read_table(path)["a"].to_pylist() == [1, 2]
 
 
 def test_atomic_helpers_write_complete_files(tmp_path):
     arr = np.arange(6, dtype=np.float32).reshape(2, 3)
     save_npy(tmp_path / "x.npy", arr)                # np.save(path) would have appended .npy to a temp name
-    assert np.array_equal(np.load(tmp_path / "x.npy"), arr) and sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+    assert np.array_equal(np.load(tmp_path / "x.npy"), arr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
     atomic_write_json(tmp_path / "m.json", {"b": 1, "a": "é"})
     assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8")) == {"a": "é", "b": 1}
     stray = tmp_path / "deep" / ".shard.tar.tmp-4242"  # what a killed run leaves
     stray.parent.mkdir()
     stray.write_bytes(b"partial")
     (tmp_path / "deep" / "keep.tmp").write_bytes(b"not ours")
-    assert remove_temporaries(tmp_path) == 1 and not stray.exists() and (tmp_path / "deep" / "keep.tmp").exists()
+    assert remove_temporaries(tmp_path) == 1
+    assert not stray.exists()
+    assert (tmp_path / "deep" / "keep.tmp").exists()
 
 
 # ------------------------------------------------------------------------------------ ranges
@@ -223,7 +236,8 @@ def test_copy_ranges_makes_a_valid_tar_of_chosen_samples(sample_ds, tmp_path):
     with tarfile.open(dest) as tf:
         names = tf.getnames()
         keys = [rs[0]["key"] for rs in picked]
-        assert sorted({m.partition(".")[0] for m in names}) == sorted(keys) and len(names) == 3 * len(keys)
+        assert sorted({m.partition(".")[0] for m in names}) == sorted(keys)
+        assert len(names) == 3 * len(keys)
         for rs in picked:
             r = rs[0]
             data = tf.extractfile(f"{r['key']}.{r['image_ext']}").read()
@@ -330,7 +344,8 @@ def test_a_connection_dropped_mid_body_is_retried():
     fast = ReadOptions(in_flight=1, gap_bytes=0, retries=2, timeout=5)
     with loopback(answer) as (url, _):
         got = [bytes(v) for _, _, v in read_files([(f"{url}/shard.tar", ranges)], fast)]
-    assert got == [body[:1000], body[2000:3000]] and asked == [0, 0, 2000]
+    assert got == [body[:1000], body[2000:3000]]
+    assert asked == [0, 0, 2000]
     with loopback(lambda n, path, request: answer(n, path, request, always=True)) as (url, _), \
             pytest.raises(OSError, match=r"bytes 0\.\.1000 failed after 3 attempts"):
         list(read_files([(f"{url}/shard.tar", ranges)], fast))
@@ -382,7 +397,8 @@ def test_safe_parser_refuses_entities_and_network(tmp_path, counting_server):
              f"<r><a>&inner;</a><b>&file;</b></r>").encode()
     root = etree.fromstring(local, safe_parser())
     text = etree.tostring(root).decode()
-    assert "EXPANDED" not in text and "TOP-SECRET" not in text
+    assert "EXPANDED" not in text
+    assert "TOP-SECRET" not in text
     remote = (f'<?xml version="1.0"?><!DOCTYPE r SYSTEM "{url}/evil.dtd">'
               f'<!-- --><r>&leak;</r>').encode()
     for parser in (safe_parser(), safe_parser(recover=True), safe_parser(huge_tree=True)):
@@ -411,8 +427,10 @@ def test_backoff_schedule_and_retry_after():
     assert b.delay(0, retry_after=10.0, rand=lambda: 0.0) == 10.0     # the server's wait wins when longer
     assert b.delay(3, retry_after=1.0, rand=lambda: 0.0) == 4.0       # ... never shortens ours
     assert b.delay(0, retry_after=3600.0) == 30.0                     # ... within reason
-    assert parse_retry_after("7") == 7.0 and parse_retry_after("-3") == 0.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
     assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") < 1   # past date -> now
     future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 120))
     assert 100 < parse_retry_after(future) <= 120
@@ -449,7 +467,8 @@ def test_downloader_honours_retry_after_on_a_real_server():
 
     with loopback(answers) as (url, seen), Downloader(backoff=0.01, backoff_max=0.05, retries=2, timeout=5) as dl:
         data = dl.get_bytes(f"{url}/x.bin")
-    assert data == b"payload" and len(seen) == 2
+    assert data == b"payload"
+    assert len(seen) == 2
     assert seen[1][0] - seen[0][0] >= 0.95      # backoff alone would have waited <= 0.075 s
 
 
@@ -477,7 +496,8 @@ def test_member_bytes_are_what_tarfile_writes():
         for name, data in members:
             tar.addfile(tarinfo(name, len(data)), io.BytesIO(data))
     raw = b"".join(member_bytes(name, data) for name, data in members)
-    assert buf.getvalue()[:len(raw)] == raw and len(raw) % tarfile.BLOCKSIZE == 0
+    assert buf.getvalue()[:len(raw)] == raw
+    assert len(raw) % tarfile.BLOCKSIZE == 0
 
 
 def test_the_one_tar_reader_agrees_with_tarfile_on_ranges_files_and_damage(tmp_path):
@@ -510,7 +530,8 @@ def test_the_one_tar_reader_agrees_with_tarfile_on_ranges_files_and_damage(tmp_p
     ustar = tmp_path / "u.tar"
     ustar.write_bytes(data[:member_spans(data)[3][1] - 3 * 512] + END_OF_ARCHIVE)   # the three ustar members
     scan = scan_file(ustar)
-    assert scan.problem is None and [m.name for m in scan.members] == ["a.jpg", "a.txt", "a.json"]
+    assert scan.problem is None
+    assert [m.name for m in scan.members] == ["a.jpg", "a.txt", "a.json"]
     assert scan.end == scan.members[-1].end == ustar.stat().st_size - len(END_OF_ARCHIVE)
     assert "not a regular file" in scan_file(path).problem                          # the pax header
     damaged = {"cut": ustar.read_bytes()[:1024], "tail": ustar.read_bytes() + b"junk",

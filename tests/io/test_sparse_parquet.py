@@ -59,7 +59,8 @@ def test_only_the_asked_columns_travel_and_read_back_exactly(hub, tmp_path):
     hub.requests.clear()
     again = SparseParquet(URL, tmp_path / "cache")
     assert again.ensure(["key", "year"]) == path
-    assert hub.requests["resolve"] == 1 and [e["method"] for e in hub.log[-1:]] == ["HEAD"]   # metadata only
+    assert hub.requests["resolve"] == 1
+    assert [e["method"] for e in hub.log[-1:]] == ["HEAD"]   # metadata only
 
     more = again.ensure(["caption"])                                       # a column asked later is fetched then
     assert pq.read_table(more, columns=["caption"]).equals(pq.read_table(hub.folder / "figures.parquet",
@@ -84,4 +85,5 @@ def test_chunk_ranges_and_missing_parts(tmp_path):
     assert len(ranges) == md.num_row_groups == 4
     assert all(b - a == md.row_group(i).column(2).total_compressed_size for i, (a, b) in enumerate(ranges))
     assert _missing([(0, 10), (20, 30)], [[5, 25]]) == [(0, 5), (25, 30)]
-    assert _missing([(0, 10)], [[0, 10]]) == [] and _missing([(0, 10)], []) == [(0, 10)]
+    assert _missing([(0, 10)], [[0, 10]]) == []
+    assert _missing([(0, 10)], []) == [(0, 10)]

@@ -45,7 +45,8 @@ def test_hash_is_256_bits_and_the_same_from_bytes_or_image(figures):
     img = Image.open(figures[0])
     img.load()
     h = image_phash(img)
-    assert len(h) == HASH_BITS // 4 and int(h, 16) >= 0
+    assert len(h) == HASH_BITS // 4
+    assert int(h, 16) >= 0
     assert bytes_phash(figures[0].read_bytes()) == h
     # every mode PMC figures come in gives a hash; alpha is composited on white, 16-bit scaled by its range
     rgb = img.convert("RGB")
@@ -71,7 +72,8 @@ def test_threshold_separates_copies_from_distinct_figures(figures):
     cal = calibrate(subset, names=("phash256",))
     pos = cal.all_positives("phash256")
     neg = np.asarray(cal.negatives["phash256"])
-    assert len(pos) == 10 * len(subset) and len(neg) == len(subset) * (len(subset) - 1) // 2
+    assert len(pos) == 10 * len(subset)
+    assert len(neg) == len(subset) * (len(subset) - 1) // 2
     assert pos.max() <= DEFAULT_THRESHOLD < neg.min(), (pos.max(), neg.min(), cal.closest_negative)
     assert cal.precision_recall("phash256", DEFAULT_THRESHOLD)[:2] == (1.0, 1.0)
 

@@ -23,7 +23,8 @@ def test_by_label_any_order_and_case():
     assert [p.method for p in got] == ["label"] * 3
     assert got[0].subcaption == "Quantification of the bands (n = 3)."
     assert got[0].caption == "Cells respond to the drug. Quantification of the bands (n = 3). *p < 0.05."
-    assert got[1].confidence == 1.0 and got[0].confidence < got[1].confidence   # case differs: a little less sure
+    assert got[1].confidence == 1.0
+    assert got[0].confidence < got[1].confidence   # case differs: a little less sure
     assert got[2].confidence == 0.8
 
 
@@ -51,7 +52,9 @@ def test_shared_only_when_nothing_fits():
 
 def test_single_panel_keeps_the_whole_caption():
     (p,) = align_panels([panel(0, "A", 0.9)], CAPTION)
-    assert p.method == "single" and p.confidence == 1.0 and p.caption == CAPTION.strip()
+    assert p.method == "single"
+    assert p.confidence == 1.0
+    assert p.caption == CAPTION.strip()
 
 
 def test_positions_by_geometry():
@@ -66,7 +69,8 @@ def test_positions_by_geometry():
 def test_odd_inputs():
     assert align_panels([], CAPTION) == []
     got = align_panels([panel(0), panel(1)], None)
-    assert [p.method for p in got] == ["shared", "shared"] and got[0].caption == ""
+    assert [p.method for p in got] == ["shared", "shared"]
+    assert got[0].caption == ""
     assert got[0].to_dict()["bbox"] == [0, 0, 90, 90]
 
 

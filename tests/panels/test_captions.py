@@ -86,7 +86,8 @@ def test_real_footer_and_shared_part():
     assert sub.shared == "Screen for compounds that rescue the HD phenotype"
     assert sub.footer == "All micropattern diameters, 700 μm."
     assert "700" not in sub.parts["H"]
-    assert sub.full_text("H").startswith("Screen for compounds") and sub.full_text("H").endswith("700 μm.")
+    assert sub.full_text("H").startswith("Screen for compounds")
+    assert sub.full_text("H").endswith("700 μm.")
 
 
 @needs_fixtures
@@ -99,7 +100,8 @@ def test_real_footer_and_shared_part():
 def test_real_captions_without_panel_markers_are_not_split(article, fig):
     caption = fixture_caption(article, fig)
     sub = split_caption(caption)
-    assert sub.parts == {} and sub.family is None
+    assert sub.parts == {}
+    assert sub.family is None
     assert sub.shared == caption.strip()
 
 
@@ -155,9 +157,12 @@ def test_real_trailing_digit_ranges_with_image_labels():
     caption = fixture_caption("PLOS_pone.0067380", "pone-0067380-g004")
     assert split_caption(caption).parts == {}
     sub = split_caption(caption, image_labels=[str(i) for i in range(1, 16)])
-    assert sub.family == "digit" and sub.mode == "trailing" and list(sub.parts)[:3] == ["1", "2", "3"]
+    assert sub.family == "digit"
+    assert sub.mode == "trailing"
+    assert list(sub.parts)[:3] == ["1", "2", "3"]
     assert sub.parts["2"] == "A thresher shark lunged at the bait ball in the horizontal plane."
-    assert "precipitating forward" in sub.parts["8"] and "trebuchet catapult" in sub.parts["8"]
+    assert "precipitating forward" in sub.parts["8"]
+    assert "trebuchet catapult" in sub.parts["8"]
     assert sub.parts["12"].startswith("The shark returned its pitch to the horizontal plane in a wind-down recovery.")
     assert "(Movie S1)" in sub.shared
 
@@ -166,7 +171,8 @@ def test_image_labels_choose_the_family():
     caption = "Overview. (A) Whole mount. (B) Section. (i) Detail one. (ii) Detail two."
     assert split_caption(caption).family == UPPER
     sub = split_caption(caption, image_labels=["i", "ii"])
-    assert sub.family == ROMAN and sub.parts == {"i": "Detail one.", "ii": "Detail two."}
+    assert sub.family == ROMAN
+    assert sub.parts == {"i": "Detail one.", "ii": "Detail two."}
     # labels read in a different case still pick the family: "a"/"b" read, "(A)"/"(B)" printed
     assert split_caption(caption, image_labels=["a", "b"]).family == UPPER
 
@@ -190,5 +196,6 @@ def test_a_lone_read_i_does_not_turn_a_letter_caption_roman():
     """Real: "A. … I. Brown adipose tissue …"; the OCR read only "i" on one panel: still letters A–J."""
     caption = fixture_caption("PMC10802347", "F1")
     sub = split_caption(caption, image_labels=["i"])
-    assert sub.family == UPPER and sorted(sub.parts) == list("ABCDEFGHIJ")
+    assert sub.family == UPPER
+    assert sorted(sub.parts) == list("ABCDEFGHIJ")
     assert sub.part("i").startswith("Brown adipose tissue isolated mitochondrial bioenergetics")

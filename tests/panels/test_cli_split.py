@@ -44,11 +44,13 @@ def odd_images(tmp_path_factory) -> dict[str, Path]:
 def test_real_compound_figure_json(articles_dir):
     image = articles_dir / "PMC7135076" / "gr1_lrg.jpg"
     line = json.loads(run(image, "--caption", CAPTION, "--json", "--no-labels").stdout)
-    assert line["image"] == str(image) and (line["width"], line["height"]) == Image.open(image).size
+    assert line["image"] == str(image)
+    assert (line["width"], line["height"]) == Image.open(image).size
     assert len(line["panels"]) == 6
     for p in line["panels"]:
         x0, y0, x1, y1 = p["bbox"]
-        assert 0 <= x0 < x1 <= line["width"] and 0 <= y0 < y1 <= line["height"]
+        assert 0 <= x0 < x1 <= line["width"]
+        assert 0 <= y0 < y1 <= line["height"]
         assert set(p) >= {"bbox", "label", "subcaption", "score", "method", "confidence", "caption"}
     # reading order pairs the six crops with 1A..3B (no labels read)
     assert [p["caption_label"] for p in line["panels"]] == ["1A", "1B", "2A", "2B", "3A", "3B"]
@@ -66,7 +68,8 @@ def test_manifest_and_bad_inputs(odd_images, articles_dir, tmp_path):
              for k in ("strip", "cmyk", "sixteen", "text", "missing")]
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     r = run("--manifest", manifest, "--json", "--no-labels", check=False)
-    assert r.returncode == 1 and "2 of 7 image(s) could not be read" in r.stderr
+    assert r.returncode == 1
+    assert "2 of 7 image(s) could not be read" in r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert [x["image"] for x in lines] == [row["image"] for row in rows]
     by = {Path(x["image"]).name: x for x in lines}
@@ -74,26 +77,33 @@ def test_manifest_and_bad_inputs(odd_images, articles_dir, tmp_path):
         x = by[name]
         assert len(x["panels"]) == 1 and x["panels"][0]["method"] == "single", x
         x0, y0, x1, y1 = x["panels"][0]["bbox"]
-        assert x1 <= x["width"] and y1 <= x["height"]
+        assert x1 <= x["width"]
+        assert y1 <= x["height"]
     assert by["white.png"]["panels"][0]["subcaption"] is None
-    assert "error" in by["notes.txt"] and "error" in by["missing.jpg"]
+    assert "error" in by["notes.txt"]
+    assert "error" in by["missing.jpg"]
 
 
 def test_bad_manifest_and_no_input(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image": "a.jpg"}\n{"caption": "no image"}\n')
     r = run("--manifest", bad, check=False)
-    assert r.returncode == 2 and "line 2" in r.stderr
+    assert r.returncode == 2
+    assert "line 2" in r.stderr
     r = run(check=False)
-    assert r.returncode == 2 and "IMAGE" in r.stderr
+    assert r.returncode == 2
+    assert "IMAGE" in r.stderr
 
 
 def test_readable_output_and_help(articles_dir):
     image = articles_dir / "PMC7135076" / "gr1_lrg.jpg"
     out = run(image, "--caption", CAPTION, "--no-labels").stdout
-    assert "6 panel(s)" in out and "-> 3B (order" in out
+    assert "6 panel(s)" in out
+    assert "-> 3B (order" in out
     r = subprocess.run([str(BIN), "panels", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "panels split IMAGE" in r.stdout and "panels DIR" in r.stdout
+    assert r.returncode == 0
+    assert "panels split IMAGE" in r.stdout
+    assert "panels DIR" in r.stdout
 
 
 @pytest.mark.slow

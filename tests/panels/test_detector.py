@@ -57,7 +57,9 @@ def test_boxes_batched_mapped_back_and_aligned(tiny_detr, articles_dir):
     for im, found in zip(images, boxes):
         assert 1 <= len(found) <= 6                           # num_queries, after NMS
         for (x0, y0, x1, y1), score in found:
-            assert 0 <= x0 < x1 <= im.width and 0 <= y0 < y1 <= im.height and 0.0 <= score <= 1.0
+            assert 0 <= x0 < x1 <= im.width
+            assert 0 <= y0 < y1 <= im.height
+            assert 0.0 <= score <= 1.0
     # a big image is detected on a reduced copy and its boxes mapped back: a 3x blow-up of a figure (long side over
     # 1333) gives the figure's own boxes times 3
     small = images[0].resize((images[0].width // 2 * 2, images[0].height // 2 * 2))
@@ -70,7 +72,8 @@ def test_boxes_batched_mapped_back_and_aligned(tiny_detr, articles_dir):
         assert all(abs(3 * a - b) <= 3 for a, b in zip(bs, bb)), (bs, bb)
     caption = "Two things. (A) The first. (B) The second."
     result = split_figure(images[0], caption, labels=False, detector=det)
-    assert result["width"] == images[0].width and result["panels"]
+    assert result["width"] == images[0].width
+    assert result["panels"]
     assert {p["method"] for p in result["panels"]} <= {"single", "order", "shared"}
     for p in result["panels"]:
         assert p["caption"].startswith("Two things.")
@@ -87,10 +90,12 @@ def test_cli_split_with_detector(tiny_detr, articles_dir):
                         "--detector", f"transformers:{tiny_detr}"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
-    assert [x["image"] for x in lines] == imgs and all(x["panels"] for x in lines)
+    assert [x["image"] for x in lines] == imgs
+    assert all(x["panels"] for x in lines)
     r = subprocess.run([str(BIN), "panels", "split", imgs[0], "--detector", "yolo:/x"], capture_output=True,
                        text=True)
-    assert r.returncode == 2 and "transformers:PATH" in r.stderr
+    assert r.returncode == 2
+    assert "transformers:PATH" in r.stderr
 
 
 @pytest.mark.slow
@@ -106,11 +111,13 @@ def test_dataset_stage_with_a_detector(tiny_detr, built_dataset, tmp_path):
     shutil.copytree(built_dataset, out)
     first = panel_dataset(out, labels=False)
     report = panel_dataset(out, labels=False, detector=f"transformers:{tiny_detr}")
-    assert report["split"] == first["split"] + first["kept"] and not report["figures_failed"]
+    assert report["split"] == first["split"] + first["kept"]
+    assert not report["figures_failed"]
     panels = pq.read_table(out / PANELS_INDEX).to_pylist()
     figures = pq.read_table(out / "figures.parquet", columns=["key", "width", "height"]).to_pylist()
     size = {f["key"]: (f["width"], f["height"]) for f in figures}
     assert {p["parent_key"] for p in panels} == set(size)
     for p in panels:
         w, h = size[p["parent_key"]]
-        assert 0 <= p["x0"] < p["x1"] <= w and 0 <= p["y0"] < p["y1"] <= h
+        assert 0 <= p["x0"] < p["x1"] <= w
+        assert 0 <= p["y0"] < p["y1"] <= h

@@ -37,7 +37,8 @@ def test_whole_figure_predicted_for_a_compound_one():
 
 
 def test_iou_and_greedy_matching():
-    assert iou(A, A) == 1.0 and iou(A, B) == 0.0
+    assert iou(A, A) == 1.0
+    assert iou(A, B) == 0.0
     assert iou((0, 0, 100, 50), A) == pytest.approx(0.5)
     assert sorted(iou_matches([B, A, (0, 0, 10, 10)], [A, B])) == [(0, 1), (1, 0)]
     assert iou_matches([(0, 0, 100, 40)], [A]) == []          # IoU 0.4 < 0.5
@@ -52,9 +53,11 @@ def test_scores_summary():
     assert out["figures"] == 3
     # the cut single: A lies wholly in the true box (correct), B finds it taken: 1 / max(1, 2)
     assert out["imageclef"] == pytest.approx((1 + 1 + 0.5) / 3)
-    assert out["imageclef_compound"] == 1.0 and out["imageclef_single"] == 0.75
+    assert out["imageclef_compound"] == 1.0
+    assert out["imageclef_single"] == 0.75
     assert out["singles_whole"] == 0.5
-    assert out["label_accuracy"] == 0.5 and out["labelled_matched"] == 2
+    assert out["label_accuracy"] == 0.5
+    assert out["labelled_matched"] == 2
     assert out["figures_per_s"] == pytest.approx(1.5)
     # F1: 3 true-positive pairs (2 + 1 + 0) over 5 predicted and 4 true boxes
     assert out["f1_iou50"] == pytest.approx(2 * (3 / 5) * (3 / 4) / (3 / 5 + 3 / 4))

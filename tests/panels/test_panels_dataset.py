@@ -41,7 +41,9 @@ def _tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
 def test_every_figure_split_and_accounted_for(paneled):
     out, report = paneled
     figures = pq.read_table(out / "figures.parquet")
-    assert report["figures"] == figures.num_rows and not report["figures_failed"] and not report["failed"]
+    assert report["figures"] == figures.num_rows
+    assert not report["figures_failed"]
+    assert not report["failed"]
     panels = pq.read_table(out / PANELS_INDEX)
     assert panels.num_rows == report["panels"] > figures.num_rows          # some figures are compound
     assert set(panels["parent_key"].to_pylist()) == set(figures["key"].to_pylist())
@@ -70,20 +72,24 @@ def test_panel_shards_never_mix_licences_and_keep_the_format(paneled):
             if r["shard"].startswith(f"{folder.name}/"):
                 want[r["shard"].rsplit("/", 1)[-1]] = want.get(r["shard"].rsplit("/", 1)[-1], 0) + 1
         dirs = [d for d in shard_dirs(folder) if any(d.glob("*.tar"))]
-        assert dirs and all(json.loads((d / "sizes.json").read_text()) == want for d in dirs)
+        assert dirs
+        assert all(json.loads((d / "sizes.json").read_text()) == want for d in dirs)
     for folder in out.glob("*-panels"):
         subset = folder.name.removesuffix("-panels")
         for tar in folder_files(folder, "*.tar"):
             for key, members in _tar_samples(tar).items():
                 meta = json.loads(members["json"])
-                assert meta["subset"] == subset and meta["license_code"] == parents[meta["parent_key"]]["license_code"]
+                assert meta["subset"] == subset
+                assert meta["license_code"] == parents[meta["parent_key"]]["license_code"]
                 parent = parents[meta["parent_key"]]
                 ext = "png" if parent["image_ext"] == "png" else "jpg"
                 assert set(members) == {ext, "txt", "json"}
                 im = Image.open(io.BytesIO(members[ext]))
                 x0, y0, x1, y1 = meta["bbox"]
-                assert im.size == (x1 - x0, y1 - y0) and im.format == ("PNG" if ext == "png" else "JPEG")
-                assert members["txt"].decode() and key.startswith(meta["parent_key"] + "_p")
+                assert im.size == (x1 - x0, y1 - y0)
+                assert im.format == ("PNG" if ext == "png" else "JPEG")
+                assert members["txt"].decode()
+                assert key.startswith(meta["parent_key"] + "_p")
     # the byte ranges in panels.parquet are the samples
     row = panels[0]
     data = (out / row["shard"]).read_bytes()[row["tar_offset"]:row["tar_offset"] + row["tar_size"]]
@@ -99,9 +105,13 @@ def test_crops_keep_the_icc_profile_and_format(articles_dir):
     profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     img.info["icc_profile"] = profile
     crop = Image.open(io.BytesIO(encode_crop(img, (0, 0, 50, 40), "jpg")))
-    assert crop.format == "JPEG" and crop.size == (50, 40) and crop.info.get("icc_profile") == profile
+    assert crop.format == "JPEG"
+    assert crop.size == (50, 40)
+    assert crop.info.get("icc_profile") == profile
     png = Image.open(io.BytesIO(encode_crop(img, (10, 10, 30, 30), "png")))
-    assert png.format == "PNG" and png.size == (20, 20) and png.info.get("icc_profile") == profile
+    assert png.format == "PNG"
+    assert png.size == (20, 20)
+    assert png.info.get("icc_profile") == profile
 
 
 def test_configs_load_with_datasets_and_the_loader(paneled):
@@ -112,7 +122,9 @@ def test_configs_load_with_datasets_and_the_loader(paneled):
 
     out, _ = paneled
     card = write_card(out).read_text()
-    assert "config_name: commercial-panels" in card and "## Panels" in card and "card/panels_sheet.png" in card
+    assert "config_name: commercial-panels" in card
+    assert "## Panels" in card
+    assert "card/panels_sheet.png" in card
     assert (out / "card" / "panels_sheet.png").exists()
     panels = pq.read_table(out / PANELS_INDEX)
     for subset in ("commercial", "noncommercial", "other"):
@@ -126,7 +138,9 @@ def test_configs_load_with_datasets_and_the_loader(paneled):
         loaded = list(load_biomedica(out, subset, level="panel"))
         assert len(loaded) == want
         r = loaded[0]
-        assert r["image"].size[0] > 0 and r["caption"] and r["metadata"]["parent_key"]
+        assert r["image"].size[0] > 0
+        assert r["caption"]
+        assert r["metadata"]["parent_key"]
     assert len(list(load_biomedica(out, "all", level="panel", decode=False))) == panels.num_rows
     with pytest.raises(ValueError, match="unknown level"):
         load_biomedica(out, level="subfigure")
@@ -138,7 +152,8 @@ def test_rerun_resumes_writing_nothing(paneled):
     files += [out / PANELS_INDEX, out / "figures.parquet"]
     before = {f: f.stat().st_mtime_ns for f in files}
     report = panel_dataset(out, labels=False)
-    assert report["split"] == 0 and report["kept"] == first["split"] + first["kept"]
+    assert report["split"] == 0
+    assert report["kept"] == first["split"] + first["kept"]
     assert report["panels"] == first["panels"]
     assert {f: f.stat().st_mtime_ns for f in files} == before
 
@@ -156,7 +171,8 @@ def test_update_rebuilt_and_removed_shards(paneled):
     info["digest"] = "0" * 64
     stats.write_text(json.dumps(info))
     report = panel_dataset(out, labels=False)
-    assert report["removed"] == 1 and report["split"] == 1
+    assert report["removed"] == 1
+    assert report["split"] == 1
     panels = pq.read_table(out / PANELS_INDEX)
     assert not gone_keys & set(panels["parent_key"].to_pylist())
     assert not panel_files(out, table_shard(out, gone))[1].exists()
@@ -178,10 +194,12 @@ def test_a_bad_figure_is_reported_and_its_shard_goes_on(built_dataset, tmp_path)
     assert [f["key"] for f in report["figures_failed"]] == [bad["key"]]
     panels = pq.read_table(out / PANELS_INDEX)
     parents = set(panels["parent_key"].to_pylist())
-    assert bad["key"] not in parents and rows[1]["key"] in parents
+    assert bad["key"] not in parents
+    assert rows[1]["key"] in parents
     counts = dict(zip(*[pq.read_table(out / "figures.parquet", columns=[c])[c].to_pylist()
                         for c in ("key", "image_panel_count")]))
-    assert counts[bad["key"]] is None and counts[rows[1]["key"]] >= 1
+    assert counts[bad["key"]] is None
+    assert counts[rows[1]["key"]] >= 1
 
 
 @pytest.mark.slow
@@ -191,7 +209,9 @@ def test_cli_dataset_command(built_dataset, tmp_path):
     r = subprocess.run([str(BIN), "panels", str(out), "--no-labels", "--no-progress"], capture_output=True,
                        text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
-    assert "panels from" in r.stdout and "commercial-panels:" in r.stdout and "Dataset card:" in r.stdout
+    assert "panels from" in r.stdout
+    assert "commercial-panels:" in r.stdout
+    assert "Dataset card:" in r.stdout
     r = subprocess.run([str(BIN), "panels", str(out), "--no-labels", "--no-progress", "--no-card"],
                        capture_output=True, text=True)
     assert "0 shards split" in r.stdout, r.stdout
@@ -215,7 +235,8 @@ def test_ray_executor_gives_the_local_output(built_dataset, tmp_path):
                 and (p.parts[len(root.parts)] == "panels" or p.parts[len(root.parts)].endswith("-panels"))]
         return {p.relative_to(root).as_posix(): p.read_bytes() for p in keep}
     got, want = files(out), files(local)
-    assert got and got == want
+    assert got
+    assert got == want
     assert pq.read_table(out / PANELS_INDEX).equals(pq.read_table(local / PANELS_INDEX))
 
 
@@ -237,9 +258,11 @@ def test_rerun_over_flat_panel_shards_of_before_moves_them_into_groups(built_dat
             if f.is_file():
                 f.rename(folder / f.name)
                 moved += f.suffix == ".tar"
-    assert moved and len(list(out.glob("*-panels/*.tar"))) == moved                    # flat now
+    assert moved
+    assert len(list(out.glob("*-panels/*.tar"))) == moved                    # flat now
     report = panel_dataset(out, labels=False)
-    assert report["split"] == moved and not report["failed"]
+    assert report["split"] == moved
+    assert not report["failed"]
     assert not [p for f in out.glob("*-panels") for p in f.iterdir() if p.is_file()]     # nothing flat left
     assert sorted(pq.read_table(out / PANELS_INDEX, columns=["key"])["key"].to_pylist()) == sorted(before)
     register_hooks()
@@ -247,6 +270,7 @@ def test_rerun_over_flat_panel_shards_of_before_moves_them_into_groups(built_dat
     plan = plan_upload(out)
     assert plan.ok, plan.problems
     tars = [p.relative_to(out).as_posix() for f in out.glob("*-panels") for p in folder_files(f, "*.tar")]
-    assert tars and all(t in plan.paths and f"{t.rsplit('/', 1)[0]}/sizes.json" in plan.paths for t in tars)
+    assert tars
+    assert all(t in plan.paths and f"{t.rsplit('/', 1)[0]}/sizes.json" in plan.paths for t in tars)
     panels = list(load_biomedica(out, "all", level="panel", decode=False))
     assert sorted(r["key"] for r in panels) == sorted(before)

@@ -41,7 +41,8 @@ def test_panels_stream_from_the_hub(paneled, monkeypatch, tmp_path):
         assert set(remote) == set(local) == {p["key"] for p in panels}
         for key, r in remote.items():
             assert r["image"]["bytes"] == local[key]["image"]["bytes"]
-            assert r["caption"] == local[key]["caption"] and r["metadata"] == local[key]["metadata"]
+            assert r["caption"] == local[key]["caption"]
+            assert r["metadata"] == local[key]["metadata"]
         subset = panels[0]["subset"]
         rows = list(datasets.load_dataset(REPO, f"{subset}-panels", streaming=True, split="train"))
         assert len(rows) == sum(1 for p in panels if p["subset"] == subset)

@@ -93,7 +93,8 @@ def test_bad_input_gives_one_whole_panel(make):
     panels = split_image(im)
     assert len(panels) == 1
     x0, y0, x1, y1 = panels[0].bbox
-    assert 0 <= x0 < x1 <= im.width and 0 <= y0 < y1 <= im.height
+    assert 0 <= x0 < x1 <= im.width
+    assert 0 <= y0 < y1 <= im.height
 
 
 def test_16_bit_and_cmyk_grids_are_still_split():
@@ -195,7 +196,8 @@ def test_clear_compound_figures_are_split_exactly(path):
 def test_single_panel_figures_are_kept_whole(path):
     im, true, _ = _truth(path)
     panels = split_image(im)
-    assert len(panels) == 1 and imageclef_accuracy([panels[0].bbox], true) == 1.0
+    assert len(panels) == 1
+    assert imageclef_accuracy([panels[0].bbox], true) == 1.0
 
 
 @needs_fixtures
@@ -283,7 +285,8 @@ def test_heldout_set_is_well_formed():
                 assert im.size == (e["width"], e["height"])
         for p in e["panels"]:
             x0, y0, x1, y1 = p["bbox"]
-            assert 0 <= x0 < x1 <= e["width"] and 0 <= y0 < y1 <= e["height"]
+            assert 0 <= x0 < x1 <= e["width"]
+            assert 0 <= y0 < y1 <= e["height"]
 
 
 def test_reads_are_matched_to_the_labels_the_caption_names():
@@ -294,4 +297,5 @@ def test_reads_are_matched_to_the_labels_the_caption_names():
     assert [expected_read(t, roman) for t in ("I", "ll", "1i", "IV", "v", None)] == ["i", "ii", "ii", "iv", None, None]
     upper = caption_labels("Title. (A) One. (B) Two.")
     assert [expected_read(t, upper) for t in ("a", "B", "C")] == ["A", "B", None]
-    assert caption_labels("No markers at all.") == [] and caption_labels(None) == []
+    assert caption_labels("No markers at all.") == []
+    assert caption_labels(None) == []

@@ -53,17 +53,24 @@ def _png(w: int, h: int, color=(200, 30, 30)) -> bytes:
 def test_rrf_k60_order_and_ties():
     fused = rrf({"bm25": [1, 2, 3], "text": [3, 1]})
     assert [d for d, _, _ in fused] == [1, 3, 2]
-    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62) and fused[0][2] == {"bm25": 1, "text": 2}
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused[0][2] == {"bm25": 1, "text": 2}
     assert [d for d, _, _ in rrf({"a": [5, 4], "b": [4, 5]})] == [4, 5]  # tie: same best rank -> smaller id
 
 
 def test_index_type_follows_size_and_budget():
     assert choose_params(10_000, 512, 1 << 30).kind == "flat"
     p = choose_params(100_000, 512, 1 << 30)
-    assert p.kind == "ivf_flat" and p.nlist == 512 and p.train_size >= 39 * p.nlist
+    assert p.kind == "ivf_flat"
+    assert p.nlist == 512
+    assert p.train_size >= 39 * p.nlist
     p = choose_params(1_000_000, 384, 512 << 20)  # 1.5 GB of float32 > 512 MB: PQ
-    assert p.kind == "ivf_pq" and p.factory == f"IVF{p.nlist},PQ{p.m}x4fs" and p.estimated_bytes <= 512 << 20
-    assert p.refine and 384 % p.m == 0 and p.nlist == 2048
+    assert p.kind == "ivf_pq"
+    assert p.factory == f"IVF{p.nlist},PQ{p.m}x4fs"
+    assert p.estimated_bytes <= 512 << 20
+    assert p.refine
+    assert 384 % p.m == 0
+    assert p.nlist == 2048
     with pytest.raises(ValueError, match="budget"):
         choose_params(10_000_000, 384, 10 << 20)
 
@@ -72,10 +79,15 @@ def test_index_type_follows_size_and_budget():
 def test_index_folder_manifest_and_metadata(tmp_path_factory, rows):
     idx = clip_index(tmp_path_factory)
     m = json.loads((idx / "index.json").read_text())
-    assert m["format"] == "biomedica-search-index" and m["fusion"] == {"method": "rrf", "k": 60}
-    assert m["versions"]["faiss-cpu"] and m["versions"]["bm25s"] and m["encoder"]["joint"] is True
-    assert m["encoder"]["image"]["random_weights"] is True and m["dataset"]["num_figures"] == len(rows) == 23
-    assert set(m["dense"]) == {"image", "caption"} and all(p["kind"] == "flat" for p in m["dense"].values())
+    assert m["format"] == "biomedica-search-index"
+    assert m["fusion"] == {"method": "rrf", "k": 60}
+    assert m["versions"]["faiss-cpu"]
+    assert m["versions"]["bm25s"]
+    assert m["encoder"]["joint"] is True
+    assert m["encoder"]["image"]["random_weights"] is True
+    assert m["dataset"]["num_figures"] == len(rows) == 23
+    assert set(m["dense"]) == {"image", "caption"}
+    assert all(p["kind"] == "flat" for p in m["dense"].values())
     for name in ("image.faiss", "caption.faiss", "meta.parquet", "articles.parquet", "bm25/vocab.index.json",
                  "README.md"):
         assert (idx / name).exists(), name
@@ -97,7 +109,8 @@ def test_index_resumes_finished_chunks(tmp_path_factory):
     res = runner.invoke(index_cmd, [str(ds), "--encoder", spec, "--out", str(out), "--chunk-size", "10",
                                     "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "image" in res.output and "Flat" in res.output
+    assert "image" in res.output
+    assert "Flat" in res.output
     chunks = sorted((out / "embeddings" / "image").glob("*.npy"))
     assert len(chunks) == 3
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in chunks}
@@ -105,7 +118,8 @@ def test_index_resumes_finished_chunks(tmp_path_factory):
     build_search_index(ds, out, IndexConfig(encoder=spec, chunk_size=10, progress=False))
     chunks = sorted((out / "embeddings" / "image").glob("*.npy"))
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in chunks}
-    assert after["000000.npy"][0] == before["000000.npy"][0] and after["000002.npy"][0] == before["000002.npy"][0]
+    assert after["000000.npy"][0] == before["000000.npy"][0]
+    assert after["000002.npy"][0] == before["000002.npy"][0]
     assert after["000001.npy"][0] != before["000001.npy"][0]
     assert after["000001.npy"][1] == before["000001.npy"][1]  # same seeded model: same vectors
 
@@ -182,7 +196,8 @@ def test_filters_exclude_what_they_must(tmp_path_factory, rows):
     # the image list obeys the mask too: a noncommercial figure's own image, restricted to commercial
     r = next(r for r in rows if r["subset"] == "noncommercial")
     res = eng.search(image=image_bytes(dataset(tmp_path_factory), r), filters=Filters(subsets=["commercial"]))
-    assert res.hits and r["key"] not in {h["key"] for h in res.hits}
+    assert res.hits
+    assert r["key"] not in {h["key"] for h in res.hits}
     assert {h["subset"] for h in res.hits} == {"commercial"}
 
 
@@ -201,15 +216,20 @@ def test_the_search_takes_the_loaders_selection(tmp_path_factory, rows):
     assert keys(Selection(subset=["noncommercial", "commercial"], years=(2010, 2020))) == \
         keys(Filters(subsets=["noncommercial", "commercial"], year_min=2010, year_max=2020))
     everything = keys(Selection(subset="all"))
-    assert everything == keys(None) and len({by_key[k]["subset"] for k in everything}) == 3
+    assert everything == keys(None)
+    assert len({by_key[k]["subset"] for k in everything}) == 3
     years = sorted({by_key[k]["year"] for k in everything if by_key[k]["year"] is not None})[:2]
     picked = keys(Selection(subset="all", years=years))
-    assert picked and all(by_key[k]["year"] in years for k in picked)
+    assert picked
+    assert all(by_key[k]["year"] in years for k in picked)
     dropped = everything[:3]
     kept = keys(Selection(subset="all", exclude=dropped))
-    assert kept and not set(dropped) & set(kept) and set(kept) < set(everything)
+    assert kept
+    assert not set(dropped) & set(kept)
+    assert set(kept) < set(everything)
     no_microscopy = keys(Selection(subset="all", exclude_concepts="Microscopy"))
-    assert no_microscopy and all(by_key[k]["pmcid"] != "PMC7112410" for k in no_microscopy)
+    assert no_microscopy
+    assert all(by_key[k]["pmcid"] != "PMC7112410" for k in no_microscopy)
     with pytest.raises(ValueError, match="cannot filter on min_caption_chars, split"):
         eng.search(q, filters=Selection(subset="all", min_caption_chars=10, split="test"))
 
@@ -220,10 +240,12 @@ def test_pagination_pages_tile_the_ranking(client):
     keys = []
     for offset in range(0, 20, 6):
         page = client.get("/search", params={"q": "patients virus cells figure", "offset": offset, "limit": 6}).json()
-        assert page["offset"] == offset and page["total"] == full["total"]
+        assert page["offset"] == offset
+        assert page["total"] == full["total"]
         keys += [h["key"] for h in page["results"]]
         assert [h["rank"] for h in page["results"]] == list(range(offset + 1, offset + 1 + len(page["results"])))
-    assert keys[:20] == [h["key"] for h in full["results"]] and len(set(keys)) == len(keys)
+    assert keys[:20] == [h["key"] for h in full["results"]]
+    assert len(set(keys)) == len(keys)
 
 
 # ------------------------------------------------------------------------------------- API
@@ -231,21 +253,27 @@ def test_search_api_get_and_post(client, tmp_path_factory, rows):
     res = client.get("/search", params={"q": "coronavirus", "subset": "other", "limit": 5})
     assert res.status_code == 200
     body = res.json()
-    assert body["sources"] == ["bm25", "text"] and body["query"]["subset"] == ["other"]
+    assert body["sources"] == ["bm25", "text"]
+    assert body["query"]["subset"] == ["other"]
     hit = body["results"][0]
-    assert hit["subset"] == "other" and hit["image_url"] == f"/figure/{hit['key']}/image"
+    assert hit["subset"] == "other"
+    assert hit["image_url"] == f"/figure/{hit['key']}/image"
     assert hit["pmc_url"] == f"https://pmc.ncbi.nlm.nih.gov/articles/{hit['pmcid']}/"
-    assert set(hit["ranks"]) <= {"bm25", "text"} and hit["title"]
+    assert set(hit["ranks"]) <= {"bm25", "text"}
+    assert hit["title"]
     # the smallest commercial image (the build's shuffle decides which row comes first; this one is chosen)
     r = min((r for r in rows if r["subset"] == "commercial"), key=lambda r: r["image_size"])
-    assert r["image_size"] <= SMALL.max_upload_bytes and r["width"] * r["height"] <= SMALL.max_image_pixels
+    assert r["image_size"] <= SMALL.max_upload_bytes
+    assert r["width"] * r["height"] <= SMALL.max_image_pixels
     data = image_bytes(dataset(tmp_path_factory), r)
     res = client.post("/search", files={"image": ("q.png", data, "image/png")}, data={"limit": "2"})
     assert res.status_code == 200, res.text
-    assert res.json()["results"][0]["key"] == r["key"] and res.json()["sources"] == ["image"]
+    assert res.json()["results"][0]["key"] == r["key"]
+    assert res.json()["sources"] == ["image"]
     res = client.post("/search", files={"image": ("q.png", data, "image/png")},
                       data={"q": "virus", "subset": ["commercial", "other"], "year_max": "2030"})
-    assert res.status_code == 200 and res.json()["sources"] == ["bm25", "text", "image"]
+    assert res.status_code == 200
+    assert res.json()["sources"] == ["bm25", "text", "image"]
 
 
 def test_figure_article_health_docs(client, tmp_path_factory, rows):
@@ -253,30 +281,40 @@ def test_figure_article_health_docs(client, tmp_path_factory, rows):
 
     r = rows[0]
     fig = client.get(f"/figure/{r['key']}").json()
-    assert fig["caption"] == r["caption"] and fig["article"]["pmcid"] == r["pmcid"] and fig["article"]["title"]
+    assert fig["caption"] == r["caption"]
+    assert fig["article"]["pmcid"] == r["pmcid"]
+    assert fig["article"]["title"]
     import base64
 
     inline = client.get(f"/figure/{r['key']}", params={"include_image": "true"}).json()["image"]
     assert hashlib.sha256(base64.b64decode(inline["base64"])).hexdigest() == r["sha256"]
     img = client.get(f"/figure/{r['key']}/image")
-    assert img.status_code == 200 and img.headers["content-type"] in ("image/png", "image/jpeg")
+    assert img.status_code == 200
+    assert img.headers["content-type"] in ("image/png", "image/jpeg")
     assert hashlib.sha256(img.content).hexdigest() == r["sha256"]
     thumb = client.get(f"/figure/{r['key']}/image", params={"size": 64})
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 64
     art = client.get(f"/article/{r['pmcid']}").json()
-    assert art["pmcid"] == r["pmcid"] and r["key"] in [f["key"] for f in art["figures"]] and "full_text" not in art
+    assert art["pmcid"] == r["pmcid"]
+    assert r["key"] in [f["key"] for f in art["figures"]]
+    assert "full_text" not in art
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["dataset_available"]
+    assert health["status"] == "ok"
+    assert health["dataset_available"]
     assert (health["figures"], health["panels"]) == (22, 23)   # PMC7159286's Figure 3 has two panels
     facets = client.get("/facets").json()
-    assert facets["subset"]["other"] >= 1 and facets["concept"]["Microscopy"] == 4
-    assert facets["concept"]["Plots and Charts"] == 4 and "plots and charts" not in facets["concept"]
+    assert facets["subset"]["other"] >= 1
+    assert facets["concept"]["Microscopy"] == 4
+    assert facets["concept"]["Plots and Charts"] == 4
+    assert "plots and charts" not in facets["concept"]
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/search", "/figure/{key}", "/figure/{key}/image", "/article/{pmcid}", "/health"} <= set(paths)
-    assert "post" in paths["/search"] and "get" in paths["/search"]
+    assert "post" in paths["/search"]
+    assert "get" in paths["/search"]
     page = client.get("/")
-    assert page.status_code == 200 and 'id="q"' in page.text
+    assert page.status_code == 200
+    assert 'id="q"' in page.text
 
 
 @pytest.mark.parametrize("method,path,kwargs,status,pattern", [
@@ -315,7 +353,8 @@ def test_bad_requests_get_json_4xx(client, rows, method, path, kwargs, status, p
     res = getattr(client, method)(path.replace("{key}", rows[0]["key"]), **kwargs)
     assert res.status_code == status, res.text
     body = res.json()
-    assert body["error"]["status"] == status and body["error"]["code"]
+    assert body["error"]["status"] == status
+    assert body["error"]["code"]
     assert re.search(pattern, body["error"]["message"]), body
 
 
@@ -327,7 +366,8 @@ def test_streamed_oversized_body_is_rejected(client):
         for _ in range(40):
             yield b"x" * 16_384
     res = client.post("/search", content=chunks(), headers={"content-type": "multipart/form-data; boundary=zz"})
-    assert res.status_code == 413 and res.json()["error"]["code"] == "payload_too_large"
+    assert res.status_code == 413
+    assert res.json()["error"]["code"] == "payload_too_large"
 
 
 def test_engine_loads_without_dataset_but_images_are_503(tmp_path_factory, tmp_path):
@@ -345,7 +385,8 @@ def test_engine_loads_without_dataset_but_images_are_503(tmp_path_factory, tmp_p
     key = eng.meta.table["key"][0].as_py()
     assert c.get("/search", params={"q": "virus"}).status_code == 200
     res = c.get(f"/figure/{key}/image")
-    assert res.status_code == 503 and "serve --dataset" in res.json()["error"]["message"]
+    assert res.status_code == 503
+    assert "serve --dataset" in res.json()["error"]["message"]
     assert c.get("/health").json()["dataset_available"] is False
 
 
@@ -366,9 +407,11 @@ def test_bm25_vectors_identical_after_reload(tmp_path_factory):
     eng = engine(tmp_path_factory, "hybrid")
     loaded = BM25Index.load(idx / "bm25", mmap=False)
     a, b = eng.bm25.search("coronavirus pneumonia", 10), loaded.search("coronavirus pneumonia", 10)
-    assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
+    assert np.array_equal(a[1], b[1])
+    assert np.allclose(a[0], b[0])
     vecs = np.concatenate([np.load(p) for p in sorted((idx / "embeddings" / "caption").glob("*.npy"))])
-    assert vecs.shape == (23, 384) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
+    assert vecs.shape == (23, 384)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
 
 
 def test_concurrent_requests_on_a_real_uvicorn_server(tmp_path_factory, rows):
@@ -410,7 +453,8 @@ def test_concurrent_requests_on_a_real_uvicorn_server(tmp_path_factory, rows):
         sequential = dict(run(j) for j in jobs)
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(run, jobs * 5))
-        assert len(results) == 40 and all(keys == sequential[job] for job, keys in results)
+        assert len(results) == 40
+        assert all(keys == sequential[job] for job, keys in results)
         assert all(sequential[("image", r["key"])][0] == r["key"] for r in rows[:3])
     finally:
         server.should_exit = True

@@ -44,7 +44,8 @@ def test_concept_embedder_and_search_share_one_clip_spec(tmp_path_factory, tmp_p
     shutil.copytree(dataset(tmp_path_factory), ds, ignore=shutil.ignore_patterns("_work"))
     spec = f"clip:local-dir:{tiny_clip_dir(tmp_path_factory)}"
     embed_dataset(ds, model=spec, image_size=IMAGE_SIZE, progress=False, device="cpu")
-    assert read_info(ds)["model"] == spec and read_info(ds)["dim"] == 64
+    assert read_info(ds)["model"] == spec
+    assert read_info(ds)["dim"] == 64
     encoder = load_encoders(spec).image
     rows = {r["key"]: r for r in pq.read_table(ds / "figures.parquet").to_pylist()}
     n = 0
@@ -67,7 +68,8 @@ def test_dinov2_index_reuses_concept_embeddings(tmp_path_factory, tmp_path, tiny
     idx = build_search_index(ds, tmp_path / "idx", IndexConfig(encoder=spec, progress=False))
     manifest = json.loads((idx / "index.json").read_text())
     assert manifest["encoder"]["image_embeddings_reused_from"] == str(ds / "embeddings")
-    assert manifest["encoder"]["text"] is None and set(manifest["dense"]) == {"image"}
+    assert manifest["encoder"]["text"] is None
+    assert set(manifest["dense"]) == {"image"}
     # the index holds exactly the concept stage's vectors, in meta.parquet order
     concept = {k: v for _, keys, emb in iter_embeddings(ds) for k, v in zip(keys, np.asarray(emb))}
     keys = pq.read_table(idx / "meta.parquet")["key"].to_pylist()

@@ -87,7 +87,8 @@ def test_type_query_see_cards_filter_and_screenshot(browser, server, tmp_path):
     shot = _shot(page, tmp_path / "search_results.png")
     # the layout: cards side by side in a grid, thumbnails inside their cards, nothing wider than the page
     boxes = [cards.nth(i).bounding_box() for i in range(min(4, cards.count()))]
-    assert len({round(b["y"]) for b in boxes[:3]}) == 1 and boxes[1]["x"] > boxes[0]["x"] + boxes[0]["width"] - 1
+    assert len({round(b["y"]) for b in boxes[:3]}) == 1
+    assert boxes[1]["x"] > boxes[0]["x"] + boxes[0]["width"] - 1
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     # filter: only the commercial subset
     page.check("input.subset[value=commercial]")
@@ -118,7 +119,8 @@ def test_image_query_and_error_message(browser, server, tmp_path, tmp_path_facto
     bad.write_text("not an image")
     page.set_input_files("#file", str(bad))
     page.wait_for_selector("#error", state="visible")
-    assert "not a JPEG" in page.inner_text("#error") and page.locator("article.card").count() == 0
+    assert "not a JPEG" in page.inner_text("#error")
+    assert page.locator("article.card").count() == 0
     assert outside == [] and errors == [], (outside, errors)
 
 
@@ -140,7 +142,8 @@ def test_text_only_index_offers_no_image_search(browser, tmp_path_factory, tmp_p
     page, outside, errors = _page(browser, server)
     page.goto(server + "/")
     page.wait_for_function("document.getElementById('about').textContent.includes('figures')")
-    assert page.locator("#drop").is_visible() and "drop an image" in page.inner_text("#status")
+    assert page.locator("#drop").is_visible()
+    assert "drop an image" in page.inner_text("#status")
     proc, base = serve(text_index(tmp_path_factory), tmp_path / "serve_text.log")
     try:
         page, outside, errors = _page(browser, base)

@@ -60,7 +60,8 @@ def test_get_form_and_json_take_the_same_parameters(client, params):
         assert (other["total"], other["offset"], other["limit"], other["sources"]) == \
             (get["total"], get["offset"], get["limit"], get["sources"])
         assert other["query"] == get["query"]
-    assert get["offset"] == params.get("offset", 0) and len(get["results"]) <= params.get("limit", 10) == get["limit"]
+    assert get["offset"] == params.get("offset", 0)
+    assert len(get["results"]) <= params.get("limit", 10) == get["limit"]
     if "subset" in params:
         assert get["query"]["subset"] == params["subset"]
         assert {h["subset"] for h in get["results"]} <= set(params["subset"])
@@ -79,7 +80,8 @@ def test_unknown_parameters_are_named_in_every_form(client):
     assert client.get("/search", params=[("q", "virus"), ("subset", "commercial"), ("subset", "other")]) \
         .status_code == 200
     res = client.get("/search", params=[("q", "virus"), ("limit", "3"), ("limit", "4")])
-    assert res.status_code == 422 and "limit given more than once" in res.json()["error"]["message"]
+    assert res.status_code == 422
+    assert "limit given more than once" in res.json()["error"]["message"]
 
 
 def test_gibberish_finds_nothing(client, tmp_path_factory):
@@ -89,7 +91,8 @@ def test_gibberish_finds_nothing(client, tmp_path_factory):
     assert eng.search("the of and").total == 0  # stopwords only: no term to match either
     # a real word still brings the dense list in, and an explicit dense source is purely semantic
     res = eng.search("coronavirus " + GIBBERISH)
-    assert res.total > 0 and res.sources == ["bm25", "text"]
+    assert res.total > 0
+    assert res.sources == ["bm25", "text"]
     assert eng.search(GIBBERISH, sources=["text"]).total > 0
 
 
@@ -97,11 +100,13 @@ def test_one_hit_per_figure_with_its_panels(client, rows, tmp_path_factory):
     panels = sorted((r for r in rows if (r["pmcid"], r["figure_id"]) == MULTI_PANEL), key=lambda r: r["panel_index"])
     assert [r["key"] for r in panels] == ["PMC7159286_gr3a_lrg", "PMC7159286_gr3b_lrg"]
     figures = {(r["pmcid"], r["figure_id"]) for r in rows}
-    assert len(rows) == 23 and len(figures) == 22
+    assert len(rows) == 23
+    assert len(figures) == 22
     body = client.get("/search", params={"q": "onset illness patients family", "limit": 30,
                                          "sources": "text"}).json()
     keys = [h["key"] for h in body["results"]]
-    assert body["total"] == 22 and len(keys) == 22
+    assert body["total"] == 22
+    assert len(keys) == 22
     assert len({(h["pmcid"], h["figure_id"]) for h in body["results"]}) == 22
     hit = next(h for h in body["results"] if (h["pmcid"], h["figure_id"]) == MULTI_PANEL)
     assert [p["key"] for p in hit["panels"]] == [r["key"] for r in panels]
@@ -130,13 +135,15 @@ def test_one_hit_per_figure_with_its_panels(client, rows, tmp_path_factory):
 def test_retriever_one_context_block_per_figure(tmp_path_factory):
     r = Retriever(engine(tmp_path_factory, "hybrid"), k=22, sources=["text"])
     ctx = r.context("clinical onset of illness in a family cluster with Figure 3 panels")
-    assert len(ctx.passages) == 22 and len({(p.pmcid, p.caption) for p in ctx.passages}) == 22
+    assert len(ctx.passages) == 22
+    assert len({(p.pmcid, p.caption) for p in ctx.passages}) == 22
     fig3 = next(p for p in ctx.passages if p.key.startswith("PMC7159286_gr3"))
     assert fig3.panels == ["PMC7159286_gr3a_lrg", "PMC7159286_gr3b_lrg"]
     text = ctx.text
     # captions keep their paragraph newlines; a passage prints the caption on one line (whitespace collapsed)
     assert "\n" in fig3.caption
-    assert text.count(" ".join(fig3.caption.split())[:60]) == 1 and "2 panels" in text
+    assert text.count(" ".join(fig3.caption.split())[:60]) == 1
+    assert "2 panels" in text
 
 
 def test_docs_and_the_search_page_agree(client):
@@ -144,7 +151,8 @@ def test_docs_and_the_search_page_agree(client):
     get = spec["paths"]["/search"]["get"]
     assert [p["name"] for p in get["parameters"]] == PARAMS
     limit = next(p for p in get["parameters"] if p["name"] == "limit")
-    assert limit["schema"]["type"] == "integer" and limit["schema"]["default"] == 10
+    assert limit["schema"]["type"] == "integer"
+    assert limit["schema"]["default"] == 10
     body = spec["paths"]["/search"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/x-www-form-urlencoded", "application/json"}
     for ctype in body:
@@ -153,7 +161,8 @@ def test_docs_and_the_search_page_agree(client):
     section = (REPO / "docs" / "search.md").read_text()
     for name in PARAMS:
         assert f"`{name}`" in section, name
-    assert "`top_k` → use `limit`" in section and "top_k=" not in section
+    assert "`top_k` → use `limit`" in section
+    assert "top_k=" not in section
     # the README's curl examples are real requests
     for line in re.findall(r"curl [^\n]+", section):
         assert "127.0.0.1:8000/search" in line
@@ -170,22 +179,29 @@ def test_filter_values_follow_the_loaders_rule(client, rows):
 
     q = {"q": "cells patients figure", "sources": "bm25", "limit": 50}
     bad = client.get("/search", params={**q, "license": "CC-BY-4"})
-    assert bad.status_code == 422 and "did you mean 'CC BY'" in bad.json()["error"]["message"]
+    assert bad.status_code == 422
+    assert "did you mean 'CC BY'" in bad.json()["error"]["message"]
     bad = client.post("/search", json={**q, "concept": ["Microscpy"]})
-    assert bad.status_code == 422 and "did you mean 'Microscopy'" in bad.json()["error"]["message"]
+    assert bad.status_code == 422
+    assert "did you mean 'Microscopy'" in bad.json()["error"]["message"]
     have = sorted({r["license_code"] for r in rows})
     absent = next(c for c in LICENSE_CODES if c not in have)
     res = client.get("/search", params={**q, "license": absent.lower()})
-    assert res.status_code == 200 and res.json()["total"] == 0 and res.json()["results"] == []
+    assert res.status_code == 200
+    assert res.json()["total"] == 0
+    assert res.json()["results"] == []
     assert res.json()["notes"] == [f"license {absent!r} not in this build, which has {have}"]
     labelled = {c for cs in CONCEPTS.values() for c in cs}
     missing = sorted(hooks.concept_names() - labelled)[0]
     res = client.get("/search", params={**q, "concept": missing}).json()
-    assert res["total"] == 0 and missing in res["notes"][0] and "'Microscopy'" in res["notes"][0]
+    assert res["total"] == 0
+    assert missing in res["notes"][0]
+    assert "'Microscopy'" in res["notes"][0]
     for field, value in (("license", "CC BY"), ("concept", "Plots and Charts")):
         exact = client.get("/search", params={**q, field: value}).json()
         folded = client.get("/search", params={**q, field: value.swapcase()}).json()
-        assert exact["results"] and [h["key"] for h in folded["results"]] == [h["key"] for h in exact["results"]]
+        assert exact["results"]
+        assert [h["key"] for h in folded["results"]] == [h["key"] for h in exact["results"]]
         assert exact["notes"] == folded["notes"] == []
 
 

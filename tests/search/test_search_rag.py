@@ -49,16 +49,24 @@ def test_retriever_passages_and_prompt(tmp_path_factory):
     ctx = r.context("person-to-person transmission of the novel coronavirus in a family")
     assert [p.n for p in ctx.passages] == [1, 2, 3, 4]
     top = ctx.passages[0]
-    assert top.pmcid == "PMC7159286" and top.title and top.caption and top.references and top.score > 0
+    assert top.pmcid == "PMC7159286"
+    assert top.title
+    assert top.caption
+    assert top.references
+    assert top.score > 0
     assert top.url == "https://pmc.ncbi.nlm.nih.gov/articles/PMC7159286/"
     prompt = ctx.prompt()
     for p in ctx.passages:
-        assert f"[{p.n}] " in prompt and p.key in prompt and p.pmcid in prompt
-    assert "Cited in the text:" in prompt and prompt.rstrip().endswith("Answer:")
+        assert f"[{p.n}] " in prompt
+        assert p.key in prompt
+        assert p.pmcid in prompt
+    assert "Cited in the text:" in prompt
+    assert prompt.rstrip().endswith("Answer:")
     assert "[1] or [2][3]" in prompt  # the citation instruction
     assert ctx.citations().splitlines()[0].startswith(f"[1] {top.title}. PMC7159286. https://pmc.ncbi.nlm.nih.gov/")
     msgs = ctx.messages()
-    assert [m["role"] for m in msgs] == ["system", "user"] and "[4]" in msgs[1]["content"]
+    assert [m["role"] for m in msgs] == ["system", "user"]
+    assert "[4]" in msgs[1]["content"]
     # filters and the tool form
     only = Retriever(engine(tmp_path_factory, "hybrid"), k=3, filters=Filters(subsets=["commercial"]))
     assert {p.pmcid for p in only.retrieve("coronavirus")} <= {"eLife_00353", "eLife_19405"}
@@ -75,7 +83,8 @@ def test_context_feeds_a_text_generation_pipeline(tmp_path_factory, tiny_lm):
     out = gen(prompt, max_new_tokens=16, do_sample=False, return_full_text=True,
               pad_token_id=gen.tokenizer.eos_token_id)
     text = out[0]["generated_text"]
-    assert text.startswith(prompt) and len(text) > len(prompt)  # the prompt, with its citations, went in
+    assert text.startswith(prompt)
+    assert len(text) > len(prompt)  # the prompt, with its citations, went in
 
 
 def test_example_script_end_to_end(tmp_path_factory, tiny_lm):
@@ -88,8 +97,10 @@ def test_example_script_end_to_end(tmp_path_factory, tiny_lm):
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(res.stdout.strip().splitlines()[-1])
     n = len(result["sources"])
-    assert 1 <= n <= 5 and result["sources"][0]["pmcid"] == "PMC7159286"
+    assert 1 <= n <= 5
+    assert result["sources"][0]["pmcid"] == "PMC7159286"
     # sources that did not fit the 1,024-token context were dropped, so every [n] in the prompt is listed
     assert sorted({int(x) for x in re.findall(r"^\[(\d+)\] ", result["prompt"], re.M)}) == list(range(1, n + 1))
-    assert len(result["citations"].splitlines()) == n and isinstance(result["answer"], str)
+    assert len(result["citations"].splitlines()) == n
+    assert isinstance(result["answer"], str)
     assert set(result["cited"]) <= set(range(1, n + 1))

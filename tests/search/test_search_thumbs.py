@@ -67,7 +67,8 @@ def test_strip_decoding_equals_pillow(mode, monkeypatch):
         ref = Image.open(io.BytesIO(data))
         ref = ref.convert("RGBA") if ref.mode == "P" else ref
         ref = ref.reduce(factor) if factor > 1 else ref
-        assert ours.mode == ref.mode and ours.size == ref.size
+        assert ours.mode == ref.mode
+        assert ours.size == ref.size
         assert np.array_equal(np.asarray(ours), np.asarray(ref)), (mode, factor)
     assert not png_streamable(_encode(Image.new("I;16", (8, 8)), "PNG"))  # 16-bit: decoded whole, under the budget
     assert not png_streamable(_encode(img.convert("RGB"), "GIF"))
@@ -82,13 +83,16 @@ def test_one_decode_per_figure_and_the_budget_refuses_what_cannot_fit():
                     decode_budget=20 << 20)
     with ThreadPoolExecutor(8) as pool:
         outs = list(pool.map(lambda s: t.thumbnail("png", s), range(200, 208)))
-    assert len(set(outs)) == 1 and reads == ["png"] and t.decodes == 1
+    assert len(set(outs)) == 1
+    assert reads == ["png"]
+    assert t.decodes == 1
     assert Image.open(io.BytesIO(outs[0])).size == (256, 256)
     for size in (64, 1024):
         assert max(Image.open(io.BytesIO(t.thumbnail("png", size))).size) == size
     assert t.decodes == 1  # every size is cut from the one reduced master
     small = Image.open(io.BytesIO(t.thumbnail("jpeg", 100)))
-    assert small.size == (128, 128) and np.asarray(small.convert("L")).min() < 200  # drawn, not blank
+    assert small.size == (128, 128)
+    assert np.asarray(small.convert("L")).min() < 200  # drawn, not blank
     with pytest.raises(thumbs.TooLarge, match="decode budget"):  # a 3000x3000 TIFF needs 27 MB > 20 MB
         t.thumbnail("tiff", 64)
 
@@ -136,7 +140,8 @@ def test_eight_concurrent_thumbnails_of_a_12000px_figure_stay_under_1gb(big_fold
         hits = httpx.get(base + "/search", params={"q": "membrane invaginations cell division"}).json()["results"]
         key = hits[0]["key"]
         fig = httpx.get(f"{base}/figure/{key}").json()
-        assert (fig["width"], fig["height"]) == (SIDE, SIDE) and fig["image_ext"] == "png"
+        assert (fig["width"], fig["height"]) == (SIDE, SIDE)
+        assert fig["image_ext"] == "png"
         idle, _ = _rss(proc.pid)
         peak = [idle]
         done = threading.Event()
@@ -176,6 +181,7 @@ def test_eight_concurrent_thumbnails_of_a_12000px_figure_stay_under_1gb(big_fold
             Image.MAX_IMAGE_PIXELS = 89_478_485
         diff = np.abs(np.asarray(thumb.convert("L"), float) - np.asarray(ref.convert("L"), float)).mean()
         assert np.asarray(thumb.convert("L")).min() < 150 and diff < 4, diff
-        assert max(peak) < GB and hwm < GB
+        assert max(peak) < GB
+        assert hwm < GB
     finally:
         stop(proc)

@@ -63,10 +63,13 @@ def test_open_clip_two_processes_resume_and_export(recipe_dataset, tmp_path):
     assert {"loss", "lr", "samples_per_s", "data_wait_frac", "grad_norm", "logit_scale"} <= set(log[0])
     # 23 samples, shares of 12 / 11: epoch 0 is 3 steps (8 + 8 + 7 real samples), step 4 starts epoch 1
     events = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"event"' in line]
-    assert events[0]["event"] == "start" and events[0]["rank_samples"] == [12, 11]
-    assert events[0]["steps_per_epoch"] == 3 and events[0]["world_size"] == 2
+    assert events[0]["event"] == "start"
+    assert events[0]["rank_samples"] == [12, 11]
+    assert events[0]["steps_per_epoch"] == 3
+    assert events[0]["world_size"] == 2
     assert events[1] == {"event": "epoch_end", "step": 3, "epoch": 0, "rank_samples": [12, 11], "samples": 23}
-    assert [r["samples"] for r in log] == [8, 16, 23, 31] and [r["epoch"] for r in log] == [0, 0, 0, 1]
+    assert [r["samples"] for r in log] == [8, 16, 23, 31]
+    assert [r["epoch"] for r in log] == [0, 0, 0, 1]
     ckpt = run / "checkpoints" / "step_2"
     assert {"model.safetensors", "optimizer.bin", "trainer_state.json", "data_state_rank0.json",
             "data_state_rank1.json"} <= {p.name for p in ckpt.iterdir()}
@@ -97,7 +100,8 @@ def test_open_clip_two_processes_resume_and_export(recipe_dataset, tmp_path):
         assert torch.allclose(model.encode_text(tokens), hf_features(hf.get_text_features(**hf_tokens)), atol=1e-5)
     card = (oc_dir / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
-    assert meta["library_name"] == "open_clip" and meta["pipeline_tag"] == "zero-shot-image-classification"
+    assert meta["library_name"] == "open_clip"
+    assert meta["pipeline_tag"] == "zero-shot-image-classification"
     assert "candidate_labels" in meta["widget"][0]
     assert yaml.safe_load((hf_dir / "README.md").read_text().split("---")[1])["library_name"] == "transformers"
 
@@ -167,7 +171,8 @@ def test_open_clip_export_round_trip_and_hf_conversion(tmp_path):
     with torch.no_grad():
         img1 = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
         txt1 = torch.nn.functional.normalize(model.encode_text(tok(TEXTS)), dim=-1)
-    assert torch.allclose(img0, img1, atol=1e-6) and torch.allclose(txt0, txt1, atol=1e-6)
+    assert torch.allclose(img0, img1, atol=1e-6)
+    assert torch.allclose(txt0, txt1, atol=1e-6)
     # transformers conversion: same embeddings through the adapters (own processors/tokenizers)
     oc, hf = load_model(written["open_clip"], device="cpu"), load_model(written["transformers"], device="cpu")
     assert torch.allclose(oc.encode_texts(TEXTS), hf.encode_texts(TEXTS), atol=1e-5)
@@ -198,8 +203,10 @@ def test_lora_merge_keeps_embeddings(tmp_path):
     pixels = torch.randn(2, 3, 32, 32)
     before = _embed(clip, pixels, TEXTS)
     trainable = {n for n, p in clip.named_parameters() if p.requires_grad}
-    assert any("logit_scale" in n for n in trainable) and all("lora" in n or "logit_scale" in n for n in trainable)
-    assert any(".attn." in n for n in trainable) and any("visual" in n for n in trainable)
+    assert any("logit_scale" in n for n in trainable)
+    assert all("lora" in n or "logit_scale" in n for n in trainable)
+    assert any(".attn." in n for n in trainable)
+    assert any("visual" in n for n in trainable)
     clip.merge_lora()
     after = _embed(clip, pixels, TEXTS)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(before, after))
@@ -229,8 +236,10 @@ def test_reference_captions_and_card_model_index(tmp_path):
     assert pick_caption(ex, 1.0, 0, 3) == pick_caption(ex, 1.0, 0, 3)
     assert pick_caption({**ex, "metadata": {"references": []}}, 1.0, 0, 0) == "cap"
     cfg = load_config("bmc_clip_vitl14_8gpu", ["train.max_steps=7"])      # a bundled config, by name
-    assert cfg["model"]["name"] == "ViT-L-14" and cfg["train"]["max_steps"] == 7
-    assert cfg["train"]["betas"] == [0.9, 0.95] and cfg["train"]["lr"] == 1e-6
+    assert cfg["model"]["name"] == "ViT-L-14"
+    assert cfg["train"]["max_steps"] == 7
+    assert cfg["train"]["betas"] == [0.9, 0.95]
+    assert cfg["train"]["lr"] == 1e-6
     (tmp_path / "model_index.yaml").write_text("model-index:\n- name: m\n  results: []\n")
     (tmp_path / "results.md").write_text("# Evaluation of `m`\n\n| task | acc |\n|---|---|\n| x | 50.00 |\n")
     cfg["export"]["model_index"] = str(tmp_path / "model_index.yaml")
@@ -238,9 +247,12 @@ def test_reference_captions_and_card_model_index(tmp_path):
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["base_model"] == "laion/CLIP-ViT-L-14-CommonPool.XL.clip-s13B-b90K"
     # this config streams BIOMEDICA/biomedica from the Hub: the one Hub id it really used
-    assert meta["model-index"][0]["name"] == "m" and meta["datasets"] == ["BIOMEDICA/biomedica"]
-    assert "| x | 50.00 |" in card and "| AdamW betas | (0.9, 0.95) |" in card
-    assert "## Limitations" in card and "## Intended use" in card
+    assert meta["model-index"][0]["name"] == "m"
+    assert meta["datasets"] == ["BIOMEDICA/biomedica"]
+    assert "| x | 50.00 |" in card
+    assert "| AdamW betas | (0.9, 0.95) |" in card
+    assert "## Limitations" in card
+    assert "## Intended use" in card
 
 
 def test_transformers_lora_export_round_trip(tmp_path):
@@ -262,7 +274,8 @@ def test_transformers_lora_export_round_trip(tmp_path):
     loaded = CLIPModel.from_pretrained(written["transformers"]).eval()
     clip.model = loaded   # same adapter (tokenizer, transforms) around the reloaded weights
     img1, txt1 = _embed(clip, pixels, TEXTS)
-    assert torch.allclose(img0, img1, atol=1e-5) and torch.allclose(txt0, txt1, atol=1e-5)
+    assert torch.allclose(img0, img1, atol=1e-5)
+    assert torch.allclose(txt0, txt1, atol=1e-5)
 
 
 @pytest.mark.parametrize("dim", [24, 48])
@@ -363,7 +376,8 @@ def test_preprocessor_crop_arithmetic_is_measured(tmp_path):
         if a["crop_differs"]:
             assert a["max_abs_diff"] > 0.0          # a shifted crop: other pixels
         else:
-            assert a["max_abs_diff"] == 0.0 and b["max_abs_diff"] < 0.02
+            assert a["max_abs_diff"] == 0.0
+            assert b["max_abs_diff"] < 0.02
 
 
 def test_card_from_facts_local_folder_and_real_eval_run(tmp_path):
@@ -380,15 +394,19 @@ def test_card_from_facts_local_folder_and_real_eval_run(tmp_path):
 
     assert hub_dataset_id("BIOMEDICA/biomedica") == "BIOMEDICA/biomedica"
     assert hub_dataset_id("hf://datasets/org/name/commercial/x.tar") == "org/name"
-    assert hub_dataset_id(str(tmp_path)) is None and hub_dataset_id("demo_out") is None
+    assert hub_dataset_id(str(tmp_path)) is None
+    assert hub_dataset_id("demo_out") is None
     local = tmp_path / "my_ds"
     local.mkdir()
     cfg = load_config(SMOKE, [f"data.path={local}"])
     card = render_model_card(cfg, "transformers", {"step": 3, "samples": 12})
     meta = yaml.safe_load(card.split("---")[1])
-    assert "datasets" not in meta and "huggingface.co/datasets" not in card
-    assert str(local) not in card and f"`{local.name}`" in card     # the folder by name: the card is published
-    assert "biomedica-eval" not in card and "biomedica eval --model" in card
+    assert "datasets" not in meta
+    assert "huggingface.co/datasets" not in card
+    assert str(local) not in card
+    assert f"`{local.name}`" in card     # the folder by name: the card is published
+    assert "biomedica-eval" not in card
+    assert "biomedica eval --model" in card
     assert meta["library_name"] == "transformers"
     # a real eval run on an ImageFolder of real crops; its model-index goes into the card
     images = tmp_path / "cells"
@@ -403,7 +421,8 @@ def test_card_from_facts_local_folder_and_real_eval_run(tmp_path):
     meta = yaml.safe_load(card.split("---")[1])
     result = meta["model-index"][0]["results"][0]
     assert result["dataset"] == {"name": "cells", "type": str(images.resolve()), "split": "all"}   # no split given: every image
-    assert f"imagefolder:{images.resolve()}" in card and "Biomedica2025EvalSet" not in card
+    assert f"imagefolder:{images.resolve()}" in card
+    assert "Biomedica2025EvalSet" not in card
     # the user states the local folder was published: then (and only then) its Hub id is listed
     cfg["export"]["dataset_id"] = "me/my-pmc-figures"
     meta = yaml.safe_load(render_model_card(cfg, "open_clip", {}).split("---")[1])

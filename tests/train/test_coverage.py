@@ -84,7 +84,8 @@ def test_masked_loss_is_the_loss_of_the_real_rows():
     g_masked = torch.autograd.grad(masked, img)[0]
     assert torch.allclose(g_ref, g_masked, atol=1e-6)
     nothing = ClipLoss()(*padded, scale, torch.zeros(5, dtype=torch.bool))
-    assert nothing.item() == 0.0 and torch.autograd.grad(nothing, img)[0].abs().sum() == 0
+    assert nothing.item() == 0.0
+    assert torch.autograd.grad(nothing, img)[0].abs().sum() == 0
 
 
 @pytest.mark.slow
@@ -99,11 +100,15 @@ def test_two_processes_cover_every_sample_once_per_epoch(recipe_dataset, tmp_pat
     wanted = pq.read_table(recipe_dataset / "figures.parquet", columns=["key"])["key"].to_pylist()
     trained = [k for r in (0, 1) for line in (run / f"keys_rank{r}.jsonl").read_text().splitlines()
                for k in json.loads(line)["keys"]]
-    assert sorted(trained) == sorted(wanted) and len(wanted) == 23
+    assert sorted(trained) == sorted(wanted)
+    assert len(wanted) == 23
     events = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"event"' in line]
-    assert events[0]["rank_samples"] == [12, 11] and events[0]["steps_per_epoch"] == 4
-    assert events[-1]["event"] == "epoch_end" and events[-1]["rank_samples"] == [12, 11]
-    assert [r["step"] for r in recipe_log(run)] == [1, 2, 3, 4] and recipe_log(run)[-1]["samples"] == 23
+    assert events[0]["rank_samples"] == [12, 11]
+    assert events[0]["steps_per_epoch"] == 4
+    assert events[-1]["event"] == "epoch_end"
+    assert events[-1]["rank_samples"] == [12, 11]
+    assert [r["step"] for r in recipe_log(run)] == [1, 2, 3, 4]
+    assert recipe_log(run)[-1]["samples"] == 23
 
 
 # --------------------------------------------------------------------------- one run per folder
@@ -123,12 +128,14 @@ def test_resume_auto_refuse_and_overwrite(recipe_dataset, tmp_path, capsys):
 
     out = tmp_path / "run"
     first = train(_cfg(recipe_dataset, out, max_steps=4, save_every=2))
-    assert [r["step"] for r in recipe_log(out)] == [1, 2, 3, 4] and first["step"] == 4
+    assert [r["step"] for r in recipe_log(out)] == [1, 2, 3, 4]
+    assert first["step"] == 4
     # the same config again: auto resumes the finished run (no step is trained twice, the log stays one run's)
     (out / "checkpoints" / "step_4" / "trainer_state.json").unlink()    # as if the run died after step 3
     again = train(_cfg(recipe_dataset, out, max_steps=4, save_every=2))
     assert "resumed from" in capsys.readouterr().out
-    assert [r["step"] for r in recipe_log(out)] == [1, 2, 3, 4] and again["step"] == 4
+    assert [r["step"] for r in recipe_log(out)] == [1, 2, 3, 4]
+    assert again["step"] == 4
     assert again["losses"] == pytest.approx(first["losses"][2:], rel=1e-5)
     # another config, or resume=null over the run: refused, nothing touched
     before = sorted(p.name for p in out.rglob("*"))
@@ -153,7 +160,9 @@ def test_refusal_is_one_line_exit_2(recipe_dataset, tmp_path, capsys):
     capsys.readouterr()
     assert main([*common, "--set", "train.max_steps=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "--overwrite" in err[0]
+    assert len(err) == 1
+    assert err[0].startswith("error: ")
+    assert "--overwrite" in err[0]
     assert main([*common, "--set", "train.max_steps=2", "--overwrite"]) == 0
     assert [r["step"] for r in recipe_log(out)] == [1, 2]
     # the run's log drawn by `biomedica train-plot`
@@ -165,10 +174,12 @@ def test_refusal_is_one_line_exit_2(recipe_dataset, tmp_path, capsys):
     res = CliRunner().invoke(cli, ["train-plot", str(out)])
     assert res.exit_code == 0, res.output
     with Image.open(out / "training.png") as png:
-        assert png.format == "PNG" and png.size == (800, 600)
+        assert png.format == "PNG"
+        assert png.size == (800, 600)
         assert len(png.convert("L").getcolors(10**6)) > 10            # curves and labels, not a blank page
     res = CliRunner().invoke(cli, ["train-plot", str(tmp_path)])
-    assert res.exit_code == 1 and "no training log" in res.output
+    assert res.exit_code == 1
+    assert "no training log" in res.output
 
 
 # --------------------------------------------------------------------------- launch check
@@ -193,7 +204,8 @@ def test_one_process_launch_that_asked_for_two_says_so(recipe_dataset, tmp_path)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=240, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     warnings = [line for line in p.stderr.splitlines() if "asked for 2 processes" in line]
-    assert len(warnings) == 1 and "--multi_gpu" in warnings[0]
+    assert len(warnings) == 1
+    assert "--multi_gpu" in warnings[0]
     assert "world size 1" in p.stderr
 
 
@@ -208,7 +220,8 @@ def test_wrong_data_path_is_a_typed_error_naming_both_tries(tmp_path, monkeypatc
     # a well-formed Hub id, with the Hub out of reach (HF_HUB_OFFLINE): the folder and the Hub both named
     with pytest.raises(DatasetNotFoundError, match=r"no folder .*/owner/name .*the Hub could not be asked"):
         load_biomedica("owner/name")
-    assert issubclass(DatasetNotFoundError, FileNotFoundError) and DatasetNotFoundError.exit_code == 2
+    assert issubclass(DatasetNotFoundError, FileNotFoundError)
+    assert DatasetNotFoundError.exit_code == 2
 
 
 @pytest.mark.parametrize("recipe", ["clip", "smolvlm"])
@@ -219,5 +232,7 @@ def test_recipe_with_a_wrong_data_path_exits_2_in_one_line(recipe, tmp_path, mon
     main = importlib.import_module(f"biomedica_hf.train.{recipe}").main
     assert main(["--config", "cpu_smoke", "--set", "data.path=demo_out", "--set", f"output_dir={tmp_path}/run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: dataset 'demo_out' not found: no folder ")
-    assert str(tmp_path) in err[0] and not (tmp_path / "run").exists()     # nothing written
+    assert len(err) == 1
+    assert err[0].startswith("error: dataset 'demo_out' not found: no folder ")
+    assert str(tmp_path) in err[0]
+    assert not (tmp_path / "run").exists()     # nothing written

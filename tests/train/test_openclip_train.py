@@ -59,7 +59,8 @@ def _train(ds: Path, model_dir: Path, logs: Path, pythonpath: str, num_samples: 
                           capture_output=True, text=True, cwd=ds.parent, check=True)
     assert bash.stdout == "::".join(str(Path(x).relative_to(ds.parent)) for x in shards)
     samples = sum(json.loads((Path(x).parent / "sizes.json").read_text())[Path(x).name] for x in shards)
-    assert shards and samples >= 8
+    assert shards
+    assert samples >= 8
     count = ["--train-num-samples", str(num_samples)] if num_samples is not None else []
     cmd = [sys.executable, "-m", "open_clip_train.main", "--model", f"local-dir:{model_dir}",
            "--train-data", "::".join(shards), "--dataset-type", "webdataset", *count,

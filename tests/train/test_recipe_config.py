@@ -50,7 +50,9 @@ def test_help_and_list_configs_answer_without_torch(recipe):
     module = f"biomedica_hf.train.{recipe}"
     r = _python("-m", module, "--help")
     assert r.returncode == 0, r.stderr
-    assert "--config NAME_OR_PATH" in r.stdout and "--list-configs" in r.stdout and "--set KEY=VALUE" in r.stdout
+    assert "--config NAME_OR_PATH" in r.stdout
+    assert "--list-configs" in r.stdout
+    assert "--set KEY=VALUE" in r.stdout
     assert "cpu_smoke" in r.stdout                      # the bundled names are offered
     probe = ("import json, runpy, sys\n"
              f"for argv in (['--help'], ['--list-configs']):\n"
@@ -65,22 +67,29 @@ def test_help_and_list_configs_answer_without_torch(recipe):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1]) == []
     listed = [line.split()[0] for line in _python("-m", module, "--list-configs").stdout.splitlines()]
-    assert listed == list(bundled_configs(recipe)) and "cpu_smoke" in listed
+    assert listed == list(bundled_configs(recipe))
+    assert "cpu_smoke" in listed
 
 
 def test_command_line_errors_are_usage_errors():
     r = _python("-m", "biomedica_hf.train.smolvlm", "--config", "cpu_smoke", "--set", "lora.dropuot=0.2")
-    assert r.returncode == 2 and "usage:" in r.stderr
+    assert r.returncode == 2
+    assert "usage:" in r.stderr
     assert "unknown config key 'lora.dropuot'; did you mean 'lora.dropout'?" in r.stderr
     assert "Valid keys of lora: enabled, r, alpha, dropout, target_modules, init_lora_weights" in r.stderr
     r = _python("finetune/clip/train.py", "--config", "cpu_smoke", "--set", "train.resume_from=runs/x/checkpoints/step_2")
-    assert r.returncode == 2 and "train.resume_from was renamed: use train.resume" in r.stderr
+    assert r.returncode == 2
+    assert "train.resume_from was renamed: use train.resume" in r.stderr
     r = _python("-m", "biomedica_hf.train.clip", "--config", "cpu_smoke", "--set", "data.path=null")
-    assert r.returncode == 2 and "data.path is not set" in r.stderr
+    assert r.returncode == 2
+    assert "data.path is not set" in r.stderr
     r = _python("-m", "biomedica_hf.train.clip", "--config", "cpu_smoek")
-    assert r.returncode == 2 and "did you mean 'cpu_smoke'?" in r.stderr and "lora, vitb16_1gpu" in r.stderr
+    assert r.returncode == 2
+    assert "did you mean 'cpu_smoke'?" in r.stderr
+    assert "lora, vitb16_1gpu" in r.stderr
     r = _python("-m", "biomedica_hf.train.clip", "--set", "train.lr=1")
-    assert r.returncode == 2 and "--config NAME_OR_PATH is required" in r.stderr
+    assert r.returncode == 2
+    assert "--config NAME_OR_PATH is required" in r.stderr
 
 
 # ------------------------------------------------------------------------------------------ typed configs
@@ -119,9 +128,13 @@ def test_types_are_checked_and_converted(tmp_path):
     config.write_text("train:\n  lr: 1e-6\n  max_steps: 10.0\n  mixed_precision: no\n  betas: [0.9, 1]\n"
                       "data:\n  subset: [commercial, other]\n  years: 2020\n")
     cfg = load_config("clip", config)
-    assert cfg["train"]["lr"] == 1e-6 and cfg["train"]["max_steps"] == 10 and isinstance(cfg["train"]["max_steps"], int)
-    assert cfg["train"]["mixed_precision"] == "no" and cfg["train"]["betas"] == [0.9, 1.0]
-    assert cfg["data"]["subset"] == ["commercial", "other"] and cfg["data"]["years"] == 2020
+    assert cfg["train"]["lr"] == 1e-6
+    assert cfg["train"]["max_steps"] == 10
+    assert isinstance(cfg["train"]["max_steps"], int)
+    assert cfg["train"]["mixed_precision"] == "no"
+    assert cfg["train"]["betas"] == [0.9, 1.0]
+    assert cfg["data"]["subset"] == ["commercial", "other"]
+    assert cfg["data"]["years"] == 2020
     bad = {"train.max_steps=ten": "train.max_steps: expected int or null, got 'ten'",
            "train.batch_size=2.5": "train.batch_size: expected int, got 2.5",
            "train.grad_checkpointing=1": "train.grad_checkpointing: expected bool, got 1",
@@ -139,7 +152,8 @@ def test_types_are_checked_and_converted(tmp_path):
         load_config("smolvlm", "cpu_smoke", ["model.quantization=int8"])
     # --set reaches into free-form mappings and merges with the file (the other tasks stay)
     cfg = load_config("smolvlm", "cpu_smoke", ["data.tasks.reference=0", "train.resume=null"])
-    assert cfg["data"]["tasks"] == {"caption": 1.0, "reference": 0.0, "concepts": 0.5} and cfg["train"]["resume"] is None
+    assert cfg["data"]["tasks"] == {"caption": 1.0, "reference": 0.0, "concepts": 0.5}
+    assert cfg["train"]["resume"] is None
 
 
 def test_the_data_section_is_one_selection_checked_with_the_config(tmp_path):
@@ -173,20 +187,24 @@ def test_one_vocabulary_for_both_recipes():
     assert shared <= clip & vlm
     for old in RENAMED:
         assert old not in clip | vlm
-    assert ClipTrain().resume == "auto" and RECIPES["smolvlm"]().train.resume == "auto"   # issue 23: auto for both
-    assert ClipTrain().overwrite is False and RECIPES["smolvlm"]().train.overwrite is False
+    assert ClipTrain().resume == "auto"
+    assert RECIPES["smolvlm"]().train.resume == "auto"   # issue 23: auto for both
+    assert ClipTrain().overwrite is False
+    assert RECIPES["smolvlm"]().train.overwrite is False
 
 
 # ------------------------------------------------------------------------------------------ bundled configs
 @pytest.mark.parametrize("recipe", RECIPE_NAMES)
 def test_bundled_configs_resolve_by_name_path_and_finetune_link(recipe):
     named = bundled_configs(recipe)
-    assert "cpu_smoke" in named and len(named) >= 4
+    assert "cpu_smoke" in named
+    assert len(named) >= 4
     for name, path in named.items():
         cfg = load_config(recipe, name)
         assert cfg == load_config(recipe, str(path)) == load_config(recipe, f"{name}.yaml")
         assert cfg == load_config(recipe, REPO / "finetune" / recipe / "configs" / f"{name}.yaml")
-        assert cfg["card"]["enabled"] is True and "resume" in cfg["train"]
+        assert cfg["card"]["enabled"] is True
+        assert "resume" in cfg["train"]
     with pytest.raises(ConfigError, match=f"neither a file nor a bundled {recipe} config.* Bundled: "):
         load_config(recipe, "no/such/cpu_smoke.yaml")          # a missing path is not silently a bundled name
 
@@ -196,7 +214,8 @@ def test_bundled_configs_are_package_data():
     patterns = pyproject["tool"]["setuptools"]["package-data"]["biomedica_hf"]
     package = REPO / "biomedica_hf"
     files = [p.relative_to(package).as_posix() for p in CONFIG_DIR.rglob("*") if p.is_file()]
-    assert files and all(f.endswith(".yaml") for f in files)
+    assert files
+    assert all(f.endswith(".yaml") for f in files)
     for f in files:
         assert any(fnmatch.fnmatch(f, pat) and f.count("/") == pat.count("/") for pat in patterns), f
 
@@ -204,7 +223,8 @@ def test_bundled_configs_are_package_data():
 # ------------------------------------------------------------------------------------------ checkpoints
 def test_resume_resolution_and_data_state_names(tmp_path):
     out = tmp_path / "run"
-    assert checkpoint.resume_checkpoint(None, out) is None and checkpoint.resume_checkpoint("auto", out) is None
+    assert checkpoint.resume_checkpoint(None, out) is None
+    assert checkpoint.resume_checkpoint("auto", out) is None
     for step, complete in ((2, True), (10, True), (9, True), (12, False)):   # step_12: killed while saving
         ck = checkpoint.checkpoint_dir(out, step)
         ck.mkdir(parents=True)
@@ -216,6 +236,8 @@ def test_resume_resolution_and_data_state_names(tmp_path):
         checkpoint.resume_checkpoint(str(out / "checkpoints" / "step_12"), out)
     ck = out / "checkpoints" / "step_10"
     checkpoint.write_data_state(ck, 1, {"seen": 7})
-    assert (ck / "data_state_rank1.json").is_file() and checkpoint.read_data_state(ck, 1) == {"seen": 7}
+    assert (ck / "data_state_rank1.json").is_file()
+    assert checkpoint.read_data_state(ck, 1) == {"seen": 7}
     (ck / "data_rank0.json").write_text(json.dumps({"seen": 5}))          # written before issue 18
-    assert checkpoint.read_data_state(ck, 0) == {"seen": 5} and checkpoint.read_data_state(ck, 2) is None
+    assert checkpoint.read_data_state(ck, 0) == {"seen": 5}
+    assert checkpoint.read_data_state(ck, 2) is None
