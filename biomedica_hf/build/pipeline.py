@@ -292,6 +292,7 @@ def _init_worker(source_kind: str, source_opts: dict, out: str, media: MediaOpti
     _WORKER.update(source=make_source(source_kind, **source_opts), work=Work(Path(out)), media=media,
                    keep_downloads=keep_downloads, n_hash=n_hash, dedup=dedup,
                    discard=discard)
+    _WORKER["source"].extract_to_disk = keep_downloads    # --keep-downloads: packages extracted into the cache
 
 
 def _disk_error(e: BaseException) -> BaseException | None:
