@@ -274,7 +274,7 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
         executor=executor, ray_address=ray_address, split_fractions=_parse_splits(splits),
         partition_target=partition_size, allow_shrink=allow_shrink, near_dedup=near_dedup,
         allow_downgrade=allow_downgrade, rebuild_state=rebuild_state,
-        preload=("datasets", "matplotlib.pyplot"),   # the card's imports, while the workers stage (issue 28)
+        preload=("matplotlib.pyplot",),   # the card's import, while the workers stage (issue 28)
         command=public_command("biomedica", sys.argv[1:]))
     try:
         report = run_build(cfg)
