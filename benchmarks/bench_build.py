@@ -193,7 +193,7 @@ def _noop(x):
 
 def task_overhead(n: int = 400) -> dict[str, float]:
     """Milliseconds per no-op task through each executor (start-up excluded)."""
-    from biomedica_hf.build.executors import make_executor
+    from biomedica_hf.executors import make_executor
 
     out = {}
     for kind in ("local", "ray"):

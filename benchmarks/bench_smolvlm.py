@@ -37,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import AutoProcessor
 
-    from biomedica_hf.train.config import SmolVLMLora, to_dict
+    from biomedica_hf.train.config import SmolVLMLora, SmolVLMModel
     from biomedica_hf.train.smolvlm import load_model
     from biomedica_hf.vlm.data import collate, example_stream, set_longest_edge
     from biomedica_hf.vlm.tiny import save_tiny_model
@@ -62,9 +62,9 @@ def main() -> None:
     n_enc = len(pool)
     rows.append(("encode (decode+processor)", "-", "-", sum(len(e.input_ids) for e in pool) / dt, n_enc / dt))
 
-    lora = to_dict(SmolVLMLora())                     # the recipe's default LoRA
+    lora = SmolVLMLora()                              # the recipe's default LoRA
     for gc, bs in itertools.product([False, True], args.batch_sizes):
-        mcfg = {"dtype": "float32", "quantization": None}
+        mcfg = SmolVLMModel(dtype="float32", quantization=None)
         torch.manual_seed(0)
         model = load_model(model_dir, mcfg, lora, grad_checkpointing=gc)
         model.train()

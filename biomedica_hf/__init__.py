@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_biomedica"]
+__all__ = ["Selection", "__version__", "load_biomedica"]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,8 +15,13 @@ def __getattr__(name: str) -> Any:
 
         globals()["load_biomedica"] = load_biomedica
         return load_biomedica
+    if name == "Selection":        # which samples: load_biomedica(selection=), the search, eval, the recipes
+        from biomedica_hf.filters import Selection
+
+        globals()["Selection"] = Selection
+        return Selection
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "load_biomedica"])
+    return sorted({*globals(), "load_biomedica", "Selection"})

@@ -10,7 +10,10 @@ from pathlib import Path
 import click
 
 from biomedica_hf import __version__
-from biomedica_hf.io.sizes import parse_size
+from biomedica_hf.build.options import BuildOptions, default
+from biomedica_hf.build.sources.base import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PACKAGE_BYTES
+from biomedica_hf.build.sources.spec import DEFAULT_RATE, DEFAULT_RETRIES, SourceSpec
+from biomedica_hf.io.sizes import parse_size, size_text
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 
@@ -89,27 +92,22 @@ def main(debug: bool) -> None:
     """
 
 
-def source_options(source: str, input_path: Path | None, base_url: str | None, filelist: Path | None,
-                   pmcids: Path | None, list_all: bool, rate: float | None, retries: int | None = None,
-                   timeout: float | None = None, deadline: float | None = None, max_package_bytes: int | None = None,
-                   max_member_bytes: int | None = None) -> dict:
-    """Translate CLI flags into the keyword arguments of ``make_source(source, ...)``."""
-    archive = {k: v for k, v in (("max_package_bytes", max_package_bytes), ("max_member_bytes", max_member_bytes))
-               if v is not None}
+def source_spec(source: str, input_path: Path | None, base_url: str | None, filelist: Path | None,
+                pmcids: Path | None, list_all: bool, rate: float | None, retries: int | None = None,
+                timeout: float | None = None, deadline: float | None = None, max_package_bytes: int | None = None,
+                max_member_bytes: int | None = None) -> SourceSpec:
+    """The :class:`SourceSpec` of the CLI flags (a usage error names the flag a source kind needs)."""
+    archive = {"max_package_bytes": max_package_bytes, "max_member_bytes": max_member_bytes}
+    download = {"rate": rate, "retries": retries, "timeout": timeout, "deadline": deadline}
     if source == "local":
         if input_path is None:
             raise click.UsageError("--source local needs --input PATH")
-        return {"path": str(input_path), **archive}
-    download = {k: v for k, v in (("rate", rate), ("retries", retries), ("timeout", timeout),
-                                  ("deadline", deadline)) if v is not None}
+        return SourceSpec("local", str(input_path), **archive, cli=True)
     if source == "cloud":
         if not (pmcids or filelist or list_all):
             raise click.UsageError("--source cloud needs --pmcids FILE, --filelist FILE or --all")
-        opts = {"pmcid_file": str(pmcids) if pmcids else None, "filelist": str(filelist) if filelist else None,
-                "list_all": list_all, **download}
-        if base_url:
-            opts["base_url"] = base_url
-        return opts
+        return SourceSpec("cloud", base_url or None, pmcid_file=str(pmcids) if pmcids else None,
+                          filelist=str(filelist) if filelist else None, list_all=list_all, **download, cli=True)
     if source == "legacy":
         root = base_url or (str(input_path) if input_path else None)
         if root is None:
@@ -117,7 +115,7 @@ def source_options(source: str, input_path: Path | None, base_url: str | None, f
         list_path = filelist or (Path(input_path) / "oa_file_list.csv" if input_path else None)
         if list_path is None:
             raise click.UsageError("--source legacy needs --filelist FILE")
-        return {"base_url_or_root": root, "filelist": str(list_path), **download, **archive}
+        return SourceSpec("legacy", root, filelist=str(list_path), **download, **archive, cli=True)
     raise click.UsageError(f"unknown source {source!r}")
 
 
@@ -130,6 +128,11 @@ def _parse_splits(text: str) -> tuple[float, float, float]:
         raise click.BadParameter(f"--splits wants three percentages like 98/1/1, got {text!r}")
     total = sum(parts)
     return tuple(p / total for p in parts)  # type: ignore[return-value]
+
+
+def _splits_text(fractions: tuple[float, ...]) -> str:
+    """``(0.98, 0.01, 0.01)`` -> ``98/1/1`` (the default of ``--splits``)."""
+    return "/".join(f"{100 * f:g}" for f in fractions)
 
 
 def _parse_bytes(text: str) -> int:
@@ -163,20 +166,23 @@ def _parse_bytes(text: str) -> int:
 @click.option("--address", "ray_address", default="auto", show_default=True,
               help="Ray cluster address: auto, ray://HOST:10001, or local (start a Ray instance here).")
 @click.option("--limit", type=int, default=None, help="Only the first N listed articles.")
-@click.option("--shard-samples", type=int, default=10_000, show_default=True, help="Max samples per shard.")
-@click.option("--shard-bytes", default="1GB", show_default=True, help="Target max shard size (e.g. 500MB).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the write-time shard shuffle.")
+@click.option("--shard-samples", type=int, default=default("shard_max_samples"), show_default=True,
+              help="Max samples per shard.")
+@click.option("--shard-bytes", default=size_text(default("shard_max_bytes")), show_default=True,
+              help="Target max shard size (e.g. 500MB).")
+@click.option("--seed", type=int, default=default("seed"), show_default=True,
+              help="Seed of the write-time shard shuffle.")
 @click.option("--no-dedup", is_flag=True, help="Keep every occurrence of an image (default: exact duplicates once).")
-@click.option("--min-side", type=int, default=20, show_default=True, help="Skip images narrower/shorter than this.")
+@click.option("--min-side", type=int, default=default("media.min_side"), show_default=True, help="Skip images narrower/shorter than this.")
 @click.option("--keep-empty-captions", is_flag=True, help="Keep figures whose caption is empty (default: ledgered).")
 @click.option("--retry-failed", is_flag=True,
               help="Re-process articles whose earlier run left failed items (downloads, images).")
 @click.option("--keep-downloads", is_flag=True, help="Keep fetched packages in OUT/_work/cache after staging.")
-@click.option("--rate", type=float, default=20.0, show_default=True,
+@click.option("--rate", type=float, default=DEFAULT_RATE, show_default=True,
               help="Max HTTP requests per second for the whole build (cloud/legacy politeness limit).")
-@click.option("--retries", type=int, default=5, show_default=True,
+@click.option("--retries", type=int, default=DEFAULT_RETRIES, show_default=True,
               help="Retries per download (5xx, 429, timeouts, dropped or truncated bodies, bad checksums).")
-@click.option("--splits", default="98/1/1", show_default=True,
+@click.option("--splits", default=_splits_text(default("split_fractions")), show_default=True,
               help="train/validation/test percentages, by a stable hash of the PMCID (an article's figures stay in "
                    "one split; an article never changes split across updates).")
 @click.option("--partition-size", type=int, default=None,
@@ -200,13 +206,13 @@ def _parse_bytes(text: str) -> int:
 @click.option("--deadline", type=float, default=None,
               help="Most seconds one file may take to download, every attempt and wait included "
                    "(a server trickling bytes fails here; the partial file is resumed by a rerun) [default: 1800].")
-@click.option("--max-package-bytes", default="2GiB", show_default=True,
+@click.option("--max-package-bytes", default=size_text(DEFAULT_MAX_PACKAGE_BYTES), show_default=True,
               help="Budget on a package archive's uncompressed bytes; over it the rest of the archive is "
                    "not extracted (ledger: archive_too_large).")
-@click.option("--max-member-bytes", default="1GiB", show_default=True,
+@click.option("--max-member-bytes", default=size_text(DEFAULT_MAX_MEMBER_BYTES), show_default=True,
               help="Budget on one archive member's uncompressed bytes; over it the member is skipped "
                    "(ledger: archive_too_large).")
-@click.option("--max-image-bytes", default="256MiB", show_default=True,
+@click.option("--max-image-bytes", default=size_text(default("media.max_image_bytes")), show_default=True,
               help="Decode budget per image: width x height x bands x bytes per band, checked from the header "
                    "before decoding; over it the figure is ledgered image_too_large.")
 @click.option("--max-pixels", type=int, default=None,
@@ -215,7 +221,7 @@ def _parse_bytes(text: str) -> int:
 @click.option("--enrich", is_flag=True, help="After the build, add PubMed MeSH terms etc. (see `biomedica enrich`).")
 @click.option("--eutils-url", default=None, help="E-utilities base URL for --enrich.")
 @click.option("--no-progress", is_flag=True, help="No progress output (no bar, no stage lines).")
-@click.option("--progress-every", type=float, default=30.0, show_default=True,
+@click.option("--progress-every", type=float, default=default("progress_every"), show_default=True,
               help="Without a terminal (a log file, CI): seconds between progress lines (articles, rate, ETA); "
                    "on a terminal a bar over articles is shown instead.")
 @click.option("--dry-run", is_flag=True,
@@ -224,10 +230,7 @@ def _parse_bytes(text: str) -> int:
                    "expected bytes and time (rates measured on OUT's build when there is one).")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out, workers, executor, ray_address, limit, shard_samples,
-          shard_bytes, seed, no_dedup, min_side, keep_empty_captions, retry_failed, keep_downloads, rate, retries, splits,
-          partition_size, near_dedup, allow_shrink, allow_downgrade, rebuild_state, timeout, deadline, max_package_bytes, max_member_bytes, max_image_bytes,
-          max_pixels, enrich, eutils_url, no_progress, progress_every, dry_run, as_json, verbose):
+def build(**params):
     """Build WebDataset shards (per licence subset and split) + articles table + ledger from PMC-OA.
 
     \b
@@ -243,39 +246,25 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
     the same command once there is space, and what was cut short is redone); another build running.
     """
     import biomedica_hf.concepts  # noqa: F401 - registers its hooks: labels survive a rebuilt index uninstalled too
-    from biomedica_hf.build.article import MediaOptions
     from biomedica_hf.build.inputs import check_input, nothing_kept
     from biomedica_hf.build.lock import BuildLockedError
-    from biomedica_hf.build.pipeline import BuildConfig
     from biomedica_hf.build.pipeline import build as run_build
-    from biomedica_hf.build.provenance import public_command
     from biomedica_hf.build.sources.base import FatalBuildError, fatal_disk_error, is_disk_error
 
-    _setup_logging(verbose)
-    if sample:
-        source, input_path = "local", SAMPLE_DIR / "articles"
-    if max_pixels is not None and max_pixels < 1:
+    p = params
+    _setup_logging(p["verbose"])
+    if p["sample"]:
+        p.update(source="local", input_path=SAMPLE_DIR / "articles")
+    if p["max_pixels"] is not None and p["max_pixels"] < 1:
         raise click.UsageError("--max-pixels must be >= 1")
-    opts = source_options(source, input_path, base_url, filelist, pmcids, list_all, rate, retries, timeout,
-                          deadline, _parse_bytes(max_package_bytes), _parse_bytes(max_member_bytes))
-    check_input(source, None if base_url and source == "legacy" else input_path, filelist)   # before any write
-    if dry_run:
-        _dry_run(source, opts, out, limit, _parse_splits(splits), partition_size, shard_samples,
-                 _parse_bytes(shard_bytes), workers or os.cpu_count() or 1, as_json, not no_progress)
+    spec = source_spec(p["source"], p["input_path"], p["base_url"], p["filelist"], p["pmcids"], p["list_all"],
+                       p["rate"], p["retries"], p["timeout"], p["deadline"], _parse_bytes(p["max_package_bytes"]),
+                       _parse_bytes(p["max_member_bytes"]))
+    check_input(spec.kind, None if p["base_url"] and spec.kind == "legacy" else p["input_path"], p["filelist"])
+    cfg = build_options(p, spec)      # after the input checks: before any write
+    if p["dry_run"]:
+        _dry_run(cfg, p["as_json"])
         return
-    cfg = BuildConfig(
-        out=out, source=source, source_opts=opts, workers=workers or os.cpu_count() or 1, limit=limit,
-        shard_max_samples=shard_samples, shard_max_bytes=_parse_bytes(shard_bytes), seed=seed,
-        dedup_images=not no_dedup,
-        media=MediaOptions(min_side=min_side, keep_empty_captions=keep_empty_captions,
-                           max_image_bytes=_parse_bytes(max_image_bytes), reduce_to_pixels=max_pixels),
-        keep_downloads=keep_downloads, retry_failed=retry_failed, progress=not no_progress,
-        progress_every=progress_every,
-        executor=executor, ray_address=ray_address, split_fractions=_parse_splits(splits),
-        partition_target=partition_size, allow_shrink=allow_shrink, near_dedup=near_dedup,
-        allow_downgrade=allow_downgrade, rebuild_state=rebuild_state,
-        preload=("matplotlib.pyplot",),   # the card's import, while the workers stage (issue 28)
-        command=public_command("biomedica", sys.argv[1:]))
     try:
         report = run_build(cfg)
     except BuildLockedError as e:
@@ -283,10 +272,10 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
     except FatalBuildError as e:
         raise click.ClickException(f"build stopped: {e}") from None
     except ConnectionError as exc:  # before OSError: ConnectionError is an OSError
-        if executor == "ray" and _raised_in(exc, "ray"):
+        if cfg.executor == "ray" and _raised_in(exc, "ray"):
             from biomedica_hf.errors import NoClusterError
 
-            raise NoClusterError(f"no Ray cluster at --address {ray_address} ({_first_line(exc)})",
+            raise NoClusterError(f"no Ray cluster at --address {cfg.ray_address} ({_first_line(exc)})",
                                  "pass --address local to start Ray on this machine, or ray://HOST:10001 "
                                  "for a running cluster") from exc
         raise
@@ -295,28 +284,49 @@ def build(source, sample, input_path, base_url, filelist, pmcids, list_all, out,
             raise
         raise click.ClickException(f"build stopped: {fatal_disk_error(e)}") from None
     click.echo(report.text())
-    empty = nothing_kept(report.summary, out, sum(report.samples_per_subset.values()))
+    empty = nothing_kept(report.summary, cfg.out, sum(report.samples_per_subset.values()))
     if empty is not None:   # every article failed or was skipped: exit 1 with the ledger's top reasons, no card
         raise empty
-    if enrich:
-        _run_enrich(out, eutils_url, None, fatal=False)
-    _write_card(out, None)
-    click.echo(f"Dataset folder: {Path(out).resolve()}")
+    if p["enrich"]:
+        _run_enrich(cfg.out, p["eutils_url"], None, fatal=False)
+    _write_card(cfg.out, None)
+    click.echo(f"Dataset folder: {Path(cfg.out).resolve()}")
 
 
-def _dry_run(source: str, opts: dict, out: Path, limit: int | None, fractions: tuple, partition_size: int | None,
-             shard_samples: int, shard_bytes: int, workers: int, as_json: bool, progress: bool) -> None:
+def build_options(params: dict, spec: SourceSpec) -> BuildOptions:
+    """The one :class:`BuildOptions` of ``biomedica build``'s parameters (every stage reads it; none re-parses)."""
+    from biomedica_hf.build.article import MediaOptions
+    from biomedica_hf.build.provenance import public_command
+
+    p = params
+    return BuildOptions(
+        out=p["out"], source=spec, workers=p["workers"] or os.cpu_count() or 1, limit=p["limit"],
+        shard_max_samples=p["shard_samples"], shard_max_bytes=_parse_bytes(p["shard_bytes"]), seed=p["seed"],
+        dedup_images=not p["no_dedup"],
+        media=MediaOptions(min_side=p["min_side"], keep_empty_captions=p["keep_empty_captions"],
+                           max_image_bytes=_parse_bytes(p["max_image_bytes"]), reduce_to_pixels=p["max_pixels"]),
+        keep_downloads=p["keep_downloads"], retry_failed=p["retry_failed"], progress=not p["no_progress"],
+        progress_every=p["progress_every"], executor=p["executor"], ray_address=p["ray_address"],
+        split_fractions=_parse_splits(p["splits"]), partition_target=p["partition_size"],
+        allow_shrink=p["allow_shrink"], near_dedup=p["near_dedup"], allow_downgrade=p["allow_downgrade"],
+        rebuild_state=p["rebuild_state"],
+        preload=("matplotlib.pyplot",),   # the card's import, while the workers stage (issue 28)
+        command=public_command("biomedica", sys.argv[1:]))
+
+
+def _dry_run(cfg: BuildOptions, as_json: bool) -> None:
     """``build --dry-run``: the plan (biomedica_hf.build.plan), nothing fetched, nothing written."""
     import json as _json
 
     from biomedica_hf.build.plan import plan_build
     from biomedica_hf.build.sources import make_source
 
-    src = make_source(source, **opts)
+    src = make_source(cfg.source)
     try:
-        plan = plan_build(src, source_name=source, out=out, limit=limit, fractions=fractions,
-                          partition_target=partition_size, shard_max_samples=shard_samples, shard_max_bytes=shard_bytes,
-                          workers=workers, progress=progress and not as_json)
+        plan = plan_build(src, source_name=cfg.source.kind, out=cfg.out, limit=cfg.limit,
+                          fractions=cfg.split_fractions, partition_target=cfg.partition_target,
+                          shard_max_samples=cfg.shard_max_samples, shard_max_bytes=cfg.shard_max_bytes,
+                          workers=cfg.workers, progress=cfg.progress and not as_json)
     finally:
         src.close()
     click.echo(_json.dumps(plan.to_json(), indent=2) if as_json else plan.text())

@@ -17,7 +17,8 @@ import json
 import re
 import sys
 
-from biomedica_hf.search import Filters, Retriever
+from biomedica_hf.filters import Selection
+from biomedica_hf.search import Retriever
 
 
 def fit_context(ctx, tokenizer, max_prompt_tokens: int, chat: bool):
@@ -39,7 +40,7 @@ def answer(index: str, model: str, question: str, k: int = 5, max_new_tokens: in
     """Retrieve, prompt, generate; returns prompt, answer, citations and the source numbers the answer cites."""
     from transformers import pipeline
 
-    retriever = Retriever(index, k=k, filters=Filters(subsets=subsets or ()), dataset=dataset)
+    retriever = Retriever(index, k=k, filters=Selection(subset=subsets or "all"), dataset=dataset)
     ctx = retriever.context(question)
     generator = pipeline("text-generation", model=model, device=-1)
     tok = generator.tokenizer

@@ -19,7 +19,7 @@ import pytest
 PACKAGE = "biomedica_hf"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
-CORE = ("__init__", "errors", "filters", "images", "schema", "licenses", "ledger", "layout", "hooks", "io", "neardup", "templates", "sample_data")
+CORE = ("__init__", "errors", "executors", "filters", "images", "schema", "licenses", "ledger", "layout", "hooks", "io", "neardup", "templates", "sample_data")
 LAYERS: dict[str, int] = {**dict.fromkeys(CORE, 0), "build": 1, "dataset": 2,
                           "concepts": 3, "clip": 3, "vlm": 3, "panels": 3, "train": 4, "eval": 4, "search": 4, "cli": 5}
 LAYER_NAMES = ["core", "build", "dataset", "concepts/clip/vlm/panels", "train/eval/search", "cli"]

@@ -1,7 +1,8 @@
 """``biomedica inspect``: what the parser sees in a file, an article folder, a package or a folder of them.
 
 A file (``.xml`` / ``.nxml`` / ``.tar.gz``) is :func:`biomedica_hf.build.parse.inspect_path`'s report. A folder is
-listed exactly as ``biomedica build --source local --input FOLDER`` lists it (:class:`LocalSource`): every article
+listed exactly as ``biomedica build --source local --input FOLDER`` lists it (the source of the same
+:class:`~biomedica_hf.build.sources.spec.SourceSpec`, a :class:`LocalSource`): every article
 it finds - an extracted article folder, a package, a Cloud-layout ``PMCid.V/`` folder - is inspected, and what the
 build would leave out is reported with the reason. The folder's report has the same keys as a file's
 (``file``, ``kind``, ``articles``, ``warnings``) plus ``items``: one file report per XML file or package.
@@ -11,9 +12,10 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from biomedica_hf.build.parse import format_inspection, inspect_path
+from biomedica_hf.build.sources import SourceSpec, make_source
 from biomedica_hf.build.sources.base import XML_SUFFIXES, looks_like_jats
 from biomedica_hf.build.sources.local import CLOUD, DIR, LocalSource
 
@@ -31,7 +33,7 @@ def inspect_any(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_dir():
         return inspect_path(path)
-    source = LocalSource(path)
+    source = cast(LocalSource, make_source(SourceSpec("local", str(path))))
     items: list[dict[str, Any]] = []
     for entry in source.scan():
         if entry.kind in (DIR, CLOUD):

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biomedica_hf.build.options import default
 from biomedica_hf.build.partition import FINE_BUCKETS, SPLITS, auto_target, bucket_of, choose_layout
 from biomedica_hf.layout import PARTITIONS_PER_FOLDER, STATS_SUFFIX, folder_files, shard_folder
 from biomedica_hf.licenses import normalize_license
@@ -186,8 +187,9 @@ def _shards_per_partition(samples: float, rates: Rates, max_samples: int, max_by
 
 
 def plan_build(source: Any, *, source_name: str = "", out: Path | None = None, limit: int | None = None,
-               fractions: tuple[float, ...] = (0.98, 0.01, 0.01), partition_target: int | None = None,
-               shard_max_samples: int = 10_000, shard_max_bytes: int = 1_000_000_000, workers: int = 1,
+               fractions: tuple[float, ...] = default("split_fractions"), partition_target: int | None = None,
+               shard_max_samples: int = default("shard_max_samples"),
+               shard_max_bytes: int = default("shard_max_bytes"), workers: int = 1,
                updates: int = 12, update_articles: int = 50_000, rates: Rates | None = None,
                progress: bool = False) -> BuildPlan:
     """List ``source`` (a :class:`~biomedica_hf.build.sources.base.Source`) and plan the build (module doc)."""

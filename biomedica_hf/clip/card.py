@@ -21,6 +21,7 @@ import yaml
 
 from biomedica_hf import templates
 from biomedica_hf.dataset.licences import DataLicences, data_licences, write_licences
+from biomedica_hf.filters import described_filters
 
 WIDGET_LABELS = ["chest X-ray", "brain MRI", "histopathology slide", "bar chart", "fluorescence microscopy"]
 
@@ -171,8 +172,7 @@ def render_model_card(cfg: dict, fmt: str, stats: dict[str, Any], template: str 
         rows.update({"LoRA r": lora["r"], "LoRA alpha": lora["alpha"], "LoRA dropout": lora["dropout"]})
     if cfg["wise_ft"].get("alpha") is not None:
         rows["WiSE-FT alpha"] = cfg["wise_ft"]["alpha"]
-    filters = "".join(f", {k} {d[k]}" for k in ("concepts", "exclude_concepts", "licenses", "years",
-                                                "min_caption_chars") if d.get(k))
+    filters = "".join(f", {k} {v}" for k, v in described_filters(d))
     final = stats.get("final_loss")
     return _render(
         template,

@@ -15,24 +15,19 @@ from typing import Any
 
 import torch
 
-from biomedica_hf.images import to_rgb as flatten_to_rgb
 from biomedica_hf.dataset.loader import load_biomedica
+from biomedica_hf.filters import Selection
+from biomedica_hf.images import to_rgb as flatten_to_rgb
 
 
-def build_stream(data_cfg: dict, rank: int = 0, world_size: int = 1, seed: int = 0):
-    """The rank's ``datasets.IterableDataset`` of ``{key, image, caption, metadata}``
-    (``ds.info.splits["train"].num_examples``: the rank's number of samples)."""
-    num_workers = int(data_cfg.get("num_workers", 0))
-    ds = load_biomedica(data_cfg["path"], subset=data_cfg.get("subset", "commercial"),
-                        concepts=data_cfg.get("concepts"), exclude_concepts=data_cfg.get("exclude_concepts"),
-                        licenses=data_cfg.get("licenses"), years=data_cfg.get("years"),
-                        min_caption_chars=data_cfg.get("min_caption_chars"), streaming=True,
-                        split=data_cfg.get("split"), exclude=data_cfg.get("exclude"),
-                        near_duplicates=data_cfg.get("near_duplicates", "keep"),
-                        world_size=world_size, rank=rank, num_workers=num_workers)
-    buffer = int(data_cfg.get("shuffle_buffer", 0))
-    if buffer > 0:   # shuffles the rank's group order (seeded, per epoch) and samples within a buffer
-        ds = ds.shuffle(seed=seed, buffer_size=buffer)
+def build_stream(path: str, selection: Selection, rank: int = 0, world_size: int = 1, seed: int = 0, *,
+                 num_workers: int = 0, shuffle_buffer: int = 0):
+    """The rank's ``datasets.IterableDataset`` of ``{key, image, caption, metadata}`` for the samples of ``path``
+    that ``selection`` selects (``ds.info.splits["train"].num_examples``: the rank's number of samples)."""
+    ds = load_biomedica(path, streaming=True, world_size=world_size, rank=rank, num_workers=num_workers,
+                        selection=selection)
+    if shuffle_buffer > 0:   # shuffles the rank's group order (seeded, per epoch) and samples within a buffer
+        ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)
     return ds
 
 

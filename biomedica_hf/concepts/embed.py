@@ -259,7 +259,7 @@ def embed_dataset(dataset_dir: str | os.PathLike, model: Any = DEFAULT_MODEL, ba
         else:
             if not isinstance(model, (str, os.PathLike)):
                 raise ValueError("executor='ray' needs model as a Hub id or a local folder (workers load it)")
-            from biomedica_hf.build.executors import make_executor
+            from biomedica_hf.executors import make_executor
 
             ex = make_executor(executor, address=address, workers=os.cpu_count() or 1,
                                num_gpus=1 if dev.startswith("cuda") else 0, initializer=_init_embed_worker,

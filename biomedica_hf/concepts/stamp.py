@@ -153,18 +153,20 @@ def stamp_labels(dataset_dir: str | Path, progress: bool = False, workers: int =
     does not stop the others."""
     from tqdm.auto import tqdm
 
-    from biomedica_hf.build.executors import make_executor
+    from biomedica_hf.executors import make_executor
 
     out = Path(dataset_dir)
     report: dict[str, Any] = {"shards": {}, "samples_written": 0, "no_room": [], "failed": []}
     tasks = [(str(out), str(p)) for p in shard_index_files(out)]
-    results = make_executor(executor, workers=max(1, workers), address=address).map(_stamp_task, tasks)
-    for r in tqdm(results, total=len(tasks), desc="labels into shards", unit="shard", disable=not progress):
-        report["shards"][r["state"]] = report["shards"].get(r["state"], 0) + 1
-        report["samples_written"] += r["written"] if r["state"] == "stamped" else 0
-        if r["state"] == "no_room":
-            report["no_room"].append({"shard": r["shard"], "samples": r["samples"], "without_room": r["no_room"]})
-        if r["state"] == "failed":
-            report["failed"].append({"shard": r["shard"], "samples": r["samples"], "error": r["error"]})
+    with make_executor(executor, workers=max(1, workers), address=address) as pool:   # closed: no leaked workers
+        results = pool.map(_stamp_task, tasks)
+        for r in tqdm(results, total=len(tasks), desc="labels into shards", unit="shard", disable=not progress):
+            report["shards"][r["state"]] = report["shards"].get(r["state"], 0) + 1
+            report["samples_written"] += r["written"] if r["state"] == "stamped" else 0
+            if r["state"] == "no_room":
+                report["no_room"].append({"shard": r["shard"], "samples": r["samples"],
+                                          "without_room": r["no_room"]})
+            if r["state"] == "failed":
+                report["failed"].append({"shard": r["shard"], "samples": r["samples"], "error": r["error"]})
     log.info("labels into shards: %s, %d json members rewritten", report["shards"], report["samples_written"])
     return report

@@ -22,12 +22,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from biomedica_hf.filters import Selection
 
 LICENSES_FILE = "LICENSES.md"
-#: the load_biomedica filters a training config may set (train.config.FILTERS)
-FILTER_KEYS = ("concepts", "exclude_concepts", "licenses", "years", "min_caption_chars", "split", "exclude",
-               "near_duplicates")
 
 # Hub licence identifiers (https://huggingface.co/docs/hub/repositories-licenses) per (code, version)
 _HUB_IDS = {
@@ -140,15 +140,26 @@ def _articles_versions(path: str, pmcids: set[str]) -> dict[str, str | None]:
     return {p: cc_version(u) for p, u in zip(table["pmcid"].to_pylist(), table["license_url"].to_pylist())}
 
 
-def data_licences(path: str | os.PathLike | None, subset: str | Sequence[str] = "commercial",
+def data_licences(path: str | os.PathLike | None, selection: Selection | str | Sequence[str] = "commercial",
                   filters: dict[str, Any] | None = None, data: str | None = None) -> DataLicences:
-    """Count the licences of the samples ``load_biomedica(path, subset, **filters)`` selects (module doc).
+    """Count the licences of the samples ``load_biomedica(path, selection=selection)`` selects (module doc).
 
+    ``selection``: a :class:`biomedica_hf.filters.Selection`, or a subset with the other filters in the mapping
+    ``filters`` (e.g. a training config's ``data`` section: its other keys are ignored).
     Never raises: a dataset that cannot be read gives a :class:`DataLicences` without counts and its ``error``."""
-    filters = {k: v for k, v in (filters or {}).items() if k in FILTER_KEYS and v is not None
-               and not (k == "near_duplicates" and v == "keep")}
-    subset_s = subset if isinstance(subset, str) else ", ".join(subset)
-    out = DataLicences(data=data or (str(path) if path else "unknown"), subset=subset_s, filters=filters)
+    from biomedica_hf.filters import FIELDS, Selection
+
+    out = DataLicences(data=data or (str(path) if path else "unknown"), subset="")
+    try:
+        if not isinstance(selection, Selection):
+            selection = Selection(subset=selection, **{k: v for k, v in (filters or {}).items()
+                                                       if k in FIELDS and k != "subset" and v is not None})
+        out.subset = selection.subset if isinstance(selection.subset, str) else ", ".join(selection.subset)
+        out.filters = selection.filters()
+    except (TypeError, ValueError) as e:
+        out.subset = selection if isinstance(selection, str) else ", ".join(map(str, selection))
+        out.error = f"{type(e).__name__}: {e}"
+        return out
     if not path:
         out.error = "no data path in the configuration"
         return out
@@ -156,7 +167,7 @@ def data_licences(path: str | os.PathLike | None, subset: str | Sequence[str] = 
         from biomedica_hf.dataset.loader import dataset_file_url, select_ranges
         from biomedica_hf.layout import FIGURES_INDEX
 
-        selected = select_ranges(dataset_file_url(path, FIGURES_INDEX), subset=subset, **filters,
+        selected = select_ranges(dataset_file_url(path, FIGURES_INDEX), selection,
                                  columns=["license_code", "pmcid"], with_columns=True)
         samples: Counter = Counter()
         articles: dict[str, str] = {}

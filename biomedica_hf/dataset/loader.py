@@ -25,14 +25,12 @@ yielded: those samples are read again but not decoded, so the cost is bounded by
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 import hashlib
 import heapq
 import io
 import itertools
 import json
-import numbers
-import operator
 import os
 import sys
 import tarfile
@@ -50,21 +48,18 @@ import pyarrow.dataset as pads
 
 from biomedica_hf.dataset.locations import check_shard_path, dataset_file_url, is_local
 from biomedica_hf.errors import BiomedicaError
-from biomedica_hf import hooks
-from biomedica_hf.filters import LICENSE_CODES, resolve
+from biomedica_hf.filters import (  # noqa: F401 - NEAR_DUPLICATES, SPLITS, read_keys: re-exported, as before
+    CONCEPT_COLUMNS, FIELDS, NEAR_DUPLICATES, SPLITS, NoMatchWarning, Selection, Years, read_keys)
 from biomedica_hf.io.ranges import HF_URL, ReadOptions, read_files
 from biomedica_hf.layout import FIGURES_INDEX
 
 if TYPE_CHECKING:
     from datasets import Dataset, Features, IterableDataset
-from biomedica_hf.schema import SUBSETS, sample_json_features
+from biomedica_hf.schema import sample_json_features
 
-CONCEPT_COLUMNS = ("concepts", "local_concepts")
 INDEX_COLUMNS = ["shard", "tar_offset", "tar_size"]
 #: Index columns copied into each row's ``metadata`` when the index has them.
 EXTRA_COLUMNS = ("panel_type", "concepts", "local_concepts", "split", "near_dup_of")
-SPLITS = ("train", "validation", "test")
-NEAR_DUPLICATES = ("keep", "drop")
 DEFAULT_DECODE_THREADS = 8
 
 
@@ -98,11 +93,6 @@ def check_dataset_path(path_or_repo_id: str | os.PathLike) -> None:
 
 _REPO_ID = __import__("re").compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 
-
-class NoMatchWarning(UserWarning):
-    """``load_biomedica``'s filters select no sample (issued on every call, at the caller's line)."""
-
-Years = int | Sequence[int] | tuple[int | None, int | None]
 
 
 class ShardRanges(NamedTuple):
@@ -193,48 +183,6 @@ def _no_index(index_url: str) -> FileNotFoundError:
 
 
 # ------------------------------------------------------------------------------------ index filters
-def _subsets(subset: str | Sequence[str]) -> list[str]:
-    names = list(SUBSETS) if subset == "all" else [subset] if isinstance(subset, str) else list(subset)
-    unknown = sorted(set(names) - set(SUBSETS))
-    if unknown or not names:
-        raise ValueError(f"subset must be 'all' or among {list(SUBSETS)} (or a list of them), got {subset!r}")
-    return names
-
-
-def _years_expr(years: Years) -> pc.Expression:
-    """int: that year; list: any of them; tuple (min, max): inclusive range, None for an open end."""
-    field = pc.field("year")
-    if isinstance(years, numbers.Integral):
-        return field == int(years)
-    if not isinstance(years, tuple):
-        return field.isin([int(y) for y in years])
-    if len(years) != 2 or years == (None, None):
-        raise ValueError(f"years as a tuple is a (min, max) range with at least one bound, got {years!r}")
-    lo, hi = years
-    bounds = []
-    if lo is not None:
-        bounds.append(field >= lo)
-    if hi is not None:
-        bounds.append(field <= hi)
-    return functools.reduce(operator.and_, bounds)
-
-
-def _has_any(column: pa.ChunkedArray, values: Sequence[str]) -> np.ndarray:
-    """Boolean mask: rows of a list<string> column containing any of ``values``."""
-    mask = np.zeros(len(column), dtype=bool)
-    offset = 0
-    for chunk in column.chunks:
-        hit = pc.is_in(pc.list_flatten(chunk), value_set=pa.array(list(values), pa.string()))
-        rows = pc.filter(pc.list_parent_indices(chunk), hit).to_numpy()
-        mask[offset + rows] = True
-        offset += len(chunk)
-    return mask
-
-
-def _as_list(value: str | Sequence[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
-
-
 def _distinct(dataset: pads.Dataset, column: str) -> list[str]:
     """The distinct non-null values of a string (or list<string>) column of the index."""
     values: set[str] = set()
@@ -246,129 +194,41 @@ def _distinct(dataset: pads.Dataset, column: str) -> list[str]:
     return sorted(values)
 
 
-def _licenses(dataset: pads.Dataset, licenses: str | Sequence[str], where: str,
-              notes: list[str] | None = None) -> list[str]:
-    """The index's spelling of each asked licence code (case-insensitive, :func:`biomedica_hf.filters.resolve`): a
-    valid code this build lacks selects nothing (noted in ``notes``); a misspelt one raises with the closest codes."""
-    r = resolve("licence code(s)", licenses, _distinct(dataset, "license_code"), LICENSE_CODES, where)
-    if notes is not None and r.absent:
-        notes.append(r.note("licence code"))
-    return r.values
-
-
-def _concepts(dataset: pads.Dataset, cols: list[str], values: Sequence[str], where: str,
-              notes: list[str] | None = None) -> list[str]:
-    """The same rule for concepts (vocabulary: the label taxonomy, through ``hooks.concept_names``)."""
-    r = resolve("concept(s)", values, {v for c in cols for v in _distinct(dataset, c)}, hooks.concept_names(), where)
-    if notes is not None and r.absent:
-        notes.append(r.note("concept"))
-    return r.values
-
-
-def read_keys(exclude: str | os.PathLike | Iterable[str]) -> list[str]:
-    """Keys to exclude: an iterable of keys, or a ``.txt`` (one per line), ``.parquet`` or ``.json`` file with
-    a ``key`` column (JSON: a list of keys, a list of ``{"key": ...}`` rows, or ``{"key": [...]}``)."""
-    if isinstance(exclude, (str, os.PathLike)):
-        path = Path(exclude)
-        if not path.is_file():
-            raise FileNotFoundError(f"exclude={os.fspath(exclude)!r}: no such file (give keys, or a .txt, .parquet "
-                                    f"or .json file of keys)")
-        suffix = path.suffix.lower()
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            if "key" not in pq.read_schema(path).names:
-                raise ValueError(f"exclude={os.fspath(path)!r} has no `key` column")
-            return [k for k in pq.read_table(path, columns=["key"])["key"].to_pylist() if k]
-        if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and "key" in data:
-                data = data["key"]
-            if isinstance(data, list):
-                return [str(x["key"] if isinstance(x, dict) else x) for x in data
-                        if (x.get("key") if isinstance(x, dict) else x)]
-            raise ValueError(f"exclude={os.fspath(path)!r}: expected a list of keys, rows with a `key`, "
-                             f"or {{'key': [...]}}")
-        if suffix in (".txt", ".lst", ""):
-            return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        raise ValueError(f"exclude={os.fspath(path)!r}: use a .txt, .parquet or .json file")
-    if isinstance(exclude, bytes):
-        raise TypeError("exclude= takes keys (str), not bytes")
-    return [str(k) for k in exclude]
-
-
-def select_ranges(index_url: str, subset: str | Sequence[str] = "commercial", concepts: Sequence[str] | None = None,
-                  exclude_concepts: Sequence[str] | None = None, licenses: str | Sequence[str] | None = None,
-                  years: Years | None = None, min_caption_chars: int | None = None,
-                  storage_options: dict[str, Any] | None = None, *, split: str | None = None,
-                  exclude: str | os.PathLike | Iterable[str] | None = None, near_duplicates: str = "keep",
-                  columns: Sequence[str] = (), with_columns: bool = False, index: tuple[Any, str] | None = None,
-                  notes: list[str] | None = None) -> dict[str, np.ndarray] | dict[str, tuple[np.ndarray, dict[str, pa.Array]]]:
+def select_ranges(index_url: str, selection: Selection | str | Sequence[str] | None = None,
+                  storage_options: dict[str, Any] | None = None, *, columns: Sequence[str] = (),
+                  with_columns: bool = False, index: tuple[Any, str] | None = None, notes: list[str] | None = None,
+                  **filters: Any) -> dict[str, np.ndarray] | dict[str, tuple[np.ndarray, dict[str, pa.Array]]]:
     """Wanted samples per shard (``shard`` relpath -> sorted ``(tar_offset, tar_size)``), in index order.
 
-    With ``with_columns``: ``shard -> (ranges, {column: Arrow array aligned with ranges})`` for the
-    :data:`EXTRA_COLUMNS` the index has, plus ``columns`` (e.g. ``key``, ``sha256``). ``index``: the
-    ``(filesystem, path)`` :func:`index_file` already resolved for ``index_url`` (else it is resolved here).
-    ``notes``: receives a line per valid licence code / concept that this build lacks (they select nothing).
+    ``selection``: a :class:`biomedica_hf.filters.Selection` (or, as before, a subset with the other filters as
+    keywords ``filters``, which make one). With ``with_columns``: ``shard -> (ranges, {column: Arrow array aligned
+    with ranges})`` for the :data:`EXTRA_COLUMNS` the index has, plus ``columns`` (e.g. ``key``, ``sha256``).
+    ``index``: the ``(filesystem, path)`` :func:`index_file` already resolved for ``index_url`` (else it is
+    resolved here). ``notes``: receives a line per valid licence code / concept that this build lacks (they select
+    nothing).
     """
+    selection = as_selection(selection, filters)
     fs, path = index if index is not None else index_file(index_url, storage_options, columns)
     # repetitive string columns read as dictionaries: a shard name per row would be ~60 B x 24 M rows
     dataset = pads.dataset(path, filesystem=fs, format=pads.ParquetFileFormat(
         read_options=pads.ParquetReadOptions(dictionary_columns=list(DICTIONARY_COLUMNS))))
     names = set(dataset.schema.names)
-    where = index_url
-    if near_duplicates not in NEAR_DUPLICATES:
-        raise ValueError(f"near_duplicates must be one of {list(NEAR_DUPLICATES)}, got {near_duplicates!r}")
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)} (or None for all), got {split!r}")
-    used = {"subset": subset, "license_code": licenses, "year": years, "caption_chars": min_caption_chars,
-            "split": split, "near_dup_of": near_duplicates if near_duplicates == "drop" else None,
-            "key": exclude}
-    list_filters = [(v, keep) for v, keep in ((concepts, True), (exclude_concepts, False)) if v is not None]
-    if list_filters and "concepts" not in names:
-        raise ValueError(f"{index_url} has no `concepts` column: concepts= / exclude_concepts= need the concept "
-                         f"annotation stage to have been run on this dataset")
-    if split is not None and "split" not in names:
-        raise ValueError(f"{index_url} has no `split` column: this dataset has no train/validation/test splits "
-                         f"(rebuild it with a biomedica version that assigns them), so split={split!r} cannot apply")
-    if near_duplicates == "drop" and "near_dup_of" not in names:
-        raise ValueError(f"{index_url} has no `near_dup_of` column: near-duplicate detection has not been run on "
-                         f"this dataset, so near_duplicates='drop' cannot apply")
-    missing = [c for c, value in used.items() if value is not None and c not in names]
+    selection.check_columns(names, index_url)
+    missing = [c for c, used in selection.columns().items() if used and c not in names]
     missing += [c for c in (*INDEX_COLUMNS, *columns) if c not in names]
     if missing:
         raise ValueError(f"{index_url} lacks column(s) {missing}: rebuild it with `biomedica build`")
-    exprs = []
-    if set(_subsets(subset)) != set(SUBSETS):
-        exprs.append(pc.field("subset").isin(_subsets(subset)))
-    if licenses is not None:
-        exprs.append(pc.field("license_code").isin(_licenses(dataset, licenses, where, notes)))
-    if years is not None:
-        exprs.append(_years_expr(years))
-    if min_caption_chars is not None:
-        exprs.append(pc.field("caption_chars") >= min_caption_chars)
-    if split is not None:
-        exprs.append(pc.field("split") == split)
-    if near_duplicates == "drop":
-        exprs.append(pc.field("near_dup_of").is_null())
-    if exclude is not None:
-        keys = read_keys(exclude)
-        if keys:
-            exprs.append(~pc.field("key").isin(pa.array(keys, pa.string())))
-    concept_cols = [c for c in CONCEPT_COLUMNS if c in names] if list_filters else []
-    list_filters = [(_concepts(dataset, concept_cols, _as_list(values), where, notes), keep)
-                    for values, keep in list_filters]   # the index's spelling: matched case-insensitively
+    concept_cols = [c for c in CONCEPT_COLUMNS if c in names] if selection.concept_filters else []
+    selection, missing_notes = selection.resolved(   # the index's spelling: matched case-insensitively
+        lambda: _distinct(dataset, "license_code"), lambda: {v for c in concept_cols for v in _distinct(dataset, c)},
+        index_url)
+    if notes is not None:
+        notes += missing_notes
     extra = [c for c in EXTRA_COLUMNS if c in names] if with_columns else []
     wanted_cols = list(dict.fromkeys([*INDEX_COLUMNS, *concept_cols, *extra, *columns]))
-    expr = functools.reduce(operator.and_, exprs) if exprs else None
-    table = dataset.to_table(columns=wanted_cols, filter=expr)
-    if list_filters:
-        keep = np.ones(table.num_rows, dtype=bool)
-        for values, include in list_filters:
-            hit = np.zeros(table.num_rows, dtype=bool)
-            for col in concept_cols:
-                hit |= _has_any(table[col], _as_list(values))
-            keep &= hit if include else ~hit
+    table = dataset.to_table(columns=wanted_cols, filter=selection.expression())
+    keep = selection.concept_mask(table, concept_cols)
+    if keep is not None:
         table = table.filter(pa.array(keep))
     if pa.types.is_dictionary(table.schema.field("shard").type):
         shard = table.unify_dictionaries()["shard"].combine_chunks()
@@ -639,14 +499,39 @@ def _caller() -> tuple[str, int, str]:
     return frame.f_code.co_filename, frame.f_lineno, frame.f_globals.get("__name__", "<unknown>")
 
 
-def _warn_no_match(where: str, filters: dict[str, Any], notes: Sequence[str] = ()) -> None:
+def _warn_no_match(where: str, selection: Selection, notes: Sequence[str] = ()) -> None:
     """Warn at the caller's line, on every call (``warn_explicit`` without a once-per-line registry); ``notes``
     name the asked values this build lacks and what it has."""
-    asked = ", ".join(f"{k}={v!r}" for k, v in filters.items() if v is not None) or "no filter"
+    asked = selection.describe() or "no filter"
     filename, lineno, module = _caller()
     why = "".join(f"; {n}" for n in notes)
     warnings.warn_explicit(f"load_biomedica: no sample of {where} matches the filters ({asked}); the dataset is "
                            f"empty{why}", NoMatchWarning, filename, lineno, module=module, registry=None)
+
+
+#: ``load_biomedica``'s filter keywords and their defaults (each a field of :class:`Selection`)
+FILTER_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Selection)}
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    return value is default or (type(value) is type(default) and isinstance(value, (str, int)) and value == default)
+
+
+def as_selection(selection: Selection | str | Sequence[str] | None, filters: dict[str, Any]) -> Selection:
+    """The :class:`Selection` of a call that gave ``selection=`` or the filter keywords (``filters``; a
+    ``selection`` that is not a Selection is the ``subset``), not both."""
+    unknown = sorted(set(filters) - set(FIELDS))
+    if unknown:
+        raise TypeError(f"unexpected filter keyword(s) {unknown}; the filters are {list(FIELDS)}")
+    if isinstance(selection, Selection):
+        given = sorted(k for k, v in filters.items() if not _is_default(v, FILTER_DEFAULTS[k]))
+        if given:
+            raise TypeError(f"give either selection= or the filter keywords, not both (got selection= and {given}): "
+                            f"selection.replace({given[0]}=...) makes a changed copy")
+        return selection
+    if selection is not None:
+        filters = {**filters, "subset": selection}
+    return Selection(**filters)
 
 
 # ------------------------------------------------------------------------------------ entry point
@@ -659,8 +544,12 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
                    revision: str | None = None, decode: bool = True, decode_threads: int | None = None,
                    verify: bool = False, read_options: ReadOptions | None = None, world_size: int | None = None,
                    num_workers: int | None = None, token: str | bool | None = None, rank: int | None = None,
-                   **load_dataset_kwargs: Any) -> IterableDataset | Dataset:
+                   selection: Selection | None = None, **load_dataset_kwargs: Any) -> IterableDataset | Dataset:
     """Load a BIOMEDICA dataset folder or Hub repo, filtered on its ``figures.parquet`` index.
+
+    The filters (``subset`` to ``near_duplicates``) are the fields of one :class:`biomedica_hf.filters.Selection`:
+    give them as keywords, or a ``selection=Selection(...)`` (the search API, eval and the recipes share it), not
+    both.
 
     Args:
         path_or_repo_id: a local dataset folder, or a Hub dataset repo id (``owner/name``).
@@ -692,6 +581,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
         world_size, num_workers: ranks and DataLoader workers per rank (``WORLD_SIZE`` from the
             environment by default); work units are split so that their number is a multiple of
             ``world_size * max(1, num_workers)`` when there are enough samples, else a warning is issued.
+        selection: the filters as one :class:`~biomedica_hf.filters.Selection` (instead of the keywords above).
         rank: with ``world_size``, return only this rank's share (no ``split_dataset_by_node`` afterwards): the
             selected *samples* are cut into ``world_size`` contiguous runs whose sizes differ by at most one
             (:func:`plan_rank`), read by byte range like any other unit, so an epoch of every rank covers every
@@ -712,13 +602,15 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
         FileNotFoundError: no index; while reading: a shard the index lists is missing.
         biomedica_hf.io.ranges.ShardTruncatedError: while reading, a shard shorter than the index says.
     """
+    args = locals()
+    selection = as_selection(selection, {name: args[name] for name in FIELDS})   # the keywords are its fields
     if level != "figure":
         from biomedica_hf.dataset.panel_loader import load_panels
 
         if level != "panel":
             raise ValueError(f"unknown level {level!r}; valid: figure, panel")
-        return load_panels(path_or_repo_id, subset, split=split, streaming=streaming, decode=decode,
-                           revision=revision, token=token)
+        return load_panels(path_or_repo_id, selection.subset, split=selection.split, streaming=streaming,
+                           decode=decode, revision=revision, token=token)
     from datasets import Dataset
     from datasets.fingerprint import Hasher
 
@@ -730,9 +622,8 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
     index_fs, index_path, commit = index_source(index_url, storage_options, checked)   # a Hub index: one request
     index = (index_fs, index_path)
     notes: list[str] = []
-    wanted = select_ranges(index_url, subset, concepts, exclude_concepts, licenses, years, min_caption_chars,
-                           storage_options, split=split, exclude=exclude, near_duplicates=near_duplicates,
-                           columns=checked, with_columns=True, index=index, notes=notes)
+    wanted = select_ranges(index_url, selection, storage_options, columns=checked, with_columns=True, index=index,
+                           notes=notes)
     # every shard is read at the commit the index came from: a commit pushed mid-stream (an update renaming or
     # rewriting shards) never mixes into a stream, which finishes from the commit it started on
     pinned = commit or revision
@@ -741,11 +632,7 @@ def load_biomedica(path_or_repo_id: str | os.PathLike, subset: str | Sequence[st
     extra = [c for c in EXTRA_COLUMNS if units and c in units[0].columns]
     n_samples = sum(len(u.ranges) for u in units)
     if not units:
-        _warn_no_match(os.fspath(path_or_repo_id), {
-            "subset": subset, "concepts": concepts, "exclude_concepts": exclude_concepts, "licenses": licenses,
-            "years": years, "min_caption_chars": min_caption_chars, "split": split,
-            "exclude": None if exclude is None else "...", "near_duplicates": None if near_duplicates == "keep"
-            else near_duplicates}, notes)
+        _warn_no_match(os.fspath(path_or_repo_id), selection, notes)
     readers = _readers(world_size, num_workers)
     n_readers = 1
     if rank is not None:

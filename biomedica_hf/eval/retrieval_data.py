@@ -15,7 +15,8 @@ which is why filtering ``figures.parquet`` by the config's name found nothing): 
 (member offsets from the tar headers) and captions come from the tars' ``.txt`` members.
 
 Splits: when ``figures.parquet`` has a ``split`` column with ``test`` rows, ``split="auto"`` (the default)
-keeps only those (the held-out split of a partitioned build); ``"all"`` keeps everything.
+keeps only those (the held-out split of a partitioned build); ``"all"`` keeps everything. A dataset folder's rows
+are chosen by one :class:`~biomedica_hf.filters.Selection` (licence subset and split), the loader's own filter.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from biomedica_hf.eval.evalset import DATA_HINT, DataNotFoundError, parquet_files
+from biomedica_hf.filters import Selection
 from biomedica_hf.io.ranges import read_many
 from biomedica_hf.layout import folder_files
 
@@ -68,6 +70,23 @@ def _split_filter(table, split: str):
     kept = table.filter(pc.equal(table["split"], want))
     if split == "auto" and kept.num_rows == 0:
         return table, None
+    return kept, want
+
+
+def _select(table: pa.Table, subset: str, split: str) -> tuple[pa.Table, str | None]:
+    """The rows of a dataset folder's index that a retrieval set takes, filtered by one
+    :class:`~biomedica_hf.filters.Selection` (the loader's rule): the licence ``subset`` and the split (``auto``:
+    ``test`` when those rows have any, else every split; ``all``: every split); with the split label used."""
+    want = None if "split" not in table.column_names or split == "all" else "test" if split == "auto" else split
+    selection = Selection(subset=subset, split=want)
+
+    def rows(sel: Selection) -> pa.Table:
+        expr = sel.expression()
+        return table if expr is None else table.filter(expr)
+
+    kept = rows(selection)
+    if split == "auto" and want is not None and kept.num_rows == 0:
+        return rows(selection.replace(split=None)), None
     return kept, want
 
 
@@ -129,9 +148,7 @@ def load_pairs(path: str | os.PathLike, subset: str | None = None, limit: int | 
                                         f"{', '.join(_config_names(root, table))}")
             own = _scan_config(root, subset)
             table = table.filter(pc.is_in(table["key"], pa.array(list(own), pa.string())))
-        elif subset and subset != "all":
-            table = table.filter(pc.equal(table["subset"], subset))
-        table, used_split = _split_filter(table, split)
+        table, used_split = _select(table, subset if own is None and subset else "all", split)
         table = table.filter(pc.greater(pc.utf8_length(pc.fill_null(table["caption"], "")), 0))
         table = table.sort_by([("key", "ascending")])
         if limit:

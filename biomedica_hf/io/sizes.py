@@ -1,5 +1,5 @@
 """Byte counts for people: :func:`human_size` writes them (decimal units, as the Hub shows them) and
-:func:`parse_size` reads them (``500MB``, ``2GiB``, ``1234``)."""
+:func:`parse_size` reads them (``500MB``, ``2GiB``, ``1234``); :func:`size_text` writes a number exactly."""
 from __future__ import annotations
 
 _DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -14,6 +14,16 @@ def human_size(n: float) -> str:
         if n < 999.5 or unit == "PB":
             break
     return f"{n:.2f} {unit}" if n < 9.995 else f"{n:.1f} {unit}" if n < 99.95 else f"{n:.0f} {unit}"
+
+
+def size_text(n: int) -> str:
+    """The shortest exact spelling of ``n`` bytes that :func:`parse_size` reads back: ``2GiB``, ``256MiB``, ``1GB``,
+    ``1234`` (a default shown by ``--help``, written from the number that is the default)."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10),
+                        ("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
 
 
 def parse_size(text: str | int, binary: bool = False) -> int:
@@ -35,4 +45,4 @@ def parse_size(text: str | int, binary: bool = False) -> int:
         raise ValueError(f"not a size: {text!r} (e.g. 500MB, 2GiB, 1234)") from None
 
 
-__all__ = ["human_size", "parse_size"]
+__all__ = ["human_size", "parse_size", "size_text"]

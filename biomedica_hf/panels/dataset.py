@@ -1,6 +1,6 @@
 """``biomedica panels DIR``: every figure of a built dataset folder split into panels, resumable per shard.
 
-One task per source shard (``<subset>/<stem>.tar`` of the build), run by ``build.executors`` (local processes
+One task per source shard (``<subset>/<stem>.tar`` of the build), run by ``biomedica_hf.executors`` (local processes
 or Ray). A task reads its shard's Parquet rows, each image by byte range, finds the panels
 (:func:`biomedica_hf.panels.figure.find_panels`) and their subcaptions, and writes::
 
@@ -328,7 +328,7 @@ def panel_dataset(dataset_dir: str | Path, *, workers: int = 1, executor: str = 
     removed, methods, the panel configs with their sizes, failed shards and figures."""
     from tqdm.auto import tqdm
 
-    from biomedica_hf.build.executors import make_executor
+    from biomedica_hf.executors import make_executor
     from biomedica_hf.build.figures import build_figures_index
 
     out = Path(dataset_dir)   # the panels' hooks are registered: importing this module ran biomedica_hf.panels
@@ -338,7 +338,7 @@ def panel_dataset(dataset_dir: str | Path, *, workers: int = 1, executor: str = 
     tasks = [(str(out), str(p), labels, detector, force) for p in shard_tables(out)]
     report: dict[str, Any] = {"figures": 0, "panels": 0, "split": 0, "kept": 0, "removed": removed, "methods": {},
                               "failed": [], "figures_failed": []}
-    results = make_executor(executor, workers=max(1, workers), address=address).map(_task, tasks)
+    results = make_executor(executor, workers=max(1, workers), address=address).closing_map(_task, tasks)
     for r in tqdm(results, total=len(tasks), desc="panels", unit="shard", disable=not progress):
         if r["state"] == "failed":
             report["failed"].append({"shard": r["shard"], "error": r["error"]})

@@ -23,11 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from biomedica_hf import __version__, hooks
-from biomedica_hf.filters import LICENSE_CODES, UnknownFilterValue, resolve
+from biomedica_hf import __version__
+from biomedica_hf.filters import UnknownFilterValue
 from biomedica_hf.schema import SUBSETS
 from biomedica_hf.search.engine import QueryError, SearchEngine, SearchResponse
-from biomedica_hf.search.meta import Filters
+from biomedica_hf.search.meta import as_query, selection_of
 from biomedica_hf.search.page import PAGE_HTML
 from biomedica_hf.search.thumbs import SIZES, Thumbnailer, TooLarge
 
@@ -71,6 +71,8 @@ class SearchParams(BaseModel):
 
 
 LIST_PARAMS = {"subset", "license", "concept"}
+#: how the API names licence codes and concepts in its errors and notes (biomedica_hf.filters.Selection.resolved)
+API_WORDS = {"licenses": ("license value(s)", "license"), "concepts": ("concept value(s)", "concept")}
 PARAMS = list(SearchParams.model_fields)
 HINTS = {"text": "q", "query": "q", "top_k": "limit", "k": "limit", "page": "offset", "licence": "license",
          "subsets": "subset", "licenses": "license", "concepts": "concept", "start": "offset"}
@@ -320,15 +322,12 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
         if text is not None and len(text) > lim.max_query_chars:
             raise HTTPException(422, f"query of {len(text)} characters exceeds the limit of {lim.max_query_chars}")
         try:   # one rule with load_biomedica (biomedica_hf.filters): absent-but-valid finds nothing, misspelt is 422
-            lic = resolve("license value(s)", p.license, engine.meta.license_values, LICENSE_CODES)
-            con = resolve("concept value(s)", p.concept, engine.meta.concept_names.values(), hooks.concept_names())
-        except UnknownFilterValue as e:
+            selection, notes = selection_of(p.subset, p.license, p.year_min, p.year_max, p.concept).resolved(
+                lambda: engine.meta.license_values, lambda: engine.meta.concept_names.values(), words=API_WORDS)
+        except (UnknownFilterValue, ValueError) as e:
             raise HTTPException(422, str(e)) from None
-        notes = [n for n in (lic.note("license"), con.note("concept")) if n]
-        filters = Filters(subsets=p.subset, licenses=lic.values, year_min=p.year_min, year_max=p.year_max,
-                          concepts=con.values)
-        res: SearchResponse = engine.search(text=text, image=image, filters=filters, offset=p.offset, limit=p.limit,
-                                            sources=_split_sources(p.sources))
+        res: SearchResponse = engine.search(text=text, image=image, filters=selection, offset=p.offset,
+                                            limit=p.limit, sources=_split_sources(p.sources))
         results = []
         for h in res.hits:
             h = {k: v for k, v in h.items() if k not in ("shard", "image_offset", "image_size", "row")}
@@ -340,7 +339,7 @@ def create_app(engine: SearchEngine, limits: Limits | None = None) -> FastAPI:
             h.update(image_url=f"/figure/{key}/image", thumbnail_url=f"/figure/{key}/image?size=320",
                      figure_url=f"/figure/{key}", article_url=f"/article/{h['pmcid']}")
             results.append(h)
-        return {"query": {"q": text, "image": image is not None, **filters.as_dict()}, "total": res.total,
+        return {"query": {"q": text, "image": image is not None, **as_query(selection)}, "total": res.total,
                 "offset": res.offset, "limit": res.limit, "sources": res.sources, "timings_ms": res.timings_ms,
                 "results": results, "notes": notes}
 

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
+from biomedica_hf.filters import Selection
 from biomedica_hf.io.ranges import read_range
 from biomedica_hf.search import layout
 from biomedica_hf.search.bm25 import BM25Index
@@ -186,9 +187,9 @@ class SearchEngine:
                 lists[s] = self.dense["caption"].search(image_vec, depth, mask)[1]
         return lists
 
-    def search(self, text: str | None = None, image: bytes | Any | None = None, filters: Filters | None = None,
-               offset: int = 0, limit: int = 10, sources: Sequence[str] | None = None,
-               depth: int | None = None) -> SearchResponse:
+    def search(self, text: str | None = None, image: bytes | Any | None = None,
+               filters: Selection | Filters | None = None, offset: int = 0, limit: int = 10,
+               sources: Sequence[str] | None = None, depth: int | None = None) -> SearchResponse:
         """One page of hybrid results for a text and/or image query: one hit per figure.
 
         * Panels of one figure (the ``<graphic>`` s of one ``<fig>``, same caption) are one hit, ranked by
@@ -213,7 +214,7 @@ class SearchEngine:
             image_vec = self.encode_image(image)
         t1 = time.perf_counter()
         timings["encode"] = (t1 - t0) * 1000
-        mask = self.meta.mask(filters or Filters())
+        mask = self.meta.mask(filters if filters is not None else Filters())
         want = offset + limit
         depth = max(depth or DEFAULT_DEPTH, want)
         while True:  # panels collapse into figures: deepen the lists until the page is full or they are exhausted

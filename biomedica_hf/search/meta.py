@@ -1,4 +1,5 @@
-"""Figure metadata of an index (``meta.parquet``): row lookups, filter masks and facet counts."""
+"""Figure metadata of an index (``meta.parquet``): row lookups, filter masks (of a
+:class:`~biomedica_hf.filters.Selection`) and facet counts."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from biomedica_hf.filters import Selection, YearRange, as_list, read_keys
 
 # columns meta.parquet takes from figures.parquet (those present), then from articles.parquet
 FIGURE_COLUMNS = ("key", "pmcid", "figure_id", "figure_label", "caption", "references", "subset", "license_code",
@@ -23,7 +26,9 @@ MISSING_YEAR = -1
 
 @dataclass
 class Filters:
-    """Within a field any value matches (OR); across fields all must match (AND)."""
+    """The search's original filter fields (kept for callers that make one): within a field any value matches
+    (OR); across fields all must match (AND). :meth:`selection` is the same filter as the one
+    :class:`~biomedica_hf.filters.Selection` the search API, the loader and the recipes share."""
 
     subsets: Sequence[str] = ()
     licenses: Sequence[str] = ()
@@ -38,6 +43,34 @@ class Filters:
     def as_dict(self) -> dict[str, Any]:
         return {"subset": list(self.subsets), "license": list(self.licenses), "year_min": self.year_min,
                 "year_max": self.year_max, "concept": list(self.concepts)}
+
+    def selection(self) -> Selection:
+        """This filter as a :class:`~biomedica_hf.filters.Selection` (no subset: ``"all"``)."""
+        return selection_of(list(self.subsets), list(self.licenses), self.year_min, self.year_max,
+                            list(self.concepts))
+
+
+def selection_of(subsets: Sequence[str] = (), licenses: Sequence[str] = (), year_min: int | None = None,
+                 year_max: int | None = None, concepts: Sequence[str] = ()) -> Selection:
+    """The search API's parameters (empty: no filter on that field) as one :class:`Selection`."""
+    return Selection(subset=tuple(subsets) or "all", licenses=tuple(licenses) or None,
+                     years=None if year_min is None and year_max is None else YearRange(year_min, year_max),
+                     concepts=tuple(concepts) or None)
+
+
+def as_query(selection: Selection) -> dict[str, Any]:
+    """A selection of the search API's fields as the ``query`` of a response (:meth:`Filters.as_dict`'s shape)."""
+    def values(v: str | Sequence[str] | None) -> list[str]:
+        return [] if v is None else [v] if isinstance(v, str) else list(v)
+
+    year_min, year_max = selection.year_bounds
+    return {"subset": [] if selection.subset == "all" else values(selection.subset),
+            "license": values(selection.licenses), "year_min": year_min, "year_max": year_max,
+            "concept": values(selection.concepts)}
+
+
+#: what a search index cannot filter on: meta.parquet has no caption length, split or near-duplicate columns
+UNSUPPORTED = ("min_caption_chars", "split", "near_duplicates")
 
 
 def build_meta_table(figures: pa.Table, articles: pa.Table | None) -> pa.Table:
@@ -158,27 +191,47 @@ class Metadata:
         lower = {v.lower(): i for i, v in enumerate(vocab)}
         return [lower[v.lower()] for v in values if v.lower() in lower]
 
-    def mask(self, f: Filters) -> np.ndarray | None:
-        """Boolean row mask for the filters (None: no filter)."""
-        if not f.active():
+    def mask(self, f: Selection | Filters) -> np.ndarray | None:
+        """Boolean row mask for a selection (None: no filter). Licence codes and concepts match
+        case-insensitively; a selection on what the index lacks (caption length, split, near-duplicates) is a
+        ``ValueError``."""
+        sel = f.selection() if isinstance(f, Filters) else f
+        asked = sel.asked()
+        unsupported = [k for k in UNSUPPORTED if k in asked]
+        if unsupported:
+            raise ValueError(f"a search index cannot filter on {', '.join(unsupported)} (meta.parquet has no such "
+                             f"column); filters: subset, licenses, years, concepts, exclude_concepts, exclude")
+        if sel.subset == "all" and len(asked) == 1:
             return None
         m = np.ones(len(self), bool)
-        if f.subsets:
-            m &= np.isin(self.subset, self._codes(f.subsets, self.subset_values))
-        if f.licenses:
-            m &= np.isin(self.license_codes, self._codes(f.licenses, self.license_values))
-        if f.year_min is not None:
-            m &= (self.year >= f.year_min) & (self.year != MISSING_YEAR)
-        if f.year_max is not None:
-            m &= (self.year <= f.year_max) & (self.year != MISSING_YEAR)
-        if f.concepts:
-            keep = np.zeros(len(self), bool)
-            for c in f.concepts:
-                rows = self.concept_rows.get(c.lower())
-                if rows is not None:
-                    keep[rows] = True
-            m &= keep
+        if sel.subset != "all":
+            m &= np.isin(self.subset, self._codes(sel.subsets, self.subset_values))
+        if sel.licenses is not None:
+            m &= np.isin(self.license_codes, self._codes(as_list(sel.licenses), self.license_values))
+        if isinstance(sel.years, frozenset):
+            m &= np.isin(self.year, sorted(sel.years))
+        elif sel.years is not None:
+            year_min, year_max = sel.year_bounds
+            if year_min is not None:
+                m &= (self.year >= year_min) & (self.year != MISSING_YEAR)
+            if year_max is not None:
+                m &= (self.year <= year_max) & (self.year != MISSING_YEAR)
+        if sel.concepts is not None:
+            m &= self._concept_hits(as_list(sel.concepts))
+        if sel.exclude_concepts is not None:
+            m &= ~self._concept_hits(as_list(sel.exclude_concepts))
+        if sel.exclude is not None:
+            drop = [self.key_to_row[k] for k in read_keys(sel.exclude) if k in self.key_to_row]
+            m[drop] = False
         return m
+
+    def _concept_hits(self, concepts: Sequence[str]) -> np.ndarray:
+        hit = np.zeros(len(self), bool)
+        for c in concepts:
+            rows = self.concept_rows.get(c.lower())
+            if rows is not None:
+                hit[rows] = True
+        return hit
 
     def rows(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """The metadata of the given rows, in order."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from biomedica_hf.filters import Selection
 from biomedica_hf.search.engine import SearchEngine
 from biomedica_hf.search.meta import Filters
 
@@ -85,14 +86,14 @@ class Context:
 class Retriever:
     """Hybrid figure retrieval over an index folder (or a loaded :class:`SearchEngine`)."""
 
-    def __init__(self, index: str | Path | SearchEngine, k: int = 5, filters: Filters | None = None,
+    def __init__(self, index: str | Path | SearchEngine, k: int = 5, filters: Selection | Filters | None = None,
                  sources: Sequence[str] | None = None, dataset: str | Path | None = None, **format_options: int):
         self.engine = index if isinstance(index, SearchEngine) else SearchEngine(index, dataset=dataset)
         self.k, self.filters, self.sources = k, filters, sources
         self.format_options = format_options
 
     def retrieve(self, query: str, k: int | None = None, image: bytes | Any | None = None,
-                 filters: Filters | None = None) -> list[Passage]:
+                 filters: Selection | Filters | None = None) -> list[Passage]:
         """The top ``k`` figures for a text (and/or image) query as passages numbered from 1."""
         res = self.engine.search(text=query, image=image, filters=filters or self.filters, limit=k or self.k,
                                  sources=self.sources)

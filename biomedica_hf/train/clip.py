@@ -28,7 +28,8 @@ r"""The CLIP continual pre-training loop (one loop for open_clip and transformer
   grad_norm, samples/s, data-wait fraction, plus ``start`` and ``epoch_end`` events (per-rank sample counts);
   see docs/training.md.
 
-The config (:class:`biomedica_hf.train.config.ClipConfig`) is checked: unknown keys are errors.
+The config (:class:`biomedica_hf.train.config.ClipConfig`) is checked (unknown keys are errors) and used as that
+typed object down to every value's use; only ``config.yaml`` and the model card see it as a mapping.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from biomedica_hf.train import checkpoint
-from biomedica_hf.train.config import check_config, resolve_precision, to_dict
+from biomedica_hf.train.config import ClipConfig, check_config, resolve_precision, to_dict
 from biomedica_hf.train.config import load_config as _load_config
 from biomedica_hf.train.distributed import end_run
 
@@ -153,25 +154,25 @@ def torch_zeros_like(t):
     return torch.zeros_like(t)
 
 
-def train(cfg: dict) -> dict:
-    """Run a recipe (a config dict or :class:`~biomedica_hf.train.config.ClipConfig`, checked here);
-    returns ``{"step", "log", "export", ...}`` (on every rank)."""
+def train(cfg: dict | ClipConfig) -> dict:
+    """Run a recipe (a config dict or :class:`~biomedica_hf.train.config.ClipConfig`, checked here, then used as
+    the typed config down to every value's use); returns ``{"step", "log", "export", ...}`` (on every rank)."""
     import torch
     from accelerate import Accelerator
 
-    cfg = to_dict(check_config("clip", cfg))
+    cfg = check_config("clip", cfg)
     from biomedica_hf.dataset.loader import check_dataset_path
 
-    check_dataset_path(cfg["data"]["path"])       # a wrong data.path: one line, before any model is built
-    cpu = cfg["train"]["cpu"] or not torch.cuda.is_available()
+    check_dataset_path(cfg.data.path)       # a wrong data.path: one line, before any model is built
+    cpu = cfg.train.cpu or not torch.cuda.is_available()
     bf16_ok = not cpu and torch.cuda.is_bf16_supported()
-    accelerator = Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg["train"]["mixed_precision"], bf16_ok))
+    accelerator = Accelerator(cpu=cpu, mixed_precision=resolve_precision(cfg.train.mixed_precision, bf16_ok))
     result = _train(accelerator, cfg)   # the model, optimizer and stream die with its frame ...
     end_run(accelerator)                # ... before the process group is destroyed
     return result
 
 
-def _train(accelerator, cfg: dict) -> dict:
+def _train(accelerator, cfg: ClipConfig) -> dict:
     import torch
     from accelerate.utils import set_seed
 
@@ -181,28 +182,34 @@ def _train(accelerator, cfg: dict) -> dict:
     from biomedica_hf.train import rundir
     from biomedica_hf.train.progress import Progress, banner, micro_batches
 
-    t_cfg, d_cfg = cfg["train"], cfg["data"]
+    t_cfg, d_cfg = cfg.train, cfg.data
     cuda = accelerator.device.type == "cuda"
     rank, world = accelerator.process_index, accelerator.num_processes
-    seed = int(cfg["seed"])
+    seed = cfg.seed
     set_seed(seed)
-    out = Path(cfg["output_dir"])
-    rundir.open_run(accelerator, out, cfg, t_cfg.get("overwrite", False))   # warning, refusal or a clean start
+    out = Path(cfg.output_dir)
+    rundir.open_run(accelerator, out, cfg, t_cfg.overwrite)   # warning, refusal or a clean start
 
-    clip = build_model(cfg["model"], seed=seed)
+    clip = build_model(to_dict(cfg.model), seed=seed)     # clip/ sits below train/: it takes the section's fields
     base_state = ({k: v.detach().clone().cpu() for k, v in clip.base_core().state_dict().items()}
-                  if cfg["wise_ft"].get("alpha") is not None else None)
-    if t_cfg.get("grad_checkpointing"):
+                  if cfg.wise_ft.alpha is not None else None)
+    if t_cfg.grad_checkpointing:
         clip.set_grad_checkpointing(True)
-    lora = cfg["lora"]
-    if lora.get("enabled"):
-        clip.apply_lora(lora["r"], lora["alpha"], lora["dropout"], lora.get("target_modules"))
+    lora = cfg.lora
+    if lora.enabled:
+        clip.apply_lora(lora.r, lora.alpha, lora.dropout, lora.target_modules)
 
-    ds = build_stream(d_cfg, rank, world, seed)
-    collate = Collate(clip, float(d_cfg.get("reference_prob", 0.0)), seed)
-    num_workers = int(d_cfg.get("num_workers", 0))
-    bs = int(t_cfg["batch_size"])
-    accum = int(t_cfg.get("grad_accum", 1))
+    selection = d_cfg.selection()
+    num_workers = d_cfg.num_workers
+
+    def stream():
+        return build_stream(d_cfg.path, selection, rank, world, seed, num_workers=num_workers,
+                            shuffle_buffer=d_cfg.shuffle_buffer)
+
+    ds = stream()
+    collate = Collate(clip, d_cfg.reference_prob, seed)
+    bs = t_cfg.batch_size
+    accum = t_cfg.grad_accum
     n_local = ds.info.splits["train"].num_examples
     counts = torch.tensor([n_local], device=accelerator.device)
     rank_samples = [int(c) for c in (accelerator.gather(counts) if world > 1 else counts).tolist()]
@@ -212,15 +219,14 @@ def _train(accelerator, cfg: dict) -> dict:
         raise BiomedicaError(f"{sum(rank_samples)} selected sample(s) for {world} processes: every process needs "
                              f"at least one", "use fewer processes or select more data")
     steps_per_epoch = math.ceil(max(micro_batches(n, bs, num_workers) for n in rank_samples) / accum)
-    max_epochs = int(t_cfg.get("max_epochs") or 10**9)
-    max_steps = t_cfg.get("max_steps") or (steps_per_epoch * max_epochs if t_cfg.get("max_epochs") else None)
+    max_epochs = t_cfg.max_epochs or 10**9
+    max_steps = t_cfg.max_steps or (steps_per_epoch * max_epochs if t_cfg.max_epochs else None)
     if not max_steps:
         raise ValueError("train.max_steps (or train.max_epochs) is required: it sets the cosine schedule")
-    max_steps = int(max_steps)
-    optimizer = torch.optim.AdamW(_param_groups(clip, float(t_cfg["weight_decay"])), lr=float(t_cfg["lr"]),
-                                  betas=tuple(float(b) for b in t_cfg["betas"]), eps=float(t_cfg["eps"]))
+    optimizer = torch.optim.AdamW(_param_groups(clip, t_cfg.weight_decay), lr=t_cfg.lr, betas=tuple(t_cfg.betas),
+                                  eps=t_cfg.eps)
     # not prepare()d: accelerate's scheduler wrapper would step it once per process
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(t_cfg["warmup_steps"]), max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t_cfg.warmup_steps, max_steps))
     model, optimizer = accelerator.prepare(clip, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
@@ -229,10 +235,10 @@ def _train(accelerator, cfg: dict) -> dict:
                                            drop_last=False, pin_memory=cuda)
 
     def template():     # one sample of the rank's share, for an all-padding batch after a resume at its end
-        return collate(list(build_stream(d_cfg, rank, world, seed).take(1)))
+        return collate(list(stream().take(1)))
 
     step, epoch, samples, epoch_samples = 0, 0, 0, 0
-    ck = checkpoint.resume_checkpoint(t_cfg["resume"], out)
+    ck = checkpoint.resume_checkpoint(t_cfg.resume, out)
     if ck is not None:
         accelerator.load_state(str(ck))
         state = checkpoint.read_trainer_state(ck)
@@ -248,9 +254,9 @@ def _train(accelerator, cfg: dict) -> dict:
     batches = _Batches(accelerator, ds, loader, collate, epoch, max_epochs, bs, template, epoch_samples)
 
     loss_fn = ClipLoss()
-    record_keys = bool(d_cfg.get("record_keys"))
-    log_every, save_every = int(t_cfg.get("log_every") or 1), t_cfg.get("save_every")
-    max_scale = math.log(float(t_cfg.get("max_logit_scale", 100.0)))
+    record_keys = d_cfg.record_keys
+    log_every, save_every = t_cfg.log_every or 1, t_cfg.save_every
+    max_scale = math.log(t_cfg.max_logit_scale)
     log_path = out / "log.jsonl"
     losses: list[float] = []
     device = f"{accelerator.device.type}" + (f", {accelerator.distributed_type.value}" if world > 1 else "")
@@ -285,7 +291,7 @@ def _train(accelerator, cfg: dict) -> dict:
                                          "rank_samples": per_rank, "samples": sum(per_rank)}) + "\n")
 
     done = False
-    until_data_ends = not t_cfg.get("max_steps")     # max_epochs: the last epoch ends when its data does
+    until_data_ends = not t_cfg.max_steps     # max_epochs: the last epoch ends when its data does
     while (until_data_ends or step < max_steps) and not done:
         t0, batches.wait, step_loss, n_local = time.perf_counter(), 0.0, 0.0, 0
         micro = 0
@@ -322,8 +328,7 @@ def _train(accelerator, cfg: dict) -> dict:
                         p.grad = accelerator.reduce(p.grad, reduction="mean")
                     p.grad.mul_(accum / micro)
             step_loss = step_loss * (accum / micro)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), float(t_cfg["grad_clip"])) \
-            if t_cfg.get("grad_clip") else None
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), t_cfg.grad_clip) if t_cfg.grad_clip else None
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -345,44 +350,44 @@ def _train(accelerator, cfg: dict) -> dict:
                       "samples_per_s": n_global / dt, "data_wait_frac": batches.wait / dt}
             with log_path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
-        if save_every and step % int(save_every) == 0:
+        if save_every and step % save_every == 0:
             save(checkpoint.checkpoint_dir(out, step))
     progress.close()
 
     accelerator.wait_for_everyone()
     result: dict[str, Any] = {"step": step, "samples": samples, "losses": losses, "log": str(log_path)}
-    if step and (not save_every or step % int(save_every)):
+    if step and (not save_every or step % save_every):
         save(checkpoint.checkpoint_dir(out, step))
     clip = accelerator.unwrap_model(model)
-    e_cfg = cfg["export"]
+    e_cfg = cfg.export
     export_dir = out / "export"
-    if clip.is_lora and e_cfg["enabled"] and e_cfg["adapter"] and accelerator.is_main_process:
+    if clip.is_lora and e_cfg.enabled and e_cfg.adapter and accelerator.is_main_process:
         from biomedica_hf.clip.export import save_lora_adapter
 
-        m_cfg = cfg["model"]
+        m_cfg = cfg.model
+        open_clip = m_cfg.kind == "open_clip"
         save_lora_adapter(clip, export_dir / "lora_adapter",     # the trained adapter, before any WiSE-FT
-                          m_cfg.get("name_or_path") if m_cfg["kind"] == "transformers" else m_cfg.get("name"),
-                          {"kind": m_cfg["kind"], "pretrained": m_cfg.get("pretrained") if m_cfg["kind"] == "open_clip"
-                           else None, "data": d_cfg["path"], "subset": d_cfg.get("subset"), "steps": step})
-    if cfg["wise_ft"].get("alpha") is not None:
+                          m_cfg.name if open_clip else m_cfg.name_or_path,
+                          {"kind": m_cfg.kind, "pretrained": m_cfg.pretrained if open_clip else None,
+                           "data": d_cfg.path, "subset": d_cfg.subset, "steps": step})
+    if cfg.wise_ft.alpha is not None:
         from biomedica_hf.clip.export import wise_ft
 
         clip.merge_lora()
-        wise_ft(clip.base_core(), base_state, float(cfg["wise_ft"]["alpha"]))
-    if e_cfg["enabled"] and accelerator.is_main_process:
+        wise_ft(clip.base_core(), base_state, cfg.wise_ft.alpha)
+    if e_cfg.enabled and accelerator.is_main_process:
         from biomedica_hf.clip.card import write_model_card
         from biomedica_hf.clip.export import export_model
 
-        written = export_model(clip, export_dir, tuple(e_cfg["formats"]), "merge")   # adapter saved above
+        written = export_model(clip, export_dir, tuple(e_cfg.formats), "merge")   # adapter saved above
         if (export_dir / "lora_adapter").is_dir():
             written["lora_adapter"] = str(export_dir / "lora_adapter")
-        if cfg["card"]["enabled"]:
+        if cfg.card.enabled:
             for fmt in ("open_clip", "transformers"):
-                if fmt in written:
-                    write_model_card(Path(written[fmt]), cfg, fmt, {"step": step, "samples": samples,
-                                                                     "world_size": world, "final_loss":
-                                                                     losses[-1] if losses else None},
-                                     cfg["card"]["template"])
+                if fmt in written:       # the card renders the config as the run saved it (config.yaml)
+                    write_model_card(Path(written[fmt]), to_dict(cfg), fmt,
+                                     {"step": step, "samples": samples, "world_size": world,
+                                      "final_loss": losses[-1] if losses else None}, cfg.card.template)
         result["export"] = written
     accelerator.wait_for_everyone()
     return result

@@ -13,8 +13,8 @@ One vocabulary for both recipes (issue 18):
   (``--overwrite``: clear ``output_dir`` first); ``train.grad_checkpointing``; ``train.mixed_precision: auto | no |
   bf16 | fp16`` (``auto``: bf16 on a CUDA GPU with bf16, else no); ``train.cpu``;
 * ``export.enabled``, ``export.adapter`` (also save the PEFT LoRA adapter); ``card.enabled``, ``card.template``;
-* ``data.path``, ``data.subset`` and the ``load_biomedica`` filters (``concepts``, ``exclude_concepts``,
-  ``licenses``, ``years``, ``min_caption_chars``, ``split``, ``exclude``, ``near_duplicates``);
+* ``data.path``, ``data.subset`` and the ``load_biomedica`` filters: the fields of one
+  :class:`biomedica_hf.filters.Selection` (:meth:`DataBase.selection`, checked with the config);
 * checkpoints ``output_dir/checkpoints/step_N`` with ``data_state_rank{r}.json`` (see ``checkpoint.py``).
 
 Bundled configs are package data: ``biomedica_hf/train/configs/<recipe>/<name>.yaml``; ``--config NAME``
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from biomedica_hf.errors import BiomedicaError
+from biomedica_hf.filters import FIELDS, Selection
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -59,7 +60,8 @@ Precision = Literal["auto", "no", "bf16", "fp16"]
 
 @dataclass
 class DataBase:
-    """What both recipes read: a ``biomedica build`` folder or Hub dataset id, filtered by ``load_biomedica``."""
+    """What both recipes read: a ``biomedica build`` folder or Hub dataset id, and which of its samples (the fields
+    of one :class:`biomedica_hf.filters.Selection`: :meth:`selection`)."""
 
     path: str | None = None
     subset: str | list[str] = "commercial"
@@ -72,9 +74,13 @@ class DataBase:
     exclude: str | None = None
     near_duplicates: Literal["keep", "drop"] = "keep"
 
+    def selection(self) -> Selection:
+        """The samples this config selects (checked: ``ValueError`` naming the valid values)."""
+        return Selection(**{name: getattr(self, name) for name in FIELDS})
 
-FILTERS = ("concepts", "exclude_concepts", "licenses", "years", "min_caption_chars", "split", "exclude",
-           "near_duplicates")
+
+#: the filter keys of ``data`` besides ``subset`` (the other fields of :class:`~biomedica_hf.filters.Selection`)
+FILTERS = tuple(name for name in FIELDS if name != "subset")
 
 
 @dataclass
@@ -449,7 +455,22 @@ def check_config(recipe: str, cfg: dict | Any) -> Any:
         return cfg
     if not isinstance(cfg, dict):
         raise ConfigError(f"a {recipe} config must be a mapping, got {type(cfg).__name__}")
-    return _build(cls, cfg)
+    out = _build(cls, cfg)
+    try:
+        out.data.selection()            # the data selection checked once, here, by the rule load_biomedica uses
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"data: {exc}") from None
+    return out
+
+
+def section(cls: type, value: Any, key: str) -> Any:
+    """A config section as its dataclass ``cls``: itself, or a mapping checked into it (``key`` names it in
+    errors), for the recipe helpers that users also call with plain mappings."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+    return _build(cls, value, key)
 
 
 def resolve_precision(value: str, bf16_ok: bool) -> str:

@@ -96,16 +96,20 @@ def start_run(out: Path, cfg: dict, overwrite: bool = False) -> None:
     tmp.replace(out / CONFIG_FILE)
 
 
-def open_run(accelerator, out: Path, cfg: dict, overwrite: bool = False) -> None:
+def open_run(accelerator, out: Path, cfg: dict | Any, overwrite: bool = False) -> None:
     """The start of every recipe, on every rank: the one-line warning of a launch that got one process where it
     asked for more (rank 0), :func:`check_output_dir` on every rank before anything is written, then
-    :func:`start_run` on rank 0, the ranks waiting for each other between the steps."""
+    :func:`start_run` on rank 0, the ranks waiting for each other between the steps. ``cfg``: the recipe's typed
+    config (or its dict), saved as ``config.yaml``."""
+    import dataclasses
     import sys
 
     from biomedica_hf.train.progress import launch_warning
 
     if accelerator.is_main_process and (warning := launch_warning(accelerator.num_processes)):
         print(warning, file=sys.stderr, flush=True)
+    if dataclasses.is_dataclass(cfg):
+        cfg = dataclasses.asdict(cfg)
     check_output_dir(out, cfg, overwrite)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -35,7 +35,16 @@ from typing import Any
 
 from biomedica_hf.errors import BiomedicaError
 from biomedica_hf.train import checkpoint
-from biomedica_hf.train.config import DEFAULT_TARGETS, FILTERS, check_config, resolve_precision, to_dict
+from biomedica_hf.train.config import (
+    DEFAULT_TARGETS,
+    SmolVLMConfig,
+    SmolVLMLora,
+    SmolVLMModel,
+    check_config,
+    resolve_precision,
+    section,
+    to_dict,
+)
 from biomedica_hf.train.config import load_config as _load_config
 from biomedica_hf.train.distributed import end_run
 
@@ -64,9 +73,10 @@ def _dtype(name: str | None):
             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
 
 
-def quantization_config(mcfg: dict):
+def quantization_config(mcfg: SmolVLMModel | dict):
     """``BitsAndBytesConfig`` for QLoRA (nf4, double quant), or a clear error when it cannot run here."""
-    q = mcfg.get("quantization")
+    mcfg = section(SmolVLMModel, mcfg, "model")
+    q = mcfg.quantization
     if not q:
         return None
     if q != "nf4":
@@ -84,37 +94,41 @@ def quantization_config(mcfg: dict):
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=_dtype(mcfg.get("dtype") or "bfloat16"))
+                              bnb_4bit_compute_dtype=_dtype(mcfg.dtype or "bfloat16"))
 
 
-def resolve_model_dir(cfg: dict, accelerator=None, texts=()) -> str:
+def resolve_model_dir(cfg: SmolVLMConfig | dict, accelerator=None, texts=()) -> str:
     """The model to load: ``model.name`` (Hub id or folder), or for ``model.tiny`` a random tiny Idefics3
     written once to ``output_dir/base_model`` (rank 0 writes, others wait)."""
-    mcfg = cfg["model"]
-    if not mcfg.get("tiny"):
-        return mcfg["name"]
-    out = os.path.join(cfg["output_dir"], "base_model")
+    cfg = check_config("smolvlm", cfg)
+    if not cfg.model.tiny:
+        return cfg.model.name
+    out = os.path.join(cfg.output_dir, "base_model")
     if not os.path.exists(os.path.join(out, "config.json")) and (accelerator is None or accelerator.is_main_process):
         from biomedica_hf.vlm.tiny import save_tiny_model
 
-        save_tiny_model(out, texts, seed=cfg["seed"])
+        save_tiny_model(out, texts, seed=cfg.seed)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return out
 
 
-def load_model(model_dir: str, mcfg: dict, lora: dict | None, grad_checkpointing: bool = False):
-    """``AutoModelForImageTextToText`` (+ 4-bit quantization) wrapped with a PEFT LoRA adapter."""
+def load_model(model_dir: str, mcfg: SmolVLMModel | dict, lora: SmolVLMLora | dict | None,
+               grad_checkpointing: bool = False):
+    """``AutoModelForImageTextToText`` (+ 4-bit quantization) wrapped with a PEFT LoRA adapter (the recipe's
+    ``model`` and ``lora`` sections; a mapping is checked into them)."""
     from transformers import AutoModelForImageTextToText
 
+    mcfg = section(SmolVLMModel, mcfg, "model")
+    lora = None if lora is None else section(SmolVLMLora, lora, "lora")
     kwargs: dict[str, Any] = {}
     qc = quantization_config(mcfg)
     if qc is not None:
         kwargs["quantization_config"] = qc
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    if mcfg.get("attn_implementation"):
-        kwargs["attn_implementation"] = mcfg["attn_implementation"]
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=_dtype(mcfg.get("dtype")), **kwargs)
+    if mcfg.attn_implementation:
+        kwargs["attn_implementation"] = mcfg.attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=_dtype(mcfg.dtype), **kwargs)
     if grad_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):      # transformers >= 5.2x name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -126,13 +140,12 @@ def load_model(model_dir: str, mcfg: dict, lora: dict | None, grad_checkpointing
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
-    if lora and lora.get("enabled", True):
+    if lora is not None and lora.enabled:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(
-            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-            target_modules=list(lora["target_modules"]), init_lora_weights=lora.get("init_lora_weights", True),
-            task_type=None))
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+            init_lora_weights=lora.init_lora_weights, task_type=None))
     return model
 
 
@@ -148,57 +161,56 @@ def _dataset_captions(path: str, n: int = 2000) -> list[str]:
     return [] if col is None else [c for c in pq.read_table(f, columns=[col]).column(col).to_pylist()[:n] if c]
 
 
-def train(cfg: dict) -> dict:
-    """Run the recipe (a config dict or :class:`~biomedica_hf.train.config.SmolVLMConfig`, checked here)."""
+def train(cfg: dict | SmolVLMConfig) -> dict:
+    """Run the recipe (a config dict or :class:`~biomedica_hf.train.config.SmolVLMConfig`, checked here, then used
+    as the typed config down to every value's use)."""
     import torch
     from accelerate import Accelerator
 
-    cfg = to_dict(check_config("smolvlm", cfg))
+    cfg = check_config("smolvlm", cfg)
     from biomedica_hf.dataset.loader import check_dataset_path
 
-    check_dataset_path(cfg["data"]["path"])       # a wrong data.path: one line, before any model is loaded
-    tcfg = cfg["train"]
-    quantization_config(cfg["model"])          # fail fast (before any download) when QLoRA cannot run here
-    out = Path(cfg["output_dir"])
+    check_dataset_path(cfg.data.path)       # a wrong data.path: one line, before any model is loaded
+    tcfg = cfg.train
+    quantization_config(cfg.model)          # fail fast (before any download) when QLoRA cannot run here
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cpu = tcfg["cpu"] or not torch.cuda.is_available()
-    accelerator = Accelerator(gradient_accumulation_steps=tcfg["grad_accum"], cpu=tcfg["cpu"],
-                              mixed_precision=resolve_precision(tcfg["mixed_precision"],
+    cpu = tcfg.cpu or not torch.cuda.is_available()
+    accelerator = Accelerator(gradient_accumulation_steps=tcfg.grad_accum, cpu=tcfg.cpu,
+                              mixed_precision=resolve_precision(tcfg.mixed_precision,
                                                                 not cpu and torch.cuda.is_bf16_supported()))
     result = _train(accelerator, cfg, out)    # the model, optimizer and stream die with its frame ...
     end_run(accelerator)                      # ... before the process group is destroyed
     return result
 
 
-def _train(accelerator, cfg: dict, out: Path) -> dict:
+def _train(accelerator, cfg: SmolVLMConfig, out: Path) -> dict:
     import torch
     from accelerate.utils import set_seed
     from transformers import AutoProcessor, get_scheduler
 
-    from biomedica_hf.vlm.data import SkipLog, collate, example_stream, set_longest_edge
-
     from biomedica_hf.train import rundir
     from biomedica_hf.train.progress import Progress, banner
+    from biomedica_hf.vlm.data import SkipLog, collate, example_stream, set_longest_edge
 
-    tcfg, dcfg = cfg["train"], cfg["data"]
-    set_seed(cfg["seed"])
+    tcfg, dcfg = cfg.train, cfg.data
+    set_seed(cfg.seed)
     world = accelerator.num_processes
-    rundir.open_run(accelerator, out, cfg, tcfg.get("overwrite", False))   # warning, refusal or a clean start
-    model_dir = resolve_model_dir(cfg, accelerator, _dataset_captions(dcfg["path"]) if cfg["model"].get("tiny") else ())
+    rundir.open_run(accelerator, out, cfg, tcfg.overwrite)   # warning, refusal or a clean start
+    model_dir = resolve_model_dir(cfg, accelerator, _dataset_captions(dcfg.path) if cfg.model.tiny else ())
     processor = AutoProcessor.from_pretrained(model_dir)
-    set_longest_edge(processor, dcfg.get("longest_edge"))
-    model = load_model(model_dir, cfg["model"], cfg["lora"], tcfg["grad_checkpointing"])
+    set_longest_edge(processor, dcfg.longest_edge)
+    model = load_model(model_dir, cfg.model, cfg.lora, tcfg.grad_checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
-    sched = get_scheduler(tcfg["scheduler"], opt, num_warmup_steps=tcfg["warmup_steps"],
-                          num_training_steps=tcfg["max_steps"])
+    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    sched = get_scheduler(tcfg.scheduler, opt, num_warmup_steps=tcfg.warmup_steps, num_training_steps=tcfg.max_steps)
     # the scheduler is stepped by hand once per optimizer step (a prepared one steps num_processes times)
     model, opt = accelerator.prepare(model, opt)
     accelerator.register_for_checkpointing(sched)
 
     step, consumed = 0, 0
-    ck = checkpoint.resume_checkpoint(tcfg["resume"], out)
+    ck = checkpoint.resume_checkpoint(tcfg.resume, out)
     if ck is not None:
         accelerator.load_state(str(ck))
         step = checkpoint.read_trainer_state(ck)["step"]
@@ -211,44 +223,42 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
 
     skips = SkipLog()
     position = {"seen": consumed}
-    stream = example_stream(dcfg["path"], processor, subset=dcfg["subset"], tasks=dcfg["tasks"],
-                            max_length=dcfg["max_length"], min_answer_tokens=dcfg["min_answer_tokens"],
-                            rank=accelerator.process_index, world_size=accelerator.num_processes, seed=cfg["seed"],
-                            skip_samples=consumed, skips=skips, position=position,
-                            load_kwargs={k: dcfg[k] for k in FILTERS if dcfg[k] is not None})
+    stream = example_stream(dcfg.path, processor, selection=dcfg.selection(), tasks=dcfg.tasks,
+                            max_length=dcfg.max_length, min_answer_tokens=dcfg.min_answer_tokens,
+                            rank=accelerator.process_index, world_size=accelerator.num_processes, seed=cfg.seed,
+                            skip_samples=consumed, skips=skips, position=position)
     pad_id = processor.tokenizer.pad_token_id
-    bs = tcfg["batch_size"]
+    bs, accum, max_steps = tcfg.batch_size, tcfg.grad_accum, tcfg.max_steps
     counts = torch.tensor([position["rank_samples"]], device=accelerator.device)
     rank_samples = [int(c) for c in (accelerator.gather(counts) if world > 1 else counts).tolist()]
     if min(rank_samples) == 0:
         raise BiomedicaError(f"{sum(rank_samples)} selected sample(s) for {world} processes: every process needs "
                              f"at least one", "use fewer processes or select more data")
-    steps_per_epoch = -(-max(rank_samples) // (bs * tcfg["grad_accum"]))
+    steps_per_epoch = -(-max(rank_samples) // (bs * accum))
     device = accelerator.device.type + (f", {accelerator.distributed_type.value}" if world > 1 else "")
     if accelerator.is_main_process:
         rundir.trim_log(out, step)
-        print(banner("smolvlm", world, device, rank_samples, steps_per_epoch, bs, tcfg["grad_accum"],
-                     tcfg["max_steps"], step), file=sys.stderr, flush=True)
+        print(banner("smolvlm", world, device, rank_samples, steps_per_epoch, bs, accum, max_steps, step),
+              file=sys.stderr, flush=True)
         with open(out / "log.jsonl", "a") as logf:
             logf.write(json.dumps({"event": "start", "step": step, "world_size": world, "device": device,
                                    "rank_samples": rank_samples, "steps_per_epoch": steps_per_epoch,
-                                   "max_steps": tcfg["max_steps"], "batch_size": bs,
-                                   "grad_accum": tcfg["grad_accum"]}) + "\n")
-    progress = Progress(tcfg["max_steps"], step, accelerator.is_main_process, desc="smolvlm")
+                                   "max_steps": max_steps, "batch_size": bs, "grad_accum": accum}) + "\n")
+    progress = Progress(max_steps, step, accelerator.is_main_process, desc="smolvlm")
     t_step = time.perf_counter()
     losses: list[float] = []
     tokens = samples = 0
     t0 = time.perf_counter()
     model.train()
-    while step < tcfg["max_steps"]:
+    while step < max_steps:
         batch_ex = [next(stream) for _ in range(bs)]
         # samples consumed from the stream (skipped ones included) for exact fast-forward on resume
         batch = {k: v.to(accelerator.device) for k, v in collate(batch_ex, pad_id).items()}
         with accelerator.accumulate(model):
             loss = model(**batch).loss
             accelerator.backward(loss)
-            if accelerator.sync_gradients and tcfg.get("grad_clip"):
-                accelerator.clip_grad_norm_(params, tcfg["grad_clip"])
+            if accelerator.sync_gradients and tcfg.grad_clip:
+                accelerator.clip_grad_norm_(params, tcfg.grad_clip)
             opt.step()
             if accelerator.sync_gradients:
                 sched.step()
@@ -263,13 +273,13 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
         losses.append(lv)
         now = time.perf_counter()
         progress.update(step, consumed // max(1, max(rank_samples)), lv,
-                        bs * tcfg["grad_accum"] * world / max(now - t_step, 1e-9))
+                        bs * accum * world / max(now - t_step, 1e-9))
         t_step = now
-        if accelerator.is_main_process and (step % tcfg["log_every"] == 0 or step == tcfg["max_steps"]):
+        if accelerator.is_main_process and (step % tcfg.log_every == 0 or step == max_steps):
             with open(out / "log.jsonl", "a") as logf:
                 logf.write(json.dumps({"step": step, "epoch": consumed // max(1, max(rank_samples)), "loss": lv, "lr": sched.get_last_lr()[0],
                                        "elapsed_s": round(time.perf_counter() - t0, 3)}) + "\n")
-        if tcfg.get("save_every") and step % tcfg["save_every"] == 0 and step < tcfg["max_steps"]:
+        if tcfg.save_every and step % tcfg.save_every == 0 and step < max_steps:
             _save_checkpoint(accelerator, out, step, consumed)
     progress.close()
     elapsed = time.perf_counter() - t0
@@ -286,13 +296,13 @@ def _train(accelerator, cfg: dict, out: Path) -> dict:
               "world_size": accelerator.num_processes, "model_dir": model_dir}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if cfg["export"]["enabled"]:
+        if cfg.export.enabled:
             result |= export(accelerator.unwrap_model(model), processor, out, cfg)
         (out / "results.json").write_text(json.dumps(result, indent=2))
-        if cfg["card"].get("enabled"):
+        if cfg.card.enabled:
             from biomedica_hf.vlm.card import write_model_card
 
-            write_model_card(out, cfg, result)
+            write_model_card(out, to_dict(cfg), result)   # the card renders the config as the run saved it
     accelerator.wait_for_everyone()
     return result
 
@@ -309,28 +319,29 @@ def _save_checkpoint(accelerator, out: Path, step: int, consumed: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------- export
-def export(model, processor, out: Path, cfg: dict) -> dict:
+def export(model, processor, out: Path, cfg: SmolVLMConfig | dict) -> dict:
     """Save the adapter (``out/adapter``) and the merged full model (``out/merged``), both with the processor,
     and check the round trip: merged.from_pretrained logits == adapter logits on a probe batch."""
     import torch
 
     from biomedica_hf.vlm.compat import make_legacy_compatible
 
+    cfg = check_config("smolvlm", cfg)
     res: dict[str, Any] = {}
     is_peft = hasattr(model, "peft_config")
-    if is_peft and cfg["export"]["adapter"]:
+    if is_peft and cfg.export.adapter:
         model.save_pretrained(out / "adapter")
         processor.save_pretrained(out / "adapter")
         make_legacy_compatible(out / "adapter")
         res["adapter_dir"] = str(out / "adapter")
-    if cfg["export"]["merge"]:
-        if is_peft and cfg["model"].get("quantization"):
+    if cfg.export.merge:
+        if is_peft and cfg.model.quantization:
             # merging into 4-bit weights is lossy: reload the base in the compute dtype and merge there
             from peft import PeftModel
             from transformers import AutoModelForImageTextToText
 
             base = AutoModelForImageTextToText.from_pretrained(model.peft_config["default"].base_model_name_or_path,
-                                                               dtype=_dtype(cfg["model"].get("dtype")))
+                                                               dtype=_dtype(cfg.model.dtype))
             merged = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
         else:
             model.eval()

@@ -20,6 +20,7 @@ import yaml
 from biomedica_hf import templates
 from biomedica_hf.clip.card import hub_dataset_id
 from biomedica_hf.dataset.licences import DataLicences, data_licences, write_licences
+from biomedica_hf.filters import described_filters
 
 
 def training_licences(cfg: dict) -> DataLicences:
@@ -97,9 +98,7 @@ def render(cfg: dict, result: dict, template: str | None = None, kind: str = "ru
                     f"a dataset folder built locally with `biomedica build` (`{Path(str(cfg['data']['path'])).name}`; "
                     "not on the Hub)"),
         "subset": cfg["data"]["subset"],
-        "filters": ", ".join(f"{k} {cfg['data'][k]!r}" for k in ("concepts", "exclude_concepts", "licenses", "years",
-                                                                  "min_caption_chars", "split", "exclude")
-                             if cfg["data"].get(k) is not None) or "none",
+        "filters": ", ".join(f"{k} {v}" for k, v in described_filters(cfg["data"])) or "none",
         "licences": licences.summary(),
         "tasks": ", ".join(f"{k} {v}" for k, v in cfg["data"]["tasks"].items()),
         "longest_edge": cfg["data"].get("longest_edge") or "processor default", "max_length": cfg["data"]["max_length"],

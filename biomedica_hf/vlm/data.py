@@ -26,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from biomedica_hf.filters import Selection
+
 log = logging.getLogger(__name__)
 
 PROMPTS = {
@@ -188,11 +190,12 @@ def decode_image(image: Any):
 READ_LOG_LIMIT = 10_000   # keys of the rows read that ``position["read_keys"]`` keeps (the first ones)
 
 
-def example_stream(path: str, processor, *, subset: str | Sequence[str] = "all", tasks: dict[str, float] | None = None,
+def example_stream(path: str, processor, *, selection: Selection | None = None, tasks: dict[str, float] | None = None,
                    max_length: int = 2048, min_answer_tokens: int = 8, rank: int = 0, world_size: int = 1,
                    seed: int = 0, skip_samples: int = 0, skips: SkipLog | None = None, cycle: bool = True,
-                   load_kwargs: dict | None = None, position: dict | None = None) -> Iterator[Encoded]:
-    """Endless (``cycle``) stream of encoded examples for one rank.
+                   position: dict | None = None) -> Iterator[Encoded]:
+    """Endless (``cycle``) stream of encoded examples for one rank, of the samples ``selection`` selects (default:
+    every subset, no filter).
 
     The data is split ONCE, like the CLIP recipe: ``load_biomedica(world_size=, rank=)`` gives each rank a
     contiguous run of the selected samples (runs differ by at most one sample), so a rank reads only its share
@@ -204,8 +207,8 @@ def example_stream(path: str, processor, *, subset: str | Sequence[str] = "all",
     from biomedica_hf.dataset.loader import load_biomedica
 
     tasks = tasks or DEFAULT_TASKS
-    ds = load_biomedica(path, subset=subset, streaming=True, decode=False, world_size=world_size, rank=rank,
-                        num_workers=0, **(load_kwargs or {}))
+    ds = load_biomedica(path, streaming=True, decode=False, world_size=world_size, rank=rank, num_workers=0,
+                        selection=selection if selection is not None else Selection(subset="all"))
     if position is not None:
         position["rank_samples"] = ds.info.splits["train"].num_examples
     return _examples(ds, processor, tasks, max_length, min_answer_tokens, seed, skip_samples, skips, cycle,

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from biomedica_hf.build.dedup import HASH_SCHEMA, PUBLISHED, decide, decide_bucket, decisions_for, write_hash_rows
-from biomedica_hf.build.pipeline import _cut
+from biomedica_hf.build.task import cut_shards as _cut
 from biomedica_hf.build.shards import revise_shard, shard_done, shard_files, write_shard
 from biomedica_hf.schema import ImageRecord, Sample
 

@@ -38,6 +38,24 @@ def test_counts_are_the_index_counts(built_dataset):
     assert cc_version(None) is None
 
 
+def test_a_selection_counts_what_it_selects(built_dataset):
+    """Issue 29: the licences are counted on the samples one ``Selection`` selects, the loader's own filter; a
+    config's ``data`` mapping makes the same selection."""
+    from biomedica_hf.filters import Selection
+
+    rows = [r for r in _index(built_dataset) if r["subset"] != "other"]
+    code = Counter(r["license_code"] for r in rows).most_common(1)[0][0]
+    lic = data_licences(built_dataset, Selection(subset=["commercial", "noncommercial"], licenses=code.lower()))
+    assert lic.error is None and lic.subset == "commercial, noncommercial"
+    assert lic.filters == {"licenses": code.lower()}            # as asked (LICENSES.md shows the config's words)
+    assert {c.code for c in lic.counts} == {code} and lic.samples == sum(r["license_code"] == code for r in rows)
+    same = data_licences(built_dataset, ["commercial", "noncommercial"], {"licenses": code.lower(), "path": "x",
+                                                                        "shuffle_buffer": 4, "years": None})
+    assert same.counts == lic.counts and same.filters == {"licenses": code.lower()}
+    bad = data_licences(built_dataset, "all", {"split": "dev"})
+    assert bad.counts == [] and "split must be one of" in bad.error
+
+
 def test_clip_card_license_from_the_training_data(built_dataset, tmp_path):
     from biomedica_hf.clip.card import render_model_card, write_model_card
     from biomedica_hf.train.clip import load_config
@@ -100,3 +118,32 @@ def test_smolvlm_cards_license_from_the_training_data(built_dataset, tmp_path):
     cfg = load_config(None, [f"output_dir={out}", f"data.path={built_dataset}", "data.subset=noncommercial"])
     write_model_card(out, cfg, {"losses": [2.0], "steps": 1, "world_size": 1})
     assert _meta((out / "merged" / "README.md").read_text())["license"] == "cc-by-nc-nd-4.0"
+
+
+def test_model_cards_name_every_filter_of_the_selection_and_no_local_path(built_dataset, tmp_path):
+    """Split, exclusions and the near-duplicate policy shape the training data as much as licences do: both cards name
+    every filter the config sets (the Selection's fields), an exclusion file by its name only."""
+    from biomedica_hf.clip.card import render_model_card
+    from biomedica_hf.train.clip import load_config
+    from biomedica_hf.train.smolvlm import load_config as load_vlm_config
+    from biomedica_hf.vlm.card import write_model_card
+
+    excl = tmp_path / "private-dir-7f3a" / "exclusions.txt"
+    excl.parent.mkdir()
+    excl.write_text(pq.read_table(built_dataset / "figures.parquet", columns=["key"])["key"][0].as_py() + "\n")
+    sets = ["data.subset=all", "data.split=train", f"data.exclude={excl}", "data.near_duplicates=drop"]
+    card = render_model_card(load_config(SMOKE, [f"data.path={built_dataset}", *sets]), "open_clip", {})
+    assert "split train" in card
+    assert "exclude exclusions.txt" in card
+    assert "near_duplicates drop" in card
+    assert "private-dir-7f3a" not in card
+    out = tmp_path / "run"
+    for d in ("merged", "adapter"):
+        (out / d).mkdir(parents=True)
+    cfg = load_vlm_config(None, [f"output_dir={out}", f"data.path={built_dataset}", *sets])
+    write_model_card(out, cfg, {"losses": [2.0], "steps": 1, "world_size": 1})
+    text = (out / "merged" / "README.md").read_text()
+    assert "split train" in text
+    assert "exclude exclusions.txt" in text
+    assert "near_duplicates drop" in text
+    assert "private-dir-7f3a" not in text

@@ -491,6 +491,77 @@ def test_near_duplicates_drop(annotated, built, older):
         load_biomedica(copy, near_duplicates="yes")
 
 
+# ---------------------------------------------------------------------------------- one Selection
+def test_a_selection_selects_what_the_same_keywords_select(annotated, tmp_path):
+    """Issue 29: the filters are one ``Selection``; ``load_biomedica(selection=)`` and the keywords agree."""
+    from biomedica_hf.filters import Selection
+
+    copy, rows = annotated
+    years = sorted({r["year"] for r in rows if r["year"] is not None})
+    drop = sorted(r["key"] for r in rows)[::4]
+    (tmp_path / "keys.txt").write_text("\n".join(drop))
+    cases = [
+        ({"subset": "all", "concepts": "microscopy", "split": "train"},
+         lambda r: "Microscopy" in r["concepts"] and r["split"] == "train"),
+        ({"subset": ["commercial", "other"], "exclude_concepts": ["Plots and Charts"], "near_duplicates": "drop"},
+         lambda r: r["subset"] != "noncommercial" and "Plots and Charts" not in r["concepts"]
+         and r["near_dup_of"] is None),
+        ({"subset": "all", "years": (years[0], years[len(years) // 2]), "exclude": tmp_path / "keys.txt"},
+         lambda r: r["year"] is not None and years[0] <= r["year"] <= years[len(years) // 2]
+         and r["key"] not in drop),
+    ]
+    for kw, pred in cases:
+        want = _index_keys(rows, pred)
+        assert want, kw                                    # the case selects something, and not everything
+        assert len(want) < len(rows), kw
+        by_selection = sorted(_keys(load_biomedica(copy, decode=False, selection=Selection(**kw))))
+        assert by_selection == want, kw
+        assert sorted(_keys(load_biomedica(copy, decode=False, **kw))) == want, kw
+
+
+def test_selection_or_keywords_not_both(annotated):
+    from biomedica_hf.filters import Selection
+
+    copy, _ = annotated
+    with pytest.raises(TypeError, match=r"either selection= or the filter keywords.*\['licenses'\]"):
+        load_biomedica(copy, licenses="CC BY", selection=Selection(subset="all"))
+    # a keyword left at its default is no conflict
+    assert len(_keys(load_biomedica(copy, subset="commercial", decode=False, selection=Selection(subset="all")))) \
+        == len(_keys(load_biomedica(copy, subset="all", decode=False)))
+
+
+def test_a_selection_is_checked_when_made():
+    import biomedica_hf
+    from biomedica_hf.filters import Selection, YearRange
+
+    assert biomedica_hf.Selection is Selection                  # the public name, beside load_biomedica
+
+    with pytest.raises(ValueError, match=r"subset must be 'all' or among"):
+        Selection(subset="comercial")
+    with pytest.raises(ValueError, match=r"split must be one of \['train', 'validation', 'test'\]"):
+        Selection(split="dev")
+    with pytest.raises(ValueError, match="near_duplicates must be one of"):
+        Selection(near_duplicates="yes")
+    with pytest.raises(ValueError, match="at least one bound"):
+        Selection(years=(None, None))
+    with pytest.raises(ValueError, match="min_caption_chars must be a non-negative integer"):
+        Selection(min_caption_chars=-1)
+    with pytest.raises(TypeError, match="not bytes"):
+        Selection(exclude=b"PMC1")
+    # a (min, max) tuple is a range, a list is any of those years, and stays so through replace()
+    assert Selection(years=(2019, None)).years == YearRange(2019, None)
+    listed = Selection(years=[2019, 2021])
+    assert listed.replace(split="test").years == frozenset({2019, 2021})
+    assert Selection(subset=["other", "commercial"]).subsets == ("other", "commercial")
+    assert Selection(subset="all").every_subset
+    assert Selection(subset="all", years=[2021, 2019], exclude=["b", "a"]).describe() == \
+        "subset='all', years=[2019, 2021], exclude='...'"
+    with pytest.raises(ValueError, match="cannot be a \\(min, max\\) range"):
+        _ = listed.year_bounds
+    with pytest.raises(TypeError, match="years must be a year, a list of years"):
+        Selection(years=["2019"])
+
+
 # ---------------------------------------------------------------------------------- validation
 def test_licence_codes_are_case_insensitive_and_unknown_ones_raise(built):
     out, rows = built

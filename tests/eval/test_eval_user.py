@@ -331,6 +331,25 @@ def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path
     assert r_cf["n"] == len(wanted & test_keys)
 
 
+def test_retrieval_pairs_are_the_loaders_selection(built_dataset):
+    """Issue 29: a dataset folder's retrieval pairs are chosen by the loader's ``Selection`` (licence subset and
+    split): the same keys as ``load_biomedica`` selects (less captionless figures), and a misspelt split is an
+    error naming the splits instead of an empty set."""
+    from biomedica_hf.dataset.loader import load_biomedica
+    from biomedica_hf.eval.retrieval_data import load_pairs
+
+    index = pq.read_table(built_dataset / "figures.parquet", columns=["key", "caption", "split"]).to_pylist()
+    captioned = {r["key"] for r in index if r["caption"]}
+    split = next(s for s in ("test", "validation", "train") if any(r["split"] == s for r in index))
+    for subset, sp in (("commercial", "all"), ("noncommercial", split), (None, split)):
+        pairs = load_pairs(built_dataset, subset, split=sp)
+        loaded = {ex["key"] for ex in load_biomedica(built_dataset, subset=subset or "all", decode=False,
+                                                     split=None if sp == "all" else sp)}
+        assert pairs.keys and set(pairs.keys) == loaded & captioned, (subset, sp)
+    with pytest.raises(ValueError, match=r"split must be one of \['train', 'validation', 'test'\]"):
+        load_pairs(built_dataset, "commercial", split="tset")
+
+
 def test_small_flat_folder_labels_split_and_shots_truthfully(ctx, tmp_path):
     """The issue's run: 64 real crops in 3 classes, no split folders. Zero-shot scored every image: its split is
     ``all`` (was "test"); the probes' held-out part is named as such; few-shot k=16 cannot be 16-shot (a class has

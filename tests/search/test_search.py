@@ -186,6 +186,34 @@ def test_filters_exclude_what_they_must(tmp_path_factory, rows):
     assert {h["subset"] for h in res.hits} == {"commercial"}
 
 
+def test_the_search_takes_the_loaders_selection(tmp_path_factory, rows):
+    """Issue 29: one ``Selection`` for the loader and the search; a ``Filters`` is the same selection, and the
+    fields the search index has (exclusions, excluded concepts, a list of years) select like the loader's."""
+    from biomedica_hf.filters import Selection
+
+    eng = engine(tmp_path_factory, "hybrid")
+    by_key = {r["key"]: r for r in rows}
+    q = "figure patients cells"
+
+    def keys(f) -> list[str]:
+        return [h["key"] for h in eng.search(q, filters=f, limit=23, depth=23).hits]
+
+    assert keys(Selection(subset=["noncommercial", "commercial"], years=(2010, 2020))) == \
+        keys(Filters(subsets=["noncommercial", "commercial"], year_min=2010, year_max=2020))
+    everything = keys(Selection(subset="all"))
+    assert everything == keys(None) and len({by_key[k]["subset"] for k in everything}) == 3
+    years = sorted({by_key[k]["year"] for k in everything if by_key[k]["year"] is not None})[:2]
+    picked = keys(Selection(subset="all", years=years))
+    assert picked and all(by_key[k]["year"] in years for k in picked)
+    dropped = everything[:3]
+    kept = keys(Selection(subset="all", exclude=dropped))
+    assert kept and not set(dropped) & set(kept) and set(kept) < set(everything)
+    no_microscopy = keys(Selection(subset="all", exclude_concepts="Microscopy"))
+    assert no_microscopy and all(by_key[k]["pmcid"] != "PMC7112410" for k in no_microscopy)
+    with pytest.raises(ValueError, match="cannot filter on min_caption_chars, split"):
+        eng.search(q, filters=Selection(subset="all", min_caption_chars=10, split="test"))
+
+
 def test_pagination_pages_tile_the_ranking(client):
     full = client.get("/search", params={"q": "patients virus cells figure", "limit": 20}).json()
     assert full["total"] >= 20

@@ -133,9 +133,10 @@ def test_transformers_lora_two_processes(recipe_dataset, tmp_path):
 def test_loss_decreases_on_repeated_batch(recipe_dataset, kind, tmp_path):
     from biomedica_hf.clip.data import Collate, build_stream
     from biomedica_hf.clip.loss import ClipLoss
+    from biomedica_hf.filters import Selection
 
     clip = _tiny_oc() if kind == "open_clip" else _tiny_hf(tmp_path / "tok")
-    ds = build_stream({"path": str(recipe_dataset), "subset": "all"})
+    ds = build_stream(str(recipe_dataset), Selection(subset="all"))
     batch = Collate(clip)(list(ds.take(8)))
     opt = torch.optim.AdamW(clip.parameters(), lr=3e-3, betas=(0.9, 0.95))
     losses = []

@@ -24,6 +24,7 @@ from biomedica_hf.train.config import (
     ClipTrain,
     ConfigError,
     bundled_configs,
+    check_config,
     load_config,
 )
 
@@ -139,6 +140,28 @@ def test_types_are_checked_and_converted(tmp_path):
     # --set reaches into free-form mappings and merges with the file (the other tasks stay)
     cfg = load_config("smolvlm", "cpu_smoke", ["data.tasks.reference=0", "train.resume=null"])
     assert cfg["data"]["tasks"] == {"caption": 1.0, "reference": 0.0, "concepts": 0.5} and cfg["train"]["resume"] is None
+
+
+def test_the_data_section_is_one_selection_checked_with_the_config(tmp_path):
+    """Issue 29: ``data``'s filters are the fields of one ``Selection`` (the loader's rule), checked when the
+    config is loaded: a file's own error names the file."""
+    from biomedica_hf.filters import Selection
+
+    for recipe in RECIPE_NAMES:
+        with pytest.raises(ConfigError, match=r"^data: subset must be 'all' or among \['commercial'"):
+            load_config(recipe, "cpu_smoke", ["data.subset=comercial"])
+        with pytest.raises(ConfigError, match=r"^data: min_caption_chars must be a non-negative integer, got -3"):
+            load_config(recipe, "cpu_smoke", ["data.min_caption_chars=-3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  near_duplicates: keep\n  years: [2019, x]\n")
+    with pytest.raises(ConfigError, match="data.years"):
+        load_config("clip", bad)
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  subset: [other]\n  years: [2019, 2021]\n  licenses: cc by\n  split: test\n")
+    data = check_config("clip", load_config("clip", config)).data
+    assert data.selection() == Selection(subset=("other",), years=frozenset({2019, 2021}), licenses="cc by",
+                                         split="test")
+    assert check_config("smolvlm", {"data": {"near_duplicates": "drop"}}).data.selection().near_duplicates == "drop"
 
 
 def test_one_vocabulary_for_both_recipes():

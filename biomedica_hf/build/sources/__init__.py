@@ -1,26 +1,20 @@
 """Article sources: PMC Cloud Service (2026), legacy OA mirror, local folders.
 
-``make_source(kind, **opts)`` builds one by name: ``"cloud"`` -> :class:`CloudSource`,
-``"legacy"`` -> :class:`LegacySource`, ``"local"`` -> :class:`LocalSource`.
+``make_source(spec)`` opens the source a :class:`~biomedica_hf.build.sources.spec.SourceSpec` describes:
+``"cloud"`` -> :class:`CloudSource`, ``"legacy"`` -> :class:`LegacySource`, ``"local"`` -> :class:`LocalSource`;
+``make_source(kind, **opts)`` makes the spec from keyword arguments first.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from biomedica_hf.build.sources.base import FETCH_REASONS, FetchError, Source
-
-SOURCE_KINDS = ("cloud", "legacy", "local")
-
-# make_source options that configure the Downloader (``rate`` is requests/s shared by all threads)
-DOWNLOAD_OPTIONS = {"rate": "rate_per_s", "rate_per_s": "rate_per_s", "burst": "burst",
-                    "max_connections": "max_connections", "retries": "retries", "timeout": "timeout",
-                    "deadline": "deadline", "backoff": "backoff", "user_agent": "user_agent"}
-# archive budgets (uncompressed bytes): legacy and local sources; the cloud source has no archives
-ARCHIVE_OPTIONS = ("max_package_bytes", "max_member_bytes")
+from biomedica_hf.build.sources.spec import ARCHIVE_OPTIONS, DOWNLOAD_OPTIONS, SOURCE_KINDS, SourceSpec
 
 
-def make_source(kind: str, **opts: Any) -> Source:
-    """Build a source. Options are the class's keyword arguments, e.g.
+def make_source(spec: SourceSpec | str, **opts: Any) -> Source:
+    """Open a source. ``spec`` is a :class:`SourceSpec`, or a kind whose options are the class's keyword
+    arguments, e.g.
 
     ``make_source("cloud", pmcids=["PMC7112410"])``,
     ``make_source("legacy", base_url_or_root="https://host/pub/pmc", filelist="oa_file_list.csv")``,
@@ -32,40 +26,34 @@ def make_source(kind: str, **opts: Any) -> Source:
     ``max_package_bytes`` / ``max_member_bytes`` budget the uncompressed bytes of archives (legacy,
     local; ignored by the cloud source).
     """
-    kind = kind.lower()
-    if kind not in ("legacy", "local"):
-        for k in ARCHIVE_OPTIONS:
-            opts.pop(k, None)
-    for k in ARCHIVE_OPTIONS:
-        if opts.get(k, 0) is None:
-            opts.pop(k)
-    dl_opts = {DOWNLOAD_OPTIONS[k]: opts.pop(k) for k in list(opts) if k in DOWNLOAD_OPTIONS}
-    dl_opts = {k: v for k, v in dl_opts.items() if v is not None}
-    own = kind in ("cloud", "legacy") and bool(dl_opts) and opts.get("downloader") is None
+    if isinstance(spec, str):
+        spec = SourceSpec.from_options(spec, **opts)
+    elif opts:
+        raise TypeError("make_source(spec) takes no other options: they are the spec's fields")
+    kw = spec.source_kwargs()
+    dl_opts = spec.download_kwargs()
+    own = spec.kind in ("cloud", "legacy") and bool(dl_opts) and kw.get("downloader") is None
     if own:
         from biomedica_hf.build.download import Downloader
 
-        opts["downloader"] = Downloader(**dl_opts)
+        kw["downloader"] = Downloader(**dl_opts)
     src: Source
-    if kind == "cloud":
+    if spec.kind == "cloud":
         from biomedica_hf.build.sources.cloud import CloudSource
 
-        src = CloudSource(**opts)
+        src = CloudSource(**kw)
         src._own_downloader = src._own_downloader or own
         return src
-    if kind == "legacy":
+    if spec.kind == "legacy":
         from biomedica_hf.build.sources.legacy import LegacySource
 
-        if "base_url" in opts or "root" in opts:  # friendlier spellings
-            opts["base_url_or_root"] = opts.pop("base_url", None) or opts.pop("root")
-        src = LegacySource(**opts)
+        src = LegacySource(**kw)
         src._own_downloader = src._own_downloader or own
         return src
-    if kind == "local":
-        from biomedica_hf.build.sources.local import LocalSource
+    from biomedica_hf.build.sources.local import LocalSource
 
-        return LocalSource(**opts)
-    raise ValueError(f"unknown source kind {kind!r}; one of {SOURCE_KINDS}")
+    return LocalSource(**kw)
 
 
-__all__ = ["FETCH_REASONS", "SOURCE_KINDS", "FetchError", "Source", "make_source"]
+__all__ = ["ARCHIVE_OPTIONS", "DOWNLOAD_OPTIONS", "FETCH_REASONS", "SOURCE_KINDS", "FetchError", "Source",
+           "SourceSpec", "make_source"]

@@ -1,11 +1,15 @@
-"""Where the tasks of a build (or an embedding run) execute: one interface, two engines.
+"""Where tasks execute, and how a list of them is run to the end: one interface, two engines (core layer: the
+build, the concept labels and the panels use it without importing each other).
 
 * ``local`` - the default: a process pool on this machine (inline when ``workers == 1``).
 * ``ray``   - an existing Ray cluster (``address="auto"`` / ``"ray://host:10001"``) or a local Ray
   instance (``address="local"``): tasks with resource hints (CPUs, GPUs) and retries of tasks whose
   worker died. Ray is an optional extra: ``pip install biomedica-hf[ray]``.
 
-Both run the same task functions over the same task units, and tasks write their results with the
+:func:`run_tasks` runs a function over task items on a fresh executor and survives dead workers: the pool is
+started again and the unfinished items are retried, a bounded number of times.
+
+Both engines run the same task functions over the same task units, and tasks write their results with the
 same atomic writes and completion markers, so a job started by one engine can be resumed by the
 other and both produce identical outputs. Results stream back to the driver in completion order
 (progress and the ledger are aggregated there). Ray workers must see the same file system paths
@@ -15,8 +19,12 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator
+
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("local", "ray")
@@ -30,7 +38,8 @@ def _resolve(initargs: InitArgs, slots: int) -> tuple:
 
 
 class Executor(abc.ABC):
-    """Maps a module-level function over task units, ``window`` tasks in flight at most."""
+    """Maps a picklable function (module-level, or a task class's method) over task units, ``window`` tasks in
+    flight at most."""
 
     name: str
     slots: int  # tasks that run at the same time (used to split global limits such as request rates)
@@ -41,6 +50,14 @@ class Executor(abc.ABC):
 
     def close(self) -> None:
         """Release workers."""
+
+    def closing_map(self, fn: Callable[[Any], Any], items: Iterable[Any], *,
+                    window: int | None = None) -> Iterator[Any]:
+        """:meth:`map`, then :meth:`close` (also when the caller stops early: the generator is closed)."""
+        try:
+            yield from self.map(fn, items, window=window)
+        finally:
+            self.close()
 
     def __enter__(self) -> "Executor":
         return self
@@ -150,3 +167,68 @@ def make_executor(kind: str = "local", *, workers: int = 1, address: str | None 
         return RayExecutor(address or "auto", num_gpus=num_gpus, initializer=initializer, initargs=initargs,
                            local_cpus=workers if address in (None, "local") else None)
     raise ValueError(f"unknown executor {kind!r}; one of {EXECUTORS}")
+
+
+# ------------------------------------------------------------------------------- task running
+def run_tasks(make: Callable[[], Executor], fn: Callable, items: list, *, max_attempts: int, desc: str,
+              progress: bool, on_give_up: Callable[[Any, int, str], Any] | None = None,
+              bind: Callable[[Any, int], Any] | None = None) -> Iterator[Any]:
+    """Run ``fn`` over ``items``; a dead worker (``BrokenProcessPool``, Ray's crashed worker) restarts the
+    pool and the tasks that were in flight are tried again, ``max_attempts`` times at most; then
+    ``on_give_up(item, attempts, error)`` gives the item's result (without it the error is raised).
+
+    An item is keyed by its ``key`` attribute (a task object), else by itself (a string) or its first element.
+    ``bind(item, slots)``, when given, adapts each item to the executor it runs on (e.g. a request rate shared
+    by ``slots`` tasks at a time). Every executor made is closed."""
+    attempts: Counter = Counter()
+    remaining = list(items)
+    bar = tqdm(total=len(items), desc=desc, unit="part", disable=not progress)
+    while remaining:
+        executor = make()
+        finished: set = set()
+        try:
+            bound = [bind(it, executor.slots) for it in remaining] if bind is not None else remaining
+            for key, result in executor.map(_keyed, [(fn, it) for it in bound]):
+                finished.add(key)
+                bar.update(1)
+                yield result
+            remaining = []
+        except Exception as e:
+            if not worker_died(e):
+                raise
+            log.warning("a worker died (%s: %s); retrying the unfinished partitions", type(e).__name__, e)
+            remaining = [it for it in remaining if item_key(it) not in finished]
+            for it in remaining:
+                attempts[item_key(it)] += 1
+            given_up = [it for it in remaining if attempts[item_key(it)] >= max_attempts]
+            for it in given_up:
+                if on_give_up is None:
+                    raise
+                bar.update(1)
+                yield on_give_up(it, attempts[item_key(it)], f"{type(e).__name__}: {e}")
+            remaining = [it for it in remaining if it not in given_up]
+        finally:
+            executor.close()
+    bar.close()
+
+
+def item_key(item: Any) -> str:
+    """A task item's identity across retries: its ``key``, the item itself (a string) or its first element."""
+    key = getattr(item, "key", None)
+    if key is not None:
+        return key
+    return item if isinstance(item, str) else item[0]
+
+
+def _keyed(args: tuple) -> tuple[str, Any]:
+    fn, item = args
+    return item_key(item), fn(item)
+
+
+def worker_died(e: BaseException) -> bool:
+    """``e`` says a worker process died (not that a task raised): the pool's, or Ray's crashed worker."""
+    if isinstance(e, BrokenProcessPool):
+        return True
+    name = type(e).__name__
+    return name in {"WorkerCrashedError", "RayTaskError", "NodeDiedError", "OutOfMemoryError"} and \
+        "FatalBuildError" not in str(e)
