@@ -38,6 +38,7 @@ from biomedica_hf.build.dedup import decide
 from biomedica_hf.build.duplicates import CaptionTask, NearTask, spill_published
 from biomedica_hf.build.finish import BuildReport, finish, up_to_date_report
 from biomedica_hf.build.lock import BuildLock
+from biomedica_hf.build.media import warm_up
 from biomedica_hf.build.options import BuildConfig, BuildOptions
 from biomedica_hf.build.partition import PartitionId
 from biomedica_hf.build.progress import BuildProgress
@@ -171,6 +172,8 @@ def _build(cfg: BuildOptions) -> BuildReport:
 
         def make_stage():
             preload.join()              # a pool restarted after a dead worker never forks mid-import
+            if cfg.executor == "local" and cfg.workers > 1:
+                warm_up()               # the first figure's imports, once here before the fork, not in every worker
             return make()
 
         order = {p: i for i, p in enumerate(_largest_first(work, [t.pid for t in todo]))}
