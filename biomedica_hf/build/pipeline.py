@@ -155,7 +155,8 @@ def _build(cfg: BuildOptions) -> BuildReport:
 
     job = PartitionJob(out=str(out), source=cfg.source, media=cfg.media, keep_downloads=cfg.keep_downloads,
                        n_hash=n_hash, discard=cfg.retry_failed and k > 0, seed=cfg.seed,
-                       shard_max_samples=cfg.shard_max_samples, shard_max_bytes=cfg.shard_max_bytes)
+                       shard_max_samples=cfg.shard_max_samples, shard_max_bytes=cfg.shard_max_bytes,
+                       caption_keys=cfg.caption_dups)
 
     def make():
         return make_executor(cfg.executor, workers=cfg.workers, address=cfg.ray_address,

@@ -31,9 +31,10 @@ import pyarrow.parquet as pq
 
 from biomedica_hf.build.article import MediaOptions, PackageResult, process_package
 from biomedica_hf.build.dedup import decisions_for, write_hash_rows
+from biomedica_hf.build.duplicates import write_caption_keys
 from biomedica_hf.build.partition import PartitionId, read_manifest, ref_from_json, rows_digest
 from biomedica_hf.build.progress import tick
-from biomedica_hf.build.shards import shard_done, shard_name, write_shard
+from biomedica_hf.build.shards import shard_done, shard_files, shard_name, write_shard
 from biomedica_hf.build.sources import SourceSpec, make_source
 from biomedica_hf.build.sources.base import FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error
 from biomedica_hf.build.staging import PartitionStage
@@ -68,6 +69,7 @@ class PartitionJob:
     seed: int
     shard_max_samples: int
     shard_max_bytes: int
+    caption_keys: bool                            # each shard's caption band keys for the caption pass (write)
 
     @property
     def work(self) -> Work:
@@ -414,6 +416,8 @@ def _write_partition(task: PartitionTask, work: Work, pid: PartitionId, stage: P
                 with timed(work_timings, "shard_write"):
                     write_shard(work.out, name, stage.read_samples(shard), digest, {"partition": pid_name},
                                 timings=shard_timings)
+                    if task.job.caption_keys:     # the caption pass's MinHash work, here in parallel (issue 28)
+                        write_caption_keys(work, shard_files(work.out, name)[1])
                 checkpoint("shard_written")
             stats["shards"].append({"name": name, "count": len(shard), "digest": digest})
             stats["samples"][subset] += len(shard)
