@@ -16,6 +16,7 @@ match is computed as before. The groups are the same either way.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -49,8 +50,10 @@ def shingles(caption: str, size: int = SHINGLE) -> list[bytes]:
     return [" ".join(words[i:i + size]).encode() for i in range(len(words) - size + 1)]
 
 
+@functools.lru_cache(maxsize=16)
 def band_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
-    """(bands, rows per band) that ``datasketch.MinHashLSH`` would use for ``threshold``."""
+    """(bands, rows per band) that ``datasketch.MinHashLSH`` would use for ``threshold`` (a numerical integration:
+    ~16 ms, so computed once per process)."""
     from datasketch.lsh import _optimal_param
 
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
@@ -112,7 +115,7 @@ def write_part_keys(part: str | os.PathLike, dest: str | os.PathLike,
     atomically), sealed with the part's length and sha256 and the band parameters; returns them (keys, mask)."""
     import pyarrow.parquet as pq
 
-    captions = pq.read_table(part, columns=["caption"]).column(0).to_pylist()
+    captions = pq.ParquetFile(part).read(columns=["caption"]).column(0).to_pylist()   # (no pyarrow.dataset import)
     keys, ok = caption_keys(captions, threshold)
     size, digest = _file_seal(Path(part))
     dest = Path(dest)
