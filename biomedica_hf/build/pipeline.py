@@ -67,7 +67,7 @@ log = logging.getLogger("biomedica_hf.build")
 class _Preload:
     """Imports the driver (or a pool forked from it later) will need after the stage phase, done in a thread while
     the workers stage: with 2+ workers the driver only waits there, so these fixed costs leave the serial tail of the
-    build (the card's ``datasets`` and ``matplotlib``, the caption pass's ``datasketch``: ~1.5 CPU s).
+    build (the card's ``matplotlib``, the caption pass's ``datasketch``).
 
     Started only once the stage pool has forked its workers, and joined before any later pool forks, so no process
     is ever forked while the thread holds an import lock. A module that fails to import is left to its user."""
