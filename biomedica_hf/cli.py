@@ -391,10 +391,11 @@ def _run_enrich(out: Path, base_url: str | None, api_key: str | None, refresh: b
     """Enrich ``out``/articles.parquet; when every efetch request failed, one clear line: an error
     (exit 1) with ``fatal``, else a warning (``build --enrich`` keeps the built dataset)."""
     from biomedica_hf.dataset.enrich import EutilsClient, enrich_articles_parquet
+    from biomedica_hf.layout import ARTICLES_TABLE, WORK_DIR
 
     client = EutilsClient(**({"base_url": base_url} if base_url else {}), **({"api_key": api_key} if api_key else {}),
                           **({"max_retries": retries} if retries is not None else {}))
-    report = enrich_articles_parquet(Path(out) / "articles.parquet", client, Path(out) / "_work" / "pubmed",
+    report = enrich_articles_parquet(Path(out) / ARTICLES_TABLE, client, Path(out) / WORK_DIR / "pubmed",
                                      refresh=refresh)
     click.echo(str(report))
     if report.n_requests and len(report.failed_batches) == report.n_requests:
@@ -423,7 +424,9 @@ def enrich(dataset, base_url, api_key, refresh, refresh_missing, retries):
     Answers cut short or malformed are asked again and never cached. Exits 1 with one line when
     every request failed (no network, wrong --base-url).
     """
-    if not (Path(dataset) / "articles.parquet").exists():
+    from biomedica_hf.layout import ARTICLES_TABLE
+
+    if not (Path(dataset) / ARTICLES_TABLE).exists():
         raise click.UsageError(f"{dataset} has no articles.parquet: run `biomedica build` first")
     if retries < 0:
         raise click.UsageError("--retries must be >= 0")

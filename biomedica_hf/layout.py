@@ -1,17 +1,36 @@
-"""Where things are in a built dataset folder: the root tables, the table configs and the shard tables.
+"""Where things are in a built dataset folder: every file and folder name, the shard path grammar, the configs.
 
-One place for the names that the build writes and every reader (loader, card, hub, verify, concepts, search) looks up.
+One place for the names that the build writes and every reader (loader, card, hub, verify, concepts, panels,
+search, eval) looks up: the root files (:data:`FIGURES_INDEX`, :data:`ARTICLES_TABLE`, :data:`LEDGER`, ...), the
+local folders (:data:`WORK_DIR`, :data:`CONCEPTS_DIR`, :data:`PANELS_DIR`), the config folders (licence subsets,
+table configs, derived configs: :func:`config_folders`), the shard grammar (:func:`shard_folder`,
+:func:`shard_group`, :func:`shard_paths`) and ``sizes.json`` (:func:`write_dataset_sizes`).
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from biomedica_hf.schema import FIGURES_CONFIG_FIELDS, FIGURES_INDEX_FIELDS, SUBSETS
 
 FIGURES_INDEX = "figures.parquet"
 ARTICLES_TABLE = "articles.parquet"
+LEDGER = "ledger.parquet"                 # every article, figure and file with its fate
+LEDGER_SUMMARY = "ledger_summary.txt"
+DUPLICATES = "duplicates.parquet"         # exact duplicate images removed (one row per removed sample)
+BUILD_SUMMARY = "build_summary.json"
+CARD = "README.md"                        # the dataset card
+CARD_DIR = "card"                         # the card's plots
+WORK_DIR = "_work"                        # build staging, state and caches: never published
 PANELS_INDEX = "panels.parquet"           # written by ``biomedica panels`` (biomedica_hf.panels), read by the loader
+PANELS_DIR = "panels"                     # per-shard panel tables and markers (local)
+DECONTAMINATION_DIR = "decontamination"   # `biomedica decontaminate`: report.json + exclusions.txt (published)
+CONCEPTS_DIR = "concepts"                 # embeddings, clusters, labels, selections (local)
+CONCEPT_FILTERED = "concept-filtered"     # the concept selections' folders (biomedica_hf.concepts.subsets)
+CONCEPT_BALANCED = "concept-balanced"
+CONCEPT_CONFIGS = (CONCEPT_FILTERED, CONCEPT_BALANCED)
+PANEL_CONFIG_SUFFIX = "-panels"           # ``<licence>-panels``: the panel crops of one licence subset
 # table configs: folder of JSON-row tars -> (parquet source, key column, columns left out)
 TABLE_CONFIGS = {
     "articles": (ARTICLES_TABLE, "pmcid", ()),
@@ -20,6 +39,27 @@ TABLE_CONFIGS = {
 }
 ROWS_PER_TABLE_TAR = 100_000
 DUP_TABLES = {"near_dup_of": "near_duplicates.parquet", "caption_dup_of": "caption_duplicates.parquet"}
+#: the files at the folder root that are part of the published dataset (anything else at the root stays local)
+ROOT_FILES = (CARD, ARTICLES_TABLE, FIGURES_INDEX, LEDGER, DUPLICATES, *DUP_TABLES.values(), LEDGER_SUMMARY,
+              BUILD_SUMMARY)
+
+
+def panel_config(subset: str) -> str:
+    """The panel config (and folder) of a licence subset: ``commercial-panels``."""
+    return f"{subset}{PANEL_CONFIG_SUFFIX}"
+
+
+def config_folders(out: Path) -> list[Path]:
+    """The folders of the derived configs (concept selections, ``<licence>-panels``, ...): every top-level folder
+    other than the licence subsets, the table configs, the card's plots and the local ones (``_work``, hidden,
+    ``concepts``, ``panels``) that holds tars, flat or in sub-folders; by name. With the licence subsets and
+    :data:`TABLE_CONFIGS` these are all the configs a folder has."""
+    root = Path(out)
+    if not root.is_dir():
+        return []
+    skip = {*SUBSETS, *TABLE_CONFIGS, CARD_DIR, CONCEPTS_DIR, PANELS_DIR}
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in skip
+                  and not p.name.startswith(("_", ".")) and folder_files(p, "*.tar"))
 
 
 def shard_tables(out: Path) -> list[Path]:
@@ -47,6 +87,29 @@ def shard_dirs(folder: Path) -> list[Path]:
     return [folder] + sorted(p for p in folder.glob(SUB_FOLDER_GLOB) if p.is_dir())
 
 
+_GROUP_RE = re.compile(r"(?:^|/)(s[0-9]{3}/g[0-9]{3})/[^/]+$")
+
+
+def shard_group(shard: str) -> str:
+    """The ``sNNN/gNNN`` sub-folder of a shard path (``commercial/s000/g003/x.tar`` -> ``s000/g003``), ``""`` for a
+    shard of the flat layout (``commercial/x.tar``). A shard derived from another one (a concept copy, a panel
+    shard) goes into its source's group in its own config folder, so a derived folder is bounded like the source's."""
+    m = _GROUP_RE.search(shard)
+    return m.group(1) if m else ""
+
+
+def in_group(group: str, name: str) -> str:
+    """``name`` in the sub-folder ``group`` (:func:`shard_group`): ``s000/g003/name``, or ``name`` when flat."""
+    return f"{group}/{name}" if group else name
+
+
+def shard_paths(out: Path, name: str) -> tuple[Path, Path, Path]:
+    """(tar, parquet, stats) of the build's shard ``name`` (``subset/stem`` or ``subset/sNNN/gNNN/stem``)."""
+    base = Path(out) / name
+    return base.parent / f"{base.name}.tar", base.parent / f"{base.name}.parquet", \
+        base.parent / f"{base.name}{STATS_SUFFIX}"
+
+
 def folder_files(folder: Path, pattern: str) -> list[Path]:
     """The files matching ``pattern`` (``*.tar``, ``*_stats.json``) of one shard folder, flat and in its
     sub-folders, in relative-path order."""
@@ -65,10 +128,9 @@ SIZES = "sizes.json"
 
 def shard_folders(out: Path) -> list[Path]:
     """Every folder of the dataset that holds WebDataset shards with their stats: the licence subsets, then the
-    other configs' folders (concept subsets, ...), by name."""
+    derived configs' folders with stats (concept selections; :func:`config_folders`), by name."""
     root = Path(out)
-    others = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in SUBSETS and p.name not in TABLE_CONFIGS
-                    and not p.name.startswith(("_", ".")) and folder_files(p, f"*{STATS_SUFFIX}")) if root.is_dir() else []
+    others = [p for p in config_folders(root) if folder_files(p, f"*{STATS_SUFFIX}")]
     return [root / s for s in SUBSETS if (root / s).is_dir()] + others
 
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from biomedica_hf.build.dedup import PUBLISHED, write_hash_rows
 from biomedica_hf.build.work import Work
 from biomedica_hf.io.atomic import atomic_path, write_parquet
-from biomedica_hf.layout import FIGURES_INDEX
+from biomedica_hf.layout import DUPLICATES, FIGURES_INDEX
 
 
 NEAR_SCHEMA = pa.schema([("key", pa.string()), ("near_dup_of", pa.string()), ("distance", pa.int32())])
@@ -148,7 +148,7 @@ def write_duplicates(work: Work, out: Path) -> None:
                 g = groups.setdefault(r["canonical"], {"key": r["canonical"], "duplicate_keys": [], "pmcids": []})
                 g["duplicate_keys"] = sorted(set(g["duplicate_keys"]) | {r["key"]})
     rows = [groups[key] for key in sorted(groups) if groups[key]["duplicate_keys"]]
-    write_parquet(out / "duplicates.parquet", rows, schema)
+    write_parquet(out / DUPLICATES, rows, schema)
 
 
 def write_near_duplicates(work: Work, k: int, out: Path) -> None:

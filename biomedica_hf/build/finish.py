@@ -30,7 +30,16 @@ from biomedica_hf.build.timings import StageClock, add, rounded
 from biomedica_hf.build.work import Work, all_parts, done_record, read_done
 from biomedica_hf.io.atomic import atomic_path, atomic_write_bytes, atomic_write_json, move_into_place
 from biomedica_hf.io.markers import STATS
-from biomedica_hf.layout import folder_files, shard_dirs, write_dataset_sizes
+from biomedica_hf.layout import (
+    ARTICLES_TABLE,
+    BUILD_SUMMARY,
+    LEDGER,
+    LEDGER_SUMMARY,
+    SIZES,
+    folder_files,
+    shard_dirs,
+    write_dataset_sizes,
+)
 from biomedica_hf.ledger import LEDGER_SCHEMA, format_summary, ledger_summary, removals
 from biomedica_hf.schema import SUBSETS
 
@@ -72,14 +81,14 @@ def consolidate_tables(work: Work, k: int) -> None:
     articles) + this snapshot's parts, streamed batch by batch; then the parts are deleted, so the
     article text is stored once. Crash-safe: both tables are staged, then moved into place."""
     out, snap = work.out, work.snap(k)
-    staged = {"articles.parquet": snap / "articles.parquet", "ledger.parquet": snap / "ledger.parquet"}
+    staged = {ARTICLES_TABLE: snap / ARTICLES_TABLE, LEDGER: snap / LEDGER}
     ready = snap / "finish.ready"
     if not ready.exists():
         removed = pq.read_table(snap / "removed.parquet").to_pylist() if (snap / "removed.parquet").exists() else []
         gone = {r["pmcid"]: r for r in removed}
         gone_set = pa.array(sorted(gone), pa.string())
-        for name, schema, kind in (("articles.parquet", ARTICLE_SCHEMA, "articles"),
-                                   ("ledger.parquet", LEDGER_SCHEMA, "ledger")):
+        for name, schema, kind in ((ARTICLES_TABLE, ARTICLE_SCHEMA, "articles"),
+                                   (LEDGER, LEDGER_SCHEMA, "ledger")):
             with atomic_path(staged[name]) as tmp:
                 writer = pq.ParquetWriter(tmp, schema, compression="zstd")
                 try:
@@ -131,9 +140,9 @@ def finish(cfg: BuildOptions, work: Work, k: int, meta: dict, *, n_staged: int, 
     consolidate_tables(work, k)
     if clock:
         clock.lap("tables")
-    n_articles = pq.ParquetFile(out / "articles.parquet").metadata.num_rows
-    summary = ledger_summary(out / "ledger.parquet")
-    atomic_write_bytes(out / "ledger_summary.txt", format_summary(summary).encode())
+    n_articles = pq.ParquetFile(out / ARTICLES_TABLE).metadata.num_rows
+    summary = ledger_summary(out / LEDGER)
+    atomic_write_bytes(out / LEDGER_SUMMARY, format_summary(summary).encode())
     write_duplicates(work, out)
     write_near_duplicates(work, k, out)
     build_figures_index(out)   # + the hooks' columns (concept labels survive a rebuild)
@@ -194,8 +203,8 @@ def _write_sizes(out: Path, shards: dict[str, list[dict]]) -> None:
     for every shard, so ``::``-joined subsets count without ``--train-num-samples`` (``layout.write_dataset_sizes``)."""
     for s in SUBSETS:
         for d in shard_dirs(Path(out) / s) if not shards[s] else []:
-            if (d / "sizes.json").exists():
-                (d / "sizes.json").unlink()
+            if (d / SIZES).exists():
+                (d / SIZES).unlink()
     write_dataset_sizes(out)
 
 
@@ -205,7 +214,7 @@ SUMMARY_COPY = "build_summary.sealed.json"
 def previous_summary(work: Work) -> dict:
     """``build_summary.json`` as the last snapshot wrote it. A cut or damaged one is restored from its sealed
     copy in ``_work/`` (its snapshot history is never dropped silently); without a good copy: a fatal error."""
-    path = work.out / "build_summary.json"
+    path = work.out / BUILD_SUMMARY
     if not path.exists():
         return {}
     try:
@@ -226,13 +235,13 @@ def previous_summary(work: Work) -> dict:
 def write_summary(work: Work, summary: dict) -> None:
     """``build_summary.json`` and its sealed copy in ``_work/`` (what :func:`previous_summary` restores)."""
     write_sealed(work.root / SUMMARY_COPY, {"summary": summary})
-    atomic_write_json(work.out / "build_summary.json", summary)
+    atomic_write_json(work.out / BUILD_SUMMARY, summary)
 
 
 def up_to_date_report(work: Work, k: int, t0: float) -> BuildReport:
     """The listing holds nothing new: the folder is left exactly as it is."""
     bs = previous_summary(work)
-    summary = ledger_summary(work.out / "ledger.parquet")
+    summary = ledger_summary(work.out / LEDGER)
     n = bs.get("articles_listed") or 0
     log.info("the listing has no new, changed or removed article: nothing to do")
     return BuildReport(out=work.out, summary=summary, n_listed=n, n_staged_now=0, n_resumed=n, shards_written=0,

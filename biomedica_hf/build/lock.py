@@ -13,6 +13,8 @@ import os
 import socket
 from pathlib import Path
 
+from biomedica_hf.layout import WORK_DIR
+
 
 class BuildLockedError(RuntimeError):
     """Another build holds the folder."""
@@ -20,7 +22,7 @@ class BuildLockedError(RuntimeError):
 
 class BuildLock:
     def __init__(self, folder: Path):
-        self.path = Path(folder) / "_work" / "build.lock"
+        self.path = Path(folder) / WORK_DIR / "build.lock"
         self._fh = None
 
     def acquire(self) -> BuildLock:

@@ -15,6 +15,7 @@ from typing import Any
 from biomedica_hf.build.article import MediaOptions
 from biomedica_hf.build.partition import DEFAULT_SPLIT_FRACTIONS
 from biomedica_hf.build.sources.spec import SourceSpec
+from biomedica_hf.layout import WORK_DIR
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class BuildOptions:
 
     @property
     def work(self) -> Path:
-        return self.out / "_work"
+        return self.out / WORK_DIR
 
 
 BuildConfig = BuildOptions      # the earlier name

@@ -58,7 +58,7 @@ from biomedica_hf.build.work import Work, n_finished, read_done, read_manifest_c
 from biomedica_hf.errors import InputError
 from biomedica_hf.executors import make_executor, run_tasks
 from biomedica_hf.io.atomic import atomic_write_json, remove_temporaries
-from biomedica_hf.layout import FIGURES_INDEX, folder_files
+from biomedica_hf.layout import BUILD_SUMMARY, FIGURES_INDEX, folder_files
 
 log = logging.getLogger("biomedica_hf.build")
 
@@ -129,7 +129,7 @@ def _build(cfg: BuildOptions) -> BuildReport:
     work.root.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out)   # a killed run's temporaries are never complete: safe to drop
     if cfg.rebuild_state or (not work.snapshots() and ((out / FIGURES_INDEX).exists()
-                                                       or (out / "build_summary.json").exists())):
+                                                       or (out / BUILD_SUMMARY).exists())):
         if not cfg.rebuild_state:
             raise FatalBuildError(f"{out} holds a built dataset but its resume state {work.root} is gone: building "
                                   f"into it would publish its articles twice. Rerun with --rebuild-state to "

@@ -31,7 +31,7 @@ from typing import Any
 
 from biomedica_hf.build.options import default
 from biomedica_hf.build.partition import FINE_BUCKETS, SPLITS, auto_target, bucket_of, choose_layout
-from biomedica_hf.layout import PARTITIONS_PER_FOLDER, STATS_SUFFIX, folder_files, shard_folder
+from biomedica_hf.layout import BUILD_SUMMARY, PARTITIONS_PER_FOLDER, STATS_SUFFIX, folder_files, shard_folder
 from biomedica_hf.licenses import normalize_license
 from biomedica_hf.schema import SUBSETS
 
@@ -66,7 +66,7 @@ DEFAULT_RATES = Rates(
 
 def measured_rates(out: Path) -> Rates | None:
     """Rates of the build already in ``out`` (its build_summary.json and shard stats), None without one."""
-    path = Path(out) / "build_summary.json"
+    path = Path(out) / BUILD_SUMMARY
     if not path.is_file():
         return None
     try:

@@ -38,7 +38,7 @@ from biomedica_hf.build.partition import (
 from biomedica_hf.build.sources.base import FatalBuildError
 from biomedica_hf.build.state import file_seal, write_sealed
 from biomedica_hf.io.atomic import atomic_write_json, write_table
-from biomedica_hf.layout import folder_files
+from biomedica_hf.layout import ARTICLES_TABLE, BUILD_SUMMARY, FIGURES_INDEX, LEDGER, WORK_DIR, folder_files
 from biomedica_hf.schema import FAILED, ArticleRef
 
 log = logging.getLogger("biomedica_hf.build")
@@ -46,7 +46,7 @@ log = logging.getLogger("biomedica_hf.build")
 def _check_published(out: Path) -> None:
     """The published shards are exactly those ``figures.parquet`` lists (an unfinished update's shards, or
     shards it moved out, cannot be told apart from the published state: refused)."""
-    index = out / "figures.parquet"
+    index = out / FIGURES_INDEX
     if not index.exists():
         raise FatalBuildError(f"--rebuild-state needs {index}; build into a new folder")
     listed = set(pq.read_table(index, columns=["shard"])["shard"].to_pylist())
@@ -66,8 +66,8 @@ REMOVED_SCHEMA = pa.schema([("pmcid", pa.string()), ("snapshot", pa.int32()), ("
 def rebuild_state(out: Path, fractions: tuple[float, ...]) -> list[str]:
     """Write ``OUT/_work`` from the published files; returns what could not be reconstructed (logged too)."""
     out = Path(out)
-    work = out / "_work"
-    ledger_path, articles_path = out / "ledger.parquet", out / "articles.parquet"
+    work = out / WORK_DIR
+    ledger_path, articles_path = out / LEDGER, out / ARTICLES_TABLE
     if not ledger_path.exists() or not articles_path.exists():
         raise FatalBuildError(f"--rebuild-state needs {ledger_path.name} and {articles_path.name} in {out}: "
                               f"without them the published articles are unknown; build into a new folder")
@@ -80,7 +80,7 @@ def rebuild_state(out: Path, fractions: tuple[float, ...]) -> list[str]:
             p.rename(aside / p.name)
         log.warning("--rebuild-state: the old resume state is kept in %s", aside)
     try:
-        summary = json.loads((out / "build_summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((out / BUILD_SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         summary = {}
     history = [h.get("snapshot") for h in summary.get("snapshots", []) if isinstance(h.get("snapshot"), int)]

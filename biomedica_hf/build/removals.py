@@ -10,13 +10,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from biomedica_hf.build.shards import revise_shard, shard_done, shard_files
+from biomedica_hf.build.shards import revise_shard, shard_done
 from biomedica_hf.build.sources.base import FatalBuildError
 from biomedica_hf.build.state import checkpoint, read_sealed, write_sealed
 from biomedica_hf.build.work import Work
 from biomedica_hf.io.atomic import move_into_place
 from biomedica_hf.io.markers import STATS, read_marker
-from biomedica_hf.layout import FIGURES_INDEX
+from biomedica_hf.layout import FIGURES_INDEX, shard_paths
 from biomedica_hf.ledger import LEDGER_SCHEMA
 from biomedica_hf.schema import SKIPPED
 
@@ -46,7 +46,7 @@ def apply_removals(work: Work, k: int) -> int:
             revise_shard(work.out, old, new, set(keys), digest)
             checkpoint("revised")
     for old, *_ in plan["shards"]:
-        for f in sorted(shard_files(work.out, old), key=lambda f: not f.name.endswith(STATS)):   # stats first
+        for f in sorted(shard_paths(work.out, old), key=lambda f: not f.name.endswith(STATS)):   # stats first
             if f.exists():
                 move_into_place(f, retired / f.relative_to(work.out))
     if plan["shards"]:
@@ -69,7 +69,7 @@ def _removal_plan(work: Work, k: int, removed: list[dict]) -> dict:
             by_shard.setdefault(shard.removesuffix(".tar"), set()).add(key)
         for old, keys in sorted(by_shard.items()):
             base = old.rsplit("-r", 1)[0] if "-r" in old.rsplit("/", 1)[-1][-5:] else old
-            stats = read_marker(shard_files(work.out, old)[2]) or {}
+            stats = read_marker(shard_paths(work.out, old)[2]) or {}
             left = stats.get("count", len(keys) + 1) - len(keys)
             digest = hashlib.sha256(json.dumps([old, sorted(keys)]).encode()).hexdigest()
             shards.append([old, f"{base}-r{k:03d}" if left > 0 else None, sorted(keys), digest])

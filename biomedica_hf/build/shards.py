@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 
 from biomedica_hf.build.timings import rounded
 from biomedica_hf.io.atomic import atomic_open, write_parquet
-from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, write_marker
+from biomedica_hf.io.markers import clear_marker, is_done, write_marker
 from biomedica_hf.io.ranges import copy_ranges
 from biomedica_hf.io.tars import end_of_archive, room_json, tarinfo
+from biomedica_hf.layout import shard_paths
 from biomedica_hf.schema import SAMPLE_FIELDS, SHARD_INDEX_FIELDS, Sample, arrow_schema
 
 SHARD_SCHEMA = arrow_schema(SAMPLE_FIELDS, SHARD_INDEX_FIELDS)
@@ -48,15 +49,9 @@ def shard_name(subset: str, split: str, pid_tail: str, index: int, revision: int
     return name + (f"-r{revision:03d}" if revision else "")
 
 
-def shard_files(out: Path, name: str) -> tuple[Path, Path, Path]:
-    """(tar, parquet, stats) of shard ``name`` (``subset/stem`` or ``subset/sNNN/gNNN/stem``)."""
-    base = Path(out) / name
-    return base.parent / f"{base.name}.tar", base.parent / f"{base.name}.parquet", marker_path(base, STATS)
-
-
 def shard_done(out: Path, name: str, digest: str) -> bool:
     """A shard is finished when its stats file exists and was written for the same digest."""
-    tar, parquet, stats = shard_files(out, name)
+    tar, parquet, stats = shard_paths(out, name)
     return is_done(stats, {"digest": digest}, files=[tar, parquet])
 
 
@@ -78,7 +73,7 @@ def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, ex
     With ``timings`` (the seconds per stage of the shard's samples), the stats get ``timings``: those, the
     seconds of this write (``shard_write``) and ``elapsed`` (see :mod:`biomedica_hf.build.timings`)."""
     t0 = time.perf_counter()
-    tar_path, parquet_path, stats_path = shard_files(out, name)
+    tar_path, parquet_path, stats_path = shard_paths(out, name)
     rel = f"{name}.tar"
     subset = name.split("/")[0]
     rows: list[dict] = []
@@ -130,8 +125,8 @@ def revise_shard(out: Path, old: str, new: str, drop_keys: set[str], digest: str
     ``timings`` are kept for the kept samples' share, with the seconds of this copy as ``shard_write``.
     """
     t0 = time.perf_counter()
-    old_tar, old_parquet, old_stats = shard_files(out, old)
-    tar_path, parquet_path, stats_path = shard_files(out, new)
+    old_tar, old_parquet, old_stats = shard_paths(out, old)
+    tar_path, parquet_path, stats_path = shard_paths(out, new)
     try:
         old_timings = json.loads(old_stats.read_text()).get("timings")
     except (OSError, ValueError):

@@ -44,7 +44,7 @@ from biomedica_hf.build.task import TRANSIENT_REASONS
 from biomedica_hf.build.work import Work, done_record, hashes_match, read_done
 from biomedica_hf.io.atomic import atomic_path, move_into_place, write_parquet, write_table
 from biomedica_hf.io.markers import STATS
-from biomedica_hf.layout import shard_dirs
+from biomedica_hf.layout import ARTICLES_TABLE, LEDGER, shard_dirs
 from biomedica_hf.ledger import LEDGER_SCHEMA
 from biomedica_hf.schema import FAILED, SKIPPED, SUBSETS, LedgerEntry
 
@@ -150,7 +150,7 @@ def failed_pmcids(work: Work, transient_only: bool) -> set[str]:
         out.update(info.get("retry" if transient_only else "failed", []))
     if damaged:     # the ledger says the same: its failed rows (those of articles still in the dataset)
         log.warning("done marker(s) %s damaged: the articles to retry are read from the ledger", damaged[:5])
-        path = work.out / "ledger.parquet"
+        path = work.out / LEDGER
         if path.exists():
             t = pq.read_table(path, columns=["kind", "id", "pmcid", "state", "reason"]).to_pylist()
             out.update(r["pmcid"] for r in t if r["state"] == FAILED and r["pmcid"] and "@s" not in r["id"]
@@ -349,7 +349,7 @@ def check_ready(work: Work, k: int) -> bool:
                               f"--rebuild-state")
     log.warning("snapshot %d: its staged tables are damaged: the partitions are written again", k)
     ready.unlink()
-    for name in ("articles.parquet", "ledger.parquet"):
+    for name in (ARTICLES_TABLE, LEDGER):
         (work.snap(k) / name).unlink(missing_ok=True)
     for p in sorted((work.root / "parts" / "done").glob(f"s{k:03d}-*.json")):
         p.unlink()

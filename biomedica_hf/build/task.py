@@ -34,7 +34,7 @@ from biomedica_hf.build.dedup import decisions_for, write_hash_rows
 from biomedica_hf.build.duplicates import write_caption_keys
 from biomedica_hf.build.partition import PartitionId, read_manifest, ref_from_json, rows_digest
 from biomedica_hf.build.progress import tick
-from biomedica_hf.build.shards import shard_done, shard_files, shard_name, write_shard
+from biomedica_hf.build.shards import shard_done, shard_name, write_shard
 from biomedica_hf.build.sources import SourceSpec, make_source
 from biomedica_hf.build.sources.base import FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error
 from biomedica_hf.build.staging import PartitionStage
@@ -42,7 +42,7 @@ from biomedica_hf.build.state import StateError, checkpoint, file_seal, read_sea
 from biomedica_hf.build.timings import add, rounded, timed
 from biomedica_hf.build.work import Work, hashes_match, read_done
 from biomedica_hf.io.atomic import atomic_path, write_parquet
-from biomedica_hf.layout import shard_folder
+from biomedica_hf.layout import shard_folder, shard_paths
 from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique
 from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
 
@@ -417,7 +417,7 @@ def _write_partition(task: PartitionTask, work: Work, pid: PartitionId, stage: P
                     write_shard(work.out, name, stage.read_samples(shard), digest, {"partition": pid_name},
                                 timings=shard_timings)
                     if task.job.caption_keys:     # the caption pass's MinHash work, here in parallel (issue 28)
-                        write_caption_keys(work, shard_files(work.out, name)[1])
+                        write_caption_keys(work, shard_paths(work.out, name)[1])
                 checkpoint("shard_written")
             stats["shards"].append({"name": name, "count": len(shard), "digest": digest})
             stats["samples"][subset] += len(shard)

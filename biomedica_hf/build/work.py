@@ -12,6 +12,7 @@ from biomedica_hf.build.partition import Layout, PartitionId
 from biomedica_hf.build.staging import PartitionStage
 from biomedica_hf.build.state import StateError, matches, read_sealed
 from biomedica_hf.io.markers import read_marker
+from biomedica_hf.layout import WORK_DIR
 
 
 class Work:
@@ -19,7 +20,7 @@ class Work:
 
     def __init__(self, out: Path):
         self.out = Path(out)
-        self.root = self.out / "_work"
+        self.root = self.out / WORK_DIR
 
     def snap(self, k: int) -> Path:
         return self.root / "snapshots" / f"s{k:03d}"

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from biomedica_hf.concepts.embed import DEFAULT_MODEL, FITS
+from biomedica_hf.concepts.layout import concepts_dir
 from biomedica_hf.concepts.subsets import DEFAULT_EXCLUDE
 
 DATASET = click.argument("dataset", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
@@ -130,7 +131,7 @@ def _subsets(dataset, exclude, exclude_local, cap, seed, shard_samples, card, re
 
     configs = build_concept_subsets(dataset, exclude=exclude, exclude_local=exclude_local, cap=cap, seed=seed,
                                     shard_samples=shard_samples)
-    summary = json.loads((dataset / "concepts" / "subsets.json").read_text())
+    summary = json.loads((concepts_dir(dataset) / "subsets.json").read_text())
     for name, s in summary.items():
         click.echo(f"{name}: {s['samples']} samples in {s['shards']} shards ({dataset / name})")
     click.echo("configs (one per licence subset): " + ", ".join(c["config_name"] for c in configs))

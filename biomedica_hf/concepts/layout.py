@@ -30,10 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from biomedica_hf.layout import FIGURES_INDEX, shard_tables
+from biomedica_hf.layout import CONCEPTS_DIR, FIGURES_INDEX, shard_tables
 
 EMBED_DIR = "embeddings"
-CONCEPTS_DIR = "concepts"
 PROJECTED_DIR = "projected"
 CLUSTER_MODEL = "cluster_model.npz"
 CLUSTERS = "clusters.parquet"

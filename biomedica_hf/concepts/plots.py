@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 from biomedica_hf.concepts.cluster import load_cluster_model, projected_path
 from biomedica_hf.concepts.layout import LABELS, concepts_dir, key_priority
 from biomedica_hf.io.atomic import atomic_write_bytes
+from biomedica_hf.layout import CARD_DIR
 
-CARD_DIR = "card"
 MAP_POINTS = 5000
 TOP_LOCAL = 30
 MAX_COLOURS = 10

@@ -32,10 +32,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from biomedica_hf.build.shards import shard_files
 from biomedica_hf.io.markers import DONE, clear_marker, is_done, marker_path, read_marker, write_marker
 from biomedica_hf.io.ranges import LocalFile
 from biomedica_hf.io.tars import compact_json, member_spans, refill_json
+from biomedica_hf.layout import shard_paths
 from biomedica_hf.schema import SAMPLE_FIELDS
 
 from .layout import concepts_dir, shard_index_files, shard_stem
@@ -109,7 +109,7 @@ def stamp_shard(out: Path, table_path: Path) -> dict[str, Any]:
     rows = table.sort_by("tar_offset").to_pylist()
     shard = rows[0]["shard"]
     tar = Path(out) / shard
-    build = read_marker(shard_files(Path(out), shard_stem(shard))[2]) or {}
+    build = read_marker(shard_paths(Path(out), shard_stem(shard))[2]) or {}
     digest = _digest(build.get("digest"), rows)
     marker = stamp_marker(Path(out), shard)
     info = {"shard": shard, "samples": len(rows), "written": 0}

@@ -12,13 +12,14 @@
 
 Each selection is written as ``concepts/<name>.parquet`` (key, subset, source shard and offsets,
 labels, and ``out_shard`` / ``out_offset`` in the materialised copy) and materialised as
-``<name>/<name>-<subset>-<split>-NNNNNN.tar``: ``tar[tar_offset : tar_offset + tar_size]`` of a source shard is a
-self-contained run of the sample's three tar members: the image and caption members are copied byte for byte (no
+``<name>/sNNN/gNNN/<name>-<subset>-<split>-NNNNNN.tar`` (the ``sNNN/gNNN`` group of the source shards the copy
+was cut from, ``layout.shard_group``, so no folder outgrows its source's; flat for sources of the flat layout):
+``tar[tar_offset : tar_offset + tar_size]`` of a source shard is a self-contained run of the sample's three tar members: the image and caption members are copied byte for byte (no
 re-encoding) and the ``json`` member gains the sample's labels (:data:`JSON_LABELS`: ``panel_type``, ``concepts``,
 ``local_concepts``), so that ``datasets.load_dataset(repo, "concept-filtered")`` rows show the concepts they were
 selected by (the card declares these fields, typed from ``figures.parquet``). ``out_offset`` is the sample's
 offset in the written copy. Shards never mix licence subsets (the file name says which: ``concept-filtered-commercial-train-000000.tar``),
-so ``<name>/<name>-commercial-*.tar`` is the commercially usable part, and the card has one config per selection
+so ``<name>/**/<name>-commercial-*.tar`` is the commercially usable part, and the card has one config per selection
 and licence subset (``commercial-concept-filtered``, ``noncommercial-concept-filtered``, ...: a config never
 mixes licences; the card's concept section names each one's licences). ``datasets`` infers one builder per
 folder (WebDataset here), which is why a config's data files must be tars and not the Parquet list.
@@ -26,7 +27,6 @@ folder (WebDataset here), which is why a config's data files must be tars and no
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -45,13 +45,23 @@ from biomedica_hf.concepts.vocab import PLOTS_AND_CHARTS
 from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import STATS, clear_marker, is_done, marker_path, piece_stem, read_marker, write_marker
 from biomedica_hf.io.ranges import ShardFiles
-from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes
-from biomedica_hf.layout import write_dataset_sizes
+from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes, range_members
+from biomedica_hf.layout import (
+    CONCEPT_BALANCED,
+    CONCEPT_FILTERED,
+    SIZES,
+    data_files_glob,
+    folder_files,
+    in_group,
+    shard_dirs,
+    shard_group,
+    write_dataset_sizes,
+)
 from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger(__name__)
-FILTERED = "concept-filtered"
-BALANCED = "concept-balanced"
+FILTERED = CONCEPT_FILTERED
+BALANCED = CONCEPT_BALANCED
 DEFAULT_EXCLUDE = (PLOTS_AND_CHARTS,)
 SHARD_SAMPLES = 10_000
 SHARD_BYTES = 1_000_000_000
@@ -146,10 +156,16 @@ def read_index(out: Path) -> pa.Table:
 def plan_shards(selection: pa.Table, shard_samples: int = SHARD_SAMPLES, shard_bytes: int = SHARD_BYTES,
                 prefix: str = "") -> pa.Table:
     """``selection`` with ``out_shard`` / ``out_offset``: per licence subset (and split, when the index has
-    splits), runs of at most ``shard_samples`` samples / ``shard_bytes`` bytes, in index order. Names are
-    ``<prefix><subset>-<split>-NNNNNN.tar`` (``prefix`` = the selection's name: unique across the dataset)."""
+    splits), runs of at most ``shard_samples`` samples / ``shard_bytes`` bytes, in index order, a run never crossing
+    the ``sNNN/gNNN`` group of its source shards (``layout.shard_group``). ``out_shard`` is the copy's path in the
+    selection's folder: ``s000/g000/<prefix><subset>-<split>-NNNNNN.tar`` beside the group of the shards it was cut
+    from (flat ``<prefix><subset>-<split>-NNNNNN.tar`` for sources of the flat layout), so a derived folder holds no
+    more entries per directory than its source; ``prefix`` = the selection's name, numbers count on across groups:
+    names are unique across the dataset."""
     subsets = selection["subset"].to_pylist()
     splits = selection["split"].to_pylist() if "split" in selection.column_names else [None] * len(subsets)
+    groups_of = ([shard_group(s) for s in selection["shard"].to_pylist()] if "shard" in selection.column_names
+                 else [""] * len(subsets))
     sizes = selection["tar_size"].to_numpy()
     out_shard: list[str] = [""] * len(subsets)
     out_offset = np.zeros(len(subsets), np.int64)
@@ -157,12 +173,13 @@ def plan_shards(selection: pa.Table, shard_samples: int = SHARD_SAMPLES, shard_b
         SUBSETS.index(g[0]) if g[0] in SUBSETS else len(SUBSETS), g[0],
         SPLITS.index(g[1]) if g[1] in SPLITS else len(SPLITS), g[1] or ""))
     for subset, split in groups:
-        index, count, offset = 0, 0, 0
+        index, count, offset, group = 0, 0, 0, None
         stem = f"{prefix}{subset}-{split}" if split else f"{prefix}{subset}"
         for i in (i for i, g in enumerate(zip(subsets, splits)) if g == (subset, split)):
-            if count and (count >= shard_samples or offset + sizes[i] > shard_bytes):
+            if count and (count >= shard_samples or offset + sizes[i] > shard_bytes or groups_of[i] != group):
                 index, count, offset = index + 1, 0, 0
-            out_shard[i] = f"{stem}-{index:06d}.tar"
+            group = groups_of[i]
+            out_shard[i] = in_group(group, f"{stem}-{index:06d}.tar")
             out_offset[i] = offset
             count += 1
             offset += int(sizes[i])
@@ -185,14 +202,13 @@ def labelled_sample(data: bytes, labels: dict[str, Any], where: str = "") -> byt
     if len(data) % tarfile.BLOCKSIZE:
         raise OSError(f"{where}: bad sample range of {len(data)} bytes (not whole 512-byte tar blocks)")
     out = []
-    with tarfile.open(fileobj=io.BytesIO(data + END_OF_ARCHIVE), mode="r:") as tf:
-        for m in tf:
-            content = tf.extractfile(m).read() if m.isfile() else b""
-            if m.name.endswith(".json"):
-                meta = json.loads(content)
-                meta.update(labels)
-                content = compact_json(meta)
-            out.append(member_bytes(m.name, content))
+    for name, payload in range_members(data):              # io.tars: the one tar reader
+        content = bytes(payload)
+        if name.endswith(".json"):
+            meta = json.loads(content)
+            meta.update(labels)
+            content = compact_json(meta)
+        out.append(member_bytes(name, content))
     return b"".join(out)
 
 
@@ -238,6 +254,7 @@ def materialise(dataset_dir: str | Path, name: str, selection: pa.Table) -> dict
         out_shard = rows[0]["out_shard"]
         planned.add(out_shard)
         tar = folder / out_shard
+        tar.parent.mkdir(parents=True, exist_ok=True)
         stats_path = marker_path(folder / out_shard.removesuffix(".tar"), STATS)
         digest = _digest(rows)
         done = is_done(stats_path, {"digest": digest}, files=[tar])
@@ -252,22 +269,42 @@ def materialise(dataset_dir: str | Path, name: str, selection: pa.Table) -> dict
             written += 1
         out_offsets[order[int(start):int(stop)]] = offsets
         sizes[out_shard] = len(rows)
-    for stale in list(folder.glob(f"*{STATS}")) + list(folder.glob("*.tar")):   # markers first
-        tar_name = f"{piece_stem(stale, STATS)}.tar" if stale.name.endswith(STATS) else stale.name
-        if tar_name not in planned:
-            stale.unlink()
+    remove_stale_copies(folder, planned)
     write_dataset_sizes(root)   # every folder's sizes.json lists every shard of the dataset (open_clip joins)
     stats = {"name": name, "samples": selection.num_rows, "shards": len(planned), "written": written, "kept": kept}
     i = selection.column_names.index("out_offset")
     return stats, selection.set_column(i, "out_offset", pa.array(out_offsets, pa.int64()))
 
 
+def remove_stale_copies(folder: Path, planned: set[str]) -> list[str]:
+    """Delete the tars (and their stats markers, first) of a selection's folder that the plan no longer names
+    (``planned``: paths relative to ``folder``), flat or in sub-folders: a re-run over a folder written before
+    (flat, or with other groups) leaves no stale copy; emptied sub-folders and their ``sizes.json`` go too.
+    Returns the removed tars, relative to ``folder``."""
+    removed = []
+    for stale in folder_files(folder, f"*{STATS}") + folder_files(folder, "*.tar"):   # markers first
+        rel = stale.relative_to(folder).as_posix()
+        tar_rel = (Path(rel).parent / f"{piece_stem(rel, STATS)}.tar").as_posix() if rel.endswith(STATS) else rel
+        if tar_rel not in planned:
+            stale.unlink()
+            if rel.endswith(".tar"):
+                removed.append(rel)
+    for d in reversed(shard_dirs(folder)[1:]):           # sub-folders left without tars
+        if not any(d.glob("*.tar")):
+            (d / SIZES).unlink(missing_ok=True)
+            for p in (d, d.parent):
+                if p != folder and p.is_dir() and not any(p.iterdir()):
+                    p.rmdir()
+    return removed
+
+
 def card_config(name: str, root: Path | None = None) -> list[dict[str, Any]]:
     """The ``configs:`` entries of the dataset card for a materialised subset: one per licence subset present
     (``commercial-concept-filtered``, ``noncommercial-concept-filtered``, ...), so that a config never mixes
     licences, each with one data-files entry per split present (shards of an index without splits are all
-    ``train``)."""
-    tars = sorted(p.name for p in (Path(root) / name).glob("*.tar")) if root is not None else []
+    ``train``). Patterns reach the sub-folders (``concept-filtered/**/concept-filtered-commercial-train-*.tar``;
+    ``**`` matches no folder too, so a flat folder of before matches as well)."""
+    tars = [p.name for p in folder_files(Path(root) / name, "*.tar")] if root is not None else []
     configs = []
     for subset in SUBSETS:
         mine = [t for t in tars if t.startswith(f"{name}-{subset}-")]
@@ -275,9 +312,9 @@ def card_config(name: str, root: Path | None = None) -> list[dict[str, Any]]:
             continue
         present = [sp for sp in SPLITS if any(t.startswith(f"{name}-{subset}-{sp}-") for t in mine)]
         if not present or any(not any(t.startswith(f"{name}-{subset}-{sp}-") for sp in SPLITS) for t in mine):
-            files = [{"split": "train", "path": f"{name}/{name}-{subset}-*.tar"}]
+            files = [{"split": "train", "path": data_files_glob(name, f"{name}-{subset}-*.tar")}]
         else:
-            files = [{"split": sp, "path": f"{name}/{name}-{subset}-{sp}-*.tar"} for sp in present]
+            files = [{"split": sp, "path": data_files_glob(name, f"{name}-{subset}-{sp}-*.tar")} for sp in present]
         configs.append({"config_name": f"{subset}-{name}", "data_files": files})
     return configs
 

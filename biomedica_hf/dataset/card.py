@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,20 @@ from biomedica_hf.dataset.tables import table_config_columns, write_table_config
 from biomedica_hf.errors import BiomedicaError
 from biomedica_hf.io.atomic import atomic_write_bytes
 from biomedica_hf.io.sizes import human_size
-from biomedica_hf.layout import FIGURES_INDEX, STATS_SUFFIX, TABLE_CONFIGS, data_files_glob, folder_files
+from biomedica_hf.io.tars import read_members
+from biomedica_hf.layout import (
+    ARTICLES_TABLE,
+    BUILD_SUMMARY,
+    CARD,
+    CARD_DIR,
+    FIGURES_INDEX,
+    STATS_SUFFIX,
+    TABLE_CONFIGS,
+    data_files_glob,
+    folder_files,
+)
 from biomedica_hf.schema import ARTICLE_FIELDS, SAMPLE_FIELDS, SUBSETS
 
-CARD_DIR = "card"
 TOP_JOURNALS = 20
 MAX_SHARD_ROWS = 50
 TASK_CATEGORIES = ["image-to-text", "zero-shot-image-classification", "image-feature-extraction",
@@ -176,9 +185,8 @@ def _json_extra(out: Path, patterns: list[str]) -> dict[str, dict]:
     known = {n for n, _, _ in SAMPLE_FIELDS}
     extra: list[str] = []
     for tar in (t for pattern in patterns for t in sorted(Path(out).glob(pattern))):
-        with tarfile.open(tar) as tf:
-            member = next((m for m in tf if m.name.endswith(".json")), None)
-            meta = json.loads(tf.extractfile(member).read()) if member is not None else {}
+        first = next(read_members(tar, lambda name: name.endswith(".json")), None)    # io.tars: headers only
+        meta = json.loads(first[1]) if first is not None else {}
         extra += [k for k in meta if k not in known and k not in extra]
     if not extra or not (Path(out) / FIGURES_INDEX).exists():
         return {}
@@ -236,7 +244,7 @@ def yaml_header(out: Path, stats: dict, extra_configs: list[dict] | None = None)
 def collect_stats(out: Path) -> dict[str, Any]:
     """Everything the card says, from the files of the folder (never from memory of the build)."""
     out = Path(out)
-    summary = json.loads((out / "build_summary.json").read_text()) if (out / "build_summary.json").exists() else {}
+    summary = json.loads((out / BUILD_SUMMARY).read_text()) if (out / BUILD_SUMMARY).exists() else {}
     schema_names = pq.read_schema(out / FIGURES_INDEX).names
     concepts_col = "concepts" in schema_names
     cols = ["pmcid", "subset", "license_code", "year"] + (["concepts"] if concepts_col else [])
@@ -256,7 +264,7 @@ def collect_stats(out: Path) -> dict[str, Any]:
                 concepts[v["values"]] += v["counts"]
     journals: Counter = Counter()
     n_articles = 0
-    for batch in pq.ParquetFile(out / "articles.parquet").iter_batches(batch_size=200_000,
+    for batch in pq.ParquetFile(out / ARTICLES_TABLE).iter_batches(batch_size=200_000,
                                                                       columns=["journal", "n_samples"]):
         t = pa.Table.from_batches([batch])
         n_articles += t.num_rows
@@ -283,7 +291,7 @@ def collect_stats(out: Path) -> dict[str, Any]:
         "seed": summary.get("seed", 0),
         "shard_max_samples": summary.get("shard_max_samples", 10_000),
         "png_encoding": _png_encoding(summary.get("media") or {}),
-        "built": _dt.datetime.fromtimestamp((out / "build_summary.json").stat().st_mtime, _dt.timezone.utc)
+        "built": _dt.datetime.fromtimestamp((out / BUILD_SUMMARY).stat().st_mtime, _dt.timezone.utc)
                  .strftime("%Y-%m-%d") if summary else "?",
         "subsets": subsets,
         "total_samples": total,
@@ -433,7 +441,7 @@ def card_sections(group: str, out: Path) -> list[str]:
 
 
 def _splits_text(out: Path) -> str:
-    path = Path(out) / "build_summary.json"
+    path = Path(out) / BUILD_SUMMARY
     fractions = json.loads(path.read_text()).get("splits", {}).get("fractions") if path.exists() else None
     return " / ".join(f"{100 * f:g}%" for f in fractions) if fractions else "not recorded"
 
@@ -455,7 +463,7 @@ def write_card(out: Path, repo_id: str | None = None, extra_configs: list[dict] 
     names = {c["config_name"] for c in hook_configs}
     extra = hook_configs + [c for c in (extra_configs or []) if c["config_name"] not in names]
     hooks.run(hooks.CARD_FILES, out)
-    path = out / "README.md"
+    path = out / CARD
     atomic_write_bytes(path, render_card(out, repo_id, extra, stats).encode())
     return path
 

@@ -31,7 +31,17 @@ from biomedica_hf.io.atomic import TEMP_GLOB
 from biomedica_hf.io.digest import file_sha256
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.io.sizes import human_size
-from biomedica_hf.layout import DUP_TABLES, SUB_FOLDER_GLOB, TABLE_CONFIGS
+from biomedica_hf.layout import (
+    BUILD_SUMMARY,
+    CARD,
+    CARD_DIR,
+    LEDGER_SUMMARY,
+    ROOT_FILES,
+    SIZES,
+    SUB_FOLDER_GLOB,
+    TABLE_CONFIGS,
+    WORK_DIR,
+)
 from biomedica_hf.schema import SUBSETS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,10 +51,10 @@ log = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
 DEFAULT_REVISION = "main"
-WORK_DIR = "_work"
-CARD = "README.md"
-CARD_DIR = "card"
-BUILD_SUMMARY = "build_summary.json"
+#: files per commit: the Hub refuses 100 or more over its HTTP API
+FILES_PER_COMMIT = 90
+#: the Hub allows 128 commits per hour per repository; a 429 answer is waited out this many times
+RATE_LIMIT_RETRIES = 5
 
 #: Never uploaded. Matched like ``huggingface_hub`` does (``fnmatch``: ``*`` also crosses ``/``).
 UPLOAD_IGNORE: tuple[str, ...] = (
@@ -62,10 +72,10 @@ UPLOAD_ALLOW: tuple[str, ...] = (
     CARD,
     f"{CARD_DIR}/*",
     *(p for s in SUBSETS for d in (s, f"{s}/{SUB_FOLDER_GLOB}")   # flat and in sub-folders (layout.shard_folder)
-      for p in (f"{d}/*.tar", f"{d}/*.parquet", f"{d}/*{STATS}", f"{d}/sizes.json")),
+      for p in (f"{d}/*.tar", f"{d}/*.parquet", f"{d}/*{STATS}", f"{d}/{SIZES}")),
     *(f"{t}/*.tar" for t in TABLE_CONFIGS),  # the tables again as WebDataset configs (articles/, figures/)
     "*.parquet",
-    "ledger_summary.txt",
+    LEDGER_SUMMARY,
     BUILD_SUMMARY,
 )
 
@@ -77,10 +87,6 @@ SHARED = "(shared)"  # the by_subset bucket of files outside the licence subsets
 _SHARD_RE = re.compile(r"^(?P<subset>[^/]+)/(?:s\d{3}/g\d{3}/)?(?P<stem>[^/]+?)(?P<suffix>_stats\.json|\.tar|"
                        r"\.parquet)$")
 _SIZES_RE = re.compile(r"^(?P<subset>[^/]+)/(?:s\d{3}/g\d{3}/)?sizes\.json$")
-#: The tables at the folder root that are part of the dataset (anything else at the root stays local).
-ROOT_FILES: tuple[str, ...] = (CARD, "articles.parquet", "figures.parquet", "ledger.parquet", "duplicates.parquet",
-                               *DUP_TABLES.values(),   # near_duplicates.parquet, caption_duplicates.parquet
-                               "ledger_summary.txt", BUILD_SUMMARY)
 _CARD_LINK_RE = re.compile(r"""(?:\]\(\s*<?|src\s*=\s*["']|href\s*=\s*["'])(?:\./)?([^)"'\s#?>]+)""")
 _PLOT_EXT = (".png", ".jpg", ".jpeg", ".svg", ".webp", ".gif")
 _REPO_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
@@ -263,7 +269,7 @@ def _hidden(rel: str) -> bool:
 def _config_companion(rel: str, config_dirs: set[str]) -> bool:
     """``sizes.json`` or a shard's ``*_stats.json`` in the folder of one of the card's configs."""
     folder, _, name = rel.rpartition("/")
-    return folder in config_dirs and (name == "sizes.json" or name.endswith(STATS))
+    return folder in config_dirs and (name == SIZES or name.endswith(STATS))
 
 
 def _is_dataset_file(rel: str, card_links: set[str]) -> bool:
@@ -327,7 +333,7 @@ def classify(rel: str) -> tuple[str, str | None]:
         return "table", None
     if len(parts) == 2 and parts[0] in TABLE_CONFIGS and parts[1].endswith(".tar"):
         return "table", None
-    if rel in (BUILD_SUMMARY, "ledger_summary.txt"):
+    if rel in (BUILD_SUMMARY, LEDGER_SUMMARY):
         return "summary", None
     return "other", (parts[0] if parts[0] in SUBSETS else None)
 
@@ -531,7 +537,8 @@ def validate_repo_id(repo_id: str) -> str:
 
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
                 dry_run: bool = False, num_workers: int | None = None, token: str | None = None,
-                api: HfApi | None = None, commit_message: str | None = None) -> UploadPlan:
+                api: HfApi | None = None, commit_message: str | None = None,
+                files_per_commit: int = FILES_PER_COMMIT) -> UploadPlan:
     """Upload a built dataset folder to the dataset repository ``repo_id``; return the plan.
 
     Raises :class:`InvalidRepoIdError` or :class:`UploadBlockedError` before any network call.
@@ -541,7 +548,9 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     (:func:`remote_changes`) and only new or changed files are uploaded, remote dataset files the folder no
     longer has being deleted in the same commit (``plan.uploaded`` / ``plan.deleted`` say what happened;
     re-running the same push resumes an interrupted one). ``num_workers`` is used where the installed
-    ``huggingface_hub`` has ``upload_large_folder``; ``api`` may be an ``HfApi(endpoint=...)``.
+    ``huggingface_hub`` has ``upload_large_folder``; ``api`` may be an ``HfApi(endpoint=...)``. Otherwise files go
+    up in commits of at most ``files_per_commit`` (:func:`commit_batches`); a commit answered 429 is retried after
+    its ``Retry-After`` (:func:`_with_rate_limit`).
     """
     validate_repo_id(repo_id)
     if revision is not None and not revision.strip():
@@ -585,7 +594,7 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     elif changed:  # huggingface_hub 2.x: upload_folder, in commits of < 100 files (the Hub's limit over HTTP)
         if num_workers is not None:
             log.info("num_workers is not used by this huggingface_hub (upload_folder manages its concurrency)")
-        batches = commit_batches(changed)
+        batches = commit_batches(changed, files_per_commit)
         for i, batch in enumerate(batches, 1):
             last = i == len(batches)
             suffix = f" ({i}/{len(batches)})" if len(batches) > 1 else ""
@@ -600,10 +609,6 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     return plan
 
 
-#: files per commit: the Hub refuses 100 or more over its HTTP API
-FILES_PER_COMMIT = 90
-#: the Hub allows 128 commits per hour per repository; a 429 answer is waited out this many times
-RATE_LIMIT_RETRIES = 5
 
 
 def commit_batches(paths: list[str], size: int = FILES_PER_COMMIT) -> list[list[str]]:
@@ -621,8 +626,16 @@ def commit_batches(paths: list[str], size: int = FILES_PER_COMMIT) -> list[list[
     return batches
 
 
+
+
+class RateLimitedError(HubError):
+    """The Hub kept refusing commits (429) after every retry: rerun the push later, it resumes."""
+
+
 def _with_rate_limit(commit: Any) -> Any:
-    """Run one commit; a 429 (128 commits per hour) is waited out (``Retry-After``, else a minute) and retried."""
+    """Run one commit; a 429 (128 commits per hour) is waited out (``Retry-After``, else a minute) and retried,
+    :data:`RATE_LIMIT_RETRIES` times (on top of ``huggingface_hub``'s own retries, which honour ``Retry-After``
+    too); beyond, :class:`RateLimitedError` (what was committed stays: a rerun of the push uploads only the rest)."""
     import time
 
     from huggingface_hub.errors import HfHubHTTPError
@@ -632,9 +645,12 @@ def _with_rate_limit(commit: Any) -> Any:
             return commit()
         except HfHubHTTPError as e:
             response = getattr(e, "response", None)
-            if response is None or response.status_code != 429 or attempt == RATE_LIMIT_RETRIES:
+            if response is None or response.status_code != 429:
                 raise
             wait = float(response.headers.get("Retry-After") or 60)
+            if attempt == RATE_LIMIT_RETRIES:
+                raise RateLimitedError(f"the Hub still rate-limits commits (429, retry after {wait:.0f} s): rerun "
+                                       "the push later, it uploads only what is missing") from e
             log.warning("the Hub rate-limits commits (429): waiting %.0f s", wait)
             time.sleep(wait)
     return None

@@ -127,8 +127,9 @@ def _articles_versions(path: str, pmcids: set[str]) -> dict[str, str | None]:
     import pyarrow.parquet as pq
 
     from biomedica_hf.dataset.loader import dataset_file_url
+    from biomedica_hf.layout import ARTICLES_TABLE
 
-    url = dataset_file_url(path, "articles.parquet")
+    url = dataset_file_url(path, ARTICLES_TABLE)
     if url.startswith("hf://"):
         import fsspec
 

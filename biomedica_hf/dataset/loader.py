@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
-import io
 import itertools
 import json
 import os
@@ -51,6 +50,7 @@ from biomedica_hf.errors import BiomedicaError
 from biomedica_hf.filters import (  # noqa: F401 - NEAR_DUPLICATES, SPLITS, read_keys: re-exported, as before
     CONCEPT_COLUMNS, FIELDS, NEAR_DUPLICATES, SPLITS, NoMatchWarning, Selection, Years, read_keys)
 from biomedica_hf.io.ranges import HF_URL, ReadOptions, read_files
+from biomedica_hf.io.tars import range_members
 from biomedica_hf.layout import FIGURES_INDEX
 
 if TYPE_CHECKING:
@@ -388,39 +388,6 @@ def _warn_uneven(n_units: int, n_samples: int, world_size: int, num_workers: int
 
 
 # ------------------------------------------------------------------------------------ reading
-def _octal(field: bytes) -> int:
-    field = field.rstrip(b"\0 ").lstrip(b" ")
-    return int(field, 8) if field else 0
-
-
-def _members(data: memoryview) -> Iterator[tuple[str, memoryview]]:
-    """``(name, bytes)`` of the regular members of a run of whole tar members (ustar; pax/GNU via tarfile)."""
-    pos, n = 0, len(data)
-    while pos + 512 <= n:
-        header = bytes(data[pos:pos + 512])
-        if header == b"\0" * 512:
-            return
-        kind = header[156:157]
-        if kind not in (b"0", b"\0") or header[257:262] != b"ustar":
-            yield from _members_tarfile(data[pos:])
-            return
-        name = header[:100].split(b"\0", 1)[0].decode()
-        prefix = header[345:500].split(b"\0", 1)[0].decode()
-        size = _octal(header[124:136])
-        start = pos + 512
-        if start + size > n:
-            raise tarfile.ReadError(f"member {name!r} runs past the end of the range")
-        yield (f"{prefix}/{name}" if prefix else name), data[start:start + size]
-        pos = start + -(-size // 512) * 512
-
-
-def _members_tarfile(data: memoryview) -> Iterator[tuple[str, memoryview]]:
-    with tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:") as tar:
-        for member in tar:
-            if member.isfile():
-                yield member.name, memoryview(tar.extractfile(member).read())
-
-
 def _sample(data: memoryview, shard: str) -> dict[str, Any]:
     """The sample of one wanted range: ``<key>.<image ext>``, ``<key>.txt``, ``<key>.json``.
 
@@ -428,7 +395,7 @@ def _sample(data: memoryview, shard: str) -> dict[str, Any]:
     never be a file (a path below a tar file). A bare ``<key>.<ext>`` would be looked up in the working
     directory by ``datasets.Image``, which drops the shard's bytes for any file of that name it finds there."""
     key, members = None, {}
-    for name, payload in _members(data):
+    for name, payload in range_members(data):   # io.tars: the one tar reader
         k, _, ext = name.partition(".")
         if key is not None and k != key:
             raise tarfile.ReadError(f"range holds members of two samples ({key}, {k})")

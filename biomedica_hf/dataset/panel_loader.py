@@ -8,13 +8,11 @@ This module only knows the file layout (``layout.PANELS_INDEX``); the panels pac
 """
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from biomedica_hf.io.tars import END_OF_ARCHIVE
+from biomedica_hf.io.tars import range_members
 from biomedica_hf.layout import PANELS_INDEX
 from biomedica_hf.schema import SUBSETS
 
@@ -84,10 +82,7 @@ def generate_panels(shards: list[tuple[str, list[tuple[int, int]]]], token: str 
         try:
             for offset, size in ranges:
                 data = src.fetch(offset, offset + size)
-                members = {}
-                with tarfile.open(fileobj=io.BytesIO(data + END_OF_ARCHIVE), mode="r:") as tf:
-                    for m in tf:
-                        members[m.name] = tf.extractfile(m).read()
+                members = {name: bytes(payload) for name, payload in range_members(data)}   # io.tars
                 image = next(n for n in members if n.endswith((".jpg", ".png")))
                 key = image.rsplit(".", 1)[0]
                 meta = json.loads(members[f"{key}.json"])

@@ -15,6 +15,10 @@ Fast (default; reads only tar headers and the small JSON / Parquet files):
   ``tar_size``, ``image_offset``, ``image_size``), three members per sample, nothing after the last sample
   but the end-of-archive blocks.
 
+The derived configs (concept selections, ``<licence>-panels``; ``layout.config_folders``), flat or in sub-folders:
+every tar is whole, its stats (where it has them) record its size, and its directory's ``sizes.json`` lists it with
+its samples (the ``sizes.json`` of another tool's config folder may be absent).
+
 ``--deep`` also reads every image and checks its sha256 against the index.
 """
 from __future__ import annotations
@@ -27,8 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from biomedica_hf.io.markers import STATS
-from biomedica_hf.io.ranges import LocalFile, read_range
-from biomedica_hf.layout import FIGURES_INDEX, folder_files, shard_dirs
+from biomedica_hf.io.ranges import read_range
+from biomedica_hf.io.tars import scan_file
+from biomedica_hf.layout import (
+    CONCEPT_CONFIGS,
+    FIGURES_INDEX,
+    SIZES,
+    config_folders,
+    folder_files,
+    panel_config,
+    shard_dirs,
+)
 from biomedica_hf.schema import SUBSETS
 
 MAX_LISTED = 50
@@ -60,7 +73,7 @@ class VerifyReport:
                           *([f"  ... and {more} more"] if more else [])])
 
 
-def shard_files(folder: Path, subsets: tuple[str, ...] = SUBSETS) -> dict[str, dict[str, Path]]:
+def files_by_shard(folder: Path, subsets: tuple[str, ...] = SUBSETS) -> dict[str, dict[str, Path]]:
     """``{"<subset>/<stem>": {".tar"|".parquet"|"_stats.json": path}}`` of the subset folders, paired by stem
     (``<subset>/sNNN/gNNN/<stem>`` for shards in the sub-folder layout, ``layout.shard_dirs``)."""
     out: dict[str, dict[str, Path]] = defaultdict(dict)
@@ -76,37 +89,6 @@ def shard_files(folder: Path, subsets: tuple[str, ...] = SUBSETS) -> dict[str, d
                         out[f"{rel}/{name[:-len(suffix)]}"][suffix] = p
                         break
     return dict(sorted(out.items()))
-
-
-def _octal(b: bytes) -> int:
-    b = b.rstrip(b"\0 ").lstrip(b" ")
-    return int(b, 8) if b else 0
-
-
-def _tar_members(path: Path) -> tuple[list[tuple[str, int, int, int]], int, str | None]:
-    """``[(name, header offset, data offset, size)]`` of a tar read header by header, the end of the last
-    member, and a structural problem (or None)."""
-    members = []
-    with LocalFile(path) as f:
-        size, pos = f.size, 0
-        while pos + 512 <= size:
-            header = f.read(pos, 512)
-            if header == b"\0" * 512:
-                rest_ok = all(c == 0 for c in f.read(pos + 512, min(size - pos - 512, 1 << 20)))
-                return members, pos, None if rest_ok else f"data after the end-of-archive marker at {pos}"
-            if sum(header[:148]) + 8 * 32 + sum(header[156:]) != _octal(header[148:156]):
-                return members, pos, f"bad tar header checksum at byte {pos}"
-            if header[156:157] not in (b"0", b"\0"):
-                return members, pos, f"member at byte {pos} is not a regular file (type {header[156:157]!r})"
-            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") if header[257:262] == b"ustar" \
-                else ""
-            n = _octal(header[124:136])
-            members.append((f"{prefix}/{name}" if prefix else name, pos, pos + 512, n))
-            pos += 512 + -(-n // 512) * 512
-        if pos > size:
-            return members, pos, f"truncated: the last member runs to byte {pos} of a {size}-byte file"
-        return members, pos, "no end-of-archive marker (truncated?)"
 
 
 def verify_folder(folder: str | os.PathLike, deep: bool = False) -> VerifyReport:
@@ -146,7 +128,7 @@ def verify_folder(folder: str | os.PathLike, deep: bool = False) -> VerifyReport
         seen_keys[r["key"]] = r["shard"]
     report.samples = len(rows)
     subsets = tuple(dict.fromkeys([*SUBSETS, *(s.split("/", 1)[0] for s in by_shard)]))
-    files = shard_files(folder, subsets)
+    files = files_by_shard(folder, subsets)
     report.shards = sum(".tar" in parts for parts in files.values())
     on_disk = {f"{base}.tar" for base, parts in files.items() if ".tar" in parts}
     for rel in sorted(set(by_shard) - on_disk):
@@ -179,7 +161,7 @@ def verify_folder(folder: str | os.PathLike, deep: bool = False) -> VerifyReport
         if rel in by_shard:
             _check_tar(folder, tar, rel, by_shard[rel], deep, report)
     for subset, tars in counts.items():
-        sizes_path = folder / subset / "sizes.json"
+        sizes_path = folder / subset / SIZES
         if not sizes_path.is_file():
             problems.append(f"{subset}/sizes.json is missing")
             continue
@@ -196,43 +178,77 @@ def verify_folder(folder: str | os.PathLike, deep: bool = False) -> VerifyReport
         for name, n in tars.items():
             if name in listed and n is not None and listed[name] != n:
                 problems.append(f"{subset}/sizes.json says {name} holds {listed[name]} samples, its stats {n}")
+    _check_config_folders(folder, report)
     return report
+
+
+def _check_config_folders(folder: Path, report: VerifyReport) -> None:
+    """The derived configs' folders (``layout.config_folders``: concept selections, ``<licence>-panels``), flat or
+    in sub-folders: every tar is whole (its headers walk to the end-of-archive blocks), its stats (where it has
+    them) record its size, and the ``sizes.json`` of its directory lists it with its samples (3 members each)."""
+    problems = report.problems
+    ours = {*CONCEPT_CONFIGS, *(panel_config(s) for s in SUBSETS)}   # a folder of another tool has no sizes.json
+    for config in config_folders(folder):
+        for d in shard_dirs(config):
+            tars = sorted(d.glob("*.tar"))
+            if not tars:
+                continue
+            where = d.relative_to(folder).as_posix()
+            listed = _json(d / SIZES, folder, problems) if (d / SIZES).is_file() else None
+            if listed is None and config.name in ours:
+                problems.append(f"{where}/{SIZES} is missing or unreadable")
+            for tar in tars:
+                rel = tar.relative_to(folder).as_posix()
+                scan = scan_file(tar)
+                if scan.problem:
+                    problems.append(f"{rel}: {scan.problem}")
+                    continue
+                n = len(scan.members) // 3
+                stats = _json(d / f"{tar.name.removesuffix('.tar')}{STATS}", folder, problems) \
+                    if (d / f"{tar.name.removesuffix('.tar')}{STATS}").is_file() else None
+                if isinstance(stats, dict) and stats.get("tar_bytes") not in (None, tar.stat().st_size):
+                    problems.append(f"{rel} is {tar.stat().st_size:,} bytes but its stats record "
+                                    f"{stats['tar_bytes']:,} (truncated or changed)")
+                if isinstance(listed, dict) and n and listed.get(tar.name) != n:
+                    problems.append(f"{where}/{SIZES} says {tar.name} holds {listed.get(tar.name)} samples, its "
+                                    f"tar {n}")
 
 
 def _check_tar(folder: Path, tar: Path, rel: str, rows: list[dict], deep: bool, report: VerifyReport) -> None:
     problems = report.problems
-    members, _, error = _tar_members(tar)
+    scan = scan_file(tar)                    # io.tars: the one tar reader (headers only)
+    members, error = scan.members, scan.problem
     if error:
         problems.append(f"{rel}: {error}")
-    at = {m[1]: i for i, m in enumerate(members)}
+    at = {m.header: i for i, m in enumerate(members)}
     rows = sorted(rows, key=lambda r: r["tar_offset"])
     for r in rows:
         i = at.get(r["tar_offset"])
         group = members[i:i + 3] if i is not None else []
-        names = [m[0] for m in group]
+        names = [m.name for m in group]
         image_name = f"{r['key']}.{r['image_ext']}"
         if (i is None or len(group) != 3 or any(n.partition(".")[0] != r["key"] for n in names)
                 or image_name not in names):
             problems.append(f"{rel}: sample {r['key']} is not at byte {r['tar_offset']} as {FIGURES_INDEX} says "
                             f"(found {names or 'no member'}): the index is stale")
             continue
-        last = group[-1]
-        span = last[2] + -(-last[3] // 512) * 512 - r["tar_offset"]
+        span = group[-1].end - r["tar_offset"]
         image = group[names.index(image_name)]
-        if span != r["tar_size"] or image[2] != r["image_offset"] or image[3] != r["image_size"]:
-            problems.append(f"{rel}: sample {r['key']} spans {span} bytes, image at {image[2]} ({image[3]} bytes); "
+        if span != r["tar_size"] or image.offset != r["image_offset"] or image.size != r["image_size"]:
+            problems.append(f"{rel}: sample {r['key']} spans {span} bytes, image at {image.offset} "
+                            f"({image.size} bytes); "
                             f"{FIGURES_INDEX} says {r['tar_size']}, {r['image_offset']} ({r['image_size']})")
             continue
         if deep:
             try:
-                data = read_range(tar, image[2], image[3])
+                data = read_range(tar, image.offset, image.size)
             except OSError as e:
                 problems.append(f"{rel}: sample {r['key']}: image unreadable ({e})")
                 continue
             report.bytes_checked += len(data)
             if hashlib.sha256(data).hexdigest() != r["sha256"]:
                 problems.append(f"{rel}: sample {r['key']}: image sha256 differs from {FIGURES_INDEX} "
-                                f"(corrupted bytes at {image[2]}..{image[2] + image[3]})")
+                                f"(corrupted bytes at {image.offset}..{image.offset + image.size})")
     if not error and len(members) != 3 * len(rows):
         problems.append(f"{rel} holds {len(members)} members but {FIGURES_INDEX} lists {len(rows)} samples "
                         f"({3 * len(rows)} members)")

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from biomedica_hf.images import to_rgb
 from biomedica_hf.io.atomic import atomic_path
 from biomedica_hf.io.ranges import ShardFiles, read_range
+from biomedica_hf.layout import CARD, DECONTAMINATION_DIR, FIGURES_INDEX
 from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD, lsh_tables, table_keys
 from biomedica_hf.neardup.hashing import HASH_BITS, HASH_NAME, bytes_phash, hamming, hex_to_words, open_image
 
@@ -128,7 +129,7 @@ class EvalIndex:
 
 def training_hashes(dataset_dir: Path, progress: bool = False) -> Iterator[pa.Table]:
     """Batches of (key, phash, shard, image_offset, image_size) for every training sample of the folder."""
-    index = dataset_dir / "figures.parquet"
+    index = dataset_dir / FIGURES_INDEX
     if not index.is_file():
         raise FileNotFoundError(f"{dataset_dir}: no figures.parquet (is this a folder built by `biomedica build`?)")
     pf = pq.ParquetFile(index)
@@ -224,7 +225,7 @@ def decontaminate(dataset_dir: str | os.PathLike, tasks: str | Sequence, out_dir
     from biomedica_hf.eval.tasks.registry import resolve_tasks
 
     root = Path(dataset_dir)
-    out = Path(out_dir) if out_dir is not None else root / "decontamination"
+    out = Path(out_dir) if out_dir is not None else root / DECONTAMINATION_DIR
     ctx = ctx or DataContext.from_env()
     resolved = resolve_tasks(tasks, ctx) if isinstance(tasks, str) else list(tasks)
     evals = [hash_task(t, ctx, progress) for t in resolved]
@@ -232,7 +233,7 @@ def decontaminate(dataset_dir: str | os.PathLike, tasks: str | Sequence, out_dir
     index = EvalIndex([h for e in evals for h in e.hashes])
     found: list[dict] = []
     train_total = train_unhashed = 0
-    from_index = "phash" in pq.read_schema(root / "figures.parquet").names if (root / "figures.parquet").is_file() else False
+    from_index = "phash" in pq.read_schema(root / FIGURES_INDEX).names if (root / FIGURES_INDEX).is_file() else False
     for t in training_hashes(root, progress):
         train_total += t.num_rows
         valid = pc.is_valid(t["phash"]).to_numpy(zero_copy_only=False)
@@ -281,18 +282,18 @@ def decontaminate(dataset_dir: str | os.PathLike, tasks: str | Sequence, out_dir
     contact_sheet(sheet_pairs, eval_bytes, root, out / "contact_sheet.png")
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
-    published = root / "decontamination"
+    published = root / DECONTAMINATION_DIR
     if out.resolve() != published.resolve():   # the copy the card cites and push uploads
         published.mkdir(parents=True, exist_ok=True)
         for name in ("exclusions.txt", "report.json"):
             with atomic_path(published / name) as tmp:
                 tmp.write_bytes((out / name).read_bytes())
-    if update_card and (root / "README.md").is_file():
+    if update_card and (root / CARD).is_file():
         from biomedica_hf.dataset.card import write_card
 
         try:
             write_card(root)
-            log.info("dataset card rewritten: %s", root / "README.md")
+            log.info("dataset card rewritten: %s", root / CARD)
         except Exception as e:  # noqa: BLE001 - the report stands; the card is regenerated with `biomedica card`
             report["card_error"] = f"{type(e).__name__}: {e}"
             log.warning("the dataset card was not rewritten (%s): run `biomedica card %s`", e, root)

@@ -36,6 +36,7 @@ def decontaminate_cmd(dataset, tasks, out, threshold, data_dir, fixtures_dir, ca
 
     from biomedica_hf.eval.decontaminate import decontaminate
     from biomedica_hf.eval.tasks.base import DataContext
+    from biomedica_hf.layout import DECONTAMINATION_DIR
     from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD
 
     logging.basicConfig(level=max(logging.WARNING - 10 * verbose, logging.DEBUG),
@@ -43,7 +44,7 @@ def decontaminate_cmd(dataset, tasks, out, threshold, data_dir, fixtures_dir, ca
     ctx = DataContext.from_env(data_dir, fixtures_dir, cache_dir)
     report = decontaminate(dataset, tasks, out, threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
                            ctx=ctx, progress=True)
-    where = out or Path(dataset) / "decontamination"
+    where = out or Path(dataset) / DECONTAMINATION_DIR
     click.echo(f"{report['training_samples']:,} training samples ({report['training_hashes_from']}), "
                f"threshold {report['threshold']} bits of {report['hash']}")
     for name, t in report["tasks"].items():

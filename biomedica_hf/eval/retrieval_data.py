@@ -21,7 +21,6 @@ are chosen by one :class:`~biomedica_hf.filters.Selection` (licence subset and s
 from __future__ import annotations
 
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,8 @@ import pyarrow.parquet as pq
 from biomedica_hf.eval.evalset import DATA_HINT, DataNotFoundError, parquet_files
 from biomedica_hf.filters import Selection
 from biomedica_hf.io.ranges import read_many
-from biomedica_hf.layout import folder_files
+from biomedica_hf.io.tars import read_members, tar_members
+from biomedica_hf.layout import FIGURES_INDEX, TABLE_CONFIGS, config_folders, folder_files
 
 
 @dataclass
@@ -107,24 +107,21 @@ def _scan_config(root: Path, config: str) -> dict[str, dict]:
     config, pattern = _config_folder(root, config)
     for tar in folder_files(root / config, pattern):    # flat or in sNNN/gNNN sub-folders (layout.shard_dirs)
         members: dict[str, dict] = {}
-        with tarfile.open(tar, "r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                key, _, ext = m.name.rpartition(".")
-                entry = members.setdefault(key, {"shard": tar.relative_to(root).as_posix()})
-                if f".{ext.lower()}" in IMAGE_SUFFIXES:
-                    entry["image_offset"], entry["image_size"] = m.offset_data, m.size
-                elif ext == "txt":
-                    entry["caption"] = tf.extractfile(m).read().decode("utf-8")
+        for m in tar_members(tar):                          # io.tars: the one tar reader (headers only)
+            key, _, ext = m.name.rpartition(".")
+            entry = members.setdefault(key, {"shard": tar.relative_to(root).as_posix()})
+            if f".{ext.lower()}" in IMAGE_SUFFIXES:
+                entry["image_offset"], entry["image_size"] = m.offset, m.size
+        for m, data in read_members(tar, lambda name: name.endswith(".txt")):     # captions by byte range
+            members.setdefault(m.name.rpartition(".")[0], {})["caption"] = data.decode("utf-8")
         out.update({k: v for k, v in members.items() if "image_offset" in v})
     return out
 
 
 def _config_names(root: Path, table) -> list[str]:
     names = sorted(set(table["subset"].to_pylist())) + ["all"]
-    return names + sorted(p.name for p in root.iterdir() if p.is_dir() and folder_files(p, "*.tar")
-                          and p.name not in names)
+    tables = [t for t in TABLE_CONFIGS if folder_files(root / t, "*.tar")]
+    return names + sorted(n for n in [*tables, *(p.name for p in config_folders(root))] if n not in names)
 
 
 def load_pairs(path: str | os.PathLike, subset: str | None = None, limit: int | None = None,
@@ -134,7 +131,7 @@ def load_pairs(path: str | os.PathLike, subset: str | None = None, limit: int | 
     See the module docstring for configs and the ``split`` rule.
     """
     root = Path(path)
-    index = root / "figures.parquet"
+    index = root / FIGURES_INDEX
     if index.is_file():
         names = pq.read_schema(index).names
         cols = ["key", "caption", "shard", "image_offset", "image_size", "subset"] + (["split"] if "split" in names
@@ -143,7 +140,7 @@ def load_pairs(path: str | os.PathLike, subset: str | None = None, limit: int | 
         own = None
         if subset and subset != "all" and subset not in set(table["subset"].to_pylist()):
             folder, pattern = _config_folder(root, subset)
-            if not (root / folder).is_dir() or not any((root / folder).glob(pattern)):
+            if not folder_files(root / folder, pattern):
                 raise DataNotFoundError(f"{root}: no config {subset!r}; configs: "
                                         f"{', '.join(_config_names(root, table))}")
             own = _scan_config(root, subset)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from biomedica_hf.layout import BUILD_SUMMARY, DECONTAMINATION_DIR, DUPLICATES, FIGURES_INDEX
 from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD
 from biomedica_hf.neardup.hashing import HASH_BITS, HASH_NAME
 
@@ -27,12 +28,12 @@ def card_stats(dataset_dir: str | os.PathLike) -> dict:
     (``decontamination/report.json`` when present). Absent sources give ``None``, never an error."""
     root = Path(dataset_dir)
     stats: dict = {"hash": HASH_NAME, "hash_bits": HASH_BITS, "threshold": DEFAULT_THRESHOLD}
-    summary_path = root / "build_summary.json"
+    summary_path = root / BUILD_SUMMARY
     try:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     except ValueError:
         summary = {}
-    dup = root / "duplicates.parquet"
+    dup = root / DUPLICATES
     if dup.is_file():
         t = pq.read_table(dup)
         n = sum(len(x or []) for x in t["duplicate_keys"].to_pylist()) if "duplicate_keys" in t.column_names else 0
@@ -41,7 +42,7 @@ def card_stats(dataset_dir: str | os.PathLike) -> dict:
     else:
         stats["exact"] = None
     stats["near_removed"] = int(summary.get("near_duplicates_removed", 0) or 0)
-    figures = root / "figures.parquet"
+    figures = root / FIGURES_INDEX
     stats["samples"] = pq.ParquetFile(figures).metadata.num_rows if figures.is_file() else None
     for col, name in (("near_dup_of", "near"), ("caption_dup_of", "caption")):
         c = _column(figures, col)
@@ -52,7 +53,7 @@ def card_stats(dataset_dir: str | os.PathLike) -> dict:
         stats[name] = {"duplicates": len(flagged), "groups": len(pc.unique(flagged))}
     phash = _column(figures, "phash")
     stats["hashed"] = None if phash is None else len(phash) - phash.null_count
-    report = root / "decontamination" / "report.json"
+    report = root / DECONTAMINATION_DIR / "report.json"
     try:
         stats["contamination"] = json.loads(report.read_text()) if report.is_file() else None
     except ValueError as exc:

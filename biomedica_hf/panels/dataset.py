@@ -5,18 +5,21 @@ or Ray). A task reads its shard's Parquet rows, each image by byte range, finds 
 (:func:`biomedica_hf.panels.figure.find_panels`) and their subcaptions, and writes::
 
     DIR/panels/<subset>/<stem>.parquet            one row per panel (PANEL_SCHEMA), tar order
-    DIR/<subset>-panels/<subset>-panels-<rest>.tar the crops as WebDataset samples (<key>.jpg|png, .txt, .json)
+    DIR/<subset>-panels/sNNN/gNNN/<subset>-panels-<rest>.tar  the crops as WebDataset samples (.jpg|png, .txt, .json)
     DIR/panels/<subset>/<stem>_done.json          written last: the shard's completion marker
 
 ``<rest>`` is the source shard's name after ``<subset>-`` (``train-s000-p00017-000``), so a panel shard never mixes
-licences and its split shows in its name like the build's. The marker records a digest of the source shard's
+licences and its split shows in its name like the build's; ``sNNN/gNNN`` is the source shard's group
+(``layout.shard_group``: a panel shard sits in the same group as its source, so no folder outgrows the source's;
+flat for a source of the flat layout). The marker records a digest of the source shard's
 build digest and the settings (labels, detector, version): a rerun skips done shards, splits new or rebuilt ones,
 and deletes the files of shards that are gone (an update removed their parents). Then:
 
 * ``DIR/panels.parquet``: every shard's panel rows, in ``layout.shard_tables`` order;
 * ``figures.parquet`` is rebuilt (``build.figures.build_figures_index``): the ``image_panel_count`` column comes
   from :mod:`biomedica_hf.panels.hooks` (null for samples of shards not split yet);
-* ``DIR/<subset>-panels/sizes.json`` (open_clip's sample counts).
+* ``sizes.json`` in every directory of ``DIR/<subset>-panels/`` that holds tars (open_clip's sample counts: each
+  lists every shard of its config, since open_clip reads the first shard's directory only).
 
 Crops: a JPEG parent's crop is JPEG at quality 95 (4:4:4) with the parent's ICC profile; a PNG parent's is PNG
 (ICC kept). The crop's ``txt`` is the panel's caption: shared part + subcaption + footer (the whole caption for a
@@ -40,12 +43,23 @@ from biomedica_hf.io.atomic import atomic_open, atomic_write_json, write_table
 from biomedica_hf.io.markers import DONE, clear_marker, is_done, marker_path, read_marker, write_marker
 from biomedica_hf.io.ranges import LocalFile, ShardTruncatedError
 from biomedica_hf.io.tars import END_OF_ARCHIVE, compact_json, member_bytes
-from biomedica_hf.layout import PANELS_INDEX, shard_tables, table_shard
+from biomedica_hf.layout import (
+    PANEL_CONFIG_SUFFIX,
+    PANELS_DIR,
+    PANELS_INDEX,
+    SIZES,
+    folder_files,
+    in_group,
+    panel_config,
+    shard_dirs,
+    shard_group,
+    shard_paths,
+    shard_tables,
+    table_shard,
+)
 
 log = logging.getLogger(__name__)
 
-PANELS_DIR = "panels"
-CONFIG_SUFFIX = "-panels"
 INDEX_COLUMN = "image_panel_count"   # the figures.parquet column panels add (through panels/hooks.py)
 VERSION = 1                      # bump when a change to the splitting should redo every shard
 JPEG_QUALITY = 95
@@ -69,10 +83,6 @@ JSON_FIELDS = ("parent_key", "pmcid", "figure_id", "subset", "license_code", "sp
                "confidence", "score")
 
 
-def config_name(subset: str) -> str:
-    return f"{subset}{CONFIG_SUFFIX}"
-
-
 def source_stem(shard: str) -> str:
     """``commercial/commercial-train-s000-p00000-000.tar`` -> ``commercial/commercial-train-s000-p00000-000``."""
     return shard.removesuffix(".tar")
@@ -80,12 +90,14 @@ def source_stem(shard: str) -> str:
 
 def panel_files(out: Path, shard: str) -> tuple[Path, Path, Path]:
     """(panel parquet, panel tar, marker) of a source shard (flat ``commercial/<stem>.tar`` or in its sub-folder
-    ``commercial/s000/g000/<stem>.tar``: shard names are unique, so the panel files go flat by base name)."""
+    ``commercial/s000/g000/<stem>.tar``): the panel tar goes into the source's group of the config folder
+    (``commercial-panels/s000/g000/``); shard names are unique, so the local parquet and marker go flat by base
+    name."""
     stem = source_stem(shard)
     subset, name = stem.split("/", 1)[0], stem.rsplit("/", 1)[-1]
     rest = name[len(subset) + 1:] if name.startswith(f"{subset}-") else name
     base = Path(out) / PANELS_DIR / subset / name
-    tar = Path(out) / config_name(subset) / f"{config_name(subset)}-{rest}.tar"
+    tar = Path(out) / panel_config(subset) / in_group(shard_group(shard), f"{panel_config(subset)}-{rest}.tar")
     return base.with_suffix(".parquet"), tar, marker_path(base, DONE)
 
 
@@ -172,8 +184,6 @@ def split_shard(out: Path, table_path: Path, labels: bool = True, detector: str 
     """Split one source shard (module doc); returns ``{"shard", "figures", "panels", "state", "methods",
     "figures_failed"}`` with state ``split``, ``kept`` (done for these settings) or ``failed`` (the shard could
     not be read; ``error`` says why; nothing was written)."""
-    from biomedica_hf.build.shards import shard_files
-
     out = Path(out)
     names = pq.read_schema(table_path).names
     table = pq.read_table(table_path, columns=[c for c in ROW_COLUMNS if c in names])
@@ -183,7 +193,7 @@ def split_shard(out: Path, table_path: Path, labels: bool = True, detector: str 
                 "figures_failed": []}
     shard = rows[0]["shard"]
     parquet, tar, marker = panel_files(out, shard)
-    build = read_marker(shard_files(out, source_stem(shard))[2]) or {}
+    build = read_marker(shard_paths(out, source_stem(shard))[2]) or {}
     settings = _settings(labels, detector)
     digest = _digest(build.get("digest"), settings)
     info = {"shard": shard, "figures": len(rows)}
@@ -239,7 +249,7 @@ def split_shard(out: Path, table_path: Path, labels: bool = True, detector: str 
                     "caption_label": p["caption_label"], "subcaption": p["subcaption"], "shared": result["shared"],
                     "caption": p["caption"], "family": result["family"], "method": p["method"],
                     "confidence": p["confidence"], "score": p["score"], "image_ext": ext,
-                    "shard": f"{tar.parent.name}/{tar.name}", "tar_offset": pos, "tar_size": len(sample)})
+                    "shard": tar.relative_to(out).as_posix(), "tar_offset": pos, "tar_size": len(sample)})
                 pos += len(sample)
         fh.write(END_OF_ARCHIVE)
     write_table(parquet, pa.Table.from_pylist(panel_rows, schema=PANEL_SCHEMA))
@@ -274,8 +284,8 @@ def remove_stale(out: Path) -> int:
             for f in (marker, parquet, tar):          # marker first: never a marker over missing files
                 f.unlink(missing_ok=True)
             removed += 1
-    for folder in out.glob(f"*{CONFIG_SUFFIX}"):
-        for t in folder.glob("*.tar"):
+    for folder in out.glob(f"*{PANEL_CONFIG_SUFFIX}"):
+        for t in folder_files(folder, "*.tar"):      # flat (written before the sub-folders) and in sub-folders
             if str(t) not in live:
                 t.unlink()
     return removed
@@ -305,18 +315,30 @@ def _count_by_subset(out: Path) -> dict[str, int]:
 
 
 def _sizes(out: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
+    """Write each panel config's ``sizes.json`` (``{shard base name: panels}``, every shard of the config) into
+    every directory of it that holds tars; drop the ``sizes.json`` of directories left without tars and config
+    folders left empty; returns the panels per config."""
+    counts: dict[str, dict[str, int]] = {}
     t = pq.read_table(Path(out) / PANELS_INDEX, columns=["subset", "shard"])
     for subset, shard in zip(t["subset"].to_pylist(), t["shard"].to_pylist()):
-        counts.setdefault(subset, {})
-        name = shard.split("/", 1)[1]
-        counts[subset][name] = counts[subset].get(name, 0) + 1
+        by_shard = counts.setdefault(subset, {})
+        name = shard.rsplit("/", 1)[-1]
+        by_shard[name] = by_shard.get(name, 0) + 1
     totals = {}
     for subset, by_shard in counts.items():
-        atomic_write_json(Path(out) / config_name(subset) / "sizes.json", by_shard)
-        totals[config_name(subset)] = sum(by_shard.values())
-    for folder in Path(out).glob(f"*{CONFIG_SUFFIX}"):
-        if folder.name not in totals and not any(folder.glob("*.tar")):
+        by_shard = dict(sorted(by_shard.items()))
+        for d in shard_dirs(Path(out) / panel_config(subset)):
+            if any(d.glob("*.tar")):
+                atomic_write_json(d / SIZES, by_shard)
+        totals[panel_config(subset)] = sum(by_shard.values())
+    for folder in Path(out).glob(f"*{PANEL_CONFIG_SUFFIX}"):
+        for d in reversed(shard_dirs(folder)):
+            if not any(d.glob("*.tar")):
+                (d / SIZES).unlink(missing_ok=True)
+                for p in (d, d.parent):
+                    if p != folder and p.is_dir() and not any(p.iterdir()):
+                        p.rmdir()
+        if folder.name not in totals and not folder_files(folder, "*.tar"):
             shutil.rmtree(folder, ignore_errors=True)
     return totals
 
@@ -354,7 +376,7 @@ def panel_dataset(dataset_dir: str | Path, *, workers: int = 1, executor: str = 
     unchanged = (not report["split"] and not removed and (out / PANELS_INDEX).exists()
                  and INDEX_COLUMN in pq.read_schema(out / FIGURES_INDEX).names)
     if unchanged:              # a rerun over done shards writes nothing
-        report["configs"] = {config_name(s): n for s, n in _count_by_subset(out).items()}
+        report["configs"] = {panel_config(s): n for s, n in _count_by_subset(out).items()}
     else:
         write_panels_index(out)
         report["configs"] = _sizes(out)
@@ -364,5 +386,5 @@ def panel_dataset(dataset_dir: str | Path, *, workers: int = 1, executor: str = 
     return report
 
 
-__all__ = ["CONFIG_SUFFIX", "JSON_FIELDS", "PANELS_DIR", "PANELS_INDEX", "PANEL_SCHEMA", "config_name", "encode_crop",
+__all__ = ["JSON_FIELDS", "PANEL_SCHEMA", "encode_crop",
            "panel_dataset", "panel_files", "remove_stale", "split_shard", "write_panels_index"]

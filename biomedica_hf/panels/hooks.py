@@ -69,21 +69,21 @@ def panel_features():
 def card_configs(dataset_dir: str | Path) -> list[dict[str, Any]]:
     """``CARD_CONFIGS``: one ``<licence>-panels`` config per licence subset with panel shards (splits from the
     shard names), each carrying its ``features`` for the card's ``dataset_info``."""
-    from biomedica_hf.panels.dataset import config_name
+    from biomedica_hf.layout import data_files_glob, folder_files, panel_config
     from biomedica_hf.schema import SUBSETS
 
     out = Path(dataset_dir)
     configs = []
     for subset in SUBSETS:
-        name = config_name(subset)
-        tars = sorted(p.name for p in (out / name).glob("*.tar"))
+        name = panel_config(subset)
+        tars = sorted(p.name for p in folder_files(out / name, "*.tar"))   # flat or in sNNN/gNNN sub-folders
         if not tars:
             continue
         splits = [sp for sp in ("train", "validation", "test") if any(t.startswith(f"{name}-{sp}-") for t in tars)]
         if not splits or any(not any(t.startswith(f"{name}-{sp}-") for sp in splits) for t in tars):
-            files = [{"split": "train", "path": f"{name}/*.tar"}]
+            files = [{"split": "train", "path": data_files_glob(name)}]
         else:
-            files = [{"split": sp, "path": f"{name}/{name}-{sp}-*.tar"} for sp in splits]
+            files = [{"split": sp, "path": data_files_glob(name, f"{name}-{sp}-*.tar")} for sp in splits]
         configs.append({"config_name": name, "data_files": files, "features": panel_features()})
     return configs
 
@@ -108,7 +108,7 @@ def _summary(out: Path) -> dict[str, Any]:
 
 def card_section(dataset_dir: str | Path) -> str | None:
     """``CARD_SECTIONS``: the card's "Panels" section (Markdown), None without panels."""
-    from biomedica_hf.panels.dataset import config_name
+    from biomedica_hf.layout import panel_config
 
     out = Path(dataset_dir)
     if not _has_panels(out):
@@ -124,11 +124,11 @@ def card_section(dataset_dir: str | Path) -> str | None:
              "label, its position, or reading order (`method`; `confidence` says how sure). "
              f"{s['with_subcaption']:,} panels have a subcaption of their own.", "",
              "| config | panels |", "|---|---:|"]
-    lines += [f"| `{config_name(k)}` | {v:,} |" for k, v in sorted(s["by_subset"].items())]
+    lines += [f"| `{panel_config(k)}` | {v:,} |" for k, v in sorted(s["by_subset"].items())]
     lines += ["", "| method | panels |", "|---|---:|"]
     lines += [f"| {k} | {v:,} |" for k, v in sorted(s["by_method"].items(), key=lambda kv: -kv[1])]
     lines += ["", "```python", "from datasets import load_dataset",
-              f'panels = load_dataset(REPO, "{config_name(next(iter(sorted(s["by_subset"]))))}", streaming=True)',
+              f'panels = load_dataset(REPO, "{panel_config(next(iter(sorted(s["by_subset"]))))}", streaming=True)',
               "# or: biomedica_hf.load_biomedica(REPO, level=\"panel\")", "```", "",
               "`panels.parquet` lists every panel (parent key, bbox, label, subcaption, shared part, method, scores); "
               "`figures.parquet` has `image_panel_count`.", ""]
@@ -154,7 +154,7 @@ def contact_sheet(out: Path, dest: Path, n: int = SHEET_PANELS) -> Path | None:
 
     from biomedica_hf.io.atomic import atomic_write_bytes
     from biomedica_hf.io.ranges import ShardFiles
-    from biomedica_hf.io.tars import END_OF_ARCHIVE
+    from biomedica_hf.io.tars import range_members
     from biomedica_hf.layout import PANELS_INDEX
 
     t = pq.read_table(out / PANELS_INDEX, columns=["key", "shard", "tar_offset", "tar_size", "method", "subcaption",
@@ -168,14 +168,11 @@ def contact_sheet(out: Path, dest: Path, n: int = SHEET_PANELS) -> Path | None:
     cell, text_h, cols = 220, 90, 4
     sheet = Image.new("RGB", (cols * cell, -(-len(rows) // cols) * (cell + text_h)), "white")
     draw = ImageDraw.Draw(sheet)
-    import tarfile
-
     with ShardFiles(out) as files:
         for i, r in enumerate(rows):
             data = files.read(r["shard"], int(r["tar_offset"]), int(r["tar_size"]))
-            with tarfile.open(fileobj=io.BytesIO(data + END_OF_ARCHIVE)) as tf:
-                member = next(m for m in tf if m.name.endswith((".jpg", ".png")))
-                im = Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB")
+            image = next(bytes(v) for n, v in range_members(data) if n.endswith((".jpg", ".png")))   # io.tars
+            im = Image.open(io.BytesIO(image)).convert("RGB")
             im.thumbnail((cell - 10, cell - 10))
             x, y = (i % cols) * cell, (i // cols) * (cell + text_h)
             sheet.paste(im, (x + (cell - im.width) // 2, y + (cell - im.height) // 2))

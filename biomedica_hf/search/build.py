@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from biomedica_hf.io.atomic import save_npy, write_table
 from biomedica_hf.io.markers import CHUNK_DONE, clear_marker, is_done, marker_path, write_marker
 from biomedica_hf.io.ranges import iter_many
+from biomedica_hf.layout import ARTICLES_TABLE, FIGURES_INDEX
 from biomedica_hf.search import layout
 from biomedica_hf.search.bm25 import BM25Index, document_text
 from biomedica_hf.search.dense import FLAT_MAX, build_index, choose_params, write_f16
@@ -180,11 +181,11 @@ def build_search_index(dataset: str | os.PathLike, out: str | os.PathLike | None
     index_dir = Path(out) if out is not None else dataset / "search_index"
     index_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    figures_path = dataset / "figures.parquet"
+    figures_path = dataset / FIGURES_INDEX
     if not figures_path.exists():
         raise FileNotFoundError(f"{dataset}: no figures.parquet (run `biomedica build` first)")
     figures = pq.read_table(figures_path)
-    articles_path = dataset / "articles.parquet"
+    articles_path = dataset / ARTICLES_TABLE
     articles = pq.read_table(articles_path) if articles_path.exists() else None
     meta = build_meta_table(figures, articles)
     if meta.num_rows == 0:

@@ -153,7 +153,9 @@ def load_model(model_dir: str, mcfg: SmolVLMModel | dict, lora: SmolVLMLora | di
 def _dataset_captions(path: str, n: int = 2000) -> list[str]:
     import pyarrow.parquet as pq
 
-    f = Path(path) / "figures.parquet"
+    from biomedica_hf.layout import FIGURES_INDEX
+
+    f = Path(path) / FIGURES_INDEX
     if not f.exists():
         return []
     cols = pq.read_schema(f).names

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 
 from biomedica_hf.build.dedup import HASH_SCHEMA, PUBLISHED, decide, decide_bucket, decisions_for, write_hash_rows
 from biomedica_hf.build.task import cut_shards as _cut
-from biomedica_hf.build.shards import revise_shard, shard_done, shard_files, write_shard
+from biomedica_hf.build.shards import revise_shard, shard_done, write_shard
+from biomedica_hf.layout import shard_paths
 from biomedica_hf.schema import ImageRecord, Sample
 
 
@@ -77,8 +78,8 @@ def test_write_shard_offsets_reproducible_and_marker(tmp_path, articles_dir):
     name = "other/other-train-s000-p00000-000"
     stats = write_shard(tmp_path / "a", name, samples, "d1")
     write_shard(tmp_path / "b", name, samples, "d1")
-    tar_a, pq_a, stats_a = shard_files(tmp_path / "a", name)
-    tar_b, _, _ = shard_files(tmp_path / "b", name)
+    tar_a, pq_a, stats_a = shard_paths(tmp_path / "a", name)
+    tar_b, _, _ = shard_paths(tmp_path / "b", name)
     assert tar_a.read_bytes() == tar_b.read_bytes()
     assert stats["count"] == 3 and json.loads(stats_a.read_text())["digest"] == "d1"
     assert shard_done(tmp_path / "a", name, "d1") and not shard_done(tmp_path / "a", name, "d2")
@@ -98,12 +99,12 @@ def test_revise_shard_drops_samples_and_keeps_the_rest_bit_identical(tmp_path, a
     samples = _real_samples(articles_dir)
     old, new = "other/other-train-s000-p00000-000", "other/other-train-s000-p00000-000-r001"
     write_shard(tmp_path, old, samples, "d1")
-    before = {r["key"]: r for r in pq.read_table(shard_files(tmp_path, old)[1]).to_pylist()}
-    raw_old = shard_files(tmp_path, old)[0].read_bytes()
+    before = {r["key"]: r for r in pq.read_table(shard_paths(tmp_path, old)[1]).to_pylist()}
+    raw_old = shard_paths(tmp_path, old)[0].read_bytes()
     stats = revise_shard(tmp_path, old, new, {samples[1].key}, "d2")
     # the old files stay: the update retires them only once the new shards and the index are in place
-    assert all(p.read_bytes() for p in shard_files(tmp_path, old)) and shard_files(tmp_path, old)[0].read_bytes() == raw_old
-    tar, parquet, _ = shard_files(tmp_path, new)
+    assert all(p.read_bytes() for p in shard_paths(tmp_path, old)) and shard_paths(tmp_path, old)[0].read_bytes() == raw_old
+    tar, parquet, _ = shard_paths(tmp_path, new)
     raw = tar.read_bytes()
     rows = pq.read_table(parquet).to_pylist()
     assert stats["count"] == 2 and [r["key"] for r in rows] == [samples[0].key, samples[2].key]
@@ -125,8 +126,8 @@ def test_shard_timings_are_in_the_stats_only(tmp_path, articles_dir):
     given = {"fetch": 0.3, "parse": 0.15, "media": 1.2, "stage_write": 0.0304}
     stats = write_shard(tmp_path / "a", name, samples, "d1", timings=given)
     plain = write_shard(tmp_path / "b", name, samples, "d1")
-    tar_a, pq_a, stats_a = shard_files(tmp_path / "a", name)
-    tar_b, pq_b, _ = shard_files(tmp_path / "b", name)
+    tar_a, pq_a, stats_a = shard_paths(tmp_path / "a", name)
+    tar_b, pq_b, _ = shard_paths(tmp_path / "b", name)
     assert tar_a.read_bytes() == tar_b.read_bytes() and pq.read_table(pq_a).equals(pq.read_table(pq_b))
     t = json.loads(stats_a.read_text())["timings"]
     assert t == stats["timings"] and "timings" not in plain

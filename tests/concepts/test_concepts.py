@@ -40,7 +40,7 @@ from biomedica_hf.concepts.subsets import balanced_mask, build_concept_subsets, 
 from biomedica_hf.concepts.vocab import load_vocabulary
 from biomedica_hf.io.atomic import save_npy, write_table
 from biomedica_hf.io.tars import member_spans
-from biomedica_hf.layout import folder_files, sizes_dirs
+from biomedica_hf.layout import folder_files, shard_group, sizes_dirs
 from biomedica_hf.schema import SUBSETS
 
 IMAGE_SIZE = 56
@@ -524,7 +524,7 @@ def test_concept_subsets_materialise_and_load(labelled):
     first = present["concept-filtered"][0]
     rows0 = [r for r in pq.read_table(ds / "concepts" / "concept-filtered.parquet").to_pylist() if r["subset"] == first]
     splits = [sp for sp in ("train", "validation", "test") if any(r["split"] == sp for r in rows0)]
-    assert configs[0]["data_files"] == [{"split": sp, "path": f"concept-filtered/concept-filtered-{first}-{sp}-*.tar"}
+    assert configs[0]["data_files"] == [{"split": sp, "path": f"concept-filtered/**/concept-filtered-{first}-{sp}-*.tar"}
                                         for sp in splits]
     index = pq.read_table(ds / "figures.parquet").to_pylist()
     src = {r["key"]: r for r in index}
@@ -539,7 +539,11 @@ def test_concept_subsets_materialise_and_load(labelled):
         else:
             got = Counter(c for k in keys for c in src[k]["concepts"])
             assert all(got[c] == min(2, n) for c, n in counts.items()), (got, counts)
-        tars = sorted((ds / name).glob("*.tar"))
+        tars = folder_files(ds / name, "*.tar")
+        # each copy sits in the sNNN/gNNN group of the shards it was cut from (layout.shard_group), never flat here
+        assert tars and all(shard_group(t.relative_to(ds).as_posix()) == shard_group(src[r["key"]]["shard"]) != ""
+                            for t in tars for r in selection if (ds / name / r["out_shard"]) == t)
+        assert not list((ds / name).glob("*.tar"))
         assert len(tars) == sum(-(-n // 2) for n in Counter((r["subset"], r["split"]) for r in selection).values())
         assert len({t.name for t in tars} & {p.name for d in ds.iterdir() if d.is_dir() and d.name != name
                                              for p in folder_files(d, "*.tar")}) == 0
@@ -563,7 +567,7 @@ def test_concept_subsets_materialise_and_load(labelled):
             assert all({"txt", "json"} <= set(s) and ({"jpg", "png"} & set(s)) for s in samples)
             seen += [s["__key__"] for s in samples]
         assert sorted(seen) == sorted(keys)
-        sizes = json.loads((ds / name / "sizes.json").read_text())      # every shard of the dataset, these too
+        sizes = json.loads((tars[0].parent / "sizes.json").read_text())   # every shard of the dataset, these too
         assert {t.name: sizes[t.name] for t in tars} == {t.name: _samples_in(t) for t in tars}
         assert {p.name for d in sizes_dirs(ds) for p in d.glob("*.tar")} <= set(sizes)
         assert {p.name for s in SUBSETS for p in folder_files(ds / s, "*.tar")} < set(sizes)
@@ -730,9 +734,9 @@ def test_labelled_folder_round_trips_through_the_loopback_hub(labelled, annotati
     plan = plan_upload(ds)
     assert plan.ok, plan.problems
     for name in ("concept-filtered", "concept-balanced"):
-        tars = sorted(p.name for p in (ds / name).glob("*.tar"))
-        assert f"{name}/sizes.json" in plan.paths and tars
-        assert all(f"{name}/{t.removesuffix('.tar')}_stats.json" in plan.paths for t in tars)
+        tars = [p.relative_to(ds).as_posix() for p in folder_files(ds / name, "*.tar")]
+        assert tars and all(f"{Path(t).parent.as_posix()}/sizes.json" in plan.paths for t in tars)
+        assert all(f"{t.removesuffix('.tar')}_stats.json" in plan.paths for t in tars)
     hub = push_hub.FakeHub()
     hub.thread.start()
     loopback_only(monkeypatch)
@@ -769,3 +773,82 @@ def test_labelled_folder_round_trips_through_the_loopback_hub(labelled, annotati
             if name.endswith(("concept-filtered", "concept-balanced")):
                 subset = name.split("-", 1)[0]
                 assert all(r["json"]["subset"] == subset and "concepts" in r["json"] for r in rows)
+
+
+def test_copies_follow_their_source_groups_so_no_folder_outgrows_the_source():
+    """At PMC scale (3,000 partitions of one snapshot: six ``sNNN/gNNN`` groups of 500, three splits, a
+    few samples per source shard), every copy of a selection lies in its source shards' group and no directory of
+    the selection holds more entries (tars, their stats, ``sizes.json``) than the source group it mirrors, nor
+    more than the Hub's ~5,000."""
+    from biomedica_hf.concepts.subsets import plan_shards
+    from biomedica_hf.layout import shard_folder
+
+    rows = []
+    for partition in range(3_000):
+        split = "test" if partition % 20 == 0 else "validation" if partition % 20 == 1 else "train"
+        folder = shard_folder("commercial", 0, partition)
+        shard = f"{folder}/commercial-{split}-s000-p{partition:05d}-000.tar"
+        rows += [{"key": f"k{partition}_{i}", "subset": "commercial", "split": split, "shard": shard,
+                  "tar_size": 4096} for i in range(7)]
+    selection = pa.Table.from_pylist(rows)
+    planned = plan_shards(selection, shard_samples=20, prefix="concept-filtered-").to_pylist()
+    assert all(shard_group(r["out_shard"]) == shard_group(r["shard"]) for r in planned)
+    source_dirs = Counter(r["shard"].rsplit("/", 1)[0] for r in {r["shard"]: r for r in planned}.values())
+    copies = {r["out_shard"] for r in planned}
+    copy_dirs = Counter(c.rsplit("/", 1)[0] for c in copies)
+    assert len(source_dirs) == len(copy_dirs) == 6
+    for group, n in copy_dirs.items():
+        assert 2 * n + 1 <= 3 * source_dirs[f"commercial/{group}"] + 1 <= 5_000
+    assert len({c.rsplit("/", 1)[-1] for c in copies}) == len(copies)      # base names unique (sizes.json)
+    runs = Counter(r["out_shard"] for r in planned)
+    assert max(runs.values()) == 20 and sum(runs.values()) == len(rows)
+
+
+def test_rerun_over_flat_copies_of_before_leaves_no_stale_flat_copy(labelled, tmp_path):
+    """Copies written flat (``concept-filtered/<name>.tar``, as before the sub-folders): a re-run writes them into
+    their groups, removes every flat tar, stats and ``sizes.json``, and the folder verifies and plans its push."""
+    from biomedica_hf.dataset.hub import plan_upload
+
+    ds = Path(shutil.copytree(labelled[0], tmp_path / "ds", ignore=shutil.ignore_patterns("_work")))
+    build_concept_subsets(ds, shard_samples=2)
+    flat = []
+    for name in ("concept-filtered", "concept-balanced"):
+        for f in folder_files(ds / name, "*.tar") + folder_files(ds / name, "*_stats.json"):
+            f.rename(ds / name / f.name)
+            flat.append(ds / name / f.name)
+        for d in sorted((ds / name).glob("s*/g*")):
+            (d / "sizes.json").rename(ds / name / "sizes.json")
+            d.rmdir()
+            d.parent.rmdir()
+    assert flat and all(p.exists() for p in flat)
+    build_concept_subsets(ds, shard_samples=2)
+    for name in ("concept-filtered", "concept-balanced"):
+        assert not [p.name for p in (ds / name).iterdir() if p.is_file()]          # nothing left flat
+        tars = folder_files(ds / name, "*.tar")
+        assert tars and all(t.parent.relative_to(ds / name).as_posix() == "s000/g000" for t in tars)
+        keys = pq.read_table(ds / "concepts" / f"{name}.parquet", columns=["key"])["key"].to_pylist()
+        assert sorted(k for t in tars for k in _tar_keys(t)) == sorted(keys)
+    configs = build_concept_subsets(ds, shard_samples=2)
+    from biomedica_hf.dataset.card import write_card
+
+    write_card(ds, extra_configs=configs)
+    plan = plan_upload(ds)
+    assert plan.ok, plan.problems
+    assert all(p.relative_to(ds).as_posix() in plan.paths for n in ("concept-filtered", "concept-balanced")
+               for p in folder_files(ds / n, "*"))
+    from biomedica_hf.dataset.verify import verify_folder
+
+    tar = folder_files(ds / "concept-filtered", "*.tar")[0]       # verify follows the copies into their sub-folders
+    sizes = tar.parent / "sizes.json"
+    sizes.rename(tar.parent / "sizes.json.bak")
+    with open(tar, "r+b") as fh:
+        fh.truncate(tar.stat().st_size - 2048)
+    problems = verify_folder(ds).problems
+    rel = tar.relative_to(ds).as_posix()
+    assert any(p.startswith(f"{rel}: ") for p in problems), problems
+    assert f"{tar.parent.relative_to(ds).as_posix()}/sizes.json is missing or unreadable" in problems
+
+
+def _tar_keys(tar: Path) -> list[str]:
+    with tarfile.open(tar) as tf:
+        return [m.name.split(".", 1)[0] for m in tf.getmembers() if m.name.endswith(".json")]

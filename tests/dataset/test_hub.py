@@ -12,7 +12,9 @@ import base64
 import hashlib
 import json
 import os
+import math
 import re
+import time
 import shutil
 import subprocess
 import sys
@@ -302,6 +304,10 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.log: list[dict[str, Any]] = []
         self.fail: dict[str, list[int]] = {}  # endpoint name -> statuses to answer, one per request
+        #: the Hub's commit rate limit (it allows 128 per hour): at most ``commits`` per ``window`` seconds, more are
+        #: answered 429 with ``Retry-After`` (whole seconds until the oldest commit of the window ages out)
+        self.commit_limit: tuple[int, float] | None = None
+        self.commit_times: list[float] = []
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -351,7 +357,8 @@ class FakeHub:
                 name, status, obj, headers = hubself._route(method, path, body)
                 with hubself.lock:
                     hubself.log.append({"name": name, "method": method, "path": path, "status": status,
-                                        "auth": self.headers.get("Authorization"), "body": body})
+                                        "auth": self.headers.get("Authorization"), "body": body,
+                                        "t": time.monotonic()})
                 self._send(status, obj, headers)
 
         return Handler
@@ -399,6 +406,15 @@ class FakeHub:
                      "oid": _git_oid(files[f["path"]]) if f["path"] in files else None}
                     for f in json.loads(body)["files"]]}, None
             if name == "commit":
+                if self.commit_limit is not None:
+                    limit, window = self.commit_limit
+                    now = time.monotonic()
+                    self.commit_times = [t for t in self.commit_times if now - t < window]
+                    if len(self.commit_times) >= limit:
+                        wait = max(1, math.ceil(window - (now - self.commit_times[0])))
+                        return name, 429, {"error": "You have exceeded the rate limit for repository commits "
+                                                    f"({limit} per {window:g} s)"}, {"Retry-After": str(wait)}
+                    self.commit_times.append(now)
                 for line in body.splitlines():
                     item = json.loads(line)
                     if item["key"] == "file":
@@ -511,6 +527,62 @@ def test_interrupted_push_fails_clearly_then_resumes(ds, fake_hub):
     assert fake_hub.repos["bmd/biomedica"].branches["main"] == {}
     fake_hub.fail["commit"] = []
     plan = push_folder(ds, "bmd/biomedica", api=api)  # the rerun completes the upload
+    assert sorted(fake_hub.repos["bmd/biomedica"].branches["main"]) == plan.paths
+
+
+def _committed(hub: FakeHub) -> list[list[str]]:
+    """The files of each accepted commit, in order."""
+    return [[json.loads(x)["value"]["path"] for x in c["body"].splitlines() if json.loads(x)["key"] == "file"]
+            for c in hub.calls("commit") if c["status"] == 200]
+
+
+@pytest.mark.slow
+def test_push_waits_out_the_hubs_commit_rate_limit(ds, fake_hub):
+    """The Hub answers 429 with ``Retry-After`` past its commit rate (here 2 commits per 2 s, the push in
+    commits of 5 files): the push waits each one out and completes, every file committed exactly once."""
+    fake_hub.commit_limit = (2, 2.0)
+    plan = push_folder(ds, "bmd/biomedica", api=_api(fake_hub), files_per_commit=5)
+    refused = [c for c in fake_hub.calls("commit") if c["status"] == 429]
+    accepted = [c for c in fake_hub.calls("commit") if c["status"] == 200]
+    assert len(plan.paths) > 10 and len(accepted) == -(-len(plan.paths) // 5) >= 3
+    assert refused                                               # the limit was hit ...
+    assert all(b["t"] - a["t"] >= 1.0 for a, b in zip(accepted, accepted[2:]))   # ... and waited out
+    committed = [p for batch in _committed(fake_hub) for p in batch]
+    assert sorted(committed) == sorted(set(committed)) == plan.paths
+    assert max(len(b) for b in _committed(fake_hub)) <= 5 and "README.md" in _committed(fake_hub)[-1]
+    assert sorted(fake_hub.repos["bmd/biomedica"].branches["main"]) == plan.paths
+
+
+@pytest.mark.slow
+def test_a_push_interrupted_while_rate_limited_resumes(ds, fake_hub, tmp_path):
+    """A push in its own process, killed while it waits out the Hub's rate limit (2 commits per 30 s): the commits
+    that went through stay (the card not among them: it goes last); a rerun uploads only the rest, every file is
+    committed once over both pushes."""
+    fake_hub.commit_limit = (2, 30.0)
+    code = ("import sys; from huggingface_hub import HfApi; from biomedica_hf.dataset.hub import push_folder; "
+            "push_folder(sys.argv[1], 'bmd/biomedica', api=HfApi(endpoint=sys.argv[2], token=sys.argv[3]), "
+            "files_per_commit=5)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": fake_hub.url, "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+           "HF_HOME": str(tmp_path / "hf_home")}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ds), fake_hub.url, TOKEN], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(c["name"] == "commit" and c["status"] == 429 for c in fake_hub.log):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    first = _committed(fake_hub)
+    remote = dict(fake_hub.repos["bmd/biomedica"].branches["main"])
+    assert len(first) == 2 and sorted(remote) == sorted(p for b in first for p in b)
+    assert "README.md" not in remote
+    fake_hub.commit_limit = None                                  # the window has passed
+    plan = push_folder(ds, "bmd/biomedica", api=_api(fake_hub), files_per_commit=5)
+    committed = [p for batch in _committed(fake_hub) for p in batch]
+    assert sorted(committed) == sorted(set(committed)) == plan.paths     # every file once, over both pushes
+    assert sorted(plan.uploaded) == sorted(set(plan.paths) - set(remote))
     assert sorted(fake_hub.repos["bmd/biomedica"].branches["main"]) == plan.paths
 
 
@@ -778,3 +850,59 @@ def pq_read(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path, columns=["key", "subset", "split"]).to_pylist()
+
+
+#: the last commit whose build wrote every shard flat in ``<subset>/`` (the parent of the sub-folder layout's)
+FLAT_LAYOUT_COMMIT = "fc17ba7^"
+
+
+@pytest.mark.slow
+def test_a_build_begun_flat_by_the_old_code_and_resumed_by_the_new_one(articles_dir, fake_hub, tmp_path):
+    """Mixed layout for real: the code of before the sub-folders (``git archive``) builds with a SIGKILL after its
+    first partition (``BIOMEDICA_FAULT_AT``), leaving flat shards; this code resumes the build. The finished folder
+    mixes flat and sub-folder shards, verifies, holds every sample once with the very tars (by name and bytes) of a
+    fresh build by this code, loads every subset, and pushes every file once."""
+    import hashlib
+    import signal
+    import tarfile as _tarfile
+
+    from biomedica_hf.dataset.loader import load_biomedica
+    from biomedica_hf.dataset.verify import verify_folder
+
+    repo = Path(__file__).resolve().parents[2]
+    old = tmp_path / "old"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", FLAT_LAYOUT_COMMIT, "biomedica_hf"],
+                             capture_output=True)
+    if archive.returncode:
+        pytest.skip(f"no git history with {FLAT_LAYOUT_COMMIT}: {archive.stderr.decode()[-200:]}")
+    with _tarfile.open(fileobj=__import__("io").BytesIO(archive.stdout)) as tf:
+        tf.extractall(old, filter="data")
+    args = ["build", "--input", str(articles_dir), "--no-progress", "--workers", "1", "--partition-size", "8",
+            "--splits", "60/20/20"]
+    out, fresh = tmp_path / "ds", tmp_path / "fresh"
+    env = {**os.environ, "PYTHONPATH": str(old), "BIOMEDICA_FAULT_AT": "partition_written:2"}
+    r = subprocess.run([sys.executable, "-m", "biomedica_hf.cli", *args, "--out", str(out)], cwd=old, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    flat = sorted(p.relative_to(out).as_posix() for s in SUBSETS for p in (out / s).glob("*.tar"))
+    assert flat and not (out / "figures.parquet").exists()
+    biomedica = Path(sys.executable).with_name("biomedica")
+    for dest in (out, fresh):
+        r = subprocess.run([str(biomedica), *args, "--out", str(dest)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    tars = {d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for s in SUBSETS for p in folder_files(d / s, "*.tar")}
+            for d in (out, fresh)}
+    assert tars[out] == tars[fresh]                                   # the same shards, byte for byte
+    mixed = [p.relative_to(out).as_posix() for s in SUBSETS for p in folder_files(out / s, "*.tar")]
+    assert set(flat) < set(mixed) and any(t.count("/") == 3 for t in mixed)   # flat ones kept, new ones nested
+    report = verify_folder(out)
+    assert report.ok, report.problems
+    index = pq_read(out / "figures.parquet")
+    assert sorted(r["key"] for r in index) == sorted(r["key"] for r in pq_read(fresh / "figures.parquet"))
+    assert len({r["key"] for r in index}) == len(index)
+    loaded = [r["key"] for s in SUBSETS for r in load_biomedica(out, s, split=None, decode=False)]
+    assert sorted(loaded) == sorted(r["key"] for r in index)          # every sample once
+    plan = push_folder(out, "bmd/mixed", api=_api(fake_hub), files_per_commit=20)
+    committed = [p for batch in _committed(fake_hub) for p in batch]
+    assert sorted(committed) == sorted(set(committed)) == plan.paths and set(mixed) <= set(plan.paths)

@@ -294,8 +294,8 @@ def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path
     concepts = [["Plots and Charts"] if i % 3 == 0 else ["Microscopy"] for i in range(len(keys))]
     index = index.append_column("concepts", pa.array(concepts, pa.list_(pa.string())))
     mask = np.array([c != ["Plots and Charts"] for c in concepts])
-    write_selection(ds, "concept-filtered", mask, index)          # the real materialiser: DIR/concept-filtered/*.tar
-    assert any((ds / "concept-filtered").glob("*.tar"))
+    write_selection(ds, "concept-filtered", mask, index)   # the real materialiser: DIR/concept-filtered/s000/g000/*.tar
+    assert any((ds / "concept-filtered").glob("s000/g000/*.tar"))
     adapter, _, _ = tiny_open_clip(seed=0)
     task = resolve_tasks(f"retrieval:{ds}#concept-filtered", ctx)[0]
     r = run_task(adapter, task, ctx, EvalConfig())
@@ -314,7 +314,7 @@ def test_retrieval_on_concept_config_and_test_split(built_dataset, ctx, tmp_path
     other = {r["key"] for r in pq.read_table(ds / "figures.parquet", columns=["key", "subset"]).to_pylist()
              if r["subset"] == "other"}
     assert sub.keys and set(sub.keys) == {k for k in wanted if k in other}
-    assert all(s_.startswith("concept-filtered/concept-filtered-other-") for s_ in sub.shards)
+    assert all(s_.startswith("concept-filtered/s000/g000/concept-filtered-other-") for s_ in sub.shards)
     # a partitioned build's `split` column (every build writes one; replaced here with a known assignment):
     # the test split by default, everything with split="all"
     split = ["test" if i % 4 == 0 else "train" for i in range(len(keys))]

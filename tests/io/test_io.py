@@ -20,7 +20,7 @@ import pytest
 
 from biomedica_hf.build.download import Downloader
 from biomedica_hf.build.pipeline import BuildConfig, build
-from biomedica_hf.build.shards import shard_done, shard_files
+from biomedica_hf.build.shards import shard_done
 from biomedica_hf.build.sources.filelists import parse_s3_list
 from biomedica_hf.build.staging import PartitionStage
 from biomedica_hf.concepts.embed import shard_outputs
@@ -62,6 +62,7 @@ from biomedica_hf.io.retry import Backoff, RateLimiter, parse_retry_after
 from biomedica_hf.io.sizes import human_size, parse_size
 from biomedica_hf.io.tars import end_of_archive
 from biomedica_hf.io.xml import safe_parser
+from biomedica_hf.layout import shard_paths
 
 SAMPLE = Path(__file__).resolve().parents[2] / "biomedica_hf" / "sample_data" / "articles"
 
@@ -104,7 +105,7 @@ def test_marker_round_trip_and_done_rules(tmp_path):
 
 def test_every_stage_keeps_its_marker_name(tmp_path):
     """The four spellings are data of the one API: old folders keep resuming."""
-    assert shard_files(tmp_path, "commercial/x-000")[2].name == "x-000_stats.json"
+    assert shard_paths(tmp_path, "commercial/x-000")[2].name == "x-000_stats.json"
     assert shard_outputs(tmp_path, "commercial/000001.tar")[2].name == "000001_done.json"
     assert PartitionStage(tmp_path / "p").marker.name == STAGED == "staged.json"
     from biomedica_hf.search.build import _chunk_paths
@@ -138,7 +139,7 @@ def test_old_search_chunk_marker_resumes(tmp_path):
 def test_built_shards_are_done_by_their_stats_marker(sample_ds):
     out, rows = sample_ds
     name = rows[0]["shard"].removesuffix(".tar")
-    tar, parquet, stats = shard_files(out, name)
+    tar, parquet, stats = shard_paths(out, name)
     digest = read_marker(stats)["digest"]
     assert shard_done(out, name, digest) and not shard_done(out, name, "other")
     assert is_done(stats, {"count": sum(r["shard"] == rows[0]["shard"] for r in rows)}, files=[tar, parquet])
@@ -477,3 +478,47 @@ def test_member_bytes_are_what_tarfile_writes():
             tar.addfile(tarinfo(name, len(data)), io.BytesIO(data))
     raw = b"".join(member_bytes(name, data) for name, data in members)
     assert buf.getvalue()[:len(raw)] == raw and len(raw) % tarfile.BLOCKSIZE == 0
+
+
+def test_the_one_tar_reader_agrees_with_tarfile_on_ranges_files_and_damage(tmp_path):
+    """``io.tars``: the members of a byte range (ustar and, past a long name, pax headers) and of a whole file are
+    those ``tarfile`` reads, at the same offsets; the header walk names each kind of damage."""
+    import tarfile
+
+    from biomedica_hf.io.tars import (
+        END_OF_ARCHIVE,
+        member_bytes,
+        member_spans,
+        range_members,
+        read_members,
+        scan_file,
+        tar_members,
+    )
+
+    long = "k" * 120
+    data = (member_bytes("a.jpg", b"x" * 700) + member_bytes("a.txt", "légende".encode()) + member_bytes("a.json", b"{}")
+            + member_bytes(f"{long}.txt", b"pax"))
+    path = tmp_path / "x.tar"
+    path.write_bytes(data + END_OF_ARCHIVE)
+    with tarfile.open(path) as tf:
+        want = [(m.name, m.offset_data, m.size, tf.extractfile(m).read()) for m in tf if m.isfile()]
+    assert [(n, s, z, data[s:s + z]) for n, s, z in member_spans(data)] == want
+    assert [(n, bytes(v)) for n, v in range_members(data)] == [(n, b) for n, _, _, b in want]
+    assert [(m.name, m.offset, m.size) for m in tar_members(path)] == [w[:3] for w in want]     # pax: tarfile
+    assert [(m.name, d) for m, d in read_members(path, lambda n: n.endswith(".txt"))] == \
+        [(n, b) for n, _, _, b in want if n.endswith(".txt")]
+    ustar = tmp_path / "u.tar"
+    ustar.write_bytes(data[:member_spans(data)[3][1] - 3 * 512] + END_OF_ARCHIVE)   # the three ustar members
+    scan = scan_file(ustar)
+    assert scan.problem is None and [m.name for m in scan.members] == ["a.jpg", "a.txt", "a.json"]
+    assert scan.end == scan.members[-1].end == ustar.stat().st_size - len(END_OF_ARCHIVE)
+    assert "not a regular file" in scan_file(path).problem                          # the pax header
+    damaged = {"cut": ustar.read_bytes()[:1024], "tail": ustar.read_bytes() + b"junk",
+               "checksum": b"\1" + ustar.read_bytes()[1:]}
+    for what, raw in damaged.items():
+        (tmp_path / f"{what}.tar").write_bytes(raw)
+    assert scan_file(tmp_path / "cut.tar").problem.startswith("truncated")
+    assert scan_file(tmp_path / "tail.tar").problem.startswith("data after the end-of-archive")
+    assert scan_file(tmp_path / "checksum.tar").problem == "bad tar header checksum at byte 0"
+    with pytest.raises(tarfile.ReadError, match="runs past the end"):
+        range_members(data[:1024])

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from biomedica_hf.layout import shard_tables, table_shard
+from biomedica_hf.layout import folder_files, shard_dirs, shard_group, shard_tables, table_shard
 from biomedica_hf.panels.dataset import PANELS_INDEX, panel_dataset, panel_files
 
 BIN = Path(sys.executable).with_name("biomedica")
@@ -59,9 +59,21 @@ def test_panel_shards_never_mix_licences_and_keep_the_format(paneled):
     panels = pq.read_table(out / PANELS_INDEX).to_pylist()
     parents = {r["key"]: r for r in pq.read_table(out / "figures.parquet").to_pylist()}
     assert panels
+    # each panel shard sits in the sNNN/gNNN group of its source shard (layout.shard_group), none flat
+    assert {r["shard"] for r in panels} == {p.relative_to(out).as_posix() for f in out.glob("*-panels")
+                                            for p in folder_files(f, "*.tar")}
+    assert all(shard_group(r["shard"]) == shard_group(r["source_shard"]) != "" for r in panels)
+    assert not list(out.glob("*-panels/*.tar"))
+    for folder in out.glob("*-panels"):      # every directory with tars has the config's whole sizes.json
+        want = {}
+        for r in panels:
+            if r["shard"].startswith(f"{folder.name}/"):
+                want[r["shard"].rsplit("/", 1)[-1]] = want.get(r["shard"].rsplit("/", 1)[-1], 0) + 1
+        dirs = [d for d in shard_dirs(folder) if any(d.glob("*.tar"))]
+        assert dirs and all(json.loads((d / "sizes.json").read_text()) == want for d in dirs)
     for folder in out.glob("*-panels"):
         subset = folder.name.removesuffix("-panels")
-        for tar in folder.glob("*.tar"):
+        for tar in folder_files(folder, "*.tar"):
             for key, members in _tar_samples(tar).items():
                 meta = json.loads(members["json"])
                 assert meta["subset"] == subset and meta["license_code"] == parents[meta["parent_key"]]["license_code"]
@@ -200,8 +212,41 @@ def test_ray_executor_gives_the_local_output(built_dataset, tmp_path):
 
     def files(root: Path) -> dict[str, bytes]:
         keep = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".tar", ".parquet")
-                and (p.parts[len(root.parts)] == "panels" or p.parent.name.endswith("-panels"))]
+                and (p.parts[len(root.parts)] == "panels" or p.parts[len(root.parts)].endswith("-panels"))]
         return {p.relative_to(root).as_posix(): p.read_bytes() for p in keep}
     got, want = files(out), files(local)
     assert got and got == want
     assert pq.read_table(out / PANELS_INDEX).equals(pq.read_table(local / PANELS_INDEX))
+
+
+def test_rerun_over_flat_panel_shards_of_before_moves_them_into_groups(built_dataset, tmp_path):
+    """Panel shards written flat (``commercial-panels/<name>.tar`` with a flat ``sizes.json``, as before the
+    sub-folders): a re-run splits those shards again into their source's group and leaves nothing flat; the
+    panels load and the push plan carries every panel tar with its directory's ``sizes.json``."""
+    from biomedica_hf.dataset.card import write_card
+    from biomedica_hf.dataset.hub import plan_upload
+    from biomedica_hf.dataset.loader import load_biomedica
+    from biomedica_hf.panels.hooks import register_hooks
+
+    out = Path(shutil.copytree(built_dataset, tmp_path / "ds"))      # (``paneled`` is changed by other tests)
+    panel_dataset(out, labels=False)
+    before = pq.read_table(out / PANELS_INDEX, columns=["key"])["key"].to_pylist()
+    moved = 0
+    for folder in out.glob("*-panels"):
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                f.rename(folder / f.name)
+                moved += f.suffix == ".tar"
+    assert moved and len(list(out.glob("*-panels/*.tar"))) == moved                    # flat now
+    report = panel_dataset(out, labels=False)
+    assert report["split"] == moved and not report["failed"]
+    assert not [p for f in out.glob("*-panels") for p in f.iterdir() if p.is_file()]     # nothing flat left
+    assert sorted(pq.read_table(out / PANELS_INDEX, columns=["key"])["key"].to_pylist()) == sorted(before)
+    register_hooks()
+    write_card(out)
+    plan = plan_upload(out)
+    assert plan.ok, plan.problems
+    tars = [p.relative_to(out).as_posix() for f in out.glob("*-panels") for p in folder_files(f, "*.tar")]
+    assert tars and all(t in plan.paths and f"{t.rsplit('/', 1)[0]}/sizes.json" in plan.paths for t in tars)
+    panels = list(load_biomedica(out, "all", level="panel", decode=False))
+    assert sorted(r["key"] for r in panels) == sorted(before)
