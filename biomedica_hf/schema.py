@@ -16,10 +16,11 @@ Data flows one way: source -> parse -> media -> shard writer -> Hub folder.
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 SUBSETS = ("commercial", "noncommercial", "other")
 
@@ -60,6 +61,30 @@ class ArticlePackage:
     xml_files: list[str]                      # names (keys of ``files``) of the article XML(s)
     metadata: dict[str, Any] = field(default_factory=dict)  # e.g. PMC Cloud metadata JSON
     problems: list[tuple[str, str]] = field(default_factory=list)
+    # the bytes of files held in memory (an archive read without extracting it: ``files`` then names paths
+    # that were never written); read every file through :meth:`source` / :meth:`open` / :meth:`size`
+    data: dict[str, bytes] = field(default_factory=dict)
+
+    def source(self, name: str) -> bytes | Path:
+        """The file's bytes when held in memory, else its path."""
+        return self.data[name] if name in self.data else self.files[name]
+
+    def read(self, name: str) -> bytes:
+        """The file's bytes."""
+        return self.data[name] if name in self.data else self.files[name].read_bytes()
+
+    def open(self, name: str) -> BinaryIO:
+        """The file opened for reading (binary, seekable)."""
+        return io.BytesIO(self.data[name]) if name in self.data else open(self.files[name], "rb")  # noqa: SIM115
+
+    def size(self, name: str) -> int:
+        """The file's size in bytes (0 when it cannot be read)."""
+        if name in self.data:
+            return len(self.data[name])
+        try:
+            return self.files[name].stat().st_size
+        except OSError:
+            return 0
 
 
 @dataclass

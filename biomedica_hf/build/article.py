@@ -126,7 +126,7 @@ def process_package(pkg: ArticlePackage, opts: MediaOptions | None = None) -> Pa
     for xml_name in pkg.xml_files:
         try:
             with timed(res.timings, "parse"):
-                parsed = parse_jats(pkg.files[xml_name], source_file=xml_name)
+                parsed = parse_jats(pkg.source(xml_name), source_file=xml_name)
         except ParseError as e:
             state = SKIPPED if e.reason == "not_jats" else FAILED
             xml_fates[xml_name] = (state, e.reason, str(e.detail)[:500])
@@ -207,7 +207,8 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
         return LedgerEntry("figure", key, pmcid, SKIPPED, "empty_caption", href)
     # resolve as if the files we failed to obtain were there: a failed full-size image must fail the
     # panel, not silently fall back to its .gif thumbnail
-    name = resolve_graphic(href, {**pkg.files, **{p: Path(p) for p in problems if p not in pkg.files}})
+    name = resolve_graphic(href, {**pkg.files, **{p: Path(p) for p in problems if p not in pkg.files}},
+                           lambda n: pkg.size(n) if n in pkg.files else 0)
     if name is None:
         return LedgerEntry("figure", key, pmcid, FAILED, "image_missing", href)
     if name in problems:
@@ -216,7 +217,7 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
         used.setdefault(alt, (SKIPPED, "alternate_rendition"))
     try:
         with timed(res.timings, "media"):
-            with open(pkg.files[name], "rb") as f:     # budgets checked before the file is read whole
+            with pkg.open(name) as f:     # budgets checked before the file is read whole
                 check_image_file(f, name, opts.max_metadata_bytes)
                 f.seek(0)
                 data = f.read()

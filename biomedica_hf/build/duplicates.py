@@ -68,16 +68,45 @@ def near_duplicates_pass(work: Work, k: int, folders: list[Path], decisions: Pat
     return len(rows)
 
 
+CAPTION_KEYS = "captionkeys"    # _work/captionkeys/<shard path>.npz: a shard's caption band keys (kept for updates)
+
+
+def caption_keys_path(work: Work, table: Path) -> Path:
+    """Where the caption band keys of the shard table ``table`` (``<out>/<subset>/.../<stem>.parquet``) are kept."""
+    return work.root / CAPTION_KEYS / Path(table).relative_to(work.out).with_suffix(".npz")
+
+
+def write_caption_keys(work: Work, table: Path) -> None:
+    """The caption band keys of one shard table, computed where the shard is written (the partitions' parallel
+    write phase) so that the caption pass only groups them (:func:`biomedica_hf.neardup.captions.write_part_keys`)."""
+    from biomedica_hf.neardup.captions import write_part_keys
+
+    write_part_keys(table, caption_keys_path(work, table))
+
+
 def caption_duplicates_pass(work: Work, out: Path) -> int:
     """``caption_duplicates.parquet``: MinHash near-duplicate captions over every shard's Parquet (flagged,
-    never dropped)."""
+    never dropped). A shard's band keys come from its keys file when it matches the shard (written with the shard,
+    or by an earlier pass), else they are computed and kept for the next update; keys files of shards that no
+    longer exist are removed."""
     from biomedica_hf.layout import shard_tables
     from biomedica_hf.neardup import caption_near_duplicates
+    from biomedica_hf.neardup.captions import read_part_keys, write_part_keys
+
+    tables = shard_tables(out)
+
+    def keys_of(table: Path):
+        found = read_part_keys(table, caption_keys_path(work, table))
+        return found if found is not None else write_part_keys(table, caption_keys_path(work, table))  # kept
 
     rows = [{"key": key, "caption_dup_of": kept}
-            for key, kept in caption_near_duplicates(shard_tables(out), work.root / "captiondup")]
+            for key, kept in caption_near_duplicates(tables, work.root / "captiondup", keys_of=keys_of)]
     write_parquet(out / "caption_duplicates.parquet", rows, CAPTION_SCHEMA)
     shutil.rmtree(work.root / "captiondup", ignore_errors=True)
+    current = {caption_keys_path(work, t) for t in tables}
+    for f in (work.root / CAPTION_KEYS).rglob("*.npz") if (work.root / CAPTION_KEYS).is_dir() else []:
+        if f not in current:
+            f.unlink(missing_ok=True)
     return len(rows)
 
 

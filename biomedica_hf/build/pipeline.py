@@ -38,6 +38,7 @@ from biomedica_hf.build.dedup import decide
 from biomedica_hf.build.duplicates import CaptionTask, NearTask, spill_published
 from biomedica_hf.build.finish import BuildReport, finish, up_to_date_report
 from biomedica_hf.build.lock import BuildLock
+from biomedica_hf.build.media import warm_up
 from biomedica_hf.build.options import BuildConfig, BuildOptions
 from biomedica_hf.build.partition import PartitionId
 from biomedica_hf.build.progress import BuildProgress
@@ -66,7 +67,7 @@ log = logging.getLogger("biomedica_hf.build")
 class _Preload:
     """Imports the driver (or a pool forked from it later) will need after the stage phase, done in a thread while
     the workers stage: with 2+ workers the driver only waits there, so these fixed costs leave the serial tail of the
-    build (the card's ``datasets`` and ``matplotlib``, the caption pass's ``datasketch``: ~1.5 CPU s).
+    build (the card's ``matplotlib``, the caption pass's ``datasketch``).
 
     Started only once the stage pool has forked its workers, and joined before any later pool forks, so no process
     is ever forked while the thread holds an import lock. A module that fails to import is left to its user."""
@@ -154,7 +155,8 @@ def _build(cfg: BuildOptions) -> BuildReport:
 
     job = PartitionJob(out=str(out), source=cfg.source, media=cfg.media, keep_downloads=cfg.keep_downloads,
                        n_hash=n_hash, discard=cfg.retry_failed and k > 0, seed=cfg.seed,
-                       shard_max_samples=cfg.shard_max_samples, shard_max_bytes=cfg.shard_max_bytes)
+                       shard_max_samples=cfg.shard_max_samples, shard_max_bytes=cfg.shard_max_bytes,
+                       caption_keys=cfg.caption_dups)
 
     def make():
         return make_executor(cfg.executor, workers=cfg.workers, address=cfg.ray_address,
@@ -171,6 +173,8 @@ def _build(cfg: BuildOptions) -> BuildReport:
 
         def make_stage():
             preload.join()              # a pool restarted after a dead worker never forks mid-import
+            if cfg.executor == "local" and cfg.workers > 1:
+                warm_up()               # the first figure's imports, once here before the fork, not in every worker
             return make()
 
         order = {p: i for i, p in enumerate(_largest_first(work, [t.pid for t in todo]))}

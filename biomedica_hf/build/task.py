@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from biomedica_hf.build.article import MediaOptions, PackageResult, process_package
 from biomedica_hf.build.dedup import decisions_for, write_hash_rows
+from biomedica_hf.build.duplicates import write_caption_keys
 from biomedica_hf.build.partition import PartitionId, read_manifest, ref_from_json, rows_digest
 from biomedica_hf.build.progress import tick
 from biomedica_hf.build.shards import shard_done, shard_name, write_shard
@@ -41,7 +42,7 @@ from biomedica_hf.build.state import StateError, checkpoint, file_seal, read_sea
 from biomedica_hf.build.timings import add, rounded, timed
 from biomedica_hf.build.work import Work, hashes_match, read_done
 from biomedica_hf.io.atomic import atomic_path, write_parquet
-from biomedica_hf.layout import shard_folder
+from biomedica_hf.layout import shard_folder, shard_paths
 from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique
 from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
 
@@ -68,6 +69,7 @@ class PartitionJob:
     seed: int
     shard_max_samples: int
     shard_max_bytes: int
+    caption_keys: bool                            # each shard's caption band keys for the caption pass (write)
 
     @property
     def work(self) -> Work:
@@ -162,6 +164,7 @@ def process_ref(ref: ArticleRef, source: Source, work: Work, media: MediaOptions
                 discard: bool = False) -> PackageResult:
     """One article -> staged result. Every failure of the article itself ends in its ledger rows."""
     cache = work.root / "cache"
+    source.extract_to_disk = keep      # --keep-downloads: packages extracted into the cache, else read in memory
     if discard:      # --retry-failed: a failed package's cached extraction is not reused
         source.discard(ref, cache)
     if ref.retracted:
@@ -413,6 +416,8 @@ def _write_partition(task: PartitionTask, work: Work, pid: PartitionId, stage: P
                 with timed(work_timings, "shard_write"):
                     write_shard(work.out, name, stage.read_samples(shard), digest, {"partition": pid_name},
                                 timings=shard_timings)
+                    if task.job.caption_keys:     # the caption pass's MinHash work, here in parallel (issue 28)
+                        write_caption_keys(work, shard_paths(work.out, name)[1])
                 checkpoint("shard_written")
             stats["shards"].append({"name": name, "count": len(shard), "digest": digest})
             stats["samples"][subset] += len(shard)

@@ -7,7 +7,8 @@ staging log, so a resumed partition keeps those of its earlier runs):
 * ``parse``        parse its JATS XML files;
 * ``media``        read, decode, convert and hash its figure images;
 * ``stage_write``  append its record and image bytes to the partition's staging;
-* ``shard_write``  write the shard (tar, Parquet, stats) — per shard, not per article.
+* ``shard_write``  write the shard (tar, Parquet, stats, and the band keys of its captions for the caption
+                   pass) — per shard, not per article.
 
 A shard's ``_stats.json`` has ``timings``: the work stages of the articles whose samples it holds (an article's
 seconds shared out over its kept samples, so that the shards of a build add up to its work), its own

@@ -40,7 +40,7 @@ from biomedica_hf.layout import (
     data_files_glob,
     folder_files,
 )
-from biomedica_hf.schema import ARTICLE_FIELDS, SAMPLE_FIELDS, SUBSETS, webdataset_features
+from biomedica_hf.schema import ARTICLE_FIELDS, SAMPLE_FIELDS, SUBSETS
 
 TOP_JOURNALS = 20
 MAX_SHARD_ROWS = 50
@@ -97,31 +97,91 @@ def card_configs(out: Path, extra: list[dict] | None = None) -> list[dict]:
     return configs + list(extra or [])
 
 
-def _features_for(config: dict, out: Path):
-    name = config["config_name"]
-    if name in TABLE_CONFIGS:
-        from datasets import Features, Value
+# --------------------------------------------------------------------------- features YAML
+# The ``dataset_info`` features are written from the folder's Arrow schemas and the sample schema by the small
+# translator below, in exactly the YAML ``datasets`` writes (``Features._to_yaml_list``; tests/dataset/test_card.py
+# compares the two on real folders): importing ``datasets`` only for this cost a build about a CPU second.
+# A type the translator does not know is translated by ``datasets`` itself (imported then).
 
-        source = TABLE_CONFIGS[name][0]
-        row = Features.from_arrow_schema(pq.read_schema(Path(out) / source))
-        return Features({"__key__": Value("string"), "__url__": Value("string"),
-                         "json": {c: row[c] for c in table_config_columns(out, name)}})
+#: Arrow types -> the ``dtype`` ``datasets`` gives them (``Value``)
+_ARROW_DTYPES = {
+    pa.null(): "null", pa.bool_(): "bool", pa.int8(): "int8", pa.int16(): "int16", pa.int32(): "int32",
+    pa.int64(): "int64", pa.uint8(): "uint8", pa.uint16(): "uint16", pa.uint32(): "uint32", pa.uint64(): "uint64",
+    pa.float16(): "float16", pa.float32(): "float32", pa.float64(): "float64", pa.string(): "string",
+    pa.large_string(): "large_string", pa.binary(): "binary", pa.large_binary(): "large_binary",
+    pa.date32(): "date32", pa.date64(): "date64",
+}
+
+
+def _list_yaml(kind: str, inner: dict) -> dict:
+    """``datasets``' short forms: ``list: string`` for a list of a plain value, ``list: [fields]`` of a struct."""
+    if list(inner) in (["dtype"], ["struct"]):
+        return {kind: next(iter(inner.values()))}
+    return {kind: inner}
+
+
+def _arrow_yaml(t: pa.DataType) -> dict:
+    """One Arrow type as ``datasets`` writes its feature in the card's YAML (without the ``name``)."""
+    if t in _ARROW_DTYPES:
+        return {"dtype": _ARROW_DTYPES[t]}
+    if pa.types.is_timestamp(t):
+        return {"dtype": f"timestamp[{t.unit}" + (f", tz={t.tz}" if t.tz else "") + "]"}
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _list_yaml("list" if pa.types.is_list(t) else "large_list", _arrow_yaml(t.value_type))
+    if pa.types.is_struct(t):
+        return {"struct": [{"name": f.name, **_arrow_yaml(f.type)} for f in t]}
+    from datasets import Features   # anything rarer: datasets' own translation
+
+    return {k: v for k, v in Features.from_arrow_schema(pa.schema([("x", t)]))._to_yaml_list()[0].items()
+            if k != "name"}
+
+
+def _schema_yaml(schema: pa.Schema) -> dict[str, dict]:
+    """Field name -> feature YAML of a Parquet/Arrow schema (``datasets``' ``Features.from_arrow_schema``)."""
+    if schema.metadata and b"huggingface" in schema.metadata:   # features stored by datasets: its own reading
+        from datasets import Features
+
+        return {f.pop("name"): f for f in Features.from_arrow_schema(schema)._to_yaml_list()}
+    return {f.name: _arrow_yaml(f.type) for f in schema}
+
+
+def _type_name_yaml(name: str) -> dict:
+    """A schema type name (``int32``, ``list<string>``; :func:`biomedica_hf.schema.hf_value`) as feature YAML."""
+    if name.startswith("list<") and name.endswith(">"):
+        return _list_yaml("list", _type_name_yaml(name[5:-1]))
+    return {"dtype": name}
+
+
+def _struct_yaml(fields: dict[str, dict]) -> list[dict]:
+    return [{"name": n, **f} for n, f in fields.items()]
+
+
+def _features_for(config: dict, out: Path) -> list[dict] | None:
+    """The features YAML of one config (what :func:`biomedica_hf.schema.webdataset_features` declares for shard
+    configs, the table's columns for the table configs), None when it has none."""
+    name = config["config_name"]
+    key_url = [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
+    if name in TABLE_CONFIGS:
+        row = _schema_yaml(pq.read_schema(Path(out) / TABLE_CONFIGS[name][0]))
+        return key_url + [{"name": "json", "struct": _struct_yaml(
+            {c: row[c] for c in table_config_columns(out, name)})}]
     paths = config["data_files"][0]["path"]
     paths = [paths] if isinstance(paths, str) else list(paths)
-    if all(str(p).endswith(".tar") for p in paths):
-        return webdataset_features(json_extra=_json_extra(out, paths), labels=False)   # what the shards hold
+    if all(str(p).endswith(".tar") for p in paths):       # what the shards hold (webdataset_features, no labels)
+        fields = {n: _type_name_yaml(t) for n, t, _ in SAMPLE_FIELDS}
+        return key_url + [{"name": "jpg", "dtype": "image"}, {"name": "png", "dtype": "image"},
+                          {"name": "txt", "dtype": "string"},
+                          {"name": "json", "struct": _struct_yaml({**fields, **_json_extra(out, paths)})}]
     return None
 
 
-def _json_extra(out: Path, patterns: list[str]) -> dict:
+def _json_extra(out: Path, patterns: list[str]) -> dict[str, dict]:
     """Fields that a config's samples carry beyond the schema's (labels: the concept configs' copies, and licence
-    shards that labelling wrote them into), typed like the same columns of ``figures.parquet``.
+    shards that labelling wrote them into), typed like the same columns of ``figures.parquet`` (feature YAML).
 
     Every shard's first sample is read (a shard's samples all have the same fields), and the union is declared:
     ``datasets`` fills a declared field a shard lacks with null, but refuses a row with an undeclared one, so a
     folder whose update added unlabelled shards beside labelled ones still loads."""
-    from datasets import Features
-
     known = {n for n, _, _ in SAMPLE_FIELDS}
     extra: list[str] = []
     for tar in (t for pattern in patterns for t in sorted(Path(out).glob(pattern))):
@@ -130,8 +190,19 @@ def _json_extra(out: Path, patterns: list[str]) -> dict:
         extra += [k for k in meta if k not in known and k not in extra]
     if not extra or not (Path(out) / FIGURES_INDEX).exists():
         return {}
-    typed = Features.from_arrow_schema(pq.read_schema(Path(out) / FIGURES_INDEX))
+    typed = _schema_yaml(pq.read_schema(Path(out) / FIGURES_INDEX))
     return {k: typed[k] for k in extra if k in typed}
+
+
+def _dataset_info(features: dict[str, list[dict]]) -> dict | list | None:
+    """``dataset_info`` as ``datasets``' ``DatasetInfosDict.to_dataset_card_data`` writes it: one config a mapping,
+    several a list sorted by name."""
+    if not features:
+        return None
+    if len(features) == 1:
+        name, feats = next(iter(features.items()))
+        return {"features": feats} if name == "default" else {"config_name": name, "features": feats}
+    return [{"config_name": n, "features": features[n]} for n in sorted(features)]
 
 
 def _png_encoding(media: dict) -> str:
@@ -146,7 +217,6 @@ def _png_encoding(media: dict) -> str:
 
 def yaml_header(out: Path, stats: dict, extra_configs: list[dict] | None = None) -> str:
     """The YAML front matter (without the ``---`` fences)."""
-    from datasets.info import DatasetInfo, DatasetInfosDict
     from huggingface_hub import DatasetCardData
 
     configs = card_configs(out, extra_configs)
@@ -161,10 +231,13 @@ def yaml_header(out: Path, stats: dict, extra_configs: list[dict] | None = None)
     )
     infos = {}
     for c in configs:
-        feats = own.get(c["config_name"]) or _features_for(c, out)
+        name = c["config_name"]
+        feats = own[name]._to_yaml_list() if own.get(name) else _features_for(c, out)   # own: datasets Features
         if feats is not None:
-            infos[c["config_name"]] = DatasetInfo(features=feats, config_name=c["config_name"])
-    DatasetInfosDict(infos).to_dataset_card_data(data)
+            infos[name] = feats
+    info = _dataset_info(infos)
+    if info is not None:
+        data["dataset_info"] = info
     return data.to_yaml()
 
 

@@ -8,9 +8,15 @@ partition files under ``workdir`` (:mod:`.buckets`, memory bounded by the partit
 sharing a band key are linked. A pair of Jaccard similarity s shares a band with probability
 1 - (1 - s^25)^5: 0.9 -> 0.98, 0.8 -> 0.17, 0.7 -> 0.007 (no second verification: that would need
 the signatures of every row kept on disk, 512 bytes a row). Groups are flagged, never dropped here.
+
+The band keys of a Parquet part depend on its captions only: :func:`write_part_keys` computes them where the part is
+written (the build's parallel write phase) into a small file sealed with the part's length and sha256, and the
+pass takes them from there (``keys_of``) instead of computing them again; a part whose file is missing or does not
+match is computed as before. The groups are the same either way.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -18,7 +24,7 @@ import shutil
 import tempfile
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +50,10 @@ def shingles(caption: str, size: int = SHINGLE) -> list[bytes]:
     return [" ".join(words[i:i + size]).encode() for i in range(len(words) - size + 1)]
 
 
+@functools.lru_cache(maxsize=16)
 def band_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
-    """(bands, rows per band) that ``datasketch.MinHashLSH`` would use for ``threshold``."""
+    """(bands, rows per band) that ``datasketch.MinHashLSH`` would use for ``threshold`` (a numerical integration:
+    ~16 ms, so computed once per process)."""
     from datasketch.lsh import _optimal_param
 
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
@@ -77,13 +85,75 @@ def signatures(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return sigs, ok
 
 
-def caption_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | os.PathLike, threshold: float = 0.9,
-                            *, memory_budget: int = 512 << 20,
-                            stats: GroupStats | None = None) -> Iterator[tuple[str, str]]:
+DEFAULT_THRESHOLD = 0.9
+
+
+def caption_keys(captions: list[str | None], threshold: float = DEFAULT_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """(band keys (n, bands) uint64, has_words mask) of captions: what the pass spills for each row (rows without
+    words have zero keys and are left out)."""
+    bands, rows_per_band = band_params(threshold)
+    sigs, ok = signatures(captions)
+    keys = np.zeros((len(captions), bands), dtype=np.uint64)
+    if ok.any():
+        keys[ok] = band_keys(sigs[ok], bands, rows_per_band)
+    return keys, ok
+
+
+def _file_seal(path: Path) -> tuple[int, str]:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return Path(path).stat().st_size, h.hexdigest()
+
+
+def write_part_keys(part: str | os.PathLike, dest: str | os.PathLike,
+                    threshold: float = DEFAULT_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """The band keys of every row of the Parquet ``part`` (its ``caption`` column) into ``dest`` (``.npz``, written
+    atomically), sealed with the part's length and sha256 and the band parameters; returns them (keys, mask)."""
+    import pyarrow.parquet as pq
+
+    captions = pq.ParquetFile(part).read(columns=["caption"]).column(0).to_pylist()   # (no pyarrow.dataset import)
+    keys, ok = caption_keys(captions, threshold)
+    size, digest = _file_seal(Path(part))
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, keys=keys, ok=ok, seal=np.array([str(size), digest, repr(band_params(threshold))]))
+    os.replace(tmp, dest)
+    return keys, ok
+
+
+def read_part_keys(part: str | os.PathLike, keys_file: str | os.PathLike,
+                   threshold: float = DEFAULT_THRESHOLD) -> tuple[np.ndarray, np.ndarray] | None:
+    """The band keys :func:`write_part_keys` wrote for ``part``: None when the file is missing or damaged, or was
+    written for other bytes of the part or other band parameters."""
+    try:
+        with np.load(keys_file) as z:
+            size, digest, params = (str(x) for x in z["seal"])
+            if params != repr(band_params(threshold)) or (int(size), digest) != _file_seal(Path(part)):
+                return None
+            keys, ok = z["keys"], z["ok"]
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if keys.dtype != np.uint64 or ok.dtype != bool or keys.ndim != 2 or len(keys) != len(ok):
+        return None
+    return keys, ok
+
+
+def caption_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | os.PathLike,
+                            threshold: float = DEFAULT_THRESHOLD, *, memory_budget: int = 512 << 20,
+                            stats: GroupStats | None = None,
+                            keys_of: Callable[[Path], tuple[np.ndarray, np.ndarray] | None] | None = None,
+                            ) -> Iterator[tuple[str, str]]:
     """Caption near-duplicate groups over Parquet ``parts`` (columns ``key``, ``subset``, ``caption``).
 
     Yields ``(key, caption_dup_of)`` for every member of a group except the kept one (the exact-duplicate
     policy: most permissive subset, then the smallest key), sorted by key. Empty captions are skipped.
+    ``keys_of(part)``: the part's band keys computed earlier (:func:`read_part_keys`), or None to compute them.
     """
     stats = stats if stats is not None else GroupStats()
     t0 = time.perf_counter()
@@ -95,13 +165,23 @@ def caption_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | o
     try:
         spill = Spill(tmp / "records", stats.rows * bands, memory_budget // 4)
         stats.partitions = spill.n_parts
-        for _, row, col in column_batches(paths, offsets, "caption", BATCH_ROWS // 8):
-            caps = col.to_pylist()
-            sigs, ok = signatures(caps)
-            ids = np.arange(row, row + len(caps), dtype=np.uint32)[ok]
+        first = dict(zip(paths, offsets))
+        n_rows = dict(zip(paths, np.diff([*offsets, stats.rows]).tolist()))
+        known: dict[Path, tuple[np.ndarray, np.ndarray] | None] = {}
+        for path, row, col in column_batches(paths, offsets, "caption", BATCH_ROWS // 8):
+            if path not in known:                  # one part at a time in memory
+                found = keys_of(path) if keys_of is not None else None
+                known = {path: found if found is not None and found[0].shape == (n_rows[path], bands) else None}
+            if known[path] is not None:            # computed where the part was written
+                at = row - first[path]
+                keys, ok = (a[at:at + len(col)] for a in known[path])
+                keys = keys[ok]
+            else:
+                sigs, ok = signatures(col.to_pylist())
+                keys = band_keys(sigs[ok], bands, rows_per_band) if ok.any() else None
+            ids = np.arange(row, row + len(col), dtype=np.uint32)[ok]
             stats.rows_without_hash += int((~ok).sum())
             if ok.any():
-                keys = band_keys(sigs[ok], bands, rows_per_band)
                 spill.add(keys.reshape(-1), np.repeat(ids, bands))
         edge_file = tmp / "forest.edges"
         with open(edge_file, "wb") as fh:
@@ -125,4 +205,5 @@ def caption_near_duplicates(parts: Iterable[str | os.PathLike], workdir: str | o
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["band_params", "caption_near_duplicates", "shingles", "signatures"]
+__all__ = ["band_params", "caption_keys", "caption_near_duplicates", "read_part_keys", "shingles", "signatures",
+           "write_part_keys"]

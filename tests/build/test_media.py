@@ -599,3 +599,26 @@ def test_reduced_scale_decode_still_catches_cut_and_corrupt_jpegs(pmc, rel):
                 assert ei.value.reason == expected, (rel, len(bad))
         failures += expected is not None
     assert failures >= 4       # every cut at least: the full decode rejects them, so must the reduced one
+
+
+def test_warm_up_imports_what_the_first_real_figures_import(articles_dir):
+    """media.warm_up (run by the build's driver before it forks its workers) leaves nothing for the first real
+    figures of a process to import: processing a real JPEG, TIFF (converted) and GIF afterwards imports no module."""
+    import subprocess
+    import sys
+
+    files = [next(articles_dir.rglob(p)) for p in ("*.jpg", "*.tif", "*.gif")]
+    code = f"""
+import sys
+from biomedica_hf.build.media import process_figure, warm_up
+warm_up()
+assert "imagehash" in sys.modules and "scipy.fft" in sys.modules
+before = set(sys.modules)
+for path in {[str(f) for f in files]!r}:
+    record, phash = process_figure(open(path, "rb").read(), path)
+    assert phash
+print(sorted(set(sys.modules) - before))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

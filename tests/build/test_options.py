@@ -35,7 +35,7 @@ def _cli_options(*args: str) -> BuildOptions:
 def _job(cfg: BuildOptions) -> PartitionJob:
     return PartitionJob(out=str(cfg.out), source=cfg.source, media=cfg.media, keep_downloads=cfg.keep_downloads,
                         n_hash=4, discard=False, seed=cfg.seed, shard_max_samples=cfg.shard_max_samples,
-                        shard_max_bytes=cfg.shard_max_bytes)
+                        shard_max_bytes=cfg.shard_max_bytes, caption_keys=cfg.caption_dups)
 
 
 def test_cli_defaults_are_the_options_defaults(tmp_path):

@@ -217,7 +217,7 @@ def test_legacy_http_end_to_end(legacy_server, legacy_tree, articles_dir, tmp_pa
     assert sorted(p.files) == sorted(m.split("/", 1)[1] for m in members if "/" in m and not m.endswith("/")
                                      and m.split("/", 1)[1])
     for name in ("main.nxml", "gr1_lrg.jpg", "gr4_lrg.gif"):
-        assert p.files[name].read_bytes() == (articles_dir / "PMC7112410" / name).read_bytes()
+        assert p.read(name) == (articles_dir / "PMC7112410" / name).read_bytes()
     assert "mmc1.pdf" in pkgs["PMC7159286"].files
     t = pkgs["PMC10802347"]
     assert ("<archive>", "truncated_archive") in t.problems

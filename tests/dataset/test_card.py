@@ -284,3 +284,126 @@ def test_a_failing_card_section_is_reported_not_dropped(folder, tmp_path):
         hooks.unregister(hooks.CARD_SECTIONS, broken)
     assert (out / "README.md").read_bytes() == before
     assert write_card(out, "biomedica/test").read_bytes() == before
+
+
+def _yaml_header_by_datasets(out: Path, stats: dict, extra_configs: list[dict] | None = None) -> str:
+    """The card's YAML as it was written through ``datasets`` (Features, DatasetInfosDict) before the card wrote
+    the features itself: the reference the card's own translation must equal byte for byte."""
+    import tarfile
+
+    from datasets import Features, Value
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    from biomedica_hf.dataset.card import TAGS, TASK_CATEGORIES, card_configs
+    from biomedica_hf.dataset.tables import table_config_columns
+    from biomedica_hf.layout import FIGURES_INDEX, TABLE_CONFIGS
+    from biomedica_hf.schema import webdataset_features
+
+    def json_extra(patterns):
+        extra = []
+        for tar in (t for pattern in patterns for t in sorted(Path(out).glob(pattern))):
+            with tarfile.open(tar) as tf:
+                member = next((m for m in tf if m.name.endswith(".json")), None)
+                meta = json.loads(tf.extractfile(member).read()) if member is not None else {}
+            extra += [k for k in meta if k not in {n for n, _, _ in SAMPLE_FIELDS} and k not in extra]
+        if not extra or not (Path(out) / FIGURES_INDEX).exists():
+            return {}
+        typed = Features.from_arrow_schema(pq.read_schema(Path(out) / FIGURES_INDEX))
+        return {k: typed[k] for k in extra if k in typed}
+
+    def features_for(config):
+        name = config["config_name"]
+        if name in TABLE_CONFIGS:
+            row = Features.from_arrow_schema(pq.read_schema(Path(out) / TABLE_CONFIGS[name][0]))
+            return Features({"__key__": Value("string"), "__url__": Value("string"),
+                             "json": {c: row[c] for c in table_config_columns(out, name)}})
+        paths = config["data_files"][0]["path"]
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        if all(str(p).endswith(".tar") for p in paths):
+            return webdataset_features(json_extra=json_extra(paths), labels=False)
+        return None
+
+    configs = card_configs(out, extra_configs)
+    own = {c["config_name"]: c["features"] for c in configs if "features" in c}
+    configs = [{k: v for k, v in c.items() if k != "features"} for c in configs]
+    data = DatasetCardData(
+        pretty_name=stats["pretty_name"], license="other", license_name="pmc-open-access-subset",
+        license_link="https://pmc.ncbi.nlm.nih.gov/tools/openftlist/",
+        task_categories=TASK_CATEGORIES, size_categories=[size_category(stats["total_samples"])],
+        language=["en"], tags=TAGS, configs=configs,
+    )
+    infos = {}
+    for c in configs:
+        feats = own.get(c["config_name"]) or features_for(c)
+        if feats is not None:
+            infos[c["config_name"]] = DatasetInfo(features=feats, config_name=c["config_name"])
+    DatasetInfosDict(infos).to_dataset_card_data(data)
+    return data.to_yaml()
+
+
+def test_card_yaml_is_what_datasets_writes(folder, tmp_path):
+    """The features YAML is written without importing ``datasets``: byte for byte what ``datasets`` wrote, on the
+    built folder, with a labelled-like shard config (extra json fields typed from figures.parquet, Arrow types of
+    every kind the translator knows and one it leaves to ``datasets``), a config bringing its own Features (as
+    the panels' do), one config alone, and none."""
+    import io
+    import shutil
+    import tarfile
+
+    import pyarrow as pa
+
+    from biomedica_hf.dataset.card import yaml_header
+    from biomedica_hf.panels.hooks import panel_features
+
+    stats = collect_stats(folder)
+    assert yaml_header(folder, stats) == _yaml_header_by_datasets(folder, stats)
+
+    out = tmp_path / "ds"
+    shutil.copytree(folder, out, ignore=shutil.ignore_patterns("_work", "*.tar"))
+    shutil.copytree(folder / "commercial", out / "commercial", dirs_exist_ok=True)
+    figures = pq.read_table(out / "figures.parquet")
+    n = figures.num_rows
+    extra = {
+        "panel_type": pa.array(["x"] * n), "concepts": pa.array([["a"]] * n, pa.list_(pa.string())),
+        "score": pa.array([0.5] * n, pa.float64()), "f32": pa.array([0.5] * n, pa.float32()),
+        "small": pa.array([1] * n, pa.int8()), "big": pa.array([1] * n, pa.uint64()),
+        "when": pa.array([0] * n, pa.timestamp("ms", tz="UTC")), "day": pa.array([0] * n, pa.date32()),
+        "blob": pa.array([b"x"] * n, pa.large_binary()), "flag": pa.array([True] * n),
+        "nested": pa.array([[{"a": 1, "b": ["x"]}]] * n, pa.list_(pa.struct([("a", pa.int64()),
+                                                                            ("b", pa.list_(pa.string()))]))),
+        "lists": pa.array([[["x"]]] * n, pa.list_(pa.list_(pa.string()))),
+        "long": pa.array([[1]] * n, pa.large_list(pa.int16())),
+        "box": pa.array([{"g": True}] * n, pa.struct([("g", pa.bool_())])),
+        "dict": pa.array(["x"] * n).dictionary_encode(),                    # left to datasets
+        "fixed": pa.array([[1, 2]] * n, pa.list_(pa.int32(), 2)),            # left to datasets
+    }
+    for name, col in extra.items():
+        figures = figures.append_column(name, col)
+    pq.write_table(figures, out / "figures.parquet")
+    (out / "labelled").mkdir()
+    buf = io.BytesIO(json.dumps({"key": "k", **{k: None for k in extra}, "unknown_field": 1}).encode())
+    with tarfile.open(out / "labelled" / "labelled-train-000.tar", "w") as tf:
+        info = tarfile.TarInfo("k.json")
+        info.size = len(buf.getvalue())
+        tf.addfile(info, buf)
+    configs = [{"config_name": "labelled", "data_files": [{"split": "train", "path": "labelled/*.tar"}]},
+               {"config_name": "panels", "data_files": [{"split": "train", "path": "labelled/*.tar"}],
+                "features": panel_features()},
+               {"config_name": "plain", "data_files": [{"split": "train", "path": "labelled/*.json"}]}]
+    stats = collect_stats(out)
+    mine = yaml_header(out, stats, configs)
+    assert mine == _yaml_header_by_datasets(out, stats, configs)
+    assert "timestamp[ms, tz=UTC]" in mine and "large_list: int16" in mine and "unknown_field" not in mine
+    # one config alone is written as a mapping ("default" without its name), none leaves dataset_info out
+    from datasets import Features, Value
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    from biomedica_hf.dataset.card import _dataset_info
+    feats = Features({"a": Value("string")})
+    for names in (["one"], ["default"], [], ["b", "a"]):
+        ref = DatasetCardData()
+        DatasetInfosDict({n: DatasetInfo(features=feats, config_name=n) for n in names}).to_dataset_card_data(ref)
+        info = _dataset_info({n: feats._to_yaml_list() for n in names})
+        assert ref.to_dict().get("dataset_info") == info

@@ -192,3 +192,49 @@ def test_no_parts_and_no_duplicates_give_nothing(tmp_path):
     with pytest.raises(ValueError, match="missing"):
         pq.write_table(pa.table({"key": ["a"], "phash": ["0" * 64]}), tmp_path / "nosubset.parquet")
         list(find_near_duplicates([tmp_path / "nosubset.parquet"], tmp_path / "w"))
+
+
+def test_caption_keys_computed_where_a_part_is_written_give_the_same_groups(articles_dir, tmp_path):
+    """The band keys written beside each part (the build's write phase) are what the pass computes itself: the same
+    groups with every part's keys file, with none, and with keys files that no longer match their part (rewritten
+    part, other band parameters, damaged, of another part), which are computed again instead of trusted."""
+    from biomedica_hf.neardup.captions import caption_keys, read_part_keys, write_part_keys
+
+    caps = _captions(articles_dir)
+    rows = [{"key": f"PMC{i:04d}_f", "subset": "commercial", "caption": c} for i, c in enumerate(caps)]
+    rows += [{"key": "PMC9000_same", "subset": "other", "caption": caps[3]},
+             {"key": "PMC9001_template", "subset": "commercial", "caption": caps[10].upper()},
+             {"key": "PMC9002_empty", "subset": "commercial", "caption": ""}]
+    t = pa.table({k: [r[k] for r in rows] for k in ("key", "subset", "caption")})
+    parts = [tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"]
+    for part, (lo, hi) in zip(parts, [(0, 10), (10, 25), (25, t.num_rows)]):
+        pq.write_table(t.slice(lo, hi - lo), part)
+    expected = dict(caption_near_duplicates(parts, tmp_path / "w"))
+    assert expected == {"PMC9000_same": "PMC0003_f", "PMC9001_template": "PMC0010_f"}
+
+    keys = {p: tmp_path / "keys" / f"{p.stem}.npz" for p in parts}
+    for p in parts:
+        got = write_part_keys(p, keys[p])
+        assert np.array_equal(got[0], caption_keys(pq.read_table(p).column("caption").to_pylist())[0])
+    asked, computed = [], []
+
+    def keys_of(p):
+        asked.append(p.name)
+        found = read_part_keys(p, keys[p])
+        if found is None:
+            computed.append(p.name)
+        return found
+
+    assert dict(caption_near_duplicates(parts, tmp_path / "w", keys_of=keys_of)) == expected
+    assert asked == ["a.parquet", "b.parquet", "c.parquet"] and computed == []
+    # keys that no longer match: the part rewritten (other bytes), other band parameters, a damaged file, a file of
+    # another part (wrong length): each is refused and the part's keys computed, with the same groups
+    pq.write_table(t.slice(0, 10), parts[0], compression="gzip")
+    write_part_keys(parts[1], keys[parts[1]], threshold=0.8)
+    keys[parts[2]].write_bytes(b"not an npz")
+    assert read_part_keys(parts[0], keys[parts[0]]) is None and read_part_keys(parts[1], keys[parts[1]]) is None
+    asked.clear()
+    assert dict(caption_near_duplicates(parts, tmp_path / "w", keys_of=keys_of)) == expected
+    assert computed == ["a.parquet", "b.parquet", "c.parquet"]
+    three_rows = caption_keys(["x"] * 3)            # keys of another length than any part: computed instead
+    assert dict(caption_near_duplicates(parts, tmp_path / "w", keys_of=lambda p: three_rows)) == expected

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import abc
 import errno
+import io
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,10 @@ class Source(abc.ABC):
     """Where articles come from (PMC Cloud, a legacy mirror, a local folder)."""
 
     name: str = "source"
+    #: local packages (archives) are extracted under the cache folder, not read in memory (``build
+    #: --keep-downloads`` keeps them there); the package given is the same either way. Downloaded packages are
+    #: always extracted: a rerun reuses the extraction instead of downloading them again
+    extract_to_disk: bool = False
 
     def __init__(self) -> None:
         self.unlisted: list[tuple[str, str]] = []
@@ -135,17 +140,18 @@ MAX_PROLOG_BYTES = 16 << 20
 _ROOT_NAMES = frozenset({"article", "sub-article", "articles", "pmc-articleset", "OAI-PMH"})
 
 
-def looks_like_jats(path: Path, head_bytes: int = 65536, max_prolog: int = MAX_PROLOG_BYTES) -> bool:
+def looks_like_jats(path: Path | bytes, head_bytes: int = 65536, max_prolog: int = MAX_PROLOG_BYTES) -> bool:
     """Cheap sniff: does the XML file start like an article (JATS, OAI-PMH, ``<articles>``)?
 
     Used to keep non-article XML (a Texture ``manifest.xml``, an S3 listing) out of ``xml_files``.
     Fast path: an article root tag in the first ``head_bytes``. Otherwise the file is fed, in
     ``head_bytes`` chunks, to a safe pull parser (no DTD loading, no entities, no network) until
     the root element starts, so a prolog longer than the window (comments, a DOCTYPE with an
-    internal subset) is skipped properly; at most ``max_prolog`` bytes are read.
+    internal subset) is skipped properly; at most ``max_prolog`` bytes are read. ``path`` may also be the
+    file's bytes (a member of an archive read in memory).
     """
     try:
-        with open(path, "rb") as f:
+        with (io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb")) as f:
             head = f.read(head_bytes)
             if _JATS_ROOT_RE.search(head):
                 return True
@@ -176,14 +182,16 @@ def _root_after_prolog(f, head: bytes, chunk: int, max_prolog: int) -> bool:
     return False
 
 
-def order_xml_files(names: list[str], root: Path) -> list[str]:
+def order_xml_files(names: list[str], root: Path, data: Mapping[str, bytes] | None = None) -> list[str]:
     """Every XML among ``names``, the JATS-looking ones first (each group sorted).
 
     Non-article XML (a Texture ``manifest.xml``) stays in the list so the parser can ledger it
-    (``not_jats``); it just never comes first.
+    (``not_jats``); it just never comes first. ``data``: the bytes of files held in memory (read from there
+    instead of ``root``).
     """
+    data = data or {}
     xmls = sorted(n for n in names if n.lower().endswith(XML_SUFFIXES))
-    jats = [n for n in xmls if looks_like_jats(root / n)]
+    jats = [n for n in xmls if looks_like_jats(data[n] if n in data else root / n)]
     return jats + [n for n in xmls if n not in jats]
 
 
@@ -209,7 +217,7 @@ def package_from_dir(ref: ArticleRef, root: Path, *, recursive: bool = True, met
         if not p.is_file():
             continue
         rel = p.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in rel.split("/")) or rel.endswith(".part") or rel in exclude:
+        if _skipped_name(rel, exclude):
             continue
         if real_confine is not None and real_confine not in p.resolve().parents:
             problems.append((rel, OUTSIDE_INPUT))
@@ -223,6 +231,27 @@ def package_from_dir(ref: ArticleRef, root: Path, *, recursive: bool = True, met
         raise FetchError(BAD_PACKAGE, f"no XML in {root}{detail}")
     return ArticlePackage(ref=ref, root=root, files=files, xml_files=xml_files, metadata=dict(metadata or {}),
                           problems=problems)
+
+
+def _skipped_name(rel: str, exclude: tuple[str, ...] = ()) -> bool:
+    """Names a package leaves out: hidden (``.name`` anywhere in the path), ``*.part`` leftovers, ``exclude``."""
+    return any(part.startswith(".") for part in rel.split("/")) or rel.endswith(".part") or rel in exclude
+
+
+def package_from_members(ref: ArticleRef, root: Path, names: list[str], data: dict[str, bytes],
+                         problems: list[tuple[str, str]] | None = None) -> ArticlePackage:
+    """The :class:`ArticlePackage` that :func:`package_from_dir` gives for ``root`` had ``names`` (relative,
+    posix) been written there, without a file on disk: ``data`` holds the bytes of those the build reads (the
+    XML and the images; see :func:`~biomedica_hf.build.sources.legacy.read_package`). Same files in the same
+    order, same XML order, same error without XML."""
+    root = Path(root)
+    kept = sorted((n for n in names if not _skipped_name(n)), key=lambda n: root / n)   # as sorted() over paths
+    files = {n: root / n for n in kept}
+    xml_files = order_xml_files([n for n in files if "/" not in n], root, data)
+    if not xml_files:
+        raise FetchError(BAD_PACKAGE, f"no XML in {root}")
+    return ArticlePackage(ref=ref, root=root, files=files, xml_files=xml_files, problems=list(problems or []),
+                          data={n: data[n] for n in kept if n in data})
 
 
 _SAFE_ID_RE = re.compile(r"[^A-Za-z0-9_-]+")

@@ -3,7 +3,8 @@
 The layout PMC served until 2026 (moved under ``deprecated/`` on 2026-04-13, removed August 2026)
 and which existing mirrors and archives still have. ``base_url_or_root`` is an HTTP(S) base URL or a
 local mirror directory. Packages are downloaded (resumable, length-checked) and extracted safely;
-a truncated gzip keeps every member read before the error.
+a truncated gzip keeps every member read before the error. A local mirror's packages are read in memory
+(:func:`read_package`: the same package, nothing written) unless the source's ``extract_to_disk`` is set.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from urllib.parse import quote
 
 from biomedica_hf.build.download import NOT_FOUND as DL_NOT_FOUND
 from biomedica_hf.build.download import Downloader, DownloadError
-from biomedica_hf.build.media import SNIFF_BYTES, sniff_image
+from biomedica_hf.build.media import SNIFF_BYTES, is_image_name, sniff_image
 from biomedica_hf.build.sources.base import (
     BAD_PACKAGE,
     DEFAULT_MAX_MEMBER_BYTES,
@@ -28,12 +29,14 @@ from biomedica_hf.build.sources.base import (
     NOT_FOUND,
     OUTSIDE_INPUT,
     RETRACTED,
+    XML_SUFFIXES,
     FatalBuildError,
     FetchError,
     Source,
     fatal_disk_error,
     is_disk_error,
     package_from_dir,
+    package_from_members,
 )
 from biomedica_hf.build.sources.filelists import FileListReader
 from biomedica_hf.io.markers import read_marker, write_marker
@@ -64,10 +67,16 @@ class _DiskError(Exception):
 
 @dataclass
 class Extracted:
+    """What an archive gave: its files (name -> path), the problems met, and - read in memory
+    (:func:`read_package`) - the bytes of the files the build reads (``data``; ``files`` then name paths that
+    were never written)."""
+
     files: dict[str, Path] = field(default_factory=dict)
     problems: list[tuple[str, str]] = field(default_factory=list)
     truncated: bool = False
     detail: str = ""
+    data: dict[str, bytes] = field(default_factory=dict)
+    in_memory: bool = False
 
 
 def _member_relpath(name: str) -> str | None:
@@ -157,8 +166,151 @@ def _problem_name(name: str, taken: set[str]) -> str:
 
 
 def _extract_members(tf: tarfile.TarFile, root: Path, out: Extracted, limits: ArchiveLimits) -> None:
+    _read_members(tf, _DiskSink(root), out, limits)
+
+
+class _DiskSink:
+    """Members written under ``root`` (``name.part``, then renamed)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.real_root = root, root.resolve()
+
+    def place(self, rel: str) -> bool:
+        """Make room for ``rel``: False when it cannot go there (outside the root, a file where a folder goes)."""
+        target = self.root / rel
+        if self.real_root not in target.resolve().parents:
+            return False
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if is_disk_error(e):
+                raise _DiskError(e) from e
+            return False                            # a file where a folder goes
+        return True
+
+    def copy(self, tf: tarfile.TarFile, m: tarfile.TarInfo, rel: str) -> None:
+        target = self.root / rel
+        part = target.with_name(target.name + ".part")
+        try:
+            _copy_member(tf, m, _open_part(part), sniff=rel)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        try:
+            part.replace(target)
+        except OSError as e:
+            raise _DiskError(e) from e
+
+
+class _UseDisk(Exception):
+    """Internal: a package the memory reader leaves to :func:`extract_package` (see :func:`read_package`)."""
+
+
+#: the most bytes of one package :func:`read_package` holds in memory; a larger package is extracted to disk
+DEFAULT_MAX_MEMORY_BYTES = 256 << 20
+#: the longest name of one path component most file systems take (a longer one is left to the disk's own error)
+_NAME_MAX = 255
+
+
+class _MemorySink:
+    """Members read into memory: the bytes of those the build reads (the XML and the images) are kept, the
+    rest is read (its truncation is found as on disk) and dropped. Whatever the disk would treat in its own way
+    (a folder where a file goes, a ``.part`` name, a name too long, a NUL) raises :class:`_UseDisk`, and so
+    does a package whose kept bytes would pass ``max_bytes``."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root, self.max_bytes = root, max_bytes
+        self.data: dict[str, bytes] = {}
+        self.kept = 0
+        self.files: set[str] = set()
+        self.dirs: set[str] = set()
+
+    def place(self, rel: str) -> bool:
+        parts = rel.split("/")
+        if (rel in self.dirs or "\0" in rel or any(p.endswith(".part") for p in parts)
+                or any(len(p.encode("utf-8", "surrogateescape")) > _NAME_MAX for p in parts)):
+            raise _UseDisk(rel)
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        if any(d in self.files for d in prefixes):
+            return False                            # a file where a folder goes
+        self.dirs.update(prefixes)
+        return True
+
+    def copy(self, tf: tarfile.TarFile, m: tarfile.TarInfo, rel: str) -> None:
+        keep = rel.lower().endswith(XML_SUFFIXES) or is_image_name(rel)
+        if keep and self.kept + m.size > self.max_bytes:
+            raise _UseDisk(rel)
+        buf = _Sink(keep)
+        _copy_member(tf, m, buf, sniff=rel)
+        self.files.add(rel)
+        if keep:
+            self.data[rel] = buf.value()
+            self.kept += m.size
+
+
+class _Sink:
+    """A write-only file that keeps what it is given (``keep``) or only counts it."""
+
+    def __init__(self, keep: bool) -> None:
+        self.blocks: list[bytes] | None = [] if keep else None
+
+    def write(self, block: bytes) -> None:
+        if self.blocks is not None:
+            self.blocks.append(block)
+
+    def flush(self) -> None:
+        pass
+
+    def value(self) -> bytes:
+        assert self.blocks is not None
+        return self.blocks[0] if len(self.blocks) == 1 else b"".join(self.blocks)
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def read_package(archive: Path, dest: Path, limits: ArchiveLimits | None = None,
+                 max_bytes: int = DEFAULT_MAX_MEMORY_BYTES) -> Extracted | None:
+    """Read ``archive`` as :func:`extract_package` would extract it into ``dest``, without writing a byte: the
+    same files (``files`` names paths under ``dest`` that are never written), problems, detail and truncation,
+    and the bytes of the XML and image members in ``data`` (the only files the build reads; other members are
+    read, so that a truncation is found where extraction finds it, and dropped). None when the package is left
+    to extraction: its XML and images would hold more than ``max_bytes`` in memory, or a name that the file
+    system treats in its own way (a member where an earlier member made a folder, a ``.part`` name, a name
+    longer than 255 bytes, a NUL)."""
+    archive, dest = Path(archive), Path(dest)
+    limits = limits or ArchiveLimits()
+    out = Extracted(in_memory=True)
+    try:
+        raw = open(archive, "rb")  # noqa: SIM115 - closed by the `with raw` below; open errors differ
+    except OSError as e:
+        out.problems.append((ARCHIVE_PROBLEM, "bad_archive"))
+        out.detail = f"{type(e).__name__}: {e}"
+        return out
+    sink = _MemorySink(dest, max_bytes)
+    with raw:
+        try:
+            tf = tarfile.open(fileobj=raw, mode="r|*")
+        except _TAR_ERRORS as e:
+            out.problems.append((ARCHIVE_PROBLEM, "bad_archive"))
+            out.detail = f"{type(e).__name__}: {e}"
+            return out
+        with tf:
+            try:
+                _read_members(tf, sink, out, limits)
+            except _UseDisk:
+                return None
+    out.data = sink.data
+    return out
+
+
+def _read_members(tf: tarfile.TarFile, sink, out: Extracted, limits: ArchiveLimits) -> None:
+    """The members of ``tf`` into ``sink`` (:class:`_DiskSink` or :class:`_MemorySink`), the rules of
+    :func:`extract_package`; ``out.files`` gets each member placed (name -> path under the sink's root)."""
     total = 0
-    real_root = root.resolve()
     while True:
         try:
             m = tf.next()
@@ -189,58 +341,43 @@ def _extract_members(tf: tarfile.TarFile, root: Path, out: Extracted, limits: Ar
         if rel in out.files:
             out.problems.append((_problem_name(m.name, taken), DUPLICATE_MEMBER))
             continue
-        target = root / rel
-        if real_root not in target.resolve().parents:
+        if not sink.place(rel):
             out.problems.append((_problem_name(m.name, taken), "unsafe_member"))
             continue
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            if is_disk_error(e):
-                raise _DiskError(e) from e
-            out.problems.append((_problem_name(m.name, taken), "unsafe_member"))  # a file where a folder goes
-            continue
-        part = target.with_name(target.name + ".part")
-        try:
-            _copy_member(tf, m, part, sniff=rel)
-        except _DiskError:
-            part.unlink(missing_ok=True)
-            raise
+            sink.copy(tf, m, rel)
         except _NotAnImage:     # the stream skips the rest of its bytes without writing them
-            part.unlink(missing_ok=True)
             out.problems.append((rel, NOT_AN_IMAGE))
             continue
         except _TAR_ERRORS:
-            part.unlink(missing_ok=True)
             out.problems.append((rel, "truncated"))
             out.problems.append((ARCHIVE_PROBLEM, "truncated_archive"))
             out.truncated = True
             return
-        try:
-            part.replace(target)
-        except OSError as e:
-            raise _DiskError(e) from e
-        out.files[rel] = target
+        out.files[rel] = sink.root / rel
 
 
 class _NotAnImage(Exception):
     """Internal: a member named as an image whose first bytes are no image signature."""
 
 
-def _copy_member(tf: tarfile.TarFile, m: tarfile.TarInfo, part: Path, chunk: int = 1 << 20,
+def _open_part(part: Path):
+    try:
+        return open(part, "wb")  # noqa: SIM115 - the caller's `with`; an open error is a disk error
+    except OSError as e:
+        raise _DiskError(e) from e
+
+
+def _copy_member(tf: tarfile.TarFile, m: tarfile.TarInfo, f, chunk: int = 1 << 20,
                  sniff: str | None = None) -> None:
-    """Copy one member to ``part``: archive errors raise as they are (the archive is bad), errors
-    writing ``part`` raise :class:`_DiskError`; never more than ``m.size`` bytes are written.
+    """Copy one member to the open file ``f`` (closed here): archive errors raise as they are (the archive is
+    bad), errors writing ``f`` raise :class:`_DiskError`; never more than ``m.size`` bytes are written.
     ``sniff``: the member's name; one that claims an image and whose first :data:`SNIFF_BYTES` carry no image
     signature raises :class:`_NotAnImage` after that first block, before a byte is written (the stream then
     skips the rest of the member)."""
     src = tf.extractfile(m)
     assert src is not None
     n = 0
-    try:
-        f = open(part, "wb")  # noqa: SIM115 - used in `with f` below; an open error is a disk error
-    except OSError as e:
-        raise _DiskError(e) from e
     with f:
         while n < m.size:
             block = src.read(min(max(chunk, SNIFF_BYTES), m.size - n))
@@ -273,13 +410,21 @@ def load_extracted(dest: Path) -> Extracted | None:
                      truncated=any(p[1] == "truncated_archive" for p in info.get("problems", [])))
 
 
-def package_from_archive(ref: ArticleRef, archive: Path, dest: Path,
-                         limits: ArchiveLimits | None = None) -> ArticlePackage:
-    """Extract (or reuse a finished extraction of) ``archive`` into ``dest`` -> package.
+def package_from_archive(ref: ArticleRef, archive: Path, dest: Path, limits: ArchiveLimits | None = None, *,
+                         in_memory: bool = False) -> ArticlePackage:
+    """Extract (or reuse a finished extraction of) ``archive`` into ``dest`` -> package. ``in_memory``: read the
+    archive without writing it to disk (:func:`read_package`; the same package, its files' bytes held in
+    ``ArticlePackage.data``), unless the package is one :func:`read_package` leaves to extraction.
 
     Raises ``FetchError(bad_package)`` when the package holds no XML.
     """
-    ext = load_extracted(dest) or extract_package(archive, dest, limits)
+    ext = load_extracted(dest)
+    if ext is None and in_memory:
+        ext = read_package(archive, dest, limits)
+    return _package(ref, archive, dest, ext or extract_package(archive, dest, limits))
+
+
+def _package(ref: ArticleRef, archive: Path, dest: Path, ext: Extracted) -> ArticlePackage:
     if not any(n.lower().endswith((".xml", ".nxml")) and "/" not in n for n in ext.files):
         detail = f"no XML in {archive.name}"
         if ext.problems:
@@ -287,6 +432,8 @@ def package_from_archive(ref: ArticleRef, archive: Path, dest: Path,
         if ext.detail:
             detail += f" [{ext.detail}]"
         raise FetchError(BAD_PACKAGE, detail)
+    if ext.in_memory:
+        return package_from_members(ref, dest, list(ext.files), ext.data, problems=ext.problems)
     return package_from_dir(ref, dest, problems=ext.problems)
 
 
@@ -401,11 +548,10 @@ class LegacySource(Source):
             archive = self._local(ref.location)
             if not archive.is_file():
                 raise FetchError(NOT_FOUND, f"package {ref.location} not in mirror")
-            return package_from_archive(ref, archive, dest, self.limits)
+            return package_from_archive(ref, archive, dest, self.limits, in_memory=not self.extract_to_disk)
         archive = cache_dir / "_archives" / ref.location.rsplit("/", 1)[-1]
         try:
-            self._download_complete(ref, archive, dest)
-            return package_from_archive(ref, archive, dest, self.limits)
+            return _package(ref, archive, dest, self._download_complete(ref, archive, dest))
         except FatalBuildError:
             archive.unlink(missing_ok=True)  # fetched again on the rerun; frees space now
             raise
@@ -413,8 +559,9 @@ class LegacySource(Source):
             if not self.keep_archives:
                 archive.unlink(missing_ok=True)
 
-    def _download_complete(self, ref: ArticleRef, archive: Path, dest: Path) -> None:
-        """Download and extract ``ref``'s package into ``dest``. A body whose length nobody stated
+    def _download_complete(self, ref: ArticleRef, archive: Path, dest: Path) -> Extracted:
+        """Download and extract ``ref``'s package into ``dest`` (on disk: a rerun reuses it instead of downloading
+        it again), what it gave. A body whose length nobody stated
         (no Content-Length, no size in the list) that extracts as a truncated or unreadable archive
         was most likely cut in transit: it is discarded and fetched again (up to the downloader's
         retries), then reported as ``download_failed`` (transient), never as a bad package."""
@@ -432,7 +579,7 @@ class LegacySource(Source):
             ext = extract_package(archive, dest, self.limits)
             cut = ext.truncated or (ARCHIVE_PROBLEM, "bad_archive") in ext.problems
             if got.verified or not cut:
-                return
+                return ext
             shutil.rmtree(dest, ignore_errors=True)
             archive.unlink(missing_ok=True)
             if attempt < dl.retries:

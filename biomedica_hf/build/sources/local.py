@@ -4,8 +4,8 @@
 
 (a) extracted packages: a directory that directly holds article XML (``.xml``/``.nxml`` that looks
     like JATS) is one article; every file below it belongs to it (``package/PMC1.tar.gz`` too);
-(b) ``.tar.gz``/``.tgz`` packages anywhere outside an article directory (extracted at fetch time,
-    truncated archives tolerated);
+(b) ``.tar.gz``/``.tgz`` packages anywhere outside an article directory (read at fetch time, in memory
+    unless ``extract_to_disk`` is set; truncated archives tolerated);
 (c) Cloud-layout folders ``PMCid.V/`` holding ``PMCid.V.xml`` (+ ``PMCid.V.json`` or
     ``../metadata/PMCid.V.json``); only the latest version of a PMCID is listed.
 
@@ -217,7 +217,8 @@ class LocalSource(Source):
         if confine is not None and not _inside(path, confine):
             raise FetchError(BAD_PACKAGE, f"{OUTSIDE_INPUT}: {ref.location} resolves outside the input folder")
         if kind == TAR:
-            return package_from_archive(ref, path, Path(cache_dir) / safe_id(ref.pmcid), self.limits)
+            return package_from_archive(ref, path, Path(cache_dir) / safe_id(ref.pmcid), self.limits,
+                                        in_memory=not self.extract_to_disk)
         if kind == XML:
             pkg = package_from_dir(ref, path.parent, recursive=False, confine=confine)
             if path.name not in pkg.files:
