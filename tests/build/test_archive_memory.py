@@ -63,14 +63,17 @@ def _same(archive: Path, tmp_path: Path, limits: ArchiveLimits | None = None, *,
     if wrote_nothing:   # every file the build reads (XML, images) is in memory, byte for byte what extraction wrote
         readable = {n for n, _ in files if n.lower().endswith((".xml", ".nxml", ".jpg", ".png", ".gif"))}
         assert readable <= set(pkg.data)
-        assert not dest.exists() and not dest.with_name(dest.name + ".extracting").exists()
+        assert not dest.exists()
+        assert not dest.with_name(dest.name + ".extracting").exists()
     return mem
 
 
 @pytest.mark.parametrize("archive", FIXTURE_TARS, ids=lambda p: p.name)
 def test_fixture_packages_read_in_memory_as_extracted(archive, tmp_path):
     kind, (files, xml, problems, *_rest) = _same(archive, tmp_path)
-    assert kind == "package" and xml and files
+    assert kind == "package"
+    assert xml
+    assert files
     if "truncated" in archive.name:
         assert ("<archive>", "truncated_archive") in problems
 
@@ -156,7 +159,8 @@ def test_budgets_and_memory_limit(tmp_path):
         _same(arc, tmp_path, limits)
     # the large members that the build never reads are not held in memory
     ext = read_package(arc, tmp_path / "r", max_bytes=1 << 20)
-    assert ext is not None and sorted(ext.data) == ["a.jpg", "b.jpg", "main.nxml"]
+    assert ext is not None
+    assert sorted(ext.data) == ["a.jpg", "b.jpg", "main.nxml"]
     assert sorted(ext.files) == ["a.jpg", "b.jpg", "c.bin", "d.txt", "main.nxml", "video.mp4"]
     # XML and images over the memory budget: left to extraction
     assert read_package(arc, tmp_path / "r", max_bytes=len(xml) + 100) is None
@@ -171,8 +175,11 @@ def test_local_source_reads_packages_in_memory_unless_kept(tmp_path):
     src = LocalSource(inp)
     ref = next(iter(src.list_articles()))
     pkg = src.fetch(ref, tmp_path / "cache")
-    assert pkg.data and not (tmp_path / "cache").exists()
+    assert pkg.data
+    assert not (tmp_path / "cache").exists()
     src.extract_to_disk = True                 # build --keep-downloads
     kept = src.fetch(ref, tmp_path / "cache")
-    assert not kept.data and all(p.is_file() for p in kept.files.values())
-    assert list(kept.files) == list(pkg.files) and kept.xml_files == pkg.xml_files
+    assert not kept.data
+    assert all(p.is_file() for p in kept.files.values())
+    assert list(kept.files) == list(pkg.files)
+    assert kept.xml_files == pkg.xml_files

@@ -105,12 +105,14 @@ def test_real_messiness_outcomes(corpus_build):
     assert ledger[("file", "PMC7112410/package/PMC7112410.tar.gz")]["state"] == "skipped"
     # a figure that exists only as GIF is converted to PNG
     gif_only = [r for k, r in idx.items() if k.startswith("PMC10802347") and r["image_format"] == "GIF"]
-    assert gif_only and all(r["image_ext"] == "png" and r["reencoded"] for r in gif_only)
+    assert gif_only
+    assert all(r["image_ext"] == "png" and r["reencoded"] for r in gif_only)
     assert idx[gif_only[0]["key"]]["subset"] == "noncommercial"
     # two graphics in one figure: two samples, marked as panels of one figure
     panels = sorted((r["panel_index"], r["panel_count"], r["figure_id"]) for k, r in idx.items()
                     if k.startswith("PMC7159286_gr3"))
-    assert [p[:2] for p in panels] == [(0, 2), (1, 2)] and panels[0][2] == panels[1][2]
+    assert [p[:2] for p in panels] == [(0, 2), (1, 2)]
+    assert panels[0][2] == panels[1][2]
     # TIFF without extension in the href
     assert idx["eLife_19405_elife-19405-fig1"]["image_format"] == "TIFF"
     # XML-only articles: figures failed with a reason, never silently dropped
@@ -122,7 +124,8 @@ def test_real_messiness_outcomes(corpus_build):
     arts = pq.read_table(out / "articles.parquet").to_pylist()
     by = {a["pmcid"]: a for a in arts}
     assert by["PMC10802347"]["subset"] == "noncommercial"
-    assert by["PMC10400000"]["subset"] == "commercial" and by["PMC10400000"]["full_text"]
+    assert by["PMC10400000"]["subset"] == "commercial"
+    assert by["PMC10400000"]["full_text"]
 
 
 def test_duplicate_images_kept_once_with_articles_listed(tmp_path, articles_dir):
@@ -134,7 +137,8 @@ def test_duplicate_images_kept_once_with_articles_listed(tmp_path, articles_dir)
     report = build(_cfg(inp, out))
     assert report.n_duplicates == 2
     rows = [r for t in shard_paths(out, "other") for r in pq.read_table(t.with_suffix(".parquet")).to_pylist()]
-    assert len(rows) == 2 and all(r["also_in"] == ["eLife_39122_subarticles"] for r in rows)
+    assert len(rows) == 2
+    assert all(r["also_in"] == ["eLife_39122_subarticles"] for r in rows)
     dups = pq.read_table(out / "duplicates.parquet").to_pylist()
     assert sorted(d["key"] for d in dups) == sorted(r["key"] for r in rows)
     ledger = pq.read_table(out / "ledger.parquet").to_pylist()
@@ -148,8 +152,10 @@ def test_rerun_resumes_and_changes_nothing(tmp_path):
     first = build(_cfg(SAMPLE_DIR / "articles", out))
     before = _outputs(out)
     second = build(_cfg(SAMPLE_DIR / "articles", out))
-    assert second.n_resumed == first.n_listed and second.n_staged_now == 0
-    assert second.shards_written == 0 and second.shards_skipped == first.shards_written
+    assert second.n_resumed == first.n_listed
+    assert second.n_staged_now == 0
+    assert second.shards_written == 0
+    assert second.shards_skipped == first.shards_written
     assert _outputs(out) == before
 
 
@@ -214,7 +220,8 @@ def test_loads_with_datasets_and_webdataset(corpus_build):
         for ex in ds:
             image = ex["jpg"] if ex["jpg"] is not None else ex["png"]
             assert image.size == (ex["json"]["width"], ex["json"]["height"])
-            assert ex["txt"] == ex["json"]["caption"] and ex["__key__"] == ex["json"]["key"]
+            assert ex["txt"] == ex["json"]["caption"]
+            assert ex["__key__"] == ex["json"]["key"]
             assert "." not in ex["__key__"]
             n += 1
         assert n == report.samples_per_subset[subset]
@@ -231,7 +238,8 @@ def test_cli_build_sample_and_inspect(tmp_path):
     r = subprocess.run([str(BIN / "biomedica"), "build", "--sample", "--out", str(out), "--no-progress"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "Ledger" in r.stdout and str(out.resolve()) in r.stdout
+    assert "Ledger" in r.stdout
+    assert str(out.resolve()) in r.stdout
     summary = json.loads((out / "build_summary.json").read_text())
     assert all(summary["samples"][s] > 0 for s in SUBSETS)
     r = subprocess.run([str(BIN / "biomedica"), "inspect", str(REPO / "biomedica_hf/sample_data/articles/eLife_19405/elife-19405.xml"), "--json"],
@@ -240,7 +248,8 @@ def test_cli_build_sample_and_inspect(tmp_path):
     assert json.loads(r.stdout)["articles"]
     bad = subprocess.run([str(BIN / "biomedica"), "build", "--source", "cloud", "--out", str(out)],
                          capture_output=True, text=True)
-    assert bad.returncode == 2 and "--pmcids" in bad.stderr
+    assert bad.returncode == 2
+    assert "--pmcids" in bad.stderr
 
 
 def test_timings_in_shard_stats_and_build_summary(corpus_build):
@@ -251,14 +260,16 @@ def test_timings_in_shard_stats_and_build_summary(corpus_build):
     assert len(stats) > 3
     for st in stats:
         t = st["timings"]
-        assert set(t) == {*WORK_STAGES, "elapsed"} and all(v >= 0 and round(v, 3) == v for v in t.values())
+        assert set(t) == {*WORK_STAGES, "elapsed"}
+        assert all(v >= 0 and round(v, 3) == v for v in t.values())
         assert abs(t["elapsed"] - sum(t[s] for s in WORK_STAGES)) < 0.004
         assert t["media"] > 0       # every shard holds decoded images (a parse share can round to 0.000 s)
     assert all(sum(st["timings"][stage] for st in stats) > 0 for stage in ("parse", "media", "stage_write"))
     summary = json.loads((out / "build_summary.json").read_text())
     timings = summary["timings"]
     assert {"list", "stage", "dedup", "near_duplicates", "write", "remove", "tables", "index"} <= set(timings["stages"])
-    assert set(timings["work"]) == set(WORK_STAGES) and timings["work"]["fetch"] > 0
+    assert set(timings["work"]) == set(WORK_STAGES)
+    assert timings["work"]["fetch"] > 0
     for stage in WORK_STAGES:       # articles without samples count in the totals only
         assert sum(st["timings"][stage] for st in stats) <= timings["work"][stage] + 0.001 * len(stats)
     # the articles' media seconds of a build with samples in every shard are mostly in the shards
@@ -280,13 +291,16 @@ def test_shards_are_written_in_hub_scale_sub_folders(corpus_build):
     tars = [p for s in SUBSETS for p in shard_paths(out, s)]
     assert len(tars) > 3
     for s in SUBSETS:
-        assert not list((out / s).glob("*.tar")) and not list((out / s).glob("*.json"))   # nothing flat
+        assert not list((out / s).glob("*.tar"))
+        assert not list((out / s).glob("*.json"))   # nothing flat
         assert [d.relative_to(out).as_posix() for d in shard_dirs(out / s)][1:] == [f"{s}/s000/g000"]
     for tar in tars:
         subset, split, snap, part, _ = tar.stem.split("-")
-        assert split in ("train", "validation", "test") and int(part[1:]) < PARTITIONS_PER_FOLDER
+        assert split in ("train", "validation", "test")
+        assert int(part[1:]) < PARTITIONS_PER_FOLDER
         assert tar.parent == out / shard_folder(subset, int(snap[1:]), int(part[1:]))
-        assert tar.with_suffix(".parquet").is_file() and (tar.parent / f"{tar.stem}_stats.json").is_file()
+        assert tar.with_suffix(".parquet").is_file()
+        assert (tar.parent / f"{tar.stem}_stats.json").is_file()
     assert sorted(sizes_dirs(out)) == sorted({t.parent for t in tars})
     every = {t.name for t in tars}
     for d in sizes_dirs(out):

@@ -45,7 +45,8 @@ def test_cloud_build_with_faults_then_retry(tmp_path, cloud_tree, cloud_server):
     assert ledger[("figure", "PMC7112410_gr1_lrg")]["state"] == "kept"
     assert ledger[("figure", "PMC7112410_gr2_lrg")]["state"] == "kept"
     bad = ledger[("figure", "PMC7159286_gr1_lrg")]
-    assert bad["state"] == "failed" and "checksum" in bad["reason"]
+    assert bad["state"] == "failed"
+    assert "checksum" in bad["reason"]
     assert ledger[("file", "PMC7159286/gr1_lrg.jpg")]["state"] == "failed"
     arts = {a["pmcid"]: a for a in pq.read_table(out / "articles.parquet").to_pylist()}
     assert arts[TWO_VERSION_PMCID]["version"] == 2                      # latest version by default
@@ -73,7 +74,8 @@ def test_cloud_build_with_faults_then_retry(tmp_path, cloud_tree, cloud_server):
     assert _ledger(out)[("figure", "PMC7159286_gr1_lrg")]["state"] == "kept"
     assert sum(json.loads((out / "build_summary.json").read_text())["samples"].values()) == n_before + 1
     fetched = {e.path.split("/")[1] for e in cloud_server.log if e.path.count("/") >= 2}
-    assert "PMC7112410.1" not in fetched and "PMC7159286.1" in fetched
+    assert "PMC7112410.1" not in fetched
+    assert "PMC7159286.1" in fetched
 
 
 def test_legacy_mirror_build_with_truncated_and_missing_packages(tmp_path, legacy_tree, legacy_server):
@@ -90,7 +92,8 @@ def test_legacy_mirror_build_with_truncated_and_missing_packages(tmp_path, legac
     assert ledger[("file", f"{trunc}/<archive>")]["reason"] == "truncated_archive"
     # the members read before the cut are used: f0001's .jpg is lost in the cut, its .gif is all there is
     figs = {k: r for (kind, k), r in ledger.items() if kind == "figure" and r["pmcid"] == trunc}
-    assert len(figs) == 4 and all(r["state"] == "kept" for r in figs.values())
+    assert len(figs) == 4
+    assert all(r["state"] == "kept" for r in figs.values())
     assert figs[f"{trunc}_nihpp-2023_12_31_573776v1-f0001"]["detail"].endswith("f0001.gif")
     assert figs[f"{trunc}_nihpp-2023_12_31_573776v1-f0002"]["detail"].endswith("f0002.jpg")
     for pmcid in ("PMC7112410", "PMC7135076", "PMC7159286"):

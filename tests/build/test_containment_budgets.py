@@ -86,7 +86,8 @@ def test_legacy_local_mirror_refuses_a_link_out_of_it(tmp_path):
 
     with pytest.raises(FetchError, match="outside_input: .* resolves to .*outside the mirror") as ei:
         src.fetch(ref, tmp_path / "cache")
-    assert ei.value.reason == "bad_package" and not (tmp_path / "cache").exists()
+    assert ei.value.reason == "bad_package"
+    assert not (tmp_path / "cache").exists()
 
 
 def test_legacy_http_mirror_with_a_url_filelist_refuses_paths_outside_it(tmp_path):
@@ -192,12 +193,14 @@ RESULT = _before
     assert grown < 45, m             # reading it would hold the 48 MB file and Pillow's copy of its segments
     ledger = _ledger(out)
     fig = ledger[("figure", "PMC900050_fig1")]
-    assert (fig["state"], fig["reason"]) == ("failed", "metadata_too_large") and "> 16777216" in fig["detail"]
+    assert (fig["state"], fig["reason"]) == ("failed", "metadata_too_large")
+    assert "> 16777216" in fig["detail"]
     assert _samples(out) == {"PMC900051_fig1"}
     import hashlib
 
     row = pq.read_table(out / "figures.parquet").to_pylist()[0]
-    assert row["sha256"] == hashlib.sha256(plain).hexdigest() and not row["reencoded"]
+    assert row["sha256"] == hashlib.sha256(plain).hexdigest()
+    assert not row["reencoded"]
 
 
 def test_metadata_budget_option(tmp_path):
@@ -234,7 +237,8 @@ def test_member_that_is_not_an_image_is_never_written(tmp_path):
     with open(inp / "PMC900061" / "fig1.png", "wb") as f:
         f.truncate(zeros)
     ext = extract_package(inp / "PMC900060.tar.gz", tmp_path / "x" / "PMC900060")
-    assert sorted(ext.files) == ["data.bin", "fig2.jpg", "main.nxml"] and ext.problems == [("fig1.jpg", "not_an_image")]
+    assert sorted(ext.files) == ["data.bin", "fig2.jpg", "main.nxml"]
+    assert ext.problems == [("fig1.jpg", "not_an_image")]
     assert not list((tmp_path / "x").rglob("fig1.jpg*"))
     out = tmp_path / "out"
     m = run_measured(f"""
@@ -266,7 +270,8 @@ def test_downloaded_figure_that_is_not_an_image_stops_at_its_first_bytes(tmp_pat
         dl = Downloader(retries=2, backoff=0.01, timeout=5)
         with pytest.raises(DownloadError) as ei:
             dl.download(srv.url_for("fig1.jpg"), tmp_path / "got" / "fig1.jpg")
-        assert ei.value.reason == NOT_AN_IMAGE and not ei.value.retryable
+        assert ei.value.reason == NOT_AN_IMAGE
+        assert not ei.value.retryable
         assert len(srv.requests_for("fig1.jpg", "GET")) == 1
         assert dl.download(srv.url_for("fig2.jpg"), tmp_path / "got" / "fig2.jpg").read_bytes() == small_jpeg(70)
         dl.close()

@@ -63,7 +63,9 @@ def test_plain_download_md5_from_url_and_counters(served, tmp_path):
         assert out.read_bytes() == data[key]
         assert not (tmp_path / "a.jpg.part").exists()
         snap = dl.stats.snapshot()
-    assert snap["bytes"] == len(data[key]) and snap["completed"] == 1 and snap["retries"] == 0
+    assert snap["bytes"] == len(data[key])
+    assert snap["completed"] == 1
+    assert snap["retries"] == 0
     assert snap["mb_per_s"] > 0
     reqs = srv.requests_for(key)
     assert len(reqs) == 1 and reqs[0].query == {}, "the md5 query must not be sent"
@@ -87,7 +89,8 @@ def test_503_forever_fails_as_http_error(served, tmp_path):
     srv.add_fault(key, "status", times=None, status=503)
     with fast(retries=2) as dl, pytest.raises(DownloadError) as ei:
         dl.download(srv.url_for(key), tmp_path / "x")
-    assert ei.value.reason == HTTP_ERROR and ei.value.status == 503
+    assert ei.value.reason == HTTP_ERROR
+    assert ei.value.status == 503
     assert len(srv.requests_for(key)) == 3
     assert not (tmp_path / "x").exists()
 
@@ -111,14 +114,17 @@ def test_dropped_connection_is_resumed_with_range(served, tmp_path):
     srv.add_fault(key, "drop", at=100_000)
     with fast(chunk_size=8192) as dl:
         out = dl.download(srv.url_for(key), tmp_path / "x.jpg", md5=md5(data[key]))
-        assert dl.stats.resumed == 1 and dl.stats.retries == 1
+        assert dl.stats.resumed == 1
+        assert dl.stats.retries == 1
     assert out.read_bytes() == data[key]
     reqs = srv.requests_for(key)
-    assert reqs[0].range is None and reqs[0].fault == "drop"
+    assert reqs[0].range is None
+    assert reqs[0].fault == "drop"
     ranged = [r for r in reqs[1:] if r.range]
     assert ranged, "the retry must ask for the missing bytes with Range"
     start = int(ranged[0].range.split("=")[1].rstrip("-"))
-    assert 0 < start <= 100_000 and ranged[0].status == 206
+    assert 0 < start <= 100_000
+    assert ranged[0].status == 206
 
 
 def test_truncated_body_with_full_content_length_is_retried(served, tmp_path):
@@ -129,7 +135,8 @@ def test_truncated_body_with_full_content_length_is_retried(served, tmp_path):
         out = dl.download(srv.url_for(key), tmp_path / "y.jpg", md5=md5(data[key]))
     assert out.read_bytes() == data[key]
     reqs = srv.requests_for(key)
-    assert len(reqs) == 3 and [r.fault for r in reqs] == ["truncate", "truncate", None]
+    assert len(reqs) == 3
+    assert [r.fault for r in reqs] == ["truncate", "truncate", None]
     assert reqs[1].range == "bytes=50000-"  # resumed after the first cut
 
 
@@ -151,7 +158,9 @@ def test_server_ignoring_range_restarts_cleanly(served, tmp_path):
         out = dl.download(srv.url_for(key), tmp_path / "z.jpg", md5=md5(data[key]))
     assert out.read_bytes() == data[key]
     reqs = srv.requests_for(key)
-    assert reqs[1].range == "bytes=60000-" and reqs[1].status == 200 and reqs[1].fault == "ignore_range"
+    assert reqs[1].range == "bytes=60000-"
+    assert reqs[1].status == 200
+    assert reqs[1].fault == "ignore_range"
 
 
 def test_wrong_md5_is_retried_then_fails_without_leftovers(served, tmp_path):
@@ -163,7 +172,8 @@ def test_wrong_md5_is_retried_then_fails_without_leftovers(served, tmp_path):
         dl.download(srv.url_for(key), dest, md5=md5(data[key]))
     assert ei.value.reason == CHECKSUM_MISMATCH
     assert len(srv.requests_for(key)) == 3
-    assert not dest.exists() and not (tmp_path / "bad.gif.part").exists()
+    assert not dest.exists()
+    assert not (tmp_path / "bad.gif.part").exists()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -183,7 +193,8 @@ def test_size_mismatch(served, tmp_path):
     with fast(retries=1) as dl, pytest.raises(DownloadError) as ei:
         dl.download(srv.url_for(key), tmp_path / "s.gif", size=len(data[key]) + 1)
     assert ei.value.reason == SIZE_MISMATCH
-    assert not (tmp_path / "s.gif").exists() and not (tmp_path / "s.gif.part").exists()
+    assert not (tmp_path / "s.gif").exists()
+    assert not (tmp_path / "s.gif.part").exists()
     with fast() as dl:
         assert dl.download(srv.url_for(key), tmp_path / "s.gif", size=len(data[key])).stat().st_size == len(data[key])
 
@@ -192,7 +203,9 @@ def test_404_is_not_found_without_retries(served, tmp_path):
     srv, _ = served
     with fast(retries=5) as dl, pytest.raises(DownloadError) as ei:
         dl.download(srv.url_for("files/missing.jpg"), tmp_path / "m.jpg")
-    assert ei.value.reason == NOT_FOUND and ei.value.status == 404 and not ei.value.retryable
+    assert ei.value.reason == NOT_FOUND
+    assert ei.value.status == 404
+    assert not ei.value.retryable
     assert len(srv.requests_for("files/missing.jpg")) == 1
     assert list(tmp_path.iterdir()) == []
 
@@ -203,7 +216,8 @@ def test_403_fails_at_once(served, tmp_path):
     srv.add_fault(key, "status", times=None, status=403)
     with fast(retries=5) as dl, pytest.raises(DownloadError) as ei:
         dl.get_bytes(srv.url_for(key))
-    assert ei.value.reason == HTTP_ERROR and ei.value.status == 403
+    assert ei.value.reason == HTTP_ERROR
+    assert ei.value.status == 403
     assert len(srv.requests_for(key)) == 1
 
 
@@ -216,7 +230,8 @@ def test_partial_file_from_an_earlier_run_is_resumed(served, tmp_path):
         dl.download(srv.url_for(key), dest, md5=md5(data[key]))
     assert dest.read_bytes() == data[key]
     (req,) = srv.requests_for(key)
-    assert req.range == "bytes=70000-" and req.status == 206
+    assert req.range == "bytes=70000-"
+    assert req.status == 206
 
 
 def test_complete_part_file_gets_416_and_is_finished(served, tmp_path):
@@ -332,7 +347,8 @@ def test_download_many_returns_every_item_in_order(served, tmp_path):
         results = dl.download_many(items, max_workers=3)
     assert len(results) == 4
     assert [r.ok for r in results] == [True, False, False, True]
-    assert results[1].error.reason == NOT_FOUND and results[2].error.reason == CHECKSUM_MISMATCH
+    assert results[1].error.reason == NOT_FOUND
+    assert results[2].error.reason == CHECKSUM_MISMATCH
     assert results[3].path.read_bytes() == data["files/other_gr1_lrg.jpg"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "d.jpg"]
 
@@ -360,11 +376,15 @@ def test_server_lists_objects_like_s3(pmc_server):
         p.write_bytes(key.encode())
     with fast() as dl:
         page = parse_s3_list(dl.get_bytes(f"{pmc_server.url}/?list-type=2&prefix=PMC1.&delimiter=/"))
-        assert page.common_prefixes == ["PMC1.1/", "PMC1.2/"] and not page.is_truncated
+        assert page.common_prefixes == ["PMC1.1/", "PMC1.2/"]
+        assert not page.is_truncated
         page = parse_s3_list(dl.get_bytes(f"{pmc_server.url}/?list-type=2&prefix=PMC1&max-keys=2"))
-        assert [o.key for o in page.contents] == ["PMC1.1/PMC1.1.xml", "PMC1.2/PMC1.2.xml"] and page.is_truncated
-        assert page.contents[0].etag == md5(b"PMC1.1/PMC1.1.xml") and page.contents[0].size == 17
+        assert [o.key for o in page.contents] == ["PMC1.1/PMC1.1.xml", "PMC1.2/PMC1.2.xml"]
+        assert page.is_truncated
+        assert page.contents[0].etag == md5(b"PMC1.1/PMC1.1.xml")
+        assert page.contents[0].size == 17
         page2 = parse_s3_list(dl.get_bytes(
             f"{pmc_server.url}/?list-type=2&prefix=PMC1&max-keys=2&continuation-token={page.next_token}"))
-        assert [o.key for o in page2.contents] == ["PMC1.2/a.jpg", "PMC12.1/x.xml"] and not page2.is_truncated
+        assert [o.key for o in page2.contents] == ["PMC1.2/a.jpg", "PMC12.1/x.xml"]
+        assert not page2.is_truncated
         assert dl.head(pmc_server.url_for("PMC1.2/a.jpg"))["Content-Length"] == "12"

@@ -82,7 +82,8 @@ RESULT = r.samples_per_subset
 """)
     print(f"\nzero member of {huge / 1e9:.2f} GB: peak RSS {m['max_rss_mb']:.0f} MB, "
           f"written {m['written_mb']:.1f} MB")
-    assert m["max_rss_mb"] < 400 and m["written_mb"] < 50
+    assert m["max_rss_mb"] < 400
+    assert m["written_mb"] < 50
     ledger = _ledger(out)
     assert ledger[("file", "PMC900002/fig2.png")]["reason"] == "archive_too_large"
     assert ledger[("file", "PMC900002/fig2.png")]["state"] == "failed"
@@ -104,8 +105,10 @@ def test_package_budget_stops_reading(tmp_path):
     ])
     ext = extract_package(arc, tmp_path / "x", ArchiveLimits(max_package_bytes=7 << 20, max_member_bytes=4 << 20))
     assert sorted(ext.files) == ["a.bin", "b.bin", "main.nxml"]
-    assert (ARCHIVE_PROBLEM, "archive_too_large") in ext.problems and ("c.bin", "archive_too_large") in ext.problems
-    assert "d.txt" not in {p[0] for p in ext.problems} and "7340032" in ext.detail
+    assert (ARCHIVE_PROBLEM, "archive_too_large") in ext.problems
+    assert ("c.bin", "archive_too_large") in ext.problems
+    assert "d.txt" not in {p[0] for p in ext.problems}
+    assert "7340032" in ext.detail
     assert sum(p.stat().st_size for p in (tmp_path / "x").rglob("*") if p.is_file() and p.suffix == ".bin") == 6 << 20
     # a member over the member budget is skipped, the rest goes on
     ext = extract_package(arc, tmp_path / "y", ArchiveLimits(max_package_bytes=1 << 30, max_member_bytes=2 << 20))
@@ -141,7 +144,8 @@ def huge_images(tmp_path_factory):
 
 def test_decode_budget_counts_bytes_before_decoding(huge_images):
     png16, tif = huge_images
-    assert png16.stat().st_size < 1_000_000 and tif.stat().st_size < 1_000_000
+    assert png16.stat().st_size < 1_000_000
+    assert tif.stat().st_size < 1_000_000
     assert decoded_bytes("I;16", (12000, 12000)) == 288_000_000
     assert decoded_bytes("F", (12000, 12000)) == 576_000_000
     assert decoded_bytes("L", (12000, 12000)) == 144_000_000
@@ -156,7 +160,8 @@ except MediaError as e:
     RESULT = [e.reason, e.detail]
 """)
         print(f"\n{path.name}: {m['result']}; peak RSS {m['max_rss_mb']:.0f} MB")
-        assert m["result"][0] == "image_too_large" and "bytes >" in m["result"][1]
+        assert m["result"][0] == "image_too_large"
+        assert "bytes >" in m["result"][1]
         assert m["max_rss_mb"] < 1024
 
 
@@ -175,8 +180,14 @@ RESULT = [rec.width, rec.height, rec.reencoded, rec.orig_mode, im.mode, im.getex
 """)
         w, h, reencoded, orig_mode, out_mode, extrema = m["result"]
         print(f"\n{path.name} 12000x12000 reduced to {w}x{h}: peak RSS {m['max_rss_mb']:.0f} MB")
-        assert w * h <= 4_000_000 and w == h and w >= 1990 and reencoded and orig_mode == mode and out_mode == "L"
-        assert extrema[0] == 0 and extrema[1] == 255          # the ramp is stretched, not a black image
+        assert w * h <= 4_000_000
+        assert w == h
+        assert w >= 1990
+        assert reencoded
+        assert orig_mode == mode
+        assert out_mode == "L"
+        assert extrema[0] == 0
+        assert extrema[1] == 255          # the ramp is stretched, not a black image
         assert m["max_rss_mb"] < 1024
 
 
@@ -187,7 +198,9 @@ def test_max_pixels_jpeg_draft_never_decodes_full_size():
     assert ei.value.reason == "image_too_large"
     # draft decodes at 1/2 scale (12 MB): within the budget, then resized to <= 1 M pixels
     rec = process_image(data, "big.jpg", max_image_bytes=20_000_000, reduce_to_pixels=1_000_000)
-    assert rec.reencoded and rec.ext == "png" and rec.width * rec.height <= 1_000_000
+    assert rec.reencoded
+    assert rec.ext == "png"
+    assert rec.width * rec.height <= 1_000_000
     assert abs(rec.width / rec.height - 4 / 3) < 0.01
     small = small_jpeg(8)
     assert process_image(small, reduce_to_pixels=1_000_000).data == small   # under the limit: untouched
@@ -300,7 +313,8 @@ def test_disk_full_stops_the_build_and_a_rerun_repairs(tmp_path, small_tmpfs):
     assert r.returncode == 1, r.stdout + r.stderr
     err = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("Error: build stopped: disk full"), r.stderr
-    assert "Traceback" not in r.stderr and "rerun" in err[0]
+    assert "Traceback" not in r.stderr
+    assert "rerun" in err[0]
     assert not (out / "ledger.parquet").exists()          # nothing recorded as truncated or bad
     assert not list((out / "_work").rglob("*.extracting"))   # the cut extraction freed its space
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
@@ -343,7 +357,8 @@ def test_disk_full_while_downloading_stops_the_build(tmp_path, small_tmpfs):
         err = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(err) == 1 and err[0].startswith("Error: build stopped: disk full"), r.stderr
         assert len(srv.requests_for("/" + key)) == 1          # a full disk is not retried as a network error
-        assert not list(out.rglob("*.part")) and not (out / "ledger.parquet").exists()
+        assert not list(out.rglob("*.part"))
+        assert not (out / "ledger.parquet").exists()
         subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
         r = _cli(*args)
         assert r.returncode == 0, r.stderr[-2000:]

@@ -54,11 +54,13 @@ def test_trickling_server_fails_at_the_deadline(mirror):
         dl.download(mirror.url_for(PKG), mirror.root.parent / "dl" / "p.tar.gz")
     took = time.monotonic() - t0
     print(f"\n1 byte every 2 s, deadline 5 s, read timeout 10 s: failed after {took:.1f} s ({ei.value})")
-    assert ei.value.reason == DEADLINE and not ei.value.retryable
+    assert ei.value.reason == DEADLINE
+    assert not ei.value.retryable
     assert took < 5 + 2 + 1.5                       # deadline + at most one inactivity gap
     assert len(mirror.requests_for("/" + PKG)) == 1  # no time left to retry
     part = mirror.root.parent / "dl" / "p.tar.gz.part"
-    assert part.exists() and 1 <= part.stat().st_size <= 4   # the prefix stays for a rerun to resume
+    assert part.exists()
+    assert 1 <= part.stat().st_size <= 4   # the prefix stays for a rerun to resume
     with pytest.raises(DownloadError) as ei:
         fast(deadline=3, timeout=(2, 10)).get_bytes(mirror.url_for(PKG))
     assert ei.value.reason == DEADLINE
@@ -69,14 +71,16 @@ def test_short_body_without_length_is_transient(mirror, tmp_path):
     mirror.add_fault("/" + PKG, "no_length", times=1, at=size // 2)
     with LegacySource(mirror.url, downloader=fast()) as src:
         pkg = src.fetch(_ref(src, "PMC900010"), tmp_path / "cache")
-        assert sorted(pkg.files) == ["fig1.jpg", "fig2.jpg", "main.nxml"] and pkg.problems == []
+        assert sorted(pkg.files) == ["fig1.jpg", "fig2.jpg", "main.nxml"]
+        assert pkg.problems == []
     assert [r.fault for r in mirror.requests_for("/" + PKG)] == ["no_length", None]
     # cut on every attempt: download_failed (retried by the next run), never a bad package
     mirror.clear_log()
     mirror.add_fault("/" + PKG, "no_length", times=None, at=size // 2)
     with LegacySource(mirror.url, downloader=fast(retries=2)) as src, pytest.raises(FetchError) as ei:
         src.fetch(_ref(src, "PMC900010"), tmp_path / "cache2")
-    assert ei.value.reason == DOWNLOAD_FAILED and "Content-Length" in ei.value.detail
+    assert ei.value.reason == DOWNLOAD_FAILED
+    assert "Content-Length" in ei.value.detail
     assert len(mirror.requests_for("/" + PKG)) == 3
     assert not (tmp_path / "cache2" / "PMC900010").exists()        # nothing cached as a finished extraction
     # with Content-Length, the client knows the body is short: the existing TRUNCATED retry applies
@@ -96,7 +100,8 @@ def test_html_error_page_with_200_is_transient(mirror, tmp_path, ctype):
     mirror.add_fault("/" + PKG, "html_200", times=None, content_type=ctype)
     with LegacySource(mirror.url, downloader=fast(retries=1)) as src, pytest.raises(FetchError) as ei:
         src.fetch(_ref(src, "PMC900010"), tmp_path / "cache2")
-    assert ei.value.reason == DOWNLOAD_FAILED and HTML_PAGE in str(ei.value)
+    assert ei.value.reason == DOWNLOAD_FAILED
+    assert HTML_PAGE in str(ei.value)
     # a page the URL asks for is still downloaded
     (mirror.root / "index.html").write_text("<!DOCTYPE html><html></html>")
     assert fast().get_bytes(mirror.url_for("index.html")).startswith(b"<!DOCTYPE html>")

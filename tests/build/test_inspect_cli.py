@@ -23,11 +23,13 @@ def test_an_article_folder_is_inspected_like_its_xml():
     folder = SAMPLE / "eLife_39122_subarticles"
     r = inspect(str(folder))
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    assert "folder: 1 article(s)" in r.stdout and "figures:" in r.stdout
+    assert "folder: 1 article(s)" in r.stdout
+    assert "figures:" in r.stdout
     xml = next(folder.glob("*.xml"))
     single = json.loads(inspect(str(xml), "--json").stdout)
     whole = json.loads(inspect(str(folder), "--json").stdout)
-    assert whole["kind"] == "folder" and whole["articles"] == single["articles"]
+    assert whole["kind"] == "folder"
+    assert whole["articles"] == single["articles"]
 
 
 def test_a_folder_of_articles_and_packages_shows_every_article(tmp_path):
@@ -42,20 +44,28 @@ def test_a_folder_of_articles_and_packages_shows_every_article(tmp_path):
     assert {"PMC10802347", "PMC7135076"} <= {a["pmcid"] for a in report["articles"]}
     assert [a["n_figures"] for a in report["articles"]] == [4, 1, 1, 1, 5, 2]
     text = inspect(str(SAMPLE)).stdout
-    assert "folder: 6 article(s) in 6 file(s) or package(s)" in text and "(package)" in text
+    assert "folder: 6 article(s) in 6 file(s) or package(s)" in text
+    assert "(package)" in text
     # what the build leaves out is said, with its reason
     (tmp_path / "lib").mkdir()
     shutil.copy(SAMPLE / "PMC7135076.tar.gz", tmp_path / "lib")
     (tmp_path / "lib" / "notes").mkdir()
     (tmp_path / "lib" / "notes" / "todo.txt").write_text("x")
     r = inspect(str(tmp_path / "lib"))
-    assert r.returncode == 0 and "PMC7135076" in r.stdout and "left out" in r.stdout and "no_xml" in r.stdout
+    assert r.returncode == 0
+    assert "PMC7135076" in r.stdout
+    assert "left out" in r.stdout
+    assert "no_xml" in r.stdout
 
 
 def test_a_folder_without_article_is_one_line(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "a.txt").write_text("x")
     r = inspect(str(tmp_path / "empty"))
-    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(lines) == 1 and "no article parsed" in lines[0] and "*.nxml" in lines[0] and r.stdout == ""
+    assert len(lines) == 1
+    assert "no article parsed" in lines[0]
+    assert "*.nxml" in lines[0]
+    assert r.stdout == ""

@@ -134,7 +134,8 @@ def test_resolve_never_picks_non_images(pmc):
     assert resolve_graphic("41420_2024_2111_MOESM1_ESM", files) is None        # .docx
     assert resolve_graphic("41420_2024_2111_MOESM1_ESM.docx", files) is None   # exact, not image
     assert resolve_graphic("PMC11286954_figures_metadata.json", files) is None
-    assert not is_image_name("x.xlsx") and is_image_name("X.TIFF")
+    assert not is_image_name("x.xlsx")
+    assert is_image_name("X.TIFF")
 
 
 def test_resolve_size_tiebreak_and_priority(pmc):
@@ -167,7 +168,8 @@ def test_jpeg_original_bytes_kept(pmc, rel):
     assert rec.data is data or rec.data == data
     assert rec.sha256 == sha256_bytes(data) == hashlib.sha256(data).hexdigest()
     assert (rec.ext, rec.reencoded, rec.orig_format) == ("jpg", False, "JPEG")
-    assert (rec.width, rec.height) == src.size and rec.orig_mode == src.mode
+    assert (rec.width, rec.height) == src.size
+    assert rec.orig_mode == src.mode
     assert rec.source_name == rel
     assert decode_hf(rec.data).size == src.size
 
@@ -187,7 +189,8 @@ def test_exif_orientation_on_kept_jpeg(pmc):
     buf = io.BytesIO()
     src.save(buf, "JPEG", quality=90, exif=exif)
     rec = process_image(buf.getvalue())
-    assert rec.data == buf.getvalue() and not rec.reencoded
+    assert rec.data == buf.getvalue()
+    assert not rec.reencoded
     assert (rec.width, rec.height) == (src.height, src.width)
     assert decode_hf(rec.data).size == (rec.width, rec.height)
 
@@ -204,11 +207,13 @@ def test_gif_to_png(pmc):
     assert (rec.ext, rec.reencoded, rec.orig_format, rec.orig_mode) == ("png", True, "GIF", "P")
     assert (rec.width, rec.height) == src.size == (100, 128)
     out = reopen(rec.data)
-    assert out.format == "PNG" and out.mode == "RGB"
+    assert out.format == "PNG"
+    assert out.mode == "RGB"
     assert np.array_equal(np.asarray(out), np.asarray(src))   # lossless
     assert rec.sha256 == sha256_bytes(rec.data)
     hf = decode_hf(rec.data)
-    assert hf.size == src.size and hf.mode == "RGB"
+    assert hf.size == src.size
+    assert hf.mode == "RGB"
 
 
 def test_gif_transparency(pmc):
@@ -225,7 +230,8 @@ def test_rgba_tiff_keeps_alpha(pmc):
     rec = process_image(read(pmc, rel), rel)
     assert (rec.orig_format, rec.orig_mode, rec.ext, rec.reencoded) == ("TIFF", "RGBA", "png", True)
     out = reopen(rec.data)
-    assert out.mode == "RGBA" and out.size == src.size == (661, 624)
+    assert out.mode == "RGBA"
+    assert out.size == src.size == (661, 624)
     assert np.array_equal(np.asarray(out), np.asarray(src))      # pixels and alpha unchanged
     assert out.getchannel("A").getextrema() == (200, 255)
     assert out.info.get("icc_profile") == src.info["icc_profile"]  # RGB profile travels along
@@ -260,7 +266,8 @@ def test_converted_png_has_no_metadata(pmc):
 def test_deterministic(pmc, rel):
     data = read(pmc, rel)
     a, b = process_image(data, rel), process_image(bytes(data), rel)
-    assert a.data == b.data and a.sha256 == b.sha256
+    assert a.data == b.data
+    assert a.sha256 == b.sha256
 
 
 def _ct_l(pmc) -> np.ndarray:
@@ -279,7 +286,9 @@ def test_16bit_grayscale_scaled_not_clipped(pmc, fmt):
     # what a naive convert does: Pillow clips at 255 -> all tissue (27 %) saturates to white
     assert (np.asarray(im.convert("L")) == 255).mean() > 0.25 > 50 * (l8 == 255).mean()
     rec = process_image(buf.getvalue())
-    assert rec.reencoded and rec.ext == "png" and rec.orig_mode == im.mode
+    assert rec.reencoded
+    assert rec.ext == "png"
+    assert rec.orig_mode == im.mode
     out = reopen(rec.data)
     assert out.mode == "L"
     lo, hi = int(l8.min()), int(l8.max())
@@ -295,7 +304,9 @@ def test_16bit_big_endian_and_float_tiff(pmc):
         Image.fromarray(arr).save(buf, "TIFF")
         rec = process_image(buf.getvalue())
         out = np.asarray(reopen(rec.data))
-        assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+        assert out.dtype == np.uint8
+        assert out.min() == 0
+        assert out.max() == 255
         assert np.abs(out.astype(int) - l8.astype(int)).max() <= 1   # l8 spans 0..255
 
 
@@ -303,7 +314,8 @@ def test_16bit_png_can_be_kept_on_request(pmc):
     buf = io.BytesIO()
     Image.fromarray(_ct_l(pmc).astype(np.uint16) * 257).save(buf, "PNG")
     rec = process_image(buf.getvalue(), keep_16bit_png=True)
-    assert rec.data == buf.getvalue() and not rec.reencoded
+    assert rec.data == buf.getvalue()
+    assert not rec.reencoded
 
 
 def test_cmyk_jpeg_converted_to_rgb(pmc):
@@ -315,7 +327,8 @@ def test_cmyk_jpeg_converted_to_rgb(pmc):
     rec = process_image(buf.getvalue(), rel)
     assert (rec.orig_format, rec.orig_mode, rec.ext, rec.reencoded) == ("JPEG", "CMYK", "png", True)
     out = decode_hf(rec.data)
-    assert out.mode == "RGB" and out.size == rgb.size
+    assert out.mode == "RGB"
+    assert out.size == rgb.size
     diff = np.abs(np.asarray(out).astype(int) - np.asarray(rgb).astype(int))
     assert diff.mean() < 3            # colours survive (not inverted / not black)
 
@@ -512,7 +525,9 @@ def test_all_fixture_images_process(pmc):
     for p in sorted(pmc.rglob("*")):
         if p.is_file() and is_image_name(p.name):
             rec = process_image(p.read_bytes(), p.name)
-            assert rec.ext in ("jpg", "png") and rec.width >= 20 and rec.height >= 20
+            assert rec.ext in ("jpg", "png")
+            assert rec.width >= 20
+            assert rec.height >= 20
             if rec.width * rec.height < 2_000_000:
                 assert decode_hf(rec.data).size == (rec.width, rec.height)
             n += 1

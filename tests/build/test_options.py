@@ -100,7 +100,8 @@ def test_make_source_from_a_spec_lists_what_the_keyword_form_lists():
 def test_build_options_turn_a_kind_and_its_options_into_a_spec(tmp_path):
     cfg = BuildConfig(out=str(tmp_path), source="local", source_opts={"path": str(SAMPLE)}, shard_max_samples=4)
     assert cfg.source == SourceSpec("local", str(SAMPLE))
-    assert cfg.out == tmp_path and cfg.work == tmp_path / "_work"
+    assert cfg.out == tmp_path
+    assert cfg.work == tmp_path / "_work"
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.workers = 4  # type: ignore[misc]
     with pytest.raises(TypeError):

@@ -139,7 +139,8 @@ def test_graphical_abstract_has_empty_caption_and_neighbour_keeps_its_own(articl
     figs = parse1(articles_dir, "PMC9500000/PMC9500000.oai.xml").figures
     assert (figs[0].fig_id, figs[0].label, figs[0].caption, figs[0].graphics) == (
         "undfig1", "", "", ["fx1"])
-    assert figs[1].fig_id == "fig1" and figs[1].label == "Figure 1"
+    assert figs[1].fig_id == "fig1"
+    assert figs[1].label == "Figure 1"
     assert figs[1].caption.startswith("High-throughput screening strategy and validation\n(A) ")
     assert all(f.caption != figs[0].caption for f in figs[1:])
 
@@ -184,14 +185,16 @@ def test_inline_graphics_are_not_figures(articles_dir):
     inline = {g.get("{http://www.w3.org/1999/xlink}href") for g in tree.iter("inline-graphic")}
     assert len(inline) > 300
     hrefs = [h for f in figs for h in f.graphics]
-    assert len(figs) == 10 and len(hrefs) == 10
+    assert len(figs) == 10
+    assert len(hrefs) == 10
     assert not inline & set(hrefs)
     assert parse1(articles_dir, "PLOS_pone.0008915/journal.pone.0008915.xml").figures == []
 
 
 def test_sub_article_fragment(articles_dir):
     (parsed,) = parse_jats(articles_dir / "eLife_39122_subarticles/elife-39122.xml")
-    assert parsed.article.pmcid == "" and parsed.article.source_file == "elife-39122.xml"
+    assert parsed.article.pmcid == ""
+    assert parsed.article.source_file == "elife-39122.xml"
     assert [(f.fig_id, f.graphics, f.in_sub_article, f.sub_article_type, f.sub_article_id)
             for f in parsed.figures] == [
         ("sa2fig1", ["elife-39122-sa2-fig1.jpg"], True, "reply", "sa2"),
@@ -231,7 +234,8 @@ def test_namespaced_oai_record(articles_dir):
     assert (a.license_code, a.subset) == ("CC BY", "commercial")
     assert a.title == ("Mitochondrial transfer from cancer-associated fibroblasts increases "
                        "migration in aggressive breast cancer")
-    assert "Tunneling nanotube" in a.keywords and a.authors_count == 9
+    assert "Tunneling nanotube" in a.keywords
+    assert a.authors_count == 9
     assert all(f.graphics for f in parsed.figures)  # xlink:href still readable
     old = parse1(articles_dir, "PMC10000000/PMC10000000.oai.xml").article
     assert (old.pmcid, old.journal, old.year, old.license_code) == (
@@ -246,14 +250,16 @@ def test_nlm_23_metadata(articles_dir):
     assert a.journal == "PLoS ONE"                       # journal-title directly in journal-meta
     assert (a.pub_date, a.year) == ("2007-02-14", 2007)  # epub preferred over collection "2007"
     assert a.dtd == "-//NLM//DTD Journal Archiving and Interchange DTD v2.3 20070202//EN"
-    assert a.source_file == "pone.0000217.nxml" and a.authors_count == 4
+    assert a.source_file == "pone.0000217.nxml"
+    assert a.authors_count == 4
 
 
 def test_article_text_fields(articles_dir):
     a = parse1(articles_dir, "eLife_00133/elife00133.xml").article
     assert a.authors_count == 7                          # the reviewing editor is not an author
     assert a.abstract.startswith("In neurons, microtubules (MTs) span the length")
-    assert "eLife digest" not in a.abstract and "Nerve cells are generally" not in a.abstract
+    assert "eLife digest" not in a.abstract
+    assert "Nerve cells are generally" not in a.abstract
     assert a.full_text.startswith("Introduction\n\nNeurons are highly polarized cells")
     assert "We have followed the suggestions of the reviewers" not in a.full_text  # sub-article
     assert "Author response image 1." not in a.full_text
@@ -309,7 +315,8 @@ def test_references_pmc10400000(articles_dir):
         sentences = [r.sentence for r in f.references]
         assert len(sentences) == len(set(sentences))
         for r in f.references:
-            assert r.sentence in r.paragraph and r.xref_text in r.sentence
+            assert r.sentence in r.paragraph
+            assert r.xref_text in r.sentence
             assert r.sentence not in captions
         total += len(f.references)
     assert 40 <= total <= 57  # 57 fig xrefs, some citing the same figure twice in one sentence
@@ -393,7 +400,8 @@ def test_sentence_spans_of_a_huge_paragraph_are_linear_and_the_same(articles_dir
     assert time.process_time() - t0 < 3.0
     # the first part's sentences, except its last (no full stop: it runs on into the next part)
     assert [text[a:b] for a, b in spans[:len(one) - 1]] == one[:-1]
-    assert spans[-1][1] == len(text) and all(b <= c for (_, b), (c, _) in zip(spans, spans[1:]))
+    assert spans[-1][1] == len(text)
+    assert all(b <= c for (_, b), (c, _) in zip(spans, spans[1:]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,7 +448,8 @@ def test_external_entities_are_not_expanded():
     texts = [parsed.article.title, parsed.article.full_text, parsed.figures[0].caption,
              parsed.figures[0].references[0].sentence]
     assert not any("root:" in t for t in texts)
-    assert parsed.article.title == "T" and parsed.figures[0].caption == "cd lol"
+    assert parsed.article.title == "T"
+    assert parsed.figures[0].caption == "cd lol"
     assert parsed.article.full_text == "xy Fig 1."  # nested (amplifying) entity left out
 
 
@@ -453,7 +462,8 @@ def test_external_entities_are_not_expanded():
 def test_parse_errors(data, reason):
     with pytest.raises(ParseError) as err:
         parse_jats(data)
-    assert err.value.reason == reason and err.value.detail
+    assert err.value.reason == reason
+    assert err.value.detail
 
 
 def test_texture_manifest_is_not_jats(articles_dir):
@@ -469,28 +479,35 @@ def test_texture_manifest_is_not_jats(articles_dir):
 def test_inspect_truncated_package(articles_dir):
     d = inspect_path(articles_dir / "PMC10802347/package/PMC10802347.truncated.tar.gz")
     json.dumps(d)
-    assert d["kind"] == "package" and any("EOFError" in w for w in d["warnings"])
+    assert d["kind"] == "package"
+    assert any("EOFError" in w for w in d["warnings"])
     assert "PMC10802347/nihpp-2023.12.31.573776v1-f0001.jpg" not in d["members"]
     (article,) = d["articles"]
     assert (article["pmcid"], article["license_code"], article["n_figures"]) == (
         "PMC10802347", "CC BY-NC-ND", 4)
-    assert "full_text" not in article and article["full_text_chars"] > 30000
+    assert "full_text" not in article
+    assert article["full_text_chars"] > 30000
     assert article["figures"][0]["first_reference"]
     text = format_inspection(d)
-    assert "PMC10802347" in text and "CC BY-NC-ND (noncommercial)" in text and "EOFError" in text
+    assert "PMC10802347" in text
+    assert "CC BY-NC-ND (noncommercial)" in text
+    assert "EOFError" in text
 
 
 def test_inspect_complete_package_and_xml(articles_dir):
     d = inspect_path(articles_dir / "PMC7159286/package/PMC7159286.tar.gz")
     (article,) = d["articles"]
-    assert d["warnings"] == [] and article["warnings"] == []  # every graphic has its file
+    assert d["warnings"] == []
+    assert article["warnings"] == []  # every graphic has its file
     fig3 = article["figures"][2]
     assert (fig3["id"], fig3["graphics"], fig3["n_references"]) == (
         "fig3", ["gr3a_lrg", "gr3b_lrg"], 1)
     x = inspect_path(articles_dir / "PMC9500000/PMC9500000.oai.xml")
-    assert x["kind"] == "xml" and x["articles"][0]["figures"][0]["flags"] == ["empty_caption"]
+    assert x["kind"] == "xml"
+    assert x["articles"][0]["figures"][0]["flags"] == ["empty_caption"]
     bad = inspect_path(articles_dir / "eLife_32671_texture/manifest.xml")
-    assert bad["articles"] == [] and "not_jats" in bad["warnings"][0]
+    assert bad["articles"] == []
+    assert "not_jats" in bad["warnings"][0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -518,7 +535,8 @@ def test_caption_paragraphs_are_separated_by_a_newline(articles_dir):
 def test_inline_formula_and_graphic_text_or_visible_placeholder(articles_dir):
     fig = parse1(articles_dir, "PLOS_pcbi.1002484/journal.pcbi.1002484.xml").figures[0]
     assert "(here plotted as [formula]) for a 5 kb plasmid" in fig.caption   # formula only as an image
-    assert "()" not in fig.caption and "as )" not in fig.caption
+    assert "()" not in fig.caption
+    assert "as )" not in fig.caption
     mml = "http://www.w3.org/1998/Math/MathML"
     xml = f"""<article xmlns:mml="{mml}" xmlns:xlink="http://www.w3.org/1999/xlink"><body><fig id="f">
       <caption><p>TeX <inline-formula><tex-math>\\alpha_1</tex-math></inline-formula>, MathML
@@ -542,7 +560,8 @@ def test_elife_doi_boilerplate_moves_to_caption_doi(articles_dir):
             if path.parent.name.startswith("eLife"):
                 elife += 1
                 moved += f.caption_doi is not None
-    assert elife > 100 and moved >= 50
+    assert elife > 100
+    assert moved >= 50
     fig1 = by_id(parse1(articles_dir, "eLife_00005/elife00005.xml"))["fig1"]
     assert fig1.caption_doi == "10.7554/eLife.00005.003"
     assert fig1.caption.endswith("particles of the PRC2-AEBP2 complex.")
@@ -565,10 +584,12 @@ def test_elife_doi_boilerplate_moves_to_caption_doi(articles_dir):
 def test_back_matter_is_not_an_in_text_reference(articles_dir):
     figs = by_id(parse1(articles_dir, "PMC9500000/PMC9500000.oai.xml"))
     sentences = [r.sentence for f in figs.values() for r in f.references]
-    assert sentences and not [s for s in sentences if "performed experiments related to" in s
-                              or "differentiated cells for experiments" in s]
+    assert sentences
+    assert (not [s for s in sentences if "performed experiments related to" in s
+                              or "differentiated cells for experiments" in s])
     assert all("Author contributions" not in r.paragraph for f in figs.values() for r in f.references)
-    assert figs["fig1"].references and figs["fig4"].references   # the body still cites them
+    assert figs["fig1"].references
+    assert figs["fig4"].references   # the body still cites them
     xml = """<article><body><p>Body cites <xref ref-type="fig" rid="f1">Fig 1</xref>.</p>
       <fig id="f1"><caption><p>Cap cites <xref ref-type="fig" rid="f1">Fig 1</xref>.</p></caption></fig>
       <sec sec-type="author-contributions"><p>A did <xref ref-type="fig" rid="f1">Fig 1</xref>.</p></sec>
@@ -597,4 +618,5 @@ def test_panel_letter_after_figure_number_is_not_a_sentence_end(articles_dir):
         "In Table 3.", "C was low."]
     figs = by_id(parse1(articles_dir, "eLife_103870_reviewed_preprint/elife-preprint-103870-v2.xml"))
     (sentence,) = [r.sentence for r in figs["fig9"].references if "9. B" in r.xref_text]
-    assert sentence.startswith("Indeed, a clear ER-localized signal") and sentence.endswith("in muscle (Fig. 9. B).")
+    assert sentence.startswith("Indeed, a clear ER-localized signal")
+    assert sentence.endswith("in muscle (Fig. 9. B).")

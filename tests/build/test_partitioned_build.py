@@ -66,7 +66,8 @@ def test_partition_assignment_is_deterministic_and_stable():
     for p in ids:
         counts[bucket_of(p)] += 1
     layout = choose_layout(0, counts, (0.98, 0.01, 0.01), target=1000)
-    assert layout.partitions["train"] == 20 and layout.partitions["validation"] == 1
+    assert layout.partitions["train"] == 20
+    assert layout.partitions["validation"] == 1
     again = Layout.from_json(json.loads(json.dumps(layout.to_json())))
     pids = [layout.partition_of_bucket(bucket_of(p)) for p in ids]
     assert pids == [again.partition_of_bucket(bucket_of(p)) for p in ids]
@@ -110,16 +111,19 @@ def test_partitions_splits_and_configs(corpus, tmp_path):
         by_article.setdefault(row["pmcid"], set()).add(row["shard"].split("-p")[0])
     assert all(len(v) == 1 for v in by_article.values())
     summary = json.loads((out / "build_summary.json").read_text())
-    assert summary["snapshots"][0]["added"] == 40 and summary["partitioning"]["fine_buckets"] == FINE_BUCKETS
+    assert summary["snapshots"][0]["added"] == 40
+    assert summary["partitioning"]["fine_buckets"] == FINE_BUCKETS
     parts = {r["shard"].split("-p")[1][:5] for r in index}
     assert len(parts) > 2, "several partitions"
     names = [p.name for p in folder_files(out / "noncommercial", "*.tar")]
-    assert len(names) == len(set(names)) and all("." not in n[:-4] for n in names)
+    assert len(names) == len(set(names))
+    assert all("." not in n[:-4] for n in names)
     # the card declares the splits of every subset config
     card = (out / "README.md").read_text()
     header = card.split("---")[1]
     for split in sorted({r["split"] for r in index}):
-        assert f"split: {split}" in header and f"noncommercial/**/noncommercial-{split}-*.tar" in header
+        assert f"split: {split}" in header
+        assert f"noncommercial/**/noncommercial-{split}-*.tar" in header
     for split in ("train", "test"):
         want = sorted(r["key"] for r in index if r["split"] == split)
         ds = datasets.load_dataset(str(out), "noncommercial", split=split, streaming=True)
@@ -163,14 +167,16 @@ def test_update_adds_reversions_retracts_and_withdraws(corpus, tmp_path):
         if name in before:
             assert before[name] == data, f"{name} was rewritten in place"
     new_names = set(after) - set(before)
-    assert new_names and all("-s001-" in n or n.endswith("-r001.tar") for n in new_names)
+    assert new_names
+    assert all("-s001-" in n or n.endswith("-r001.tar") for n in new_names)
     gone = {change["retracted"], change["withdrawn"]}
     touched = {r["shard"] for r in old_index if r["pmcid"] in gone | {change["reversioned"]}}
     assert touched and not (touched & set(after)), "shards holding removed samples were replaced"
     assert len(set(before) - set(after)) == len(touched)
     index = pq.read_table(out / "figures.parquet").to_pylist()
     pmcids = {r["pmcid"] for r in index}
-    assert not (gone & pmcids) and set(change["added"]) <= pmcids
+    assert not (gone & pmcids)
+    assert set(change["added"]) <= pmcids
     rev = [r for r in index if r["pmcid"] == change["reversioned"]]
     old_rev = {r["sha256"] for r in old_index if r["pmcid"] == change["reversioned"]}
     assert len(rev) == 4 and not ({r["sha256"] for r in rev} & old_rev), "only the new version's images"
@@ -188,7 +194,8 @@ def test_update_adds_reversions_retracts_and_withdraws(corpus, tmp_path):
     loaded = {ex["key"] for ex in load_biomedica(str(out), subset="noncommercial", decode=False)}
     assert loaded == keys
     articles = set(pq.read_table(out / "articles.parquet", columns=["pmcid"])["pmcid"].to_pylist())
-    assert not (gone & articles) and change["reversioned"] in articles
+    assert not (gone & articles)
+    assert change["reversioned"] in articles
     assert len(articles) == 40 + 3 - 2
     ledger = pq.read_table(out / "ledger.parquet").to_pylist()
     reasons = {(r["pmcid"], r["reason"]) for r in ledger if r["kind"] == "article"}
@@ -197,10 +204,12 @@ def test_update_adds_reversions_retracts_and_withdraws(corpus, tmp_path):
     ids = [(r["kind"], r["id"]) for r in ledger]
     assert len(ids) == len(set(ids)), "every item has exactly one fate"
     history = json.loads((out / "build_summary.json").read_text())["snapshots"]
-    assert [h["snapshot"] for h in history] == [0, 1] and history[1]["added"] == 3
+    assert [h["snapshot"] for h in history] == [0, 1]
+    assert history[1]["added"] == 3
     # a rerun with the same listing changes nothing
     again = build(_cfg(newer, out))
-    assert again.changes == {"up to date": 1} and _shard_files(out) == after
+    assert again.changes == {"up to date": 1}
+    assert _shard_files(out) == after
 
 
 def test_exact_duplicates_across_partitions_keep_the_most_permissive(tmp_path):
@@ -214,13 +223,16 @@ def test_exact_duplicates_across_partitions_keep_the_most_permissive(tmp_path):
     assert report.n_duplicates == 4
     index = pq.read_table(out / "figures.parquet").to_pylist()
     kept = [r for r in index if r["pmcid"] in ("PMC95399001", "PMC95399002")]
-    assert {r["pmcid"] for r in kept} == {"PMC95399001"} and all(r["subset"] == "commercial" for r in kept)
+    assert {r["pmcid"] for r in kept} == {"PMC95399001"}
+    assert all(r["subset"] == "commercial" for r in kept)
     assert all(r["also_in"] == ["PMC95399002"] for r in kept)
     ledger = pq.read_table(out / "ledger.parquet").to_pylist()
     dups = [r for r in ledger if r["reason"] == "duplicate_image"]
-    assert len(dups) == 4 and all(r["pmcid"] == "PMC95399002" for r in dups)
+    assert len(dups) == 4
+    assert all(r["pmcid"] == "PMC95399002" for r in dups)
     d = pq.read_table(out / "duplicates.parquet").to_pylist()
-    assert len(d) == 4 and all(r["pmcids"] == ["PMC95399002"] for r in d)
+    assert len(d) == 4
+    assert all(r["pmcids"] == ["PMC95399002"] for r in d)
 
 
 # ------------------------------------------------------------------------------------ faults
@@ -284,7 +296,8 @@ def test_a_second_build_into_the_same_folder_is_refused(corpus, tmp_path):
         time.sleep(0.01)
     second = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert second.returncode != 0
-    assert f"pid {first.pid}" in second.stderr and "another build is running" in second.stderr
+    assert f"pid {first.pid}" in second.stderr
+    assert "another build is running" in second.stderr
     assert first.wait(timeout=300) == 0
     # a stale lock (its holder is gone) is taken over
     lock.write_text(json.dumps({"pid": 999999, "host": "elsewhere", "started": "2020-01-01"}))
@@ -358,16 +371,20 @@ def test_near_duplicate_copies_are_grouped_across_partitions(tmp_path, near_dedu
     index = {r["key"]: r for r in pq.read_table(out / "figures.parquet").to_pylist()}
     assert all(r["phash"] and len(r["phash"]) == 64 for r in index.values())
     originals = sorted(k for k in index if k.startswith("PMC95599001"))
-    assert len(originals) == 4 and all(index[k]["near_dup_of"] is None for k in originals)
+    assert len(originals) == 4
+    assert all(index[k]["near_dup_of"] is None for k in originals)
     distinct = [r for k, r in index.items() if not k.startswith("PMC955990")]
-    assert len(distinct) == 48 and all(r["near_dup_of"] is None for r in distinct)   # noise figures stay apart
+    assert len(distinct) == 48
+    assert all(r["near_dup_of"] is None for r in distinct)   # noise figures stay apart
     copies = [k for k in index if k.startswith(("PMC95599002", "PMC95599003"))]
     near = {r["key"]: r for r in pq.read_table(out / "near_duplicates.parquet").to_pylist()}
     if near_dedup:
-        assert copies == [] and len(near) == 0
+        assert copies == []
+        assert len(near) == 0
         ledger = pq.read_table(out / "ledger.parquet").to_pylist()
         dropped = [r for r in ledger if r["reason"] == "near_duplicate_image"]
-        assert len(dropped) == 8 and {r["pmcid"] for r in dropped} == {"PMC95599002", "PMC95599003"}
+        assert len(dropped) == 8
+        assert {r["pmcid"] for r in dropped} == {"PMC95599002", "PMC95599003"}
         assert all(sorted(index[k]["also_in"]) == ["PMC95599002", "PMC95599003"] for k in originals)
     else:
         assert len(copies) == 8

@@ -28,7 +28,8 @@ def test_dedup_keeps_most_permissive_subset_and_lists_articles():
     dropped = {r["key"]: r["canonical"] for r in out if r["canonical"]}
     assert dropped == {"PMC1_a": "PMC3_a", "PMC2_a": "PMC3_a"}
     kept = [r for r in out if r["canonical"] is None]
-    assert [r["key"] for r in kept] == ["PMC3_a"] and sorted(kept[0]["also_in"]) == ["PMC1", "PMC2"]
+    assert [r["key"] for r in kept] == ["PMC3_a"]
+    assert sorted(kept[0]["also_in"]) == ["PMC1", "PMC2"]
 
 
 def test_published_samples_win_and_decisions_are_order_independent(tmp_path):
@@ -46,7 +47,8 @@ def test_published_samples_win_and_decisions_are_order_independent(tmp_path):
     assert pq.read_table(tmp_path / "a" / "d.parquet").sort_by("key") == \
         pq.read_table(tmp_path / "b" / "d.parquet").sort_by("key")
     drop, also = decisions_for(tmp_path / "a" / "d.parquet", "s000-train-p00003")
-    assert drop and all(k not in also for k in drop)
+    assert drop
+    assert all(k not in also for k in drop)
 
 
 def test_shards_respect_both_budgets_and_oversized_samples():
@@ -81,8 +83,10 @@ def test_write_shard_offsets_reproducible_and_marker(tmp_path, articles_dir):
     tar_a, pq_a, stats_a = shard_paths(tmp_path / "a", name)
     tar_b, _, _ = shard_paths(tmp_path / "b", name)
     assert tar_a.read_bytes() == tar_b.read_bytes()
-    assert stats["count"] == 3 and json.loads(stats_a.read_text())["digest"] == "d1"
-    assert shard_done(tmp_path / "a", name, "d1") and not shard_done(tmp_path / "a", name, "d2")
+    assert stats["count"] == 3
+    assert json.loads(stats_a.read_text())["digest"] == "d1"
+    assert shard_done(tmp_path / "a", name, "d1")
+    assert not shard_done(tmp_path / "a", name, "d2")
     rows = pq.read_table(pq_a).to_pylist()
     raw = tar_a.read_bytes()
     for row, s in zip(rows, samples):
@@ -103,11 +107,13 @@ def test_revise_shard_drops_samples_and_keeps_the_rest_bit_identical(tmp_path, a
     raw_old = shard_paths(tmp_path, old)[0].read_bytes()
     stats = revise_shard(tmp_path, old, new, {samples[1].key}, "d2")
     # the old files stay: the update retires them only once the new shards and the index are in place
-    assert all(p.read_bytes() for p in shard_paths(tmp_path, old)) and shard_paths(tmp_path, old)[0].read_bytes() == raw_old
+    assert all(p.read_bytes() for p in shard_paths(tmp_path, old))
+    assert shard_paths(tmp_path, old)[0].read_bytes() == raw_old
     tar, parquet, _ = shard_paths(tmp_path, new)
     raw = tar.read_bytes()
     rows = pq.read_table(parquet).to_pylist()
-    assert stats["count"] == 2 and [r["key"] for r in rows] == [samples[0].key, samples[2].key]
+    assert stats["count"] == 2
+    assert [r["key"] for r in rows] == [samples[0].key, samples[2].key]
     for r in rows:
         b = before[r["key"]]
         assert raw[r["tar_offset"]:r["tar_offset"] + r["tar_size"]] == raw_old[b["tar_offset"]:b["tar_offset"] + b["tar_size"]]
@@ -128,12 +134,16 @@ def test_shard_timings_are_in_the_stats_only(tmp_path, articles_dir):
     plain = write_shard(tmp_path / "b", name, samples, "d1")
     tar_a, pq_a, stats_a = shard_paths(tmp_path / "a", name)
     tar_b, pq_b, _ = shard_paths(tmp_path / "b", name)
-    assert tar_a.read_bytes() == tar_b.read_bytes() and pq.read_table(pq_a).equals(pq.read_table(pq_b))
+    assert tar_a.read_bytes() == tar_b.read_bytes()
+    assert pq.read_table(pq_a).equals(pq.read_table(pq_b))
     t = json.loads(stats_a.read_text())["timings"]
-    assert t == stats["timings"] and "timings" not in plain
+    assert t == stats["timings"]
+    assert "timings" not in plain
     assert set(t) == {"fetch", "parse", "media", "stage_write", "shard_write", "elapsed"}
     assert {k: t[k] for k in given} == {"fetch": 0.3, "parse": 0.15, "media": 1.2, "stage_write": 0.03}
-    assert 0 < t["shard_write"] < 60 and abs(t["elapsed"] - sum(given.values()) - t["shard_write"]) < 0.002
+    assert 0 < t["shard_write"] < 60
+    assert abs(t["elapsed"] - sum(given.values()) - t["shard_write"]) < 0.002
     revised = revise_shard(tmp_path / "a", name, name + "-r001", {samples[1].key}, "d2")["timings"]
     assert {k: revised[k] for k in given} == {"fetch": 0.2, "parse": 0.1, "media": 0.8, "stage_write": 0.02}
-    assert set(revised) == set(t) and abs(revised["elapsed"] - 1.12 - revised["shard_write"]) < 0.002
+    assert set(revised) == set(t)
+    assert abs(revised["elapsed"] - 1.12 - revised["shard_write"]) < 0.002

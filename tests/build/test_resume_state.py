@@ -211,7 +211,8 @@ def _check_damage_then_rerun(corpus, reference, tmp_path, point, nth, pattern, o
     try:
         build(_cfg(corpus, out))
     except FatalBuildError as e:        # refused loudly: one clear line, nothing changed
-        assert "\n" not in str(e) and _outputs(out) == before
+        assert "\n" not in str(e)
+        assert _outputs(out) == before
         return
     assert _outputs(out) == reference["base_out"]
     _listed_fates(out, _ids(corpus))
@@ -276,7 +277,8 @@ def test_listing_id_and_xml_id_are_reconciled(tmp_path, partition_target):
     ledger = {(r["kind"], r["id"]): r for r in pq.read_table(out / "ledger.parquet").to_pylist()}
     bad = ledger[("article", "PMC95800099")]
     assert (bad["state"], bad["reason"]) == ("failed", "id_mismatch")
-    assert "PMC95800099" in bad["detail"] and "PMC95800001" in bad["detail"]
+    assert "PMC95800099" in bad["detail"]
+    assert "PMC95800001" in bad["detail"]
     assert ledger[("article", "PMC95800001")]["state"] == "kept"
     index = pq.read_table(out / "figures.parquet").to_pylist()
     assert sorted({r["pmcid"] for r in index}) == [f"PMC{95_800_000 + i}" for i in range(4)]
@@ -296,7 +298,8 @@ def test_versions_only_move_forward_unless_allowed(tmp_path):
     shutil.rmtree(older / "PMC95810050.2")
     synth_article(older, 95_810_050, version=1, image_seed=900)
     report = build(_cfg(older, out))
-    assert report.changes.get("older_version_listed") == 1 and not report.changes.get("replaced")
+    assert report.changes.get("older_version_listed") == 1
+    assert not report.changes.get("replaced")
     assert pq.read_table(out / "figures.parquet").to_pylist() == before, "v2 stays"
     ledger = {(r["kind"], r["id"]): r for r in pq.read_table(out / "ledger.parquet").to_pylist()}
     row = ledger[("file", "listing:PMC95810050.1@s001")]
@@ -305,7 +308,8 @@ def test_versions_only_move_forward_unless_allowed(tmp_path):
     again = build(_cfg(older, out, allow_downgrade=True))
     assert again.changes.get("replaced") == 1
     shas = {r["sha256"] for r in pq.read_table(out / "figures.parquet").to_pylist() if r["pmcid"] == "PMC95810050"}
-    assert shas and not shas & {r["sha256"] for r in before if r["pmcid"] == "PMC95810050"}
+    assert shas
+    assert not shas & {r["sha256"] for r in before if r["pmcid"] == "PMC95810050"}
     _listed_fates(out, _ids(older))
 
 
@@ -333,7 +337,9 @@ def test_a_5000_digit_version_in_a_listing_is_one_bad_row(tmp_path):
     assert {r["pmcid"] for r in ledger if r["kind"] == "article" and r["state"] == "kept"} == {"PMC900030",
                                                                                             "PMC900031"}
     bad = [r for r in ledger if r["reason"] == "bad_listing_row"]
-    assert len(bad) == 1 and "bad_pmcid" in bad[0]["detail"] and len(bad[0]["detail"]) <= 500
+    assert len(bad) == 1
+    assert "bad_pmcid" in bad[0]["detail"]
+    assert len(bad[0]["detail"]) <= 500
 
 
 # ------------------------------------------------------------------------------ transactions
@@ -363,7 +369,8 @@ def test_samples_removed_is_right_wherever_the_update_was_killed(newer, referenc
     assert _killed(_cfg(newer, out), point)
     build(_cfg(newer, out))
     history = json.loads((out / "build_summary.json").read_text())["snapshots"]
-    assert [h["snapshot"] for h in history] == [0, 1] and history[1]["samples_removed"] == 8
+    assert [h["snapshot"] for h in history] == [0, 1]
+    assert history[1]["samples_removed"] == 8
 
 
 def test_an_update_removing_every_sample_of_a_shard_leaves_a_consistent_folder(tmp_path):
@@ -384,7 +391,8 @@ def test_an_update_removing_every_sample_of_a_shard_leaves_a_consistent_folder(t
     build(BuildConfig(out=out, source="local", source_opts={"path": str(newer)}, workers=1, progress=False,
                       shard_max_samples=4, caption_dups=False, allow_shrink=True, **cfg))
     assert verify_folder(out).ok, verify_folder(out).text()
-    assert not (out / shard).exists() and not list(out.glob(f"{shard.removesuffix('.tar')}-r001*"))
+    assert not (out / shard).exists()
+    assert not list(out.glob(f"{shard.removesuffix('.tar')}-r001*"))
     after = pq.read_table(out / "figures.parquet").to_pylist()
     assert not {r["pmcid"] for r in after} & doomed
     sizes = json.loads((out / Path(shard).parent / "sizes.json").read_text())   # the revised shard's folder

@@ -48,17 +48,21 @@ def test_cloud_fetch_end_to_end(cloud_server, cloud_tree, tmp_path):
     ids = ["PMC7112410", "PMC7135076", "PMC7159286", "PMC90019405", "PMC90000353"]
     with CloudSource(cloud_server.url, pmcids=ids, downloader=fast()) as src:
         refs = list(src.list_articles())
-        assert [r.pmcid for r in refs] == ids and all(r.version is None for r in refs)
+        assert [r.pmcid for r in refs] == ids
+        assert all(r.version is None for r in refs)
         for ref in refs:
             pkg = src.fetch(ref, tmp_path)
             prefix = f"{ref.pmcid}.1"
             art = cloud_tree.articles[prefix]
-            assert pkg.root == tmp_path / prefix and pkg.xml_files == [f"{prefix}.xml"]
+            assert pkg.root == tmp_path / prefix
+            assert pkg.xml_files == [f"{prefix}.xml"]
             assert_matches_tree(pkg, art)
             assert pkg.problems == []
-            assert pkg.ref.version == 1 and pkg.ref.license_hint == art.license_code
+            assert pkg.ref.version == 1
+            assert pkg.ref.license_hint == art.license_code
             assert pkg.ref.pmid == (str(art.metadata["pmid"]) if art.metadata["pmid"] else None)
-            assert pkg.metadata == art.metadata and pkg.ref.citation == art.metadata["citation"]
+            assert pkg.metadata == art.metadata
+            assert pkg.ref.citation == art.metadata["citation"]
     # the XML is the real article
     assert (tmp_path / "PMC7112410.1" / "PMC7112410.1.xml").read_bytes() == \
         (cloud_tree.root / "PMC7112410.1" / "PMC7112410.1.xml").read_bytes()
@@ -72,11 +76,14 @@ def test_cloud_picks_latest_version_unless_pinned(cloud_server, cloud_tree, tmp_
         latest, pinned = list(src.list_articles())
         pkg2 = src.fetch(latest, tmp_path)
         pkg1 = src.fetch(pinned, tmp_path)
-    assert pkg2.ref.version == 2 and pkg1.ref.version == 1
+    assert pkg2.ref.version == 2
+    assert pkg1.ref.version == 1
     assert_matches_tree(pkg2, cloud_tree.articles[f"{TWO_VERSION_PMCID}.2"])
-    assert any("f0004" in n for n in pkg2.files) and not any("f0004" in n for n in pkg1.files)
+    assert any("f0004" in n for n in pkg2.files)
+    assert not any("f0004" in n for n in pkg1.files)
     listing = [r for r in cloud_server.log if r.path == "/" and r.query.get("list-type") == ["2"]]
-    assert len(listing) == 1 and listing[0].query["prefix"] == [f"{TWO_VERSION_PMCID}."]
+    assert len(listing) == 1
+    assert listing[0].query["prefix"] == [f"{TWO_VERSION_PMCID}."]
     assert listing[0].query["delimiter"] == ["/"]
     with CloudSource(cloud_server.url, pmcids=[TWO_VERSION_PMCID], version=1, downloader=fast()) as src:
         assert src.fetch(next(src.list_articles()), tmp_path / "pinned").ref.version == 1
@@ -86,12 +93,14 @@ def test_cloud_refuses_non_oa_unless_asked(cloud_server, tmp_path):
     with CloudSource(cloud_server.url, pmcids=[NON_OA_PMCID], downloader=fast()) as src:
         with pytest.raises(FetchError) as ei:
             src.fetch(next(src.list_articles()), tmp_path)
-    assert ei.value.reason == "not_open_access" and "TDM" in ei.value.detail
+    assert ei.value.reason == "not_open_access"
+    assert "TDM" in ei.value.detail
     assert not (tmp_path / f"{NON_OA_PMCID}.1").exists()
     assert not cloud_server.requests_for(f"{NON_OA_PMCID}.1/{NON_OA_PMCID}.1.xml")
     with CloudSource(cloud_server.url, pmcids=[NON_OA_PMCID], include_non_oa=True, downloader=fast()) as src:
         pkg = src.fetch(next(src.list_articles()), tmp_path)
-    assert pkg.ref.license_hint == "TDM" and pkg.xml_files == [f"{NON_OA_PMCID}.1.xml"]
+    assert pkg.ref.license_hint == "TDM"
+    assert pkg.xml_files == [f"{NON_OA_PMCID}.1.xml"]
 
 
 def test_cloud_media_with_wrong_md5_goes_to_problems(cloud_server, cloud_tree, tmp_path):
@@ -101,7 +110,8 @@ def test_cloud_media_with_wrong_md5_goes_to_problems(cloud_server, cloud_tree, t
     with CloudSource(cloud_server.url, pmcids=["PMC7159286"], downloader=fast()) as src:
         pkg = src.fetch(next(src.list_articles()), tmp_path)
     assert pkg.problems == [("gr2_lrg.jpg", "checksum_mismatch")]
-    assert "gr2_lrg.jpg" not in pkg.files and not (pkg.root / "gr2_lrg.jpg").exists()
+    assert "gr2_lrg.jpg" not in pkg.files
+    assert not (pkg.root / "gr2_lrg.jpg").exists()
     assert not (pkg.root / "gr2_lrg.jpg.part").exists()
     art = cloud_tree.articles["PMC7159286.1"]
     for name, digest in art.files.items():
@@ -149,7 +159,8 @@ def test_cloud_list_all_paginates_and_keeps_latest(cloud_server):
         ("PMC90019405", 1)]
     assert unlisted == [(f"metadata/{TWO_VERSION_PMCID}.1.json", "older_version")]
     pages = [r for r in cloud_server.log if r.path == "/"]
-    assert len(pages) == 4 and sum("continuation-token" in r.query for r in pages) == 3
+    assert len(pages) == 4
+    assert sum("continuation-token" in r.query for r in pages) == 3
     with CloudSource(cloud_server.url, list_all=True, version=1, downloader=fast()) as src:
         refs = list(src.list_articles())
         assert (TWO_VERSION_PMCID, 1) in [(r.pmcid, r.version) for r in refs]
@@ -161,7 +172,8 @@ def test_cloud_from_file_lists(cloud_server, filelists_dir, tmp_path):
                      downloader=fast()) as src:
         refs = list(src.list_articles())
         assert [r.pmcid for r in refs] == ["PMC7112410", "PMC7135076", "PMC7159286", "PMC7159299"]
-        assert refs[0].pmid == "12781535" and refs[0].last_updated == "2020-04-06 14:56:00"
+        assert refs[0].pmid == "12781535"
+        assert refs[0].last_updated == "2020-04-06 14:56:00"
         assert src.fetch(refs[0], tmp_path).ref.version == 1
         with pytest.raises(FetchError) as ei:
             src.fetch(refs[3], tmp_path)  # listed, but not in this bucket
@@ -186,7 +198,8 @@ def test_cloud_retracted(tmp_path, filelists_dir):
             assert first.retracted is True
             with pytest.raises(FetchError) as ei:
                 src.fetch(first, tmp_path / "cache")
-            assert ei.value.reason == "retracted" and srv.log == []  # decided from the list, no request
+            assert ei.value.reason == "retracted"
+            assert srv.log == []  # decided from the list, no request
         with CloudSource(srv.url, pmcids=["PMC7135076"], downloader=fast()) as src:
             with pytest.raises(FetchError) as ei:
                 src.fetch(next(src.list_articles()), tmp_path / "cache")
@@ -201,7 +214,8 @@ def test_legacy_http_end_to_end(legacy_server, legacy_tree, articles_dir, tmp_pa
         refs = list(src.list_articles())
         assert [r.pmcid for r in refs] == ["PMC7112410", "PMC7135076", "PMC7159286", "PMC7159299", "PMC10802347"]
         assert refs[0].location == f"{legacy_server.url}/oa_package/ac/6a/PMC7112410.tar.gz"
-        assert refs[0].last_updated == "2020-04-06 14:56:00" and refs[4].last_updated == "2024-01-31 18:42:00"
+        assert refs[0].last_updated == "2020-04-06 14:56:00"
+        assert refs[4].last_updated == "2024-01-31 18:42:00"
         assert src.unlisted == []
         pkgs = {}
         for ref in refs:
@@ -212,7 +226,9 @@ def test_legacy_http_end_to_end(legacy_server, legacy_tree, articles_dir, tmp_pa
                 continue
             pkgs[ref.pmcid] = src.fetch(ref, tmp_path)
     p = pkgs["PMC7112410"]
-    assert p.xml_files == ["main.nxml"] and p.problems == [] and p.root == tmp_path / "PMC7112410"
+    assert p.xml_files == ["main.nxml"]
+    assert p.problems == []
+    assert p.root == tmp_path / "PMC7112410"
     members = tar_members(legacy_tree.root / legacy_tree.packages["PMC7112410"])
     assert sorted(p.files) == sorted(m.split("/", 1)[1] for m in members if "/" in m and not m.endswith("/")
                                      and m.split("/", 1)[1])
@@ -222,7 +238,8 @@ def test_legacy_http_end_to_end(legacy_server, legacy_tree, articles_dir, tmp_pa
     t = pkgs["PMC10802347"]
     assert ("<archive>", "truncated_archive") in t.problems
     assert t.xml_files == ["nihpp-2023.12.31.573776v1.nxml"]
-    assert "nihpp-2023.12.31.573776v1-f0001.gif" in t.files and "nihpp-2023.12.31.573776v1-f0001.jpg" not in t.files
+    assert "nihpp-2023.12.31.573776v1-f0001.gif" in t.files
+    assert "nihpp-2023.12.31.573776v1-f0001.jpg" not in t.files
     assert not any(n.endswith(".pdf") for n in t.files)
     assert not list((tmp_path / "_archives").iterdir()), "downloaded archives are removed after extraction"
 
@@ -234,12 +251,16 @@ def test_legacy_resume_and_flaky_download(legacy_server, legacy_tree, tmp_path):
     with LegacySource(legacy_server.url, downloader=fast()) as src:
         ref = [r for r in src.list_articles() if r.pmcid == "PMC7159286"][0]
         pkg = src.fetch(ref, tmp_path)
-        assert pkg.problems == [] and len(pkg.files) == 13
+        assert pkg.problems == []
+        assert len(pkg.files) == 13
         reqs = legacy_server.requests_for(key)
-        assert [r.fault for r in reqs][:2] == ["status", "drop"] and reqs[-1].range and reqs[-1].status == 206
+        assert [r.fault for r in reqs][:2] == ["status", "drop"]
+        assert reqs[-1].range
+        assert reqs[-1].status == 206
         n = len(legacy_server.log)
         again = src.fetch(ref, tmp_path)
-        assert len(legacy_server.log) == n and sorted(again.files) == sorted(pkg.files)
+        assert len(legacy_server.log) == n
+        assert sorted(again.files) == sorted(pkg.files)
 
 
 def test_legacy_local_mirror(legacy_tree, tmp_path):
@@ -247,8 +268,9 @@ def test_legacy_local_mirror(legacy_tree, tmp_path):
     refs = list(src.list_articles())
     assert refs[0].location == "oa_package/ac/6a/PMC7112410.tar.gz"     # relative to the mirror: ledger-safe
     pkg = src.fetch(refs[1], tmp_path)
-    assert pkg.xml_files == ["main.nxml"] and sorted(pkg.files) == ["gr1_lrg.gif", "gr1_lrg.jpg", "main.nxml",
-                                                                   "main.pdf"]
+    assert pkg.xml_files == ["main.nxml"]
+    assert (sorted(pkg.files) == ["gr1_lrg.gif", "gr1_lrg.jpg", "main.nxml",
+                                                                   "main.pdf"])
     with pytest.raises(FetchError) as ei:
         src.fetch(refs[3], tmp_path)
     assert ei.value.reason == "not_found"
@@ -283,7 +305,8 @@ def test_extraction_is_safe(tmp_path, articles_dir):
     assert sorted(out.files) == ["main.nxml", "sub/fig.jpg"]
     assert sorted(n for n, r in out.problems if r == "unsafe_member") == [
         "/abs/evil.txt", "PMCX/../../evil.txt", "PMCX/hard.jpg", "PMCX/link.jpg"]
-    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "evil.txt").exists()
+    assert not (tmp_path / "evil.txt").exists()
+    assert not (tmp_path / "out" / "evil.txt").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["PMCX"]
 
 
@@ -319,8 +342,10 @@ def test_local_fixture_folder(pmc_dir, articles_dir, tmp_path):
     assert sorted(r.location for r in refs) == sorted(d.relative_to(pmc_dir).as_posix() for d in expected)
     assert [r.location for r in refs] == sorted(r.location for r in refs), "sorted listing"
     ids = [r.pmcid for r in refs]
-    assert ids.count("PMC7112410") == 1 and len(set(ids)) == len(ids)
-    assert "PLOS_pbio_0020188" in ids and "eLife_19405" in ids
+    assert ids.count("PMC7112410") == 1
+    assert len(set(ids)) == len(ids)
+    assert "PLOS_pbio_0020188" in ids
+    assert "eLife_19405" in ids
     unlisted = dict(src.unlisted)
     others = pmc_dir / "images_other"
     for d in sorted((others / "pmc_packages_without_nxml").iterdir()):
@@ -331,8 +356,10 @@ def test_local_fixture_folder(pmc_dir, articles_dir, tmp_path):
 
     by = {r.pmcid: r for r in refs}
     pkg = src.fetch(by["PMC7112410"], tmp_path)
-    assert pkg.xml_files == ["main.nxml"] and pkg.root == articles_dir / "PMC7112410"
-    assert "package/PMC7112410.tar.gz" in pkg.files and "gr1_lrg.jpg" in pkg.files
+    assert pkg.xml_files == ["main.nxml"]
+    assert pkg.root == articles_dir / "PMC7112410"
+    assert "package/PMC7112410.tar.gz" in pkg.files
+    assert "gr1_lrg.jpg" in pkg.files
     assert src.fetch(by["eLife_32671_texture"], tmp_path).xml_files == ["manuscript.xml", "manifest.xml"]  # JATS first
     assert not list(tmp_path.iterdir()), "extracted folders are used in place"
 
@@ -345,9 +372,11 @@ def test_local_cloud_layout(cloud_tree, tmp_path):
     assert src.unlisted == [(f"{TWO_VERSION_PMCID}.1", f"older_version: {TWO_VERSION_PMCID}.2 listed")]
     by = {r.pmcid: r for r in refs}
     assert by["PMC90000353"].license_hint == "CC BY"  # metadata inside the prefix
-    assert by["PMC7112410"].license_hint == "NO-CC CODE" and by["PMC7112410"].pmid == "12781535"
+    assert by["PMC7112410"].license_hint == "NO-CC CODE"
+    assert by["PMC7112410"].pmid == "12781535"
     pkg = src.fetch(by[TWO_VERSION_PMCID], tmp_path)
-    assert pkg.xml_files == [f"{TWO_VERSION_PMCID}.2.xml"] and pkg.metadata["version"] == 2
+    assert pkg.xml_files == [f"{TWO_VERSION_PMCID}.2.xml"]
+    assert pkg.metadata["version"] == 2
     assert_matches_tree(pkg, cloud_tree.articles[f"{TWO_VERSION_PMCID}.2"])
 
 
@@ -364,8 +393,10 @@ def test_local_tarballs_and_single_paths(articles_dir, tmp_path):
     assert src.unlisted == [("PMC7135076.tar.gz", "duplicate_id: PMC7135076 (kept dup/PMC7135076)")]
     cache = tmp_path / "cache"
     t = src.fetch(refs[1], cache)
-    assert t.root == cache / "PMC10802347" and ("<archive>", "truncated_archive") in t.problems
-    assert t.xml_files == ["nihpp-2023.12.31.573776v1.nxml"] and len(t.files) == 8
+    assert t.root == cache / "PMC10802347"
+    assert ("<archive>", "truncated_archive") in t.problems
+    assert t.xml_files == ["nihpp-2023.12.31.573776v1.nxml"]
+    assert len(t.files) == 8
 
     one_tar = LocalSource(lib / "PMC7135076.tar.gz")
     (ref,) = one_tar.list_articles()
@@ -373,7 +404,9 @@ def test_local_tarballs_and_single_paths(articles_dir, tmp_path):
     one_xml = LocalSource(articles_dir / "PMC7159286" / "main.nxml")
     (ref,) = one_xml.list_articles()
     pkg = one_xml.fetch(ref, cache)
-    assert ref.pmcid == "PMC7159286" and pkg.xml_files == ["main.nxml"] and "gr3a_lrg.jpg" in pkg.files
+    assert ref.pmcid == "PMC7159286"
+    assert pkg.xml_files == ["main.nxml"]
+    assert "gr3a_lrg.jpg" in pkg.files
 
 
 def test_make_source_factory(cloud_tree):
@@ -389,15 +422,18 @@ def test_cloud_metadata_json_format(cloud_tree, filelists_dir):
     """The built tree uses exactly the 2026 field set of the real samples."""
     sample = json.loads((filelists_dir / "pmc_cloud_2026" / "s3_meta_PMC4599423.1_media.json").read_text())
     built = json.loads(cloud_tree.metadata_path("PMC7112410.1").read_text())
-    assert set(built) <= set(sample) and {"pmcid", "version", "xml_url", "media_urls", "license_code",
-                                          "is_pmc_openaccess"} <= set(built)
+    assert set(built) <= set(sample)
+    assert ({"pmcid", "version", "xml_url", "media_urls", "license_code",
+                                          "is_pmc_openaccess"} <= set(built))
     assert built["xml_url"].startswith("s3://pmc-oa-opendata/PMC7112410.1/PMC7112410.1.xml?md5=")
 
 
 def test_make_source_download_options(cloud_server, tmp_path):
     src = make_source("cloud", base_url=cloud_server.url, pmcids=["PMC7135076"], rate=50, retries=1,
                       pmcid_file=None, filelist=None, list_all=False)
-    assert src.downloader.limiter is not None and src.downloader.limiter.rate == 50 and src.downloader.retries == 1
+    assert src.downloader.limiter is not None
+    assert src.downloader.limiter.rate == 50
+    assert src.downloader.retries == 1
     assert src.fetch(next(src.list_articles()), tmp_path).xml_files == ["PMC7135076.1.xml"]
     src.close()
     assert isinstance(make_source("local", path=str(tmp_path), rate=None), LocalSource)
@@ -406,4 +442,5 @@ def test_make_source_download_options(cloud_server, tmp_path):
 def test_bad_listing_rows_are_reported(cloud_server, tmp_path):
     with CloudSource(cloud_server.url, pmcids=["PMC1", "nope"], downloader=fast()) as src:
         assert [r.pmcid for r in src.list_articles()] == ["PMC1"]
-        assert src.listing_problems == [("pmcids[1]", "bad_pmcid: 'nope'")] and src.unlisted == []
+        assert src.listing_problems == [("pmcids[1]", "bad_pmcid: 'nope'")]
+        assert src.unlisted == []

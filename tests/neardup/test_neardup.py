@@ -226,13 +226,15 @@ def test_caption_keys_computed_where_a_part_is_written_give_the_same_groups(arti
         return found
 
     assert dict(caption_near_duplicates(parts, tmp_path / "w", keys_of=keys_of)) == expected
-    assert asked == ["a.parquet", "b.parquet", "c.parquet"] and computed == []
+    assert asked == ["a.parquet", "b.parquet", "c.parquet"]
+    assert computed == []
     # keys that no longer match: the part rewritten (other bytes), other band parameters, a damaged file, a file of
     # another part (wrong length): each is refused and the part's keys computed, with the same groups
     pq.write_table(t.slice(0, 10), parts[0], compression="gzip")
     write_part_keys(parts[1], keys[parts[1]], threshold=0.8)
     keys[parts[2]].write_bytes(b"not an npz")
-    assert read_part_keys(parts[0], keys[parts[0]]) is None and read_part_keys(parts[1], keys[parts[1]]) is None
+    assert read_part_keys(parts[0], keys[parts[0]]) is None
+    assert read_part_keys(parts[1], keys[parts[1]]) is None
     asked.clear()
     assert dict(caption_near_duplicates(parts, tmp_path / "w", keys_of=keys_of)) == expected
     assert computed == ["a.parquet", "b.parquet", "c.parquet"]
