@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_build import replicate
 
-from biomedica_hf.build.pipeline import BuildConfig, build
+from biomedica_hf.ingest.pipeline import BuildConfig, build
 from biomedica_hf.clip.backbones import embed_images
 from biomedica_hf.clip.pixels import prepare_image
 from biomedica_hf.concepts.embed import embed_dataset, load_job, read_info

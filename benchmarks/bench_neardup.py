@@ -268,7 +268,7 @@ def bench_captions(articles: Path, tmp: Path, copies: int = 200) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from biomedica_hf.build.parse import ParseError, parse_jats
+    from biomedica_hf.ingest.parse import ParseError, parse_jats
     from biomedica_hf.neardup.captions import caption_near_duplicates
     from biomedica_hf.neardup.groups import GroupStats
 

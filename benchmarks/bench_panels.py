@@ -72,7 +72,7 @@ def run_synthetic(method: str, figs, captions: list[str | None] | None = None) -
 def real_captions(figures: list[dict], fixtures: Path) -> dict[str, str]:
     """image path (as in the truth) -> its figure's caption, from the article XML beside it (JATS, parsed by the
     build's parser); figures without XML (images_other/) have none."""
-    from biomedica_hf.build.parse import parse_jats
+    from biomedica_hf.ingest.parse import parse_jats
 
     out: dict[str, str] = {}
     parsed_dirs: dict[Path, list] = {}

@@ -77,7 +77,7 @@ def _iou(a, b) -> float:
 
 def pairing_set(fixtures: Path = FIXTURES) -> list[dict]:
     """The compound, labelled figures of the box truth whose caption the fixture XML holds."""
-    from biomedica_hf.build.parse import parse_jats
+    from biomedica_hf.ingest.parse import parse_jats
 
     out = []
     for f in json.loads(BOX_TRUTH.read_text())["figures"]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 
 from biomedica_hf import __version__
-from biomedica_hf.build.options import BuildOptions, default
-from biomedica_hf.build.sources.base import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PACKAGE_BYTES
-from biomedica_hf.build.sources.spec import DEFAULT_RATE, DEFAULT_RETRIES, SourceSpec
+from biomedica_hf.ingest.options import BuildOptions, default
+from biomedica_hf.ingest.sources.base import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PACKAGE_BYTES
+from biomedica_hf.ingest.sources.spec import DEFAULT_RATE, DEFAULT_RETRIES, SourceSpec
 from biomedica_hf.io.sizes import parse_size, size_text
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
@@ -246,10 +246,10 @@ def build(**params):
     the same command once there is space, and what was cut short is redone); another build running.
     """
     import biomedica_hf.concepts  # noqa: F401 - registers its hooks: labels survive a rebuilt index uninstalled too
-    from biomedica_hf.build.inputs import check_input, nothing_kept
-    from biomedica_hf.build.lock import BuildLockedError
-    from biomedica_hf.build.pipeline import build as run_build
-    from biomedica_hf.build.sources.base import FatalBuildError, fatal_disk_error, is_disk_error
+    from biomedica_hf.ingest.inputs import check_input, nothing_kept
+    from biomedica_hf.ingest.lock import BuildLockedError
+    from biomedica_hf.ingest.pipeline import build as run_build
+    from biomedica_hf.ingest.sources.base import FatalBuildError, fatal_disk_error, is_disk_error
 
     p = params
     _setup_logging(p["verbose"])
@@ -295,8 +295,8 @@ def build(**params):
 
 def build_options(params: dict, spec: SourceSpec) -> BuildOptions:
     """The one :class:`BuildOptions` of ``biomedica build``'s parameters (every stage reads it; none re-parses)."""
-    from biomedica_hf.build.article import MediaOptions
-    from biomedica_hf.build.provenance import public_command
+    from biomedica_hf.ingest.article import MediaOptions
+    from biomedica_hf.ingest.provenance import public_command
 
     p = params
     return BuildOptions(
@@ -315,11 +315,11 @@ def build_options(params: dict, spec: SourceSpec) -> BuildOptions:
 
 
 def _dry_run(cfg: BuildOptions, as_json: bool) -> None:
-    """``build --dry-run``: the plan (biomedica_hf.build.plan), nothing fetched, nothing written."""
+    """``build --dry-run``: the plan (biomedica_hf.ingest.plan), nothing fetched, nothing written."""
     import json as _json
 
-    from biomedica_hf.build.plan import plan_build
-    from biomedica_hf.build.sources import make_source
+    from biomedica_hf.ingest.plan import plan_build
+    from biomedica_hf.ingest.sources import make_source
 
     src = make_source(cfg.source)
     try:
@@ -368,7 +368,7 @@ def inspect(path, as_json):
     no article in the folder). Articles, licence (normalised code and subset), figures with captions,
     graphics and in-text references: the tool to debug one article.
     """
-    from biomedica_hf.build.inspect import format_any, inspect_any
+    from biomedica_hf.ingest.inspect import format_any, inspect_any
 
     report = inspect_any(path)
     if as_json:

@@ -2,7 +2,7 @@
 
 Three entry points share the same rules, so a figure is seen the same way everywhere:
 
-* :func:`to_output_mode` - what the build writes when it converts a figure to PNG (``build.media``): the
+* :func:`to_output_mode` - what the build writes when it converts a figure to PNG (``ingest.media``): the
   explicit mode table :data:`TARGET_MODE`, alpha kept unless every pixel is opaque;
 * :func:`to_rgb` - what CLIP (training and inference), SmolVLM (training and captioning), concept sheets and
   embeddings, evaluation and search thumbnails see: an upright RGB image (``L`` with ``keep_gray``), alpha

@@ -182,7 +182,7 @@ def shard_folder(subset: str, snapshot: int, partition: int, nested: bool = True
     test partitions beside the first train ones, stays under 5,000 while a partition writes <= 3 shards per subset).
     ``nested=False``: the flat layout (``<subset>``) of folders built before, which every reader still reads.
 
-    The one home of the path grammar: the shard writer (``build.shards.shard_name``) writes here, and
+    The one home of the path grammar: the shard writer (``ingest.shards.shard_name``) writes here, and
     ``biomedica build --dry-run`` projects folder sizes from it (see docs/publishing.md)."""
     if not nested:
         return subset

@@ -108,7 +108,7 @@ def test_other_modes_agree_across_stages(kind):
 def test_the_policy_agrees_with_what_the_build_writes():
     """The build converts a 16-bit PNG to 8-bit L and keeps alpha: decoding its output by the policy gives what
     the policy gives on the original."""
-    from biomedica_hf.build.media import process_image
+    from biomedica_hf.ingest.media import process_image
 
     for data in (_png(_i16(np.arange(1024).reshape(32, 32) * 37 + 500)),
                  _transparent_png()):

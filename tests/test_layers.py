@@ -1,6 +1,6 @@
 """The import rule: a module of ``biomedica_hf`` imports only its own layer or lower ones, and no import circles.
 
-Layers, lowest first: core -> build -> dataset -> (concepts, clip, vlm, panels) -> (train, eval, search) -> cli.
+Layers, lowest first: core -> ingest -> dataset -> (concepts, clip, vlm, panels) -> (train, eval, search) -> cli.
 Peers of one layer may import each other, except the pairs in ``FORBIDDEN_PEERS``. Every import counts,
 wherever it is written: module level, inside functions, under ``if TYPE_CHECKING:``, and dynamic ones
 (``importlib.import_module`` / ``__import__`` with a literal, an f-string over ``__name__`` or a module-level
@@ -20,9 +20,9 @@ PACKAGE = "biomedica_hf"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 CORE = ("__init__", "errors", "executors", "filters", "images", "schema", "licenses", "ledger", "layout", "hooks", "io", "neardup", "templates", "sample_data")
-LAYERS: dict[str, int] = {**dict.fromkeys(CORE, 0), "build": 1, "dataset": 2,
+LAYERS: dict[str, int] = {**dict.fromkeys(CORE, 0), "ingest": 1, "dataset": 2,
                           "concepts": 3, "clip": 3, "vlm": 3, "panels": 3, "train": 4, "eval": 4, "search": 4, "cli": 5}
-LAYER_NAMES = ["core", "build", "dataset", "concepts/clip/vlm/panels", "train/eval/search", "cli"]
+LAYER_NAMES = ["core", "ingest", "dataset", "concepts/clip/vlm/panels", "train/eval/search", "cli"]
 # peers that still must not import each other: (importer, imported) -> why
 FORBIDDEN_PEERS = {("search", "concepts"): "shared model code belongs in clip or core"}
 
@@ -95,7 +95,7 @@ def imports_of(source: str, importer: str, is_package: bool = False,
 MODULE_STRING = re.compile(r"biomedica_hf(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*)?")
 OPAQUE: dict[tuple[str, str], str] = {
     ("biomedica_hf/hooks.py", "module"): "the 'module:function' strings of hooks.BUILTIN (seen by the table rule)",
-    ("biomedica_hf/build/pipeline.py", "name"): "_Preload: the caller's third-party modules (datasets, matplotlib)",
+    ("biomedica_hf/ingest/pipeline.py", "name"): "_Preload: the caller's third-party modules (datasets, matplotlib)",
 }
 
 
@@ -365,24 +365,24 @@ def g():
 
 
 def test_the_rule_catches_every_kind_of_import():
-    modules = known_modules() | {"biomedica_hf.build.fake"}
-    got = violations(SRC, "biomedica_hf/build/fake.py", "biomedica_hf.build.fake", modules=modules)
+    modules = known_modules() | {"biomedica_hf.ingest.fake"}
+    got = violations(SRC, "biomedica_hf/ingest/fake.py", "biomedica_hf.ingest.fake", modules=modules)
     assert [(w, t) for w, t, _ in got] == [
-        ("biomedica_hf/build/fake.py:8", "biomedica_hf.dataset.loader"),
-        ("biomedica_hf/build/fake.py:11", "biomedica_hf.concepts.label"),
-        ("biomedica_hf/build/fake.py:12", "biomedica_hf.search.engine"),
-        ("biomedica_hf/build/fake.py:15", "biomedica_hf.clip.model"),
-        ("biomedica_hf/build/fake.py:16", "biomedica_hf.cli"),
+        ("biomedica_hf/ingest/fake.py:8", "biomedica_hf.dataset.loader"),
+        ("biomedica_hf/ingest/fake.py:11", "biomedica_hf.concepts.label"),
+        ("biomedica_hf/ingest/fake.py:12", "biomedica_hf.search.engine"),
+        ("biomedica_hf/ingest/fake.py:15", "biomedica_hf.clip.model"),
+        ("biomedica_hf/ingest/fake.py:16", "biomedica_hf.cli"),
     ]
-    assert "build (build) imports a higher layer, dataset (dataset)" in got[0][2]
+    assert "ingest (ingest) imports a higher layer, dataset (dataset)" in got[0][2]
     # the same source is fine one layer up... except for what is still higher
     up = violations(SRC, "biomedica_hf/search/fake.py", "biomedica_hf.search.fake", modules=modules)
     assert [(w.split(":")[1], t) for w, t, _ in up] == [("11", "biomedica_hf.concepts.label"),
                                                          ("16", "biomedica_hf.cli")]
     assert "search must not import concepts" in up[0][2]
     # relative imports resolve against the package; a module of the core importing the core is fine
-    assert imports_of("from . import figures", "biomedica_hf.build.pipeline", modules=modules) == \
-        [(1, "biomedica_hf.build.figures")]
+    assert imports_of("from . import figures", "biomedica_hf.ingest.pipeline", modules=modules) == \
+        [(1, "biomedica_hf.ingest.figures")]
     assert violations("from biomedica_hf.io import atomic", "x.py", "biomedica_hf.layout", modules=modules) == []
 
 
@@ -407,17 +407,17 @@ def __getattr__(name):
 def test_the_rule_sees_dynamic_imports():
     """f-strings over a module-level table, relative names against ``package``, a conditional, and module names
     written whole in a table (entry-point style) count as imports; ``import_module(name)`` is opaque."""
-    modules = known_modules() | {"biomedica_hf.build.fake", "biomedica_hf.build.model", "biomedica_hf.build.loss",
-                                 "biomedica_hf.build.tasks"}
-    got = imports_of(LAZY_SRC, "biomedica_hf.build", is_package=True, modules=modules)
-    assert (7, "biomedica_hf.build.model") in got                    # f"{__name__}.{_EXPORTS[name]}"
-    assert (7, "biomedica_hf.build.loss") in got
-    assert (9, "biomedica_hf.build.tasks") in got                    # f".{where}" against __name__
+    modules = known_modules() | {"biomedica_hf.ingest.fake", "biomedica_hf.ingest.model", "biomedica_hf.ingest.loss",
+                                 "biomedica_hf.ingest.tasks"}
+    got = imports_of(LAZY_SRC, "biomedica_hf.ingest", is_package=True, modules=modules)
+    assert (7, "biomedica_hf.ingest.model") in got                    # f"{__name__}.{_EXPORTS[name]}"
+    assert (7, "biomedica_hf.ingest.loss") in got
+    assert (9, "biomedica_hf.ingest.tasks") in got                    # f".{where}" against __name__
     assert (9, "biomedica_hf.search.engine") in got                  # the absolute branch of the conditional
     assert (5, "biomedica_hf.cli") in got                            # "module:function" in a table
     assert (4, "biomedica_hf.search.engine") in got                  # a module name in a table
-    assert opaque_imports(LAZY_SRC, "biomedica_hf.build", True, modules) == [(10, "name")]
-    bad = violations(LAZY_SRC, "biomedica_hf/build/__init__.py", "biomedica_hf.build", True, modules)
+    assert opaque_imports(LAZY_SRC, "biomedica_hf.ingest", True, modules) == [(10, "name")]
+    bad = violations(LAZY_SRC, "biomedica_hf/ingest/__init__.py", "biomedica_hf.ingest", True, modules)
     assert sorted({t for _, t, _ in bad}) == ["biomedica_hf.cli", "biomedica_hf.search.engine"]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from biomedica_hf.build.parse import parse_jats
+from biomedica_hf.ingest.parse import parse_jats
 from biomedica_hf.licenses import normalize_license, subset_for
 
 

@@ -140,7 +140,7 @@ print(json.dumps({g: [f"{f.__module__}:{f.__name__}" for f in hooks.providers(g)
 def test_cards_from_an_installed_wheel(tmp_path):
     """pip wheel of this checkout -> fresh venv (--system-site-packages; the test interpreter's own site-packages
     added by a .pth so that the dependencies resolve) -> install with --no-deps -> render from outside the repo."""
-    from biomedica_hf.build.pipeline import BuildConfig, build
+    from biomedica_hf.ingest.pipeline import BuildConfig, build
     from biomedica_hf.clip.card import render_model_card
     from biomedica_hf.dataset.card import write_card
     from biomedica_hf.vlm.card import render

@@ -39,7 +39,7 @@ def test_make_test_fast_uses_the_markers_and_make_test_runs_everything():
 
 
 def test_the_markers_leave_out_browser_multiprocess_and_slow_tests():
-    files = ["tests/search/test_search_page.py", "tests/test_smoke.py", "tests/build/test_executors.py",
+    files = ["tests/search/test_search_page.py", "tests/test_smoke.py", "tests/ingest/test_executors.py",
              "tests/train/test_clip_recipe.py"]
     every = _collected(*files)
     fast = _collected(*files, "-m", FAST)

@@ -1,6 +1,6 @@
 """What concept labels add to lower layers, through :mod:`biomedica_hf.hooks` (those layers never import concepts).
 
-* ``figures.parquet`` (``biomedica_hf.build.figures``): the label columns, so that an index rebuilt by the build
+* ``figures.parquet`` (``biomedica_hf.ingest.figures``): the label columns, so that an index rebuilt by the build
   keeps the labels;
 * the dataset card (``biomedica_hf.dataset.card``): a section (how the concepts were made, the plots, the concept
   subsets), the ``configs:`` of the concept subsets, and the plots the section links to.

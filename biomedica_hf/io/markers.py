@@ -4,7 +4,7 @@ what it was done for (a digest of its input, the settings that made it).
 Every resumable stage keeps its pieces' state this way; only the file name differs, and it is data
 (old folders keep resuming):
 
-* shards (``build/shards.py``, concept subsets): ``<stem>_stats.json`` (:data:`STATS`);
+* shards (``ingest/shards.py``, concept subsets): ``<stem>_stats.json`` (:data:`STATS`);
 * concept embeddings: ``NNNNNN_done.json`` (:data:`DONE`);
 * search embedding chunks: ``NNNNNN.done.json`` (:data:`CHUNK_DONE`);
 * a staged partition: ``_work/stage/<pid>/staged.json`` (:data:`STAGED`, a fixed name in the piece's folder).

@@ -1,7 +1,7 @@
 """Retrying HTTP politely: one backoff schedule (exponential, capped, jittered, ``Retry-After`` honoured),
 the ``Retry-After`` parser, and a thread-safe rate limiter shared by the threads of one client.
 
-Used by the package downloader (``build/download.py``), the E-utilities client (``dataset/enrich.py``)
+Used by the package downloader (``ingest/download.py``), the E-utilities client (``dataset/enrich.py``)
 and the shard range reader (``io/ranges.py``).
 """
 from __future__ import annotations

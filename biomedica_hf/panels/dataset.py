@@ -16,7 +16,7 @@ build digest and the settings (labels, detector, version): a rerun skips done sh
 and deletes the files of shards that are gone (an update removed their parents). Then:
 
 * ``DIR/panels.parquet``: every shard's panel rows, in ``layout.shard_tables`` order;
-* ``figures.parquet`` is rebuilt (``build.figures.build_figures_index``): the ``image_panel_count`` column comes
+* ``figures.parquet`` is rebuilt (``ingest.figures.build_figures_index``): the ``image_panel_count`` column comes
   from :mod:`biomedica_hf.panels.hooks` (null for samples of shards not split yet);
 * ``sizes.json`` in every directory of ``DIR/<subset>-panels/`` that holds tars (open_clip's sample counts: each
   lists every shard of its config, since open_clip reads the first shard's directory only).
@@ -351,7 +351,7 @@ def panel_dataset(dataset_dir: str | Path, *, workers: int = 1, executor: str = 
     from tqdm.auto import tqdm
 
     from biomedica_hf.executors import make_executor
-    from biomedica_hf.build.figures import build_figures_index
+    from biomedica_hf.ingest.figures import build_figures_index
 
     out = Path(dataset_dir)   # the panels' hooks are registered: importing this module ran biomedica_hf.panels
     if not shard_tables(out):

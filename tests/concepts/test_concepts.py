@@ -27,7 +27,7 @@ from support.models import save_tiny_dinov2
 from support.paths import SHARED
 from PIL import Image
 
-from biomedica_hf.build.pipeline import BuildConfig, build
+from biomedica_hf.ingest.pipeline import BuildConfig, build
 from biomedica_hf.clip.backbones import embed_images, load_image_model
 from biomedica_hf.clip.device import pick_device
 from biomedica_hf.clip.pixels import prepare_image
@@ -349,7 +349,7 @@ def test_labels_land_in_the_index_and_labels_table(labelled):
                    (cluster_of[r["key"]], panel, global_, local)
     # the index hook: an index rebuilt by the build (which never imports concepts) gets the same columns back
     from biomedica_hf import hooks
-    from biomedica_hf.build.figures import build_figures_index
+    from biomedica_hf.ingest.figures import build_figures_index
     from biomedica_hf.concepts.hooks import index_columns
 
     assert index_columns in hooks.providers(hooks.INDEX_COLUMNS)        # registered by `import biomedica_hf.concepts`

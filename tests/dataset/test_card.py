@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from biomedica_hf.build.pipeline import BuildConfig, build
+from biomedica_hf.ingest.pipeline import BuildConfig, build
 from biomedica_hf.dataset.card import collect_stats, size_category
 from biomedica_hf.layout import folder_files
 from biomedica_hf.schema import SAMPLE_FIELDS, SUBSETS

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from support.flat_layout import flatten
 
-from biomedica_hf.build.pipeline import BuildConfig, build, shard_paths
+from biomedica_hf.ingest.pipeline import BuildConfig, build, shard_paths
 from biomedica_hf.dataset.card import write_card
 from biomedica_hf.dataset.hub import plan_upload
 from biomedica_hf.dataset.loader import load_biomedica

@@ -17,7 +17,7 @@ import pytest
 from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 
-from biomedica_hf.build.pipeline import BuildConfig, build
+from biomedica_hf.ingest.pipeline import BuildConfig, build
 from biomedica_hf.dataset.loader import EXTRA_COLUMNS, ShardRanges, dataset_file_url, load_biomedica, split_units
 from biomedica_hf.io import ranges as remote
 from biomedica_hf.layout import folder_files

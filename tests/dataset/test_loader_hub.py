@@ -11,7 +11,7 @@ import pytest
 
 from support.hub_server import HubServer, loopback_only, point_libraries_at
 
-from biomedica_hf.build.pipeline import BuildConfig, build
+from biomedica_hf.ingest.pipeline import BuildConfig, build
 from biomedica_hf.dataset.card import write_card
 from biomedica_hf.dataset.loader import load_biomedica
 from biomedica_hf.io.ranges import ReadOptions, ShardTruncatedError, plan_pieces, ramp_caps

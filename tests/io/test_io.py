@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from biomedica_hf.build.download import Downloader
-from biomedica_hf.build.pipeline import BuildConfig, build
-from biomedica_hf.build.shards import shard_done
-from biomedica_hf.build.sources.filelists import parse_s3_list
-from biomedica_hf.build.staging import PartitionStage
+from biomedica_hf.ingest.download import Downloader
+from biomedica_hf.ingest.pipeline import BuildConfig, build
+from biomedica_hf.ingest.shards import shard_done
+from biomedica_hf.ingest.sources.filelists import parse_s3_list
+from biomedica_hf.ingest.staging import PartitionStage
 from biomedica_hf.concepts.embed import shard_outputs
 from biomedica_hf.io.atomic import (
     TEMP_GLOB,

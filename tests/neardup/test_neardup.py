@@ -152,7 +152,7 @@ def test_planted_pairs_among_random_hashes(tmp_path):
 
 
 def _captions(articles_dir: Path) -> list[str]:
-    from biomedica_hf.build.parse import ParseError, parse_jats
+    from biomedica_hf.ingest.parse import ParseError, parse_jats
 
     caps = []
     for xml in sorted(articles_dir.glob("*/*.xml"))[:40]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from biomedica_hf.build.parse import parse_jats
+from biomedica_hf.ingest.parse import parse_jats
 from biomedica_hf.panels.captions import (DIGIT_LETTER, LOWER, POSITION, ROMAN, UPPER, normalise_label,
                                           split_caption)
 from biomedica_hf.panels.textscore import score

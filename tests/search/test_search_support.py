@@ -51,7 +51,7 @@ def dataset(tmp_path_factory) -> Path:
     if "dataset" not in _CACHE:
         if not ARTICLES.is_dir():
             pytest.skip(f"fixtures not found at {ARTICLES}")
-        from biomedica_hf.build.pipeline import BuildConfig, build
+        from biomedica_hf.ingest.pipeline import BuildConfig, build
 
         out = search_root(tmp_path_factory) / "ds"
         build(BuildConfig(out=out, source="local", source_opts={"path": str(ARTICLES)}, progress=False))

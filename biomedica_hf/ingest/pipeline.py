@@ -1,0 +1,263 @@
+"""``biomedica build``: a partitioned build whose driver holds O(partitions), never O(articles).
+
+Stages of one **snapshot** (a build, or an update of an earlier build against a newer listing):
+
+1. **list**      the source's listing is streamed into per-bucket spool files, then cut into partition
+                 manifests (Parquet) by a stable hash of the PMCID (:mod:`biomedica_hf.ingest.partition`). An
+                 update keeps only new articles, new versions and retried failures, and records the
+                 articles that were retracted, withdrawn or superseded.
+2. **stage**     per partition (a task on the local pool or Ray): fetch, parse and decode its articles into
+                 ``_work/stage/<pid>/`` (resumable article by article; an article that kills its worker
+                 twice is ledgered), and spill the samples' hashes into hash buckets.
+3. **dedup**     exact duplicate images across the whole build, one hash bucket at a time.
+4. **write**     per partition: shuffle its samples (seeded), write its own shards per subset, its
+                 article and ledger parts and its completion marker, then delete its staging.
+5. **remove**    (updates) shards holding samples of removed articles are copied without them under a new
+                 name; untouched shards are never rewritten.
+6. **finish**    ``figures.parquet``, ``articles.parquet``, ``ledger.parquet`` streamed from the parts;
+                 ``sizes.json``, ``duplicates.parquet``, ``build_summary.json`` (with the snapshot history).
+
+Any exception on one article becomes a ``failed`` ledger row (``internal_error``); a worker that dies gets
+its partition retried a bounded number of times; a full disk stops the build with one fatal error and a
+rerun repairs what was cut. One build per folder (:mod:`biomedica_hf.ingest.lock`).
+
+The rooms: :mod:`~biomedica_hf.ingest.options` (what the build is asked), :mod:`~biomedica_hf.ingest.snapshots`
+(planning, resuming), :mod:`~biomedica_hf.ingest.task` (the per-partition work, a task object for the executors of
+:mod:`biomedica_hf.executors`), :mod:`~biomedica_hf.ingest.duplicates`, :mod:`~biomedica_hf.ingest.removals`,
+:mod:`~biomedica_hf.ingest.finish` (tables, summary); this module keeps the orchestration only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from biomedica_hf.ingest.dedup import decide
+from biomedica_hf.ingest.duplicates import CaptionTask, NearTask, spill_published
+from biomedica_hf.ingest.finish import BuildReport, finish, up_to_date_report
+from biomedica_hf.ingest.lock import BuildLock
+from biomedica_hf.ingest.media import warm_up
+from biomedica_hf.ingest.options import BuildConfig, BuildOptions
+from biomedica_hf.ingest.partition import PartitionId
+from biomedica_hf.ingest.progress import BuildProgress
+from biomedica_hf.ingest.removals import apply_removals
+from biomedica_hf.ingest.snapshots import check_snapshot, current_snapshot, plan_snapshot
+from biomedica_hf.ingest.sources.base import FatalBuildError
+from biomedica_hf.ingest.state import checkpoint, file_seal, read_sealed, write_sealed
+from biomedica_hf.ingest.task import (
+    PartitionJob,
+    PartitionTask,
+    close_sources,
+    disk_error_in,
+    fatal_error,
+    init_worker,
+)
+from biomedica_hf.ingest.work import Work, n_finished, read_done, read_manifest_count
+from biomedica_hf.errors import InputError
+from biomedica_hf.executors import make_executor, run_tasks
+from biomedica_hf.io.atomic import atomic_write_json, remove_temporaries
+from biomedica_hf.layout import BUILD_SUMMARY, FIGURES_INDEX, folder_files
+
+log = logging.getLogger("biomedica_hf.ingest")
+
+
+# ------------------------------------------------------------------------------------- fixed costs
+class _Preload:
+    """Imports the driver (or a pool forked from it later) will need after the stage phase, done in a thread while
+    the workers stage: with 2+ workers the driver only waits there, so these fixed costs leave the serial tail of the
+    build (the card's ``matplotlib``, the caption pass's ``datasketch``).
+
+    Started only once the stage pool has forked its workers, and joined before any later pool forks, so no process
+    is ever forked while the thread holds an import lock. A module that fails to import is left to its user."""
+
+    def __init__(self, modules: tuple[str, ...]):
+        import threading
+
+        self.modules = modules
+        self.thread = threading.Thread(target=self._run, name="preload", daemon=True) if modules else None
+        self.started = False
+
+    def _run(self) -> None:
+        import importlib
+
+        for name in self.modules:
+            try:
+                if name.startswith("matplotlib"):
+                    import matplotlib
+
+                    matplotlib.use("Agg")     # what the card selects; never a GUI backend from a thread
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the module's user imports it again and reports
+                log.debug("preload of %s failed", name, exc_info=True)
+
+    def start(self) -> None:
+        if self.thread is not None and not self.started:
+            self.started = True
+            self.thread.start()
+
+    def join(self) -> None:
+        if self.started:
+            self.thread.join()
+
+
+def _largest_first(work: Work, pids: list[str]) -> list[str]:
+    """Partitions by their number of articles, largest first (stable): the longest tasks start first, so that the
+    workers finish together (a small validation/test partition fills a gap at the end instead of a large one
+    running alone)."""
+    return sorted(pids, key=lambda p: -read_manifest_count(work, PartitionId.parse(p)))
+
+
+# ---------------------------------------------------------------------------------- build
+def build(cfg: BuildOptions) -> BuildReport:
+    """Build (or update, or resume) the dataset folder ``cfg.out`` (module doc)."""
+    fresh = [p for p in (Path(cfg.out), cfg.work) if not p.exists()]   # what an input error must not leave behind
+    try:
+        with BuildLock(Path(cfg.out)):
+            return _build(cfg)
+    except InputError:
+        if fresh:
+            shutil.rmtree(fresh[0], ignore_errors=True)
+        raise
+
+
+def _build(cfg: BuildOptions) -> BuildReport:
+    t0 = time.time()
+    out = Path(cfg.out)
+    work = Work(out)
+    work.root.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out)   # a killed run's temporaries are never complete: safe to drop
+    if cfg.rebuild_state or (not work.snapshots() and ((out / FIGURES_INDEX).exists()
+                                                       or (out / BUILD_SUMMARY).exists())):
+        if not cfg.rebuild_state:
+            raise FatalBuildError(f"{out} holds a built dataset but its resume state {work.root} is gone: building "
+                                  f"into it would publish its articles twice. Rerun with --rebuild-state to "
+                                  f"reconstruct the state from the published files, or build into a new folder")
+        from biomedica_hf.ingest.rebuild_state import rebuild_state
+
+        rebuild_state(work.out, tuple(cfg.split_fractions))
+    prog = BuildProgress(cfg.progress, cfg.progress_every)
+    clock = prog.clock()
+    k, resumed = current_snapshot(work)
+    layout = check_snapshot(cfg, work, k) if resumed else plan_snapshot(cfg, work, k)
+    clock.lap("list")
+    if layout is None:
+        return up_to_date_report(work, k - 1, t0)
+    meta = work.meta(k)
+    seals = {name: seal[1] for name, seal in meta["manifests"].items() if seal[0]}
+    pids = [p.name for p in layout.all_partitions() if p.name in seals]
+    n_hash = meta["hash_buckets"]
+    ready = (work.snap(k) / "finish.ready").exists()
+
+    def is_done(p: str) -> bool:
+        return read_done(work, p, seals[p], check_parts=not ready) is not None
+
+    job = PartitionJob(out=str(out), source=cfg.source, media=cfg.media, keep_downloads=cfg.keep_downloads,
+                       n_hash=n_hash, discard=cfg.retry_failed and k > 0, seed=cfg.seed,
+                       shard_max_samples=cfg.shard_max_samples, shard_max_bytes=cfg.shard_max_bytes,
+                       caption_keys=cfg.caption_dups)
+
+    def make():
+        return make_executor(cfg.executor, workers=cfg.workers, address=cfg.ray_address,
+                             initializer=init_worker, initargs=(os.getpid(),))
+
+    try:
+        # ---- stage
+        todo = [PartitionTask(p, seals[p], job) for p in pids
+                if not work.stage(PartitionId.parse(p)).is_staged(seals[p]) and not is_done(p)]
+        n_now = sum(read_manifest_count(work, PartitionId.parse(t.pid))
+                    - n_finished(work.stage(PartitionId.parse(t.pid))) for t in todo)
+        preload = _Preload((*cfg.preload, *(("datasketch",) if cfg.caption_dups else ()))
+                           if cfg.workers > 1 else ())
+
+        def make_stage():
+            preload.join()              # a pool restarted after a dead worker never forks mid-import
+            if cfg.executor == "local" and cfg.workers > 1:
+                warm_up()               # the first figure's imports, once here before the fork, not in every worker
+            return make()
+
+        order = {p: i for i, p in enumerate(_largest_first(work, [t.pid for t in todo]))}
+        todo.sort(key=lambda t: order[t.pid])
+        prog.line(f"stage: {n_now} of {meta.get('listed')} listed article(s) to process, in {len(todo)} partition(s)")
+        try:
+            with prog.articles(n_now, work.root / "progress"):   # one bar over articles, not partitions
+                for _ in run_tasks(make_stage, PartitionTask.stage, todo, max_attempts=cfg.max_attempts,
+                                   desc="stage", progress=False, on_give_up=PartitionTask.give_up,
+                                   bind=PartitionTask.shared):   # the request rate is the build's: split
+                    preload.start()     # the pool's workers exist now: no fork while the thread imports
+        finally:
+            preload.join()
+        clock.lap("stage")
+        # ---- dedup: exact (same bytes), then near-duplicate images (perceptual hash)
+        decisions = work.decisions(k)
+        near = work.snap(k) / "near.parquet"
+        published = work.root / "published_hashes"
+        if k > 0 and not (decisions.exists() and near.exists()):
+            spill_published(work, k, n_hash)
+        dedup_path = work.snap(k) / "dedup.json"
+        dedup = read_sealed(dedup_path)
+        if dedup is None:
+            for p in (decisions, near):
+                p.unlink(missing_ok=True)
+            if k > 0:
+                spill_published(work, k, n_hash)
+        if cfg.dedup_images and not decisions.exists():
+            decide(work.hashes(k), n_hash, decisions, extra_folders=[published] if k > 0 else [])
+        clock.lap("dedup")
+        if not near.exists():   # in a worker: its memory is bounded, but not the driver's business
+            folders = [str(work.hashes(k))] + ([str(published)] if k > 0 else [])
+            list(run_tasks(make, NearTask.run, [NearTask(str(out), k, tuple(folders), str(decisions), str(near),
+                                                          cfg.near_dedup)],
+                           max_attempts=cfg.max_attempts, desc="near-duplicates", progress=False))
+        if dedup is None:
+            inputs = {}
+            for p in pids:
+                info = read_done(work, p, seals[p], check_parts=False) or work.stage(PartitionId.parse(p)).staged_info()
+                inputs[p] = info.get("hash_digest")
+            dedup = {"files": {p.name: file_seal(p) for p in (decisions, near) if p.exists()}, "inputs": inputs}
+            write_sealed(dedup_path, dedup)
+            checkpoint("deduped")
+        clock.lap("near_duplicates")
+        # ---- write
+        tasks = [PartitionTask(p, seals[p], job, str(decisions) if decisions.exists() else None,
+                               dedup["inputs"].get(p)) for p in pids]
+        pending = [t for t in tasks if not is_done(t.pid)]
+        order = {p: i for i, p in enumerate(_largest_first(work, [t.pid for t in pending]))}
+        pending.sort(key=lambda t: order[t.pid])
+        for _ in run_tasks(make, PartitionTask.write, pending, max_attempts=cfg.max_attempts, desc="write",
+                           progress=prog.bars, bind=PartitionTask.shared):
+            pass
+    except FatalBuildError:
+        raise
+    except OSError as e:
+        if disk_error_in(e) is not None:
+            raise fatal_error(e, str(out)) from e
+        raise
+    finally:
+        close_sources()             # those opened here: a pool of one worker runs its tasks in the driver
+    clock.lap("write")
+    # ---- remove (updates)
+    n_removed = apply_removals(work, k)
+    clock.lap("remove")
+    if cfg.caption_dups:    # over every shard's Parquet, in a worker (bounded there, never in the driver)
+        list(run_tasks(make, CaptionTask.run, [CaptionTask(str(out))], max_attempts=cfg.max_attempts,
+                       desc="captions", progress=False))
+        clock.lap("caption_duplicates")
+    # ---- finish
+    report = finish(cfg, work, k, meta, n_staged=n_now, n_removed=n_removed, t0=t0, clock=clock)
+    checkpoint("summary_written")
+    atomic_write_json(work.snap(k) / "complete.json", {"snapshot": k, "finished": time.time()})
+    shutil.rmtree(work.snap(k) / "retired", ignore_errors=True)     # the old shards: after the commit only
+    shutil.rmtree(work.root / "stage", ignore_errors=True)
+    shutil.rmtree(work.hashes(k), ignore_errors=True)
+    shutil.rmtree(work.root / "published_hashes", ignore_errors=True)
+    return report
+
+
+def shard_paths(out: Path, subset: str) -> list[Path]:
+    """The tar files of one subset (flat and in its ``sNNN/gNNN`` sub-folders), in relative-path order."""
+    return folder_files(Path(out) / subset, "*.tar")
+
+
+__all__ = ["BuildConfig", "BuildOptions", "BuildReport", "FatalBuildError", "build", "shard_paths"]
