@@ -122,23 +122,7 @@ def extract_package(archive: Path, dest: Path, limits: ArchiveLimits | None = No
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         out = Extracted()
-        try:
-            raw = open(archive, "rb")  # noqa: SIM115 - closed by the `with raw` below; open errors differ
-        except OSError as e:  # the archive itself could not be read
-            out.problems.append((ARCHIVE_PROBLEM, "bad_archive"))
-            out.detail = f"{type(e).__name__}: {e}"
-            raw = None
-        if raw is not None:
-            with raw:
-                try:
-                    tf = tarfile.open(fileobj=raw, mode="r|*")
-                except _TAR_ERRORS as e:
-                    out.problems.append((ARCHIVE_PROBLEM, "bad_archive"))
-                    out.detail = f"{type(e).__name__}: {e}"
-                    tf = None
-                if tf is not None:
-                    with tf:
-                        _extract_members(tf, tmp, out, limits)
+        _read_archive(archive, _DiskSink(tmp), out, limits)
         write_marker(tmp / MARKER, {"archive": archive.name, "problems": out.problems, "files": sorted(out.files)})
         if dest.exists():
             shutil.rmtree(dest)
@@ -165,8 +149,24 @@ def _problem_name(name: str, taken: set[str]) -> str:
     return n
 
 
-def _extract_members(tf: tarfile.TarFile, root: Path, out: Extracted, limits: ArchiveLimits) -> None:
-    _read_members(tf, _DiskSink(root), out, limits)
+def _read_archive(archive: Path, sink, out: Extracted, limits: ArchiveLimits) -> None:
+    """Open ``archive`` as a tar stream and read its members into ``sink`` (:func:`_read_members`); an archive
+    that cannot be opened, or is not a tar, is recorded on ``out`` as ``bad_archive`` with the error."""
+    try:
+        raw = open(archive, "rb")  # noqa: SIM115 - closed by the `with raw` below; open errors differ
+    except OSError as e:  # the archive itself could not be read
+        out.problems.append((ARCHIVE_PROBLEM, "bad_archive"))
+        out.detail = f"{type(e).__name__}: {e}"
+        return
+    with raw:
+        try:
+            tf = tarfile.open(fileobj=raw, mode="r|*")
+        except _TAR_ERRORS as e:
+            out.problems.append((ARCHIVE_PROBLEM, "bad_archive"))
+            out.detail = f"{type(e).__name__}: {e}"
+            return
+        with tf:
+            _read_members(tf, sink, out, limits)
 
 
 class _DiskSink:
@@ -284,25 +284,11 @@ def read_package(archive: Path, dest: Path, limits: ArchiveLimits | None = None,
     archive, dest = Path(archive), Path(dest)
     limits = limits or ArchiveLimits()
     out = Extracted(in_memory=True)
-    try:
-        raw = open(archive, "rb")  # noqa: SIM115 - closed by the `with raw` below; open errors differ
-    except OSError as e:
-        out.problems.append((ARCHIVE_PROBLEM, "bad_archive"))
-        out.detail = f"{type(e).__name__}: {e}"
-        return out
     sink = _MemorySink(dest, max_bytes)
-    with raw:
-        try:
-            tf = tarfile.open(fileobj=raw, mode="r|*")
-        except _TAR_ERRORS as e:
-            out.problems.append((ARCHIVE_PROBLEM, "bad_archive"))
-            out.detail = f"{type(e).__name__}: {e}"
-            return out
-        with tf:
-            try:
-                _read_members(tf, sink, out, limits)
-            except _UseDisk:
-                return None
+    try:
+        _read_archive(archive, sink, out, limits)
+    except _UseDisk:
+        return None
     out.data = sink.data
     return out
 
