@@ -105,6 +105,8 @@ KIND_OF_TESTS = {
     "slow": [                                                            # minutes, or the end-to-end runs
         "tests/test_smoke.py",
         "tests/train/test_openclip_train.py",
+        # two builds of panels, flat then grouped (7 s on 2 idle cores; its concept twin stays in the fast loop)
+        "tests/panels/test_panels_dataset.py::test_rerun_over_flat_panel_shards_of_before_moves_them_into_groups",
         # integration tests of 10 s or more on the busy 2-core build machine (pytest --durations, 2026-12-05):
         # `make test` runs them, the fast loop does not
         "tests/ingest/test_build.py::test_cli_build_sample_and_inspect",
