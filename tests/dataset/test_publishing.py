@@ -8,7 +8,6 @@ them twice: exact duplicates) and synthetic Cloud-layout articles whose figures 
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -28,16 +27,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 MARK = "ZZlocalZZmachineZZ"
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_scale import synth_article  # noqa: E402 - after the path insert
-
-
-def _copy(data: bytes, scale: float, quality: int) -> bytes:
-    from PIL import Image
-
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-    im = im.resize((max(32, int(im.width * scale)), max(32, int(im.height * scale))))
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+from support.images import jpeg_copy
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +43,7 @@ def built(tmp_path_factory, articles_dir) -> tuple[Path, str]:
         folder = synth_article(inp, num, commercial=num == 95_599_001)
         for i, data in enumerate(figs, 1):
             (folder / f"nihpp-2023.12.31.573776v1-f000{i}.jpg").write_bytes(data if scale == 1.0 else
-                                                                            _copy(data, scale, 70))
+                                                                            jpeg_copy(data, scale, 70))
     out = root / "ds"
     r = subprocess.run([str(BIN), "build", "--input", str(inp), f"--out={out}", "--no-progress", "--workers", "1",
                         "--near-dedup"], capture_output=True, text=True, env=ENV, timeout=300, check=False)

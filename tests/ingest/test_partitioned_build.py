@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent / "biomedica"
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_scale import synth_article, synth_corpus  # noqa: E402  (the real PMC10802347 nXML, new ids)
+from support.images import jpeg_copy
 
 
 def _cfg(inp: Path, out: Path, **kw) -> BuildConfig:
@@ -341,18 +342,6 @@ def _real_figures(n: int = 4) -> list[bytes]:
     return [p.read_bytes() for p in src[:n]]
 
 
-def _copy(data: bytes, scale: float, quality: int) -> bytes:
-    import io
-
-    from PIL import Image
-
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-    im = im.resize((max(32, int(im.width * scale)), max(32, int(im.height * scale))))
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def _put_figures(folder: Path, figures: list[bytes]) -> None:
     for i, data in enumerate(figures, 1):
         (folder / f"nihpp-2023.12.31.573776v1-f000{i}.jpg").write_bytes(data)
@@ -364,8 +353,8 @@ def test_near_duplicate_copies_are_grouped_across_partitions(tmp_path, near_dedu
     inp = tmp_path / "in"
     synth_corpus(inp, 12, start=95_500_000)                       # distinct noise figures
     _put_figures(synth_article(inp, 95_599_001, commercial=True), figs)                      # the originals
-    _put_figures(synth_article(inp, 95_599_002), [_copy(d, 0.75, 70) for d in figs])        # re-encoded, resized
-    _put_figures(synth_article(inp, 95_599_003), [_copy(d, 1.5, 90) for d in figs])         # upscaled copies
+    _put_figures(synth_article(inp, 95_599_002), [jpeg_copy(d, 0.75, 70) for d in figs])        # re-encoded, resized
+    _put_figures(synth_article(inp, 95_599_003), [jpeg_copy(d, 1.5, 90) for d in figs])         # upscaled copies
     out = tmp_path / "ds"
     build(_cfg(inp, out, split_fractions=(1.0, 0.0, 0.0), near_dedup=near_dedup))
     index = {r["key"]: r for r in pq.read_table(out / "figures.parquet").to_pylist()}
