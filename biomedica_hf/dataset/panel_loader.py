@@ -12,9 +12,9 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from biomedica_hf.filters import Selection
 from biomedica_hf.io.tars import range_members
 from biomedica_hf.layout import PANELS_INDEX
-from biomedica_hf.schema import SUBSETS
 
 PANEL_METADATA = {"parent_key": "string", "pmcid": "string", "figure_id": "string", "subset": "string",
                   "license_code": "string", "split": "string", "year": "int32", "panel_index": "int32",
@@ -51,15 +51,10 @@ def select_panels(table, subset: str | Sequence[str] = "commercial", split: str 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    subsets = list(SUBSETS) if subset == "all" else [subset] if isinstance(subset, str) else list(subset)
-    bad = [s for s in subsets if s not in SUBSETS]
-    if bad:
-        raise ValueError(f"unknown subset(s) {bad}; valid: {', '.join(SUBSETS)}, all")
-    mask = pc.is_in(table["subset"], value_set=pa.array(subsets))
-    if split is not None:
-        if split not in ("train", "validation", "test"):
-            raise ValueError(f"unknown split {split!r}; valid: train, validation, test")
-        mask = pc.and_(mask, pc.equal(table["split"], split))
+    selection = Selection(subset=subset, split=split)      # the loader's rule (checked when made)
+    mask = pc.is_in(table["subset"], value_set=pa.array(list(selection.subsets)))
+    if selection.split is not None:
+        mask = pc.and_(mask, pc.equal(table["split"], selection.split))
     if methods is not None:
         bad = [m for m in methods if m not in METHODS]
         if bad:

@@ -274,3 +274,23 @@ def test_rerun_over_flat_panel_shards_of_before_moves_them_into_groups(built_dat
     assert all(t in plan.paths and f"{t.rsplit('/', 1)[0]}/sizes.json" in plan.paths for t in tars)
     panels = list(load_biomedica(out, "all", level="panel", decode=False))
     assert sorted(r["key"] for r in panels) == sorted(before)
+
+
+def test_panel_selection_follows_the_loaders_rule(paneled):
+    """``select_panels`` checks subset and split with the one ``Selection`` rule: the same messages as the loader's,
+    and a list of subsets and a split select exactly their rows."""
+    from biomedica_hf.dataset.panel_loader import select_panels
+    from biomedica_hf.filters import Selection
+
+    out, _ = paneled
+    panels = pq.read_table(out / PANELS_INDEX)
+    for bad in ({"subset": "comercial"}, {"split": "tran"}):
+        with pytest.raises(ValueError) as ours:
+            select_panels(panels, **bad)
+        with pytest.raises(ValueError) as loaders:
+            Selection(**bad)
+        assert str(ours.value) == str(loaders.value)
+    rows = panels.to_pylist()
+    got = select_panels(panels, ["commercial", "other"], split="train")
+    assert got.num_rows == sum(r["subset"] in ("commercial", "other") and r["split"] == "train" for r in rows)
+    assert select_panels(panels, "all").num_rows == panels.num_rows
