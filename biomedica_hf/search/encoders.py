@@ -32,7 +32,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 RANDOM_SEED = 0
-MAX_DECODE_SIDE = 1024  # JPEG draft decoding down to ~this size before the model's own resize
 
 
 class TextEncoder(Protocol):

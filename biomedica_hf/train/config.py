@@ -79,10 +79,6 @@ class DataBase:
         return Selection(**{name: getattr(self, name) for name in FIELDS})
 
 
-#: the filter keys of ``data`` besides ``subset`` (the other fields of :class:`~biomedica_hf.filters.Selection`)
-FILTERS = tuple(name for name in FIELDS if name != "subset")
-
-
 @dataclass
 class TrainBase:
     """The optimisation words both recipes share."""
