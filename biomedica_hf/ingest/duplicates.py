@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from biomedica_hf.ingest.dedup import PUBLISHED, write_hash_rows
 from biomedica_hf.ingest.work import Work
 from biomedica_hf.io.atomic import atomic_path, write_parquet
-from biomedica_hf.layout import DUPLICATES, FIGURES_INDEX
+from biomedica_hf.layout import DUP_TABLES, DUPLICATES, FIGURES_INDEX
 
 
 NEAR_SCHEMA = pa.schema([("key", pa.string()), ("near_dup_of", pa.string()), ("distance", pa.int32())])
@@ -101,7 +101,7 @@ def caption_duplicates_pass(work: Work, out: Path) -> int:
 
     rows = [{"key": key, "caption_dup_of": kept}
             for key, kept in caption_near_duplicates(tables, work.root / "captiondup", keys_of=keys_of)]
-    write_parquet(out / "caption_duplicates.parquet", rows, CAPTION_SCHEMA)
+    write_parquet(out / DUP_TABLES["caption_dup_of"], rows, CAPTION_SCHEMA)
     shutil.rmtree(work.root / "captiondup", ignore_errors=True)
     current = {caption_keys_path(work, t) for t in tables}
     for f in (work.root / CAPTION_KEYS).rglob("*.npz") if (work.root / CAPTION_KEYS).is_dir() else []:
@@ -157,7 +157,7 @@ def write_near_duplicates(work: Work, k: int, out: Path) -> None:
     the samples dropped as duplicates."""
     near = work.snap(k) / "near.parquet"
     if near.exists():
-        with atomic_path(out / "near_duplicates.parquet") as tmp:
+        with atomic_path(out / DUP_TABLES["near_dup_of"]) as tmp:
             shutil.copyfile(near, tmp)
 
 

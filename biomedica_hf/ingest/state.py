@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from biomedica_hf.io.atomic import atomic_write_bytes
-from biomedica_hf.io.digest import file_sha256
+from biomedica_hf.io.digest import file_seal, file_sha256
 
 SEAL = "_seal"
 FAULT_ENV = "BIOMEDICA_FAULT_AT"
@@ -112,11 +112,6 @@ def read_sealed(path: Path) -> dict[str, Any] | None:
 def file_digest(path: Path) -> str:
     """SHA-256 of a file (:func:`biomedica_hf.io.digest.file_sha256`)."""
     return file_sha256(path)
-
-
-def file_seal(path: Path) -> list:
-    """``[length, sha256]`` of a file, what a sealed record keeps to check it later."""
-    return [Path(path).stat().st_size, file_digest(path)]
 
 
 def matches(path: Path, seal: Any) -> bool:

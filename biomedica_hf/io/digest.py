@@ -1,4 +1,5 @@
-"""SHA-256 of a file, read in 1 MiB blocks (the one home of this loop: build state seals, Hub upload checks)."""
+"""SHA-256 of a file, read in 1 MiB blocks, and a file's seal (length + SHA-256): the one home of this loop (build
+state seals, caption keys, Hub upload checks)."""
 from __future__ import annotations
 
 import hashlib
@@ -14,4 +15,9 @@ def file_sha256(path: Path | str) -> str:
     return h.hexdigest()
 
 
-__all__ = ["file_sha256"]
+def file_seal(path: Path | str) -> list:
+    """``[length, sha256]`` of a file, what a sealed record keeps to check it later."""
+    return [Path(path).stat().st_size, file_sha256(path)]
+
+
+__all__ = ["file_seal", "file_sha256"]

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from biomedica_hf.io.atomic import atomic_open
+from biomedica_hf.io.digest import file_seal
 from biomedica_hf.neardup.buckets import Spill, column_batches, forest, runs
 from biomedica_hf.neardup.groups import BATCH_ROWS, GroupStats, expand, grouped_members, open_parts
 
@@ -99,16 +101,6 @@ def caption_keys(captions: list[str | None], threshold: float = DEFAULT_THRESHOL
     return keys, ok
 
 
-def _file_seal(path: Path) -> tuple[int, str]:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return Path(path).stat().st_size, h.hexdigest()
-
-
 def write_part_keys(part: str | os.PathLike, dest: str | os.PathLike,
                     threshold: float = DEFAULT_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
     """The band keys of every row of the Parquet ``part`` (its ``caption`` column) into ``dest`` (``.npz``, written
@@ -117,13 +109,9 @@ def write_part_keys(part: str | os.PathLike, dest: str | os.PathLike,
 
     captions = pq.ParquetFile(part).read(columns=["caption"]).column(0).to_pylist()   # (no pyarrow.dataset import)
     keys, ok = caption_keys(captions, threshold)
-    size, digest = _file_seal(Path(part))
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    size, digest = file_seal(part)
+    with atomic_open(Path(dest)) as fh:
         np.savez(fh, keys=keys, ok=ok, seal=np.array([str(size), digest, repr(band_params(threshold))]))
-    os.replace(tmp, dest)
     return keys, ok
 
 
@@ -134,7 +122,7 @@ def read_part_keys(part: str | os.PathLike, keys_file: str | os.PathLike,
     try:
         with np.load(keys_file) as z:
             size, digest, params = (str(x) for x in z["seal"])
-            if params != repr(band_params(threshold)) or (int(size), digest) != _file_seal(Path(part)):
+            if params != repr(band_params(threshold)) or [int(size), digest] != file_seal(part):
                 return None
             keys, ok = z["keys"], z["ok"]
     except (OSError, ValueError, KeyError, EOFError):
