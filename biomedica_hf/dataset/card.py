@@ -210,6 +210,8 @@ def _png_encoding(media: dict) -> str:
     if "png_compress_level" not in media:
         return ""
     strategy = media.get("png_strategy", "default")
+    if strategy == "paeth-rle":
+        return "libpng with the Paeth filter on every row and zlib's RLE strategy"
     if strategy == "rle":
         return "deflate with zlib's RLE strategy"
     return f"zlib level {media['png_compress_level']}" + (f", strategy {strategy}" if strategy != "default" else "")

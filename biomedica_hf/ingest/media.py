@@ -29,8 +29,8 @@ Output policy of :func:`process_image` ("original bytes, or lossless PNG"):
 * EXIF orientation: kept originals keep their tag (``datasets.Image`` applies it on decode);
   converted images have it applied to the pixels, because the tag is not carried over.
   ``width``/``height`` are the *displayed* size, i.e. after orientation, in both cases.
-* Converted PNGs are deflated with zlib's RLE strategy (:data:`PNG_STRATEGY`: level 6's size at level 1's
-  speed on the fixtures' TIFF/GIF figures).
+* Converted PNGs are written by libpng (``imagecodecs``) with the Paeth filter on every row and zlib's RLE strategy
+  (:data:`PNG_STRATEGY`: Pillow's smallest fast setting's size in half its time on the fixtures' TIFF/GIF figures).
 * Converted PNGs carry no metadata (no text, time, EXIF, dpi); the ICC profile is kept only when
   it matches the output colour space (RGB profile on RGB/RGBA, gray profile on L/LA).  Output is
   deterministic: same input bytes and settings -> same output bytes.
@@ -246,12 +246,19 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00
 
 PNG_COMPRESS_LEVEL = 6
 
-#: zlib strategies for converted PNGs. ``rle`` (the default) was chosen by measurement on the fixtures' converted
-#: TIFF/GIF figures (Pillow 13, zlib-ng; docs/scale-and-performance.md): the size of level 6 (-12 % bytes against
-#: level 3) at the speed of level 1 (-20 % encoding time against level 3); RLE does not depend on the level
-#: (except 0, stored). ``default`` is zlib's usual LZ77 at ``compress_level``.
-PNG_STRATEGIES = {"default": zlib.Z_DEFAULT_STRATEGY, "filtered": zlib.Z_FILTERED, "rle": zlib.Z_RLE}
-PNG_STRATEGY = "rle"
+#: how converted PNGs are encoded, each chosen by measurement on the fixtures' converted TIFF/GIF figures
+#: (docs/scale-and-performance.md). ``paeth-rle`` (the default since issue 28's fourth round): libpng through
+#: ``imagecodecs`` with the Paeth filter on every row and zlib's RLE strategy: Pillow-``rle``'s size (+0.5 %) in half
+#: its time (Pillow spends most of its encoding choosing a filter per row, which no Pillow setting turns off).
+#: The others are Pillow's encoder with that zlib strategy: ``rle`` (the default before; level 6's size at level 1's
+#: speed, RLE does not depend on the level except 0), ``default`` (zlib's LZ77 at ``compress_level``), ``filtered``.
+PNG_STRATEGIES = {"default": zlib.Z_DEFAULT_STRATEGY, "filtered": zlib.Z_FILTERED, "rle": zlib.Z_RLE,
+                  "paeth-rle": zlib.Z_RLE}
+PNG_STRATEGY = "paeth-rle"
+#: the strategies that encode with libpng and one fixed row filter (``imagecodecs.PNG.FILTER`` names)
+_LIBPNG_FILTER = {"paeth-rle": "PAETH"}
+#: the PNG modes libpng is given as arrays (``np.asarray`` of these is uint8 with 1-4 channels)
+_LIBPNG_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
 
 # what Pillow raises on malformed input (plugins are not consistent about it)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
@@ -270,10 +277,30 @@ def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int, strateg
     """
     im.info = {}
     keep_icc = bool(icc) and 20 <= len(icc) <= MAX_ICC_BYTES and icc[16:20] == _ICC_SPACE.get(im.mode)
+    if strategy in _LIBPNG_FILTER and im.mode in _LIBPNG_MODES:
+        return _encode_libpng(im, icc if keep_icc else None, compress_level, strategy)
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=False, compress_level=compress_level,
             compress_type=PNG_STRATEGIES[strategy], icc_profile=icc if keep_icc else None)
     return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _encode_libpng(im: Image.Image, icc: bytes | None, compress_level: int, strategy: str) -> bytes:
+    """``im`` (L, LA, RGB, RGBA) as a PNG written by libpng (``imagecodecs.png_encode``: IHDR, IDAT, IEND) with one
+    row filter for every row; an ICC profile goes into an ``iCCP`` chunk right after IHDR, as Pillow writes it."""
+    import imagecodecs
+    import numpy as np
+
+    png = imagecodecs.png_encode(np.asarray(im), level=compress_level, strategy=PNG_STRATEGIES[strategy],
+                                 filter=imagecodecs.PNG.FILTER[_LIBPNG_FILTER[strategy]])
+    if not icc:
+        return bytes(png)
+    ihdr_end = 8 + 12 + 13            # signature, then IHDR (length, type, 13 bytes, CRC)
+    return bytes(png[:ihdr_end]) + _png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc)) + bytes(png[ihdr_end:])
 
 
 def _bomb_action(max_pixels: int) -> str:

@@ -19,7 +19,6 @@ Each manifest's row count and content digest (:func:`manifest_digest`) are recor
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -32,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from biomedica_hf.io.atomic import atomic_path
-from biomedica_hf.schema import ArticleRef
+from biomedica_hf.schema import ArticleRef, flat_dict
 
 FINE_BUCKETS = 4096
 SPLITS = ("train", "validation", "test")
@@ -86,7 +85,7 @@ def ref_revision(ref: ArticleRef) -> str:
 
 
 def ref_to_json(ref: ArticleRef) -> str:
-    return json.dumps(dataclasses.asdict(ref), ensure_ascii=False, default=str)
+    return json.dumps(flat_dict(ref), ensure_ascii=False, default=str)
 
 
 def ref_from_json(text: str) -> ArticleRef:

@@ -21,7 +21,6 @@ image whose bytes changed, ``images.bin`` shorter than the log says) raises
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -36,7 +35,7 @@ from biomedica_hf.ingest.article import PackageResult
 from biomedica_hf.ingest.state import StateError, file_seal, matches, read_sealed, write_sealed
 from biomedica_hf.io.markers import STAGED
 from biomedica_hf.io.ranges import LocalFile
-from biomedica_hf.schema import ImageRecord, Sample
+from biomedica_hf.schema import ImageRecord, Sample, flat_dict
 
 
 def _clean(obj):
@@ -154,7 +153,7 @@ class PartitionStage:
             n = 0
             for s in result.samples:
                 fh.write(s.image.data)
-                image = {k: v for k, v in dataclasses.asdict(s.image).items() if k != "data"}
+                image = {k: v for k, v in flat_dict(s.image).items() if k != "data"}
                 samples.append({"key": s.key, "caption": s.caption, "meta": s.meta, "image": image,
                                 "offset": offset + n, "length": len(s.image.data)})
                 n += len(s.image.data)

@@ -49,6 +49,8 @@ def shingles(caption: str, size: int = SHINGLE) -> list[bytes]:
         return []
     if len(words) <= size:
         return [" ".join(words).encode()]
+    if size == SHINGLE:     # the build's size: one f-string per shingle, no slice and join (~25% of the pass)
+        return [f"{a} {b} {c}".encode() for a, b, c in zip(words, words[1:], words[2:])]
     return [" ".join(words[i:i + size]).encode() for i in range(len(words) - size + 1)]
 
 
