@@ -310,7 +310,7 @@ def build_options(params: dict, spec: SourceSpec) -> BuildOptions:
         split_fractions=_parse_splits(p["splits"]), partition_target=p["partition_size"],
         allow_shrink=p["allow_shrink"], near_dedup=p["near_dedup"], allow_downgrade=p["allow_downgrade"],
         rebuild_state=p["rebuild_state"],
-        preload=("matplotlib.pyplot",),   # the card's import, while the workers stage (issue 28)
+        preload=("matplotlib.figure", "matplotlib.backends.backend_agg"),   # the card's imports, while workers stage
         command=public_command("biomedica", sys.argv[1:]))
 
 
