@@ -46,6 +46,7 @@ from biomedica_hf.io.atomic import atomic_path, move_into_place, write_parquet, 
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.layout import ARTICLES_TABLE, LEDGER, shard_dirs
 from biomedica_hf.ledger import LEDGER_SCHEMA
+from biomedica_hf.neardup.hashing import HASH_NAME, LEGACY_HASH_NAME
 from biomedica_hf.schema import FAILED, SKIPPED, SUBSETS, LedgerEntry
 
 log = logging.getLogger("biomedica_hf.ingest")
@@ -178,8 +179,25 @@ def _check_history(work: Work, k: int) -> None:
                               f"articles twice. Rerun with --rebuild-state to reconstruct it from the published files")
 
 
+def check_hash_definition(work: Work, k: int) -> None:
+    """An update (``k > 0``) adds samples beside published ones whose ``phash`` values stay as they are: they must
+    be of this code's hash definition (``build_summary.json`` ``phash``; none recorded = the legacy one), else the
+    folder would mix two definitions: refused, before anything is listed or changed."""
+    if k == 0:
+        return
+    from biomedica_hf.ingest.finish import previous_summary
+
+    have = previous_summary(work).get("phash") or LEGACY_HASH_NAME
+    if have != HASH_NAME:
+        raise FatalBuildError(f"{work.out}: its published samples carry perceptual hashes of the definition {have!r} "
+                              f"and this build computes {HASH_NAME!r}; an update would mix the two in figures.parquet. "
+                              f"Build the listing into a new folder (biomedica build --out NEW_FOLDER) and publish "
+                              f"that one")
+
+
 def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
     """List, diff against earlier snapshots (updates), write the manifests and the layout."""
+    check_hash_definition(work, k)
     spool, n_listed = list_snapshot(cfg, work, k)
     changes = Counter()
     removed_rows: list[dict] = []
@@ -363,6 +381,7 @@ def check_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
     manifests are the recorded ones the snapshot goes on, else it is redone. A partition whose done marker,
     parts or hash files do not check loses them and is redone from its staging or from its inputs; damaged
     duplicate decisions are decided again."""
+    check_hash_definition(work, k)
     meta = work.meta(k)
     layout = work.layout(k)
     if layout is None or "manifests" not in meta:
