@@ -374,6 +374,23 @@ def check_ready(work: Work, k: int) -> bool:
     return False
 
 
+def _forget_other_definition(work: Work, k: int, layout: Layout) -> None:
+    """Partitions staged or written by code of another hash definition (older code records none): their phash
+    values must not meet this code's, so the decisions made from them (duplicates, staged tables) are made again;
+    the partitions themselves are redone by the checks of :func:`check_snapshot` (``read_done``, ``hashes_match``)."""
+    def other(pid: PartitionId) -> bool:
+        info = read_sealed(work.done(pid.name)) or work.stage(pid).staged_info()
+        return bool(info) and info.get("phash", LEGACY_HASH_NAME) != HASH_NAME
+
+    stale = [pid.name for pid in layout.all_partitions() if other(pid)]
+    if not stale:
+        return
+    log.warning("snapshot %d: %d partition(s) (%s) were hashed with another perceptual hash definition than %s: "
+                "redone, with the duplicate decisions", k, len(stale), ", ".join(stale[:3]), HASH_NAME)
+    for name in ("dedup.json", "decisions.parquet", "near.parquet", "finish.ready", ARTICLES_TABLE, LEDGER):
+        (work.snap(k) / name).unlink(missing_ok=True)
+
+
 def check_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
     """A resumed snapshot: every piece of its state is checked before anything trusts it.
 
@@ -387,6 +404,7 @@ def check_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
     if layout is None or "manifests" not in meta:
         discard_snapshot(work, k)
         return plan_snapshot(cfg, work, k)
+    _forget_other_definition(work, k, layout)
     ready = check_ready(work, k)
     bad = [name for name, seal in meta["manifests"].items()
            if list(manifest_digest(work.manifest(PartitionId.parse(name))) or ()) != list(seal)]

@@ -249,7 +249,8 @@ def _open_stage(stage: PartitionStage, digest: str | None) -> set[str]:
     if stage.folder.exists() and (bound is None or bound.get("manifest") != digest
                                   or bound.get("phash", LEGACY_HASH_NAME) != HASH_NAME):   # staged phash values
         if any(stage.folder.iterdir()):
-            log.warning("staging of %s was made for another manifest or is damaged: redone", stage.folder.name)
+            log.warning("staging of %s was made for another manifest or hash definition, or is damaged: redone",
+                        stage.folder.name)
         stage.remove()
     if not stage.folder.exists():
         stage.folder.mkdir(parents=True)
