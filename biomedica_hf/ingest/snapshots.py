@@ -182,7 +182,8 @@ def _check_history(work: Work, k: int) -> None:
 def check_hash_definition(work: Work, k: int) -> None:
     """An update (``k > 0``) adds samples beside published ones whose ``phash`` values stay as they are: they must
     be of this code's hash definition (``build_summary.json`` ``phash``; none recorded = the legacy one), else the
-    folder would mix two definitions: refused, before anything is listed or changed."""
+    folder would mix two definitions: refused once the listing shows changes, before anything is planned or
+    published (a listing without changes leaves such a folder as it is: "up to date")."""
     if k == 0:
         return
     from biomedica_hf.ingest.finish import previous_summary
@@ -197,7 +198,6 @@ def check_hash_definition(work: Work, k: int) -> None:
 
 def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
     """List, diff against earlier snapshots (updates), write the manifests and the layout."""
-    check_hash_definition(work, k)
     spool, n_listed = list_snapshot(cfg, work, k)
     changes = Counter()
     removed_rows: list[dict] = []
@@ -266,6 +266,11 @@ def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
         if not sum(counts) and not removed_rows and not plan_rows:
             shutil.rmtree(work.snap(k), ignore_errors=True)   # nothing changed: no snapshot
             return None
+        try:
+            check_hash_definition(work, k)
+        except FatalBuildError:
+            shutil.rmtree(work.snap(k), ignore_errors=True)   # refused: no snapshot
+            raise
     layout = choose_layout(k, counts, tuple(cfg.split_fractions), cfg.partition_target)
     if k == 0:
         changes["added"] = sum(counts)

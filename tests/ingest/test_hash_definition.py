@@ -134,7 +134,8 @@ def test_an_unmarked_rerun_of_the_same_kill_trusts_its_staging(corpus, reference
 
 def test_an_update_over_a_folder_of_another_definition_is_refused(corpus, reference, tmp_path):
     """A folder whose build_summary.json records no definition (built by older code: legacy phash256 values):
-    an update would publish new samples' hashes beside the old ones: refused in one line, nothing changed."""
+    an update would publish new samples' hashes beside the old ones: refused in one line, no published file
+    changed, no snapshot left behind; the unchanged listing is still "up to date"."""
     out = tmp_path / "ds"
     shutil.copytree(reference["out"], out)
     summary = json.loads((out / "build_summary.json").read_text())
@@ -146,8 +147,14 @@ def test_an_update_over_a_folder_of_another_definition_is_refused(corpus, refere
     newer = tmp_path / "newer"
     shutil.copytree(corpus, newer)
     synth_article(newer, START + 100)
-    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "ingest.lock"}
+    def published() -> dict[Path, bytes]:
+        return {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and "_work" not in p.parts}
+
+    before = published()
     with pytest.raises(FatalBuildError, match=f"'{LEGACY_HASH_NAME}'.*'{HASH_NAME}'.*--out NEW_FOLDER") as e:
         build(_cfg(newer, out))
     assert "\n" not in str(e.value)
-    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "ingest.lock"} == before
+    assert published() == before
+    assert [p.name for p in sorted((out / "_work" / "snapshots").iterdir())] == ["s000"]
+    assert build(_cfg(corpus, out)).changes == {"up to date": 1}
+    assert published() == before

@@ -70,6 +70,25 @@ def test_hash_is_256_bits_and_the_same_from_bytes_or_image(figures):
         bytes_phash(b"not an image")
 
 
+def test_a_jpeg_and_its_lossless_png_copy_hash_alike(pmc_dir):
+    """One definition for every format: a JPEG (decoded at its DCT scale, luma only) and the PNG of its full-size
+    pixels (box-reduced by the same factor, whole blocks) stay close on all 56 fixture JPEGs (measured: mean 1.0,
+    max 6 bits; without the DCT-scale step for the PNG: mean 2.4, max 12)."""
+    from biomedica_hf.neardup.hashing import dct_scale
+
+    files = sorted(p for p in pmc_dir.rglob("*.jpg") if p.is_file())
+    assert len(files) >= 50
+    dists, scales = [], set()
+    for f in files:
+        data = f.read_bytes()
+        full = Image.open(io.BytesIO(data))
+        full.load()
+        scales.add(dct_scale(full.size))
+        dists.append(hex_distance(bytes_phash(data), bytes_phash(_encode(full, "PNG", compress_level=1))))
+    assert {2, 4} <= scales                      # the fixtures reach more than one DCT scale
+    assert max(dists) <= 10 and np.mean(dists) <= 2.0, dists
+
+
 def test_threshold_separates_copies_from_distinct_figures(figures):
     """The calibration itself: every generated copy inside the threshold, every distinct pair outside."""
     subset = figures[::2]                     # half the figures keeps the test short; the bench runs all
