@@ -9,6 +9,8 @@ Three entry points share the same rules, so a figure is seen the same way everyw
   flattened onto white;
 * :func:`hash_gray` - the input of the perceptual hash (``neardup.hashing``): 8-bit grayscale, alpha
   flattened onto white, large images box-reduced first.
+* :func:`reduce_by` - an integer box-reduce (of whole blocks, with a ``box``) where the mode allows: the perceptual
+  hash's first step for images that are not decoded at a DCT scale.
 
 The rules:
 
