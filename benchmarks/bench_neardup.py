@@ -4,8 +4,8 @@
 * **Hashes per second per core** on the real fixture figures, already decoded (as in the per-article
   worker): the build's 256-bit pHash, the other candidates, and the naive ``imagehash.phash`` on the full
   image; the anchor is decoding the same files (``Image.open().load()``), which the worker pays anyway.
-* **Calibration**: each fixture figure vs its re-encoded (JPEG q60-95), resized (0.5-2x), PNG<->JPEG and
-  resized+q60 copies (positives) and every pair of distinct figures (negatives): distance distributions
+* **Calibration**: each fixture figure (hashed as the build hashes it) vs its re-encoded (JPEG q60-95), resized
+  (0.5-2x), PNG<->JPEG and resized+q60 copies, made from its full-size pixels (positives) and every pair of distinct figures (negatives): distance distributions
   per candidate hash, precision / recall at the chosen threshold.
 * **Grouping** (``find_near_duplicates``) at 100 k and 1 M synthetic 256-bit hashes: uniform random
   (pHash bits are balanced) with 1% planted near-duplicate pairs at distances 0..30 and 0.1% rows in
@@ -33,9 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("BIOMEDICA_SHARED", REPO.parent / "shared"))
 
-from biomedica_hf.neardup.calibrate import calibrate, choose_threshold, figure_files
+from biomedica_hf.neardup import hashing
+from biomedica_hf.neardup.calibrate import calibrate, choose_threshold, figure_files, full_image
 from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD
-from biomedica_hf.neardup.hashing import HASHERS, _gray, image_phash, open_image
+from biomedica_hf.neardup.hashing import HASH_NAME, HASHERS, _gray, image_phash, open_image
 
 
 def peak_mb() -> float:
@@ -55,13 +56,19 @@ def bench_hash(files: list[Path], min_seconds: float = 3.0) -> None:
 
     data = [f.read_bytes() for f in files]
     t = time.perf_counter()
-    images = [open_image(d) for d in data]
+    full = [full_image(d) for d in data]
     decode = time.perf_counter() - t
-    pixels = sum(im.width * im.height for im in images) / len(images)
-    print(f"\n## Hash speed: {len(images)} real fixture figures, mean {pixels / 1e6:.2f} Mpixel, one core\n")
+    t = time.perf_counter()
+    images = [open_image(d) for d in data]
+    decode_hash = time.perf_counter() - t
+    pixels = sum(im.width * im.height for im in full) / len(full)
+    print(f"\n## Hash speed ({HASH_NAME}): {len(images)} real fixture figures, mean {pixels / 1e6:.2f} Mpixel, one core\n")
     print("| what | images/s per core | ms per image |")
     print("|---|---:|---:|")
-    print(f"| anchor: decode the files (Image.open + load) | {len(images) / decode:,.0f} | {1000 * decode / len(images):.2f} |")
+    print(f"| anchor: decode the files at full size (Image.open + load) | {len(images) / decode:,.0f} | "
+          f"{1000 * decode / len(images):.2f} |")
+    print(f"| decode as the hash does (open_image: a JPEG at its DCT scale) | {len(images) / decode_hash:,.0f} | "
+          f"{1000 * decode_hash / len(images):.2f} |")
 
     def rate(fn) -> float:
         n, t0 = 0, time.perf_counter()
@@ -77,13 +84,14 @@ def bench_hash(files: list[Path], min_seconds: float = 3.0) -> None:
     for name, fn in HASHERS.items():
         r = rate(lambda im, fn=fn: fn(_gray(im)))
         print(f"| candidate {name} (same normalisation) | {r:,.0f} | {1000 / r:.2f} |")
+    images = full
     r = rate(lambda im: imagehash.phash(im, hash_size=16))
     print(f"| naive imagehash.phash(hash_size=16) on the full image | {r:,.0f} | {1000 / r:.2f} |")
 
 
 def bench_calibration(files: list[Path]) -> None:
     cal = calibrate(files)
-    print(f"\n## Calibration: {len(files)} distinct real figures, {len(cal.all_positives('phash256'))} "
+    print(f"\n## Calibration ({HASH_NAME}): {len(files)} distinct real figures, {len(cal.all_positives('phash256'))} "
           f"generated copies, {len(cal.negatives['phash256']):,} distinct pairs\n")
     print("| hash | bits | copies: max | p99 | median | distinct: min | p0.1 | p1 | median | gap (min distinct - max copy) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -321,7 +329,12 @@ def main() -> None:
     ap.add_argument("--skip-calibration", action="store_true")
     ap.add_argument("--skip-hash", action="store_true")
     ap.add_argument("--skip-captions", action="store_true")
+    ap.add_argument("--input-side", type=int, default=None,
+                    help="explore another hash input (short side the DCT scale and box-reduce keep; the build's: "
+                         f"{hashing._INPUT_SIDE}); 64 is the 1/8-scale variant measured and rejected in the README")
     args = ap.parse_args()
+    if args.input_side:
+        hashing._INPUT_SIDE = args.input_side
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     files = figures()

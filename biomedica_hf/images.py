@@ -9,6 +9,8 @@ Three entry points share the same rules, so a figure is seen the same way everyw
   flattened onto white;
 * :func:`hash_gray` - the input of the perceptual hash (``neardup.hashing``): 8-bit grayscale, alpha
   flattened onto white, large images box-reduced first.
+* :func:`reduce_by` - an integer box-reduce (of whole blocks, with a ``box``) where the mode allows: the perceptual
+  hash's first step for images that are not decoded at a DCT scale.
 
 The rules:
 
@@ -191,17 +193,24 @@ def flatten_on_white(img):
     return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
 
 
+def reduce_by(img, factor: int, box: tuple[int, int, int, int] | None = None):
+    """``img`` (its ``box``, default all of it) box-reduced by an integer factor (``Image.reduce``) where its mode
+    allows (palette images through RGB(A)); an image of another mode is returned as it is (the hash's Lanczos
+    resize copes)."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if factor >= 2 and img.mode in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F", "I;16"):
+        try:
+            return img.reduce(factor, box)
+        except (ValueError, NotImplementedError):   # a mode reduce() does not support: the resize copes
+            pass
+    return img
+
+
 def hash_gray(img, reduce_to: int):
     """The perceptual hash's input: an 8-bit grayscale copy of ``img`` with alpha composited on white; a large
     image is first box-reduced (integer factor) to about ``reduce_to`` pixels on its short side."""
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    factor = min(img.size) // reduce_to
-    if factor >= 2 and img.mode in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F", "I;16"):
-        try:
-            img = img.reduce(factor)
-        except (ValueError, NotImplementedError):   # a mode reduce() does not support: the resize copes
-            pass
+    img = reduce_by(img, min(img.size) // reduce_to)
     if img.mode in HIGH_BIT_DEPTH:
         return stretch_to_l(img)
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):

@@ -4,7 +4,8 @@ Tasks come from the evaluation registry's public :func:`~biomedica_hf.eval.tasks
 (fixture sets, the BIOMEDICA suite when present, retrieval folders, and any spec the registry learns),
 so every task with a Parquet source or a retrieval source can be checked. Evaluation images are hashed
 with :func:`.hashing.bytes_phash`; the training side uses ``figures.parquet``'s ``phash`` column when the
-build wrote it and otherwise hashes the shard images (byte ranges from ``figures.parquet``).
+build wrote it with this code's definition (``build_summary.json`` ``phash`` = ``HASH_NAME``) and otherwise hashes
+the shard images (byte ranges from ``figures.parquet``): hashes of two definitions are never compared.
 
 Matching: the evaluation hashes' 36 LSH keys (:mod:`.groups`) are held in memory (sorted arrays;
 evaluation sets are small), the training hashes stream by in batches, every key match is verified with
@@ -30,7 +31,15 @@ from biomedica_hf.io.atomic import atomic_path
 from biomedica_hf.io.ranges import ShardFiles, read_range
 from biomedica_hf.layout import CARD, DECONTAMINATION_DIR, FIGURES_INDEX
 from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD, lsh_tables, table_keys
-from biomedica_hf.neardup.hashing import HASH_BITS, HASH_NAME, bytes_phash, hamming, hex_to_words, open_image
+from biomedica_hf.neardup.hashing import (
+    HASH_BITS,
+    HASH_NAME,
+    bytes_phash,
+    folder_hash_name,
+    hamming,
+    hex_to_words,
+    open_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +136,14 @@ class EvalIndex:
         return pair[ok, 0], pair[ok, 1], d[ok]
 
 
-def training_hashes(dataset_dir: Path, progress: bool = False) -> Iterator[pa.Table]:
-    """Batches of (key, phash, shard, image_offset, image_size) for every training sample of the folder."""
+def training_hashes(dataset_dir: Path, progress: bool = False, use_index: bool = True) -> Iterator[pa.Table]:
+    """Batches of (key, phash, shard, image_offset, image_size) for every training sample of the folder; with
+    ``use_index=False`` (the index's hashes are of another definition) every hash is computed from the shard image."""
     index = dataset_dir / FIGURES_INDEX
     if not index.is_file():
         raise FileNotFoundError(f"{dataset_dir}: no figures.parquet (is this a folder built by `biomedica build`?)")
     pf = pq.ParquetFile(index)
-    names = pf.schema_arrow.names
+    names = [n for n in pf.schema_arrow.names if use_index or n != "phash"]
     cols = ["key", "shard", "image_offset", "image_size"] + (["phash"] if "phash" in names else [])
     bar = None
     if progress and "phash" not in names:
@@ -234,7 +244,12 @@ def decontaminate(dataset_dir: str | os.PathLike, tasks: str | Sequence, out_dir
     found: list[dict] = []
     train_total = train_unhashed = 0
     from_index = "phash" in pq.read_schema(root / FIGURES_INDEX).names if (root / FIGURES_INDEX).is_file() else False
-    for t in training_hashes(root, progress):
+    recorded, other = folder_hash_name(root), False
+    if from_index and recorded != HASH_NAME:      # never compare hashes of two definitions
+        log.warning("%s: figures.parquet's phash values are %s, this code computes %s: the training hashes are "
+                    "computed from the shard images", root, recorded, HASH_NAME)
+        from_index, other = False, True
+    for t in training_hashes(root, progress, use_index=from_index):
         train_total += t.num_rows
         valid = pc.is_valid(t["phash"]).to_numpy(zero_copy_only=False)
         train_unhashed += int((~valid).sum())
@@ -260,7 +275,8 @@ def decontaminate(dataset_dir: str | os.PathLike, tasks: str | Sequence, out_dir
                             if e.ids else 0.0}
     report = {"dataset": root.resolve().name, "hash": HASH_NAME, "hash_bits": HASH_BITS, "threshold": threshold,
               "training_samples": train_total, "training_unhashed": train_unhashed,
-              "training_hashes_from": "figures.parquet phash" if from_index else "shard images",
+              "training_hashes_from": "figures.parquet phash" if from_index else
+              f"shard images (figures.parquet's phash is {recorded}, not {HASH_NAME})" if other else "shard images",
               "excluded_keys": len(keys), "tasks": per_task,
               "files": {"exclusions": "exclusions.txt", "pairs": "pairs.parquet", "contact_sheet": "contact_sheet.png"}}
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ def decontaminate_cmd(dataset, tasks, out, threshold, data_dir, fixtures_dir, ca
     Writes into --out: exclusions.txt (keys, one per line: pass it to load_biomedica(exclude=...) or the
     recipes), pairs.parquet (task, eval image, key, distance), report.json (counts per task, threshold,
     hash) and contact_sheet.png (example pairs). Training hashes come from figures.parquet's phash column
-    when the build wrote it, else the shard images are hashed.
+    when the build wrote it with this code's hash definition (build_summary.json "phash"), else the shard
+    images are hashed (a folder built by older code: its legacy phash256 values are never compared).
 
     \b
       biomedica decontaminate ds --against @fixtures

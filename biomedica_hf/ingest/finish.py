@@ -41,6 +41,7 @@ from biomedica_hf.layout import (
     write_dataset_sizes,
 )
 from biomedica_hf.ledger import LEDGER_SCHEMA, format_summary, ledger_summary, removals
+from biomedica_hf.neardup.hashing import HASH_NAME
 from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger("biomedica_hf.ingest")
@@ -163,7 +164,7 @@ def finish(cfg: BuildOptions, work: Work, k: int, meta: dict, *, n_staged: int, 
         "source_opts": public_options(cfg.source.options()),   # local paths by their role: the summary is published
         "executor": cfg.executor, "seed": cfg.seed, "dedup_images": cfg.dedup_images,
         "shard_max_samples": cfg.shard_max_samples, "shard_max_bytes": cfg.shard_max_bytes,
-        "media": dataclasses.asdict(cfg.media), "articles_listed": meta.get("listed"), "articles": n_articles,
+        "media": dataclasses.asdict(cfg.media), "phash": HASH_NAME, "articles_listed": meta.get("listed"), "articles": n_articles,
         # removals from the ledger: the one source of the console, this summary and the card
         "samples": per_subset, "duplicates_removed": removals(summary)["exact"],
         "near_duplicates_removed": removals(summary)["near"],

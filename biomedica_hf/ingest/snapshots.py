@@ -46,6 +46,7 @@ from biomedica_hf.io.atomic import atomic_path, move_into_place, write_parquet, 
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.layout import ARTICLES_TABLE, LEDGER, shard_dirs
 from biomedica_hf.ledger import LEDGER_SCHEMA
+from biomedica_hf.neardup.hashing import HASH_NAME, LEGACY_HASH_NAME
 from biomedica_hf.schema import FAILED, SKIPPED, SUBSETS, LedgerEntry
 
 log = logging.getLogger("biomedica_hf.ingest")
@@ -178,6 +179,23 @@ def _check_history(work: Work, k: int) -> None:
                               f"articles twice. Rerun with --rebuild-state to reconstruct it from the published files")
 
 
+def check_hash_definition(work: Work, k: int) -> None:
+    """An update (``k > 0``) adds samples beside published ones whose ``phash`` values stay as they are: they must
+    be of this code's hash definition (``build_summary.json`` ``phash``; none recorded = the legacy one), else the
+    folder would mix two definitions: refused once the listing shows changes, before anything is planned or
+    published (a listing without changes leaves such a folder as it is: "up to date")."""
+    if k == 0:
+        return
+    from biomedica_hf.ingest.finish import previous_summary
+
+    have = previous_summary(work).get("phash") or LEGACY_HASH_NAME
+    if have != HASH_NAME:
+        raise FatalBuildError(f"{work.out}: its published samples carry perceptual hashes of the definition {have!r} "
+                              f"and this build computes {HASH_NAME!r}; an update would mix the two in figures.parquet. "
+                              f"Build the listing into a new folder (biomedica build --out NEW_FOLDER) and publish "
+                              f"that one")
+
+
 def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
     """List, diff against earlier snapshots (updates), write the manifests and the layout."""
     spool, n_listed = list_snapshot(cfg, work, k)
@@ -248,6 +266,11 @@ def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
         if not sum(counts) and not removed_rows and not plan_rows:
             shutil.rmtree(work.snap(k), ignore_errors=True)   # nothing changed: no snapshot
             return None
+        try:
+            check_hash_definition(work, k)
+        except FatalBuildError:
+            shutil.rmtree(work.snap(k), ignore_errors=True)   # refused: no snapshot
+            raise
     layout = choose_layout(k, counts, tuple(cfg.split_fractions), cfg.partition_target)
     if k == 0:
         changes["added"] = sum(counts)
@@ -356,6 +379,23 @@ def check_ready(work: Work, k: int) -> bool:
     return False
 
 
+def _forget_other_definition(work: Work, k: int, layout: Layout) -> None:
+    """Partitions staged or written by code of another hash definition (older code records none): their phash
+    values must not meet this code's, so the decisions made from them (duplicates, staged tables) are made again;
+    the partitions themselves are redone by the checks of :func:`check_snapshot` (``read_done``, ``hashes_match``)."""
+    def other(pid: PartitionId) -> bool:
+        info = read_sealed(work.done(pid.name)) or work.stage(pid).staged_info()
+        return bool(info) and info.get("phash", LEGACY_HASH_NAME) != HASH_NAME
+
+    stale = [pid.name for pid in layout.all_partitions() if other(pid)]
+    if not stale:
+        return
+    log.warning("snapshot %d: %d partition(s) (%s) were hashed with another perceptual hash definition than %s: "
+                "redone, with the duplicate decisions", k, len(stale), ", ".join(stale[:3]), HASH_NAME)
+    for name in ("dedup.json", "decisions.parquet", "near.parquet", "finish.ready", ARTICLES_TABLE, LEDGER):
+        (work.snap(k) / name).unlink(missing_ok=True)
+
+
 def check_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
     """A resumed snapshot: every piece of its state is checked before anything trusts it.
 
@@ -363,11 +403,13 @@ def check_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
     manifests are the recorded ones the snapshot goes on, else it is redone. A partition whose done marker,
     parts or hash files do not check loses them and is redone from its staging or from its inputs; damaged
     duplicate decisions are decided again."""
+    check_hash_definition(work, k)
     meta = work.meta(k)
     layout = work.layout(k)
     if layout is None or "manifests" not in meta:
         discard_snapshot(work, k)
         return plan_snapshot(cfg, work, k)
+    _forget_other_definition(work, k, layout)
     ready = check_ready(work, k)
     bad = [name for name, seal in meta["manifests"].items()
            if list(manifest_digest(work.manifest(PartitionId.parse(name))) or ()) != list(seal)]

@@ -44,6 +44,7 @@ from biomedica_hf.ingest.work import Work, hashes_match, read_done
 from biomedica_hf.io.atomic import atomic_path, write_parquet
 from biomedica_hf.layout import shard_folder, shard_paths
 from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique
+from biomedica_hf.neardup.hashing import HASH_NAME, LEGACY_HASH_NAME
 from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
 
 log = logging.getLogger("biomedica_hf.ingest")
@@ -245,13 +246,15 @@ def _open_stage(stage: PartitionStage, digest: str | None) -> set[str]:
     """Open the partition's staging for appending; staging that does not check, or that was made for another
     manifest, is discarded (the partition is redone from its inputs)."""
     bound = read_sealed(stage.folder / "for.json")
-    if stage.folder.exists() and (bound is None or bound.get("manifest") != digest):
+    if stage.folder.exists() and (bound is None or bound.get("manifest") != digest
+                                  or bound.get("phash", LEGACY_HASH_NAME) != HASH_NAME):   # staged phash values
         if any(stage.folder.iterdir()):
-            log.warning("staging of %s was made for another manifest or is damaged: redone", stage.folder.name)
+            log.warning("staging of %s was made for another manifest or hash definition, or is damaged: redone",
+                        stage.folder.name)
         stage.remove()
     if not stage.folder.exists():
         stage.folder.mkdir(parents=True)
-        write_sealed(stage.folder / "for.json", {"manifest": digest})
+        write_sealed(stage.folder / "for.json", {"manifest": digest, "phash": HASH_NAME})
     try:
         return stage.open()[0]
     except StateError as e:
@@ -345,6 +348,7 @@ def _finish_stage(job: PartitionJob, pid: PartitionId, stage: PartitionStage, n_
               for p in work.hash_files(pid.snapshot, pid.name)}
     info = {"pid": pid.name, "samples": n_samples, "bytes": n_bytes, "failed": sorted(set(failed)),
             "retry": sorted(set(retry)), "manifest": digest, "units": sum(seen.values()), "hashes": hashes,
+            "phash": HASH_NAME,
             "hash_digest": hashlib.sha256(json.dumps(sorted(hashes.items())).encode()).hexdigest()}
     stage.mark_staged(info)
     checkpoint("staged")
@@ -430,7 +434,7 @@ def _write_partition(task: PartitionTask, work: Work, pid: PartitionId, stage: P
     stats["failed"], stats["retry"] = staged_info.get("failed", []), staged_info.get("retry", [])
     stats["timings"] = rounded(work_timings, elapsed=False)
     stats.update(manifest=manifest, units=n_units, hash_digest=staged_info.get("hash_digest"),
-                 hashes=staged_info.get("hashes"),
+                 hashes=staged_info.get("hashes"), phash=staged_info.get("phash"),
                  parts={kind: file_seal(work.part(kind, pid_name)) for kind in ("articles", "ledger")})
     write_sealed(marker, stats)
     checkpoint("partition_written")

@@ -13,6 +13,7 @@ from biomedica_hf.ingest.staging import PartitionStage
 from biomedica_hf.ingest.state import StateError, matches, read_sealed
 from biomedica_hf.io.markers import read_marker
 from biomedica_hf.layout import WORK_DIR
+from biomedica_hf.neardup.hashing import HASH_NAME, LEGACY_HASH_NAME
 
 
 class Work:
@@ -78,6 +79,8 @@ def read_done(work: Work, pid_name: str, digest: str | None = None, check_parts:
     info = read_sealed(work.done(pid_name))
     if info is None or (digest is not None and info.get("manifest") != digest):
         return None
+    if info.get("phash", LEGACY_HASH_NAME) != HASH_NAME:    # its shards and hash files hold another hash definition
+        return None
     if check_parts and not all(matches(work.part(kind, pid_name), seal)
                                for kind, seal in (info.get("parts") or {}).items()):
         return None
@@ -94,9 +97,10 @@ def done_record(p: Path) -> dict | None:
 
 
 def hashes_match(work: Work, pid: PartitionId, info: dict) -> bool:
-    """The partition's hash files are the ones its staging wrote (each file's length and sha256)."""
+    """The partition's hash files are the ones its staging wrote (each file's length and sha256), of this code's
+    perceptual hash definition (``HASH_NAME``; none recorded = the legacy one: the partition is redone)."""
     want = info.get("hashes")
-    if want is None:
+    if want is None or info.get("phash", LEGACY_HASH_NAME) != HASH_NAME:
         return False
     have = {p.relative_to(work.hashes(pid.snapshot)).as_posix(): p for p in work.hash_files(pid.snapshot, pid.name)}
     return set(have) == set(want) and all(matches(have[n], want[n]) for n in want)

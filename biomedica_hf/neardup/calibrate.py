@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,15 @@ def figure_files(roots: Iterable[Path], min_side: int = MIN_SIDE) -> list[Path]:
                 continue
             seen[digest] = p
     return sorted(seen.values())
+
+
+def full_image(data: bytes) -> Image.Image:
+    """The first frame decoded at full size (no DCT scaling): what a journal re-encodes or resizes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    return img
 
 
 def _rgb(img: Image.Image) -> Image.Image:
@@ -111,10 +121,11 @@ def calibrate(files: Sequence[Path], names: Sequence[str] = tuple(HASHERS)) -> C
     for n in names:
         cal.positives[n] = {}
     for f in files:
-        img = open_image(f.read_bytes())
-        base = image_hashes(img, names)
+        data = f.read_bytes()
+        base = image_hashes(open_image(data), names)      # as the build hashes it (a JPEG at its DCT scale)
         for n in names:
             originals[n].append(base[n])
+        img = full_image(data)                             # the copies are made from the full-size pixels
         for t, data in copies(img, img.format or "").items():
             h = image_hashes(open_image(data), names)
             for n in names:

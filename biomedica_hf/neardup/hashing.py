@@ -7,11 +7,18 @@ table is in ``biomedica_hf/neardup/README.md``): the widest gap between re-encod
 copies and distinct figures, and balanced bits (a median threshold sets half of them), which keeps the
 bucketed search in :mod:`.groups` even on the white-background plots that make dHash mostly zeros.
 
-Before hashing, a large image is box-reduced (``Image.reduce``, integer factor) to at most ~4x the DCT
-input, so a 4000x3000 figure costs about what a 256x256 one does; modes are normalised by the one image policy
-(:func:`biomedica_hf.images.hash_gray`): alpha is composited on white (PMC's transparent PNGs are
-black-on-transparent), 16-bit and float images are stretched by their own range (the build's rule), palette images go
-through RGB(A).
+The definition (``HASH_NAME`` ``phash256-dct128``, one for every format, so a PNG and a JPEG copy of a figure stay
+close): the image is first reduced by the largest DCT scale factor of 8, 4, 2 that keeps its short side >= 128 px
+(:func:`dct_scale`) - a JPEG by decoding it at that scale (``draft``, luma only where it is YCbCr: the full-size
+pixels never exist, and libjpeg still reads every entropy-coded block, so the build's one decode of a kept JPEG is
+also its truncation check), any other image by an integer box-reduce - keeping whole blocks only (a JPEG's partial
+last block row/column averages the encoder's padding); then, as before, box-reduced to a short side < 256, normalised
+by the one image policy (:func:`biomedica_hf.images.hash_gray`: alpha composited on white - PMC's transparent PNGs
+are black-on-transparent -, 16-bit and float images stretched by their own range, palette images through RGB(A)),
+Lanczos-resized to 64x64 and DCT'd by ``imagehash``. Folders built before the definition was recorded hold
+``LEGACY_HASH_NAME`` (``phash256``: JPEG decoded at >= 256 px, no DCT-scale step; mean 6.6, max 16 bits from
+today's on the same images): the build and ``biomedica decontaminate`` never compare the two
+(:func:`folder_hash_name`). Calibration of both: ``biomedica_hf/neardup/README.md``.
 """
 from __future__ import annotations
 
@@ -21,17 +28,38 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from biomedica_hf.images import hash_gray
+from biomedica_hf.images import hash_gray, reduce_by
 
 HASH_BITS = 256
-HASH_NAME = "phash256"          # recorded in reports and the card
-_DCT_SIDE = 64                  # imagehash.phash(hash_size=16, highfreq_factor=4) resizes to 64x64
-_REDUCE_TO = 4 * _DCT_SIDE      # box-reduce larger images to about this before the Lanczos resize
+HASH_NAME = "phash256-dct128"     # the definition's name: recorded in the build's output, reports and the card
+#: the definition of folders built before ``HASH_NAME`` was recorded (same 256 bits, a larger hash input:
+#: JPEG at >= 256 px short side, others box-reduced to ~256 px); its values differ from today's (on the realistic
+#: bench build's 1,060 images: mean 6.6, max 16 bits)
+LEGACY_HASH_NAME = "phash256"
+_INPUT_SIDE = 128               # the hash's input keeps its short side >= this (DCT scale, then integer box-reduce)
+
+
+def dct_scale(size: tuple[int, int]) -> int:
+    """The first reduction of the hash's input, by the rule of a JPEG's DCT scaling (Pillow's ``draft``): the
+    largest of 8, 4, 2 that keeps both sides at least 128 px, else 1."""
+    scale = min(size[0] // _INPUT_SIDE, size[1] // _INPUT_SIDE)
+    return next((s for s in (8, 4, 2) if scale >= s), 1)
 
 
 def _gray(img: Image.Image) -> Image.Image:
-    """The hash's input: :func:`biomedica_hf.images.hash_gray` (8-bit gray, alpha on white, reduced when large)."""
-    return hash_gray(img, _REDUCE_TO)
+    """The hash's input: the image at the DCT scale a JPEG is decoded at (:func:`dct_scale`; a JPEG decoded so
+    by :func:`draft_for_hash`, any other image box-reduced by the same factor), whole blocks only (a JPEG's
+    partial last block row/column averages the encoder's padding, so it is cropped everywhere), then
+    :func:`biomedica_hf.images.hash_gray` (8-bit gray, alpha on white, box-reduced to a short side < 256)."""
+    box = getattr(img, _DRAFTED, None)
+    if box is not None:                                     # a JPEG decoded by draft_for_hash: reduced already
+        if box != (0, 0) + img.size:
+            img = img.crop(box)
+    else:
+        factor = dct_scale(img.size)
+        if factor > 1:
+            img = reduce_by(img, factor, (0, 0, img.width // factor * factor, img.height // factor * factor))
+    return hash_gray(img, _INPUT_SIDE)
 
 
 def _bits_phash(gray: Image.Image, hash_size: int) -> np.ndarray:
@@ -46,7 +74,7 @@ def _bits_dhash(gray: Image.Image, hash_size: int) -> np.ndarray:
     return imagehash.dhash(gray, hash_size=hash_size).hash.reshape(-1)
 
 
-# the candidates measured by the calibration; the build uses HASH_NAME
+# the candidates measured by the calibration (each with the normalisation above); the build uses phash256
 HASHERS = {
     "phash64": lambda g: _bits_phash(g, 8),
     "phash256": lambda g: _bits_phash(g, 16),
@@ -67,16 +95,18 @@ def image_hashes(img: Image.Image, names=tuple(HASHERS)) -> dict[str, str]:
 
 
 def image_phash(img: Image.Image) -> str:
-    """The build's perceptual hash of a decoded image: 256-bit pHash, 64 hex characters."""
+    """The build's perceptual hash of a decoded image: 256-bit pHash, 64 hex characters.
+
+    A JPEG should have been opened by :func:`open_image` (or :func:`draft_for_hash` before its ``load``): the
+    hash of encoded bytes is defined on the pixels of that reduced-scale decode."""
     return bits_to_hex(_bits_phash(_gray(img), 16))
 
 
 def open_image(data: bytes) -> Image.Image:
-    """Decode image bytes (the first frame); warnings about odd metadata are not errors here.
+    """Decode image bytes (the first frame) as the hash sees them; warnings about odd metadata are not errors.
 
-    A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps it at least ``_REDUCE_TO`` pixels
-    on its short side (``draft``): the hash only ever looks at ~256 px, and this makes hashing in the build
-    ~4x cheaper than a full decode."""
+    A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps its short side at least 128 px
+    (:func:`draft_for_hash`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img = Image.open(io.BytesIO(data))
@@ -86,18 +116,45 @@ def open_image(data: bytes) -> Image.Image:
 
 
 def draft_for_hash(img: Image.Image) -> None:
-    """Before ``load``: the DCT scale :func:`open_image` decodes a JPEG at (nothing for other formats), so that
-    a caller that decodes the file anyway (the build's verification) hashes exactly the pixels
-    :func:`bytes_phash` would, from its one decode."""
-    if img.format == "JPEG" and min(img.size) > 2 * _REDUCE_TO:
-        w, h = img.size
-        scale = _REDUCE_TO / min(w, h)
-        img.draft(img.mode, (max(1, int(w * scale)), max(1, int(h * scale))))
+    """Before ``load``: decode a JPEG at the DCT scale of the hash's input (:func:`dct_scale`: the smallest whose
+    short side stays >= 128 px; nothing for other formats, which :func:`image_phash` box-reduces instead), only
+    its luma where it is YCbCr. :func:`open_image` and the build's one decode of a kept JPEG (its truncation check:
+    libjpeg still reads every entropy-coded block) both call it, so the build's hash is bit for bit
+    :func:`bytes_phash` of the written bytes. The image is marked with the box of its whole DCT blocks."""
+    if img.format != "JPEG":
+        return
+    w, h = img.size
+    scale = dct_scale((w, h))
+    if scale > 1 and img.draft(_DRAFT_MODE.get(img.mode, img.mode), (_INPUT_SIDE, _INPUT_SIDE)) is not None:
+        scale = img.decoderconfig[0]
+        setattr(img, _DRAFTED, (0, 0, w // scale, h // scale))
+
+
+_DRAFTED = "_phash_box"         # set on a JPEG image decoded by draft_for_hash: the box of its whole blocks
+#: the decode mode of a drafted JPEG (by its mode): a YCbCr JPEG decodes only its luma (decode + hash ~15% faster
+#: than RGB + convert on the fixture JPEGs, the same calibration; hashes within 0-2 bits of RGB's)
+_DRAFT_MODE: dict[str, str] = {"RGB": "L"}
 
 
 def bytes_phash(data: bytes) -> str:
     """:func:`image_phash` of encoded image bytes (JPEG, PNG, GIF, TIFF, ... anything Pillow opens)."""
     return image_phash(open_image(data))
+
+
+def folder_hash_name(folder) -> str:
+    """The hash definition of the ``phash`` values of a built folder: what its ``build_summary.json`` records
+    (``"phash"``); a folder without that record (built before it existed) has :data:`LEGACY_HASH_NAME` values."""
+    import json
+    from pathlib import Path
+
+    from biomedica_hf.layout import BUILD_SUMMARY
+
+    try:
+        summary = json.loads((Path(folder) / BUILD_SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return LEGACY_HASH_NAME
+    name = summary.get("phash") if isinstance(summary, dict) else None
+    return name if isinstance(name, str) and name else LEGACY_HASH_NAME
 
 
 def hex_to_words(hexes, bits: int = HASH_BITS) -> np.ndarray:

@@ -86,7 +86,7 @@ def test_decontaminate_lists_exactly_the_shared_samples(built, evalset, tmp_path
     t = report["tasks"]["test/shared"]
     assert (t["eval_images"], t["contaminated_eval_images"], t["matched_training_samples"]) == (evalset["n"], 3, 3)
     assert report["threshold"] == DEFAULT_THRESHOLD
-    assert report["hash"] == "phash256"
+    assert report["hash"] == "phash256-dct128"
     assert report["training_hashes_from"] == "figures.parquet phash"     # the build writes the hashes
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
     pairs = pq.read_table(tmp_path / "out" / "pairs.parquet").to_pylist()
@@ -169,3 +169,25 @@ def test_card_section_reports_what_the_folder_has(built, evalset, tmp_path):
     text = card_section(ds)
     assert f"3 samples ({100 * 3 / fig.num_rows:.2f}% of {fig.num_rows:,} samples) in 2 groups" in text
     assert f"| test/shared | {evalset['n']:,} | 3 |" in text
+
+
+def test_a_folder_of_the_legacy_hash_definition_is_hashed_from_its_shard_images(built, evalset, tmp_path):
+    """A folder built before the hash definition was recorded (build_summary.json without ``phash``) holds legacy
+    phash256 values: decontaminate recomputes the training hashes from the shard images instead of comparing
+    across definitions, says so, and finds the same samples."""
+    old = tmp_path / "old"
+    shutil.copytree(built, old, ignore=shutil.ignore_patterns("_work"))
+    summary = json.loads((old / "build_summary.json").read_text())
+    assert summary.pop("phash") == "phash256-dct128"
+    (old / "build_summary.json").write_text(json.dumps(summary))
+    # the index's values as older code would have left them: another definition (here: every bit flipped)
+    t = pq.read_table(old / "figures.parquet")
+    flipped = [None if h is None else f"{int(h, 16) ^ (2**256 - 1):064x}" for h in t["phash"].to_pylist()]
+    t = t.set_column(t.schema.get_field_index("phash"), "phash", pa.array(flipped, pa.string()))
+    pq.write_table(t, old / "figures.parquet")
+    task = Task(name="test/shared", domain="test", kind="zero-shot", source=ParquetSource(evalset["parquet"]))
+    ctx = DataContext(cache_dir=tmp_path / "cache", allow_download=False)
+    report = decontaminate(old, [task], tmp_path / "out", ctx=ctx)
+    assert report["training_hashes_from"] == "shard images (figures.parquet's phash is phash256, not phash256-dct128)"
+    assert (tmp_path / "out" / "exclusions.txt").read_text().split() == evalset["keys"]
+    assert report["training_unhashed"] == 0

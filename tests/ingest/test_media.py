@@ -658,6 +658,39 @@ def test_reduced_scale_decode_still_catches_cut_and_corrupt_jpegs(pmc, rel):
     assert failures >= 4       # every cut at least: the full decode rejects them, so must the reduced one
 
 
+def test_every_fixture_jpeg_cut_or_corrupt_gets_a_full_decodes_verdict(pmc):
+    """The hash's DCT scale (a 1/2, 1/4 or 1/8 decode, luma only) on all 56 real fixture JPEGs: each cut at
+    30/60/90/99 %, 2 bytes short of EOI and corrupted mid-stream (336 variants) is rejected, or passes, exactly as a
+    full-size decode of the same bytes decides."""
+    from biomedica_hf.ingest.media import process_figure
+
+    files = sorted(p for p in pmc.rglob("*.jpg") if p.is_file())
+    assert len(files) >= 50
+    verdicts = []
+    for path in files:
+        data = path.read_bytes()
+        corrupt = bytearray(data)
+        mid = len(data) // 2
+        corrupt[mid: mid + 64] = bytes(b ^ 0x5A for b in corrupt[mid: mid + 64])
+        for bad in [data[: int(len(data) * f)] for f in (0.3, 0.6, 0.9, 0.99)] + [data[:-2], bytes(corrupt)]:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    Image.open(io.BytesIO(bad)).load()
+                expected = "ok"
+            except (OSError, SyntaxError, ValueError) as e:
+                expected = "truncated_image" if "truncated" in str(e) else "decode_error"
+            try:
+                process_figure(bad, path.name)
+                got = "ok"
+            except MediaError as e:
+                got = e.reason
+            verdicts.append((path.name, len(bad), expected, got))
+    assert len(verdicts) == 6 * len(files)
+    assert [v for v in verdicts if v[2] != v[3]] == []
+    assert sum(v[2] != "ok" for v in verdicts) >= 4 * len(files)     # every cut at least is rejected
+
+
 def test_warm_up_imports_what_the_first_real_figures_import(articles_dir):
     """media.warm_up (run by the build's driver before it forks its workers) leaves nothing for the first real
     figures of a process to import: processing a real JPEG, TIFF (converted) and GIF afterwards imports no module."""
