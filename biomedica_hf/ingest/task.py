@@ -425,6 +425,7 @@ def _write_partition(task: PartitionTask, work: Work, pid: PartitionId, stage: P
                 checkpoint("shard_written")
             stats["shards"].append({"name": name, "count": len(shard), "digest": digest})
             stats["samples"][subset] += len(shard)
+    _remove_other_shards(work.out, pid, {sh["name"] for sh in stats["shards"]})
     write_parquet(work.part("ledger", pid_name), ledger, LEDGER_SCHEMA)
     stats["clashes"] = [f"{kind}:{item}" for kind, item in check_unique(LedgerEntry(**e) for e in ledger)][:5]
     if stats["clashes"]:                 # known here: stop now, not after every other partition
@@ -440,6 +441,22 @@ def _write_partition(task: PartitionTask, work: Work, pid: PartitionId, stage: P
     checkpoint("partition_written")
     stage.remove()
     return stats
+
+
+def _remove_other_shards(out: Path, pid: PartitionId, written: set[str]) -> None:
+    """Shards of partition ``pid`` that this write did not produce: left by an earlier write of the partition
+    under another name (flat, by code of before the sub-folders) and now redone, e.g. because their perceptual hashes
+    were of another definition. Left in place they would be indexed beside the new ones (every sample twice).
+    Revisions (``-rNNN``, written by later snapshots) are not the partition's own shards and are never matched."""
+    tail = f"s{pid.snapshot:03d}-p{pid.index:05d}"
+    for subset in SUBSETS:
+        for folder in dict.fromkeys((subset, shard_folder(subset, pid.snapshot, pid.index))):
+            for tar in sorted((out / folder).glob(f"{subset}-{pid.split}-{tail}-[0-9][0-9][0-9].tar")):
+                name = f"{folder}/{tar.stem}"
+                if name not in written:
+                    log.warning("partition %s: %s.tar of an earlier write of it removed", pid.name, name)
+                    for path in shard_paths(out, name):
+                        path.unlink(missing_ok=True)
 
 
 def _shard_timings(shard: list[dict], unit_timings: dict[str, dict[str, float]], kept_of: Counter) -> dict:
