@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 from lxml import etree
 
+from biomedica_hf.io.gzstream import open_tar_stream
 from biomedica_hf.io.xml import safe_parser
 from biomedica_hf.licenses import normalize_license
 from biomedica_hf.schema import Article, Figure, ParsedArticle, Reference
@@ -800,7 +801,7 @@ def _read_package(path: Path) -> tuple[dict[str, bytes], list[str], str | None]:
     xml: dict[str, bytes] = {}
     names: list[str] = []
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with open(path, "rb") as raw, open_tar_stream(raw) as tar:
             for member in tar:  # moving to the next header reads through the member's data
                 if not member.isfile():
                     continue
