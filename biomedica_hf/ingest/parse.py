@@ -154,33 +154,59 @@ def _is_jats_article(el: etree._Element) -> bool:
 # --------------------------------------------------------------------------------------------
 
 class _Text:
-    """Accumulates text with whitespace collapsed on the fly, so offsets are final."""
+    """Accumulates text with whitespace collapsed: the value is ``" ".join(raw.split())`` of everything added
+    (:meth:`add`; :meth:`space` adds a separator), so that collapsing piece by piece and collapsing the whole give
+    the same text. Pieces are kept raw and collapsed only when an offset is asked for (:meth:`next_offset`,
+    :attr:`length`: the xrefs of a paragraph) and once at the end - not once per text node."""
+
+    __slots__ = ("parts", "pending", "_length", "_space")
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.length = 0
-        self.space = False
+        self.parts: list[str] = []      # collapsed text so far
+        self.pending: list[str] = []    # raw pieces not collapsed yet
+        self._length = 0
+        self._space = False             # the collapsed text so far was followed by whitespace
 
     def add(self, s: str | None) -> None:
-        if not s:
-            return
+        if s:
+            self.pending.append(s)
+
+    def space(self) -> None:
+        """A separator: the next word starts after one space (none at the very start)."""
+        self.pending.append(" ")
+
+    def _collapse(self) -> None:
+        s = "".join(self.pending)
+        self.pending.clear()
         words = s.split()
         if not words:
-            self.space = True
+            if s:
+                self._space = True
             return
-        if (self.space or s[0].isspace()) and self.length:
+        if (self._space or s[0].isspace()) and self._length:
             self.parts.append(" ")
-            self.length += 1
+            self._length += 1
         chunk = " ".join(words)
         self.parts.append(chunk)
-        self.length += len(chunk)
-        self.space = s[-1].isspace()
+        self._length += len(chunk)
+        self._space = s[-1].isspace()
+
+    @property
+    def length(self) -> int:
+        """Length of the collapsed text so far."""
+        if self.pending:
+            self._collapse()
+        return self._length
 
     def next_offset(self) -> int:
         """Offset at which the next word will start."""
-        return self.length + (1 if self.space and self.length else 0)
+        if self.pending:
+            self._collapse()
+        return self._length + (1 if self._space and self._length else 0)
 
     def value(self) -> str:
+        if self.pending:
+            self._collapse()
         return "".join(self.parts)
 
 
@@ -197,10 +223,41 @@ def _entity_text(node: etree._Entity, entities: dict[str, str]) -> str:
 
 
 def _walk(el: etree._Element, out: _Text, ctx: _Walk) -> None:
-    """Append the text of ``el``'s content (not its tail) to ``out``."""
-    out.add(el.text)
+    """Append the text of ``el``'s content (not its tail) to ``out``. The common child - an element of no special
+    meaning here (``<italic>``, ``<p>``, ``<xref>``) - is handled in this loop, the others by :func:`_walk_child`
+    (one Python call per element instead of three: this runs for every node of every article)."""
+    pieces = out.pending
+    if el.text:
+        pieces.append(el.text)
+    skip, xrefs = ctx.skip, ctx.xrefs
     for child in el:
-        _walk_child(child, out, ctx)
+        tag = child.tag
+        if tag.__class__ is not str:          # entity, comment, processing instruction
+            if isinstance(child, etree._Entity):
+                out.add(_entity_text(child, ctx.entities))
+        else:
+            name = tag.rpartition("}")[2] if "}" in tag else tag
+            if name in _SPECIAL or name in skip:
+                _walk_special(child, name, out, ctx)
+            else:
+                block = name in _BLOCK
+                if block:
+                    pieces.append(" ")
+                if xrefs is not None and name == "xref":
+                    start = out.next_offset()
+                    _walk(child, out, ctx)
+                    xrefs.append((child, min(start, out.length), out.length))
+                else:
+                    _walk(child, out, ctx)
+                if block:
+                    pieces.append(" ")
+        tail = child.tail
+        if tail:
+            pieces.append(_LINEBREAK_BEFORE_CLOSER.sub("", tail) if tail[0] in "\r\n" else tail)
+
+
+#: elements :func:`_walk` leaves to :func:`_walk_special`
+_SPECIAL = _NEVER_TEXT | {"alternatives", "tex-math", "inline-formula", "disp-formula", "inline-graphic"}
 
 
 def _walk_child(child: etree._Element, out: _Text, ctx: _Walk) -> None:
@@ -208,27 +265,32 @@ def _walk_child(child: etree._Element, out: _Text, ctx: _Walk) -> None:
     if isinstance(child, etree._Entity):
         out.add(_entity_text(child, ctx.entities))
     elif isinstance(child.tag, str):
-        name = _local(child)
-        if name in _NEVER_TEXT:
-            pass
-        elif name in ctx.skip:
-            out.space = True
-        elif name == "alternatives":
-            choice = _text_alternative(child)
-            if choice is not None:
-                _walk_element(choice, out, ctx)
-            else:
-                out.add(_alt_text(child) or "[graphic]")
-        elif name == "tex-math":
-            out.add(_tex_body("".join(child.itertext())))
-        elif name in ("inline-formula", "disp-formula"):
-            _walk_formula(child, out, ctx)
-        elif name == "inline-graphic":
-            out.add(_alt_text(child) or "[graphic]")
-        else:
-            _walk_element(child, out, ctx)
+        _walk_special(child, _local(child), out, ctx)
     if child.tail:
         out.add(_LINEBREAK_BEFORE_CLOSER.sub("", child.tail))
+
+
+def _walk_special(child: etree._Element, name: str, out: _Text, ctx: _Walk) -> None:
+    """Append one element (not its tail) named ``name`` to ``out``: text never read, a skipped element (a
+    separator), alternatives, TeX, formulas, inline graphics - and any other element (:func:`_walk_element`)."""
+    if name in _NEVER_TEXT:
+        pass
+    elif name in ctx.skip:
+        out.space()
+    elif name == "alternatives":
+        choice = _text_alternative(child)
+        if choice is not None:
+            _walk_element(choice, out, ctx)
+        else:
+            out.add(_alt_text(child) or "[graphic]")
+    elif name == "tex-math":
+        out.add(_tex_body("".join(child.itertext())))
+    elif name in ("inline-formula", "disp-formula"):
+        _walk_formula(child, out, ctx)
+    elif name == "inline-graphic":
+        out.add(_alt_text(child) or "[graphic]")
+    else:
+        _walk_element(child, out, ctx)
 
 
 def _alt_text(el: etree._Element) -> str:
@@ -254,22 +316,25 @@ def _walk_formula(el: etree._Element, out: _Text, ctx: _Walk) -> None:
     text = inner.value() or _alt_text(el) or "[formula]"
     block = _local(el) in _BLOCK
     if block:
-        out.space = True
+        out.space()
     out.add(text)
     if block:
-        out.space = True
+        out.space()
 
 
 def _walk_element(el: etree._Element, out: _Text, ctx: _Walk) -> None:
-    block = _local(el) in _BLOCK
+    name = _local(el)
+    block = name in _BLOCK
     if block:
-        out.space = True
-    start = out.next_offset()
-    _walk(el, out, ctx)
-    if ctx.xrefs is not None and _local(el) == "xref":
+        out.space()
+    if ctx.xrefs is not None and name == "xref":
+        start = out.next_offset()
+        _walk(el, out, ctx)
         ctx.xrefs.append((el, min(start, out.length), out.length))
+    else:
+        _walk(el, out, ctx)
     if block:
-        out.space = True
+        out.space()
 
 
 def _text_alternative(alt: etree._Element) -> etree._Element | None:
