@@ -443,15 +443,30 @@ def _is_panel_after_number(text: str, dot: int, at: int) -> bool:
     return bool(_PANEL_LETTER.match(text, at)) and bool(_FIGURE_NUMBER_BEFORE.search(text[max(0, dot - 40):dot]))
 
 
+_WORD = re.compile(r"[^\s(\[]*")
+_DOTTED = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
+
+
+def _word_before(text: str, dot: int) -> str:
+    """The word that ends at ``dot`` (after the last space, ``(`` or ``[``; at most 64 characters back): what
+    ``re.search(r"[^\\s(\\[]*$", text[max(0, dot - 64):dot])`` finds - ``$`` also matches before a final newline -
+    read backwards from ``dot`` instead of tried from each of the 64 positions."""
+    seg = text[max(0, dot - 64):dot]
+    end = len(seg) - 1 if seg.endswith("\n") else len(seg)
+    if end <= 0:
+        return ""
+    return _WORD.match(seg[end - 1::-1]).group(0)[::-1]
+
+
 def _is_abbreviation(text: str, dot: int) -> bool:
-    word = re.search(r"[^\s(\[]*$", text[max(0, dot - 64):dot]).group(0)  # bounded: no quadratic scan
+    word = _word_before(text, dot)  # bounded: no quadratic scan
     if not word:
         return False
     if word.lower() in _ABBREVIATIONS:
         return True
     if len(word) == 1 and word.isalpha() and word.isupper():
         return True  # initial: "J. Smith"
-    return bool(re.fullmatch(r"(?:[A-Za-z]\.)+[A-Za-z]", word))  # "e.g", "U.S", "i.e"
+    return _DOTTED.fullmatch(word) is not None  # "e.g", "U.S", "i.e"
 
 
 # --------------------------------------------------------------------------------------------
