@@ -789,9 +789,19 @@ def _attach_references(scope: etree._Element, figs: list[Figure],
     full text already walked (``walked``: element -> text, xref offsets) is not walked again."""
     seen: set[tuple[int, str]] = set()
     walked = walked if walked is not None else {}
+    # only paragraphs with an xref to a figure are walked (most cite references, tables, equations only): found
+    # from the xrefs up, once, instead of each paragraph and cell searching its own xrefs
+    cited_by: dict[etree._Element, list[int]] = {}
+    hosts: set[etree._Element] = set()
+    for x in scope.iter("xref"):
+        cited = _cited(x, targets)
+        if cited:
+            cited_by[x] = cited
+            hosts.update(x.iterancestors("p", "td", "th"))
+    if not hosts:
+        return
     for p in scope.iter("p", "td", "th"):
-        # only paragraphs with an xref to a figure are walked (most cite references, tables, equations only)
-        if not any(_cited(x, targets) for x in p.iter("xref")) or not _citing(p, scope):
+        if p not in hosts or not _citing(p, scope):
             continue
         if _local(p) != "p" and any(True for _ in p.iter("p")):
             continue  # a table cell of paragraphs: its paragraphs are read as paragraphs
@@ -801,7 +811,7 @@ def _attach_references(scope: etree._Element, figs: list[Figure],
             ctx = _Walk(skip=_NOT_IN_PARAGRAPH, entities=entities, xrefs=[])
             paragraph, xrefs = _text(p, ctx), ctx.xrefs
         spans = None                                         # split into sentences when first needed
-        marks = [(x, s, e, _cited(x, targets)) for x, s, e in xrefs]
+        marks = [(x, s, e, cited_by.get(x, [])) for x, s, e in xrefs]
         for k, (xref, start, end, cited) in enumerate(marks):
             if not cited:
                 continue
