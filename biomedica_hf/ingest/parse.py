@@ -205,6 +205,8 @@ class _Text:
         return self._length + (1 if self._space and self._length else 0)
 
     def value(self) -> str:
+        if not self.parts:      # no offset was asked for: collapse everything at once
+            return " ".join("".join(self.pending).split())
         if self.pending:
             self._collapse()
         return "".join(self.parts)
@@ -373,8 +375,9 @@ def _has_ancestor(el: etree._Element, names: frozenset[str], stop: etree._Elemen
 
 def _blocks(container: etree._Element | None, exclude: frozenset[str],
             entities: dict[str, str], walked: dict | None = None) -> list[str]:
-    """Section titles and paragraphs below ``container``, in order, each as one string. With ``walked``, each
-    element's text and xref offsets are also kept there (the references reuse them: one walk of the body)."""
+    """Section titles and paragraphs below ``container``, in order, each as one string. ``walked``: the paragraphs
+    whose xref offsets the references need (element -> None); their text and xref offsets are kept there (the
+    references reuse them: one walk of the body); the others are walked without tracking xrefs."""
     if container is None:
         return []
     ctx = _Walk(skip=_NOT_IN_PARAGRAPH, entities=entities)
@@ -382,10 +385,10 @@ def _blocks(container: etree._Element | None, exclude: frozenset[str],
     for el in container.iter("p", "title"):
         if _has_ancestor(el, exclude, container):
             continue
-        if walked is not None:
-            ctx.xrefs = []
+        track = walked is not None and el in walked
+        ctx.xrefs = [] if track else None
         text = _text(el, ctx)
-        if walked is not None:
+        if track:
             walked[el] = (text, ctx.xrefs)
         if text:
             blocks.append(text)
@@ -782,15 +785,11 @@ def _citing(p: etree._Element, scope: etree._Element) -> bool:
     return True
 
 
-def _attach_references(scope: etree._Element, figs: list[Figure],
-                       targets: dict[str, list[int]], entities: dict[str, str],
-                       walked: dict | None = None) -> None:
-    """In-text references of the figures: the sentences of article paragraphs that cite them. A paragraph the
-    full text already walked (``walked``: element -> text, xref offsets) is not walked again."""
-    seen: set[tuple[int, str]] = set()
-    walked = walked if walked is not None else {}
-    # only paragraphs with an xref to a figure are walked (most cite references, tables, equations only): found
-    # from the xrefs up, once, instead of each paragraph and cell searching its own xrefs
+def _figure_citations(scope: etree._Element, targets: dict[str, list[int]]
+                      ) -> tuple[dict[etree._Element, list[int]], set[etree._Element]]:
+    """(each xref of ``scope`` that cites a figure -> the figures' indices; the paragraphs and table cells holding
+    such an xref). Only those paragraphs are read for references (most xrefs cite references, tables,
+    equations): found from the xrefs up, once, instead of each paragraph and cell searching its own xrefs."""
     cited_by: dict[etree._Element, list[int]] = {}
     hosts: set[etree._Element] = set()
     for x in scope.iter("xref"):
@@ -798,6 +797,16 @@ def _attach_references(scope: etree._Element, figs: list[Figure],
         if cited:
             cited_by[x] = cited
             hosts.update(x.iterancestors("p", "td", "th"))
+    return cited_by, hosts
+
+
+def _attach_references(scope: etree._Element, figs: list[Figure], cited_by: dict[etree._Element, list[int]],
+                       hosts: set[etree._Element], entities: dict[str, str], walked: dict | None = None) -> None:
+    """In-text references of the figures: the sentences of article paragraphs that cite them (``cited_by``,
+    ``hosts``: :func:`_figure_citations`). A paragraph the full text already walked (``walked``: element -> text,
+    xref offsets) is not walked again."""
+    seen: set[tuple[int, str]] = set()
+    walked = walked if walked is not None else {}
     if not hosts:
         return
     for p in scope.iter("p", "td", "th"):
@@ -805,8 +814,9 @@ def _attach_references(scope: etree._Element, figs: list[Figure],
             continue
         if _local(p) != "p" and any(True for _ in p.iter("p")):
             continue  # a table cell of paragraphs: its paragraphs are read as paragraphs
-        if p in walked:
-            paragraph, xrefs = walked[p]
+        got = walked.get(p)
+        if got is not None:
+            paragraph, xrefs = got
         else:
             ctx = _Walk(skip=_NOT_IN_PARAGRAPH, entities=entities, xrefs=[])
             paragraph, xrefs = _text(p, ctx), ctx.xrefs
@@ -840,13 +850,14 @@ def _attach_references(scope: etree._Element, figs: list[Figure],
 def _parse_one(scope: etree._Element, article: etree._Element | None,
                source_file: str | None, entities: dict[str, str]) -> ParsedArticle:
     """``article`` None: a fragment of sub-articles only (no metadata of its own)."""
-    walked: dict = {}                # body paragraphs: walked once, for the full text and the references
+    fig_elements = list(scope.iter("fig"))
+    cited_by, hosts = _figure_citations(scope, _targets(fig_elements))
+    walked: dict = dict.fromkeys(hosts)   # paragraphs citing a figure: walked once, for full text and references
     meta = (_article_meta(article, source_file, entities, walked) if article is not None
             else Article(pmcid="", source_file=source_file))
-    fig_elements = list(scope.iter("fig"))
     figures = [_figure(f, i, g, entities)
                for i, (f, g) in enumerate(zip(fig_elements, _group_ids(fig_elements)))]
-    _attach_references(scope, figures, _targets(fig_elements), entities, walked)
+    _attach_references(scope, figures, cited_by, hosts, entities, walked)
     return ParsedArticle(article=meta, figures=figures)
 
 
