@@ -226,7 +226,7 @@ def _entity_text(node: etree._Entity, entities: dict[str, str]) -> str:
 
 def _walk(el: etree._Element, out: _Text, ctx: _Walk) -> None:
     """Append the text of ``el``'s content (not its tail) to ``out``. The common child - an element of no special
-    meaning here (``<italic>``, ``<p>``, ``<xref>``) - is handled in this loop, the others by :func:`_walk_child`
+    meaning here (``<italic>``, ``<p>``, ``<xref>``) - is handled in this loop, the others by :func:`_walk_special`
     (one Python call per element instead of three: this runs for every node of every article)."""
     pieces = out.pending
     if el.text:
@@ -263,13 +263,21 @@ _SPECIAL = _NEVER_TEXT | {"alternatives", "tex-math", "inline-formula", "disp-fo
 
 
 def _walk_child(child: etree._Element, out: _Text, ctx: _Walk) -> None:
-    """Append one child node and its tail to ``out``."""
-    if isinstance(child, etree._Entity):
-        out.add(_entity_text(child, ctx.entities))
-    elif isinstance(child.tag, str):
-        _walk_special(child, _local(child), out, ctx)
-    if child.tail:
-        out.add(_LINEBREAK_BEFORE_CLOSER.sub("", child.tail))
+    """Append one child node and its tail to ``out`` (as :func:`_walk` appends each child)."""
+    _walk(_Only(child), out, ctx)  # type: ignore[arg-type]
+
+
+class _Only:
+    """A stand-in parent without text holding one node: :func:`_walk` walks it as one of its children."""
+
+    __slots__ = ("node",)
+    text = None
+
+    def __init__(self, node: etree._Element) -> None:
+        self.node = node
+
+    def __iter__(self):
+        return iter((self.node,))
 
 
 def _walk_special(child: etree._Element, name: str, out: _Text, ctx: _Walk) -> None:
@@ -405,7 +413,8 @@ _ABBREVIATIONS = frozenset({
     "inc", "ltd", "co", "vol", "pp", "ch", "sect", "tab", "viz",
 })
 _SENTENCE_OPENERS = "\"'\u2018\u201c(["
-_SENTENCE_END = re.compile(r"[.!?][\"'\u2019\u201d)\]]*(?=\s+\S)")
+# a sentence's end, if what follows fits (sentence_spans); group 1: the spaces after it
+_SENTENCE_END = re.compile(r"[.!?][\"'\u2019\u201d)\]]*(?=(\s+)\S)")
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -419,7 +428,7 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     spans = []
     start = 0
     for m in _SENTENCE_END.finditer(text):
-        at = _SPACES.match(text, m.end()).end()     # the next sentence's first character (no copy of the rest:
+        at = m.end(1)                               # the next sentence's first character (no copy of the rest:
         c = text[at:at + 1]                         # long paragraphs stay linear)
         if not c or not (c.isupper() or c.isdigit() or c in _SENTENCE_OPENERS):
             continue
@@ -437,7 +446,6 @@ _FIGURE_NUMBER_BEFORE = re.compile(r"\b(?:fig|figs|figure|figures|table|tables|s
 
 
 _PANEL_LETTER = re.compile(r"[A-Z][)\]},;:\u2013-]")
-_SPACES = re.compile(r"\s*")
 
 
 def _is_panel_after_number(text: str, dot: int, at: int) -> bool:
