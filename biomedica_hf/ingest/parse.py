@@ -142,7 +142,7 @@ def _strip_namespace(root: etree._Element) -> None:
     if not uri:
         return
     for el in list(root.iter(f"{{{uri}}}*")):
-        el.tag = etree.QName(el).localname
+        el.tag = el.tag.rpartition("}")[2]
 
 
 def _is_jats_article(el: etree._Element) -> bool:
@@ -390,8 +390,12 @@ def _blocks(container: etree._Element | None, exclude: frozenset[str],
         return []
     ctx = _Walk(skip=_NOT_IN_PARAGRAPH, entities=entities)
     blocks = []
+    # the paragraphs and titles below an excluded element (in any namespace, below ``container``): found from the
+    # few excluded elements down instead of from each paragraph up
+    left_out = {d for ex in container.iterdescendants(*(f"{{*}}{n}" for n in exclude))
+                for d in ex.iterdescendants("p", "title")} if exclude else set()
     for el in container.iter("p", "title"):
-        if _has_ancestor(el, exclude, container):
+        if el in left_out:
             continue
         track = walked is not None and el in walked
         ctx.xrefs = [] if track else None
@@ -801,6 +805,9 @@ def _figure_citations(scope: etree._Element, targets: dict[str, list[int]]
     cited_by: dict[etree._Element, list[int]] = {}
     hosts: set[etree._Element] = set()
     for x in scope.iter("xref"):
+        rids = x.get("rid")
+        if not rids or not any(r in targets for r in rids.split()):   # most cite references, tables, equations
+            continue
         cited = _cited(x, targets)
         if cited:
             cited_by[x] = cited
