@@ -797,13 +797,18 @@ def _citing(p: etree._Element, scope: etree._Element) -> bool:
     return True
 
 
+_HOSTS = ("p", "td", "th")
+
+
 def _figure_citations(scope: etree._Element, targets: dict[str, list[int]]
-                      ) -> tuple[dict[etree._Element, list[int]], set[etree._Element]]:
-    """(each xref of ``scope`` that cites a figure -> the figures' indices; the paragraphs and table cells holding
-    such an xref). Only those paragraphs are read for references (most xrefs cite references, tables,
-    equations): found from the xrefs up, once, instead of each paragraph and cell searching its own xrefs."""
+                      ) -> tuple[dict[etree._Element, list[int]], dict[etree._Element, None]]:
+    """(each xref of ``scope`` that cites a figure -> the figures' indices; the paragraphs and table cells of
+    ``scope`` holding such an xref, in document order). Only those paragraphs are read for references (most xrefs
+    cite references, tables, equations): found from the xrefs up, once, instead of each paragraph and cell of the
+    article searching its own xrefs. Document order: each xref's holders are taken outermost first, xref after
+    xref - an outer paragraph starts before the paragraphs inside it, and a paragraph before the next one's xrefs."""
     cited_by: dict[etree._Element, list[int]] = {}
-    hosts: set[etree._Element] = set()
+    hosts: dict[etree._Element, None] = {}
     for x in scope.iter("xref"):
         rids = x.get("rid")
         if not rids or not any(r in targets for r in rids.split()):   # most cite references, tables, equations
@@ -811,12 +816,21 @@ def _figure_citations(scope: etree._Element, targets: dict[str, list[int]]
         cited = _cited(x, targets)
         if cited:
             cited_by[x] = cited
-            hosts.update(x.iterancestors("p", "td", "th"))
+            chain = []
+            for anc in x.iterancestors():
+                if anc.tag in _HOSTS:
+                    chain.append(anc)
+                if anc is scope:
+                    break
+            for anc in reversed(chain):
+                if anc not in hosts:
+                    hosts[anc] = None
     return cited_by, hosts
 
 
 def _attach_references(scope: etree._Element, figs: list[Figure], cited_by: dict[etree._Element, list[int]],
-                       hosts: set[etree._Element], entities: dict[str, str], walked: dict | None = None) -> None:
+                       hosts: dict[etree._Element, None], entities: dict[str, str], walked: dict | None = None
+                       ) -> None:
     """In-text references of the figures: the sentences of article paragraphs that cite them (``cited_by``,
     ``hosts``: :func:`_figure_citations`). A paragraph the full text already walked (``walked``: element -> text,
     xref offsets) is not walked again."""
@@ -824,8 +838,8 @@ def _attach_references(scope: etree._Element, figs: list[Figure], cited_by: dict
     walked = walked if walked is not None else {}
     if not hosts:
         return
-    for p in scope.iter("p", "td", "th"):
-        if p not in hosts or not _citing(p, scope):
+    for p in hosts:
+        if not _citing(p, scope):
             continue
         if _local(p) != "p" and any(True for _ in p.iter("p")):
             continue  # a table cell of paragraphs: its paragraphs are read as paragraphs
