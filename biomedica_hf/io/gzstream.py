@@ -15,6 +15,7 @@ the same code.
 """
 from __future__ import annotations
 
+import inspect
 import tarfile
 import zlib
 from typing import IO, Any
@@ -32,6 +33,8 @@ ENGINE = "isal" if "isal" in ENGINES else "zlib"
 _GZIP_MAGIC = b"\x1f\x8b\x08"   # what tarfile's ``r|*`` takes for gzip
 _BLOCKSIZE = tarfile.BLOCKSIZE     # the first read (format detection), as tarfile's stream proxy does
 _BUFSIZE = tarfile.RECORDSIZE      # every later read of compressed bytes (tarfile.open's default bufsize)
+# newer Pythons tell TarFile it reads a stream (as tarfile.open's "r|" does: no member list kept)
+_STREAM = {"stream": True} if "stream" in inspect.signature(tarfile.TarFile.__init__).parameters else {}
 
 
 class GzipTarStream:
@@ -151,7 +154,7 @@ def open_tar_stream(raw: IO[bytes], engine: str | None = None) -> tarfile.TarFil
         return tarfile.open(fileobj=_Replay(first, raw), mode="r|*")
     stream = GzipTarStream(raw, first, mod)
     try:
-        tf = tarfile.TarFile(fileobj=stream, mode="r")   # type: ignore[arg-type]
+        tf = tarfile.TarFile(fileobj=stream, mode="r", **_STREAM)   # type: ignore[arg-type]
     except BaseException:
         stream.close()
         raise
