@@ -4,8 +4,11 @@ and the same point of failure - on the real fixture packages (one really truncat
 points (inside the gzip header too), with bytes flipped, and on a plain tar."""
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -143,3 +146,21 @@ def test_raw_stream_is_left_open():
     with open_tar_stream(raw) as tf:
         assert tf.next() is not None
     assert not raw.closed
+
+
+def test_without_isal_the_stdlib_reads_the_same(tmp_path):
+    """A platform without isal's wheels: the import fails, zlib is the engine, the package reads the same."""
+    archive = next(p for p in FIXTURE_TARS if "truncated" in p.name)
+    code = (
+        "import sys\n"
+        "sys.modules['isal'] = None\n"     # `import isal` now raises ImportError
+        "from biomedica_hf.io import gzstream\n"
+        "assert gzstream.ENGINE == 'zlib' and list(gzstream.ENGINES) == ['zlib'], gzstream.ENGINES\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from test_gzstream import _walk\n"
+        "print(repr(_walk(open(sys.argv[2], 'rb').read(), 'zlib')))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(archive)],
+                         capture_output=True, text=True, check=True).stdout
+    got = ast.literal_eval(out)
+    assert got == _walk(archive.read_bytes(), gzstream.ENGINE)
+    assert got[-1][:2] == ("error", "ReadError") and len(got) > 5    # the members before the cut, then the cut
