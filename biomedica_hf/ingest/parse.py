@@ -159,7 +159,7 @@ class _Text:
     the same text. Pieces are kept raw and collapsed only when an offset is asked for (:meth:`next_offset`,
     :attr:`length`: the xrefs of a paragraph) and once at the end - not once per text node."""
 
-    __slots__ = ("parts", "pending", "_length", "_space")
+    __slots__ = ("_length", "_space", "parts", "pending")
 
     def __init__(self) -> None:
         self.parts: list[str] = []      # collapsed text so far
@@ -474,6 +474,9 @@ def _word_before(text: str, dot: int) -> str:
 
 
 def _is_abbreviation(text: str, dot: int) -> bool:
+    last = text[dot - 1:dot]
+    if not last.isalpha() and last != "\n":
+        return False  # "[12].", "(Fig. 2).": every abbreviation, initial and acronym ends in a letter
     word = _word_before(text, dot)  # bounded: no quadratic scan
     if not word:
         return False
@@ -734,7 +737,7 @@ def _caption_text(caption: etree._Element | None, entities: dict[str, str]) -> t
     lines = [p.strip() for p in paragraphs if p.strip()]
     doi = None
     if lines:
-        m = _CAPTION_DOI.search(lines[-1])
+        m = _CAPTION_DOI.search(lines[-1]) if ":" in lines[-1] else None   # "DOI:" holds a colon
         if m:
             doi = m.group(1)
             lines[-1] = lines[-1][:m.start()].rstrip()
@@ -778,9 +781,11 @@ def _cited(xref: etree._Element, targets: dict[str, list[int]]) -> list[int]:
     return list(dict.fromkeys(i for rid in rids for i in targets.get(rid, ())))
 
 
-def _citing(p: etree._Element, scope: etree._Element) -> bool:
+def _citing(p: etree._Element, scope: etree._Element, back_matter: dict | None = None) -> bool:
     """A paragraph / table cell whose figure xrefs are in-text references: article text, not a caption,
-    front matter or back matter (acknowledgements, author contributions, footnotes, declarations)."""
+    front matter or back matter (acknowledgements, author contributions, footnotes, declarations).
+    ``back_matter``: a cache of each section's verdict (section -> is back matter), kept by the caller."""
+    back_matter = {} if back_matter is None else back_matter
     for anc in p.iterancestors():
         if anc is scope:
             return True
@@ -790,9 +795,12 @@ def _citing(p: etree._Element, scope: etree._Element) -> bool:
         if name in _NOT_CITING:
             return False
         if name == "sec":
-            title = anc.find("title")
-            label = f"{anc.get('sec-type') or ''} {_text(title) if title is not None else ''}".lower()
-            if _BACK_MATTER_SECTIONS.search(label.replace("-", " ").replace("_", " ")):
+            back = back_matter.get(anc)
+            if back is None:
+                title = anc.find("title")
+                label = f"{anc.get('sec-type') or ''} {_text(title) if title is not None else ''}".lower()
+                back = back_matter[anc] = bool(_BACK_MATTER_SECTIONS.search(label.replace("-", " ").replace("_", " ")))
+            if back:
                 return False
     return True
 
@@ -838,8 +846,9 @@ def _attach_references(scope: etree._Element, figs: list[Figure], cited_by: dict
     walked = walked if walked is not None else {}
     if not hosts:
         return
+    back_matter: dict[etree._Element, bool] = {}
     for p in hosts:
-        if not _citing(p, scope):
+        if not _citing(p, scope, back_matter):
             continue
         if _local(p) != "p" and any(True for _ in p.iter("p")):
             continue  # a table cell of paragraphs: its paragraphs are read as paragraphs

@@ -123,7 +123,8 @@ def test_fixture_paragraphs_split_into_the_same_sentences():
                 assert P.sentence_spans(text) == _old_sentence_spans(text)
                 n += 1
     assert n > 3000
-    tricky = "See Fig.\n5. Then e.g.\n. A (Fig. 9. B) and J. Smith et al. 2 x.\u00a0Y"
+    tricky = ("See Fig.\n5. Then e.g.\n. A (Fig. 9. B) and J. Smith et al. 2 x.\u00a0Y [12]. Z \u2160. W U.\u212a. V "
+              "(Fig. 2). T \u00e9. S")
     for cut in range(len(tricky) + 1):
         assert P.sentence_spans(tricky[:cut]) == _old_sentence_spans(tricky[:cut])
 
