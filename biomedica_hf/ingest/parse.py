@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 from lxml import etree
 
+from biomedica_hf.io.gzstream import open_tar_stream
 from biomedica_hf.io.xml import safe_parser
 from biomedica_hf.licenses import normalize_license
 from biomedica_hf.schema import Article, Figure, ParsedArticle, Reference
@@ -141,7 +142,7 @@ def _strip_namespace(root: etree._Element) -> None:
     if not uri:
         return
     for el in list(root.iter(f"{{{uri}}}*")):
-        el.tag = etree.QName(el).localname
+        el.tag = el.tag.rpartition("}")[2]
 
 
 def _is_jats_article(el: etree._Element) -> bool:
@@ -153,33 +154,61 @@ def _is_jats_article(el: etree._Element) -> bool:
 # --------------------------------------------------------------------------------------------
 
 class _Text:
-    """Accumulates text with whitespace collapsed on the fly, so offsets are final."""
+    """Accumulates text with whitespace collapsed: the value is ``" ".join(raw.split())`` of everything added
+    (:meth:`add`; :meth:`space` adds a separator), so that collapsing piece by piece and collapsing the whole give
+    the same text. Pieces are kept raw and collapsed only when an offset is asked for (:meth:`next_offset`,
+    :attr:`length`: the xrefs of a paragraph) and once at the end - not once per text node."""
+
+    __slots__ = ("_length", "_space", "parts", "pending")
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.length = 0
-        self.space = False
+        self.parts: list[str] = []      # collapsed text so far
+        self.pending: list[str] = []    # raw pieces not collapsed yet
+        self._length = 0
+        self._space = False             # the collapsed text so far was followed by whitespace
 
     def add(self, s: str | None) -> None:
-        if not s:
-            return
+        if s:
+            self.pending.append(s)
+
+    def space(self) -> None:
+        """A separator: the next word starts after one space (none at the very start)."""
+        self.pending.append(" ")
+
+    def _collapse(self) -> None:
+        s = "".join(self.pending)
+        self.pending.clear()
         words = s.split()
         if not words:
-            self.space = True
+            if s:
+                self._space = True
             return
-        if (self.space or s[0].isspace()) and self.length:
+        if (self._space or s[0].isspace()) and self._length:
             self.parts.append(" ")
-            self.length += 1
+            self._length += 1
         chunk = " ".join(words)
         self.parts.append(chunk)
-        self.length += len(chunk)
-        self.space = s[-1].isspace()
+        self._length += len(chunk)
+        self._space = s[-1].isspace()
+
+    @property
+    def length(self) -> int:
+        """Length of the collapsed text so far."""
+        if self.pending:
+            self._collapse()
+        return self._length
 
     def next_offset(self) -> int:
         """Offset at which the next word will start."""
-        return self.length + (1 if self.space and self.length else 0)
+        if self.pending:
+            self._collapse()
+        return self._length + (1 if self._space and self._length else 0)
 
     def value(self) -> str:
+        if not self.parts:      # no offset was asked for: collapse everything at once
+            return " ".join("".join(self.pending).split())
+        if self.pending:
+            self._collapse()
         return "".join(self.parts)
 
 
@@ -196,38 +225,82 @@ def _entity_text(node: etree._Entity, entities: dict[str, str]) -> str:
 
 
 def _walk(el: etree._Element, out: _Text, ctx: _Walk) -> None:
-    """Append the text of ``el``'s content (not its tail) to ``out``."""
-    out.add(el.text)
+    """Append the text of ``el``'s content (not its tail) to ``out``. The common child - an element of no special
+    meaning here (``<italic>``, ``<p>``, ``<xref>``) - is handled in this loop, the others by :func:`_walk_special`
+    (one Python call per element instead of three: this runs for every node of every article)."""
+    pieces = out.pending
+    if el.text:
+        pieces.append(el.text)
+    skip, xrefs = ctx.skip, ctx.xrefs
     for child in el:
-        _walk_child(child, out, ctx)
+        tag = child.tag
+        if tag.__class__ is not str:          # entity, comment, processing instruction
+            if isinstance(child, etree._Entity):
+                out.add(_entity_text(child, ctx.entities))
+        else:
+            name = tag.rpartition("}")[2] if "}" in tag else tag
+            if name in _SPECIAL or name in skip:
+                _walk_special(child, name, out, ctx)
+            else:
+                block = name in _BLOCK
+                if block:
+                    pieces.append(" ")
+                if xrefs is not None and name == "xref":
+                    start = out.next_offset()
+                    _walk(child, out, ctx)
+                    xrefs.append((child, min(start, out.length), out.length))
+                else:
+                    _walk(child, out, ctx)
+                if block:
+                    pieces.append(" ")
+        tail = child.tail
+        if tail:
+            pieces.append(_LINEBREAK_BEFORE_CLOSER.sub("", tail) if tail[0] in "\r\n" else tail)
+
+
+#: elements :func:`_walk` leaves to :func:`_walk_special`
+_SPECIAL = _NEVER_TEXT | {"alternatives", "tex-math", "inline-formula", "disp-formula", "inline-graphic"}
 
 
 def _walk_child(child: etree._Element, out: _Text, ctx: _Walk) -> None:
-    """Append one child node and its tail to ``out``."""
-    if isinstance(child, etree._Entity):
-        out.add(_entity_text(child, ctx.entities))
-    elif isinstance(child.tag, str):
-        name = _local(child)
-        if name in _NEVER_TEXT:
-            pass
-        elif name in ctx.skip:
-            out.space = True
-        elif name == "alternatives":
-            choice = _text_alternative(child)
-            if choice is not None:
-                _walk_element(choice, out, ctx)
-            else:
-                out.add(_alt_text(child) or "[graphic]")
-        elif name == "tex-math":
-            out.add(_tex_body("".join(child.itertext())))
-        elif name in ("inline-formula", "disp-formula"):
-            _walk_formula(child, out, ctx)
-        elif name == "inline-graphic":
-            out.add(_alt_text(child) or "[graphic]")
+    """Append one child node and its tail to ``out`` (as :func:`_walk` appends each child)."""
+    _walk(_Only(child), out, ctx)  # type: ignore[arg-type]
+
+
+class _Only:
+    """A stand-in parent without text holding one node: :func:`_walk` walks it as one of its children."""
+
+    __slots__ = ("node",)
+    text = None
+
+    def __init__(self, node: etree._Element) -> None:
+        self.node = node
+
+    def __iter__(self):
+        return iter((self.node,))
+
+
+def _walk_special(child: etree._Element, name: str, out: _Text, ctx: _Walk) -> None:
+    """Append one element (not its tail) named ``name`` to ``out``: text never read, a skipped element (a
+    separator), alternatives, TeX, formulas, inline graphics - and any other element (:func:`_walk_element`)."""
+    if name in _NEVER_TEXT:
+        pass
+    elif name in ctx.skip:
+        out.space()
+    elif name == "alternatives":
+        choice = _text_alternative(child)
+        if choice is not None:
+            _walk_element(choice, out, ctx)
         else:
-            _walk_element(child, out, ctx)
-    if child.tail:
-        out.add(_LINEBREAK_BEFORE_CLOSER.sub("", child.tail))
+            out.add(_alt_text(child) or "[graphic]")
+    elif name == "tex-math":
+        out.add(_tex_body("".join(child.itertext())))
+    elif name in ("inline-formula", "disp-formula"):
+        _walk_formula(child, out, ctx)
+    elif name == "inline-graphic":
+        out.add(_alt_text(child) or "[graphic]")
+    else:
+        _walk_element(child, out, ctx)
 
 
 def _alt_text(el: etree._Element) -> str:
@@ -253,22 +326,25 @@ def _walk_formula(el: etree._Element, out: _Text, ctx: _Walk) -> None:
     text = inner.value() or _alt_text(el) or "[formula]"
     block = _local(el) in _BLOCK
     if block:
-        out.space = True
+        out.space()
     out.add(text)
     if block:
-        out.space = True
+        out.space()
 
 
 def _walk_element(el: etree._Element, out: _Text, ctx: _Walk) -> None:
-    block = _local(el) in _BLOCK
+    name = _local(el)
+    block = name in _BLOCK
     if block:
-        out.space = True
-    start = out.next_offset()
-    _walk(el, out, ctx)
-    if ctx.xrefs is not None and _local(el) == "xref":
+        out.space()
+    if ctx.xrefs is not None and name == "xref":
+        start = out.next_offset()
+        _walk(el, out, ctx)
         ctx.xrefs.append((el, min(start, out.length), out.length))
+    else:
+        _walk(el, out, ctx)
     if block:
-        out.space = True
+        out.space()
 
 
 def _text_alternative(alt: etree._Element) -> etree._Element | None:
@@ -307,19 +383,24 @@ def _has_ancestor(el: etree._Element, names: frozenset[str], stop: etree._Elemen
 
 def _blocks(container: etree._Element | None, exclude: frozenset[str],
             entities: dict[str, str], walked: dict | None = None) -> list[str]:
-    """Section titles and paragraphs below ``container``, in order, each as one string. With ``walked``, each
-    element's text and xref offsets are also kept there (the references reuse them: one walk of the body)."""
+    """Section titles and paragraphs below ``container``, in order, each as one string. ``walked``: the paragraphs
+    whose xref offsets the references need (element -> None); their text and xref offsets are kept there (the
+    references reuse them: one walk of the body); the others are walked without tracking xrefs."""
     if container is None:
         return []
     ctx = _Walk(skip=_NOT_IN_PARAGRAPH, entities=entities)
     blocks = []
+    # the paragraphs and titles below an excluded element (in any namespace, below ``container``): found from the
+    # few excluded elements down instead of from each paragraph up
+    left_out = {d for ex in container.iterdescendants(*(f"{{*}}{n}" for n in exclude))
+                for d in ex.iterdescendants("p", "title")} if exclude else set()
     for el in container.iter("p", "title"):
-        if _has_ancestor(el, exclude, container):
+        if el in left_out:
             continue
-        if walked is not None:
-            ctx.xrefs = []
+        track = walked is not None and el in walked
+        ctx.xrefs = [] if track else None
         text = _text(el, ctx)
-        if walked is not None:
+        if track:
             walked[el] = (text, ctx.xrefs)
         if text:
             blocks.append(text)
@@ -336,7 +417,8 @@ _ABBREVIATIONS = frozenset({
     "inc", "ltd", "co", "vol", "pp", "ch", "sect", "tab", "viz",
 })
 _SENTENCE_OPENERS = "\"'\u2018\u201c(["
-_SENTENCE_END = re.compile(r"[.!?][\"'\u2019\u201d)\]]*(?=\s+\S)")
+# a sentence's end, if what follows fits (sentence_spans); group 1: the spaces after it
+_SENTENCE_END = re.compile(r"[.!?][\"'\u2019\u201d)\]]*(?=(\s+)\S)")
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -350,7 +432,7 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     spans = []
     start = 0
     for m in _SENTENCE_END.finditer(text):
-        at = _SPACES.match(text, m.end()).end()     # the next sentence's first character (no copy of the rest:
+        at = m.end(1)                               # the next sentence's first character (no copy of the rest:
         c = text[at:at + 1]                         # long paragraphs stay linear)
         if not c or not (c.isupper() or c.isdigit() or c in _SENTENCE_OPENERS):
             continue
@@ -368,7 +450,6 @@ _FIGURE_NUMBER_BEFORE = re.compile(r"\b(?:fig|figs|figure|figures|table|tables|s
 
 
 _PANEL_LETTER = re.compile(r"[A-Z][)\]},;:\u2013-]")
-_SPACES = re.compile(r"\s*")
 
 
 def _is_panel_after_number(text: str, dot: int, at: int) -> bool:
@@ -377,15 +458,33 @@ def _is_panel_after_number(text: str, dot: int, at: int) -> bool:
     return bool(_PANEL_LETTER.match(text, at)) and bool(_FIGURE_NUMBER_BEFORE.search(text[max(0, dot - 40):dot]))
 
 
+_WORD = re.compile(r"[^\s(\[]*")
+_DOTTED = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
+
+
+def _word_before(text: str, dot: int) -> str:
+    """The word that ends at ``dot`` (after the last space, ``(`` or ``[``; at most 64 characters back): what
+    ``re.search(r"[^\\s(\\[]*$", text[max(0, dot - 64):dot])`` finds - ``$`` also matches before a final newline -
+    read backwards from ``dot`` instead of tried from each of the 64 positions."""
+    seg = text[max(0, dot - 64):dot]
+    end = len(seg) - 1 if seg.endswith("\n") else len(seg)
+    if end <= 0:
+        return ""
+    return _WORD.match(seg[end - 1::-1]).group(0)[::-1]
+
+
 def _is_abbreviation(text: str, dot: int) -> bool:
-    word = re.search(r"[^\s(\[]*$", text[max(0, dot - 64):dot]).group(0)  # bounded: no quadratic scan
+    last = text[dot - 1:dot]
+    if not last.isalpha() and last != "\n":
+        return False  # "[12].", "(Fig. 2).": every abbreviation, initial and acronym ends in a letter
+    word = _word_before(text, dot)  # bounded: no quadratic scan
     if not word:
         return False
     if word.lower() in _ABBREVIATIONS:
         return True
     if len(word) == 1 and word.isalpha() and word.isupper():
         return True  # initial: "J. Smith"
-    return bool(re.fullmatch(r"(?:[A-Za-z]\.)+[A-Za-z]", word))  # "e.g", "U.S", "i.e"
+    return _DOTTED.fullmatch(word) is not None  # "e.g", "U.S", "i.e"
 
 
 # --------------------------------------------------------------------------------------------
@@ -638,7 +737,7 @@ def _caption_text(caption: etree._Element | None, entities: dict[str, str]) -> t
     lines = [p.strip() for p in paragraphs if p.strip()]
     doi = None
     if lines:
-        m = _CAPTION_DOI.search(lines[-1])
+        m = _CAPTION_DOI.search(lines[-1]) if ":" in lines[-1] else None   # "DOI:" holds a colon
         if m:
             doi = m.group(1)
             lines[-1] = lines[-1][:m.start()].rstrip()
@@ -682,9 +781,11 @@ def _cited(xref: etree._Element, targets: dict[str, list[int]]) -> list[int]:
     return list(dict.fromkeys(i for rid in rids for i in targets.get(rid, ())))
 
 
-def _citing(p: etree._Element, scope: etree._Element) -> bool:
+def _citing(p: etree._Element, scope: etree._Element, back_matter: dict | None = None) -> bool:
     """A paragraph / table cell whose figure xrefs are in-text references: article text, not a caption,
-    front matter or back matter (acknowledgements, author contributions, footnotes, declarations)."""
+    front matter or back matter (acknowledgements, author contributions, footnotes, declarations).
+    ``back_matter``: a cache of each section's verdict (section -> is back matter), kept by the caller."""
+    back_matter = {} if back_matter is None else back_matter
     for anc in p.iterancestors():
         if anc is scope:
             return True
@@ -694,33 +795,71 @@ def _citing(p: etree._Element, scope: etree._Element) -> bool:
         if name in _NOT_CITING:
             return False
         if name == "sec":
-            title = anc.find("title")
-            label = f"{anc.get('sec-type') or ''} {_text(title) if title is not None else ''}".lower()
-            if _BACK_MATTER_SECTIONS.search(label.replace("-", " ").replace("_", " ")):
+            back = back_matter.get(anc)
+            if back is None:
+                title = anc.find("title")
+                label = f"{anc.get('sec-type') or ''} {_text(title) if title is not None else ''}".lower()
+                back = back_matter[anc] = bool(_BACK_MATTER_SECTIONS.search(label.replace("-", " ").replace("_", " ")))
+            if back:
                 return False
     return True
 
 
-def _attach_references(scope: etree._Element, figs: list[Figure],
-                       targets: dict[str, list[int]], entities: dict[str, str],
-                       walked: dict | None = None) -> None:
-    """In-text references of the figures: the sentences of article paragraphs that cite them. A paragraph the
-    full text already walked (``walked``: element -> text, xref offsets) is not walked again."""
+_HOSTS = ("p", "td", "th")
+
+
+def _figure_citations(scope: etree._Element, targets: dict[str, list[int]]
+                      ) -> tuple[dict[etree._Element, list[int]], dict[etree._Element, None]]:
+    """(each xref of ``scope`` that cites a figure -> the figures' indices; the paragraphs and table cells of
+    ``scope`` holding such an xref, in document order). Only those paragraphs are read for references (most xrefs
+    cite references, tables, equations): found from the xrefs up, once, instead of each paragraph and cell of the
+    article searching its own xrefs. Document order: each xref's holders are taken outermost first, xref after
+    xref - an outer paragraph starts before the paragraphs inside it, and a paragraph before the next one's xrefs."""
+    cited_by: dict[etree._Element, list[int]] = {}
+    hosts: dict[etree._Element, None] = {}
+    for x in scope.iter("xref"):
+        rids = x.get("rid")
+        if not rids or not any(r in targets for r in rids.split()):   # most cite references, tables, equations
+            continue
+        cited = _cited(x, targets)
+        if cited:
+            cited_by[x] = cited
+            chain = []
+            for anc in x.iterancestors():
+                if anc.tag in _HOSTS:
+                    chain.append(anc)
+                if anc is scope:
+                    break
+            for anc in reversed(chain):
+                if anc not in hosts:
+                    hosts[anc] = None
+    return cited_by, hosts
+
+
+def _attach_references(scope: etree._Element, figs: list[Figure], cited_by: dict[etree._Element, list[int]],
+                       hosts: dict[etree._Element, None], entities: dict[str, str], walked: dict | None = None
+                       ) -> None:
+    """In-text references of the figures: the sentences of article paragraphs that cite them (``cited_by``,
+    ``hosts``: :func:`_figure_citations`). A paragraph the full text already walked (``walked``: element -> text,
+    xref offsets) is not walked again."""
     seen: set[tuple[int, str]] = set()
     walked = walked if walked is not None else {}
-    for p in scope.iter("p", "td", "th"):
-        # only paragraphs with an xref to a figure are walked (most cite references, tables, equations only)
-        if not any(_cited(x, targets) for x in p.iter("xref")) or not _citing(p, scope):
+    if not hosts:
+        return
+    back_matter: dict[etree._Element, bool] = {}
+    for p in hosts:
+        if not _citing(p, scope, back_matter):
             continue
         if _local(p) != "p" and any(True for _ in p.iter("p")):
             continue  # a table cell of paragraphs: its paragraphs are read as paragraphs
-        if p in walked:
-            paragraph, xrefs = walked[p]
+        got = walked.get(p)
+        if got is not None:
+            paragraph, xrefs = got
         else:
             ctx = _Walk(skip=_NOT_IN_PARAGRAPH, entities=entities, xrefs=[])
             paragraph, xrefs = _text(p, ctx), ctx.xrefs
         spans = None                                         # split into sentences when first needed
-        marks = [(x, s, e, _cited(x, targets)) for x, s, e in xrefs]
+        marks = [(x, s, e, cited_by.get(x, [])) for x, s, e in xrefs]
         for k, (xref, start, end, cited) in enumerate(marks):
             if not cited:
                 continue
@@ -749,13 +888,14 @@ def _attach_references(scope: etree._Element, figs: list[Figure],
 def _parse_one(scope: etree._Element, article: etree._Element | None,
                source_file: str | None, entities: dict[str, str]) -> ParsedArticle:
     """``article`` None: a fragment of sub-articles only (no metadata of its own)."""
-    walked: dict = {}                # body paragraphs: walked once, for the full text and the references
+    fig_elements = list(scope.iter("fig"))
+    cited_by, hosts = _figure_citations(scope, _targets(fig_elements))
+    walked: dict = dict.fromkeys(hosts)   # paragraphs citing a figure: walked once, for full text and references
     meta = (_article_meta(article, source_file, entities, walked) if article is not None
             else Article(pmcid="", source_file=source_file))
-    fig_elements = list(scope.iter("fig"))
     figures = [_figure(f, i, g, entities)
                for i, (f, g) in enumerate(zip(fig_elements, _group_ids(fig_elements)))]
-    _attach_references(scope, figures, _targets(fig_elements), entities, walked)
+    _attach_references(scope, figures, cited_by, hosts, entities, walked)
     return ParsedArticle(article=meta, figures=figures)
 
 
@@ -800,7 +940,7 @@ def _read_package(path: Path) -> tuple[dict[str, bytes], list[str], str | None]:
     xml: dict[str, bytes] = {}
     names: list[str] = []
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with open(path, "rb") as raw, open_tar_stream(raw) as tar:
             for member in tar:  # moving to the next header reads through the member's data
                 if not member.isfile():
                     continue

@@ -5,6 +5,7 @@
 * ``ranges``  - shard byte ranges: the prefetching :class:`~biomedica_hf.io.ranges.RangeReader` (local and
   remote) and the small synchronous local helpers;
 * ``tars``    - byte-reproducible tar members;
+* ``gzstream`` - a package (``.tar.gz``) opened as a tar stream, inflated with ISA-L where python-isal is installed;
 * ``retry``   - backoff schedule, ``Retry-After``, rate limiter;
 * ``xml``     - the safe lxml parser;
 * ``sizes``   - byte counts for people (``1.09 MB``, ``2GiB``).

@@ -5,6 +5,8 @@ and which existing mirrors and archives still have. ``base_url_or_root`` is an H
 local mirror directory. Packages are downloaded (resumable, length-checked) and extracted safely;
 a truncated gzip keeps every member read before the error. A local mirror's packages are read in memory
 (:func:`read_package`: the same package, nothing written) unless the source's ``extract_to_disk`` is set.
+Every package is opened by :func:`biomedica_hf.io.gzstream.open_tar_stream` (gzip inflated with ISA-L where
+python-isal is installed).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from biomedica_hf.ingest.sources.base import (
     package_from_members,
 )
 from biomedica_hf.ingest.sources.filelists import FileListReader
+from biomedica_hf.io.gzstream import open_tar_stream
 from biomedica_hf.io.markers import read_marker, write_marker
 from biomedica_hf.schema import ArticlePackage, ArticleRef
 
@@ -160,7 +163,7 @@ def _read_archive(archive: Path, sink, out: Extracted, limits: ArchiveLimits) ->
         return
     with raw:
         try:
-            tf = tarfile.open(fileobj=raw, mode="r|*")
+            tf = open_tar_stream(raw)
         except _TAR_ERRORS as e:
             out.problems.append((ARCHIVE_PROBLEM, "bad_archive"))
             out.detail = f"{type(e).__name__}: {e}"
