@@ -180,29 +180,39 @@ def _check_history(work: Work, k: int) -> None:
                               f"articles twice. Rerun with --rebuild-state to reconstruct it from the published files")
 
 
-def folder_hash_definition(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
-    """The options snapshot ``k`` builds with: a fresh build (``k == 0``) hashes with ``cfg.media.phash`` (by
-    default ``HASH_NAME``); an update keeps the definition of the folder's published ``phash`` values
-    (``build_summary.json`` ``phash``; none recorded = the legacy one, :data:`LEGACY_HASH_NAME`), so that a folder
-    built by older code is updated in place (never rebuilt for a new hash) and never mixes two definitions in
-    ``figures.parquet``. A definition this code does not know (a folder of newer code) is a fatal error."""
-    if k == 0:
-        return cfg
+def _folder_definition(work: Work) -> str:
+    """The definition of the folder's published ``phash`` values (``build_summary.json`` ``phash``; none recorded =
+    the legacy one, :data:`LEGACY_HASH_NAME`)."""
     from biomedica_hf.ingest.finish import previous_summary
 
-    have = previous_summary(work).get("phash") or LEGACY_HASH_NAME
-    if have not in DEFINITIONS:
-        raise FatalBuildError(f"{work.out}: its published samples carry perceptual hashes of the definition {have!r}, "
-                              f"which this code does not compute ({', '.join(map(repr, DEFINITIONS))}): update it "
-                              f"with the code that built it, or build the listing into a new folder")
-    if have == cfg.media.phash:
+    return previous_summary(work).get("phash") or LEGACY_HASH_NAME
+
+
+def folder_hash_definition(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
+    """The options snapshot ``k`` builds with: a fresh build (``k == 0``) hashes with ``cfg.media.phash`` (by
+    default ``HASH_NAME``); an update keeps the definition of the folder's published ``phash`` values, so that a
+    folder built by older code is updated in place (never rebuilt for a new hash) and never mixes two definitions
+    in ``figures.parquet``. A definition this code does not know (a folder of newer code) is refused by
+    :func:`check_hash_definition` once the listing shows changes."""
+    if k == 0:
+        return cfg
+    have = _folder_definition(work)
+    if have == cfg.media.phash or have not in DEFINITIONS:
         return cfg
     return dataclasses.replace(cfg, media=dataclasses.replace(cfg.media, phash=have))
 
 
 def check_hash_definition(cfg: BuildOptions, work: Work, k: int) -> None:
-    """Say so when an update (``k > 0``, once the listing shows changes) keeps a definition other than today's."""
-    if k > 0 and cfg.media.phash != HASH_NAME:
+    """An update (``k > 0``, once the listing shows changes, before anything is planned or published): refused when
+    the folder's definition is one this code does not compute; said in one line when it is not today's."""
+    if k == 0:
+        return
+    have = _folder_definition(work)
+    if have not in DEFINITIONS:
+        raise FatalBuildError(f"{work.out}: its published samples carry perceptual hashes of the definition {have!r}, "
+                              f"which this code does not compute ({', '.join(map(repr, DEFINITIONS))}): update it "
+                              f"with the code that built it, or build the listing into a new folder")
+    if cfg.media.phash != HASH_NAME:
         log.info("this folder's samples carry %s hashes: the update keeps that definition (a fresh build uses %s)",
                  cfg.media.phash, HASH_NAME)
 
@@ -277,7 +287,11 @@ def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
         if not sum(counts) and not removed_rows and not plan_rows:
             shutil.rmtree(work.snap(k), ignore_errors=True)   # nothing changed: no snapshot
             return None
-        check_hash_definition(cfg, work, k)
+        try:
+            check_hash_definition(cfg, work, k)
+        except FatalBuildError:
+            shutil.rmtree(work.snap(k), ignore_errors=True)   # refused: no snapshot
+            raise
     layout = choose_layout(k, counts, tuple(cfg.split_fractions), cfg.partition_target)
     if k == 0:
         changes["added"] = sum(counts)
