@@ -17,8 +17,11 @@ by the one image policy (:func:`biomedica_hf.images.hash_gray`: alpha composited
 are black-on-transparent -, 16-bit and float images stretched by their own range, palette images through RGB(A)),
 Lanczos-resized to 64x64 and DCT'd by ``imagehash``. Folders built before the definition was recorded hold
 ``LEGACY_HASH_NAME`` (``phash256``: JPEG decoded at >= 256 px, no DCT-scale step; mean 6.6, max 16 bits from
-today's on the same images): the build and ``biomedica decontaminate`` never compare the two
-(:func:`folder_hash_name`). Calibration of both: ``biomedica_hf/neardup/README.md``.
+today's on the same images). Both stay computable (:data:`DEFINITIONS`, the ``definition`` argument of
+:func:`bytes_phash`, :func:`image_phash`, :func:`open_image`, :func:`draft_for_hash`; the legacy one is the code of
+a595d4e bit for bit): a fresh build uses ``HASH_NAME``, an update keeps its folder's (:func:`folder_hash_name`), and
+``biomedica decontaminate`` hashes evaluation images with the folder's, so two definitions are never compared.
+Calibration of both: ``biomedica_hf/neardup/README.md``.
 """
 from __future__ import annotations
 
@@ -137,7 +140,7 @@ def _bits_dhash(gray: Image.Image, hash_size: int) -> np.ndarray:
     return imagehash.dhash(gray, hash_size=hash_size).hash.reshape(-1)
 
 
-# the candidates measured by the calibration (each with the normalisation above); the build uses phash256
+# the candidates measured by the calibration (each with the normalisation of a definition); the build uses phash256
 HASHERS = {
     "phash64": lambda g: _bits_phash(g, 8),
     "phash256": lambda g: _bits_phash(g, 16),
