@@ -213,7 +213,7 @@ def check_hash_definition(cfg: BuildOptions, work: Work, k: int) -> None:
                               f"which this code does not compute ({', '.join(map(repr, DEFINITIONS))}): update it "
                               f"with the code that built it, or build the listing into a new folder")
     if cfg.media.phash != HASH_NAME:
-        log.info("this folder's samples carry %s hashes: the update keeps that definition (a fresh build uses %s)",
+        log.warning("this folder's samples carry %s hashes: the update keeps that definition (a fresh build uses %s)",
                  cfg.media.phash, HASH_NAME)
 
 
