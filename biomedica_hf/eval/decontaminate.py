@@ -3,9 +3,11 @@
 Tasks come from the evaluation registry's public :func:`~biomedica_hf.eval.tasks.registry.resolve_tasks`
 (fixture sets, the BIOMEDICA suite when present, retrieval folders, and any spec the registry learns),
 so every task with a Parquet source or a retrieval source can be checked. Evaluation images are hashed
-with :func:`.hashing.bytes_phash`; the training side uses ``figures.parquet``'s ``phash`` column when the
-build wrote it with this code's definition (``build_summary.json`` ``phash`` = ``HASH_NAME``) and otherwise hashes
-the shard images (byte ranges from ``figures.parquet``): hashes of two definitions are never compared.
+with :func:`.hashing.bytes_phash` of the folder's definition (``build_summary.json`` ``phash``; none recorded = the
+legacy ``phash256`` of older code): the training side then uses ``figures.parquet``'s ``phash`` column as it is, and
+hashes the shard images (byte ranges from ``figures.parquet``) only where the column is missing or null, or where
+the folder's definition is one this code does not compute (then everything is ``HASH_NAME``): hashes of two
+definitions are never compared.
 
 Matching: the evaluation hashes' 36 LSH keys (:mod:`.groups`) are held in memory (sorted arrays;
 evaluation sets are small), the training hashes stream by in batches, every key match is verified with
@@ -33,6 +35,7 @@ from biomedica_hf.layout import CARD, DECONTAMINATION_DIR, FIGURES_INDEX
 from biomedica_hf.neardup.groups import DEFAULT_THRESHOLD, lsh_tables, table_keys
 from biomedica_hf.neardup.hashing import (
     HASH_BITS,
+    DEFINITIONS,
     HASH_NAME,
     bytes_phash,
     folder_hash_name,
@@ -89,7 +92,7 @@ def task_images(task, ctx) -> Iterator[tuple[str, bytes]]:
         raise ValueError(f"task {task.name} has no image source")
 
 
-def hash_task(task, ctx, progress: bool = False) -> EvalImages:
+def hash_task(task, ctx, progress: bool = False, definition: str = HASH_NAME) -> EvalImages:
     out = EvalImages(task.name, source=(task.source or task.retrieval_source).describe())
     items = task_images(task, ctx)
     if progress:
@@ -98,7 +101,7 @@ def hash_task(task, ctx, progress: bool = False) -> EvalImages:
         items = tqdm(items, desc=f"hash {task.name}", unit="img", leave=False)
     for image_id, data in items:
         try:
-            out.hashes.append(bytes_phash(data))
+            out.hashes.append(bytes_phash(data, definition))
             out.ids.append(image_id)
         except Exception as exc:   # noqa: BLE001 - an unreadable evaluation image is counted, not fatal
             out.unreadable += 1
@@ -136,9 +139,12 @@ class EvalIndex:
         return pair[ok, 0], pair[ok, 1], d[ok]
 
 
-def training_hashes(dataset_dir: Path, progress: bool = False, use_index: bool = True) -> Iterator[pa.Table]:
-    """Batches of (key, phash, shard, image_offset, image_size) for every training sample of the folder; with
-    ``use_index=False`` (the index's hashes are of another definition) every hash is computed from the shard image."""
+def training_hashes(dataset_dir: Path, progress: bool = False, use_index: bool = True,
+                    definition: str = HASH_NAME) -> Iterator[pa.Table]:
+    """Batches of (key, phash, shard, image_offset, image_size) for every training sample of the folder; a hash the
+    index lacks (no column, a null) is computed from the shard image with ``definition`` (the index's, so both
+    are one definition); with ``use_index=False`` (the index's hashes are of a definition this code does not
+    compute) every hash is computed so."""
     index = dataset_dir / FIGURES_INDEX
     if not index.is_file():
         raise FileNotFoundError(f"{dataset_dir}: no figures.parquet (is this a folder built by `biomedica build`?)")
@@ -162,7 +168,7 @@ def training_hashes(dataset_dir: Path, progress: bool = False, use_index: bool =
                                                 t["image_offset"].to_pylist(), t["image_size"].to_pylist(), have):
                 if h is None:
                     try:
-                        h = bytes_phash(shards.read(shard, off, size))
+                        h = bytes_phash(shards.read(shard, off, size), definition)
                     except Exception as exc:   # noqa: BLE001 - counted as unhashed in the report
                         log.warning("training sample %s unreadable (%s)", key, exc)
                 hashes.append(h)
@@ -238,18 +244,19 @@ def decontaminate(dataset_dir: str | os.PathLike, tasks: str | Sequence, out_dir
     out = Path(out_dir) if out_dir is not None else root / DECONTAMINATION_DIR
     ctx = ctx or DataContext.from_env()
     resolved = resolve_tasks(tasks, ctx) if isinstance(tasks, str) else list(tasks)
-    evals = [hash_task(t, ctx, progress) for t in resolved]
+    recorded = folder_hash_name(root)
+    definition, other = (recorded, False) if recorded in DEFINITIONS else (HASH_NAME, True)
+    evals = [hash_task(t, ctx, progress, definition) for t in resolved]
     owner = [(e.task, i) for e in evals for i in e.ids]
     index = EvalIndex([h for e in evals for h in e.hashes])
     found: list[dict] = []
     train_total = train_unhashed = 0
     from_index = "phash" in pq.read_schema(root / FIGURES_INDEX).names if (root / FIGURES_INDEX).is_file() else False
-    recorded, other = folder_hash_name(root), False
-    if from_index and recorded != HASH_NAME:      # never compare hashes of two definitions
-        log.warning("%s: figures.parquet's phash values are %s, this code computes %s: the training hashes are "
-                    "computed from the shard images", root, recorded, HASH_NAME)
-        from_index, other = False, True
-    for t in training_hashes(root, progress, use_index=from_index):
+    if from_index and other:      # never compare hashes of two definitions
+        log.warning("%s: figures.parquet's phash values are %s, which this code does not compute: the training "
+                    "hashes are computed from the shard images (%s)", root, recorded, HASH_NAME)
+        from_index = False
+    for t in training_hashes(root, progress, use_index=from_index, definition=definition):
         train_total += t.num_rows
         valid = pc.is_valid(t["phash"]).to_numpy(zero_copy_only=False)
         train_unhashed += int((~valid).sum())
@@ -273,10 +280,10 @@ def decontaminate(dataset_dir: str | os.PathLike, tasks: str | Sequence, out_dir
                             "pairs": len(mine),
                             "fraction_contaminated": round(len({p["eval_image"] for p in mine}) / len(e.ids), 6)
                             if e.ids else 0.0}
-    report = {"dataset": root.resolve().name, "hash": HASH_NAME, "hash_bits": HASH_BITS, "threshold": threshold,
+    report = {"dataset": root.resolve().name, "hash": definition, "hash_bits": HASH_BITS, "threshold": threshold,
               "training_samples": train_total, "training_unhashed": train_unhashed,
               "training_hashes_from": "figures.parquet phash" if from_index else
-              f"shard images (figures.parquet's phash is {recorded}, not {HASH_NAME})" if other else "shard images",
+              f"shard images (figures.parquet's phash is {recorded}, unknown to this code)" if other else "shard images",
               "excluded_keys": len(keys), "tasks": per_task,
               "files": {"exclusions": "exclusions.txt", "pairs": "pairs.parquet", "contact_sheet": "contact_sheet.png"}}
     out.mkdir(parents=True, exist_ok=True)

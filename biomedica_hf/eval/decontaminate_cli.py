@@ -25,9 +25,10 @@ def decontaminate_cmd(dataset, tasks, out, threshold, data_dir, fixtures_dir, ca
     \b
     Writes into --out: exclusions.txt (keys, one per line: pass it to load_biomedica(exclude=...) or the
     recipes), pairs.parquet (task, eval image, key, distance), report.json (counts per task, threshold,
-    hash) and contact_sheet.png (example pairs). Training hashes come from figures.parquet's phash column
-    when the build wrote it with this code's hash definition (build_summary.json "phash"), else the shard
-    images are hashed (a folder built by older code: its legacy phash256 values are never compared).
+    hash) and contact_sheet.png (example pairs). Evaluation images are hashed with the folder's hash
+    definition (build_summary.json "phash"; none = the legacy phash256 of older code), so the training hashes
+    come from figures.parquet's phash column; shard images are hashed only where it lacks them (or where the
+    folder's definition is unknown to this code: then everything is hashed with today's).
 
     \b
       biomedica decontaminate ds --against @fixtures

@@ -22,6 +22,7 @@ from biomedica_hf.ingest.media import (
     resolve_graphic,
 )
 from biomedica_hf.ingest.parse import ParseError, parse_jats
+from biomedica_hf.neardup.hashing import HASH_NAME
 from biomedica_hf.ingest.timings import timed
 from biomedica_hf.licenses import normalize_license
 from biomedica_hf.schema import FAILED, KEPT, SKIPPED, Article, ArticlePackage, Figure, LedgerEntry, Sample, safe_key
@@ -40,6 +41,8 @@ class MediaOptions:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES   # decode budget (bit depth and bands count): image_too_large
     reduce_to_pixels: int | None = None              # `build --max-pixels`: downscale larger images instead
     max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES   # JPEG/PNG metadata budget: metadata_too_large
+    phash: str = HASH_NAME        # the perceptual hash's definition (neardup.hashing.DEFINITIONS): an update keeps
+                                  # its folder's (ingest.snapshots.folder_hash_definition)
 
 
 @dataclass
@@ -225,7 +228,7 @@ def _panel(article: Article, fig: Figure, panel: int, href: str, key: str, pkg: 
             image, phash = process_figure(data, name, max_pixels=opts.max_pixels, min_side=opts.min_side,
                                           compress_level=opts.png_compress_level,
                                           png_strategy=opts.png_strategy, max_image_bytes=opts.max_image_bytes,
-                                          reduce_to_pixels=opts.reduce_to_pixels)
+                                          reduce_to_pixels=opts.reduce_to_pixels, phash_definition=opts.phash)
     except MediaError as e:
         state = SKIPPED if e.reason in SKIP_MEDIA_REASONS else FAILED
         used[name] = (state, e.reason if e.reason.startswith("image_") else f"image_{e.reason}")

@@ -41,7 +41,6 @@ from biomedica_hf.layout import (
     write_dataset_sizes,
 )
 from biomedica_hf.ledger import LEDGER_SCHEMA, format_summary, ledger_summary, removals
-from biomedica_hf.neardup.hashing import HASH_NAME
 from biomedica_hf.schema import SUBSETS
 
 log = logging.getLogger("biomedica_hf.ingest")
@@ -127,7 +126,7 @@ def finish(cfg: BuildOptions, work: Work, k: int, meta: dict, *, n_staged: int, 
     per_subset = {s: sum(x["count"] for x in shards[s]) for s in SUBSETS}
     _write_sizes(out, shards)
     clashes, dropped, work_timings = [], 0, {}
-    _check_fates(work, k)
+    _check_fates(work, k, cfg.media.phash)
     for p in sorted((work.root / "parts" / "done").glob("*.json")):
         info = done_record(p)
         if info is None:
@@ -164,7 +163,7 @@ def finish(cfg: BuildOptions, work: Work, k: int, meta: dict, *, n_staged: int, 
         "source_opts": public_options(cfg.source.options()),   # local paths by their role: the summary is published
         "executor": cfg.executor, "seed": cfg.seed, "dedup_images": cfg.dedup_images,
         "shard_max_samples": cfg.shard_max_samples, "shard_max_bytes": cfg.shard_max_bytes,
-        "media": dataclasses.asdict(cfg.media), "phash": HASH_NAME, "articles_listed": meta.get("listed"), "articles": n_articles,
+        "media": dataclasses.asdict(cfg.media), "phash": cfg.media.phash, "articles_listed": meta.get("listed"), "articles": n_articles,
         # removals from the ledger: the one source of the console, this summary and the card
         "samples": per_subset, "duplicates_removed": removals(summary)["exact"],
         "near_duplicates_removed": removals(summary)["near"],
@@ -182,7 +181,7 @@ def finish(cfg: BuildOptions, work: Work, k: int, meta: dict, *, n_staged: int, 
                        changes=dict(meta.get("changes", {})), n_near_duplicates=removals(summary)["near"])
 
 
-def _check_fates(work: Work, k: int) -> None:
+def _check_fates(work: Work, k: int, phash: str) -> None:
     """The listing is the truth: every partition of snapshot ``k`` with listed articles has a done marker that
     checks and accounts for each of them (one staged unit, with its article fate, per manifest row)."""
     meta = work.meta(k) or {}
@@ -190,7 +189,7 @@ def _check_fates(work: Work, k: int) -> None:
     for name, (n, digest) in (meta.get("manifests") or {}).items():
         if not n:
             continue
-        info = read_done(work, name, digest, check_parts=False)
+        info = read_done(work, name, digest, check_parts=False, phash=phash)
         if info is None or info.get("units") != n:
             missing.append(f"{name} ({n} listed, {info.get('units') if info else 'no valid marker'})")
     if missing:

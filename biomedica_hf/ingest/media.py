@@ -59,7 +59,7 @@ from biomedica_hf.images import (
     stretch_to_l,
     to_output_mode,
 )
-from biomedica_hf.neardup.hashing import draft_for_hash, image_phash
+from biomedica_hf.neardup.hashing import HASH_NAME, definition_of, draft_for_hash, image_phash
 from biomedica_hf.schema import ImageRecord
 
 __all__ = [
@@ -400,14 +400,16 @@ def process_figure(data: bytes, name: str = "", *, max_pixels: int = 178_956_970
                    min_side: int = 20, keep_16bit_png: bool = False,
                    compress_level: int = PNG_COMPRESS_LEVEL, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
                    reduce_to_pixels: int | None = None, png_strategy: str = PNG_STRATEGY,
-                   phash: bool = True) -> tuple[ImageRecord, str | None]:
+                   phash: bool = True, phash_definition: str = HASH_NAME) -> tuple[ImageRecord, str | None]:
     """Decode, verify and normalise one image file, and (``phash=True``) hash it, from one decode.
 
     Returns the :class:`ImageRecord` and the 256-bit pHash of the written image
     (:func:`biomedica_hf.neardup.hashing.bytes_phash` of ``record.data``, bit for bit, computed from the pixels
     this call decodes anyway: a kept JPEG at the DCT scale the hash uses, a kept PNG as decoded, a converted
     image from the pixels it encodes); the hash is None when ``phash=False`` or when hashing fails (a hash is a
-    hint, never a reason to fail a figure).
+    hint, never a reason to fail a figure). ``phash_definition`` names the hash's definition
+    (:data:`biomedica_hf.neardup.hashing.DEFINITIONS`; a kept JPEG's decode scale follows it): an update keeps
+    its folder's.
 
     Raises :class:`MediaError` (``decode_error``, ``truncated_image``, ``decompression_bomb``,
     ``too_small``, ``unsupported_format``).  The pixel limit is checked on the header size
@@ -429,13 +431,15 @@ def process_figure(data: bytes, name: str = "", *, max_pixels: int = 178_956_970
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must be False")
     if not data:
         raise MediaError("decode_error", "empty file")
+    if phash:
+        definition_of(phash_definition)     # an unknown name is the caller's error, never a null hash
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter(_bomb_action(max_pixels), Image.DecompressionBombWarning)
         im = _open(data)
         try:
             return _process(im, data, name, max_pixels, min_side, keep_16bit_png, compress_level,
-                            max_image_bytes, reduce_to_pixels, phash, png_strategy)
+                            max_image_bytes, reduce_to_pixels, phash, png_strategy, phash_definition)
         except MediaError:
             raise
         except _DECODE_ERRORS as e:
@@ -470,9 +474,9 @@ def _reduce(im: Image.Image, max_pixels: int) -> Image.Image:
     return im
 
 
-def _phash(im: Image.Image) -> str | None:
+def _phash(im: Image.Image, definition: str) -> str | None:
     try:
-        return image_phash(im)
+        return image_phash(im, definition)
     except Exception:  # noqa: BLE001 - a hash is a hint: never fails the figure
         return None
 
@@ -480,7 +484,8 @@ def _phash(im: Image.Image) -> str | None:
 def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side: int,
              keep_16bit_png: bool, compress_level: int, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
              reduce_to_pixels: int | None = None, phash: bool = False,
-             png_strategy: str = PNG_STRATEGY) -> tuple[ImageRecord, str | None]:
+             png_strategy: str = PNG_STRATEGY,
+             phash_definition: str = HASH_NAME) -> tuple[ImageRecord, str | None]:
     fmt = im.format or ""
     mode = orig_mode = im.mode
     w, h = im.size
@@ -506,7 +511,7 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
         # the kept bytes need no pixels, only a complete decode: at a DCT scale (the hash's, else 1/8) libjpeg
         # still reads every entropy-coded block, so a cut or corrupt stream fails as it would at full size
         if phash:
-            draft_for_hash(im)
+            draft_for_hash(im, phash_definition)
         else:
             im.draft(mode, (1, 1))
     _load(im)
@@ -522,7 +527,7 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
             w, h = h, w
         return ImageRecord(data=data, ext=ext, width=w, height=h, orig_format=fmt,
                            orig_mode=orig_mode, sha256=sha256_bytes(data), reencoded=False,
-                           source_name=name), _phash(im) if phash else None
+                           source_name=name), _phash(im, phash_definition) if phash else None
 
     icc = im.info.get("icc_profile") if mode != "CMYK" else None
     try:
@@ -532,7 +537,7 @@ def _process(im: Image.Image, data: bytes, name: str, max_pixels: int, min_side:
     png = _encode_png(out, icc, compress_level, png_strategy)
     return ImageRecord(data=png, ext="png", width=out.width, height=out.height,
                        orig_format=fmt, orig_mode=orig_mode, sha256=sha256_bytes(png),
-                       reencoded=True, source_name=name), _phash(out) if phash else None
+                       reencoded=True, source_name=name), _phash(out, phash_definition) if phash else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from biomedica_hf.ingest.options import BuildConfig, BuildOptions
 from biomedica_hf.ingest.partition import PartitionId
 from biomedica_hf.ingest.progress import BuildProgress
 from biomedica_hf.ingest.removals import apply_removals
-from biomedica_hf.ingest.snapshots import check_snapshot, current_snapshot, plan_snapshot
+from biomedica_hf.ingest.snapshots import check_snapshot, current_snapshot, folder_hash_definition, plan_snapshot
 from biomedica_hf.ingest.sources.base import FatalBuildError
 from biomedica_hf.ingest.state import checkpoint, file_seal, read_sealed, write_sealed
 from biomedica_hf.ingest.task import (
@@ -140,6 +140,7 @@ def _build(cfg: BuildOptions) -> BuildReport:
     prog = BuildProgress(cfg.progress, cfg.progress_every)
     clock = prog.clock()
     k, resumed = current_snapshot(work)
+    cfg = folder_hash_definition(cfg, work, k)     # an update keeps the folder's perceptual hash definition
     layout = check_snapshot(cfg, work, k) if resumed else plan_snapshot(cfg, work, k)
     clock.lap("list")
     if layout is None:
@@ -151,7 +152,7 @@ def _build(cfg: BuildOptions) -> BuildReport:
     ready = (work.snap(k) / "finish.ready").exists()
 
     def is_done(p: str) -> bool:
-        return read_done(work, p, seals[p], check_parts=not ready) is not None
+        return read_done(work, p, seals[p], check_parts=not ready, phash=cfg.media.phash) is not None
 
     job = PartitionJob(out=str(out), source=cfg.source, media=cfg.media, keep_downloads=cfg.keep_downloads,
                        n_hash=n_hash, discard=cfg.retry_failed and k > 0, seed=cfg.seed,
@@ -213,7 +214,7 @@ def _build(cfg: BuildOptions) -> BuildReport:
         if dedup is None:
             inputs = {}
             for p in pids:
-                info = read_done(work, p, seals[p], check_parts=False) or work.stage(PartitionId.parse(p)).staged_info()
+                info = read_done(work, p, seals[p], check_parts=False, phash=cfg.media.phash) or work.stage(PartitionId.parse(p)).staged_info()
                 inputs[p] = info.get("hash_digest")
             dedup = {"files": {p.name: file_seal(p) for p in (decisions, near) if p.exists()}, "inputs": inputs}
             write_sealed(dedup_path, dedup)

@@ -10,6 +10,7 @@ trusts it (a damaged piece is planned again, or the snapshot is discarded and re
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import shutil
@@ -46,7 +47,7 @@ from biomedica_hf.io.atomic import atomic_path, move_into_place, write_parquet, 
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.layout import ARTICLES_TABLE, LEDGER, shard_dirs
 from biomedica_hf.ledger import LEDGER_SCHEMA
-from biomedica_hf.neardup.hashing import HASH_NAME, LEGACY_HASH_NAME
+from biomedica_hf.neardup.hashing import DEFINITIONS, HASH_NAME, LEGACY_HASH_NAME
 from biomedica_hf.schema import FAILED, SKIPPED, SUBSETS, LedgerEntry
 
 log = logging.getLogger("biomedica_hf.ingest")
@@ -179,21 +180,41 @@ def _check_history(work: Work, k: int) -> None:
                               f"articles twice. Rerun with --rebuild-state to reconstruct it from the published files")
 
 
-def check_hash_definition(work: Work, k: int) -> None:
-    """An update (``k > 0``) adds samples beside published ones whose ``phash`` values stay as they are: they must
-    be of this code's hash definition (``build_summary.json`` ``phash``; none recorded = the legacy one), else the
-    folder would mix two definitions: refused once the listing shows changes, before anything is planned or
-    published (a listing without changes leaves such a folder as it is: "up to date")."""
-    if k == 0:
-        return
+def _folder_definition(work: Work) -> str:
+    """The definition of the folder's published ``phash`` values (``build_summary.json`` ``phash``; none recorded =
+    the legacy one, :data:`LEGACY_HASH_NAME`)."""
     from biomedica_hf.ingest.finish import previous_summary
 
-    have = previous_summary(work).get("phash") or LEGACY_HASH_NAME
-    if have != HASH_NAME:
-        raise FatalBuildError(f"{work.out}: its published samples carry perceptual hashes of the definition {have!r} "
-                              f"and this build computes {HASH_NAME!r}; an update would mix the two in figures.parquet. "
-                              f"Build the listing into a new folder (biomedica build --out NEW_FOLDER) and publish "
-                              f"that one")
+    return previous_summary(work).get("phash") or LEGACY_HASH_NAME
+
+
+def folder_hash_definition(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
+    """The options snapshot ``k`` builds with: a fresh build (``k == 0``) hashes with ``cfg.media.phash`` (by
+    default ``HASH_NAME``); an update keeps the definition of the folder's published ``phash`` values, so that a
+    folder built by older code is updated in place (never rebuilt for a new hash) and never mixes two definitions
+    in ``figures.parquet``. A definition this code does not know (a folder of newer code) is refused by
+    :func:`check_hash_definition` once the listing shows changes."""
+    if k == 0:
+        return cfg
+    have = _folder_definition(work)
+    if have == cfg.media.phash or have not in DEFINITIONS:
+        return cfg
+    return dataclasses.replace(cfg, media=dataclasses.replace(cfg.media, phash=have))
+
+
+def check_hash_definition(cfg: BuildOptions, work: Work, k: int) -> None:
+    """An update (``k > 0``, once the listing shows changes, before anything is planned or published): refused when
+    the folder's definition is one this code does not compute; said in one line when it is not today's."""
+    if k == 0:
+        return
+    have = _folder_definition(work)
+    if have not in DEFINITIONS:
+        raise FatalBuildError(f"{work.out}: its published samples carry perceptual hashes of the definition {have!r}, "
+                              f"which this code does not compute ({', '.join(map(repr, DEFINITIONS))}): update it "
+                              f"with the code that built it, or build the listing into a new folder")
+    if cfg.media.phash != HASH_NAME:
+        log.warning("this folder's samples carry %s hashes: the update keeps that definition (a fresh build uses %s)",
+                 cfg.media.phash, HASH_NAME)
 
 
 def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
@@ -267,7 +288,7 @@ def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
             shutil.rmtree(work.snap(k), ignore_errors=True)   # nothing changed: no snapshot
             return None
         try:
-            check_hash_definition(work, k)
+            check_hash_definition(cfg, work, k)
         except FatalBuildError:
             shutil.rmtree(work.snap(k), ignore_errors=True)   # refused: no snapshot
             raise
@@ -379,19 +400,19 @@ def check_ready(work: Work, k: int) -> bool:
     return False
 
 
-def _forget_other_definition(work: Work, k: int, layout: Layout) -> None:
+def _forget_other_definition(work: Work, k: int, layout: Layout, phash: str) -> None:
     """Partitions staged or written by code of another hash definition (older code records none): their phash
     values must not meet this code's, so the decisions made from them (duplicates, staged tables) are made again;
     the partitions themselves are redone by the checks of :func:`check_snapshot` (``read_done``, ``hashes_match``)."""
     def other(pid: PartitionId) -> bool:
         info = read_sealed(work.done(pid.name)) or work.stage(pid).staged_info()
-        return bool(info) and info.get("phash", LEGACY_HASH_NAME) != HASH_NAME
+        return bool(info) and info.get("phash", LEGACY_HASH_NAME) != phash
 
     stale = [pid.name for pid in layout.all_partitions() if other(pid)]
     if not stale:
         return
     log.warning("snapshot %d: %d partition(s) (%s) were hashed with another perceptual hash definition than %s: "
-                "redone, with the duplicate decisions", k, len(stale), ", ".join(stale[:3]), HASH_NAME)
+                "redone, with the duplicate decisions", k, len(stale), ", ".join(stale[:3]), phash)
     for name in ("dedup.json", "decisions.parquet", "near.parquet", "finish.ready", ARTICLES_TABLE, LEDGER):
         (work.snap(k) / name).unlink(missing_ok=True)
 
@@ -403,13 +424,13 @@ def check_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
     manifests are the recorded ones the snapshot goes on, else it is redone. A partition whose done marker,
     parts or hash files do not check loses them and is redone from its staging or from its inputs; damaged
     duplicate decisions are decided again."""
-    check_hash_definition(work, k)
+    check_hash_definition(cfg, work, k)
     meta = work.meta(k)
     layout = work.layout(k)
     if layout is None or "manifests" not in meta:
         discard_snapshot(work, k)
         return plan_snapshot(cfg, work, k)
-    _forget_other_definition(work, k, layout)
+    _forget_other_definition(work, k, layout, cfg.media.phash)
     ready = check_ready(work, k)
     bad = [name for name, seal in meta["manifests"].items()
            if list(manifest_digest(work.manifest(PartitionId.parse(name))) or ()) != list(seal)]
@@ -434,7 +455,7 @@ def check_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
         if not n:
             continue
         stage = work.stage(pid)
-        done = read_done(work, pid.name, digest, check_parts=not ready)
+        done = read_done(work, pid.name, digest, check_parts=not ready, phash=cfg.media.phash)
         if done is None or done.get("units") != n:
             if done is not None or work.done(pid.name).exists():
                 log.warning("partition %s: its done marker or parts do not check: redone", pid.name)
@@ -445,7 +466,7 @@ def check_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
             done = None
         if dedup is None and not ready:        # the decisions are made again: from hash files that check
             info = done if done is not None else stage.staged_info()
-            if not hashes_match(work, pid, info):
+            if not hashes_match(work, pid, info, phash=cfg.media.phash):
                 work.done(pid.name).unlink(missing_ok=True)
                 stage.marker.unlink(missing_ok=True)
     return layout

@@ -44,7 +44,7 @@ from biomedica_hf.ingest.work import Work, hashes_match, read_done
 from biomedica_hf.io.atomic import atomic_path, write_parquet
 from biomedica_hf.layout import shard_folder, shard_paths
 from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique
-from biomedica_hf.neardup.hashing import HASH_NAME, LEGACY_HASH_NAME
+from biomedica_hf.neardup.hashing import LEGACY_HASH_NAME
 from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
 
 log = logging.getLogger("biomedica_hf.ingest")
@@ -242,25 +242,25 @@ def _manifest_rows(work: Work, pid: PartitionId, digest: str | None) -> list[dic
     return rows
 
 
-def _open_stage(stage: PartitionStage, digest: str | None) -> set[str]:
+def _open_stage(stage: PartitionStage, digest: str | None, phash: str) -> set[str]:
     """Open the partition's staging for appending; staging that does not check, or that was made for another
     manifest, is discarded (the partition is redone from its inputs)."""
     bound = read_sealed(stage.folder / "for.json")
     if stage.folder.exists() and (bound is None or bound.get("manifest") != digest
-                                  or bound.get("phash", LEGACY_HASH_NAME) != HASH_NAME):   # staged phash values
+                                  or bound.get("phash", LEGACY_HASH_NAME) != phash):   # staged phash values
         if any(stage.folder.iterdir()):
             log.warning("staging of %s was made for another manifest or hash definition, or is damaged: redone",
                         stage.folder.name)
         stage.remove()
     if not stage.folder.exists():
         stage.folder.mkdir(parents=True)
-        write_sealed(stage.folder / "for.json", {"manifest": digest, "phash": HASH_NAME})
+        write_sealed(stage.folder / "for.json", {"manifest": digest, "phash": phash})
     try:
         return stage.open()[0]
     except StateError as e:
         log.warning("%s: the partition's staging is redone", e)
         stage.remove()
-        return _open_stage(stage, digest)
+        return _open_stage(stage, digest, phash)
 
 
 def _stage_rows(job: PartitionJob, pid: PartitionId, stage: PartitionStage, rows: list[dict], done: set[str],
@@ -348,7 +348,7 @@ def _finish_stage(job: PartitionJob, pid: PartitionId, stage: PartitionStage, n_
               for p in work.hash_files(pid.snapshot, pid.name)}
     info = {"pid": pid.name, "samples": n_samples, "bytes": n_bytes, "failed": sorted(set(failed)),
             "retry": sorted(set(retry)), "manifest": digest, "units": sum(seen.values()), "hashes": hashes,
-            "phash": HASH_NAME,
+            "phash": job.media.phash,
             "hash_digest": hashlib.sha256(json.dumps(sorted(hashes.items())).encode()).hexdigest()}
     stage.mark_staged(info)
     checkpoint("staged")
@@ -502,11 +502,11 @@ def stage_partition(task: PartitionTask) -> dict:
     work = task.job.work
     pid = PartitionId.parse(pid_name)
     stage = work.stage(pid)
-    if stage.is_staged(digest) and hashes_match(work, pid, stage.staged_info()):
+    if stage.is_staged(digest) and hashes_match(work, pid, stage.staged_info(), phash=task.job.media.phash):
         return stage.staged_info()
     rows = _manifest_rows(work, pid, digest)
     for attempt in range(2):
-        done = _open_stage(stage, digest)
+        done = _open_stage(stage, digest, task.job.media.phash)
         try:
             return _stage_rows(task.job, pid, stage, rows, done, digest)
         except StateError as e:
@@ -524,7 +524,7 @@ def give_up_partition(task: PartitionTask, attempts: int, error: str) -> dict:
     work = task.job.work
     pid = PartitionId.parse(pid_name)
     stage = work.stage(pid)
-    done = _open_stage(stage, digest)
+    done = _open_stage(stage, digest, task.job.media.phash)
     rows = _manifest_rows(work, pid, digest)
     for row in rows:
         ref = ref_from_json(row["ref"])
@@ -545,7 +545,8 @@ def write_partition(task: PartitionTask) -> dict:
     pid_name, digest = task.pid, task.manifest
     work = task.job.work
     finished = read_done(work, pid_name, digest, check_parts=not (work.snap(PartitionId.parse(pid_name).snapshot)
-                                                                 / "finish.ready").exists())
+                                                                 / "finish.ready").exists(),
+                         phash=task.job.media.phash)
     if finished is not None:
         return finished
     pid = PartitionId.parse(pid_name)

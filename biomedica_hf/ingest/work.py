@@ -13,7 +13,7 @@ from biomedica_hf.ingest.staging import PartitionStage
 from biomedica_hf.ingest.state import StateError, matches, read_sealed
 from biomedica_hf.io.markers import read_marker
 from biomedica_hf.layout import WORK_DIR
-from biomedica_hf.neardup.hashing import HASH_NAME, LEGACY_HASH_NAME
+from biomedica_hf.neardup.hashing import LEGACY_HASH_NAME
 
 
 class Work:
@@ -73,13 +73,15 @@ class Work:
         return (self.snap(k) / "complete.json").exists()
 
 
-def read_done(work: Work, pid_name: str, digest: str | None = None, check_parts: bool = True) -> dict | None:
-    """A partition's done marker when it checks: sealed, for the manifest ``digest`` (when given), with its
-    table parts as they were written (``check_parts``: until they are merged into the tables)."""
+def read_done(work: Work, pid_name: str, digest: str | None = None, check_parts: bool = True, *,
+              phash: str) -> dict | None:
+    """A partition's done marker when it checks: sealed, for the manifest ``digest`` (when given), written with
+    the perceptual hash definition ``phash`` (the snapshot's: ``BuildOptions.media.phash``), with its table parts
+    as they were written (``check_parts``: until they are merged into the tables)."""
     info = read_sealed(work.done(pid_name))
     if info is None or (digest is not None and info.get("manifest") != digest):
         return None
-    if info.get("phash", LEGACY_HASH_NAME) != HASH_NAME:    # its shards and hash files hold another hash definition
+    if info.get("phash", LEGACY_HASH_NAME) != phash:    # its shards and hash files hold another hash definition
         return None
     if check_parts and not all(matches(work.part(kind, pid_name), seal)
                                for kind, seal in (info.get("parts") or {}).items()):
@@ -96,11 +98,12 @@ def done_record(p: Path) -> dict | None:
     return info
 
 
-def hashes_match(work: Work, pid: PartitionId, info: dict) -> bool:
-    """The partition's hash files are the ones its staging wrote (each file's length and sha256), of this code's
-    perceptual hash definition (``HASH_NAME``; none recorded = the legacy one: the partition is redone)."""
+def hashes_match(work: Work, pid: PartitionId, info: dict, *, phash: str) -> bool:
+    """The partition's hash files are the ones its staging wrote (each file's length and sha256), of the
+    snapshot's perceptual hash definition ``phash`` (none recorded = the legacy one; another one: the partition is
+    redone)."""
     want = info.get("hashes")
-    if want is None or info.get("phash", LEGACY_HASH_NAME) != HASH_NAME:
+    if want is None or info.get("phash", LEGACY_HASH_NAME) != phash:
         return False
     have = {p.relative_to(work.hashes(pid.snapshot)).as_posix(): p for p in work.hash_files(pid.snapshot, pid.name)}
     return set(have) == set(want) and all(matches(have[n], want[n]) for n in want)

@@ -17,13 +17,18 @@ by the one image policy (:func:`biomedica_hf.images.hash_gray`: alpha composited
 are black-on-transparent -, 16-bit and float images stretched by their own range, palette images through RGB(A)),
 Lanczos-resized to 64x64 and DCT'd by ``imagehash``. Folders built before the definition was recorded hold
 ``LEGACY_HASH_NAME`` (``phash256``: JPEG decoded at >= 256 px, no DCT-scale step; mean 6.6, max 16 bits from
-today's on the same images): the build and ``biomedica decontaminate`` never compare the two
-(:func:`folder_hash_name`). Calibration of both: ``biomedica_hf/neardup/README.md``.
+today's on the same images). Both stay computable (:data:`DEFINITIONS`, the ``definition`` argument of
+:func:`bytes_phash`, :func:`image_phash`, :func:`open_image`, :func:`draft_for_hash`; the legacy one is the code of
+a595d4e bit for bit): a fresh build uses ``HASH_NAME``, an update keeps its folder's (:func:`folder_hash_name`), and
+``biomedica decontaminate`` hashes evaluation images with the folder's, so two definitions are never compared.
+Calibration of both: ``biomedica_hf/neardup/README.md``.
 """
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -46,10 +51,10 @@ def dct_scale(size: tuple[int, int]) -> int:
     return next((s for s in (8, 4, 2) if scale >= s), 1)
 
 
-def _gray(img: Image.Image) -> Image.Image:
-    """The hash's input: the image at the DCT scale a JPEG is decoded at (:func:`dct_scale`; a JPEG decoded so
-    by :func:`draft_for_hash`, any other image box-reduced by the same factor), whole blocks only (a JPEG's
-    partial last block row/column averages the encoder's padding, so it is cropped everywhere), then
+def _gray_dct128(img: Image.Image) -> Image.Image:
+    """``phash256-dct128``'s input: the image at the DCT scale a JPEG is decoded at (:func:`dct_scale`; a JPEG
+    decoded so by :func:`draft_for_hash`, any other image box-reduced by the same factor), whole blocks only (a
+    JPEG's partial last block row/column averages the encoder's padding, so it is cropped everywhere), then
     :func:`biomedica_hf.images.hash_gray` (8-bit gray, alpha on white, box-reduced to a short side < 256)."""
     box = getattr(img, _DRAFTED, None)
     if box is not None:                                     # a JPEG decoded by draft_for_hash: reduced already
@@ -60,6 +65,67 @@ def _gray(img: Image.Image) -> Image.Image:
         if factor > 1:
             img = reduce_by(img, factor, (0, 0, img.width // factor * factor, img.height // factor * factor))
     return hash_gray(img, _INPUT_SIDE)
+
+
+def _draft_dct128(img: Image.Image) -> None:
+    """``phash256-dct128``'s JPEG decode (:func:`draft_for_hash`)."""
+    if img.format != "JPEG":
+        return
+    w, h = img.size
+    scale = dct_scale((w, h))
+    if scale > 1 and img.draft(_DRAFT_MODE.get(img.mode, img.mode), (_INPUT_SIDE, _INPUT_SIDE)) is not None:
+        scale = img.decoderconfig[0]
+        setattr(img, _DRAFTED, (0, 0, w // scale, h // scale))
+
+
+_LEGACY_REDUCE_TO = 256         # phash256: box-reduce larger images to about this before the Lanczos resize
+
+
+def _gray_legacy(img: Image.Image) -> Image.Image:
+    """``phash256``'s input (the code of a595d4e): :func:`biomedica_hf.images.hash_gray` to ~256 px."""
+    return hash_gray(img, _LEGACY_REDUCE_TO)
+
+
+def _draft_legacy(img: Image.Image) -> None:
+    """``phash256``'s JPEG decode (the code of a595d4e): a JPEG whose short side is > 512 px at the smallest DCT
+    scale keeping it >= 256 px, in its own mode."""
+    if img.format == "JPEG" and min(img.size) > 2 * _LEGACY_REDUCE_TO:
+        w, h = img.size
+        scale = _LEGACY_REDUCE_TO / min(w, h)
+        img.draft(img.mode, (max(1, int(w * scale)), max(1, int(h * scale))))
+
+
+@dataclass(frozen=True)
+class HashDefinition:
+    """One definition of the build's perceptual hash: how a JPEG is decoded for it (``draft``, called before
+    ``load``) and how a decoded image becomes the 8-bit gray input of ``imagehash``'s pHash (``gray``); the
+    pHash itself (256 bits) is the same for all."""
+
+    name: str
+    draft: Callable[[Image.Image], None]
+    gray: Callable[[Image.Image], Image.Image]
+
+
+#: every definition this code computes, by the name recorded in a build's output (``build_summary.json`` ``phash``):
+#: a fresh build uses ``HASH_NAME``, an update of a folder keeps the folder's definition
+DEFINITIONS: dict[str, HashDefinition] = {
+    HASH_NAME: HashDefinition(HASH_NAME, _draft_dct128, _gray_dct128),
+    LEGACY_HASH_NAME: HashDefinition(LEGACY_HASH_NAME, _draft_legacy, _gray_legacy),
+}
+
+
+def definition_of(name: str) -> HashDefinition:
+    """The definition called ``name``; ``ValueError`` (naming the known ones) for a name this code does not know."""
+    try:
+        return DEFINITIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown perceptual hash definition {name!r} (this code computes "
+                         f"{', '.join(map(repr, DEFINITIONS))})") from None
+
+
+def _gray(img: Image.Image, name: str = HASH_NAME) -> Image.Image:
+    """The hash's input under definition ``name`` (default ``HASH_NAME``: :func:`_gray_dct128`)."""
+    return definition_of(name).gray(img)
 
 
 def _bits_phash(gray: Image.Image, hash_size: int) -> np.ndarray:
@@ -74,7 +140,7 @@ def _bits_dhash(gray: Image.Image, hash_size: int) -> np.ndarray:
     return imagehash.dhash(gray, hash_size=hash_size).hash.reshape(-1)
 
 
-# the candidates measured by the calibration (each with the normalisation above); the build uses phash256
+# the candidates measured by the calibration (each with the normalisation of a definition); the build uses phash256
 HASHERS = {
     "phash64": lambda g: _bits_phash(g, 8),
     "phash256": lambda g: _bits_phash(g, 16),
@@ -88,46 +154,44 @@ def bits_to_hex(bits: np.ndarray) -> str:
     return np.packbits(np.asarray(bits, dtype=bool)).tobytes().hex()
 
 
-def image_hashes(img: Image.Image, names=tuple(HASHERS)) -> dict[str, str]:
-    """Several candidate hashes of one image (calibration); the image is normalised once."""
-    gray = _gray(img)
+def image_hashes(img: Image.Image, names=tuple(HASHERS), definition: str = HASH_NAME) -> dict[str, str]:
+    """Several candidate hashes of one image (calibration); the image is normalised once (by ``definition``)."""
+    gray = _gray(img, definition)
     return {n: bits_to_hex(HASHERS[n](gray)) for n in names}
 
 
-def image_phash(img: Image.Image) -> str:
-    """The build's perceptual hash of a decoded image: 256-bit pHash, 64 hex characters.
+def image_phash(img: Image.Image, definition: str = HASH_NAME) -> str:
+    """The build's perceptual hash of a decoded image: 256-bit pHash, 64 hex characters, of the named
+    ``definition`` (:data:`DEFINITIONS`; default ``HASH_NAME``).
 
-    A JPEG should have been opened by :func:`open_image` (or :func:`draft_for_hash` before its ``load``): the
-    hash of encoded bytes is defined on the pixels of that reduced-scale decode."""
-    return bits_to_hex(_bits_phash(_gray(img), 16))
+    A JPEG should have been opened by :func:`open_image` (or :func:`draft_for_hash` before its ``load``) with the
+    same definition: the hash of encoded bytes is defined on the pixels of that reduced-scale decode."""
+    return bits_to_hex(_bits_phash(_gray(img, definition), 16))
 
 
-def open_image(data: bytes) -> Image.Image:
-    """Decode image bytes (the first frame) as the hash sees them; warnings about odd metadata are not errors.
+def open_image(data: bytes, definition: str = HASH_NAME) -> Image.Image:
+    """Decode image bytes (the first frame) as the hash of ``definition`` sees them; warnings about odd metadata
+    are not errors.
 
-    A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps its short side at least 128 px
-    (:func:`draft_for_hash`)."""
+    A JPEG is decoded at a DCT scale (:func:`draft_for_hash`): for ``HASH_NAME`` the smallest (1/2, 1/4, 1/8) that
+    keeps its short side at least 128 px, for ``LEGACY_HASH_NAME`` the smallest that keeps it at least 256 px."""
+    draft = definition_of(definition).draft
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img = Image.open(io.BytesIO(data))
-        draft_for_hash(img)
+        draft(img)
         img.load()
     return img
 
 
-def draft_for_hash(img: Image.Image) -> None:
-    """Before ``load``: decode a JPEG at the DCT scale of the hash's input (:func:`dct_scale`: the smallest whose
-    short side stays >= 128 px; nothing for other formats, which :func:`image_phash` box-reduces instead), only
-    its luma where it is YCbCr. :func:`open_image` and the build's one decode of a kept JPEG (its truncation check:
-    libjpeg still reads every entropy-coded block) both call it, so the build's hash is bit for bit
-    :func:`bytes_phash` of the written bytes. The image is marked with the box of its whole DCT blocks."""
-    if img.format != "JPEG":
-        return
-    w, h = img.size
-    scale = dct_scale((w, h))
-    if scale > 1 and img.draft(_DRAFT_MODE.get(img.mode, img.mode), (_INPUT_SIDE, _INPUT_SIDE)) is not None:
-        scale = img.decoderconfig[0]
-        setattr(img, _DRAFTED, (0, 0, w // scale, h // scale))
+def draft_for_hash(img: Image.Image, definition: str = HASH_NAME) -> None:
+    """Before ``load``: decode a JPEG at the DCT scale of the hash's input. For ``HASH_NAME``: :func:`dct_scale`,
+    the smallest whose short side stays >= 128 px (nothing for other formats, which :func:`image_phash`
+    box-reduces instead), only its luma where it is YCbCr; the image is marked with the box of its whole DCT
+    blocks. For ``LEGACY_HASH_NAME``: the smallest keeping >= 256 px, in the JPEG's mode. :func:`open_image` and the
+    build's one decode of a kept JPEG (its truncation check: libjpeg still reads every entropy-coded block) both
+    call it, so the build's hash is bit for bit :func:`bytes_phash` of the written bytes."""
+    definition_of(definition).draft(img)
 
 
 _DRAFTED = "_phash_box"         # set on a JPEG image decoded by draft_for_hash: the box of its whole blocks
@@ -136,9 +200,10 @@ _DRAFTED = "_phash_box"         # set on a JPEG image decoded by draft_for_hash:
 _DRAFT_MODE: dict[str, str] = {"RGB": "L"}
 
 
-def bytes_phash(data: bytes) -> str:
-    """:func:`image_phash` of encoded image bytes (JPEG, PNG, GIF, TIFF, ... anything Pillow opens)."""
-    return image_phash(open_image(data))
+def bytes_phash(data: bytes, definition: str = HASH_NAME) -> str:
+    """:func:`image_phash` of encoded image bytes (JPEG, PNG, GIF, TIFF, ... anything Pillow opens), of the named
+    ``definition`` (default ``HASH_NAME``)."""
+    return image_phash(open_image(data, definition), definition)
 
 
 def folder_hash_name(folder) -> str:

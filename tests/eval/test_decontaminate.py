@@ -171,16 +171,17 @@ def test_card_section_reports_what_the_folder_has(built, evalset, tmp_path):
     assert f"| test/shared | {evalset['n']:,} | 3 |" in text
 
 
-def test_a_folder_of_the_legacy_hash_definition_is_hashed_from_its_shard_images(built, evalset, tmp_path):
-    """A folder built before the hash definition was recorded (build_summary.json without ``phash``) holds legacy
-    phash256 values: decontaminate recomputes the training hashes from the shard images instead of comparing
-    across definitions, says so, and finds the same samples."""
+def test_a_folder_of_an_unknown_hash_definition_is_hashed_from_its_shard_images(built, evalset, tmp_path):
+    """A folder whose build_summary.json names a definition this code does not compute (newer code): decontaminate
+    recomputes the training hashes from the shard images with today's definition instead of comparing across
+    definitions, says so, and finds the same samples."""
     old = tmp_path / "old"
     shutil.copytree(built, old, ignore=shutil.ignore_patterns("_work"))
     summary = json.loads((old / "build_summary.json").read_text())
-    assert summary.pop("phash") == "phash256-dct128"
+    assert summary["phash"] == "phash256-dct128"
+    summary["phash"] = "phash512-future"
     (old / "build_summary.json").write_text(json.dumps(summary))
-    # the index's values as older code would have left them: another definition (here: every bit flipped)
+    # the index's values of that other definition (here: every bit flipped)
     t = pq.read_table(old / "figures.parquet")
     flipped = [None if h is None else f"{int(h, 16) ^ (2**256 - 1):064x}" for h in t["phash"].to_pylist()]
     t = t.set_column(t.schema.get_field_index("phash"), "phash", pa.array(flipped, pa.string()))
@@ -188,6 +189,44 @@ def test_a_folder_of_the_legacy_hash_definition_is_hashed_from_its_shard_images(
     task = Task(name="test/shared", domain="test", kind="zero-shot", source=ParquetSource(evalset["parquet"]))
     ctx = DataContext(cache_dir=tmp_path / "cache", allow_download=False)
     report = decontaminate(old, [task], tmp_path / "out", ctx=ctx)
-    assert report["training_hashes_from"] == "shard images (figures.parquet's phash is phash256, not phash256-dct128)"
+    assert report["training_hashes_from"] == "shard images (figures.parquet's phash is phash512-future, unknown to this code)"
+    assert report["hash"] == "phash256-dct128"
     assert (tmp_path / "out" / "exclusions.txt").read_text().split() == evalset["keys"]
     assert report["training_unhashed"] == 0
+
+
+def test_a_legacy_folder_is_matched_with_its_own_phash_column(built, evalset, tmp_path):
+    """A folder built by older code (build_summary.json without ``phash``: legacy phash256 values in its column,
+    which are ``bytes_phash(image, LEGACY)`` of its images): the evaluation images are hashed with the legacy
+    definition and the column is used as it is - the shards are not read at all (removed here) - and the same
+    samples are found, at the legacy definition's distances."""
+    from biomedica_hf.neardup.hashing import HASH_NAME, LEGACY_HASH_NAME, hex_distance
+
+    old = tmp_path / "old"
+    shutil.copytree(built, old, ignore=shutil.ignore_patterns("_work"))
+    summary = json.loads((old / "build_summary.json").read_text())
+    assert summary.pop("phash") == HASH_NAME
+    (old / "build_summary.json").write_text(json.dumps(summary))
+    t = pq.read_table(old / "figures.parquet")
+    legacy = [bytes_phash(_sample_bytes(built, r), LEGACY_HASH_NAME) for r in t.to_pylist()]
+    assert legacy != t["phash"].to_pylist()
+    t = t.set_column(t.schema.get_field_index("phash"), "phash", pa.array(legacy, pa.string()))
+    pq.write_table(t, old / "figures.parquet")
+    column = dict(zip(t["key"].to_pylist(), legacy))
+    shards = [p for s in SUBSETS for p in folder_files(old / s, "*.tar")]
+    assert shards
+    for p in shards:
+        p.unlink()
+    task = Task(name="test/shared", domain="test", kind="zero-shot", source=ParquetSource(evalset["parquet"]))
+    ctx = DataContext(cache_dir=tmp_path / "cache", allow_download=False)
+    report = decontaminate(old, [task], tmp_path / "out", ctx=ctx)
+    assert report["hash"] == LEGACY_HASH_NAME
+    assert report["training_hashes_from"] == "figures.parquet phash"
+    assert report["training_unhashed"] == 0
+    assert (tmp_path / "out" / "exclusions.txt").read_text().split() == evalset["keys"]
+    images = dict(zip(*pq.read_table(evalset["pairs"], columns=["key", "image"]).to_pydict().values()))
+    pairs = pq.read_table(tmp_path / "out" / "pairs.parquet").to_pylist()
+    assert pairs and all(p["distance"] == hex_distance(bytes_phash(images[p["eval_image"]], LEGACY_HASH_NAME),
+                                                       column[p["key"]]) for p in pairs)
+    # today's definition on the evaluation side would have measured other distances
+    assert any(p["distance"] != hex_distance(bytes_phash(images[p["eval_image"]]), column[p["key"]]) for p in pairs)

@@ -607,25 +607,33 @@ def test_mode_table(pmc, mode):
 # process_figure: one decode for verification, conversion and the perceptual hash
 # ------------------------------------------------------------------------------------------
 
-def test_process_figure_hash_is_bytes_phash_of_the_written_image(pmc):
+@pytest.mark.parametrize("definition", ["phash256-dct128", "phash256"])
+def test_process_figure_hash_is_bytes_phash_of_the_written_image(pmc, definition):
     """Every real fixture image (JPEG kept at the hash's DCT scale, PNG kept, GIF/TIFF converted): the hash from
-    the one decode is bit for bit the hash of the written bytes, and the record is process_image's."""
+    the one decode is bit for bit the hash of the written bytes under the named definition (today's, and the legacy
+    one an update of an older folder keeps), and the record is process_image's."""
     from biomedica_hf.ingest.media import process_figure
-    from biomedica_hf.neardup.hashing import bytes_phash
+    from biomedica_hf.neardup.hashing import DEFINITIONS, bytes_phash
 
+    assert definition in DEFINITIONS
+    other = next(d for d in DEFINITIONS if d != definition)
     images = sorted(p for p in pmc.rglob("*") if p.is_file() and is_image_name(p.name))
-    kinds = set()
+    kinds, differ = set(), 0
     for path in images:
         data = path.read_bytes()
         try:
-            record, phash = process_figure(data, path.name)
+            record, phash = process_figure(data, path.name, phash_definition=definition)
         except MediaError:
             continue
         assert record == process_image(data, path.name), path
-        assert phash is not None and phash == bytes_phash(record.data), path
+        assert phash is not None and phash == bytes_phash(record.data, definition), path
+        differ += phash != bytes_phash(record.data, other)
         kinds.add((record.orig_format, record.reencoded))
     assert {("JPEG", False), ("PNG", False), ("GIF", True), ("TIFF", True)} <= kinds
+    assert differ >= 20                 # the two definitions are not the same function (the large JPEGs differ)
     assert process_figure(read(pmc, "articles/PMC7112410/gr2_lrg.jpg"), phash=False)[1] is None
+    with pytest.raises(ValueError, match="unknown perceptual hash definition 'phash9'"):
+        process_figure(read(pmc, "articles/PMC7112410/gr2_lrg.jpg"), phash_definition="phash9")
 
 
 @pytest.mark.parametrize("rel", ["articles/PMC7112410/gr2_lrg.jpg", "articles/eLife_32671_texture/fig3.jpg",
