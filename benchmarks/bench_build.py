@@ -108,16 +108,26 @@ def replicate(dest: Path, min_figures: int, mix: str = "tiff-heavy") -> tuple[in
     return n_pkg, n_img
 
 
-def raw_baseline(src: Path) -> int:
-    """Read and fully decode every image of every package: the floor any builder pays."""
+def _tar_images(p: Path, inflate: str) -> list[bytes]:
+    if inflate == "stdlib":
+        with tarfile.open(p) as t:
+            return [t.extractfile(m).read() for m in t.getmembers()
+                    if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXT]
+    from biomedica_hf.io.gzstream import open_tar_stream
+
+    with open(p, "rb") as raw, open_tar_stream(raw, inflate) as t:
+        return [t.extractfile(m).read() for m in t if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXT]
+
+
+def raw_baseline(src: Path, inflate: str = "stdlib") -> int:
+    """Read and fully decode every image of every package: the floor any builder pays. ``inflate``: how ``.tar.gz``
+    packages are gunzipped, ``stdlib`` (tarfile, the issue's anchor) or ``isal`` (ISA-L, as the build does)."""
     n = 0
     for p in sorted(src.iterdir()):
         if p.is_dir():
             blobs = [f.read_bytes() for f in p.iterdir() if f.suffix.lower() in IMAGE_EXT]
         else:
-            with tarfile.open(p) as t:
-                blobs = [t.extractfile(m).read() for m in t.getmembers()
-                         if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXT]
+            blobs = _tar_images(p, inflate)
         for b in blobs:
             Image.open(io.BytesIO(b)).load()
             n += 1
@@ -134,11 +144,12 @@ class Run:
     peak_mb: float      # largest resident set of one process of the run
 
 
-def measure_raw(src: Path) -> Run:
+def measure_raw(src: Path, inflate: str = "stdlib") -> Run:
     t0, c0 = time.perf_counter(), time.process_time()
-    n = raw_baseline(src)
-    return Run("raw: read packages + decode every image", 1, n, time.perf_counter() - t0,
-               time.process_time() - c0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    n = raw_baseline(src, inflate)
+    name = "raw: read packages + decode every image" + ("" if inflate == "stdlib" else f" ({inflate} inflate)")
+    return Run(name, 1, n, time.perf_counter() - t0, time.process_time() - c0,
+               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def run_build(src: Path, out: Path, workers: int, executor: str = "local", exe: Path | None = None,
@@ -170,20 +181,25 @@ def best(runs: list[Run]) -> Run:
 
 
 def table(rows: list[Run]) -> str:
-    raw = rows[0]
-    one = {r.name: r for r in rows[1:] if r.workers == 1}    # each build's own 1-worker row
+    """``rows``: the raw baseline (tarfile's inflate, the issue's anchor), the raw baseline with the build's inflate
+    (ISA-L), then the builds. 'vs raw' compares with the first, 'vs raw (ISA-L)' with the second."""
+    raw, raw_isal = rows[0], rows[1]
+    raws = (raw, raw_isal)
+    one = {r.name: r for r in rows[2:] if r.workers == 1}    # each build's own 1-worker row
     lines = ["| pipeline | workers | pairs | seconds | pairs/s | pairs/s per core | CPU s | pairs per CPU s | "
-             "vs raw (wall) | vs raw (CPU) | speed-up vs 1 worker | peak RSS (MB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "vs raw (wall) | vs raw (CPU) | vs raw, ISA-L (wall) | speed-up vs 1 worker | peak RSS (MB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         rate, per_cpu = r.n / r.seconds, r.n / r.cpu
         vs_wall = rate / (raw.n / raw.seconds)
         vs_cpu = per_cpu / (raw.n / raw.cpu)
+        vs_isal = rate / (raw_isal.n / raw_isal.seconds)
         w1 = one.get(r.name)
-        speed = f"{w1.seconds / r.seconds:.2f}x" if r is not raw and w1 is not None else "-"
+        speed = f"{w1.seconds / r.seconds:.2f}x" if r not in raws and w1 is not None else "-"
         lines.append(f"| {r.name} | {r.workers} | {r.n} | {r.seconds:.1f} | {rate:.1f} | {rate / r.workers:.1f} | "
-                     f"{r.cpu:.1f} | {per_cpu:.1f} | {vs_wall:.2f} | {vs_cpu:.2f} | {speed} | {r.peak_mb:.0f} |")
-    lines.append("| BIOMEDICA serializer (published) | 1 | - | - | ~2 | ~2 | - | - | - | - | - | - |")
+                     f"{r.cpu:.1f} | {per_cpu:.1f} | {vs_wall:.2f} | {vs_cpu:.2f} | {vs_isal:.2f} | {speed} | "
+                     f"{r.peak_mb:.0f} |")
+    lines.append("| BIOMEDICA serializer (published) | 1 | - | - | ~2 | ~2 | - | - | - | - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -242,9 +258,10 @@ def main() -> None:
         print(f"\n### corpus {mix}: {n_pkg} packages, {n_img} image files (incl. .gif thumbnails) in {src}\n")
         configs = [(b, e, w) for w in (1, 2) for e in (("local", "ray") if args.ray else ("local",))
                    for b in range(len(builds))]                # baseline and this checkout back to back
-        runs: dict = {c: [] for c in [("raw", 1), *configs]}
+        runs: dict = {c: [] for c in [("raw", 1), ("raw-isal", 1), *configs]}
         for _ in range(max(1, args.repeat)):
             runs[("raw", 1)].append(measure_raw(src))
+            runs[("raw-isal", 1)].append(measure_raw(src, "isal"))
             for b, executor, w in configs:
                 exe, label = builds[b]
                 runs[(b, executor, w)].append(run_build(src, root / f"out-{mix}-{b}-{executor}-w{w}", w, executor,
