@@ -177,36 +177,51 @@ def run_tasks(make: Callable[[], Executor], fn: Callable, items: list, *, max_at
     pool and the tasks that were in flight are tried again, ``max_attempts`` times at most; then
     ``on_give_up(item, attempts, error)`` gives the item's result (without it the error is raised).
 
+    A death breaks every unfinished task of the pool, so it cannot say which one killed the worker: each unfinished
+    item is charged an attempt, and an item that reaches ``max_attempts`` while others were unfinished too is run
+    once more *alone* before it is given up (then the death is its own: an innocent neighbour of an item that kills
+    its worker every time finishes instead of being given up with it); that last run is not counted as an attempt.
+
     An item is keyed by its ``key`` attribute (a task object), else by itself (a string) or its first element.
     ``bind(item, slots)``, when given, adapts each item to the executor it runs on (e.g. a request rate shared
     by ``slots`` tasks at a time). Every executor made is closed."""
     attempts: Counter = Counter()
     remaining = list(items)
+    suspects: list = []              # charged max_attempts in a death they shared: each run once more alone
     bar = tqdm(total=len(items), desc=desc, unit="part", disable=not progress)
-    while remaining:
+    while remaining or suspects:
+        alone = not remaining
+        batch = [suspects.pop(0)] if alone else remaining
         executor = make()
         finished: set = set()
         try:
-            bound = [bind(it, executor.slots) for it in remaining] if bind is not None else remaining
+            bound = [bind(it, executor.slots) for it in batch] if bind is not None else batch
             for key, result in executor.map(_keyed, [(fn, it) for it in bound]):
                 finished.add(key)
                 bar.update(1)
                 yield result
-            remaining = []
+            if not alone:
+                remaining = []
         except Exception as e:
             if not worker_died(e):
                 raise
             log.warning("a worker died (%s: %s); retrying the unfinished partitions", type(e).__name__, e)
-            remaining = [it for it in remaining if item_key(it) not in finished]
-            for it in remaining:
-                attempts[item_key(it)] += 1
-            given_up = [it for it in remaining if attempts[item_key(it)] >= max_attempts]
-            for it in given_up:
+            unfinished = [it for it in batch if item_key(it) not in finished]
+            if not alone:
+                for it in unfinished:
+                    attempts[item_key(it)] += 1
+            spent = [it for it in unfinished if alone or attempts[item_key(it)] >= max_attempts]
+            if len(unfinished) > 1:           # a shared death: who killed the worker is found by running alone
+                suspects.extend(spent)
+                spent = []
+            for it in spent:
                 if on_give_up is None:
                     raise
                 bar.update(1)
                 yield on_give_up(it, attempts[item_key(it)], f"{type(e).__name__}: {e}")
-            remaining = [it for it in remaining if it not in given_up]
+            if not alone:
+                out = {item_key(it) for it in suspects} | {item_key(it) for it in spent}
+                remaining = [it for it in unfinished if item_key(it) not in out]
         finally:
             executor.close()
     bar.close()

@@ -4,6 +4,7 @@ executor's slots, and closes every executor it makes."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -17,6 +18,8 @@ def _echo(item):
 def _die_on(item):
     if item == "die":
         os._exit(1)          # a worker killed (out of memory, SIGKILL): the pool breaks
+    if item == "slow":
+        time.sleep(1.0)      # still running when its neighbour kills the pool
     return item.upper()
 
 
@@ -46,6 +49,18 @@ def test_a_dead_worker_is_retried_then_its_item_given_up():
     assert sorted(got) == ["A", "B", "gave up die after 2: BrokenProcessPool"]
     assert len(made) >= 2                            # the pool was started again after the death
     assert all(isinstance(ex, LocalExecutor) and ex._pool is None for ex in made)   # each one closed
+
+
+@pytest.mark.multiprocess
+def test_an_innocent_neighbour_of_a_killer_finishes_instead_of_being_given_up():
+    """Each death of the pool breaks both tasks (the slow one is still running): both are charged, and at the
+    limit each is run alone once more, which finds the killer; the neighbour's work is not lost."""
+    made = _Made()
+    got = list(run_tasks(lambda: made.make(2), _die_on, ["die", "slow"], max_attempts=2, desc="t", progress=False,
+                         on_give_up=lambda it, n, err: f"gave up {it} after {n}: {err.split(':')[0]}"))
+    assert sorted(got) == ["SLOW", "gave up die after 2: BrokenProcessPool"]
+    assert len(made) == 4                            # two shared deaths, then each suspect alone
+    assert all(ex._pool is None for ex in made)
 
 
 @pytest.mark.multiprocess
