@@ -1,8 +1,8 @@
 """Open a package (``.tar.gz``, ``.tar``) as a tar stream, its gzip inflated with ISA-L where python-isal is
 installed, else with the stdlib's zlib.
 
-PMC packages are gzip-compressed tars; inflating them was most of the cost of reading one (a fifth of a
-1-worker build's CPU went to zlib on the figure-heavy corpora, docs/scale-and-performance.md). ISA-L's inflate
+PMC packages are gzip-compressed tars; inflating them was most of the cost of reading one (~0.6 s, 5 %, of a
+1-worker build of 1,000 realistic figures went to zlib; docs/scale-and-performance.md). ISA-L's inflate
 (PyPI ``isal``, ``isal.isal_zlib``: the zlib API over Intel's ISA-L) does the same work in about two thirds of
 the time. :func:`open_tar_stream` is the one place that opens a package's byte stream: it returns what
 ``tarfile.open(fileobj=raw, mode="r|*")`` returns - the same members, bytes, errors and the same point of
