@@ -226,7 +226,8 @@ def test_a_legacy_folder_is_matched_with_its_own_phash_column(built, evalset, tm
     assert (tmp_path / "out" / "exclusions.txt").read_text().split() == evalset["keys"]
     images = dict(zip(*pq.read_table(evalset["pairs"], columns=["key", "image"]).to_pydict().values()))
     pairs = pq.read_table(tmp_path / "out" / "pairs.parquet").to_pylist()
-    assert pairs and all(p["distance"] == hex_distance(bytes_phash(images[p["eval_image"]], LEGACY_HASH_NAME),
-                                                       column[p["key"]]) for p in pairs)
+    assert pairs
+    assert all(p["distance"] == hex_distance(bytes_phash(images[p["eval_image"]], LEGACY_HASH_NAME), column[p["key"]])
+               for p in pairs)
     # today's definition on the evaluation side would have measured other distances
     assert any(p["distance"] != hex_distance(bytes_phash(images[p["eval_image"]]), column[p["key"]]) for p in pairs)

@@ -83,9 +83,11 @@ def test_the_build_records_its_definition_and_its_hashes_are_the_shard_images(re
     out = reference["out"]
     assert json.loads((out / "build_summary.json").read_text())["phash"] == HASH_NAME == folder_hash_name(out)
     done = sorted((out / "_work" / "parts" / "done").glob("*.json"))
-    assert done and all(read_sealed(p)["phash"] == HASH_NAME for p in done)
+    assert done
+    assert all(read_sealed(p)["phash"] == HASH_NAME for p in done)
     hashes = reference["hashes"]
-    assert hashes and all(hashes.values())
+    assert hashes
+    assert all(hashes.values())
     assert hashes == _shard_hashes(out)       # bit for bit bytes_phash of every written image
 
 
@@ -244,9 +246,11 @@ def test_a_fresh_build_with_the_legacy_definition_hashes_as_its_bytes_phash(lega
     """``MediaOptions(phash=LEGACY)``: every sample's phash is ``bytes_phash(image, LEGACY)`` of its shard image (the
     build's one-decode path gives the named definition), and differs from today's on the real figures."""
     hashes, images = _index_hashes(legacy_folder["out"]), _shard_images(legacy_folder["out"])
-    assert hashes and all(hashes[k] == bytes_phash(images[k], LEGACY_HASH_NAME) for k in hashes)
+    assert hashes
+    assert all(hashes[k] == bytes_phash(images[k], LEGACY_HASH_NAME) for k in hashes)
     real = [_key(START, i) for i in (2, 3, 4)]
-    assert len(real) == 3 and all(bytes_phash(images[k]) != hashes[k] for k in real)
+    assert len(real) == 3
+    assert all(bytes_phash(images[k]) != hashes[k] for k in real)
 
 
 def test_an_update_of_a_folder_of_an_unknown_definition_is_refused(corpus, reference, tmp_path):

@@ -626,7 +626,8 @@ def test_process_figure_hash_is_bytes_phash_of_the_written_image(pmc, definition
         except MediaError:
             continue
         assert record == process_image(data, path.name), path
-        assert phash is not None and phash == bytes_phash(record.data, definition), path
+        assert phash is not None, path
+        assert phash == bytes_phash(record.data, definition), path
         differ += phash != bytes_phash(record.data, other)
         kinds.add((record.orig_format, record.reencoded))
     assert {("JPEG", False), ("PNG", False), ("GIF", True), ("TIFF", True)} <= kinds

@@ -64,7 +64,8 @@ def test_late_collapse_gives_the_eager_text_and_offsets():
                 eager.add(piece)
                 late.add(piece)
         assert late.value() == eager.value()
-        assert late.length == eager.length and late.next_offset() == eager.next_offset()
+        assert late.length == eager.length
+        assert late.next_offset() == eager.next_offset()
 
 
 def test_word_before_a_dot_is_the_regex_word():

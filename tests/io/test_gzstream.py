@@ -87,7 +87,8 @@ def test_engines_read_packages_as_tarfile_does(archive):
     assert not failures, failures[:5]
     assert errors >= 20          # the cut and flipped variants really end in errors (the walk reached them)
     whole = _walk(data, gzstream.ENGINE)
-    assert [e for e in whole if e[0] != "error"] and any(len(e) == 5 and e[3] > 0 for e in whole)
+    assert [e for e in whole if e[0] != "error"]
+    assert any(len(e) == 5 and e[3] > 0 for e in whole)
     if "truncated" in archive.name:
         assert whole[-1][0] == "error"
     else:
@@ -121,7 +122,8 @@ def test_engines_fail_where_tarfile_fails_on_compressed_text():
 
 def test_isal_is_the_default_engine_when_installed():
     pytest.importorskip("isal")
-    assert gzstream.ENGINE == "isal" and set(ENGINES) == {"isal", "zlib"}
+    assert gzstream.ENGINE == "isal"
+    assert set(ENGINES) == {"isal", "zlib"}
 
 
 def test_plain_tar_and_bad_input(tmp_path):
@@ -163,4 +165,5 @@ def test_without_isal_the_stdlib_reads_the_same(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     got = ast.literal_eval(out)
     assert got == _walk(archive.read_bytes(), gzstream.ENGINE)
-    assert got[-1][:2] == ("error", "ReadError") and len(got) > 5    # the members before the cut, then the cut
+    assert got[-1][:2] == ("error", "ReadError")
+    assert len(got) > 5    # the members before the cut, then the cut
