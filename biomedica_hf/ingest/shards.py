@@ -16,9 +16,7 @@ name in the same folder and renamed into place.
 """
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -30,7 +28,7 @@ from biomedica_hf.ingest.timings import rounded
 from biomedica_hf.io.atomic import atomic_open, write_parquet
 from biomedica_hf.io.markers import clear_marker, is_done, write_marker
 from biomedica_hf.io.ranges import copy_ranges
-from biomedica_hf.io.tars import end_of_archive, room_json, tarinfo
+from biomedica_hf.io.tars import TarWriter, end_of_archive, room_json
 from biomedica_hf.layout import shard_paths
 from biomedica_hf.schema import SAMPLE_FIELDS, SHARD_INDEX_FIELDS, Sample, arrow_schema
 
@@ -80,15 +78,15 @@ def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, ex
     formats: Counter[str] = Counter()
     image_bytes = caption_chars = 0
     clear_marker(stats_path)
-    with atomic_open(tar_path) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with atomic_open(tar_path) as fh:
+        tar = TarWriter(fh)
         for sample in samples:
             start = tar.offset
             image_offset = None
             for member, data in sample_members(sample):
-                info = tarinfo(member, len(data))
-                tar.addfile(info, io.BytesIO(data))
-                if image_offset is None:  # data ends the member, padded to whole blocks
-                    image_offset = tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                data_start = tar.add(member, data)
+                if image_offset is None:
+                    image_offset = data_start
             row = {n: sample.meta.get(n) for n, _, _ in SAMPLE_FIELDS}
             row.update(shard=rel, tar_offset=start, tar_size=tar.offset - start,
                        image_offset=image_offset, image_size=len(sample.image.data))
@@ -96,6 +94,7 @@ def write_shard(out: Path, name: str, samples: Iterable[Sample], digest: str, ex
             formats[sample.image.ext] += 1
             image_bytes += len(sample.image.data)
             caption_chars += len(sample.caption)
+        tar.close()
     write_parquet(parquet_path, rows, SHARD_SCHEMA, SHARD_ROW_GROUP)
     stats = {
         "shard": rel,

@@ -60,11 +60,41 @@ def tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def member_header(name: str, size: int) -> bytes:
+    """The header block(s) ``tarfile`` writes for a :func:`tarinfo` member in PAX format."""
+    return tarinfo(name, size).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
 def member_bytes(name: str, data: bytes) -> bytes:
     """One member as raw tar bytes, exactly as ``tarfile`` writes :func:`tarinfo` members in PAX format (header,
     data padded to whole blocks): for tars assembled from byte ranges."""
-    header = tarinfo(name, len(data)).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
-    return header + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+    return member_header(name, len(data)) + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
+class TarWriter:
+    """A tar written member after member into ``fh`` (a binary file at its start): the bytes
+    ``tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT)`` writes for :func:`tarinfo` members, without
+    its per-member copy through a file object in 16 KiB pieces and its list of every member (~40 % of the time of
+    writing a shard's small members). ``offset``: where the next member's header starts."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.offset = fh, 0
+
+    def add(self, name: str, data: bytes) -> int:
+        """Append member ``name``; returns where its data starts."""
+        header = member_header(name, len(data))
+        self.fh.write(header)
+        self.fh.write(data)
+        pad = -len(data) % tarfile.BLOCKSIZE
+        if pad:
+            self.fh.write(b"\0" * pad)
+        start = self.offset + len(header)
+        self.offset = start + len(data) + pad
+        return start
+
+    def close(self) -> None:
+        """The end-of-archive blocks, padded to a whole record, as ``TarFile.close`` writes them."""
+        self.fh.write(end_of_archive(self.offset))
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -231,9 +261,10 @@ def end_of_archive(offset: int) -> bytes:
 def write_json_tar(path: Path, records: Iterable[tuple[str, dict]]) -> int:
     """A WebDataset tar of ``<key>.json`` members (tables that ``datasets`` must load as a config)."""
     n = 0
-    with atomic_open(path) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with atomic_open(path) as fh:
+        tar = TarWriter(fh)
         for key, record in records:
-            data = compact_json(record)
-            tar.addfile(tarinfo(f"{key}.json", len(data)), io.BytesIO(data))
+            tar.add(f"{key}.json", compact_json(record))
             n += 1
+        tar.close()
     return n
