@@ -310,7 +310,9 @@ def build_options(params: dict, spec: SourceSpec) -> BuildOptions:
         split_fractions=_parse_splits(p["splits"]), partition_target=p["partition_size"],
         allow_shrink=p["allow_shrink"], near_dedup=p["near_dedup"], allow_downgrade=p["allow_downgrade"],
         rebuild_state=p["rebuild_state"],
-        preload=("matplotlib.figure", "matplotlib.backends.backend_agg"),   # the card's imports, while workers stage
+        # the card's imports (plots, template, YAML header, the hooks' sections), done while the workers stage
+        preload=("matplotlib.figure", "matplotlib.backends.backend_agg", "jinja2", "huggingface_hub.repocard_data",
+                 "biomedica_hf.concepts.hooks", "biomedica_hf.panels.hooks"),
         command=public_command("biomedica", sys.argv[1:]))
 
 

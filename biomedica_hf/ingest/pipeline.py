@@ -87,7 +87,7 @@ class _Preload:
                 if name.startswith("matplotlib"):
                     import matplotlib
 
-                    matplotlib.use("Agg")     # what the card selects; never a GUI backend from a thread
+                    matplotlib.use("Agg")     # the card draws PNGs with Agg; never a GUI backend from a thread
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - the module's user imports it again and reports
                 log.debug("preload of %s failed", name, exc_info=True)
