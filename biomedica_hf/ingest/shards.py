@@ -47,6 +47,12 @@ def shard_name(subset: str, split: str, pid_tail: str, index: int, revision: int
     return name + (f"-r{revision:03d}" if revision else "")
 
 
+def partition_shards_glob(subset: str, split: str, pid_tail: str) -> str:
+    """The glob of the tars :func:`shard_name` gives a partition's own shards in one folder (never a revision's
+    ``-rNNN``)."""
+    return f"{subset}-{split}-{pid_tail}-[0-9][0-9][0-9].tar"
+
+
 def shard_done(out: Path, name: str, digest: str) -> bool:
     """A shard is finished when its stats file exists and was written for the same digest."""
     tar, parquet, stats = shard_paths(out, name)

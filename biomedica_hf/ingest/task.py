@@ -34,7 +34,7 @@ from biomedica_hf.ingest.dedup import decisions_for, write_hash_rows
 from biomedica_hf.ingest.duplicates import write_caption_keys
 from biomedica_hf.ingest.partition import PartitionId, read_manifest, ref_from_json, rows_digest
 from biomedica_hf.ingest.progress import tick
-from biomedica_hf.ingest.shards import shard_done, shard_name, write_shard
+from biomedica_hf.ingest.shards import partition_shards_glob, shard_done, shard_name, write_shard
 from biomedica_hf.ingest.sources import SourceSpec, make_source
 from biomedica_hf.ingest.sources.base import FatalBuildError, FetchError, Source, fatal_disk_error, is_disk_error
 from biomedica_hf.ingest.staging import PartitionStage
@@ -411,7 +411,7 @@ def _write_partition(task: PartitionTask, work: Work, pid: PartitionId, stage: P
         members = [s for s in samples if s["meta"]["subset"] == subset]
         random.Random(f"{seed}:{pid_name}:{subset}").shuffle(members)
         for i, shard in enumerate(cut_shards(members, max_samples, max_bytes)):
-            name = shard_name(subset, pid.split, f"s{pid.snapshot:03d}-p{pid.index:05d}", i,
+            name = shard_name(subset, pid.split, _pid_tail(pid), i,
                               folder=shard_folder(subset, pid.snapshot, pid.index))
             digest = hashlib.sha256(json.dumps([[s["key"], s["image"]["sha256"], s["meta"]["also_in"]]
                                                 for s in shard]).encode()).hexdigest()
@@ -443,15 +443,19 @@ def _write_partition(task: PartitionTask, work: Work, pid: PartitionId, stage: P
     return stats
 
 
+def _pid_tail(pid: PartitionId) -> str:
+    """The partition's part of its shards' names (``s000-p00017``)."""
+    return f"s{pid.snapshot:03d}-p{pid.index:05d}"
+
+
 def _remove_other_shards(out: Path, pid: PartitionId, written: set[str]) -> None:
     """Shards of partition ``pid`` that this write did not produce: left by an earlier write of the partition
     under another name (flat, by code of before the sub-folders) and now redone, e.g. because their perceptual hashes
     were of another definition. Left in place they would be indexed beside the new ones (every sample twice).
     Revisions (``-rNNN``, written by later snapshots) are not the partition's own shards and are never matched."""
-    tail = f"s{pid.snapshot:03d}-p{pid.index:05d}"
     for subset in SUBSETS:
         for folder in dict.fromkeys((subset, shard_folder(subset, pid.snapshot, pid.index))):
-            for tar in sorted((out / folder).glob(f"{subset}-{pid.split}-{tail}-[0-9][0-9][0-9].tar")):
+            for tar in sorted((out / folder).glob(partition_shards_glob(subset, pid.split, _pid_tail(pid)))):
                 name = f"{folder}/{tar.stem}"
                 if name not in written:
                     log.warning("partition %s: %s.tar of an earlier write of it removed", pid.name, name)
