@@ -47,7 +47,7 @@ from biomedica_hf.io.atomic import atomic_path, move_into_place, write_parquet, 
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.layout import ARTICLES_TABLE, LEDGER, shard_dirs
 from biomedica_hf.ledger import LEDGER_SCHEMA
-from biomedica_hf.neardup.hashing import DEFINITIONS, HASH_NAME, LEGACY_HASH_NAME
+from biomedica_hf.neardup.hashing import DEFINITIONS, HASH_NAME, recorded_hash_name
 from biomedica_hf.schema import FAILED, SKIPPED, SUBSETS, LedgerEntry
 
 log = logging.getLogger("biomedica_hf.ingest")
@@ -182,10 +182,10 @@ def _check_history(work: Work, k: int) -> None:
 
 def _folder_definition(work: Work) -> str:
     """The definition of the folder's published ``phash`` values (``build_summary.json`` ``phash``; none recorded =
-    the legacy one, :data:`LEGACY_HASH_NAME`)."""
+    the legacy one: :func:`~biomedica_hf.neardup.hashing.recorded_hash_name`)."""
     from biomedica_hf.ingest.finish import previous_summary
 
-    return previous_summary(work).get("phash") or LEGACY_HASH_NAME
+    return recorded_hash_name(previous_summary(work))
 
 
 def folder_hash_definition(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
@@ -406,7 +406,7 @@ def _forget_other_definition(work: Work, k: int, layout: Layout, phash: str) -> 
     the partitions themselves are redone by the checks of :func:`check_snapshot` (``read_done``, ``hashes_match``)."""
     def other(pid: PartitionId) -> bool:
         info = read_sealed(work.done(pid.name)) or work.stage(pid).staged_info()
-        return bool(info) and info.get("phash", LEGACY_HASH_NAME) != phash
+        return bool(info) and recorded_hash_name(info) != phash
 
     stale = [pid.name for pid in layout.all_partitions() if other(pid)]
     if not stale:

@@ -44,7 +44,7 @@ from biomedica_hf.ingest.work import Work, hashes_match, read_done
 from biomedica_hf.io.atomic import atomic_path, write_parquet
 from biomedica_hf.layout import shard_folder, shard_paths
 from biomedica_hf.ledger import LEDGER_SCHEMA, check_unique
-from biomedica_hf.neardup.hashing import LEGACY_HASH_NAME
+from biomedica_hf.neardup.hashing import recorded_hash_name
 from biomedica_hf.schema import ARTICLE_FIELDS, FAILED, KEPT, SKIPPED, SUBSETS, ArticleRef, LedgerEntry, arrow_schema
 
 log = logging.getLogger("biomedica_hf.ingest")
@@ -247,7 +247,7 @@ def _open_stage(stage: PartitionStage, digest: str | None, phash: str) -> set[st
     manifest, is discarded (the partition is redone from its inputs)."""
     bound = read_sealed(stage.folder / "for.json")
     if stage.folder.exists() and (bound is None or bound.get("manifest") != digest
-                                  or bound.get("phash", LEGACY_HASH_NAME) != phash):   # staged phash values
+                                  or recorded_hash_name(bound) != phash):   # staged phash values
         if any(stage.folder.iterdir()):
             log.warning("staging of %s was made for another manifest or hash definition, or is damaged: redone",
                         stage.folder.name)

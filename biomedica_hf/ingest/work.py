@@ -13,7 +13,7 @@ from biomedica_hf.ingest.staging import PartitionStage
 from biomedica_hf.ingest.state import StateError, matches, read_sealed
 from biomedica_hf.io.markers import read_marker
 from biomedica_hf.layout import WORK_DIR
-from biomedica_hf.neardup.hashing import LEGACY_HASH_NAME
+from biomedica_hf.neardup.hashing import recorded_hash_name
 
 
 class Work:
@@ -81,7 +81,7 @@ def read_done(work: Work, pid_name: str, digest: str | None = None, check_parts:
     info = read_sealed(work.done(pid_name))
     if info is None or (digest is not None and info.get("manifest") != digest):
         return None
-    if info.get("phash", LEGACY_HASH_NAME) != phash:    # its shards and hash files hold another hash definition
+    if recorded_hash_name(info) != phash:    # its shards and hash files hold another hash definition
         return None
     if check_parts and not all(matches(work.part(kind, pid_name), seal)
                                for kind, seal in (info.get("parts") or {}).items()):
@@ -103,7 +103,7 @@ def hashes_match(work: Work, pid: PartitionId, info: dict, *, phash: str) -> boo
     snapshot's perceptual hash definition ``phash`` (none recorded = the legacy one; another one: the partition is
     redone)."""
     want = info.get("hashes")
-    if want is None or info.get("phash", LEGACY_HASH_NAME) != phash:
+    if want is None or recorded_hash_name(info) != phash:
         return False
     have = {p.relative_to(work.hashes(pid.snapshot)).as_posix(): p for p in work.hash_files(pid.snapshot, pid.name)}
     return set(have) == set(want) and all(matches(have[n], want[n]) for n in want)

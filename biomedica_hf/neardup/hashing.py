@@ -206,6 +206,14 @@ def bytes_phash(data: bytes, definition: str = HASH_NAME) -> str:
     return image_phash(open_image(data, definition), definition)
 
 
+def recorded_hash_name(record) -> str:
+    """The definition a record of the build names (``build_summary.json``, a staging binding, a staged or done
+    marker: its ``"phash"``); a record without one was written before definitions were recorded:
+    :data:`LEGACY_HASH_NAME`."""
+    name = record.get("phash") if isinstance(record, dict) else None
+    return name if isinstance(name, str) and name else LEGACY_HASH_NAME
+
+
 def folder_hash_name(folder) -> str:
     """The hash definition of the ``phash`` values of a built folder: what its ``build_summary.json`` records
     (``"phash"``); a folder without that record (built before it existed) has :data:`LEGACY_HASH_NAME` values."""
@@ -218,8 +226,7 @@ def folder_hash_name(folder) -> str:
         summary = json.loads((Path(folder) / BUILD_SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return LEGACY_HASH_NAME
-    name = summary.get("phash") if isinstance(summary, dict) else None
-    return name if isinstance(name, str) and name else LEGACY_HASH_NAME
+    return recorded_hash_name(summary)
 
 
 def hex_to_words(hexes, bits: int = HASH_BITS) -> np.ndarray:
