@@ -1,8 +1,9 @@
 """Caption near-duplicates (templated or boilerplate captions): MinHash LSH over word shingles.
 
 Each caption is lower-cased, reduced to words (``\\w+``) and shingled into word 3-grams (a caption of
-fewer than three words is one shingle); ``datasketch.MinHash`` (128 permutations, seed 1, computed in
-bulk, shingles hashed with CRC-32: 3.4x faster than datasketch's default SHA-1 in Python, measured) gives its signature and the signature is cut into the bands ``datasketch`` chooses for the
+fewer than three words is one shingle); the values of ``datasketch.MinHash`` (128 permutations, seed 1, scheme
+``affine32``, shingles hashed with CRC-32: 3.4x faster than datasketch's default SHA-1 in Python, measured), computed
+here with numpy for a whole batch at once, give its signature, and the signature is cut into the bands ``datasketch`` chooses for the
 threshold (0.9 -> 5 bands of 25 rows). Band keys ``(band, hash of its 25 values)`` are spilled to
 partition files under ``workdir`` (:mod:`.buckets`, memory bounded by the partition budget), and rows
 sharing a band key are linked. A pair of Jaccard similarity s shares a band with probability
@@ -54,10 +55,19 @@ def shingles(caption: str, size: int = SHINGLE) -> list[bytes]:
     return [" ".join(words[i:i + size]).encode() for i in range(len(words) - size + 1)]
 
 
+# (threshold, num_perm) -> (bands, rows): ``datasketch.lsh._optimal_param(threshold, num_perm, 0.5, 0.5)``, a numerical
+# integration behind an import of scipy.integrate (~0.5 s a process); the build's own value is kept here, and
+# tests/neardup/test_caption_minhash.py checks it against datasketch.
+_KNOWN_BAND_PARAMS = {(0.9, 128): (5, 25)}
+
+
 @functools.lru_cache(maxsize=16)
 def band_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
-    """(bands, rows per band) that ``datasketch.MinHashLSH`` would use for ``threshold`` (a numerical integration:
-    ~16 ms, so computed once per process)."""
+    """(bands, rows per band) that ``datasketch.MinHashLSH`` would use for ``threshold``: the build's default from
+    a table, any other computed by datasketch (once per process)."""
+    known = _KNOWN_BAND_PARAMS.get((threshold, num_perm))
+    if known is not None:
+        return known
     from datasketch.lsh import _optimal_param
 
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
@@ -76,16 +86,74 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return out
 
 
-def signatures(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(signatures (n, NUM_PERM) uint64, has_words mask) for a batch of captions."""
-    from datasketch import MinHash
+@functools.lru_cache(maxsize=4)
+def _permutations(num_perm: int = NUM_PERM, seed: int = MINHASH_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) uint32 of datasketch's ``affine32`` scheme (its default since 2.0): the same draws from
+    ``RandomState(seed)`` as ``MinHash._init_permutations``, ``a`` odd."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
 
-    sh = [shingles(c or "") for c in captions]
-    ok = np.array([bool(s) for s in sh], dtype=bool)
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer (datasketch's pre-mix of every input hash), wrapping uint32 arithmetic."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def _shingle_crcs(caption: str, out: list[int]) -> int:
+    """Appends the CRC-32 of each of :func:`shingles` (caption) to ``out``; returns how many. The same values,
+    without a string and a bytes object per shingle: the words are joined and encoded once and each 3-gram is
+    a slice of those bytes (tests/neardup/test_caption_minhash.py checks it against :func:`shingles`)."""
+    words = _WORD.findall(caption.lower())
+    n = len(words)
+    if n <= SHINGLE:
+        if n:
+            out.append(zlib.crc32(" ".join(words).encode()))
+        return min(n, 1)
+    data = " ".join(words).encode()
+    gaps = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 32)   # the joins: words (\w+) hold no space
+    crc = zlib.crc32
+    # 3-gram i runs from word i's first byte to the join after word i+2 (the last one to the end)
+    out.extend([crc(data[s:e]) for s, e in zip([0, *(gaps[:-1] + 1).tolist()], [*gaps[2:].tolist(), len(data)])])
+    return n - SHINGLE + 1
+
+
+_SLICE_ROWS = 1 << 14      # shingles per (rows, NUM_PERM) uint32 block: 8 MiB, whatever the captions' lengths
+
+
+def signatures(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(signatures (n, NUM_PERM) uint64, has_words mask) for a batch of captions.
+
+    The values of ``datasketch.MinHash(num_perm=128, seed=1, hashfunc=zlib.crc32)`` updated with each caption's
+    shingles (scheme ``affine32``: CRC-32, MurmurHash3 finalizer, ``a * h + b`` mod 2^32, minimum per permutation),
+    computed for the whole batch at once: the shingles of all captions in blocks of ``_SLICE_ROWS`` and a segmented
+    minimum per caption, instead of a MinHash object and a dozen numpy calls per caption (3-4x faster on PMC's
+    captions; tests/neardup/test_caption_minhash.py checks equality with datasketch). Memory: one block."""
+    crcs: list[int] = []
+    counts = np.fromiter((_shingle_crcs(c or "", crcs) for c in captions), dtype=np.int64, count=len(captions))
+    ok = counts > 0
     sigs = np.zeros((len(captions), NUM_PERM), dtype=np.uint64)
-    if ok.any():
-        hashed = MinHash.bulk([s for s in sh if s], num_perm=NUM_PERM, seed=MINHASH_SEED, hashfunc=zlib.crc32)
-        sigs[ok] = np.stack([m.hashvalues for m in hashed]).astype(np.uint64)
+    total = len(crcs)
+    if not total:
+        return sigs, ok
+    hv = _fmix32(np.array(crcs, dtype=np.uint32))
+    del crcs
+    owner = np.repeat(np.arange(len(captions)), counts)        # the caption of every shingle, ascending
+    a, b = (p[:, None] for p in _permutations())
+    mins = np.full((NUM_PERM, len(captions)), np.iinfo(np.uint32).max, dtype=np.uint32)
+    for lo in range(0, total, _SLICE_ROWS):
+        hi = min(lo + _SLICE_ROWS, total)
+        block = hv[None, lo:hi] * a + b       # (NUM_PERM, shingles): wraps mod 2^32 as datasketch's uint32 arrays do
+        own = owner[lo:hi]
+        starts = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])
+        cols = own[starts]                     # distinct within the block; a caption cut by the block edge is merged
+        mins[:, cols] = np.minimum(mins[:, cols], np.minimum.reduceat(block, starts, axis=1))
+    sigs[ok] = mins.T[ok]
     return sigs, ok
 
 
