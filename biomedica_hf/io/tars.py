@@ -60,9 +60,28 @@ def tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def member_header(name: str, size: int) -> bytes:
-    """The header block(s) ``tarfile`` writes for a :func:`tarinfo` member in PAX format."""
+def _tarfile_header(name: str, size: int) -> bytes:
     return tarinfo(name, size).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+_TEMPLATE = _tarfile_header("", 0)           # the fixed fields (mode, owner, mtime, type, magic) in place
+_FIXED_SUM = sum(_TEMPLATE[100:124]) + sum(_TEMPLATE[136:148]) + sum(_TEMPLATE[156:]) + 8 * 0x20
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The header block(s) ``tarfile`` writes for a :func:`tarinfo` member in PAX format.
+
+    A name of at most 100 ASCII characters and a size below 8 GiB need no PAX record: ``tarfile`` then writes one
+    ustar block, which is spliced here from a template (name, size, checksum; ~8x faster than ``TarInfo.tobuf``, a
+    shard writes three headers a sample); any other member is left to ``tarfile``. Byte-identical either way
+    (tests/io/test_io.py)."""
+    if len(name) <= 100 and name.isascii() and 0 <= size < 0o77777777777 + 1:
+        raw = name.encode("ascii")
+        size_field = b"%011o\0" % size
+        chksum = _FIXED_SUM + sum(raw) + sum(size_field)
+        return b"".join((raw, b"\0" * (100 - len(raw)), _TEMPLATE[100:124], size_field, _TEMPLATE[136:148],
+                         b"%06o\0 " % chksum, _TEMPLATE[156:]))
+    return _tarfile_header(name, size)
 
 
 def member_bytes(name: str, data: bytes) -> bytes:

@@ -568,3 +568,24 @@ def test_the_tar_writer_writes_what_tarfile_writes(pmc_dir):
     assert starts == offsets
     with tarfile.open(fileobj=io.BytesIO(got.getvalue())) as tar:
         assert [(m.name, tar.extractfile(m).read()) for m in tar] == members
+
+
+def test_member_headers_are_tarfiles_for_every_name_and_size_at_the_limits(pmc_dir):
+    """The spliced ustar header of ``member_header`` against ``TarInfo.tobuf``: every fixture file name as a member
+    name, names of 99/100/101 characters, non-ASCII names and sizes at the 8 GiB edge (which need PAX records and
+    go to ``tarfile``), and random printable names and sizes."""
+    from biomedica_hf.io.tars import member_header, tarinfo
+
+    def tarfiles(name: str, size: int) -> bytes:
+        return tarinfo(name, size).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+    names = [str(p.relative_to(pmc_dir)) for p in sorted(pmc_dir.rglob("*"))][:3000]
+    names += ["", "a", "x" * 99, "x" * 100, "x" * 101, "d/" + "y" * 98, "Größe.json", "日本.txt", "tab\t.txt", "\x7f"]
+    sizes = [0, 1, 511, 512, 513, 10 ** 9, 8 ** 11 - 1, 8 ** 11, 2 ** 40]
+    rnd = random.Random(0)
+    cases = [(n, rnd.choice(sizes)) for n in names] + [(n, z) for n in names[-10:] for z in sizes]
+    cases += [("".join(chr(rnd.randrange(32, 127)) for _ in range(rnd.randrange(0, 120))), rnd.randrange(0, 2 ** 36))
+              for _ in range(3000)]
+    assert len(names) > 100
+    different = [(n, z) for n, z in cases if member_header(n, z) != tarfiles(n, z)]
+    assert different == []
