@@ -1,9 +1,16 @@
 """SHA-256 of a file, read in 1 MiB blocks, and a file's seal (length + SHA-256): the one home of this loop (build
-state seals, caption keys, Hub upload checks)."""
+state seals, caption keys, Hub upload checks); and :func:`crc32`, the check of bytes the build wrote itself and reads
+back (staged images)."""
 from __future__ import annotations
 
 import hashlib
+import zlib
 from pathlib import Path
+
+try:                                     # ISA-L's CRC-32: the same values as zlib's, ~6x faster (10 vs 1.7 GB/s here)
+    from isal.isal_zlib import crc32
+except ImportError:                      # pragma: no cover - a platform without python-isal's wheels
+    crc32 = zlib.crc32
 
 
 def file_sha256(path: Path | str) -> str:
@@ -20,4 +27,4 @@ def file_seal(path: Path | str) -> list:
     return [Path(path).stat().st_size, file_sha256(path)]
 
 
-__all__ = ["file_seal", "file_sha256"]
+__all__ = ["crc32", "file_seal", "file_sha256"]
