@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from biomedica_hf.io.tars import write_json_tar
+from biomedica_hf.io import plainjson
+from biomedica_hf.io.tars import compact_json, write_json_tar
 from biomedica_hf.layout import ROWS_PER_TABLE_TAR, TABLE_CONFIGS
 from biomedica_hf.schema import safe_key
 
@@ -15,6 +17,13 @@ BATCH_ROWS = 128            # rows in memory at a time when streaming a table
 def table_config_columns(out: Path, name: str) -> list[str]:
     source, _, exclude = TABLE_CONFIGS[name]
     return [c for c in pq.read_schema(Path(out) / source).names if c not in exclude]
+
+
+def _has_floats(t: pa.DataType) -> bool:
+    """Whether values of ``t`` (nested types included) can be floats, which orjson spells unlike ``json``."""
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return True
+    return any(_has_floats(t.field(i).type) for i in range(t.num_fields))
 
 
 def write_table_configs(out: Path) -> dict[str, int]:
@@ -49,8 +58,11 @@ def write_table_configs(out: Path) -> dict[str, int]:
                     yield safe_key(r[key_col]), r
 
         pending: list[dict] = []
+        columns = table_config_columns(out, name)
+        floats = any(_has_floats(pf.schema_arrow.field(c).type) for c in columns)
+        encode = compact_json if floats else plainjson.dumps      # the same bytes; orjson where it can be exact
         for i in range(n_tars):
-            write_json_tar(folder / f"{name}-{i:06d}.tar", rows(ROWS_PER_TABLE_TAR))
+            write_json_tar(folder / f"{name}-{i:06d}.tar", rows(ROWS_PER_TABLE_TAR), encode)
         for stale in folder.glob("*.tar"):
             stem = stale.stem.rsplit("-", 1)[-1]
             if not stale.stem.startswith(f"{name}-") or not stem.isdigit() or int(stem) >= n_tars:

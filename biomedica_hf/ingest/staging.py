@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from biomedica_hf.ingest.article import PackageResult
 from biomedica_hf.ingest.state import StateError, file_seal, matches, read_sealed, write_sealed
+from biomedica_hf.io import plainjson
 from biomedica_hf.io.digest import crc32
 from biomedica_hf.io.markers import STAGED
 from biomedica_hf.io.ranges import LocalFile
@@ -53,6 +54,12 @@ def _clean(obj):
 
 
 def _dumps(obj) -> bytes:
+    """A staged record as JSON: orjson for plain data (the build's records: ~8x faster than ``json`` on their
+    article text); anything else as before, other types as ``str()``, undecodable names cleaned."""
+    try:
+        return plainjson.dumps(obj)
+    except (TypeError, UnicodeEncodeError):
+        pass
     try:
         return json.dumps(obj, ensure_ascii=False, default=str).encode()
     except UnicodeEncodeError:
@@ -194,7 +201,7 @@ class PartitionStage:
                     blob = data.read(off, size)
                     if hashlib.sha256(blob).hexdigest() != d["sha"]:
                         raise ValueError("sha256 differs")
-                    rec = json.loads(pa.decompress(blob, decompressed_size=raw, codec="zstd", asbytes=True))
+                    rec = plainjson.loads(pa.decompress(blob, decompressed_size=raw, codec="zstd", asbytes=True))
                 except (OSError, ValueError, pa.ArrowException) as e:
                     raise StateError(f"{self.bin}: the record of {d['ref_id']} at {off} is damaged ({e})") from None
                 yield {"ref_id": d["ref_id"], **rec, "timings": d.get("timings", {})}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biomedica_hf.io import plainjson
 from biomedica_hf.io.atomic import atomic_open
 
 TAR_MTIME = 1_577_836_800  # 2020-01-01T00:00:00Z: fixed so that tars are reproducible
@@ -38,8 +39,10 @@ def compact_json(record: Any) -> bytes:
 
 
 def room_json(record: dict) -> bytes:
-    """A sample's ``json`` member: compact JSON, then spaces (:data:`JSON_ROOM`, up to whole tar blocks)."""
-    data = compact_json(record)
+    """A sample's ``json`` member: compact JSON, then spaces (:data:`JSON_ROOM`, up to whole tar blocks). The record
+    holds the schema's sample fields (no floats), so orjson writes it (:mod:`biomedica_hf.io.plainjson`: the same
+    bytes as :func:`compact_json`)."""
+    data = plainjson.dumps(record)
     return data + b" " * (JSON_ROOM + (-(len(data) + JSON_ROOM)) % tarfile.BLOCKSIZE)
 
 
@@ -277,13 +280,15 @@ def end_of_archive(offset: int) -> bytes:
     return b"\0" * (2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE)
 
 
-def write_json_tar(path: Path, records: Iterable[tuple[str, dict]]) -> int:
-    """A WebDataset tar of ``<key>.json`` members (tables that ``datasets`` must load as a config)."""
+def write_json_tar(path: Path, records: Iterable[tuple[str, dict]],
+                   encode: Callable[[Any], bytes] = compact_json) -> int:
+    """A WebDataset tar of ``<key>.json`` members (tables that ``datasets`` must load as a config); ``encode``:
+    :func:`compact_json`, or ``plainjson.dumps`` (the same bytes) for rows known to hold no floats."""
     n = 0
     with atomic_open(path) as fh:
         tar = TarWriter(fh)
         for key, record in records:
-            tar.add(f"{key}.json", compact_json(record))
+            tar.add(f"{key}.json", encode(record))
             n += 1
         tar.close()
     return n
