@@ -289,7 +289,7 @@ def build(**params):
         raise empty
     if p["enrich"]:
         _run_enrich(cfg.out, p["eutils_url"], None, fatal=False)
-    _write_card(cfg.out, None)
+    _write_card(cfg.out, None, workers=cfg.workers)
     click.echo(f"Dataset folder: {Path(cfg.out).resolve()}")
 
 
@@ -334,10 +334,10 @@ def _dry_run(cfg: BuildOptions, as_json: bool) -> None:
     click.echo(_json.dumps(plan.to_json(), indent=2) if as_json else plan.text())
 
 
-def _write_card(out: Path, repo_id: str | None) -> None:
+def _write_card(out: Path, repo_id: str | None, workers: int = 1) -> None:
     from biomedica_hf.dataset.card import write_card
 
-    path = write_card(out, repo_id=repo_id)
+    path = write_card(out, repo_id=repo_id, workers=workers)   # with the build's workers: plots drawn in parallel
     click.echo(f"Dataset card: {path} (plots in {path.parent / 'card'})")
 
 

@@ -125,6 +125,29 @@ def test_card_is_reproducible(folder):
     assert (folder / "README.md").read_bytes() == before
 
 
+def test_plots_drawn_by_two_processes_are_the_same_files(folder, tmp_path):
+    """``write_card(workers=2)`` (what `biomedica build --workers 2` runs) draws the plots in forked processes while
+    it writes the table configs and the text: every file it writes is byte for byte what one process writes."""
+    import shutil
+
+    from biomedica_hf.dataset.card import write_card
+
+    def card_files(out: Path) -> dict[str, bytes]:
+        found = [out / "README.md", *out.glob("card/*.png"), *out.glob("articles/*.tar"), *out.glob("figures/*.tar")]
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(found)}
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    for p in [copy / "README.md", *copy.glob("card/*.png")]:
+        p.unlink()
+    write_card(copy, repo_id="biomedica/test", workers=2)
+    two = card_files(copy)
+    write_card(copy, repo_id="biomedica/test", workers=1)
+    assert card_files(copy) == two
+    assert len([n for n in two if n.endswith(".png")]) == 4
+    assert two == card_files(folder)
+
+
 def test_size_categories():
     assert [size_category(n) for n in (0, 999, 1000, 24_076_288)] == ["n<1K", "n<1K", "1K<n<10K", "10M<n<100M"]
 
