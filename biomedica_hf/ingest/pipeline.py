@@ -67,7 +67,7 @@ log = logging.getLogger("biomedica_hf.ingest")
 class _Preload:
     """Imports the driver (or a pool forked from it later) will need after the stage phase, done in a thread while
     the workers stage: with 2+ workers the driver only waits there, so these fixed costs leave the serial tail of the
-    build (the card's ``matplotlib``, ``jinja2``, YAML).
+    build (the card's ``matplotlib``, ``jinja2``, YAML; the passes' scipy).
 
     Started only once the stage pool has forked its workers, and joined before any later pool forks, so no process
     is ever forked while the thread holds an import lock. A module that fails to import is left to its user."""
@@ -100,6 +100,12 @@ class _Preload:
     def join(self) -> None:
         if self.started:
             self.thread.join()
+
+
+# what the near-duplicate and caption passes import, each in a worker forked from the driver after the stage phase
+# (scipy's connected components, zipfile's codec for the keys' .npz): imported there twice, ~0.1 s each, unless the
+# driver has them already
+_PASS_IMPORTS = ("scipy.sparse.csgraph", "encodings.cp437")
 
 
 def _largest_first(work: Work, pids: list[str]) -> list[str]:
@@ -169,7 +175,7 @@ def _build(cfg: BuildOptions) -> BuildReport:
                 if not work.stage(PartitionId.parse(p)).is_staged(seals[p]) and not is_done(p)]
         n_now = sum(read_manifest_count(work, PartitionId.parse(t.pid))
                     - n_finished(work.stage(PartitionId.parse(t.pid))) for t in todo)
-        preload = _Preload(cfg.preload if cfg.workers > 1 else ())
+        preload = _Preload((*cfg.preload, *_PASS_IMPORTS) if cfg.workers > 1 else ())
 
         def make_stage():
             preload.join()              # a pool restarted after a dead worker never forks mid-import
