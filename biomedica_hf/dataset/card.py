@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -396,8 +397,9 @@ def _draw(folder: Path, name: str, labels: list, values: list, title: str, horiz
 
 
 class _Plots:
-    """The card's plots, drawn by ``workers`` forked processes while the caller goes on (with ``workers`` > 1: the
-    build's last serial step, ~0.3-0.5 s of drawing), or drawn here and now. :meth:`wait` returns their paths."""
+    """The card's plots, drawn by ``workers`` forked processes while the caller goes on (with ``workers`` > 1 on
+    Linux: the build's last serial step, ~0.3-0.5 s of drawing), or drawn here and now (where ``fork`` is not the
+    safe default). :meth:`wait` returns their paths."""
 
     def __init__(self, stats: dict, folder: Path, workers: int = 1):
         import multiprocessing as mp
@@ -406,7 +408,7 @@ class _Plots:
         specs = [(folder, *spec) for spec in _plot_specs(stats)]
         self.pool = self.pending = None
         self.paths: list[Path] = []
-        if workers > 1 and "fork" in mp.get_all_start_methods():
+        if workers > 1 and sys.platform.startswith("linux"):     # fork (matplotlib imported once); macOS: here
             self.pool = mp.get_context("fork").Pool(min(workers, len(specs)))
             self.pending = self.pool.starmap_async(_draw, specs, chunksize=1)
         else:
