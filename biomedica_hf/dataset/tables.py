@@ -23,6 +23,8 @@ def _has_floats(t: pa.DataType) -> bool:
     """Whether values of ``t`` (nested types included) can be floats, which orjson spells unlike ``json``."""
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
         return True
+    if pa.types.is_dictionary(t):
+        return _has_floats(t.value_type)
     return any(_has_floats(t.field(i).type) for i in range(t.num_fields))
 
 

@@ -5,8 +5,9 @@ schema, the build's staged records) with orjson: the bytes of ``json.dumps(ensur
 orjson writes the same bytes as ``json`` for strings (every code point, tested), integers below 2^64, booleans,
 null, lists and dicts. It differs where ``json`` would write a float in exponent form (``1e-07`` vs ``1e-7``),
 ``NaN`` / ``Infinity`` (orjson: ``null``), and it refuses lone surrogates, integers of 2^64 and more, non-string
-keys and other types: a record it refuses is encoded by ``json``, so only floats are the caller's to keep out
-(the schema has none: tests/io/test_plainjson.py checks). Without orjson (a platform without its wheels) ``json``
+keys and dataclasses, datetimes and other types: a record it refuses is encoded by ``json``. Left to the caller:
+no floats (the schema has none: tests/io/test_plainjson.py checks), and no ``uuid.UUID`` or plain ``Enum`` values,
+which orjson writes and ``json`` refuses. Without orjson (a platform without its wheels) ``json``
 does everything."""
 from __future__ import annotations
 

@@ -31,6 +31,8 @@ def test_the_schema_holds_no_floats():
     assert _has_floats(pa.list_(pa.float32()))
     assert _has_floats(pa.struct([("a", pa.string()), ("b", pa.list_(pa.float64()))]))
     assert not _has_floats(pa.list_(pa.string()))
+    assert _has_floats(pa.dictionary(pa.int32(), pa.float64()))
+    assert not _has_floats(pa.dictionary(pa.int32(), pa.string()))
 
 
 def test_every_table_row_and_sample_member_of_a_real_build_is_jsons_bytes(built_dataset):
