@@ -61,13 +61,17 @@ def test_shingle_hashes_are_the_crc_of_each_shingle(articles_dir):
         assert n == len(out)
 
 
-@pytest.mark.parametrize("slice_rows", [1, 7, 64])
-def test_captions_cut_by_the_block_edge_get_the_same_signatures(articles_dir, monkeypatch, slice_rows):
-    """Blocks of a few shingles: almost every caption is split over blocks and merged back."""
+@pytest.mark.parametrize("slice_rows,chunk", [(1, 2048), (7, 5), (64, 1), (1 << 14, 3)])
+def test_captions_cut_by_the_block_edge_get_the_same_signatures(articles_dir, monkeypatch, slice_rows, chunk):
+    """Blocks of a few shingles (almost every caption split over blocks and merged back) and chunks of a few
+    captions (the edge captions fall into chunks of their own)."""
     caps = _all_captions(articles_dir)[:60] + EDGE
     expected = _datasketch(caps)
     monkeypatch.setattr(C, "_SLICE_ROWS", slice_rows)
-    assert np.array_equal(C.signatures(caps)[0], expected)
+    monkeypatch.setattr(C, "_CHUNK_CAPTIONS", chunk)
+    sigs, ok = C.signatures(caps)
+    assert np.array_equal(sigs, expected)
+    assert ok.tolist() == [bool(C.shingles(c or "")) for c in caps]
 
 
 def test_a_caption_of_more_shingles_than_a_block_is_one_signature():
