@@ -15,7 +15,6 @@ eval's config scanner):
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -34,8 +33,8 @@ JSON_ROOM = 1024
 
 
 def compact_json(record: Any) -> bytes:
-    """The JSON encoding of every ``json`` member (UTF-8, no spaces)."""
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+    """The JSON encoding of every ``json`` member (UTF-8, no spaces): :func:`biomedica_hf.io.plainjson.compact`."""
+    return plainjson.compact(record)
 
 
 def room_json(record: dict) -> bytes:
