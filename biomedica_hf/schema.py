@@ -16,6 +16,7 @@ Data flows one way: source -> parse -> media -> shard writer -> Hub folder.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import re
 from dataclasses import dataclass, field
@@ -162,14 +163,9 @@ def flat_dict(record) -> dict[str, Any]:
     return {name: getattr(record, name) for name in _field_names(type(record))}
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-
-
+@functools.cache
 def _field_names(cls: type) -> tuple[str, ...]:
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 @dataclass

@@ -126,8 +126,8 @@ def calibrate(files: Sequence[Path], names: Sequence[str] = tuple(HASHERS)) -> C
         for n in names:
             originals[n].append(base[n])
         img = full_image(data)                             # the copies are made from the full-size pixels
-        for t, data in copies(img, img.format or "").items():
-            h = image_hashes(open_image(data), names)
+        for t, copy in copies(img, img.format or "").items():
+            h = image_hashes(open_image(copy), names)
             for n in names:
                 cal.positives[n].setdefault(t, []).append(hex_distance(base[n], h[n]))
     for n in names:

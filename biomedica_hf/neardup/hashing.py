@@ -140,7 +140,8 @@ def _bits_dhash(gray: Image.Image, hash_size: int) -> np.ndarray:
     return imagehash.dhash(gray, hash_size=hash_size).hash.reshape(-1)
 
 
-# the candidates measured by the calibration (each with the normalisation of a definition); the build uses phash256
+# the candidates measured by the calibration (each with the normalisation of a definition); every definition of
+# the build (DEFINITIONS) hashes its input with phash256
 HASHERS = {
     "phash64": lambda g: _bits_phash(g, 8),
     "phash256": lambda g: _bits_phash(g, 16),
