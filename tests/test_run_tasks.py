@@ -91,3 +91,31 @@ def test_closing_map_releases_the_pool_when_done_or_dropped():
     next(it)
     it.close()                                       # the caller stopped early
     assert ex._pool is None
+
+
+def _freeze_count(_item):
+    import gc
+
+    return gc.get_freeze_count()
+
+
+def test_workers_fork_from_a_frozen_heap_that_is_thawed_when_the_pool_closes():
+    """A pool of 2+ workers forks from a heap the collector leaves alone (``gc.freeze``: a worker's collections never
+    walk, so never copy, what it inherited); closing the last pool gives the objects back to the collector, nested
+    freezes end with the outermost, and a pool of one (inline) freezes nothing."""
+    import gc
+
+    from biomedica_hf.executors import frozen_heap
+
+    if gc.get_freeze_count():
+        pytest.skip("an earlier test of this process left a pool open")
+    with LocalExecutor(1) as inline:
+        assert list(inline.map(_freeze_count, ["x"])) == [0]
+    with make_executor("local", workers=2) as ex:
+        assert gc.get_freeze_count() > 1000                  # the interpreter's and the test's objects
+        assert min(ex.map(_freeze_count, ["a", "b", "c"])) > 1000
+        with frozen_heap():
+            with make_executor("local", workers=2) as inner:
+                assert list(inner.map(_echo, ["i"])) == ["i"]
+            assert gc.get_freeze_count() > 1000              # the outer pool is still open
+    assert gc.get_freeze_count() == 0

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from biomedica_hf import __version__, hooks, templates
 from biomedica_hf.dataset.tables import table_config_columns, write_table_configs
 from biomedica_hf.errors import BiomedicaError
+from biomedica_hf.executors import frozen_heap
 from biomedica_hf.io.atomic import atomic_write_bytes
 from biomedica_hf.io.sizes import human_size
 from biomedica_hf.io.tars import read_members
@@ -406,9 +407,11 @@ class _Plots:
 
         folder.mkdir(parents=True, exist_ok=True)
         specs = [(folder, *spec) for spec in _plot_specs(stats)]
-        self.pool = self.pending = None
+        self.pool = self.pending = self.frozen = None
         self.paths: list[Path] = []
         if workers > 1 and sys.platform.startswith("linux"):     # fork (matplotlib imported once); macOS: here
+            self.frozen = frozen_heap()         # the forks' collections leave the inherited objects alone
+            self.frozen.__enter__()
             self.pool = mp.get_context("fork").Pool(min(workers, len(specs)))
             self.pending = self.pool.starmap_async(_draw, specs, chunksize=1)
         else:
@@ -422,6 +425,7 @@ class _Plots:
                 self.pool.terminate()
                 self.pool.join()
                 self.pool = None
+                self.frozen.__exit__(None, None, None)
         return self.paths
 
 
