@@ -269,6 +269,13 @@ except ImportError:                      # pragma: no cover - a platform without
 PNG_STRATEGIES = {"default": zlib.Z_DEFAULT_STRATEGY, "filtered": zlib.Z_FILTERED, "rle": zlib.Z_RLE,
                   "paeth-rle": zlib.Z_RLE, "up-igzip": None}
 PNG_STRATEGY = "up-igzip" if _igzip is not None else "paeth-rle"
+
+
+def png_strategy_available(strategy: str) -> bool:
+    """Whether this installation writes converted PNGs of ``strategy`` (``up-igzip`` needs python-isal)."""
+    return strategy in PNG_STRATEGIES and (strategy != "up-igzip" or _igzip is not None)
+
+
 #: igzip's level of ``up-igzip`` (0-3), part of its definition (the card names it): 1 and 2 encode the fixture figures
 #: in the same time, 2 0.5 % smaller
 PNG_IGZIP_LEVEL = 2

@@ -43,7 +43,7 @@ from biomedica_hf.ingest.options import BuildConfig, BuildOptions
 from biomedica_hf.ingest.partition import PartitionId
 from biomedica_hf.ingest.progress import BuildProgress
 from biomedica_hf.ingest.removals import apply_removals
-from biomedica_hf.ingest.snapshots import check_snapshot, current_snapshot, folder_hash_definition, plan_snapshot
+from biomedica_hf.ingest.snapshots import check_snapshot, current_snapshot, folder_options, plan_snapshot
 from biomedica_hf.ingest.sources.base import FatalBuildError
 from biomedica_hf.ingest.state import checkpoint, file_seal, read_sealed, write_sealed
 from biomedica_hf.ingest.task import (
@@ -146,7 +146,7 @@ def _build(cfg: BuildOptions) -> BuildReport:
     prog = BuildProgress(cfg.progress, cfg.progress_every)
     clock = prog.clock()
     k, resumed = current_snapshot(work)
-    cfg = folder_hash_definition(cfg, work, k)     # an update keeps the folder's perceptual hash definition
+    cfg = folder_options(cfg, work, k)     # an update keeps the folder's pHash definition and PNGs
     layout = check_snapshot(cfg, work, k) if resumed else plan_snapshot(cfg, work, k)
     clock.lap("list")
     if layout is None:

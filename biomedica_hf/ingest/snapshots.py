@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from biomedica_hf.ingest.dedup import n_hash_buckets
 from biomedica_hf.ingest.inputs import nothing_listed
+from biomedica_hf.ingest.media import PNG_STRATEGIES, png_strategy_available
 from biomedica_hf.ingest.options import BuildOptions
 from biomedica_hf.ingest.partition import (
     FINE_BUCKETS,
@@ -188,18 +189,42 @@ def _folder_definition(work: Work) -> str:
     return recorded_hash_name(previous_summary(work))
 
 
-def folder_hash_definition(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
-    """The options snapshot ``k`` builds with: a fresh build (``k == 0``) hashes with ``cfg.media.phash`` (by
-    default ``HASH_NAME``); an update keeps the definition of the folder's published ``phash`` values, so that a
-    folder built by older code is updated in place (never rebuilt for a new hash) and never mixes two definitions
-    in ``figures.parquet``. A definition this code does not know (a folder of newer code) is refused by
-    :func:`check_hash_definition` once the listing shows changes."""
+def _folder_png_strategy(work: Work) -> str | None:
+    """How the folder's converted figures were encoded (``build_summary.json`` ``media.png_strategy``), None when
+    not recorded."""
+    from biomedica_hf.ingest.finish import previous_summary
+
+    media = previous_summary(work).get("media")
+    return media.get("png_strategy") if isinstance(media, dict) else None
+
+
+def folder_options(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
+    """The options snapshot ``k`` builds with: a fresh build (``k == 0``) uses ``cfg``'s. An update keeps two choices
+    of the folder it updates, so that no folder mixes two of either and what its card says of them holds for every
+    sample:
+
+    * the definition of the folder's published ``phash`` values, so that a folder built by older code is updated in
+      place (never rebuilt for a new hash) and ``figures.parquet`` never mixes two definitions. A definition this
+      code does not know (a folder of newer code) is refused by :func:`check_hash_definition` once the listing
+      shows changes;
+    * the encoding of converted figures (``media.png_strategy``, e.g. ``paeth-rle`` of a folder built before
+      ``up-igzip``), when this code writes it: then an identical TIFF in an old and a new snapshot still has the
+      same bytes, so the same sha256 for the exact de-duplication."""
     if k == 0:
         return cfg
+    media = cfg.media
     have = _folder_definition(work)
-    if have == cfg.media.phash or have not in DEFINITIONS:
-        return cfg
-    return dataclasses.replace(cfg, media=dataclasses.replace(cfg.media, phash=have))
+    if have != media.phash and have in DEFINITIONS:
+        media = dataclasses.replace(media, phash=have)
+    png = _folder_png_strategy(work)
+    if png in PNG_STRATEGIES and png != media.png_strategy:
+        if png_strategy_available(png):
+            log.info("this folder's converted figures are PNGs of png_strategy %r: the update keeps it", png)
+            media = dataclasses.replace(media, png_strategy=png)
+        else:
+            log.warning("this folder's converted figures are PNGs of png_strategy %r, which needs python-isal: the "
+                        "update's are %r (pip install isal keeps the folder's)", png, media.png_strategy)
+    return cfg if media is cfg.media else dataclasses.replace(cfg, media=media)
 
 
 def check_hash_definition(cfg: BuildOptions, work: Work, k: int) -> None:
