@@ -254,7 +254,7 @@ except ImportError:                      # pragma: no cover - a platform without
 #: how converted PNGs are encoded, each chosen by measurement on the fixtures' converted TIFF/GIF figures
 #: (docs/scale-and-performance.md):
 #:
-#: * ``up-igzip`` (the default since issue 28's fifth round, where python-isal is installed): the Up filter on every
+#: * ``up-igzip`` (the default since issue 28's sixth round, where python-isal is installed): the Up filter on every
 #:   row (numpy, bands of ~1 MiB of rows) deflated by ISA-L's igzip at level :data:`PNG_IGZIP_LEVEL`: 5x faster than
 #:   ``paeth-rle`` on the 61 fixture figures for 18 % more bytes, and 45 % faster for Pillow to decode (an Up row
 #:   undoes with one add, a Paeth row with a branch per byte).
