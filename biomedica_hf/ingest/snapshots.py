@@ -199,9 +199,8 @@ def _folder_png_strategy(work: Work) -> str | None:
 
 
 def folder_options(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
-    """The options snapshot ``k`` builds with: a fresh build (``k == 0``) uses ``cfg``'s. An update keeps two choices
-    of the folder it updates, so that no folder mixes two of either and what its card says of them holds for every
-    sample:
+    """The options snapshot ``k`` builds with: a fresh build uses ``cfg``'s. An update keeps two choices of the folder
+    it updates, so that no folder mixes two of either and what its card says of them holds for every sample:
 
     * the definition of the folder's published ``phash`` values, so that a folder built by older code is updated in
       place (never rebuilt for a new hash) and ``figures.parquet`` never mixes two definitions. A definition this
@@ -209,21 +208,26 @@ def folder_options(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
       shows changes;
     * the encoding of converted figures (``media.png_strategy``, e.g. ``paeth-rle`` of a folder built before
       ``up-igzip``), when this code writes it: then an identical TIFF in an old and a new snapshot still has the
-      same bytes, so the same sha256 for the exact de-duplication."""
-    if k == 0:
-        return cfg
+      same bytes, so the same sha256 for the exact de-duplication.
+
+    A resumed snapshot keeps the encoding its layout recorded when it began (snapshots begun by code older than the
+    record: ``cfg``'s)."""
     media = cfg.media
-    have = _folder_definition(work)
-    if have != media.phash and have in DEFINITIONS:
-        media = dataclasses.replace(media, phash=have)
-    png = _folder_png_strategy(work)
+    if k > 0:
+        have = _folder_definition(work)
+        if have != media.phash and have in DEFINITIONS:
+            media = dataclasses.replace(media, phash=have)
+    begun = work.meta(k)                    # a resumed snapshot's layout, None for a new one
+    png, whose = (begun.get("png_strategy"), "snapshot") if begun else (
+        _folder_png_strategy(work) if k > 0 else None, "folder")
     if png in PNG_STRATEGIES and png != media.png_strategy:
         if png_strategy_available(png):
-            log.info("this folder's converted figures are PNGs of png_strategy %r: the update keeps it", png)
+            log.info("this %s's converted figures are PNGs of png_strategy %r: the %s keeps it", whose, png,
+                     "resume" if begun else "update")
             media = dataclasses.replace(media, png_strategy=png)
         else:
-            log.warning("this folder's converted figures are PNGs of png_strategy %r, which needs python-isal: the "
-                        "update's are %r (pip install isal keeps the folder's)", png, media.png_strategy)
+            log.warning("this %s's converted figures are PNGs of png_strategy %r, which needs python-isal: the new "
+                        "ones are %r (pip install isal keeps the %s's)", whose, png, media.png_strategy, whose)
     return cfg if media is cfg.media else dataclasses.replace(cfg, media=media)
 
 
@@ -337,6 +341,7 @@ def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
         work.part("ledger", f"s{k:03d}-plan").unlink(missing_ok=True)
     checkpoint("listed")
     extra = {"listed": n_listed, "articles": n_articles, "changes": dict(changes),
+             "png_strategy": cfg.media.png_strategy,          # a resume keeps it (folder_options)
              "hash_buckets": n_hash_buckets(4 * n_articles),
              "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
              "manifests": manifests, "removed": file_seal(work.snap(k) / "removed.parquet"),

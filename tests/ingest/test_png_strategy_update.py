@@ -1,7 +1,8 @@
-"""An update keeps the encoding of its folder's converted figures (issue 28, fifth round): a folder built with
+"""An update keeps the encoding of its folder's converted figures (issue 28, sixth round): a folder built with
 ``paeth-rle`` (the default before ``up-igzip``) is updated with ``paeth-rle``, so an identical TIFF in an old and a
 new snapshot has the same bytes (the same sha256 for exact de-duplication) and the card's sentence on converted
-PNGs stays true of every sample; a fresh build writes ``up-igzip``.
+PNGs stays true of every sample; a fresh build writes ``up-igzip``; a resumed snapshot keeps the encoding it began
+with.
 
 Builds run in this process with ``workers=1`` on copies of the real image-bearing fixture articles (eLife TIFFs among
 them) with fresh PMCIDs, as ``benchmarks/bench_build.py`` makes them."""
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from biomedica_hf.dataset.card import write_card
+from biomedica_hf.ingest import state
 from biomedica_hf.ingest.article import MediaOptions
 from biomedica_hf.ingest.pipeline import BuildConfig, build
 
@@ -25,9 +27,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_build import replicate  # noqa: E402
 
 
-def _cfg(inp: Path, out: Path, **media) -> BuildConfig:
+def _cfg(inp: Path, out: Path, partition_target: int | None = None, **media) -> BuildConfig:
     return BuildConfig(out=out, source="local", source_opts={"path": str(inp)}, workers=1, progress=False,
-                       caption_dups=False, media=MediaOptions(**media))
+                       caption_dups=False, partition_target=partition_target, media=MediaOptions(**media))
 
 
 def _converted_filters(out: Path) -> dict[str, set[int]]:
@@ -98,3 +100,23 @@ def test_an_update_keeps_the_folders_png_encoding(copies, tmp_path, caplog):
     made = _converted_filters(fresh)
     assert set(made) == set(first) and all(f == {2} for f in made.values())    # up-igzip: Up on every row
     assert json.loads((fresh / "build_summary.json").read_text())["media"]["png_strategy"] == "up-igzip"
+
+
+def test_a_resume_keeps_the_encoding_its_snapshot_began_with(copies, tmp_path, caplog):
+    """A build begun with ``paeth-rle``, killed after its first partition was staged, and resumed with the default
+    options (``up-igzip``) finishes with ``paeth-rle``: its layout recorded the encoding, so one snapshot never holds
+    both."""
+    inp, out = tmp_path / "in", tmp_path / "ds"
+    _add(copies, inp, "0123")
+    state.arm("staged", 1)
+    try:
+        with pytest.raises(state.SimulatedKill):
+            build(_cfg(inp, out, png_strategy="paeth-rle", partition_target=4))
+    finally:
+        state.disarm()
+    with caplog.at_level("INFO", logger="biomedica_hf"):
+        build(_cfg(inp, out, partition_target=4))
+    assert "this snapshot's converted figures are PNGs of png_strategy 'paeth-rle': the resume keeps it" in caplog.text
+    made = _converted_filters(out)
+    assert made and all(f == {4} for f in made.values())
+    assert json.loads((out / "build_summary.json").read_text())["media"]["png_strategy"] == "paeth-rle"
