@@ -146,7 +146,7 @@ def _build(cfg: BuildOptions) -> BuildReport:
     prog = BuildProgress(cfg.progress, cfg.progress_every)
     clock = prog.clock()
     k, resumed = current_snapshot(work)
-    cfg = folder_options(cfg, work, k)     # an update keeps the folder's pHash definition and PNGs
+    cfg = folder_options(cfg, work, k)     # the folder's pHash definition; the folder's (the snapshot's) PNGs
     layout = check_snapshot(cfg, work, k) if resumed else plan_snapshot(cfg, work, k)
     clock.lap("list")
     if layout is None:
