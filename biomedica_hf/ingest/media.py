@@ -285,8 +285,8 @@ _PNG_BAND_BYTES = 1 << 20
 _PNG_COLOR_TYPE = {"L": 0, "LA": 4, "RGB": 2, "RGBA": 6}
 #: the strategies that encode with libpng and one fixed row filter (``imagecodecs.PNG.FILTER`` names)
 _LIBPNG_FILTER = {"paeth-rle": "PAETH"}
-#: the PNG modes libpng is given as arrays (``np.asarray`` of these is uint8 with 1-4 channels)
-_LIBPNG_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
+#: the PNG modes libpng is given as arrays (``np.asarray`` of these is uint8 with 1-4 channels): up-igzip's
+_LIBPNG_MODES = frozenset(_PNG_COLOR_TYPE)
 
 # what Pillow raises on malformed input (plugins are not consistent about it)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,

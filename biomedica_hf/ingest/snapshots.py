@@ -189,15 +189,6 @@ def _folder_definition(work: Work) -> str:
     return recorded_hash_name(previous_summary(work))
 
 
-def _folder_png_strategy(work: Work) -> str | None:
-    """How the folder's converted figures were encoded (``build_summary.json`` ``media.png_strategy``), None when
-    not recorded."""
-    from biomedica_hf.ingest.finish import previous_summary
-
-    media = previous_summary(work).get("media")
-    return media.get("png_strategy") if isinstance(media, dict) else None
-
-
 def folder_options(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
     """The options snapshot ``k`` builds with: a fresh build uses ``cfg``'s. An update keeps two choices of the folder
     it updates, so that no folder mixes two of either and what its card says of them holds for every sample:
@@ -212,18 +203,23 @@ def folder_options(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
 
     A resumed snapshot keeps the encoding its layout recorded when it began (snapshots begun by code older than the
     record: ``cfg``'s)."""
+    from biomedica_hf.ingest.finish import previous_summary
+
     media = cfg.media
+    png = None
     if k > 0:
-        have = _folder_definition(work)
+        summary = previous_summary(work)
+        have = recorded_hash_name(summary)
         if have != media.phash and have in DEFINITIONS:
             media = dataclasses.replace(media, phash=have)
+        recorded = summary.get("media") if isinstance(summary.get("media"), dict) else {}
+        png, whose, keeper = recorded.get("png_strategy"), "folder", "update"
     begun = work.meta(k)                    # a resumed snapshot's layout, None for a new one
-    png, whose = (begun.get("png_strategy"), "snapshot") if begun else (
-        _folder_png_strategy(work) if k > 0 else None, "folder")
+    if begun is not None:
+        png, whose, keeper = begun.get("png_strategy"), "snapshot", "resume"
     if png in PNG_STRATEGIES and png != media.png_strategy:
         if png_strategy_available(png):
-            log.info("this %s's converted figures are PNGs of png_strategy %r: the %s keeps it", whose, png,
-                     "resume" if begun else "update")
+            log.info("this %s's converted figures are PNGs of png_strategy %r: the %s keeps it", whose, png, keeper)
             media = dataclasses.replace(media, png_strategy=png)
         else:
             log.warning("this %s's converted figures are PNGs of png_strategy %r, which needs python-isal: the new "
