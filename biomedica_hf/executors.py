@@ -103,7 +103,11 @@ class LocalExecutor(Executor):
         if self.slots > 1:
             self._frozen = frozen_heap()          # the workers fork from a heap the collector leaves alone
             self._frozen.__enter__()
-            self._pool = ProcessPoolExecutor(self.slots, initializer=initializer, initargs=initargs)
+            try:
+                self._pool = ProcessPoolExecutor(self.slots, initializer=initializer, initargs=initargs)
+            except BaseException:
+                self.close()                      # the heap is not left frozen
+                raise
         elif initializer is not None:
             initializer(*initargs)
 

@@ -414,20 +414,31 @@ class _Plots:
         if workers > 1 and sys.platform.startswith("linux"):     # fork (matplotlib imported once); macOS: here
             self.frozen = frozen_heap()         # the forks' collections leave the inherited objects alone
             self.frozen.__enter__()
-            self.pool = mp.get_context("fork").Pool(min(workers, len(specs)))
-            self.pending = self.pool.starmap_async(_draw, specs, chunksize=1)
+            try:
+                self.pool = mp.get_context("fork").Pool(min(workers, len(specs)))
+                self.pending = self.pool.starmap_async(_draw, specs, chunksize=1)
+            except BaseException:
+                self._release()                 # no pool or frozen heap left behind
+                raise
         else:
             self.paths = [_draw(*spec) for spec in specs]
 
-    def wait(self) -> list[Path]:
+    def _release(self) -> None:
         if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+        if self.frozen is not None:
+            self.frozen.__exit__(None, None, None)
+            self.frozen = None
+
+    def wait(self) -> list[Path]:
+        if self.pending is not None:
             try:
                 self.paths = self.pending.get()
             finally:
-                self.pool.terminate()
-                self.pool.join()
-                self.pool = None
-                self.frozen.__exit__(None, None, None)
+                self.pending = None
+                self._release()
         return self.paths
 
 
