@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import zlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from support.images import png_row_filters
 
 from biomedica_hf.dataset.card import write_card
 from biomedica_hf.ingest import state
@@ -42,18 +42,7 @@ def _converted_filters(out: Path) -> dict[str, set[int]]:
             continue
         with open(out / r["shard"], "rb") as fh:
             fh.seek(r["image_offset"])
-            png = fh.read(r["image_size"])
-        i, idat, width, channels = 8, b"", 0, 0
-        while i < len(png):
-            n = int.from_bytes(png[i:i + 4], "big")
-            kind, body = png[i + 4:i + 8], png[i + 8:i + 8 + n]
-            if kind == b"IHDR":
-                width, channels = int.from_bytes(body[:4], "big"), {0: 1, 2: 3, 4: 2, 6: 4}[body[9]]
-            elif kind == b"IDAT":
-                idat += body
-            i += 12 + n
-        raw = zlib.decompress(idat)
-        got[r["key"]] = set(raw[::width * channels + 1])
+            got[r["key"]] = set(png_row_filters(fh.read(r["image_size"])))
     return got
 
 
