@@ -528,5 +528,52 @@ def _register_panel_commands() -> None:
 
 _register_panel_commands()
 
+
+def run() -> None:
+    """The ``biomedica`` console script: :func:`main`, then an exit without the interpreter's teardown.
+
+    At exit CPython frees, one by one, every object of every module the command imported (numpy, pyarrow, pandas,
+    lxml, matplotlib, scipy): ~0.3 s after a build has finished (benchmarks/bench_build.py), for memory the
+    operating system takes back at once. Once the command has returned, the process ends as CPython's own exit
+    begins (threads that are not daemons joined, every ``atexit`` handler run: logging's flush, multiprocessing's
+    and Ray's clean-up, those of any library; stdout and stderr flushed) and then leaves with ``os._exit`` and the
+    command's exit status, the way Instagram skips the same teardown. Under a tracer or profiler (coverage,
+    ``python -m cProfile``: they save after the script returns), in ``-X dev`` mode, or with
+    ``BIOMEDICA_FULL_EXIT=1``, the interpreter exits as usual."""
+    try:
+        main()                          # click's standalone mode: always ends in SystemExit
+    except SystemExit as e:
+        _exit(e.code)
+    _exit(0)
+
+
+def _exit(code) -> None:
+    """``sys.exit(code)``, without the teardown when nothing can need it (:func:`run`)."""
+    if (sys.gettrace() is not None or sys.getprofile() is not None or sys.flags.dev_mode
+            or os.environ.get("BIOMEDICA_FULL_EXIT", "").strip().lower() in ("1", "true", "yes", "on")):
+        sys.exit(code)
+    import atexit
+    import threading
+
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:                               # sys.exit("message"): printed to stderr, status 1
+        print(code, file=sys.stderr)
+        status = 1
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()            # (runs and clears them: none runs twice)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):   # a closed pipe: CPython's exit reports it with status 120
+            status = status or 120
+    os._exit(status & 0xFF)
+
+
 if __name__ == "__main__":
-    main()
+    run()
