@@ -170,7 +170,11 @@ def choose_layout(snapshot: int, bucket_counts: list[int], fractions: tuple[floa
 
 # ------------------------------------------------------------------------------------------ spool
 class ListingSpool:
-    """Streams refs into one JSON-lines file per fine bucket (buffered, bounded memory)."""
+    """Streams refs into one JSON-lines file per fine bucket (buffered, bounded memory).
+
+    A listing that never fills the buffer (fewer than ``flush_lines`` rows: a build of up to 20,000 articles) ends
+    (:meth:`finish`) with its rows still in memory, where they are read (:meth:`rows`): no bucket file is written,
+    and none is read back (for 700 articles, ~640 files of one line or two: ~0.15 s of a small build)."""
 
     def __init__(self, folder: Path, flush_lines: int = SPOOL_FLUSH_LINES):
         self.folder = Path(folder)
@@ -181,6 +185,7 @@ class ListingSpool:
         self.counts = [0] * FINE_BUCKETS
         self._buf: dict[int, list[str]] = {}
         self._n_buf = 0
+        self._spilled = False           # some rows are in the bucket files
         self.seq = 0
 
     def add(self, ref: ArticleRef) -> None:
@@ -197,8 +202,23 @@ class ListingSpool:
         for b, lines in self._buf.items():
             with open(self.folder / f"b{b:04d}.jsonl", "a", encoding="utf-8") as fh:
                 fh.write("\n".join(lines) + "\n")
+        self._spilled = self._spilled or bool(self._buf)
         self._buf.clear()
         self._n_buf = 0
+
+    def finish(self) -> None:
+        """The listing is complete: what is buffered joins the bucket files, unless no row ever went there."""
+        if self._spilled:
+            self.flush()
+
+    def rows(self, bucket: int) -> Iterator[tuple[int, ArticleRef]]:
+        """(listing sequence, ref) of every row of ``bucket``, in the order they were added (after :meth:`finish`)."""
+        if self._spilled:
+            yield from spool_rows(self.folder, bucket)
+            return
+        for line in self._buf.get(bucket, ()):
+            d = json.loads(line)
+            yield d["seq"], ref_from_json(d["ref"])
 
 
 def spool_rows(folder: Path, bucket: int) -> Iterator[tuple[int, ArticleRef]]:

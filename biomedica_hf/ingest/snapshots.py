@@ -1,6 +1,6 @@
 """Planning a snapshot, and checking a resumed one.
 
-**Planning**: the source's listing is streamed into per-bucket spool files, then cut into partition manifests
+**Planning**: the source's listing is streamed into per-bucket spool files (kept in memory when it is small), then cut into partition manifests
 (Parquet) by a stable hash of the PMCID (:mod:`biomedica_hf.ingest.partition`). An update keeps only new articles,
 new versions and retried failures, and records the articles that were retracted, withdrawn or superseded
 (``removed.parquet``). The snapshot's sealed ``layout.json`` commits the plan.
@@ -34,7 +34,6 @@ from biomedica_hf.ingest.partition import (
     read_manifest,
     ref_from_json,
     ref_revision,
-    spool_rows,
     write_layout,
     write_manifest,
 )
@@ -98,7 +97,7 @@ def list_snapshot(cfg: BuildOptions, work: Work, k: int) -> tuple[ListingSpool, 
         finally:
             writer.close()
             source.close()
-    spool.flush()
+    spool.finish()
     return spool, n
 
 
@@ -250,7 +249,7 @@ def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
     plan_rows: list[dict] = []          # ledger rows of the diff itself (a version going backward)
     if k == 0:
         counts = spool.counts
-        source_folder = spool.folder
+        planned = spool
     else:
         _check_history(work, k)
         removed = removed_records(work, k)
@@ -264,7 +263,7 @@ def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
             old = _old_entries(work, k, b, removed, cache)
             n_old += len(old)
             new_seen: set[str] = set()
-            for seq, ref in sorted(spool_rows(spool.folder, b), key=lambda r: r[0]):
+            for seq, ref in sorted(spool.rows(b), key=lambda r: r[0]):
                 if ref.pmcid in new_seen:
                     continue
                 new_seen.add(ref.pmcid)
@@ -299,7 +298,7 @@ def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
                     changes["withdrawn"] += 1
                     removed_rows.append({"pmcid": pmcid, "snapshot": prev["snapshot"], "pid": prev["pid"],
                                          "reason": "withdrawn"})
-        delta.flush()
+        delta.finish()
         if cfg.limit is None and not cfg.allow_shrink and n_old and changes["withdrawn"] > n_old // 2:
             raise FatalBuildError(
                 f"the new listing drops {changes['withdrawn']} of {n_old} articles of this dataset; if PMC really "
@@ -308,7 +307,7 @@ def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
             removed_rows = [r for r in removed_rows if r["reason"] != "withdrawn"]
             changes.pop("withdrawn", None)
         counts = delta.counts
-        source_folder = delta.folder
+        planned = delta
         if not sum(counts) and not removed_rows and not plan_rows:
             shutil.rmtree(work.snap(k), ignore_errors=True)   # nothing changed: no snapshot
             return None
@@ -322,7 +321,7 @@ def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:
         changes["added"] = sum(counts)
     manifests = {}
     for pid in layout.all_partitions():
-        rows = [r for b in layout.buckets_of(pid) for r in spool_rows(source_folder, b)]
+        rows = [r for b in layout.buckets_of(pid) for r in planned.rows(b)]
         write_manifest(work.manifest(pid), rows)
         manifests[pid.name] = manifest_digest(work.manifest(pid))
     n_articles = sum(counts)

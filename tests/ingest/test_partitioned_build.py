@@ -148,6 +148,39 @@ def _update_input(src: Path, dest: Path) -> dict:
             "added": [f"PMC{n}" for n in range(95_200_000, 95_200_003)]}
 
 
+def test_a_small_listing_plans_in_memory_exactly_as_one_spilled_to_bucket_files(corpus, tmp_path, monkeypatch):
+    """The listing spool keeps a listing smaller than its buffer in memory (no bucket file written or read back);
+    one spilled to the bucket files, 3 rows at a time, plans the same snapshots: a build, then an update with new,
+    re-versioned, retracted and withdrawn articles (the update's delta spool too), and writes the same shards."""
+    from biomedica_hf.ingest.partition import ListingSpool
+
+    made: list[ListingSpool] = []
+    real_finish = ListingSpool.finish
+
+    def finish(self):
+        real_finish(self)
+        made.append(self)
+        files = sorted(p.name for p in self.folder.iterdir())
+        assert (files != []) == (self.flush_lines == 3), files     # spilled, or nothing on disk at all
+
+    monkeypatch.setattr(ListingSpool, "finish", finish)
+    newer = tmp_path / "newer"
+    _update_input(corpus, newer)
+    results, default = [], ListingSpool.__init__.__defaults__[0]
+    for flush_lines in (default, 3):
+        monkeypatch.setattr(ListingSpool.__init__, "__defaults__", (flush_lines,))
+        out = tmp_path / f"ds{flush_lines}"
+        build(_cfg(corpus, out))
+        report = build(_cfg(newer, out))
+        assert report.changes == {"added": 3, "replaced": 1, "retracted": 1, "withdrawn": 1}
+        layouts = [json.loads((out / "_work" / "snapshots" / f"s{k:03d}" / "layout.json").read_text())
+                   for k in (0, 1)]
+        results.append(([(x["manifests"], x["partitions"], x["articles"]) for x in layouts], _shard_files(out)))
+    assert len(made) == 6 and {s.flush_lines for s in made} == {3, default}
+    assert results[0] == results[1]
+    assert sum(len(m) for m, _, _ in results[0][0]) > 4
+
+
 def test_update_adds_reversions_retracts_and_withdraws(corpus, tmp_path):
     import datasets
 
