@@ -1,6 +1,6 @@
 """How the `biomedica` console script ends (`biomedica_hf.cli.run`): after the command, the exit CPython's own would
 begin with (threads joined, every atexit handler run, stdout/stderr flushed, the command's status), without the
-teardown that frees every imported module object by object (~0.3 s after a build). Each test is run both ways:
+teardown that frees every imported module object by object (~0.3 s after a build). The cases run both ways:
 quick, and with BIOMEDICA_FULL_EXIT=1 (the interpreter's usual exit), and the user sees the same thing."""
 from __future__ import annotations
 

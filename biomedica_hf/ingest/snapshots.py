@@ -1,9 +1,9 @@
 """Planning a snapshot, and checking a resumed one.
 
-**Planning**: the source's listing is streamed into per-bucket spool files (kept in memory when it is small), then cut into partition manifests
-(Parquet) by a stable hash of the PMCID (:mod:`biomedica_hf.ingest.partition`). An update keeps only new articles,
-new versions and retried failures, and records the articles that were retracted, withdrawn or superseded
-(``removed.parquet``). The snapshot's sealed ``layout.json`` commits the plan.
+**Planning**: the source's listing is streamed into per-bucket spool files (kept in memory when it is small), then
+cut into partition manifests (Parquet) by a stable hash of the PMCID (:mod:`biomedica_hf.ingest.partition`). An
+update keeps only new articles, new versions and retried failures, and records the articles that were retracted,
+withdrawn or superseded (``removed.parquet``). The snapshot's sealed ``layout.json`` commits the plan.
 
 **Resuming**: which snapshot a run works on, and every piece of a resumed snapshot's state checked before anything
 trusts it (a damaged piece is planned again, or the snapshot is discarded and redone).
