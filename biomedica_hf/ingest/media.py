@@ -241,7 +241,8 @@ KEEP_ORIGINAL: dict[str, tuple[frozenset[str], str]] = {
 # ICC header bytes 16..20: data colour space, checked against the output mode
 _ICC_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "L": b"GRAY", "LA": b"GRAY"}
 
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*",
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MAGIC = (b"\xff\xd8\xff", _PNG_SIGNATURE, b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*",
           b"BM", b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")
 
 PNG_COMPRESS_LEVEL = 6
@@ -397,7 +398,6 @@ def _open(data: bytes) -> Image.Image:
 
 
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # TIFF (offsets, byte counts) tag pairs: strips, tiles
 _TIFF_EXTENTS = ((273, 279), (324, 325))
 
@@ -663,7 +663,7 @@ def check_image_file(f, name: str = "", max_metadata_bytes: int = DEFAULT_MAX_ME
             if 0xE0 <= marker <= 0xEF or marker == 0xFE:
                 total += 2 + length
             pos += 2 + length
-    elif head.startswith(b"\x89PNG\r\n\x1a\n"):          # PNG: every chunk but the pixel ones, and a tail
+    elif head.startswith(_PNG_SIGNATURE):                # PNG: every chunk but the pixel ones, and a tail
         pos = 8
         while total <= max_metadata_bytes:
             f.seek(pos)
