@@ -10,6 +10,11 @@
   worker twice (OOM, SIGKILL), and is then ledgered instead of tried again;
 * ``staged.json`` written last (a sealed record, :mod:`biomedica_hf.ingest.state`): the partition is staged.
 
+A partition staged in **slices** (the last ones of a small build, :func:`biomedica_hf.ingest.pipeline.stage_units`)
+has one such folder per slice of its manifest (``<pid>~<start>-<end>``); once all are staged, their units are
+copied into the partition's folder in manifest order as they are (:meth:`PartitionStage.append_staging`: a log line
+then carries ``shift``, how far the unit's images moved), and the partition is sealed as if one task had staged it.
+
 A killed partition resumes after its last finished article (``images.bin`` is cut back to that
 article's end offset), so a resumed partition stages exactly the bytes of an uninterrupted one.
 
@@ -180,6 +185,35 @@ class PartitionStage:
             fh.write(json.dumps(entry) + "\n")
         return n
 
+    def append_staging(self, other: "PartitionStage") -> int:
+        """Append every finished unit of ``other`` (a slice of this partition), in order, as its bytes are: each
+        unit's images and record copied as one range (its record checked against its sha256 first), its log line
+        saying how far its images moved (``shift``, which :meth:`units` adds to their offsets), so that nothing is
+        decoded or compressed again. Returns the bytes copied."""
+        lines = other._lines(repair=False)
+        n, prev = 0, 0
+        with open(other.bin, "rb") as src, open(self.bin, "ab") as dst, open(self.log, "a", encoding="utf-8") as log:
+            for d in lines:
+                src.seek(prev)
+                data = src.read(d["bin_end"] - prev)
+                off, size, raw = d["record"]
+                if (len(data) != d["bin_end"] - prev
+                        or hashlib.sha256(data[off - prev:off - prev + size]).hexdigest() != d["sha"]):
+                    raise StateError(f"{other.bin}: the unit of {d['ref_id']} at {prev} is cut or damaged")
+                start = dst.tell()
+                dst.write(data)
+                dst.flush()                              # the bytes before the line that names them
+                moved = start - prev
+                entry = {"ref_id": d["ref_id"], "record": [off + moved, size, raw], "bin_end": start + len(data),
+                         "sha": d["sha"], "timings": d.get("timings", {})}
+                if moved + d.get("shift", 0):
+                    entry["shift"] = moved + d.get("shift", 0)
+                entry["seal"] = hashlib.sha256(_line_body(entry)).hexdigest()
+                log.write(json.dumps(entry) + "\n")
+                n += len(data)
+                prev = d["bin_end"]
+        return n
+
     def mark_staged(self, info: dict) -> None:
         """Seal the staging: the marker records ``info`` and the log's length and sha256."""
         write_sealed(self.marker, {**info, "log": file_seal(self.log) if self.log.exists() else [0, ""]})
@@ -204,6 +238,10 @@ class PartitionStage:
                     rec = plainjson.loads(pa.decompress(blob, decompressed_size=raw, codec="zstd", asbytes=True))
                 except (OSError, ValueError, pa.ArrowException) as e:
                     raise StateError(f"{self.bin}: the record of {d['ref_id']} at {off} is damaged ({e})") from None
+                shift = d.get("shift", 0)
+                if shift:                                # a unit copied from a slice (append_staging)
+                    for s in rec["samples"]:
+                        s["offset"] += shift
                 yield {"ref_id": d["ref_id"], **rec, "timings": d.get("timings", {})}
 
     def read_samples(self, rows: list[dict]) -> Iterator[Sample]:

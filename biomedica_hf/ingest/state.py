@@ -32,6 +32,7 @@ FAULT_POINTS = (
     "planned",           # manifests and layout written
     "staged_article",    # one article appended to a partition's staging
     "staged",            # a partition's staging marked complete
+    "slice_staged",      # a slice of a partition staged (staged in slices: the last partitions of a build)
     "deduped",           # decisions written
     "shard_written",     # one shard of a partition written
     "partition_written",  # a partition's parts and done marker written, its staging not yet removed

@@ -87,18 +87,20 @@ class PartitionTask:
     job: PartitionJob
     decisions: str | None = None
     decided: str | None = None
+    rows: tuple[int, int] | None = None           # stage only: a slice, manifest rows [start, end) (stage_slice)
 
     @property
     def key(self) -> str:
-        return self.pid
+        return self.pid if self.rows is None else f"{self.pid}[{self.rows[0]}:{self.rows[1]}]"
 
     def shared(self, slots: int) -> "PartitionTask":
         """The task as one of ``slots`` running at the same time (the source's request rate split)."""
         return dataclasses.replace(self, job=dataclasses.replace(self.job, source=self.job.source.shared(slots)))
 
     def stage(self) -> dict:
-        """Stage every article of the partition (resumable article by article); its staged info."""
-        return stage_partition(self)
+        """Stage every article of the partition, or of its slice (resumable article by article); its staged
+        info (a slice's: ``pid``, ``rows``, ``units``)."""
+        return stage_partition(self) if self.rows is None else stage_slice(self)
 
     def write(self) -> dict:
         """Shuffle, shard and write the staged partition; its done marker's record."""
@@ -258,13 +260,20 @@ def _open_stage(stage: PartitionStage, digest: str | None, phash: str) -> set[st
     try:
         return stage.open()[0]
     except StateError as e:
-        log.warning("%s: the partition's staging is redone", e)
+        log.warning("%s: the staging of %s is redone", e, stage.folder.name)
         stage.remove()
         return _open_stage(stage, digest, phash)
 
 
 def _stage_rows(job: PartitionJob, pid: PartitionId, stage: PartitionStage, rows: list[dict], done: set[str],
                 digest: str | None) -> dict:
+    n_bytes = _stage_units(job, pid, stage, rows, done)
+    return _finish_stage(job, pid, stage, n_bytes, rows, digest)
+
+
+def _stage_units(job: PartitionJob, pid: PartitionId, stage: PartitionStage, rows: list[dict], done: set[str]) -> int:
+    """Stage the manifest ``rows`` not ``done`` yet into ``stage`` (a partition's or a slice's), in their order;
+    the image bytes written."""
     work = job.work
     pid_name = pid.name
     starts = stage.start_counts()
@@ -305,7 +314,7 @@ def _stage_rows(job: PartitionJob, pid: PartitionId, stage: PartitionStage, rows
             stage.append(failed)
         checkpoint("staged_article")
         tick(work.root / "progress", pid_name)   # the driver's bar over articles
-    return _finish_stage(job, pid, stage, n_bytes, rows, digest)
+    return n_bytes
 
 
 def _rids(rows: list[dict]) -> list[str]:
@@ -319,16 +328,18 @@ def _rids(rows: list[dict]) -> list[str]:
 
 def _finish_stage(job: PartitionJob, pid: PartitionId, stage: PartitionStage, n_bytes: int, rows: list[dict],
                   digest: str | None) -> dict:
-    work = job.work
-    hash_rows, n_samples, retry, failed = [], 0, [], []
-    seen: Counter = Counter()
-    no_fate: list[str] = []
+    return _seal_partition(job, pid, stage, _scan(stage), n_bytes, rows, digest)
+
+
+def _scan(stage: PartitionStage) -> dict:
+    """What a partition's (or a slice's) sealing needs from its staged units: the unit ids in order, those without
+    an article fate, the samples' hash rows, the failed and the retried articles (JSON: a slice's marker keeps it)."""
+    hash_rows, retry, failed, seen, no_fate = [], [], [], [], []
     for unit in stage.units():
-        seen[unit["ref_id"]] += 1
+        seen.append(unit["ref_id"])
         if not any(e["kind"] == "article" for e in unit["ledger"]):
             no_fate.append(unit["ref_id"])
         for s in unit["samples"]:
-            n_samples += 1
             hash_rows.append({"key": s["key"], "sha256": s["image"]["sha256"], "subset": s["meta"]["subset"],
                               "pmcid": s["meta"]["pmcid"], "phash": s["meta"].get("phash")})
         for e in unit["ledger"]:
@@ -336,18 +347,30 @@ def _finish_stage(job: PartitionJob, pid: PartitionId, stage: PartitionStage, n_
                 failed.append(e["pmcid"])          # any failed item: --retry-failed re-processes the article
                 if e["kind"] == "article" and e["reason"] in TRANSIENT_REASONS:
                     retry.append(e["pmcid"])       # retried by any rerun
-    listed = set(_rids(rows))
-    if set(seen) != listed or any(n > 1 for n in seen.values()) or no_fate:      # every listed article exactly once, each with its fate
-        raise StateError(f"partition {pid.name}: staged articles differ from its manifest (missing "
+    return {"seen": seen, "no_fate": no_fate, "hash_rows": hash_rows, "failed": failed, "retry": retry}
+
+
+def _check_scan(name: str, scan: dict, rows: list[dict]) -> None:
+    """Every listed article (of ``rows``) staged exactly once, each with its fate."""
+    seen, listed, no_fate = Counter(scan["seen"]), set(_rids(rows)), scan["no_fate"]
+    if set(seen) != listed or any(n > 1 for n in seen.values()) or no_fate:
+        raise StateError(f"{name}: staged articles differ from its manifest (missing "
                          f"{sorted(listed - set(seen))[:5]}, extra {sorted(set(seen) - listed)[:5]}, without an article "
                          f"fate {no_fate[:5]})")
+
+
+def _seal_partition(job: PartitionJob, pid: PartitionId, stage: PartitionStage, scan: dict, n_bytes: int,
+                    rows: list[dict], digest: str | None) -> dict:
+    """Check the partition's staged units (``scan``) against its manifest, write their hash rows and seal it."""
+    work = job.work
+    _check_scan(f"partition {pid.name}", scan, rows)
     for old in work.hash_files(pid.snapshot, pid.name):
         old.unlink()
-    write_hash_rows(work.hashes(pid.snapshot), pid.name, hash_rows, job.n_hash)
+    write_hash_rows(work.hashes(pid.snapshot), pid.name, scan["hash_rows"], job.n_hash)
     hashes = {p.relative_to(work.hashes(pid.snapshot)).as_posix(): file_seal(p)
               for p in work.hash_files(pid.snapshot, pid.name)}
-    info = {"pid": pid.name, "samples": n_samples, "bytes": n_bytes, "failed": sorted(set(failed)),
-            "retry": sorted(set(retry)), "manifest": digest, "units": sum(seen.values()), "hashes": hashes,
+    info = {"pid": pid.name, "samples": len(scan["hash_rows"]), "bytes": n_bytes, "failed": sorted(set(scan["failed"])),
+            "retry": sorted(set(scan["retry"])), "manifest": digest, "units": len(scan["seen"]), "hashes": hashes,
             "phash": job.media.phash,
             "hash_digest": hashlib.sha256(json.dumps(sorted(hashes.items())).encode()).hexdigest()}
     stage.mark_staged(info)
@@ -522,14 +545,98 @@ def stage_partition(task: PartitionTask) -> dict:
     raise AssertionError("unreachable")
 
 
-def give_up_partition(task: PartitionTask, attempts: int, error: str) -> dict:
-    """A partition whose worker died ``attempts`` times: its unfinished articles are ledgered."""
+def stage_slice(task: PartitionTask) -> dict:
+    """Stage one slice of a partition (manifest rows ``task.rows``) into its own staging, resumable article by
+    article like a partition; :func:`combine_slices` appends the slices to the partition's staging in manifest
+    order once all are staged. A slice is only staging: it writes no hash rows and nothing the output depends on."""
     pid_name, digest = task.pid, task.manifest
     work = task.job.work
     pid = PartitionId.parse(pid_name)
+    stage = work.slice_stage(pid, task.rows)
+    if _slice_ready(stage, digest, task.job.media.phash):
+        return {k: v for k, v in stage.staged_info().items() if k != "scan"}
+    rows = _manifest_rows(work, pid, digest)[slice(*task.rows)]
+    for attempt in range(2):
+        done = _open_stage(stage, digest, task.job.media.phash)
+        try:
+            _stage_units(task.job, pid, stage, rows, done)
+            return _seal_slice(task, stage, rows)
+        except StateError as e:
+            if attempt:
+                raise FatalBuildError(f"{task.key}: its staging is damaged again after being redone ({e}); is the "
+                                      f"disk failing?") from e
+            log.warning("%s: the slice's staging is redone", e)
+            stage.remove()
+    raise AssertionError("unreachable")
+
+
+def _slice_ready(stage: PartitionStage, digest: str | None, phash: str) -> bool:
+    """A slice staged for this manifest, with this hash definition's values, its ``images.bin`` as long as its log
+    says (a flipped byte is found later: a record's by its sha256 when the slices are combined, an image's by its
+    CRC-32 when the partition is written)."""
+    bound = read_sealed(stage.folder / "for.json")
+    if not (bound is not None and bound.get("manifest") == digest and recorded_hash_name(bound) == phash
+            and stage.is_staged(digest)):
+        return False
+    try:
+        stage.finished()
+    except StateError:
+        return False
+    return True
+
+
+def _seal_slice(task: PartitionTask, stage: PartitionStage, rows: list[dict]) -> dict:
+    """Check a slice's staged units against its manifest rows (as a partition's are), and seal it with what the
+    partition's sealing needs from them (:func:`_scan`), so that combining the slices reads no record again."""
+    scan = _scan(stage)
+    _check_scan(task.key, scan, rows)
+    info = {"pid": task.pid, "rows": list(task.rows), "manifest": task.manifest, "units": len(scan["seen"]),
+            "scan": scan}
+    stage.mark_staged(info)
+    checkpoint("slice_staged")
+    return {k: v for k, v in info.items() if k != "scan"}
+
+
+def combine_slices(task: PartitionTask, slices: list[tuple[int, int]]) -> dict:
+    """Copy the staged slices of a partition (rows ``slices``, which tile its manifest) into the partition's own
+    staging in manifest order (:meth:`~biomedica_hf.ingest.staging.PartitionStage.append_staging`: byte ranges, no
+    record decoded), then seal the partition from the slices' scans, as if one task had staged it: the same checks,
+    hash rows and marker, the same samples for the write. The slices are removed after. The partition's staging is
+    made anew (a killed combine is simply done again). A slice that is missing or does not check raises
+    :class:`StateError` (the caller stages the partition as a whole)."""
+    pid_name, digest = task.pid, task.manifest
+    work = task.job.work
+    pid = PartitionId.parse(pid_name)
+    rows = _manifest_rows(work, pid, digest)
+    parts = [work.slice_stage(pid, r) for r in sorted(slices)]
+    for r, part in zip(sorted(slices), parts):
+        if not _slice_ready(part, digest, task.job.media.phash):
+            raise StateError(f"{pid_name}[{r[0]}:{r[1]}]: the slice is not staged, or its staging is damaged")
     stage = work.stage(pid)
+    stage.remove()
+    _open_stage(stage, digest, task.job.media.phash)
+    scan: dict[str, list] = {"seen": [], "no_fate": [], "hash_rows": [], "failed": [], "retry": []}
+    n_bytes = 0
+    for part in parts:
+        n_bytes += stage.append_staging(part)
+        for name, values in part.staged_info()["scan"].items():
+            scan[name].extend(values)
+    info = _seal_partition(task.job, pid, stage, scan, n_bytes, rows, digest)
+    for part in parts:
+        part.remove()
+    return info
+
+
+def give_up_partition(task: PartitionTask, attempts: int, error: str) -> dict:
+    """A partition (or a slice) whose worker died ``attempts`` times: its unfinished articles are ledgered."""
+    pid_name, digest = task.pid, task.manifest
+    work = task.job.work
+    pid = PartitionId.parse(pid_name)
+    stage = work.stage(pid) if task.rows is None else work.slice_stage(pid, task.rows)
     done = _open_stage(stage, digest, task.job.media.phash)
     rows = _manifest_rows(work, pid, digest)
+    if task.rows is not None:
+        rows = rows[slice(*task.rows)]
     for row in rows:
         ref = ref_from_json(row["ref"])
         rid = f"{ref.pmcid}@{ref.location}" if row["duplicate"] else ref.pmcid
@@ -538,6 +645,8 @@ def give_up_partition(task: PartitionTask, attempts: int, error: str) -> dict:
                                                          f"partition {pid_name} failed {attempts} times: {error}"[:500],
                                                          ref.location)])
             stage.append(res)
+    if task.rows is not None:
+        return _seal_slice(task, stage, rows)
     return _finish_stage(task.job, pid, stage, 0, rows, digest)
 
 
@@ -577,5 +686,5 @@ def write_partition(task: PartitionTask) -> dict:
 
 
 
-__all__ = ["PartitionJob", "PartitionTask", "close_sources", "init_worker", "process_ref", "reconcile_identity",
-           "source_for"]
+__all__ = ["PartitionJob", "PartitionTask", "close_sources", "combine_slices", "init_worker", "process_ref",
+           "reconcile_identity", "source_for"]

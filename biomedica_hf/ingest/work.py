@@ -32,6 +32,20 @@ class Work:
     def stage(self, pid: PartitionId) -> PartitionStage:
         return PartitionStage(self.root / "stage" / pid.name)
 
+    def slice_stage(self, pid: PartitionId, rows: tuple[int, int]) -> PartitionStage:
+        """The staging of manifest rows ``[start, end)`` of a partition staged in slices (``<pid>~<start>-<end>``)."""
+        return PartitionStage(self.root / "stage" / f"{pid.name}~{rows[0]}-{rows[1]}")
+
+    def slice_stages(self, pid: PartitionId) -> dict[tuple[int, int], PartitionStage]:
+        """The slice stagings of a partition that exist, by their rows."""
+        found = {}
+        folder = self.root / "stage"
+        for p in folder.glob(f"{pid.name}~*-*") if folder.is_dir() else []:
+            start, _, end = p.name.rpartition("~")[2].partition("-")
+            if start.isdigit() and end.isdigit() and p.is_dir():
+                found[(int(start), int(end))] = PartitionStage(p)
+        return found
+
     def hashes(self, k: int) -> Path:
         return self.snap(k) / "hashes"
 
@@ -114,11 +128,15 @@ def read_manifest_count(work: Work, pid: PartitionId) -> int:
     return pq.ParquetFile(p).metadata.num_rows if p.exists() else 0
 
 
-def n_finished(stage: PartitionStage) -> int:
-    try:
-        return len(stage.finished()[0])
-    except StateError:
-        return 0
+def n_finished(*stages: PartitionStage) -> int:
+    """Articles finished in a partition's staging (and its slices' stagings, when given: each counted once)."""
+    done: set[str] = set()
+    for stage in stages:
+        try:
+            done |= stage.finished()[0]
+        except StateError:
+            pass
+    return len(done)
 
 
 def all_parts(work: Work, kind: str) -> list[Path]:
