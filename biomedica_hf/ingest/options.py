@@ -47,7 +47,7 @@ class BuildOptions:
     caption_dups: bool = True                     # flag near-duplicate captions (MinHash)
     allow_downgrade: bool = False                 # an update may replace an article by an older version
     rebuild_state: bool = False                   # a folder whose _work/ is gone: reconstruct it first
-    sliced_partitions: int | None = None          # partitions staged last that are cut into slices (None: 2 per
+    sliced_partitions: int | None = None          # partitions staged last that are cut into slices (None: one per
                                                   # worker with 2+ workers, pipeline.stage_units); staging only
     preload: tuple[str, ...] = ()                 # modules the caller needs after the build (the card's): imported
                                                   # while the workers stage, off the critical path (pipeline._Preload)

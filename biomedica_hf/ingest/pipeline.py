@@ -121,14 +121,14 @@ def stage_units(work: Work, todo: list[PartitionTask], workers: int,
 
     Partitions are the output's layout; with a few hundred articles each, a small build has too few of them to
     end the phase evenly: the last one runs alone while the other workers idle (~0.5 s of 7 at 2,000 figures on
-    2 workers). So the ``sliced`` partitions staged last (``None``: 2 per worker with 2+ workers, none with one)
+    2 workers). So the ``sliced`` partitions staged last (``None``: one per worker with 2+ workers, none with one)
     are staged as :data:`SLICES` slices of their manifest each, run after every whole partition, and
     :func:`~biomedica_hf.ingest.task.combine_slices` appends them in manifest order: the partition's staging, and
     so everything written from it, is the same as one task's. Only partitions that nothing has staged yet are
     cut, of :data:`MAX_SLICED` articles at most (at PMC scale the tail is one partition in thousands); a
     partition whose slices a killed run left (the same rows, tiling its manifest) is staged in those again."""
     counts = {t.pid: read_manifest_count(work, PartitionId.parse(t.pid)) for t in todo}
-    budget = (2 * workers if workers > 1 else 0) if sliced is None else sliced
+    budget = (workers if workers > 1 else 0) if sliced is None else sliced
     plan: dict[str, list[tuple[int, int]]] = {}
     for t in sorted(todo, key=lambda t: counts[t.pid]):          # smallest first: the ones staged last
         pid, n = PartitionId.parse(t.pid), counts[t.pid]

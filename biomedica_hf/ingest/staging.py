@@ -27,8 +27,10 @@ image whose bytes changed, ``images.bin`` shorter than the log says) raises
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections import Counter
@@ -69,6 +71,28 @@ def _dumps(obj) -> bytes:
         return json.dumps(obj, ensure_ascii=False, default=str).encode()
     except UnicodeEncodeError:
         return json.dumps(_clean(obj), ensure_ascii=False, default=str).encode()
+
+
+def _copy_range(src: int, dst: int, n: int, at: int) -> None:
+    """Bytes ``[0, n)`` of file ``src`` to offset ``at`` of file ``dst`` (the kernel's ``copy_file_range``; a plain
+    read and write where the file system or the platform has none)."""
+    done = 0
+    try:
+        while done < n:
+            k = os.copy_file_range(src, dst, n - done, done, at + done)
+            if k == 0:
+                raise StateError(f"a slice's staging is {done} bytes, its log says {n}: cut")
+            done += k
+        return
+    except (AttributeError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    while done < n:
+        chunk = os.pread(src, min(n - done, 1 << 24), done)
+        if not chunk:
+            raise StateError(f"a slice's staging is {done} bytes, its log says {n}: cut")
+        os.pwrite(dst, chunk, at + done)
+        done += len(chunk)
 
 
 def _line_body(d: dict) -> bytes:
@@ -185,34 +209,37 @@ class PartitionStage:
             fh.write(json.dumps(entry) + "\n")
         return n
 
-    def append_staging(self, other: "PartitionStage") -> int:
-        """Append every finished unit of ``other`` (a slice of this partition), in order, as its bytes are: each
-        unit's images and record copied as one range (its record checked against its sha256 first), its log line
-        saying how far its images moved (``shift``, which :meth:`units` adds to their offsets), so that nothing is
-        decoded or compressed again. Returns the bytes copied."""
+    def append_staging(self, other: "PartitionStage", move: bool = False) -> int:
+        """Append every finished unit of ``other`` (a slice of this partition), in order, as its bytes are: its
+        ``images.bin`` up to its last unit copied in one range (``copy_file_range``: in the kernel), or with
+        ``move`` into an empty staging, moved (renamed: ``other`` is spent), each record checked against its sha256
+        first, each log line saying how far its unit's images moved (``shift``, which :meth:`units` adds to their
+        offsets), so that nothing is decoded or compressed again. Returns the bytes appended."""
         lines = other._lines(repair=False)
-        n, prev = 0, 0
-        with open(other.bin, "rb") as src, open(self.bin, "ab") as dst, open(self.log, "a", encoding="utf-8") as log:
+        if not lines:
+            return 0
+        end = lines[-1]["bin_end"]
+        with open(other.bin, "rb") as src, open(self.bin, "r+b") as dst:
             for d in lines:
-                src.seek(prev)
-                data = src.read(d["bin_end"] - prev)
+                off, size, _ = d["record"]
+                if hashlib.sha256(os.pread(src.fileno(), size, off)).hexdigest() != d["sha"]:
+                    raise StateError(f"{other.bin}: the record of {d['ref_id']} at {off} is cut or damaged")
+            base = os.fstat(dst.fileno()).st_size
+            if not (move and base == 0):
+                _copy_range(src.fileno(), dst.fileno(), end, base)
+        if move and base == 0:
+            os.replace(other.bin, self.bin)
+            os.truncate(self.bin, end)                  # (anything after its last unit: a kill's, not staged)
+        with open(self.log, "a", encoding="utf-8") as log:
+            for d in lines:
                 off, size, raw = d["record"]
-                if (len(data) != d["bin_end"] - prev
-                        or hashlib.sha256(data[off - prev:off - prev + size]).hexdigest() != d["sha"]):
-                    raise StateError(f"{other.bin}: the unit of {d['ref_id']} at {prev} is cut or damaged")
-                start = dst.tell()
-                dst.write(data)
-                dst.flush()                              # the bytes before the line that names them
-                moved = start - prev
-                entry = {"ref_id": d["ref_id"], "record": [off + moved, size, raw], "bin_end": start + len(data),
+                entry = {"ref_id": d["ref_id"], "record": [off + base, size, raw], "bin_end": d["bin_end"] + base,
                          "sha": d["sha"], "timings": d.get("timings", {})}
-                if moved + d.get("shift", 0):
-                    entry["shift"] = moved + d.get("shift", 0)
+                if base + d.get("shift", 0):
+                    entry["shift"] = base + d.get("shift", 0)
                 entry["seal"] = hashlib.sha256(_line_body(entry)).hexdigest()
                 log.write(json.dumps(entry) + "\n")
-                n += len(data)
-                prev = d["bin_end"]
-        return n
+        return end
 
     def mark_staged(self, info: dict) -> None:
         """Seal the staging: the marker records ``info`` and the log's length and sha256."""

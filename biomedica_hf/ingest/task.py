@@ -617,8 +617,8 @@ def combine_slices(task: PartitionTask, slices: list[tuple[int, int]]) -> dict:
     _open_stage(stage, digest, task.job.media.phash)
     scan: dict[str, list] = {"seen": [], "no_fate": [], "hash_rows": [], "failed": [], "retry": []}
     n_bytes = 0
-    for part in parts:
-        n_bytes += stage.append_staging(part)
+    for i, part in enumerate(parts):
+        n_bytes += stage.append_staging(part, move=i == 0)     # the first slice's images are renamed, not copied
         for name, values in part.staged_info()["scan"].items():
             scan[name].extend(values)
     info = _seal_partition(task.job, pid, stage, scan, n_bytes, rows, digest)
