@@ -42,6 +42,7 @@ from biomedica_hf.layout import (
 )
 from biomedica_hf.ledger import LEDGER_SCHEMA, format_summary, ledger_summary, removals
 from biomedica_hf.schema import SUBSETS
+from biomedica_hf.neardup.hashing import hash_software
 
 log = logging.getLogger("biomedica_hf.ingest")
 
@@ -157,7 +158,7 @@ def finish(cfg: BuildOptions, work: Work, k: int, meta: dict, *, n_staged: int, 
                     "articles_processed": meta.get("articles"), **{c: meta.get("changes", {}).get(c, 0) for c in
                     ("added", "replaced", "retried", "retracted", "withdrawn")},
                     "samples_removed": n_removed, "partitions": meta.get("partitions"),
-                    "elapsed_seconds": timings["elapsed_seconds"]})
+                    "hash_software": hash_software(), "elapsed_seconds": timings["elapsed_seconds"]})
     write_summary(work, {
         "version": __version__, "command": cfg.command, "source": cfg.source.kind,
         "source_opts": public_options(cfg.source.options()),   # local paths by their role: the summary is published

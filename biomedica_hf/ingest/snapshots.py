@@ -47,7 +47,7 @@ from biomedica_hf.io.atomic import atomic_path, move_into_place, write_parquet, 
 from biomedica_hf.io.markers import STATS
 from biomedica_hf.layout import ARTICLES_TABLE, LEDGER, shard_dirs
 from biomedica_hf.ledger import LEDGER_SCHEMA
-from biomedica_hf.neardup.hashing import DEFINITIONS, HASH_NAME, recorded_hash_name
+from biomedica_hf.neardup.hashing import DEFINITIONS, HASH_NAME, hash_software_changes, recorded_hash_name
 from biomedica_hf.schema import FAILED, SKIPPED, SUBSETS, LedgerEntry
 
 log = logging.getLogger("biomedica_hf.ingest")
@@ -239,6 +239,15 @@ def check_hash_definition(cfg: BuildOptions, work: Work, k: int) -> None:
     if cfg.media.phash != HASH_NAME:
         log.warning("this folder's samples carry %s hashes: the update keeps that definition (a fresh build uses %s)",
                  cfg.media.phash, HASH_NAME)
+    from biomedica_hf.ingest.finish import previous_summary
+
+    changed = hash_software_changes(previous_summary(work).get("snapshots", []))
+    if changed:
+        log.warning("this folder's perceptual hashes were computed with %s; this update computes its new samples' with "
+                    "%s: near-duplicate distances between new and published samples can differ by a few bits (e.g. "
+                    "Pillow 13's resize of tall figures); build with the folder's versions to compare like with like",
+                    ", ".join(f"{n} {'/'.join(sorted(v))}" for n, (v, _) in sorted(changed.items())),
+                    ", ".join(f"{n} {now}" for n, (_, now) in sorted(changed.items())))
 
 
 def plan_snapshot(cfg: BuildOptions, work: Work, k: int) -> Layout | None:

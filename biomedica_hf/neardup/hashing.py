@@ -230,6 +230,32 @@ def folder_hash_name(folder) -> str:
     return recorded_hash_name(summary)
 
 
+def hash_software() -> dict[str, str]:
+    """The versions of what computes the pHash's pixels and bits: Pillow (its Lanczos resize: Pillow 13 runs the
+    vertical pass first for an image that shrinks much more in height than in width, python-pillow/Pillow#9549, which
+    moves a few low bits of tall figures' hashes), the libjpeg-turbo it bundles (the JPEG decode at DCT scale), numpy
+    and scipy (the DCT). Each snapshot records them (``build_summary.json``: ``snapshots[].hash_software``), so that
+    an update run with other versions says so (:func:`hash_software_changes`)."""
+    import PIL
+    import scipy
+    from PIL import features
+
+    return {"pillow": PIL.__version__, "libjpeg_turbo": features.version("libjpeg_turbo") or "",
+            "numpy": np.__version__, "scipy": scipy.__version__}
+
+
+def hash_software_changes(history: list[dict], now: dict[str, str] | None = None) -> dict[str, tuple[set, str]]:
+    """Which of :func:`hash_software` differ from what the folder's snapshots (``history``) computed their hashes
+    with: ``{name: (the folder's versions, this run's)}``; empty when they agree or nothing was recorded (a folder of
+    code before the record)."""
+    now = now or hash_software()
+    seen: dict[str, set] = {}
+    for h in history:
+        for name, version in (h.get("hash_software") or {}).items():
+            seen.setdefault(name, set()).add(version)
+    return {name: (versions, now.get(name, "")) for name, versions in seen.items() if versions != {now.get(name, "")}}
+
+
 def hex_to_words(hexes, bits: int = HASH_BITS) -> np.ndarray:
     """Hex hashes -> ``uint64`` array of shape (n, bits // 64), big-endian words (bit order kept)."""
     nbytes = bits // 8

@@ -274,3 +274,32 @@ def test_an_update_of_a_folder_of_an_unknown_definition_is_refused(corpus, refer
     assert [p.name for p in sorted((out / "_work" / "snapshots").iterdir())] == ["s000"]
     assert build(_cfg(corpus, out)).changes == {"up to date": 1}
     assert _published(out) == before
+
+
+def test_the_hash_software_is_recorded_and_an_update_with_other_versions_says_so(corpus, reference, tmp_path,
+                                                                                  caplog):
+    """Each snapshot records the versions that computed its hashes (Pillow 13 changed the resize of tall figures:
+    a few bits of their hashes); an update run with other versions says which, in one warning, and goes on."""
+    import PIL
+
+    from biomedica_hf.neardup.hashing import hash_software, hash_software_changes
+
+    out = tmp_path / "ds"
+    shutil.copytree(reference["out"], out)
+    summary = json.loads((out / "build_summary.json").read_text())
+    assert summary["snapshots"][-1]["hash_software"] == hash_software()
+    assert hash_software()["pillow"] == PIL.__version__
+    assert hash_software_changes(summary["snapshots"]) == {}
+    assert hash_software_changes([{"snapshot": 0}]) == {}                  # recorded by no snapshot: nothing to say
+    summary["snapshots"][-1]["hash_software"] = {**hash_software(), "pillow": "12.1.1"}
+    (out / "build_summary.json").write_text(json.dumps(summary))
+    write_sealed(out / "_work" / "build_summary.sealed.json", {"summary": summary})
+    newer = tmp_path / "newer"
+    shutil.copytree(corpus, newer)
+    synth_article(newer, START + 100)
+    with caplog.at_level("WARNING", logger="biomedica_hf.ingest"):
+        build(_cfg(newer, out))
+    said = [r.getMessage() for r in caplog.records if "perceptual hashes were computed with" in r.getMessage()]
+    assert len(said) == 1 and "pillow 12.1.1" in said[0] and f"pillow {PIL.__version__}" in said[0]
+    history = json.loads((out / "build_summary.json").read_text())["snapshots"]
+    assert [h["hash_software"]["pillow"] for h in history] == ["12.1.1", PIL.__version__]
