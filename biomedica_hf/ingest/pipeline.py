@@ -130,9 +130,10 @@ def stage_units(work: Work, todo: list[PartitionTask], workers: int,
     counts = {t.pid: read_manifest_count(work, PartitionId.parse(t.pid)) for t in todo}
     budget = (workers if workers > 1 else 0) if sliced is None else sliced
     plan: dict[str, list[tuple[int, int]]] = {}
+    found = work.slice_stages()
     for t in sorted(todo, key=lambda t: counts[t.pid]):          # smallest first: the ones staged last
         pid, n = PartitionId.parse(t.pid), counts[t.pid]
-        left = sorted(work.slice_stages(pid))
+        left = sorted(found.get(t.pid, {}))
         if left and left[0][0] == 0 and left[-1][1] == n and all(a[1] == b[0] for a, b in zip(left, left[1:])):
             plan[t.pid] = left                                   # a killed run's slices: go on with them
         elif budget > 0 and 2 * MIN_SLICE <= n <= MAX_SLICED and not work.stage(pid).folder.exists():
@@ -213,9 +214,9 @@ def _build(cfg: BuildOptions) -> BuildReport:
         todo = [PartitionTask(p, seals[p], job) for p in pids
                 if not work.stage(PartitionId.parse(p)).is_staged(seals[p]) and not is_done(p)]
         units, sliced = stage_units(work, todo, cfg.workers, cfg.sliced_partitions)
+        slices = work.slice_stages()
         n_now = sum(read_manifest_count(work, PartitionId.parse(t.pid))
-                    - n_finished(work.stage(PartitionId.parse(t.pid)),
-                                 *work.slice_stages(PartitionId.parse(t.pid)).values()) for t in todo)
+                    - n_finished(work.stage(PartitionId.parse(t.pid)), *slices.get(t.pid, {}).values()) for t in todo)
         preload = _Preload((*cfg.preload, *_PASS_IMPORTS) if cfg.workers > 1 else ())
 
         def make_stage():

@@ -36,14 +36,15 @@ class Work:
         """The staging of manifest rows ``[start, end)`` of a partition staged in slices (``<pid>~<start>-<end>``)."""
         return PartitionStage(self.root / "stage" / f"{pid.name}~{rows[0]}-{rows[1]}")
 
-    def slice_stages(self, pid: PartitionId) -> dict[tuple[int, int], PartitionStage]:
-        """The slice stagings of a partition that exist, by their rows."""
-        found = {}
+    def slice_stages(self) -> dict[str, dict[tuple[int, int], PartitionStage]]:
+        """The slice stagings that exist (one listing of ``stage/``): partition name -> rows -> staging."""
+        found: dict[str, dict[tuple[int, int], PartitionStage]] = {}
         folder = self.root / "stage"
-        for p in folder.glob(f"{pid.name}~*-*") if folder.is_dir() else []:
-            start, _, end = p.name.rpartition("~")[2].partition("-")
-            if start.isdigit() and end.isdigit() and p.is_dir():
-                found[(int(start), int(end))] = PartitionStage(p)
+        for p in folder.iterdir() if folder.is_dir() else []:
+            name, _, rows = p.name.rpartition("~")
+            start, _, end = rows.partition("-")
+            if name and start.isdigit() and end.isdigit() and p.is_dir():
+                found.setdefault(name, {})[(int(start), int(end))] = PartitionStage(p)
         return found
 
     def hashes(self, k: int) -> Path:

@@ -255,4 +255,4 @@ def test_which_partitions_are_staged_in_slices(corpus, tmp_path, monkeypatch):
     assert stage_units(work, todo, 1, sliced=0)[1] == {first: [(0, n // 2), (n // 2, n)]}   # used again
     work.slice_stage(pid, (0, 1)).folder.mkdir(parents=True)             # no longer tiles: removed, cut anew
     assert stage_units(work, todo, 1, sliced=0)[1] == {}
-    assert work.slice_stages(pid) == {}
+    assert work.slice_stages() == {}
