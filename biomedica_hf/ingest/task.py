@@ -532,15 +532,22 @@ def stage_partition(task: PartitionTask) -> dict:
     if stage.is_staged(digest) and hashes_match(work, pid, stage.staged_info(), phash=task.job.media.phash):
         return stage.staged_info()
     rows = _manifest_rows(work, pid, digest)
+    return _staged_twice(f"partition {pid_name}", stage, digest, task.job.media.phash,
+                         lambda done: _stage_rows(task.job, pid, stage, rows, done, digest))
+
+
+def _staged_twice(name: str, stage: PartitionStage, digest: str | None, phash: str, run) -> dict:
+    """``run(done)`` on the opened staging (``done``: its finished units); a staging found damaged on the way is
+    removed and staged once more from the inputs, and damaged again it is a fatal error (the disk)."""
     for attempt in range(2):
-        done = _open_stage(stage, digest, task.job.media.phash)
+        done = _open_stage(stage, digest, phash)
         try:
-            return _stage_rows(task.job, pid, stage, rows, done, digest)
+            return run(done)
         except StateError as e:
             if attempt:
-                raise FatalBuildError(f"partition {pid_name}: its staging is damaged again after being redone "
-                                      f"({e}); is the disk failing?") from e
-            log.warning("%s: the partition's staging is redone", e)
+                raise FatalBuildError(f"{name}: its staging is damaged again after being redone ({e}); is the disk "
+                                      f"failing?") from e
+            log.warning("%s: the staging of %s is redone", e, name)
             stage.remove()
     raise AssertionError("unreachable")
 
@@ -556,18 +563,12 @@ def stage_slice(task: PartitionTask) -> dict:
     if _slice_ready(stage, digest, task.job.media.phash):
         return {k: v for k, v in stage.staged_info().items() if k != "scan"}
     rows = _manifest_rows(work, pid, digest)[slice(*task.rows)]
-    for attempt in range(2):
-        done = _open_stage(stage, digest, task.job.media.phash)
-        try:
-            _stage_units(task.job, pid, stage, rows, done)
-            return _seal_slice(task, stage, rows)
-        except StateError as e:
-            if attempt:
-                raise FatalBuildError(f"{task.key}: its staging is damaged again after being redone ({e}); is the "
-                                      f"disk failing?") from e
-            log.warning("%s: the slice's staging is redone", e)
-            stage.remove()
-    raise AssertionError("unreachable")
+
+    def run(done: set[str]) -> dict:
+        _stage_units(task.job, pid, stage, rows, done)
+        return _seal_slice(task, stage, rows)
+
+    return _staged_twice(task.key, stage, digest, task.job.media.phash, run)
 
 
 def _slice_ready(stage: PartitionStage, digest: str | None, phash: str) -> bool:

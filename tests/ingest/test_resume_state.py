@@ -25,6 +25,7 @@ from biomedica_hf.dataset.verify import verify_folder
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_scale import synth_article, synth_corpus  # noqa: E402
+from support.resume import OPS, damage as _damage, killed as _killed, outputs as _outputs  # noqa: E402
 
 N = 12
 START = 95_700_000
@@ -35,30 +36,6 @@ def _cfg(inp: Path, out: Path, **kw) -> BuildConfig:
     kw.setdefault("split_fractions", (0.6, 0.2, 0.2))
     return BuildConfig(out=out, source="local", source_opts={"path": str(inp)}, workers=1, progress=False,
                        shard_max_samples=6, caption_dups=False, **kw)
-
-
-def _outputs(out: Path) -> dict[str, bytes]:
-    """Every published file by relative path (not ``_work``); stats and the summary without their timings
-    and dates (they name when the work ran, not what it made)."""
-    got = {}
-    for p in sorted(out.rglob("*")):
-        if not p.is_file() or "_work" in p.relative_to(out).parts:
-            continue
-        rel = p.relative_to(out).as_posix()
-        if p.name.endswith("_stats.json"):
-            d = json.loads(p.read_text())
-            d.pop("timings", None)
-            got[rel] = json.dumps(d, sort_keys=True).encode()
-        elif p.name == "build_summary.json":
-            d = json.loads(p.read_text())
-            d.pop("timings", None)
-            for h in d.get("snapshots", []):
-                h.pop("date", None)
-                h.pop("elapsed_seconds", None)
-            got[rel] = json.dumps(d, sort_keys=True).encode()
-        else:
-            got[rel] = p.read_bytes()
-    return got
 
 
 def _listed_fates(out: Path, listed: set[str]) -> None:
@@ -109,18 +86,6 @@ def reference(corpus, newer, tmp_path_factory):
 
 def _ids(inp: Path) -> set[str]:
     return {p.name.split(".")[0] for p in inp.iterdir() if p.is_dir()}
-
-
-def _killed(cfg: BuildConfig, point: str, nth: int = 1) -> bool:
-    """Run the build, stopped the ``nth`` time it reaches ``point``; True when it was stopped."""
-    state.arm(point, nth)
-    try:
-        build(cfg)
-    except state.SimulatedKill:
-        return True
-    finally:
-        state.disarm()
-    return False
 
 
 # ------------------------------------------------------------------------------ resume state
@@ -175,25 +140,6 @@ WORK_FILES = [
     ("", 0, "snapshots/s000/complete.json"),      # "": after a complete build
     ("", 0, "parts/done/*.json"),
 ]
-OPS = ("delete", "cut", "flip", "junk")
-
-
-def _damage(path: Path, op: str) -> None:
-    data = path.read_bytes()
-    if op == "delete":
-        path.unlink()
-    elif op == "cut":
-        path.write_bytes(data[: len(data) // 2])
-    elif op == "flip":
-        b = bytearray(data)
-        i = len(b) // 2 if b else 0
-        if b:
-            b[i] ^= 0x10
-        path.write_bytes(bytes(b))
-    else:
-        path.write_bytes(data + b"\x00junk\xff" * 16)
-
-
 def _target(out: Path, pattern: str) -> Path:
     found = sorted(p for p in (out / "_work").glob(pattern) if p.is_file() and p.stat().st_size)
     assert found, f"no {pattern} at that point"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from biomedica_hf.ingest import pipeline, state
+from biomedica_hf.ingest import pipeline
 from biomedica_hf.ingest.partition import Layout, PartitionId
 from biomedica_hf.ingest.pipeline import BuildConfig, build, stage_units
 from biomedica_hf.ingest.staging import PartitionStage
@@ -25,6 +25,7 @@ from biomedica_hf.ingest.work import Work
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_scale import synth_corpus  # noqa: E402
+from support.resume import damage as _damage, killed as _killed, outputs as _outputs  # noqa: E402
 
 N = 30
 START = 95_800_000
@@ -41,36 +42,6 @@ def _cfg(inp: Path, out: Path, **kw) -> BuildConfig:
     kw.setdefault("split_fractions", (0.6, 0.2, 0.2))
     return BuildConfig(out=out, source="local", source_opts={"path": str(inp)}, workers=1, progress=False,
                        shard_max_samples=5, caption_dups=False, **kw)
-
-
-def _outputs(out: Path) -> dict[str, bytes]:
-    """Every published file (not ``_work``); stats and the summary without their timings and dates."""
-    got = {}
-    for p in sorted(out.rglob("*")):
-        if not p.is_file() or "_work" in p.relative_to(out).parts:
-            continue
-        rel = p.relative_to(out).as_posix()
-        if p.name.endswith("_stats.json") or p.name == "build_summary.json":
-            d = json.loads(p.read_text())
-            d.pop("timings", None)
-            for h in d.get("snapshots", []):
-                h.pop("date", None)
-                h.pop("elapsed_seconds", None)
-            got[rel] = json.dumps(d, sort_keys=True).encode()
-        else:
-            got[rel] = p.read_bytes()
-    return got
-
-
-def _killed(cfg: BuildConfig, point: str, nth: int = 1) -> bool:
-    state.arm(point, nth)
-    try:
-        build(cfg)
-    except state.SimulatedKill:
-        return True
-    finally:
-        state.disarm()
-    return False
 
 
 def _slices(out: Path) -> list[Path]:
@@ -155,20 +126,6 @@ def test_an_update_staged_in_slices_killed_resumes_to_the_same_update(corpus, tm
     assert _killed(_cfg(newer, out, sliced_partitions=99), point, nth)
     build(_cfg(newer, out, sliced_partitions=99))
     assert _outputs(out) == _outputs(ref)
-
-
-def _damage(path: Path, op: str) -> None:
-    data = path.read_bytes()
-    if op == "delete":
-        path.unlink()
-    elif op == "cut":
-        path.write_bytes(data[: len(data) // 2])
-    elif op == "flip":
-        b = bytearray(data)
-        b[len(b) // 2] ^= 0x10
-        path.write_bytes(bytes(b))
-    else:
-        path.write_bytes(data + b"\x00junk\xff" * 7)
 
 
 @pytest.mark.parametrize("name", ["images.bin", "log.jsonl", "staged.json", "for.json", "starts.txt"])
