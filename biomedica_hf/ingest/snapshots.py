@@ -180,14 +180,6 @@ def _check_history(work: Work, k: int) -> None:
                               f"articles twice. Rerun with --rebuild-state to reconstruct it from the published files")
 
 
-def _folder_definition(work: Work) -> str:
-    """The definition of the folder's published ``phash`` values (``build_summary.json`` ``phash``; none recorded =
-    the legacy one: :func:`~biomedica_hf.neardup.hashing.recorded_hash_name`)."""
-    from biomedica_hf.ingest.finish import previous_summary
-
-    return recorded_hash_name(previous_summary(work))
-
-
 def folder_options(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
     """The options snapshot ``k`` builds with: a fresh build uses ``cfg``'s. An update keeps two choices of the folder
     it updates, so that no folder mixes two of either and what its card says of them holds for every sample:
@@ -228,10 +220,14 @@ def folder_options(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
 
 def check_hash_definition(cfg: BuildOptions, work: Work, k: int) -> None:
     """An update (``k > 0``, once the listing shows changes, before anything is planned or published): refused when
-    the folder's definition is one this code does not compute; said in one line when it is not today's."""
+    the folder's definition (``build_summary.json`` ``phash``) is one this code does not compute; said in one line
+    when it is not today's, and when the versions that compute it differ from those of the folder's snapshots."""
     if k == 0:
         return
-    have = _folder_definition(work)
+    from biomedica_hf.ingest.finish import previous_summary
+
+    summary = previous_summary(work)
+    have = recorded_hash_name(summary)          # none recorded: the legacy definition
     if have not in DEFINITIONS:
         raise FatalBuildError(f"{work.out}: its published samples carry perceptual hashes of the definition {have!r}, "
                               f"which this code does not compute ({', '.join(map(repr, DEFINITIONS))}): update it "
@@ -239,9 +235,7 @@ def check_hash_definition(cfg: BuildOptions, work: Work, k: int) -> None:
     if cfg.media.phash != HASH_NAME:
         log.warning("this folder's samples carry %s hashes: the update keeps that definition (a fresh build uses %s)",
                  cfg.media.phash, HASH_NAME)
-    from biomedica_hf.ingest.finish import previous_summary
-
-    changed = hash_software_changes(previous_summary(work).get("snapshots", []))
+    changed = hash_software_changes(summary.get("snapshots", []))
     if changed:
         log.warning("this folder's perceptual hashes were computed with %s; this update computes its new samples' with "
                     "%s: near-duplicate distances between new and published samples can differ by a few bits (e.g. "
