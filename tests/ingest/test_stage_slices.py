@@ -213,3 +213,18 @@ def test_which_partitions_are_staged_in_slices(corpus, tmp_path, monkeypatch):
     work.slice_stage(pid, (0, 1)).folder.mkdir(parents=True)             # no longer tiles: removed, cut anew
     assert stage_units(work, todo, 1, sliced=0)[1] == {}
     assert work.slice_stages() == {}
+
+
+@pytest.mark.multiprocess
+def test_a_two_worker_build_slices_its_last_partitions_and_writes_the_same(corpus, whole, tmp_path):
+    """The default with a pool of 2 workers: one partition per worker staged in slices, in the workers (a build
+    stopped where a worker seals a slice), combined by the driver as the last slice of each returns; resumed, the
+    same output as one worker staging every partition whole."""
+    out = tmp_path / "ds"
+    work, todo, _, _ = _plan(corpus, out, 0)
+    units, plan = stage_units(work, todo, 2)
+    assert len(plan) == 2 and sum(1 for u in units if u.rows) == sum(len(rows) for rows in plan.values())
+    cfg = dataclasses.replace(_cfg(corpus, out), workers=2)
+    assert _killed(cfg, "slice_staged", 1)          # raised in a worker, re-raised by the driver
+    build(cfg)
+    assert _outputs(out) == whole
