@@ -213,10 +213,11 @@ def _build(cfg: BuildOptions) -> BuildReport:
         # ---- stage
         todo = [PartitionTask(p, seals[p], job) for p in pids
                 if not work.stage(PartitionId.parse(p)).is_staged(seals[p]) and not is_done(p)]
-        units, sliced = stage_units(work, todo, cfg.workers, cfg.sliced_partitions)
-        slices = work.slice_stages()
+        units, sliced = stage_units(work, todo, cfg.workers, cfg.sliced_partitions)   # (other slices: removed)
         n_now = sum(read_manifest_count(work, PartitionId.parse(t.pid))
-                    - n_finished(work.stage(PartitionId.parse(t.pid)), *slices.get(t.pid, {}).values()) for t in todo)
+                    - n_finished(work.stage(PartitionId.parse(t.pid)),
+                                 *(work.slice_stage(PartitionId.parse(t.pid), r) for r in sliced.get(t.pid, ())))
+                    for t in todo)
         preload = _Preload((*cfg.preload, *_PASS_IMPORTS) if cfg.workers > 1 else ())
 
         def make_stage():

@@ -244,12 +244,16 @@ def _manifest_rows(work: Work, pid: PartitionId, digest: str | None) -> list[dic
     return rows
 
 
+def _bound_to(stage: PartitionStage, digest: str | None, phash: str) -> bool:
+    """The staging was made for this manifest, with this hash definition's phash values (its sealed ``for.json``)."""
+    bound = read_sealed(stage.folder / "for.json")
+    return bound is not None and bound.get("manifest") == digest and recorded_hash_name(bound) == phash
+
+
 def _open_stage(stage: PartitionStage, digest: str | None, phash: str) -> set[str]:
     """Open the partition's staging for appending; staging that does not check, or that was made for another
     manifest, is discarded (the partition is redone from its inputs)."""
-    bound = read_sealed(stage.folder / "for.json")
-    if stage.folder.exists() and (bound is None or bound.get("manifest") != digest
-                                  or recorded_hash_name(bound) != phash):   # staged phash values
+    if stage.folder.exists() and not _bound_to(stage, digest, phash):
         if any(stage.folder.iterdir()):
             log.warning("staging of %s was made for another manifest or hash definition, or is damaged: redone",
                         stage.folder.name)
@@ -575,9 +579,7 @@ def _slice_ready(stage: PartitionStage, digest: str | None, phash: str) -> bool:
     """A slice staged for this manifest, with this hash definition's values, its ``images.bin`` as long as its log
     says (a flipped byte is found later: a record's by its sha256 when the slices are combined, an image's by its
     CRC-32 when the partition is written)."""
-    bound = read_sealed(stage.folder / "for.json")
-    if not (bound is not None and bound.get("manifest") == digest and recorded_hash_name(bound) == phash
-            and stage.is_staged(digest)):
+    if not (_bound_to(stage, digest, phash) and stage.is_staged(digest)):
         return False
     try:
         stage.finished()
@@ -609,8 +611,9 @@ def combine_slices(task: PartitionTask, slices: list[tuple[int, int]]) -> dict:
     work = task.job.work
     pid = PartitionId.parse(pid_name)
     rows = _manifest_rows(work, pid, digest)
-    parts = [work.slice_stage(pid, r) for r in sorted(slices)]
-    for r, part in zip(sorted(slices), parts):
+    slices = sorted(slices)
+    parts = [work.slice_stage(pid, r) for r in slices]
+    for r, part in zip(slices, parts):
         if not _slice_ready(part, digest, task.job.media.phash):
             raise StateError(f"{pid_name}[{r[0]}:{r[1]}]: the slice is not staged, or its staging is damaged")
     stage = work.stage(pid)
