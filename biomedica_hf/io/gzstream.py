@@ -48,7 +48,8 @@ class GzipTarStream:
         self.fileobj, self.bufsize, self.engine = raw, bufsize, engine
         self._first: bytes | None = first
         self.buf = b""
-        self.dbuf = b""
+        self.dbuf = b""           # inflated bytes, of which those from dpos on are not returned yet
+        self.dpos = 0
         self.pos = 0
         self.closed = False
         self.exception = engine.error
@@ -106,8 +107,18 @@ class GzipTarStream:
         return buf
 
     def _read(self, size: int) -> bytes:
-        c = len(self.dbuf)
-        t = [self.dbuf]
+        """The stdlib's ``_Stream._read`` (the same raw reads and inflate calls, so the same point of failure),
+        but the inflated bytes not returned yet stay in ``dbuf`` from offset ``dpos`` instead of being sliced off
+        into a new object at every read: a well-compressed member (a run of zeros inflates ~1,000-fold, ~10 MB per
+        10 kB read) cost a copy of the whole buffer per 10 kB returned, 42 s for a 1 GiB zero member in a 1 MB
+        package; each read now copies only what it returns (~1 s)."""
+        start, avail = self.dpos, len(self.dbuf) - self.dpos
+        if avail >= size:
+            self.dpos += size
+            return self.dbuf[start:start + size]
+        t = [self.dbuf[start:]] if avail else []
+        c = avail
+        self.dbuf, self.dpos = b"", 0
         while c < size:
             if self.buf:        # what the header left of the last raw read
                 buf, self.buf = self.buf, b""
@@ -119,11 +130,13 @@ class GzipTarStream:
                 buf = self.cmp.decompress(buf)
             except self.exception as e:
                 raise tarfile.ReadError("invalid compressed data") from e
+            need = size - c
+            if len(buf) > need:         # the rest waits in dbuf
+                self.dbuf, self.dpos = buf, need
+                buf = buf[:need]
             t.append(buf)
             c += len(buf)
-        out = b"".join(t)
-        self.dbuf = out[size:]
-        return out[:size]
+        return t[0] if len(t) == 1 else b"".join(t)
 
     def _rawbuf(self, size: int) -> bytes:
         """``size`` compressed bytes (the header), the rest of the raw read kept in ``buf``."""

@@ -167,3 +167,27 @@ def test_without_isal_the_stdlib_reads_the_same(tmp_path):
     assert got == _walk(archive.read_bytes(), gzstream.ENGINE)
     assert got[-1][:2] == ("error", "ReadError")
     assert len(got) > 5    # the members before the cut, then the cut
+
+
+def test_a_zero_run_inflating_a_thousandfold_reads_as_tarfile_does(tmp_path):
+    """A member of zeros (a 10 kB read of compressed bytes inflates to ~10 MB: the reader keeps the rest of the
+    inflated bytes and hands them out by offset) between small members, read whole, with odd members skipped, cut
+    inside the run and just after it: the same members, bytes and errors as ``tarfile``. The hostile-input build
+    test reads a 1 GiB run the same way (tests/ingest/test_hostile_build.py)."""
+    from support.hostile_inputs import write_targz
+
+    path = write_targz(tmp_path / "PMC1.tar.gz", [("PMC1/a.nxml", b"<article/>" * 300), ("PMC1/zero.tif", 24 << 20),
+                                                  ("PMC1/b.jpg", bytes(range(256)) * 40), ("PMC1/c.png", 3 << 20)])
+    data = path.read_bytes()
+    assert len(data) < 100_000        # ~1,000-fold
+    n = len(data)
+    for label, variant in {"whole": data, "cut_in_run": data[:n // 3], "cut_late": data[:n - 2_000],
+                           "flip": data[:n // 2] + bytes([data[n // 2] ^ 0x5A]) + data[n // 2 + 1:]}.items():
+        for skip_odd in (False, True):
+            ref = _walk(variant, "reference", skip_odd)
+            for engine in ENGINES:
+                assert _walk(variant, engine, skip_odd) == ref, (label, engine, skip_odd)
+            if label == "whole":
+                assert [e[0] for e in ref] == ["PMC1/a.nxml", "PMC1/zero.tif", "PMC1/b.jpg", "PMC1/c.png"]
+            else:
+                assert ref[-1][0] == "error", label
