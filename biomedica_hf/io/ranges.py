@@ -111,8 +111,10 @@ def ramp_caps(options: ReadOptions) -> list[int]:
     then leaves the link idle for a request's latency, every window (``in_flight_bytes``) of the stream: 15 x 30 ms
     over 980 MB. Graduated first pieces end one after another, so the refills stay staggered from then on (a
     processor-sharing model of the link gives 3.95 s for those 980 MB at 250 MB/s and 30 ms, the wire's
-    own time, against 4.39 s without)."""
-    n = max(1, round(2 * options.in_flight_bytes / max(1, options.piece_bytes)))
+    own time, against 4.39 s without). At most ``in_flight`` caps: no more requests than that are ever open at once,
+    so tiny pieces (``piece_bytes=1``: one sample per request) ramp over one window's requests, not over a list of
+    ``2 x in_flight_bytes`` caps (134 M of them, 20 s and a GB to build)."""
+    n = max(1, min(round(2 * options.in_flight_bytes / max(1, options.piece_bytes)), options.in_flight))
     return [max(1, options.piece_bytes * k // n) for k in range(1, n + 1)] if n > 1 else []
 
 

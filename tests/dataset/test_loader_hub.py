@@ -129,6 +129,10 @@ def test_plan_pieces():
                                                                 (150, 210, 4, 5)]
     assert ramp_caps(ReadOptions(piece_bytes=8, in_flight_bytes=32)) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert ramp_caps(ReadOptions(piece_bytes=64, in_flight_bytes=32)) == []      # one piece fills the window
+    # no more caps than requests in flight: a piece per sample ramps over one window, not 2 x in_flight_bytes caps
+    assert ramp_caps(ReadOptions(piece_bytes=8, in_flight_bytes=32, in_flight=4)) == [2, 4, 6, 8]
+    assert ramp_caps(ReadOptions(piece_bytes=1, in_flight_bytes=64 * 2**20, in_flight=3)) == [1, 1, 1]
+    assert ramp_caps(ReadOptions(piece_bytes=1, in_flight=1)) == []
     assert ReadOptions(latency=0.03, bandwidth=100e6, in_flight=4).gap_for(remote=True) == 750_000
     assert ReadOptions().gap_for(remote=False) == 0
 
