@@ -51,6 +51,11 @@ class Executor(abc.ABC):
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, window: int | None = None) -> Iterator[Any]:
         """Results in completion order."""
 
+    def submit(self, fn: Callable[[Any], Any], item: Any) -> "Future | None":
+        """Start ``fn(item)`` on a worker now; its future (``result()`` waits), or None where this executor runs
+        tasks in the caller (one local worker): the caller runs it itself (:class:`StartedTask`)."""
+        return None
+
     def close(self) -> None:
         """Release workers."""
 
@@ -127,6 +132,9 @@ class LocalExecutor(Executor):
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             yield from (f.result() for f in done)
 
+    def submit(self, fn, item):
+        return self._pool.submit(fn, item) if self._pool is not None else None
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
@@ -190,9 +198,24 @@ class RayExecutor(Executor):
             done, pending = ray.wait(pending, num_returns=1)
             yield from ray.get(done)
 
+    def submit(self, fn, item):
+        initializer, initargs, key = self._init
+        return _RayFuture(self._ray, self._remote.remote(self._ray.put(fn), item, initializer,
+                                                         self._ray.put(initargs), key))
+
     def close(self) -> None:
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
+
+
+class _RayFuture:
+    """A Ray object ref with a future's ``result()``."""
+
+    def __init__(self, ray: Any, ref: Any) -> None:
+        self._ray, self._ref = ray, ref
+
+    def result(self) -> Any:
+        return self._ray.get(self._ref)
 
 
 def make_executor(kind: str = "local", *, workers: int = 1, address: str | None = None,
@@ -261,6 +284,58 @@ def run_tasks(make: Callable[[], Executor], fn: Callable, items: list, *, max_at
         finally:
             executor.close()
     bar.close()
+
+
+class StartedTask:
+    """One task started now on an executor of its own and collected later (:meth:`result`), so that the caller
+    works meanwhile: with 2+ workers the build's caption pass runs in a worker while the driver consolidates its
+    tables. The same retries as :func:`run_tasks`: a dead worker gives the task to ``run_tasks`` for the attempts
+    left. Where the executor runs tasks in the caller (one local worker) the task runs at once, here, as
+    ``run_tasks`` would have run it. The executor is closed by :meth:`result` or :meth:`close` (also when the
+    caller fails before collecting: a started local task is then waited for, never left writing)."""
+
+    def __init__(self, make: Callable[[], Executor], fn: Callable, item: Any, *, max_attempts: int, desc: str):
+        self._args = (make, fn, item, max_attempts, desc)
+        self._executor: Executor | None = make()
+        self._done = False
+        try:
+            self._future = self._executor.submit(_keyed, (fn, item))
+            if self._future is None:                   # runs in the caller: now, in the order it was asked
+                self._value = next(iter(run_tasks(lambda: self._executor, fn, [item], max_attempts=max_attempts,
+                                                  desc=desc, progress=False)))
+                self._done = True
+        except BaseException:
+            self.close()
+            raise
+
+    def result(self) -> Any:
+        """The task's result (waits for it); a dead worker's task is run again, the attempts left at most."""
+        if self._done:
+            return self._value
+        make, fn, item, max_attempts, desc = self._args
+        try:
+            _, value = self._future.result()
+        except Exception as e:
+            if not worker_died(e) or max_attempts <= 1:
+                raise
+            log.warning("a worker died (%s: %s); retrying %s", type(e).__name__, e, desc)
+            self.close()
+            value = next(iter(run_tasks(make, fn, [item], max_attempts=max_attempts - 1, desc=desc, progress=False)))
+        finally:
+            self.close()
+        self._value, self._done = value, True
+        return value
+
+    def close(self) -> None:
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            executor.close()
+
+    def __enter__(self) -> "StartedTask":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def item_key(item: Any) -> str:

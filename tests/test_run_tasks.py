@@ -119,3 +119,85 @@ def test_workers_fork_from_a_frozen_heap_that_is_thawed_when_the_pool_closes():
                 assert list(inner.map(_echo, ["i"])) == ["i"]
             assert gc.get_freeze_count() > 1000              # the outer pool is still open
     assert gc.get_freeze_count() == 0
+
+
+def _die_once(path):
+    """Kills its worker the first time (a marker file remembers), then returns its worker's pid."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        os._exit(1)
+    return os.getpid()
+
+
+def test_started_task_with_one_worker_runs_at_once_in_the_caller(tmp_path):
+    """One local worker runs tasks in the caller: the task has run when start returns, in the order asked."""
+    from biomedica_hf.executors import StartedTask
+
+    made = _Made()
+    marker = tmp_path / "ran"
+    with StartedTask(lambda: made.make(1), _touch, str(marker), max_attempts=2, desc="t") as started:
+        assert marker.exists()                       # before anything else runs
+        assert started.result() == os.getpid()
+        assert started.result() == os.getpid()       # collected once, kept
+    assert len(made) == 1 and made[0]._pool is None
+
+
+def _touch(path):
+    open(path, "w").close()
+    return os.getpid()
+
+
+@pytest.mark.multiprocess
+def test_started_task_runs_in_a_worker_while_the_caller_works_and_closes_its_pool(tmp_path):
+    from biomedica_hf.executors import StartedTask
+
+    made = _Made()
+    started = StartedTask(lambda: made.make(2), _sleep_then_pid, "0.5", max_attempts=2, desc="t")
+    t0 = time.monotonic()
+    busy = sum(i * i for i in range(200_000))        # the caller's own work, meanwhile
+    assert busy and time.monotonic() - t0 < 0.5
+    pid = started.result()
+    assert pid != os.getpid()
+    assert time.monotonic() - t0 >= 0.45             # result() waited for the worker's task
+    assert made[0]._pool is None                     # closed by result()
+
+
+def _sleep_then_pid(seconds: str):
+    time.sleep(float(seconds))
+    return os.getpid()
+
+
+@pytest.mark.multiprocess
+def test_started_task_whose_worker_dies_is_run_again_then_the_death_is_raised(tmp_path):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from biomedica_hf.executors import StartedTask
+
+    made = _Made()
+    started = StartedTask(lambda: made.make(2), _die_once, str(tmp_path / "died"), max_attempts=2, desc="t")
+    assert started.result() != os.getpid()           # the second attempt, in a new pool
+    assert len(made) == 2 and all(ex._pool is None for ex in made)
+    with pytest.raises(BrokenProcessPool):           # one attempt allowed: the death is the caller's to see
+        StartedTask(lambda: made.make(2), _die_on, "die", max_attempts=1, desc="t").result()
+    assert all(ex._pool is None for ex in made)
+
+
+@pytest.mark.multiprocess
+def test_a_started_task_never_collected_is_waited_for_when_closed(tmp_path):
+    """A caller that fails before collecting closes the task: its pool is shut down after the task ended (a
+    started pass is never left writing into the folder behind a failed build)."""
+    from biomedica_hf.executors import StartedTask
+
+    made = _Made()
+    marker = tmp_path / "late"
+    with pytest.raises(RuntimeError):
+        with StartedTask(lambda: made.make(2), _sleep_then_touch, str(marker), max_attempts=2, desc="t"):
+            raise RuntimeError("the caller failed")
+    assert marker.exists()
+    assert made[0]._pool is None
+
+
+def _sleep_then_touch(path):
+    time.sleep(0.3)
+    open(path, "w").close()
+    return path

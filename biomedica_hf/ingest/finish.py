@@ -12,6 +12,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -117,7 +118,10 @@ def consolidate_tables(work: Work, k: int) -> None:
 
 
 def finish(cfg: BuildOptions, work: Work, k: int, meta: dict, *, n_staged: int, n_removed: int,
-           t0: float, clock: StageClock | None = None) -> BuildReport:
+           t0: float, clock: StageClock | None = None,
+           before_index: Callable[[], object] | None = None) -> BuildReport:
+    """The folder's tables, index and summary. ``before_index``: waits for work started beside the tables that
+    the index reads (the caption pass's table; its wait is the ``caption_duplicates`` lap)."""
     out = work.out
     # shards: every stats file of the folder (all snapshots)
     shards: dict[str, list[dict]] = {s: [] for s in SUBSETS}
@@ -146,6 +150,10 @@ def finish(cfg: BuildOptions, work: Work, k: int, meta: dict, *, n_staged: int, 
     atomic_write_bytes(out / LEDGER_SUMMARY, format_summary(summary).encode())
     write_duplicates(work, out)
     write_near_duplicates(work, k, out)
+    if before_index is not None:
+        before_index()
+        if clock:
+            clock.lap("caption_duplicates")
     build_figures_index(out)   # + the hooks' columns (concept labels survive a rebuild)
     checkpoint("index_written")
     if clock:

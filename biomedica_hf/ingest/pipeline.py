@@ -28,6 +28,7 @@ The rooms: :mod:`~biomedica_hf.ingest.options` (what the build is asked), :mod:`
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -58,7 +59,7 @@ from biomedica_hf.ingest.task import (
 )
 from biomedica_hf.ingest.work import Work, n_finished, read_done, read_manifest_count
 from biomedica_hf.errors import InputError
-from biomedica_hf.executors import make_executor, run_tasks
+from biomedica_hf.executors import StartedTask, make_executor, run_tasks
 from biomedica_hf.io.atomic import atomic_write_json, remove_temporaries
 from biomedica_hf.layout import BUILD_SUMMARY, FIGURES_INDEX, folder_files
 
@@ -304,12 +305,13 @@ def _build(cfg: BuildOptions) -> BuildReport:
     # ---- remove (updates)
     n_removed = apply_removals(work, k)
     clock.lap("remove")
-    if cfg.caption_dups:    # over every shard's Parquet, in a worker (bounded there, never in the driver)
-        list(run_tasks(make, CaptionTask.run, [CaptionTask(str(out))], max_attempts=cfg.max_attempts,
-                       desc="captions", progress=False))
-        clock.lap("caption_duplicates")
-    # ---- finish
-    report = finish(cfg, work, k, meta, n_staged=n_now, n_removed=n_removed, t0=t0, clock=clock)
+    # ---- finish, the caption pass beside its tables: over every shard's Parquet, in a worker (bounded there,
+    # never in the driver), while the driver consolidates the articles and ledger tables; the index, which reads
+    # its table, waits for it (with one worker it runs first, in the driver)
+    with (StartedTask(make, CaptionTask.run, CaptionTask(str(out)), max_attempts=cfg.max_attempts, desc="captions")
+          if cfg.caption_dups else contextlib.nullcontext()) as captions:
+        report = finish(cfg, work, k, meta, n_staged=n_now, n_removed=n_removed, t0=t0, clock=clock,
+                        before_index=captions.result if captions is not None else None)
     checkpoint("summary_written")
     atomic_write_json(work.snap(k) / "complete.json", {"snapshot": k, "finished": time.time()})
     shutil.rmtree(work.snap(k) / "retired", ignore_errors=True)     # the old shards: after the commit only
