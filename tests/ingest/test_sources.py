@@ -4,7 +4,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -444,3 +447,20 @@ def test_bad_listing_rows_are_reported(cloud_server, tmp_path):
         assert [r.pmcid for r in src.list_articles()] == ["PMC1"]
         assert src.listing_problems == [("pmcids[1]", "bad_pmcid: 'nope'")]
         assert src.unlisted == []
+
+
+def test_a_local_build_never_imports_the_http_client(tmp_path):
+    """``requests`` (and urllib3) are for remote sources: a build from local packages (the bundled sample: .tar.gz
+    packages and folders) runs without importing them, ~0.09 s of every local build's start (issue 28)."""
+    code = ("import sys\n"
+            "from biomedica_hf.cli import main\n"
+            "try:\n"
+            "    main(['build', '--sample', '--out', sys.argv[1], '--workers', '1', '--no-progress'],"
+            " standalone_mode=False)\n"
+            "finally:\n"
+            "    print('IMPORTED', sorted(m for m in ('requests', 'urllib3') if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "IMPORTED []" in r.stdout
+    assert (tmp_path / "out" / "figures.parquet").exists()

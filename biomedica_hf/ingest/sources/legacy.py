@@ -18,10 +18,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from biomedica_hf.ingest.download import NOT_FOUND as DL_NOT_FOUND
-from biomedica_hf.ingest.download import Downloader, DownloadError
 from biomedica_hf.ingest.media import SNIFF_BYTES, is_image_name, sniff_image
 from biomedica_hf.ingest.sources.base import (
     BAD_PACKAGE,
@@ -44,6 +43,9 @@ from biomedica_hf.ingest.sources.filelists import FileListReader
 from biomedica_hf.io.gzstream import open_tar_stream
 from biomedica_hf.io.markers import read_marker, write_marker
 from biomedica_hf.schema import ArticlePackage, ArticleRef
+
+if TYPE_CHECKING:
+    from biomedica_hf.ingest.download import Downloader
 
 ARCHIVE_PROBLEM = "<archive>"
 MARKER = ".biomedica_package.json"   # written last into an extracted package: extraction complete
@@ -466,7 +468,11 @@ class LegacySource(Source):
         self.skip_retracted = skip_retracted
         self.keep_archives = keep_archives
         self._own_downloader = downloader is None and self.remote
-        self.downloader = downloader or (Downloader() if self.remote else None)
+        if downloader is None and self.remote:
+            from biomedica_hf.ingest.download import Downloader    # (requests: only a remote mirror imports it)
+
+            downloader = Downloader()
+        self.downloader = downloader
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     def _location(self, rel: str) -> str:
@@ -554,6 +560,9 @@ class LegacySource(Source):
         (no Content-Length, no size in the list) that extracts as a truncated or unreadable archive
         was most likely cut in transit: it is discarded and fetched again (up to the downloader's
         retries), then reported as ``download_failed`` (transient), never as a bad package."""
+        from biomedica_hf.ingest.download import NOT_FOUND as DL_NOT_FOUND
+        from biomedica_hf.ingest.download import DownloadError
+
         assert self.downloader is not None
         dl = self.downloader
         for attempt in range(dl.retries + 1):
