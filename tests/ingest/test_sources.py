@@ -451,7 +451,7 @@ def test_bad_listing_rows_are_reported(cloud_server, tmp_path):
 
 def test_a_local_build_never_imports_the_http_client(tmp_path):
     """``requests`` (and urllib3) are for remote sources: a build from local packages (the bundled sample: .tar.gz
-    packages and folders) runs without importing them, ~0.09 s of every local build's start (issue 28)."""
+    packages and folders) runs without importing them, ~0.07 s of every local build's listing (issue 28)."""
     code = ("import sys\n"
             "from biomedica_hf.cli import main\n"
             "try:\n"
