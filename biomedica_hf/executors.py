@@ -308,6 +308,11 @@ class StartedTask:
             self.close()
             raise
 
+    @property
+    def done(self) -> bool:
+        """Collected already (or run in the caller when it started)."""
+        return self._done
+
     def result(self) -> Any:
         """The task's result (waits for it); a dead worker's task is run again, the attempts left at most."""
         if self._done:

@@ -136,7 +136,7 @@ def test_started_task_with_one_worker_runs_at_once_in_the_caller(tmp_path):
     made = _Made()
     marker = tmp_path / "ran"
     with StartedTask(lambda: made.make(1), _touch, str(marker), max_attempts=2, desc="t") as started:
-        assert marker.exists()                       # before anything else runs
+        assert marker.exists() and started.done      # before anything else runs
         assert started.result() == os.getpid()
         assert started.result() == os.getpid()       # collected once, kept
     assert len(made) == 1 and made[0]._pool is None
@@ -155,7 +155,7 @@ def test_started_task_runs_in_a_worker_while_the_caller_works_and_closes_its_poo
     started = StartedTask(lambda: made.make(2), _sleep_then_pid, "0.5", max_attempts=2, desc="t")
     t0 = time.monotonic()
     busy = sum(i * i for i in range(200_000))        # the caller's own work, meanwhile
-    assert busy and time.monotonic() - t0 < 0.5
+    assert busy and time.monotonic() - t0 < 0.5 and not started.done
     pid = started.result()
     assert pid != os.getpid()
     assert time.monotonic() - t0 >= 0.45             # result() waited for the worker's task

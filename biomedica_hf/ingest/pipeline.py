@@ -310,6 +310,8 @@ def _build(cfg: BuildOptions) -> BuildReport:
     # its table, waits for it (with one worker it runs first, in the driver)
     with (StartedTask(make, CaptionTask.run, CaptionTask(str(out)), max_attempts=cfg.max_attempts, desc="captions")
           if cfg.caption_dups else contextlib.nullcontext()) as captions:
+        if captions is not None and captions.done:      # run here (one worker): its own lap, not the tables'
+            clock.lap("caption_duplicates")
         report = finish(cfg, work, k, meta, n_staged=n_now, n_removed=n_removed, t0=t0, clock=clock,
                         before_index=captions.result if captions is not None else None)
     checkpoint("summary_written")
