@@ -9,8 +9,11 @@ the time. :func:`open_tar_stream` is the one place that opens a package's byte s
 failure in a truncated or corrupt archive - only the inflate engine differs. That sameness is by construction:
 :class:`GzipTarStream` is the stdlib's stream reader (``tarfile._Stream`` in gzip read mode: same header
 parsing, same 512-byte first block and 10,240-byte reads, the same errors, no CRC check, the first gzip member
-only) with the decompressor object taken from :data:`ENGINE`. A stream that is not gzip (a plain tar, bzip2,
-xz) is left to ``tarfile`` as before. Without ``isal`` (a platform without its wheels) the stdlib's zlib runs
+only) with the decompressor object taken from :data:`ENGINE`. A plain tar is left to ``tarfile`` as before. A
+bzip2 or xz stream is refused (``tarfile.CompressionError``, ledgered ``bad_archive``): PMC packages are gzip, and
+``tarfile`` inflates those formats with no bound on one read's output (208 bytes of bzip2 are 256 MiB of zeros in
+one call: a package named ``.tar.gz`` holding one would take a worker's memory), where a gzip read inflates at most
+~1,000-fold (~10 MB per 10 kB read). Without ``isal`` (a platform without its wheels) the stdlib's zlib runs
 the same code.
 """
 from __future__ import annotations
@@ -31,10 +34,21 @@ ENGINES: dict[str, Any] = {"zlib": zlib, **({"isal": _isal_zlib} if _isal_zlib i
 ENGINE = "isal" if "isal" in ENGINES else "zlib"
 
 _GZIP_MAGIC = b"\x1f\x8b\x08"   # what tarfile's ``r|*`` takes for gzip
+
 _BLOCKSIZE = tarfile.BLOCKSIZE     # the first read (format detection), as tarfile's stream proxy does
 _BUFSIZE = tarfile.RECORDSIZE      # every later read of compressed bytes (tarfile.open's default bufsize)
 # newer Pythons tell TarFile it reads a stream (as tarfile.open's "r|" does: no member list kept)
 _STREAM = {"stream": True} if "stream" in inspect.signature(tarfile.TarFile.__init__).parameters else {}
+
+
+def _unbounded_kind(first: bytes) -> str | None:
+    """The compression (``bzip2``, ``xz``) that ``tarfile``'s ``r|*`` would take ``first`` for, by its own test
+    (``tarfile._StreamProxy.getcomptype``); None for gzip and plain tar."""
+    if first[0:3] == b"BZh" and first[4:10] == b"1AY&SY":
+        return "bzip2"
+    if first.startswith((b"\x5d\x00\x00\x80", b"\xfd7zXZ")):
+        return "xz"
+    return None
 
 
 class GzipTarStream:
@@ -160,10 +174,15 @@ def open_tar_stream(raw: IO[bytes], engine: str | None = None) -> tarfile.TarFil
     """``raw`` (a binary file at its start) as a tar stream: what ``tarfile.open(fileobj=raw, mode="r|*")``
     gives, gzip inflated by ``engine`` (a name in :data:`ENGINES`; default :data:`ENGINE`). Members are read in
     order (``next()``, ``extractfile`` of the current member); errors are tarfile's (``ReadError`` for a stream
-    that is no tar or whose compressed data is cut or corrupt). ``raw`` is not closed."""
+    that is no tar or whose compressed data is cut or corrupt; ``CompressionError`` for a bzip2 or xz stream, read no
+    further than its first block). ``raw`` is not closed."""
     mod = ENGINES[engine or ENGINE]
     first = raw.read(_BLOCKSIZE)
     if not first.startswith(_GZIP_MAGIC):
+        kind = _unbounded_kind(first)
+        if kind is not None:
+            raise tarfile.CompressionError(f"a {kind}-compressed stream: packages are read as gzip (.tar.gz) or "
+                                           f"plain tar only ({kind} has no bound on what one read inflates to)")
         return tarfile.open(fileobj=_Replay(first, raw), mode="r|*")
     stream = GzipTarStream(raw, first, mod)
     try:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import uuid
 from pathlib import Path
 
@@ -55,6 +56,58 @@ def _samples(out: Path) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------ archives
+def _compressed_tar(kind: str, members: list[tuple[str, bytes | int]]) -> bytes:
+    """A tar stream of ``members`` ((name, bytes) or (name, N zero bytes)) compressed as ``kind`` (bz2, xz)."""
+    import bz2
+    import lzma
+
+    comp = bz2.BZ2Compressor(9) if kind == "bz2" else lzma.LZMACompressor(preset=1)
+    out = []
+    for name, data in members:
+        info = tarfile.TarInfo(name)
+        info.size = data if isinstance(data, int) else len(data)
+        out.append(comp.compress(info.tobuf(tarfile.GNU_FORMAT)))
+        if isinstance(data, int):
+            zero = bytes(1 << 24)
+            for _ in range(data >> 24):
+                out.append(comp.compress(zero))
+            out.append(comp.compress(bytes(data & ((1 << 24) - 1))))
+        else:
+            out.append(comp.compress(data))
+        out.append(comp.compress(bytes(-info.size % tarfile.BLOCKSIZE)))
+    out.append(comp.compress(bytes(2 * tarfile.BLOCKSIZE)))
+    out.append(comp.flush())
+    return b"".join(out)
+
+
+def test_bzip2_and_xz_packages_are_refused_unread(tmp_path):
+    """A package named ``.tar.gz`` holding a bzip2 (or xz) tar: ``tarfile`` would inflate it with no bound on one
+    read (208 bytes of bzip2 are 256 MiB of zeros in one call). It is ledgered ``bad_package`` naming the
+    compression, without a byte inflated; the good article next to it is built. Measured in a fresh process."""
+    inp = tmp_path / "in"
+    _good_article(inp)
+    for pmcid, kind in (("PMC900004", "bz2"), ("PMC900005", "xz")):
+        data = _compressed_tar(kind, [(f"{pmcid}/main.nxml", article_xml(pmcid, ["fig1"])),
+                                      (f"{pmcid}/fig1.jpg", 256 << 20)])
+        assert len(data) < 100_000
+        (inp / f"{pmcid}.tar.gz").write_bytes(data)
+    out = tmp_path / "out"
+    m = run_measured(f"""
+from biomedica_hf.ingest.pipeline import BuildConfig, build
+r = build(BuildConfig(out={str(out)!r}, source="local", source_opts={{"path": {str(inp)!r}}}, workers=1,
+                      progress=False))
+RESULT = r.samples_per_subset
+""")
+    print(f"\nbzip2 + xz packages of 256 MiB zero members: peak RSS {m['max_rss_mb']:.0f} MB")
+    assert m["max_rss_mb"] < 400
+    ledger = _ledger(out)
+    for pmcid, name in (("PMC900004", "bzip2"), ("PMC900005", "xz")):
+        row = ledger[("article", pmcid)]
+        assert (row["state"], row["reason"]) == ("failed", "bad_package")
+        assert f"CompressionError: a {name}-compressed stream" in row["detail"]
+    assert _samples(out) == {"PMC900001_fig1", "PMC900001_fig2"}
+
+
 def test_zero_member_over_budget_is_ledgered_not_written(tmp_path):
     """Row 1 + row 2: a tiny .tar.gz with a > 1 GiB zero member, and a package with two members named
     alike under different top folders, next to a good article. Measured in a fresh process."""

@@ -191,3 +191,24 @@ def test_a_zero_run_inflating_a_thousandfold_reads_as_tarfile_does(tmp_path):
                 assert [e[0] for e in ref] == ["PMC1/a.nxml", "PMC1/zero.tif", "PMC1/b.jpg", "PMC1/c.png"]
             else:
                 assert ref[-1][0] == "error", label
+
+
+@pytest.mark.parametrize("mode", ["w|bz2", "w|xz"])
+def test_bzip2_and_xz_streams_are_refused_before_any_inflate(mode):
+    """``tarfile``'s ``r|*`` inflates bzip2 and xz with no bound on one read (a bzip2 block of zeros is ~45 MB per
+    46 bytes): a package is read as gzip or plain tar only, and any other compression ``tarfile`` would detect is
+    refused at its first block, naming it (the build ledgers ``bad_package``)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        info = tarfile.TarInfo("PMC1/a.nxml")
+        info.size = 10
+        tf.addfile(info, io.BytesIO(b"<article/>"))
+    data = buf.getvalue()
+    assert _walk(data, "reference")[0][0] == "PMC1/a.nxml"     # tarfile itself would read it
+    kind = "bzip2" if "bz2" in mode else "xz"
+    raw = io.BytesIO(data)
+    with pytest.raises(tarfile.CompressionError, match=f"a {kind}-compressed stream"):
+        open_tar_stream(raw)
+    assert raw.tell() <= 512                                    # only the first block was read
+    for engine in ENGINES:
+        assert _walk(data, engine)[-1][:2] == ("error", "CompressionError")
