@@ -313,7 +313,7 @@ def _build(cfg: BuildOptions) -> BuildReport:
         if captions is not None and captions.done:      # run here (one worker): its own lap, not the tables'
             clock.lap("caption_duplicates")
         report = finish(cfg, work, k, meta, n_staged=n_now, n_removed=n_removed, t0=t0, clock=clock,
-                        before_index=captions.result if captions is not None else None)
+                        before_index=captions.result if captions is not None and not captions.done else None)
     checkpoint("summary_written")
     atomic_write_json(work.snap(k) / "complete.json", {"snapshot": k, "finished": time.time()})
     shutil.rmtree(work.snap(k) / "retired", ignore_errors=True)     # the old shards: after the commit only

@@ -114,9 +114,13 @@ class BuildProgress:
         def done() -> int:
             return min(total, ticks(folder))
 
+        # a log's line every `every` seconds needs a poll at least that often (a 0.2 s stage and --progress-every
+        # 0.05 printed nothing when the poll waited 0.25 s)
+        wait = POLL_SECONDS if self._bar is not None else min(POLL_SECONDS, self.every)
+
         def poll() -> None:
             last_line = t0
-            while not stop.wait(POLL_SECONDS):
+            while not stop.wait(wait):
                 n = done()
                 if self._bar is not None:
                     self._bar.update(n - self._bar.n)

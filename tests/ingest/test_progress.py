@@ -67,6 +67,9 @@ def test_without_a_terminal_a_line_every_n_seconds(tmp_path):
     assert status, r.stderr
     assert "stage: 6 of 6 listed article(s) to process, in 1 partition(s)" in lines
     assert any(re.fullmatch(r"stage: 6 article\(s\) in [\d.]+ s \([\d.]+/s\)", ln) for ln in lines)
+    # each stage's lap once (the caption pass, run where it is started with one worker, too)
+    laps = [ln.split(":")[0] for ln in lines if re.fullmatch(r"\w+: done in [\d.]+ s", ln)]
+    assert len(laps) == len(set(laps)) and "caption_duplicates" in laps, laps
 
 
 def test_no_progress_is_quiet(tmp_path):
