@@ -116,8 +116,8 @@ MIN_SLICE = 8         # articles per slice at least
 MAX_SLICED = 256      # articles of a partition staged in slices at most (the driver copies each slice once)
 
 
-def stage_units(work: Work, todo: list[PartitionTask], workers: int,
-                sliced: int | None = None) -> tuple[list[PartitionTask], dict[str, list[tuple[int, int]]]]:
+def stage_units(work: Work, todo: list[PartitionTask], workers: int, sliced: int | None = None,
+                counts: dict[str, int] | None = None) -> tuple[list[PartitionTask], dict[str, list[tuple[int, int]]]]:
     """The stage phase's tasks, longest first, and the partitions staged in slices (pid -> the slices' rows).
 
     Partitions are the output's layout; with a few hundred articles each, a small build has too few of them to
@@ -127,8 +127,11 @@ def stage_units(work: Work, todo: list[PartitionTask], workers: int,
     :func:`~biomedica_hf.ingest.task.combine_slices` appends them in manifest order: the partition's staging, and
     so everything written from it, is the same as one task's. Only partitions that nothing has staged yet are
     cut, of :data:`MAX_SLICED` articles at most (at PMC scale the tail is one partition in thousands); a
-    partition whose slices a killed run left (the same rows, tiling its manifest) is staged in those again."""
-    counts = {t.pid: read_manifest_count(work, PartitionId.parse(t.pid)) for t in todo}
+    partition whose slices a killed run left (the same rows, tiling its manifest) is staged in those again.
+    ``counts``: each partition's manifest rows, when the caller has them (the snapshot's sealed manifests), else
+    read from the manifests."""
+    if counts is None:
+        counts = {t.pid: read_manifest_count(work, PartitionId.parse(t.pid)) for t in todo}
     budget = (workers if workers > 1 else 0) if sliced is None else sliced
     plan: dict[str, list[tuple[int, int]]] = {}
     found = work.slice_stages()
@@ -147,13 +150,6 @@ def stage_units(work: Work, todo: list[PartitionTask], workers: int,
     units += [dataclasses.replace(t, rows=r) for t in todo if t.pid in plan for r in plan[t.pid]]
     units.sort(key=lambda u: -(u.rows[1] - u.rows[0] if u.rows else counts[u.pid]))   # stable: largest first
     return units, plan
-
-
-def _largest_first(work: Work, pids: list[str]) -> list[str]:
-    """Partitions by their number of articles, largest first (stable): the longest tasks start first, so that the
-    workers finish together (a small validation/test partition fills a gap at the end instead of a large one
-    running alone)."""
-    return sorted(pids, key=lambda p: -read_manifest_count(work, PartitionId.parse(p)))
 
 
 # ---------------------------------------------------------------------------------- build
@@ -194,6 +190,7 @@ def _build(cfg: BuildOptions) -> BuildReport:
         return up_to_date_report(work, k - 1, t0)
     meta = work.meta(k)
     seals = {name: seal[1] for name, seal in meta["manifests"].items() if seal[0]}
+    counts = {name: seal[0] for name, seal in meta["manifests"].items()}     # manifest rows (checked on a resume)
     pids = [p.name for p in layout.all_partitions() if p.name in seals]
     n_hash = meta["hash_buckets"]
     ready = (work.snap(k) / "finish.ready").exists()
@@ -214,8 +211,8 @@ def _build(cfg: BuildOptions) -> BuildReport:
         # ---- stage
         todo = [PartitionTask(p, seals[p], job) for p in pids
                 if not work.stage(PartitionId.parse(p)).is_staged(seals[p]) and not is_done(p)]
-        units, sliced = stage_units(work, todo, cfg.workers, cfg.sliced_partitions)   # (other slices: removed)
-        n_now = sum(read_manifest_count(work, PartitionId.parse(t.pid))
+        units, sliced = stage_units(work, todo, cfg.workers, cfg.sliced_partitions, counts)   # (other slices: removed)
+        n_now = sum(counts[t.pid]
                     - n_finished(work.stage(PartitionId.parse(t.pid)),
                                  *(work.slice_stage(PartitionId.parse(t.pid), r) for r in sliced.get(t.pid, ())))
                     for t in todo)
@@ -227,15 +224,18 @@ def _build(cfg: BuildOptions) -> BuildReport:
                 warm_up()               # the first figure's imports, once here before the fork, not in every worker
             return make()
 
+        def staged(items: list[PartitionTask]):
+            return run_tasks(make_stage, PartitionTask.stage, items, max_attempts=cfg.max_attempts, desc="stage",
+                             progress=False, on_give_up=PartitionTask.give_up,
+                             bind=PartitionTask.shared)    # the request rate is the build's: split
+
         left = {p: set(rows) for p, rows in sliced.items()}      # slices not staged yet, per partition
         whole = {t.pid: t for t in todo}
         redo: list[PartitionTask] = []          # sliced partitions whose slices did not combine: staged whole
         prog.line(f"stage: {n_now} of {meta.get('listed')} listed article(s) to process, in {len(todo)} partition(s)")
         try:
             with prog.articles(n_now, work.root / "progress"):   # one bar over articles, not partitions
-                for info in run_tasks(make_stage, PartitionTask.stage, units, max_attempts=cfg.max_attempts,
-                                      desc="stage", progress=False, on_give_up=PartitionTask.give_up,
-                                      bind=PartitionTask.shared):   # the request rate is the build's: split
+                for info in staged(units):
                     preload.start()     # the pool's workers exist now: no fork while the thread imports
                     if "rows" in info:                          # a slice: the last one combines its partition
                         pid = info["pid"]
@@ -246,11 +246,8 @@ def _build(cfg: BuildOptions) -> BuildReport:
                             except StateError as e:
                                 log.warning("%s: partition %s is staged again as a whole", e, pid)
                                 redo.append(whole[pid])
-                if redo:
-                    for _ in run_tasks(make_stage, PartitionTask.stage, redo, max_attempts=cfg.max_attempts,
-                                       desc="stage", progress=False, on_give_up=PartitionTask.give_up,
-                                       bind=PartitionTask.shared):
-                        pass
+                for _ in staged(redo):
+                    pass
         finally:
             preload.join()
         clock.lap("stage")
@@ -288,8 +285,9 @@ def _build(cfg: BuildOptions) -> BuildReport:
         tasks = [PartitionTask(p, seals[p], job, str(decisions) if decisions.exists() else None,
                                dedup["inputs"].get(p)) for p in pids]
         pending = [t for t in tasks if not is_done(t.pid)]
-        order = {p: i for i, p in enumerate(_largest_first(work, [t.pid for t in pending]))}
-        pending.sort(key=lambda t: order[t.pid])
+        # largest first (stable): the longest tasks start first, so that the workers finish together (a small
+        # validation/test partition fills a gap at the end instead of a large one running alone)
+        pending.sort(key=lambda t: -counts[t.pid])
         for _ in run_tasks(make, PartitionTask.write, pending, max_attempts=cfg.max_attempts, desc="write",
                            progress=prog.bars, bind=PartitionTask.shared):
             pass
