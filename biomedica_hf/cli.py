@@ -250,6 +250,7 @@ def build(**params):
     from biomedica_hf.ingest.lock import BuildLockedError
     from biomedica_hf.ingest.pipeline import build as run_build
     from biomedica_hf.ingest.sources.base import FatalBuildError, fatal_disk_error, is_disk_error
+    from biomedica_hf.io.pandas_probe import skip_pandas_probe
 
     p = params
     _setup_logging(p["verbose"])
@@ -265,6 +266,7 @@ def build(**params):
     if p["dry_run"]:
         _dry_run(cfg, p["as_json"])
         return
+    skip_pandas_probe()               # this process never hands pyarrow a pandas object: 0.2 s, ~30 MB saved
     try:
         report = run_build(cfg)
     except BuildLockedError as e:
@@ -356,6 +358,9 @@ def card(dataset, out_alias, repo_id):
     dataset = dataset if dataset is not None else out_alias
     if dataset is None:
         raise click.UsageError("give the dataset folder: biomedica card DATASET")
+    from biomedica_hf.io.pandas_probe import skip_pandas_probe
+
+    skip_pandas_probe()
     _write_card(dataset, repo_id)
 
 

@@ -8,7 +8,8 @@
 * ``gzstream`` - a package (``.tar.gz``) opened as a tar stream, inflated with ISA-L where python-isal is installed;
 * ``retry``   - backoff schedule, ``Retry-After``, rate limiter;
 * ``xml``     - the safe lxml parser;
-* ``sizes``   - byte counts for people (``1.09 MB``, ``2GiB``).
+* ``sizes``   - byte counts for people (``1.09 MB``, ``2GiB``);
+* ``pandas_probe`` - pyarrow's "is pandas importable?" answered without importing it, in commands that never use it.
 
 Nothing here knows about PMC, the build or models; everything above imports from here instead of writing its own.
 """
