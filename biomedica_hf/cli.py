@@ -16,6 +16,10 @@ from biomedica_hf.ingest.sources.spec import DEFAULT_RATE, DEFAULT_RETRIES, Sour
 from biomedica_hf.io.sizes import parse_size, size_text
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
+# True once :func:`run` (the console script, ``python -m biomedica_hf.cli``) runs the command: the process is the
+# command's alone and ends with it. A command invoked in-process (``main([...])``, click's CliRunner, a notebook)
+# leaves process-wide state alone (:func:`_skip_pandas_probe`).
+_OWNS_PROCESS = False
 
 
 def _setup_logging(verbose: int) -> None:
@@ -250,7 +254,6 @@ def build(**params):
     from biomedica_hf.ingest.lock import BuildLockedError
     from biomedica_hf.ingest.pipeline import build as run_build
     from biomedica_hf.ingest.sources.base import FatalBuildError, fatal_disk_error, is_disk_error
-    from biomedica_hf.io.pandas_probe import skip_pandas_probe
 
     p = params
     _setup_logging(p["verbose"])
@@ -266,7 +269,7 @@ def build(**params):
     if p["dry_run"]:
         _dry_run(cfg, p["as_json"])
         return
-    skip_pandas_probe()               # this process never hands pyarrow a pandas object: 0.2 s, ~30 MB saved
+    _skip_pandas_probe()
     try:
         report = run_build(cfg)
     except BuildLockedError as e:
@@ -336,6 +339,15 @@ def _dry_run(cfg: BuildOptions, as_json: bool) -> None:
     click.echo(_json.dumps(plan.to_json(), indent=2) if as_json else plan.text())
 
 
+def _skip_pandas_probe() -> None:
+    """Where the command owns its process (:data:`_OWNS_PROCESS`): pyarrow's pandas probe answered without importing
+    pandas, which the build and the card never use (0.2-0.3 s and ~30 MB of every build: io/pandas_probe.py)."""
+    if _OWNS_PROCESS:
+        from biomedica_hf.io.pandas_probe import skip_pandas_probe
+
+        skip_pandas_probe()
+
+
 def _write_card(out: Path, repo_id: str | None, workers: int = 1) -> None:
     from biomedica_hf.dataset.card import write_card
 
@@ -358,9 +370,8 @@ def card(dataset, out_alias, repo_id):
     dataset = dataset if dataset is not None else out_alias
     if dataset is None:
         raise click.UsageError("give the dataset folder: biomedica card DATASET")
-    from biomedica_hf.io.pandas_probe import skip_pandas_probe
 
-    skip_pandas_probe()
+    _skip_pandas_probe()
     _write_card(dataset, repo_id)
 
 
@@ -545,6 +556,8 @@ def run() -> None:
     command's exit status, the way Instagram skips the same teardown. Under a tracer or profiler (coverage,
     ``python -m cProfile``: they save after the script returns), in ``-X dev`` mode, or with
     ``BIOMEDICA_FULL_EXIT=1``, the interpreter exits as usual."""
+    global _OWNS_PROCESS
+    _OWNS_PROCESS = True
     try:
         main()                          # click's standalone mode: always ends in SystemExit
     except SystemExit as e:

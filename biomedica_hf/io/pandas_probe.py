@@ -11,8 +11,9 @@ without importing it. Nothing else changes: pyarrow's explicit pandas calls (``T
 ``Table.from_pandas``, ``pa.array(series)`` after either) import pandas when they are made, as they do where pandas
 was never imported. What differs, until such a call, is only that a pandas object passed to ``pa.array`` is read as
 a plain sequence (a categorical Series becomes strings, not a dictionary array). So it is called only by commands
-whose whole process is ours and uses no pandas (``biomedica build``, ``biomedica card``), never on import of the
-library.
+that use no pandas (``biomedica build``, ``biomedica card``) and only where the command owns its process (the
+``biomedica`` console script: ``biomedica_hf.cli.run``); never on import of the library, nor by a command invoked
+in-process (``main([...])``, click's CliRunner, a notebook).
 """
 from __future__ import annotations
 

@@ -452,16 +452,24 @@ def test_bad_listing_rows_are_reported(cloud_server, tmp_path):
 def test_a_local_build_never_imports_the_http_client_or_pandas(tmp_path):
     """``requests`` (and urllib3) are for remote sources: a build from local packages (the bundled sample: .tar.gz
     packages and folders) runs without importing them, ~0.07 s of every local build's listing (issue 28). Nor does
-    it import pandas, which pyarrow's first list conversion would (0.2-0.3 s, ~30 MB: io/pandas_probe.py)."""
-    code = ("import sys\n"
-            "from biomedica_hf.cli import main\n"
-            "try:\n"
-            "    main(['build', '--sample', '--out', sys.argv[1], '--workers', '1', '--no-progress'],"
-            " standalone_mode=False)\n"
-            "finally:\n"
-            "    print('IMPORTED', sorted(m for m in ('pandas', 'requests', 'urllib3') if m in sys.modules))\n")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True,
-                       timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "IMPORTED []" in r.stdout
-    assert (tmp_path / "out" / "figures.parquet").exists()
+    the ``biomedica`` command import pandas, which pyarrow's first list conversion would (0.2-0.3 s, ~30 MB:
+    io/pandas_probe.py); invoked in-process (``main``) it leaves pyarrow's probe alone, and so pandas is imported."""
+    def imported(entry: str, out: Path) -> str:
+        code = ("import atexit, sys\n"
+                "atexit.register(lambda: print('IMPORTED', sorted(m for m in ('pandas', 'requests', 'urllib3')"
+                " if m in sys.modules)))\n"
+                "from biomedica_hf.cli import main, run\n"
+                "args = ['build', '--sample', '--out', sys.argv[1], '--workers', '1', '--no-progress']\n"
+                "if sys.argv[2] == 'run':\n"
+                "    sys.argv = ['biomedica', *args]\n"
+                "    run()\n"
+                "else:\n"
+                "    main(args, standalone_mode=False)\n")
+        r = subprocess.run([sys.executable, "-c", code, str(out), entry], capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert (out / "figures.parquet").exists()
+        return r.stdout
+
+    assert "IMPORTED []" in imported("run", tmp_path / "run")              # the console script
+    assert "IMPORTED ['pandas']" in imported("main", tmp_path / "main")    # in-process: pyarrow as it is
