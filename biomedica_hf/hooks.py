@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -63,7 +65,7 @@ def providers(group: str) -> list[Callable[..., Any]]:
     if group not in _registered:
         raise ValueError(f"unknown hook group {group!r}; valid: {', '.join(GROUPS)}")
     found: list[Callable[..., Any]] = []
-    for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
+    for ep in sorted(_entry_points().select(group=group), key=lambda e: e.name):
         try:
             fn = ep.load()
         except Exception as e:  # a broken third-party plugin must not stop a build: say so and go on
@@ -77,6 +79,28 @@ def providers(group: str) -> list[Callable[..., Any]]:
         if fn not in found:
             found.append(fn)
     return found + [fn for fn in _registered[group] if fn not in found]
+
+
+_scanned: tuple[tuple, metadata.EntryPoints] | None = None
+
+
+def _entry_points() -> metadata.EntryPoints:
+    """Every installed package's entry points, read once while ``sys.path`` and its folders are unchanged: reading
+    them scans the metadata of every distribution (~10 ms with this package's dependencies), and a build asks for
+    its groups five times (the index, the card). A package installed or removed since (its folder's modification
+    time moves) or a changed ``sys.path`` is read again."""
+    global _scanned
+    key = tuple((p, _mtime(p)) for p in sys.path)
+    if _scanned is None or _scanned[0] != key:
+        _scanned = (key, metadata.entry_points())
+    return _scanned[1]
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path or ".").st_mtime_ns
+    except OSError:
+        return None
 
 
 def concept_names() -> set[str]:
