@@ -3,6 +3,8 @@ distribution is scanned once while ``sys.path`` and its folders stay as they are
 installed or removed."""
 from __future__ import annotations
 
+import os
+import sys
 import textwrap
 from importlib import metadata
 
@@ -28,7 +30,10 @@ def test_entry_points_are_scanned_once_and_again_after_an_install(tmp_path, monk
     site = tmp_path / "site"
     site.mkdir()
     _install(site, "plugin_a", "plugin_a_mod", "A section")
-    monkeypatch.syspath_prepend(str(site))
+    # sys.path: the folder, then the interpreter's and the installed packages' (never written during the suite;
+    # the test folders pytest puts on sys.path get __pycache__ files from the other workers, which is a rescan)
+    stable = [p for p in sys.path if p.startswith((sys.base_prefix, sys.prefix)) and os.path.isdir(p)]
+    monkeypatch.setattr(sys, "path", [str(site), *stable])
     found = lambda: [fn(tmp_path) for fn in hooks.providers(hooks.CARD_SECTIONS)]   # noqa: E731
 
     assert "A section" in found()
