@@ -370,7 +370,6 @@ def card(dataset, out_alias, repo_id):
     dataset = dataset if dataset is not None else out_alias
     if dataset is None:
         raise click.UsageError("give the dataset folder: biomedica card DATASET")
-
     _skip_pandas_probe()
     _write_card(dataset, repo_id)
 
