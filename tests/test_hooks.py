@@ -34,6 +34,8 @@ def test_entry_points_are_scanned_once_and_again_after_an_install(tmp_path, monk
     # the test folders pytest puts on sys.path get __pycache__ files from the other workers, which is a rescan)
     stable = [p for p in sys.path if p.startswith((sys.base_prefix, sys.prefix)) and os.path.isdir(p)]
     monkeypatch.setattr(sys, "path", [str(site), *stable])
+    # importing a plugin's module would write site/__pycache__, itself a change of the folder (and a rescan)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
     found = lambda: [fn(tmp_path) for fn in hooks.providers(hooks.CARD_SECTIONS)]   # noqa: E731
 
     assert "A section" in found()
