@@ -26,12 +26,13 @@ from biomedica_hf.errors import (
 EVAL_IMAGE = next((REPO.parent / "shared" / "fixtures" / "eval").rglob("*.png"), None)
 
 
-def biomedica(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def biomedica(*args: str, env: dict | None = None, timeout: int = 300,
+              python: tuple[str, ...] = ("-m", "biomedica_hf.cli")) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("BIOMEDICA_DEBUG", "RAY_ADDRESS", "HF_ENDPOINT")}
     base.update({"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                  "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})})
     base = {k: v for k, v in base.items() if v is not None}
-    return subprocess.run([sys.executable, "-m", "biomedica_hf.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, *python, *args], capture_output=True, text=True,
                           env=base, timeout=timeout, cwd=REPO)
 
 
@@ -66,6 +67,21 @@ def test_embed_default_model_offline_is_one_line_naming_model_flag(built, tmp_pa
     ok = biomedica("embed", str(built), "--model", str(model), "--device", "cpu", "--batch", "8")
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert json.loads((built / "embeddings" / "info.json").read_text())["samples"] > 0
+
+
+def test_embed_of_a_missing_model_fails_before_torch_is_imported(built):
+    """The newcomer's first `biomedica embed` offline: the one-line error in under a second, not after the seconds
+    of importing torch and transformers (9.7 -> 0.85 s measured)."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('IMPORTED', sorted(m for m in ('torch', 'transformers')"
+            " if m in sys.modules)))\n"
+            "sys.argv = ['biomedica', *sys.argv[1:]]\n"
+            "from biomedica_hf.cli import run\n"
+            "run()\n")
+    r = biomedica("embed", str(built), "--device", "cpu", python=("-c", code))
+    assert r.returncode == MissingWeightsError.exit_code
+    assert "HF_HUB_OFFLINE" in error_line(r)
+    assert "IMPORTED []" in r.stdout
 
 
 def test_debug_flag_and_env_show_the_traceback(built):

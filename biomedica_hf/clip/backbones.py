@@ -30,16 +30,20 @@ def load_image_model(model: Any, processor: Any = None) -> tuple[Any, Any, str]:
     """
     if isinstance(model, (str, os.PathLike)):
         name = os.fspath(model)
+        hub_id = _is_hub_id(name)
+        if hub_id:                  # cached, or the one-line error before torch and transformers are imported
+            fail_fast_when_unreachable(name)
         from biomedica_hf.clip.model import clip_spec, load_model
 
-        spec = clip_spec(name)
+        spec = None if hub_id else clip_spec(name)
         if spec is not None:
             return load_model(spec, "cpu"), None, name
         from transformers import AutoImageProcessor, AutoModel
 
         from biomedica_hf.errors import is_local_path
 
-        fail_fast_when_unreachable(name)
+        if not hub_id:
+            fail_fast_when_unreachable(name)
         try:
             net = AutoModel.from_pretrained(name)
             if processor is None:
@@ -58,6 +62,23 @@ def load_image_model(model: Any, processor: Any = None) -> tuple[Any, Any, str]:
 
         processor = AutoImageProcessor.from_pretrained(os.fspath(processor))
     return net.eval(), processor, name
+
+
+def check_image_model(model: Any) -> None:
+    """A Hub id (``org/name``) that is not cached while the Hub is off or does not answer: the one-line
+    :class:`~biomedica_hf.errors.MissingWeightsError` now, before torch and transformers are imported (seconds);
+    anything else is left to :func:`load_image_model`."""
+    if isinstance(model, (str, os.PathLike)) and _is_hub_id(os.fspath(model)):
+        fail_fast_when_unreachable(os.fspath(model))
+
+
+def _is_hub_id(name: str) -> bool:
+    """``org/name``, not a path here: a Hub id of an image model, never a CLIP SPEC (those are open_clip names
+    without a slash, ``hf-hub:``/``local-dir:``/``transformers:``/``clip:`` SPECs or existing folders)."""
+    from biomedica_hf.errors import is_local_path
+
+    head = name.split("/", 1)[0]
+    return name.count("/") == 1 and ":" not in head and not is_local_path(name)
 
 
 def embed_images(model: Any, processor: Any, images: Sequence[Any], device: str = "cpu") -> np.ndarray:

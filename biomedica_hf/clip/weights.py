@@ -26,9 +26,10 @@ def raise_missing_weights(what: str, local: bool, exc: BaseException, hint: str)
 
 
 def fail_fast_when_unreachable(name: str, hint: str = BACKBONE_HINT) -> None:
-    """A Hub id that is not cached, with a Hub that does not answer: the one-line error now, not after the
-    download client's retries."""
-    if is_local_path(name) or hub_offline():
+    """A Hub id that is not cached, with a Hub that is off (``HF_HUB_OFFLINE``) or does not answer: the one-line
+    error now, not after the download client's retries (nor, called before them, after the model libraries'
+    imports: torch and transformers take seconds)."""
+    if is_local_path(name):
         return
     from huggingface_hub import snapshot_download
 
@@ -36,6 +37,8 @@ def fail_fast_when_unreachable(name: str, hint: str = BACKBONE_HINT) -> None:
         snapshot_download(name, local_files_only=True, allow_patterns=["config.json"])
         return                                  # cached: from_pretrained will not need the network
     except Exception as exc:  # noqa: BLE001 - not cached (or not a repo id): ask the network
+        if hub_offline():
+            raise_missing_weights(f"embedding model {name!r} is", False, exc, hint)
         log.debug("%s is not cached (%s): asking the Hub", name, exc)
     if not hub_reachable():
         raise_missing_weights(f"embedding model {name!r} is", False, ConnectionError(

@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from biomedica_hf.clip.backbones import embed_images, load_image_model
+from biomedica_hf.clip.backbones import check_image_model, embed_images, load_image_model
 from biomedica_hf.clip.device import pick_device
 from biomedica_hf.clip.pixels import FITS, prepare_image
 from biomedica_hf.concepts.layout import EMBED_DIR, read_shard_index, shard_index_files, shard_stem
@@ -247,6 +247,8 @@ def embed_dataset(dataset_dir: str | os.PathLike, model: Any = DEFAULT_MODEL, ba
     info_path = embeddings_dir(out) / INFO
     info = read_info(out)
     started = time.perf_counter()
+    if todo:
+        check_image_model(model)        # a missing model: its one-line error before torch's import
     dev = pick_device(device)
     dim = info.get("dim") if info.get("model") == name else None
     compute_started = time.perf_counter()
