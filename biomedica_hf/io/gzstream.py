@@ -10,10 +10,10 @@ failure in a truncated or corrupt archive - only the inflate engine differs. Tha
 :class:`GzipTarStream` is the stdlib's stream reader (``tarfile._Stream`` in gzip read mode: same header
 parsing, same 512-byte first block and 10,240-byte reads, the same errors, no CRC check, the first gzip member
 only) with the decompressor object taken from :data:`ENGINE`. A plain tar is left to ``tarfile`` as before. A
-bzip2 or xz stream is refused (``tarfile.CompressionError``, ledgered ``bad_archive``): PMC packages are gzip, and
-``tarfile`` inflates those formats with no bound on one read's output (208 bytes of bzip2 are 256 MiB of zeros in
-one call: a package named ``.tar.gz`` holding one would take a worker's memory), where a gzip read inflates at most
-~1,000-fold (~10 MB per 10 kB read). Without ``isal`` (a platform without its wheels) the stdlib's zlib runs
+bzip2 or xz stream is refused (``tarfile.CompressionError``: the package's ``bad_archive``, its article ledgered
+``bad_package``): PMC packages are gzip, and ``tarfile`` inflates those formats with no bound on one read's output
+(208 bytes of bzip2 are 256 MiB of zeros in one call: a package named ``.tar.gz`` holding one would take a worker's
+memory), where a gzip read inflates at most ~1,000-fold (~10 MB per 10 kB read). Without ``isal`` (a platform without its wheels) the stdlib's zlib runs
 the same code.
 """
 from __future__ import annotations
