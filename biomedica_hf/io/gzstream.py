@@ -13,8 +13,8 @@ only) with the decompressor object taken from :data:`ENGINE`. A plain tar is lef
 bzip2 or xz stream is refused (``tarfile.CompressionError``: the package's ``bad_archive``, its article ledgered
 ``bad_package``): PMC packages are gzip, and ``tarfile`` inflates those formats with no bound on one read's output
 (208 bytes of bzip2 are 256 MiB of zeros in one call: a package named ``.tar.gz`` holding one would take a worker's
-memory), where a gzip read inflates at most ~1,000-fold (~10 MB per 10 kB read). Without ``isal`` (a platform without its wheels) the stdlib's zlib runs
-the same code.
+memory), where a gzip read inflates at most ~1,000-fold (~10 MB per 10 kB read). Without ``isal`` (a platform
+without its wheels) the stdlib's zlib runs the same code.
 """
 from __future__ import annotations
 
