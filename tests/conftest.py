@@ -192,3 +192,34 @@ def pytest_collection_modifyitems(config, items):
             if any(node == p or node.startswith(p + "::") or (p.endswith(".py") and node.startswith(p))
                    for p in prefixes):
                 item.add_marker(getattr(pytest.mark, kind))
+
+
+def pytest_assertrepr_compare(config, op, left, right):
+    """``{path: bytes}`` == ``{path: bytes}`` (two built folders' files) explained by path: which are missing on each
+    side, which differ (size, sha256, first differing byte). pytest's own explanation runs difflib over the bytes'
+    reprs, which takes minutes for a folder of shards (a failing resume test ran into its 600 s timeout there)."""
+    if op != "==" or not (isinstance(left, dict) and isinstance(right, dict)):
+        return None
+    if not all(isinstance(v, (bytes, bytearray)) for v in (*left.values(), *right.values())) or not (left or right):
+        return None
+    import difflib
+    import hashlib
+
+    def desc(b: bytes) -> str:
+        return f"{len(b)} B sha256 {hashlib.sha256(b).hexdigest()[:12]}"
+
+    lines = [f"two folders' files differ ({len(left)} files left, {len(right)} right):"]
+    lines += [f"only left:  {k}" for k in sorted(left.keys() - right.keys())][:20]
+    lines += [f"only right: {k}" for k in sorted(right.keys() - left.keys())][:20]
+    differ = [k for k in sorted(left.keys() & right.keys()) if left[k] != right[k]]
+    for k in differ[:20]:
+        a, b = left[k], right[k]
+        at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        lines.append(f"differ:     {k}: {desc(a)} != {desc(b)}, first at byte {at}")
+        if k.endswith((".json", ".jsonl", ".txt")) and len(a) < 20000 and len(b) < 20000:
+            diff = difflib.unified_diff(a.decode(errors="replace").splitlines(),
+                                        b.decode(errors="replace").splitlines(), lineterm="", n=1)
+            lines += [f"    {line}" for line in diff][:40]
+    if len(differ) > 20:
+        lines.append(f"... and {len(differ) - 20} more differing files")
+    return lines

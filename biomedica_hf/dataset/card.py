@@ -212,6 +212,8 @@ def _png_encoding(media: dict) -> str:
     if "png_compress_level" not in media:
         return ""
     strategy = media.get("png_strategy", "default")
+    if strategy == "up-rle":
+        return "the Up filter on every row, deflated with zlib's RLE strategy"
     if strategy == "up-igzip":
         return "the Up filter on every row, deflated by ISA-L's igzip at level 2"
     if strategy == "paeth-rle":

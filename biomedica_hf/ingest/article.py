@@ -37,7 +37,7 @@ class MediaOptions:
     max_pixels: int = 178_956_970
     keep_empty_captions: bool = False
     png_compress_level: int = 3    # converted images only; with png_strategy "default": 3 is ~3x faster than 6
-    png_strategy: str = PNG_STRATEGY   # converted images: Up rows deflated by igzip (media.PNG_STRATEGIES); an
+    png_strategy: str = PNG_STRATEGY   # converted images: Up rows, zlib RLE (media.PNG_STRATEGIES); an
                                        # update keeps its folder's (ingest.snapshots.folder_options)
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES   # decode budget (bit depth and bands count): image_too_large
     reduce_to_pixels: int | None = None              # `build --max-pixels`: downscale larger images instead

@@ -29,8 +29,9 @@ Output policy of :func:`process_image` ("original bytes, or lossless PNG"):
 * EXIF orientation: kept originals keep their tag (``datasets.Image`` applies it on decode);
   converted images have it applied to the pixels, because the tag is not carried over.
   ``width``/``height`` are the *displayed* size, i.e. after orientation, in both cases.
-* Converted PNGs: every row filtered with Up and deflated by ISA-L's igzip (:data:`PNG_STRATEGY` ``up-igzip``: 5x
-  faster than libpng's Paeth + RLE, the fourth round's choice, for 18 % more bytes on the fixtures' TIFF/GIF figures).
+* Converted PNGs: every row filtered with Up and deflated with zlib's RLE strategy (:data:`PNG_STRATEGY` ``up-rle``:
+  zlib-ng where installed, stdlib zlib otherwise, the same bytes; 2-3x faster than libpng's Paeth + RLE, the fourth
+  round's choice, for 16 % more bytes on the fixtures' TIFF/GIF figures).
 * Converted PNGs carry no metadata (no text, time, EXIF, dpi); the ICC profile is kept only when
   it matches the output colour space (RGB profile on RGB/RGBA, gray profile on L/LA).  Output is
   deterministic: same input bytes and settings -> same output bytes.
@@ -252,24 +253,33 @@ try:
 except ImportError:                      # pragma: no cover - a platform without python-isal's wheels
     _igzip = None
 
+try:                                     # zlib-ng's RLE writes stdlib zlib's bytes in ~40 % of its time
+    from zlib_ng import zlib_ng as _rle_zlib
+except ImportError:                      # pragma: no cover - a platform without zlib-ng's wheels
+    _rle_zlib = zlib
+
 #: how converted PNGs are encoded, each chosen by measurement on the fixtures' converted TIFF/GIF figures
 #: (docs/scale-and-performance.md):
 #:
-#: * ``up-igzip`` (the default since issue 28's sixth round, where python-isal is installed): the Up filter on every
-#:   row (numpy, bands of ~1 MiB of rows) deflated by ISA-L's igzip at level :data:`PNG_IGZIP_LEVEL`: 5x faster than
-#:   ``paeth-rle`` on the 61 fixture figures for 18 % more bytes, and 45 % faster for Pillow to decode (an Up row
-#:   undoes with one add, a Paeth row with a branch per byte).
-#: * ``paeth-rle`` (the default of the fourth round, and where python-isal is missing): libpng through
-#:   ``imagecodecs`` with the Paeth filter on every row and zlib's RLE strategy: Pillow-``rle``'s size (+0.5 %) in half
-#:   its time (Pillow spends most of its encoding choosing a filter per row, which no Pillow setting turns off).
+#: * ``up-rle`` (the default since issue 28's eleventh round): the Up filter on every row (numpy, bands of ~1 MiB of
+#:   rows) deflated with zlib's RLE strategy (runs of the byte before: distance 1 only, no hash table), by zlib-ng
+#:   where installed (PyPI ``zlib-ng``) and stdlib zlib otherwise: the two write the same bytes (checked on every
+#:   fixture figure by the tests), zlib-ng in ~40 % of the time. 2.0x ``up-igzip``'s time for 1.8 % fewer bytes.
+#: * ``up-igzip`` (the default of the sixth to tenth rounds; kept for folders built with it, where python-isal is
+#:   installed): the same rows deflated by ISA-L's igzip at level :data:`PNG_IGZIP_LEVEL`. Not reproducible: igzip's
+#:   matcher can pick another of two equally long matches for the same input in another process (seen on one eLife
+#:   TIFF in about one build in 25-50), so the same pixels do not always give the same bytes, and an exact duplicate
+#:   can be missed. A valid PNG of the same pixels either way.
+#: * ``paeth-rle`` (the default of the fourth and fifth rounds): libpng through ``imagecodecs`` with the Paeth filter
+#:   on every row and zlib's RLE strategy: Pillow-``rle``'s size (+0.5 %) in half its time (Pillow spends most of its
+#:   encoding choosing a filter per row, which no Pillow setting turns off).
 #: * Pillow's encoder with a zlib strategy: ``rle`` (the default before; level 6's size at level 1's speed, RLE does
 #:   not depend on the level except 0), ``default`` (zlib's LZ77 at ``compress_level``), ``filtered``.
 #:
-#: Each is deterministic: the same pixels and settings give the same bytes (igzip: with the same python-isal on the
-#: same kind of CPU; it picks its code by the CPU's features).
+#: All but ``up-igzip`` are deterministic: the same pixels and settings give the same bytes.
 PNG_STRATEGIES = {"default": zlib.Z_DEFAULT_STRATEGY, "filtered": zlib.Z_FILTERED, "rle": zlib.Z_RLE,
-                  "paeth-rle": zlib.Z_RLE, "up-igzip": None}
-PNG_STRATEGY = "up-igzip" if _igzip is not None else "paeth-rle"
+                  "paeth-rle": zlib.Z_RLE, "up-rle": None, "up-igzip": None}
+PNG_STRATEGY = "up-rle"
 
 
 def png_strategy_available(strategy: str) -> bool:
@@ -282,11 +292,11 @@ def png_strategy_available(strategy: str) -> bool:
 PNG_IGZIP_LEVEL = 2
 #: rows are filtered and deflated in bands of about this many bytes: the image is never copied whole
 _PNG_BAND_BYTES = 1 << 20
-#: PNG colour types of the modes the ``up-igzip`` writer takes (8 bits a sample)
+#: PNG colour types of the modes the Up writers (``up-rle``, ``up-igzip``) take (8 bits a sample)
 _PNG_COLOR_TYPE = {"L": 0, "LA": 4, "RGB": 2, "RGBA": 6}
 #: the strategies that encode with libpng and one fixed row filter (``imagecodecs.PNG.FILTER`` names)
 _LIBPNG_FILTER = {"paeth-rle": "PAETH"}
-#: the PNG modes libpng is given as arrays (``np.asarray`` of these is uint8 with 1-4 channels): up-igzip's
+#: the PNG modes libpng is given as arrays (``np.asarray`` of these is uint8 with 1-4 channels): the Up writers'
 _LIBPNG_MODES = frozenset(_PNG_COLOR_TYPE)
 
 # what Pillow raises on malformed input (plugins are not consistent about it)
@@ -308,11 +318,11 @@ def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int, strateg
     keep_icc = bool(icc) and 20 <= len(icc) <= MAX_ICC_BYTES and icc[16:20] == _ICC_SPACE.get(im.mode)
     if strategy == "up-igzip" and _igzip is None:
         raise ValueError("png_strategy 'up-igzip' needs python-isal (pip install isal); 'paeth-rle' does not")
-    if strategy == "up-igzip" and im.mode in _PNG_COLOR_TYPE:
-        return _encode_up_igzip(im, icc if keep_icc else None)
+    if strategy in _UP_DEFLATERS and im.mode in _PNG_COLOR_TYPE:
+        return _encode_up(im, icc if keep_icc else None, _UP_DEFLATERS[strategy])
     if strategy in _LIBPNG_FILTER and im.mode in _LIBPNG_MODES:
         return _encode_libpng(im, icc if keep_icc else None, compress_level, strategy)
-    if PNG_STRATEGIES[strategy] is None:        # up-igzip for a mode it does not take: Pillow's RLE
+    if PNG_STRATEGIES[strategy] is None:        # an Up writer for a mode it does not take: Pillow's RLE
         strategy = "rle"
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=False, compress_level=compress_level,
@@ -329,17 +339,31 @@ def _iccp(icc: bytes) -> bytes:
     return _png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc))
 
 
-def _encode_up_igzip(im: Image.Image, icc: bytes | None) -> bytes:
+def _rle_deflater():
+    """``up-rle``'s zlib stream: zlib's RLE strategy at memLevel 8 and a 32 KiB window (header ``78 01``), whose bytes
+    zlib-ng and stdlib zlib write alike."""
+    return _rle_zlib.compressobj(6, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+
+
+def _igzip_deflater():
+    return _igzip.compressobj(PNG_IGZIP_LEVEL)
+
+
+#: the deflater of each Up writer: a new zlib-format compressor (``compress``/``flush``) per image
+_UP_DEFLATERS: dict[str, Callable[[], object]] = {"up-rle": _rle_deflater, "up-igzip": _igzip_deflater}
+
+
+def _encode_up(im: Image.Image, icc: bytes | None, deflater: Callable[[], object]) -> bytes:
     """``im`` (L, LA, RGB, RGBA; 8 bits) as a PNG of IHDR, an ``iCCP`` chunk when ``icc``, one IDAT and IEND: every
     row filtered with Up (its difference to the row above, modulo 256; the first row as it is) and the rows deflated
-    by igzip as one zlib stream, fed in bands of ~1 MiB (the pixels are read from ``im`` band by band, never copied
-    whole)."""
+    by ``deflater()`` as one zlib stream, fed in bands of ~1 MiB (the pixels are read from ``im`` band by band, never
+    copied whole)."""
     import numpy as np
 
     w, h = im.size
     row = w * len(im.getbands())
     band = max(1, _PNG_BAND_BYTES // row)
-    deflate = _igzip.compressobj(PNG_IGZIP_LEVEL)
+    deflate = deflater()
     parts, above = [], None
     for y0 in range(0, h, band):
         y1 = min(h, y0 + band)

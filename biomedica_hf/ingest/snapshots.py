@@ -188,9 +188,10 @@ def folder_options(cfg: BuildOptions, work: Work, k: int) -> BuildOptions:
       place (never rebuilt for a new hash) and ``figures.parquet`` never mixes two definitions. A definition this
       code does not know (a folder of newer code) is refused by :func:`check_hash_definition` once the listing
       shows changes;
-    * the encoding of converted figures (``media.png_strategy``, e.g. ``paeth-rle`` of a folder built before
-      ``up-igzip``), when this code writes it: then an identical TIFF in an old and a new snapshot still has the
-      same bytes, so the same sha256 for the exact de-duplication.
+    * the encoding of converted figures (``media.png_strategy``, e.g. ``paeth-rle`` or ``up-igzip`` of a folder
+      built before ``up-rle``), when this code writes it: then an identical TIFF in an old and a new snapshot still
+      has the same bytes (``up-igzip``: almost always, see ``media.PNG_STRATEGIES``), so the same sha256 for the
+      exact de-duplication.
 
     A resumed snapshot keeps the encoding its layout recorded when it began (snapshots begun by code older than the
     record: ``cfg``'s)."""

@@ -1,8 +1,8 @@
 """An update keeps the encoding of its folder's converted figures (issue 28, sixth round): a folder built with
-``paeth-rle`` (the default before ``up-igzip``) is updated with ``paeth-rle``, so an identical TIFF in an old and a
-new snapshot has the same bytes (the same sha256 for exact de-duplication) and the card's sentence on converted
-PNGs stays true of every sample; a fresh build writes ``up-igzip``; a resumed snapshot keeps the encoding it began
-with.
+``paeth-rle`` (the default of the fourth and fifth rounds) is updated with ``paeth-rle``, so an identical TIFF in an
+old and a new snapshot has the same bytes (the same sha256 for exact de-duplication) and the card's sentence on
+converted PNGs stays true of every sample; a fresh build writes ``up-rle`` (eleventh round); a resumed snapshot keeps
+the encoding it began with.
 
 Builds run in this process with ``workers=1`` on copies of the real image-bearing fixture articles (eLife TIFFs among
 them) with fresh PMCIDs, as ``benchmarks/bench_build.py`` makes them."""
@@ -62,9 +62,9 @@ def _add(copies: Path, inp: Path, which: str) -> None:
 
 
 def test_an_update_keeps_the_folders_png_encoding(copies, tmp_path, caplog):
-    """The first snapshot converts copies 0-1's TIFFs with ``paeth-rle``; the update (default options: ``up-igzip``)
+    """The first snapshot converts copies 0-1's TIFFs with ``paeth-rle``; the update (default options: ``up-rle``)
     lists copies 0-3 (0-1 unchanged), keeps ``paeth-rle``, so copies 2-3's identical TIFFs convert to the same bytes
-    and are found as exact duplicates of the published ones (with ``up-igzip`` their sha256 would differ, and they
+    and are found as exact duplicates of the published ones (with ``up-rle`` their sha256 would differ, and they
     would be published again)."""
     inp, out = tmp_path / "in", tmp_path / "ds"
     _add(copies, inp, "01")
@@ -73,7 +73,7 @@ def test_an_update_keeps_the_folders_png_encoding(copies, tmp_path, caplog):
     assert first and all(f == {4} for f in first.values())        # Paeth on every row
     with caplog.at_level("INFO", logger="biomedica_hf"):
         _add(copies, inp, "23")
-        build(_cfg(inp, out))                                      # the default is up-igzip
+        build(_cfg(inp, out))                                      # the default is up-rle
     assert "png_strategy 'paeth-rle': the update keeps it" in caplog.text
     assert _converted_filters(out) == first                        # nothing converted was published again
     dups = {d for r in pq.read_table(out / "duplicates.parquet").to_pylist() if r["key"] in first
@@ -87,13 +87,14 @@ def test_an_update_keeps_the_folders_png_encoding(copies, tmp_path, caplog):
     fresh = tmp_path / "fresh"
     build(_cfg(inp, fresh))
     made = _converted_filters(fresh)
-    assert set(made) == set(first) and all(f == {2} for f in made.values())    # up-igzip: Up on every row
-    assert json.loads((fresh / "build_summary.json").read_text())["media"]["png_strategy"] == "up-igzip"
+    assert set(made) == set(first) and all(f == {2} for f in made.values())    # up-rle: Up on every row
+    assert json.loads((fresh / "build_summary.json").read_text())["media"]["png_strategy"] == "up-rle"
+    assert "the Up filter on every row, deflated with zlib's RLE strategy" in write_card(fresh).read_text()
 
 
 def test_a_resume_keeps_the_encoding_its_snapshot_began_with(copies, tmp_path, caplog):
     """A build begun with ``paeth-rle``, killed after its first partition was staged, and resumed with the default
-    options (``up-igzip``) finishes with ``paeth-rle``: its layout recorded the encoding, so one snapshot never holds
+    options (``up-rle``) finishes with ``paeth-rle``: its layout recorded the encoding, so one snapshot never holds
     both."""
     inp, out = tmp_path / "in", tmp_path / "ds"
     _add(copies, inp, "0123")
