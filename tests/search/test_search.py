@@ -28,7 +28,7 @@ from biomedica_hf.search.dense import choose_params  # noqa: E402
 from biomedica_hf.search.fusion import rrf  # noqa: E402
 from biomedica_hf.search.meta import Filters  # noqa: E402
 
-SMALL = Limits(max_upload_bytes=300_000, max_image_pixels=2_000_000, max_query_chars=200, max_limit=20, max_depth=60)
+SMALL = Limits(max_upload_bytes=350_000, max_image_pixels=2_000_000, max_query_chars=200, max_limit=20, max_depth=60)
 
 
 @pytest.fixture(scope="module")
