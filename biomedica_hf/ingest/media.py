@@ -30,8 +30,8 @@ Output policy of :func:`process_image` ("original bytes, or lossless PNG"):
   converted images have it applied to the pixels, because the tag is not carried over.
   ``width``/``height`` are the *displayed* size, i.e. after orientation, in both cases.
 * Converted PNGs: every row filtered with Up and deflated with zlib's RLE strategy (:data:`PNG_STRATEGY` ``up-rle``:
-  zlib-ng where installed, stdlib zlib otherwise, the same bytes; 2-3x faster than libpng's Paeth + RLE, the fourth
-  round's choice, for 16 % more bytes on the fixtures' TIFF/GIF figures).
+  zlib-ng where installed, stdlib zlib otherwise, the same bytes; ~2.8x faster than libpng's Paeth + RLE, the fourth
+  round's choice, for 17 % more bytes on the fixtures' TIFF/GIF figures).
 * Converted PNGs carry no metadata (no text, time, EXIF, dpi); the ICC profile is kept only when
   it matches the output colour space (RGB profile on RGB/RGBA, gray profile on L/LA).  Output is
   deterministic: same input bytes and settings -> same output bytes.
@@ -264,12 +264,13 @@ except ImportError:                      # pragma: no cover - a platform without
 #: * ``up-rle`` (the default since issue 28's eleventh round): the Up filter on every row (numpy, bands of ~1 MiB of
 #:   rows) deflated with zlib's RLE strategy (runs of the byte before: distance 1 only, no hash table), by zlib-ng
 #:   where installed (PyPI ``zlib-ng``) and stdlib zlib otherwise: the two write the same bytes (checked on every
-#:   fixture figure by the tests), zlib-ng in ~40 % of the time. 2.0x ``up-igzip``'s time for 1.8 % fewer bytes.
+#:   fixture figure by the tests), zlib-ng's deflate in ~40 % of the time. 1.4x ``up-igzip``'s encoding time (its
+#:   deflate alone: 2.3x) for 1.8 % fewer bytes.
 #: * ``up-igzip`` (the default of the sixth to tenth rounds; kept for folders built with it, where python-isal is
 #:   installed): the same rows deflated by ISA-L's igzip at level :data:`PNG_IGZIP_LEVEL`. Not reproducible: igzip's
 #:   matcher can pick another of two equally long matches for the same input in another process (seen on one eLife
-#:   TIFF in about one build in 25-50), so the same pixels do not always give the same bytes, and an exact duplicate
-#:   can be missed. A valid PNG of the same pixels either way.
+#:   TIFF: in two clean-clone test runs, and in 1 of 38 runs of the resume test), so the same pixels do not always
+#:   give the same bytes, and an exact duplicate can be missed. A valid PNG of the same pixels either way.
 #: * ``paeth-rle`` (the default of the fourth and fifth rounds): libpng through ``imagecodecs`` with the Paeth filter
 #:   on every row and zlib's RLE strategy: Pillow-``rle``'s size (+0.5 %) in half its time (Pillow spends most of its
 #:   encoding choosing a filter per row, which no Pillow setting turns off).
