@@ -323,7 +323,7 @@ def _encode_png(im: Image.Image, icc: bytes | None, compress_level: int, strateg
         return _encode_up(im, icc if keep_icc else None, _UP_DEFLATERS[strategy])
     if strategy in _LIBPNG_FILTER and im.mode in _LIBPNG_MODES:
         return _encode_libpng(im, icc if keep_icc else None, compress_level, strategy)
-    if PNG_STRATEGIES[strategy] is None:        # an Up writer for a mode it does not take: Pillow's RLE
+    if strategy in _UP_DEFLATERS:               # an Up writer for a mode it does not take: Pillow's RLE
         strategy = "rle"
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=False, compress_level=compress_level,

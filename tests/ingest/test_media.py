@@ -334,7 +334,7 @@ def test_up_rle_is_zlibs_rle_whichever_zlib_writes_it(pmc, monkeypatch):
     from biomedica_hf.ingest import media
 
     rng = np.random.default_rng(0)
-    images = [(name, data) for name, data in _converted_fixtures(pmc)]
+    images = _converted_fixtures(pmc)
     for name, arr in (("noise", rng.integers(0, 256, (300, 517, 3), dtype=np.uint8)),
                       ("flat", np.full((1200, 1000), 77, np.uint8))):
         buf = io.BytesIO()
