@@ -12,6 +12,10 @@ as .tar.gz packages) until there are >= --min-figures figures, in two corpora:
 Each corpus is measured in one run:
 
 * raw baseline: read every image file of every package (tar members or files) and decode it (PIL)
+* the build's per-article work alone: each article fetched and processed by ``process_package`` (parse,
+  resolve, one decode per figure, conversion, pHash, sha256) in the benchmark's process, nothing written
+  (``--no-article-work`` leaves it out): the build's time beyond it is its bookkeeping (staging, shards,
+  tables, the near-duplicate and caption passes, the card) and its start
 * biomedica build: list -> parse JATS -> resolve + decode/convert -> ledger -> plan -> shards -> card,
   with 1 and 2 worker processes
 
@@ -21,7 +25,7 @@ files/s, wall clock and CPU), the 2-worker speed-up and peak memory. On a shared
 noisy: compare CPU seconds, and rows of one run. BIOMEDICA's serializer did about 2 pairs/s per process.
 
     python benchmarks/bench_build.py [--min-figures 2000] [--corpus both|tiff-heavy|realistic] [--keep DIR]
-                                     [--baseline CHECKOUT]
+                                     [--baseline CHECKOUT] [--no-article-work]
 
 ``--baseline CHECKOUT`` also runs another checkout's ``biomedica`` (``CHECKOUT/.venv/bin/biomedica``, e.g. a
 ``git worktree`` of main with its own virtual environment) on the same corpora, alternating with this one in
@@ -142,6 +146,7 @@ class Run:
     seconds: float      # wall clock
     cpu: float          # user + sys, every process of the run
     peak_mb: float      # largest resident set of one process of the run
+    build: bool = True  # a build (its speed-up against its own 1-worker row is reported), not a reference row
 
 
 def measure_raw(src: Path, inflate: str = "stdlib") -> Run:
@@ -149,7 +154,45 @@ def measure_raw(src: Path, inflate: str = "stdlib") -> Run:
     n = raw_baseline(src, inflate)
     name = "raw: read packages + decode every image" + ("" if inflate == "stdlib" else f" ({inflate} inflate)")
     return Run(name, 1, n, time.perf_counter() - t0, time.process_time() - c0,
-               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, build=False)
+
+
+ARTICLE_WORK = "the build's per-article work alone (fetch + process_package, nothing written)"
+
+
+def article_work(src: Path) -> tuple[int, dict[str, float]]:
+    """The build's per-article work and nothing else: every listed article fetched from the local source (the
+    build's reader, packages read in memory) and processed by ``process_package`` (parse, resolve, one decode per
+    figure, conversion, pHash, sha256: what a worker does per article), in this process, nothing staged, written
+    or counted in a ledger file. Imports and the first figure's warm-up come before the clock. Returns the samples
+    made and the seconds per stage (``fetch``, and ``process_package``'s own ``parse`` and ``media``)."""
+    from biomedica_hf.ingest.article import process_package
+    from biomedica_hf.ingest.media import warm_up
+    from biomedica_hf.ingest.sources.local import LocalSource
+
+    warm_up()
+    source = LocalSource(src)
+    refs = list(source.list_articles())
+    stages = {"fetch": 0.0, "parse": 0.0, "media": 0.0}
+    n = 0
+    with tempfile.TemporaryDirectory() as cache:
+        for ref in refs:
+            t0 = time.perf_counter()
+            pkg = source.fetch(ref, Path(cache))
+            stages["fetch"] += time.perf_counter() - t0
+            res = process_package(pkg)
+            n += len(res.samples)
+            for k in ("parse", "media"):
+                stages[k] += res.timings.get(k, 0.0)
+    return n, stages
+
+
+def measure_article_work(src: Path) -> tuple[Run, dict[str, float]]:
+    """:func:`article_work` as a table row (in this process; peak RSS is this process's so far)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    n, stages = article_work(src)
+    return Run(ARTICLE_WORK, 1, n, time.perf_counter() - t0, time.process_time() - c0,
+               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, build=False), stages
 
 
 def run_build(src: Path, out: Path, workers: int, executor: str = "local", exe: Path | None = None,
@@ -177,15 +220,15 @@ def run_build(src: Path, out: Path, workers: int, executor: str = "local", exe: 
 def best(runs: list[Run]) -> Run:
     """The repeat with the least CPU, with the least wall clock of all repeats (each is a lower bound of noise)."""
     b = min(runs, key=lambda r: r.cpu)
-    return Run(b.name, b.workers, b.n, min(r.seconds for r in runs), b.cpu, max(r.peak_mb for r in runs))
+    return Run(b.name, b.workers, b.n, min(r.seconds for r in runs), b.cpu, max(r.peak_mb for r in runs), b.build)
 
 
 def table(rows: list[Run]) -> str:
     """``rows``: the raw baseline (tarfile's inflate, the issue's anchor), the raw baseline with the build's inflate
-    (ISA-L), then the builds. 'vs raw' compares with the first, 'vs raw (ISA-L)' with the second."""
+    (ISA-L), then the builds (and reference rows: ``build=False``). 'vs raw' compares with the first, 'vs raw
+    (ISA-L)' with the second."""
     raw, raw_isal = rows[0], rows[1]
-    raws = (raw, raw_isal)
-    one = {r.name: r for r in rows[2:] if r.workers == 1}    # each build's own 1-worker row
+    one = {r.name: r for r in rows if r.build and r.workers == 1}    # each build's own 1-worker row
     lines = ["| pipeline | workers | pairs | seconds | pairs/s | pairs/s per core | CPU s | pairs per CPU s | "
              "vs raw (wall) | vs raw (CPU) | vs raw, ISA-L (wall) | speed-up vs 1 worker | peak RSS (MB) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -195,7 +238,7 @@ def table(rows: list[Run]) -> str:
         vs_cpu = per_cpu / (raw.n / raw.cpu)
         vs_isal = rate / (raw_isal.n / raw_isal.seconds)
         w1 = one.get(r.name)
-        speed = f"{w1.seconds / r.seconds:.2f}x" if r not in raws and w1 is not None else "-"
+        speed = f"{w1.seconds / r.seconds:.2f}x" if r.build and w1 is not None else "-"
         lines.append(f"| {r.name} | {r.workers} | {r.n} | {r.seconds:.1f} | {rate:.1f} | {rate / r.workers:.1f} | "
                      f"{r.cpu:.1f} | {per_cpu:.1f} | {vs_wall:.2f} | {vs_cpu:.2f} | {vs_isal:.2f} | {speed} | "
                      f"{r.peak_mb:.0f} |")
@@ -238,6 +281,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each row (alternating); the best is reported")
     ap.add_argument("--keep", type=Path, default=None, help="keep inputs/outputs in this folder")
     ap.add_argument("--ray", action="store_true", help="also run with --executor ray (local Ray instance)")
+    ap.add_argument("--no-article-work", dest="article_work", action="store_false",
+                    help="leave out the row of the build's per-article work alone (fetch + process_package in "
+                         "this process, nothing written): what the build adds to it is its bookkeeping and start")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another checkout (with its own .venv) whose build runs alternately with this one")
     args = ap.parse_args()
@@ -258,22 +304,34 @@ def main() -> None:
         print(f"\n### corpus {mix}: {n_pkg} packages, {n_img} image files (incl. .gif thumbnails) in {src}\n")
         configs = [(b, e, w) for w in (1, 2) for e in (("local", "ray") if args.ray else ("local",))
                    for b in range(len(builds))]                # baseline and this checkout back to back
-        runs: dict = {c: [] for c in [("raw", 1), ("raw-isal", 1), *configs]}
+        refs = [("raw", 1), ("raw-isal", 1)] + ([("articles", 1)] if args.article_work else [])
+        runs: dict = {c: [] for c in [*refs, *configs]}
+        stage_runs = []
         for _ in range(max(1, args.repeat)):
             runs[("raw", 1)].append(measure_raw(src))
             runs[("raw-isal", 1)].append(measure_raw(src, "isal"))
+            if args.article_work:
+                run, stages = measure_article_work(src)
+                runs[("articles", 1)].append(run)
+                stage_runs.append((run.cpu, stages))
             for b, executor, w in configs:
                 exe, label = builds[b]
                 runs[(b, executor, w)].append(run_build(src, root / f"out-{mix}-{b}-{executor}-w{w}", w, executor,
                                                         exe, label))
         print(table([best(v) for v in runs.values()]))
+        if stage_runs:
+            stages = min(stage_runs, key=lambda x: x[0])[1]     # the repeat reported in the table
+            print("\n" + ARTICLE_WORK + ", by stage (s): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
     if args.ray:
         print("\nper-task overhead (no-op task, 2 workers):")
         for kind, ms in task_overhead().items():
             print(f"- {kind}: {ms:.2f} ms per task")
     print("\nraw counts every image file (thumbnails too); build counts written pairs; 'vs raw' is pairs/s over "
           "raw files/s (wall clock, and per CPU second). CPU s: user + sys of all the build's processes. Peak RSS: "
-          "the largest single process (driver or worker).")
+          "the largest single process (driver or worker). The per-article work row counts the samples "
+          "process_package made (the build's pairs before de-duplication); it runs in this process after the "
+          "imports.")
     if args.keep is None:
         shutil.rmtree(root, ignore_errors=True)
 
