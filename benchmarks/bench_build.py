@@ -13,9 +13,9 @@ Each corpus is measured in one run:
 
 * raw baseline: read every image file of every package (tar members or files) and decode it (PIL)
 * the build's per-article work alone: each article fetched and processed by ``process_package`` (parse,
-  resolve, one decode per figure, conversion, pHash, sha256) in the benchmark's process, nothing written
-  (``--no-article-work`` leaves it out): the build's time beyond it is its bookkeeping (staging, shards,
-  tables, the near-duplicate and caption passes, the card) and its start
+  resolve, one decode per figure, conversion, pHash, sha256) in a child process, its clocks started after its
+  imports and the listing, nothing written (``--no-article-work`` leaves it out): the build's time beyond it is
+  its bookkeeping (staging, shards, tables, the near-duplicate and caption passes, the card) and its start
 * biomedica build: list -> parse JATS -> resolve + decode/convert -> ledger -> plan -> shards -> card,
   with 1 and 2 worker processes
 
@@ -160,12 +160,13 @@ def measure_raw(src: Path, inflate: str = "stdlib") -> Run:
 ARTICLE_WORK = "the build's per-article work alone (fetch + process_package, nothing written)"
 
 
-def article_work(src: Path) -> tuple[int, dict[str, float]]:
+def article_work(src: Path) -> tuple[int, dict[str, float], float, float]:
     """The build's per-article work and nothing else: every listed article fetched from the local source (the
     build's reader, packages read in memory) and processed by ``process_package`` (parse, resolve, one decode per
     figure, conversion, pHash, sha256: what a worker does per article), in this process, nothing staged, written
-    or counted in a ledger file. Imports and the first figure's warm-up come before the clock. Returns the samples
-    made and the seconds per stage (``fetch``, and ``process_package``'s own ``parse`` and ``media``)."""
+    or counted in a ledger file. Returns the samples made, the seconds per stage (``fetch``, and
+    ``process_package``'s own ``parse`` and ``media``), and the wall-clock and CPU seconds of the work: the clocks
+    start after the imports, the first figure's warm-up and the listing, which the build also pays outside it."""
     from biomedica_hf.ingest.article import process_package
     from biomedica_hf.ingest.media import warm_up
     from biomedica_hf.ingest.sources.local import LocalSource
@@ -176,6 +177,7 @@ def article_work(src: Path) -> tuple[int, dict[str, float]]:
     stages = {"fetch": 0.0, "parse": 0.0, "media": 0.0}
     n = 0
     with tempfile.TemporaryDirectory() as cache:
+        w0, c0 = time.perf_counter(), time.process_time()
         for ref in refs:
             t0 = time.perf_counter()
             pkg = source.fetch(ref, Path(cache))
@@ -184,15 +186,27 @@ def article_work(src: Path) -> tuple[int, dict[str, float]]:
             n += len(res.samples)
             for k in ("parse", "media"):
                 stages[k] += res.timings.get(k, 0.0)
-    return n, stages
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    return n, stages, wall, cpu
 
 
 def measure_article_work(src: Path) -> tuple[Run, dict[str, float]]:
-    """:func:`article_work` as a table row (in this process; peak RSS is this process's so far)."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    n, stages = article_work(src)
-    return Run(ARTICLE_WORK, 1, n, time.perf_counter() - t0, time.process_time() - c0,
-               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, build=False), stages
+    """:func:`article_work` as a table row, run in a child process of this Python: its own peak RSS (``wait4``),
+    and this process (the raw rows' peak RSS) never holds the package's imports."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+            "from bench_build import article_work; n, stages, wall, cpu = article_work(Path(sys.argv[2])); "
+            "print(json.dumps({'n': n, 'stages': stages, 'wall': wall, 'cpu': cpu}))")
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).resolve().parent), str(src)],
+                                stdout=log, stderr=subprocess.STDOUT)
+        _, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+    if proc.returncode:
+        sys.exit(f"the per-article work failed:\n{text[-3000:]}")
+    out = json.loads(text.strip().splitlines()[-1])
+    return Run(ARTICLE_WORK, 1, out["n"], out["wall"], out["cpu"], ru.ru_maxrss / 1024, build=False), out["stages"]
 
 
 def run_build(src: Path, out: Path, workers: int, executor: str = "local", exe: Path | None = None,
@@ -330,8 +344,8 @@ def main() -> None:
     print("\nraw counts every image file (thumbnails too); build counts written pairs; 'vs raw' is pairs/s over "
           "raw files/s (wall clock, and per CPU second). CPU s: user + sys of all the build's processes. Peak RSS: "
           "the largest single process (driver or worker). The per-article work row counts the samples "
-          "process_package made (the build's pairs before de-duplication); it runs in this process after the "
-          "imports.")
+          "process_package made (the build's pairs before de-duplication); it runs in a child process, its clocks "
+          "started after its imports and the listing.")
     if args.keep is None:
         shutil.rmtree(root, ignore_errors=True)
 

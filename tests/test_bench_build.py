@@ -11,14 +11,14 @@ from support.paths import REPO
 from biomedica_hf.ingest.pipeline import BuildConfig, build
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_build import ARTICLE_WORK, Run, article_work, replicate, table  # noqa: E402
+from bench_build import ARTICLE_WORK, Run, article_work, measure_article_work, replicate, table  # noqa: E402
 
 
 def test_the_article_work_row_makes_the_samples_the_build_writes(tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()
     n_pkg, _ = replicate(inp, 60, "realistic")
-    n, stages = article_work(inp)
+    n, stages, wall, cpu = article_work(inp)
     out = tmp_path / "out"
     build(BuildConfig(out=out, source="local", source_opts={"path": str(inp)}, workers=1, progress=False,
                       dedup_images=False))
@@ -27,6 +27,11 @@ def test_the_article_work_row_makes_the_samples_the_build_writes(tmp_path):
     assert n == written                      # --no-dedup: every sample the articles make is written
     assert set(stages) == {"fetch", "parse", "media"} and all(v > 0 for v in stages.values())
     assert stages["media"] > stages["parse"]     # one decode per figure is most of the work
+    assert 0 < sum(stages.values()) <= wall and cpu > 0
+    # the table's row: the same work in a child process, with its own peak memory
+    run, child_stages = measure_article_work(inp)
+    assert (run.name, run.n, run.build) == (ARTICLE_WORK, n, False)
+    assert set(child_stages) == set(stages) and run.seconds > 0 and run.cpu > 0 and run.peak_mb > 50
 
 
 def test_reference_rows_have_no_speed_up_and_builds_keep_theirs():
