@@ -47,6 +47,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -191,22 +192,31 @@ def article_work(src: Path) -> tuple[int, dict[str, float], float, float]:
 
 
 def measure_article_work(src: Path) -> tuple[Run, dict[str, float]]:
-    """:func:`article_work` as a table row, run in a child process of this Python: its own peak RSS (``wait4``),
-    and this process (the raw rows' peak RSS) never holds the package's imports."""
+    """:func:`article_work` as a table row, run in a child process of this Python (:func:`run_child`): its own peak
+    RSS, and this process (the raw rows' peak RSS) never holds the package's imports."""
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
             "from bench_build import article_work; n, stages, wall, cpu = article_work(Path(sys.argv[2])); "
             "print(json.dumps({'n': n, 'stages': stages, 'wall': wall, 'cpu': cpu}))")
+    text, ru, _ = run_child([sys.executable, "-c", code, str(Path(__file__).resolve().parent), str(src)],
+                            "the per-article work")
+    out = json.loads(text.strip().splitlines()[-1])
+    return Run(ARTICLE_WORK, 1, out["n"], out["wall"], out["cpu"], ru.ru_maxrss / 1024, build=False), out["stages"]
+
+
+def run_child(cmd: list[str], what: str) -> tuple[str, Any, float]:
+    """Run ``cmd`` to its end: its output (stdout and stderr), its resource usage (``wait4``: its own CPU and peak
+    RSS) and its wall clock; the benchmark stops, showing the output's end, when it fails (``what`` names it)."""
+    t0 = time.perf_counter()
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).resolve().parent), str(src)],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         _, status, ru = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
+        dt = time.perf_counter() - t0
         log.seek(0)
         text = log.read().decode(errors="replace")
     if proc.returncode:
-        sys.exit(f"the per-article work failed:\n{text[-3000:]}")
-    out = json.loads(text.strip().splitlines()[-1])
-    return Run(ARTICLE_WORK, 1, out["n"], out["wall"], out["cpu"], ru.ru_maxrss / 1024, build=False), out["stages"]
+        sys.exit(f"{what} failed ({proc.returncode}):\n{text[-3000:]}")
+    return text, ru, dt
 
 
 def run_build(src: Path, out: Path, workers: int, executor: str = "local", exe: Path | None = None,
@@ -217,15 +227,7 @@ def run_build(src: Path, out: Path, workers: int, executor: str = "local", exe: 
     cmd = [str(exe), "build", "--input", str(src), "--out", str(out),
            "--workers", str(workers), "--no-dedup", "--no-progress", "--executor", executor, "--address", "local"]
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        _, status, ru = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        dt = time.perf_counter() - t0
-        if proc.returncode:
-            log.seek(0)
-            sys.exit(f"build failed ({proc.returncode}):\n{log.read().decode()[-3000:]}")
+    _, ru, dt = run_child(cmd, "build")
     samples = sum(json.loads((out / "build_summary.json").read_text())["samples"].values())
     return Run(f"{label}biomedica build --executor {executor}", workers, samples, dt, ru.ru_utime + ru.ru_stime,
                ru.ru_maxrss / 1024)
@@ -296,8 +298,8 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="keep inputs/outputs in this folder")
     ap.add_argument("--ray", action="store_true", help="also run with --executor ray (local Ray instance)")
     ap.add_argument("--no-article-work", dest="article_work", action="store_false",
-                    help="leave out the row of the build's per-article work alone (fetch + process_package in "
-                         "this process, nothing written): what the build adds to it is its bookkeeping and start")
+                    help="leave out the row of the build's per-article work alone (fetch + process_package in a "
+                         "child process, nothing written): what the build adds to it is its bookkeeping and start")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another checkout (with its own .venv) whose build runs alternately with this one")
     args = ap.parse_args()
