@@ -59,7 +59,7 @@ from biomedica_hf.ingest.task import (
 )
 from biomedica_hf.ingest.work import Work, n_finished, read_done, read_manifest_count
 from biomedica_hf.errors import InputError
-from biomedica_hf.executors import StartedTask, make_executor, run_tasks
+from biomedica_hf.executors import StartedTask, executor_session, make_executor, run_tasks
 from biomedica_hf.io.atomic import atomic_write_json, remove_temporaries
 from biomedica_hf.layout import BUILD_SUMMARY, FIGURES_INDEX, folder_files
 
@@ -157,15 +157,18 @@ def build(cfg: BuildOptions) -> BuildReport:
     """Build (or update, or resume) the dataset folder ``cfg.out`` (module doc)."""
     fresh = [p for p in (Path(cfg.out), cfg.work) if not p.exists()]   # what an input error must not leave behind
     try:
-        with BuildLock(Path(cfg.out)):
-            return _build(cfg)
+        with BuildLock(Path(cfg.out)), contextlib.ExitStack() as session:
+            return _build(cfg, session)
     except InputError:
         if fresh:
             shutil.rmtree(fresh[0], ignore_errors=True)
         raise
 
 
-def _build(cfg: BuildOptions) -> BuildReport:
+def _build(cfg: BuildOptions, session: contextlib.ExitStack) -> BuildReport:
+    """The build; ``session`` holds the executors' session (:func:`~biomedica_hf.executors.executor_session`, one Ray
+    instance for every phase), entered by the first executor made (an up-to-date folder starts none) and left by
+    the caller."""
     t0 = time.time()
     out = Path(cfg.out)
     work = Work(out)
@@ -203,7 +206,12 @@ def _build(cfg: BuildOptions) -> BuildReport:
                        shard_max_samples=cfg.shard_max_samples, shard_max_bytes=cfg.shard_max_bytes,
                        caption_keys=cfg.caption_dups)
 
+    in_session: list[bool] = []
+
     def make():
+        if not in_session:          # the first executor: Ray (a local instance) started once for every phase
+            session.enter_context(executor_session(cfg.executor, workers=cfg.workers, address=cfg.ray_address))
+            in_session.append(True)
         return make_executor(cfg.executor, workers=cfg.workers, address=cfg.ray_address,
                              initializer=init_worker, initargs=(os.getpid(),))
 

@@ -54,13 +54,24 @@ def corpus(tmp_path_factory):
     return inp, ref
 
 
+def _ray_sessions(pid: int) -> list[str]:
+    """The local Ray instances that the process ``pid`` started: Ray names each one's folder ``session_<time>_<pid>``
+    under ``ray`` in its temporary directory (``RAY_TMPDIR``, else ``TMPDIR``, else /tmp)."""
+    root = Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray"
+    return [p.name for p in root.glob(f"session_*_{pid}")] if root.is_dir() else []
+
+
 def test_ray_output_equals_local_byte_for_byte(corpus, tmp_path):
+    """Also: the build's phases (stage, near-duplicates, write, captions) share one local Ray instance, started
+    once (each phase started and stopped its own before: ~5 s a phase)."""
     inp, ref = corpus
     out = tmp_path / "ray"
-    r = subprocess.run(_args(inp, out, *RAY), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen(_args(inp, out, *RAY), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
     assert _outputs(out) == _outputs(ref)
     assert '"executor": "ray"' in (out / "build_summary.json").read_text()
+    assert len(_ray_sessions(proc.pid)) == 1
 
 
 def _ray_task_workers() -> list[psutil.Process]:
