@@ -36,6 +36,7 @@ import copy
 import json
 import logging
 import os
+import sys
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -206,9 +207,10 @@ class ClipModel(torch.nn.Module, ModelAdapter):
 
     @property
     def is_lora(self) -> bool:
-        from peft import PeftModel
-
-        return isinstance(self.model, PeftModel)
+        """Whether the model is wrapped by PEFT. A PEFT model exists only once ``peft`` is imported: without it the
+        answer is no, and a run without LoRA never imports peft (~1 s a process, every rank of every launch)."""
+        peft = sys.modules.get("peft")
+        return peft is not None and isinstance(self.model, peft.PeftModel)
 
     def base_core(self) -> torch.nn.Module:
         """The underlying open_clip / transformers model (below any PEFT wrapper)."""

@@ -139,6 +139,26 @@ def test_training_builder_is_the_same_class(images, tmp_path):
     assert float(scale) == pytest.approx(clip.logit_scale)
 
 
+def test_a_model_without_lora_never_imports_peft(monkeypatch):
+    """peft costs ~1 s to import, in every rank of every launch: a model that was never given LoRA answers
+    ``is_lora`` (and ``base_core``, ``merge_lora``) without it."""
+    import sys
+
+    class NoPeft:
+        def find_spec(self, name, path=None, target=None):
+            if name == "peft" or name.startswith("peft."):
+                raise AssertionError(f"{name} imported by a model without LoRA")
+
+    for name in [m for m in sys.modules if m == "peft" or m.startswith("peft.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [NoPeft(), *sys.meta_path])
+    clip, model, _ = tiny_open_clip(seed=1)
+    assert clip.is_lora is False
+    assert clip.base_core() is model
+    clip.merge_lora()
+    assert clip.model is model
+
+
 def test_image_backbones_take_clip_specs_and_dinov2_folders(images, tmp_path):
     """clip.backbones + clip.pixels (the concept embedder's and search's image side): a CLIP SPEC gives the CLIP image tower, a
     DINOv2 folder the AutoModel backbone; both give L2-normalised float32 rows for fitted images."""
