@@ -162,10 +162,7 @@ class RayExecutor(Executor):
     def __init__(self, address: str | None = "auto", *, num_cpus: float = 1, num_gpus: float = 0,
                  max_retries: int = 3, initializer: Callable | None = None, initargs: InitArgs = (),
                  local_cpus: int | None = None):
-        try:
-            import ray
-        except ImportError as e:  # pragma: no cover - depends on the install
-            raise RuntimeError("--executor ray needs Ray: pip install 'biomedica-hf[ray]'") from e
+        ray = _import_ray()
         self._ray = ray
         self._owns = not ray.is_initialized()
         if self._owns:
@@ -205,6 +202,20 @@ class RayExecutor(Executor):
             self._ray.shutdown()
 
 
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise RuntimeError("--executor ray needs Ray: pip install 'biomedica-hf[ray]'") from e
+    return ray
+
+
+def _ray_target(address: str | None, workers: int) -> tuple[str, int | None]:
+    """(address, CPUs of a local instance) for a Ray executor asked for ``address`` and ``workers``: no address is
+    an existing cluster (``auto``); ``local`` starts an instance of ``workers`` CPUs."""
+    return address or "auto", workers if address in (None, "local") else None
+
+
 def _ray_init(ray: Any, address: str | None, local_cpus: int | None) -> None:
     if address in (None, "local"):
         ray.init(num_cpus=local_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -223,14 +234,11 @@ def executor_session(kind: str = "local", *, workers: int = 1, address: str | No
     if kind != "ray":
         yield
         return
-    try:
-        import ray
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise RuntimeError("--executor ray needs Ray: pip install 'biomedica-hf[ray]'") from e
+    ray = _import_ray()
     if ray.is_initialized():
         yield
         return
-    _ray_init(ray, address or "auto", workers if address in (None, "local") else None)
+    _ray_init(ray, *_ray_target(address, workers))
     try:
         yield
     finally:
@@ -252,8 +260,9 @@ def make_executor(kind: str = "local", *, workers: int = 1, address: str | None 
     if kind == "local":
         return LocalExecutor(workers, initializer, initargs)
     if kind == "ray":
-        return RayExecutor(address or "auto", num_gpus=num_gpus, initializer=initializer, initargs=initargs,
-                           local_cpus=workers if address in (None, "local") else None)
+        address, local_cpus = _ray_target(address, workers)
+        return RayExecutor(address, num_gpus=num_gpus, initializer=initializer, initargs=initargs,
+                           local_cpus=local_cpus)
     raise ValueError(f"unknown executor {kind!r}; one of {EXECUTORS}")
 
 
