@@ -195,9 +195,6 @@ def pytest_collection_modifyitems(config, items):
     items[:] = heavy_files_first(items)
 
 
-HEAVY = ("slow", "multiprocess", "browser")
-
-
 def heavy_files_first(items: list) -> list:
     """The test files that hold a slow, multiprocess or browser test first, the others after them, each file's tests
     in their own order. `make test` runs a file per xdist worker at a time in this order (``--dist loadfile
@@ -205,7 +202,8 @@ def heavy_files_first(items: list) -> list:
     finish together. xdist's own order (most tests first) sent the 100 s smoke file out last, to run alone: 811 s
     against 713 s on the two workers in the 2026-12-06 run; this order gives 762 s and 762 s (the same durations
     replayed). Within a file nothing moves (module fixtures are shared in file order)."""
-    heavy = {item.nodeid.split("::", 1)[0] for item in items if any(item.get_closest_marker(k) for k in HEAVY)}
+    heavy = {item.nodeid.split("::", 1)[0] for item in items
+             if any(item.get_closest_marker(kind) for kind in KIND_OF_TESTS)}
     return sorted(items, key=lambda item: item.nodeid.split("::", 1)[0] not in heavy)    # stable
 
 
