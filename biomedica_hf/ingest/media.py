@@ -477,8 +477,8 @@ def process_image(data: bytes, name: str = "", *, max_pixels: int = 178_956_970,
 
 
 def warm_up() -> None:
-    """Import what the first figure of a process imports (Pillow's plugins, the PNG encoder, ``imagehash`` and the
-    ``scipy.fft`` it uses: ~0.18 CPU s) by processing three tiny images: the build's driver calls it before it
+    """Import what the first figure of a process imports (Pillow's plugins, the PNG encoder and the pHash's
+    ``scipy.fftpack``: ~0.18 CPU s) by processing three tiny images: the build's driver calls it before it
     forks its workers, so that each worker does not pay it again."""
     from PIL import Image
 

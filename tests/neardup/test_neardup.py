@@ -41,6 +41,40 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
+def test_phash_bits_are_imagehashs_on_every_fixture_image_and_on_flat_and_tied_images(figures):
+    """The build computes imagehash's pHash itself (hashing._bits_phash: no image copy, no numpy.median, no
+    ImageHash object); its bits must be imagehash.phash's, for both hash sizes, on every real fixture figure as the
+    build hashes it, and where the median is a tie: flat images (every AC coefficient the same), two-level and
+    striped images, and images of every mode that reaches the hash."""
+    import imagehash
+
+    from biomedica_hf.neardup.hashing import _bits_phash, _gray, open_image
+
+    def same(img: Image.Image) -> None:
+        for size in (8, 16):
+            want = imagehash.phash(img, hash_size=size).hash.reshape(-1)
+            assert np.array_equal(_bits_phash(img, size), want), (img.mode, img.size, size)
+
+    for path in figures:
+        img = open_image(path.read_bytes())
+        img.load()
+        same(_gray(img))
+        same(img)                     # not yet gray: converted as imagehash converts it
+    rng = np.random.default_rng(7)
+    same(Image.new("L", (300, 200), 255))                                 # flat: every AC coefficient 0
+    same(Image.new("L", (64, 64), 0))
+    same(Image.new("RGB", (90, 90), (10, 200, 30)))
+    stripes = np.zeros((128, 128), np.uint8)
+    stripes[:, ::2] = 255
+    same(Image.fromarray(stripes))
+    half = np.zeros((100, 160), np.uint8)
+    half[:, 80:] = 200
+    same(Image.fromarray(half))
+    for _ in range(20):
+        same(Image.fromarray(rng.integers(0, 256, (int(rng.integers(8, 400)), int(rng.integers(8, 400))),
+                                          dtype=np.uint8)))
+
+
 def test_hash_is_256_bits_and_the_same_from_bytes_or_image(figures):
     from biomedica_hf.neardup.hashing import open_image
 
