@@ -139,7 +139,7 @@ def _bits_phash(gray: Image.Image, hash_size: int) -> np.ndarray:
     of a ~0.5 ms hash) and its ``ImageHash`` object: ~0.09 ms less a figure. ``numpy.median`` of an even count is the
     mean of the two middle values of the partitioned array, here ``(lo + hi) / 2`` of float64s: the same value
     (tests/neardup/test_neardup.py compares the bits with imagehash's on every fixture image, flat and tied images,
-    both hash sizes)."""
+    hash sizes 5, 8 and 16)."""
     from scipy.fftpack import dct
 
     side = hash_size * _PHASH_HIGHFREQ
