@@ -12,6 +12,11 @@ as .tar.gz packages) until there are >= --min-figures figures, in two corpora:
 Each corpus is measured in one run:
 
 * raw baseline: read every image file of every package (tar members or files) and decode it (PIL)
+* raw baseline of the same figures: read every package the same way and decode only its figure files, the ones the
+  build makes pairs of (from the ledger of this checkout's 1-worker build: GIF thumbnails next to their figure and
+  images no figure points to are read, inflated inside a .tar.gz, but not decoded). This is the issue's anchor
+  ("a raw read-and-decode of the same figures"): the every-image row counts ~1.6 files per pair on these corpora,
+  0.6 of them thumbnails that decode in ~0.1 ms
 * the build's per-article work alone: each article fetched and processed by ``process_package`` (parse,
   resolve, one decode per figure, conversion, pHash, sha256) in a child process, its clocks started after its
   imports and the listing, nothing written (``--no-article-work`` leaves it out): the build's time beyond it is
@@ -20,8 +25,8 @@ Each corpus is measured in one run:
   with 1 and 2 worker processes
 
 Prints a Markdown table per corpus: pairs/s (wall clock), pairs/s per core, CPU seconds (user + sys of
-the build's processes), pairs per CPU second, the build against raw decoding (pairs/s against figure
-files/s, wall clock and CPU), the 2-worker speed-up and peak memory. On a shared machine wall clock is
+the build's processes), pairs per CPU second, the build against raw decoding (pairs/s against the raw
+rows' files/s, wall clock and CPU: every image file, and the figure files only), the 2-worker speed-up and peak memory. On a shared machine wall clock is
 noisy: compare CPU seconds, and rows of one run. BIOMEDICA's serializer did about 2 pairs/s per process.
 
     python benchmarks/bench_build.py [--min-figures 2000] [--corpus both|tiff-heavy|realistic] [--keep DIR]
@@ -113,30 +118,61 @@ def replicate(dest: Path, min_figures: int, mix: str = "tiff-heavy") -> tuple[in
     return n_pkg, n_img
 
 
-def _tar_images(p: Path, inflate: str) -> list[bytes]:
+def _in_package(name: str) -> str:
+    """A member's path inside its package: a tar member's without its top folder (``PMCID/``), as in the ledger."""
+    return name.split("/", 1)[-1]
+
+
+def _tar_images(p: Path, inflate: str, only: set[str] | None = None) -> list[bytes]:
+    """The image members of a ``.tar.gz`` package (``only``: those whose path in the package is in it; the whole
+    package is still inflated: a reader cannot skip a member of a gzip stream)."""
+    def wanted(m) -> bool:
+        return m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXT and (only is None or _in_package(m.name) in only)
+
     if inflate == "stdlib":
         with tarfile.open(p) as t:
-            return [t.extractfile(m).read() for m in t.getmembers()
-                    if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXT]
+            return [t.extractfile(m).read() for m in t.getmembers() if wanted(m)]
     from biomedica_hf.io.gzstream import open_tar_stream
 
     with open(p, "rb") as raw, open_tar_stream(raw, inflate) as t:
-        return [t.extractfile(m).read() for m in t if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXT]
+        return [t.extractfile(m).read() for m in t if wanted(m)]
 
 
-def raw_baseline(src: Path, inflate: str = "stdlib") -> int:
+def raw_baseline(src: Path, inflate: str = "stdlib", figures: dict[str, set[str]] | None = None) -> int:
     """Read and fully decode every image of every package: the floor any builder pays. ``inflate``: how ``.tar.gz``
-    packages are gunzipped, ``stdlib`` (tarfile, the issue's anchor) or ``isal`` (ISA-L, as the build does)."""
+    packages are gunzipped, ``stdlib`` (tarfile, the issue's anchor) or ``isal`` (ISA-L, as the build does).
+    ``figures`` (:func:`figure_files`): decode only the figure files (package -> paths in it), the same figures the
+    build makes pairs of; the thumbnails and the other non-figure images are left undecoded (in a ``.tar.gz`` they
+    are still inflated, as every reader must)."""
     n = 0
     for p in sorted(src.iterdir()):
+        only = None if figures is None else figures.get(p.name, set())
         if p.is_dir():
-            blobs = [f.read_bytes() for f in p.iterdir() if f.suffix.lower() in IMAGE_EXT]
+            blobs = [f.read_bytes() for f in sorted(p.iterdir()) if f.suffix.lower() in IMAGE_EXT
+                     and (only is None or f.name in only)]
         else:
-            blobs = _tar_images(p, inflate)
+            blobs = _tar_images(p, inflate, only)
         for b in blobs:
             Image.open(io.BytesIO(b)).load()
             n += 1
     return n
+
+
+def figure_files(out: Path) -> dict[str, set[str]]:
+    """The figure files of a built corpus, from the build's ledger (``out/ledger.parquet``): package name (a
+    ``.tar.gz`` or a folder) -> the paths in it of the files read as figure images. GIF thumbnails next to their
+    figure (``alternate_rendition``) and images no figure points to (``image_not_a_figure``) are not among them.
+    Read in a child process (:func:`run_child`): this process, whose peak RSS the raw rows report, never imports
+    pyarrow."""
+    code = ("import json, sys, pyarrow.parquet as pq; "
+            "t = pq.read_table(sys.argv[1], columns=['kind', 'id', 'state', 'reason', 'source']).to_pylist(); "
+            "print(json.dumps([(r['source'], r['id']) for r in t if r['kind'] == 'file' and r['state'] == 'kept' "
+            "and r['reason'] == 'figure_image']))")
+    text, _, _ = run_child([sys.executable, "-c", code, str(out / "ledger.parquet")], "reading the ledger")
+    found: dict[str, set[str]] = {}
+    for source, fid in json.loads(text.strip().splitlines()[-1]):
+        found.setdefault(source, set()).add(_in_package(fid))
+    return found
 
 
 @dataclass
@@ -150,10 +186,14 @@ class Run:
     build: bool = True  # a build (its speed-up against its own 1-worker row is reported), not a reference row
 
 
-def measure_raw(src: Path, inflate: str = "stdlib") -> Run:
+RAW = "raw: read packages + decode every image"
+RAW_FIGURES = "raw: read packages + decode the figure files only (the same figures)"
+
+
+def measure_raw(src: Path, inflate: str = "stdlib", figures: dict[str, set[str]] | None = None) -> Run:
     t0, c0 = time.perf_counter(), time.process_time()
-    n = raw_baseline(src, inflate)
-    name = "raw: read packages + decode every image" + ("" if inflate == "stdlib" else f" ({inflate} inflate)")
+    n = raw_baseline(src, inflate, figures)
+    name = (RAW if figures is None else RAW_FIGURES) + ("" if inflate == "stdlib" else f" ({inflate} inflate)")
     return Run(name, 1, n, time.perf_counter() - t0, time.process_time() - c0,
                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, build=False)
 
@@ -241,24 +281,29 @@ def best(runs: list[Run]) -> Run:
 
 def table(rows: list[Run]) -> str:
     """``rows``: the raw baseline (tarfile's inflate, the issue's anchor), the raw baseline with the build's inflate
-    (ISA-L), then the builds (and reference rows: ``build=False``). 'vs raw' compares with the first, 'vs raw
-    (ISA-L)' with the second."""
+    (ISA-L), then the builds and reference rows (``build=False``), among them, when measured, the raw baseline of the
+    same figures (:data:`RAW_FIGURES`). 'vs raw' compares with the first, 'vs raw, ISA-L' with the second, 'vs raw,
+    same figures' with the figures-only row ('-' without one): pairs/s against files/s each time."""
     raw, raw_isal = rows[0], rows[1]
+    figs = next((r for r in rows if r.name == RAW_FIGURES), None)
     one = {r.name: r for r in rows if r.build and r.workers == 1}    # each build's own 1-worker row
     lines = ["| pipeline | workers | pairs | seconds | pairs/s | pairs/s per core | CPU s | pairs per CPU s | "
-             "vs raw (wall) | vs raw (CPU) | vs raw, ISA-L (wall) | speed-up vs 1 worker | peak RSS (MB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "vs raw (wall) | vs raw (CPU) | vs raw, ISA-L (wall) | vs raw, same figures (wall) | "
+             "vs raw, same figures (CPU) | speed-up vs 1 worker | peak RSS (MB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         rate, per_cpu = r.n / r.seconds, r.n / r.cpu
         vs_wall = rate / (raw.n / raw.seconds)
         vs_cpu = per_cpu / (raw.n / raw.cpu)
         vs_isal = rate / (raw_isal.n / raw_isal.seconds)
+        vs_figs = (f"{rate / (figs.n / figs.seconds):.2f} | {per_cpu / (figs.n / figs.cpu):.2f}" if figs is not None
+                   else "- | -")
         w1 = one.get(r.name)
         speed = f"{w1.seconds / r.seconds:.2f}x" if r.build and w1 is not None else "-"
         lines.append(f"| {r.name} | {r.workers} | {r.n} | {r.seconds:.1f} | {rate:.1f} | {rate / r.workers:.1f} | "
-                     f"{r.cpu:.1f} | {per_cpu:.1f} | {vs_wall:.2f} | {vs_cpu:.2f} | {vs_isal:.2f} | {speed} | "
-                     f"{r.peak_mb:.0f} |")
-    lines.append("| BIOMEDICA serializer (published) | 1 | - | - | ~2 | ~2 | - | - | - | - | - | - | - |")
+                     f"{r.cpu:.1f} | {per_cpu:.1f} | {vs_wall:.2f} | {vs_cpu:.2f} | {vs_isal:.2f} | {vs_figs} | "
+                     f"{speed} | {r.peak_mb:.0f} |")
+    lines.append("| BIOMEDICA serializer (published) | 1 | - | - | ~2 | ~2 | - | - | - | - | - | - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -320,9 +365,10 @@ def main() -> None:
         print(f"\n### corpus {mix}: {n_pkg} packages, {n_img} image files (incl. .gif thumbnails) in {src}\n")
         configs = [(b, e, w) for w in (1, 2) for e in (("local", "ray") if args.ray else ("local",))
                    for b in range(len(builds))]                # baseline and this checkout back to back
-        refs = [("raw", 1), ("raw-isal", 1)] + ([("articles", 1)] if args.article_work else [])
+        refs = [("raw", 1), ("raw-isal", 1), ("raw-figures", 1)] + ([("articles", 1)] if args.article_work else [])
         runs: dict = {c: [] for c in [*refs, *configs]}
         stage_runs = []
+        figures = None          # the figure files, from this checkout's first 1-worker build's ledger
         for _ in range(max(1, args.repeat)):
             runs[("raw", 1)].append(measure_raw(src))
             runs[("raw-isal", 1)].append(measure_raw(src, "isal"))
@@ -334,7 +380,14 @@ def main() -> None:
                 exe, label = builds[b]
                 runs[(b, executor, w)].append(run_build(src, root / f"out-{mix}-{b}-{executor}-w{w}", w, executor,
                                                         exe, label))
+            if figures is None:
+                figures = figure_files(root / f"out-{mix}-{len(builds) - 1}-local-w1")
+            runs[("raw-figures", 1)].append(measure_raw(src, figures=figures))
         print(table([best(v) for v in runs.values()]))
+        n_figures, pairs = sum(map(len, figures.values())), runs[(len(builds) - 1, "local", 1)][-1].n
+        print(f"\n{n_img} image files: {n_figures} figure files (the build's ledger), {n_img - n_figures} thumbnails "
+              f"and other images no figure points to" + ("" if n_figures == pairs else
+                                                           f"; the build wrote {pairs} pairs from them"))
         if stage_runs:
             stages = min(stage_runs, key=lambda x: x[0])[1]     # the repeat reported in the table
             print("\n" + ARTICLE_WORK + ", by stage (s): "
@@ -343,8 +396,9 @@ def main() -> None:
         print("\nper-task overhead (no-op task, 2 workers):")
         for kind, ms in task_overhead().items():
             print(f"- {kind}: {ms:.2f} ms per task")
-    print("\nraw counts every image file (thumbnails too); build counts written pairs; 'vs raw' is pairs/s over "
-          "raw files/s (wall clock, and per CPU second). CPU s: user + sys of all the build's processes. Peak RSS: "
+    print("\nThe first raw row counts every image file (thumbnails too), the figures-only row the figure files (the "
+          "issue's 'same figures'); build counts written pairs; 'vs raw' is pairs/s over raw files/s, 'vs raw, same "
+          "figures' over the figures-only row's (wall clock, and per CPU second). CPU s: user + sys of all the build's processes. Peak RSS: "
           "the largest single process (driver or worker). The per-article work row counts the samples "
           "process_package made (the build's pairs before de-duplication); it runs in a child process, its clocks "
           "started after its imports and the listing.")

@@ -1,6 +1,6 @@
 """``benchmarks/bench_build.py``'s row of the build's per-article work alone (issue 28): it processes what the build
 processes (the same samples from the same input), times its stages, and its table row is a reference (no speed-up
-of its own), as the raw rows are."""
+of its own), as the raw rows are; the raw row of the same figures decodes the files the pairs come from."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,8 @@ from support.paths import REPO
 from biomedica_hf.ingest.pipeline import BuildConfig, build
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_build import ARTICLE_WORK, Run, article_work, measure_article_work, replicate, table  # noqa: E402
+from bench_build import (ARTICLE_WORK, RAW_FIGURES, Run, article_work, figure_files, measure_article_work,  # noqa: E402
+                         raw_baseline, replicate, table)
 
 
 def test_the_article_work_row_makes_the_samples_the_build_writes(tmp_path):
@@ -32,6 +33,25 @@ def test_the_article_work_row_makes_the_samples_the_build_writes(tmp_path):
     run, child_stages = measure_article_work(inp)
     assert (run.name, run.n, run.build) == (ARTICLE_WORK, n, False)
     assert set(child_stages) == set(stages) and run.seconds > 0 and run.cpu > 0 and run.peak_mb > 50
+    # the raw row of the same figures decodes exactly the files the pairs come from: no thumbnail, no image that no
+    # figure points to; the every-image row decodes those too
+    figures = figure_files(out)
+    assert sum(map(len, figures.values())) == written
+    assert raw_baseline(inp, figures=figures) == written < raw_baseline(inp)
+    assert {p.name for p in inp.iterdir()} >= set(figures)          # keyed by package (.tar.gz or folder)
+    thumbnails = 0
+    for package, paths in figures.items():
+        for path in paths:
+            assert not (path.endswith(".gif") and any(q != path and q.rsplit(".", 1)[0] == path.rsplit(".", 1)[0]
+                                                      for q in paths))
+        if package.endswith(".tar.gz"):
+            continue
+        names = {f.name for f in (inp / package).iterdir()}
+        assert paths <= names
+        thumbs = {n for n in names if n.endswith(".gif") and n[:-4] + ".jpg" in names}
+        assert not thumbs & paths                   # a JPEG figure's GIF thumbnail is not a figure file
+        thumbnails += len(thumbs)
+    assert thumbnails > 0
 
 
 def test_reference_rows_have_no_speed_up_and_builds_keep_theirs():
@@ -40,8 +60,14 @@ def test_reference_rows_have_no_speed_up_and_builds_keep_theirs():
     work = Run(ARTICLE_WORK, 1, 200, 1.5, 1.5, 100.0, build=False)
     one = Run("build", 1, 200, 4.0, 4.0, 250.0)
     two = Run("build", 2, 200, 2.5, 4.4, 250.0)
-    lines = table([raw, raw_isal, work, one, two]).splitlines()
+    figs = Run(RAW_FIGURES, 1, 200, 0.9, 0.8, 30.0, build=False)
+    lines = table([raw, raw_isal, figs, work, one, two]).splitlines()
     rows = {ln.split(" | ")[0] + f" {ln.split(' | ')[1]}": ln.split(" | ") for ln in lines[2:-1]}
-    assert rows[f"| {ARTICLE_WORK} 1"][11] == "-"
-    assert rows["| build 1"][11] == "1.00x" and rows["| build 2"][11] == "1.60x"
+    assert rows[f"| {ARTICLE_WORK} 1"][13] == rows[f"| {RAW_FIGURES} 1"][13] == "-"
+    assert rows["| build 1"][13] == "1.00x" and rows["| build 2"][13] == "1.60x"
     assert rows[f"| {ARTICLE_WORK} 1"][8] == "0.44"       # (200 / 1.5) / (300 / 1.0): pairs/s against raw files/s
+    assert rows[f"| {ARTICLE_WORK} 1"][11] == "0.60"      # (200 / 1.5) / (200 / 0.9): against the same figures' rate
+    assert rows["| build 1"][12] == "0.20"                # (200 / 4.0) / (200 / 0.8): per CPU second
+    # without a figures-only row its columns are empty
+    lines = table([raw, raw_isal, one]).splitlines()
+    assert lines[2].split(" | ")[11:13] == ["-", "-"]
