@@ -188,12 +188,14 @@ class Run:
 
 RAW = "raw: read packages + decode every image"
 RAW_FIGURES = "raw: read packages + decode the figure files only (the same figures)"
+ISAL = " (isal inflate)"
 
 
 def measure_raw(src: Path, inflate: str = "stdlib", figures: dict[str, set[str]] | None = None) -> Run:
     t0, c0 = time.perf_counter(), time.process_time()
     n = raw_baseline(src, inflate, figures)
-    name = (RAW if figures is None else RAW_FIGURES) + ("" if inflate == "stdlib" else f" ({inflate} inflate)")
+    name = (RAW if figures is None else RAW_FIGURES) + ("" if inflate == "stdlib" else ISAL if inflate == "isal"
+                                                        else f" ({inflate} inflate)")
     return Run(name, 1, n, time.perf_counter() - t0, time.process_time() - c0,
                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, build=False)
 
@@ -282,15 +284,18 @@ def best(runs: list[Run]) -> Run:
 def table(rows: list[Run]) -> str:
     """``rows``: the raw baseline (tarfile's inflate, the issue's anchor), the raw baseline with the build's inflate
     (ISA-L), then the builds and reference rows (``build=False``), among them, when measured, the raw baseline of the
-    same figures (:data:`RAW_FIGURES`). 'vs raw' compares with the first, 'vs raw, ISA-L' with the second, 'vs raw,
-    same figures' with the figures-only row ('-' without one): pairs/s against files/s each time."""
+    same figures (:data:`RAW_FIGURES`, with tarfile's and with ISA-L's inflate). 'vs raw' compares with the first,
+    'vs raw, ISA-L' with the second, 'vs raw, same figures' with the figures-only rows ('-' without them): pairs/s
+    against files/s each time."""
     raw, raw_isal = rows[0], rows[1]
     figs = next((r for r in rows if r.name == RAW_FIGURES), None)
+    figs_isal = next((r for r in rows if r.name == RAW_FIGURES + ISAL), None)
     one = {r.name: r for r in rows if r.build and r.workers == 1}    # each build's own 1-worker row
     lines = ["| pipeline | workers | pairs | seconds | pairs/s | pairs/s per core | CPU s | pairs per CPU s | "
              "vs raw (wall) | vs raw (CPU) | vs raw, ISA-L (wall) | vs raw, same figures (wall) | "
-             "vs raw, same figures (CPU) | speed-up vs 1 worker | peak RSS (MB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "vs raw, same figures (CPU) | vs raw, same figures, ISA-L (wall) | speed-up vs 1 worker | "
+             "peak RSS (MB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         rate, per_cpu = r.n / r.seconds, r.n / r.cpu
         vs_wall = rate / (raw.n / raw.seconds)
@@ -298,12 +303,13 @@ def table(rows: list[Run]) -> str:
         vs_isal = rate / (raw_isal.n / raw_isal.seconds)
         vs_figs = (f"{rate / (figs.n / figs.seconds):.2f} | {per_cpu / (figs.n / figs.cpu):.2f}" if figs is not None
                    else "- | -")
+        vs_figs += f" | {rate / (figs_isal.n / figs_isal.seconds):.2f}" if figs_isal is not None else " | -"
         w1 = one.get(r.name)
         speed = f"{w1.seconds / r.seconds:.2f}x" if r.build and w1 is not None else "-"
         lines.append(f"| {r.name} | {r.workers} | {r.n} | {r.seconds:.1f} | {rate:.1f} | {rate / r.workers:.1f} | "
                      f"{r.cpu:.1f} | {per_cpu:.1f} | {vs_wall:.2f} | {vs_cpu:.2f} | {vs_isal:.2f} | {vs_figs} | "
                      f"{speed} | {r.peak_mb:.0f} |")
-    lines.append("| BIOMEDICA serializer (published) | 1 | - | - | ~2 | ~2 | - | - | - | - | - | - | - | - | - |")
+    lines.append("| BIOMEDICA serializer (published) | 1 | - | - | ~2 | ~2 | - | - | - | - | - | - | - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -365,24 +371,26 @@ def main() -> None:
         print(f"\n### corpus {mix}: {n_pkg} packages, {n_img} image files (incl. .gif thumbnails) in {src}\n")
         configs = [(b, e, w) for w in (1, 2) for e in (("local", "ray") if args.ray else ("local",))
                    for b in range(len(builds))]                # baseline and this checkout back to back
-        refs = [("raw", 1), ("raw-isal", 1), ("raw-figures", 1)] + ([("articles", 1)] if args.article_work else [])
+        refs = [("raw", 1), ("raw-isal", 1), ("raw-figures", 1), ("raw-figures-isal", 1)] + (
+            [("articles", 1)] if args.article_work else [])
         runs: dict = {c: [] for c in [*refs, *configs]}
         stage_runs = []
         figures = None          # the figure files, from this checkout's first 1-worker build's ledger
-        for _ in range(max(1, args.repeat)):
-            runs[("raw", 1)].append(measure_raw(src))
-            runs[("raw-isal", 1)].append(measure_raw(src, "isal"))
-            if args.article_work:
-                run, stages = measure_article_work(src)
-                runs[("articles", 1)].append(run)
-                stage_runs.append((run.cpu, stages))
+        for _ in range(max(1, args.repeat)):       # the builds first: the figures-only rows need a ledger
             for b, executor, w in configs:
                 exe, label = builds[b]
                 runs[(b, executor, w)].append(run_build(src, root / f"out-{mix}-{b}-{executor}-w{w}", w, executor,
                                                         exe, label))
             if figures is None:
                 figures = figure_files(root / f"out-{mix}-{len(builds) - 1}-local-w1")
+            runs[("raw", 1)].append(measure_raw(src))            # the raw rows back to back: the same conditions
+            runs[("raw-isal", 1)].append(measure_raw(src, "isal"))
             runs[("raw-figures", 1)].append(measure_raw(src, figures=figures))
+            runs[("raw-figures-isal", 1)].append(measure_raw(src, "isal", figures=figures))
+            if args.article_work:
+                run, stages = measure_article_work(src)
+                runs[("articles", 1)].append(run)
+                stage_runs.append((run.cpu, stages))
         print(table([best(v) for v in runs.values()]))
         n_figures, pairs = sum(map(len, figures.values())), runs[(len(builds) - 1, "local", 1)][-1].n
         print(f"\n{n_img} image files: {n_figures} figure files (the build's ledger), {n_img - n_figures} thumbnails "

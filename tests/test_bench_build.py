@@ -11,7 +11,7 @@ from support.paths import REPO
 from biomedica_hf.ingest.pipeline import BuildConfig, build
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_build import (ARTICLE_WORK, RAW_FIGURES, Run, article_work, figure_files, measure_article_work,  # noqa: E402
+from bench_build import (ARTICLE_WORK, ISAL, RAW_FIGURES, Run, article_work, figure_files, measure_article_work,  # noqa: E402
                          raw_baseline, replicate, table)
 
 
@@ -61,13 +61,15 @@ def test_reference_rows_have_no_speed_up_and_builds_keep_theirs():
     one = Run("build", 1, 200, 4.0, 4.0, 250.0)
     two = Run("build", 2, 200, 2.5, 4.4, 250.0)
     figs = Run(RAW_FIGURES, 1, 200, 0.9, 0.8, 30.0, build=False)
-    lines = table([raw, raw_isal, figs, work, one, two]).splitlines()
+    figs_isal = Run(RAW_FIGURES + ISAL, 1, 200, 0.5, 0.5, 30.0, build=False)
+    lines = table([raw, raw_isal, figs, figs_isal, work, one, two]).splitlines()
     rows = {ln.split(" | ")[0] + f" {ln.split(' | ')[1]}": ln.split(" | ") for ln in lines[2:-1]}
-    assert rows[f"| {ARTICLE_WORK} 1"][13] == rows[f"| {RAW_FIGURES} 1"][13] == "-"
-    assert rows["| build 1"][13] == "1.00x" and rows["| build 2"][13] == "1.60x"
+    assert rows[f"| {ARTICLE_WORK} 1"][14] == rows[f"| {RAW_FIGURES} 1"][14] == "-"
+    assert rows["| build 1"][14] == "1.00x" and rows["| build 2"][14] == "1.60x"
+    assert rows["| build 2"][13] == "0.20"                # (200 / 2.5) / (200 / 0.5): the ISA-L figures-only row
     assert rows[f"| {ARTICLE_WORK} 1"][8] == "0.44"       # (200 / 1.5) / (300 / 1.0): pairs/s against raw files/s
     assert rows[f"| {ARTICLE_WORK} 1"][11] == "0.60"      # (200 / 1.5) / (200 / 0.9): against the same figures' rate
     assert rows["| build 1"][12] == "0.20"                # (200 / 4.0) / (200 / 0.8): per CPU second
     # without a figures-only row its columns are empty
     lines = table([raw, raw_isal, one]).splitlines()
-    assert lines[2].split(" | ")[11:13] == ["-", "-"]
+    assert lines[2].split(" | ")[11:14] == ["-", "-", "-"]
