@@ -26,8 +26,9 @@ Each corpus is measured in one run:
 
 Prints a Markdown table per corpus: pairs/s (wall clock), pairs/s per core, CPU seconds (user + sys of
 the build's processes), pairs per CPU second, the build against raw decoding (pairs/s against the raw
-rows' files/s, wall clock and CPU: every image file, and the figure files only), the 2-worker speed-up and peak memory. On a shared machine wall clock is
-noisy: compare CPU seconds, and rows of one run. BIOMEDICA's serializer did about 2 pairs/s per process.
+rows' files/s, wall clock and CPU: every image file, and the figure files only), the 2-worker speed-up and
+peak memory. On a shared machine wall clock is noisy: compare CPU seconds, and rows of one run. BIOMEDICA's
+serializer did about 2 pairs/s per process.
 
     python benchmarks/bench_build.py [--min-figures 2000] [--corpus both|tiff-heavy|realistic] [--keep DIR]
                                      [--baseline CHECKOUT] [--no-article-work]
@@ -406,10 +407,10 @@ def main() -> None:
             print(f"- {kind}: {ms:.2f} ms per task")
     print("\nThe first raw row counts every image file (thumbnails too), the figures-only row the figure files (the "
           "issue's 'same figures'); build counts written pairs; 'vs raw' is pairs/s over raw files/s, 'vs raw, same "
-          "figures' over the figures-only row's (wall clock, and per CPU second). CPU s: user + sys of all the build's processes. Peak RSS: "
-          "the largest single process (driver or worker). The per-article work row counts the samples "
-          "process_package made (the build's pairs before de-duplication); it runs in a child process, its clocks "
-          "started after its imports and the listing.")
+          "figures' over the figures-only row's (wall clock, and per CPU second). CPU s: user + sys of all the "
+          "build's processes. Peak RSS: the largest single process (driver or worker). The per-article work row "
+          "counts the samples process_package made (the build's pairs before de-duplication); it runs in a child "
+          "process, its clocks started after its imports and the listing.")
     if args.keep is None:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -11,8 +11,9 @@ from support.paths import REPO
 from biomedica_hf.ingest.pipeline import BuildConfig, build
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_build import (ARTICLE_WORK, ISAL, RAW_FIGURES, Run, article_work, figure_files, measure_article_work,  # noqa: E402
-                         raw_baseline, replicate, table)
+from bench_build import (  # noqa: E402
+    ARTICLE_WORK, ISAL, RAW_FIGURES, Run, article_work, figure_files, measure_article_work, raw_baseline, replicate,
+    table)
 
 
 def test_the_article_work_row_makes_the_samples_the_build_writes(tmp_path):
