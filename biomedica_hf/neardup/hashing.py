@@ -140,8 +140,7 @@ def _bits_phash(gray: Image.Image, hash_size: int) -> np.ndarray:
     mean of the two middle values of the partitioned array, here ``(lo + hi) / 2`` of float64s: the same value
     (tests/neardup/test_neardup.py compares the bits with imagehash's on every fixture image, flat and tied images,
     hash sizes 5, 8 and 16)."""
-    from scipy.fftpack import dct
-
+    dct = _dct_ii()
     side = hash_size * _PHASH_HIGHFREQ
     img = gray if gray.mode == "L" else gray.convert("L")
     pixels = np.asarray(img.resize((side, side), Image.Resampling.LANCZOS))
@@ -153,6 +152,69 @@ def _bits_phash(gray: Image.Image, hash_size: int) -> np.ndarray:
         part = np.partition(low, (mid - 1, mid))
         med = (part[mid - 1] + part[mid]) / 2
     return low > med
+
+
+_POCKETFFT = "scipy.fft._pocketfft.pypocketfft"      # the C++ extension behind scipy.fftpack.dct and scipy.fft.dct
+_DCT: list[Callable[..., np.ndarray]] = []
+
+
+def _dct_ii() -> Callable[..., np.ndarray]:
+    """``scipy.fftpack.dct`` (type II, unnormalised): ``dct(x, axis=...)``, the same values bit for bit.
+
+    scipy computes it in its pocketfft extension; its Python front (``scipy.fft``) imports the array-API layer and
+    with it numpy's whole namespace (``numpy.testing``, ``numpy.f2py``, ``numpy.ma``...): ~0.22 s of every build's
+    first figure, in the serial part of the build (issue 28). The extension is loaded here by itself, under its
+    own name, so a later ``import scipy.fft`` finds it in ``sys.modules`` (one copy), and called with the arguments
+    ``scipy.fftpack.dct`` gives it (``type=2``, ``inorm=0``, one thread; integers as float64). It is checked once
+    against the DCT-II's definition; where it cannot be found or loaded (another scipy layout), or fails the
+    check, ``scipy.fftpack.dct`` itself is used (tests/neardup/test_neardup.py compares both, bit for bit)."""
+    if not _DCT:
+        _DCT.append(_pocketfft_dct() or _fftpack_dct)
+    return _DCT[0]
+
+
+def _fftpack_dct(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    from scipy.fftpack import dct
+
+    return dct(x, axis=axis)
+
+
+def _pocketfft_dct() -> Callable[..., np.ndarray] | None:
+    import importlib.machinery
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    try:
+        pfft = sys.modules.get(_POCKETFFT)
+        if pfft is None:
+            spec = importlib.util.find_spec("scipy")            # finds the package, imports nothing
+            folder = Path(next(iter(spec.submodule_search_locations))) / "fft" / "_pocketfft"
+            path = next(p for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                        for p in [folder / f"pypocketfft{suffix}"] if p.is_file())
+            spec = importlib.util.spec_from_file_location(
+                _POCKETFFT, path, loader=importlib.machinery.ExtensionFileLoader(_POCKETFFT, str(path)))
+            pfft = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(pfft)
+            pfft = sys.modules.setdefault(_POCKETFFT, pfft)
+
+        def dct(x: np.ndarray, axis: int = -1) -> np.ndarray:
+            x = np.asarray(x)
+            if x.dtype.kind not in "fc":
+                x = x.astype(np.float64)                       # scipy.fft's _asfarray: integers as float64
+            return pfft.dct(x, 2, (axis,), 0, None, 1, None)
+
+        # the definition: y[k] = 2 * sum_n x[n] cos(pi k (2n + 1) / 2N), along either axis
+        x = np.arange(24, dtype=np.float64).reshape(4, 6) ** 1.5
+        for axis in (0, 1):
+            n = x.shape[axis]
+            basis = 2 * np.cos(np.pi * np.outer(np.arange(n), 2 * np.arange(n) + 1) / (2 * n))
+            want = basis @ x if axis == 0 else x @ basis.T
+            if not np.allclose(dct(x, axis=axis), want, rtol=1e-12, atol=1e-9):
+                return None
+        return dct
+    except Exception:  # noqa: BLE001 - any other scipy: its public function
+        return None
 
 
 def _bits_dhash(gray: Image.Image, hash_size: int) -> np.ndarray:
