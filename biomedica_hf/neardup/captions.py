@@ -157,9 +157,12 @@ def _chunk_signatures(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
     owner = np.repeat(np.arange(len(captions)), counts)        # the caption of every shingle, ascending
     a, b = (p[:, None] for p in _permutations())
     mins = np.full((NUM_PERM, len(captions)), np.iinfo(np.uint32).max, dtype=np.uint32)
+    buf = np.empty((NUM_PERM, min(total, _SLICE_ROWS)), dtype=np.uint32)    # every block's products, in place
     for lo in range(0, total, _SLICE_ROWS):
         hi = min(lo + _SLICE_ROWS, total)
-        block = hv[None, lo:hi] * a + b       # (NUM_PERM, shingles): wraps mod 2^32 as datasketch's uint32 arrays do
+        block = buf[:, :hi - lo]
+        np.multiply(hv[None, lo:hi], a, out=block)  # (NUM_PERM, shingles): wraps mod 2^32 as datasketch's uint32 do
+        block += b
         own = owner[lo:hi]
         starts = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])
         cols = own[starts]                     # distinct within the block; a caption cut by the block edge is merged
