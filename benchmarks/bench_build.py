@@ -23,6 +23,10 @@ Each corpus is measured in one run:
   its bookkeeping (staging, shards, tables, the near-duplicate and caption passes, the card) and its start
 * biomedica build: list -> parse JATS -> resolve + decode/convert -> ledger -> plan -> shards -> card,
   with 1 and 2 worker processes
+* the raw baseline of the same figures in 2 processes (the packages dealt alternately to two forked processes): the
+  anchor's own 2-core scaling in this run, next to the build's 2-worker speed-up. On a shared machine two busy cores
+  are often slower than one (1.3-2.0x within minutes on the 2-core machine of issue 28's rounds): no 2-worker build
+  can scale past what plain decoding gets from the same two cores at that time
 
 Prints a Markdown table per corpus: pairs/s (wall clock), pairs/s per core, CPU seconds (user + sys of
 the build's processes), pairs per CPU second, the build against raw decoding (pairs/s against the raw
@@ -139,14 +143,15 @@ def _tar_images(p: Path, inflate: str, only: set[str] | None = None) -> list[byt
         return [t.extractfile(m).read() for m in t if wanted(m)]
 
 
-def raw_baseline(src: Path, inflate: str = "stdlib", figures: dict[str, set[str]] | None = None) -> int:
+def raw_baseline(src: Path, inflate: str = "stdlib", figures: dict[str, set[str]] | None = None,
+                 packages: list[Path] | None = None) -> int:
     """Read and fully decode every image of every package: the floor any builder pays. ``inflate``: how ``.tar.gz``
     packages are gunzipped, ``stdlib`` (tarfile, the issue's anchor) or ``isal`` (ISA-L, as the build does).
     ``figures`` (:func:`figure_files`): decode only the figure files (package -> paths in it), the same figures the
     build makes pairs of; the thumbnails and the other non-figure images are left undecoded (in a ``.tar.gz`` they
-    are still inflated, as every reader must)."""
+    are still inflated, as every reader must). ``packages``: these packages of ``src`` only (default: all)."""
     n = 0
-    for p in sorted(src.iterdir()):
+    for p in sorted(src.iterdir()) if packages is None else packages:
         only = None if figures is None else figures.get(p.name, set())
         if p.is_dir():
             blobs = [f.read_bytes() for f in sorted(p.iterdir()) if f.suffix.lower() in IMAGE_EXT
@@ -198,6 +203,55 @@ def measure_raw(src: Path, inflate: str = "stdlib", figures: dict[str, set[str]]
     name = (RAW if figures is None else RAW_FIGURES) + ("" if inflate == "stdlib" else f" ({inflate} inflate)")
     return Run(name, 1, n, time.perf_counter() - t0, time.process_time() - c0,
                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, build=False)
+
+
+def _raw_part(args: tuple) -> tuple[int, float, float, float]:
+    """One process's share of :func:`measure_raw_parallel`: (files, wall s, CPU s, peak RSS MB)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = raw_baseline(*args)
+    return (n, time.perf_counter() - t0, time.process_time() - c0,
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _package_bytes(p: Path, only: set[str]) -> int:
+    """What a process reads of a package: a ``.tar.gz`` whole, a folder's figure files."""
+    return p.stat().st_size if p.is_file() else sum((p / name).stat().st_size for name in only if (p / name).exists())
+
+
+def deal(packages: list[Path], figures: dict[str, set[str]], workers: int) -> list[list[Path]]:
+    """The packages dealt to ``workers`` processes by the bytes each reads, largest first, each to the least loaded
+    (an even share of the work: dealing them alternately by name gave one process the same articles every time)."""
+    shares: list[list[Path]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    sized = sorted(((_package_bytes(p, figures.get(p.name, set())), p.name, p) for p in packages), reverse=True)
+    for size, _, p in sized:
+        i = load.index(min(load))
+        shares[i].append(p)
+        load[i] += size
+    return [sorted(s) for s in shares]
+
+
+def measure_raw_parallel(src: Path, figures: dict[str, set[str]], workers: int = 2) -> Run:
+    """The raw baseline of the same figures (tarfile's inflate) in ``workers`` forked processes, the packages dealt
+    by size (:func:`deal`): how far plain decoding scales on this machine's cores at this time. Wall clock until
+    the last one ends; CPU of the processes; peak RSS of the largest."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+        parts = list(pool.map(_raw_part, [(src, "stdlib", figures, share)
+                                          for share in deal(sorted(src.iterdir()), figures, workers)]))
+    return Run(RAW_FIGURES, workers, sum(p[0] for p in parts), time.perf_counter() - t0, sum(p[2] for p in parts),
+               max(p[3] for p in parts), build=False)
+
+
+def scaling_line(raw_one: Run, raw_two: Run, one: Run, two: Run) -> str:
+    """The line after a corpus' table: the raw anchor's 2-process scaling in this run, the build's next to it."""
+    anchor, build = raw_one.seconds / raw_two.seconds, one.seconds / two.seconds
+    return (f"2 cores in this run: the raw read-and-decode of the same figures ran {anchor:.2f}x faster in "
+            f"{two.workers} processes than in one; the build ran {build:.2f}x faster with {two.workers} workers "
+            f"({build / anchor:.0%} of the anchor's scaling)")
 
 
 ARTICLE_WORK = "the build's per-article work alone (fetch + process_package, nothing written)"
@@ -298,7 +352,7 @@ def table(rows: list[Run]) -> str:
     raw, raw_isal = rows[0], rows[1]
     figs = next((r for r in rows if r.name == RAW_FIGURES), None)
     figs_isal = next((r for r in rows if r.name == RAW_FIGURES + ISAL), None)
-    one = {r.name: r for r in rows if r.build and r.workers == 1}    # each build's own 1-worker row
+    one = {r.name: r for r in rows if r.workers == 1}    # each row's own 1-worker row
     lines = ["| pipeline | workers | pairs | seconds | pairs/s | pairs/s per core | CPU s | pairs per CPU s | "
              "vs raw (wall) | vs raw (CPU) | vs raw, ISA-L (wall) | vs raw, same figures (wall) | "
              "vs raw, same figures (CPU) | vs raw, same figures, ISA-L (wall) | speed-up vs 1 worker | "
@@ -309,7 +363,7 @@ def table(rows: list[Run]) -> str:
         ratios = [_vs(r, raw), _vs(r, raw, cpu=True), _vs(r, raw_isal), _vs(r, figs), _vs(r, figs, cpu=True),
                   _vs(r, figs_isal)]
         w1 = one.get(r.name)
-        speed = f"{w1.seconds / r.seconds:.2f}x" if r.build and w1 is not None else "-"
+        speed = f"{w1.seconds / r.seconds:.2f}x" if (r.build or r.workers > 1) and w1 is not None else "-"
         lines.append(f"| {r.name} | {r.workers} | {r.n} | {r.seconds:.1f} | {rate:.1f} | {rate / r.workers:.1f} | "
                      f"{r.cpu:.1f} | {per_cpu:.1f} | {' | '.join(ratios)} | {speed} | {r.peak_mb:.0f} |")
     lines.append("| BIOMEDICA serializer (published) | 1 | - | - | ~2 | ~2 | - | - | - | - | - | - | - | - | - | - |")
@@ -374,7 +428,7 @@ def main() -> None:
         print(f"\n### corpus {mix}: {n_pkg} packages, {n_img} image files (incl. .gif thumbnails) in {src}\n")
         configs = [(b, e, w) for w in (1, 2) for e in (("local", "ray") if args.ray else ("local",))
                    for b in range(len(builds))]                # baseline and this checkout back to back
-        refs = [("raw", 1), ("raw-isal", 1), ("raw-figures", 1), ("raw-figures-isal", 1)] + (
+        refs = [("raw", 1), ("raw-isal", 1), ("raw-figures", 1), ("raw-figures-isal", 1), ("raw-figures", 2)] + (
             [("articles", 1)] if args.article_work else [])
         runs: dict = {c: [] for c in [*refs, *configs]}
         stage_runs = []
@@ -390,6 +444,7 @@ def main() -> None:
             runs[("raw-isal", 1)].append(measure_raw(src, "isal"))
             runs[("raw-figures", 1)].append(measure_raw(src, figures=figures))
             runs[("raw-figures-isal", 1)].append(measure_raw(src, "isal", figures=figures))
+            runs[("raw-figures", 2)].append(measure_raw_parallel(src, figures))
             if args.article_work:
                 run, stages = measure_article_work(src)
                 runs[("articles", 1)].append(run)
@@ -399,6 +454,8 @@ def main() -> None:
         print(f"\n{n_img} image files: {n_figures} figure files (the build's ledger), {n_img - n_figures} thumbnails "
               f"and other images no figure points to" + ("" if n_figures == pairs else
                                                            f"; the build wrote {pairs} pairs from them"))
+        print("\n" + scaling_line(best(runs[("raw-figures", 1)]), best(runs[("raw-figures", 2)]),
+                                  *(best(runs[(len(builds) - 1, "local", w)]) for w in (1, 2))))
         if stage_runs:
             stages = min(stage_runs, key=lambda x: x[0])[1]     # the repeat reported in the table
             print("\n" + ARTICLE_WORK + ", by stage (s): "

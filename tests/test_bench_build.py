@@ -12,8 +12,8 @@ from biomedica_hf.ingest.pipeline import BuildConfig, build
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_build import (  # noqa: E402
-    ARTICLE_WORK, ISAL, RAW_FIGURES, Run, article_work, figure_files, measure_article_work, raw_baseline, replicate,
-    table)
+    ARTICLE_WORK, ISAL, RAW_FIGURES, Run, article_work, figure_files, measure_article_work, measure_raw_parallel,
+    raw_baseline, replicate, scaling_line, table)
 
 
 def test_the_article_work_row_makes_the_samples_the_build_writes(tmp_path):
@@ -39,6 +39,10 @@ def test_the_article_work_row_makes_the_samples_the_build_writes(tmp_path):
     figures = figure_files(out)
     assert sum(map(len, figures.values())) == written
     assert raw_baseline(inp, figures=figures) == written < raw_baseline(inp)
+    # ... and in 2 processes (the anchor's own 2-core scaling): the same files, dealt to the two
+    two = measure_raw_parallel(inp, figures)
+    assert (two.name, two.workers, two.n, two.build) == (RAW_FIGURES, 2, written, False)
+    assert two.seconds > 0 and two.cpu > 0
     assert {p.name for p in inp.iterdir()} >= set(figures)          # keyed by package (.tar.gz or folder)
     thumbnails = 0
     for package, paths in figures.items():
@@ -71,6 +75,15 @@ def test_reference_rows_have_no_speed_up_and_builds_keep_theirs():
     assert rows[f"| {ARTICLE_WORK} 1"][8] == "0.44"       # (200 / 1.5) / (300 / 1.0): pairs/s against raw files/s
     assert rows[f"| {ARTICLE_WORK} 1"][11] == "0.60"      # (200 / 1.5) / (200 / 0.9): against the same figures' rate
     assert rows["| build 1"][12] == "0.20"                # (200 / 4.0) / (200 / 0.8): per CPU second
+    # the raw row in 2 processes has its speed-up over the 1-process raw row, as a build has over its 1-worker row
+    figs_two = Run(RAW_FIGURES, 2, 200, 0.5, 0.9, 30.0, build=False)
+    lines = table([raw, raw_isal, figs, figs_isal, figs_two, work, one, two]).splitlines()
+    rows = {ln.split(" | ")[0] + f" {ln.split(' | ')[1]}": ln.split(" | ") for ln in lines[2:-1]}
+    assert rows[f"| {RAW_FIGURES} 2"][14] == "1.80x" and rows[f"| {RAW_FIGURES} 1"][14] == "-"
+    assert scaling_line(figs, figs_two, one, two) == (
+        "2 cores in this run: the raw read-and-decode of the same figures ran 1.80x faster in 2 processes than in "
+        "one; the build ran 1.60x faster with 2 workers (89% of the anchor's scaling)")
     # without a figures-only row its columns are empty
     lines = table([raw, raw_isal, one]).splitlines()
     assert lines[2].split(" | ")[11:14] == ["-", "-", "-"]
+

@@ -129,13 +129,14 @@ class LocalSource(Source):
     def _walk(self, top: Path) -> list[_Entry]:
         found: list[_Entry] = []
         cloud: dict[str, list[_Entry]] = {}
+        real_top = top.resolve()
         for dirpath, dirnames, filenames in os.walk(top):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.endswith(".extracting"))
             filenames = sorted(f for f in filenames if not f.startswith("."))
             d = Path(dirpath)
             xmls = [f for f in filenames if f.lower().endswith(XML_SUFFIXES)]
             if xmls:
-                inside = [f for f in xmls if _inside(d / f, top)]   # never read a file outside the input
+                inside = [f for f in xmls if _inside(d / f, real_top, root_resolved=True)]   # never read outside
                 jats = [f for f in inside if looks_like_jats(d / f)]
                 m = _CLOUD_DIR_RE.match(d.name)
                 if m and len(m.group(2)) > MAX_VERSION_DIGITS:     # an integer from input is bounded
@@ -160,7 +161,7 @@ class LocalSource(Source):
                     self.unlisted.append((str(d), "no_article_xml"))
             tarballs = [f for f in filenames if f.lower().endswith(TAR_SUFFIXES)]
             for t in tarballs:
-                if not _inside(d / t, top):
+                if not _inside(d / t, real_top, root_resolved=True):
                     self.unlisted.append((str(d / t), OUTSIDE_INPUT))
                     continue
                 found.append(_Entry(pmcid_in(t) or safe_id(_tar_stem(t)), TAR, d / t))
@@ -244,9 +245,10 @@ class LocalSource(Source):
             raise FetchError(BAD_PACKAGE, f"{ref.location}: {e}") from e
 
 
-def _inside(path: Path, root: Path) -> bool:
-    """Does ``path`` (symlinks resolved) lie in ``root`` (or is it ``root``)?"""
-    real, top = Path(path).resolve(), Path(root).resolve()
+def _inside(path: Path, root: Path, *, root_resolved: bool = False) -> bool:
+    """Does ``path`` (symlinks resolved) lie in ``root`` (or is it ``root``)? ``root_resolved``: ``root`` is
+    resolved already (the scan resolves its top once, not once per file)."""
+    real, top = Path(path).resolve(), (Path(root) if root_resolved else Path(root).resolve())
     return real == top or top in real.parents
 
 
