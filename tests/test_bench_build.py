@@ -12,8 +12,8 @@ from biomedica_hf.ingest.pipeline import BuildConfig, build
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_build import (  # noqa: E402
-    ARTICLE_WORK, ISAL, RAW_FIGURES, Run, article_work, figure_files, measure_article_work, measure_raw_parallel,
-    raw_baseline, replicate, scaling_line, table)
+    ARTICLE_WORK, ISAL, RAW_FIGURES, Run, _package_bytes, article_work, deal, figure_files, measure_article_work,
+    measure_raw_parallel, raw_baseline, replicate, scaling_line, table)
 
 
 def test_the_article_work_row_makes_the_samples_the_build_writes(tmp_path):
@@ -39,7 +39,11 @@ def test_the_article_work_row_makes_the_samples_the_build_writes(tmp_path):
     figures = figure_files(out)
     assert sum(map(len, figures.values())) == written
     assert raw_baseline(inp, figures=figures) == written < raw_baseline(inp)
-    # ... and in 2 processes (the anchor's own 2-core scaling): the same files, dealt to the two
+    # ... and in 2 processes (the anchor's own 2-core scaling): the same files, dealt to the two by bytes
+    shares = deal(sorted(inp.iterdir()), figures, 2)
+    assert sorted(shares[0] + shares[1]) == sorted(inp.iterdir()) and not set(shares[0]) & set(shares[1])
+    loads = [sum(_package_bytes(p, figures.get(p.name, set())) for p in share) for share in shares]
+    assert max(loads) - min(loads) <= max(_package_bytes(p, figures.get(p.name, set())) for p in inp.iterdir())
     two = measure_raw_parallel(inp, figures)
     assert (two.name, two.workers, two.n, two.build) == (RAW_FIGURES, 2, written, False)
     assert two.seconds > 0 and two.cpu > 0
