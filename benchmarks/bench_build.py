@@ -23,7 +23,7 @@ Each corpus is measured in one run:
   its bookkeeping (staging, shards, tables, the near-duplicate and caption passes, the card) and its start
 * biomedica build: list -> parse JATS -> resolve + decode/convert -> ledger -> plan -> shards -> card,
   with 1 and 2 worker processes
-* the raw baseline of the same figures in 2 processes (the packages dealt alternately to two forked processes): the
+* the raw baseline of the same figures in 2 processes (the packages dealt by bytes to two forked processes): the
   anchor's own 2-core scaling in this run, next to the build's 2-worker speed-up. On a shared machine two busy cores
   are often slower than one (1.3-2.0x within minutes on the 2-core machine of issue 28's rounds): no 2-worker build
   can scale past what plain decoding gets from the same two cores at that time

@@ -200,8 +200,10 @@ def _pocketfft_dct() -> Callable[..., np.ndarray] | None:
 
         def dct(x: np.ndarray, axis: int = -1) -> np.ndarray:
             x = np.asarray(x)
-            if x.dtype.kind not in "fc":
+            if x.dtype.kind in "biu":
                 x = x.astype(np.float64)                       # scipy.fft's _asfarray: integers as float64
+            elif x.dtype not in (np.float32, np.float64) or not x.flags.aligned:
+                return _fftpack_dct(x, axis)                   # float16, complex, byte-swapped: scipy's own casts
             return pfft.dct(x, 2, (axis,), 0, None, 1, None)
 
         # the definition: y[k] = 2 * sum_n x[n] cos(pi k (2n + 1) / 2N), along either axis

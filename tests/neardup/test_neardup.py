@@ -91,7 +91,8 @@ def test_the_hash_dct_is_scipy_fftpack_dct_bit_for_bit(figures):
         arrays += [np.asarray(img.resize((64, 64), Image.Resampling.LANCZOS)), np.asarray(img)]
     rng = np.random.default_rng(11)
     arrays += [rng.integers(0, 256, (64, 64), dtype=np.uint8), rng.random((37, 50)), np.full((64, 64), 255, np.uint8),
-               rng.random((64, 64)).astype(np.float32)]
+               rng.random((64, 64)).astype(np.float32), rng.random((16, 16)).astype(np.float16),
+               rng.random((20, 24)).astype(">f8")]
     for a in arrays:
         for axis in (0, 1):
             got, want = dct(a, axis=axis), fftpack_dct(a, axis=axis)
