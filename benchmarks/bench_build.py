@@ -197,20 +197,19 @@ RAW_FIGURES = "raw: read packages + decode the figure files only (the same figur
 ISAL = " (isal inflate)"     # the name suffix measure_raw gives a raw row of ISA-L's inflate
 
 
-def measure_raw(src: Path, inflate: str = "stdlib", figures: dict[str, set[str]] | None = None) -> Run:
+def measure_raw(src: Path, inflate: str = "stdlib", figures: dict[str, set[str]] | None = None,
+                packages: list[Path] | None = None) -> Run:
+    """:func:`raw_baseline` timed in this process: wall clock, CPU and peak RSS (``packages``: these only)."""
     t0, c0 = time.perf_counter(), time.process_time()
-    n = raw_baseline(src, inflate, figures)
+    n = raw_baseline(src, inflate, figures, packages)
     name = (RAW if figures is None else RAW_FIGURES) + ("" if inflate == "stdlib" else f" ({inflate} inflate)")
     return Run(name, 1, n, time.perf_counter() - t0, time.process_time() - c0,
                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, build=False)
 
 
-def _raw_part(args: tuple) -> tuple[int, float, float, float]:
-    """One process's share of :func:`measure_raw_parallel`: (files, wall s, CPU s, peak RSS MB)."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    n = raw_baseline(*args)
-    return (n, time.perf_counter() - t0, time.process_time() - c0,
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+def _raw_part(args: tuple) -> Run:
+    """One process's share of :func:`measure_raw_parallel`."""
+    return measure_raw(*args)
 
 
 def _package_bytes(p: Path, only: set[str]) -> int:
@@ -242,8 +241,8 @@ def measure_raw_parallel(src: Path, figures: dict[str, set[str]], workers: int =
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
         parts = list(pool.map(_raw_part, [(src, "stdlib", figures, share)
                                           for share in deal(sorted(src.iterdir()), figures, workers)]))
-    return Run(RAW_FIGURES, workers, sum(p[0] for p in parts), time.perf_counter() - t0, sum(p[2] for p in parts),
-               max(p[3] for p in parts), build=False)
+    return Run(RAW_FIGURES, workers, sum(p.n for p in parts), time.perf_counter() - t0, sum(p.cpu for p in parts),
+               max(p.peak_mb for p in parts), build=False)
 
 
 def scaling_line(raw_one: Run, raw_two: Run, one: Run, two: Run) -> str:
