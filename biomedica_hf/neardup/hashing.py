@@ -25,6 +25,7 @@ definitions are never compared. Calibration of both: ``biomedica_hf/neardup/READ
 """
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Callable
@@ -155,9 +156,9 @@ def _bits_phash(gray: Image.Image, hash_size: int) -> np.ndarray:
 
 
 _POCKETFFT = "scipy.fft._pocketfft.pypocketfft"      # the C++ extension behind scipy.fftpack.dct and scipy.fft.dct
-_DCT: list[Callable[..., np.ndarray]] = []
 
 
+@functools.cache
 def _dct_ii() -> Callable[..., np.ndarray]:
     """``scipy.fftpack.dct`` (type II, unnormalised): ``dct(x, axis=...)``, the same values bit for bit.
 
@@ -168,9 +169,7 @@ def _dct_ii() -> Callable[..., np.ndarray]:
     ``scipy.fftpack.dct`` gives it (``type=2``, ``inorm=0``, one thread; integers as float64). It is checked once
     against the DCT-II's definition; where it cannot be found or loaded (another scipy layout), or fails the
     check, ``scipy.fftpack.dct`` itself is used (tests/neardup/test_neardup.py compares both, bit for bit)."""
-    if not _DCT:
-        _DCT.append(_pocketfft_dct() or _fftpack_dct)
-    return _DCT[0]
+    return _pocketfft_dct() or _fftpack_dct
 
 
 def _fftpack_dct(x: np.ndarray, axis: int = -1) -> np.ndarray:
