@@ -311,6 +311,62 @@ def test_local_source_refuses_files_outside_the_input(tmp_path):
     assert _samples(out) == {"PMC900001_fig1", "PMC900001_fig2", "PMC900002_fig1", "PMC900005_fig1"}
 
 
+def test_local_scan_resolves_only_symlinks_and_names_paths_as_before(tmp_path, monkeypatch):
+    """The scan checks a file it walked to by one ``lstat`` (the walk never enters a symlinked folder) and resolves
+    only symlinks; ``public`` names paths by string. What is listed, refused and how it is named is unchanged: links
+    out (chained too), links that stay inside, a symlinked folder out of the input, the input itself a symlink."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "other.nxml").write_bytes(article_xml("PMC900009", []))
+    _good_article(secret, "PMC900008")                   # an article folder outside the input
+    inp = tmp_path / "in"
+    _good_article(inp)
+    (inp / "hop.nxml").symlink_to(secret / "other.nxml")
+    c = inp / "PMC900003"
+    c.mkdir()
+    (c / "main.nxml").symlink_to(inp / "hop.nxml")       # a chain that ends outside
+    (inp / "PMC900008").symlink_to(secret / "PMC900008", target_is_directory=True)   # never walked into
+    store = inp / ".store"                                # skipped by the walk, but inside the input
+    store.mkdir()
+    (store / "main.nxml").write_bytes(article_xml("PMC900006", ["fig1"]))
+    d = inp / "PMC900006"
+    d.mkdir()
+    (d / "main.nxml").symlink_to(store / "main.nxml")    # a link that stays inside
+    write_targz(store / "PMC900007.tar.gz", [("PMC900007/main.nxml", article_xml("PMC900007", ["fig1"]))])
+    (inp / "PMC900007.tar.gz").symlink_to(Path("..") / "in" / ".store" / "PMC900007.tar.gz")   # relative, inside
+    (inp / "gone.tar.gz").symlink_to(tmp_path / "nowhere.tar.gz")                              # dangling, outside
+
+    def old_public(src, path):                            # the listing's names before this change
+        try:
+            rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(src.root)).as_posix()
+        except ValueError:
+            return Path(path).name
+        return rel or "."
+
+    link = tmp_path / "link-to-in"
+    link.symlink_to(inp, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    listings = []
+    for top in (inp, link, Path("in"), Path("./link-to-in/")):
+        src = LocalSource(top)
+        refs = list(src.list_articles())
+        listings.append(([(r.pmcid, r.location, r.extra["kind"]) for r in refs], sorted(src.unlisted)))
+        for path in (top, Path(top) / "PMC900001", Path(top) / "PMC900001" / "main.nxml", Path(top) / ".." / "x",
+                     Path(os.path.abspath(top)) / "PMC900006", tmp_path / "secret" / "other.nxml", "/", "in/../in/a"):
+            assert src.public(path) == old_public(src, path), (top, path)
+    assert listings[0] == ([("PMC900001", "PMC900001", "dir"), ("PMC900006", "PMC900006", "dir"),
+                            ("PMC900007", "PMC900007.tar.gz", "tar")],
+                           [("PMC900003/main.nxml", OUTSIDE_INPUT), ("gone.tar.gz", OUTSIDE_INPUT),
+                            ("hop.nxml", OUTSIDE_INPUT)])
+    assert all(x == listings[0] for x in listings), listings
+    src = LocalSource(inp)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    monkeypatch.chdir(moved)                              # a relative path is named from the working folder of now
+    rel = Path("..") / "in" / "PMC900001"
+    assert src.public(rel) == old_public(src, rel) == "PMC900001"
+
+
 # ------------------------------------------------------------------------------------ prolog
 def test_article_with_a_prolog_longer_than_the_sniff_window(tmp_path):
     prolog = "<!-- " + "padding " * 20_000 + "-->\n" + '<!DOCTYPE article [ <!ENTITY x "y"> ]>\n' + \

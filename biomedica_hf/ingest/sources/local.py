@@ -85,11 +85,27 @@ class LocalSource(Source):
 
     def public(self, path: str | Path) -> str:
         """``path`` relative to the input root (posix), as the listing and the ledger name it."""
+        ap, root = os.path.abspath(path), self._abs_root()
+        if os.sep == "/" and not ap.startswith("//") and not root.startswith("//"):   # by string: once per article
+            if ap == root:
+                return "."
+            prefix = root if root == "/" else root + "/"
+            if ap.startswith(prefix):
+                return ap[len(prefix):]
+            return Path(path).name
         try:
-            rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(self.root)).as_posix()
+            rel = Path(ap).relative_to(root).as_posix()
         except ValueError:
             return Path(path).name
         return rel or "."
+
+    def _abs_root(self) -> str:
+        """``os.path.abspath(self.root)``, kept while the input path and the working folder are the same."""
+        key = (self.path, os.getcwd())
+        cached = getattr(self, "_root_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._root_cache = (key, os.path.abspath(self.root))
+        return cached[1]
 
     def _resolve(self, location: str) -> Path:
         p = Path(location)
@@ -136,7 +152,7 @@ class LocalSource(Source):
             d = Path(dirpath)
             xmls = [f for f in filenames if f.lower().endswith(XML_SUFFIXES)]
             if xmls:
-                inside = [f for f in xmls if _inside(d / f, real_top, root_resolved=True)]   # never read outside
+                inside = [f for f in xmls if _walked_inside(os.path.join(dirpath, f), real_top)]   # never read outside
                 jats = [f for f in inside if looks_like_jats(d / f)]
                 m = _CLOUD_DIR_RE.match(d.name)
                 if m and len(m.group(2)) > MAX_VERSION_DIGITS:     # an integer from input is bounded
@@ -161,7 +177,7 @@ class LocalSource(Source):
                     self.unlisted.append((str(d), "no_article_xml"))
             tarballs = [f for f in filenames if f.lower().endswith(TAR_SUFFIXES)]
             for t in tarballs:
-                if not _inside(d / t, real_top, root_resolved=True):
+                if not _walked_inside(os.path.join(dirpath, t), real_top):
                     self.unlisted.append((str(d / t), OUTSIDE_INPUT))
                     continue
                 found.append(_Entry(pmcid_in(t) or safe_id(_tar_stem(t)), TAR, d / t))
@@ -250,6 +266,13 @@ def _inside(path: Path, root: Path, *, root_resolved: bool = False) -> bool:
     resolved already (the scan resolves its top once, not once per file)."""
     real, top = Path(path).resolve(), (Path(root) if root_resolved else Path(root).resolve())
     return real == top or top in real.parents
+
+
+def _walked_inside(path: str, real_top: Path) -> bool:
+    """:func:`_inside` for a file the scan's ``os.walk`` reached: the walk never enters a symlinked folder, so a file
+    that is not a symlink itself lies where it was found, in the input; only a symlink is resolved (one ``lstat``
+    a file instead of one a path component). ``fetch`` checks each path again, resolved, before reading it."""
+    return not os.path.islink(path) or _inside(path, real_top, root_resolved=True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
