@@ -76,6 +76,7 @@ class LocalSource(Source):
         self.limits = ArchiveLimits(max_package_bytes or DEFAULT_MAX_PACKAGE_BYTES,
                                     max_member_bytes or DEFAULT_MAX_MEMBER_BYTES)
         self._entries: dict[str, _Entry] | None = None
+        self._root_cache: tuple[tuple[Path, str], str] | None = None     # (input path, working folder) -> abspath
 
     @property
     def root(self) -> Path:
@@ -102,7 +103,7 @@ class LocalSource(Source):
     def _abs_root(self) -> str:
         """``os.path.abspath(self.root)``, kept while the input path and the working folder are the same."""
         key = (self.path, os.getcwd())
-        cached = getattr(self, "_root_cache", None)
+        cached = self._root_cache
         if cached is None or cached[0] != key:
             cached = self._root_cache = (key, os.path.abspath(self.root))
         return cached[1]
