@@ -207,11 +207,6 @@ def measure_raw(src: Path, inflate: str = "stdlib", figures: dict[str, set[str]]
                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, build=False)
 
 
-def _raw_part(args: tuple) -> Run:
-    """One process's share of :func:`measure_raw_parallel`."""
-    return measure_raw(*args)
-
-
 def _package_bytes(p: Path, only: set[str]) -> int:
     """What a process reads of a package: a ``.tar.gz`` whole, a folder's figure files."""
     return p.stat().st_size if p.is_file() else sum((p / name).stat().st_size for name in only if (p / name).exists())
@@ -234,13 +229,14 @@ def measure_raw_parallel(src: Path, figures: dict[str, set[str]], workers: int =
     """The raw baseline of the same figures (tarfile's inflate) in ``workers`` forked processes, the packages dealt
     by size (:func:`deal`): how far plain decoding scales on this machine's cores at this time. Wall clock until
     the last one ends; CPU of the processes; peak RSS of the largest."""
+    import functools
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-        parts = list(pool.map(_raw_part, [(src, "stdlib", figures, share)
-                                          for share in deal(sorted(src.iterdir()), figures, workers)]))
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:     # a share: measure_raw of it
+        parts = list(pool.map(functools.partial(measure_raw, src, "stdlib", figures),
+                              deal(sorted(src.iterdir()), figures, workers)))
     return Run(RAW_FIGURES, workers, sum(p.n for p in parts), time.perf_counter() - t0, sum(p.cpu for p in parts),
                max(p.peak_mb for p in parts), build=False)
 
